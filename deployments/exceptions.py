@@ -1,0 +1,33 @@
+"""Errors of the deployment layer.
+
+    DeploymentError             base
+    ├── SpecInvalid             the agent spec was refused; `.errors` lists field and reason
+    ├── PrefectUnavailable      the Prefect API did not answer
+    └── ImageBuildFailed        the runtime image could not be built
+"""
+
+from __future__ import annotations
+
+
+class DeploymentError(Exception):
+    """Base of this package's errors."""
+
+
+class SpecInvalid(DeploymentError):
+    """An agent spec failed validation.
+
+    Args:
+        errors: (field path, message) pairs, in input order.
+    """
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
+
+
+class PrefectUnavailable(DeploymentError):
+    """The Prefect API could not be reached."""
+
+
+class ImageBuildFailed(DeploymentError):
+    """The runtime image build failed."""

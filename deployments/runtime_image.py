@@ -1,0 +1,194 @@
+"""Build the runtime image that flow-run containers run, only when it is missing or stale.
+
+The image is labelled with a hash of everything that goes into it (Dockerfile,
+runtime requirements, `flows/`, `blocks/`, the base image id); a label that
+differs from the current hash means the code changed and the image is rebuilt.
+
+Wheels are resolved by the base image's own interpreter in a throwaway
+container with host networking, then the build installs from that folder with
+no network: the host's Python can pick wheels the image's Python would not.
+
+Example:
+    >>> builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm")  # doctest: +SKIP
+    >>> builder.ensure(progress=print)                                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound
+
+from deployments.exceptions import ImageBuildFailed
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+CODE_HASH_LABEL = "ariel.code-hash"
+_CONTEXT_DIRS = ("flows", "blocks")
+_DOCKER_FILES = ("Dockerfile", "requirements-runtime.txt")
+
+Progress = Callable[[str], None]
+
+
+def _source_files(root: Path) -> Iterable[Path]:
+    for name in _DOCKER_FILES:
+        yield root / "docker" / name
+    for directory in _CONTEXT_DIRS:
+        yield from sorted(path for path in (root / directory).rglob("*.py"))
+
+
+@dataclass
+class RuntimeImageBuilder:
+    """Builds `tag` from `docker/Dockerfile` on `base_image`.
+
+    Args:
+        tag: the runtime image's name and tag.
+        base_image: a Debian-based image with python3 and venv.
+        wheel_cache: folder of resolved wheel sets, one per requirements+base.
+        ca_bundle: the host's CA bundle, mounted read-only while resolving wheels
+            so the throwaway container trusts what the host trusts; never baked in.
+    """
+
+    tag: str
+    base_image: str
+    wheel_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "ariel" / "wheels")
+    ca_bundle: Path | None = None
+    root: Path = SOURCE_ROOT
+
+    def code_hash(self, base_image_id: str) -> str:
+        digest = hashlib.sha256(base_image_id.encode())
+        for path in _source_files(self.root):
+            digest.update(str(path.relative_to(self.root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()[:16]
+
+    def ensure(self, progress: Progress = print) -> bool:
+        """Build the image if it is missing or older than the code. Returns whether it built."""
+        client = _docker()
+        try:
+            base_id = client.images.get(self.base_image).id
+        except ImageNotFound:
+            raise ImageBuildFailed(
+                f"base image {self.base_image!r} is not present; build it with docker/build-base-image.sh "
+                "or set ARIEL_RUNTIME_BASE_IMAGE to an image you have"
+            ) from None
+        wanted = self.code_hash(base_id)
+        try:
+            current = client.images.get(self.tag).labels.get(CODE_HASH_LABEL)
+        except ImageNotFound:
+            current = None
+        if current == wanted:
+            return False
+        reason = "missing" if current is None else "older than the code"
+        progress(f"runtime image {self.tag} is {reason}; building it on {self.base_image} ...")
+        started = time.monotonic()
+        wheels = self._resolve_wheels(client, base_id, progress)
+        self._build(client, wheels, wanted, progress)
+        progress(f"built {self.tag} in {time.monotonic() - started:.0f} s")
+        return True
+
+    def _resolve_wheels(self, client: docker.DockerClient, base_id: str, progress: Progress) -> Path:
+        requirements = (self.root / "docker" / "requirements-runtime.txt").read_bytes()
+        key = hashlib.sha256(base_id.encode() + requirements).hexdigest()[:16]
+        folder = self.wheel_cache / key
+        if (folder / ".complete").exists():
+            progress(f"using resolved wheels in {folder}")
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        progress("resolving runtime wheels with the base image's Python (a few minutes the first time) ...")
+        volumes = {
+            str(folder): {"bind": "/wheels", "mode": "rw"},
+            str(self.root / "docker" / "requirements-runtime.txt"): {"bind": "/requirements.txt", "mode": "ro"},
+        }
+        ca_bundle = self.ca_bundle or _host_ca_bundle()
+        if ca_bundle is not None:
+            volumes[str(ca_bundle)] = {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"}
+        script = (
+            "python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --quiet --progress-bar off "
+            "--dest /wheels -r /requirements.txt"
+        )
+        container = client.containers.run(
+            base_id,
+            ["sh", "-c", script],
+            detach=True,
+            network_mode="host",
+            volumes=volumes,
+            user=f"{os.getuid()}:{os.getgid()}",
+            environment={"HOME": "/tmp", "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"},
+            labels={"ariel.role": "wheel-resolver"},
+        )
+        try:
+            for line in container.logs(stream=True, follow=True):
+                progress("  " + line.decode(errors="replace").rstrip())
+            status = container.wait()
+        finally:
+            container.remove(force=True)
+        if status.get("StatusCode") != 0:
+            raise ImageBuildFailed(
+                "resolving runtime wheels failed (see the pip output above); check that the package index "
+                "is reachable from a container with host networking"
+            )
+        (folder / ".complete").touch()
+        return folder
+
+    def _build(self, client: docker.DockerClient, wheels: Path, code_hash: str, progress: Progress) -> None:
+        with tempfile.TemporaryDirectory(prefix="ariel-build-") as tmp:
+            context = Path(tmp)
+            for name in _DOCKER_FILES:
+                shutil.copy2(self.root / "docker" / name, context / name)
+            shutil.copytree(wheels, context / "wheels", ignore=shutil.ignore_patterns(".complete"))
+            for directory in _CONTEXT_DIRS:
+                shutil.copytree(
+                    self.root / directory, context / directory, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            progress(f"building {self.tag} ...")
+            try:
+                for chunk in client.api.build(
+                    path=str(context),
+                    tag=self.tag,
+                    buildargs={"BASE_IMAGE": self.base_image},
+                    labels={CODE_HASH_LABEL: code_hash},
+                    rm=True,
+                    forcerm=True,
+                    decode=True,
+                ):
+                    if "error" in chunk:
+                        raise ImageBuildFailed(f"building {self.tag} failed: {chunk['error'].strip()}")
+                    text = chunk.get("stream", "").rstrip()
+                    if text.startswith("Step "):
+                        progress("  " + text)
+            except APIError as exc:
+                raise ImageBuildFailed(f"building {self.tag} failed: {exc.explanation}") from exc
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine answers."""
+    try:
+        _docker().close()
+    except ImageBuildFailed:
+        return False
+    return True
+
+
+def _docker() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as exc:
+        raise ImageBuildFailed(f"no Docker engine answers ({exc}); start dockerd or use a process pool") from exc
+    return client
+
+
+def _host_ca_bundle() -> Path | None:
+    # The host's trusted CAs (this machine adds one for its package index proxy).
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None

@@ -1,0 +1,176 @@
+"""`AgentSpec`: what a person asks an agent to be, validated before anything is created.
+
+Example:
+    >>> spec = AgentSpec.parse({"name": "PR digest", "instructions": "Summarize open PRs.",
+    ...     "model": "ariel/scripted", "script": [{"reply": "No open PRs."}],
+    ...     "schedule": {"cron": "0 8 * * 1-5", "timezone": "Europe/Paris"}})
+    >>> slugify(spec.name)
+    'pr-digest'
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from prefect.client.schemas.schedules import CronSchedule
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployments.exceptions import SpecInvalid
+from flows.config import Limits, RunConfig, ScriptStep
+from flows.models import SCRIPTED_MODEL
+from flows.tools import BUILTIN_TOOLS
+
+_SLUG_JUNK = re.compile(r"[^a-z0-9]+")
+_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+SLUG_MAX = 48
+
+
+def slugify(name: str) -> str:
+    """A URL-safe slug: ASCII lowercase words joined by dashes.
+
+    >>> slugify("Ünïcode  PR -- Digest!")
+    'unicode-pr-digest'
+    """
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = _SLUG_JUNK.sub("-", ascii_name.lower()).strip("-")[:SLUG_MAX].strip("-")
+    return slug or "agent"
+
+
+class ScheduleSpec(BaseModel):
+    """When the agent runs on its own: a cron line in a time zone, or a fixed interval."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str | None = Field(default=None, description="Cron line, five fields.", examples=["0 8 * * 1-5"])
+    timezone: str = Field(default="UTC", description="IANA time zone of the cron line.", examples=["Europe/Paris"])
+    interval_seconds: int | None = Field(
+        default=None, ge=60, le=31_536_000, description="Run every this many seconds (at least 60).", examples=[3600]
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            _prefect_check(cron=value, example="for example '0 8 * * 1-5' (08:00 on weekdays)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        _prefect_check(cron="* * * * *", timezone=value, example="")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleSpec:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of 'cron' (with optional 'timezone') or 'interval_seconds'")
+        return self
+
+
+def _prefect_check(example: str, **fields: str) -> None:
+    # Prefect's own schedule model is the authority on what it accepts.
+    try:
+        CronSchedule(**fields)
+    except ValidationError as exc:
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{reason} ({example})" if example else reason) from None
+
+
+class AgentSpec(BaseModel):
+    """A validated agent definition; every change is stored as a new immutable version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=80, description="Display name; the slug is made from it.")
+    description: str = Field(default="", max_length=2000)
+    instructions: str = Field(min_length=1, max_length=50_000, description="The system prompt.")
+    model: str = Field(
+        description="A litellm model id, or 'ariel/scripted' for the offline scripted model.",
+        examples=["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "ariel/scripted"],
+    )
+    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible or self-hosted provider.")
+    schedule: ScheduleSpec | None = None
+    tools: list[str] = Field(default_factory=list, description="Built-in tools the agent may call.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts `http_request` may call: 'host' or 'host:port'."
+    )
+    limits: Limits = Field(default_factory=Limits)
+    script: list[ScriptStep] | None = Field(default=None, description="The turns 'ariel/scripted' plays, in order.")
+
+    @field_validator("name", "instructions")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @field_validator("model")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        if not _MODEL_ID.match(value):
+            raise ValueError(f"{value!r} is not a litellm model id (for example 'openai/gpt-4o-mini')")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str]) -> list[str]:
+        unknown = [tool for tool in value if tool not in BUILTIN_TOOLS]
+        if unknown:
+            raise ValueError(f"unknown tool {unknown[0]!r}; available tools: {', '.join(sorted(BUILTIN_TOOLS))}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.strip().lower() for host in value]
+        for host in hosts:
+            if not _HOST.match(host):
+                raise ValueError(f"{host!r} is not a host name or 'host:port' (for example 'api.github.com')")
+        return list(dict.fromkeys(hosts))
+
+    @model_validator(mode="after")
+    def _coherent(self) -> AgentSpec:
+        if self.model == SCRIPTED_MODEL and not self.script:
+            raise ValueError(f"model {SCRIPTED_MODEL!r} needs a 'script': the tool calls and replies it plays")
+        if self.model != SCRIPTED_MODEL and self.script:
+            raise ValueError(f"'script' is only for model {SCRIPTED_MODEL!r}")
+        for step in self.script or []:
+            if step.tool is not None and step.tool not in self.tools:
+                raise ValueError(f"script calls tool {step.tool!r}, which is not in the agent's 'tools'")
+        if self.allowed_hosts and "http_request" not in self.tools:
+            raise ValueError("'allowed_hosts' is only used by the 'http_request' tool; add it to 'tools'")
+        return self
+
+    def to_run_config(self, agent_id: str, org_id: str, version: int) -> RunConfig:
+        """The frozen configuration runs of this version receive."""
+        return RunConfig(
+            agent_id=agent_id,
+            org_id=org_id,
+            version=version,
+            **self.model_dump(include=set(RunConfig.model_fields) & set(AgentSpec.model_fields)),
+        )
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> AgentSpec:
+        """Validate `data`, raising `SpecInvalid` that names every bad field and what is allowed."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecInvalid([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    field = ".".join(str(part) for part in error["loc"]) or "agent"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = f"unknown field; allowed fields: {', '.join(_allowed_fields(error['loc']))}"
+    return field, message
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    nested: dict[str, type[BaseModel]] = {"schedule": ScheduleSpec, "limits": Limits, "script": ScriptStep}
+    model = nested.get(str(loc[0]), AgentSpec) if len(loc) > 1 else AgentSpec
+    return sorted(model.model_fields)

@@ -1,0 +1,101 @@
+"""Per-organization work pools, made from Prefect's stock job templates.
+
+The Docker pool starts from `DockerWorker.get_default_base_job_template()`.
+What the platform fixes (image, network mode, privileges, mounts, resource
+limits) is removed from the template's variables and written as a literal into
+its job configuration, so a deployment's or run's job variables cannot change
+it: Prefect fills only `{{ placeholders }}` from job variables.
+
+Example:
+    >>> template = docker_job_template(image="ariel-runtime:local", org_id="0f3c")
+    >>> template["job_configuration"]["network_mode"]
+    'host'
+    >>> "privileged" in template["variables"]["properties"]
+    False
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.objects import WorkPool
+from prefect.exceptions import ObjectNotFound
+from prefect.workers.process import ProcessWorker
+from prefect_docker.worker import DockerWorker
+
+PoolType = Literal["docker", "process"]
+
+DEFAULT_MEMORY_LIMIT = "2g"
+
+
+def pool_name(org_slug: str, pool_type: PoolType) -> str:
+    """The name of an organization's pool of one type.
+
+    >>> pool_name("personal", "docker")
+    'ariel-personal-docker'
+    """
+    return f"ariel-{org_slug}-{pool_type}"
+
+
+def org_tag(org_id: str) -> str:
+    """The tag every Prefect object of an organization carries."""
+    return f"org:{org_id}"
+
+
+def docker_job_template(image: str, org_id: str, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, Any]:
+    """The hardened Docker base job template of one organization's pool."""
+    template = copy.deepcopy(DockerWorker.get_default_base_job_template())
+    fixed: dict[str, Any] = {
+        "image": image,
+        # Flow-run containers reach the Prefect API on the host's loopback.
+        "network_mode": "host",
+        "networks": [],
+        "privileged": False,
+        "volumes": [],
+        "image_pull_policy": "IfNotPresent",
+        "mem_limit": memory_limit,
+        "memswap_limit": memory_limit,
+        # Removed from the variables so no job variable can pass arbitrary
+        # container options (mounts, devices, capabilities) to Docker.
+        "container_create_kwargs": {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]},
+        "labels": {"ariel.org": org_id, "ariel.role": "flow-run"},
+    }
+    properties = template["variables"]["properties"]
+    for key, value in fixed.items():
+        properties.pop(key, None)
+        template["job_configuration"][key] = value
+    template["variables"]["required"] = [
+        key for key in template["variables"].get("required", []) if key not in fixed
+    ]
+    # Containers are removed when their run ends; logs live in the Prefect API.
+    properties["auto_remove"]["default"] = True
+    # The worker passes its own PREFECT_HOME on, which is not writable in the container.
+    properties["env"]["default"] = {"PREFECT_HOME": "/home/ariel/.prefect"}
+    return template
+
+
+def process_job_template() -> dict[str, Any]:
+    """The process pool's template: Prefect's stock one (desktop use, runs on the host)."""
+    return copy.deepcopy(ProcessWorker.get_default_base_job_template())
+
+
+async def ensure_pool(
+    client: PrefectClient, name: str, pool_type: PoolType, template: dict[str, Any], org_id: str
+) -> WorkPool:
+    """Create the pool, or bring an existing one's template up to date. Idempotent."""
+    description = f"Ariel agents of organization {org_id} ({org_tag(org_id)})"
+    try:
+        pool = await client.read_work_pool(name)
+    except ObjectNotFound:
+        return await client.create_work_pool(
+            WorkPoolCreate(name=name, type=pool_type, base_job_template=template, description=description)
+        )
+    if pool.type != pool_type:
+        raise ValueError(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}")
+    if pool.base_job_template != template or pool.description != description:
+        await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, description=description))
+        pool = await client.read_work_pool(name)
+    return pool

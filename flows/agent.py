@@ -1,0 +1,156 @@
+"""The agent runtime flow: a litellm tool-calling loop.
+
+Each LLM call and each tool call is its own Prefect task, so the Prefect UI
+shows every step with its timing, and a transient failure retries only that
+step, with exponential backoff. Retries happen here only: litellm is called
+with `num_retries=0` so retries do not stack.
+
+The run ends with the model's reply (logged, stored as the `agent-result`
+artifact and returned), or fails when the step limit or the time budget runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import Task, exponential_backoff
+from pydantic import ValidationError
+
+from flows.config import RunConfig
+from flows.exceptions import RunTimedOut, StepLimitReached, ToolRefused
+from flows.models import completion_kwargs, is_transient_llm_error
+from flows.tools import BUILTIN_TOOLS
+from flows.tools.registry import ToolContext
+
+RESULT_ARTIFACT_KEY = "agent-result"
+DEFAULT_INPUT = "Run your instructions now."
+
+
+def _failed_with(state: State) -> BaseException | None:
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:  # noqa: BLE001 - the state carries whatever the task raised
+        return exc
+    return None
+
+
+def _retry_llm(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
+    return is_transient_llm_error(_failed_with(state))
+
+
+_TRANSIENT_TOOL_ERRORS = tuple({error for tool in BUILTIN_TOOLS.values() for error in tool.transient})
+
+
+def _retry_tool(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
+    return isinstance(_failed_with(state), _TRANSIENT_TOOL_ERRORS)
+
+
+@task(retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_retry_llm)
+def llm_call(config: RunConfig, messages: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
+    """One model turn; returns the assistant message and its token usage."""
+    import litellm  # imported here: it costs a second or more, and only runs need it
+
+    tools = [BUILTIN_TOOLS[name].schema() for name in config.tools]
+    response = litellm.completion(
+        model=config.model,
+        messages=messages,
+        tools=tools or None,
+        timeout=timeout,
+        num_retries=0,
+        **completion_kwargs(config),
+    )
+    message = response.choices[0].message.model_dump(exclude_none=True)
+    usage = getattr(response, "usage", None)
+    return {
+        "message": message,
+        "usage": {
+            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+        },
+    }
+
+
+@task(retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_retry_tool)
+def tool_call(name: str, arguments: str, context: ToolContext) -> str:
+    """Run one tool call; a refusal goes back to the model as the result."""
+    try:
+        if name not in context.granted_tools:
+            raise ToolRefused(f"no tool named {name!r}; this agent has: {', '.join(context.granted_tools) or 'none'}")
+        tool = BUILTIN_TOOLS[name]
+        try:
+            args = tool.arguments.model_validate_json(arguments or "{}")
+        except ValidationError as exc:
+            raise ToolRefused(f"bad arguments for {name}: {exc.errors()[0]['msg']}") from None
+        return tool.run(args, context)
+    except ToolRefused as refusal:
+        get_run_logger().warning("Tool call refused: %s", refusal)
+        return json.dumps({"error": str(refusal)})
+
+
+@flow(name="ariel-agent", persist_result=False, validate_parameters=True)
+def agent_run(config: RunConfig, input: str | None = None) -> str:
+    """Play one agent version until it replies, or its step or time budget runs out."""
+    logger = get_run_logger()
+    deadline = time.monotonic() + config.limits.timeout_seconds
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": config.instructions},
+        {"role": "user", "content": input or DEFAULT_INPUT},
+    ]
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    logger.info(
+        "Agent %r version %d starting: model %s, at most %d steps",
+        config.name, config.version, config.model, config.limits.max_steps,
+    )
+    # Where the code came from tells a runtime-image run from a host process.
+    logger.info("Runtime: Python %s, code at %s", platform.python_version(), Path(__file__).parent)
+    for step in range(1, config.limits.max_steps + 1):
+        turn = llm_call.with_options(
+            name="llm_call",
+            task_run_name=f"llm · step {step}",
+            retries=config.limits.llm_retries,
+            timeout_seconds=_remaining(deadline),
+        )(config, messages, timeout=_remaining(deadline))
+        message = turn["message"]
+        for key in usage:
+            usage[key] += turn["usage"][key]
+        messages.append(message)
+        calls = message.get("tool_calls") or []
+        if not calls:
+            reply = str(message.get("content") or "")
+            logger.info("Reply: %s", reply)
+            logger.info("Usage: %d prompt + %d completion tokens", usage["prompt_tokens"], usage["completion_tokens"])
+            create_markdown_artifact(key=RESULT_ARTIFACT_KEY, markdown=reply, description="The agent's reply")
+            return reply
+        for call in calls:
+            name = call["function"]["name"]
+            logger.info("Step %d: calling tool %s", step, name)
+            context = ToolContext(
+                granted_tools=tuple(config.tools),
+                allowed_hosts=tuple(config.allowed_hosts),
+                timeout_seconds=min(30.0, _remaining(deadline)),
+            )
+            result = tool_call.with_options(
+                task_run_name=f"{name} · step {step}",
+                retries=config.limits.tool_retries,
+                timeout_seconds=_remaining(deadline),
+            )(name, call["function"].get("arguments") or "{}", context)
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+    raise StepLimitReached(
+        f"the agent made {config.limits.max_steps} LLM calls without a final reply; "
+        "raise limits.max_steps or make the instructions say when to stop"
+    )
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise RunTimedOut("the run used its whole time budget (limits.timeout_seconds)")
+    return left

@@ -1,0 +1,81 @@
+"""The frozen agent configuration a run receives as its Prefect parameter.
+
+The control plane compiles a validated `AgentSpec` into this shape; the runtime
+trusts it. It holds no secrets: provider keys reach the runtime through its
+environment or a block, never through parameters.
+
+Example:
+    >>> config = RunConfig(agent_id="a1b2", org_id="o1", version=1, name="Echo",
+    ...     instructions="Reply with hello.", model="ariel/scripted",
+    ...     script=[ScriptStep(reply="hello")])
+    >>> config.limits.max_steps
+    10
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ScriptStep(BaseModel):
+    """One turn of the offline `ariel/scripted` model: a tool call or a reply.
+
+    A reply may quote the latest tool result with `{last_tool_result}`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tool: str | None = Field(default=None, description="Name of the tool to call.", examples=["http_request"])
+    arguments: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Arguments of the tool call.",
+        examples=[{"url": "http://127.0.0.1:8080/status"}],
+    )
+    reply: str | None = Field(
+        default=None,
+        description="Final reply text; `{last_tool_result}` is replaced with the latest tool result.",
+        examples=["The service said: {last_tool_result}"],
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScriptStep:
+        if (self.tool is None) == (self.reply is None):
+            raise ValueError("a script step has exactly one of 'tool' (a tool call) or 'reply' (the final answer)")
+        return self
+
+
+class Limits(BaseModel):
+    """Bounds on one run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: int = Field(default=10, ge=1, le=100, description="Most LLM calls in one run.", examples=[10])
+    timeout_seconds: int = Field(
+        default=300, ge=5, le=86_400, description="Wall-clock budget of one run, in seconds.", examples=[300]
+    )
+    llm_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of an LLM call on a transient provider error.", examples=[2]
+    )
+    tool_retries: int = Field(
+        default=1, ge=0, le=10, description="Retries of a tool call on a transient error.", examples=[1]
+    )
+
+
+class RunConfig(BaseModel):
+    """Everything the runtime needs to play one version of one agent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_id: str
+    org_id: str
+    version: int = Field(ge=1)
+    name: str
+    instructions: str
+    model: str
+    api_base: str | None = None
+    tools: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    script: list[ScriptStep] | None = None

@@ -1,0 +1,27 @@
+"""Errors of the agent runtime.
+
+    RuntimeFailure            a run cannot go on (it fails, with this message)
+    ├── StepLimitReached      the agent used all its LLM steps without a reply
+    └── RunTimedOut           the run's wall-clock budget ran out
+    ToolRefused               meant for the model: the tool call was not allowed
+                              or malformed; the model sees the message and may
+                              try something else
+"""
+
+from __future__ import annotations
+
+
+class RuntimeFailure(Exception):
+    """A run cannot continue."""
+
+
+class StepLimitReached(RuntimeFailure):
+    """The agent used `max_steps` LLM calls without giving a final reply."""
+
+
+class RunTimedOut(RuntimeFailure):
+    """The run's `timeout_seconds` budget ran out."""
+
+
+class ToolRefused(Exception):
+    """A tool call the runtime will not perform; the message goes back to the model."""

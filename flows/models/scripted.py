@@ -1,0 +1,85 @@
+"""`ariel/scripted`: an offline model that plays a script written in the agent's config.
+
+For demos and tests with no provider key and no network. It is a real litellm
+custom provider, so the runtime's whole litellm path runs. It is stateless:
+turn N of the script is played when the conversation holds N assistant
+messages, so a retried call plays the same turn again.
+
+Example script (in the agent spec):
+    [{"tool": "http_request", "arguments": {"url": "http://127.0.0.1:8080/"}},
+     {"reply": "The page says: {last_tool_result}"}]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import litellm
+from litellm import CustomLLM, ModelResponse
+
+from flows.models import SCRIPTED_MODEL, SCRIPTED_PROVIDER
+
+LAST_TOOL_RESULT = "{last_tool_result}"
+
+
+def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelResponse:
+    """The model response for the next turn of `script`, given the conversation so far."""
+    turn = sum(1 for message in messages if message.get("role") == "assistant")
+    if turn >= len(script):
+        # A litellm error, not a plain one: litellm reports plain errors as
+        # connection failures, which would be retried as transient.
+        raise litellm.BadRequestError(
+            f"the script has {len(script)} turns and the conversation asked for turn {turn + 1}",
+            model=SCRIPTED_MODEL,
+            llm_provider=SCRIPTED_PROVIDER,
+        )
+    step = script[turn]
+    if "tool" in step:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": f"call_{turn + 1}",
+                    "type": "function",
+                    "function": {"name": step["tool"], "arguments": json.dumps(step.get("arguments", {}))},
+                }
+            ],
+        }
+        finish_reason = "tool_calls"
+    else:
+        last = next((m.get("content") for m in reversed(messages) if m.get("role") == "tool"), "")
+        message = {"role": "assistant", "content": step["reply"].replace(LAST_TOOL_RESULT, str(last))}
+        finish_reason = "stop"
+    prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4
+    completion_tokens = len(json.dumps(message)) // 4
+    return ModelResponse(
+        model=SCRIPTED_MODEL,
+        choices=[{"index": 0, "finish_reason": finish_reason, "message": message}],
+        usage={
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    )
+
+
+class ScriptedLLM(CustomLLM):
+    """litellm handler of the `ariel/` provider; the script arrives as the `script` argument."""
+
+    def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]  # litellm's signature is untyped *args
+        return play(messages, (kwargs.get("optional_params") or {}).get("script") or [])
+
+    async def acompletion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]  # as above
+        return self.completion(model, messages, **kwargs)
+
+
+def register_scripted_provider() -> None:
+    """Add the `ariel` provider to litellm's provider map, once per process."""
+    if not any(entry.get("provider") == SCRIPTED_PROVIDER for entry in litellm.custom_provider_map):
+        litellm.custom_provider_map = [
+            *litellm.custom_provider_map,
+            {"provider": SCRIPTED_PROVIDER, "custom_handler": ScriptedLLM()},
+        ]
+    litellm.suppress_debug_info = True

@@ -1,0 +1,43 @@
+"""The shape every built-in tool has."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool may know about the run calling it."""
+
+    granted_tools: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
+class BuiltinTool:
+    """A tool: its name, description and argument model (shown to the LLM) and its function.
+
+    `transient` names the exceptions after which the call is retried.
+    """
+
+    name: str
+    description: str
+    arguments: type[BaseModel]
+    run: Callable[[Any, ToolContext], str]
+    transient: tuple[type[BaseException], ...] = ()
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI-style function schema litellm passes to the model."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.arguments.model_json_schema(),
+            },
+        }

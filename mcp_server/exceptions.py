@@ -1,0 +1,33 @@
+"""Errors of the control plane, each with a message written for the person reading it.
+
+    ArielError              base; a fastmcp ToolError, so its message reaches the
+                            client as is (fastmcp masks every other exception)
+    ├── NotFound            no such object in the caller's organization
+    ├── Conflict            the request clashes with existing state
+    ├── InvalidRequest      bad input; the message names the field and what is allowed
+    └── Unavailable         a dependency (Prefect API, Docker) did not answer
+"""
+
+from __future__ import annotations
+
+from fastmcp.exceptions import ToolError
+
+
+class ArielError(ToolError):
+    """Base of control-plane errors; `str(error)` is safe to show to users."""
+
+
+class NotFound(ArielError):
+    """No object by that reference exists in the caller's organization."""
+
+
+class Conflict(ArielError):
+    """The request clashes with existing state."""
+
+
+class InvalidRequest(ArielError):
+    """The request was malformed."""
+
+
+class Unavailable(ArielError):
+    """A service Ariel depends on did not answer."""

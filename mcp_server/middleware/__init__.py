@@ -1,0 +1,1 @@
+"""Cross-cutting concerns of every tool call, one module each."""

@@ -1,0 +1,187 @@
+"""`ariel up`: the embedded Prefect server, the default org's worker and the HTTP app, in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+from prefect.client.orchestration import PrefectClient
+
+from deployments.exceptions import ImageBuildFailed
+from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
+from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template
+from mcp_server.app import create_app
+from mcp_server.caller import Caller
+from mcp_server.middleware.caller import LOCAL_USER
+from mcp_server.processes import Children
+from mcp_server.services import open_services
+from mcp_server.settings import ArielSettings
+
+RUNTIME_FILE = "runtime.json"
+
+
+class StartupFailed(Exception):
+    """`ariel up` cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a running `ariel up` uses, recorded for `ariel mcp` (stdio) to use the same."""
+
+    prefect_api_url: str
+    pool_type: PoolType
+    pool_name: str
+
+    def save(self, home: Path) -> None:
+        (home / RUNTIME_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, home: Path) -> Runtime | None:
+        try:
+            return cls(**json.loads((home / RUNTIME_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_HOME=str(settings.home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS=str(settings.worker_query_seconds),
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+    )
+    return env
+
+
+def wait_healthy(api_url: str, children: Children, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if children.exited():
+            break
+        time.sleep(0.3)
+    raise StartupFailed(f"the Prefect server did not become healthy at {api_url}; see {children.log_dir}/prefect-server.log")
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) != 0
+
+
+def choose_pool_type(settings: ArielSettings) -> PoolType:
+    if settings.worker_type == "process":
+        return "process"
+    if docker_available():
+        return "docker"
+    if settings.worker_type == "docker":
+        raise StartupFailed("ARIEL_WORKER_TYPE=docker but no Docker engine answers; start dockerd, or unset it")
+    say("No Docker engine answers, so agents will run as local processes (a process work pool).")
+    say("  To run them in containers, start Docker (see the README) and run `ariel up` again.")
+    return "process"
+
+
+async def prepare_org(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, int]:
+    """Create or update the personal org's pool and point its agents at it; returns (pool, agents deployed)."""
+    async with open_services(settings, api_url, pool_type) as services:
+        org = services.personal_org
+        name = pool_name(org.slug, pool_type)
+        template = docker_job_template(settings.runtime_image, org.id) if pool_type == "docker" else process_job_template()
+        async with PrefectClient(api_url) as client:
+            await ensure_pool(client, name, pool_type, template, org.id)
+        caller = Caller(user_id=LOCAL_USER, org_id=org.id, org_slug=org.slug, role="owner")
+        return name, await services.agents.redeploy_all(caller)
+
+
+def client_config(settings: ArielSettings, runtime: Runtime) -> str:
+    ariel = shutil.which("ariel") or str(Path(sys.executable).parent / "ariel")
+    config = {
+        "mcpServers": {
+            "ariel": {"url": settings.mcp_url},
+            "ariel-stdio": {"command": ariel, "args": ["mcp"], "env": {"ARIEL_HOME": str(settings.home)}},
+        }
+    }
+    return json.dumps(config, indent=2)
+
+
+def up(settings: ArielSettings) -> None:
+    """Start everything, serve until Ctrl-C, then stop every child process."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if not port_free(settings.host, settings.port):
+        raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
+    children = Children(settings.home / "logs")
+    try:
+        api_url = settings.prefect_api_url
+        if api_url is None:
+            if not port_free("127.0.0.1", settings.prefect_port):
+                raise StartupFailed(
+                    f"port {settings.prefect_port} is in use; set ARIEL_PREFECT_PORT, "
+                    "or ARIEL_PREFECT_API_URL to use a running Prefect server"
+                )
+            api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+            say(f"Starting the Prefect server on port {settings.prefect_port} ...")
+            children.start(
+                "prefect-server",
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                 "--port", str(settings.prefect_port)],
+                prefect_env(api_url, settings),
+            )
+        started = time.monotonic()
+        wait_healthy(api_url, children)
+        say(f"Prefect API ready in {time.monotonic() - started:.1f} s")
+
+        pool_type = choose_pool_type(settings)
+        if pool_type == "docker" and settings.build_image:
+            try:
+                RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure(say)
+            except ImageBuildFailed as exc:
+                raise StartupFailed(str(exc)) from exc
+        org_pool, redeployed = asyncio.run(prepare_org(settings, api_url, pool_type))
+        runtime = Runtime(api_url, pool_type, org_pool)
+        if redeployed:
+            say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")
+        runtime.save(settings.home)
+
+        worker_env = prefect_env(api_url, settings)
+        # A process worker runs flows on this host: make the runtime importable from any directory.
+        worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), worker_env.get("PYTHONPATH")]))
+        children.start(
+            "worker",
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", org_pool, "--type", pool_type,
+             "--name", f"ariel-{pool_type}-{socket.gethostname()}"],
+            worker_env,
+        )
+        ui_url = api_url.removesuffix("/api")
+        say("")
+        say(f"Ariel is up. Work pool: {org_pool} ({pool_type})")
+        say(f"  MCP (streamable HTTP): {settings.mcp_url}")
+        say(f"  Prefect UI:            {ui_url}")
+        say(f"  Logs:                  {children.log_dir}")
+        say("MCP client config (Claude Desktop style; HTTP, or stdio via `ariel mcp`):")
+        say(client_config(settings, runtime))
+        say("Press Ctrl-C to stop.")
+        app = create_app(settings, api_url, pool_type)
+        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")).run()
+    finally:
+        say("Stopping ...")
+        children.stop_all()
+        say("Stopped.")
+

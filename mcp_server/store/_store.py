@@ -1,0 +1,148 @@
+"""`Store`: every read and write of tenant data, each scoped to one organization.
+
+Example:
+    >>> store = await Store.open("sqlite+aiosqlite:///ariel.db")   # doctest: +SKIP
+    >>> org = await store.ensure_personal_org()                       # doctest: +SKIP
+    >>> agent = await store.create_agent(org.id, "pr-digest", "PR digest", {...})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from mcp_server.exceptions import Conflict
+from mcp_server.store._records import AgentRecord, AgentVersion, Organization
+from mcp_server.store._schema import agent_versions, agents, organizations
+
+PERSONAL_ORG_SLUG = "personal"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def new_id() -> str:
+    """A random 32-character hex id."""
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """The control-plane database. Open with `Store.open(url)`; close with `await store.close()`."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect to `url` and apply pending migrations."""
+        engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration; never drops data."""
+        async with self._engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    # organizations
+
+    async def ensure_personal_org(self) -> Organization:
+        """The local user's invisible organization, created on first use."""
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(organizations).where(organizations.c.slug == PERSONAL_ORG_SLUG))).first()
+            if row is None:
+                values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": _now()}
+                await conn.execute(organizations.insert().values(**values))
+                return Organization(**values)
+            return Organization(**row._mapping)
+
+    # agents
+
+    async def create_agent(self, org_id: str, slug: str, name: str, spec: dict[str, Any]) -> AgentRecord:
+        """Insert an agent and its version 1. Raises `Conflict` when the slug is taken in the org."""
+        now = _now()
+        record = AgentRecord(
+            id=new_id(), org_id=org_id, slug=slug, name=name, version=1,
+            deployment_id=None, created_at=now, updated_at=now,
+        )
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(agents.insert().values(**record.__dict__))
+                await conn.execute(
+                    agent_versions.insert().values(agent_id=record.id, version=1, org_id=org_id, spec=spec, created_at=now)
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"an agent with slug {slug!r} already exists; choose another name") from exc
+        return record
+
+    async def find_agent(self, org_id: str, ref: str) -> AgentRecord | None:
+        """The agent whose id or slug is `ref`, in `org_id`; None when there is none."""
+        query = select(agents).where(agents.c.org_id == org_id, (agents.c.id == ref) | (agents.c.slug == ref))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return AgentRecord(**row._mapping) if row else None
+
+    async def list_agents(self, org_id: str) -> list[AgentRecord]:
+        query = select(agents).where(agents.c.org_id == org_id).order_by(agents.c.created_at)
+        async with self._engine.connect() as conn:
+            return [AgentRecord(**row._mapping) for row in await conn.execute(query)]
+
+    async def get_version(self, org_id: str, agent_id: str, version: int) -> AgentVersion | None:
+        query = select(agent_versions).where(
+            agent_versions.c.org_id == org_id,
+            agent_versions.c.agent_id == agent_id,
+            agent_versions.c.version == version,
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return AgentVersion(agent_id=row.agent_id, version=row.version, spec=row.spec, created_at=row.created_at)
+
+    async def set_deployment(self, org_id: str, agent_id: str, deployment_id: str) -> None:
+        query = (
+            agents.update()
+            .where(agents.c.org_id == org_id, agents.c.id == agent_id)
+            .values(deployment_id=deployment_id, updated_at=_now())
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(query)
+
+    async def delete_agent(self, org_id: str, agent_id: str) -> None:
+        """Remove an agent and all its versions."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                agent_versions.delete().where(agent_versions.c.org_id == org_id, agent_versions.c.agent_id == agent_id)
+            )
+            await conn.execute(agents.delete().where(agents.c.org_id == org_id, agents.c.id == agent_id))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL lets the MCP server read while a migration or another process writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,177 @@
+"""The runtime flow plays an agent: LLM calls and tool calls as Prefect tasks, within its limits."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
+
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.agent import agent_run
+from flows.config import Limits, RunConfig, ScriptStep
+from flows.exceptions import StepLimitReached
+from tests.support import http_service
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api: str) -> Iterator[None]:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield
+
+
+def config(**overrides: Any) -> RunConfig:
+    base: dict[str, Any] = {
+        "agent_id": "a" * 32, "org_id": "o" * 32, "version": 1, "name": "Test agent",
+        "instructions": "Check the service.", "model": "ariel/scripted",
+    }
+    return RunConfig(**{**base, **overrides})
+
+
+def test_a_scripted_agent_calls_http_request_and_replies_with_what_it_got(service_host: str) -> None:
+    reply = agent_run(
+        config(
+            tools=["http_request"],
+            allowed_hosts=[service_host],
+            script=[
+                ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/status"}),
+                ScriptStep(reply="The service said: {last_tool_result}"),
+            ],
+        )
+    )
+    assert reply.startswith("The service said: ")
+    assert json.loads(json.loads(reply.removeprefix("The service said: "))["body"]) == {"path": "/status", "answer": 42}
+
+
+async def test_each_llm_call_and_tool_call_is_its_own_task_run(service_host: str, prefect_api: str) -> None:
+    state = agent_run(
+        config(
+            tools=["http_request"],
+            allowed_hosts=[service_host],
+            script=[
+                ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"}),
+                ScriptStep(reply="done"),
+            ],
+        ),
+        return_state=True,
+    )
+    async with PrefectClient(prefect_api) as client:
+        tasks = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert sorted(t.name for t in tasks) == ["http_request · step 1", "llm · step 1", "llm · step 2"]
+
+
+def test_a_host_the_agent_did_not_declare_is_refused_to_the_model(service_host: str) -> None:
+    reply = agent_run(
+        config(
+            tools=["http_request"],
+            allowed_hosts=["api.example.com"],
+            script=[
+                ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"}),
+                ScriptStep(reply="Result: {last_tool_result}"),
+            ],
+        )
+    )
+    assert "is not one this agent may call (allowed: api.example.com)" in reply
+
+
+def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> None:
+    call = ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"})
+    with pytest.raises(StepLimitReached, match="made 2 LLM calls without a final reply"):
+        agent_run(
+            config(
+                tools=["http_request"],
+                allowed_hosts=[service_host],
+                limits=Limits(max_steps=2),
+                script=[call, call, call, ScriptStep(reply="never")],
+            )
+        )
+
+
+def test_the_input_reaches_the_model_as_the_user_message() -> None:
+    # The scripted model counts turns, so a reply quoting no tool proves the loop ends at once.
+    assert agent_run(config(script=[ScriptStep(reply="hello")]), input="Say hello") == "hello"
+
+
+class OpenAICompatible(BaseHTTPRequestHandler):
+    """A tiny OpenAI chat-completions server: a tool call first, then a reply quoting the tool result."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+    failures_left: ClassVar[int] = 0
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+            if type(self).failures_left > 0:
+                type(self).failures_left -= 1
+                self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+                return
+        tool_results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+        if tool_results:
+            message = {"role": "assistant", "content": f"Fetched: {tool_results[-1]}"}
+            finish = "stop"
+        else:
+            url = body["messages"][-1]["content"]
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "call_1", "type": "function",
+                                "function": {"name": "http_request", "arguments": json.dumps({"url": url})}}],
+            }
+            finish = "tool_calls"
+        self._send(200, {
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        })
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    OpenAICompatible.requests = []
+    OpenAICompatible.failures_left = 0
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback-test")
+    with http_service(OpenAICompatible) as host:
+        yield f"http://{host}/v1"
+
+
+def http_agent(api_base: str, service_host: str) -> RunConfig:
+    return config(model="openai/test-model", api_base=api_base, tools=["http_request"], allowed_hosts=[service_host])
+
+
+def test_a_real_litellm_http_model_drives_the_tool_loop(openai_server: str, service_host: str) -> None:
+    reply = agent_run(http_agent(openai_server, service_host), input=f"http://{service_host}/from-llm")
+    assert reply.startswith("Fetched: ") and '\\"answer\\": 42' in reply
+    first, second = OpenAICompatible.requests
+    assert first["path"] == "/v1/chat/completions"
+    assert first["auth"] == "Bearer sk-loopback-test"
+    assert first["body"]["model"] == "test-model"
+    assert first["body"]["tools"][0]["function"]["name"] == "http_request"
+    assert second["body"]["messages"][-1]["role"] == "tool"
+
+
+def test_a_transient_provider_error_is_retried_once_not_stacked(openai_server: str, service_host: str) -> None:
+    OpenAICompatible.failures_left = 1
+    reply = agent_run(http_agent(openai_server, service_host), input=f"http://{service_host}/retry")
+    assert reply.startswith("Fetched: ")
+    # One 503, its single retry by the task, then the second turn: litellm itself did not retry.
+    assert len(OpenAICompatible.requests) == 3

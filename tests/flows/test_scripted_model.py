@@ -1,0 +1,49 @@
+"""The offline `ariel/scripted` model plays its script through litellm, turn by turn."""
+
+from __future__ import annotations
+
+import json
+
+import litellm
+import pytest
+
+from flows.models.scripted import play, register_scripted_provider
+
+SCRIPT = [
+    {"tool": "http_request", "arguments": {"url": "http://127.0.0.1:9/"}},
+    {"reply": "It said {last_tool_result}"},
+]
+
+
+def test_the_first_turn_is_the_scripted_tool_call() -> None:
+    response = play([{"role": "user", "content": "go"}], SCRIPT)
+    [call] = response.choices[0].message.tool_calls  # type: ignore[union-attr]  # a chat response
+    assert call.function.name == "http_request"
+    assert json.loads(call.function.arguments) == {"url": "http://127.0.0.1:9/"}
+    assert response.choices[0].finish_reason == "tool_calls"  # type: ignore[union-attr]  # as above
+
+
+def test_a_reply_quotes_the_latest_tool_result() -> None:
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": []},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]
+    assert play(messages, SCRIPT).choices[0].message.content == "It said 42"  # type: ignore[union-attr]  # as above
+
+
+def test_asking_past_the_end_of_the_script_is_a_permanent_error() -> None:
+    messages = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(litellm.BadRequestError, match="the script has 2 turns"):
+        play(messages, SCRIPT)
+
+
+def test_litellm_routes_ariel_models_to_the_scripted_provider() -> None:
+    register_scripted_provider()
+    register_scripted_provider()  # registering twice keeps one handler
+    assert sum(e["provider"] == "ariel" for e in litellm.custom_provider_map) == 1
+    response = litellm.completion(
+        model="ariel/scripted", messages=[{"role": "user", "content": "go"}], script=[{"reply": "hi"}], num_retries=0
+    )
+    assert response.choices[0].message.content == "hi"  # type: ignore[union-attr]  # a chat response
+    assert response.usage.total_tokens > 0  # type: ignore[attr-defined]  # litellm adds usage

@@ -1,0 +1,169 @@
+"""End to end, as a user: `ariel up`, then a real MCP client over streamable HTTP.
+
+An agent that calls `http_request` against a loopback service is created, run
+and read back through MCP; it runs in a Docker container (docker pool) or as a
+host process (process pool), on a real Prefect server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from prefect.client.orchestration import PrefectClient
+
+from tests.support import ArielUp, ariel_up
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["docker", "process"])
+def stack(
+    request: pytest.FixtureRequest, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ArielUp]:
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+    with ariel_up(tmp_path_factory.mktemp(f"home-{request.param}"), request.param, prefect_api) as up:
+        up.pool_type = request.param  # type: ignore[attr-defined]  # test-only annotation
+        yield up
+
+
+def checker(service_host: str, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "instructions": "Fetch the service status and report it.",
+        "model": "ariel/scripted",
+        "tools": ["http_request"],
+        "allowed_hosts": [service_host],
+        "script": [
+            {"tool": "http_request", "arguments": {"url": f"http://{service_host}/status"}},
+            {"reply": "Status report: {last_tool_result}"},
+        ],
+    }
+
+
+async def read_all_logs(client: Client, run: str, contains: str, timeout: float = 30) -> list[str]:
+    # Flow logs reach the API a moment after the run's final state.
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await client.call_tool("get_run_logs", {"run": run, "limit": 1000})
+        messages = [line["message"] for line in result.structured_content["lines"]]
+        if any(contains in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        await asyncio.sleep(0.5)
+
+
+async def test_an_agent_created_in_chat_runs_on_its_pool_and_its_logs_hold_the_reply(
+    stack: ArielUp, service_host: str, prefect_api: str
+) -> None:
+    async with Client(stack.mcp_url) as client:
+        created = (await client.call_tool("create_agent", checker(service_host, "Status checker"))).structured_content
+        assert len(created["id"]) == 32 and int(created["id"], 16) >= 0
+        assert (created["slug"], created["version"]) == ("status-checker", 1)
+
+        run = (await client.call_tool("run_agent", {"agent": "status-checker", "wait_seconds": 180})).structured_content
+        assert run["state"] == "Completed", run
+        assert run["version"] == 1
+        assert run["result"].startswith("Status report: ") and '\\"answer\\": 42' in run["result"]
+
+        logs = await read_all_logs(client, run["name"], "Reply: Status report")
+        assert any(m.startswith("Reply: Status report: ") and "answer" in m for m in logs), logs
+        # The runtime image carries the code at /opt/ariel/app; a process worker runs this checkout's.
+        where = "/opt/ariel/app/flows" if stack.pool_type == "docker" else str(Path(__file__).parent.parent / "flows")  # type: ignore[attr-defined]
+        assert any(m.startswith("Runtime: Python") and m.endswith(f"code at {where}") for m in logs), logs
+
+        by_agent = (await client.call_tool("list_runs", {"agent": created["id"]})).structured_content["result"]
+        assert [r["id"] for r in by_agent] == [run["id"]]
+        completed = (await client.call_tool("list_runs", {"state": "completed"})).structured_content["result"]
+        assert run["id"] in [r["id"] for r in completed]
+        assert (await client.call_tool("list_runs", {"state": "failed"})).structured_content["result"] == []
+
+    async with PrefectClient(prefect_api) as prefect:
+        flow_run = await prefect.read_flow_run(run["id"])
+        deployment = await prefect.read_deployment(flow_run.deployment_id)
+        pool = await prefect.read_work_pool(deployment.work_pool_name)
+        flow = await prefect.read_flow(deployment.flow_id)
+    assert flow.name == "status-checker"
+    assert pool.type == stack.pool_type  # type: ignore[attr-defined]
+    assert any(tag.startswith("org:") for tag in deployment.tags)
+    assert set(deployment.tags) <= set(flow_run.tags)
+
+
+async def test_agents_are_listed_and_read_by_id_or_slug(stack: ArielUp, service_host: str) -> None:
+    async with Client(stack.mcp_url) as client:
+        created = (
+            await client.call_tool(
+                "create_agent",
+                {**checker(service_host, "Morning digest"), "schedule": {"cron": "0 8 * * 1-5", "timezone": "Europe/Paris"}},
+            )
+        ).structured_content
+        listed = (await client.call_tool("list_agents", {})).structured_content["result"]
+        assert "morning-digest" in [agent["slug"] for agent in listed]
+        by_slug = (await client.call_tool("get_agent", {"agent": "morning-digest"})).structured_content
+        by_id = (await client.call_tool("get_agent", {"agent": created["id"]})).structured_content
+    assert by_slug == by_id
+    assert by_slug["schedule"] == {"cron": "0 8 * * 1-5", "timezone": "Europe/Paris"}
+    assert by_slug["spec"]["instructions"] == "Fetch the service status and report it."
+    assert by_slug["recent_runs"] == []
+
+
+async def test_bad_input_names_the_field_and_creates_nothing(stack: ArielUp, service_host: str) -> None:
+    async with Client(stack.mcp_url) as client:
+        before = (await client.call_tool("list_agents", {})).structured_content["result"]
+        with pytest.raises(ToolError) as bad_cron:
+            await client.call_tool("create_agent", {**checker(service_host, "Bad cron"), "schedule": {"cron": "99 * * * *"}})
+        with pytest.raises(ToolError) as bad_tool:
+            await client.call_tool("create_agent", {**checker(service_host, "Bad tool"), "tools": ["shell"]})
+        with pytest.raises(ToolError) as empty_name:
+            await client.call_tool("create_agent", {**checker(service_host, ""), "name": ""})
+        after = (await client.call_tool("list_agents", {})).structured_content["result"]
+    assert str(bad_cron.value).startswith('invalid arguments: schedule.cron: Invalid cron string: "99 * * * *"')
+    assert "unknown tool 'shell'; available tools: http_request" in str(bad_tool.value)
+    assert str(empty_name.value) == "the agent was not created: name: String should have at least 1 character"
+    assert after == before
+
+
+async def test_a_second_agent_with_the_same_slug_is_refused(stack: ArielUp, service_host: str) -> None:
+    async with Client(stack.mcp_url) as client:
+        await client.call_tool("create_agent", checker(service_host, "Twin"))
+        with pytest.raises(ToolError, match="an agent with slug 'twin' already exists; choose another name"):
+            await client.call_tool("create_agent", checker(service_host, "TWIN!"))
+
+
+async def test_unknown_agents_and_runs_are_answered_plainly(stack: ArielUp) -> None:
+    async with Client(stack.mcp_url) as client:
+        with pytest.raises(ToolError, match="no agent 'nope'; list_agents shows"):
+            await client.call_tool("run_agent", {"agent": "nope"})
+        with pytest.raises(ToolError, match="no run 'no-such-run'; list_runs shows"):
+            await client.call_tool("get_run_logs", {"run": "no-such-run"})
+        with pytest.raises(ToolError, match="no run '00000000-0000-0000-0000-000000000000'"):
+            await client.call_tool("get_run_logs", {"run": "00000000-0000-0000-0000-000000000000"})
+
+
+def test_health_and_readiness_answer(stack: ArielUp) -> None:
+    import httpx
+
+    assert httpx.get(f"{stack.base_url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{stack.base_url}/ready").json()["status"] == "ready"
+    assert httpx.get(f"{stack.base_url}/docs").status_code == 200
+
+
+def test_ariel_up_prints_the_urls_and_a_client_config(stack: ArielUp) -> None:
+    printed = stack.printed()
+    assert f"MCP (streamable HTTP): {stack.mcp_url}" in printed
+    assert "Prefect UI:" in printed
+    assert '"args": [\n        "mcp"\n      ]' in printed
+
+
+def test_ctrl_c_on_ariel_up_with_its_own_prefect_server_leaves_nothing_running(tmp_path: Path) -> None:
+    with ariel_up(tmp_path / "home", "process") as up:
+        assert "Starting the Prefect server" in up.printed()
+        left = up.stop()
+    assert left == set()
+    assert "Stopped." in up.printed()
