@@ -92,6 +92,12 @@ class AgentSpec(BaseModel):
         examples=["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "ariel/scripted"],
     )
     api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible or self-hosted provider.")
+    provider: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Name of an 'Ariel LLM Provider' block holding the API key (and base URL); keys never go in the spec.",
+        examples=["openai-main"],
+    )
     schedule: ScheduleSpec | None = None
     tools: list[str] = Field(default_factory=list, description="Built-in tools the agent may call.")
     allowed_hosts: list[str] = Field(

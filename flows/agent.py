@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
-from prefect.tasks import Task, exponential_backoff
+from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
@@ -35,11 +35,8 @@ DEFAULT_INPUT = "Run your instructions now."
 
 
 def _failed_with(state: State) -> BaseException | None:
-    try:
-        state.result(raise_on_failure=True)
-    except BaseException as exc:  # noqa: BLE001 - the state carries whatever the task raised
-        return exc
-    return None
+    # The task engine hands retry conditions Failed(data=<the exception>).
+    return state.data if isinstance(state.data, BaseException) else None
 
 
 def _retry_llm(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
@@ -53,19 +50,28 @@ def _retry_tool(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
     return isinstance(_failed_with(state), _TRANSIENT_TOOL_ERRORS)
 
 
-@task(retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_retry_llm)
-def llm_call(config: RunConfig, messages: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
+def backoff(retries: int) -> list[float]:
+    """Seconds before each retry: 1, 2, 4, ... up to a minute.
+
+    Prefect's `exponential_backoff` retries the first time at once, which a rate limit would refuse again.
+    """
+    return [float(min(60, 2**attempt)) for attempt in range(retries)]
+
+
+@task(retry_condition_fn=_retry_llm)
+async def llm_call(config: RunConfig, messages: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
     """One model turn; returns the assistant message and its token usage."""
     import litellm  # imported here: it costs a second or more, and only runs need it
 
     tools = [BUILTIN_TOOLS[name].schema() for name in config.tools]
-    response = litellm.completion(
+    # The async path: litellm's sync completion leaves an event loop of its own unclosed.
+    response = await litellm.acompletion(
         model=config.model,
         messages=messages,
         tools=tools or None,
         timeout=timeout,
         num_retries=0,
-        **completion_kwargs(config),
+        **(await completion_kwargs(config)),
     )
     message = response.choices[0].message.model_dump(exclude_none=True)
     usage = getattr(response, "usage", None)
@@ -78,7 +84,7 @@ def llm_call(config: RunConfig, messages: list[dict[str, Any]], timeout: float) 
     }
 
 
-@task(retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_condition_fn=_retry_tool)
+@task(retry_condition_fn=_retry_tool)
 def tool_call(name: str, arguments: str, context: ToolContext) -> str:
     """Run one tool call; a refusal goes back to the model as the result."""
     try:
@@ -96,7 +102,7 @@ def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 
 
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
-def agent_run(config: RunConfig, input: str | None = None) -> str:
+async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
     logger = get_run_logger()
     deadline = time.monotonic() + config.limits.timeout_seconds
@@ -112,10 +118,11 @@ def agent_run(config: RunConfig, input: str | None = None) -> str:
     # Where the code came from tells a runtime-image run from a host process.
     logger.info("Runtime: Python %s, code at %s", platform.python_version(), Path(__file__).parent)
     for step in range(1, config.limits.max_steps + 1):
-        turn = llm_call.with_options(
+        turn = await llm_call.with_options(
             name="llm_call",
             task_run_name=f"llm · step {step}",
             retries=config.limits.llm_retries,
+            retry_delay_seconds=backoff(config.limits.llm_retries),
             timeout_seconds=_remaining(deadline),
         )(config, messages, timeout=_remaining(deadline))
         message = turn["message"]
@@ -127,7 +134,7 @@ def agent_run(config: RunConfig, input: str | None = None) -> str:
             reply = str(message.get("content") or "")
             logger.info("Reply: %s", reply)
             logger.info("Usage: %d prompt + %d completion tokens", usage["prompt_tokens"], usage["completion_tokens"])
-            create_markdown_artifact(key=RESULT_ARTIFACT_KEY, markdown=reply, description="The agent's reply")
+            await acreate_markdown_artifact(key=RESULT_ARTIFACT_KEY, markdown=reply, description="The agent's reply")
             return reply
         for call in calls:
             name = call["function"]["name"]
@@ -140,6 +147,7 @@ def agent_run(config: RunConfig, input: str | None = None) -> str:
             result = tool_call.with_options(
                 task_run_name=f"{name} · step {step}",
                 retries=config.limits.tool_retries,
+                retry_delay_seconds=backoff(config.limits.tool_retries),
                 timeout_seconds=_remaining(deadline),
             )(name, call["function"].get("arguments") or "{}", context)
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})

@@ -75,6 +75,7 @@ class RunConfig(BaseModel):
     instructions: str
     model: str
     api_base: str | None = None
+    provider: str | None = None
     tools: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)

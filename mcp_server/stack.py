@@ -16,6 +16,7 @@ import httpx
 import uvicorn
 from prefect.client.orchestration import PrefectClient
 
+from blocks.llm_provider import LLMProvider
 from deployments.exceptions import ImageBuildFailed
 from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template
@@ -107,6 +108,8 @@ async def prepare_org(settings: ArielSettings, api_url: str, pool_type: PoolType
         template = docker_job_template(settings.runtime_image, org.id) if pool_type == "docker" else process_job_template()
         async with PrefectClient(api_url) as client:
             await ensure_pool(client, name, pool_type, template, org.id)
+            # So operators can create provider blocks from the Prefect UI's block catalog.
+            await LLMProvider.aregister_type_and_schema(client=client)
         caller = Caller(user_id=LOCAL_USER, org_id=org.id, org_slug=org.slug, role="owner")
         return name, await services.agents.redeploy_all(caller)
 

@@ -34,8 +34,12 @@ def docker_engine() -> None:
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server for the whole session; its API URL."""
+    from prefect.logging.handlers import APILogWorker
+
     with prefect_server(tmp_path_factory.mktemp("prefect")) as api_url:
         yield api_url
+        # Send in-process flows' queued log lines while the server still answers.
+        APILogWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,9 @@ host process (process pool), on a real Prefect server.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 import pytest
 from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 
@@ -144,6 +148,28 @@ async def test_unknown_agents_and_runs_are_answered_plainly(stack: ArielUp) -> N
             await client.call_tool("get_run_logs", {"run": "no-such-run"})
         with pytest.raises(ToolError, match="no run '00000000-0000-0000-0000-000000000000'"):
             await client.call_tool("get_run_logs", {"run": "00000000-0000-0000-0000-000000000000"})
+
+
+async def test_the_stdio_transport_serves_the_same_agents_as_http(stack: ArielUp, service_host: str) -> None:
+    async with Client(stack.mcp_url) as http:
+        await http.call_tool("create_agent", checker(service_host, "Seen over stdio"))
+    env = {**os.environ, "ARIEL_HOME": str(stack.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    async with Client(StdioTransport(sys.executable, ["-m", "mcp_server.cli", "mcp"], env=env)) as stdio:
+        listed = (await stdio.call_tool("list_agents", {})).structured_content["result"]
+        run = (await stdio.call_tool("run_agent", {"agent": "seen-over-stdio", "wait_seconds": 180})).structured_content
+    assert "seen-over-stdio" in [agent["slug"] for agent in listed]
+    assert run["state"] == "Completed"
+
+
+def test_ariel_mcp_before_ariel_up_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "ARIEL_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_server.cli", "mcp"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "ariel mcp: start Ariel first with `ariel up` (it records the Prefect API and work pool to use)"
+    )
 
 
 def test_health_and_readiness_answer(stack: ArielUp) -> None:

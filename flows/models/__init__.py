@@ -15,9 +15,16 @@ SCRIPTED_MODEL = "ariel/scripted"
 SCRIPTED_PROVIDER = "ariel"
 
 
-def completion_kwargs(config: RunConfig) -> dict[str, Any]:
+async def completion_kwargs(config: RunConfig) -> dict[str, Any]:
     """Provider-specific arguments of `litellm.completion` for this agent."""
     kwargs: dict[str, Any] = {}
+    if config.provider:
+        from blocks.llm_provider import LLMProvider
+
+        provider = await LLMProvider.aload(config.provider)
+        kwargs["api_key"] = provider.api_key.get_secret_value()
+        if provider.api_base:
+            kwargs["api_base"] = provider.api_base
     if config.api_base:
         kwargs["api_base"] = config.api_base
     if config.model == SCRIPTED_MODEL:

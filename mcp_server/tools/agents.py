@@ -43,6 +43,10 @@ def register(mcp: FastMCP) -> None:
             Field(description="For 'ariel/scripted' only: the tool calls and replies it plays, in order."),
         ] = None,
         api_base: Annotated[str | None, Field(description="Base URL of a self-hosted or OpenAI-compatible provider.")] = None,
+        provider: Annotated[
+            str | None,
+            Field(description="Name of an 'Ariel LLM Provider' block with the API key; never pass keys here."),
+        ] = None,
     ) -> AgentView:
         """Create an agent: a Prefect deployment in your work pool, run on its schedule or on demand.
 
@@ -51,7 +55,7 @@ def register(mcp: FastMCP) -> None:
         data = {
             "name": name, "instructions": instructions, "model": model, "description": description,
             "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "script": script,
-            "api_base": api_base,
+            "api_base": api_base, "provider": provider,
         }
         if limits is not None:
             data["limits"] = limits

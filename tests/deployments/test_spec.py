@@ -77,7 +77,7 @@ def test_an_unknown_tool_is_refused_with_the_available_tools() -> None:
 def test_an_unknown_field_is_refused_with_the_allowed_fields() -> None:
     assert refusal(spec(colour="red")) == (
         "colour: unknown field; allowed fields: allowed_hosts, api_base, description, instructions, "
-        "limits, model, name, schedule, script, tools"
+        "limits, model, name, provider, schedule, script, tools"
     )
 
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
+from dataclasses import dataclass
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.agent import agent_run
+from blocks.llm_provider import LLMProvider
 from flows.config import Limits, RunConfig, ScriptStep
-from flows.exceptions import StepLimitReached
 from tests.support import http_service
 
 
@@ -23,6 +27,32 @@ from tests.support import http_service
 def _prefect(prefect_api: str) -> Iterator[None]:
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         yield
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    message: str | None
+    flow_run_id: str
+    result: str | None
+
+
+def play(config: RunConfig, input: str | None = None) -> Outcome:
+    """Run the flow in its own process, as both worker types do; its final state comes back."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.flows.runner"],
+        input=json.dumps({"config": config.model_dump(mode="json"), "input": input}),
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Outcome(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def reply_of(config: RunConfig, input: str | None = None) -> str:
+    outcome = play(config, input)
+    assert outcome.state == "Completed", outcome.message
+    assert outcome.result is not None
+    return outcome.result
 
 
 def config(**overrides: Any) -> RunConfig:
@@ -34,7 +64,7 @@ def config(**overrides: Any) -> RunConfig:
 
 
 def test_a_scripted_agent_calls_http_request_and_replies_with_what_it_got(service_host: str) -> None:
-    reply = agent_run(
+    reply = reply_of(
         config(
             tools=["http_request"],
             allowed_hosts=[service_host],
@@ -49,7 +79,7 @@ def test_a_scripted_agent_calls_http_request_and_replies_with_what_it_got(servic
 
 
 async def test_each_llm_call_and_tool_call_is_its_own_task_run(service_host: str, prefect_api: str) -> None:
-    state = agent_run(
+    outcome = play(
         config(
             tools=["http_request"],
             allowed_hosts=[service_host],
@@ -57,18 +87,17 @@ async def test_each_llm_call_and_tool_call_is_its_own_task_run(service_host: str
                 ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"}),
                 ScriptStep(reply="done"),
             ],
-        ),
-        return_state=True,
+        )
     )
     async with PrefectClient(prefect_api) as client:
         tasks = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(outcome.flow_run_id)]))
         )
     assert sorted(t.name for t in tasks) == ["http_request · step 1", "llm · step 1", "llm · step 2"]
 
 
 def test_a_host_the_agent_did_not_declare_is_refused_to_the_model(service_host: str) -> None:
-    reply = agent_run(
+    reply = reply_of(
         config(
             tools=["http_request"],
             allowed_hosts=["api.example.com"],
@@ -83,20 +112,21 @@ def test_a_host_the_agent_did_not_declare_is_refused_to_the_model(service_host: 
 
 def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> None:
     call = ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"})
-    with pytest.raises(StepLimitReached, match="made 2 LLM calls without a final reply"):
-        agent_run(
-            config(
-                tools=["http_request"],
-                allowed_hosts=[service_host],
-                limits=Limits(max_steps=2),
-                script=[call, call, call, ScriptStep(reply="never")],
-            )
+    outcome = play(
+        config(
+            tools=["http_request"],
+            allowed_hosts=[service_host],
+            limits=Limits(max_steps=2),
+            script=[call, call, call, ScriptStep(reply="never")],
         )
+    )
+    assert outcome.state == "Failed"
+    assert outcome.message is not None and "StepLimitReached: the agent made 2 LLM calls" in outcome.message
 
 
 def test_the_input_reaches_the_model_as_the_user_message() -> None:
     # The scripted model counts turns, so a reply quoting no tool proves the loop ends at once.
-    assert agent_run(config(script=[ScriptStep(reply="hello")]), input="Say hello") == "hello"
+    assert reply_of(config(script=[ScriptStep(reply="hello")]), input="Say hello") == "hello"
 
 
 class OpenAICompatible(BaseHTTPRequestHandler):
@@ -159,7 +189,7 @@ def http_agent(api_base: str, service_host: str) -> RunConfig:
 
 
 def test_a_real_litellm_http_model_drives_the_tool_loop(openai_server: str, service_host: str) -> None:
-    reply = agent_run(http_agent(openai_server, service_host), input=f"http://{service_host}/from-llm")
+    reply = reply_of(http_agent(openai_server, service_host), input=f"http://{service_host}/from-llm")
     assert reply.startswith("Fetched: ") and '\\"answer\\": 42' in reply
     first, second = OpenAICompatible.requests
     assert first["path"] == "/v1/chat/completions"
@@ -171,7 +201,25 @@ def test_a_real_litellm_http_model_drives_the_tool_loop(openai_server: str, serv
 
 def test_a_transient_provider_error_is_retried_once_not_stacked(openai_server: str, service_host: str) -> None:
     OpenAICompatible.failures_left = 1
-    reply = agent_run(http_agent(openai_server, service_host), input=f"http://{service_host}/retry")
+    reply = reply_of(http_agent(openai_server, service_host), input=f"http://{service_host}/retry")
     assert reply.startswith("Fetched: ")
     # One 503, its single retry by the task, then the second turn: litellm itself did not retry.
     assert len(OpenAICompatible.requests) == 3
+
+
+async def test_a_provider_block_supplies_the_key_and_it_never_reaches_parameters_or_logs(
+    openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    await LLMProvider(api_key="sk-from-the-block-7f3a", api_base=openai_server).save("loopback-llm", overwrite=True)
+    outcome = play(
+        config(model="openai/test-model", provider="loopback-llm", tools=["http_request"], allowed_hosts=[service_host]),
+        input=f"http://{service_host}/keyed",
+    )
+    assert outcome.state == "Completed", outcome.message
+    assert OpenAICompatible.requests[0]["auth"] == "Bearer sk-from-the-block-7f3a"
+    async with PrefectClient(prefect_api) as client:
+        flow_run = await client.read_flow_run(UUID(outcome.flow_run_id))
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    assert "sk-from-the-block" not in json.dumps(flow_run.parameters)
+    assert not [log.message for log in logs if "sk-from-the-block" in log.message]

@@ -1,0 +1,38 @@
+# Two commands matter: `make up` (set up and run Ariel) and `make test`.
+# Everything else is a step of those.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: up test setup docker-host image bench clean
+
+up: setup
+	./docker/setup-host.sh --optional
+	$(BIN)/ariel up
+
+test: setup docker-host image
+	$(BIN)/pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# In CI (CI set) Docker must be had; on a laptop without it the Docker tests skip.
+docker-host:
+	./docker/setup-host.sh $(if $(CI),,--optional)
+
+# Built before the tests so its progress shows here, not inside a test's timeout.
+image: setup
+	if docker info >/dev/null 2>&1; then LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/ariel build-image; fi
+
+bench: setup docker-host image
+	$(BIN)/python bench/run_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

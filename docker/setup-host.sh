@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Make this host ready to run agents in Docker: a Docker engine that answers,
+# and the offline-built base image of the runtime image.
+#
+# On a Debian/Ubuntu host as root with no engine running (a fresh server or
+# CI machine), it installs docker.io and debootstrap and starts dockerd with
+# no bridge network: flow-run containers use host networking to reach the
+# Prefect API on 127.0.0.1. Elsewhere it says what to do.
+#
+# Usage: docker/setup-host.sh [--optional]
+#   --optional  warn and exit 0 when Docker cannot be had (Ariel then runs
+#               agents as local processes); without it, exit 1.
+set -euo pipefail
+
+optional=false
+[ "${1:-}" = "--optional" ] && optional=true
+here="$(cd "$(dirname "$0")" && pwd)"
+base_image="${ARIEL_RUNTIME_BASE_IMAGE:-ariel-base:bookworm}"
+
+give_up() {
+  echo "setup-host: $1" >&2
+  if $optional; then
+    echo "setup-host: continuing without Docker; agents will run as local processes." >&2
+    exit 0
+  fi
+  exit 1
+}
+
+is_root() { [ "$(id -u)" = 0 ]; }
+apt_updated=false
+apt_install() {
+  command -v apt-get >/dev/null || give_up "no apt-get to install $*; install it by hand"
+  is_root || give_up "installing $* needs root (sudo $0)"
+  if ! $apt_updated; then
+    echo "setup-host: apt-get update ..."
+    apt-get update -q >/dev/null
+    apt_updated=true
+  fi
+  echo "setup-host: installing $* ..."
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+
+if ! docker info >/dev/null 2>&1; then
+  command -v dockerd >/dev/null || apt_install docker.io
+  is_root || give_up "the Docker engine is not running; start it (sudo systemctl start docker) or add yourself to the docker group"
+  if ! pgrep -x dockerd >/dev/null; then
+    echo "setup-host: starting dockerd (no bridge, no iptables; containers use host networking) ..."
+    nohup dockerd --bridge=none --iptables=false >/var/log/ariel-dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || give_up "dockerd did not start; see /var/log/ariel-dockerd.log"
+fi
+echo "setup-host: Docker engine answers ($(docker info --format '{{.ServerVersion}}'))"
+
+if ! docker image inspect "$base_image" >/dev/null 2>&1; then
+  if [ "$base_image" != "ariel-base:bookworm" ]; then
+    give_up "base image $base_image is not present; pull or load it (docker pull $base_image)"
+  fi
+  command -v debootstrap >/dev/null || apt_install debootstrap
+  "$here/build-base-image.sh" "$base_image"
+fi
+echo "setup-host: base image $base_image present"
