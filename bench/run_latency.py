@@ -97,6 +97,16 @@ async def baseline_runs(api_url: str, image: str, runs: int) -> list[tuple[float
     return results
 
 
+def remove_baseline_containers() -> None:
+    """The stock template keeps exited containers; remove the ones this benchmark made."""
+    import docker
+
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"label": f"io.prefect.work-pool-name={BASELINE_POOL}"}):
+        container.remove(force=True)
+    client.close()
+
+
 def p50(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -139,6 +149,7 @@ def main() -> None:
             finally:
                 os.killpg(worker.pid, 2)
                 worker.wait(timeout=30)
+                remove_baseline_containers()
     print()
     print(table(ariel, baseline))
 

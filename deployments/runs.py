@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -33,6 +32,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, Log, StateType
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel, Field
 
 from deployments.work_pools import org_tag
 from flows.agent import RESULT_ARTIFACT_KEY
@@ -43,14 +43,13 @@ PAGE_LIMIT = 200
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-@dataclass(frozen=True)
-class RunSummary:
+class RunSummary(BaseModel):
     """What a person needs to know about one run."""
 
-    id: str
-    name: str
+    id: str = Field(description="The run's id; tools accept it or the run's name.")
+    name: str = Field(description="The run's name, as the Prefect UI shows it.")
     agent_id: str | None
-    version: int | None
+    version: int | None = Field(description="The agent version this run ran.")
     state: str
     state_message: str | None
     created: datetime | None
@@ -76,8 +75,7 @@ class RunSummary:
         )
 
 
-@dataclass(frozen=True)
-class LogLine:
+class LogLine(BaseModel):
     timestamp: datetime
     level: str
     message: str

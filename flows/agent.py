@@ -104,8 +104,15 @@ def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
+    try:
+        return await _play(config, input, deadline=time.monotonic() + config.limits.timeout_seconds)
+    except TimeoutError as exc:
+        # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
+        raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
+
+
+async def _play(config: RunConfig, input: str | None, deadline: float) -> str:
     logger = get_run_logger()
-    deadline = time.monotonic() + config.limits.timeout_seconds
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": config.instructions},
         {"role": "user", "content": input or DEFAULT_INPUT},
@@ -157,8 +164,11 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
     )
 
 
+_TIMED_OUT = "the run used its whole time budget (limits.timeout_seconds = {seconds} s); raise it or give the agent less to do"
+
+
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise RunTimedOut("the run used its whole time budget (limits.timeout_seconds)")
+        raise TimeoutError("no time left in the run's budget")
     return left

@@ -24,7 +24,7 @@ from deployments.work_pools import PoolType, pool_name
 from mcp_server.caller import Caller
 from mcp_server.exceptions import InvalidRequest, NotFound, Unavailable
 from mcp_server.store import AgentRecord, Store
-from mcp_server.views import AgentView, LogLineView, RunLogsView, RunView
+from mcp_server.views import AgentView, RunLogsView, RunView
 
 RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -89,7 +89,7 @@ class AgentService:
         if with_runs and record.deployment_id:
             async with self.prefect() as client:
                 recent = await runs.list_runs(client, caller.org_id, [UUID(record.deployment_id)], limit=5)
-            view.recent_runs = [RunView.of(runs.RunSummary.of(run)) for run in recent]
+            view.recent_runs = [RunView.with_result(runs.RunSummary.of(run)) for run in recent]
         return view
 
     async def run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
@@ -101,7 +101,7 @@ class AgentService:
             if wait_seconds > 0:
                 flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds)
             result = await runs.read_result(client, flow_run.id) if flow_run.state and flow_run.state.is_completed() else None
-        return RunView.of(runs.RunSummary.of(flow_run), result)
+        return RunView.with_result(runs.RunSummary.of(flow_run), result)
 
     async def list_runs(self, caller: Caller, agent: str | None, state: RunState | None, limit: int) -> list[RunView]:
         deployment_ids: list[UUID] | None = None
@@ -111,7 +111,7 @@ class AgentService:
         states = [StateType(state.upper())] if state else None
         async with self.prefect() as client:
             found = await runs.list_runs(client, caller.org_id, deployment_ids, states, limit)
-        return [RunView.of(runs.RunSummary.of(run)) for run in found]
+        return [RunView.with_result(runs.RunSummary.of(run)) for run in found]
 
     async def logs(self, caller: Caller, run_ref: str, offset: int, limit: int, level: LogLevel) -> RunLogsView:
         async with self.prefect() as client:
@@ -124,7 +124,7 @@ class AgentService:
             run_id=str(flow_run.id),
             run_name=flow_run.name,
             state=flow_run.state.name if flow_run.state else "Unknown",
-            lines=[LogLineView.of(line) for line in lines[:limit]],
+            lines=lines[:limit],
             next_offset=offset + limit if more else None,
         )
 

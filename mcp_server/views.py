@@ -25,40 +25,19 @@ class AgentView(BaseModel):
     recent_runs: list[RunView] | None = Field(default=None, description="Newest runs (get_agent only).")
 
 
-class RunView(BaseModel):
-    id: str
-    name: str
-    agent_id: str | None
-    version: int | None = Field(description="The agent version this run ran.")
-    state: str
-    state_message: str | None
-    created: datetime | None
-    started: datetime | None
-    ended: datetime | None
-    duration_seconds: float | None
+class RunView(RunSummary):
     result: str | None = Field(default=None, description="The agent's reply, once it completed.")
 
     @classmethod
-    def of(cls, summary: RunSummary, result: str | None = None) -> RunView:
-        return cls(**summary.__dict__, result=result)
-
-
-class LogLineView(BaseModel):
-    timestamp: datetime
-    level: str
-    message: str
-    task_run_id: str | None
-
-    @classmethod
-    def of(cls, line: LogLine) -> LogLineView:
-        return cls(**line.__dict__)
+    def with_result(cls, summary: RunSummary, result: str | None = None) -> RunView:
+        return cls(**summary.model_dump(), result=result)
 
 
 class RunLogsView(BaseModel):
     run_id: str
     run_name: str
     state: str
-    lines: list[LogLineView]
+    lines: list[LogLine]
     next_offset: int | None = Field(description="Pass as `offset` to read further; null at the end.")
 
 

@@ -143,10 +143,16 @@ class ArielUp:
 
 
 @contextmanager
-def ariel_up(home: Path, worker_type: str, prefect_api_url: str | None = None, timeout: float = 900) -> Iterator[ArielUp]:
+def ariel_up(
+    home: Path,
+    worker_type: str,
+    prefect_api_url: str | None = None,
+    timeout: float = 900,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[ArielUp]:
     """Run `ariel up` as a user would, until it says it is up; Ctrl-C it afterwards."""
     port = free_port()
-    env = test_env(home)
+    env = {**test_env(home), **(extra_env or {})}
     env.update(ARIEL_HOME=str(home), ARIEL_PORT=str(port), ARIEL_WORKER_TYPE=worker_type)
     if prefect_api_url:
         env["ARIEL_PREFECT_API_URL"] = prefect_api_url

@@ -193,3 +193,10 @@ def test_ctrl_c_on_ariel_up_with_its_own_prefect_server_leaves_nothing_running(t
         left = up.stop()
     assert left == set()
     assert "Stopped." in up.printed()
+
+
+def test_without_a_docker_engine_ariel_up_says_so_and_uses_a_process_pool(prefect_api: str, tmp_path: Path) -> None:
+    with ariel_up(tmp_path / "home", "auto", prefect_api, extra_env={"DOCKER_HOST": "unix:///nonexistent.sock"}) as up:
+        printed = up.printed()
+    assert "No Docker engine answers, so agents will run as local processes (a process work pool)." in printed
+    assert "Work pool: ariel-personal-process (process)" in printed

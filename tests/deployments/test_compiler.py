@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
@@ -120,3 +121,20 @@ async def test_the_docker_pool_fixes_what_a_deployment_must_not_override(client:
     )
     overridable = set(pool.base_job_template["variables"]["properties"])
     assert overridable.isdisjoint({"image", "network_mode", "privileged", "volumes", "container_create_kwargs"})
+
+
+async def test_prefects_scheduler_creates_runs_for_a_scheduled_agent(
+    client: PrefectClient, target: DeploymentTarget
+) -> None:
+    # Fails with SQLAlchemy 2.1, whose bulk-DML change breaks Prefect 3.8.8's scheduler.
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deployment_id = await apply(client, desired(target, uuid4().hex, schedule={"interval_seconds": 3600}))
+    deadline = asyncio.get_running_loop().time() + 60
+    runs: list[Any] = []
+    while not runs and asyncio.get_running_loop().time() < deadline:
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        await asyncio.sleep(1)
+    assert runs, "Prefect's scheduler made no scheduled runs within 60 s"
+    assert all(run.state and run.state.is_scheduled() for run in runs)
+    await remove(client, deployment_id)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -63,32 +64,24 @@ def config(**overrides: Any) -> RunConfig:
     return RunConfig(**{**base, **overrides})
 
 
-def test_a_scripted_agent_calls_http_request_and_replies_with_what_it_got(service_host: str) -> None:
-    reply = reply_of(
-        config(
-            tools=["http_request"],
-            allowed_hosts=[service_host],
-            script=[
-                ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/status"}),
-                ScriptStep(reply="The service said: {last_tool_result}"),
-            ],
-        )
+def fetcher(host: str, url: str, reply: str, allowed: str | None = None, **overrides: Any) -> RunConfig:
+    """A scripted agent that fetches `url` with http_request, then replies `reply`."""
+    return config(
+        tools=["http_request"],
+        allowed_hosts=[allowed or host],
+        script=[ScriptStep(tool="http_request", arguments={"url": url}), ScriptStep(reply=reply)],
+        **overrides,
     )
+
+
+def test_a_scripted_agent_calls_http_request_and_replies_with_what_it_got(service_host: str) -> None:
+    reply = reply_of(fetcher(service_host, f"http://{service_host}/status", "The service said: {last_tool_result}"))
     assert reply.startswith("The service said: ")
     assert json.loads(json.loads(reply.removeprefix("The service said: "))["body"]) == {"path": "/status", "answer": 42}
 
 
 async def test_each_llm_call_and_tool_call_is_its_own_task_run(service_host: str, prefect_api: str) -> None:
-    outcome = play(
-        config(
-            tools=["http_request"],
-            allowed_hosts=[service_host],
-            script=[
-                ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"}),
-                ScriptStep(reply="done"),
-            ],
-        )
-    )
+    outcome = play(fetcher(service_host, f"http://{service_host}/", "done"))
     async with PrefectClient(prefect_api) as client:
         tasks = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(outcome.flow_run_id)]))
@@ -98,14 +91,7 @@ async def test_each_llm_call_and_tool_call_is_its_own_task_run(service_host: str
 
 def test_a_host_the_agent_did_not_declare_is_refused_to_the_model(service_host: str) -> None:
     reply = reply_of(
-        config(
-            tools=["http_request"],
-            allowed_hosts=["api.example.com"],
-            script=[
-                ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"}),
-                ScriptStep(reply="Result: {last_tool_result}"),
-            ],
-        )
+        fetcher(service_host, f"http://{service_host}/", "Result: {last_tool_result}", allowed="api.example.com")
     )
     assert "is not one this agent may call (allowed: api.example.com)" in reply
 
@@ -122,6 +108,30 @@ def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> 
     )
     assert outcome.state == "Failed"
     assert outcome.message is not None and "StepLimitReached: the agent made 2 LLM calls" in outcome.message
+
+
+class Slow(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        time.sleep(20)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def test_a_run_stops_when_its_time_budget_runs_out() -> None:
+    with http_service(Slow) as slow_host:
+        started = time.monotonic()
+        outcome = play(
+            fetcher(slow_host, f"http://{slow_host}/", "late", limits=Limits(timeout_seconds=5, tool_retries=0))
+        )
+        elapsed = time.monotonic() - started
+    assert outcome.state == "Failed"
+    assert outcome.message is not None and (
+        "RunTimedOut: the run used its whole time budget (limits.timeout_seconds = 5 s)" in outcome.message
+    )
+    assert elapsed < 19, f"the run waited for the slow host ({elapsed:.0f} s) instead of its 5 s budget"
 
 
 def test_the_input_reaches_the_model_as_the_user_message() -> None:
