@@ -6,13 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test setup docker-host image bench clean
+.PHONY: up test setup docker-host postgres image bench clean
 
 up: setup
 	./docker/setup-host.sh --optional
 	$(BIN)/ariel up
 
-test: setup docker-host image
+test: setup docker-host postgres image
 	$(BIN)/pytest
 
 setup: $(STAMP)
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml
 # In CI (CI set) Docker must be had; on a laptop without it the Docker tests skip.
 docker-host:
 	./docker/setup-host.sh $(if $(CI),,--optional)
+
+# The PostgreSQL store tests need a server; in CI it must be had.
+postgres:
+	./tests/setup-postgres.sh $(if $(CI),,--optional)
 
 # Built before the tests so its progress shows here, not inside a test's timeout.
 image: setup

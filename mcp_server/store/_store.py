@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, select
+from sqlalchemy import Connection, event, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mcp_server.exceptions import Conflict
 from mcp_server.store._records import AgentRecord, AgentVersion, Organization
@@ -55,6 +58,15 @@ class Store:
     async def close(self) -> None:
         await self._engine.dispose()
 
+    @asynccontextmanager
+    async def tenant(self, org_id: str) -> AsyncIterator[AsyncConnection]:
+        """A transaction scoped to `org_id`: on PostgreSQL, row-level security hides every other org's rows."""
+        async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Transaction-local, so a pooled connection never carries it to another tenant.
+                await conn.execute(text("SELECT set_config('ariel.org_id', :org, true)"), {"org": org_id})
+            yield conn
+
     async def migrate(self) -> None:
         """Bring the schema to the newest migration; never drops data."""
         async with self._engine.begin() as conn:
@@ -82,7 +94,7 @@ class Store:
             deployment_id=None, created_at=now, updated_at=now,
         )
         try:
-            async with self._engine.begin() as conn:
+            async with self.tenant(org_id) as conn:
                 await conn.execute(agents.insert().values(**record.__dict__))
                 await conn.execute(
                     agent_versions.insert().values(agent_id=record.id, version=1, org_id=org_id, spec=spec, created_at=now)
@@ -94,13 +106,13 @@ class Store:
     async def find_agent(self, org_id: str, ref: str) -> AgentRecord | None:
         """The agent whose id or slug is `ref`, in `org_id`; None when there is none."""
         query = select(agents).where(agents.c.org_id == org_id, (agents.c.id == ref) | (agents.c.slug == ref))
-        async with self._engine.connect() as conn:
+        async with self.tenant(org_id) as conn:
             row = (await conn.execute(query)).first()
         return AgentRecord(**row._mapping) if row else None
 
     async def list_agents(self, org_id: str) -> list[AgentRecord]:
         query = select(agents).where(agents.c.org_id == org_id).order_by(agents.c.created_at)
-        async with self._engine.connect() as conn:
+        async with self.tenant(org_id) as conn:
             return [AgentRecord(**row._mapping) for row in await conn.execute(query)]
 
     async def get_version(self, org_id: str, agent_id: str, version: int) -> AgentVersion | None:
@@ -109,7 +121,7 @@ class Store:
             agent_versions.c.agent_id == agent_id,
             agent_versions.c.version == version,
         )
-        async with self._engine.connect() as conn:
+        async with self.tenant(org_id) as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
@@ -121,12 +133,12 @@ class Store:
             .where(agents.c.org_id == org_id, agents.c.id == agent_id)
             .values(deployment_id=deployment_id, updated_at=_now())
         )
-        async with self._engine.begin() as conn:
+        async with self.tenant(org_id) as conn:
             await conn.execute(query)
 
     async def delete_agent(self, org_id: str, agent_id: str) -> None:
         """Remove an agent and all its versions."""
-        async with self._engine.begin() as conn:
+        async with self.tenant(org_id) as conn:
             await conn.execute(
                 agent_versions.delete().where(agent_versions.c.org_id == org_id, agent_versions.c.agent_id == agent_id)
             )

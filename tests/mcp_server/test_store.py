@@ -1,25 +1,20 @@
-"""The store keeps agents and their immutable versions, each read scoped to one organization."""
+"""The store keeps agents and their immutable versions, each read scoped to one organization.
+
+Every test runs on both backends (SQLite and PostgreSQL) through the `store` fixture.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
+from sqlalchemy.exc import DBAPIError
 
 from mcp_server.exceptions import Conflict
 from mcp_server.store import Store
 from mcp_server.store._schema import organizations
 from mcp_server.store._store import new_id
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
-    yield opened
-    await opened.close()
 
 
 async def other_org(store: Store) -> str:
@@ -79,8 +74,8 @@ async def test_deleting_an_agent_removes_its_versions(store: Store) -> None:
     assert await store.get_version(org.id, agent.id, 1) is None
 
 
-async def test_migrations_are_reapplied_without_losing_data(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}"
+async def test_migrations_are_reapplied_without_losing_data(store_url: str) -> None:
+    url = store_url
     first = await Store.open(url)
     org = await first.ensure_personal_org()
     await first.create_agent(org.id, "kept", "Kept", {})
@@ -88,3 +83,44 @@ async def test_migrations_are_reapplied_without_losing_data(tmp_path: Path) -> N
     second = await Store.open(url)
     assert [a.slug for a in await second.list_agents(org.id)] == ["kept"]
     await second.close()
+
+
+async def test_row_level_security_hides_other_orgs_rows_from_an_unfiltered_query(postgres_url: str) -> None:
+    store = await Store.open(postgres_url)
+    mine = (await store.ensure_personal_org()).id
+    theirs = await other_org(store)
+    await store.create_agent(mine, "mine", "Mine", {})
+    await store.create_agent(theirs, "theirs", "Theirs", {})
+    async with store.tenant(mine) as conn:
+        # Deliberately unfiltered: only the policy stands between this and org B's rows.
+        agent_orgs = {row.org_id for row in await conn.execute(text("SELECT org_id FROM agents"))}
+        version_orgs = {row.org_id for row in await conn.execute(text("SELECT org_id FROM agent_versions"))}
+        renamed = await conn.execute(text("UPDATE agents SET name = 'renamed'"))
+    assert agent_orgs == {mine} and version_orgs == {mine}
+    assert renamed.rowcount == 1
+    assert [a.name for a in await store.list_agents(theirs)] == ["Theirs"]
+    await store.close()
+
+
+async def test_row_level_security_refuses_writing_a_row_into_another_org(postgres_url: str) -> None:
+    store = await Store.open(postgres_url)
+    mine = (await store.ensure_personal_org()).id
+    theirs = await other_org(store)
+    with pytest.raises(DBAPIError, match="new row violates row-level security policy"):
+        async with store.tenant(mine) as conn:
+            await conn.execute(
+                text("INSERT INTO agents (id, org_id, slug, name, version, created_at, updated_at) "
+                     "VALUES ('x', :org, 's', 'n', 1, now(), now())"),
+                {"org": theirs},
+            )
+    assert await store.list_agents(theirs) == []
+    await store.close()
+
+
+async def test_outside_a_tenant_transaction_no_tenant_rows_are_visible(postgres_url: str) -> None:
+    store = await Store.open(postgres_url)
+    org = (await store.ensure_personal_org()).id
+    await store.create_agent(org, "a", "A", {})
+    async with store._engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM agents"))).scalar_one() == 0
+    await store.close()

@@ -1,0 +1,46 @@
+"""The store under test, on each backend: SQLite, and a real PostgreSQL database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mcp_server.store import Store
+from tests.support import need
+
+POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_test:ariel_test@127.0.0.1:5432")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database owned by a non-superuser role (so row-level security applies)."""
+    try:
+        admin = psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        need(False, f"no PostgreSQL answers at {POSTGRES_URL} (run tests/setup-postgres.sh)")
+    name = f"ariel_t_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{POSTGRES_URL.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}"
+    return request.getfixturevalue("postgres_url")  # type: ignore[no-any-return]  # a str fixture
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(store_url)
+    yield opened
+    await opened.close()
