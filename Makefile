@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
 .PHONY: up test setup docker-host postgres image bench clean
 
@@ -17,10 +17,12 @@ test: setup docker-host postgres image
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every transitive version the tests passed with: warnings
+# are errors in the tests, so a new release of anything must not slip in unseen.
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # In CI (CI set) Docker must be had; on a laptop without it the Docker tests skip.
@@ -32,11 +34,11 @@ postgres:
 	./tests/setup-postgres.sh $(if $(CI),,--optional)
 
 # Built before the tests so its progress shows here, not inside a test's timeout.
-image: setup
+image: setup docker-host
 	if docker info >/dev/null 2>&1; then LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/ariel build-image; fi
 
 bench: setup docker-host image
-	$(BIN)/python bench/run_latency.py
+	$(BIN)/python bench/run_latency.py --runs 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -34,6 +34,8 @@ from flows.config import RunConfig
 ENTRYPOINT = "flows.agent:agent_run"
 
 Schedule = CronSchedule | IntervalSchedule
+# What runs of an agent accept; Prefect enforces it on every run.
+PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(agent_run.fn).model_dump_for_openapi()
 # Prefect anchors an interval at "now" by default, which would make every
 # compile differ; a fixed anchor also lands hourly runs on the hour.
 INTERVAL_ANCHOR = datetime(2020, 1, 1, tzinfo=UTC)
@@ -102,7 +104,7 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
             work_pool_name=desired.work_pool_name,
             entrypoint=ENTRYPOINT,
             parameters=desired.parameters,
-            parameter_openapi_schema=parameter_schema(agent_run.fn).model_dump_for_openapi(),
+            parameter_openapi_schema=PARAMETER_SCHEMA,
             enforce_parameter_schema=True,
             tags=desired.tags,
             description=desired.description,
@@ -116,6 +118,8 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
                 work_pool_name=desired.work_pool_name,
                 entrypoint=ENTRYPOINT,
                 parameters=desired.parameters,
+                # Sent with every change: Prefect checks new parameters against the stored schema.
+                parameter_openapi_schema=PARAMETER_SCHEMA,
                 tags=desired.tags,
                 description=desired.description,
             ),
@@ -145,4 +149,5 @@ def _fields_differ(current: Deployment, desired: DesiredDeployment) -> bool:
         or current.parameters != desired.parameters
         or sorted(current.tags) != desired.tags
         or current.description != desired.description
+        or current.parameter_openapi_schema != PARAMETER_SCHEMA
     )

@@ -2,7 +2,6 @@
 
     DeploymentError             base
     ├── SpecInvalid             the agent spec was refused; `.errors` lists field and reason
-    ├── PrefectUnavailable      the Prefect API did not answer
     └── ImageBuildFailed        the runtime image could not be built
 """
 
@@ -23,10 +22,6 @@ class SpecInvalid(DeploymentError):
     def __init__(self, errors: list[tuple[str, str]]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
-
-
-class PrefectUnavailable(DeploymentError):
-    """The Prefect API could not be reached."""
 
 
 class ImageBuildFailed(DeploymentError):

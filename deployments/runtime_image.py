@@ -40,8 +40,12 @@ Progress = Callable[[str], None]
 def _source_files(root: Path) -> Iterable[Path]:
     for name in _DOCKER_FILES:
         yield root / "docker" / name
+    yield root / "constraints.txt"
     for directory in _CONTEXT_DIRS:
-        yield from sorted(path for path in (root / directory).rglob("*.py"))
+        # Every file the build copies, not only Python: any change must rebuild.
+        yield from sorted(
+            path for path in (root / directory).rglob("*") if path.is_file() and "__pycache__" not in path.parts
+        )
 
 
 @dataclass
@@ -72,6 +76,12 @@ class RuntimeImageBuilder:
         """Build the image if it is missing or older than the code. Returns whether it built."""
         client = _docker()
         try:
+            return self._ensure(client, progress)
+        finally:
+            client.close()
+
+    def _ensure(self, client: docker.DockerClient, progress: Progress) -> bool:
+        try:
             base_id = client.images.get(self.base_image).id
         except ImageNotFound:
             raise ImageBuildFailed(
@@ -95,7 +105,8 @@ class RuntimeImageBuilder:
 
     def _resolve_wheels(self, client: docker.DockerClient, base_id: str, progress: Progress) -> Path:
         requirements = (self.root / "docker" / "requirements-runtime.txt").read_bytes()
-        key = hashlib.sha256(base_id.encode() + requirements).hexdigest()[:16]
+        constraints = self.root / "constraints.txt"
+        key = hashlib.sha256(base_id.encode() + requirements + constraints.read_bytes()).hexdigest()[:16]
         folder = self.wheel_cache / key
         if (folder / ".complete").exists():
             progress(f"using resolved wheels in {folder}")
@@ -106,13 +117,15 @@ class RuntimeImageBuilder:
         volumes = {
             str(folder): {"bind": "/wheels", "mode": "rw"},
             str(self.root / "docker" / "requirements-runtime.txt"): {"bind": "/requirements.txt", "mode": "ro"},
+            # The versions the tests passed with, so the image runs what was tested.
+            str(constraints): {"bind": "/constraints.txt", "mode": "ro"},
         }
         ca_bundle = self.ca_bundle or _host_ca_bundle()
         if ca_bundle is not None:
             volumes[str(ca_bundle)] = {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"}
         script = (
             "python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --quiet --progress-bar off "
-            "--dest /wheels -r /requirements.txt"
+            "--dest /wheels -r /requirements.txt -c /constraints.txt"
         )
         container = client.containers.run(
             base_id,
@@ -149,6 +162,7 @@ class RuntimeImageBuilder:
                     self.root / directory, context / directory, ignore=shutil.ignore_patterns("__pycache__")
                 )
             progress(f"building {self.tag} ...")
+            recent: list[str] = []
             try:
                 for chunk in client.api.build(
                     path=str(context),
@@ -160,10 +174,13 @@ class RuntimeImageBuilder:
                     decode=True,
                 ):
                     if "error" in chunk:
-                        raise ImageBuildFailed(f"building {self.tag} failed: {chunk['error'].strip()}")
+                        tail = "\n".join(recent[-20:])
+                        raise ImageBuildFailed(f"building {self.tag} failed: {chunk['error'].strip()}\n{tail}")
                     text = chunk.get("stream", "").rstrip()
                     if text.startswith("Step "):
                         progress("  " + text)
+                    elif text:
+                        recent.append(text)
             except APIError as exc:
                 raise ImageBuildFailed(f"building {self.tag} failed: {exc.explanation}") from exc
 
@@ -180,8 +197,12 @@ def docker_available() -> bool:
 def _docker() -> docker.DockerClient:
     try:
         client = docker.from_env()
+    except DockerException as exc:
+        raise ImageBuildFailed(f"no Docker engine answers ({exc}); start dockerd or use a process pool") from exc
+    try:
         client.ping()
     except DockerException as exc:
+        client.close()
         raise ImageBuildFailed(f"no Docker engine answers ({exc}); start dockerd or use a process pool") from exc
     return client
 

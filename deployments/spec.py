@@ -137,6 +137,16 @@ class AgentSpec(BaseModel):
                 raise ValueError(f"{host!r} is not a host name or 'host:port' (for example 'api.github.com')")
         return list(dict.fromkeys(hosts))
 
+    @field_validator("script")
+    @classmethod
+    def _no_prefect_directives(cls, value: list[ScriptStep] | None) -> list[ScriptStep] | None:
+        # Prefect hydrates deployment parameters: a dict with a "__prefect..." key
+        # would be replaced server-side (e.g. by a Prefect Variable's value).
+        for step in value or []:
+            if _has_prefect_key(step.arguments):
+                raise ValueError("arguments may not contain keys starting with '__prefect' (Prefect directives)")
+        return value
+
     @model_validator(mode="after")
     def _coherent(self) -> AgentSpec:
         if self.model == SCRIPTED_MODEL and not self.script:
@@ -146,6 +156,9 @@ class AgentSpec(BaseModel):
         for step in self.script or []:
             if step.tool is not None and step.tool not in self.tools:
                 raise ValueError(f"script calls tool {step.tool!r}, which is not in the agent's 'tools'")
+        if self.provider and self.api_base:
+            # Else a drafted spec could send the block's key to a host of its choosing.
+            raise ValueError("with a 'provider', the base URL comes from that block; leave 'api_base' out")
         if self.allowed_hosts and "http_request" not in self.tools:
             raise ValueError("'allowed_hosts' is only used by the 'http_request' tool; add it to 'tools'")
         return self
@@ -166,6 +179,14 @@ class AgentSpec(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise SpecInvalid([_describe(error) for error in exc.errors()]) from None
+
+
+def _has_prefect_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(str(key).startswith("__prefect") or _has_prefect_key(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_prefect_key(item) for item in value)
+    return False
 
 
 def _describe(error: Any) -> tuple[str, str]:

@@ -11,6 +11,7 @@ artifact and returned), or fails when the step limit or the time budget runs out
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import time
@@ -85,7 +86,7 @@ async def llm_call(config: RunConfig, messages: list[dict[str, Any]], timeout: f
 
 
 @task(retry_condition_fn=_retry_tool)
-def tool_call(name: str, arguments: str, context: ToolContext) -> str:
+async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
     """Run one tool call; a refusal goes back to the model as the result."""
     try:
         if name not in context.granted_tools:
@@ -95,7 +96,8 @@ def tool_call(name: str, arguments: str, context: ToolContext) -> str:
             args = tool.arguments.model_validate_json(arguments or "{}")
         except ValidationError as exc:
             raise ToolRefused(f"bad arguments for {name}: {exc.errors()[0]['msg']}") from None
-        return tool.run(args, context)
+        # In a thread: tools are plain blocking code, and the run's timeout must still fire.
+        return await asyncio.to_thread(tool.run, args, context)
     except ToolRefused as refusal:
         get_run_logger().warning("Tool call refused: %s", refusal)
         return json.dumps({"error": str(refusal)})
@@ -105,7 +107,9 @@ def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
     try:
-        return await _play(config, input, deadline=time.monotonic() + config.limits.timeout_seconds)
+        # A hard limit: also covers retries and their delays, which Prefect times per attempt.
+        async with asyncio.timeout(config.limits.timeout_seconds):
+            return await _play(config, input, deadline=time.monotonic() + config.limits.timeout_seconds)
     except TimeoutError as exc:
         # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
         raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
@@ -151,12 +155,17 @@ async def _play(config: RunConfig, input: str | None, deadline: float) -> str:
                 allowed_hosts=tuple(config.allowed_hosts),
                 timeout_seconds=min(30.0, _remaining(deadline)),
             )
-            result = tool_call.with_options(
-                task_run_name=f"{name} · step {step}",
-                retries=config.limits.tool_retries,
-                retry_delay_seconds=backoff(config.limits.tool_retries),
-                timeout_seconds=_remaining(deadline),
-            )(name, call["function"].get("arguments") or "{}", context)
+            try:
+                result = await tool_call.with_options(
+                    task_run_name=f"{name} · step {step}",
+                    retries=config.limits.tool_retries,
+                    retry_delay_seconds=backoff(config.limits.tool_retries),
+                    timeout_seconds=_remaining(deadline),
+                )(name, call["function"].get("arguments") or "{}", context)
+            except _TRANSIENT_TOOL_ERRORS as exc:
+                # Still failing after its retries: the model hears it and can say so.
+                logger.warning("Tool %s failed after %d retries: %s", name, config.limits.tool_retries, exc)
+                result = json.dumps({"error": f"{name} failed: {type(exc).__name__}: {exc}"})
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
     raise StepLimitReached(
         f"the agent made {config.limits.max_steps} LLM calls without a final reply; "

@@ -16,6 +16,7 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from deployments import compiler, runs
 from deployments.exceptions import SpecInvalid
@@ -37,6 +38,9 @@ class AgentService:
     store: Store
     prefect_api_url: str
     pool_type: PoolType
+    # host:port of Ariel's own services, which no agent may call (the runtime
+    # shares the host's network, and the Prefect API holds every org's data).
+    protected_hosts: tuple[str, ...] = ()
 
     @asynccontextmanager
     async def prefect(self) -> AsyncIterator[PrefectClient]:
@@ -48,6 +52,14 @@ class AgentService:
             raise Unavailable(
                 f"the Prefect API at {self.prefect_api_url} did not answer; is `ariel up` running?"
             ) from exc
+        except ObjectNotFound as exc:
+            raise Unavailable(
+                "Prefect no longer has this agent's deployment or work pool; restart `ariel up` to deploy it again"
+            ) from exc
+        except PrefectHTTPStatusError as exc:
+            raise Unavailable(
+                f"the Prefect API refused the request ({exc.response.status_code}); see the Prefect server's log"
+            ) from exc
 
     def target(self, caller: Caller) -> compiler.DeploymentTarget:
         return compiler.DeploymentTarget(pool_name=pool_name(caller.org_slug, self.pool_type), org_id=caller.org_id)
@@ -57,12 +69,16 @@ class AgentService:
             spec = AgentSpec.parse(data)
         except SpecInvalid as exc:
             raise InvalidRequest(f"the agent was not created: {exc}") from None
+        self._check_hosts(spec)
         record = await self.store.create_agent(
-            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json", exclude_defaults=True)
+            # The whole spec, defaults included: a later default must not change a stored version.
+            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json")
         )
         try:
             deployment_id = await self._deploy(caller, record, spec)
         except BaseException:
+            # Prefect may have made the deployment even if its answer was lost.
+            await self._undeploy_quietly(caller, record)
             await self.store.delete_agent(caller.org_id, record.id)
             raise
         await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
@@ -79,7 +95,7 @@ class AgentService:
             count += 1
         return count
 
-    async def list(self, caller: Caller) -> list[AgentView]:
+    async def list_all(self, caller: Caller) -> list[AgentView]:
         return [self._view(caller, record, await self._spec(caller, record)) for record in await self.store.list_agents(caller.org_id)]
 
     async def get(self, caller: Caller, ref: str, with_runs: bool = True) -> AgentView:
@@ -128,11 +144,32 @@ class AgentService:
             next_offset=offset + limit if more else None,
         )
 
+    def _check_hosts(self, spec: AgentSpec) -> None:
+        for host in spec.allowed_hosts:
+            name, _, port = host.partition(":")
+            if host in self.protected_hosts:
+                raise InvalidRequest(
+                    f"the agent was not created: allowed_hosts: {host!r} is Ariel's own control plane, which agents may not call"
+                )
+            if not port and (name in ("localhost", "::1") or name.startswith("127.")):
+                raise InvalidRequest(
+                    f"the agent was not created: allowed_hosts: {host!r} would allow every local port; "
+                    f"name the port, e.g. '{name}:8080'"
+                )
+
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         desired = compiler.compile_agent(config, record.slug, caller.org_slug, spec.schedule, self.target(caller))
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
+
+    async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:
+        name = f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
+        try:
+            async with self.prefect() as client:
+                await compiler.remove(client, (await client.read_deployment_by_name(name)).id)
+        except (Unavailable, OSError):
+            pass  # nothing was made, or Prefect is down and the original error says so
 
     async def _agent(self, caller: Caller, ref: str) -> AgentRecord:
         record = await self.store.find_agent(caller.org_id, ref.strip())
@@ -159,5 +196,5 @@ class AgentService:
             ),
             work_pool=self.target(caller).pool_name if record.deployment_id else None,
             created_at=record.created_at,
-            spec=spec.model_dump(mode="json", exclude_defaults=True) if full else None,
+            spec=spec.model_dump(mode="json", exclude_none=True) if full else None,
         )

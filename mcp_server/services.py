@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from deployments.work_pools import PoolType
 from mcp_server.agents import AgentService
@@ -24,6 +25,12 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
     store = await Store.open(settings.resolved_store_url)
     try:
         org = await store.ensure_personal_org()
-        yield Services(store=store, agents=AgentService(store, prefect_api_url, pool_type), personal_org=org)
+        prefect = urlsplit(prefect_api_url)
+        prefect_port = prefect.port or (443 if prefect.scheme == "https" else 80)
+        protected = {f"{settings.host}:{settings.port}", f"{prefect.hostname}:{prefect_port}"}
+        # The same services under their other loopback names.
+        protected |= {f"{alias}:{port}" for alias in ("localhost", "127.0.0.1") for port in (settings.port, prefect_port)}
+        agents = AgentService(store, prefect_api_url, pool_type, protected_hosts=tuple(sorted(protected)))
+        yield Services(store=store, agents=agents, personal_org=org)
     finally:
         await store.close()

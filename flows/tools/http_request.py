@@ -51,19 +51,27 @@ def host_allowed(url: str, allowed_hosts: tuple[str, ...]) -> bool:
 
 
 def _http_request(args: HttpRequestArguments, context: ToolContext) -> str:
-    if urlsplit(args.url).scheme not in ("http", "https"):
-        raise ToolRefused(f"url {args.url!r} is not an absolute http(s) URL")
-    if not host_allowed(args.url, context.allowed_hosts):
-        allowed = ", ".join(context.allowed_hosts) or "none"
-        raise ToolRefused(f"host of {args.url!r} is not one this agent may call (allowed: {allowed})")
-    response = httpx.request(
-        args.method,
-        args.url,
-        content=args.body,
-        headers=args.headers,
-        timeout=context.timeout_seconds,
-        follow_redirects=False,
-    )
+    try:
+        if urlsplit(args.url).scheme not in ("http", "https"):
+            raise ToolRefused(f"url {args.url!r} is not an absolute http(s) URL")
+        allowed = host_allowed(args.url, context.allowed_hosts)
+    except ValueError:  # e.g. a port that is not a number, or out of range
+        raise ToolRefused(f"url {args.url!r} is not a valid URL") from None
+    if not allowed:
+        hosts = ", ".join(context.allowed_hosts) or "none"
+        raise ToolRefused(f"host of {args.url!r} is not one this agent may call (allowed: {hosts})")
+    try:
+        response = httpx.request(
+            args.method,
+            args.url,
+            content=args.body,
+            headers=args.headers,
+            timeout=context.timeout_seconds,
+            follow_redirects=False,
+        )
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+        # The model's request is malformed: retrying it would not help.
+        raise ToolRefused(f"request to {args.url!r} is malformed: {exc}") from None
     body = response.text
     if len(body) > MAX_BODY_CHARS:
         body = body[:MAX_BODY_CHARS] + f"... [{len(body) - MAX_BODY_CHARS} more characters cut]"

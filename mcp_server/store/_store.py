@@ -52,7 +52,11 @@ class Store:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
-        await store.migrate()
+        try:
+            await store.migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
         return store
 
     async def close(self) -> None:
@@ -75,14 +79,20 @@ class Store:
     # organizations
 
     async def ensure_personal_org(self) -> Organization:
-        """The local user's invisible organization, created on first use."""
+        """The local user's invisible organization, created on first use; safe when two processes start at once."""
+        query = select(organizations).where(organizations.c.slug == PERSONAL_ORG_SLUG)
         async with self._engine.begin() as conn:
-            row = (await conn.execute(select(organizations).where(organizations.c.slug == PERSONAL_ORG_SLUG))).first()
-            if row is None:
-                values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": _now()}
-                await conn.execute(organizations.insert().values(**values))
-                return Organization(**values)
+            row = (await conn.execute(query)).first()
+        if row is not None:
             return Organization(**row._mapping)
+        values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": _now()}
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(organizations.insert().values(**values))
+        except IntegrityError:  # the other process made it first
+            async with self._engine.begin() as conn:
+                return Organization(**(await conn.execute(query)).one()._mapping)
+        return Organization(**values)
 
     # agents
 

@@ -64,7 +64,7 @@ def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations={"readOnlyHint": True})
     async def list_agents(ctx: Context) -> list[AgentView]:
         """List your agents with id, slug, version, model, schedule and tools."""
-        return await services_of(ctx).agents.list(await caller_of(ctx))
+        return await services_of(ctx).agents.list_all(await caller_of(ctx))
 
     @mcp.tool(annotations={"readOnlyHint": True})
     async def get_agent(

@@ -138,3 +138,18 @@ async def test_prefects_scheduler_creates_runs_for_a_scheduled_agent(
     assert runs, "Prefect's scheduler made no scheduled runs within 60 s"
     assert all(run.state and run.state.is_scheduled() for run in runs)
     await remove(client, deployment_id)
+
+
+async def test_job_variables_cannot_loosen_the_docker_pools_fixed_values(client: PrefectClient) -> None:
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    template = docker_job_template(image="ariel-runtime:local", org_id=ORG_ID)
+    hostile = {
+        "image": "attacker/image", "privileged": True, "volumes": ["/:/host"], "network_mode": "bridge",
+        "container_create_kwargs": {"cap_add": ["SYS_ADMIN"]}, "mem_limit": "64g",
+    }
+    job = await DockerWorkerJobConfiguration.from_template_and_values(template, hostile, client=client)
+    assert (job.image, job.privileged, job.volumes, job.network_mode) == ("ariel-runtime:local", False, [], "host")
+    assert job.container_create_kwargs == {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
+    assert (job.mem_limit, job.memswap_limit) == ("2g", "2g")
+    assert job.labels["ariel.org"] == ORG_ID

@@ -13,6 +13,7 @@ from deployments.runtime_image import CODE_HASH_LABEL, SOURCE_ROOT, RuntimeImage
 def copy_sources(tmp_path: Path) -> Path:
     for part in ("docker", "flows", "blocks"):
         shutil.copytree(SOURCE_ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(SOURCE_ROOT / "constraints.txt", tmp_path / "constraints.txt")
     return tmp_path
 
 

@@ -140,3 +140,16 @@ def test_the_run_config_carries_the_version_and_no_control_plane_fields() -> Non
     config = parsed.to_run_config(agent_id="a1", org_id="o1", version=3)
     assert (config.agent_id, config.org_id, config.version) == ("a1", "o1", 3)
     assert "schedule" not in config.model_dump()
+
+
+def test_a_provider_and_an_api_base_together_are_refused() -> None:
+    # The block's key must only ever go to the block's own base URL.
+    assert refusal(spec(provider="openai-main", api_base="https://elsewhere.example/v1")) == (
+        "agent: with a 'provider', the base URL comes from that block; leave 'api_base' out"
+    )
+
+
+def test_script_arguments_may_not_carry_prefect_directives() -> None:
+    steps = [{"tool": "http_request", "arguments": {"body": {"__prefect_kind": "workspace_variable"}}}, {"reply": "x"}]
+    message = refusal(spec(model="ariel/scripted", tools=["http_request"], script=steps))
+    assert message == "script: arguments may not contain keys starting with '__prefect' (Prefect directives)"

@@ -134,9 +134,28 @@ def test_a_run_stops_when_its_time_budget_runs_out() -> None:
     assert elapsed < 19, f"the run waited for the slow host ({elapsed:.0f} s) instead of its 5 s budget"
 
 
-def test_the_input_reaches_the_model_as_the_user_message() -> None:
-    # The scripted model counts turns, so a reply quoting no tool proves the loop ends at once.
+def test_a_host_that_does_not_answer_is_reported_to_the_model_not_fatal() -> None:
+    from tests.support import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    reply = reply_of(fetcher(dead, f"http://{dead}/", "Result: {last_tool_result}", limits=Limits(tool_retries=1)))
+    assert reply.startswith('Result: {"error": "http_request failed: ConnectError')
+
+
+def test_a_malformed_url_is_refused_to_the_model() -> None:
+    reply = reply_of(fetcher("127.0.0.1:8080", "http://127.0.0.1:99999/", "Result: {last_tool_result}"))
+    assert reply == "Result: {\"error\": \"url 'http://127.0.0.1:99999/' is not a valid URL\"}"
+
+
+def test_a_reply_with_no_tool_call_ends_the_run_at_once() -> None:
     assert reply_of(config(script=[ScriptStep(reply="hello")]), input="Say hello") == "hello"
+
+
+def test_the_input_reaches_the_model_as_the_user_message(openai_server: str, service_host: str) -> None:
+    reply_of(http_agent(openai_server, service_host), input=f"http://{service_host}/given-input")
+    messages = OpenAICompatible.requests[0]["body"]["messages"]
+    assert messages[0] == {"role": "system", "content": "Check the service."}
+    assert messages[1] == {"role": "user", "content": f"http://{service_host}/given-input"}
 
 
 class OpenAICompatible(BaseHTTPRequestHandler):
@@ -194,8 +213,11 @@ def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield f"http://{host}/v1"
 
 
-def http_agent(api_base: str, service_host: str) -> RunConfig:
-    return config(model="openai/test-model", api_base=api_base, tools=["http_request"], allowed_hosts=[service_host])
+def http_agent(api_base: str, service_host: str, llm_retries: int = 2) -> RunConfig:
+    return config(
+        model="openai/test-model", api_base=api_base, tools=["http_request"], allowed_hosts=[service_host],
+        limits=Limits(llm_retries=llm_retries),
+    )
 
 
 def test_a_real_litellm_http_model_drives_the_tool_loop(openai_server: str, service_host: str) -> None:
@@ -207,6 +229,13 @@ def test_a_real_litellm_http_model_drives_the_tool_loop(openai_server: str, serv
     assert first["body"]["model"] == "test-model"
     assert first["body"]["tools"][0]["function"]["name"] == "http_request"
     assert second["body"]["messages"][-1]["role"] == "tool"
+
+
+def test_litellm_itself_never_retries_so_retries_do_not_stack(openai_server: str, service_host: str) -> None:
+    OpenAICompatible.failures_left = 5
+    outcome = play(http_agent(openai_server, service_host, llm_retries=0), input=f"http://{service_host}/")
+    assert outcome.state == "Failed"
+    assert len(OpenAICompatible.requests) == 1
 
 
 def test_a_transient_provider_error_is_retried_once_not_stacked(openai_server: str, service_host: str) -> None:
