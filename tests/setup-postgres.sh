@@ -16,7 +16,8 @@ give_up() {
   exit 1
 }
 
-if ! command -v pg_ctlcluster >/dev/null; then
+# The server binary, not pg_ctlcluster: postgresql-common can outlive the server package.
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null; then
   [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || give_up "PostgreSQL is not installed (apt-get install postgresql)"
   echo "setup-postgres: installing postgresql ..."
   apt-get update -q >/dev/null
