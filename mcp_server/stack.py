@@ -21,8 +21,7 @@ from deployments.exceptions import ImageBuildFailed
 from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template
 from mcp_server.app import create_app
-from mcp_server.caller import Caller
-from mcp_server.middleware.caller import LOCAL_USER
+from mcp_server.middleware.caller import local_owner
 from mcp_server.processes import Children
 from mcp_server.services import open_services
 from mcp_server.settings import ArielSettings
@@ -40,7 +39,6 @@ class Runtime:
 
     prefect_api_url: str
     pool_type: PoolType
-    pool_name: str
 
     def save(self, home: Path) -> None:
         (home / RUNTIME_FILE).write_text(json.dumps(asdict(self)))
@@ -110,8 +108,7 @@ async def prepare_org(settings: ArielSettings, api_url: str, pool_type: PoolType
             await ensure_pool(client, name, pool_type, template, org.id)
             # So operators can create provider blocks from the Prefect UI's block catalog.
             await LLMProvider.aregister_type_and_schema(client=client)
-        caller = Caller(user_id=LOCAL_USER, org_id=org.id, org_slug=org.slug, role="owner")
-        return name, await services.agents.redeploy_all(caller)
+        return name, await services.agents.redeploy_all(local_owner(org))
 
 
 def client_config(settings: ArielSettings, runtime: Runtime) -> str:
@@ -158,7 +155,7 @@ def up(settings: ArielSettings) -> None:
             except ImageBuildFailed as exc:
                 raise StartupFailed(str(exc)) from exc
         org_pool, redeployed = asyncio.run(prepare_org(settings, api_url, pool_type))
-        runtime = Runtime(api_url, pool_type, org_pool)
+        runtime = Runtime(api_url, pool_type)
         if redeployed:
             say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")
         runtime.save(settings.home)

@@ -8,27 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from deployments.runtime_image import docker_available
 from tests.support import http_service, need, prefect_server
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-def docker_answers() -> bool:
-    import docker
-    from docker.errors import DockerException
-
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.close()
-    except DockerException:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
-    need(docker_answers(), "no Docker engine answers (start dockerd; see the README)")
+    need(docker_available(), "no Docker engine answers (start dockerd; see the README)")
 
 
 @pytest.fixture(scope="session")

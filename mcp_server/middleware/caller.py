@@ -12,6 +12,7 @@ from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
 from mcp_server.caller import Caller
 from mcp_server.services import Services
+from mcp_server.store import Organization
 
 CALLER_STATE = "ariel.caller"
 LOCAL_USER = "local"
@@ -21,10 +22,13 @@ class ResolveCaller(Middleware):
     async def on_call_tool(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         ctx = context.fastmcp_context
         assert ctx is not None  # fastmcp always sets it for tool calls
-        org = services_of(ctx).personal_org
-        caller = Caller(user_id=LOCAL_USER, org_id=org.id, org_slug=org.slug, role="owner")
-        await ctx.set_state(CALLER_STATE, caller, serializable=False)
+        await ctx.set_state(CALLER_STATE, local_owner(services_of(ctx).personal_org), serializable=False)
         return await call_next(context)
+
+
+def local_owner(org: Organization) -> Caller:
+    """The one local user of the `none` auth mode, owner of the personal org."""
+    return Caller(user_id=LOCAL_USER, org_id=org.id, org_slug=org.slug, role="owner")
 
 
 def services_of(ctx: Context) -> Services:
