@@ -7,6 +7,8 @@ import asyncio
 import os
 import sys
 
+from pydantic import ValidationError
+
 from mcp_server.settings import ArielSettings
 
 
@@ -25,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {key: value for key, value in (("port", getattr(args, "port", None)),
                                                 ("worker_type", getattr(args, "worker_type", None))) if value}
-    settings = ArielSettings(**overrides)
+    try:
+        settings = ArielSettings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = f"ARIEL_{str(error['loc'][0]).upper()}" if error["loc"] else "settings"
+            print(f"ariel: {name}: {str(error['msg']).removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
     try:
         return _run(args.command, settings)
     except KeyboardInterrupt:
