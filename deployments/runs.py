@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
@@ -33,6 +33,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, Log, StateType
 from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from pydantic import BaseModel, Field
+
 
 from deployments.work_pools import org_tag
 from flows.agent import RESULT_ARTIFACT_KEY
@@ -58,7 +59,7 @@ class RunSummary(BaseModel):
     duration_seconds: float | None
 
     @classmethod
-    def of(cls, run: FlowRun) -> RunSummary:
+    def of(cls, run: FlowRun) -> Self:
         config: dict[str, Any] = (run.parameters or {}).get("config") or {}
         state = run.state
         return cls(

@@ -105,7 +105,7 @@ class AgentService:
         if with_runs and record.deployment_id:
             async with self.prefect() as client:
                 recent = await runs.list_runs(client, caller.org_id, [UUID(record.deployment_id)], limit=5)
-            view.recent_runs = [RunView.with_result(runs.RunSummary.of(run)) for run in recent]
+            view.recent_runs = [RunView.of(run) for run in recent]
         return view
 
     async def run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
@@ -117,7 +117,7 @@ class AgentService:
             if wait_seconds > 0:
                 flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds)
             result = await runs.read_result(client, flow_run.id) if flow_run.state and flow_run.state.is_completed() else None
-        return RunView.with_result(runs.RunSummary.of(flow_run), result)
+        return RunView.of(flow_run).model_copy(update={"result": result})
 
     async def list_runs(self, caller: Caller, agent: str | None, state: RunState | None, limit: int) -> list[RunView]:
         deployment_ids: list[UUID] | None = None
@@ -127,7 +127,7 @@ class AgentService:
         states = [StateType(state.upper())] if state else None
         async with self.prefect() as client:
             found = await runs.list_runs(client, caller.org_id, deployment_ids, states, limit)
-        return [RunView.with_result(runs.RunSummary.of(run)) for run in found]
+        return [RunView.of(run) for run in found]
 
     async def logs(self, caller: Caller, run_ref: str, offset: int, limit: int, level: LogLevel) -> RunLogsView:
         async with self.prefect() as client:

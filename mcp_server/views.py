@@ -28,10 +28,6 @@ class AgentView(BaseModel):
 class RunView(RunSummary):
     result: str | None = Field(default=None, description="The agent's reply, once it completed.")
 
-    @classmethod
-    def with_result(cls, summary: RunSummary, result: str | None = None) -> RunView:
-        return cls(**summary.model_dump(), result=result)
-
 
 class RunLogsView(BaseModel):
     run_id: str
