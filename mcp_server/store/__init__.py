@@ -1,6 +1,29 @@
-"""The control-plane store: organizations, agents and their versions."""
+"""The control-plane store: organizations, users and memberships, API keys, agents and their versions, the audit log."""
 
-from mcp_server.store._records import AgentRecord, AgentVersion, Organization
+from mcp_server.store._ids import new_id
+from mcp_server.store._records import (
+    AgentRecord,
+    AgentVersion,
+    ApiKeyRecord,
+    AuditEvent,
+    Member,
+    Organization,
+    Outcome,
+    Role,
+    User,
+)
 from mcp_server.store._store import Store
 
-__all__ = ["AgentRecord", "AgentVersion", "Organization", "Store"]
+__all__ = [
+    "AgentRecord",
+    "AgentVersion",
+    "ApiKeyRecord",
+    "AuditEvent",
+    "Member",
+    "Organization",
+    "Outcome",
+    "Role",
+    "Store",
+    "User",
+    "new_id",
+]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+Role = Literal["owner", "admin", "member", "viewer"]
+Outcome = Literal["ok", "denied", "failed"]
 
 
 @dataclass(frozen=True)
@@ -13,6 +16,62 @@ class Organization:
     slug: str
     name: str
     created_at: datetime
+    personal: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    source: str
+    subject: str
+    email: str | None
+    name: str | None
+    current_org_id: str | None
+    created_at: datetime
+
+    @property
+    def label(self) -> str:
+        """How people recognise the user: email, else name, else the subject."""
+        return self.email or self.name or self.subject
+
+
+@dataclass(frozen=True)
+class Member:
+    """A user's place in one org."""
+
+    user: User
+    org_id: str
+    role: Role
+    joined_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A stored key: its hash, never the key."""
+
+    id: str
+    org_id: str
+    prefix: str
+    key_hash: str
+    name: str
+    role: Role
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: str
+    org_id: str
+    at: datetime
+    actor_id: str
+    actor: str
+    action: str
+    target: str
+    origin: str
+    outcome: Outcome
+    detail: str | None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, ForeignKey, Integer, MetaData, String, Table, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
@@ -32,6 +45,8 @@ organizations = Table(
     Column("slug", String(64), nullable=False, unique=True),
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # The invisible org a user gets for themselves; the word "organization" stays hidden while it is theirs alone.
+    Column("personal", Boolean, nullable=False, server_default=false()),
 )
 
 agents = Table(
@@ -56,4 +71,56 @@ agent_versions = Table(
     Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("spec", JSON, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # Where the identity comes from (local, dev, oidc, invite) and its id there.
+    Column("source", String(16), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("email", String(320), nullable=True, index=True),
+    Column("name", String(200), nullable=True),
+    Column("current_org_id", String(32), ForeignKey("organizations.id", ondelete="SET NULL"), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("source", "subject", name="uq_users_source_subject"),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("prefix", String(8), nullable=False, unique=True),
+    Column("key_hash", String(128), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_by", String(32), ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor_id", String(32), nullable=False),
+    Column("actor", String(300), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(300), nullable=False),
+    Column("origin", String(100), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", String(1000), nullable=True),
 )

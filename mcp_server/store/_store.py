@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,23 +22,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mcp_server.exceptions import Conflict
-from mcp_server.store._records import AgentRecord, AgentVersion, Organization
-from mcp_server.store._schema import agent_versions, agents, organizations
+from mcp_server.store._audit import AuditQueries
+from mcp_server.store._ids import new_id
+from mcp_server.store._identity import IdentityQueries
+from mcp_server.store._records import AgentRecord, AgentVersion
+from mcp_server.store._schema import agent_versions, agents
 
-PERSONAL_ORG_SLUG = "personal"
 _MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def new_id() -> str:
-    """A random 32-character hex id."""
-    return uuid.uuid4().hex
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Store:
+class Store(IdentityQueries, AuditQueries):
     """The control-plane database. Open with `Store.open(url)`; close with `await store.close()`."""
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -75,24 +71,6 @@ class Store:
         """Bring the schema to the newest migration; never drops data."""
         async with self._engine.begin() as conn:
             await conn.run_sync(_upgrade)
-
-    # organizations
-
-    async def ensure_personal_org(self) -> Organization:
-        """The local user's invisible organization, created on first use; safe when two processes start at once."""
-        query = select(organizations).where(organizations.c.slug == PERSONAL_ORG_SLUG)
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(query)).first()
-        if row is not None:
-            return Organization(**row._mapping)
-        values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": _now()}
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(organizations.insert().values(**values))
-        except IntegrityError:  # the other process made it first
-            async with self._engine.begin() as conn:
-                return Organization(**(await conn.execute(query)).one()._mapping)
-        return Organization(**values)
 
     # agents
 
@@ -163,8 +141,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _upgrade(connection: Connection) -> None:
+def _config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(_config(connection), "head")

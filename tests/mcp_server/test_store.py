@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from mcp_server.exceptions import Conflict
 from mcp_server.store import Store
 from mcp_server.store._schema import organizations
-from mcp_server.store._store import new_id
+from mcp_server.store import new_id
 
 
 async def other_org(store: Store) -> str:

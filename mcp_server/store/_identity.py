@@ -1,0 +1,257 @@
+"""Users, organizations, memberships and API keys.
+
+These are identity tables: authentication reads them before it knows the
+caller's org (a key by its prefix, a user by its subject), so they are not
+under row-level security. Every method that returns org data still takes the
+org it is about.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Row, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mcp_server.auth import new_api_key
+from mcp_server.exceptions import Conflict
+from mcp_server.store._ids import new_id
+from mcp_server.store._records import ApiKeyRecord, Member, Organization, Role, User
+from mcp_server.store._schema import api_keys, memberships, organizations, users
+
+PERSONAL_ORG_SLUG = "personal"
+LOCAL_SOURCE = "local"
+INVITE_SOURCE = "invite"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _org(row: Row[Any]) -> Organization:
+    return Organization(**row._mapping)
+
+
+def _user(row: Row[Any]) -> User:
+    return User(**{column.name: row._mapping[column] for column in users.c})
+
+
+def _key(row: Row[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(**row._mapping)
+
+
+class IdentityQueries:
+    _engine: AsyncEngine
+
+    # organizations
+
+    async def ensure_personal_org(self) -> Organization:
+        """The local user's invisible organization, created on first use; safe when two processes start at once."""
+        query = select(organizations).where(organizations.c.slug == PERSONAL_ORG_SLUG)
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(query)).first()
+        if row is not None:
+            return _org(row)
+        values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": _now(), "personal": True}
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(organizations.insert().values(**values))
+        except IntegrityError:  # the other process made it first
+            async with self._engine.begin() as conn:
+                return _org((await conn.execute(query)).one())
+        return Organization(**values)
+
+    async def ensure_local_owner(self) -> tuple[User, Organization]:
+        """The one local user (auth mode `none`, stdio) and the personal org they own."""
+        org = await self.ensure_personal_org()
+        user = await self.provision_user(LOCAL_SOURCE, LOCAL_SOURCE, email=None, name="Local user")
+        if await self.member(org.id, user.id) is None:
+            try:
+                await self.add_member(org.id, user.id, "owner")
+            except Conflict:
+                pass  # another process added it
+        return user, org
+
+    async def get_org(self, org_id: str) -> Organization | None:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(organizations).where(organizations.c.id == org_id))).first()
+        return _org(row) if row else None
+
+    async def find_org(self, slug: str) -> Organization | None:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(organizations).where(organizations.c.slug == slug))).first()
+        return _org(row) if row else None
+
+    async def create_org(self, slug: str, name: str, owner_id: str, personal: bool = False) -> Organization:
+        """A new org with `owner_id` as its owner. Raises `Conflict` when the slug is taken."""
+        org = Organization(id=new_id(), slug=slug, name=name, created_at=_now(), personal=personal)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(organizations.insert().values(**org.__dict__))
+                await conn.execute(
+                    memberships.insert().values(org_id=org.id, user_id=owner_id, role="owner", created_at=org.created_at)
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"the name {slug!r} is taken; choose another") from exc
+        return org
+
+    async def rename_org(self, org_id: str, name: str) -> None:
+        """Change the display name; the slug stays, since Prefect object names are made from it."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(organizations).where(organizations.c.id == org_id).values(name=name))
+
+    async def delete_org(self, org_id: str) -> None:
+        """Remove the org with its agents, versions, memberships and keys; its audit trail stays."""
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(organizations).where(organizations.c.id == org_id))
+
+    # users
+
+    async def get_user(self, user_id: str) -> User | None:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
+        return _user(row) if row else None
+
+    async def provision_user(self, source: str, subject: str, email: str | None, name: str | None) -> User:
+        """The user with this identity, made on first login; an open invitation by subject or email is taken over."""
+        found = select(users).where(users.c.source == source, users.c.subject == subject)
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(found)).first()
+            if row is not None:
+                return _user(row)
+            claims = [users.c.subject == subject] + ([users.c.subject == email] if email else [])
+            invited = (
+                await conn.execute(select(users).where(users.c.source == INVITE_SOURCE, or_(*claims)).limit(1))
+            ).first()
+            if invited is not None:
+                await conn.execute(
+                    update(users).where(users.c.id == invited.id)
+                    .values(source=source, subject=subject, email=email or invited.email, name=name or invited.name)
+                )
+                return _user((await conn.execute(found)).one())
+        values = {
+            "id": new_id(), "source": source, "subject": subject, "email": email, "name": name,
+            "current_org_id": None, "created_at": _now(),
+        }
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(users.insert().values(**values))
+        except IntegrityError:  # a concurrent first request made it
+            async with self._engine.begin() as conn:
+                return _user((await conn.execute(found)).one())
+        return User(**values)
+
+    async def invitee(self, ref: str) -> User:
+        """The user an invitation names (by email or login name), or a placeholder they take over at first login."""
+        query = select(users).where(or_(users.c.email == ref, users.c.subject == ref)).order_by(users.c.created_at)
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(query.limit(1))).first()
+        if row is not None:
+            return _user(row)
+        return await self.provision_user(INVITE_SOURCE, ref, email=ref if "@" in ref else None, name=None)
+
+    async def set_current_org(self, user_id: str, org_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(users).where(users.c.id == user_id).values(current_org_id=org_id))
+
+    # memberships
+
+    async def member(self, org_id: str, user_id: str) -> Member | None:
+        query = (
+            select(memberships.c.role, memberships.c.created_at.label("joined_at"), *users.c)
+            .join(users, users.c.id == memberships.c.user_id)
+            .where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
+        )
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(query)).first()
+        return self._member(org_id, row) if row else None
+
+    async def members(self, org_id: str) -> list[Member]:
+        query = (
+            select(memberships.c.role, memberships.c.created_at.label("joined_at"), *users.c)
+            .join(users, users.c.id == memberships.c.user_id)
+            .where(memberships.c.org_id == org_id)
+            .order_by(memberships.c.created_at)
+        )
+        async with self._engine.begin() as conn:
+            return [self._member(org_id, row) for row in await conn.execute(query)]
+
+    async def count_owners(self, org_id: str) -> int:
+        query = select(func.count()).where(memberships.c.org_id == org_id, memberships.c.role == "owner")
+        async with self._engine.begin() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def orgs_of(self, user_id: str) -> list[tuple[Organization, Role]]:
+        """Every org the user belongs to, with their role there, oldest membership first."""
+        query = (
+            select(memberships.c.role, *organizations.c)
+            .join(organizations, organizations.c.id == memberships.c.org_id)
+            .where(memberships.c.user_id == user_id)
+            .order_by(memberships.c.created_at)
+        )
+        async with self._engine.begin() as conn:
+            rows = list(await conn.execute(query))
+        return [
+            (Organization(**{c.name: row._mapping[c] for c in organizations.c}), cast(Role, row.role)) for row in rows
+        ]
+
+    async def add_member(self, org_id: str, user_id: str, role: Role) -> None:
+        """Raises `Conflict` when the user already belongs to the org."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role=role, created_at=_now()))
+        except IntegrityError as exc:
+            raise Conflict("that user is already a member") from exc
+
+    async def set_role(self, org_id: str, user_id: str, role: Role) -> None:
+        query = update(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
+        async with self._engine.begin() as conn:
+            await conn.execute(query.values(role=role))
+
+    async def remove_member(self, org_id: str, user_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id))
+            await conn.execute(
+                update(users).where(users.c.id == user_id, users.c.current_org_id == org_id).values(current_org_id=None)
+            )
+
+    @staticmethod
+    def _member(org_id: str, row: Row[Any]) -> Member:
+        return Member(user=_user(row), org_id=org_id, role=cast(Role, row.role), joined_at=row.joined_at)
+
+    # API keys
+
+    async def create_api_key(self, org_id: str, name: str, role: Role, created_by: str) -> tuple[ApiKeyRecord, str]:
+        """A new key for the org; the plaintext is returned here once and stored nowhere."""
+        fresh = new_api_key()
+        record = ApiKeyRecord(
+            id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name, role=role,
+            created_by=created_by, created_at=_now(), revoked_at=None,
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**record.__dict__))
+        return record, fresh.plaintext
+
+    async def api_keys(self, org_id: str) -> list[ApiKeyRecord]:
+        query = select(api_keys).where(api_keys.c.org_id == org_id).order_by(api_keys.c.created_at)
+        async with self._engine.begin() as conn:
+            return [_key(row) for row in await conn.execute(query)]
+
+    async def revoke_api_key(self, org_id: str, ref: str) -> ApiKeyRecord | None:
+        """Revoke the org's key whose id or prefix is `ref`; None when the org has no such key."""
+        match = (api_keys.c.org_id == org_id) & ((api_keys.c.id == ref) | (api_keys.c.prefix == ref))
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(api_keys).where(match))).first()
+            if row is None:
+                return None
+            if row.revoked_at is None:
+                await conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=_now()))
+            return _key((await conn.execute(select(api_keys).where(api_keys.c.id == row.id))).one())
+
+    async def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:
+        """For authentication only: the key a presented token claims to be, whatever its org."""
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
+        return _key(row) if row else None
