@@ -19,6 +19,7 @@ from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 from prefect.client.schemas.objects import Deployment
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
@@ -140,6 +141,17 @@ async def remove(client: PrefectClient, deployment_id: UUID) -> None:
         await client.delete_deployment(deployment_id)
     except ObjectNotFound:
         pass
+
+
+async def remove_org(client: PrefectClient, org_id: str) -> int:
+    """Delete every deployment (with its schedules) tagged for the organization; returns how many."""
+    tag = DeploymentFilter(tags=DeploymentFilterTags(all_=[org_tag(org_id)]))
+    removed = 0
+    while found := await client.read_deployments(deployment_filter=tag, limit=200):
+        for deployment in found:
+            await remove(client, deployment.id)
+            removed += 1
+    return removed
 
 
 def _fields_differ(current: Deployment, desired: DesiredDeployment) -> bool:

@@ -31,13 +31,19 @@ PoolType = Literal["docker", "process"]
 DEFAULT_MEMORY_LIMIT = "2g"
 
 
-def pool_name(org_slug: str, pool_type: PoolType) -> str:
-    """The name of an organization's pool of one type.
+POOL_PREFIX = "ariel-"
 
-    >>> pool_name("personal", "docker")
-    'ariel-personal-docker'
+
+def pool_name(org_id: str, pool_type: PoolType) -> str:
+    """The name of an organization's pool of one type, made from its id.
+
+    Not from its slug: every desktop install's org is "personal", and two
+    installs may share one Prefect server.
+
+    >>> pool_name("0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
+    'ariel-0f3c9a1b2c3d-docker'
     """
-    return f"ariel-{org_slug}-{pool_type}"
+    return f"{POOL_PREFIX}{org_id[:12]}-{pool_type}"
 
 
 def org_tag(org_id: str) -> str:
@@ -99,3 +105,12 @@ async def ensure_pool(
         await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, description=description))
         pool = await client.read_work_pool(name)
     return pool
+
+
+async def remove_pools(client: PrefectClient, org_id: str) -> None:
+    """Delete the organization's pools of every type; missing ones are fine."""
+    for pool_type in ("docker", "process"):
+        try:
+            await client.delete_work_pool(pool_name(org_id, pool_type))
+        except ObjectNotFound:
+            pass

@@ -21,7 +21,8 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from deployments import compiler, runs
 from deployments.exceptions import SpecInvalid
 from deployments.spec import AgentSpec, slugify
-from deployments.work_pools import PoolType, pool_name
+from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
+from mcp_server.audit import audited
 from mcp_server.caller import Caller
 from mcp_server.exceptions import InvalidRequest, NotFound, Unavailable
 from mcp_server.store import AgentRecord, Store
@@ -38,6 +39,7 @@ class AgentService:
     store: Store
     prefect_api_url: str
     pool_type: PoolType
+    runtime_image: str
     # host:port of Ariel's own services, which no agent may call (the runtime
     # shares the host's network, and the Prefect API holds every org's data).
     protected_hosts: tuple[str, ...] = ()
@@ -62,9 +64,30 @@ class AgentService:
             ) from exc
 
     def target(self, caller: Caller) -> compiler.DeploymentTarget:
-        return compiler.DeploymentTarget(pool_name=pool_name(caller.org_slug, self.pool_type), org_id=caller.org_id)
+        return compiler.DeploymentTarget(pool_name=pool_name(caller.org_id, self.pool_type), org_id=caller.org_id)
+
+    async def ensure_pool(self, caller: Caller) -> str:
+        """Create the org's work pool, or bring its hardened template up to date; returns its name."""
+        name = pool_name(caller.org_id, self.pool_type)
+        template = (
+            docker_job_template(self.runtime_image, caller.org_id) if self.pool_type == "docker" else process_job_template()
+        )
+        async with self.prefect() as client:
+            await ensure_pool(client, name, self.pool_type, template, caller.org_id)
+        return name
+
+    async def remove_org(self, caller: Caller) -> None:
+        """Delete the org's deployments, schedules and pools from Prefect; its runs stay readable there."""
+        async with self.prefect() as client:
+            await compiler.remove_org(client, caller.org_id)
+            await remove_pools(client, caller.org_id)
 
     async def create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
+        name = str(data.get("name", ""))
+        async with audited(self.store, caller, "agent.create", name):
+            return await self._create(caller, data)
+
+    async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         try:
             spec = AgentSpec.parse(data)
         except SpecInvalid as exc:
@@ -109,6 +132,10 @@ class AgentService:
         return view
 
     async def run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
+        async with audited(self.store, caller, "agent.run", ref):
+            return await self._run(caller, ref, input, wait_seconds)
+
+    async def _run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
         record = await self._agent(caller, ref)
         if record.deployment_id is None:
             raise Unavailable(f"agent {record.slug!r} has no deployment; run `ariel up` to deploy it again")
@@ -160,6 +187,7 @@ class AgentService:
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         desired = compiler.compile_agent(config, record.slug, caller.org_slug, spec.schedule, self.target(caller))
+        await self.ensure_pool(caller)
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
 

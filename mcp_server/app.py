@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from typing import Literal
 
 import httpx
@@ -10,7 +12,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from deployments.work_pools import PoolType
+from mcp_server.middleware.http_auth import AuthenticateHTTP
 from mcp_server.server import build_mcp
+from mcp_server.services import Services, open_services
 from mcp_server.settings import ArielSettings
 
 
@@ -26,14 +30,31 @@ class Readiness(BaseModel):
 
 def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> FastAPI:
     """A new app; nothing is shared between two apps made by this factory."""
-    mcp_app = build_mcp(settings, prefect_api_url, pool_type).http_app(path="/mcp")
+    opened: list[Services] = []  # filled by the lifespan; this app's alone
+
+    def services() -> Services:
+        return opened[0]
+
+    mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
+        path="/mcp"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The services first: the auth middleware and the MCP server both use them.
+        async with open_services(settings, prefect_api_url, pool_type) as ready:
+            opened.append(ready)
+            async with mcp_app.lifespan(app):
+                yield
+            opened.clear()
+
     app = FastAPI(
         title="Ariel",
         summary="Workflow orchestration for AI agents, on Prefect 3. MCP over streamable HTTP at /mcp.",
         version="0.1.0",
-        # The MCP server's lifespan opens the store; without it /mcp cannot serve.
-        lifespan=mcp_app.lifespan,
+        lifespan=lifespan,
     )
+    app.add_middleware(AuthenticateHTTP, services=services)
 
     @app.get("/health", response_model=Health, summary="Liveness: the process answers.")
     async def health() -> Health:

@@ -5,14 +5,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["owner", "admin", "member", "viewer"]
+from mcp_server.auth import Role
+
+CallerSource = Literal["local", "dev", "api_key", "oidc"]
+
+RANK: dict[Role, int] = {"viewer": 0, "member": 1, "admin": 2, "owner": 3}
+"""Each role may do everything the roles below it may."""
 
 
 @dataclass(frozen=True)
 class Caller:
-    """A user acting in one organization with one role."""
+    """A user acting in one organization with one role.
+
+    `org_fixed` is set when the credential names the org (a dev token, an API
+    key): such a caller cannot switch orgs. `org_visible` is false while the
+    org is the user's own invisible one, which nothing should mention.
+    """
 
     user_id: str
+    user_label: str
     org_id: str
     org_slug: str
+    org_name: str
     role: Role
+    source: CallerSource
+    origin: str
+    org_fixed: bool = False
+    org_visible: bool = True
+
+    def can(self, role: Role) -> bool:
+        """Whether the caller's role is `role` or above."""
+        return RANK[self.role] >= RANK[role]

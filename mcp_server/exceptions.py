@@ -5,7 +5,8 @@
     ├── NotFound            no such object in the caller's organization
     ├── Conflict            the request clashes with existing state
     ├── InvalidRequest      bad input; the message names the field and what is allowed
-    └── Unavailable         a dependency (Prefect API, Docker) did not answer
+    ├── Unavailable         a dependency (Prefect API, Docker) did not answer
+    └── Forbidden           the caller's role is too low; names the role needed
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ class InvalidRequest(ArielError):
 
 class Unavailable(ArielError):
     """A service Ariel depends on did not answer."""
+
+
+class Forbidden(ArielError):
+    """The caller's role does not allow the action; the message names the role it needs."""

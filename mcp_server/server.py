@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastmcp import FastMCP
@@ -11,9 +11,9 @@ from fastmcp import FastMCP
 from deployments.work_pools import PoolType
 from mcp_server.middleware.caller import ResolveCaller
 from mcp_server.middleware.errors import ReadableArgumentErrors
-from mcp_server.services import open_services
+from mcp_server.services import Services, open_services
 from mcp_server.settings import ArielSettings
-from mcp_server.tools import agents, runs
+from mcp_server.tools import agents, orgs, runs
 
 INSTRUCTIONS = """\
 Ariel runs AI agents on a schedule or on demand. Create one with create_agent
@@ -22,13 +22,19 @@ and follow it with list_runs and get_run_logs. Agents and runs are named by id
 or slug (agents) and id or name (runs)."""
 
 
-def build_mcp(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> FastMCP:
-    """A fresh MCP server whose lifespan opens the store and the services."""
+def build_mcp(
+    settings: ArielSettings,
+    prefect_api_url: str,
+    pool_type: PoolType,
+    services: Callable[[], AbstractAsyncContextManager[Services]] | None = None,
+) -> FastMCP:
+    """A fresh MCP server whose lifespan opens the services (or takes them from `services`, e.g. the HTTP app's)."""
+    open_ = services or (lambda: open_services(settings, prefect_api_url, pool_type))
 
     @asynccontextmanager
     async def lifespan(_server: FastMCP) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings, prefect_api_url, pool_type) as services:
-            yield {"services": services}
+        async with open_() as opened:
+            yield {"services": opened}
 
     mcp = FastMCP(
         "Ariel",
@@ -37,6 +43,7 @@ def build_mcp(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType
         middleware=[ReadableArgumentErrors(), ResolveCaller()],
         mask_error_details=True,
     )
+    orgs.register(mcp)
     agents.register(mcp)
     runs.register(mcp)
     return mcp

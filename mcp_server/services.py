@@ -9,28 +9,37 @@ from urllib.parse import urlsplit
 
 from deployments.work_pools import PoolType
 from mcp_server.agents import AgentService
+from mcp_server.authentication import Authenticator
+from mcp_server.orgs import OrgService
 from mcp_server.settings import ArielSettings
-from mcp_server.store import Organization, Store
+from mcp_server.store import Store
 
 
 @dataclass
 class Services:
     store: Store
+    auth: Authenticator
     agents: AgentService
-    personal_org: Organization
+    orgs: OrgService
 
 
 @asynccontextmanager
 async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> AsyncIterator[Services]:
     store = await Store.open(settings.resolved_store_url)
     try:
-        org = await store.ensure_personal_org()
         prefect = urlsplit(prefect_api_url)
         prefect_port = prefect.port or (443 if prefect.scheme == "https" else 80)
         protected = {f"{settings.host}:{settings.port}", f"{prefect.hostname}:{prefect_port}"}
         # The same services under their other loopback names.
         protected |= {f"{alias}:{port}" for alias in ("localhost", "127.0.0.1") for port in (settings.port, prefect_port)}
-        agents = AgentService(store, prefect_api_url, pool_type, protected_hosts=tuple(sorted(protected)))
-        yield Services(store=store, agents=agents, personal_org=org)
+        agents = AgentService(
+            store, prefect_api_url, pool_type, settings.runtime_image, protected_hosts=tuple(sorted(protected))
+        )
+        yield Services(
+            store=store,
+            auth=Authenticator.from_settings(store, settings),
+            agents=agents,
+            orgs=OrgService(store, agents, settings.auth_mode),
+        )
     finally:
         await store.close()

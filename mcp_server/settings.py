@@ -8,8 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+AuthMode = Literal["none", "dev", "api_key", "oidc"]
+Profile = Literal["desktop", "dev", "saas", "hybrid", "onprem"]
+# Profiles where a request may be trusted without a checked credential.
+TRUSTING_PROFILES = ("desktop", "dev")
 
 
 class ArielSettings(BaseSettings):
@@ -53,6 +59,39 @@ class ArielSettings(BaseSettings):
     build_image: bool = Field(
         default=True, description="Whether `ariel up` builds the runtime image when it is missing or stale."
     )
+
+    profile: Profile = Field(
+        default="desktop",
+        description="Deployment model: desktop (one local user), dev, saas, hybrid or onprem. "
+        "Outside desktop and dev, the `none` and `dev` auth modes are refused.",
+    )
+    auth_mode: AuthMode = Field(
+        default="none",
+        description="How HTTP callers prove who they are: none (the local user; desktop), dev "
+        "(tokens 'dev:<user>:<org>:<role>'; tests), api_key, or oidc (JWT bearer tokens). "
+        "API keys are accepted in every mode but none; stdio always runs as the local user.",
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC: the `iss` tokens must carry.",
+                                    examples=["https://login.example.com/"])
+    oidc_audience: str | None = Field(default=None, description="OIDC: the `aud` tokens must carry.",
+                                      examples=["ariel"])
+    oidc_jwks_url: str | None = Field(default=None, description="OIDC: where the issuer publishes its signing keys.",
+                                      examples=["https://login.example.com/.well-known/jwks.json"])
+    oidc_org_claim: str = Field(default="org", description="OIDC: claim naming the org slug to act in, if any.")
+
+    @model_validator(mode="after")
+    def _auth_fits_profile(self) -> ArielSettings:
+        if self.auth_mode in ("none", "dev") and self.profile not in TRUSTING_PROFILES:
+            raise ValueError(
+                f"auth mode {self.auth_mode!r} trusts every caller and is refused in the {self.profile!r} profile; "
+                "set ARIEL_AUTH_MODE to api_key or oidc"
+            )
+        if self.auth_mode == "oidc":
+            missing = [f"ARIEL_OIDC_{name.upper()}" for name in ("issuer", "audience", "jwks_url")
+                       if not getattr(self, f"oidc_{name}")]
+            if missing:
+                raise ValueError(f"auth mode 'oidc' needs {', '.join(missing)}")
+        return self
 
     @property
     def resolved_store_url(self) -> str:

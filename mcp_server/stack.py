@@ -19,9 +19,8 @@ from prefect.client.orchestration import PrefectClient
 from blocks.llm_provider import LLMProvider
 from deployments.exceptions import ImageBuildFailed
 from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
-from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template
+from deployments.work_pools import PoolType
 from mcp_server.app import create_app
-from mcp_server.middleware.caller import local_owner
 from mcp_server.processes import Children
 from mcp_server.services import open_services
 from mcp_server.settings import ArielSettings
@@ -99,16 +98,14 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
 
 
 async def prepare_org(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, int]:
-    """Create or update the personal org's pool and point its agents at it; returns (pool, agents deployed)."""
+    """Create or update the local user's pool and point its agents at it; returns (pool, agents deployed)."""
     async with open_services(settings, api_url, pool_type) as services:
-        org = services.personal_org
-        name = pool_name(org.slug, pool_type)
-        template = docker_job_template(settings.runtime_image, org.id) if pool_type == "docker" else process_job_template()
+        caller = await services.auth.local_caller("ariel up")
+        name = await services.agents.ensure_pool(caller)
         async with PrefectClient(api_url) as client:
-            await ensure_pool(client, name, pool_type, template, org.id)
             # So operators can create provider blocks from the Prefect UI's block catalog.
             await LLMProvider.aregister_type_and_schema(client=client)
-        return name, await services.agents.redeploy_all(local_owner(org))
+        return name, await services.agents.redeploy_all(caller)
 
 
 def client_config(settings: ArielSettings, runtime: Runtime) -> str:
@@ -163,12 +160,8 @@ def up(settings: ArielSettings) -> None:
         worker_env = prefect_env(api_url, settings)
         # A process worker runs flows on this host: make the runtime importable from any directory.
         worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), worker_env.get("PYTHONPATH")]))
-        children.start(
-            "worker",
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", org_pool, "--type", pool_type,
-             "--name", f"ariel-{pool_type}-{socket.gethostname()}"],
-            worker_env,
-        )
+        # One process runs a stock worker for every org's pool, including pools made later.
+        children.start("worker", [sys.executable, "-m", "deployments.worker_host", "--type", pool_type], worker_env)
         ui_url = api_url.removesuffix("/api")
         say("")
         say(f"Ariel is up. Work pool: {org_pool} ({pool_type})")

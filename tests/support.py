@@ -203,3 +203,24 @@ def http_service(handler: type[BaseHTTPRequestHandler] = _Handler) -> Iterator[s
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def serve_app(settings: Any, prefect_api_url: str, pool_type: str = "process") -> Iterator[str]:
+    """Ariel's HTTP app (`create_app`) served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    import uvicorn
+
+    from mcp_server.app import create_app
+
+    port = free_port()
+    app = create_app(settings, prefect_api_url, pool_type)  # type: ignore[arg-type]  # a PoolType literal
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 60, "the HTTP app")
+        assert thread.is_alive(), "the HTTP app did not start; see the log above"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

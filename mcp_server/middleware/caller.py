@@ -1,6 +1,7 @@
-"""Resolve who is calling, once per tool call, and keep it in the request's state.
+"""Resolve who is calling, once per tool call, and refuse tools above the caller's role.
 
-Only the `none` auth mode exists so far: the local user in the personal org.
+Over HTTP the `AuthenticateHTTP` ASGI middleware has already proved the caller
+and left it in the request's scope; over stdio the caller is the local user.
 """
 
 from __future__ import annotations
@@ -8,27 +9,63 @@ from __future__ import annotations
 from typing import Any
 
 from fastmcp import Context
+from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
+from mcp_server.audit import record
+from mcp_server.auth import Role
 from mcp_server.caller import Caller
+from mcp_server.exceptions import Forbidden
 from mcp_server.services import Services
-from mcp_server.store import Organization
 
 CALLER_STATE = "ariel.caller"
-LOCAL_USER = "local"
+SCOPE_CALLER = "ariel_caller"
+
+TOOL_ROLES: dict[str, Role] = {
+    "whoami": "viewer",
+    "list_agents": "viewer",
+    "get_agent": "viewer",
+    "list_runs": "viewer",
+    "get_run_logs": "viewer",
+    "create_agent": "member",
+    "run_agent": "member",
+    # Each action checks its own role: members list members, admins change them.
+    "manage_org": "viewer",
+    "get_audit_log": "admin",
+}
+"""The least role each tool needs; a tool missing here needs owner (fail closed)."""
+
+AUDITED_ACTIONS = {"create_agent": "agent.create", "run_agent": "agent.run"}
+"""Tools whose refusals are written to the audit log (manage_org audits its own actions)."""
 
 
 class ResolveCaller(Middleware):
     async def on_call_tool(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         ctx = context.fastmcp_context
         assert ctx is not None  # fastmcp always sets it for tool calls
-        await ctx.set_state(CALLER_STATE, local_owner(services_of(ctx).personal_org), serializable=False)
+        services = services_of(ctx)
+        caller = _http_caller() or await services.auth.local_caller("stdio")
+        tool = context.message.name
+        needed = TOOL_ROLES.get(tool, "owner")
+        if not caller.can(needed):
+            error = Forbidden(f"{tool} needs the {needed} role or higher; you are a {caller.role}. "
+                              "Ask an admin to change your role.")
+            if tool in AUDITED_ACTIONS:
+                arguments = context.message.arguments or {}
+                target = str(arguments.get("agent") or arguments.get("name") or "")
+                await record(services.store, caller, AUDITED_ACTIONS[tool], target, "denied", str(error))
+            raise error
+        await ctx.set_state(CALLER_STATE, caller, serializable=False)
         return await call_next(context)
 
 
-def local_owner(org: Organization) -> Caller:
-    """The one local user of the `none` auth mode, owner of the personal org."""
-    return Caller(user_id=LOCAL_USER, org_id=org.id, org_slug=org.slug, role="owner")
+def _http_caller() -> Caller | None:
+    try:
+        request = get_http_request()
+    except RuntimeError:
+        return None  # stdio
+    caller = request.scope.get("state", {}).get(SCOPE_CALLER)
+    return caller if isinstance(caller, Caller) else None
 
 
 def services_of(ctx: Context) -> Services:

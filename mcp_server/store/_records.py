@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-Role = Literal["owner", "admin", "member", "viewer"]
+from mcp_server.auth import Role
+
 Outcome = Literal["ok", "denied", "failed"]
 
 

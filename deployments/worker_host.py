@@ -1,0 +1,85 @@
+"""One process serving every Ariel work pool of one type: stock Prefect workers side by side.
+
+Each org has its own pool; a worker process per pool would cost ~150 MB each.
+Instead this process watches Prefect for `ariel-*` pools of its type and runs
+one stock worker object (`DockerWorker` or `ProcessWorker`) per pool in one
+event loop, starting workers for new pools and stopping those whose pool was
+deleted. The workers never create pools: the control plane does, from the
+hardened template.
+
+Run: `python -m deployments.worker_host --type docker` (with PREFECT_API_URL set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+from typing import Literal
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
+from prefect.workers.base import BaseWorker
+from prefect.workers.process import ProcessWorker
+from prefect_docker.worker import DockerWorker
+
+from deployments.work_pools import POOL_PREFIX, PoolType
+
+WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": ProcessWorker}  # type: ignore[type-arg]
+
+
+async def ariel_pools(pool_type: PoolType) -> set[str]:
+    """Names of Ariel's pools of `pool_type` in the Prefect API."""
+    async with get_client() as client:
+        pools = await client.read_work_pools(
+            work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
+        )
+    return {pool.name for pool in pools if pool.name.startswith(POOL_PREFIX)}
+
+
+async def serve_pool(pool_type: PoolType, pool: str, host: str) -> None:
+    worker = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}", create_pool_if_not_found=False)
+    await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
+
+
+async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
+    """Serve every Ariel pool of the type until cancelled; new pools are picked up within `rescan_seconds`."""
+    host = socket.gethostname()
+    running: dict[str, asyncio.Task[None]] = {}
+    try:
+        while True:
+            try:
+                pools = await ariel_pools(pool_type)
+            except Exception as exc:  # the API restarting must not stop the workers already running
+                print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
+                pools = set(running)
+            for pool in sorted(pools - running.keys()):
+                print(f"serving work pool {pool}", flush=True)
+                running[pool] = asyncio.create_task(serve_pool(pool_type, pool, host), name=pool)
+            for pool in sorted(running.keys() - pools):
+                print(f"work pool {pool} is gone; stopping its worker", flush=True)
+                running.pop(pool).cancel()
+            for pool, task in list(running.items()):
+                if task.done():  # a worker that died is started again on the next pass
+                    running.pop(pool)
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        task.result()
+            await asyncio.sleep(rescan_seconds)
+    finally:
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--type", choices=sorted(WORKERS), required=True, help="the pool type to serve")
+    args = parser.parse_args()
+    pool_type: Literal["docker", "process"] = args.type
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(pool_type))
+
+
+if __name__ == "__main__":
+    main()
