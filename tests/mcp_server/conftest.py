@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,12 @@ POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_tes
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database owned by a non-superuser role (so row-level security applies)."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True, connect_timeout=3)
     except psycopg.OperationalError:
