@@ -23,6 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("mcp", help="serve MCP over stdio, for desktop MCP clients")
     commands.add_parser("migrate", help="apply the store's pending migrations")
     commands.add_parser("build-image", help="build the runtime image if it is missing or older than the code")
+    key = commands.add_parser(
+        "create-key",
+        help="issue an API key for an org (made if missing, owned by --owner): how the first admin of a "
+        "server in api_key or oidc mode gets in",
+    )
+    key.add_argument("org", help="the org's slug, e.g. acme")
+    key.add_argument("--owner", required=True, help="email or login of the person the key acts for")
+    key.add_argument("--role", default="owner", choices=["owner", "admin", "member", "viewer"])
+    key.add_argument("--name", default="bootstrap", help="a name to tell the key apart")
     args = parser.parse_args(argv)
 
     overrides = {key: value for key, value in (("port", getattr(args, "port", None)),
@@ -35,23 +44,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ariel: {name}: {str(error['msg']).removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     try:
-        return _run(args.command, settings)
+        return _run(args.command, settings, args)
     except KeyboardInterrupt:
         return 130
 
 
-def _run(command: str, settings: ArielSettings) -> int:
+def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int:
     from deployments.exceptions import DeploymentError
     from mcp_server.exceptions import ArielError
     from mcp_server.stack import StartupFailed
 
     try:
+        settings.home.mkdir(parents=True, exist_ok=True)
         if command == "up":
             from mcp_server.stack import up
 
             up(settings)
         elif command == "mcp":
             _serve_stdio(settings)
+        elif command == "create-key":
+            print(asyncio.run(_create_key(settings, args.org, args.owner, args.role, args.name)))
         elif command == "migrate":
             asyncio.run(_migrate(settings))
             print(f"store at {settings.resolved_store_url} is up to date")
@@ -76,6 +88,30 @@ def _serve_stdio(settings: ArielSettings) -> None:
     if api_url is None or runtime is None:
         raise SystemExit("ariel mcp: start Ariel first with `ariel up` (it records the Prefect API and work pool to use)")
     build_mcp(settings, api_url, runtime.pool_type).run(transport="stdio", show_banner=False)
+
+
+async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: str, name: str) -> str:
+    from deployments.spec import slugify
+    from mcp_server.exceptions import InvalidRequest
+    from mcp_server.store import Store
+
+    if slugify(org_slug) != org_slug:
+        raise InvalidRequest(f"org: {org_slug!r} is not a slug; use lowercase letters, digits and '-', e.g. {slugify(org_slug)!r}")
+    store = await Store.open(settings.resolved_store_url)
+    try:
+        user = await store.invitee(owner)
+        org = await store.find_org(org_slug) or await store.create_org(org_slug, org_slug, user.id)
+        if await store.member(org.id, user.id) is None:
+            await store.add_member(org.id, user.id, "owner")
+        record, plaintext = await store.create_api_key(org.id, name, role, user.id)  # type: ignore[arg-type]  # argparse choices
+        await store.record_event(org.id, actor_id=user.id, actor=f"ariel create-key ({owner})", action="org.create_key",
+                                 target=record.prefix, origin="cli", outcome="ok")
+    finally:
+        await store.close()
+    return (
+        f"API key {record.prefix} for {org_slug} ({role}, acting for {owner}); shown this once, store it now:\n"
+        f"{plaintext}"
+    )
 
 
 async def _migrate(settings: ArielSettings) -> None:

@@ -1,0 +1,72 @@
+"""Working with others through manage_org, and deleting an org, against a real Prefect server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastmcp.exceptions import ToolError
+from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import ObjectNotFound
+
+from mcp_server.settings import ArielSettings
+from tests.mcp_server.callers import call
+from tests.support import serve_app
+
+ADA = "dev:ada:acme:owner"
+
+
+@pytest.fixture
+def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    with serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as base:
+        yield base
+
+
+async def test_members_are_invited_promoted_and_removed_and_the_last_owner_stays(url: str) -> None:
+    invited = await call(url, ADA, "manage_org", action="invite", user="bob", role="member")
+    assert invited["members"][0]["pending"] is True
+    with pytest.raises(ToolError, match="'bob' is already a member; use change_role"):
+        await call(url, ADA, "manage_org", action="invite", user="bob")
+    # bob signs in (a dev token with the same role) and takes the invitation over.
+    assert (await call(url, "dev:bob:acme:member", "whoami"))["role"] == "member"
+    await call(url, ADA, "manage_org", action="change_role", user="bob", role="admin")
+    with pytest.raises(ToolError, match="changing a owner needs the owner role; you are a admin"):
+        await call(url, "dev:bob:acme:admin", "manage_org", action="remove", user="ada")
+    with pytest.raises(ToolError, match="that is the last owner; make someone else owner first"):
+        await call(url, ADA, "manage_org", action="change_role", user="ada", role="viewer")
+    await call(url, ADA, "manage_org", action="remove", user="bob")
+    members = await call(url, ADA, "manage_org", action="list_members")
+    assert [(m["user"], m["role"], m["pending"]) for m in members["members"]] == [("ada", "owner", False)]
+    actions = [(e["action"], e["outcome"]) for e in await call(url, ADA, "get_audit_log")]
+    assert actions[:4] == [("org.remove", "ok"), ("org.change_role", "failed"), ("org.remove", "denied"),
+                           ("org.change_role", "ok")]
+
+
+async def test_a_user_switches_between_their_orgs_only(url: str) -> None:
+    # OIDC and local users switch; a dev token fixes its org, so this is refused with why.
+    with pytest.raises(ToolError, match="your credential .* is tied to one organization"):
+        await call(url, ADA, "manage_org", action="switch", org="acme")
+
+
+async def test_deleting_an_org_removes_its_pool_deployments_and_schedules(url: str, prefect_api: str) -> None:
+    owner = "dev:zed:doomed:owner"
+    agent = await call(url, owner, "create_agent", name="Hourly", instructions="x", model="ariel/scripted",
+                       script=[{"reply": "hi"}], schedule={"interval_seconds": 3600})
+    with pytest.raises(ToolError, match="call again with confirm=true to do it"):
+        await call(url, owner, "manage_org", action="delete_org")
+    assert (await call(url, owner, "get_agent", agent="hourly"))["id"] == agent["id"]  # still there
+    with pytest.raises(ToolError, match="delete_org needs the owner role or higher; you are a admin"):
+        await call(url, "dev:amy:doomed:admin", "manage_org", action="delete_org", confirm=True)
+
+    done = await call(url, owner, "manage_org", action="delete_org", confirm=True)
+    assert "is deleted" in done["done"]
+    async with PrefectClient(prefect_api) as prefect:
+        with pytest.raises(ObjectNotFound):
+            await prefect.read_deployment_by_name(agent["deployment"])
+        with pytest.raises(ObjectNotFound):
+            await prefect.read_work_pool(agent["work_pool"])
+    # The same token names the org again, so it is a new, empty one.
+    assert await call(url, owner, "list_agents") == []
