@@ -29,6 +29,9 @@ from prefect_docker.worker import DockerWorker
 PoolType = Literal["docker", "process"]
 
 DEFAULT_MEMORY_LIMIT = "2g"
+DEFAULT_CPUS = 1.0
+# Enough for Python, litellm and a few tool threads; stops a fork bomb from taking the host.
+DEFAULT_PIDS_LIMIT = 256
 
 
 POOL_PREFIX = "ariel-"
@@ -51,8 +54,10 @@ def org_tag(org_id: str) -> str:
     return f"org:{org_id}"
 
 
-def docker_job_template(image: str, org_id: str, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, Any]:
-    """The hardened Docker base job template of one organization's pool."""
+def docker_job_template(
+    image: str, org_id: str, memory_limit: str = DEFAULT_MEMORY_LIMIT, cpus: float = DEFAULT_CPUS
+) -> dict[str, Any]:
+    """The hardened Docker base job template of one organization's pool; limits are the org's plan."""
     template = copy.deepcopy(DockerWorker.get_default_base_job_template())
     fixed: dict[str, Any] = {
         "image": image,
@@ -66,7 +71,12 @@ def docker_job_template(image: str, org_id: str, memory_limit: str = DEFAULT_MEM
         "memswap_limit": memory_limit,
         # Removed from the variables so no job variable can pass arbitrary
         # container options (mounts, devices, capabilities) to Docker.
-        "container_create_kwargs": {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]},
+        "container_create_kwargs": {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "nano_cpus": int(cpus * 1e9),
+            "pids_limit": DEFAULT_PIDS_LIMIT,
+        },
         "labels": {"ariel.org": org_id, "ariel.role": "flow-run"},
     }
     properties = template["variables"]["properties"]

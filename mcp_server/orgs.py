@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from deployments.work_pools import DEFAULT_MEMORY_LIMIT
+from deployments.work_pools import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT
 from flows.config import Limits
 from mcp_server.agents import AgentService
 from mcp_server.audit import audited
@@ -48,6 +48,7 @@ def run_limits() -> dict[str, Any]:
         "max_steps_per_run": schema["max_steps"]["maximum"],
         "max_run_seconds": schema["timeout_seconds"]["maximum"],
         "memory_per_run": DEFAULT_MEMORY_LIMIT,
+        "cpus_per_run": DEFAULT_CPUS,
     }
 
 

@@ -150,6 +150,8 @@ async def test_job_variables_cannot_loosen_the_docker_pools_fixed_values(client:
     }
     job = await DockerWorkerJobConfiguration.from_template_and_values(template, hostile, client=client)
     assert (job.image, job.privileged, job.volumes, job.network_mode) == ("ariel-runtime:local", False, [], "host")
-    assert job.container_create_kwargs == {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges"]}
+    assert job.container_create_kwargs == {
+        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "nano_cpus": 1_000_000_000, "pids_limit": 256,
+    }
     assert (job.mem_limit, job.memswap_limit) == ("2g", "2g")
     assert job.labels["ariel.org"] == ORG_ID
