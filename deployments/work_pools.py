@@ -22,7 +22,7 @@ from typing import Any, Literal
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.objects import WorkPool
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from prefect_docker.worker import DockerWorker
 
@@ -106,9 +106,12 @@ async def ensure_pool(
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:
-        return await client.create_work_pool(
-            WorkPoolCreate(name=name, type=pool_type, base_job_template=template, description=description)
-        )
+        try:
+            return await client.create_work_pool(
+                WorkPoolCreate(name=name, type=pool_type, base_job_template=template, description=description)
+            )
+        except ObjectAlreadyExists:  # a concurrent first deploy of the same org made it
+            pool = await client.read_work_pool(name)
     if pool.type != pool_type:
         raise ValueError(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}")
     if pool.base_job_template != template or pool.description != description:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import socket
 from typing import Literal
 
@@ -29,13 +30,20 @@ from deployments.work_pools import POOL_PREFIX, PoolType
 WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": ProcessWorker}  # type: ignore[type-arg]
 
 
+PAGE = 200  # the most the Prefect API returns per request
+
+
 async def ariel_pools(pool_type: PoolType) -> set[str]:
-    """Names of Ariel's pools of `pool_type` in the Prefect API."""
+    """Names of Ariel's pools of `pool_type` in the Prefect API, however many there are."""
+    names: set[str] = set()
+    pool_filter = WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
     async with get_client() as client:
-        pools = await client.read_work_pools(
-            work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
-        )
-    return {pool.name for pool in pools if pool.name.startswith(POOL_PREFIX)}
+        for offset in itertools.count(0, PAGE):
+            page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)
+            names |= {pool.name for pool in page if pool.name.startswith(POOL_PREFIX)}
+            if len(page) < PAGE:
+                return names
+    raise AssertionError("unreachable")
 
 
 async def serve_pool(pool_type: PoolType, pool: str, host: str) -> None:
@@ -47,6 +55,8 @@ async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
     """Serve every Ariel pool of the type until cancelled; new pools are picked up within `rescan_seconds`."""
     host = socket.gethostname()
     running: dict[str, asyncio.Task[None]] = {}
+    retry_at: dict[str, float] = {}  # a worker that died waits before its next start
+    loop = asyncio.get_running_loop()
     try:
         while True:
             try:
@@ -55,6 +65,8 @@ async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
                 print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
                 pools = set(running)
             for pool in sorted(pools - running.keys()):
+                if retry_at.get(pool, 0) > loop.time():
+                    continue
                 print(f"serving work pool {pool}", flush=True)
                 running[pool] = asyncio.create_task(serve_pool(pool_type, pool, host), name=pool)
             for pool in sorted(running.keys() - pools):
@@ -63,8 +75,9 @@ async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
             for pool, task in list(running.items()):
                 if task.done():  # a worker that died is started again on the next pass
                     running.pop(pool)
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        task.result()
+                    error = None if task.cancelled() else task.exception()
+                    print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
+                    retry_at[pool] = loop.time() + 30
             await asyncio.sleep(rescan_seconds)
     finally:
         for task in running.values():

@@ -14,6 +14,7 @@ Which credentials each auth mode accepts:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from mcp_server.auth import (
@@ -110,7 +111,9 @@ class Authenticator:
             org = await self._create_org_quietly(identity.org_slug, user)
         member = await self.store.member(org.id, user.id)
         if member is None:
-            await self.store.add_member(org.id, user.id, identity.role)
+            with contextlib.suppress(Conflict):  # a concurrent first request added it
+                await self.store.add_member(org.id, user.id, identity.role)
+            await self.store.set_role(org.id, user.id, identity.role)
         elif member.role != identity.role:
             await self.store.set_role(org.id, user.id, identity.role)
         return Caller(
@@ -135,7 +138,10 @@ class Authenticator:
         if chosen is None and orgs:
             chosen = orgs[0]
         if chosen is None:
-            org = await self.store.create_org(f"personal-{user.id[:12]}", "Personal", user.id, personal=True)
+            try:
+                org = await self.store.create_org(f"personal-{user.id[:12]}", "Personal", user.id, personal=True)
+            except Conflict:  # a concurrent first request made it
+                return await self._in_current_org(user, source, origin, fallback)
             chosen = (org, "owner")
         org, role = chosen
         visible = not org.personal or len(await self.store.members(org.id)) > 1

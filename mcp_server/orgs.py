@@ -6,6 +6,7 @@ role it needs) and written to the audit log, refusals included.
 
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,12 +16,14 @@ from deployments.work_pools import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT
 from flows.config import Limits
 from mcp_server.agents import AgentService
 from mcp_server.audit import audited
-from mcp_server.auth import Role
+from mcp_server.auth import Role, is_api_key
 from mcp_server.caller import RANK, Caller
 from mcp_server.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
 from mcp_server.settings import AuthMode
 from mcp_server.store import ApiKeyRecord, Member, Organization, Store
 from mcp_server.views import ApiKeyView, AuditEventView, MemberView, OrgActionView, OrgView, WhoAmIView
+
+INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
 
 OrgAction = Literal[
     "list_members", "invite", "change_role", "remove", "rename", "switch",
@@ -59,7 +62,8 @@ class OrgService:
     auth_mode: AuthMode
 
     async def whoami(self, caller: Caller) -> WhoAmIView:
-        orgs = await self.store.orgs_of(caller.user_id)
+        # A credential tied to one org (an API key, a dev token) learns nothing of its user's other orgs.
+        orgs = [] if caller.org_fixed else await self.store.orgs_of(caller.user_id)
         others = [self._org_view(org, role, caller) for org, role in orgs if org.id != caller.org_id]
         current = OrgView(id=caller.org_id, slug=caller.org_slug, name=caller.org_name, role=caller.role, current=True)
         return WhoAmIView(
@@ -76,6 +80,9 @@ class OrgService:
         self, caller: Caller, action: OrgAction, user: str | None, role: Role | None, name: str | None,
         org: str | None, key: str | None, confirm: bool,
     ) -> OrgActionView:
+        if key is not None and is_api_key(key.strip()):
+            # Someone pasted the key itself: use its prefix, so the secret lands in no log or message.
+            key = key.strip().split("_")[1] if key.count("_") >= 2 else "(a malformed key)"
         target = user or name or org or key or caller.org_slug
         reading = action in ("list_members", "list_keys")
         async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
@@ -107,9 +114,7 @@ class OrgService:
                     return OrgActionView(action=action, done="keys of this organization",
                                          keys=[_key_view(k) for k in await self.store.api_keys(caller.org_id)])
                 case "revoke_key":
-                    revoked = await self.store.revoke_api_key(caller.org_id, _required(key, "key", action))
-                    if revoked is None:
-                        raise NotFound(f"no API key {key!r}; manage_org list_keys shows ids and prefixes")
+                    revoked = await self._revoke_key(caller, _required(key, "key", action).strip())
                     return OrgActionView(action=action, done=f"key {revoked.prefix} no longer works", keys=[_key_view(revoked)])
                 case "delete_org":
                     return await self._delete(caller, confirm)
@@ -127,16 +132,17 @@ class OrgService:
         ]
 
     async def _invite(self, caller: Caller, ref: str, role: Role) -> OrgActionView:
+        ref = ref.strip()
+        if not INVITEE.fullmatch(ref):
+            raise InvalidRequest("user: give the person's email or login: up to 255 letters, digits and . _ @ + -")
         self._may_grant(caller, role)
-        invitee = await self.store.invitee(ref.strip())
+        invitee = await self.store.invitee(ref)
         try:
             await self.store.add_member(caller.org_id, invitee.id, role)
         except Conflict:
             raise Conflict(f"{ref!r} is already a member; use change_role to change their role") from None
-        member = await self.store.member(caller.org_id, invitee.id)
-        assert member is not None
-        return OrgActionView(action="invite", done=f"{ref} can now sign in and act here as {role}",
-                             members=[_member_view(member)])
+        # Only what the admin typed: whether that person has an account elsewhere is not theirs to learn.
+        return OrgActionView(action="invite", done=f"{ref} can now sign in and act here as {role}")
 
     async def _change_role(self, caller: Caller, ref: str, role: Role) -> OrgActionView:
         member = await self._member(caller, ref)
@@ -168,7 +174,21 @@ class OrgService:
                                      organization=OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True))
         raise NotFound(f"no organization {ref!r} of yours; whoami lists the ones you belong to")
 
+    async def _revoke_key(self, caller: Caller, ref: str) -> ApiKeyRecord:
+        found = next((k for k in await self.store.api_keys(caller.org_id) if ref in (k.id, k.prefix)), None)
+        if found is None:
+            raise NotFound(f"no API key {ref!r}; manage_org list_keys shows ids and prefixes")
+        creator = await self.store.member(caller.org_id, found.created_by)
+        if creator is not None:
+            self._may_change(caller, creator)
+        revoked = await self.store.revoke_api_key(caller.org_id, found.id)
+        assert revoked is not None
+        return revoked
+
     async def _create_key(self, caller: Caller, name: str, role: Role) -> OrgActionView:
+        if caller.source == "api_key":
+            # Keys minted by a key would outlive its revocation, unseen by the person it acts for.
+            raise Forbidden("an API key cannot create API keys; a person must, with manage_org create_key")
         self._may_grant(caller, role)
         if not 1 <= len(name.strip()) <= 200:
             raise InvalidRequest("name: give the key a name of 1 to 200 characters, e.g. 'ci'")
@@ -189,7 +209,8 @@ class OrgService:
                                  "call again with confirm=true to do it")
         await self.agents.remove_org(caller)
         await self.store.delete_org(org.id)
-        return OrgActionView(action="delete_org", done=f"{org.name!r} is deleted; its runs' history and audit log stay readable in Prefect")
+        return OrgActionView(action="delete_org", done=f"{org.name!r} is deleted; its past runs stay in Prefect, "
+                             "and its audit trail stays in the store for operators")
 
     async def _member(self, caller: Caller, ref: str) -> Member:
         ref = ref.strip()

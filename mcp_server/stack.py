@@ -21,9 +21,11 @@ from deployments.exceptions import ImageBuildFailed
 from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.work_pools import PoolType
 from mcp_server.app import create_app
+from mcp_server.caller import Caller
 from mcp_server.processes import Children
 from mcp_server.services import open_services
 from mcp_server.settings import ArielSettings
+from mcp_server.store import Organization
 
 RUNTIME_FILE = "runtime.json"
 
@@ -97,15 +99,29 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
     return "process"
 
 
-async def prepare_org(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, int]:
-    """Create or update the local user's pool and point its agents at it; returns (pool, agents deployed)."""
+async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, int]:
+    """Make the local user's pool, and re-deploy every org's agents to a pool of today's type and image.
+
+    Returns (the local user's pool, agents deployed). Without the re-deploy, a
+    change of pool type or image would strand other orgs' agents on pools no
+    worker serves.
+    """
     async with open_services(settings, api_url, pool_type) as services:
-        caller = await services.auth.local_caller("ariel up")
-        name = await services.agents.ensure_pool(caller)
+        local = await services.auth.local_caller("ariel up")
+        name = await services.agents.ensure_pool(local)
         async with PrefectClient(api_url) as client:
             # So operators can create provider blocks from the Prefect UI's block catalog.
             await LLMProvider.aregister_type_and_schema(client=client)
-        return name, await services.agents.redeploy_all(caller)
+        deployed = 0
+        for org in await services.store.all_orgs():
+            deployed += await services.agents.redeploy_all(platform_caller(org))
+        return name, deployed
+
+
+def platform_caller(org: Organization) -> Caller:
+    """Ariel itself, acting in `org` for upkeep no person asked for."""
+    return Caller(user_id="ariel", user_label="ariel up", org_id=org.id, org_slug=org.slug, org_name=org.name,
+                  role="owner", source="local", origin="ariel up")
 
 
 def client_config(settings: ArielSettings, runtime: Runtime) -> str:
@@ -151,7 +167,7 @@ def up(settings: ArielSettings) -> None:
                 RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure(say)
             except ImageBuildFailed as exc:
                 raise StartupFailed(str(exc)) from exc
-        org_pool, redeployed = asyncio.run(prepare_org(settings, api_url, pool_type))
+        org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
         runtime = Runtime(api_url, pool_type)
         if redeployed:
             say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")

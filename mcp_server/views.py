@@ -12,7 +12,7 @@ from deployments.runs import LogLine, RunSummary
 
 class AgentView(BaseModel):
     id: str = Field(description="The agent's hex id; tools accept it or the slug.")
-    slug: str = Field(description="Made from the name, unique in the organization.")
+    slug: str = Field(description="Made from the name, unique among your agents.")
     name: str
     version: int = Field(description="Current version; every change makes a new one.")
     model: str

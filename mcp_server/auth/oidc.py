@@ -129,7 +129,9 @@ class OIDCVerifier:
             subject=subject,
             org_slug=_text(claims.get(self.org_claim)),
             role=cast(Role, role) if role in ROLES else None,
-            email=_text(claims.get("email")),
+            # An unverified address may belong to someone else (self-signup providers):
+            # it must never match an invitation or an existing user.
+            email=_text(claims.get("email")) if claims.get("email_verified") is True else None,
             name=_text(claims.get("name")),
             source="oidc",
         )

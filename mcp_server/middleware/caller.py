@@ -44,7 +44,9 @@ class ResolveCaller(Middleware):
         ctx = context.fastmcp_context
         assert ctx is not None  # fastmcp always sets it for tool calls
         services = services_of(ctx)
-        caller = _http_caller() or await services.auth.local_caller("stdio")
+        caller = _http_caller()
+        if caller is None:  # stdio: whoever can start `ariel mcp` is the local user
+            caller = await services.auth.local_caller("stdio")
         tool = context.message.name
         needed = TOOL_ROLES.get(tool, "owner")
         if not caller.can(needed):
@@ -60,12 +62,16 @@ class ResolveCaller(Middleware):
 
 
 def _http_caller() -> Caller | None:
+    """The caller AuthenticateHTTP proved; None over stdio. An HTTP request it did not see is refused."""
     try:
         request = get_http_request()
     except RuntimeError:
-        return None  # stdio
+        return None
     caller = request.scope.get("state", {}).get(SCOPE_CALLER)
-    return caller if isinstance(caller, Caller) else None
+    if not isinstance(caller, Caller):
+        # Never fall back to the local user over HTTP: that would make an unchecked request the owner.
+        raise Forbidden("this request was not authenticated; send it to the server's /mcp endpoint with credentials")
+    return caller
 
 
 def services_of(ctx: Context) -> Services:

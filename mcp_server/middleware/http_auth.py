@@ -19,14 +19,19 @@ from mcp_server.middleware.caller import SCOPE_CALLER
 from mcp_server.services import Services
 
 
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+"""Everything else asks for credentials: MCP is mounted at the root, so an allow-list fails closed."""
+
+
 class AuthenticateHTTP:
-    def __init__(self, app: ASGIApp, services: Callable[[], Services], path: str = "/mcp") -> None:
+    def __init__(self, app: ASGIApp, services: Callable[[], Services]) -> None:
         self.app = app
         self.services = services
-        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.path):
+        # Behind a proxy prefix (root_path), the path routing sees is the path without it.
+        path = scope["path"].removeprefix(scope.get("root_path", "")) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")

@@ -74,6 +74,11 @@ class IdentityQueries:
                 pass  # another process added it
         return user, org
 
+    async def all_orgs(self) -> list[Organization]:
+        """Every org, for the platform's own upkeep at start (re-deploying after an image change); never for a caller."""
+        async with self._engine.begin() as conn:
+            return [_org(row) for row in await conn.execute(select(organizations).order_by(organizations.c.created_at))]
+
     async def get_org(self, org_id: str) -> Organization | None:
         async with self._engine.begin() as conn:
             row = (await conn.execute(select(organizations).where(organizations.c.id == org_id))).first()
@@ -225,14 +230,21 @@ class IdentityQueries:
 
     async def create_api_key(self, org_id: str, name: str, role: Role, created_by: str) -> tuple[ApiKeyRecord, str]:
         """A new key for the org; the plaintext is returned here once and stored nowhere."""
-        fresh = new_api_key()
-        record = ApiKeyRecord(
-            id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name, role=role,
-            created_by=created_by, created_at=_now(), revoked_at=None,
-        )
-        async with self._engine.begin() as conn:
-            await conn.execute(api_keys.insert().values(**record.__dict__))
-        return record, fresh.plaintext
+        for attempt in range(5):
+            fresh = new_api_key()
+            record = ApiKeyRecord(
+                id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name, role=role,
+                created_by=created_by, created_at=_now(), revoked_at=None,
+            )
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(api_keys.insert().values(**record.__dict__))
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+                continue  # the 32-bit prefix collided with another key's; draw again
+            return record, fresh.plaintext
+        raise AssertionError("unreachable")
 
     async def api_keys(self, org_id: str) -> list[ApiKeyRecord]:
         query = select(api_keys).where(api_keys.c.org_id == org_id).order_by(api_keys.c.created_at)

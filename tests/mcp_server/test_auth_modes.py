@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import json
+
 import httpx
 import pytest
 from fastmcp import Client
@@ -156,6 +158,26 @@ async def test_a_key_created_in_chat_is_shown_once_and_works(home: Path, prefect
     assert shown["key"].startswith(f"ariel_{shown['prefix']}_")
     assert all(k["key"] is None for k in listed["keys"])
     assert (me["role"], me["identified_by"]) == ("viewer", "api_key")
+
+
+async def test_a_key_cannot_mint_keys_and_a_pasted_key_is_revoked_by_its_prefix_without_being_logged(
+    home: Path, prefect_api: str
+) -> None:
+    with serve_app(settings_for(home, auth_mode="dev"), prefect_api) as url:
+        await call(url, "dev:ada:acme:owner", "whoami")
+        await call(url, "dev:ada:globex:owner", "whoami")  # ada's other org
+        made = await call(url, "dev:ada:acme:owner", "manage_org", action="create_key", name="ops", role="admin")
+        key = made["keys"][0]["key"]
+        me = await call(url, key, "whoami")
+        with pytest.raises(ToolError, match="an API key cannot create API keys"):
+            await call(url, key, "manage_org", action="create_key", name="child", role="member")
+        revoked = await call(url, "dev:ada:acme:owner", "manage_org", action="revoke_key", key=key)
+        events = await call(url, "dev:ada:acme:owner", "get_audit_log")
+    assert me["other_workspaces"] == []  # a key tied to acme learns nothing of ada's globex
+    assert revoked["keys"][0]["revoked"] is True
+    secret = key.split("_", 2)[2]
+    assert secret not in json.dumps(events)
+    assert events[0]["action"] == "org.revoke_key" and events[0]["target"] == made["keys"][0]["prefix"]
 
 
 # oidc

@@ -87,7 +87,9 @@ async def world(served: str, prefect_api: str) -> Isolated:
                        model="ariel/scripted", script=[{"reply": "s3cret"}])
     run = await call(url, BOB, "run_agent", agent=agent["slug"])
     key = (await call(url, BOB, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
-    invited = (await call(url, BOB, "manage_org", action="invite", user="carol@globex.test", role="viewer"))["members"][0]
+    await call(url, BOB, "manage_org", action="invite", user="carol@globex.test", role="viewer")
+    members = (await call(url, BOB, "manage_org", action="list_members"))["members"]
+    [invited] = [m for m in members if m["user"] == "carol@globex.test"]
     me = await call(url, BOB, "whoami")
     async with PrefectClient(prefect_api) as prefect:
         deployment = await prefect.read_deployment_by_name(agent["deployment"])

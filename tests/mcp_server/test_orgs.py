@@ -27,7 +27,11 @@ def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
 
 async def test_members_are_invited_promoted_and_removed_and_the_last_owner_stays(url: str) -> None:
     invited = await call(url, ADA, "manage_org", action="invite", user="bob", role="member")
-    assert invited["members"][0]["pending"] is True
+    assert invited["done"] == "bob can now sign in and act here as member"
+    listed = (await call(url, ADA, "manage_org", action="list_members"))["members"]
+    assert [(m["user"], m["pending"]) for m in listed] == [("ada", False), ("bob", True)]
+    with pytest.raises(ToolError, match="user: give the person's email or login"):
+        await call(url, ADA, "manage_org", action="invite", user="x" * 300)
     with pytest.raises(ToolError, match="'bob' is already a member; use change_role"):
         await call(url, ADA, "manage_org", action="invite", user="bob")
     # bob signs in (a dev token with the same role) and takes the invitation over.

@@ -59,6 +59,7 @@ def claims(**changes: Any) -> dict[str, Any]:
         "iat": now,
         "exp": now + 300,
         "email": "ada@example.test",
+        "email_verified": True,
         "name": "Ada Lovelace",
         "org": "acme",
         "role": "admin",

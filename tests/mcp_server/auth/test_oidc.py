@@ -35,6 +35,12 @@ async def test_a_valid_token_verifies_and_maps_its_claims(
     )
 
 
+async def test_an_unverified_email_is_not_taken_as_the_users(verifier: OIDCVerifier, signing_key: SigningKey) -> None:
+    for verified in (False, "true", None):
+        identity = await verifier.verify(signing_key.sign(claims(email_verified=verified)))
+        assert identity.email is None and identity.subject == "user-123"
+
+
 async def test_an_es256_token_verifies_against_an_ec_key(
     verifier: OIDCVerifier, provider: JWKSServer, signing_key: SigningKey, ec_key: SigningKey
 ) -> None:
