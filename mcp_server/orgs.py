@@ -148,8 +148,6 @@ class OrgService:
         member = await self._member(caller, ref)
         self._may_grant(caller, role)
         self._may_change(caller, member)
-        if member.role == "owner" and role != "owner":
-            await self._keep_an_owner(caller)
         await self.store.set_role(caller.org_id, member.user.id, role)
         changed = await self.store.member(caller.org_id, member.user.id)
         assert changed is not None
@@ -158,8 +156,6 @@ class OrgService:
     async def _remove(self, caller: Caller, ref: str) -> OrgActionView:
         member = await self._member(caller, ref)
         self._may_change(caller, member)
-        if member.role == "owner":
-            await self._keep_an_owner(caller)
         await self.store.remove_member(caller.org_id, member.user.id)
         return OrgActionView(action="remove", done=f"{member.user.label} no longer belongs here; their API keys stop working")
 
@@ -228,10 +224,6 @@ class OrgService:
     def _may_change(caller: Caller, member: Member) -> None:
         if RANK[member.role] > RANK[caller.role]:
             raise Forbidden(f"changing a {member.role} needs the {member.role} role; you are a {caller.role}")
-
-    async def _keep_an_owner(self, caller: Caller) -> None:
-        if await self.store.count_owners(caller.org_id) <= 1:
-            raise Conflict("that is the last owner; make someone else owner first")
 
     @staticmethod
     def _org_view(org: Organization, role: Role, caller: Caller) -> OrgView:

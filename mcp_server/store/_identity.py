@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, delete, func, or_, select, update
+from sqlalchemy import Row, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_server.auth import new_api_key
 from mcp_server.exceptions import Conflict
@@ -183,11 +183,6 @@ class IdentityQueries:
         async with self._engine.begin() as conn:
             return [self._member(org_id, row) for row in await conn.execute(query)]
 
-    async def count_owners(self, org_id: str) -> int:
-        query = select(func.count()).where(memberships.c.org_id == org_id, memberships.c.role == "owner")
-        async with self._engine.begin() as conn:
-            return int((await conn.execute(query)).scalar_one())
-
     async def orgs_of(self, user_id: str) -> list[tuple[Organization, Role]]:
         """Every org the user belongs to, with their role there, oldest membership first."""
         query = (
@@ -211,16 +206,32 @@ class IdentityQueries:
             raise Conflict("that user is already a member") from exc
 
     async def set_role(self, org_id: str, user_id: str, role: Role) -> None:
-        query = update(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
+        """Raises `Conflict` when it would leave the org without an owner."""
         async with self._engine.begin() as conn:
+            if role != "owner":
+                await self._keep_an_owner(conn, org_id, user_id)
+            query = update(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
             await conn.execute(query.values(role=role))
 
     async def remove_member(self, org_id: str, user_id: str) -> None:
+        """Raises `Conflict` when it would leave the org without an owner."""
         async with self._engine.begin() as conn:
+            await self._keep_an_owner(conn, org_id, user_id)
             await conn.execute(delete(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id))
             await conn.execute(
                 update(users).where(users.c.id == user_id, users.c.current_org_id == org_id).values(current_org_id=None)
             )
+
+    @staticmethod
+    async def _keep_an_owner(conn: AsyncConnection, org_id: str, leaving: str) -> None:
+        # In the writing transaction, owners' rows locked (PostgreSQL), so two owners
+        # demoting each other at once cannot both pass the check.
+        query = select(memberships.c.user_id).where(memberships.c.org_id == org_id, memberships.c.role == "owner")
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        owners = {row.user_id for row in await conn.execute(query)}
+        if owners == {leaving}:
+            raise Conflict("that is the last owner; make someone else owner first")
 
     @staticmethod
     def _member(org_id: str, row: Row[Any]) -> Member:

@@ -56,7 +56,10 @@ async def test_memberships_roles_and_removal(store: Store) -> None:
         await store.add_member(org.id, bob.id, "viewer")
     await store.set_role(org.id, bob.id, "admin")
     assert [(o.slug, role) for o, role in await store.orgs_of(bob.id)] == [("acme", "admin")]
-    assert await store.count_owners(org.id) == 1
+    with pytest.raises(Conflict, match="that is the last owner"):
+        await store.set_role(org.id, ada.id, "admin")
+    with pytest.raises(Conflict, match="that is the last owner"):
+        await store.remove_member(org.id, ada.id)
     await store.set_current_org(bob.id, org.id)
     await store.remove_member(org.id, bob.id)
     assert await store.member(org.id, bob.id) is None
