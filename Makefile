@@ -39,6 +39,7 @@ image: setup docker-host
 
 bench: setup docker-host image
 	$(BIN)/python bench/run_latency.py --runs 10
+	$(BIN)/python bench/worker_memory.py --pools 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache
