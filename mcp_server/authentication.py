@@ -103,19 +103,19 @@ class Authenticator:
         )
 
     async def _by_dev_token(self, identity: Identity, origin: str) -> Caller:
-        # Trusted as written: the token's org and role are made real.
+        # Trusted as written: the token's org and role are made real, even an org left
+        # without an owner (dev tokens exist to try every role).
         assert identity.org_slug is not None and identity.role is not None  # a parsed dev token has both
         user = await self.store.provision_user("dev", identity.subject, identity.email, identity.name)
         org = await self.store.find_org(identity.org_slug)
         if org is None:
-            org = await self._create_org_quietly(identity.org_slug, user)
+            org = await self._create_org_quietly(identity.org_slug, user, identity.role)
         member = await self.store.member(org.id, user.id)
         if member is None:
             with contextlib.suppress(Conflict):  # a concurrent first request added it
                 await self.store.add_member(org.id, user.id, identity.role)
-            await self.store.set_role(org.id, user.id, identity.role)
-        elif member.role != identity.role:
-            await self.store.set_role(org.id, user.id, identity.role)
+        if member is None or member.role != identity.role:
+            await self.store.set_role(org.id, user.id, identity.role, keep_an_owner=False)
         return Caller(
             user_id=user.id, user_label=user.label, org_id=org.id, org_slug=org.slug, org_name=org.name,
             role=identity.role, source="dev", origin=origin, org_fixed=True,
@@ -157,9 +157,9 @@ class Authenticator:
             role=role, source=source, origin=origin, org_fixed=org_fixed, org_visible=org_visible,
         )
 
-    async def _create_org_quietly(self, slug: str, owner: User) -> Organization:
+    async def _create_org_quietly(self, slug: str, creator: User, role: Role) -> Organization:
         try:
-            return await self.store.create_org(slug, slug, owner.id)
+            return await self.store.create_org(slug, slug, creator.id, role=role)
         except Conflict:  # made by a concurrent request
             org = await self.store.find_org(slug)
             assert org is not None

@@ -235,3 +235,11 @@ async def test_stdio_runs_as_the_local_user_whatever_the_http_auth_mode(home: Pa
     async with Client(build_mcp(settings_for(home, auth_mode="dev"), prefect_api, "process")) as session:
         me = (await session.call_tool("whoami", {})).structured_content
     assert (me["identified_by"], me["role"], me["workspace"]) == ("local", "owner", None)
+
+
+async def test_a_dev_token_may_make_an_org_with_any_role_and_change_it(home: Path, prefect_api: str) -> None:
+    with serve_app(settings_for(home, auth_mode="dev"), prefect_api) as url:
+        first = await call(url, "dev:vic:newco:viewer", "whoami")  # the org's first member, as a viewer
+        promoted = await call(url, "dev:vic:newco:owner", "whoami")
+        demoted = await call(url, "dev:vic:newco:member", "whoami")  # the last owner, demoted: dev trusts it
+    assert [me["role"] for me in (first, promoted, demoted)] == ["viewer", "owner", "member"]
