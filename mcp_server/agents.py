@@ -98,6 +98,7 @@ class AgentService:
             caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json")
         )
         try:
+            await self.ensure_pool(caller)
             deployment_id = await self._deploy(caller, record, spec)
         except BaseException:
             # Prefect may have made the deployment even if its answer was lost.
@@ -109,8 +110,11 @@ class AgentService:
 
     async def redeploy_all(self, caller: Caller) -> int:
         """Re-apply every agent of the org (after the pool or image changed); returns how many."""
+        records = await self.store.list_agents(caller.org_id)
+        if records:
+            await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
         count = 0
-        for record in await self.store.list_agents(caller.org_id):
+        for record in records:
             spec = await self._spec(caller, record)
             deployment_id = await self._deploy(caller, record, spec)
             if str(deployment_id) != record.deployment_id:
@@ -187,7 +191,6 @@ class AgentService:
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         desired = compiler.compile_agent(config, record.slug, caller.org_slug, spec.schedule, self.target(caller))
-        await self.ensure_pool(caller)
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, AsyncContextManager, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mcp_server.store._ids import new_id
+from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import AuditEvent, Outcome
 from mcp_server.store._schema import audit_events
 
@@ -31,7 +31,7 @@ class AuditQueries:
         detail: str | None = None,
     ) -> AuditEvent:
         event = AuditEvent(
-            id=new_id(), org_id=org_id, at=datetime.now(UTC), actor_id=actor_id, actor=actor[:300],
+            id=new_id(), org_id=org_id, at=utc_now(), actor_id=actor_id, actor=actor[:300],
             action=action, target=target[:300], origin=origin[:100], outcome=outcome,
             detail=detail[:1000] if detail else None,
         )

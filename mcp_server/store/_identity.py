@@ -8,26 +8,21 @@ org it is about.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, delete, or_, select, update
+from sqlalchemy import Row, Select, Table, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_server.auth import new_api_key
 from mcp_server.exceptions import Conflict
-from mcp_server.store._ids import new_id
+from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import ApiKeyRecord, Member, Organization, Role, User
 from mcp_server.store._schema import api_keys, memberships, organizations, users
 
 PERSONAL_ORG_SLUG = "personal"
 LOCAL_SOURCE = "local"
 INVITE_SOURCE = "invite"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _org(row: Row[Any]) -> Organization:
@@ -45,6 +40,16 @@ def _key(row: Row[Any]) -> ApiKeyRecord:
 class IdentityQueries:
     _engine: AsyncEngine
 
+    async def _insert_or_read(self, table: Table, values: dict[str, Any], existing: Select[Any]) -> Row[Any] | None:
+        """Insert a row; None when it went in, else the row a concurrent writer inserted first (read by `existing`)."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(table.insert().values(**values))
+        except IntegrityError:
+            async with self._engine.begin() as conn:
+                return (await conn.execute(existing)).one()
+        return None
+
     # organizations
 
     async def ensure_personal_org(self) -> Organization:
@@ -54,14 +59,9 @@ class IdentityQueries:
             row = (await conn.execute(query)).first()
         if row is not None:
             return _org(row)
-        values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": _now(), "personal": True}
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(organizations.insert().values(**values))
-        except IntegrityError:  # the other process made it first
-            async with self._engine.begin() as conn:
-                return _org((await conn.execute(query)).one())
-        return Organization(**values)
+        values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": utc_now(), "personal": True}
+        theirs = await self._insert_or_read(organizations, values, query)
+        return _org(theirs) if theirs is not None else Organization(**values)
 
     async def ensure_local_owner(self) -> tuple[User, Organization]:
         """The one local user (auth mode `none`, stdio) and the personal org they own."""
@@ -96,7 +96,7 @@ class IdentityQueries:
 
         Raises `Conflict` when the slug is taken.
         """
-        org = Organization(id=new_id(), slug=slug, name=name, created_at=_now(), personal=personal)
+        org = Organization(id=new_id(), slug=slug, name=name, created_at=utc_now(), personal=personal)
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(organizations.insert().values(**org.__dict__))
@@ -143,15 +143,10 @@ class IdentityQueries:
                 return _user((await conn.execute(found)).one())
         values = {
             "id": new_id(), "source": source, "subject": subject, "email": email, "name": name,
-            "current_org_id": None, "created_at": _now(),
+            "current_org_id": None, "created_at": utc_now(),
         }
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(users.insert().values(**values))
-        except IntegrityError:  # a concurrent first request made it
-            async with self._engine.begin() as conn:
-                return _user((await conn.execute(found)).one())
-        return User(**values)
+        theirs = await self._insert_or_read(users, values, found)
+        return _user(theirs) if theirs is not None else User(**values)
 
     async def invitee(self, ref: str) -> User:
         """The user an invitation names (by email or login name), or a placeholder they take over at first login."""
@@ -206,7 +201,7 @@ class IdentityQueries:
         """Raises `Conflict` when the user already belongs to the org."""
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role=role, created_at=_now()))
+                await conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role=role, created_at=utc_now()))
         except IntegrityError as exc:
             raise Conflict("that user is already a member") from exc
 
@@ -250,7 +245,7 @@ class IdentityQueries:
             fresh = new_api_key()
             record = ApiKeyRecord(
                 id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name, role=role,
-                created_by=created_by, created_at=_now(), revoked_at=None,
+                created_by=created_by, created_at=utc_now(), revoked_at=None,
             )
             try:
                 async with self._engine.begin() as conn:
@@ -275,7 +270,7 @@ class IdentityQueries:
             if row is None:
                 return None
             if row.revoked_at is None:
-                await conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=_now()))
+                await conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=utc_now()))
             return _key((await conn.execute(select(api_keys).where(api_keys.c.id == row.id))).one())
 
     async def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:

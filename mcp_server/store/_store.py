@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from mcp_server.exceptions import Conflict
 from mcp_server.store._audit import AuditQueries
-from mcp_server.store._ids import new_id
+from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._identity import IdentityQueries
 from mcp_server.store._records import AgentRecord, AgentVersion
 from mcp_server.store._schema import agent_versions, agents
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Store(IdentityQueries, AuditQueries):
@@ -76,7 +71,7 @@ class Store(IdentityQueries, AuditQueries):
 
     async def create_agent(self, org_id: str, slug: str, name: str, spec: dict[str, Any]) -> AgentRecord:
         """Insert an agent and its version 1. Raises `Conflict` when the slug is taken in the org."""
-        now = _now()
+        now = utc_now()
         record = AgentRecord(
             id=new_id(), org_id=org_id, slug=slug, name=name, version=1,
             deployment_id=None, created_at=now, updated_at=now,
@@ -119,7 +114,7 @@ class Store(IdentityQueries, AuditQueries):
         query = (
             agents.update()
             .where(agents.c.org_id == org_id, agents.c.id == agent_id)
-            .values(deployment_id=deployment_id, updated_at=_now())
+            .values(deployment_id=deployment_id, updated_at=utc_now())
         )
         async with self.tenant(org_id) as conn:
             await conn.execute(query)

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from mcp_server.store import Store
+from tests.mcp_server.auth.support import JWKSServer, SigningKey, jwks_server
 from tests.support import need
 
 POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_test:ariel_test@127.0.0.1:5432")
@@ -51,3 +52,17 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     opened = await Store.open(store_url)
     yield opened
     await opened.close()
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> SigningKey:
+    """The identity provider's signing key (RSA, made here)."""
+    return SigningKey.rsa("key-1")
+
+
+@pytest.fixture
+def provider(signing_key: SigningKey) -> Iterator[JWKSServer]:
+    """A loopback JWKS server publishing `signing_key`."""
+    with jwks_server() as server:
+        server.publish(signing_key)
+        yield server

@@ -7,7 +7,7 @@ checked against a JWKS served on 127.0.0.1. stdio: always the local user.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from mcp_server.server import build_mcp
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
-from tests.mcp_server.auth.support import AUDIENCE, ISSUER, JWKSServer, SigningKey, claims, jwks_server
+from tests.mcp_server.auth.support import AUDIENCE, ISSUER, JWKSServer, SigningKey, claims
 from tests.mcp_server.callers import call
 from tests.support import serve_app
 
@@ -183,18 +183,6 @@ async def test_a_key_cannot_mint_keys_and_a_pasted_key_is_revoked_by_its_prefix_
 # oidc
 
 
-@pytest.fixture(scope="module")
-def signing_key() -> SigningKey:
-    return SigningKey.rsa("idp-1")
-
-
-@pytest.fixture
-def provider(signing_key: SigningKey) -> Iterator[JWKSServer]:
-    with jwks_server() as server:
-        server.publish(signing_key)
-        yield server
-
-
 def oidc_settings(home: Path, provider: JWKSServer) -> ArielSettings:
     return settings_for(home, auth_mode="oidc", profile="saas", oidc_issuer=ISSUER, oidc_audience=AUDIENCE,
                         oidc_jwks_url=provider.url)
@@ -208,7 +196,7 @@ async def test_an_oidc_user_is_provisioned_at_first_login_into_a_space_of_their_
         first = await call(url, token, "whoami")
         again = await call(url, token, "whoami")
         expired = post_initialize(url, {"Authorization": f"Bearer {signing_key.sign(claims(exp=1))}"})
-        forged = post_initialize(url, {"Authorization": f"Bearer {SigningKey.rsa('idp-1').sign(claims())}"})
+        forged = post_initialize(url, {"Authorization": f"Bearer {SigningKey.rsa(signing_key.kid).sign(claims())}"})
     assert (first["user"], first["role"], first["identified_by"]) == ("new@example.com", "owner", "oidc")
     assert first["workspace"] is None and again == first
     assert expired.status_code == 401 and "expired" in expired.json()["detail"]

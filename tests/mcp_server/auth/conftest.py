@@ -1,19 +1,15 @@
-"""Fixtures of the auth tests: keys are made once per session, servers once per test."""
+"""Fixtures of the auth tests: keys are made once per session, servers once per test.
+
+`signing_key` and `provider` live in tests/mcp_server/conftest.py, shared with the auth-mode tests.
+"""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import pytest
 
 from mcp_server.auth import OIDCVerifier
 
-from .support import AUDIENCE, ISSUER, JWKSServer, SigningKey, jwks_server
-
-
-@pytest.fixture(scope="session")
-def signing_key() -> SigningKey:
-    return SigningKey.rsa("key-1")
+from .support import AUDIENCE, ISSUER, JWKSServer, SigningKey
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +26,6 @@ def impostor_key() -> SigningKey:
 @pytest.fixture(scope="session")
 def ec_key() -> SigningKey:
     return SigningKey.ec("ec-1")
-
-
-@pytest.fixture
-def provider(signing_key: SigningKey) -> Iterator[JWKSServer]:
-    """A loopback JWKS server publishing `signing_key`."""
-    with jwks_server() as server:
-        server.publish(signing_key)
-        yield server
 
 
 @pytest.fixture
