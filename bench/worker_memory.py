@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.client.orchestration import PrefectClient  # noqa: E402 - after the path is set
 from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
 
-from deployments.work_pools import docker_job_template, pool_name  # noqa: E402
+from deployments.work_pools import docker_job_template, install_prefix, pool_name  # noqa: E402
 from tests.support import descendants, prefect_server, test_env  # noqa: E402
 
 SETTLE_SECONDS = 20  # imports done, every worker registered and polling
@@ -45,12 +45,15 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
+INSTALL_ID = "be9c4000000000000000000000000000"
+
+
 async def make_pools(api_url: str, count: int, prefix: str) -> list[str]:
     names = []
     async with PrefectClient(api_url) as client:
         for index in range(count):
             org_id = f"{prefix}{index:04d}".ljust(32, "0")
-            name = pool_name(org_id, "docker") if prefix == "a" else f"bench-{prefix}-{index}"
+            name = pool_name(INSTALL_ID, org_id, "docker") if prefix == "a" else f"bench-{prefix}-{index}"
             await client.create_work_pool(
                 WorkPoolCreate(name=name, type="docker", base_job_template=docker_job_template("ariel-runtime:local", org_id))
             )
@@ -79,11 +82,12 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="ariel-bench-"))
     with prefect_server(home / "prefect") as api_url:
         env = {**test_env(home), "PREFECT_API_URL": api_url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
-        # Ariel's pools are the `ariel-*` ones; the baseline's are named otherwise so the host ignores them.
+        # Ariel's pools carry the install's prefix; the baseline's are named otherwise so the host ignores them.
         asyncio.run(make_pools(api_url, args.pools, "a"))
         baseline_pools = asyncio.run(make_pools(api_url, args.pools, "b"))
 
-        host = [start([sys.executable, "-m", "deployments.worker_host", "--type", "docker"], env)]
+        host = [start([sys.executable, "-m", "deployments.worker_host", "--type", "docker",
+                       "--prefix", install_prefix(INSTALL_ID)], env)]
         time.sleep(SETTLE_SECONDS)
         ariel = sum(rss_mib(p.pid) for p in host)
         stop(host)

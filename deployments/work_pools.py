@@ -37,16 +37,25 @@ DEFAULT_PIDS_LIMIT = 256
 POOL_PREFIX = "ariel-"
 
 
-def pool_name(org_id: str, pool_type: PoolType) -> str:
-    """The name of an organization's pool of one type, made from its id.
+def install_prefix(install_id: str) -> str:
+    """What every pool name of one installation starts with: a worker host serves only those.
 
-    Not from its slug: every desktop install's org is "personal", and two
-    installs may share one Prefect server.
-
-    >>> pool_name("0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
-    'ariel-0f3c9a1b2c3d-docker'
+    >>> install_prefix("9a8b7c6d5e4f30211203f4e5d6c7b8a9")
+    'ariel-9a8b7c6d-'
     """
-    return f"{POOL_PREFIX}{org_id[:12]}-{pool_type}"
+    return f"{POOL_PREFIX}{install_id[:8]}-"
+
+
+def pool_name(install_id: str, org_id: str, pool_type: PoolType) -> str:
+    """The name of an organization's pool of one type, made from the install's id and the org's.
+
+    Not from the org's slug: every desktop install's org is "personal". The
+    install id keeps apart the pools of installs that share one Prefect server.
+
+    >>> pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
+    'ariel-9a8b7c6d-0f3c9a1b2c3d-docker'
+    """
+    return f"{install_prefix(install_id)}{org_id[:12]}-{pool_type}"
 
 
 def org_tag(org_id: str) -> str:
@@ -120,10 +129,10 @@ async def ensure_pool(
     return pool
 
 
-async def remove_pools(client: PrefectClient, org_id: str) -> None:
+async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:
     """Delete the organization's pools of every type; missing ones are fine."""
     for pool_type in ("docker", "process"):
         try:
-            await client.delete_work_pool(pool_name(org_id, pool_type))
+            await client.delete_work_pool(pool_name(install_id, org_id, pool_type))
         except ObjectNotFound:
             pass

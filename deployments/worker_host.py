@@ -1,13 +1,14 @@
 """One process serving every Ariel work pool of one type: stock Prefect workers side by side.
 
 Each org has its own pool; a worker process per pool would cost ~150 MB each.
-Instead this process watches Prefect for `ariel-*` pools of its type and runs
+Instead this process watches Prefect for its install's pools of its type
+(`ariel-<install>-*`; other installs may share the Prefect server) and runs
 one stock worker object (`DockerWorker` or `ProcessWorker`) per pool in one
 event loop, starting workers for new pools and stopping those whose pool was
 deleted. The workers never create pools: the control plane does, from the
 hardened template.
 
-Run: `python -m deployments.worker_host --type docker` (with PREFECT_API_URL set).
+Run: `python -m deployments.worker_host --type docker --prefix ariel-9a8b7c6d-` (with PREFECT_API_URL set).
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": 
 PAGE = 200  # the most the Prefect API returns per request
 
 
-async def ariel_pools(pool_type: PoolType) -> set[str]:
-    """Names of Ariel's pools of `pool_type` in the Prefect API, however many there are."""
+async def ariel_pools(pool_type: PoolType, prefix: str) -> set[str]:
+    """Names of the pools of `pool_type` whose name starts with `prefix`, however many there are."""
     names: set[str] = set()
     pool_filter = WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
     async with get_client() as client:
         for offset in itertools.count(0, PAGE):
             page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)
-            names |= {pool.name for pool in page if pool.name.startswith(POOL_PREFIX)}
+            names |= {pool.name for pool in page if pool.name.startswith(prefix)}
             if len(page) < PAGE:
                 return names
     raise AssertionError("unreachable")
@@ -51,8 +52,8 @@ async def serve_pool(pool_type: PoolType, pool: str, host: str) -> None:
     await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
 
 
-async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
-    """Serve every Ariel pool of the type until cancelled; new pools are picked up within `rescan_seconds`."""
+async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -> None:
+    """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`."""
     host = socket.gethostname()
     running: dict[str, asyncio.Task[None]] = {}
     retry_at: dict[str, float] = {}  # a worker that died waits before its next start
@@ -60,7 +61,7 @@ async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
     try:
         while True:
             try:
-                pools = await ariel_pools(pool_type)
+                pools = await ariel_pools(pool_type, prefix)
             except Exception as exc:  # the API restarting must not stop the workers already running
                 print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
                 pools = set(running)
@@ -88,10 +89,13 @@ async def serve(pool_type: PoolType, rescan_seconds: float = 2.0) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--type", choices=sorted(WORKERS), required=True, help="the pool type to serve")
+    parser.add_argument("--prefix", required=True, help="serve the pools whose name starts with this (an install's)")
     args = parser.parse_args()
+    if not args.prefix.startswith(POOL_PREFIX):
+        parser.error(f"--prefix must start with {POOL_PREFIX!r}, as Ariel's pool names do")
     pool_type: Literal["docker", "process"] = args.type
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(pool_type))
+        asyncio.run(serve(pool_type, args.prefix))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class AgentService:
     prefect_api_url: str
     pool_type: PoolType
     runtime_image: str
+    install_id: str
     # host:port of Ariel's own services, which no agent may call (the runtime
     # shares the host's network, and the Prefect API holds every org's data).
     protected_hosts: tuple[str, ...] = ()
@@ -64,11 +65,11 @@ class AgentService:
             ) from exc
 
     def target(self, caller: Caller) -> compiler.DeploymentTarget:
-        return compiler.DeploymentTarget(pool_name=pool_name(caller.org_id, self.pool_type), org_id=caller.org_id)
+        return compiler.DeploymentTarget(pool_name=pool_name(self.install_id, caller.org_id, self.pool_type), org_id=caller.org_id)
 
     async def ensure_pool(self, caller: Caller) -> str:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
-        name = pool_name(caller.org_id, self.pool_type)
+        name = pool_name(self.install_id, caller.org_id, self.pool_type)
         template = (
             docker_job_template(self.runtime_image, caller.org_id) if self.pool_type == "docker" else process_job_template()
         )
@@ -80,7 +81,7 @@ class AgentService:
         """Delete the org's deployments, schedules and pools from Prefect; its runs stay readable there."""
         async with self.prefect() as client:
             await compiler.remove_org(client, caller.org_id)
-            await remove_pools(client, caller.org_id)
+            await remove_pools(client, self.install_id, caller.org_id)
 
     async def create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         name = str(data.get("name", ""))

@@ -33,7 +33,8 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         # The same services under their other loopback names.
         protected |= {f"{alias}:{port}" for alias in ("localhost", "127.0.0.1") for port in (settings.port, prefect_port)}
         agents = AgentService(
-            store, prefect_api_url, pool_type, settings.runtime_image, protected_hosts=tuple(sorted(protected))
+            store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
+            protected_hosts=tuple(sorted(protected)),
         )
         yield Services(
             store=store,

@@ -19,7 +19,7 @@ from prefect.client.orchestration import PrefectClient
 from blocks.llm_provider import LLMProvider
 from deployments.exceptions import ImageBuildFailed
 from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
-from deployments.work_pools import PoolType
+from deployments.work_pools import PoolType, install_prefix
 from mcp_server.app import create_app
 from mcp_server.caller import Caller
 from mcp_server.processes import Children
@@ -99,10 +99,10 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
     return "process"
 
 
-async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, int]:
+async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, str, int]:
     """Make the local user's pool, and re-deploy every org's agents to a pool of today's type and image.
 
-    Returns (the local user's pool, agents deployed). Without the re-deploy, a
+    Returns (the install's pool-name prefix, the local user's pool, agents deployed). Without the re-deploy, a
     change of pool type or image would strand other orgs' agents on pools no
     worker serves.
     """
@@ -115,7 +115,7 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
         deployed = 0
         for org in await services.store.all_orgs():
             deployed += await services.agents.redeploy_all(platform_caller(org))
-        return name, deployed
+        return install_prefix(services.agents.install_id), name, deployed
 
 
 def platform_caller(org: Organization) -> Caller:
@@ -167,7 +167,7 @@ def up(settings: ArielSettings) -> None:
                 RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure(say)
             except ImageBuildFailed as exc:
                 raise StartupFailed(str(exc)) from exc
-        org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
+        prefix, org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
         runtime = Runtime(api_url, pool_type)
         if redeployed:
             say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")
@@ -176,8 +176,10 @@ def up(settings: ArielSettings) -> None:
         worker_env = prefect_env(api_url, settings)
         # A process worker runs flows on this host: make the runtime importable from any directory.
         worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), worker_env.get("PYTHONPATH")]))
-        # One process runs a stock worker for every org's pool, including pools made later.
-        children.start("worker", [sys.executable, "-m", "deployments.worker_host", "--type", pool_type], worker_env)
+        # One process runs a stock worker for every pool of this install, including pools made later.
+        children.start(
+            "worker", [sys.executable, "-m", "deployments.worker_host", "--type", pool_type, "--prefix", prefix], worker_env
+        )
         ui_url = api_url.removesuffix("/api")
         say("")
         say(f"Ariel is up. Work pool: {org_pool} ({pool_type})")

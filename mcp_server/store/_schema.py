@@ -124,3 +124,10 @@ audit_events = Table(
     Column("outcome", String(16), nullable=False),
     Column("detail", String(1000), nullable=True),
 )
+
+installation = Table(
+    "installation",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)

@@ -25,7 +25,7 @@ from mcp_server.store._audit import AuditQueries
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._identity import IdentityQueries
 from mcp_server.store._records import AgentRecord, AgentVersion
-from mcp_server.store._schema import agent_versions, agents
+from mcp_server.store._schema import agent_versions, agents, installation
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -66,6 +66,11 @@ class Store(IdentityQueries, AuditQueries):
         """Bring the schema to the newest migration; never drops data."""
         async with self._engine.begin() as conn:
             await conn.run_sync(_upgrade)
+
+    async def installation_id(self) -> str:
+        """This control plane's id (made by migration 0004); its Prefect work pools carry it."""
+        async with self._engine.begin() as conn:
+            return str((await conn.execute(select(installation.c.id))).scalar_one())
 
     # agents
 

@@ -19,7 +19,7 @@ async def test_an_agent_prefect_refused_is_not_left_in_the_store(tmp_path: Path)
     caller = Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
                     role="owner", source="local", origin="test")
     dead_api = f"http://127.0.0.1:{free_port()}/api"
-    service = AgentService(store, dead_api, "process", "ariel-runtime:local")
+    service = AgentService(store, dead_api, "process", "ariel-runtime:local", await store.installation_id())
     spec = {"name": "Orphan", "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
     with pytest.raises(Unavailable, match=f"the Prefect API at {dead_api} did not answer; is `ariel up` running"):
         await service.create(caller, spec)

@@ -6,6 +6,7 @@ Every test runs on both backends (SQLite and PostgreSQL) through the `store` fix
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, text
@@ -79,10 +80,21 @@ async def test_migrations_are_reapplied_without_losing_data(store_url: str) -> N
     first = await Store.open(url)
     org = await first.ensure_personal_org()
     await first.create_agent(org.id, "kept", "Kept", {})
+    install = await first.installation_id()
     await first.close()
     second = await Store.open(url)
     assert [a.slug for a in await second.list_agents(org.id)] == ["kept"]
+    assert await second.installation_id() == install
     await second.close()
+
+
+async def test_each_store_is_its_own_installation(tmp_path: Path) -> None:
+    ids = []
+    for name in ("one", "two"):
+        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / name}.db")
+        ids.append(await store.installation_id())
+        await store.close()
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
 
 
 async def test_row_level_security_hides_other_orgs_rows_from_an_unfiltered_query(postgres_url: str) -> None:
