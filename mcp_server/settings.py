@@ -5,17 +5,21 @@ An explicit argument (a CLI flag) wins; these are the fallback.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 AuthMode = Literal["none", "dev", "api_key", "oidc"]
 Profile = Literal["desktop", "dev", "saas", "hybrid", "onprem"]
 # Profiles where a request may be trusted without a checked credential.
 TRUSTING_PROFILES = ("desktop", "dev")
+# What a browser sends in its Origin header: scheme, host, optional port; nothing else.
+ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
 class ArielSettings(BaseSettings):
@@ -78,6 +82,54 @@ class ArielSettings(BaseSettings):
     oidc_jwks_url: str | None = Field(default=None, description="OIDC: where the issuer publishes its signing keys.",
                                       examples=["https://login.example.com/.well-known/jwks.json"])
     oidc_org_claim: str = Field(default="org", description="OIDC: claim naming the org slug to act in, if any.")
+
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest request body the HTTP app accepts, in bytes; a larger one gets 413.",
+    )
+    # NoDecode: read "https://a.example,https://b.example" from the environment, not only JSON.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the HTTP app cross-origin (comma-separated); "
+        "none by default, so only same-origin pages can.",
+        examples=[["https://app.example.com", "http://localhost:5173"]],
+    )
+    rate_limit_per_minute: int = Field(
+        default=60,
+        ge=0,
+        description="Requests a minute each user, and separately each client address, may make; "
+        "0 turns the limit off. /health and /ready are not counted.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):  # a JSON list, pydantic-settings' usual form for lists
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"ARIEL_CORS_ORIGINS is not a valid JSON list ({exc.msg}); "
+                                     "write the origins comma-separated, e.g. https://a.example.com,https://b.example.com") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        checked = []
+        for origin in origins:
+            if origin == "*":
+                raise ValueError("ARIEL_CORS_ORIGINS: '*' would let every web page call Ariel; name each origin, "
+                                 "e.g. https://app.example.com")
+            if not ORIGIN.match(origin):
+                raise ValueError(f"ARIEL_CORS_ORIGINS: {origin!r} is not an origin; write scheme://host[:port] "
+                                 "with no path or trailing slash, e.g. https://app.example.com")
+            # Browsers send the scheme and host in lower case.
+            checked.append(origin.lower())
+        return checked
 
     @model_validator(mode="after")
     def _auth_fits_profile(self) -> ArielSettings:

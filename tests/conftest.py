@@ -12,6 +12,8 @@ from deployments.runtime_image import docker_available
 from tests.support import http_service, need, prefect_server
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Suites make hundreds of calls against one app; the rate limit has its own tests (test_http_hardening).
+os.environ.setdefault("ARIEL_RATE_LIMIT_PER_MINUTE", "0")
 
 
 @pytest.fixture(scope="session")
