@@ -7,12 +7,15 @@ with `num_retries=0` so retries do not stack.
 
 The run ends with the model's reply (logged, stored as the `agent-result`
 artifact and returned), or fails when the step limit or the time budget runs out.
+As it goes it records its transcript, and at its end its usage, as the
+`transcript` and `usage` artifacts (see `flows.transcript`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -30,6 +33,7 @@ from flows.exceptions import RunTimedOut, StepLimitReached, ToolRefused
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.registry import ToolContext
+from flows.transcript import Recorder, Redactor
 
 RESULT_ARTIFACT_KEY = "agent-result"
 DEFAULT_INPUT = "Run your instructions now."
@@ -106,16 +110,49 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
+    recorder = Recorder(config.model, Redactor(_environment_secrets()))
     try:
         # A hard limit: also covers retries and their delays, which Prefect times per attempt.
         async with asyncio.timeout(config.limits.timeout_seconds):
-            return await _play(config, input, deadline=time.monotonic() + config.limits.timeout_seconds)
+            deadline = time.monotonic() + config.limits.timeout_seconds
+            recorder.redactor.add(*await _provider_secrets(config))
+            return await _play(config, input, deadline=deadline, recorder=recorder)
     except TimeoutError as exc:
         # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
         raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
+    finally:
+        # Also when the run fails: what a failed run used is worth knowing too.
+        await recorder.publish_usage()
 
 
-async def _play(config: RunConfig, input: str | None, deadline: float) -> str:
+def _environment_secrets() -> list[str]:
+    """Values of this process's key-like variables (OPENAI_API_KEY, ...), which a transcript must never show."""
+    suffixes = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+    return [value for name, value in os.environ.items() if name.upper().endswith(suffixes)]
+
+
+async def _provider_secrets(config: RunConfig) -> list[str]:
+    """The run's provider key, from its block, so that the transcript can redact it."""
+    if not config.provider:
+        return []
+    from blocks.llm_provider import LLMProvider
+
+    try:
+        provider = await LLMProvider.aload(config.provider)
+    except Exception:  # noqa: BLE001 - the LLM call loads it again, fails the same way, and the transcript records that
+        return []
+    return [provider.api_key.get_secret_value()]
+
+
+def _arguments(arguments: str) -> Any:
+    """A tool call's arguments as the transcript shows them: the JSON object, or the text when it is not JSON."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
+async def _play(config: RunConfig, input: str | None, deadline: float, recorder: Recorder) -> str:
     logger = get_run_logger()
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": config.instructions},
@@ -128,18 +165,28 @@ async def _play(config: RunConfig, input: str | None, deadline: float) -> str:
     )
     # Where the code came from tells a runtime-image run from a host process.
     logger.info("Runtime: Python %s, code at %s", platform.python_version(), Path(__file__).parent)
+    seen = 0  # messages the model got in an earlier call: the transcript shows each message once
     for step in range(1, config.limits.max_steps + 1):
-        turn = await llm_call.with_options(
-            name="llm_call",
-            task_run_name=f"llm · step {step}",
-            retries=config.limits.llm_retries,
-            retry_delay_seconds=backoff(config.limits.llm_retries),
-            timeout_seconds=_remaining(deadline),
-        )(config, messages, timeout=_remaining(deadline))
+        llm_name = f"llm · step {step}"
+        async with recorder.step("llm", "llm", step, llm_name, messages[seen:]) as recorded:
+            turn = await llm_call.with_options(
+                name="llm_call",
+                task_run_name=llm_name,
+                retries=config.limits.llm_retries,
+                retry_delay_seconds=backoff(config.limits.llm_retries),
+                timeout_seconds=_remaining(deadline),
+            )(config, messages, timeout=_remaining(deadline))
+            recorded.output = {
+                "content": turn["message"].get("content"),
+                "tool_calls": turn["message"].get("tool_calls") or [],
+            }
+            recorded.prompt_tokens = turn["usage"]["prompt_tokens"]
+            recorded.completion_tokens = turn["usage"]["completion_tokens"]
         message = turn["message"]
         for key in usage:
             usage[key] += turn["usage"][key]
         messages.append(message)
+        seen = len(messages)
         calls = message.get("tool_calls") or []
         if not calls:
             reply = str(message.get("content") or "")
@@ -155,13 +202,17 @@ async def _play(config: RunConfig, input: str | None, deadline: float) -> str:
                 allowed_hosts=tuple(config.allowed_hosts),
                 timeout_seconds=min(30.0, _remaining(deadline)),
             )
+            arguments = call["function"].get("arguments") or "{}"
+            tool_name = f"{name} · step {step}"
             try:
-                result = await tool_call.with_options(
-                    task_run_name=f"{name} · step {step}",
-                    retries=config.limits.tool_retries,
-                    retry_delay_seconds=backoff(config.limits.tool_retries),
-                    timeout_seconds=_remaining(deadline),
-                )(name, call["function"].get("arguments") or "{}", context)
+                async with recorder.step("tool", name, step, tool_name, _arguments(arguments)) as recorded:
+                    result = await tool_call.with_options(
+                        task_run_name=tool_name,
+                        retries=config.limits.tool_retries,
+                        retry_delay_seconds=backoff(config.limits.tool_retries),
+                        timeout_seconds=_remaining(deadline),
+                    )(name, arguments, context)
+                    recorded.output = result
             except _TRANSIENT_TOOL_ERRORS as exc:
                 # Still failing after its retries: the model hears it and can say so.
                 logger.warning("Tool %s failed after %d retries: %s", name, config.limits.tool_retries, exc)

@@ -52,8 +52,9 @@ def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelR
         last = next((m.get("content") for m in reversed(messages) if m.get("role") == "tool"), "")
         message = {"role": "assistant", "content": step["reply"].replace(LAST_TOOL_RESULT, str(last))}
         finish_reason = "stop"
-    prompt_tokens = sum(len(str(m.get("content") or "")) for m in messages) // 4
-    completion_tokens = len(json.dumps(message)) // 4
+    # Plausible counts, about four characters a token, as a real provider would report them.
+    prompt_tokens = max(1, sum(_characters(m) for m in messages) // 4)
+    completion_tokens = max(1, len(json.dumps(message)) // 4)
     return ModelResponse(
         model=SCRIPTED_MODEL,
         choices=[{"index": 0, "finish_reason": finish_reason, "message": message}],
@@ -63,6 +64,11 @@ def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelR
             "total_tokens": prompt_tokens + completion_tokens,
         },
     )
+
+
+def _characters(message: dict[str, Any]) -> int:
+    calls = message.get("tool_calls")
+    return len(str(message.get("content") or "")) + (len(json.dumps(calls, default=str)) if calls else 0)
 
 
 class ScriptedLLM(CustomLLM):

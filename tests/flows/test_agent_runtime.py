@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
-from typing import Any, ClassVar
 from uuid import UUID
 
 import pytest
@@ -20,7 +13,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks.llm_provider import LLMProvider
-from flows.config import Limits, RunConfig, ScriptStep
+from flows.config import Limits, ScriptStep
+from tests.flows.support import OpenAICompatible, Slow, config, fetcher, http_agent, play, reply_of
 from tests.support import http_service
 
 
@@ -28,50 +22,6 @@ from tests.support import http_service
 def _prefect(prefect_api: str) -> Iterator[None]:
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         yield
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: str
-    message: str | None
-    flow_run_id: str
-    result: str | None
-
-
-def play(config: RunConfig, input: str | None = None) -> Outcome:
-    """Run the flow in its own process, as both worker types do; its final state comes back."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.flows.runner"],
-        input=json.dumps({"config": config.model_dump(mode="json"), "input": input}),
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return Outcome(**json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def reply_of(config: RunConfig, input: str | None = None) -> str:
-    outcome = play(config, input)
-    assert outcome.state == "Completed", outcome.message
-    assert outcome.result is not None
-    return outcome.result
-
-
-def config(**overrides: Any) -> RunConfig:
-    base: dict[str, Any] = {
-        "agent_id": "a" * 32, "org_id": "o" * 32, "version": 1, "name": "Test agent",
-        "instructions": "Check the service.", "model": "ariel/scripted",
-    }
-    return RunConfig(**{**base, **overrides})
-
-
-def fetcher(host: str, url: str, reply: str, allowed: str | None = None, **overrides: Any) -> RunConfig:
-    """A scripted agent that fetches `url` with http_request, then replies `reply`."""
-    return config(
-        tools=["http_request"],
-        allowed_hosts=[allowed or host],
-        script=[ScriptStep(tool="http_request", arguments={"url": url}), ScriptStep(reply=reply)],
-        **overrides,
-    )
 
 
 def test_a_scripted_agent_calls_http_request_and_replies_with_what_it_got(service_host: str) -> None:
@@ -110,16 +60,6 @@ def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> 
     assert outcome.message is not None and "StepLimitReached: the agent made 2 LLM calls" in outcome.message
 
 
-class Slow(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        time.sleep(20)
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
 def test_a_run_stops_when_its_time_budget_runs_out() -> None:
     with http_service(Slow) as slow_host:
         started = time.monotonic()
@@ -156,68 +96,6 @@ def test_the_input_reaches_the_model_as_the_user_message(openai_server: str, ser
     messages = OpenAICompatible.requests[0]["body"]["messages"]
     assert messages[0] == {"role": "system", "content": "Check the service."}
     assert messages[1] == {"role": "user", "content": f"http://{service_host}/given-input"}
-
-
-class OpenAICompatible(BaseHTTPRequestHandler):
-    """A tiny OpenAI chat-completions server: a tool call first, then a reply quoting the tool result."""
-
-    requests: ClassVar[list[dict[str, Any]]] = []
-    failures_left: ClassVar[int] = 0
-    lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            if type(self).failures_left > 0:
-                type(self).failures_left -= 1
-                self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
-                return
-        tool_results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
-        if tool_results:
-            message = {"role": "assistant", "content": f"Fetched: {tool_results[-1]}"}
-            finish = "stop"
-        else:
-            url = body["messages"][-1]["content"]
-            message = {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [{"id": "call_1", "type": "function",
-                                "function": {"name": "http_request", "arguments": json.dumps({"url": url})}}],
-            }
-            finish = "tool_calls"
-        self._send(200, {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-        })
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    OpenAICompatible.requests = []
-    OpenAICompatible.failures_left = 0
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback-test")
-    with http_service(OpenAICompatible) as host:
-        yield f"http://{host}/v1"
-
-
-def http_agent(api_base: str, service_host: str, llm_retries: int = 2) -> RunConfig:
-    return config(
-        model="openai/test-model", api_base=api_base, tools=["http_request"], allowed_hosts=[service_host],
-        limits=Limits(llm_retries=llm_retries),
-    )
 
 
 def test_a_real_litellm_http_model_drives_the_tool_loop(openai_server: str, service_host: str) -> None:

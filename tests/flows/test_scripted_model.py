@@ -47,3 +47,11 @@ def test_litellm_routes_ariel_models_to_the_scripted_provider() -> None:
     )
     assert response.choices[0].message.content == "hi"  # type: ignore[union-attr]  # a chat response
     assert response.usage.total_tokens > 0  # type: ignore[attr-defined]  # litellm adds usage
+
+
+def test_token_counts_are_about_four_characters_a_token_and_never_zero() -> None:
+    short = play([{"role": "user", "content": "go"}], [{"reply": "hi"}])
+    assert short.usage.prompt_tokens >= 1 and short.usage.completion_tokens >= 1  # type: ignore[attr-defined]  # litellm adds usage
+    long = play([{"role": "user", "content": "x" * 400}], SCRIPT)
+    assert long.usage.prompt_tokens == 100  # type: ignore[attr-defined]  # as above
+    assert long.usage.completion_tokens > 10  # type: ignore[attr-defined]  # the tool call's JSON

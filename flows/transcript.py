@@ -1,0 +1,285 @@
+"""A run's transcript and usage, recorded as the run executes and published as Prefect artifacts.
+
+The transcript is one entry per LLM call and per tool call, in order. After
+each entry the whole transcript so far is published again as a new version of
+the run's `transcript` table artifact, so a run that crashes keeps every step it
+finished, and a step that fails is recorded with its error before the error
+fails the run. The `usage` artifact (tokens, calls, cost, duration) is published
+when the run ends, whether it replied or failed. Readers take the newest
+version of each for the flow run (`deployments.runs.read_transcript`, `read_usage`).
+
+Secrets never reach either: the run's provider key, keys found in the
+environment and anything shaped like a credential are replaced by `[redacted]`.
+
+Example:
+    >>> Redactor(["blockkey-7f3a"]).redact({"Authorization": "Bearer abc", "q": "k=blockkey-7f3a"})
+    {'Authorization': '[redacted]', 'q': 'k=[redacted]'}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, Field
+
+TRANSCRIPT_ARTIFACT_KEY = "transcript"
+USAGE_ARTIFACT_KEY = "usage"
+REDACTED = "[redacted]"
+# A tool may fetch a whole page; the transcript keeps its beginning. Each published
+# version holds every entry so far, so unbounded texts would grow it quadratically.
+MAX_TEXT = 10_000
+# Long enough not to be a common word or number.
+_MIN_SECRET = 8
+
+_SENSITIVE_KEY = re.compile(
+    r"(?i)^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|api[_-]?key|apikey|token|secret|"
+    r"password|passwd|.*[_-](token|secret|password|api[_-]?key))$"
+)
+_CREDENTIALS: list[tuple[re.Pattern[str], str]] = [
+    # An Authorization header's whole value, whatever its scheme, in text, JSON or repr.
+    (re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), rf"\1 {REDACTED}"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), REDACTED),
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"), REDACTED),
+    (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), REDACTED),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
+    # key=value and "key": "value" for keys that name a credential.
+    (
+        re.compile(
+            r"(?i)((?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|"
+            r"secret|password|passwd)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+]
+
+
+class Redactor:
+    """Replaces known secrets and anything shaped like a credential with `[redacted]`, in any JSON-like value."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Also redact these exact values (too short ones are ignored: they would redact common words)."""
+        known = set(self._secrets) | {secret for secret in secrets if secret and len(secret) >= _MIN_SECRET}
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            value = value.replace(secret, REDACTED)
+        for pattern, replacement in _CREDENTIALS:
+            value = pattern.sub(replacement, value)
+        return value
+
+    def redact(self, value: Any) -> Any:
+        """`value` with secrets redacted; dicts and lists are copied, never changed in place."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {
+                key: REDACTED if _sensitive(key, item) else self.redact(item)
+                for key, item in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self.redact(item) for item in value]
+        return value
+
+
+def _sensitive(key: Any, value: Any) -> bool:
+    return isinstance(key, str) and bool(_SENSITIVE_KEY.match(key)) and isinstance(value, (str, int, float))
+
+
+def shorten(value: Any, limit: int = MAX_TEXT) -> Any:
+    """`value` with every text longer than `limit` cut, saying how much was left out."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else f"{value[:limit]}… [{len(value) - limit} more characters]"
+    if isinstance(value, dict):
+        return {key: shorten(item, limit) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shorten(item, limit) for item in value]
+    return value
+
+
+class TranscriptEntry(BaseModel):
+    """One LLM call or tool call of a run, secrets redacted."""
+
+    index: int = Field(description="Position in the run's transcript, from 1.")
+    step: int = Field(description="The agent loop's step: LLM call N and the tool calls it asked for share step N.")
+    kind: Literal["llm", "tool"] = Field(description="'llm' for a model call, 'tool' for a tool call.")
+    name: str = Field(description="'llm', or the name of the tool called.")
+    task_run_name: str = Field(
+        description="The Prefect task run of this call, as the Prefect UI names it.", examples=["llm · step 1"]
+    )
+    started_at: datetime = Field(description="When the call started (UTC).")
+    duration_ms: int = Field(description="How long the call took, retries included, in milliseconds.")
+    input: Any = Field(
+        description=(
+            "For an LLM call: the messages the model had not seen in an earlier call (the first call sends the "
+            "system and user messages, later ones the tool results). For a tool call: its arguments."
+        )
+    )
+    output: Any = Field(
+        description=(
+            "For an LLM call: the assistant's content and tool_calls. For a tool call: its result. "
+            "Null when the call failed."
+        )
+    )
+    prompt_tokens: int | None = Field(default=None, description="Prompt tokens of an LLM call; null for tool calls.")
+    completion_tokens: int | None = Field(
+        default=None, description="Completion tokens of an LLM call; null for tool calls."
+    )
+    error: str | None = Field(
+        default=None, description="Null, or 'ExceptionType: message' when the call failed after its retries."
+    )
+
+    def to_row(self) -> dict[str, Any]:
+        """A row of the artifact table: input and output as JSON text, which the Prefect UI shows as is."""
+        row = self.model_dump(mode="json")
+        row["input"] = json.dumps(self.input, ensure_ascii=False)
+        row["output"] = json.dumps(self.output, ensure_ascii=False)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Self:
+        decoded = dict(row)
+        for field in ("input", "output"):
+            if isinstance(decoded.get(field), str):
+                try:
+                    decoded[field] = json.loads(decoded[field])
+                except ValueError:
+                    pass
+        return cls.model_validate(decoded)
+
+
+class Usage(BaseModel):
+    """What one run used."""
+
+    prompt_tokens: int = Field(description="Prompt tokens over all LLM calls.")
+    completion_tokens: int = Field(description="Completion tokens over all LLM calls.")
+    llm_calls: int = Field(description="LLM calls made, failed ones included.")
+    tool_calls: int = Field(description="Tool calls made, failed ones included.")
+    cost_usd: float | None = Field(
+        description="Cost in US dollars, from litellm's price list; null when the model has no known price."
+    )
+    duration_seconds: float = Field(description="Wall-clock time of the run until its usage was recorded.")
+
+
+@dataclass
+class Outcome:
+    """What the code inside `Recorder.step` fills in once the call returned."""
+
+    output: Any = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Recorder:
+    """Records a run's transcript and usage and publishes them as artifacts; one per run."""
+
+    def __init__(self, model: str, redactor: Redactor | None = None) -> None:
+        self.model = model
+        self.redactor = redactor or Redactor()
+        self.entries: list[TranscriptEntry] = []
+        self._started = time.monotonic()
+
+    @asynccontextmanager
+    async def step(
+        self, kind: Literal["llm", "tool"], name: str, step: int, task_run_name: str, input: Any
+    ) -> AsyncIterator[Outcome]:
+        """Record the call made inside the block, also when it raises (then with its error), and publish."""
+        outcome = Outcome()
+        started_at = datetime.now(UTC)
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            yield outcome
+        except BaseException as exc:
+            error = describe(exc)
+            raise
+        finally:
+            self.entries.append(
+                TranscriptEntry(
+                    index=len(self.entries) + 1,
+                    step=step,
+                    kind=kind,
+                    name=name,
+                    task_run_name=task_run_name,
+                    started_at=started_at,
+                    duration_ms=round((time.monotonic() - started) * 1000),
+                    input=self._clean(input),
+                    output=self._clean(outcome.output),
+                    prompt_tokens=outcome.prompt_tokens,
+                    completion_tokens=outcome.completion_tokens,
+                    error=self.redactor.text(error) if error else None,
+                )
+            )
+            await self._publish(
+                TRANSCRIPT_ARTIFACT_KEY,
+                [e.to_row() for e in self.entries],
+                f"LLM and tool calls of this run, in order, secrets redacted ({len(self.entries)} so far).",
+            )
+
+    def usage(self) -> Usage:
+        llm = [entry for entry in self.entries if entry.kind == "llm"]
+        prompt = sum(entry.prompt_tokens or 0 for entry in llm)
+        completion = sum(entry.completion_tokens or 0 for entry in llm)
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            llm_calls=len(llm),
+            tool_calls=len(self.entries) - len(llm),
+            cost_usd=cost_usd(self.model, prompt, completion),
+            duration_seconds=round(time.monotonic() - self._started, 3),
+        )
+
+    async def publish_usage(self) -> Usage:
+        usage = self.usage()
+        await self._publish(
+            USAGE_ARTIFACT_KEY, [usage.model_dump(mode="json")], "Tokens, calls, cost and duration of this run."
+        )
+        return usage
+
+    def _clean(self, value: Any) -> Any:
+        # Through JSON first: what the artifact can hold, whatever objects a provider's message carried.
+        return shorten(self.redactor.redact(json.loads(json.dumps(value, default=str))))
+
+    async def _publish(self, key: str, table: list[dict[str, Any]], description: str) -> None:
+        from prefect import get_run_logger
+        from prefect.artifacts import acreate_table_artifact
+
+        try:
+            # Bounded: this may run while the run is being stopped, and must not keep it alive.
+            await asyncio.wait_for(acreate_table_artifact(key=key, table=table, description=description), 30)
+        except Exception as exc:  # noqa: BLE001 - a record is worth less than the run it records
+            get_run_logger().warning("Could not publish the %s artifact: %s: %s", key, type(exc).__name__, exc)
+
+
+def describe(error: BaseException) -> str:
+    """'ExceptionType: message', as a transcript entry's error."""
+    if isinstance(error, asyncio.CancelledError):
+        return "CancelledError: the call was stopped before it finished (the run ran out of time or was cancelled)"
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """The price of these tokens on `model` in litellm's price list; None when it has no price for the model."""
+    import litellm
+
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # noqa: BLE001 - litellm raises plain exceptions for models it has no price for
+        return None
+    return round(float(prompt_cost) + float(completion_cost), 8)
