@@ -73,6 +73,7 @@ async def ariel_runs(mcp_url: str, api_url: str, runs: int) -> list[tuple[float,
     results = []
     async with Client(mcp_url) as mcp, PrefectClient(api_url) as client:
         await mcp.call_tool("create_agent", AGENT)
+        await mcp.call_tool("update_agent", {"agent": "latency-probe", "action": "approve"})
         for _ in range(runs):
             started = datetime.now(UTC)
             run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content

@@ -2,7 +2,8 @@
 
 `apply` reads what exists and changes only what differs: applying the same
 spec twice makes no write; changing the spec updates the one deployment in
-place (same id); `remove` deletes it with its schedules.
+place (same id); `remove` deletes it with its schedules. A paused deployment's schedule makes
+no runs: agents awaiting approval, and agents a person paused, are deployed paused.
 
 Example:
     >>> target = DeploymentTarget(pool_name="ariel-personal-docker", org_id="0f3c")
@@ -63,6 +64,8 @@ class DesiredDeployment:
     tags: list[str]
     description: str
     schedules: list[Schedule]
+    # Paused: its schedule makes no runs (an agent awaiting approval, or paused by a person).
+    paused: bool = False
 
 
 def deployment_name(org_slug: str, agent_id: str) -> str:
@@ -78,7 +81,12 @@ def to_prefect_schedule(schedule: ScheduleSpec) -> Schedule:
 
 
 def compile_agent(
-    config: RunConfig, slug: str, org_slug: str, schedule: ScheduleSpec | None, target: DeploymentTarget
+    config: RunConfig,
+    slug: str,
+    org_slug: str,
+    schedule: ScheduleSpec | None,
+    target: DeploymentTarget,
+    paused: bool = False,
 ) -> DesiredDeployment:
     """The deployment one agent version should have."""
     return DesiredDeployment(
@@ -90,6 +98,7 @@ def compile_agent(
         tags=sorted({"ariel", org_tag(target.org_id), f"agent:{config.agent_id}"}),
         description=f"Ariel agent {config.name!r}, version {config.version}",
         schedules=[to_prefect_schedule(schedule)] if schedule else [],
+        paused=paused,
     )
 
 
@@ -110,6 +119,7 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
             tags=desired.tags,
             description=desired.description,
             pull_steps=[],
+            paused=desired.paused,
             schedules=[DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules],
         )
     if _fields_differ(current, desired):
@@ -132,6 +142,9 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
             await client.create_deployment_schedules(
                 current.id, [DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules]
             )
+    if current.paused != desired.paused:
+        # Pausing also deletes the runs its schedule already made.
+        await (client.pause_deployment if desired.paused else client.resume_deployment)(current.id)
     return current.id
 
 

@@ -201,3 +201,26 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     nested: dict[str, type[BaseModel]] = {"schedule": ScheduleSpec, "limits": Limits, "script": ScriptStep}
     model = nested.get(str(loc[0]), AgentSpec) if len(loc) > 1 else AgentSpec
     return sorted(model.model_fields)
+
+
+def spec_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What changed from one stored spec to the next, one line per field (sorted), for version histories.
+
+    >>> spec_changes({"model": "a", "limits": {"max_steps": 10}}, {"model": "b", "limits": {"max_steps": 5}})
+    ['limits.max_steps: 10 → 5', "model: 'a' → 'b'"]
+    """
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            lines += spec_changes(before, after, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key}: {_short(before)} → {_short(after)}")
+    return lines
+
+
+def _short(value: Any, width: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"

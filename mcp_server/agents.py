@@ -10,31 +10,27 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from deployments import compiler, runs
 from deployments.exceptions import SpecInvalid
-from deployments.spec import AgentSpec, slugify
+from deployments.manifest import Manifest
+from deployments.spec import AgentSpec, slugify, spec_changes
 from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
 from mcp_server.audit import audited
 from mcp_server.caller import Caller
-from mcp_server.exceptions import InvalidRequest, NotFound, Unavailable
+from mcp_server.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.store import AgentRecord, Store
-from mcp_server.views import AgentView, RunLogsView, RunView
-
-RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
-LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-
+from mcp_server.views import AgentStatus, AgentView, RunView, VersionView
 
 @dataclass
 class AgentService:
-    """Agents and their runs, for one Ariel installation."""
+    """Agents: their specs, versions, approval and deployments, for one Ariel installation."""
 
     store: Store
     prefect_api_url: str
@@ -89,14 +85,10 @@ class AgentService:
             return await self._create(caller, data)
 
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
-        try:
-            spec = AgentSpec.parse(data)
-        except SpecInvalid as exc:
-            raise InvalidRequest(f"the agent was not created: {exc}") from None
-        self._check_hosts(spec)
+        spec = self._parse(data, "the agent was not created")
         record = await self.store.create_agent(
             # The whole spec, defaults included: a later default must not change a stored version.
-            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json")
+            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json"), created_by=caller.user_label
         )
         try:
             await self.ensure_pool(caller)
@@ -107,7 +99,73 @@ class AgentService:
             await self.store.delete_agent(caller.org_id, record.id)
             raise
         await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
-        return await self.get(caller, record.id, with_runs=False)
+        return await self.get(caller, record.id, full=False)
+
+    async def change(self, caller: Caller, ref: str, changes: dict[str, Any]) -> AgentView:
+        """A new version from the current spec with `changes` applied; back to pending_approval if it widens."""
+        async with audited(self.store, caller, "agent.change", ref):
+            record = await self.resolve(caller, ref)
+            if not changes:
+                raise InvalidRequest("update_agent change needs at least one field to change, e.g. instructions")
+            current = await self.spec_of(caller, record)
+            merged = {**current.model_dump(mode="json", exclude_none=True), **changes}
+            merged = {key: value for key, value in merged.items() if value is not None}
+            spec = self._parse(merged, "the agent was not changed")
+            if spec == current:
+                raise InvalidRequest("that change leaves the agent as it is; nothing was changed")
+            updated = await self.store.add_version(
+                caller.org_id, record.id, record.version, spec.name, spec.model_dump(mode="json"), caller.user_label
+            )
+            try:
+                await self._deploy(caller, updated, spec)
+            except Exception:
+                # Prefect still runs the old version: say so rather than leave the store ahead of it.
+                raise Unavailable(
+                    f"version {updated.version} was saved but could not be deployed; "
+                    "run `ariel up` again (it re-deploys every agent) or retry the change"
+                ) from None
+            return await self.get(caller, record.id, full=False)
+
+    async def approve(self, caller: Caller, ref: str, version: int | None) -> AgentView:
+        """Approve the current version's manifest; records who. `version` guards against approving something unread."""
+        async with audited(self.store, caller, "agent.approve", ref):
+            if not caller.can("admin"):
+                raise Forbidden(f"update_agent approve needs the admin role or higher; you are a {caller.role}. "
+                                "Ask an admin to review and approve the agent")
+            record = await self.resolve(caller, ref)
+            if version is not None and version != record.version:
+                raise Conflict(f"agent {record.slug!r} is at version {record.version}, not {version}; "
+                               "read it again with get_agent and approve what you read")
+            spec = await self.spec_of(caller, record)
+            approved = await self.store.approve_agent(
+                caller.org_id, record.id, record.version, Manifest.of(spec).model_dump(mode="json"), caller.user_label
+            )
+            await self._deploy(caller, approved, spec)
+            return await self.get(caller, record.id, full=False)
+
+    async def set_paused(self, caller: Caller, ref: str, paused: bool) -> AgentView:
+        """Pause or resume the agent's schedule; manual runs stay possible."""
+        async with audited(self.store, caller, "agent.pause" if paused else "agent.resume", ref):
+            record = await self.resolve(caller, ref)
+            updated = await self.store.set_paused(caller.org_id, record.id, paused)
+            await self._deploy(caller, updated, await self.spec_of(caller, updated))
+            return await self.get(caller, record.id, full=False)
+
+    async def delete(self, caller: Caller, ref: str, confirm: bool) -> AgentView:
+        """Remove the agent, its deployment and schedules; its runs stay readable in Prefect, its trail in the audit log."""
+        record = await self.resolve(caller, ref)
+        if not confirm:
+            raise InvalidRequest(
+                f"deleting agent {record.slug!r} removes its deployment and schedule for good (its runs stay "
+                "readable); call delete_agent again with confirm=true to do it"
+            )
+        async with audited(self.store, caller, "agent.delete", f"{record.slug} ({record.id})"):
+            view = await self.get(caller, record.id, full=False)
+            if record.deployment_id:
+                async with self.prefect() as client:
+                    await compiler.remove(client, UUID(record.deployment_id))
+            await self.store.delete_agent(caller.org_id, record.id)
+            return view
 
     async def redeploy_all(self, caller: Caller) -> int:
         """Re-apply every agent of the org (after the pool or image changed); returns how many."""
@@ -116,82 +174,105 @@ class AgentService:
             await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
         count = 0
         for record in records:
-            spec = await self._spec(caller, record)
+            spec = await self.spec_of(caller, record)
+            if record.approved_manifest is None and record.approved_version is not None:
+                # Approved before manifests were stored (migration 0005): record what was approved.
+                approved = await self.store.get_version(caller.org_id, record.id, record.approved_version)
+                assert approved is not None  # versions are never deleted while their agent lives
+                manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
+                record = await self.store.approve_agent(
+                    caller.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade"
+                )
             deployment_id = await self._deploy(caller, record, spec)
             if str(deployment_id) != record.deployment_id:
                 await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
             count += 1
         return count
 
-    async def list_all(self, caller: Caller) -> list[AgentView]:
-        return [self._view(caller, record, await self._spec(caller, record)) for record in await self.store.list_agents(caller.org_id)]
+    async def list_all(self, caller: Caller, status: AgentStatus | None = None, text: str | None = None) -> list[AgentView]:
+        views = []
+        needle = (text or "").strip().lower()
+        for record in await self.store.list_agents(caller.org_id):
+            spec = await self.spec_of(caller, record)
+            view = self._view(caller, record, spec)
+            if status and view.status != status:
+                continue
+            if needle and not any(needle in field.lower() for field in (record.slug, spec.name, spec.description)):
+                continue
+            views.append(view)
+        return views
 
-    async def get(self, caller: Caller, ref: str, with_runs: bool = True) -> AgentView:
-        record = await self._agent(caller, ref)
-        spec = await self._spec(caller, record)
-        view = self._view(caller, record, spec, full=True)
-        if with_runs and record.deployment_id:
+    async def get(self, caller: Caller, ref: str, full: bool = True) -> AgentView:
+        record = await self.resolve(caller, ref)
+        spec = await self.spec_of(caller, record)
+        view = self._view(caller, record, spec)
+        if not full:
+            return view
+        versions = await self.store.list_versions(caller.org_id, record.id)
+        view.spec = spec.model_dump(mode="json", exclude_none=True)
+        view.versions = [
+            VersionView(
+                version=each.version, created_at=each.created_at, created_by=each.created_by,
+                changes=spec_changes(before.spec, each.spec) if before else ["created"],
+            )
+            for before, each in reversed(list(zip([None, *versions[:-1]], versions, strict=True)))
+        ]
+        view.recent_runs, view.next_runs = [], []
+        if record.deployment_id:
             async with self.prefect() as client:
                 recent = await runs.list_runs(client, caller.org_id, [UUID(record.deployment_id)], limit=5)
+                upcoming = await runs.upcoming_runs(client, caller.org_id, UUID(record.deployment_id), limit=3)
             view.recent_runs = [RunView.of(run) for run in recent]
+            view.next_runs = [run.expected_start_time for run in upcoming if run.expected_start_time]
+        view.health = _health(view.recent_runs)
         return view
 
-    async def run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
-        async with audited(self.store, caller, "agent.run", ref):
-            return await self._run(caller, ref, input, wait_seconds)
+    async def resolve(self, caller: Caller, ref: str) -> AgentRecord:
+        """The caller's agent by hex id or slug; `NotFound` otherwise, whoever else may have one."""
+        record = await self.store.find_agent(caller.org_id, ref.strip())
+        if record is None:
+            raise NotFound(f"no agent {ref!r}; list_agents shows the agents you can use, by id and slug")
+        return record
 
-    async def _run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
-        record = await self._agent(caller, ref)
-        if record.deployment_id is None:
-            raise Unavailable(f"agent {record.slug!r} has no deployment; run `ariel up` to deploy it again")
-        async with self.prefect() as client:
-            flow_run = await runs.start_run(client, UUID(record.deployment_id), input)
-            if wait_seconds > 0:
-                flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds)
-            result = await runs.read_result(client, flow_run.id) if flow_run.state and flow_run.state.is_completed() else None
-        return RunView.of(flow_run).model_copy(update={"result": result})
+    def status(self, record: AgentRecord, spec: AgentSpec) -> tuple[AgentStatus, list[str]]:
+        """The agent's status, and why it awaits approval when it does."""
+        if record.approved_manifest is not None:
+            reasons = Manifest.of(spec).widens(Manifest.model_validate(record.approved_manifest))
+        elif record.approved_version is not None:
+            reasons = []  # approved before manifests were stored; `ariel up` records it
+        else:
+            reasons = ["new agent: nothing approved yet"]
+        if reasons:
+            return "pending_approval", reasons
+        return ("paused" if record.paused else "active"), []
 
-    async def list_runs(self, caller: Caller, agent: str | None, state: RunState | None, limit: int) -> list[RunView]:
-        deployment_ids: list[UUID] | None = None
-        if agent is not None:
-            record = await self._agent(caller, agent)
-            deployment_ids = [UUID(record.deployment_id)] if record.deployment_id else []
-        states = [StateType(state.upper())] if state else None
-        async with self.prefect() as client:
-            found = await runs.list_runs(client, caller.org_id, deployment_ids, states, limit)
-        return [RunView.of(run) for run in found]
-
-    async def logs(self, caller: Caller, run_ref: str, offset: int, limit: int, level: LogLevel) -> RunLogsView:
-        async with self.prefect() as client:
-            flow_run = await runs.find_run(client, caller.org_id, run_ref)
-            if flow_run is None:
-                raise NotFound(f"no run {run_ref!r}; list_runs shows run ids and names")
-            lines = await runs.read_logs(client, flow_run.id, offset, limit + 1, level)
-        more = len(lines) > limit
-        return RunLogsView(
-            run_id=str(flow_run.id),
-            run_name=flow_run.name,
-            state=flow_run.state.name if flow_run.state else "Unknown",
-            lines=lines[:limit],
-            next_offset=offset + limit if more else None,
-        )
-
-    def _check_hosts(self, spec: AgentSpec) -> None:
+    def _check_hosts(self, spec: AgentSpec, not_done: str) -> None:
         for host in spec.allowed_hosts:
             name, _, port = host.partition(":")
             if host in self.protected_hosts:
                 raise InvalidRequest(
-                    f"the agent was not created: allowed_hosts: {host!r} is Ariel's own control plane, which agents may not call"
+                    f"{not_done}: allowed_hosts: {host!r} is Ariel's own control plane, which agents may not call"
                 )
             if not port and (name in ("localhost", "::1") or name.startswith("127.")):
                 raise InvalidRequest(
-                    f"the agent was not created: allowed_hosts: {host!r} would allow every local port; "
+                    f"{not_done}: allowed_hosts: {host!r} would allow every local port; "
                     f"name the port, e.g. '{name}:8080'"
                 )
 
+    def _parse(self, data: dict[str, Any], not_done: str) -> AgentSpec:
+        try:
+            spec = AgentSpec.parse(data)
+        except SpecInvalid as exc:
+            raise InvalidRequest(f"{not_done}: {exc}") from None
+        self._check_hosts(spec, not_done)
+        return spec
+
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = spec.to_run_config(record.id, caller.org_id, record.version)
-        desired = compiler.compile_agent(config, record.slug, caller.org_slug, spec.schedule, self.target(caller))
+        status, _ = self.status(record, spec)
+        desired = compiler.compile_agent(
+            config, record.slug, caller.org_slug, spec.schedule, self.target(caller), paused=status != "active"
+        )
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
 
@@ -203,23 +284,23 @@ class AgentService:
         except (Unavailable, OSError):
             pass  # nothing was made, or Prefect is down and the original error says so
 
-    async def _agent(self, caller: Caller, ref: str) -> AgentRecord:
-        record = await self.store.find_agent(caller.org_id, ref.strip())
-        if record is None:
-            raise NotFound(f"no agent {ref!r}; list_agents shows the agents you can use, by id and slug")
-        return record
-
-    async def _spec(self, caller: Caller, record: AgentRecord) -> AgentSpec:
+    async def spec_of(self, caller: Caller, record: AgentRecord) -> AgentSpec:
         version = await self.store.get_version(caller.org_id, record.id, record.version)
         assert version is not None  # every agent row has its current version row
         return AgentSpec.model_validate(version.spec)
 
-    def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec, full: bool = False) -> AgentView:
+    def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> AgentView:
+        status, reasons = self.status(record, spec)
         return AgentView(
             id=record.id,
             slug=record.slug,
             name=record.name,
             version=record.version,
+            status=status,
+            manifest=Manifest.of(spec),
+            needs_approval=reasons,
+            approved_by=record.approved_by if not reasons else None,
+            approved_at=record.approved_at if not reasons else None,
             model=spec.model,
             schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
             tools=spec.tools,
@@ -228,5 +309,13 @@ class AgentService:
             ),
             work_pool=self.target(caller).pool_name if record.deployment_id else None,
             created_at=record.created_at,
-            spec=spec.model_dump(mode="json", exclude_none=True) if full else None,
         )
+
+
+def _health(recent: list[RunView]) -> str:
+    finished = [run for run in recent if run.state in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut")]
+    if not finished:
+        return "no finished runs yet"
+    completed = sum(run.state == "Completed" for run in finished)
+    last = finished[0]
+    return f"{completed} of the last {len(finished)} finished runs completed; the newest {last.state.lower()}"

@@ -21,6 +21,7 @@ from mcp_server.caller import RANK, Caller
 from mcp_server.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
 from mcp_server.settings import AuthMode
 from mcp_server.store import ApiKeyRecord, Member, Organization, Store
+from mcp_server.tools import SURFACE_VERSION
 from mcp_server.views import ApiKeyView, AuditEventView, MemberView, OrgActionView, OrgView, WhoAmIView
 
 INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
@@ -74,6 +75,7 @@ class OrgService:
             workspace=current if caller.org_visible else None,
             other_workspaces=others,
             limits=run_limits(),
+            tool_surface_version=SURFACE_VERSION,
         )
 
     async def manage(

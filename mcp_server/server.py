@@ -17,9 +17,11 @@ from mcp_server.tools import agents, orgs, runs
 
 INSTRUCTIONS = """\
 Ariel runs AI agents on a schedule or on demand. Create one with create_agent
-(model 'ariel/scripted' works offline with a script), start it with run_agent,
-and follow it with list_runs and get_run_logs. Agents and runs are named by id
-or slug (agents) and id or name (runs)."""
+(model 'ariel/scripted' works offline with a script); a person approves what it
+may do with update_agent action='approve'; start it with run_agent, and follow
+it with list_runs, get_run, get_run_logs and get_transcript. When a run goes
+wrong, diagnose_run names the cause and what to do. Agents are named by hex id
+or slug, runs by id or name."""
 
 
 def build_mcp(

@@ -11,6 +11,7 @@ from deployments.work_pools import PoolType
 from mcp_server.agents import AgentService
 from mcp_server.authentication import Authenticator
 from mcp_server.orgs import OrgService
+from mcp_server.runs import RunService
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 
@@ -20,6 +21,7 @@ class Services:
     store: Store
     auth: Authenticator
     agents: AgentService
+    runs: RunService
     orgs: OrgService
 
 
@@ -40,6 +42,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             store=store,
             auth=Authenticator.from_settings(store, settings),
             agents=agents,
+            runs=RunService(agents),
             orgs=OrgService(store, agents, settings.auth_mode),
         )
     finally:

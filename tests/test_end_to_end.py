@@ -70,7 +70,8 @@ async def test_an_agent_created_in_chat_runs_on_its_pool_and_its_logs_hold_the_r
     async with Client(stack.mcp_url) as client:
         created = (await client.call_tool("create_agent", checker(service_host, "Status checker"))).structured_content
         assert len(created["id"]) == 32 and int(created["id"], 16) >= 0
-        assert (created["slug"], created["version"]) == ("status-checker", 1)
+        assert (created["slug"], created["version"], created["status"]) == ("status-checker", 1, "pending_approval")
+        await client.call_tool("update_agent", {"agent": "status-checker", "action": "approve"})
 
         run = (await client.call_tool("run_agent", {"agent": "status-checker", "wait_seconds": 180})).structured_content
         assert run["state"] == "Completed", run
@@ -83,11 +84,11 @@ async def test_an_agent_created_in_chat_runs_on_its_pool_and_its_logs_hold_the_r
         where = "/opt/ariel/app/flows" if stack.pool_type == "docker" else str(Path(__file__).parent.parent / "flows")  # type: ignore[attr-defined]
         assert any(m.startswith("Runtime: Python") and m.endswith(f"code at {where}") for m in logs), logs
 
-        by_agent = (await client.call_tool("list_runs", {"agent": created["id"]})).structured_content["result"]
+        by_agent = (await client.call_tool("list_runs", {"agent": created["id"]})).structured_content["runs"]
         assert [r["id"] for r in by_agent] == [run["id"]]
-        completed = (await client.call_tool("list_runs", {"state": "completed"})).structured_content["result"]
+        completed = (await client.call_tool("list_runs", {"state": "completed"})).structured_content["runs"]
         assert run["id"] in [r["id"] for r in completed]
-        assert (await client.call_tool("list_runs", {"state": "failed"})).structured_content["result"] == []
+        assert (await client.call_tool("list_runs", {"state": "failed"})).structured_content["runs"] == []
 
     async with PrefectClient(prefect_api) as prefect:
         flow_run = await prefect.read_flow_run(run["id"])
@@ -154,6 +155,7 @@ async def test_unknown_agents_and_runs_are_answered_plainly(stack: ArielUp) -> N
 async def test_the_stdio_transport_serves_the_same_agents_as_http(stack: ArielUp, service_host: str) -> None:
     async with Client(stack.mcp_url) as http:
         await http.call_tool("create_agent", checker(service_host, "Seen over stdio"))
+        await http.call_tool("update_agent", {"agent": "seen-over-stdio", "action": "approve"})
     env = {**os.environ, "ARIEL_HOME": str(stack.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     async with Client(StdioTransport(sys.executable, ["-m", "mcp_server.cli", "mcp"], env=env)) as stdio:
         listed = (await stdio.call_tool("list_agents", {})).structured_content["result"]

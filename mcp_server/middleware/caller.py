@@ -27,15 +27,25 @@ TOOL_ROLES: dict[str, Role] = {
     "get_agent": "viewer",
     "list_runs": "viewer",
     "get_run_logs": "viewer",
+    "get_run": "viewer",
+    "get_transcript": "viewer",
+    "diagnose_run": "viewer",
     "create_agent": "member",
     "run_agent": "member",
+    "cancel_run": "member",
+    # approve checks admin itself; change, pause and resume are a member's.
+    "update_agent": "member",
+    "delete_agent": "admin",
     # Each action checks its own role: members list members, admins change them.
     "manage_org": "viewer",
     "get_audit_log": "admin",
 }
 """The least role each tool needs; a tool missing here needs owner (fail closed)."""
 
-AUDITED_ACTIONS = {"create_agent": "agent.create", "run_agent": "agent.run"}
+AUDITED_ACTIONS = {
+    "create_agent": "agent.create", "run_agent": "agent.run", "update_agent": "agent.update",
+    "delete_agent": "agent.delete", "cancel_run": "run.cancel",
+}
 """Tools whose refusals are written to the audit log (manage_org audits its own actions)."""
 
 
@@ -54,7 +64,7 @@ class ResolveCaller(Middleware):
                               "Ask an admin to change your role.")
             if tool in AUDITED_ACTIONS:
                 arguments = context.message.arguments or {}
-                target = str(arguments.get("agent") or arguments.get("name") or "")
+                target = str(arguments.get("agent") or arguments.get("run") or arguments.get("name") or "")
                 await record(services.store, caller, AUDITED_ACTIONS[tool], target, "denied", str(error))
             raise error
         await ctx.set_state(CALLER_STATE, caller, serializable=False)

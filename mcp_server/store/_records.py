@@ -85,6 +85,11 @@ class AgentRecord:
     deployment_id: str | None
     created_at: datetime
     updated_at: datetime
+    approved_manifest: dict[str, Any] | None = None
+    approved_version: int | None = None
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,4 @@ class AgentVersion:
     version: int
     spec: dict[str, Any]
     created_at: datetime
+    created_by: str | None = None

@@ -60,6 +60,12 @@ agents = Table(
     Column("deployment_id", String(36), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # What a person approved this agent to do; null until then (migration 0005).
+    Column("approved_manifest", JSON, nullable=True),
+    Column("approved_version", Integer, nullable=True),
+    Column("approved_by", String(300), nullable=True),
+    Column("approved_at", UTCDateTime(), nullable=True),
+    Column("paused", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("org_id", "slug", name="uq_agents_org_slug"),
 )
 
@@ -71,6 +77,7 @@ agent_versions = Table(
     Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("spec", JSON, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("created_by", String(300), nullable=True),
 )
 
 users = Table(

@@ -74,7 +74,9 @@ class Store(IdentityQueries, AuditQueries):
 
     # agents
 
-    async def create_agent(self, org_id: str, slug: str, name: str, spec: dict[str, Any]) -> AgentRecord:
+    async def create_agent(
+        self, org_id: str, slug: str, name: str, spec: dict[str, Any], created_by: str | None = None
+    ) -> AgentRecord:
         """Insert an agent and its version 1. Raises `Conflict` when the slug is taken in the org."""
         now = utc_now()
         record = AgentRecord(
@@ -85,7 +87,9 @@ class Store(IdentityQueries, AuditQueries):
             async with self.tenant(org_id) as conn:
                 await conn.execute(agents.insert().values(**record.__dict__))
                 await conn.execute(
-                    agent_versions.insert().values(agent_id=record.id, version=1, org_id=org_id, spec=spec, created_at=now)
+                    agent_versions.insert().values(
+                        agent_id=record.id, version=1, org_id=org_id, spec=spec, created_at=now, created_by=created_by
+                    )
                 )
         except IntegrityError as exc:
             raise Conflict(f"an agent with slug {slug!r} already exists; choose another name") from exc
@@ -111,9 +115,58 @@ class Store(IdentityQueries, AuditQueries):
         )
         async with self.tenant(org_id) as conn:
             row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        return AgentVersion(agent_id=row.agent_id, version=row.version, spec=row.spec, created_at=row.created_at)
+        return _version(row) if row else None
+
+    async def list_versions(self, org_id: str, agent_id: str) -> list[AgentVersion]:
+        """Every version of the agent, oldest first."""
+        query = (
+            select(agent_versions)
+            .where(agent_versions.c.org_id == org_id, agent_versions.c.agent_id == agent_id)
+            .order_by(agent_versions.c.version)
+        )
+        async with self.tenant(org_id) as conn:
+            return [_version(row) for row in await conn.execute(query)]
+
+    async def add_version(
+        self, org_id: str, agent_id: str, after: int, name: str, spec: dict[str, Any], created_by: str
+    ) -> AgentRecord:
+        """Make version `after + 1` the current one. Raises `Conflict` when someone else changed the agent since `after`."""
+        now = utc_now()
+        async with self.tenant(org_id) as conn:
+            moved = await conn.execute(
+                agents.update()
+                .where(agents.c.org_id == org_id, agents.c.id == agent_id, agents.c.version == after)
+                .values(version=after + 1, name=name, updated_at=now)
+            )
+            if moved.rowcount != 1:
+                raise Conflict("the agent changed while this change was made; read it again with get_agent and retry")
+            await conn.execute(
+                agent_versions.insert().values(
+                    agent_id=agent_id, version=after + 1, org_id=org_id, spec=spec, created_at=now, created_by=created_by
+                )
+            )
+            row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+        return AgentRecord(**row._mapping)
+
+    async def approve_agent(
+        self, org_id: str, agent_id: str, version: int, manifest: dict[str, Any], approved_by: str
+    ) -> AgentRecord:
+        """Record that `approved_by` approved `manifest`, as of `version`."""
+        return await self._update_agent(
+            org_id, agent_id,
+            approved_manifest=manifest, approved_version=version, approved_by=approved_by, approved_at=utc_now(),
+        )
+
+    async def set_paused(self, org_id: str, agent_id: str, paused: bool) -> AgentRecord:
+        return await self._update_agent(org_id, agent_id, paused=paused)
+
+    async def _update_agent(self, org_id: str, agent_id: str, **values: Any) -> AgentRecord:
+        async with self.tenant(org_id) as conn:
+            await conn.execute(
+                agents.update().where(agents.c.org_id == org_id, agents.c.id == agent_id).values(**values, updated_at=utc_now())
+            )
+            row = (await conn.execute(select(agents).where(agents.c.org_id == org_id, agents.c.id == agent_id))).one()
+        return AgentRecord(**row._mapping)
 
     async def set_deployment(self, org_id: str, agent_id: str, deployment_id: str) -> None:
         query = (
@@ -131,6 +184,12 @@ class Store(IdentityQueries, AuditQueries):
                 agent_versions.delete().where(agent_versions.c.org_id == org_id, agent_versions.c.agent_id == agent_id)
             )
             await conn.execute(agents.delete().where(agents.c.org_id == org_id, agents.c.id == agent_id))
+
+
+def _version(row: Any) -> AgentVersion:
+    return AgentVersion(
+        agent_id=row.agent_id, version=row.version, spec=row.spec, created_at=row.created_at, created_by=row.created_by
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

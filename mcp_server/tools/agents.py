@@ -1,75 +1,161 @@
-"""Tools that create and read agents."""
+"""Tools that create, change, approve and read agents."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
-from flows.config import Limits, ScriptStep
 from deployments.spec import ScheduleSpec
+from flows.config import Limits, ScriptStep
+from mcp_server.exceptions import InvalidRequest
 from mcp_server.middleware.caller import caller_of, services_of
-from mcp_server.views import AgentView
+from mcp_server.views import AgentStatus, AgentView
+
+AgentRef = Annotated[str, Field(description="The agent's hex id or slug.", examples=["pr-digest"])]
+Name = Annotated[str, Field(description="Display name; the slug is made from it at creation.", examples=["PR digest"])]
+Instructions = Annotated[str, Field(description="What the agent does: its system prompt.")]
+Model = Annotated[
+    str,
+    Field(
+        description="A litellm model id whose provider key is configured, or 'ariel/scripted' (offline; plays `script`).",
+        examples=["openai/gpt-4o-mini", "ariel/scripted"],
+    ),
+]
+Description = Annotated[str, Field(description="One line about the agent.")]
+Schedule = Annotated[
+    ScheduleSpec | None,
+    Field(description="Run on its own: {'cron': '0 8 * * 1-5', 'timezone': 'Europe/Paris'} or "
+          "{'interval_seconds': 3600}. Omit for manual runs only."),
+]
+Tools = Annotated[list[str], Field(description="Built-in tools it may call, e.g. ['http_request'].")]
+Hosts = Annotated[list[str], Field(description="Hosts http_request may call: 'host' or 'host:port'.")]
+RunLimits = Annotated[Limits | None, Field(description="Step, time and retry limits of each run.")]
+Script = Annotated[
+    list[ScriptStep] | None,
+    Field(description="For 'ariel/scripted' only: the tool calls and replies it plays, in order."),
+]
+ApiBase = Annotated[
+    str | None,
+    Field(description="Base URL of a self-hosted or OpenAI-compatible provider; in a change, '' removes it."),
+]
+Provider = Annotated[
+    str | None,
+    Field(description="Name of an 'Ariel LLM Provider' block with the API key; never pass keys here. "
+          "In a change, '' removes it."),
+]
 
 
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations={"destructiveHint": False})
     async def create_agent(
         ctx: Context,
-        name: Annotated[str, Field(description="Display name; the slug is made from it.", examples=["PR digest"])],
-        instructions: Annotated[str, Field(description="What the agent does: its system prompt.")],
-        model: Annotated[
-            str,
-            Field(
-                description="A litellm model id whose provider key is configured, or 'ariel/scripted' "
-                "(offline; plays `script`).",
-                examples=["openai/gpt-4o-mini", "ariel/scripted"],
-            ),
-        ],
-        description: Annotated[str, Field(description="One line about the agent.")] = "",
-        schedule: Annotated[
-            ScheduleSpec | None,
-            Field(description="Run on its own: {'cron': '0 8 * * 1-5', 'timezone': 'Europe/Paris'} or "
-                  "{'interval_seconds': 3600}. Omit for manual runs only."),
-        ] = None,
-        tools: Annotated[list[str], Field(description="Built-in tools it may call, e.g. ['http_request'].")] = [],  # noqa: B006 - never mutated
-        allowed_hosts: Annotated[
-            list[str], Field(description="Hosts http_request may call: 'host' or 'host:port'.")
-        ] = [],  # noqa: B006 - never mutated
-        limits: Annotated[Limits | None, Field(description="Step, time and retry limits of each run.")] = None,
-        script: Annotated[
-            list[ScriptStep] | None,
-            Field(description="For 'ariel/scripted' only: the tool calls and replies it plays, in order."),
-        ] = None,
-        api_base: Annotated[str | None, Field(description="Base URL of a self-hosted or OpenAI-compatible provider.")] = None,
-        provider: Annotated[
-            str | None,
-            Field(description="Name of an 'Ariel LLM Provider' block with the API key; never pass keys here."),
-        ] = None,
+        name: Name,
+        instructions: Instructions,
+        model: Model,
+        description: Description = "",
+        schedule: Schedule = None,
+        tools: Tools = [],  # noqa: B006 - never mutated
+        allowed_hosts: Hosts = [],  # noqa: B006 - never mutated
+        limits: RunLimits = None,
+        script: Script = None,
+        api_base: ApiBase = None,
+        provider: Provider = None,
     ) -> AgentView:
         """Create an agent: a Prefect deployment in your work pool, run on its schedule or on demand.
 
-        Returns the agent with its hex id, slug and version 1. Nothing is created when any field is invalid.
+        Returns it with its hex id, slug, version 1 and its manifest (what it may do) in status
+        pending_approval: it does not run until a person approves the manifest with update_agent
+        action='approve'. Nothing is created when any field is invalid.
         """
         data = {
             "name": name, "instructions": instructions, "model": model, "description": description,
             "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "script": script,
-            "api_base": api_base, "provider": provider,
+            "api_base": api_base, "provider": provider, "limits": limits,
         }
-        if limits is not None:
-            data["limits"] = limits
         return await services_of(ctx).agents.create(await caller_of(ctx), {k: v for k, v in data.items() if v is not None})
 
-    @mcp.tool(annotations={"readOnlyHint": True})
-    async def list_agents(ctx: Context) -> list[AgentView]:
-        """List your agents with id, slug, version, model, schedule and tools."""
-        return await services_of(ctx).agents.list_all(await caller_of(ctx))
+    @mcp.tool(annotations={"destructiveHint": False})
+    async def update_agent(
+        ctx: Context,
+        agent: AgentRef,
+        action: Annotated[
+            Literal["change", "approve", "pause", "resume"],
+            Field(description="change: a new version with the fields given; approve: approve the current manifest "
+                  "(admins); pause / resume: turn its schedule off or on (manual runs still work)."),
+        ],
+        version: Annotated[
+            int | None, Field(description="approve only: the version you reviewed; refused if the agent moved on.")
+        ] = None,
+        name: Annotated[str | None, Field(description="change: new display name (the slug stays).")] = None,
+        instructions: Annotated[str | None, Field(description="change: new system prompt.")] = None,
+        model: Annotated[str | None, Field(description="change: new litellm model id.")] = None,
+        description: Annotated[str | None, Field(description="change: new one-line description.")] = None,
+        schedule: Schedule = None,
+        remove_schedule: Annotated[bool, Field(description="change: make it manual only.")] = False,
+        tools: Annotated[list[str] | None, Field(description="change: the whole new list of tools.")] = None,
+        allowed_hosts: Annotated[list[str] | None, Field(description="change: the whole new list of hosts.")] = None,
+        limits: RunLimits = None,
+        script: Script = None,
+        api_base: ApiBase = None,
+        provider: Provider = None,
+    ) -> AgentView:
+        """Change, approve, pause or resume an agent.
+
+        A change makes a new version (the old ones stay in get_agent's history); one that widens what the
+        agent may do (tools, hosts, model, schedule, budget) sends it back to pending_approval.
+        """
+        changes: dict[str, Any] = {
+            key: value for key, value in {
+                "name": name, "instructions": instructions, "model": model, "description": description,
+                "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "limits": limits,
+                "script": script, "api_base": api_base, "provider": provider,
+            }.items() if value is not None
+        }
+        for optional in ("api_base", "provider"):
+            if changes.get(optional) == "":
+                changes[optional] = None  # '' removes it: the merge below drops None values
+        if remove_schedule:
+            if schedule is not None:
+                raise InvalidRequest("give either schedule or remove_schedule=true, not both")
+            changes["schedule"] = None
+        caller, agents = await caller_of(ctx), services_of(ctx).agents
+        if action != "change" and (changes or remove_schedule):
+            raise InvalidRequest(f"update_agent {action} takes no fields to change; use action='change' for "
+                                 f"{', '.join(sorted(changes) or ['schedule'])}")
+        if action != "approve" and version is not None:
+            raise InvalidRequest("version is only for action='approve'")
+        if action == "change":
+            return await agents.change(caller, agent, changes)
+        if action == "approve":
+            return await agents.approve(caller, agent, version)
+        return await agents.set_paused(caller, agent, action == "pause")
+
+    @mcp.tool(annotations={"destructiveHint": True})
+    async def delete_agent(
+        ctx: Context,
+        agent: AgentRef,
+        confirm: Annotated[bool, Field(description="Must be true: deleting cannot be undone.")] = False,
+    ) -> AgentView:
+        """Delete an agent: its deployment and schedule go, with runs still waiting to start; runs that started stay
+        readable and the audit log keeps its trail.
+
+        Without confirm=true nothing happens and the answer says what would be removed.
+        """
+        return await services_of(ctx).agents.delete(await caller_of(ctx), agent, confirm)
 
     @mcp.tool(annotations={"readOnlyHint": True})
-    async def get_agent(
+    async def list_agents(
         ctx: Context,
-        agent: Annotated[str, Field(description="The agent's hex id or slug.", examples=["pr-digest"])],
-    ) -> AgentView:
-        """Show one agent: its current spec, deployment and newest runs."""
+        status: Annotated[AgentStatus | None, Field(description="Only agents in this status.")] = None,
+        text: Annotated[str | None, Field(description="Only agents whose slug, name or description contains this.")] = None,
+    ) -> list[AgentView]:
+        """List your agents with id, slug, status, version, model, schedule and tools."""
+        return await services_of(ctx).agents.list_all(await caller_of(ctx), status, text)
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    async def get_agent(ctx: Context, agent: AgentRef) -> AgentView:
+        """Show one agent: its current spec and manifest, version history with what changed, next scheduled runs,
+        newest runs with their outcome, and its health."""
         return await services_of(ctx).agents.get(await caller_of(ctx), agent)

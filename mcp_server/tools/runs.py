@@ -1,15 +1,23 @@
-"""Tools that start runs and read them."""
+"""Tools that start, cancel, read and diagnose runs."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
-from mcp_server.agents import LogLevel, RunState
+from deployments.diagnosis import Diagnosis
 from mcp_server.middleware.caller import caller_of, services_of
-from mcp_server.views import RunLogsView, RunView
+from mcp_server.runs import LogLevel, RunState
+from mcp_server.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
+
+RunRef = Annotated[
+    str,
+    Field(description="The run's id or name (from list_runs or run_agent).", examples=["pr-digest-20261122-080000-3fa9"]),
+]
+Cursor = Annotated[str | None, Field(description="The next_cursor of the previous page; omit for the first page.")]
 
 
 def register(mcp: FastMCP) -> None:
@@ -22,26 +30,70 @@ def register(mcp: FastMCP) -> None:
             float, Field(ge=0, le=600, description="Wait up to this long for the result; 0 returns at once.")
         ] = 0,
     ) -> RunView:
-        """Run an agent now. With wait_seconds, returns its reply when it finishes in time, else its current state."""
-        return await services_of(ctx).agents.run(await caller_of(ctx), agent, input, wait_seconds)
+        """Run an approved agent now. With wait_seconds, returns its reply when it finishes in time, else its state."""
+        return await services_of(ctx).runs.run(await caller_of(ctx), agent, input, wait_seconds)
+
+    @mcp.tool(annotations={"destructiveHint": True})
+    async def cancel_run(ctx: Context, run: RunRef) -> RunView:
+        """Cancel a run that has not finished; a running one is stopped by its worker within seconds."""
+        return await services_of(ctx).runs.cancel(await caller_of(ctx), run)
 
     @mcp.tool(annotations={"readOnlyHint": True})
     async def list_runs(
         ctx: Context,
         agent: Annotated[str | None, Field(description="Only this agent's runs (hex id or slug).")] = None,
         state: Annotated[RunState | None, Field(description="Only runs in this state.")] = None,
-        limit: Annotated[int, Field(ge=1, le=200, description="Most runs to return, newest first.")] = 20,
-    ) -> list[RunView]:
-        """List runs, newest first, optionally of one agent and in one state."""
-        return await services_of(ctx).agents.list_runs(await caller_of(ctx), agent, state, limit)
+        since: Annotated[
+            datetime | None, Field(description="Only runs due at or after this time (ISO 8601).", examples=["2026-11-22T00:00:00Z"])
+        ] = None,
+        until: Annotated[datetime | None, Field(description="Only runs due before this time (ISO 8601).")] = None,
+        cursor: Cursor = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Most runs per page.")] = 20,
+    ) -> RunListView:
+        """List runs, newest first, by agent, state and time window; page with next_cursor.
+
+        Future runs of a schedule are left out unless state='scheduled'.
+        """
+        return await services_of(ctx).runs.list_runs(await caller_of(ctx), agent, state, since, until, cursor, limit)
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    async def get_run(ctx: Context, run: RunRef) -> RunDetailView:
+        """Show one run: state and its message, timings, the version it ran, parameters (secrets redacted), token
+        usage, and its result or what went wrong."""
+        return await services_of(ctx).runs.get(await caller_of(ctx), run)
 
     @mcp.tool(annotations={"readOnlyHint": True})
     async def get_run_logs(
         ctx: Context,
-        run: Annotated[str, Field(description="The run's id or name (from list_runs or run_agent).")],
-        offset: Annotated[int, Field(ge=0, description="Skip this many lines; use next_offset to page.")] = 0,
-        limit: Annotated[int, Field(ge=1, le=1000, description="Most lines to return.")] = 200,
+        run: RunRef,
+        cursor: Cursor = None,
+        limit: Annotated[int, Field(ge=1, le=1000, description="Most lines per page.")] = 200,
         level: Annotated[LogLevel, Field(description="Lowest level to include.")] = "debug",
+        task: Annotated[
+            str | None, Field(description="Only lines of steps whose name starts with this.", examples=["llm", "http_request · step 2"])
+        ] = None,
+        contains: Annotated[str | None, Field(description="Only lines containing this text (any case).")] = None,
+        tail: Annotated[bool, Field(description="The last `limit` lines instead of the first.")] = False,
+        fold: Annotated[bool, Field(description="Fold identical lines in a row into one with a count.")] = True,
     ) -> RunLogsView:
-        """Read a run's log lines, oldest first, in pages."""
-        return await services_of(ctx).agents.logs(await caller_of(ctx), run, offset, limit, level)
+        """Read a run's log lines, oldest first, in pages of any length; filter by level, step and text."""
+        return await services_of(ctx).runs.logs(
+            await caller_of(ctx), run, cursor, limit, level, task, contains, tail, fold
+        )
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    async def get_transcript(
+        ctx: Context,
+        run: RunRef,
+        cursor: Cursor = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Most entries per page.")] = 50,
+    ) -> TranscriptView:
+        """Read what a run said and did: its LLM messages and tool calls in order, with timings and token counts,
+        secrets redacted. Recorded step by step, so a crashed run shows everything up to its last step."""
+        return await services_of(ctx).runs.transcript(await caller_of(ctx), run, cursor, limit)
+
+    @mcp.tool(annotations={"readOnlyHint": True})
+    async def diagnose_run(ctx: Context, run: RunRef) -> Diagnosis:
+        """Why a run failed, crashed, was cancelled or is late: the cause, the failing step with its error, the
+        evidence (last error logs, exit codes, pool and worker facts) and what to do next."""
+        return await services_of(ctx).runs.diagnose(await caller_of(ctx), run)

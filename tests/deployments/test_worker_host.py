@@ -52,6 +52,7 @@ async def test_pools_of_new_orgs_are_served_and_deleted_ones_let_go(
         for owner in ("dev:ann:north:owner", "dev:sam:south:owner"):  # two orgs, two pools, made now
             agent = await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
                                script=[{"reply": f"hi from {owner.split(':')[2]}"}])
+            await call(url, owner, "update_agent", agent="hi", action="approve")
             run = await call(url, owner, "run_agent", agent="hi", wait_seconds=180)
             results.append((agent["work_pool"], run["state"], run["result"]))
         await call(url, "dev:sam:south:owner", "manage_org", action="delete_org", confirm=True)

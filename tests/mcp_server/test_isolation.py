@@ -64,8 +64,13 @@ async def b_state(url: str) -> dict[str, Any]:
     agents = await call(url, BOB, "list_agents")
     return {
         "agents": agents,
-        "agent": await call(url, BOB, "get_agent", agent="secret-digest"),
-        "runs": sorted(r["id"] for r in await call(url, BOB, "list_runs", limit=200)),
+        # Less what time alone changes: a waiting run turns Late, and health says so.
+        "agent": {k: v for k, v in (await call(url, BOB, "get_agent", agent="secret-digest")).items()
+                  if k not in ("recent_runs", "health")},
+        "runs": sorted(r["id"] for r in (await call(url, BOB, "list_runs", limit=200))["runs"]),
+        # No worker serves these pools, so B's runs wait; only a cancel would end them.
+        "ended": sorted(r["id"] for r in (await call(url, BOB, "list_runs", limit=200))["runs"]
+                        if r["state"] in ("Cancelled", "Cancelling", "Completed", "Failed")),
         "members": (await call(url, BOB, "manage_org", action="list_members"))["members"],
         "keys": (await call(url, BOB, "manage_org", action="list_keys"))["keys"],
         "org": (await call(url, BOB, "whoami"))["workspace"],
@@ -85,6 +90,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
     url = served
     agent = await call(url, BOB, "create_agent", name="Secret digest", instructions="Say the secret.",
                        model="ariel/scripted", script=[{"reply": "s3cret"}])
+    await call(url, BOB, "update_agent", agent=agent["slug"], action="approve")
     run = await call(url, BOB, "run_agent", agent=agent["slug"])
     key = (await call(url, BOB, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
     await call(url, BOB, "manage_org", action="invite", user="carol@globex.test", role="viewer")
@@ -96,6 +102,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
     # A has an org with an agent and a run of its own too.
     mine = await call(url, ALICE, "create_agent", name="Mine", instructions="x", model="ariel/scripted",
                       script=[{"reply": "mine"}])
+    await call(url, ALICE, "update_agent", agent=mine["slug"], action="approve")
     await call(url, ALICE, "run_agent", agent=mine["slug"])
     theirs = Theirs(
         agent_id=agent["id"], agent_slug=agent["slug"], deployment_id=str(deployment.id), run_id=run["id"],
@@ -160,6 +167,8 @@ async def test_listings_show_nothing_of_b(world: Isolated) -> None:
         answer = await call(url, ALICE, tool, **arguments)
         assert_mentions_none(world, answer)
     assert [a["slug"] for a in await call(url, ALICE, "list_agents")] == ["mine"]
+    COVERED.add("list_agents")
+    assert await call(url, ALICE, "list_agents", text="secret") == []
     assert {e["actor"] for e in await call(url, ALICE, "get_audit_log")} == {"alice"}
 
 
@@ -169,6 +178,19 @@ async def test_agent_tools_answer_not_found_for_every_identifier_of_bs_objects(w
     await assert_like_nothing(world, "run_agent", "agent", every)
     await assert_like_nothing(world, "list_runs", "agent", every)
     await assert_like_nothing(world, "get_run_logs", "run", every)
+    await assert_like_nothing(world, "get_run", "run", every)
+    await assert_like_nothing(world, "get_transcript", "run", every)
+    await assert_like_nothing(world, "diagnose_run", "run", every)
+    await assert_like_nothing(world, "cancel_run", "run", every)
+
+
+async def test_changing_tools_answer_not_found_for_every_identifier_of_bs_agent(world: Isolated) -> None:
+    every = refs(world, *EVERY_AGENT_REF)
+    await assert_like_nothing(world, "update_agent", "agent", every, action="change", instructions="Leak it.")
+    for action in ("approve", "pause", "resume"):
+        await assert_like_nothing(world, "update_agent", "agent", every, action=action)
+    await assert_like_nothing(world, "delete_agent", "agent", every, confirm=True)
+    await assert_like_nothing(world, "delete_agent", "agent", every, confirm=False)
 
 
 async def test_org_tools_answer_not_found_for_bs_org_members_and_keys(world: Isolated) -> None:

@@ -31,6 +31,10 @@ async def test_a_solo_user_never_reads_about_orgs_logins_or_keys(tmp_path: Path,
                                model="ariel/scripted", script=[{"reply": "hello"}]))
         seen.append(await call(url, None, "list_agents"))
         seen.append(await call(url, None, "get_agent", agent="hello"))
+        with pytest.raises(ToolError) as refused:  # not approved yet
+            await call(url, None, "run_agent", agent="hello")
+        seen.append(str(refused.value))
+        seen.append(await call(url, None, "update_agent", agent="hello", action="approve"))
         run = await call(url, None, "run_agent", agent="hello")
         seen.append(run)
         seen.append(await call(url, None, "list_runs"))

@@ -1,0 +1,216 @@
+"""`RunService`: starting, cancelling, listing, reading and diagnosing runs, each scoped to the caller's org.
+
+Every run lookup goes through `deployments.runs.find_run` with the caller's org
+tag, so another org's run id or name is answered exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Cancelled, Cancelling
+
+from deployments import runs
+from deployments.cursors import decode_cursor, encode_cursor, fingerprint
+from deployments.diagnosis import Diagnosis, diagnose
+from mcp_server.agents import AgentService
+from mcp_server.audit import audited
+from mcp_server.caller import Caller
+from mcp_server.exceptions import Conflict, InvalidRequest, NotFound
+from mcp_server.store import AgentRecord
+from mcp_server.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
+
+RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+# Parameter keys whose values are never shown, whatever the agent put there.
+_SECRET_KEY = ("key", "token", "secret", "password", "authorization", "credential")
+
+
+@dataclass
+class RunService:
+    agents: AgentService
+
+    async def run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
+        async with audited(self.agents.store, caller, "agent.run", ref):
+            record = await self.agents.resolve(caller, ref)
+            spec = await self.agents.spec_of(caller, record)
+            status, reasons = self.agents.status(record, spec)
+            if status == "pending_approval":
+                raise Conflict(
+                    f"agent {record.slug!r} does not run until its manifest is approved ({'; '.join(reasons)}). "
+                    f"An admin reviews it with get_agent and approves it with update_agent agent={record.slug!r} "
+                    "action='approve'"
+                )
+            if record.deployment_id is None:
+                raise NotFound(f"agent {record.slug!r} has no deployment; run `ariel up` to deploy it again")
+            async with self.agents.prefect() as client:
+                flow_run = await runs.start_run(client, UUID(record.deployment_id), input, name=run_name(record))
+                if wait_seconds > 0:
+                    flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds)
+                result = await runs.read_result(client, flow_run.id) if _completed(flow_run) else None
+            return RunView.of(flow_run).model_copy(update={"result": result})
+
+    async def cancel(self, caller: Caller, ref: str) -> RunView:
+        """Cancel a run that has not finished: a waiting one at once, a running one through its worker."""
+        async with audited(self.agents.store, caller, "run.cancel", ref):
+            async with self.agents.prefect() as client:
+                flow_run = await self._find(client, caller, ref)
+                state = flow_run.state
+                if state and state.is_final():
+                    raise Conflict(f"run {flow_run.name!r} already ended ({state.name}); nothing to cancel")
+                started = state is not None and state.type in (StateType.RUNNING, StateType.PENDING)
+                # A running run is stopped by its worker; one that never started is simply cancelled.
+                new = Cancelling(message=f"cancelled by {caller.user_label}") if started else Cancelled(
+                    message=f"cancelled by {caller.user_label} before it started")
+                await client.set_flow_run_state(flow_run.id, new, force=True)
+                return RunView.of(await client.read_flow_run(flow_run.id))
+
+    async def list_runs(
+        self,
+        caller: Caller,
+        agent: str | None,
+        state: RunState | None,
+        since: datetime | None,
+        until: datetime | None,
+        cursor: str | None,
+        limit: int,
+    ) -> RunListView:
+        deployment_ids: list[UUID] | None = None
+        if agent is not None:
+            record = await self.agents.resolve(caller, agent)
+            deployment_ids = [UUID(record.deployment_id)] if record.deployment_id else []
+        query = fingerprint("runs", agent, state, _iso(since), _iso(until), str(limit))
+        try:
+            offset = int(decode_cursor(cursor, query)["o"]) if cursor else 0
+        except (ValueError, KeyError) as exc:
+            raise InvalidRequest(f"list_runs: {exc}") from None
+        states = [StateType(state.upper())] if state else None
+        async with self.agents.prefect() as client:
+            found = await runs.list_runs(
+                client, caller.org_id, deployment_ids, states, limit + 1, offset=offset, since=since, until=until
+            )
+        more = len(found) > limit
+        return RunListView(
+            runs=[RunView.of(run) for run in found[:limit]],
+            next_cursor=encode_cursor(query, o=offset + limit) if more else None,
+        )
+
+    async def get(self, caller: Caller, ref: str) -> RunDetailView:
+        async with self.agents.prefect() as client:
+            flow_run = await self._find(client, caller, ref)
+            result = await runs.read_result(client, flow_run.id) if _completed(flow_run) else None
+            usage = await runs.read_usage(client, flow_run.id)
+            failed = await runs.failed_task_runs(client, flow_run.id) if _failed(flow_run) else []
+        summary = RunView.of(flow_run)
+        error = None
+        if _failed(flow_run):
+            step = f" at step {failed[0].name}: {failed[0].state.message}" if failed and failed[0].state else ""
+            error = f"{summary.state_message or summary.state}{step}"
+        return RunDetailView(
+            **summary.model_dump(exclude={"result"}),
+            result=result,
+            error=error,
+            parameters=redact(flow_run.parameters or {}),
+            usage=usage,
+            tags=sorted(flow_run.tags),
+            work_pool=flow_run.work_pool_name,
+        )
+
+    async def logs(
+        self,
+        caller: Caller,
+        ref: str,
+        cursor: str | None,
+        limit: int,
+        level: LogLevel,
+        task: str | None,
+        contains: str | None,
+        tail: bool,
+        fold: bool,
+    ) -> RunLogsView:
+        async with self.agents.prefect() as client:
+            flow_run = await self._find(client, caller, ref)
+            try:
+                page = await runs.read_log_page(
+                    client, flow_run.id, cursor=cursor, limit=limit, min_level=level, task=task, contains=contains,
+                    tail=tail, fold=fold,
+                )
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+        return RunLogsView(
+            run_id=str(flow_run.id), run_name=flow_run.name, state=_state_name(flow_run),
+            lines=page.lines, next_cursor=page.next_cursor,
+        )
+
+    async def transcript(self, caller: Caller, ref: str, cursor: str | None, limit: int) -> TranscriptView:
+        async with self.agents.prefect() as client:
+            flow_run = await self._find(client, caller, ref)
+            try:
+                page = await runs.read_transcript(client, flow_run.id, cursor=cursor, limit=limit)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+        return TranscriptView(
+            run_id=str(flow_run.id), run_name=flow_run.name, state=_state_name(flow_run),
+            entries=page.entries, next_cursor=page.next_cursor, total=page.total,
+        )
+
+    async def diagnose(self, caller: Caller, ref: str) -> Diagnosis:
+        async with self.agents.prefect() as client:
+            flow_run = await self._find(client, caller, ref)
+            pending = await self._pending_approval(caller, flow_run)
+            return await diagnose(client, flow_run, pending)
+
+    async def _pending_approval(self, caller: Caller, flow_run: FlowRun) -> list[str] | None:
+        agent_id = ((flow_run.parameters or {}).get("config") or {}).get("agent_id")
+        record = await self.agents.store.find_agent(caller.org_id, agent_id) if agent_id else None
+        if record is None:
+            return None
+        status, reasons = self.agents.status(record, await self.agents.spec_of(caller, record))
+        return reasons if status == "pending_approval" else None
+
+    async def _find(self, client: Any, caller: Caller, ref: str) -> FlowRun:
+        flow_run = await runs.find_run(client, caller.org_id, ref.strip())
+        if flow_run is None:
+            raise NotFound(f"no run {ref!r}; list_runs shows run ids and names")
+        return flow_run
+
+
+def run_name(record: AgentRecord) -> str:
+    """A run name people can read and type: the agent's slug, when it started, and a short tag.
+
+    The tag keeps names unique when one agent is started twice in a second.
+    """
+    return f"{record.slug}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """`value` with the values of secret-looking keys replaced, at any depth."""
+    if key and any(word in key.lower() for word in _SECRET_KEY):
+        return "[redacted]"
+    if isinstance(value, dict):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def _completed(flow_run: FlowRun) -> bool:
+    return bool(flow_run.state and flow_run.state.is_completed())
+
+
+def _failed(flow_run: FlowRun) -> bool:
+    return bool(flow_run.state and flow_run.state.type in (StateType.FAILED, StateType.CRASHED))
+
+
+def _state_name(flow_run: FlowRun) -> str:
+    return flow_run.state.name if flow_run.state else "Unknown"
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

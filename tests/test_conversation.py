@@ -1,0 +1,151 @@
+"""A whole conversation, as a person in an MCP chat would have it, over streamable HTTP with the offline model.
+
+Create an agent, be refused a run until it is approved, approve, run it, list
+it, read its logs past 200 lines with filters; change it to a version that
+fails, run it, ask diagnose_run why, fix it, run it green.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from blocks.llm_provider import LLMProvider
+from tests.support import ArielUp, ariel_up, http_service
+
+pytestmark = pytest.mark.slow
+
+CALLS = 70  # tool calls in one run: with their step and task lines, well past Prefect's 200 a page
+
+
+class RefusingProvider(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that refuses every key, as a provider does when a key is wrong."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                     "code": "invalid_api_key"}}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def stack(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
+    with ariel_up(tmp_path_factory.mktemp("conversation"), "process", prefect_api) as up:
+        yield up
+
+
+async def ask(client: Client, tool: str, **arguments: Any) -> Any:
+    content = (await client.call_tool(tool, arguments)).structured_content
+    return content["result"] if isinstance(content, dict) and set(content) == {"result"} else content
+
+
+async def refused(client: Client, tool: str, **arguments: Any) -> str:
+    with pytest.raises(ToolError) as caught:
+        await client.call_tool(tool, arguments)
+    return str(caught.value)
+
+
+async def all_log_lines(client: Client, run: str, **filters: Any) -> list[dict[str, Any]]:
+    lines, cursor, pages = [], None, 0
+    while True:
+        page = await ask(client, "get_run_logs", run=run, limit=100, cursor=cursor, **filters)
+        lines += page["lines"]
+        pages += 1
+        if not (cursor := page["next_cursor"]):
+            return lines
+
+
+WRONG_KEY = "sk-wrong-key-5e1f"
+
+
+async def test_a_person_creates_runs_breaks_diagnoses_and_fixes_an_agent_in_chat(
+    stack: ArielUp, service_host: str, prefect_api: str
+) -> None:
+    script = [{"tool": "http_request", "arguments": {"url": f"http://{service_host}/item/{n}"}} for n in range(CALLS)]
+    with http_service(RefusingProvider) as provider_host:
+        # An operator configured the provider with a key the provider refuses.
+        with temporary_settings({PREFECT_API_URL: prefect_api}):
+            await LLMProvider(api_key=WRONG_KEY, api_base=f"http://{provider_host}/v1").save(
+                "conversation-llm", overwrite=True)
+        await converse(stack, service_host, script)
+
+
+async def converse(stack: ArielUp, service_host: str, script: list[dict[str, Any]]) -> None:
+    async with Client(stack.mcp_url) as chat:
+        agent = await ask(chat, "create_agent", name="Inventory walker", instructions="Read every item, then report.",
+                          model="ariel/scripted", tools=["http_request"], allowed_hosts=[service_host],
+                          limits={"max_steps": CALLS + 5},
+                          script=[*script, {"reply": "Read all items; last said {last_tool_result}"}])
+        assert agent["status"] == "pending_approval"
+        assert agent["manifest"]["tools"] == ["http_request"] and agent["manifest"]["allowed_hosts"] == [service_host]
+
+        why = await refused(chat, "run_agent", agent="inventory-walker")
+        assert "approved" in why and "update_agent" in why
+
+        approved = await ask(chat, "update_agent", agent=agent["id"], action="approve", version=1)
+        assert (approved["status"], approved["needs_approval"]) == ("active", [])
+        run = await ask(chat, "run_agent", agent="inventory-walker", wait_seconds=240)
+        assert run["state"] == "Completed", run
+        assert run["name"].startswith("inventory-walker-")
+        assert [r["id"] for r in (await ask(chat, "list_runs", agent="inventory-walker"))["runs"]] == [run["id"]]
+
+        everything = await all_log_lines(chat, run["name"], fold=False)
+        assert len(everything) > 200
+        assert len({(line["timestamp"], line["message"]) for line in everything}) == len(everything)  # none twice
+        seventh = await all_log_lines(chat, run["name"], task="http_request · step 7")
+        assert seventh and all(line["task"] == "http_request · step 7" for line in seventh)
+        [reply] = await all_log_lines(chat, run["name"], contains="reply: read all items")
+        assert reply["message"].startswith("Reply: Read all items")
+        assert await all_log_lines(chat, run["name"], level="error") == []
+        tail = await ask(chat, "get_run_logs", run=run["name"], tail=True, limit=5, fold=False)
+        assert [line["message"] for line in tail["lines"]] == [line["message"] for line in everything[-5:]]
+
+        # A change of model widens the manifest: it needs approval again before it runs.
+        broken = await ask(chat, "update_agent", agent="inventory-walker", action="change",
+                           model="openai/gpt-4o-mini", provider="conversation-llm", script=[],
+                           limits={"max_steps": 5, "llm_retries": 0})
+        assert broken["version"] == 2 and broken["status"] == "pending_approval"
+        assert any(reason.startswith("model:") for reason in broken["needs_approval"])
+        await ask(chat, "update_agent", agent="inventory-walker", action="approve")
+        failed = await ask(chat, "run_agent", agent="inventory-walker", wait_seconds=240)
+        assert failed["state"] == "Failed", failed
+
+        diagnosis = await ask(chat, "diagnose_run", run=failed["name"])
+        assert diagnosis["cause"] == "llm_failed", diagnosis
+        assert diagnosis["failed_step"]["step"] == "llm · step 1"
+        assert "AuthenticationError" in diagnosis["failed_step"]["error"], diagnosis
+        assert "Incorrect API key" in diagnosis["failed_step"]["error"]
+        assert "update_agent" in diagnosis["next_action"]
+        detail = await ask(chat, "get_run", run=failed["id"])
+        assert detail["version"] == 2 and "llm · step 1" in detail["error"]
+        transcript = await ask(chat, "get_transcript", run=failed["name"])
+        assert transcript["entries"][-1]["error"] and "AuthenticationError" in transcript["entries"][-1]["error"]
+        for answer in (diagnosis, detail, transcript):
+            assert WRONG_KEY not in json.dumps(answer)
+
+        fixed = await ask(chat, "update_agent", agent="inventory-walker", action="change", model="ariel/scripted",
+                          provider="", script=[script[0], {"reply": "Back: {last_tool_result}"}])
+        assert fixed["version"] == 3
+        await ask(chat, "update_agent", agent="inventory-walker", action="approve", version=3)
+        green = await ask(chat, "run_agent", agent="inventory-walker", wait_seconds=240)
+        assert (green["state"], green["version"]) == ("Completed", 3), green
+        assert green["result"].startswith("Back: ")
+
+        history = await ask(chat, "get_agent", agent="inventory-walker")
+        assert [v["version"] for v in history["versions"]] == [3, 2, 1]
+        assert any(change.startswith("model:") for change in history["versions"][1]["changes"])
+        assert [r["state"] for r in history["recent_runs"]] == ["Completed", "Failed", "Completed"]

@@ -1,0 +1,77 @@
+"""diagnose_run names the cause of runs that really went wrong on a real worker, with the evidence and what to do.
+
+Runs that cannot start (no worker, paused pool, full pool, unapproved manifest)
+and cancelled runs are in tests/mcp_server/test_agent_lifecycle.py; a failing
+LLM call is in tests/test_conversation.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastmcp import Client
+
+from tests.flows.support import Slow
+from tests.support import ArielUp, ariel_up, free_port, http_service
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
+    with ariel_up(tmp_path_factory.mktemp("diagnosis"), "process", prefect_api) as up:
+        yield up
+
+
+async def ask(client: Client, tool: str, **arguments: Any) -> Any:
+    content = (await client.call_tool(tool, arguments)).structured_content
+    return content["result"] if isinstance(content, dict) and set(content) == {"result"} else content
+
+
+def fetch(host: str) -> dict[str, Any]:
+    return {"tool": "http_request", "arguments": {"url": f"http://{host}/"}}
+
+
+async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(stack: ArielUp, service_host: str) -> None:
+    nobody = f"127.0.0.1:{free_port()}"  # a port nothing listens on
+    with http_service(Slow) as slow:  # answers after 20 s: past any budget below
+        agents: dict[str, dict[str, Any]] = {
+            "step_limit": {"tools": ["http_request"], "allowed_hosts": [service_host], "limits": {"max_steps": 1},
+                           "script": [fetch(service_host), {"reply": "never reached"}]},
+            "time_budget": {"tools": ["http_request"], "allowed_hosts": [slow], "limits": {"timeout_seconds": 15},
+                            "script": [fetch(slow), {"reply": "never reached"}]},
+            "missing_secret": {"model": "openai/gpt-4o-mini", "provider": "no-such-provider-block", "script": None},
+            "tool_failed_but_went_on": {"tools": ["http_request"], "allowed_hosts": [nobody],
+                                        "limits": {"tool_retries": 0},
+                                        "script": [fetch(nobody), {"reply": "the service is down"}]},
+        }
+        async with Client(stack.mcp_url) as chat:
+            for name, fields in agents.items():
+                spec = {"name": name, "instructions": "x", "model": "ariel/scripted", **fields}
+                await ask(chat, "create_agent", **{k: v for k, v in spec.items() if v is not None})
+                await ask(chat, "update_agent", agent=name.replace("_", "-"), action="approve")
+            runs = await asyncio.gather(*(
+                ask(chat, "run_agent", agent=name.replace("_", "-"), wait_seconds=240) for name in agents))
+            found = {name: await ask(chat, "diagnose_run", run=run["name"]) for name, run in zip(agents, runs, strict=True)}
+
+    assert [run["state"] for run in runs] == ["Failed", "Failed", "Failed", "Completed"], runs
+
+    assert found["step_limit"]["cause"] == "step_limit"
+    assert "max_steps" in found["step_limit"]["next_action"]
+
+    timed_out = found["time_budget"]
+    assert timed_out["cause"] == "time_budget" and "timeout_seconds" in timed_out["next_action"]
+    assert timed_out["failed_step"]["step"] == "http_request · step 1", str(timed_out["evidence"])
+
+    missing = found["missing_secret"]
+    assert missing["cause"] == "missing_secret", missing
+    assert "'no-such-provider-block'" in missing["summary"] and missing["failed_step"]["step"] == "llm · step 1"
+
+    went_on = found["tool_failed_but_went_on"]
+    assert went_on["cause"] == "completed" and went_on["failed_step"]["kind"] == "tool"
+    assert "ConnectError" in went_on["failed_step"]["error"], went_on
+    for diagnosis in found.values():
+        assert diagnosis["evidence"][0].startswith("state: ")
