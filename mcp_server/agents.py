@@ -175,19 +175,27 @@ class AgentService:
         count = 0
         for record in records:
             spec = await self.spec_of(caller, record)
-            if record.approved_manifest is None and record.approved_version is not None:
-                # Approved before manifests were stored (migration 0005): record what was approved.
-                approved = await self.store.get_version(caller.org_id, record.id, record.approved_version)
-                assert approved is not None  # versions are never deleted while their agent lives
-                manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
-                record = await self.store.approve_agent(
-                    caller.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade"
-                )
             deployment_id = await self._deploy(caller, record, spec)
             if str(deployment_id) != record.deployment_id:
                 await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
             count += 1
         return count
+
+    async def record_upgraded_manifests(self) -> int:
+        """Record the manifest of agents approved by migration 0005 (SQL could not compute it); returns how many.
+
+        Run when the services open, so that no change is ever checked against a missing manifest.
+        """
+        upgraded = await self.store.agents_approved_without_manifest()
+        for record in upgraded:
+            assert record.approved_version is not None  # what the query selects
+            approved = await self.store.get_version(record.org_id, record.id, record.approved_version)
+            assert approved is not None  # versions are never deleted while their agent lives
+            manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
+            await self.store.approve_agent(
+                record.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade"
+            )
+        return len(upgraded)
 
     async def list_all(self, caller: Caller, status: AgentStatus | None = None, text: str | None = None) -> list[AgentView]:
         views = []
@@ -238,8 +246,6 @@ class AgentService:
         """The agent's status, and why it awaits approval when it does."""
         if record.approved_manifest is not None:
             reasons = Manifest.of(spec).widens(Manifest.model_validate(record.approved_manifest))
-        elif record.approved_version is not None:
-            reasons = []  # approved before manifests were stored; `ariel up` records it
         else:
             reasons = ["new agent: nothing approved yet"]
         if reasons:

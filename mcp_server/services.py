@@ -38,6 +38,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
             protected_hosts=tuple(sorted(protected)),
         )
+        await agents.record_upgraded_manifests()
         yield Services(
             store=store,
             auth=Authenticator.from_settings(store, settings),

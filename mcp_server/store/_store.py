@@ -25,7 +25,7 @@ from mcp_server.store._audit import AuditQueries
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._identity import IdentityQueries
 from mcp_server.store._records import AgentRecord, AgentVersion
-from mcp_server.store._schema import agent_versions, agents, installation
+from mcp_server.store._schema import agent_versions, agents, installation, organizations
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -147,6 +147,21 @@ class Store(IdentityQueries, AuditQueries):
             )
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
         return AgentRecord(**row._mapping)
+
+    async def agents_approved_without_manifest(self) -> list[AgentRecord]:
+        """Agents of every org that migration 0005 marked approved, whose manifest is not recorded yet; for upkeep at start."""
+        query = select(agents).where(agents.c.approved_manifest.is_(None), agents.c.approved_version.is_not(None))
+        async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Row-level security hides every agent without an org scope: read them one org at a time.
+                orgs = [row.id for row in await conn.execute(select(organizations.c.id))]
+            else:
+                return [AgentRecord(**row._mapping) for row in await conn.execute(query)]
+        found: list[AgentRecord] = []
+        for org_id in orgs:
+            async with self.tenant(org_id) as conn:
+                found += [AgentRecord(**row._mapping) for row in await conn.execute(query.where(agents.c.org_id == org_id))]
+        return found
 
     async def approve_agent(
         self, org_id: str, agent_id: str, version: int, manifest: dict[str, Any], approved_by: str

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
+from mcp_server.agents import AgentService
 from mcp_server.auth import parse_api_key, verify_api_key
+from mcp_server.caller import Caller
 from mcp_server.exceptions import Conflict
 from mcp_server.store import Store
 
@@ -133,9 +136,28 @@ async def test_upgrading_a_0002_store_keeps_its_agents_and_marks_the_personal_or
             await conn.execute(text("SELECT set_config('ariel.org_id', 'o1', true)"))
         await conn.execute(text("INSERT INTO agents (id, org_id, slug, name, version, created_at, updated_at) "
                                 "VALUES ('a1', 'o1', 'kept', 'Kept', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        spec = {"name": "Kept", "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
+        await conn.execute(text("INSERT INTO agent_versions (agent_id, version, org_id, spec, created_at) "
+                                "VALUES ('a1', 1, 'o1', :spec, CURRENT_TIMESTAMP)"), {"spec": json.dumps(spec)})
     await engine.dispose()
     store = await Store.open(store_url)
     org = await store.ensure_personal_org()
     assert org.id == "o1" and org.personal
-    assert [a.slug for a in await store.list_agents("o1")] == ["kept"]
+    [kept] = await store.list_agents("o1")
+    assert kept.slug == "kept"
+    # It ran before approvals existed (migration 0005): it counts as approved as it was, not paused.
+    assert (kept.approved_version, kept.paused) == (1, False)
+    assert len(await store.installation_id()) == 32
+    # Opening the services records the manifest it was approved with, so later changes are checked against it.
+    agents = AgentService(store, "http://127.0.0.1:9/api", "process", "unused", await store.installation_id())
+    assert await agents.record_upgraded_manifests() == 1
+    [kept] = await store.list_agents("o1")
+    assert kept.approved_manifest is not None and kept.approved_manifest["model"] == "ariel/scripted"
+    assert agents.status(kept, await agents.spec_of(caller_in("o1"), kept)) == ("active", [])
+    assert await agents.record_upgraded_manifests() == 0
     await store.close()
+
+
+def caller_in(org_id: str) -> Caller:
+    return Caller(user_id="u", user_label="u", org_id=org_id, org_slug="personal", org_name="Personal",
+                  role="owner", source="local", origin="test")

@@ -29,4 +29,13 @@ def upgrade() -> None:
     # The manifest of an existing agent is filled in by the control plane on its
     # next start (it is computed from the spec, which SQL cannot do); until then
     # approved_version marks them as approved as they are.
-    op.execute("UPDATE agents SET approved_version = version, approved_by = 'upgrade to 0005'")
+    approve = "UPDATE agents SET approved_version = version, approved_by = 'upgrade to 0005'"
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
+        op.execute(approve)
+        return
+    # Row-level security is forced on agents, for their owner too: update them one org at a time.
+    for (org_id,) in bind.execute(sa.text("SELECT id FROM organizations")).all():
+        bind.execute(sa.text("SELECT set_config('ariel.org_id', :org, true)"), {"org": org_id})
+        bind.execute(sa.text(approve))
+    bind.execute(sa.text("SELECT set_config('ariel.org_id', '', true)"))  # later migrations start unscoped
