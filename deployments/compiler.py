@@ -122,6 +122,9 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
             paused=desired.paused,
             schedules=[DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules],
         )
+    if desired.paused and not current.paused:
+        # First: a version that awaits approval must not run on the schedule even for a moment.
+        await client.pause_deployment(current.id)
     if _fields_differ(current, desired):
         await client.update_deployment(
             current.id,
@@ -142,9 +145,8 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
             await client.create_deployment_schedules(
                 current.id, [DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules]
             )
-    if current.paused != desired.paused:
-        # Pausing also deletes the runs its schedule already made.
-        await (client.pause_deployment if desired.paused else client.resume_deployment)(current.id)
+    if current.paused and not desired.paused:
+        await client.resume_deployment(current.id)
     return current.id
 
 

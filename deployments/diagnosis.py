@@ -41,7 +41,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from deployments.runs import LogLine, failed_task_runs, read_logs
+from deployments.runs import LogLine, failed_task_runs, read_log_page
 
 Cause = Literal[
     "llm_failed", "tool_failed", "missing_secret", "step_limit", "time_budget", "out_of_memory", "image_missing",
@@ -80,12 +80,12 @@ class Diagnosis(BaseModel):
 
 
 async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str] | None = None) -> Diagnosis:
-    """Name the cause of `run`'s trouble with its evidence and the next action. `agent_pending`: why its agent awaits approval."""
+    """Name the cause of `run`'s trouble with its evidence and the next action. `agent_pending`: how the version it runs goes beyond what was approved."""
     state = run.state
     state_type = state.type if state else None
     message = (state.message if state else None) or ""
     evidence = [f"state: {state.name if state else 'unknown'}" + (f" — {message}" if message else "")]
-    error_logs = [line for line in await read_logs(client, run.id, 0, 10_000, "warning")][-10:]
+    error_logs = (await read_log_page(client, run.id, limit=10, min_level="warning", tail=True)).lines
 
     def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
         return Diagnosis(
@@ -115,6 +115,17 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             return answer("time_budget", "the run used its whole time budget (limits.timeout_seconds)"
                           + (f"; it was in step {last.step}" if last else ""),
                           "raise limits.timeout_seconds or give the agent less to do (update_agent change)", last)
+        if code := _exit_code(message):
+            evidence.append(f"exit code {code}")
+            if code == 137:
+                return answer("out_of_memory",
+                              "the run's container was killed (exit code 137): it reached its memory limit",
+                              "make the agent do less per run; the memory limit is set by the work pool's plan")
+            return answer("container_exit", f"the run's container or process exited with code {code}",
+                          "read the error logs below and the worker's log; run it again once fixed")
+        if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound", message):
+            return answer("image_missing", "the worker could not find the runtime image the pool names",
+                          "build it on the worker's host with `ariel build-image` (or restart `ariel up`), then run again")
         if last and "Unable to find block document named" in last.error:
             block = _quoted(last.error) or "the provider block"
             return answer(
@@ -131,17 +142,6 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             return answer("tool_failed" if last.kind == "tool" else "failed", f"the step {last.step} failed: {last.error}",
                           "fix what the tool call needs (its host, allowed_hosts or arguments) with update_agent, "
                           "then run it again", last)
-        if code := _exit_code(message):
-            evidence.append(f"exit code {code}")
-            if code == 137:
-                return answer("out_of_memory",
-                              "the run's container was killed (exit code 137): it reached its memory limit",
-                              "make the agent do less per run; the memory limit is set by the work pool's plan")
-            return answer("container_exit", f"the run's container or process exited with code {code}",
-                          "read the error logs below and the worker's log; run it again once fixed")
-        if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound", message):
-            return answer("image_missing", "the worker could not find the runtime image the pool names",
-                          "build it on the worker's host with `ariel build-image` (or restart `ariel up`), then run again")
         if state_type == StateType.CRASHED:
             return answer("crashed", "the run crashed: its infrastructure stopped before the run could report why",
                           "read the error logs below and the worker's log (ARIEL_HOME/logs/worker.log)")
@@ -155,8 +155,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
     start = run.expected_start_time or run.created or now
     late = now - start > LATE_AFTER
     if agent_pending:
-        evidence.append("agent awaits approval: " + "; ".join(agent_pending))
-        return answer("unapproved", "the agent's manifest awaits approval, so its runs do not start",
+        evidence.append("its version goes beyond what was approved: " + "; ".join(agent_pending))
+        return answer("unapproved", "the run carries a version of the agent whose manifest is not approved",
                       "an admin reviews it with get_agent and approves it with update_agent action=approve")
     if not late:
         return answer("waiting", f"the run is {state.name if state else 'waiting'}; it is not late yet",

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.spec import AgentSpec
+from flows.config import Limits
 
 
 class Manifest(BaseModel):
@@ -34,6 +35,9 @@ class Manifest(BaseModel):
     schedule: dict[str, Any] | None = Field(description="When it runs on its own; null for manual runs only.")
     max_steps: int = Field(description="Most LLM calls in one run.")
     timeout_seconds: int = Field(description="Wall-clock budget of one run.")
+    # Each retry repeats a paid LLM call or a tool's request (a POST included).
+    llm_retries: int = Field(default=Limits().llm_retries, description="Retries of a failed LLM call.")
+    tool_retries: int = Field(default=Limits().tool_retries, description="Retries of a failed tool call.")
 
     @classmethod
     def of(cls, spec: AgentSpec) -> Manifest:
@@ -45,6 +49,8 @@ class Manifest(BaseModel):
             schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
             max_steps=spec.limits.max_steps,
             timeout_seconds=spec.limits.timeout_seconds,
+            llm_retries=spec.limits.llm_retries,
+            tool_retries=spec.limits.tool_retries,
         )
 
     def widens(self, approved: Manifest) -> list[str]:
@@ -57,8 +63,9 @@ class Manifest(BaseModel):
             reasons.append(f"schedule: {approved.schedule or 'manual only'} → {self.schedule}")
         if self.max_steps > approved.max_steps:
             reasons.append(f"limits.max_steps: {approved.max_steps} → {self.max_steps}")
-        if self.timeout_seconds > approved.timeout_seconds:
-            reasons.append(f"limits.timeout_seconds: {approved.timeout_seconds} → {self.timeout_seconds}")
+        for limit in ("timeout_seconds", "llm_retries", "tool_retries"):
+            if getattr(self, limit) > getattr(approved, limit):
+                reasons.append(f"limits.{limit}: {getattr(approved, limit)} → {getattr(self, limit)}")
         return reasons
 
 

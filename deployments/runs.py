@@ -131,9 +131,20 @@ class TranscriptPage(BaseModel):
     total: int = Field(description="Entries in the whole transcript so far; 0 when the run recorded none.")
 
 
-async def start_run(client: PrefectClient, deployment_id: UUID, input: str | None, name: str | None = None) -> FlowRun:
-    """Create a flow run of the agent's deployment, named `name`; its worker picks it up on its next poll."""
-    parameters = {"input": input} if input is not None else {}
+async def start_run(
+    client: PrefectClient,
+    deployment_id: UUID,
+    input: str | None,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> FlowRun:
+    """Create a flow run of the agent's deployment, named `name`; its worker picks it up on its next poll.
+
+    `config` pins the version the caller checked, whatever the deployment holds by the time the run is made.
+    """
+    parameters: dict[str, Any] = {"input": input} if input is not None else {}
+    if config is not None:
+        parameters["config"] = config
     return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, name=name)
 
 

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import re
 import socket
 from typing import Literal
 
@@ -91,8 +92,9 @@ def main() -> None:
     parser.add_argument("--type", choices=sorted(WORKERS), required=True, help="the pool type to serve")
     parser.add_argument("--prefix", required=True, help="serve the pools whose name starts with this (an install's)")
     args = parser.parse_args()
-    if not args.prefix.startswith(POOL_PREFIX):
-        parser.error(f"--prefix must start with {POOL_PREFIX!r}, as Ariel's pool names do")
+    if not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-", args.prefix):
+        # A shorter prefix would serve other installs' pools too.
+        parser.error(f"--prefix must be one install's, like '{POOL_PREFIX}9a8b7c6d-' (`ariel up` passes it)")
     pool_type: Literal["docker", "process"] = args.type
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(pool_type, args.prefix))

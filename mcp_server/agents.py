@@ -7,6 +7,7 @@ left half-created.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from deployments import compiler, runs
 from deployments.exceptions import SpecInvalid
 from deployments.manifest import Manifest
+from flows.models import SCRIPTED_MODEL
 from deployments.spec import AgentSpec, slugify, spec_changes
 from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
 from mcp_server.audit import audited
@@ -86,6 +88,10 @@ class AgentService:
 
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         spec = self._parse(data, "the agent was not created")
+        if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
+            # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
+            raise InvalidRequest("the agent was not created: name: a 32-character hex name reads as an agent id; "
+                                 "choose a name with words")
         record = await self.store.create_agent(
             # The whole spec, defaults included: a later default must not change a stored version.
             caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json"), created_by=caller.user_label
@@ -108,8 +114,13 @@ class AgentService:
             if not changes:
                 raise InvalidRequest("update_agent change needs at least one field to change, e.g. instructions")
             current = await self.spec_of(caller, record)
-            merged = {**current.model_dump(mode="json", exclude_none=True), **changes}
+            before = current.model_dump(mode="json", exclude_none=True)
+            if isinstance(changes.get("limits"), dict):
+                changes = {**changes, "limits": {**before.get("limits", {}), **changes["limits"]}}
+            merged = {**before, **changes}
             merged = {key: value for key, value in merged.items() if value is not None}
+            if merged.get("model") != SCRIPTED_MODEL and "script" not in changes:
+                merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
             spec = self._parse(merged, "the agent was not changed")
             if spec == current:
                 raise InvalidRequest("that change leaves the agent as it is; nothing was changed")
@@ -193,7 +204,8 @@ class AgentService:
             assert approved is not None  # versions are never deleted while their agent lives
             manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
             await self.store.approve_agent(
-                record.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade"
+                record.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade",
+                current=False,
             )
         return len(upgraded)
 
@@ -316,6 +328,9 @@ class AgentService:
             work_pool=self.target(caller).pool_name if record.deployment_id else None,
             created_at=record.created_at,
         )
+
+
+_LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _health(recent: list[RunView]) -> str:

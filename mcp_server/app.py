@@ -24,7 +24,14 @@ from starlette.middleware.cors import CORSMiddleware
 
 from deployments.readiness import polling_workers
 from deployments.work_pools import PoolType
-from mcp_server.middleware.hardening import INTERNAL_ERROR, CatchUnhandled, LimitBody, SecurityHeaders, docs_csp
+from mcp_server.middleware.hardening import (
+    INTERNAL_ERROR,
+    CatchUnhandled,
+    LimitBody,
+    LoopbackOnly,
+    SecurityHeaders,
+    docs_csp,
+)
 from mcp_server.middleware.http_auth import AuthenticateHTTP
 from mcp_server.middleware.rate_limit import RateLimit
 from mcp_server.server import build_mcp
@@ -122,6 +129,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # Bearer tokens, not cookies: a page never needs the browser's credentials.
         allow_credentials=False,
     )
+    if settings.auth_mode in ("none", "dev"):
+        app.add_middleware(LoopbackOnly, allowed_origins=settings.cors_origins)
     app.add_middleware(CatchUnhandled)
     app.add_middleware(SecurityHeaders)
 

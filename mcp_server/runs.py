@@ -13,11 +13,14 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Cancelled, Cancelling
 
 from deployments import runs
-from deployments.cursors import decode_cursor, encode_cursor, fingerprint
+from deployments.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
 from deployments.diagnosis import Diagnosis, diagnose
+from deployments.spec import AgentSpec
+from flows.transcript import Redactor
 from mcp_server.agents import AgentService
 from mcp_server.audit import audited
 from mcp_server.caller import Caller
@@ -27,10 +30,6 @@ from mcp_server.views import RunDetailView, RunListView, RunLogsView, RunView, T
 
 RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-# Parameter keys whose values are never shown, whatever the agent put there.
-_SECRET_KEY = ("key", "token", "secret", "password", "authorization", "credential")
-
 
 @dataclass
 class RunService:
@@ -50,7 +49,11 @@ class RunService:
             if record.deployment_id is None:
                 raise NotFound(f"agent {record.slug!r} has no deployment; run `ariel up` to deploy it again")
             async with self.agents.prefect() as client:
-                flow_run = await runs.start_run(client, UUID(record.deployment_id), input, name=run_name(record))
+                # The version just checked, not whatever a concurrent change has deployed since.
+                config = spec.to_run_config(record.id, caller.org_id, record.version).model_dump(mode="json")
+                flow_run = await runs.start_run(
+                    client, UUID(record.deployment_id), input, name=run_name(record), config=config
+                )
                 if wait_seconds > 0:
                     flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds)
                 result = await runs.read_result(client, flow_run.id) if _completed(flow_run) else None
@@ -64,11 +67,17 @@ class RunService:
                 state = flow_run.state
                 if state and state.is_final():
                     raise Conflict(f"run {flow_run.name!r} already ended ({state.name}); nothing to cancel")
+                if state and state.type == StateType.CANCELLING:
+                    raise Conflict(f"run {flow_run.name!r} is already being cancelled; its worker stops it")
                 started = state is not None and state.type in (StateType.RUNNING, StateType.PENDING)
                 # A running run is stopped by its worker; one that never started is simply cancelled.
                 new = Cancelling(message=f"cancelled by {caller.user_label}") if started else Cancelled(
                     message=f"cancelled by {caller.user_label} before it started")
-                await client.set_flow_run_state(flow_run.id, new, force=True)
+                # Not forced: Prefect's rules keep a run that ended meanwhile as it ended.
+                result = await client.set_flow_run_state(flow_run.id, new)
+                if result.status != SetStateStatus.ACCEPT:
+                    latest = await client.read_flow_run(flow_run.id)
+                    raise Conflict(f"run {flow_run.name!r} could not be cancelled: it is {_state_name(latest)} now")
                 return RunView.of(await client.read_flow_run(flow_run.id))
 
     async def list_runs(
@@ -81,6 +90,8 @@ class RunService:
         cursor: str | None,
         limit: int,
     ) -> RunListView:
+        # A time without a zone is read as UTC, as Prefect shows times.
+        since, until = (_utc(moment) for moment in (since, until))
         deployment_ids: list[UUID] | None = None
         if agent is not None:
             record = await self.agents.resolve(caller, agent)
@@ -88,8 +99,10 @@ class RunService:
         query = fingerprint("runs", agent, state, _iso(since), _iso(until), str(limit))
         try:
             offset = int(decode_cursor(cursor, query)["o"]) if cursor else 0
-        except (ValueError, KeyError) as exc:
-            raise InvalidRequest(f"list_runs: {exc}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequest(f"list_runs: {exc if isinstance(exc, ValueError) else BAD_CURSOR}") from None
+        if offset < 0:
+            raise InvalidRequest(f"list_runs: {BAD_CURSOR}")
         states = [StateType(state.upper())] if state else None
         async with self.agents.prefect() as client:
             found = await runs.list_runs(
@@ -110,13 +123,14 @@ class RunService:
         summary = RunView.of(flow_run)
         error = None
         if _failed(flow_run):
-            step = f" at step {failed[0].name}: {failed[0].state.message}" if failed and failed[0].state else ""
+            step = f" at step {failed[-1].name}: {failed[-1].state.message}" if failed and failed[-1].state else ""
             error = f"{summary.state_message or summary.state}{step}"
         return RunDetailView(
             **summary.model_dump(exclude={"result"}),
             result=result,
-            error=error,
-            parameters=redact(flow_run.parameters or {}),
+            # Keys never go into parameters or messages, but a URL or a message may still carry one.
+            error=Redactor().text(error) if error else None,
+            parameters=Redactor().redact(flow_run.parameters or {}),
             usage=usage,
             tags=sorted(flow_run.tags),
             work_pool=flow_run.work_pool_name,
@@ -164,15 +178,18 @@ class RunService:
         async with self.agents.prefect() as client:
             flow_run = await self._find(client, caller, ref)
             pending = await self._pending_approval(caller, flow_run)
-            return await diagnose(client, flow_run, pending)
+            found = await diagnose(client, flow_run, pending)
+        # Its evidence quotes state messages and log lines, which may hold what a tool was sent.
+        return Diagnosis.model_validate(Redactor().redact(found.model_dump(mode="json")))
 
     async def _pending_approval(self, caller: Caller, flow_run: FlowRun) -> list[str] | None:
-        agent_id = ((flow_run.parameters or {}).get("config") or {}).get("agent_id")
-        record = await self.agents.store.find_agent(caller.org_id, agent_id) if agent_id else None
-        if record is None:
+        """How the version this run carries goes beyond the approved manifest; None when it does not."""
+        config = (flow_run.parameters or {}).get("config") or {}
+        record = await self.agents.store.find_agent(caller.org_id, str(config.get("agent_id", "")))
+        version = await self.agents.store.get_version(caller.org_id, record.id, int(config.get("version", 0))) if record else None
+        if record is None or version is None:
             return None
-        status, reasons = self.agents.status(record, await self.agents.spec_of(caller, record))
-        return reasons if status == "pending_approval" else None
+        return self.agents.status(record, AgentSpec.model_validate(version.spec))[1] or None
 
     async def _find(self, client: Any, caller: Caller, ref: str) -> FlowRun:
         flow_run = await runs.find_run(client, caller.org_id, ref.strip())
@@ -189,17 +206,6 @@ def run_name(record: AgentRecord) -> str:
     return f"{record.slug}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def redact(value: Any, key: str = "") -> Any:
-    """`value` with the values of secret-looking keys replaced, at any depth."""
-    if key and any(word in key.lower() for word in _SECRET_KEY):
-        return "[redacted]"
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
-
-
 def _completed(flow_run: FlowRun) -> bool:
     return bool(flow_run.state and flow_run.state.is_completed())
 
@@ -210,6 +216,10 @@ def _failed(flow_run: FlowRun) -> bool:
 
 def _state_name(flow_run: FlowRun) -> str:
     return flow_run.state.name if flow_run.state else "Unknown"
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -65,7 +65,10 @@ class ResolveCaller(Middleware):
             if tool in AUDITED_ACTIONS:
                 arguments = context.message.arguments or {}
                 target = str(arguments.get("agent") or arguments.get("run") or arguments.get("name") or "")
-                await record(services.store, caller, AUDITED_ACTIONS[tool], target, "denied", str(error))
+                # update_agent's refusals are filed under the action asked for, like its successes.
+                action = f"agent.{arguments['action']}" if tool == "update_agent" and arguments.get("action") in (
+                    "change", "approve", "pause", "resume") else AUDITED_ACTIONS[tool]
+                await record(services.store, caller, action, target, "denied", str(error))
             raise error
         await ctx.set_state(CALLER_STATE, caller, serializable=False)
         return await call_next(context)

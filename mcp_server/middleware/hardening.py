@@ -157,3 +157,45 @@ class LimitBody:
             "limit_bytes": self.max_bytes,
         }
         await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+
+
+class LoopbackOnly:
+    """DNS-rebinding guard for the trusting auth modes (none, dev), where any request that arrives is the owner.
+
+    CORS does not stop a web page whose name was rebound to 127.0.0.1: to the
+    browser it is same-origin. Such a request still names the page's host in
+    its Host header, so only loopback names are let through, and an Origin must
+    be a loopback one or one of ARIEL_CORS_ORIGINS.
+    """
+
+    LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+    def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
+        self.app = app
+        self.allowed_origins = frozenset(origin.lower() for origin in allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        host = _hostname(headers.get("host", ""))
+        origin = headers.get("origin", "").lower()
+        origin_ok = not origin or origin in self.allowed_origins or _hostname(origin.split("://", 1)[-1]) in self.LOOPBACK
+        if host in self.LOOPBACK and origin_ok:
+            await self.app(scope, receive, send)
+            return
+        body = {
+            "error": "request refused",
+            "detail": "this server trusts every caller (ARIEL_AUTH_MODE none or dev), so it answers only requests "
+            "addressed to localhost or 127.0.0.1 from no other web origin; use api_key or oidc to serve others",
+        }
+        await JSONResponse(body, status_code=403)(scope, receive, send)
+
+
+def _hostname(authority: str) -> str:
+    """'127.0.0.1:8000' → '127.0.0.1'; '[::1]:8000' → '[::1]'."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, select, text
+from sqlalchemy import Connection, event, select, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -97,7 +97,11 @@ class Store(IdentityQueries, AuditQueries):
 
     async def find_agent(self, org_id: str, ref: str) -> AgentRecord | None:
         """The agent whose id or slug is `ref`, in `org_id`; None when there is none."""
-        query = select(agents).where(agents.c.org_id == org_id, (agents.c.id == ref) | (agents.c.slug == ref))
+        query = (
+            select(agents)
+            .where(agents.c.org_id == org_id, (agents.c.id == ref) | (agents.c.slug == ref))
+            .order_by((agents.c.id == ref).desc())  # an id names its agent, whatever slug another may have
+        )
         async with self.tenant(org_id) as conn:
             row = (await conn.execute(query)).first()
         return AgentRecord(**row._mapping) if row else None
@@ -164,13 +168,26 @@ class Store(IdentityQueries, AuditQueries):
         return found
 
     async def approve_agent(
-        self, org_id: str, agent_id: str, version: int, manifest: dict[str, Any], approved_by: str
+        self, org_id: str, agent_id: str, version: int, manifest: dict[str, Any], approved_by: str,
+        current: bool = True,
     ) -> AgentRecord:
-        """Record that `approved_by` approved `manifest`, as of `version`."""
-        return await self._update_agent(
-            org_id, agent_id,
-            approved_manifest=manifest, approved_version=version, approved_by=approved_by, approved_at=utc_now(),
-        )
+        """Record that `approved_by` approved `manifest`, version `version`'s.
+
+        With `current`, raises `Conflict` unless `version` is still the agent's current one.
+        """
+        async with self.tenant(org_id) as conn:
+            moved = await conn.execute(
+                agents.update()
+                .where(agents.c.org_id == org_id, agents.c.id == agent_id,
+                       agents.c.version == version if current else true())
+                .values(approved_manifest=manifest, approved_version=version, approved_by=approved_by,
+                        approved_at=utc_now(), updated_at=utc_now())
+            )
+            if moved.rowcount != 1:
+                raise Conflict("the agent changed while it was being approved; read it again with get_agent and "
+                               "approve what you read")
+            row = (await conn.execute(select(agents).where(agents.c.org_id == org_id, agents.c.id == agent_id))).one()
+        return AgentRecord(**row._mapping)
 
     async def set_paused(self, org_id: str, agent_id: str, paused: bool) -> AgentRecord:
         return await self._update_agent(org_id, agent_id, paused=paused)

@@ -109,7 +109,9 @@ def register(mcp: FastMCP) -> None:
         changes: dict[str, Any] = {
             key: value for key, value in {
                 "name": name, "instructions": instructions, "model": model, "description": description,
-                "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "limits": limits,
+                "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts,
+                # Only the limits given: the others keep their current values, not the defaults.
+                "limits": limits.model_dump(exclude_unset=True) if limits else None,
                 "script": script, "api_base": api_base, "provider": provider,
             }.items() if value is not None
         }

@@ -99,6 +99,17 @@ async def test_a_change_that_is_invalid_or_empty_changes_nothing(url: str) -> No
     assert "takes no fields" in await refused(url, OWNER, "update_agent", agent="hello", action="pause",
                                               instructions="x")
     assert (await call(url, OWNER, "get_agent", agent="hello"))["version"] == 1
+    taken = await call(url, OWNER, "get_agent", agent="hello")
+    assert "reads as an agent id" in await refused(url, OWNER, "create_agent", **hello(name=taken["id"]))
+
+
+async def test_a_change_keeps_what_it_does_not_name(url: str) -> None:
+    await call(url, OWNER, "create_agent", **hello(limits={"timeout_seconds": 60, "max_steps": 4}))
+    changed = await call(url, OWNER, "update_agent", agent="hello", action="change", limits={"max_steps": 3})
+    assert changed["manifest"]["timeout_seconds"] == 60 and changed["manifest"]["max_steps"] == 3
+    # Leaving the offline model leaves its script behind.
+    real = await call(url, OWNER, "update_agent", agent="hello", action="change", model="openai/gpt-4o-mini")
+    assert "script" not in (await call(url, OWNER, "get_agent", agent="hello"))["spec"] and real["version"] == 3
 
 
 async def test_pause_and_resume_turn_the_schedule_off_and_on(url: str, prefect_api: str) -> None:
@@ -159,6 +170,8 @@ async def test_runs_are_listed_newest_first_in_pages_and_time_windows(url: str) 
     assert seen == [run["id"] for run in reversed(made)]
     assert (await call(url, OWNER, "list_runs", since=started.isoformat()))["runs"][-1]["id"] == made[0]["id"]
     assert (await call(url, OWNER, "list_runs", until=started.isoformat()))["runs"] == []
+    naive = started.replace(tzinfo=None).isoformat()  # read as UTC
+    assert (await call(url, OWNER, "list_runs", until=naive))["runs"] == []
 
     first = await call(url, OWNER, "list_runs", limit=2)
     assert "belongs to another query" in await refused(url, OWNER, "list_runs", limit=2, state="failed",
@@ -173,15 +186,19 @@ async def test_runs_that_cannot_start_are_diagnosed_with_their_cause(url: str, p
     runs = {}
     for cause, token in orgs.items():
         agent = await call(url, token, "create_agent", **hello())
-        await call(url, token, "update_agent", agent="hello", action="approve")
-        runs[cause] = await call(url, token, "run_agent", agent="hello")
         async with PrefectClient(prefect_api) as prefect:
+            if cause == "unapproved":
+                # An operator starts it from the Prefect UI: it carries a version nobody approved.
+                deployment = await prefect.read_deployment_by_name(agent["deployment"])
+                made = await prefect.create_flow_run_from_deployment(deployment.id)
+                runs[cause] = {"id": str(made.id), "name": made.name}
+                continue
+            await call(url, token, "update_agent", agent="hello", action="approve")
+            runs[cause] = await call(url, token, "run_agent", agent="hello")
             if cause == "pool_paused":
                 await prefect.update_work_pool(agent["work_pool"], WorkPoolUpdate(is_paused=True))
             if cause == "concurrency_limit":
                 await prefect.update_work_pool(agent["work_pool"], WorkPoolUpdate(concurrency_limit=0))
-    await call(url, orgs["unapproved"], "update_agent", agent="hello", action="change", tools=["http_request"],
-               allowed_hosts=["api.example.com"])
     waiting = await call(url, orgs["no_worker"], "diagnose_run", run=runs["no_worker"]["id"])
     assert waiting["cause"] == "waiting"  # just made: not late yet
     await asyncio.sleep(21)  # past diagnosis.LATE_AFTER

@@ -132,7 +132,7 @@ def test_no_origin_may_call_cross_origin_by_default(home: Path, prefect_api: str
         sent = post_mcp(url, "dev:ada:acme:owner", headers={"Origin": FOREIGN})
     assert "access-control-allow-origin" not in asked.headers
     assert asked.status_code != 200
-    assert sent.status_code == 200  # the server answers; the browser withholds it from the page
+    assert sent.status_code == 403  # a trusting server (dev) refuses other origins outright: the rebinding guard
     assert "access-control-allow-origin" not in sent.headers
     assert_hardened(asked)
 
@@ -421,3 +421,20 @@ async def someone_elses_polled_pool(prefect_api: str) -> None:
         foreign = f"{install_prefix(uuid.uuid4().hex)}{'0' * 12}-process"
         await prefect.create_work_pool(WorkPoolCreate(name=foreign, type="process"))
         await prefect.send_worker_heartbeat(foreign, "someone-elses-worker", heartbeat_interval_seconds=30)
+
+
+def test_a_trusting_server_refuses_requests_a_rebound_web_page_would_make(prefect_api: str, tmp_path: Path) -> None:
+    """DNS rebinding: a page at evil.example whose name now points to 127.0.0.1 is same-origin to the browser."""
+    with serve_app(ArielSettings(home=tmp_path, auth_mode="none"), prefect_api) as url:
+        port = url.rsplit(":", 1)[1]
+        rebound = httpx.get(f"{url}/health", headers={"Host": f"evil.example:{port}"})
+        from_page = httpx.get(f"{url}/health", headers={"Origin": "http://evil.example"})
+        local = httpx.get(f"{url}/health", headers={"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})
+    assert (rebound.status_code, from_page.status_code, local.status_code) == (403, 403, 200)
+    assert "localhost" in rebound.json()["detail"] and rebound.headers["x-frame-options"] == "DENY"
+
+
+def test_a_server_that_checks_credentials_answers_any_host_name(prefect_api: str, tmp_path: Path) -> None:
+    settings = ArielSettings(home=tmp_path, auth_mode="api_key", profile="saas")
+    with serve_app(settings, prefect_api) as url:
+        assert httpx.get(f"{url}/health", headers={"Host": "ariel.example.com"}).status_code == 200
