@@ -123,6 +123,8 @@ class AgentService:
                 merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
             spec = self._parse(merged, "the agent was not changed")
             if spec == current:
+                # Also how a version whose deploy failed gets deployed: `apply` writes only what Prefect lacks.
+                await self._deploy(caller, record, spec)
                 raise InvalidRequest("that change leaves the agent as it is; nothing was changed")
             updated = await self.store.add_version(
                 caller.org_id, record.id, record.version, spec.name, spec.model_dump(mode="json"), caller.user_label
@@ -130,7 +132,7 @@ class AgentService:
             try:
                 await self._deploy(caller, updated, spec)
             except Exception:
-                # Prefect still runs the old version: say so rather than leave the store ahead of it.
+                # The store is ahead of Prefect now: say so, and how to catch Prefect up.
                 raise Unavailable(
                     f"version {updated.version} was saved but could not be deployed; "
                     "run `ariel up` again (it re-deploys every agent) or retry the change"
