@@ -123,7 +123,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                               "make the agent do less per run; the memory limit is set by the work pool's plan")
             return answer("container_exit", f"the run's container or process exited with code {code}",
                           "read the error logs below and the worker's log; run it again once fixed")
-        if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound", message):
+        if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
+                     r"failed to submit flow run to infrastructure.*(pull|image)", message):
             return answer("image_missing", "the worker could not find the runtime image the pool names",
                           "build it on the worker's host with `ariel build-image` (or restart `ariel up`), then run again")
         if last and "Unable to find block document named" in last.error:

@@ -75,3 +75,20 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(s
     assert "ConnectError" in went_on["failed_step"]["error"], went_on
     for diagnosis in found.values():
         assert diagnosis["evidence"][0].startswith("state: ")
+
+
+async def test_a_run_whose_image_the_worker_cannot_get_is_diagnosed_image_missing(
+    docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A registry on a loopback port nobody listens on: the pull fails at once, as it would offline.
+    env = {"ARIEL_RUNTIME_IMAGE": f"127.0.0.1:{free_port()}/ariel-runtime:missing", "ARIEL_BUILD_IMAGE": "false"}
+    with ariel_up(tmp_path_factory.mktemp("no-image"), "docker", prefect_api, extra_env=env) as up:
+        async with Client(up.mcp_url) as chat:
+            await ask(chat, "create_agent", name="Imageless", instructions="x", model="ariel/scripted",
+                      script=[{"reply": "never"}])
+            await ask(chat, "update_agent", agent="imageless", action="approve")
+            run = await ask(chat, "run_agent", agent="imageless", wait_seconds=120)
+            diagnosis = await ask(chat, "diagnose_run", run=run["id"])
+    assert run["state"] == "Crashed", run
+    assert diagnosis["cause"] == "image_missing", diagnosis
+    assert "ariel build-image" in diagnosis["next_action"]
