@@ -11,7 +11,7 @@ Causes, most specific first:
     step_limit / time_budget   the run used up its limits
     out_of_memory              the container was killed (exit 137) at its memory limit
     image_missing              the worker could not find the runtime image
-    container_exit             the container or process exited with an error code
+    container_exit             the container could not start, or it (or the process) exited with an error code
     unapproved                 the agent's manifest awaits approval, so nothing runs it
     pool_paused                the work pool is paused; its runs wait
     concurrency_limit          the pool or agent already runs as many runs as it may
@@ -123,6 +123,12 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                               "make the agent do less per run; the memory limit is set by the work pool's plan")
             return answer("container_exit", f"the run's container or process exited with code {code}",
                           "read the error logs below and the worker's log; run it again once fixed")
+        if started := re.search(r"unable to start container process: (.*?)(?:: unknown|$)", message):
+            evidence.append(f"the container did not start: {started.group(1)}")
+            return answer("container_exit", f"the run's container could not start ({started.group(1)}): its image "
+                          "is not an Ariel runtime image",
+                          "point ARIEL_RUNTIME_IMAGE at the runtime image (`ariel build-image` makes it) and restart "
+                          "`ariel up`, then run again")
         if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
                      r"failed to submit flow run to infrastructure.*(pull|image)", message):
             return answer("image_missing", "the worker could not find the runtime image the pool names",

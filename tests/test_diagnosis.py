@@ -92,3 +92,21 @@ async def test_a_run_whose_image_the_worker_cannot_get_is_diagnosed_image_missin
     assert run["state"] == "Crashed", run
     assert diagnosis["cause"] == "image_missing", diagnosis
     assert "ariel build-image" in diagnosis["next_action"]
+
+
+
+async def test_a_run_whose_container_cannot_start_is_diagnosed_with_why(
+    docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The bare base image has Python but no Prefect: the worker's command is not there to run.
+    env = {"ARIEL_RUNTIME_IMAGE": "ariel-base:bookworm", "ARIEL_BUILD_IMAGE": "false"}
+    with ariel_up(tmp_path_factory.mktemp("bare-image"), "docker", prefect_api, extra_env=env) as up:
+        async with Client(up.mcp_url) as chat:
+            await ask(chat, "create_agent", name="Bare", instructions="x", model="ariel/scripted",
+                      script=[{"reply": "never"}])
+            await ask(chat, "update_agent", agent="bare", action="approve")
+            run = await ask(chat, "run_agent", agent="bare", wait_seconds=120)
+            diagnosis = await ask(chat, "diagnose_run", run=run["id"])
+    assert run["state"] == "Crashed", run
+    assert diagnosis["cause"] == "container_exit", diagnosis
+    assert "executable file not found" in diagnosis["summary"] and "ARIEL_RUNTIME_IMAGE" in diagnosis["next_action"]
