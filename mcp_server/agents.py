@@ -23,7 +23,7 @@ from deployments.exceptions import SpecInvalid
 from deployments.manifest import Manifest
 from flows.models import SCRIPTED_MODEL
 from deployments.spec import AgentSpec, slugify, spec_changes
-from deployments.work_pools import PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
+from deployments.work_pools import DEFAULT_MEMORY_LIMIT, PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
 from mcp_server.audit import audited
 from mcp_server.caller import Caller
 from mcp_server.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
@@ -39,6 +39,7 @@ class AgentService:
     pool_type: PoolType
     runtime_image: str
     install_id: str
+    memory_limit: str = DEFAULT_MEMORY_LIMIT  # of each flow-run container: the plan's
     # host:port of Ariel's own services, which no agent may call (the runtime
     # shares the host's network, and the Prefect API holds every org's data).
     protected_hosts: tuple[str, ...] = ()
@@ -69,7 +70,8 @@ class AgentService:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
         name = pool_name(self.install_id, caller.org_id, self.pool_type)
         template = (
-            docker_job_template(self.runtime_image, caller.org_id) if self.pool_type == "docker" else process_job_template()
+            docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit)
+            if self.pool_type == "docker" else process_job_template()
         )
         async with self.prefect() as client:
             await ensure_pool(client, name, self.pool_type, template, caller.org_id)

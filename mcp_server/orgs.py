@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from deployments.work_pools import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT
+from deployments.work_pools import DEFAULT_CPUS
 from flows.config import Limits
 from mcp_server.agents import AgentService
 from mcp_server.audit import audited
@@ -46,12 +46,12 @@ ACTION_ROLES: dict[OrgAction, Role] = {
 }
 
 
-def run_limits() -> dict[str, Any]:
+def run_limits(memory_limit: str) -> dict[str, Any]:
     schema = Limits.model_json_schema()["properties"]
     return {
         "max_steps_per_run": schema["max_steps"]["maximum"],
         "max_run_seconds": schema["timeout_seconds"]["maximum"],
-        "memory_per_run": DEFAULT_MEMORY_LIMIT,
+        "memory_per_run": memory_limit,
         "cpus_per_run": DEFAULT_CPUS,
     }
 
@@ -74,7 +74,7 @@ class OrgService:
             identified_by=caller.source,
             workspace=current if caller.org_visible else None,
             other_workspaces=others,
-            limits=run_limits(),
+            limits=run_limits(self.agents.memory_limit),
             tool_surface_version=SURFACE_VERSION,
         )
 

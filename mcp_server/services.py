@@ -36,7 +36,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         protected |= {f"{alias}:{port}" for alias in ("localhost", "127.0.0.1") for port in (settings.port, prefect_port)}
         agents = AgentService(
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
-            protected_hosts=tuple(sorted(protected)),
+            protected_hosts=tuple(sorted(protected)), memory_limit=settings.run_memory_limit,
         )
         await agents.record_upgraded_manifests()
         yield Services(

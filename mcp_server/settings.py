@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+from deployments.work_pools import DEFAULT_MEMORY_LIMIT
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -59,6 +60,13 @@ class ArielSettings(BaseSettings):
         default="ariel-base:bookworm",
         description="Base of the runtime image; docker/build-base-image.sh builds this one offline.",
         examples=["ariel-base:bookworm", "python:3.11-slim-bookworm"],
+    )
+    run_memory_limit: str = Field(
+        default=DEFAULT_MEMORY_LIMIT,
+        pattern=r"^[1-9][0-9]*[kmg]$",
+        description="Memory a flow-run container may use (Docker pools), e.g. 512m or 2g; beyond it the run is "
+        "killed and diagnose_run says out of memory.",
+        examples=["2g", "512m"],
     )
     build_image: bool = Field(
         default=True, description="Whether `ariel up` builds the runtime image when it is missing or stale."
