@@ -31,6 +31,7 @@ from mcp_server.views import RunDetailView, RunListView, RunLogsView, RunView, T
 RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
+
 @dataclass
 class RunService:
     agents: AgentService
