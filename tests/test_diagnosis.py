@@ -111,21 +111,3 @@ async def test_a_run_whose_container_cannot_start_is_diagnosed_with_why(
     assert run["state"] == "Crashed", run
     assert diagnosis["cause"] == "container_exit", diagnosis
     assert "executable file not found" in diagnosis["summary"] and "ARIEL_RUNTIME_IMAGE" in diagnosis["next_action"]
-
-
-async def test_a_run_killed_at_its_memory_limit_is_diagnosed_out_of_memory(
-    docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    # Less than Python and Prefect need to start: the kernel kills the container (exit 137).
-    env = {"ARIEL_RUN_MEMORY_LIMIT": "8m"}
-    with ariel_up(tmp_path_factory.mktemp("small-plan"), "docker", prefect_api, extra_env=env) as up:
-        async with Client(up.mcp_url) as chat:
-            assert (await ask(chat, "whoami"))["limits"]["memory_per_run"] == "8m"
-            await ask(chat, "create_agent", name="Hungry", instructions="x", model="ariel/scripted",
-                      script=[{"reply": "never"}])
-            await ask(chat, "update_agent", agent="hungry", action="approve")
-            run = await ask(chat, "run_agent", agent="hungry", wait_seconds=180)
-            diagnosis = await ask(chat, "diagnose_run", run=run["id"])
-    assert run["state"] == "Crashed", run
-    assert diagnosis["cause"] == "out_of_memory", diagnosis
-    assert "exit code 137" in diagnosis["evidence"]
