@@ -31,7 +31,6 @@ from typing import Literal
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
-    FlowRunFilterDeploymentId,
     FlowRunFilterStateType,
     FlowRunFilterState,
     WorkPoolFilter,
@@ -180,9 +179,9 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             evidence.append(f"work pool {pool_name} is paused")
             return answer("pool_paused", f"the work pool {pool_name} is paused, so no worker takes its runs",
                           f"resume it: `prefect work-pool resume {pool_name}` or the Prefect UI (Work Pools)")
-        busy = await _active_runs(client, run)
-        if pool.concurrency_limit is not None and busy["pool"] >= pool.concurrency_limit:
-            evidence.append(f"work pool {pool_name} allows {pool.concurrency_limit} concurrent runs; {busy['pool']} are active")
+        busy = await _active_in_pool(client, pool_name)
+        if pool.concurrency_limit is not None and busy >= pool.concurrency_limit:
+            evidence.append(f"work pool {pool_name} allows {pool.concurrency_limit} concurrent runs; {busy} are active")
             return answer("concurrency_limit", "the work pool already runs as many runs as it may; this one waits its turn",
                           "wait for the running ones, cancel some with cancel_run, or raise the pool's concurrency limit")
         workers = await client.read_workers_for_work_pool(pool_name)
@@ -205,19 +204,13 @@ def _failed_step(task_run: TaskRun) -> FailedStep:
     return FailedStep(step=name, kind=kind, error=error, task_run_id=str(task_run.id))
 
 
-async def _active_runs(client: PrefectClient, run: FlowRun) -> dict[str, int]:
+async def _active_in_pool(client: PrefectClient, pool_name: str) -> int:
+    """Runs the pool's workers hold now (pending or running): what its concurrency limit counts."""
     active = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
-    in_pool = await client.count_flow_runs(flow_run_filter=FlowRunFilter(state=active),
-                                           work_pool_filter=_pool_filter(run.work_pool_name))
-    of_agent = 0
-    if run.deployment_id:
-        of_agent = await client.count_flow_runs(flow_run_filter=FlowRunFilter(
-            state=active, deployment_id=FlowRunFilterDeploymentId(any_=[run.deployment_id])))
-    return {"pool": in_pool, "agent": of_agent}
-
-
-def _pool_filter(name: str | None) -> WorkPoolFilter | None:
-    return WorkPoolFilter(name=WorkPoolFilterName(any_=[name])) if name else None
+    return await client.count_flow_runs(
+        flow_run_filter=FlowRunFilter(state=active),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name])),
+    )
 
 
 def _exit_code(message: str) -> int | None:

@@ -49,7 +49,7 @@ from flows.transcript import TRANSCRIPT_ARTIFACT_KEY, USAGE_ARTIFACT_KEY, Transc
 
 __all__ = [
     "LOG_LEVELS", "PAGE_LIMIT", "LogLine", "LogPage", "RunSummary", "TranscriptEntry", "TranscriptPage", "Usage",
-    "failed_task_runs", "find_run", "list_runs", "read_log_page", "read_logs", "read_result",
+    "failed_task_runs", "find_run", "list_runs", "read_log_page", "read_result",
     "read_transcript", "read_usage", "start_run", "wait_for_run",
 ]
 
@@ -229,37 +229,6 @@ async def read_result(client: PrefectClient, run_id: UUID) -> str | None:
         limit=1,
     )
     return str(artifacts[0].data) if artifacts else None
-
-
-async def read_logs(
-    client: PrefectClient, run_id: UUID, offset: int = 0, limit: int = 100, min_level: str = "debug"
-) -> list[LogLine]:
-    """Log lines of a run, oldest first, from `offset`; pages past Prefect's per-request limit."""
-    log_filter = LogFilter(
-        flow_run_id=LogFilterFlowRunId(any_=[run_id]),
-        level=LogFilterLevel(ge_=LOG_LEVELS[min_level]),
-    )
-    lines: list[Log] = []
-    while len(lines) < limit:
-        page = await client.read_logs(
-            log_filter=log_filter,
-            offset=offset + len(lines),
-            limit=min(PAGE_LIMIT, limit - len(lines)),
-            sort=LogSort.TIMESTAMP_ASC,
-        )
-        lines.extend(page)
-        if len(page) < PAGE_LIMIT:
-            break
-    names = {value: name for name, value in LOG_LEVELS.items()}
-    return [
-        LogLine(
-            timestamp=line.timestamp,
-            level=names.get(line.level, str(line.level)),
-            message=line.message,
-            task_run_id=str(line.task_run_id) if line.task_run_id else None,
-        )
-        for line in lines
-    ]
 
 
 async def read_log_page(

@@ -179,14 +179,19 @@ def ariel_up(
         process.stdout.close()  # type: ignore[union-attr]  # a pipe
 
 
+def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
+    """Answer a loopback test service's request with `payload` as JSON."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.dumps({"path": self.path, "answer": 42}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, 200, {"path": self.path, "answer": 42})
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -208,12 +213,18 @@ def http_service(handler: type[BaseHTTPRequestHandler] = _Handler) -> Iterator[s
 @contextmanager
 def serve_app(settings: Any, prefect_api_url: str, pool_type: str = "process") -> Iterator[str]:
     """Ariel's HTTP app (`create_app`) served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
-    import uvicorn
-
     from mcp_server.app import create_app
 
+    with serve_asgi(create_app(settings, prefect_api_url, pool_type)) as url:  # type: ignore[arg-type]  # a PoolType
+        yield url
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Any ASGI app served by uvicorn on 127.0.0.1 in a thread, lifespan included; yields its base URL."""
+    import uvicorn
+
     port = free_port()
-    app = create_app(settings, prefect_api_url, pool_type)  # type: ignore[arg-type]  # a PoolType literal
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -19,7 +19,8 @@ from fastmcp.exceptions import ToolError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks.llm_provider import LLMProvider
-from tests.support import ArielUp, ariel_up, http_service
+from tests.mcp_server.callers import ask
+from tests.support import ArielUp, ariel_up, http_service, reply_json
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +31,8 @@ class RefusingProvider(BaseHTTPRequestHandler):
     """An OpenAI-compatible endpoint that refuses every key, as a provider does when a key is wrong."""
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.dumps({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                     "code": "invalid_api_key"}}).encode()
-        self.send_response(401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply_json(self, 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                         "code": "invalid_api_key"}})
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -46,11 +42,6 @@ class RefusingProvider(BaseHTTPRequestHandler):
 def stack(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
     with ariel_up(tmp_path_factory.mktemp("conversation"), "process", prefect_api) as up:
         yield up
-
-
-async def ask(client: Client, tool: str, **arguments: Any) -> Any:
-    content = (await client.call_tool(tool, arguments)).structured_content
-    return content["result"] if isinstance(content, dict) and set(content) == {"result"} else content
 
 
 async def refused(client: Client, tool: str, **arguments: Any) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastmcp import Client
 
 from tests.flows.support import Slow
+from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, free_port, http_service
 
 pytestmark = pytest.mark.slow
@@ -24,11 +26,6 @@ pytestmark = pytest.mark.slow
 def stack(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
     with ariel_up(tmp_path_factory.mktemp("diagnosis"), "process", prefect_api) as up:
         yield up
-
-
-async def ask(client: Client, tool: str, **arguments: Any) -> Any:
-    content = (await client.call_tool(tool, arguments)).structured_content
-    return content["result"] if isinstance(content, dict) and set(content) == {"result"} else content
 
 
 def fetch(host: str) -> dict[str, Any]:
@@ -78,36 +75,34 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(s
         assert diagnosis["evidence"][0].startswith("state: ")
 
 
+async def run_on_image(image: str, home: Path, prefect_api: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a one-reply agent on a Docker pool whose containers use `image` (never built); returns (run, diagnosis)."""
+    env = {"ARIEL_RUNTIME_IMAGE": image, "ARIEL_BUILD_IMAGE": "false"}
+    with ariel_up(home, "docker", prefect_api, extra_env=env) as up:
+        async with Client(up.mcp_url) as chat:
+            await ask(chat, "create_agent", name="Probe", instructions="x", model="ariel/scripted",
+                      script=[{"reply": "never"}])
+            await ask(chat, "update_agent", agent="probe", action="approve")
+            run = await ask(chat, "run_agent", agent="probe", wait_seconds=120)
+            return run, await ask(chat, "diagnose_run", run=run["id"])
+
+
 async def test_a_run_whose_image_the_worker_cannot_get_is_diagnosed_image_missing(
     docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # A registry on a loopback port nobody listens on: the pull fails at once, as it would offline.
-    env = {"ARIEL_RUNTIME_IMAGE": f"127.0.0.1:{free_port()}/ariel-runtime:missing", "ARIEL_BUILD_IMAGE": "false"}
-    with ariel_up(tmp_path_factory.mktemp("no-image"), "docker", prefect_api, extra_env=env) as up:
-        async with Client(up.mcp_url) as chat:
-            await ask(chat, "create_agent", name="Imageless", instructions="x", model="ariel/scripted",
-                      script=[{"reply": "never"}])
-            await ask(chat, "update_agent", agent="imageless", action="approve")
-            run = await ask(chat, "run_agent", agent="imageless", wait_seconds=120)
-            diagnosis = await ask(chat, "diagnose_run", run=run["id"])
+    image = f"127.0.0.1:{free_port()}/ariel-runtime:missing"
+    run, diagnosis = await run_on_image(image, tmp_path_factory.mktemp("no-image"), prefect_api)
     assert run["state"] == "Crashed", run
     assert diagnosis["cause"] == "image_missing", diagnosis
     assert "ariel build-image" in diagnosis["next_action"]
-
 
 
 async def test_a_run_whose_container_cannot_start_is_diagnosed_with_why(
     docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # The bare base image has Python but no Prefect: the worker's command is not there to run.
-    env = {"ARIEL_RUNTIME_IMAGE": "ariel-base:bookworm", "ARIEL_BUILD_IMAGE": "false"}
-    with ariel_up(tmp_path_factory.mktemp("bare-image"), "docker", prefect_api, extra_env=env) as up:
-        async with Client(up.mcp_url) as chat:
-            await ask(chat, "create_agent", name="Bare", instructions="x", model="ariel/scripted",
-                      script=[{"reply": "never"}])
-            await ask(chat, "update_agent", agent="bare", action="approve")
-            run = await ask(chat, "run_agent", agent="bare", wait_seconds=120)
-            diagnosis = await ask(chat, "diagnose_run", run=run["id"])
+    run, diagnosis = await run_on_image("ariel-base:bookworm", tmp_path_factory.mktemp("bare-image"), prefect_api)
     assert run["state"] == "Crashed", run
     assert diagnosis["cause"] == "container_exit", diagnosis
     assert "executable file not found" in diagnosis["summary"] and "ARIEL_RUNTIME_IMAGE" in diagnosis["next_action"]

@@ -28,7 +28,6 @@ from deployments.runs import (
     LogPage,
     failed_task_runs,
     read_log_page,
-    read_logs,
     read_transcript,
     read_usage,
 )
@@ -254,16 +253,6 @@ async def test_task_keeps_the_lines_of_the_task_runs_it_names_and_names_them(
     known = r"its task runs: http_request · step 1, llm · step 1, llm · step 2, llm · step 10"
     with pytest.raises(ValueError, match=rf"no task run of this run is named 'tool'.*{known}"):
         await read_log_page(client, run_id, task="tool")
-
-
-async def test_read_logs_still_pages_by_offset_for_existing_callers(
-    client: PrefectClient, ten_thousand_lines: UUID
-) -> None:
-    first = await read_logs(client, ten_thousand_lines, 0, 250)
-    second = await read_logs(client, ten_thousand_lines, 250, 250)
-    assert len(first) == len(second) == 250
-    everything = await read_log_page(client, ten_thousand_lines, limit=500, fold=False)
-    assert [line.message for line in first + second] == [line.message for line in everything.lines]
 
 
 async def test_the_transcript_is_read_from_the_newest_version_page_by_page(

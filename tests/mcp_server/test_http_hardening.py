@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +23,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from pydantic import ValidationError
@@ -37,7 +34,7 @@ from mcp_server.middleware.rate_limit import SlidingWindow
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests import support
-from tests.support import free_port, serve_app, wait_until
+from tests.support import free_port, serve_app, serve_asgi, wait_until
 
 INITIALIZE = {
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -288,22 +285,6 @@ def test_the_docs_page_may_load_exactly_what_it_needs(home: Path, prefect_api: s
     assert redoc.status_code != 200  # no second docs page with another set of third-party scripts
 
 
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """An app made here (create_app plus a route of the test's) under uvicorn, like tests.support.serve_app."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), 60, "the HTTP app")
-        assert thread.is_alive(), "the HTTP app did not start; see the log above"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_an_unexpected_error_answers_500_without_a_traceback_and_is_logged(
     home: Path, prefect_api: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -314,7 +295,7 @@ def test_an_unexpected_error_answers_500_without_a_traceback_and_is_logged(
 
     app.add_api_route("/broken", broken)
     app.router.routes.insert(0, app.router.routes.pop())  # ahead of the MCP mount at "/"
-    with caplog.at_level(logging.ERROR, logger="ariel.http"), serve(app) as url:
+    with caplog.at_level(logging.ERROR, logger="ariel.http"), serve_asgi(app) as url:
         answer = httpx.get(f"{url}/broken", headers={"Authorization": "Bearer dev:ada:acme:owner"}, timeout=30)
     assert answer.status_code == 500
     assert answer.json() == {"error": INTERNAL_ERROR}
