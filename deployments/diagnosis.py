@@ -40,6 +40,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
+from deployments.providers import short_name
 from deployments.runs import LogLine, failed_task_runs, read_log_page
 
 Cause = Literal[
@@ -133,11 +134,11 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             return answer("image_missing", "the worker could not find the runtime image the pool names",
                           "build it on the worker's host with `ariel build-image` (or restart `ariel up`), then run again")
         if last and "Unable to find block document named" in last.error:
-            block = _quoted(last.error) or "the provider block"
+            block = _quoted(last.error) or "the agent names"
             return answer(
-                "missing_secret", f"the LLM provider block {block} the agent names does not exist, so its key is missing",
-                f"create the 'Ariel LLM Provider' block {block} with the API key (Prefect UI → Blocks), "
-                "or change the agent's provider with update_agent",
+                "missing_secret", f"the LLM provider {block} does not exist, so its key is missing",
+                f"have an admin set it with manage_secrets set_provider (name {block}, the API key), "
+                "or name another provider with update_agent; then run again",
                 last,
             )
         if last and last.kind == "llm":
@@ -220,4 +221,5 @@ def _exit_code(message: str) -> int | None:
 
 def _quoted(text: str) -> str | None:
     found = re.search(r"named ['\"]?([\w-]+)['\"]?", text)
-    return repr(found.group(1)) if found else None
+    # The org knows its provider by its short name, not by the block name Ariel gives it in Prefect.
+    return repr(short_name(found.group(1))) if found else None

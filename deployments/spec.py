@@ -95,7 +95,9 @@ class AgentSpec(BaseModel):
     provider: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9-]*$",
-        description="Name of an 'Ariel LLM Provider' block holding the API key (and base URL); keys never go in the spec.",
+        max_length=40,
+        description="Name of one of the org's LLM providers (manage_secrets), which holds the API key and base URL; "
+        "keys never go in the spec.",
         examples=["openai-main"],
     )
     schedule: ScheduleSpec | None = None

@@ -75,6 +75,7 @@ class RunConfig(BaseModel):
     instructions: str
     model: str
     api_base: str | None = None
+    # The Prefect block holding the key: the control plane puts the agent's org's block name here.
     provider: str | None = None
     tools: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)

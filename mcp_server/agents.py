@@ -18,7 +18,8 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from deployments import compiler, runs
+from blocks.llm_provider import LLMProvider
+from deployments import compiler, providers, runs
 from deployments.exceptions import SpecInvalid
 from deployments.manifest import Manifest
 from flows.models import SCRIPTED_MODEL
@@ -82,6 +83,7 @@ class AgentService:
         async with self.prefect() as client:
             await compiler.remove_org(client, caller.org_id)
             await remove_pools(client, self.install_id, caller.org_id)
+            await providers.remove_org_providers(client, self.install_id, caller.org_id)
 
     async def create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         name = str(data.get("name", ""))
@@ -90,6 +92,7 @@ class AgentService:
 
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         spec = self._parse(data, "the agent was not created")
+        await self._check_provider(caller, spec, "the agent was not created")
         if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
             # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
             raise InvalidRequest("the agent was not created: name: a 32-character hex name reads as an agent id; "
@@ -124,6 +127,8 @@ class AgentService:
             if merged.get("model") != SCRIPTED_MODEL and "script" not in changes:
                 merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
             spec = self._parse(merged, "the agent was not changed")
+            if spec.provider != current.provider:
+                await self._check_provider(caller, spec, "the agent was not changed")
             if spec == current:
                 # Also how a version whose deploy failed gets deployed: `apply` writes only what Prefect lacks.
                 await self._deploy(caller, record, spec)
@@ -145,7 +150,7 @@ class AgentService:
         """Approve the current version's manifest; records who. `version` guards against approving something unread."""
         async with audited(self.store, caller, "agent.approve", ref):
             if not caller.can("admin"):
-                raise Forbidden(f"update_agent approve needs the admin role or higher; you are a {caller.role}. "
+                raise Forbidden(f"update_agent approve needs the admin role or higher; you are {caller.role_phrase}. "
                                 "Ask an admin to review and approve the agent")
             record = await self.resolve(caller, ref)
             if version is not None and version != record.version:
@@ -187,6 +192,7 @@ class AgentService:
         records = await self.store.list_agents(caller.org_id)
         if records:
             await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
+            await self._adopt_unscoped_providers(caller, records)
         count = 0
         for record in records:
             spec = await self.spec_of(caller, record)
@@ -195,6 +201,26 @@ class AgentService:
                 await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
             count += 1
         return count
+
+    async def _adopt_unscoped_providers(self, caller: Caller, records: list[AgentRecord]) -> None:
+        """Give an install that predates per-org providers its blocks under their per-org names.
+
+        Only with one organization: then every block it made was that org's. With
+        more, whose key a global name holds is unknown, so an admin sets it again.
+        """
+        if len(await self.store.all_orgs()) != 1:
+            return
+        names = {(await self.spec_of(caller, record)).provider for record in records} - {None}
+        async with self.prefect() as client:
+            for name in sorted(n for n in names if n):
+                if await providers.provider_exists(client, self.install_id, caller.org_id, name):
+                    continue
+                try:
+                    legacy = await LLMProvider.aload(name, client=client)
+                except ValueError:  # Prefect's "Unable to find block document named ..."
+                    continue
+                await providers.save_provider(client, self.install_id, caller.org_id, name,
+                                              legacy.api_key.get_secret_value(), legacy.api_base)
 
     async def record_upgraded_manifests(self) -> int:
         """Record the manifest of agents approved by migration 0005 (SQL could not compute it); returns how many.
@@ -281,6 +307,17 @@ class AgentService:
                     f"name the port, e.g. '{name}:8080'"
                 )
 
+    async def _check_provider(self, caller: Caller, spec: AgentSpec, not_done: str) -> None:
+        if spec.provider is None:
+            return
+        async with self.prefect() as client:
+            if await providers.provider_exists(client, self.install_id, caller.org_id, spec.provider):
+                return
+        raise InvalidRequest(
+            f"{not_done}: provider: there is no provider {spec.provider!r} here; manage_secrets list shows the "
+            f"providers you can name, and an admin adds one with manage_secrets set_provider"
+        )
+
     def _parse(self, data: dict[str, Any], not_done: str) -> AgentSpec:
         try:
             spec = AgentSpec.parse(data)
@@ -291,6 +328,11 @@ class AgentService:
 
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = spec.to_run_config(record.id, caller.org_id, record.version)
+        if spec.provider:
+            # The runtime loads the block of this org's provider, whatever name the spec gives.
+            config = config.model_copy(
+                update={"provider": providers.block_name(self.install_id, caller.org_id, spec.provider)}
+            )
         status, _ = self.status(record, spec)
         desired = compiler.compile_agent(
             config, record.slug, caller.org_slug, spec.schedule, self.target(caller), paused=status != "active"

@@ -33,6 +33,11 @@ class Caller:
     org_fixed: bool = False
     org_visible: bool = True
 
+    @property
+    def role_phrase(self) -> str:
+        """The role with its article, for messages: "an admin", "a member"."""
+        return f"{'an' if self.role[0] in 'aeiou' else 'a'} {self.role}"
+
     def can(self, role: Role) -> bool:
         """Whether the caller's role is `role` or above."""
         return RANK[self.role] >= RANK[role]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
 
@@ -32,6 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--owner", required=True, help="email or login of the person the key acts for")
     key.add_argument("--role", default="owner", choices=["owner", "admin", "member", "viewer"])
     key.add_argument("--name", default="bootstrap", help="a name to tell the key apart")
+    provider = commands.add_parser(
+        "provider", help="set, list or delete the LLM provider keys an org's agents use (needs a running `ariel up`)"
+    )
+    provider.add_argument("action", choices=["set", "list", "delete"])
+    provider.add_argument("name", nargs="?", help="set, delete: the provider's name, e.g. openai-main")
+    provider.add_argument("--org", help="the org's slug; default: your own (the local user's current org)")
+    provider.add_argument("--api-base", help="set: base URL of a self-hosted or OpenAI-compatible server")
+    provider.add_argument("--yes", action="store_true", help="delete: even when agents name it")
     args = parser.parse_args(argv)
 
     overrides = {key: value for key, value in (("port", getattr(args, "port", None)),
@@ -64,6 +73,8 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
             _serve_stdio(settings)
         elif command == "create-key":
             print(asyncio.run(_create_key(settings, args.org, args.owner, args.role, args.name)))
+        elif command == "provider":
+            print(asyncio.run(_provider(settings, args)))
         elif command == "migrate":
             asyncio.run(_migrate(settings))
             print(f"store at {settings.resolved_store_url} is up to date")
@@ -112,6 +123,42 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
         f"API key {record.prefix} for {org_slug} ({role}, acting for {owner}); shown this once, store it now:\n"
         f"{plaintext}"
     )
+
+
+async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
+    from pydantic import SecretStr
+
+    from mcp_server.caller import Caller
+    from mcp_server.exceptions import InvalidRequest, NotFound
+    from mcp_server.services import open_services
+    from mcp_server.stack import Runtime
+
+    runtime = Runtime.load(settings.home)
+    api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
+    if api_url is None or runtime is None:
+        raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
+    key = None
+    if args.action == "set":
+        # Read before connecting, and never from the command line, where `ps` and shell history would keep it.
+        key = SecretStr(getpass.getpass(f"API key for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline())
+    async with open_services(settings, api_url, runtime.pool_type) as services:
+        if args.org:
+            org = await services.store.find_org(args.org)
+            if org is None:
+                raise NotFound(f"no org {args.org!r} in this installation")
+        else:
+            local = await services.auth.local_caller("cli")
+            org = await services.store.get_org(local.org_id)
+            assert org is not None  # the local user's current org exists: local_caller just resolved it
+        # Whoever can run this on the host holds the store itself: an owner.
+        caller = Caller(user_id="ariel", user_label="ariel provider (cli)", org_id=org.id, org_slug=org.slug,
+                        org_name=org.name, role="owner", source="local", origin="cli")
+        action = {"set": "set_provider", "list": "list", "delete": "delete_provider"}[args.action]
+        view = await services.secrets.manage(caller, action, args.name, key, args.api_base, args.yes)  # type: ignore[arg-type]  # argparse choices
+    lines = [view.done]
+    lines += [f"  {p.name}  {p.api_base or '(provider default)'}  used by: {', '.join(p.used_by) or 'none'}"
+              for p in view.providers if args.action == "list"]
+    return "\n".join(lines)
 
 
 async def _migrate(settings: ArielSettings) -> None:

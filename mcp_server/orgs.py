@@ -90,7 +90,7 @@ class OrgService:
         async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
             needed = ACTION_ROLES[action]
             if not caller.can(needed):
-                raise Forbidden(f"manage_org {action} needs the {needed} role or higher; you are a {caller.role}. "
+                raise Forbidden(f"manage_org {action} needs the {needed} role or higher; you are {caller.role_phrase}. "
                                 "Ask an admin to change your role.")
             match action:
                 case "list_members":
@@ -220,12 +220,12 @@ class OrgService:
     @staticmethod
     def _may_grant(caller: Caller, role: Role) -> None:
         if RANK[role] > RANK[caller.role]:
-            raise Forbidden(f"granting {role} needs the {role} role; you are a {caller.role}")
+            raise Forbidden(f"granting {role} needs the {role} role; you are {caller.role_phrase}")
 
     @staticmethod
     def _may_change(caller: Caller, member: Member) -> None:
         if RANK[member.role] > RANK[caller.role]:
-            raise Forbidden(f"changing a {member.role} needs the {member.role} role; you are a {caller.role}")
+            raise Forbidden(f"changing {'an' if member.role[0] in 'aeiou' else 'a'} {member.role} needs the {member.role} role; you are {caller.role_phrase}")
 
     @staticmethod
     def _org_view(org: Organization, role: Role, caller: Caller) -> OrgView:

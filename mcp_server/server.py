@@ -13,7 +13,7 @@ from mcp_server.middleware.caller import ResolveCaller
 from mcp_server.middleware.errors import ReadableArgumentErrors
 from mcp_server.services import Services, open_services
 from mcp_server.settings import ArielSettings
-from mcp_server.tools import agents, orgs, runs
+from mcp_server.tools import agents, orgs, runs, secrets
 
 INSTRUCTIONS = """\
 Ariel runs AI agents on a schedule or on demand. Create one with create_agent
@@ -48,4 +48,5 @@ def build_mcp(
     orgs.register(mcp)
     agents.register(mcp)
     runs.register(mcp)
+    secrets.register(mcp)
     return mcp

@@ -12,6 +12,7 @@ from mcp_server.agents import AgentService
 from mcp_server.authentication import Authenticator
 from mcp_server.orgs import OrgService
 from mcp_server.runs import RunService
+from mcp_server.secrets import SecretService
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 
@@ -23,6 +24,7 @@ class Services:
     agents: AgentService
     runs: RunService
     orgs: OrgService
+    secrets: SecretService
 
 
 @asynccontextmanager
@@ -45,6 +47,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             agents=agents,
             runs=RunService(agents),
             orgs=OrgService(store, agents, settings.auth_mode),
+            secrets=SecretService(agents),
         )
     finally:
         await store.close()

@@ -137,6 +137,19 @@ class OrgActionView(BaseModel):
     organization: OrgView | None = None
 
 
+class ProviderView(BaseModel):
+    name: str = Field(description="What an agent's `provider` field names.")
+    api_base: str | None = Field(description="Where its calls go; null for the provider's own API.")
+    updated: datetime | None = Field(description="When its key or base URL was last set.")
+    used_by: list[str] = Field(description="Slugs of the agents whose current version names it.")
+
+
+class SecretsActionView(BaseModel):
+    action: str
+    done: str = Field(description="What changed, or what is listed, in a sentence. Keys are never shown.")
+    providers: list[ProviderView] = Field(default_factory=list)
+
+
 class AuditEventView(BaseModel):
     at: datetime
     actor: str

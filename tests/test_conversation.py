@@ -2,7 +2,8 @@
 
 Create an agent, be refused a run until it is approved, approve, run it, list
 it, read its logs past 200 lines with filters; change it to a version that
-fails, run it, ask diagnose_run why, fix it, run it green.
+fails (a provider key, set in chat, that the provider refuses), run it, ask diagnose_run why, fix it, run it
+green.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
-
-from blocks.llm_provider import LLMProvider
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, http_service, reply_json
 
@@ -64,19 +62,20 @@ WRONG_KEY = "sk-wrong-key-5e1f"
 
 
 async def test_a_person_creates_runs_breaks_diagnoses_and_fixes_an_agent_in_chat(
-    stack: ArielUp, service_host: str, prefect_api: str
+    stack: ArielUp, service_host: str
 ) -> None:
     script = [{"tool": "http_request", "arguments": {"url": f"http://{service_host}/item/{n}"}} for n in range(CALLS)]
     with http_service(RefusingProvider) as provider_host:
-        # An operator configured the provider with a key the provider refuses.
-        with temporary_settings({PREFECT_API_URL: prefect_api}):
-            await LLMProvider(api_key=WRONG_KEY, api_base=f"http://{provider_host}/v1").save(
-                "conversation-llm", overwrite=True)
-        await converse(stack, service_host, script)
+        await converse(stack, service_host, script, provider_host)
 
 
-async def converse(stack: ArielUp, service_host: str, script: list[dict[str, Any]]) -> None:
+async def converse(stack: ArielUp, service_host: str, script: list[dict[str, Any]], provider_host: str) -> None:
     async with Client(stack.mcp_url) as chat:
+        # The person stores a provider key, one the provider will refuse; it is never shown again.
+        stored = await ask(chat, "manage_secrets", action="set_provider", name="conversation-llm",
+                           api_key=WRONG_KEY, api_base=f"http://{provider_host}/v1")
+        assert stored["providers"][0]["api_base"] == f"http://{provider_host}/v1"
+        assert WRONG_KEY not in json.dumps(stored)
         agent = await ask(chat, "create_agent", name="Inventory walker", instructions="Read every item, then report.",
                           model="ariel/scripted", tools=["http_request"], allowed_hosts=[service_host],
                           limits={"max_steps": CALLS + 5},
@@ -111,6 +110,9 @@ async def converse(stack: ArielUp, service_host: str, script: list[dict[str, Any
                            limits={"max_steps": 5, "llm_retries": 0})
         assert broken["version"] == 2 and broken["status"] == "pending_approval"
         assert any(reason.startswith("model:") for reason in broken["needs_approval"])
+        listed = await ask(chat, "manage_secrets", action="list")
+        assert [(p["name"], p["used_by"]) for p in listed["providers"]] == [("conversation-llm", ["inventory-walker"])]
+        assert WRONG_KEY not in json.dumps(listed)
         await ask(chat, "update_agent", agent="inventory-walker", action="approve")
         failed = await ask(chat, "run_agent", agent="inventory-walker", wait_seconds=240)
         assert failed["state"] == "Failed", failed

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from fastmcp import Client
+from fastmcp.exceptions import ToolError
 
 from tests.flows.support import Slow
 from tests.mcp_server.callers import ask
@@ -40,16 +41,21 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(s
                            "script": [fetch(service_host), {"reply": "never reached"}]},
             "time_budget": {"tools": ["http_request"], "allowed_hosts": [slow], "limits": {"timeout_seconds": 15},
                             "script": [fetch(slow), {"reply": "never reached"}]},
-            "missing_secret": {"model": "openai/gpt-4o-mini", "provider": "no-such-provider-block", "script": None},
+            "missing_secret": {"model": "openai/gpt-4o-mini", "provider": "doomed-provider", "script": None},
             "tool_failed_but_went_on": {"tools": ["http_request"], "allowed_hosts": [nobody],
                                         "limits": {"tool_retries": 0},
                                         "script": [fetch(nobody), {"reply": "the service is down"}]},
         }
         async with Client(stack.mcp_url) as chat:
+            await ask(chat, "manage_secrets", action="set_provider", name="doomed-provider", api_key="sk-doomed-1")
             for name, fields in agents.items():
                 spec = {"name": name, "instructions": "x", "model": "ariel/scripted", **fields}
                 await ask(chat, "create_agent", **{k: v for k, v in spec.items() if v is not None})
                 await ask(chat, "update_agent", agent=name.replace("_", "-"), action="approve")
+            # The provider goes after the agent that names it was approved: its key is missing at run time.
+            with pytest.raises(ToolError, match="'doomed-provider' is named by missing-secret: their runs fail"):
+                await ask(chat, "manage_secrets", action="delete_provider", name="doomed-provider")
+            await ask(chat, "manage_secrets", action="delete_provider", name="doomed-provider", confirm=True)
             runs = await asyncio.gather(*(
                 ask(chat, "run_agent", agent=name.replace("_", "-"), wait_seconds=240) for name in agents))
             found = {name: await ask(chat, "diagnose_run", run=run["name"]) for name, run in zip(agents, runs, strict=True)}
@@ -66,7 +72,8 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(s
 
     missing = found["missing_secret"]
     assert missing["cause"] == "missing_secret", missing
-    assert "'no-such-provider-block'" in missing["summary"] and missing["failed_step"]["step"] == "llm · step 1"
+    assert "provider 'doomed-provider' does not exist" in missing["summary"], missing
+    assert missing["failed_step"]["step"] == "llm · step 1" and "set_provider" in missing["next_action"]
 
     went_on = found["tool_failed_but_went_on"]
     assert went_on["cause"] == "completed" and went_on["failed_step"]["kind"] == "tool"

@@ -38,6 +38,8 @@ TOOL_ROLES: dict[str, Role] = {
     "delete_agent": "admin",
     # Each action checks its own role: members list members, admins change them.
     "manage_org": "viewer",
+    # Viewers list the provider names; setting and deleting keys is for admins.
+    "manage_secrets": "viewer",
     "get_audit_log": "admin",
 }
 """The least role each tool needs; a tool missing here needs owner (fail closed)."""
@@ -60,7 +62,7 @@ class ResolveCaller(Middleware):
         tool = context.message.name
         needed = TOOL_ROLES.get(tool, "owner")
         if not caller.can(needed):
-            error = Forbidden(f"{tool} needs the {needed} role or higher; you are a {caller.role}. "
+            error = Forbidden(f"{tool} needs the {needed} role or higher; you are {caller.role_phrase}. "
                               "Ask an admin to change your role.")
             if tool in AUDITED_ACTIONS:
                 arguments = context.message.arguments or {}

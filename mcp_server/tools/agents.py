@@ -42,8 +42,8 @@ ApiBase = Annotated[
 ]
 Provider = Annotated[
     str | None,
-    Field(description="Name of an 'Ariel LLM Provider' block with the API key; never pass keys here. "
-          "In a change, '' removes it."),
+    Field(description="Name of one of your LLM providers (manage_secrets list), which holds the API key; never "
+          "pass keys here. In a change, '' removes it."),
 ]
 
 

@@ -28,3 +28,33 @@ async def test_an_agent_prefect_refused_is_not_left_in_the_store(tmp_path: Path)
     assert (event.action, event.target, event.outcome) == ("agent.create", "Orphan", "failed")
     assert event.detail is not None and "did not answer" in event.detail
     await store.close()
+
+
+async def test_an_agent_runs_with_its_orgs_provider_block_and_an_upgrade_keeps_a_one_org_installs_key(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    from prefect.client.orchestration import PrefectClient
+
+    from blocks.llm_provider import LLMProvider
+    from deployments import providers
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
+    org = await store.ensure_personal_org()
+    caller = Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
+                    role="owner", source="local", origin="test")
+    install = await store.installation_id()
+    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install)
+    legacy = f"legacy-{install[:8]}"
+    async with PrefectClient(prefect_api) as client:
+        await providers.save_provider(client, install, org.id, legacy, "sk-new-1", None)
+        agent = await service.create(caller, {"name": "Keyed", "instructions": "x", "model": "openai/gpt-4o-mini",
+                                              "provider": legacy})
+        deployment = await client.read_deployment_by_name(agent.deployment)
+        assert deployment.parameters["config"]["provider"] == providers.block_name(install, org.id, legacy)
+        # As an install from before per-org providers had it: only the global block, under the short name.
+        await providers.delete_provider(client, install, org.id, legacy)
+        await LLMProvider(api_key="sk-from-before-2").asave(legacy, overwrite=True, client=client)
+        assert await service.redeploy_all(caller) == 1
+        adopted = await LLMProvider.aload(providers.block_name(install, org.id, legacy), client=client)
+    assert adopted.api_key.get_secret_value() == "sk-from-before-2"
+    await store.close()

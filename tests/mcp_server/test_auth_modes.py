@@ -153,7 +153,7 @@ async def test_a_key_created_in_chat_is_shown_once_and_works(home: Path, prefect
         [shown] = made["keys"]
         listed = await call(url, "dev:ada:acme:admin", "manage_org", action="list_keys")
         me = await call(url, shown["key"], "whoami")
-        with pytest.raises(ToolError, match="granting owner needs the owner role; you are a admin"):
+        with pytest.raises(ToolError, match="granting owner needs the owner role; you are an admin"):
             await call(url, "dev:ada:acme:admin", "manage_org", action="create_key", name="root", role="owner")
     assert shown["key"].startswith(f"ariel_{shown['prefix']}_")
     assert all(k["key"] is None for k in listed["keys"])

@@ -62,3 +62,40 @@ def test_create_key_refuses_an_org_name_that_is_not_a_slug(tmp_path: Path) -> No
     assert done.stderr.strip() == (
         "ariel create-key: org: 'Acme Corp' is not a slug; use lowercase letters, digits and '-', e.g. 'acme-corp'"
     )
+
+
+async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp_path: Path, prefect_api: str) -> None:
+    from prefect.client.orchestration import PrefectClient
+
+    from blocks.llm_provider import LLMProvider
+    from deployments import providers
+    from mcp_server.stack import Runtime
+    from mcp_server.store import Store
+
+    home = tmp_path / "home"
+    home.mkdir()
+    Runtime(prefect_api_url=prefect_api, pool_type="process").save(home)  # what `ariel up` records
+    env = {"ARIEL_HOME": str(home)}
+    done = subprocess.run([sys.executable, "-m", "mcp_server.cli", "provider", "set", "openai-main"],
+                          input="sk-cli-key-9\n", env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "provider 'openai-main' created" in done.stdout and "sk-cli-key-9" not in done.stdout
+    listed = ariel("provider", "list", **env)
+    assert listed.returncode == 0 and "openai-main" in listed.stdout and "sk-cli-key-9" not in listed.stdout
+
+    store = await Store.open(f"sqlite+aiosqlite:///{home / 'ariel.db'}")
+    try:
+        install, org = await store.installation_id(), await store.ensure_personal_org()
+        events = [(e.action, e.target, e.outcome) for e in await store.audit_events(org.id)]
+    finally:
+        await store.close()
+    async with PrefectClient(prefect_api) as client:
+        stored = await LLMProvider.aload(providers.block_name(install, org.id, "openai-main"), client=client)
+    assert stored.api_key.get_secret_value() == "sk-cli-key-9"
+    assert events == [("secret.set_provider", "openai-main", "ok")]
+
+    gone = ariel("provider", "delete", "openai-main", **env)
+    assert gone.returncode == 0 and "gone" in gone.stdout
+    again = ariel("provider", "delete", "openai-main", **env)
+    assert again.returncode == 1 and again.stderr.strip() == (
+        "ariel provider: no provider 'openai-main'; manage_secrets list shows the providers here")

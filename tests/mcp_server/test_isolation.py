@@ -47,6 +47,7 @@ class Theirs:
     member_email: str
     key_id: str
     key_prefix: str
+    provider: str
 
     def all(self) -> list[str]:
         return list(self.__dict__.values())
@@ -73,6 +74,7 @@ async def b_state(url: str) -> dict[str, Any]:
                         if r["state"] in ("Cancelled", "Cancelling", "Completed", "Failed")),
         "members": (await call(url, BOB, "manage_org", action="list_members"))["members"],
         "keys": (await call(url, BOB, "manage_org", action="list_keys"))["keys"],
+        "providers": (await call(url, BOB, "manage_secrets", action="list"))["providers"],
         "org": (await call(url, BOB, "whoami"))["workspace"],
     }
 
@@ -93,6 +95,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
     await call(url, BOB, "update_agent", agent=agent["slug"], action="approve")
     run = await call(url, BOB, "run_agent", agent=agent["slug"])
     key = (await call(url, BOB, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
+    await call(url, BOB, "manage_secrets", action="set_provider", name="globex-llm", api_key="sk-globex-secret-1")
     await call(url, BOB, "manage_org", action="invite", user="carol@globex.test", role="viewer")
     members = (await call(url, BOB, "manage_org", action="list_members"))["members"]
     [invited] = [m for m in members if m["user"] == "carol@globex.test"]
@@ -108,6 +111,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
         agent_id=agent["id"], agent_slug=agent["slug"], deployment_id=str(deployment.id), run_id=run["id"],
         run_name=run["name"], org_id=me["workspace"]["id"], org_slug=me["workspace"]["slug"],
         member_id=invited["user_id"], member_email="carol@globex.test", key_id=key["id"], key_prefix=key["prefix"],
+        provider="globex-llm",
     )
     return Isolated(url=url, theirs=theirs, before=await b_state(url))
 
@@ -162,6 +166,7 @@ async def test_listings_show_nothing_of_b(world: Isolated) -> None:
         ("whoami", {}),
         ("manage_org", {"action": "list_members"}),
         ("manage_org", {"action": "list_keys"}),
+        ("manage_secrets", {"action": "list"}),
     ]:
         COVERED.add(tool)
         answer = await call(url, ALICE, tool, **arguments)
@@ -199,6 +204,24 @@ async def test_org_tools_answer_not_found_for_bs_org_members_and_keys(world: Iso
     await assert_like_nothing(world, "manage_org", "user", people, action="change_role", role="viewer")
     await assert_like_nothing(world, "manage_org", "user", people, action="remove")
     await assert_like_nothing(world, "manage_org", "key", refs(world, "key_id", "key_prefix"), action="revoke_key")
+
+
+async def test_bs_provider_is_unknown_to_a(world: Isolated) -> None:
+    # An agent of A cannot name B's provider (whose key it would spend), nor can A delete it.
+    provider = refs(world, "provider")
+    await assert_like_nothing(world, "create_agent", "provider", provider, name="Spender", instructions="x",
+                              model="openai/gpt-4o-mini")
+    await assert_like_nothing(world, "update_agent", "provider", provider, agent="mine", action="change",
+                              model="openai/gpt-4o-mini", script=[])
+    await assert_like_nothing(world, "manage_secrets", "name", provider, action="delete_provider", confirm=True)
+
+
+async def test_a_provider_of_bs_name_is_as_own(world: Isolated) -> None:
+    made = await call(world.url, ALICE, "manage_secrets", action="set_provider", name=world.theirs.provider,
+                      api_key="sk-acme-own-2")
+    assert "created" in made["done"]  # not "updated": B's is not A's to replace
+    assert [p["name"] for p in (await call(world.url, ALICE, "manage_secrets", action="list"))["providers"]] == [
+        world.theirs.provider]
 
 
 async def test_an_agent_with_bs_name_is_a_separate_agent_of_a(world: Isolated) -> None:

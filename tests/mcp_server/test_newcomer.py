@@ -40,7 +40,9 @@ async def test_a_solo_user_never_reads_about_orgs_logins_or_keys(tmp_path: Path,
         seen.append(await call(url, None, "list_runs"))
         seen.append(await call(url, None, "get_run_logs", run=run["name"]))
         for tool, arguments in [("get_agent", {"agent": "nope"}), ("run_agent", {"agent": "nope"}),
-                                ("create_agent", {"name": "Hello", "instructions": "x", "model": "ariel/scripted"})]:
+                                ("create_agent", {"name": "Hello", "instructions": "x", "model": "ariel/scripted"}),
+                                ("create_agent", {"name": "Paid", "instructions": "x", "model": "openai/gpt-4o-mini",
+                                                  "provider": "openai-main"})]:
             with pytest.raises(ToolError) as caught:
                 await call(url, None, tool, **arguments)
             seen.append(str(caught.value))

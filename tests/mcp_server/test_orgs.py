@@ -10,6 +10,7 @@ from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 
+from deployments import providers
 from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
 from tests.support import serve_app
@@ -37,7 +38,7 @@ async def test_members_are_invited_promoted_and_removed_and_the_last_owner_stays
     # bob signs in (a dev token with the same role) and takes the invitation over.
     assert (await call(url, "dev:bob:acme:member", "whoami"))["role"] == "member"
     await call(url, ADA, "manage_org", action="change_role", user="bob", role="admin")
-    with pytest.raises(ToolError, match="changing a owner needs the owner role; you are a admin"):
+    with pytest.raises(ToolError, match="changing an owner needs the owner role; you are an admin"):
         await call(url, "dev:bob:acme:admin", "manage_org", action="remove", user="ada")
     with pytest.raises(ToolError, match="that is the last owner; make someone else owner first"):
         await call(url, ADA, "manage_org", action="change_role", user="ada", role="viewer")
@@ -55,14 +56,16 @@ async def test_a_user_switches_between_their_orgs_only(url: str) -> None:
         await call(url, ADA, "manage_org", action="switch", org="acme")
 
 
-async def test_deleting_an_org_removes_its_pool_deployments_and_schedules(url: str, prefect_api: str) -> None:
+async def test_deleting_an_org_removes_its_pool_deployments_schedules_and_providers(url: str, prefect_api: str) -> None:
     owner = "dev:zed:doomed:owner"
     agent = await call(url, owner, "create_agent", name="Hourly", instructions="x", model="ariel/scripted",
                        script=[{"reply": "hi"}], schedule={"interval_seconds": 3600})
+    await call(url, owner, "manage_secrets", action="set_provider", name="doomed-llm", api_key="sk-doomed-3")
+    org_id = (await call(url, owner, "whoami"))["workspace"]["id"]
     with pytest.raises(ToolError, match="call again with confirm=true to do it"):
         await call(url, owner, "manage_org", action="delete_org")
     assert (await call(url, owner, "get_agent", agent="hourly"))["id"] == agent["id"]  # still there
-    with pytest.raises(ToolError, match="delete_org needs the owner role or higher; you are a admin"):
+    with pytest.raises(ToolError, match="delete_org needs the owner role or higher; you are an admin"):
         await call(url, "dev:amy:doomed:admin", "manage_org", action="delete_org", confirm=True)
 
     done = await call(url, owner, "manage_org", action="delete_org", confirm=True)
@@ -72,5 +75,6 @@ async def test_deleting_an_org_removes_its_pool_deployments_and_schedules(url: s
             await prefect.read_deployment_by_name(agent["deployment"])
         with pytest.raises(ObjectNotFound):
             await prefect.read_work_pool(agent["work_pool"])
+        assert await providers.list_providers(prefect, agent["work_pool"].split("-")[1], org_id) == []
     # The same token names the org again, so it is a new, empty one.
     assert await call(url, owner, "list_agents") == []

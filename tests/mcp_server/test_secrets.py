@@ -1,0 +1,91 @@
+"""manage_secrets: admins set and delete provider keys, everyone reads the names, and no answer ever holds a key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastmcp.exceptions import ToolError
+
+from mcp_server.settings import ArielSettings
+from tests.mcp_server.callers import call
+from tests.support import serve_app
+
+ADMIN = "dev:ada:acme:admin"
+MEMBER = "dev:max:acme:member"
+VIEWER = "dev:vic:acme:viewer"
+KEY = "sk-acme-9f8e7d6c"
+
+
+@pytest.fixture
+def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    with serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as base:
+        yield base
+
+
+async def test_admins_set_and_replace_providers_and_everyone_sees_names_only(url: str) -> None:
+    made = await call(url, ADMIN, "manage_secrets", action="set_provider", name="openai-main", api_key=KEY)
+    assert made["done"].startswith("provider 'openai-main' created; calls go to the model's own provider")
+    moved = await call(url, ADMIN, "manage_secrets", action="set_provider", name="openai-main", api_key=KEY + "x",
+                       api_base="https://llm.example.test/v1")
+    assert moved["done"].startswith("provider 'openai-main' updated; calls go to https://llm.example.test/v1")
+    for who in (ADMIN, MEMBER, VIEWER):
+        listed = await call(url, who, "manage_secrets", action="list")
+        assert [(p["name"], p["api_base"]) for p in listed["providers"]] == [
+            ("openai-main", "https://llm.example.test/v1")]
+    # A member names it in an agent; then it is listed as used.
+    await call(url, MEMBER, "create_agent", name="Paid", instructions="x", model="openai/gpt-4o-mini",
+               provider="openai-main")
+    [used] = (await call(url, VIEWER, "manage_secrets", action="list"))["providers"]
+    assert used["used_by"] == ["paid"]
+    trail = await call(url, ADMIN, "get_audit_log")
+    assert [(e["action"], e["target"]) for e in trail][-2:] == [
+        ("secret.set_provider", "openai-main"), ("secret.set_provider", "openai-main")][::-1]
+    assert KEY not in json.dumps([made, moved, listed, trail])
+
+
+async def test_members_and_viewers_cannot_touch_keys_and_are_told_who_can(url: str) -> None:
+    for who, role in ((MEMBER, "a member"), (VIEWER, "a viewer")):
+        for action in ("set_provider", "delete_provider"):
+            with pytest.raises(ToolError, match=f"manage_secrets {action} needs the admin role or higher; you are {role}"):
+                await call(url, who, "manage_secrets", action=action, name="openai-main", api_key=KEY)
+    denied = [e for e in await call(url, ADMIN, "get_audit_log") if e["outcome"] == "denied"]
+    assert len(denied) == 4 and KEY not in json.dumps(denied)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"name": "Open AI"}, "name: 'Open AI' is not a provider name; use 1 to 40 lowercase letters"),
+    ({"name": "openai-main"}, "set_provider needs api_key"),
+    ({"name": "openai-main", "api_key": f"{KEY} {KEY}"}, "api_key: give the key alone: no spaces or line breaks"),
+    ({"name": "openai-main", "api_key": KEY, "api_base": "ftp://llm.example.test"},
+     "api_base: 'ftp://llm.example.test' is not an http(s) URL"),
+    ({"name": "openai-main", "api_key": KEY, "api_base": f"https://user:{KEY}@llm.example.test"},
+     "api_base: leave credentials out of the URL"),
+    ({}, "set_provider needs name"),
+])
+async def test_bad_provider_input_is_refused_with_what_is_allowed_and_without_the_key(
+    url: str, arguments: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ToolError) as refused:
+        await call(url, ADMIN, "manage_secrets", action="set_provider", **arguments)
+    assert message in str(refused.value) and KEY not in str(refused.value)
+    assert (await call(url, ADMIN, "manage_secrets", action="list"))["providers"] == []
+
+
+async def test_deleting_a_provider_that_agents_name_needs_confirmation(url: str) -> None:
+    await call(url, ADMIN, "manage_secrets", action="set_provider", name="openai-main", api_key=KEY)
+    await call(url, ADMIN, "create_agent", name="Paid", instructions="x", model="openai/gpt-4o-mini",
+               provider="openai-main")
+    with pytest.raises(ToolError, match="provider 'openai-main' is named by paid: their runs fail until"):
+        await call(url, ADMIN, "manage_secrets", action="delete_provider", name="openai-main")
+    done = await call(url, ADMIN, "manage_secrets", action="delete_provider", name="openai-main", confirm=True)
+    assert done["done"] == "provider 'openai-main' and its key are gone"
+    with pytest.raises(ToolError, match="no provider 'openai-main'; manage_secrets list shows"):
+        await call(url, ADMIN, "manage_secrets", action="delete_provider", name="openai-main")
+    with pytest.raises(ToolError, match="provider: there is no provider 'openai-main' here"):
+        await call(url, ADMIN, "create_agent", name="Paid again", instructions="x", model="openai/gpt-4o-mini",
+                   provider="openai-main")
