@@ -22,6 +22,7 @@ from blocks.llm_provider import LLMProvider
 from deployments import compiler, providers, runs
 from deployments.exceptions import SpecInvalid
 from deployments.manifest import Manifest
+from flows.config import RunConfig
 from flows.models import SCRIPTED_MODEL
 from deployments.spec import AgentSpec, slugify, spec_changes
 from deployments.work_pools import DEFAULT_MEMORY_LIMIT, PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
@@ -326,13 +327,18 @@ class AgentService:
         self._check_hosts(spec, not_done)
         return spec
 
-    async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
+    def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
+        """What runs of the agent's current version receive."""
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         if spec.provider:
             # The runtime loads the block of this org's provider, whatever name the spec gives.
             config = config.model_copy(
                 update={"provider": providers.block_name(self.install_id, caller.org_id, spec.provider)}
             )
+        return config
+
+    async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
+        config = self.run_config(caller, record, spec)
         status, _ = self.status(record, spec)
         desired = compiler.compile_agent(
             config, record.slug, caller.org_slug, spec.schedule, self.target(caller), paused=status != "active"

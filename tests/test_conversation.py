@@ -118,7 +118,7 @@ async def converse(stack: ArielUp, service_host: str, script: list[dict[str, Any
         assert failed["state"] == "Failed", failed
 
         diagnosis = await ask(chat, "diagnose_run", run=failed["name"])
-        assert diagnosis["cause"] == "llm_failed", diagnosis
+        assert diagnosis["cause"] == "llm_failed", json.dumps(diagnosis)
         assert diagnosis["failed_step"]["step"] == "llm · step 1"
         assert "AuthenticationError" in diagnosis["failed_step"]["error"], diagnosis
         assert "Incorrect API key" in diagnosis["failed_step"]["error"]
