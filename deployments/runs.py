@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 from deployments.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
 from deployments.work_pools import org_tag
 from flows.agent import RESULT_ARTIFACT_KEY
-from flows.transcript import TRANSCRIPT_ARTIFACT_KEY, USAGE_ARTIFACT_KEY, TranscriptEntry, Usage
+from flows.transcript import TRANSCRIPT_ARTIFACT_KEY, USAGE_ARTIFACT_KEY, Redactor, TranscriptEntry, Usage
 
 __all__ = [
     "LOG_LEVELS", "PAGE_LIMIT", "LogLine", "LogPage", "RunSummary", "TranscriptEntry", "TranscriptPage", "Usage",
@@ -248,7 +248,7 @@ async def read_log_page(
     `task` keeps the lines of the task run named exactly that ("http_request · step 2"),
     or else of the task runs whose name starts with it ("llm"), leaving out the run's
     own lines; `contains` keeps lines
-    whose message holds it, ignoring case. `tail` gives the last `limit` lines
+    whose message holds it, ignoring case. Messages come with credentials redacted. `tail` gives the last `limit` lines
     instead (still oldest first, with no next page). `fold` turns identical
     consecutive lines (same level, message and task run) into one, with `repeated`
     counting them; a folded line never spans two pages.
@@ -296,7 +296,7 @@ async def read_log_page(
             limit=PAGE_LIMIT,
             sort=LogSort.TIMESTAMP_ASC,
         )
-        for line in batch:
+        for line in map(_redacted, batch):
             matched = matches(line)
             if matched and not page.take(line):
                 break
@@ -432,6 +432,14 @@ class _Folder:
         return True
 
 
+def _redacted(line: Log) -> Log:
+    """The line as a reader may see it: the runtime logs no keys, but a tool's arguments could hold one.
+
+    Before `contains` matches, so that a search cannot probe a secret letter by letter.
+    """
+    return line.model_copy(update={"message": Redactor().text(line.message)})
+
+
 async def _read_tail(
     client: PrefectClient, log_filter: LogFilter, matches: Callable[[Log], bool], page: _Folder
 ) -> None:
@@ -442,7 +450,7 @@ async def _read_tail(
             log_filter=log_filter, offset=offset, limit=PAGE_LIMIT, sort=LogSort.TIMESTAMP_DESC
         )
         offset += len(batch)
-        for line in batch:
+        for line in map(_redacted, batch):
             if matches(line) and not page.take(line):
                 return
         if len(batch) < PAGE_LIMIT:

@@ -69,6 +69,16 @@ async def steps() -> None:
         await chatty.with_options(task_run_name=name)(name)
 
 
+LEAKED = "sk-live-7c1d2e3f4a5b"
+
+
+@flow(name="leaky-tool-arguments", persist_result=False)
+async def leaky() -> None:
+    # What a tool's arguments could bring into a log line, though the runtime logs no keys itself.
+    get_run_logger().info("calling with headers {'Authorization': 'Bearer %s'}", LEAKED)
+    get_run_logger().info("plain line")
+
+
 @flow(name="steps-that-fail", persist_result=False)
 async def failing_steps() -> None:
     await chatty.with_options(task_run_name="fine")("fine")
@@ -100,6 +110,7 @@ PLAN: dict[str, tuple[str, list[Any]]] = {
     "failing steps": ("failing_steps", []),
     "transcript of 7": ("recorded", [7]),
     "transcript of 2": ("recorded", [2]),
+    "leaky": ("leaky", []),
 }
 
 
@@ -107,7 +118,7 @@ async def _play(plan: dict[str, tuple[str, list[Any]]]) -> dict[str, str]:
     from prefect.logging.handlers import APILogWorker
 
     by_name = {"many_lines": many_lines, "same_line": same_line, "steps": steps,
-             "failing_steps": failing_steps, "recorded": recorded}
+             "failing_steps": failing_steps, "recorded": recorded, "leaky": leaky}
     ids = {}
     for label, (name, arguments) in plan.items():
         state = await by_name[name](*arguments, return_state=True)
@@ -175,6 +186,19 @@ async def test_contains_matches_messages_ignoring_case_and_pages_by_cursor(
     assert numbered([line for page in pages for line in page.lines]) == [f"line {n:05d}" for n in range(990, 1000)]
     assert [len(page.lines) for page in pages] == [4, 4, 2]
     assert pages[-1].total_matched == 10
+
+
+async def test_credentials_in_log_lines_are_redacted_and_cannot_be_searched_for(
+    client: PrefectClient, runs: dict[str, UUID]
+) -> None:
+    [page] = await read_all(client, runs["leaky"], contains="calling with")
+    [line] = page.lines
+    assert LEAKED not in line.message and "[redacted]" in line.message
+    [tail] = await read_all(client, runs["leaky"], tail=True, limit=5)
+    assert all(LEAKED not in line.message for line in tail.lines)
+    for probe in (LEAKED, LEAKED[:10], "Bearer sk-"):
+        [found] = await read_all(client, runs["leaky"], contains=probe)
+        assert found.lines == [], probe
 
 
 async def test_tail_gives_the_last_lines_oldest_first_and_no_next_page(
