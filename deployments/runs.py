@@ -186,13 +186,19 @@ async def list_runs(
         expected_start_time=FlowRunFilterExpectedStartTime(after_=since, before_=before) if since or before else None,
     )
     deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)) if deployment_ids is not None else None
-    return await client.read_flow_runs(
-        flow_run_filter=run_filter,
-        deployment_filter=deployment_filter,
-        sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-        limit=min(limit, PAGE_LIMIT),
-        offset=offset,
-    )
+    found: list[FlowRun] = []
+    while len(found) < limit:  # Prefect answers at most PAGE_LIMIT runs a request
+        page = await client.read_flow_runs(
+            flow_run_filter=run_filter,
+            deployment_filter=deployment_filter,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=min(limit - len(found), PAGE_LIMIT),
+            offset=offset + len(found),
+        )
+        found += page
+        if len(page) < PAGE_LIMIT:
+            break
+    return found
 
 
 async def upcoming_runs(client: PrefectClient, org_id: str, deployment_id: UUID, limit: int = 3) -> list[FlowRun]:

@@ -98,22 +98,29 @@ class RunService:
             record = await self.agents.resolve(caller, agent)
             deployment_ids = [UUID(record.deployment_id)] if record.deployment_id else []
         query = fingerprint("runs", agent, state, _iso(since), _iso(until), str(limit))
-        try:
-            offset = int(decode_cursor(cursor, query)["o"]) if cursor else 0
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidRequest(f"list_runs: {exc if isinstance(exc, ValueError) else BAD_CURSOR}") from None
-        if offset < 0:
-            raise InvalidRequest(f"list_runs: {BAD_CURSOR}")
+        # By position, not offset: a run made or deleted between pages must not shift the next one.
+        # The cursor holds the last start time shown and the runs shown at exactly that time.
+        last, seen = None, set[str]()
+        if cursor:
+            try:
+                position = decode_cursor(cursor, query)
+                last, seen = datetime.fromisoformat(position["t"]), set(position["seen"])
+            except (ValueError, KeyError, TypeError):
+                raise InvalidRequest(f"list_runs: {BAD_CURSOR}") from None
         states = [StateType(state.upper())] if state else None
         async with self.agents.prefect() as client:
             found = await runs.list_runs(
-                client, caller.org_id, deployment_ids, states, limit + 1, offset=offset, since=since, until=until
+                client, caller.org_id, deployment_ids, states, limit + 1 + len(seen), since=since,
+                until=min(until, last) if until and last else (last or until),
             )
-        more = len(found) > limit
-        return RunListView(
-            runs=[RunView.of(run) for run in found[:limit]],
-            next_cursor=encode_cursor(query, o=offset + limit) if more else None,
-        )
+        found = [run for run in found if str(run.id) not in seen]
+        page = found[:limit]
+        next_cursor = None
+        if len(found) > limit and page[-1].expected_start_time is not None:
+            end = page[-1].expected_start_time
+            at_end = {str(run.id) for run in page if run.expected_start_time == end}
+            next_cursor = encode_cursor(query, t=end.isoformat(), seen=sorted(at_end | (seen if end == last else set())))
+        return RunListView(runs=[RunView.of(run) for run in page], next_cursor=next_cursor)
 
     async def get(self, caller: Caller, ref: str) -> RunDetailView:
         async with self.agents.prefect() as client:

@@ -161,13 +161,16 @@ async def test_runs_are_listed_newest_first_in_pages_and_time_windows(url: str) 
     made = [await call(url, OWNER, "run_agent", agent="hello") for _ in range(5)]
     await asyncio.sleep(0.1)
 
-    seen, cursor = [], None
+    seen, cursor, newer = [], None, None
     while True:
         page = await call(url, OWNER, "list_runs", agent="hello", limit=2, cursor=cursor)
         seen += [run["id"] for run in page["runs"]]
         if not (cursor := page["next_cursor"]):
             break
+        # A run made between pages is newer than every page still to come: none of them shifts.
+        newer = newer or await call(url, OWNER, "run_agent", agent="hello")
     assert seen == [run["id"] for run in reversed(made)]
+    assert newer is not None and (await call(url, OWNER, "list_runs", agent="hello", limit=1))["runs"][0]["id"] == newer["id"]
     assert (await call(url, OWNER, "list_runs", since=started.isoformat()))["runs"][-1]["id"] == made[0]["id"]
     assert (await call(url, OWNER, "list_runs", until=started.isoformat()))["runs"] == []
     naive = started.replace(tzinfo=None).isoformat()  # read as UTC
