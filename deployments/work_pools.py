@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from prefect.client.orchestration import PrefectClient
@@ -25,6 +26,8 @@ from prefect.client.schemas.objects import WorkPool
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from prefect_docker.worker import DockerWorker
+
+from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV
 
 PoolType = Literal["docker", "process"]
 
@@ -64,9 +67,22 @@ def org_tag(org_id: str) -> str:
 
 
 def docker_job_template(
-    image: str, org_id: str, memory_limit: str = DEFAULT_MEMORY_LIMIT, cpus: float = DEFAULT_CPUS
+    image: str,
+    org_id: str,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    cpus: float = DEFAULT_CPUS,
+    protected_endpoints: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The hardened Docker base job template of one organization's pool; limits are the org's plan."""
+    """The hardened Docker base job template of one organization's pool; limits are the org's plan.
+
+    `protected_endpoints` (`host:port`, Ariel's HTTP app for one) reach each
+    run as ARIEL_PROTECTED_ENDPOINTS: the runtime's `http_request` refuses them,
+    as it refuses the Prefect API.
+
+    >>> template = docker_job_template("ariel-runtime:local", "0f3c", protected_endpoints=["127.0.0.1:8765"])
+    >>> template["job_configuration"]["env"]
+    {'ARIEL_PROTECTED_ENDPOINTS': '127.0.0.1:8765'}
+    """
     template = copy.deepcopy(DockerWorker.get_default_base_job_template())
     fixed: dict[str, Any] = {
         "image": image,
@@ -99,6 +115,10 @@ def docker_job_template(
     properties["auto_remove"]["default"] = True
     # The worker passes its own PREFECT_HOME on, which is not writable in the container.
     properties["env"]["default"] = {"PREFECT_HOME": "/home/ariel/.prefect"}
+    if protected_endpoints:
+        # A literal, not the `env` variable's default: Prefect merges a deployment's `env` over it
+        # key by key, so an `env` job variable adds to it instead of replacing it.
+        template["job_configuration"]["env"] = {PROTECTED_ENDPOINTS_ENV: ",".join(protected_endpoints)}
     return template
 
 

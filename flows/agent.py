@@ -24,6 +24,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.schemas.objects import TaskRun
+from prefect.settings import get_current_settings
 from prefect.states import State
 from prefect.tasks import Task
 from pydantic import ValidationError
@@ -32,6 +33,7 @@ from flows.config import RunConfig
 from flows.exceptions import RunTimedOut, StepLimitReached, ToolRefused
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.tools import BUILTIN_TOOLS
+from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints
 from flows.tools.registry import ToolContext
 from flows.transcript import Recorder, Redactor
 
@@ -165,6 +167,10 @@ async def _play(config: RunConfig, input: str | None, deadline: float, recorder:
     )
     # Where the code came from tells a runtime-image run from a host process.
     logger.info("Runtime: Python %s, code at %s", platform.python_version(), Path(__file__).parent)
+    # Once a run, not per call: the control plane does not move. In a thread: a DNS lookup blocks.
+    protected = await asyncio.to_thread(
+        protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
+    )
     seen = 0  # messages the model got in an earlier call: the transcript shows each message once
     for step in range(1, config.limits.max_steps + 1):
         llm_name = f"llm · step {step}"
@@ -201,6 +207,7 @@ async def _play(config: RunConfig, input: str | None, deadline: float, recorder:
                 granted_tools=tuple(config.tools),
                 allowed_hosts=tuple(config.allowed_hosts),
                 timeout_seconds=min(30.0, _remaining(deadline)),
+                protected=protected,
             )
             arguments = call["function"].get("arguments") or "{}"
             tool_name = f"{name} · step {step}"

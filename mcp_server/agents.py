@@ -72,7 +72,8 @@ class AgentService:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
         name = pool_name(self.install_id, caller.org_id, self.pool_type)
         template = (
-            docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit)
+            docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit,
+                                protected_endpoints=self.protected_hosts)
             if self.pool_type == "docker" else process_job_template()
         )
         async with self.prefect() as client:

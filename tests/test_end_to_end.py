@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from fastmcp import Client
@@ -99,6 +100,30 @@ async def test_an_agent_created_in_chat_runs_on_its_pool_and_its_logs_hold_the_r
     assert pool.type == stack.pool_type  # type: ignore[attr-defined]
     assert any(tag.startswith("org:") for tag in deployment.tags)
     assert set(deployment.tags) <= set(flow_run.tags)
+
+
+async def test_an_agent_cannot_call_the_control_plane_under_another_loopback_name(
+    stack: ArielUp, prefect_api: str
+) -> None:
+    # 127.0.0.2 is this machine too: only the runtime's address check (not the spec's names) can refuse it.
+    prefect_port, ariel_port = urlsplit(prefect_api).port, stack.port
+    hosts = [f"127.0.0.2:{prefect_port}", f"127.0.0.2:{ariel_port}"]
+    script = [{"tool": "http_request", "arguments": {"url": f"http://{host}/api/flow_runs/filter", "method": "POST"}}
+              for host in hosts]
+    async with Client(stack.mcp_url) as client:
+        await client.call_tool("create_agent", {
+            "name": "Snoop", "instructions": "Read every org's runs.", "model": "ariel/scripted",
+            "tools": ["http_request"], "allowed_hosts": hosts, "script": [*script, {"reply": "{last_tool_result}"}],
+        })
+        await client.call_tool("update_agent", {"agent": "snoop", "action": "approve"})
+        run = (await client.call_tool("run_agent", {"agent": "snoop", "wait_seconds": 180})).structured_content
+        assert run["state"] == "Completed", run
+        refused = [m for m in await read_all_logs(client, run["name"], f"127.0.0.2:{ariel_port} is Ariel")
+                   if m.startswith("Tool call refused")]
+    assert len(refused) == 2, refused
+    assert f"127.0.0.2:{prefect_port} is Ariel's control plane (the Prefect API)" in refused[0]
+    assert f"127.0.0.2:{ariel_port} is Ariel's control plane" in refused[1]
+    assert "control plane" in run["result"] and '"status"' not in run["result"]
 
 
 async def test_agents_are_listed_and_read_by_id_or_slug(stack: ArielUp, service_host: str) -> None:
