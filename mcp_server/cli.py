@@ -137,6 +137,9 @@ async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
     api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
     if api_url is None or runtime is None:
         raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
+    if args.action != "list" and not args.name:
+        raise InvalidRequest(f"provider {args.action} needs the provider's NAME, e.g. `ariel provider {args.action} "
+                             "openai-main`")
     key = None
     if args.action == "set":
         # Read before connecting, and never from the command line, where `ps` and shell history would keep it.

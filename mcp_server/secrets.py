@@ -46,7 +46,9 @@ class SecretService:
         if action == "list":
             return SecretsActionView(action=action, done=f"{len(found := await self.list(caller))} provider(s)",
                                      providers=found)
-        async with audited(self.agents.store, caller, f"secret.{action}", name or ""):
+        # Only a valid name goes in the trail: a key pasted into the wrong field must land nowhere.
+        target = name.strip() if name and providers.PROVIDER_NAME.match(name.strip()) else "(no valid name)"
+        async with audited(self.agents.store, caller, f"secret.{action}", target):
             if not caller.can(needed):
                 raise Forbidden(f"manage_secrets {action} needs the {needed} role or higher; you are {caller.role_phrase}. "
                                 "Ask an admin to do it.")
@@ -114,8 +116,9 @@ def _provider_name(name: str | None, action: str) -> str:
         raise InvalidRequest(f"{action} needs name: the provider's name, e.g. 'openai-main'")
     name = name.strip()
     if not providers.PROVIDER_NAME.match(name):
-        raise InvalidRequest(f"name: {name[:60]!r} is not a provider name; use 1 to 40 lowercase letters, digits "
-                             "and '-', starting with a letter or digit, e.g. 'openai-main'")
+        # Not echoed: it could be a key given in the wrong field.
+        raise InvalidRequest("name: that is not a provider name; use 1 to 40 lowercase letters, digits and '-', "
+                             "starting with a letter or digit, e.g. 'openai-main'")
     return name
 
 
@@ -125,7 +128,7 @@ def _api_base(api_base: str | None) -> str | None:
     base = api_base.strip()
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"api_base: {base[:200]!r} is not an http(s) URL, e.g. 'https://api.example.com/v1'")
+        raise InvalidRequest("api_base: that is not an http(s) URL; give one like 'https://api.example.com/v1'")
     if parts.username or parts.password:
         raise InvalidRequest("api_base: leave credentials out of the URL; the key goes in api_key")
     return base
