@@ -108,6 +108,11 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         return answer("cancelled", "the run was cancelled before it finished", "run the agent again with run_agent")
 
     if state_type in (StateType.FAILED, StateType.CRASHED):
+        if "VersionNotApproved" in message:
+            return answer("unapproved", "the run carries a version of the agent whose manifest is not approved, so "
+                          "the runtime refused to play it (someone started it outside Ariel, e.g. in the Prefect UI)",
+                          "an admin reviews it with get_agent and approves it with update_agent action=approve; "
+                          "then run it with run_agent")
         if "StepLimitReached" in message:
             return answer("step_limit", "the agent used all its LLM steps without giving a final reply",
                           "raise limits.max_steps, or make the instructions say when to stop (update_agent change)")

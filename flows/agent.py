@@ -30,7 +30,7 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
-from flows.exceptions import RunTimedOut, StepLimitReached, ToolRefused
+from flows.exceptions import RunTimedOut, StepLimitReached, ToolRefused, VersionNotApproved
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints
@@ -112,6 +112,12 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
+    if not config.approved:
+        # Before any key is loaded or any call made: the manifest is what a person agreed it may do.
+        raise VersionNotApproved(
+            f"version {config.version} of agent {config.name!r} awaits approval of its manifest, so it does not run; "
+            "an admin approves it (update_agent action=approve), then run it again"
+        )
     recorder = Recorder(config.model, Redactor(_environment_secrets()))
     try:
         # A hard limit: also covers retries and their delays, which Prefect times per attempt.

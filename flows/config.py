@@ -71,6 +71,9 @@ class RunConfig(BaseModel):
     agent_id: str
     org_id: str
     version: int = Field(ge=1)
+    # Set by the control plane: Prefect holds a version awaiting approval too (deployed paused),
+    # and an operator can still start it from the Prefect UI; the runtime refuses to play it.
+    approved: bool = True
     name: str
     instructions: str
     model: str

@@ -2,7 +2,8 @@
 
     RuntimeFailure            a run cannot go on (it fails, with this message)
     ├── StepLimitReached      the agent used all its LLM steps without a reply
-    └── RunTimedOut           the run's wall-clock budget ran out
+    ├── RunTimedOut           the run's wall-clock budget ran out
+    └── VersionNotApproved    nobody approved the manifest of the version the run carries
     ToolRefused               meant for the model: the tool call was not allowed
                               or malformed; the model sees the message and may
                               try something else
@@ -21,6 +22,10 @@ class StepLimitReached(RuntimeFailure):
 
 class RunTimedOut(RuntimeFailure):
     """The run's `timeout_seconds` budget ran out."""
+
+
+class VersionNotApproved(RuntimeFailure):
+    """The run carries a version whose manifest awaits approval (say, one an operator started in the Prefect UI)."""
 
 
 class ToolRefused(Exception):

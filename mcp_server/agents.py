@@ -329,8 +329,9 @@ class AgentService:
         return spec
 
     def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
-        """What runs of the agent's current version receive."""
+        """What runs of the agent's current version receive; an unapproved one is marked so, and refused by the runtime."""
         config = spec.to_run_config(record.id, caller.org_id, record.version)
+        config = config.model_copy(update={"approved": self.status(record, spec)[0] != "pending_approval"})
         if spec.provider:
             # The runtime loads the block of this org's provider, whatever name the spec gives.
             config = config.model_copy(

@@ -1,7 +1,7 @@
 """diagnose_run names the cause of runs that really went wrong on a real worker, with the evidence and what to do.
 
-Runs that cannot start (no worker, paused pool, full pool, unapproved manifest)
-and cancelled runs are in tests/mcp_server/test_agent_lifecycle.py; a failing
+Runs that cannot start (no worker, paused pool, full pool, an unapproved
+manifest waiting) and cancelled runs are in tests/mcp_server/test_agent_lifecycle.py; a failing
 LLM call is in tests/test_conversation.py.
 """
 
@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from prefect.client.orchestration import PrefectClient
 
+from deployments.runs import wait_for_run
 from tests.flows.support import Slow
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, free_port, http_service
@@ -80,6 +82,26 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(s
     assert "ConnectError" in went_on["failed_step"]["error"], went_on
     for diagnosis in found.values():
         assert diagnosis["evidence"][0].startswith("state: ")
+
+
+async def test_a_version_awaiting_approval_that_an_operator_starts_is_refused_by_the_runtime(
+    stack: ArielUp, prefect_api: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        agent = await ask(chat, "create_agent", name="Unreviewed", instructions="x", model="ariel/scripted",
+                          script=[{"reply": "I ran without approval"}])
+        assert agent["status"] == "pending_approval"
+        # The operator's Prefect UI can start any deployment, paused ones too; a worker picks the run up.
+        async with PrefectClient(prefect_api) as prefect:
+            deployment = await prefect.read_deployment_by_name(agent["deployment"])
+            assert deployment.parameters["config"]["approved"] is False
+            made = await prefect.create_flow_run_from_deployment(deployment.id)
+            ended = await wait_for_run(prefect, made.id, timeout=180)
+        diagnosis = await ask(chat, "diagnose_run", run=str(made.id))
+        transcript = await ask(chat, "get_transcript", run=str(made.id))
+    assert ended.state is not None and ended.state.type.value == "FAILED", ended.state
+    assert diagnosis["cause"] == "unapproved" and "runtime refused" in diagnosis["summary"], diagnosis
+    assert transcript["entries"] == []  # refused before any LLM or tool call
 
 
 async def run_on_image(image: str, home: Path, prefect_api: str) -> tuple[dict[str, Any], dict[str, Any]]:
