@@ -112,10 +112,14 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
     try:
         user = await store.invitee(owner)
         org = await store.find_org(org_slug) or await store.create_org(org_slug, org_slug, user.id)
+        actor = f"ariel create-key ({owner})"
         if await store.member(org.id, user.id) is None:
             await store.add_member(org.id, user.id, "owner")
+            # A membership change like any other: the trail shows how this owner came in.
+            await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.invite",
+                                     target=f"{owner} as owner", origin="cli", outcome="ok")
         record, plaintext = await store.create_api_key(org.id, name, role, user.id)  # type: ignore[arg-type]  # argparse choices
-        await store.record_event(org.id, actor_id=user.id, actor=f"ariel create-key ({owner})", action="org.create_key",
+        await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.create_key",
                                  target=record.prefix, origin="cli", outcome="ok")
     finally:
         await store.close()

@@ -51,7 +51,8 @@ async def test_create_key_bootstraps_an_org_and_prints_a_working_key_once(tmp_pa
         assert record is not None and verify_api_key(key, record.key_hash) and record.role == "owner"
         org = await store.find_org("acme")
         assert org is not None and [m.user.label for m in await store.members(org.id)] == ["ada@example.com"]
-        assert [e.action for e in await store.audit_events(org.id)] == ["org.create_key"]
+        assert sorted((e.action, e.target) for e in await store.audit_events(org.id)) == [
+            ("org.create_key", record.prefix), ("org.invite", "ada@example.com as owner")]
     finally:
         await store.close()
 
