@@ -111,11 +111,15 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
     store = await Store.open(settings.resolved_store_url)
     try:
         user = await store.invitee(owner)
-        org = await store.find_org(org_slug) or await store.create_org(org_slug, org_slug, user.id)
         actor = f"ariel create-key ({owner})"
-        if await store.member(org.id, user.id) is None:
+        org = await store.find_org(org_slug)
+        # Membership changes like any other: the trail shows how this owner came in.
+        if org is None:
+            org = await store.create_org(org_slug, org_slug, user.id)  # with `user` as its owner
+            await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.create",
+                                     target=f"{org_slug}, owned by {owner}", origin="cli", outcome="ok")
+        elif await store.member(org.id, user.id) is None:
             await store.add_member(org.id, user.id, "owner")
-            # A membership change like any other: the trail shows how this owner came in.
             await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.invite",
                                      target=f"{owner} as owner", origin="cli", outcome="ok")
         record, plaintext = await store.create_api_key(org.id, name, role, user.id)  # type: ignore[arg-type]  # argparse choices

@@ -52,7 +52,14 @@ async def test_create_key_bootstraps_an_org_and_prints_a_working_key_once(tmp_pa
         org = await store.find_org("acme")
         assert org is not None and [m.user.label for m in await store.members(org.id)] == ["ada@example.com"]
         assert sorted((e.action, e.target) for e in await store.audit_events(org.id)) == [
-            ("org.create_key", record.prefix), ("org.invite", "ada@example.com as owner")]
+            ("org.create", "acme, owned by ada@example.com"), ("org.create_key", record.prefix)]
+    finally:
+        await store.close()
+    # A key for someone new in an existing org makes them an owner there, in the trail too.
+    assert ariel("create-key", "acme", "--owner", "bob@example.com", ARIEL_HOME=str(home)).returncode == 0
+    store = await Store.open(f"sqlite+aiosqlite:///{home / 'ariel.db'}")
+    try:
+        assert ("org.invite", "bob@example.com as owner") in [(e.action, e.target) for e in await store.audit_events(org.id)]
     finally:
         await store.close()
 
