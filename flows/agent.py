@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
@@ -30,12 +30,15 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
-from flows.exceptions import RunTimedOut, StepLimitReached, ToolRefused, VersionNotApproved
+from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.tools import BUILTIN_TOOLS
-from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints
+from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints, refuse_protected
 from flows.tools.registry import ToolContext
 from flows.transcript import Recorder, Redactor
+
+if TYPE_CHECKING:
+    from blocks.llm_provider import LLMProvider
 
 RESULT_ARTIFACT_KEY = "agent-result"
 DEFAULT_INPUT = "Run your instructions now."
@@ -141,15 +144,20 @@ def _environment_secrets() -> list[str]:
 
 async def _provider_secrets(config: RunConfig) -> list[str]:
     """The run's provider key, from its block, so that the transcript can redact it."""
+    provider = await _provider(config)
+    return [provider.api_key.get_secret_value()] if provider else []
+
+
+async def _provider(config: RunConfig) -> LLMProvider | None:
+    """The run's provider block; None without one, or when it cannot be loaded."""
     if not config.provider:
-        return []
+        return None
     from blocks.llm_provider import LLMProvider
 
     try:
-        provider = await LLMProvider.aload(config.provider)
+        return await LLMProvider.aload(config.provider)
     except Exception:  # noqa: BLE001 - the LLM call loads it again, fails the same way, and the transcript records that
-        return []
-    return [provider.api_key.get_secret_value()]
+        return None
 
 
 def _arguments(arguments: str) -> Any:
@@ -177,6 +185,13 @@ async def _play(config: RunConfig, input: str | None, deadline: float, recorder:
     protected = await asyncio.to_thread(
         protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
     )
+    if base := config.api_base or (provider.api_base if (provider := await _provider(config)) else None):
+        # litellm posts to the base URL with the agent's messages and reads the answer back into the run:
+        # pointed at the Prefect API (a path, '?' or '#' away), it would read every org's data.
+        try:
+            await asyncio.to_thread(refuse_protected, base, protected)
+        except ToolRefused as refused:
+            raise RuntimeFailure(f"the model's base URL: {refused}; change api_base or the provider's") from None
     seen = 0  # messages the model got in an earlier call: the transcript shows each message once
     for step in range(1, config.limits.max_steps + 1):
         llm_name = f"llm · step {step}"

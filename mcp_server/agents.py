@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -297,6 +298,9 @@ class AgentService:
         return ("paused" if record.paused else "active"), []
 
     def _check_hosts(self, spec: AgentSpec, not_done: str) -> None:
+        # Early, friendly refusals; the runtime checks addresses at each call, whatever names pass here.
+        if spec.api_base is not None:
+            self._check_api_base(spec.api_base, not_done)
         for host in spec.allowed_hosts:
             name, _, port = host.partition(":")
             if host in self.protected_hosts:
@@ -308,6 +312,23 @@ class AgentService:
                     f"{not_done}: allowed_hosts: {host!r} would allow every local port; "
                     f"name the port, e.g. '{name}:8080'"
                 )
+
+    def _check_api_base(self, api_base: str, not_done: str) -> None:
+        try:
+            parts = urlsplit(api_base)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            parts, port = None, 0
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidRequest(f"{not_done}: api_base: not an http(s) URL; give one like 'https://llm.example.com/v1'")
+        if parts.username or parts.password or "?" in api_base or "#" in api_base:
+            # litellm appends its path to the base URL: after a '?' or '#' it would not, and the call would go
+            # to whatever path the base names.
+            raise InvalidRequest(f"{not_done}: api_base: give a plain base URL, without credentials, '?' or '#'")
+        if f"{parts.hostname}:{port}" in self.protected_hosts:
+            raise InvalidRequest(
+                f"{not_done}: api_base: {parts.hostname}:{port} is Ariel's own control plane, which agents may not call"
+            )
 
     async def _check_provider(self, caller: Caller, spec: AgentSpec, not_done: str) -> None:
         if spec.provider is None:

@@ -131,4 +131,6 @@ def _api_base(api_base: str | None) -> str | None:
         raise InvalidRequest("api_base: that is not an http(s) URL; give one like 'https://api.example.com/v1'")
     if parts.username or parts.password:
         raise InvalidRequest("api_base: leave credentials out of the URL; the key goes in api_key")
+    if "?" in base or "#" in base:
+        raise InvalidRequest("api_base: give a plain base URL, without '?' or '#'")
     return base

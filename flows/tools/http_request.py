@@ -226,6 +226,20 @@ def _checked_addresses(url: httpx.URL, port: int, protected: tuple[ProtectedEndp
     return addresses
 
 
+def refuse_protected(url: str, protected: tuple[ProtectedEndpoint, ...]) -> None:
+    """Raise ToolRefused when `url`'s host resolves to the control plane or a metadata address.
+
+    For endpoints the runtime calls on the agent's behalf other than through
+    `http_request`, such as a model's base URL. An unresolvable host passes: the
+    call itself then fails with the reason.
+    """
+    parsed = httpx.URL(url)
+    try:
+        _checked_addresses(parsed, _port(parsed), protected)
+    except httpx.ConnectError:
+        return
+
+
 def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, ...], timeout: float) -> httpx.Response:
     """Send the request to one of `addresses`, as if to the URL's host, without resolving it again."""
     headers = httpx.Headers(args.headers)

@@ -37,7 +37,7 @@ from flows.tools.http_request import HTTP_REQUEST, PROTECTED_ENDPOINTS_ENV, Http
 from flows.tools.registry import ProtectedEndpoint, ToolContext
 from mcp_server.settings import ArielSettings
 from mcp_server.stack import prefect_env
-from tests.flows.support import fetcher, reply_of
+from tests.flows.support import config, fetcher, play, reply_of
 from tests.support import reply_json
 
 PREFECT_REFUSED = "Ariel's control plane (the Prefect API), which agents may not call"
@@ -394,6 +394,16 @@ def test_a_run_refuses_the_prefect_api_it_reports_to(prefect_api: str) -> None:
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
         reply = reply_of(fetcher(netloc, f"http://{netloc}/api/health", "Result: {last_tool_result}"))
     assert netloc in reply and PREFECT_REFUSED in reply
+
+
+@pytest.mark.parametrize("suffix", ["/api/flow_runs/filter?", "/api/flow_runs/filter#", ""])
+def test_a_model_base_url_on_the_prefect_api_fails_the_run_before_any_llm_call(prefect_api: str, suffix: str) -> None:
+    # litellm would post the agent's messages there and read Prefect's answer (every org's runs) into the run.
+    base = f"http://127.0.0.2:{httpx.URL(prefect_api).port}{suffix}"
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        outcome = play(config(model="openai/gpt-4o-mini", api_base=base, limits={"llm_retries": 0}))
+    assert outcome.state == "Failed" and outcome.message is not None
+    assert f"the model's base URL: 127.0.0.2:{httpx.URL(prefect_api).port} is {PREFECT_REFUSED}" in outcome.message
 
 
 def test_a_run_refuses_what_its_environment_protects(

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from fastmcp.exceptions import ToolError
@@ -211,3 +212,20 @@ async def test_runs_that_cannot_start_are_diagnosed_with_their_cause(url: str, p
         assert diagnosis["next_action"] and diagnosis["evidence"]
     no_worker = await call(url, orgs["no_worker"], "diagnose_run", run=runs["no_worker"]["id"])
     assert "0 worker(s) polling" in " ".join(no_worker["evidence"]) and "ariel up" in no_worker["next_action"]
+
+
+async def test_an_agent_may_not_name_the_control_plane_as_a_host_or_model_base_url(url: str, prefect_api: str) -> None:
+    prefect = f"127.0.0.1:{urlsplit(prefect_api).port}"
+    for fields, why in [
+        ({"tools": ["http_request"], "allowed_hosts": [prefect]}, f"allowed_hosts: '{prefect}' is Ariel's own control plane"),
+        ({"tools": ["http_request"], "allowed_hosts": ["localhost"]}, "'localhost' would allow every local port"),
+        ({"model": "openai/gpt-4o-mini", "api_base": f"http://{prefect}/api", "script": None},
+         f"api_base: {prefect} is Ariel's own control plane"),
+        ({"model": "openai/gpt-4o-mini", "api_base": "http://llm.example.test/v1?", "script": None},
+         "api_base: give a plain base URL, without credentials, '?' or '#'"),
+        ({"model": "openai/gpt-4o-mini", "api_base": "file:///etc/passwd", "script": None},
+         "api_base: not an http(s) URL"),
+    ]:
+        spec = {k: v for k, v in hello("Snoop", **fields).items() if v is not None}
+        assert why in await refused(url, OWNER, "create_agent", **spec)
+    assert await call(url, OWNER, "list_agents") == []

@@ -66,6 +66,8 @@ async def test_members_and_viewers_cannot_touch_keys_and_are_told_who_can(url: s
      "api_base: that is not an http(s) URL"),
     ({"name": "openai-main", "api_key": KEY, "api_base": f"https://user:{KEY}@llm.example.test"},
      "api_base: leave credentials out of the URL"),
+    ({"name": "openai-main", "api_key": KEY, "api_base": "http://127.0.0.1:4200/api/flow_runs/filter#"},
+     "api_base: give a plain base URL, without '?' or '#'"),
     ({}, "set_provider needs name"),
 ])
 async def test_bad_provider_input_is_refused_with_what_is_allowed_and_without_the_key(
