@@ -30,11 +30,12 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
+from flows.egress import agent_egress
 from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints, refuse_protected
-from flows.tools.registry import ToolContext
+from flows.tools.registry import ProtectedEndpoint, ToolContext
 from flows.transcript import Recorder, Redactor
 
 if TYPE_CHECKING:
@@ -69,20 +70,24 @@ def backoff(retries: int) -> list[float]:
 
 
 @task(retry_condition_fn=_retry_llm)
-async def llm_call(config: RunConfig, messages: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
+async def llm_call(
+    config: RunConfig, messages: list[dict[str, Any]], timeout: float, protected: tuple[ProtectedEndpoint, ...] = ()
+) -> dict[str, Any]:
     """One model turn; returns the assistant message and its token usage."""
     import litellm  # imported here: it costs a second or more, and only runs need it
 
     tools = [BUILTIN_TOOLS[name].schema() for name in config.tools]
-    # The async path: litellm's sync completion leaves an event loop of its own unclosed.
-    response = await litellm.acompletion(
-        model=config.model,
-        messages=messages,
-        tools=tools or None,
-        timeout=timeout,
-        num_retries=0,
-        **(await completion_kwargs(config)),
-    )
+    kwargs = await completion_kwargs(config)  # outside the guard: it reads the provider block from Prefect
+    with agent_egress(protected):
+        # The async path: litellm's sync completion leaves an event loop of its own unclosed.
+        response = await litellm.acompletion(
+            model=config.model,
+            messages=messages,
+            tools=tools or None,
+            timeout=timeout,
+            num_retries=0,
+            **kwargs,
+        )
     message = response.choices[0].message.model_dump(exclude_none=True)
     usage = getattr(response, "usage", None)
     return {
@@ -106,7 +111,8 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
         except ValidationError as exc:
             raise ToolRefused(f"bad arguments for {name}: {exc.errors()[0]['msg']}") from None
         # In a thread: tools are plain blocking code, and the run's timeout must still fire.
-        return await asyncio.to_thread(tool.run, args, context)
+        with agent_egress(context.protected):  # to_thread carries the guard into the thread
+            return await asyncio.to_thread(tool.run, args, context)
     except ToolRefused as refusal:
         get_run_logger().warning("Tool call refused: %s", refusal)
         return json.dumps({"error": str(refusal)})
@@ -115,7 +121,7 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
-    if not config.approved:
+    if config.approved is False:
         # Before any key is loaded or any call made: the manifest is what a person agreed it may do.
         raise VersionNotApproved(
             f"version {config.version} of agent {config.name!r} awaits approval of its manifest, so it does not run; "
@@ -202,7 +208,7 @@ async def _play(config: RunConfig, input: str | None, deadline: float, recorder:
                 retries=config.limits.llm_retries,
                 retry_delay_seconds=backoff(config.limits.llm_retries),
                 timeout_seconds=_remaining(deadline),
-            )(config, messages, timeout=_remaining(deadline))
+            )(config, messages, timeout=_remaining(deadline), protected=protected)
             recorded.output = {
                 "content": turn["message"].get("content"),
                 "tool_calls": turn["message"].get("tool_calls") or [],

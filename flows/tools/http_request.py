@@ -226,6 +226,15 @@ def _checked_addresses(url: httpx.URL, port: int, protected: tuple[ProtectedEndp
     return addresses
 
 
+def connect_refusal(ip: str, port: int, protected: tuple[ProtectedEndpoint, ...]) -> str | None:
+    """Why a connection to the address `ip` on `port` is not allowed (see `flows.egress`); None when it is."""
+    try:
+        address = _address(ip)
+    except ValueError:  # not an IP address: nothing a socket connects to
+        return None
+    return _refusal(ip, port, address, protected)
+
+
 def refuse_protected(url: str, protected: tuple[ProtectedEndpoint, ...]) -> None:
     """Raise ToolRefused when `url`'s host resolves to the control plane or a metadata address.
 
@@ -243,8 +252,8 @@ def refuse_protected(url: str, protected: tuple[ProtectedEndpoint, ...]) -> None
 def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, ...], timeout: float) -> httpx.Response:
     """Send the request to one of `addresses`, as if to the URL's host, without resolving it again."""
     headers = httpx.Headers(args.headers)
-    if "host" not in headers:
-        headers["Host"] = url.netloc.decode("ascii")
+    # Always the URL's own: a model-chosen Host would reach another virtual host behind an allowed address.
+    headers["Host"] = url.netloc.decode("ascii")
     # The certificate is checked against the name, and the name sent as SNI, though the URL holds an address.
     extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     # trust_env=False: an environment proxy would resolve the name again, and netrc would add credentials.
