@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
@@ -25,8 +26,13 @@ from pydantic import SecretStr
 from blocks.llm_provider import LLMProvider
 from deployments.work_pools import install_prefix
 
-PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-"""What a provider's short name may be: what an agent spec's `provider` field accepts, up to 40 characters."""
+PROVIDER_NAME = re.compile(r"^(?!ariel-)[a-z0-9][a-z0-9-]{0,39}$")
+"""What a provider's short name may be: what an agent spec's `provider` field accepts, up to 40 characters.
+
+Not starting with "ariel-": such a name could hold another organization's prefix,
+and Prefect's name filter matches anywhere in the name.
+"""
+PAGE = 200  # the most block documents Prefect returns per request
 
 _SCOPED = re.compile(r"^ariel-[0-9a-f]{8}-[0-9a-f]{12}-(?P<name>[a-z0-9][a-z0-9-]*)$")
 
@@ -66,21 +72,29 @@ async def save_provider(
 async def list_providers(client: PrefectClient, install_id: str, org_id: str) -> list[ProviderInfo]:
     """The organization's providers, by name; what the key is stays in Prefect."""
     prefix = org_prefix(install_id, org_id)
-    response = await client.request(
-        "POST",
-        "/block_documents/filter",
-        json={
-            # Prefect matches `like_` anywhere in the name; the prefix check below makes it exact.
-            "block_documents": {"name": {"like_": prefix}, "is_anonymous": {"eq_": False}},
-            "block_types": {"slug": {"any_": [LLMProvider.get_block_type_slug()]}},
-            "include_secrets": False,
-            "sort": "NAME_ASC",
-        },
-    )
+    documents: list[dict[str, Any]] = []
+    while True:
+        response = await client.request(
+            "POST",
+            "/block_documents/filter",
+            json={
+                # Prefect matches `like_` anywhere in the name; the prefix check below makes it exact.
+                "block_documents": {"name": {"like_": prefix}, "is_anonymous": {"eq_": False}},
+                "block_types": {"slug": {"any_": [LLMProvider.get_block_type_slug()]}},
+                "include_secrets": False,
+                "sort": "NAME_ASC",
+                "limit": PAGE,
+                "offset": len(documents),
+            },
+        )
+        page = response.json()
+        documents += page
+        if len(page) < PAGE:
+            break
     return [
         ProviderInfo(name=doc["name"][len(prefix):], api_base=(doc.get("data") or {}).get("api_base"),
                      updated=datetime.fromisoformat(doc["updated"]) if doc.get("updated") else None)
-        for doc in response.json()
+        for doc in documents
         if doc["name"].startswith(prefix)
     ]
 

@@ -206,7 +206,7 @@ class AgentService:
         return count
 
     async def _adopt_unscoped_providers(self, caller: Caller, records: list[AgentRecord]) -> None:
-        """Give an install that predates per-org providers its blocks under their per-org names.
+        """Move the blocks of an install that predates per-org providers to their per-org names.
 
         Only with one organization: then every block it made was that org's. With
         more, whose key a global name holds is unknown, so an admin sets it again.
@@ -224,6 +224,9 @@ class AgentService:
                     continue
                 await providers.save_provider(client, self.install_id, caller.org_id, name,
                                               legacy.api_key.get_secret_value(), legacy.api_base)
+                # Moved, not copied: a provider an admin deletes later must not come back at the next start.
+                document = await client.read_block_document_by_name(name, LLMProvider.get_block_type_slug())
+                await client.delete_block_document(document.id)
 
     async def record_upgraded_manifests(self) -> int:
         """Record the manifest of agents approved by migration 0005 (SQL could not compute it); returns how many.

@@ -119,7 +119,8 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
         local = await services.auth.local_caller("ariel up")
         name = await services.agents.ensure_pool(local)
         async with PrefectClient(api_url) as client:
-            # So operators can create provider blocks from the Prefect UI's block catalog.
+            # So the block type shows in the Prefect UI's catalog; providers themselves are made per org with
+            # manage_secrets or `ariel provider set`, under names only that org's agents load.
             await LLMProvider.aregister_type_and_schema(client=client)
         deployed = 0
         for org in await services.store.all_orgs():

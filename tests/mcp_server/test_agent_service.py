@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import ObjectNotFound
 
 from mcp_server.agents import AgentService
 from mcp_server.caller import Caller
@@ -56,5 +57,36 @@ async def test_an_agent_runs_with_its_orgs_provider_block_and_an_upgrade_keeps_a
         await LLMProvider(api_key="sk-from-before-2").asave(legacy, overwrite=True, client=client)
         assert await service.redeploy_all(caller) == 1
         adopted = await LLMProvider.aload(providers.block_name(install, org.id, legacy), client=client)
-    assert adopted.api_key.get_secret_value() == "sk-from-before-2"
+        assert adopted.api_key.get_secret_value() == "sk-from-before-2"
+        # Moved, not copied: once an admin deletes it, the next start does not bring it back.
+        with pytest.raises(ObjectNotFound):
+            await client.read_block_document_by_name(legacy, LLMProvider.get_block_type_slug())
+        await providers.delete_provider(client, install, org.id, legacy)
+        await service.redeploy_all(caller)
+        assert not await providers.provider_exists(client, install, org.id, legacy)
+    await store.close()
+
+
+async def test_an_install_with_several_orgs_adopts_no_global_block(tmp_path: Path, prefect_api: str) -> None:
+    from prefect.client.orchestration import PrefectClient
+
+    from blocks.llm_provider import LLMProvider
+    from deployments import providers
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
+    user, org = await store.ensure_local_owner()
+    await store.create_org("other", "Other", user.id)  # whose key a global name holds is unknown now
+    caller = Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
+                    role="owner", source="local", origin="test")
+    install = await store.installation_id()
+    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install)
+    legacy = f"shared-{install[:8]}"
+    async with PrefectClient(prefect_api) as client:
+        await providers.save_provider(client, install, org.id, legacy, "sk-mine-1", None)
+        await service.create(caller, {"name": "Keyed", "instructions": "x", "model": "openai/gpt-4o-mini",
+                                      "provider": legacy})
+        await providers.delete_provider(client, install, org.id, legacy)
+        await LLMProvider(api_key="sk-whose-2").asave(legacy, overwrite=True, client=client)
+        await service.redeploy_all(caller)
+        assert not await providers.provider_exists(client, install, org.id, legacy)
     await store.close()

@@ -60,6 +60,7 @@ async def test_members_and_viewers_cannot_touch_keys_and_are_told_who_can(url: s
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"name": "Open AI"}, "name: that is not a provider name; use 1 to 40 lowercase letters"),
     ({"name": KEY.upper()}, "name: that is not a provider name"),
+    ({"name": "ariel-9a8b7c6d-0f3c9a1b2c3d-x"}, "name: that is not a provider name"),  # reads as a block name
     ({"name": "openai-main"}, "set_provider needs api_key"),
     ({"name": "openai-main", "api_key": f"{KEY} {KEY}"}, "api_key: give the key alone: no spaces or line breaks"),
     ({"name": "openai-main", "api_key": KEY, "api_base": "ftp://llm.example.test"},
