@@ -88,7 +88,7 @@ async def baseline_runs(api_url: str, image: str, runs: int) -> list[tuple[float
     async with PrefectClient(api_url) as client:
         await client.create_work_pool(WorkPoolCreate(name=BASELINE_POOL, type="docker", base_job_template=template))
         spec = AgentSpec.parse({**AGENT, "name": "Latency probe baseline"})
-        config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(update={"name": "Latency probe"})
+        config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(update={"name": "Latency probe", "approved": True})
         target = DeploymentTarget(pool_name=BASELINE_POOL, org_id="bench")
         deployment_id = await apply(client, compile_agent(config, "latency-probe-baseline", "bench", None, target))
         for _ in range(runs):

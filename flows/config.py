@@ -73,7 +73,8 @@ class RunConfig(BaseModel):
     version: int = Field(ge=1)
     # Set by the control plane: Prefect holds a version awaiting approval too (deployed paused),
     # and an operator can still start it from the Prefect UI; the runtime refuses to play it.
-    approved: bool = True
+    # None: compiled before this field existed (runs scheduled before an upgrade), which ran approved versions only.
+    approved: bool | None = None
     name: str
     instructions: str
     model: str

@@ -51,6 +51,9 @@ _CREDENTIALS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"), REDACTED),
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), REDACTED),
     (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{30,}"), REDACTED),  # Google API keys, which some SDKs put in URLs
+    # A key in a URL's query (?key=..., &key=...), as Google's APIs take it.
+    (re.compile(r"(?i)([?&]key=)[^\s\"'&#]+"), rf"\1{REDACTED}"),
     # key=value and "key": "value" for keys that name a credential.
     (
         re.compile(

@@ -104,9 +104,11 @@ class RunService:
         if cursor:
             try:
                 position = decode_cursor(cursor, query)
-                last, seen = datetime.fromisoformat(position["t"]), set(position["seen"])
+                last, seen = _utc(datetime.fromisoformat(position["t"])), set(map(str, position["seen"]))
             except (ValueError, KeyError, TypeError):
                 raise InvalidRequest(f"list_runs: {BAD_CURSOR}") from None
+            if len(seen) > MAX_RUNS_AT_ONE_TIME:  # cursors are not signed: a forged one must not cost much
+                raise InvalidRequest(f"list_runs: {BAD_CURSOR}")
         states = [StateType(state.upper())] if state else None
         async with self.agents.prefect() as client:
             found = await runs.list_runs(
@@ -116,10 +118,12 @@ class RunService:
         found = [run for run in found if str(run.id) not in seen]
         page = found[:limit]
         next_cursor = None
-        if len(found) > limit and page[-1].expected_start_time is not None:
-            end = page[-1].expected_start_time
+        if len(found) > limit:
+            # Prefect gives every run an expected start time; `or` keeps a run without one from ending the listing.
+            end = page[-1].expected_start_time or datetime.now(UTC)
             at_end = {str(run.id) for run in page if run.expected_start_time == end}
-            next_cursor = encode_cursor(query, t=end.isoformat(), seen=sorted(at_end | (seen if end == last else set())))
+            at_end |= seen if end == last else set()
+            next_cursor = encode_cursor(query, t=end.isoformat(), seen=sorted(at_end))
         return RunListView(runs=[RunView.of(run) for run in page], next_cursor=next_cursor)
 
     async def get(self, caller: Caller, ref: str) -> RunDetailView:
@@ -204,6 +208,10 @@ class RunService:
         if flow_run is None:
             raise NotFound(f"no run {ref!r}; list_runs shows run ids and names")
         return flow_run
+
+
+MAX_RUNS_AT_ONE_TIME = 1000
+"""How many runs with the very same expected start time a listing pages through (a cursor carries their ids)."""
 
 
 def run_name(record: AgentRecord) -> str:

@@ -45,7 +45,7 @@ def reply_of(config: RunConfig, input: str | None = None) -> str:
 
 def config(**overrides: Any) -> RunConfig:
     base: dict[str, Any] = {
-        "agent_id": "a" * 32, "org_id": "o" * 32, "version": 1, "name": "Test agent",
+        "agent_id": "a" * 32, "org_id": "o" * 32, "version": 1, "approved": True, "name": "Test agent",
         "instructions": "Check the service.", "model": "ariel/scripted",
     }
     return RunConfig(**{**base, **overrides})

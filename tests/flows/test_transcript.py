@@ -237,6 +237,9 @@ async def test_credentials_in_tool_arguments_and_results_are_redacted(service_ho
         ("token=abc123;password=hunter22", f"token={REDACTED};password={REDACTED}"),
         ('{"api_key": "k-1", "password": "p"}', f'{{"api_key": "{REDACTED}", "password": "{REDACTED}"}}'),
         ("GitHub ghp_abcdefghijklmnopqrstuvwxyz0123", f"GitHub {REDACTED}"),
+        ("POST https://g.test/v1/m:generate?key=AIzaSyA1b2c3d4e5f6g7h8i9j0klmnopqrstu&alt=sse",
+         f"POST https://g.test/v1/m:generate?key={REDACTED}&alt=sse"),
+        ("key AIzaSyA1b2c3d4e5f6g7h8i9j0klmnopqrstu leaked", f"key {REDACTED} leaked"),
     ],
 )
 def test_text_that_looks_like_a_credential_is_redacted(text: str, expected: str) -> None:

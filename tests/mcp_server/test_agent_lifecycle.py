@@ -18,6 +18,7 @@ from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
 
+from deployments.cursors import encode_cursor, fingerprint
 from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
 from tests.support import serve_app
@@ -181,6 +182,12 @@ async def test_runs_are_listed_newest_first_in_pages_and_time_windows(url: str) 
     assert "belongs to another query" in await refused(url, OWNER, "list_runs", limit=2, state="failed",
                                             cursor=first["next_cursor"])
     assert "damaged" in await refused(url, OWNER, "list_runs", cursor="garbage!")
+    # Cursors are not signed: a forged one carrying a huge list of runs is refused, not served.
+    query = fingerprint("runs", None, None, None, None, "2")
+    forged = encode_cursor(query, t=started.isoformat(), seen=[str(n) for n in range(5000)])
+    assert "damaged" in await refused(url, OWNER, "list_runs", limit=2, cursor=forged)
+    naive = encode_cursor(query, t=started.replace(tzinfo=None).isoformat(), seen=[])  # read as UTC
+    assert (await call(url, OWNER, "list_runs", limit=2, cursor=naive))["runs"] == []
 
 
 async def test_runs_that_cannot_start_are_diagnosed_with_their_cause(url: str, prefect_api: str) -> None:
