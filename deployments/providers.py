@@ -27,10 +27,9 @@ from blocks.llm_provider import LLMProvider
 from deployments.work_pools import install_prefix
 
 PROVIDER_NAME = re.compile(r"^(?!ariel-)[a-z0-9][a-z0-9-]{0,39}$")
-"""What a provider's short name may be: what an agent spec's `provider` field accepts, up to 40 characters.
-
-Not starting with "ariel-": such a name could hold another organization's prefix,
-and Prefect's name filter matches anywhere in the name.
+"""What a provider's short name may be: lowercase letters, digits and '-', up to 40 characters, as an agent
+spec's `provider` field; and not starting with "ariel-", since such a name could hold another organization's
+prefix, and Prefect's name filter matches anywhere in the name.
 """
 PAGE = 200  # the most block documents Prefect returns per request
 

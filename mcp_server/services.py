@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from deployments.work_pools import PoolType
+from flows.tools.http_request import endpoint
 from mcp_server.agents import AgentService
 from mcp_server.authentication import Authenticator
 from mcp_server.orgs import OrgService
@@ -33,7 +34,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
     try:
         prefect = urlsplit(prefect_api_url)
         prefect_port = prefect.port or (443 if prefect.scheme == "https" else 80)
-        protected = {_host_port(settings.host, settings.port), _host_port(prefect.hostname or "", prefect_port)}
+        protected = {endpoint(settings.host, settings.port), endpoint(prefect.hostname or "", prefect_port)}
         # The same services under their other loopback names.
         protected |= {f"{alias}:{port}" for alias in ("localhost", "127.0.0.1") for port in (settings.port, prefect_port)}
         agents = AgentService(
@@ -51,8 +52,3 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         )
     finally:
         await store.close()
-
-
-def _host_port(host: str, port: int) -> str:
-    """`host:port`, an IPv6 address in brackets, as allowed_hosts and ARIEL_PROTECTED_ENDPOINTS write it."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -20,7 +20,7 @@ from blocks.llm_provider import LLMProvider
 from deployments.exceptions import ImageBuildFailed
 from deployments.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.work_pools import PoolType, install_prefix
-from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV
+from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, endpoint
 from mcp_server.app import create_app
 from mcp_server.caller import Caller
 from mcp_server.processes import Children
@@ -65,7 +65,6 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
     operator's own entries (say, the store's database) are kept.
     """
     env = dict(os.environ)
-    app = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
     env.update(
         PREFECT_API_URL=api_url,
         PREFECT_HOME=str(settings.home / "prefect"),
@@ -73,6 +72,7 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         PREFECT_WORKER_QUERY_SECONDS=str(settings.worker_query_seconds),
         LITELLM_LOCAL_MODEL_COST_MAP="True",
     )
+    app = endpoint(settings.host, settings.port)
     env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), app]))
     return env
 

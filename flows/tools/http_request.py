@@ -45,6 +45,16 @@ The platform sets it where runs start; the runtime protects the Prefect API
 (PREFECT_API_URL) without it.
 """
 
+
+def endpoint(host: str, port: int) -> str:
+    """`host:port` as allowed_hosts and ARIEL_PROTECTED_ENDPOINTS write it: an IPv6 address in brackets.
+
+    >>> endpoint("::1", 8765), endpoint("127.0.0.1", 8765)
+    ('[::1]:8765', '127.0.0.1:8765')
+    """
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 # Cloud metadata services outside the link-local ranges: Alibaba Cloud's, and AWS's IPv6 one.
 _METADATA = frozenset({IPv4Address("100.100.100.200"), IPv6Address("fd00:ec2::254")})
 
