@@ -132,8 +132,11 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
         # A hard limit: also covers retries and their delays, which Prefect times per attempt.
         async with asyncio.timeout(config.limits.timeout_seconds):
             deadline = time.monotonic() + config.limits.timeout_seconds
-            recorder.redactor.add(*await _provider_secrets(config))
-            return await _play(config, input, deadline=deadline, recorder=recorder)
+            provider = await _provider(config)
+            if provider is not None:
+                recorder.redactor.add(provider.api_key.get_secret_value())  # the transcript must never show it
+            api_base = config.api_base or (provider.api_base if provider is not None else None)
+            return await _play(config, input, deadline=deadline, recorder=recorder, api_base=api_base)
     except TimeoutError as exc:
         # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
         raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
@@ -146,12 +149,6 @@ def _environment_secrets() -> list[str]:
     """Values of this process's key-like variables (OPENAI_API_KEY, ...), which a transcript must never show."""
     suffixes = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
     return [value for name, value in os.environ.items() if name.upper().endswith(suffixes)]
-
-
-async def _provider_secrets(config: RunConfig) -> list[str]:
-    """The run's provider key, from its block, so that the transcript can redact it."""
-    provider = await _provider(config)
-    return [provider.api_key.get_secret_value()] if provider else []
 
 
 async def _provider(config: RunConfig) -> LLMProvider | None:
@@ -174,7 +171,9 @@ def _arguments(arguments: str) -> Any:
         return arguments
 
 
-async def _play(config: RunConfig, input: str | None, deadline: float, recorder: Recorder) -> str:
+async def _play(
+    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, api_base: str | None
+) -> str:
     logger = get_run_logger()
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": config.instructions},
@@ -191,11 +190,11 @@ async def _play(config: RunConfig, input: str | None, deadline: float, recorder:
     protected = await asyncio.to_thread(
         protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
     )
-    if base := config.api_base or (provider.api_base if (provider := await _provider(config)) else None):
+    if api_base:
         # litellm posts to the base URL with the agent's messages and reads the answer back into the run:
         # pointed at the Prefect API (a path, '?' or '#' away), it would read every org's data.
         try:
-            await asyncio.to_thread(refuse_protected, base, protected)
+            await asyncio.to_thread(refuse_protected, api_base, protected)
         except ToolRefused as refused:
             raise RuntimeFailure(f"the model's base URL: {refused}; change api_base or the provider's") from None
     seen = 0  # messages the model got in an earlier call: the transcript shows each message once
