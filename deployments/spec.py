@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect.client.schemas.schedules import CronSchedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +27,32 @@ _SLUG_JUNK = re.compile(r"[^a-z0-9]+")
 _HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 SLUG_MAX = 48
+
+
+def base_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a model's base URL (an agent's `api_base`, a provider's); None when nothing.
+
+    Checked where a person gives one, not on stored specs, which were read under older rules.
+
+    >>> base_url_problem("https://llm.example.com/v1") is None
+    True
+    >>> base_url_problem("http://llm.example.com/v1?")
+    "api_base: give a plain base URL, without '?' or '#'"
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        return "api_base: that is not an http(s) URL; give one like 'https://llm.example.com/v1'"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "api_base: that is not an http(s) URL; give one like 'https://llm.example.com/v1'"
+    if parts.username or parts.password:
+        return "api_base: leave credentials out of the URL; a key goes in a provider (manage_secrets)"
+    if "?" in url or "#" in url:
+        # litellm appends its path to the base URL: after a '?' or '#' it would not, and the call would go
+        # to whatever path the base names.
+        return "api_base: give a plain base URL, without '?' or '#'"
+    return None
 
 
 def slugify(name: str) -> str:

@@ -25,7 +25,7 @@ from deployments.exceptions import SpecInvalid
 from deployments.manifest import Manifest
 from flows.config import RunConfig
 from flows.models import SCRIPTED_MODEL
-from deployments.spec import AgentSpec, slugify, spec_changes
+from deployments.spec import AgentSpec, base_url_problem, slugify, spec_changes
 from deployments.work_pools import DEFAULT_MEMORY_LIMIT, PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
 from mcp_server.audit import audited
 from mcp_server.caller import Caller
@@ -317,17 +317,10 @@ class AgentService:
                 )
 
     def _check_api_base(self, api_base: str, not_done: str) -> None:
-        try:
-            parts = urlsplit(api_base)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            parts, port = None, 0
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(f"{not_done}: api_base: not an http(s) URL; give one like 'https://llm.example.com/v1'")
-        if parts.username or parts.password or "?" in api_base or "#" in api_base:
-            # litellm appends its path to the base URL: after a '?' or '#' it would not, and the call would go
-            # to whatever path the base names.
-            raise InvalidRequest(f"{not_done}: api_base: give a plain base URL, without credentials, '?' or '#'")
+        if problem := base_url_problem(api_base):
+            raise InvalidRequest(f"{not_done}: {problem}")
+        parts = urlsplit(api_base)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         if f"{parts.hostname}:{port}" in self.protected_hosts:
             raise InvalidRequest(
                 f"{not_done}: api_base: {parts.hostname}:{port} is Ariel's own control plane, which agents may not call"

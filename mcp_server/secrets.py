@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from deployments import providers
+from deployments.spec import base_url_problem
 from mcp_server.agents import AgentService
 from mcp_server.audit import audited
 from mcp_server.auth import Role
@@ -125,12 +125,6 @@ def _provider_name(name: str | None, action: str) -> str:
 def _api_base(api_base: str | None) -> str | None:
     if api_base is None or not api_base.strip():
         return None
-    base = api_base.strip()
-    parts = urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("api_base: that is not an http(s) URL; give one like 'https://api.example.com/v1'")
-    if parts.username or parts.password:
-        raise InvalidRequest("api_base: leave credentials out of the URL; the key goes in api_key")
-    if "?" in base or "#" in base:
-        raise InvalidRequest("api_base: give a plain base URL, without '?' or '#'")
+    if problem := base_url_problem(base := api_base.strip()):
+        raise InvalidRequest(problem)
     return base

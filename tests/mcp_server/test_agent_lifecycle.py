@@ -229,9 +229,9 @@ async def test_an_agent_may_not_name_the_control_plane_as_a_host_or_model_base_u
         ({"model": "openai/gpt-4o-mini", "api_base": f"http://{prefect}/api", "script": None},
          f"api_base: {prefect} is Ariel's own control plane"),
         ({"model": "openai/gpt-4o-mini", "api_base": "http://llm.example.test/v1?", "script": None},
-         "api_base: give a plain base URL, without credentials, '?' or '#'"),
+         "api_base: give a plain base URL, without '?' or '#'"),
         ({"model": "openai/gpt-4o-mini", "api_base": "file:///etc/passwd", "script": None},
-         "api_base: not an http(s) URL"),
+         "api_base: that is not an http(s) URL"),
     ]:
         spec = {k: v for k, v in hello("Snoop", **fields).items() if v is not None}
         assert why in await refused(url, OWNER, "create_agent", **spec)

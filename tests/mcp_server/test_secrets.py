@@ -65,6 +65,7 @@ async def test_members_and_viewers_cannot_touch_keys_and_are_told_who_can(url: s
     ({"name": "openai-main", "api_key": f"{KEY} {KEY}"}, "api_key: give the key alone: no spaces or line breaks"),
     ({"name": "openai-main", "api_key": KEY, "api_base": "ftp://llm.example.test"},
      "api_base: that is not an http(s) URL"),
+    ({"name": "openai-main", "api_key": KEY, "api_base": "http://[::1"}, "api_base: that is not an http(s) URL"),
     ({"name": "openai-main", "api_key": KEY, "api_base": f"https://user:{KEY}@llm.example.test"},
      "api_base: leave credentials out of the URL"),
     ({"name": "openai-main", "api_key": KEY, "api_base": "http://127.0.0.1:4200/api/flow_runs/filter#"},
