@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from prefect.settings import PREFECT_API_URL
 
 from flows.config import Limits, RunConfig, ScriptStep
+from tests.support import reply_json
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class OpenAICompatible(BaseHTTPRequestHandler):
             type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             if type(self).failures_left > 0:
                 type(self).failures_left -= 1
-                self._send(503, {"error": {"message": "overloaded", "type": "server_error"}})
+                reply_json(self, 503, {"error": {"message": "overloaded", "type": "server_error"}})
                 return
         tool_results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
         if tool_results:
@@ -89,19 +90,11 @@ class OpenAICompatible(BaseHTTPRequestHandler):
                                 "function": {"name": "http_request", "arguments": json.dumps({"url": url})}}],
             }
             finish = "tool_calls"
-        self._send(200, {
+        reply_json(self, 200, {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
         })
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def log_message(self, *_args: Any) -> None:
         pass

@@ -11,9 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests.mcp_server.auth.support import JWKSServer, SigningKey, jwks_server
-from tests.support import need
+from tests.support import need, serve_app
 
 POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_test:ariel_test@127.0.0.1:5432")
 
@@ -66,3 +67,12 @@ def provider(signing_key: SigningKey) -> Iterator[JWKSServer]:
     with jwks_server() as server:
         server.publish(signing_key)
         yield server
+
+
+@pytest.fixture
+def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
+    """Ariel's HTTP app in `dev` auth mode (callers named by dev tokens) on a fresh home; its base URL."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as base:
+        yield base

@@ -7,9 +7,7 @@ test cancel one or diagnose why it does not start.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,18 +17,10 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
 
 from deployments.cursors import encode_cursor, fingerprint
-from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
-from tests.support import serve_app
 
 OWNER = "dev:olga:lifecycle:owner"
 MEMBER = "dev:mo:lifecycle:member"
-
-
-@pytest.fixture
-def url(prefect_api: str, tmp_path: Path) -> Iterator[str]:
-    with serve_app(ArielSettings(home=tmp_path, auth_mode="dev"), prefect_api) as served:
-        yield served
 
 
 def hello(name: str = "Hello", **extra: Any) -> dict[str, Any]:

@@ -1,24 +1,32 @@
-"""Creating an agent is all or nothing: when Prefect cannot take it, no trace is left in the store."""
+"""AgentService against the store and Prefect: creating is all or nothing, and providers are the org's own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 
+from blocks.llm_provider import LLMProvider
+from deployments import providers
 from mcp_server.agents import AgentService
 from mcp_server.caller import Caller
 from mcp_server.exceptions import Unavailable
-from mcp_server.store import Store
+from mcp_server.store import Organization, Store
 from tests.support import free_port
+
+
+def owner_of(org: Organization) -> Caller:
+    """The local user, as owner of `org`."""
+    return Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
+                  role="owner", source="local", origin="test")
 
 
 async def test_an_agent_prefect_refused_is_not_left_in_the_store(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
     org = await store.ensure_personal_org()
-    caller = Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
-                    role="owner", source="local", origin="test")
+    caller = owner_of(org)
     dead_api = f"http://127.0.0.1:{free_port()}/api"
     service = AgentService(store, dead_api, "process", "ariel-runtime:local", await store.installation_id())
     spec = {"name": "Orphan", "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
@@ -34,15 +42,9 @@ async def test_an_agent_prefect_refused_is_not_left_in_the_store(tmp_path: Path)
 async def test_an_agent_runs_with_its_orgs_provider_block_and_an_upgrade_keeps_a_one_org_installs_key(
     tmp_path: Path, prefect_api: str
 ) -> None:
-    from prefect.client.orchestration import PrefectClient
-
-    from blocks.llm_provider import LLMProvider
-    from deployments import providers
-
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
     org = await store.ensure_personal_org()
-    caller = Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
-                    role="owner", source="local", origin="test")
+    caller = owner_of(org)
     install = await store.installation_id()
     service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install)
     legacy = f"legacy-{install[:8]}"
@@ -68,16 +70,10 @@ async def test_an_agent_runs_with_its_orgs_provider_block_and_an_upgrade_keeps_a
 
 
 async def test_an_install_with_several_orgs_adopts_no_global_block(tmp_path: Path, prefect_api: str) -> None:
-    from prefect.client.orchestration import PrefectClient
-
-    from blocks.llm_provider import LLMProvider
-    from deployments import providers
-
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
     user, org = await store.ensure_local_owner()
     await store.create_org("other", "Other", user.id)  # whose key a global name holds is unknown now
-    caller = Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
-                    role="owner", source="local", origin="test")
+    caller = owner_of(org)
     install = await store.installation_id()
     service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install)
     legacy = f"shared-{install[:8]}"

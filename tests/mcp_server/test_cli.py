@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 
-def ariel(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def ariel(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mcp_server.cli", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+        input=stdin, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
     )
 
 
@@ -84,8 +84,7 @@ async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp
     home.mkdir()
     Runtime(prefect_api_url=prefect_api, pool_type="process").save(home)  # what `ariel up` records
     env = {"ARIEL_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "mcp_server.cli", "provider", "set", "openai-main"],
-                          input="sk-cli-key-9\n", env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    done = ariel("provider", "set", "openai-main", stdin="sk-cli-key-9\n", **env)
     assert done.returncode == 0, done.stderr
     assert "provider 'openai-main' created" in done.stdout and "sk-cli-key-9" not in done.stdout
     listed = ariel("provider", "list", **env)

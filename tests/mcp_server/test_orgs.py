@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 
 from deployments import providers
-from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
-from tests.support import serve_app
 
 ADA = "dev:ada:acme:owner"
-
-
-@pytest.fixture
-def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as base:
-        yield base
 
 
 async def test_members_are_invited_promoted_and_removed_and_the_last_owner_stays(url: str) -> None:

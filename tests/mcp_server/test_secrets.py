@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastmcp.exceptions import ToolError
 
-from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
-from tests.support import serve_app
 
 ADMIN = "dev:ada:acme:admin"
 MEMBER = "dev:max:acme:member"
 VIEWER = "dev:vic:acme:viewer"
 KEY = "sk-acme-9f8e7d6c"
-
-
-@pytest.fixture
-def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as base:
-        yield base
 
 
 async def test_admins_set_and_replace_providers_and_everyone_sees_names_only(url: str) -> None:
