@@ -35,8 +35,8 @@ from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa: E402
 from prefect_docker.worker import DockerWorker  # noqa: E402
 
-from deployments.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
-from deployments.spec import AgentSpec  # noqa: E402
+from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
+from deployments.agents.spec import AgentSpec  # noqa: E402
 from tests.support import ariel_up, prefect_server, test_env  # noqa: E402
 
 AGENT = {

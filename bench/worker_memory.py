@@ -1,7 +1,7 @@
 """Memory of serving many orgs' work pools: Ariel's one worker host vs a Prefect worker per pool.
 
 Both sides serve the same N Docker pools on one Prefect server: (a) Ariel's
-`deployments.worker_host` (one process, a stock `DockerWorker` object per pool);
+`deployments.pools.worker_host` (one process, a stock `DockerWorker` object per pool);
 (b) the baseline, what Prefect's docs lead to: one `prefect worker start --pool P`
 process per pool. Reported: resident memory (RSS, summed over each side's
 processes and their children) once every worker has polled.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prefect.client.orchestration import PrefectClient  # noqa: E402 - after the path is set
 from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
 
-from deployments.work_pools import docker_job_template, install_prefix, pool_name  # noqa: E402
+from deployments.pools.work_pools import docker_job_template, install_prefix, pool_name  # noqa: E402
 from tests.support import descendants, prefect_server, test_env  # noqa: E402
 
 SETTLE_SECONDS = 20  # imports done, every worker registered and polling
@@ -86,7 +86,7 @@ def main() -> None:
         asyncio.run(make_pools(api_url, args.pools, "a"))
         baseline_pools = asyncio.run(make_pools(api_url, args.pools, "b"))
 
-        host = [start([sys.executable, "-m", "deployments.worker_host", "--type", "docker",
+        host = [start([sys.executable, "-m", "deployments.pools.worker_host", "--type", "docker",
                        "--prefix", install_prefix(INSTALL_ID)], env)]
         time.sleep(SETTLE_SECONDS)
         ariel = sum(rss_mib(p.pid) for p in host)

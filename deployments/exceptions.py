@@ -2,6 +2,8 @@
 
     DeploymentError             base
     ├── SpecInvalid             the agent spec was refused; `.errors` lists field and reason
+    ├── QueryInvalid            a run, log or transcript query was refused (level, limit, task, cursor)
+    ├── PoolTypeMismatch        a work pool of that name exists with another type
     └── ImageBuildFailed        the runtime image could not be built
 """
 
@@ -22,6 +24,14 @@ class SpecInvalid(DeploymentError):
     def __init__(self, errors: list[tuple[str, str]]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{field}: {message}" for field, message in errors))
+
+
+class QueryInvalid(DeploymentError):
+    """A query of runs, logs or a transcript was refused; the message names the argument and what is allowed."""
+
+
+class PoolTypeMismatch(DeploymentError):
+    """A work pool of the name asked for exists with another type."""
 
 
 class ImageBuildFailed(DeploymentError):

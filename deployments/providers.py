@@ -24,7 +24,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from blocks.llm_provider import LLMProvider
-from deployments.work_pools import install_prefix
+from deployments.pools.work_pools import install_prefix
 
 PROVIDER_NAME = re.compile(r"^(?!ariel-)[a-z0-9][a-z0-9-]{0,39}$")
 """What a provider's short name may be: lowercase letters, digits and '-', up to 40 characters, as an agent

@@ -36,12 +36,11 @@ from flows.models import completion_kwargs, is_transient_llm_error
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints, refuse_protected
 from flows.tools.registry import ProtectedEndpoint, ToolContext
-from flows.transcript import Recorder, Redactor
+from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor
 
 if TYPE_CHECKING:
     from blocks.llm_provider import LLMProvider
 
-RESULT_ARTIFACT_KEY = "agent-result"
 DEFAULT_INPUT = "Run your instructions now."
 
 

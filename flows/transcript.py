@@ -6,7 +6,7 @@ the run's `transcript` table artifact, so a run that crashes keeps every step it
 finished, and a step that fails is recorded with its error before the error
 fails the run. The `usage` artifact (tokens, calls, cost, duration) is published
 when the run ends, whether it replied or failed. Readers take the newest
-version of each for the flow run (`deployments.runs.read_transcript`, `read_usage`).
+version of each for the flow run (`deployments.runs.artifacts.read_transcript`, `read_usage`).
 
 Secrets never reach either: the run's provider key, keys found in the
 environment and anything shaped like a credential are replaced by `[redacted]`.
@@ -30,6 +30,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
+RESULT_ARTIFACT_KEY = "agent-result"
 TRANSCRIPT_ARTIFACT_KEY = "transcript"
 USAGE_ARTIFACT_KEY = "usage"
 REDACTED = "[redacted]"

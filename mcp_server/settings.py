@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from deployments.work_pools import DEFAULT_MEMORY_LIMIT
+from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 

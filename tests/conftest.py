@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.runtime_image import docker_available
+from deployments.images.runtime_image import docker_available
 from tests.support import http_service, need, prefect_server
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

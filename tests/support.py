@@ -213,7 +213,7 @@ def http_service(handler: type[BaseHTTPRequestHandler] = _Handler) -> Iterator[s
 @contextmanager
 def serve_app(settings: Any, prefect_api_url: str, pool_type: str = "process") -> Iterator[str]:
     """Ariel's HTTP app (`create_app`) served by uvicorn on 127.0.0.1 in a thread; yields its base URL."""
-    from mcp_server.app import create_app
+    from mcp_server.http.app import create_app
 
     with serve_asgi(create_app(settings, prefect_api_url, pool_type)) as url:  # type: ignore[arg-type]  # a PoolType
         yield url

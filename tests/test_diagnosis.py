@@ -1,7 +1,7 @@
 """diagnose_run names the cause of runs that really went wrong on a real worker, with the evidence and what to do.
 
 Runs that cannot start (no worker, paused pool, full pool, an unapproved
-manifest waiting) and cancelled runs are in tests/mcp_server/test_agent_lifecycle.py; a failing
+manifest waiting) and cancelled runs are in tests/mcp_server/tools/test_agent_lifecycle.py; a failing
 LLM call is in tests/test_conversation.py.
 """
 

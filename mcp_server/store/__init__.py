@@ -13,17 +13,20 @@ from mcp_server.store._records import (
     User,
 )
 from mcp_server.store._store import Store
+from mcp_server.store.exceptions import Conflict, StoreError
 
 __all__ = [
     "AgentRecord",
     "AgentVersion",
     "ApiKeyRecord",
     "AuditEvent",
+    "Conflict",
     "Member",
     "Organization",
     "Outcome",
     "Role",
     "Store",
+    "StoreError",
     "User",
     "new_id",
 ]

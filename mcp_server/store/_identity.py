@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_server.auth import new_api_key
-from mcp_server.exceptions import Conflict
+from mcp_server.store.exceptions import Conflict
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import ApiKeyRecord, Member, Organization, Role, User
 from mcp_server.store._schema import api_keys, memberships, organizations, users

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, event, select, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from mcp_server.exceptions import Conflict
+from mcp_server.store.exceptions import Conflict
 from mcp_server.store._audit import AuditQueries
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._identity import IdentityQueries

@@ -7,11 +7,11 @@ from typing import Annotated, Any, Literal
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
-from deployments.spec import ScheduleSpec
+from deployments.agents.spec import ScheduleSpec
 from flows.config import Limits, ScriptStep
-from mcp_server.exceptions import InvalidRequest
-from mcp_server.middleware.caller import caller_of, services_of
-from mcp_server.views import AgentStatus, AgentView
+from mcp_server.services.exceptions import InvalidRequest
+from mcp_server.tools.middleware.caller import caller_of, services_of
+from mcp_server.services.views import AgentStatus, AgentView
 
 AgentRef = Annotated[str, Field(description="The agent's hex id or slug.", examples=["pr-digest"])]
 Name = Annotated[str, Field(description="Display name; the slug is made from it at creation.", examples=["PR digest"])]

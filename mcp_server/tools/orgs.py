@@ -9,16 +9,17 @@ from fastmcp import Context, FastMCP
 from pydantic import Field
 
 from mcp_server.auth import Role
-from mcp_server.middleware.caller import caller_of, services_of
-from mcp_server.orgs import OrgAction
-from mcp_server.views import AuditEventView, OrgActionView, WhoAmIView
+from mcp_server.tools.middleware.caller import caller_of, services_of
+from mcp_server.services.orgs import OrgAction
+from mcp_server.tools import SURFACE_VERSION
+from mcp_server.services.views import AuditEventView, OrgActionView, WhoAmIView
 
 
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations={"readOnlyHint": True})
     async def whoami(ctx: Context) -> WhoAmIView:
         """Who you are here: your user, role, how you signed in, where your calls act, and run limits."""
-        return await services_of(ctx).orgs.whoami(await caller_of(ctx))
+        return await services_of(ctx).orgs.whoami(await caller_of(ctx), SURFACE_VERSION)
 
     @mcp.tool(annotations={"destructiveHint": True})
     async def manage_org(

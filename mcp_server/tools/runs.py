@@ -8,10 +8,10 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
-from deployments.diagnosis import Diagnosis
-from mcp_server.middleware.caller import caller_of, services_of
-from mcp_server.runs import LogLevel, RunState
-from mcp_server.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
+from deployments.runs.diagnosis import Diagnosis
+from mcp_server.tools.middleware.caller import caller_of, services_of
+from mcp_server.services.runs import LogLevel, RunState
+from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
 
 RunRef = Annotated[
     str,

@@ -31,12 +31,12 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.work_pools import docker_job_template, ensure_pool
+from deployments.pools.work_pools import docker_job_template, ensure_pool
 from flows.exceptions import RuntimeFailure, ToolRefused
 from flows.tools.http_request import HTTP_REQUEST, PROTECTED_ENDPOINTS_ENV, HttpRequestArguments, protected_endpoints
 from flows.tools.registry import ProtectedEndpoint, ToolContext
 from mcp_server.settings import ArielSettings
-from mcp_server.stack import prefect_env
+from mcp_server.cli.stack import prefect_env
 from tests.flows.support import config, fetcher, play, reply_of
 from tests.support import reply_json
 

@@ -1,0 +1,180 @@
+"""Compile an agent version into its Prefect deployment, and apply it idempotently.
+
+`apply` reads what exists and changes only what differs: applying the same
+spec twice makes no write; changing the spec updates the one deployment in
+place (same id); `remove` deletes it with its schedules. A paused deployment's schedule makes
+no runs: agents awaiting approval, and agents a person paused, are deployed paused.
+
+Example:
+    >>> target = DeploymentTarget(pool_name="ariel-personal-docker", org_id="0f3c")
+    >>> desired = compile_agent(config, slug="pr-digest", schedule=None, target=target)  # doctest: +SKIP
+    >>> deployment_id = await apply(client, desired)                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.client.schemas.objects import Deployment
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.callables import parameter_schema
+
+from deployments.agents.spec import ScheduleSpec
+from deployments.pools.work_pools import org_tag
+from flows.agent import agent_run
+from flows.config import RunConfig
+
+# Module form, so the same entrypoint resolves on a process worker (installed
+# package) and in the runtime image (PYTHONPATH=/opt/ariel/app).
+ENTRYPOINT = "flows.agent:agent_run"
+
+Schedule = CronSchedule | IntervalSchedule
+# What runs of an agent accept; Prefect enforces it on every run.
+PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(agent_run.fn).model_dump_for_openapi()
+# Prefect anchors an interval at "now" by default, which would make every
+# compile differ; a fixed anchor also lands hourly runs on the hour.
+INTERVAL_ANCHOR = datetime(2020, 1, 1, tzinfo=UTC)
+# Slugged schedules can later be patched in place (pause/resume) by slug.
+SCHEDULE_SLUG = "agent"
+
+
+@dataclass(frozen=True)
+class DeploymentTarget:
+    """Where an organization's agents are deployed."""
+
+    pool_name: str
+    org_id: str
+
+
+@dataclass(frozen=True)
+class DesiredDeployment:
+    """Everything `apply` makes true of one agent's deployment."""
+
+    flow_name: str
+    name: str
+    work_pool_name: str
+    parameters: dict[str, Any]
+    tags: list[str]
+    description: str
+    schedules: list[Schedule]
+    # Paused: its schedule makes no runs (an agent awaiting approval, or paused by a person).
+    paused: bool = False
+
+
+def deployment_name(org_slug: str, agent_id: str) -> str:
+    """Unique across organizations, which may reuse slugs."""
+    return f"{org_slug}-{agent_id[:12]}"
+
+
+def to_prefect_schedule(schedule: ScheduleSpec) -> Schedule:
+    if schedule.cron is not None:
+        return CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
+    assert schedule.interval_seconds is not None  # ScheduleSpec guarantees one kind
+    return IntervalSchedule(interval=timedelta(seconds=schedule.interval_seconds), anchor_date=INTERVAL_ANCHOR)
+
+
+def compile_agent(
+    config: RunConfig,
+    slug: str,
+    org_slug: str,
+    schedule: ScheduleSpec | None,
+    target: DeploymentTarget,
+    paused: bool = False,
+) -> DesiredDeployment:
+    """The deployment one agent version should have."""
+    return DesiredDeployment(
+        # Operators find agents in the Prefect UI under their own names.
+        flow_name=slug,
+        name=deployment_name(org_slug, config.agent_id),
+        work_pool_name=target.pool_name,
+        parameters={"config": config.model_dump(mode="json")},
+        tags=sorted({"ariel", org_tag(target.org_id), f"agent:{config.agent_id}"}),
+        description=f"Ariel agent {config.name!r}, version {config.version}",
+        schedules=[to_prefect_schedule(schedule)] if schedule else [],
+        paused=paused,
+    )
+
+
+async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
+    """Make the deployment match `desired`; returns its id. No write when it already does."""
+    flow_id = await client.create_flow_from_name(desired.flow_name)
+    try:
+        current = await client.read_deployment_by_name(f"{desired.flow_name}/{desired.name}")
+    except ObjectNotFound:
+        return await client.create_deployment(
+            flow_id=flow_id,
+            name=desired.name,
+            work_pool_name=desired.work_pool_name,
+            entrypoint=ENTRYPOINT,
+            parameters=desired.parameters,
+            parameter_openapi_schema=PARAMETER_SCHEMA,
+            enforce_parameter_schema=True,
+            tags=desired.tags,
+            description=desired.description,
+            pull_steps=[],
+            paused=desired.paused,
+            schedules=[DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules],
+        )
+    if desired.paused and not current.paused:
+        # First: a version that awaits approval must not run on the schedule even for a moment.
+        await client.pause_deployment(current.id)
+    if _fields_differ(current, desired):
+        await client.update_deployment(
+            current.id,
+            DeploymentUpdate(
+                work_pool_name=desired.work_pool_name,
+                entrypoint=ENTRYPOINT,
+                parameters=desired.parameters,
+                # Sent with every change: Prefect checks new parameters against the stored schema.
+                parameter_openapi_schema=PARAMETER_SCHEMA,
+                tags=desired.tags,
+                description=desired.description,
+            ),
+        )
+    if [s.schedule for s in current.schedules] != desired.schedules:
+        for old in current.schedules:
+            await client.delete_deployment_schedule(current.id, old.id)
+        if desired.schedules:
+            await client.create_deployment_schedules(
+                current.id, [DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules]
+            )
+    if current.paused and not desired.paused:
+        await client.resume_deployment(current.id)
+    return current.id
+
+
+async def remove(client: PrefectClient, deployment_id: UUID) -> None:
+    """Delete the deployment, its schedules and its scheduled runs; a missing one is fine."""
+    try:
+        await client.delete_deployment(deployment_id)
+    except ObjectNotFound:
+        pass
+
+
+async def remove_org(client: PrefectClient, org_id: str) -> int:
+    """Delete every deployment (with its schedules) tagged for the organization; returns how many."""
+    tag = DeploymentFilter(tags=DeploymentFilterTags(all_=[org_tag(org_id)]))
+    removed = 0
+    while found := await client.read_deployments(deployment_filter=tag, limit=200):
+        for deployment in found:
+            await remove(client, deployment.id)
+            removed += 1
+    return removed
+
+
+def _fields_differ(current: Deployment, desired: DesiredDeployment) -> bool:
+    return (
+        current.work_pool_name != desired.work_pool_name
+        or current.entrypoint != ENTRYPOINT
+        or current.parameters != desired.parameters
+        or sorted(current.tags) != desired.tags
+        or current.description != desired.description
+        or current.parameter_openapi_schema != PARAMETER_SCHEMA
+    )

@@ -1,0 +1,159 @@
+"""Per-organization work pools, made from Prefect's stock job templates.
+
+The Docker pool starts from `DockerWorker.get_default_base_job_template()`.
+What the platform fixes (image, network mode, privileges, mounts, resource
+limits) is removed from the template's variables and written as a literal into
+its job configuration, so a deployment's or run's job variables cannot change
+it: Prefect fills only `{{ placeholders }}` from job variables.
+
+Example:
+    >>> template = docker_job_template(image="ariel-runtime:local", org_id="0f3c")
+    >>> template["job_configuration"]["network_mode"]
+    'host'
+    >>> "privileged" in template["variables"]["properties"]
+    False
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.client.schemas.objects import WorkPool
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.workers.process import ProcessWorker
+from prefect_docker.worker import DockerWorker
+
+from deployments.exceptions import PoolTypeMismatch
+from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV
+
+PoolType = Literal["docker", "process"]
+
+DEFAULT_MEMORY_LIMIT = "2g"
+DEFAULT_CPUS = 1.0
+# Enough for Python, litellm and a few tool threads; stops a fork bomb from taking the host.
+DEFAULT_PIDS_LIMIT = 256
+
+
+POOL_PREFIX = "ariel-"
+
+
+def install_prefix(install_id: str) -> str:
+    """What every pool name of one installation starts with: a worker host serves only those.
+
+    >>> install_prefix("9a8b7c6d5e4f30211203f4e5d6c7b8a9")
+    'ariel-9a8b7c6d-'
+    """
+    return f"{POOL_PREFIX}{install_id[:8]}-"
+
+
+def pool_name(install_id: str, org_id: str, pool_type: PoolType) -> str:
+    """The name of an organization's pool of one type, made from the install's id and the org's.
+
+    Not from the org's slug: every desktop install's org is "personal". The
+    install id keeps apart the pools of installs that share one Prefect server.
+
+    >>> pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
+    'ariel-9a8b7c6d-0f3c9a1b2c3d-docker'
+    """
+    return f"{install_prefix(install_id)}{org_id[:12]}-{pool_type}"
+
+
+def org_tag(org_id: str) -> str:
+    """The tag every Prefect object of an organization carries."""
+    return f"org:{org_id}"
+
+
+def docker_job_template(
+    image: str,
+    org_id: str,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    cpus: float = DEFAULT_CPUS,
+    protected_endpoints: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The hardened Docker base job template of one organization's pool; limits are the org's plan.
+
+    `protected_endpoints` (`host:port`, Ariel's HTTP app for one) reach each
+    run as ARIEL_PROTECTED_ENDPOINTS: the runtime's `http_request` refuses them,
+    as it refuses the Prefect API.
+
+    >>> template = docker_job_template("ariel-runtime:local", "0f3c", protected_endpoints=["127.0.0.1:8765"])
+    >>> template["job_configuration"]["env"]
+    {'ARIEL_PROTECTED_ENDPOINTS': '127.0.0.1:8765'}
+    """
+    template = copy.deepcopy(DockerWorker.get_default_base_job_template())
+    fixed: dict[str, Any] = {
+        "image": image,
+        # Flow-run containers reach the Prefect API on the host's loopback.
+        "network_mode": "host",
+        "networks": [],
+        "privileged": False,
+        "volumes": [],
+        "image_pull_policy": "IfNotPresent",
+        "mem_limit": memory_limit,
+        "memswap_limit": memory_limit,
+        # Removed from the variables so no job variable can pass arbitrary
+        # container options (mounts, devices, capabilities) to Docker.
+        "container_create_kwargs": {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "nano_cpus": int(cpus * 1e9),
+            "pids_limit": DEFAULT_PIDS_LIMIT,
+        },
+        "labels": {"ariel.org": org_id, "ariel.role": "flow-run"},
+    }
+    properties = template["variables"]["properties"]
+    for key, value in fixed.items():
+        properties.pop(key, None)
+        template["job_configuration"][key] = value
+    template["variables"]["required"] = [
+        key for key in template["variables"].get("required", []) if key not in fixed
+    ]
+    # Containers are removed when their run ends; logs live in the Prefect API.
+    properties["auto_remove"]["default"] = True
+    # The worker passes its own PREFECT_HOME on, which is not writable in the container.
+    properties["env"]["default"] = {"PREFECT_HOME": "/home/ariel/.prefect"}
+    if protected_endpoints:
+        # A literal, not the `env` variable's default: Prefect merges a deployment's `env` over it
+        # key by key, so an `env` job variable adds to it instead of replacing it.
+        template["job_configuration"]["env"] = {PROTECTED_ENDPOINTS_ENV: ",".join(protected_endpoints)}
+    return template
+
+
+def process_job_template() -> dict[str, Any]:
+    """The process pool's template: Prefect's stock one (desktop use, runs on the host)."""
+    return copy.deepcopy(ProcessWorker.get_default_base_job_template())
+
+
+async def ensure_pool(
+    client: PrefectClient, name: str, pool_type: PoolType, template: dict[str, Any], org_id: str
+) -> WorkPool:
+    """Create the pool, or bring an existing one's template up to date. Idempotent."""
+    description = f"Ariel agents of organization {org_id} ({org_tag(org_id)})"
+    try:
+        pool = await client.read_work_pool(name)
+    except ObjectNotFound:
+        try:
+            return await client.create_work_pool(
+                WorkPoolCreate(name=name, type=pool_type, base_job_template=template, description=description)
+            )
+        except ObjectAlreadyExists:  # a concurrent first deploy of the same org made it
+            pool = await client.read_work_pool(name)
+    if pool.type != pool_type:
+        raise PoolTypeMismatch(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}")
+    if pool.base_job_template != template or pool.description != description:
+        await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, description=description))
+        pool = await client.read_work_pool(name)
+    return pool
+
+
+async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:
+    """Delete the organization's pools of every type; missing ones are fine."""
+    for pool_type in ("docker", "process"):
+        try:
+            await client.delete_work_pool(pool_name(install_id, org_id, pool_type))
+        except ObjectNotFound:
+            pass

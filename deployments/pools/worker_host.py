@@ -1,0 +1,104 @@
+"""One process serving every Ariel work pool of one type: stock Prefect workers side by side.
+
+Each org has its own pool; a worker process per pool would cost ~150 MB each.
+Instead this process watches Prefect for its install's pools of its type
+(`ariel-<install>-*`; other installs may share the Prefect server) and runs
+one stock worker object (`DockerWorker` or `ProcessWorker`) per pool in one
+event loop, starting workers for new pools and stopping those whose pool was
+deleted. The workers never create pools: the control plane does, from the
+hardened template.
+
+Run: `python -m deployments.pools.worker_host --type docker --prefix ariel-9a8b7c6d-` (with PREFECT_API_URL set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import re
+import socket
+from typing import Literal
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
+from prefect.workers.base import BaseWorker
+from prefect.workers.process import ProcessWorker
+from prefect_docker.worker import DockerWorker
+
+from deployments.pools.work_pools import POOL_PREFIX, PoolType
+
+WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": ProcessWorker}  # type: ignore[type-arg]
+
+
+PAGE = 200  # the most the Prefect API returns per request
+
+
+async def ariel_pools(pool_type: PoolType, prefix: str) -> set[str]:
+    """Names of the pools of `pool_type` whose name starts with `prefix`, however many there are."""
+    names: set[str] = set()
+    pool_filter = WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
+    async with get_client() as client:
+        for offset in itertools.count(0, PAGE):
+            page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)
+            names |= {pool.name for pool in page if pool.name.startswith(prefix)}
+            if len(page) < PAGE:
+                return names
+    raise AssertionError("unreachable")
+
+
+async def serve_pool(pool_type: PoolType, pool: str, host: str) -> None:
+    worker = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}", create_pool_if_not_found=False)
+    await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
+
+
+async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -> None:
+    """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`."""
+    host = socket.gethostname()
+    running: dict[str, asyncio.Task[None]] = {}
+    retry_at: dict[str, float] = {}  # a worker that died waits before its next start
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                pools = await ariel_pools(pool_type, prefix)
+            except Exception as exc:  # the API restarting must not stop the workers already running
+                print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
+                pools = set(running)
+            for pool in sorted(pools - running.keys()):
+                if retry_at.get(pool, 0) > loop.time():
+                    continue
+                print(f"serving work pool {pool}", flush=True)
+                running[pool] = asyncio.create_task(serve_pool(pool_type, pool, host), name=pool)
+            for pool in sorted(running.keys() - pools):
+                print(f"work pool {pool} is gone; stopping its worker", flush=True)
+                running.pop(pool).cancel()
+            for pool, task in list(running.items()):
+                if task.done():  # a worker that died is started again on the next pass
+                    running.pop(pool)
+                    error = None if task.cancelled() else task.exception()
+                    print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
+                    retry_at[pool] = loop.time() + 30
+            await asyncio.sleep(rescan_seconds)
+    finally:
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--type", choices=sorted(WORKERS), required=True, help="the pool type to serve")
+    parser.add_argument("--prefix", required=True, help="serve the pools whose name starts with this (an install's)")
+    args = parser.parse_args()
+    if not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-", args.prefix):
+        # A shorter prefix would serve other installs' pools too.
+        parser.error(f"--prefix must be one install's, like '{POOL_PREFIX}9a8b7c6d-' (`ariel up` passes it)")
+    pool_type: Literal["docker", "process"] = args.type
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(pool_type, args.prefix))
+
+
+if __name__ == "__main__":
+    main()

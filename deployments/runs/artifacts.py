@@ -1,0 +1,89 @@
+"""What a run published as artifacts: its reply, its transcript and its usage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.client.schemas.objects import Artifact
+from prefect.client.schemas.sorting import ArtifactSort
+from pydantic import BaseModel, Field
+
+from deployments.exceptions import QueryInvalid
+from deployments.runs.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
+from flows.transcript import (
+    RESULT_ARTIFACT_KEY,
+    TRANSCRIPT_ARTIFACT_KEY,
+    USAGE_ARTIFACT_KEY,
+    TranscriptEntry,
+    Usage,
+)
+
+
+class TranscriptPage(BaseModel):
+    """A page of a run's transcript: its LLM and tool calls in order, secrets redacted."""
+
+    entries: list[TranscriptEntry] = Field(description="The entries, in the order the run made the calls.")
+    next_cursor: str | None = Field(description="Pass as `cursor` to read the next page; null at the end.")
+    total: int = Field(description="Entries in the whole transcript so far; 0 when the run recorded none.")
+
+
+async def read_result(client: PrefectClient, run_id: UUID) -> str | None:
+    """The agent's reply, from the run's result artifact; None before it replied."""
+    artifacts = await client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+            key=ArtifactFilterKey(any_=[RESULT_ARTIFACT_KEY]),
+        ),
+        limit=1,
+    )
+    return str(artifacts[0].data) if artifacts else None
+
+
+async def read_transcript(
+    client: PrefectClient, run_id: UUID, *, cursor: str | None = None, limit: int = 50
+) -> TranscriptPage:
+    """A page of the run's transcript, from the newest `transcript` artifact it published; empty when none."""
+    if limit < 1:
+        raise QueryInvalid(f"limit must be at least 1, not {limit}")
+    query = fingerprint("transcript", str(run_id))
+    offset = decode_cursor(cursor, query).get("offset") if cursor else 0
+    if not isinstance(offset, int) or offset < 0:
+        raise QueryInvalid(BAD_CURSOR)
+    artifact = await _newest_artifact(client, run_id, TRANSCRIPT_ARTIFACT_KEY)
+    rows = _table(artifact)
+    entries = [TranscriptEntry.from_row(row) for row in rows[offset : offset + limit]]
+    end = offset + len(entries)
+    return TranscriptPage(
+        entries=entries,
+        next_cursor=encode_cursor(query, offset=end) if end < len(rows) else None,
+        total=len(rows),
+    )
+
+
+async def read_usage(client: PrefectClient, run_id: UUID) -> Usage | None:
+    """What the run used, from the newest `usage` artifact; None before the run ended (or when it recorded none)."""
+    rows = _table(await _newest_artifact(client, run_id, USAGE_ARTIFACT_KEY))
+    return Usage.model_validate(rows[0]) if rows else None
+
+
+async def _newest_artifact(client: PrefectClient, run_id: UUID, key: str) -> Artifact | None:
+    # Each publication is a new version under the same key; the newest holds everything.
+    artifacts = await client.read_artifacts(
+        artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=[key])
+        ),
+        sort=ArtifactSort.CREATED_DESC,
+        limit=1,
+    )
+    return artifacts[0] if artifacts else None
+
+
+def _table(artifact: Artifact | None) -> list[dict[str, Any]]:
+    if artifact is None or artifact.data is None:
+        return []
+    data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []

@@ -1,0 +1,231 @@
+"""Why a run went wrong, from what Prefect knows: its states, failed steps, error logs, pool and workers.
+
+`diagnose` turns those facts into one answer: a cause, the evidence for it and
+the next thing to do. The control plane adds what only it knows (whether the
+agent awaits approval) through `agent_pending`.
+
+Causes, most specific first:
+
+    llm_failed / tool_failed   a step (task run) failed; its exception is shown
+    missing_secret             the provider block the agent names does not exist
+    step_limit / time_budget   the run used up its limits
+    out_of_memory              the container was killed (exit 137) at its memory limit
+    image_missing              the worker could not find the runtime image
+    container_exit             the container could not start, or it (or the process) exited with an error code
+    unapproved                 the agent's manifest awaits approval, so nothing runs it
+    pool_paused                the work pool is paused; its runs wait
+    concurrency_limit          the pool or agent already runs as many runs as it may
+    no_worker                  nobody polls the work pool
+    cancelled                  a person (or Prefect) cancelled it
+    crashed / failed           the run ended badly for a reason not recognised above
+    in_progress / waiting      nothing wrong yet
+    completed                  nothing went wrong
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterStateType,
+    FlowRunFilterState,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
+from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel, Field
+
+from deployments.providers import short_name
+from deployments.runs.flow_runs import failed_task_runs
+from deployments.runs.logs import LogLine, read_log_page
+
+Cause = Literal[
+    "llm_failed", "tool_failed", "missing_secret", "step_limit", "time_budget", "out_of_memory", "image_missing",
+    "container_exit", "unapproved", "pool_paused", "concurrency_limit", "no_worker", "cancelled", "crashed", "failed",
+    "in_progress", "waiting", "completed",
+]
+
+_ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
+# A worker heartbeats every 30 s by default; three missed beats and it is gone.
+WORKER_SILENT_AFTER = timedelta(seconds=90)
+# How long a run may sit scheduled past its start before its wait needs explaining.
+LATE_AFTER = timedelta(seconds=20)
+
+
+class FailedStep(BaseModel):
+    """The step (task run) where the run failed."""
+
+    step: str = Field(description="The step's name as the Prefect UI shows it, e.g. 'llm · step 2'.")
+    kind: Literal["llm", "tool", "other"]
+    error: str = Field(description="Its exception: type and message.")
+    task_run_id: str
+
+
+class Diagnosis(BaseModel):
+    """One answer to 'why did this run go wrong?'."""
+
+    run_id: str
+    run_name: str
+    state: str
+    cause: Cause = Field(description="The cause, as a short code; `summary` says it in words.")
+    summary: str = Field(description="The cause in one sentence.")
+    failed_step: FailedStep | None = Field(description="The failing LLM call or tool call, when a step failed.")
+    evidence: list[str] = Field(description="The facts the cause rests on: state messages, exit codes, pool and worker facts.")
+    error_logs: list[LogLine] = Field(description="The run's last warning and error log lines.")
+    next_action: str = Field(description="What to do about it.")
+
+
+async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str] | None = None) -> Diagnosis:
+    """Name the cause of `run`'s trouble with its evidence and the next action. `agent_pending`: how the version it runs goes beyond what was approved."""
+    state = run.state
+    state_type = state.type if state else None
+    message = (state.message if state else None) or ""
+    evidence = [f"state: {state.name if state else 'unknown'}" + (f" — {message}" if message else "")]
+    error_logs = (await read_log_page(client, run.id, limit=10, min_level="warning", tail=True)).lines
+
+    def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
+        return Diagnosis(
+            run_id=str(run.id), run_name=run.name, state=state.name if state else "Unknown", cause=cause,
+            summary=summary, failed_step=step, evidence=evidence, error_logs=error_logs, next_action=next_action,
+        )
+
+    # Tool failures go back to the model, so a failed step does not always fail the run: the last one is the culprit.
+    steps = [_failed_step(t) for t in await failed_task_runs(client, run.id)] if state_type in _ENDED else []
+    evidence += [f"step {step.step} failed: {step.error}" for step in steps]
+    last = steps[-1] if steps else None
+
+    if state_type == StateType.COMPLETED:
+        if last:
+            return answer("completed", f"the run completed, though {len(steps)} step(s) failed on the way "
+                          f"(the agent was told and went on); the last: {last.step}: {last.error}",
+                          "read get_transcript to see how the agent handled it", last)
+        return answer("completed", "the run completed; nothing went wrong", "read its result with get_run")
+    if state_type == StateType.CANCELLED:
+        return answer("cancelled", "the run was cancelled before it finished", "run the agent again with run_agent")
+
+    if state_type in (StateType.FAILED, StateType.CRASHED):
+        if "VersionNotApproved" in message:
+            return answer("unapproved", "the run carries a version of the agent whose manifest is not approved, so "
+                          "the runtime refused to play it (someone started it outside Ariel, e.g. in the Prefect UI)",
+                          "an admin reviews it with get_agent and approves it with update_agent action=approve; "
+                          "then run it with run_agent")
+        if "StepLimitReached" in message:
+            return answer("step_limit", "the agent used all its LLM steps without giving a final reply",
+                          "raise limits.max_steps, or make the instructions say when to stop (update_agent change)")
+        if "RunTimedOut" in message:
+            return answer("time_budget", "the run used its whole time budget (limits.timeout_seconds)"
+                          + (f"; it was in step {last.step}" if last else ""),
+                          "raise limits.timeout_seconds or give the agent less to do (update_agent change)", last)
+        if code := _exit_code(message):
+            evidence.append(f"exit code {code}")
+            if code == 137:
+                return answer("out_of_memory",
+                              "the run's container was killed (exit code 137): it reached its memory limit",
+                              "make the agent do less per run; the memory limit is set by the work pool's plan")
+            return answer("container_exit", f"the run's container or process exited with code {code}",
+                          "read the error logs below and the worker's log; run it again once fixed")
+        if started := re.search(r"unable to start container process: (.*?)(?:: unknown|$)", message):
+            evidence.append(f"the container did not start: {started.group(1)}")
+            return answer("container_exit", f"the run's container could not start ({started.group(1)}): its image "
+                          "is not an Ariel runtime image",
+                          "point ARIEL_RUNTIME_IMAGE at the runtime image (`ariel build-image` makes it) and restart "
+                          "`ariel up`, then run again")
+        if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
+                     r"failed to submit flow run to infrastructure.*(pull|image)", message):
+            return answer("image_missing", "the worker could not find the runtime image the pool names",
+                          "build it on the worker's host with `ariel build-image` (or restart `ariel up`), then run again")
+        if last and "Unable to find block document named" in last.error:
+            block = _quoted(last.error) or "the agent names"
+            return answer(
+                "missing_secret", f"the LLM provider {block} does not exist, so its key is missing",
+                f"have an admin set it with manage_secrets set_provider (name {block}, the API key), "
+                "or name another provider with update_agent; then run again",
+                last,
+            )
+        if last and last.kind == "llm":
+            return answer("llm_failed", f"the LLM call {last.step} failed: {last.error}",
+                          "check the model id, its provider key and base URL (update_agent change), then run it again",
+                          last)
+        if last:
+            return answer("tool_failed" if last.kind == "tool" else "failed", f"the step {last.step} failed: {last.error}",
+                          "fix what the tool call needs (its host, allowed_hosts or arguments) with update_agent, "
+                          "then run it again", last)
+        if state_type == StateType.CRASHED:
+            return answer("crashed", "the run crashed: its infrastructure stopped before the run could report why",
+                          "read the error logs below and the worker's log (ARIEL_HOME/logs/worker.log)")
+        return answer("failed", "the run failed", "read the error logs below; fix the agent with update_agent and run it again")
+
+    if state_type in (StateType.RUNNING, StateType.CANCELLING):
+        return answer("in_progress", "the run is still going", "wait for it, or cancel it with cancel_run")
+
+    # Scheduled or pending: is it late, and what stops it from starting?
+    now = datetime.now(UTC)
+    start = run.expected_start_time or run.created or now
+    late = now - start > LATE_AFTER
+    if agent_pending:
+        evidence.append("its version goes beyond what was approved: " + "; ".join(agent_pending))
+        return answer("unapproved", "the run carries a version of the agent whose manifest is not approved",
+                      "an admin reviews it with get_agent and approves it with update_agent action=approve")
+    if not late:
+        return answer("waiting", f"the run is {state.name if state else 'waiting'}; it is not late yet",
+                      "give it a few seconds, then look again")
+    evidence.append(f"expected to start at {start.isoformat(timespec='seconds')}, {int((now - start).total_seconds())} s ago")
+    pool_name = run.work_pool_name
+    if pool_name:
+        try:
+            pool = await client.read_work_pool(pool_name)
+        except ObjectNotFound:
+            evidence.append(f"work pool {pool_name} does not exist")
+            return answer("no_worker", f"the run's work pool {pool_name} no longer exists", "restart `ariel up`")
+        if pool.is_paused:
+            evidence.append(f"work pool {pool_name} is paused")
+            return answer("pool_paused", f"the work pool {pool_name} is paused, so no worker takes its runs",
+                          f"resume it: `prefect work-pool resume {pool_name}` or the Prefect UI (Work Pools)")
+        busy = await _active_in_pool(client, pool_name)
+        if pool.concurrency_limit is not None and busy >= pool.concurrency_limit:
+            evidence.append(f"work pool {pool_name} allows {pool.concurrency_limit} concurrent runs; {busy} are active")
+            return answer("concurrency_limit", "the work pool already runs as many runs as it may; this one waits its turn",
+                          "wait for the running ones, cancel some with cancel_run, or raise the pool's concurrency limit")
+        workers = await client.read_workers_for_work_pool(pool_name)
+        alive = [w for w in workers if w.last_heartbeat_time and now - w.last_heartbeat_time < WORKER_SILENT_AFTER]
+        evidence.append(f"{len(alive)} worker(s) polling work pool {pool_name}" +
+                        (f" ({len(workers) - len(alive)} silent)" if len(workers) > len(alive) else ""))
+        if not alive:
+            return answer("no_worker", f"no worker is polling the work pool {pool_name}, so nothing starts the run",
+                          "start the worker: run `ariel up` (it serves every pool), or on your own hardware "
+                          f"`prefect worker start --pool {pool_name}`")
+    return answer("waiting", "the run is late but its pool is ready and polled; the worker may be busy starting it",
+                  "look again in a minute; read the worker's log if it stays late")
+
+
+def _failed_step(task_run: TaskRun) -> FailedStep:
+    name = task_run.name
+    message = (task_run.state.message if task_run.state else None) or "no message"
+    error = re.sub(r"^Task run encountered an exception:?\s*", "", message)
+    kind: Literal["llm", "tool", "other"] = "llm" if name.startswith("llm") else "tool" if "·" in name else "other"
+    return FailedStep(step=name, kind=kind, error=error, task_run_id=str(task_run.id))
+
+
+async def _active_in_pool(client: PrefectClient, pool_name: str) -> int:
+    """Runs the pool's workers hold now (pending or running): what its concurrency limit counts."""
+    active = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+    return await client.count_flow_runs(
+        flow_run_filter=FlowRunFilter(state=active),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name])),
+    )
+
+
+def _exit_code(message: str) -> int | None:
+    found = re.search(r"(?:exit(?:ed)?(?: with)?(?: non-zero)? status code|exit code)\s*:?\s*(-?\d+)", message, re.I)
+    return int(found.group(1)) if found else None
+
+
+def _quoted(text: str) -> str | None:
+    found = re.search(r"named ['\"]?([\w-]+)['\"]?", text)
+    # The org knows its provider by its short name, not by the block name Ariel gives it in Prefect.
+    return repr(short_name(found.group(1))) if found else None

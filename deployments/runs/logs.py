@@ -1,0 +1,264 @@
+"""A run's log lines, read in pages past Prefect's 200, filtered and folded, credentials redacted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
+    LogFilterTaskRunId,
+    LogFilterTimestamp,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.objects import Log
+from prefect.client.schemas.sorting import LogSort
+from pydantic import BaseModel, Field
+
+from deployments.exceptions import QueryInvalid
+from deployments.runs.cursors import BAD_CURSOR, PAGE_LIMIT, decode_cursor, encode_cursor, fingerprint
+from flows.transcript import Redactor
+
+
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class LogLine(BaseModel):
+    """One log line of a run, or several identical consecutive ones folded into one."""
+
+    timestamp: datetime = Field(description="When it was logged (the first of them, when folded).")
+    level: str = Field(description="debug, info, warning, error or critical.")
+    message: str = Field(description="The line's text.")
+    task_run_id: str | None = Field(description="The task run that logged it; null for the run's own lines.")
+    task: str | None = Field(
+        default=None,
+        description="Name of the task run that logged it, e.g. 'llm · step 1'; null for the run's own lines.",
+    )
+    repeated: int = Field(
+        default=1, description="How many identical consecutive lines this one stands for; 1 when not folded."
+    )
+
+
+class LogPage(BaseModel):
+    """A page of a run's log lines, oldest first."""
+
+    lines: list[LogLine] = Field(description="The lines, oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor`, with the same filters, to read the next page; null at the end."
+    )
+    total_matched: int | None = Field(
+        default=None,
+        description=(
+            "How many lines of the run match the filters (before folding), when this page reached an end of "
+            "the run's log; null when counting them would take reading the rest."
+        ),
+    )
+
+
+async def read_log_page(
+    client: PrefectClient,
+    run_id: UUID,
+    *,
+    cursor: str | None = None,
+    limit: int = 200,
+    min_level: str = "debug",
+    task: str | None = None,
+    contains: str | None = None,
+    tail: bool = False,
+    fold: bool = True,
+) -> LogPage:
+    """A page of at most `limit` log lines of a run, oldest first, and the cursor of the next page.
+
+    `task` keeps the lines of the task run named exactly that ("http_request · step 2"),
+    or else of the task runs whose name starts with it ("llm"), leaving out the run's
+    own lines; `contains` keeps lines
+    whose message holds it, ignoring case. Messages come with credentials redacted. `tail` gives the last `limit` lines
+    instead (still oldest first, with no next page). `fold` turns identical
+    consecutive lines (same level, message and task run) into one, with `repeated`
+    counting them; a folded line never spans two pages.
+
+    Raises QueryInvalid for an unknown level, a `task` no task run of the run is named
+    by, and a cursor made for another run or other filters, or mangled.
+    """
+    if min_level not in LOG_LEVELS:
+        raise QueryInvalid(f"min_level must be one of {', '.join(LOG_LEVELS)}, not {min_level!r}")
+    if limit < 1:
+        raise QueryInvalid(f"limit must be at least 1, not {limit}")
+    query = fingerprint("logs", str(run_id), min_level, task, contains)
+    position = _LogPosition.decode(cursor, query) if cursor else _LogPosition()
+    names = await _task_run_names(client, run_id)
+    task_ids: list[UUID] | None = None
+    if task is not None:
+        # A whole name means that task run alone: "llm · step 1" is not also "llm · step 10".
+        task_ids = [task_run_id for task_run_id, name in names.items() if name == task] or [
+            task_run_id for task_run_id, name in names.items() if name.startswith(task)
+        ]
+        if not task_ids:
+            known = ", ".join(sorted(set(names.values()), key=_natural)) or "none yet"
+            raise QueryInvalid(f"no task run of this run is named {task!r} or starts with it; its task runs: {known}")
+    log_filter = LogFilter(
+        flow_run_id=LogFilterFlowRunId(any_=[run_id]),
+        level=LogFilterLevel(ge_=LOG_LEVELS[min_level]),
+        task_run_id=LogFilterTaskRunId(any_=task_ids) if task_ids is not None else None,
+    )
+    # Prefect's own text filter (LogFilter.text) fails on SQLite older than 3.44; matching here works on every store.
+    needle = contains.casefold() if contains else None
+
+    def matches(line: Log) -> bool:
+        return needle is None or needle in line.message.casefold()
+
+    page = _Folder(limit, fold, names)
+    if tail:
+        await _read_tail(client, log_filter, matches, page)
+        return LogPage(lines=page.lines[::-1], next_cursor=None, total_matched=page.matched if page.exhausted else None)
+    while not page.full_stop:
+        batch = await client.read_logs(
+            log_filter=log_filter.model_copy(
+                update={"timestamp": LogFilterTimestamp(after_=position.after) if position.after else None}
+            ),
+            offset=position.skip,
+            limit=PAGE_LIMIT,
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+        for line in map(_redacted, batch):
+            matched = matches(line)
+            if matched and not page.take(line):
+                break
+            position.advance(line, matched)
+        if len(batch) < PAGE_LIMIT and not page.full_stop:
+            page.exhausted = True
+            break
+    return LogPage(
+        lines=page.lines,
+        next_cursor=None if page.exhausted else position.encode(query),
+        total_matched=position.matched if page.exhausted else None,
+    )
+
+
+class _LogPosition:
+    """Where a forward read stands: after the lines up to timestamp `after`, `skip` of those at `after` itself.
+
+    Keyed on the timestamp rather than an offset, so each page is one index range
+    of the store, however far into a long log it is.
+    """
+
+    def __init__(self, after: datetime | None = None, skip: int = 0, matched: int = 0) -> None:
+        self.after = after
+        self.skip = skip
+        self.matched = matched  # matching lines before this position, from the first line on
+
+    def advance(self, line: Log, matched: bool) -> None:
+        if line.timestamp == self.after:
+            self.skip += 1
+        else:
+            self.after, self.skip = line.timestamp, 1
+        self.matched += int(matched)
+
+    def encode(self, query: str) -> str:
+        return encode_cursor(
+            query, after=self.after.isoformat() if self.after else None, skip=self.skip, matched=self.matched
+        )
+
+    @classmethod
+    def decode(cls, cursor: str, query: str) -> _LogPosition:
+        data = decode_cursor(cursor, query)
+        try:
+            after = datetime.fromisoformat(data["after"]) if data["after"] is not None else None
+            skip, matched = int(data["skip"]), int(data["matched"])
+        except (KeyError, TypeError, ValueError):
+            raise QueryInvalid(BAD_CURSOR) from None
+        if skip < 0 or matched < 0:
+            raise QueryInvalid(BAD_CURSOR)
+        return cls(after, skip, matched)
+
+
+class _Folder:
+    """Collects up to `limit` lines, folding identical consecutive ones when `fold` is set."""
+
+    def __init__(self, limit: int, fold: bool, names: dict[UUID, str]) -> None:
+        self.limit = limit
+        self.fold = fold
+        self.names = names
+        self.lines: list[LogLine] = []
+        self.matched = 0
+        self.full_stop = False  # a line came that would start line limit + 1: the page ends before it
+        self.exhausted = False  # no lines are left to read
+
+    def take(self, line: Log) -> bool:
+        """Add `line`; False, taking nothing, when it would be one line too many."""
+        level = _LEVEL_NAMES.get(line.level, str(line.level))
+        task_run_id = str(line.task_run_id) if line.task_run_id else None
+        last = self.lines[-1] if self.lines else None
+        if (
+            self.fold and last is not None
+            and (last.level, last.message, last.task_run_id) == (level, line.message, task_run_id)
+        ):
+            last.repeated += 1
+            if line.timestamp < last.timestamp:  # reading backwards: the first of them leads
+                last.timestamp = line.timestamp
+        elif len(self.lines) >= self.limit:
+            self.full_stop = True
+            return False
+        else:
+            self.lines.append(
+                LogLine(
+                    timestamp=line.timestamp,
+                    level=level,
+                    message=line.message,
+                    task_run_id=task_run_id,
+                    task=self.names.get(line.task_run_id) if line.task_run_id else None,
+                )
+            )
+        self.matched += 1
+        return True
+
+
+def _redacted(line: Log) -> Log:
+    """The line as a reader may see it: the runtime logs no keys, but a tool's arguments could hold one.
+
+    Before `contains` matches, so that a search cannot probe a secret letter by letter.
+    """
+    return line.model_copy(update={"message": Redactor().text(line.message)})
+
+
+async def _read_tail(
+    client: PrefectClient, log_filter: LogFilter, matches: Callable[[Log], bool], page: _Folder
+) -> None:
+    """Fill `page` with the last matching lines, newest first."""
+    offset = 0
+    while True:
+        batch = await client.read_logs(
+            log_filter=log_filter, offset=offset, limit=PAGE_LIMIT, sort=LogSort.TIMESTAMP_DESC
+        )
+        offset += len(batch)
+        for line in map(_redacted, batch):
+            if matches(line) and not page.take(line):
+                return
+        if len(batch) < PAGE_LIMIT:
+            page.exhausted = True
+            return
+
+
+async def _task_run_names(client: PrefectClient, run_id: UUID) -> dict[UUID, str]:
+    task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
+    names: dict[UUID, str] = {}
+    while True:
+        page = await client.read_task_runs(task_run_filter=task_filter, offset=len(names), limit=PAGE_LIMIT)
+        names.update((task_run.id, task_run.name) for task_run in page)
+        if len(page) < PAGE_LIMIT:
+            return names
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    # "llm · step 10" after "llm · step 9".
+    head, _, number = name.rpartition(" ")
+    return (head, int(number)) if number.isdigit() else (name, 0)
+
+
+_LEVEL_NAMES = {value: name for name, value in LOG_LEVELS.items()}

@@ -1,0 +1,184 @@
+"""The `ariel` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+
+from pydantic import ValidationError
+
+from mcp_server.settings import ArielSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Before anything imports litellm: it otherwise fetches a price map from the internet.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    parser = argparse.ArgumentParser(prog="ariel", description="Workflow orchestration for AI agents, on Prefect 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start Prefect, a worker and the MCP server; Ctrl-C stops all")
+    up.add_argument("--port", type=int, help="port of the HTTP app (MCP at /mcp); default ARIEL_PORT or 8765")
+    up.add_argument("--worker-type", choices=["auto", "docker", "process"], help="work pool type; default auto")
+    commands.add_parser("mcp", help="serve MCP over stdio, for desktop MCP clients")
+    commands.add_parser("migrate", help="apply the store's pending migrations")
+    commands.add_parser("build-image", help="build the runtime image if it is missing or older than the code")
+    key = commands.add_parser(
+        "create-key",
+        help="issue an API key for an org (made if missing, owned by --owner): how the first admin of a "
+        "server in api_key or oidc mode gets in",
+    )
+    key.add_argument("org", help="the org's slug, e.g. acme")
+    key.add_argument("--owner", required=True, help="email or login of the person the key acts for")
+    key.add_argument("--role", default="owner", choices=["owner", "admin", "member", "viewer"])
+    key.add_argument("--name", default="bootstrap", help="a name to tell the key apart")
+    provider = commands.add_parser(
+        "provider", help="set, list or delete the LLM provider keys an org's agents use (needs a running `ariel up`)"
+    )
+    provider.add_argument("action", choices=["set", "list", "delete"])
+    provider.add_argument("name", nargs="?", help="set, delete: the provider's name, e.g. openai-main")
+    provider.add_argument("--org", help="the org's slug; default: your own (the local user's current org)")
+    provider.add_argument("--api-base", help="set: base URL of a self-hosted or OpenAI-compatible server")
+    provider.add_argument("--yes", action="store_true", help="delete: even when agents name it")
+    args = parser.parse_args(argv)
+
+    overrides = {key: value for key, value in (("port", getattr(args, "port", None)),
+                                                ("worker_type", getattr(args, "worker_type", None))) if value}
+    try:
+        settings = ArielSettings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = f"ARIEL_{str(error['loc'][0]).upper()}" if error["loc"] else "settings"
+            print(f"ariel: {name}: {str(error['msg']).removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args.command, settings, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int:
+    from deployments.exceptions import DeploymentError
+    from mcp_server.cli.stack import StartupFailed
+    from mcp_server.services.exceptions import ArielError
+    from mcp_server.store import StoreError
+
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        if command == "up":
+            from mcp_server.cli.stack import up
+
+            up(settings)
+        elif command == "mcp":
+            _serve_stdio(settings)
+        elif command == "create-key":
+            print(asyncio.run(_create_key(settings, args.org, args.owner, args.role, args.name)))
+        elif command == "provider":
+            print(asyncio.run(_provider(settings, args)))
+        elif command == "migrate":
+            asyncio.run(_migrate(settings))
+            print(f"store at {settings.resolved_store_url} is up to date")
+        elif command == "build-image":
+            from deployments.images.runtime_image import RuntimeImageBuilder
+
+            built = RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure()
+            if not built:
+                print(f"{settings.runtime_image} is up to date")
+    except (StartupFailed, ArielError, DeploymentError, StoreError) as exc:
+        print(f"ariel {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve_stdio(settings: ArielSettings) -> None:
+    from mcp_server.tools.server import build_mcp
+    from mcp_server.cli.stack import Runtime
+
+    runtime = Runtime.load(settings.home)
+    api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
+    if api_url is None or runtime is None:
+        raise SystemExit("ariel mcp: start Ariel first with `ariel up` (it records the Prefect API and work pool to use)")
+    build_mcp(settings, api_url, runtime.pool_type).run(transport="stdio", show_banner=False)
+
+
+async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: str, name: str) -> str:
+    from deployments.agents.spec import slugify
+    from mcp_server.services.exceptions import InvalidRequest
+    from mcp_server.store import Store
+
+    if slugify(org_slug) != org_slug:
+        raise InvalidRequest(f"org: {org_slug!r} is not a slug; use lowercase letters, digits and '-', e.g. {slugify(org_slug)!r}")
+    store = await Store.open(settings.resolved_store_url)
+    try:
+        user = await store.invitee(owner)
+        actor = f"ariel create-key ({owner})"
+        org = await store.find_org(org_slug)
+        # Membership changes like any other: the trail shows how this owner came in.
+        if org is None:
+            org = await store.create_org(org_slug, org_slug, user.id)  # with `user` as its owner
+            await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.create",
+                                     target=f"{org_slug}, owned by {owner}", origin="cli", outcome="ok")
+        elif await store.member(org.id, user.id) is None:
+            await store.add_member(org.id, user.id, "owner")
+            await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.invite",
+                                     target=f"{owner} as owner", origin="cli", outcome="ok")
+        record, plaintext = await store.create_api_key(org.id, name, role, user.id)  # type: ignore[arg-type]  # argparse choices
+        await store.record_event(org.id, actor_id=user.id, actor=actor, action="org.create_key",
+                                 target=record.prefix, origin="cli", outcome="ok")
+    finally:
+        await store.close()
+    return (
+        f"API key {record.prefix} for {org_slug} ({role}, acting for {owner}); shown this once, store it now:\n"
+        f"{plaintext}"
+    )
+
+
+async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
+    from pydantic import SecretStr
+
+    from mcp_server.services.caller import Caller
+    from mcp_server.services.exceptions import InvalidRequest, NotFound
+    from mcp_server.services.container import open_services
+    from mcp_server.cli.stack import Runtime
+
+    runtime = Runtime.load(settings.home)
+    api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
+    if api_url is None or runtime is None:
+        raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
+    if args.action != "list" and not args.name:
+        raise InvalidRequest(f"provider {args.action} needs the provider's NAME, e.g. `ariel provider {args.action} "
+                             "openai-main`")
+    key = None
+    if args.action == "set":
+        # Read before connecting, and never from the command line, where `ps` and shell history would keep it.
+        key = SecretStr(getpass.getpass(f"API key for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline())
+    async with open_services(settings, api_url, runtime.pool_type) as services:
+        if args.org:
+            org = await services.store.find_org(args.org)
+            if org is None:
+                raise NotFound(f"no org {args.org!r} in this installation")
+        else:
+            local = await services.auth.local_caller("cli")
+            org = await services.store.get_org(local.org_id)
+            assert org is not None  # the local user's current org exists: local_caller just resolved it
+        # Whoever can run this on the host holds the store itself: an owner.
+        caller = Caller(user_id="ariel", user_label="ariel provider (cli)", org_id=org.id, org_slug=org.slug,
+                        org_name=org.name, role="owner", source="local", origin="cli")
+        action = {"set": "set_provider", "list": "list", "delete": "delete_provider"}[args.action]
+        view = await services.secrets.manage(caller, action, args.name, key, args.api_base, args.yes)  # type: ignore[arg-type]  # argparse choices
+    lines = [view.done]
+    lines += [f"  {p.name}  {p.api_base or '(provider default)'}  used by: {', '.join(p.used_by) or 'none'}"
+              for p in view.providers if args.action == "list"]
+    return "\n".join(lines)
+
+
+async def _migrate(settings: ArielSettings) -> None:
+    from mcp_server.store import Store
+
+    store = await Store.open(settings.resolved_store_url)
+    await store.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

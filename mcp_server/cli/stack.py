@@ -1,0 +1,208 @@
+"""`ariel up`: the embedded Prefect server, the default org's worker and the HTTP app, in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+from prefect.client.orchestration import PrefectClient
+
+from blocks.llm_provider import LLMProvider
+from deployments.exceptions import ImageBuildFailed
+from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
+from deployments.pools.work_pools import PoolType, install_prefix
+from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, endpoint
+from mcp_server.http.app import create_app
+from mcp_server.services.caller import Caller
+from mcp_server.cli.processes import Children
+from mcp_server.services.container import open_services
+from mcp_server.settings import ArielSettings
+from mcp_server.store import Organization
+
+RUNTIME_FILE = "runtime.json"
+
+
+class StartupFailed(Exception):
+    """`ariel up` cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What a running `ariel up` uses, recorded for `ariel mcp` (stdio) to use the same."""
+
+    prefect_api_url: str
+    pool_type: PoolType
+
+    def save(self, home: Path) -> None:
+        (home / RUNTIME_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, home: Path) -> Runtime | None:
+        try:
+            return cls(**json.loads((home / RUNTIME_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
+    """The environment of the Prefect server and the worker host; a process pool's flow runs inherit it.
+
+    ARIEL_PROTECTED_ENDPOINTS gains Ariel's HTTP app, which the runtime's
+    `http_request` then refuses (it refuses the Prefect API unasked); an
+    operator's own entries (say, the store's database) are kept.
+    """
+    env = dict(os.environ)
+    env.update(
+        PREFECT_API_URL=api_url,
+        PREFECT_HOME=str(settings.home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS=str(settings.worker_query_seconds),
+        LITELLM_LOCAL_MODEL_COST_MAP="True",
+    )
+    app = endpoint(settings.host, settings.port)
+    env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), app]))
+    return env
+
+
+def wait_healthy(api_url: str, children: Children, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if children.exited():
+            break
+        time.sleep(0.3)
+    raise StartupFailed(f"the Prefect server did not become healthy at {api_url}; see {children.log_dir}/prefect-server.log")
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) != 0
+
+
+def choose_pool_type(settings: ArielSettings) -> PoolType:
+    if settings.worker_type == "process":
+        return "process"
+    if docker_available():
+        return "docker"
+    if settings.worker_type == "docker":
+        raise StartupFailed("ARIEL_WORKER_TYPE=docker but no Docker engine answers; start dockerd, or unset it")
+    say("No Docker engine answers, so agents will run as local processes (a process work pool).")
+    say("  To run them in containers, start Docker (see the README) and run `ariel up` again.")
+    return "process"
+
+
+async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, str, int]:
+    """Make the local user's pool, and re-deploy every org's agents to a pool of today's type and image.
+
+    Returns (the install's pool-name prefix, the local user's pool, agents deployed). Without the re-deploy, a
+    change of pool type or image would strand other orgs' agents on pools no
+    worker serves.
+    """
+    async with open_services(settings, api_url, pool_type) as services:
+        local = await services.auth.local_caller("ariel up")
+        name = await services.agents.ensure_pool(local)
+        async with PrefectClient(api_url) as client:
+            # So the block type shows in the Prefect UI's catalog; providers themselves are made per org with
+            # manage_secrets or `ariel provider set`, under names only that org's agents load.
+            await LLMProvider.aregister_type_and_schema(client=client)
+        deployed = 0
+        for org in await services.store.all_orgs():
+            deployed += await services.agents.redeploy_all(platform_caller(org))
+        return install_prefix(services.agents.install_id), name, deployed
+
+
+def platform_caller(org: Organization) -> Caller:
+    """Ariel itself, acting in `org` for upkeep no person asked for."""
+    return Caller(user_id="ariel", user_label="ariel up", org_id=org.id, org_slug=org.slug, org_name=org.name,
+                  role="owner", source="local", origin="ariel up")
+
+
+def client_config(settings: ArielSettings, runtime: Runtime) -> str:
+    ariel = shutil.which("ariel") or str(Path(sys.executable).parent / "ariel")
+    config = {
+        "mcpServers": {
+            "ariel": {"url": settings.mcp_url},
+            "ariel-stdio": {"command": ariel, "args": ["mcp"], "env": {"ARIEL_HOME": str(settings.home)}},
+        }
+    }
+    return json.dumps(config, indent=2)
+
+
+def up(settings: ArielSettings) -> None:
+    """Start everything, serve until Ctrl-C, then stop every child process."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if not port_free(settings.host, settings.port):
+        raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
+    children = Children(settings.home / "logs")
+    try:
+        api_url = settings.prefect_api_url
+        if api_url is None:
+            if not port_free("127.0.0.1", settings.prefect_port):
+                raise StartupFailed(
+                    f"port {settings.prefect_port} is in use; set ARIEL_PREFECT_PORT, "
+                    "or ARIEL_PREFECT_API_URL to use a running Prefect server"
+                )
+            api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
+            say(f"Starting the Prefect server on port {settings.prefect_port} ...")
+            children.start(
+                "prefect-server",
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                 "--port", str(settings.prefect_port)],
+                prefect_env(api_url, settings),
+            )
+        started = time.monotonic()
+        wait_healthy(api_url, children)
+        say(f"Prefect API ready in {time.monotonic() - started:.1f} s")
+
+        pool_type = choose_pool_type(settings)
+        if pool_type == "docker" and settings.build_image:
+            try:
+                RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure(say)
+            except ImageBuildFailed as exc:
+                raise StartupFailed(str(exc)) from exc
+        prefix, org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
+        runtime = Runtime(api_url, pool_type)
+        if redeployed:
+            say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")
+        runtime.save(settings.home)
+
+        worker_env = prefect_env(api_url, settings)
+        # A process worker runs flows on this host: make the runtime importable from any directory.
+        worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), worker_env.get("PYTHONPATH")]))
+        # One process runs a stock worker for every pool of this install, including pools made later.
+        children.start(
+            "worker", [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix], worker_env
+        )
+        ui_url = api_url.removesuffix("/api")
+        say("")
+        say(f"Ariel is up. Work pool: {org_pool} ({pool_type})")
+        say(f"  MCP (streamable HTTP): {settings.mcp_url}")
+        say(f"  Prefect UI:            {ui_url}")
+        say(f"  Logs:                  {children.log_dir}")
+        say("MCP client config (Claude Desktop style; HTTP, or stdio via `ariel mcp`):")
+        say(client_config(settings, runtime))
+        say("Press Ctrl-C to stop.")
+        app = create_app(settings, api_url, pool_type)
+        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")).run()
+    finally:
+        say("Stopping ...")
+        children.stop_all()
+        say("Stopped.")
+

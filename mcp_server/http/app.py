@@ -1,0 +1,243 @@
+"""The HTTP app: MCP over streamable HTTP at /mcp, plus /health, /ready and docs at /docs.
+
+Every request passes, outermost first: security headers, the unhandled-error
+guard, CORS, the per-address rate limit, the body limit, authentication, the
+per-user rate limit (see `mcp_server.http.hardening` and `.rate_limit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager, nullcontext
+from typing import Literal
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from prefect.client.orchestration import PrefectClient
+from pydantic import BaseModel, Field
+from starlette.middleware.cors import CORSMiddleware
+
+from deployments.pools.readiness import polling_workers
+from deployments.pools.work_pools import PoolType
+from mcp_server.http.hardening import (
+    INTERNAL_ERROR,
+    CatchUnhandled,
+    LimitBody,
+    LoopbackOnly,
+    SecurityHeaders,
+    docs_csp,
+)
+from mcp_server.http.authenticate import AuthenticateHTTP
+from mcp_server.http.rate_limit import RateLimit
+from mcp_server.tools.server import build_mcp
+from mcp_server.services.container import Services, open_services
+from mcp_server.settings import ArielSettings
+
+log = logging.getLogger("ariel.http")
+
+CHECK_TIMEOUT_SECONDS = 5.0
+READY_CACHE_SECONDS = 2.0
+"""/ready is public and unthrottled: probes within this long share one round of checks against the store and Prefect."""
+
+# What MCP clients send and read across origins (streamable HTTP: sessions, protocol version, resumption).
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Accept", "Mcp-Session-Id", "Mcp-Protocol-Version",
+                        "Last-Event-ID"]
+CORS_RESPONSE_HEADERS = ["Mcp-Session-Id", "WWW-Authenticate", "Retry-After"]
+
+CheckName = Literal["store", "prefect", "worker"]
+WHAT_TO_DO: dict[CheckName, str] = {
+    "store": "check that the database ARIEL_STORE_URL names is up and reachable",
+    "prefect": "is the Prefect server running? `ariel up` starts one, ARIEL_PREFECT_API_URL names another",
+    "worker": "see the server log",
+}
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field(default="ok", description="Always 'ok' while the process serves requests.")
+
+
+class Check(BaseModel):
+    name: CheckName = Field(description="What was checked.")
+    ok: bool = Field(description="Whether it is ready.")
+    message: str = Field(description="What was found; when not ready, what to do.")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"] = Field(description="'ready' when every check is ok.")
+    checks: list[Check] = Field(
+        description="The control-plane store answers; the Prefect API answers; a worker polls this install's pools."
+    )
+
+
+class InternalError(BaseModel):
+    error: Literal["internal error; see the server log"] = INTERNAL_ERROR
+
+
+def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> FastAPI:
+    """A new app; nothing is shared between two apps made by this factory (limits and caches included)."""
+    opened: list[Services] = []  # filled by the lifespan; this app's alone
+
+    def services() -> Services:
+        return opened[0]
+
+    mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
+        path="/mcp"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The services first: the auth middleware and the MCP server both use them.
+        async with open_services(settings, prefect_api_url, pool_type) as ready:
+            opened.append(ready)
+            async with mcp_app.lifespan(app):
+                yield
+            opened.clear()
+
+    app = FastAPI(
+        title="Ariel",
+        summary="Workflow orchestration for AI agents, on Prefect 3. MCP over streamable HTTP at /mcp.",
+        description=(
+            f"Request bodies over {settings.max_body_bytes} bytes get 413. "
+            + (f"More than {settings.rate_limit_per_minute} requests a minute from one user or one address get 429 "
+               "with a Retry-After header (/health and /ready are not counted). "
+               if settings.rate_limit_per_minute else "")
+            + "Unexpected errors answer 500 without details; the server log has them."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+        # Served below with a Content-Security-Policy that admits exactly what the page loads; no ReDoc page.
+        docs_url=None,
+        redoc_url=None,
+        responses={500: {"model": InternalError, "description": "An unexpected error; the server log has the details."}},
+    )
+    # add_middleware wraps: the last added runs first.
+    app.add_middleware(RateLimit, per="user", per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(AuthenticateHTTP, services=services)
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RateLimit, per="address", per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_RESPONSE_HEADERS,
+        # Bearer tokens, not cookies: a page never needs the browser's credentials.
+        allow_credentials=False,
+    )
+    if settings.auth_mode in ("none", "dev"):
+        app.add_middleware(LoopbackOnly, allowed_origins=settings.cors_origins)
+    app.add_middleware(CatchUnhandled)
+    app.add_middleware(SecurityHeaders)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        page = get_swagger_ui_html(
+            openapi_url=f"{root_path}{app.openapi_url}",
+            title=f"{app.title} - API docs",
+            # No spec validation badge: it would send the spec's address to swagger.io.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers["Content-Security-Policy"] = docs_csp(bytes(page.body).decode())
+        return page
+
+    @app.get("/health", response_model=Health, summary="Liveness: the process answers.")
+    async def health() -> Health:
+        return Health()
+
+    async def check_store() -> Check:
+        if not opened:
+            return Check(name="store", ok=False, message="the app is starting or stopping; ask again shortly")
+        try:
+            await services().store.installation_id()
+        except Exception as exc:
+            log.warning("readiness: the store did not answer", exc_info=True)
+            return Check(name="store", ok=False,
+                         message=f"the control-plane store did not answer ({_reason(exc)}); {WHAT_TO_DO['store']}")
+        return Check(name="store", ok=True, message="the control-plane store answered")
+
+    async def check_prefect() -> Check:
+        try:
+            async with httpx.AsyncClient(timeout=CHECK_TIMEOUT_SECONDS) as client:
+                answer = await client.get(f"{prefect_api_url}/health")
+            answer.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("readiness: the Prefect API at %s did not answer: %s", prefect_api_url, exc)
+            return Check(name="prefect", ok=False,
+                         message=f"the Prefect API did not answer its health check ({_reason(exc)}); {WHAT_TO_DO['prefect']}")
+        return Check(name="prefect", ok=True, message="the Prefect API answered")
+
+    async def check_worker() -> Check:
+        if not opened:
+            return Check(name="worker", ok=False, message="the app is starting or stopping; ask again shortly")
+        try:
+            async with PrefectClient(prefect_api_url) as client:
+                census = await polling_workers(client, services().agents.install_id, pool_type)
+        except Exception as exc:
+            log.warning("readiness: could not read this install's workers from Prefect", exc_info=True)
+            return Check(name="worker", ok=False, message=f"could not ask the Prefect API which workers poll this "
+                         f"install's work pools ({_reason(exc)}); {WHAT_TO_DO['worker']}")
+        if not census.pools:
+            return Check(name="worker", ok=False, message=f"this install has no {pool_type} work pool yet, so no "
+                         "worker can poll one; `ariel up` makes the first (and each organization's first agent its own)")
+        if not census.polling_workers:
+            return Check(name="worker", ok=False, message=f"no worker is polling this install's {pool_type} work pools "
+                         f"({len(census.pools)}); is `ariel up` running? It starts the worker host.")
+        return Check(name="worker", ok=True, message=f"{census.polling_workers} worker(s) polling this install's "
+                     f"{pool_type} work pools")
+
+    async def prefect_then_worker() -> tuple[Check, Check]:
+        prefect = await _within(check_prefect(), "prefect")
+        if not prefect.ok:
+            return prefect, Check(name="worker", ok=False, message="not checked: the Prefect API did not answer")
+        return prefect, await _within(check_worker(), "worker")
+
+    last: list[tuple[float, Readiness]] = []  # this app's latest answer and when it was made
+    checking = asyncio.Lock()
+
+    async def readiness() -> Readiness:
+        async with checking:
+            if last and time.monotonic() - last[0][0] < READY_CACHE_SECONDS:
+                return last[0][1]
+            store, (prefect, worker) = await asyncio.gather(_within(check_store(), "store"), prefect_then_worker())
+            checks = [store, prefect, worker]
+            answer = Readiness(status="ready" if all(c.ok for c in checks) else "not ready", checks=checks)
+            last[:] = [(time.monotonic(), answer)]
+            return answer
+
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        summary="Readiness: the store and the Prefect API answer, and a worker polls this install's pools.",
+        responses={503: {"model": Readiness, "description": "Not ready: each check says what is missing and what to do."}},
+    )
+    async def ready() -> JSONResponse:
+        answer = await readiness()
+        return JSONResponse(answer.model_dump(), status_code=200 if answer.status == "ready" else 503)
+
+    # Last: a mount at "/" shadows routes registered after it.
+    app.mount("/", mcp_app)
+    return app
+
+
+async def _within(check: Awaitable[Check], name: CheckName) -> Check:
+    """The check's answer, or a not-ready one when it takes longer than a probe can wait."""
+    try:
+        return await asyncio.wait_for(check, CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("readiness: the %s check took longer than %s s", name, CHECK_TIMEOUT_SECONDS)
+        return Check(name=name, ok=False,
+                     message=f"no answer within {CHECK_TIMEOUT_SECONDS:.0f} s; {WHAT_TO_DO[name]}")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for a public message: the exception's type and, for HTTP errors, the status (no addresses)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    return type(exc).__name__
+

@@ -1,0 +1,55 @@
+"""ASGI middleware: every request to /mcp proves who it is before the MCP server sees it.
+
+A refused credential gets a 401 with a `WWW-Authenticate: Bearer` challenge and a
+message that says what to send (RFC 6750); an identity provider that does not
+answer gets a 503. In auth mode `none` every request is the local user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_server.auth import AuthError, AuthUnavailable
+from mcp_server.tools.middleware.caller import SCOPE_CALLER
+from mcp_server.services.container import Services
+
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+"""Everything else asks for credentials: MCP is mounted at the root, so an allow-list fails closed."""
+
+
+class AuthenticateHTTP:
+    def __init__(self, app: ASGIApp, services: Callable[[], Services]) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Behind a proxy prefix (root_path), the path routing sees is the path without it.
+        path = scope["path"].removeprefix(scope.get("root_path", "")) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        origin = f"http {client[0]}" if client else "http"
+        try:
+            caller = await self.services().auth.caller_for(Headers(scope=scope).get("authorization"), origin)
+        except AuthUnavailable as exc:
+            await _refuse(503, str(exc), {}, scope, receive, send)
+            return
+        except AuthError as exc:
+            description = str(exc).replace('"', "'")
+            challenge = {"WWW-Authenticate": f'Bearer realm="ariel", error="invalid_token", error_description="{description}"'}
+            await _refuse(401, str(exc), challenge, scope, receive, send)
+            return
+        scope.setdefault("state", {})[SCOPE_CALLER] = caller
+        await self.app(scope, receive, send)
+
+
+async def _refuse(status: int, message: str, headers: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+    body: dict[str, Any] = {"error": "unauthorized" if status == 401 else "unavailable", "detail": message}
+    await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)

@@ -1,1 +1,0 @@
-"""Cross-cutting concerns of every tool call, one module each."""

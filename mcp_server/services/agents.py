@@ -1,0 +1,414 @@
+"""`AgentService`: what the MCP tools do, one method per tool, every one scoped to the caller's org.
+
+Order of writes on create: the store row first (it owns the slug), then the
+Prefect deployment; if Prefect fails, the row is removed again, so nothing is
+left half-created.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from blocks.llm_provider import LLMProvider
+from deployments import providers, runs
+from deployments.agents import compiler
+from deployments.exceptions import SpecInvalid
+from deployments.agents.manifest import Manifest
+from flows.config import RunConfig
+from flows.models import SCRIPTED_MODEL
+from deployments.agents.spec import AgentSpec, base_url_problem, slugify, spec_changes
+from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT, PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
+from mcp_server.services.audit import audited
+from mcp_server.services.caller import Caller
+from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from mcp_server.store import AgentRecord, Store
+from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
+
+@dataclass
+class AgentService:
+    """Agents: their specs, versions, approval and deployments, for one Ariel installation."""
+
+    store: Store
+    prefect_api_url: str
+    pool_type: PoolType
+    runtime_image: str
+    install_id: str
+    memory_limit: str = DEFAULT_MEMORY_LIMIT  # of each flow-run container: the plan's
+    # host:port of Ariel's own services, which no agent may call (the runtime
+    # shares the host's network, and the Prefect API holds every org's data).
+    protected_hosts: tuple[str, ...] = ()
+
+    @asynccontextmanager
+    async def prefect(self) -> AsyncIterator[PrefectClient]:
+        """A Prefect client; a connection failure becomes `Unavailable` with what to do."""
+        try:
+            async with PrefectClient(self.prefect_api_url) as client:
+                yield client
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unavailable(
+                f"the Prefect API at {self.prefect_api_url} did not answer; is `ariel up` running?"
+            ) from exc
+        except ObjectNotFound as exc:
+            raise Unavailable(
+                "Prefect no longer has this agent's deployment or work pool; restart `ariel up` to deploy it again"
+            ) from exc
+        except PrefectHTTPStatusError as exc:
+            raise Unavailable(
+                f"the Prefect API refused the request ({exc.response.status_code}); see the Prefect server's log"
+            ) from exc
+
+    def target(self, caller: Caller) -> compiler.DeploymentTarget:
+        return compiler.DeploymentTarget(pool_name=pool_name(self.install_id, caller.org_id, self.pool_type), org_id=caller.org_id)
+
+    async def ensure_pool(self, caller: Caller) -> str:
+        """Create the org's work pool, or bring its hardened template up to date; returns its name."""
+        name = pool_name(self.install_id, caller.org_id, self.pool_type)
+        template = (
+            docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit,
+                                protected_endpoints=self.protected_hosts)
+            if self.pool_type == "docker" else process_job_template()
+        )
+        async with self.prefect() as client:
+            await ensure_pool(client, name, self.pool_type, template, caller.org_id)
+        return name
+
+    async def remove_org(self, caller: Caller) -> None:
+        """Delete the org's deployments, schedules and pools from Prefect; its runs stay readable there."""
+        async with self.prefect() as client:
+            await compiler.remove_org(client, caller.org_id)
+            await remove_pools(client, self.install_id, caller.org_id)
+            await providers.remove_org_providers(client, self.install_id, caller.org_id)
+
+    async def create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
+        name = str(data.get("name", ""))
+        async with audited(self.store, caller, "agent.create", name):
+            return await self._create(caller, data)
+
+    async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
+        spec = self._parse(data, "the agent was not created")
+        await self._check_provider(caller, spec, "the agent was not created")
+        if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
+            # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
+            raise InvalidRequest("the agent was not created: name: a 32-character hex name reads as an agent id; "
+                                 "choose a name with words")
+        record = await self.store.create_agent(
+            # The whole spec, defaults included: a later default must not change a stored version.
+            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json"), created_by=caller.user_label
+        )
+        try:
+            await self.ensure_pool(caller)
+            deployment_id = await self._deploy(caller, record, spec)
+        except BaseException:
+            # Prefect may have made the deployment even if its answer was lost.
+            await self._undeploy_quietly(caller, record)
+            await self.store.delete_agent(caller.org_id, record.id)
+            raise
+        await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+        return await self.get(caller, record.id, full=False)
+
+    async def change(self, caller: Caller, ref: str, changes: dict[str, Any]) -> AgentView:
+        """A new version from the current spec with `changes` applied; back to pending_approval if it widens."""
+        async with audited(self.store, caller, "agent.change", ref):
+            record = await self.resolve(caller, ref)
+            if not changes:
+                raise InvalidRequest("update_agent change needs at least one field to change, e.g. instructions")
+            current = await self.spec_of(caller, record)
+            before = current.model_dump(mode="json", exclude_none=True)
+            if isinstance(changes.get("limits"), dict):
+                changes = {**changes, "limits": {**before.get("limits", {}), **changes["limits"]}}
+            merged = {**before, **changes}
+            merged = {key: value for key, value in merged.items() if value is not None}
+            if merged.get("model") != SCRIPTED_MODEL and "script" not in changes:
+                merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
+            spec = self._parse(merged, "the agent was not changed")
+            if spec.provider != current.provider:
+                await self._check_provider(caller, spec, "the agent was not changed")
+            if spec == current:
+                # Also how a version whose deploy failed gets deployed: `apply` writes only what Prefect lacks.
+                await self._deploy(caller, record, spec)
+                raise InvalidRequest("that change leaves the agent as it is; nothing was changed")
+            updated = await self.store.add_version(
+                caller.org_id, record.id, record.version, spec.name, spec.model_dump(mode="json"), caller.user_label
+            )
+            try:
+                await self._deploy(caller, updated, spec)
+            except Exception:
+                # The store is ahead of Prefect now: say so, and how to catch Prefect up.
+                raise Unavailable(
+                    f"version {updated.version} was saved but could not be deployed; "
+                    "run `ariel up` again (it re-deploys every agent) or retry the change"
+                ) from None
+            return await self.get(caller, record.id, full=False)
+
+    async def approve(self, caller: Caller, ref: str, version: int | None) -> AgentView:
+        """Approve the current version's manifest; records who. `version` guards against approving something unread."""
+        async with audited(self.store, caller, "agent.approve", ref):
+            if not caller.can("admin"):
+                raise Forbidden(f"update_agent approve needs the admin role or higher; you are {caller.role_phrase}. "
+                                "Ask an admin to review and approve the agent")
+            record = await self.resolve(caller, ref)
+            if version is not None and version != record.version:
+                raise Conflict(f"agent {record.slug!r} is at version {record.version}, not {version}; "
+                               "read it again with get_agent and approve what you read")
+            spec = await self.spec_of(caller, record)
+            approved = await self.store.approve_agent(
+                caller.org_id, record.id, record.version, Manifest.of(spec).model_dump(mode="json"), caller.user_label
+            )
+            await self._deploy(caller, approved, spec)
+            return await self.get(caller, record.id, full=False)
+
+    async def set_paused(self, caller: Caller, ref: str, paused: bool) -> AgentView:
+        """Pause or resume the agent's schedule; manual runs stay possible."""
+        async with audited(self.store, caller, "agent.pause" if paused else "agent.resume", ref):
+            record = await self.resolve(caller, ref)
+            updated = await self.store.set_paused(caller.org_id, record.id, paused)
+            await self._deploy(caller, updated, await self.spec_of(caller, updated))
+            return await self.get(caller, record.id, full=False)
+
+    async def delete(self, caller: Caller, ref: str, confirm: bool) -> AgentView:
+        """Remove the agent, its deployment and schedules; its runs stay readable in Prefect, its trail in the audit log."""
+        record = await self.resolve(caller, ref)
+        if not confirm:
+            raise InvalidRequest(
+                f"deleting agent {record.slug!r} removes its deployment and schedule for good (its runs stay "
+                "readable); call delete_agent again with confirm=true to do it"
+            )
+        async with audited(self.store, caller, "agent.delete", f"{record.slug} ({record.id})"):
+            view = await self.get(caller, record.id, full=False)
+            if record.deployment_id:
+                async with self.prefect() as client:
+                    await compiler.remove(client, UUID(record.deployment_id))
+            await self.store.delete_agent(caller.org_id, record.id)
+            return view
+
+    async def redeploy_all(self, caller: Caller) -> int:
+        """Re-apply every agent of the org (after the pool or image changed); returns how many."""
+        records = await self.store.list_agents(caller.org_id)
+        if records:
+            await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
+            await self._adopt_unscoped_providers(caller, records)
+        count = 0
+        for record in records:
+            spec = await self.spec_of(caller, record)
+            deployment_id = await self._deploy(caller, record, spec)
+            if str(deployment_id) != record.deployment_id:
+                await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+            count += 1
+        return count
+
+    async def _adopt_unscoped_providers(self, caller: Caller, records: list[AgentRecord]) -> None:
+        """Move the blocks of an install that predates per-org providers to their per-org names.
+
+        Only with one organization: then every block it made was that org's. With
+        more, whose key a global name holds is unknown, so an admin sets it again.
+        """
+        if len(await self.store.all_orgs()) != 1:
+            return
+        names = {(await self.spec_of(caller, record)).provider for record in records} - {None}
+        async with self.prefect() as client:
+            for name in sorted(n for n in names if n):
+                if await providers.provider_exists(client, self.install_id, caller.org_id, name):
+                    continue
+                try:
+                    legacy = await LLMProvider.aload(name, client=client)
+                except ValueError:  # Prefect's "Unable to find block document named ..."
+                    continue
+                await providers.save_provider(client, self.install_id, caller.org_id, name,
+                                              legacy.api_key.get_secret_value(), legacy.api_base)
+                # Moved, not copied: a provider an admin deletes later must not come back at the next start.
+                document = await client.read_block_document_by_name(name, LLMProvider.get_block_type_slug())
+                await client.delete_block_document(document.id)
+
+    async def record_upgraded_manifests(self) -> int:
+        """Record the manifest of agents approved by migration 0005 (SQL could not compute it); returns how many.
+
+        Run when the services open, so that no change is ever checked against a missing manifest.
+        """
+        upgraded = await self.store.agents_approved_without_manifest()
+        for record in upgraded:
+            assert record.approved_version is not None  # what the query selects
+            approved = await self.store.get_version(record.org_id, record.id, record.approved_version)
+            assert approved is not None  # versions are never deleted while their agent lives
+            manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
+            await self.store.approve_agent(
+                record.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade",
+                current=False,
+            )
+        return len(upgraded)
+
+    async def list_all(self, caller: Caller, status: AgentStatus | None = None, text: str | None = None) -> list[AgentView]:
+        views = []
+        needle = (text or "").strip().lower()
+        for record in await self.store.list_agents(caller.org_id):
+            spec = await self.spec_of(caller, record)
+            view = self._view(caller, record, spec)
+            if status and view.status != status:
+                continue
+            if needle and not any(needle in field.lower() for field in (record.slug, spec.name, spec.description)):
+                continue
+            views.append(view)
+        return views
+
+    async def get(self, caller: Caller, ref: str, full: bool = True) -> AgentView:
+        record = await self.resolve(caller, ref)
+        spec = await self.spec_of(caller, record)
+        view = self._view(caller, record, spec)
+        if not full:
+            return view
+        versions = await self.store.list_versions(caller.org_id, record.id)
+        view.spec = spec.model_dump(mode="json", exclude_none=True)
+        view.versions = [
+            VersionView(
+                version=each.version, created_at=each.created_at, created_by=each.created_by,
+                changes=spec_changes(before.spec, each.spec) if before else ["created"],
+            )
+            for before, each in reversed(list(zip([None, *versions[:-1]], versions, strict=True)))
+        ]
+        view.recent_runs, view.next_runs = [], []
+        if record.deployment_id:
+            async with self.prefect() as client:
+                recent = await runs.list_runs(client, caller.org_id, [UUID(record.deployment_id)], limit=5)
+                upcoming = await runs.upcoming_runs(client, caller.org_id, UUID(record.deployment_id), limit=3)
+            view.recent_runs = [RunView.of(run) for run in recent]
+            view.next_runs = [run.expected_start_time for run in upcoming if run.expected_start_time]
+        view.health = _health(view.recent_runs)
+        return view
+
+    async def resolve(self, caller: Caller, ref: str) -> AgentRecord:
+        """The caller's agent by hex id or slug; `NotFound` otherwise, whoever else may have one."""
+        record = await self.store.find_agent(caller.org_id, ref.strip())
+        if record is None:
+            raise NotFound(f"no agent {ref!r}; list_agents shows the agents you can use, by id and slug")
+        return record
+
+    def status(self, record: AgentRecord, spec: AgentSpec) -> tuple[AgentStatus, list[str]]:
+        """The agent's status, and why it awaits approval when it does."""
+        if record.approved_manifest is not None:
+            reasons = Manifest.of(spec).widens(Manifest.model_validate(record.approved_manifest))
+        else:
+            reasons = ["new agent: nothing approved yet"]
+        if reasons:
+            return "pending_approval", reasons
+        return ("paused" if record.paused else "active"), []
+
+    def _check_hosts(self, spec: AgentSpec, not_done: str) -> None:
+        # Early, friendly refusals; the runtime checks addresses at each call, whatever names pass here.
+        if spec.api_base is not None:
+            self._check_api_base(spec.api_base, not_done)
+        for host in spec.allowed_hosts:
+            name, _, port = host.partition(":")
+            if host in self.protected_hosts:
+                raise InvalidRequest(
+                    f"{not_done}: allowed_hosts: {host!r} is Ariel's own control plane, which agents may not call"
+                )
+            if not port and (name in ("localhost", "::1") or name.startswith("127.")):
+                raise InvalidRequest(
+                    f"{not_done}: allowed_hosts: {host!r} would allow every local port; "
+                    f"name the port, e.g. '{name}:8080'"
+                )
+
+    def _check_api_base(self, api_base: str, not_done: str) -> None:
+        if problem := base_url_problem(api_base):
+            raise InvalidRequest(f"{not_done}: {problem}")
+        parts = urlsplit(api_base)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if f"{parts.hostname}:{port}" in self.protected_hosts:
+            raise InvalidRequest(
+                f"{not_done}: api_base: {parts.hostname}:{port} is Ariel's own control plane, which agents may not call"
+            )
+
+    async def _check_provider(self, caller: Caller, spec: AgentSpec, not_done: str) -> None:
+        if spec.provider is None:
+            return
+        async with self.prefect() as client:
+            if await providers.provider_exists(client, self.install_id, caller.org_id, spec.provider):
+                return
+        raise InvalidRequest(
+            f"{not_done}: provider: there is no provider {spec.provider!r} here; manage_secrets list shows the "
+            f"providers you can name, and an admin adds one with manage_secrets set_provider"
+        )
+
+    def _parse(self, data: dict[str, Any], not_done: str) -> AgentSpec:
+        try:
+            spec = AgentSpec.parse(data)
+        except SpecInvalid as exc:
+            raise InvalidRequest(f"{not_done}: {exc}") from None
+        self._check_hosts(spec, not_done)
+        return spec
+
+    def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
+        """What runs of the agent's current version receive; an unapproved one is marked so, and refused by the runtime."""
+        config = spec.to_run_config(record.id, caller.org_id, record.version)
+        config = config.model_copy(update={"approved": self.status(record, spec)[0] != "pending_approval"})
+        if spec.provider:
+            # The runtime loads the block of this org's provider, whatever name the spec gives.
+            config = config.model_copy(
+                update={"provider": providers.block_name(self.install_id, caller.org_id, spec.provider)}
+            )
+        return config
+
+    async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
+        config = self.run_config(caller, record, spec)
+        status, _ = self.status(record, spec)
+        desired = compiler.compile_agent(
+            config, record.slug, caller.org_slug, spec.schedule, self.target(caller), paused=status != "active"
+        )
+        async with self.prefect() as client:
+            return await compiler.apply(client, desired)
+
+    async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:
+        name = f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
+        try:
+            async with self.prefect() as client:
+                await compiler.remove(client, (await client.read_deployment_by_name(name)).id)
+        except (Unavailable, OSError):
+            pass  # nothing was made, or Prefect is down and the original error says so
+
+    async def spec_of(self, caller: Caller, record: AgentRecord) -> AgentSpec:
+        version = await self.store.get_version(caller.org_id, record.id, record.version)
+        assert version is not None  # every agent row has its current version row
+        return AgentSpec.model_validate(version.spec)
+
+    def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> AgentView:
+        status, reasons = self.status(record, spec)
+        return AgentView(
+            id=record.id,
+            slug=record.slug,
+            name=record.name,
+            version=record.version,
+            status=status,
+            manifest=Manifest.of(spec),
+            needs_approval=reasons,
+            approved_by=record.approved_by if not reasons else None,
+            approved_at=record.approved_at if not reasons else None,
+            model=spec.model,
+            schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
+            tools=spec.tools,
+            deployment=(
+                f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}" if record.deployment_id else None
+            ),
+            work_pool=self.target(caller).pool_name if record.deployment_id else None,
+            created_at=record.created_at,
+        )
+
+
+_LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _health(recent: list[RunView]) -> str:
+    finished = [run for run in recent if run.state in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut")]
+    if not finished:
+        return "no finished runs yet"
+    completed = sum(run.state == "Completed" for run in finished)
+    last = finished[0]
+    return f"{completed} of the last {len(finished)} finished runs completed; the newest {last.state.lower()}"

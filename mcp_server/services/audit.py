@@ -1,0 +1,44 @@
+"""Writing the audit trail of mutating actions: who, in which org, did what to what, from where, how it ended."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mcp_server.services.caller import Caller
+from mcp_server.services.exceptions import ArielError, Conflict, Forbidden
+from mcp_server.store import Outcome, Store, StoreError
+
+
+async def record(
+    store: Store, caller: Caller, action: str, target: str, outcome: Outcome, detail: str | None = None
+) -> None:
+    await store.record_event(
+        caller.org_id, actor_id=caller.user_id, actor=caller.user_label, action=action, target=target,
+        origin=caller.origin, outcome=outcome, detail=detail,
+    )
+
+
+@asynccontextmanager
+async def audited(store: Store, caller: Caller, action: str, target: str) -> AsyncIterator[None]:
+    """Record the action's outcome: ok, denied (a role check) or failed (with the message the caller saw).
+
+    Only Ariel's own errors (the store's too, turned into `Conflict`) are recorded with
+    their messages, which are written for people and hold no secrets; anything else
+    is a bug, recorded without its text.
+    """
+    try:
+        yield
+    except Forbidden as exc:
+        await record(store, caller, action, target, "denied", str(exc))
+        raise
+    except ArielError as exc:
+        await record(store, caller, action, target, "failed", str(exc))
+        raise
+    except StoreError as exc:  # the store's messages are written for people, like ours
+        await record(store, caller, action, target, "failed", str(exc))
+        raise Conflict(str(exc)) from exc
+    except Exception:
+        await record(store, caller, action, target, "failed", "internal error; see the server log")
+        raise
+    await record(store, caller, action, target, "ok")

@@ -1,0 +1,249 @@
+"""`OrgService`: whoami, the org's members and API keys, switching orgs, and the audit log.
+
+Every action is checked against the caller's role here (a refusal names the
+role it needs) and written to the audit log, refusals included.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from deployments.pools.work_pools import DEFAULT_CPUS
+from flows.config import Limits
+from mcp_server.services.agents import AgentService
+from mcp_server.services.audit import audited
+from mcp_server.auth import Role, is_api_key
+from mcp_server.services.caller import RANK, Caller
+from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
+from mcp_server.settings import AuthMode
+from mcp_server.store import exceptions as store_errors
+from mcp_server.store import ApiKeyRecord, Member, Organization, Store
+from mcp_server.services.views import ApiKeyView, AuditEventView, MemberView, OrgActionView, OrgView, WhoAmIView
+
+INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
+
+OrgAction = Literal[
+    "list_members", "invite", "change_role", "remove", "rename", "switch",
+    "create_key", "list_keys", "revoke_key", "delete_org",
+]
+
+# The least role of each action; `list_members` is for every member, changes are for admins.
+ACTION_ROLES: dict[OrgAction, Role] = {
+    "list_members": "member",
+    "invite": "admin",
+    "change_role": "admin",
+    "remove": "admin",
+    "rename": "admin",
+    "switch": "viewer",
+    "create_key": "admin",
+    "list_keys": "admin",
+    "revoke_key": "admin",
+    "delete_org": "owner",
+}
+
+
+def run_limits(memory_limit: str) -> dict[str, Any]:
+    schema = Limits.model_json_schema()["properties"]
+    return {
+        "max_steps_per_run": schema["max_steps"]["maximum"],
+        "max_run_seconds": schema["timeout_seconds"]["maximum"],
+        "memory_per_run": memory_limit,
+        "cpus_per_run": DEFAULT_CPUS,
+    }
+
+
+@dataclass
+class OrgService:
+    store: Store
+    agents: AgentService
+    auth_mode: AuthMode
+
+    async def whoami(self, caller: Caller, surface_version: int) -> WhoAmIView:
+        """Who `caller` is and where; `surface_version` is the tool surface's, which the tools layer knows."""
+        # A credential tied to one org (an API key, a dev token) learns nothing of its user's other orgs.
+        orgs = [] if caller.org_fixed else await self.store.orgs_of(caller.user_id)
+        others = [self._org_view(org, role, caller) for org, role in orgs if org.id != caller.org_id]
+        current = OrgView(id=caller.org_id, slug=caller.org_slug, name=caller.org_name, role=caller.role, current=True)
+        return WhoAmIView(
+            user=caller.user_label if caller.source != "local" else "you (local user)",
+            role=caller.role,
+            auth_mode=self.auth_mode,
+            identified_by=caller.source,
+            workspace=current if caller.org_visible else None,
+            other_workspaces=others,
+            limits=run_limits(self.agents.memory_limit),
+            tool_surface_version=surface_version,
+        )
+
+    async def manage(
+        self, caller: Caller, action: OrgAction, user: str | None, role: Role | None, name: str | None,
+        org: str | None, key: str | None, confirm: bool,
+    ) -> OrgActionView:
+        if key is not None and is_api_key(key.strip()):
+            # Someone pasted the key itself: use its prefix, so the secret lands in no log or message.
+            key = key.strip().split("_")[1] if key.count("_") >= 2 else "(a malformed key)"
+        target = user or name or org or key or caller.org_slug
+        reading = action in ("list_members", "list_keys")
+        async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
+            needed = ACTION_ROLES[action]
+            if not caller.can(needed):
+                raise Forbidden(f"manage_org {action} needs the {needed} role or higher; you are {caller.role_phrase}. "
+                                "Ask an admin to change your role.")
+            match action:
+                case "list_members":
+                    return OrgActionView(action=action, done=f"{len(members := await self.store.members(caller.org_id))} member(s)",
+                                         members=[_member_view(m) for m in members])
+                case "invite":
+                    return await self._invite(caller, _required(user, "user", action), role or "member")
+                case "change_role":
+                    return await self._change_role(caller, _required(user, "user", action), _required(role, "role", action))
+                case "remove":
+                    return await self._remove(caller, _required(user, "user", action))
+                case "rename":
+                    new_name = _required(name, "name", action).strip()
+                    if not 1 <= len(new_name) <= 200:
+                        raise InvalidRequest("name: give 1 to 200 characters")
+                    await self.store.rename_org(caller.org_id, new_name)
+                    return OrgActionView(action=action, done=f"renamed to {new_name!r} (the slug {caller.org_slug!r} stays)")
+                case "switch":
+                    return await self._switch(caller, _required(org, "org", action))
+                case "create_key":
+                    return await self._create_key(caller, _required(name, "name", action), role or "member")
+                case "list_keys":
+                    return OrgActionView(action=action, done="keys of this organization",
+                                         keys=[_key_view(k) for k in await self.store.api_keys(caller.org_id)])
+                case "revoke_key":
+                    revoked = await self._revoke_key(caller, _required(key, "key", action).strip())
+                    return OrgActionView(action=action, done=f"key {revoked.prefix} no longer works", keys=[_key_view(revoked)])
+                case "delete_org":
+                    return await self._delete(caller, confirm)
+        raise InvalidRequest(f"action: unknown {action!r}")  # unreachable: the tool's schema lists the actions
+
+    async def audit_log(
+        self, caller: Caller, actor: str | None, action: str | None, since: datetime | None, until: datetime | None,
+        limit: int,
+    ) -> list[AuditEventView]:
+        events = await self.store.audit_events(caller.org_id, actor=actor, action=action, since=since, until=until, limit=limit)
+        return [
+            AuditEventView(at=e.at, actor=e.actor, action=e.action, target=e.target, origin=e.origin,
+                           outcome=e.outcome, detail=e.detail)
+            for e in events
+        ]
+
+    async def _invite(self, caller: Caller, ref: str, role: Role) -> OrgActionView:
+        ref = ref.strip()
+        if not INVITEE.fullmatch(ref):
+            raise InvalidRequest("user: give the person's email or login: up to 255 letters, digits and . _ @ + -")
+        self._may_grant(caller, role)
+        invitee = await self.store.invitee(ref)
+        try:
+            await self.store.add_member(caller.org_id, invitee.id, role)
+        except store_errors.Conflict:
+            raise Conflict(f"{ref!r} is already a member; use change_role to change their role") from None
+        # Only what the admin typed: whether that person has an account elsewhere is not theirs to learn.
+        return OrgActionView(action="invite", done=f"{ref} can now sign in and act here as {role}")
+
+    async def _change_role(self, caller: Caller, ref: str, role: Role) -> OrgActionView:
+        member = await self._member(caller, ref)
+        self._may_grant(caller, role)
+        self._may_change(caller, member)
+        await self.store.set_role(caller.org_id, member.user.id, role)
+        changed = await self.store.member(caller.org_id, member.user.id)
+        assert changed is not None
+        return OrgActionView(action="change_role", done=f"{member.user.label} is now {role}", members=[_member_view(changed)])
+
+    async def _remove(self, caller: Caller, ref: str) -> OrgActionView:
+        member = await self._member(caller, ref)
+        self._may_change(caller, member)
+        await self.store.remove_member(caller.org_id, member.user.id)
+        return OrgActionView(action="remove", done=f"{member.user.label} no longer belongs here; their API keys stop working")
+
+    async def _switch(self, caller: Caller, ref: str) -> OrgActionView:
+        if caller.org_fixed:
+            raise InvalidRequest("your credential (a dev token or an API key) is tied to one organization; "
+                                 "use a credential for the other one")
+        for org, role in await self.store.orgs_of(caller.user_id):
+            if ref.strip() in (org.id, org.slug):
+                await self.store.set_current_org(caller.user_id, org.id)
+                return OrgActionView(action="switch", done=f"your calls now act in {org.name!r}",
+                                     organization=OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True))
+        raise NotFound(f"no organization {ref!r} of yours; whoami lists the ones you belong to")
+
+    async def _revoke_key(self, caller: Caller, ref: str) -> ApiKeyRecord:
+        found = next((k for k in await self.store.api_keys(caller.org_id) if ref in (k.id, k.prefix)), None)
+        if found is None:
+            raise NotFound(f"no API key {ref!r}; manage_org list_keys shows ids and prefixes")
+        creator = await self.store.member(caller.org_id, found.created_by)
+        if creator is not None:
+            self._may_change(caller, creator)
+        revoked = await self.store.revoke_api_key(caller.org_id, found.id)
+        assert revoked is not None
+        return revoked
+
+    async def _create_key(self, caller: Caller, name: str, role: Role) -> OrgActionView:
+        if caller.source == "api_key":
+            # Keys minted by a key would outlive its revocation, unseen by the person it acts for.
+            raise Forbidden("an API key cannot create API keys; a person must, with manage_org create_key")
+        self._may_grant(caller, role)
+        if not 1 <= len(name.strip()) <= 200:
+            raise InvalidRequest("name: give the key a name of 1 to 200 characters, e.g. 'ci'")
+        record, plaintext = await self.store.create_api_key(caller.org_id, name.strip(), role, caller.user_id)
+        return OrgActionView(
+            action="create_key",
+            done="key created; it is shown this once, so store it now (Authorization: Bearer <key>)",
+            keys=[_key_view(record).model_copy(update={"key": plaintext})],
+        )
+
+    async def _delete(self, caller: Caller, confirm: bool) -> OrgActionView:
+        org = await self.store.get_org(caller.org_id)
+        assert org is not None  # the caller was just resolved in it
+        if org.personal:
+            raise InvalidRequest("your own space cannot be deleted; delete its agents instead")
+        if not confirm:
+            raise InvalidRequest(f"deleting {org.name!r} removes its agents, schedules, work pool, members and keys; "
+                                 "call again with confirm=true to do it")
+        await self.agents.remove_org(caller)
+        await self.store.delete_org(org.id)
+        return OrgActionView(action="delete_org", done=f"{org.name!r} is deleted; its past runs stay in Prefect, "
+                             "and its audit trail stays in the store for operators")
+
+    async def _member(self, caller: Caller, ref: str) -> Member:
+        ref = ref.strip()
+        for member in await self.store.members(caller.org_id):
+            if ref in (member.user.id, member.user.subject, member.user.email, member.user.label):
+                return member
+        raise NotFound(f"no member {ref!r}; manage_org list_members shows them")
+
+    @staticmethod
+    def _may_grant(caller: Caller, role: Role) -> None:
+        if RANK[role] > RANK[caller.role]:
+            raise Forbidden(f"granting {role} needs the {role} role; you are {caller.role_phrase}")
+
+    @staticmethod
+    def _may_change(caller: Caller, member: Member) -> None:
+        if RANK[member.role] > RANK[caller.role]:
+            raise Forbidden(f"changing {'an' if member.role[0] in 'aeiou' else 'a'} {member.role} needs the {member.role} role; you are {caller.role_phrase}")
+
+    @staticmethod
+    def _org_view(org: Organization, role: Role, caller: Caller) -> OrgView:
+        return OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=org.id == caller.org_id)
+
+
+def _required(value: Any, field: str, action: str) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidRequest(f"{field}: manage_org {action} needs it")
+    return value
+
+
+def _member_view(member: Member) -> MemberView:
+    return MemberView(user_id=member.user.id, user=member.user.label, role=member.role,
+                      joined_at=member.joined_at, pending=member.user.source == "invite")
+
+
+def _key_view(key: ApiKeyRecord) -> ApiKeyView:
+    return ApiKeyView(id=key.id, prefix=key.prefix, name=key.name, role=key.role,
+                      created_at=key.created_at, revoked=key.revoked_at is not None)

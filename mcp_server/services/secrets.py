@@ -1,0 +1,130 @@
+"""`SecretService`: an organization's LLM provider keys, kept in Prefect blocks only its agents can load.
+
+A key goes in once (manage_secrets set_provider, or `ariel provider set`) and
+never comes back out: answers, errors and the audit log name the provider only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import SecretStr
+
+from deployments import providers
+from deployments.agents.spec import base_url_problem
+from mcp_server.services.agents import AgentService
+from mcp_server.services.audit import audited
+from mcp_server.auth import Role
+from mcp_server.services.caller import Caller
+from mcp_server.services.exceptions import Forbidden, InvalidRequest, NotFound
+from mcp_server.services.views import ProviderView, SecretsActionView
+
+SecretAction = Literal["list", "set_provider", "delete_provider"]
+
+ACTION_ROLES: dict[SecretAction, Role] = {
+    # Members name providers in their agents, so they see the names; only admins handle keys.
+    "list": "viewer",
+    "set_provider": "admin",
+    "delete_provider": "admin",
+}
+
+MAX_KEY_CHARS = 4096
+_KEY = re.compile(r"^\S+$")
+
+
+@dataclass
+class SecretService:
+    agents: AgentService
+
+    async def manage(
+        self, caller: Caller, action: SecretAction, name: str | None, api_key: SecretStr | None,
+        api_base: str | None, confirm: bool,
+    ) -> SecretsActionView:
+        needed = ACTION_ROLES[action]
+        if action == "list":
+            return SecretsActionView(action=action, done=f"{len(found := await self.list(caller))} provider(s)",
+                                     providers=found)
+        # Only a valid name goes in the trail: a key pasted into the wrong field must land nowhere.
+        target = name.strip() if name and providers.PROVIDER_NAME.match(name.strip()) else "(no valid name)"
+        async with audited(self.agents.store, caller, f"secret.{action}", target):
+            if not caller.can(needed):
+                raise Forbidden(f"manage_secrets {action} needs the {needed} role or higher; you are {caller.role_phrase}. "
+                                "Ask an admin to do it.")
+            provider = _provider_name(name, action)
+            if action == "set_provider":
+                return await self.set_provider(caller, provider, api_key, api_base)
+            return await self.delete_provider(caller, provider, confirm)
+
+    async def list(self, caller: Caller) -> list[ProviderView]:
+        async with self.agents.prefect() as client:
+            found = await providers.list_providers(client, self.agents.install_id, caller.org_id)
+        users = await self._users(caller)
+        return [ProviderView(name=p.name, api_base=p.api_base, updated=p.updated, used_by=users.get(p.name, []))
+                for p in found]
+
+    async def set_provider(
+        self, caller: Caller, name: str, api_key: SecretStr | None, api_base: str | None
+    ) -> SecretsActionView:
+        key = api_key.get_secret_value().strip() if api_key is not None else ""
+        if not key:
+            raise InvalidRequest("set_provider needs api_key: the provider's API key (it is stored, never shown again)")
+        if len(key) > MAX_KEY_CHARS or not _KEY.match(key):
+            # Never the key itself in the message: it would land in the chat and the audit log.
+            raise InvalidRequest(f"api_key: give the key alone: no spaces or line breaks, at most {MAX_KEY_CHARS} "
+                                 "characters")
+        base = _api_base(api_base)
+        async with self.agents.prefect() as client:
+            existed = await providers.provider_exists(client, self.agents.install_id, caller.org_id, name)
+            await providers.save_provider(client, self.agents.install_id, caller.org_id, name, key, base)
+        where = f"calls go to {base}" if base else "calls go to the model's own provider"
+        done = (f"provider {name!r} {'updated' if existed else 'created'}; {where}. Agents name it in their "
+                f"'provider' field. The key is stored and will not be shown again.")
+        return SecretsActionView(action="set_provider", done=done, providers=[
+            view for view in await self.list(caller) if view.name == name
+        ])
+
+    async def delete_provider(self, caller: Caller, name: str, confirm: bool) -> SecretsActionView:
+        missing = NotFound(f"no provider {name!r}; manage_secrets list shows the providers here")
+        async with self.agents.prefect() as client:
+            if not await providers.provider_exists(client, self.agents.install_id, caller.org_id, name):
+                raise missing
+        users = (await self._users(caller)).get(name, [])
+        if users and not confirm:
+            raise InvalidRequest(
+                f"provider {name!r} is named by {', '.join(users)}: their runs fail until they name another. "
+                "Call again with confirm=true to delete it anyway"
+            )
+        async with self.agents.prefect() as client:
+            if not await providers.delete_provider(client, self.agents.install_id, caller.org_id, name):
+                raise missing  # deleted meanwhile by someone else
+        return SecretsActionView(action="delete_provider", done=f"provider {name!r} and its key are gone")
+
+    async def _users(self, caller: Caller) -> dict[str, list[str]]:
+        """Which agents name each provider, by their current version."""
+        users: dict[str, list[str]] = {}
+        for record in await self.agents.store.list_agents(caller.org_id):
+            provider = (await self.agents.spec_of(caller, record)).provider
+            if provider:
+                users.setdefault(provider, []).append(record.slug)
+        return users
+
+
+def _provider_name(name: str | None, action: str) -> str:
+    if name is None or not name.strip():
+        raise InvalidRequest(f"{action} needs name: the provider's name, e.g. 'openai-main'")
+    name = name.strip()
+    if not providers.PROVIDER_NAME.match(name):
+        # Not echoed: it could be a key given in the wrong field.
+        raise InvalidRequest("name: that is not a provider name; use 1 to 40 lowercase letters, digits and '-', "
+                             "starting with a letter or digit, e.g. 'openai-main'")
+    return name
+
+
+def _api_base(api_base: str | None) -> str | None:
+    if api_base is None or not api_base.strip():
+        return None
+    if problem := base_url_problem(base := api_base.strip()):
+        raise InvalidRequest(problem)
+    return base

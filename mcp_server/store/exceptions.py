@@ -1,0 +1,19 @@
+"""Errors of the store; their messages are written for people and hold no secrets.
+
+    StoreError      base
+    └── Conflict    a write clashes with existing rows (a taken slug, a
+                    concurrent change, the last owner, an existing member)
+
+The services translate them into their own errors at the edge
+(`mcp_server.services.audit.audited`, the tools' error middleware, the CLI).
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the store's errors; `str(error)` is safe to show to users."""
+
+
+class Conflict(StoreError):
+    """A write clashes with existing rows; the message says which and what to do."""

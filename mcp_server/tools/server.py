@@ -1,0 +1,52 @@
+"""The MCP server: the conversation surface, the same over stdio and streamable HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastmcp import FastMCP
+
+from deployments.pools.work_pools import PoolType
+from mcp_server.tools.middleware.caller import ResolveCaller
+from mcp_server.tools.middleware.errors import ReadableArgumentErrors
+from mcp_server.services.container import Services, open_services
+from mcp_server.settings import ArielSettings
+from mcp_server.tools import agents, orgs, runs, secrets
+
+INSTRUCTIONS = """\
+Ariel runs AI agents on a schedule or on demand. Create one with create_agent
+(model 'ariel/scripted' works offline with a script); a person approves what it
+may do with update_agent action='approve'; start it with run_agent, and follow
+it with list_runs, get_run, get_run_logs and get_transcript. When a run goes
+wrong, diagnose_run names the cause and what to do. Agents are named by hex id
+or slug, runs by id or name."""
+
+
+def build_mcp(
+    settings: ArielSettings,
+    prefect_api_url: str,
+    pool_type: PoolType,
+    services: Callable[[], AbstractAsyncContextManager[Services]] | None = None,
+) -> FastMCP:
+    """A fresh MCP server whose lifespan opens the services (or takes them from `services`, e.g. the HTTP app's)."""
+    open_ = services or (lambda: open_services(settings, prefect_api_url, pool_type))
+
+    @asynccontextmanager
+    async def lifespan(_server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+        async with open_() as opened:
+            yield {"services": opened}
+
+    mcp = FastMCP(
+        "Ariel",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        middleware=[ReadableArgumentErrors(), ResolveCaller()],
+        mask_error_details=True,
+    )
+    orgs.register(mcp)
+    agents.register(mcp)
+    runs.register(mcp)
+    secrets.register(mcp)
+    return mcp

@@ -1,0 +1,157 @@
+"""An agent compiles to one Prefect deployment that `apply` keeps in step with the spec, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.exceptions import ObjectNotFound
+
+from deployments.agents.compiler import DeploymentTarget, apply, compile_agent, remove
+from deployments.agents.spec import AgentSpec
+from deployments.pools.work_pools import docker_job_template, ensure_pool, process_job_template
+
+ORG_ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+async def client(prefect_api: str) -> AsyncIterator[PrefectClient]:
+    async with PrefectClient(prefect_api) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def target(client: PrefectClient) -> DeploymentTarget:
+    name = f"test-pool-{uuid4().hex[:8]}"
+    await ensure_pool(client, name, "process", process_job_template(), ORG_ID)
+    return DeploymentTarget(pool_name=name, org_id=ORG_ID)
+
+
+def desired(target: DeploymentTarget, agent_id: str, version: int = 1, **spec: Any):  # type: ignore[no-untyped-def]
+    parsed = AgentSpec.parse({"name": "PR digest", "instructions": "Summarize.", "model": "openai/gpt-4o", **spec})
+    config = parsed.to_run_config(agent_id=agent_id, org_id=ORG_ID, version=version)
+    return compile_agent(config, slug=f"pr-digest-{agent_id[:6]}", org_slug="personal", schedule=parsed.schedule, target=target)
+
+
+async def test_the_deployment_is_in_the_orgs_pool_with_its_tags_and_frozen_spec(
+    client: PrefectClient, target: DeploymentTarget
+) -> None:
+    agent_id = uuid4().hex
+    deployment = await client.read_deployment(await apply(client, desired(target, agent_id)))
+    flow = await client.read_flow(deployment.flow_id)
+    assert flow.name == f"pr-digest-{agent_id[:6]}"
+    assert deployment.work_pool_name == target.pool_name
+    assert f"org:{ORG_ID}" in deployment.tags and f"agent:{agent_id}" in deployment.tags
+    assert deployment.parameters["config"]["version"] == 1
+    assert deployment.parameters["config"]["instructions"] == "Summarize."
+    assert deployment.entrypoint == "flows.agent:agent_run"
+
+
+async def test_a_cron_schedule_becomes_a_real_prefect_schedule_in_its_time_zone(
+    client: PrefectClient, target: DeploymentTarget
+) -> None:
+    deployment_id = await apply(
+        client, desired(target, uuid4().hex, schedule={"cron": "0 8 * * 1-5", "timezone": "Europe/Paris"})
+    )
+    schedules = await client.read_deployment_schedules(deployment_id)
+    assert [s.schedule for s in schedules] == [CronSchedule(cron="0 8 * * 1-5", timezone="Europe/Paris")]
+    assert schedules[0].active
+
+
+async def test_applying_the_same_spec_twice_writes_nothing(client: PrefectClient, target: DeploymentTarget) -> None:
+    agent_id = uuid4().hex
+    first_id = await apply(client, desired(target, agent_id, schedule={"interval_seconds": 3600}))
+    before = await client.read_deployment(first_id)
+    second_id = await apply(client, desired(target, agent_id, schedule={"interval_seconds": 3600}))
+    after = await client.read_deployment(second_id)
+    assert second_id == first_id
+    assert after.updated == before.updated
+    assert [s.id for s in after.schedules] == [s.id for s in before.schedules]
+
+
+async def test_a_changed_spec_updates_the_same_deployment(client: PrefectClient, target: DeploymentTarget) -> None:
+    agent_id = uuid4().hex
+    first_id = await apply(client, desired(target, agent_id, schedule={"interval_seconds": 3600}))
+    second_id = await apply(
+        client, desired(target, agent_id, version=2, instructions="Be brief.", schedule={"cron": "*/5 * * * *"})
+    )
+    deployment = await client.read_deployment(second_id)
+    assert second_id == first_id
+    assert deployment.parameters["config"]["version"] == 2
+    assert deployment.parameters["config"]["instructions"] == "Be brief."
+    assert [s.schedule for s in deployment.schedules] == [CronSchedule(cron="*/5 * * * *", timezone="UTC")]
+
+
+async def test_dropping_the_schedule_removes_it(client: PrefectClient, target: DeploymentTarget) -> None:
+    agent_id = uuid4().hex
+    deployment_id = await apply(client, desired(target, agent_id, schedule={"interval_seconds": 600}))
+    await apply(client, desired(target, agent_id))
+    assert await client.read_deployment_schedules(deployment_id) == []
+
+
+async def test_removing_deletes_the_deployment_with_its_schedules(client: PrefectClient, target: DeploymentTarget) -> None:
+    deployment_id = await apply(client, desired(target, uuid4().hex, schedule={"interval_seconds": 600}))
+    await remove(client, deployment_id)
+    with pytest.raises(ObjectNotFound):
+        await client.read_deployment(deployment_id)
+    await remove(client, deployment_id)  # removing twice is fine
+
+
+async def test_an_interval_schedule_keeps_its_period(client: PrefectClient, target: DeploymentTarget) -> None:
+    deployment_id = await apply(client, desired(target, uuid4().hex, schedule={"interval_seconds": 900}))
+    [schedule] = await client.read_deployment_schedules(deployment_id)
+    assert isinstance(schedule.schedule, IntervalSchedule)
+    assert schedule.schedule.interval.total_seconds() == 900
+
+
+async def test_the_docker_pool_fixes_what_a_deployment_must_not_override(client: PrefectClient) -> None:
+    name = f"test-docker-{uuid4().hex[:8]}"
+    template = docker_job_template(image="ariel-runtime:local", org_id=ORG_ID)
+    pool = await ensure_pool(client, name, "docker", template, ORG_ID)
+    again = await ensure_pool(client, name, "docker", template, ORG_ID)
+    assert pool.id == again.id
+    config = pool.base_job_template["job_configuration"]
+    assert (config["image"], config["network_mode"], config["privileged"], config["volumes"]) == (
+        "ariel-runtime:local", "host", False, []
+    )
+    overridable = set(pool.base_job_template["variables"]["properties"])
+    assert overridable.isdisjoint({"image", "network_mode", "privileged", "volumes", "container_create_kwargs"})
+
+
+async def test_prefects_scheduler_creates_runs_for_a_scheduled_agent(
+    client: PrefectClient, target: DeploymentTarget
+) -> None:
+    # Fails with SQLAlchemy 2.1, whose bulk-DML change breaks Prefect 3.8.8's scheduler.
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deployment_id = await apply(client, desired(target, uuid4().hex, schedule={"interval_seconds": 3600}))
+    deadline = asyncio.get_running_loop().time() + 60
+    runs: list[Any] = []
+    while not runs and asyncio.get_running_loop().time() < deadline:
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        await asyncio.sleep(1)
+    assert runs, "Prefect's scheduler made no scheduled runs within 60 s"
+    assert all(run.state and run.state.is_scheduled() for run in runs)
+    await remove(client, deployment_id)
+
+
+async def test_job_variables_cannot_loosen_the_docker_pools_fixed_values(client: PrefectClient) -> None:
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    template = docker_job_template(image="ariel-runtime:local", org_id=ORG_ID)
+    hostile = {
+        "image": "attacker/image", "privileged": True, "volumes": ["/:/host"], "network_mode": "bridge",
+        "container_create_kwargs": {"cap_add": ["SYS_ADMIN"]}, "mem_limit": "64g",
+    }
+    job = await DockerWorkerJobConfiguration.from_template_and_values(template, hostile, client=client)
+    assert (job.image, job.privileged, job.volumes, job.network_mode) == ("ariel-runtime:local", False, [], "host")
+    assert job.container_create_kwargs == {
+        "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "nano_cpus": 1_000_000_000, "pids_limit": 256,
+    }
+    assert (job.mem_limit, job.memswap_limit) == ("2g", "2g")
+    assert job.labels["ariel.org"] == ORG_ID

@@ -1,0 +1,44 @@
+"""The runtime image is rebuilt exactly when what goes into it changed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import docker
+
+from deployments.images.runtime_image import CODE_HASH_LABEL, SOURCE_ROOT, RuntimeImageBuilder
+
+
+def copy_sources(tmp_path: Path) -> Path:
+    for part in ("docker", "flows", "blocks"):
+        shutil.copytree(SOURCE_ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(SOURCE_ROOT / "constraints.txt", tmp_path / "constraints.txt")
+    return tmp_path
+
+
+def test_the_code_hash_changes_with_the_runtime_code_and_nothing_else(tmp_path: Path) -> None:
+    builder = RuntimeImageBuilder(tag="t", base_image="b", root=copy_sources(tmp_path))
+    before = builder.code_hash("sha256:base")
+    (tmp_path / "README.md").write_text("not part of the image")
+    assert builder.code_hash("sha256:base") == before
+    agent = tmp_path / "flows" / "agent.py"
+    agent.write_text(agent.read_text() + "\n# changed\n")
+    assert builder.code_hash("sha256:base") != before
+
+
+def test_the_code_hash_changes_with_the_base_image(tmp_path: Path) -> None:
+    builder = RuntimeImageBuilder(tag="t", base_image="b", root=copy_sources(tmp_path))
+    assert builder.code_hash("sha256:one") != builder.code_hash("sha256:two")
+
+
+def test_an_image_built_from_this_code_is_not_built_again(docker_engine: None) -> None:
+    builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm")
+    builder.ensure(progress=lambda _line: None)  # builds it only if the suite's build is stale
+    messages: list[str] = []
+    assert builder.ensure(progress=messages.append) is False
+    assert messages == []
+    client = docker.from_env()
+    base_id = client.images.get("ariel-base:bookworm").id
+    assert client.images.get("ariel-runtime:local").labels[CODE_HASH_LABEL] == builder.code_hash(base_id)
+    client.close()

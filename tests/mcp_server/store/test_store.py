@@ -1,0 +1,138 @@
+"""The store keeps agents and their immutable versions, each read scoped to one organization.
+
+Every test runs on both backends (SQLite and PostgreSQL) through the `store` fixture.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.exc import DBAPIError
+
+from mcp_server.store import Conflict
+from mcp_server.store import Store
+from mcp_server.store._schema import organizations
+from mcp_server.store import new_id
+
+
+async def other_org(store: Store) -> str:
+    org_id = new_id()
+    async with store._engine.begin() as conn:
+        await conn.execute(insert(organizations).values(id=org_id, slug="other", name="Other", created_at=datetime.now(UTC)))
+    return org_id
+
+
+async def test_the_personal_org_is_created_once(store: Store) -> None:
+    first = await store.ensure_personal_org()
+    second = await store.ensure_personal_org()
+    assert first.id == second.id
+    assert len(first.id) == 32 and int(first.id, 16) >= 0
+
+
+async def test_an_agent_is_found_by_id_or_slug(store: Store) -> None:
+    org = await store.ensure_personal_org()
+    agent = await store.create_agent(org.id, "pr-digest", "PR digest", {"name": "PR digest"})
+    assert agent.version == 1
+    assert await store.find_agent(org.id, agent.id) == agent
+    assert await store.find_agent(org.id, "pr-digest") == agent
+    version = await store.get_version(org.id, agent.id, 1)
+    assert version is not None and version.spec == {"name": "PR digest"}
+
+
+async def test_a_slug_is_unique_within_an_org(store: Store) -> None:
+    org = await store.ensure_personal_org()
+    await store.create_agent(org.id, "pr-digest", "PR digest", {})
+    with pytest.raises(Conflict, match="an agent with slug 'pr-digest' already exists"):
+        await store.create_agent(org.id, "pr-digest", "PR Digest", {})
+    assert len(await store.list_agents(org.id)) == 1
+
+
+async def test_another_orgs_agent_is_invisible(store: Store) -> None:
+    mine = await store.ensure_personal_org()
+    theirs = await other_org(store)
+    agent = await store.create_agent(theirs, "pr-digest", "PR digest", {})
+    assert await store.find_agent(mine.id, agent.id) is None
+    assert await store.find_agent(mine.id, "pr-digest") is None
+    assert await store.list_agents(mine.id) == []
+    assert await store.get_version(mine.id, agent.id, 1) is None
+
+
+async def test_two_orgs_may_use_the_same_slug(store: Store) -> None:
+    mine = await store.ensure_personal_org()
+    theirs = await other_org(store)
+    await store.create_agent(mine.id, "digest", "Digest", {})
+    await store.create_agent(theirs, "digest", "Digest", {})
+
+
+async def test_deleting_an_agent_removes_its_versions(store: Store) -> None:
+    org = await store.ensure_personal_org()
+    agent = await store.create_agent(org.id, "a", "A", {})
+    await store.delete_agent(org.id, agent.id)
+    assert await store.find_agent(org.id, agent.id) is None
+    assert await store.get_version(org.id, agent.id, 1) is None
+
+
+async def test_migrations_are_reapplied_without_losing_data(store_url: str) -> None:
+    url = store_url
+    first = await Store.open(url)
+    org = await first.ensure_personal_org()
+    await first.create_agent(org.id, "kept", "Kept", {})
+    install = await first.installation_id()
+    await first.close()
+    second = await Store.open(url)
+    assert [a.slug for a in await second.list_agents(org.id)] == ["kept"]
+    assert await second.installation_id() == install
+    await second.close()
+
+
+async def test_each_store_is_its_own_installation(tmp_path: Path) -> None:
+    ids = []
+    for name in ("one", "two"):
+        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / name}.db")
+        ids.append(await store.installation_id())
+        await store.close()
+    assert len(set(ids)) == 2 and all(len(i) == 32 for i in ids)
+
+
+async def test_row_level_security_hides_other_orgs_rows_from_an_unfiltered_query(postgres_url: str) -> None:
+    store = await Store.open(postgres_url)
+    mine = (await store.ensure_personal_org()).id
+    theirs = await other_org(store)
+    await store.create_agent(mine, "mine", "Mine", {})
+    await store.create_agent(theirs, "theirs", "Theirs", {})
+    async with store.tenant(mine) as conn:
+        # Deliberately unfiltered: only the policy stands between this and org B's rows.
+        agent_orgs = {row.org_id for row in await conn.execute(text("SELECT org_id FROM agents"))}
+        version_orgs = {row.org_id for row in await conn.execute(text("SELECT org_id FROM agent_versions"))}
+        renamed = await conn.execute(text("UPDATE agents SET name = 'renamed'"))
+    assert agent_orgs == {mine} and version_orgs == {mine}
+    assert renamed.rowcount == 1
+    assert [a.name for a in await store.list_agents(theirs)] == ["Theirs"]
+    await store.close()
+
+
+async def test_row_level_security_refuses_writing_a_row_into_another_org(postgres_url: str) -> None:
+    store = await Store.open(postgres_url)
+    mine = (await store.ensure_personal_org()).id
+    theirs = await other_org(store)
+    with pytest.raises(DBAPIError, match="new row violates row-level security policy"):
+        async with store.tenant(mine) as conn:
+            await conn.execute(
+                text("INSERT INTO agents (id, org_id, slug, name, version, created_at, updated_at) "
+                     "VALUES ('x', :org, 's', 'n', 1, now(), now())"),
+                {"org": theirs},
+            )
+    assert await store.list_agents(theirs) == []
+    await store.close()
+
+
+async def test_outside_a_tenant_transaction_no_tenant_rows_are_visible(postgres_url: str) -> None:
+    store = await Store.open(postgres_url)
+    org = (await store.ensure_personal_org()).id
+    await store.create_agent(org, "a", "A", {})
+    async with store._engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM agents"))).scalar_one() == 0
+    await store.close()
