@@ -6,14 +6,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: up test setup docker-host postgres image bench clean
+.PHONY: up test test-fast check setup docker-host postgres image bench clean
 
 up: setup
 	./docker/setup-host.sh --optional
 	$(BIN)/ariel up
 
-test: setup docker-host postgres image
+test: check docker-host postgres image
 	$(BIN)/pytest
+
+# Everything that needs no container or long-running stack: a quick lane while working.
+test-fast: check postgres
+	$(BIN)/pytest -m "not slow and not docker"
+
+# Lint, types and the one-way import layers (pyproject.toml holds each tool's settings).
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 setup: $(STAMP)
 
