@@ -11,28 +11,38 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from blocks.llm_provider import LLMProvider
 from deployments import providers, runs
 from deployments.agents import compiler
-from deployments.exceptions import SpecInvalid
 from deployments.agents.manifest import Manifest
+from deployments.agents.spec import AgentSpec, slugify, spec_changes
+from deployments.pools.work_pools import (
+    DEFAULT_MEMORY_LIMIT,
+    PoolType,
+    docker_job_template,
+    ensure_pool,
+    pool_name,
+    process_job_template,
+    remove_pools,
+)
 from flows.config import RunConfig
 from flows.models import SCRIPTED_MODEL
-from deployments.agents.spec import AgentSpec, base_url_problem, slugify, spec_changes
-from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT, PoolType, docker_job_template, ensure_pool, pool_name, process_job_template, remove_pools
+from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
-from mcp_server.store import AgentRecord, Store
+from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.upgrades import adopt_unscoped_providers
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
+from mcp_server.store import AgentRecord, Store
+
+UpdateAction = Literal["change", "approve", "pause", "resume"]
+
 
 @dataclass
 class AgentService:
@@ -95,7 +105,7 @@ class AgentService:
             return await self._create(caller, data)
 
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
-        spec = self._parse(data, "the agent was not created")
+        spec = parse_spec(data, "the agent was not created", self.protected_hosts)
         await self._check_provider(caller, spec, "the agent was not created")
         if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
             # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
@@ -116,6 +126,32 @@ class AgentService:
         await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
         return await self.get(caller, record.id, full=False)
 
+    async def update(
+        self, caller: Caller, ref: str, action: UpdateAction, fields: dict[str, Any], version: int | None = None,
+        remove_schedule: bool = False,
+    ) -> AgentView:
+        """update_agent: `change` makes a version from `fields` (the fields given; '' removes api_base or provider),
+        `approve` approves the current version (`version`, when given, must still be it), `pause` and `resume`
+        turn the schedule off and on. Fields given with another action are refused, not ignored."""
+        changes = dict(fields)
+        for optional in ("api_base", "provider"):
+            if changes.get(optional) == "":
+                changes[optional] = None  # '' removes it: change() drops None values from the merged spec
+        if remove_schedule:
+            if changes.get("schedule") is not None:
+                raise InvalidRequest("give either schedule or remove_schedule=true, not both")
+            changes["schedule"] = None
+        if action != "change" and changes:
+            raise InvalidRequest(f"update_agent {action} takes no fields to change; use action='change' for "
+                                 f"{', '.join(sorted(changes))}")
+        if action != "approve" and version is not None:
+            raise InvalidRequest("version is only for action='approve'")
+        if action == "change":
+            return await self.change(caller, ref, changes)
+        if action == "approve":
+            return await self.approve(caller, ref, version)
+        return await self.set_paused(caller, ref, action == "pause")
+
     async def change(self, caller: Caller, ref: str, changes: dict[str, Any]) -> AgentView:
         """A new version from the current spec with `changes` applied; back to pending_approval if it widens."""
         async with audited(self.store, caller, "agent.change", ref):
@@ -130,7 +166,7 @@ class AgentService:
             merged = {key: value for key, value in merged.items() if value is not None}
             if merged.get("model") != SCRIPTED_MODEL and "script" not in changes:
                 merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
-            spec = self._parse(merged, "the agent was not changed")
+            spec = parse_spec(merged, "the agent was not changed", self.protected_hosts)
             if spec.provider != current.provider:
                 await self._check_provider(caller, spec, "the agent was not changed")
             if spec == current:
@@ -153,9 +189,7 @@ class AgentService:
     async def approve(self, caller: Caller, ref: str, version: int | None) -> AgentView:
         """Approve the current version's manifest; records who. `version` guards against approving something unread."""
         async with audited(self.store, caller, "agent.approve", ref):
-            if not caller.can("admin"):
-                raise Forbidden(f"update_agent approve needs the admin role or higher; you are {caller.role_phrase}. "
-                                "Ask an admin to review and approve the agent")
+            caller.require("admin", "update_agent approve", "Ask an admin to review and approve the agent")
             record = await self.resolve(caller, ref)
             if version is not None and version != record.version:
                 raise Conflict(f"agent {record.slug!r} is at version {record.version}, not {version}; "
@@ -196,7 +230,7 @@ class AgentService:
         records = await self.store.list_agents(caller.org_id)
         if records:
             await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
-            await self._adopt_unscoped_providers(caller, records)
+            await adopt_unscoped_providers(self, caller, records)
         count = 0
         for record in records:
             spec = await self.spec_of(caller, record)
@@ -205,46 +239,6 @@ class AgentService:
                 await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
             count += 1
         return count
-
-    async def _adopt_unscoped_providers(self, caller: Caller, records: list[AgentRecord]) -> None:
-        """Move the blocks of an install that predates per-org providers to their per-org names.
-
-        Only with one organization: then every block it made was that org's. With
-        more, whose key a global name holds is unknown, so an admin sets it again.
-        """
-        if len(await self.store.all_orgs()) != 1:
-            return
-        names = {(await self.spec_of(caller, record)).provider for record in records} - {None}
-        async with self.prefect() as client:
-            for name in sorted(n for n in names if n):
-                if await providers.provider_exists(client, self.install_id, caller.org_id, name):
-                    continue
-                try:
-                    legacy = await LLMProvider.aload(name, client=client)
-                except ValueError:  # Prefect's "Unable to find block document named ..."
-                    continue
-                await providers.save_provider(client, self.install_id, caller.org_id, name,
-                                              legacy.api_key.get_secret_value(), legacy.api_base)
-                # Moved, not copied: a provider an admin deletes later must not come back at the next start.
-                document = await client.read_block_document_by_name(name, LLMProvider.get_block_type_slug())
-                await client.delete_block_document(document.id)
-
-    async def record_upgraded_manifests(self) -> int:
-        """Record the manifest of agents approved by migration 0005 (SQL could not compute it); returns how many.
-
-        Run when the services open, so that no change is ever checked against a missing manifest.
-        """
-        upgraded = await self.store.agents_approved_without_manifest()
-        for record in upgraded:
-            assert record.approved_version is not None  # what the query selects
-            approved = await self.store.get_version(record.org_id, record.id, record.approved_version)
-            assert approved is not None  # versions are never deleted while their agent lives
-            manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
-            await self.store.approve_agent(
-                record.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade",
-                current=False,
-            )
-        return len(upgraded)
 
     async def list_all(self, caller: Caller, status: AgentStatus | None = None, text: str | None = None) -> list[AgentView]:
         views = []
@@ -301,32 +295,6 @@ class AgentService:
             return "pending_approval", reasons
         return ("paused" if record.paused else "active"), []
 
-    def _check_hosts(self, spec: AgentSpec, not_done: str) -> None:
-        # Early, friendly refusals; the runtime checks addresses at each call, whatever names pass here.
-        if spec.api_base is not None:
-            self._check_api_base(spec.api_base, not_done)
-        for host in spec.allowed_hosts:
-            name, _, port = host.partition(":")
-            if host in self.protected_hosts:
-                raise InvalidRequest(
-                    f"{not_done}: allowed_hosts: {host!r} is Ariel's own control plane, which agents may not call"
-                )
-            if not port and (name in ("localhost", "::1") or name.startswith("127.")):
-                raise InvalidRequest(
-                    f"{not_done}: allowed_hosts: {host!r} would allow every local port; "
-                    f"name the port, e.g. '{name}:8080'"
-                )
-
-    def _check_api_base(self, api_base: str, not_done: str) -> None:
-        if problem := base_url_problem(api_base):
-            raise InvalidRequest(f"{not_done}: {problem}")
-        parts = urlsplit(api_base)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if f"{parts.hostname}:{port}" in self.protected_hosts:
-            raise InvalidRequest(
-                f"{not_done}: api_base: {parts.hostname}:{port} is Ariel's own control plane, which agents may not call"
-            )
-
     async def _check_provider(self, caller: Caller, spec: AgentSpec, not_done: str) -> None:
         if spec.provider is None:
             return
@@ -337,14 +305,6 @@ class AgentService:
             f"{not_done}: provider: there is no provider {spec.provider!r} here; manage_secrets list shows the "
             f"providers you can name, and an admin adds one with manage_secrets set_provider"
         )
-
-    def _parse(self, data: dict[str, Any], not_done: str) -> AgentSpec:
-        try:
-            spec = AgentSpec.parse(data)
-        except SpecInvalid as exc:
-            raise InvalidRequest(f"{not_done}: {exc}") from None
-        self._check_hosts(spec, not_done)
-        return spec
 
     def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
         """What runs of the agent's current version receive; an unapproved one is marked so, and refused by the runtime."""

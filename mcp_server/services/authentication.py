@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from mcp_server.auth import (
     AuthModeRefused,
     CredentialsInvalid,
-    OIDCVerifier,
     Identity,
+    OIDCVerifier,
     Role,
     bearer_token,
     ensure_dev_allowed,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mcp_server.auth import Role
+from mcp_server.services.exceptions import Forbidden
 
 CallerSource = Literal["local", "dev", "api_key", "oidc"]
 
@@ -41,3 +42,18 @@ class Caller:
     def can(self, role: Role) -> bool:
         """Whether the caller's role is `role` or above."""
         return RANK[self.role] >= RANK[role]
+
+    def require(self, role: Role, action: str, then: str) -> None:
+        """Raise `Forbidden` unless the caller's role is `role` or above: the one role check of every service.
+
+        The message names `action`, the role it needs, the caller's, and `then`: what to do instead.
+
+        >>> viewer = Caller("u1", "ann", "o1", "acme", "Acme", "viewer", "dev", "test")
+        >>> viewer.require("admin", "manage_org invite", "Ask an admin to change your role.")
+        Traceback (most recent call last):
+        ...
+        mcp_server.services.exceptions.Forbidden: manage_org invite needs the admin role or higher; you are a viewer. \
+Ask an admin to change your role.
+        """
+        if not self.can(role):
+            raise Forbidden(f"{action} needs the {role} role or higher; you are {self.role_phrase}. {then}")

@@ -14,6 +14,7 @@ from mcp_server.services.authentication import Authenticator
 from mcp_server.services.orgs import OrgService
 from mcp_server.services.runs import RunService
 from mcp_server.services.secrets import SecretService
+from mcp_server.services.upgrades import record_upgraded_manifests
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 
@@ -41,7 +42,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
             protected_hosts=tuple(sorted(protected)), memory_limit=settings.run_memory_limit,
         )
-        await agents.record_upgraded_manifests()
+        await record_upgraded_manifests(store)
         yield Services(
             store=store,
             auth=Authenticator.from_settings(store, settings),

@@ -14,15 +14,15 @@ from typing import Any, Literal
 
 from deployments.pools.work_pools import DEFAULT_CPUS
 from flows.config import Limits
+from mcp_server.auth import Role, is_api_key
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
-from mcp_server.auth import Role, is_api_key
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
-from mcp_server.settings import AuthMode
-from mcp_server.store import exceptions as store_errors
-from mcp_server.store import ApiKeyRecord, Member, Organization, Store
 from mcp_server.services.views import ApiKeyView, AuditEventView, MemberView, OrgActionView, OrgView, WhoAmIView
+from mcp_server.settings import AuthMode
+from mcp_server.store import ApiKeyRecord, Member, Organization, Store
+from mcp_server.store import exceptions as store_errors
 
 INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
 
@@ -89,10 +89,7 @@ class OrgService:
         target = user or name or org or key or caller.org_slug
         reading = action in ("list_members", "list_keys")
         async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
-            needed = ACTION_ROLES[action]
-            if not caller.can(needed):
-                raise Forbidden(f"manage_org {action} needs the {needed} role or higher; you are {caller.role_phrase}. "
-                                "Ask an admin to change your role.")
+            caller.require(ACTION_ROLES[action], f"manage_org {action}", "Ask an admin to change your role.")
             match action:
                 case "list_members":
                     return OrgActionView(action=action, done=f"{len(members := await self.store.members(caller.org_id))} member(s)",

@@ -17,17 +17,17 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Cancelled, Cancelling
 
 from deployments import runs
+from deployments.agents.spec import AgentSpec
 from deployments.exceptions import QueryInvalid
 from deployments.runs.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
 from deployments.runs.diagnosis import Diagnosis, diagnose
-from deployments.agents.spec import AgentSpec
 from flows.transcript import Redactor
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound
-from mcp_server.store import AgentRecord
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
+from mcp_server.store import AgentRecord
 
 RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]

@@ -14,11 +14,11 @@ from pydantic import SecretStr
 
 from deployments import providers
 from deployments.agents.spec import base_url_problem
+from mcp_server.auth import Role
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
-from mcp_server.auth import Role
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Forbidden, InvalidRequest, NotFound
+from mcp_server.services.exceptions import InvalidRequest, NotFound
 from mcp_server.services.views import ProviderView, SecretsActionView
 
 SecretAction = Literal["list", "set_provider", "delete_provider"]
@@ -42,16 +42,13 @@ class SecretService:
         self, caller: Caller, action: SecretAction, name: str | None, api_key: SecretStr | None,
         api_base: str | None, confirm: bool,
     ) -> SecretsActionView:
-        needed = ACTION_ROLES[action]
         if action == "list":
             return SecretsActionView(action=action, done=f"{len(found := await self.list(caller))} provider(s)",
                                      providers=found)
         # Only a valid name goes in the trail: a key pasted into the wrong field must land nowhere.
         target = name.strip() if name and providers.PROVIDER_NAME.match(name.strip()) else "(no valid name)"
         async with audited(self.agents.store, caller, f"secret.{action}", target):
-            if not caller.can(needed):
-                raise Forbidden(f"manage_secrets {action} needs the {needed} role or higher; you are {caller.role_phrase}. "
-                                "Ask an admin to do it.")
+            caller.require(ACTION_ROLES[action], f"manage_secrets {action}", "Ask an admin to do it.")
             provider = _provider_name(name, action)
             if action == "set_provider":
                 return await self.set_provider(caller, provider, api_key, api_base)

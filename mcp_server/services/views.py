@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 from deployments.agents.manifest import Manifest
 from deployments.runs import LogLine, RunSummary, TranscriptEntry, Usage
 
-
 AgentStatus = Literal["pending_approval", "active", "paused"]
 
 

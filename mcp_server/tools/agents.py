@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
 from deployments.agents.spec import ScheduleSpec
 from flows.config import Limits, ScriptStep
-from mcp_server.services.exceptions import InvalidRequest
-from mcp_server.tools.middleware.caller import caller_of, services_of
+from mcp_server.services.agents import UpdateAction
 from mcp_server.services.views import AgentStatus, AgentView
+from mcp_server.tools.middleware.caller import caller_of, services_of
 
 AgentRef = Annotated[str, Field(description="The agent's hex id or slug.", examples=["pr-digest"])]
 Name = Annotated[str, Field(description="Display name; the slug is made from it at creation.", examples=["PR digest"])]
@@ -81,7 +81,7 @@ def register(mcp: FastMCP) -> None:
         ctx: Context,
         agent: AgentRef,
         action: Annotated[
-            Literal["change", "approve", "pause", "resume"],
+            UpdateAction,
             Field(description="change: a new version with the fields given; approve: approve the current manifest "
                   "(admins); pause / resume: turn its schedule off or on (manual runs still work)."),
         ],
@@ -106,33 +106,17 @@ def register(mcp: FastMCP) -> None:
         A change makes a new version (the old ones stay in get_agent's history); one that widens what the
         agent may do (tools, hosts, model, schedule, budget) sends it back to pending_approval.
         """
-        changes: dict[str, Any] = {
-            key: value for key, value in {
-                "name": name, "instructions": instructions, "model": model, "description": description,
-                "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts,
-                # Only the limits given: the others keep their current values, not the defaults.
-                "limits": limits.model_dump(exclude_unset=True) if limits else None,
-                "script": script, "api_base": api_base, "provider": provider,
-            }.items() if value is not None
+        fields = {
+            "name": name, "instructions": instructions, "model": model, "description": description,
+            "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts,
+            # Only the limits given: the others keep their current values, not the defaults.
+            "limits": limits.model_dump(exclude_unset=True) if limits else None,
+            "script": script, "api_base": api_base, "provider": provider,
         }
-        for optional in ("api_base", "provider"):
-            if changes.get(optional) == "":
-                changes[optional] = None  # '' removes it: the merge below drops None values
-        if remove_schedule:
-            if schedule is not None:
-                raise InvalidRequest("give either schedule or remove_schedule=true, not both")
-            changes["schedule"] = None
-        caller, agents = await caller_of(ctx), services_of(ctx).agents
-        if action != "change" and (changes or remove_schedule):
-            raise InvalidRequest(f"update_agent {action} takes no fields to change; use action='change' for "
-                                 f"{', '.join(sorted(changes) or ['schedule'])}")
-        if action != "approve" and version is not None:
-            raise InvalidRequest("version is only for action='approve'")
-        if action == "change":
-            return await agents.change(caller, agent, changes)
-        if action == "approve":
-            return await agents.approve(caller, agent, version)
-        return await agents.set_paused(caller, agent, action == "pause")
+        return await services_of(ctx).agents.update(
+            await caller_of(ctx), agent, action, {key: value for key, value in fields.items() if value is not None},
+            version, remove_schedule,
+        )
 
     @mcp.tool(annotations={"destructiveHint": True})
     async def delete_agent(

@@ -12,11 +12,11 @@ from fastmcp import Context
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
-from mcp_server.services.audit import record
 from mcp_server.auth import Role
+from mcp_server.services.audit import record
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Forbidden
 from mcp_server.services.container import Services
+from mcp_server.services.exceptions import Forbidden
 
 CALLER_STATE = "ariel.caller"
 SCOPE_CALLER = "ariel_caller"
@@ -61,9 +61,9 @@ class ResolveCaller(Middleware):
             caller = await services.auth.local_caller("stdio")
         tool = context.message.name
         needed = TOOL_ROLES.get(tool, "owner")
-        if not caller.can(needed):
-            error = Forbidden(f"{tool} needs the {needed} role or higher; you are {caller.role_phrase}. "
-                              "Ask an admin to change your role.")
+        try:
+            caller.require(needed, tool, "Ask an admin to change your role.")
+        except Forbidden as error:
             if tool in AUDITED_ACTIONS:
                 arguments = context.message.arguments or {}
                 target = str(arguments.get("agent") or arguments.get("run") or arguments.get("name") or "")
@@ -71,7 +71,7 @@ class ResolveCaller(Middleware):
                 action = f"agent.{arguments['action']}" if tool == "update_agent" and arguments.get("action") in (
                     "change", "approve", "pause", "resume") else AUDITED_ACTIONS[tool]
                 await record(services.store, caller, action, target, "denied", str(error))
-            raise error
+            raise
         await ctx.set_state(CALLER_STATE, caller, serializable=False)
         return await call_next(context)
 

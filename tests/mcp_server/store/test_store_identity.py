@@ -11,6 +11,7 @@ from sqlalchemy import text
 from mcp_server.services.agents import AgentService
 from mcp_server.auth import parse_api_key, verify_api_key
 from mcp_server.services.caller import Caller
+from mcp_server.services.upgrades import record_upgraded_manifests
 from mcp_server.store import Conflict
 from mcp_server.store import Store
 
@@ -150,11 +151,11 @@ async def test_upgrading_a_0002_store_keeps_its_agents_and_marks_the_personal_or
     assert len(await store.installation_id()) == 32
     # Opening the services records the manifest it was approved with, so later changes are checked against it.
     agents = AgentService(store, "http://127.0.0.1:9/api", "process", "unused", await store.installation_id())
-    assert await agents.record_upgraded_manifests() == 1
+    assert await record_upgraded_manifests(store) == 1
     [kept] = await store.list_agents("o1")
     assert kept.approved_manifest is not None and kept.approved_manifest["model"] == "ariel/scripted"
     assert agents.status(kept, await agents.spec_of(caller_in("o1"), kept)) == ("active", [])
-    assert await agents.record_upgraded_manifests() == 0
+    assert await record_upgraded_manifests(store) == 0
     await store.close()
 
 
