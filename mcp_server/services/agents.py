@@ -78,7 +78,9 @@ class AgentService:
             ) from exc
 
     def target(self, caller: Caller) -> compiler.DeploymentTarget:
-        return compiler.DeploymentTarget(pool_name=pool_name(self.install_id, caller.org_id, self.pool_type), org_id=caller.org_id)
+        return compiler.DeploymentTarget(
+            pool_name=pool_name(self.install_id, caller.org_id, self.pool_type), org_id=caller.org_id
+        )
 
     async def ensure_pool(self, caller: Caller) -> str:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
@@ -210,7 +212,10 @@ class AgentService:
             return await self.get(caller, record.id, full=False)
 
     async def delete(self, caller: Caller, ref: str, confirm: bool) -> AgentView:
-        """Remove the agent, its deployment and schedules; its runs stay readable in Prefect, its trail in the audit log."""
+        """Remove the agent, its deployment and schedules.
+
+        Its runs stay readable in Prefect, its trail in the audit log.
+        """
         record = await self.resolve(caller, ref)
         if not confirm:
             raise InvalidRequest(
@@ -240,7 +245,9 @@ class AgentService:
             count += 1
         return count
 
-    async def list_all(self, caller: Caller, status: AgentStatus | None = None, text: str | None = None) -> list[AgentView]:
+    async def list_all(
+        self, caller: Caller, status: AgentStatus | None = None, text: str | None = None
+    ) -> list[AgentView]:
         views = []
         needle = (text or "").strip().lower()
         for record in await self.store.list_agents(caller.org_id):
@@ -307,7 +314,10 @@ class AgentService:
         )
 
     def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
-        """What runs of the agent's current version receive; an unapproved one is marked so, and refused by the runtime."""
+        """What runs of the agent's current version receive.
+
+        An unapproved version is marked so, and the runtime refuses it.
+        """
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         config = config.model_copy(update={"approved": self.status(record, spec)[0] != "pending_approval"})
         if spec.provider:
@@ -355,7 +365,8 @@ class AgentService:
             schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
             tools=spec.tools,
             deployment=(
-                f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}" if record.deployment_id else None
+                f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
+                if record.deployment_id else None
             ),
             work_pool=self.target(caller).pool_name if record.deployment_id else None,
             created_at=record.created_at,

@@ -85,7 +85,9 @@ class Authenticator:
         raise AuthModeRefused(f"This server ({self.mode} auth) accepts {_ACCEPTED[self.mode]}.")
 
     async def _by_api_key(self, token: str, origin: str) -> Caller:
-        refused = CredentialsInvalid("The API key is unknown or revoked; ask an admin for a new one.", reason="wrong_secret")
+        refused = CredentialsInvalid(
+            "The API key is unknown or revoked; ask an admin for a new one.", reason="wrong_secret"
+        )
         key = await self.store.api_key_by_prefix(parse_api_key(token).prefix)
         if key is None or key.revoked_at is not None or not verify_api_key(token, key.key_hash):
             raise refused
@@ -128,10 +130,14 @@ class Authenticator:
                     return self._caller(user, org, role, "oidc", origin, org_fixed=True)
         return await self._in_current_org(user, "oidc", origin, fallback=None)
 
-    async def _in_current_org(self, user: User, source: CallerSource, origin: str, fallback: Organization | None) -> Caller:
+    async def _in_current_org(
+        self, user: User, source: CallerSource, origin: str, fallback: Organization | None
+    ) -> Caller:
         """The user's chosen org, else their first; a user with none gets a personal org of their own."""
         orgs = await self.store.orgs_of(user.id)
-        chosen = next(((org, role) for org, role in orgs if org.id == user.current_org_id), None)
+        chosen: tuple[Organization, Role] | None = next(
+            ((org, role) for org, role in orgs if org.id == user.current_org_id), None
+        )
         if chosen is None and fallback is not None:
             chosen = next(((org, role) for org, role in orgs if org.id == fallback.id), None)
         if chosen is None and orgs:
@@ -141,7 +147,8 @@ class Authenticator:
                 org = await self.store.create_org(f"personal-{user.id[:12]}", "Personal", user.id, personal=True)
             except Conflict:  # a concurrent first request made it
                 return await self._in_current_org(user, source, origin, fallback)
-            chosen = (org, "owner")
+            owner: Role = "owner"
+            chosen = (org, owner)
         org, role = chosen
         visible = not org.personal or len(await self.store.members(org.id)) > 1
         return self._caller(user, org, role, source, origin, org_visible=visible)

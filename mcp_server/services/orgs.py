@@ -92,12 +92,15 @@ class OrgService:
             caller.require(ACTION_ROLES[action], f"manage_org {action}", "Ask an admin to change your role.")
             match action:
                 case "list_members":
-                    return OrgActionView(action=action, done=f"{len(members := await self.store.members(caller.org_id))} member(s)",
+                    members = await self.store.members(caller.org_id)
+                    return OrgActionView(action=action, done=f"{len(members)} member(s)",
                                          members=[_member_view(m) for m in members])
                 case "invite":
                     return await self._invite(caller, _required(user, "user", action), role or "member")
                 case "change_role":
-                    return await self._change_role(caller, _required(user, "user", action), _required(role, "role", action))
+                    return await self._change_role(
+                        caller, _required(user, "user", action), _required(role, "role", action)
+                    )
                 case "remove":
                     return await self._remove(caller, _required(user, "user", action))
                 case "rename":
@@ -105,7 +108,9 @@ class OrgService:
                     if not 1 <= len(new_name) <= 200:
                         raise InvalidRequest("name: give 1 to 200 characters")
                     await self.store.rename_org(caller.org_id, new_name)
-                    return OrgActionView(action=action, done=f"renamed to {new_name!r} (the slug {caller.org_slug!r} stays)")
+                    return OrgActionView(
+                        action=action, done=f"renamed to {new_name!r} (the slug {caller.org_slug!r} stays)"
+                    )
                 case "switch":
                     return await self._switch(caller, _required(org, "org", action))
                 case "create_key":
@@ -115,7 +120,9 @@ class OrgService:
                                          keys=[_key_view(k) for k in await self.store.api_keys(caller.org_id)])
                 case "revoke_key":
                     revoked = await self._revoke_key(caller, _required(key, "key", action).strip())
-                    return OrgActionView(action=action, done=f"key {revoked.prefix} no longer works", keys=[_key_view(revoked)])
+                    return OrgActionView(
+                        action=action, done=f"key {revoked.prefix} no longer works", keys=[_key_view(revoked)]
+                    )
                 case "delete_org":
                     return await self._delete(caller, confirm)
         raise InvalidRequest(f"action: unknown {action!r}")  # unreachable: the tool's schema lists the actions
@@ -124,7 +131,9 @@ class OrgService:
         self, caller: Caller, actor: str | None, action: str | None, since: datetime | None, until: datetime | None,
         limit: int,
     ) -> list[AuditEventView]:
-        events = await self.store.audit_events(caller.org_id, actor=actor, action=action, since=since, until=until, limit=limit)
+        events = await self.store.audit_events(
+            caller.org_id, actor=actor, action=action, since=since, until=until, limit=limit
+        )
         return [
             AuditEventView(at=e.at, actor=e.actor, action=e.action, target=e.target, origin=e.origin,
                            outcome=e.outcome, detail=e.detail)
@@ -151,13 +160,17 @@ class OrgService:
         await self.store.set_role(caller.org_id, member.user.id, role)
         changed = await self.store.member(caller.org_id, member.user.id)
         assert changed is not None
-        return OrgActionView(action="change_role", done=f"{member.user.label} is now {role}", members=[_member_view(changed)])
+        return OrgActionView(
+            action="change_role", done=f"{member.user.label} is now {role}", members=[_member_view(changed)]
+        )
 
     async def _remove(self, caller: Caller, ref: str) -> OrgActionView:
         member = await self._member(caller, ref)
         self._may_change(caller, member)
         await self.store.remove_member(caller.org_id, member.user.id)
-        return OrgActionView(action="remove", done=f"{member.user.label} no longer belongs here; their API keys stop working")
+        return OrgActionView(
+            action="remove", done=f"{member.user.label} no longer belongs here; their API keys stop working"
+        )
 
     async def _switch(self, caller: Caller, ref: str) -> OrgActionView:
         if caller.org_fixed:
@@ -166,8 +179,8 @@ class OrgService:
         for org, role in await self.store.orgs_of(caller.user_id):
             if ref.strip() in (org.id, org.slug):
                 await self.store.set_current_org(caller.user_id, org.id)
-                return OrgActionView(action="switch", done=f"your calls now act in {org.name!r}",
-                                     organization=OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True))
+                view = OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True)
+                return OrgActionView(action="switch", done=f"your calls now act in {org.name!r}", organization=view)
         raise NotFound(f"no organization {ref!r} of yours; whoami lists the ones you belong to")
 
     async def _revoke_key(self, caller: Caller, ref: str) -> ApiKeyRecord:
@@ -223,7 +236,10 @@ class OrgService:
     @staticmethod
     def _may_change(caller: Caller, member: Member) -> None:
         if RANK[member.role] > RANK[caller.role]:
-            raise Forbidden(f"changing {'an' if member.role[0] in 'aeiou' else 'a'} {member.role} needs the {member.role} role; you are {caller.role_phrase}")
+            article = "an" if member.role[0] in "aeiou" else "a"
+            raise Forbidden(
+                f"changing {article} {member.role} needs the {member.role} role; you are {caller.role_phrase}"
+            )
 
     @staticmethod
     def _org_view(org: Organization, role: Role, caller: Caller) -> OrgView:

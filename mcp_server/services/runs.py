@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Cancelled, Cancelling
 
@@ -63,24 +63,23 @@ class RunService:
 
     async def cancel(self, caller: Caller, ref: str) -> RunView:
         """Cancel a run that has not finished: a waiting one at once, a running one through its worker."""
-        async with audited(self.agents.store, caller, "run.cancel", ref):
-            async with self.agents.prefect() as client:
-                flow_run = await self._find(client, caller, ref)
-                state = flow_run.state
-                if state and state.is_final():
-                    raise Conflict(f"run {flow_run.name!r} already ended ({state.name}); nothing to cancel")
-                if state and state.type == StateType.CANCELLING:
-                    raise Conflict(f"run {flow_run.name!r} is already being cancelled; its worker stops it")
-                started = state is not None and state.type in (StateType.RUNNING, StateType.PENDING)
-                # A running run is stopped by its worker; one that never started is simply cancelled.
-                new = Cancelling(message=f"cancelled by {caller.user_label}") if started else Cancelled(
-                    message=f"cancelled by {caller.user_label} before it started")
-                # Not forced: Prefect's rules keep a run that ended meanwhile as it ended.
-                result = await client.set_flow_run_state(flow_run.id, new)
-                if result.status != SetStateStatus.ACCEPT:
-                    latest = await client.read_flow_run(flow_run.id)
-                    raise Conflict(f"run {flow_run.name!r} could not be cancelled: it is {_state_name(latest)} now")
-                return RunView.of(await client.read_flow_run(flow_run.id))
+        async with audited(self.agents.store, caller, "run.cancel", ref), self.agents.prefect() as client:
+            flow_run = await self._find(client, caller, ref)
+            state = flow_run.state
+            if state and state.is_final():
+                raise Conflict(f"run {flow_run.name!r} already ended ({state.name}); nothing to cancel")
+            if state and state.type == StateType.CANCELLING:
+                raise Conflict(f"run {flow_run.name!r} is already being cancelled; its worker stops it")
+            started = state is not None and state.type in (StateType.RUNNING, StateType.PENDING)
+            # A running run is stopped by its worker; one that never started is simply cancelled.
+            new: State = Cancelling(message=f"cancelled by {caller.user_label}") if started else Cancelled(
+                message=f"cancelled by {caller.user_label} before it started")
+            # Not forced: Prefect's rules keep a run that ended meanwhile as it ended.
+            result = await client.set_flow_run_state(flow_run.id, new)
+            if result.status != SetStateStatus.ACCEPT:
+                latest = await client.read_flow_run(flow_run.id)
+                raise Conflict(f"run {flow_run.name!r} could not be cancelled: it is {_state_name(latest)} now")
+            return RunView.of(await client.read_flow_run(flow_run.id))
 
     async def list_runs(
         self,
@@ -199,7 +198,10 @@ class RunService:
         """How the version this run carries goes beyond the approved manifest; None when it does not."""
         config = (flow_run.parameters or {}).get("config") or {}
         record = await self.agents.store.find_agent(caller.org_id, str(config.get("agent_id", "")))
-        version = await self.agents.store.get_version(caller.org_id, record.id, int(config.get("version", 0))) if record else None
+        version = (
+            await self.agents.store.get_version(caller.org_id, record.id, int(config.get("version", 0)))
+            if record else None
+        )
         if record is None or version is None:
             return None
         return self.agents.status(record, AgentSpec.model_validate(version.spec))[1] or None
@@ -232,7 +234,7 @@ def _failed(flow_run: FlowRun) -> bool:
 
 
 def _state_name(flow_run: FlowRun) -> str:
-    return flow_run.state.name if flow_run.state else "Unknown"
+    return (flow_run.state.name if flow_run.state else None) or "Unknown"
 
 
 def _utc(moment: datetime | None) -> datetime | None:

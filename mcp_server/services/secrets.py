@@ -43,7 +43,8 @@ class SecretService:
         api_base: str | None, confirm: bool,
     ) -> SecretsActionView:
         if action == "list":
-            return SecretsActionView(action=action, done=f"{len(found := await self.list(caller))} provider(s)",
+            found = await self.list_providers(caller)
+            return SecretsActionView(action=action, done=f"{len(found)} provider(s)",
                                      providers=found)
         # Only a valid name goes in the trail: a key pasted into the wrong field must land nowhere.
         target = name.strip() if name and providers.PROVIDER_NAME.match(name.strip()) else "(no valid name)"
@@ -54,7 +55,7 @@ class SecretService:
                 return await self.set_provider(caller, provider, api_key, api_base)
             return await self.delete_provider(caller, provider, confirm)
 
-    async def list(self, caller: Caller) -> list[ProviderView]:
+    async def list_providers(self, caller: Caller) -> list[ProviderView]:
         async with self.agents.prefect() as client:
             found = await providers.list_providers(client, self.agents.install_id, caller.org_id)
         users = await self._users(caller)
@@ -79,7 +80,7 @@ class SecretService:
         done = (f"provider {name!r} {'updated' if existed else 'created'}; {where}. Agents name it in their "
                 f"'provider' field. The key is stored and will not be shown again.")
         return SecretsActionView(action="set_provider", done=done, providers=[
-            view for view in await self.list(caller) if view.name == name
+            view for view in await self.list_providers(caller) if view.name == name
         ])
 
     async def delete_provider(self, caller: Caller, name: str, confirm: bool) -> SecretsActionView:

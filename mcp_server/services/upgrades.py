@@ -5,7 +5,7 @@ Each step finds nothing to do once done, so running it at every start costs one 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from blocks.llm_provider import LLMProvider
 from deployments import providers
@@ -50,7 +50,8 @@ async def adopt_unscoped_providers(agents: AgentService, caller: Caller, records
             if await providers.provider_exists(client, agents.install_id, caller.org_id, name):
                 continue
             try:
-                legacy = await LLMProvider.aload(name, client=client)
+                # Prefect's @inject_client hides aload's `Self` from type checkers.
+                legacy = cast(LLMProvider, await LLMProvider.aload(name, client=client))
             except ValueError:  # Prefect's "Unable to find block document named ..."
                 continue
             await providers.save_provider(client, agents.install_id, caller.org_id, name,

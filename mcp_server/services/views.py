@@ -42,8 +42,12 @@ class AgentView(BaseModel):
     work_pool: str | None
     created_at: datetime
     spec: dict[str, Any] | None = Field(default=None, description="The full current spec (get_agent only).")
-    versions: list[VersionView] | None = Field(default=None, description="Every version, newest first (get_agent only).")
-    next_runs: list[datetime] | None = Field(default=None, description="When its schedule runs it next (get_agent only).")
+    versions: list[VersionView] | None = Field(
+        default=None, description="Every version, newest first (get_agent only)."
+    )
+    next_runs: list[datetime] | None = Field(
+        default=None, description="When its schedule runs it next (get_agent only)."
+    )
     recent_runs: list[RunView] | None = Field(default=None, description="Newest runs (get_agent only).")
     health: str | None = Field(
         default=None, description="How its recent runs went, e.g. '4 of the last 5 runs completed' (get_agent only)."
@@ -56,13 +60,19 @@ class RunView(RunSummary):
 
 class RunListView(BaseModel):
     runs: list[RunView] = Field(description="Newest first.")
-    next_cursor: str | None = Field(description="Pass as `cursor` (with the same filters) for older runs; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (with the same filters) for older runs; null at the end."
+    )
 
 
 class RunDetailView(RunView):
     error: str | None = Field(description="Why it failed or crashed, with the failing step; null otherwise.")
-    parameters: dict[str, Any] = Field(description="What the run received (the frozen agent version), secrets redacted.")
-    usage: Usage | None = Field(description="Tokens, cost, steps and time it used; null before the runtime reported them.")
+    parameters: dict[str, Any] = Field(
+        description="What the run received (the frozen agent version), secrets redacted."
+    )
+    usage: Usage | None = Field(
+        description="Tokens, cost, steps and time it used; null before the runtime reported them."
+    )
     tags: list[str]
     work_pool: str | None
 

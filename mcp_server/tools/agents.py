@@ -19,7 +19,8 @@ Instructions = Annotated[str, Field(description="What the agent does: its system
 Model = Annotated[
     str,
     Field(
-        description="A litellm model id whose provider key is configured, or 'ariel/scripted' (offline; plays `script`).",
+        description="A litellm model id whose provider key is configured, or 'ariel/scripted' "
+        "(offline; plays `script`).",
         examples=["openai/gpt-4o-mini", "ariel/scripted"],
     ),
 ]
@@ -74,7 +75,8 @@ def register(mcp: FastMCP) -> None:
             "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "script": script,
             "api_base": api_base, "provider": provider, "limits": limits,
         }
-        return await services_of(ctx).agents.create(await caller_of(ctx), {k: v for k, v in data.items() if v is not None})
+        given = {key: value for key, value in data.items() if value is not None}
+        return await services_of(ctx).agents.create(await caller_of(ctx), given)
 
     @mcp.tool(annotations={"destructiveHint": False})
     async def update_agent(
@@ -135,7 +137,9 @@ def register(mcp: FastMCP) -> None:
     async def list_agents(
         ctx: Context,
         status: Annotated[AgentStatus | None, Field(description="Only agents in this status.")] = None,
-        text: Annotated[str | None, Field(description="Only agents whose slug, name or description contains this.")] = None,
+        text: Annotated[
+            str | None, Field(description="Only agents whose slug, name or description contains this.")
+        ] = None,
     ) -> list[AgentView]:
         """List your agents with id, slug, status, version, model, schedule and tools."""
         return await services_of(ctx).agents.list_all(await caller_of(ctx), status, text)
