@@ -30,12 +30,12 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
-from flows.egress import agent_egress
 from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
 from flows.models import completion_kwargs, is_transient_llm_error
+from flows.network.egress import agent_egress
+from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, protected_endpoints, refuse_protected
 from flows.tools import BUILTIN_TOOLS
-from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints, refuse_protected
-from flows.tools.registry import ProtectedEndpoint, ToolContext
+from flows.tools.registry import ToolContext
 from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from prefect.workers.process import ProcessWorker
 from prefect_docker.worker import DockerWorker
 
 from deployments.exceptions import PoolTypeMismatch
-from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV
+from flows.network.guard import PROTECTED_ENDPOINTS_ENV
 
 PoolType = Literal["docker", "process"]
 

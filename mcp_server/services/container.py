@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from deployments.pools.work_pools import PoolType
-from flows.tools.http_request import endpoint
+from flows.network.guard import control_plane_hosts
 from mcp_server.services.agents import AgentService
 from mcp_server.services.authentication import Authenticator
 from mcp_server.services.orgs import OrgService
@@ -33,14 +32,10 @@ class Services:
 async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> AsyncIterator[Services]:
     store = await Store.open(settings.resolved_store_url)
     try:
-        prefect = urlsplit(prefect_api_url)
-        prefect_port = prefect.port or (443 if prefect.scheme == "https" else 80)
-        protected = {endpoint(settings.host, settings.port), endpoint(prefect.hostname or "", prefect_port)}
-        # The same services under their other loopback names.
-        protected |= {f"{alias}:{port}" for alias in ("localhost", "127.0.0.1") for port in (settings.port, prefect_port)}
         agents = AgentService(
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
-            protected_hosts=tuple(sorted(protected)), memory_limit=settings.run_memory_limit,
+            protected_hosts=control_plane_hosts(settings.host, settings.port, prefect_api_url),
+            memory_limit=settings.run_memory_limit,
         )
         await record_upgraded_manifests(store)
         yield Services(

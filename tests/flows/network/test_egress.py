@@ -1,25 +1,37 @@
 """Connections made on an agent's behalf never reach the control plane, however the agent's libraries get there.
 
 The redirect case is the one a check by name cannot see: litellm (through the
-OpenAI SDK) follows a base URL's redirect to wherever it points.
+OpenAI SDK) follows a base URL's redirect to wherever it points. Connections
+made here are watched (tests/flows/network/support.py): one the runtime's hook
+lets through to an address off this machine is blocked by the test's own.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import IPv6Address
 from typing import Any
 
 import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.egress import EgressRefused, agent_egress
-from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, protected_endpoints
+from flows.network.egress import EgressRefused, agent_egress
+from flows.network.guard import PROTECTED_ENDPOINTS_ENV, protected_endpoints
+from tests.flows.network.support import (
+    LOOPBACK_IN_IPV6,
+    METADATA_IN_IPV6,
+    PREFECT_REFUSED,
+    Server,
+    connections,
+    needs_ipv6,
+)
 from tests.flows.support import config, play
 from tests.support import reply_json
 
@@ -97,9 +109,39 @@ def test_inside_the_guard_a_connection_to_a_protected_endpoint_or_metadata_is_re
         with agent_egress(protected):
             with pytest.raises(httpx.ConnectError, match="Ariel refused the connection: .*control plane"):
                 httpx.get(f"http://127.0.0.2:{control_plane.port}/")
-            with pytest.raises(EgressRefused, match="link-local"):
-                with socket.create_connection(("169.254.169.254", 80), timeout=1):
-                    pass
+            with connections(), pytest.raises(EgressRefused, match="link-local"), \
+                    socket.create_connection(("169.254.169.254", 80), timeout=1):
+                pass
         # The runtime's own calls (to the Prefect API, say) are made outside the guard.
         assert httpx.get(f"http://{control_plane.netloc}/").status_code == 200
     assert control_plane.hits == ["GET /"]
+
+
+@pytest.mark.parametrize("written", [needs_ipv6(address) for address in METADATA_IN_IPV6])
+def test_inside_the_guard_the_metadata_service_written_inside_ipv6_is_refused_at_connect(written: str) -> None:
+    with connections() as connects, agent_egress(()), pytest.raises(EgressRefused) as refused, \
+            socket.create_connection((written, 80), timeout=1):
+        pass
+    assert refused_address(refused.value) == (IPv6Address(written), 80)
+    assert "is a link-local address" in str(refused.value)
+    assert connects == []  # the test's watch never saw it: the runtime's hook refused it first
+
+
+@pytest.mark.parametrize("written", [needs_ipv6(address) for address in LOOPBACK_IN_IPV6])
+def test_inside_the_guard_the_prefect_api_written_inside_ipv6_is_refused_at_connect(
+    written: str, stand_in_api: Server
+) -> None:
+    protected = protected_endpoints(f"http://{stand_in_api.netloc}/api", None)
+    with connections() as connects, agent_egress(protected), pytest.raises(EgressRefused) as refused, \
+            socket.create_connection((written, stand_in_api.port), timeout=1):
+        pass
+    assert refused_address(refused.value) == (IPv6Address(written), stand_in_api.port)
+    assert str(refused.value).endswith(f" is {PREFECT_REFUSED}")
+    assert connects == [] and stand_in_api.hits == []
+
+
+def refused_address(refusal: EgressRefused) -> tuple[IPv6Address, int]:
+    """The address and port a refusal names, as getaddrinfo spelled them (`::a9fe:a9fe` as `::169.254.169.254`)."""
+    found = re.match(r"Ariel refused the connection: \[(.+?)\]:(\d+) ", str(refusal))
+    assert found is not None, str(refusal)
+    return IPv6Address(found[1]), int(found[2])

@@ -1,11 +1,11 @@
 """The last wall between an agent and the control plane: every connection made on the agent's behalf is checked.
 
-`http_request` and the model's base URL are checked by name before the call
-(flows/tools/http_request.py), with clear refusals. This module checks the
-address each socket actually connects to, whatever library opens it and
-however it got there: a redirect litellm or the OpenAI SDK follows, a DNS
-answer that changed, a provider whose SDK finds its own endpoint (Bedrock's
-credentials from the metadata service, for one).
+`http_request` and the model's base URL are checked by name before the call,
+with clear refusals. This module checks the address each socket actually
+connects to, whatever library opens it and however it got there: a redirect
+litellm or the OpenAI SDK follows, a DNS answer that changed, a provider whose
+SDK finds its own endpoint (Bedrock's credentials from the metadata service,
+for one). Both ask the same rules, `flows.network.guard`.
 
 It is a Python audit hook on `socket.connect`, active only inside
 `agent_egress(...)`: the runtime's own calls to the Prefect API happen outside
@@ -24,8 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from flows.tools.http_request import connect_refusal
-from flows.tools.registry import ProtectedEndpoint
+from flows.network.guard import ProtectedEndpoint, connect_refusal
 
 # A context variable, not a global: only the agent's own calls (and threads started from them
 # with asyncio.to_thread, which copies the context) are checked.
