@@ -11,8 +11,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -79,13 +79,93 @@ def prefect_server(home: Path) -> Iterator[str]:
         assert process.poll() is None, (home / "prefect-server.log").read_text()[-3000:]
         yield api_url
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process(process)
         log.close()
+
+
+STOP_SECONDS = 10.0  # the spec: every process Ariel starts stops within 10 s of SIGINT or SIGTERM
+
+
+def as_background_job(argv: list[str]) -> list[str]:
+    """`argv` started as a non-interactive shell starts a background job (`make test &`): SIGINT ignored.
+
+    Such a shell ignores SIGINT and SIGQUIT in its background jobs; `trap ''` does the same, and `exec` keeps
+    ignored signals ignored and the pid the same.
+    """
+    return ["/bin/sh", "-c", 'trap "" INT QUIT; exec "$@"', "sh", *argv]
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """How `stop_process` stopped a process."""
+
+    by: signal.Signals | None  # the signal it exited on; None when it had exited before
+    seconds: float  # from the first signal to its exit
+    left: frozenset[int]  # its descendants still alive once it had exited (killed since)
+
+
+def stop_process(
+    process: subprocess.Popen[Any], *signals: signal.Signals, group: bool = True, grace: float = STOP_SECONDS
+) -> Stopped:
+    """Stop `process` for sure: each of `signals` in turn, then SIGTERM, then SIGKILL, `grace` s apart.
+
+    With `group` (a process started with `start_new_session`) each signal goes to its process group, and a last
+    SIGKILL to the group takes what is left in it. Descendants still alive after it exited are killed too, and
+    reported in `left`. Every wait is bounded: this is how every test stops a process it started.
+    """
+    before = descendants(process.pid)
+    started, by = time.monotonic(), None
+    for sig in dict.fromkeys((*signals, signal.SIGTERM, signal.SIGKILL)):  # in order, each once
+        if process.poll() is not None:
+            break
+        _send(process, sig, group)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        by = sig
+        break
+    seconds = time.monotonic() - started
+    if process.returncode is None:
+        raise AssertionError(f"process {process.pid} ({process.args!r}) outlived SIGKILL by {grace:.0f} s")
+    left = _still_alive(before)
+    if group:
+        _send(process, signal.SIGKILL, group)
+    for pid in left:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return Stopped(by, seconds, left)
+
+
+def _send(process: subprocess.Popen[Any], sig: signal.Signals, group: bool) -> None:
+    with suppress(ProcessLookupError):
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+
+
+def _still_alive(pids: set[int], settle: float = 1.0) -> frozenset[int]:
+    """Those of `pids` alive after up to `settle` s: a process signalled a moment ago may still be exiting."""
+    deadline = time.monotonic() + settle
+    while (living := frozenset(pid for pid in pids if alive(pid))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return living
+
+
+def processes_with_env(key: str, value: str) -> set[int]:
+    """Every live process whose environment holds `key=value`, from /proc: what one test's processes share."""
+    wanted = f"{key}={value}".encode()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                environment = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if wanted in environment and alive(int(entry.name)):
+                found.add(int(entry.name))
+    return found
 
 
 def descendants(pid: int) -> set[int]:
@@ -98,7 +178,8 @@ def descendants(pid: int) -> set[int]:
             except OSError:
                 continue
             parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
+    found: set[int] = set()
+    frontier = {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
@@ -133,13 +214,51 @@ class ArielUp:
     def printed(self) -> str:
         return "".join(self.output)
 
-    def stop(self) -> set[int]:
-        """Ctrl-C it; returns the processes it had started that are still alive afterwards."""
-        children = descendants(self.process.pid)
-        self.process.send_signal(signal.SIGINT)
-        self.process.wait(timeout=60)
-        time.sleep(0.5)
-        return {pid for pid in children if alive(pid)}
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> Stopped:
+        """Ctrl-C it (or send `sig`), then SIGTERM and SIGKILL if it does not stop; leaves none of its processes.
+
+        `left` also holds every process of this home still alive, killed now: a child that `ariel up` lost track
+        of lives in a session of its own, out of its process tree.
+        """
+        # Not its group: `ariel up` shares the test run's; its children have sessions of their own.
+        stopped = stop_process(self.process, sig, group=False)
+        strays = _still_alive(processes_with_env("ARIEL_HOME", str(self.home)))
+        for pid in strays:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return replace(stopped, left=stopped.left | strays)
+
+
+@contextmanager
+def started_ariel_up(
+    home: Path,
+    worker_type: str,
+    prefect_api_url: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    background: bool = False,
+) -> Iterator[ArielUp]:
+    """`ariel up` just started (as a background job, SIGINT ignored, with `background`); stopped afterwards."""
+    port = free_port()
+    env = {**test_env(home), **(extra_env or {})}
+    env.update(ARIEL_HOME=str(home), ARIEL_PORT=str(port), ARIEL_WORKER_TYPE=worker_type)
+    if prefect_api_url:
+        env["ARIEL_PREFECT_API_URL"] = prefect_api_url
+    else:
+        env["ARIEL_PREFECT_PORT"] = str(free_port())
+    argv = [sys.executable, "-m", "mcp_server.cli", "up"]
+    process = subprocess.Popen(
+        as_background_job(argv) if background else argv,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )
+    up = ArielUp(process=process, port=port, home=home)
+    reader = threading.Thread(target=lambda: up.output.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]  # stdout is a pipe
+    reader.start()
+    try:
+        yield up
+    finally:
+        up.stop()
+        reader.join(timeout=10)
+        process.stdout.close()  # type: ignore[union-attr]  # a pipe
 
 
 @contextmanager
@@ -149,34 +268,16 @@ def ariel_up(
     prefect_api_url: str | None = None,
     timeout: float = 900,
     extra_env: dict[str, str] | None = None,
+    background: bool = False,
 ) -> Iterator[ArielUp]:
     """Run `ariel up` as a user would, until it says it is up; Ctrl-C it afterwards."""
-    port = free_port()
-    env = {**test_env(home), **(extra_env or {})}
-    env.update(ARIEL_HOME=str(home), ARIEL_PORT=str(port), ARIEL_WORKER_TYPE=worker_type)
-    if prefect_api_url:
-        env["ARIEL_PREFECT_API_URL"] = prefect_api_url
-    else:
-        env["ARIEL_PREFECT_PORT"] = str(free_port())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_server.cli", "up"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
-    up = ArielUp(process=process, port=port, home=home)
-    reader = threading.Thread(target=lambda: up.output.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]  # stdout is a pipe
-    reader.start()
-    try:
+    with started_ariel_up(home, worker_type, prefect_api_url, extra_env, background) as up:
         wait_until(
-            lambda: "Press Ctrl-C to stop." in up.printed() or process.poll() is not None, timeout, "`ariel up`"
+            lambda: "Press Ctrl-C to stop." in up.printed() or up.process.poll() is not None, timeout, "`ariel up`"
         )
-        assert process.poll() is None, f"ariel up exited:\n{up.printed()}"
+        assert up.process.poll() is None, f"ariel up exited:\n{up.printed()}"
         wait_until(lambda: answers(f"{up.base_url}/health"), 30, "the HTTP app")
         yield up
-    finally:
-        if process.poll() is None:
-            up.stop()
-        reader.join(timeout=10)
-        process.stdout.close()  # type: ignore[union-attr]  # a pipe
 
 
 def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:

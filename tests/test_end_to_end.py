@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -218,8 +219,9 @@ def test_ariel_up_prints_the_urls_and_a_client_config(stack: ArielUp) -> None:
 def test_ctrl_c_on_ariel_up_with_its_own_prefect_server_leaves_nothing_running(tmp_path: Path) -> None:
     with ariel_up(tmp_path / "home", "process") as up:
         assert "Starting the Prefect server" in up.printed()
-        left = up.stop()
-    assert left == set()
+        stopped = up.stop()
+    assert stopped.by is signal.SIGINT, up.printed()  # within 10 s of it
+    assert stopped.left == frozenset()
     assert "Stopped." in up.printed()
 
 

@@ -9,16 +9,20 @@ deleted. The workers never create pools: the control plane does, from the
 hardened template.
 
 Run: `python -m deployments.pools.worker_host --type docker --prefix ariel-9a8b7c6d-` (with PREFECT_API_URL set).
+SIGINT or SIGTERM stops it within `STOP_SECONDS`, whatever it inherited for them (a background job has SIGINT
+ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
+import os
 import re
+import signal
 import socket
+import threading
 from typing import Literal
 
 from prefect.client.orchestration import get_client
@@ -33,6 +37,11 @@ WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": 
 
 
 PAGE = 200  # the most the Prefect API returns per request
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# After a stop signal the workers get this long to let go of their pools; then the process exits regardless
+# (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
+# `ariel up`'s 5 s grace, so that it ends on its own rather than by SIGKILL.
+STOP_SECONDS = 4.0
 
 
 async def ariel_pools(pool_type: PoolType, prefix: str) -> set[str]:
@@ -87,6 +96,41 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
         await asyncio.gather(*running.values(), return_exceptions=True)
 
 
+async def serve_until_signalled(pool_type: PoolType, prefix: str) -> int:
+    """`serve` until SIGINT or SIGTERM, whatever this process inherited for them; returns 128 + the signal.
+
+    A background job of a non-interactive shell starts with SIGINT ignored, so Python's KeyboardInterrupt
+    cannot be relied on; and SIGTERM's default would end the process without stopping its workers.
+    """
+    loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None  # called as asyncio.run's main coroutine
+    received: list[int] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not received:
+            print(f"{sig.name}: stopping the workers", flush=True)
+            _exit_after(STOP_SECONDS, 128 + sig)
+        received.append(sig)
+        serving.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await serve(pool_type, prefix)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    return 128 + received[0]
+
+
+def _exit_after(seconds: float, status: int) -> None:
+    """Exit with `status` in `seconds` however far the orderly stop has got: a bound no worker can hang past."""
+    timer = threading.Timer(seconds, os._exit, [status])
+    timer.daemon = True  # so that it does not itself hold up an exit that comes sooner
+    timer.start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--type", choices=sorted(WORKERS), required=True, help="the pool type to serve")
@@ -96,8 +140,7 @@ def main() -> None:
         # A shorter prefix would serve other installs' pools too.
         parser.error(f"--prefix must be one install's, like '{POOL_PREFIX}9a8b7c6d-' (`ariel up` passes it)")
     pool_type: Literal["docker", "process"] = args.type
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(pool_type, args.prefix))
+    raise SystemExit(asyncio.run(serve_until_signalled(pool_type, args.prefix)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
+from mcp_server.cli.processes import stop_on_signals
 from mcp_server.settings import ArielSettings
 
 
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     provider.add_argument("--api-base", help="set: base URL of a self-hosted or OpenAI-compatible server")
     provider.add_argument("--yes", action="store_true", help="delete: even when agents name it")
     args = parser.parse_args(argv)
+    if args.command == "up":
+        # First thing: a SIGINT inherited ignored (a background job, `nohup ariel up &`) must still stop it.
+        stop_on_signals()
 
     overrides = {key: value for key, value in (("port", getattr(args, "port", None)),
                                                 ("worker_type", getattr(args, "worker_type", None))) if value}
@@ -92,13 +96,15 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
 
 
 def _serve_stdio(settings: ArielSettings) -> None:
-    from mcp_server.tools.server import build_mcp
     from mcp_server.cli.stack import Runtime
+    from mcp_server.tools.server import build_mcp
 
     runtime = Runtime.load(settings.home)
     api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
     if api_url is None or runtime is None:
-        raise SystemExit("ariel mcp: start Ariel first with `ariel up` (it records the Prefect API and work pool to use)")
+        raise SystemExit(
+            "ariel mcp: start Ariel first with `ariel up` (it records the Prefect API and work pool to use)"
+        )
     build_mcp(settings, api_url, runtime.pool_type).run(transport="stdio", show_banner=False)
 
 
@@ -108,7 +114,9 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
     from mcp_server.store import Store
 
     if slugify(org_slug) != org_slug:
-        raise InvalidRequest(f"org: {org_slug!r} is not a slug; use lowercase letters, digits and '-', e.g. {slugify(org_slug)!r}")
+        raise InvalidRequest(
+            f"org: {org_slug!r} is not a slug; use lowercase letters, digits and '-', e.g. {slugify(org_slug)!r}"
+        )
     store = await Store.open(settings.resolved_store_url)
     try:
         user = await store.invitee(owner)
@@ -137,10 +145,10 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
 async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
     from pydantic import SecretStr
 
-    from mcp_server.services.caller import Caller
-    from mcp_server.services.exceptions import InvalidRequest, NotFound
-    from mcp_server.services.container import open_services
     from mcp_server.cli.stack import Runtime
+    from mcp_server.services.caller import Caller
+    from mcp_server.services.container import open_services
+    from mcp_server.services.exceptions import InvalidRequest, NotFound
 
     runtime = Runtime.load(settings.home)
     api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)

@@ -1,8 +1,24 @@
-"""Child processes of `ariel up`: started in their own process group, stopped as a group.
+"""Child processes of `ariel up`, and how `ariel up` and its children stop.
 
-A Prefect worker ignores SIGTERM for a long time but stops on SIGINT, and a
-process worker's flow runs are its own children: signalling the whole group
-leaves nothing running.
+`ariel up` stops within 10 s of SIGINT or SIGTERM whatever dispositions it
+inherited: a background job of a non-interactive shell (CI, `nohup ariel up &`)
+starts with SIGINT ignored, and Python then never turns Ctrl-C into
+KeyboardInterrupt. So `ariel up` handles both signals itself first thing
+(`stop_on_signals`): either one raises `SystemExit(128 + signal)`, which
+unwinds through the `finally` that stops the children. While the HTTP app
+serves, uvicorn holds both signals; once it has shut the app down (bounded in
+stack.py) it hands the signal back to that handler.
+
+Each child runs in its own session, so a Ctrl-C at the terminal reaches only
+`ariel up`, which then stops them. Children start with SIGINT and SIGTERM at
+their defaults: a handled signal is reset to its default on exec, and
+`ariel up` handles both before it starts any (an ignored one would stay
+ignored in the child). Every child stops cleanly on SIGTERM (uvicorn in the
+Prefect server, the worker host's own handler), so `stop_all` sends SIGTERM,
+not SIGINT as well (uvicorn takes a SIGINT after another signal as "skip the
+orderly shutdown"), to every child's process group at once, then SIGKILL to the groups
+still there after the grace period; SIGKILL also takes what is left in a
+group, such as a process worker's flow runs. No wait is unbounded.
 """
 
 from __future__ import annotations
@@ -10,9 +26,38 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_SECONDS = 5.0  # what a child gets after SIGTERM; with the HTTP app's own shutdown, `ariel up` stays within 10 s
+KILL_WAIT_SECONDS = 2.0  # a SIGKILLed process exits at once unless stuck in the kernel: do not wait on it for ever
+
+
+def stop_on_signals() -> None:
+    """From now on, SIGINT and SIGTERM raise `SystemExit(128 + signal)` in the main thread, whatever was inherited.
+
+    The exit status is the shell's convention for death by that signal (130 for Ctrl-C). The first signal
+    ignores the next ones (`ignore_stop_signals`).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_system_exit)
+
+
+def ignore_stop_signals() -> None:
+    """From now on, ignore SIGINT and SIGTERM: a second Ctrl-C must not cut short the (bounded) stop of the children."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _raise_system_exit(signum: int, _frame: FrameType | None) -> None:
+    ignore_stop_signals()
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -24,36 +69,68 @@ class Children:
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
-        process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        log.close()
-        self.started.append((name, process))
+        with open(self.log_dir / f"{name}.log", "ab") as log, _stop_signals_held():
+            # Held: a signal between the fork and the append would leave a child in a session of its own
+            # that stop_all never learns of.
+            process = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+            self.started.append((name, process))
         return process
 
     def exited(self) -> list[str]:
         """Names of children that have stopped on their own."""
         return [name for name, process in self.started if process.poll() is not None]
 
-    def stop_all(self, grace_seconds: float = 10.0) -> None:
-        """SIGINT every group, newest first; SIGKILL what is still there after the grace period."""
+    def stop_all(self, grace_seconds: float = GRACE_SECONDS) -> list[str]:
+        """SIGTERM every group at once, newest first; SIGKILL each still there after the grace period.
+
+        Returns the names of the children that had to be killed. All of them are signalled before any is
+        waited for, so stopping takes the slowest child's time, not the sum.
+        """
         for _name, process in reversed(self.started):
-            _signal_group(process, signal.SIGINT)
+            _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
-        for _name, process in reversed(self.started):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            # Also reaps grandchildren (a process worker's flow runs) left in the group.
+        killed = []
+        for name, process in reversed(self.started):
+            if not _exits_within(process, deadline - time.monotonic()):
+                killed.append(name)
+            # Also takes grandchildren (a process worker's flow runs) left in the group.
             _signal_group(process, signal.SIGKILL)
-            process.wait()
+            _exits_within(process, KILL_WAIT_SECONDS)
         self.started.clear()
+        return killed
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Within this block SIGINT and SIGTERM are only noted; on leaving it, each noted one is raised again.
+
+    Handlers, not the signal mask: a child inherits a blocked mask through exec, and would then ignore both.
+    Outside the main thread (where handlers cannot be set) it holds nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: noted.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in noted:
+            signal.raise_signal(signum)
+
+
+def _exits_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        process.wait(timeout=max(0.1, seconds))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):  # the whole group has exited already
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -20,10 +20,10 @@ from blocks.llm_provider import LLMProvider
 from deployments.exceptions import ImageBuildFailed
 from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
-from flows.tools.http_request import PROTECTED_ENDPOINTS_ENV, endpoint
+from flows.network.guard import PROTECTED_ENDPOINTS_ENV, control_plane_hosts
+from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
 from mcp_server.http.app import create_app
 from mcp_server.services.caller import Caller
-from mcp_server.cli.processes import Children
 from mcp_server.services.container import open_services
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Organization
@@ -60,9 +60,10 @@ def say(message: str) -> None:
 def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
     """The environment of the Prefect server and the worker host; a process pool's flow runs inherit it.
 
-    ARIEL_PROTECTED_ENDPOINTS gains Ariel's HTTP app, which the runtime's
-    `http_request` then refuses (it refuses the Prefect API unasked); an
-    operator's own entries (say, the store's database) are kept.
+    ARIEL_PROTECTED_ENDPOINTS gains the control plane's services (Ariel's HTTP
+    app, the Prefect API), the set a Docker pool's runs get too, which the
+    runtime then refuses; an operator's own entries (say, the store's database)
+    are kept, first.
     """
     env = dict(os.environ)
     env.update(
@@ -72,8 +73,8 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         PREFECT_WORKER_QUERY_SECONDS=str(settings.worker_query_seconds),
         LITELLM_LOCAL_MODEL_COST_MAP="True",
     )
-    app = endpoint(settings.host, settings.port)
-    env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), app]))
+    control_plane = control_plane_hosts(settings.host, settings.port, api_url)
+    env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
     return env
 
 
@@ -88,7 +89,9 @@ def wait_healthy(api_url: str, children: Children, timeout: float = 90.0) -> Non
         if children.exited():
             break
         time.sleep(0.3)
-    raise StartupFailed(f"the Prefect server did not become healthy at {api_url}; see {children.log_dir}/prefect-server.log")
+    raise StartupFailed(
+        f"the Prefect server did not become healthy at {api_url}; see {children.log_dir}/prefect-server.log"
+    )
 
 
 def port_free(host: str, port: int) -> bool:
@@ -145,8 +148,18 @@ def client_config(settings: ArielSettings, runtime: Runtime) -> str:
     return json.dumps(config, indent=2)
 
 
+# A request still being answered (run_agent waits up to 600 s for a run) would otherwise hold the HTTP app's
+# shutdown that long; with the children's grace, `ariel up` stops within 10 s of the signal.
+APP_SHUTDOWN_SECONDS = 2
+
+
 def up(settings: ArielSettings) -> None:
-    """Start everything, serve until Ctrl-C, then stop every child process."""
+    """Start everything, serve until SIGINT (Ctrl-C) or SIGTERM, then stop every child process.
+
+    Expects `stop_on_signals()` in force (the `ariel` command sets it first): both signals then end here in the
+    `finally`, at any stage, even when SIGINT was inherited ignored; and the children start with both at their
+    defaults.
+    """
     settings.home.mkdir(parents=True, exist_ok=True)
     if not port_free(settings.host, settings.port):
         raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
@@ -188,7 +201,9 @@ def up(settings: ArielSettings) -> None:
         worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), worker_env.get("PYTHONPATH")]))
         # One process runs a stock worker for every pool of this install, including pools made later.
         children.start(
-            "worker", [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix], worker_env
+            "worker",
+            [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix],
+            worker_env,
         )
         ui_url = api_url.removesuffix("/api")
         say("")
@@ -200,9 +215,13 @@ def up(settings: ArielSettings) -> None:
         say(client_config(settings, runtime))
         say("Press Ctrl-C to stop.")
         app = create_app(settings, api_url, pool_type)
-        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning")).run()
+        # uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
+        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                      timeout_graceful_shutdown=APP_SHUTDOWN_SECONDS)).run()
     finally:
+        ignore_stop_signals()  # also when an error, not a signal, brought us here
         say("Stopping ...")
-        children.stop_all()
-        say("Stopped.")
+        killed = children.stop_all()
+        say(f"Stopped (killed {', '.join(killed)}, not stopped {GRACE_SECONDS:.0f} s after SIGTERM)." if killed
+            else "Stopped.")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,32 +19,38 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from deployments.pools.work_pools import install_prefix
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
-from tests.mcp_server.callers import call
 from tests import support
+from tests.mcp_server.callers import call
 from tests.support import serve_app, wait_until
 
 
-@pytest.fixture
-def worker_host(prefect_api: str, tmp_path: Path) -> Iterator[list[str]]:
-    install = asyncio.run(install_id(tmp_path / "home"))
-    env = {**support.test_env(tmp_path), "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1",
+@contextmanager
+def started_worker_host(
+    prefect_api: str, prefix: str, folder: Path, background: bool = False
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The worker host serving `prefix…` process pools, as `ariel up` starts it (or as a background job would
+    be, SIGINT ignored); logging to `folder`/worker-host.log, stopped afterwards whatever happened."""
+    env = {**support.test_env(folder), "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PYTHONPATH": os.getcwd()}
-    log = tmp_path / "worker-host.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "deployments.pools.worker_host", "--type", "process",
-                                    "--prefix", install_prefix(install)],
+    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", "process", "--prefix", prefix]
+    with (folder / "worker-host.log").open("w") as out:
+        process = subprocess.Popen(support.as_background_job(argv) if background else argv,
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    lines: list[str] = []
     try:
-        yield lines
+        yield process
     finally:
-        os.killpg(process.pid, 2)  # SIGINT: Prefect workers stop on it
-        process.wait(timeout=60)
-        lines.extend(log.read_text().splitlines())
+        support.stop_process(process)
+
+
+@pytest.fixture
+def worker_host(prefect_api: str, tmp_path: Path) -> Iterator[None]:
+    install = asyncio.run(install_id(tmp_path / "home"))
+    with started_worker_host(prefect_api, install_prefix(install), tmp_path):
+        yield
 
 
 async def test_pools_of_new_orgs_are_served_and_deleted_ones_let_go(
-    worker_host: list[str], prefect_api: str, tmp_path: Path
+    worker_host: None, prefect_api: str, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     async with PrefectClient(prefect_api) as prefect:  # another install's pool on the same Prefect server
@@ -64,6 +73,27 @@ async def test_pools_of_new_orgs_are_served_and_deleted_ones_let_go(
     assert [(state, result) for _, state, result in results] == [
         ("Completed", "hi from north"), ("Completed", "hi from south"),
     ]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+async def test_a_worker_host_started_with_sigint_ignored_stops_within_10_s_of_the_signal(
+    sig: signal.Signals, prefect_api: str, tmp_path: Path
+) -> None:
+    prefix = install_prefix(uuid.uuid4().hex)
+    pool = f"{prefix}{uuid.uuid4().hex[:12]}-process"
+    async with PrefectClient(prefect_api) as prefect:
+        await prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    try:
+        with started_worker_host(prefect_api, prefix, tmp_path, background=True) as process:
+            wait_until(lambda: any(line.endswith("started!") and pool in line for line in _read(tmp_path)), 60,
+                       f"a worker serving {pool}")
+            stopped = support.stop_process(process, sig)
+    finally:
+        async with PrefectClient(prefect_api) as prefect:
+            await prefect.delete_work_pool(pool)
+    assert stopped.by is sig, _read(tmp_path)[-20:]  # within 10 s of it
+    assert stopped.left == frozenset()
+    assert process.returncode == 128 + sig
 
 
 async def install_id(home: Path) -> str:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 
 def ariel(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -59,7 +60,8 @@ async def test_create_key_bootstraps_an_org_and_prints_a_working_key_once(tmp_pa
     assert ariel("create-key", "acme", "--owner", "bob@example.com", ARIEL_HOME=str(home)).returncode == 0
     store = await Store.open(f"sqlite+aiosqlite:///{home / 'ariel.db'}")
     try:
-        assert ("org.invite", "bob@example.com as owner") in [(e.action, e.target) for e in await store.audit_events(org.id)]
+        trail = [(e.action, e.target) for e in await store.audit_events(org.id)]
+        assert ("org.invite", "bob@example.com as owner") in trail
     finally:
         await store.close()
 
@@ -97,7 +99,10 @@ async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp
     finally:
         await store.close()
     async with PrefectClient(prefect_api) as client:
-        stored = await LLMProvider.aload(providers.block_name(install, org.id, "openai-main"), client=client)
+        # Prefect's @inject_client hides aload's return type from mypy: it is the block class loaded.
+        stored = cast(
+            LLMProvider, await LLMProvider.aload(providers.block_name(install, org.id, "openai-main"), client=client)
+        )
     assert stored.api_key.get_secret_value() == "sk-cli-key-9"
     assert events == [("secret.set_provider", "openai-main", "ok")]
 

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -348,8 +347,7 @@ def worker_host(prefect_api: str, prefix: str, folder: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # Prefect workers stop on it
-        process.wait(timeout=60)
+        support.stop_process(process)
 
 
 def test_ready_waits_for_a_worker_polling_this_installs_pools(home: Path, prefect_api: str, tmp_path: Path) -> None:
