@@ -58,13 +58,14 @@ async def measure(client: PrefectClient, run_id: UUID, started: datetime, timeou
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
             hits = [log.timestamp for log in logs if log.message.startswith(FIRST_LINE)]
             if hits:
-                first = (min(hits) - started).total_seconds()
+                first = min(hits).timestamp() - started.timestamp()
         run = await client.read_flow_run(run_id)
         if run.state and run.state.is_final():
             if not run.state.is_completed():
                 raise RuntimeError(f"run {run.name} ended {run.state.name}: {run.state.message}")
             if first is not None:
-                return first, (run.end_time - started).total_seconds()
+                assert run.end_time is not None  # a completed run has an end time
+                return first, run.end_time.timestamp() - started.timestamp()
         await asyncio.sleep(0.1)
     raise TimeoutError(f"run {run_id} did not finish in {timeout} s")
 
@@ -88,7 +89,9 @@ async def baseline_runs(api_url: str, image: str, runs: int) -> list[tuple[float
     async with PrefectClient(api_url) as client:
         await client.create_work_pool(WorkPoolCreate(name=BASELINE_POOL, type="docker", base_job_template=template))
         spec = AgentSpec.parse({**AGENT, "name": "Latency probe baseline"})
-        config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(update={"name": "Latency probe", "approved": True})
+        config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(
+            update={"name": "Latency probe", "approved": True}
+        )
         target = DeploymentTarget(pool_name=BASELINE_POOL, org_id="bench")
         deployment_id = await apply(client, compile_agent(config, "latency-probe-baseline", "bench", None, target))
         for _ in range(runs):
@@ -114,7 +117,7 @@ def p50(values: list[float]) -> float:
 
 def table(ariel: list[tuple[float, float]], baseline: list[tuple[float, float]]) -> str:
     rows = [
-        "| measure (p50 of %d runs) | Ariel | default Prefect Docker worker | Ariel / default |" % len(ariel),
+        f"| measure (p50 of {len(ariel)} runs) | Ariel | default Prefect Docker worker | Ariel / default |",
         "| --- | --- | --- | --- |",
     ]
     for index, label in ((0, "run_agent → first agent log line"), (1, "run_agent → run completed")):

@@ -54,15 +54,16 @@ async def make_pools(api_url: str, count: int, prefix: str) -> list[str]:
         for index in range(count):
             org_id = f"{prefix}{index:04d}".ljust(32, "0")
             name = pool_name(INSTALL_ID, org_id, "docker") if prefix == "a" else f"bench-{prefix}-{index}"
-            await client.create_work_pool(
-                WorkPoolCreate(name=name, type="docker", base_job_template=docker_job_template("ariel-runtime:local", org_id))
-            )
+            template = docker_job_template("ariel-runtime:local", org_id)
+            await client.create_work_pool(WorkPoolCreate(name=name, type="docker", base_job_template=template))
             names.append(name)
     return names
 
 
 def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -98,7 +99,8 @@ def main() -> None:
         baseline = sum(rss_mib(p.pid) for p in workers)
         stop(workers)
 
-    print(f"| {args.pools} Docker pools, resident memory | Ariel worker host | a Prefect worker per pool | Ariel / baseline |")
+    print(f"| {args.pools} Docker pools, resident memory | Ariel worker host | a Prefect worker per pool "
+          "| Ariel / baseline |")
     print("| --- | --- | --- | --- |")
     print(f"| total | {ariel:.0f} MiB | {baseline:.0f} MiB | {ariel / baseline:.2f} |")
     print(f"| per pool | {ariel / args.pools:.0f} MiB | {baseline / args.pools:.0f} MiB | |")

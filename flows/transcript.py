@@ -23,7 +23,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
@@ -158,10 +158,8 @@ class TranscriptEntry(BaseModel):
         decoded = dict(row)
         for field in ("input", "output"):
             if isinstance(decoded.get(field), str):
-                try:
+                with suppress(ValueError):  # not JSON: kept as the text it is
                     decoded[field] = json.loads(decoded[field])
-                except ValueError:
-                    pass
         return cls.model_validate(decoded)
 
 

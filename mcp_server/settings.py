@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT
 
 AuthMode = Literal["none", "dev", "api_key", "oidc"]
 Profile = Literal["desktop", "dev", "saas", "hybrid", "onprem"]
@@ -119,8 +119,10 @@ class ArielSettings(BaseSettings):
                 try:
                     return json.loads(text)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"ARIEL_CORS_ORIGINS is not a valid JSON list ({exc.msg}); "
-                                     "write the origins comma-separated, e.g. https://a.example.com,https://b.example.com") from None
+                    raise ValueError(
+                        f"ARIEL_CORS_ORIGINS is not a valid JSON list ({exc.msg}); "
+                        "write the origins comma-separated, e.g. https://a.example.com,https://b.example.com"
+                    ) from None
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 

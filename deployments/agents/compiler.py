@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,7 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentScheduleCreate, DeploymentUpdate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-from prefect.client.schemas.objects import Deployment
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
@@ -120,7 +121,7 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
             description=desired.description,
             pull_steps=[],
             paused=desired.paused,
-            schedules=[DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules],
+            schedules=_schedules(desired),
         )
     if desired.paused and not current.paused:
         # First: a version that awaits approval must not run on the schedule even for a moment.
@@ -142,9 +143,7 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
         for old in current.schedules:
             await client.delete_deployment_schedule(current.id, old.id)
         if desired.schedules:
-            await client.create_deployment_schedules(
-                current.id, [DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules]
-            )
+            await client.create_deployment_schedules(current.id, _schedules(desired))
     if current.paused and not desired.paused:
         await client.resume_deployment(current.id)
     return current.id
@@ -152,10 +151,8 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
 
 async def remove(client: PrefectClient, deployment_id: UUID) -> None:
     """Delete the deployment, its schedules and its scheduled runs; a missing one is fine."""
-    try:
+    with suppress(ObjectNotFound):
         await client.delete_deployment(deployment_id)
-    except ObjectNotFound:
-        pass
 
 
 async def remove_org(client: PrefectClient, org_id: str) -> int:
@@ -169,7 +166,11 @@ async def remove_org(client: PrefectClient, org_id: str) -> int:
     return removed
 
 
-def _fields_differ(current: Deployment, desired: DesiredDeployment) -> bool:
+def _schedules(desired: DesiredDeployment) -> list[DeploymentScheduleCreate]:
+    return [DeploymentScheduleCreate(schedule=s, active=True, slug=SCHEDULE_SLUG) for s in desired.schedules]
+
+
+def _fields_differ(current: DeploymentResponse, desired: DesiredDeployment) -> bool:
     return (
         current.work_pool_name != desired.work_pool_name
         or current.entrypoint != ENTRYPOINT

@@ -97,10 +97,10 @@ class ScheduleSpec(BaseModel):
         return self
 
 
-def _prefect_check(example: str, **fields: str) -> None:
+def _prefect_check(example: str, *, cron: str, timezone: str | None = None) -> None:
     # Prefect's own schedule model is the authority on what it accepts.
     try:
-        CronSchedule(**fields)
+        CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:
         reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
         raise ValueError(f"{reason} ({example})" if example else reason) from None

@@ -29,7 +29,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 from deployments.exceptions import ImageBuildFailed
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CODE_HASH_LABEL = "ariel.code-hash"
 _CONTEXT_DIRS = ("flows", "blocks")
 _DOCKER_FILES = ("Dockerfile", "requirements-runtime.txt")
@@ -88,6 +88,7 @@ class RuntimeImageBuilder:
                 f"base image {self.base_image!r} is not present; build it with docker/build-base-image.sh "
                 "or set ARIEL_RUNTIME_BASE_IMAGE to an image you have"
             ) from None
+        assert base_id is not None  # an image the engine returns always carries its Id
         wanted = self.code_hash(base_id)
         try:
             current = client.images.get(self.tag).labels.get(CODE_HASH_LABEL)
@@ -209,7 +210,8 @@ def _docker() -> docker.DockerClient:
 
 def _host_ca_bundle() -> Path | None:
     # The host's trusted CAs (this machine adds one for its package index proxy).
-    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
+    candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt")
+    for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None

@@ -46,7 +46,10 @@ async def install_pools(client: PrefectClient, install_id: str, pool_type: PoolT
 
 
 def is_polling(worker: Worker, now: datetime) -> bool:
-    """Prefect's ONLINE (computed by the server from the worker's own interval), or a heartbeat within three intervals."""
+    """Prefect's ONLINE, or a heartbeat within three intervals.
+
+    The server computes ONLINE from the worker's own heartbeat interval.
+    """
     if worker.status == WorkerStatus.ONLINE:
         return True
     if worker.last_heartbeat_time is None:

@@ -31,8 +31,8 @@ from typing import Literal
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
-    FlowRunFilterStateType,
     FlowRunFilterState,
+    FlowRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterName,
 )
@@ -75,13 +75,18 @@ class Diagnosis(BaseModel):
     cause: Cause = Field(description="The cause, as a short code; `summary` says it in words.")
     summary: str = Field(description="The cause in one sentence.")
     failed_step: FailedStep | None = Field(description="The failing LLM call or tool call, when a step failed.")
-    evidence: list[str] = Field(description="The facts the cause rests on: state messages, exit codes, pool and worker facts.")
+    evidence: list[str] = Field(
+        description="The facts the cause rests on: state messages, exit codes, pool and worker facts."
+    )
     error_logs: list[LogLine] = Field(description="The run's last warning and error log lines.")
     next_action: str = Field(description="What to do about it.")
 
 
 async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str] | None = None) -> Diagnosis:
-    """Name the cause of `run`'s trouble with its evidence and the next action. `agent_pending`: how the version it runs goes beyond what was approved."""
+    """Name the cause of `run`'s trouble with its evidence and the next action.
+
+    `agent_pending`: how the version it runs goes beyond what was approved.
+    """
     state = run.state
     state_type = state.type if state else None
     message = (state.message if state else None) or ""
@@ -90,7 +95,7 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
 
     def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
         return Diagnosis(
-            run_id=str(run.id), run_name=run.name, state=state.name if state else "Unknown", cause=cause,
+            run_id=str(run.id), run_name=run.name, state=state.name if state and state.name else "Unknown", cause=cause,
             summary=summary, failed_step=step, evidence=evidence, error_logs=error_logs, next_action=next_action,
         )
 
@@ -138,7 +143,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
                      r"failed to submit flow run to infrastructure.*(pull|image)", message):
             return answer("image_missing", "the worker could not find the runtime image the pool names",
-                          "build it on the worker's host with `ariel build-image` (or restart `ariel up`), then run again")
+                          "build it on the worker's host with `ariel build-image` (or restart `ariel up`), "
+                          "then run again")
         if last and "Unable to find block document named" in last.error:
             block = _quoted(last.error) or "the agent names"
             return answer(
@@ -152,13 +158,15 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                           "check the model id, its provider key and base URL (update_agent change), then run it again",
                           last)
         if last:
-            return answer("tool_failed" if last.kind == "tool" else "failed", f"the step {last.step} failed: {last.error}",
+            return answer("tool_failed" if last.kind == "tool" else "failed",
+                          f"the step {last.step} failed: {last.error}",
                           "fix what the tool call needs (its host, allowed_hosts or arguments) with update_agent, "
                           "then run it again", last)
         if state_type == StateType.CRASHED:
             return answer("crashed", "the run crashed: its infrastructure stopped before the run could report why",
                           "read the error logs below and the worker's log (ARIEL_HOME/logs/worker.log)")
-        return answer("failed", "the run failed", "read the error logs below; fix the agent with update_agent and run it again")
+        return answer("failed", "the run failed",
+                      "read the error logs below; fix the agent with update_agent and run it again")
 
     if state_type in (StateType.RUNNING, StateType.CANCELLING):
         return answer("in_progress", "the run is still going", "wait for it, or cancel it with cancel_run")
@@ -174,7 +182,9 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
     if not late:
         return answer("waiting", f"the run is {state.name if state else 'waiting'}; it is not late yet",
                       "give it a few seconds, then look again")
-    evidence.append(f"expected to start at {start.isoformat(timespec='seconds')}, {int((now - start).total_seconds())} s ago")
+    evidence.append(
+        f"expected to start at {start.isoformat(timespec='seconds')}, {int((now - start).total_seconds())} s ago"
+    )
     pool_name = run.work_pool_name
     if pool_name:
         try:
@@ -189,8 +199,10 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         busy = await _active_in_pool(client, pool_name)
         if pool.concurrency_limit is not None and busy >= pool.concurrency_limit:
             evidence.append(f"work pool {pool_name} allows {pool.concurrency_limit} concurrent runs; {busy} are active")
-            return answer("concurrency_limit", "the work pool already runs as many runs as it may; this one waits its turn",
-                          "wait for the running ones, cancel some with cancel_run, or raise the pool's concurrency limit")
+            return answer("concurrency_limit",
+                          "the work pool already runs as many runs as it may; this one waits its turn",
+                          "wait for the running ones, cancel some with cancel_run, "
+                          "or raise the pool's concurrency limit")
         workers = await client.read_workers_for_work_pool(pool_name)
         alive = [w for w in workers if w.last_heartbeat_time and now - w.last_heartbeat_time < WORKER_SILENT_AFTER]
         evidence.append(f"{len(alive)} worker(s) polling work pool {pool_name}" +

@@ -59,7 +59,7 @@ class RunSummary(BaseModel):
             name=run.name,
             agent_id=config.get("agent_id"),
             version=config.get("version"),
-            state=state.name if state else "Unknown",
+            state=state.name if state and state.name else "Unknown",
             state_message=state.message if state else None,
             created=run.created,
             started=run.start_time,
@@ -120,9 +120,11 @@ async def list_runs(
     run_filter = FlowRunFilter(
         tags=FlowRunFilterTags(all_=[org_tag(org_id)]),
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states)) if states else None,
-        expected_start_time=FlowRunFilterExpectedStartTime(after_=since, before_=before) if since or before else None,
+        expected_start_time=_expected_start(since, before) if since or before else None,
     )
-    deployment_filter = DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)) if deployment_ids is not None else None
+    deployment_filter = (
+        DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)) if deployment_ids is not None else None
+    )
     found: list[FlowRun] = []
     while len(found) < limit:  # Prefect answers at most PAGE_LIMIT runs a request
         page = await client.read_flow_runs(
@@ -144,12 +146,17 @@ async def upcoming_runs(client: PrefectClient, org_id: str, deployment_id: UUID,
         flow_run_filter=FlowRunFilter(
             tags=FlowRunFilterTags(all_=[org_tag(org_id)]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-            expected_start_time=FlowRunFilterExpectedStartTime(after_=datetime.now(UTC)),
+            expected_start_time=_expected_start(datetime.now(UTC)),
         ),
         deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
         sort=FlowRunSort.EXPECTED_START_TIME_ASC,
         limit=limit,
     )
+
+
+def _expected_start(after: datetime | None, before: datetime | None = None) -> FlowRunFilterExpectedStartTime:
+    # Prefect types these fields as its own DateTime (pendulum's); pydantic converts any aware datetime to one.
+    return FlowRunFilterExpectedStartTime(after_=after, before_=before)
 
 
 async def wait_for_run(client: PrefectClient, run_id: UUID, timeout: float, poll: float = 0.25) -> FlowRun:

@@ -25,7 +25,6 @@ from deployments.exceptions import QueryInvalid
 from deployments.runs.cursors import BAD_CURSOR, PAGE_LIMIT, decode_cursor, encode_cursor, fingerprint
 from flows.transcript import Redactor
 
-
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -118,10 +117,11 @@ async def read_log_page(
         await _read_tail(client, log_filter, matches, page)
         return LogPage(lines=page.lines[::-1], next_cursor=None, total_matched=page.matched if page.exhausted else None)
     while not page.full_stop:
+        # Prefect types after_ as its own DateTime (pendulum's); pydantic converts any aware datetime to one.
+        after = position.after
+        since = LogFilterTimestamp(after_=after) if after else None
         batch = await client.read_logs(
-            log_filter=log_filter.model_copy(
-                update={"timestamp": LogFilterTimestamp(after_=position.after) if position.after else None}
-            ),
+            log_filter=log_filter.model_copy(update={"timestamp": since}),
             offset=position.skip,
             limit=PAGE_LIMIT,
             sort=LogSort.TIMESTAMP_ASC,

@@ -21,7 +21,8 @@ async def completion_kwargs(config: RunConfig) -> dict[str, Any]:
     if config.provider:
         from blocks.llm_provider import LLMProvider
 
-        provider = await LLMProvider.aload(config.provider)
+        # Prefect's @inject_client hides aload's `Self` from mypy; it returns the class it is called on.
+        provider: LLMProvider = await LLMProvider.aload(config.provider)
         kwargs["api_key"] = provider.api_key.get_secret_value()
         if provider.api_base:
             kwargs["api_base"] = provider.api_base

@@ -74,10 +74,10 @@ def _characters(message: dict[str, Any]) -> int:
 class ScriptedLLM(CustomLLM):
     """litellm handler of the `ariel/` provider; the script arrives as the `script` argument."""
 
-    def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]  # litellm's signature is untyped *args
+    def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
         return play(messages, (kwargs.get("optional_params") or {}).get("script") or [])
 
-    async def acompletion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]  # as above
+    async def acompletion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
         return self.completion(model, messages, **kwargs)
 
 

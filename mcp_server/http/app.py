@@ -24,6 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from deployments.pools.readiness import polling_workers
 from deployments.pools.work_pools import PoolType
+from mcp_server.http.authenticate import AuthenticateHTTP
 from mcp_server.http.hardening import (
     INTERNAL_ERROR,
     CatchUnhandled,
@@ -32,11 +33,10 @@ from mcp_server.http.hardening import (
     SecurityHeaders,
     docs_csp,
 )
-from mcp_server.http.authenticate import AuthenticateHTTP
 from mcp_server.http.rate_limit import RateLimit
-from mcp_server.tools.server import build_mcp
 from mcp_server.services.container import Services, open_services
 from mcp_server.settings import ArielSettings
+from mcp_server.tools.server import build_mcp
 
 log = logging.getLogger("ariel.http")
 
@@ -113,7 +113,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # Served below with a Content-Security-Policy that admits exactly what the page loads; no ReDoc page.
         docs_url=None,
         redoc_url=None,
-        responses={500: {"model": InternalError, "description": "An unexpected error; the server log has the details."}},
+        responses={
+            500: {"model": InternalError, "description": "An unexpected error; the server log has the details."}
+        },
     )
     # add_middleware wraps: the last added runs first.
     app.add_middleware(RateLimit, per="user", per_minute=settings.rate_limit_per_minute)
@@ -169,7 +171,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         except httpx.HTTPError as exc:
             log.warning("readiness: the Prefect API at %s did not answer: %s", prefect_api_url, exc)
             return Check(name="prefect", ok=False,
-                         message=f"the Prefect API did not answer its health check ({_reason(exc)}); {WHAT_TO_DO['prefect']}")
+                         message=f"the Prefect API did not answer its health check ({_reason(exc)}); "
+                         f"{WHAT_TO_DO['prefect']}")
         return Check(name="prefect", ok=True, message="the Prefect API answered")
 
     async def check_worker() -> Check:
@@ -184,7 +187,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                          f"install's work pools ({_reason(exc)}); {WHAT_TO_DO['worker']}")
         if not census.pools:
             return Check(name="worker", ok=False, message=f"this install has no {pool_type} work pool yet, so no "
-                         "worker can poll one; `ariel up` makes the first (and each organization's first agent its own)")
+                         "worker can poll one; `ariel up` makes the first "
+                         "(and each organization's first agent its own)")
         if not census.polling_workers:
             return Check(name="worker", ok=False, message=f"no worker is polling this install's {pool_type} work pools "
                          f"({len(census.pools)}); is `ariel up` running? It starts the worker host.")
@@ -214,7 +218,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         "/ready",
         response_model=Readiness,
         summary="Readiness: the store and the Prefect API answer, and a worker polls this install's pools.",
-        responses={503: {"model": Readiness, "description": "Not ready: each check says what is missing and what to do."}},
+        responses={
+            503: {"model": Readiness, "description": "Not ready: each check says what is missing and what to do."}
+        },
     )
     async def ready() -> JSONResponse:
         answer = await readiness()

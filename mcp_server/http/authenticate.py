@@ -15,9 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server.auth import AuthError, AuthUnavailable
-from mcp_server.tools.middleware.caller import SCOPE_CALLER
 from mcp_server.services.container import Services
-
+from mcp_server.tools.middleware.caller import SCOPE_CALLER
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 """Everything else asks for credentials: MCP is mounted at the root, so an allow-list fails closed."""
@@ -43,13 +42,17 @@ class AuthenticateHTTP:
             return
         except AuthError as exc:
             description = str(exc).replace('"', "'")
-            challenge = {"WWW-Authenticate": f'Bearer realm="ariel", error="invalid_token", error_description="{description}"'}
+            challenge = {
+                "WWW-Authenticate": f'Bearer realm="ariel", error="invalid_token", error_description="{description}"'
+            }
             await _refuse(401, str(exc), challenge, scope, receive, send)
             return
         scope.setdefault("state", {})[SCOPE_CALLER] = caller
         await self.app(scope, receive, send)
 
 
-async def _refuse(status: int, message: str, headers: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+async def _refuse(
+    status: int, message: str, headers: dict[str, str], scope: Scope, receive: Receive, send: Send
+) -> None:
     body: dict[str, Any] = {"error": "unauthorized" if status == 401 else "unavailable", "detail": message}
     await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)

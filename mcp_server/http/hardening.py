@@ -143,7 +143,8 @@ class LimitBody:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception:
-            # Apps wrap what `receive` raised (task groups, transports): any failure after the cut-off is its consequence.
+            # Apps wrap what `receive` raised (task groups, transports):
+            # any failure after the cut-off is its consequence.
             if not exceeded:
                 raise
         if exceeded and not started:
@@ -181,7 +182,9 @@ class LoopbackOnly:
         headers = Headers(scope=scope)
         host = _hostname(headers.get("host", ""))
         origin = headers.get("origin", "").lower()
-        origin_ok = not origin or origin in self.allowed_origins or _hostname(origin.split("://", 1)[-1]) in self.LOOPBACK
+        origin_ok = (
+            not origin or origin in self.allowed_origins or _hostname(origin.split("://", 1)[-1]) in self.LOOPBACK
+        )
         if host in self.LOOPBACK and origin_ok:
             await self.app(scope, receive, send)
             return

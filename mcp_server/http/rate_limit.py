@@ -30,7 +30,10 @@ UNCOUNTED_PATHS = frozenset({"/health", "/ready"})
 
 
 class SlidingWindow:
-    """The times of each key's requests in the last `window` seconds; a key at `limit` waits for its oldest to expire."""
+    """The times of each key's requests in the last `window` seconds.
+
+    A key at `limit` waits for its oldest to expire.
+    """
 
     def __init__(self, limit: int, window: float = WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
@@ -68,7 +71,10 @@ class SlidingWindow:
 
 
 class RateLimit:
-    """Refuse requests past `per_minute` per client address (`per="address"`) or per authenticated user (`per="user"`)."""
+    """Refuse requests past `per_minute`.
+
+    Counted per client address (`per="address"`) or per authenticated user (`per="user"`).
+    """
 
     def __init__(self, app: ASGIApp, per: Literal["address", "user"], per_minute: int) -> None:
         self.app = app

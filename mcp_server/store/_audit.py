@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, AsyncContextManager, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,7 +15,7 @@ from mcp_server.store._schema import audit_events
 
 
 class _Tenant(Protocol):
-    def tenant(self, org_id: str) -> AsyncContextManager[AsyncConnection]: ...
+    def tenant(self, org_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
 
 class AuditQueries:

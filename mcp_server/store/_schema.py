@@ -36,6 +36,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        assert isinstance(value, datetime)  # the DateTime impl has already turned the driver's value into one
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 organizations = Table(

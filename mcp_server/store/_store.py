@@ -8,11 +8,10 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,12 +19,12 @@ from sqlalchemy import Connection, event, select, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from mcp_server.store.exceptions import Conflict
 from mcp_server.store._audit import AuditQueries
-from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._identity import IdentityQueries
+from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import AgentRecord, AgentVersion
 from mcp_server.store._schema import agent_versions, agents, installation, organizations
+from mcp_server.store.exceptions import Conflict
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -134,7 +133,10 @@ class Store(IdentityQueries, AuditQueries):
     async def add_version(
         self, org_id: str, agent_id: str, after: int, name: str, spec: dict[str, Any], created_by: str
     ) -> AgentRecord:
-        """Make version `after + 1` the current one. Raises `Conflict` when someone else changed the agent since `after`."""
+        """Make version `after + 1` the current one.
+
+        Raises `Conflict` when someone else changed the agent since `after`.
+        """
         now = utc_now()
         async with self.tenant(org_id) as conn:
             moved = await conn.execute(
@@ -143,17 +145,23 @@ class Store(IdentityQueries, AuditQueries):
                 .values(version=after + 1, name=name, updated_at=now)
             )
             if moved.rowcount != 1:
-                raise Conflict("the agent changed while this change was made; read it again with get_agent and retry")
+                raise Conflict(
+                    "the agent changed while this change was made; read it again with get_agent and retry"
+                )
             await conn.execute(
                 agent_versions.insert().values(
-                    agent_id=agent_id, version=after + 1, org_id=org_id, spec=spec, created_at=now, created_by=created_by
+                    agent_id=agent_id, version=after + 1, org_id=org_id, spec=spec,
+                    created_at=now, created_by=created_by,
                 )
             )
             row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
         return AgentRecord(**row._mapping)
 
     async def agents_approved_without_manifest(self) -> list[AgentRecord]:
-        """Agents of every org that migration 0005 marked approved, whose manifest is not recorded yet; for upkeep at start."""
+        """Agents of every org that migration 0005 marked approved, whose manifest is not recorded yet.
+
+        For upkeep at start.
+        """
         query = select(agents).where(agents.c.approved_manifest.is_(None), agents.c.approved_version.is_not(None))
         async with self._engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -164,7 +172,8 @@ class Store(IdentityQueries, AuditQueries):
         found: list[AgentRecord] = []
         for org_id in orgs:
             async with self.tenant(org_id) as conn:
-                found += [AgentRecord(**row._mapping) for row in await conn.execute(query.where(agents.c.org_id == org_id))]
+                rows = await conn.execute(query.where(agents.c.org_id == org_id))
+                found += [AgentRecord(**row._mapping) for row in rows]
         return found
 
     async def approve_agent(
@@ -195,7 +204,9 @@ class Store(IdentityQueries, AuditQueries):
     async def _update_agent(self, org_id: str, agent_id: str, **values: Any) -> AgentRecord:
         async with self.tenant(org_id) as conn:
             await conn.execute(
-                agents.update().where(agents.c.org_id == org_id, agents.c.id == agent_id).values(**values, updated_at=utc_now())
+                agents.update()
+                .where(agents.c.org_id == org_id, agents.c.id == agent_id)
+                .values(**values, updated_at=utc_now())
             )
             row = (await conn.execute(select(agents).where(agents.c.org_id == org_id, agents.c.id == agent_id))).one()
         return AgentRecord(**row._mapping)

@@ -9,10 +9,10 @@ from fastmcp import Context, FastMCP
 from pydantic import Field
 
 from mcp_server.auth import Role
-from mcp_server.tools.middleware.caller import caller_of, services_of
 from mcp_server.services.orgs import OrgAction
-from mcp_server.tools import SURFACE_VERSION
 from mcp_server.services.views import AuditEventView, OrgActionView, WhoAmIView
+from mcp_server.tools import SURFACE_VERSION
+from mcp_server.tools.middleware.caller import caller_of, services_of
 
 
 def register(mcp: FastMCP) -> None:
@@ -43,7 +43,9 @@ def register(mcp: FastMCP) -> None:
                               examples=["ci"])
         ] = None,
         org: Annotated[str | None, Field(description="switch: the org's slug or id (whoami lists them).")] = None,
-        key: Annotated[str | None, Field(description="revoke_key: the key's id or prefix (list_keys shows them).")] = None,
+        key: Annotated[
+            str | None, Field(description="revoke_key: the key's id or prefix (list_keys shows them).")
+        ] = None,
         confirm: Annotated[bool, Field(description="delete_org: must be true.")] = False,
     ) -> OrgActionView:
         """Work with others: invite people, set their roles, issue and revoke API keys, switch or delete an org.

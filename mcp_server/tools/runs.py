@@ -9,13 +9,15 @@ from fastmcp import Context, FastMCP
 from pydantic import Field
 
 from deployments.runs.diagnosis import Diagnosis
-from mcp_server.tools.middleware.caller import caller_of, services_of
 from mcp_server.services.runs import LogLevel, RunState
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
+from mcp_server.tools.middleware.caller import caller_of, services_of
 
 RunRef = Annotated[
     str,
-    Field(description="The run's id or name (from list_runs or run_agent).", examples=["pr-digest-20261122-080000-3fa9"]),
+    Field(
+        description="The run's id or name (from list_runs or run_agent).", examples=["pr-digest-20261122-080000-3fa9"]
+    ),
 ]
 Cursor = Annotated[str | None, Field(description="The next_cursor of the previous page; omit for the first page.")]
 
@@ -44,7 +46,8 @@ def register(mcp: FastMCP) -> None:
         agent: Annotated[str | None, Field(description="Only this agent's runs (hex id or slug).")] = None,
         state: Annotated[RunState | None, Field(description="Only runs in this state.")] = None,
         since: Annotated[
-            datetime | None, Field(description="Only runs due at or after this time (ISO 8601).", examples=["2026-11-22T00:00:00Z"])
+            datetime | None,
+            Field(description="Only runs due at or after this time (ISO 8601).", examples=["2026-11-22T00:00:00Z"]),
         ] = None,
         until: Annotated[datetime | None, Field(description="Only runs due before this time (ISO 8601).")] = None,
         cursor: Cursor = None,
@@ -70,7 +73,11 @@ def register(mcp: FastMCP) -> None:
         limit: Annotated[int, Field(ge=1, le=1000, description="Most lines per page.")] = 200,
         level: Annotated[LogLevel, Field(description="Lowest level to include.")] = "debug",
         task: Annotated[
-            str | None, Field(description="Only lines of steps whose name starts with this.", examples=["llm", "http_request · step 2"])
+            str | None,
+            Field(
+                description="Only lines of steps whose name starts with this.",
+                examples=["llm", "http_request · step 2"],
+            ),
         ] = None,
         contains: Annotated[str | None, Field(description="Only lines containing this text (any case).")] = None,
         tail: Annotated[bool, Field(description="The last `limit` lines instead of the first.")] = False,

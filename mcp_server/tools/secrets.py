@@ -7,9 +7,9 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, SecretStr
 
-from mcp_server.tools.middleware.caller import caller_of, services_of
 from mcp_server.services.secrets import SecretAction
 from mcp_server.services.views import SecretsActionView
+from mcp_server.tools.middleware.caller import caller_of, services_of
 
 
 def register(mcp: FastMCP) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 from fastmcp import FastMCP
 
 from deployments.pools.work_pools import PoolType
-from mcp_server.tools.middleware.caller import ResolveCaller
-from mcp_server.tools.middleware.errors import ReadableArgumentErrors
 from mcp_server.services.container import Services, open_services
 from mcp_server.settings import ArielSettings
 from mcp_server.tools import agents, orgs, runs, secrets
+from mcp_server.tools.middleware.caller import ResolveCaller
+from mcp_server.tools.middleware.errors import ReadableArgumentErrors
 
 INSTRUCTIONS = """\
 Ariel runs AI agents on a schedule or on demand. Create one with create_agent
