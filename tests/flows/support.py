@@ -78,6 +78,7 @@ class OpenAICompatible(BaseHTTPRequestHandler):
                 reply_json(self, 503, {"error": {"message": "overloaded", "type": "server_error"}})
                 return
         tool_results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+        message: dict[str, Any]
         if tool_results:
             message = {"role": "assistant", "content": f"Fetched: {tool_results[-1]}"}
             finish = "stop"

@@ -130,7 +130,9 @@ async def test_a_provider_block_supplies_the_key_and_it_never_reaches_parameters
     monkeypatch.delenv("OPENAI_API_KEY")
     await LLMProvider(api_key="sk-from-the-block-7f3a", api_base=openai_server).save("loopback-llm", overwrite=True)
     outcome = play(
-        config(model="openai/test-model", provider="loopback-llm", tools=["http_request"], allowed_hosts=[service_host]),
+        config(
+            model="openai/test-model", provider="loopback-llm", tools=["http_request"], allowed_hosts=[service_host],
+        ),
         input=f"http://{service_host}/keyed",
     )
     assert outcome.state == "Completed", outcome.message

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import litellm
 import pytest
+from litellm.types.utils import ChatCompletionMessageToolCall
 
 from flows.models.scripted import play, register_scripted_provider
 
-SCRIPT = [
+SCRIPT: list[dict[str, Any]] = [
     {"tool": "http_request", "arguments": {"url": "http://127.0.0.1:9/"}},
     {"reply": "It said {last_tool_result}"},
 ]
@@ -17,19 +19,22 @@ SCRIPT = [
 
 def test_the_first_turn_is_the_scripted_tool_call() -> None:
     response = play([{"role": "user", "content": "go"}], SCRIPT)
-    [call] = response.choices[0].message.tool_calls  # type: ignore[union-attr]  # a chat response
+    tool_calls = response.choices[0].message.tool_calls
+    assert tool_calls is not None
+    [call] = tool_calls
+    assert isinstance(call, ChatCompletionMessageToolCall)  # a function call, not a custom tool call
     assert call.function.name == "http_request"
     assert json.loads(call.function.arguments) == {"url": "http://127.0.0.1:9/"}
-    assert response.choices[0].finish_reason == "tool_calls"  # type: ignore[union-attr]  # as above
+    assert response.choices[0].finish_reason == "tool_calls"
 
 
 def test_a_reply_quotes_the_latest_tool_result() -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "go"},
         {"role": "assistant", "tool_calls": []},
         {"role": "tool", "tool_call_id": "call_1", "content": "42"},
     ]
-    assert play(messages, SCRIPT).choices[0].message.content == "It said 42"  # type: ignore[union-attr]  # as above
+    assert play(messages, SCRIPT).choices[0].message.content == "It said 42"
 
 
 def test_asking_past_the_end_of_the_script_is_a_permanent_error() -> None:
@@ -45,8 +50,8 @@ def test_litellm_routes_ariel_models_to_the_scripted_provider() -> None:
     response = litellm.completion(
         model="ariel/scripted", messages=[{"role": "user", "content": "go"}], script=[{"reply": "hi"}], num_retries=0
     )
-    assert response.choices[0].message.content == "hi"  # type: ignore[union-attr]  # a chat response
-    assert response.usage.total_tokens > 0  # type: ignore[attr-defined]  # litellm adds usage
+    assert response.choices[0].message.content == "hi"
+    assert response.usage.total_tokens > 0
 
 
 def test_token_counts_are_about_four_characters_a_token_and_never_zero() -> None:

@@ -186,7 +186,9 @@ async def test_the_provider_key_from_a_block_never_reaches_the_transcript_or_usa
     await LLMProvider(api_key=key, api_base=openai_server).save("transcript-llm", overwrite=True)
     # The model echoes the input into the URL, the service echoes the URL: the key travels through every step.
     outcome = play(
-        config(model="openai/test-model", provider="transcript-llm", tools=["http_request"], allowed_hosts=[service_host]),
+        config(
+            model="openai/test-model", provider="transcript-llm", tools=["http_request"], allowed_hosts=[service_host],
+        ),
         input=f"http://{service_host}/echo?note={key}",
     )
     assert outcome.state == "Completed", outcome.message
@@ -208,7 +210,8 @@ async def test_credentials_in_tool_arguments_and_results_are_redacted(service_ho
             tools=["http_request"], allowed_hosts=[service_host],
             script=[
                 ScriptStep(tool="http_request", arguments={
-                    "url": url, "headers": {"Authorization": "Bearer tok-5e6f7a8b9c", "X-Trace": "sk-proj-abcdef123456"},
+                    "url": url,
+                    "headers": {"Authorization": "Bearer tok-5e6f7a8b9c", "X-Trace": "sk-proj-abcdef123456"},
                 }),
                 ScriptStep(reply="Got {last_tool_result}"),
             ],

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from deployments.exceptions import SpecInvalid
 from deployments.agents.spec import AgentSpec, slugify
+from deployments.exceptions import SpecInvalid
 
 
 def spec(**overrides: Any) -> dict[str, Any]:

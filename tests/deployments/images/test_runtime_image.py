@@ -40,5 +40,6 @@ def test_an_image_built_from_this_code_is_not_built_again(docker_engine: None) -
     assert messages == []
     client = docker.from_env()
     base_id = client.images.get("ariel-base:bookworm").id
+    assert base_id is not None
     assert client.images.get("ariel-runtime:local").labels[CODE_HASH_LABEL] == builder.code_hash(base_id)
     client.close()

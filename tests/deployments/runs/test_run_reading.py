@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
 import pytest
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 from prefect.client.orchestration import PrefectClient
 
+from deployments.exceptions import QueryInvalid
 from deployments.runs import (
     LogLine,
     LogPage,
@@ -83,10 +85,8 @@ async def leaky() -> None:
 async def failing_steps() -> None:
     await chatty.with_options(task_run_name="fine")("fine")
     for name in ("first failure", "second failure"):
-        try:
+        with contextlib.suppress(RuntimeError):
             await breaks.with_options(task_run_name=name)(name)
-        except RuntimeError:
-            pass
 
 
 @flow(name="records-a-transcript", persist_result=False)
@@ -117,8 +117,11 @@ PLAN: dict[str, tuple[str, list[Any]]] = {
 async def _play(plan: dict[str, tuple[str, list[Any]]]) -> dict[str, str]:
     from prefect.logging.handlers import APILogWorker
 
-    by_name = {"many_lines": many_lines, "same_line": same_line, "steps": steps,
-             "failing_steps": failing_steps, "recorded": recorded, "leaky": leaky}
+    # Called with return_state=True, each flow gives its final state.
+    by_name: dict[str, Callable[..., Awaitable[State[None]]]] = {
+        "many_lines": many_lines, "same_line": same_line, "steps": steps,
+        "failing_steps": failing_steps, "recorded": recorded, "leaky": leaky,
+    }
     ids = {}
     for label, (name, arguments) in plan.items():
         state = await by_name[name](*arguments, return_state=True)
@@ -212,16 +215,16 @@ async def test_tail_gives_the_last_lines_oldest_first_and_no_next_page(
 async def test_a_cursor_works_only_for_the_query_that_made_it(client: PrefectClient, ten_thousand_lines: UUID) -> None:
     cursor = (await read_log_page(client, ten_thousand_lines, limit=10)).next_cursor
     assert cursor is not None
-    with pytest.raises(ValueError, match="this cursor belongs to another query"):
+    with pytest.raises(QueryInvalid, match="this cursor belongs to another query"):
         await read_log_page(client, ten_thousand_lines, cursor=cursor, limit=10, min_level="warning")
-    with pytest.raises(ValueError, match="this cursor belongs to another query"):
+    with pytest.raises(QueryInvalid, match="this cursor belongs to another query"):
         await read_log_page(client, ten_thousand_lines, cursor=cursor, limit=10, contains="line")
-    with pytest.raises(ValueError, match="start again without cursor"):
+    with pytest.raises(QueryInvalid, match="start again without cursor"):
         await read_log_page(client, ten_thousand_lines, cursor="not-a-cursor!", limit=10)
     forged = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     forged["skip"] = "many"
     mangled = base64.urlsafe_b64encode(json.dumps(forged).encode()).decode()
-    with pytest.raises(ValueError, match="start again without cursor"):
+    with pytest.raises(QueryInvalid, match="start again without cursor"):
         await read_log_page(client, ten_thousand_lines, cursor=mangled, limit=10)
 
 
@@ -251,7 +254,7 @@ async def test_min_level_leaves_out_quieter_lines(client: PrefectClient, runs: d
     page = await read_log_page(client, run_id, min_level="warning", fold=False)
     assert {line.level for line in page.lines} == {"warning"}
     assert len(page.lines) == 3
-    with pytest.raises(ValueError, match="min_level must be one of debug, info"):
+    with pytest.raises(QueryInvalid, match="min_level must be one of debug, info"):
         await read_log_page(client, run_id, min_level="loud")
 
 
@@ -275,7 +278,7 @@ async def test_task_keeps_the_lines_of_the_task_runs_it_names_and_names_them(
     assert [line.task for line in everything.lines if line.message == "flow line"] == [None]
 
     known = r"its task runs: http_request · step 1, llm · step 1, llm · step 2, llm · step 10"
-    with pytest.raises(ValueError, match=rf"no task run of this run is named 'tool'.*{known}"):
+    with pytest.raises(QueryInvalid, match=rf"no task run of this run is named 'tool'.*{known}"):
         await read_log_page(client, run_id, task="tool")
 
 
@@ -292,7 +295,7 @@ async def test_the_transcript_is_read_from_the_newest_version_page_by_page(
     assert (entry.kind, entry.name, entry.task_run_name, entry.output) == ("tool", "echo", "echo · step 1", "echoed 1")
     assert entry.input == {"n": 1, "key": "[redacted]"}
     other = await read_transcript(client, runs["transcript of 2"], limit=1)
-    with pytest.raises(ValueError, match="this cursor belongs to another query"):
+    with pytest.raises(QueryInvalid, match="this cursor belongs to another query"):
         await read_transcript(client, run_id, cursor=other.next_cursor, limit=3)
 
 

@@ -7,11 +7,10 @@ checked against a JWKS served on 127.0.0.1. stdio: always the local user.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import json
 
 import httpx
 import pytest
@@ -19,9 +18,9 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from pydantic import ValidationError
 
-from mcp_server.tools.server import build_mcp
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
+from mcp_server.tools.server import build_mcp
 from tests.mcp_server.auth.support import AUDIENCE, ISSUER, JWKSServer, SigningKey, claims
 from tests.mcp_server.callers import call
 from tests.support import serve_app
@@ -68,7 +67,9 @@ async def test_none_mode_never_asks_for_credentials(home: Path, prefect_api: str
 
 def test_dev_and_none_modes_are_refused_outside_desktop_and_dev(home: Path) -> None:
     for mode in ("none", "dev"):
-        with pytest.raises(ValidationError, match=f"auth mode '{mode}' trusts every caller and is refused in the 'saas'"):
+        with pytest.raises(
+            ValidationError, match=f"auth mode '{mode}' trusts every caller and is refused in the 'saas'"
+        ):
             settings_for(home, auth_mode=mode, profile="saas")
 
 

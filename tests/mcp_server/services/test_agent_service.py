@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from prefect.client.orchestration import PrefectClient
@@ -52,13 +53,17 @@ async def test_an_agent_runs_with_its_orgs_provider_block_and_an_upgrade_keeps_a
         await providers.save_provider(client, install, org.id, legacy, "sk-new-1", None)
         agent = await service.create(caller, {"name": "Keyed", "instructions": "x", "model": "openai/gpt-4o-mini",
                                               "provider": legacy})
+        assert agent.deployment is not None
         deployment = await client.read_deployment_by_name(agent.deployment)
         assert deployment.parameters["config"]["provider"] == providers.block_name(install, org.id, legacy)
         # As an install from before per-org providers had it: only the global block, under the short name.
         await providers.delete_provider(client, install, org.id, legacy)
         await LLMProvider(api_key="sk-from-before-2").asave(legacy, overwrite=True, client=client)
         assert await service.redeploy_all(caller) == 1
-        adopted = await LLMProvider.aload(providers.block_name(install, org.id, legacy), client=client)
+        # Prefect's @inject_client hides aload's return type from mypy: it is the block class loaded.
+        adopted = cast(
+            LLMProvider, await LLMProvider.aload(providers.block_name(install, org.id, legacy), client=client)
+        )
         assert adopted.api_key.get_secret_value() == "sk-from-before-2"
         # Moved, not copied: once an admin deletes it, the next start does not bring it back.
         with pytest.raises(ObjectNotFound):

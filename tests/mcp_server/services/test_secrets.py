@@ -39,7 +39,8 @@ async def test_admins_set_and_replace_providers_and_everyone_sees_names_only(url
 async def test_members_and_viewers_cannot_touch_keys_and_are_told_who_can(url: str) -> None:
     for who, role in ((MEMBER, "a member"), (VIEWER, "a viewer")):
         for action in ("set_provider", "delete_provider"):
-            with pytest.raises(ToolError, match=f"manage_secrets {action} needs the admin role or higher; you are {role}"):
+            needs_admin = f"manage_secrets {action} needs the admin role or higher; you are {role}"
+            with pytest.raises(ToolError, match=needs_admin):
                 await call(url, who, "manage_secrets", action=action, name="openai-main", api_key=KEY)
     denied = [e for e in await call(url, ADMIN, "get_audit_log") if e["outcome"] == "denied"]
     assert len(denied) == 4 and KEY not in json.dumps(denied)

@@ -24,7 +24,9 @@ MEMBER = "dev:mo:lifecycle:member"
 
 
 def hello(name: str = "Hello", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "instructions": "Say hello.", "model": "ariel/scripted", "script": [{"reply": "hello"}], **extra}
+    return {
+        "name": name, "instructions": "Say hello.", "model": "ariel/scripted", "script": [{"reply": "hello"}], **extra,
+    }
 
 
 async def refused(url: str, token: str, tool: str, **arguments: Any) -> str:
@@ -76,7 +78,9 @@ async def test_a_change_within_the_manifest_keeps_the_approval_and_a_wider_one_l
 
     history = (await call(url, MEMBER, "get_agent", agent="hello"))["versions"]
     assert [v["version"] for v in history] == [3, 2, 1]
-    assert history[1]["changes"] == ["allowed_hosts: ['api.example.com'] → []", "instructions: 'Say hello.' → 'Say hi.'"]
+    assert history[1]["changes"] == [
+        "allowed_hosts: ['api.example.com'] → []", "instructions: 'Say hello.' → 'Say hi.'",
+    ]
     assert history[0]["created_by"] == "mo"
 
 
@@ -162,7 +166,8 @@ async def test_runs_are_listed_newest_first_in_pages_and_time_windows(url: str) 
         # A run made between pages is newer than every page still to come: none of them shifts.
         newer = newer or await call(url, OWNER, "run_agent", agent="hello")
     assert seen == [run["id"] for run in reversed(made)]
-    assert newer is not None and (await call(url, OWNER, "list_runs", agent="hello", limit=1))["runs"][0]["id"] == newer["id"]
+    assert newer is not None
+    assert (await call(url, OWNER, "list_runs", agent="hello", limit=1))["runs"][0]["id"] == newer["id"]
     assert (await call(url, OWNER, "list_runs", since=started.isoformat()))["runs"][-1]["id"] == made[0]["id"]
     assert (await call(url, OWNER, "list_runs", until=started.isoformat()))["runs"] == []
     naive = started.replace(tzinfo=None).isoformat()  # read as UTC
@@ -213,8 +218,9 @@ async def test_runs_that_cannot_start_are_diagnosed_with_their_cause(url: str, p
 
 async def test_an_agent_may_not_name_the_control_plane_as_a_host_or_model_base_url(url: str, prefect_api: str) -> None:
     prefect = f"127.0.0.1:{urlsplit(prefect_api).port}"
-    for fields, why in [
-        ({"tools": ["http_request"], "allowed_hosts": [prefect]}, f"allowed_hosts: '{prefect}' is Ariel's own control plane"),
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tools": ["http_request"], "allowed_hosts": [prefect]},
+         f"allowed_hosts: '{prefect}' is Ariel's own control plane"),
         ({"tools": ["http_request"], "allowed_hosts": ["localhost"]}, "'localhost' would allow every local port"),
         ({"model": "openai/gpt-4o-mini", "api_base": f"http://{prefect}/api", "script": None},
          f"api_base: {prefect} is Ariel's own control plane"),
@@ -222,7 +228,8 @@ async def test_an_agent_may_not_name_the_control_plane_as_a_host_or_model_base_u
          "api_base: give a plain base URL, without '?' or '#'"),
         ({"model": "openai/gpt-4o-mini", "api_base": "file:///etc/passwd", "script": None},
          "api_base: that is not an http(s) URL"),
-    ]:
+    ]
+    for fields, why in cases:
         spec = {k: v for k, v in hello("Snoop", **fields).items() if v is not None}
         assert why in await refused(url, OWNER, "create_agent", **spec)
     assert await call(url, OWNER, "list_agents") == []

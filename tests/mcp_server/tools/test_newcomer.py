@@ -18,7 +18,9 @@ from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
 from tests.support import serve_app
 
-TEAM_WORDS = re.compile(r"organi[sz]ation|\borgs?\b|org_|log ?in|sign ?in|api.?key|\bkeys?\b|token|password|member", re.I)
+TEAM_WORDS = re.compile(
+    r"organi[sz]ation|\borgs?\b|org_|log ?in|sign ?in|api.?key|\bkeys?\b|token|password|member", re.I
+)
 
 
 async def test_a_solo_user_never_reads_about_orgs_logins_or_keys(tmp_path: Path, prefect_api: str) -> None:
