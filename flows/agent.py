@@ -256,7 +256,9 @@ async def _play(
     )
 
 
-_TIMED_OUT = "the run used its whole time budget (limits.timeout_seconds = {seconds} s); raise it or give the agent less to do"
+_TIMED_OUT = (
+    "the run used its whole time budget (limits.timeout_seconds = {seconds} s); raise it or give the agent less to do"
+)
 
 
 def _remaining(deadline: float) -> float:

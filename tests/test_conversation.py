@@ -42,13 +42,13 @@ def stack(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield up
 
 
-async def refused(client: Client, tool: str, **arguments: Any) -> str:
+async def refused(client: Client[Any], tool: str, **arguments: Any) -> str:
     with pytest.raises(ToolError) as caught:
         await client.call_tool(tool, arguments)
     return str(caught.value)
 
 
-async def all_log_lines(client: Client, run: str, **filters: Any) -> list[dict[str, Any]]:
+async def all_log_lines(client: Client[Any], run: str, **filters: Any) -> list[dict[str, Any]]:
     lines, cursor, pages = [], None, 0
     while True:
         page = await ask(client, "get_run_logs", run=run, limit=100, cursor=cursor, **filters)

@@ -35,7 +35,9 @@ def fetch(host: str) -> dict[str, Any]:
     return {"tool": "http_request", "arguments": {"url": f"http://{host}/"}}
 
 
-async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(stack: ArielUp, service_host: str) -> None:
+async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(
+    stack: ArielUp, service_host: str
+) -> None:
     nobody = f"127.0.0.1:{free_port()}"  # a port nothing listens on
     with http_service(Slow) as slow:  # answers after 20 s: past any budget below
         agents: dict[str, dict[str, Any]] = {
@@ -60,7 +62,9 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(s
             await ask(chat, "manage_secrets", action="delete_provider", name="doomed-provider", confirm=True)
             runs = await asyncio.gather(*(
                 ask(chat, "run_agent", agent=name.replace("_", "-"), wait_seconds=240) for name in agents))
-            found = {name: await ask(chat, "diagnose_run", run=run["name"]) for name, run in zip(agents, runs, strict=True)}
+            found = {
+                name: await ask(chat, "diagnose_run", run=run["name"]) for name, run in zip(agents, runs, strict=True)
+            }
 
     assert [run["state"] for run in runs] == ["Failed", "Failed", "Failed", "Completed"], runs
 

@@ -55,11 +55,12 @@ def checker(service_host: str, name: str) -> dict[str, Any]:
     }
 
 
-async def read_all_logs(client: Client, run: str, contains: str, timeout: float = 30) -> list[str]:
+async def read_all_logs(client: Client[Any], run: str, contains: str, timeout: float = 30) -> list[str]:
     # Flow logs reach the API a moment after the run's final state.
     deadline = time.monotonic() + timeout
     while True:
         result = await client.call_tool("get_run_logs", {"run": run, "limit": 1000})
+        assert result.structured_content is not None  # get_run_logs has an output schema
         messages = [line["message"] for line in result.structured_content["lines"]]
         if any(contains in m for m in messages) or time.monotonic() > deadline:
             return messages
@@ -94,7 +95,9 @@ async def test_an_agent_created_in_chat_runs_on_its_pool_and_its_logs_hold_the_r
 
     async with PrefectClient(prefect_api) as prefect:
         flow_run = await prefect.read_flow_run(run["id"])
+        assert flow_run.deployment_id is not None  # a run of an agent's deployment
         deployment = await prefect.read_deployment(flow_run.deployment_id)
+        assert deployment.work_pool_name is not None  # every agent's deployment names its org's pool
         pool = await prefect.read_work_pool(deployment.work_pool_name)
         flow = await prefect.read_flow(deployment.flow_id)
     assert flow.name == "status-checker"
@@ -132,7 +135,10 @@ async def test_agents_are_listed_and_read_by_id_or_slug(stack: ArielUp, service_
         created = (
             await client.call_tool(
                 "create_agent",
-                {**checker(service_host, "Morning digest"), "schedule": {"cron": "0 8 * * 1-5", "timezone": "Europe/Paris"}},
+                {
+                    **checker(service_host, "Morning digest"),
+                    "schedule": {"cron": "0 8 * * 1-5", "timezone": "Europe/Paris"},
+                },
             )
         ).structured_content
         listed = (await client.call_tool("list_agents", {})).structured_content["result"]
@@ -149,7 +155,9 @@ async def test_bad_input_names_the_field_and_creates_nothing(stack: ArielUp, ser
     async with Client(stack.mcp_url) as client:
         before = (await client.call_tool("list_agents", {})).structured_content["result"]
         with pytest.raises(ToolError) as bad_cron:
-            await client.call_tool("create_agent", {**checker(service_host, "Bad cron"), "schedule": {"cron": "99 * * * *"}})
+            await client.call_tool(
+                "create_agent", {**checker(service_host, "Bad cron"), "schedule": {"cron": "99 * * * *"}}
+            )
         with pytest.raises(ToolError) as bad_tool:
             await client.call_tool("create_agent", {**checker(service_host, "Bad tool"), "tools": ["shell"]})
         with pytest.raises(ToolError) as empty_name:

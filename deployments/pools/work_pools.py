@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any, Literal
 
 from prefect.client.orchestration import PrefectClient
@@ -153,7 +154,5 @@ async def ensure_pool(
 async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:
     """Delete the organization's pools of every type; missing ones are fine."""
     for pool_type in ("docker", "process"):
-        try:
+        with suppress(ObjectNotFound):
             await client.delete_work_pool(pool_name(install_id, org_id, pool_type))
-        except ObjectNotFound:
-            pass

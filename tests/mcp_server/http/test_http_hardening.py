@@ -189,7 +189,8 @@ def test_an_address_gets_its_requests_a_minute_then_429_with_when_to_retry(home:
     body = limited.json()
     assert body["retry_after_seconds"] == seconds
     assert re.fullmatch(
-        rf"more than 5 requests in a minute from address 127\.0\.0\.1; retry after {seconds} s \(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)",
+        rf"more than 5 requests in a minute from address 127\.0\.0\.1; retry after {seconds} s "
+        rf"\(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)",
         body["detail"],
     ), body["detail"]
     assert_hardened(limited)
