@@ -25,7 +25,7 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 
-from tests.support import ArielUp, ariel_up
+from tests.support import ArielUp, ariel_up, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +213,9 @@ def test_health_and_readiness_answer(stack: ArielUp) -> None:
     import httpx
 
     assert httpx.get(f"{stack.base_url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{stack.base_url}/ready").json()["status"] == "ready"
+    # Ready once the worker host's first heartbeat reached Prefect, a moment after `ariel up` says it is up:
+    # run first, this test meets that moment.
+    wait_until(lambda: httpx.get(f"{stack.base_url}/ready").json()["status"] == "ready", 60, "/ready to say ready")
     assert httpx.get(f"{stack.base_url}/docs").status_code == 200
 
 
