@@ -8,6 +8,7 @@ org it is about.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Any, cast
 
 from sqlalchemy import Row, Select, Table, delete, or_, select, update
@@ -15,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mcp_server.auth import new_api_key
-from mcp_server.store.exceptions import Conflict
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import ApiKeyRecord, Member, Organization, Role, User
 from mcp_server.store._schema import api_keys, memberships, organizations, users
+from mcp_server.store.exceptions import Conflict
 
 PERSONAL_ORG_SLUG = "personal"
 LOCAL_SOURCE = "local"
@@ -59,25 +60,27 @@ class IdentityQueries:
             row = (await conn.execute(query)).first()
         if row is not None:
             return _org(row)
-        values = {"id": new_id(), "slug": PERSONAL_ORG_SLUG, "name": "Personal", "created_at": utc_now(), "personal": True}
-        theirs = await self._insert_or_read(organizations, values, query)
-        return _org(theirs) if theirs is not None else Organization(**values)
+        org = Organization(id=new_id(), slug=PERSONAL_ORG_SLUG, name="Personal", created_at=utc_now(), personal=True)
+        theirs = await self._insert_or_read(organizations, org.__dict__, query)
+        return _org(theirs) if theirs is not None else org
 
     async def ensure_local_owner(self) -> tuple[User, Organization]:
         """The one local user (auth mode `none`, stdio) and the personal org they own."""
         org = await self.ensure_personal_org()
         user = await self.provision_user(LOCAL_SOURCE, LOCAL_SOURCE, email=None, name="Local user")
         if await self.member(org.id, user.id) is None:
-            try:
+            with suppress(Conflict):  # another process added it
                 await self.add_member(org.id, user.id, "owner")
-            except Conflict:
-                pass  # another process added it
         return user, org
 
     async def all_orgs(self) -> list[Organization]:
-        """Every org, for the platform's own upkeep at start (re-deploying after an image change); never for a caller."""
+        """Every org, for the platform's own upkeep at start (re-deploying after an image change).
+
+        Never for a caller.
+        """
         async with self._engine.begin() as conn:
-            return [_org(row) for row in await conn.execute(select(organizations).order_by(organizations.c.created_at))]
+            rows = await conn.execute(select(organizations).order_by(organizations.c.created_at))
+            return [_org(row) for row in rows]
 
     async def get_org(self, org_id: str) -> Organization | None:
         async with self._engine.begin() as conn:
@@ -119,11 +122,6 @@ class IdentityQueries:
 
     # users
 
-    async def get_user(self, user_id: str) -> User | None:
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(select(users).where(users.c.id == user_id))).first()
-        return _user(row) if row else None
-
     async def provision_user(self, source: str, subject: str, email: str | None, name: str | None) -> User:
         """The user with this identity, made on first login; an open invitation by subject or email is taken over."""
         found = select(users).where(users.c.source == source, users.c.subject == subject)
@@ -141,12 +139,12 @@ class IdentityQueries:
                     .values(source=source, subject=subject, email=email or invited.email, name=name or invited.name)
                 )
                 return _user((await conn.execute(found)).one())
-        values = {
-            "id": new_id(), "source": source, "subject": subject, "email": email, "name": name,
-            "current_org_id": None, "created_at": utc_now(),
-        }
-        theirs = await self._insert_or_read(users, values, found)
-        return _user(theirs) if theirs is not None else User(**values)
+        user = User(
+            id=new_id(), source=source, subject=subject, email=email, name=name,
+            current_org_id=None, created_at=utc_now(),
+        )
+        theirs = await self._insert_or_read(users, user.__dict__, found)
+        return _user(theirs) if theirs is not None else user
 
     async def invitee(self, ref: str) -> User:
         """The user an invitation names (by email or login name), or a placeholder they take over at first login."""
@@ -201,7 +199,9 @@ class IdentityQueries:
         """Raises `Conflict` when the user already belongs to the org."""
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(memberships.insert().values(org_id=org_id, user_id=user_id, role=role, created_at=utc_now()))
+                await conn.execute(
+                    memberships.insert().values(org_id=org_id, user_id=user_id, role=role, created_at=utc_now())
+                )
         except IntegrityError as exc:
             raise Conflict("that user is already a member") from exc
 
@@ -217,7 +217,9 @@ class IdentityQueries:
         """Raises `Conflict` when it would leave the org without an owner."""
         async with self._engine.begin() as conn:
             await self._keep_an_owner(conn, org_id, user_id)
-            await conn.execute(delete(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id))
+            await conn.execute(
+                delete(memberships).where(memberships.c.org_id == org_id, memberships.c.user_id == user_id)
+            )
             await conn.execute(
                 update(users).where(users.c.id == user_id, users.c.current_org_id == org_id).values(current_org_id=None)
             )

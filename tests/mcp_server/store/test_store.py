@@ -12,16 +12,15 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError
 
-from mcp_server.store import Conflict
-from mcp_server.store import Store
+from mcp_server.store import Conflict, Store, new_id
 from mcp_server.store._schema import organizations
-from mcp_server.store import new_id
 
 
 async def other_org(store: Store) -> str:
     org_id = new_id()
     async with store._engine.begin() as conn:
-        await conn.execute(insert(organizations).values(id=org_id, slug="other", name="Other", created_at=datetime.now(UTC)))
+        row = {"id": org_id, "slug": "other", "name": "Other", "created_at": datetime.now(UTC)}
+        await conn.execute(insert(organizations).values(**row))
     return org_id
 
 
@@ -63,8 +62,12 @@ async def test_another_orgs_agent_is_invisible(store: Store) -> None:
 async def test_two_orgs_may_use_the_same_slug(store: Store) -> None:
     mine = await store.ensure_personal_org()
     theirs = await other_org(store)
-    await store.create_agent(mine.id, "digest", "Digest", {})
-    await store.create_agent(theirs, "digest", "Digest", {})
+    ours = await store.create_agent(mine.id, "digest", "Digest", {})
+    others = await store.create_agent(theirs, "digest", "Digest", {})
+    assert ours.id != others.id
+    # Each org's slug names its own agent, not the other org's.
+    assert await store.find_agent(mine.id, "digest") == ours
+    assert await store.find_agent(theirs, "digest") == others
 
 
 async def test_deleting_an_agent_removes_its_versions(store: Store) -> None:

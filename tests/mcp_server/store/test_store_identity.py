@@ -8,12 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from mcp_server.services.agents import AgentService
 from mcp_server.auth import parse_api_key, verify_api_key
+from mcp_server.services.agents import AgentService
 from mcp_server.services.caller import Caller
 from mcp_server.services.upgrades import record_upgraded_manifests
-from mcp_server.store import Conflict
-from mcp_server.store import Store
+from mcp_server.store import Conflict, Store
 
 
 async def test_the_local_owner_is_made_once_and_owns_the_personal_org(store: Store) -> None:
@@ -64,10 +63,20 @@ async def test_memberships_roles_and_removal(store: Store) -> None:
         await store.set_role(org.id, ada.id, "admin")
     with pytest.raises(Conflict, match="that is the last owner"):
         await store.remove_member(org.id, ada.id)
-    await store.set_current_org(bob.id, org.id)
     await store.remove_member(org.id, bob.id)
     assert await store.member(org.id, bob.id) is None
-    assert (await store.get_user(bob.id)).current_org_id is None  # type: ignore[union-attr]
+
+
+async def test_a_removed_member_no_longer_has_that_org_as_current_at_the_next_login(store: Store) -> None:
+    ada = await store.provision_user("dev", "ada", None, None)
+    bob = await store.provision_user("dev", "bob", None, None)
+    org = await store.create_org("acme", "Acme", ada.id)
+    await store.add_member(org.id, bob.id, "member")
+    await store.set_current_org(bob.id, org.id)
+    assert (await store.provision_user("dev", "bob", None, None)).current_org_id == org.id
+    await store.remove_member(org.id, bob.id)
+    # Authentication reads the current org from the user provision_user returns at each login.
+    assert (await store.provision_user("dev", "bob", None, None)).current_org_id is None
 
 
 async def test_an_api_key_is_stored_hashed_and_can_be_revoked(store: Store) -> None:

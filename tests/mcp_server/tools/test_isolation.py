@@ -1,12 +1,18 @@
-"""Isolation: a member of org A can neither see nor change anything of org B, by any identifier.
+"""Isolation: a member of another org can neither see nor change anything of org B, by any identifier.
 
-Two orgs with agents, runs, members and keys; then, as A, every tool is tried
-with every identifier of B's objects (agent hex id, agent slug, run id, run
-name, deployment id, org slug and id, member, key id and prefix). Each answer
-must read exactly like the answer for an identifier that exists nowhere, and B
-must be unchanged afterwards. Runs on both store backends.
+Two orgs with agents, runs, members and keys. A's listings must name nothing of
+B. Every tool is then tried with every identifier of B's objects (agent hex id,
+agent slug, run id, run name, deployment id, org slug and id, member, key id and
+prefix), and each answer must read exactly like the answer for an identifier
+that exists nowhere; B must be unchanged afterwards. Runs on both store backends.
 
-When a tool is added, this suite fails until it covers it (`test_every_tool_is_covered`).
+The tries are made from a third org, C: its audit log records the identifiers
+it typed, and A's listings must stay free of them whatever order the tests run
+in. Tests that create something in their own org use an org of their own.
+
+The tools tried are declared in LISTINGS and PROBES, from which the tests are
+generated; when a tool is added and neither names it, `test_every_tool_is_tried`
+fails.
 """
 
 from __future__ import annotations
@@ -14,22 +20,21 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 
 from mcp_server.settings import ArielSettings
-from tests.mcp_server.callers import call, client
+from tests.mcp_server.callers import ask, call, client
 from tests.support import serve_app
 
-ALICE = "dev:alice:acme:owner"  # org A
-BOB = "dev:bob:globex:owner"  # org B
-
-COVERED: set[str] = set()
+ALICE = "dev:alice:acme:owner"  # org A, whose view is read
+BOB = "dev:bob:globex:owner"  # org B, whose objects are tried
+MALLORY = "dev:mallory:initech:owner"  # org C, which tries them
 
 
 @dataclass(frozen=True)
@@ -60,23 +65,93 @@ class Isolated:
     before: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A read that shows A's own objects and must show nothing of B's."""
+
+    tool: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return "-".join([self.tool, *(f"{k}={v}" for k, v in self.arguments.items())])
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A tool tried with each of B's identifiers named by `refs` (fields of `Theirs`) as its argument `param`."""
+
+    tool: str
+    param: str
+    refs: tuple[str, ...]
+    arguments: dict[str, Any] = field(default_factory=dict)
+    changes: bool = True  # whether a slip would change B (tried again by the test that B is unchanged)
+
+    def __str__(self) -> str:
+        action = self.arguments.get("action") or ("confirm" if self.arguments.get("confirm") else "")
+        return "-".join(part for part in (self.tool, action, self.param) if part)
+
+
+EVERY_AGENT_REF = ("agent_id", "agent_slug", "deployment_id", "run_id", "run_name")
+PEOPLE = ("member_id", "member_email")
+SPEND = {"model": "openai/gpt-4o-mini"}
+
+LISTINGS = [
+    Listing("list_agents"),
+    Listing("list_runs", {"limit": 200}),
+    Listing("list_runs", {"state": "scheduled", "limit": 200}),
+    Listing("get_audit_log", {"limit": 500}),
+    Listing("get_audit_log", {"actor": "bob"}),
+    Listing("whoami"),
+    Listing("manage_org", {"action": "list_members"}),
+    Listing("manage_org", {"action": "list_keys"}),
+    Listing("manage_secrets", {"action": "list"}),
+]
+
+PROBES = [
+    Probe("get_agent", "agent", EVERY_AGENT_REF, changes=False),
+    Probe("list_runs", "agent", EVERY_AGENT_REF, changes=False),
+    Probe("get_run", "run", EVERY_AGENT_REF, changes=False),
+    Probe("get_run_logs", "run", EVERY_AGENT_REF, changes=False),
+    Probe("get_transcript", "run", EVERY_AGENT_REF, changes=False),
+    Probe("diagnose_run", "run", EVERY_AGENT_REF, changes=False),
+    Probe("run_agent", "agent", EVERY_AGENT_REF),
+    Probe("cancel_run", "run", EVERY_AGENT_REF),
+    Probe("update_agent", "agent", EVERY_AGENT_REF, {"action": "change", "instructions": "Leak it."}),
+    Probe("update_agent", "agent", EVERY_AGENT_REF, {"action": "approve"}),
+    Probe("update_agent", "agent", EVERY_AGENT_REF, {"action": "pause"}),
+    Probe("update_agent", "agent", EVERY_AGENT_REF, {"action": "resume"}),
+    Probe("delete_agent", "agent", EVERY_AGENT_REF, {"confirm": True}),
+    Probe("delete_agent", "agent", EVERY_AGENT_REF, {"confirm": False}),
+    Probe("manage_org", "org", ("org_id", "org_slug"), {"action": "switch"}, changes=False),
+    Probe("manage_org", "user", PEOPLE, {"action": "change_role", "role": "viewer"}),
+    Probe("manage_org", "user", PEOPLE, {"action": "remove"}),
+    Probe("manage_org", "key", ("key_id", "key_prefix"), {"action": "revoke_key"}),
+    # An agent cannot name B's provider (whose key it would spend), neither a new one nor a changed one.
+    Probe("create_agent", "provider", ("provider",), {"name": "Spender", "instructions": "x", **SPEND},
+          changes=False),
+    Probe("update_agent", "provider", ("provider",), {"agent": "mine", "action": "change", "script": [], **SPEND},
+          changes=False),
+    Probe("manage_secrets", "name", ("provider",), {"action": "delete_provider", "confirm": True}),
+]
+
+
 async def b_state(url: str) -> dict[str, Any]:
-    """Everything of B that A could have changed, read as B."""
-    agents = await call(url, BOB, "list_agents")
-    return {
-        "agents": agents,
-        # Less what time alone changes: a waiting run turns Late, and health says so.
-        "agent": {k: v for k, v in (await call(url, BOB, "get_agent", agent="secret-digest")).items()
-                  if k not in ("recent_runs", "health")},
-        "runs": sorted(r["id"] for r in (await call(url, BOB, "list_runs", limit=200))["runs"]),
-        # No worker serves these pools, so B's runs wait; only a cancel would end them.
-        "ended": sorted(r["id"] for r in (await call(url, BOB, "list_runs", limit=200))["runs"]
-                        if r["state"] in ("Cancelled", "Cancelling", "Completed", "Failed")),
-        "members": (await call(url, BOB, "manage_org", action="list_members"))["members"],
-        "keys": (await call(url, BOB, "manage_org", action="list_keys"))["keys"],
-        "providers": (await call(url, BOB, "manage_secrets", action="list"))["providers"],
-        "org": (await call(url, BOB, "whoami"))["workspace"],
-    }
+    """Everything of B that another org could have changed, read as B."""
+    async with client(url, BOB) as bob:
+        runs = (await ask(bob, "list_runs", limit=200))["runs"]
+        return {
+            "agents": await ask(bob, "list_agents"),
+            # Less what time alone changes: a waiting run turns Late, and health says so.
+            "agent": {k: v for k, v in (await ask(bob, "get_agent", agent="secret-digest")).items()
+                      if k not in ("recent_runs", "health")},
+            "runs": sorted(r["id"] for r in runs),
+            # No worker serves these pools, so B's runs wait; only a cancel would end them.
+            "ended": sorted(r["id"] for r in runs if r["state"] in ("Cancelled", "Cancelling", "Completed", "Failed")),
+            "members": (await ask(bob, "manage_org", action="list_members"))["members"],
+            "keys": (await ask(bob, "manage_org", action="list_keys"))["keys"],
+            "providers": (await ask(bob, "manage_secrets", action="list"))["providers"],
+            "org": (await ask(bob, "whoami"))["workspace"],
+        }
 
 
 @pytest.fixture(scope="module")
@@ -87,26 +162,34 @@ def served(prefect_api: str, tmp_path_factory: pytest.TempPathFactory, store_url
         yield url
 
 
+async def own_agent(url: str, caller: str) -> str:
+    """The slug of a new agent named "Mine" of the caller's org."""
+    made = await call(url, caller, "create_agent", name="Mine", instructions="x", model="ariel/scripted",
+                      script=[{"reply": "mine"}])
+    return str(made["slug"])
+
+
 @pytest.fixture(scope="module")
 async def world(served: str, prefect_api: str) -> Isolated:
+    """B's objects, A's agent "mine" with a run, C's agent "mine"; made once per backend, changed by no test."""
     url = served
-    agent = await call(url, BOB, "create_agent", name="Secret digest", instructions="Say the secret.",
-                       model="ariel/scripted", script=[{"reply": "s3cret"}])
-    await call(url, BOB, "update_agent", agent=agent["slug"], action="approve")
-    run = await call(url, BOB, "run_agent", agent=agent["slug"])
-    key = (await call(url, BOB, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
-    await call(url, BOB, "manage_secrets", action="set_provider", name="globex-llm", api_key="sk-globex-secret-1")
-    await call(url, BOB, "manage_org", action="invite", user="carol@globex.test", role="viewer")
-    members = (await call(url, BOB, "manage_org", action="list_members"))["members"]
-    [invited] = [m for m in members if m["user"] == "carol@globex.test"]
-    me = await call(url, BOB, "whoami")
+    async with client(url, BOB) as bob:
+        agent = await ask(bob, "create_agent", name="Secret digest", instructions="Say the secret.",
+                          model="ariel/scripted", script=[{"reply": "s3cret"}])
+        await ask(bob, "update_agent", agent=agent["slug"], action="approve")
+        run = await ask(bob, "run_agent", agent=agent["slug"])
+        key = (await ask(bob, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
+        await ask(bob, "manage_secrets", action="set_provider", name="globex-llm", api_key="sk-globex-secret-1")
+        await ask(bob, "manage_org", action="invite", user="carol@globex.test", role="viewer")
+        members = (await ask(bob, "manage_org", action="list_members"))["members"]
+        [invited] = [m for m in members if m["user"] == "carol@globex.test"]
+        me = await ask(bob, "whoami")
     async with PrefectClient(prefect_api) as prefect:
         deployment = await prefect.read_deployment_by_name(agent["deployment"])
-    # A has an org with an agent and a run of its own too.
-    mine = await call(url, ALICE, "create_agent", name="Mine", instructions="x", model="ariel/scripted",
-                      script=[{"reply": "mine"}])
-    await call(url, ALICE, "update_agent", agent=mine["slug"], action="approve")
-    await call(url, ALICE, "run_agent", agent=mine["slug"])
+    mine = await own_agent(url, ALICE)
+    await call(url, ALICE, "update_agent", agent=mine, action="approve")
+    await call(url, ALICE, "run_agent", agent=mine)
+    await own_agent(url, MALLORY)  # what the probe changing an agent's provider names
     theirs = Theirs(
         agent_id=agent["id"], agent_slug=agent["slug"], deployment_id=str(deployment.id), run_id=run["id"],
         run_name=run["name"], org_id=me["workspace"]["id"], org_slug=me["workspace"]["slug"],
@@ -125,20 +208,10 @@ def unknown_like(identifier: str) -> str:
     return uuid.uuid4().hex if identifier == parsed.hex else str(uuid.uuid4())
 
 
-async def refusal(url: str, tool: str, arguments: dict[str, Any], identifier: str) -> str:
+async def refusal(session: Client[Any], tool: str, arguments: dict[str, Any], identifier: str) -> str:
     with pytest.raises(ToolError) as caught:
-        await call(url, ALICE, tool, **arguments)
+        await ask(session, tool, **arguments)
     return str(caught.value).replace(identifier, "<ref>")
-
-
-async def assert_like_nothing(world: Isolated, tool: str, field: str, identifiers: list[str], **extra: Any) -> None:
-    """Each of B's identifiers gets exactly the answer a made-up identifier of its form gets."""
-    COVERED.add(tool)
-    for identifier in identifiers:
-        fake = unknown_like(identifier)
-        theirs = await refusal(world.url, tool, {field: identifier, **extra}, identifier)
-        nobody = await refusal(world.url, tool, {field: fake, **extra}, fake)
-        assert theirs == nobody, f"{tool}({field}={identifier!r}) tells B's object apart: {theirs!r} vs {nobody!r}"
 
 
 def assert_mentions_none(world: Isolated, answer: Any) -> None:
@@ -147,100 +220,65 @@ def assert_mentions_none(world: Isolated, answer: Any) -> None:
         assert identifier not in text, f"A's answer names B's {identifier!r}: {text[:500]}"
 
 
-EVERY_AGENT_REF = ["agent_id", "agent_slug", "deployment_id", "run_id", "run_name"]
+@pytest.mark.parametrize("listing", LISTINGS, ids=str)
+async def test_a_listing_shows_nothing_of_b(world: Isolated, listing: Listing) -> None:
+    answer = await call(world.url, ALICE, listing.tool, **listing.arguments)
+    assert_mentions_none(world, answer)
 
 
-def refs(world: Isolated, *names: str) -> list[str]:
-    return [getattr(world.theirs, name) for name in names]
+async def test_a_lists_only_its_own_agent(world: Isolated) -> None:
+    assert [a["slug"] for a in await call(world.url, ALICE, "list_agents")] == ["mine"]
 
 
-async def test_listings_show_nothing_of_b(world: Isolated) -> None:
-    # First, before A's probes below write B's identifiers into A's own audit log.
-    url = world.url
-    for tool, arguments in [
-        ("list_agents", {}),
-        ("list_runs", {"limit": 200}),
-        ("list_runs", {"state": "scheduled", "limit": 200}),
-        ("get_audit_log", {"limit": 500}),
-        ("get_audit_log", {"actor": "bob"}),
-        ("whoami", {}),
-        ("manage_org", {"action": "list_members"}),
-        ("manage_org", {"action": "list_keys"}),
-        ("manage_secrets", {"action": "list"}),
-    ]:
-        COVERED.add(tool)
-        answer = await call(url, ALICE, tool, **arguments)
-        assert_mentions_none(world, answer)
-    assert [a["slug"] for a in await call(url, ALICE, "list_agents")] == ["mine"]
-    COVERED.add("list_agents")
-    assert await call(url, ALICE, "list_agents", text="secret") == []
-    assert {e["actor"] for e in await call(url, ALICE, "get_audit_log")} == {"alice"}
+async def test_searching_for_bs_agent_by_its_name_finds_nothing(world: Isolated) -> None:
+    assert await call(world.url, ALICE, "list_agents", text="secret") == []
 
 
-async def test_agent_tools_answer_not_found_for_every_identifier_of_bs_objects(world: Isolated) -> None:
-    every = refs(world, *EVERY_AGENT_REF)
-    await assert_like_nothing(world, "get_agent", "agent", every)
-    await assert_like_nothing(world, "run_agent", "agent", every)
-    await assert_like_nothing(world, "list_runs", "agent", every)
-    await assert_like_nothing(world, "get_run_logs", "run", every)
-    await assert_like_nothing(world, "get_run", "run", every)
-    await assert_like_nothing(world, "get_transcript", "run", every)
-    await assert_like_nothing(world, "diagnose_run", "run", every)
-    await assert_like_nothing(world, "cancel_run", "run", every)
+async def test_as_audit_log_holds_only_what_as_members_did(world: Isolated) -> None:
+    assert {e["actor"] for e in await call(world.url, ALICE, "get_audit_log")} == {"alice"}
 
 
-async def test_changing_tools_answer_not_found_for_every_identifier_of_bs_agent(world: Isolated) -> None:
-    every = refs(world, *EVERY_AGENT_REF)
-    await assert_like_nothing(world, "update_agent", "agent", every, action="change", instructions="Leak it.")
-    for action in ("approve", "pause", "resume"):
-        await assert_like_nothing(world, "update_agent", "agent", every, action=action)
-    await assert_like_nothing(world, "delete_agent", "agent", every, confirm=True)
-    await assert_like_nothing(world, "delete_agent", "agent", every, confirm=False)
+@pytest.mark.parametrize("probe", PROBES, ids=str)
+async def test_each_of_bs_identifiers_is_answered_as_one_that_names_nothing(world: Isolated, probe: Probe) -> None:
+    async with client(world.url, MALLORY) as mallory:
+        for identifier in [getattr(world.theirs, name) for name in probe.refs]:
+            fake = unknown_like(identifier)
+            theirs = await refusal(mallory, probe.tool, {probe.param: identifier, **probe.arguments}, identifier)
+            nobody = await refusal(mallory, probe.tool, {probe.param: fake, **probe.arguments}, fake)
+            assert theirs == nobody, f"{probe}({identifier!r}) tells B's object apart: {theirs!r} vs {nobody!r}"
 
 
-async def test_org_tools_answer_not_found_for_bs_org_members_and_keys(world: Isolated) -> None:
-    await assert_like_nothing(world, "manage_org", "org", refs(world, "org_id", "org_slug"), action="switch")
-    people = refs(world, "member_id", "member_email")
-    await assert_like_nothing(world, "manage_org", "user", people, action="change_role", role="viewer")
-    await assert_like_nothing(world, "manage_org", "user", people, action="remove")
-    await assert_like_nothing(world, "manage_org", "key", refs(world, "key_id", "key_prefix"), action="revoke_key")
+async def test_b_is_unchanged_after_every_changing_tool_is_tried_on_its_objects(world: Isolated) -> None:
+    async with client(world.url, MALLORY) as mallory:
+        for probe in [probe for probe in PROBES if probe.changes]:
+            for name in probe.refs:
+                with pytest.raises(ToolError):
+                    await ask(mallory, probe.tool, **{probe.param: getattr(world.theirs, name)}, **probe.arguments)
+    assert await b_state(world.url) == world.before
 
 
-async def test_bs_provider_is_unknown_to_a(world: Isolated) -> None:
-    # An agent of A cannot name B's provider (whose key it would spend), nor can A delete it.
-    provider = refs(world, "provider")
-    await assert_like_nothing(world, "create_agent", "provider", provider, name="Spender", instructions="x",
-                              model="openai/gpt-4o-mini")
-    await assert_like_nothing(world, "update_agent", "provider", provider, agent="mine", action="change",
-                              model="openai/gpt-4o-mini", script=[])
-    await assert_like_nothing(world, "manage_secrets", "name", provider, action="delete_provider", confirm=True)
-
-
-async def test_a_provider_of_bs_name_is_as_own(world: Isolated) -> None:
-    made = await call(world.url, ALICE, "manage_secrets", action="set_provider", name=world.theirs.provider,
-                      api_key="sk-acme-own-2")
-    assert "created" in made["done"]  # not "updated": B's is not A's to replace
-    assert [p["name"] for p in (await call(world.url, ALICE, "manage_secrets", action="list"))["providers"]] == [
+async def test_a_provider_of_bs_name_is_a_new_one_of_its_own_org(world: Isolated) -> None:
+    caller = "dev:pat:pied-piper:owner"  # an org of its own: what this test makes is seen by no other test
+    made = await call(world.url, caller, "manage_secrets", action="set_provider", name=world.theirs.provider,
+                      api_key="sk-pied-own-2")
+    assert "created" in made["done"]  # not "updated": B's is not its to replace
+    assert [p["name"] for p in (await call(world.url, caller, "manage_secrets", action="list"))["providers"]] == [
         world.theirs.provider]
 
 
-async def test_an_agent_with_bs_name_is_a_separate_agent_of_a(world: Isolated) -> None:
-    COVERED.add("create_agent")
-    made = await call(world.url, ALICE, "create_agent", name="Secret digest", instructions="Other.",
+async def test_an_agent_with_bs_name_is_a_separate_agent_of_its_own_org(world: Isolated) -> None:
+    caller = "dev:hal:hooli:owner"  # an org of its own: what this test makes is seen by no other test
+    made = await call(world.url, caller, "create_agent", name="Secret digest", instructions="Other.",
                       model="ariel/scripted", script=[{"reply": "other"}])
     assert made["slug"] == world.theirs.agent_slug and made["id"] != world.theirs.agent_id
     assert made["work_pool"] != world.before["agent"]["work_pool"]  # each org its own pool
 
 
-async def test_b_is_unchanged(world: Isolated) -> None:
-    after = await b_state(world.url)
-    assert after == world.before
-
-
-async def test_every_tool_is_covered(world: Isolated) -> None:
-    async with client(world.url, ALICE) as session:
+async def test_every_tool_is_tried(served: str) -> None:
+    async with client(served, ALICE) as session:
         tools = {tool.name for tool in await session.list_tools()}
-    assert tools - COVERED == set(), "add the new tools to the isolation suite"
+    tried = {listing.tool for listing in LISTINGS} | {probe.tool for probe in PROBES}
+    assert tools - tried == set(), "add the new tools to LISTINGS or PROBES in the isolation suite"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
