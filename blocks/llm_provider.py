@@ -3,9 +3,10 @@
 A run loads the block by name inside its container; the key never travels in
 deployment parameters, job variables or logs, and Prefect obfuscates it in its UI.
 
-Example:
-    >>> LLMProvider(api_key="sk-...", api_base=None).save("openai-main")  # doctest: +SKIP
-    >>> # agent spec: {"model": "openai/gpt-4o-mini", "provider": "openai-main", ...}
+Example (saving a block needs a Prefect server, so this is no doctest)::
+
+    LLMProvider(api_key="sk-...", api_base=None).save("openai-main")
+    # agent spec: {"model": "openai/gpt-4o-mini", "provider": "openai-main", ...}
 """
 
 from __future__ import annotations

@@ -299,16 +299,24 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def http_service(handler: type[BaseHTTPRequestHandler] = _Handler) -> Iterator[str]:
-    """A loopback HTTP server in a thread; yields 'host:port'."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+def serving(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
+    """`server` answering in a thread until the block ends; then shut down and closed, its thread joined."""
+    # A short poll: shutdown() otherwise waits up to half a second per server, minutes over the suite.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def http_service(handler: type[BaseHTTPRequestHandler] = _Handler) -> Iterator[str]:
+    """A loopback HTTP server in a thread; yields 'host:port'."""
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
+        yield f"127.0.0.1:{server.server_address[1]}"
 
 
 @contextmanager

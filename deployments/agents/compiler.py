@@ -6,6 +6,7 @@ place (same id); `remove` deletes it with its schedules. A paused deployment's s
 no runs: agents awaiting approval, and agents a person paused, are deployed paused.
 
 Example:
+    >>> # The last two lines are not run as a doctest: they need an agent's RunConfig and a Prefect server.
     >>> target = DeploymentTarget(pool_name="ariel-personal-docker", org_id="0f3c")
     >>> desired = compile_agent(config, slug="pr-digest", schedule=None, target=target)  # doctest: +SKIP
     >>> deployment_id = await apply(client, desired)                                   # doctest: +SKIP

@@ -8,9 +8,10 @@ Wheels are resolved by the base image's own interpreter in a throwaway
 container with host networking, then the build installs from that folder with
 no network: the host's Python can pick wheels the image's Python would not.
 
-Example:
-    >>> builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm")  # doctest: +SKIP
-    >>> builder.ensure(progress=print)                                                          # doctest: +SKIP
+Example (it builds an image with a Docker engine and the package index, so this is no doctest)::
+
+    builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm")
+    builder.ensure(progress=print)
 """
 
 from __future__ import annotations

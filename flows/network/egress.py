@@ -11,9 +11,10 @@ It is a Python audit hook on `socket.connect`, active only inside
 `agent_egress(...)`: the runtime's own calls to the Prefect API happen outside
 it and are untouched.
 
-Example:
-    >>> with agent_egress(protected):              # doctest: +SKIP
-    ...     await litellm.acompletion(...)          # a connect to the Prefect API raises ConnectionRefusedError
+Example (inside a run; the guard's tests run it for real)::
+
+    with agent_egress(protected):
+        await litellm.acompletion(...)  # a connect to the Prefect API raises ConnectionRefusedError
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`Store`: every read and write of tenant data, each scoped to one organization.
 
-Example:
-    >>> store = await Store.open("sqlite+aiosqlite:///ariel.db")   # doctest: +SKIP
-    >>> org = await store.ensure_personal_org()                       # doctest: +SKIP
-    >>> agent = await store.create_agent(org.id, "pr-digest", "PR digest", {...})  # doctest: +SKIP
+Example (doctest has no top-level await, and it would write ariel.db here, so this is no doctest)::
+
+    store = await Store.open("sqlite+aiosqlite:///ariel.db")
+    org = await store.ensure_personal_org()
+    agent = await store.create_agent(org.id, "pr-digest", "PR digest", {...})
 """
 
 from __future__ import annotations

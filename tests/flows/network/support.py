@@ -31,7 +31,7 @@ from flows.network.egress import agent_egress
 from flows.network.guard import ProtectedEndpoint, protected_endpoints
 from flows.tools.http_request import HTTP_REQUEST, HttpRequestArguments
 from flows.tools.registry import ToolContext
-from tests.support import reply_json
+from tests.support import reply_json, serving
 
 PREFECT_REFUSED = "Ariel's control plane (the Prefect API), which agents may not call"
 METADATA_REFUSED = (
@@ -112,13 +112,8 @@ def server(address: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None
     if tls is not None:
         http.socket = tls.wrap_socket(http.socket, server_side=True)
     record.port = http.server_address[1]
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(http):
         yield record
-    finally:
-        http.shutdown()
-        http.server_close()
 
 
 # --- calling the tool as a run does -----------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from tests.flows.network.support import (
     needs_ipv6,
 )
 from tests.flows.support import config, play
-from tests.support import reply_json
+from tests.support import reply_json, serving
 
 COMPLETION = {
     "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
@@ -77,12 +76,8 @@ def serve(redirect_to: str | None = None) -> Iterator[Recorder]:
 
     http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     record.port = http.server_address[1]
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    try:
+    with serving(http):
         yield record
-    finally:
-        http.shutdown()
-        http.server_close()
 
 
 def test_a_redirect_from_the_model_base_url_to_the_control_plane_is_not_followed(

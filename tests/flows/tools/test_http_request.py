@@ -25,6 +25,7 @@ import pytest
 from flows.exceptions import ToolRefused
 from flows.tools.http_request import MAX_BODY_CHARS
 from tests.flows.network.support import FakeDNS, Server, answered_by, call, connections, context, guarded, server
+from tests.support import serving
 
 # --- what stays allowed -----------------------------------------------------------------------------
 
@@ -160,12 +161,8 @@ def body_server(chunk: bytes, chunks: int) -> Iterator[Sent]:
 
     http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     record.port = http.server_address[1]
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    try:
+    with serving(http):
         yield record
-    finally:
-        http.shutdown()
-        http.server_close()
 
 
 def test_a_body_past_the_limit_is_cut_at_it_and_says_how_much_was_cut() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from tests.support import serving
 
 ISSUER = "https://login.example.test/"
 AUDIENCE = "ariel"
@@ -98,17 +99,9 @@ def jwks_server() -> Iterator[JWKSServer]:
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    # A short poll keeps shutdown() from waiting the default half second per test.
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        state.url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def closed_port_url() -> str:

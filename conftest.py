@@ -1,0 +1,6 @@
+"""Loaded first by every pytest run in this checkout, the packages' doctests included."""
+
+import os
+
+# Before anything imports litellm: it otherwise fetches a price map from the internet, retrying for seconds.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
