@@ -16,7 +16,7 @@ test: check docker-host postgres image
 	$(BIN)/pytest
 
 # Everything that needs no container or long-running stack: a quick lane while working.
-test-fast: check postgres
+test-fast: setup postgres
 	$(BIN)/pytest -m "not slow and not docker"
 
 # Lint, types and the one-way import layers (pyproject.toml holds each tool's settings).
