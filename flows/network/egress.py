@@ -57,6 +57,7 @@ def _check_connect(event: str, args: tuple[Any, ...]) -> None:
     protected = _PROTECTED.get()
     if protected is None or len(args) < 2 or not isinstance(args[1], tuple) or len(args[1]) < 2:
         return  # not an agent's call, or not an IP socket (a Unix socket has a path)
-    reason = connect_refusal(str(args[1][0]), int(args[1][1]), protected)
+    host = args[1][0]
+    reason = connect_refusal(host if isinstance(host, str | bytes) else str(host), int(args[1][1]), protected)
     if reason is not None:
         raise EgressRefused(f"Ariel refused the connection: {reason}")

@@ -215,19 +215,30 @@ def checked_addresses(url: httpx.URL, protected: tuple[ProtectedEndpoint, ...]) 
     return addresses
 
 
-def connect_refusal(ip: str, port: int, protected: tuple[ProtectedEndpoint, ...]) -> str | None:
-    """Why a connection to the address `ip` on `port` is not allowed (see `flows.network.egress`); None when it is.
+def connect_refusal(host: str | bytes, port: int, protected: tuple[ProtectedEndpoint, ...]) -> str | None:
+    """Why a socket's connect to `host` on `port` is not allowed (see `flows.network.egress`); None when it is.
+
+    `host` is what `socket.connect` was given: an address, or a name (as text or bytes) that the connect
+    would resolve itself, past any check made here. A name is refused: the HTTP clients Ariel runs resolve
+    first and connect to an address.
 
     >>> print(connect_refusal("64:ff9b::a9fe:a9fe", 80, ()))  # doctest: +ELLIPSIS
     [64:ff9b::a9fe:a9fe]:80 is a link-local address, where cloud metadata services hand out ...
     >>> connect_refusal("192.0.2.1", 443, ()) is None
     True
+    >>> print(connect_refusal(b"localhost", 4200, ()))
+    localhost:4200 names a host, not an address: a connect made on an agent's behalf must name the address it \
+reaches, checked before it is made
     """
+    text = host.decode("ascii", "replace") if isinstance(host, bytes) else host
     try:
-        address = _parse(ip)
-    except ValueError:  # not an IP address: nothing a socket connects to
-        return None
-    return _refusal(ip, port, reached(address), protected)
+        address = _parse(text)
+    except ValueError:
+        return (
+            f"{endpoint(text, port)} names a host, not an address: a connect made on an agent's behalf must name "
+            "the address it reaches, checked before it is made"
+        )
+    return _refusal(text, port, reached(address), protected)
 
 
 def refuse_protected(url: str, protected: tuple[ProtectedEndpoint, ...]) -> None:

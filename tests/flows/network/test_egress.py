@@ -112,6 +112,22 @@ def test_inside_the_guard_a_connection_to_a_protected_endpoint_or_metadata_is_re
     assert control_plane.hits == ["GET /"]
 
 
+@pytest.mark.parametrize(
+    ("host", "refusal"),
+    [("localhost", "names a host, not an address"), (b"127.0.0.1", "control plane"),
+     (b"localhost", "names a host, not an address")],
+    ids=["name", "address-as-bytes", "name-as-bytes"],
+)
+def test_inside_the_guard_a_connect_given_a_name_or_bytes_is_refused_too(
+    host: str | bytes, refusal: str, stand_in_api: Server
+) -> None:
+    # socket.connect resolves a name itself, after any check: only an address can be checked.
+    protected = protected_endpoints(f"http://{stand_in_api.netloc}/api", None)
+    with agent_egress(protected), socket.socket() as sock, pytest.raises(EgressRefused, match=refusal):
+        sock.connect((host, stand_in_api.port))
+    assert stand_in_api.hits == []
+
+
 @pytest.mark.parametrize("written", [needs_ipv6(address) for address in METADATA_IN_IPV6])
 def test_inside_the_guard_the_metadata_service_written_inside_ipv6_is_refused_at_connect(written: str) -> None:
     with connections() as connects, agent_egress(()), pytest.raises(EgressRefused) as refused, \
