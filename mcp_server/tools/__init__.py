@@ -2,4 +2,4 @@
 
 SURFACE_VERSION = 3
 """The tool surface's version, reported by whoami. Bump it with any change of a tool's name, parameters or
-description (tests/mcp_server/test_tool_surface.py fails until you do), so clients can tell what they talk to."""
+description (tests/mcp_server/tools/test_tool_surface.py fails until you do), so clients can tell what they talk to."""

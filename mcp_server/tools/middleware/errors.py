@@ -28,8 +28,11 @@ class ReadableArgumentErrors(Middleware):
             cause = exc.__cause__
             detail = describe_validation(cause) if isinstance(cause, ValidationError) else str(exc)
             raise ToolError(f"invalid arguments: {detail}") from exc
-        except StoreError as exc:
-            raise ToolError(str(exc)) from exc
+        except ToolError as exc:
+            # fastmcp masks what a tool raises into "Error calling tool ..." and keeps it as the cause.
+            if isinstance(exc.__cause__, StoreError):
+                raise ToolError(str(exc.__cause__)) from exc.__cause__
+            raise
 
 
 def describe_validation(error: ValidationError) -> str:
