@@ -198,6 +198,7 @@ async def test_the_stdio_transport_serves_the_same_agents_as_http(stack: ArielUp
     assert run["state"] == "Completed"
 
 
+@pytest.mark.slow  # the CLI's interpreter imports Prefect: seconds
 def test_ariel_mcp_before_ariel_up_says_what_to_do(tmp_path: Path) -> None:
     env = {**os.environ, "ARIEL_HOME": str(tmp_path)}
     done = subprocess.run(

@@ -89,7 +89,7 @@ def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, 
 
 def _read_body(response: httpx.Response) -> str:
     """The body's text up to MAX_BODY_CHARS, and how much was cut; at most _MAX_BODY_BYTES of it are read."""
-    encoding = response.encoding or "utf-8"
+    encoding = _text_encoding(response.encoding)
     read = bytearray()
     for chunk in response.iter_bytes():
         read += chunk
@@ -138,3 +138,19 @@ HTTP_REQUEST = BuiltinTool(
     run=_http_request,
     transient=(httpx.TransportError,),
 )
+
+
+def _text_encoding(declared: str | None) -> str:
+    """The server's charset when it is a text encoding Python knows, else UTF-8.
+
+    A charset such as `base64` or `rot13` names a codec that does not decode bytes to text; it must not fail
+    the run.
+
+    >>> _text_encoding("latin-1"), _text_encoding("base64"), _text_encoding("no-such-charset"), _text_encoding(None)
+    ('latin-1', 'utf-8', 'utf-8', 'utf-8')
+    """
+    try:
+        codec = codecs.lookup(declared or "utf-8")
+    except LookupError:
+        return "utf-8"
+    return declared if declared and codec._is_text_encoding else "utf-8"

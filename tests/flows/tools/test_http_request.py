@@ -135,8 +135,9 @@ class Sent:
 
 
 @contextmanager
-def body_server(chunk: bytes, chunks: int) -> Iterator[Sent]:
-    """A loopback server answering each GET with `chunk` `chunks` times, as UTF-8 text, as fast as the client reads."""
+def body_server(chunk: bytes, chunks: int, charset: str = "utf-8") -> Iterator[Sent]:
+    """A loopback server answering each GET with `chunk` `chunks` times, as text in `charset`, as fast as the client
+    reads."""
     record = Sent()
 
     class Handler(BaseHTTPRequestHandler):
@@ -144,7 +145,7 @@ def body_server(chunk: bytes, chunks: int) -> Iterator[Sent]:
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Type", f"text/plain; charset={charset}")
             self.send_header("Content-Length", str(len(chunk) * chunks))
             self.end_headers()
             try:
@@ -163,6 +164,13 @@ def body_server(chunk: bytes, chunks: int) -> Iterator[Sent]:
     record.port = http.server_address[1]
     with serving(http):
         yield record
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "no-such-charset"])
+def test_a_charset_that_is_no_text_encoding_is_read_as_utf_8_not_a_failed_run(charset: str) -> None:
+    with body_server("é ok".encode(), 1, charset) as served:
+        result = call(f"http://{served.netloc}/", context(served.netloc))
+    assert result == {"status": 200, "body": "é ok"}
 
 
 def test_a_body_past_the_limit_is_cut_at_it_and_says_how_much_was_cut() -> None:
