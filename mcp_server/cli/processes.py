@@ -16,9 +16,11 @@ their defaults: a handled signal is reset to its default on exec, and
 ignored in the child). Every child stops cleanly on SIGTERM (uvicorn in the
 Prefect server, the worker host's own handler), so `stop_all` sends SIGTERM,
 not SIGINT as well (uvicorn takes a SIGINT after another signal as "skip the
-orderly shutdown"), to every child's process group at once, then SIGKILL to the groups
-still there after the grace period; SIGKILL also takes what is left in a
-group, such as a process worker's flow runs. No wait is unbounded.
+orderly shutdown"), to every child's process group and to the groups of
+their descendants at once (a process worker's flow runs have sessions of
+their own), then SIGKILL to the groups still there after the grace period.
+No wait is unbounded. Containers of a Docker pool's runs are the Docker
+engine's, not ours: they run on.
 """
 
 from __future__ import annotations
@@ -83,20 +85,24 @@ class Children:
         return [name for name, process in self.started if process.poll() is not None]
 
     def stop_all(self, grace_seconds: float = GRACE_SECONDS) -> list[str]:
-        """SIGTERM every group at once, newest first; SIGKILL each still there after the grace period.
+        """SIGTERM every group at once; SIGKILL each still there after the grace period.
 
-        Returns the names of the children that had to be killed. All of them are signalled before any is
-        waited for, so stopping takes the slowest child's time, not the sum.
+        The groups are the children's and their descendants': a process worker starts each flow run in a
+        session of its own, which a signal to the worker host's group never reaches, and which outlives it.
+        Returns the names of the children that had to be killed. All groups are signalled before any child
+        is waited for, so stopping takes the slowest child's time, not the sum.
         """
-        for _name, process in reversed(self.started):
-            _signal_group(process, signal.SIGTERM)
+        groups = [process.pid for _name, process in reversed(self.started)]
+        groups += sorted({group for _name, process in self.started for group in _descendant_groups(process.pid)}
+                         - set(groups))
+        for group in groups:
+            _signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + grace_seconds
-        killed = []
-        for name, process in reversed(self.started):
-            if not _exits_within(process, deadline - time.monotonic()):
-                killed.append(name)
-            # Also takes grandchildren (a process worker's flow runs) left in the group.
-            _signal_group(process, signal.SIGKILL)
+        killed = [name for name, process in reversed(self.started)
+                  if not _exits_within(process, deadline - time.monotonic())]
+        for group in groups:  # also what is left in a group, a flow run that ignored SIGTERM for one
+            _signal_group(group, signal.SIGKILL)
+        for _name, process in self.started:
             _exits_within(process, KILL_WAIT_SECONDS)
         self.started.clear()
         return killed
@@ -131,6 +137,25 @@ def _exits_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
     return True
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _signal_group(group: int, sig: signal.Signals) -> None:
     with suppress(ProcessLookupError):  # the whole group has exited already
-        os.killpg(process.pid, sig)
+        os.killpg(group, sig)
+
+
+def _descendant_groups(pid: int) -> set[int]:
+    """The process groups of every live process below `pid`, from /proc (none where there is no /proc)."""
+    parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            # After the name in parentheses: state, parent, process group, ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        parents[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {groups[child] for child in found}

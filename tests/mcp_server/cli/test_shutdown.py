@@ -10,7 +10,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastmcp import Client
@@ -24,6 +27,8 @@ from tests.support import (
     as_background_job,
     descendants,
     free_port,
+    http_service,
+    reply_json,
     started_ariel_up,
     stop_process,
     wait_until,
@@ -91,3 +96,34 @@ def test_a_signal_while_ariel_up_is_still_starting_stops_what_it_has_started(
         assert "Press Ctrl-C to stop." not in up.printed()
         stopped = up.stop(sig)
     assert_stopped_cleanly(stopped, sig, up)
+
+
+@pytest.mark.slow
+async def test_ariel_up_stops_a_flow_run_in_flight_too(tmp_path: Path) -> None:
+    # A process worker starts each flow run in a session of its own, out of reach of a signal to its group.
+    reached, release = threading.Event(), threading.Event()
+
+    class Hanging(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            reached.set()
+            release.wait(60)  # bounded: the test releases it once `ariel up` stopped
+            reply_json(self, 200, {"late": True})
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    with http_service(Hanging) as host, ariel_up(tmp_path / "home", "process", background=True) as up:
+        try:
+            async with Client(up.mcp_url) as chat:
+                await chat.call_tool("create_agent", {
+                    "name": "Slow", "instructions": "Wait for the service.", "model": "ariel/scripted",
+                    "tools": ["http_request"], "allowed_hosts": [host],
+                    "script": [{"tool": "http_request", "arguments": {"url": f"http://{host}/"}}, {"reply": "done"}],
+                })
+                await chat.call_tool("update_agent", {"agent": "slow", "action": "approve"})
+                await chat.call_tool("run_agent", {"agent": "slow"})
+            wait_until(reached.is_set, 120, "the flow run to call the service")
+            stopped = up.stop(signal.SIGTERM)
+        finally:
+            release.set()
+    assert_stopped_cleanly(stopped, signal.SIGTERM, up)
