@@ -174,12 +174,15 @@ def host_is_allowed(url: httpx.URL, allowed_hosts: Iterable[str]) -> bool:
 def reached(address: Address) -> Address:
     """The address a connection to `address` reaches: an IPv6 spelling of an IPv4 address is that IPv4 address.
 
-    IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, not `::` or
-    `::1`), 6to4 (`2002:aabb:ccdd::/48`) and NAT64 (`64:ff9b::/96`,
-    `64:ff9b:1::/48`, the IPv4 address in the last 32 bits).
+    IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (SIIT, `::ffff:0:a.b.c.d`),
+    IPv4-compatible (`::a.b.c.d`, not `::` or `::1`), 6to4 (`2002:aabb:ccdd::/48`)
+    and NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`, the IPv4 address in the last 32
+    bits, as a /96 prefix places it).
 
     >>> reached(IPv6Address("64:ff9b::a9fe:a9fe")), reached(IPv6Address("2002:a9fe:a9fe::1"))
     (IPv4Address('169.254.169.254'), IPv4Address('169.254.169.254'))
+    >>> reached(IPv6Address("::ffff:0:a9fe:a9fe"))
+    IPv4Address('169.254.169.254')
     >>> reached(IPv6Address("::7f00:1")), reached(IPv6Address("::1")), reached(IPv6Address("2001:db8::1"))
     (IPv4Address('127.0.0.1'), IPv6Address('::1'), IPv6Address('2001:db8::1'))
     """
@@ -190,7 +193,8 @@ def reached(address: Address) -> Address:
     if address.sixtofour is not None:
         return address.sixtofour
     value = int(address)
-    if any(address in prefix for prefix in _NAT64) or (value >> 32 == 0 and value > 1):
+    carried = (value >> 32 == 0 and value > 1) or value >> 32 == 0xFFFF_0000  # compatible, or translated
+    if carried or any(address in prefix for prefix in _NAT64):
         return IPv4Address(value & 0xFFFF_FFFF)
     return address
 

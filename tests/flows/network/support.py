@@ -41,7 +41,7 @@ METADATA_REFUSED = (
 # The metadata service (169.254.169.254) and loopback (127.0.0.1) as IPv6 writes them: IPv4-mapped, NAT64's
 # well-known and local-use prefixes, 6to4, IPv4-compatible.
 METADATA_IN_IPV6 = ["::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a9fe:a9fe", "2002:a9fe:a9fe::1",
-                    "::a9fe:a9fe"]
+                    "::a9fe:a9fe", "::ffff:0:a9fe:a9fe"]
 LOOPBACK_IN_IPV6 = ["::ffff:127.0.0.1", "64:ff9b::7f00:1", "64:ff9b:1::7f00:1", "2002:7f00:1::1", "::7f00:1"]
 
 # --- where the calling thread connects -------------------------------------------------------------

@@ -161,6 +161,7 @@ def test_cloud_metadata_is_refused_always_and_without_a_connection(host: str, wh
     [
         ("::ffff:169.254.169.254", "169.254.169.254"),
         ("::a9fe:a9fe", "169.254.169.254"),
+        ("::ffff:0:a9fe:a9fe", "169.254.169.254"),  # SIIT's IPv4-translated form
         ("2002:a9fe:a9fe::1", "169.254.169.254"),
         ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
         ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),

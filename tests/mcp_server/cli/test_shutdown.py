@@ -76,7 +76,7 @@ async def test_ariel_up_as_a_background_job_stops_within_10_s_with_everything_it
     with ariel_up(tmp_path / "home", "process", background=True) as up:
         children = descendants(up.process.pid)
         assert len(children) >= 2, "expected the Prefect server and the worker host"
-        # Its children must not inherit the ignored SIGINT: each stops on its own if `ariel up` dies.
+        # Its children must not inherit the ignored SIGINT: each must stop on a signal of its own.
         assert not [pid for pid in children if ignores(pid, signal.SIGINT) or ignores(pid, signal.SIGTERM)]
         # A connected MCP client holds a stream open, which would keep the HTTP app's shutdown waiting.
         async with Client(up.mcp_url) as chat:
