@@ -8,7 +8,9 @@ green.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -93,6 +95,13 @@ async def converse(stack: ArielUp, service_host: str, script: list[dict[str, Any
         assert run["name"].startswith("inventory-walker-")
         assert [r["id"] for r in (await ask(chat, "list_runs", agent="inventory-walker"))["runs"]] == [run["id"]]
 
+        # A run's last log lines reach the API a moment after its final state (Prefect sends them in batches):
+        # wait for its reply, the last line the agent logs, before reading the whole log.
+        deadline = time.monotonic() + 30
+        while not await all_log_lines(chat, run["name"], contains="reply: read all items"):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
         everything = await all_log_lines(chat, run["name"], fold=False)
         assert len(everything) > 200
         assert len({(line["timestamp"], line["message"]) for line in everything}) == len(everything)  # none twice
