@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from mcp_server.cli import processes
+
 
 def need(available: bool, reason: str) -> None:
     """Skip with `reason` on a laptop without the service; fail in CI, where it must exist."""
@@ -170,20 +172,7 @@ def processes_with_env(key: str, value: str) -> set[int]:
 
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid`, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
+    return set(processes.descendants(pid))
 
 
 def alive(pid: int) -> bool:

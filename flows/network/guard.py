@@ -90,9 +90,9 @@ def control_plane_hosts(app_host: str, app_port: int, prefect_api_url: str) -> t
     >>> control_plane_hosts("0.0.0.0", 8765, "http://127.0.0.1:4200/api")
     ('0.0.0.0:8765', '127.0.0.1:4200', '127.0.0.1:8765', 'localhost:4200', 'localhost:8765')
     """
-    prefect = urlsplit(prefect_api_url)
-    prefect_port = prefect.port or (443 if prefect.scheme == "https" else 80)
-    hosts = {endpoint(app_host, app_port), endpoint(prefect.hostname or "", prefect_port)}
+    prefect = httpx.URL(prefect_api_url)
+    prefect_port = port_of(prefect)
+    hosts = {endpoint(app_host, app_port), endpoint(prefect.host, prefect_port)}
     hosts |= {endpoint(alias, port) for alias in ("localhost", "127.0.0.1") for port in (app_port, prefect_port)}
     return tuple(sorted(hosts))
 

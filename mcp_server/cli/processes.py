@@ -93,7 +93,7 @@ class Children:
         is waited for, so stopping takes the slowest child's time, not the sum.
         """
         groups = [process.pid for _name, process in reversed(self.started)]
-        groups += sorted({group for _name, process in self.started for group in _descendant_groups(process.pid)}
+        groups += sorted({group for _name, process in self.started for group in descendants(process.pid).values()}
                          - set(groups))
         for group in groups:
             _signal_group(group, signal.SIGTERM)
@@ -142,8 +142,8 @@ def _signal_group(group: int, sig: signal.Signals) -> None:
         os.killpg(group, sig)
 
 
-def _descendant_groups(pid: int) -> set[int]:
-    """The process groups of every live process below `pid`, from /proc (none where there is no /proc)."""
+def descendants(pid: int) -> dict[int, int]:
+    """Every live process below `pid`, with its process group, from /proc (none where there is no /proc)."""
     parents: dict[int, int] = {}
     groups: dict[int, int] = {}
     for entry in Path("/proc").glob("[0-9]*"):
@@ -158,4 +158,4 @@ def _descendant_groups(pid: int) -> set[int]:
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
-    return {groups[child] for child in found}
+    return {child: groups[child] for child in found}
