@@ -10,6 +10,11 @@ version of each for the flow run (`deployments.runs.artifacts.read_transcript`, 
 
 Secrets never reach either: the run's provider key, keys found in the
 environment and anything shaped like a credential are replaced by `[redacted]`.
+Credential shapes come from detect-secrets' maintained detectors (its regex
+plugins: cloud, SaaS and VCS tokens, JWTs, private keys, passwords in URLs),
+plus a few rules for what those detectors look for only in files (headers,
+`key=value` pairs). Its entropy detectors are left out: they would take the run
+and agent ids a transcript needs for secrets.
 
 Example:
     >>> Redactor(["blockkey-7f3a"]).redact({"Authorization": "Bearer abc", "q": "k=blockkey-7f3a"})
@@ -19,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -26,9 +32,12 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from detect_secrets.plugins.base import RegexBasedDetector
 
 RESULT_ARTIFACT_KEY = "agent-result"
 TRANSCRIPT_ARTIFACT_KEY = "transcript"
@@ -42,7 +51,7 @@ _MIN_SECRET = 8
 
 _SENSITIVE_KEY = re.compile(
     r"(?i)^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|api[_-]?key|apikey|token|secret|"
-    r"password|passwd|.*[_-](token|secret|password|api[_-]?key))$"
+    r"password|passwd|private[_-]?key|.*[_-](token|secret|password|api[_-]?key|secret[_-]access[_-]key|private[_-]key))$"
 )
 _CREDENTIALS: list[tuple[re.Pattern[str], str]] = [
     # An Authorization header's whole value, whatever its scheme, in text, JSON or repr.
@@ -51,7 +60,8 @@ _CREDENTIALS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), REDACTED),
     (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})"), REDACTED),
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), REDACTED),
-    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), REDACTED),
+    # npm's own tokens; detect-secrets finds them only in an .npmrc line.
+    (re.compile(r"\bnpm_[A-Za-z0-9]{36}\b"), REDACTED),
     (re.compile(r"\bAIza[0-9A-Za-z_-]{30,}"), REDACTED),  # Google API keys, which some SDKs put in URLs
     # A key in a URL's query (?key=..., &key=...), as Google's APIs take it.
     (re.compile(r"(?i)([?&]key=)[^\s\"'&#]+"), rf"\1{REDACTED}"),
@@ -59,7 +69,7 @@ _CREDENTIALS: list[tuple[re.Pattern[str], str]] = [
     (
         re.compile(
             r"(?i)((?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|"
-            r"secret|password|passwd)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}]+"
+            r"secret[_-]?access[_-]?key|secret|password|passwd)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}]+"
         ),
         rf"\1{REDACTED}",
     ),
@@ -81,6 +91,7 @@ class Redactor:
     def text(self, value: str) -> str:
         for secret in self._secrets:
             value = value.replace(secret, REDACTED)
+        value = _without_detected(value)
         for pattern, replacement in _CREDENTIALS:
             value = pattern.sub(replacement, value)
         return value
@@ -97,6 +108,96 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.redact(item) for item in value]
         return value
+
+
+@dataclass(frozen=True)
+class _Detector:
+    pattern: re.Pattern[str]
+    plugin: RegexBasedDetector
+    checks: bool  # the plugin checks what its pattern found (a JWT's parts must decode): ask it
+    key_block: bool  # a private key's first line: the whole key goes
+
+
+@functools.cache
+def _detectors() -> tuple[_Detector, ...]:
+    """The regexes of detect-secrets' regex plugins, bar public IP addresses (not credentials) and npm's.
+
+    Imported at first use, once a process (about 0.1 s cold, mostly `requests`, which the plugins import for their
+    online checks; none is made here). Its other plugins are left out: the entropy ones take hex ids and UUIDs for
+    secrets, and the keyword one reads a source file's assignments (in prose it takes the rest of a line). npm's
+    pattern (`//.+/:_authToken=...`) takes time quadratic in a line's length (0.3 s for 10,000 characters of `//`, a
+    minified page a tool fetched); the `auth_token=` and `npm_` rules above find what it finds.
+    """
+    from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+    from detect_secrets.plugins.base import RegexBasedDetector
+    from detect_secrets.plugins.ip_public import IPPublicDetector
+    from detect_secrets.plugins.npm import NpmDetector
+    from detect_secrets.plugins.private_key import PrivateKeyDetector
+
+    classes = sorted(get_mapping_from_secret_type_to_class().values(), key=lambda plugin: plugin.__name__)
+    left_out = (IPPublicDetector, NpmDetector)
+    found: list[_Detector] = []
+    for plugin_class in classes:
+        if not issubclass(plugin_class, RegexBasedDetector) or issubclass(plugin_class, left_out):
+            continue
+        plugin = plugin_class()
+        checks = plugin_class.analyze_string is not RegexBasedDetector.analyze_string
+        key_block = issubclass(plugin_class, PrivateKeyDetector)
+        found.extend(_Detector(pattern, plugin, checks, key_block) for pattern in plugin.denylist)
+    return tuple(found)
+
+
+# A detector may match part of a token (a known prefix and a length, or only the prefix as its group): the whole
+# token goes, dots inside it included (a JWT's signature), a sentence's last dot not.
+_TOKEN_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_TOKEN_REST = re.compile(r"(?:[A-Za-z0-9_\-+/=]|\.(?=[A-Za-z0-9_-]))*")
+# What some detectors match around a token (a space, a quote, `=`): not part of it.
+_AROUND = frozenset(" \t\r\n\"'=:")
+# A private key ends at its END line, a PuTTY key file at its MAC; without either, at the end of the text.
+_KEY_END = re.compile(r"END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)? ?-*|Private-MAC: *[0-9A-Fa-f]+")
+
+
+def _without_detected(text: str) -> str:
+    """`text` with what detect-secrets' detectors find replaced by `[redacted]`."""
+    spans = sorted(span for detector in _detectors() for span in _found(detector, text))
+    if not spans:
+        return text
+    parts: list[str] = []
+    done = 0
+    for start, end in spans:
+        if end <= done:
+            continue
+        if start >= done:
+            parts.append(text[done:start])
+            parts.append(REDACTED)
+        done = end
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _found(detector: _Detector, text: str) -> Iterable[tuple[int, int]]:
+    for match in detector.pattern.finditer(text):
+        if detector.key_block:
+            start = match.start() - (text[max(0, match.start() - 2) : match.start()] == "- ")  # "---- BEGIN SSH2"
+            while start > 0 and text[start - 1] == "-":
+                start -= 1
+            key_end = _KEY_END.search(text, match.end())
+            yield start, key_end.end() if key_end else len(text)
+            continue
+        # With groups, the pattern names the secret in its context (a URL's password): that much goes.
+        spans = [match.span(group) for group in range(1, detector.pattern.groups + 1) if match.group(group)]
+        for start, end in spans or [match.span()]:
+            while start < end and text[start] in _AROUND:
+                start += 1
+            while end > start and text[end - 1] in _AROUND:
+                end -= 1
+            found = text[start:end]
+            if not found or (detector.checks and found not in detector.plugin.analyze_string(found)):
+                continue
+            while start > 0 and text[start - 1] in _TOKEN_START:
+                start -= 1
+            rest = _TOKEN_REST.match(text, end)
+            yield start, rest.end() if rest else end
 
 
 def _sensitive(key: Any, value: Any) -> bool:
