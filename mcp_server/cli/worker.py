@@ -1,0 +1,75 @@
+"""`ariel worker`: a stock Prefect Docker worker for an org's own hardware, through Ariel's Prefect gateway.
+
+The worker holds a worker key and nothing else: it reaches Prefect only
+through the gateway of the Ariel server it is pointed at, which lets it serve
+its org's own-hardware pool alone and hands each run its own token. What runs
+is `prefect worker start`, unchanged; this command only asks the server which
+pool the key serves and sets the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import httpx
+
+from mcp_server.auth.worker_keys import worker_key_prefix
+
+KEY_ENV = "ARIEL_WORKER_KEY"
+POLL_SECONDS = "2"  # Prefect's default of 10 s would be most of a run's start-up time
+
+
+class WorkerFailed(Exception):
+    """`ariel worker` cannot start; the message says why and what to do."""
+
+
+def worker_pool(server: str, key: str) -> str:
+    """The pool `key` serves, as the server's gateway says."""
+    url = f"{server.rstrip('/')}/prefect/ariel/v1/worker"
+    try:
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=15)
+    except httpx.HTTPError as exc:
+        raise WorkerFailed(f"cannot reach Ariel at {server} ({type(exc).__name__}: {exc}); check --server") from None
+    if answer.status_code == 401:
+        raise WorkerFailed(f"{server} does not accept this worker key: it was revoked, or mistyped (an admin lists "
+                           "them with manage_org list_worker_keys and makes a new one with create_worker_key)")
+    if answer.status_code != 200:
+        raise WorkerFailed(f"{server} answered {answer.status_code} to {url}; is it an Ariel server?")
+    return str(answer.json()["work_pool"])
+
+
+def worker_environment(server: str, key: str) -> dict[str, str]:
+    """The stock worker's environment: Prefect through the gateway, with the worker key both ways clients send one."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", KEY_ENV)}
+    env.update(
+        PREFECT_API_URL=f"{server.rstrip('/')}/prefect/api",
+        PREFECT_API_KEY=key,
+        PREFECT_API_AUTH_STRING=f"worker:{key}",
+        PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", POLL_SECONDS),
+    )
+    return env
+
+
+def run_worker(server: str, key: str | None) -> None:
+    """Replace this process with `prefect worker start` for the key's pool; returns only by raising."""
+    key = (key or os.environ.get(KEY_ENV, "")).strip()
+    if not key:
+        raise WorkerFailed(f"give the worker key with --key or {KEY_ENV} (an admin makes one with "
+                           "manage_org create_worker_key, or `ariel worker-key create`)")
+    if worker_key_prefix(key) is None:
+        raise WorkerFailed("that is not a worker key; worker keys look like ariel_wk_<8 hex digits>_<secret>")
+    if not server.startswith(("http://", "https://")):
+        raise WorkerFailed(f"--server: {server!r} is not a URL; give Ariel's address, e.g. https://ariel.example.com")
+    from deployments.images.runtime_image import docker_available
+
+    if not docker_available():
+        raise WorkerFailed("no Docker engine answers here; agents run in containers: start Docker, then run this "
+                           "again (see the README: Run agents on your own hardware)")
+    pool = worker_pool(server, key)
+    print(f"Serving work pool {pool} of {server} (Ctrl-C stops the worker).", flush=True)
+    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "docker",
+            "--name", f"{pool}@{socket.gethostname()}", "--no-create-pool-if-not-found"]
+    os.execve(sys.executable, argv, worker_environment(server, key))

@@ -1,0 +1,343 @@
+"""The gateway's ASGI app: authenticate, decide, then proxy to the Prefect API with the control plane's credential."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+from uuid import UUID
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from deployments.providers import short_name
+from flows.exceptions import ConfigTampered
+from flows.signing import verify
+from mcp_server.gateway.events import admits
+from mcp_server.gateway.ownership import Ownership, org_ids
+from mcp_server.gateway.rules import Rewrite, Rules
+from mcp_server.gateway.run_tokens import RunTokens
+from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
+from mcp_server.services.exceptions import ArielError
+from mcp_server.services.secrets import ProviderSecret
+
+log = logging.getLogger("ariel.gateway")
+
+GATEWAY_PATH = "/prefect"
+RUN_ROUTE = "/ariel/v1/run"  # a run's checked configuration and the secrets it names
+WORKER_ROUTE = "/ariel/v1/worker"  # which pool a worker key serves
+"""Where the HTTP app serves the gateway: clients use `PREFECT_API_URL=<Ariel's URL>/prefect/api`."""
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # above Prefect's own log batch limit
+RUN_TOKEN_SLACK_SECONDS = 900  # past the run's own time budget: retries, a slow start, the last logs
+DEFAULT_RUN_SECONDS = 300
+# Headers a client's request carries on to Prefect; never its credential.
+_FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-prefect-api-version")
+_UNAUTHENTICATED = {"detail": "Ariel's Prefect gateway needs a worker key or run token (PREFECT_API_KEY, or "
+                              "PREFECT_API_AUTH_STRING as '<anything>:<key>')"}
+
+Authenticate = Callable[[str], Awaitable[Scope | None]]
+OpenProvider = Callable[[str, str], Awaitable[ProviderSecret | None]]
+
+
+def presented_token(header: str | None) -> str | None:
+    """The credential in an Authorization header: a bearer token, or the password of HTTP basic auth.
+
+    Prefect clients send `PREFECT_API_KEY` as a bearer token and `PREFECT_API_AUTH_STRING` (`user:password`) as
+    basic auth; the gateway takes the key from either.
+
+    >>> presented_token("Bearer ariel_rt_x")
+    'ariel_rt_x'
+    >>> presented_token("Basic " + base64.b64encode(b"run:ariel_rt_x").decode())
+    'ariel_rt_x'
+    """
+    if not header:
+        return None
+    kind, _, value = header.partition(" ")
+    if kind.lower() == "bearer":
+        return value.strip() or None
+    if kind.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return auth_string_token(decoded)
+    return None
+
+
+def auth_string_token(auth_string: str) -> str | None:
+    """The key inside an auth string `user:key` (or a bare key)."""
+    return auth_string.partition(":")[2] or auth_string or None
+
+
+def run_environment(token: str) -> dict[str, str]:
+    """What a run's container gets in place of its worker's credential: its own token, both ways a client sends one."""
+    return {"PREFECT_API_KEY": token, "PREFECT_API_AUTH_STRING": f"run:{token}"}
+
+
+class Gateway:
+    """One gateway: its own upstream connections and caches (nothing shared between two)."""
+
+    def __init__(self, upstream_url: str, upstream_auth: str | None, tokens: RunTokens,
+                 authenticate: Authenticate, verify_key: Callable[[], str], open_provider: OpenProvider) -> None:
+        self.upstream_url = upstream_url.rstrip("/")
+        self._upstream_auth = upstream_auth
+        headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
+            else {}
+        self._client = httpx.AsyncClient(base_url=self.upstream_url, headers=headers, timeout=30.0)
+        self.tokens = tokens
+        self._authenticate = authenticate
+        self._verify_key = verify_key
+        self._open_provider = open_provider
+        self.ownership = Ownership(self._client)
+        self.rules = Rules(self.ownership, self._scheduled_runs)
+
+    def __repr__(self) -> str:
+        return f"Gateway(upstream={self.upstream_url!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        """Serve one request whose path is relative to the gateway (`/api/…`)."""
+        if scope["type"] == "http":
+            response = await self._http(Request(scope, receive))
+            await response(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(WebSocket(scope, receive, send))
+        elif scope["type"] == "lifespan":  # served on its own (the HTTP app mounts it and closes it itself)
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await self.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async def scope_of(self, token: str | None) -> Scope | None:
+        if not token:
+            return None
+        run = self.tokens.verify(token)
+        return run if run is not None else await self._authenticate(token)
+
+    # HTTP ---------------------------------------------------------------------------------------------------
+
+    async def _http(self, request: Request) -> Response:
+        path = request.url.path
+        if not path.startswith(("/api/", "/ariel/")):
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        caller = await self.scope_of(presented_token(request.headers.get("authorization")))
+        if caller is None:
+            return JSONResponse(_UNAUTHENTICATED, status_code=401)
+        if path.startswith("/ariel/"):
+            return await self._ariel(request, caller)
+        body = await _read_body(request)
+        if body is None:
+            return JSONResponse({"detail": f"request bodies are limited to {MAX_BODY_BYTES} bytes"}, status_code=413)
+        api_path = path.removeprefix("/api")
+        try:
+            verdict = await self.rules.decide(caller, request.method, api_path, body)
+            if verdict.stand_in is not None:
+                log.warning("gateway: %s asked for %s %s outside its scope", caller.label, request.method, api_path)
+                return await self._forward(request, verdict.stand_in, body, None, swap=verdict.swapped)
+            if not verdict.allowed:
+                log.warning("gateway: refused %s: %s %s (%s)", caller.label, request.method, api_path, verdict.detail)
+                return JSONResponse({"detail": verdict.detail}, status_code=verdict.status)
+            return await self._forward(request, api_path, body, verdict.rewrite)
+        except httpx.HTTPError as exc:
+            log.warning("gateway: the Prefect API at %s did not answer: %s", self.upstream_url, exc)
+            return JSONResponse({"detail": "the Prefect API behind Ariel's gateway did not answer; try again"},
+                                status_code=503)
+
+    async def _forward(self, request: Request, api_path: str, body: bytes, rewrite: Rewrite | None,
+                       swap: tuple[str, str] | None = None) -> Response:
+        headers = {name: value for name in _FORWARDED_HEADERS if (value := request.headers.get(name))}
+        answer = await self._client.request(request.method, api_path, params=str(request.query_params),
+                                            content=body, headers=headers)
+        content = answer.content
+        if swap is not None:
+            # Prefect names the missing object in its answer: name the one asked about, as for any missing one.
+            content = content.replace(swap[0].encode(), swap[1].encode())
+        if rewrite is not None and answer.is_success:
+            content = json.dumps(await rewrite(answer.json())).encode()
+        kept = {"content-type": answer.headers["content-type"]} if "content-type" in answer.headers else {}
+        return Response(content, status_code=answer.status_code, headers=kept)
+
+    # Ariel's own routes -------------------------------------------------------------------------------------
+
+    async def _ariel(self, request: Request, caller: Scope) -> Response:
+        route = (request.method, request.url.path)
+        if route == ("GET", RUN_ROUTE) and isinstance(caller, RunScope):
+            return await self._run_context(caller)
+        if route == ("GET", WORKER_ROUTE) and isinstance(caller, PoolScope) and caller.pool is not None:
+            return JSONResponse({"work_pool": caller.pool, "org_id": caller.org_id})
+        return JSONResponse({"detail": f"{route[0]} {route[1]} is not open to {caller.label}"}, status_code=403)
+
+    async def _run_context(self, caller: RunScope) -> Response:
+        """What a run may have of the control plane: its configuration checked, then the secrets it names.
+
+        The configuration is read from Prefect, not taken from the run: a run whose parameters were changed
+        outside Ariel gets `tampered` and no secret.
+        """
+        try:
+            parameters = await self.ownership.run_parameters(caller.run_id)
+        except httpx.HTTPError:
+            return JSONResponse({"error": "unavailable", "detail": "the Prefect API did not answer; try again"},
+                                status_code=503)
+        config = (parameters or {}).get("config")
+        try:
+            verify(config if isinstance(config, dict) else {}, self._verify_key())
+        except ConfigTampered as exc:
+            log.warning("gateway: %s: %s", caller.label, exc)
+            return JSONResponse({"error": "tampered", "detail": str(exc)}, status_code=409)
+        assert isinstance(config, dict)  # verify() accepted it
+        if config.get("org_id") != caller.org_id:
+            return JSONResponse({"error": "tampered", "detail": "tampered: the run's configuration is another "
+                                 "organization's"}, status_code=409)
+        provider = config.get("provider")
+        if not provider:
+            return JSONResponse({"provider": None})
+        try:
+            secret = await self._open_provider(caller.org_id, short_name(str(provider)))
+        except ArielError as exc:
+            log.warning("gateway: %s: provider %r: %s", caller.label, provider, exc)
+            return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
+        if secret is None:
+            return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(str(provider))!r} in this "
+                                 "organization; manage_secrets set_provider makes one"}, status_code=404)
+        return JSONResponse({"provider": {"name": secret.name, "api_key": secret.api_key,
+                                          "api_base": secret.api_base}})
+
+    def _scheduled_runs(self, scope: PoolScope) -> Rewrite:
+        """Hands each run a worker is given its own token, in the job variables the worker starts it with.
+
+        A stock worker copies its own credential into every container's environment; the run's `env` job
+        variable overrides it, so the worker key never reaches a run.
+        """
+        async def hand_out_tokens(items: Any) -> Any:
+            handed = []
+            for item in items if isinstance(items, list) else []:
+                run = item.get("flow_run") if isinstance(item, dict) else None
+                if not isinstance(run, dict):
+                    continue
+                orgs = org_ids(run.get("tags"))
+                if len(orgs) != 1 or (scope.org_id is not None and scope.org_id not in orgs):
+                    # Not Ariel's (or tagged for another org): without an org there is no token to give.
+                    log.warning("gateway: flow run %s in pool %s has no single org tag; it is not handed out",
+                                run.get("id"), run.get("work_pool_name"))
+                    continue
+                token = self.tokens.mint(UUID(str(run["id"])), next(iter(orgs)),
+                                         _run_seconds(run) + RUN_TOKEN_SLACK_SECONDS)
+                variables = dict(run.get("job_variables") or {})
+                variables["env"] = {**(variables.get("env") or {}), **run_environment(token)}
+                run["job_variables"] = variables
+                handed.append(item)
+            return handed
+        return hand_out_tokens
+
+    # Websockets -------------------------------------------------------------------------------------------
+
+    async def _websocket(self, websocket: WebSocket) -> None:
+        if websocket.url.path != "/api/events/in":
+            await websocket.close(code=1008, reason="only /api/events/in is open at Ariel's Prefect gateway")
+            return
+        await websocket.accept(subprotocol="prefect")
+        caller = await self._websocket_caller(websocket)
+        if caller is None:
+            await websocket.close(code=1008, reason="Invalid token")
+            return
+        await websocket.send_json({"type": "auth_success"})
+        try:
+            async with self._upstream_events() as upstream:
+                await self._relay_events(websocket, upstream, caller)
+        except (WebSocketException, OSError, TimeoutError) as exc:
+            log.warning("gateway: the Prefect event stream closed: %s", exc)
+        finally:
+            if websocket.client_state is WebSocketState.CONNECTED:
+                with suppress(RuntimeError):
+                    await websocket.close(code=1011)
+
+    async def _websocket_caller(self, websocket: WebSocket) -> Scope | None:
+        header = presented_token(websocket.headers.get("authorization"))
+        try:
+            message = json.loads(await asyncio.wait_for(websocket.receive_text(), timeout=10))
+        except (TimeoutError, ValueError, WebSocketDisconnect, KeyError):
+            return None
+        if not isinstance(message, dict) or message.get("type") != "auth":
+            return None
+        token = message.get("token")
+        from_message = auth_string_token(token) if isinstance(token, str) else None
+        if header and from_message and not hmac.compare_digest(header, from_message):
+            return None  # two different credentials: trust neither
+        return await self.scope_of(header or from_message)
+
+    def _upstream_events(self) -> Any:
+        url = self.upstream_url.replace("https://", "wss://").replace("http://", "ws://") + "/events/in"
+        headers = {"Authorization": "Basic " + base64.b64encode(self._upstream_auth.encode()).decode()} \
+            if self._upstream_auth else {}
+        return _AuthenticatedEvents(connect(url, subprotocols=["prefect"], additional_headers=headers,  # type: ignore[list-item]
+                                            open_timeout=10), self._upstream_auth)
+
+    async def _relay_events(self, websocket: WebSocket, upstream: ClientConnection, caller: Scope) -> None:
+        dropped = 0
+        while True:
+            try:
+                text = await websocket.receive_text()
+            except (WebSocketDisconnect, KeyError):
+                return
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = None
+            if await admits(self.rules, caller, event):
+                await upstream.send(text)
+            else:
+                dropped += 1
+                if dropped in (1, 10, 100) or dropped % 1000 == 0:
+                    log.info("gateway: dropped %d event(s) from %s outside its scope", dropped, caller.label)
+
+
+class _AuthenticatedEvents:
+    """An upstream event stream, authenticated with Prefect's own handshake."""
+
+    def __init__(self, connecting: Any, auth: str | None) -> None:
+        self._connecting = connecting
+        self._auth = auth
+
+    async def __aenter__(self) -> ClientConnection:
+        connection: ClientConnection = await self._connecting.__aenter__()
+        await connection.send(json.dumps({"type": "auth", "token": self._auth}))
+        answer = json.loads(await asyncio.wait_for(connection.recv(), timeout=10))
+        if answer.get("type") != "auth_success":
+            await self._connecting.__aexit__(None, None, None)
+            raise OSError(f"the Prefect API refused the gateway's event stream: {answer.get('reason', answer)}")
+        return connection
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._connecting.__aexit__(*exc)
+
+
+def _run_seconds(run: dict[str, Any]) -> float:
+    """The run's own time budget, from its configuration (the token must outlive the run, not much more)."""
+    config = (run.get("parameters") or {}).get("config")
+    limits = config.get("limits") if isinstance(config, dict) else None
+    seconds = limits.get("timeout_seconds") if isinstance(limits, dict) else None
+    return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else DEFAULT_RUN_SECONDS
+
+
+async def _read_body(request: Request) -> bytes | None:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,81 @@
+"""Events a scoped client may send into Prefect's event stream (`/api/events/in`).
+
+Events feed the Prefect UI's event feed and automations, and task runs are
+recorded from them (Prefect 3 creates a task run from its state events), so a
+client may only speak of its own runs: every flow run and work pool an event
+names must be in the sender's scope, and it must name at least one of them.
+What fails is dropped: the stream has no answers to give.
+
+Example:
+    >>> from uuid import UUID
+    >>> run = UUID(int=1)
+    >>> mentions({"resource": {"prefect.resource.id": f"prefect.task-run.{UUID(int=2)}"},
+    ...           "related": [{"prefect.resource.id": f"prefect.flow-run.{run}", "prefect.resource.role": "flow-run"}]})
+    Mentions(flow_runs={UUID('00000000-0000-0000-0000-000000000001')}, work_pools=set(), malformed=False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from mcp_server.gateway.rules import Rules
+from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
+
+_FLOW_RUN = "prefect.flow-run."
+_WORK_POOL = "prefect.work-pool."
+
+
+@dataclass
+class Mentions:
+    flow_runs: set[UUID] = field(default_factory=set)
+    work_pools: set[str] = field(default_factory=set)  # by name
+    malformed: bool = False
+
+
+def mentions(event: Any) -> Mentions:
+    """The flow runs and work pools an event names, as its resource or a related one."""
+    found = Mentions()
+    if not isinstance(event, dict):
+        found.malformed = True
+        return found
+    resources = [event.get("resource"), *(event.get("related") or [])]
+    for resource in resources:
+        if not isinstance(resource, dict) or not isinstance(resource.get("prefect.resource.id"), str):
+            found.malformed = True
+            continue
+        resource_id: str = resource["prefect.resource.id"]
+        if resource_id.startswith(_FLOW_RUN):
+            try:
+                found.flow_runs.add(UUID(resource_id.removeprefix(_FLOW_RUN)))
+            except ValueError:
+                found.malformed = True
+        elif resource_id.startswith(_WORK_POOL):
+            name = resource.get("prefect.resource.name")
+            if not isinstance(name, str):
+                found.malformed = True
+            else:
+                found.work_pools.add(name)
+    return found
+
+
+async def admits(rules: Rules, scope: Scope, event: Any) -> bool:
+    """Whether `scope` may send `event`."""
+    named = mentions(event)
+    if named.malformed or not (named.flow_runs or named.work_pools):
+        return False
+    if isinstance(scope, RunScope):
+        if named.flow_runs != {scope.run_id}:
+            return False
+        if named.work_pools:
+            facts = await rules.ownership.run(scope.run_id)
+            return facts is not None and named.work_pools == {facts.work_pool_name}
+        return True
+    assert isinstance(scope, PoolScope)
+    if not all(scope.allows_pool(pool) for pool in named.work_pools):
+        return False
+    for run_id in named.flow_runs:
+        if not await rules.in_pool_scope(scope, run_id):
+            return False
+    return True

@@ -1,0 +1,136 @@
+"""What the gateway needs to know about Prefect objects to decide scope, read with the control plane's credential.
+
+A flow run's pool, deployment and flow never change, so those facts are kept
+for the life of the process (bounded); a deployment's pool can change on a
+redeploy, so deployment facts expire after `TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import httpx
+
+from deployments.pools.work_pools import org_tag
+
+TTL_SECONDS = 30.0
+MAX_ENTRIES = 50_000
+_ORG_TAG = org_tag("")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Cache(Generic[K, V]):
+    """A bounded LRU map whose entries may expire."""
+
+    def __init__(self, ttl: float | None) -> None:
+        self._ttl = ttl
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None or (self._ttl is not None and time.monotonic() - entry[0] > self._ttl):
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: K, value: V) -> V:
+        self._entries[key] = (time.monotonic(), value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > MAX_ENTRIES:
+            self._entries.popitem(last=False)
+        return value
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    work_pool_name: str | None
+    deployment_id: UUID | None
+    flow_id: UUID
+    org_ids: frozenset[str]
+    work_queue_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentFacts:
+    work_pool_name: str | None
+    flow_id: UUID
+    org_ids: frozenset[str]
+
+
+def org_ids(tags: list[str] | None) -> frozenset[str]:
+    """The orgs an object's `org:<id>` tags name (one, for Ariel's own objects)."""
+    return frozenset(tag.removeprefix(_ORG_TAG) for tag in tags or () if tag.startswith(_ORG_TAG))
+
+
+class Ownership:
+    """Reads of flow runs, deployments and flows for scope decisions."""
+
+    def __init__(self, upstream: httpx.AsyncClient) -> None:
+        self._upstream = upstream
+        self._runs: _Cache[UUID, RunFacts] = _Cache(ttl=None)
+        self._deployments: _Cache[UUID, DeploymentFacts] = _Cache(ttl=TTL_SECONDS)
+        self._flow_pools: _Cache[UUID, frozenset[str]] = _Cache(ttl=TTL_SECONDS)
+
+    async def _read(self, path: str) -> dict[str, Any] | None:
+        answer = await self._upstream.get(path)
+        if answer.status_code in (404, 422):  # 422: not a UUID
+            return None
+        answer.raise_for_status()
+        body = answer.json()
+        return body if isinstance(body, dict) else None
+
+    async def run(self, run_id: UUID) -> RunFacts | None:
+        facts = self._runs.get(run_id)
+        if facts is not None:
+            return facts
+        body = await self._read(f"/flow_runs/{run_id}")
+        if body is None:
+            return None
+        return self._runs.put(run_id, RunFacts(
+            work_pool_name=body.get("work_pool_name"),
+            deployment_id=UUID(body["deployment_id"]) if body.get("deployment_id") else None,
+            flow_id=UUID(body["flow_id"]),
+            org_ids=org_ids(body.get("tags")),
+            work_queue_id=UUID(body["work_queue_id"]) if body.get("work_queue_id") else None,
+        ))
+
+    async def run_parameters(self, run_id: UUID) -> dict[str, Any] | None:
+        """The run's parameters as Prefect holds them now (never cached: they are what a tamperer changes)."""
+        body = await self._read(f"/flow_runs/{run_id}")
+        return None if body is None else dict(body.get("parameters") or {})
+
+    async def deployment(self, deployment_id: UUID) -> DeploymentFacts | None:
+        facts = self._deployments.get(deployment_id)
+        if facts is not None:
+            return facts
+        body = await self._read(f"/deployments/{deployment_id}")
+        if body is None:
+            return None
+        return self._deployments.put(deployment_id, DeploymentFacts(
+            work_pool_name=body.get("work_pool_name"), flow_id=UUID(body["flow_id"]), org_ids=org_ids(body.get("tags")),
+        ))
+
+    async def flow_pools(self, flow_id: UUID) -> frozenset[str]:
+        """The pools of the deployments of a flow (the worker reading a flow needs one of them in scope)."""
+        pools = self._flow_pools.get(flow_id)
+        if pools is not None:
+            return pools
+        names: set[str] = set()
+        offset = 0
+        while True:
+            answer = await self._upstream.post("/deployments/filter", json={
+                "flows": {"id": {"any_": [str(flow_id)]}}, "limit": 200, "offset": offset,
+            })
+            answer.raise_for_status()
+            page = answer.json()
+            names |= {item["work_pool_name"] for item in page if item.get("work_pool_name")}
+            if len(page) < 200:
+                break
+            offset += 200
+        return self._flow_pools.put(flow_id, frozenset(names))

@@ -1,0 +1,252 @@
+"""Which Prefect routes each scope may call, and on which objects.
+
+Everything not listed is refused. An object outside the caller's scope gets
+exactly the answer Prefect gives for one that does not exist, so a scoped
+credential cannot tell another org's run from no run at all.
+
+The lists are what a stock Prefect worker (prefect 3.8, Docker and process)
+and a flow run's engine call; the probe tests call each, and every route
+beside them, with each kind of credential.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+from mcp_server.gateway.ownership import Ownership
+from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
+
+Rewrite = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Let the request through (with an optional rewrite of its JSON answer), or answer `status` instead."""
+
+    status: int = 0  # 0: through
+    detail: str = ""
+    rewrite: Rewrite | None = None
+    # Out of scope: ask Prefect this path instead, the same route about an object that does not exist, and
+    # give its answer (status and words differ by route; this way they are Prefect's own, exactly).
+    stand_in: str | None = None
+    swapped: tuple[str, str] = ("", "")  # (the fresh id in `stand_in`, what the caller asked about)
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 0
+
+
+THROUGH = Verdict()
+NOT_FOUND = Verdict(404, "Not Found")  # decide() turns it into Prefect's own answer about a missing object
+
+
+def refused(route: str, scope: Scope) -> Verdict:
+    kind = "a run token" if isinstance(scope, RunScope) else "a worker key"
+    return Verdict(403, f"{route} is not open to {kind} at Ariel's Prefect gateway")
+
+
+# Anyone with a valid credential: clients check the server's version and health before anything else.
+_OPEN = {("GET", "/admin/version"), ("GET", "/admin/storage"), ("GET", "/health"), ("GET", "/ready"),
+         ("GET", "/csrf-token")}
+
+_ID = r"(?P<id>[^/]+)"
+_POOL = r"(?P<pool>[^/]+)"
+
+# What each PATCH may change: a worker records the container it started; a run its name, version, retry policy.
+_WORKER_RUN_FIELDS = frozenset({"infrastructure_pid"})
+_RUN_FIELDS = frozenset({"name", "flow_version", "empirical_policy", "infrastructure_pid"})
+
+
+def _uuid(text: str) -> UUID | None:
+    try:
+        return UUID(text)
+    except ValueError:
+        return None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return None
+
+
+class Rules:
+    """Decides each request of a scoped caller."""
+
+    def __init__(self, ownership: Ownership, scheduled: Callable[[PoolScope], Rewrite]) -> None:
+        self.ownership = ownership
+        self._scheduled = scheduled
+        self._pool_routes: list[tuple[str, re.Pattern[str], Callable[..., Awaitable[Verdict]]]] = [
+            ("POST", re.compile(r"/work_pools/filter"), self._pool_list),
+            ("GET", re.compile(rf"/work_pools/{_POOL}"), self._pool),
+            ("POST", re.compile(rf"/work_pools/{_POOL}/get_scheduled_flow_runs"), self._pool_scheduled),
+            ("POST", re.compile(rf"/work_pools/{_POOL}/workers/heartbeat"), self._pool),
+            ("POST", re.compile(rf"/work_pools/{_POOL}/queues/filter"), self._pool),
+            ("GET", re.compile(rf"/deployments/{_ID}"), self._pool_deployment),
+            ("GET", re.compile(rf"/flows/{_ID}"), self._pool_flow),
+            ("GET", re.compile(rf"/flow_runs/{_ID}"), self._pool_run),
+            ("POST", re.compile(rf"/flow_runs/{_ID}/set_state"), self._pool_run),
+            ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._pool_run),
+            ("PATCH", re.compile(rf"/flow_runs/{_ID}"), self._pool_run_update),
+            ("POST", re.compile(r"/flow_runs/filter"), self._pool_run_list),
+            ("POST", re.compile(r"/logs/?"), self._pool_logs),
+        ]
+        self._run_routes: list[tuple[str, re.Pattern[str], Callable[..., Awaitable[Verdict]]]] = [
+            ("GET", re.compile(rf"/flow_runs/{_ID}"), self._own_run),
+            ("POST", re.compile(rf"/flow_runs/{_ID}/set_state"), self._own_run),
+            ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._own_run),
+            ("PATCH", re.compile(rf"/flow_runs/{_ID}"), self._own_run_update),
+            ("GET", re.compile(rf"/deployments/{_ID}"), self._own_deployment),
+            ("GET", re.compile(rf"/flows/{_ID}"), self._own_flow),
+            # The engine names its run's pool and queue in the events it sends.
+            ("GET", re.compile(rf"/work_pools/{_POOL}"), self._own_pool),
+            ("GET", re.compile(rf"/work_queues/{_ID}"), self._own_queue),
+            ("POST", re.compile(r"/flow_runs/filter"), self._own_run_list),
+            ("POST", re.compile(r"/logs/?"), self._own_logs),
+            ("POST", re.compile(r"/artifacts/?"), self._own_artifact),
+        ]
+
+    async def decide(self, scope: Scope, method: str, path: str, body: bytes) -> Verdict:
+        """`path` is relative to the API root: `/flow_runs/…`."""
+        if (method, path.rstrip("/") or "/") in _OPEN:
+            return THROUGH
+        routes = self._run_routes if isinstance(scope, RunScope) else self._pool_routes
+        for route_method, pattern, check in routes:
+            match = pattern.fullmatch(path)
+            if match and route_method == method:
+                verdict: Verdict = await check(scope, body, **match.groupdict())
+                if verdict is NOT_FOUND:
+                    return _missing(path, match, scope)
+                return verdict
+        return refused(f"{method} {path}", scope)
+
+    # Worker keys and the pool host ------------------------------------------------------------------------
+
+    async def _pool(self, scope: PoolScope, _body: bytes, pool: str) -> Verdict:
+        return THROUGH if scope.allows_pool(pool) else NOT_FOUND
+
+    async def _pool_list(self, scope: PoolScope, _body: bytes) -> Verdict:
+        async def keep_own(pools: Any) -> Any:
+            return [pool for pool in pools if scope.allows_pool(pool.get("name"))] if isinstance(pools, list) else []
+        return Verdict(rewrite=keep_own)
+
+    async def _pool_scheduled(self, scope: PoolScope, body: bytes, pool: str) -> Verdict:
+        if not scope.allows_pool(pool):
+            return NOT_FOUND
+        return Verdict(rewrite=self._scheduled(scope))
+
+    async def in_pool_scope(self, scope: PoolScope, run_id: UUID | None) -> bool:
+        facts = await self.ownership.run(run_id) if run_id else None
+        return facts is not None and scope.allows_pool(facts.work_pool_name) and (
+            scope.org_id is None or scope.org_id in facts.org_ids
+        )
+
+    async def _pool_run(self, scope: PoolScope, _body: bytes, id: str) -> Verdict:  # noqa: A002 - the route's name
+        return THROUGH if await self.in_pool_scope(scope, _uuid(id)) else NOT_FOUND
+
+    async def _pool_run_update(self, scope: PoolScope, body: bytes, id: str) -> Verdict:  # noqa: A002
+        if not await self.in_pool_scope(scope, _uuid(id)):
+            return NOT_FOUND
+        return _fields_within(body, _WORKER_RUN_FIELDS, scope)
+
+    async def _pool_run_list(self, scope: PoolScope, _body: bytes) -> Verdict:
+        async def keep_own(runs: Any) -> Any:
+            if not isinstance(runs, list):
+                return []
+            return [run for run in runs if await self.in_pool_scope(scope, _uuid(str(run.get("id"))))]
+        return Verdict(rewrite=keep_own)
+
+    async def _pool_deployment(self, scope: PoolScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
+        deployment_id = _uuid(id)
+        facts = await self.ownership.deployment(deployment_id) if deployment_id else None
+        if facts is None or not scope.allows_pool(facts.work_pool_name):
+            return NOT_FOUND
+        return THROUGH if scope.org_id is None or scope.org_id in facts.org_ids else NOT_FOUND
+
+    async def _pool_flow(self, scope: PoolScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
+        flow_id = _uuid(id)
+        pools = await self.ownership.flow_pools(flow_id) if flow_id else frozenset()
+        return THROUGH if any(scope.allows_pool(pool) for pool in pools) else NOT_FOUND
+
+    async def _pool_logs(self, scope: PoolScope, body: bytes) -> Verdict:
+        logs = _json(body)
+        if not isinstance(logs, list):
+            return Verdict(422, "a list of logs is expected")
+        for run_id in {str(log.get("flow_run_id")) for log in logs if isinstance(log, dict)}:
+            if not await self.in_pool_scope(scope, _uuid(run_id)):
+                return NOT_FOUND
+        return THROUGH
+
+    # Run tokens -------------------------------------------------------------------------------------------
+
+    async def _own_run(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
+        return THROUGH if _uuid(id) == scope.run_id else NOT_FOUND
+
+    async def _own_run_update(self, scope: RunScope, body: bytes, id: str) -> Verdict:  # noqa: A002
+        if _uuid(id) != scope.run_id:
+            return NOT_FOUND
+        return _fields_within(body, _RUN_FIELDS, scope)
+
+    async def _own_pool(self, scope: RunScope, _body: bytes, pool: str) -> Verdict:
+        facts = await self.ownership.run(scope.run_id)
+        return THROUGH if facts is not None and facts.work_pool_name == pool else NOT_FOUND
+
+    async def _own_queue(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
+        facts = await self.ownership.run(scope.run_id)
+        return THROUGH if facts is not None and _uuid(id) == facts.work_queue_id else NOT_FOUND
+
+    async def _own_run_list(self, scope: RunScope, _body: bytes) -> Verdict:
+        # The engine polls for its own run being suspended or cancelled.
+        async def keep_own(runs: Any) -> Any:
+            own = str(scope.run_id)
+            return [run for run in runs if run.get("id") == own] if isinstance(runs, list) else []
+        return Verdict(rewrite=keep_own)
+
+    async def _own_deployment(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
+        facts = await self.ownership.run(scope.run_id)
+        return THROUGH if facts is not None and _uuid(id) == facts.deployment_id else NOT_FOUND
+
+    async def _own_flow(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
+        facts = await self.ownership.run(scope.run_id)
+        return THROUGH if facts is not None and _uuid(id) == facts.flow_id else NOT_FOUND
+
+    async def _own_logs(self, scope: RunScope, body: bytes) -> Verdict:
+        logs = _json(body)
+        if not isinstance(logs, list):
+            return Verdict(422, "a list of logs is expected")
+        own = str(scope.run_id)
+        return THROUGH if all(isinstance(log, dict) and log.get("flow_run_id") == own for log in logs) else NOT_FOUND
+
+    async def _own_artifact(self, scope: RunScope, body: bytes) -> Verdict:
+        artifact = _json(body)
+        if not isinstance(artifact, dict) or artifact.get("flow_run_id") != str(scope.run_id):
+            return NOT_FOUND
+        return THROUGH
+
+
+def _missing(path: str, match: re.Match[str], scope: Scope) -> Verdict:
+    """Prefect's answer about a missing object: the path with its object's id or name swapped for a fresh one."""
+    for group in ("id", "pool"):
+        if match.groupdict().get(group) is not None:
+            start, end = match.span(group)
+            fresh = str(uuid4())
+            return Verdict(404, "Not Found", stand_in=f"{path[:start]}{fresh}{path[end:]}",
+                           swapped=(fresh, path[start:end]))
+    # A body naming a run out of scope (logs, artifacts): nothing to ask about, and nothing is written.
+    return Verdict(403, f"a run outside the scope of {scope.label}")
+
+
+def _fields_within(body: bytes, allowed: frozenset[str], scope: Scope) -> Verdict:
+    update = _json(body)
+    if not isinstance(update, dict):
+        return Verdict(422, "a JSON object is expected")
+    extra = sorted(set(update) - allowed)
+    if extra:
+        return refused(f"changing {', '.join(extra)} of a flow run", scope)
+    return THROUGH

@@ -1,0 +1,56 @@
+"""Run tokens: short-lived credentials bound to one flow run, minted by the gateway.
+
+A token is a JWT (HS256) under a key only the control plane holds, carrying
+the run's id, its org and an expiry: the gateway checks it without a lookup,
+and an `ariel up` restart does not end the runs in flight (the key is kept in
+`<home>/keys/run-token-key`).
+
+Example:
+    >>> tokens = RunTokens(b"k" * 32)
+    >>> from uuid import uuid4
+    >>> run = uuid4()
+    >>> scope = tokens.verify(tokens.mint(run, "0f3c", ttl_seconds=60))
+    >>> scope.run_id == run, scope.org_id
+    (True, '0f3c')
+    >>> tokens.verify("ariel_rt_" + "x" * 40) is None
+    True
+"""
+
+from __future__ import annotations
+
+import time
+from uuid import UUID
+
+import jwt
+
+from mcp_server.gateway.scopes import RunScope
+
+RUN_TOKEN_PREFIX = "ariel_rt_"
+_ALGORITHM = "HS256"
+_AUDIENCE = "ariel-gateway"
+
+
+class RunTokens:
+    """Mints and checks run tokens under one key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "RunTokens(key=***)"
+
+    def mint(self, run_id: UUID, org_id: str, ttl_seconds: float) -> str:
+        now = int(time.time())
+        claims = {"sub": str(run_id), "org": org_id, "aud": _AUDIENCE, "iat": now, "exp": now + int(ttl_seconds)}
+        return RUN_TOKEN_PREFIX + jwt.encode(claims, self._key, algorithm=_ALGORITHM)
+
+    def verify(self, token: str) -> RunScope | None:
+        """The run a token is bound to; None for anything but a valid, unexpired token of this key."""
+        if not token.startswith(RUN_TOKEN_PREFIX):
+            return None
+        try:
+            claims = jwt.decode(token.removeprefix(RUN_TOKEN_PREFIX), self._key, algorithms=[_ALGORITHM],
+                                audience=_AUDIENCE, options={"require": ["sub", "org", "exp"]})
+            return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]))
+        except (jwt.InvalidTokenError, ValueError):
+            return None

@@ -1,0 +1,312 @@
+"""The Prefect gateway lets a scoped credential reach its own objects and nothing else.
+
+One `ariel up` with its own Prefect server (so the raw API requires the control
+plane's credential) and two orgs: A holds a worker key, so its agents run on
+its own hardware's pool; B's agent runs on Ariel's pool host. The test acts as
+A's worker: it polls A's pool through the gateway and takes the run token the
+gateway hands out with A's run. Then every route a worker or a run uses, and
+the routes beside them, are tried on B's objects and on A's own with each
+credential; every try must be refused, and another org's object must be
+answered exactly like one that does not exist.
+
+Positive controls keep the probes honest: the same objects read with the
+control plane's credential straight from Prefect answer 200, and each
+credential can reach what is its own through the gateway. Turn the gateway's
+checks off (or point a probe at the raw API) and the suite fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from mcp_server.cli.stack import Runtime
+from tests.mcp_server.callers import call
+from tests.support import ArielUp, ariel_up, wait_until
+
+ALICE = "dev:alice:acme:owner"  # org A: a worker key, its agents on its own hardware
+BOB = "dev:bob:globex:owner"  # org B: its agents on Ariel's pool host
+
+
+@dataclass(frozen=True)
+class Stack:
+    up: ArielUp
+    prefect: str  # the raw Prefect API, which needs the control plane's credential
+    control: dict[str, str]  # that credential, as a header
+    gateway: str  # the gateway's Prefect API URL
+    worker_key: str  # A's
+    run_token: str  # of A's run
+    a_pool: str
+    a_run: str
+    a_other_run: str  # another run of A's: the run token must not reach it either
+    a_deployment: str
+    a_flow: str
+    b_pool: str
+    b_run: str
+    b_deployment: str
+    b_flow: str
+    b_block: str  # a block document of B's (its provider)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(auth_string: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+
+
+async def agent(token: str, base_url: str, name: str) -> dict[str, Any]:
+    created = await call(base_url, token, "create_agent", name=name, instructions="Reply.", model="ariel/scripted",
+                         script=[{"reply": "done"}])
+    await call(base_url, token, "update_agent", agent=created["slug"], action="approve")
+    return dict(await call(base_url, token, "get_agent", agent=created["slug"]))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("gateway-home")
+    with ariel_up(home, "process", extra_env={"ARIEL_PROFILE": "dev", "ARIEL_AUTH_MODE": "dev"}) as up:
+        yield asyncio.run(_populate(up, home))
+
+
+async def _populate(up: ArielUp, home: Path) -> Stack:
+    runtime = Runtime.load(home)
+    assert runtime is not None
+    control = basic((home / "keys" / "prefect-auth").read_text())
+    a_agent = await agent(ALICE, up.base_url, "Alpha")
+    await agent(BOB, up.base_url, "Bravo")
+    made = await call(up.base_url, ALICE, "manage_org", action="create_worker_key", name="office")
+    worker_key = made["worker_keys"][0]["key"]
+    assert made["start_worker"] == f"ariel worker --server {up.base_url} --key {worker_key}"
+    a_agent = dict(await call(up.base_url, ALICE, "get_agent", agent="alpha"))
+    assert a_agent["work_pool"].endswith("-own"), a_agent
+    await call(up.base_url, BOB, "manage_secrets", action="set_provider", name="main", api_key="sk-bravo-secret")
+    a_run = await call(up.base_url, ALICE, "run_agent", agent="alpha")
+    a_other_run = await call(up.base_url, ALICE, "run_agent", agent="alpha")
+    b_run = await call(up.base_url, BOB, "run_agent", agent="bravo", wait_seconds=120)
+    assert b_run["state"] == "Completed", b_run  # B's runs go on through the pool host meanwhile
+    gateway = f"{up.base_url}/prefect/api"
+    async with httpx.AsyncClient(timeout=30) as http:
+        # As A's worker would: poll A's pool through the gateway, and find each run's token in its job variables.
+        handed: dict[str, str] = {}
+        for _ in range(30):
+            answer = await http.post(f"{gateway}/work_pools/{a_agent['work_pool']}/get_scheduled_flow_runs",
+                                     json={}, headers=bearer(worker_key))
+            assert answer.status_code == 200, answer.text
+            handed |= {item["flow_run"]["id"]: item["flow_run"]["job_variables"]["env"]["PREFECT_API_KEY"]
+                       for item in answer.json()}
+            if a_run["id"] in handed:
+                break
+            await asyncio.sleep(1)
+        assert a_run["id"] in handed, handed
+        assert worker_key not in json.dumps(answer.json())
+        run = (await http.get(f"{runtime.prefect_api_url}/flow_runs/{a_run['id']}", headers=control)).json()
+        b = (await http.get(f"{runtime.prefect_api_url}/flow_runs/{b_run['id']}", headers=control)).json()
+        blocks = (await http.post(f"{runtime.prefect_api_url}/block_documents/filter", json={},
+                                  headers=control)).json()
+    return Stack(
+        up=up, prefect=runtime.prefect_api_url, control=control, gateway=gateway, worker_key=worker_key,
+        run_token=handed[a_run["id"]], a_pool=a_agent["work_pool"], a_run=a_run["id"], a_other_run=a_other_run["id"],
+        a_deployment=run["deployment_id"], a_flow=run["flow_id"], b_pool=b["work_pool_name"], b_run=b_run["id"],
+        b_deployment=b["deployment_id"], b_flow=b["flow_id"],
+        b_block=next((doc["id"] for doc in blocks), str(uuid.uuid4())),
+    )
+
+
+def request(stack: Stack, credential: str | None, method: str, path: str, body: Any = None,
+            raw: bool = False) -> httpx.Response:
+    url = (stack.prefect if raw else stack.gateway) + path
+    headers = bearer(credential) if credential else {}
+    return httpx.request(method, url, json=body, headers=headers, timeout=30)
+
+
+def probes(s: Stack) -> list[tuple[str, str, Any]]:
+    """Routes a scoped credential must not reach: other orgs' objects, and what no worker or run needs."""
+    state = {"state": {"type": "RUNNING"}, "force": True}
+    b_log = [{"name": "x", "level": 20, "message": "forged", "timestamp": "2026-01-01T00:00:00Z",
+              "flow_run_id": s.b_run}]
+    return [
+        ("GET", f"/flow_runs/{s.b_run}", None),
+        ("POST", f"/flow_runs/{s.b_run}/set_state", state),
+        ("PATCH", f"/flow_runs/{s.b_run}", {"infrastructure_pid": "x"}),
+        ("PATCH", f"/flow_runs/{s.b_run}/labels", {"x": "y"}),
+        ("DELETE", f"/flow_runs/{s.b_run}", None),
+        ("GET", f"/deployments/{s.b_deployment}", None),
+        ("GET", f"/flows/{s.b_flow}", None),
+        ("GET", f"/work_pools/{s.b_pool}", None),
+        ("POST", f"/work_pools/{s.b_pool}/get_scheduled_flow_runs", {}),
+        ("POST", f"/work_pools/{s.b_pool}/workers/heartbeat", {"name": "forged"}),
+        ("POST", "/logs/", b_log),
+        ("POST", "/artifacts/", {"key": "forged", "type": "markdown", "data": "x", "flow_run_id": s.b_run}),
+        # What neither a worker nor a run needs, on anyone's objects:
+        ("POST", "/deployments/filter", {}),
+        ("POST", f"/deployments/{s.a_deployment}/create_flow_run",
+         {"parameters": {"config": {"allowed_hosts": ["evil.example"]}}}),
+        ("POST", "/flow_runs/", {"flow_id": s.a_flow}),
+        ("DELETE", f"/deployments/{s.a_deployment}", None),
+        ("PATCH", f"/deployments/{s.a_deployment}", {"parameters": {}}),
+        ("POST", "/block_documents/filter", {"include_secrets": True}),
+        ("GET", f"/block_documents/{s.b_block}?include_secrets=true", None),
+        ("POST", "/variables/filter", {}),
+        ("POST", "/variables/", {"name": "forged", "value": "x"}),
+        ("POST", "/events/filter", {}),
+        ("POST", "/logs/filter", {}),
+        ("POST", "/artifacts/filter", {}),
+        ("POST", "/task_runs/filter", {}),
+        ("POST", "/work_pools/", {"name": "forged-pool", "type": "process"}),
+        ("DELETE", f"/work_pools/{s.a_pool}", None),
+        ("PATCH", f"/work_pools/{s.a_pool}", {"base_job_template": {}}),
+        ("POST", "/flows/", {"name": "forged"}),
+        ("POST", "/concurrency_limits/", {"tag": "x", "concurrency_limit": 1}),
+        ("POST", "/automations/", {}),
+        ("GET", "/admin/settings", None),
+    ]
+
+
+def refused(answer: httpx.Response) -> bool:
+    return answer.status_code in (401, 403, 404, 405, 422)
+
+
+@pytest.mark.parametrize("who", ["worker key", "run token"])
+def test_a_scoped_credential_reaches_nothing_of_another_org_and_no_route_beside_its_own(
+    stack: Stack, who: str
+) -> None:
+    credential = stack.worker_key if who == "worker key" else stack.run_token
+    for method, path, body in probes(stack):
+        answer = request(stack, credential, method, path, body)
+        assert refused(answer), f"{who}: {method} {path} answered {answer.status_code}: {answer.text[:300]}"
+        assert "sk-bravo-secret" not in answer.text
+
+
+def test_the_probed_objects_exist_for_the_control_plane(stack: Stack) -> None:
+    """The positive control: the refusals above are the gateway's, not missing objects."""
+    for path in (f"/flow_runs/{stack.b_run}", f"/deployments/{stack.b_deployment}", f"/flows/{stack.b_flow}",
+                 f"/work_pools/{stack.b_pool}", f"/flow_runs/{stack.a_run}"):
+        assert httpx.get(stack.prefect + path, headers=stack.control, timeout=30).status_code == 200, path
+
+
+def test_another_orgs_object_is_answered_like_one_that_does_not_exist(stack: Stack) -> None:
+    asked = [("/flow_runs/", stack.b_run, str(uuid.uuid4())), ("/deployments/", stack.b_deployment, str(uuid.uuid4())),
+             ("/work_pools/", stack.b_pool, uuid.uuid4().hex)]
+    for credential in (stack.worker_key, stack.run_token):
+        for route, theirs, nothing in asked:
+            answer, missing = (request(stack, credential, "GET", route + theirs),
+                               request(stack, credential, "GET", route + nothing))
+            # Prefect names what it did not find: the same words, about the name that was asked.
+            assert (answer.status_code, answer.text) == (missing.status_code, missing.text.replace(nothing, theirs)), \
+                route
+
+
+def test_each_credential_reaches_its_own(stack: Stack) -> None:
+    assert request(stack, stack.worker_key, "GET", f"/work_pools/{stack.a_pool}").status_code == 200
+    assert request(stack, stack.worker_key, "GET", f"/flow_runs/{stack.a_run}").status_code == 200
+    assert request(stack, stack.worker_key, "GET", f"/deployments/{stack.a_deployment}").status_code == 200
+    assert request(stack, stack.run_token, "GET", f"/flow_runs/{stack.a_run}").status_code == 200
+    assert request(stack, stack.run_token, "GET", f"/deployments/{stack.a_deployment}").status_code == 200
+    assert request(stack, stack.run_token, "GET", f"/flows/{stack.a_flow}").status_code == 200
+
+
+def test_a_run_token_reaches_no_other_run_of_its_own_org(stack: Stack) -> None:
+    tries: list[tuple[str, str, Any]] = [("GET", f"/flow_runs/{stack.a_other_run}", None),
+                                    ("POST", f"/flow_runs/{stack.a_other_run}/set_state",
+                                     {"state": {"type": "RUNNING"}}),
+                                    ("PATCH", f"/flow_runs/{stack.a_run}", {"parameters": {"config": {}}}),
+                                    ("PATCH", f"/flow_runs/{stack.a_run}", {"job_variables": {"env": {}}}),
+                                    ("GET", "/ariel/v1/worker", None)]
+    for method, path, body in tries:
+        answer = request(stack, stack.run_token, method, path, body) if not path.startswith("/ariel") else \
+            httpx.get(stack.gateway.removesuffix("/api") + path, headers=bearer(stack.run_token), timeout=30)
+        assert refused(answer), f"{method} {path} answered {answer.status_code}"
+
+
+def test_lists_through_the_gateway_hold_only_what_is_in_scope(stack: Stack) -> None:
+    pools = request(stack, stack.worker_key, "POST", "/work_pools/filter", {}).json()
+    assert [pool["name"] for pool in pools] == [stack.a_pool]
+    runs = request(stack, stack.worker_key, "POST", "/flow_runs/filter", {}).json()
+    assert runs and {run["work_pool_name"] for run in runs} == {stack.a_pool}
+    own = request(stack, stack.run_token, "POST", "/flow_runs/filter", {}).json()
+    assert [run["id"] for run in own] == [stack.a_run]
+
+
+def test_without_a_credential_neither_the_gateway_nor_the_raw_api_answers(stack: Stack) -> None:
+    for path in (f"/flow_runs/{stack.a_run}", "/admin/version"):
+        assert request(stack, None, "GET", path).status_code == 401
+        assert request(stack, None, "GET", path, raw=True).status_code == 401
+    blocks = request(stack, None, "POST", "/block_documents/filter", {"include_secrets": True}, raw=True)
+    assert blocks.status_code == 401
+    for forged in ("ariel_rt_" + "x" * 60, "ariel_wk_00000000_" + "x" * 43, "ariel_ph_guess"):
+        assert request(stack, forged, "GET", f"/flow_runs/{stack.a_run}").status_code == 401
+    # The scoped credentials do not open the raw API either.
+    assert request(stack, stack.worker_key, "GET", f"/flow_runs/{stack.a_run}", raw=True).status_code == 401
+
+
+def test_a_revoked_worker_key_is_refused(stack: Stack) -> None:
+    made = asyncio.run(call(stack.up.base_url, ALICE, "manage_org", action="create_worker_key", name="spare"))
+    spare = made["worker_keys"][0]["key"]
+    assert request(stack, spare, "GET", f"/work_pools/{stack.a_pool}").status_code == 200
+    asyncio.run(call(stack.up.base_url, ALICE, "manage_org", action="revoke_worker_key",
+                     key=made["worker_keys"][0]["prefix"]))
+    assert request(stack, spare, "GET", f"/work_pools/{stack.a_pool}").status_code == 401
+
+
+def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: Stack) -> None:
+    own, forged = uuid.uuid4(), uuid.uuid4()
+
+    async def send() -> None:
+        url = stack.gateway.replace("http://", "ws://") + "/events/in"
+        async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+            await socket.send(json.dumps({"type": "auth", "token": f"run:{stack.run_token}"}))
+            assert json.loads(await socket.recv())["type"] == "auth_success"
+            for event_id, run in ((own, stack.a_run), (forged, stack.b_run)):
+                await socket.send(json.dumps({
+                    "id": str(event_id), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
+                    "resource": {"prefect.resource.id": f"prefect.flow-run.{run}"}, "related": [], "payload": {},
+                }))
+            await asyncio.sleep(0.5)
+
+    asyncio.run(send())
+
+    def stored() -> set[str]:
+        answer = httpx.post(f"{stack.prefect}/events/filter", headers=stack.control, timeout=30, json={
+            "filter": {"event": {"prefix": ["ariel.test.probe"]}, "occurred": {"since": "2026-12-01T00:00:00Z"}},
+            "limit": 50})
+        return {event["id"] for event in answer.json()["events"]}
+
+    wait_until(lambda: str(own) in stored(), 30, "the run's own event in Prefect")
+    assert str(forged) not in stored()
+
+
+def test_no_other_event_stream_is_open(stack: Stack) -> None:
+    async def subscribe() -> None:
+        url = stack.gateway.replace("http://", "ws://") + "/events/out"
+        async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+            await socket.send(json.dumps({"type": "auth", "token": f"worker:{stack.worker_key}"}))
+            await socket.recv()
+
+    # Refused at the handshake (HTTP 403), before any event could flow.
+    with pytest.raises(websockets.exceptions.InvalidStatus):
+        asyncio.run(subscribe())
+
+
+def test_the_raw_event_stream_refuses_a_client_without_the_control_planes_credential(stack: Stack) -> None:
+    """Prefect once left its websockets open when HTTP needed the auth string (PrefectHQ/prefect#17687)."""
+    async def subscribe(token: str | None) -> Any:
+        url = stack.prefect.replace("http://", "ws://") + "/events/out"
+        async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+            await socket.send(json.dumps({"type": "auth", "token": token}))
+            return json.loads(await socket.recv())
+
+    for token in (None, f"worker:{stack.worker_key}", f"run:{stack.run_token}"):
+        with pytest.raises(websockets.exceptions.ConnectionClosed):
+            asyncio.run(subscribe(token))
