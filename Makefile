@@ -50,6 +50,7 @@ image: setup docker-host
 bench: setup docker-host image
 	$(BIN)/python bench/run_latency.py --runs 10
 	$(BIN)/python bench/worker_memory.py --pools 5
+	$(BIN)/python bench/gateway_latency.py --calls 200
 
 clean:
 	rm -rf $(VENV) .pytest_cache

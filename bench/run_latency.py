@@ -36,7 +36,9 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa
 from prefect_docker.worker import DockerWorker  # noqa: E402
 
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
+from deployments.agents.signing import Ed25519ConfigSigner  # noqa: E402
 from deployments.agents.spec import AgentSpec  # noqa: E402
+from flows.signing import VERIFY_KEY_ENV  # noqa: E402
 from tests.support import ariel_up, prefect_server, test_env  # noqa: E402
 
 AGENT = {
@@ -85,6 +87,9 @@ async def ariel_runs(mcp_url: str, api_url: str, runs: int) -> list[tuple[float,
 async def baseline_runs(api_url: str, image: str, runs: int) -> list[tuple[float, float]]:
     template = copy.deepcopy(DockerWorker.get_default_base_job_template())
     template["variables"]["properties"]["image"]["default"] = image  # the same code; all else stock
+    # The runtime refuses a configuration it cannot check: sign with a key of this benchmark's own.
+    signer = Ed25519ConfigSigner.generate()
+    template["variables"]["properties"]["env"]["default"] = {VERIFY_KEY_ENV: signer.verify_key}
     results = []
     async with PrefectClient(api_url) as client:
         await client.create_work_pool(WorkPoolCreate(name=BASELINE_POOL, type="docker", base_job_template=template))
@@ -93,7 +98,8 @@ async def baseline_runs(api_url: str, image: str, runs: int) -> list[tuple[float
             update={"name": "Latency probe", "approved": True}
         )
         target = DeploymentTarget(pool_name=BASELINE_POOL, org_id="bench")
-        deployment_id = await apply(client, compile_agent(config, "latency-probe-baseline", "bench", None, target))
+        desired = compile_agent(config, "latency-probe-baseline", "bench", None, target, signer=signer)
+        deployment_id = await apply(client, desired)
         for _ in range(runs):
             started = datetime.now(UTC)
             run = await client.create_flow_run_from_deployment(deployment_id)

@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
@@ -30,16 +30,15 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
+from flows.credentials import ProviderCredentials, fetch_provider
 from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.network.egress import agent_egress
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, protected_endpoints, refuse_protected
+from flows.signing import verify_from_environment
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.registry import ToolContext
 from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor
-
-if TYPE_CHECKING:
-    from blocks.llm_provider import LLMProvider
 
 DEFAULT_INPUT = "Run your instructions now."
 
@@ -70,13 +69,14 @@ def backoff(retries: int) -> list[float]:
 
 @task(retry_condition_fn=_retry_llm)
 async def llm_call(
-    config: RunConfig, messages: list[dict[str, Any]], timeout: float, protected: tuple[ProtectedEndpoint, ...] = ()
+    config: RunConfig, messages: list[dict[str, Any]], timeout: float, protected: tuple[ProtectedEndpoint, ...] = (),
+    provider: ProviderCredentials | None = None,
 ) -> dict[str, Any]:
     """One model turn; returns the assistant message and its token usage."""
     import litellm  # imported here: it costs a second or more, and only runs need it
 
     tools = [BUILTIN_TOOLS[name].schema() for name in config.tools]
-    kwargs = await completion_kwargs(config)  # outside the guard: it reads the provider block from Prefect
+    kwargs = completion_kwargs(config, provider)
     with agent_egress(protected):
         # The async path: litellm's sync completion leaves an event loop of its own unclosed.
         response = await litellm.acompletion(
@@ -120,6 +120,8 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
+    # First: a configuration the control plane did not sign (parameters edited in Prefect) must not run at all.
+    verify_from_environment(config)
     if config.approved is False:
         # Before any key is loaded or any call made: the manifest is what a person agreed it may do.
         raise VersionNotApproved(
@@ -131,11 +133,11 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
         # A hard limit: also covers retries and their delays, which Prefect times per attempt.
         async with asyncio.timeout(config.limits.timeout_seconds):
             deadline = time.monotonic() + config.limits.timeout_seconds
-            provider = await _provider(config)
+            # Through the gateway, which checks the configuration against Prefect's copy before it hands a key.
+            provider = await fetch_provider(config)
             if provider is not None:
                 recorder.redactor.add(provider.api_key.get_secret_value())  # the transcript must never show it
-            api_base = config.api_base or (provider.api_base if provider is not None else None)
-            return await _play(config, input, deadline=deadline, recorder=recorder, api_base=api_base)
+            return await _play(config, input, deadline=deadline, recorder=recorder, provider=provider)
     except TimeoutError as exc:
         # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
         raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
@@ -146,20 +148,8 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
 
 def _environment_secrets() -> list[str]:
     """Values of this process's key-like variables (OPENAI_API_KEY, ...), which a transcript must never show."""
-    suffixes = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+    suffixes = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_AUTH_STRING")
     return [value for name, value in os.environ.items() if name.upper().endswith(suffixes)]
-
-
-async def _provider(config: RunConfig) -> LLMProvider | None:
-    """The run's provider block; None without one, or when it cannot be loaded."""
-    if not config.provider:
-        return None
-    from blocks.llm_provider import LLMProvider
-
-    try:
-        return await LLMProvider.aload(config.provider)
-    except Exception:  # noqa: BLE001 - the LLM call loads it again, fails the same way, and the transcript records that
-        return None
 
 
 def _arguments(arguments: str) -> Any:
@@ -171,7 +161,7 @@ def _arguments(arguments: str) -> Any:
 
 
 async def _play(
-    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, api_base: str | None
+    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, provider: ProviderCredentials | None
 ) -> str:
     logger = get_run_logger()
     messages: list[dict[str, Any]] = [
@@ -189,6 +179,7 @@ async def _play(
     protected = await asyncio.to_thread(
         protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
     )
+    api_base = config.api_base or (provider.api_base if provider is not None else None)
     if api_base:
         # litellm posts to the base URL with the agent's messages and reads the answer back into the run:
         # pointed at the Prefect API (a path, '?' or '#' away), it would read every org's data.
@@ -206,7 +197,7 @@ async def _play(
                 retries=config.limits.llm_retries,
                 retry_delay_seconds=backoff(config.limits.llm_retries),
                 timeout_seconds=_remaining(deadline),
-            )(config, messages, timeout=_remaining(deadline), protected=protected)
+            )(config, messages, timeout=_remaining(deadline), protected=protected, provider=provider)
             recorded.output = {
                 "content": turn["message"].get("content"),
                 "tool_calls": turn["message"].get("tool_calls") or [],
@@ -220,7 +211,8 @@ async def _play(
         seen = len(messages)
         calls = message.get("tool_calls") or []
         if not calls:
-            reply = str(message.get("content") or "")
+            # Redacted before anything keeps it: the log line, the artifact and the flow's result.
+            reply = recorder.redactor.text(str(message.get("content") or ""))
             logger.info("Reply: %s", reply)
             logger.info("Usage: %d prompt + %d completion tokens", usage["prompt_tokens"], usage["completion_tokens"])
             await acreate_markdown_artifact(key=RESULT_ARTIFACT_KEY, markdown=reply, description="The agent's reply")

@@ -85,3 +85,6 @@ class RunConfig(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     script: list[ScriptStep] | None = None
+    # The control plane's Ed25519 signature (base64) over every other field (`flows.signing.canonical`);
+    # the runtime refuses a run whose configuration does not match it. None: compiled before signing existed.
+    signature: str | None = None

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from deployments.agents.signing import Ed25519ConfigSigner, SigningKeyInvalid, parse_private_key
 from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT
+from mcp_server.keyfiles import secret_file
 
 AuthMode = Literal["none", "dev", "api_key", "oidc"]
 Profile = Literal["desktop", "dev", "saas", "hybrid", "onprem"]
@@ -45,6 +48,13 @@ class ArielSettings(BaseSettings):
         examples=["http://127.0.0.1:4200/api"],
     )
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
+    prefect_auth_string: SecretStr | None = Field(
+        default=None,
+        description="`user:password` the Prefect server requires (its PREFECT_SERVER_API_AUTH_STRING); only the "
+        "control plane holds it. When unset, the embedded server `ariel up` starts uses the one kept in "
+        "`home`/keys/prefect-auth, made on its first start.",
+        examples=["ariel:5Yb2...Qw"],
+    )
     worker_type: Literal["auto", "docker", "process"] = Field(
         default="auto",
         description="Work pool type of the default organization; `auto` uses Docker when an engine answers.",
@@ -110,6 +120,50 @@ class ArielSettings(BaseSettings):
         "0 turns the limit off. /health and /ready are not counted.",
     )
 
+    # Sealed secrets: each org's data key is wrapped by a key-encryption key (KEK) that the store never holds.
+    kek_backend: str = Field(
+        default="local",
+        pattern=r"^(local|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$",
+        description="Where the KEK lives: `local` (kek_file, or kek) or `module:factory`, a callable taking these "
+        "settings and returning a KeyEncryptionKey (mcp_server.services.sealing), e.g. for a cloud KMS.",
+        examples=["local", "mycompany.ariel_kms:from_settings"],
+    )
+    kek_file: Path | None = Field(
+        default=None,
+        description="File holding the current KEK (32 bytes, raw or base64); default `home`/keys/kek, made (0600, "
+        "folder 0700) on first use. Older KEKs kept beside it as kek.<id> still unwrap; `ariel secrets rotate` "
+        "makes a new one current. Not used when kek is set.",
+        examples=["/run/secrets/ariel-kek"],
+    )
+    kek: SecretStr | None = Field(
+        default=None,
+        description="The current KEK itself, base64 of 32 bytes (`openssl rand -base64 32`); when set, kek_file "
+        "is not used.",
+    )
+    kek_previous: SecretStr | None = Field(
+        default=None,
+        description="Older KEKs, base64, comma-separated: they unwrap data keys but never wrap. Drop one once "
+        "`ariel secrets rotate` has re-wrapped every data key under the current KEK.",
+    )
+
+    # Signed run configurations: the control plane signs each agent version's RunConfig; runs check the signature.
+    config_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 private key that signs run configurations, PEM (`openssl genpkey -algorithm ed25519`) "
+        "or base64 of its 32 raw bytes; give every replica of a control plane the same one. Unset: the key file "
+        "`home`/keys/config-signing.pem, made (0600, folder 0700) on first use. Runs get only its public key.",
+    )
+
+    @field_validator("config_signing_key")
+    @classmethod
+    def _readable_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_private_key(value.get_secret_value())
+            except SigningKeyInvalid as exc:
+                raise ValueError(f"ARIEL_CONFIG_SIGNING_KEY: {exc}") from None
+        return value
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -155,10 +209,74 @@ class ArielSettings(BaseSettings):
                 raise ValueError(f"auth mode 'oidc' needs {', '.join(missing)}")
         return self
 
+    public_url: str | None = Field(
+        default=None,
+        description="The address people and customers' workers reach this install at (its MCP URL is this plus "
+        "/mcp; its Prefect gateway this plus /prefect/api); default http://`host`:`port`.",
+        examples=["https://ariel.example.com"],
+    )
+    pool_host_key: SecretStr | None = Field(
+        default=None,
+        description="The key Ariel's pool host (its own workers) presents to the Prefect gateway. `ariel up` makes "
+        "a fresh one each start; set it to run the pool host as a process of its own.",
+    )
+    run_token_key: SecretStr | None = Field(
+        default=None,
+        description="The key run tokens are signed with; every app process of one install needs the same. "
+        "When unset, the one kept in `home`/keys/run-token-key (made on first use).",
+    )
+
+    def run_token_secret(self) -> bytes:
+        if self.run_token_key is not None:
+            return self.run_token_key.get_secret_value().encode()
+        return secret_file(self.home / "keys" / "run-token-key", lambda: secrets.token_bytes(32))
+
+    @property
+    def prefect_auth_file(self) -> Path:
+        return self.home / "keys" / "prefect-auth"
+
+    def prefect_credential(self, create: bool = False) -> str | None:
+        """The auth string the control plane sends to Prefect; None for an external server given without one.
+
+        With `create` (`ariel up` starting its embedded server) the key file is made on first use.
+        """
+        if self.prefect_auth_string is not None:
+            return self.prefect_auth_string.get_secret_value()
+        if self.prefect_api_url is not None:
+            return None
+        if create or self.prefect_auth_file.exists():
+            return secret_file(self.prefect_auth_file, _new_auth_string).decode()
+        return None
+
+    @property
+    def config_signing_key_file(self) -> Path:
+        return self.home / "keys" / "config-signing.pem"
+
+    def config_signing_key_text(self) -> str:
+        """The private key that signs run configurations: the setting, else the key file (made on first use)."""
+        if self.config_signing_key is not None:
+            return self.config_signing_key.get_secret_value()
+        return secret_file(self.config_signing_key_file, lambda: Ed25519ConfigSigner.generate().pem()).decode()
+
+    @property
+    def resolved_kek_file(self) -> Path:
+        return self.kek_file or self.home / "keys" / "kek"
+
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite+aiosqlite:///{self.home / 'ariel.db'}"
 
     @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
     def mcp_url(self) -> str:
         return f"http://{self.host}:{self.port}/mcp"
+
+
+def _new_auth_string() -> bytes:
+    return f"ariel:{secrets.token_urlsafe(32)}".encode()

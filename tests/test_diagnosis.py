@@ -1,7 +1,9 @@
 """diagnose_run names the cause of runs that really went wrong on a real worker, with the evidence and what to do.
 
-Runs that cannot start (no worker, paused pool, full pool, an unapproved
-manifest waiting) and cancelled runs are in tests/mcp_server/tools/test_agent_lifecycle.py; a failing
+A run whose configuration was changed in Prefect is refused as `tampered`
+(tests/deployments/runs/test_diagnosis.py has each of its messages). Runs that
+cannot start (no worker, paused pool, full pool, an unapproved manifest waiting)
+and cancelled runs are in tests/mcp_server/tools/test_agent_lifecycle.py; a failing
 LLM call is in tests/test_conversation.py.
 """
 
@@ -16,9 +18,10 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from deployments.runs import wait_for_run
-from tests.flows.support import Slow
+from tests.flows.support import Counting, Slow
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, free_port, http_service
 
@@ -79,7 +82,8 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(
     missing = found["missing_secret"]
     assert missing["cause"] == "missing_secret", missing
     assert "provider 'doomed-provider' does not exist" in missing["summary"], missing
-    assert missing["failed_step"]["step"] == "llm · step 1" and "set_provider" in missing["next_action"]
+    # Before any step: the run fetches its key first, and there is none.
+    assert missing["failed_step"] is None and "set_provider" in missing["next_action"]
 
     went_on = found["tool_failed_but_went_on"]
     assert went_on["cause"] == "completed" and went_on["failed_step"]["kind"] == "tool"
@@ -106,6 +110,39 @@ async def test_a_version_awaiting_approval_that_an_operator_starts_is_refused_by
     assert ended.state is not None and ended.state.type.value == "FAILED", ended.state
     assert diagnosis["cause"] == "unapproved" and "runtime refused" in diagnosis["summary"], diagnosis
     assert transcript["entries"] == []  # refused before any LLM or tool call
+
+
+async def test_a_run_whose_configuration_was_changed_in_prefect_fails_at_once_as_tampered(
+    stack: ArielUp, prefect_api: str, service_host: str
+) -> None:
+    Counting.hits = []
+    with http_service(Counting) as elsewhere:
+        async with Client(stack.mcp_url) as chat:
+            await ask(chat, "create_agent", name="Approved fetcher", instructions="x", model="ariel/scripted",
+                      tools=["http_request"], allowed_hosts=[service_host],
+                      script=[fetch(service_host), {"reply": "fetched"}])
+            agent = await ask(chat, "update_agent", agent="approved-fetcher", action="approve")
+            assert agent["status"] == "active"
+            # Whoever can create flow runs in Prefect (its UI or API) points the approved agent somewhere else.
+            async with PrefectClient(prefect_api) as prefect:
+                deployment = await prefect.read_deployment_by_name(agent["deployment"])
+                config = deployment.parameters["config"]
+                assert config["signature"] and config["allowed_hosts"] == [service_host]
+                forged = {**config, "allowed_hosts": [elsewhere], "script": [fetch(elsewhere), {"reply": "got it"}]}
+                made = await prefect.create_flow_run_from_deployment(deployment.id, parameters={"config": forged})
+                ended = await wait_for_run(prefect, made.id, timeout=180)
+                steps = await prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[made.id])))
+            diagnosis = await ask(chat, "diagnose_run", run=str(made.id))
+            transcript = await ask(chat, "get_transcript", run=str(made.id))
+    assert ended.state is not None and ended.state.type.value == "FAILED", ended.state
+    assert "ConfigTampered: tampered: the run's configuration does not match its signature" in (
+        ended.state.message or ""), ended.state.message
+    assert Counting.hits == [] and steps == []  # no tool call, no LLM call: refused before either
+    assert ended.start_time and ended.end_time and (ended.end_time - ended.start_time).total_seconds() < 20
+    assert diagnosis["cause"] == "tampered", diagnosis
+    assert "changed outside Ariel" in diagnosis["summary"] and "run_agent" in diagnosis["next_action"]
+    assert "operator should check who edited" in diagnosis["next_action"]
+    assert transcript["entries"] == []
 
 
 async def run_on_image(image: str, home: Path, prefect_api: str) -> tuple[dict[str, Any], dict[str, Any]]:

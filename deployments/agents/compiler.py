@@ -5,10 +5,14 @@ spec twice makes no write; changing the spec updates the one deployment in
 place (same id); `remove` deletes it with its schedules. A paused deployment's schedule makes
 no runs: agents awaiting approval, and agents a person paused, are deployed paused.
 
+Every configuration it compiles is signed with the `signer` it is given
+(`deployments.agents.signing`): a run refuses a configuration that does not
+match its signature (`flows.signing.verify`).
+
 Example:
     >>> # The last two lines are not run as a doctest: they need an agent's RunConfig and a Prefect server.
     >>> target = DeploymentTarget(pool_name="ariel-personal-docker", org_id="0f3c")
-    >>> desired = compile_agent(config, slug="pr-digest", schedule=None, target=target)  # doctest: +SKIP
+    >>> desired = compile_agent(config, "pr-digest", "personal", None, target, signer=signer)  # doctest: +SKIP
     >>> deployment_id = await apply(client, desired)                                   # doctest: +SKIP
 """
 
@@ -28,6 +32,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
+from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import ScheduleSpec
 from deployments.pools.work_pools import org_tag
 from flows.agent import agent_run
@@ -89,14 +94,16 @@ def compile_agent(
     schedule: ScheduleSpec | None,
     target: DeploymentTarget,
     paused: bool = False,
+    *,
+    signer: ConfigSigner,
 ) -> DesiredDeployment:
-    """The deployment one agent version should have."""
+    """The deployment one agent version should have, its configuration signed by `signer`."""
     return DesiredDeployment(
         # Operators find agents in the Prefect UI under their own names.
         flow_name=slug,
         name=deployment_name(org_slug, config.agent_id),
         work_pool_name=target.pool_name,
-        parameters={"config": config.model_dump(mode="json")},
+        parameters={"config": signer.sign(config).model_dump(mode="json")},
         tags=sorted({"ariel", org_tag(target.org_id), f"agent:{config.agent_id}"}),
         description=f"Ariel agent {config.name!r}, version {config.version}",
         schedules=[to_prefect_schedule(schedule)] if schedule else [],

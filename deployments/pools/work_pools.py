@@ -30,6 +30,7 @@ from prefect_docker.worker import DockerWorker
 
 from deployments.exceptions import PoolTypeMismatch
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV
+from flows.signing import VERIFY_KEY_ENV
 
 PoolType = Literal["docker", "process"]
 
@@ -63,6 +64,15 @@ def pool_name(install_id: str, org_id: str, pool_type: PoolType) -> str:
     return f"{install_prefix(install_id)}{org_id[:12]}-{pool_type}"
 
 
+def own_pool_name(install_id: str, org_id: str) -> str:
+    """The pool of an org's own hardware: served by the org's workers (worker keys), never by Ariel's pool host.
+
+    >>> own_pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7")
+    'ariel-9a8b7c6d-0f3c9a1b2c3d-own'
+    """
+    return f"{install_prefix(install_id)}{org_id[:12]}-own"
+
+
 def org_tag(org_id: str) -> str:
     """The tag every Prefect object of an organization carries."""
     return f"org:{org_id}"
@@ -74,16 +84,21 @@ def docker_job_template(
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     cpus: float = DEFAULT_CPUS,
     protected_endpoints: Sequence[str] = (),
+    verify_key: str | None = None,
 ) -> dict[str, Any]:
     """The hardened Docker base job template of one organization's pool; limits are the org's plan.
 
     `protected_endpoints` (`host:port`, Ariel's HTTP app for one) reach each
     run as ARIEL_PROTECTED_ENDPOINTS: the runtime's `http_request` refuses them,
-    as it refuses the Prefect API.
+    as it refuses the Prefect API. `verify_key` (the control plane's public key)
+    reaches each run as ARIEL_CONFIG_VERIFY_KEY: the runtime refuses a
+    configuration it did not sign.
 
     >>> template = docker_job_template("ariel-runtime:local", "0f3c", protected_endpoints=["127.0.0.1:8765"])
-    >>> template["job_configuration"]["env"]
-    {'ARIEL_PROTECTED_ENDPOINTS': '127.0.0.1:8765'}
+    >>> template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"]
+    '127.0.0.1:8765'
+    >>> template["job_configuration"]["env"]["PREFECT_API_KEY"]  # the worker's own key never reaches a run
+    ''
     """
     template = copy.deepcopy(DockerWorker.get_default_base_job_template())
     fixed: dict[str, Any] = {
@@ -117,16 +132,47 @@ def docker_job_template(
     properties["auto_remove"]["default"] = True
     # The worker passes its own PREFECT_HOME on, which is not writable in the container.
     properties["env"]["default"] = {"PREFECT_HOME": "/home/ariel/.prefect"}
-    if protected_endpoints:
-        # A literal, not the `env` variable's default: Prefect merges a deployment's `env` over it
-        # key by key, so an `env` job variable adds to it instead of replacing it.
-        template["job_configuration"]["env"] = {PROTECTED_ENDPOINTS_ENV: ",".join(protected_endpoints)}
+    env = {PROTECTED_ENDPOINTS_ENV: ",".join(protected_endpoints)} if protected_endpoints else {}
+    if verify_key:
+        env[VERIFY_KEY_ENV] = verify_key
+    # A literal, not the `env` variable's default: Prefect merges a deployment's `env` over it
+    # key by key, so an `env` job variable adds to it instead of replacing it.
+    template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **env}
+    return _ariel_env_fixed(template)
+
+
+NO_WORKER_CREDENTIAL = {"PREFECT_API_KEY": "", "PREFECT_API_AUTH_STRING": ""}
+"""Over what a stock worker copies of its own settings into every run: its credential (a worker key) must not
+reach a run. The gateway puts the run's own token over these, in the run's job variables."""
+
+
+def process_job_template(verify_key: str | None = None) -> dict[str, Any]:
+    """The process pool's template: Prefect's stock one (desktop use, runs on the host).
+
+    `verify_key` reaches each run as ARIEL_CONFIG_VERIFY_KEY, a literal as in the Docker pool's: the process
+    worker starts a run with its own environment with the job's `env` over it.
+
+    >>> process_job_template("Zm9v")["job_configuration"]["env"]["ARIEL_CONFIG_VERIFY_KEY"]
+    'Zm9v'
+    """
+    template = copy.deepcopy(ProcessWorker.get_default_base_job_template())
+    env = {VERIFY_KEY_ENV: verify_key} if verify_key else {}
+    template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **env}
+    return _ariel_env_fixed(template)
+
+
+def _ariel_env_fixed(template: dict[str, Any]) -> dict[str, Any]:
+    """No job variable may set an ARIEL_ variable: Prefect merges a deployment's or run's `env` over the template's
+    literal one, so `env: {ARIEL_CONFIG_VERIFY_KEY: <another key>}` would let a forged configuration pass.
+
+    The Prefect server checks job variables against this schema when a run is made from a deployment, or its job
+    variables changed; `additionalProperties: false` also refuses the dotted form (`env.ARIEL_...`). Prefect does
+    not check the job variables of a run made with POST /flow_runs: only a gateway in front of its API can.
+    """
+    variables = template["variables"]
+    variables["properties"]["env"]["propertyNames"] = {"not": {"pattern": "^ARIEL_"}}
+    variables["additionalProperties"] = False
     return template
-
-
-def process_job_template() -> dict[str, Any]:
-    """The process pool's template: Prefect's stock one (desktop use, runs on the host)."""
-    return copy.deepcopy(ProcessWorker.get_default_base_job_template())
 
 
 async def ensure_pool(
@@ -153,6 +199,7 @@ async def ensure_pool(
 
 async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:
     """Delete the organization's pools of every type; missing ones are fine."""
-    for pool_type in ("docker", "process"):
+    for pool in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
+                 own_pool_name(install_id, org_id)):
         with suppress(ObjectNotFound):
-            await client.delete_work_pool(pool_name(install_id, org_id, pool_type))
+            await client.delete_work_pool(pool)

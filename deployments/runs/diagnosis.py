@@ -7,11 +7,13 @@ agent awaits approval) through `agent_pending`.
 Causes, most specific first:
 
     llm_failed / tool_failed   a step (task run) failed; its exception is shown
-    missing_secret             the provider block the agent names does not exist
+    missing_secret             the provider the agent names does not exist in its org
     step_limit / time_budget   the run used up its limits
     out_of_memory              the container was killed (exit 137) at its memory limit
     image_missing              the worker could not find the runtime image
     container_exit             the container could not start, or it (or the process) exited with an error code
+    tampered                   the run's configuration is not the one Ariel signed (changed outside Ariel), or
+                               carries no signature (compiled before signing); the runtime refused it
     unapproved                 the agent's manifest awaits approval, so nothing runs it
     pool_paused                the work pool is paused; its runs wait
     concurrency_limit          the pool or agent already runs as many runs as it may
@@ -25,6 +27,7 @@ Causes, most specific first:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -46,8 +49,8 @@ from deployments.runs.logs import LogLine, read_log_page
 
 Cause = Literal[
     "llm_failed", "tool_failed", "missing_secret", "step_limit", "time_budget", "out_of_memory", "image_missing",
-    "container_exit", "unapproved", "pool_paused", "concurrency_limit", "no_worker", "cancelled", "crashed", "failed",
-    "in_progress", "waiting", "completed",
+    "container_exit", "tampered", "unapproved", "pool_paused", "concurrency_limit", "no_worker", "cancelled",
+    "crashed", "failed", "in_progress", "waiting", "completed",
 ]
 
 _ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
@@ -114,6 +117,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         return answer("cancelled", "the run was cancelled before it finished", "run the agent again with run_agent")
 
     if state_type in (StateType.FAILED, StateType.CRASHED):
+        if "ConfigTampered" in message:
+            return _tampered(answer, message)
         if "VersionNotApproved" in message:
             return answer("unapproved", "the run carries a version of the agent whose manifest is not approved, so "
                           "the runtime refused to play it (someone started it outside Ariel, e.g. in the Prefect UI)",
@@ -145,6 +150,12 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             return answer("image_missing", "the worker could not find the runtime image the pool names",
                           "build it on the worker's host with `ariel build-image` (or restart `ariel up`), "
                           "then run again")
+        if missing := re.search(r"provider '([^']+)' does not exist", message):
+            return answer(
+                "missing_secret", f"the LLM provider '{missing.group(1)}' does not exist, so its key is missing",
+                f"have an admin set it with manage_secrets set_provider (name '{missing.group(1)}', the API key), "
+                "or name another provider with update_agent; then run again",
+            )
         if last and "Unable to find block document named" in last.error:
             block = _quoted(last.error) or "the agent names"
             return answer(
@@ -213,6 +224,26 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                           f"`prefect worker start --pool {pool_name}`")
     return answer("waiting", "the run is late but its pool is ready and polled; the worker may be busy starting it",
                   "look again in a minute; read the worker's log if it stays late")
+
+
+def _tampered(answer: Callable[[Cause, str, str], Diagnosis], message: str) -> Diagnosis:
+    """A run the runtime refused because its configuration does not carry Ariel's signature (`flows.signing`)."""
+    refused = "so the runtime refused it before loading any key or calling any model or tool"
+    if "carries no signature" in message:
+        return answer("tampered", f"the run's configuration carries no signature, {refused}: it was compiled before "
+                      "Ariel signed run configurations (a run scheduled before an upgrade), or someone removed it",
+                      "run the agent again with run_agent; `ariel up` re-signs every agent when it starts, so "
+                      "restart it first if it has not been restarted since the upgrade")
+    if "no key to check" in message or "is not an Ed25519 public key" in message:
+        return answer("tampered", f"the run had no valid key to check its configuration with, {refused}: it was "
+                      "started outside an Ariel work pool, or the pool's job template was changed",
+                      "restart `ariel up`, which writes the key into every work pool, then run the agent again with "
+                      "run_agent; an operator should check who changed the work pool in Prefect")
+    return answer("tampered", f"the run's configuration was changed outside Ariel (it does not match the signature "
+                  f"Ariel gave the approved version), {refused}",
+                  "run the agent through Ariel with run_agent, which starts it with its approved configuration; an "
+                  "operator should check who edited the deployment's or the run's parameters in Prefect (the Prefect "
+                  "UI, or whoever holds Prefect API access)")
 
 
 def _failed_step(task_run: TaskRun) -> FailedStep:

@@ -10,19 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from flows.config import RunConfig
+    from flows.credentials import ProviderCredentials
 
 SCRIPTED_MODEL = "ariel/scripted"
 SCRIPTED_PROVIDER = "ariel"
 
 
-async def completion_kwargs(config: RunConfig) -> dict[str, Any]:
+def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -> dict[str, Any]:
     """Provider-specific arguments of `litellm.completion` for this agent."""
     kwargs: dict[str, Any] = {}
-    if config.provider:
-        from blocks.llm_provider import LLMProvider
-
-        # Prefect's @inject_client hides aload's `Self` from mypy; it returns the class it is called on.
-        provider: LLMProvider = await LLMProvider.aload(config.provider)
+    if provider is not None:
         kwargs["api_key"] = provider.api_key.get_secret_value()
         if provider.api_base:
             kwargs["api_base"] = provider.api_base

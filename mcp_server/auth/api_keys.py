@@ -75,8 +75,13 @@ def new_api_key() -> NewApiKey:
         >>> key.plaintext.startswith("ariel_" + key.prefix + "_")
         True
     """
+    return new_key(API_KEY_PREFIX)
+
+
+def new_key(kind: str) -> NewApiKey:
+    """A new key `<kind><8 hex digits>_<secret>` with its salted hash (API keys, worker keys)."""
     prefix = secrets.token_hex(4)
-    plaintext = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
+    plaintext = f"{kind}{prefix}_{secrets.token_urlsafe(_SECRET_BYTES)}"
     salt = secrets.token_bytes(_SALT_BYTES)
     return NewApiKey(plaintext, prefix, f"{_SCHEME}${salt.hex()}${_digest(salt, plaintext)}")
 
@@ -112,6 +117,14 @@ def verify_api_key(token: str, key_hash: str) -> bool:
     try:
         parse_api_key(token)
     except CredentialsInvalid:
+        return False
+    return key_matches(token, key_hash)
+
+
+def key_matches(token: str, key_hash: str) -> bool:
+    """Whether `token` is the key `key_hash` was made from (constant time); False for a hash of another scheme."""
+    stored = _KEY_HASH.fullmatch(key_hash)
+    if stored is None:
         return False
     return hmac.compare_digest(_digest(bytes.fromhex(stored["salt"]), token), stored["digest"])
 

@@ -42,7 +42,47 @@ def main(argv: list[str] | None = None) -> int:
     provider.add_argument("--org", help="the org's slug; default: your own (the local user's current org)")
     provider.add_argument("--api-base", help="set: base URL of a self-hosted or OpenAI-compatible server")
     provider.add_argument("--yes", action="store_true", help="delete: even when agents name it")
+    secrets = commands.add_parser(
+        "secrets",
+        help="sealed secrets: `rotate` makes a new key-encryption key (KEK) current and re-wraps every org's data "
+        "key under it",
+        description="rotate: make a new KEK current (in ARIEL_KEK_FILE, default ARIEL_HOME/keys/kek; the old one "
+        "is kept beside it as kek.<id>) and re-wrap every org's data key under it, one transaction per org. Sealed "
+        "secrets are not re-encrypted. Needs the store, not a running `ariel up` (which sees the new key at its "
+        "next use). Once every org is re-wrapped the old KEK unwraps nothing: retire it by deleting the kek.<id> "
+        "file it names (or dropping it from ARIEL_KEK_PREVIOUS).",
+    )
+    secrets.add_argument("action", choices=["rotate"])
+    secrets.add_argument(
+        "--keep-key", action="store_true",
+        help="make no new KEK; re-wrap under the current one (after setting a new ARIEL_KEK, rotating a KMS key, or "
+        "to finish a rotation that failed for some orgs)",
+    )
+    worker_key = commands.add_parser(
+        "worker-key", help="create, list or revoke the worker keys of an org's own hardware (see `ariel worker`)"
+    )
+    worker_key.add_argument("action", choices=["create", "list", "revoke"])
+    worker_key.add_argument("name", nargs="?", help="create: a name for the key, e.g. office-server; revoke: its "
+                            "id or prefix")
+    worker_key.add_argument("--org", help="the org's slug; default: your own (the local user's current org)")
+    worker = commands.add_parser(
+        "worker",
+        help="run agents on this machine: a Docker worker for your org's own hardware, through the server's "
+        "Prefect gateway",
+    )
+    worker.add_argument("--server", required=True, help="Ariel's address, e.g. https://ariel.example.com")
+    worker.add_argument("--key", help="the worker key (ariel_wk_...); default ARIEL_WORKER_KEY, which keeps it out "
+                        "of `ps` and shell history")
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        # Needs no settings of a server: it talks to one over HTTP only.
+        from mcp_server.cli.worker import WorkerFailed, run_worker
+
+        try:
+            run_worker(args.server, args.key)
+        except WorkerFailed as exc:
+            print(f"ariel worker: {exc}", file=sys.stderr)
+            return 1
     if args.command == "up":
         # First thing: a SIGINT inherited ignored (a background job, `nohup ariel up &`) must still stop it.
         stop_on_signals()
@@ -80,6 +120,10 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
             print(asyncio.run(_create_key(settings, args.org, args.owner, args.role, args.name)))
         elif command == "provider":
             print(asyncio.run(_provider(settings, args)))
+        elif command == "worker-key":
+            print(asyncio.run(_worker_key(settings, args)))
+        elif command == "secrets":
+            asyncio.run(_rotate_secrets(settings, args.keep_key))
         elif command == "migrate":
             asyncio.run(_migrate(settings))
             print(f"store at {settings.resolved_store_url} is up to date")
@@ -179,6 +223,75 @@ async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
     lines += [f"  {p.name}  {p.api_base or '(provider default)'}  used by: {', '.join(p.used_by) or 'none'}"
               for p in view.providers if args.action == "list"]
     return "\n".join(lines)
+
+
+async def _worker_key(settings: ArielSettings, args: argparse.Namespace) -> str:
+    from dataclasses import replace
+
+    from mcp_server.cli.stack import Runtime, platform_caller
+    from mcp_server.services.container import open_services
+    from mcp_server.services.exceptions import InvalidRequest, NotFound
+
+    runtime = Runtime.load(settings.home)
+    api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
+    if api_url is None or runtime is None:
+        raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
+    if args.action != "list" and not args.name:
+        what = "a NAME for the key, e.g. office-server" if args.action == "create" else "the key's id or prefix"
+        raise InvalidRequest(f"worker-key {args.action} needs {what}")
+    async with open_services(settings, api_url, runtime.pool_type) as services:
+        if args.org:
+            org = await services.store.find_org(args.org)
+            if org is None:
+                raise NotFound(f"no org {args.org!r} in this installation")
+        else:
+            local = await services.auth.local_caller("cli")
+            org = await services.store.get_org(local.org_id)
+            assert org is not None  # the local user's current org exists: local_caller just resolved it
+        # Whoever can run this on the host holds the store itself: an owner.
+        caller = replace(platform_caller(org), user_label="ariel worker-key (cli)", origin="cli")
+        action = {"create": "create_worker_key", "list": "list_worker_keys", "revoke": "revoke_worker_key"}[args.action]
+        view = await services.orgs.manage(caller, action, None, None,  # type: ignore[arg-type]  # argparse choices
+                                          args.name if args.action == "create" else None, None,
+                                          args.name if args.action == "revoke" else None, False)
+    lines = [view.done]
+    for key in view.worker_keys or []:
+        lines.append(f"  {key.prefix}  {key.name}  {'revoked' if key.revoked else 'active'}  (id {key.id})")
+    if view.start_worker:
+        lines += ["", "On the machine that runs the agents (see the README: Run agents on your own hardware):",
+                  f"  {view.start_worker}"]
+    return "\n".join(lines)
+
+
+async def _rotate_secrets(settings: ArielSettings, keep_key: bool) -> None:
+    from mcp_server.services.exceptions import SealingError
+    from mcp_server.services.sealing import LocalKeyring, keyring_from_settings, rotate_keks
+    from mcp_server.store import Store
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    keyring = keyring_from_settings(settings)
+    new_key = not keep_key and isinstance(keyring, LocalKeyring) and not keyring.from_environment
+    if not keep_key and not new_key:
+        say("The current key-encryption key is ARIEL_KEK or ARIEL_KEK_BACKEND's, which Ariel cannot replace: "
+            "re-wrapping under it.")
+    store = await Store.open(settings.resolved_store_url)
+    try:
+        done = await rotate_keks(store, keyring, new_key, say)
+    finally:
+        await store.close()
+    if done.failed:
+        raise SealingError(
+            f"{len(done.failed)} org(s) keep data keys under an older key-encryption key ({', '.join(done.failed)}); "
+            "retire no key yet: fix what is said above, then run `ariel secrets rotate --keep-key`"
+        )
+    say(f"Done: {sum(done.rewrapped.values())} data key(s) re-wrapped in {len(done.rewrapped)} org(s); every data "
+        f"key is wrapped by {done.new_kek}.")
+    for key_id, where in done.retirable.items():
+        how = (f"delete {where.removeprefix('file ')}" if where.startswith("file ")
+               else "drop it from ARIEL_KEK_PREVIOUS")
+        say(f"The old key-encryption key {key_id} ({where}) unwraps nothing now: retire it ({how}).")
 
 
 async def _migrate(settings: ArielSettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -14,17 +15,18 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from prefect.client.orchestration import PrefectClient
+from pydantic import SecretStr
 
-from blocks.llm_provider import LLMProvider
 from deployments.exceptions import ImageBuildFailed
 from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, control_plane_hosts
 from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
+from mcp_server.gateway import GATEWAY_PATH
 from mcp_server.http.app import create_app
 from mcp_server.services.caller import Caller
 from mcp_server.services.container import open_services
+from mcp_server.services.upgrades import seal_provider_blocks
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Organization
 
@@ -63,9 +65,10 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
     ARIEL_PROTECTED_ENDPOINTS gains the control plane's services (Ariel's HTTP
     app, the Prefect API), the set a Docker pool's runs get too, which the
     runtime then refuses; an operator's own entries (say, the store's database)
-    are kept, first.
+    are kept, first. No Prefect or Ariel credential of this shell passes on:
+    each child gets the one it needs, from `server_env` or `worker_env`.
     """
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if not _is_credential(name)}
     env.update(
         PREFECT_API_URL=api_url,
         PREFECT_HOME=str(settings.home / "prefect"),
@@ -75,6 +78,41 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
     )
     control_plane = control_plane_hosts(settings.host, settings.port, api_url)
     env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
+    return env
+
+
+def _is_credential(name: str) -> bool:
+    """Variables that hold a credential of the control plane or of Prefect: never handed to a child as they are."""
+    upper = name.upper()
+    return upper in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING") or (
+        upper.startswith("ARIEL_") and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK"))
+    )
+
+
+def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[str, str]:
+    """The embedded Prefect server's environment: it requires the control plane's auth string on every route."""
+    return {**prefect_env(api_url, settings), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
+
+
+def gateway_url(settings: ArielSettings) -> str:
+    """The Prefect API as workers and runs on this host reach it: through the gateway in Ariel's HTTP app."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}{GATEWAY_PATH}/api"  # loopback: the pool host runs beside the app
+
+
+def worker_env(api_url: str, settings: ArielSettings, pool_host_key: str) -> dict[str, str]:
+    """The worker host's environment: the gateway's URL and the pool host's key, never the control plane's.
+
+    The key goes both ways Prefect clients send one (bearer, and basic auth, which the event stream uses). The
+    protected endpoints still name the Prefect API at `api_url` itself: a process pool's runs, on this host,
+    must not reach it under any name.
+    """
+    env = prefect_env(api_url, settings)
+    env.update(PREFECT_API_URL=gateway_url(settings), PREFECT_API_KEY=pool_host_key,
+               PREFECT_API_AUTH_STRING=f"pool-host:{pool_host_key}")
+    # A process worker runs flows on this host: make the runtime importable from any directory.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -92,6 +130,14 @@ def wait_healthy(api_url: str, children: Children, timeout: float = 90.0) -> Non
     raise StartupFailed(
         f"the Prefect server did not become healthy at {api_url}; see {children.log_dir}/prefect-server.log"
     )
+
+
+def answers_without_credential(api_url: str) -> bool:
+    """Whether a Prefect API reads out its data to anyone (a server started without an auth string)."""
+    try:
+        return httpx.post(f"{api_url}/flow_runs/count", json={}, timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def port_free(host: str, port: int) -> bool:
@@ -121,10 +167,9 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
     async with open_services(settings, api_url, pool_type) as services:
         local = await services.auth.local_caller("ariel up")
         name = await services.agents.ensure_pool(local)
-        async with PrefectClient(api_url) as client:
-            # So the block type shows in the Prefect UI's catalog; providers themselves are made per org with
-            # manage_secrets or `ariel provider set`, under names only that org's agents load.
-            await LLMProvider.aregister_type_and_schema(client=client)
+        # Keys of older releases' provider blocks go into the sealed store, and the blocks away.
+        if moved := await seal_provider_blocks(services.secrets):
+            say(f"Moved {moved} provider key(s) from Prefect blocks into the sealed store")
         deployed = 0
         for org in await services.store.all_orgs():
             deployed += await services.agents.redeploy_all(platform_caller(org))
@@ -161,6 +206,9 @@ def up(settings: ArielSettings) -> None:
     defaults.
     """
     settings.home.mkdir(parents=True, exist_ok=True)
+    pool_host_key = (settings.pool_host_key.get_secret_value() if settings.pool_host_key is not None
+                     else f"ariel_ph_{secrets.token_urlsafe(32)}")  # a fresh one each start: nothing to leak
+    settings = settings.model_copy(update={"pool_host_key": SecretStr(pool_host_key)})
     if not port_free(settings.host, settings.port):
         raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
     children = Children(settings.home / "logs")
@@ -174,15 +222,22 @@ def up(settings: ArielSettings) -> None:
                 )
             api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
             say(f"Starting the Prefect server on port {settings.prefect_port} ...")
+            # Only the control plane holds its credential: workers and runs go through the gateway.
+            auth_string = settings.prefect_credential(create=True)
+            assert auth_string is not None  # made just now when missing
             children.start(
                 "prefect-server",
                 [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                  "--port", str(settings.prefect_port)],
-                prefect_env(api_url, settings),
+                server_env(api_url, settings, auth_string),
             )
         started = time.monotonic()
         wait_healthy(api_url, children)
         say(f"Prefect API ready in {time.monotonic() - started:.1f} s")
+        if settings.prefect_api_url is not None and answers_without_credential(api_url):
+            say(f"Warning: the Prefect API at {api_url} answers without a credential: any process that reaches it "
+                "reads every org's runs and can change them. Set PREFECT_SERVER_API_AUTH_STRING on that server and "
+                "the same in ARIEL_PREFECT_AUTH_STRING here.")
 
         pool_type = choose_pool_type(settings)
         if pool_type == "docker" and settings.build_image:
@@ -196,20 +251,20 @@ def up(settings: ArielSettings) -> None:
             say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")
         runtime.save(settings.home)
 
-        worker_env = prefect_env(api_url, settings)
-        # A process worker runs flows on this host: make the runtime importable from any directory.
-        worker_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), worker_env.get("PYTHONPATH")]))
-        # One process runs a stock worker for every pool of this install, including pools made later.
+        # One process runs a stock worker for every pool of this install, including pools made later; it
+        # polls through the gateway, which starts answering once the app below serves.
         children.start(
             "worker",
             [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix],
-            worker_env,
+            worker_env(api_url, settings, pool_host_key),
         )
         ui_url = api_url.removesuffix("/api")
         say("")
         say(f"Ariel is up. Work pool: {org_pool} ({pool_type})")
         say(f"  MCP (streamable HTTP): {settings.mcp_url}")
-        say(f"  Prefect UI:            {ui_url}")
+        say(f"  Prefect UI:            {ui_url}" + (f" (password: the line in {settings.prefect_auth_file})"
+                                                   if settings.prefect_api_url is None else ""))
+        say(f"  Prefect gateway:       {settings.base_url}{GATEWAY_PATH}/api (workers and runs; see the README)")
         say(f"  Logs:                  {children.log_dir}")
         say("MCP client config (Claude Desktop style; HTTP, or stdio via `ariel mcp`):")
         say(client_config(settings, runtime))

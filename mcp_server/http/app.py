@@ -2,7 +2,8 @@
 
 Every request passes, outermost first: security headers, the unhandled-error
 guard, CORS, the per-address rate limit, the body limit, authentication, the
-per-user rate limit (see `mcp_server.http.hardening` and `.rate_limit`).
+binding of MCP sessions to their caller, the per-user rate limit (see
+`mcp_server.http.hardening`, `.sessions` and `.rate_limit`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from prefect.client.orchestration import PrefectClient
 from pydantic import BaseModel, Field
 from starlette.middleware.cors import CORSMiddleware
 
 from deployments.pools.readiness import polling_workers
 from deployments.pools.work_pools import PoolType
+from mcp_server.gateway import Gateway
+from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.http.authenticate import AuthenticateHTTP
+from mcp_server.http.gateway import ServeGateway, gateway_scope
 from mcp_server.http.hardening import (
     INTERNAL_ERROR,
     CatchUnhandled,
@@ -34,6 +37,7 @@ from mcp_server.http.hardening import (
     docs_csp,
 )
 from mcp_server.http.rate_limit import RateLimit
+from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
 from mcp_server.settings import ArielSettings
 from mcp_server.tools.server import build_mcp
@@ -85,6 +89,10 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     def services() -> Services:
         return opened[0]
 
+    gateway = Gateway(prefect_api_url, settings.prefect_credential(), RunTokens(settings.run_token_secret()),
+                      authenticate=lambda token: gateway_scope(settings, services(), token),
+                      verify_key=lambda: services().agents.signer.verify_key,
+                      open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name))
     mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
         path="/mcp"
     )
@@ -94,9 +102,12 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # The services first: the auth middleware and the MCP server both use them.
         async with open_services(settings, prefect_api_url, pool_type) as ready:
             opened.append(ready)
-            async with mcp_app.lifespan(app):
-                yield
-            opened.clear()
+            try:
+                async with mcp_app.lifespan(app):
+                    yield
+            finally:
+                opened.clear()
+                await gateway.aclose()
 
     app = FastAPI(
         title="Ariel",
@@ -119,6 +130,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     )
     # add_middleware wraps: the last added runs first.
     app.add_middleware(RateLimit, per="user", per_minute=settings.rate_limit_per_minute)
+    app.add_middleware(BindSessionsToCaller)  # after authentication: an MCP session is its opener's alone
     app.add_middleware(AuthenticateHTTP, services=services)
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
     app.add_middleware(RateLimit, per="address", per_minute=settings.rate_limit_per_minute)
@@ -133,6 +145,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     )
     if settings.auth_mode in ("none", "dev"):
         app.add_middleware(LoopbackOnly, allowed_origins=settings.cors_origins)
+    # Workers and runs reach Prefect through the gateway, with their own credentials and limits: none of the
+    # MCP side's middleware below this applies to them.
+    app.add_middleware(ServeGateway, gateway=gateway)
     app.add_middleware(CatchUnhandled)
     app.add_middleware(SecurityHeaders)
 
@@ -179,7 +194,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         if not opened:
             return Check(name="worker", ok=False, message="the app is starting or stopping; ask again shortly")
         try:
-            async with PrefectClient(prefect_api_url) as client:
+            async with services().agents.prefect_client() as client:
                 census = await polling_workers(client, services().agents.install_id, pool_type)
         except Exception as exc:
             log.warning("readiness: could not read this install's workers from Prefect", exc_info=True)

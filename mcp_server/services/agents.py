@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -18,15 +18,17 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from deployments import providers, runs
+from deployments import runs
 from deployments.agents import compiler
 from deployments.agents.manifest import Manifest
+from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import AgentSpec, slugify, spec_changes
 from deployments.pools.work_pools import (
     DEFAULT_MEMORY_LIMIT,
     PoolType,
     docker_job_template,
     ensure_pool,
+    own_pool_name,
     pool_name,
     process_job_template,
     remove_pools,
@@ -35,9 +37,9 @@ from flows.config import RunConfig
 from flows.models import SCRIPTED_MODEL
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
+from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
-from mcp_server.services.upgrades import adopt_unscoped_providers
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
 from mcp_server.store import AgentRecord, Store
 
@@ -57,12 +59,20 @@ class AgentService:
     # host:port of Ariel's own services, which no agent may call (the runtime
     # shares the host's network, and the Prefect API holds every org's data).
     protected_hosts: tuple[str, ...] = ()
+    # The control plane's credential for the Prefect API, which no tenant holds (None: a server without one).
+    prefect_auth_string: str | None = field(default=None, repr=False)
+    # Signs every run configuration it deploys or starts a run with; runs check it with its public key.
+    signer: ConfigSigner = field(kw_only=True, repr=False)
+
+    def prefect_client(self) -> PrefectClient:
+        """A client of the Prefect API with the control plane's credential; `prefect()` also translates errors."""
+        return PrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string)
 
     @asynccontextmanager
     async def prefect(self) -> AsyncIterator[PrefectClient]:
         """A Prefect client; a connection failure becomes `Unavailable` with what to do."""
         try:
-            async with PrefectClient(self.prefect_api_url) as client:
+            async with self.prefect_client() as client:
                 yield client
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise Unavailable(
@@ -77,29 +87,35 @@ class AgentService:
                 f"the Prefect API refused the request ({exc.response.status_code}); see the Prefect server's log"
             ) from exc
 
-    def target(self, caller: Caller) -> compiler.DeploymentTarget:
-        return compiler.DeploymentTarget(
-            pool_name=pool_name(self.install_id, caller.org_id, self.pool_type), org_id=caller.org_id
-        )
+    async def org_pool(self, org_id: str) -> tuple[str, PoolType]:
+        """Where the org's agents run: its own hardware's pool while it has a worker key, else the platform's."""
+        if await self.store.worker_keys(org_id, active_only=True):
+            return own_pool_name(self.install_id, org_id), "docker"
+        return pool_name(self.install_id, org_id, self.pool_type), self.pool_type
+
+    async def target(self, caller: Caller) -> compiler.DeploymentTarget:
+        name, _ = await self.org_pool(caller.org_id)
+        return compiler.DeploymentTarget(pool_name=name, org_id=caller.org_id)
 
     async def ensure_pool(self, caller: Caller) -> str:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
-        name = pool_name(self.install_id, caller.org_id, self.pool_type)
+        name, pool_type = await self.org_pool(caller.org_id)
         template = (
             docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit,
-                                protected_endpoints=self.protected_hosts)
-            if self.pool_type == "docker" else process_job_template()
+                                protected_endpoints=self.protected_hosts, verify_key=self.signer.verify_key)
+            if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key)
         )
         async with self.prefect() as client:
-            await ensure_pool(client, name, self.pool_type, template, caller.org_id)
+            await ensure_pool(client, name, pool_type, template, caller.org_id)
         return name
 
     async def remove_org(self, caller: Caller) -> None:
-        """Delete the org's deployments, schedules and pools from Prefect; its runs stay readable there."""
+        """Delete the org's deployments, schedules and pools from Prefect (its runs stay readable there), and its
+        providers and data key from the store."""
         async with self.prefect() as client:
             await compiler.remove_org(client, caller.org_id)
             await remove_pools(client, self.install_id, caller.org_id)
-            await providers.remove_org_providers(client, self.install_id, caller.org_id)
+        await self.store.delete_org_secrets(caller.org_id)
 
     async def create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         name = str(data.get("name", ""))
@@ -216,7 +232,12 @@ class AgentService:
 
         Its runs stay readable in Prefect, its trail in the audit log.
         """
-        record = await self.resolve(caller, ref)
+        try:
+            record = await self.resolve(caller, ref)
+        except NotFound as exc:
+            # Refused and recorded like update_agent on a missing agent: the log shows who tried to delete what.
+            await record_event(self.store, caller, "agent.delete", ref, "failed", str(exc))
+            raise
         if not confirm:
             raise InvalidRequest(
                 f"deleting agent {record.slug!r} removes its deployment and schedule for good (its runs stay "
@@ -235,7 +256,6 @@ class AgentService:
         records = await self.store.list_agents(caller.org_id)
         if records:
             await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
-            await adopt_unscoped_providers(self, caller, records)
         count = 0
         for record in records:
             spec = await self.spec_of(caller, record)
@@ -250,9 +270,10 @@ class AgentService:
     ) -> list[AgentView]:
         views = []
         needle = (text or "").strip().lower()
+        pool, _ = await self.org_pool(caller.org_id)
         for record in await self.store.list_agents(caller.org_id):
             spec = await self.spec_of(caller, record)
-            view = self._view(caller, record, spec)
+            view = self._view(caller, record, spec, pool)
             if status and view.status != status:
                 continue
             if needle and not any(needle in field.lower() for field in (record.slug, spec.name, spec.description)):
@@ -263,7 +284,7 @@ class AgentService:
     async def get(self, caller: Caller, ref: str, full: bool = True) -> AgentView:
         record = await self.resolve(caller, ref)
         spec = await self.spec_of(caller, record)
-        view = self._view(caller, record, spec)
+        view = self._view(caller, record, spec, (await self.org_pool(caller.org_id))[0])
         if not full:
             return view
         versions = await self.store.list_versions(caller.org_id, record.id)
@@ -305,33 +326,33 @@ class AgentService:
     async def _check_provider(self, caller: Caller, spec: AgentSpec, not_done: str) -> None:
         if spec.provider is None:
             return
-        async with self.prefect() as client:
-            if await providers.provider_exists(client, self.install_id, caller.org_id, spec.provider):
-                return
+        if await self.store.provider_exists(caller.org_id, spec.provider):
+            return
         raise InvalidRequest(
             f"{not_done}: provider: there is no provider {spec.provider!r} here; manage_secrets list shows the "
             f"providers you can name, and an admin adds one with manage_secrets set_provider"
         )
 
     def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
-        """What runs of the agent's current version receive.
+        """What runs of the agent's current version receive, unsigned (the compiler signs; `signed_run_config`).
 
         An unapproved version is marked so, and the runtime refuses it.
         """
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         config = config.model_copy(update={"approved": self.status(record, spec)[0] != "pending_approval"})
-        if spec.provider:
-            # The runtime loads the block of this org's provider, whatever name the spec gives.
-            config = config.model_copy(
-                update={"provider": providers.block_name(self.install_id, caller.org_id, spec.provider)}
-            )
+        # `provider` stays the spec's short name: the gateway opens it in the org of the run's token, whatever it says.
         return config
+
+    def signed_run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
+        """`run_config` signed: what a run started with its own configuration (run_agent) carries."""
+        return self.signer.sign(self.run_config(caller, record, spec))
 
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = self.run_config(caller, record, spec)
         status, _ = self.status(record, spec)
         desired = compiler.compile_agent(
-            config, record.slug, caller.org_slug, spec.schedule, self.target(caller), paused=status != "active"
+            config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=status != "active",
+            signer=self.signer,
         )
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
@@ -349,7 +370,7 @@ class AgentService:
         assert version is not None  # every agent row has its current version row
         return AgentSpec.model_validate(version.spec)
 
-    def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> AgentView:
+    def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec, pool: str) -> AgentView:
         status, reasons = self.status(record, spec)
         return AgentView(
             id=record.id,
@@ -368,7 +389,7 @@ class AgentService:
                 f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
                 if record.deployment_id else None
             ),
-            work_pool=self.target(caller).pool_name if record.deployment_id else None,
+            work_pool=pool if record.deployment_id else None,
             created_at=record.created_at,
         )
 

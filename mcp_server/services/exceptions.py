@@ -6,7 +6,12 @@
     ├── Conflict            the request clashes with existing state
     ├── InvalidRequest      bad input; the message names the field and what is allowed
     ├── Unavailable         a dependency (Prefect API, Docker) did not answer
-    └── Forbidden           the caller's role is too low; names the role needed
+    ├── Forbidden           the caller's role is too low; names the role needed
+    └── SealingError        a secret cannot be sealed or opened (mcp_server.services.sealing)
+        ├── KekUnavailable  the key-encryption key is missing, malformed or not known here; names the setting
+        └── SealBroken      a sealed secret or data key does not open: another org's, or altered
+
+Their messages never hold a key, a data key or a secret's plaintext.
 """
 
 from __future__ import annotations
@@ -36,3 +41,15 @@ class Unavailable(ArielError):
 
 class Forbidden(ArielError):
     """The caller's role does not allow the action; the message names the role it needs."""
+
+
+class SealingError(ArielError):
+    """A secret cannot be sealed or opened; the message says why and what to do, and holds no key."""
+
+
+class KekUnavailable(SealingError):
+    """The key-encryption key is missing, malformed, or not the one a data key was wrapped by; names the setting."""
+
+
+class SealBroken(SealingError):
+    """A sealed secret or a wrapped data key does not open: it was sealed for another org, or altered."""

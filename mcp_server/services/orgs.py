@@ -15,20 +15,30 @@ from typing import Any, Literal
 from deployments.pools.work_pools import DEFAULT_CPUS
 from flows.config import Limits
 from mcp_server.auth import Role, is_api_key
+from mcp_server.auth.worker_keys import worker_key_prefix
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
-from mcp_server.services.views import ApiKeyView, AuditEventView, MemberView, OrgActionView, OrgView, WhoAmIView
+from mcp_server.services.views import (
+    ApiKeyView,
+    AuditEventView,
+    MemberView,
+    OrgActionView,
+    OrgView,
+    WhoAmIView,
+    WorkerKeyView,
+)
 from mcp_server.settings import AuthMode
-from mcp_server.store import ApiKeyRecord, Member, Organization, Store
+from mcp_server.store import ApiKeyRecord, Member, Organization, Store, WorkerKeyRecord
 from mcp_server.store import exceptions as store_errors
 
 INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
 
 OrgAction = Literal[
     "list_members", "invite", "change_role", "remove", "rename", "switch",
-    "create_key", "list_keys", "revoke_key", "delete_org",
+    "create_key", "list_keys", "revoke_key", "create_worker_key", "list_worker_keys", "revoke_worker_key",
+    "delete_org",
 ]
 
 # The least role of each action; `list_members` is for every member, changes are for admins.
@@ -42,6 +52,9 @@ ACTION_ROLES: dict[OrgAction, Role] = {
     "create_key": "admin",
     "list_keys": "admin",
     "revoke_key": "admin",
+    "create_worker_key": "admin",
+    "list_worker_keys": "admin",
+    "revoke_worker_key": "admin",
     "delete_org": "owner",
 }
 
@@ -61,6 +74,7 @@ class OrgService:
     store: Store
     agents: AgentService
     auth_mode: AuthMode
+    public_url: str = "http://127.0.0.1:8765"  # where a customer's worker reaches this install
 
     async def whoami(self, caller: Caller, surface_version: int) -> WhoAmIView:
         """Who `caller` is and where; `surface_version` is the tool surface's, which the tools layer knows."""
@@ -85,9 +99,11 @@ class OrgService:
     ) -> OrgActionView:
         if key is not None and is_api_key(key.strip()):
             # Someone pasted the key itself: use its prefix, so the secret lands in no log or message.
-            key = key.strip().split("_")[1] if key.count("_") >= 2 else "(a malformed key)"
+            key = worker_key_prefix(key.strip()) or (
+                key.strip().split("_")[1] if key.count("_") >= 2 else "(a malformed key)"
+            )
         target = user or name or org or key or caller.org_slug
-        reading = action in ("list_members", "list_keys")
+        reading = action in ("list_members", "list_keys", "list_worker_keys")
         async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
             caller.require(ACTION_ROLES[action], f"manage_org {action}", "Ask an admin to change your role.")
             match action:
@@ -123,6 +139,14 @@ class OrgService:
                     return OrgActionView(
                         action=action, done=f"key {revoked.prefix} no longer works", keys=[_key_view(revoked)]
                     )
+                case "create_worker_key":
+                    return await self._create_worker_key(caller, _required(name, "name", action))
+                case "list_worker_keys":
+                    found = await self.store.worker_keys(caller.org_id)
+                    return OrgActionView(action=action, done=self._runs_where(found),
+                                         worker_keys=[_worker_key_view(k) for k in found])
+                case "revoke_worker_key":
+                    return await self._revoke_worker_key(caller, _required(key, "key", action).strip())
                 case "delete_org":
                     return await self._delete(caller, confirm)
         raise InvalidRequest(f"action: unknown {action!r}")  # unreachable: the tool's schema lists the actions
@@ -208,6 +232,48 @@ class OrgService:
             keys=[_key_view(record).model_copy(update={"key": plaintext})],
         )
 
+    async def _create_worker_key(self, caller: Caller, name: str) -> OrgActionView:
+        if not 1 <= len(name.strip()) <= 200:
+            raise InvalidRequest("name: give the worker key a name of 1 to 200 characters, e.g. 'office-server'")
+        first = not await self.store.worker_keys(caller.org_id, active_only=True)
+        record, plaintext = await self.store.create_worker_key(caller.org_id, name.strip(), caller.user_id)
+        moved = await self._move_agents(caller) if first else 0
+        pool, _ = await self.agents.org_pool(caller.org_id)
+        done = ("worker key created; it is shown this once, so store it now. Start a worker on your own machine "
+                "with the command in start_worker (the README's 'Run agents on your own hardware' says what to "
+                f"install first). This organization's agents now run on your hardware, in work pool {pool}")
+        done += f" ({moved} agent(s) moved there): runs wait until a worker with this key is started." if first \
+            else "."
+        return OrgActionView(
+            action="create_worker_key", done=done,
+            worker_keys=[_worker_key_view(record).model_copy(update={"key": plaintext})],
+            start_worker=f"ariel worker --server {self.public_url} --key {plaintext}",
+        )
+
+    async def _revoke_worker_key(self, caller: Caller, ref: str) -> OrgActionView:
+        revoked = await self.store.revoke_worker_key(caller.org_id, ref)
+        if revoked is None:
+            raise NotFound(f"no worker key {ref!r}; manage_org list_worker_keys shows ids and prefixes")
+        active = await self.store.worker_keys(caller.org_id, active_only=True)
+        moved = await self._move_agents(caller) if not active else 0
+        done = f"worker key {revoked.prefix} no longer works"
+        if not active:
+            done += f"; with no worker key left, this organization's agents run on Ariel's workers again ({moved} " \
+                    "agent(s) moved back)"
+        return OrgActionView(action="revoke_worker_key", done=done, worker_keys=[_worker_key_view(revoked)])
+
+    async def _move_agents(self, caller: Caller) -> int:
+        """Deploy the org's agents to the pool its worker keys now choose (own hardware, or Ariel's)."""
+        await self.agents.ensure_pool(caller)
+        return await self.agents.redeploy_all(caller)
+
+    @staticmethod
+    def _runs_where(keys: list[WorkerKeyRecord]) -> str:
+        active = sum(key.revoked_at is None for key in keys)
+        if active:
+            return f"{active} active worker key(s): this organization's agents run on your own hardware"
+        return "no active worker key: this organization's agents run on Ariel's workers"
+
     async def _delete(self, caller: Caller, confirm: bool) -> OrgActionView:
         org = await self.store.get_org(caller.org_id)
         assert org is not None  # the caller was just resolved in it
@@ -255,6 +321,11 @@ def _required(value: Any, field: str, action: str) -> Any:
 def _member_view(member: Member) -> MemberView:
     return MemberView(user_id=member.user.id, user=member.user.label, role=member.role,
                       joined_at=member.joined_at, pending=member.user.source == "invite")
+
+
+def _worker_key_view(key: WorkerKeyRecord) -> WorkerKeyView:
+    return WorkerKeyView(id=key.id, prefix=key.prefix, name=key.name, created_at=key.created_at,
+                         revoked=key.revoked_at is not None)
 
 
 def _key_view(key: ApiKeyRecord) -> ApiKeyView:

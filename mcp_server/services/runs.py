@@ -52,7 +52,7 @@ class RunService:
                 raise NotFound(f"agent {record.slug!r} has no deployment; run `ariel up` to deploy it again")
             async with self.agents.prefect() as client:
                 # The version just checked, not whatever a concurrent change has deployed since.
-                config = self.agents.run_config(caller, record, spec).model_dump(mode="json")
+                config = self.agents.signed_run_config(caller, record, spec).model_dump(mode="json")
                 flow_run = await runs.start_run(
                     client, UUID(record.deployment_id), input, name=run_name(record), config=config
                 )

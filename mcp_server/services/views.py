@@ -138,11 +138,26 @@ class ApiKeyView(BaseModel):
     )
 
 
+class WorkerKeyView(BaseModel):
+    id: str
+    prefix: str = Field(description="Not secret; tells worker keys apart (ariel_wk_<prefix>_...).")
+    name: str
+    created_at: datetime
+    revoked: bool
+    key: str | None = Field(
+        default=None, description="The key itself, shown only in the answer to create_worker_key: store it now."
+    )
+
+
 class OrgActionView(BaseModel):
     action: str
     done: str = Field(description="What changed, in a sentence.")
     members: list[MemberView] | None = None
     keys: list[ApiKeyView] | None = None
+    worker_keys: list[WorkerKeyView] | None = None
+    start_worker: str | None = Field(
+        default=None, description="create_worker_key: the command that starts a worker on your own machine."
+    )
     organization: OrgView | None = None
 
 

@@ -1,4 +1,5 @@
-"""The control-plane store: organizations, users and memberships, API keys, agents and their versions, the audit log."""
+"""The control-plane store: organizations, users and memberships, API keys, agents and their versions, the audit log,
+sealed secrets (data keys and providers)."""
 
 from mcp_server.store._ids import new_id
 from mcp_server.store._records import (
@@ -6,13 +7,16 @@ from mcp_server.store._records import (
     AgentVersion,
     ApiKeyRecord,
     AuditEvent,
+    DataKeyRecord,
     Member,
     Organization,
     Outcome,
+    ProviderRecord,
     Role,
     User,
 )
 from mcp_server.store._store import Store
+from mcp_server.store._worker_keys import WorkerKeyRecord
 from mcp_server.store.exceptions import Conflict, StoreError
 
 __all__ = [
@@ -21,12 +25,15 @@ __all__ = [
     "ApiKeyRecord",
     "AuditEvent",
     "Conflict",
+    "DataKeyRecord",
     "Member",
     "Organization",
     "Outcome",
+    "ProviderRecord",
     "Role",
     "Store",
     "StoreError",
     "User",
+    "WorkerKeyRecord",
     "new_id",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -99,3 +99,29 @@ class AgentVersion:
     spec: dict[str, Any]
     created_at: datetime
     created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class DataKeyRecord:
+    """An org's data key as the key-encryption key `kek_id` wrapped it; never the key itself."""
+
+    org_id: str
+    version: int
+    kek_id: str
+    wrapped_key: bytes = field(repr=False)
+    created_at: datetime
+    wrapped_at: datetime
+
+
+@dataclass(frozen=True)
+class ProviderRecord:
+    """An org's LLM provider: its key only as the org's data key of `dek_version` sealed it."""
+
+    org_id: str
+    name: str
+    api_base: str | None
+    key_ciphertext: bytes = field(repr=False)
+    key_nonce: bytes = field(repr=False)
+    dek_version: int
+    created_at: datetime
+    updated_at: datetime

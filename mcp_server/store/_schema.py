@@ -12,10 +12,13 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     false,
 )
@@ -138,4 +141,47 @@ installation = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Sealed secrets (migration 0006): each org's data keys, only as a key-encryption key wrapped them, and its
+# providers' keys, only as their data key sealed them.
+org_data_keys = Table(
+    "org_data_keys",
+    metadata,
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("kek_id", String(200), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("wrapped_at", UTCDateTime(), nullable=False),
+)
+
+providers = Table(
+    "providers",
+    metadata,
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("api_base", Text, nullable=True),
+    Column("key_ciphertext", LargeBinary, nullable=False),
+    Column("key_nonce", LargeBinary, nullable=False),
+    Column("dek_version", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(["org_id", "dek_version"], ["org_data_keys.org_id", "org_data_keys.version"],
+                         name="fk_providers_data_key", ondelete="CASCADE"),
+)
+
+# Worker keys (migration 0007): what a worker on an org's own hardware presents to the Prefect gateway. An
+# identity table like api_keys: the gateway finds a key by its prefix before it knows the org.
+worker_keys = Table(
+    "worker_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("prefix", String(8), nullable=False, unique=True),
+    Column("key_hash", String(128), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("created_by", String(32), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
 )

@@ -28,7 +28,8 @@ def register(mcp: FastMCP) -> None:
             OrgAction,
             Field(description="list_members, invite, change_role, remove (members; admins); rename (admins); "
                   "switch (to another org you belong to); create_key, list_keys, revoke_key (API keys; admins); "
-                  "delete_org (owners; needs confirm)."),
+                  "create_worker_key, list_worker_keys, revoke_worker_key (keys of workers on your own hardware: "
+                  "while one is active, your agents run there; admins); delete_org (owners; needs confirm)."),
         ],
         user: Annotated[
             str | None, Field(description="invite, change_role, remove: the person's email or login.",
@@ -39,18 +40,22 @@ def register(mcp: FastMCP) -> None:
                                "(default member); never above your own.")
         ] = None,
         name: Annotated[
-            str | None, Field(description="rename: the new display name; create_key: a name for the key.",
+            str | None, Field(description="rename: the new display name; create_key, create_worker_key: a name for the "
+                              "key.",
                               examples=["ci"])
         ] = None,
         org: Annotated[str | None, Field(description="switch: the org's slug or id (whoami lists them).")] = None,
         key: Annotated[
-            str | None, Field(description="revoke_key: the key's id or prefix (list_keys shows them).")
+            str | None, Field(description="revoke_key, revoke_worker_key: the key's id or prefix (list_keys, "
+                              "list_worker_keys show them).")
         ] = None,
         confirm: Annotated[bool, Field(description="delete_org: must be true.")] = False,
     ) -> OrgActionView:
-        """Work with others: invite people, set their roles, issue and revoke API keys, switch or delete an org.
+        """Work with others: invite people, set their roles, issue and revoke API keys and worker keys, switch or
+        delete an org.
 
-        A new API key is shown once, in this call's answer.
+        A new key is shown once, in this call's answer; a new worker key comes with the command that starts a
+        worker on your own machine.
         """
         return await services_of(ctx).orgs.manage(await caller_of(ctx), action, user, role, name, org, key, confirm)
 

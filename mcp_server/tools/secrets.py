@@ -26,9 +26,10 @@ def register(mcp: FastMCP) -> None:
                               "in their 'provider' field.", examples=["openai-main"])
         ] = None,
         api_key: Annotated[
-            SecretStr | None, Field(description="set_provider: the provider's API key. It is stored in a Prefect block "
-                                    "only this organization's agents load, and never shown again; it does pass "
-                                    "through this chat, so on the Ariel host `ariel provider set` keeps it out.")
+            SecretStr | None, Field(description="set_provider: the provider's API key. It is stored sealed "
+                                    "(encrypted with this organization's own key), reaches only this "
+                                    "organization's runs, and is never shown again; it does pass through this "
+                                    "chat, so on the Ariel host `ariel provider set` keeps it out.")
         ] = None,
         api_base: Annotated[
             str | None, Field(description="set_provider: base URL of a self-hosted or OpenAI-compatible server; "

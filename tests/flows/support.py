@@ -8,14 +8,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
+from uuid import UUID
 
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
+from deployments.agents.signing import Ed25519ConfigSigner
 from flows.config import Limits, RunConfig, ScriptStep
-from tests.support import reply_json
+from flows.signing import VERIFY_KEY_ENV
+from mcp_server.gateway import Gateway
+from mcp_server.gateway.run_tokens import RunTokens
+from mcp_server.services.secrets import ProviderSecret
+from tests.support import reply_json, serve_asgi
+
+# The control plane's signer in these tests: a fresh key per session, whose public key every played run gets.
+SIGNER = Ed25519ConfigSigner.generate()
 
 
 @dataclass(frozen=True)
@@ -26,12 +38,73 @@ class Outcome:
     result: str | None
 
 
-def play(config: RunConfig, input: str | None = None) -> Outcome:
-    """Run the flow in its own process, as both worker types do; its final state comes back."""
+@dataclass(frozen=True)
+class RunGateway:
+    """A real Ariel Prefect gateway in front of the tests' Prefect server (see `run_gateway`)."""
+
+    api_url: str  # what a run's PREFECT_API_URL is
+    tokens: RunTokens
+
+
+@contextmanager
+def run_gateway(prefect_api: str, providers: dict[str, ProviderSecret]) -> Iterator[RunGateway]:
+    """Ariel's gateway served on loopback: runs fetch `providers` (by name, for any org) with their run tokens.
+
+    No worker credential opens it; `play(..., gateway=...)` makes the run and hands it its token, as the gateway
+    does for a worker.
+    """
+    tokens = RunTokens(os.urandom(32))
+
+    async def nobody(_token: str) -> None:
+        return None
+
+    async def open_provider(_org_id: str, name: str) -> ProviderSecret | None:
+        return providers.get(name)
+
+    gateway = Gateway(prefect_api, None, tokens, authenticate=nobody, verify_key=lambda: SIGNER.verify_key,
+                      open_provider=open_provider)
+    with serve_asgi(gateway) as url:
+        yield RunGateway(api_url=f"{url}/api", tokens=tokens)
+
+
+def _made_run(config: RunConfig, input: str | None) -> str:
+    """A flow run of the agent flow made in Prefect with these parameters, as a deployment's run is; its id."""
+    from flows.agent import agent_run
+
+    # The sync client: the tests that play are coroutines themselves, with a loop running.
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(agent_run, parameters={"config": config.model_dump(mode="json"), "input": input})
+    return str(run.id)
+
+
+def play(
+    config: RunConfig, input: str | None = None, sign: bool = True, env: dict[str, str | None] | None = None,
+    gateway: RunGateway | None = None, prefect_holds: RunConfig | None = None,
+) -> Outcome:
+    """Run the flow in its own process, as both worker types do; its final state comes back.
+
+    The config is signed with SIGNER as the compiler signs it, unless `sign` is false (it goes as it is), and the
+    run gets SIGNER's public key as its work pool gives it; `env` adds to (or, with None values, removes from)
+    the run's environment. With `gateway`, the run is made in Prefect first and runs through the gateway with
+    its own run token, as a worker's run does (it needs one to fetch its provider's key); `prefect_holds` is
+    then the configuration made in Prefect, when it is to differ from the one the run process plays.
+    """
+    run_env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), VERIFY_KEY_ENV: SIGNER.verify_key}
+    config = SIGNER.sign(config) if sign else config
+    if gateway is not None:
+        run_id = _made_run(prefect_holds or config, input)
+        token = gateway.tokens.mint(UUID(run_id), config.org_id, ttl_seconds=600)
+        run_env.update(PREFECT_API_URL=gateway.api_url, PREFECT_API_KEY=token, PREFECT_API_AUTH_STRING=f"run:{token}",
+                       ARIEL_TEST_FLOW_RUN_ID=run_id)
+    for name, value in (env or {}).items():
+        if value is None:
+            run_env.pop(name, None)
+        else:
+            run_env[name] = value
     done = subprocess.run(
         [sys.executable, "-m", "tests.flows.runner"],
         input=json.dumps({"config": config.model_dump(mode="json"), "input": input}),
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        capture_output=True, text=True, timeout=300, env=run_env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return Outcome(**json.loads(done.stdout.strip().splitlines()[-1]))
@@ -106,6 +179,20 @@ def http_agent(api_base: str, service_host: str, llm_retries: int = 2) -> RunCon
         model="openai/test-model", api_base=api_base, tools=["http_request"], allowed_hosts=[service_host],
         limits=Limits(llm_retries=llm_retries),
     )
+
+
+class Counting(BaseHTTPRequestHandler):
+    """A service that records the paths it is asked for, and answers 204."""
+
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).hits.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args: Any) -> None:
+        pass
 
 
 class Slow(BaseHTTPRequestHandler):

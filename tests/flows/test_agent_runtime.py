@@ -12,9 +12,19 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from blocks.llm_provider import LLMProvider
 from flows.config import Limits, ScriptStep
-from tests.flows.support import OpenAICompatible, Slow, config, fetcher, http_agent, play, reply_of
+from mcp_server.services.secrets import ProviderSecret
+from tests.flows.support import (
+    SIGNER,
+    OpenAICompatible,
+    Slow,
+    config,
+    fetcher,
+    http_agent,
+    play,
+    reply_of,
+    run_gateway,
+)
 from tests.support import http_service
 
 
@@ -124,21 +134,49 @@ def test_a_transient_provider_error_is_retried_once_not_stacked(openai_server: s
     assert len(OpenAICompatible.requests) == 3
 
 
-async def test_a_provider_block_supplies_the_key_and_it_never_reaches_parameters_or_logs(
+async def test_the_provider_key_comes_from_the_gateway_and_never_reaches_parameters_or_logs(
     openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
-    await LLMProvider(api_key="sk-from-the-block-7f3a", api_base=openai_server).save("loopback-llm", overwrite=True)
-    outcome = play(
-        config(
-            model="openai/test-model", provider="loopback-llm", tools=["http_request"], allowed_hosts=[service_host],
-        ),
-        input=f"http://{service_host}/keyed",
-    )
+    providers = {"loopback-llm": ProviderSecret(name="loopback-llm", api_key="sk-from-the-gateway-7f3a",
+                                                api_base=openai_server)}
+    with run_gateway(prefect_api, providers) as gateway:
+        outcome = play(
+            config(
+                model="openai/test-model", provider="loopback-llm", tools=["http_request"],
+                allowed_hosts=[service_host],
+            ),
+            input=f"http://{service_host}/keyed",
+            gateway=gateway,
+        )
     assert outcome.state == "Completed", outcome.message
-    assert OpenAICompatible.requests[0]["auth"] == "Bearer sk-from-the-block-7f3a"
+    assert OpenAICompatible.requests[0]["auth"] == "Bearer sk-from-the-gateway-7f3a"
     async with PrefectClient(prefect_api) as client:
         flow_run = await client.read_flow_run(UUID(outcome.flow_run_id))
         logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
-    assert "sk-from-the-block" not in json.dumps(flow_run.parameters)
-    assert not [log.message for log in logs if "sk-from-the-block" in log.message]
+    assert "sk-from-the-gateway" not in json.dumps(flow_run.parameters)
+    assert not [log.message for log in logs if "sk-from-the-gateway" in log.message]
+
+
+def test_a_run_without_a_run_token_gets_no_provider_key(openai_server: str, service_host: str) -> None:
+    outcome = play(config(model="openai/test-model", provider="loopback-llm"))
+    assert outcome.state == "Failed"
+    assert "no run token" in (outcome.message or ""), outcome.message
+    assert not OpenAICompatible.requests
+
+
+def test_a_run_whose_parameters_were_changed_in_prefect_gets_no_key(
+    openai_server: str, prefect_api: str
+) -> None:
+    """The gateway checks the configuration Prefect holds, not the one the run says it has."""
+    providers = {"loopback-llm": ProviderSecret(name="loopback-llm", api_key="sk-never-handed", api_base=openai_server)}
+    signed = SIGNER.sign(config(model="openai/test-model", provider="loopback-llm"))
+    forged = signed.model_copy(update={"instructions": "Do something else."})
+    with run_gateway(prefect_api, providers) as gateway:
+        # Prefect holds the forged configuration; the run process plays the signed one, which passes its own check.
+        outcome = play(signed, sign=False, gateway=gateway, prefect_holds=forged)
+    assert outcome.state == "Failed", outcome.message
+    assert "tampered" in (outcome.message or ""), outcome.message
+    assert not OpenAICompatible.requests
+
+

@@ -15,14 +15,16 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from blocks.llm_provider import LLMProvider
 from deployments.runs import TranscriptEntry, Usage, read_transcript, read_usage
 from flows.config import Limits, ScriptStep
-from flows.transcript import REDACTED, Redactor, shorten
-from tests.flows.support import OpenAICompatible, Outcome, Slow, config, fetcher, http_agent, play
+from flows.transcript import REDACTED, RESULT_ARTIFACT_KEY, Redactor, shorten
+from mcp_server.services.secrets import ProviderSecret
+from tests.flows.support import OpenAICompatible, Outcome, Slow, config, fetcher, http_agent, play, run_gateway
 from tests.support import free_port, http_service
 
 
@@ -56,6 +58,13 @@ async def artifact_versions(prefect_api: str, outcome: Outcome, key: str) -> lis
             )
         )
     return [str(artifact.data) for artifact in artifacts]
+
+
+async def stored_log_lines(prefect_api: str, outcome: Outcome) -> list[str]:
+    """The run's log messages as Prefect stored them (not as `get_run_logs` reads them, redacting again)."""
+    async with PrefectClient(prefect_api) as client:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))
+    return [log.message for log in logs]
 
 
 async def test_a_run_records_each_llm_call_and_tool_call_in_order(service_host: str, prefect_api: str) -> None:
@@ -177,23 +186,32 @@ async def test_a_run_stopped_by_its_time_budget_keeps_the_step_it_was_stopped_in
     assert (usage.llm_calls, usage.tool_calls) == (kinds.count("llm"), kinds.count("tool"))
 
 
-async def test_the_provider_key_from_a_block_never_reaches_the_transcript_or_usage(
+async def test_the_provider_key_never_reaches_the_transcript_or_usage(
     openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     # No credential shape: only knowing the run's key can redact it.
     key = "blockkey-4c1f9a7e2d"
-    await LLMProvider(api_key=key, api_base=openai_server).save("transcript-llm", overwrite=True)
+    providers = {"transcript-llm": ProviderSecret(name="transcript-llm", api_key=key, api_base=openai_server)}
     # The model echoes the input into the URL, the service echoes the URL: the key travels through every step.
-    outcome = play(
-        config(
-            model="openai/test-model", provider="transcript-llm", tools=["http_request"], allowed_hosts=[service_host],
-        ),
-        input=f"http://{service_host}/echo?note={key}",
-    )
+    with run_gateway(prefect_api, providers) as gateway:
+        outcome = play(
+            config(
+                model="openai/test-model", provider="transcript-llm", tools=["http_request"],
+                allowed_hosts=[service_host],
+            ),
+            input=f"http://{service_host}/echo?note={key}",
+            gateway=gateway,
+        )
     assert outcome.state == "Completed", outcome.message
     assert OpenAICompatible.requests[0]["auth"] == f"Bearer {key}"
-    assert key in (outcome.result or ""), "the key did travel through the run"
+    assert "Fetched: " in (outcome.result or "") and REDACTED in (outcome.result or ""), outcome.result
+    # The model's reply quoted the key: it is redacted in the result, the "Reply: ..." line and the artifact.
+    assert key not in (outcome.result or "")
+    replies = [line for line in await stored_log_lines(prefect_api, outcome) if line.startswith("Reply: ")]
+    assert replies and not [line for line in replies if key in line], replies
+    results = await artifact_versions(prefect_api, outcome, RESULT_ARTIFACT_KEY)
+    assert results and not [data for data in results if key in data], results
 
     versions = await artifact_versions(prefect_api, outcome, "transcript")
     usage = await artifact_versions(prefect_api, outcome, "usage")
@@ -218,7 +236,8 @@ async def test_credentials_in_tool_arguments_and_results_are_redacted(service_ho
         )
     )
     assert outcome.state == "Completed", outcome.message
-    assert "qk-8d7c6b5a4f" in (outcome.result or ""), "the service echoed the credential back"
+    # The service echoed the credential back and the reply quotes it: the result has it redacted.
+    assert f"api_key={REDACTED}&user=ann" in (outcome.result or ""), outcome.result
     stored = "\n".join(await artifact_versions(prefect_api, outcome, "transcript"))
     for secret in ("qk-8d7c6b5a4f", "tok-5e6f7a8b9c", "sk-proj-abcdef123456"):
         assert secret not in stored

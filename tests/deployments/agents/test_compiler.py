@@ -15,10 +15,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
 
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent, remove
+from deployments.agents.signing import Ed25519ConfigSigner
 from deployments.agents.spec import AgentSpec
 from deployments.pools.work_pools import docker_job_template, ensure_pool, process_job_template
+from flows.signing import VERIFY_KEY_ENV, verify
 
 ORG_ID = "0123456789abcdef0123456789abcdef"
+SIGNER = Ed25519ConfigSigner.generate()
 
 
 @pytest.fixture
@@ -38,7 +41,8 @@ def desired(target: DeploymentTarget, agent_id: str, version: int = 1, **spec: A
     parsed = AgentSpec.parse({"name": "PR digest", "instructions": "Summarize.", "model": "openai/gpt-4o", **spec})
     config = parsed.to_run_config(agent_id=agent_id, org_id=ORG_ID, version=version)
     return compile_agent(
-        config, slug=f"pr-digest-{agent_id[:6]}", org_slug="personal", schedule=parsed.schedule, target=target
+        config, slug=f"pr-digest-{agent_id[:6]}", org_slug="personal", schedule=parsed.schedule, target=target,
+        signer=SIGNER,
     )
 
 
@@ -54,6 +58,8 @@ async def test_the_deployment_is_in_the_orgs_pool_with_its_tags_and_frozen_spec(
     assert deployment.parameters["config"]["version"] == 1
     assert deployment.parameters["config"]["instructions"] == "Summarize."
     assert deployment.entrypoint == "flows.agent:agent_run"
+    # Signed over exactly what Prefect holds: the runtime checks it with the key its pool gives it.
+    verify(deployment.parameters["config"], SIGNER.verify_key)
 
 
 async def test_a_cron_schedule_becomes_a_real_prefect_schedule_in_its_time_zone(
@@ -182,3 +188,25 @@ async def test_job_variables_cannot_loosen_the_docker_pools_fixed_values(client:
     }
     assert (job.mem_limit, job.memswap_limit) == ("2g", "2g")
     assert job.labels["ariel.org"] == ORG_ID
+
+
+async def test_no_job_variable_may_set_an_ariel_variable_such_as_the_verify_key(client: PrefectClient) -> None:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    name = f"test-locked-env-{uuid4().hex[:8]}"
+    template = process_job_template(verify_key=SIGNER.verify_key)
+    assert template["job_configuration"]["env"][VERIFY_KEY_ENV] == SIGNER.verify_key
+    await ensure_pool(client, name, "process", template, ORG_ID)
+    try:
+        deployment_id = await apply(client, desired(DeploymentTarget(pool_name=name, org_id=ORG_ID), uuid4().hex))
+        # Another key in the run's environment would let a configuration signed with it pass.
+        for hostile in ({"env": {VERIFY_KEY_ENV: "b3RoZXIta2V5"}}, {f"env.{VERIFY_KEY_ENV}": "b3RoZXIta2V5"},
+                        {"env": {"ARIEL_PROTECTED_ENDPOINTS": ""}}):
+            with pytest.raises(PrefectHTTPStatusError) as refused:
+                await client.create_flow_run_from_deployment(deployment_id, job_variables=hostile)
+            assert refused.value.response.status_code == 422, hostile
+        # Other variables still go through.
+        run = await client.create_flow_run_from_deployment(deployment_id, job_variables={"env": {"EXTRA": "1"}})
+        await client.delete_flow_run(run.id)
+    finally:
+        await client.delete_work_pool(name)

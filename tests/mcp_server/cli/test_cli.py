@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import cast
 
 
 def ariel(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
@@ -75,11 +74,9 @@ def test_create_key_refuses_an_org_name_that_is_not_a_slug(tmp_path: Path) -> No
 
 
 async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp_path: Path, prefect_api: str) -> None:
-    from prefect.client.orchestration import PrefectClient
-
-    from blocks.llm_provider import LLMProvider
-    from deployments import providers
     from mcp_server.cli.stack import Runtime
+    from mcp_server.services.container import open_services
+    from mcp_server.settings import ArielSettings
     from mcp_server.store import Store
 
     home = tmp_path / "home"
@@ -94,16 +91,13 @@ async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp
 
     store = await Store.open(f"sqlite+aiosqlite:///{home / 'ariel.db'}")
     try:
-        install, org = await store.installation_id(), await store.ensure_personal_org()
+        org = await store.ensure_personal_org()
         events = [(e.action, e.target, e.outcome) for e in await store.audit_events(org.id)]
     finally:
         await store.close()
-    async with PrefectClient(prefect_api) as client:
-        # Prefect's @inject_client hides aload's return type from mypy: it is the block class loaded.
-        stored = cast(
-            LLMProvider, await LLMProvider.aload(providers.block_name(install, org.id, "openai-main"), client=client)
-        )
-    assert stored.api_key.get_secret_value() == "sk-cli-key-9"
+    async with open_services(ArielSettings(home=home), prefect_api, "process") as services:
+        stored = await services.secrets.open_provider(org.id, "openai-main")
+    assert stored is not None and stored.api_key == "sk-cli-key-9"
     assert events == [("secret.set_provider", "openai-main", "ok")]
 
     gone = ariel("provider", "delete", "openai-main", **env)
@@ -111,3 +105,46 @@ async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp
     again = ariel("provider", "delete", "openai-main", **env)
     assert again.returncode == 1 and again.stderr.strip() == (
         "ariel provider: no provider 'openai-main'; manage_secrets list shows the providers here")
+
+
+async def test_secrets_rotate_rewraps_every_data_key_and_names_the_old_key_to_retire(tmp_path: Path) -> None:
+    from mcp_server.services.container import open_services
+    from mcp_server.services.sealing import key_id_of
+    from mcp_server.settings import ArielSettings
+
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = ArielSettings(home=home)
+    async with open_services(settings, "http://127.0.0.1:9/api", "process") as services:  # no Prefect needed
+        org = await services.store.ensure_personal_org()
+        await services.secrets.put_provider(org.id, "openai-main", "sk-rotate-me-1", None)
+    old = key_id_of((home / "keys" / "kek").read_bytes())
+
+    done = ariel("secrets", "rotate", ARIEL_HOME=str(home))
+    assert done.returncode == 0, done.stderr
+    new = key_id_of((home / "keys" / "kek").read_bytes())
+    old_file = home / "keys" / f"kek.{old.removeprefix('local:')}"
+    assert done.stdout.splitlines() == [
+        f"New key-encryption key {new} is current in {home / 'keys' / 'kek'}; the old one, {old}, unwraps until "
+        "every data key is re-wrapped.",
+        "  [1/1] personal: 1 data key(s) re-wrapped",
+        f"Done: 1 data key(s) re-wrapped in 1 org(s); every data key is wrapped by {new}.",
+        f"The old key-encryption key {old} (file {old_file}) unwraps nothing now: retire it (delete {old_file}).",
+    ]
+    assert "sk-rotate-me" not in done.stdout + done.stderr
+    old_file.unlink()  # retired, as the command says
+    async with open_services(settings, "http://127.0.0.1:9/api", "process") as services:
+        opened = await services.secrets.open_provider(org.id, "openai-main")
+    assert opened is not None and opened.api_key == "sk-rotate-me-1"
+
+    # A data key under a KEK nobody holds any more: the org is named, and the command fails.
+    (home / "keys" / "kek").unlink()
+    failed = ariel("secrets", "rotate", "--keep-key", ARIEL_HOME=str(home))
+    assert failed.returncode == 1
+    assert f"  [1/1] personal: not re-wrapped: a data key was wrapped by key-encryption key {new}" in failed.stdout
+    assert failed.stderr.strip() == (
+        "ariel secrets: 1 org(s) keep data keys under an older key-encryption key (personal); retire no key yet: fix "
+        "what is said above, then run `ariel secrets rotate --keep-key`")
+    malformed = ariel("secrets", "rotate", ARIEL_HOME=str(home), ARIEL_KEK="bm90IGEga2V5")
+    assert malformed.returncode == 1 and malformed.stderr.strip() == (
+        "ariel secrets: ARIEL_KEK is not base64 of a 32-byte key; make one with `openssl rand -base64 32`")

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import pytest
 from prefect.client.orchestration import PrefectClient
-from prefect.exceptions import ObjectNotFound
 
-from blocks.llm_provider import LLMProvider
-from deployments import providers
+from deployments.agents.signing import Ed25519ConfigSigner
 from mcp_server.services.agents import AgentService
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Unavailable
+from mcp_server.services.exceptions import InvalidRequest, NotFound, Unavailable
 from mcp_server.store import Organization, Store
 from tests.support import free_port
 
@@ -29,7 +26,10 @@ async def test_an_agent_prefect_refused_is_not_left_in_the_store(tmp_path: Path)
     org = await store.ensure_personal_org()
     caller = owner_of(org)
     dead_api = f"http://127.0.0.1:{free_port()}/api"
-    service = AgentService(store, dead_api, "process", "ariel-runtime:local", await store.installation_id())
+    service = AgentService(
+        store, dead_api, "process", "ariel-runtime:local", await store.installation_id(),
+        signer=Ed25519ConfigSigner.generate(),
+    )
     spec = {"name": "Orphan", "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
     with pytest.raises(Unavailable, match=f"the Prefect API at {dead_api} did not answer; is `ariel up` running"):
         await service.create(caller, spec)
@@ -40,54 +40,50 @@ async def test_an_agent_prefect_refused_is_not_left_in_the_store(tmp_path: Path)
     await store.close()
 
 
-async def test_an_agent_runs_with_its_orgs_provider_block_and_an_upgrade_keeps_a_one_org_installs_key(
-    tmp_path: Path, prefect_api: str
-) -> None:
+async def test_an_agent_names_its_own_orgs_provider_only(tmp_path: Path, prefect_api: str) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
-    org = await store.ensure_personal_org()
-    caller = owner_of(org)
+    user, org = await store.ensure_local_owner()
+    other = await store.create_org("other", "Other", user.id)
     install = await store.installation_id()
-    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install)
-    legacy = f"legacy-{install[:8]}"
+    service = AgentService(
+        store, prefect_api, "process", "ariel-runtime:local", install, signer=Ed25519ConfigSigner.generate()
+    )
+    name = f"keyed-{install[:8]}"
+    await store.add_data_key(other.id, 1, "kek", b"wrapped")  # sealing itself is tested in test_sealing
+    await store.put_provider(other.id, name, None, b"sealed", b"nonce", 1)
+    spec = {"name": "Keyed", "instructions": "x", "model": "openai/gpt-4o-mini", "provider": name}
+    with pytest.raises(InvalidRequest, match=f"provider: there is no provider {name!r} here"):
+        await service.create(owner_of(org), spec)
+    await store.add_data_key(org.id, 1, "kek", b"wrapped")
+    await store.put_provider(org.id, name, None, b"sealed", b"nonce", 1)
+    agent = await service.create(owner_of(org), spec)
+    assert agent.deployment is not None
     async with PrefectClient(prefect_api) as client:
-        await providers.save_provider(client, install, org.id, legacy, "sk-new-1", None)
-        agent = await service.create(caller, {"name": "Keyed", "instructions": "x", "model": "openai/gpt-4o-mini",
-                                              "provider": legacy})
-        assert agent.deployment is not None
         deployment = await client.read_deployment_by_name(agent.deployment)
-        assert deployment.parameters["config"]["provider"] == providers.block_name(install, org.id, legacy)
-        # As an install from before per-org providers had it: only the global block, under the short name.
-        await providers.delete_provider(client, install, org.id, legacy)
-        await LLMProvider(api_key="sk-from-before-2").asave(legacy, overwrite=True, client=client)
-        assert await service.redeploy_all(caller) == 1
-        # Prefect's @inject_client hides aload's return type from mypy: it is the block class loaded.
-        adopted = cast(
-            LLMProvider, await LLMProvider.aload(providers.block_name(install, org.id, legacy), client=client)
-        )
-        assert adopted.api_key.get_secret_value() == "sk-from-before-2"
-        # Moved, not copied: once an admin deletes it, the next start does not bring it back.
-        with pytest.raises(ObjectNotFound):
-            await client.read_block_document_by_name(legacy, LLMProvider.get_block_type_slug())
-        await providers.delete_provider(client, install, org.id, legacy)
-        await service.redeploy_all(caller)
-        assert not await providers.provider_exists(client, install, org.id, legacy)
+    # The run's config names it by the spec's name: it is opened in the org the run belongs to, whatever it says.
+    assert deployment.parameters["config"]["provider"] == name
     await store.close()
 
 
-async def test_an_install_with_several_orgs_adopts_no_global_block(tmp_path: Path, prefect_api: str) -> None:
+async def test_a_refused_delete_of_a_missing_agent_is_audited_like_a_refused_change(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
-    user, org = await store.ensure_local_owner()
-    await store.create_org("other", "Other", user.id)  # whose key a global name holds is unknown now
+    org = await store.ensure_personal_org()
     caller = owner_of(org)
-    install = await store.installation_id()
-    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install)
-    legacy = f"shared-{install[:8]}"
-    async with PrefectClient(prefect_api) as client:
-        await providers.save_provider(client, install, org.id, legacy, "sk-mine-1", None)
-        await service.create(caller, {"name": "Keyed", "instructions": "x", "model": "openai/gpt-4o-mini",
-                                      "provider": legacy})
-        await providers.delete_provider(client, install, org.id, legacy)
-        await LLMProvider(api_key="sk-whose-2").asave(legacy, overwrite=True, client=client)
-        await service.redeploy_all(caller)
-        assert not await providers.provider_exists(client, install, org.id, legacy)
+    # Refused before Prefect is asked: no Prefect server is needed.
+    service = AgentService(
+        store, f"http://127.0.0.1:{free_port()}/api", "process", "ariel-runtime:local", await store.installation_id(),
+        signer=Ed25519ConfigSigner.generate(),
+    )
+    with pytest.raises(NotFound, match="no agent 'ghost'"):
+        await service.update(caller, "ghost", "change", {"instructions": "y"})
+    for confirm in (True, False):
+        with pytest.raises(NotFound, match="no agent 'ghost'"):
+            await service.delete(caller, "ghost", confirm=confirm)
+    events = sorted(await store.audit_events(org.id), key=lambda event: event.action)
+    assert [(e.action, e.target, e.outcome, e.actor, e.origin) for e in events] == [
+        ("agent.change", "ghost", "failed", "local", "test"),
+        ("agent.delete", "ghost", "failed", "local", "test"),
+        ("agent.delete", "ghost", "failed", "local", "test"),
+    ]
+    assert {e.detail for e in events} == {"no agent 'ghost'; list_agents shows the agents you can use, by id and slug"}
     await store.close()

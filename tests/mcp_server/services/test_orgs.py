@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 
-from deployments import providers
+from mcp_server.store import Store
 from tests.mcp_server.callers import call
 
 ADA = "dev:ada:acme:owner"
@@ -43,7 +45,9 @@ async def test_a_user_switches_between_their_orgs_only(url: str) -> None:
         await call(url, ADA, "manage_org", action="switch", org="acme")
 
 
-async def test_deleting_an_org_removes_its_pool_deployments_schedules_and_providers(url: str, prefect_api: str) -> None:
+async def test_deleting_an_org_removes_its_pool_deployments_schedules_and_providers(
+    url: str, prefect_api: str, tmp_path: Path
+) -> None:
     owner = "dev:zed:doomed:owner"
     agent = await call(url, owner, "create_agent", name="Hourly", instructions="x", model="ariel/scripted",
                        script=[{"reply": "hi"}], schedule={"interval_seconds": 3600})
@@ -62,6 +66,10 @@ async def test_deleting_an_org_removes_its_pool_deployments_schedules_and_provid
             await prefect.read_deployment_by_name(agent["deployment"])
         with pytest.raises(ObjectNotFound):
             await prefect.read_work_pool(agent["work_pool"])
-        assert await providers.list_providers(prefect, agent["work_pool"].split("-")[1], org_id) == []
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'home' / 'ariel.db'}")  # the `url` app's store
+    try:
+        assert await store.list_providers(org_id) == [] and await store.data_key(org_id) is None
+    finally:
+        await store.close()
     # The same token names the org again, so it is a new, empty one.
     assert await call(url, owner, "list_agents") == []

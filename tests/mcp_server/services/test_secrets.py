@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
+from typing import Any
 
+import httpx
 import pytest
 from fastmcp.exceptions import ToolError
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import PrefectClient
 
 from tests.mcp_server.callers import call
 
@@ -84,3 +89,32 @@ async def test_deleting_a_provider_that_agents_name_needs_confirmation(url: str)
     with pytest.raises(ToolError, match="provider: there is no provider 'openai-main' here"):
         await call(url, ADMIN, "create_agent", name="Paid again", instructions="x", model="openai/gpt-4o-mini",
                    provider="openai-main")
+
+
+async def block_documents_with_secrets(prefect_api: str) -> list[dict[str, Any]]:
+    """Every block document on the Prefect server, secrets included: what anyone holding Prefect API access reads."""
+    documents: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(timeout=30) as http:
+        while True:
+            page = (await http.post(f"{prefect_api}/block_documents/filter", json={
+                "include_secrets": True, "limit": 200, "offset": len(documents)})).raise_for_status().json()
+            documents += page
+            if len(page) < 200:
+                return documents
+
+
+async def test_no_prefect_block_holds_a_key_after_set_provider(url: str, prefect_api: str) -> None:
+    canary = "sk-canary-5e6f7a8b9c0d"
+    await call(url, ADMIN, "manage_secrets", action="set_provider", name="canary-llm", api_key=canary,
+               api_base="https://llm.example.test/v1")
+    await call(url, ADMIN, "manage_secrets", action="set_provider", name="canary-llm", api_key=canary + "x")
+    listed = await call(url, ADMIN, "manage_secrets", action="list")
+    assert [p["name"] for p in listed["providers"]] == ["canary-llm"]
+    # A positive control: a key that is in a block is found by this search, in clear.
+    control = f"control-{uuid.uuid4().hex}"
+    async with PrefectClient(prefect_api) as client:
+        await Secret(value=control).asave(f"search-control-{uuid.uuid4().hex[:8]}", client=client)
+    documents = await block_documents_with_secrets(prefect_api)
+    assert control in json.dumps(documents)
+    assert canary not in json.dumps(documents)
+    assert not [d for d in documents if (d.get("block_type") or {}).get("slug") == "ariel-llm-provider"]

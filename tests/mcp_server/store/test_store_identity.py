@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from deployments.agents.signing import Ed25519ConfigSigner
 from mcp_server.auth import parse_api_key, verify_api_key
 from mcp_server.services.agents import AgentService
 from mcp_server.services.caller import Caller
@@ -159,7 +160,10 @@ async def test_upgrading_a_0002_store_keeps_its_agents_and_marks_the_personal_or
     assert (kept.approved_version, kept.paused) == (1, False)
     assert len(await store.installation_id()) == 32
     # Opening the services records the manifest it was approved with, so later changes are checked against it.
-    agents = AgentService(store, "http://127.0.0.1:9/api", "process", "unused", await store.installation_id())
+    agents = AgentService(
+        store, "http://127.0.0.1:9/api", "process", "unused", await store.installation_id(),
+        signer=Ed25519ConfigSigner.generate(),
+    )
     assert await record_upgraded_manifests(store) == 1
     [kept] = await store.list_agents("o1")
     assert kept.approved_manifest is not None and kept.approved_manifest["model"] == "ariel/scripted"

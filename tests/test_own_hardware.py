@@ -1,0 +1,162 @@
+"""The README's "Run agents on your own hardware", followed as a customer would, in a fresh virtualenv.
+
+The commands are read from the README section itself, so the section and this
+test cannot drift apart. A stack runs Ariel (its own Prefect server, Docker
+pools, dev auth); an admin of org "initech" creates a worker key in chat; the
+customer's side is a copy of the checkout with a new virtualenv, built and
+started exactly as the section says, with the key in ARIEL_WORKER_KEY. The
+agent's run must land on that worker's pool, run in a container whose
+credential is the run's own token (the worker key appears nowhere in it), and
+show in chat like any other run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, ClassVar
+
+import docker
+import pytest
+
+from tests.mcp_server.callers import call
+from tests.support import ArielUp, ariel_up, http_service, stop_process, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN = "dev:carol:initech:owner"
+SECTION = "## Run agents on your own hardware"
+
+
+def readme_commands() -> tuple[list[str], str]:
+    """The section's setup commands (step 2, without the one for a machine with no Docker) and its start command."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(SECTION):]
+    section = section[:section.index("\n## ", len(SECTION))]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 2, "the section has a setup block and a start block"
+    setup = [line.split("#")[0].strip() for line in blocks[0].splitlines()]
+    setup = [line for line in setup if line and not line.startswith("sudo ")]
+    (start,) = [line.strip() for line in blocks[1].splitlines() if line.strip()]
+    return setup, start
+
+
+def checkout_copy(destination: Path) -> Path:
+    """What a customer has: the release's files (tracked and new ones, none of this machine's state)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    return destination
+
+
+class Held(BaseHTTPRequestHandler):
+    """A service the agent calls, which answers only once the test has looked at the run's container."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    called: ClassVar[threading.Event] = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).called.set()
+        type(self).release.wait(timeout=120)
+        body = b'{"status": "on premises"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def stack(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
+    home = tmp_path_factory.mktemp("own-hardware-home")
+    with ariel_up(home, "docker", extra_env={"ARIEL_PROFILE": "dev", "ARIEL_AUTH_MODE": "dev"}) as up:
+        yield up
+
+
+def test_a_customer_follows_the_readme_and_its_worker_runs_the_orgs_agents(
+    stack: ArielUp, tmp_path: Path
+) -> None:
+    setup, start = readme_commands()
+    made = asyncio.run(call(stack.base_url, ADMIN, "manage_org", action="create_worker_key", name="office-server"))
+    key = made["worker_keys"][0]["key"]
+    assert made["start_worker"] == f"ariel worker --server {stack.base_url} --key {key}"
+
+    customer = checkout_copy(tmp_path / "ariel")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("ARIEL_", "PREFECT_"))}
+    env["HOME"] = str(tmp_path / "customer-home")  # nothing of this machine's Ariel or Prefect state
+    for command in setup:
+        done = subprocess.run(command, shell=True, cwd=customer, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+    argv = shlex.split(start.replace("https://ariel.example.com", stack.base_url))
+    assignment, argv = argv[0], argv[1:]
+    assert assignment.startswith("ARIEL_WORKER_KEY=")
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(argv, cwd=customer, env={**env, "ARIEL_WORKER_KEY": key}, stdout=worker_log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with http_service(Held) as service:
+            _runs_there(stack, service, key, worker, tmp_path / "worker.log")
+    finally:
+        Held.release.set()
+        stop_process(worker, signal.SIGINT)
+        worker_log.close()
+
+
+def _runs_there(stack: ArielUp, service: str, key: str, worker: subprocess.Popen[bytes], log: Path) -> None:
+    async def create_and_run() -> dict[str, Any]:
+        await call(stack.base_url, ADMIN, "create_agent", name="Site check", instructions="Check the site.",
+                   model="ariel/scripted", tools=["http_request"], allowed_hosts=[service],
+                   script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/status"}},
+                           {"reply": "Site says {last_tool_result}"}])
+        await call(stack.base_url, ADMIN, "update_agent", agent="site-check", action="approve")
+        agent = await call(stack.base_url, ADMIN, "get_agent", agent="site-check")
+        assert agent["work_pool"].endswith("-own"), agent
+        return dict(await call(stack.base_url, ADMIN, "run_agent", agent="site-check"))
+
+    run = asyncio.run(create_and_run())
+    wait_until(lambda: "Serving work pool" in log.read_text() or worker.poll() is not None, 60, "ariel worker")
+    assert worker.poll() is None, log.read_text()[-3000:]
+    # The run is in its container, held at its tool call: look at what the container holds.
+    wait_until(Held.called.is_set, 300, "the run's tool call")
+    engine = docker.from_env()
+    containers = [c for c in engine.containers.list(filters={"label": "ariel.role=flow-run"})
+                  if c.labels.get("io.prefect.flow-run-id") == run["id"]]
+    assert len(containers) == 1, [c.labels for c in engine.containers.list()]
+    inspected = containers[0].attrs
+    environment = dict(item.split("=", 1) for item in inspected["Config"]["Env"])
+    assert environment["PREFECT_API_KEY"].startswith("ariel_rt_")
+    assert environment["PREFECT_API_URL"] == f"{stack.base_url}/prefect/api"
+    assert key not in json.dumps(inspected), "the worker key reached the run's container"
+    Held.release.set()
+
+    async def finished() -> tuple[dict[str, Any], dict[str, Any]]:
+        for _ in range(120):
+            got = await call(stack.base_url, ADMIN, "get_run", run=run["id"])
+            if got["state"] in ("Completed", "Failed", "Crashed"):
+                break
+            await asyncio.sleep(1)
+        logs = await call(stack.base_url, ADMIN, "get_run_logs", run=run["id"], contains="Reply")
+        return dict(got), dict(logs)
+
+    got, logs = asyncio.run(finished())
+    assert got["state"] == "Completed", got
+    assert "on premises" in (got["result"] or ""), got
+    assert [line for line in logs["lines"] if "on premises" in line["message"]], logs
+    assert "flow run" in log.read_text().lower()
