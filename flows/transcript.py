@@ -134,7 +134,7 @@ def _detectors() -> tuple[_Detector, ...]:
     from detect_secrets.plugins.npm import NpmDetector
     from detect_secrets.plugins.private_key import PrivateKeyDetector
 
-    classes = sorted(get_mapping_from_secret_type_to_class().values(), key=lambda plugin: plugin.__name__)
+    classes: list[Any] = sorted(get_mapping_from_secret_type_to_class().values(), key=lambda plugin: plugin.__name__)
     left_out = (IPPublicDetector, NpmDetector)
     found: list[_Detector] = []
     for plugin_class in classes:

@@ -64,13 +64,16 @@ def pool_name(install_id: str, org_id: str, pool_type: PoolType) -> str:
     return f"{install_prefix(install_id)}{org_id[:12]}-{pool_type}"
 
 
+OWN_POOL_SUFFIX = "-own"
+
+
 def own_pool_name(install_id: str, org_id: str) -> str:
     """The pool of an org's own hardware: served by the org's workers (worker keys), never by Ariel's pool host.
 
     >>> own_pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7")
     'ariel-9a8b7c6d-0f3c9a1b2c3d-own'
     """
-    return f"{install_prefix(install_id)}{org_id[:12]}-own"
+    return f"{install_prefix(install_id)}{org_id[:12]}{OWN_POOL_SUFFIX}"
 
 
 def org_tag(org_id: str) -> str:

@@ -43,6 +43,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
+from deployments.pools.work_pools import OWN_POOL_SUFFIX
 from deployments.providers import short_name
 from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.logs import LogLine, read_log_page
@@ -218,10 +219,16 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         alive = [w for w in workers if w.last_heartbeat_time and now - w.last_heartbeat_time < WORKER_SILENT_AFTER]
         evidence.append(f"{len(alive)} worker(s) polling work pool {pool_name}" +
                         (f" ({len(workers) - len(alive)} silent)" if len(workers) > len(alive) else ""))
+        if not alive and pool_name.endswith(OWN_POOL_SUFFIX):
+            return answer("no_worker", f"no worker is polling the work pool {pool_name}, your own hardware's, so "
+                          "nothing starts the run",
+                          "start a worker on your machine with your worker key: `ariel worker --server <Ariel's "
+                          "address>` (see the README: Run agents on your own hardware); or, to run on Ariel's "
+                          "workers again, revoke the org's worker keys (manage_org revoke_worker_key)")
         if not alive:
             return answer("no_worker", f"no worker is polling the work pool {pool_name}, so nothing starts the run",
-                          "start the worker: run `ariel up` (it serves every pool), or on your own hardware "
-                          f"`prefect worker start --pool {pool_name}`")
+                          "start the worker: `ariel up` starts it and serves every pool; if it is running, read "
+                          "its log (ARIEL_HOME/logs/worker.log)")
     return answer("waiting", "the run is late but its pool is ready and polled; the worker may be busy starting it",
                   "look again in a minute; read the worker's log if it stays late")
 
