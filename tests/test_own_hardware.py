@@ -94,7 +94,7 @@ def test_a_customer_follows_the_readme_and_its_worker_runs_the_orgs_agents(
     setup, start = readme_commands()
     made = asyncio.run(call(stack.base_url, ADMIN, "manage_org", action="create_worker_key", name="office-server"))
     key = made["worker_keys"][0]["key"]
-    assert made["start_worker"] == f"ariel worker --server {stack.base_url} --key {key}"
+    assert made["start_worker"] == f"ARIEL_WORKER_KEY={key} ariel worker --server {stack.base_url}"
 
     customer = checkout_copy(tmp_path / "ariel")
     env = {name: value for name, value in os.environ.items() if not name.startswith(("ARIEL_", "PREFECT_"))}

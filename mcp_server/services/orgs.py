@@ -143,7 +143,7 @@ class OrgService:
                     return await self._create_worker_key(caller, _required(name, "name", action))
                 case "list_worker_keys":
                     found = await self.store.worker_keys(caller.org_id)
-                    return OrgActionView(action=action, done=self._runs_where(found),
+                    return OrgActionView(action=action, done=self._runs_where(caller, found),
                                          worker_keys=[_worker_key_view(k) for k in found])
                 case "revoke_worker_key":
                     return await self._revoke_worker_key(caller, _required(key, "key", action).strip())
@@ -239,15 +239,16 @@ class OrgService:
         record, plaintext = await self.store.create_worker_key(caller.org_id, name.strip(), caller.user_id)
         moved = await self._move_agents(caller) if first else 0
         pool, _ = await self.agents.org_pool(caller.org_id)
+        whose = _agents_of(caller)
         done = ("worker key created; it is shown this once, so store it now. Start a worker on your own machine "
                 "with the command in start_worker (the README's 'Run agents on your own hardware' says what to "
-                f"install first). This organization's agents now run on your hardware, in work pool {pool}")
-        done += f" ({moved} agent(s) moved there): runs wait until a worker with this key is started." if first \
-            else "."
+                f"install first). {whose.capitalize()} now run on your hardware, in work pool {pool}")
+        done += f" ({moved} moved there): runs wait until a worker with this key is started." if first else "."
         return OrgActionView(
             action="create_worker_key", done=done,
             worker_keys=[_worker_key_view(record).model_copy(update={"key": plaintext})],
-            start_worker=f"ariel worker --server {self.public_url} --key {plaintext}",
+            # The key in the environment, not on the command line, where `ps` and shell history keep it.
+            start_worker=f"ARIEL_WORKER_KEY={plaintext} ariel worker --server {self.public_url}",
         )
 
     async def _revoke_worker_key(self, caller: Caller, ref: str) -> OrgActionView:
@@ -258,8 +259,7 @@ class OrgService:
         moved = await self._move_agents(caller) if not active else 0
         done = f"worker key {revoked.prefix} no longer works"
         if not active:
-            done += f"; with no worker key left, this organization's agents run on Ariel's workers again ({moved} " \
-                    "agent(s) moved back)"
+            done += f"; with no worker key left, {_agents_of(caller)} run on Ariel's workers again ({moved} moved back)"
         return OrgActionView(action="revoke_worker_key", done=done, worker_keys=[_worker_key_view(revoked)])
 
     async def _move_agents(self, caller: Caller) -> int:
@@ -268,11 +268,11 @@ class OrgService:
         return await self.agents.redeploy_all(caller)
 
     @staticmethod
-    def _runs_where(keys: list[WorkerKeyRecord]) -> str:
+    def _runs_where(caller: Caller, keys: list[WorkerKeyRecord]) -> str:
         active = sum(key.revoked_at is None for key in keys)
         if active:
-            return f"{active} active worker key(s): this organization's agents run on your own hardware"
-        return "no active worker key: this organization's agents run on Ariel's workers"
+            return f"{active} active worker key(s): {_agents_of(caller)} run on your own hardware"
+        return f"no active worker key: {_agents_of(caller)} run on Ariel's workers"
 
     async def _delete(self, caller: Caller, confirm: bool) -> OrgActionView:
         org = await self.store.get_org(caller.org_id)
@@ -321,6 +321,11 @@ def _required(value: Any, field: str, action: str) -> Any:
 def _member_view(member: Member) -> MemberView:
     return MemberView(user_id=member.user.id, user=member.user.label, role=member.role,
                       joined_at=member.joined_at, pending=member.user.source == "invite")
+
+
+def _agents_of(caller: Caller) -> str:
+    """Whose agents, in words a solo user (whose org nothing mentions) reads too."""
+    return "this organization's agents" if caller.org_visible else "your agents"
 
 
 def _worker_key_view(key: WorkerKeyRecord) -> WorkerKeyView:

@@ -88,7 +88,7 @@ async def _populate(up: ArielUp, home: Path) -> Stack:
     await agent(BOB, up.base_url, "Bravo")
     made = await call(up.base_url, ALICE, "manage_org", action="create_worker_key", name="office")
     worker_key = made["worker_keys"][0]["key"]
-    assert made["start_worker"] == f"ariel worker --server {up.base_url} --key {worker_key}"
+    assert made["start_worker"] == f"ARIEL_WORKER_KEY={worker_key} ariel worker --server {up.base_url}"
     a_agent = dict(await call(up.base_url, ALICE, "get_agent", agent="alpha"))
     assert a_agent["work_pool"].endswith("-own"), a_agent
     await call(up.base_url, BOB, "manage_secrets", action="set_provider", name="main", api_key="sk-bravo-secret")

@@ -73,3 +73,36 @@ async def test_deleting_an_org_removes_its_pool_deployments_schedules_and_provid
         await store.close()
     # The same token names the org again, so it is a new, empty one.
     assert await call(url, owner, "list_agents") == []
+
+
+async def test_worker_keys_move_the_orgs_agents_to_its_own_hardware_and_back(url: str, prefect_api: str) -> None:
+    owner = "dev:kim:hybrid:owner"
+    agent = await call(url, owner, "create_agent", name="Local job", instructions="x", model="ariel/scripted",
+                       script=[{"reply": "hi"}])
+    assert agent["work_pool"].endswith("-process")
+    with pytest.raises(ToolError, match="create_worker_key needs the admin role or higher; you are a member"):
+        await call(url, "dev:mo:hybrid:member", "manage_org", action="create_worker_key", name="box")
+    with pytest.raises(ToolError, match="name: manage_org create_worker_key needs it"):
+        await call(url, owner, "manage_org", action="create_worker_key")
+
+    made = await call(url, owner, "manage_org", action="create_worker_key", name="box")
+    key = made["worker_keys"][0]
+    assert key["key"].startswith(f"ariel_wk_{key['prefix']}_") and "(1 moved there)" in made["done"]
+    moved = await call(url, owner, "get_agent", agent="local-job")
+    assert moved["work_pool"].endswith("-own")
+    async with PrefectClient(prefect_api) as prefect:
+        deployment = await prefect.read_deployment_by_name(moved["deployment"])
+        pool = await prefect.read_work_pool(moved["work_pool"])
+    assert deployment.work_pool_name == moved["work_pool"] and pool.type == "docker"
+    # Shown once: listings name the key by its prefix only.
+    listed = await call(url, owner, "manage_org", action="list_worker_keys")
+    assert listed["worker_keys"][0]["key"] is None and "1 active worker key(s)" in listed["done"]
+    # A pasted key is taken by its prefix, and lands in no log.
+    revoked = await call(url, owner, "manage_org", action="revoke_worker_key", key=key["key"])
+    assert "run on Ariel's workers again (1 moved back)" in revoked["done"]
+    assert (await call(url, owner, "get_agent", agent="local-job"))["work_pool"].endswith("-process")
+    trail = await call(url, owner, "get_audit_log")
+    assert key["key"] not in str(trail)
+    assert [e["action"] for e in trail][:2] == ["org.revoke_worker_key", "org.create_worker_key"]
+    with pytest.raises(ToolError, match="no worker key 'nope'"):
+        await call(url, owner, "manage_org", action="revoke_worker_key", key="nope")

@@ -52,6 +52,8 @@ class Theirs:
     member_email: str
     key_id: str
     key_prefix: str
+    worker_key_id: str
+    worker_key_prefix: str
     provider: str
 
     def all(self) -> list[str]:
@@ -104,6 +106,7 @@ LISTINGS = [
     Listing("whoami"),
     Listing("manage_org", {"action": "list_members"}),
     Listing("manage_org", {"action": "list_keys"}),
+    Listing("manage_org", {"action": "list_worker_keys"}),
     Listing("manage_secrets", {"action": "list"}),
 ]
 
@@ -126,6 +129,7 @@ PROBES = [
     Probe("manage_org", "user", PEOPLE, {"action": "change_role", "role": "viewer"}),
     Probe("manage_org", "user", PEOPLE, {"action": "remove"}),
     Probe("manage_org", "key", ("key_id", "key_prefix"), {"action": "revoke_key"}),
+    Probe("manage_org", "key", ("worker_key_id", "worker_key_prefix"), {"action": "revoke_worker_key"}),
     # An agent cannot name B's provider (whose key it would spend), neither a new one nor a changed one.
     Probe("create_agent", "provider", ("provider",), {"name": "Spender", "instructions": "x", **SPEND},
           changes=False),
@@ -149,6 +153,7 @@ async def b_state(url: str) -> dict[str, Any]:
             "ended": sorted(r["id"] for r in runs if r["state"] in ("Cancelled", "Cancelling", "Completed", "Failed")),
             "members": (await ask(bob, "manage_org", action="list_members"))["members"],
             "keys": (await ask(bob, "manage_org", action="list_keys"))["keys"],
+            "worker_keys": (await ask(bob, "manage_org", action="list_worker_keys"))["worker_keys"],
             "providers": (await ask(bob, "manage_secrets", action="list"))["providers"],
             "org": (await ask(bob, "whoami"))["workspace"],
         }
@@ -179,6 +184,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
         await ask(bob, "update_agent", agent=agent["slug"], action="approve")
         run = await ask(bob, "run_agent", agent=agent["slug"])
         key = (await ask(bob, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
+        worker_key = (await ask(bob, "manage_org", action="create_worker_key", name="rack"))["worker_keys"][0]
         await ask(bob, "manage_secrets", action="set_provider", name="globex-llm", api_key="sk-globex-secret-1")
         await ask(bob, "manage_org", action="invite", user="carol@globex.test", role="viewer")
         members = (await ask(bob, "manage_org", action="list_members"))["members"]
@@ -194,7 +200,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
         agent_id=agent["id"], agent_slug=agent["slug"], deployment_id=str(deployment.id), run_id=run["id"],
         run_name=run["name"], org_id=me["workspace"]["id"], org_slug=me["workspace"]["slug"],
         member_id=invited["user_id"], member_email="carol@globex.test", key_id=key["id"], key_prefix=key["prefix"],
-        provider="globex-llm",
+        worker_key_id=worker_key["id"], worker_key_prefix=worker_key["prefix"], provider="globex-llm",
     )
     return Isolated(url=url, theirs=theirs, before=await b_state(url))
 
