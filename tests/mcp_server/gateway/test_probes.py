@@ -288,13 +288,15 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
 
 
 def test_no_other_event_stream_is_open(stack: Stack) -> None:
+    """Subscribers (workers' and runs' cancellation observers) are refused, and then poll their runs, which the
+    gateway scopes: a subscription would carry every org's events."""
     async def subscribe() -> None:
         url = stack.gateway.replace("http://", "ws://") + "/events/out"
         async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
             await socket.send(json.dumps({"type": "auth", "token": f"worker:{stack.worker_key}"}))
             await socket.recv()
 
-    # Refused at the handshake (HTTP 403), before any event could flow.
+    # Refused at the handshake (HTTP 403), before anything could flow.
     with pytest.raises(websockets.exceptions.InvalidStatus):
         asyncio.run(subscribe())
 
