@@ -23,13 +23,15 @@ async def org_with_key(store: Store, org_id: str | None = None) -> str:
 async def test_a_provider_is_created_replaced_listed_and_deleted(store: Store) -> None:
     org = await org_with_key(store)
     assert await store.put_provider(org, "openai-main", None, b"c1", b"n1", 1) is True
-    assert await store.put_provider(org, "openai-main", "https://llm.example/v1", b"c2", b"n2", 1) is False
+    # A ciphertext no id or timestamp in a repr could contain by chance.
+    sealed = b"sealed-ciphertext-2"
+    assert await store.put_provider(org, "openai-main", "https://llm.example/v1", sealed, b"n2", 1) is False
     await store.put_provider(org, "anthropic", None, b"c3", b"n3", 1)
     listed = await store.list_providers(org)
     assert [(p.name, p.api_base) for p in listed] == [("anthropic", None), ("openai-main", "https://llm.example/v1")]
     replaced = await store.get_provider(org, "openai-main")
-    assert replaced is not None and (replaced.key_ciphertext, replaced.key_nonce) == (b"c2", b"n2")
-    assert replaced.updated_at >= replaced.created_at and "c2" not in repr(replaced)
+    assert replaced is not None and (replaced.key_ciphertext, replaced.key_nonce) == (sealed, b"n2")
+    assert replaced.updated_at >= replaced.created_at and "sealed-ciphertext" not in repr(replaced)
     assert await store.delete_provider(org, "openai-main") is True
     assert await store.delete_provider(org, "openai-main") is False
     assert not await store.provider_exists(org, "openai-main") and await store.provider_exists(org, "anthropic")
