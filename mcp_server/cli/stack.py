@@ -86,7 +86,14 @@ def _is_credential(name: str) -> bool:
     upper = name.upper()
     return upper in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING") or (
         upper.startswith("ARIEL_") and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK"))
-    )
+    ) or upper.startswith("ARIEL_KEK")
+
+
+def _server_side(name: str) -> bool:
+    upper = name.upper()
+    if upper.startswith(("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_API_SERVICES_")):
+        return True
+    return upper.startswith("ARIEL_") and upper not in ("ARIEL_HOME", PROTECTED_ENDPOINTS_ENV)
 
 
 def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[str, str]:
@@ -108,7 +115,10 @@ def worker_env(api_url: str, settings: ArielSettings, pool_host_key: str) -> dic
     protected endpoints still name the Prefect API at `api_url` itself: a process pool's runs, on this host,
     must not reach it under any name.
     """
-    env = prefect_env(api_url, settings)
+    # A stock worker copies every PREFECT_ setting it has into each run, and a process pool's runs inherit the
+    # rest: nothing of the server's (its database URL holds a password) or of Ariel's own configuration (the
+    # store's URL, keys) goes to the worker host; it needs none of it.
+    env = {name: value for name, value in prefect_env(api_url, settings).items() if not _server_side(name)}
     env.update(PREFECT_API_URL=gateway_url(settings), PREFECT_API_KEY=pool_host_key,
                PREFECT_API_AUTH_STRING=f"pool-host:{pool_host_key}")
     # A process worker runs flows on this host: make the runtime importable from any directory.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -35,9 +36,14 @@ def worker_pool(server: str, key: str) -> str:
     if answer.status_code == 401:
         raise WorkerFailed(f"{server} does not accept this worker key: it was revoked, or mistyped (an admin lists "
                            "them with manage_org list_worker_keys and makes a new one with create_worker_key)")
-    if answer.status_code != 200:
-        raise WorkerFailed(f"{server} answered {answer.status_code} to {url}; is it an Ariel server?")
-    return str(answer.json()["work_pool"])
+    try:
+        pool = answer.json()["work_pool"] if answer.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        pool = None
+    if not isinstance(pool, str):
+        raise WorkerFailed(f"{server} answered {answer.status_code} to {url} without a work pool; is it an Ariel "
+                           "server of the same release?")
+    return pool
 
 
 def worker_environment(server: str, key: str) -> dict[str, str]:
@@ -63,6 +69,10 @@ def run_worker(server: str, key: str | None) -> None:
         raise WorkerFailed("that is not a worker key; worker keys look like ariel_wk_<8 hex digits>_<secret>")
     if not server.startswith(("http://", "https://")):
         raise WorkerFailed(f"--server: {server!r} is not a URL; give Ariel's address, e.g. https://ariel.example.com")
+    host = (urlsplit(server).hostname or "").lower()
+    if server.startswith("http://") and not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        # The key, and every run's token and provider key after it, would cross the network in clear.
+        raise WorkerFailed(f"--server: {server} is plain http to another machine; use https")
     from deployments.images.runtime_image import docker_available
 
     if not docker_available():

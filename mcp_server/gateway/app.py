@@ -151,7 +151,8 @@ class Gateway:
             if not verdict.allowed:
                 log.warning("gateway: refused %s: %s %s (%s)", caller.label, request.method, api_path, verdict.detail)
                 return JSONResponse({"detail": verdict.detail}, status_code=verdict.status)
-            return await self._forward(request, api_path, body, verdict.rewrite)
+            return await self._forward(request, api_path, verdict.body if verdict.body is not None else body,
+                                       verdict.rewrite)
         except httpx.HTTPError as exc:
             log.warning("gateway: the Prefect API at %s did not answer: %s", self.upstream_url, exc)
             return JSONResponse({"detail": "the Prefect API behind Ariel's gateway did not answer; try again"},
@@ -295,9 +296,14 @@ class Gateway:
                 return
             try:
                 event = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 event = None
-            if await admits(self.rules, caller, event):
+            try:
+                admitted = await admits(self.rules, caller, event)
+            except Exception:  # a lookup that failed, a shape nobody foresaw: the event is dropped, the stream goes on
+                log.warning("gateway: could not check an event from %s; dropped", caller.label, exc_info=True)
+                admitted = False
+            if admitted:
                 await upstream.send(text)
             else:
                 dropped += 1
@@ -314,11 +320,16 @@ class _AuthenticatedEvents:
 
     async def __aenter__(self) -> ClientConnection:
         connection: ClientConnection = await self._connecting.__aenter__()
-        await connection.send(json.dumps({"type": "auth", "token": self._auth}))
-        answer = json.loads(await asyncio.wait_for(connection.recv(), timeout=10))
-        if answer.get("type") != "auth_success":
+        try:
+            await connection.send(json.dumps({"type": "auth", "token": self._auth}))
+            answer = json.loads(await asyncio.wait_for(connection.recv(), timeout=10))
+        except BaseException:
             await self._connecting.__aexit__(None, None, None)
-            raise OSError(f"the Prefect API refused the gateway's event stream: {answer.get('reason', answer)}")
+            raise
+        if not isinstance(answer, dict) or answer.get("type") != "auth_success":
+            await self._connecting.__aexit__(None, None, None)
+            reason = answer.get("reason", answer) if isinstance(answer, dict) else answer
+            raise OSError(f"the Prefect API refused the gateway's event stream: {reason}")
         return connection
 
     async def __aexit__(self, *exc: object) -> None:

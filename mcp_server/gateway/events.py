@@ -25,6 +25,7 @@ from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
 
 _FLOW_RUN = "prefect.flow-run."
 _WORK_POOL = "prefect.work-pool."
+_TASK_RUN = "prefect.task-run."
 
 
 @dataclass
@@ -40,7 +41,11 @@ def mentions(event: Any) -> Mentions:
     if not isinstance(event, dict):
         found.malformed = True
         return found
-    resources = [event.get("resource"), *(event.get("related") or [])]
+    related = event.get("related") or []
+    if not isinstance(related, list):
+        found.malformed = True
+        return found
+    resources = [event.get("resource"), *related]
     for resource in resources:
         if not isinstance(resource, dict) or not isinstance(resource.get("prefect.resource.id"), str):
             found.malformed = True
@@ -60,9 +65,41 @@ def mentions(event: Any) -> Mentions:
     return found
 
 
+def payload_runs(event: Any) -> tuple[bool, set[UUID]]:
+    """For a task run's event: whether its payload agrees with its resource, and the flow runs the payload names.
+
+    Prefect records a task run from its events, with the fields of `payload.task_run` over those it takes from
+    the resource and related runs: a payload naming another flow run (or another task run) would file a task run
+    there.
+    """
+    resource = event.get("resource") if isinstance(event, dict) else None
+    resource_id = resource.get("prefect.resource.id") if isinstance(resource, dict) else None
+    if not isinstance(resource_id, str) or not resource_id.startswith(_TASK_RUN):
+        return True, set()
+    payload = event.get("payload")
+    task_run = payload.get("task_run") if isinstance(payload, dict) else None
+    if task_run is None:
+        return True, set()
+    if not isinstance(task_run, dict):
+        return False, set()
+    if task_run.get("id") not in (None, resource_id.removeprefix(_TASK_RUN)):
+        return False, set()
+    named = task_run.get("flow_run_id")
+    if named is None:
+        return True, set()
+    try:
+        return True, {UUID(str(named))}
+    except ValueError:
+        return False, set()
+
+
 async def admits(rules: Rules, scope: Scope, event: Any) -> bool:
     """Whether `scope` may send `event`."""
     named = mentions(event)
+    consistent, in_payload = payload_runs(event)
+    if not consistent:
+        return False
+    named.flow_runs |= in_payload
     if named.malformed or not (named.flow_runs or named.work_pools):
         return False
     if isinstance(scope, RunScope):

@@ -35,6 +35,9 @@ class Verdict:
     # give its answer (status and words differ by route; this way they are Prefect's own, exactly).
     stand_in: str | None = None
     swapped: tuple[str, str] = ("", "")  # (the fresh id in `stand_in`, what the caller asked about)
+    # The request body to send instead of the caller's: a list narrowed to the scope before Prefect pages it, so
+    # that a limit or an offset cannot tell what lies outside (the answer is filtered again all the same).
+    body: bytes | None = None
 
     @property
     def allowed(self) -> bool:
@@ -59,7 +62,10 @@ _POOL = r"(?P<pool>[^/]+)"
 
 # What each PATCH may change: a worker records the container it started; a run its name, version, retry policy.
 _WORKER_RUN_FIELDS = frozenset({"infrastructure_pid"})
-_RUN_FIELDS = frozenset({"name", "flow_version", "empirical_policy", "infrastructure_pid"})
+# Not `name`: runs are found by name in chat, and a run must not take another's.
+_RUN_FIELDS = frozenset({"flow_version", "empirical_policy", "infrastructure_pid"})
+# States a run may not give itself: only a worker or the control plane schedules.
+_NOT_FOR_A_RUN = frozenset({"SCHEDULED", "PENDING"})
 
 
 def _uuid(text: str) -> UUID | None:
@@ -72,8 +78,25 @@ def _uuid(text: str) -> UUID | None:
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[[[[…' nested past Python's limit
         return None
+
+
+def _narrowed(body: bytes, kind: str, field: str, allowed: str) -> bytes:
+    """A filter request whose `kind.field.any_` is narrowed to `allowed`: the caller's list, if any, kept to it.
+
+    >>> json.loads(_narrowed(b'{"flow_runs": {"id": {"any_": ["a", "b"]}}, "limit": 1}', "flow_runs", "id", "b"))
+    {'flow_runs': {'id': {'any_': ['b']}}, 'limit': 1}
+    >>> json.loads(_narrowed(b'{"flow_runs": {"id": {"any_": ["a"]}}}', "flow_runs", "id", "b"))["flow_runs"]
+    {'id': {'any_': []}}
+    """
+    parsed = _json(body)
+    request: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    section: dict[str, Any] = request[kind] if isinstance(request.get(kind), dict) else {}
+    condition: dict[str, Any] = section[field] if isinstance(section.get(field), dict) else {}
+    asked = condition.get("any_")
+    kept = [allowed] if not isinstance(asked, list) or allowed in asked else []
+    return json.dumps({**request, kind: {**section, field: {**condition, "any_": kept}}}).encode()
 
 
 class Rules:
@@ -99,7 +122,7 @@ class Rules:
         ]
         self._run_routes: list[tuple[str, re.Pattern[str], Callable[..., Awaitable[Verdict]]]] = [
             ("GET", re.compile(rf"/flow_runs/{_ID}"), self._own_run),
-            ("POST", re.compile(rf"/flow_runs/{_ID}/set_state"), self._own_run),
+            ("POST", re.compile(rf"/flow_runs/{_ID}/set_state"), self._own_state),
             ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._own_run),
             ("PATCH", re.compile(rf"/flow_runs/{_ID}"), self._own_run_update),
             ("GET", re.compile(rf"/deployments/{_ID}"), self._own_deployment),
@@ -131,10 +154,11 @@ class Rules:
     async def _pool(self, scope: PoolScope, _body: bytes, pool: str) -> Verdict:
         return THROUGH if scope.allows_pool(pool) else NOT_FOUND
 
-    async def _pool_list(self, scope: PoolScope, _body: bytes) -> Verdict:
+    async def _pool_list(self, scope: PoolScope, body: bytes) -> Verdict:
         async def keep_own(pools: Any) -> Any:
             return [pool for pool in pools if scope.allows_pool(pool.get("name"))] if isinstance(pools, list) else []
-        return Verdict(rewrite=keep_own)
+        narrowed = _narrowed(body, "work_pools", "name", scope.pool) if scope.pool else None
+        return Verdict(rewrite=keep_own, body=narrowed)
 
     async def _pool_scheduled(self, scope: PoolScope, body: bytes, pool: str) -> Verdict:
         if not scope.allows_pool(pool):
@@ -155,12 +179,14 @@ class Rules:
             return NOT_FOUND
         return _fields_within(body, _WORKER_RUN_FIELDS, scope)
 
-    async def _pool_run_list(self, scope: PoolScope, _body: bytes) -> Verdict:
+    async def _pool_run_list(self, scope: PoolScope, body: bytes) -> Verdict:
         async def keep_own(runs: Any) -> Any:
             if not isinstance(runs, list):
                 return []
             return [run for run in runs if await self.in_pool_scope(scope, _uuid(str(run.get("id"))))]
-        return Verdict(rewrite=keep_own)
+        # The pool host serves every org of its install (a pattern, not a list): its answers are filtered only.
+        narrowed = _narrowed(body, "work_pools", "name", scope.pool) if scope.pool else None
+        return Verdict(rewrite=keep_own, body=narrowed)
 
     async def _pool_deployment(self, scope: PoolScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
         deployment_id = _uuid(id)
@@ -201,12 +227,22 @@ class Rules:
         facts = await self.ownership.run(scope.run_id)
         return THROUGH if facts is not None and _uuid(id) == facts.work_queue_id else NOT_FOUND
 
-    async def _own_run_list(self, scope: RunScope, _body: bytes) -> Verdict:
+    async def _own_run_list(self, scope: RunScope, body: bytes) -> Verdict:
         # The engine polls for its own run being suspended or cancelled.
         async def keep_own(runs: Any) -> Any:
             own = str(scope.run_id)
             return [run for run in runs if run.get("id") == own] if isinstance(runs, list) else []
-        return Verdict(rewrite=keep_own)
+        return Verdict(rewrite=keep_own, body=_narrowed(body, "flow_runs", "id", str(scope.run_id)))
+
+    async def _own_state(self, scope: RunScope, body: bytes, id: str) -> Verdict:  # noqa: A002
+        if _uuid(id) != scope.run_id:
+            return NOT_FOUND
+        proposed = _json(body)
+        state = proposed.get("state") if isinstance(proposed, dict) else None
+        if not isinstance(state, dict) or str(state.get("type", "")).upper() in _NOT_FOR_A_RUN:
+            # Scheduled again, a worker would start it again and the gateway give it a fresh token: for ever.
+            return refused("setting its own run back to SCHEDULED or PENDING", scope)
+        return THROUGH
 
     async def _own_deployment(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
         facts = await self.ownership.run(scope.run_id)

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from deployments.pools.work_pools import DEFAULT_CPUS
 from flows.config import Limits
@@ -237,13 +238,22 @@ class OrgService:
             raise InvalidRequest("name: give the worker key a name of 1 to 200 characters, e.g. 'office-server'")
         first = not await self.store.worker_keys(caller.org_id, active_only=True)
         record, plaintext = await self.store.create_worker_key(caller.org_id, name.strip(), caller.user_id)
-        moved = await self._move_agents(caller) if first else 0
+        try:
+            # Every time, not only for the first key: a move an earlier call could not finish is finished now.
+            moved = await self._move_agents(caller)
+        except BaseException:
+            # Never shown, so never usable: and the agents stay where they were.
+            await self.store.revoke_worker_key(caller.org_id, record.id)
+            raise
         pool, _ = await self.agents.org_pool(caller.org_id)
         whose = _agents_of(caller)
         done = ("worker key created; it is shown this once, so store it now. Start a worker on your own machine "
                 "with the command in start_worker (the README's 'Run agents on your own hardware' says what to "
                 f"install first). {whose.capitalize()} now run on your hardware, in work pool {pool}")
         done += f" ({moved} moved there): runs wait until a worker with this key is started." if first else "."
+        if _loopback(self.public_url):
+            done += (f" The command names {self.public_url}, this host's own address: for a worker on another "
+                     "machine, use the address it reaches Ariel at (the operator sets it as ARIEL_PUBLIC_URL).")
         return OrgActionView(
             action="create_worker_key", done=done,
             worker_keys=[_worker_key_view(record).model_copy(update={"key": plaintext})],
@@ -321,6 +331,11 @@ def _required(value: Any, field: str, action: str) -> Any:
 def _member_view(member: Member) -> MemberView:
     return MemberView(user_id=member.user.id, user=member.user.label, role=member.role,
                       joined_at=member.joined_at, pending=member.user.source == "invite")
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _agents_of(caller: Caller) -> str:

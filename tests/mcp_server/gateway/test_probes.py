@@ -223,6 +223,10 @@ def test_a_run_token_reaches_no_other_run_of_its_own_org(stack: Stack) -> None:
                                      {"state": {"type": "RUNNING"}}),
                                     ("PATCH", f"/flow_runs/{stack.a_run}", {"parameters": {"config": {}}}),
                                     ("PATCH", f"/flow_runs/{stack.a_run}", {"job_variables": {"env": {}}}),
+                                    # Another run's name, or scheduled again for a fresh token: neither.
+                                    ("PATCH", f"/flow_runs/{stack.a_run}", {"name": "someone-else"}),
+                                    ("POST", f"/flow_runs/{stack.a_run}/set_state",
+                                     {"state": {"type": "SCHEDULED"}, "force": True}),
                                     ("GET", "/ariel/v1/worker", None)]
     for method, path, body in tries:
         answer = request(stack, stack.run_token, method, path, body) if not path.startswith("/ariel") else \
@@ -237,6 +241,13 @@ def test_lists_through_the_gateway_hold_only_what_is_in_scope(stack: Stack) -> N
     assert runs and {run["work_pool_name"] for run in runs} == {stack.a_pool}
     own = request(stack, stack.run_token, "POST", "/flow_runs/filter", {}).json()
     assert [run["id"] for run in own] == [stack.a_run]
+    # A page of one, sorted so that B's run would come first: narrowed before Prefect pages, the page is never
+    # empty, so it cannot tell that B's run exists.
+    order = "NAME_DESC"  # bravo-… before alpha-…
+    for credential in (stack.run_token, stack.worker_key):
+        page = request(stack, credential, "POST", "/flow_runs/filter",
+                       {"flow_runs": {"id": {"any_": [stack.b_run, stack.a_run]}}, "sort": order, "limit": 1}).json()
+        assert [run["id"] for run in page] == [stack.a_run]
 
 
 def test_without_a_credential_neither_the_gateway_nor_the_raw_api_answers(stack: Stack) -> None:
@@ -261,7 +272,7 @@ def test_a_revoked_worker_key_is_refused(stack: Stack) -> None:
 
 
 def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: Stack) -> None:
-    own, forged = uuid.uuid4(), uuid.uuid4()
+    own, forged, smuggled = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
     async def send() -> None:
         url = stack.gateway.replace("http://", "ws://") + "/events/in"
@@ -273,6 +284,14 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
                     "id": str(event_id), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
                     "resource": {"prefect.resource.id": f"prefect.flow-run.{run}"}, "related": [], "payload": {},
                 }))
+            # A task run of its own run, as its resources say, whose payload would file it under B's run.
+            await socket.send(json.dumps({
+                "id": str(smuggled), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
+                "resource": {"prefect.resource.id": f"prefect.task-run.{uuid.uuid4()}"},
+                "related": [{"prefect.resource.id": f"prefect.flow-run.{stack.a_run}",
+                             "prefect.resource.role": "flow-run"}],
+                "payload": {"task_run": {"flow_run_id": stack.b_run, "name": "forged"}},
+            }))
             await asyncio.sleep(0.5)
 
     asyncio.run(send())
@@ -284,7 +303,7 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
         return {event["id"] for event in answer.json()["events"]}
 
     wait_until(lambda: str(own) in stored(), 30, "the run's own event in Prefect")
-    assert str(forged) not in stored()
+    assert not {str(forged), str(smuggled)} & stored()
 
 
 def test_no_other_event_stream_is_open(stack: Stack) -> None:
