@@ -189,11 +189,16 @@ class Gateway:
         outside Ariel gets `tampered` and no secret.
         """
         try:
-            parameters = await self.ownership.run_parameters(caller.run_id)
+            now = await self.ownership.run_now(caller.run_id)
         except httpx.HTTPError:
             return JSONResponse({"error": "unavailable", "detail": "the Prefect API did not answer; try again"},
                                 status_code=503)
-        config = (parameters or {}).get("config")
+        parameters, state = now if now is not None else ({}, None)
+        if state not in ("PENDING", "RUNNING"):
+            # A run that is over (or not yet started) needs no key: its token outlives it by design, its secrets not.
+            return JSONResponse({"error": "not_running", "detail": f"the run is {state or 'gone'}, not running"},
+                                status_code=409)
+        config = parameters.get("config")
         try:
             verify(config if isinstance(config, dict) else {}, self._verify_key())
         except ConfigTampered as exc:

@@ -100,10 +100,14 @@ class Ownership:
             work_queue_id=UUID(body["work_queue_id"]) if body.get("work_queue_id") else None,
         ))
 
-    async def run_parameters(self, run_id: UUID) -> dict[str, Any] | None:
-        """The run's parameters as Prefect holds them now (never cached: they are what a tamperer changes)."""
+    async def run_now(self, run_id: UUID) -> tuple[dict[str, Any], str | None] | None:
+        """The run's parameters and state type as Prefect holds them now (never cached: parameters are what a
+        tamperer changes, and the state moves)."""
         body = await self._read(f"/flow_runs/{run_id}")
-        return None if body is None else dict(body.get("parameters") or {})
+        if body is None:
+            return None
+        state = body.get("state")
+        return dict(body.get("parameters") or {}), state.get("type") if isinstance(state, dict) else None
 
     async def deployment(self, deployment_id: UUID) -> DeploymentFacts | None:
         facts = self._deployments.get(deployment_id)

@@ -331,3 +331,10 @@ def test_the_raw_event_stream_refuses_a_client_without_the_control_planes_creden
     for token in (None, f"worker:{stack.worker_key}", f"run:{stack.run_token}"):
         with pytest.raises(websockets.exceptions.ConnectionClosed):
             asyncio.run(subscribe(token))
+
+
+def test_a_run_that_is_not_running_gets_no_key(stack: Stack) -> None:
+    """A's run was handed out but never started: its token is valid, yet the secrets route gives nothing."""
+    answer = httpx.get(stack.gateway.removesuffix("/api") + "/ariel/v1/run", headers=bearer(stack.run_token),
+                       timeout=30)
+    assert (answer.status_code, answer.json()["error"]) == (409, "not_running"), answer.text
