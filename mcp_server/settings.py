@@ -10,6 +10,7 @@ import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -267,11 +268,15 @@ class ArielSettings(BaseSettings):
         return self.store_url or f"sqlite+aiosqlite:///{self.home / 'ariel.db'}"
 
     @property
-    def base_url(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
+    def local_url(self) -> str:
+        """The HTTP app as a process on this host reaches it (a wildcard listen address becomes loopback)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The HTTP app as people and customers' workers reach it."""
+        return self.public_url.rstrip("/") if self.public_url else self.local_url
 
     @property
     def mcp_url(self) -> str:
@@ -280,3 +285,13 @@ class ArielSettings(BaseSettings):
 
 def _new_auth_string() -> bytes:
     return f"ariel:{secrets.token_urlsafe(32)}".encode()
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` names this host only (what another machine cannot reach, and plain http may go to).
+
+    >>> is_loopback_url("http://127.0.0.1:8765"), is_loopback_url("https://ariel.example.com")
+    (True, False)
+    """
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"

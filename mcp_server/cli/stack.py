@@ -103,9 +103,7 @@ def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[
 
 def gateway_url(settings: ArielSettings) -> str:
     """The Prefect API as workers and runs on this host reach it: through the gateway in Ariel's HTTP app."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.port}{GATEWAY_PATH}/api"  # loopback: the pool host runs beside the app
+    return f"{settings.local_url}{GATEWAY_PATH}/api"  # loopback: the pool host runs beside the app
 
 
 def worker_env(api_url: str, settings: ArielSettings, pool_host_key: str) -> dict[str, str]:

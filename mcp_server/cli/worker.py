@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from urllib.parse import urlsplit
 
 import httpx
 
 from mcp_server.auth.worker_keys import worker_key_prefix
+from mcp_server.settings import is_loopback_url
 
 KEY_ENV = "ARIEL_WORKER_KEY"
 POLL_SECONDS = "2"  # Prefect's default of 10 s would be most of a run's start-up time
@@ -69,8 +69,7 @@ def run_worker(server: str, key: str | None) -> None:
         raise WorkerFailed("that is not a worker key; worker keys look like ariel_wk_<8 hex digits>_<secret>")
     if not server.startswith(("http://", "https://")):
         raise WorkerFailed(f"--server: {server!r} is not a URL; give Ariel's address, e.g. https://ariel.example.com")
-    host = (urlsplit(server).hostname or "").lower()
-    if server.startswith("http://") and not (host == "localhost" or host.startswith("127.") or host == "::1"):
+    if server.startswith("http://") and not is_loopback_url(server):
         # The key, and every run's token and provider key after it, would cross the network in clear.
         raise WorkerFailed(f"--server: {server} is plain http to another machine; use https")
     from deployments.images.runtime_image import docker_available

@@ -11,7 +11,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from deployments.pools.work_pools import DEFAULT_CPUS
 from flows.config import Limits
@@ -30,7 +29,7 @@ from mcp_server.services.views import (
     WhoAmIView,
     WorkerKeyView,
 )
-from mcp_server.settings import AuthMode
+from mcp_server.settings import AuthMode, is_loopback_url
 from mcp_server.store import ApiKeyRecord, Member, Organization, Store, WorkerKeyRecord
 from mcp_server.store import exceptions as store_errors
 
@@ -251,7 +250,7 @@ class OrgService:
                 "with the command in start_worker (the README's 'Run agents on your own hardware' says what to "
                 f"install first). {whose.capitalize()} now run on your hardware, in work pool {pool}")
         done += f" ({moved} moved there): runs wait until a worker with this key is started." if first else "."
-        if _loopback(self.public_url):
+        if is_loopback_url(self.public_url):
             done += (f" The command names {self.public_url}, this host's own address: for a worker on another "
                      "machine, use the address it reaches Ariel at (the operator sets it as ARIEL_PUBLIC_URL).")
         return OrgActionView(
@@ -331,11 +330,6 @@ def _required(value: Any, field: str, action: str) -> Any:
 def _member_view(member: Member) -> MemberView:
     return MemberView(user_id=member.user.id, user=member.user.label, role=member.role,
                       joined_at=member.joined_at, pending=member.user.source == "invite")
-
-
-def _loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _agents_of(caller: Caller) -> str:
