@@ -15,8 +15,9 @@ from sqlalchemy import Row, Select, Table, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mcp_server.auth import new_api_key
+from mcp_server.auth import NewApiKey, new_api_key
 from mcp_server.store._ids import new_id, utc_now
+from mcp_server.store._keys import insert_key, key_by_prefix, revoke_key
 from mcp_server.store._records import ApiKeyRecord, Member, Organization, Role, User
 from mcp_server.store._schema import api_keys, memberships, organizations, users
 from mcp_server.store.exceptions import Conflict
@@ -243,21 +244,13 @@ class IdentityQueries:
 
     async def create_api_key(self, org_id: str, name: str, role: Role, created_by: str) -> tuple[ApiKeyRecord, str]:
         """A new key for the org; the plaintext is returned here once and stored nowhere."""
-        for attempt in range(5):
+        def make() -> tuple[dict[str, Any], NewApiKey]:
             fresh = new_api_key()
-            record = ApiKeyRecord(
-                id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name, role=role,
-                created_by=created_by, created_at=utc_now(), revoked_at=None,
-            )
-            try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(api_keys.insert().values(**record.__dict__))
-            except IntegrityError:
-                if attempt == 4:
-                    raise
-                continue  # the 32-bit prefix collided with another key's; draw again
-            return record, fresh.plaintext
-        raise AssertionError("unreachable")
+            return dict(id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name,
+                        role=role, created_by=created_by, created_at=utc_now(), revoked_at=None), fresh
+
+        values, plaintext = await insert_key(self._engine, api_keys, make)
+        return ApiKeyRecord(**values), plaintext
 
     async def api_keys(self, org_id: str) -> list[ApiKeyRecord]:
         query = select(api_keys).where(api_keys.c.org_id == org_id).order_by(api_keys.c.created_at)
@@ -266,17 +259,10 @@ class IdentityQueries:
 
     async def revoke_api_key(self, org_id: str, ref: str) -> ApiKeyRecord | None:
         """Revoke the org's key whose id or prefix is `ref`; None when the org has no such key."""
-        match = (api_keys.c.org_id == org_id) & ((api_keys.c.id == ref) | (api_keys.c.prefix == ref))
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(select(api_keys).where(match))).first()
-            if row is None:
-                return None
-            if row.revoked_at is None:
-                await conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=utc_now()))
-            return _key((await conn.execute(select(api_keys).where(api_keys.c.id == row.id))).one())
+        row = await revoke_key(self._engine, api_keys, org_id, ref)
+        return _key(row) if row else None
 
     async def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:
         """For authentication only: the key a presented token claims to be, whatever its org."""
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
+        row = await key_by_prefix(self._engine, api_keys, prefix)
         return _key(row) if row else None

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mcp_server.auth import NewApiKey
 from mcp_server.auth.worker_keys import new_worker_key
 from mcp_server.store._ids import new_id, utc_now
+from mcp_server.store._keys import insert_key, key_by_prefix, revoke_key
 from mcp_server.store._schema import worker_keys
 
 
@@ -38,19 +39,13 @@ class WorkerKeyQueries:
 
     async def create_worker_key(self, org_id: str, name: str, created_by: str) -> tuple[WorkerKeyRecord, str]:
         """A new worker key for the org; the plaintext is returned here once and stored nowhere."""
-        for attempt in range(5):
+        def make() -> tuple[dict[str, Any], NewApiKey]:
             fresh = new_worker_key()
-            record = WorkerKeyRecord(id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash,
-                                     name=name, created_by=created_by, created_at=utc_now(), revoked_at=None)
-            try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(worker_keys.insert().values(**record.__dict__))
-            except IntegrityError:
-                if attempt == 4:
-                    raise
-                continue  # the 32-bit prefix collided with another key's; draw again
-            return record, fresh.plaintext
-        raise AssertionError("unreachable")
+            return dict(id=new_id(), org_id=org_id, prefix=fresh.prefix, key_hash=fresh.key_hash, name=name,
+                        created_by=created_by, created_at=utc_now(), revoked_at=None), fresh
+
+        values, plaintext = await insert_key(self._engine, worker_keys, make)
+        return WorkerKeyRecord(**values), plaintext
 
     async def worker_keys(self, org_id: str, active_only: bool = False) -> list[WorkerKeyRecord]:
         query = select(worker_keys).where(worker_keys.c.org_id == org_id).order_by(worker_keys.c.created_at)
@@ -61,17 +56,10 @@ class WorkerKeyQueries:
 
     async def revoke_worker_key(self, org_id: str, ref: str) -> WorkerKeyRecord | None:
         """Revoke the org's worker key whose id or prefix is `ref`; None when the org has no such key."""
-        match = (worker_keys.c.org_id == org_id) & ((worker_keys.c.id == ref) | (worker_keys.c.prefix == ref))
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(select(worker_keys).where(match))).first()
-            if row is None:
-                return None
-            if row.revoked_at is None:
-                await conn.execute(update(worker_keys).where(worker_keys.c.id == row.id).values(revoked_at=utc_now()))
-            return _record((await conn.execute(select(worker_keys).where(worker_keys.c.id == row.id))).one())
+        row = await revoke_key(self._engine, worker_keys, org_id, ref)
+        return _record(row) if row else None
 
     async def worker_key_by_prefix(self, prefix: str) -> WorkerKeyRecord | None:
         """For the gateway only: the key a presented token claims to be, whatever its org."""
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(select(worker_keys).where(worker_keys.c.prefix == prefix))).first()
+        row = await key_by_prefix(self._engine, worker_keys, prefix)
         return _record(row) if row else None
