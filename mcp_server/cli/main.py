@@ -7,11 +7,17 @@ import asyncio
 import getpass
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from mcp_server.cli.processes import stop_on_signals
 from mcp_server.settings import ArielSettings
+
+if TYPE_CHECKING:
+    from deployments.pools.work_pools import PoolType
+    from mcp_server.services.caller import Caller
+    from mcp_server.services.container import Services
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,18 +192,45 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
     )
 
 
-async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
-    from pydantic import SecretStr
-
+def _running(settings: ArielSettings) -> tuple[str, PoolType]:
+    """The Prefect API and pool type of the running `ariel up`, which host commands act through."""
     from mcp_server.cli.stack import Runtime
-    from mcp_server.services.caller import Caller
-    from mcp_server.services.container import open_services
-    from mcp_server.services.exceptions import InvalidRequest, NotFound
+    from mcp_server.services.exceptions import InvalidRequest
 
     runtime = Runtime.load(settings.home)
     api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
     if api_url is None or runtime is None:
         raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
+    return api_url, runtime.pool_type
+
+
+async def _host_caller(services: Services, org_slug: str | None, label: str) -> Caller:
+    """Who a command on Ariel's host acts as: an owner of `org_slug`, or of the local user's current org.
+
+    Whoever can run it holds the store itself.
+    """
+    from mcp_server.services.caller import Caller
+    from mcp_server.services.exceptions import NotFound
+
+    if org_slug:
+        org = await services.store.find_org(org_slug)
+        if org is None:
+            raise NotFound(f"no org {org_slug!r} in this installation")
+    else:
+        local = await services.auth.local_caller("cli")
+        org = await services.store.get_org(local.org_id)
+        assert org is not None  # the local user's current org exists: local_caller just resolved it
+    return Caller(user_id="ariel", user_label=label, org_id=org.id, org_slug=org.slug, org_name=org.name,
+                  role="owner", source="local", origin="cli")
+
+
+async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
+    from pydantic import SecretStr
+
+    from mcp_server.services.container import open_services
+    from mcp_server.services.exceptions import InvalidRequest
+
+    api_url, pool_type = _running(settings)
     if args.action != "list" and not args.name:
         raise InvalidRequest(f"provider {args.action} needs the provider's NAME, e.g. `ariel provider {args.action} "
                              "openai-main`")
@@ -205,18 +238,8 @@ async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
     if args.action == "set":
         # Read before connecting, and never from the command line, where `ps` and shell history would keep it.
         key = SecretStr(getpass.getpass(f"API key for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline())
-    async with open_services(settings, api_url, runtime.pool_type) as services:
-        if args.org:
-            org = await services.store.find_org(args.org)
-            if org is None:
-                raise NotFound(f"no org {args.org!r} in this installation")
-        else:
-            local = await services.auth.local_caller("cli")
-            org = await services.store.get_org(local.org_id)
-            assert org is not None  # the local user's current org exists: local_caller just resolved it
-        # Whoever can run this on the host holds the store itself: an owner.
-        caller = Caller(user_id="ariel", user_label="ariel provider (cli)", org_id=org.id, org_slug=org.slug,
-                        org_name=org.name, role="owner", source="local", origin="cli")
+    async with open_services(settings, api_url, pool_type) as services:
+        caller = await _host_caller(services, args.org, "ariel provider (cli)")
         action = {"set": "set_provider", "list": "list", "delete": "delete_provider"}[args.action]
         view = await services.secrets.manage(caller, action, args.name, key, args.api_base, args.yes)  # type: ignore[arg-type]  # argparse choices
     lines = [view.done]
@@ -226,30 +249,15 @@ async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
 
 
 async def _worker_key(settings: ArielSettings, args: argparse.Namespace) -> str:
-    from dataclasses import replace
-
-    from mcp_server.cli.stack import Runtime, platform_caller
     from mcp_server.services.container import open_services
-    from mcp_server.services.exceptions import InvalidRequest, NotFound
+    from mcp_server.services.exceptions import InvalidRequest
 
-    runtime = Runtime.load(settings.home)
-    api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
-    if api_url is None or runtime is None:
-        raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
+    api_url, pool_type = _running(settings)
     if args.action != "list" and not args.name:
         what = "a NAME for the key, e.g. office-server" if args.action == "create" else "the key's id or prefix"
         raise InvalidRequest(f"worker-key {args.action} needs {what}")
-    async with open_services(settings, api_url, runtime.pool_type) as services:
-        if args.org:
-            org = await services.store.find_org(args.org)
-            if org is None:
-                raise NotFound(f"no org {args.org!r} in this installation")
-        else:
-            local = await services.auth.local_caller("cli")
-            org = await services.store.get_org(local.org_id)
-            assert org is not None  # the local user's current org exists: local_caller just resolved it
-        # Whoever can run this on the host holds the store itself: an owner.
-        caller = replace(platform_caller(org), user_label="ariel worker-key (cli)", origin="cli")
+    async with open_services(settings, api_url, pool_type) as services:
+        caller = await _host_caller(services, args.org, "ariel worker-key (cli)")
         action = {"create": "create_worker_key", "list": "list_worker_keys", "revoke": "revoke_worker_key"}[args.action]
         view = await services.orgs.manage(caller, action, None, None,  # type: ignore[arg-type]  # argparse choices
                                           args.name if args.action == "create" else None, None,

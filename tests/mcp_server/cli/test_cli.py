@@ -148,3 +148,26 @@ async def test_secrets_rotate_rewraps_every_data_key_and_names_the_old_key_to_re
     malformed = ariel("secrets", "rotate", ARIEL_HOME=str(home), ARIEL_KEK="bm90IGEga2V5")
     assert malformed.returncode == 1 and malformed.stderr.strip() == (
         "ariel secrets: ARIEL_KEK is not base64 of a 32-byte key; make one with `openssl rand -base64 32`")
+
+
+def test_worker_key_create_prints_the_key_once_with_its_start_command_and_revoke_ends_it(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    from mcp_server.cli.stack import Runtime
+
+    home = tmp_path / "home"
+    home.mkdir()
+    Runtime(prefect_api_url=prefect_api, pool_type="process").save(home)  # what `ariel up` records
+    env = {"ARIEL_HOME": str(home)}
+    made = ariel("worker-key", "create", "office-server", **env)
+    assert made.returncode == 0, made.stderr
+    assignment = "ARIEL_WORKER_KEY="
+    [key] = [word.removeprefix(assignment) for word in made.stdout.split() if word.startswith(assignment)]
+    assert key.startswith("ariel_wk_") and "ariel worker --server http://127.0.0.1:8765" in made.stdout
+    listed = ariel("worker-key", "list", **env)
+    prefix = key.split("_")[2]
+    assert listed.returncode == 0 and f"{prefix}  office-server  active" in listed.stdout and key not in listed.stdout
+    revoked = ariel("worker-key", "revoke", prefix, **env)
+    assert revoked.returncode == 0 and f"worker key {prefix} no longer works" in revoked.stdout, revoked.stderr
+    missing = ariel("worker-key", "create", "x", "--org", "nope", **env)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "ariel worker-key: no org 'nope' in this installation")
