@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -227,14 +228,23 @@ class ArielSettings(BaseSettings):
         "When unset, the one kept in `home`/keys/run-token-key (made on first use).",
     )
 
+    @property
+    def keys_folder(self) -> Path:
+        """Where a desktop install keeps the control plane's key files (`mcp_server.keyfiles`)."""
+        return self.home / "keys"
+
+    def _setting_or_key_file(self, setting: SecretStr | None, name: str, make: Callable[[], bytes]) -> bytes:
+        """A secret from its setting (SaaS: every replica the same), else from its key file, made on first use."""
+        if setting is not None:
+            return setting.get_secret_value().encode()
+        return secret_file(self.keys_folder / name, make)
+
     def run_token_secret(self) -> bytes:
-        if self.run_token_key is not None:
-            return self.run_token_key.get_secret_value().encode()
-        return secret_file(self.home / "keys" / "run-token-key", lambda: secrets.token_bytes(32))
+        return self._setting_or_key_file(self.run_token_key, "run-token-key", lambda: secrets.token_bytes(32))
 
     @property
     def prefect_auth_file(self) -> Path:
-        return self.home / "keys" / "prefect-auth"
+        return self.keys_folder / "prefect-auth"
 
     def prefect_credential(self, create: bool = False) -> str | None:
         """The auth string the control plane sends to Prefect; None for an external server given without one.
@@ -249,19 +259,14 @@ class ArielSettings(BaseSettings):
             return secret_file(self.prefect_auth_file, _new_auth_string).decode()
         return None
 
-    @property
-    def config_signing_key_file(self) -> Path:
-        return self.home / "keys" / "config-signing.pem"
-
     def config_signing_key_text(self) -> str:
         """The private key that signs run configurations: the setting, else the key file (made on first use)."""
-        if self.config_signing_key is not None:
-            return self.config_signing_key.get_secret_value()
-        return secret_file(self.config_signing_key_file, lambda: Ed25519ConfigSigner.generate().pem()).decode()
+        return self._setting_or_key_file(self.config_signing_key, "config-signing.pem",
+                                         lambda: Ed25519ConfigSigner.generate().pem()).decode()
 
     @property
     def resolved_kek_file(self) -> Path:
-        return self.kek_file or self.home / "keys" / "kek"
+        return self.kek_file or self.keys_folder / "kek"
 
     @property
     def resolved_store_url(self) -> str:
