@@ -233,14 +233,16 @@ class ArielSettings(BaseSettings):
         """Where a desktop install keeps the control plane's key files (`mcp_server.keyfiles`)."""
         return self.home / "keys"
 
-    def _setting_or_key_file(self, setting: SecretStr | None, name: str, make: Callable[[], bytes]) -> bytes:
+    @staticmethod
+    def _setting_or_key_file(setting: SecretStr | None, path: Path, make: Callable[[], bytes]) -> bytes:
         """A secret from its setting (SaaS: every replica the same), else from its key file, made on first use."""
         if setting is not None:
             return setting.get_secret_value().encode()
-        return secret_file(self.keys_folder / name, make)
+        return secret_file(path, make)
 
     def run_token_secret(self) -> bytes:
-        return self._setting_or_key_file(self.run_token_key, "run-token-key", lambda: secrets.token_bytes(32))
+        return self._setting_or_key_file(self.run_token_key, self.keys_folder / "run-token-key",
+                                         lambda: secrets.token_bytes(32))
 
     @property
     def prefect_auth_file(self) -> Path:
@@ -259,9 +261,13 @@ class ArielSettings(BaseSettings):
             return secret_file(self.prefect_auth_file, _new_auth_string).decode()
         return None
 
+    @property
+    def config_signing_key_file(self) -> Path:
+        return self.keys_folder / "config-signing.pem"
+
     def config_signing_key_text(self) -> str:
         """The private key that signs run configurations: the setting, else the key file (made on first use)."""
-        return self._setting_or_key_file(self.config_signing_key, "config-signing.pem",
+        return self._setting_or_key_file(self.config_signing_key, self.config_signing_key_file,
                                          lambda: Ed25519ConfigSigner.generate().pem()).decode()
 
     @property
