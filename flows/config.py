@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -63,6 +63,28 @@ class Limits(BaseModel):
     )
 
 
+class McpServerRef(BaseModel):
+    """One MCP server an agent may use, as the control plane resolved it when it compiled the version.
+
+    Holds where the server is and which of its tools the agent may call; never a credential. The run fetches
+    the server's credentials and the approved fingerprints of its tools (`flows.mcp.pins`) from Ariel's
+    gateway when it starts, so re-approving a changed tool needs no new agent version.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="The server's name as the agent names it; its tools reach the model as "
+                      "'<name>__<tool>'.")
+    server_id: str = Field(description="The registry record the name resolved to (the org's, or the agent "
+                           "owner's own).")
+    transport: Literal["http", "sse", "stdio"]
+    url: str | None = Field(default=None, description="http and sse: the server's URL.")
+    command: list[str] | None = Field(default=None, description="stdio: the catalog entry's command, as run "
+                                      "inside the run's container.")
+    tools: list[str] | None = Field(default=None, description="The tools the agent may call; None: every "
+                                    "approved tool of the server.")
+
+
 class RunConfig(BaseModel):
     """Everything the runtime needs to play one version of one agent."""
 
@@ -82,6 +104,7 @@ class RunConfig(BaseModel):
     # The Prefect block holding the key: the control plane puts the agent's org's block name here.
     provider: str | None = None
     tools: list[str] = Field(default_factory=list)
+    mcp_servers: list[McpServerRef] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     script: list[ScriptStep] | None = None

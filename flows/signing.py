@@ -52,6 +52,9 @@ _RUN_THROUGH_ARIEL = (
 def canonical(config: RunConfig) -> bytes:
     """The bytes the signature covers: every field but `signature`, as canonical JSON (sorted keys, no spaces)."""
     payload = config.model_dump(mode="json", exclude={"signature"})
+    if not payload.get("mcp_servers"):
+        # Added after signing was: versions signed before it (no MCP servers) keep their signatures.
+        payload.pop("mcp_servers", None)
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.agents.signing import Ed25519ConfigSigner
-from flows.config import Limits, RunConfig, ScriptStep
+from flows.config import Limits, McpServerRef, RunConfig, ScriptStep
 from flows.exceptions import ConfigTampered
 from flows.signing import VERIFY_KEY_ENV, canonical, verify
 from tests.flows.support import SIGNER, Counting, config, fetcher, play
@@ -32,6 +33,7 @@ CHANGES: dict[str, Any] = {
     "provider": "ariel-other-org-openai",
     "tools": [],
     "allowed_hosts": ["evil.example"],
+    "mcp_servers": [McpServerRef(name="docs", server_id="f" * 32, transport="http", url="http://evil.example/mcp")],
     "limits": Limits(max_steps=99),
     "script": [ScriptStep(tool="http_request", arguments={"url": "http://evil.example/"}), ScriptStep(reply="x")],
 }
@@ -67,6 +69,16 @@ def test_the_canonical_form_is_sorted_compact_json_without_the_signature() -> No
 
 def test_the_changes_cover_every_signed_field() -> None:
     assert set(CHANGES) == set(RunConfig.model_fields) - {"signature"}
+
+
+def test_a_version_signed_before_mcp_servers_existed_still_verifies() -> None:
+    # Signed by a release whose configurations had no `mcp_servers` field: its canonical form lacked the key.
+    config = signed()
+    old_payload = config.model_dump(mode="json", exclude={"signature", "mcp_servers"})
+    old_bytes = json.dumps(old_payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert canonical(config) == old_bytes
+    with_servers = signed(mcp_servers=CHANGES["mcp_servers"])
+    assert b'"mcp_servers"' in canonical(with_servers)
 
 
 @pytest.mark.parametrize("field", sorted(CHANGES))
