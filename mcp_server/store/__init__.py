@@ -1,5 +1,5 @@
 """The control-plane store: organizations, users and memberships, API keys, agents and their versions, the audit log,
-sealed secrets (data keys and providers)."""
+sealed secrets (data keys and providers), MCP servers agents use as tools."""
 
 from mcp_server.store._ids import new_id
 from mcp_server.store._records import (
@@ -16,6 +16,7 @@ from mcp_server.store._records import (
     User,
 )
 from mcp_server.store._store import Store
+from mcp_server.store._tool_servers import ToolServerRecord
 from mcp_server.store._worker_keys import WorkerKeyRecord
 from mcp_server.store.exceptions import Conflict, StoreError
 
@@ -33,6 +34,7 @@ __all__ = [
     "Role",
     "Store",
     "StoreError",
+    "ToolServerRecord",
     "User",
     "WorkerKeyRecord",
     "new_id",

@@ -90,6 +90,7 @@ class AgentRecord:
     approved_by: str | None = None
     approved_at: datetime | None = None
     paused: bool = False
+    owner_user_id: str | None = None  # who created it; None for agents made before migration 0008
 
 
 @dataclass(frozen=True)

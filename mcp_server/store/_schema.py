@@ -13,6 +13,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -70,6 +72,8 @@ agents = Table(
     Column("approved_by", String(300), nullable=True),
     Column("approved_at", UTCDateTime(), nullable=True),
     Column("paused", Boolean, nullable=False, server_default=false()),
+    # Who created it (migration 0008): their own MCP servers stand in for the org's of the same name.
+    Column("owner_user_id", String(32), nullable=True),
     UniqueConstraint("org_id", "slug", name="uq_agents_org_slug"),
 )
 
@@ -185,3 +189,35 @@ worker_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
 )
+
+# MCP servers as agent tools (migration 0008): the org's (owner_user_id NULL) and each user's own. Credentials only as
+# the org's data key sealed them; `pins` are the tool fingerprints an admin approved, which runs trust.
+tool_servers = Table(
+    "tool_servers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("owner_user_id", String(32), nullable=True),
+    Column("name", String(64), nullable=False),
+    Column("transport", String(8), nullable=False),
+    Column("url", Text, nullable=True),
+    Column("catalog_name", String(64), nullable=True),
+    Column("auth", String(8), nullable=False),
+    Column("header_name", String(100), nullable=True),
+    Column("secret_ciphertext", LargeBinary, nullable=True),
+    Column("secret_nonce", LargeBinary, nullable=True),
+    Column("secret_dek_version", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("tools", JSON, nullable=False),
+    Column("pins", JSON, nullable=True),
+    Column("created_by", String(32), nullable=False),
+    Column("created_by_label", String(300), nullable=False),
+    Column("approved_by", String(300), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    ForeignKeyConstraint(["org_id", "secret_dek_version"], ["org_data_keys.org_id", "org_data_keys.version"],
+                         name="fk_tool_servers_data_key", ondelete="CASCADE"),
+)
+Index("uq_tool_servers_org_owner_name", tool_servers.c.org_id, func.coalesce(tool_servers.c.owner_user_id, ""),
+      tool_servers.c.name, unique=True)

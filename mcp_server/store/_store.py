@@ -26,13 +26,14 @@ from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import AgentRecord, AgentVersion
 from mcp_server.store._schema import agent_versions, agents, installation, organizations
 from mcp_server.store._secrets import SecretQueries
+from mcp_server.store._tool_servers import ToolServerQueries
 from mcp_server.store._worker_keys import WorkerKeyQueries
 from mcp_server.store.exceptions import Conflict
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries):
+class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries):
     """The control-plane database. Open with `Store.open(url)`; close with `await store.close()`."""
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -77,13 +78,17 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries):
     # agents
 
     async def create_agent(
-        self, org_id: str, slug: str, name: str, spec: dict[str, Any], created_by: str | None = None
+        self, org_id: str, slug: str, name: str, spec: dict[str, Any], created_by: str | None = None,
+        owner_user_id: str | None = None,
     ) -> AgentRecord:
-        """Insert an agent and its version 1. Raises `Conflict` when the slug is taken in the org."""
+        """Insert an agent and its version 1. Raises `Conflict` when the slug is taken in the org.
+
+        `owner_user_id`: the user who creates it, whose own MCP servers its names resolve to first.
+        """
         now = utc_now()
         record = AgentRecord(
             id=new_id(), org_id=org_id, slug=slug, name=name, version=1,
-            deployment_id=None, created_at=now, updated_at=now,
+            deployment_id=None, created_at=now, updated_at=now, owner_user_id=owner_user_id,
         )
         try:
             async with self.tenant(org_id) as conn:
