@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Make this host ready to run agents in Docker: a Docker engine that answers,
-# and the offline-built base image of the runtime image.
+# the offline-built base image of the runtime image, and npm (with Node.js),
+# which `ariel build-image` uses to put the stdio MCP servers of the catalog
+# (deployments/images/stdio_catalog.py) into the image's build context.
 #
 # On a Debian/Ubuntu host as root with no engine running (a fresh server or
-# CI machine), it installs docker.io and debootstrap and starts dockerd with
-# no bridge network: flow-run containers use host networking to reach the
-# Prefect API on 127.0.0.1. Elsewhere it says what to do.
+# CI machine), it installs docker.io, debootstrap and, when npm is missing,
+# Debian's npm, and starts dockerd with no bridge network: flow-run containers
+# use host networking to reach the Prefect API on 127.0.0.1. Elsewhere it says
+# what to do.
 #
 # Usage: docker/setup-host.sh [--optional]
 #   --optional  warn and exit 0 when Docker cannot be had (Ariel then runs
@@ -60,3 +63,15 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
   "$here/build-base-image.sh" "$base_image"
 fi
 echo "setup-host: base image $base_image present"
+
+# Only npm runs on this host (the image gets its own Node.js from the npm registry), so any npm will do;
+# Debian's pulls in its nodejs. An operator whose catalog has no npm entries needs none: warn, don't stop.
+if ! command -v npm >/dev/null; then
+  if command -v apt-get >/dev/null && is_root; then
+    apt_install npm
+  else
+    echo "setup-host: npm is missing; install Node.js and npm to build the runtime image's stdio MCP servers" \
+      "(or set ARIEL_STDIO_CATALOG to a catalog without npm entries)" >&2
+  fi
+fi
+if command -v npm >/dev/null; then echo "setup-host: npm $(npm --version) present"; fi

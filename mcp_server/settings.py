@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from deployments.agents.signing import Ed25519ConfigSigner, SigningKeyInvalid, parse_private_key
+from deployments.images.stdio_catalog import DEFAULT_CATALOG, EVERYTHING_VERSION, StdioServer, parse_catalog
 from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT
 from mcp_server.keyfiles import secret_file
 
@@ -82,6 +83,17 @@ class ArielSettings(BaseSettings):
     )
     build_image: bool = Field(
         default=True, description="Whether `ariel up` builds the runtime image when it is missing or stale."
+    )
+    # NoDecode: parsed by parse_catalog, whose errors name the entry and field, not pydantic-settings' JSON error.
+    stdio_catalog: Annotated[list[StdioServer], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CATALOG),
+        description="The stdio MCP servers this platform offers (`manage_tools add` with transport stdio), as a "
+        "JSON list of {name, npm: name@version | pypi: name==version, command: [program, args...], description}; "
+        "it replaces the default (server-everything). `ariel build-image` installs them into the runtime image; "
+        "a change rebuilds it.",
+        examples=[[{"name": "everything", "npm": f"@modelcontextprotocol/server-everything@{EVERYTHING_VERSION}",
+                    "command": ["mcp-server-everything", "stdio"]},
+                   {"name": "fetch", "pypi": "mcp-server-fetch==2025.4.7", "command": ["mcp-server-fetch"]}]],
     )
 
     profile: Profile = Field(
@@ -165,6 +177,11 @@ class ArielSettings(BaseSettings):
             except SigningKeyInvalid as exc:
                 raise ValueError(f"ARIEL_CONFIG_SIGNING_KEY: {exc}") from None
         return value
+
+    @field_validator("stdio_catalog", mode="before")
+    @classmethod
+    def _parse_stdio_catalog(cls, value: object) -> list[StdioServer]:
+        return parse_catalog(value)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

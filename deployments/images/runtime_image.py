@@ -1,27 +1,33 @@
 """Build the runtime image that flow-run containers run, only when it is missing or stale.
 
 The image is labelled with a hash of everything that goes into it (Dockerfile,
-runtime requirements, `flows/`, `blocks/`, the base image id); a label that
-differs from the current hash means the code changed and the image is rebuilt.
+runtime requirements, `flows/`, `blocks/`, the base image id, the stdio
+catalog); a label that differs from the current hash means the code changed
+and the image is rebuilt.
 
 Wheels are resolved by the base image's own interpreter in a throwaway
 container with host networking, then the build installs from that folder with
 no network: the host's Python can pick wheels the image's Python would not.
+The stdio catalog's servers (`stdio_catalog.py`) are prepared the same way
+before the build: npm packages installed by the host's npm, a Node.js binary
+from the npm registry, a PyPI entry's wheels resolved like the runtime's.
 
 Example (it builds an image with a Docker engine and the package index, so this is no doctest)::
 
-    builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm")
+    builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm",
+                                  catalog=DEFAULT_CATALOG)
     builder.ensure(progress=print)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +35,8 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 
 from deployments.exceptions import ImageBuildFailed
+from deployments.images.mcp_packages import node_binary, npm_install
+from deployments.images.stdio_catalog import DEFAULT_CATALOG, StdioServer, catalog_digest
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CODE_HASH_LABEL = "ariel.code-hash"
@@ -59,6 +67,8 @@ class RuntimeImageBuilder:
         wheel_cache: folder of resolved wheel sets, one per requirements+base.
         ca_bundle: the host's CA bundle, mounted read-only while resolving wheels
             so the throwaway container trusts what the host trusts; never baked in.
+        catalog: the stdio MCP servers to install (settings.stdio_catalog).
+        mcp_cache: folder of prepared catalog parts (Node.js, npm packages, PyPI wheels).
     """
 
     tag: str
@@ -66,9 +76,12 @@ class RuntimeImageBuilder:
     wheel_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "ariel" / "wheels")
     ca_bundle: Path | None = None
     root: Path = SOURCE_ROOT
+    catalog: Sequence[StdioServer] = DEFAULT_CATALOG
+    mcp_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "ariel" / "mcp")
 
     def code_hash(self, base_image_id: str) -> str:
         digest = hashlib.sha256(base_image_id.encode())
+        digest.update(b"catalog\0" + catalog_digest(self.catalog).encode() + b"\0")
         for path in _source_files(self.root):
             digest.update(str(path.relative_to(self.root)).encode() + b"\0" + path.read_bytes() + b"\0")
         return digest.hexdigest()[:16]
@@ -101,34 +114,50 @@ class RuntimeImageBuilder:
         progress(f"runtime image {self.tag} is {reason}; building it on {self.base_image} ...")
         started = time.monotonic()
         wheels = self._resolve_wheels(client, base_id, progress)
-        self._build(client, wheels, wanted, progress)
+        mcp = self._prepare_catalog(client, base_id, progress)
+        self._build(client, wheels, mcp, wanted, progress)
         progress(f"built {self.tag} in {time.monotonic() - started:.0f} s")
         return True
 
     def _resolve_wheels(self, client: docker.DockerClient, base_id: str, progress: Progress) -> Path:
-        requirements = (self.root / "docker" / "requirements-runtime.txt").read_bytes()
+        requirements = self.root / "docker" / "requirements-runtime.txt"
         constraints = self.root / "constraints.txt"
-        key = hashlib.sha256(base_id.encode() + requirements + constraints.read_bytes()).hexdigest()[:16]
+        key = hashlib.sha256(base_id.encode() + requirements.read_bytes() + constraints.read_bytes()).hexdigest()[:16]
         folder = self.wheel_cache / key
         if (folder / ".complete").exists():
             progress(f"using resolved wheels in {folder}")
             return folder
+        progress("resolving runtime wheels with the base image's Python (a few minutes the first time) ...")
+        # The versions the tests passed with, so the image runs what was tested.
+        self._download_wheels(client, base_id, requirements, folder, progress, constraints=constraints)
+        return folder
+
+    def _download_wheels(
+        self,
+        client: docker.DockerClient,
+        base_id: str,
+        requirements: Path,
+        folder: Path,
+        progress: Progress,
+        constraints: Path | None = None,
+    ) -> None:
+        """`pip download` `requirements` into `folder` with the base image's interpreter (see the module doc)."""
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        progress("resolving runtime wheels with the base image's Python (a few minutes the first time) ...")
         volumes = {
             str(folder): {"bind": "/wheels", "mode": "rw"},
-            str(self.root / "docker" / "requirements-runtime.txt"): {"bind": "/requirements.txt", "mode": "ro"},
-            # The versions the tests passed with, so the image runs what was tested.
-            str(constraints): {"bind": "/constraints.txt", "mode": "ro"},
+            str(requirements): {"bind": "/requirements.txt", "mode": "ro"},
         }
+        script = (
+            "python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --quiet --progress-bar off "
+            "--dest /wheels -r /requirements.txt"
+        )
+        if constraints is not None:
+            volumes[str(constraints)] = {"bind": "/constraints.txt", "mode": "ro"}
+            script += " -c /constraints.txt"
         ca_bundle = self.ca_bundle or _host_ca_bundle()
         if ca_bundle is not None:
             volumes[str(ca_bundle)] = {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"}
-        script = (
-            "python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --quiet --progress-bar off "
-            "--dest /wheels -r /requirements.txt -c /constraints.txt"
-        )
         container = client.containers.run(
             base_id,
             ["sh", "-c", script],
@@ -147,18 +176,66 @@ class RuntimeImageBuilder:
             container.remove(force=True)
         if status.get("StatusCode") != 0:
             raise ImageBuildFailed(
-                "resolving runtime wheels failed (see the pip output above); check that the package index "
-                "is reachable from a container with host networking"
+                f"resolving wheels of {requirements.name} failed (see the pip output above); check that the "
+                "package index is reachable from a container with host networking"
             )
         (folder / ".complete").touch()
-        return folder
 
-    def _build(self, client: docker.DockerClient, wheels: Path, code_hash: str, progress: Progress) -> None:
+    def _prepare_catalog(self, client: docker.DockerClient, base_id: str, progress: Progress) -> dict[str, Path]:
+        """The catalog's parts for the build context, by their folder there: node, npm, wheels/<name>.
+
+        Each part is cached under `mcp_cache` by what it is made of, so a rebuild for a code change
+        reaches no registry.
+        """
+        parts: dict[str, Path] = {}
+        npm_specs = sorted(entry.npm for entry in self.catalog if entry.npm)
+        if npm_specs:
+            arch = str(client.info().get("Architecture", "x86_64"))
+            parts["node/bin/node"] = node_binary(arch, self.mcp_cache, progress)
+            key = hashlib.sha256("\n".join(npm_specs).encode()).hexdigest()[:16]
+            folder = self.mcp_cache / f"npm-{key}"
+            if (folder / ".complete").exists():
+                progress(f"using installed npm packages in {folder}")
+            else:
+                progress(f"installing the stdio catalog's npm packages into {folder} ...")
+                shutil.rmtree(folder, ignore_errors=True)
+                npm_install(npm_specs, folder, progress)
+                (folder / ".complete").touch()
+            parts["npm"] = folder
+        for entry in self.catalog:
+            if entry.pypi is None:
+                continue
+            key = hashlib.sha256(f"{base_id}\n{entry.pypi}".encode()).hexdigest()[:16]
+            folder = self.mcp_cache / f"wheels-{key}"
+            if (folder / ".complete").exists():
+                progress(f"using resolved wheels of {entry.pypi} in {folder}")
+            else:
+                progress(f"resolving wheels of {entry.pypi} with the base image's Python ...")
+                requirements = self.mcp_cache / f"requirements-{key}.txt"
+                requirements.write_text(entry.pypi + "\n")
+                self._download_wheels(client, base_id, requirements, folder, progress)
+                shutil.copy2(requirements, folder / "requirements.txt")
+            parts[f"wheels/{entry.name}"] = folder
+        return parts
+
+    def _build(
+        self, client: docker.DockerClient, wheels: Path, mcp: dict[str, Path], code_hash: str, progress: Progress
+    ) -> None:
         with tempfile.TemporaryDirectory(prefix="ariel-build-") as tmp:
             context = Path(tmp)
             for name in _DOCKER_FILES:
                 shutil.copy2(self.root / "docker" / name, context / name)
             shutil.copytree(wheels, context / "wheels", ignore=shutil.ignore_patterns(".complete"))
+            # Always there, so the Dockerfile's COPY mcp/ works with an empty catalog.
+            (context / "mcp").mkdir()
+            (context / "mcp" / ".catalog.json").write_text(
+                json.dumps([entry.model_dump() for entry in self.catalog], indent=2) + "\n"
+            )
+            for target, source in mcp.items():
+                _link_or_copy(source, context / "mcp" / target)
+            for entry in self.catalog:
+                if entry.pypi is not None:  # the one program the Dockerfile links onto PATH
+                    (context / "mcp" / "wheels" / entry.name / "program").write_text(entry.command[0])
             for directory in _CONTEXT_DIRS:
                 shutil.copytree(
                     self.root / directory, context / directory, ignore=shutil.ignore_patterns("__pycache__")
@@ -185,6 +262,24 @@ class RuntimeImageBuilder:
                         recent.append(text)
             except APIError as exc:
                 raise ImageBuildFailed(f"building {self.tag} failed: {exc.explanation}") from exc
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Put `source` (a file or folder) at `target`: hard links where the file system allows, else copies."""
+
+    def link(src: str, dst: str) -> object:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        return dst
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        # symlinks=True keeps node_modules/.bin's links relative to their packages.
+        shutil.copytree(source, target, symlinks=True, copy_function=link, ignore=shutil.ignore_patterns(".complete"))
+    else:
+        link(str(source), str(target))
 
 
 def docker_available() -> bool:

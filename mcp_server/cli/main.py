@@ -136,7 +136,9 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
         elif command == "build-image":
             from deployments.images.runtime_image import RuntimeImageBuilder
 
-            built = RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure()
+            built = RuntimeImageBuilder(
+                tag=settings.runtime_image, base_image=settings.runtime_base_image, catalog=settings.stdio_catalog
+            ).ensure()
             if not built:
                 print(f"{settings.runtime_image} is up to date")
     except (StartupFailed, ArielError, DeploymentError, StoreError) as exc:

@@ -250,7 +250,9 @@ def up(settings: ArielSettings) -> None:
         pool_type = choose_pool_type(settings)
         if pool_type == "docker" and settings.build_image:
             try:
-                RuntimeImageBuilder(tag=settings.runtime_image, base_image=settings.runtime_base_image).ensure(say)
+                RuntimeImageBuilder(
+                    tag=settings.runtime_image, base_image=settings.runtime_base_image, catalog=settings.stdio_catalog
+                ).ensure(say)
             except ImageBuildFailed as exc:
                 raise StartupFailed(str(exc)) from exc
         prefix, org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
