@@ -9,6 +9,12 @@ The run ends with the model's reply (logged, stored as the `agent-result`
 artifact and returned), or fails when the step limit or the time budget runs out.
 As it goes it records its transcript, and at its end its usage, as the
 `transcript` and `usage` artifacts (see `flows.transcript`).
+
+Tools of the MCP servers the agent names are offered beside the built-in ones,
+as `<server>__<tool>` (`flows.mcp.client`): each call is its own task too, and
+what was refused, failed or flagged is logged as a WARNING that `diagnose_run`
+reads (`MCP tool refused: …`, `MCP tool failed: …`, `MCP tool changed since
+approval: …`, `MCP result flagged: …`).
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
 from prefect.settings import get_current_settings
 from prefect.states import State
@@ -30,8 +37,9 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
-from flows.credentials import ProviderCredentials, fetch_provider
+from flows.credentials import McpServerAccess, ProviderCredentials, fetch_credentials
 from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
+from flows.mcp.screening import fence, screen
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.network.egress import agent_egress
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, protected_endpoints, refuse_protected
@@ -40,7 +48,11 @@ from flows.tools import BUILTIN_TOOLS
 from flows.tools.registry import ToolContext
 from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor
 
+if TYPE_CHECKING:
+    from flows.mcp.client import McpToolbox
+
 DEFAULT_INPUT = "Run your instructions now."
+MCP_CALL_SECONDS = 60.0
 
 
 def _failed_with(state: State) -> BaseException | None:
@@ -70,12 +82,15 @@ def backoff(retries: int) -> list[float]:
 @task(retry_condition_fn=_retry_llm)
 async def llm_call(
     config: RunConfig, messages: list[dict[str, Any]], timeout: float, protected: tuple[ProtectedEndpoint, ...] = (),
-    provider: ProviderCredentials | None = None,
+    provider: ProviderCredentials | None = None, mcp_tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One model turn; returns the assistant message and its token usage."""
+    """One model turn; returns the assistant message and its token usage.
+
+    `mcp_tools`: the function schemas of the MCP tools the run offers (`McpToolbox.schemas`).
+    """
     import litellm  # imported here: it costs a second or more, and only runs need it
 
-    tools = [BUILTIN_TOOLS[name].schema() for name in config.tools]
+    tools = [BUILTIN_TOOLS[name].schema() for name in config.tools] + (mcp_tools or [])
     kwargs = completion_kwargs(config, provider)
     with agent_egress(protected):
         # The async path: litellm's sync completion leaves an event loop of its own unclosed.
@@ -117,6 +132,46 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
         return json.dumps({"error": str(refusal)})
 
 
+# No retries: an MCP tool may act on the world (create an issue, send a message), and a call that timed out may
+# have done so; the model hears what happened and decides. NO_CACHE: the toolbox holds live sessions, no input
+# to hash.
+@task(cache_policy=NO_CACHE)
+async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: float,
+                   redactor: Redactor) -> tuple[str, list[str]]:
+    """Call one MCP tool; returns what the model gets and what screening found in it.
+
+    A refused or failed call goes back to the model as `{"error": ...}`; a flagged result goes back fenced.
+    """
+    from flows.mcp.client import McpFailed, McpRefused
+
+    logger = get_run_logger()
+    try:
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError:
+            args = None
+        if not isinstance(args, dict):
+            raise McpRefused(f"bad arguments for {function}: a JSON object is expected")
+        outcome = await toolbox.call(function, args, timeout)
+    except McpRefused as refusal:
+        logger.warning("MCP tool refused: %s: %s", function, refusal)
+        return json.dumps({"error": str(refusal)}), []
+    except McpFailed as failure:
+        logger.warning("MCP tool failed: %s: %s", function, failure)
+        return json.dumps({"error": f"{function} failed: {failure}"}), []
+    text = outcome.text
+    if outcome.is_error:
+        # Redacted: a tool's error may quote what it was given.
+        logger.warning("MCP tool failed: %s: the tool reported an error: %s", function,
+                       redactor.text(text[:300]))
+        text = json.dumps({"error": f"{function} reported an error: {text}"}, ensure_ascii=False)
+    findings = screen(text)
+    if findings:
+        logger.warning("MCP result flagged: %s: %s", function, "; ".join(findings))
+        text = fence(text, findings)
+    return text, findings
+
+
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
@@ -134,10 +189,15 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
         async with asyncio.timeout(config.limits.timeout_seconds):
             deadline = time.monotonic() + config.limits.timeout_seconds
             # Through the gateway, which checks the configuration against Prefect's copy before it hands a key.
-            provider = await fetch_provider(config)
+            credentials = await fetch_credentials(config)
+            provider = credentials.provider
+            # The transcript must never show them.
             if provider is not None:
-                recorder.redactor.add(provider.api_key.get_secret_value())  # the transcript must never show it
-            return await _play(config, input, deadline=deadline, recorder=recorder, provider=provider)
+                recorder.redactor.add(provider.api_key.get_secret_value())
+            for access in credentials.mcp.values():
+                recorder.redactor.add(*_header_secrets(access))
+            return await _play(config, input, deadline=deadline, recorder=recorder, provider=provider,
+                               mcp=credentials.mcp)
     except TimeoutError as exc:
         # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
         raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
@@ -152,6 +212,12 @@ def _environment_secrets() -> list[str]:
     return [value for name, value in os.environ.items() if name.upper().endswith(suffixes)]
 
 
+def _header_secrets(access: McpServerAccess) -> list[str]:
+    """An MCP server's header values, and the credential inside `<scheme> <credential>` ones (a bearer token)."""
+    values = [value.get_secret_value() for value in access.headers.values()]
+    return values + [value.partition(" ")[2] for value in values if " " in value]
+
+
 def _arguments(arguments: str) -> Any:
     """A tool call's arguments as the transcript shows them: the JSON object, or the text when it is not JSON."""
     try:
@@ -161,14 +227,14 @@ def _arguments(arguments: str) -> Any:
 
 
 async def _play(
-    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, provider: ProviderCredentials | None
+    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, provider: ProviderCredentials | None,
+    mcp: dict[str, McpServerAccess] | None = None,
 ) -> str:
     logger = get_run_logger()
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": config.instructions},
         {"role": "user", "content": input or DEFAULT_INPUT},
     ]
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
     logger.info(
         "Agent %r version %d starting: model %s, at most %d steps",
         config.name, config.version, config.model, config.limits.max_steps,
@@ -187,6 +253,23 @@ async def _play(
             await asyncio.to_thread(refuse_protected, api_base, protected)
         except ToolRefused as refused:
             raise RuntimeFailure(f"the model's base URL: {refused}; change api_base or the provider's") from None
+    if not config.mcp_servers:
+        return await _loop(config, messages, deadline, recorder, provider, protected, None)
+    from flows.mcp.client import CONNECT_SECONDS, open_toolbox  # the MCP SDK: only runs that use it pay
+
+    # Open for the whole run: each server's session is reused by every call to it.
+    async with open_toolbox(config.mcp_servers, mcp or {}, protected, logger=logger,
+                            connect_seconds=min(CONNECT_SECONDS, _remaining(deadline))) as toolbox:
+        return await _loop(config, messages, deadline, recorder, provider, protected, toolbox)
+
+
+async def _loop(
+    config: RunConfig, messages: list[dict[str, Any]], deadline: float, recorder: Recorder,
+    provider: ProviderCredentials | None, protected: tuple[ProtectedEndpoint, ...], toolbox: McpToolbox | None,
+) -> str:
+    logger = get_run_logger()
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    mcp_tools = toolbox.schemas() if toolbox is not None else []
     seen = 0  # messages the model got in an earlier call: the transcript shows each message once
     for step in range(1, config.limits.max_steps + 1):
         llm_name = f"llm · step {step}"
@@ -197,7 +280,8 @@ async def _play(
                 retries=config.limits.llm_retries,
                 retry_delay_seconds=backoff(config.limits.llm_retries),
                 timeout_seconds=_remaining(deadline),
-            )(config, messages, timeout=_remaining(deadline), protected=protected, provider=provider)
+            )(config, messages, timeout=_remaining(deadline), protected=protected, provider=provider,
+              mcp_tools=mcp_tools)
             recorded.output = {
                 "content": turn["message"].get("content"),
                 "tool_calls": turn["message"].get("tool_calls") or [],
@@ -220,6 +304,10 @@ async def _play(
         for call in calls:
             name = call["function"]["name"]
             logger.info("Step %d: calling tool %s", step, name)
+            if toolbox is not None and toolbox.owns(name):
+                result = await _mcp_step(toolbox, call, step, deadline, recorder)
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+                continue
             context = ToolContext(
                 granted_tools=tuple(config.tools),
                 allowed_hosts=tuple(config.allowed_hosts),
@@ -246,6 +334,22 @@ async def _play(
         f"the agent made {config.limits.max_steps} LLM calls without a final reply; "
         "raise limits.max_steps or make the instructions say when to stop"
     )
+
+
+async def _mcp_step(toolbox: McpToolbox, call: dict[str, Any], step: int, deadline: float, recorder: Recorder) -> str:
+    """One MCP tool call as its own task and transcript entry; what the model gets back."""
+    name = call["function"]["name"]
+    arguments = call["function"].get("arguments") or "{}"
+    server, tool = toolbox.split(name)
+    task_run_name = f"{name} · step {step}"
+    async with recorder.step("tool", name, step, task_run_name, _arguments(arguments), server=server,
+                             tool=tool) as recorded:
+        result, findings = await mcp_call.with_options(
+            task_run_name=task_run_name, timeout_seconds=_remaining(deadline),
+        )(name, arguments, toolbox, min(MCP_CALL_SECONDS, _remaining(deadline)), recorder.redactor)
+        recorded.output = result
+        recorded.flags = findings or None
+    return result
 
 
 _TIMED_OUT = (

@@ -1,4 +1,4 @@
-"""A run's provider credentials, fetched from Ariel's Prefect gateway with the run's own token.
+"""A run's credentials, fetched from Ariel's Prefect gateway with the run's own token.
 
 No Prefect block holds a key in a readable form: the control plane keeps
 provider keys sealed, and hands a run the one its approved configuration
@@ -6,11 +6,16 @@ names, after checking that configuration's signature against what Prefect
 holds for the run (so a run whose parameters were changed outside Ariel gets
 no key). The run proves who it is with the token the gateway minted for it,
 which reaches it as PREFECT_API_KEY.
+
+The same answer carries, for each MCP server the configuration names, the
+headers that open it (a bearer token, an API-key header, a fresh OAuth access
+token) and the fingerprints of its tools as a person approved them
+(`flows.mcp.pins`), or why the run may not use it. One round trip for both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -37,6 +42,27 @@ class ProviderCredentials:
     api_base: str | None
 
 
+@dataclass(frozen=True)
+class McpServerAccess:
+    """What the control plane hands a run for one MCP server: how to open it and what was approved, or why not.
+
+    `headers` values are secrets (SecretStr: they never print); `pins` maps each approved tool's name to its
+    digest (`flows.mcp.pins.tool_digest`). `error` set: the run may not use the server, and says why.
+    """
+
+    headers: dict[str, SecretStr] = field(default_factory=dict)
+    pins: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunCredentials:
+    """Everything secret a run gets from the gateway: its provider's key and its MCP servers' access, by server id."""
+
+    provider: ProviderCredentials | None = None
+    mcp: dict[str, McpServerAccess] = field(default_factory=dict)
+
+
 def gateway_url() -> str | None:
     """Ariel's route for this run: the Prefect API URL the run was given is the gateway's `…/prefect/api`."""
     api_url = get_current_settings().api.url
@@ -53,25 +79,34 @@ def run_token() -> str | None:
 
 
 async def fetch_provider(config: RunConfig) -> ProviderCredentials | None:
-    """The credentials of the provider `config` names; None when it names none.
+    """The credentials of the provider `config` names; None when it names none (see `fetch_credentials`)."""
+    return (await fetch_credentials(config)).provider
+
+
+async def fetch_credentials(config: RunConfig) -> RunCredentials:
+    """The provider's key and the MCP servers' access that `config` names, in one request to the gateway.
+
+    A configuration that names neither needs no request (and no run token).
 
     Raises:
         ConfigTampered: the gateway found the run's configuration changed outside Ariel.
         RuntimeFailure: no token, no gateway, no such provider, or the gateway did not answer.
     """
-    if not config.provider:
-        return None
+    if not config.provider and not config.mcp_servers:
+        return RunCredentials()
+    what = f"provider {config.provider!r}" if config.provider else "the run's MCP servers"
     url, token = gateway_url(), run_token()
     if url is None or token is None:
+        needs = "the provider's key" if config.provider else "its MCP servers' credentials and approved tools"
         raise RuntimeFailure(
-            f"provider {config.provider!r}: this run has no run token, so it cannot fetch the provider's key; runs "
-            "get one when an Ariel work pool's worker starts them through Ariel's Prefect gateway"
+            f"{what}: this run has no run token, so it cannot fetch {needs}; runs get one when an Ariel work "
+            "pool's worker starts them through Ariel's Prefect gateway"
         )
     try:
         async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
             answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
-        raise RuntimeFailure(f"provider {config.provider!r}: Ariel's gateway did not answer ({type(exc).__name__}); "
+        raise RuntimeFailure(f"{what}: Ariel's gateway did not answer ({type(exc).__name__}); "
                              "the run can be retried") from None
     body = _json(answer)
     if answer.status_code == 409 and body.get("error") == "tampered":
@@ -79,12 +114,36 @@ async def fetch_provider(config: RunConfig) -> ProviderCredentials | None:
     if answer.status_code == 404 and body.get("error") == "not_found":
         raise ProviderMissing(f"provider {config.provider!r} does not exist in this organization, so the run has no "
                               "key for its model; an admin sets it with manage_secrets set_provider")
-    if answer.status_code != 200 or not isinstance(body.get("provider"), dict):
+    if answer.status_code != 200 or (config.provider and not isinstance(body.get("provider"), dict)):
         detail = body.get("detail") or f"status {answer.status_code}"
-        raise RuntimeFailure(f"provider {config.provider!r}: the key could not be fetched: {detail}")
-    provider = body["provider"]
-    return ProviderCredentials(name=str(provider["name"]), api_key=SecretStr(str(provider["api_key"])),
-                               api_base=provider.get("api_base"))
+        raise RuntimeFailure(f"{what}: the credentials could not be fetched: {detail}")
+    provider = None
+    if config.provider:
+        given = body["provider"]
+        provider = ProviderCredentials(name=str(given["name"]), api_key=SecretStr(str(given["api_key"])),
+                                       api_base=given.get("api_base"))
+    return RunCredentials(provider=provider, mcp=_mcp_access(config, body.get("mcp")))
+
+
+def _mcp_access(config: RunConfig, given: Any) -> dict[str, McpServerAccess]:
+    """Each named server's access, by server id; a server the answer left out is one the run may not use."""
+    entries = given if isinstance(given, dict) else {}
+    access: dict[str, McpServerAccess] = {}
+    for ref in config.mcp_servers:
+        entry = entries.get(ref.server_id)
+        if not isinstance(entry, dict):
+            access[ref.server_id] = McpServerAccess(error="Ariel's gateway sent no approval for it (an older "
+                                                    "control plane, or the server is gone)")
+        elif entry.get("error"):
+            access[ref.server_id] = McpServerAccess(error=str(entry["error"]))
+        else:
+            headers = entry.get("headers") or {}
+            pins = entry.get("pins") or {}
+            access[ref.server_id] = McpServerAccess(
+                headers={str(name): SecretStr(str(value)) for name, value in headers.items()},
+                pins={str(tool): str(digest) for tool, digest in pins.items()},
+            )
+    return access
 
 
 def _json(answer: httpx.Response) -> dict[str, Any]:

@@ -246,6 +246,21 @@ class TranscriptEntry(BaseModel):
     error: str | None = Field(
         default=None, description="Null, or 'ExceptionType: message' when the call failed after its retries."
     )
+    server: str | None = Field(
+        default=None, description="An MCP tool call: the MCP server's name as the agent names it; null otherwise.",
+        examples=["everything"],
+    )
+    tool: str | None = Field(
+        default=None, description="An MCP tool call: the tool's name on its server; null otherwise.", examples=["echo"]
+    )
+    flags: list[str] | None = Field(
+        default=None,
+        description=(
+            "An MCP tool call whose result looked like prompt injection: what screening found (the model got the "
+            "result fenced and marked as data); null when nothing was found."
+        ),
+        examples=[["\"ignore previous instructions\""]],
+    )
 
     def to_row(self) -> dict[str, Any]:
         """A row of the artifact table: input and output as JSON text, which the Prefect UI shows as is."""
@@ -284,6 +299,7 @@ class Outcome:
     output: Any = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    flags: list[str] | None = None
 
 
 class Recorder:
@@ -297,9 +313,13 @@ class Recorder:
 
     @asynccontextmanager
     async def step(
-        self, kind: Literal["llm", "tool"], name: str, step: int, task_run_name: str, input: Any
+        self, kind: Literal["llm", "tool"], name: str, step: int, task_run_name: str, input: Any,
+        server: str | None = None, tool: str | None = None,
     ) -> AsyncIterator[Outcome]:
-        """Record the call made inside the block, also when it raises (then with its error), and publish."""
+        """Record the call made inside the block, also when it raises (then with its error), and publish.
+
+        `server` and `tool`: an MCP tool call's server and tool.
+        """
         outcome = Outcome()
         started_at = datetime.now(UTC)
         started = time.monotonic()
@@ -324,6 +344,9 @@ class Recorder:
                     prompt_tokens=outcome.prompt_tokens,
                     completion_tokens=outcome.completion_tokens,
                     error=self.redactor.text(error) if error else None,
+                    server=server,
+                    tool=tool,
+                    flags=outcome.flags,
                 )
             )
             await self._publish(

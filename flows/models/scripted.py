@@ -8,6 +8,10 @@ messages, so a retried call plays the same turn again.
 Example script (in the agent spec):
     [{"tool": "http_request", "arguments": {"url": "http://127.0.0.1:8080/"}},
      {"reply": "The page says: {last_tool_result}"}]
+
+A reply may quote the latest tool result (`{last_tool_result}`) or every tool
+result so far, in order, one a line (`{tool_results}`). A tool step may name an
+MCP tool by the name the model sees (`{"tool": "everything__echo", ...}`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from litellm import CustomLLM, ModelResponse
 from flows.models import SCRIPTED_MODEL, SCRIPTED_PROVIDER
 
 LAST_TOOL_RESULT = "{last_tool_result}"
+TOOL_RESULTS = "{tool_results}"
 
 
 def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelResponse:
@@ -49,8 +54,9 @@ def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelR
         }
         finish_reason = "tool_calls"
     else:
-        last = next((m.get("content") for m in reversed(messages) if m.get("role") == "tool"), "")
-        message = {"role": "assistant", "content": step["reply"].replace(LAST_TOOL_RESULT, str(last))}
+        results = [str(m.get("content")) for m in messages if m.get("role") == "tool"]
+        reply = step["reply"].replace(LAST_TOOL_RESULT, results[-1] if results else "")
+        message = {"role": "assistant", "content": reply.replace(TOOL_RESULTS, "\n".join(results))}
         finish_reason = "stop"
     # Plausible counts, about four characters a token, as a real provider would report them.
     prompt_tokens = max(1, sum(_characters(m) for m in messages) // 4)

@@ -49,6 +49,9 @@ _UNAUTHENTICATED = {"detail": "Ariel's Prefect gateway needs a worker key or run
 
 Authenticate = Callable[[str], Awaitable[Scope | None]]
 OpenProvider = Callable[[str, str], Awaitable[ProviderSecret | None]]
+OpenToolServers = Callable[[str, list[str]], Awaitable[dict[str, dict[str, Any]]]]
+"""`(org_id, server_ids)` → per server id `{"headers": {...}, "pins": {...}}` or `{"error": "<plain reason>"}`
+(`ToolServerService.open_for_run`)."""
 
 
 def presented_token(header: str | None) -> str | None:
@@ -90,7 +93,8 @@ class Gateway:
     """One gateway: its own upstream connections and caches (nothing shared between two)."""
 
     def __init__(self, upstream_url: str, upstream_auth: str | None, tokens: RunTokens,
-                 authenticate: Authenticate, verify_key: Callable[[], str], open_provider: OpenProvider) -> None:
+                 authenticate: Authenticate, verify_key: Callable[[], str], open_provider: OpenProvider,
+                 open_tool_servers: OpenToolServers | None = None) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream_auth = upstream_auth
         headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
@@ -100,6 +104,7 @@ class Gateway:
         self._authenticate = authenticate
         self._verify_key = verify_key
         self._open_provider = open_provider
+        self._open_tool_servers = open_tool_servers
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
 
@@ -208,19 +213,36 @@ class Gateway:
         if config.get("org_id") != caller.org_id:
             return JSONResponse({"error": "tampered", "detail": "tampered: the run's configuration is another "
                                  "organization's"}, status_code=409)
+        answer: dict[str, Any] = {"provider": None}
         provider = config.get("provider")
-        if not provider:
-            return JSONResponse({"provider": None})
-        try:
-            secret = await self._open_provider(caller.org_id, short_name(str(provider)))
-        except ArielError as exc:
-            log.warning("gateway: %s: provider %r: %s", caller.label, provider, exc)
-            return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
-        if secret is None:
-            return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(str(provider))!r} in this "
-                                 "organization; manage_secrets set_provider makes one"}, status_code=404)
-        return JSONResponse({"provider": {"name": secret.name, "api_key": secret.api_key,
-                                          "api_base": secret.api_base}})
+        if provider:
+            try:
+                secret = await self._open_provider(caller.org_id, short_name(str(provider)))
+            except ArielError as exc:
+                log.warning("gateway: %s: provider %r: %s", caller.label, provider, exc)
+                return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
+            if secret is None:
+                return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(str(provider))!r} in "
+                                     "this organization; manage_secrets set_provider makes one"}, status_code=404)
+            answer["provider"] = {"name": secret.name, "api_key": secret.api_key, "api_base": secret.api_base}
+        server_ids = _mcp_server_ids(config)
+        if server_ids:
+            try:
+                answer["mcp"] = await self._tool_servers(caller.org_id, server_ids)
+            except ArielError as exc:
+                log.warning("gateway: %s: MCP servers: %s", caller.label, exc)
+                return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
+        return JSONResponse(answer)
+
+    async def _tool_servers(self, org_id: str, server_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each server's headers and pins, or why the run may not use it; only the ids asked about."""
+        if self._open_tool_servers is None:
+            # A gateway built without the registry (an embedding that predates it): every server is unavailable.
+            return {server_id: {"error": "this Ariel install hands out no MCP servers to runs"}
+                    for server_id in server_ids}
+        opened = await self._open_tool_servers(org_id, server_ids)
+        return {server_id: opened.get(server_id) or {"error": "it no longer exists in this organization"}
+                for server_id in server_ids}
 
     def _scheduled_runs(self, scope: PoolScope) -> Rewrite:
         """Hands each run a worker is given its own token, in the job variables the worker starts it with.
@@ -339,6 +361,13 @@ class _AuthenticatedEvents:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._connecting.__aexit__(*exc)
+
+
+def _mcp_server_ids(config: dict[str, Any]) -> list[str]:
+    """The registry ids of the MCP servers a verified configuration names, each once, in order."""
+    refs = config.get("mcp_servers")
+    ids = [str(ref["server_id"]) for ref in refs or [] if isinstance(ref, dict) and ref.get("server_id")]
+    return list(dict.fromkeys(ids))
 
 
 def _run_seconds(run: dict[str, Any]) -> float:

@@ -47,8 +47,12 @@ class RunGateway:
 
 
 @contextmanager
-def run_gateway(prefect_api: str, providers: dict[str, ProviderSecret]) -> Iterator[RunGateway]:
-    """Ariel's gateway served on loopback: runs fetch `providers` (by name, for any org) with their run tokens.
+def run_gateway(
+    prefect_api: str, providers: dict[str, ProviderSecret], tool_servers: dict[str, dict[str, Any]] | None = None
+) -> Iterator[RunGateway]:
+    """Ariel's gateway served on loopback: runs fetch `providers` (by name, for any org) with their run tokens,
+    and each MCP server's entry of `tool_servers` (by server id: `{"headers": ..., "pins": ...}` or
+    `{"error": ...}`, as `ToolServerService.open_for_run` answers).
 
     No worker credential opens it; `play(..., gateway=...)` makes the run and hands it its token, as the gateway
     does for a worker.
@@ -61,8 +65,12 @@ def run_gateway(prefect_api: str, providers: dict[str, ProviderSecret]) -> Itera
     async def open_provider(_org_id: str, name: str) -> ProviderSecret | None:
         return providers.get(name)
 
+    async def open_tool_servers(_org_id: str, server_ids: list[str]) -> dict[str, dict[str, Any]]:
+        known = tool_servers or {}
+        return {server_id: known[server_id] for server_id in server_ids if server_id in known}
+
     gateway = Gateway(prefect_api, None, tokens, authenticate=nobody, verify_key=lambda: SIGNER.verify_key,
-                      open_provider=open_provider)
+                      open_provider=open_provider, open_tool_servers=open_tool_servers)
     with serve_asgi(gateway) as url:
         yield RunGateway(api_url=f"{url}/api", tokens=tokens)
 
