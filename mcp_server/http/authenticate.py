@@ -18,8 +18,11 @@ from mcp_server.auth import AuthError, AuthUnavailable
 from mcp_server.services.container import Services
 from mcp_server.tools.middleware.caller import SCOPE_CALLER
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-"""Everything else asks for credentials: MCP is mounted at the root, so an allow-list fails closed."""
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/oauth/callback"})
+"""Everything else asks for credentials: MCP is mounted at the root, so an allow-list fails closed.
+
+/oauth/callback is where a browser lands from an MCP server's sign-in: it carries no Ariel credential, and the
+one-time state of the sign-in (256 random bits, `ToolOAuth`) is what it proves."""
 
 
 class AuthenticateHTTP:

@@ -1,0 +1,50 @@
+"""GET /oauth/callback: where a person's browser lands after signing in to an MCP server that uses OAuth.
+
+The authorization server redirects here with `code` and `state` (or `error`). No
+Ariel credential is asked for: the browser has none, and the state is the
+credential — 256 random bits the sign-in made (`ToolOAuth.begin`), good once and
+for at most `SIGN_IN_SECONDS`. The page says what happened in plain words and
+never shows a code or a token.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from mcp_server.services.tool_oauth import CALLBACK_PATH, SignInFailed, ToolOAuth
+
+__all__ = ["CALLBACK_PATH", "oauth_callback"]
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Ariel: {title}</title></head>
+<body>
+<h1>{title}</h1>
+<p>{message}</p>
+</body>
+</html>
+"""
+
+
+def oauth_callback(oauth: Callable[[], ToolOAuth]) -> Callable[[Request], Awaitable[HTMLResponse]]:
+    """The endpoint of CALLBACK_PATH, handing what arrives to `oauth()` (the running app's `ToolOAuth`)."""
+
+    async def callback(request: Request) -> HTMLResponse:
+        query = request.query_params
+        try:
+            message = await oauth().complete(
+                query.get("state", ""), query.get("code"), iss=query.get("iss"), error=query.get("error")
+            )
+        except SignInFailed as exc:
+            return _page("Sign-in failed", str(exc), 400)
+        return _page("Signed in", message, 200)
+
+    return callback
+
+
+def _page(title: str, message: str, status: int) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), message=html.escape(message)), status_code=status)

@@ -1,0 +1,513 @@
+"""OAuth sign-in to the MCP servers agents use as tools, with the MCP SDK's client flow.
+
+    manage_tools add/test ── begin() ──▶ sign-in link (the server's authorization URL, PKCE, state)
+    the person's browser ──▶ authorization server ──▶ GET /oauth/callback?code&state ── complete()
+        ──▶ code exchanged, tokens + client registration sealed through the `TokenVault`
+    open_for_run ── headers() ──▶ {"Authorization": "Bearer …"}, refreshed when near expiry
+
+The flow itself is `mcp.client.auth.OAuthClientProvider` (discovery, dynamic client
+registration, PKCE, token exchange and refresh): Ariel supplies its storage (one sealed
+record per server, `_Grant`), its redirect handler (which captures the authorization URL
+as the sign-in link) and its callback handler (which waits for the code Ariel's HTTP app
+receives). A pending sign-in lives in the `ToolOAuth` instance that began it, so the
+callback must reach the same process: one app process, or sticky routing of
+/oauth/callback. Every request the flow makes passes `flows.network.guard` first, so a
+server cannot point Ariel's control plane at itself or at a metadata service.
+
+Example (an in-memory vault; `ToolOAuth` only needs `load` and `save`)::
+
+    class DictVault:
+        def __init__(self) -> None:
+            self.data: dict[tuple[str, str], bytes] = {}
+        async def load(self, org_id: str, server_id: str) -> bytes | None:
+            return self.data.get((org_id, server_id))
+        async def save(self, org_id: str, server_id: str, data: bytes) -> None:
+            self.data[org_id, server_id] = data
+
+    oauth = ToolOAuth(DictVault(), f"{settings.base_url}{CALLBACK_PATH}")
+    link = await oauth.begin("org-1", "srv-1", "https://mcp.example.com/mcp")   # show it to the person
+    ...                                                                         # they sign in
+    headers = await oauth.headers("org-1", "srv-1", "https://mcp.example.com/mcp")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+from mcp.client.auth import (
+    AuthorizationCodeResult,
+    OAuthClientProvider,
+    OAuthFlowError,
+    OAuthRegistrationError,
+    OAuthTokenError,
+)
+from mcp.shared.auth import (
+    OAuthClientInformationFull,
+    OAuthClientMetadata,
+    OAuthMetadata,
+    OAuthToken,
+    ProtectedResourceMetadata,
+)
+from mcp.shared.auth_utils import calculate_token_expiry
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import LATEST_PROTOCOL_VERSION
+from pydantic import AnyUrl, BaseModel, Field, ValidationError
+
+from flows.exceptions import ToolRefused
+from flows.network.guard import ProtectedEndpoint, refuse_protected
+from mcp_server.services.exceptions import ArielError, Unavailable
+
+__all__ = ["CALLBACK_PATH", "UNKNOWN_LINK", "SignInFailed", "SignInNeeded", "TokenVault", "ToolOAuth"]
+
+log = logging.getLogger("ariel.tool_oauth")
+
+CALLBACK_PATH = "/oauth/callback"
+"""Where Ariel's HTTP app receives authorization codes; the redirect URI Ariel registers is the public URL plus this."""
+
+SIGN_IN_SECONDS = 600.0
+"""How long a sign-in link stays good: the person has this long to sign in."""
+DISCOVERY_SECONDS = 30.0
+"""How long `begin` waits for the server's metadata and Ariel's client registration."""
+EXCHANGE_SECONDS = 30.0
+"""How long the callback waits for the code exchange before it answers the browser."""
+REFRESH_MARGIN_SECONDS = 60.0
+"""An access token this close to its expiry is refreshed before it is handed out: a run must not start with one
+that expires on its first call."""
+HTTP_TIMEOUT = httpx2.Timeout(30.0)
+
+# What begin() sends to make the server challenge: a JSON-RPC ping opens no session on the server.
+_PING = {"jsonrpc": "2.0", "id": "ariel-sign-in", "method": "ping"}
+_MCP_HEADERS = {"Accept": "application/json, text/event-stream", MCP_PROTOCOL_VERSION_HEADER: LATEST_PROTOCOL_VERSION}
+_ERROR_CODE = re.compile(r"[^a-z0-9_.-]")
+_SHORT = 300
+
+UNKNOWN_LINK = ("this sign-in link is unknown, was used already, or has expired; ask Ariel for a new one "
+                "(manage_tools test)")
+
+
+class SignInNeeded(ArielError):
+    """No usable OAuth token for the server: nobody signed in, or the sign-in expired and could not be refreshed."""
+
+
+class SignInFailed(ArielError):
+    """A sign-in did not complete (or its link is unknown or used); the message says why, without any token."""
+
+
+class TokenVault(Protocol):
+    """Where a server's OAuth record is kept, sealed by the implementation (the tool-server registry's store)."""
+
+    async def load(self, org_id: str, server_id: str) -> bytes | None: ...
+
+    async def save(self, org_id: str, server_id: str, data: bytes) -> None: ...
+
+
+class _Grant(BaseModel):
+    """What one sign-in leaves: the tokens, the client registration, and the metadata a refresh needs."""
+
+    version: Literal[1] = 1
+    url: str
+    tokens: OAuthToken | None = Field(default=None, repr=False)
+    expires_at: float | None = None  # absolute: `expires_in` means nothing once stored
+    client: OAuthClientInformationFull | None = Field(default=None, repr=False)
+    auth_server: OAuthMetadata | None = None
+    resource: ProtectedResourceMetadata | None = None
+
+
+class _GrantStorage:
+    """The SDK's `TokenStorage`, on the grant its provider holds."""
+
+    def __init__(self, provider: _GrantProvider) -> None:
+        self._provider = provider
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self._provider.grant.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        await self._provider.tokens_received(tokens)
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self._provider.grant.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self._provider.grant.client = client_info
+
+
+class _GrantProvider(OAuthClientProvider):
+    """The SDK's OAuth flow on one `_Grant`: what a refresh needs is restored from it, what it learns goes back."""
+
+    def __init__(
+        self,
+        grant: _Grant,
+        client_metadata: OAuthClientMetadata,
+        *,
+        persist: Callable[[_Grant], Awaitable[None]] | None = None,
+        redirect_handler: Callable[[str], Awaitable[None]] | None = None,
+        callback_handler: Callable[[], Awaitable[AuthorizationCodeResult]] | None = None,
+    ) -> None:
+        self.grant = grant
+        self._persist = persist
+        super().__init__(grant.url, client_metadata, _GrantStorage(self), redirect_handler, callback_handler)
+        # Discovered once at sign-in; the SDK keeps them in memory only, and a refresh needs the token endpoint
+        # (and the resource, RFC 8707) of the server that issued the tokens.
+        self.context.oauth_metadata = grant.auth_server
+        self.context.protected_resource_metadata = grant.resource
+        if grant.resource is not None and grant.resource.authorization_servers:
+            self.context.auth_server_url = str(grant.resource.authorization_servers[0])
+
+    async def _initialize(self) -> None:
+        await super()._initialize()
+        # The SDK reloads tokens without their expiry, and would treat a stored token as good for ever.
+        if self.grant.expires_at is not None:
+            self.context.token_expiry_time = self.grant.expires_at - REFRESH_MARGIN_SECONDS
+
+    async def tokens_received(self, tokens: OAuthToken) -> None:
+        self.grant.tokens = tokens
+        self.grant.expires_at = calculate_token_expiry(tokens.expires_in)
+        self.grant.auth_server = self.context.oauth_metadata
+        self.grant.resource = self.context.protected_resource_metadata
+        if self._persist is not None:
+            await self._persist(self.grant)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A sign-in waiting for the person: its link, the code the callback delivers, and the flow's task."""
+
+    org_id: str
+    server_id: str
+    url: str
+    link: asyncio.Future[str]
+    code: asyncio.Future[AuthorizationCodeResult]
+    task: asyncio.Task[None] | None = None
+    state: str | None = field(default=None, repr=False)
+
+
+class ToolOAuth:
+    """OAuth 2.1 sign-in (authorization code + PKCE, dynamic client registration) to MCP servers, per org and server.
+
+    Args:
+        vault: loads and saves each server's record; the implementation seals it.
+        callback_url: the redirect URI registered with authorization servers: Ariel's public URL + CALLBACK_PATH.
+        protected: Ariel's control-plane services, which no request of the flow may reach (link-local and
+            metadata addresses are refused as well).
+        sign_in_seconds: how long a sign-in link stays good.
+    """
+
+    def __init__(
+        self,
+        vault: TokenVault,
+        callback_url: str,
+        *,
+        protected: tuple[ProtectedEndpoint, ...] = (),
+        sign_in_seconds: float = SIGN_IN_SECONDS,
+        client_name: str = "Ariel",
+    ) -> None:
+        self._vault = vault
+        self.callback_url = callback_url
+        self._protected = protected
+        self._sign_in_seconds = sign_in_seconds
+        self._client_name = client_name
+        self._by_state: dict[str, _Pending] = {}
+        self._by_server: dict[tuple[str, str], _Pending] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"ToolOAuth(callback_url={self.callback_url!r}, pending={len(self._by_server)})"
+
+    async def begin(self, org_id: str, server_id: str, url: str) -> str:
+        """Start a sign-in to the MCP server at `url`; returns the link the person opens in their browser.
+
+        A sign-in already pending for this server is replaced (its link stops working). The tokens are saved
+        once the person has signed in and the server has accepted them; until then the previous ones (if any)
+        stay in use.
+
+        Raises:
+            SignInFailed: the server did not ask for OAuth, its metadata or client registration failed, it could
+                not be reached, or it did not answer within DISCOVERY_SECONDS.
+        """
+        await self._cancel(self._by_server.get((org_id, server_id)))
+        loop = asyncio.get_running_loop()
+        pending = _Pending(org_id, server_id, url, loop.create_future(), loop.create_future())
+        grant = _Grant(url=url)  # a fresh registration: a stored one may be for a server that forgot it
+
+        async def redirect(authorization_url: str) -> None:
+            state = parse_qs(urlsplit(authorization_url).query).get("state", [""])[0]
+            if not state:
+                raise SignInFailed("the authorization URL carries no state")
+            pending.state = state
+            self._by_state[state] = pending
+            if not pending.link.done():
+                pending.link.set_result(authorization_url)
+
+        async def callback() -> AuthorizationCodeResult:
+            try:
+                async with asyncio.timeout(self._sign_in_seconds):
+                    return await pending.code
+            except TimeoutError:
+                raise SignInFailed(f"nobody signed in within {_duration(self._sign_in_seconds)}; ask Ariel for a "
+                                   "new link") from None
+
+        provider = _GrantProvider(grant, self._client_metadata(), redirect_handler=redirect, callback_handler=callback)
+        pending.task = asyncio.create_task(self._sign_in(pending, provider), name=f"oauth sign-in {server_id}")
+        pending.task.add_done_callback(_retrieve)
+        self._by_server[org_id, server_id] = pending
+        first: set[asyncio.Future[Any]] = {pending.link, pending.task}
+        await asyncio.wait(first, timeout=DISCOVERY_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        if pending.link.done():
+            log.info("OAuth sign-in started for tool server %s of org %s", server_id, org_id)
+            return pending.link.result()
+        if not pending.task.done():
+            await self._cancel(pending)
+            raise SignInFailed(f"{_origin(url)} did not finish OAuth discovery and client registration within "
+                               f"{DISCOVERY_SECONDS:.0f} s; try again later")
+        if pending.task.cancelled():
+            raise SignInFailed("the sign-in was cancelled before it started")
+        # _sign_in made every failure a SignInFailed with a plain message; it did not ask for a sign-in at all when
+        # it ended without one.
+        failure = pending.task.exception()
+        raise SignInFailed(str(failure) if failure else f"{url} did not ask for a sign-in")
+
+    async def complete(self, state: str, code: str | None, *, iss: str | None = None, error: str | None = None) -> str:
+        """Hand the authorization server's answer to the sign-in that `state` names; once only.
+
+        Waits for the code exchange and answers what the person should read.
+
+        Raises:
+            SignInFailed: the state is unknown, used or expired; the authorization server sent an error; or the
+                exchange failed.
+        """
+        pending = self._by_state.pop(state, None) if state else None
+        if pending is None or pending.task is None or pending.task.done() or pending.code.done():
+            raise SignInFailed(UNKNOWN_LINK)
+        if error:
+            error_code = _ERROR_CODE.sub("", error.lower())[:64]
+            pending.code.set_exception(SignInFailed(f"the authorization server did not grant access ({error_code})"))
+        elif not code:
+            pending.code.set_exception(SignInFailed("the authorization server sent no authorization code"))
+        else:
+            pending.code.set_result(AuthorizationCodeResult(code=code, state=state, iss=iss))
+        # Waited for, never cancelled from here: a browser that goes away must not end the exchange.
+        done, _running = await asyncio.wait({pending.task}, timeout=EXCHANGE_SECONDS)
+        if not done:
+            raise SignInFailed(f"the authorization server did not answer the code exchange within "
+                               f"{EXCHANGE_SECONDS:.0f} s; ask Ariel for a new link")
+        if pending.task.cancelled():
+            raise SignInFailed("this sign-in was cancelled (a newer one replaced it, or Ariel stopped); ask Ariel "
+                               "for a new link")
+        failure = pending.task.exception()
+        if failure is not None:
+            raise SignInFailed(str(failure))
+        return "Signed in. Ariel keeps the tokens sealed and refreshes them; you can close this tab."
+
+    async def headers(self, org_id: str, server_id: str, url: str) -> dict[str, str]:
+        """An `Authorization` header with a valid access token for the server at `url`; refreshed (and saved)
+        when it is expired or within REFRESH_MARGIN_SECONDS of expiry.
+
+        Raises:
+            SignInNeeded: nobody signed in, the sign-in was for another URL, or the token expired and the
+                authorization server refused the refresh (the record then says so: `status` is 'sign-in needed').
+            Unavailable: the authorization server did not answer the refresh; the tokens are kept.
+            SignInFailed: the token endpoint is one Ariel does not connect to.
+        """
+        async with self._lock(org_id, server_id):
+            grant = await self._load(org_id, server_id)
+            if grant is None or grant.tokens is None:
+                raise SignInNeeded("nobody has signed in to this server yet (or the sign-in ended); sign in with "
+                                   "the link manage_tools test gives")
+            if not _same_url(grant.url, url):
+                raise SignInNeeded(f"the sign-in was made for {grant.url}, not {url}; sign in again")
+
+            async def persist(updated: _Grant) -> None:
+                await self._vault.save(org_id, server_id, _dump(updated))
+
+            provider = _GrantProvider(grant, self._client_metadata(), persist=persist)
+            authorization = await self._authorize(provider, url)
+            if authorization is None:
+                grant.tokens = None  # refused or dead: the next status says a sign-in is needed
+                await self._vault.save(org_id, server_id, _dump(grant))
+                log.warning("OAuth token of tool server %s of org %s expired and could not be refreshed",
+                            server_id, org_id)
+                raise SignInNeeded("the sign-in expired and the authorization server refused to refresh it; "
+                                   "sign in again with the link manage_tools test gives")
+            return {"Authorization": authorization}
+
+    async def status(self, org_id: str, server_id: str) -> str:
+        """'sign-in pending', 'sign-in needed', or 'signed in, token valid until <UTC time>' (and how it goes on)."""
+        if (org_id, server_id) in self._by_server:
+            return "sign-in pending"
+        grant = await self._load(org_id, server_id)
+        if grant is None or grant.tokens is None:
+            return "sign-in needed"
+        if grant.expires_at is None:
+            return "signed in, token valid until revoked (the server gives no expiry)"
+        until = datetime.fromtimestamp(grant.expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if grant.expires_at > time.time():
+            return f"signed in, token valid until {until}"
+        if grant.tokens.refresh_token and grant.client is not None:
+            return f"signed in, token valid until {until} (expired; refreshed at its next use)"
+        return "sign-in needed"
+
+    async def aclose(self) -> None:
+        """Cancel every pending sign-in; their links stop working."""
+        for pending in list(self._by_server.values()):
+            await self._cancel(pending)
+
+    async def _sign_in(self, pending: _Pending, provider: _GrantProvider) -> None:
+        """The flow of one sign-in, in its own task: a request that the server challenges, which the SDK's
+        provider answers with discovery, registration, the person's sign-in and the code exchange."""
+        key = (pending.org_id, pending.server_id)
+        try:
+            async with self._http(auth=provider) as client:
+                request = client.build_request("POST", pending.url, json=_PING, headers=_MCP_HEADERS)
+                response = await client.send(request, stream=True)
+                await response.aclose()  # the answer's status is all that is needed
+            if provider.grant.tokens is None:
+                raise SignInFailed(f"{pending.url} did not ask for a sign-in (it answered HTTP "
+                                   f"{response.status_code} without one); add it without OAuth")
+            if response.status_code in (401, 403):
+                raise SignInFailed(f"the sign-in went through, but {_origin(pending.url)} still refuses the token "
+                                   f"(HTTP {response.status_code}); check the account's access to it")
+            await self._vault.save(pending.org_id, pending.server_id, _dump(provider.grant))
+            log.info("OAuth sign-in completed for tool server %s of org %s", pending.server_id, pending.org_id)
+        except SignInFailed as exc:
+            log.warning("OAuth sign-in for tool server %s of org %s failed: %s", pending.server_id, pending.org_id,
+                        exc)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = _plain(exc, pending.url)
+            log.warning("OAuth sign-in for tool server %s of org %s failed: %s", pending.server_id, pending.org_id,
+                        reason, exc_info=not isinstance(exc, _EXPECTED))
+            raise SignInFailed(reason) from exc
+        finally:
+            if pending.state is not None:
+                self._by_state.pop(pending.state, None)
+            if self._by_server.get(key) is pending:
+                del self._by_server[key]
+
+    async def _authorize(self, provider: _GrantProvider, url: str) -> str | None:
+        """The Authorization header the SDK's flow puts on a request to `url` (refreshing first if it must);
+        None when it has no valid token. The request itself is never sent."""
+        request = httpx2.Request("POST", url, headers=_MCP_HEADERS)
+        flow = provider.async_auth_flow(request)
+        try:
+            async with self._http() as client:
+                outgoing = await flow.__anext__()
+                while outgoing is not request:  # the refresh (and a redirect of it within its origin)
+                    response = await client.send(outgoing)
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise Unavailable(f"the authorization server did not refresh the token (HTTP "
+                                          f"{response.status_code}); try again shortly")
+                    outgoing = await flow.asend(response)
+        except ToolRefused as exc:
+            raise SignInFailed(f"Ariel does not connect to the token endpoint: {exc}") from exc
+        except httpx2.HTTPError as exc:
+            raise Unavailable(f"could not reach the authorization server to refresh the token "
+                              f"({type(exc).__name__}); try again shortly") from exc
+        finally:
+            await flow.aclose()
+        return request.headers.get("Authorization")
+
+    def _client_metadata(self) -> OAuthClientMetadata:
+        # No token_endpoint_auth_method: the authorization server picks; a client secret it issues is sealed too.
+        return OAuthClientMetadata(
+            client_name=self._client_name,
+            redirect_uris=[AnyUrl(self.callback_url)],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+        )
+
+    def _http(self, auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
+        # No proxy from the environment, no redirects but the SDK's own (within one origin), every URL guarded.
+        return httpx2.AsyncClient(auth=auth, timeout=HTTP_TIMEOUT, follow_redirects=False, trust_env=False,
+                                  event_hooks={"request": [self._guard]})
+
+    async def _guard(self, request: httpx2.Request) -> None:
+        await asyncio.to_thread(refuse_protected, str(request.url), self._protected)
+
+    def _lock(self, org_id: str, server_id: str) -> asyncio.Lock:
+        # One refresh at a time per server: authorization servers rotate refresh tokens, so a second concurrent
+        # refresh would present a spent one and end the sign-in.
+        return self._locks.setdefault((org_id, server_id), asyncio.Lock())
+
+    async def _load(self, org_id: str, server_id: str) -> _Grant | None:
+        data = await self._vault.load(org_id, server_id)
+        if data is None:
+            return None
+        try:
+            return _Grant.model_validate_json(data)
+        except ValidationError:
+            log.warning("the OAuth record of tool server %s of org %s does not parse; a new sign-in replaces it",
+                        server_id, org_id)
+            return None
+
+    async def _cancel(self, pending: _Pending | None) -> None:
+        if pending is None or pending.task is None:
+            return
+        pending.task.cancel()
+        await asyncio.gather(pending.task, return_exceptions=True)
+
+
+_EXPECTED = (SignInFailed, ToolRefused, OAuthFlowError, OAuthTokenError, OAuthRegistrationError, httpx2.HTTPError,
+             ValidationError)
+
+
+def _plain(exc: Exception, url: str) -> str:
+    """What a failed sign-in tells the person; the SDK's messages hold no token (bodies of error answers only)."""
+    if isinstance(exc, ToolRefused):
+        return f"Ariel does not connect there: {exc}"
+    if isinstance(exc, OAuthRegistrationError):
+        return (f"the authorization server did not register Ariel as a client ({_short(exc)}); Ariel signs in "
+                "only where the server offers dynamic client registration")
+    if isinstance(exc, OAuthTokenError):
+        return f"the authorization server refused the code exchange ({_short(exc)}); ask Ariel for a new link"
+    if isinstance(exc, OAuthFlowError):
+        return f"the OAuth sign-in failed: {_short(exc)}"
+    if isinstance(exc, httpx2.HTTPError):
+        return f"could not reach {_origin(url)} or its authorization server ({type(exc).__name__}); is it up?"
+    if isinstance(exc, ValidationError):
+        return f"{_origin(url)} published OAuth metadata that is not valid"
+    return "the sign-in failed; see the server log"
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _SHORT else text[:_SHORT] + "…"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _duration(seconds: float) -> str:
+    """A wait as a person reads it.
+
+    >>> _duration(600), _duration(30)
+    ('10 minutes', '30 s')
+    """
+    return f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _dump(grant: _Grant) -> bytes:
+    return grant.model_dump_json(exclude_none=True).encode()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a sign-in task's failure as seen: `_sign_in` logged it, and `complete` or `begin` reported it."""
+    if not task.cancelled():
+        task.exception()
