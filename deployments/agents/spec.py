@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deployments.exceptions import SpecInvalid
 from flows.config import Limits, RunConfig, ScriptStep
+from flows.mcp.pins import SEPARATOR, function_name
 from flows.models import SCRIPTED_MODEL
 from flows.tools import BUILTIN_TOOLS
 
@@ -106,6 +107,46 @@ def _prefect_check(example: str, *, cron: str, timezone: str | None = None) -> N
         raise ValueError(f"{reason} ({example})" if example else reason) from None
 
 
+SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+class McpToolsGrant(BaseModel):
+    """An MCP server the agent may use (by its name in `manage_tools`) and which of its tools."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: str = Field(description="The server's name, as manage_tools lists it.", examples=["everything"])
+    tools: list[str] | None = Field(
+        default=None, description="The tools the agent may call; leave out for every approved tool of the server.",
+        examples=[["echo", "add"]],
+    )
+
+    @field_validator("server")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        if not SERVER_NAME.match(value):
+            raise ValueError(f"{value[:60]!r} is not a server name: 1 to 40 lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("name at least one tool, or leave 'tools' out for all of the server's tools")
+        for tool in value:
+            if not tool.strip() or len(tool) > 128 or not tool.isprintable():
+                raise ValueError(f"{tool[:60]!r} is not a tool name (printable, at most 128 characters)")
+        return list(dict.fromkeys(value))
+
+    def allows(self, function: str) -> bool:
+        """Whether a model's call to `function` (`<server>__<tool>`) is one this grant may name."""
+        if not function.startswith(f"{self.server}{SEPARATOR}"):
+            return False
+        return self.tools is None or any(function_name(self.server, tool) == function for tool in self.tools)
+
+
 class AgentSpec(BaseModel):
     """A validated agent definition; every change is stored as a new immutable version."""
 
@@ -131,6 +172,12 @@ class AgentSpec(BaseModel):
     tools: list[str] = Field(default_factory=list, description="Built-in tools the agent may call.")
     allowed_hosts: list[str] = Field(
         default_factory=list, description="Hosts `http_request` may call: 'host' or 'host:port'."
+    )
+    mcp_tools: list[McpToolsGrant] = Field(
+        default_factory=list,
+        description="MCP servers (approved in manage_tools) the agent may use, and which of their tools; the model "
+        "calls a tool as '<server>__<tool>'.",
+        examples=[[{"server": "everything", "tools": ["echo", "add"]}]],
     )
     limits: Limits = Field(default_factory=Limits)
     script: list[ScriptStep] | None = Field(default=None, description="The turns 'ariel/scripted' plays, in order.")
@@ -183,8 +230,14 @@ class AgentSpec(BaseModel):
         if self.model != SCRIPTED_MODEL and self.script:
             raise ValueError(f"'script' is only for model {SCRIPTED_MODEL!r}")
         for step in self.script or []:
-            if step.tool is not None and step.tool not in self.tools:
-                raise ValueError(f"script calls tool {step.tool!r}, which is not in the agent's 'tools'")
+            if step.tool is not None and step.tool not in self.tools and not any(
+                grant.allows(step.tool) for grant in self.mcp_tools
+            ):
+                raise ValueError(f"script calls tool {step.tool!r}, which is not in the agent's 'tools' nor one of "
+                                 "its 'mcp_tools' (called as '<server>__<tool>')")
+        servers = [grant.server for grant in self.mcp_tools]
+        if len(set(servers)) != len(servers):
+            raise ValueError("mcp_tools: name each server once, with all the tools it may use")
         if self.provider and self.api_base:
             # Else a drafted spec could send the block's key to a host of its choosing.
             raise ValueError("with a 'provider', the base URL comes from that block; leave 'api_base' out")
@@ -227,7 +280,9 @@ def _describe(error: Any) -> tuple[str, str]:
 
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
-    nested: dict[str, type[BaseModel]] = {"schedule": ScheduleSpec, "limits": Limits, "script": ScriptStep}
+    nested: dict[str, type[BaseModel]] = {
+        "schedule": ScheduleSpec, "limits": Limits, "script": ScriptStep, "mcp_tools": McpToolsGrant,
+    }
     model = nested.get(str(loc[0]), AgentSpec) if len(loc) > 1 else AgentSpec
     return sorted(model.model_fields)
 
@@ -241,8 +296,8 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     lines = []
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key), new.get(key)
-        if before == after:
-            continue
+        if before == after or (before in (None, []) and after in (None, [])):
+            continue  # a list field added later ([] stored from then on) is no change
         if isinstance(before, dict) and isinstance(after, dict):
             lines += spec_changes(before, after, f"{prefix}{key}.")
         else:

@@ -7,6 +7,9 @@ agent awaits approval) through `agent_pending`.
 Causes, most specific first:
 
     llm_failed / tool_failed   a step (task run) failed; its exception is shown
+    tool_changed               an MCP tool changed since it was approved (a "rug pull"); the run refused it
+    tool_refused               a tool call was refused (an MCP server unavailable or not allowed, a host not
+                               allowed) or an MCP call failed; the agent was told, and may have completed anyway
     missing_secret             the provider the agent names does not exist in its org
     step_limit / time_budget   the run used up its limits
     out_of_memory              the container was killed (exit 137) at its memory limit
@@ -49,7 +52,8 @@ from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.logs import LogLine, read_log_page
 
 Cause = Literal[
-    "llm_failed", "tool_failed", "missing_secret", "step_limit", "time_budget", "out_of_memory", "image_missing",
+    "llm_failed", "tool_failed", "tool_changed", "tool_refused",
+    "missing_secret", "step_limit", "time_budget", "out_of_memory", "image_missing",
     "container_exit", "tampered", "unapproved", "pool_paused", "concurrency_limit", "no_worker", "cancelled",
     "crashed", "failed", "in_progress", "waiting", "completed",
 ]
@@ -95,7 +99,9 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
     state_type = state.type if state else None
     message = (state.message if state else None) or ""
     evidence = [f"state: {state.name if state else 'unknown'}" + (f" — {message}" if message else "")]
-    error_logs = (await read_log_page(client, run.id, limit=10, min_level="warning", tail=True)).lines
+    warnings = (await read_log_page(client, run.id, limit=200, min_level="warning", tail=True)).lines
+    error_logs = warnings[-10:]
+    refusals = _tool_refusals(warnings)
 
     def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
         return Diagnosis(
@@ -108,7 +114,10 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
     evidence += [f"step {step.step} failed: {step.error}" for step in steps]
     last = steps[-1] if steps else None
 
+    evidence += [refusal.evidence for refusal in refusals]
     if state_type == StateType.COMPLETED:
+        if refusals:
+            return _refused(answer, refusals, completed=True)
         if last:
             return answer("completed", f"the run completed, though {len(steps)} step(s) failed on the way "
                           f"(the agent was told and went on); the last: {last.step}: {last.error}",
@@ -165,6 +174,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                 "or name another provider with update_agent; then run again",
                 last,
             )
+        if refusals and not last:
+            return _refused(answer, refusals, completed=False)
         if last and last.kind == "llm":
             return answer("llm_failed", f"the LLM call {last.step} failed: {last.error}",
                           "check the model id, its provider key and base URL (update_agent change), then run it again",
@@ -231,6 +242,54 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                           "its log (ARIEL_HOME/logs/worker.log)")
     return answer("waiting", "the run is late but its pool is ready and polled; the worker may be busy starting it",
                   "look again in a minute; read the worker's log if it stays late")
+
+
+class _Refusal(BaseModel):
+    kind: Literal["changed", "refused", "failed"]
+    tool: str
+    evidence: str
+
+
+# The runtime's warning lines about MCP and tool calls (flows.agent): what diagnosis reads of a run's calls.
+_REFUSAL_LINES: tuple[tuple[re.Pattern[str], Literal["changed", "refused", "failed"]], ...] = (
+    (re.compile(r"^MCP tool changed since approval: (?P<tool>\S+)"), "changed"),
+    (re.compile(r"^MCP tool refused: (?P<tool>[^:\s]+)"), "refused"),
+    (re.compile(r"^MCP tool failed: (?P<tool>[^:\s]+)"), "failed"),
+    (re.compile(r"^Tool call refused: (?P<tool>.*)"), "refused"),
+)
+
+
+def _tool_refusals(lines: list[LogLine]) -> list[_Refusal]:
+    """The refused, failed and changed tool calls the run's warnings tell of, in order."""
+    found = []
+    for line in lines:
+        for pattern, kind in _REFUSAL_LINES:
+            if match := pattern.match(line.message):
+                found.append(_Refusal(kind=kind, tool=match.group("tool")[:200], evidence=line.message[:500]))
+                break
+    return found
+
+
+def _refused(answer: Callable[[Cause, str, str], Diagnosis], refusals: list[_Refusal], completed: bool) -> Diagnosis:
+    """Tool calls the run refused or that failed, told to the model: the run may still have completed."""
+    ended = "the run completed, but" if completed else "the run failed, and"
+    changed = [refusal for refusal in refusals if refusal.kind == "changed"]
+    if changed:
+        server, _, tool = changed[0].tool.partition("/")
+        return answer("tool_changed",
+                      f"{ended} the MCP tool {tool!r} of server {server!r} changed since it was approved (its "
+                      "name, description or input schema), so the run refused to call it",
+                      f"an admin reviews the change with manage_tools action='test' name={server!r} and, if it is "
+                      f"wanted, approves it again with manage_tools action='approve' name={server!r}; then run the "
+                      "agent again")
+    first = refusals[0]
+    what = "failed" if first.kind == "failed" else "was refused"
+    return answer("tool_refused",
+                  f"{ended} {len(refusals)} tool call(s) {what if len(refusals) == 1 else 'were refused or failed'}; "
+                  f"the first: {first.evidence}",
+                  "read get_transcript for what the agent was told; fix what the call needs (the MCP server's "
+                  "approval or sign-in with manage_tools test, the agent's mcp_tools or allowed_hosts with "
+                  "update_agent), then run it again")
 
 
 def _tampered(answer: Callable[[Cause, str, str], Diagnosis], message: str) -> Diagnosis:

@@ -1,4 +1,4 @@
-"""The HTTP app: MCP over streamable HTTP at /mcp, plus /health, /ready and docs at /docs.
+"""The HTTP app: MCP over streamable HTTP at /mcp, plus /health, /ready, docs at /docs and /oauth/callback.
 
 Every request passes, outermost first: security headers, the unhandled-error
 guard, CORS, the per-address rate limit, the body limit, authentication, the
@@ -36,6 +36,7 @@ from mcp_server.http.hardening import (
     SecurityHeaders,
     docs_csp,
 )
+from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
 from mcp_server.http.rate_limit import RateLimit
 from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
@@ -92,7 +93,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     gateway = Gateway(prefect_api_url, settings.prefect_credential(), RunTokens(settings.run_token_secret()),
                       authenticate=lambda token: gateway_scope(settings, services(), token),
                       verify_key=lambda: services().agents.signer.verify_key,
-                      open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name))
+                      open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name),
+                      open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids))
     mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
         path="/mcp"
     )
@@ -240,6 +242,11 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     async def ready() -> JSONResponse:
         answer = await readiness()
         return JSONResponse(answer.model_dump(), status_code=200 if answer.status == "ready" else 503)
+
+    # Where browsers land after signing in to an OAuth-protected MCP server (manage_tools); public: the one-time
+    # state it carries is the credential (see mcp_server.http.authenticate.PUBLIC_PATHS).
+    app.add_route(CALLBACK_PATH, oauth_callback(lambda: services().tool_oauth), methods=["GET"],
+                  include_in_schema=False)
 
     # Last: a mount at "/" shadows routes registered after it.
     app.mount("/", mcp_app)

@@ -8,7 +8,7 @@ left half-created.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from deployments.pools.work_pools import (
     process_job_template,
     remove_pools,
 )
-from flows.config import RunConfig
+from flows.config import McpServerRef, RunConfig
 from flows.models import SCRIPTED_MODEL
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
@@ -41,7 +41,7 @@ from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
-from mcp_server.store import AgentRecord, Store
+from mcp_server.store import AgentRecord, Store, ToolServerRecord
 
 UpdateAction = Literal["change", "approve", "pause", "resume"]
 
@@ -63,6 +63,8 @@ class AgentService:
     prefect_auth_string: str | None = field(default=None, repr=False)
     # Signs every run configuration it deploys or starts a run with; runs check it with its public key.
     signer: ConfigSigner = field(kw_only=True, repr=False)
+    # The stdio MCP servers the platform offers (name → command in the runtime image): settings.stdio_catalog.
+    stdio_commands: Mapping[str, list[str]] = field(default_factory=dict, kw_only=True)
 
     def prefect_client(self) -> PrefectClient:
         """A client of the Prefect API with the control plane's credential; `prefect()` also translates errors."""
@@ -125,13 +127,16 @@ class AgentService:
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         spec = parse_spec(data, "the agent was not created", self.protected_hosts)
         await self._check_provider(caller, spec, "the agent was not created")
+        await self.mcp_servers(caller.org_id, caller.user_id, spec, not_done="the agent was not created")
         if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
             # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
             raise InvalidRequest("the agent was not created: name: a 32-character hex name reads as an agent id; "
                                  "choose a name with words")
         record = await self.store.create_agent(
             # The whole spec, defaults included: a later default must not change a stored version.
-            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json"), created_by=caller.user_label
+            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json"), created_by=caller.user_label,
+            # Whose agent it is: that person's own MCP servers stand in for the org's of the same name.
+            owner_user_id=caller.user_id,
         )
         try:
             await self.ensure_pool(caller)
@@ -187,6 +192,8 @@ class AgentService:
             spec = parse_spec(merged, "the agent was not changed", self.protected_hosts)
             if spec.provider != current.provider:
                 await self._check_provider(caller, spec, "the agent was not changed")
+            if spec.mcp_tools != current.mcp_tools:
+                await self.mcp_servers(caller.org_id, record.owner_user_id, spec, not_done="the agent was not changed")
             if spec == current:
                 # Also how a version whose deploy failed gets deployed: `apply` writes only what Prefect lacks.
                 await self._deploy(caller, record, spec)
@@ -213,8 +220,9 @@ class AgentService:
                 raise Conflict(f"agent {record.slug!r} is at version {record.version}, not {version}; "
                                "read it again with get_agent and approve what you read")
             spec = await self.spec_of(caller, record)
+            manifest = await self.manifest(record, spec)
             approved = await self.store.approve_agent(
-                caller.org_id, record.id, record.version, Manifest.of(spec).model_dump(mode="json"), caller.user_label
+                caller.org_id, record.id, record.version, manifest.model_dump(mode="json"), caller.user_label
             )
             await self._deploy(caller, approved, spec)
             return await self.get(caller, record.id, full=False)
@@ -273,7 +281,7 @@ class AgentService:
         pool, _ = await self.org_pool(caller.org_id)
         for record in await self.store.list_agents(caller.org_id):
             spec = await self.spec_of(caller, record)
-            view = self._view(caller, record, spec, pool)
+            view = await self._view(caller, record, spec, pool)
             if status and view.status != status:
                 continue
             if needle and not any(needle in field.lower() for field in (record.slug, spec.name, spec.description)):
@@ -284,7 +292,7 @@ class AgentService:
     async def get(self, caller: Caller, ref: str, full: bool = True) -> AgentView:
         record = await self.resolve(caller, ref)
         spec = await self.spec_of(caller, record)
-        view = self._view(caller, record, spec, (await self.org_pool(caller.org_id))[0])
+        view = await self._view(caller, record, spec, (await self.org_pool(caller.org_id))[0])
         if not full:
             return view
         versions = await self.store.list_versions(caller.org_id, record.id)
@@ -313,10 +321,43 @@ class AgentService:
             raise NotFound(f"no agent {ref!r}; list_agents shows the agents you can use, by id and slug")
         return record
 
-    def status(self, record: AgentRecord, spec: AgentSpec) -> tuple[AgentStatus, list[str]]:
+    async def mcp_servers(
+        self, org_id: str, owner_user_id: str | None, spec: AgentSpec, not_done: str | None = None,
+    ) -> dict[str, McpServerRef | str]:
+        """Each MCP server `spec` names, resolved: the owner's own server of that name, else the org's.
+
+        A name that resolves to no approved server maps to why; with `not_done` (a person is creating or
+        changing the agent) that is an `InvalidRequest` instead, naming the field and what to do.
+        """
+        resolved: dict[str, McpServerRef | str] = {}
+        for grant in spec.mcp_tools:
+            found = await self.store.resolve_tool_server(org_id, owner_user_id, grant.server)
+            problem = _server_problem(grant.server, found, self.stdio_commands)
+            if problem is not None:
+                if not_done is not None:
+                    raise InvalidRequest(f"{not_done}: mcp_tools: {problem}")
+                resolved[grant.server] = problem
+                continue
+            assert found is not None  # _server_problem says why otherwise
+            resolved[grant.server] = McpServerRef(
+                name=grant.server, server_id=found.id, transport=found.transport,
+                url=found.url if found.transport != "stdio" else None,
+                command=list(self.stdio_commands[found.catalog_name or ""]) if found.transport == "stdio" else None,
+                tools=grant.tools,
+            )
+        return resolved
+
+    async def manifest(self, record: AgentRecord, spec: AgentSpec) -> Manifest:
+        """What this version of the agent may do, its MCP servers resolved as they are now."""
+        return Manifest.of(spec, await self.mcp_servers(record.org_id, record.owner_user_id, spec))
+
+    async def status(self, record: AgentRecord, spec: AgentSpec) -> tuple[AgentStatus, list[str]]:
         """The agent's status, and why it awaits approval when it does."""
+        return self._status(record, await self.manifest(record, spec))
+
+    def _status(self, record: AgentRecord, manifest: Manifest) -> tuple[AgentStatus, list[str]]:
         if record.approved_manifest is not None:
-            reasons = Manifest.of(spec).widens(Manifest.model_validate(record.approved_manifest))
+            reasons = manifest.widens(Manifest.model_validate(record.approved_manifest))
         else:
             reasons = ["new agent: nothing approved yet"]
         if reasons:
@@ -333,23 +374,28 @@ class AgentService:
             f"providers you can name, and an admin adds one with manage_secrets set_provider"
         )
 
-    def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
+    async def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
         """What runs of the agent's current version receive, unsigned (the compiler signs; `signed_run_config`).
 
-        An unapproved version is marked so, and the runtime refuses it.
+        An unapproved version is marked so, and the runtime refuses it. MCP servers go in as they resolve now;
+        one that no longer resolves is left out (its tools are then unknown to the run).
         """
+        servers = await self.mcp_servers(record.org_id, record.owner_user_id, spec)
+        status, _ = self._status(record, Manifest.of(spec, servers))
         config = spec.to_run_config(record.id, caller.org_id, record.version)
-        config = config.model_copy(update={"approved": self.status(record, spec)[0] != "pending_approval"})
         # `provider` stays the spec's short name: the gateway opens it in the org of the run's token, whatever it says.
-        return config
+        return config.model_copy(update={
+            "approved": status != "pending_approval",
+            "mcp_servers": [ref for ref in servers.values() if isinstance(ref, McpServerRef)],
+        })
 
-    def signed_run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
+    async def signed_run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
         """`run_config` signed: what a run started with its own configuration (run_agent) carries."""
-        return self.signer.sign(self.run_config(caller, record, spec))
+        return self.signer.sign(await self.run_config(caller, record, spec))
 
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
-        config = self.run_config(caller, record, spec)
-        status, _ = self.status(record, spec)
+        config = await self.run_config(caller, record, spec)
+        status, _ = await self.status(record, spec)
         desired = compiler.compile_agent(
             config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=status != "active",
             signer=self.signer,
@@ -370,15 +416,16 @@ class AgentService:
         assert version is not None  # every agent row has its current version row
         return AgentSpec.model_validate(version.spec)
 
-    def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec, pool: str) -> AgentView:
-        status, reasons = self.status(record, spec)
+    async def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec, pool: str) -> AgentView:
+        manifest = await self.manifest(record, spec)
+        status, reasons = self._status(record, manifest)
         return AgentView(
             id=record.id,
             slug=record.slug,
             name=record.name,
             version=record.version,
             status=status,
-            manifest=Manifest.of(spec),
+            manifest=manifest,
             needs_approval=reasons,
             approved_by=record.approved_by if not reasons else None,
             approved_at=record.approved_at if not reasons else None,
@@ -395,6 +442,21 @@ class AgentService:
 
 
 _LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _server_problem(name: str, found: ToolServerRecord | None, stdio_commands: Mapping[str, list[str]]) -> str | None:
+    """Why `found` (what `name` resolved to) cannot serve an agent; None when it can."""
+    if found is None:
+        return (f"there is no MCP server {name!r} you can use here; manage_tools list shows them, and manage_tools "
+                "add adds one")
+    if found.status != "approved":
+        then = ("an admin approves it with manage_tools action='approve'" if found.status == "pending"
+                else "it was rejected; manage_tools get says why")
+        return f"MCP server {name!r} is {found.status}, and only approved servers can be named: {then}"
+    if found.transport == "stdio" and (found.catalog_name or "") not in stdio_commands:
+        return (f"MCP server {name!r} runs {found.catalog_name!r}, which this platform's stdio catalog no longer "
+                "offers (ARIEL_STDIO_CATALOG)")
+    return None
 
 
 def _health(recent: list[RunView]) -> str:

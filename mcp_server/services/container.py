@@ -7,14 +7,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from deployments.agents.signing import Ed25519ConfigSigner
+from deployments.images.stdio_catalog import local_command
 from deployments.pools.work_pools import PoolType
-from flows.network.guard import control_plane_hosts
+from flows.network.guard import control_plane_hosts, protected_endpoints
 from mcp_server.services.agents import AgentService
 from mcp_server.services.authentication import Authenticator
 from mcp_server.services.orgs import OrgService
 from mcp_server.services.runs import RunService
 from mcp_server.services.sealing import Sealer, keyring_from_settings
 from mcp_server.services.secrets import SecretService
+from mcp_server.services.tool_oauth import CALLBACK_PATH, ToolOAuth
+from mcp_server.services.tool_servers import SealedTokenVault, ToolServerService
 from mcp_server.services.upgrades import record_upgraded_manifests
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
@@ -28,27 +31,48 @@ class Services:
     runs: RunService
     orgs: OrgService
     secrets: SecretService
+    tool_servers: ToolServerService
+    tool_oauth: ToolOAuth  # also the HTTP app's /oauth/callback's
 
 
 @asynccontextmanager
 async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> AsyncIterator[Services]:
     store = await Store.open(settings.resolved_store_url)
     try:
+        protected_hosts = control_plane_hosts(settings.host, settings.port, prefect_api_url)
         agents = AgentService(
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
-            protected_hosts=control_plane_hosts(settings.host, settings.port, prefect_api_url),
+            protected_hosts=protected_hosts,
             memory_limit=settings.run_memory_limit,
             prefect_auth_string=settings.prefect_credential(),
             signer=Ed25519ConfigSigner.from_text(settings.config_signing_key_text()),
+            # A Docker run starts a catalog server inside its container; a process run on this host, as installed.
+            stdio_commands={
+                entry.name: entry.command if pool_type == "docker" else local_command(entry) or entry.command
+                for entry in settings.stdio_catalog
+            },
         )
+        sealer = Sealer(store, keyring_from_settings(settings))
+        # The control plane's own connections to a server (listing its tools, signing in) are guarded as a run's are.
+        protected = protected_endpoints(prefect_api_url, ",".join(protected_hosts))
+        tool_oauth = ToolOAuth(SealedTokenVault(store, sealer), f"{settings.base_url}{CALLBACK_PATH}",
+                               protected=protected)
         await record_upgraded_manifests(store)
-        yield Services(
-            store=store,
-            auth=Authenticator.from_settings(store, settings),
-            agents=agents,
-            runs=RunService(agents),
-            orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
-            secrets=SecretService(agents, Sealer(store, keyring_from_settings(settings))),
-        )
+        try:
+            yield Services(
+                store=store,
+                auth=Authenticator.from_settings(store, settings),
+                agents=agents,
+                runs=RunService(agents),
+                orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
+                secrets=SecretService(agents, sealer),
+                tool_servers=ToolServerService(
+                    agents, sealer, protected=protected, stdio_catalog=settings.stdio_catalog,
+                    stdio_image=settings.runtime_image if pool_type == "docker" else None, oauth=tool_oauth,
+                ),
+                tool_oauth=tool_oauth,
+            )
+        finally:
+            await tool_oauth.aclose()  # pending sign-ins end with the process
     finally:
         await store.close()

@@ -41,7 +41,7 @@ class RunService:
         async with audited(self.agents.store, caller, "agent.run", ref):
             record = await self.agents.resolve(caller, ref)
             spec = await self.agents.spec_of(caller, record)
-            status, reasons = self.agents.status(record, spec)
+            status, reasons = await self.agents.status(record, spec)
             if status == "pending_approval":
                 raise Conflict(
                     f"agent {record.slug!r} does not run until its manifest is approved ({'; '.join(reasons)}). "
@@ -52,7 +52,7 @@ class RunService:
                 raise NotFound(f"agent {record.slug!r} has no deployment; run `ariel up` to deploy it again")
             async with self.agents.prefect() as client:
                 # The version just checked, not whatever a concurrent change has deployed since.
-                config = self.agents.signed_run_config(caller, record, spec).model_dump(mode="json")
+                config = (await self.agents.signed_run_config(caller, record, spec)).model_dump(mode="json")
                 flow_run = await runs.start_run(
                     client, UUID(record.deployment_id), input, name=run_name(record), config=config
                 )
@@ -204,7 +204,7 @@ class RunService:
         )
         if record is None or version is None:
             return None
-        return self.agents.status(record, AgentSpec.model_validate(version.spec))[1] or None
+        return (await self.agents.status(record, AgentSpec.model_validate(version.spec)))[1] or None
 
     async def _find(self, client: Any, caller: Caller, ref: str) -> FlowRun:
         flow_run = await runs.find_run(client, caller.org_id, ref.strip())

@@ -174,6 +174,50 @@ class SecretsActionView(BaseModel):
     providers: list[ProviderView] = Field(default_factory=list)
 
 
+class McpToolView(BaseModel):
+    name: str = Field(description="The tool's name; an agent's model calls it '<server>__<name>'.")
+    description: str = Field(description="What the server says the tool does, as the model will read it.")
+    input_schema: dict[str, Any] = Field(description="The JSON schema of its arguments.")
+    approved: bool = Field(description="Whether runs may call it: it is unchanged since an admin approved the "
+                           "server (its fingerprint matches the pin).")
+    flags: list[str] = Field(default_factory=list, description="What in its description looks like prompt "
+                             "injection; a flagged tool blocks approval.")
+
+
+class ToolServerView(BaseModel):
+    id: str = Field(description="Its hex id; `name` accepts it where two servers share a name.")
+    name: str = Field(description="What agents name in mcp_tools.")
+    scope: Literal["org", "user"] = Field(description="org: for every agent here; user: its owner's agents only, "
+                                          "where it stands in for an org server of the same name.")
+    owner: str | None = Field(description="Whose it is (scope user).")
+    transport: str = Field(description="http (streamable HTTP), sse, or stdio (a catalog entry).")
+    url: str | None = None
+    catalog: str | None = Field(default=None, description="stdio: the catalog entry it runs.")
+    auth: str = Field(description="none, bearer, header (an API-key header), or oauth. Credentials are never shown.")
+    status: Literal["pending", "approved", "rejected"] = Field(
+        description="pending: waits for an admin (manage_tools approve); approved: agents may name it; rejected.")
+    reason: str | None = Field(description="Why it is held or was rejected.")
+    sign_in: str | None = Field(default=None, description="oauth: whether Ariel holds a valid sign-in.")
+    tools: list[str] = Field(description="Its tools' names, as it listed them last.")
+    tool_details: list[McpToolView] | None = Field(
+        default=None, description="Each tool with its description and input schema (get, add, test, approve).")
+    used_by: list[str] = Field(default_factory=list, description="Slugs of the agents whose current version "
+                               "names it.")
+    updated: datetime
+
+
+class ToolServersActionView(BaseModel):
+    action: str
+    done: str = Field(description="What happened, in a sentence or two. Credentials are never shown.")
+    servers: list[ToolServerView] = Field(default_factory=list)
+    changes: list[str] = Field(default_factory=list, description="test: how its tools differ from what was "
+                               "approved.")
+    sign_in_link: str | None = Field(default=None, description="Open it in a browser to sign in to the server "
+                                     "(OAuth); then call manage_tools test.")
+    stdio_catalog: list[str] | None = Field(default=None, description="list: the stdio servers this platform "
+                                            "offers (add them with transport='stdio', catalog=<name>).")
+
+
 class AuditEventView(BaseModel):
     at: datetime
     actor: str

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field
 
-from deployments.agents.spec import ScheduleSpec
+from deployments.agents.spec import McpToolsGrant, ScheduleSpec
 from flows.config import Limits, ScriptStep
 from mcp_server.services.agents import UpdateAction
 from mcp_server.services.views import AgentStatus, AgentView
@@ -32,6 +32,12 @@ Schedule = Annotated[
 ]
 Tools = Annotated[list[str], Field(description="Built-in tools it may call, e.g. ['http_request'].")]
 Hosts = Annotated[list[str], Field(description="Hosts http_request may call: 'host' or 'host:port'.")]
+McpTools = Annotated[
+    list[McpToolsGrant],
+    Field(description="MCP servers it may use (approved ones, see manage_tools) and which of their tools, e.g. "
+          "[{'server': 'everything', 'tools': ['echo', 'add']}]; leave 'tools' out for all of a server's tools. "
+          "The model calls them as '<server>__<tool>'."),
+]
 RunLimits = Annotated[Limits | None, Field(description="Step, time and retry limits of each run.")]
 Script = Annotated[
     list[ScriptStep] | None,
@@ -59,6 +65,7 @@ def register(mcp: FastMCP) -> None:
         schedule: Schedule = None,
         tools: Tools = [],  # noqa: B006 - never mutated
         allowed_hosts: Hosts = [],  # noqa: B006 - never mutated
+        mcp_tools: McpTools = [],  # noqa: B006 - never mutated
         limits: RunLimits = None,
         script: Script = None,
         api_base: ApiBase = None,
@@ -74,6 +81,7 @@ def register(mcp: FastMCP) -> None:
             "name": name, "instructions": instructions, "model": model, "description": description,
             "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "script": script,
             "api_base": api_base, "provider": provider, "limits": limits,
+            "mcp_tools": [grant.model_dump(exclude_none=True) for grant in mcp_tools],
         }
         given = {key: value for key, value in data.items() if value is not None}
         return await services_of(ctx).agents.create(await caller_of(ctx), given)
@@ -98,6 +106,9 @@ def register(mcp: FastMCP) -> None:
         remove_schedule: Annotated[bool, Field(description="change: make it manual only.")] = False,
         tools: Annotated[list[str] | None, Field(description="change: the whole new list of tools.")] = None,
         allowed_hosts: Annotated[list[str] | None, Field(description="change: the whole new list of hosts.")] = None,
+        mcp_tools: Annotated[
+            list[McpToolsGrant] | None, Field(description="change: the whole new list of MCP servers and tools.")
+        ] = None,
         limits: RunLimits = None,
         script: Script = None,
         api_base: ApiBase = None,
@@ -106,11 +117,15 @@ def register(mcp: FastMCP) -> None:
         """Change, approve, pause or resume an agent.
 
         A change makes a new version (the old ones stay in get_agent's history); one that widens what the
-        agent may do (tools, hosts, model, schedule, budget) sends it back to pending_approval.
+        agent may do (tools, hosts, MCP servers and tools, model, schedule, budget) sends it back to
+        pending_approval.
         """
         fields = {
             "name": name, "instructions": instructions, "model": model, "description": description,
             "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts,
+            "mcp_tools": (
+                [grant.model_dump(exclude_none=True) for grant in mcp_tools] if mcp_tools is not None else None
+            ),
             # Only the limits given: the others keep their current values, not the defaults.
             "limits": limits.model_dump(exclude_unset=True) if limits else None,
             "script": script, "api_base": api_base, "provider": provider,

@@ -11,7 +11,7 @@ from fastmcp import FastMCP
 from deployments.pools.work_pools import PoolType
 from mcp_server.services.container import Services, open_services
 from mcp_server.settings import ArielSettings
-from mcp_server.tools import agents, orgs, runs, secrets
+from mcp_server.tools import agents, orgs, runs, secrets, tool_servers
 from mcp_server.tools.middleware.caller import ResolveCaller
 from mcp_server.tools.middleware.errors import ReadableArgumentErrors
 
@@ -49,4 +49,5 @@ def build_mcp(
     agents.register(mcp)
     runs.register(mcp)
     secrets.register(mcp)
+    tool_servers.register(mcp)
     return mcp

@@ -40,6 +40,7 @@ TOOL_ROLES: dict[str, Role] = {
     "manage_org": "viewer",
     # Viewers list the provider names; setting and deleting keys is for admins.
     "manage_secrets": "viewer",
+    "manage_tools": "viewer",  # each action checks its own role (services/tool_servers.py)
     "get_audit_log": "admin",
 }
 """The least role each tool needs; a tool missing here needs owner (fail closed)."""

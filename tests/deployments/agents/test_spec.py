@@ -77,7 +77,7 @@ def test_an_unknown_tool_is_refused_with_the_available_tools() -> None:
 def test_an_unknown_field_is_refused_with_the_allowed_fields() -> None:
     assert refusal(spec(colour="red")) == (
         "colour: unknown field; allowed fields: allowed_hosts, api_base, description, instructions, "
-        "limits, model, name, provider, schedule, script, tools"
+        "limits, mcp_tools, model, name, provider, schedule, script, tools"
     )
 
 
@@ -100,7 +100,8 @@ def test_the_scripted_model_needs_a_script() -> None:
 
 def test_a_script_may_only_call_tools_the_agent_has() -> None:
     message = refusal(spec(model="ariel/scripted", script=[{"tool": "http_request", "arguments": {}}]))
-    assert message == "agent: script calls tool 'http_request', which is not in the agent's 'tools'"
+    assert message == ("agent: script calls tool 'http_request', which is not in the agent's 'tools' nor one of its "
+                       "'mcp_tools' (called as '<server>__<tool>')")
 
 
 def test_a_script_step_is_a_tool_call_or_a_reply() -> None:

@@ -167,7 +167,7 @@ async def test_upgrading_a_0002_store_keeps_its_agents_and_marks_the_personal_or
     assert await record_upgraded_manifests(store) == 1
     [kept] = await store.list_agents("o1")
     assert kept.approved_manifest is not None and kept.approved_manifest["model"] == "ariel/scripted"
-    assert agents.status(kept, await agents.spec_of(caller_in("o1"), kept)) == ("active", [])
+    assert await agents.status(kept, await agents.spec_of(caller_in("o1"), kept)) == ("active", [])
     assert await record_upgraded_manifests(store) == 0
     await store.close()
 

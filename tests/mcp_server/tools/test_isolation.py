@@ -29,7 +29,9 @@ from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 
 from mcp_server.settings import ArielSettings
+from tests.mcp_server import mcp_peers
 from tests.mcp_server.callers import ask, call, client
+from tests.mcp_server.mcp_peers import Peer
 from tests.support import serve_app
 
 ALICE = "dev:alice:acme:owner"  # org A, whose view is read
@@ -55,6 +57,8 @@ class Theirs:
     worker_key_id: str
     worker_key_prefix: str
     provider: str
+    tool_server: str
+    tool_server_id: str
 
     def all(self) -> list[str]:
         return list(self.__dict__.values())
@@ -108,7 +112,10 @@ LISTINGS = [
     Listing("manage_org", {"action": "list_keys"}),
     Listing("manage_org", {"action": "list_worker_keys"}),
     Listing("manage_secrets", {"action": "list"}),
+    Listing("manage_tools", {"action": "list"}),
 ]
+
+TOOL_SERVER = ("tool_server", "tool_server_id")
 
 PROBES = [
     Probe("get_agent", "agent", EVERY_AGENT_REF, changes=False),
@@ -136,6 +143,11 @@ PROBES = [
     Probe("update_agent", "provider", ("provider",), {"agent": "mine", "action": "change", "script": [], **SPEND},
           changes=False),
     Probe("manage_secrets", "name", ("provider",), {"action": "delete_provider", "confirm": True}),
+    Probe("manage_tools", "name", TOOL_SERVER, {"action": "get"}, changes=False),
+    Probe("manage_tools", "name", TOOL_SERVER, {"action": "test"}),
+    Probe("manage_tools", "name", TOOL_SERVER, {"action": "approve"}),
+    Probe("manage_tools", "name", TOOL_SERVER, {"action": "reject", "reason": "Mine now."}),
+    Probe("manage_tools", "name", TOOL_SERVER, {"action": "remove", "confirm": True}),
 ]
 
 
@@ -155,6 +167,7 @@ async def b_state(url: str) -> dict[str, Any]:
             "keys": (await ask(bob, "manage_org", action="list_keys"))["keys"],
             "worker_keys": (await ask(bob, "manage_org", action="list_worker_keys"))["worker_keys"],
             "providers": (await ask(bob, "manage_secrets", action="list"))["providers"],
+            "tool_servers": (await ask(bob, "manage_tools", action="list"))["servers"],
             "org": (await ask(bob, "whoami"))["workspace"],
         }
 
@@ -175,7 +188,13 @@ async def own_agent(url: str, caller: str) -> str:
 
 
 @pytest.fixture(scope="module")
-async def world(served: str, prefect_api: str) -> Isolated:
+def mcp_peer() -> Iterator[Peer]:
+    with mcp_peers.open_server() as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+async def world(served: str, prefect_api: str, mcp_peer: Peer) -> Isolated:
     """B's objects, A's agent "mine" with a run, C's agent "mine"; made once per backend, changed by no test."""
     url = served
     async with client(url, BOB) as bob:
@@ -186,6 +205,8 @@ async def world(served: str, prefect_api: str) -> Isolated:
         key = (await ask(bob, "manage_org", action="create_key", name="ops", role="member"))["keys"][0]
         worker_key = (await ask(bob, "manage_org", action="create_worker_key", name="rack"))["worker_keys"][0]
         await ask(bob, "manage_secrets", action="set_provider", name="globex-llm", api_key="sk-globex-secret-1")
+        server = (await ask(bob, "manage_tools", action="add", name="globex-mcp", transport="http", url=mcp_peer.url,
+                            token="globex-mcp-token-1", scope="org"))["servers"][0]
         await ask(bob, "manage_org", action="invite", user="carol@globex.test", role="viewer")
         members = (await ask(bob, "manage_org", action="list_members"))["members"]
         [invited] = [m for m in members if m["user"] == "carol@globex.test"]
@@ -201,6 +222,7 @@ async def world(served: str, prefect_api: str) -> Isolated:
         run_name=run["name"], org_id=me["workspace"]["id"], org_slug=me["workspace"]["slug"],
         member_id=invited["user_id"], member_email="carol@globex.test", key_id=key["id"], key_prefix=key["prefix"],
         worker_key_id=worker_key["id"], worker_key_prefix=worker_key["prefix"], provider="globex-llm",
+        tool_server="globex-mcp", tool_server_id=server["id"],
     )
     return Isolated(url=url, theirs=theirs, before=await b_state(url))
 

@@ -1,0 +1,622 @@
+"""`ToolServerService`: the MCP servers an organization's agents may use as tools, and who approved what.
+
+A server belongs to the org (admins add it, for every agent) or to one user
+(members add their own; it stands in for an org server of the same name in
+that user's agents). Adding one connects to it and lists its tools
+(`mcp_server.services.mcp_probe`); each tool's description is screened for
+prompt injection (`flows.mcp.screening`). A member's server waits for an admin
+(`pending`); an admin's is approved at once unless screening flags a tool.
+Approval records each tool's fingerprint (`flows.mcp.pins`): runs call only
+tools that still match it, so a server that changes a tool later (a "rug
+pull") loses that tool until an admin approves again.
+
+Credentials (a bearer token, an API-key header's value, OAuth tokens) are
+sealed with the org's data key, like provider keys, and never come back out
+to a person: answers, errors and the audit log name the server only. Another
+org's server, or another user's, is answered exactly as a missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from deployments.agents.spec import SERVER_NAME
+from deployments.images.stdio_catalog import DEFAULT_CATALOG, StdioServer, local_command, lookup, probe_command
+from flows.mcp.screening import screen
+from flows.network.guard import ProtectedEndpoint
+from mcp_server.auth import Role
+from mcp_server.services.audit import audited
+from mcp_server.services.caller import Caller
+from mcp_server.services.exceptions import ArielError, InvalidRequest, NotFound
+from mcp_server.services.mcp_probe import (
+    PROBE_SECONDS,
+    ListedTool,
+    NeedsSignIn,
+    ProbeError,
+    list_tools_http,
+    list_tools_stdio,
+)
+from mcp_server.services.sealing import Sealed, Sealer
+from mcp_server.services.tool_oauth import SignInNeeded, ToolOAuth
+from mcp_server.services.views import McpToolView, ToolServersActionView, ToolServerView
+from mcp_server.store import Store, ToolServerRecord, new_id
+from mcp_server.store._ids import utc_now
+
+if TYPE_CHECKING:
+    from mcp_server.services.agents import AgentService
+
+ToolAction = Literal["list", "get", "add", "test", "remove", "approve", "reject"]
+Transport = Literal["http", "sse", "stdio"]
+Scope = Literal["user", "org"]
+
+ACTION_ROLES: dict[ToolAction, Role] = {
+    "list": "viewer",
+    "get": "viewer",
+    # Members add their own servers (pending until approved) and may connect to what they can see.
+    "add": "member",
+    "test": "member",
+    "remove": "member",  # their own; the org's need an admin (checked on the server)
+    "approve": "admin",
+    "reject": "admin",
+}
+
+MAX_SECRET_CHARS = 4096
+MAX_REASON_CHARS = 500
+_SECRET = re.compile(r"^\S+$")
+_SERVER_ID = re.compile(r"^[0-9a-f]{32}$")
+# An HTTP field name (RFC 9110 token), minus what the MCP client itself must set.
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$%&'*+.^_`|~-]{0,99}$")
+_RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection", "accept",
+                               "mcp-session-id", "mcp-protocol-version", "last-event-id", "cookie"})
+
+
+@dataclass
+class SealedTokenVault:
+    """`ToolOAuth`'s `TokenVault`: a server's OAuth record (bytes, as `ToolOAuth` writes them) sealed in the
+    server's secret columns, like a token given at add."""
+
+    store: Store
+    sealer: Sealer
+
+    async def load(self, org_id: str, server_id: str) -> bytes | None:
+        record = await self.store.get_tool_server(org_id, server_id)
+        if record is None or record.auth != "oauth":
+            return None
+        return await _open_secret(self.sealer, record)
+
+    async def save(self, org_id: str, server_id: str, data: bytes) -> None:
+        sealed = await self.sealer.seal(org_id, _purpose(server_id), data)
+        await self.store.update_tool_server(org_id, server_id, auth="oauth", secret_ciphertext=sealed.ciphertext,
+                                            secret_nonce=sealed.nonce, secret_dek_version=sealed.dek_version)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """What one connection found: the tools, or why none (`problem`); `oauth` when a sign-in would help."""
+
+    tools: list[ListedTool] | None
+    problem: str | None = None
+    oauth: bool = False
+
+
+@dataclass
+class ToolServerService:
+    agents: AgentService
+    sealer: Sealer
+    # Ariel's own services, which a server's URL must not reach (`flows.network.guard`).
+    protected: tuple[ProtectedEndpoint, ...] = ()
+    stdio_catalog: Sequence[StdioServer] = DEFAULT_CATALOG
+    # The runtime image a stdio server is probed in (`docker run --rm -i --network none`); None: start it here.
+    stdio_image: str | None = None
+    # OAuth sign-in to servers that ask for it; None: such servers are added, and say a sign-in is unsupported.
+    oauth: ToolOAuth | None = field(default=None, repr=False)
+    probe_seconds: float = PROBE_SECONDS
+
+    @property
+    def store(self) -> Store:
+        return self.agents.store
+
+    async def manage(
+        self, caller: Caller, action: ToolAction, name: str | None = None, transport: Transport | None = None,
+        url: str | None = None, catalog: str | None = None, token: SecretStr | None = None,
+        header_name: str | None = None, scope: Scope = "user", reason: str | None = None, confirm: bool = False,
+    ) -> ToolServersActionView:
+        if action in ("list", "get"):
+            caller.require(ACTION_ROLES[action], f"manage_tools {action}", "Ask an admin for a role here.")
+            if action == "list":
+                return await self.list_servers(caller)
+            return await self.get(caller, _ref(name, action))
+        # Only a valid name goes in the trail: a token pasted into the wrong field must land nowhere.
+        target = name.strip() if name and _valid_ref(name.strip()) else "(no valid name)"
+        async with audited(self.store, caller, f"tool_server.{action}", target):
+            caller.require(ACTION_ROLES[action], f"manage_tools {action}",
+                           "Ask an admin to do it, or for the member role.")
+            if action == "add":
+                return await self.add(caller, _name(name), transport, url, catalog, token, header_name, scope)
+            ref = _ref(name, action)
+            if action == "test":
+                return await self.test(caller, ref)
+            if action == "remove":
+                return await self.remove(caller, ref, confirm)
+            if action == "approve":
+                return await self.approve(caller, ref)
+            return await self.reject(caller, ref, reason)
+
+    # reading
+
+    async def list_servers(self, caller: Caller) -> ToolServersActionView:
+        found = await self.store.tool_servers(caller.org_id, caller.user_id, everyone=caller.can("admin"))
+        users = await self._users(caller)
+        views = [await self._view(caller, record, users, details=False) for record in found]
+        catalog = [f"{entry.name}: {entry.description}" if entry.description else entry.name
+                   for entry in self.stdio_catalog]
+        return ToolServersActionView(action="list", done=f"{len(views)} MCP server(s)", servers=views,
+                                     stdio_catalog=catalog)
+
+    async def get(self, caller: Caller, ref: str) -> ToolServersActionView:
+        record = await self._find(caller, ref)
+        view = await self._view(caller, record, await self._users(caller))
+        return ToolServersActionView(action="get", done=_summary(record), servers=[view])
+
+    # changing
+
+    async def add(
+        self, caller: Caller, name: str, transport: Transport | None, url: str | None, catalog: str | None,
+        token: SecretStr | None, header_name: str | None, scope: Scope,
+    ) -> ToolServersActionView:
+        if scope == "org":
+            caller.require("admin", "manage_tools add with scope='org'",
+                           "Add it for yourself (scope='user'); an admin then approves it.")
+        owner = None if scope == "org" else caller.user_id
+        if transport is None:
+            raise InvalidRequest("add needs transport: 'http' (streamable HTTP, a URL), 'sse' (a URL), or 'stdio' "
+                                 "(a command of the platform's catalog, named in catalog)")
+        secret, auth, header = _credentials(token, header_name, transport)
+        reason: str | None
+        entry: StdioServer | None = None
+        if transport == "stdio":
+            entry = self._catalog_entry(catalog)
+            where: str | None = None
+        else:
+            where = _url(url)
+        if any(record.owner_user_id == owner
+               for record in await self.store.tool_servers(caller.org_id, caller.user_id, name=name)):
+            whose = "you have" if owner else "this organization has"
+            raise InvalidRequest(f"{whose} an MCP server named {name!r} already; choose another name, or remove that "
+                                 "one first (manage_tools remove)")
+        server_id = new_id()
+        listing = await self._list(caller.org_id, server_id, transport, where, entry, auth, header, secret,
+                                   oauth_ok=secret is None)
+        if listing.tools is None and not listing.oauth:
+            raise InvalidRequest(f"MCP server {name!r} was not added: {listing.problem}")
+        tools = listing.tools or []
+        flagged = _flagged(tools)
+        approve_now = caller.can("admin") and not flagged and listing.tools is not None
+        if listing.oauth:
+            auth = "oauth"
+            reason = ("needs an OAuth sign-in before its tools can be listed: open the sign-in link, then call "
+                      "manage_tools test")
+        else:
+            reason = _held(flagged)
+        sealed = await self.sealer.seal(caller.org_id, _purpose(server_id), secret.encode()) if secret else None
+        now = utc_now()
+        record = await self.store.add_tool_server(ToolServerRecord(
+            id=server_id, org_id=caller.org_id, owner_user_id=owner, name=name, transport=transport, url=where,
+            catalog_name=entry.name if entry else None, auth=auth, header_name=header,
+            secret_ciphertext=sealed.ciphertext if sealed else None, secret_nonce=sealed.nonce if sealed else None,
+            secret_dek_version=sealed.dek_version if sealed else None,
+            status="approved" if approve_now else "pending", reason=reason,
+            tools=[tool.as_json() for tool in tools], pins=_pins(tools) if approve_now else None,
+            created_by=caller.user_id, created_by_label=caller.user_label,
+            approved_by=caller.user_label if approve_now else None, created_at=now, updated_at=now,
+        ))
+        whose = "this organization's" if owner is None else "your own"
+        link, no_link = await self._sign_in_link(listing, caller.org_id, server_id, where)
+        if listing.oauth:
+            done = (f"MCP server {name!r} added as {whose}; it asks for an OAuth sign-in: "
+                    + ("open sign_in_link in your browser, then call manage_tools test to list its tools"
+                       if link else no_link))
+        elif approve_now:
+            done = (f"MCP server {name!r} added as {whose} and approved with its {len(tools)} tool(s) pinned; agents "
+                    f"name it in mcp_tools as {{'server': {name!r}}}. Credentials are stored and never shown again.")
+        else:
+            then = reason if reason else "pending until an admin approves it (manage_tools approve)"
+            done = f"MCP server {name!r} added as {whose} with {len(tools)} tool(s); {then}."
+        view = await self._view(caller, record, {})
+        return ToolServersActionView(action="add", done=done, servers=[view], sign_in_link=link)
+
+    async def test(self, caller: Caller, ref: str) -> ToolServersActionView:
+        record = await self._find(caller, ref)
+        secret = await _open_secret(self.sealer, record) if record.auth in ("bearer", "header") else None
+        entry = lookup(self.stdio_catalog, record.catalog_name or "") if record.transport == "stdio" else None
+        if record.transport == "stdio" and entry is None:
+            return ToolServersActionView(
+                action="test", done=f"MCP server {record.name!r} runs {record.catalog_name!r}, which the platform's "
+                "stdio catalog no longer offers (ARIEL_STDIO_CATALOG)",
+                servers=[await self._view(caller, record, {})])
+        listing = await self._list(caller.org_id, record.id, record.transport, record.url, entry, record.auth,
+                                   record.header_name, secret.decode() if secret else None,
+                                   oauth_ok=record.auth in ("none", "oauth"))
+        if listing.tools is None:
+            if listing.oauth and record.auth != "oauth":
+                record = await self._update(record, auth="oauth")
+            link, no_link = await self._sign_in_link(listing, caller.org_id, record.id, record.url)
+            done = f"MCP server {record.name!r}: {listing.problem}"
+            if link:
+                done += "; open sign_in_link in your browser, then call manage_tools test again"
+            elif listing.oauth:
+                done += f"; {no_link}"
+            return ToolServersActionView(action="test", done=done, servers=[await self._view(caller, record, {})],
+                                         sign_in_link=link)
+        changes = _changes(listing.tools, record.pins) if record.status == "approved" else []
+        flagged = _flagged(listing.tools)
+        values: dict[str, Any] = {"tools": [tool.as_json() for tool in listing.tools]}
+        if record.status == "pending":
+            values["reason"] = _held(flagged)  # what holds it now, as listed now
+        record = await self._update(record, **values)
+        done = f"MCP server {record.name!r} answered with {len(listing.tools)} tool(s)"
+        if changes:
+            done += ("; some changed since approval, and runs refuse those until an admin approves again "
+                     "(manage_tools approve pins what it lists now)")
+        elif record.status == "approved":
+            done += "; all as approved"
+        if flagged:
+            done += f"; {_held(flagged)}"
+        return ToolServersActionView(action="test", done=done, servers=[await self._view(caller, record, {})],
+                                     changes=changes)
+
+    async def approve(self, caller: Caller, ref: str) -> ToolServersActionView:
+        record = await self._find(caller, ref)
+        tools = [_listed(tool) for tool in record.tools]
+        if not tools:
+            raise InvalidRequest(f"MCP server {record.name!r} has listed no tools yet, so there is nothing to approve: "
+                                 "call manage_tools test (after signing in, if it asks) and approve what it lists")
+        flagged = _flagged(tools)
+        if flagged:
+            await self._update(record, reason=_held(flagged))
+            raise InvalidRequest(f"MCP server {record.name!r} cannot be approved: {_findings(flagged)}. Ask its "
+                                 "maintainer to fix the descriptions, then manage_tools test and approve")
+        record = await self._update(record, status="approved", reason=None, pins=_pins(tools),
+                                    approved_by=caller.user_label)
+        done = (f"MCP server {record.name!r} approved with its {len(tools)} tool(s) pinned as listed "
+                f"(manage_tools get shows them); agents name it in mcp_tools as {{'server': {record.name!r}}}")
+        return ToolServersActionView(action="approve", done=done,
+                                     servers=[await self._view(caller, record, await self._users(caller))])
+
+    async def reject(self, caller: Caller, ref: str, reason: str | None) -> ToolServersActionView:
+        why = (reason or "").strip()
+        if not why:
+            raise InvalidRequest("reject needs reason: why, in a sentence the server's owner will read")
+        if len(why) > MAX_REASON_CHARS:
+            raise InvalidRequest(f"reason: at most {MAX_REASON_CHARS} characters")
+        record = await self._update(await self._find(caller, ref), status="rejected", reason=why, pins=None,
+                                    approved_by=None)
+        return ToolServersActionView(action="reject", done=f"MCP server {record.name!r} rejected; agents cannot "
+                                     "name it", servers=[await self._view(caller, record, {})])
+
+    async def remove(self, caller: Caller, ref: str, confirm: bool) -> ToolServersActionView:
+        record = await self._find(caller, ref)
+        if record.owner_user_id != caller.user_id:
+            caller.require("admin", f"manage_tools remove of {_whose(record)} server {record.name!r}",
+                           "Ask an admin to remove it.")
+        users = (await self._users(caller)).get(record.id, [])
+        if users and not confirm:
+            raise InvalidRequest(f"MCP server {record.name!r} is used by {', '.join(users)}: their runs lose its "
+                                 "tools. Call again with confirm=true to remove it anyway")
+        if not await self.store.delete_tool_server(caller.org_id, record.id):
+            raise _missing(ref)  # removed meanwhile by someone else
+        return ToolServersActionView(action="remove", done=f"MCP server {record.name!r} and its credentials are gone")
+
+    # for the platform (no caller)
+
+    async def resolve_for_agent(self, org_id: str, owner_user_id: str | None, name: str) -> ToolServerRecord:
+        """The server `name` means in an agent of `owner_user_id`: their own of that name, else the org's.
+
+        Raises `NotFound` when there is none, `InvalidRequest` when it is not approved (saying how to get it
+        approved).
+        """
+        record = await self.store.resolve_tool_server(org_id, owner_user_id, name) if SERVER_NAME.match(name) else None
+        if record is None:
+            raise _missing(name)
+        if record.status != "approved":
+            then = ("an admin approves it with manage_tools approve" if record.status == "pending"
+                    else "it was rejected; manage_tools get says why")
+            raise InvalidRequest(f"MCP server {name!r} is {record.status}, and only approved servers can be named: "
+                                 f"{then}")
+        return record
+
+    async def open_for_run(self, org_id: str, server_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """What a run of the org needs of each server: `{"headers": {...}, "pins": {...}}`, or `{"error": why}`.
+
+        No caller: the gateway asks, for a run whose token and signed configuration it has checked. Other
+        orgs' ids find nothing ("no longer exists"). OAuth servers get a fresh access token (refreshed when
+        near expiry) as `Authorization: Bearer`.
+        """
+        found = {record.id: record for record in await self.store.tool_servers_by_id(org_id, server_ids)}
+        opened: dict[str, dict[str, Any]] = {}
+        for server_id in server_ids:
+            record = found.get(server_id)
+            if record is None:
+                opened[server_id] = {"error": "it no longer exists in this organization"}
+            elif record.status != "approved":
+                opened[server_id] = {"error": f"MCP server {record.name!r} is {record.status}, not approved: "
+                                              "an admin approves it with manage_tools approve"}
+            else:
+                try:
+                    opened[server_id] = {"headers": await self._headers(record), "pins": dict(record.pins or {})}
+                except SignInNeeded as exc:
+                    opened[server_id] = {"error": f"MCP server {record.name!r} needs a sign-in: {exc}"}
+                except ArielError as exc:  # credentials that do not open, an authorization server that is down
+                    opened[server_id] = {"error": f"MCP server {record.name!r}: {exc}"}
+        return opened
+
+    # helpers
+
+    async def _sign_in_link(self, listing: _Listing, org_id: str, server_id: str,
+                            url: str | None) -> tuple[str | None, str]:
+        """A sign-in link when the server asks for OAuth, or (None, why there is none)."""
+        if not listing.oauth or url is None:
+            return None, ""
+        if self.oauth is None:
+            return None, "this Ariel has no OAuth sign-in configured"
+        try:
+            return await self.oauth.begin(org_id, server_id, url), ""
+        except ArielError as exc:  # an authorization server that does not answer, or one Ariel may not reach
+            return None, f"no sign-in could start: {exc}"
+
+    async def _headers(self, record: ToolServerRecord) -> dict[str, str]:
+        if record.auth == "oauth":
+            if self.oauth is None:
+                raise SignInNeeded("this Ariel has no OAuth sign-in configured")
+            return await self.oauth.headers(record.org_id, record.id, record.url or "")
+        secret = await _open_secret(self.sealer, record)
+        if secret is None:
+            return {}
+        return _auth_headers(record.auth, record.header_name, secret.decode())
+
+    async def _list(
+        self, org_id: str, server_id: str, transport: str, url: str | None, entry: StdioServer | None, auth: str,
+        header_name: str | None, secret: str | None, oauth_ok: bool,
+    ) -> _Listing:
+        """Connect and list the tools; what went wrong as `problem`, never raised (a probe is a report)."""
+        try:
+            if transport == "stdio":
+                assert entry is not None  # a stdio server names its catalog entry
+                command = probe_command(entry, self.stdio_image) if self.stdio_image else local_command(entry)
+                if command is None:
+                    return _Listing(None, f"cannot be reached (tried: {' '.join(entry.command)}, which is not "
+                                          "installed on this host; build the runtime image or install the catalog)")
+                return _Listing(await list_tools_stdio(command, self.probe_seconds))
+            assert url is not None  # http and sse servers have a URL
+            headers = _auth_headers(auth, header_name, secret) if secret else {}
+            if auth == "oauth" and self.oauth is not None:
+                try:
+                    headers = await self.oauth.headers(org_id, server_id, url)
+                except SignInNeeded as exc:
+                    return _Listing(None, f"needs authentication: {exc}", oauth=True)
+                except ArielError as exc:
+                    return _Listing(None, f"cannot sign in: {exc}")
+            return _Listing(await list_tools_http(url, "sse" if transport == "sse" else "http", headers,
+                                                  self.protected, self.probe_seconds))
+        except NeedsSignIn as exc:
+            return _Listing(None, str(exc), oauth=exc.oauth and oauth_ok)
+        except ProbeError as exc:
+            return _Listing(None, str(exc))
+
+    def _catalog_entry(self, catalog: str | None) -> StdioServer:
+        offered = ", ".join(entry.name for entry in self.stdio_catalog) or "none"
+        if not catalog or not catalog.strip():
+            raise InvalidRequest(f"a stdio server needs catalog: the name of one the platform offers ({offered})")
+        entry = lookup(self.stdio_catalog, catalog.strip())
+        if entry is None:
+            raise InvalidRequest(f"catalog: the platform offers no stdio server {catalog.strip()[:60]!r}; it offers "
+                                 f"{offered} (operators list them in ARIEL_STDIO_CATALOG)")
+        return entry
+
+    async def _find(self, caller: Caller, ref: str) -> ToolServerRecord:
+        """The server `ref` (an id or a name) names for the caller: their own, else the org's; admins see all.
+
+        Anything the caller may not see is answered exactly as a missing one.
+        """
+        everyone = caller.can("admin")
+        if _SERVER_ID.match(ref):
+            record = await self.store.get_tool_server(caller.org_id, ref)
+            if record is not None and (everyone or record.owner_user_id in (None, caller.user_id)):
+                return record
+        found = await self.store.tool_servers(caller.org_id, caller.user_id, everyone=everyone, name=ref)
+        own = [record for record in found if record.owner_user_id == caller.user_id]
+        org = [record for record in found if record.owner_user_id is None]
+        others = [record for record in found if record not in own and record not in org]
+        if own or org:
+            return (own or org)[0]
+        if len(others) == 1:
+            return others[0]
+        if others:
+            which = "; ".join(f"{record.created_by_label}'s: {record.id}" for record in others)
+            raise InvalidRequest(f"several members have an MCP server named {ref!r} ({which}); give its id as name")
+        raise _missing(ref)
+
+    async def _update(self, record: ToolServerRecord, **values: Any) -> ToolServerRecord:
+        updated = await self.store.update_tool_server(record.org_id, record.id, **values)
+        if updated is None:
+            raise _missing(record.name)  # removed meanwhile
+        return updated
+
+    async def _view(self, caller: Caller, record: ToolServerRecord, users: dict[str, list[str]],
+                    details: bool = True) -> ToolServerView:
+        pins = record.pins or {}
+        tools = [
+            McpToolView(name=tool["name"], description=tool["description"], input_schema=tool["input_schema"],
+                        approved=record.status == "approved" and pins.get(tool["name"]) == tool["digest"],
+                        flags=_tool_flags(_listed(tool)))
+            for tool in record.tools
+        ]
+        sign_in = None
+        if record.auth == "oauth":
+            sign_in = await self.oauth.status(record.org_id, record.id) if self.oauth else "not supported here"
+        return ToolServerView(
+            id=record.id, name=record.name, scope="org" if record.owner_user_id is None else "user",
+            owner=record.created_by_label if record.owner_user_id else None, transport=record.transport,
+            url=record.url, catalog=record.catalog_name, auth=record.auth,
+            status=record.status,
+            reason=record.reason, sign_in=sign_in, tools=[tool.name for tool in tools],
+            tool_details=tools if details else None, used_by=users.get(record.id, []), updated=record.updated_at,
+        )
+
+    async def _users(self, caller: Caller) -> dict[str, list[str]]:
+        """Which agents name each server (by id), by their current version, as their names resolve now."""
+        users: dict[str, list[str]] = {}
+        for agent in await self.store.list_agents(caller.org_id):
+            spec = await self.agents.spec_of(caller, agent)
+            for grant in spec.mcp_tools:
+                found = await self.store.resolve_tool_server(caller.org_id, agent.owner_user_id, grant.server)
+                if found is not None:
+                    users.setdefault(found.id, []).append(agent.slug)
+        return users
+
+
+def _purpose(server_id: str) -> str:
+    """What a server's credentials are sealed for, beside its org: a secret copied to another row does not open."""
+    return f"tool-server={server_id}"
+
+
+async def _open_secret(sealer: Sealer, record: ToolServerRecord) -> bytes | None:
+    if record.secret_ciphertext is None or record.secret_nonce is None or record.secret_dek_version is None:
+        return None
+    return await sealer.open(record.org_id, _purpose(record.id),
+                             Sealed(record.secret_ciphertext, record.secret_nonce, record.secret_dek_version))
+
+
+def _auth_headers(auth: str, header_name: str | None, secret: str) -> dict[str, str]:
+    if auth == "header" and header_name:
+        return {header_name: secret}
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _credentials(
+    token: SecretStr | None, header_name: str | None, transport: str
+) -> tuple[str | None, str, str | None]:
+    """(the secret, auth, header name) from what was given; refusals never quote the token."""
+    secret = token.get_secret_value().strip() if token is not None else ""
+    header = (header_name or "").strip() or None
+    if not secret:
+        if header:
+            raise InvalidRequest("header_name needs token: the header's value (an API key)")
+        return None, "none", None
+    if transport == "stdio":
+        raise InvalidRequest("token: stdio servers of the catalog take no credentials here")
+    if len(secret) > MAX_SECRET_CHARS or not _SECRET.match(secret):
+        raise InvalidRequest(f"token: give the token alone: no spaces or line breaks, at most {MAX_SECRET_CHARS} "
+                             "characters")
+    if header is None:
+        return secret, "bearer", None
+    if not _HEADER_NAME.match(header) or header.lower() in _RESERVED_HEADERS:
+        raise InvalidRequest("header_name: give an HTTP header name such as 'X-API-Key' (letters, digits and '-'; "
+                             "not one the MCP client sets itself)")
+    return secret, "header", header
+
+
+def _url(url: str | None) -> str:
+    if url is None or not url.strip():
+        raise InvalidRequest("an http or sse server needs url: its MCP endpoint, e.g. 'https://mcp.example.com/mcp'")
+    text = url.strip()
+    try:
+        parsed = httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise InvalidRequest("url: that is not an http(s) URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequest("url: that is not an http(s) URL")
+    if parsed.userinfo:
+        raise InvalidRequest("url: leave credentials out of the URL; give them in token (and header_name)")
+    if parsed.query or parsed.fragment or "?" in text or "#" in text:
+        raise InvalidRequest("url: give the endpoint without '?' or '#'; credentials go in token (and header_name)")
+    return text
+
+
+def _name(name: str | None) -> str:
+    if name is None or not name.strip():
+        raise InvalidRequest("add needs name: what agents will call the server, e.g. 'github' or 'everything'")
+    name = name.strip()
+    if not SERVER_NAME.match(name):
+        # Not echoed: it could be a token given in the wrong field.
+        raise InvalidRequest("name: that is not a server name; use 1 to 40 lowercase letters, digits and '-', "
+                             "starting with a letter or digit, e.g. 'github'")
+    return name
+
+
+def _ref(name: str | None, action: str) -> str:
+    if name is None or not name.strip():
+        raise InvalidRequest(f"{action} needs name: the server's name (or its id), as manage_tools list shows it")
+    ref = name.strip()
+    if not _valid_ref(ref):
+        raise InvalidRequest("name: that is not a server name or id; manage_tools list shows them")
+    return ref
+
+
+def _valid_ref(ref: str) -> bool:
+    return bool(SERVER_NAME.match(ref) or _SERVER_ID.match(ref))
+
+
+def _missing(ref: str) -> NotFound:
+    """The one answer for a server that is not there, or not the caller's to see."""
+    return NotFound(f"no MCP server {ref!r} here; manage_tools list shows the servers you can use")
+
+
+def _whose(record: ToolServerRecord) -> str:
+    return "the organization's" if record.owner_user_id is None else f"{record.created_by_label}'s"
+
+
+def _summary(record: ToolServerRecord) -> str:
+    whose = "the organization's" if record.owner_user_id is None else f"{record.created_by_label}'s own"
+    state = {"approved": "approved", "pending": "pending approval", "rejected": "rejected"}.get(record.status,
+                                                                                               record.status)
+    why = f" ({record.reason})" if record.reason else ""
+    return f"MCP server {record.name!r}, {whose}, {state}{why}, with {len(record.tools)} tool(s)"
+
+
+def _listed(tool: dict[str, Any]) -> ListedTool:
+    return ListedTool(tool["name"], tool["description"], tool["input_schema"], tool["digest"])
+
+
+def _pins(tools: list[ListedTool]) -> dict[str, str]:
+    return {tool.name: tool.digest for tool in tools}
+
+
+def _tool_flags(tool: ListedTool) -> list[str]:
+    """What looks like prompt injection in what the model reads of a tool: its name, description, and schema."""
+    findings = screen(f"{tool.name}\n{tool.description}")
+    # Argument descriptions reach the model too; the schema as text keeps every string of it in view.
+    for finding in screen(json.dumps(tool.input_schema, ensure_ascii=False)):
+        if finding not in findings:
+            findings.append(finding)
+    return findings
+
+
+def _flagged(tools: list[ListedTool]) -> dict[str, list[str]]:
+    return {tool.name: flags for tool in tools if (flags := _tool_flags(tool))}
+
+
+def _findings(flagged: dict[str, list[str]]) -> str:
+    return "screening flagged " + "; ".join(f"tool {name!r}: {', '.join(found)}" for name, found in flagged.items())
+
+
+def _held(flagged: dict[str, list[str]]) -> str | None:
+    return f"held from approval: {_findings(flagged)}" if flagged else None
+
+
+def _changes(tools: list[ListedTool], pins: dict[str, str] | None) -> list[str]:
+    """How the tools listed now differ from those approved: changed, new, gone."""
+    pinned = pins or {}
+    now = {tool.name: tool.digest for tool in tools}
+    changes = [f"{name}: changed since approval (description or input schema); runs refuse it"
+               for name, digest in now.items() if name in pinned and pinned[name] != digest]
+    changes += [f"{name}: new since approval; runs do not offer it" for name in now if name not in pinned]
+    changes += [f"{name}: gone from the server" for name in pinned if name not in now]
+    return changes
