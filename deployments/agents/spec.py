@@ -107,7 +107,7 @@ def _prefect_check(example: str, *, cron: str, timezone: str | None = None) -> N
         raise ValueError(f"{reason} ({example})" if example else reason) from None
 
 
-SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}\Z")  # \Z: "$" would let a trailing newline through
 
 
 class McpToolsGrant(BaseModel):
@@ -124,7 +124,7 @@ class McpToolsGrant(BaseModel):
     @field_validator("server")
     @classmethod
     def _server_name(cls, value: str) -> str:
-        if not SERVER_NAME.match(value):
+        if not SERVER_NAME.fullmatch(value):
             raise ValueError(f"{value[:60]!r} is not a server name: 1 to 40 lowercase letters, digits and '-'")
         return value
 

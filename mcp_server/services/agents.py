@@ -39,7 +39,7 @@ from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
 from mcp_server.store import AgentRecord, Store, ToolServerRecord
 
@@ -182,6 +182,7 @@ class AgentService:
             if not changes:
                 raise InvalidRequest("update_agent change needs at least one field to change, e.g. instructions")
             current = await self.spec_of(caller, record)
+            await self.guard_personal_servers(caller, record, current, "update_agent change")
             before = current.model_dump(mode="json", exclude_none=True)
             if isinstance(changes.get("limits"), dict):
                 changes = {**changes, "limits": {**before.get("limits", {}), **changes["limits"]}}
@@ -194,6 +195,7 @@ class AgentService:
                 await self._check_provider(caller, spec, "the agent was not changed")
             if spec.mcp_tools != current.mcp_tools:
                 await self.mcp_servers(caller.org_id, record.owner_user_id, spec, not_done="the agent was not changed")
+                await self.guard_personal_servers(caller, record, spec, "update_agent change")
             if spec == current:
                 # Also how a version whose deploy failed gets deployed: `apply` writes only what Prefect lacks.
                 await self._deploy(caller, record, spec)
@@ -346,6 +348,25 @@ class AgentService:
                 tools=grant.tools,
             )
         return resolved
+
+    async def guard_personal_servers(self, caller: Caller, record: AgentRecord, spec: AgentSpec, action: str) -> None:
+        """Refuse `action` unless the caller may drive the agent owner's own MCP servers: the owner, or an admin.
+
+        A member's own server carries that member's credentials (their GitHub token, their account): another
+        member who could change such an agent's instructions, or run it with their own input, would act with them.
+        """
+        if caller.can("admin") or caller.user_id == record.owner_user_id:
+            return
+        personal = []
+        for grant in spec.mcp_tools:
+            found = await self.store.resolve_tool_server(record.org_id, record.owner_user_id, grant.server)
+            if found is not None and found.owner_user_id is not None:
+                personal.append(grant.server)
+        if personal:
+            raise Forbidden(
+                f"{action}: agent {record.slug!r} uses {', '.join(map(repr, personal))}, the own MCP server(s) of "
+                "the person who made it, with their credentials; only they or an admin may change or run it"
+            )
 
     async def manifest(self, record: AgentRecord, spec: AgentSpec) -> Manifest:
         """What this version of the agent may do, its MCP servers resolved as they are now."""

@@ -41,6 +41,7 @@ class RunService:
         async with audited(self.agents.store, caller, "agent.run", ref):
             record = await self.agents.resolve(caller, ref)
             spec = await self.agents.spec_of(caller, record)
+            await self.agents.guard_personal_servers(caller, record, spec, "run_agent")
             status, reasons = await self.agents.status(record, spec)
             if status == "pending_approval":
                 raise Conflict(

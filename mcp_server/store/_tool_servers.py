@@ -99,11 +99,19 @@ class ToolServerQueries:
 
     async def resolve_tool_server(self: _Tenant, org_id: str, owner_user_id: str | None,
                                   name: str) -> ToolServerRecord | None:
-        """The server `name` means in an agent of `owner_user_id`: that user's own, else the org's; None if neither."""
+        """The server `name` means in an agent of `owner_user_id`: that user's own once approved, else the org's,
+        else the user's own not yet approved (which agents cannot use, and are told why); None if none.
+
+        A user's server still pending (or rejected) does not shadow the org's: until an admin approves it, that
+        user's agents keep the org's server, and approval then sends them back to pending_approval (the name now
+        means another server).
+        """
         found = await ToolServerQueries.tool_servers(self, org_id, owner_user_id, name=name)
         own = [record for record in found if owner_user_id and record.owner_user_id == owner_user_id]
         org = [record for record in found if record.owner_user_id is None]
-        return (own or org)[0] if own or org else None
+        approved_own = [record for record in own if record.status == "approved"]
+        # With neither approved nor an org server, the user's own still answers, so they hear it is pending.
+        return (approved_own or org or own or [None])[0]
 
     async def tool_servers_by_id(self: _Tenant, org_id: str, server_ids: Sequence[str]) -> list[ToolServerRecord]:
         """The org's servers among `server_ids`; ids of other orgs' servers find nothing."""

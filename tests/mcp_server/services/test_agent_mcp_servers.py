@@ -1,0 +1,102 @@
+"""Agents naming MCP servers: what a name means, who may drive a member's own server, and tenancy.
+
+Real fastmcp servers on 127.0.0.1 and a real store (SQLite and PostgreSQL); agents are made in the store, since
+nothing here needs Prefect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployments.agents.spec import AgentSpec
+from mcp_server.services.container import Services
+from mcp_server.services.exceptions import Forbidden, InvalidRequest
+from mcp_server.store import AgentRecord
+from tests.mcp_server import mcp_peers
+from tests.mcp_server.mcp_peers import Peer
+from tests.mcp_server.services.test_tool_servers import add, caller, services
+from tests.mcp_server.store.test_store import other_org
+
+
+@pytest.fixture(scope="module")
+def peer() -> Iterator[Peer]:
+    with mcp_peers.open_server() as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def other_peer() -> Iterator[Peer]:
+    with mcp_peers.open_server() as served:
+        yield served
+
+
+def spec(server: str) -> AgentSpec:
+    return AgentSpec.parse({"name": "Digest", "instructions": "x", "model": "ariel/scripted",
+                            "mcp_tools": [{"server": server, "tools": ["echo"]}],
+                            "script": [{"tool": f"{server}__echo", "arguments": {"message": "hi"}}, {"reply": "ok"}]})
+
+
+async def agent_of(s: Services, org: str, owner: str, server: str) -> AgentRecord:
+    return await s.store.create_agent(org, "digest", "Digest", spec(server).model_dump(mode="json"),
+                                      created_by=owner, owner_user_id=f"user-{owner}")
+
+
+async def test_another_member_may_not_drive_an_agent_that_uses_its_owners_own_server(
+    home: Path, store_url: str, peer: Peer
+) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        max_, yan, ada = caller(org, "max", "member"), caller(org, "yan", "member"), caller(org, "ada", "admin")
+        await add(s, max_, "mine", peer.url)
+        await s.tool_servers.manage(ada, "approve", name="mine")
+        agent = await agent_of(s, org, "max", "mine")
+
+        with pytest.raises(Forbidden, match="run_agent: agent 'digest' uses 'mine', the own MCP server"):
+            await s.agents.guard_personal_servers(yan, agent, spec("mine"), "run_agent")
+        for allowed in (max_, ada):
+            await s.agents.guard_personal_servers(allowed, agent, spec("mine"), "run_agent")
+
+
+async def test_a_members_pending_server_does_not_shadow_the_orgs_and_its_approval_needs_the_agent_approved_again(
+    home: Path, store_url: str, peer: Peer, other_peer: Peer
+) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        max_, ada = caller(org, "max", "member"), caller(org, "ada", "admin")
+        shared = (await add(s, ada, "docs", peer.url, scope="org")).servers[0]
+        agent = await agent_of(s, org, "max", "docs")
+        approved = await s.agents.manifest(agent, spec("docs"))
+        agent = await s.store.approve_agent(org, agent.id, 1, approved.model_dump(mode="json"), "ada")
+        assert await s.agents.status(agent, spec("docs")) == ("active", [])
+
+        own = (await add(s, max_, "docs", other_peer.url)).servers[0]
+        assert own.status == "pending"
+        [grant] = (await s.agents.manifest(agent, spec("docs"))).mcp_tools
+        assert grant.server_id == shared.id  # still the org's while max's own waits
+        assert await s.agents.status(agent, spec("docs")) == ("active", [])
+
+        await s.tool_servers.manage(ada, "approve", name=own.id)
+        status, reasons = await s.agents.status(agent, spec("docs"))
+        assert status == "pending_approval"
+        origin = other_peer.url.removesuffix("/mcp")
+        assert reasons == [f"mcp_tools: docs now means another server ({origin})"]
+
+
+async def test_another_orgs_server_is_named_like_one_that_does_not_exist(
+    home: Path, store_url: str, peer: Peer
+) -> None:
+    async with services(home, store_url) as s:
+        org_a = (await s.store.ensure_personal_org()).id
+        org_b = await other_org(s.store)
+        await add(s, caller(org_a, "ada", "admin"), "secret-docs", peer.url, scope="org")
+
+        refusals = []
+        for name in ("secret-docs", "never-added"):
+            with pytest.raises(InvalidRequest) as refused:
+                await s.agents.mcp_servers(org_b, "user-bob", spec(name), not_done="the agent was not created")
+            refusals.append(str(refused.value).replace(name, "NAME"))
+        assert refusals[0] == refusals[1]
+        assert refusals[0].startswith("the agent was not created: mcp_tools: there is no MCP server 'NAME'")
