@@ -153,18 +153,21 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
         if not isinstance(args, dict):
             raise McpRefused(f"bad arguments for {function}: a JSON object is expected")
         outcome = await toolbox.call(function, args, timeout)
+    # Every text below may quote the server (its error messages too): redacted in the log, since a server may echo
+    # the credential it was sent, and screened like a result, since the model reads it all the same.
+    # ensure_ascii=False: an escaped invisible character would pass the screening unseen.
     except McpRefused as refusal:
-        logger.warning("MCP tool refused: %s: %s", function, refusal)
-        return json.dumps({"error": str(refusal)}), []
+        logger.warning("MCP tool refused: %s: %s", function, redactor.text(str(refusal)))
+        text = json.dumps({"error": str(refusal)}, ensure_ascii=False)
     except McpFailed as failure:
-        logger.warning("MCP tool failed: %s: %s", function, failure)
-        return json.dumps({"error": f"{function} failed: {failure}"}), []
-    text = outcome.text
-    if outcome.is_error:
-        # Redacted: a tool's error may quote what it was given.
-        logger.warning("MCP tool failed: %s: the tool reported an error: %s", function,
-                       redactor.text(text[:300]))
-        text = json.dumps({"error": f"{function} reported an error: {text}"}, ensure_ascii=False)
+        logger.warning("MCP tool failed: %s: %s", function, redactor.text(str(failure)))
+        text = json.dumps({"error": f"{function} failed: {failure}"}, ensure_ascii=False)
+    else:
+        text = outcome.text
+        if outcome.is_error:
+            logger.warning("MCP tool failed: %s: the tool reported an error: %s", function,
+                           redactor.text(text[:300]))
+            text = json.dumps({"error": f"{function} reported an error: {text}"}, ensure_ascii=False)
     findings = screen(text)
     if findings:
         logger.warning("MCP result flagged: %s: %s", function, "; ".join(findings))
