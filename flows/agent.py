@@ -261,9 +261,22 @@ async def _play(
     from flows.mcp.client import CONNECT_SECONDS, open_toolbox  # the MCP SDK: only runs that use it pay
 
     # Open for the whole run: each server's session is reused by every call to it.
-    async with open_toolbox(config.mcp_servers, mcp or {}, protected, logger=logger,
-                            connect_seconds=min(CONNECT_SECONDS, _remaining(deadline))) as toolbox:
-        return await _loop(config, messages, deadline, recorder, provider, protected, toolbox)
+    try:
+        async with open_toolbox(config.mcp_servers, mcp or {}, protected, logger=logger,
+                                connect_seconds=min(CONNECT_SECONDS, _remaining(deadline))) as toolbox:
+            return await _loop(config, messages, deadline, recorder, provider, protected, toolbox)
+    except BaseExceptionGroup as group:
+        # The sessions' task groups wrap what the loop raised (the step's timeout, a step limit): the run's own
+        # handling (RunTimedOut, StepLimitReached) must see it as it was raised.
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a chain of single-exception groups wraps; the group itself when it holds several."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup) and len(found.exceptions) == 1:
+        found = found.exceptions[0]
+    return found
 
 
 async def _loop(

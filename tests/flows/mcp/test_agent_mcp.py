@@ -23,7 +23,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.runs.artifacts import read_transcript
-from flows.config import McpServerRef, ScriptStep
+from flows.config import Limits, McpServerRef, ScriptStep
 from flows.mcp.pins import tool_digest
 from flows.mcp.screening import FENCE_OPEN
 from flows.transcript import TranscriptEntry
@@ -188,3 +188,17 @@ async def test_a_stdio_server_started_by_command_is_called_and_sees_no_run_secre
     names = set(environment.split())
     assert "PATH" in names
     assert not [name for name in names if name.startswith(("PREFECT_", "ARIEL_")) or "KEY" in name]
+
+
+async def test_a_run_with_mcp_servers_that_uses_its_time_budget_says_so(prefect_api: str) -> None:
+    # The sessions' task groups wrap the step's timeout: the run must still end as timed out, not as an error group.
+    with serving(tool_server()) as url:
+        pins = await pins_of(url)
+        weather = McpServerRef(name="weather", server_id="srv-weather", transport="http", url=url)
+        run = config(mcp_servers=[weather], limits=Limits(timeout_seconds=6),
+                     script=[call("weather__nap", seconds=60), ScriptStep(reply="never")])
+        with run_gateway(prefect_api, {}, {"srv-weather": {"headers": {}, "pins": pins}}) as gateway:
+            outcome = play(run, gateway=gateway)
+    assert outcome.state == "Failed"
+    assert outcome.message is not None and "RunTimedOut" in outcome.message, outcome.message
+    assert "ExceptionGroup" not in outcome.message
