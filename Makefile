@@ -51,6 +51,7 @@ bench: setup docker-host image
 	$(BIN)/python bench/run_latency.py --runs 10
 	$(BIN)/python bench/worker_memory.py --pools 5
 	$(BIN)/python bench/gateway_latency.py --calls 200
+	$(BIN)/python bench/mcp_call.py --calls 20 --rounds 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache
