@@ -111,7 +111,8 @@ class ToolServerQueries:
         org = [record for record in found if record.owner_user_id is None]
         approved_own = [record for record in own if record.status == "approved"]
         # With neither approved nor an org server, the user's own still answers, so they hear it is pending.
-        return (approved_own or org or own or [None])[0]
+        candidates = approved_own or org or own
+        return candidates[0] if candidates else None
 
     async def tool_servers_by_id(self: _Tenant, org_id: str, server_ids: Sequence[str]) -> list[ToolServerRecord]:
         """The org's servers among `server_ids`; ids of other orgs' servers find nothing."""
