@@ -101,6 +101,15 @@ class ArielSettings(BaseSettings):
         description="Deployment model: desktop (one local user), dev, saas, hybrid or onprem. "
         "Outside desktop and dev, the `none` and `dev` auth modes are refused.",
     )
+    mcp_private_networks: bool = Field(
+        default=True,
+        description="Whether the control plane may connect to MCP servers (and their OAuth endpoints) on loopback, "
+        "private networks (RFC 1918, fc00::/7, 100.64.0.0/10), unspecified or link-local addresses when it lists "
+        "their tools or signs in. Default: true in the desktop and dev profiles, false in the others, where a "
+        "member's `manage_tools add` must not reach the platform's internal network. Runs are guarded where they "
+        "execute, by their own rules.",
+        examples=[False],
+    )
     auth_mode: AuthMode = Field(
         default="none",
         description="How HTTP callers prove who they are: none (the local user; desktop), dev "
@@ -214,6 +223,14 @@ class ArielSettings(BaseSettings):
             checked.append(origin.lower())
         return checked
 
+    @model_validator(mode="before")
+    @classmethod
+    def _private_networks_by_profile(cls, data: object) -> object:
+        # Unset: the profile decides (a trusting one is a person's own machine or a developer's).
+        if isinstance(data, dict) and data.get("mcp_private_networks") in (None, ""):
+            data = {**data, "mcp_private_networks": data.get("profile", "desktop") in TRUSTING_PROFILES}
+        return data
+
     @model_validator(mode="after")
     def _auth_fits_profile(self) -> ArielSettings:
         if self.auth_mode in ("none", "dev") and self.profile not in TRUSTING_PROFILES:
@@ -244,6 +261,11 @@ class ArielSettings(BaseSettings):
         description="The key run tokens are signed with; every app process of one install needs the same. "
         "When unset, the one kept in `home`/keys/run-token-key (made on first use).",
     )
+
+    @property
+    def stdio_folder(self) -> Path:
+        """Where a host that runs agents as local processes installs the stdio catalog (no Docker image holds it)."""
+        return self.home / "mcp"
 
     @property
     def keys_folder(self) -> Path:

@@ -35,14 +35,14 @@ NODE_VERSION = "22.23.5"
 # The last release whose tools are `echo` and `add`; 2026.1.14 and later renamed `add` to `get-sum`.
 EVERYTHING_VERSION = "2025.12.18"
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}\Z")
 # name@exact-version, the name optionally scoped (@scope/name): a range would let a rebuild change the server.
 NPM_SPEC = re.compile(r"^(?P<name>(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*)@(?P<version>[0-9]+\.[0-9]+\.[0-9]+"
                       r"(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?)$")
 PYPI_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)(\[[A-Za-z0-9._,-]+\])?"
                        r"==(?P<version>[A-Za-z0-9.+!-]+)$")
 # The program is looked up on PATH (in the image, or on a local host): a bare name, no path, no shell.
-PROGRAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+PROGRAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z")
 
 # Where the runtime image keeps what the catalog installs (docker/Dockerfile puts them on PATH).
 IMAGE_MCP_ROOT = "/opt/ariel/mcp"
@@ -233,3 +233,13 @@ def local_command(entry: StdioServer, folder: Path | None = None) -> list[str] |
             return [str(candidate), *arguments]
     found = shutil.which(program)
     return [found, *arguments] if found else None
+
+
+def installed_command(entry: StdioServer, folder: Path) -> list[str]:
+    """Where `install_local(catalog, folder)` puts `entry`'s program: the argv a local-process run starts.
+
+    Known before the install happens, so agents compiled before a host's first stdio server still find it.
+    """
+    program, *arguments = entry.command
+    place = folder / "npm" / "node_modules" / ".bin" if entry.npm else folder / "bin"
+    return [str(place / program), *arguments]

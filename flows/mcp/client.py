@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -59,6 +59,9 @@ from flows.network.egress import agent_egress
 from flows.network.guard import Address, ProtectedEndpoint, checked_addresses
 
 MAX_RESULT_CHARS = 20_000
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""The most of one HTTP answer a run reads from an MCP server (a legacy SSE stream is one answer for the session):
+a server cannot make the run hold a huge body in memory; the result text is cut far below this anyway."""
 CONNECT_SECONDS = 30.0
 # A server may hold a streamed answer open this long between two events; a call's own timeout is shorter.
 _STREAM_READ_SECONDS = 300.0
@@ -72,6 +75,59 @@ class McpRefused(ToolRefused):
 
 class McpFailed(Exception):
     """The MCP call was made and did not succeed (the tool said it failed, no answer in time, connection lost)."""
+
+
+class ResponseTooLarge(httpx2.ReadError):
+    """An HTTP answer went past the bytes its reader takes (`capped`); the rest was not read."""
+
+
+class _CappedStream(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, limit: int, message: str, request: httpx2.Request,
+                 exceeded: Callable[[str], None] | None) -> None:
+        self._inner, self._limit, self._message = inner, limit, message
+        self._request, self._exceeded = request, exceeded
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        read = 0
+        async for chunk in self._inner:
+            read += len(chunk)
+            if read > self._limit:
+                raise _too_large(self._message, self._request, self._exceeded)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def capped(response: httpx2.Response, limit: int, request: httpx2.Request,
+                 exceeded: Callable[[str], None] | None = None) -> httpx2.Response:
+    """`response`, its body read up to `limit` bytes: past it (or a Content-Length past it), `ResponseTooLarge`.
+
+    `exceeded` hears the message first: the MCP SDK folds a transport's errors into its own.
+    """
+    message = (f"{request.url.host} sent an answer larger than {_size(limit)}, the most Ariel reads of one; the "
+               "rest was not read")
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        await response.aclose()
+        raise _too_large(message, request, exceeded)
+    assert isinstance(response.stream, httpx2.AsyncByteStream)  # what an async transport answers with
+    response.stream = _CappedStream(response.stream, limit, message, request, exceeded)
+    return response
+
+
+def _too_large(message: str, request: httpx2.Request, exceeded: Callable[[str], None] | None) -> ResponseTooLarge:
+    if exceeded is not None:
+        exceeded(message)
+    return ResponseTooLarge(message, request=request)
+
+
+def _size(limit: int) -> str:
+    """
+    >>> _size(8 * 1024 * 1024), _size(1500)
+    ('8 MB', '1500 bytes')
+    """
+    return f"{limit // (1024 * 1024)} MB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
 
 
 class _Logger(Protocol):
@@ -338,16 +394,19 @@ async def _transport(stack: AsyncExitStack, server: _Server, access: McpServerAc
 
 
 class PinnedTransport(httpx2.AsyncBaseTransport):
-    """Sends each request to one of `addresses`, as if to the URL's host, and nowhere else.
+    """Sends each request to one of `addresses`, as if to the URL's host, and nowhere else; reads at most
+    `max_response_bytes` of each answer.
 
     The addresses were checked (`checked_addresses`) when the session opened; a second DNS answer is never
     asked for. The Host header stays the URL's (httpx2 set it when it built the request), and https checks
     the certificate against the name and sends it as SNI.
     """
 
-    def __init__(self, origin: httpx2.URL, addresses: Sequence[Address]) -> None:
+    def __init__(self, origin: httpx2.URL, addresses: Sequence[Address],
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self._origin = _origin_of(origin)
         self._addresses = tuple(addresses)
+        self._max_response_bytes = max_response_bytes
         # The SDK reports a 401 as "Server returned an error response": the status, kept here, says why.
         self.refused_with: int | None = None
         # create_ssl_context: SSL_CERT_FILE and SSL_CERT_DIR still apply (a company's own certificate authority).
@@ -367,7 +426,7 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
             try:
                 response = await self._inner.handle_async_request(request)
                 self.refused_with = response.status_code if response.status_code in (401, 403) else None
-                return response
+                return await capped(response, self._max_response_bytes, request)
             except httpx2.ConnectError as exc:
                 failure = exc  # nothing was sent: the name's next address may answer (say, IPv4 after IPv6)
             finally:

@@ -3,8 +3,10 @@
 The authorization server redirects here with `code` and `state` (or `error`). No
 Ariel credential is asked for: the browser has none, and the state is the
 credential — 256 random bits the sign-in made (`ToolOAuth.begin`), good once and
-for at most `SIGN_IN_SECONDS`. The page says what happened in plain words and
-never shows a code or a token.
+for at most `SIGN_IN_SECONDS`. Only the person who asked for the link was
+handed it (an admin for an org's server, the owner for a user's): whoever
+completes it binds their account to the server. The page says what happened in
+plain words and never shows a code or a token.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from deployments.agents.signing import Ed25519ConfigSigner
-from deployments.images.stdio_catalog import local_command
+from deployments.images.stdio_catalog import installed_command
 from deployments.pools.work_pools import PoolType
 from flows.network.guard import control_plane_hosts, protected_endpoints
 from mcp_server.services.agents import AgentService
@@ -48,7 +48,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             signer=Ed25519ConfigSigner.from_text(settings.config_signing_key_text()),
             # A Docker run starts a catalog server inside its container; a process run on this host, as installed.
             stdio_commands={
-                entry.name: entry.command if pool_type == "docker" else local_command(entry) or entry.command
+                entry.name: entry.command if pool_type == "docker" else installed_command(entry, settings.stdio_folder)
                 for entry in settings.stdio_catalog
             },
         )
@@ -56,7 +56,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         # The control plane's own connections to a server (listing its tools, signing in) are guarded as a run's are.
         protected = protected_endpoints(prefect_api_url, ",".join(protected_hosts))
         tool_oauth = ToolOAuth(SealedTokenVault(store, sealer), f"{settings.base_url}{CALLBACK_PATH}",
-                               protected=protected)
+                               protected=protected, private_networks=settings.mcp_private_networks)
         await record_upgraded_manifests(store)
         try:
             yield Services(
@@ -69,6 +69,8 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                 tool_servers=ToolServerService(
                     agents, sealer, protected=protected, stdio_catalog=settings.stdio_catalog,
                     stdio_image=settings.runtime_image if pool_type == "docker" else None, oauth=tool_oauth,
+                    stdio_folder=settings.stdio_folder if pool_type != "docker" else None,
+                    private_networks=settings.mcp_private_networks,
                 ),
                 tool_oauth=tool_oauth,
             )

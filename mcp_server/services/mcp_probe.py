@@ -5,15 +5,21 @@ server. What can go wrong comes back as one of three errors, each with a
 message written for the person in the chat:
 
     ProbeError              base
-    ├── Refused             the URL reaches Ariel's own services or a metadata address (checked, never connected)
+    ├── Refused             the URL reaches Ariel's own services or a metadata address (checked, never connected),
+    │                       or a private network when ARIEL_MCP_PRIVATE_NETWORKS is false
     ├── NeedsSignIn         the server answered 401/403; `oauth` when it offers OAuth (a sign-in link can follow)
+    ├── TooLarge            an answer, a tool's description or schema, or the listing is past its limit
     └── Unreachable         no answer, or not an MCP server's: names what was tried and what happened
 
 HTTP connections go through `GuardedTransport`: every host is resolved and
 checked by `flows.network.guard` (the control plane's Prefect API, Ariel's own
-port, link-local and metadata addresses are refused), and the connection goes
-to the address checked, never to a second DNS answer; no proxy from the
-environment. The MCP SDK follows a redirect only within the endpoint's origin.
+port, link-local and metadata addresses are refused; loopback and private
+networks too unless `private_networks`), and the connection goes to the
+address checked, never to a second DNS answer; no proxy from the environment;
+at most MAX_RESPONSE_BYTES of each answer is read. The MCP SDK follows a
+redirect only within the endpoint's origin. What a server answered is never
+quoted back (only its status): the person asking may be probing a network
+they cannot otherwise see.
 
 Example (no doctest: it needs a server)::
 
@@ -29,6 +35,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Literal
 
 import anyio
@@ -38,15 +45,29 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp.types import PaginatedRequestParams
+from pydantic import ValidationError
 
 from flows.exceptions import ToolRefused
+from flows.mcp.client import capped
 from flows.mcp.pins import tool_digest
-from flows.network.guard import Address, ProtectedEndpoint, checked_addresses, port_of
+from flows.network.guard import Address, ProtectedEndpoint, checked_addresses, endpoint, port_of, reached
 
 PROBE_SECONDS = 20.0  # a whole connect-and-list, so that a silent server cannot hold a chat turn for long
-MAX_TOOLS = 500  # a server listing more is not one an agent should be handed whole
+DISCOVERY_GET_SECONDS = 5.0  # each look for OAuth metadata after a 401
+# What the control plane takes from a server; past these a listing is refused, never cut (a cut would pin half).
+MAX_TOOLS = 500
+MAX_DESCRIPTION_BYTES = 8 * 1024
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_LISTING_BYTES = 2 * 1024 * 1024
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # of one HTTP answer, read as it arrives
+PRIVATE_NETWORKS_SETTING = "ARIEL_MCP_PRIVATE_NETWORKS"
 _STDERR_CHARS = 300  # of a stdio server's error output, quoted when it fails
+# Beside loopback, unspecified and link-local: RFC 1918, CGNAT (RFC 6598), "this network", unique local IPv6.
+_PRIVATE_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"),
+                     IPv4Network("100.64.0.0/10"), IPv4Network("0.0.0.0/8"), IPv6Network("fc00::/7"),
+                     IPv6Network("fec0::/10"))
 
 HttpTransport = Literal["http", "sse"]
 
@@ -66,6 +87,10 @@ class NeedsSignIn(ProbeError):
         super().__init__(message)
         self.oauth = oauth
         self.status = status
+
+
+class TooLarge(ProbeError):
+    """An answer, a tool's description or input schema, or the whole listing is past what Ariel takes."""
 
 
 class Unreachable(ProbeError):
@@ -90,14 +115,22 @@ class ListedTool:
 class GuardedTransport(httpx2.AsyncBaseTransport):
     """An httpx2 transport that connects only to checked addresses, and remembers what the server answered.
 
-    `refusal`: why a host was refused (no request was sent); `statuses`: each error status met, with the
-    `WWW-Authenticate` header, so that the prober can tell "needs sign-in" from "not found" after the MCP
-    SDK has folded either into one error.
+    Each host is resolved and checked once (`flows.network.guard`; and, unless `private_networks`, refused
+    on loopback and private networks), and every request goes to an address checked, with the URL's Host
+    header and (https) its name as SNI: a second DNS answer is never asked for. At most `max_response_bytes`
+    of each answer is read. `refusal`: why a host was refused (no request was sent); `too_large`: an answer
+    past the cap; `statuses`: each error status met, with the `WWW-Authenticate` header, so that the prober
+    can tell "needs sign-in" from "not found" after the MCP SDK has folded either into one error;
+    `last_status`: the status of the last answer.
     """
 
     protected: tuple[ProtectedEndpoint, ...]
+    private_networks: bool = True
+    max_response_bytes: int = MAX_RESPONSE_BYTES
     refusal: str | None = None
+    too_large: str | None = None
     statuses: list[tuple[int, str]] = field(default_factory=list)
+    last_status: int | None = None
     _inner: httpx2.AsyncHTTPTransport = field(
         default_factory=lambda: httpx2.AsyncHTTPTransport(trust_env=False), repr=False)
     _checked: dict[tuple[str, int], tuple[Address, ...]] = field(default_factory=dict, repr=False)
@@ -119,38 +152,68 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
                 continue
             finally:
                 request.url = url
+            self.last_status = response.status_code
             if response.status_code >= 400:
                 self.statuses.append((response.status_code, response.headers.get("www-authenticate", "")))
-            return response
+            return await capped(response, self.max_response_bytes, request, self._exceeded)
         assert failure is not None  # getaddrinfo answers at least one address or raises
         raise failure
+
+    def _exceeded(self, message: str) -> None:
+        self.too_large = message
 
     async def _addresses(self, url: httpx2.URL) -> tuple[Address, ...]:
         as_httpx = httpx.URL(str(url))  # the guard reads httpx's URL; httpx2's has the same shape, another class
         key = (as_httpx.raw_host.decode("ascii"), port_of(as_httpx))
         if key not in self._checked:
             try:
-                self._checked[key] = await anyio.to_thread.run_sync(checked_addresses, as_httpx, self.protected)
+                addresses = await anyio.to_thread.run_sync(checked_addresses, as_httpx, self.protected)
             except ToolRefused as exc:
                 self.refusal = str(exc).replace("which agents may not call", "which tools may not reach")
                 raise httpx2.ConnectError(self.refusal) from None
             except (socket.gaierror, UnicodeError) as exc:
                 raise httpx2.ConnectError(f"cannot resolve {key[0]}: {getattr(exc, 'strerror', exc)}") from None
+            if not self.private_networks:
+                for address in addresses:
+                    if (reason := private_refusal(*key, address)) is not None:
+                        self.refusal = reason
+                        raise httpx2.ConnectError(reason)
+            self._checked[key] = addresses
         return self._checked[key]
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
+def private_refusal(host: str, port: int, address: Address) -> str | None:
+    """Why the control plane does not connect to `address` when private networks are off; None when it may.
+
+    >>> from ipaddress import IPv4Address
+    >>> print(private_refusal("intranet.example", 80, IPv4Address("10.1.2.3")))  # doctest: +ELLIPSIS
+    intranet.example:80 resolves to 10.1.2.3, a loopback or private-network address, which this Ariel's ...
+    >>> private_refusal("mcp.example.com", 443, IPv4Address("192.0.2.1")) is None
+    True
+    """
+    reaches = reached(address)
+    private = (reaches.is_loopback or reaches.is_unspecified or reaches.is_link_local
+               or any(reaches in network for network in _PRIVATE_NETWORKS if network.version == reaches.version))
+    if not private:
+        return None
+    said = endpoint(host, port)
+    where = f"{said} is" if host.strip("[]") == str(reaches) else f"{said} resolves to {reaches},"
+    return (f"{where} a loopback or private-network address, which this Ariel's control plane does not connect to "
+            f"({PRIVATE_NETWORKS_SETTING} is false)")
+
+
 async def list_tools_http(
     url: str, transport: HttpTransport, headers: dict[str, str], protected: tuple[ProtectedEndpoint, ...],
-    timeout: float = PROBE_SECONDS,
+    timeout: float = PROBE_SECONDS, *, private_networks: bool = True,
 ) -> list[ListedTool]:
     """The tools of the MCP server at `url` (streamable HTTP, or SSE), connecting with `headers`.
 
-    Raises `Refused`, `NeedsSignIn` or `Unreachable` (see the module's docstring).
+    Raises `Refused`, `NeedsSignIn`, `TooLarge` or `Unreachable` (see the module's docstring).
     """
-    guard = GuardedTransport(protected)
+    guard = GuardedTransport(protected, private_networks=private_networks)
     client = httpx2.AsyncClient(transport=guard, headers=headers, trust_env=False, follow_redirects=False,
                                 timeout=httpx2.Timeout(timeout))
 
@@ -165,6 +228,10 @@ async def list_tools_http(
         except Exception as exc:  # the SDK folds every failure into task-group errors: read what the transport saw
             if guard.refusal is not None:
                 raise Refused(guard.refusal) from None
+            if guard.too_large is not None:
+                raise TooLarge(f"cannot be listed (tried: {url}): {guard.too_large}") from None
+            if (ours := _ours(exc)) is not None:
+                raise ours from None
             denied = [(status, challenge) for status, challenge in guard.statuses if status in (401, 403)]
             if denied:
                 status, challenge = denied[0]
@@ -192,6 +259,8 @@ async def list_tools_stdio(command: Sequence[str], timeout: float = PROBE_SECOND
         try:
             return await _listed(lambda: stdio_client(parameters, errlog=errors), timeout)
         except Exception as exc:
+            if (ours := _ours(exc)) is not None:
+                raise ours from None
             errors.seek(0)
             said = errors.read().strip().splitlines()
             last = f"; it said: {said[-1][:_STDERR_CHARS]}" if said else ""
@@ -205,17 +274,51 @@ async def _listed(connect: Any, timeout: float) -> list[ListedTool]:
         async with connect() as (read, write), ClientSession(read, write) as session:
             await session.initialize()
             found: list[ListedTool] = []
+            size = 0
             cursor: str | None = None
             while True:
                 page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
                 for tool in page.tools:
-                    description = tool.description or ""
-                    schema = dict(tool.input_schema or {})
-                    digest = tool_digest(tool.name, description, schema)
-                    found.append(ListedTool(tool.name, description, schema, digest))
+                    listed = _checked_tool(tool.name, tool.description or "", dict(tool.input_schema or {}))
+                    size += len(json.dumps(listed.as_json(), ensure_ascii=False).encode())
+                    found.append(listed)
+                if len(found) > MAX_TOOLS:
+                    raise TooLarge(f"the server lists more than {MAX_TOOLS} tools, the most Ariel takes of one "
+                                   "server; split them over several servers")
+                if size > MAX_LISTING_BYTES:
+                    raise TooLarge(f"the server's tool listing is larger than {_size(MAX_LISTING_BYTES)}, the most "
+                                   "Ariel takes of one server")
                 cursor = page.next_cursor
-                if not cursor or len(found) >= MAX_TOOLS:
-                    return found[:MAX_TOOLS]
+                if not cursor:
+                    return found
+
+
+def _checked_tool(name: str, description: str, schema: dict[str, Any]) -> ListedTool:
+    """The tool, fingerprinted, once its description and input schema are within Ariel's limits."""
+    described = len(description.encode())
+    if described > MAX_DESCRIPTION_BYTES:
+        raise TooLarge(f"tool {name[:64]!r} has a description of {described} bytes; Ariel takes at most "
+                       f"{_size(MAX_DESCRIPTION_BYTES)} per tool")
+    schema_bytes = len(json.dumps(schema, ensure_ascii=False).encode())
+    if schema_bytes > MAX_SCHEMA_BYTES:
+        raise TooLarge(f"tool {name[:64]!r} has an input schema of {schema_bytes} bytes of JSON; Ariel takes at "
+                       f"most {_size(MAX_SCHEMA_BYTES)} per tool")
+    return ListedTool(name, description, schema, tool_digest(name, description, schema))
+
+
+def _size(limit: int) -> str:
+    """
+    >>> _size(2 * 1024 * 1024), _size(8 * 1024)
+    ('2 MB', '8 KB')
+    """
+    return f"{limit // (1024 * 1024)} MB" if limit >= 1024 * 1024 else f"{limit // 1024} KB"
+
+
+def _ours(exc: BaseException) -> ProbeError | None:
+    """A `ProbeError` raised while listing, from under the SDK's task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, ProbeError) else None
 
 
 def _reuse(client: httpx2.AsyncClient) -> Any:
@@ -242,7 +345,7 @@ async def _offers_oauth(client: httpx2.AsyncClient, url: str, challenge: str) ->
     for candidate in dict.fromkeys((f"{origin}/.well-known/oauth-protected-resource{path}",
                                     f"{origin}/.well-known/oauth-protected-resource")):
         try:
-            response = await client.get(candidate)
+            response = await client.get(candidate, timeout=DISCOVERY_GET_SECONDS)
             if response.status_code == 200 and "authorization_servers" in response.json():
                 return True
         except (httpx2.HTTPError, json.JSONDecodeError, TypeError):
@@ -261,10 +364,22 @@ def _sign_in_message(url: str, status: int, oauth: bool, had_credentials: bool) 
 
 
 def _cause(exc: BaseException) -> str:
-    """The innermost error under the SDK's task groups, as a short phrase."""
+    """The innermost error under the SDK's task groups, as a short phrase that quotes nothing the server sent.
+
+    httpx2's errors say what happened to the connection; anything else (an MCP error, a malformed answer that
+    did not validate) would quote the server's answer, so only its kind is named.
+    """
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, TimeoutError):
         return "no answer within the time allowed"
-    text = str(exc).strip() or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if type(exc).__module__.startswith("httpx") else text
+    if isinstance(exc, httpx2.TransportError):
+        text = str(exc).strip() or type(exc).__name__
+        return f"{type(exc).__name__}: {text}"
+    if isinstance(exc, MCPError):
+        # "Connection closed" is the SDK's own word for a server that went away; any other message is the server's.
+        return "the connection closed" if exc.message == "Connection closed" else \
+            f"it answered with an MCP error (code {exc.code})"
+    if isinstance(exc, ValidationError | ValueError):
+        return "its answer is not an MCP server's"
+    return f"{type(exc).__name__}"

@@ -3,6 +3,7 @@
     manage_tools add/test ── begin() ──▶ sign-in link (the server's authorization URL, PKCE, state)
     the person's browser ──▶ authorization server ──▶ GET /oauth/callback?code&state ── complete()
         ──▶ code exchanged, tokens + client registration sealed through the `TokenVault`
+        ──▶ `on_signed_in` (the registry lists the server's tools) ──▶ the page the person reads
     open_for_run ── headers() ──▶ {"Authorization": "Bearer …"}, refreshed when near expiry
 
 The flow itself is `mcp.client.auth.OAuthClientProvider` (discovery, dynamic client
@@ -11,8 +12,15 @@ record per server, `_Grant`), its redirect handler (which captures the authoriza
 as the sign-in link) and its callback handler (which waits for the code Ariel's HTTP app
 receives). A pending sign-in lives in the `ToolOAuth` instance that began it, so the
 callback must reach the same process: one app process, or sticky routing of
-/oauth/callback. Every request the flow makes passes `flows.network.guard` first, so a
-server cannot point Ariel's control plane at itself or at a metadata service.
+/oauth/callback. A sign-in remembers who started it (`starter`): only they are handed
+its link again, and `on_signed_in` learns whose sign-in completed.
+
+Every request the flow makes goes through the probe's `GuardedTransport`: each host is
+resolved and checked once by `flows.network.guard` (never Ariel's own services or a
+metadata address; no loopback or private network unless `private_networks`), and the
+connection goes to the address checked, never to a second DNS answer. What an
+authorization server answers is never quoted back, only its status: its body may be an
+internal service's, or hold a token.
 
 Example (an in-memory vault; `ToolOAuth` only needs `load` and `save`)::
 
@@ -25,7 +33,7 @@ Example (an in-memory vault; `ToolOAuth` only needs `load` and `save`)::
             self.data[org_id, server_id] = data
 
     oauth = ToolOAuth(DictVault(), f"{settings.base_url}{CALLBACK_PATH}")
-    link = await oauth.begin("org-1", "srv-1", "https://mcp.example.com/mcp")   # show it to the person
+    link = await oauth.begin("org-1", "srv-1", "https://mcp.example.com/mcp", starter=caller)  # show it to them
     ...                                                                         # they sign in
     headers = await oauth.headers("org-1", "srv-1", "https://mcp.example.com/mcp")
 """
@@ -62,9 +70,10 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import LATEST_PROTOCOL_VERSION
 from pydantic import AnyUrl, BaseModel, Field, ValidationError
 
-from flows.exceptions import ToolRefused
-from flows.network.guard import ProtectedEndpoint, refuse_protected
+from flows.network.guard import ProtectedEndpoint
+from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import ArielError, Unavailable
+from mcp_server.services.mcp_probe import GuardedTransport
 
 __all__ = ["CALLBACK_PATH", "UNKNOWN_LINK", "SignInFailed", "SignInNeeded", "TokenVault", "ToolOAuth"]
 
@@ -79,6 +88,8 @@ DISCOVERY_SECONDS = 30.0
 """How long `begin` waits for the server's metadata and Ariel's client registration."""
 EXCHANGE_SECONDS = 30.0
 """How long the callback waits for the code exchange before it answers the browser."""
+AFTER_SIGN_IN_SECONDS = 30.0
+"""How long `on_signed_in` (listing the server's tools) may take before the callback answers without it."""
 REFRESH_MARGIN_SECONDS = 60.0
 """An access token this close to its expiry is refreshed before it is handed out: a run must not start with one
 that expires on its first call."""
@@ -88,7 +99,6 @@ HTTP_TIMEOUT = httpx2.Timeout(30.0)
 _PING = {"jsonrpc": "2.0", "id": "ariel-sign-in", "method": "ping"}
 _MCP_HEADERS = {"Accept": "application/json, text/event-stream", MCP_PROTOCOL_VERSION_HEADER: LATEST_PROTOCOL_VERSION}
 _ERROR_CODE = re.compile(r"[^a-z0-9_.-]")
-_SHORT = 300
 
 UNKNOWN_LINK = ("this sign-in link is unknown, was used already, or has expired; ask Ariel for a new one "
                 "(manage_tools test)")
@@ -185,10 +195,12 @@ class _Pending:
     org_id: str
     server_id: str
     url: str
+    starter: Caller  # who asked for the link: the only one handed it again, and whose sign-in it is
     link: asyncio.Future[str]
     code: asyncio.Future[AuthorizationCodeResult]
     task: asyncio.Task[None] | None = None
     state: str | None = field(default=None, repr=False)
+    outcome: str | None = None  # what `on_signed_in` said, for the page
 
 
 class ToolOAuth:
@@ -199,6 +211,7 @@ class ToolOAuth:
         callback_url: the redirect URI registered with authorization servers: Ariel's public URL + CALLBACK_PATH.
         protected: Ariel's control-plane services, which no request of the flow may reach (link-local and
             metadata addresses are refused as well).
+        private_networks: whether the flow may reach loopback and private networks (ARIEL_MCP_PRIVATE_NETWORKS).
         sign_in_seconds: how long a sign-in link stays good.
     """
 
@@ -208,35 +221,43 @@ class ToolOAuth:
         callback_url: str,
         *,
         protected: tuple[ProtectedEndpoint, ...] = (),
+        private_networks: bool = True,
         sign_in_seconds: float = SIGN_IN_SECONDS,
         client_name: str = "Ariel",
     ) -> None:
         self._vault = vault
         self.callback_url = callback_url
         self._protected = protected
+        self._private_networks = private_networks
         self._sign_in_seconds = sign_in_seconds
         self._client_name = client_name
         self._by_state: dict[str, _Pending] = {}
         self._by_server: dict[tuple[str, str], _Pending] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Called with (org id, server id, who started the sign-in) once its tokens are saved; what it answers ends
+        # the page the person reads. The registry sets it: a person who signed in should not have to ask for the
+        # tools.
+        self.on_signed_in: Callable[[str, str, Caller], Awaitable[str | None]] | None = None
 
     def __repr__(self) -> str:
         return f"ToolOAuth(callback_url={self.callback_url!r}, pending={len(self._by_server)})"
 
-    async def begin(self, org_id: str, server_id: str, url: str) -> str:
-        """Start a sign-in to the MCP server at `url`; returns the link the person opens in their browser.
+    async def begin(self, org_id: str, server_id: str, url: str, *, starter: Caller,
+                    timeout: float = DISCOVERY_SECONDS) -> str:
+        """Start a sign-in to the MCP server at `url` for `starter`; returns the link they open in their browser.
 
-        A sign-in already pending for this server is replaced (its link stops working). The tokens are saved
-        once the person has signed in and the server has accepted them; until then the previous ones (if any)
-        stay in use.
+        Who may sign a server in is the caller's to decide (the registry: an admin for an org's server, its
+        owner for a user's). A sign-in already pending for this server is replaced (its link stops working).
+        The tokens are saved once the person has signed in and the server has accepted them; until then the
+        previous ones (if any) stay in use.
 
         Raises:
             SignInFailed: the server did not ask for OAuth, its metadata or client registration failed, it could
-                not be reached, or it did not answer within DISCOVERY_SECONDS.
+                not be reached, or it did not answer within `timeout` seconds.
         """
         await self._cancel(self._by_server.get((org_id, server_id)))
         loop = asyncio.get_running_loop()
-        pending = _Pending(org_id, server_id, url, loop.create_future(), loop.create_future())
+        pending = _Pending(org_id, server_id, url, starter, loop.create_future(), loop.create_future())
         grant = _Grant(url=url)  # a fresh registration: a stored one may be for a server that forgot it
 
         async def redirect(authorization_url: str) -> None:
@@ -261,20 +282,38 @@ class ToolOAuth:
         pending.task.add_done_callback(_retrieve)
         self._by_server[org_id, server_id] = pending
         first: set[asyncio.Future[Any]] = {pending.link, pending.task}
-        await asyncio.wait(first, timeout=DISCOVERY_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(first, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller gave up (its own deadline): no sign-in goes on without a link given
+            await self._cancel(pending)
+            raise
         if pending.link.done():
-            log.info("OAuth sign-in started for tool server %s of org %s", server_id, org_id)
+            log.info("OAuth sign-in started for tool server %s of org %s by %s", server_id, org_id,
+                     starter.user_id)
             return pending.link.result()
         if not pending.task.done():
             await self._cancel(pending)
             raise SignInFailed(f"{_origin(url)} did not finish OAuth discovery and client registration within "
-                               f"{DISCOVERY_SECONDS:.0f} s; try again later")
+                               f"{timeout:.0f} s; try again later")
         if pending.task.cancelled():
             raise SignInFailed("the sign-in was cancelled before it started")
         # _sign_in made every failure a SignInFailed with a plain message; it did not ask for a sign-in at all when
         # it ended without one.
         failure = pending.task.exception()
         raise SignInFailed(str(failure) if failure else f"{url} did not ask for a sign-in")
+
+    def pending_link(self, org_id: str, server_id: str, starter_id: str) -> str | None:
+        """The link of the sign-in `starter_id` began for the server, while nobody has used it yet; else None.
+
+        Asking about a server again (manage_tools test) hands this one out rather than begin a new sign-in,
+        which would end the link the person may be opening right now. Never to anyone else: whoever completes
+        a sign-in binds their account to the server.
+        """
+        pending = self._by_server.get((org_id, server_id))
+        if (pending is None or pending.starter.user_id != starter_id or pending.state not in self._by_state
+                or not pending.link.done()):
+            return None
+        return pending.link.result()
 
     async def complete(self, state: str, code: str | None, *, iss: str | None = None, error: str | None = None) -> str:
         """Hand the authorization server's answer to the sign-in that `state` names; once only.
@@ -296,7 +335,7 @@ class ToolOAuth:
         else:
             pending.code.set_result(AuthorizationCodeResult(code=code, state=state, iss=iss))
         # Waited for, never cancelled from here: a browser that goes away must not end the exchange.
-        done, _running = await asyncio.wait({pending.task}, timeout=EXCHANGE_SECONDS)
+        done, _running = await asyncio.wait({pending.task}, timeout=EXCHANGE_SECONDS + AFTER_SIGN_IN_SECONDS)
         if not done:
             raise SignInFailed(f"the authorization server did not answer the code exchange within "
                                f"{EXCHANGE_SECONDS:.0f} s; ask Ariel for a new link")
@@ -306,7 +345,9 @@ class ToolOAuth:
         failure = pending.task.exception()
         if failure is not None:
             raise SignInFailed(str(failure))
-        return "Signed in. Ariel keeps the tokens sealed and refreshes them; you can close this tab."
+        then = f"{pending.outcome} " if pending.outcome else ""
+        return (f"Signed in. {then}Ariel keeps the tokens sealed and refreshes them; you can close this tab and go "
+                "back to your chat.")
 
     async def headers(self, org_id: str, server_id: str, url: str) -> dict[str, str]:
         """An `Authorization` header with a valid access token for the server at `url`; refreshed (and saved)
@@ -330,7 +371,16 @@ class ToolOAuth:
                 await self._vault.save(org_id, server_id, _dump(updated))
 
             provider = _GrantProvider(grant, self._client_metadata(), persist=persist)
-            authorization = await self._authorize(provider, url)
+            try:
+                authorization = await self._authorize(provider, url)
+            except ArielError:
+                raise
+            except Exception as exc:  # the SDK's own errors, or a malformed record: plain words at this boundary
+                log.warning("refreshing the OAuth token of tool server %s of org %s failed: %s", server_id, org_id,
+                            type(exc).__name__, exc_info=not isinstance(exc, _EXPECTED))
+                raise SignInNeeded("the sign-in could not be refreshed (the OAuth client cannot use the stored "
+                                   "registration or what the authorization server answered); sign in again with the "
+                                   "link manage_tools test gives") from exc
             if authorization is None:
                 grant.tokens = None  # refused or dead: the next status says a sign-in is needed
                 await self._vault.save(org_id, server_id, _dump(grant))
@@ -356,6 +406,10 @@ class ToolOAuth:
             return f"signed in, token valid until {until} (expired; refreshed at its next use)"
         return "sign-in needed"
 
+    async def cancel(self, org_id: str, server_id: str) -> None:
+        """End the sign-in pending for the server, if any: its link stops working."""
+        await self._cancel(self._by_server.get((org_id, server_id)))
+
     async def aclose(self) -> None:
         """Cancel every pending sign-in; their links stop working."""
         for pending in list(self._by_server.values()):
@@ -365,8 +419,9 @@ class ToolOAuth:
         """The flow of one sign-in, in its own task: a request that the server challenges, which the SDK's
         provider answers with discovery, registration, the person's sign-in and the code exchange."""
         key = (pending.org_id, pending.server_id)
+        client, guard = self._http(auth=provider)
         try:
-            async with self._http(auth=provider) as client:
+            async with client:
                 request = client.build_request("POST", pending.url, json=_PING, headers=_MCP_HEADERS)
                 response = await client.send(request, stream=True)
                 await response.aclose()  # the answer's status is all that is needed
@@ -378,6 +433,7 @@ class ToolOAuth:
                                    f"(HTTP {response.status_code}); check the account's access to it")
             await self._vault.save(pending.org_id, pending.server_id, _dump(provider.grant))
             log.info("OAuth sign-in completed for tool server %s of org %s", pending.server_id, pending.org_id)
+            pending.outcome = await self._after_sign_in(pending)
         except SignInFailed as exc:
             log.warning("OAuth sign-in for tool server %s of org %s failed: %s", pending.server_id, pending.org_id,
                         exc)
@@ -385,7 +441,7 @@ class ToolOAuth:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            reason = _plain(exc, pending.url)
+            reason = _plain(exc, pending.url, guard)
             log.warning("OAuth sign-in for tool server %s of org %s failed: %s", pending.server_id, pending.org_id,
                         reason, exc_info=not isinstance(exc, _EXPECTED))
             raise SignInFailed(reason) from exc
@@ -395,13 +451,26 @@ class ToolOAuth:
             if self._by_server.get(key) is pending:
                 del self._by_server[key]
 
+    async def _after_sign_in(self, pending: _Pending) -> str | None:
+        """What `on_signed_in` says; the sign-in stands whatever becomes of it (manage_tools test does it again)."""
+        if self.on_signed_in is None:
+            return None
+        try:
+            async with asyncio.timeout(AFTER_SIGN_IN_SECONDS):
+                return await self.on_signed_in(pending.org_id, pending.server_id, pending.starter)
+        except Exception:
+            log.warning("after the OAuth sign-in to tool server %s of org %s: its tools could not be listed",
+                        pending.server_id, pending.org_id, exc_info=True)
+            return None
+
     async def _authorize(self, provider: _GrantProvider, url: str) -> str | None:
         """The Authorization header the SDK's flow puts on a request to `url` (refreshing first if it must);
         None when it has no valid token. The request itself is never sent."""
         request = httpx2.Request("POST", url, headers=_MCP_HEADERS)
         flow = provider.async_auth_flow(request)
+        client, guard = self._http()
         try:
-            async with self._http() as client:
+            async with client:
                 outgoing = await flow.__anext__()
                 while outgoing is not request:  # the refresh (and a redirect of it within its origin)
                     response = await client.send(outgoing)
@@ -409,9 +478,9 @@ class ToolOAuth:
                         raise Unavailable(f"the authorization server did not refresh the token (HTTP "
                                           f"{response.status_code}); try again shortly")
                     outgoing = await flow.asend(response)
-        except ToolRefused as exc:
-            raise SignInFailed(f"Ariel does not connect to the token endpoint: {exc}") from exc
         except httpx2.HTTPError as exc:
+            if guard.refusal is not None:
+                raise SignInFailed(f"Ariel does not connect to the token endpoint: {guard.refusal}") from exc
             raise Unavailable(f"could not reach the authorization server to refresh the token "
                               f"({type(exc).__name__}); try again shortly") from exc
         finally:
@@ -427,13 +496,15 @@ class ToolOAuth:
             response_types=["code"],
         )
 
-    def _http(self, auth: httpx2.Auth | None = None) -> httpx2.AsyncClient:
-        # No proxy from the environment, no redirects but the SDK's own (within one origin), every URL guarded.
-        return httpx2.AsyncClient(auth=auth, timeout=HTTP_TIMEOUT, follow_redirects=False, trust_env=False,
-                                  event_hooks={"request": [self._guard]})
-
-    async def _guard(self, request: httpx2.Request) -> None:
-        await asyncio.to_thread(refuse_protected, str(request.url), self._protected)
+    def _http(self, auth: httpx2.Auth | None = None) -> tuple[httpx2.AsyncClient, GuardedTransport]:
+        """A client whose every connection goes to an address checked when its host was first resolved (a
+        check in an event hook would be followed by a second lookup to connect: DNS rebinding), with its
+        transport, which says what it refused and the statuses it met. No proxy from the environment, no
+        redirects but the SDK's own (within one origin)."""
+        guard = GuardedTransport(self._protected, private_networks=self._private_networks)
+        client = httpx2.AsyncClient(auth=auth, transport=guard, timeout=HTTP_TIMEOUT, follow_redirects=False,
+                                    trust_env=False)
+        return client, guard
 
     def _lock(self, org_id: str, server_id: str) -> asyncio.Lock:
         # One refresh at a time per server: authorization servers rotate refresh tokens, so a second concurrent
@@ -458,31 +529,34 @@ class ToolOAuth:
         await asyncio.gather(pending.task, return_exceptions=True)
 
 
-_EXPECTED = (SignInFailed, ToolRefused, OAuthFlowError, OAuthTokenError, OAuthRegistrationError, httpx2.HTTPError,
+_EXPECTED = (SignInFailed, OAuthFlowError, OAuthTokenError, OAuthRegistrationError, httpx2.HTTPError,
              ValidationError)
 
 
-def _plain(exc: Exception, url: str) -> str:
-    """What a failed sign-in tells the person; the SDK's messages hold no token (bodies of error answers only)."""
-    if isinstance(exc, ToolRefused):
-        return f"Ariel does not connect there: {exc}"
+def _plain(exc: Exception, url: str, guard: GuardedTransport) -> str:
+    """What a failed sign-in tells the person: what failed and the status of the last answer, never its text.
+
+    The SDK's messages quote the answers' bodies ("Registration failed: 400 <body>", "Invalid token response:
+    <validation error with the input>"): an internal service's page, or a token.
+    """
+    if guard.refusal is not None:
+        return f"Ariel does not connect there: {guard.refusal}"
+    if guard.too_large is not None:
+        return f"the sign-in failed: {guard.too_large}"
+    status = f" (its answer: HTTP {guard.last_status})" if guard.last_status else ""
     if isinstance(exc, OAuthRegistrationError):
-        return (f"the authorization server did not register Ariel as a client ({_short(exc)}); Ariel signs in "
-                "only where the server offers dynamic client registration")
+        return (f"the authorization server did not register Ariel as a client{status}; Ariel signs in only where "
+                "the server offers dynamic client registration")
     if isinstance(exc, OAuthTokenError):
-        return f"the authorization server refused the code exchange ({_short(exc)}); ask Ariel for a new link"
+        return f"the authorization server refused the code exchange{status}; ask Ariel for a new link"
     if isinstance(exc, OAuthFlowError):
-        return f"the OAuth sign-in failed: {_short(exc)}"
+        return (f"the OAuth sign-in failed{status}: {_origin(url)} or its authorization server answered what the "
+                "OAuth flow cannot use")
     if isinstance(exc, httpx2.HTTPError):
         return f"could not reach {_origin(url)} or its authorization server ({type(exc).__name__}); is it up?"
     if isinstance(exc, ValidationError):
         return f"{_origin(url)} published OAuth metadata that is not valid"
     return "the sign-in failed; see the server log"
-
-
-def _short(exc: Exception) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= _SHORT else text[:_SHORT] + "…"
 
 
 def _origin(url: str) -> str:

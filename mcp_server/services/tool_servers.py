@@ -14,27 +14,47 @@ Credentials (a bearer token, an API-key header's value, OAuth tokens) are
 sealed with the org's data key, like provider keys, and never come back out
 to a person: answers, errors and the audit log name the server only. Another
 org's server, or another user's, is answered exactly as a missing one.
+
+An OAuth sign-in binds the account of whoever completes it to the server, for
+every agent that uses it: only an admin starts (or is handed) the sign-in of
+an org's server, only its owner that of a user's. Approval pins what the
+server lists at that moment, read again by approve itself: what a member's
+`test` stored between an admin's `get` and `approve` is never pinned unseen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import SecretStr
 
 from deployments.agents.spec import SERVER_NAME
-from deployments.images.stdio_catalog import DEFAULT_CATALOG, StdioServer, local_command, lookup, probe_command
+from deployments.exceptions import ImageBuildFailed
+from deployments.images.mcp_packages import install_local
+from deployments.images.stdio_catalog import (
+    DEFAULT_CATALOG,
+    StdioServer,
+    installed_command,
+    local_command,
+    lookup,
+    probe_command,
+)
 from flows.mcp.screening import screen
 from flows.network.guard import ProtectedEndpoint
 from mcp_server.auth import Role
 from mcp_server.services.audit import audited
-from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import ArielError, InvalidRequest, NotFound
+from mcp_server.services.audit import record as audit_event
+from mcp_server.services.caller import RANK, Caller
+from mcp_server.services.exceptions import ArielError, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.mcp_probe import (
     PROBE_SECONDS,
     ListedTool,
@@ -51,6 +71,8 @@ from mcp_server.store._ids import utc_now
 
 if TYPE_CHECKING:
     from mcp_server.services.agents import AgentService
+
+log = logging.getLogger("ariel.tool_servers")
 
 ToolAction = Literal["list", "get", "add", "test", "remove", "approve", "reject"]
 Transport = Literal["http", "sse", "stdio"]
@@ -69,12 +91,21 @@ ACTION_ROLES: dict[ToolAction, Role] = {
 
 MAX_SECRET_CHARS = 4096
 MAX_REASON_CHARS = 500
+MAX_URL_CHARS = 2048
+ACTION_SECONDS = 45.0
+"""All of one add, test or approve (connecting, looking for OAuth, starting a sign-in): an answer well inside the
+60 s a chat client waits for one."""
 _SECRET = re.compile(r"^\S+$")
-_SERVER_ID = re.compile(r"^[0-9a-f]{32}$")
+_SERVER_ID = re.compile(r"^[0-9a-f]{32}\Z")
 # An HTTP field name (RFC 9110 token), minus what the MCP client itself must set.
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$%&'*+.^_`|~-]{0,99}$")
 _RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection", "accept",
                                "mcp-session-id", "mcp-protocol-version", "last-event-id", "cookie"})
+# Why an OAuth server added before anyone signed in is pending: its tools cannot be listed yet. An admin's add
+# approves at once, so the admin's reason carries that decision to the listing after the sign-in (`_record_listing`),
+# the only state for it short of a new column.
+SIGN_IN_THEN_APPROVED = "waits for an OAuth sign-in; approved as soon as its tools are listed after it"
+SIGN_IN_THEN_ADMIN = "waits for an OAuth sign-in to list its tools, then for an admin's approval"
 
 
 @dataclass
@@ -115,9 +146,20 @@ class ToolServerService:
     stdio_catalog: Sequence[StdioServer] = DEFAULT_CATALOG
     # The runtime image a stdio server is probed in (`docker run --rm -i --network none`); None: start it here.
     stdio_image: str | None = None
+    # Without an image (agents run as local processes): where the catalog is installed on this host, on first use.
+    stdio_folder: Path | None = None
     # OAuth sign-in to servers that ask for it; None: such servers are added, and say a sign-in is unsupported.
     oauth: ToolOAuth | None = field(default=None, repr=False)
     probe_seconds: float = PROBE_SECONDS
+    action_seconds: float = ACTION_SECONDS
+    # Whether a server (and its OAuth endpoints) may be on loopback or a private network (ARIEL_MCP_PRIVATE_NETWORKS).
+    private_networks: bool = True
+
+    def __post_init__(self) -> None:
+        if self.oauth is not None:
+            # A person who signed in in their browser finds the tools listed (and an admin's server approved)
+            # when they come back to the chat, without asking for a test first.
+            self.oauth.on_signed_in = self._signed_in
 
     @property
     def store(self) -> Store:
@@ -139,15 +181,18 @@ class ToolServerService:
             caller.require(ACTION_ROLES[action], f"manage_tools {action}",
                            "Ask an admin to do it, or for the member role.")
             if action == "add":
-                return await self.add(caller, _name(name), transport, url, catalog, token, header_name, scope)
+                server = _name(name)
+                async with self._deadline(action, server):
+                    return await self.add(caller, server, transport, url, catalog, token, header_name, scope)
             ref = _ref(name, action)
-            if action == "test":
-                return await self.test(caller, ref)
             if action == "remove":
                 return await self.remove(caller, ref, confirm)
-            if action == "approve":
+            if action == "reject":
+                return await self.reject(caller, ref, reason)
+            async with self._deadline(action, ref):
+                if action == "test":
+                    return await self.test(caller, ref)
                 return await self.approve(caller, ref)
-            return await self.reject(caller, ref, reason)
 
     # reading
 
@@ -196,98 +241,116 @@ class ToolServerService:
                                    oauth_ok=secret is None)
         if listing.tools is None and not listing.oauth:
             raise InvalidRequest(f"MCP server {name!r} was not added: {listing.problem}")
+        # Before the row: a server nobody can sign in to is not kept (it could never list a tool).
+        link, no_link = await self._sign_in_link(caller, listing, server_id, owner, where)
+        if listing.oauth and link is None:
+            raise InvalidRequest(f"MCP server {name!r} was not added: it asks for an OAuth sign-in, and {no_link}")
         tools = listing.tools or []
         flagged = _flagged(tools)
         approve_now = caller.can("admin") and not flagged and listing.tools is not None
         if listing.oauth:
             auth = "oauth"
-            reason = ("needs an OAuth sign-in before its tools can be listed: open the sign-in link, then call "
-                      "manage_tools test")
+            reason = SIGN_IN_THEN_APPROVED if caller.can("admin") else SIGN_IN_THEN_ADMIN
         else:
             reason = _held(flagged)
-        sealed = await self.sealer.seal(caller.org_id, _purpose(server_id), secret.encode()) if secret else None
         now = utc_now()
-        record = await self.store.add_tool_server(ToolServerRecord(
-            id=server_id, org_id=caller.org_id, owner_user_id=owner, name=name, transport=transport, url=where,
-            catalog_name=entry.name if entry else None, auth=auth, header_name=header,
-            secret_ciphertext=sealed.ciphertext if sealed else None, secret_nonce=sealed.nonce if sealed else None,
-            secret_dek_version=sealed.dek_version if sealed else None,
-            status="approved" if approve_now else "pending", reason=reason,
-            tools=[tool.as_json() for tool in tools], pins=_pins(tools) if approve_now else None,
-            created_by=caller.user_id, created_by_label=caller.user_label,
-            approved_by=caller.user_label if approve_now else None, created_at=now, updated_at=now,
-        ))
+        try:
+            sealed = await self.sealer.seal(caller.org_id, _purpose(server_id), secret.encode()) if secret else None
+            added = await self.store.add_tool_server(ToolServerRecord(
+                id=server_id, org_id=caller.org_id, owner_user_id=owner, name=name, transport=transport, url=where,
+                catalog_name=entry.name if entry else None, auth=auth, header_name=header,
+                secret_ciphertext=sealed.ciphertext if sealed else None, secret_nonce=sealed.nonce if sealed else None,
+                secret_dek_version=sealed.dek_version if sealed else None,
+                status="approved" if approve_now else "pending", reason=reason,
+                tools=[tool.as_json() for tool in tools], pins=_pins(tools) if approve_now else None,
+                created_by=caller.user_id, created_by_label=caller.user_label,
+                approved_by=caller.user_label if approve_now else None, created_at=now, updated_at=now,
+            ))
+        except BaseException:
+            if link is not None and self.oauth is not None:
+                await self.oauth.cancel(caller.org_id, server_id)  # no link to a server that was not kept
+            raise
         whose = "this organization's" if owner is None else "your own"
-        link, no_link = await self._sign_in_link(listing, caller.org_id, server_id, where)
         if listing.oauth:
-            done = (f"MCP server {name!r} added as {whose}; it asks for an OAuth sign-in: "
-                    + ("open sign_in_link in your browser, then call manage_tools test to list its tools"
-                       if link else no_link))
+            then = ("lists its tools and approves it" if reason == SIGN_IN_THEN_APPROVED
+                    else "lists its tools, and an admin approves it (manage_tools approve)")
+            done = (f"MCP server {name!r} added as {whose}; sign-in needed (it asks for an OAuth sign-in): "
+                    f"open sign_in_link in your browser and sign in; Ariel then {then}, and manage_tools get shows "
+                    "them")
         elif approve_now:
             done = (f"MCP server {name!r} added as {whose} and approved with its {len(tools)} tool(s) pinned; agents "
-                    f"name it in mcp_tools as {{'server': {name!r}}}. Credentials are stored and never shown again.")
+                    f"name it in mcp_tools as {{'server': {name!r}}}."
+                    + (" Its credential is stored sealed and never shown again." if secret else ""))
         else:
             then = reason if reason else "pending until an admin approves it (manage_tools approve)"
             done = f"MCP server {name!r} added as {whose} with {len(tools)} tool(s); {then}."
-        view = await self._view(caller, record, {})
+        view = await self._view(caller, added, {})
         return ToolServersActionView(action="add", done=done, servers=[view], sign_in_link=link)
 
     async def test(self, caller: Caller, ref: str) -> ToolServersActionView:
         record = await self._find(caller, ref)
-        secret = await _open_secret(self.sealer, record) if record.auth in ("bearer", "header") else None
-        entry = lookup(self.stdio_catalog, record.catalog_name or "") if record.transport == "stdio" else None
-        if record.transport == "stdio" and entry is None:
-            return ToolServersActionView(
-                action="test", done=f"MCP server {record.name!r} runs {record.catalog_name!r}, which the platform's "
-                "stdio catalog no longer offers (ARIEL_STDIO_CATALOG)",
-                servers=[await self._view(caller, record, {})])
-        listing = await self._list(caller.org_id, record.id, record.transport, record.url, entry, record.auth,
-                                   record.header_name, secret.decode() if secret else None,
-                                   oauth_ok=record.auth in ("none", "oauth"))
+        listing = await self._listing_of(record)
         if listing.tools is None:
             if listing.oauth and record.auth != "oauth":
                 record = await self._update(record, auth="oauth")
-            link, no_link = await self._sign_in_link(listing, caller.org_id, record.id, record.url)
+            link, no_link = await self._sign_in_link(caller, listing, record.id, record.owner_user_id, record.url)
             done = f"MCP server {record.name!r}: {listing.problem}"
             if link:
-                done += "; open sign_in_link in your browser, then call manage_tools test again"
+                done += "; open sign_in_link in your browser and sign in: Ariel then lists its tools"
             elif listing.oauth:
                 done += f"; {no_link}"
             return ToolServersActionView(action="test", done=done, servers=[await self._view(caller, record, {})],
                                          sign_in_link=link)
-        changes = _changes(listing.tools, record.pins) if record.status == "approved" else []
-        flagged = _flagged(listing.tools)
-        values: dict[str, Any] = {"tools": [tool.as_json() for tool in listing.tools]}
-        if record.status == "pending":
-            values["reason"] = _held(flagged)  # what holds it now, as listed now
-        record = await self._update(record, **values)
+        was = record.status
+        record, changes, flagged = await self._record_listing(record, listing.tools,
+                                                              approver=caller if caller.can("admin") else None)
         done = f"MCP server {record.name!r} answered with {len(listing.tools)} tool(s)"
         if changes:
             done += ("; some changed since approval, and runs refuse those until an admin approves again "
                      "(manage_tools approve pins what it lists now)")
         elif record.status == "approved":
-            done += "; all as approved"
+            done += ("; approved with them pinned, as an admin's add is once its tools are listed; agents name it "
+                     "in mcp_tools" if was == "pending" else "; all as approved")
+        elif record.status == "pending" and not flagged:
+            done += "; pending until an admin approves it (manage_tools approve)"
         if flagged:
             done += f"; {_held(flagged)}"
         return ToolServersActionView(action="test", done=done, servers=[await self._view(caller, record, {})],
                                      changes=changes)
 
     async def approve(self, caller: Caller, ref: str) -> ToolServersActionView:
+        """Pin what the server lists now, provided it is what the record held (what get or test last showed)."""
         record = await self._find(caller, ref)
-        tools = [_listed(tool) for tool in record.tools]
+        listing = await self._listing_of(record)
+        if listing.tools is None:
+            raise InvalidRequest(f"MCP server {record.name!r} was not approved: {listing.problem}. Approval pins what "
+                                 "the server lists when it is approved; manage_tools test says when it answers")
+        tools = listing.tools
+        differences = _differences(tools, {tool["name"]: tool["digest"] for tool in record.tools})
+        if differences:
+            flagged = _flagged(tools)
+            values: dict[str, Any] = {"tools": [tool.as_json() for tool in tools]}
+            if record.status == "pending":
+                values["reason"] = _held(flagged)
+            await self._update(record, **values)
+            raise InvalidRequest(f"MCP server {record.name!r} was not approved: the server's tools changed since they "
+                                 f"were last read: {'; '.join(differences)}; read them with get and approve again")
         if not tools:
-            raise InvalidRequest(f"MCP server {record.name!r} has listed no tools yet, so there is nothing to approve: "
-                                 "call manage_tools test (after signing in, if it asks) and approve what it lists")
+            raise InvalidRequest(f"MCP server {record.name!r} lists no tools, so there is nothing to approve: call "
+                                 "manage_tools test (after signing in, if it asks) and approve what it lists")
         flagged = _flagged(tools)
         if flagged:
             await self._update(record, reason=_held(flagged))
             raise InvalidRequest(f"MCP server {record.name!r} cannot be approved: {_findings(flagged)}. Ask its "
                                  "maintainer to fix the descriptions, then manage_tools test and approve")
+        accepted = _accepted(tools, record.pins)
         record = await self._update(record, status="approved", reason=None, pins=_pins(tools),
                                     approved_by=caller.user_label)
         done = (f"MCP server {record.name!r} approved with its {len(tools)} tool(s) pinned as listed "
                 f"(manage_tools get shows them); agents name it in mcp_tools as {{'server': {record.name!r}}}")
-        return ToolServersActionView(action="approve", done=done,
+        if accepted:
+            done += "; changes shows what this approval accepts"
+        return ToolServersActionView(action="approve", done=done, changes=accepted,
                                      servers=[await self._view(caller, record, await self._users(caller))])
 
     async def reject(self, caller: Caller, ref: str, reason: str | None) -> ToolServersActionView:
@@ -355,19 +418,91 @@ class ToolServerService:
                     opened[server_id] = {"error": f"MCP server {record.name!r} needs a sign-in: {exc}"}
                 except ArielError as exc:  # credentials that do not open, an authorization server that is down
                     opened[server_id] = {"error": f"MCP server {record.name!r}: {exc}"}
+                except Exception:  # one server's failure is that server's, never the whole run's
+                    log.exception("opening MCP server %s of org %s for a run failed", record.id, org_id)
+                    opened[server_id] = {"error": f"MCP server {record.name!r} could not be opened for this run "
+                                                  "(an internal error; the control plane's log says more)"}
         return opened
 
     # helpers
 
-    async def _sign_in_link(self, listing: _Listing, org_id: str, server_id: str,
+    async def _signed_in(self, org_id: str, server_id: str, starter: Caller) -> str | None:
+        """`ToolOAuth.on_signed_in`: list the server's tools with the new sign-in, as test does; says what became
+        of it on the page the person's browser shows. The person proved the sign-in's state; `starter` (who was
+        handed the link) is the actor of the audit trail, and approves an admin's added server only while still
+        an admin of the org."""
+        found = await self.store.get_tool_server(org_id, server_id)
+        if found is None or found.auth != "oauth" or found.url is None:
+            return None
+        await audit_event(self.store, starter, "tool_server.sign_in", found.name, "ok",
+                          "OAuth sign-in completed; its tokens are sealed, and agents using the server act with them")
+        listing = await self._list(org_id, found.id, found.transport, found.url, None, found.auth, None, None,
+                                   oauth_ok=False)
+        if listing.tools is None:
+            return (f"Ariel could not list the tools of MCP server {found.name!r} yet ({listing.problem}); "
+                    "manage_tools test tries again.")
+        member = await self.store.member(org_id, starter.user_id)
+        admin = member is not None and RANK[member.role] >= RANK["admin"]
+        updated, changes, flagged = await self._record_listing(found, listing.tools,
+                                                               approver=starter if admin else None)
+        listed = f"MCP server {updated.name!r} lists {len(listing.tools)} tool(s)"
+        if changes:
+            return f"{listed}, some changed since approval: manage_tools test shows which."
+        if updated.status == "approved":
+            return f"{listed} and is approved: agents can name it in mcp_tools."
+        if flagged:
+            return f"{listed}; it is {_held(flagged)}."
+        return f"{listed}; it is pending until an admin approves it (manage_tools approve)."
+
+    async def _record_listing(self, found: ToolServerRecord, tools: list[ListedTool], approver: Caller | None
+                              ) -> tuple[ToolServerRecord, list[str], dict[str, list[str]]]:
+        """Keep what the server listed now: (the record, changes since approval, flagged tools).
+
+        A pending server's reason becomes what holds it now. One an admin added before its OAuth sign-in is
+        approved now, as that add would have approved it had the tools been listable then, only when
+        `approver` (an admin now: the caller, or the sign-in's starter) is given; the trail records it.
+        """
+        changes = _changes(tools, found.pins) if found.status == "approved" else []
+        flagged = _flagged(tools)
+        values: dict[str, Any] = {"tools": [tool.as_json() for tool in tools]}
+        approve = (found.status == "pending" and found.reason == SIGN_IN_THEN_APPROVED and not flagged
+                   and approver is not None)
+        if approve:
+            assert approver is not None
+            values.update(status="approved", reason=None, pins=_pins(tools), approved_by=approver.user_label)
+        elif found.status == "pending":
+            values["reason"] = _held(flagged)  # what holds it now, as listed now
+        updated = await self._update(found, **values)
+        if approve:
+            assert approver is not None
+            await audit_event(self.store, approver, "tool_server.approve", found.name, "ok",
+                              f"approved after its OAuth sign-in, as its admin's add asked, with {len(tools)} tool(s) "
+                              f"pinned: {', '.join(tool.name for tool in tools)}")
+        return updated, changes, flagged
+
+    async def _sign_in_link(self, caller: Caller, listing: _Listing, server_id: str, owner: str | None,
                             url: str | None) -> tuple[str | None, str]:
-        """A sign-in link when the server asks for OAuth, or (None, why there is none)."""
+        """A sign-in link when the server asks for OAuth and `caller` may sign it in, or (None, why there is none).
+
+        Whoever completes a sign-in binds their account to the server: an org's server is signed in by an
+        admin, a user's by its owner, and a link is handed again only to whoever it was made for.
+        """
         if not listing.oauth or url is None:
             return None, ""
         if self.oauth is None:
             return None, "this Ariel has no OAuth sign-in configured"
+        if owner is None and not caller.can("admin"):
+            return None, ("an admin of this organization signs in to it (manage_tools test gives them the link): "
+                          "whoever signs in, agents act with their account")
+        if owner is not None and owner != caller.user_id:
+            return None, ("only its owner signs in to it (manage_tools test gives them the link): whoever signs "
+                          "in, agents act with their account")
+        # The link already given, while nobody has used it: a new one would end it under the person's feet.
+        pending = self.oauth.pending_link(caller.org_id, server_id, caller.user_id)
+        if pending is not None:
+            return pending, ""
         try:
-            return await self.oauth.begin(org_id, server_id, url), ""
+            return await self.oauth.begin(caller.org_id, server_id, url, starter=caller), ""
         except ArielError as exc:  # an authorization server that does not answer, or one Ariel may not reach
             return None, f"no sign-in could start: {exc}"
 
@@ -381,6 +516,22 @@ class ToolServerService:
             return {}
         return _auth_headers(record.auth, record.header_name, secret.decode())
 
+    async def _installed(self, entry: StdioServer) -> list[str] | None:
+        """`entry`'s command on this host, installing the catalog into `stdio_folder` the first time.
+
+        The program runs agents start (`installed_command`), so what is listed and pinned is what runs.
+        """
+        assert self.stdio_folder is not None  # only asked without an image
+        command = installed_command(entry, self.stdio_folder)
+        if not Path(command[0]).exists():
+            log.info("installing the stdio catalog into %s for agents run as local processes", self.stdio_folder)
+            try:
+                await asyncio.to_thread(install_local, self.stdio_catalog, self.stdio_folder, log.info)
+            except ImageBuildFailed as exc:
+                log.warning("the stdio catalog did not install: %s", exc)
+                return None
+        return command if Path(command[0]).exists() else None
+
     async def _list(
         self, org_id: str, server_id: str, transport: str, url: str | None, entry: StdioServer | None, auth: str,
         header_name: str | None, secret: str | None, oauth_ok: bool,
@@ -389,7 +540,8 @@ class ToolServerService:
         try:
             if transport == "stdio":
                 assert entry is not None  # a stdio server names its catalog entry
-                command = probe_command(entry, self.stdio_image) if self.stdio_image else local_command(entry)
+                command = (probe_command(entry, self.stdio_image) if self.stdio_image
+                           else await self._installed(entry) if self.stdio_folder else local_command(entry))
                 if command is None:
                     return _Listing(None, f"cannot be reached (tried: {' '.join(entry.command)}, which is not "
                                           "installed on this host; build the runtime image or install the catalog)")
@@ -400,15 +552,46 @@ class ToolServerService:
                 try:
                     headers = await self.oauth.headers(org_id, server_id, url)
                 except SignInNeeded as exc:
-                    return _Listing(None, f"needs authentication: {exc}", oauth=True)
+                    return _Listing(None, f"sign-in needed: {exc}", oauth=True)
                 except ArielError as exc:
                     return _Listing(None, f"cannot sign in: {exc}")
+                except Exception:  # a bug past ToolOAuth's own translation: a plain answer, the details logged
+                    log.exception("the OAuth token of MCP server %s of org %s could not be read", server_id, org_id)
+                    return _Listing(None, "cannot sign in: the OAuth token could not be read (the control plane's "
+                                          "log says why); sign in again with the link manage_tools test gives",
+                                    oauth=True)
             return _Listing(await list_tools_http(url, "sse" if transport == "sse" else "http", headers,
-                                                  self.protected, self.probe_seconds))
+                                                  self.protected, self.probe_seconds,
+                                                  private_networks=self.private_networks))
         except NeedsSignIn as exc:
             return _Listing(None, str(exc), oauth=exc.oauth and oauth_ok)
         except ProbeError as exc:
             return _Listing(None, str(exc))
+
+    async def _listing_of(self, found: ToolServerRecord) -> _Listing:
+        """Connect to a stored server again, with its credentials, and list its tools."""
+        entry = lookup(self.stdio_catalog, found.catalog_name or "") if found.transport == "stdio" else None
+        if found.transport == "stdio" and entry is None:
+            return _Listing(None, f"runs {found.catalog_name!r}, which the platform's stdio catalog no longer offers "
+                                  "(ARIEL_STDIO_CATALOG)")
+        secret = await _open_secret(self.sealer, found) if found.auth in ("bearer", "header") else None
+        return await self._list(found.org_id, found.id, found.transport, found.url, entry, found.auth,
+                                found.header_name, secret.decode() if secret else None,
+                                oauth_ok=found.auth in ("none", "oauth"))
+
+    @asynccontextmanager
+    async def _deadline(self, action: str, name: str) -> AsyncIterator[None]:
+        """One deadline for all of an action that connects: an answer before the chat client gives up."""
+        limit = asyncio.timeout(self.action_seconds)
+        try:
+            async with limit:
+                yield
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise Unavailable(f"manage_tools {action} of {name!r} did not finish within {self.action_seconds:.0f} s "
+                              "(the server, or its authorization server, answers too slowly); try again later") \
+                from None
 
     def _catalog_entry(self, catalog: str | None) -> StdioServer:
         offered = ", ".join(entry.name for entry in self.stdio_catalog) or "none"
@@ -527,6 +710,8 @@ def _url(url: str | None) -> str:
     if url is None or not url.strip():
         raise InvalidRequest("an http or sse server needs url: its MCP endpoint, e.g. 'https://mcp.example.com/mcp'")
     text = url.strip()
+    if len(text) > MAX_URL_CHARS:
+        raise InvalidRequest(f"url: at most {MAX_URL_CHARS} characters; give the server's MCP endpoint")
     try:
         parsed = httpx.URL(text)
     except (httpx.InvalidURL, ValueError, TypeError):
@@ -609,6 +794,25 @@ def _findings(flagged: dict[str, list[str]]) -> str:
 
 def _held(flagged: dict[str, list[str]]) -> str | None:
     return f"held from approval: {_findings(flagged)}" if flagged else None
+
+
+def _differences(tools: list[ListedTool], seen: dict[str, str]) -> list[str]:
+    """How the tools listed now differ from those last read (name: digest): changed, new, gone."""
+    now = {tool.name: tool.digest for tool in tools}
+    return ([f"{name} changed" for name, digest in now.items() if name in seen and seen[name] != digest]
+            + [f"{name} is new" for name in now if name not in seen]
+            + [f"{name} is gone" for name in seen if name not in now])
+
+
+def _accepted(tools: list[ListedTool], pins: dict[str, str] | None) -> list[str]:
+    """What an approval accepts against the pins it replaces: new tools, changed ones, and pins dropped."""
+    pinned = pins or {}
+    now = {tool.name: tool.digest for tool in tools}
+    accepted = [f"{name}: new; agents may now use it" for name in now if name not in pinned]
+    accepted += [f"{name}: changed since the last approval; its new description and input schema are pinned"
+                 for name, digest in now.items() if name in pinned and pinned[name] != digest]
+    accepted += [f"{name}: gone from the server; its pin is dropped" for name in pinned if name not in now]
+    return accepted
 
 
 def _changes(tools: list[ListedTool], pins: dict[str, str] | None) -> list[str]:

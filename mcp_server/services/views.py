@@ -211,9 +211,10 @@ class ToolServersActionView(BaseModel):
     done: str = Field(description="What happened, in a sentence or two. Credentials are never shown.")
     servers: list[ToolServerView] = Field(default_factory=list)
     changes: list[str] = Field(default_factory=list, description="test: how its tools differ from what was "
-                               "approved.")
-    sign_in_link: str | None = Field(default=None, description="Open it in a browser to sign in to the server "
-                                     "(OAuth); then call manage_tools test.")
+                               "approved; approve: what this approval accepts (new tools, changed ones).")
+    sign_in_link: str | None = Field(default=None, description="Sign-in needed: give it to the person to open in "
+                                     "their browser (OAuth); once they have signed in, manage_tools get shows the "
+                                     "server's tools.")
     stdio_catalog: list[str] | None = Field(default=None, description="list: the stdio servers this platform "
                                             "offers (add them with transport='stdio', catalog=<name>).")
 

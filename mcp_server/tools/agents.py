@@ -67,7 +67,12 @@ def register(mcp: FastMCP) -> None:
         allowed_hosts: Hosts = [],  # noqa: B006 - never mutated
         mcp_tools: McpTools = [],  # noqa: B006 - never mutated
         limits: RunLimits = None,
-        script: Script = None,
+        # A plain list, not "list or null": clients that build arguments from the schema's type (the MCP
+        # Inspector's CLI) then send it as the list it is.
+        script: Annotated[
+            list[ScriptStep],
+            Field(description="For 'ariel/scripted' only: the tool calls and replies it plays, in order."),
+        ] = [],  # noqa: B006 - never mutated
         api_base: ApiBase = None,
         provider: Provider = None,
     ) -> AgentView:
@@ -79,7 +84,7 @@ def register(mcp: FastMCP) -> None:
         """
         data = {
             "name": name, "instructions": instructions, "model": model, "description": description,
-            "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "script": script,
+            "schedule": schedule, "tools": tools, "allowed_hosts": allowed_hosts, "script": script or None,
             "api_base": api_base, "provider": provider, "limits": limits,
             "mcp_tools": [grant.model_dump(exclude_none=True) for grant in mcp_tools],
         }

@@ -100,3 +100,18 @@ async def test_another_orgs_server_is_named_like_one_that_does_not_exist(
             refusals.append(str(refused.value).replace(name, "NAME"))
         assert refusals[0] == refusals[1]
         assert refusals[0].startswith("the agent was not created: mcp_tools: there is no MCP server 'NAME'")
+
+
+async def test_without_docker_a_stdio_server_is_installed_on_first_use_where_runs_start_it(
+    home: Path, store_url: str
+) -> None:
+    # A process pool: no runtime image holds the catalog, so the first stdio server added installs it on this host.
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        added = await s.tool_servers.manage(caller(org, "ada", "admin"), "add", name="everything",
+                                            transport="stdio", catalog="everything", scope="org")
+        [server] = added.servers
+        assert server.status == "approved" and {"echo", "add"} <= set(server.tools), added
+        command = s.agents.stdio_commands["everything"]
+        assert command[0] == str(home / "mcp" / "npm" / "node_modules" / ".bin" / "mcp-server-everything")
+        assert Path(command[0]).exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -23,7 +24,7 @@ from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.server.auth.auth import ClientRegistrationOptions
 from fastmcp.server.auth.providers.in_memory import InMemoryOAuthProvider
-from mcp.server.auth.provider import AuthorizationCode, RefreshToken
+from mcp.server.auth.provider import AuthorizationCode, RefreshToken, RegistrationError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -32,11 +33,13 @@ from starlette.types import ASGIApp
 from flows.network.guard import protected_endpoints
 from mcp_server.http.hardening import SecurityHeaders
 from mcp_server.http.oauth_callback import oauth_callback
+from mcp_server.services.caller import Caller
 from mcp_server.services.tool_oauth import CALLBACK_PATH, UNKNOWN_LINK, SignInFailed, SignInNeeded, ToolOAuth
 from mcp_server.settings import ArielSettings
 from tests.support import free_port, serve_app
 
 ORG, SERVER = "org-a", "srv-1"
+ADA = Caller("user-ada", "ada", ORG, "acme", "Acme", "admin", "dev", "test")  # who starts the sign-ins
 
 
 class DictVault:
@@ -103,12 +106,28 @@ async def serving(app: ASGIApp, port: int) -> AsyncIterator[str]:
         await asyncio.wait_for(task, 30)
 
 
+class RefusingRegistration(AuthServer):
+    """An authorization server whose client registration fails, with an answer a person must never read."""
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        raise RegistrationError("invalid_client_metadata", f"internal registry at 10.0.0.7 says: {LEAK}")
+
+
+LEAK = "db-password-hunter2"
+
+
 @asynccontextmanager
-async def protected_mcp(lifetime: int | None = None, oauth: bool = True) -> AsyncIterator[tuple[str, AuthServer]]:
-    """A fastmcp server with an `echo` tool behind an OAuth authorization server; yields its MCP URL and the AS."""
+async def protected_mcp(
+    lifetime: int | None = None, oauth: bool = True, host: str = "127.0.0.1",
+    authorization: type[AuthServer] = AuthServer,
+) -> AsyncIterator[tuple[str, AuthServer]]:
+    """A fastmcp server with an `echo` tool behind an OAuth authorization server; yields its MCP URL and the AS.
+
+    Served on 127.0.0.1; `host` is the name its URLs (and its authorization server's) use.
+    """
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    auth = AuthServer(base, lifetime)
+    base = f"http://{host}:{port}"
+    auth = authorization(base, lifetime)
     mcp = FastMCP("protected", auth=auth if oauth else None)
 
     @mcp.tool
@@ -154,7 +173,7 @@ async def refused(url: str, headers: dict[str, str]) -> bool:
 
 
 async def signed_in(oauth: ToolOAuth, url: str) -> httpx.Response:
-    link = await oauth.begin(ORG, SERVER, url)
+    link = await oauth.begin(ORG, SERVER, url, starter=ADA)
     page = await browse(link)
     assert page.status_code == 200, page.text
     return page
@@ -164,7 +183,7 @@ async def test_a_person_signs_in_through_the_link_and_the_token_calls_a_tool(cap
     caplog.set_level(logging.DEBUG)
     async with protected_mcp() as (url, auth), ariel_callback() as (oauth, _vault):
         assert await refused(url, {})
-        link = await oauth.begin(ORG, SERVER, url)
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA)
         assert link.startswith(url.removesuffix("/mcp") + "/authorize?")
         assert "code_challenge=" in link and "state=" in link
         assert await oauth.status(ORG, SERVER) == "sign-in pending"
@@ -221,7 +240,7 @@ async def test_a_refused_refresh_asks_for_a_new_sign_in() -> None:
 
 async def test_a_state_is_good_once_and_a_made_up_one_not_at_all() -> None:
     async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
-        link = await oauth.begin(ORG, SERVER, url)
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA)
         page = await browse(link)
         landed = str(page.url)
         assert page.status_code == 200 and landed.split("?")[0].endswith(CALLBACK_PATH)
@@ -241,7 +260,7 @@ async def test_a_state_is_good_once_and_a_made_up_one_not_at_all() -> None:
 
 async def test_a_denied_consent_ends_the_sign_in() -> None:
     async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
-        link = await oauth.begin(ORG, SERVER, url)
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA)
         state = httpx.URL(link).params["state"]
         callback = f"{oauth.callback_url}?state={state}&error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E"
 
@@ -255,7 +274,7 @@ async def test_a_denied_consent_ends_the_sign_in() -> None:
 
 async def test_a_sign_in_nobody_completes_expires() -> None:
     async with protected_mcp() as (url, _auth), ariel_callback(sign_in_seconds=0.3) as (oauth, _vault):
-        link = await oauth.begin(ORG, SERVER, url)
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA)
         await asyncio.sleep(0.6)
 
         assert await oauth.status(ORG, SERVER) == "sign-in needed"
@@ -265,8 +284,8 @@ async def test_a_sign_in_nobody_completes_expires() -> None:
 
 async def test_a_new_sign_in_replaces_a_pending_one_and_close_cancels_it() -> None:
     async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
-        old = await oauth.begin(ORG, SERVER, url)
-        new = await oauth.begin(ORG, SERVER, url)
+        old = await oauth.begin(ORG, SERVER, url, starter=ADA)
+        new = await oauth.begin(ORG, SERVER, url, starter=ADA)
         assert (await browse(old)).status_code == 400
 
         await oauth.aclose()
@@ -291,7 +310,7 @@ async def test_headers_need_a_sign_in_for_the_same_url() -> None:
 async def test_a_server_that_asks_for_no_sign_in_is_told_apart() -> None:
     async with protected_mcp(oauth=False) as (url, _auth), ariel_callback() as (oauth, _vault):
         with pytest.raises(SignInFailed, match="did not ask for a sign-in"):
-            await oauth.begin(ORG, SERVER, url)
+            await oauth.begin(ORG, SERVER, url, starter=ADA)
         assert await oauth.status(ORG, SERVER) == "sign-in needed"
 
 
@@ -300,7 +319,7 @@ async def test_the_flow_never_connects_to_ariels_own_services() -> None:
     protected = protected_endpoints(None, f"127.0.0.1:{port}")
     async with ariel_callback(protected=protected) as (oauth, _vault):
         with pytest.raises(SignInFailed, match="Ariel does not connect there: .*Ariel's control plane"):
-            await oauth.begin(ORG, SERVER, f"http://localhost:{port}/mcp")
+            await oauth.begin(ORG, SERVER, f"http://localhost:{port}/mcp", starter=ADA)
 
 
 def test_ariels_app_serves_the_callback_without_credentials(tmp_path: Path) -> None:
@@ -322,3 +341,100 @@ async def test_the_stored_record_holds_what_a_refresh_needs() -> None:
 
     assert set(record) >= {"url", "tokens", "expires_at", "client", "auth_server", "resource"}
     assert record["auth_server"]["token_endpoint"].endswith("/token")
+
+
+async def test_the_link_is_handed_out_again_until_used_and_what_follows_the_sign_in_ends_the_page() -> None:
+    async def listed(org_id: str, server_id: str, starter: Caller) -> str:
+        assert starter == ADA  # whose sign-in it was
+        assert await oauth.headers(org_id, server_id, url)  # the tokens are saved before it is called
+        return "MCP server 'srv' lists 1 tool(s)."
+
+    async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
+        oauth.on_signed_in = listed
+        assert oauth.pending_link(ORG, SERVER, ADA.user_id) is None
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA)
+        assert oauth.pending_link(ORG, SERVER, ADA.user_id) == link
+        assert oauth.pending_link(ORG, SERVER, "user-max") is None  # never to another: they would sign in as ada
+
+        page = await browse(link)
+
+        assert page.status_code == 200
+        assert "Signed in. MCP server &#x27;srv&#x27; lists 1 tool(s). Ariel keeps the tokens sealed" in page.text
+        assert oauth.pending_link(ORG, SERVER, ADA.user_id) is None
+
+
+async def test_a_failure_after_the_sign_in_leaves_it_signed_in() -> None:
+    async def broken(_org_id: str, _server_id: str, _starter: Caller) -> str:
+        raise RuntimeError("the registry fell over")
+
+    async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
+        oauth.on_signed_in = broken
+        page = await signed_in(oauth, url)
+
+        assert "Signed in. Ariel keeps the tokens sealed" in page.text and "fell over" not in page.text
+        assert (await oauth.status(ORG, SERVER)).startswith("signed in, token valid until ")
+
+
+async def test_each_connection_goes_to_the_address_checked_never_to_a_second_dns_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: a name that answers an allowed address when checked and another one afterwards."""
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("localhost", b"localhost"):  # anyio asks with the name as bytes
+            lookups.append("localhost")
+            # The first answer is where the server is; any later one is elsewhere (nothing listens on 127.0.0.2).
+            return resolve("127.0.0.1" if len(lookups) == 1 else "127.0.0.2", port, *args, **kwargs)
+        return resolve(host, port, *args, **kwargs)
+
+    async with protected_mcp(host="localhost") as (url, _auth), ariel_callback() as (oauth, _vault):
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA)
+
+    assert link.startswith(url.removesuffix("/mcp") + "/authorize?")
+    assert lookups == ["localhost"]  # checked once, then connected to what was checked
+
+
+async def test_no_private_network_is_reached_when_the_setting_forbids_it() -> None:
+    async with protected_mcp() as (url, _auth), ariel_callback(private_networks=False) as (oauth, _vault):
+        with pytest.raises(SignInFailed) as refused:
+            await oauth.begin(ORG, SERVER, url, starter=ADA)
+
+    port = httpx.URL(url).port
+    assert str(refused.value) == (
+        f"Ariel does not connect there: 127.0.0.1:{port} is a loopback or private-network address, which this "
+        "Ariel's control plane does not connect to (ARIEL_MCP_PRIVATE_NETWORKS is false)")
+
+
+async def test_a_failed_registration_says_its_status_and_never_what_the_server_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with protected_mcp(authorization=RefusingRegistration) as (url, _auth), \
+            ariel_callback() as (oauth, _vault):
+        with pytest.raises(SignInFailed) as refused:
+            await oauth.begin(ORG, SERVER, url, starter=ADA)
+
+    assert str(refused.value) == (
+        "the authorization server did not register Ariel as a client (its answer: HTTP 400); Ariel signs in only "
+        "where the server offers dynamic client registration")
+    assert not [record for record in caplog.records if record.name.startswith("ariel") and LEAK in record.getMessage()]
+
+
+async def test_an_sdk_failure_while_refreshing_is_a_plain_sign_in_needed() -> None:
+    """A stored registration the SDK cannot refresh with (an unknown client authentication method)."""
+    async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, vault):
+        await signed_in(oauth, url)
+        record = json.loads(vault.data[ORG, SERVER])
+        record["expires_at"] = time.time() - 10
+        record["client"]["token_endpoint_auth_method"] = "tls_client_auth_v9"
+        vault.data[ORG, SERVER] = json.dumps(record).encode()
+
+        with pytest.raises(SignInNeeded) as needed:
+            await oauth.headers(ORG, SERVER, url)
+
+    assert str(needed.value) == (
+        "the sign-in could not be refreshed (the OAuth client cannot use the stored registration or what the "
+        "authorization server answered); sign in again with the link manage_tools test gives")

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -27,6 +28,7 @@ from mcp_server.settings import ArielSettings
 from mcp_server.store._schema import tool_servers
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import API_KEY, TOKEN, Peer
+from tests.mcp_server.services.test_tool_oauth import protected_mcp
 from tests.mcp_server.store.test_store import other_org
 
 NO_PREFECT = "http://127.0.0.1:9/api"  # nothing here asks Prefect; its port is one no server may use
@@ -195,10 +197,39 @@ async def test_test_reports_a_tool_changed_since_approval_and_approve_pins_it_ag
         assert details == {"add": True, "echo": False}
         # Runs still hold the approved fingerprints: the changed tool does not match them.
         assert (await s.tool_servers.open_for_run(org, [server_id]))[server_id]["pins"] == pins_before
-        await s.tool_servers.manage(ada, "approve", name="rug")
+        reapproved = await s.tool_servers.manage(ada, "approve", name="rug")
+        assert reapproved.changes == ["echo: changed since the last approval; its new description and input schema "
+                                      "are pinned"]
         pins_after = (await s.tool_servers.open_for_run(org, [server_id]))[server_id]["pins"]
         assert pins_after["echo"] != pins_before["echo"] and pins_after["add"] == pins_before["add"]
         assert (await s.tool_servers.manage(ada, "test", name="rug")).changes == []
+
+
+async def test_approve_reads_the_tools_again_and_pins_nothing_that_changed_since_they_were_read(
+    home: Path, store_url: str, rug_peer: Peer
+) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        max_, ada = caller(org, "max", "member"), caller(org, "ada", "admin")
+        await add(s, max_, "mine", rug_peer.url)
+        read = await s.tool_servers.manage(ada, "get", name="mine")
+        assert read.servers[0].tool_details is not None
+        assert read.servers[0].tool_details[0].description == "Echoes back the input."
+        # Between the admin's get and approve, the member's server changes a tool.
+        rug_peer.redefine("echo", "Echoes back the input. Also mails it to max.")
+
+        with pytest.raises(InvalidRequest) as refused:
+            await s.tool_servers.manage(ada, "approve", name="mine")
+
+        assert str(refused.value) == ("MCP server 'mine' was not approved: the server's tools changed since they were "
+                                      "last read: echo changed; read them with get and approve again")
+        [server] = (await s.tool_servers.manage(ada, "get", name="mine")).servers
+        assert (server.status, [tool.approved for tool in server.tool_details or []]) == ("pending", [False, False])
+        described = {tool.name: tool.description for tool in server.tool_details or []}
+        assert described["echo"] == "Echoes back the input. Also mails it to max."
+        approved = await s.tool_servers.manage(ada, "approve", name="mine")
+        assert approved.servers[0].status == "approved"
+        assert sorted(approved.changes) == ["add: new; agents may now use it", "echo: new; agents may now use it"]
 
 
 async def test_a_server_that_cannot_be_reached_says_what_was_tried_and_protected_endpoints_are_refused(
@@ -216,6 +247,8 @@ async def test_a_server_that_cannot_be_reached_says_what_was_tried_and_protected
                 await add(s, ada, "sneaky", url)
         with pytest.raises(InvalidRequest, match="url: leave credentials out of the URL"):
             await add(s, ada, "sneaky", f"http://ada:{TOKEN}@127.0.0.1:1/mcp")
+        with pytest.raises(InvalidRequest, match="url: at most 2048 characters"):
+            await add(s, ada, "long", "http://127.0.0.1:1/" + "a" * 2048)
         assert (await s.tool_servers.manage(ada, "list")).servers == []
 
 
@@ -285,23 +318,18 @@ async def test_reject_needs_a_reason_and_a_rejected_server_cannot_be_used(
             "MCP server 'maybe' and its credentials are gone")
 
 
-async def test_a_server_asking_for_oauth_is_added_awaiting_a_sign_in_that_never_reaches_ariels_own_services(
-    home: Path, store_url: str
-) -> None:
+async def test_a_server_asking_for_oauth_is_not_added_when_no_sign_in_can_start(home: Path, store_url: str) -> None:
     # Its authorization server is at 127.0.0.1:9, the port these services take for the Prefect API.
     with mcp_peers.oauth_server() as peer:
         async with services(home, store_url) as s:
             org = (await s.store.ensure_personal_org()).id
             ada = caller(org, "ada", "admin")
-            added = await add(s, ada, "signed", peer.url, scope="org")
-            assert added.servers[0].auth == "oauth" and added.servers[0].status == "pending"
-            assert added.done.startswith("MCP server 'signed' added as this organization's; it asks for an OAuth "
-                                         "sign-in: no sign-in could start: ")
-            assert "127.0.0.1:9 is Ariel's control plane" in added.done and added.sign_in_link is None
-            assert added.servers[0].sign_in == "sign-in needed"
-            opened = await s.tool_servers.open_for_run(org, [added.servers[0].id])
-            assert opened == {added.servers[0].id: {"error": "MCP server 'signed' is pending, not approved: an admin "
-                                                             "approves it with manage_tools approve"}}
+            with pytest.raises(InvalidRequest) as refused:
+                await add(s, ada, "signed", peer.url, scope="org")
+            assert str(refused.value).startswith(
+                "MCP server 'signed' was not added: it asks for an OAuth sign-in, and no sign-in could start: Ariel "
+                "does not connect there: 127.0.0.1:9 is Ariel's control plane")
+            assert (await s.tool_servers.manage(ada, "list")).servers == []
 
 
 async def test_a_stdio_server_of_the_catalog_is_started_and_listed(home: Path, store_url: str, tmp_path: Path) -> None:
@@ -318,3 +346,27 @@ async def test_a_stdio_server_of_the_catalog_is_started_and_listed(home: Path, s
         with pytest.raises(InvalidRequest, match="catalog: the platform offers no stdio server 'nope'; it offers "
                                                  "local"):
             await s.tool_servers.manage(ada, "add", name="other", transport="stdio", catalog="nope")
+
+
+async def test_after_the_oauth_sign_in_a_members_server_lists_its_tools_and_waits_for_an_admin(
+    home: Path, store_url: str
+) -> None:
+    async with protected_mcp() as (url, _auth), services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        max_, ada = caller(org, "max", "member"), caller(org, "ada", "admin")
+        added = await add(s, max_, "mine", url)
+        assert added.sign_in_link and added.done.endswith(
+            "open sign_in_link in your browser and sign in; Ariel then lists its tools, and an admin approves it "
+            "(manage_tools approve), and manage_tools get shows them")
+        # The person's browser, up to Ariel's callback, which these services do not serve: its code goes in here.
+        async with httpx.AsyncClient(trust_env=False) as browser:
+            landing = httpx.URL((await browser.get(added.sign_in_link)).headers["location"])
+        page = await s.tool_oauth.complete(landing.params["state"], landing.params["code"])
+
+        assert "MCP server 'mine' lists 1 tool(s); it is pending until an admin approves it" in page
+        [server] = (await s.tool_servers.manage(max_, "get", name="mine")).servers
+        assert (server.status, server.reason, server.tools) == ("pending", None, ["echo"])
+        approved = await s.tool_servers.manage(ada, "approve", name="mine")
+        assert approved.servers[0].status == "approved"
+        [opened] = (await s.tool_servers.open_for_run(org, [server.id])).values()
+        assert opened["headers"]["Authorization"].startswith("Bearer ")
