@@ -318,11 +318,14 @@ def serve_app(settings: Any, prefect_api_url: str, pool_type: str = "process") -
 
 
 @contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Any ASGI app served by uvicorn on 127.0.0.1 in a thread, lifespan included; yields its base URL."""
+def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
+    """Any ASGI app served by uvicorn on 127.0.0.1 in a thread, lifespan included; yields its base URL.
+
+    `port`: a free port chosen beforehand, for an app that must know its own URL before it starts.
+    """
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     # A bounded shutdown, as `ariel up`'s: a streamable-HTTP connection left open would hold it for ever.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=2)

@@ -29,8 +29,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from prefect.client.orchestration import PrefectClient
 
 from tests.flows.mcp.servers import INJECTION, change_lookup, everything_http, serving, tool_server
-from tests.mcp_server.mcp_peers import serve_on
-from tests.support import ArielUp, ariel_up, free_port
+from tests.support import ArielUp, ariel_up, free_port, serve_asgi
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +145,7 @@ def oauth_tool_server(lifetime: int) -> Iterator[tuple[str, AuthServer, list[str
         used.append(token.token if token else "")
         return f"Sunny in {city}"
 
-    with serve_on(server.http_app(path="/mcp"), port):
+    with serve_asgi(server.http_app(path="/mcp"), port):
         yield f"{base}/mcp", auth, used
 
 

@@ -9,20 +9,18 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from fastmcp import FastMCP
 from fastmcp.server.auth import RemoteAuthProvider
 from fastmcp.server.auth.providers.jwt import StaticTokenVerifier
 from starlette.middleware import Middleware
 
-from tests.support import free_port, serve_asgi, wait_until
+from tests.support import free_port, serve_asgi
 
 TOKEN = "tok-registry-5f1e9a7c3b"
 API_KEY = "key-registry-0d2c4e6a8b"
@@ -102,25 +100,8 @@ def oauth_server() -> Iterator[Peer]:
     verifier = StaticTokenVerifier({TOKEN: {"client_id": "ariel", "scopes": []}})
     auth = RemoteAuthProvider(verifier, authorization_servers=["http://127.0.0.1:9/"], base_url=base)  # type: ignore[list-item]
     server = tools_server("signed", auth=auth)
-    with serve_on(server.http_app(), port):
+    with serve_asgi(server.http_app(), port):
         yield Peer(server, f"{base}/mcp")
-
-
-@contextmanager
-def serve_on(app: Any, port: int) -> Iterator[None]:
-    """`app` served by uvicorn on 127.0.0.1:`port` in a thread (a server that must know its URL before it starts)."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), 60, "the MCP server")
-        assert thread.is_alive(), "the MCP server did not start; see the log above"
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @contextmanager
