@@ -13,7 +13,9 @@ import pytest
 
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
+from tests.mcp_server import mcp_peers
 from tests.mcp_server.auth.support import JWKSServer, SigningKey, jwks_server
+from tests.mcp_server.mcp_peers import Peer
 from tests.support import need, serve_app
 
 POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_test:ariel_test@127.0.0.1:5432")
@@ -76,3 +78,17 @@ def url(tmp_path: Path, prefect_api: str) -> Iterator[str]:
     home.mkdir()
     with serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as base:
         yield base
+
+
+@pytest.fixture(scope="module")
+def open_peer() -> Iterator[Peer]:
+    """A fastmcp server on 127.0.0.1 that asks for no credential (`echo`, `add`)."""
+    with mcp_peers.open_server() as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def bearer_peer() -> Iterator[Peer]:
+    """A fastmcp server on 127.0.0.1 that answers only requests bearing `mcp_peers.TOKEN`."""
+    with mcp_peers.bearer_server() as peer:
+        yield peer

@@ -22,12 +22,6 @@ from tests.mcp_server.store.test_store import other_org
 
 
 @pytest.fixture(scope="module")
-def peer() -> Iterator[Peer]:
-    with mcp_peers.open_server() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
 def other_peer() -> Iterator[Peer]:
     with mcp_peers.open_server() as served:
         yield served
@@ -45,12 +39,12 @@ async def agent_of(s: Services, org: str, owner: str, server: str) -> AgentRecor
 
 
 async def test_another_member_may_not_drive_an_agent_that_uses_its_owners_own_server(
-    home: Path, store_url: str, peer: Peer
+    home: Path, store_url: str, open_peer: Peer
 ) -> None:
     async with services(home, store_url) as s:
         org = (await s.store.ensure_personal_org()).id
         max_, yan, ada = caller(org, "max", "member"), caller(org, "yan", "member"), caller(org, "ada", "admin")
-        await add(s, max_, "mine", peer.url)
+        await add(s, max_, "mine", open_peer.url)
         await s.tool_servers.manage(ada, "approve", name="mine")
         agent = await agent_of(s, org, "max", "mine")
 
@@ -61,12 +55,12 @@ async def test_another_member_may_not_drive_an_agent_that_uses_its_owners_own_se
 
 
 async def test_a_members_pending_server_does_not_shadow_the_orgs_and_its_approval_needs_the_agent_approved_again(
-    home: Path, store_url: str, peer: Peer, other_peer: Peer
+    home: Path, store_url: str, open_peer: Peer, other_peer: Peer
 ) -> None:
     async with services(home, store_url) as s:
         org = (await s.store.ensure_personal_org()).id
         max_, ada = caller(org, "max", "member"), caller(org, "ada", "admin")
-        shared = (await add(s, ada, "docs", peer.url, scope="org")).servers[0]
+        shared = (await add(s, ada, "docs", open_peer.url, scope="org")).servers[0]
         agent = await agent_of(s, org, "max", "docs")
         approved = await s.agents.manifest(agent, spec("docs"))
         agent = await s.store.approve_agent(org, agent.id, 1, approved.model_dump(mode="json"), "ada")
@@ -86,12 +80,12 @@ async def test_a_members_pending_server_does_not_shadow_the_orgs_and_its_approva
 
 
 async def test_another_orgs_server_is_named_like_one_that_does_not_exist(
-    home: Path, store_url: str, peer: Peer
+    home: Path, store_url: str, open_peer: Peer
 ) -> None:
     async with services(home, store_url) as s:
         org_a = (await s.store.ensure_personal_org()).id
         org_b = await other_org(s.store)
-        await add(s, caller(org_a, "ada", "admin"), "secret-docs", peer.url, scope="org")
+        await add(s, caller(org_a, "ada", "admin"), "secret-docs", open_peer.url, scope="org")
 
         refusals = []
         for name in ("secret-docs", "never-added"):

@@ -34,18 +34,6 @@ from tests.mcp_server.store.test_store import other_org
 NO_PREFECT = "http://127.0.0.1:9/api"  # nothing here asks Prefect; its port is one no server may use
 
 
-@pytest.fixture(scope="module")
-def open_peer() -> Iterator[Peer]:
-    with mcp_peers.open_server() as peer:
-        yield peer
-
-
-@pytest.fixture(scope="module")
-def bearer_peer() -> Iterator[Peer]:
-    with mcp_peers.bearer_server() as peer:
-        yield peer
-
-
 @pytest.fixture
 def rug_peer() -> Iterator[Peer]:
     """A server of this test's own, since the test changes it."""

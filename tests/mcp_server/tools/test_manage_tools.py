@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from fastmcp.exceptions import ToolError
 
-from tests.mcp_server import mcp_peers
 from tests.mcp_server.callers import ask, call, client
 from tests.mcp_server.mcp_peers import TOKEN, Peer
 
 ADMIN = "dev:ada:acme:admin"
 MEMBER = "dev:max:acme:member"
 VIEWER = "dev:vic:acme:viewer"
-
-
-@pytest.fixture(scope="module")
-def open_peer() -> Iterator[Peer]:
-    with mcp_peers.open_server() as peer:
-        yield peer
-
-
-@pytest.fixture(scope="module")
-def bearer_peer() -> Iterator[Peer]:
-    with mcp_peers.bearer_server() as peer:
-        yield peer
 
 
 async def test_a_token_given_to_manage_tools_appears_in_no_answer_and_no_audit_entry(
