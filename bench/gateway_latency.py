@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
@@ -33,6 +32,7 @@ from prefect import flow  # noqa: E402
 from prefect.client.orchestration import PrefectClient  # noqa: E402
 from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
 
+from bench.samples import Samples  # noqa: E402
 from deployments.pools.work_pools import install_prefix, org_tag, pool_name  # noqa: E402
 from mcp_server.gateway import Gateway  # noqa: E402
 from mcp_server.gateway.run_tokens import RunTokens  # noqa: E402
@@ -48,19 +48,6 @@ TIMEOUT_SECONDS = 10.0
 @flow(name="gateway-bench")
 def bench_flow() -> None:
     """Never run: it only gives the deployment a flow."""
-
-
-@dataclass
-class Samples:
-    seconds: list[float] = field(default_factory=list)
-    timeouts: int = 0
-    errors: int = 0
-
-    def percentile(self, fraction: float) -> float | None:
-        if not self.seconds:
-            return None
-        ordered = sorted(self.seconds)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def timed(client: httpx.Client, path: str, headers: dict[str, str], samples: Samples) -> None:

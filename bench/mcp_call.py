@@ -64,6 +64,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
+from bench.samples import Samples  # noqa: E402
 from deployments.runs.artifacts import read_transcript  # noqa: E402
 from flows.config import Limits, McpServerRef, RunConfig, ScriptStep  # noqa: E402
 from flows.transcript import TranscriptEntry  # noqa: E402
@@ -78,19 +79,6 @@ HTTP = "http_request"
 # What a call's result or error says when it ran out of time: the MCP call's own timeout, httpx's, Prefect's
 # task timeout, the run's budget cancelling it.
 TIMEOUT_SIGNS = ("did not answer within", "Timeout", "timed out", "ran out of time")
-
-
-@dataclass
-class Samples:
-    seconds: list[float] = field(default_factory=list)
-    timeouts: int = 0
-    errors: int = 0
-
-    def percentile(self, fraction: float) -> float | None:
-        if not self.seconds:
-            return None
-        ordered = sorted(self.seconds)
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 @dataclass(frozen=True)
