@@ -418,24 +418,36 @@ class PinnedTransport(httpx2.AsyncBaseTransport):
             # The SDK follows redirects within the origin only, and an SSE endpoint must share it: defence in depth.
             raise httpx2.ConnectError(f"refused: {url.host}:{url.port} is not the MCP server's own origin",
                                       request=request)
-        if url.scheme == "https":
-            request.extensions = {**request.extensions, "sni_hostname": url.raw_host.decode("ascii")}
-        failure: httpx2.ConnectError | None = None
-        for address in self._addresses:
-            request.url = url.copy_with(host=str(address))
-            try:
-                response = await self._inner.handle_async_request(request)
-                self.refused_with = response.status_code if response.status_code in (401, 403) else None
-                return await capped(response, self._max_response_bytes, request)
-            except httpx2.ConnectError as exc:
-                failure = exc  # nothing was sent: the name's next address may answer (say, IPv4 after IPv6)
-            finally:
-                request.url = url
-        assert failure is not None  # getaddrinfo answers at least one address or raises
-        raise failure
+        response = await send_to_addresses(self._inner, request, self._addresses)
+        self.refused_with = response.status_code if response.status_code in (401, 403) else None
+        return await capped(response, self._max_response_bytes, request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+async def send_to_addresses(inner: httpx2.AsyncBaseTransport, request: httpx2.Request,
+                            addresses: Sequence[Address]) -> httpx2.Response:
+    """Send `request` to the first of `addresses` that takes the connection, as if to its URL's host.
+
+    The Host header keeps the name (httpx2 set it when it built the request), and https checks the certificate
+    against the name and sends it as SNI, though the URL sent holds an address; the request's URL is left as it
+    was. Shared by the run's transport (`PinnedTransport`) and the control plane's probe.
+    """
+    url = request.url
+    if url.scheme == "https":
+        request.extensions = {**request.extensions, "sni_hostname": url.raw_host.decode("ascii")}
+    failure: httpx2.ConnectError | None = None
+    for address in addresses:
+        request.url = url.copy_with(host=str(address))
+        try:
+            return await inner.handle_async_request(request)
+        except httpx2.ConnectError as exc:
+            failure = exc  # nothing was sent: the name's next address may answer (say, IPv4 after IPv6)
+        finally:
+            request.url = url
+    assert failure is not None  # getaddrinfo answers at least one address or raises
+    raise failure
 
 
 def _origin_of(url: httpx2.URL) -> tuple[str, str, int]:

@@ -50,7 +50,7 @@ from mcp.types import PaginatedRequestParams
 from pydantic import ValidationError
 
 from flows.exceptions import ToolRefused
-from flows.mcp.client import capped
+from flows.mcp.client import capped, send_to_addresses
 from flows.mcp.pins import tool_digest
 from flows.network.guard import Address, ProtectedEndpoint, checked_addresses, endpoint, port_of, reached
 
@@ -137,27 +137,11 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
-        addresses = await self._addresses(url)
-        if url.scheme == "https":
-            # The certificate is checked against the name, and the name sent as SNI, though the URL holds an address.
-            request.extensions = {**request.extensions, "sni_hostname": url.raw_host.decode("ascii")}
-        failure: httpx2.ConnectError | None = None
-        for address in addresses:
-            # The Host header keeps the name: httpx2 set it when the request was built.
-            request.url = url.copy_with(host=str(address))
-            try:
-                response = await self._inner.handle_async_request(request)
-            except httpx2.ConnectError as exc:
-                failure = exc  # nothing was sent: the name's next address may answer
-                continue
-            finally:
-                request.url = url
-            self.last_status = response.status_code
-            if response.status_code >= 400:
-                self.statuses.append((response.status_code, response.headers.get("www-authenticate", "")))
-            return await capped(response, self.max_response_bytes, request, self._exceeded)
-        assert failure is not None  # getaddrinfo answers at least one address or raises
-        raise failure
+        response = await send_to_addresses(self._inner, request, await self._addresses(url))
+        self.last_status = response.status_code
+        if response.status_code >= 400:
+            self.statuses.append((response.status_code, response.headers.get("www-authenticate", "")))
+        return await capped(response, self.max_response_bytes, request, self._exceeded)
 
     def _exceeded(self, message: str) -> None:
         self.too_large = message
