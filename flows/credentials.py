@@ -78,11 +78,6 @@ def run_token() -> str | None:
     return None
 
 
-async def fetch_provider(config: RunConfig) -> ProviderCredentials | None:
-    """The credentials of the provider `config` names; None when it names none (see `fetch_credentials`)."""
-    return (await fetch_credentials(config)).provider
-
-
 async def fetch_credentials(config: RunConfig) -> RunCredentials:
     """The provider's key and the MCP servers' access that `config` names, in one request to the gateway.
 
