@@ -63,10 +63,10 @@ class RunCredentials:
     mcp: dict[str, McpServerAccess] = field(default_factory=dict)
 
 
-def gateway_url() -> str | None:
-    """Ariel's route for this run: the Prefect API URL the run was given is the gateway's `…/prefect/api`."""
+def gateway_url(route: str = RUN_ROUTE) -> str | None:
+    """One of Ariel's routes for this run: the Prefect API URL the run was given is the gateway's `…/prefect/api`."""
     api_url = get_current_settings().api.url
-    return f"{api_url.rstrip('/').removesuffix('/api')}{RUN_ROUTE}" if api_url else None
+    return f"{api_url.rstrip('/').removesuffix('/api')}{route}" if api_url else None
 
 
 def run_token() -> str | None:

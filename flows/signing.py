@@ -35,7 +35,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flows.config import RunConfig
 from flows.exceptions import ConfigTampered
@@ -49,8 +49,11 @@ _RUN_THROUGH_ARIEL = (
 )
 
 
-def canonical(config: RunConfig) -> bytes:
-    """The bytes the signature covers: every field but `signature`, as canonical JSON (sorted keys, no spaces)."""
+def canonical(config: BaseModel) -> bytes:
+    """The bytes the signature covers: every field but `signature`, as canonical JSON (sorted keys, no spaces).
+
+    `config` is a `RunConfig`, or another signed request of the control plane (`flows.mcp.listing`).
+    """
     payload = config.model_dump(mode="json", exclude={"signature"})
     if not payload.get("mcp_servers"):
         # Added after signing was: versions signed before it (no MCP servers) keep their signatures.

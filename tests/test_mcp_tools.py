@@ -242,7 +242,8 @@ async def test_a_bearer_token_is_needed_then_used_and_never_shown(stack: ArielUp
             # A person looks at the change and approves it again; the next run uses the tool.
             tested = await call(client, "manage_tools", action="test", name="weather")
             assert any("lookup" in change for change in tested["changes"]), tested
-            await call(client, "manage_tools", action="approve", name="weather")
+            await call(client, "manage_tools", action="approve", name="weather",
+                       digest=tested["servers"][0]["tools_digest"])
             again = await run(client, agent)
             assert again["state"] == "Completed" and "Sunny in Lyon" in again["result"], again
 
@@ -257,7 +258,7 @@ async def test_a_server_whose_description_carries_an_injection_is_held_from_appr
             [held] = added["servers"]
             assert held["status"] == "pending" and "ignore previous instructions" in (held["reason"] or ""), held
             with pytest.raises(ToolError, match="ignore previous instructions"):
-                await call(client, "manage_tools", action="approve", name="sneaky")
+                await call(client, "manage_tools", action="approve", name="sneaky", digest=held["tools_digest"])
             with pytest.raises(ToolError, match="pending"):
                 await call(client, "create_agent", name="Sneaky user", instructions="x", model="ariel/scripted",
                            mcp_tools=[{"server": "sneaky"}], script=[{"reply": "x"}])

@@ -8,6 +8,12 @@ started exactly as the section says, with the key in ARIEL_WORKER_KEY. The
 agent's run must land on that worker's pool, run in a container whose
 credential is the run's own token (the worker key appears nowhere in it), and
 show in chat like any other run.
+
+The same worker then lists an MCP server that only its network reaches: the
+stack's control plane connects to no loopback or private address
+(ARIEL_MCP_PRIVATE_NETWORKS=false), so `manage_tools add` reaches the server
+only through the org's worker (network='own'), and the org's agents use its
+tools from there.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import docker
 import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
 
-from tests.mcp_server.callers import call
+from tests.flows.mcp.servers import serving, tool_server
+from tests.mcp_server.callers import ask, call, client
 from tests.support import ArielUp, ariel_up, http_service, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "dev:carol:initech:owner"
+MEMBER = "dev:dave:initech:member"
+INTRANET_TOKEN = "tok-intranet-5c1e9a7d03b2"
 SECTION = "## Run agents on your own hardware"
 
 
@@ -84,13 +96,23 @@ class Held(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def stack(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
     home = tmp_path_factory.mktemp("own-hardware-home")
-    with ariel_up(home, "docker", extra_env={"ARIEL_PROFILE": "dev", "ARIEL_AUTH_MODE": "dev"}) as up:
+    # The control plane reaches no loopback or private address: what only the customer's network reaches, it cannot.
+    env = {"ARIEL_PROFILE": "dev", "ARIEL_AUTH_MODE": "dev", "ARIEL_MCP_PRIVATE_NETWORKS": "false"}
+    with ariel_up(home, "docker", extra_env=env) as up:
         yield up
 
 
-def test_a_customer_follows_the_readme_and_its_worker_runs_the_orgs_agents(
-    stack: ArielUp, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Customer:
+    key: str
+    worker: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def customer(stack: ArielUp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Customer]:
+    """The customer's worker, set up and started by the README section's own commands, with a new worker key."""
+    tmp_path = tmp_path_factory.mktemp("customer")
     setup, start = readme_commands()
     made = asyncio.run(call(stack.base_url, ADMIN, "manage_org", action="create_worker_key", name="office-server"))
     key = made["worker_keys"][0]["key"]
@@ -111,12 +133,21 @@ def test_a_customer_follows_the_readme_and_its_worker_runs_the_orgs_agents(
     worker = subprocess.Popen(argv, cwd=customer, env={**env, "ARIEL_WORKER_KEY": key}, stdout=worker_log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        with http_service(Held) as service:
-            _runs_there(stack, service, key, worker, tmp_path / "worker.log")
+        log = tmp_path / "worker.log"
+        wait_until(lambda: "Serving work pool" in log.read_text() or worker.poll() is not None, 120, "ariel worker")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        yield Customer(key, worker, log)
     finally:
-        Held.release.set()
         stop_process(worker, signal.SIGINT)
         worker_log.close()
+
+
+def test_a_customer_follows_the_readme_and_its_worker_runs_the_orgs_agents(stack: ArielUp, customer: Customer) -> None:
+    try:
+        with http_service(Held) as service:
+            _runs_there(stack, service, customer.key, customer.worker, customer.log)
+    finally:
+        Held.release.set()
 
 
 def _runs_there(stack: ArielUp, service: str, key: str, worker: subprocess.Popen[bytes], log: Path) -> None:
@@ -131,8 +162,6 @@ def _runs_there(stack: ArielUp, service: str, key: str, worker: subprocess.Popen
         return dict(await call(stack.base_url, ADMIN, "run_agent", agent="site-check"))
 
     run = asyncio.run(create_and_run())
-    wait_until(lambda: "Serving work pool" in log.read_text() or worker.poll() is not None, 60, "ariel worker")
-    assert worker.poll() is None, log.read_text()[-3000:]
     # The run is in its container, held at its tool call: look at what the container holds.
     wait_until(Held.called.is_set, 300, "the run's tool call")
     engine = docker.from_env()
@@ -160,3 +189,68 @@ def _runs_there(stack: ArielUp, service: str, key: str, worker: subprocess.Popen
     assert "on premises" in (got["result"] or ""), got
     assert [line for line in logs["lines"] if "on premises" in line["message"]], logs
     assert "flow run" in log.read_text().lower()
+
+
+def test_an_mcp_server_only_the_customers_network_reaches_is_listed_by_its_worker_and_its_agents_use_it(
+    stack: ArielUp, customer: Customer
+) -> None:
+    with serving(tool_server(token=INTRANET_TOKEN)) as url:
+        asyncio.run(_intranet_tools(stack, url))
+
+
+async def _intranet_tools(stack: ArielUp, url: str) -> None:
+    async with client(stack.base_url, ADMIN) as admin, client(stack.base_url, MEMBER) as member:
+        await _intranet_tools_in(admin, member, url)
+
+
+async def _intranet_tools_in(admin: Client[Any], member: Client[Any], url: str) -> None:
+    async def tools(**arguments: Any) -> dict[str, Any]:
+        return dict(await ask(admin, "manage_tools", **arguments))
+
+    # Ariel's control plane cannot reach it, and says where it can be listed from.
+    with pytest.raises(ToolError, match="network='own'"):
+        await tools(action="add", name="intranet", transport="http", url=url, token=INTRANET_TOKEN, scope="org")
+    added = await tools(action="add", name="intranet", transport="http", url=url, token=INTRANET_TOKEN,
+                        scope="org", network="own")
+    [server] = added["servers"]
+    assert (server["network"], server["status"]) == ("own", "pending"), added
+    assert "your own-hardware worker lists its tools now" in added["done"], added
+
+    async def listed() -> dict[str, Any]:
+        for _ in range(240):
+            got = (await tools(action="get", name="intranet"))["servers"][0]
+            if got["status"] != "pending" or "could not" in (got["listing"] or ""):
+                return dict(got)
+            await asyncio.sleep(1)
+        raise AssertionError(f"the worker did not list the server: {got}")
+
+    got = await listed()
+    # An admin's add is approved once its worker has listed the tools, and screening holds none.
+    assert (got["status"], got["tools"]) == ("approved", ["lookup", "forecast", "long", "nap"]), got
+    assert (got["listing"] or "").startswith("listed by your own-hardware worker"), got
+
+    await ask(admin, "create_agent", name="Intranet weather", instructions="Look it up.",
+               model="ariel/scripted", mcp_tools=[{"server": "intranet", "tools": ["lookup"]}],
+               script=[{"tool": "intranet__lookup", "arguments": {"city": "Lyon"}},
+                       {"reply": "Intranet says: {last_tool_result}"}])
+    await ask(admin, "update_agent", agent="intranet-weather", action="approve")
+    finished = await ask(admin, "run_agent", agent="intranet-weather", wait_seconds=300)
+    assert finished["state"] == "Completed", finished
+    assert "Sunny in Lyon" in (finished["result"] or ""), finished
+
+    # A member's own server on that network waits for an admin, who approves the listing the worker reported.
+    mine = await ask(member, "manage_tools", action="add", name="intranet-mine", transport="http", url=url,
+                     token=INTRANET_TOKEN, network="own")
+    assert mine["servers"][0]["status"] == "pending", mine
+    for _ in range(240):
+        read = (await tools(action="get", name=mine["servers"][0]["id"]))["servers"][0]
+        if (read["listing"] or "").startswith("listed"):
+            break
+        await asyncio.sleep(1)
+    assert read["status"] == "pending" and read["tools"], read
+    approved = await tools(action="approve", name=read["id"], digest=read["tools_digest"])
+    assert approved["servers"][0]["status"] == "approved", approved
+
+    # Nothing secret anywhere a person reads.
+    seen = [added, got, finished, await tools(action="list"), await ask(admin, "list_runs", limit=50)]
+    assert INTRANET_TOKEN not in json.dumps(seen)

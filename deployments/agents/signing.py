@@ -1,13 +1,13 @@
 """Signing run configurations: the control plane's half of `flows.signing`.
 
-The compiler signs every `RunConfig` it puts into a deployment, and the run
+The compiler signs every `RunConfig` (`flows.config`) it puts into a deployment, and the run
 service every one it starts a run with, through a `ConfigSigner`. The private
 key stays in the control plane (the setting ARIEL_CONFIG_SIGNING_KEY, or a key
 file under ARIEL_HOME: `mcp_server.settings`); runs get only the public key
 (`verify_key`), through their work pool's job template.
 
 Example:
-    >>> from flows.signing import verify
+    >>>     >>> from flows.signing import verify
     >>> signer = Ed25519ConfigSigner.generate()
     >>> config = RunConfig(agent_id="a1", org_id="o1", version=1, name="Echo", instructions="Hi.", model="m")
     >>> verify(signer.sign(config), signer.verify_key)  # what the runtime does: no error
@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
 
-from flows.config import RunConfig
 from flows.signing import canonical, encode_public_key
+
+# What the control plane signs: a RunConfig, or another request a run checks (each has a `signature` field).
+Signed = TypeVar("Signed", bound=BaseModel)
 
 
 class SigningKeyInvalid(ValueError):
@@ -38,7 +41,7 @@ class ConfigSigner(Protocol):
         """The public key as ARIEL_CONFIG_VERIFY_KEY holds it (base64 of its 32 raw bytes)."""
         ...
 
-    def sign(self, config: RunConfig) -> RunConfig:
+    def sign(self, config: Signed) -> Signed:
         """`config` with `signature` set over all its other fields (any signature it had is replaced)."""
         ...
 
@@ -60,7 +63,7 @@ class Ed25519ConfigSigner:
         """A signer with the key in `text` (`parse_private_key`)."""
         return cls(parse_private_key(text))
 
-    def sign(self, config: RunConfig) -> RunConfig:
+    def sign(self, config: Signed) -> Signed:
         signature = self._key.sign(canonical(config))
         return config.model_copy(update={"signature": base64.b64encode(signature).decode()})
 

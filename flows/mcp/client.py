@@ -174,6 +174,7 @@ class _Server:
     offered: dict[str, McpTool] = field(default_factory=dict)  # by function name
     refusals: dict[str, str] = field(default_factory=dict)  # by function name: listed, not offered, and why
     listed: list[str] = field(default_factory=list)  # the tool names the server listed last
+    catalog: list[mcp_types.Tool] = field(default_factory=list)  # what it listed last, whole
     http: PinnedTransport | None = None  # http and sse: the connection's transport
 
 
@@ -261,6 +262,7 @@ class McpToolbox:
                 if not cursor:
                     break
         server.listed = [tool.name for tool in tools]
+        server.catalog = tools
         server.offered, server.refusals = {}, {}
         allowed = set(server.ref.tools) if server.ref.tools is not None else None
         for tool in tools:
@@ -316,6 +318,25 @@ async def open_toolbox(
                 log.info("MCP server %s: %d of its %d tools offered", server.ref.name, len(server.offered),
                          len(server.listed))
         yield toolbox
+
+
+async def list_server_tools(
+    ref: McpServerRef, access: McpServerAccess, protected: tuple[ProtectedEndpoint, ...], *,
+    connect_seconds: float = CONNECT_SECONDS, logger: _Logger | None = None,
+) -> list[mcp_types.Tool]:
+    """Every tool the server lists, connecting exactly as a run does (same transport, same address checks).
+
+    How the org's own-hardware worker lists a server only its network reaches (`flows.mcp.listing`).
+
+    Raises:
+        McpRefused: the server could not be listed; the message says why (as a run would hear it).
+    """
+    async with open_toolbox([ref], {ref.server_id: access}, protected, connect_seconds=connect_seconds,
+                            logger=logger) as toolbox:
+        server = toolbox._servers[ref.name]
+        if server.unavailable is not None:
+            raise McpRefused(server.unavailable)
+        return list(server.catalog)
 
 
 async def _open(stack: AsyncExitStack, toolbox: McpToolbox, server: _Server, access: McpServerAccess,

@@ -332,9 +332,17 @@ class AgentService:
         changing the agent) that is an `InvalidRequest` instead, naming the field and what to do.
         """
         resolved: dict[str, McpServerRef | str] = {}
+        own_hardware: bool | None = None  # asked once, and only for a server on the org's own network
         for grant in spec.mcp_tools:
             found = await self.store.resolve_tool_server(org_id, owner_user_id, grant.server)
             problem = _server_problem(grant.server, found, self.stdio_commands)
+            if problem is None and found is not None and found.network == "own":
+                if own_hardware is None:
+                    own_hardware = bool(await self.store.worker_keys(org_id, active_only=True))
+                if not own_hardware:
+                    problem = (f"MCP server {grant.server!r} is on your organization's own network, which only its "
+                               "own-hardware worker reaches, and this organization has none now (no active worker "
+                               "key): an admin creates one (manage_org create_worker_key) and starts `ariel worker`")
             if problem is not None:
                 if not_done is not None:
                     raise InvalidRequest(f"{not_done}: mcp_tools: {problem}")

@@ -277,6 +277,23 @@ async def _listed(connect: Any, timeout: float) -> list[ListedTool]:
                     return found
 
 
+def checked_listing(tools: list[dict[str, Any]]) -> list[ListedTool]:
+    """Tools someone else listed (an org's own-hardware worker), fingerprinted here, within the same limits.
+
+    Raises:
+        TooLarge: more tools, or a bigger listing, description or schema, than Ariel takes of one server.
+    """
+    if len(tools) > MAX_TOOLS:
+        raise TooLarge(f"the server lists more than {MAX_TOOLS} tools, the most Ariel takes of one server; split "
+                       "them over several servers")
+    found = [_checked_tool(str(tool["name"]), str(tool.get("description") or ""), dict(tool.get("input_schema") or {}))
+             for tool in tools]
+    if sum(len(json.dumps(tool.as_json(), ensure_ascii=False).encode()) for tool in found) > MAX_LISTING_BYTES:
+        raise TooLarge(f"the server's tool listing is larger than {_size(MAX_LISTING_BYTES)}, the most Ariel takes "
+                       "of one server")
+    return found
+
+
 def _checked_tool(name: str, description: str, schema: dict[str, Any]) -> ListedTool:
     """The tool, fingerprinted, once its description and input schema are within Ariel's limits."""
     described = len(description.encode())

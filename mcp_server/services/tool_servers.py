@@ -17,14 +17,22 @@ org's server, or another user's, is answered exactly as a missing one.
 
 An OAuth sign-in binds the account of whoever completes it to the server, for
 every agent that uses it: only an admin starts (or is handed) the sign-in of
-an org's server, only its owner that of a user's. Approval pins what the
-server lists at that moment, read again by approve itself: what a member's
+an org's server, only its owner that of a user's. Approval takes the
+`tools_digest` of the listing the admin read (`get` shows it), and pins what
+the server lists at that moment only when it is that listing: what a member's
 `test` stored between an admin's `get` and `approve` is never pinned unseen.
+
+A server on the org's own network (`network='own'`: only the org's
+own-hardware worker reaches it) is listed by a run on that worker
+(`mcp_server.services.tool_listing`), which reports back through the gateway
+(`listing_access`, `record_worker_listing`); approve pins the listing the
+worker reported, the one the admin read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -56,14 +64,23 @@ from mcp_server.services.audit import record as audit_event
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import ArielError, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.mcp_probe import (
+    PRIVATE_NETWORKS_SETTING,
     PROBE_SECONDS,
     ListedTool,
     NeedsSignIn,
     ProbeError,
+    TooLarge,
+    checked_listing,
     list_tools_http,
     list_tools_stdio,
 )
 from mcp_server.services.sealing import Sealed, Sealer
+from mcp_server.services.tool_listing import (
+    LISTING_THEN_ADMIN,
+    LISTING_THEN_APPROVED,
+    ListingRuns,
+    problem_text,
+)
 from mcp_server.services.tool_oauth import SignInNeeded, ToolOAuth
 from mcp_server.services.views import McpToolView, ToolServersActionView, ToolServerView
 from mcp_server.store import Store, ToolServerRecord, new_id
@@ -77,6 +94,7 @@ log = logging.getLogger("ariel.tool_servers")
 ToolAction = Literal["list", "get", "add", "test", "remove", "approve", "reject"]
 Transport = Literal["http", "sse", "stdio"]
 Scope = Literal["user", "org"]
+Network = Literal["platform", "own"]
 
 ACTION_ROLES: dict[ToolAction, Role] = {
     "list": "viewer",
@@ -154,8 +172,10 @@ class ToolServerService:
     action_seconds: float = ACTION_SECONDS
     # Whether a server (and its OAuth endpoints) may be on loopback or a private network (ARIEL_MCP_PRIVATE_NETWORKS).
     private_networks: bool = True
+    listing_runs: ListingRuns = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.listing_runs = ListingRuns(self.agents)
         if self.oauth is not None:
             # A person who signed in in their browser finds the tools listed (and an admin's server approved)
             # when they come back to the chat, without asking for a test first.
@@ -169,6 +189,7 @@ class ToolServerService:
         self, caller: Caller, action: ToolAction, name: str | None = None, transport: Transport | None = None,
         url: str | None = None, catalog: str | None = None, token: SecretStr | None = None,
         header_name: str | None = None, scope: Scope = "user", reason: str | None = None, confirm: bool = False,
+        network: Network = "platform", digest: str | None = None,
     ) -> ToolServersActionView:
         if action in ("list", "get"):
             caller.require(ACTION_ROLES[action], f"manage_tools {action}", "Ask an admin for a role here.")
@@ -183,7 +204,8 @@ class ToolServerService:
             if action == "add":
                 server = _name(name)
                 async with self._deadline(action, server):
-                    return await self.add(caller, server, transport, url, catalog, token, header_name, scope)
+                    return await self.add(caller, server, transport, url, catalog, token, header_name, scope,
+                                          network)
             ref = _ref(name, action)
             if action == "remove":
                 return await self.remove(caller, ref, confirm)
@@ -192,7 +214,7 @@ class ToolServerService:
             async with self._deadline(action, ref):
                 if action == "test":
                     return await self.test(caller, ref)
-                return await self.approve(caller, ref)
+                return await self.approve(caller, ref, digest)
 
     # reading
 
@@ -214,7 +236,7 @@ class ToolServerService:
 
     async def add(
         self, caller: Caller, name: str, transport: Transport | None, url: str | None, catalog: str | None,
-        token: SecretStr | None, header_name: str | None, scope: Scope,
+        token: SecretStr | None, header_name: str | None, scope: Scope, network: Network = "platform",
     ) -> ToolServersActionView:
         if scope == "org":
             caller.require("admin", "manage_tools add with scope='org'",
@@ -227,6 +249,9 @@ class ToolServerService:
         reason: str | None
         entry: StdioServer | None = None
         if transport == "stdio":
+            if network == "own":
+                raise InvalidRequest("network='own' is for HTTP and SSE servers on your organization's own network; "
+                                     "stdio servers run from the platform's catalog inside each run's container")
             entry = self._catalog_entry(catalog)
             where: str | None = None
         else:
@@ -236,11 +261,18 @@ class ToolServerService:
             whose = "you have" if owner else "this organization has"
             raise InvalidRequest(f"{whose} an MCP server named {name!r} already; choose another name, or remove that "
                                  "one first (manage_tools remove)")
+        if network == "own":
+            assert where is not None  # http and sse have a URL
+            return await self._add_own(caller, name, transport, where, secret, auth, header, owner)
         server_id = new_id()
         listing = await self._list(caller.org_id, server_id, transport, where, entry, auth, header, secret,
                                    oauth_ok=secret is None)
         if listing.tools is None and not listing.oauth:
-            raise InvalidRequest(f"MCP server {name!r} was not added: {listing.problem}")
+            hint = ""
+            if PRIVATE_NETWORKS_SETTING in (listing.problem or ""):
+                hint = ("; a server on your organization's own network is added with network='own', and its "
+                        "own-hardware worker lists it")
+            raise InvalidRequest(f"MCP server {name!r} was not added: {listing.problem}{hint}")
         # Before the row: a server nobody can sign in to is not kept (it could never list a tool).
         link, no_link = await self._sign_in_link(caller, listing, server_id, owner, where)
         if listing.oauth and link is None:
@@ -253,19 +285,12 @@ class ToolServerService:
             reason = SIGN_IN_THEN_APPROVED if caller.can("admin") else SIGN_IN_THEN_ADMIN
         else:
             reason = _held(flagged)
-        now = utc_now()
         try:
-            sealed = await self.sealer.seal(caller.org_id, _purpose(server_id), secret.encode()) if secret else None
-            added = await self.store.add_tool_server(ToolServerRecord(
-                id=server_id, org_id=caller.org_id, owner_user_id=owner, name=name, transport=transport, url=where,
-                catalog_name=entry.name if entry else None, auth=auth, header_name=header,
-                secret_ciphertext=sealed.ciphertext if sealed else None, secret_nonce=sealed.nonce if sealed else None,
-                secret_dek_version=sealed.dek_version if sealed else None,
-                status="approved" if approve_now else "pending", reason=reason,
-                tools=[tool.as_json() for tool in tools], pins=_pins(tools) if approve_now else None,
-                created_by=caller.user_id, created_by_label=caller.user_label,
-                approved_by=caller.user_label if approve_now else None, created_at=now, updated_at=now,
-            ))
+            added = await self._insert(
+                caller, server_id, owner, name, transport, where, entry, auth, header, secret,
+                status="approved" if approve_now else "pending", reason=reason, tools=tools,
+                pins=_pins(tools) if approve_now else None, approved_by=caller.user_label if approve_now else None,
+            )
         except BaseException:
             if link is not None and self.oauth is not None:
                 await self.oauth.cancel(caller.org_id, server_id)  # no link to a server that was not kept
@@ -287,8 +312,58 @@ class ToolServerService:
         view = await self._view(caller, added, {})
         return ToolServersActionView(action="add", done=done, servers=[view], sign_in_link=link)
 
+    async def _add_own(self, caller: Caller, name: str, transport: str, url: str, secret: str | None, auth: str,
+                       header: str | None, owner: str | None) -> ToolServersActionView:
+        """Add a server only the org's own-hardware worker reaches: kept pending while that worker lists it."""
+        await self.listing_runs.require_worker(caller.org_id)
+        admin = caller.can("admin")
+        added = await self._insert(caller, new_id(), owner, name, transport, url, None, auth, header, secret,
+                                   status="pending", reason=LISTING_THEN_APPROVED if admin else LISTING_THEN_ADMIN,
+                                   tools=[], pins=None, approved_by=None, network="own")
+        try:
+            listing = await self.listing_runs.start(caller, added)
+        except BaseException:
+            # Nobody could ever list it: nothing is kept.
+            await self.store.delete_tool_server(caller.org_id, added.id)
+            raise
+        added = await self._update(added, listing=listing)
+        whose = "this organization's" if owner is None else "your own"
+        then = "approves it unless screening holds a tool" if admin else "an admin approves it (manage_tools approve)"
+        done = (f"MCP server {name!r} added as {whose}, on your organization's own network: your own-hardware worker "
+                f"lists its tools now (run {listing['run_id']}), Ariel screens them, then {then}; manage_tools get "
+                "shows them within a minute or so")
+        if secret:
+            done += ". Its credential is stored sealed and never shown again"
+        return ToolServersActionView(action="add", done=done + ".", servers=[await self._view(caller, added, {})])
+
+    async def _insert(
+        self, caller: Caller, server_id: str, owner: str | None, name: str, transport: str, url: str | None,
+        entry: StdioServer | None, auth: str, header: str | None, secret: str | None, *, status: str,
+        reason: str | None, tools: list[ListedTool], pins: dict[str, str] | None, approved_by: str | None,
+        network: Network = "platform",
+    ) -> ToolServerRecord:
+        """Store a new server, its secret sealed with the org's data key."""
+        now = utc_now()
+        sealed = await self.sealer.seal(caller.org_id, _purpose(server_id), secret.encode()) if secret else None
+        return await self.store.add_tool_server(ToolServerRecord(
+            id=server_id, org_id=caller.org_id, owner_user_id=owner, name=name, transport=transport, url=url,
+            catalog_name=entry.name if entry else None, auth=auth, header_name=header,
+            secret_ciphertext=sealed.ciphertext if sealed else None, secret_nonce=sealed.nonce if sealed else None,
+            secret_dek_version=sealed.dek_version if sealed else None, status=status, reason=reason,
+            tools=[tool.as_json() for tool in tools], pins=pins, created_by=caller.user_id,
+            created_by_label=caller.user_label, approved_by=approved_by, created_at=now, updated_at=now,
+            network=network,
+        ))
+
     async def test(self, caller: Caller, ref: str) -> ToolServersActionView:
         record = await self._find(caller, ref)
+        if record.network == "own":
+            asked = await self.listing_runs.start(caller, record)
+            record = await self._update(record, listing=asked)
+            return ToolServersActionView(
+                action="test", servers=[await self._view(caller, record, {})],
+                done=(f"asked your own-hardware worker to list MCP server {record.name!r} again (run "
+                      f"{asked['run_id']}); manage_tools get shows what it lists within a minute or so"))
         listing = await self._listing_of(record)
         if listing.tools is None:
             if listing.oauth and record.auth != "oauth":
@@ -318,23 +393,46 @@ class ToolServerService:
         return ToolServersActionView(action="test", done=done, servers=[await self._view(caller, record, {})],
                                      changes=changes)
 
-    async def approve(self, caller: Caller, ref: str) -> ToolServersActionView:
-        """Pin what the server lists now, provided it is what the record held (what get or test last showed)."""
+    async def approve(self, caller: Caller, ref: str, digest: str | None = None) -> ToolServersActionView:
+        """Pin the listing the admin read (`digest`), provided the server still lists exactly that.
+
+        A platform server is listed again here; one on the org's own network is pinned as its worker last
+        reported it (the control plane cannot reach it), and runs check every fingerprint where they execute.
+        """
         record = await self._find(caller, ref)
-        listing = await self._listing_of(record)
-        if listing.tools is None:
-            raise InvalidRequest(f"MCP server {record.name!r} was not approved: {listing.problem}. Approval pins what "
-                                 "the server lists when it is approved; manage_tools test says when it answers")
-        tools = listing.tools
-        differences = _differences(tools, {tool["name"]: tool["digest"] for tool in record.tools})
-        if differences:
-            flagged = _flagged(tools)
-            values: dict[str, Any] = {"tools": [tool.as_json() for tool in tools]}
-            if record.status == "pending":
-                values["reason"] = _held(flagged)
-            await self._update(record, **values)
-            raise InvalidRequest(f"MCP server {record.name!r} was not approved: the server's tools changed since they "
-                                 f"were last read: {'; '.join(differences)}; read them with get and approve again")
+        current = tools_digest(record.tools)
+        given = (digest or "").strip()
+        if not given:
+            raise InvalidRequest(f"approve needs digest: the tools_digest of the listing you reviewed, which "
+                                 f"manage_tools get shows (now {current}, for {len(record.tools)} tool(s)); approval "
+                                 "pins exactly that listing")
+        if given != current:
+            raise InvalidRequest(f"MCP server {record.name!r} was not approved: its tools changed since you read them "
+                                 f"(digest {given[:40]!r} is not the current {current}); read them with get and "
+                                 "approve with the digest it shows")
+        if record.network == "own":
+            if (record.listing or {}).get("state") != "listed":
+                progress = await self.listing_runs.progress(record.listing)
+                raise InvalidRequest(f"MCP server {record.name!r} was not approved: its own-hardware worker has not "
+                                     f"listed its tools yet ({progress or 'never asked'}); approve once get shows them")
+            tools = [_listed(tool) for tool in record.tools]
+        else:
+            listing = await self._listing_of(record)
+            if listing.tools is None:
+                raise InvalidRequest(f"MCP server {record.name!r} was not approved: {listing.problem}. Approval pins "
+                                     "what the server lists when it is approved; manage_tools test says when it "
+                                     "answers")
+            tools = listing.tools
+            differences = _differences(tools, {tool["name"]: tool["digest"] for tool in record.tools})
+            if differences:
+                flagged = _flagged(tools)
+                values: dict[str, Any] = {"tools": [tool.as_json() for tool in tools]}
+                if record.status == "pending":
+                    values["reason"] = _held(flagged)
+                await self._update(record, **values)
+                raise InvalidRequest(f"MCP server {record.name!r} was not approved: the server's tools changed since "
+                                     f"they were last read: {'; '.join(differences)}; read them with get and approve "
+                                     "again")
         if not tools:
             raise InvalidRequest(f"MCP server {record.name!r} lists no tools, so there is nothing to approve: call "
                                  "manage_tools test (after signing in, if it asks) and approve what it lists")
@@ -424,6 +522,69 @@ class ToolServerService:
                                                   "(an internal error; the control plane's log says more)"}
         return opened
 
+    async def listing_access(self, org_id: str, server_id: str, url: str) -> dict[str, Any]:
+        """`mcp_server.gateway.listing.ToolListings`: the headers a listing run of the org opens the server with.
+
+        Only for a server of the org on its own network, still at the URL the listing was asked for.
+        """
+        record = await self.store.get_tool_server(org_id, server_id)
+        if record is None:
+            return {"error": "the MCP server no longer exists in this organization"}
+        if record.network != "own" or record.url != url:
+            return {"error": f"MCP server {record.name!r} is no longer at the address this listing was asked for; "
+                             "manage_tools test asks again"}
+        try:
+            return {"headers": await self._headers(record)}
+        except ArielError as exc:
+            return {"error": f"MCP server {record.name!r}: {exc}"}
+
+    async def record_worker_listing(self, org_id: str, server_id: str, run_id: str,
+                                    tools: list[dict[str, Any]] | None, problem: str | None) -> str:
+        """`ToolListings`: keep what the org's own-hardware worker listed (screened and fingerprinted here), or why
+        it could not; only the report of the listing last asked counts. Says what became of the server."""
+        record = await self.store.get_tool_server(org_id, server_id)
+        if record is None or record.network != "own":
+            raise NotFound("the MCP server no longer exists in this organization")
+        asked = dict(record.listing or {})
+        if asked.get("run_id") != run_id:
+            return f"MCP server {record.name!r}: a newer listing was asked since this one; this report is not kept"
+        listed: list[ListedTool] | None = None
+        if tools is not None:
+            try:
+                listed = checked_listing(tools)
+            except TooLarge as exc:
+                problem = str(exc)
+        now = utc_now().isoformat()
+        if listed is None:
+            said = problem_text(problem or "no tools and no reason were reported")
+            await self._update(record, listing={**asked, "state": "failed", "problem": said, "at": now})
+            return f"MCP server {record.name!r} could not be listed: {said}"
+        approver = None
+        if record.reason == LISTING_THEN_APPROVED and asked.get("asked_by"):
+            approver = await self._admin_now(record, str(asked["asked_by"]), run_id)
+        await self._update(record, listing={**asked, "state": "listed", "problem": None, "at": now})
+        updated, changes, flagged = await self._record_listing(await self._find_record(record), listed, approver)
+        said = f"MCP server {record.name!r} lists {len(listed)} tool(s)"
+        if changes:
+            return f"{said}, some changed since approval: runs refuse those until an admin approves again"
+        if flagged:
+            return f"{said}; {_held(flagged)}"
+        return f"{said}; it is {updated.status}"
+
+    async def _admin_now(self, record: ToolServerRecord, user_id: str, run_id: str) -> Caller | None:
+        """Who asked for a listing, as a caller, while still an admin of the org: they approve what it lists."""
+        member = await self.store.member(record.org_id, user_id)
+        if member is None or RANK[member.role] < RANK["admin"]:
+            return None
+        return Caller(user_id=user_id, user_label=member.user.label, org_id=record.org_id, org_slug="", org_name="",
+                      role=member.role, source="local", origin=f"listing run {run_id}")
+
+    async def _find_record(self, record: ToolServerRecord) -> ToolServerRecord:
+        found = await self.store.get_tool_server(record.org_id, record.id)
+        if found is None:
+            raise _missing(record.name)
+        return found
+
     # helpers
 
     async def _signed_in(self, org_id: str, server_id: str, starter: Caller) -> str | None:
@@ -465,8 +626,8 @@ class ToolServerService:
         changes = _changes(tools, found.pins) if found.status == "approved" else []
         flagged = _flagged(tools)
         values: dict[str, Any] = {"tools": [tool.as_json() for tool in tools]}
-        approve = (found.status == "pending" and found.reason == SIGN_IN_THEN_APPROVED and not flagged
-                   and approver is not None)
+        approve = (found.status == "pending" and found.reason in (SIGN_IN_THEN_APPROVED, LISTING_THEN_APPROVED)
+                   and not flagged and approver is not None)
         if approve:
             assert approver is not None
             values.update(status="approved", reason=None, pins=_pins(tools), approved_by=approver.user_label)
@@ -475,8 +636,9 @@ class ToolServerService:
         updated = await self._update(found, **values)
         if approve:
             assert approver is not None
+            after = "its OAuth sign-in" if found.reason == SIGN_IN_THEN_APPROVED else "its worker listed it"
             await audit_event(self.store, approver, "tool_server.approve", found.name, "ok",
-                              f"approved after its OAuth sign-in, as its admin's add asked, with {len(tools)} tool(s) "
+                              f"approved after {after}, as its admin's add asked, with {len(tools)} tool(s) "
                               f"pinned: {', '.join(tool.name for tool in tools)}")
         return updated, changes, flagged
 
@@ -644,6 +806,7 @@ class ToolServerService:
         sign_in = None
         if record.auth == "oauth":
             sign_in = await self.oauth.status(record.org_id, record.id) if self.oauth else "not supported here"
+        listing = await self.listing_runs.progress(record.listing) if record.network == "own" and details else None
         return ToolServerView(
             id=record.id, name=record.name, scope="org" if record.owner_user_id is None else "user",
             owner=record.created_by_label if record.owner_user_id else None, transport=record.transport,
@@ -651,6 +814,8 @@ class ToolServerService:
             status=record.status,
             reason=record.reason, sign_in=sign_in, tools=[tool.name for tool in tools],
             tool_details=tools if details else None, used_by=users.get(record.id, []), updated=record.updated_at,
+            network="own" if record.network == "own" else "platform", listing=listing,
+            tools_digest=tools_digest(record.tools),
         )
 
     async def _users(self, caller: Caller) -> dict[str, list[str]]:
@@ -768,6 +933,17 @@ def _summary(record: ToolServerRecord) -> str:
 
 def _listed(tool: dict[str, Any]) -> ListedTool:
     return ListedTool(tool["name"], tool["description"], tool["input_schema"], tool["digest"])
+
+
+def tools_digest(tools: list[dict[str, Any]]) -> str:
+    """One fingerprint of a whole listing (each tool's name and digest): what an admin read, named in approve.
+
+    >>> tools_digest([{"name": "b", "digest": "2"}, {"name": "a", "digest": "1"}]) == tools_digest(
+    ...     [{"name": "a", "digest": "1"}, {"name": "b", "digest": "2"}])
+    True
+    """
+    pairs = sorted((str(tool["name"]), str(tool["digest"])) for tool in tools)
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _pins(tools: list[ListedTool]) -> dict[str, str]:

@@ -204,6 +204,12 @@ class ToolServerView(BaseModel):
     used_by: list[str] = Field(default_factory=list, description="Slugs of the agents whose current version "
                                "names it.")
     updated: datetime
+    network: Literal["platform", "own"] = Field(
+        default="platform", description="platform: Ariel connects to it; own: only your organization's own-hardware "
+        "worker reaches it, and lists its tools (see listing).")
+    listing: str | None = Field(default=None, description="own: where the last listing by your worker stands.")
+    tools_digest: str = Field(default="", description="A fingerprint of the listing shown; approve takes it, so "
+                              "that only the tools you read are approved.")
 
 
 class ToolServersActionView(BaseModel):

@@ -216,6 +216,9 @@ tool_servers = Table(
     Column("approved_by", String(300), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # Where its tools are listed from (migration 0009): platform (the control plane) or own (the org's worker).
+    Column("network", String(8), nullable=False, server_default="platform"),
+    Column("listing", JSON, nullable=True),
     ForeignKeyConstraint(["org_id", "secret_dek_version"], ["org_data_keys.org_id", "org_data_keys.version"],
                          name="fk_tool_servers_data_key", ondelete="CASCADE"),
 )

@@ -52,6 +52,10 @@ class ToolServerRecord:
     approved_by: str | None
     created_at: datetime
     updated_at: datetime
+    # platform: the control plane lists its tools; own: only the org's own-hardware worker reaches it.
+    network: str = "platform"
+    # own: the last listing asked of the worker ({"state": asked|listed|failed, "at", "run_id", "problem"}).
+    listing: dict[str, Any] | None = None
 
 
 class _Tenant(Protocol):

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastmcp import Context, FastMCP
 from pydantic import Field, SecretStr
 
-from mcp_server.services.tool_servers import Scope, ToolAction, Transport
+from mcp_server.services.tool_servers import Network, Scope, ToolAction, Transport
 from mcp_server.services.views import ToolServersActionView
 from mcp_server.tools.middleware.caller import caller_of, services_of
 
@@ -20,8 +20,8 @@ def register(mcp: FastMCP) -> None:
             ToolAction,
             Field(description="list (servers and the stdio catalog); get (one server's tools, descriptions and "
                   "input schemas); add (connect, list its tools; a member's waits for an admin); test (connect "
-                  "again: changed tools, sign-in needed); remove (confirm when agents use it); approve, reject "
-                  "(admins; reject needs reason)."),
+                  "again: changed tools, sign-in needed); remove (confirm when agents use it); approve (admins; "
+                  "needs digest), reject (admins; needs reason)."),
         ],
         name: Annotated[
             str | None, Field(description="The server's name, which agents put in mcp_tools (or its id, where two "
@@ -54,10 +54,20 @@ def register(mcp: FastMCP) -> None:
         ] = "user",
         reason: Annotated[str | None, Field(description="reject: why, for the server's owner.")] = None,
         confirm: Annotated[bool, Field(description="remove: true to remove one that agents use.")] = False,
+        network: Annotated[
+            Network, Field(description="add, http and sse: 'platform' (Ariel connects to it) or 'own' (only your "
+                           "organization's own network reaches it: your own-hardware worker, `ariel worker`, "
+                           "lists its tools, and your agents run there).")
+        ] = "platform",
+        digest: Annotated[
+            str | None, Field(description="approve: the tools_digest get showed for the tools you reviewed; only "
+                              "that listing is approved.")
+        ] = None,
     ) -> ToolServersActionView:
         """External MCP servers whose tools agents may use (mcp_tools in an agent): add, inspect, test, approve.
 
         Credentials never come back out. Servers that ask for OAuth answer with a sign-in link.
         """
         return await services_of(ctx).tool_servers.manage(
-            await caller_of(ctx), action, name, transport, url, catalog, token, header_name, scope, reason, confirm)
+            await caller_of(ctx), action, name, transport, url, catalog, token, header_name, scope, reason, confirm,
+            network, digest)

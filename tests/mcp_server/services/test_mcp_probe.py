@@ -145,7 +145,8 @@ async def test_without_private_networks_add_reaches_no_loopback_or_private_addre
                 await add(s, ada, "local", peer.url)
             assert str(refused.value) == (
                 f"MCP server 'local' was not added: 127.0.0.1:{port} is a loopback or private-network address, which "
-                "this Ariel's control plane does not connect to (ARIEL_MCP_PRIVATE_NETWORKS is false)")
+                "this Ariel's control plane does not connect to (ARIEL_MCP_PRIVATE_NETWORKS is false); a server on "
+                "your organization's own network is added with network='own', and its own-hardware worker lists it")
             for url in ("http://localhost:8080/mcp", "http://10.1.2.3/mcp", "http://[fd00::1]/mcp",
                         "http://100.64.0.1/mcp", "http://[::ffff:192.168.1.1]/mcp", "http://0.0.0.0:8080/mcp"):
                 with pytest.raises(InvalidRequest, match=r"a loopback or private-network address, .*"

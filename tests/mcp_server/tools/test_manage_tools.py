@@ -43,7 +43,9 @@ async def test_viewers_list_members_add_their_own_and_only_admins_approve(url: s
         await call(url, MEMBER, "manage_tools", action="approve", name="mine")
     # The viewer does not see a member's own server; the admin who approves does.
     assert (await call(url, VIEWER, "manage_tools", action="list"))["servers"] == []
-    approved = await call(url, ADMIN, "manage_tools", action="approve", name="mine")
+    read = await call(url, ADMIN, "manage_tools", action="get", name="mine")
+    approved = await call(url, ADMIN, "manage_tools", action="approve", name="mine",
+                          digest=read["servers"][0]["tools_digest"])
     assert approved["servers"][0]["status"] == "approved" and approved["servers"][0]["owner"] == "max"
 
 
