@@ -7,7 +7,8 @@ file under ARIEL_HOME: `mcp_server.settings`); runs get only the public key
 (`verify_key`), through their work pool's job template.
 
 Example:
-    >>>     >>> from flows.signing import verify
+    >>> from flows.config import RunConfig
+    >>> from flows.signing import verify
     >>> signer = Ed25519ConfigSigner.generate()
     >>> config = RunConfig(agent_id="a1", org_id="o1", version=1, name="Echo", instructions="Hi.", model="m")
     >>> verify(signer.sign(config), signer.verify_key)  # what the runtime does: no error

@@ -17,7 +17,7 @@ from mcp_server.services.exceptions import Forbidden, InvalidRequest
 from mcp_server.store import AgentRecord
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import Peer
-from tests.mcp_server.services.test_tool_servers import add, caller, services
+from tests.mcp_server.services.test_tool_servers import add, approve, caller, services
 from tests.mcp_server.store.test_store import other_org
 
 
@@ -45,7 +45,7 @@ async def test_another_member_may_not_drive_an_agent_that_uses_its_owners_own_se
         org = (await s.store.ensure_personal_org()).id
         max_, yan, ada = caller(org, "max", "member"), caller(org, "yan", "member"), caller(org, "ada", "admin")
         await add(s, max_, "mine", open_peer.url)
-        await s.tool_servers.manage(ada, "approve", name="mine")
+        await approve(s, ada, "mine")
         agent = await agent_of(s, org, "max", "mine")
 
         with pytest.raises(Forbidden, match="run_agent: agent 'digest' uses 'mine', the own MCP server"):
@@ -72,7 +72,7 @@ async def test_a_members_pending_server_does_not_shadow_the_orgs_and_its_approva
         assert grant.server_id == shared.id  # still the org's while max's own waits
         assert await s.agents.status(agent, spec("docs")) == ("active", [])
 
-        await s.tool_servers.manage(ada, "approve", name=own.id)
+        await approve(s, ada, own.id)
         status, reasons = await s.agents.status(agent, spec("docs"))
         assert status == "pending_approval"
         origin = other_peer.url.removesuffix("/mcp")
