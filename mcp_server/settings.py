@@ -137,10 +137,19 @@ class ArielSettings(BaseSettings):
         examples=[["https://app.example.com", "http://localhost:5173"]],
     )
     rate_limit_per_minute: int = Field(
-        default=60,
+        default=300,
         ge=0,
-        description="Requests a minute each user, and separately each client address, may make; "
-        "0 turns the limit off. /health and /ready are not counted.",
+        description="Tool calls each user may make in any 60 s, over HTTP and stdio (the MCP requests around them, "
+        "such as opening a session, are not counted); 0 turns the limit off. Past it, a call is refused with a tool "
+        "error that says when to retry.",
+    )
+    unauthenticated_rate_limit_per_minute: int = Field(
+        default=300,
+        ge=0,
+        description="HTTP requests without valid credentials (refused with 401, or to the public docs and OAuth "
+        "callback) each client address may make in any 60 s, then 429; 0 turns the limit off. Requests whose "
+        "credentials are accepted are not counted, so many users behind one address are not limited together; "
+        "/health and /ready never are.",
     )
 
     # Sealed secrets: each org's data key is wrapped by a key-encryption key (KEK) that the store never holds.

@@ -18,8 +18,9 @@ import pytest
 from deployments.images.runtime_image import docker_available
 from tests.support import http_service, need, prefect_server
 
-# Suites make hundreds of calls against one app; the rate limit has its own tests (test_http_hardening).
+# Suites make hundreds of calls against one app; the rate limits have their own tests (test_rate_limits).
 os.environ.setdefault("ARIEL_RATE_LIMIT_PER_MINUTE", "0")
+os.environ.setdefault("ARIEL_UNAUTHENTICATED_RATE_LIMIT_PER_MINUTE", "0")
 
 # What makes a test slow, by the function it calls: a helper, a fixture (below session scope: a session
 # fixture's cost is paid once, whoever asks first) or, for what shows no such sign, the test itself (a

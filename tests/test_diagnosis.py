@@ -92,6 +92,38 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(
         assert diagnosis["evidence"][0].startswith("state: ")
 
 
+async def test_a_completed_run_whose_tool_call_was_refused_is_diagnosed_tool_refused(
+    stack: ArielUp, service_host: str
+) -> None:
+    elsewhere = f"127.0.0.1:{free_port()}"  # not in allowed_hosts: refused before any connection
+    async with Client(stack.mcp_url) as chat:
+        await ask(chat, "create_agent", name="Fenced", instructions="x", model="ariel/scripted", tools=["http_request"],
+                  allowed_hosts=[service_host], script=[fetch(elsewhere), {"reply": "done anyway"}])
+        await ask(chat, "update_agent", agent="fenced", action="approve")
+        run = await ask(chat, "run_agent", agent="fenced", wait_seconds=240)
+        diagnosis = await ask(chat, "diagnose_run", run=run["name"])  # at once: its warning is already there
+    assert run["state"] == "Completed", run
+    assert diagnosis["cause"] == "tool_refused", diagnosis
+    assert diagnosis["summary"].startswith("the run completed, but 1 tool call(s) was refused")
+    assert elsewhere in diagnosis["summary"] and "allowed_hosts" in diagnosis["next_action"]
+
+
+async def test_a_scripted_run_whose_script_ran_out_gets_no_provider_key_advice(
+    stack: ArielUp, service_host: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        await ask(chat, "create_agent", name="Short script", instructions="x", model="ariel/scripted",
+                  tools=["http_request"], allowed_hosts=[service_host], script=[fetch(service_host)])
+        await ask(chat, "update_agent", agent="short-script", action="approve")
+        run = await ask(chat, "run_agent", agent="short-script", wait_seconds=240)
+        diagnosis = await ask(chat, "diagnose_run", run=run["name"])
+    assert run["state"] == "Failed", run
+    assert diagnosis["cause"] == "llm_failed" and diagnosis["failed_step"]["step"] == "llm · step 2", diagnosis
+    assert "provider" not in diagnosis["next_action"].replace("needs no provider or key", "")
+    assert "key" not in diagnosis["next_action"].replace("needs no provider or key", "")
+    assert "script" in diagnosis["next_action"]
+
+
 async def test_a_version_awaiting_approval_that_an_operator_starts_is_refused_by_the_runtime(
     stack: ArielUp, prefect_api: str
 ) -> None:

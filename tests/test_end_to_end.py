@@ -164,7 +164,8 @@ async def test_bad_input_names_the_field_and_creates_nothing(stack: ArielUp, ser
         with pytest.raises(ToolError) as empty_name:
             await client.call_tool("create_agent", {**checker(service_host, ""), "name": ""})
         after = (await client.call_tool("list_agents", {})).structured_content["result"]
-    assert str(bad_cron.value).startswith('invalid arguments: schedule.cron: Invalid cron string: "99 * * * *"')
+    assert str(bad_cron.value).startswith("invalid arguments: schedule.cron: '99 * * * *' is not a cron line Prefect "
+                                          "accepts; for example '0 8 * * 1-5'")
     assert "unknown tool 'shell'; available tools: http_request" in str(bad_tool.value)
     assert str(empty_name.value) == "the agent was not created: name: String should have at least 1 character"
     assert after == before

@@ -16,9 +16,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefect.client.schemas.schedules import CronSchedule
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from deployments.exceptions import SpecInvalid
+from deployments.text import no_control_characters, quote
 from flows.config import Limits, RunConfig, ScriptStep
 from flows.mcp.pins import SEPARATOR, function_name
 from flows.models import SCRIPTED_MODEL
@@ -28,6 +37,16 @@ _SLUG_JUNK = re.compile(r"[^a-z0-9]+")
 _HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 SLUG_MAX = 48
+
+STORED: dict[str, bool] = {"stored": True}
+"""Validation context of specs read back from the store: they passed the rules of their day, not necessarily
+today's. Rules added since (five-field cron lines, no control characters) apply only to what people send now."""
+
+CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+CRON_ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+"""croniter's nicknames that Prefect accepts, each a five-field line ('@daily' is '0 0 * * *'); not '@reboot'."""
+CRON_MAX = 256  # "0,1,2,…,59 * * * *", every minute listed, is 170
+CRON_EXAMPLE = "for example '0 8 * * 1-5' (08:00 on weekdays)"
 
 
 def base_url_problem(url: str) -> str | None:
@@ -80,15 +99,20 @@ class ScheduleSpec(BaseModel):
 
     @field_validator("cron")
     @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            _prefect_check(cron=value, example="for example '0 8 * * 1-5' (08:00 on weekdays)")
+    def _cron(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not _stored(info):
+            value = five_field_cron(value)
+        _prefect_check(cron=value)
         return value
 
     @field_validator("timezone")
     @classmethod
-    def _timezone(cls, value: str) -> str:
-        _prefect_check(cron="* * * * *", timezone=value, example="")
+    def _timezone(cls, value: str, info: ValidationInfo) -> str:
+        if not _stored(info) and (len(value) > 64 or not value.isprintable()):
+            raise ValueError(f"{quote(value)} is not an IANA time zone (for example 'Europe/Paris')")
+        _prefect_check(cron="* * * * *", timezone=value)
         return value
 
     @model_validator(mode="after")
@@ -98,13 +122,47 @@ class ScheduleSpec(BaseModel):
         return self
 
 
-def _prefect_check(example: str, *, cron: str, timezone: str | None = None) -> None:
-    # Prefect's own schedule model is the authority on what it accepts.
+def five_field_cron(line: str) -> str:
+    """`line` with its fields joined by single spaces, when it is five fields or one of `CRON_ALIASES`.
+
+    Ariel runs an agent at most once a minute: a sixth field (seconds, or a year after the seconds) is
+    refused, whatever it says, rather than read in one of croniter's several ways.
+
+    >>> five_field_cron(" 0  8 * * mon-fri ")
+    '0 8 * * mon-fri'
+    >>> five_field_cron("* * * * * * *")
+    Traceback (most recent call last):
+    ...
+    ValueError: '* * * * * * *' has 7 fields; give five: minute hour day-of-month month day-of-week (Ariel runs \
+an agent at most once a minute, so no seconds field), for example '0 8 * * 1-5' (08:00 on weekdays)
+    """
+    if len(line) > CRON_MAX:
+        raise ValueError(f"a cron line has at most {CRON_MAX} characters, this one {len(line)} ({CRON_EXAMPLE})")
+    # No tabs or newlines between fields either: what Prefect shows must be what was approved.
+    fields = no_control_characters(line).split()
+    if len(fields) == 1 and fields[0].lower() in CRON_ALIASES:
+        return fields[0].lower()
+    if len(fields) != len(CRON_FIELDS):
+        raise ValueError(f"{quote(line)} has {len(fields)} field{'s' if len(fields) != 1 else ''}; give five: "
+                         f"{' '.join(CRON_FIELDS)} (Ariel runs an agent at most once a minute, so no seconds "
+                         f"field), {CRON_EXAMPLE}")
+    return " ".join(fields)
+
+
+def _prefect_check(*, cron: str, timezone: str | None = None) -> None:
+    # Prefect's own schedule model is the authority on what it accepts; its message quotes the whole value.
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:
-        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-        raise ValueError(f"{reason} ({example})" if example else reason) from None
+        field = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else "cron"
+        if field == "timezone":
+            raise ValueError(f"{quote(timezone)} is not an IANA time zone (for example 'Europe/Paris')") from None
+        reason = "random and hashed expressions (R, H) are not supported; " if "Random" in str(exc) else ""
+        raise ValueError(f"{quote(cron)} is not a cron line Prefect accepts; {reason}{CRON_EXAMPLE}") from None
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
 
 
 SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}\Z")  # \Z: "$" would let a trailing newline through
@@ -125,7 +183,7 @@ class McpToolsGrant(BaseModel):
     @classmethod
     def _server_name(cls, value: str) -> str:
         if not SERVER_NAME.fullmatch(value):
-            raise ValueError(f"{value[:60]!r} is not a server name: 1 to 40 lowercase letters, digits and '-'")
+            raise ValueError(f"{quote(value, 60)} is not a server name: 1 to 40 lowercase letters, digits and '-'")
         return value
 
     @field_validator("tools")
@@ -137,7 +195,7 @@ class McpToolsGrant(BaseModel):
             raise ValueError("name at least one tool, or leave 'tools' out for all of the server's tools")
         for tool in value:
             if not tool.strip() or len(tool) > 128 or not tool.isprintable():
-                raise ValueError(f"{tool[:60]!r} is not a tool name (printable, at most 128 characters)")
+                raise ValueError(f"{quote(tool, 60)} is not a tool name (printable, at most 128 characters)")
         return list(dict.fromkeys(value))
 
     def allows(self, function: str) -> bool:
@@ -189,11 +247,19 @@ class AgentSpec(BaseModel):
             raise ValueError("must not be blank")
         return value.strip()
 
+    @field_validator("name", "description", "instructions", "api_base")
+    @classmethod
+    def _no_control_characters(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or _stored(info):
+            return value
+        # Prompts and descriptions may run over several lines; names and URLs are one.
+        return no_control_characters(value, multiline=info.field_name in ("instructions", "description"))
+
     @field_validator("model")
     @classmethod
     def _model_id(cls, value: str) -> str:
         if not _MODEL_ID.match(value):
-            raise ValueError(f"{value!r} is not a litellm model id (for example 'openai/gpt-4o-mini')")
+            raise ValueError(f"{quote(value)} is not a litellm model id (for example 'openai/gpt-4o-mini')")
         return value
 
     @field_validator("tools")
@@ -201,7 +267,7 @@ class AgentSpec(BaseModel):
     def _known_tools(cls, value: list[str]) -> list[str]:
         unknown = [tool for tool in value if tool not in BUILTIN_TOOLS]
         if unknown:
-            raise ValueError(f"unknown tool {unknown[0]!r}; available tools: {', '.join(sorted(BUILTIN_TOOLS))}")
+            raise ValueError(f"unknown tool {quote(unknown[0])}; available tools: {', '.join(sorted(BUILTIN_TOOLS))}")
         return list(dict.fromkeys(value))
 
     @field_validator("allowed_hosts")
@@ -210,7 +276,7 @@ class AgentSpec(BaseModel):
         hosts = [host.strip().lower() for host in value]
         for host in hosts:
             if not _HOST.match(host):
-                raise ValueError(f"{host!r} is not a host name or 'host:port' (for example 'api.github.com')")
+                raise ValueError(f"{quote(host)} is not a host name or 'host:port' (for example 'api.github.com')")
         return list(dict.fromkeys(hosts))
 
     @field_validator("script")
@@ -233,8 +299,8 @@ class AgentSpec(BaseModel):
             if step.tool is not None and step.tool not in self.tools and not any(
                 grant.allows(step.tool) for grant in self.mcp_tools
             ):
-                raise ValueError(f"script calls tool {step.tool!r}, which is not in the agent's 'tools' nor one of "
-                                 "its 'mcp_tools' (called as '<server>__<tool>')")
+                raise ValueError(f"script calls tool {quote(step.tool)}, which is not in the agent's 'tools' nor "
+                                 "one of its 'mcp_tools' (called as '<server>__<tool>')")
         servers = [grant.server for grant in self.mcp_tools]
         if len(set(servers)) != len(servers):
             raise ValueError("mcp_tools: name each server once, with all the tools it may use")
@@ -261,6 +327,11 @@ class AgentSpec(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise SpecInvalid([_describe(error) for error in exc.errors()]) from None
+
+    @classmethod
+    def stored(cls, data: dict[str, Any]) -> AgentSpec:
+        """A spec read back from the store, checked by the rules it was stored under (see `STORED`)."""
+        return cls.model_validate(data, context=STORED)
 
 
 def _has_prefect_key(value: Any) -> bool:

@@ -6,7 +6,9 @@ Instead this process watches Prefect for its install's pools of its type
 one stock worker object (`DockerWorker` or `ProcessWorker`) per pool in one
 event loop, starting workers for new pools and stopping those whose pool was
 deleted. The workers never create pools: the control plane does, from the
-hardened template.
+hardened template. Beside Docker workers it follows the engine's events and
+writes on each run how its container ended (`container_exits`): the stock
+worker reports an exit code only, which cannot tell out-of-memory from a kill.
 
 Run: `python -m deployments.pools.worker_host --type docker --prefix ariel-9a8b7c6d-` (with PREFECT_API_URL set).
 SIGINT or SIGTERM stops it within `STOP_SECONDS`, whatever it inherited for them (a background job has SIGINT
@@ -31,6 +33,7 @@ from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker
 from prefect_docker.worker import DockerWorker
 
+from deployments.pools import container_exits
 from deployments.pools.work_pools import POOL_PREFIX, PoolType
 
 WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": ProcessWorker}  # type: ignore[type-arg]
@@ -68,6 +71,7 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
     running: dict[str, asyncio.Task[None]] = {}
     retry_at: dict[str, float] = {}  # a worker that died waits before its next start
     loop = asyncio.get_running_loop()
+    exits = asyncio.create_task(container_exits.watch(prefix)) if pool_type == "docker" else None
     try:
         while True:
             try:
@@ -91,9 +95,10 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
                     retry_at[pool] = loop.time() + 30
             await asyncio.sleep(rescan_seconds)
     finally:
-        for task in running.values():
+        tasks = [*running.values(), *([exits] if exits else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*running.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def serve_until_signalled(pool_type: PoolType, prefix: str) -> int:

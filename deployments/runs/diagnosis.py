@@ -12,7 +12,11 @@ Causes, most specific first:
                                allowed) or an MCP call failed; the agent was told, and may have completed anyway
     missing_secret             the provider the agent names does not exist in its org
     step_limit / time_budget   the run used up its limits
-    out_of_memory              the container was killed (exit 137) at its memory limit
+    out_of_memory              the engine OOM-killed the container at its memory limit (Docker's State.OOMKilled,
+                               written on the run by the worker host: `deployments.pools.container_exits`)
+    killed_outside             the container was killed, not by its memory limit: `docker kill`/`docker stop`,
+                               or SIGKILL from outside the engine
+    prefect_unavailable        the Prefect API did not answer: the run could not start or report, or cannot be read
     image_missing              the worker could not find the runtime image
     container_exit             the container could not start, or it (or the process) exited with an error code
     tampered                   the run's configuration is not the one Ariel signed (changed outside Ariel), or
@@ -21,6 +25,7 @@ Causes, most specific first:
     pool_paused                the work pool is paused; its runs wait
     concurrency_limit          the pool or agent already runs as many runs as it may
     no_worker                  nobody polls the work pool
+    worker_lost                the worker that started the run stopped answering while the run was under way
     cancelled                  a person (or Prefect) cancelled it
     crashed / failed           the run ended badly for a reason not recognised above
     in_progress / waiting      nothing wrong yet
@@ -46,16 +51,20 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
+from deployments.pools.container_exits import ContainerExit
+from deployments.pools.readiness import is_polling
 from deployments.pools.work_pools import OWN_POOL_SUFFIX
 from deployments.providers import short_name
 from deployments.runs.flow_runs import failed_task_runs
+from deployments.runs.hosting import Hosting
 from deployments.runs.logs import LogLine, read_log_page
+from flows.models import SCRIPTED_MODEL
 
 Cause = Literal[
     "llm_failed", "tool_failed", "tool_changed", "tool_refused",
-    "missing_secret", "step_limit", "time_budget", "out_of_memory", "image_missing",
-    "container_exit", "tampered", "unapproved", "pool_paused", "concurrency_limit", "no_worker", "cancelled",
-    "crashed", "failed", "in_progress", "waiting", "completed",
+    "missing_secret", "step_limit", "time_budget", "out_of_memory", "killed_outside", "prefect_unavailable",
+    "image_missing", "container_exit", "tampered", "unapproved", "pool_paused", "concurrency_limit", "no_worker",
+    "worker_lost", "cancelled", "crashed", "failed", "in_progress", "waiting", "completed",
 ]
 
 _ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
@@ -63,6 +72,9 @@ _ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
 WORKER_SILENT_AFTER = timedelta(seconds=90)
 # How long a run may sit scheduled past its start before its wait needs explaining.
 LATE_AFTER = timedelta(seconds=20)
+# What the Prefect client raises when its API does not answer, as a crashed run's state message quotes it.
+_PREFECT_DOWN = re.compile(r"ConnectError|ConnectTimeout|All connection attempts failed|Failed to reach API")
+_SIGKILL_CODES = (137, -9)  # a container's 128 + 9; a process worker's -9
 
 
 class FailedStep(BaseModel):
@@ -90,11 +102,15 @@ class Diagnosis(BaseModel):
     next_action: str = Field(description="What to do about it.")
 
 
-async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str] | None = None) -> Diagnosis:
+async def diagnose(
+    client: PrefectClient, run: FlowRun, agent_pending: list[str] | None = None, hosting: Hosting | None = None
+) -> Diagnosis:
     """Name the cause of `run`'s trouble with its evidence and the next action.
 
-    `agent_pending`: how the version it runs goes beyond what was approved.
+    `agent_pending`: how the version it runs goes beyond what was approved. `hosting`: the deployment model
+    answering, which decides what a next action may ask of the reader (default: desktop, `ariel up`).
     """
+    hosting = hosting or Hosting()
     state = run.state
     state_type = state.type if state else None
     message = (state.message if state else None) or ""
@@ -102,6 +118,10 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
     warnings = (await read_log_page(client, run.id, limit=200, min_level="warning", tail=True)).lines
     error_logs = warnings[-10:]
     refusals = _tool_refusals(warnings)
+    exits = [ended for line in warnings if (ended := ContainerExit.parse(line.message))]
+    ended = exits[-1] if exits else None  # the last attempt's container, when the run was retried
+    evidence += [f"Docker: {each.line()}" for each in exits]
+    scripted = ((run.parameters or {}).get("config") or {}).get("model") == SCRIPTED_MODEL
 
     def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
         return Diagnosis(
@@ -127,6 +147,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         return answer("cancelled", "the run was cancelled before it finished", "run the agent again with run_agent")
 
     if state_type in (StateType.FAILED, StateType.CRASHED):
+        if ended and (ended.oom_killed or ended.killed_outside):
+            return _killed(answer, ended, hosting, still=None)
         if "ConfigTampered" in message:
             return _tampered(answer, message)
         if "VersionNotApproved" in message:
@@ -141,12 +163,18 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             return answer("time_budget", "the run used its whole time budget (limits.timeout_seconds)"
                           + (f"; it was in step {last.step}" if last else ""),
                           "raise limits.timeout_seconds or give the agent less to do (update_agent change)", last)
-        if code := _exit_code(message):
+        if state_type == StateType.CRASHED and _PREFECT_DOWN.search(message) and not last:
+            return answer("prefect_unavailable", "the run could not reach the Prefect API, so it could not start or "
+                          "report how it went", hosting.child_down("prefect-server")
+                          + "; then run the agent again with run_agent")
+        if code := _exit_code(message) or (ended.exit_code if ended else None):
             evidence.append(f"exit code {code}")
-            if code == 137:
-                return answer("out_of_memory",
-                              "the run's container was killed (exit code 137): it reached its memory limit",
-                              "make the agent do less per run; the memory limit is set by the work pool's plan")
+            if code in _SIGKILL_CODES:
+                # Exit 137 alone does not say who killed it: only the engine's OOM flag does (see `_killed`).
+                return answer("container_exit", f"the run's container or process was killed (exit code {code}, "
+                              "SIGKILL); nothing recorded whether by its memory limit or from outside",
+                              "look again in a few seconds (the worker writes how a Docker run's container ended "
+                              "just after it ends); otherwise read the worker's log, and run the agent again")
             return answer("container_exit", f"the run's container or process exited with code {code}",
                           "read the error logs below and the worker's log; run it again once fixed")
         if started := re.search(r"unable to start container process: (.*?)(?:: unknown|$)", message):
@@ -154,12 +182,14 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             return answer("container_exit", f"the run's container could not start ({started.group(1)}): its image "
                           "is not an Ariel runtime image",
                           "point ARIEL_RUNTIME_IMAGE at the runtime image (`ariel build-image` makes it) and restart "
-                          "`ariel up`, then run again")
+                          "`ariel up`, then run again" if hosting.on_this_machine else
+                          "tell your Ariel operator: the work pool names an image that is not Ariel's runtime image")
         if re.search(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
                      r"failed to submit flow run to infrastructure.*(pull|image)", message):
             return answer("image_missing", "the worker could not find the runtime image the pool names",
                           "build it on the worker's host with `ariel build-image` (or restart `ariel up`), "
-                          "then run again")
+                          "then run again" if hosting.on_this_machine or _own_pool(run) else
+                          "tell your Ariel operator: the worker host lacks the runtime image; then run again")
         if missing := re.search(r"provider '([^']+)' does not exist", message):
             return answer(
                 "missing_secret", f"the LLM provider '{missing.group(1)}' does not exist, so its key is missing",
@@ -176,6 +206,11 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             )
         if refusals and not last:
             return _refused(answer, refusals, completed=False)
+        if last and last.kind == "llm" and scripted:
+            return answer("llm_failed", f"the LLM call {last.step} failed: {last.error}",
+                          f"the offline {SCRIPTED_MODEL} model plays the agent's script and needs no provider or key: "
+                          "fix the script (a turn for every step, ending with a reply) with update_agent change, "
+                          "then run it again", last)
         if last and last.kind == "llm":
             return answer("llm_failed", f"the LLM call {last.step} failed: {last.error}",
                           "check the model id, its provider key and base URL (update_agent change), then run it again",
@@ -191,6 +226,16 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
         return answer("failed", "the run failed",
                       "read the error logs below; fix the agent with update_agent and run it again")
 
+    if state_type in (StateType.RUNNING, StateType.CANCELLING, StateType.PENDING):
+        if ended:  # its container is gone, though Prefect never heard the run end (it could not report)
+            return _killed(answer, ended, hosting, still=state.name if state else "running")
+        if lost := await _worker_lost(client, run):
+            evidence.append(lost)
+            return answer("worker_lost", f"the worker that started the run stopped answering ({lost}): its host died "
+                          "or it was stopped, so nobody watches the run's container; if the container still runs, "
+                          "the run reports its own end, and if it went with the host, the run never ends",
+                          _worker_back(run, hosting) + "; if the run does not end within its time budget, cancel "
+                          "it with cancel_run and run the agent again with run_agent")
     if state_type in (StateType.RUNNING, StateType.CANCELLING):
         return answer("in_progress", "the run is still going", "wait for it, or cancel it with cancel_run")
 
@@ -214,7 +259,8 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
             pool = await client.read_work_pool(pool_name)
         except ObjectNotFound:
             evidence.append(f"work pool {pool_name} does not exist")
-            return answer("no_worker", f"the run's work pool {pool_name} no longer exists", "restart `ariel up`")
+            return answer("no_worker", f"the run's work pool {pool_name} no longer exists",
+                          hosting.restart() + ", which makes the pools again")
         if pool.is_paused:
             evidence.append(f"work pool {pool_name} is paused")
             return answer("pool_paused", f"the work pool {pool_name} is paused, so no worker takes its runs",
@@ -238,10 +284,76 @@ async def diagnose(client: PrefectClient, run: FlowRun, agent_pending: list[str]
                           "workers again, revoke the org's worker keys (manage_org revoke_worker_key)")
         if not alive:
             return answer("no_worker", f"no worker is polling the work pool {pool_name}, so nothing starts the run",
-                          "start the worker: `ariel up` starts it and serves every pool; if it is running, read "
-                          "its log (ARIEL_HOME/logs/worker.log)")
+                          hosting.child_down("worker") + "; the run starts once a worker polls again")
     return answer("waiting", "the run is late but its pool is ready and polled; the worker may be busy starting it",
                   "look again in a minute; read the worker's log if it stays late")
+
+
+def _killed(answer: Callable[[Cause, str, str], Diagnosis], ended: ContainerExit, hosting: Hosting,
+            still: str | None) -> Diagnosis:
+    """A run whose container the engine says ended: OOM-killed, killed from outside, or exited with a code.
+
+    `still`: the state Prefect still shows (Running, Pending) when it never heard of the end; None when it did.
+    """
+    stale = f"; the run still shows {still} because it could not report its end" if still else ""
+    again = "cancel it with cancel_run, then " if still else ""
+    if ended.oom_killed:
+        return answer("out_of_memory", "the Docker engine OOM-killed the run's container (exit code "
+                      f"{ended.exit_code}): it reached its memory limit{stale}",
+                      f"{again}make the agent do less per run (fewer or smaller tool results); the memory limit is "
+                      "the work pool's (ARIEL_RUN_MEMORY_LIMIT" + (" of `ariel up`)" if hosting.on_this_machine else
+                                                                    ", set by your plan)"))
+    if ended.killed_outside:
+        how = f"signal {ended.kill_signal} sent through the Docker API, e.g. `docker kill` or `docker stop`" \
+            if ended.kill_signal else "SIGKILL from outside the Docker engine"
+        return answer("killed_outside", f"the run's container was killed from outside ({how}), not by its memory "
+                      f"limit (Docker says it was not OOM-killed){stale}",
+                      f"{again}run the agent again with run_agent; if nobody here killed it, find who stops "
+                      "containers on the worker's host (a cleanup job, a restart of the Docker engine)")
+    return answer("container_exit", f"the run's container exited with code {ended.exit_code}{stale}",
+                  f"{again}read the error logs below and the worker's log; run it again once fixed")
+
+
+async def _worker_lost(client: PrefectClient, run: FlowRun) -> str | None:
+    """How the worker that took the run is gone, when it is: silent past three heartbeats, or no longer known."""
+    name = (run.labels or {}).get("prefect.worker.name")
+    if not isinstance(name, str) or not run.work_pool_name:
+        return None  # not submitted by a worker yet: the late-run checks explain the wait
+    try:
+        workers = await client.read_workers_for_work_pool(run.work_pool_name)
+    except ObjectNotFound:
+        return f"its work pool {run.work_pool_name} no longer exists"
+    now = datetime.now(UTC)
+    worker = next((each for each in workers if each.name == name), None)
+    if worker is None:
+        return f"Prefect no longer knows its worker {name}"
+    if is_polling(worker, now):
+        return None
+    silent = f"{int((now - worker.last_heartbeat_time).total_seconds())} s" if worker.last_heartbeat_time else "long"
+    return f"its worker {name} sent its last heartbeat {silent} ago"
+
+
+def _own_pool(run: FlowRun) -> bool:
+    return bool(run.work_pool_name and run.work_pool_name.endswith(OWN_POOL_SUFFIX))
+
+
+def _worker_back(run: FlowRun, hosting: Hosting) -> str:
+    """How to get the run's worker back: the org's own (`ariel worker`), or the platform's."""
+    if _own_pool(run):
+        return ("start the worker again on your machine that had it, with your worker key: `ariel worker --server "
+                "<Ariel's address>`")
+    return hosting.child_down("worker")
+
+
+def unavailable(ref: str, error: BaseException, hosting: Hosting | None = None) -> Diagnosis:
+    """The answer when the Prefect API does not answer: nothing about the run can be read, not even whose it is."""
+    return Diagnosis(
+        run_id=ref[:100], run_name="", state="Unknown", cause="prefect_unavailable",
+        summary="the Prefect API, which holds every run's state and logs, did not answer; its runs cannot start, "
+        "report or be read until it is back",
+        failed_step=None, evidence=[f"the Prefect API did not answer: {type(error).__name__}"], error_logs=[],
+        next_action=(hosting or Hosting()).child_down("prefect-server") + "; then ask again",
+    )
 
 
 class _Refusal(BaseModel):

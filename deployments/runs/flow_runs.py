@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import UUID
@@ -159,13 +160,24 @@ def _expected_start(after: datetime | None, before: datetime | None = None) -> F
     return FlowRunFilterExpectedStartTime(after_=after, before_=before)
 
 
-async def wait_for_run(client: PrefectClient, run_id: UUID, timeout: float, poll: float = 0.25) -> FlowRun:
-    """The run once it reaches a final state, or as it is when `timeout` seconds have passed."""
+async def wait_for_run(
+    client: PrefectClient,
+    run_id: UUID,
+    timeout: float,
+    poll: float = 0.25,
+    on_poll: Callable[[FlowRun], Awaitable[None]] | None = None,
+) -> FlowRun:
+    """The run once it reaches a final state, or as it is when `timeout` seconds have passed.
+
+    `on_poll` sees the run as each poll finds it before it ends (to tell a waiting client how it stands).
+    """
     deadline = time.monotonic() + timeout
     while True:
         run = await client.read_flow_run(run_id)
         if (run.state and run.state.is_final()) or time.monotonic() >= deadline:
             return run
+        if on_poll is not None:
+            await on_poll(run)
         await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
 
 

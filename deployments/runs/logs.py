@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from deployments.exceptions import QueryInvalid
 from deployments.runs.cursors import BAD_CURSOR, PAGE_LIMIT, decode_cursor, encode_cursor, fingerprint
+from deployments.text import quote
 from flows.transcript import Redactor
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -86,7 +87,7 @@ async def read_log_page(
     by, and a cursor made for another run or other filters, or mangled.
     """
     if min_level not in LOG_LEVELS:
-        raise QueryInvalid(f"min_level must be one of {', '.join(LOG_LEVELS)}, not {min_level!r}")
+        raise QueryInvalid(f"min_level must be one of {', '.join(LOG_LEVELS)}, not {quote(min_level)}")
     if limit < 1:
         raise QueryInvalid(f"limit must be at least 1, not {limit}")
     query = fingerprint("logs", str(run_id), min_level, task, contains)
@@ -100,7 +101,9 @@ async def read_log_page(
         ]
         if not task_ids:
             known = ", ".join(sorted(set(names.values()), key=_natural)) or "none yet"
-            raise QueryInvalid(f"no task run of this run is named {task!r} or starts with it; its task runs: {known}")
+            raise QueryInvalid(
+                f"no task run of this run is named {quote(task)} or starts with it; its task runs: {known}"
+            )
     log_filter = LogFilter(
         flow_run_id=LogFilterFlowRunId(any_=[run_id]),
         level=LogFilterLevel(ge_=LOG_LEVELS[min_level]),

@@ -1,9 +1,10 @@
 """The HTTP app: MCP over streamable HTTP at /mcp, plus /health, /ready, docs at /docs and /oauth/callback.
 
 Every request passes, outermost first: security headers, the unhandled-error
-guard, CORS, the per-address rate limit, the body limit, authentication, the
-binding of MCP sessions to their caller, the per-user rate limit (see
-`mcp_server.http.hardening`, `.sessions` and `.rate_limit`).
+guard, CORS, the per-address limit of requests without valid credentials, the
+body limit, authentication, the binding of MCP sessions to their caller (see
+`mcp_server.http.hardening`, `.rate_limit` and `.sessions`). Tool calls are
+limited per user inside the MCP server (`mcp_server.tools.middleware`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from mcp_server.http.hardening import (
     docs_csp,
 )
 from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
-from mcp_server.http.rate_limit import RateLimit
+from mcp_server.http.rate_limit import LimitUnauthenticated
 from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
+from mcp_server.services.rate_limits import RateLimits
 from mcp_server.settings import ArielSettings
 from mcp_server.tools.server import build_mcp
 
@@ -117,9 +119,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         summary="Workflow orchestration for AI agents, on Prefect 3. MCP over streamable HTTP at /mcp.",
         description=(
             f"Request bodies over {settings.max_body_bytes} bytes get 413. "
-            + (f"More than {settings.rate_limit_per_minute} requests a minute from one user or one address get 429 "
-               "with a Retry-After header (/health and /ready are not counted). "
-               if settings.rate_limit_per_minute else "")
+            + (f"More than {settings.unauthenticated_rate_limit_per_minute} requests a minute without valid "
+               "credentials from one address get 429 with a Retry-After header (/health and /ready are not counted). "
+               if settings.unauthenticated_rate_limit_per_minute else "")
             + "Unexpected errors answer 500 without details; the server log has them."
         ),
         version="0.1.0",
@@ -132,11 +134,11 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         },
     )
     # add_middleware wraps: the last added runs first.
-    app.add_middleware(RateLimit, per="user", per_minute=settings.rate_limit_per_minute)
     app.add_middleware(BindSessionsToCaller)  # after authentication: an MCP session is its opener's alone
     app.add_middleware(AuthenticateHTTP, services=services)
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RateLimit, per="address", per_minute=settings.rate_limit_per_minute)
+    # Outside authentication, which decides what it counts: only requests nobody proved who sent.
+    app.add_middleware(LimitUnauthenticated, limit=RateLimits.from_settings(settings).unauthenticated)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

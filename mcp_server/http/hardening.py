@@ -1,8 +1,8 @@
 """ASGI middleware that every HTTP response passes through: security headers, body limit, no tracebacks.
 
 `create_app` stacks them (outermost first): `SecurityHeaders`, `CatchUnhandled`,
-CORS, the per-address rate limit, `LimitBody`, authentication, the per-user
-rate limit. Each instance belongs to one app; none keeps module-level state.
+CORS, the per-address limit of requests without valid credentials, `LimitBody`,
+authentication. Each instance belongs to one app; none keeps module-level state.
 """
 
 from __future__ import annotations

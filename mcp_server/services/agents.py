@@ -33,6 +33,7 @@ from deployments.pools.work_pools import (
     process_job_template,
     remove_pools,
 )
+from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
 from flows.models import SCRIPTED_MODEL
 from mcp_server.services.agent_specs import parse_spec
@@ -320,7 +321,7 @@ class AgentService:
         """The caller's agent by hex id or slug; `NotFound` otherwise, whoever else may have one."""
         record = await self.store.find_agent(caller.org_id, ref.strip())
         if record is None:
-            raise NotFound(f"no agent {ref!r}; list_agents shows the agents you can use, by id and slug")
+            raise NotFound(f"no agent {quote(ref)}; list_agents shows the agents you can use, by id and slug")
         return record
 
     async def mcp_servers(
@@ -399,7 +400,7 @@ class AgentService:
         if await self.store.provider_exists(caller.org_id, spec.provider):
             return
         raise InvalidRequest(
-            f"{not_done}: provider: there is no provider {spec.provider!r} here; manage_secrets list shows the "
+            f"{not_done}: provider: there is no provider {quote(spec.provider)} here; manage_secrets list shows the "
             f"providers you can name, and an admin adds one with manage_secrets set_provider"
         )
 
@@ -443,7 +444,7 @@ class AgentService:
     async def spec_of(self, caller: Caller, record: AgentRecord) -> AgentSpec:
         version = await self.store.get_version(caller.org_id, record.id, record.version)
         assert version is not None  # every agent row has its current version row
-        return AgentSpec.model_validate(version.spec)
+        return AgentSpec.stored(version.spec)
 
     async def _view(self, caller: Caller, record: AgentRecord, spec: AgentSpec, pool: str) -> AgentView:
         manifest = await self.manifest(record, spec)
@@ -476,8 +477,8 @@ _LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
 def _server_problem(name: str, found: ToolServerRecord | None, stdio_commands: Mapping[str, list[str]]) -> str | None:
     """Why `found` (what `name` resolved to) cannot serve an agent; None when it can."""
     if found is None:
-        return (f"there is no MCP server {name!r} you can use here; manage_tools list shows them, and manage_tools "
-                "add adds one")
+        return (f"there is no MCP server {quote(name)} you can use here; manage_tools list shows them, and "
+                "manage_tools add adds one")
     if found.status != "approved":
         then = ("an admin approves it with manage_tools action='approve'" if found.status == "pending"
                 else "it was rejected; manage_tools get says why")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from deployments.agents.signing import Ed25519ConfigSigner
 from deployments.images.stdio_catalog import installed_command
 from deployments.pools.work_pools import PoolType
+from deployments.runs.hosting import Hosting
 from flows.network.guard import control_plane_hosts, protected_endpoints
 from mcp_server.services.agents import AgentService
 from mcp_server.services.authentication import Authenticator
@@ -63,7 +64,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                 store=store,
                 auth=Authenticator.from_settings(store, settings),
                 agents=agents,
-                runs=RunService(agents),
+                runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs"))),
                 orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
                 secrets=SecretService(agents, sealer),
                 tool_servers=ToolServerService(

@@ -7,6 +7,7 @@
     ├── InvalidRequest      bad input; the message names the field and what is allowed
     ├── Unavailable         a dependency (Prefect API, Docker) did not answer
     ├── Forbidden           the caller's role is too low; names the role needed
+    ├── RateLimited         too many calls in a minute; says when to retry
     └── SealingError        a secret cannot be sealed or opened (mcp_server.services.sealing)
         ├── KekUnavailable  the key-encryption key is missing, malformed or not known here; names the setting
         └── SealBroken      a sealed secret or data key does not open: another org's, or altered
@@ -41,6 +42,15 @@ class Unavailable(ArielError):
 
 class Forbidden(ArielError):
     """The caller's role does not allow the action; the message names the role it needs."""
+
+
+class RateLimited(ArielError):
+    """Past a rate limit (`mcp_server.services.rate_limits`); the message says which and when to retry."""
+
+    def __init__(self, message: str, retry_after_seconds: int, retry_at: str) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+        self.retry_at = retry_at
 
 
 class SealingError(ArielError):

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from deployments.pools.work_pools import DEFAULT_CPUS
+from deployments.text import quote
 from flows.config import Limits
 from mcp_server.auth import Role, is_api_key
 from mcp_server.auth.worker_keys import worker_key_prefix
@@ -149,7 +150,7 @@ class OrgService:
                     return await self._revoke_worker_key(caller, _required(key, "key", action).strip())
                 case "delete_org":
                     return await self._delete(caller, confirm)
-        raise InvalidRequest(f"action: unknown {action!r}")  # unreachable: the tool's schema lists the actions
+        raise InvalidRequest(f"action: unknown {quote(action)}")  # unreachable: the tool's schema lists the actions
 
     async def audit_log(
         self, caller: Caller, actor: str | None, action: str | None, since: datetime | None, until: datetime | None,
@@ -173,7 +174,7 @@ class OrgService:
         try:
             await self.store.add_member(caller.org_id, invitee.id, role)
         except store_errors.Conflict:
-            raise Conflict(f"{ref!r} is already a member; use change_role to change their role") from None
+            raise Conflict(f"{quote(ref)} is already a member; use change_role to change their role") from None
         # Only what the admin typed: whether that person has an account elsewhere is not theirs to learn.
         return OrgActionView(action="invite", done=f"{ref} can now sign in and act here as {role}")
 
@@ -205,12 +206,12 @@ class OrgService:
                 await self.store.set_current_org(caller.user_id, org.id)
                 view = OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True)
                 return OrgActionView(action="switch", done=f"your calls now act in {org.name!r}", organization=view)
-        raise NotFound(f"no organization {ref!r} of yours; whoami lists the ones you belong to")
+        raise NotFound(f"no organization {quote(ref)} of yours; whoami lists the ones you belong to")
 
     async def _revoke_key(self, caller: Caller, ref: str) -> ApiKeyRecord:
         found = next((k for k in await self.store.api_keys(caller.org_id) if ref in (k.id, k.prefix)), None)
         if found is None:
-            raise NotFound(f"no API key {ref!r}; manage_org list_keys shows ids and prefixes")
+            raise NotFound(f"no API key {quote(ref)}; manage_org list_keys shows ids and prefixes")
         creator = await self.store.member(caller.org_id, found.created_by)
         if creator is not None:
             self._may_change(caller, creator)
@@ -263,7 +264,7 @@ class OrgService:
     async def _revoke_worker_key(self, caller: Caller, ref: str) -> OrgActionView:
         revoked = await self.store.revoke_worker_key(caller.org_id, ref)
         if revoked is None:
-            raise NotFound(f"no worker key {ref!r}; manage_org list_worker_keys shows ids and prefixes")
+            raise NotFound(f"no worker key {quote(ref)}; manage_org list_worker_keys shows ids and prefixes")
         active = await self.store.worker_keys(caller.org_id, active_only=True)
         moved = await self._move_agents(caller) if not active else 0
         done = f"worker key {revoked.prefix} no longer works"
@@ -301,7 +302,7 @@ class OrgService:
         for member in await self.store.members(caller.org_id):
             if ref in (member.user.id, member.user.subject, member.user.email, member.user.label):
                 return member
-        raise NotFound(f"no member {ref!r}; manage_org list_members shows them")
+        raise NotFound(f"no member {quote(ref)}; manage_org list_members shows them")
 
     @staticmethod
     def _may_grant(caller: Caller, role: Role) -> None:

@@ -7,11 +7,12 @@ tag, so another org's run id or name is answered exactly like one that does not 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
+import httpx
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.states import Cancelled, Cancelling
@@ -20,12 +21,15 @@ from deployments import runs
 from deployments.agents.spec import AgentSpec
 from deployments.exceptions import QueryInvalid
 from deployments.runs.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
-from deployments.runs.diagnosis import Diagnosis, diagnose
+from deployments.runs.diagnosis import Diagnosis, diagnose, unavailable
+from deployments.runs.hosting import Hosting
+from deployments.text import quote
 from flows.transcript import Redactor
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound
+from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.progress import ProgressReport, RunProgress
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
 from mcp_server.store import AgentRecord
 
@@ -36,8 +40,23 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 @dataclass
 class RunService:
     agents: AgentService
+    # The deployment model answering: a diagnosis's next action names what its reader can do.
+    hosting: Hosting = field(default_factory=Hosting)
 
-    async def run(self, caller: Caller, ref: str, input: str | None, wait_seconds: float) -> RunView:
+    async def run(
+        self, caller: Caller, ref: str, input: str | None, wait_seconds: float, progress: ProgressReport | None = None
+    ) -> RunView:
+        """Start a run of an approved agent; with `wait_seconds`, wait for it, sending `progress` as it goes."""
+        flow_run = await self._start(caller, ref, input)
+        async with self.agents.prefect() as client:
+            if wait_seconds > 0:
+                on_poll = RunProgress(progress, total=wait_seconds) if progress is not None else None
+                flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds, on_poll=on_poll)
+            result = await runs.read_result(client, flow_run.id) if _completed(flow_run) else None
+        return RunView.of(flow_run).model_copy(update={"result": result})
+
+    async def _start(self, caller: Caller, ref: str, input: str | None) -> FlowRun:
+        # Audited once started: a client that stops waiting (its timeout, a cancel) leaves the run, and its trail.
         async with audited(self.agents.store, caller, "agent.run", ref):
             record = await self.agents.resolve(caller, ref)
             spec = await self.agents.spec_of(caller, record)
@@ -54,13 +73,9 @@ class RunService:
             async with self.agents.prefect() as client:
                 # The version just checked, not whatever a concurrent change has deployed since.
                 config = (await self.agents.signed_run_config(caller, record, spec)).model_dump(mode="json")
-                flow_run = await runs.start_run(
+                return await runs.start_run(
                     client, UUID(record.deployment_id), input, name=run_name(record), config=config
                 )
-                if wait_seconds > 0:
-                    flow_run = await runs.wait_for_run(client, flow_run.id, wait_seconds)
-                result = await runs.read_result(client, flow_run.id) if _completed(flow_run) else None
-            return RunView.of(flow_run).model_copy(update={"result": result})
 
     async def cancel(self, caller: Caller, ref: str) -> RunView:
         """Cancel a run that has not finished: a waiting one at once, a running one through its worker."""
@@ -188,10 +203,16 @@ class RunService:
         )
 
     async def diagnose(self, caller: Caller, ref: str) -> Diagnosis:
-        async with self.agents.prefect() as client:
-            flow_run = await self._find(client, caller, ref)
-            pending = await self._pending_approval(caller, flow_run)
-            found = await diagnose(client, flow_run, pending)
+        try:
+            async with self.agents.prefect() as client:
+                flow_run = await self._find(client, caller, ref)
+                pending = await self._pending_approval(caller, flow_run)
+                found = await diagnose(client, flow_run, pending, self.hosting)
+        except Unavailable as exc:
+            # Prefect down is the answer to "why does my run not go?", not an error; it names no run's facts.
+            if not isinstance(exc.__cause__, (httpx.ConnectError, httpx.ConnectTimeout)):
+                raise
+            return unavailable(ref.strip(), exc.__cause__, self.hosting)
         # Its evidence quotes state messages and log lines, which may hold what a tool was sent.
         return Diagnosis.model_validate(Redactor().redact(found.model_dump(mode="json")))
 
@@ -205,12 +226,12 @@ class RunService:
         )
         if record is None or version is None:
             return None
-        return (await self.agents.status(record, AgentSpec.model_validate(version.spec)))[1] or None
+        return (await self.agents.status(record, AgentSpec.stored(version.spec)))[1] or None
 
     async def _find(self, client: Any, caller: Caller, ref: str) -> FlowRun:
         flow_run = await runs.find_run(client, caller.org_id, ref.strip())
         if flow_run is None:
-            raise NotFound(f"no run {ref!r}; list_runs shows run ids and names")
+            raise NotFound(f"no run {quote(ref)}; list_runs shows run ids and names")
         return flow_run
 
 

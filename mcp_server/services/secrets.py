@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from deployments import providers
 from deployments.agents.spec import base_url_problem
+from deployments.text import quote
 from mcp_server.auth import Role
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
@@ -94,7 +95,7 @@ class SecretService:
         ])
 
     async def delete_provider(self, caller: Caller, name: str, confirm: bool) -> SecretsActionView:
-        missing = NotFound(f"no provider {name!r}; manage_secrets list shows the providers here")
+        missing = NotFound(f"no provider {quote(name)}; manage_secrets list shows the providers here")
         if not await self.agents.store.provider_exists(caller.org_id, name):
             raise missing
         users = (await self._users(caller)).get(name, [])

@@ -27,7 +27,7 @@ async def record_upgraded_manifests(store: Store) -> int:
         assert record.approved_version is not None  # what the query selects
         approved = await store.get_version(record.org_id, record.id, record.approved_version)
         assert approved is not None  # versions are never deleted while their agent lives
-        manifest = Manifest.of(AgentSpec.model_validate(approved.spec)).model_dump(mode="json")
+        manifest = Manifest.of(AgentSpec.stored(approved.spec)).model_dump(mode="json")
         await store.approve_agent(
             record.org_id, record.id, record.approved_version, manifest, record.approved_by or "upgrade",
             current=False,
@@ -89,7 +89,7 @@ async def _named_providers(store: Store, org_id: str) -> set[str]:
     names: set[str] = set()
     for record in await store.list_agents(org_id):
         version = await store.get_version(org_id, record.id, record.version)
-        provider = AgentSpec.model_validate(version.spec).provider if version else None
+        provider = AgentSpec.stored(version.spec).provider if version else None
         if provider and providers.PROVIDER_NAME.match(provider):
             names.add(provider)
     return names

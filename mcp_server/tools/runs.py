@@ -33,7 +33,8 @@ def register(mcp: FastMCP) -> None:
         ] = 0,
     ) -> RunView:
         """Run an approved agent now. With wait_seconds, returns its reply when it finishes in time, else its state."""
-        return await services_of(ctx).runs.run(await caller_of(ctx), agent, input, wait_seconds)
+        # Progress while it waits keeps clients that reset their request timeout on progress waiting.
+        return await services_of(ctx).runs.run(await caller_of(ctx), agent, input, wait_seconds, ctx.report_progress)
 
     @mcp.tool(annotations={"destructiveHint": True})
     async def cancel_run(ctx: Context, run: RunRef) -> RunView:

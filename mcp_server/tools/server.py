@@ -10,10 +10,13 @@ from fastmcp import FastMCP
 
 from deployments.pools.work_pools import PoolType
 from mcp_server.services.container import Services, open_services
+from mcp_server.services.rate_limits import RateLimits
 from mcp_server.settings import ArielSettings
 from mcp_server.tools import agents, orgs, runs, secrets, tool_servers
+from mcp_server.tools.middleware.arguments import RefuseControlCharacters
 from mcp_server.tools.middleware.caller import ResolveCaller
-from mcp_server.tools.middleware.errors import ReadableArgumentErrors
+from mcp_server.tools.middleware.errors import ReadableErrors
+from mcp_server.tools.middleware.rate_limit import LimitToolCalls
 
 INSTRUCTIONS = """\
 Ariel runs AI agents on a schedule or on demand. Create one with create_agent
@@ -42,7 +45,12 @@ def build_mcp(
         "Ariel",
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        middleware=[ReadableArgumentErrors(), ResolveCaller()],
+        # Outermost first: every refusal below reads well and quotes little; each call counts for its caller,
+        # whatever it carries; then no control character gets past into services, the store or the audit log.
+        middleware=[
+            ReadableErrors(), ResolveCaller(), LimitToolCalls(RateLimits.from_settings(settings).tool_calls),
+            RefuseControlCharacters(),
+        ],
         mask_error_details=True,
     )
     orgs.register(mcp)

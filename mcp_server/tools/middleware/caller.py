@@ -12,6 +12,7 @@ from fastmcp import Context
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
+from deployments.text import without_control_characters
 from mcp_server.auth import Role
 from mcp_server.services.audit import record
 from mcp_server.services.caller import Caller
@@ -67,7 +68,10 @@ class ResolveCaller(Middleware):
         except Forbidden as error:
             if tool in AUDITED_ACTIONS:
                 arguments = context.message.arguments or {}
-                target = str(arguments.get("agent") or arguments.get("run") or arguments.get("name") or "")
+                # Refused before its arguments are checked: recorded without the control characters it may hold.
+                target = without_control_characters(
+                    str(arguments.get("agent") or arguments.get("run") or arguments.get("name") or "")[:300]
+                )
                 # update_agent's refusals are filed under the action asked for, like its successes.
                 action = f"agent.{arguments['action']}" if tool == "update_agent" and arguments.get("action") in (
                     "change", "approve", "pause", "resume") else AUDITED_ACTIONS[tool]

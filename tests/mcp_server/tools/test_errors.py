@@ -7,12 +7,12 @@ from fastmcp import Client, FastMCP
 from fastmcp.exceptions import ToolError
 
 from mcp_server.store import Conflict
-from mcp_server.tools.middleware.errors import ReadableArgumentErrors
+from mcp_server.tools.middleware.errors import ReadableErrors
 
 
 def server() -> FastMCP:
     mcp = FastMCP("errors", mask_error_details=True)
-    mcp.add_middleware(ReadableArgumentErrors())
+    mcp.add_middleware(ReadableErrors())
 
     @mcp.tool
     def clash() -> str:

@@ -1,0 +1,236 @@
+"""How a run's container ended, as the Docker engine tells it, written onto the run for `diagnose_run`.
+
+The stock Docker worker reports only the exit code ("exited with non-zero status
+code 137"), and Prefect's hint for 137 reads "likely out-of-memory"; but a
+`docker kill` ends with 137 as well. The engine knows which: it publishes an
+`oom` event when the kernel's OOM killer struck the container at its memory
+limit (the same containerd event that sets `State.OOMKilled`), and a `kill`
+event with the signal when someone kills or stops it through its API. Run
+containers are removed as they exit (`auto_remove`), so `docker inspect`
+afterwards races the removal; the events stream does not.
+
+`watch` follows that stream for one install's run containers (label
+`ariel.role=flow-run`, pool label `io.prefect.work-pool-name` under the
+install's prefix) and writes each non-zero exit as one WARNING line on the
+container's flow run (`io.prefect.flow-run-id`): operators see it in the Prefect
+UI, and `deployments.runs.diagnosis` reads it back with `ContainerExit.parse`.
+Only the exit code, the OOM flag and a signal number are written: nothing of
+the container's output, which may hold what a tool was sent.
+
+Example:
+    >>> ended = ContainerExit(container="digest-run", exit_code=137, oom_killed=True)
+    >>> ended.line()
+    'Container digest-run exited with code 137: OOM-killed at its memory limit (Docker: State.OOMKilled)'
+    >>> ContainerExit.parse(ended.line()) == ended
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import docker
+from docker.errors import DockerException
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import LogCreate
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+LOGGER_NAME = "ariel.container_exits"
+_WARNING = 30
+_FILTERS = {"type": "container", "label": ["ariel.role=flow-run"], "event": ["oom", "kill", "die"]}
+_RUN_LABEL = "io.prefect.flow-run-id"
+_POOL_LABEL = "io.prefect.work-pool-name"
+# Exits that happened while this process was down (a restarted worker host) are still in the engine's recent
+# events: replay this far back once at start, so that a run whose container died meanwhile still gets its cause.
+REPLAY_SECONDS = 300
+RECONNECT_SECONDS = 5.0
+_REMEMBERED = 2000  # containers whose exit was handled, so that a replay does not write it twice
+
+_OOM = "OOM-killed at its memory limit (Docker: State.OOMKilled)"
+_KILLED_BY_API = "killed from outside: signal {signal} sent through the Docker API (docker kill or docker stop)"
+_KILLED_ELSEWHERE = "killed from outside the Docker engine (SIGKILL, not OOM-killed)"
+_LINE = re.compile(r"^Container (?P<container>\S+) exited with code (?P<code>-?\d+)(?:: (?P<why>.*))?$")
+_SIGNAL = re.compile(r"^killed from outside: signal (?P<signal>\S+) sent through the Docker API")
+
+
+@dataclass(frozen=True)
+class ContainerExit:
+    """One run container's end: its exit code, whether the engine OOM-killed it, the signal sent through its API."""
+
+    container: str
+    exit_code: int
+    oom_killed: bool = False
+    kill_signal: str | None = None
+
+    @property
+    def killed_outside(self) -> bool:
+        """Killed, and not by its memory limit: a signal through the engine's API, or SIGKILL (137) from elsewhere."""
+        return not self.oom_killed and (self.kill_signal is not None or self.exit_code == 137)
+
+    def line(self) -> str:
+        """The log line written on the run; `parse` reads it back."""
+        if self.oom_killed:
+            why = _OOM
+        elif self.kill_signal is not None:
+            why = _KILLED_BY_API.format(signal=self.kill_signal)
+        elif self.exit_code == 137:
+            why = _KILLED_ELSEWHERE
+        else:
+            return f"Container {self.container} exited with code {self.exit_code}"
+        return f"Container {self.container} exited with code {self.exit_code}: {why}"
+
+    @classmethod
+    def parse(cls, message: str) -> ContainerExit | None:
+        """The exit a log line of `line`'s form tells of; None for any other line."""
+        found = _LINE.match(message)
+        if found is None:
+            return None
+        why = found.group("why") or ""
+        signal = _SIGNAL.match(why)
+        return cls(container=found.group("container"), exit_code=int(found.group("code")),
+                   oom_killed=why == _OOM, kill_signal=signal.group("signal") if signal else None)
+
+
+@dataclass
+class _Seen:
+    oom_killed: bool = False
+    kill_signal: str | None = None
+
+
+class _Follower:
+    """Folds the engine's oom, kill and die events of one install's run containers into `ContainerExit`s."""
+
+    def __init__(self, pool_prefix: str) -> None:
+        self.pool_prefix = pool_prefix
+        self.seen: dict[str, _Seen] = {}
+        self.handled: OrderedDict[str, None] = OrderedDict()
+
+    def fold(self, event: dict[str, Any]) -> tuple[UUID, ContainerExit, datetime] | None:
+        """Take one event; on a non-zero `die` of one of our runs' containers, what to write on which run."""
+        actor = event.get("Actor") or {}
+        container_id: str = actor.get("ID") or event.get("id") or ""
+        labels: dict[str, str] = actor.get("Attributes") or {}
+        if not container_id or not labels.get(_POOL_LABEL, "").startswith(self.pool_prefix):
+            return None
+        seen = self.seen.setdefault(container_id, _Seen())
+        action = event.get("Action") or event.get("status")
+        if action == "oom":
+            seen.oom_killed = True
+        elif action == "kill":
+            seen.kill_signal = labels.get("signal") or seen.kill_signal
+        elif action == "die":
+            self.seen.pop(container_id, None)
+            if container_id in self.handled:
+                return None
+            self.handled[container_id] = None
+            if len(self.handled) > _REMEMBERED:
+                self.handled.popitem(last=False)
+            try:
+                run_id, code = UUID(labels[_RUN_LABEL]), int(labels.get("exitCode", ""))
+            except (KeyError, ValueError):
+                return None
+            if code == 0 and not seen.oom_killed:
+                return None
+            ended = ContainerExit(container=labels.get("name", container_id[:12]), exit_code=code,
+                                  oom_killed=seen.oom_killed, kill_signal=seen.kill_signal)
+            at = datetime.fromtimestamp(event.get("timeNano", time.time_ns()) / 1e9, UTC)
+            return run_id, ended, at
+        return None
+
+
+async def watch(pool_prefix: str, write: Callable[[UUID, ContainerExit, datetime], Any] | None = None) -> None:
+    """Follow the engine's events until cancelled, writing each exit of this install's run containers on its run.
+
+    `write` (default: a WARNING log line on the run, through this process's Prefect API) is awaited per exit.
+    A lost engine connection is reopened from the last event seen; a failed write is retried until it lands.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]] = asyncio.Queue()
+    follower = _Follower(pool_prefix)
+    since = int(time.time()) - REPLAY_SECONDS
+    writer = asyncio.create_task(_write_all(queue, write or write_exit))
+    try:
+        while True:
+            since = await _follow_once(loop, follower, since, queue)
+            await asyncio.sleep(RECONNECT_SECONDS)
+    finally:
+        writer.cancel()
+
+
+async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, since: int,
+                       queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]]) -> int:
+    """Read the events stream until it ends; returns the time to reopen it from."""
+    try:
+        client = docker.from_env()
+        stream = client.events(since=since, filters=_FILTERS, decode=True)
+    except DockerException as exc:
+        print(f"container exits: no Docker engine answers ({type(exc).__name__}); retrying", flush=True)
+        return since
+    ended: asyncio.Future[int] = loop.create_future()
+
+    def follow() -> None:
+        last = since
+        try:
+            for event in _events(stream):
+                last = max(last, int(event.get("time", last)))
+                if (found := follower.fold(event)) is not None:
+                    loop.call_soon_threadsafe(queue.put_nowait, found)
+        except Exception as exc:  # the engine went away or the stream was closed: reopen from `last`
+            print(f"container exits: the Docker events stream ended ({type(exc).__name__})", flush=True)
+        finally:
+            loop.call_soon_threadsafe(_settle, ended, last)
+
+    # A daemon thread, not asyncio.to_thread: the stream blocks in a read, and interpreter exit must not wait for it.
+    threading.Thread(target=follow, name="container-exits", daemon=True).start()
+    try:
+        return await ended
+    finally:
+        stream.close()
+        client.close()
+
+
+def _settle(ended: asyncio.Future[int], last: int) -> None:
+    if not ended.done():  # cancelled when the watcher stops
+        ended.set_result(last)
+
+
+def _events(stream: Any) -> Iterator[dict[str, Any]]:
+    yield from stream
+
+
+async def _write_all(queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]],
+                     write: Callable[[UUID, ContainerExit, datetime], Any]) -> None:
+    while True:
+        run_id, ended, at = await queue.get()
+        print(f"run {run_id}: {ended.line()}", flush=True)
+        for delay in (1, 2, 5, 10, 30, 60, *[60] * 60):  # about an hour: a Prefect server restarting comes back
+            try:
+                await write(run_id, ended, at)
+                break
+            except ObjectNotFound:
+                break  # the run was deleted, or is another install's
+            except PrefectHTTPStatusError as exc:
+                if 400 <= exc.response.status_code < 500 and exc.response.status_code != 429:
+                    print(f"run {run_id}: its container's exit was refused ({exc.response.status_code})", flush=True)
+                    break  # out of this worker's scope (the gateway's 404): retrying will not change that
+                await asyncio.sleep(delay)
+            except Exception as exc:
+                print(f"run {run_id}: could not record its container's exit ({type(exc).__name__}); "
+                      f"retrying in {delay} s", flush=True)
+                await asyncio.sleep(delay)
+
+
+async def write_exit(run_id: UUID, ended: ContainerExit, at: datetime) -> None:
+    """Write `ended` on the run as a WARNING log line, at the time the container died."""
+    async with get_client() as client:
+        await client.create_logs([LogCreate(name=LOGGER_NAME, level=_WARNING, message=ended.line(), timestamp=at,
+                                            flow_run_id=run_id)])

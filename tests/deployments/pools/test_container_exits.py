@@ -1,0 +1,122 @@
+"""The worker host writes how a run's container ended, as the Docker engine tells it, on the run.
+
+Real containers on the real engine (the offline base image), a real Prefect API; the containers carry the
+labels the Docker worker gives a run's container, and are removed as they exit, as a run's are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import docker
+import pytest
+from prefect import flow
+from prefect.client.orchestration import PrefectClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from deployments.pools.container_exits import ContainerExit, watch
+from deployments.runs.logs import read_log_page
+
+BASE_IMAGE = "ariel-base:bookworm"
+ALLOCATE = "chunks = []\nwhile True:\n    chunks.append(bytearray(10**6))"
+TEST_LABEL = "ariel.test=container-exits"
+
+
+@flow(name="container-exits-probe")
+def probe() -> None:
+    """Never run: only its runs are made, as records for the containers below."""
+
+
+@pytest.fixture
+def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    yield client
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        container.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+async def prefect(prefect_api: str) -> AsyncIterator[PrefectClient]:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):  # what the watcher's get_client() reaches
+        async with PrefectClient(prefect_api) as client:
+            yield client
+
+
+@asynccontextmanager
+async def watching(prefix: str) -> AsyncIterator[None]:
+    watcher = asyncio.create_task(watch(prefix))
+    await asyncio.sleep(1)  # subscribed before the first container starts
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+def start(engine: docker.DockerClient, run_id: uuid.UUID, pool: str, command: list[str], **options: Any) -> Any:
+    labels = {"ariel.role": "flow-run", "ariel.org": "o" * 32, "io.prefect.flow-run-id": str(run_id),
+              "io.prefect.work-pool-name": pool, "ariel.test": "container-exits"}
+    return engine.containers.run(BASE_IMAGE, command, labels=labels, detach=True, auto_remove=True, **options)
+
+
+async def exit_written(prefect: PrefectClient, run_id: uuid.UUID, timeout: float = 30) -> ContainerExit:
+    for _ in range(int(timeout * 2)):
+        lines = (await read_log_page(prefect, run_id, min_level="warning")).lines
+        found = [ended for line in lines if (ended := ContainerExit.parse(line.message))]
+        if found:
+            assert len(found) == 1, lines
+            return found[0]
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no container exit was written on run {run_id}")
+
+
+def prefix() -> str:
+    return f"ariel-{uuid.uuid4().hex[:8]}-"
+
+
+async def test_a_container_killed_at_its_memory_limit_is_written_as_oom_killed(
+    engine: docker.DockerClient, prefect: PrefectClient
+) -> None:
+    run = await prefect.create_flow_run(probe)
+    pool = prefix()
+    async with watching(pool):
+        start(engine, run.id, f"{pool}0f3c-docker", ["python3", "-c", ALLOCATE], mem_limit="32m",
+              memswap_limit="32m")
+        ended = await exit_written(prefect, run.id)
+    assert ended.exit_code == 137 and ended.oom_killed and not ended.killed_outside, ended
+
+
+async def test_a_docker_killed_container_is_written_as_killed_from_outside_not_oom(
+    engine: docker.DockerClient, prefect: PrefectClient
+) -> None:
+    run = await prefect.create_flow_run(probe)
+    pool = prefix()
+    async with watching(pool):
+        container = start(engine, run.id, f"{pool}0f3c-docker", ["sleep", "60"])
+        await asyncio.sleep(1)
+        container.kill()
+        ended = await exit_written(prefect, run.id)
+    assert ended.exit_code == 137 and not ended.oom_killed and ended.kill_signal == "9", ended
+    assert ended.killed_outside
+    assert "signal 9 sent through the Docker API" in ended.line()
+
+
+async def test_another_installs_containers_and_clean_exits_are_not_written(
+    engine: docker.DockerClient, prefect: PrefectClient
+) -> None:
+    theirs, clean, ours = [await prefect.create_flow_run(probe) for _ in range(3)]
+    pool = prefix()
+    async with watching(pool):
+        start(engine, theirs.id, f"{prefix()}0f3c-docker", ["sh", "-c", "exit 3"])
+        start(engine, clean.id, f"{pool}0f3c-docker", ["true"])
+        await asyncio.sleep(2)
+        start(engine, ours.id, f"{pool}0f3c-docker", ["sh", "-c", "exit 3"])
+        ended = await exit_written(prefect, ours.id)  # written after the others died
+    assert ended == ContainerExit(container=ended.container, exit_code=3)
+    for run in (theirs, clean):
+        assert (await read_log_page(prefect, run.id, min_level="warning")).lines == []
