@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
+from deployments.pools.container_exits import LOGGER_NAME as CONTAINER_EXITS_LOGGER
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
 
@@ -257,7 +258,13 @@ class Rules:
         if not isinstance(logs, list):
             return Verdict(422, "a list of logs is expected")
         own = str(scope.run_id)
-        return THROUGH if all(isinstance(log, dict) and log.get("flow_run_id") == own for log in logs) else NOT_FOUND
+        if not all(isinstance(log, dict) and log.get("flow_run_id") == own for log in logs):
+            return NOT_FOUND
+        if any(log.get("name") == CONTAINER_EXITS_LOGGER for log in logs):
+            # What the worker host writes of how a container ended is evidence diagnose_run trusts: a run may
+            # not write it about itself (and pass a kill off as out-of-memory, or the reverse).
+            return Verdict(403, f"logs named {CONTAINER_EXITS_LOGGER} are the worker host's")
+        return THROUGH
 
     async def _own_artifact(self, scope: RunScope, body: bytes) -> Verdict:
         artifact = _json(body)
