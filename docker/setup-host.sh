@@ -7,18 +7,21 @@
 # On a Debian/Ubuntu host as root with no engine running (a fresh server or
 # CI machine), it installs docker.io, debootstrap and, when npm is missing,
 # Debian's npm, and starts dockerd with no bridge network: flow-run containers
-# use host networking to reach the Prefect API on 127.0.0.1. Elsewhere it says
-# what to do.
+# use host networking to reach the Prefect API on 127.0.0.1. That dockerd runs
+# in a session of its own and outlives the caller: a Ctrl-C on `make up` stops
+# Ariel, not the engine. Elsewhere it says what to do.
 #
 # Usage: docker/setup-host.sh [--optional]
 #   --optional  warn and exit 0 when Docker cannot be had (Ariel then runs
 #               agents as local processes); without it, exit 1.
+# ARIEL_DOCKERD_LOG: where a dockerd it starts logs (/var/log/ariel-dockerd.log).
 set -euo pipefail
 
 optional=false
 [ "${1:-}" = "--optional" ] && optional=true
 here="$(cd "$(dirname "$0")" && pwd)"
 base_image="${ARIEL_RUNTIME_BASE_IMAGE:-ariel-base:bookworm}"
+dockerd_log="${ARIEL_DOCKERD_LOG:-/var/log/ariel-dockerd.log}"
 
 give_up() {
   echo "setup-host: $1" >&2
@@ -48,10 +51,12 @@ if ! docker info >/dev/null 2>&1; then
   is_root || give_up "the Docker engine is not running; start it (sudo systemctl start docker) or add yourself to the docker group"
   if ! pgrep -x dockerd >/dev/null; then
     echo "setup-host: starting dockerd (no bridge, no iptables; containers use host networking) ..."
-    nohup dockerd --bridge=none --iptables=false >/var/log/ariel-dockerd.log 2>&1 &
+    # In a session of its own: `make up` runs this in the terminal's process group, and the Ctrl-C that
+    # stops Ariel must not stop the engine every other use of Docker on this host relies on.
+    setsid --fork dockerd --bridge=none --iptables=false >"$dockerd_log" 2>&1 </dev/null
   fi
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-  docker info >/dev/null 2>&1 || give_up "dockerd did not start; see /var/log/ariel-dockerd.log"
+  docker info >/dev/null 2>&1 || give_up "dockerd did not start; see $dockerd_log"
 fi
 echo "setup-host: Docker engine answers ($(docker info --format '{{.ServerVersion}}'))"
 

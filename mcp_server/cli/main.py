@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         # Needs no settings of a server: it talks to one over HTTP only.
         from mcp_server.cli.worker import WorkerFailed, run_worker
 
+        stop_on_signals()  # as for `up`: it supervises a child, which a Ctrl-C must stop within 10 s
         try:
             run_worker(args.server, args.key)
         except WorkerFailed as exc:

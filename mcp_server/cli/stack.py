@@ -22,6 +22,7 @@ from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, d
 from deployments.pools.work_pools import PoolType, install_prefix
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, control_plane_hosts
 from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
+from mcp_server.cli.supervision import Supervisor
 from mcp_server.gateway import GATEWAY_PATH
 from mcp_server.http.app import create_app
 from mcp_server.services.caller import Caller
@@ -209,6 +210,9 @@ APP_SHUTDOWN_SECONDS = 2
 def up(settings: ArielSettings) -> None:
     """Start everything, serve until SIGINT (Ctrl-C) or SIGTERM, then stop every child process.
 
+    Once up, a child that dies (the Prefect server, the worker host) is started again, after a backoff
+    (supervision.py); if this process dies, the kernel kills its children (processes.py).
+
     Expects `stop_on_signals()` in force (the `ariel` command sets it first): both signals then end here in the
     `finally`, at any stage, even when SIGINT was inherited ignored; and the children start with both at their
     defaults.
@@ -279,6 +283,8 @@ def up(settings: ArielSettings) -> None:
         say("MCP client config (Claude Desktop style; HTTP, or stdio via `ariel mcp`):")
         say(client_config(settings, runtime))
         say("Press Ctrl-C to stop.")
+        # From here, not before: a child that cannot even start should fail `ariel up`, not loop.
+        Supervisor(children, report=say).start()
         app = create_app(settings, api_url, pool_type)
         # uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
         uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",

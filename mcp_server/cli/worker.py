@@ -4,7 +4,9 @@ The worker holds a worker key and nothing else: it reaches Prefect only
 through the gateway of the Ariel server it is pointed at, which lets it serve
 its org's own-hardware pool alone and hands each run its own token. What runs
 is `prefect worker start`, unchanged; this command only asks the server which
-pool the key serves and sets the environment.
+pool the key serves, sets the environment, and starts the worker again when it
+dies (a stock worker gives up after some minutes without its API), with the
+same backoff and stop within 10 s as `ariel up`'s children.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 import httpx
 
 from mcp_server.auth.worker_keys import worker_key_prefix
+from mcp_server.cli.processes import Children, ignore_stop_signals
+from mcp_server.cli.supervision import Supervisor
 from mcp_server.settings import is_loopback_url
 
 KEY_ENV = "ARIEL_WORKER_KEY"
@@ -60,7 +65,11 @@ def worker_environment(server: str, key: str) -> dict[str, str]:
 
 
 def run_worker(server: str, key: str | None) -> None:
-    """Replace this process with `prefect worker start` for the key's pool; returns only by raising."""
+    """Run `prefect worker start` for the key's pool, again whenever it dies, until SIGINT or SIGTERM.
+
+    Expects `stop_on_signals()` in force: a signal then raises SystemExit here, which stops the worker (SIGTERM,
+    then SIGKILL). Returns only by raising.
+    """
     key = (key or os.environ.get(KEY_ENV, "")).strip()
     if not key:
         raise WorkerFailed(f"give the worker key with --key or {KEY_ENV} (an admin makes one with "
@@ -81,4 +90,12 @@ def run_worker(server: str, key: str | None) -> None:
     print(f"Serving work pool {pool} of {server} (Ctrl-C stops the worker).", flush=True)
     argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "docker",
             "--name", f"{pool}@{socket.gethostname()}", "--no-create-pool-if-not-found"]
-    os.execve(sys.executable, argv, worker_environment(server, key))
+    children = Children(log_dir=None)  # the worker's output is this terminal's
+    try:
+        children.start("worker", argv, worker_environment(server, key))
+        Supervisor(children, report=lambda line: print(line, flush=True)).start()
+        while True:
+            time.sleep(3600)  # a stop signal ends this
+    finally:
+        ignore_stop_signals()
+        children.stop_all()
