@@ -39,6 +39,7 @@ from pydantic import ValidationError
 from flows.config import RunConfig
 from flows.credentials import McpServerAccess, ProviderCredentials, fetch_credentials
 from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
+from flows.journal import Journal
 from flows.mcp.screening import fence, screen
 from flows.models import completion_kwargs, is_transient_llm_error
 from flows.network.egress import agent_egress
@@ -287,17 +288,32 @@ async def _loop(
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     mcp_tools = toolbox.schemas() if toolbox is not None else []
     seen = 0  # messages the model got in an earlier call: the transcript shows each message once
+    journal = await Journal.open()
+    if journal.resumed:
+        done = sum(1 for entry in journal.steps.values() if entry.status == "done")
+        logger.warning("Run resumed: %d step(s) done before it was interrupted are replayed from its journal, not "
+                       "made again", done)
+    seq = 0  # the position of each LLM and tool call in the run: the same in every attempt, as replay keeps it
     for step in range(1, config.limits.max_steps + 1):
         llm_name = f"llm · step {step}"
+        seq += 1
         async with recorder.step("llm", "llm", step, llm_name, messages[seen:]) as recorded:
-            turn = await llm_call.with_options(
-                name="llm_call",
-                task_run_name=llm_name,
-                retries=config.limits.llm_retries,
-                retry_delay_seconds=backoff(config.limits.llm_retries),
-                timeout_seconds=_remaining(deadline),
-            )(config, messages, timeout=_remaining(deadline), protected=protected, provider=provider,
-              mcp_tools=mcp_tools)
+            replayed = journal.done(seq)
+            if replayed is not None:
+                turn = replayed.output
+                recorded.replayed = True
+            else:
+                # An LLM call changes nothing in the world: one interrupted is simply made again.
+                await journal.start(seq, "llm", "llm", step, None, repeatable=True)
+                turn = await llm_call.with_options(
+                    name="llm_call",
+                    task_run_name=llm_name,
+                    retries=config.limits.llm_retries,
+                    retry_delay_seconds=backoff(config.limits.llm_retries),
+                    timeout_seconds=_remaining(deadline),
+                )(config, messages, timeout=_remaining(deadline), protected=protected, provider=provider,
+                  mcp_tools=mcp_tools)
+                await journal.finish(seq, None, turn)
             recorded.output = {
                 "content": turn["message"].get("content"),
                 "tool_calls": turn["message"].get("tool_calls") or [],
@@ -319,9 +335,28 @@ async def _loop(
             return reply
         for call in calls:
             name = call["function"]["name"]
+            seq += 1
+            arguments = call["function"].get("arguments") or "{}"
+            asked = {"name": name, "arguments": arguments}
+            replayed = journal.done(seq)
+            if replayed is not None:
+                if replayed.input != asked:
+                    raise RuntimeFailure(f"the run's journal does not match its replay at step {step} (it recorded "
+                                         f"{replayed.name}, the model now asks for {name}); run the agent again")
+                logger.info("Step %d: tool %s was done before the run was interrupted; its result is replayed",
+                            step, name)
+                async with recorder.step("tool", name, step, f"{name} · step {step}", _arguments(arguments)) as rec:
+                    rec.output, rec.replayed = replayed.output, True
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": replayed.output})
+                continue
+            mcp = toolbox is not None and toolbox.owns(name)
+            repeatable = toolbox.repeatable(name) if mcp and toolbox is not None else _repeatable(name, arguments)
+            journal.refuse_uncertain(seq, f"tool {name} with arguments {_arguments(arguments)!r:.300}")
             logger.info("Step %d: calling tool %s", step, name)
-            if toolbox is not None and toolbox.owns(name):
+            await journal.start(seq, "tool", name, step, asked, repeatable=repeatable)
+            if mcp and toolbox is not None:
                 result = await _mcp_step(toolbox, call, step, deadline, recorder)
+                await journal.finish(seq, asked, result)
                 messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
                 continue
             context = ToolContext(
@@ -330,7 +365,6 @@ async def _loop(
                 timeout_seconds=min(30.0, _remaining(deadline)),
                 protected=protected,
             )
-            arguments = call["function"].get("arguments") or "{}"
             tool_name = f"{name} · step {step}"
             try:
                 async with recorder.step("tool", name, step, tool_name, _arguments(arguments)) as recorded:
@@ -345,6 +379,7 @@ async def _loop(
                 # Still failing after its retries: the model hears it and can say so.
                 logger.warning("Tool %s failed after %d retries: %s", name, config.limits.tool_retries, exc)
                 result = json.dumps({"error": f"{name} failed: {type(exc).__name__}: {exc}"})
+            await journal.finish(seq, asked, result)
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
     raise StepLimitReached(
         f"the agent made {config.limits.max_steps} LLM calls without a final reply; "
@@ -366,6 +401,18 @@ async def _mcp_step(toolbox: McpToolbox, call: dict[str, Any], step: int, deadli
         recorded.output = result
         recorded.flags = findings or None
     return result
+
+
+def _repeatable(name: str, arguments: str) -> bool:
+    """Whether a built-in tool call is safe to make twice: an HTTP GET or HEAD (which change nothing, by HTTP's
+    own rules); any other method, or any other tool, may act on the world."""
+    if name != "http_request":
+        return False
+    try:
+        method = json.loads(arguments or "{}").get("method", "GET")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(method, str) and method.upper() in ("GET", "HEAD")
 
 
 _TIMED_OUT = (

@@ -261,6 +261,13 @@ class TranscriptEntry(BaseModel):
         ),
         examples=[["\"ignore previous instructions\""]],
     )
+    replayed: bool | None = Field(
+        default=None,
+        description=(
+            "True when the call was made before the run was interrupted, and the retried run took its recorded "
+            "output from the run's journal instead of making it again; null otherwise."
+        ),
+    )
 
     def to_row(self) -> dict[str, Any]:
         """A row of the artifact table: input and output as JSON text, which the Prefect UI shows as is."""
@@ -300,6 +307,7 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     flags: list[str] | None = None
+    replayed: bool | None = None  # taken from the run's journal, not made again (`flows.journal`)
 
 
 class Recorder:
@@ -347,6 +355,7 @@ class Recorder:
                     server=server,
                     tool=tool,
                     flags=outcome.flags,
+                    replayed=outcome.replayed,
                 )
             )
             await self._publish(

@@ -74,6 +74,15 @@ class ArielSettings(BaseSettings):
         description="Base of the runtime image; docker/build-base-image.sh builds this one offline.",
         examples=["ariel-base:bookworm", "python:3.11-slim-bookworm"],
     )
+    run_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="How many times a run whose infrastructure failed (its container killed, its worker lost, "
+        "Prefect unreachable as it started) is scheduled again; each attempt resumes from the run's journal and "
+        "makes no completed step again. Runs killed at their memory limit are not retried. 0: never.",
+        examples=[2],
+    )
     run_memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         pattern=r"^[1-9][0-9]*[kmg]$",

@@ -48,7 +48,10 @@ async def test_a_run_container_docker_killed_mid_step_is_diagnosed_killed_from_o
     docker_engine: None, prefect_api: str, tmp_path: Path
 ) -> None:
     engine = docker.from_env()
-    with http_service(Slow) as slow, ariel_up(tmp_path, "docker", prefect_api) as up:
+    # Not retried (ARIEL_RUN_RETRIES=0): the crash itself is what is diagnosed here (tests/test_durable_runs.py
+    # retries and resumes such a run).
+    with http_service(Slow) as slow, ariel_up(tmp_path, "docker", prefect_api,
+                                              extra_env={"ARIEL_RUN_RETRIES": "0"}) as up:
         async with Client(up.mcp_url) as chat:
             slug = await make_agent(chat, "Patient", tools=["http_request"], allowed_hosts=[slow],
                                     script=[{"tool": "http_request", "arguments": {"url": f"http://{slow}/"}},

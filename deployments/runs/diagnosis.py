@@ -26,6 +26,8 @@ Causes, most specific first:
     concurrency_limit          the pool or agent already runs as many runs as it may
     no_worker                  nobody polls the work pool
     worker_lost                the worker that started the run stopped answering while the run was under way
+    step_uncertain             retried after its infrastructure failed, the run stopped at a step that had started
+                               and may or may not have happened, unsafe to repeat (`flows.journal`): a person checks
     cancelled                  a person (or Prefect) cancelled it
     crashed / failed           the run ended badly for a reason not recognised above
     in_progress / waiting      nothing wrong yet
@@ -64,7 +66,7 @@ Cause = Literal[
     "llm_failed", "tool_failed", "tool_changed", "tool_refused",
     "missing_secret", "step_limit", "time_budget", "out_of_memory", "killed_outside", "prefect_unavailable",
     "image_missing", "container_exit", "tampered", "unapproved", "pool_paused", "concurrency_limit", "no_worker",
-    "worker_lost", "cancelled", "crashed", "failed", "in_progress", "waiting", "completed",
+    "worker_lost", "step_uncertain", "cancelled", "crashed", "failed", "in_progress", "waiting", "completed",
 ]
 
 _ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
@@ -147,6 +149,13 @@ async def diagnose(
         return answer("cancelled", "the run was cancelled before it finished", "run the agent again with run_agent")
 
     if state_type in (StateType.FAILED, StateType.CRASHED):
+        # Before the container's end: it is an earlier attempt's, and this is where the retry stopped.
+        if "StepUncertain" in message:
+            said = message.split("StepUncertain:", 1)[-1].strip()
+            return answer("step_uncertain", "the run was interrupted (its infrastructure failed) during a step that "
+                          f"may act on the world, and was retried without making it again: {said}",
+                          "check whether that step happened (the service it calls shows it), then run the agent "
+                          "again with run_agent; a new run starts from the beginning")
         if ended and (ended.oom_killed or ended.killed_outside):
             return _killed(answer, ended, hosting, still=None)
         if "ConfigTampered" in message:

@@ -144,6 +144,9 @@ class McpTool:
     function: str
     description: str
     input_schema: dict[str, Any]
+    # The server says a call changes nothing (read-only) or that repeating it does no more (idempotent): a retried
+    # run may make again a call of it that was interrupted (`flows.journal`). A hint the pins do not cover.
+    repeatable: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI-style function schema litellm passes to the model."""
@@ -199,6 +202,11 @@ class McpToolbox:
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self.tools.values()]
+
+    def repeatable(self, function: str) -> bool:
+        """Whether the offered tool `function` declares itself read-only or idempotent."""
+        tool = self.tools.get(function)
+        return tool is not None and tool.repeatable
 
     def owns(self, function: str) -> bool:
         """Whether `function` names a tool of one of the run's MCP servers (`<server>__<tool>`)."""
@@ -287,8 +295,10 @@ class McpToolbox:
             if refusal is not None:
                 server.refusals[function] = refusal
                 continue
+            hints = tool.annotations
+            repeatable = hints is not None and bool(hints.read_only_hint or hints.idempotent_hint)
             server.offered[function] = McpTool(server.ref.name, tool.name, function, tool.description or "",
-                                               dict(tool.input_schema))
+                                               dict(tool.input_schema), repeatable)
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ from deployments.providers import short_name
 from flows.exceptions import ConfigTampered
 from flows.signing import verify
 from mcp_server.gateway.events import admits
+from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
 from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, serve_listing
 from mcp_server.gateway.ownership import Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules
@@ -96,7 +97,8 @@ class Gateway:
     def __init__(self, upstream_url: str, upstream_auth: str | None, tokens: RunTokens,
                  authenticate: Authenticate, verify_key: Callable[[], str], open_provider: OpenProvider,
                  open_tool_servers: OpenToolServers | None = None,
-                 tool_listings: Callable[[], ToolListings] | None = None) -> None:
+                 tool_listings: Callable[[], ToolListings] | None = None,
+                 journals: Callable[[], Journals] | None = None) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream_auth = upstream_auth
         headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
@@ -108,6 +110,7 @@ class Gateway:
         self._open_provider = open_provider
         self._open_tool_servers = open_tool_servers
         self._tool_listings = tool_listings
+        self._journals = journals
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
 
@@ -189,6 +192,9 @@ class Gateway:
         if route[0] in ("GET", "POST") and route[1] == LISTING_ROUTE and isinstance(caller, RunScope):
             listings = self._tool_listings() if self._tool_listings is not None else None
             return await serve_listing(request, caller, self.ownership, self._verify_key(), listings)
+        if route[0] in ("GET", "POST") and route[1] == JOURNAL_ROUTE and isinstance(caller, RunScope):
+            journals = self._journals() if self._journals is not None else None
+            return await serve_journal(request, caller, self.ownership, journals)
         if route == ("GET", WORKER_ROUTE) and isinstance(caller, PoolScope) and caller.pool is not None:
             return JSONResponse({"work_pool": caller.pool, "org_id": caller.org_id})
         return JSONResponse({"detail": f"{route[0]} {route[1]} is not open to {caller.label}"}, status_code=403)

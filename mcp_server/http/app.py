@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Literal
 
 import httpx
@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 from starlette.middleware.cors import CORSMiddleware
 
 from deployments.pools.readiness import polling_workers
-from deployments.pools.work_pools import PoolType
+from deployments.pools.work_pools import PoolType, install_prefix
+from deployments.runs.recovery import keep_recovering
 from mcp_server.gateway import Gateway
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.http.authenticate import AuthenticateHTTP
@@ -97,7 +98,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                       verify_key=lambda: services().agents.signer.verify_key,
                       open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name),
                       open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids),
-                      tool_listings=lambda: services().tool_servers)
+                      tool_listings=lambda: services().tool_servers, journals=lambda: services().journal)
     mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
         path="/mcp"
     )
@@ -107,10 +108,18 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # The services first: the auth middleware and the MCP server both use them.
         async with open_services(settings, prefect_api_url, pool_type) as ready:
             opened.append(ready)
+            # One per install: the app that serves the gateway brings back the runs its workers lost.
+            recovering = asyncio.create_task(keep_recovering(
+                ready.agents.prefect_client, install_prefix(ready.agents.install_id), max_retries=settings.run_retries,
+            )) if settings.run_retries else None
             try:
                 async with mcp_app.lifespan(app):
                     yield
             finally:
+                if recovering is not None:
+                    recovering.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await recovering
                 opened.clear()
                 await gateway.aclose()
 

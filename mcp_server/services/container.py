@@ -13,6 +13,7 @@ from deployments.runs.hosting import Hosting
 from flows.network.guard import control_plane_hosts, protected_endpoints
 from mcp_server.services.agents import AgentService
 from mcp_server.services.authentication import Authenticator
+from mcp_server.services.journal import RunJournal
 from mcp_server.services.orgs import OrgService
 from mcp_server.services.runs import RunService
 from mcp_server.services.sealing import Sealer, keyring_from_settings
@@ -34,6 +35,7 @@ class Services:
     secrets: SecretService
     tool_servers: ToolServerService
     tool_oauth: ToolOAuth  # also the HTTP app's /oauth/callback's
+    journal: RunJournal  # the gateway's, for runs' steps
 
 
 @asynccontextmanager
@@ -74,6 +76,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     private_networks=settings.mcp_private_networks,
                 ),
                 tool_oauth=tool_oauth,
+                journal=RunJournal(store, sealer),
             )
         finally:
             await tool_oauth.aclose()  # pending sign-ins end with the process

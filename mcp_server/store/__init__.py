@@ -15,6 +15,7 @@ from mcp_server.store._records import (
     Role,
     User,
 )
+from mcp_server.store._run_steps import RunStepRecord
 from mcp_server.store._store import Store
 from mcp_server.store._tool_servers import ToolServerRecord
 from mcp_server.store._worker_keys import WorkerKeyRecord
@@ -34,6 +35,7 @@ __all__ = [
     "Role",
     "Store",
     "StoreError",
+    "RunStepRecord",
     "ToolServerRecord",
     "User",
     "WorkerKeyRecord",

@@ -224,3 +224,26 @@ tool_servers = Table(
 )
 Index("uq_tool_servers_org_owner_name", tool_servers.c.org_id, func.coalesce(tool_servers.c.owner_user_id, ""),
       tool_servers.c.name, unique=True)
+
+# The run journal (migration 0010): each step of each agent run, its input and output only sealed with the org's data
+# key. A retried run reads it back and resumes (`flows.journal`).
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("org_id", String(32), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("run_id", String(36), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("repeatable", Boolean, nullable=False),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("dek_version", Integer, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime(), nullable=True),
+    ForeignKeyConstraint(["org_id", "dek_version"], ["org_data_keys.org_id", "org_data_keys.version"],
+                         name="fk_run_steps_data_key", ondelete="CASCADE"),
+)
+Index("ix_run_steps_org_run", run_steps.c.org_id, run_steps.c.run_id)

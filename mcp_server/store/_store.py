@@ -24,6 +24,7 @@ from mcp_server.store._audit import AuditQueries
 from mcp_server.store._identity import IdentityQueries
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._records import AgentRecord, AgentVersion
+from mcp_server.store._run_steps import RunStepQueries
 from mcp_server.store._schema import agent_versions, agents, installation, organizations
 from mcp_server.store._secrets import SecretQueries
 from mcp_server.store._tool_servers import ToolServerQueries
@@ -33,7 +34,7 @@ from mcp_server.store.exceptions import Conflict
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries):
+class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries, RunStepQueries):
     """The control-plane database. Open with `Store.open(url)`; close with `await store.close()`."""
 
     def __init__(self, engine: AsyncEngine) -> None:

@@ -1,0 +1,145 @@
+"""Runs whose infrastructure failed are scheduled again, a bounded number of times, and resume from their journal.
+
+A run Crashed when its container was killed or OOM-killed, its worker lost it,
+or Prefect was unreachable as it started; it Failed with `JournalUnavailable`
+when it could not record a step. None of that is the agent's doing, so the
+control plane sets the same flow run back to `AwaitingRetry` (Prefect's own
+retry state: its worker picks it up again like any scheduled run), at most
+`max_retries` times, with a growing pause. The retried run reads its journal
+(`flows.journal`) and makes no completed step again.
+
+What is never retried: runs that failed for their own reasons (a step limit, a
+refused configuration, a step that may or may not have happened), runs of
+other installs, and anything but agent runs.
+
+Example (the HTTP app runs this every few seconds)::
+
+    async with PrefectClient(api_url, auth_string=auth) as client:
+        retried = await retry_failed_infrastructure(client, "ariel-9a8b7c6d-")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.states import AwaitingRetry
+
+from deployments.pools.container_exits import ContainerExit
+from deployments.runs.logs import read_log_page
+
+log = logging.getLogger("ariel.recovery")
+
+RETRY_MARK = "Ariel retries the run"
+CHECK_SECONDS = 5.0
+MAX_RETRIES = 2
+FIRST_PAUSE_SECONDS = 5.0
+# Crashes older than this are history, not a run to bring back.
+LOOK_BACK = timedelta(minutes=30)
+# The worker host writes how a container ended just after the run Crashed: wait for it before deciding.
+SETTLE = timedelta(seconds=3)
+# Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
+_PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
+                        r"unable to start container process|executable file not found")
+# What a run that could not record a step says (`flows.journal.JournalUnavailable`).
+_JOURNAL_UNAVAILABLE = "JournalUnavailable"
+
+
+@dataclass(frozen=True)
+class Retried:
+    run_id: UUID
+    attempt: int  # the attempt now scheduled: 2 for the first retry
+    reason: str
+
+
+async def retry_failed_infrastructure(
+    client: PrefectClient, pool_prefix: str, max_retries: int = MAX_RETRIES, now: datetime | None = None,
+) -> list[Retried]:
+    """Schedule again each recent agent run of the install (`pool_prefix`) whose infrastructure failed."""
+    now = now or datetime.now(UTC)
+    found = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=["ariel"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED, StateType.FAILED])),
+            end_time=FlowRunFilterEndTime(after_=now - LOOK_BACK),
+        ),
+        sort=FlowRunSort.END_TIME_DESC,
+        limit=200,
+    )
+    retried = []
+    for run in found:
+        reason = _infrastructure_failure(run, pool_prefix)
+        if reason is None or (run.end_time and run.end_time > now - SETTLE):
+            continue
+        if "137" in reason and await _oom_killed(client, run.id):
+            continue  # at its memory limit it would be killed again: diagnose_run says so, a person decides
+        states = await client.read_flow_run_states(run.id)
+        done = sum(1 for state in states if state.name == "AwaitingRetry" and (state.message or "").startswith(
+            RETRY_MARK))
+        if done >= max_retries:
+            continue
+        pause = FIRST_PAUSE_SECONDS * 2**done
+        message = (f"{RETRY_MARK} after its infrastructure failed ({reason[:300]}): attempt {done + 2} of "
+                   f"{max_retries + 1}; it resumes from its journal, and makes no completed step again")
+        await client.set_flow_run_state(run.id, AwaitingRetry(scheduled_time=now + timedelta(seconds=pause),
+                                                              message=message), force=True)
+        retried.append(Retried(run.id, done + 2, reason))
+    return retried
+
+
+async def _oom_killed(client: PrefectClient, run_id: UUID) -> bool:
+    """Whether the engine OOM-killed the run's last container, as the worker host wrote it on the run."""
+    page = await read_log_page(client, run_id, limit=50, min_level="warning", tail=True)
+    exits = [ended for line in page.lines if (ended := ContainerExit.parse(line.message))]
+    return bool(exits) and exits[-1].oom_killed
+
+
+def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
+    """Why the run ended that was not its own doing; None for anything not to retry."""
+    if not (run.work_pool_name or "").startswith(pool_prefix) or "config" not in (run.parameters or {}):
+        return None  # another install's, or not an agent run (a listing run)
+    state = run.state
+    if state is None:
+        return None
+    message = state.message or ""
+    if state.type == StateType.CRASHED:
+        if _PERMANENT.search(message):
+            return None  # the pool names an image the worker cannot get or run: another attempt fails the same way
+        return message or "crashed"
+    if state.type == StateType.FAILED and _JOURNAL_UNAVAILABLE in message:
+        return message
+    return None
+
+
+async def keep_recovering(
+    prefect: Callable[[], AbstractAsyncContextManager[PrefectClient]], pool_prefix: str,
+    interval: float = CHECK_SECONDS, max_retries: int = MAX_RETRIES,
+) -> None:
+    """Retry failed infrastructure every `interval` seconds until cancelled; a pass that fails is logged, not fatal."""
+    while True:
+        try:
+            async with prefect() as client:
+                for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):
+                    log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
+                                retried.run_id, retried.reason[:200], retried.attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Prefect down, a bad answer: the next pass tries again
+            log.info("run recovery: this pass could not read Prefect (%s)", type(exc).__name__)
+        await asyncio.sleep(interval)

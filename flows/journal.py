@@ -1,0 +1,156 @@
+"""A run's journal: each LLM and tool call written when it starts and when it ends, so a retried run resumes.
+
+When a run's infrastructure fails (its container killed, its worker lost),
+Ariel's control plane schedules the same flow run again
+(`deployments.runs.recovery`). The new attempt opens the run's journal
+(through Ariel's gateway, with its run token: `mcp_server.gateway.journal`)
+and replays it: a step that is done is not made again, its recorded output
+stands in for it. A step that started and never finished may or may not have
+happened. It is made again only when that is safe (`repeatable`: an LLM call,
+an HTTP GET or HEAD, an MCP tool that declares itself read-only or
+idempotent); otherwise the run stops with `StepUncertain`, which says which
+step, and a person decides.
+
+A run started without Ariel's gateway (no run token) has no journal: it runs
+as before, and a retry starts over.
+
+Example (inside a run)::
+
+    journal = await Journal.open()
+    if (done := journal.done(seq)) is not None:
+        result = done.output                         # replayed, not made again
+    else:
+        journal.refuse_uncertain(seq, describe)      # raises StepUncertain for an unsafe half-made step
+        await journal.start(seq, "tool", "http_request", step, call, repeatable=False)
+        result = ...                                 # the call
+        await journal.finish(seq, call, result)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from flows.credentials import FETCH_SECONDS, gateway_url, run_token
+from flows.exceptions import RuntimeFailure
+
+JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
+# A write that fails is tried again after these pauses, then the run stops before the step (and is retried).
+WRITE_PAUSES = (0.5, 1.0, 2.0, 4.0)
+
+
+class StepUncertain(RuntimeFailure):
+    """A step that started before the run was interrupted may or may not have happened, and is unsafe to repeat."""
+
+
+class JournalUnavailable(RuntimeFailure):
+    """The journal could not be written: the run stops before a step it could not record (and is retried)."""
+
+
+@dataclass(frozen=True)
+class JournalStep:
+    seq: int
+    kind: Literal["llm", "tool"]
+    name: str
+    step: int
+    status: Literal["started", "done"]
+    repeatable: bool
+    input: Any = None
+    output: Any = None
+
+
+@dataclass
+class Journal:
+    """The run's journal as it stood when the run (re)started, and the door to write its new steps."""
+
+    url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    steps: dict[int, JournalStep] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an earlier attempt of this run left steps behind."""
+        return bool(self.steps)
+
+    @classmethod
+    async def open(cls) -> Journal:
+        """The run's journal; an empty, disabled one when the run has no gateway (no run token), or no journal."""
+        url, token = gateway_url(JOURNAL_ROUTE), run_token()
+        if url is None or token is None:
+            return cls()
+        try:
+            async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
+                answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise JournalUnavailable(f"the run's journal could not be read: Ariel's gateway did not answer "
+                                     f"({type(exc).__name__}); the run can be retried") from None
+        if answer.status_code in (403, 404):
+            return cls()  # a gateway without a journal (an older control plane): no durability, as before
+        if answer.status_code != 200:
+            raise JournalUnavailable(f"the run's journal could not be read: {_detail(answer)}")
+        steps = {}
+        for raw in answer.json().get("steps") or []:
+            step = JournalStep(**{key: raw.get(key) for key in JournalStep.__dataclass_fields__})
+            steps[step.seq] = step
+        return cls(url, token, steps)
+
+    def done(self, seq: int) -> JournalStep | None:
+        """The step at `seq` when an earlier attempt finished it."""
+        found = self.steps.get(seq)
+        return found if found is not None and found.status == "done" else None
+
+    def refuse_uncertain(self, seq: int, describe: str) -> None:
+        """Raise `StepUncertain` when an earlier attempt started step `seq`, never finished it, and it is unsafe."""
+        found = self.steps.get(seq)
+        if found is None or found.status != "started" or found.repeatable:
+            return
+        raise StepUncertain(
+            f"step {found.step}: {describe} had started when the run was interrupted, and may or may not have "
+            "happened; it is not safe to make again (it may act on the world, and does not declare itself "
+            "idempotent), so the run stops here. A person checks whether it happened, then runs the agent again "
+            "(a new run starts from the beginning)"
+        )
+
+    async def start(self, seq: int, kind: Literal["llm", "tool"], name: str, step: int, input: Any,
+                    repeatable: bool) -> None:
+        await self._write({"event": "start", "seq": seq, "kind": kind, "name": name, "step": step,
+                           "input": input, "repeatable": repeatable})
+
+    async def finish(self, seq: int, input: Any, output: Any) -> None:
+        await self._write({"event": "finish", "seq": seq, "input": input, "output": output})
+
+    async def _write(self, entry: dict[str, Any]) -> None:
+        if self.url is None:
+            return
+        problem = ""
+        for pause in (*WRITE_PAUSES, None):
+            try:
+                async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
+                    answer = await client.post(self.url, json=entry, headers={"Authorization": f"Bearer {self.token}"})
+                if answer.status_code == 200:
+                    return
+                problem = _detail(answer)
+                if answer.status_code < 500:
+                    break  # refused: trying again will not change that
+            except httpx.HTTPError as exc:
+                problem = f"Ariel's gateway did not answer ({type(exc).__name__})"
+            if pause is not None:
+                await asyncio.sleep(pause)
+        raise JournalUnavailable(f"step {entry['seq']} could not be recorded in the run's journal ({problem}); the run "
+                                 "stops before going on, and is retried")
+
+
+def _detail(answer: httpx.Response) -> str:
+    try:
+        body = answer.json()
+    except ValueError:
+        body = {}
+    return str(body.get("detail") or f"status {answer.status_code}") if isinstance(body, dict) else \
+        f"status {answer.status_code}"

@@ -1,0 +1,86 @@
+"""The gateway's journal route: a running run reads and writes its own steps (`flows.journal`).
+
+The run token names the run and its org; nothing in the request can name
+another. Steps are written only while Prefect has the run Pending or Running:
+a token outlives its run by design, its journal must not be written after it.
+`GET` answers `{"steps": [...]}`; `POST` takes `{"event": "start" | "finish",
+"seq", ...}` (see `mcp_server.services.journal.RunJournal`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from flows.journal import JOURNAL_ROUTE
+from mcp_server.gateway.ownership import Ownership
+from mcp_server.gateway.scopes import RunScope
+from mcp_server.services.exceptions import ArielError
+
+log = logging.getLogger("ariel.gateway")
+
+__all__ = ["JOURNAL_ROUTE", "Journals", "serve_journal"]
+
+# A step's input (the messages so far) and output (a tool's result is cut at 20,000 characters) fit well inside.
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+
+
+class Journals(Protocol):
+    """`mcp_server.services.journal.RunJournal`."""
+
+    async def read(self, org_id: str, run_id: str) -> list[dict[str, Any]]: ...
+
+    async def start(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None: ...
+
+    async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None: ...
+
+
+async def serve_journal(request: Request, caller: RunScope, ownership: Ownership,
+                        journals: Journals | None) -> Response:
+    if journals is None:
+        return _refused(404, "not_found", "this Ariel install keeps no run journal")
+    try:
+        now = await ownership.run_now(caller.run_id)
+    except httpx.HTTPError:
+        return _refused(503, "unavailable", "the Prefect API did not answer; try again")
+    state = now[1] if now is not None else None
+    if state not in ("PENDING", "RUNNING"):
+        return _refused(409, "not_running", f"the run is {state or 'gone'}, not running")
+    run_id = str(caller.run_id)
+    try:
+        if request.method == "GET":
+            return JSONResponse({"steps": await journals.read(caller.org_id, run_id)})
+        entry = await _entry(request)
+        if entry is None:
+            return _refused(400, "bad_entry", "a journal entry is a JSON object with event 'start' or 'finish', at "
+                            f"most {MAX_ENTRY_BYTES} bytes")
+        if entry.get("event") == "start":
+            await journals.start(caller.org_id, run_id, entry)
+        else:
+            await journals.finish(caller.org_id, run_id, entry)
+        return JSONResponse({"ok": True})
+    except ArielError as exc:
+        log.warning("gateway: %s: journal: %s", caller.label, exc)
+        return _refused(409, "refused", str(exc))
+
+
+async def _entry(request: Request) -> dict[str, Any] | None:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_ENTRY_BYTES:
+            return None
+    try:
+        entry = json.loads(body)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and entry.get("event") in ("start", "finish") else None
+
+
+def _refused(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)

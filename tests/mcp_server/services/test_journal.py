@@ -1,0 +1,51 @@
+"""The run journal as the control plane keeps it: a run's steps, sealed, in order, its org's alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mcp_server.services.exceptions import InvalidRequest
+from mcp_server.store._schema import run_steps
+from tests.mcp_server.services.test_tool_servers import services
+from tests.mcp_server.store.test_store import other_org
+
+RUN = "3f1c2d9e-0000-4000-8000-000000000001"
+
+
+async def test_a_step_is_kept_when_it_starts_and_when_it_ends_sealed_and_read_back_in_order(
+    home: Path, store_url: str
+) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        call = {"name": "http_request", "arguments": '{"url": "http://shop.example/order", "method": "POST"}'}
+        await s.journal.start(org, RUN, {"seq": 1, "kind": "llm", "name": "llm", "step": 1, "repeatable": True})
+        await s.journal.finish(org, RUN, {"seq": 1, "output": {"message": {"content": None}}})
+        await s.journal.start(org, RUN, {"seq": 2, "kind": "tool", "name": "http_request", "step": 1,
+                                         "repeatable": False, "input": call})
+        steps = await s.journal.read(org, RUN)
+        async with s.store.tenant(org) as conn:
+            stored = (await conn.execute(select(run_steps.c.sealed))).scalars().all()
+
+    assert [(step["seq"], step["status"], step["repeatable"]) for step in steps] == [
+        (1, "done", True), (2, "started", False)]
+    assert steps[0]["output"] == {"message": {"content": None}} and steps[1]["input"] == call
+    assert all(b"shop.example" not in sealed for sealed in stored)  # sealed with the org's data key
+
+
+async def test_a_done_step_is_never_written_over_and_another_orgs_run_has_no_steps(home: Path, store_url: str) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        elsewhere = await other_org(s.store)
+        await s.journal.start(org, RUN, {"seq": 1, "kind": "llm", "name": "llm", "step": 1, "repeatable": True})
+        await s.journal.finish(org, RUN, {"seq": 1, "output": "first"})
+        with pytest.raises(InvalidRequest, match="is done already"):
+            await s.journal.start(org, RUN, {"seq": 1, "kind": "llm", "name": "llm", "step": 1, "repeatable": True})
+        with pytest.raises(InvalidRequest, match="was not started, or is done already"):
+            await s.journal.finish(org, RUN, {"seq": 1, "output": "second"})
+        with pytest.raises(InvalidRequest, match="seq: the step's position"):
+            await s.journal.start(org, RUN, {"seq": 0, "kind": "llm", "name": "llm", "step": 1})
+        assert await s.journal.read(elsewhere, RUN) == []
+        assert [step["output"] for step in await s.journal.read(org, RUN)] == ["first"]

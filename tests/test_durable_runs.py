@@ -1,0 +1,162 @@
+"""A run whose container is killed mid-step is retried and resumes from its journal: no side effect twice.
+
+A real `ariel up` on Docker pools; the agents call a counting HTTP service on
+127.0.0.1 that holds one request open until the test has killed the run's
+container (`docker kill`: SIGKILL through the engine). The control plane then
+schedules the same flow run again, and the new container replays what the
+journal says was done. A POST that was done is not made again; a GET that was
+in flight is made again (it changes nothing); a POST that was in flight may or
+may not have happened, so the run stops there and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
+from uuid import UUID
+
+import docker
+import pytest
+from fastmcp import Client
+from prefect.client.orchestration import PrefectClient
+
+from deployments.runs.recovery import RETRY_MARK
+from tests.mcp_server.callers import ask
+from tests.support import ArielUp, ariel_up, http_service
+
+pytestmark = pytest.mark.slow
+
+
+class Counting(BaseHTTPRequestHandler):
+    """Counts every request by method and path; `/held` answers only once `release` is set."""
+
+    seen: ClassVar[Counter[str]] = Counter()
+    held: ClassVar[threading.Event] = threading.Event()
+    release: ClassVar[threading.Event] = threading.Event()
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with self.lock:
+            type(self).seen[f"{self.command} {self.path}"] += 1
+        if self.path == "/held":
+            type(self).held.set()
+            type(self).release.wait(timeout=300)
+        body = f"{self.command} {self.path} done".encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the run's container was killed while it waited: nobody reads this answer
+
+    do_GET = _answer  # noqa: N815 - http.server's naming
+    do_POST = _answer  # noqa: N815
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.seen.clear()
+        cls.held.clear()
+        cls.release.clear()
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[str]:
+    with http_service(Counting) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def stack(docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
+    with ariel_up(tmp_path_factory.mktemp("home-durable"), "docker", prefect_api) as up:
+        yield up
+
+
+async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
+    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id."""
+    Counting.reset()
+    run = await ask(chat, "run_agent", agent=slug)
+    assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+    engine = docker.from_env()
+    try:
+        [container] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run['id']}"})
+        container.kill()
+    finally:
+        engine.close()
+    Counting.release.set()  # from now on /held answers at once
+    return str(run["id"])
+
+
+async def settled(prefect_api: str, run_id: str, timeout: float = 420) -> Any:
+    """The run once it is Completed or Failed, through its retries (a Crashed run is retried, so it is not over)."""
+    async with PrefectClient(prefect_api) as prefect:
+        for _ in range(int(timeout / 2)):
+            run = await prefect.read_flow_run(UUID(run_id))
+            if run.state and run.state.type.value in ("COMPLETED", "FAILED"):
+                return run, await prefect.read_flow_run_states(UUID(run_id))
+            await asyncio.sleep(2)
+    raise AssertionError(f"run {run_id} did not settle: {run.state}")
+
+
+async def agent(chat: Client[Any], name: str, service: str, script: list[dict[str, Any]]) -> str:
+    slug = name.lower().replace(" ", "-")
+    await ask(chat, "create_agent", name=name, instructions="Order, then check.", model="ariel/scripted",
+              tools=["http_request"], allowed_hosts=[service], script=script)
+    await ask(chat, "update_agent", agent=slug, action="approve")
+    return slug
+
+
+async def test_a_run_killed_mid_get_is_retried_and_resumes_without_posting_again(
+    stack: ArielUp, service: str, prefect_api: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        slug = await agent(chat, "Order then check", service, [
+            {"tool": "http_request", "arguments": {"url": f"http://{service}/order", "method": "POST",
+                                                   "body": "one widget"}},
+            {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
+            {"reply": "Checked: {last_tool_result}"},
+        ])
+        run_id = await start_and_kill_mid_hold(chat, slug)
+        run, states = await settled(prefect_api, run_id)
+        transcript = await ask(chat, "get_transcript", run=run_id, limit=50)
+        logs = await ask(chat, "get_run_logs", run=run_id, contains="resumed")
+
+    assert run.state.type.value == "COMPLETED", run.state
+    # The POST was done before the kill: the retry replays it. The GET was in flight: made again, harmlessly.
+    assert Counting.seen["POST /order"] == 1, Counting.seen
+    assert Counting.seen["GET /held"] == 2, Counting.seen
+    assert [state.message for state in states if state.name == "AwaitingRetry"][0].startswith(RETRY_MARK)
+    entries = transcript["entries"]
+    assert [(entry["name"], entry["replayed"]) for entry in entries] == [
+        ("llm", True), ("http_request", True), ("llm", True), ("http_request", None), ("llm", None)], entries
+    assert logs["lines"], "the run says it resumed"
+
+
+async def test_a_run_killed_mid_post_stops_and_says_the_post_may_or_may_not_have_happened(
+    stack: ArielUp, service: str, prefect_api: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        slug = await agent(chat, "Post once", service, [
+            {"tool": "http_request", "arguments": {"url": f"http://{service}/held", "method": "POST", "body": "pay"}},
+            {"reply": "Paid: {last_tool_result}"},
+        ])
+        run_id = await start_and_kill_mid_hold(chat, slug)
+        run, _states = await settled(prefect_api, run_id)
+        diagnosis = await ask(chat, "diagnose_run", run=run_id)
+
+    assert run.state.type.value == "FAILED", run.state
+    assert Counting.seen["POST /held"] == 1, Counting.seen  # never made again
+    assert diagnosis["cause"] == "step_uncertain", diagnosis
+    assert "may or may not have happened" in diagnosis["summary"] and "http_request" in diagnosis["summary"]
+    assert "check whether that step happened" in diagnosis["next_action"]
