@@ -38,7 +38,7 @@ from flows.credentials import FETCH_SECONDS, gateway_url, run_token
 from flows.exceptions import RuntimeFailure
 
 JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
-# A write that fails is tried again after these pauses, then the run stops before the step (and is retried).
+# A write that fails is tried again after these pauses, then the run stops before the step.
 WRITE_PAUSES = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -47,7 +47,7 @@ class StepUncertain(RuntimeFailure):
 
 
 class JournalUnavailable(RuntimeFailure):
-    """The journal could not be written: the run stops before a step it could not record (and is retried)."""
+    """The journal could not be written: the run stops before a step it could not record; a person runs it again."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Journal:
                 answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             raise JournalUnavailable(f"the run's journal could not be read: Ariel's gateway did not answer "
-                                     f"({type(exc).__name__}); the run can be retried") from None
+                                     f"({type(exc).__name__}); run the agent again") from None
         if answer.status_code in (403, 404):
             return cls()  # a gateway without a journal (an older control plane): no durability, as before
         if answer.status_code != 200:
@@ -144,7 +144,7 @@ class Journal:
             if pause is not None:
                 await asyncio.sleep(pause)
         raise JournalUnavailable(f"step {entry['seq']} could not be recorded in the run's journal ({problem}); the run "
-                                 "stops before going on, and is retried")
+                                 "stops before making it: run the agent again")
 
 
 def _detail(answer: httpx.Response) -> str:

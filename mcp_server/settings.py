@@ -78,9 +78,10 @@ class ArielSettings(BaseSettings):
         default=2,
         ge=0,
         le=10,
-        description="How many times a run whose infrastructure failed (its container killed, its worker lost, "
-        "Prefect unreachable as it started) is scheduled again; each attempt resumes from the run's journal and "
-        "makes no completed step again. Runs killed at their memory limit are not retried. 0: never.",
+        description="How many times a run whose infrastructure failed (its worker reports it Crashed: its "
+        "container killed, Prefect unreachable as it started) is scheduled again; each attempt resumes from the "
+        "run's journal and makes no completed step again. Runs killed at their memory limit are not retried. "
+        "0: never.",
         examples=[2],
     )
     run_memory_limit: str = Field(

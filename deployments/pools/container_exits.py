@@ -32,7 +32,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,6 +98,15 @@ class ContainerExit:
         signal = _SIGNAL.match(why)
         return cls(container=found.group("container"), exit_code=int(found.group("code")),
                    oom_killed=why == _OOM, kill_signal=signal.group("signal") if signal else None)
+
+
+def recorded_exits(lines: Iterable[Any]) -> list[ContainerExit]:
+    """The exits the worker host wrote among a run's log lines (`LogLine`s), in order.
+
+    Only lines of its own logger count: a run may log any text under any other name, an imitation included.
+    """
+    return [ended for line in lines
+            if getattr(line, "logger", None) == LOGGER_NAME and (ended := ContainerExit.parse(line.message))]
 
 
 @dataclass

@@ -53,7 +53,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from deployments.pools.container_exits import ContainerExit
+from deployments.pools.container_exits import ContainerExit, recorded_exits
 from deployments.pools.readiness import is_polling
 from deployments.pools.work_pools import OWN_POOL_SUFFIX
 from deployments.providers import short_name
@@ -120,7 +120,7 @@ async def diagnose(
     warnings = (await read_log_page(client, run.id, limit=200, min_level="warning", tail=True)).lines
     error_logs = warnings[-10:]
     refusals = _tool_refusals(warnings)
-    exits = [ended for line in warnings if (ended := ContainerExit.parse(line.message))]
+    exits = recorded_exits(warnings)
     ended = exits[-1] if exits else None  # the last attempt's container, when the run was retried
     evidence += [f"Docker: {each.line()}" for each in exits]
     scripted = ((run.parameters or {}).get("config") or {}).get("model") == SCRIPTED_MODEL

@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import Log
 from prefect.client.schemas.sorting import LogSort
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from deployments.exceptions import QueryInvalid
 from deployments.runs.cursors import BAD_CURSOR, PAGE_LIMIT, decode_cursor, encode_cursor, fingerprint
@@ -40,6 +40,14 @@ class LogLine(BaseModel):
         default=None,
         description="Name of the task run that logged it, e.g. 'llm · step 1'; null for the run's own lines.",
     )
+    # The Python logger that wrote it: not shown (a name says little to a person), but what tells the worker host's
+    # container-exit lines from a run's own imitation of them (`deployments.pools.container_exits.recorded_exits`).
+    _logger: str | None = PrivateAttr(default=None)
+
+    @property
+    def logger(self) -> str | None:
+        return self._logger
+
     repeated: int = Field(
         default=1, description="How many identical consecutive lines this one stands for; 1 when not folded."
     )
@@ -209,15 +217,15 @@ class _Folder:
             self.full_stop = True
             return False
         else:
-            self.lines.append(
-                LogLine(
-                    timestamp=line.timestamp,
-                    level=level,
-                    message=line.message,
-                    task_run_id=task_run_id,
-                    task=self.names.get(line.task_run_id) if line.task_run_id else None,
-                )
+            kept = LogLine(
+                timestamp=line.timestamp,
+                level=level,
+                message=line.message,
+                task_run_id=task_run_id,
+                task=self.names.get(line.task_run_id) if line.task_run_id else None,
             )
+            kept._logger = line.name
+            self.lines.append(kept)
         self.matched += 1
         return True
 

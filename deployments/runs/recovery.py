@@ -1,11 +1,13 @@
 """Runs whose infrastructure failed are scheduled again, a bounded number of times, and resume from their journal.
 
 A run Crashed when its container was killed or OOM-killed, its worker lost it,
-or Prefect was unreachable as it started; it Failed with `JournalUnavailable`
-when it could not record a step. None of that is the agent's doing, so the
+or Prefect was unreachable as it started: not the agent's doing, so the
 control plane sets the same flow run back to `AwaitingRetry` (Prefect's own
 retry state: its worker picks it up again like any scheduled run), at most
-`max_retries` times, with a growing pause. The retried run reads its journal
+`max_retries` times, with a growing pause. Only a worker can report a crash
+(the gateway refuses a run's own token setting CRASHED): a run cannot get
+itself another attempt. A run that could not write its journal ends Failed
+and is not retried: it could have set that state itself. The retried run reads its journal
 (`flows.journal`) and makes no completed step again.
 
 What is never retried: runs that failed for their own reasons (a step limit, a
@@ -41,13 +43,14 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import AwaitingRetry
 
-from deployments.pools.container_exits import ContainerExit
+from deployments.pools.container_exits import recorded_exits
 from deployments.runs.logs import read_log_page
 
 log = logging.getLogger("ariel.recovery")
 
 RETRY_MARK = "Ariel retries the run"
 CHECK_SECONDS = 5.0
+PAGE = 200
 MAX_RETRIES = 2
 FIRST_PAUSE_SECONDS = 5.0
 # Crashes older than this are history, not a run to bring back.
@@ -57,8 +60,6 @@ SETTLE = timedelta(seconds=3)
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
                         r"unable to start container process|executable file not found")
-# What a run that could not record a step says (`flows.journal.JournalUnavailable`).
-_JOURNAL_UNAVAILABLE = "JournalUnavailable"
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,8 @@ async def retry_failed_infrastructure(
 ) -> list[Retried]:
     """Schedule again each recent agent run of the install (`pool_prefix`) whose infrastructure failed."""
     now = now or datetime.now(UTC)
-    found = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            tags=FlowRunFilterTags(all_=["ariel"]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED, StateType.FAILED])),
-            end_time=FlowRunFilterEndTime(after_=now - LOOK_BACK),
-        ),
-        sort=FlowRunSort.END_TIME_DESC,
-        limit=200,
-    )
     retried = []
-    for run in found:
+    for run in await _crashed(client, now):
         reason = _infrastructure_failure(run, pool_prefix)
         if reason is None or (run.end_time and run.end_time > now - SETTLE):
             continue
@@ -106,8 +98,24 @@ async def retry_failed_infrastructure(
 async def _oom_killed(client: PrefectClient, run_id: UUID) -> bool:
     """Whether the engine OOM-killed the run's last container, as the worker host wrote it on the run."""
     page = await read_log_page(client, run_id, limit=50, min_level="warning", tail=True)
-    exits = [ended for line in page.lines if (ended := ContainerExit.parse(line.message))]
+    exits = recorded_exits(page.lines)
     return bool(exits) and exits[-1].oom_killed
+
+
+async def _crashed(client: PrefectClient, now: datetime) -> list[FlowRun]:
+    """Every Ariel run that Crashed within `LOOK_BACK`, page by page: however many others failed, none is missed."""
+    run_filter = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=["ariel"]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED])),
+        end_time=FlowRunFilterEndTime(after_=now - LOOK_BACK),
+    )
+    found: list[FlowRun] = []
+    while True:
+        page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.END_TIME_DESC,
+                                           limit=PAGE, offset=len(found))
+        found += page
+        if len(page) < PAGE:
+            return found
 
 
 def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
@@ -122,8 +130,6 @@ def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
         if _PERMANENT.search(message):
             return None  # the pool names an image the worker cannot get or run: another attempt fails the same way
         return message or "crashed"
-    if state.type == StateType.FAILED and _JOURNAL_UNAVAILABLE in message:
-        return message
     return None
 
 

@@ -24,7 +24,7 @@ import asyncio
 import base64
 import binascii
 import os
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +55,9 @@ class ListingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Signed with the same key as run configurations: this field keeps one kind of signed message from ever
+    # passing for the other (RunConfig has no such field, and both forbid extra fields).
+    kind: Literal["mcp-listing"] = "mcp-listing"
     org_id: str
     server: McpServerRef = Field(description="The server as runs name it (http or sse); its credentials are not "
                                  "here: the run fetches them from the gateway.")

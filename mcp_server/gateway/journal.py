@@ -26,8 +26,9 @@ log = logging.getLogger("ariel.gateway")
 
 __all__ = ["JOURNAL_ROUTE", "Journals", "serve_journal"]
 
-# A step's input (the messages so far) and output (a tool's result is cut at 20,000 characters) fit well inside.
-MAX_ENTRY_BYTES = 4 * 1024 * 1024
+# One step: a tool's arguments and its result (cut at 20,000 characters), or a model's answer, fit well inside; the
+# run's whole journal is capped by the store (`mcp_server.services.journal.MAX_RUN_BYTES`).
+MAX_ENTRY_BYTES = 256 * 1024
 
 
 class Journals(Protocol):

@@ -66,7 +66,10 @@ _WORKER_RUN_FIELDS = frozenset({"infrastructure_pid"})
 # Not `name`: runs are found by name in chat, and a run must not take another's.
 _RUN_FIELDS = frozenset({"flow_version", "empirical_policy", "infrastructure_pid"})
 # States a run may not give itself: only a worker or the control plane schedules.
-_NOT_FOR_A_RUN = frozenset({"SCHEDULED", "PENDING"})
+# SCHEDULED or PENDING: a worker would start it again and the gateway give it a fresh token, for ever. CRASHED: the
+# control plane retries a crashed run (`deployments.runs.recovery`), so only its worker, which saw its infrastructure
+# end, may say so; a run that could declare itself crashed would get another attempt beside itself.
+_NOT_FOR_A_RUN = frozenset({"SCHEDULED", "PENDING", "CRASHED"})
 
 
 def _uuid(text: str) -> UUID | None:
@@ -241,8 +244,7 @@ class Rules:
         proposed = _json(body)
         state = proposed.get("state") if isinstance(proposed, dict) else None
         if not isinstance(state, dict) or str(state.get("type", "")).upper() in _NOT_FOR_A_RUN:
-            # Scheduled again, a worker would start it again and the gateway give it a fresh token: for ever.
-            return refused("setting its own run back to SCHEDULED or PENDING", scope)
+            return refused("setting its own run to SCHEDULED, PENDING or CRASHED", scope)
         return THROUGH
 
     async def _own_deployment(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002

@@ -31,6 +31,9 @@ from mcp_server.store._ids import utc_now
 from mcp_server.store.exceptions import Conflict as StoreConflict
 
 MAX_STEPS = 1000  # of one run: 100 LLM calls (the most max_steps allows), each asking for a few tools
+# A run's whole journal: far above what 100 steps of cut results hold, far below what would strain the store. A run
+# that reaches it stops before its next step (`flows.journal.JournalUnavailable`).
+MAX_RUN_BYTES = 16 * 1024 * 1024
 MAX_NAME_CHARS = 200
 
 
@@ -76,7 +79,11 @@ class RunJournal:
             raise InvalidRequest(f"step {seq} of this run was not started, or is done already")
 
     async def _seal(self, org_id: str, run_id: str, seq: int, value: dict[str, Any]) -> Sealed:
-        return await self.sealer.seal(org_id, _purpose(run_id, seq), json.dumps(value, ensure_ascii=False).encode())
+        plain = json.dumps(value, ensure_ascii=False).encode()
+        if await self.store.run_steps_bytes(org_id, run_id) + len(plain) > MAX_RUN_BYTES:
+            raise InvalidRequest(f"the run's journal is full ({MAX_RUN_BYTES // (1024 * 1024)} MB): the run stops "
+                                 "before its next step")
+        return await self.sealer.seal(org_id, _purpose(run_id, seq), plain)
 
 
 def _seq(entry: dict[str, Any]) -> int:

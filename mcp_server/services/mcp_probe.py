@@ -49,6 +49,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import PaginatedRequestParams
 from pydantic import ValidationError
 
+from deployments.text import control_character, quote
 from flows.exceptions import ToolRefused
 from flows.mcp.client import capped, send_to_addresses
 from flows.mcp.pins import tool_digest
@@ -58,6 +59,7 @@ PROBE_SECONDS = 20.0  # a whole connect-and-list, so that a silent server cannot
 DISCOVERY_GET_SECONDS = 5.0  # each look for OAuth metadata after a 401
 # What the control plane takes from a server; past these a listing is refused, never cut (a cut would pin half).
 MAX_TOOLS = 500
+MAX_TOOL_NAME_CHARS = 128
 MAX_DESCRIPTION_BYTES = 8 * 1024
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_LISTING_BYTES = 2 * 1024 * 1024
@@ -87,6 +89,10 @@ class NeedsSignIn(ProbeError):
         super().__init__(message)
         self.oauth = oauth
         self.status = status
+
+
+class Malformed(ProbeError):
+    """The server's listing is not one Ariel keeps: a tool's name or description is not plain text, or a name twice."""
 
 
 class TooLarge(ProbeError):
@@ -288,6 +294,9 @@ def checked_listing(tools: list[dict[str, Any]]) -> list[ListedTool]:
                        "them over several servers")
     found = [_checked_tool(str(tool["name"]), str(tool.get("description") or ""), dict(tool.get("input_schema") or {}))
              for tool in tools]
+    names = [tool.name for tool in found]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise Malformed(f"the server lists tool {quote(twice[0])} more than once; each tool needs a name of its own")
     if sum(len(json.dumps(tool.as_json(), ensure_ascii=False).encode()) for tool in found) > MAX_LISTING_BYTES:
         raise TooLarge(f"the server's tool listing is larger than {_size(MAX_LISTING_BYTES)}, the most Ariel takes "
                        "of one server")
@@ -295,7 +304,12 @@ def checked_listing(tools: list[dict[str, Any]]) -> list[ListedTool]:
 
 
 def _checked_tool(name: str, description: str, schema: dict[str, Any]) -> ListedTool:
-    """The tool, fingerprinted, once its description and input schema are within Ariel's limits."""
+    """The tool, fingerprinted, once its name, description and input schema are within Ariel's limits."""
+    if not name or len(name) > MAX_TOOL_NAME_CHARS or control_character(name, multiline=False):
+        raise Malformed(f"the server lists a tool named {quote(name)}: a tool's name is 1 to {MAX_TOOL_NAME_CHARS} "
+                        "printable characters")
+    if found := control_character(description, multiline=True):
+        raise Malformed(f"tool {quote(name)} has a control character ({found}) in its description")
     described = len(description.encode())
     if described > MAX_DESCRIPTION_BYTES:
         raise TooLarge(f"tool {name[:64]!r} has a description of {described} bytes; Ariel takes at most "

@@ -21,7 +21,9 @@ from uuid import UUID
 import httpx
 from prefect.exceptions import ObjectNotFound
 
+from deployments.pools.work_pools import OWN_POOL_SUFFIX
 from deployments.runs.tool_listing import start_listing
+from deployments.text import without_control_characters
 from flows.config import McpServerRef
 from flows.mcp.listing import ListingRequest
 from mcp_server.services.caller import Caller
@@ -62,7 +64,10 @@ class ListingRuns:
         Raises `InvalidRequest` without a worker key, `Unavailable` when Prefect does not answer.
         """
         await self.require_worker(caller.org_id)
-        pool = await self.agents.ensure_pool(caller)  # the own pool while a worker key is active
+        pool = await self.agents.ensure_pool(caller)
+        if not pool.endswith(OWN_POOL_SUFFIX):
+            # The last worker key was revoked meanwhile: never on Ariel's own workers, at a URL the org named.
+            raise InvalidRequest(f"network='own': {NO_WORKER}")
         ref = McpServerRef(name=record.name, server_id=record.id, transport=record.transport, url=record.url)
         asked = utc_now()
         request = self.agents.signer.sign(ListingRequest(org_id=caller.org_id, server=ref,
@@ -103,6 +108,6 @@ class ListingRuns:
 
 
 def problem_text(problem: str) -> str:
-    """What a worker said went wrong, as kept and shown: one line, cut (it may quote the server)."""
-    line = " ".join(problem.split())
+    """What a worker said went wrong, as kept and shown: one line of printable text, cut (it may quote the server)."""
+    line = " ".join(without_control_characters(problem).split())
     return line if len(line) <= MAX_PROBLEM_CHARS else line[:MAX_PROBLEM_CHARS - 1] + "…"

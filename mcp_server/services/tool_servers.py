@@ -69,7 +69,6 @@ from mcp_server.services.mcp_probe import (
     ListedTool,
     NeedsSignIn,
     ProbeError,
-    TooLarge,
     checked_listing,
     list_tools_http,
     list_tools_stdio,
@@ -408,7 +407,7 @@ class ToolServerService:
                                  "pins exactly that listing")
         if given != current:
             raise InvalidRequest(f"MCP server {record.name!r} was not approved: its tools changed since you read them "
-                                 f"(digest {given[:40]!r} is not the current {current}); read them with get and "
+                                 f"(digest {given[:70]!r} is not the current {current}); read them with get and "
                                  "approve with the digest it shows")
         if record.network == "own":
             if (record.listing or {}).get("state") != "listed":
@@ -552,7 +551,7 @@ class ToolServerService:
         if tools is not None:
             try:
                 listed = checked_listing(tools)
-            except TooLarge as exc:
+            except ProbeError as exc:  # too large, or not plain text
                 problem = str(exc)
         now = utc_now().isoformat()
         if listed is None:
@@ -943,7 +942,9 @@ def tools_digest(tools: list[dict[str, Any]]) -> str:
     True
     """
     pairs = sorted((str(tool["name"]), str(tool["digest"])) for tool in tools)
-    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()[:16]
+    # All of it: a member who controls a server must not find two listings with one digest (a birthday attack on a
+    # short one), one to show the admin and one to store with test before approve.
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
 
 
 def _pins(tools: list[ListedTool]) -> dict[str, str]:

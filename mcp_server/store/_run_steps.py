@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -55,6 +55,13 @@ class RunStepQueries:
                  .order_by(run_steps.c.seq))
         async with self.tenant(org_id) as conn:
             return [_record(row) for row in await conn.execute(query)]
+
+    async def run_steps_bytes(self: _Tenant, org_id: str, run_id: str) -> int:
+        """How many sealed bytes the run's journal holds."""
+        query = select(func.coalesce(func.sum(func.length(run_steps.c.sealed)), 0)).where(
+            run_steps.c.org_id == org_id, run_steps.c.run_id == run_id)
+        async with self.tenant(org_id) as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     async def start_run_step(self: _Tenant, record: RunStepRecord) -> RunStepRecord:
         """Write a step as started, or again as started when it never finished (a retried run makes it again).

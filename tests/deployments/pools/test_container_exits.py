@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.pools.container_exits import ContainerExit, watch
+from deployments.pools.container_exits import ContainerExit, recorded_exits, watch
 from deployments.runs.logs import read_log_page
 
 BASE_IMAGE = "ariel-base:bookworm"
@@ -67,7 +67,7 @@ def start(engine: docker.DockerClient, run_id: uuid.UUID, pool: str, command: li
 async def exit_written(prefect: PrefectClient, run_id: uuid.UUID, timeout: float = 30) -> ContainerExit:
     for _ in range(int(timeout * 2)):
         lines = (await read_log_page(prefect, run_id, min_level="warning")).lines
-        found = [ended for line in lines if (ended := ContainerExit.parse(line.message))]
+        found = recorded_exits(lines)
         if found:
             assert len(found) == 1, lines
             return found[0]

@@ -37,10 +37,11 @@ async def client(prefect_api: str) -> AsyncIterator[PrefectClient]:
         yield opened
 
 
-async def crashed(client: PrefectClient, message: str, ended: ContainerExit | None = None) -> dict[str, str]:
+async def crashed(client: PrefectClient, message: str, ended: ContainerExit | None = None,
+                  logger: str = LOGGER_NAME) -> dict[str, str]:
     run = await client.create_flow_run(probe)
     if ended is not None:
-        await client.create_logs([LogCreate(name=LOGGER_NAME, level=30, message=ended.line(),
+        await client.create_logs([LogCreate(name=logger, level=30, message=ended.line(),
                                             timestamp=datetime.now(UTC), flow_run_id=run.id)])
     await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
     return (await diagnose(client, await client.read_flow_run(run.id))).model_dump()
@@ -56,6 +57,14 @@ async def test_exit_137_the_engine_called_oom_killed_is_out_of_memory(client: Pr
     found = await crashed(client, KILLED_137, ContainerExit("digest-run", 137, oom_killed=True))
     assert found["cause"] == "out_of_memory", found
     assert "OOM-killed" in found["summary"] and "ARIEL_RUN_MEMORY_LIMIT" in found["next_action"]
+
+
+async def test_a_line_like_the_worker_hosts_written_under_another_logger_is_not_believed(
+    client: PrefectClient,
+) -> None:
+    # A run may log any text under its own loggers: an imitation of the worker host's line proves nothing.
+    found = await crashed(client, KILLED_137, ContainerExit("digest-run", 137, oom_killed=True), logger="ariel.agent")
+    assert found["cause"] == "container_exit", found
 
 
 async def test_exit_137_from_a_docker_kill_is_killed_from_outside(client: PrefectClient) -> None:

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from mcp_server.services.exceptions import InvalidRequest
+from mcp_server.services.journal import MAX_RUN_BYTES
 from mcp_server.store._schema import run_steps
 from tests.mcp_server.services.test_tool_servers import services
 from tests.mcp_server.store.test_store import other_org
@@ -49,3 +50,12 @@ async def test_a_done_step_is_never_written_over_and_another_orgs_run_has_no_ste
             await s.journal.start(org, RUN, {"seq": 0, "kind": "llm", "name": "llm", "step": 1})
         assert await s.journal.read(elsewhere, RUN) == []
         assert [step["output"] for step in await s.journal.read(org, RUN)] == ["first"]
+
+
+async def test_a_run_whose_journal_is_full_is_told_so_before_its_next_step(home: Path, store_url: str) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        with pytest.raises(InvalidRequest, match="the run's journal is full"):
+            await s.journal.start(org, RUN, {"seq": 1, "kind": "tool", "name": "http_request", "step": 1,
+                                             "input": "x" * (MAX_RUN_BYTES + 1)})
+        assert await s.journal.read(org, RUN) == []

@@ -8,6 +8,7 @@ ARIEL_MCP_PRIVATE_NETWORKS false, loopback and private addresses are refused bef
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx2
 import pytest
@@ -28,7 +29,7 @@ from starlette.routing import Route
 
 from flows.mcp.client import PinnedTransport, ResponseTooLarge
 from mcp_server.services.exceptions import InvalidRequest, Unavailable
-from mcp_server.services.mcp_probe import TooLarge, Unreachable, list_tools_http
+from mcp_server.services.mcp_probe import ProbeError, TooLarge, Unreachable, checked_listing, list_tools_http
 from mcp_server.settings import ArielSettings
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.services.test_tool_servers import add, caller, services
@@ -194,3 +195,15 @@ async def test_an_add_answers_within_its_one_deadline(home: Path, store_url: str
                                        "authorization server, answers too slowly); try again later")
             assert took < 5
             assert (await s.tool_servers.manage(caller(org, "ada", "admin"), "list")).servers == []
+
+
+@pytest.mark.parametrize(("tools", "said"), [
+    ([{"name": "echo"}, {"name": "echo"}], "the server lists tool 'echo' more than once"),
+    ([{"name": "ec\x00ho"}], "a tool's name is 1 to 128 printable characters"),
+    ([{"name": "echo", "description": "Echoes.\x1b[2J"}], "has a control character (U+001B) in its description"),
+])
+def test_a_listing_a_worker_reports_is_refused_unless_its_names_are_plain_and_unique(
+    tools: list[dict[str, Any]], said: str
+) -> None:
+    with pytest.raises(ProbeError, match=re.escape(said)):
+        checked_listing(tools)
