@@ -10,8 +10,10 @@ Example script (in the agent spec):
      {"reply": "The page says: {last_tool_result}"}]
 
 A reply may quote the latest tool result (`{last_tool_result}`) or every tool
-result so far, in order, one a line (`{tool_results}`). A tool step may name an
-MCP tool by the name the model sees (`{"tool": "everything__echo", ...}`).
+result so far, in order, one a line (`{tool_results}`); so may a tool step's
+text arguments (`{"body": "{last_tool_result}"}`: pass on what a tool gave).
+A tool step may name an MCP tool by the name the model sees
+(`{"tool": "everything__echo", ...}`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelR
             llm_provider=SCRIPTED_PROVIDER,
         )
     step = script[turn]
+    results = [str(m.get("content")) for m in messages if m.get("role") == "tool"]
     if "tool" in step:
         message: dict[str, Any] = {
             "role": "assistant",
@@ -48,15 +51,14 @@ def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelR
                 {
                     "id": f"call_{turn + 1}",
                     "type": "function",
-                    "function": {"name": step["tool"], "arguments": json.dumps(step.get("arguments", {}))},
+                    "function": {"name": step["tool"],
+                                 "arguments": json.dumps(_quoting(step.get("arguments", {}), results))},
                 }
             ],
         }
         finish_reason = "tool_calls"
     else:
-        results = [str(m.get("content")) for m in messages if m.get("role") == "tool"]
-        reply = step["reply"].replace(LAST_TOOL_RESULT, results[-1] if results else "")
-        message = {"role": "assistant", "content": reply.replace(TOOL_RESULTS, "\n".join(results))}
+        message = {"role": "assistant", "content": _quoting(step["reply"], results)}
         finish_reason = "stop"
     # Plausible counts, about four characters a token, as a real provider would report them.
     prompt_tokens = max(1, sum(_characters(m) for m in messages) // 4)
@@ -70,6 +72,18 @@ def play(messages: list[dict[str, Any]], script: list[dict[str, Any]]) -> ModelR
             "total_tokens": prompt_tokens + completion_tokens,
         },
     )
+
+
+def _quoting(value: Any, results: list[str]) -> Any:
+    """`value` with `{last_tool_result}` and `{tool_results}` in its texts (nested ones too) filled in."""
+    if isinstance(value, str):
+        return value.replace(LAST_TOOL_RESULT, results[-1] if results else "").replace(TOOL_RESULTS,
+                                                                                       "\n".join(results))
+    if isinstance(value, dict):
+        return {key: _quoting(item, results) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_quoting(item, results) for item in value]
+    return value
 
 
 def _characters(message: dict[str, Any]) -> int:

@@ -37,6 +37,23 @@ def test_a_reply_quotes_the_latest_tool_result() -> None:
     assert play(messages, SCRIPT).choices[0].message.content == "It said 42"
 
 
+def test_a_tool_step_passes_on_what_the_last_tool_gave_in_its_text_arguments() -> None:
+    script: list[dict[str, Any]] = [
+        {"tool": "http_request", "arguments": {"url": "http://127.0.0.1:9/token"}},
+        {"tool": "http_request", "arguments": {"url": "http://127.0.0.1:9/effect", "method": "POST",
+                                               "body": "token={last_tool_result}", "headers": {"X-Seen": 1}}},
+    ]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "tool_calls": []},
+        {"role": "tool", "tool_call_id": "call_1", "content": "t-7"},
+    ]
+    [call] = play(messages, script).choices[0].message.tool_calls or []
+    assert isinstance(call, ChatCompletionMessageToolCall)
+    assert json.loads(call.function.arguments) == {"url": "http://127.0.0.1:9/effect", "method": "POST",
+                                                   "body": "token=t-7", "headers": {"X-Seen": 1}}
+
+
 def test_asking_past_the_end_of_the_script_is_a_permanent_error() -> None:
     messages = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
     with pytest.raises(litellm.BadRequestError, match="the script has 2 turns"):

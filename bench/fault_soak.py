@@ -1,0 +1,276 @@
+"""Fault soak: agents on a per-minute schedule while a child of `ariel up` or a run's container is killed.
+
+A real `ariel up` on Docker pools, with its own embedded Prefect server. Each
+agent, every minute, fetches a fresh token from a counting service on
+127.0.0.1 (GET /token) and POSTs it back (POST /effect): the side effect. A
+run retried after a fault replays the GET from its journal, so a POST made
+twice carries the same token twice. Every `--fault-every` seconds one fault is
+injected, in turn: kill -9 of the Prefect server, kill -9 of the worker host,
+`docker kill` of a run's container (when one is running).
+
+Printed at the end: each fault and how long until `/ready` answered 200 again
+(or until the killed run settled); runs due, completed, failed (and why),
+lost (due, but never finished); POSTs, and tokens POSTed more than once
+(duplicated side effects). A fault whose recovery passes its timeout is
+recorded as such; the table prints whatever happened, and the stack and its
+containers (this install's only) are stopped and removed.
+
+Usage: python bench/fault_soak.py [--minutes 20] [--agents 3] [--fault-every 120] [--settle 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, ClassVar
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import docker  # noqa: E402 - after the path and environment are set
+import httpx  # noqa: E402
+from fastmcp import Client  # noqa: E402
+from prefect.client.orchestration import PrefectClient  # noqa: E402
+from prefect.client.schemas.filters import (  # noqa: E402
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterTags,
+)
+
+from tests.mcp_server.callers import ask  # noqa: E402
+from tests.support import ArielUp, ariel_up, http_service  # noqa: E402
+
+FAULTS = ("prefect-server", "worker-host", "container")
+RECOVERY_TIMEOUT = 180.0
+
+
+class Effects(BaseHTTPRequestHandler):
+    """GET /token: a new token each call; POST /effect: the side effect, counted by the token it carries."""
+
+    issued: ClassVar[itertools.count[int]] = itertools.count(1)
+    posted: ClassVar[Counter[str]] = Counter()
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        with self.lock:
+            body = f"t-{next(self.issued)}".encode()
+        self._send(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        token = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode(errors="replace")
+        with self.lock:
+            type(self).posted[token] += 1
+        self._send(b"done")
+
+    def _send(self, body: bytes) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the run's container was killed while it waited
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@dataclass
+class Fault:
+    kind: str
+    at: float
+    recovered_after: float | None = None  # None: timed out, or nothing to kill
+    note: str = ""
+
+
+@dataclass
+class Soak:
+    up: ArielUp
+    service: str
+    faults: list[Fault] = field(default_factory=list)
+    pool: str = ""
+
+    def child(self, kind: str) -> int | None:
+        """The pid of `ariel up`'s child of that kind (from /proc: its direct children's command lines)."""
+        marker = "prefect server start" if kind == "prefect-server" else "deployments.pools.worker_host"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.up.process.pid and marker in command:
+                return int(entry.name)
+        return None
+
+    def prefect(self) -> PrefectClient:
+        pid = self.child("prefect-server")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+        port = command[command.index(b"--port") + 1].decode() if b"--port" in command else "4200"
+        auth = (self.up.home / "keys" / "prefect-auth").read_text().strip()
+        return PrefectClient(f"http://127.0.0.1:{port}/api", auth_string=auth)
+
+    async def ready_again(self, since: float) -> float | None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            while time.monotonic() - since < RECOVERY_TIMEOUT:
+                try:
+                    if (await client.get(f"{self.up.base_url}/ready")).status_code == 200:
+                        return time.monotonic() - since
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(1)
+        return None
+
+    async def inject(self, kind: str) -> Fault:
+        at = time.monotonic()
+        if kind == "container":
+            engine = docker.from_env()
+            try:
+                running = engine.containers.list(filters={"label": f"io.prefect.work-pool-name={self.pool}"})
+                if not running:
+                    return Fault(kind, at, None, "no run container was running")
+                victim = running[0]
+                run_id = victim.labels.get("io.prefect.flow-run-id", "")
+                victim.kill()
+            finally:
+                engine.close()
+            return Fault(kind, at, await self.settled(run_id, at), f"run {run_id}")
+        pid = self.child(kind)
+        if pid is None:
+            return Fault(kind, at, None, "not found")
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(2)  # past /ready's own short cache
+        return Fault(kind, at, await self.ready_again(at), f"pid {pid}")
+
+    async def settled(self, run_id: str, since: float) -> float | None:
+        while time.monotonic() - since < RECOVERY_TIMEOUT:
+            try:
+                async with self.prefect() as client:
+                    run = await client.read_flow_run(run_id)  # type: ignore[arg-type]  # a UUID string
+                if run.state and run.state.type.value in ("COMPLETED", "FAILED"):
+                    return time.monotonic() - since
+            except Exception:  # noqa: BLE001 - Prefect may be restarting
+                pass
+            await asyncio.sleep(2)
+        return None
+
+
+async def soak(run: Soak, minutes: float, agents: int, fault_every: float, settle: float) -> None:
+    up, service = run.up, run.service
+    started = datetime.now(UTC)
+    async with Client(up.mcp_url) as chat:
+        for number in range(agents):
+            slug = f"soak-{number + 1}"
+            await ask(chat, "create_agent", name=f"Soak {number + 1}", instructions="Record one effect.",
+                      model="ariel/scripted", tools=["http_request"], allowed_hosts=[service],
+                      schedule={"cron": "* * * * *", "timezone": "UTC"},
+                      script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/token"}},
+                              {"tool": "http_request", "arguments": {"url": f"http://{service}/effect",
+                                                                     "method": "POST", "body": "{last_tool_result}"}},
+                              {"reply": "recorded {tool_results}"}])
+            await ask(chat, "update_agent", agent=slug, action="approve")
+        run.pool = (await ask(chat, "get_agent", agent="soak-1"))["work_pool"]
+    print(f"{agents} agents every minute in pool {run.pool}; a fault every {fault_every:.0f} s for {minutes:g} min",
+          flush=True)
+    kinds = itertools.cycle(FAULTS)
+    end = time.monotonic() + minutes * 60
+    stopped: datetime | None = None  # when the schedules' window ends; cut short, when the soak stops
+    try:
+        while time.monotonic() + fault_every < end:
+            await asyncio.sleep(fault_every)
+            fault = await run.inject(next(kinds))
+            run.faults.append(fault)
+            after = f"{fault.recovered_after:.1f} s" if fault.recovered_after is not None else "timed out"
+            print(f"fault {fault.kind} ({fault.note}): recovered after {after}", flush=True)
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        stopped = datetime.now(UTC)
+        print(f"schedules end; {settle:.0f} s for the last runs to finish", flush=True)
+        await asyncio.sleep(settle)
+    finally:
+        # Whatever stopped the soak (a fault it did not survive, Ctrl-C), the table prints what happened until then.
+        await report(run, started, stopped or datetime.now(UTC))
+
+
+async def report(run: Soak, started: datetime, stopped: datetime) -> None:
+    try:
+        async with run.prefect() as client:
+            due = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=["ariel"]),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=started, before_=stopped),
+            ), limit=1000)
+    except Exception as exc:  # noqa: BLE001 - the faults' table still prints
+        print(f"the runs could not be read from Prefect ({type(exc).__name__}: {exc})", flush=True)
+        due = []
+    states = Counter(run_.state.name if run_.state else "none" for run_ in due)
+    completed = sum(1 for run_ in due if run_.state and run_.state.type.value == "COMPLETED")
+    failed = [run_ for run_ in due if run_.state and run_.state.type.value == "FAILED"]
+    uncertain = sum(1 for run_ in failed if "StepUncertain" in (run_.state.message or "" if run_.state else ""))
+    lost = len(due) - completed - len(failed)
+    posted = Effects.posted
+    duplicates = {token: count for token, count in posted.items() if count > 1}
+    print()
+    print("| fault | count | recovered (median / max) | timed out |")
+    print("| --- | --- | --- | --- |")
+    for kind in FAULTS:
+        mine = [fault for fault in run.faults if fault.kind == kind]
+        times = [fault.recovered_after for fault in mine if fault.recovered_after is not None]
+        spread = f"{statistics.median(times):.1f} s / {max(times):.1f} s" if times else "-"
+        print(f"| {kind} | {len(mine)} | {spread} | {len(mine) - len(times)} |")
+    print()
+    print("| runs due | completed | failed (step uncertain) | lost | POSTs | duplicated POSTs |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| {len(due)} | {completed} | {len(failed)} ({uncertain}) | {lost} | {sum(posted.values())} | "
+          f"{sum(count - 1 for count in duplicates.values())} |")
+    print(f"\nstates: {dict(states)}")
+    if duplicates:
+        print(f"duplicated tokens: {duplicates}")
+
+
+def remove_containers(pool: str) -> None:
+    """This install's run containers only (by their pool label), whatever the soak left."""
+    if not pool:
+        return
+    engine = docker.from_env()
+    try:
+        for container in engine.containers.list(all=True, filters={"label": f"io.prefect.work-pool-name={pool}"}):
+            container.remove(force=True)
+    finally:
+        engine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=20)
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--fault-every", type=float, default=120)
+    parser.add_argument("--settle", type=float, default=240)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ariel-soak-") as home, http_service(Effects) as service, \
+            ariel_up(Path(home), "docker") as up:
+        run = Soak(up, service)
+        try:
+            asyncio.run(soak(run, args.minutes, args.agents, args.fault_every, args.settle))
+        except KeyboardInterrupt:
+            print("interrupted: stopping what the soak started", flush=True)
+        finally:
+            remove_containers(run.pool)
+
+
+if __name__ == "__main__":
+    main()
