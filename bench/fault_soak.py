@@ -49,6 +49,7 @@ from prefect.client.schemas.filters import (  # noqa: E402
     FlowRunFilterExpectedStartTime,
     FlowRunFilterTags,
 )
+from prefect.client.schemas.objects import FlowRun  # noqa: E402
 
 from tests.mcp_server.callers import ask  # noqa: E402
 from tests.support import ArielUp, ariel_up, http_service  # noqa: E402
@@ -142,12 +143,18 @@ class Soak:
         if kind == "container":
             engine = docker.from_env()
             try:
-                running = engine.containers.list(filters={"label": f"io.prefect.work-pool-name={self.pool}"})
+                # Runs come every minute and last seconds: wait for the next one's container, then kill it.
+                running: list[Any] = []
+                while not running and time.monotonic() - at < 75:
+                    running = engine.containers.list(filters={"label": f"io.prefect.work-pool-name={self.pool}"})
+                    if not running:
+                        await asyncio.sleep(0.5)
                 if not running:
-                    return Fault(kind, at, None, "no run container was running")
+                    return Fault(kind, at, None, "skipped: no run container came within 75 s")
                 victim = running[0]
                 run_id = victim.labels.get("io.prefect.flow-run-id", "")
                 victim.kill()
+                at = time.monotonic()
             finally:
                 engine.close()
             return Fault(kind, at, await self.settled(run_id, at), f"run {run_id}")
@@ -209,11 +216,12 @@ async def soak(run: Soak, minutes: float, agents: int, fault_every: float, settl
 
 async def report(run: Soak, started: datetime, stopped: datetime) -> None:
     try:
+        run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=["ariel"]),
+                                   expected_start_time=FlowRunFilterExpectedStartTime(after_=started, before_=stopped))
+        due: list[FlowRun] = []
         async with run.prefect() as client:
-            due = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=["ariel"]),
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=started, before_=stopped),
-            ), limit=1000)
+            while page := await client.read_flow_runs(flow_run_filter=run_filter, limit=200, offset=len(due)):
+                due += page  # Prefect answers at most 200 a request
     except Exception as exc:  # noqa: BLE001 - the faults' table still prints
         print(f"the runs could not be read from Prefect ({type(exc).__name__}: {exc})", flush=True)
         due = []
