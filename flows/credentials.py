@@ -103,7 +103,7 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
     except httpx.HTTPError as exc:
         raise RuntimeFailure(f"{what}: Ariel's gateway did not answer ({type(exc).__name__}); "
                              "the run can be retried") from None
-    body = _json(answer)
+    body = json_object(answer)
     if answer.status_code == 409 and body.get("error") == "tampered":
         raise ConfigTampered(str(body.get("detail") or "tampered: the run's configuration was changed"))
     if answer.status_code == 404 and body.get("error") == "not_found":
@@ -141,7 +141,8 @@ def _mcp_access(config: RunConfig, given: Any) -> dict[str, McpServerAccess]:
     return access
 
 
-def _json(answer: httpx.Response) -> dict[str, Any]:
+def json_object(answer: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object; {} for any other body (an error page, a list, nothing)."""
     try:
         body = answer.json()
     except ValueError:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import httpx
 
-from flows.credentials import FETCH_SECONDS, gateway_url, run_token
+from flows.credentials import FETCH_SECONDS, gateway_url, json_object, run_token
 from flows.exceptions import RuntimeFailure
 
 JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
@@ -148,9 +148,4 @@ class Journal:
 
 
 def _detail(answer: httpx.Response) -> str:
-    try:
-        body = answer.json()
-    except ValueError:
-        body = {}
-    return str(body.get("detail") or f"status {answer.status_code}") if isinstance(body, dict) else \
-        f"status {answer.status_code}"
+    return str(json_object(answer).get("detail") or f"status {answer.status_code}")

@@ -33,7 +33,7 @@ from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from flows.config import McpServerRef
-from flows.credentials import FETCH_SECONDS, McpServerAccess, gateway_url, run_token
+from flows.credentials import FETCH_SECONDS, McpServerAccess, gateway_url, json_object, run_token
 from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.mcp.client import McpRefused, list_server_tools
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, protected_endpoints
@@ -97,7 +97,7 @@ async def list_tools_run(request: ListingRequest) -> str:
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as gateway:
         answer = await gateway.get(url, headers=headers)
-        body = _json(answer)
+        body = json_object(answer)
         if answer.status_code != 200:
             raise RuntimeFailure(f"Ariel's gateway gave no access to MCP server {ref.name!r}: "
                                  f"{body.get('detail') or f'status {answer.status_code}'}")
@@ -119,16 +119,8 @@ async def list_tools_run(request: ListingRequest) -> str:
             report = {"problem": str(exc)}
             logger.warning("MCP server %s could not be listed from this worker: %s", ref.name, exc)
         posted = await gateway.post(url, headers=headers, json=report)
-        done = _json(posted)
+        done = json_object(posted)
         if posted.status_code != 200:
             raise RuntimeFailure(f"Ariel did not take the listing of MCP server {ref.name!r}: "
                                  f"{done.get('detail') or f'status {posted.status_code}'}")
     return str(done.get("done") or "reported")
-
-
-def _json(answer: httpx.Response) -> dict[str, Any]:
-    try:
-        body = answer.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

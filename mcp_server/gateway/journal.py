@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows.journal import JOURNAL_ROUTE
+from mcp_server.gateway.listing import refused_route
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
@@ -44,22 +45,22 @@ class Journals(Protocol):
 async def serve_journal(request: Request, caller: RunScope, ownership: Ownership,
                         journals: Journals | None) -> Response:
     if journals is None:
-        return _refused(404, "not_found", "this Ariel install keeps no run journal")
+        return refused_route(404, "not_found", "this Ariel install keeps no run journal")
     try:
         now = await ownership.run_now(caller.run_id)
     except httpx.HTTPError:
-        return _refused(503, "unavailable", "the Prefect API did not answer; try again")
+        return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
     state = now[1] if now is not None else None
     if state not in ("PENDING", "RUNNING"):
-        return _refused(409, "not_running", f"the run is {state or 'gone'}, not running")
+        return refused_route(409, "not_running", f"the run is {state or 'gone'}, not running")
     run_id = str(caller.run_id)
     try:
         if request.method == "GET":
             return JSONResponse({"steps": await journals.read(caller.org_id, run_id)})
         entry = await _entry(request)
         if entry is None:
-            return _refused(400, "bad_entry", "a journal entry is a JSON object with event 'start' or 'finish', at "
-                            f"most {MAX_ENTRY_BYTES} bytes")
+            return refused_route(400, "bad_entry", "a journal entry is a JSON object with event 'start' or "
+                                 f"'finish', at most {MAX_ENTRY_BYTES} bytes")
         if entry.get("event") == "start":
             await journals.start(caller.org_id, run_id, entry)
         else:
@@ -67,7 +68,7 @@ async def serve_journal(request: Request, caller: RunScope, ownership: Ownership
         return JSONResponse({"ok": True})
     except ArielError as exc:
         log.warning("gateway: %s: journal: %s", caller.label, exc)
-        return _refused(409, "refused", str(exc))
+        return refused_route(409, "refused", str(exc))
 
 
 async def _entry(request: Request) -> dict[str, Any] | None:
@@ -81,7 +82,3 @@ async def _entry(request: Request) -> dict[str, Any] | None:
     except ValueError:
         return None
     return entry if isinstance(entry, dict) and entry.get("event") in ("start", "finish") else None
-
-
-def _refused(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)

@@ -28,7 +28,7 @@ from mcp_server.services.exceptions import ArielError
 
 log = logging.getLogger("ariel.gateway")
 
-__all__ = ["LISTING_ROUTE", "REQUEST_SECONDS", "ToolListings", "serve_listing"]
+__all__ = ["LISTING_ROUTE", "REQUEST_SECONDS", "ToolListings", "refused_route", "serve_listing"]
 
 # How long a signed listing request opens its server: a run that waited longer (a worker that was down) is
 # refused, and `manage_tools test` asks again.
@@ -52,34 +52,34 @@ class ToolListings(Protocol):
 async def serve_listing(request: Request, caller: RunScope, ownership: Ownership, verify_key: str,
                         listings: ToolListings | None) -> Response:
     if listings is None:
-        return _refused(404, "not_found", "this Ariel install lists no MCP servers through workers")
+        return refused_route(404, "not_found", "this Ariel install lists no MCP servers through workers")
     try:
         now = await ownership.run_now(caller.run_id)
     except httpx.HTTPError:
-        return _refused(503, "unavailable", "the Prefect API did not answer; try again")
+        return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
     parameters, state = now if now is not None else ({}, None)
     if state not in ("PENDING", "RUNNING"):
-        return _refused(409, "not_running", f"the run is {state or 'gone'}, not running")
+        return refused_route(409, "not_running", f"the run is {state or 'gone'}, not running")
     try:
         asked = verify_request(parameters.get("request") or {}, verify_key)
     except ConfigTampered as exc:
         log.warning("gateway: %s: %s", caller.label, exc)
-        return _refused(409, "tampered", str(exc))
+        return refused_route(409, "tampered", str(exc))
     if asked.org_id != caller.org_id:
-        return _refused(409, "tampered", "tampered: the listing request is another organization's")
+        return refused_route(409, "tampered", "tampered: the listing request is another organization's")
     if _age(asked) > timedelta(seconds=REQUEST_SECONDS):
-        return _refused(409, "expired", f"the listing request is older than {REQUEST_SECONDS // 60} minutes; "
+        return refused_route(409, "expired", f"the listing request is older than {REQUEST_SECONDS // 60} minutes; "
                         "manage_tools test asks the worker again")
     server, url = asked.server, asked.server.url or ""
     try:
         if request.method == "GET":
             access = await listings.listing_access(caller.org_id, server.server_id, url)
             if "error" in access:
-                return _refused(404, "not_found", str(access["error"]))
+                return refused_route(404, "not_found", str(access["error"]))
             return JSONResponse({"headers": access.get("headers") or {}})
         report = await _report(request)
         if report is None:
-            return _refused(400, "bad_report", "a listing report is JSON: {'tools': [{name, description, "
+            return refused_route(400, "bad_report", "a listing report is JSON: {'tools': [{name, description, "
                             "input_schema}, ...]} or {'problem': '...'}, at most " f"{MAX_REPORT_BYTES} bytes")
         tools, problem = report
         done = await listings.record_worker_listing(caller.org_id, server.server_id, str(caller.run_id), tools,
@@ -87,7 +87,7 @@ async def serve_listing(request: Request, caller: RunScope, ownership: Ownership
         return JSONResponse({"done": done})
     except ArielError as exc:
         log.warning("gateway: %s: listing of MCP server %s: %s", caller.label, server.server_id, exc)
-        return _refused(409, "refused", str(exc))
+        return refused_route(409, "refused", str(exc))
 
 
 async def _report(request: Request) -> tuple[list[dict[str, Any]] | None, str | None] | None:
@@ -126,5 +126,6 @@ def _age(asked: ListingRequest) -> timedelta:
     return datetime.now(UTC) - issued
 
 
-def _refused(status: int, error: str, detail: str) -> JSONResponse:
+def refused_route(status: int, error: str, detail: str) -> JSONResponse:
+    """How Ariel's own gateway routes refuse: the reason as `error`, for the run to tell apart, and `detail`."""
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
