@@ -93,7 +93,7 @@ def main() -> None:
     results: dict[str, tuple[Samples, Samples]] = {}
     with tempfile.TemporaryDirectory() as home, prefect_server(Path(home)) as api_url:
         run_id, deployment_id = asyncio.run(make_run(api_url))
-        token = tokens.mint(run_id, ORG_ID, ttl_seconds=3600)
+        token = tokens.mint(run_id, ORG_ID, attempt=0, ttl_seconds=3600)
         gateway = Gateway(api_url, None, tokens, authenticate=authenticate, verify_key=lambda: "",
                           open_provider=no_provider)
         with serve_asgi(gateway) as gateway_url, httpx.Client(base_url=api_url) as direct, \

@@ -26,7 +26,7 @@ from flows.exceptions import ConfigTampered
 from flows.signing import verify
 from mcp_server.gateway.events import admits
 from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
-from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, serve_listing
+from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, refused_route, serve_listing
 from mcp_server.gateway.ownership import Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules
 from mcp_server.gateway.run_tokens import RunTokens
@@ -206,16 +206,13 @@ class Gateway:
         outside Ariel gets `tampered` and no secret.
         """
         try:
-            now = await self.ownership.run_now(caller.run_id)
+            now = await self.ownership.live_attempt(caller)
         except httpx.HTTPError:
-            return JSONResponse({"error": "unavailable", "detail": "the Prefect API did not answer; try again"},
-                                status_code=503)
-        parameters, state = now if now is not None else ({}, None)
-        if state not in ("PENDING", "RUNNING"):
+            return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
+        if isinstance(now, str):
             # A run that is over (or not yet started) needs no key: its token outlives it by design, its secrets not.
-            return JSONResponse({"error": "not_running", "detail": f"the run is {state or 'gone'}, not running"},
-                                status_code=409)
-        config = parameters.get("config")
+            return refused_route(409, "not_running", now)
+        config = now.parameters.get("config")
         try:
             verify(config if isinstance(config, dict) else {}, self._verify_key())
         except ConfigTampered as exc:
@@ -274,8 +271,10 @@ class Gateway:
                     log.warning("gateway: flow run %s in pool %s has no single org tag; it is not handed out",
                                 run.get("id"), run.get("work_pool_name"))
                     continue
+                run_count = run.get("run_count")
                 token = self.tokens.mint(UUID(str(run["id"])), next(iter(orgs)),
-                                         _run_seconds(run) + RUN_TOKEN_SLACK_SECONDS)
+                                         attempt=run_count if isinstance(run_count, int) else 0,
+                                         ttl_seconds=_run_seconds(run) + RUN_TOKEN_SLACK_SECONDS)
                 variables = dict(run.get("job_variables") or {})
                 variables["env"] = {**(variables.get("env") or {}), **run_environment(token)}
                 run["job_variables"] = variables

@@ -47,12 +47,11 @@ async def serve_journal(request: Request, caller: RunScope, ownership: Ownership
     if journals is None:
         return refused_route(404, "not_found", "this Ariel install keeps no run journal")
     try:
-        now = await ownership.run_now(caller.run_id)
+        now = await ownership.live_attempt(caller)
     except httpx.HTTPError:
         return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    state = now[1] if now is not None else None
-    if state not in ("PENDING", "RUNNING"):
-        return refused_route(409, "not_running", f"the run is {state or 'gone'}, not running")
+    if isinstance(now, str):
+        return refused_route(409, "not_running", now)
     run_id = str(caller.run_id)
     try:
         if request.method == "GET":

@@ -54,14 +54,13 @@ async def serve_listing(request: Request, caller: RunScope, ownership: Ownership
     if listings is None:
         return refused_route(404, "not_found", "this Ariel install lists no MCP servers through workers")
     try:
-        now = await ownership.run_now(caller.run_id)
+        now = await ownership.live_attempt(caller)
     except httpx.HTTPError:
         return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    parameters, state = now if now is not None else ({}, None)
-    if state not in ("PENDING", "RUNNING"):
-        return refused_route(409, "not_running", f"the run is {state or 'gone'}, not running")
+    if isinstance(now, str):
+        return refused_route(409, "not_running", now)
     try:
-        asked = verify_request(parameters.get("request") or {}, verify_key)
+        asked = verify_request(now.parameters.get("request") or {}, verify_key)
     except ConfigTampered as exc:
         log.warning("gateway: %s: %s", caller.label, exc)
         return refused_route(409, "tampered", str(exc))

@@ -16,6 +16,7 @@ from uuid import UUID
 import httpx
 
 from deployments.pools.work_pools import org_tag
+from mcp_server.gateway.scopes import RunScope
 
 TTL_SECONDS = 30.0
 MAX_ENTRIES = 50_000
@@ -54,6 +55,15 @@ class RunFacts:
     flow_id: UUID
     org_ids: frozenset[str]
     work_queue_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class RunNow:
+    """A run as Prefect holds it at this moment."""
+
+    parameters: dict[str, Any]
+    state: str | None
+    run_count: int
 
 
 @dataclass(frozen=True)
@@ -100,14 +110,30 @@ class Ownership:
             work_queue_id=UUID(body["work_queue_id"]) if body.get("work_queue_id") else None,
         ))
 
-    async def run_now(self, run_id: UUID) -> tuple[dict[str, Any], str | None] | None:
-        """The run's parameters and state type as Prefect holds them now (never cached: parameters are what a
-        tamperer changes, and the state moves)."""
+    async def run_now(self, run_id: UUID) -> RunNow | None:
+        """The run's parameters, state type and attempt count as Prefect holds them now (never cached: parameters
+        are what a tamperer changes, and the state moves)."""
         body = await self._read(f"/flow_runs/{run_id}")
         if body is None:
             return None
         state = body.get("state")
-        return dict(body.get("parameters") or {}), state.get("type") if isinstance(state, dict) else None
+        run_count = body.get("run_count")
+        return RunNow(parameters=dict(body.get("parameters") or {}),
+                      state=state.get("type") if isinstance(state, dict) else None,
+                      run_count=run_count if isinstance(run_count, int) else 0)
+
+    async def live_attempt(self, scope: RunScope) -> RunNow | str:
+        """The run, if the token's own attempt is the one Pending or Running now; else why not, to tell the run.
+
+        A token outlives its run by design (and an attempt whose container failed to die outlives its retry):
+        neither may fetch secrets or write the journal once its attempt is over.
+        """
+        now = await self.run_now(scope.run_id)
+        if now is None or now.state not in ("PENDING", "RUNNING"):
+            return f"the run is {now.state if now is not None and now.state else 'gone'}, not running"
+        if scope.is_stale(now.state, now.run_count):
+            return "this run token is for an earlier attempt of the run, which is over; a retry has started"
+        return now
 
     async def deployment(self, deployment_id: UUID) -> DeploymentFacts | None:
         facts = self._deployments.get(deployment_id)

@@ -245,6 +245,10 @@ class Rules:
         state = proposed.get("state") if isinstance(proposed, dict) else None
         if not isinstance(state, dict) or str(state.get("type", "")).upper() in _NOT_FOR_A_RUN:
             return refused("setting its own run to SCHEDULED, PENDING or CRASHED", scope)
+        now = await self.ownership.run_now(scope.run_id)
+        if now is not None and scope.is_stale(now.state, now.run_count):
+            # An attempt that outlived its retry (a container whose kill failed) must not end the attempt after it.
+            return refused("setting the state of a later attempt of its run", scope)
         return THROUGH
 
     async def _own_deployment(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002

@@ -1,7 +1,8 @@
 """Run tokens: short-lived credentials bound to one flow run, minted by the gateway.
 
 A token is a JWT (HS256) under a key only the control plane holds, carrying
-the run's id, its org and an expiry: the gateway checks it without a lookup,
+the run's id, its org, the attempt it was handed out for and an expiry: the
+gateway checks it without a lookup,
 and an `ariel up` restart does not end the runs in flight (the key is kept in
 `<home>/keys/run-token-key`).
 
@@ -9,9 +10,9 @@ Example:
     >>> tokens = RunTokens(b"k" * 32)
     >>> from uuid import uuid4
     >>> run = uuid4()
-    >>> scope = tokens.verify(tokens.mint(run, "0f3c", ttl_seconds=60))
-    >>> scope.run_id == run, scope.org_id
-    (True, '0f3c')
+    >>> scope = tokens.verify(tokens.mint(run, "0f3c", attempt=0, ttl_seconds=60))
+    >>> scope.run_id == run, scope.org_id, scope.attempt
+    (True, '0f3c', 0)
     >>> tokens.verify("ariel_rt_" + "x" * 40) is None
     True
 """
@@ -39,9 +40,11 @@ class RunTokens:
     def __repr__(self) -> str:
         return "RunTokens(key=***)"
 
-    def mint(self, run_id: UUID, org_id: str, ttl_seconds: float) -> str:
+    def mint(self, run_id: UUID, org_id: str, *, attempt: int, ttl_seconds: float) -> str:
+        """A token for the attempt of the run that starts after `attempt` earlier ones (the run's `run_count`)."""
         now = int(time.time())
-        claims = {"sub": str(run_id), "org": org_id, "aud": _AUDIENCE, "iat": now, "exp": now + int(ttl_seconds)}
+        claims = {"sub": str(run_id), "org": org_id, "att": attempt, "aud": _AUDIENCE, "iat": now,
+                  "exp": now + int(ttl_seconds)}
         return RUN_TOKEN_PREFIX + jwt.encode(claims, self._key, algorithm=_ALGORITHM)
 
     def verify(self, token: str) -> RunScope | None:
@@ -50,7 +53,7 @@ class RunTokens:
             return None
         try:
             claims = jwt.decode(token.removeprefix(RUN_TOKEN_PREFIX), self._key, algorithms=[_ALGORITHM],
-                                audience=_AUDIENCE, options={"require": ["sub", "org", "exp"]})
-            return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]))
-        except (jwt.InvalidTokenError, ValueError):
+                                audience=_AUDIENCE, options={"require": ["sub", "org", "att", "exp"]})
+            return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]), attempt=int(claims["att"]))
+        except (jwt.InvalidTokenError, ValueError, TypeError):
             return None

@@ -44,10 +44,20 @@ class PoolScope:
 
 @dataclass(frozen=True)
 class RunScope:
-    """A run token: one flow run of one org."""
+    """A run token: one attempt of one flow run of one org.
+
+    `attempt` is the run's `run_count` when the token was handed out, before the attempt started: Prefect counts
+    an attempt when it enters Running, so the attempt the token is for has `run_count == attempt` while Pending and
+    `attempt + 1` while Running. A later attempt of the same run counts higher, and this token is then stale.
+    """
 
     run_id: UUID
     org_id: str
+    attempt: int
+
+    def is_stale(self, state: str | None, run_count: int) -> bool:
+        """Whether a later attempt than this token's has begun: counted already, or set up to start."""
+        return run_count > self.attempt + 1 or (run_count == self.attempt + 1 and state in ("SCHEDULED", "PENDING"))
 
     @property
     def label(self) -> str:

@@ -104,7 +104,7 @@ def play(
     config = SIGNER.sign(config) if sign else config
     if gateway is not None:
         run_id = _made_run(prefect_holds or config, input)
-        token = gateway.tokens.mint(UUID(run_id), config.org_id, ttl_seconds=600)
+        token = gateway.tokens.mint(UUID(run_id), config.org_id, attempt=0, ttl_seconds=600)
         run_env.update(PREFECT_API_URL=gateway.api_url, PREFECT_API_KEY=token, PREFECT_API_AUTH_STRING=f"run:{token}",
                        ARIEL_TEST_FLOW_RUN_ID=run_id)
     for name, value in (env or {}).items():

@@ -34,7 +34,7 @@ def ref(server_id: str) -> McpServerRef:
 def run_context(gateway: RunGateway, run: RunConfig) -> dict[str, Any]:
     """The gateway's answer to a run of `run` (made in Prefect, signed) asking with its own token."""
     signed = SIGNER.sign(run)
-    token = gateway.tokens.mint(UUID(_made_run(signed, None)), signed.org_id, ttl_seconds=600)
+    token = gateway.tokens.mint(UUID(_made_run(signed, None)), signed.org_id, attempt=0, ttl_seconds=600)
     answer = httpx.get(gateway.api_url.removesuffix("/api") + "/ariel/v1/run",
                        headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert answer.status_code == 200, answer.text

@@ -71,7 +71,7 @@ def made(asked: ListingRequest) -> str:
 
 
 def played(gateway: RunGateway, run_id: str, org_id: str = ORG) -> dict[str, Any]:
-    token = gateway.tokens.mint(UUID(run_id), org_id, ttl_seconds=600)
+    token = gateway.tokens.mint(UUID(run_id), org_id, attempt=0, ttl_seconds=600)
     env = {**os.environ, VERIFY_KEY_ENV: SIGNER.verify_key, "PREFECT_API_URL": gateway.api_url,
            "PREFECT_API_KEY": token, "ARIEL_TEST_FLOW_RUN_ID": run_id}
     done = subprocess.run([sys.executable, "-m", "tests.flows.mcp.listing_runner"], capture_output=True, text=True,
@@ -83,7 +83,7 @@ def played(gateway: RunGateway, run_id: str, org_id: str = ORG) -> dict[str, Any
 
 def ask(gateway: RunGateway, run_id: str, org_id: str = ORG) -> httpx.Response:
     """What the gateway answers the run `run_id` (with a token of `org_id`) asking for its server's headers."""
-    token = gateway.tokens.mint(UUID(run_id), org_id, ttl_seconds=600)
+    token = gateway.tokens.mint(UUID(run_id), org_id, attempt=0, ttl_seconds=600)
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(UUID(run_id), Running(), force=True)
     return httpx.get(gateway.api_url.removesuffix("/api") + LISTING_ROUTE,

@@ -27,7 +27,7 @@ def test_a_run_writes_its_own_logs_but_never_a_container_exit_line_diagnose_run_
     with run_gateway(prefect_api, {}) as gateway:
         signed = SIGNER.sign(config())
         run_id = _made_run(signed, None)
-        token = gateway.tokens.mint(UUID(run_id), signed.org_id, ttl_seconds=600)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
 
         def write(name: str, message: str) -> httpx.Response:
             log = {"name": name, "level": 30, "message": message, "timestamp": datetime.now(UTC).isoformat(),
@@ -46,7 +46,7 @@ def test_a_run_may_end_itself_failed_but_never_say_it_crashed(prefect_api: str) 
     with run_gateway(prefect_api, {}) as gateway:
         signed = SIGNER.sign(config())
         run_id = _made_run(signed, None)
-        token = gateway.tokens.mint(UUID(run_id), signed.org_id, ttl_seconds=600)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
 
         def propose(state: State) -> httpx.Response:
             body = {"state": state.model_dump(mode="json", include={"type", "name", "message"}), "force": True}
@@ -58,3 +58,50 @@ def test_a_run_may_end_itself_failed_but_never_say_it_crashed(prefect_api: str) 
 
     assert crashed.status_code == 403 and "CRASHED" in crashed.text, crashed.text
     assert failed.status_code in (200, 201), failed.text
+
+
+def test_a_token_of_an_earlier_attempt_gets_nothing_once_a_retry_has_begun(prefect_api: str) -> None:
+    """An attempt that outlives its retry (a container whose kill failed) may not fetch the run's keys, write its
+    journal or end the attempt after it; the retry's own token may."""
+    from prefect import get_client
+    from prefect.states import AwaitingRetry, Pending, Running
+
+    from flows.credentials import RUN_ROUTE
+
+    with run_gateway(prefect_api, {}) as gateway, get_client(sync_client=True) as prefect:
+        signed = SIGNER.sign(config())
+        run_id = _made_run(signed, None)
+
+        def handed_out() -> str:
+            # As the gateway hands a run to a worker: bound to the attempts Prefect has counted so far.
+            run_count = prefect.read_flow_run(UUID(run_id)).run_count
+            return gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=run_count, ttl_seconds=600)
+
+        def context(token: str) -> httpx.Response:
+            return httpx.get(gateway.api_url.removesuffix("/api") + RUN_ROUTE,
+                             headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+        def complete(token: str) -> httpx.Response:
+            body = {"state": {"type": "COMPLETED", "name": "Completed"}}
+            return httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state", json=body,
+                              headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+        first = handed_out()
+        prefect.set_flow_run_state(UUID(run_id), Pending(), force=True)
+        prefect.set_flow_run_state(UUID(run_id), Running(), force=True)
+        while_first_runs = context(first)
+        prefect.set_flow_run_state(UUID(run_id), Crashed(message="the container was killed"), force=True)
+        prefect.set_flow_run_state(UUID(run_id), AwaitingRetry(), force=True)
+        retry = handed_out()
+        prefect.set_flow_run_state(UUID(run_id), Pending(), force=True)
+        first_while_retry_pends = context(first)
+        prefect.set_flow_run_state(UUID(run_id), Running(), force=True)
+        first_while_retry_runs, retry_runs = context(first), context(retry)
+        first_ends_it, retry_ends_it = complete(first), complete(retry)
+
+    assert while_first_runs.status_code == 200, while_first_runs.text
+    for stale in (first_while_retry_pends, first_while_retry_runs):
+        assert stale.status_code == 409 and "earlier attempt" in stale.json()["detail"], stale.text
+    assert retry_runs.status_code == 200, retry_runs.text
+    assert first_ends_it.status_code == 403 and "later attempt" in first_ends_it.text, first_ends_it.text
+    assert retry_ends_it.status_code in (200, 201), retry_ends_it.text
