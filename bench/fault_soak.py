@@ -52,7 +52,7 @@ from prefect.client.schemas.filters import (  # noqa: E402
 from prefect.client.schemas.objects import FlowRun  # noqa: E402
 
 from tests.mcp_server.callers import ask  # noqa: E402
-from tests.support import ArielUp, ariel_up, http_service  # noqa: E402
+from tests.support import ArielUp, ariel_up, child_pid, http_service  # noqa: E402
 
 FAULTS = ("prefect-server", "worker-host", "container")
 RECOVERY_TIMEOUT = 180.0
@@ -106,19 +106,7 @@ class Soak:
     pool: str = ""
 
     def child(self, kind: str) -> int | None:
-        """The pid of `ariel up`'s child of that kind (from /proc: its direct children's command lines)."""
-        marker = "prefect server start" if kind == "prefect-server" else "deployments.pools.worker_host"
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.up.process.pid and marker in command:
-                return int(entry.name)
-        return None
+        return child_pid(self.up, kind)
 
     def prefect(self) -> PrefectClient:
         pid = self.child("prefect-server")

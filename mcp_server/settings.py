@@ -84,6 +84,15 @@ class ArielSettings(BaseSettings):
         "0: never.",
         examples=[2],
     )
+    run_silence_seconds: int = Field(
+        default=120,
+        ge=45,
+        le=3600,
+        description="How long after a run's last heartbeat (every run sends one every 30 s) Prefect marks it "
+        "Crashed, when nobody saw it end: its machine or its worker and container went at once. It is then retried "
+        "like any crash (ARIEL_RUN_RETRIES).",
+        examples=[120],
+    )
     run_memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         pattern=r"^[1-9][0-9]*[kmg]$",

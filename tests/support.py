@@ -183,6 +183,21 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+CHILDREN = {"prefect-server": "prefect server start", "worker": "deployments.pools.worker_host"}
+
+
+def child_pid(up: ArielUp, name: str) -> int | None:
+    """The pid of `ariel up`'s child `name` (see CHILDREN), if one runs."""
+    for pid in descendants(up.process.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if CHILDREN[name] in command and alive(pid):
+            return pid
+    return None
+
+
 @dataclass
 class ArielUp:
     """A running `ariel up` subprocess and what it printed."""

@@ -12,6 +12,8 @@ may not have happened, so the run stops there and says so.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -25,8 +27,12 @@ from fastmcp import Client
 from prefect.client.orchestration import PrefectClient
 
 from deployments.runs.recovery import RETRY_MARK
+from deployments.runs.silent_runs import SILENT_MARK
 from tests.mcp_server.callers import ask
-from tests.support import ArielUp, ariel_up, http_service
+from tests.support import ArielUp, ariel_up, child_pid, http_service, wait_until
+
+# The shortest window the settings allow past one heartbeat interval (30 s), so the test waits about a minute.
+SILENCE_SECONDS = 60
 
 pytestmark = pytest.mark.slow
 
@@ -79,15 +85,23 @@ def service() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stack(docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
-    with ariel_up(tmp_path_factory.mktemp("home-durable"), "docker", prefect_api) as up:
+    with ariel_up(tmp_path_factory.mktemp("home-durable"), "docker", prefect_api,
+                  extra_env={"ARIEL_RUN_SILENCE_SECONDS": str(SILENCE_SECONDS)}) as up:
         yield up
 
 
-async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
-    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id."""
+async def start_and_kill_mid_hold(chat: Client[Any], slug: str, worker_host_too: ArielUp | None = None) -> str:
+    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id.
+
+    With `worker_host_too`, that stack's worker host is killed with -9 first, so no worker sees the container end.
+    """
     Counting.reset()
     run = await ask(chat, "run_agent", agent=slug)
     assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+    if worker_host_too is not None:
+        worker = child_pid(worker_host_too, "worker")
+        assert worker is not None, "no worker host under ariel up"
+        os.kill(worker, signal.SIGKILL)
     engine = docker.from_env()
     try:
         [container] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run['id']}"})
@@ -160,3 +174,24 @@ async def test_a_run_killed_mid_post_stops_and_says_the_post_may_or_may_not_have
     assert diagnosis["cause"] == "step_uncertain", diagnosis
     assert "may or may not have happened" in diagnosis["summary"] and "http_request" in diagnosis["summary"]
     assert "check whether that step happened" in diagnosis["next_action"]
+
+
+async def test_a_run_whose_worker_host_and_container_die_together_falls_silent_and_is_retried(
+    stack: ArielUp, service: str, prefect_api: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        slug = await agent(chat, "Check alone", service, [
+            {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
+            {"reply": "Checked: {last_tool_result}"},
+        ])
+        run_id = await start_and_kill_mid_hold(chat, slug, worker_host_too=stack)
+        # Nobody reports the run's end: the worker that started its container is gone with it.
+        wait_until(lambda: child_pid(stack, "worker") is not None, 90, "ariel up to start a new worker host")
+        run, states = await settled(prefect_api, run_id)
+
+    assert run.state.type.value == "COMPLETED", run.state
+    names = [state.name for state in states]
+    silent = next(i for i, state in enumerate(states) if (state.message or "").startswith(SILENT_MARK))
+    assert states[silent].name == "Crashed", names
+    assert "AwaitingRetry" in names[silent:], names
+    assert Counting.seen["GET /held"] == 2, Counting.seen  # a GET in flight is made again: it changes nothing

@@ -28,9 +28,11 @@ from mcp_server.http.app import READY_CACHE_SECONDS
 from tests import support
 from tests.mcp_server.callers import call
 from tests.support import (
+    CHILDREN,
     ArielUp,
     alive,
     ariel_up,
+    child_pid,
     descendants,
     http_service,
     processes_with_env,
@@ -42,19 +44,6 @@ from tests.support import (
 pytestmark = pytest.mark.slow
 
 RECOVERY_SECONDS = 90  # the spec says 30; this is a shared, loaded machine
-CHILDREN = {"prefect-server": "prefect server start", "worker": "deployments.pools.worker_host"}
-
-
-def child_pid(up: ArielUp, name: str) -> int | None:
-    """The pid of `ariel up`'s child `name` (see CHILDREN), if one runs."""
-    for pid in descendants(up.process.pid):
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if CHILDREN[name] in command and alive(pid):
-            return pid
-    return None
 
 
 def ready(up: ArielUp) -> bool:

@@ -140,11 +140,16 @@ def docker_job_template(
         env[VERIFY_KEY_ENV] = verify_key
     # A literal, not the `env` variable's default: Prefect merges a deployment's `env` over it
     # key by key, so an `env` job variable adds to it instead of replacing it.
-    template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **env}
+    template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **HEARTBEAT_ENV, **env}
     return _ariel_env_fixed(template)
 
 
 NO_WORKER_CREDENTIAL = {"PREFECT_API_KEY": "", "PREFECT_API_AUTH_STRING": ""}
+# Prefect's engine sends none more often than every 30 s (its `MINIMUM_HEARTBEAT_INTERVAL`).
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+"""Every run sends Prefect a heartbeat: a run that falls silent has lost its machine or container
+(`deployments.runs.silent_runs`)."""
 """Over what a stock worker copies of its own settings into every run: its credential (a worker key) must not
 reach a run. The gateway puts the run's own token over these, in the run's job variables."""
 
@@ -160,7 +165,7 @@ def process_job_template(verify_key: str | None = None) -> dict[str, Any]:
     """
     template = copy.deepcopy(ProcessWorker.get_default_base_job_template())
     env = {VERIFY_KEY_ENV: verify_key} if verify_key else {}
-    template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **env}
+    template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **HEARTBEAT_ENV, **env}
     return _ariel_env_fixed(template)
 
 

@@ -25,7 +25,8 @@ Causes, most specific first:
     pool_paused                the work pool is paused; its runs wait
     concurrency_limit          the pool or agent already runs as many runs as it may
     no_worker                  nobody polls the work pool
-    worker_lost                the worker that started the run stopped answering while the run was under way
+    worker_lost                the worker that started the run stopped answering while the run was under way, or
+                               the run fell silent (no heartbeat) with no worker to see it end
     step_uncertain             retried after its infrastructure failed, the run stopped at a step that had started
                                and may or may not have happened, unsafe to repeat (`flows.journal`): a person checks
     cancelled                  a person (or Prefect) cancelled it
@@ -60,6 +61,7 @@ from deployments.providers import short_name
 from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.hosting import Hosting
 from deployments.runs.logs import LogLine, read_log_page
+from deployments.runs.silent_runs import SILENT_MARK
 from flows.models import SCRIPTED_MODEL
 
 Cause = Literal[
@@ -176,6 +178,12 @@ async def diagnose(
             return answer("prefect_unavailable", "the run could not reach the Prefect API, so it could not start or "
                           "report how it went", hosting.child_down("prefect-server")
                           + "; then run the agent again with run_agent")
+        if state_type == StateType.CRASHED and message.startswith(SILENT_MARK):
+            evidence.append(message)
+            return answer("worker_lost", "the run stopped sending its heartbeat and no worker saw it end: the "
+                          "machine or the worker and container running it went away at once",
+                          _worker_back(run, hosting) + "; Ariel retries such runs (ARIEL_RUN_RETRIES), so this one "
+                          "had used its retries: run the agent again with run_agent", last)
         if code := _exit_code(message) or (ended.exit_code if ended else None):
             evidence.append(f"exit code {code}")
             if code in _SIGKILL_CODES:

@@ -1,7 +1,8 @@
 """Runs whose infrastructure failed are scheduled again, a bounded number of times, and resume from their journal.
 
 A run Crashed when its container was killed or OOM-killed, its worker lost it,
-or Prefect was unreachable as it started: not the agent's doing, so the
+it fell silent with nobody watching (`deployments.runs.silent_runs`), or Prefect
+was unreachable as it started: not the agent's doing, so the
 control plane sets the same flow run back to `AwaitingRetry` (Prefect's own
 retry state: its worker picks it up again like any scheduled run), at most
 `max_retries` times, with a growing pause. Only a worker can report a crash
@@ -45,6 +46,7 @@ from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
 from deployments.runs.logs import read_log_page
+from deployments.runs.silent_runs import SILENCE_SECONDS, ensure_silent_run_automation
 
 log = logging.getLogger("ariel.recovery")
 
@@ -135,12 +137,20 @@ def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
 
 async def keep_recovering(
     prefect: Callable[[], AbstractAsyncContextManager[PrefectClient]], pool_prefix: str,
-    interval: float = CHECK_SECONDS, max_retries: int = MAX_RETRIES,
+    interval: float = CHECK_SECONDS, max_retries: int = MAX_RETRIES, silence_seconds: int = SILENCE_SECONDS,
 ) -> None:
-    """Retry failed infrastructure every `interval` seconds until cancelled; a pass that fails is logged, not fatal."""
+    """Retry failed infrastructure every `interval` seconds until cancelled; a pass that fails is logged, not fatal.
+
+    The first pass that reaches Prefect also makes sure runs that fall silent are set Crashed
+    (`deployments.runs.silent_runs`), so that they come back here.
+    """
+    watching_silence = False
     while True:
         try:
             async with prefect() as client:
+                if not watching_silence:
+                    await ensure_silent_run_automation(client, silence_seconds)
+                    watching_silence = True
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)

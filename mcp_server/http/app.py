@@ -111,15 +111,15 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
             # One per install: the app that serves the gateway brings back the runs its workers lost.
             recovering = asyncio.create_task(keep_recovering(
                 ready.agents.prefect_client, install_prefix(ready.agents.install_id), max_retries=settings.run_retries,
-            )) if settings.run_retries else None
+                silence_seconds=settings.run_silence_seconds,
+            ))
             try:
                 async with mcp_app.lifespan(app):
                     yield
             finally:
-                if recovering is not None:
-                    recovering.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await recovering
+                recovering.cancel()
+                with suppress(asyncio.CancelledError):
+                    await recovering
                 opened.clear()
                 await gateway.aclose()
 

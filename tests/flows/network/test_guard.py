@@ -283,4 +283,6 @@ async def test_the_docker_pool_gives_every_run_the_protected_endpoints(prefect_a
         PROTECTED_ENDPOINTS_ENV: "127.0.0.1:8765", "PREFECT_HOME": "/home/ariel/.prefect", "EXTRA": "1",
         # Over the worker's own credential, which it copies into runs; the gateway gives each run its token.
         "PREFECT_API_KEY": "", "PREFECT_API_AUTH_STRING": "",
+        # Every run sends heartbeats, so that one whose machine vanished is seen to be gone.
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
