@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -10,15 +11,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
+from prefect.client.orchestration import PrefectClient
 
 from mcp_server.cli import processes
 
@@ -218,6 +221,14 @@ class ArielUp:
     def printed(self) -> str:
         return "".join(self.output)
 
+    def prefect(self) -> PrefectClient:
+        """A client of the Prefect server this `ariel up` started (with `prefect_api_url`, use that one instead)."""
+        pid = child_pid(self, "prefect-server")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+        port = command[command.index(b"--port") + 1].decode() if b"--port" in command else "4200"
+        auth = (self.home / "keys" / "prefect-auth").read_text().strip()
+        return PrefectClient(f"http://127.0.0.1:{port}/api", auth_string=auth)
+
     def stop(self, sig: signal.Signals = signal.SIGINT) -> Stopped:
         """Ctrl-C it (or send `sig`), then SIGTERM and SIGKILL if it does not stop; leaves none of its processes.
 
@@ -355,3 +366,56 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         assert not thread.is_alive(), "the HTTP app did not stop within 30 s"
+
+
+class Effects(BaseHTTPRequestHandler):
+    """GET /token: a new token each call; POST /effect: the side effect, counted by the token it carries."""
+
+    issued: ClassVar[itertools.count[int]] = itertools.count(1)
+    posted: ClassVar[Counter[str]] = Counter()
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        with self.lock:
+            body = f"t-{next(self.issued)}".encode()
+        self._send(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        token = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode(errors="replace")
+        with self.lock:
+            type(self).posted[token] += 1
+        self._send(b"done")
+
+    def _send(self, body: bytes) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the run's container was killed while it waited
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def effect_script(service: str) -> list[dict[str, Any]]:
+    """An `ariel/scripted` agent's script: GET a fresh token from `Effects`, POST it back (the side effect), reply.
+
+    A run retried after a fault replays the GET from its journal, so a POST made twice carries the same token twice.
+    """
+    return [{"tool": "http_request", "arguments": {"url": f"http://{service}/token"}},
+            {"tool": "http_request", "arguments": {"url": f"http://{service}/effect", "method": "POST",
+                                                   "body": "{last_tool_result}"}},
+            {"reply": "recorded {tool_results}"}]
+
+
+async def token_of(chat: Any, run_id: str) -> str:
+    """The token a run of `effect_script` got from GET /token (and was to POST back), from its transcript."""
+    from tests.mcp_server.callers import ask
+
+    transcript = await ask(chat, "get_transcript", run=run_id, limit=50)
+    gets = [entry["output"] for entry in transcript["entries"] if entry["name"] == "http_request"]
+    assert gets, transcript
+    return str(gets[0])
