@@ -93,6 +93,15 @@ class ArielSettings(BaseSettings):
         "like any crash (ARIEL_RUN_RETRIES).",
         examples=[120],
     )
+    journal_retention_hours: float = Field(
+        default=24,
+        gt=0,
+        le=24 * 365,
+        description="How long a run's journal (each LLM and tool call, sealed, kept so that a retried run resumes "
+        "without repeating a step) is kept after the run's last step. Retries come within minutes; the transcript "
+        "stays in Prefect.",
+        examples=[24],
+    )
     run_memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         pattern=r"^[1-9][0-9]*[kmg]$",

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, nullcontext, suppress
+from datetime import timedelta
 from typing import Literal
 
 import httpx
@@ -42,6 +43,7 @@ from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
 from mcp_server.http.rate_limit import LimitUnauthenticated
 from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
+from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.rate_limits import RateLimits
 from mcp_server.settings import ArielSettings
 from mcp_server.tools.server import build_mcp
@@ -113,13 +115,16 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                 ready.agents.prefect_client, install_prefix(ready.agents.install_id), max_retries=settings.run_retries,
                 silence_seconds=settings.run_silence_seconds,
             ))
+            forgetting = asyncio.create_task(keep_forgetting(
+                ready.journal, timedelta(hours=settings.journal_retention_hours)))
             try:
                 async with mcp_app.lifespan(app):
                     yield
             finally:
-                recovering.cancel()
-                with suppress(asyncio.CancelledError):
-                    await recovering
+                for task in (recovering, forgetting):
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
                 opened.clear()
                 await gateway.aclose()
 

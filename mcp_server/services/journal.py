@@ -20,8 +20,11 @@ Example (what the gateway does for a run)::
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from mcp_server.services.exceptions import InvalidRequest
@@ -35,6 +38,9 @@ MAX_STEPS = 1000  # of one run: 100 LLM calls (the most max_steps allows), each 
 # that reaches it stops before its next step (`flows.journal.JournalUnavailable`).
 MAX_RUN_BYTES = 16 * 1024 * 1024
 MAX_NAME_CHARS = 200
+FORGET_EVERY_SECONDS = 3600.0
+
+log = logging.getLogger("ariel.journal")
 
 
 @dataclass
@@ -78,6 +84,18 @@ class RunJournal:
                                                 sealed.dek_version, utc_now()):
             raise InvalidRequest(f"step {seq} of this run was not started, or is done already")
 
+    async def forget_older_than(self, retention: timedelta) -> int:
+        """Delete the journals of every org's runs that wrote no step for `retention`; how many steps went.
+
+        A journal serves only a retry of its run, which comes within minutes of a crash (`deployments.runs.recovery`
+        looks back 30 minutes) and within the run's time budget; the transcript stays in Prefect.
+        """
+        before = utc_now() - retention
+        forgotten = 0
+        for org in await self.store.all_orgs():  # under row-level security, one org at a time
+            forgotten += await self.store.forget_run_steps(org.id, before)
+        return forgotten
+
     async def _seal(self, org_id: str, run_id: str, seq: int, value: dict[str, Any]) -> Sealed:
         plain = json.dumps(value, ensure_ascii=False).encode()
         if await self.store.run_steps_bytes(org_id, run_id) + len(plain) > MAX_RUN_BYTES:
@@ -96,3 +114,16 @@ def _seq(entry: dict[str, Any]) -> int:
 def _purpose(run_id: str, seq: int) -> str:
     """What a step is sealed for, beside its org: a row copied to another run or position does not open."""
     return f"run-step={run_id}:{seq}"
+
+
+async def keep_forgetting(journal: RunJournal, retention: timedelta, interval: float = FORGET_EVERY_SECONDS) -> None:
+    """Forget old journals every `interval` seconds until cancelled; a pass that fails is logged, not fatal."""
+    while True:
+        try:
+            if forgotten := await journal.forget_older_than(retention):
+                log.info("run journal: forgot %d steps of runs idle for %s", forgotten, retention)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store unavailable for a moment: the next pass tries again
+            log.warning("run journal: old journals could not be forgotten this pass (%s)", type(exc).__name__)
+        await asyncio.sleep(interval)

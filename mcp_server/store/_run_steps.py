@@ -94,3 +94,12 @@ class RunStepQueries:
         )
         async with self.tenant(org_id) as conn:
             return bool((await conn.execute(query)).rowcount)
+
+    async def forget_run_steps(self: _Tenant, org_id: str, before: datetime) -> int:
+        """Delete the whole journal of each of the org's runs whose last step started before `before`; how many
+        steps went. A run still writing keeps all of its steps."""
+        stale = (select(run_steps.c.run_id).where(run_steps.c.org_id == org_id).group_by(run_steps.c.run_id)
+                 .having(func.max(run_steps.c.started_at) < before))
+        query = run_steps.delete().where(run_steps.c.org_id == org_id, run_steps.c.run_id.in_(stale))
+        async with self.tenant(org_id) as conn:
+            return int((await conn.execute(query)).rowcount or 0)

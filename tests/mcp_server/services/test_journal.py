@@ -59,3 +59,32 @@ async def test_a_run_whose_journal_is_full_is_told_so_before_its_next_step(home:
             await s.journal.start(org, RUN, {"seq": 1, "kind": "tool", "name": "http_request", "step": 1,
                                              "input": "x" * (MAX_RUN_BYTES + 1)})
         assert await s.journal.read(org, RUN) == []
+
+
+async def test_journals_of_runs_idle_past_the_retention_are_forgotten_in_every_org_and_running_ones_kept(
+    home: Path, store_url: str
+) -> None:
+    from datetime import timedelta
+
+    from mcp_server.store._ids import utc_now
+
+    old, recent, long_running, old_elsewhere = (f"3f1c2d9e-0000-4000-8000-00000000001{n}" for n in range(4))
+    step = {"kind": "llm", "name": "llm", "step": 1, "repeatable": True}
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        elsewhere = await other_org(s.store)
+        for owner, run, seqs in ((org, old, (1,)), (org, recent, (1,)), (org, long_running, (1, 2)),
+                                 (elsewhere, old_elsewhere, (1,))):
+            for seq in seqs:
+                await s.journal.start(owner, run, {**step, "seq": seq})
+        for owner, run, seq in ((org, old, 1), (org, long_running, 1), (elsewhere, old_elsewhere, 1)):
+            async with s.store.tenant(owner) as conn:  # as if written two days ago
+                await conn.execute(run_steps.update().where(run_steps.c.org_id == owner, run_steps.c.run_id == run,
+                                                            run_steps.c.seq == seq)
+                                   .values(started_at=utc_now() - timedelta(days=2)))
+        forgotten = await s.journal.forget_older_than(timedelta(hours=24))
+        left = [len(await s.journal.read(owner, run)) for owner, run in (
+            (org, old), (org, recent), (org, long_running), (elsewhere, old_elsewhere))]
+
+    assert forgotten == 2
+    assert left == [0, 1, 2, 0]  # the long-running run wrote a step within the day: it keeps all of them
