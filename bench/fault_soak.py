@@ -73,7 +73,7 @@ class Soak:
     pool: str = ""
 
     def child(self, kind: str) -> int | None:
-        return child_pid(self.up, kind)
+        return child_pid(self.up, "worker" if kind == "worker-host" else kind)
 
     def prefect(self) -> PrefectClient:
         return self.up.prefect()
@@ -149,7 +149,11 @@ async def soak(run: Soak, minutes: float, agents: int, fault_every: float, settl
     try:
         while time.monotonic() + fault_every < end:
             await asyncio.sleep(fault_every)
-            fault = await run.inject(next(kinds))
+            kind = next(kinds)
+            try:
+                fault = await run.inject(kind)
+            except Exception as exc:  # noqa: BLE001 - a fault the soak could not inject is recorded, and it goes on
+                fault = Fault(kind, time.monotonic(), None, f"not injected: {type(exc).__name__}: {exc}")
             run.faults.append(fault)
             after = f"{fault.recovered_after:.1f} s" if fault.recovered_after is not None else "timed out"
             print(f"fault {fault.kind} ({fault.note}): recovered after {after}", flush=True)

@@ -15,6 +15,8 @@ token) and the fingerprints of its tools as a person approved them
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +105,7 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
     except httpx.HTTPError as exc:
         raise RuntimeFailure(f"{what}: Ariel's gateway did not answer ({type(exc).__name__}); "
                              "the run can be retried") from None
+    stop_if_superseded(answer)
     body = json_object(answer)
     if answer.status_code == 409 and body.get("error") == "tampered":
         raise ConfigTampered(str(body.get("detail") or "tampered: the run's configuration was changed"))
@@ -148,3 +151,16 @@ def json_object(answer: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def stop_if_superseded(answer: httpx.Response) -> None:
+    """Leave the run to its retry when the gateway says one has begun (this attempt outlived what was taken for
+    its end: a container whose kill failed, a machine back on the network).
+
+    The process exits at once with status 0: nothing more is written on the run (the gateway would refuse it), and
+    the worker that watches this container, seeing it end well, reports nothing: the retry is not taken for crashed.
+    """
+    if answer.status_code == 409 and json_object(answer).get("error") == "superseded":
+        print("Ariel: a retry of this run has begun; this earlier attempt stops and leaves the run to it",
+              file=sys.stderr, flush=True)
+        os._exit(0)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import httpx
 
-from flows.credentials import FETCH_SECONDS, gateway_url, json_object, run_token
+from flows.credentials import FETCH_SECONDS, gateway_url, json_object, run_token, stop_if_superseded
 from flows.exceptions import RuntimeFailure
 
 JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
@@ -91,6 +91,7 @@ class Journal:
         except httpx.HTTPError as exc:
             raise JournalUnavailable(f"the run's journal could not be read: Ariel's gateway did not answer "
                                      f"({type(exc).__name__}); run the agent again") from None
+        stop_if_superseded(answer)
         if answer.status_code in (403, 404):
             return cls()  # a gateway without a journal (an older control plane): no durability, as before
         if answer.status_code != 200:
@@ -136,6 +137,7 @@ class Journal:
                     answer = await client.post(self.url, json=entry, headers={"Authorization": f"Bearer {self.token}"})
                 if answer.status_code == 200:
                     return
+                stop_if_superseded(answer)
                 problem = _detail(answer)
                 if answer.status_code < 500:
                     break  # refused: trying again will not change that

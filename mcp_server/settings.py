@@ -86,11 +86,12 @@ class ArielSettings(BaseSettings):
     )
     run_silence_seconds: int = Field(
         default=120,
-        ge=45,
+        ge=60,
         le=3600,
-        description="How long after a run's last heartbeat (every run sends one every 30 s) Prefect marks it "
-        "Crashed, when nobody saw it end: its machine or its worker and container went at once. It is then retried "
-        "like any crash (ARIEL_RUN_RETRIES).",
+        description="How long after Prefect received a run's last heartbeat (every run sends one every 30 s) the "
+        "control plane sets it Crashed, when nobody saw it end: its machine, or its worker and container, went at "
+        "once. It is then retried like any crash (ARIEL_RUN_RETRIES). Judged only once Prefect has answered for a "
+        "whole window: an outage of Prefect or of the app is not taken for silent runs.",
         examples=[120],
     )
     journal_retention_hours: float = Field(

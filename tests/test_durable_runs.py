@@ -90,18 +90,11 @@ def stack(docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPa
         yield up
 
 
-async def start_and_kill_mid_hold(chat: Client[Any], slug: str, worker_host_too: ArielUp | None = None) -> str:
-    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id.
-
-    With `worker_host_too`, that stack's worker host is killed with -9 first, so no worker sees the container end.
-    """
+async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
+    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id."""
     Counting.reset()
     run = await ask(chat, "run_agent", agent=slug)
     assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
-    if worker_host_too is not None:
-        worker = child_pid(worker_host_too, "worker")
-        assert worker is not None, "no worker host under ariel up"
-        os.kill(worker, signal.SIGKILL)
     engine = docker.from_env()
     try:
         [container] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run['id']}"})
@@ -176,22 +169,42 @@ async def test_a_run_killed_mid_post_stops_and_says_the_post_may_or_may_not_have
     assert "check whether that step happened" in diagnosis["next_action"]
 
 
-async def test_a_run_whose_worker_host_and_container_die_together_falls_silent_and_is_retried(
+async def test_a_run_whose_machine_vanishes_is_retried_and_its_old_attempt_when_back_stops_quietly(
     stack: ArielUp, service: str, prefect_api: str
 ) -> None:
+    """The machine vanishes mid-step: its worker host dies, its container freezes (`docker pause`). Nobody reports
+    the run's end, so it falls silent; it is set Crashed, retried and completed. When the old container comes back,
+    its attempt is over: it stops with status 0, writes nothing, and the run stays completed."""
     async with Client(stack.mcp_url) as chat:
         slug = await agent(chat, "Check alone", service, [
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
             {"reply": "Checked: {last_tool_result}"},
         ])
-        run_id = await start_and_kill_mid_hold(chat, slug, worker_host_too=stack)
-        # Nobody reports the run's end: the worker that started its container is gone with it.
-        wait_until(lambda: child_pid(stack, "worker") is not None, 90, "ariel up to start a new worker host")
-        run, states = await settled(prefect_api, run_id)
+        Counting.reset()
+        run = await ask(chat, "run_agent", agent=slug)
+        run_id = str(run["id"])
+        assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+        worker = child_pid(stack, "worker")
+        assert worker is not None, "no worker host under ariel up"
+        os.kill(worker, signal.SIGKILL)
+        engine = docker.from_env()
+        try:
+            [old] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"})
+            old.pause()
+            Counting.release.set()
+            wait_until(lambda: child_pid(stack, "worker") is not None, 90, "ariel up to start a new worker host")
+            done, states = await settled(prefect_api, run_id)
+            old.unpause()
+            exit_code = (await asyncio.to_thread(old.wait, timeout=120))["StatusCode"]
+        finally:
+            engine.close()
+        after, states_after = await settled(prefect_api, run_id)
 
-    assert run.state.type.value == "COMPLETED", run.state
+    assert done.state.type.value == "COMPLETED", done.state
     names = [state.name for state in states]
     silent = next(i for i, state in enumerate(states) if (state.message or "").startswith(SILENT_MARK))
     assert states[silent].name == "Crashed", names
     assert "AwaitingRetry" in names[silent:], names
     assert Counting.seen["GET /held"] == 2, Counting.seen  # a GET in flight is made again: it changes nothing
+    assert exit_code == 0  # its worker, had it lived, would have reported no crash on the retry
+    assert after.state.type.value == "COMPLETED" and len(states_after) == len(states), names

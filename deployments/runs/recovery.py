@@ -46,7 +46,7 @@ from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
 from deployments.runs.logs import read_log_page
-from deployments.runs.silent_runs import SILENCE_SECONDS, ensure_silent_run_automation
+from deployments.runs.silent_runs import SILENCE_SECONDS, Reachability, crash_silent_runs
 
 log = logging.getLogger("ariel.recovery")
 
@@ -141,21 +141,25 @@ async def keep_recovering(
 ) -> None:
     """Retry failed infrastructure every `interval` seconds until cancelled; a pass that fails is logged, not fatal.
 
-    The first pass that reaches Prefect also makes sure runs that fall silent are set Crashed
-    (`deployments.runs.silent_runs`), so that they come back here.
+    Each pass first sets Crashed the install's runs that fell silent (`deployments.runs.silent_runs`), once the loop
+    has reached Prefect for a whole silence window: they are retried like any crash.
     """
-    watching_silence = False
+    silence = timedelta(seconds=silence_seconds)
+    reachable = Reachability()
     while True:
         try:
             async with prefect() as client:
-                if not watching_silence:
-                    await ensure_silent_run_automation(client, silence_seconds)
-                    watching_silence = True
+                now = datetime.now(UTC)
+                reachable.reached(now)
+                if reachable.long_enough(now, silence):
+                    for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
+                        log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id, silence)
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Prefect down, a bad answer: the next pass tries again
+            reachable.lost()
             log.info("run recovery: this pass could not read Prefect (%s)", type(exc).__name__)
         await asyncio.sleep(interval)

@@ -1,85 +1,108 @@
-"""Runs that fell silent are marked Crashed by a Prefect automation, so that recovery brings them back.
+"""Runs that fell silent are set Crashed, so that recovery brings them back.
 
 A run's container reports its own end; its worker reports the container's
 end. When both go at once (the customer's machine loses power, the worker
 host and the container are killed together) nobody reports anything and the
 run would stay Running forever. Every Ariel pool has its runs send Prefect's
-flow-run heartbeat (`deployments.pools.work_pools.HEARTBEAT_ENV`), and this
-automation, Prefect's own way of catching such "zombie" runs, sets a run
-Crashed once `silence_seconds` pass after a heartbeat with no other heartbeat
-and no final state. A run that never sent one (a
-worker from before heartbeats) is never reaped. The recovery loop
-(`deployments.runs.recovery`) then retries it like any crash.
+flow-run heartbeat (`deployments.pools.work_pools.HEARTBEAT_ENV`). The
+recovery loop (`deployments.runs.recovery`) sets a Running run of its install
+Crashed when Prefect has *received* no heartbeat from it for `silence`, and
+then retries it like any crash.
 
-The automation is one per Prefect server, kept by name, and acts only on runs
-tagged `ariel`: each install's app makes sure it is there, with its window.
+Why not Prefect's zombie-run automation (a proactive trigger on heartbeats):
+it times heartbeats by the clock of the machine that sent them, and after
+Prefect itself was down it fires at once for every run whose heartbeats fell
+in the outage, crashing healthy runs. Here the time is Prefect's own, and a
+run is judged only once the loop has reached Prefect for a whole `silence`
+without a failure (`Reachability`): an outage of Prefect or of the app is
+never taken for a silent run. A run that never sent a heartbeat (a pool from
+before heartbeats, a worker that drops the setting) is never reaped.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.objects import StateType
-from prefect.events.actions import ChangeFlowRunState
-from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.events.schemas.events import ResourceSpecification
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.states import Crashed
 
 from deployments.pools.work_pools import HEARTBEAT_SECONDS
 
 # Four intervals: a loaded host delays a heartbeat by seconds, not by minutes.
 SILENCE_SECONDS = 4 * HEARTBEAT_SECONDS
-AUTOMATION_NAME = "ariel: crash runs that fell silent"
 SILENT_MARK = "Ariel heard no heartbeat from the run"
-
-# Any of these after a heartbeat means the run is alive or over; a final state disarms the trigger until the next
-# attempt's first heartbeat.
-_ALIVE_OR_OVER = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                  "prefect.flow-run.Cancelled", "prefect.flow-run.Cancelling", "prefect.flow-run.Crashed",
-                  "prefect.flow-run.Paused", "prefect.flow-run.Suspended"}
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+PAGE = 200
 
 
-def silent_run_automation(silence_seconds: int = SILENCE_SECONDS) -> AutomationCore:
-    """The automation that sets an Ariel run Crashed after `silence_seconds` without a heartbeat.
+@dataclass
+class Reachability:
+    """Since when the loop has reached Prefect without a failed pass: silence is judged only past a whole window."""
 
-    >>> automation = silent_run_automation(90)
-    >>> automation.trigger.within.total_seconds(), automation.actions[0].state.value
-    (90.0, 'CRASHED')
+    since: datetime | None = None
+
+    def reached(self, now: datetime) -> None:
+        if self.since is None:
+            self.since = now
+
+    def lost(self) -> None:
+        self.since = None
+
+    def long_enough(self, now: datetime, silence: timedelta) -> bool:
+        return self.since is not None and now - self.since >= silence
+
+
+async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: timedelta, now: datetime) -> list[UUID]:
+    """Set Crashed each Running run of the install (`pool_prefix`) that sent heartbeats and then none for `silence`.
+
+    The change is not forced: a run that ended meanwhile keeps its final state (Prefect refuses Crashed after it).
     """
-    if silence_seconds <= HEARTBEAT_SECONDS:
-        raise ValueError(f"a run is silent only after more than one heartbeat interval ({HEARTBEAT_SECONDS} s); "
-                         f"got {silence_seconds} s")
-    return AutomationCore(
-        name=AUTOMATION_NAME,
-        description="Ariel: a run that sent heartbeats and then none for the window is gone with its machine or "
-                    "container; it is set Crashed, and Ariel's recovery retries it from its journal.",
-        trigger=EventTrigger(
-            posture=Posture.Proactive,
-            after={"prefect.flow-run.heartbeat"},
-            expect=_ALIVE_OR_OVER,
-            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-            match_related=ResourceSpecification({"prefect.resource.role": "tag",
-                                                 "prefect.resource.id": "prefect.tag.ariel"}),
-            for_each={"prefect.resource.id"},
-            threshold=1,
-            within=timedelta(seconds=silence_seconds),
-        ),
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED,
-            message=f"{SILENT_MARK} for {silence_seconds} s: the machine or container running it is gone, and no "
-                    "worker saw it end",
-        )],
-    )
+    crashed = []
+    for run in await _running_since(client, now - silence):
+        if not (run.work_pool_name or "").startswith(pool_prefix):
+            continue  # another install's: its own loop judges it
+        last = await _last_heartbeat(client, run)
+        if last is None or now - last < silence:
+            continue
+        quiet = int((now - last).total_seconds())
+        result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
+            f"{SILENT_MARK} for {quiet} s (its last at {last:%H:%M:%S} UTC): the machine or container running it is "
+            "gone, and no worker saw it end")))
+        if result.status == SetStateStatus.ACCEPT:
+            crashed.append(run.id)
+    return crashed
 
 
-async def ensure_silent_run_automation(client: PrefectClient, silence_seconds: int = SILENCE_SECONDS) -> None:
-    """Create the automation, or bring an existing one to this window; duplicates left by a race are removed."""
-    wanted = silent_run_automation(silence_seconds)
-    existing = await client.read_automations_by_name(AUTOMATION_NAME)
-    if not existing:
-        await client.create_automation(wanted)
-        return
-    keep, *extra = existing
-    await client.update_automation(keep.id, wanted)
-    for automation in extra:
-        await client.delete_automation(automation.id)
+async def _running_since(client: PrefectClient, before: datetime) -> list[FlowRun]:
+    """Every Ariel run that has been Running since before `before`, page by page."""
+    run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=["ariel"]),
+                               state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    found: list[FlowRun] = []
+    while True:
+        page = await client.read_flow_runs(flow_run_filter=run_filter, limit=PAGE, offset=len(found))
+        found += page
+        if len(page) < PAGE:
+            break
+    return [run for run in found if run.state is not None and run.state.timestamp < before]
+
+
+async def _last_heartbeat(client: PrefectClient, run: FlowRun) -> datetime | None:
+    """When Prefect received the run's latest heartbeat (its own clock, not the sender's); None if it sent none."""
+    page = await client.read_events(EventFilter(
+        occurred=EventOccurredFilter(since=run.created or run.expected_start_time),
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+    ), limit=1)
+    return page.events[0].received if page.events else None

@@ -27,7 +27,7 @@ from flows.signing import verify
 from mcp_server.gateway.events import admits
 from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
 from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, refused_route, serve_listing
-from mcp_server.gateway.ownership import Ownership, org_ids
+from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
@@ -159,6 +159,9 @@ class Gateway:
             if verdict.stand_in is not None:
                 log.warning("gateway: %s asked for %s %s outside its scope", caller.label, request.method, api_path)
                 return await self._forward(request, verdict.stand_in, body, None, swap=verdict.swapped)
+            if verdict.answer is not None:
+                log.warning("gateway: %s: %s %s answered by the gateway", caller.label, request.method, api_path)
+                return JSONResponse(verdict.answer, status_code=verdict.status)
             if not verdict.allowed:
                 log.warning("gateway: refused %s: %s %s (%s)", caller.label, request.method, api_path, verdict.detail)
                 return JSONResponse({"detail": verdict.detail}, status_code=verdict.status)
@@ -209,9 +212,9 @@ class Gateway:
             now = await self.ownership.live_attempt(caller)
         except httpx.HTTPError:
             return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-        if isinstance(now, str):
+        if isinstance(now, NotLive):
             # A run that is over (or not yet started) needs no key: its token outlives it by design, its secrets not.
-            return refused_route(409, "not_running", now)
+            return refused_route(409, now.error, now.detail)
         config = now.parameters.get("config")
         try:
             verify(config if isinstance(config, dict) else {}, self._verify_key())

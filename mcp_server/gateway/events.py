@@ -105,6 +105,8 @@ async def admits(rules: Rules, scope: Scope, event: Any) -> bool:
     if isinstance(scope, RunScope):
         if named.flow_runs != {scope.run_id}:
             return False
+        if await rules.ownership.superseded(scope):
+            return False  # an earlier attempt's heartbeats would keep a silent retry from being seen as gone
         if named.work_pools:
             facts = await rules.ownership.run(scope.run_id)
             return facts is not None and named.work_pools == {facts.work_pool_name}

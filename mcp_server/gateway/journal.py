@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from flows.journal import JOURNAL_ROUTE
 from mcp_server.gateway.listing import refused_route
-from mcp_server.gateway.ownership import Ownership
+from mcp_server.gateway.ownership import NotLive, Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 
@@ -50,8 +50,8 @@ async def serve_journal(request: Request, caller: RunScope, ownership: Ownership
         now = await ownership.live_attempt(caller)
     except httpx.HTTPError:
         return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    if isinstance(now, str):
-        return refused_route(409, "not_running", now)
+    if isinstance(now, NotLive):
+        return refused_route(409, now.error, now.detail)
     run_id = str(caller.run_id)
     try:
         if request.method == "GET":

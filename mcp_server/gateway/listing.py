@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from flows.exceptions import ConfigTampered
 from flows.mcp.listing import LISTING_ROUTE, ListingRequest, verify_request
-from mcp_server.gateway.ownership import Ownership
+from mcp_server.gateway.ownership import NotLive, Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 
@@ -57,8 +57,8 @@ async def serve_listing(request: Request, caller: RunScope, ownership: Ownership
         now = await ownership.live_attempt(caller)
     except httpx.HTTPError:
         return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    if isinstance(now, str):
-        return refused_route(409, "not_running", now)
+    if isinstance(now, NotLive):
+        return refused_route(409, now.error, now.detail)
     try:
         asked = verify_request(now.parameters.get("request") or {}, verify_key)
     except ConfigTampered as exc:

@@ -19,6 +19,8 @@ from deployments.pools.work_pools import org_tag
 from mcp_server.gateway.scopes import RunScope
 
 TTL_SECONDS = 30.0
+# How long a run's writes may go on after a retry of it has begun, at most: one Prefect read per attempt this often.
+ATTEMPT_TTL_SECONDS = 5.0
 MAX_ENTRIES = 50_000
 _ORG_TAG = org_tag("")
 
@@ -35,13 +37,15 @@ class _Cache(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         entry = self._entries.get(key)
-        if entry is None or (self._ttl is not None and time.monotonic() - entry[0] > self._ttl):
+        if entry is None or (self._ttl is not None and entry[0] != float("inf")
+                             and time.monotonic() - entry[0] > self._ttl):
             return None
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: K, value: V) -> V:
-        self._entries[key] = (time.monotonic(), value)
+    def put(self, key: K, value: V, keep: bool = False) -> V:
+        """Keep `value` for the cache's time to live, or for good with `keep`."""
+        self._entries[key] = (float("inf") if keep else time.monotonic(), value)
         self._entries.move_to_end(key)
         while len(self._entries) > MAX_ENTRIES:
             self._entries.popitem(last=False)
@@ -67,6 +71,19 @@ class RunNow:
 
 
 @dataclass(frozen=True)
+class NotLive:
+    """Why a run token's attempt may not act now: `not_running` (over, or not started), or `superseded` (a retry
+    of the run has begun: the attempt is to stop quietly, leaving the run to it)."""
+
+    error: str
+    detail: str
+
+
+SUPERSEDED = NotLive("superseded", "this run token is for an earlier attempt of the run, and a retry of it has begun: "
+                     "this attempt stops and leaves the run to it")
+
+
+@dataclass(frozen=True)
 class DeploymentFacts:
     work_pool_name: str | None
     flow_id: UUID
@@ -86,6 +103,7 @@ class Ownership:
         self._runs: _Cache[UUID, RunFacts] = _Cache(ttl=None)
         self._deployments: _Cache[UUID, DeploymentFacts] = _Cache(ttl=TTL_SECONDS)
         self._flow_pools: _Cache[UUID, frozenset[str]] = _Cache(ttl=TTL_SECONDS)
+        self._superseded: _Cache[tuple[UUID, int], bool] = _Cache(ttl=ATTEMPT_TTL_SECONDS)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         answer = await self._upstream.get(path)
@@ -122,17 +140,29 @@ class Ownership:
                       state=state.get("type") if isinstance(state, dict) else None,
                       run_count=run_count if isinstance(run_count, int) else 0)
 
-    async def live_attempt(self, scope: RunScope) -> RunNow | str:
+    async def superseded(self, scope: RunScope) -> bool:
+        """Whether a later attempt of the token's run has begun (for a run's writes: read at most every few
+        seconds per attempt; once superseded, always)."""
+        key = (scope.run_id, scope.attempt)
+        known = self._superseded.get(key)
+        if known is not None:
+            return known
+        now = await self.run_now(scope.run_id)
+        stale = now is not None and scope.is_stale(now.state, now.run_count)
+        return self._superseded.put(key, stale, keep=stale)
+
+    async def live_attempt(self, scope: RunScope) -> RunNow | NotLive:
         """The run, if the token's own attempt is the one Pending or Running now; else why not, to tell the run.
 
         A token outlives its run by design (and an attempt whose container failed to die outlives its retry):
         neither may fetch secrets or write the journal once its attempt is over.
         """
         now = await self.run_now(scope.run_id)
+        if now is not None and scope.is_stale(now.state, now.run_count):
+            return SUPERSEDED
         if now is None or now.state not in ("PENDING", "RUNNING"):
-            return f"the run is {now.state if now is not None and now.state else 'gone'}, not running"
-        if scope.is_stale(now.state, now.run_count):
-            return "this run token is for an earlier attempt of the run, which is over; a retry has started"
+            return NotLive("not_running", f"the run is {now.state if now is not None and now.state else 'gone'}, "
+                           "not running")
         return now
 
     async def deployment(self, deployment_id: UUID) -> DeploymentFacts | None:

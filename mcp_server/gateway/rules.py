@@ -39,11 +39,17 @@ class Verdict:
     # The request body to send instead of the caller's: a list narrowed to the scope before Prefect pages it, so
     # that a limit or an offset cannot tell what lies outside (the answer is filtered again all the same).
     body: bytes | None = None
+    # Answered by the gateway itself, with `status` (a success): what Prefect would answer, without asking it.
+    answer: dict[str, Any] | None = None
 
     @property
     def allowed(self) -> bool:
         return self.status == 0
 
+
+SUPERSEDED_ABORT: dict[str, Any] = {"state": None, "status": "ABORT", "details": {
+    "type": "abort_details", "reason": "a retry of this run has begun: this earlier attempt stops and leaves the run "
+    "to it"}}
 
 THROUGH = Verdict()
 NOT_FOUND = Verdict(404, "Not Found")  # decide() turns it into Prefect's own answer about a missing object
@@ -143,6 +149,15 @@ class Rules:
         """`path` is relative to the API root: `/flow_runs/…`."""
         if (method, path.rstrip("/") or "/") in _OPEN:
             return THROUGH
+        if isinstance(scope, RunScope) and method != "GET" and path != "/flow_runs/filter" \
+                and await self.ownership.superseded(scope):
+            # An attempt that outlived its retry (a container whose kill failed, a machine back on the network) must
+            # not write on the run, nor end the attempt after it.
+            if method == "POST" and path == f"/flow_runs/{scope.run_id}/set_state":
+                # Prefect's own "abort": the engine exits 0 at once, so the worker watching this container reports
+                # no crash on the run, which is the retry's now.
+                return Verdict(201, answer=SUPERSEDED_ABORT)
+            return refused(f"{method} {path} by an earlier attempt of its run, after a retry began,", scope)
         routes = self._run_routes if isinstance(scope, RunScope) else self._pool_routes
         for route_method, pattern, check in routes:
             match = pattern.fullmatch(path)
@@ -221,6 +236,11 @@ class Rules:
     async def _own_run_update(self, scope: RunScope, body: bytes, id: str) -> Verdict:  # noqa: A002
         if _uuid(id) != scope.run_id:
             return NOT_FOUND
+        policy = update.get("empirical_policy") if isinstance(update := _json(body), dict) else None
+        if isinstance(policy, dict) and (policy.get("resuming") or policy.get("pause_keys")):
+            # A run marked resuming enters Running uncounted (Prefect's IncrementFlowRunCount): its retry's attempt
+            # would not count, and an earlier attempt's token would pass for the retry's. Ariel runs never pause.
+            return refused("marking its run as resuming from a pause", scope)
         return _fields_within(body, _RUN_FIELDS, scope)
 
     async def _own_pool(self, scope: RunScope, _body: bytes, pool: str) -> Verdict:
@@ -245,10 +265,6 @@ class Rules:
         state = proposed.get("state") if isinstance(proposed, dict) else None
         if not isinstance(state, dict) or str(state.get("type", "")).upper() in _NOT_FOR_A_RUN:
             return refused("setting its own run to SCHEDULED, PENDING or CRASHED", scope)
-        now = await self.ownership.run_now(scope.run_id)
-        if now is not None and scope.is_stale(now.state, now.run_count):
-            # An attempt that outlived its retry (a container whose kill failed) must not end the attempt after it.
-            return refused("setting the state of a later attempt of its run", scope)
         return THROUGH
 
     async def _own_deployment(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002

@@ -53,7 +53,9 @@ class RunTokens:
             return None
         try:
             claims = jwt.decode(token.removeprefix(RUN_TOKEN_PREFIX), self._key, algorithms=[_ALGORITHM],
-                                audience=_AUDIENCE, options={"require": ["sub", "org", "att", "exp"]})
-            return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]), attempt=int(claims["att"]))
+                                audience=_AUDIENCE, options={"require": ["sub", "org", "exp"]})
+            # A token minted before attempts were bound (an upgrade with runs in flight) is a first attempt's.
+            return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]),
+                            attempt=int(claims.get("att", 0)))
         except (jwt.InvalidTokenError, ValueError, TypeError):
             return None

@@ -46,3 +46,69 @@ def test_another_installs_runs_and_listing_runs_are_left_alone() -> None:
     crashed: Any = Crashed(message="exited with non-zero status code 137")
     assert _infrastructure_failure(run(crashed, pool="ariel-11112222-0f3c-docker"), PREFIX) is None
     assert _infrastructure_failure(run(crashed, parameters={"request": {}}), PREFIX) is None
+
+
+async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_that_beats_or_never_beat_is_not(
+    prefect_api: str,
+) -> None:
+    """Against a real Prefect server: silence is judged on when Prefect received the last heartbeat."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import flow
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.states import Running
+
+    from deployments.runs.silent_runs import HEARTBEAT_EVENT, SILENT_MARK, _last_heartbeat, crash_silent_runs
+
+    @flow(name="silence-probe")
+    def probe() -> None: ...
+
+    silence = timedelta(seconds=3)
+    pool = f"ariel-{uuid4().hex[:8]}-silence"  # an install of its own: other tests' runs are not this pass's
+    async with PrefectClient(prefect_api) as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+
+        async def made_in_pool() -> FlowRun:
+            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
+                work_queue_name="default").model_dump(mode="json"))
+            return FlowRun.model_validate(answer.json())
+
+        silent, beating, never = [await made_in_pool() for _ in range(3)]
+        for made in (silent, beating, never):
+            await client.set_flow_run_state(made.id, Running(), force=True)
+
+        async def beat(run_id: Any) -> None:
+            async with PrefectEventsClient(prefect_api) as events:
+                await events.emit(Event(event=HEARTBEAT_EVENT,
+                                        resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"}))
+
+        async def received(made: Any, after: datetime) -> None:
+            for _ in range(60):  # the server stores events in batches
+                last = await _last_heartbeat(client, await client.read_flow_run(made.id))
+                if last is not None and last >= after:
+                    return
+                await asyncio.sleep(0.5)
+            raise AssertionError(f"no heartbeat of {made.id} stored")
+
+        start = datetime.now(UTC) - timedelta(seconds=1)
+        await beat(silent.id)
+        await received(silent, start)
+        await asyncio.sleep(silence.total_seconds() + 1)
+        again = datetime.now(UTC) - timedelta(seconds=1)
+        await beat(beating.id)
+        await received(beating, again)
+        crashed = await crash_silent_runs(client, pool.removesuffix("silence"), silence, datetime.now(UTC))
+        states = {name: (await client.read_flow_run(made.id)).state
+                  for name, made in (("silent", silent), ("beating", beating), ("never", never))}
+        await client.delete_work_pool(pool)
+
+    assert crashed == [silent.id]
+    assert states["silent"] is not None and states["silent"].name == "Crashed"
+    assert (states["silent"].message or "").startswith(SILENT_MARK)
+    assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]

@@ -97,11 +97,33 @@ def test_a_token_of_an_earlier_attempt_gets_nothing_once_a_retry_has_begun(prefe
         first_while_retry_pends = context(first)
         prefect.set_flow_run_state(UUID(run_id), Running(), force=True)
         first_while_retry_runs, retry_runs = context(first), context(retry)
+        first_logs = httpx.post(f"{gateway.api_url}/logs/", json=[{
+            "name": "ariel.agent", "level": 20, "message": "still here", "timestamp": datetime.now(UTC).isoformat(),
+            "flow_run_id": run_id}], headers={"Authorization": f"Bearer {first}"}, timeout=30)
         first_ends_it, retry_ends_it = complete(first), complete(retry)
 
     assert while_first_runs.status_code == 200, while_first_runs.text
     for stale in (first_while_retry_pends, first_while_retry_runs):
         assert stale.status_code == 409 and "earlier attempt" in stale.json()["detail"], stale.text
     assert retry_runs.status_code == 200, retry_runs.text
-    assert first_ends_it.status_code == 403 and "later attempt" in first_ends_it.text, first_ends_it.text
+    assert first_logs.status_code == 403 and "earlier attempt" in first_logs.text, first_logs.text
+    # Prefect's own abort: the engine exits 0, so the old attempt's worker reports no crash on the retry.
+    assert first_ends_it.status_code == 201 and first_ends_it.json()["status"] == "ABORT", first_ends_it.text
     assert retry_ends_it.status_code in (200, 201), retry_ends_it.text
+
+
+def test_a_run_may_not_mark_itself_resuming_which_would_keep_its_retry_from_being_counted(prefect_api: str) -> None:
+    with run_gateway(prefect_api, {}) as gateway:
+        signed = SIGNER.sign(config())
+        run_id = _made_run(signed, None)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
+
+        def patch(policy: dict[str, object]) -> httpx.Response:
+            return httpx.patch(f"{gateway.api_url}/flow_runs/{run_id}", json={"empirical_policy": policy},
+                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+        resuming = patch({"retries": 0, "retry_delay": 0, "resuming": True})
+        as_the_engine_sends_it = patch({"retries": 0, "retry_delay": 0, "resuming": False, "pause_keys": []})
+
+    assert resuming.status_code == 403 and "resuming" in resuming.text, resuming.text
+    assert as_the_engine_sends_it.status_code == 204, as_the_engine_sends_it.text
