@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -42,6 +43,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
@@ -146,14 +148,21 @@ async def keep_recovering(
     """
     silence = timedelta(seconds=silence_seconds)
     reachable = Reachability()
+    judged: datetime | None = None
     while True:
         try:
             async with prefect() as client:
                 now = datetime.now(UTC)
                 reachable.reached(now)
-                if reachable.long_enough(now, silence):
-                    for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
-                        log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id, silence)
+                # Silence is judged a few times a window, not every pass: each judgment reads every Running run.
+                if reachable.long_enough(now, silence) and (judged is None or now - judged >= silence / 4):
+                    judged = now
+                    try:
+                        for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
+                            log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
+                                        silence)
+                    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # the retries below still run
+                        log.info("run recovery: silent runs could not be listed this pass (%s)", type(exc).__name__)
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)

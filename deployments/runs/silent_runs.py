@@ -21,11 +21,13 @@ before heartbeats, a worker that drops the setting) is never reaped.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -36,6 +38,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from deployments.pools.work_pools import HEARTBEAT_SECONDS
@@ -45,6 +48,10 @@ SILENCE_SECONDS = 4 * HEARTBEAT_SECONDS
 SILENT_MARK = "Ariel heard no heartbeat from the run"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 PAGE = 200
+# Heartbeats stamped around the moment the attempt started, or a clock's step beyond now, still count.
+EVENT_MARGIN = timedelta(minutes=2)
+
+log = logging.getLogger("ariel.recovery")
 
 
 @dataclass
@@ -67,19 +74,27 @@ class Reachability:
 async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: timedelta, now: datetime) -> list[UUID]:
     """Set Crashed each Running run of the install (`pool_prefix`) that sent heartbeats and then none for `silence`.
 
-    The change is not forced: a run that ended meanwhile keeps its final state (Prefect refuses Crashed after it).
+    One run that cannot be judged (a slow read) is skipped this pass, not the others. The change is not forced, and
+    the run is read again just before it: one that ended or was cancelled meanwhile keeps that state.
     """
     crashed = []
     for run in await _running_since(client, now - silence):
         if not (run.work_pool_name or "").startswith(pool_prefix):
             continue  # another install's: its own loop judges it
-        last = await _last_heartbeat(client, run)
-        if last is None or now - last < silence:
+        try:
+            last = await _last_heartbeat(client, run, now)
+            if last is None or now - last < silence:
+                continue
+            again = await client.read_flow_run(run.id)
+            if again.state is None or run.state is None or again.state.id != run.state.id:
+                continue  # it moved on since it was listed
+            quiet = int((now - last).total_seconds())
+            result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
+                f"{SILENT_MARK} for {quiet} s (its last at {last:%H:%M:%S} UTC): the machine or container running it "
+                "is gone, and no worker saw it end")))
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            log.info("run %s: its heartbeats could not be read this pass (%s)", run.id, type(exc).__name__)
             continue
-        quiet = int((now - last).total_seconds())
-        result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
-            f"{SILENT_MARK} for {quiet} s (its last at {last:%H:%M:%S} UTC): the machine or container running it is "
-            "gone, and no worker saw it end")))
         if result.status == SetStateStatus.ACCEPT:
             crashed.append(run.id)
     return crashed
@@ -98,11 +113,16 @@ async def _running_since(client: PrefectClient, before: datetime) -> list[FlowRu
     return [run for run in found if run.state is not None and run.state.timestamp < before]
 
 
-async def _last_heartbeat(client: PrefectClient, run: FlowRun) -> datetime | None:
-    """When Prefect received the run's latest heartbeat (its own clock, not the sender's); None if it sent none."""
+async def _last_heartbeat(client: PrefectClient, run: FlowRun, now: datetime) -> datetime | None:
+    """When Prefect received the latest heartbeat of the run's current attempt; None if it sent none.
+
+    The gateway stamps each heartbeat with its own clock (`mcp_server.gateway.events.stamped_heartbeat`), so the
+    window is read on one clock; only this attempt's heartbeats are read, which bounds the query to its duration.
+    """
+    assert run.state is not None  # a Running run
     page = await client.read_events(EventFilter(
-        occurred=EventOccurredFilter(since=run.created or run.expected_start_time),
+        occurred=EventOccurredFilter(since=run.state.timestamp - EVENT_MARGIN, until=now + EVENT_MARGIN),
         event=EventNameFilter(name=[HEARTBEAT_EVENT]),
         resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
-    ), limit=1)
-    return page.events[0].received if page.events else None
+    ), limit=5)
+    return max((event.received for event in page.events), default=None)

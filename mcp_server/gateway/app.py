@@ -24,7 +24,7 @@ from websockets.exceptions import WebSocketException
 from deployments.providers import short_name
 from flows.exceptions import ConfigTampered
 from flows.signing import verify
-from mcp_server.gateway.events import admits
+from mcp_server.gateway.events import admits, stamped_heartbeat
 from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
 from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, refused_route, serve_listing
 from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
@@ -345,6 +345,8 @@ class Gateway:
                 log.warning("gateway: could not check an event from %s; dropped", caller.label, exc_info=True)
                 admitted = False
             if admitted:
+                if isinstance(caller, RunScope):
+                    text = stamped_heartbeat(event, text)
                 await upstream.send(text)
             else:
                 dropped += 1

@@ -103,7 +103,7 @@ class Ownership:
         self._runs: _Cache[UUID, RunFacts] = _Cache(ttl=None)
         self._deployments: _Cache[UUID, DeploymentFacts] = _Cache(ttl=TTL_SECONDS)
         self._flow_pools: _Cache[UUID, frozenset[str]] = _Cache(ttl=TTL_SECONDS)
-        self._superseded: _Cache[tuple[UUID, int], bool] = _Cache(ttl=ATTEMPT_TTL_SECONDS)
+        self._superseded: _Cache[tuple[UUID, int | None], bool] = _Cache(ttl=ATTEMPT_TTL_SECONDS)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         answer = await self._upstream.get(path)
@@ -140,12 +140,12 @@ class Ownership:
                       state=state.get("type") if isinstance(state, dict) else None,
                       run_count=run_count if isinstance(run_count, int) else 0)
 
-    async def superseded(self, scope: RunScope) -> bool:
+    async def superseded(self, scope: RunScope, fresh: bool = False) -> bool:
         """Whether a later attempt of the token's run has begun (for a run's writes: read at most every few
-        seconds per attempt; once superseded, always)."""
+        seconds per attempt unless `fresh`; once superseded, always)."""
         key = (scope.run_id, scope.attempt)
         known = self._superseded.get(key)
-        if known is not None:
+        if known or (known is not None and not fresh):
             return known
         now = await self.run_now(scope.run_id)
         stale = now is not None and scope.is_stale(now.state, now.run_count)

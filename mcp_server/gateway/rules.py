@@ -75,7 +75,9 @@ _RUN_FIELDS = frozenset({"flow_version", "empirical_policy", "infrastructure_pid
 # SCHEDULED or PENDING: a worker would start it again and the gateway give it a fresh token, for ever. CRASHED: the
 # control plane retries a crashed run (`deployments.runs.recovery`), so only its worker, which saw its infrastructure
 # end, may say so; a run that could declare itself crashed would get another attempt beside itself.
-_NOT_FOR_A_RUN = frozenset({"SCHEDULED", "PENDING", "CRASHED"})
+# PAUSED (and its Suspended): Ariel runs never pause, and a paused run that resumes enters Running uncounted, which
+# would keep its retry's attempt from being told from this one.
+_NOT_FOR_A_RUN = frozenset({"SCHEDULED", "PENDING", "CRASHED", "PAUSED"})
 
 
 def _uuid(text: str) -> UUID | None:
@@ -149,8 +151,9 @@ class Rules:
         """`path` is relative to the API root: `/flow_runs/…`."""
         if (method, path.rstrip("/") or "/") in _OPEN:
             return THROUGH
+        # A state change or a PATCH asks Prefect afresh: a run's own end must never land on the retry after it.
         if isinstance(scope, RunScope) and method != "GET" and path != "/flow_runs/filter" \
-                and await self.ownership.superseded(scope):
+                and await self.ownership.superseded(scope, fresh=method == "PATCH" or path.endswith("/set_state")):
             # An attempt that outlived its retry (a container whose kill failed, a machine back on the network) must
             # not write on the run, nor end the attempt after it.
             if method == "POST" and path == f"/flow_runs/{scope.run_id}/set_state":
@@ -264,7 +267,7 @@ class Rules:
         proposed = _json(body)
         state = proposed.get("state") if isinstance(proposed, dict) else None
         if not isinstance(state, dict) or str(state.get("type", "")).upper() in _NOT_FOR_A_RUN:
-            return refused("setting its own run to SCHEDULED, PENDING or CRASHED", scope)
+            return refused("setting its own run to SCHEDULED, PENDING, CRASHED or PAUSED", scope)
         return THROUGH
 
     async def _own_deployment(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002

@@ -15,6 +15,11 @@ Example:
     (True, '0f3c', 0)
     >>> tokens.verify("ariel_rt_" + "x" * 40) is None
     True
+    >>> import jwt  # a token minted before attempts were bound is never taken for stale
+    >>> old = "ariel_rt_" + jwt.encode({"sub": str(run), "org": "0f3c", "aud": "ariel-gateway", "exp": 2**40},
+    ...                                b"k" * 32, algorithm="HS256")
+    >>> tokens.verify(old).attempt is None and not tokens.verify(old).is_stale("RUNNING", 5)
+    True
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ class RunTokens:
         try:
             claims = jwt.decode(token.removeprefix(RUN_TOKEN_PREFIX), self._key, algorithms=[_ALGORITHM],
                                 audience=_AUDIENCE, options={"require": ["sub", "org", "exp"]})
-            # A token minted before attempts were bound (an upgrade with runs in flight) is a first attempt's.
+            # A token minted before attempts were bound (an upgrade with runs in flight) is never taken for stale.
+            attempt = claims.get("att")
             return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]),
-                            attempt=int(claims.get("att", 0)))
+                            attempt=int(attempt) if attempt is not None else None)
         except (jwt.InvalidTokenError, ValueError, TypeError):
             return None

@@ -53,10 +53,12 @@ class RunScope:
 
     run_id: UUID
     org_id: str
-    attempt: int
+    attempt: int | None  # None: minted before attempts were bound (an upgrade with runs in flight)
 
     def is_stale(self, state: str | None, run_count: int) -> bool:
         """Whether a later attempt than this token's has begun: counted already, or set up to start."""
+        if self.attempt is None:
+            return False
         return run_count > self.attempt + 1 or (run_count == self.attempt + 1 and state in ("SCHEDULED", "PENDING"))
 
     @property

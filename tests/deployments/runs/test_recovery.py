@@ -90,7 +90,7 @@ async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_tha
 
         async def received(made: Any, after: datetime) -> None:
             for _ in range(60):  # the server stores events in batches
-                last = await _last_heartbeat(client, await client.read_flow_run(made.id))
+                last = await _last_heartbeat(client, await client.read_flow_run(made.id), datetime.now(UTC))
                 if last is not None and last >= after:
                     return
                 await asyncio.sleep(0.5)

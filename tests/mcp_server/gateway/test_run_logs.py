@@ -112,7 +112,9 @@ def test_a_token_of_an_earlier_attempt_gets_nothing_once_a_retry_has_begun(prefe
     assert retry_ends_it.status_code in (200, 201), retry_ends_it.text
 
 
-def test_a_run_may_not_mark_itself_resuming_which_would_keep_its_retry_from_being_counted(prefect_api: str) -> None:
+def test_a_run_may_not_pause_or_mark_itself_resuming_which_would_keep_its_retry_from_being_counted(
+    prefect_api: str,
+) -> None:
     with run_gateway(prefect_api, {}) as gateway:
         signed = SIGNER.sign(config())
         run_id = _made_run(signed, None)
@@ -124,6 +126,10 @@ def test_a_run_may_not_mark_itself_resuming_which_would_keep_its_retry_from_bein
 
         resuming = patch({"retries": 0, "retry_delay": 0, "resuming": True})
         as_the_engine_sends_it = patch({"retries": 0, "retry_delay": 0, "resuming": False, "pause_keys": []})
+        paused = httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state",
+                            json={"state": {"type": "PAUSED", "name": "Paused"}},
+                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
     assert resuming.status_code == 403 and "resuming" in resuming.text, resuming.text
+    assert paused.status_code == 403 and "PAUSED" in paused.text, paused.text
     assert as_the_engine_sends_it.status_code == 204, as_the_engine_sends_it.text
