@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -210,6 +211,19 @@ async def report(run: Soak, started: datetime, stopped: datetime) -> None:
     print(f"\nstates: {dict(states)}")
     if duplicates:
         print(f"duplicated tokens: {duplicates}")
+    for lost_run in [run_ for run_ in due if not (run_.state and run_.state.type.value in ("COMPLETED", "FAILED"))]:
+        await print_history(run, lost_run)
+
+
+async def print_history(run: Soak, lost: FlowRun) -> None:
+    """A run that did not finish, with every state it went through: what the next reader needs to find why."""
+    print(f"\nnot finished: {lost.name} ({lost.id}), expected at {lost.expected_start_time}")
+    try:
+        async with run.prefect() as client:
+            for state in await client.read_flow_run_states(lost.id):
+                print(f"  {state.timestamp:%H:%M:%S} {state.name}: {(state.message or '')[:200]}")
+    except Exception as exc:  # noqa: BLE001 - the rest of the report still prints
+        print(f"  its states could not be read ({type(exc).__name__})")
 
 
 def remove_containers(pool: str) -> None:
@@ -242,6 +256,10 @@ def main() -> None:
             print("interrupted: stopping what the soak started", flush=True)
         finally:
             remove_containers(run.pool)
+            # The stack's logs outlive its home, for whoever reads the table: a lost run is found there.
+            kept = Path(tempfile.mkdtemp(prefix="ariel-soak-logs-"))
+            shutil.copytree(Path(home) / "logs", kept / "logs", dirs_exist_ok=True)
+            print(f"logs of the stack: {kept / 'logs'}", flush=True)
 
 
 if __name__ == "__main__":
