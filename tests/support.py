@@ -297,9 +297,18 @@ def ariel_up(
 
 def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:
     """Answer a loopback test service's request with `payload` as JSON."""
-    body = json.dumps(payload).encode()
+    _reply(handler, status, "application/json", json.dumps(payload).encode())
+
+
+def reply_text_to_run(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    """Answer a run's request with 200 and `body` as text; a run whose container was killed meanwhile reads nothing."""
+    with suppress(OSError):  # the run's container was killed while it waited: nobody reads this answer
+        _reply(handler, 200, "text/plain", body)
+
+
+def _reply(handler: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
     handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Type", content_type)
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
@@ -378,23 +387,13 @@ class Effects(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         with self.lock:
             body = f"t-{next(self.issued)}".encode()
-        self._send(body)
+        reply_text_to_run(self, body)
 
     def do_POST(self) -> None:  # noqa: N802
         token = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode(errors="replace")
         with self.lock:
             type(self).posted[token] += 1
-        self._send(b"done")
-
-    def _send(self, body: bytes) -> None:
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the run's container was killed while it waited
+        reply_text_to_run(self, b"done")
 
     def log_message(self, *_args: Any) -> None:
         pass

@@ -29,7 +29,7 @@ from prefect.client.orchestration import PrefectClient
 from deployments.runs.recovery import RETRY_MARK
 from deployments.runs.silent_runs import SILENT_MARK
 from tests.mcp_server.callers import ask
-from tests.support import ArielUp, ariel_up, child_pid, http_service, wait_until
+from tests.support import ArielUp, ariel_up, child_pid, http_service, reply_text_to_run, wait_until
 
 # The shortest window the settings allow past one heartbeat interval (30 s), so the test waits about a minute.
 SILENCE_SECONDS = 60
@@ -54,15 +54,7 @@ class Counting(BaseHTTPRequestHandler):
         if self.path == "/held":
             type(self).held.set()
             type(self).release.wait(timeout=300)
-        body = f"{self.command} {self.path} done".encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the run's container was killed while it waited: nobody reads this answer
+        reply_text_to_run(self, f"{self.command} {self.path} done".encode())
 
     do_GET = _answer  # noqa: N815 - http.server's naming
     do_POST = _answer  # noqa: N815
