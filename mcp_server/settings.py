@@ -94,6 +94,16 @@ class ArielSettings(BaseSettings):
         "whole window: an outage of Prefect or of the app is not taken for silent runs.",
         examples=[120],
     )
+    run_start_seconds: int = Field(
+        default=300,
+        ge=60,
+        le=3600,
+        description="How long a run may stay Pending (a worker took it, no container reported in) before the control "
+        "plane sets it Crashed: its worker died or lost Prefect while starting it. It is then retried like any "
+        "crash; if its container starts after all, it stops at once and leaves the run to the retry. Raise it "
+        "where a first image pull is slow.",
+        examples=[300],
+    )
     journal_retention_hours: float = Field(
         default=24,
         gt=0,

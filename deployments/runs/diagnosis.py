@@ -61,7 +61,7 @@ from deployments.providers import short_name
 from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.hosting import Hosting
 from deployments.runs.logs import LogLine, read_log_page
-from deployments.runs.silent_runs import SILENT_MARK
+from deployments.runs.silent_runs import SILENT_MARK, STUCK_MARK
 from flows.models import SCRIPTED_MODEL
 
 Cause = Literal[
@@ -184,6 +184,12 @@ async def diagnose(
                           "machine or the worker and container running it went away at once",
                           _worker_back(run, hosting) + "; Ariel retries such runs (ARIEL_RUN_RETRIES), so this one "
                           "had used its retries: run the agent again with run_agent", last)
+        if state_type == StateType.CRASHED and message.startswith(STUCK_MARK):
+            evidence.append(message)
+            return answer("worker_lost", "a worker took the run and never started it: it died, or lost Prefect, "
+                          "while it was starting it", _worker_back(run, hosting) + "; Ariel retries such runs "
+                          "(ARIEL_RUN_RETRIES), so this one had used its retries: run the agent again with run_agent",
+                          last)
         if code := _exit_code(message) or (ended.exit_code if ended else None):
             evidence.append(f"exit code {code}")
             if code in _SIGKILL_CODES:

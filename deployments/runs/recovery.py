@@ -47,8 +47,15 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
+from deployments.runs.attempts import ATTEMPT_LABEL
 from deployments.runs.logs import read_log_page
-from deployments.runs.silent_runs import SILENCE_SECONDS, Reachability, crash_silent_runs
+from deployments.runs.silent_runs import (
+    SILENCE_SECONDS,
+    START_SECONDS,
+    Reachability,
+    crash_silent_runs,
+    crash_stuck_starts,
+)
 
 log = logging.getLogger("ariel.recovery")
 
@@ -91,6 +98,9 @@ async def retry_failed_infrastructure(
         if done >= max_retries:
             continue
         pause = FIRST_PAUSE_SECONDS * 2**done
+        # Numbered before it is scheduled: the token a worker gets for it then names this attempt, and every token of
+        # an earlier one (whose container may yet start, or come back) is stale from this moment.
+        await client.update_flow_run_labels(run.id, {ATTEMPT_LABEL: done + 2})
         message = (f"{RETRY_MARK} after its infrastructure failed ({reason[:300]}): attempt {done + 2} of "
                    f"{max_retries + 1}; it resumes from its journal, and makes no completed step again")
         await client.set_flow_run_state(run.id, AwaitingRetry(scheduled_time=now + timedelta(seconds=pause),
@@ -140,13 +150,15 @@ def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
 async def keep_recovering(
     prefect: Callable[[], AbstractAsyncContextManager[PrefectClient]], pool_prefix: str,
     interval: float = CHECK_SECONDS, max_retries: int = MAX_RETRIES, silence_seconds: int = SILENCE_SECONDS,
+    start_seconds: int = START_SECONDS,
 ) -> None:
     """Retry failed infrastructure every `interval` seconds until cancelled; a pass that fails is logged, not fatal.
 
-    Each pass first sets Crashed the install's runs that fell silent (`deployments.runs.silent_runs`), once the loop
-    has reached Prefect for a whole silence window: they are retried like any crash.
+    Each pass first sets Crashed the install's runs that fell silent, and those a worker took and never started
+    (`deployments.runs.silent_runs`), once the loop has reached Prefect for a whole silence window: they are retried
+    like any crash.
     """
-    silence = timedelta(seconds=silence_seconds)
+    silence, start = timedelta(seconds=silence_seconds), timedelta(seconds=start_seconds)
     reachable = Reachability()
     judged: datetime | None = None
     while True:
@@ -161,6 +173,9 @@ async def keep_recovering(
                         for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
                             log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
                                         silence)
+                        for run_id in await crash_stuck_starts(client, pool_prefix, start, now):
+                            log.warning("run %s: taken by a worker and not started within %s: set Crashed", run_id,
+                                        start)
                     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # the retries below still run
                         log.info("run recovery: silent runs could not be listed this pass (%s)", type(exc).__name__)
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):

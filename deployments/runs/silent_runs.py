@@ -17,6 +17,14 @@ run is judged only once the loop has reached Prefect for a whole `silence`
 without a failure (`Reachability`): an outage of Prefect or of the app is
 never taken for a silent run. A run that never sent a heartbeat (a pool from
 before heartbeats, a worker that drops the setting) is never reaped.
+
+A run can also be lost before it runs: a worker that dies, or loses Prefect,
+in the second it starts a run leaves it Pending (`Submitting`) with no
+container, and nothing ever moves it on. `crash_stuck_starts` sets Crashed a
+Pending run that Prefect has not seen change for `start_timeout` (Prefect's
+own `updated` time, not the worker's clock), under the same reachability
+rule. If its container does start after all, its run token is already stale
+(`deployments.runs.attempts`): it stops quietly and leaves the run to the retry.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ from deployments.pools.work_pools import HEARTBEAT_SECONDS
 # Four intervals: a loaded host delays a heartbeat by seconds, not by minutes.
 SILENCE_SECONDS = 4 * HEARTBEAT_SECONDS
 SILENT_MARK = "Ariel heard no heartbeat from the run"
+STUCK_MARK = "Ariel saw the run not start"
+# Longer than a cold container start on a loaded host (tens of seconds) or a first image pull on a slow link.
+START_SECONDS = 300
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 PAGE = 200
 # Heartbeats stamped around the moment the attempt started, or a clock's step beyond now, still count.
@@ -100,17 +111,47 @@ async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: ti
     return crashed
 
 
+async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_timeout: timedelta,
+                             now: datetime) -> list[UUID]:
+    """Set Crashed each Pending run of the install (`pool_prefix`) that Prefect has not seen change for
+    `start_timeout`: its worker took it and never started it, or could not say so. Read again just before."""
+    crashed = []
+    for run in await _in_state(client, StateType.PENDING):
+        if not (run.work_pool_name or "").startswith(pool_prefix) or run.updated is None \
+                or now - run.updated < start_timeout:
+            continue
+        try:
+            again = await client.read_flow_run(run.id)
+            if again.state is None or run.state is None or again.state.id != run.state.id:
+                continue  # it moved on since it was listed
+            waited = int((now - run.updated).total_seconds())
+            result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
+                f"{STUCK_MARK}: it was {run.state.name} for {waited} s with no container reporting in: its worker "
+                "took it and then failed, or lost Prefect, before it could start it or say so")))
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
+            continue
+        if result.status == SetStateStatus.ACCEPT:
+            crashed.append(run.id)
+    return crashed
+
+
 async def _running_since(client: PrefectClient, before: datetime) -> list[FlowRun]:
-    """Every Ariel run that has been Running since before `before`, page by page."""
+    """Every Ariel run that has been Running since before `before`."""
+    return [run for run in await _in_state(client, StateType.RUNNING)
+            if run.state is not None and run.state.timestamp < before]
+
+
+async def _in_state(client: PrefectClient, state: StateType) -> list[FlowRun]:
+    """Every Ariel run in `state`, page by page."""
     run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=["ariel"]),
-                               state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+                               state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state])))
     found: list[FlowRun] = []
     while True:
         page = await client.read_flow_runs(flow_run_filter=run_filter, limit=PAGE, offset=len(found))
         found += page
         if len(page) < PAGE:
-            break
-    return [run for run in found if run.state is not None and run.state.timestamp < before]
+            return found
 
 
 async def _last_heartbeat(client: PrefectClient, run: FlowRun, now: datetime) -> datetime | None:

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from deployments.providers import short_name
+from deployments.runs.attempts import attempt_of
 from flows.exceptions import ConfigTampered
 from flows.signing import verify
 from mcp_server.gateway.events import admits, stamped_heartbeat
@@ -275,8 +276,10 @@ class Gateway:
                                 run.get("id"), run.get("work_pool_name"))
                     continue
                 run_count = run.get("run_count")
+                labels = run.get("labels")
                 token = self.tokens.mint(UUID(str(run["id"])), next(iter(orgs)),
                                          attempt=run_count if isinstance(run_count, int) else 0,
+                                         generation=attempt_of(labels if isinstance(labels, dict) else None),
                                          ttl_seconds=_run_seconds(run) + RUN_TOKEN_SLACK_SECONDS)
                 variables = dict(run.get("job_variables") or {})
                 variables["env"] = {**(variables.get("env") or {}), **run_environment(token)}

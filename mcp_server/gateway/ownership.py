@@ -16,6 +16,7 @@ from uuid import UUID
 import httpx
 
 from deployments.pools.work_pools import org_tag
+from deployments.runs.attempts import attempt_of
 from mcp_server.gateway.scopes import RunScope
 
 TTL_SECONDS = 30.0
@@ -68,6 +69,7 @@ class RunNow:
     parameters: dict[str, Any]
     state: str | None
     run_count: int
+    generation: int  # Ariel's number of the attempt (`deployments.runs.attempts`)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Ownership:
         self._runs: _Cache[UUID, RunFacts] = _Cache(ttl=None)
         self._deployments: _Cache[UUID, DeploymentFacts] = _Cache(ttl=TTL_SECONDS)
         self._flow_pools: _Cache[UUID, frozenset[str]] = _Cache(ttl=TTL_SECONDS)
-        self._superseded: _Cache[tuple[UUID, int | None], bool] = _Cache(ttl=ATTEMPT_TTL_SECONDS)
+        self._superseded: _Cache[tuple[UUID, int | None, int], bool] = _Cache(ttl=ATTEMPT_TTL_SECONDS)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         answer = await self._upstream.get(path)
@@ -138,17 +140,18 @@ class Ownership:
         run_count = body.get("run_count")
         return RunNow(parameters=dict(body.get("parameters") or {}),
                       state=state.get("type") if isinstance(state, dict) else None,
-                      run_count=run_count if isinstance(run_count, int) else 0)
+                      run_count=run_count if isinstance(run_count, int) else 0,
+                      generation=attempt_of(body.get("labels") if isinstance(body.get("labels"), dict) else None))
 
     async def superseded(self, scope: RunScope, fresh: bool = False) -> bool:
         """Whether a later attempt of the token's run has begun (for a run's writes: read at most every few
         seconds per attempt unless `fresh`; once superseded, always)."""
-        key = (scope.run_id, scope.attempt)
+        key = (scope.run_id, scope.attempt, scope.generation)
         known = self._superseded.get(key)
         if known or (known is not None and not fresh):
             return known
         now = await self.run_now(scope.run_id)
-        stale = now is not None and scope.is_stale(now.state, now.run_count)
+        stale = now is not None and scope.is_stale(now.state, now.run_count, now.generation)
         return self._superseded.put(key, stale, keep=stale)
 
     async def live_attempt(self, scope: RunScope) -> RunNow | NotLive:
@@ -158,7 +161,7 @@ class Ownership:
         neither may fetch secrets or write the journal once its attempt is over.
         """
         now = await self.run_now(scope.run_id)
-        if now is not None and scope.is_stale(now.state, now.run_count):
+        if now is not None and scope.is_stale(now.state, now.run_count, now.generation):
             return SUPERSEDED
         if now is None or now.state not in ("PENDING", "RUNNING"):
             return NotLive("not_running", f"the run is {now.state if now is not None and now.state else 'gone'}, "

@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from deployments.pools.container_exits import LOGGER_NAME as CONTAINER_EXITS_LOGGER
+from deployments.runs.attempts import LABEL_PREFIX
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
 
@@ -127,7 +128,7 @@ class Rules:
             ("GET", re.compile(rf"/flows/{_ID}"), self._pool_flow),
             ("GET", re.compile(rf"/flow_runs/{_ID}"), self._pool_run),
             ("POST", re.compile(rf"/flow_runs/{_ID}/set_state"), self._pool_run),
-            ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._pool_run),
+            ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._pool_run_labels),
             ("PATCH", re.compile(rf"/flow_runs/{_ID}"), self._pool_run_update),
             ("POST", re.compile(r"/flow_runs/filter"), self._pool_run_list),
             ("POST", re.compile(r"/logs/?"), self._pool_logs),
@@ -135,7 +136,7 @@ class Rules:
         self._run_routes: list[tuple[str, re.Pattern[str], Callable[..., Awaitable[Verdict]]]] = [
             ("GET", re.compile(rf"/flow_runs/{_ID}"), self._own_run),
             ("POST", re.compile(rf"/flow_runs/{_ID}/set_state"), self._own_state),
-            ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._own_run),
+            ("PATCH", re.compile(rf"/flow_runs/{_ID}/labels"), self._own_run_labels),
             ("PATCH", re.compile(rf"/flow_runs/{_ID}"), self._own_run_update),
             ("GET", re.compile(rf"/deployments/{_ID}"), self._own_deployment),
             ("GET", re.compile(rf"/flows/{_ID}"), self._own_flow),
@@ -196,6 +197,11 @@ class Rules:
     async def _pool_run(self, scope: PoolScope, _body: bytes, id: str) -> Verdict:  # noqa: A002 - the route's name
         return THROUGH if await self.in_pool_scope(scope, _uuid(id)) else NOT_FOUND
 
+    async def _pool_run_labels(self, scope: PoolScope, body: bytes, id: str) -> Verdict:  # noqa: A002
+        if not await self.in_pool_scope(scope, _uuid(id)):
+            return NOT_FOUND
+        return _labels_not_ariels(body, scope)
+
     async def _pool_run_update(self, scope: PoolScope, body: bytes, id: str) -> Verdict:  # noqa: A002
         if not await self.in_pool_scope(scope, _uuid(id)):
             return NOT_FOUND
@@ -235,6 +241,11 @@ class Rules:
 
     async def _own_run(self, scope: RunScope, _body: bytes, id: str) -> Verdict:  # noqa: A002
         return THROUGH if _uuid(id) == scope.run_id else NOT_FOUND
+
+    async def _own_run_labels(self, scope: RunScope, body: bytes, id: str) -> Verdict:  # noqa: A002
+        if _uuid(id) != scope.run_id:
+            return NOT_FOUND
+        return _labels_not_ariels(body, scope)
 
     async def _own_run_update(self, scope: RunScope, body: bytes, id: str) -> Verdict:  # noqa: A002
         if _uuid(id) != scope.run_id:
@@ -317,4 +328,16 @@ def _fields_within(body: bytes, allowed: frozenset[str], scope: Scope) -> Verdic
     extra = sorted(set(update) - allowed)
     if extra:
         return refused(f"changing {', '.join(extra)} of a flow run", scope)
+    return THROUGH
+
+
+def _labels_not_ariels(body: bytes, scope: Scope) -> Verdict:
+    """Labels a worker or a run may set: Prefect's own (the worker's name, a trace), never Ariel's, which number the
+    run's attempts (`deployments.runs.attempts`): a lower number would let an earlier attempt pass for the current."""
+    labels = _json(body)
+    if not isinstance(labels, dict):
+        return Verdict(422, "a JSON object of labels is expected")
+    ariels = sorted(key for key in labels if str(key).lower().startswith(LABEL_PREFIX))
+    if ariels:
+        return refused(f"setting the label {', '.join(ariels)[:100]} of a flow run", scope)
     return THROUGH

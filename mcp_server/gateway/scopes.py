@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from uuid import UUID
 
+from deployments.runs.attempts import FIRST_ATTEMPT
+
 
 @dataclass(frozen=True)
 class PoolScope:
@@ -46,17 +48,26 @@ class PoolScope:
 class RunScope:
     """A run token: one attempt of one flow run of one org.
 
-    `attempt` is the run's `run_count` when the token was handed out, before the attempt started: Prefect counts
-    an attempt when it enters Running, so the attempt the token is for has `run_count == attempt` while Pending and
-    `attempt + 1` while Running. A later attempt of the same run counts higher, and this token is then stale.
+    Two numbers bind it to its attempt, each checked against the run as Prefect holds it now:
+    - `generation`: the run's `ariel.attempt` label when the token was handed out (`deployments.runs.attempts`).
+      Recovery raises the label before it schedules a retry, so every earlier attempt's token is stale from then
+      on, even one whose container never started (Prefect's own count does not tell those apart).
+    - `attempt`: the run's `run_count` when the token was handed out, before the attempt started: Prefect counts
+      an attempt when it enters Running, so the attempt the token is for has `run_count == attempt` while Pending
+      and `attempt + 1` while Running. A later attempt counts higher (a retry by other means than Ariel's).
     """
 
     run_id: UUID
     org_id: str
     attempt: int | None  # None: minted before attempts were bound (an upgrade with runs in flight)
+    # A token minted before attempts were numbered counts as the first: recovery numbers the retries it schedules
+    # from 2 on, so any label is ahead of such a token, and none is set until a retry is due.
+    generation: int = FIRST_ATTEMPT
 
-    def is_stale(self, state: str | None, run_count: int) -> bool:
-        """Whether a later attempt than this token's has begun: counted already, or set up to start."""
+    def is_stale(self, state: str | None, run_count: int, generation: int = FIRST_ATTEMPT) -> bool:
+        """Whether a later attempt than this token's has begun: numbered, counted already, or set up to start."""
+        if generation > self.generation:
+            return True
         if self.attempt is None:
             return False
         return run_count > self.attempt + 1 or (run_count == self.attempt + 1 and state in ("SCHEDULED", "PENDING"))

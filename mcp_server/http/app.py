@@ -113,7 +113,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
             # One per install: the app that serves the gateway brings back the runs its workers lost.
             recovering = asyncio.create_task(keep_recovering(
                 ready.agents.prefect_client, install_prefix(ready.agents.install_id), max_retries=settings.run_retries,
-                silence_seconds=settings.run_silence_seconds,
+                silence_seconds=settings.run_silence_seconds, start_seconds=settings.run_start_seconds,
             ))
             forgetting = asyncio.create_task(keep_forgetting(
                 ready.journal, timedelta(hours=settings.journal_retention_hours)))

@@ -20,6 +20,7 @@ from prefect.states import Crashed, Running
 from deployments.pools.container_exits import LOGGER_NAME, ContainerExit
 from deployments.runs.diagnosis import diagnose, unavailable
 from deployments.runs.hosting import Hosting
+from deployments.runs.silent_runs import SILENT_MARK, STUCK_MARK
 
 # Prefect's own words for a container that ended with 137, whoever killed it.
 KILLED_137 = ("Flow run infrastructure exited with non-zero status code 137. Process was killed, likely due to an "
@@ -78,6 +79,15 @@ async def test_a_run_that_could_not_reach_prefect_is_diagnosed_prefect_unavailab
                           "connection attempts failed")
     assert found["cause"] == "prefect_unavailable", found
     assert found["next_action"].startswith("`ariel up` is running, but its Prefect server is not answering")
+
+
+@pytest.mark.parametrize("mark", [SILENT_MARK, STUCK_MARK])
+async def test_a_run_the_control_plane_crashed_for_silence_or_for_never_starting_is_worker_lost(
+    client: PrefectClient, mark: str,
+) -> None:
+    found = await crashed(client, f"{mark} for 130 s: the machine or container running it is gone")
+    assert found["cause"] == "worker_lost", found
+    assert "ARIEL_RUN_RETRIES" in found["next_action"] and "run_agent" in found["next_action"], found
 
 
 async def test_a_running_run_whose_worker_is_gone_is_worker_lost_without_run_ariel_up(

@@ -112,3 +112,61 @@ async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_tha
     assert states["silent"] is not None and states["silent"].name == "Crashed"
     assert (states["silent"].message or "").startswith(SILENT_MARK)
     assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]
+
+
+async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_under_a_new_attempt_number(
+    prefect_api: str,
+) -> None:
+    """Against a real Prefect server: Pending with no change for the start timeout (Prefect's own clock) is a lost
+    start; the retry is numbered in the run's label before it is scheduled, so a late container of the first attempt
+    holds a stale token (Prefect's count cannot tell them apart: neither attempt ever ran)."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import flow
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
+    from prefect.states import Pending
+
+    from deployments.runs.attempts import ATTEMPT_LABEL, attempt_of
+    from deployments.runs.recovery import retry_failed_infrastructure
+    from deployments.runs.silent_runs import STUCK_MARK, crash_stuck_starts
+
+    @flow(name="start-probe")
+    def probe() -> None: ...
+
+    install = f"ariel-{uuid4().hex[:8]}-"  # an install of its own: other tests' runs are not this pass's
+    start_timeout = timedelta(seconds=3)
+    async with PrefectClient(prefect_api) as client:
+        pools = [f"{install}start", f"ariel-{uuid4().hex[:8]}-other"]
+        for pool in pools:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+
+        async def pending_in(pool: str) -> FlowRun:
+            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
+                work_queue_name="default", parameters={"config": {}}).model_dump(mode="json"))
+            made = FlowRun.model_validate(answer.json())
+            await client.set_flow_run_state(made.id, Pending(), force=True)
+            return made
+
+        stuck, elsewhere = await pending_in(pools[0]), await pending_in(pools[1])
+        await asyncio.sleep(start_timeout.total_seconds() + 1)
+        starting = await pending_in(pools[0])
+        crashed = await crash_stuck_starts(client, install, start_timeout, datetime.now(UTC))
+        retried = await retry_failed_infrastructure(client, install, now=datetime.now(UTC) + timedelta(seconds=10))
+        after = {name: await client.read_flow_run(made.id)
+                 for name, made in (("stuck", stuck), ("elsewhere", elsewhere), ("starting", starting))}
+        history = [state.message or "" for state in await client.read_flow_run_states(stuck.id)]
+        for pool in pools:
+            await client.delete_work_pool(pool)
+
+    assert crashed == [stuck.id]
+    assert [(r.run_id, r.attempt) for r in retried] == [(stuck.id, 2)]
+    assert after["stuck"].state is not None and after["stuck"].state.name == "AwaitingRetry"
+    assert attempt_of(after["stuck"].labels) == 2 and after["stuck"].labels[ATTEMPT_LABEL] == 2
+    assert any(message.startswith(STUCK_MARK) for message in history), history
+    assert [getattr(after[name].state, "name", None) for name in ("elsewhere", "starting")] == ["Pending", "Pending"]
+    assert attempt_of(after["starting"].labels) == 1
+

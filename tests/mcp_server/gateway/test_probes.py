@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -338,3 +339,59 @@ def test_a_run_that_is_not_running_gets_no_key(stack: Stack) -> None:
     answer = httpx.get(stack.gateway.removesuffix("/api") + "/ariel/v1/run", headers=bearer(stack.run_token),
                        timeout=30)
     assert (answer.status_code, answer.json()["error"]) == (409, "not_running"), answer.text
+
+
+def test_neither_a_worker_nor_a_run_may_renumber_the_runs_attempt(stack: Stack) -> None:
+    """Prefect's own labels (the worker's name, a trace) go through; Ariel's attempt number, which tells a retry's
+    token from an earlier attempt's, is the control plane's alone."""
+    for credential in (stack.worker_key, stack.run_token):
+        for label in ("ariel.attempt", "Ariel.Attempt", "ariel.anything"):
+            answer = request(stack, credential, "PATCH", f"/flow_runs/{stack.a_run}/labels", {label: 1})
+            assert answer.status_code == 403 and label in answer.text, answer.text
+        own = request(stack, credential, "PATCH", f"/flow_runs/{stack.a_run}/labels", {"prefect.worker.name": "x"})
+        assert own.status_code == 204, own.text
+
+
+def test_a_retry_outranks_an_earlier_attempt_that_never_ran_though_prefect_counted_neither(stack: Stack) -> None:
+    """A worker took the run and died before its container ran (Prefect's `run_count` stays 0); recovery numbered a
+    retry. Should the first attempt's container start after all, its token must pass for nothing: only the retry's
+    gets the run's keys."""
+    run_id = asyncio.run(call(stack.up.base_url, ALICE, "run_agent", agent="alpha"))["id"]
+
+    def handed_out() -> str:
+        # As A's worker: the gateway mints the token as it hands the run over.
+        for _ in range(30):
+            items = request(stack, stack.worker_key, "POST",
+                            f"/work_pools/{stack.a_pool}/get_scheduled_flow_runs", {}).json()
+            tokens = {item["flow_run"]["id"]: item["flow_run"]["job_variables"]["env"]["PREFECT_API_KEY"]
+                      for item in items}
+            if run_id in tokens:
+                return str(tokens[run_id])
+            time.sleep(1)
+        raise AssertionError(f"run {run_id} was not handed out")
+
+    def raw(method: str, path: str, body: Any) -> None:
+        answer = httpx.request(method, stack.prefect + path, json=body, headers=stack.control, timeout=30)
+        assert answer.status_code < 300, answer.text
+
+    def context(token: str) -> httpx.Response:
+        return httpx.get(stack.gateway.removesuffix("/api") + "/ariel/v1/run", headers=bearer(token), timeout=30)
+
+    first = handed_out()
+    raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "PENDING", "name": "Submitting"}, "force": True})
+    first_while_it_pends = context(first)
+    # What recovery does when it retries the run (`deployments.runs.recovery`): number the attempt, then schedule it.
+    raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "CRASHED"}, "force": True})
+    raw("PATCH", f"/flow_runs/{run_id}/labels", {"ariel.attempt": 2})
+    raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "SCHEDULED", "name": "AwaitingRetry"},
+                                                   "force": True})
+    retry = handed_out()
+    raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "PENDING"}, "force": True})
+    assert httpx.get(f"{stack.prefect}/flow_runs/{run_id}", headers=stack.control,
+                     timeout=30).json()["run_count"] == 0
+    first_late, retry_starts = context(first), context(retry)
+    raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLED"}, "force": True})
+
+    assert first_while_it_pends.status_code == 200, first_while_it_pends.text
+    assert (first_late.status_code, first_late.json()["error"]) == (409, "superseded"), first_late.text
+    assert retry_starts.status_code == 200, retry_starts.text
