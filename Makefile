@@ -13,7 +13,7 @@ up: setup
 	$(BIN)/ariel up
 
 test: check docker-host postgres image
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=30
 
 # Everything that needs no container or long-running stack: a quick lane while working.
 test-fast: setup postgres

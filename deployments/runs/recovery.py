@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -164,8 +165,13 @@ async def keep_recovering(
     while True:
         try:
             async with prefect() as client:
+                began = time.monotonic()
+                if failed := await client.api_healthcheck():
+                    raise failed
                 now = datetime.now(UTC)
-                reachable.reached(now)
+                if not reachable.answered(now, took=time.monotonic() - began):
+                    log.info("run recovery: Prefect took %.0f s to answer; silence is judged afresh",
+                             time.monotonic() - began)
                 # Silence is judged a few times a window, not every pass: each judgment reads every Running run.
                 if reachable.long_enough(now, silence) and (judged is None or now - judged >= silence / 4):
                     judged = now

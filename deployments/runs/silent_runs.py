@@ -65,15 +65,41 @@ EVENT_MARGIN = timedelta(minutes=2)
 log = logging.getLogger("ariel.recovery")
 
 
+# A Prefect that took longer than this to answer hung (frozen, swapping) without failing: heartbeats sent meanwhile
+# may land late, so silence is judged afresh after it, as after a failed pass.
+HUNG_SECONDS = 30.0
+
+
 @dataclass
 class Reachability:
-    """Since when the loop has reached Prefect without a failed pass: silence is judged only past a whole window."""
+    """Since when the loop has reached Prefect without a failed or hung pass: silence is judged only past a whole
+    window.
+
+    Example:
+        >>> from datetime import UTC, datetime, timedelta
+        >>> at, window = datetime(2026, 12, 2, tzinfo=UTC), timedelta(seconds=60)
+        >>> reach = Reachability()
+        >>> reach.answered(at, took=0.1), reach.long_enough(at + window, window)
+        (True, True)
+        >>> reach.answered(at + window, took=45.0), reach.long_enough(at + 2 * window, window)  # it hung
+        (False, False)
+        >>> reach.answered(at + 2 * window, took=0.1), reach.long_enough(at + 3 * window, window)
+        (True, True)
+    """
 
     since: datetime | None = None
 
     def reached(self, now: datetime) -> None:
         if self.since is None:
             self.since = now
+
+    def answered(self, now: datetime, took: float) -> bool:
+        """Prefect answered at `now` after `took` seconds; False if that was a hang, which counts as an outage."""
+        if took > HUNG_SECONDS:
+            self.lost()
+            return False
+        self.reached(now)
+        return True
 
     def lost(self) -> None:
         self.since = None

@@ -152,25 +152,32 @@ class Rules:
         """`path` is relative to the API root: `/flow_runs/…`."""
         if (method, path.rstrip("/") or "/") in _OPEN:
             return THROUGH
-        # A state change or a PATCH asks Prefect afresh: a run's own end must never land on the retry after it.
-        if isinstance(scope, RunScope) and method != "GET" and path != "/flow_runs/filter" \
-                and await self.ownership.superseded(scope, fresh=method == "PATCH" or path.endswith("/set_state")):
-            # An attempt that outlived its retry (a container whose kill failed, a machine back on the network) must
-            # not write on the run, nor end the attempt after it.
-            if method == "POST" and path == f"/flow_runs/{scope.run_id}/set_state":
-                # Prefect's own "abort": the engine exits 0 at once, so the worker watching this container reports
-                # no crash on the run, which is the retry's now.
-                return Verdict(201, answer=SUPERSEDED_ABORT)
-            return refused(f"{method} {path} by an earlier attempt of its run, after a retry began,", scope)
         routes = self._run_routes if isinstance(scope, RunScope) else self._pool_routes
         for route_method, pattern, check in routes:
             match = pattern.fullmatch(path)
             if match and route_method == method:
+                # Only a route a run may use costs a Prefect read: a run knocking on others gets its refusal at once.
+                if isinstance(scope, RunScope) and (superseded := await self._superseded(scope, method, path)):
+                    return superseded
                 verdict: Verdict = await check(scope, body, **match.groupdict())
                 if verdict is NOT_FOUND:
                     return _missing(path, match, scope)
                 return verdict
         return refused(f"{method} {path}", scope)
+
+    async def _superseded(self, scope: RunScope, method: str, path: str) -> Verdict | None:
+        """The answer to a write by an attempt that outlived its retry (a container whose kill failed, a machine
+        back on the network): it may not write on the run, nor end the attempt after it. None for anyone else."""
+        if method == "GET" or path == "/flow_runs/filter":
+            return None
+        # A state change or a PATCH asks Prefect afresh: a run's own end must never land on the retry after it.
+        if not await self.ownership.superseded(scope, fresh=method == "PATCH" or path.endswith("/set_state")):
+            return None
+        if method == "POST" and path == f"/flow_runs/{scope.run_id}/set_state":
+            # Prefect's own "abort": the engine exits 0 at once, so the worker watching this container reports
+            # no crash on the run, which is the retry's now.
+            return Verdict(201, answer=SUPERSEDED_ABORT)
+        return refused(f"{method} {path} by an earlier attempt of its run, after a retry began,", scope)
 
     # Worker keys and the pool host ------------------------------------------------------------------------
 
