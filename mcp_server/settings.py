@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from deployments.agents.signing import Ed25519ConfigSigner, SigningKeyInvalid, parse_private_key
 from deployments.images.stdio_catalog import DEFAULT_CATALOG, EVERYTHING_VERSION, StdioServer, parse_catalog
-from deployments.pools.work_pools import DEFAULT_MEMORY_LIMIT
+from deployments.pools.limits import DEFAULT_MEMORY_LIMIT
 from mcp_server.keyfiles import secret_file
 
 AuthMode = Literal["none", "dev", "api_key", "oidc"]

@@ -29,15 +29,12 @@ from prefect.workers.process import ProcessWorker
 from prefect_docker.worker import DockerWorker
 
 from deployments.exceptions import PoolTypeMismatch
+from deployments.pools.limits import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT, DEFAULT_PIDS_LIMIT
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV
 from flows.signing import VERIFY_KEY_ENV
 
 PoolType = Literal["docker", "process"]
 
-DEFAULT_MEMORY_LIMIT = "2g"
-DEFAULT_CPUS = 1.0
-# Enough for Python, litellm and a few tool threads; stops a fork bomb from taking the host.
-DEFAULT_PIDS_LIMIT = 256
 
 
 POOL_PREFIX = "ariel-"
