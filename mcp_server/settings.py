@@ -366,6 +366,16 @@ class ArielSettings(BaseSettings):
         return self.store_url or f"sqlite+aiosqlite:///{self.home / 'ariel.db'}"
 
     @property
+    def store_label(self) -> str:
+        """The store's URL to show a person: without its password."""
+        from sqlalchemy.engine import make_url  # here, not above: `ariel --help` imports these settings
+
+        try:
+            return make_url(self.resolved_store_url).render_as_string(hide_password=True)
+        except Exception:  # an unparsable URL: Store.open says what is wrong with it; show no part of it here
+            return "the store named by ARIEL_STORE_URL"
+
+    @property
     def local_url(self) -> str:
         """The HTTP app as a process on this host reaches it (a wildcard listen address becomes loopback)."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from mcp_server.cli.errors import for_people
 from mcp_server.cli.processes import stop_on_signals
+from mcp_server.cli.progress import slow_step
 from mcp_server.settings import ArielSettings
 
 if TYPE_CHECKING:
@@ -110,11 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int:
-    from deployments.exceptions import DeploymentError
-    from mcp_server.cli.stack import StartupFailed
-    from mcp_server.services.exceptions import ArielError
-    from mcp_server.store import StoreError
-
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
         if command == "up":
@@ -124,16 +121,21 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
         elif command == "mcp":
             _serve_stdio(settings)
         elif command == "create-key":
-            print(asyncio.run(_create_key(settings, args.org, args.owner, args.role, args.name)))
+            with slow_step(f"issuing the key (opening the store at {settings.store_label} first)"):
+                text = asyncio.run(_create_key(settings, args.org, args.owner, args.role, args.name))
+            print(text)
         elif command == "provider":
             print(asyncio.run(_provider(settings, args)))
         elif command == "worker-key":
-            print(asyncio.run(_worker_key(settings, args)))
+            with slow_step("reaching the store and the Prefect API of the running `ariel up`"):
+                text = asyncio.run(_worker_key(settings, args))
+            print(text)
         elif command == "secrets":
             asyncio.run(_rotate_secrets(settings, args.keep_key))
         elif command == "migrate":
-            asyncio.run(_migrate(settings))
-            print(f"store at {settings.resolved_store_url} is up to date")
+            with slow_step(f"applying the store's migrations at {settings.store_label}"):
+                asyncio.run(_migrate(settings))
+            print(f"store at {settings.store_label} is up to date")
         elif command == "build-image":
             from deployments.images.runtime_image import RuntimeImageBuilder
 
@@ -142,7 +144,9 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
             ).ensure()
             if not built:
                 print(f"{settings.runtime_image} is up to date")
-    except (StartupFailed, ArielError, DeploymentError, StoreError) as exc:
+    except Exception as exc:
+        if not for_people(exc):
+            raise
         print(f"ariel {command}: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -230,7 +234,6 @@ async def _host_caller(services: Services, org_slug: str | None, label: str) -> 
 async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
     from pydantic import SecretStr
 
-    from mcp_server.services.container import open_services
     from mcp_server.services.exceptions import InvalidRequest
 
     api_url, pool_type = _running(settings)
@@ -239,12 +242,16 @@ async def _provider(settings: ArielSettings, args: argparse.Namespace) -> str:
                              "openai-main`")
     key = None
     if args.action == "set":
-        # Read before connecting, and never from the command line, where `ps` and shell history would keep it.
+        # Read before connecting (and before the slow imports: the prompt comes at once), and never from the
+        # command line, where `ps` and shell history would keep it.
         key = SecretStr(getpass.getpass(f"API key for {args.name}: ") if sys.stdin.isatty() else sys.stdin.readline())
-    async with open_services(settings, api_url, pool_type) as services:
-        caller = await _host_caller(services, args.org, "ariel provider (cli)")
-        action = {"set": "set_provider", "list": "list", "delete": "delete_provider"}[args.action]
-        view = await services.secrets.manage(caller, action, args.name, key, args.api_base, args.yes)  # type: ignore[arg-type]  # argparse choices
+    with slow_step("reaching the store and the Prefect API of the running `ariel up`"):
+        from mcp_server.services.container import open_services
+
+        async with open_services(settings, api_url, pool_type) as services:
+            caller = await _host_caller(services, args.org, "ariel provider (cli)")
+            action = {"set": "set_provider", "list": "list", "delete": "delete_provider"}[args.action]
+            view = await services.secrets.manage(caller, action, args.name, key, args.api_base, args.yes)  # type: ignore[arg-type]  # argparse choices
     lines = [view.done]
     lines += [f"  {p.name}  {p.api_base or '(provider default)'}  used by: {', '.join(p.used_by) or 'none'}"
               for p in view.providers if args.action == "list"]

@@ -21,6 +21,7 @@ from deployments.exceptions import ImageBuildFailed
 from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, control_plane_hosts
+from mcp_server.cli.errors import StartupFailed
 from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
 from mcp_server.gateway import GATEWAY_PATH
@@ -32,10 +33,6 @@ from mcp_server.settings import ArielSettings
 from mcp_server.store import Organization
 
 RUNTIME_FILE = "runtime.json"
-
-
-class StartupFailed(Exception):
-    """`ariel up` cannot start; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from mcp_server.store._run_steps import RunStepRecord
 from mcp_server.store._store import Store
 from mcp_server.store._tool_servers import ToolServerRecord
 from mcp_server.store._worker_keys import WorkerKeyRecord
-from mcp_server.store.exceptions import Conflict, StoreError
+from mcp_server.store.exceptions import Conflict, StoreError, Unreachable
 
 __all__ = [
     "AgentRecord",
@@ -37,6 +37,7 @@ __all__ = [
     "StoreError",
     "RunStepRecord",
     "ToolServerRecord",
+    "Unreachable",
     "User",
     "WorkerKeyRecord",
     "new_id",

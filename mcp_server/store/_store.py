@@ -17,7 +17,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, select, text, true
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from mcp_server.store._audit import AuditQueries
@@ -29,7 +29,7 @@ from mcp_server.store._schema import agent_versions, agents, installation, organ
 from mcp_server.store._secrets import SecretQueries
 from mcp_server.store._tool_servers import ToolServerQueries
 from mcp_server.store._worker_keys import WorkerKeyQueries
-from mcp_server.store.exceptions import Conflict
+from mcp_server.store.exceptions import Conflict, Unreachable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -49,6 +49,12 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
         store = cls(engine)
         try:
             await store.migrate()
+        except (OperationalError, InterfaceError) as exc:
+            await engine.dispose()
+            said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise Unreachable(f"the store at {engine.url.render_as_string(hide_password=True)} cannot be reached: "
+                              f"{said[0][:300] if said else type(exc).__name__}; check ARIEL_STORE_URL and that "
+                              "the database is running") from None
         except BaseException:
             await engine.dispose()
             raise

@@ -1,8 +1,9 @@
 """Errors of the store; their messages are written for people and hold no secrets.
 
-    StoreError      base
-    └── Conflict    a write clashes with existing rows (a taken slug, a
-                    concurrent change, the last owner, an existing member)
+    StoreError        base
+    ├── Conflict      a write clashes with existing rows (a taken slug, a
+    │                 concurrent change, the last owner, an existing member)
+    └── Unreachable   the database does not answer, or refuses the connection
 
 The services translate them into their own errors at the edge
 (`mcp_server.services.audit.audited`, the tools' error middleware, the CLI).
@@ -17,3 +18,7 @@ class StoreError(Exception):
 
 class Conflict(StoreError):
     """A write clashes with existing rows; the message says which and what to do."""
+
+
+class Unreachable(StoreError):
+    """The store's database does not answer or refuses the connection; the message names it without a password."""

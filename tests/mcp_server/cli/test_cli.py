@@ -15,6 +15,11 @@ def ariel(*args: str, stdin: str | None = None, **env: str) -> subprocess.Comple
     )
 
 
+def last_line(stderr: str) -> str:
+    """The error a command ended with: on a slow host progress lines come first ("ariel: reaching the store …")."""
+    return stderr.strip().splitlines()[-1]
+
+
 def test_a_port_that_is_not_a_number_names_the_variable(tmp_path: Path) -> None:
     done = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_PORT="eighty")
     assert done.returncode == 2
@@ -68,9 +73,20 @@ async def test_create_key_bootstraps_an_org_and_prints_a_working_key_once(tmp_pa
 def test_create_key_refuses_an_org_name_that_is_not_a_slug(tmp_path: Path) -> None:
     done = ariel("create-key", "Acme Corp", "--owner", "ada@example.com", ARIEL_HOME=str(tmp_path))
     assert done.returncode == 1
-    assert done.stderr.strip() == (
+    assert last_line(done.stderr) == (
         "ariel create-key: org: 'Acme Corp' is not a slug; use lowercase letters, digits and '-', e.g. 'acme-corp'"
     )
+
+
+def test_a_store_that_does_not_answer_is_named_without_its_password(tmp_path: Path) -> None:
+    # Port 9 on loopback: nothing listens there, so the connection is refused at once.
+    url = "postgresql+psycopg://ariel:hunter2-secret@127.0.0.1:9/ariel"
+    for command in (("migrate",), ("create-key", "acme", "--owner", "ada@example.com")):
+        done = ariel(*command, ARIEL_HOME=str(tmp_path), ARIEL_STORE_URL=url)
+        assert done.returncode == 1, done.stderr
+        assert last_line(done.stderr).startswith(f"ariel {command[0]}: the store at postgresql+psycopg://ariel:***@127.0.0.1:9/"
+                                      "ariel cannot be reached: "), done.stderr
+        assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
 
 
 async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp_path: Path, prefect_api: str) -> None:
@@ -103,7 +119,7 @@ async def test_provider_set_reads_the_key_from_stdin_and_list_never_shows_it(tmp
     gone = ariel("provider", "delete", "openai-main", **env)
     assert gone.returncode == 0 and "gone" in gone.stdout
     again = ariel("provider", "delete", "openai-main", **env)
-    assert again.returncode == 1 and again.stderr.strip() == (
+    assert again.returncode == 1 and last_line(again.stderr) == (
         "ariel provider: no provider 'openai-main'; manage_secrets list shows the providers here")
 
 
@@ -170,4 +186,5 @@ def test_worker_key_create_prints_the_key_once_with_its_start_command_and_revoke
     revoked = ariel("worker-key", "revoke", prefix, **env)
     assert revoked.returncode == 0 and f"worker key {prefix} no longer works" in revoked.stdout, revoked.stderr
     missing = ariel("worker-key", "create", "x", "--org", "nope", **env)
-    assert (missing.returncode, missing.stderr.strip()) == (1, "ariel worker-key: no org 'nope' in this installation")
+    assert (missing.returncode, last_line(missing.stderr)) == (
+        1, "ariel worker-key: no org 'nope' in this installation")
