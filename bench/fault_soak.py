@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +50,7 @@ from prefect.client.schemas.filters import (  # noqa: E402
 )
 from prefect.client.schemas.objects import FlowRun  # noqa: E402
 
+from bench.cleanup import remove_containers  # noqa: E402
 from tests.mcp_server.callers import ask  # noqa: E402
 from tests.support import ArielUp, Effects, ariel_up, child_pid, effect_script, http_service, token_of  # noqa: E402
 
@@ -227,20 +227,6 @@ async def print_history(run: Soak, lost: FlowRun) -> None:
                 print(f"  {state.timestamp:%H:%M:%S} {state.name}: {(state.message or '')[:200]}")
     except Exception as exc:  # noqa: BLE001 - the rest of the report still prints
         print(f"  its states could not be read ({type(exc).__name__})")
-
-
-def remove_containers(pool: str) -> None:
-    """This install's run containers only (by their pool label), whatever the soak left."""
-    if not pool:
-        return
-    engine = docker.from_env()
-    try:
-        for container in engine.containers.list(all=True, filters={"label": f"io.prefect.work-pool-name={pool}"}):
-            # Run containers remove themselves when they end: one may be on its way out already.
-            with suppress(docker.errors.NotFound, docker.errors.APIError):
-                container.remove(force=True)
-    finally:
-        engine.close()
 
 
 def main() -> None:

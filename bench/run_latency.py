@@ -5,8 +5,13 @@ Measured in one run, on one Prefect server and one runtime image, for:
   (b) a default Prefect Docker worker (stock job template and settings, polling
       every 10 s), the same flow and parameters, started with the Prefect client.
 
-Times come from the log line's own timestamp and the run's end time, both on
-this machine's clock, so how often this script polls does not change them.
+Runs alternate between the two, so a busy spell of a shared machine falls on
+both. Times come from the log line's own timestamp and the run's end time, both
+on this machine's clock, so how often this script polls does not change them.
+A run that times out or fails is counted as such and left out of the
+percentiles; the table prints whatever happened. The benchmark stops its own
+worker and removes the containers of its own pools only (pool names unique to
+this benchmark run).
 
 Usage: python bench/run_latency.py [--runs 5]   (needs Docker and the runtime image)
 """
@@ -17,11 +22,12 @@ import argparse
 import asyncio
 import copy
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
@@ -35,6 +41,8 @@ from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa: E402
 from prefect_docker.worker import DockerWorker  # noqa: E402
 
+from bench.cleanup import remove_containers, stop_group  # noqa: E402
+from bench.samples import Samples  # noqa: E402
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
 from deployments.agents.signing import Ed25519ConfigSigner  # noqa: E402
 from deployments.agents.spec import AgentSpec  # noqa: E402
@@ -48,10 +56,37 @@ AGENT = {
     "script": [{"reply": "done"}],
 }
 FIRST_LINE = "Agent 'Latency probe'"
-BASELINE_POOL = "bench-prefect-default"
+RUN_TIMEOUT = 120.0
 
 
-async def measure(client: PrefectClient, run_id: UUID, started: datetime, timeout: float = 120) -> tuple[float, float]:
+@dataclass
+class RunPath:
+    """One way of starting a run, and what its runs measured."""
+
+    name: str
+    first_line: Samples = field(default_factory=Samples)
+    completed: Samples = field(default_factory=Samples)
+
+    async def record(self, client: PrefectClient, run_id: UUID, started: datetime) -> None:
+        try:
+            first, done = await measure(client, run_id, started)
+        except TimeoutError:
+            self.first_line.timeouts += 1
+            self.completed.timeouts += 1
+            print(f"  {self.name}: run {run_id} timed out after {RUN_TIMEOUT:.0f} s", flush=True)
+            return
+        except RuntimeError as exc:
+            self.first_line.errors += 1
+            self.completed.errors += 1
+            print(f"  {self.name}: {exc}", flush=True)
+            return
+        self.first_line.seconds.append(first)
+        self.completed.seconds.append(done)
+        print(f"  {self.name}: first line {first:.2f} s, completed {done:.2f} s", flush=True)
+
+
+async def measure(client: PrefectClient, run_id: UUID, started: datetime,
+                  timeout: float = RUN_TIMEOUT) -> tuple[float, float]:
     """Seconds from `started` to the agent's first log line, and to the run's end."""
     deadline = time.monotonic() + timeout
     first: float | None = None
@@ -72,67 +107,66 @@ async def measure(client: PrefectClient, run_id: UUID, started: datetime, timeou
     raise TimeoutError(f"run {run_id} did not finish in {timeout} s")
 
 
-async def ariel_runs(mcp_url: str, api_url: str, runs: int) -> list[tuple[float, float]]:
-    results = []
-    async with Client(mcp_url) as mcp, PrefectClient(api_url) as client:
-        await mcp.call_tool("create_agent", AGENT)
-        await mcp.call_tool("update_agent", {"agent": "latency-probe", "action": "approve"})
-        for _ in range(runs):
-            started = datetime.now(UTC)
-            run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content
-            results.append(await measure(client, UUID(run["id"]), started))
-    return results
-
-
-async def baseline_runs(api_url: str, image: str, runs: int) -> list[tuple[float, float]]:
+async def baseline_deployment(client: PrefectClient, pool: str, image: str) -> UUID:
+    """The same agent on a pool of the stock Docker worker: its default template, only the image changed."""
     template = copy.deepcopy(DockerWorker.get_default_base_job_template())
-    template["variables"]["properties"]["image"]["default"] = image  # the same code; all else stock
+    template["variables"]["properties"]["image"]["default"] = image
     # The runtime refuses a configuration it cannot check: sign with a key of this benchmark's own.
     signer = Ed25519ConfigSigner.generate()
     template["variables"]["properties"]["env"]["default"] = {VERIFY_KEY_ENV: signer.verify_key}
-    results = []
-    async with PrefectClient(api_url) as client:
-        await client.create_work_pool(WorkPoolCreate(name=BASELINE_POOL, type="docker", base_job_template=template))
-        spec = AgentSpec.parse({**AGENT, "name": "Latency probe baseline"})
-        config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(
-            update={"name": "Latency probe", "approved": True}
-        )
-        target = DeploymentTarget(pool_name=BASELINE_POOL, org_id="bench")
-        desired = compile_agent(config, "latency-probe-baseline", "bench", None, target, signer=signer)
-        deployment_id = await apply(client, desired)
-        for _ in range(runs):
+    await client.create_work_pool(WorkPoolCreate(name=pool, type="docker", base_job_template=template))
+    spec = AgentSpec.parse({**AGENT, "name": "Latency probe baseline"})
+    config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(
+        update={"name": "Latency probe", "approved": True}
+    )
+    desired = compile_agent(config, "latency-probe-baseline", "bench", None,
+                            DeploymentTarget(pool_name=pool, org_id="bench"), signer=signer)
+    return await apply(client, desired)
+
+
+async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int, ariel: RunPath,
+                    baseline: RunPath, pools: list[str]) -> None:
+    """`runs` rounds of one Ariel run and one default-worker run; `pools` gets Ariel's pool as soon as it is known."""
+    async with Client(mcp_url) as mcp, PrefectClient(api_url) as client:
+        await mcp.call_tool("create_agent", AGENT)
+        await mcp.call_tool("update_agent", {"agent": "latency-probe", "action": "approve"})
+        pools.append((await mcp.call_tool("get_agent", {"agent": "latency-probe"})).structured_content["work_pool"])
+        deployment_id = await baseline_deployment(client, pool, image)
+        for index in range(runs):
+            print(f"round {index + 1} of {runs}", flush=True)
             started = datetime.now(UTC)
-            run = await client.create_flow_run_from_deployment(deployment_id)
-            results.append(await measure(client, run.id, started))
-    return results
+            run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content
+            await ariel.record(client, UUID(run["id"]), started)
+            started = datetime.now(UTC)
+            made = await client.create_flow_run_from_deployment(deployment_id)
+            await baseline.record(client, made.id, started)
 
 
-def remove_baseline_containers() -> None:
-    """The stock template keeps exited containers; remove the ones this benchmark made."""
-    import docker
-
-    client = docker.from_env()
-    for container in client.containers.list(all=True, filters={"label": f"io.prefect.work-pool-name={BASELINE_POOL}"}):
-        container.remove(force=True)
-    client.close()
+def cell(samples: Samples, fraction: float) -> str:
+    value = samples.percentile(fraction)
+    return "—" if value is None else f"{value:.2f} s"
 
 
-def p50(values: list[float]) -> float:
-    return statistics.median(values)
+def ratio(a: Samples, b: Samples, fraction: float) -> str:
+    x, y = a.percentile(fraction), b.percentile(fraction)
+    return "—" if x is None or y is None or y == 0 else f"{x / y:.2f}"
 
 
-def table(ariel: list[tuple[float, float]], baseline: list[tuple[float, float]]) -> str:
+def table(ariel: RunPath, baseline: RunPath) -> str:
     rows = [
-        f"| measure (p50 of {len(ariel)} runs) | Ariel | default Prefect Docker worker | Ariel / default |",
+        f"| measure ({len(ariel.completed.seconds)} + {len(baseline.completed.seconds)} good runs) | Ariel | "
+        "default Prefect Docker worker | Ariel / default |",
         "| --- | --- | --- | --- |",
     ]
-    for index, label in ((0, "run_agent → first agent log line"), (1, "run_agent → run completed")):
-        a = p50([r[index] for r in ariel])
-        b = p50([r[index] for r in baseline])
-        rows.append(f"| {label} | {a:.2f} s | {b:.2f} s | {a / b:.2f} |")
-    for name, values in (("Ariel", ariel), ("default", baseline)):
-        completed = ", ".join(f"{r[1]:.2f}" for r in values)
-        rows.append(f"\n{name} completion times (s): {completed}")
+    for label, a, b in (("first agent log line", ariel.first_line, baseline.first_line),
+                        ("run completed", ariel.completed, baseline.completed)):
+        for name, fraction in (("p50", 0.5), ("p95", 0.95)):
+            rows.append(f"| run_agent → {label}, {name} | {cell(a, fraction)} | {cell(b, fraction)} | "
+                        f"{ratio(a, b, fraction)} |")
+    for path in (ariel, baseline):
+        completed = ", ".join(f"{value:.2f}" for value in path.completed.seconds) or "none"
+        rows.append(f"\n{path.name}: completion times (s) {completed}; timed out {path.completed.timeouts}, "
+                    f"failed {path.completed.errors}")
     return "\n".join(rows)
 
 
@@ -141,25 +175,31 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of each path (default 5)")
     parser.add_argument("--image", default="ariel-runtime:local", help="runtime image both paths run")
     args = parser.parse_args()
+    baseline_pool = f"bench-latency-{uuid.uuid4().hex[:8]}"  # its containers' label is this run's alone
+    ariel, baseline = RunPath("Ariel"), RunPath("default")
+    pools = [baseline_pool]
     with tempfile.TemporaryDirectory(prefix="ariel-bench-") as tmp:
         home = Path(tmp)
         with prefect_server(home / "prefect") as api_url, ariel_up(home / "ariel", "docker", api_url) as up:
             print(f"Prefect API {api_url}; Ariel MCP {up.mcp_url}", flush=True)
-            print(f"(a) Ariel: {args.runs} runs ...", flush=True)
-            ariel = asyncio.run(ariel_runs(up.mcp_url, api_url, args.runs))
             env = test_env(home / "worker")
             env["PREFECT_API_URL"] = api_url
             worker = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool", BASELINE_POOL, "--type", "docker"],
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", baseline_pool, "--type", "docker"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             try:
-                print(f"(b) default Prefect Docker worker: {args.runs} runs ...", flush=True)
-                baseline = asyncio.run(baseline_runs(api_url, args.image, args.runs))
+                print(f"{args.runs} runs each, alternating Ariel and the default Prefect Docker worker", flush=True)
+                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, ariel, baseline,
+                                      pools))
+            except KeyboardInterrupt:
+                print("interrupted: stopping what the benchmark started", flush=True)
+            except Exception as exc:  # the table still prints with what was measured
+                print(f"the benchmark stopped early: {type(exc).__name__}: {exc}", flush=True)
             finally:
-                os.killpg(worker.pid, 2)
-                worker.wait(timeout=30)
-                remove_baseline_containers()
+                stop_group(worker)
+                for pool in pools:
+                    remove_containers(pool)
     print()
     print(table(ariel, baseline))
 

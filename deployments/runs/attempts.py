@@ -19,6 +19,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
 
 LABEL_PREFIX = "ariel."
 ATTEMPT_LABEL = "ariel.attempt"
@@ -31,3 +36,10 @@ def attempt_of(labels: Mapping[str, object] | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < FIRST_ATTEMPT:
         return FIRST_ATTEMPT
     return value
+
+
+async def number_attempt(client: PrefectClient, run_id: UUID, attempt: int) -> None:
+    """Raise the run's attempt number to `attempt` (never lower it): from now on only a token of that attempt acts."""
+    run = await client.read_flow_run(run_id)
+    if attempt_of(run.labels) < attempt:
+        await client.update_flow_run_labels(run_id, {ATTEMPT_LABEL: attempt})

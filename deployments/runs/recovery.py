@@ -48,7 +48,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
-from deployments.runs.attempts import ATTEMPT_LABEL
+from deployments.runs.attempts import attempt_of, number_attempt
 from deployments.runs.logs import read_log_page
 from deployments.runs.silent_runs import (
     SILENCE_SECONDS,
@@ -99,13 +99,18 @@ async def retry_failed_infrastructure(
         if done >= max_retries:
             continue
         pause = FIRST_PAUSE_SECONDS * 2**done
-        # Numbered before it is scheduled: the token a worker gets for it then names this attempt, and every token of
-        # an earlier one (whose container may yet start, or come back) is stale from this moment.
-        await client.update_flow_run_labels(run.id, {ATTEMPT_LABEL: done + 2})
+        # A silent or stuck run was numbered past already when it was set Crashed (`deployments.runs.silent_runs`).
+        attempt = max(done + 2, attempt_of(run.labels))
         message = (f"{RETRY_MARK} after its infrastructure failed ({reason[:300]}): attempt {done + 2} of "
                    f"{max_retries + 1}; it resumes from its journal, and makes no completed step again")
+        # Numbered before it is scheduled: the token a worker gets for it then names this attempt, and every token of
+        # an earlier one (whose container may yet start, or come back) is stale from this moment.
+        await number_attempt(client, run.id, attempt)
         await client.set_flow_run_state(run.id, AwaitingRetry(scheduled_time=now + timedelta(seconds=pause),
                                                               message=message), force=True)
+        # Prefect merges labels by reading and writing them whole: a worker's own label write that overlapped ours
+        # (a worker that stalled as it started the run) can put the old number back. Checked once it is scheduled.
+        await number_attempt(client, run.id, attempt)
         retried.append(Retried(run.id, done + 2, reason))
     return retried
 
@@ -166,8 +171,9 @@ async def keep_recovering(
         try:
             async with prefect() as client:
                 began = time.monotonic()
-                if failed := await client.api_healthcheck():
-                    raise failed
+                # Prefect's readiness check reaches its database (its health check does not): a locked or
+                # exhausted database hangs here as it hangs the writes of the runs' heartbeats.
+                await client.request("GET", "/ready")
                 now = datetime.now(UTC)
                 if not reachable.answered(now, took=time.monotonic() - began):
                     log.info("run recovery: Prefect took %.0f s to answer; silence is judged afresh",
@@ -179,11 +185,18 @@ async def keep_recovering(
                         for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
                             log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
                                         silence)
-                        for run_id in await crash_stuck_starts(client, pool_prefix, start, now):
-                            log.warning("run %s: taken by a worker and not started within %s: set Crashed", run_id,
-                                        start)
                     except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # the retries below still run
                         log.info("run recovery: silent runs could not be listed this pass (%s)", type(exc).__name__)
+                    # A run Pending through an outage did not change because nothing could: judged only once
+                    # Prefect has answered for a whole start window.
+                    if reachable.long_enough(now, start):
+                        try:
+                            for run_id in await crash_stuck_starts(client, pool_prefix, start, now):
+                                log.warning("run %s: taken by a worker and not started within %s: set Crashed",
+                                            run_id, start)
+                        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+                            log.info("run recovery: runs starting could not be listed this pass (%s)",
+                                     type(exc).__name__)
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)

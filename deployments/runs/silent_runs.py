@@ -50,6 +50,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from deployments.pools.work_pools import HEARTBEAT_SECONDS
+from deployments.runs.attempts import attempt_of, number_attempt
 
 # Four intervals: a loaded host delays a heartbeat by seconds, not by minutes.
 SILENCE_SECONDS = 4 * HEARTBEAT_SECONDS
@@ -133,6 +134,7 @@ async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: ti
             log.info("run %s: its heartbeats could not be read this pass (%s)", run.id, type(exc).__name__)
             continue
         if result.status == SetStateStatus.ACCEPT:
+            await _supersede(client, run)
             crashed.append(run.id)
     return crashed
 
@@ -148,8 +150,9 @@ async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_time
             continue
         try:
             again = await client.read_flow_run(run.id)
-            if again.state is None or run.state is None or again.state.id != run.state.id:
-                continue  # it moved on since it was listed
+            if again.state is None or run.state is None or again.state.id != run.state.id \
+                    or again.updated != run.updated:
+                continue  # it moved on since it was listed (its worker recorded the container it started)
             waited = int((now - run.updated).total_seconds())
             result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
                 f"{STUCK_MARK}: it was {run.state.name} for {waited} s with no container reporting in: its worker "
@@ -158,8 +161,15 @@ async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_time
             log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
             continue
         if result.status == SetStateStatus.ACCEPT:
+            await _supersede(client, run)
             crashed.append(run.id)
     return crashed
+
+
+async def _supersede(client: PrefectClient, run: FlowRun) -> None:
+    """Make every token of the attempt just crashed stale at once, not only when recovery schedules the retry: a
+    container that turns up meanwhile could otherwise take the Crashed run back to Running."""
+    await number_attempt(client, run.id, attempt_of(run.labels) + 1)
 
 
 async def _running_since(client: PrefectClient, before: datetime) -> list[FlowRun]:

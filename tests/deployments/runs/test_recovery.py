@@ -151,10 +151,26 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
             await client.set_flow_run_state(made.id, Pending(), force=True)
             return made
 
-        stuck, elsewhere = await pending_in(pools[0]), await pending_in(pools[1])
+        stuck, elsewhere, killed = await pending_in(pools[0]), await pending_in(pools[1]), await pending_in(pools[0])
+        # Its worker saw its container die and said so: not numbered past until recovery schedules the retry.
+        await client.set_flow_run_state(killed.id, Crashed(message="exited with non-zero status code 1"), force=True)
         await asyncio.sleep(start_timeout.total_seconds() + 1)
         starting = await pending_in(pools[0])
         crashed = await crash_stuck_starts(client, install, start_timeout, datetime.now(UTC))
+        # Stale at once: a container of the crashed attempt that turns up before the retry is scheduled gets nothing.
+        numbered_when_crashed = attempt_of((await client.read_flow_run(stuck.id)).labels)
+        calls: list[str] = []
+        label, schedule = client.update_flow_run_labels, client.set_flow_run_state
+
+        async def labelling(run_id: Any, labels: Any) -> Any:
+            calls.append(f"label {run_id} {labels}")
+            return await label(run_id, labels)
+
+        async def scheduling(run_id: Any, state: Any, **kwargs: Any) -> Any:
+            calls.append(f"state {run_id} {state.name}")
+            return await schedule(run_id, state, **kwargs)
+
+        client.update_flow_run_labels, client.set_flow_run_state = labelling, scheduling  # type: ignore[method-assign,assignment]
         retried = await retry_failed_infrastructure(client, install, now=datetime.now(UTC) + timedelta(seconds=10))
         after = {name: await client.read_flow_run(made.id)
                  for name, made in (("stuck", stuck), ("elsewhere", elsewhere), ("starting", starting))}
@@ -162,8 +178,11 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
         for pool in pools:
             await client.delete_work_pool(pool)
 
-    assert crashed == [stuck.id]
-    assert [(r.run_id, r.attempt) for r in retried] == [(stuck.id, 2)]
+    assert crashed == [stuck.id] and numbered_when_crashed == 2
+    assert sorted((str(r.run_id), r.attempt) for r in retried) == sorted([(str(stuck.id), 2), (str(killed.id), 2)])
+    # Numbered before it is scheduled: no worker can be handed the retry with the earlier attempt's number.
+    assert [call for call in calls if str(killed.id) in call] == [
+        f"label {killed.id} {{'{ATTEMPT_LABEL}': 2}}", f"state {killed.id} AwaitingRetry"]
     assert after["stuck"].state is not None and after["stuck"].state.name == "AwaitingRetry"
     assert attempt_of(after["stuck"].labels) == 2 and after["stuck"].labels[ATTEMPT_LABEL] == 2
     assert any(message.startswith(STUCK_MARK) for message in history), history
