@@ -561,8 +561,9 @@ class ToolServerService:
         approver = None
         if record.reason == LISTING_THEN_APPROVED and asked.get("asked_by"):
             approver = await self._admin_now(record, str(asked["asked_by"]), run_id)
-        await self._update(record, listing={**asked, "state": "listed", "problem": None, "at": now})
-        updated, changes, flagged = await self._record_listing(await self._find_record(record), listed, approver)
+        # One write with the tools: a reader never sees the server "listed" with no tools yet.
+        updated, changes, flagged = await self._record_listing(
+            record, listed, approver, listing={**asked, "state": "listed", "problem": None, "at": now})
         said = f"MCP server {record.name!r} lists {len(listed)} tool(s)"
         if changes:
             return f"{said}, some changed since approval: runs refuse those until an admin approves again"
@@ -577,12 +578,6 @@ class ToolServerService:
             return None
         return Caller(user_id=user_id, user_label=member.user.label, org_id=record.org_id, org_slug="", org_name="",
                       role=member.role, source="local", origin=f"listing run {run_id}")
-
-    async def _find_record(self, record: ToolServerRecord) -> ToolServerRecord:
-        found = await self.store.get_tool_server(record.org_id, record.id)
-        if found is None:
-            raise _missing(record.name)
-        return found
 
     # helpers
 
@@ -614,7 +609,8 @@ class ToolServerService:
             return f"{listed}; it is {_held(flagged)}."
         return f"{listed}; it is pending until an admin approves it (manage_tools approve)."
 
-    async def _record_listing(self, found: ToolServerRecord, tools: list[ListedTool], approver: Caller | None
+    async def _record_listing(self, found: ToolServerRecord, tools: list[ListedTool], approver: Caller | None,
+                              listing: dict[str, Any] | None = None,
                               ) -> tuple[ToolServerRecord, list[str], dict[str, list[str]]]:
         """Keep what the server listed now: (the record, changes since approval, flagged tools).
 
@@ -625,6 +621,8 @@ class ToolServerService:
         changes = _changes(tools, found.pins) if found.status == "approved" else []
         flagged = _flagged(tools)
         values: dict[str, Any] = {"tools": [tool.as_json() for tool in tools]}
+        if listing is not None:  # a worker's report: where its listing stands, in the same write as what it listed
+            values["listing"] = listing
         approve = (found.status == "pending" and found.reason in (SIGN_IN_THEN_APPROVED, LISTING_THEN_APPROVED)
                    and not flagged and approver is not None)
         if approve:
