@@ -35,7 +35,8 @@ from uuid import UUID
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fastmcp import Client  # noqa: E402 - after the path and environment are set
+import docker  # noqa: E402 - after the path and environment are set
+from fastmcp import Client  # noqa: E402
 from prefect.client.orchestration import PrefectClient  # noqa: E402
 from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa: E402
@@ -66,6 +67,7 @@ class RunPath:
     name: str
     first_line: Samples = field(default_factory=Samples)
     completed: Samples = field(default_factory=Samples)
+    exited: Samples = field(default_factory=Samples)  # the run's end → its container no longer running
 
     async def record(self, client: PrefectClient, run_id: UUID, started: datetime) -> None:
         try:
@@ -82,7 +84,30 @@ class RunPath:
             return
         self.first_line.seconds.append(first)
         self.completed.seconds.append(done)
-        print(f"  {self.name}: first line {first:.2f} s, completed {done:.2f} s", flush=True)
+        lingered = await container_exit(run_id, started.timestamp() + done)
+        if lingered is None:
+            self.exited.timeouts += 1
+        else:
+            self.exited.seconds.append(lingered)
+        shown = "timed out" if lingered is None else f"{lingered:.2f} s"
+        print(f"  {self.name}: first line {first:.2f} s, completed {done:.2f} s, container ended {shown} after",
+              flush=True)
+
+
+async def container_exit(run_id: UUID, ended_at: float, timeout: float = 60) -> float | None:
+    """Seconds from the run's end (epoch `ended_at`) until its container no longer runs (exited or removed)."""
+    engine = docker.from_env()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}",
+                                                      "status": "running"})
+            if not running:
+                return max(0.0, time.time() - ended_at)
+            await asyncio.sleep(0.05)
+        return None
+    finally:
+        engine.close()
 
 
 async def measure(client: PrefectClient, run_id: UUID, started: datetime,
@@ -158,10 +183,11 @@ def table(ariel: RunPath, baseline: RunPath) -> str:
         "default Prefect Docker worker | Ariel / default |",
         "| --- | --- | --- | --- |",
     ]
-    for label, a, b in (("first agent log line", ariel.first_line, baseline.first_line),
-                        ("run completed", ariel.completed, baseline.completed)):
+    for label, a, b in (("run_agent → first agent log line", ariel.first_line, baseline.first_line),
+                        ("run_agent → run completed", ariel.completed, baseline.completed),
+                        ("run completed → its container ended", ariel.exited, baseline.exited)):
         for name, fraction in (("p50", 0.5), ("p95", 0.95)):
-            rows.append(f"| run_agent → {label}, {name} | {cell(a, fraction)} | {cell(b, fraction)} | "
+            rows.append(f"| {label}, {name} | {cell(a, fraction)} | {cell(b, fraction)} | "
                         f"{ratio(a, b, fraction)} |")
     for path in (ariel, baseline):
         completed = ", ".join(f"{value:.2f}" for value in path.completed.seconds) or "none"

@@ -200,3 +200,42 @@ async def test_a_run_whose_machine_vanishes_is_retried_and_its_old_attempt_when_
     assert Counting.seen["GET /held"] == 2, Counting.seen  # a GET in flight is made again: it changes nothing
     assert exit_code == 0  # its worker, had it lived, would have reported no crash on the retry
     assert after.state.type.value == "COMPLETED" and len(states_after) == len(states), names
+
+
+async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and_its_container_goes(
+    stack: ArielUp, service: str, prefect_api: str
+) -> None:
+    """Cancelling stops the run mid-step and its container goes: that is the person's decision, not a crash for
+    recovery to retry. (Prefect's `flow-run execute` supervisor in the container watches for the cancel: a run
+    command without it, tried for issue #13, kept running until its next step was refused.)"""
+    async with Client(stack.mcp_url) as chat:
+        slug = await agent(chat, "Check until cancelled", service, [
+            {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
+            {"reply": "Checked: {last_tool_result}"},
+        ])
+        Counting.reset()
+        run = await ask(chat, "run_agent", agent=slug)
+        run_id = str(run["id"])
+        assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+        await ask(chat, "cancel_run", run=run_id)
+        engine = docker.from_env()
+        try:
+            wait_until(lambda: not engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"}),
+                       120, "the cancelled run's container to go")
+        finally:
+            engine.close()
+        Counting.release.set()
+        async with PrefectClient(prefect_api) as prefect:
+            for _ in range(30):  # the worker records Cancelled once it has stopped the container
+                ended = await prefect.read_flow_run(UUID(run_id))
+                if ended.state and ended.state.type.value == "CANCELLED":
+                    break
+                await asyncio.sleep(1)
+            # Past what recovery would take to retry a crash (its pass, the settle time, the first pause).
+            await asyncio.sleep(15)
+            after = await prefect.read_flow_run(UUID(run_id))
+            names = [state.name for state in await prefect.read_flow_run_states(UUID(run_id))]
+
+    assert after.state is not None and after.state.type.value == "CANCELLED", names
+    assert "AwaitingRetry" not in names and "Crashed" not in names, names
+    assert Counting.seen["GET /held"] == 1, Counting.seen
