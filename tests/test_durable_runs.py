@@ -82,19 +82,25 @@ def stack(docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPa
         yield up
 
 
-async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
-    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id."""
+async def start_to_hold(chat: Client[Any], slug: str) -> str:
+    """Run the agent until its request to /held is open; the run's id."""
     Counting.reset()
     run = await ask(chat, "run_agent", agent=slug)
     assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+    return str(run["id"])
+
+
+async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
+    """Run the agent, and `docker kill` its container while its request to /held is open; the run's id."""
+    run_id = await start_to_hold(chat, slug)
     engine = docker.from_env()
     try:
-        [container] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run['id']}"})
+        [container] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"})
         container.kill()
     finally:
         engine.close()
     Counting.release.set()  # from now on /held answers at once
-    return str(run["id"])
+    return run_id
 
 
 async def settled(prefect_api: str, run_id: str, timeout: float = 420) -> Any:
@@ -172,10 +178,7 @@ async def test_a_run_whose_machine_vanishes_is_retried_and_its_old_attempt_when_
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
             {"reply": "Checked: {last_tool_result}"},
         ])
-        Counting.reset()
-        run = await ask(chat, "run_agent", agent=slug)
-        run_id = str(run["id"])
-        assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+        run_id = await start_to_hold(chat, slug)
         worker = child_pid(stack, "worker")
         assert worker is not None, "no worker host under ariel up"
         os.kill(worker, signal.SIGKILL)
@@ -213,10 +216,7 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
             {"reply": "Checked: {last_tool_result}"},
         ])
-        Counting.reset()
-        run = await ask(chat, "run_agent", agent=slug)
-        run_id = str(run["id"])
-        assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+        run_id = await start_to_hold(chat, slug)
         await ask(chat, "cancel_run", run=run_id)
         engine = docker.from_env()
         try:

@@ -123,17 +123,14 @@ async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: ti
             last = await _last_heartbeat(client, run, now)
             if last is None or now - last < silence:
                 continue
-            again = await client.read_flow_run(run.id)
-            if again.state is None or run.state is None or again.state.id != run.state.id:
-                continue  # it moved on since it was listed
             quiet = int((now - last).total_seconds())
-            result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
+            accepted = await _crash_if_unchanged(client, run, (
                 f"{SILENT_MARK} for {quiet} s (its last at {last:%H:%M:%S} UTC): the machine or container running it "
-                "is gone, and no worker saw it end")))
+                "is gone, and no worker saw it end"))
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
             log.info("run %s: its heartbeats could not be read this pass (%s)", run.id, type(exc).__name__)
             continue
-        if result.status == SetStateStatus.ACCEPT:
+        if accepted:
             await _supersede(client, run)
             crashed.append(run.id)
     return crashed
@@ -148,22 +145,31 @@ async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_time
         if not (run.work_pool_name or "").startswith(pool_prefix) or run.updated is None \
                 or now - run.updated < start_timeout:
             continue
+        waited = int((now - run.updated).total_seconds())
+        state_name = run.state.name if run.state else "Pending"
         try:
-            again = await client.read_flow_run(run.id)
-            if again.state is None or run.state is None or again.state.id != run.state.id \
-                    or again.updated != run.updated:
-                continue  # it moved on since it was listed (its worker recorded the container it started)
-            waited = int((now - run.updated).total_seconds())
-            result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=(
-                f"{STUCK_MARK}: it was {run.state.name} for {waited} s with no container reporting in: its worker "
-                "took it and then failed, or lost Prefect, before it could start it or say so")))
+            # Its worker recording the container it started moves `updated` without a new state: that is progress.
+            accepted = await _crash_if_unchanged(client, run, (
+                f"{STUCK_MARK}: it was {state_name} for {waited} s with no container reporting in: its worker "
+                "took it and then failed, or lost Prefect, before it could start it or say so"), updated_too=True)
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
             log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
             continue
-        if result.status == SetStateStatus.ACCEPT:
+        if accepted:
             await _supersede(client, run)
             crashed.append(run.id)
     return crashed
+
+
+async def _crash_if_unchanged(client: PrefectClient, run: FlowRun, message: str, updated_too: bool = False) -> bool:
+    """Set the run Crashed with `message` unless it moved on since it was listed (read again just before; not
+    forced, so one that ended or was cancelled meanwhile keeps that state). Whether Prefect took the change."""
+    again = await client.read_flow_run(run.id)
+    if again.state is None or run.state is None or again.state.id != run.state.id \
+            or (updated_too and again.updated != run.updated):
+        return False
+    result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=message))
+    return result.status == SetStateStatus.ACCEPT
 
 
 async def _supersede(client: PrefectClient, run: FlowRun) -> None:
