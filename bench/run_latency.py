@@ -47,6 +47,7 @@ from bench.samples import Samples  # noqa: E402
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
 from deployments.agents.signing import Ed25519ConfigSigner  # noqa: E402
 from deployments.agents.spec import AgentSpec  # noqa: E402
+from deployments.pools.standby import run_containers  # noqa: E402
 from flows.signing import VERIFY_KEY_ENV  # noqa: E402
 from tests.support import ariel_up, prefect_server, test_env  # noqa: E402
 
@@ -100,8 +101,7 @@ async def container_exit(run_id: UUID, ended_at: float, timeout: float = 60) -> 
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            running = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}",
-                                                      "status": "running"})
+            running = run_containers(engine, run_id)
             if not running:
                 return max(0.0, time.time() - ended_at)
             await asyncio.sleep(0.05)

@@ -25,6 +25,7 @@ import docker
 import httpx
 import pytest
 
+from deployments.pools.standby import run_containers
 from mcp_server.cli.stack import Runtime
 from tests.mcp_server.callers import call
 from tests.support import ArielUp, ariel_up, http_service, reply_json, wait_until
@@ -99,8 +100,7 @@ async def _run_with_canary(stack: ArielUp, api_base: str) -> tuple[str, str, str
     # While the model holds its answer, the run's container is up: what does it carry?
     await asyncio.to_thread(wait_until, EchoingModel.called.is_set, 300, "the run's model call")
     engine = docker.from_env()
-    containers = [c for c in engine.containers.list(filters={"label": "ariel.role=flow-run"})
-                  if c.labels.get("io.prefect.flow-run-id") == run["id"]]
+    containers = run_containers(engine, run["id"])
     assert len(containers) == 1, [(c.name, c.labels) for c in engine.containers.list()]
     inspected = json.dumps(containers[0].attrs)
     EchoingModel.release.set()

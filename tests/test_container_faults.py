@@ -14,6 +14,7 @@ import pytest
 from fastmcp import Client
 from prefect.client.orchestration import PrefectClient
 
+from deployments.pools.standby import run_containers
 from deployments.runs import wait_for_run
 from tests.flows.support import Slow
 from tests.mcp_server.callers import ask
@@ -73,7 +74,7 @@ async def test_a_run_container_docker_killed_mid_step_is_diagnosed_killed_from_o
 async def running_container(engine: docker.DockerClient, run_id: str, timeout: float = 120) -> Any:
     """The run's container once the run is in its tool call (the Slow service takes 20 s to answer)."""
     for _ in range(int(timeout)):
-        found = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"})
+        found = run_containers(engine, run_id)
         if found and b"calling tool http_request" in found[0].logs():
             return found[0]
         await asyncio.sleep(1)

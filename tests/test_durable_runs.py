@@ -26,6 +26,7 @@ import pytest
 from fastmcp import Client
 from prefect.client.orchestration import PrefectClient
 
+from deployments.pools.standby import run_containers
 from deployments.runs.recovery import RETRY_MARK
 from deployments.runs.silent_runs import SILENT_MARK
 from tests.mcp_server.callers import ask
@@ -95,7 +96,7 @@ async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
     run_id = await start_to_hold(chat, slug)
     engine = docker.from_env()
     try:
-        [container] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"})
+        [container] = run_containers(engine, run_id)
         container.kill()
     finally:
         engine.close()
@@ -184,7 +185,7 @@ async def test_a_run_whose_machine_vanishes_is_retried_and_its_old_attempt_when_
         os.kill(worker, signal.SIGKILL)
         engine = docker.from_env()
         try:
-            [old] = engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"})
+            [old] = run_containers(engine, run_id)
             old.pause()
             Counting.release.set()
             wait_until(lambda: child_pid(stack, "worker") is not None, 90, "ariel up to start a new worker host")
@@ -220,7 +221,7 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
         await ask(chat, "cancel_run", run=run_id)
         engine = docker.from_env()
         try:
-            wait_until(lambda: not engine.containers.list(filters={"label": f"io.prefect.flow-run-id={run_id}"}),
+            wait_until(lambda: not run_containers(engine, run_id),
                        120, "the cancelled run's container to go")
         finally:
             engine.close()

@@ -23,6 +23,7 @@ from fastmcp import Client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 from prefect.client.schemas.objects import FlowRun
 
+from deployments.pools.standby import run_containers
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, Effects, ariel_up, child_pid, effect_script, http_service, token_of
 
@@ -65,15 +66,14 @@ async def settled(up: ArielUp, deployment: str, due_by: datetime, timeout: float
         await asyncio.sleep(2)
 
 
-def container_of(deployment_prefix: str, seconds: float) -> bool:
-    """Whether a run container of a deployment whose name starts so appears within `seconds`."""
+def container_of(run_id: str, seconds: float) -> bool:
+    """Whether the run's container appears within `seconds`."""
     engine = docker.from_env()
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for container in engine.containers.list():
-                if container.labels.get("io.prefect.deployment-name", "").startswith(deployment_prefix):
-                    return True
+            if run_containers(engine, run_id):
+                return True
             time.sleep(0.2)
         return False
     finally:
@@ -100,7 +100,7 @@ async def test_runs_due_or_starting_while_prefect_is_stopped_for_30_s_run_once_e
         await asyncio.sleep(max(0.0, (boundary - timedelta(seconds=12) - datetime.now(UTC)).total_seconds()))
         run = await ask(chat, "run_agent", agent="starting-now")
         left = (boundary - timedelta(seconds=2) - datetime.now(UTC)).total_seconds()
-        await asyncio.to_thread(container_of, manual.split("/")[-1], max(0.0, left))
+        await asyncio.to_thread(container_of, run["id"], max(0.0, left))
         prefect = child_pid(stack, "prefect-server")
         assert prefect is not None
         os.kill(prefect, signal.SIGSTOP)

@@ -12,7 +12,8 @@ afterwards races the removal; the events stream does not.
 `watch` follows that stream for one install's run containers (label
 `ariel.role=flow-run`, pool label `io.prefect.work-pool-name` under the
 install's prefix) and writes each non-zero exit as one WARNING line on the
-container's flow run (`io.prefect.flow-run-id`): operators see it in the Prefect
+container's flow run (its `io.prefect.flow-run-id` label, or for a container
+that was a standby the run id in its name, `standby.run_of`): operators see it in the Prefect
 UI, and `deployments.runs.diagnosis` reads it back with `ContainerExit.parse`.
 Only the exit code, the OOM flag and a signal number are written: nothing of
 the container's output, which may hold what a tool was sent.
@@ -43,6 +44,8 @@ from docker.errors import DockerException
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import LogCreate
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from deployments.pools.standby import run_of
 
 LOGGER_NAME = "ariel.container_exits"
 _WARNING = 30
@@ -144,8 +147,11 @@ class _Follower:
             if len(self.handled) > _REMEMBERED:
                 self.handled.popitem(last=False)
             try:
-                run_id, code = UUID(labels[_RUN_LABEL]), int(labels.get("exitCode", ""))
-            except (KeyError, ValueError):
+                code = int(labels.get("exitCode", ""))
+                run_id = UUID(labels[_RUN_LABEL]) if _RUN_LABEL in labels else run_of(labels.get("name", ""))
+            except ValueError:
+                return None
+            if run_id is None:  # a standby removed before any run was handed to it
                 return None
             if code == 0 and not seen.oom_killed:
                 return None

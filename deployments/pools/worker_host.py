@@ -3,8 +3,9 @@
 Each org has its own pool; a worker process per pool would cost ~150 MB each.
 Instead this process watches Prefect for its install's pools of its type
 (`ariel-<install>-*`; other installs may share the Prefect server) and runs
-one stock worker object (`DockerWorker` or `ProcessWorker`) per pool in one
-event loop, starting workers for new pools and stopping those whose pool was
+one worker object per pool in one event loop (`ProcessWorker`, or for Docker
+`standby.StandbyDockerWorker`: the stock `DockerWorker` handing each run to a
+container started and imported before it), starting workers for new pools and stopping those whose pool was
 deleted. The workers never create pools: the control plane does, from the
 hardened template. Beside Docker workers it follows the engine's events and
 writes on each run how its container ended (`container_exits`): the stock
@@ -31,12 +32,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
 from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker
-from prefect_docker.worker import DockerWorker
 
 from deployments.pools import container_exits
+from deployments.pools.standby import StandbyDockerWorker, remove_standbys
 from deployments.pools.work_pools import POOL_PREFIX, PoolType
 
-WORKERS: dict[PoolType, type[BaseWorker]] = {"docker": DockerWorker, "process": ProcessWorker}  # type: ignore[type-arg]
+WORKERS: dict[PoolType, type[BaseWorker]] = {  # type: ignore[type-arg]
+    "docker": StandbyDockerWorker, "process": ProcessWorker,
+}
 
 
 PAGE = 200  # the most the Prefect API returns per request
@@ -60,8 +63,8 @@ async def ariel_pools(pool_type: PoolType, prefix: str) -> set[str]:
     raise AssertionError("unreachable")
 
 
-async def serve_pool(pool_type: PoolType, pool: str, host: str) -> None:
-    worker = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}", create_pool_if_not_found=False)
+async def serve_pool(worker: BaseWorker) -> None:  # type: ignore[type-arg]
+    pool = worker._work_pool_name
     await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
 
 
@@ -69,9 +72,12 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
     """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`."""
     host = socket.gethostname()
     running: dict[str, asyncio.Task[None]] = {}
+    workers: dict[str, BaseWorker] = {}  # type: ignore[type-arg]
     retry_at: dict[str, float] = {}  # a worker that died waits before its next start
     loop = asyncio.get_running_loop()
     exits = asyncio.create_task(container_exits.watch(prefix)) if pool_type == "docker" else None
+    if pool_type == "docker":  # a worker host that was killed left its standbys waiting for a run
+        await asyncio.to_thread(_remove_standbys, prefix)
     try:
         while True:
             try:
@@ -83,22 +89,39 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
                 if retry_at.get(pool, 0) > loop.time():
                     continue
                 print(f"serving work pool {pool}", flush=True)
-                running[pool] = asyncio.create_task(serve_pool(pool_type, pool, host), name=pool)
+                workers[pool] = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}",
+                                                   create_pool_if_not_found=False)
+                running[pool] = asyncio.create_task(serve_pool(workers[pool]), name=pool)
             for pool in sorted(running.keys() - pools):
                 print(f"work pool {pool} is gone; stopping its worker", flush=True)
                 running.pop(pool).cancel()
+                workers.pop(pool, None)
             for pool, task in list(running.items()):
                 if task.done():  # a worker that died is started again on the next pass
                     running.pop(pool)
+                    workers.pop(pool, None)
                     error = None if task.cancelled() else task.exception()
                     print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
                     retry_at[pool] = loop.time() + 30
+            for worker in workers.values():
+                if isinstance(worker, StandbyDockerWorker):
+                    await asyncio.to_thread(worker.retire_idle)
             await asyncio.sleep(rescan_seconds)
     finally:
         tasks = [*running.values(), *([exits] if exits else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if pool_type == "docker":  # what a worker's own teardown did not get to
+            await asyncio.to_thread(_remove_standbys, prefix)
+
+
+def _remove_standbys(prefix: str) -> None:
+    try:
+        if removed := remove_standbys(prefix):
+            print(f"removed {removed} standby container(s) no run was handed", flush=True)
+    except Exception as exc:  # no engine now: the workers' cold path starts containers as before
+        print(f"could not look for standby containers ({type(exc).__name__})", flush=True)
 
 
 async def serve_until_signalled(pool_type: PoolType, prefix: str) -> int:

@@ -1,0 +1,280 @@
+"""A Docker worker that hands each run to a container started before it: one fresh container per run, warm.
+
+The stock `DockerWorker` creates a container when it picks a run up; the container then spends seconds
+importing Prefect and litellm before the run's first line. `StandbyDockerWorker` keeps one container
+per pool already started (`python -m flows.standby`, with the pool's image, limits and labels) and
+imported; a run picked up is written to that container's stdin (its environment, the run token
+included: never in `docker inspect`), and the next standby starts at once. Each container still
+runs exactly one run and is removed when it ends, as before.
+
+A standby is used only while it is what a new container would be: same image id (a rebuilt
+`ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
+still running. Otherwise, and when two runs come at once, the run gets a container started for
+it (the cold path), which runs the same way. A standby idle past `IDLE_SECONDS` is removed, so
+quiet pools hold no memory.
+
+A handed container is renamed `<run name>-<run id>-<hex>`; `run_of` reads the run back from that
+name (Docker labels cannot change after creation), for `container_exits` and for operators' `docker ps
+--filter name=<run id>`.
+
+Example:
+    >>> run_of("ariel-standby-1f2e3d4c")
+    >>> run_of("crafty-tiger-0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7-a1b2c3")
+    UUID('0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import docker
+from docker.errors import DockerException, NotFound
+from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+    from prefect.events import Event
+
+STANDBY_LABEL = "ariel.standby"
+POOL_LABEL = "io.prefect.work-pool-name"
+STANDBY_COMMAND = ["python", "-m", "flows.standby"]
+IDLE_SECONDS = 600.0
+"""A standby nobody took for this long is removed: ~150 MB each, and a quiet pool needs none."""
+_KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
+_RUN_ID = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+# What a handed container takes over from a standby as it is: everything but these was fixed at its start.
+_PER_RUN = frozenset({"environment", "name", "labels", "command"})
+
+
+def run_of(container_name: str) -> UUID | None:
+    """The run a handed container executes, from its name; None for a standby not yet handed a run."""
+    found = _RUN_ID.search(container_name)
+    return UUID(found.group(1)) if found else None
+
+
+class _Standby:
+    def __init__(self, container: Container, shape: str, image_id: str) -> None:
+        self.container, self.shape, self.image_id = container, shape, image_id
+        self.started = time.monotonic()
+
+
+class StandbyDockerWorker(DockerWorker):
+    """`DockerWorker`, but each run goes to a standby container when one fits."""
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        # Prefect's registry holds one class per key: a lookup of "docker" in this process must still find
+        # the stock worker. The pool type (`type`) stays "docker".
+        return "ariel-standby-docker"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._standby: _Standby | None = None
+        self._standby_lock = threading.Lock()
+        self._replenishing = False
+        self._warmed = False
+        self._closed = False
+
+    async def sync_with_backend(self) -> None:
+        """Prefect's sync; the first time, also start the pool's first standby, so its first run is warm too."""
+        await super().sync_with_backend()
+        if self._warmed or self._work_pool is None:
+            return
+        self._warmed = True
+        # From the pool's template alone: what differs per run (env, labels, name) is not part of the shape.
+        configuration = await self.job_configuration.from_template_and_values(self._work_pool.base_job_template, {})
+        try:
+            await asyncio.to_thread(self._warm, configuration)
+        except DockerException as exc:
+            self._logger.warning(f"Could not start a standby container: {exc}")
+
+    def _warm(self, configuration: DockerWorkerJobConfiguration) -> None:
+        docker_client = self._get_client()  # type: ignore[no-untyped-call]
+        try:
+            settings = self._build_container_settings(docker_client, configuration)
+            image_id = docker_client.images.get(configuration.image).id
+        finally:
+            docker_client.close()
+        self._replenish(settings, _shape(settings), image_id)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        await asyncio.to_thread(self.retire)
+        await super().teardown(*exc_info)
+
+    def _create_and_start_container(self, configuration: DockerWorkerJobConfiguration) -> tuple[Container, Event]:
+        docker_client = self._get_client()  # type: ignore[no-untyped-call]
+        try:
+            settings = self._build_container_settings(docker_client, configuration)
+            if self._should_pull_image(docker_client, configuration=configuration):
+                self._pull_image(docker_client, configuration)
+            image_id = docker_client.images.get(configuration.image).id
+            shape = _shape(settings)
+            container = self._take_standby(shape, image_id)
+            if container is None or not _hand(container, configuration.env):
+                self._logger.info("No standby container fits; starting one for this run")
+                container = _start(docker_client, settings, self._work_pool_name)
+                if not _hand(container, configuration.env):
+                    raise RuntimeError(f"container {container.name} ended before it could be handed its run")
+            self._logger.info(f"Docker container {container.name!r} took the run")
+            run_id = configuration.env.get("PREFECT__FLOW_RUN_ID", "")
+            _rename(container, f"{configuration.name or 'ariel-run'}-{run_id}-{secrets.token_hex(3)}")
+            created_event = self._emit_container_status_change_event(container, configuration)
+        finally:
+            docker_client.close()
+        self._replenish(settings, shape, image_id)
+        return container, created_event
+
+    def _take_standby(self, shape: str, image_id: str) -> Container | None:
+        """The standby, if it is what a container started now would be; a stale one is removed."""
+        with self._standby_lock:
+            standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        if standby.shape == shape and standby.image_id == image_id:
+            try:
+                standby.container.reload()
+                if standby.container.status == "running":
+                    return standby.container
+            except DockerException:
+                pass
+        self._logger.info(f"Standby container {standby.container.name!r} is stale; removing it")
+        _remove(standby.container)
+        return None
+
+    def _replenish(self, settings: dict[str, Any], shape: str, image_id: str) -> None:
+        """Start the pool's next standby in the background; one at a time."""
+        with self._standby_lock:
+            if self._replenishing or self._closed:
+                return
+            self._replenishing = True
+
+        def start() -> None:
+            try:
+                client = docker.from_env()
+                try:
+                    standby = _Standby(_start(client, settings, self._work_pool_name), shape, image_id)
+                finally:
+                    client.close()
+                previous: _Standby | None
+                with self._standby_lock:
+                    if self._closed:  # the worker stopped while it started
+                        previous = standby
+                    else:
+                        previous, self._standby = self._standby, standby
+                if previous is not None:
+                    _remove(previous.container)
+            except DockerException as exc:  # the next run takes the cold path and tries again
+                self._logger.warning(f"Could not start a standby container: {exc}")
+            finally:
+                with self._standby_lock:
+                    self._replenishing = False
+
+        threading.Thread(target=start, name="standby", daemon=True).start()
+
+    def retire_idle(self, idle_seconds: float = IDLE_SECONDS) -> None:
+        """Remove the standby if it waited longer than `idle_seconds` (called by the worker host's loop)."""
+        with self._standby_lock:
+            standby = self._standby
+            if standby is None or time.monotonic() - standby.started < idle_seconds:
+                return
+            self._standby = None
+        _remove(standby.container)
+
+    def retire(self) -> None:
+        """Remove the standby now: the worker is stopping."""
+        with self._standby_lock:
+            self._closed = True
+            standby, self._standby = self._standby, None
+        if standby is not None:
+            _remove(standby.container)
+
+
+def _shape(settings: dict[str, Any]) -> str:
+    """What a standby must match to take a run: every container setting that is not the run's own."""
+    return json.dumps({k: v for k, v in settings.items() if k not in _PER_RUN}, sort_keys=True, default=str)
+
+
+def _start(client: DockerClient, settings: dict[str, Any], pool: str) -> Container:
+    """Start a container of `settings` that waits on stdin for its run."""
+    labels = {k: v for k, v in (settings.get("labels") or {}).items() if _KEPT_LABELS.match(k)}
+    labels[POOL_LABEL] = pool  # what `container_exits` and `remove_standbys` know an install's containers by
+    kwargs = {k: v for k, v in settings.items() if k not in _PER_RUN}
+    container = client.containers.create(
+        **kwargs, command=STANDBY_COMMAND, environment={}, labels={**labels, STANDBY_LABEL: "yes"},
+        name=f"ariel-standby-{secrets.token_hex(6)}", stdin_open=True,
+    )
+    container.start()
+    return container
+
+
+def _hand(container: Container, env: Mapping[str, str | None]) -> bool:
+    """Write the run's environment to the container's stdin; False when it is gone."""
+    line = json.dumps({"env": {k: v for k, v in env.items() if v is not None}}) + "\n"
+    try:
+        sock = container.attach_socket(params={"stdin": 1, "stream": 1})
+        try:
+            raw: Any = getattr(sock, "_sock", sock)  # docker-py hands back a SocketIO over the real socket
+            raw.sendall(line.encode())
+        finally:
+            sock.close()
+        return True
+    except (DockerException, OSError):
+        _remove(container)
+        return False
+
+
+def _rename(container: Container, name: str) -> None:
+    try:
+        container.rename(name)
+        container.reload()
+    except DockerException:  # a name clash leaves the standby's name: the run still runs, under it
+        pass
+
+
+def _remove(container: Container) -> None:
+    try:
+        container.remove(force=True)
+    except NotFound:
+        pass
+    except DockerException:
+        pass
+
+
+def remove_standbys(pool_prefix: str) -> int:
+    """Remove every standby container of an install's pools (left by a worker host that was killed)."""
+    removed = 0
+    client = docker.from_env()
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"{STANDBY_LABEL}=yes"}):
+            if container.labels.get(POOL_LABEL, "").startswith(pool_prefix) and (
+                run_of(container.name or "") is None
+            ):
+                _remove(container)
+                removed += 1
+    finally:
+        client.close()
+    return removed
+
+
+def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool = True) -> list[Container]:
+    """The containers of run `run_id`: started for it (Prefect's label) or a standby handed it (its name)."""
+    found = {}
+    by: list[dict[str, str | list[str] | bool]] = [{"label": f"io.prefect.flow-run-id={run_id}"}, {"name": str(run_id)}]
+    for filters in by:
+        for container in client.containers.list(all=not running_only, filters=filters):
+            found[container.id] = container
+    return list(found.values())
+
+
+def is_run_container(container: Container) -> bool:
+    """Whether `container` executes a run: not a standby still waiting for one."""
+    return "io.prefect.flow-run-id" in container.labels or run_of(container.name or "") is not None

@@ -1,0 +1,123 @@
+"""A run container started before its run: everything imported, waiting on stdin for the one run it will execute.
+
+Started by the worker host (`deployments.pools.standby`) as `python -m flows.standby`, with the pool's
+image, limits and labels but none of a run's environment. It imports what a run needs (Prefect's engine,
+litellm, the agent flow) while no run waits, then blocks reading one line from stdin: the run's
+environment as JSON (`{"env": {...}}`: the run id, the Prefect API and the run's own token, which so
+never appears in `docker inspect`). It applies it, and runs Prefect's engine in this interpreter as
+`python -m prefect.engine` would, then exits: one run per container, as with the stock worker.
+
+Prefect's `flow-run execute`, which the stock worker starts, is a supervisor that turns a run set to
+Cancelling into Cancelled; without it this module does that job, the same way: it watches its own run
+and, on Cancelling, delivers the cancel intent through Prefect's attempt control channel
+(`prefect.runner._control_channel`) and then SIGTERMs itself, so that the engine ends the run
+Cancelled (with its hooks) rather than Crashed.
+
+A closed stdin before any line (the worker host retiring it) ends the process quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import runpy
+import signal
+import sys
+import threading
+from typing import Any
+from uuid import UUID
+
+# How often the run reads its own state to learn that it was cancelled: one small GET through the gateway.
+CANCEL_POLL_SECONDS = 1.0
+
+
+def warm() -> None:
+    """Import what every run imports, so that a run handed over starts with its first line."""
+    import litellm  # noqa: F401  (the heaviest: 3 CPU-seconds of import)
+    import prefect.engine  # noqa: F401
+    import prefect.flow_engine  # noqa: F401
+    import prefect.runner._control_channel  # noqa: F401
+
+    import flows.agent  # noqa: F401
+    import flows.mcp.client  # noqa: F401
+    import flows.models.scripted  # noqa: F401
+
+
+def read_handoff(stream: Any) -> dict[str, str] | None:
+    """The run's environment from the one line the worker host writes; None when stdin closed first."""
+    line = stream.readline()
+    if not line.strip():
+        return None
+    handed = json.loads(line)
+    env = handed.get("env") if isinstance(handed, dict) else None
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise SystemExit("standby: the handoff line has no {'env': {name: value}} object")
+    return env
+
+
+def apply(env: dict[str, str]) -> None:
+    """Make `env` this process's environment, and Prefect's settings follow it (they were read at import)."""
+    os.environ.update(env)
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+
+
+def watch_cancellation(run_id: UUID) -> None:
+    """In a daemon thread: when the run turns Cancelling, end it Cancelled the way Prefect's runner would."""
+    ready = threading.Event()
+    ports: list[tuple[int, str]] = []
+
+    async def watch() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.runner._control_channel import ControlChannel, ControlSignalStatus
+
+        # Prefect's private runner-side channel (pinned in constraints.txt): the engine's own protocol for
+        # "this SIGTERM is a cancel", so that its cancellation hooks run and the state is not Crashed.
+        async with ControlChannel() as channel, get_client() as client:
+            ports.append(channel.register(run_id))
+            ready.set()
+            while True:
+                await asyncio.sleep(CANCEL_POLL_SECONDS)
+                try:
+                    run = await client.read_flow_run(run_id)
+                except Exception:  # an API blip: the next poll asks again
+                    continue
+                if run.state is None or not run.state.is_cancelling():
+                    continue
+                status = await channel.signal(run_id, "cancel")
+                if status is ControlSignalStatus.ACKNOWLEDGED:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                # The engine is not listening yet (still loading) or already ended: set it ourselves.
+                from prefect.states import Cancelled
+
+                await client.set_flow_run_state(run_id, Cancelled(message="Flow run was cancelled."), force=True)
+                os._exit(0)
+
+    thread = threading.Thread(target=asyncio.run, args=(watch(),), name="cancel-watch", daemon=True)
+    thread.start()
+    if ready.wait(10):
+        port, token = ports[0]
+        os.environ["PREFECT__CONTROL_PORT"], os.environ["PREFECT__CONTROL_TOKEN"] = str(port), token
+
+
+def main() -> None:
+    warm()
+    env = read_handoff(sys.stdin)
+    if env is None:
+        return
+    apply(env)
+    run_id = UUID(os.environ["PREFECT__FLOW_RUN_ID"])
+    watch_cancellation(run_id)
+    # Exactly what `python -m prefect.engine` runs, in this interpreter with its imports already done.
+    # run_path, not run_module: the module is imported already, and running it again by name warns so.
+    import prefect.engine
+
+    sys.argv = [prefect.engine.__file__]
+    runpy.run_path(prefect.engine.__file__, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
