@@ -73,6 +73,8 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_WORKER_QUERY_SECONDS=str(settings.worker_query_seconds),
         LITELLM_LOCAL_MODEL_COST_MAP="True",
+        # Prefect's client otherwise sends usage analytics to a third party from every process and run.
+        DO_NOT_TRACK="1",
     )
     control_plane = control_plane_hosts(settings.host, settings.port, api_url)
     env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))

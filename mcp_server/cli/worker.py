@@ -60,6 +60,8 @@ def worker_environment(server: str, key: str) -> dict[str, str]:
         PREFECT_API_KEY=key,
         PREFECT_API_AUTH_STRING=f"worker:{key}",
         PREFECT_WORKER_QUERY_SECONDS=env.get("PREFECT_WORKER_QUERY_SECONDS", POLL_SECONDS),
+        # Prefect's client otherwise sends usage analytics to a third party; the customer may still opt in.
+        DO_NOT_TRACK=env.get("DO_NOT_TRACK", "1"),
     )
     return env
 
