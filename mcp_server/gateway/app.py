@@ -29,11 +29,12 @@ from mcp_server.gateway.events import admits, stamped_heartbeat
 from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
 from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, refused_route, serve_listing
 from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
-from mcp_server.gateway.rules import Rewrite, Rules
+from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
+from mcp_server.services.wakeups import Wakeups
 
 log = logging.getLogger("ariel.gateway")
 
@@ -99,7 +100,8 @@ class Gateway:
                  authenticate: Authenticate, verify_key: Callable[[], str], open_provider: OpenProvider,
                  open_tool_servers: OpenToolServers | None = None,
                  tool_listings: Callable[[], ToolListings] | None = None,
-                 journals: Callable[[], Journals] | None = None) -> None:
+                 journals: Callable[[], Journals] | None = None,
+                 wakeups: Callable[[], Wakeups] | None = None) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream_auth = upstream_auth
         headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
@@ -112,6 +114,7 @@ class Gateway:
         self._open_tool_servers = open_tool_servers
         self._tool_listings = tool_listings
         self._journals = journals
+        self._wakeups = wakeups
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
 
@@ -166,12 +169,25 @@ class Gateway:
             if not verdict.allowed:
                 log.warning("gateway: refused %s: %s %s (%s)", caller.label, request.method, api_path, verdict.detail)
                 return JSONResponse({"detail": verdict.detail}, status_code=verdict.status)
+            if verdict.hold is not None and self._wakeups is not None:
+                return await self._held(request, api_path, body, verdict, self._wakeups())
             return await self._forward(request, api_path, verdict.body if verdict.body is not None else body,
                                        verdict.rewrite)
         except httpx.HTTPError as exc:
             log.warning("gateway: the Prefect API at %s did not answer: %s", self.upstream_url, exc)
             return JSONResponse({"detail": "the Prefect API behind Ariel's gateway did not answer; try again"},
                                 status_code=503)
+
+    async def _held(self, request: Request, api_path: str, body: bytes, verdict: Verdict,
+                    wakeups: Wakeups) -> Response:
+        """Prefect's answer; when it has no run for the pool, asked again as soon as the pool gets one."""
+        assert verdict.hold is not None
+        ticket = wakeups.ticket(verdict.hold)  # before asking: a run made mid-ask still wakes the hold
+        answer = await self._forward(request, api_path, body, verdict.rewrite)
+        nothing = answer.status_code == 200 and bytes(answer.body).strip() == b"[]"
+        if nothing and await wakeups.wait(verdict.hold, ticket):
+            answer = await self._forward(request, api_path, body, verdict.rewrite)
+        return answer
 
     async def _forward(self, request: Request, api_path: str, body: bytes, rewrite: Rewrite | None,
                        swap: tuple[str, str] | None = None) -> Response:

@@ -42,6 +42,8 @@ class Verdict:
     body: bytes | None = None
     # Answered by the gateway itself, with `status` (a success): what Prefect would answer, without asking it.
     answer: dict[str, Any] | None = None
+    # A worker's ask for this pool's runs: when Prefect has none, held until the pool gets one (`Wakeups`).
+    hold: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -193,7 +195,7 @@ class Rules:
     async def _pool_scheduled(self, scope: PoolScope, body: bytes, pool: str) -> Verdict:
         if not scope.allows_pool(pool):
             return NOT_FOUND
-        return Verdict(rewrite=self._scheduled(scope))
+        return Verdict(rewrite=self._scheduled(scope), hold=pool)
 
     async def in_pool_scope(self, scope: PoolScope, run_id: UUID | None) -> bool:
         facts = await self.ownership.run(run_id) if run_id else None

@@ -100,7 +100,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                       verify_key=lambda: services().agents.signer.verify_key,
                       open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name),
                       open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids),
-                      tool_listings=lambda: services().tool_servers, journals=lambda: services().journal)
+                      tool_listings=lambda: services().tool_servers, journals=lambda: services().journal,
+                      wakeups=lambda: services().wakeups)
     mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
         path="/mcp"
     )

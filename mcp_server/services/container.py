@@ -21,6 +21,7 @@ from mcp_server.services.secrets import SecretService
 from mcp_server.services.tool_oauth import CALLBACK_PATH, ToolOAuth
 from mcp_server.services.tool_servers import SealedTokenVault, ToolServerService
 from mcp_server.services.upgrades import record_upgraded_manifests
+from mcp_server.services.wakeups import Wakeups
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 
@@ -36,6 +37,7 @@ class Services:
     tool_servers: ToolServerService
     tool_oauth: ToolOAuth  # also the HTTP app's /oauth/callback's
     journal: RunJournal  # the gateway's, for runs' steps
+    wakeups: Wakeups  # the gateway's too: it holds workers' polls until a run is made
 
 
 @asynccontextmanager
@@ -61,12 +63,13 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         tool_oauth = ToolOAuth(SealedTokenVault(store, sealer), f"{settings.base_url}{CALLBACK_PATH}",
                                protected=protected, private_networks=settings.mcp_private_networks)
         await record_upgraded_manifests(store)
+        wakeups = Wakeups()
         try:
             yield Services(
                 store=store,
                 auth=Authenticator.from_settings(store, settings),
                 agents=agents,
-                runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs"))),
+                runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs")), wakeups),
                 orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
                 secrets=SecretService(agents, sealer),
                 tool_servers=ToolServerService(
@@ -77,6 +80,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                 ),
                 tool_oauth=tool_oauth,
                 journal=RunJournal(store, sealer),
+                wakeups=wakeups,
             )
         finally:
             await tool_oauth.aclose()  # pending sign-ins end with the process

@@ -31,6 +31,7 @@ from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.progress import ProgressReport, RunProgress
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
+from mcp_server.services.wakeups import Wakeups
 from mcp_server.store import AgentRecord
 
 RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
@@ -42,6 +43,8 @@ class RunService:
     agents: AgentService
     # The deployment model answering: a diagnosis's next action names what its reader can do.
     hosting: Hosting = field(default_factory=Hosting)
+    # Told of every run started here, so that a worker's poll held at the gateway takes it at once.
+    wakeups: Wakeups = field(default_factory=Wakeups)
 
     async def run(
         self, caller: Caller, ref: str, input: str | None, wait_seconds: float, progress: ProgressReport | None = None
@@ -73,9 +76,12 @@ class RunService:
             async with self.agents.prefect() as client:
                 # The version just checked, not whatever a concurrent change has deployed since.
                 config = (await self.agents.signed_run_config(caller, record, spec)).model_dump(mode="json")
-                return await runs.start_run(
+                started = await runs.start_run(
                     client, UUID(record.deployment_id), input, name=run_name(record), config=config
                 )
+                if started.work_pool_name:
+                    self.wakeups.ring(started.work_pool_name)
+                return started
 
     async def cancel(self, caller: Caller, ref: str) -> RunView:
         """Cancel a run that has not finished: a waiting one at once, a running one through its worker."""

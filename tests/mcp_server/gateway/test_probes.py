@@ -395,3 +395,26 @@ def test_a_retry_outranks_an_earlier_attempt_that_never_ran_though_prefect_count
     assert first_while_it_pends.status_code == 200, first_while_it_pends.text
     assert (first_late.status_code, first_late.json()["error"]) == (409, "superseded"), first_late.text
     assert retry_starts.status_code == 200, retry_starts.text
+
+
+def test_a_worker_ask_that_finds_no_run_is_held_and_answered_with_the_run_chat_starts_meanwhile(stack: Stack) -> None:
+    carol = "dev:carol:initech:owner"  # an org of its own: its pool has no run waiting
+
+    async def go() -> tuple[bool, str, list[str]]:
+        await agent(carol, stack.up.base_url, "Charlie")
+        made = await call(stack.up.base_url, carol, "manage_org", action="create_worker_key", name="lab")
+        key = made["worker_keys"][0]["key"]
+        pool = (await call(stack.up.base_url, carol, "get_agent", agent="charlie"))["work_pool"]
+        async with httpx.AsyncClient(timeout=30) as http:
+            asked = asyncio.create_task(http.post(f"{stack.gateway}/work_pools/{pool}/get_scheduled_flow_runs",
+                                                  json={}, headers=bearer(key)))
+            await asyncio.sleep(1)  # well inside the hold; a poll answered at once would be back by now
+            held = not asked.done()
+            run = await call(stack.up.base_url, carol, "run_agent", agent="charlie")
+            answer = await asked
+        assert answer.status_code == 200, answer.text
+        return held, run["id"], [item["flow_run"]["id"] for item in answer.json()]
+
+    held, run_id, answered = asyncio.run(go())
+    assert held, "the gateway answered an empty poll at once instead of holding it"
+    assert answered == [run_id]

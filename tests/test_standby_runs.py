@@ -1,0 +1,164 @@
+"""A Docker run goes to a container started and imported before it; one that died or is stale is replaced.
+
+A real `ariel up` on Docker, whose pool host keeps one standby container per pool
+(`deployments.pools.standby`). Its runtime image is a tag of this module's own, so
+that a test can rebuild it (a new image id, as after `ariel build-image`) without
+touching the image the other tests run. What the pool host did is read from its
+log and from the engine: which container took a run, which it removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import docker
+import pytest
+from docker.errors import ImageNotFound, NotFound
+from fastmcp import Client
+from prefect.client.orchestration import PrefectClient
+
+from deployments.pools.standby import POOL_LABEL, STANDBY_LABEL, run_of
+from deployments.runs import wait_for_run
+from tests.mcp_server.callers import ask
+from tests.support import ArielUp, ariel_up, wait_until
+
+pytestmark = pytest.mark.slow
+
+IMAGE = "ariel-runtime:standby-test"
+
+
+@pytest.fixture(scope="module")
+def image(docker_engine: None) -> Iterator[str]:
+    engine = docker.from_env()
+    engine.images.get("ariel-runtime:local").tag(IMAGE)
+    yield IMAGE
+    with suppress(ImageNotFound, docker.errors.APIError):  # a container of it still being removed: left dangling
+        engine.images.remove(IMAGE)
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def stack(image: str, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
+    with ariel_up(tmp_path_factory.mktemp("home-standby"), "docker", prefect_api,
+                  extra_env={"ARIEL_RUNTIME_IMAGE": image}) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+def standbys(engine: docker.DockerClient, pool: str) -> list[Any]:
+    """The pool's standby containers that wait for a run (none handed one yet)."""
+    return [container for container in engine.containers.list(filters={"label": f"{STANDBY_LABEL}=yes"})
+            if container.labels.get(POOL_LABEL) == pool and run_of(container.name or "") is None]
+
+
+def waiting_standby(engine: docker.DockerClient, pool: str, other_than: str = "") -> Any:
+    found = wait_until(lambda: [c for c in standbys(engine, pool) if c.id != other_than], 120,
+                       f"a standby container of {pool}")
+    assert len(found) == 1, [c.name for c in found]  # one per pool, not one per pass
+    return found[0]
+
+
+def pool_host_log(up: ArielUp) -> str:
+    return (up.home / "logs" / "worker.log").read_text()
+
+
+async def probe(chat: Client[Any], name: str) -> dict[str, Any]:
+    slug = name.lower().replace(" ", "-")
+    await ask(chat, "create_agent", name=name, instructions="Reply.", model="ariel/scripted",
+              script=[{"reply": f"{name} done"}])
+    await ask(chat, "update_agent", agent=slug, action="approve")
+    return dict(await ask(chat, "get_agent", agent=slug))
+
+
+async def run_to_the_end(chat: Client[Any], slug: str) -> dict[str, Any]:
+    run = dict(await ask(chat, "run_agent", agent=slug, wait_seconds=180))
+    assert run["state"] == "Completed", run
+    return run
+
+
+async def test_a_run_goes_to_the_standby_that_waited_for_it_and_the_next_standby_starts(
+    stack: ArielUp, engine: docker.DockerClient
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        agent = await probe(chat, "Warm")
+        waited = waiting_standby(engine, agent["work_pool"])
+        assert "PREFECT_API_KEY" not in str(waited.attrs["Config"]["Env"])  # no run's token before its run
+        run = await run_to_the_end(chat, "warm")
+        assert run["result"] == "Warm done", run
+    assert f"Docker container {waited.name!r} took the run" in pool_host_log(stack)
+    waiting_standby(engine, agent["work_pool"], other_than=waited.id)
+    with pytest.raises(NotFound):  # used once: it ended with its run
+        engine.containers.get(waited.id)
+
+
+async def test_a_standby_that_died_is_replaced_by_a_container_started_for_the_run_and_no_run_is_lost(
+    stack: ArielUp, engine: docker.DockerClient
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        agent = await probe(chat, "Cold")
+        waiting_standby(engine, agent["work_pool"]).kill()
+        wait_until(lambda: not standbys(engine, agent["work_pool"]), 30, "the killed standby to go")
+        before = pool_host_log(stack).count("No standby container fits; starting one for this run")
+        run = await run_to_the_end(chat, "cold")
+    assert run["result"] == "Cold done", run
+    assert pool_host_log(stack).count("No standby container fits; starting one for this run") == before + 1
+    waiting_standby(engine, agent["work_pool"])  # and the pool has a standby again
+
+
+async def test_a_standby_of_an_older_image_is_removed_unused_and_the_run_takes_the_new_image(
+    stack: ArielUp, engine: docker.DockerClient, image: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        agent = await probe(chat, "Rebuilt")
+        old = waiting_standby(engine, agent["work_pool"])
+        # What `ariel build-image` does after a code change: the same tag names a new image.
+        new, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {image}\nLABEL ariel.test=rebuilt\n".encode()),
+                                     tag=image, rm=True)
+        assert new.id != old.image.id
+        run = await run_to_the_end(chat, "rebuilt")
+    assert run["result"] == "Rebuilt done", run
+    assert f"Standby container {old.name!r} is stale; removing it" in pool_host_log(stack)
+    with pytest.raises(NotFound):
+        engine.containers.get(old.id)
+    assert waiting_standby(engine, agent["work_pool"]).image.id == new.id
+
+
+async def test_a_run_no_chat_announced_is_fetched_by_the_workers_polling(
+    stack: ArielUp, engine: docker.DockerClient, prefect_api: str
+) -> None:
+    # Made straight in Prefect, as a schedule or another app process would: nothing wakes the held poll.
+    async with Client(stack.mcp_url) as chat:
+        agent = await probe(chat, "Polled")
+        async with PrefectClient(prefect_api) as prefect:
+            deployment = await prefect.read_deployment_by_name(agent["deployment"])
+            made = await prefect.create_flow_run_from_deployment(deployment.id)
+            ended = await wait_for_run(prefect, made.id, timeout=180)
+        assert ended.state is not None and ended.state.type.value == "COMPLETED", ended.state
+        seen = await ask(chat, "get_run", run=str(made.id))
+    assert seen["state"] == "Completed" and seen["result"] == "Polled done", seen
+    assert UUID(seen["id"]) == made.id
+
+
+def test_a_stopped_pool_host_leaves_no_standby(image: str, prefect_api: str, tmp_path: Path,
+                                               engine: docker.DockerClient) -> None:
+    with ariel_up(tmp_path, "docker", prefect_api, extra_env={"ARIEL_RUNTIME_IMAGE": image}) as up:
+        pool = asyncio.run(_pool_of(up))
+        waiting_standby(engine, pool)
+    assert not standbys(engine, pool)
+
+
+async def _pool_of(up: ArielUp) -> str:
+    async with Client(up.mcp_url) as chat:
+        return str((await probe(chat, "Stopping"))["work_pool"])
