@@ -1,12 +1,16 @@
 """Latency from `run_agent` to the agent's first log line and to completion.
 
 Measured in one run, on one Prefect server and one runtime image, for:
-  (a) Ariel: `ariel up`'s Docker worker, the run started through MCP `run_agent`;
-  (b) a default Prefect Docker worker (stock job template and settings, polling
+  (a) Ariel, warm: `ariel up`'s Docker worker, the run started through MCP
+      `run_agent` once the pool's standby container is ready (imported);
+  (b) Ariel, cold: the same, with the pool's standby removed just before, so
+      the run gets a container started for it (a pool idle for 10 minutes, a
+      burst of runs, a rebuilt image);
+  (c) a default Prefect Docker worker (stock job template and settings, polling
       every 10 s), the same flow and parameters, started with the Prefect client.
 
-Runs alternate between the two, so a busy spell of a shared machine falls on
-both. Times come from the log line's own timestamp and the run's end time, both
+Runs alternate between the three, so a busy spell of a shared machine falls on
+all. Times come from the log line's own timestamp and the run's end time, both
 on this machine's clock, so how often this script polls does not change them.
 A run that times out or fails is counted as such and left out of the
 percentiles; the table prints whatever happened. The benchmark stops its own
@@ -30,6 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -47,8 +52,9 @@ from bench.samples import Samples  # noqa: E402
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
 from deployments.agents.signing import Ed25519ConfigSigner  # noqa: E402
 from deployments.agents.spec import AgentSpec  # noqa: E402
-from deployments.pools.standby import run_containers  # noqa: E402
+from deployments.pools.standby import POOL_LABEL, STANDBY_LABEL, run_containers, run_of  # noqa: E402
 from flows.signing import VERIFY_KEY_ENV  # noqa: E402
+from flows.standby import READY_LINE  # noqa: E402
 from tests.support import ariel_up, prefect_server, test_env  # noqa: E402
 
 AGENT = {
@@ -149,19 +155,43 @@ async def baseline_deployment(client: PrefectClient, pool: str, image: str) -> U
     return await apply(client, desired)
 
 
-async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int, ariel: RunPath,
-                    baseline: RunPath, pools: list[str]) -> None:
-    """`runs` rounds of one Ariel run and one default-worker run; `pools` gets Ariel's pool as soon as it is known."""
+def ready_standby(pool: str, timeout: float = 90) -> Any | None:
+    """The pool's standby container once it has imported everything; None if none is ready within `timeout`."""
+    engine = docker.from_env()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for container in engine.containers.list(filters={"label": f"{STANDBY_LABEL}=yes"}):
+                if (container.labels.get(POOL_LABEL) == pool and run_of(container.name or "") is None
+                        and READY_LINE.encode() in container.logs()):
+                    return container
+            time.sleep(0.2)
+        return None
+    finally:
+        engine.close()
+
+
+async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int, paths: list[RunPath],
+                    pools: list[str]) -> None:
+    """`runs` rounds of a warm and a cold Ariel run and a default-worker run; `pools` gets Ariel's pool when known."""
+    warm, cold, baseline = paths
     async with Client(mcp_url) as mcp, PrefectClient(api_url) as client:
         await mcp.call_tool("create_agent", AGENT)
         await mcp.call_tool("update_agent", {"agent": "latency-probe", "action": "approve"})
-        pools.append((await mcp.call_tool("get_agent", {"agent": "latency-probe"})).structured_content["work_pool"])
+        ariel_pool = (await mcp.call_tool("get_agent", {"agent": "latency-probe"})).structured_content["work_pool"]
+        pools.append(ariel_pool)
         deployment_id = await baseline_deployment(client, pool, image)
         for index in range(runs):
             print(f"round {index + 1} of {runs}", flush=True)
-            started = datetime.now(UTC)
-            run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content
-            await ariel.record(client, UUID(run["id"]), started)
+            for path in (warm, cold):
+                standby = await asyncio.to_thread(ready_standby, ariel_pool)
+                if standby is None:
+                    print(f"  {path.name}: no standby became ready within 90 s", flush=True)
+                elif path is cold:
+                    standby.remove(force=True)
+                started = datetime.now(UTC)
+                run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content
+                await path.record(client, UUID(run["id"]), started)
             started = datetime.now(UTC)
             made = await client.create_flow_run_from_deployment(deployment_id)
             await baseline.record(client, made.id, started)
@@ -177,19 +207,21 @@ def ratio(a: Samples, b: Samples, fraction: float) -> str:
     return "—" if x is None or y is None or y == 0 else f"{x / y:.2f}"
 
 
-def table(ariel: RunPath, baseline: RunPath) -> str:
+def table(warm: RunPath, cold: RunPath, baseline: RunPath) -> str:
+    good = " + ".join(str(len(path.completed.seconds)) for path in (warm, cold, baseline))
     rows = [
-        f"| measure ({len(ariel.completed.seconds)} + {len(baseline.completed.seconds)} good runs) | Ariel | "
-        "default Prefect Docker worker | Ariel / default |",
-        "| --- | --- | --- | --- |",
+        f"| measure ({good} good runs) | Ariel warm | Ariel cold | default Prefect Docker worker "
+        "| warm / default | cold / default |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for label, a, b in (("run_agent → first agent log line", ariel.first_line, baseline.first_line),
-                        ("run_agent → run completed", ariel.completed, baseline.completed),
-                        ("run completed → its container ended", ariel.exited, baseline.exited)):
+    for label, attribute in (("run_agent → first agent log line", "first_line"),
+                             ("run_agent → run completed", "completed"),
+                             ("run completed → its container ended", "exited")):
+        a, c, b = (getattr(path, attribute) for path in (warm, cold, baseline))
         for name, fraction in (("p50", 0.5), ("p95", 0.95)):
-            rows.append(f"| {label}, {name} | {cell(a, fraction)} | {cell(b, fraction)} | "
-                        f"{ratio(a, b, fraction)} |")
-    for path in (ariel, baseline):
+            rows.append(f"| {label}, {name} | {cell(a, fraction)} | {cell(c, fraction)} | {cell(b, fraction)} | "
+                        f"{ratio(a, b, fraction)} | {ratio(c, b, fraction)} |")
+    for path in (warm, cold, baseline):
         completed = ", ".join(f"{value:.2f}" for value in path.completed.seconds) or "none"
         rows.append(f"\n{path.name}: completion times (s) {completed}; timed out {path.completed.timeouts}, "
                     f"failed {path.completed.errors}")
@@ -202,7 +234,7 @@ def main() -> None:
     parser.add_argument("--image", default="ariel-runtime:local", help="runtime image both paths run")
     args = parser.parse_args()
     baseline_pool = f"bench-latency-{uuid.uuid4().hex[:8]}"  # its containers' label is this run's alone
-    ariel, baseline = RunPath("Ariel"), RunPath("default")
+    paths = [RunPath("Ariel warm"), RunPath("Ariel cold"), RunPath("default")]
     pools = [baseline_pool]
     with tempfile.TemporaryDirectory(prefix="ariel-bench-") as tmp:
         home = Path(tmp)
@@ -215,9 +247,9 @@ def main() -> None:
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             try:
-                print(f"{args.runs} runs each, alternating Ariel and the default Prefect Docker worker", flush=True)
-                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, ariel, baseline,
-                                      pools))
+                print(f"{args.runs} runs each, alternating Ariel warm, Ariel cold and the default Prefect Docker "
+                      "worker", flush=True)
+                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, paths, pools))
             except KeyboardInterrupt:
                 print("interrupted: stopping what the benchmark started", flush=True)
             except Exception as exc:  # the table still prints with what was measured
@@ -227,7 +259,7 @@ def main() -> None:
                 for pool in pools:
                     remove_containers(pool)
     print()
-    print(table(ariel, baseline))
+    print(table(*paths))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import atexit
 import json
 import os
 import runpy
+import select
 import signal
 import sys
 import threading
@@ -32,6 +33,10 @@ from uuid import UUID
 
 # How often the run reads its own state to learn that it was cancelled: one small GET through the gateway.
 CANCEL_POLL_SECONDS = 1.0
+ORPHAN_SECONDS = 3600.0
+"""Past this, a standby with no run exits: its worker host retires standbys after 10 idle minutes itself."""
+READY_LINE = "ariel standby: imported, waiting for a run"
+"""Printed once the imports are done: `docker logs` shows whether a standby is ready (benchmarks wait for it)."""
 
 
 def warm() -> None:
@@ -46,8 +51,13 @@ def warm() -> None:
     import flows.models.scripted  # noqa: F401
 
 
-def read_handoff(stream: Any) -> dict[str, str] | None:
-    """The run's environment from the one line the worker host writes; None when stdin closed first."""
+def read_handoff(stream: Any, wait_seconds: float = ORPHAN_SECONDS) -> dict[str, str] | None:
+    """The run's environment from the one line the worker host writes; None when stdin closed first, or no run
+    came within `wait_seconds` (a worker host that was killed left this standby: nobody else would remove it).
+    """
+    ready, _, _ = select.select([stream], [], [], wait_seconds)
+    if not ready:
+        return None
     line = stream.readline()
     if not line.strip():
         return None
@@ -74,39 +84,53 @@ def watch_cancellation(run_id: UUID) -> None:
     async def watch() -> None:
         from prefect.client.orchestration import get_client
         from prefect.runner._control_channel import ControlChannel, ControlSignalStatus
+        from prefect.states import Cancelled
 
         # Prefect's private runner-side channel (pinned in constraints.txt): the engine's own protocol for
         # "this SIGTERM is a cancel", so that its cancellation hooks run and the state is not Crashed.
-        async with ControlChannel() as channel, get_client() as client:
+        # Open for the life of the process, which ends with its run.
+        channel: ControlChannel | None = ControlChannel()
+        try:
+            assert channel is not None
+            await channel.__aenter__()
             ports.append(channel.register(run_id))
-            ready.set()
+        except Exception as exc:  # without it a cancel still ends the run Cancelled, only without its hooks
+            print(f"standby: no control channel ({type(exc).__name__})", file=sys.stderr)
+            channel = None
+        finally:
+            ready.set()  # registered or not: the run must not wait on this
+        async with get_client() as client:
             while True:
                 await asyncio.sleep(CANCEL_POLL_SECONDS)
                 try:
                     run = await client.read_flow_run(run_id)
-                except Exception:  # an API blip: the next poll asks again
+                    if run.state is None or not run.state.is_cancelling():
+                        continue
+                    status = await channel.signal(run_id, "cancel") if channel else None
+                    if status is ControlSignalStatus.ACKNOWLEDGED:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
+                    if status is ControlSignalStatus.ALREADY_CONCLUDED:  # the engine ended it first
+                        return
+                    # The engine is not listening yet (still loading the flow), or no channel: end the run here.
+                    await client.set_flow_run_state(run_id, Cancelled(message="Flow run was cancelled."), force=True)
+                except Exception as exc:  # an API blip: the next poll asks again
+                    print(f"standby: cancellation check failed ({type(exc).__name__}); retrying", file=sys.stderr)
                     continue
-                if run.state is None or not run.state.is_cancelling():
-                    continue
-                status = await channel.signal(run_id, "cancel")
-                if status is ControlSignalStatus.ACKNOWLEDGED:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    return
-                # The engine is not listening yet (still loading) or already ended: set it ourselves.
-                from prefect.states import Cancelled
-
-                await client.set_flow_run_state(run_id, Cancelled(message="Flow run was cancelled."), force=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
                 os._exit(0)
 
     thread = threading.Thread(target=asyncio.run, args=(watch(),), name="cancel-watch", daemon=True)
     thread.start()
-    if ready.wait(10):
+    if ready.wait(10) and ports:
         port, token = ports[0]
         os.environ["PREFECT__CONTROL_PORT"], os.environ["PREFECT__CONTROL_TOKEN"] = str(port), token
 
 
 def main() -> None:
     warm()
+    print(READY_LINE, flush=True)
     env = read_handoff(sys.stdin)
     if env is None:
         return
@@ -128,8 +152,10 @@ def main() -> None:
         code = 1
     finally:
         # What interpreter exit does, less its teardown of every module and object: freeing Prefect's and
-        # litellm's heap kept the container up ~1.7 s after its run had ended. The exit functions still run
-        # (Prefect drains its log and event queues in them).
+        # litellm's heap kept the container up ~1.7 s after its run had ended. Threads are joined and the
+        # exit functions run as at any exit: Prefect drains its event queue in the first (task runs' states
+        # reach Prefect as events) and its log queue in the second.
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

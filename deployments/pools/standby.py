@@ -19,6 +19,7 @@ name (Docker labels cannot change after creation), for `container_exits` and for
 
 Example:
     >>> run_of("ariel-standby-1f2e3d4c")
+    >>> run_of("0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7-20261203-0659-1a2b")  # a slug's UUID is not the run's
     >>> run_of("crafty-tiger-0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7-a1b2c3")
     UUID('0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7')
 """
@@ -32,11 +33,11 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import docker
-from docker.errors import DockerException, NotFound
 from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ STANDBY_COMMAND = ["python", "-m", "flows.standby"]
 IDLE_SECONDS = 600.0
 """A standby nobody took for this long is removed: ~150 MB each, and a quiet pool needs none."""
 _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
-_RUN_ID = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+# Anchored at the end: the run's name before it is the agent's slug, which its author chooses (a UUID, even).
+_RUN_ID = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[0-9a-f]{6}$")
 # What a handed container takes over from a standby as it is: everything but these was fixed at its start.
 _PER_RUN = frozenset({"environment", "name", "labels", "command"})
 
@@ -80,7 +82,7 @@ class StandbyDockerWorker(DockerWorker):
         super().__init__(*args, **kwargs)
         self._standby: _Standby | None = None
         self._standby_lock = threading.Lock()
-        self._replenishing = False
+        self._replenisher: threading.Thread | None = None  # starting the next standby; one at a time
         self._warmed = False
         self._closed = False
 
@@ -94,7 +96,7 @@ class StandbyDockerWorker(DockerWorker):
         configuration = await self.job_configuration.from_template_and_values(self._work_pool.base_job_template, {})
         try:
             await asyncio.to_thread(self._warm, configuration)
-        except DockerException as exc:
+        except Exception as exc:  # no engine now, say: runs take the cold path, the worker goes on serving
             self._logger.warning(f"Could not start a standby container: {exc}")
 
     def _warm(self, configuration: DockerWorkerJobConfiguration) -> None:
@@ -118,15 +120,24 @@ class StandbyDockerWorker(DockerWorker):
                 self._pull_image(docker_client, configuration)
             image_id = docker_client.images.get(configuration.image).id
             shape = _shape(settings)
+            # Named for its run before it is handed the run: from then on nothing takes it for a waiting standby,
+            # and nothing that can fail is left to do once the run is in it.
+            name = run_container_name(configuration.name, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")
             container = self._take_standby(shape, image_id)
-            if container is None or not _hand(container, configuration.env):
+            if container is not None:
+                standby_name = container.name
+                if _rename(container, name) and _hand(container, configuration.env):
+                    self._logger.info(f"Standby container {standby_name!r} took the run as {name!r}")
+                else:
+                    _remove(container)
+                    container = None
+            if container is None:
                 self._logger.info("No standby container fits; starting one for this run")
-                container = _start(docker_client, settings, self._work_pool_name)
+                container = _start(docker_client, settings, self._work_pool_name, name=name)
                 if not _hand(container, configuration.env):
-                    raise RuntimeError(f"container {container.name} ended before it could be handed its run")
-            self._logger.info(f"Docker container {container.name!r} took the run")
-            run_id = configuration.env.get("PREFECT__FLOW_RUN_ID", "")
-            _rename(container, f"{configuration.name or 'ariel-run'}-{run_id}-{secrets.token_hex(3)}")
+                    _remove(container)
+                    raise RuntimeError(f"container {name} ended before it could be handed its run")
+                self._logger.info(f"Docker container {name!r} started for the run")
             created_event = self._emit_container_status_change_event(container, configuration)
         finally:
             docker_client.close()
@@ -144,7 +155,7 @@ class StandbyDockerWorker(DockerWorker):
                 standby.container.reload()
                 if standby.container.status == "running":
                     return standby.container
-            except DockerException:
+            except Exception:  # gone, or the engine did not answer: either way not one to hand a run to
                 pass
         self._logger.info(f"Standby container {standby.container.name!r} is stale; removing it")
         _remove(standby.container)
@@ -152,11 +163,6 @@ class StandbyDockerWorker(DockerWorker):
 
     def _replenish(self, settings: dict[str, Any], shape: str, image_id: str) -> None:
         """Start the pool's next standby in the background; one at a time."""
-        with self._standby_lock:
-            if self._replenishing or self._closed:
-                return
-            self._replenishing = True
-
         def start() -> None:
             try:
                 client = docker.from_env()
@@ -172,13 +178,17 @@ class StandbyDockerWorker(DockerWorker):
                         previous, self._standby = self._standby, standby
                 if previous is not None:
                     _remove(previous.container)
-            except DockerException as exc:  # the next run takes the cold path and tries again
+            except Exception as exc:  # the next run takes the cold path and tries again
                 self._logger.warning(f"Could not start a standby container: {exc}")
             finally:
                 with self._standby_lock:
-                    self._replenishing = False
+                    self._replenisher = None
 
-        threading.Thread(target=start, name="standby", daemon=True).start()
+        with self._standby_lock:
+            if self._replenisher is not None or self._closed:
+                return
+            self._replenisher = threading.Thread(target=start, name="standby", daemon=True)
+            self._replenisher.start()
 
     def retire_idle(self, idle_seconds: float = IDLE_SECONDS) -> None:
         """Remove the standby if it waited longer than `idle_seconds` (called by the worker host's loop)."""
@@ -189,13 +199,16 @@ class StandbyDockerWorker(DockerWorker):
             self._standby = None
         _remove(standby.container)
 
-    def retire(self) -> None:
-        """Remove the standby now: the worker is stopping."""
+    def retire(self, wait_seconds: float = 3.0) -> None:
+        """Remove the standby now, and the one being started: the worker is stopping."""
         with self._standby_lock:
             self._closed = True
             standby, self._standby = self._standby, None
+            starting = self._replenisher
         if standby is not None:
             _remove(standby.container)
+        if starting is not None:  # it removes what it started once it sees `_closed`
+            starting.join(wait_seconds)
 
 
 def _shape(settings: dict[str, Any]) -> str:
@@ -203,21 +216,35 @@ def _shape(settings: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in settings.items() if k not in _PER_RUN}, sort_keys=True, default=str)
 
 
-def _start(client: DockerClient, settings: dict[str, Any], pool: str) -> Container:
-    """Start a container of `settings` that waits on stdin for its run."""
-    labels = {k: v for k, v in (settings.get("labels") or {}).items() if _KEPT_LABELS.match(k)}
+def run_container_name(run_name: str | None, run_id: str) -> str:
+    """A run's container's name: its run's name and id, and a suffix of its own (a retry gets a new container).
+
+    >>> run_of(run_container_name("crafty-tiger", "0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7"))
+    UUID('0f3c9a1b-2c3d-4e5f-6071-8293a4b5c6d7')
+    """
+    return f"{run_name or 'ariel-run'}-{run_id}-{secrets.token_hex(3)}"
+
+
+def _start(client: DockerClient, settings: dict[str, Any], pool: str, name: str | None = None) -> Container:
+    """Start a container of `settings` that waits on stdin for its run: a standby, or one named for its run."""
+    labels = dict(settings.get("labels") or {}) if name else {
+        **{k: v for k, v in (settings.get("labels") or {}).items() if _KEPT_LABELS.match(k)}, STANDBY_LABEL: "yes"}
     labels[POOL_LABEL] = pool  # what `container_exits` and `remove_standbys` know an install's containers by
     kwargs = {k: v for k, v in settings.items() if k not in _PER_RUN}
     container = client.containers.create(
-        **kwargs, command=STANDBY_COMMAND, environment={}, labels={**labels, STANDBY_LABEL: "yes"},
-        name=f"ariel-standby-{secrets.token_hex(6)}", stdin_open=True,
+        **kwargs, command=STANDBY_COMMAND, environment={}, labels=labels,
+        name=name or f"ariel-standby-{secrets.token_hex(6)}", stdin_open=True,
     )
-    container.start()
+    try:
+        container.start()
+    except BaseException:
+        _remove(container)
+        raise
     return container
 
 
 def _hand(container: Container, env: Mapping[str, str | None]) -> bool:
-    """Write the run's environment to the container's stdin; False when it is gone."""
+    """Write the run's environment to the container's stdin; False when that failed (the caller removes it)."""
     line = json.dumps({"env": {k: v for k, v in env.items() if v is not None}}) + "\n"
     try:
         sock = container.attach_socket(params={"stdin": 1, "stream": 1})
@@ -227,26 +254,22 @@ def _hand(container: Container, env: Mapping[str, str | None]) -> bool:
         finally:
             sock.close()
         return True
-    except (DockerException, OSError):
-        _remove(container)
+    except Exception:  # docker-py lets the connection's own errors through unwrapped
         return False
 
 
-def _rename(container: Container, name: str) -> None:
+def _rename(container: Container, name: str) -> bool:
     try:
         container.rename(name)
         container.reload()
-    except DockerException:  # a name clash leaves the standby's name: the run still runs, under it
-        pass
+        return True
+    except Exception:  # a clash, the engine gone: the caller removes it and starts one for the run
+        return False
 
 
 def _remove(container: Container) -> None:
-    try:
+    with suppress(Exception):  # already gone, or no engine: `remove_standbys` and the standby's own limit remain
         container.remove(force=True)
-    except NotFound:
-        pass
-    except DockerException:
-        pass
 
 
 def remove_standbys(pool_prefix: str) -> int:

@@ -103,9 +103,12 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
                     error = None if task.cancelled() else task.exception()
                     print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
                     retry_at[pool] = loop.time() + 30
-            for worker in workers.values():
+            for pool, worker in workers.items():
                 if isinstance(worker, StandbyDockerWorker):
-                    await asyncio.to_thread(worker.retire_idle)
+                    try:
+                        await asyncio.to_thread(worker.retire_idle)
+                    except Exception as exc:  # the engine gone, say: the standby is retired on a later pass
+                        print(f"could not retire the idle standby of {pool} ({type(exc).__name__})", flush=True)
             await asyncio.sleep(rescan_seconds)
     finally:
         tasks = [*running.values(), *([exits] if exits else [])]

@@ -22,7 +22,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -400,21 +400,44 @@ def test_a_retry_outranks_an_earlier_attempt_that_never_ran_though_prefect_count
 def test_a_worker_ask_that_finds_no_run_is_held_and_answered_with_the_run_chat_starts_meanwhile(stack: Stack) -> None:
     carol = "dev:carol:initech:owner"  # an org of its own: its pool has no run waiting
 
-    async def go() -> tuple[bool, str, list[str]]:
-        await agent(carol, stack.up.base_url, "Charlie")
+    async def go() -> tuple[list[bool], list[list[str]], str, str]:
+        charlie = await agent(carol, stack.up.base_url, "Charlie")
+        deployment_name = str(charlie["deployment"])
         made = await call(stack.up.base_url, carol, "manage_org", action="create_worker_key", name="lab")
         key = made["worker_keys"][0]["key"]
         pool = (await call(stack.up.base_url, carol, "get_agent", agent="charlie"))["work_pool"]
+        held: list[bool] = []
+        answered: list[list[str]] = []
         async with httpx.AsyncClient(timeout=30) as http:
-            asked = asyncio.create_task(http.post(f"{stack.gateway}/work_pools/{pool}/get_scheduled_flow_runs",
-                                                  json={}, headers=bearer(key)))
-            await asyncio.sleep(1)  # well inside the hold; a poll answered at once would be back by now
-            held = not asked.done()
-            run = await call(stack.up.base_url, carol, "run_agent", agent="charlie")
-            answer = await asked
-        assert answer.status_code == 200, answer.text
-        return held, run["id"], [item["flow_run"]["id"] for item in answer.json()]
 
-    held, run_id, answered = asyncio.run(go())
-    assert held, "the gateway answered an empty poll at once instead of holding it"
-    assert answered == [run_id]
+            async def ask_while(make_run: Callable[[], Awaitable[str]]) -> str:
+                asked = asyncio.create_task(http.post(f"{stack.gateway}/work_pools/{pool}/get_scheduled_flow_runs",
+                                                      json={}, headers=bearer(key)))
+                await asyncio.sleep(1)  # well inside the hold; a poll answered at once would be back by now
+                held.append(not asked.done())
+                run_id = await make_run()
+                answer = await asked
+                assert answer.status_code == 200, answer.text
+                answered.append([item["flow_run"]["id"] for item in answer.json()])
+                return run_id
+
+            async def in_prefect() -> str:  # as a schedule makes one: nothing rings the pool
+                deployment = (await http.get(f"{stack.prefect}/deployments/name/{deployment_name}",
+                                             headers=stack.control)).json()
+                made = await http.post(f"{stack.prefect}/deployments/{deployment['id']}/create_flow_run", json={},
+                                       headers=stack.control)
+                return str(made.json()["id"])
+
+            async def in_chat() -> str:
+                return str((await call(stack.up.base_url, carol, "run_agent", agent="charlie"))["id"])
+
+            unannounced = await ask_while(in_prefect)
+            # Gone again, so that the next ask finds the pool empty as well.
+            assert (await http.delete(f"{stack.prefect}/flow_runs/{unannounced}", headers=stack.control)).is_success
+            announced = await ask_while(in_chat)
+        return held, answered, unannounced, announced
+
+    held, answered, unannounced, announced = asyncio.run(go())
+    assert held == [True, True], "the gateway answered an empty poll at once instead of holding it"
+    # Only a run made through chat wakes the hold; the other waits for the worker's next poll.
+    assert answered == [[], [announced]], (answered, unannounced)
