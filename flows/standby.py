@@ -48,7 +48,15 @@ def warm() -> None:
 
     import flows.agent  # noqa: F401
     import flows.mcp.client  # noqa: F401
-    import flows.models.scripted  # noqa: F401
+    from flows.models import SCRIPTED_MODEL
+    from flows.models.scripted import register_scripted_provider
+
+    # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted model
+    # (no network, nothing of any run), so that a run's first model step does not pay it. The sync call, so
+    # that no event loop of litellm's outlives it into the run's.
+    register_scripted_provider()
+    litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
+                       script=[{"reply": "ready"}], num_retries=0)
 
 
 def read_handoff(stream: Any, wait_seconds: float = ORPHAN_SECONDS) -> dict[str, str] | None:
@@ -61,7 +69,10 @@ def read_handoff(stream: Any, wait_seconds: float = ORPHAN_SECONDS) -> dict[str,
     line = stream.readline()
     if not line.strip():
         return None
-    handed = json.loads(line)
+    try:
+        handed = json.loads(line)
+    except ValueError:
+        handed = None
     env = handed.get("env") if isinstance(handed, dict) else None
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise SystemExit("standby: the handoff line has no {'env': {name: value}} object")
