@@ -13,7 +13,8 @@ and, on Cancelling, delivers the cancel intent through Prefect's attempt control
 (`prefect.runner._control_channel`) and then SIGTERMs itself, so that the engine ends the run
 Cancelled (with its hooks) rather than Crashed.
 
-A closed stdin before any line (the worker host retiring it) ends the process quietly.
+A closed stdin before any line (the worker host retiring it), or no line within `ORPHAN_SECONDS` (a worker
+host killed before it could remove this standby), ends the process quietly.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ READY_LINE = "ariel standby: imported, waiting for a run"
 
 def warm() -> None:
     """Import what every run imports, so that a run handed over starts with its first line."""
-    import litellm  # noqa: F401  (the heaviest: 3 CPU-seconds of import)
+    import litellm  # the heaviest: 3 CPU-seconds of import
     import prefect.engine  # noqa: F401
     import prefect.flow_engine  # noqa: F401
     import prefect.runner._control_channel  # noqa: F401
