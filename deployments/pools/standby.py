@@ -92,9 +92,10 @@ class StandbyDockerWorker(DockerWorker):
         if self._warmed or self._work_pool is None:
             return
         self._warmed = True
-        # From the pool's template alone: what differs per run (env, labels, name) is not part of the shape.
-        configuration = await self.job_configuration.from_template_and_values(self._work_pool.base_job_template, {})
         try:
+            # From the pool's template alone: what differs per run (env, labels, name) is not part of the shape.
+            configuration = await self.job_configuration.from_template_and_values(
+                self._work_pool.base_job_template, {})
             await asyncio.to_thread(self._warm, configuration)
         except Exception as exc:  # no engine now, say: runs take the cold path, the worker goes on serving
             self._logger.warning(f"Could not start a standby container: {exc}")
