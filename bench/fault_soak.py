@@ -51,7 +51,7 @@ from prefect.client.schemas.filters import (  # noqa: E402
 from prefect.client.schemas.objects import FlowRun  # noqa: E402
 
 from bench.cleanup import remove_containers  # noqa: E402
-from deployments.pools.standby import is_run_container, run_of  # noqa: E402
+from deployments.pools.standby import container_run  # noqa: E402
 from tests.mcp_server.callers import ask  # noqa: E402
 from tests.support import ArielUp, Effects, ariel_up, child_pid, effect_script, http_service, token_of  # noqa: E402
 
@@ -103,13 +103,13 @@ class Soak:
                 running: list[Any] = []
                 while not running and time.monotonic() - at < 75:
                     of_pool = engine.containers.list(filters={"label": f"io.prefect.work-pool-name={self.pool}"})
-                    running = [c for c in of_pool if is_run_container(c)]
+                    running = [c for c in of_pool if container_run(c) is not None]
                     if not running:
                         await asyncio.sleep(0.5)
                 if not running:
                     return Fault(kind, at, None, "skipped: no run container came within 75 s")
                 victim = running[0]
-                run_id = str(victim.labels.get("io.prefect.flow-run-id") or run_of(victim.name or ""))
+                run_id = str(container_run(victim))
                 victim.kill()
                 at = time.monotonic()
             finally:

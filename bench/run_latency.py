@@ -52,7 +52,7 @@ from bench.samples import Samples  # noqa: E402
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
 from deployments.agents.signing import Ed25519ConfigSigner  # noqa: E402
 from deployments.agents.spec import AgentSpec  # noqa: E402
-from deployments.pools.standby import POOL_LABEL, STANDBY_LABEL, run_containers, run_of  # noqa: E402
+from deployments.pools.standby import run_containers, waiting_standbys  # noqa: E402
 from flows.signing import VERIFY_KEY_ENV  # noqa: E402
 from flows.standby import READY_LINE  # noqa: E402
 from tests.support import ariel_up, prefect_server, test_env  # noqa: E402
@@ -161,9 +161,8 @@ def ready_standby(pool: str, timeout: float = 90) -> Any | None:
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for container in engine.containers.list(filters={"label": f"{STANDBY_LABEL}=yes"}):
-                if (container.labels.get(POOL_LABEL) == pool and run_of(container.name or "") is None
-                        and READY_LINE.encode() in container.logs()):
+            for container in waiting_standbys(engine, pool):
+                if READY_LINE.encode() in container.logs():
                     return container
             time.sleep(0.2)
         return None

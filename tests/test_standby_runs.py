@@ -27,7 +27,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 
-from deployments.pools.standby import POOL_LABEL, STANDBY_LABEL, run_of
+from deployments.pools.standby import POOL_LABEL, waiting_standbys
 from deployments.runs import wait_for_run
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, child_pid, wait_until
@@ -68,14 +68,8 @@ def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
     client.close()
 
 
-def standbys(engine: docker.DockerClient, pool: str) -> list[Any]:
-    """The pool's standby containers that wait for a run (none handed one yet)."""
-    return [container for container in engine.containers.list(filters={"label": f"{STANDBY_LABEL}=yes"})
-            if container.labels.get(POOL_LABEL) == pool and run_of(container.name or "") is None]
-
-
 def waiting_standby(engine: docker.DockerClient, pool: str, other_than: str = "") -> Any:
-    found = wait_until(lambda: [c for c in standbys(engine, pool) if c.id != other_than], 120,
+    found = wait_until(lambda: [c for c in waiting_standbys(engine, pool) if c.id != other_than], 120,
                        f"a standby container of {pool}")
     assert len(found) == 1, [c.name for c in found]  # one per pool, not one per pass
     return found[0]
@@ -128,7 +122,7 @@ async def test_a_standby_that_died_is_replaced_by_a_container_started_for_the_ru
     async with Client(stack.mcp_url) as chat:
         agent = await probe(chat, "Cold")
         waiting_standby(engine, agent["work_pool"]).kill()
-        wait_until(lambda: not standbys(engine, agent["work_pool"]), 30, "the killed standby to go")
+        wait_until(lambda: not waiting_standbys(engine, agent["work_pool"]), 30, "the killed standby to go")
         before = pool_host_log(stack).count("No standby container fits; starting one for this run")
         run = await run_to_the_end(chat, "cold")
     assert run["result"] == "Cold done", run

@@ -45,13 +45,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import LogCreate
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-from deployments.pools.standby import run_of
+from deployments.pools.standby import POOL_LABEL, labelled_run
 
 LOGGER_NAME = "ariel.container_exits"
 _WARNING = 30
 _FILTERS = {"type": "container", "label": ["ariel.role=flow-run"], "event": ["oom", "kill", "die"]}
-_RUN_LABEL = "io.prefect.flow-run-id"
-_POOL_LABEL = "io.prefect.work-pool-name"
+
 # Exits that happened while this process was down (a restarted worker host) are still in the engine's recent
 # events: replay this far back once at start, so that a run whose container died meanwhile still gets its cause.
 REPLAY_SECONDS = 300
@@ -131,7 +130,7 @@ class _Follower:
         actor = event.get("Actor") or {}
         container_id: str = actor.get("ID") or event.get("id") or ""
         labels: dict[str, str] = actor.get("Attributes") or {}
-        if not container_id or not labels.get(_POOL_LABEL, "").startswith(self.pool_prefix):
+        if not container_id or not labels.get(POOL_LABEL, "").startswith(self.pool_prefix):
             return None
         seen = self.seen.setdefault(container_id, _Seen())
         action = event.get("Action") or event.get("status")
@@ -148,7 +147,7 @@ class _Follower:
                 self.handled.popitem(last=False)
             try:
                 code = int(labels.get("exitCode", ""))
-                run_id = UUID(labels[_RUN_LABEL]) if _RUN_LABEL in labels else run_of(labels.get("name", ""))
+                run_id = labelled_run(labels.get("name", ""), labels)
             except ValueError:
                 return None
             if run_id is None:  # a standby removed before any run was handed to it

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 STANDBY_LABEL = "ariel.standby"
 POOL_LABEL = "io.prefect.work-pool-name"
+RUN_LABEL = "io.prefect.flow-run-id"
 STANDBY_COMMAND = ["python", "-m", "flows.standby"]
 IDLE_SECONDS = 600.0
 """A standby nobody took for this long is removed: ~150 MB each, and a quiet pool needs none."""
@@ -273,32 +274,42 @@ def _remove(container: Container) -> None:
         container.remove(force=True)
 
 
+def waiting_standbys(client: DockerClient, pool_prefix: str, running_only: bool = True) -> list[Container]:
+    """The standby containers of the pools named `pool_prefix…` (one pool's name, or an install's prefix) that no
+    run was handed yet."""
+    return [container for container in client.containers.list(all=not running_only,
+                                                               filters={"label": f"{STANDBY_LABEL}=yes"})
+            if container.labels.get(POOL_LABEL, "").startswith(pool_prefix) and container_run(container) is None]
+
+
 def remove_standbys(pool_prefix: str) -> int:
     """Remove every standby container of an install's pools (left by a worker host that was killed)."""
-    removed = 0
     client = docker.from_env()
     try:
-        for container in client.containers.list(all=True, filters={"label": f"{STANDBY_LABEL}=yes"}):
-            if container.labels.get(POOL_LABEL, "").startswith(pool_prefix) and (
-                run_of(container.name or "") is None
-            ):
-                _remove(container)
-                removed += 1
+        left = waiting_standbys(client, pool_prefix, running_only=False)
+        for container in left:
+            _remove(container)
     finally:
         client.close()
-    return removed
+    return len(left)
 
 
 def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool = True) -> list[Container]:
     """The containers of run `run_id`: started for it (Prefect's label) or a standby handed it (its name)."""
     found = {}
-    by: list[dict[str, str | list[str] | bool]] = [{"label": f"io.prefect.flow-run-id={run_id}"}, {"name": str(run_id)}]
+    by: list[dict[str, str | list[str] | bool]] = [{"label": f"{RUN_LABEL}={run_id}"}, {"name": str(run_id)}]
     for filters in by:
         for container in client.containers.list(all=not running_only, filters=filters):
             found[container.id] = container
     return list(found.values())
 
 
-def is_run_container(container: Container) -> bool:
-    """Whether `container` executes a run: not a standby still waiting for one."""
-    return "io.prefect.flow-run-id" in container.labels or run_of(container.name or "") is not None
+def container_run(container: Container) -> UUID | None:
+    """The run `container` executes; None for a standby still waiting for one."""
+    return labelled_run(container.name or "", container.labels)
+
+
+def labelled_run(name: str, labels: Mapping[str, str]) -> UUID | None:
+    """The run of a container so named and labelled: Prefect's label when it was started for the run, else the
+    id in its name when it was a standby. ValueError for a label that is no run id."""
+    return UUID(labels[RUN_LABEL]) if RUN_LABEL in labels else run_of(name)
