@@ -104,11 +104,18 @@ class StandbyDockerWorker(DockerWorker):
     def _warm(self, configuration: DockerWorkerJobConfiguration) -> None:
         docker_client = self._get_client()  # type: ignore[no-untyped-call]
         try:
-            settings = self._build_container_settings(docker_client, configuration)
-            image_id = docker_client.images.get(configuration.image).id
+            settings, shape, image_id = self._plan(docker_client, configuration)
         finally:
             docker_client.close()
-        self._replenish(settings, _shape(settings), image_id)
+        self._replenish(settings, shape, image_id)
+
+    def _plan(self, docker_client: DockerClient, configuration: DockerWorkerJobConfiguration
+              ) -> tuple[dict[str, Any], str, str]:
+        """The container settings of `configuration`, their shape, and the id of its image (pulled if need be)."""
+        settings = self._build_container_settings(docker_client, configuration)
+        if self._should_pull_image(docker_client, configuration=configuration):
+            self._pull_image(docker_client, configuration)
+        return settings, _shape(settings), str(docker_client.images.get(configuration.image).id)
 
     async def teardown(self, *exc_info: Any) -> None:
         await asyncio.to_thread(self.retire)
@@ -117,11 +124,7 @@ class StandbyDockerWorker(DockerWorker):
     def _create_and_start_container(self, configuration: DockerWorkerJobConfiguration) -> tuple[Container, Event]:
         docker_client = self._get_client()  # type: ignore[no-untyped-call]
         try:
-            settings = self._build_container_settings(docker_client, configuration)
-            if self._should_pull_image(docker_client, configuration=configuration):
-                self._pull_image(docker_client, configuration)
-            image_id = docker_client.images.get(configuration.image).id
-            shape = _shape(settings)
+            settings, shape, image_id = self._plan(docker_client, configuration)
             # Named for its run before it is handed the run: from then on nothing takes it for a waiting standby,
             # and nothing that can fail is left to do once the run is in it.
             name = run_container_name(configuration.name, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")

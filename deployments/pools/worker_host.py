@@ -63,16 +63,14 @@ async def ariel_pools(pool_type: PoolType, prefix: str) -> set[str]:
     raise AssertionError("unreachable")
 
 
-async def serve_pool(worker: BaseWorker) -> None:  # type: ignore[type-arg]
-    pool = worker._work_pool_name
+async def serve_pool(worker: BaseWorker, pool: str) -> None:  # type: ignore[type-arg]
     await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
 
 
 async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -> None:
     """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`."""
     host = socket.gethostname()
-    running: dict[str, asyncio.Task[None]] = {}
-    workers: dict[str, BaseWorker] = {}  # type: ignore[type-arg]
+    running: dict[str, tuple[asyncio.Task[None], BaseWorker]] = {}  # type: ignore[type-arg]
     retry_at: dict[str, float] = {}  # a worker that died waits before its next start
     loop = asyncio.get_running_loop()
     exits = asyncio.create_task(container_exits.watch(prefix)) if pool_type == "docker" else None
@@ -89,21 +87,18 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
                 if retry_at.get(pool, 0) > loop.time():
                     continue
                 print(f"serving work pool {pool}", flush=True)
-                workers[pool] = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}",
-                                                   create_pool_if_not_found=False)
-                running[pool] = asyncio.create_task(serve_pool(workers[pool]), name=pool)
+                worker = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}", create_pool_if_not_found=False)
+                running[pool] = (asyncio.create_task(serve_pool(worker, pool), name=pool), worker)
             for pool in sorted(running.keys() - pools):
                 print(f"work pool {pool} is gone; stopping its worker", flush=True)
-                running.pop(pool).cancel()
-                workers.pop(pool, None)
-            for pool, task in list(running.items()):
+                running.pop(pool)[0].cancel()
+            for pool, (task, _) in list(running.items()):
                 if task.done():  # a worker that died is started again on the next pass
                     running.pop(pool)
-                    workers.pop(pool, None)
                     error = None if task.cancelled() else task.exception()
                     print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
                     retry_at[pool] = loop.time() + 30
-            for pool, worker in workers.items():
+            for pool, (_, worker) in running.items():
                 if isinstance(worker, StandbyDockerWorker):
                     try:
                         await asyncio.to_thread(worker.retire_idle)
@@ -111,7 +106,7 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
                         print(f"could not retire the idle standby of {pool} ({type(exc).__name__})", flush=True)
             await asyncio.sleep(rescan_seconds)
     finally:
-        tasks = [*running.values(), *([exits] if exits else [])]
+        tasks = [*(task for task, _ in running.values()), *([exits] if exits else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
