@@ -56,6 +56,7 @@ _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
 _RUN_ID = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[0-9a-f]{6}$")
 # What a handed container takes over from a standby as it is: everything but these was fixed at its start.
 _PER_RUN = frozenset({"environment", "name", "labels", "command"})
+_ENDED = frozenset({"exited", "dead"})
 
 
 def run_of(container_name: str) -> UUID | None:
@@ -148,6 +149,23 @@ class StandbyDockerWorker(DockerWorker):
             docker_client.close()
         self._replenish(settings, shape, image_id)
         return container, created_event
+
+    def _watch_container_safe(self, container: Container, configuration: DockerWorkerJobConfiguration,
+                              created_event: Event) -> Container:
+        """Prefect's watch, and the exit code read from the engine's events when the container was removed
+        (`auto_remove`) before the watch read it: Prefect would take the snapshot from before the exit, exit
+        code 0, for success, and leave the run Pending forever. Seen with a container OOM-killed at once."""
+        watched: Container = super()._watch_container_safe(
+            container, configuration, created_event)
+        state = watched.attrs.setdefault("State", {})
+        if state.get("Status") not in _ENDED:
+            docker_client = self._get_client()  # type: ignore[no-untyped-call]
+            try:
+                state["ExitCode"] = exit_code_from_events(docker_client, str(watched.id))
+            finally:
+                docker_client.close()
+            state["Status"] = "exited"
+        return watched
 
     def _take_standby(self, shape: str, image_id: str) -> Container | None:
         """The standby, if it is what a container started now would be; a stale one is removed."""
@@ -270,6 +288,22 @@ def _rename(container: Container, name: str) -> bool:
         return True
     except Exception:  # a clash, the engine gone: the caller removes it and starts one for the run
         return False
+
+
+def exit_code_from_events(client: DockerClient, container_id: str, lookback_seconds: float = 3600) -> int:
+    """How container `container_id` exited, from the engine's recent events (its `die` event carries the
+    code, and outlives the container); -1, "unknown", when none is found, which the worker reports as a crash
+    (a run that had already reached a final state keeps it: Prefect refuses to crash a finished run)."""
+    now = time.time()
+    try:
+        for event in client.events(since=int(now - lookback_seconds), until=int(now) + 1, decode=True,
+                                   filters={"type": "container", "container": container_id, "event": "die"}):
+            code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
+            if code is not None:
+                return int(code)
+    except Exception:  # the engine went away too: unknown
+        pass
+    return -1
 
 
 def _remove(container: Container) -> None:
