@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,15 @@ def _source_files(root: Path) -> Iterable[Path]:
         yield from sorted(
             path for path in (root / directory).rglob("*") if path.is_file() and "__pycache__" not in path.parts
         )
+
+
+def _remove_replaced(client: docker.DockerClient, image_id: str) -> None:
+    """Remove the image a build took the tag from, if nothing names it any more: ~750 MB left by every rebuild.
+    The engine refuses while a container (a run, a standby) still uses it; it then stays, as any other."""
+    with suppress(DockerException):
+        replaced = client.images.get(image_id)
+        if not replaced.tags:  # another name for it (a tag of its own, the same build under two tags) keeps it
+            client.images.remove(image_id)
 
 
 @dataclass
@@ -105,9 +115,10 @@ class RuntimeImageBuilder:
         assert base_id is not None  # an image the engine returns always carries its Id
         wanted = self.code_hash(base_id)
         try:
-            current = client.images.get(self.tag).labels.get(CODE_HASH_LABEL)
+            replaced = client.images.get(self.tag)
+            current = replaced.labels.get(CODE_HASH_LABEL)
         except ImageNotFound:
-            current = None
+            replaced, current = None, None
         if current == wanted:
             return False
         reason = "missing" if current is None else "older than the code"
@@ -116,6 +127,8 @@ class RuntimeImageBuilder:
         wheels = self._resolve_wheels(client, base_id, progress)
         mcp = self._prepare_catalog(client, base_id, progress)
         self._build(client, wheels, mcp, wanted, progress)
+        if replaced is not None and replaced.id != client.images.get(self.tag).id:
+            _remove_replaced(client, str(replaced.id))
         progress(f"built {self.tag} in {time.monotonic() - started:.0f} s")
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import docker
@@ -43,3 +44,34 @@ def test_an_image_built_from_this_code_is_not_built_again(docker_engine: None) -
     assert base_id is not None
     assert client.images.get("ariel-runtime:local").labels[CODE_HASH_LABEL] == builder.code_hash(base_id)
     client.close()
+
+
+def test_a_rebuild_removes_the_image_it_replaced_unless_another_name_still_has_it(
+    docker_engine: None, tmp_path: Path
+) -> None:
+    tag, other_name = "ariel-runtime:rebuild-test", "ariel-runtime:rebuild-test-kept"
+    builder = RuntimeImageBuilder(tag=tag, base_image="ariel-base:bookworm", root=copy_sources(tmp_path))
+    agent = tmp_path / "flows" / "agent.py"
+    client = docker.from_env()
+
+    def rebuild(change: str) -> str:
+        agent.write_text(agent.read_text() + f"\n# {change}\n")  # code of this test's own: no other tag's image
+        assert builder.ensure(progress=lambda _line: None) is True
+        return str(client.images.get(tag).id)
+
+    try:
+        named_twice = rebuild("first")
+        client.images.get(named_twice).tag(other_name)
+        replaced = rebuild("second")
+        assert named_twice in image_ids(client), "an image another name still has was removed"
+        rebuild("third")
+        assert replaced not in image_ids(client), "the replaced image was left behind"
+    finally:
+        for name in (tag, other_name):
+            with suppress(docker.errors.ImageNotFound):
+                client.images.remove(name)
+        client.close()
+
+
+def image_ids(client: docker.DockerClient) -> set[str]:
+    return {str(image.id) for image in client.images.list(all=True)}
