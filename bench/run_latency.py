@@ -9,6 +9,14 @@ Measured in one run, on one Prefect server and one runtime image, for:
   (c) a default Prefect Docker worker (stock job template and settings, polling
       every 10 s), the same flow and parameters, started with the Prefect client.
 
+Per run, also the CPU time its container used, from the container's cgroup on
+this machine (cpuacct for cgroup v1, cpu.stat for v2), read every 20 ms until
+the cgroup is gone: in total (imports included), and for a warm run what it
+used after it was handed the run. Then a burst: `--burst` runs asked for at
+once through each path (Ariel's runs through run_agent, the default worker's
+through the Prefect client), timed from the first ask to the last end, printed
+as runs per minute.
+
 Runs alternate between the three, so a busy spell of a shared machine falls on
 all. Times come from the log line's own timestamp and the run's end time, both
 on this machine's clock, so how often this script polls does not change them.
@@ -17,7 +25,7 @@ percentiles; the table prints whatever happened. The benchmark stops its own
 worker and removes the containers of its own pools only (pool names unique to
 this benchmark run).
 
-Usage: python bench/run_latency.py [--runs 5]   (needs Docker and the runtime image)
+Usage: python bench/run_latency.py [--runs 5] [--burst 20]   (needs Docker and the runtime image)
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +84,14 @@ class RunPath:
     first_line: Samples = field(default_factory=Samples)
     completed: Samples = field(default_factory=Samples)
     exited: Samples = field(default_factory=Samples)  # the run's end → its container no longer running
+    cpu: Samples = field(default_factory=Samples)  # CPU-seconds the run's container used, in all
+    cpu_in_run: Samples = field(default_factory=Samples)  # of which after a standby was handed the run
+    burst: Burst | None = None
 
-    async def record(self, client: PrefectClient, run_id: UUID, started: datetime) -> None:
+    async def record(self, client: PrefectClient, run_id: UUID, started: datetime,
+                     before: float | None = None) -> None:
+        """Measure run `run_id`, asked for at `started`; `before`: the CPU its standby had used when it was asked."""
+        tracker = asyncio.create_task(asyncio.to_thread(track_cpu, run_id))
         try:
             first, done = await measure(client, run_id, started)
         except TimeoutError:
@@ -89,6 +104,8 @@ class RunPath:
             self.completed.errors += 1
             print(f"  {self.name}: {exc}", flush=True)
             return
+        finally:
+            used = await tracker  # ends when the container's cgroup is gone, or after its own timeout
         self.first_line.seconds.append(first)
         self.completed.seconds.append(done)
         lingered = await container_exit(run_id, started.timestamp() + done)
@@ -96,9 +113,75 @@ class RunPath:
             self.exited.timeouts += 1
         else:
             self.exited.seconds.append(lingered)
+        cpu = "not read"
+        if used is None:
+            self.cpu.errors += 1
+        else:
+            self.cpu.seconds.append(used)
+            cpu = f"{used:.2f} CPU-s"
+            if before is not None:
+                self.cpu_in_run.seconds.append(used - before)
+                cpu += f" ({used - before:.2f} after the handoff)"
         shown = "timed out" if lingered is None else f"{lingered:.2f} s"
-        print(f"  {self.name}: first line {first:.2f} s, completed {done:.2f} s, container ended {shown} after",
-              flush=True)
+        print(f"  {self.name}: first line {first:.2f} s, completed {done:.2f} s, container ended {shown} after, "
+              f"{cpu}", flush=True)
+
+
+@dataclass
+class Burst:
+    """`runs` runs asked for at once: how many completed, and the time from the first ask to the last end."""
+
+    runs: int
+    completed: int = 0
+    failed: int = 0
+    seconds: float | None = None
+
+    def __str__(self) -> str:
+        took = "—" if self.seconds is None else f"{self.seconds:.1f} s"
+        return (f"{self.completed} of {self.runs} completed, {self.failed} failed, first ask → last end {took}, "
+                f"{self.per_minute()} runs/min")
+
+    def per_minute(self) -> str:
+        return "—" if not self.seconds or not self.completed else f"{self.completed / self.seconds * 60:.1f}"
+
+
+def cpu_seconds(container_id: str) -> float | None:
+    """CPU time a running container used so far, from its cgroup; None once the cgroup is gone (or unknown)."""
+    for path, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", 1e-9),
+                        (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat", 1e-6),
+                        (f"/sys/fs/cgroup/docker/{container_id}/cpu.stat", 1e-6)):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):  # cgroup v2: "usage_usec N" among others
+            text = next(line.split()[1] for line in text.splitlines() if line.startswith("usage_usec"))
+        return int(text) * scale
+    return None
+
+
+def track_cpu(run_id: UUID, timeout: float = RUN_TIMEOUT + 30) -> float | None:
+    """The CPU time of run `run_id`'s container, read every 20 ms until its cgroup goes: the last reading."""
+    engine = docker.from_env()
+    try:
+        deadline = time.monotonic() + timeout
+        container_id = None
+        while container_id is None and time.monotonic() < deadline:
+            found = run_containers(engine, run_id, running_only=False)
+            if found:
+                container_id = str(found[0].id)
+            else:
+                time.sleep(0.02)
+    finally:
+        engine.close()
+    last = None
+    while container_id is not None and time.monotonic() < deadline:
+        reading = cpu_seconds(container_id)
+        if reading is None and last is not None:  # its cgroup is gone: it ended
+            break
+        last = reading if reading is not None else last  # None before it started: a created container has none
+        time.sleep(0.02)
+    return last
 
 
 async def container_exit(run_id: UUID, ended_at: float, timeout: float = 60) -> float | None:
@@ -171,7 +254,7 @@ def ready_standby(pool: str, timeout: float = 90) -> Any | None:
 
 
 async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int, paths: list[RunPath],
-                    pools: list[str]) -> None:
+                    pools: list[str], burst: int = 0) -> None:
     """`runs` rounds of a warm and a cold Ariel run and a default-worker run; `pools` gets Ariel's pool when known."""
     warm, cold, baseline = paths
     async with Client(mcp_url) as mcp, PrefectClient(api_url) as client:
@@ -188,17 +271,64 @@ async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int
                     print(f"  {path.name}: no standby became ready within 90 s", flush=True)
                 elif path is cold:
                     standby.remove(force=True)
+                before = cpu_seconds(str(standby.id)) if standby is not None and path is warm else None
                 started = datetime.now(UTC)
                 run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content
-                await path.record(client, UUID(run["id"]), started)
+                await path.record(client, UUID(run["id"]), started, before)
             started = datetime.now(UTC)
             made = await client.create_flow_run_from_deployment(deployment_id)
             await baseline.record(client, made.id, started)
+        if burst:
+            print(f"burst: {burst} runs at once, Ariel then the default worker", flush=True)
+            await asyncio.to_thread(ready_standby, ariel_pool)
+            warm.burst = await run_burst(client, burst, lambda: ask_run(mcp))
+            print(f"  Ariel: {warm.burst}", flush=True)
+            baseline.burst = await run_burst(client, burst, lambda: make_run(client, deployment_id))
+            print(f"  default: {baseline.burst}", flush=True)
 
 
-def cell(samples: Samples, fraction: float) -> str:
+async def ask_run(mcp: Client[Any]) -> UUID:
+    run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content
+    assert run is not None  # run_agent answers a run or raises
+    return UUID(run["id"])
+
+
+async def make_run(client: PrefectClient, deployment_id: UUID) -> UUID:
+    return (await client.create_flow_run_from_deployment(deployment_id)).id
+
+
+async def run_burst(client: PrefectClient, runs: int, ask: Callable[[], Awaitable[UUID]],
+                    timeout: float = 600) -> Burst:
+    """Ask for `runs` runs at once, wait for all to end: the time from the first ask to the last end."""
+    burst = Burst(runs)
+    started = time.time()
+    asked = await asyncio.gather(*(ask() for _ in range(runs)), return_exceptions=True)
+    ids = [run_id for run_id in asked if isinstance(run_id, UUID)]
+    burst.failed = runs - len(ids)
+    ends: list[float] = []
+    deadline = time.monotonic() + timeout
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        for run_id in list(pending):
+            run = await client.read_flow_run(run_id)
+            if run.state and run.state.is_final():
+                pending.discard(run_id)
+                if run.state.is_completed() and run.end_time is not None:
+                    burst.completed += 1
+                    ends.append(run.end_time.timestamp())
+                else:
+                    burst.failed += 1
+        await asyncio.sleep(0.5)
+    if ends:
+        burst.seconds = max(ends) - started
+    if pending:
+        print(f"  {len(pending)} of the burst's runs did not end within {timeout:.0f} s", flush=True)
+    return burst
+
+
+def cell(samples: Samples, fraction: float, unit: str = "s") -> str:
     value = samples.percentile(fraction)
-    return "—" if value is None else f"{value:.2f} s"
+    return "—" if value is None else f"{value:.2f} {unit}"
 
 
 def ratio(a: Samples, b: Samples, fraction: float) -> str:
@@ -213,13 +343,22 @@ def table(warm: RunPath, cold: RunPath, baseline: RunPath) -> str:
         "| warm / default | cold / default |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for label, attribute in (("run_agent → first agent log line", "first_line"),
-                             ("run_agent → run completed", "completed"),
-                             ("run completed → its container ended", "exited")):
+    for label, attribute, unit in (("run_agent → first agent log line", "first_line", "s"),
+                                   ("run_agent → run completed", "completed", "s"),
+                                   ("run completed → its container ended", "exited", "s"),
+                                   ("CPU in the run's container, in all", "cpu", "CPU-s"),
+                                   ("CPU in the container after the handoff", "cpu_in_run", "CPU-s")):
         a, c, b = (getattr(path, attribute) for path in (warm, cold, baseline))
         for name, fraction in (("p50", 0.5), ("p95", 0.95)):
-            rows.append(f"| {label}, {name} | {cell(a, fraction)} | {cell(c, fraction)} | {cell(b, fraction)} | "
-                        f"{ratio(a, b, fraction)} | {ratio(c, b, fraction)} |")
+            rows.append(f"| {label}, {name} | {cell(a, fraction, unit)} | {cell(c, fraction, unit)} | "
+                        f"{cell(b, fraction, unit)} | {ratio(a, b, fraction)} | {ratio(c, b, fraction)} |")
+    if warm.burst is not None or baseline.burst is not None:
+        ariel, default = warm.burst or Burst(0), baseline.burst or Burst(0)
+        per_minute = "—"
+        if ariel.seconds and default.seconds and ariel.completed and default.completed:
+            per_minute = f"{(ariel.completed / ariel.seconds) / (default.completed / default.seconds):.2f}"
+        rows.append(f"| runs per minute, a burst of {ariel.runs} at once | {ariel.per_minute()} | | "
+                    f"{default.per_minute()} | {per_minute} (higher is better) | |")
     for path in (warm, cold, baseline):
         completed = ", ".join(f"{value:.2f}" for value in path.completed.seconds) or "none"
         rows.append(f"\n{path.name}: completion times (s) {completed}; timed out {path.completed.timeouts}, "
@@ -230,6 +369,7 @@ def table(warm: RunPath, cold: RunPath, baseline: RunPath) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each path (default 5)")
+    parser.add_argument("--burst", type=int, default=20, help="runs asked for at once per path (0: none)")
     parser.add_argument("--image", default="ariel-runtime:local", help="runtime image both paths run")
     args = parser.parse_args()
     baseline_pool = f"bench-latency-{uuid.uuid4().hex[:8]}"  # its containers' label is this run's alone
@@ -248,7 +388,8 @@ def main() -> None:
             try:
                 print(f"{args.runs} runs each, alternating Ariel warm, Ariel cold and the default Prefect Docker "
                       "worker", flush=True)
-                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, paths, pools))
+                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, paths, pools,
+                                      args.burst))
             except KeyboardInterrupt:
                 print("interrupted: stopping what the benchmark started", flush=True)
             except Exception as exc:  # the table still prints with what was measured
