@@ -41,35 +41,54 @@ READY_LINE = "ariel standby: imported, waiting for a run"
 """Printed once the imports are done: `docker logs` shows whether a standby is ready (benchmarks wait for it)."""
 
 
-def warm() -> None:
-    """Import what every run imports, so that a run handed over starts with its first line."""
+def warm(stdin: Any) -> bool:
+    """Import what every run imports, so that a run handed over starts with its first line. Returns whether a
+    run was already waiting on `stdin` once Prefect was imported.
+
+    With a run waiting (the cold path: the worker started this container for it, or handed this standby a run
+    in its first second), litellm, two thirds of the imports, is imported beside the run in a thread, while the
+    engine waits on Prefect's API; its first call is left to the run.
+    """
     # The imports make over a million objects and no garbage: the collector's passes over them meanwhile are a
     # fifth of their CPU. Frozen after, they stay out of every collection the run makes.
     gc.disable()
+    import prefect.engine  # noqa: F401
+    import prefect.flow_engine  # noqa: F401
+    import prefect.runner._control_channel  # noqa: F401
+
+    import flows.agent  # noqa: F401  (it imports litellm only when a run starts)
+
+    if run_waiting(stdin):
+        threading.Thread(target=_import_litellm, name="import-litellm", daemon=True).start()
+        return True
+    import flows.mcp.client  # noqa: F401
+
+    _import_litellm(first_call=True)
+    return False
+
+
+def _import_litellm(first_call: bool = False) -> None:
     try:
-        _import_and_call()
+        import litellm  # the heaviest: 2-3 CPU-seconds of import
+
+        from flows.models import SCRIPTED_MODEL
+        from flows.models.scripted import register_scripted_provider
+
+        if first_call:
+            # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted
+            # model (no network, nothing of any run), so that a run's first model step does not pay it. The
+            # sync call, so that no event loop of litellm's outlives it into the run's.
+            register_scripted_provider()
+            litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
+                               script=[{"reply": "ready"}], num_retries=0)
     finally:
         gc.freeze()
         gc.enable()
 
 
-def _import_and_call() -> None:
-    import litellm  # the heaviest: 3 CPU-seconds of import
-    import prefect.engine  # noqa: F401
-    import prefect.flow_engine  # noqa: F401
-    import prefect.runner._control_channel  # noqa: F401
-
-    import flows.agent  # noqa: F401
-    import flows.mcp.client  # noqa: F401
-    from flows.models import SCRIPTED_MODEL
-    from flows.models.scripted import register_scripted_provider
-
-    # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted model
-    # (no network, nothing of any run), so that a run's first model step does not pay it. The sync call, so
-    # that no event loop of litellm's outlives it into the run's.
-    register_scripted_provider()
-    litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
-                       script=[{"reply": "ready"}], num_retries=0)
+def run_waiting(stream: Any) -> bool:
+    """Whether the run's line is already on `stream`: the container was started for its run (the cold path)."""
+    return bool(select.select([stream], [], [], 0)[0])
 
 
 def read_handoff(stream: Any, wait_seconds: float = ORPHAN_SECONDS) -> dict[str, str] | None:
@@ -153,8 +172,8 @@ def watch_cancellation(run_id: UUID) -> None:
 
 
 def main() -> None:
-    warm()
-    print(READY_LINE, flush=True)
+    if not warm(sys.stdin):
+        print(READY_LINE, flush=True)
     env = read_handoff(sys.stdin)
     if env is None:
         return
