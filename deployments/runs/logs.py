@@ -16,6 +16,7 @@ from prefect.client.schemas.filters import (
     LogFilterTimestamp,
     TaskRunFilter,
     TaskRunFilterFlowRunId,
+    TaskRunFilterId,
 )
 from prefect.client.schemas.objects import Log
 from prefect.client.schemas.sorting import LogSort
@@ -100,9 +101,10 @@ async def read_log_page(
         raise QueryInvalid(f"limit must be at least 1, not {limit}")
     query = fingerprint("logs", str(run_id), min_level, task, contains)
     position = _LogPosition.decode(cursor, query) if cursor else _LogPosition()
-    names = await _task_run_names(client, run_id)
+    names: dict[UUID, str] | None = None
     task_ids: list[UUID] | None = None
     if task is not None:
+        names = await _task_run_names(client, run_id)
         # A whole name means that task run alone: "llm · step 1" is not also "llm · step 10".
         task_ids = [task_run_id for task_run_id, name in names.items() if name == task] or [
             task_run_id for task_run_id, name in names.items() if name.startswith(task)
@@ -123,9 +125,10 @@ async def read_log_page(
     def matches(line: Log) -> bool:
         return needle is None or needle in line.message.casefold()
 
-    page = _Folder(limit, fold, names)
+    page = _Folder(limit, fold)
     if tail:
         await _read_tail(client, log_filter, matches, page)
+        await _name_steps(client, run_id, page.lines, names)
         return LogPage(lines=page.lines[::-1], next_cursor=None, total_matched=page.matched if page.exhausted else None)
     while not page.full_stop:
         # Prefect types after_ as its own DateTime (pendulum's); pydantic converts any aware datetime to one.
@@ -145,6 +148,7 @@ async def read_log_page(
         if len(batch) < PAGE_LIMIT and not page.full_stop:
             page.exhausted = True
             break
+    await _name_steps(client, run_id, page.lines, names)
     return LogPage(
         lines=page.lines,
         next_cursor=None if page.exhausted else position.encode(query),
@@ -192,10 +196,9 @@ class _LogPosition:
 class _Folder:
     """Collects up to `limit` lines, folding identical consecutive ones when `fold` is set."""
 
-    def __init__(self, limit: int, fold: bool, names: dict[UUID, str]) -> None:
+    def __init__(self, limit: int, fold: bool) -> None:
         self.limit = limit
         self.fold = fold
-        self.names = names
         self.lines: list[LogLine] = []
         self.matched = 0
         self.full_stop = False  # a line came that would start line limit + 1: the page ends before it
@@ -222,7 +225,6 @@ class _Folder:
                 level=level,
                 message=line.message,
                 task_run_id=task_run_id,
-                task=self.names.get(line.task_run_id) if line.task_run_id else None,
             )
             kept._logger = line.name
             self.lines.append(kept)
@@ -256,12 +258,29 @@ async def _read_tail(
             return
 
 
-async def _task_run_names(client: PrefectClient, run_id: UUID) -> dict[UUID, str]:
-    task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
+async def _name_steps(client: PrefectClient, run_id: UUID, lines: list[LogLine],
+                      names: dict[UUID, str] | None) -> None:
+    """Set each line's step (its task run's name), reading the names of the page's task runs alone if need be."""
+    ids = {UUID(line.task_run_id) for line in lines if line.task_run_id}
+    if names is None:
+        names = await _task_run_names(client, run_id, ids) if ids else {}
+    for line in lines:
+        if line.task_run_id:
+            line.task = names.get(UUID(line.task_run_id))
+
+
+async def _task_run_names(client: PrefectClient, run_id: UUID, ids: set[UUID] | None = None) -> dict[UUID, str]:
+    """The names of run `run_id`'s task runs, or of those of `ids`. Read as raw JSON, id and name alone: a run
+    of a hundred steps has hundreds of task runs, and validating whole TaskRun records took longer than
+    Prefect took to send them (read_task_runs does nothing else)."""
+    task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]),
+                                id=TaskRunFilterId(any_=sorted(ids)) if ids is not None else None)
     names: dict[UUID, str] = {}
     while True:
-        page = await client.read_task_runs(task_run_filter=task_filter, offset=len(names), limit=PAGE_LIMIT)
-        names.update((task_run.id, task_run.name) for task_run in page)
+        response = await client.request("POST", "/task_runs/filter", json={
+            "task_runs": task_filter.model_dump(mode="json"), "offset": len(names), "limit": PAGE_LIMIT})
+        page = response.json()
+        names.update((UUID(task_run["id"]), task_run["name"]) for task_run in page)
         if len(page) < PAGE_LIMIT:
             return names
 
