@@ -276,6 +276,10 @@ async def test_task_keeps_the_lines_of_the_task_runs_it_names_and_names_them(
 
     everything = await read_log_page(client, run_id)
     assert [line.task for line in everything.lines if line.message == "flow line"] == [None]
+    # Unfiltered, each task's line still carries its step's name, on a forward page and on a tail.
+    for page in (everything, await read_log_page(client, run_id, tail=True)):
+        named = {line.message: line.task for line in page.lines if line.message.endswith("says hello")}
+        assert named and all(task == message.removesuffix(" says hello") for message, task in named.items()), named
 
     known = r"its task runs: http_request · step 1, llm · step 1, llm · step 2, llm · step 10"
     with pytest.raises(QueryInvalid, match=rf"no task run of this run is named 'tool'.*{known}"):
