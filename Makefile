@@ -52,6 +52,7 @@ bench: setup docker-host image
 	$(BIN)/python bench/worker_memory.py --pools 5
 	$(BIN)/python bench/gateway_latency.py --calls 200
 	$(BIN)/python bench/mcp_call.py --calls 20 --rounds 3
+	$(BIN)/python bench/read_latency.py --calls 30
 	$(BIN)/python bench/fault_soak.py --minutes 20
 
 clean:
