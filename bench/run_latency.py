@@ -37,6 +37,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -91,15 +92,18 @@ class RunPath:
     async def record(self, client: PrefectClient, run_id: UUID, started: datetime,
                      before: float | None = None) -> None:
         """Measure run `run_id`, asked for at `started`; `before`: the CPU its standby had used when it was asked."""
-        tracker = asyncio.create_task(asyncio.to_thread(track_cpu, run_id))
+        stop = threading.Event()  # set when the run failed: its container may never come
+        tracker = asyncio.create_task(asyncio.to_thread(track_cpu, run_id, stop))
         try:
             first, done = await measure(client, run_id, started)
         except TimeoutError:
+            stop.set()
             self.first_line.timeouts += 1
             self.completed.timeouts += 1
             print(f"  {self.name}: run {run_id} timed out after {RUN_TIMEOUT:.0f} s", flush=True)
             return
         except RuntimeError as exc:
+            stop.set()
             self.first_line.errors += 1
             self.completed.errors += 1
             print(f"  {self.name}: {exc}", flush=True)
@@ -160,13 +164,15 @@ def cpu_seconds(container_id: str) -> float | None:
     return None
 
 
-def track_cpu(run_id: UUID, timeout: float = RUN_TIMEOUT + 30) -> float | None:
-    """The CPU time of run `run_id`'s container, read every 20 ms until its cgroup goes: the last reading."""
+def track_cpu(run_id: UUID, stop: threading.Event, timeout: float = RUN_TIMEOUT + 30,
+              no_cgroup_seconds: float = 5.0) -> float | None:
+    """The CPU time of run `run_id`'s container, read every 20 ms until its cgroup goes: the last reading.
+    None when `stop` is set first, or no cgroup of it is found where this machine keeps them."""
     engine = docker.from_env()
     try:
         deadline = time.monotonic() + timeout
         container_id = None
-        while container_id is None and time.monotonic() < deadline:
+        while container_id is None and time.monotonic() < deadline and not stop.is_set():
             found = run_containers(engine, run_id, running_only=False)
             if found:
                 container_id = str(found[0].id)
@@ -175,11 +181,12 @@ def track_cpu(run_id: UUID, timeout: float = RUN_TIMEOUT + 30) -> float | None:
     finally:
         engine.close()
     last = None
-    while container_id is not None and time.monotonic() < deadline:
+    give_up = time.monotonic() + no_cgroup_seconds  # a created container gets its cgroup when it starts
+    while container_id is not None and time.monotonic() < deadline and not stop.is_set():
         reading = cpu_seconds(container_id)
-        if reading is None and last is not None:  # its cgroup is gone: it ended
-            break
-        last = reading if reading is not None else last  # None before it started: a created container has none
+        if reading is None and (last is not None or time.monotonic() > give_up):
+            break  # its cgroup is gone (it ended), or was never where this looks
+        last = reading if reading is not None else last
         time.sleep(0.02)
     return last
 

@@ -46,44 +46,50 @@ def warm(stdin: Any) -> bool:
     run was already waiting on `stdin` once Prefect was imported.
 
     With a run waiting (the cold path: the worker started this container for it, or handed this standby a run
-    in its first second), litellm, two thirds of the imports, is imported beside the run in a thread, while the
-    engine waits on Prefect's API; its first call is left to the run.
+    in its first second), litellm, two thirds of the imports, is left to `import_litellm_beside`, and its first
+    call to the run.
     """
-    # The imports make over a million objects and no garbage: the collector's passes over them meanwhile are a
-    # fifth of their CPU. Frozen after, they stay out of every collection the run makes.
+    # The imports make over a million objects that live as long as the process: the collector's passes over
+    # them meanwhile are a fifth of their CPU. Frozen after, they stay out of every collection the run makes.
     gc.disable()
-    import prefect.engine  # noqa: F401
-    import prefect.flow_engine  # noqa: F401
-    import prefect.runner._control_channel  # noqa: F401
-
-    import flows.agent  # noqa: F401  (it imports litellm only when a run starts)
-
-    if run_waiting(stdin):
-        threading.Thread(target=_import_litellm, name="import-litellm", daemon=True).start()
-        return True
-    import flows.mcp.client  # noqa: F401
-
-    _import_litellm(first_call=True)
-    return False
-
-
-def _import_litellm(first_call: bool = False) -> None:
     try:
-        import litellm  # the heaviest: 2-3 CPU-seconds of import
+        import prefect.engine  # noqa: F401
+        import prefect.flow_engine  # noqa: F401
+        import prefect.runner._control_channel  # noqa: F401
 
+        import flows.agent  # noqa: F401  (it imports litellm only when a run starts)
+
+        if run_waiting(stdin):
+            return True
+        import litellm
+
+        import flows.mcp.client  # noqa: F401
         from flows.models import SCRIPTED_MODEL
         from flows.models.scripted import register_scripted_provider
 
-        if first_call:
-            # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted
-            # model (no network, nothing of any run), so that a run's first model step does not pay it. The
-            # sync call, so that no event loop of litellm's outlives it into the run's.
-            register_scripted_provider()
-            litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
-                               script=[{"reply": "ready"}], num_retries=0)
+        # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted model
+        # (no network, nothing of any run), so that a run's first model step does not pay it. The sync call, so
+        # that no event loop of litellm's outlives it into the run's.
+        register_scripted_provider()
+        litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
+                           script=[{"reply": "ready"}], num_retries=0)
+        gc.collect()  # what the call left, before the rest is frozen for good
+        return False
     finally:
         gc.freeze()
         gc.enable()
+
+
+def import_litellm_beside() -> threading.Thread:
+    """Import litellm in a thread while the run starts (the cold path): the engine spends its first second
+    waiting on Prefect's API. Started once the run's environment is applied, so litellm reads it as a run's
+    would; the run's own `import litellm` waits for this one to finish."""
+    def load() -> None:
+        import litellm  # noqa: F401
+
+    thread = threading.Thread(target=load, name="import-litellm", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_waiting(stream: Any) -> bool:
@@ -172,12 +178,15 @@ def watch_cancellation(run_id: UUID) -> None:
 
 
 def main() -> None:
-    if not warm(sys.stdin):
+    cold = warm(sys.stdin)
+    if not cold:
         print(READY_LINE, flush=True)
     env = read_handoff(sys.stdin)
     if env is None:
         return
     apply(env)
+    if cold:
+        import_litellm_beside()
     run_id = UUID(os.environ["PREFECT__FLOW_RUN_ID"])
     watch_cancellation(run_id)
     # Exactly what `python -m prefect.engine` runs, in this interpreter with its imports already done.

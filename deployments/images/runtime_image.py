@@ -59,7 +59,8 @@ def _source_files(root: Path) -> Iterable[Path]:
 
 
 def _remove_replaced(client: docker.DockerClient, image_id: str) -> None:
-    """Remove the image a build took the tag from, if nothing names it any more: ~750 MB left by every rebuild.
+    """Remove the image a build took the tag from, if nothing names it any more: a few MB after a code change,
+    the whole image's ~750 MB after a change of wheels, base or catalog.
     The engine refuses while a container (a run, a standby) still uses it; it then stays, as any other."""
     with suppress(DockerException):
         replaced = client.images.get(image_id)

@@ -159,13 +159,18 @@ class StandbyDockerWorker(DockerWorker):
             container, configuration, created_event)
         state = watched.attrs.setdefault("State", {})
         if state.get("Status") not in _ENDED:
-            docker_client = self._get_client()  # type: ignore[no-untyped-call]
-            try:
-                state["ExitCode"] = exit_code_from_events(docker_client, str(watched.id))
-            finally:
-                docker_client.close()
-            state["Status"] = "exited"
+            state["ExitCode"], state["Status"] = self._exit_code(str(watched.id)), "exited"
         return watched
+
+    def _exit_code(self, container_id: str) -> int:
+        try:
+            docker_client = self._get_client()  # type: ignore[no-untyped-call]
+        except Exception:  # the engine went away with the container: unknown, reported as a crash
+            return -1
+        try:
+            return exit_code_from_events(docker_client, container_id)
+        finally:
+            docker_client.close()
 
     def _take_standby(self, shape: str, image_id: str) -> Container | None:
         """The standby, if it is what a container started now would be; a stale one is removed."""
@@ -292,15 +297,20 @@ def _rename(container: Container, name: str) -> bool:
 
 def exit_code_from_events(client: DockerClient, container_id: str, lookback_seconds: float = 3600) -> int:
     """How container `container_id` exited, from the engine's recent events (its `die` event carries the
-    code, and outlives the container); -1, "unknown", when none is found, which the worker reports as a crash
-    (a run that had already reached a final state keeps it: Prefect refuses to crash a finished run)."""
+    code, and outlives the container; the engine keeps its last 256 events, seconds' worth on a busy host); -1,
+    "unknown", when none is found, which the worker reports as a crash (a run that had already reached a final
+    state keeps it: Prefect refuses to crash a finished run)."""
     now = time.time()
     try:
-        for event in client.events(since=int(now - lookback_seconds), until=int(now) + 1, decode=True,
-                                   filters={"type": "container", "container": container_id, "event": "die"}):
-            code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
-            if code is not None:
-                return int(code)
+        events = client.events(since=int(now - lookback_seconds), until=int(now) + 1, decode=True,
+                               filters={"type": "container", "container": container_id, "event": "die"})
+        try:
+            for event in events:
+                code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
+                if code is not None:
+                    return int(code)
+        finally:
+            events.close()
     except Exception:  # the engine went away too: unknown
         pass
     return -1

@@ -270,19 +270,29 @@ async def _name_steps(client: PrefectClient, run_id: UUID, lines: list[LogLine],
 
 
 async def _task_run_names(client: PrefectClient, run_id: UUID, ids: set[UUID] | None = None) -> dict[UUID, str]:
-    """The names of run `run_id`'s task runs, or of those of `ids`. Read as raw JSON, id and name alone: a run
-    of a hundred steps has hundreds of task runs, and validating whole TaskRun records took longer than
-    Prefect took to send them (read_task_runs does nothing else)."""
-    task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]),
-                                id=TaskRunFilterId(any_=sorted(ids)) if ids is not None else None)
+    """The names of run `run_id`'s task runs, or of those of `ids`. Only id and name are taken from Prefect's
+    JSON: a run of a hundred steps has hundreds of task runs, and validating them as whole TaskRun models (what
+    read_task_runs does) took longer than Prefect took to send them."""
     names: dict[UUID, str] = {}
+    if ids is not None:  # in chunks of a page: one bound list of a size every store takes
+        wanted = sorted(ids)
+        for start in range(0, len(wanted), PAGE_LIMIT):
+            names.update(await _name_page(client, TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]),
+                id=TaskRunFilterId(any_=wanted[start:start + PAGE_LIMIT])), 0))
+        return names
+    task_filter = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id]))
     while True:
-        response = await client.request("POST", "/task_runs/filter", json={
-            "task_runs": task_filter.model_dump(mode="json"), "offset": len(names), "limit": PAGE_LIMIT})
-        page = response.json()
-        names.update((UUID(task_run["id"]), task_run["name"]) for task_run in page)
+        page = await _name_page(client, task_filter, len(names))
+        names.update(page)
         if len(page) < PAGE_LIMIT:
             return names
+
+
+async def _name_page(client: PrefectClient, task_filter: TaskRunFilter, offset: int) -> dict[UUID, str]:
+    response = await client.request("POST", "/task_runs/filter", json={
+        "task_runs": task_filter.model_dump(mode="json"), "offset": offset, "limit": PAGE_LIMIT})
+    return {UUID(task_run["id"]): task_run["name"] for task_run in response.json()}
 
 
 def _natural(name: str) -> tuple[Any, ...]:

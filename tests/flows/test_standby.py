@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -47,3 +49,32 @@ def test_a_line_of_another_shape_is_refused_without_echoing_it(line: str) -> Non
         read_handoff(stdin)
     assert "the handoff line has no {'env': {name: value}} object" in str(refused.value)
     assert "PREFECT_API_KEY" not in str(refused.value)
+
+
+# In a fresh interpreter, as a container runs it: which modules are imported before the run is what is tested.
+WARM = """
+import sys
+from flows.standby import warm
+cold = warm(sys.stdin)
+print("cold" if cold else "warm", "litellm imported" if "litellm" in sys.modules else "litellm not imported")
+"""
+
+
+@pytest.mark.parametrize(("handed", "expected"), [
+    ('{"env": {}}\n', "cold litellm not imported"),  # the run is already there: it starts without waiting on litellm
+    (None, "warm litellm imported"),  # no run yet: everything is imported, and litellm's first call made
+])
+def test_a_run_waiting_at_start_is_not_held_up_by_litellm(handed: str | None, expected: str) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    read_end, write_end = os.pipe()
+    if handed is not None:
+        os.write(write_end, handed.encode())
+    env = {**os.environ, "PYTHONPATH": root, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    try:
+        done = subprocess.run([sys.executable, "-c", WARM], stdin=read_end, env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == expected
