@@ -8,15 +8,18 @@ left half-created.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+import certifi
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
 
 from deployments import runs
 from deployments.agents import compiler
@@ -47,6 +50,16 @@ from mcp_server.store import AgentRecord, Store, ToolServerRecord
 UpdateAction = Literal["change", "approve", "pause", "resume"]
 
 
+def prefect_tls_context() -> ssl.SSLContext:
+    """The TLS context PrefectClient makes for itself from Prefect's settings (its __init__, Prefect 3.8)."""
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
 @dataclass
 class AgentService:
     """Agents: their specs, versions, approval and deployments, for one Ariel installation."""
@@ -67,9 +80,16 @@ class AgentService:
     # The stdio MCP servers the platform offers (name → command in the runtime image): settings.stdio_catalog.
     stdio_commands: Mapping[str, list[str]] = field(default_factory=dict, kw_only=True)
 
+    # One TLS context for every client made here: PrefectClient otherwise loads the CA bundle anew for each, 20 ms
+    # of every tool call.
+    _tls: ssl.SSLContext | None = field(default=None, init=False, repr=False)
+
     def prefect_client(self) -> PrefectClient:
         """A client of the Prefect API with the control plane's credential; `prefect()` also translates errors."""
-        return PrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string)
+        if self._tls is None:
+            self._tls = prefect_tls_context()
+        return PrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string,
+                             httpx_settings={"verify": self._tls})
 
     @asynccontextmanager
     async def prefect(self) -> AsyncIterator[PrefectClient]:
