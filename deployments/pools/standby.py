@@ -154,7 +154,7 @@ class StandbyDockerWorker(DockerWorker):
                               created_event: Event) -> Container:
         """Prefect's watch, and the exit code read from the engine's events when the container was removed
         (`auto_remove`) before the watch read it: Prefect would take the snapshot from before the exit, exit
-        code 0, for success, and leave the run Pending forever. Seen with a container OOM-killed at once."""
+        code 0, for success, and report nothing; a run whose container was OOM-killed at start stayed Pending."""
         watched: Container = super()._watch_container_safe(
             container, configuration, created_event)
         state = watched.attrs.setdefault("State", {})
