@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,24 +20,14 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.pools.container_exits import ContainerExit, recorded_exits, watch
 from deployments.runs.logs import read_log_page
+from tests.deployments.pools.conftest import BASE_IMAGE, TEST_LABEL
 
-BASE_IMAGE = "ariel-base:bookworm"
 ALLOCATE = "chunks = []\nwhile True:\n    chunks.append(bytearray(10**6))"
-TEST_LABEL = "ariel.test=container-exits"
 
 
 @flow(name="container-exits-probe")
 def probe() -> None:
     """Never run: only its runs are made, as records for the containers below."""
-
-
-@pytest.fixture
-def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
-    client = docker.from_env()
-    yield client
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        container.remove(force=True)
-    client.close()
 
 
 @pytest.fixture
@@ -60,7 +50,7 @@ async def watching(prefix: str) -> AsyncIterator[None]:
 
 def start(engine: docker.DockerClient, run_id: uuid.UUID, pool: str, command: list[str], **options: Any) -> Any:
     labels = {"ariel.role": "flow-run", "ariel.org": "o" * 32, "io.prefect.flow-run-id": str(run_id),
-              "io.prefect.work-pool-name": pool, "ariel.test": "container-exits"}
+              "io.prefect.work-pool-name": pool, TEST_LABEL[0]: TEST_LABEL[1]}
     return engine.containers.run(BASE_IMAGE, command, labels=labels, detach=True, auto_remove=True, **options)
 
 

@@ -9,31 +9,17 @@ would stay Pending forever. Real containers on the real engine (the offline base
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import docker
-import pytest
 from prefect_docker.worker import DockerWorkerJobConfiguration
 
 from deployments.pools.standby import StandbyDockerWorker, exit_code_from_events
-
-BASE_IMAGE = "ariel-base:bookworm"
-TEST_LABEL = "ariel.test=standby-worker"
-
-
-@pytest.fixture
-def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
-    client = docker.from_env()
-    yield client
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
-        container.remove(force=True)
-    client.close()
+from tests.deployments.pools.conftest import BASE_IMAGE, TEST_LABEL
 
 
 def start(engine: docker.DockerClient, command: str) -> Any:
-    key, value = TEST_LABEL.split("=")
-    return engine.containers.run(BASE_IMAGE, ["sh", "-c", command], labels={key: value}, detach=True,
+    return engine.containers.run(BASE_IMAGE, ["sh", "-c", command], labels=dict([TEST_LABEL]), detach=True,
                                  auto_remove=True)
 
 
