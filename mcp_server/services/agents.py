@@ -83,9 +83,31 @@ class AgentService:
     # One TLS context for every client made here: PrefectClient otherwise loads the CA bundle anew for each, 20 ms
     # of every tool call.
     _tls: ssl.SSLContext | None = field(default=None, init=False, repr=False)
+    # The client every call shares while `connected()` holds it open.
+    _shared: PrefectClient | None = field(default=None, init=False, repr=False)
+
+    @asynccontextmanager
+    async def connected(self) -> AsyncIterator[None]:
+        """Share one Prefect client while open: its connections stay up and its CSRF token is asked for once.
+
+        A client made per call opened a connection and asked the server for a CSRF token (a GET before its first
+        POST, and Prefect's reads are POSTs) on every tool call.
+        """
+        async with self.prefect_client() as client:
+            self._shared = client
+            try:
+                yield
+            finally:
+                self._shared = None
 
     def prefect_client(self) -> PrefectClient:
-        """A client of the Prefect API with the control plane's credential; `prefect()` also translates errors."""
+        """A client of the Prefect API with the control plane's credential; `prefect()` also translates errors.
+
+        While `connected()` is open, the shared one: PrefectClient counts how often it is entered and closes only
+        when its first `async with` ends, so callers enter and leave it as they would a client of their own.
+        """
+        if self._shared is not None:
+            return self._shared
         if self._tls is None:
             self._tls = prefect_tls_context()
         return PrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string,

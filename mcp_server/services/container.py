@@ -65,23 +65,24 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         await record_upgraded_manifests(store)
         wakeups = Wakeups()
         try:
-            yield Services(
-                store=store,
-                auth=Authenticator.from_settings(store, settings),
-                agents=agents,
-                runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs")), wakeups),
-                orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
-                secrets=SecretService(agents, sealer),
-                tool_servers=ToolServerService(
-                    agents, sealer, protected=protected, stdio_catalog=settings.stdio_catalog,
-                    stdio_image=settings.runtime_image if pool_type == "docker" else None, oauth=tool_oauth,
-                    stdio_folder=settings.stdio_folder if pool_type != "docker" else None,
-                    private_networks=settings.mcp_private_networks,
-                ),
-                tool_oauth=tool_oauth,
-                journal=RunJournal(store, sealer),
-                wakeups=wakeups,
-            )
+            async with agents.connected():
+                yield Services(
+                    store=store,
+                    auth=Authenticator.from_settings(store, settings),
+                    agents=agents,
+                    runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs")), wakeups),
+                    orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
+                    secrets=SecretService(agents, sealer),
+                    tool_servers=ToolServerService(
+                        agents, sealer, protected=protected, stdio_catalog=settings.stdio_catalog,
+                        stdio_image=settings.runtime_image if pool_type == "docker" else None, oauth=tool_oauth,
+                        stdio_folder=settings.stdio_folder if pool_type != "docker" else None,
+                        private_networks=settings.mcp_private_networks,
+                    ),
+                    tool_oauth=tool_oauth,
+                    journal=RunJournal(store, sealer),
+                    wakeups=wakeups,
+                )
         finally:
             await tool_oauth.aclose()  # pending sign-ins end with the process
     finally:
