@@ -182,6 +182,26 @@ async def test_a_page_holds_at_most_limit_lines_even_past_prefects_200_per_reque
     assert len(page.lines) == 450 and page.next_cursor is not None
 
 
+async def test_a_full_page_reads_the_one_line_after_it_to_know_more_follow_not_another_200(
+    client: PrefectClient, ten_thousand_lines: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    read_logs = client.read_logs
+
+    async def counted(**query: Any) -> Any:
+        asked.append(query["limit"])
+        return await read_logs(**query)
+
+    monkeypatch.setattr(client, "read_logs", counted)
+    page = await read_log_page(client, ten_thousand_lines, limit=200)
+    assert len(page.lines) == 200 and page.next_cursor is not None
+    assert asked == [200, 1]
+    asked.clear()
+    tail = await read_log_page(client, ten_thousand_lines, limit=200, tail=True)
+    assert len(tail.lines) == 200 and tail.total_matched is None
+    assert asked == [200, 1]
+
+
 async def test_contains_matches_messages_ignoring_case_and_pages_by_cursor(
     client: PrefectClient, ten_thousand_lines: UUID
 ) -> None:
