@@ -38,6 +38,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
+from deployments.pools.standby import POOL_LABEL, run_containers, waiting_standbys
 from tests.flows.mcp.servers import serving, tool_server
 from tests.mcp_server.callers import ask, call, client
 from tests.support import ArielUp, ariel_up, http_service, stop_process, wait_until
@@ -136,6 +137,14 @@ def customer(stack: ArielUp, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         log = tmp_path / "worker.log"
         wait_until(lambda: "Serving work pool" in log.read_text() or worker.poll() is not None, 120, "ariel worker")
         assert worker.poll() is None, log.read_text()[-3000:]
+        # Runs come once the worker has its standby ready, as they do some time after a customer starts it.
+        pool = re.search(r"Serving work pool (\S+) of", log.read_text())
+        assert pool is not None, log.read_text()
+        engine = docker.from_env()
+        try:
+            wait_until(lambda: waiting_standbys(engine, pool.group(1)), 120, "the worker's standby container")
+        finally:
+            engine.close()
         yield Customer(key, worker, log)
     finally:
         stop_process(worker, signal.SIGINT)
@@ -165,14 +174,18 @@ def _runs_there(stack: ArielUp, service: str, key: str, worker: subprocess.Popen
     # The run is in its container, held at its tool call: look at what the container holds.
     wait_until(Held.called.is_set, 300, "the run's tool call")
     engine = docker.from_env()
-    containers = [c for c in engine.containers.list(filters={"label": "ariel.role=flow-run"})
-                  if c.labels.get("io.prefect.flow-run-id") == run["id"]]
-    assert len(containers) == 1, [c.labels for c in engine.containers.list()]
-    inspected = containers[0].attrs
-    environment = dict(item.split("=", 1) for item in inspected["Config"]["Env"])
-    assert environment["PREFECT_API_KEY"].startswith("ariel_rt_")
-    assert environment["PREFECT_API_URL"] == f"{stack.base_url}/prefect/api"
-    assert key not in json.dumps(inspected), "the worker key reached the run's container"
+    containers = run_containers(engine, run["id"])
+    assert len(containers) == 1, [(c.name, c.labels) for c in engine.containers.list()]
+    [container] = containers
+    assert container.labels[POOL_LABEL].endswith("-own") and container.labels["ariel.role"] == "flow-run"
+    # It was the worker's standby, handed the run over stdin: neither the worker key nor the run's token is in
+    # anything `docker inspect` shows. (Its run completes through the gateway, which takes only a run token on a
+    # run's routes, its journal and key among them: tests/mcp_server/gateway/test_probes.py.)
+    wait_until(lambda: "took the run" in log.read_text(), 30, "the worker's word on the handover")
+    assert f"as {container.name!r}" in log.read_text()
+    inspected = json.dumps(container.attrs)
+    assert key not in inspected, "the worker key reached the run's container"
+    assert "ariel_rt_" not in inspected and "PREFECT_API_KEY" not in inspected
     Held.release.set()
 
     async def finished() -> tuple[dict[str, Any], dict[str, Any]]:

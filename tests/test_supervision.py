@@ -141,7 +141,7 @@ def test_killing_ariel_up_with_minus_9_takes_its_children_with_it(tmp_path: Path
                    "the ports to be free")
 
 
-async def test_ariel_worker_starts_its_stock_worker_again_when_it_dies(docker_engine: None, tmp_path: Path) -> None:
+async def test_ariel_worker_starts_its_worker_again_when_it_dies(docker_engine: None, tmp_path: Path) -> None:
     # Dev auth: a caller is named by its token, as in tests/test_own_hardware.py.
     env = {"ARIEL_PROFILE": "dev", "ARIEL_AUTH_MODE": "dev"}
     with ariel_up(tmp_path / "home", "docker", extra_env=env) as up:
@@ -157,13 +157,13 @@ async def test_ariel_worker_starts_its_stock_worker_again_when_it_dies(docker_en
         try:
             wait_until(lambda: "Serving work pool" in log_path.read_text() or worker.poll() is not None, 120,
                        "`ariel worker`")
-            stock = wait_until(lambda: min(descendants(worker.pid), default=None), 60, "the stock worker")
-            os.kill(stock, signal.SIGKILL)
+            first = wait_until(lambda: min(descendants(worker.pid), default=None), 60, "the worker")
+            os.kill(first, signal.SIGKILL)
             wait_until(lambda: "worker started again" in log_path.read_text() or worker.poll() is not None,
-                       RECOVERY_SECONDS, "the stock worker to be started again")
-            assert f"worker (pid {stock}) killed by SIGKILL" in log_path.read_text()
+                       RECOVERY_SECONDS, "the worker to be started again")
+            assert f"worker (pid {first}) killed by SIGKILL" in log_path.read_text()
             again = descendants(worker.pid)
-            assert again and stock not in again
+            assert again and first not in again
             stopped = stop_process(worker, signal.SIGINT)
             assert stopped.by is signal.SIGINT and stopped.left == frozenset(), log_path.read_text()[-3000:]
             assert not [pid for pid in again if alive(pid)]

@@ -67,8 +67,12 @@ async def serve_pool(worker: BaseWorker, pool: str) -> None:  # type: ignore[typ
     await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
 
 
-async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -> None:
-    """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`."""
+async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0, *, exact: bool = False) -> None:
+    """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`.
+
+    `exact`: serve the pool named `prefix` alone, without listing pools (an org's own hardware, whose worker key
+    reads its one pool and no other).
+    """
     host = socket.gethostname()
     running: dict[str, tuple[asyncio.Task[None], BaseWorker]] = {}  # type: ignore[type-arg]
     retry_at: dict[str, float] = {}  # a worker that died waits before its next start
@@ -79,7 +83,7 @@ async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0) -
     try:
         while True:
             try:
-                pools = await ariel_pools(pool_type, prefix)
+                pools = {prefix} if exact else await ariel_pools(pool_type, prefix)
             except Exception as exc:  # the API restarting must not stop the workers already running
                 print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
                 pools = set(running)
@@ -122,7 +126,7 @@ def _remove_standbys(prefix: str) -> None:
         print(f"could not look for standby containers ({type(exc).__name__})", flush=True)
 
 
-async def serve_until_signalled(pool_type: PoolType, prefix: str) -> int:
+async def serve_until_signalled(pool_type: PoolType, prefix: str, *, exact: bool = False) -> int:
     """`serve` until SIGINT or SIGTERM, whatever this process inherited for them; returns 128 + the signal.
 
     A background job of a non-interactive shell starts with SIGINT ignored, so Python's KeyboardInterrupt
@@ -143,7 +147,7 @@ async def serve_until_signalled(pool_type: PoolType, prefix: str) -> int:
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop, sig)
     try:
-        await serve(pool_type, prefix)
+        await serve(pool_type, prefix, exact=exact)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -160,13 +164,18 @@ def _exit_after(seconds: float, status: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--type", choices=sorted(WORKERS), required=True, help="the pool type to serve")
-    parser.add_argument("--prefix", required=True, help="serve the pools whose name starts with this (an install's)")
+    served = parser.add_mutually_exclusive_group(required=True)
+    served.add_argument("--prefix", help="serve the pools whose name starts with this (an install's)")
+    served.add_argument("--pool", help="serve this one pool (an org's own hardware: `ariel worker` passes it)")
     args = parser.parse_args()
-    if not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-", args.prefix):
+    if args.prefix is not None and not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-", args.prefix):
         # A shorter prefix would serve other installs' pools too.
         parser.error(f"--prefix must be one install's, like '{POOL_PREFIX}9a8b7c6d-' (`ariel up` passes it)")
+    if args.pool is not None and not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-[-a-z0-9]+", args.pool):
+        parser.error(f"--pool must be an Ariel pool's name, like '{POOL_PREFIX}9a8b7c6d-1f2e3d4c5b6a-own'")
     pool_type: Literal["docker", "process"] = args.type
-    raise SystemExit(asyncio.run(serve_until_signalled(pool_type, args.prefix)))
+    exact = args.pool is not None
+    raise SystemExit(asyncio.run(serve_until_signalled(pool_type, args.pool if exact else args.prefix, exact=exact)))
 
 
 if __name__ == "__main__":

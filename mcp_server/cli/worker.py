@@ -1,18 +1,20 @@
-"""`ariel worker`: a stock Prefect Docker worker for an org's own hardware, through Ariel's Prefect gateway.
+"""`ariel worker`: a Prefect Docker worker for an org's own hardware, through Ariel's Prefect gateway.
 
 The worker holds a worker key and nothing else: it reaches Prefect only
 through the gateway of the Ariel server it is pointed at, which lets it serve
 its org's own-hardware pool alone and hands each run its own token. What runs
-is `prefect worker start`, unchanged; this command only asks the server which
-pool the key serves, sets the environment, and starts the worker again when it
-dies (a stock worker gives up after some minutes without its API), with the
-same backoff and stop within 10 s as `ariel up`'s children.
+is the worker host Ariel's own pools run on (`deployments.pools.worker_host`)
+for that one pool: Prefect's Docker worker handing each run to a standby
+container started and imported before it, and writing how each run's container
+ended on its run. This command asks the server which pool the key serves, sets
+the environment, and starts the worker again when it dies (a worker gives up
+after some minutes without its API), with the same backoff and stop within
+10 s as `ariel up`'s children.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 
@@ -52,7 +54,7 @@ def worker_pool(server: str, key: str) -> str:
 
 
 def worker_environment(server: str, key: str) -> dict[str, str]:
-    """The stock worker's environment: Prefect through the gateway, with the worker key both ways clients send one."""
+    """The worker's environment: Prefect through the gateway, with the worker key both ways clients send one."""
     env = {name: value for name, value in os.environ.items()
            if name not in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", KEY_ENV)}
     env.update(
@@ -90,8 +92,7 @@ def run_worker(server: str, key: str | None) -> None:
                            "again (see the README: Run agents on your own hardware)")
     pool = worker_pool(server, key)
     print(f"Serving work pool {pool} of {server} (Ctrl-C stops the worker).", flush=True)
-    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "docker",
-            "--name", f"{pool}@{socket.gethostname()}", "--no-create-pool-if-not-found"]
+    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", "docker", "--pool", pool]
     children = Children(log_dir=None)  # the worker's output is this terminal's
     try:
         children.start("worker", argv, worker_environment(server, key))
