@@ -107,3 +107,18 @@ async def install_id(home: Path) -> str:
 
 def _read(tmp_path: Path) -> list[str]:
     return (tmp_path / "worker-host.log").read_text().splitlines()
+
+
+@pytest.mark.parametrize(("served", "refusal"), [
+    (["--pool", "ariel-9a8b7c6d-0f3c9a1b2c3d-own", "--prefix", "ariel-9a8b7c6d-"], "not allowed with argument"),
+    (["--pool", "someone-elses-pool"], "--pool must be an Ariel pool's name"),
+    (["--prefix", "ariel-"], "--prefix must be one install's"),
+    ([], "one of the arguments --prefix --pool is required"),
+])
+def test_a_worker_host_serves_one_install_or_one_pool_and_says_so_when_asked_otherwise(
+    served: list[str], refusal: str
+) -> None:
+    done = subprocess.run([sys.executable, "-m", "deployments.pools.worker_host", "--type", "docker", *served],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and refusal in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
