@@ -17,11 +17,11 @@ from deployments.runs.flow_runs import (
     upcoming_runs,
     wait_for_run,
 )
-from deployments.runs.logs import LOG_LEVELS, LogLine, LogPage, read_log_page
+from deployments.runs.logs import LOG_LEVELS, LogLine, LogPage, StepNames, read_log_page
 from flows.transcript import TranscriptEntry, Usage
 
 __all__ = [
-    "LOG_LEVELS", "PAGE_LIMIT", "LogLine", "LogPage", "RunSummary", "TranscriptEntry", "TranscriptPage", "Usage",
-    "failed_task_runs", "find_run", "list_runs", "read_log_page", "read_result",
+    "LOG_LEVELS", "PAGE_LIMIT", "LogLine", "LogPage", "RunSummary", "StepNames", "TranscriptEntry", "TranscriptPage",
+    "Usage", "failed_task_runs", "find_run", "list_runs", "read_log_page", "read_result",
     "read_transcript", "read_usage", "start_run", "upcoming_runs", "wait_for_run",
 ]

@@ -45,6 +45,8 @@ class RunService:
     hosting: Hosting = field(default_factory=Hosting)
     # Told of every run started here, so that a worker's poll held at the gateway takes it at once.
     wakeups: Wakeups = field(default_factory=Wakeups)
+    # Task runs' names, which name log lines' steps: asked of Prefect once per task run, not per page read.
+    step_names: runs.StepNames = field(default_factory=runs.StepNames)
 
     async def run(
         self, caller: Caller, ref: str, input: str | None, wait_seconds: float, progress: ProgressReport | None = None
@@ -187,7 +189,7 @@ class RunService:
             try:
                 page = await runs.read_log_page(
                     client, flow_run.id, cursor=cursor, limit=limit, min_level=level, task=task, contains=contains,
-                    tail=tail, fold=fold,
+                    tail=tail, fold=fold, step_names=self.step_names,
                 )
             except QueryInvalid as exc:
                 raise InvalidRequest(str(exc)) from None

@@ -28,6 +28,7 @@ from deployments.exceptions import QueryInvalid
 from deployments.runs import (
     LogLine,
     LogPage,
+    StepNames,
     failed_task_runs,
     read_log_page,
     read_transcript,
@@ -200,6 +201,28 @@ async def test_a_full_page_reads_the_one_line_after_it_to_know_more_follow_not_a
     tail = await read_log_page(client, ten_thousand_lines, limit=200, tail=True)
     assert len(tail.lines) == 200 and tail.total_matched is None
     assert asked == [200, 1]
+
+
+async def test_a_task_runs_name_is_asked_of_prefect_once_not_on_every_read_of_its_lines(
+    client: PrefectClient, runs: dict[str, UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = StepNames()
+    first = await read_log_page(client, runs["steps"], step_names=names)
+    asked: list[str] = []
+    request = client.request
+
+    async def counted(method: str, path: str, **rest: Any) -> Any:
+        asked.append(path)
+        return await request(method, path, **rest)  # type: ignore[arg-type]  # the path as the client got it
+
+    monkeypatch.setattr(client, "request", counted)
+    again = await read_log_page(client, runs["steps"], step_names=names)
+    tail = await read_log_page(client, runs["steps"], step_names=names, tail=True)
+    assert "/task_runs/filter" not in asked
+    steps = [(line.message, line.task) for line in first.lines]
+    assert [(line.message, line.task) for line in again.lines] == steps
+    assert {(line.message, line.task) for line in tail.lines} <= set(steps)
+    assert any(task for _, task in steps)
 
 
 async def test_contains_matches_messages_ignoring_case_and_pages_by_cursor(
