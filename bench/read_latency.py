@@ -130,6 +130,9 @@ class Made:
     run_ids: list[str] = field(default_factory=list)
     log_lines: int = 0
     answers: dict[str, str] = field(default_factory=dict)
+    # The first call of each tool, before any other read of its run: Ariel's first get_run_logs of a page asks
+    # Prefect for its steps' names, which later reads keep (deployments.runs.logs.StepNames).
+    first_ms: dict[str, float] = field(default_factory=dict)
 
 
 def prefect_mcp_python() -> Path:
@@ -331,7 +334,9 @@ async def measure(ariel_url: str, key: str | None, prefect_mcp_url: str, api_url
         for pair in pairs:  # what each side says, once, for the notes under the table
             for side in (ARIEL, PREFECT_MCP):
                 call = pair.call(side)
+                started = time.perf_counter()
                 result = await client_call(clients[side], call, timeout)
+                made.first_ms[f"{side} {call.tool} ({pair.label})"] = (time.perf_counter() - started) * 1000
                 made.answers[f"{side} {call.tool} ({pair.label})"] = result
         print(f"{warmup} warm-up calls, then {calls} rounds alternating Ariel and prefect-mcp", flush=True)
         for round_ in range(warmup + calls):
@@ -391,6 +396,10 @@ def print_table(pairs: list[Pair], made: Made, calls: int, auth: str, seconds: f
         print(f"  Data: {len(made.run_ids)} runs; the log run {made.log_run} has {made.log_lines} log lines.")
     for name, said in made.answers.items():
         print(f"  {name}: {said}")
+    if made.first_ms:
+        print("  First call of each, before the warm-up (one sample each; Ariel's first get_run_logs also asks Prefect "
+              "for the steps' names, kept for later reads): "
+              + ", ".join(f"{name} {ms:.1f} ms" for name, ms in made.first_ms.items()))
     for pair in pairs:
         for side, problems in pair.problems.items():
             for problem in problems[:3]:
