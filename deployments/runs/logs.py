@@ -75,36 +75,39 @@ class StepNames:
     """Task runs' names by id, the most recently used `size` of them: what names a log line's step.
 
     Kept because a task run's name never changes, and asking Prefect costs more than the lines themselves: it
-    sends whole task runs (~25 ms for a page that spans 70 steps). Looked up only with the ids of log lines read
-    from one run, after the caller's right to that run was checked, so one org never learns another's names.
+    sends whole task runs (~25 ms for a page that spans 70 steps). Kept by run and task run, as Prefect was asked
+    (the run's task runs): a log line may name any task run id (a run token writes its own run's lines), and must
+    not be named from another run's. Read only for a run the caller's right to was checked.
 
     Example:
         >>> names = StepNames(size=2)
-        >>> a, b, c = (UUID(int=n) for n in range(3))
-        >>> names.learn({a: "llm · step 1", b: "http_request · step 1"})
-        >>> names.known([a])  # a used: b is now the least recently used
-        {UUID('00000000-0000-0000-0000-000000000000'): 'llm · step 1'}
-        >>> names.learn({c: "llm · step 2"})
-        >>> sorted(names.known([a, b, c]).values())
+        >>> run, other, a, b, c = (UUID(int=n) for n in range(5))
+        >>> names.learn(run, {a: "llm · step 1", b: "http_request · step 1"})
+        >>> names.known(run, [a])  # a used: b is now the least recently used
+        {UUID('00000000-0000-0000-0000-000000000002'): 'llm · step 1'}
+        >>> names.learn(run, {c: "llm · step 2"})
+        >>> sorted(names.known(run, [a, b, c]).values())
         ['llm · step 1', 'llm · step 2']
+        >>> names.known(other, [a, c])  # another run's lines naming these task runs
+        {}
     """
 
     def __init__(self, size: int = 20_000) -> None:
         self._size = size
-        self._names: OrderedDict[UUID, str] = OrderedDict()
+        self._names: OrderedDict[tuple[UUID, UUID], str] = OrderedDict()
 
-    def known(self, ids: Iterable[UUID]) -> dict[UUID, str]:
+    def known(self, run_id: UUID, ids: Iterable[UUID]) -> dict[UUID, str]:
         found = {}
         for task_run_id in ids:
-            if (name := self._names.get(task_run_id)) is not None:
-                self._names.move_to_end(task_run_id)
+            if (name := self._names.get((run_id, task_run_id))) is not None:
+                self._names.move_to_end((run_id, task_run_id))
                 found[task_run_id] = name
         return found
 
-    def learn(self, names: Mapping[UUID, str]) -> None:
-        self._names.update(names)
-        for task_run_id in names:
-            self._names.move_to_end(task_run_id)
+    def learn(self, run_id: UUID, names: Mapping[UUID, str]) -> None:
+        for task_run_id, name in names.items():
+            self._names[(run_id, task_run_id)] = name
+            self._names.move_to_end((run_id, task_run_id))
         while len(self._names) > self._size:
             self._names.popitem(last=False)
 
@@ -146,7 +149,7 @@ async def read_log_page(
     if task is not None:
         names = await _task_run_names(client, run_id)
         if step_names is not None:
-            step_names.learn(names)
+            step_names.learn(run_id, names)
         # A whole name means that task run alone: "llm · step 1" is not also "llm · step 10".
         task_ids = [task_run_id for task_run_id, name in names.items() if name == task] or [
             task_run_id for task_run_id, name in names.items() if name.startswith(task)
@@ -192,7 +195,7 @@ async def read_log_page(
         if len(batch) < size and not page.full_stop:
             page.exhausted = True
             break
-        size = page.wanted(size if len(page.lines) == taken else 0)
+        size = page.wanted(dense=len(page.lines) - taken == len(batch))
     await _name_steps(client, run_id, page.lines, names, step_names)
     return LogPage(
         lines=page.lines,
@@ -249,14 +252,14 @@ class _Folder:
         self.full_stop = False  # a line came that would start line limit + 1: the page ends before it
         self.exhausted = False  # no lines are left to read
 
-    def wanted(self, fruitless: int = 0) -> int:
+    def wanted(self, dense: bool = True) -> int:
         """How many lines to read next: what the page still holds and one more, which tells whether more follow.
 
         Not a whole 200 to learn that: a full page would cost a second read of up to 200 lines (~20 ms with their
-        redaction). `fruitless`: the size of the last read when it added no line (all folded, or filtered out),
-        doubled so that a sparse filter does not creep through the log a line at a time.
+        redaction). `dense`: each line of the last read became a line of the page; when some were filtered out or
+        folded, any number more may be, so a whole 200 again (a sparse filter must not creep through the log).
         """
-        return min(PAGE_LIMIT, max(self.limit - len(self.lines) + 1, 2 * fruitless))
+        return min(PAGE_LIMIT, self.limit - len(self.lines) + 1) if dense else PAGE_LIMIT
 
     def take(self, line: Log) -> bool:
         """Add `line`; False, taking nothing, when it would be one line too many."""
@@ -309,7 +312,7 @@ async def _read_tail(
         if len(batch) < size:
             page.exhausted = True
             return
-        size = page.wanted(size if len(page.lines) == taken else 0)
+        size = page.wanted(dense=len(page.lines) - taken == len(batch))
 
 
 async def _name_steps(client: PrefectClient, run_id: UUID, lines: list[LogLine],
@@ -318,11 +321,11 @@ async def _name_steps(client: PrefectClient, run_id: UUID, lines: list[LogLine],
     and of those only the ones `step_names` does not know."""
     ids = {UUID(line.task_run_id) for line in lines if line.task_run_id}
     if names is None:
-        names = step_names.known(ids) if step_names is not None else {}
+        names = step_names.known(run_id, ids) if step_names is not None else {}
         if missing := ids - names.keys():
             read = await _task_run_names(client, run_id, missing)
             if step_names is not None:
-                step_names.learn(read)
+                step_names.learn(run_id, read)
             names.update(read)
     for line in lines:
         if line.task_run_id:

@@ -69,7 +69,7 @@ def worker_environment(server: str, key: str) -> dict[str, str]:
 
 
 def run_worker(server: str, key: str | None) -> None:
-    """Run `prefect worker start` for the key's pool, again whenever it dies, until SIGINT or SIGTERM.
+    """Run the worker host for the key's pool, again whenever it dies, until SIGINT or SIGTERM.
 
     Expects `stop_on_signals()` in force: a signal then raises SystemExit here, which stops the worker (SIGTERM,
     then SIGKILL). Returns only by raising.

@@ -107,6 +107,10 @@ class AgentService:
         when its first `async with` ends, so callers enter and leave it as they would a client of their own.
         """
         if self._shared is not None:
+            # Once it has connected, Prefect's client retries a refused connection for ~60 s (2, 4, ... 32 s),
+            # riding out a server restart; a person in chat, or recovery's pass, needs "did not answer" at once,
+            # as a client made per call gave it. While other calls succeed the flag is set again: Prefect is up.
+            self._shared._client._has_connected = False  # type: ignore[attr-defined]  # PrefectHttpxAsyncClient's
             return self._shared
         if self._tls is None:
             self._tls = prefect_tls_context()

@@ -201,6 +201,11 @@ async def test_a_full_page_reads_the_one_line_after_it_to_know_more_follow_not_a
     tail = await read_log_page(client, ten_thousand_lines, limit=200, tail=True)
     assert len(tail.lines) == 200 and tail.total_matched is None
     assert asked == [200, 1]
+    # A filter that skips lines reads whole pages after the first: it must not creep through the log.
+    asked.clear()
+    sparse = await read_log_page(client, ten_thousand_lines, contains="line 0099", limit=4)
+    assert len(sparse.lines) == 4
+    assert asked[0] == 5 and set(asked[1:]) == {200}, asked
 
 
 async def test_a_task_runs_name_is_asked_of_prefect_once_not_on_every_read_of_its_lines(

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import ask, client
-from tests.support import serve_app
+from tests.support import serve_app, wait_until
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Relay:
     connections: int = 0
     sent: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    cut: threading.Event = field(default_factory=threading.Event)  # set: Prefect is gone, every connection refused
 
     def count(self, needle: bytes) -> int:
         with self.lock:
@@ -68,6 +69,13 @@ def relay_to(api_url: str) -> Iterator[tuple[str, Relay]]:
 
     def serve() -> None:
         while not stopping.is_set():
+            if relay.cut.is_set():
+                listener.close()  # a new connection is refused, as by a port no server holds
+                for end in opened:
+                    with suppress(OSError):
+                        end.shutdown(socket.SHUT_RDWR)
+                stopping.wait()
+                return
             try:
                 accepted, _ = listener.accept()
             except TimeoutError:
@@ -91,7 +99,7 @@ def relay_to(api_url: str) -> Iterator[tuple[str, Relay]]:
     finally:
         stopping.set()
         thread.join(timeout=5)
-        listener.close()
+        listener.close()  # a second close is harmless
         for end in opened:
             with suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
@@ -114,3 +122,27 @@ async def test_tool_calls_share_one_connection_to_prefect_and_one_csrf_token(hom
         assert relay.count(b"POST /api/flow_runs/filter") >= 6
         assert relay.connections <= 2, relay.connections
         assert len(relay.csrf_clients()) <= 1, relay.csrf_clients()
+
+
+async def test_once_prefect_is_gone_a_tool_call_says_so_and_does_not_wait_out_prefects_minute_of_retries(
+    home: Path, prefect_api: str
+) -> None:
+    home.mkdir()
+    with relay_to(prefect_api) as (through, relay), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), through) as url:
+        async with client(url, "dev:ada:acme:admin") as chat:
+            assert (await ask(chat, "list_runs"))["runs"] == []  # the shared client has connected
+            relay.cut.set()
+            wait_until(lambda: relay.connections and not _accepting(through), 10, "the relay to refuse")
+            # Prefect's client, once connected, retries a refused connection for ~60 s; a person waits 30 at most.
+            result = await chat.call_tool_mcp("list_runs", {}, timeout=30)
+    assert result.is_error
+    assert "the Prefect API at" in result.content[0].text and "did not answer" in result.content[0].text
+
+
+def _accepting(url: str) -> bool:
+    try:
+        socket.create_connection((urlsplit(url).hostname or "", urlsplit(url).port or 80), timeout=1).close()
+    except OSError:
+        return False
+    return True
