@@ -65,9 +65,9 @@ def build_mcp(
 async def _answer_input_schemas(mcp: FastMCP) -> None:
     """Give the MCP SDK each tool's input schema, as listed, to check a call's Mcp-Param headers against.
 
-    Without it the SDK runs a whole tools/list through the middleware (the caller's key looked up again) before every
-    tools/call with arguments over streamable HTTP: ~37 ms of each. Every caller is offered the same tools, so one
-    listing at start answers for all.
+    Without it the SDK runs a whole tools/list through fastmcp and its middleware (schemas dereferenced anew) before
+    every tools/call with arguments over streamable HTTP: ~37 ms of each. Every caller is offered the same tools, so
+    one listing at start answers for all.
     """
     schemas = {tool.name: tool.to_mcp_tool().input_schema for tool in await mcp.list_tools()}
     # fastmcp 4.1 builds its low-level server without the SDK's lookup and offers no setting for it.
