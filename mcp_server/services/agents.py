@@ -8,18 +8,15 @@ left half-created.
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
-import certifi
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
 
 from deployments import runs
 from deployments.agents import compiler
@@ -50,16 +47,6 @@ from mcp_server.store import AgentRecord, Store, ToolServerRecord
 UpdateAction = Literal["change", "approve", "pause", "resume"]
 
 
-def prefect_tls_context() -> ssl.SSLContext:
-    """The TLS context PrefectClient makes for itself from Prefect's settings (its __init__, Prefect 3.8)."""
-    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
-
-
 @dataclass
 class AgentService:
     """Agents: their specs, versions, approval and deployments, for one Ariel installation."""
@@ -80,18 +67,15 @@ class AgentService:
     # The stdio MCP servers the platform offers (name → command in the runtime image): settings.stdio_catalog.
     stdio_commands: Mapping[str, list[str]] = field(default_factory=dict, kw_only=True)
 
-    # One TLS context for every client made here: PrefectClient otherwise loads the CA bundle anew for each, 20 ms
-    # of every tool call.
-    _tls: ssl.SSLContext | None = field(default=None, init=False, repr=False)
-    # The client every call shares while `connected()` holds it open.
+    # The client every call shares while `connected()` holds it open (the app's whole life, in open_services).
     _shared: PrefectClient | None = field(default=None, init=False, repr=False)
 
     @asynccontextmanager
     async def connected(self) -> AsyncIterator[None]:
         """Share one Prefect client while open: its connections stay up and its CSRF token is asked for once.
 
-        A client made per call opened a connection and asked the server for a CSRF token (a GET before its first
-        POST, and Prefect's reads are POSTs) on every tool call.
+        A client made per call opened a connection, loaded the CA bundle (~20 ms) and asked the server for a CSRF
+        token (a GET before its first POST, and Prefect's reads are POSTs) on every tool call.
         """
         async with self.prefect_client() as client:
             self._shared = client
@@ -112,10 +96,7 @@ class AgentService:
             # as a client made per call gave it. While other calls succeed the flag is set again: Prefect is up.
             self._shared._client._has_connected = False  # type: ignore[attr-defined]  # PrefectHttpxAsyncClient's
             return self._shared
-        if self._tls is None:
-            self._tls = prefect_tls_context()
-        return PrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string,
-                             httpx_settings={"verify": self._tls})
+        return PrefectClient(self.prefect_api_url, auth_string=self.prefect_auth_string)
 
     @asynccontextmanager
     async def prefect(self) -> AsyncIterator[PrefectClient]:
