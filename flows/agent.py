@@ -20,6 +20,7 @@ approval: …`, `MCP result flagged: …`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
+from prefect.logging.handlers import APILogHandler
 from prefect.settings import get_current_settings
 from prefect.states import State
 from prefect.tasks import Task
@@ -66,6 +68,7 @@ def _retry_llm(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
 
 
 _TRANSIENT_TOOL_ERRORS = tuple({error for tool in BUILTIN_TOOLS.values() for error in tool.transient})
+_LOG_SHIPPING_SECONDS = 5.0
 
 
 def _retry_tool(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
@@ -208,6 +211,15 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
     finally:
         # Also when the run fails: what a failed run used is worth knowing too.
         await recorder.publish_usage()
+        # Prefect ships log lines in batches (every 2 s) and the rest as the process exits, after the final state:
+        # a read right after the end (diagnose_run, get_run_logs) must find the run's last lines, its refusals too.
+        await _ship_logs()
+
+
+async def _ship_logs() -> None:
+    # Bounded: a Prefect that does not take them must not hold the run's end; they ship at exit then.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(APILogHandler.aflush(), timeout=_LOG_SHIPPING_SECONDS)
 
 
 def _environment_secrets() -> list[str]:

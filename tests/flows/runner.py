@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.flow_engine import run_flow_async
 from prefect.states import State
 
@@ -36,12 +37,19 @@ async def main() -> None:
     assert isinstance(ran, State)
     state: State[Any] = ran
     result = await state.aresult(raise_on_failure=False) if state.is_completed() else None
-    print(json.dumps({
+    outcome: dict[str, Any] = {
         "state": state.name,
         "message": state.message,
         "flow_run_id": str(state.state_details.flow_run_id),
         "result": result,
-    }))
+    }
+    if os.environ.get("ARIEL_TEST_READ_LOGS_AT_END"):
+        # Before this interpreter exits, which ships whatever lines Prefect's log worker still holds.
+        async with get_client() as client:
+            run_id_filter = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            logs = await client.read_logs(LogFilter(flow_run_id=run_id_filter))
+        outcome["logs_at_end"] = [log.message for log in logs]
+    print(json.dumps(outcome))
 
 
 if __name__ == "__main__":

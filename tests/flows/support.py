@@ -37,6 +37,8 @@ class Outcome:
     message: str | None
     flow_run_id: str
     result: str | None
+    # With ARIEL_TEST_READ_LOGS_AT_END in the run's env: the run's log lines in Prefect as its final state came back.
+    logs_at_end: list[str] | None = None
 
 
 @dataclass(frozen=True)

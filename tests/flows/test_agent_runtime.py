@@ -56,6 +56,19 @@ def test_a_host_the_agent_did_not_declare_is_refused_to_the_model(service_host: 
     assert "is not one this agent may call (allowed: api.example.com)" in reply
 
 
+def test_every_line_a_run_logs_is_in_prefect_when_its_final_state_is(service_host: str) -> None:
+    # Prefect's log worker ships lines in batches; here a batch would wait a minute. A read right after the end
+    # (diagnose_run, get_run_logs) must still find the refusal and the reply, not only once the process is gone.
+    outcome = play(
+        fetcher(service_host, f"http://{service_host}/", "Result: {last_tool_result}", allowed="api.example.com"),
+        env={"PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "60", "ARIEL_TEST_READ_LOGS_AT_END": "1"},
+    )
+    assert outcome.state == "Completed", outcome.message
+    assert outcome.logs_at_end is not None
+    assert any(line.startswith("Tool call refused: ") for line in outcome.logs_at_end), outcome.logs_at_end
+    assert any(line.startswith("Reply: Result: ") for line in outcome.logs_at_end), outcome.logs_at_end
+
+
 def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> None:
     call = ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"})
     outcome = play(
