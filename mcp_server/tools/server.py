@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -40,6 +41,7 @@ def build_mcp(
     async def lifespan(server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         async with open_() as opened:
             await _answer_input_schemas(server)
+            _spare_the_collector()
             yield {"services": opened}
 
     mcp = FastMCP(
@@ -60,6 +62,15 @@ def build_mcp(
     secrets.register(mcp)
     tool_servers.register(mcp)
     return mcp
+
+
+def _spare_the_collector() -> None:
+    """Leave what the server made as it started (imports, services, the tool listing: ~270,000 objects in
+    `ariel up`, kept as long as the process lives) out of the garbage collector's passes. A full pass over them
+    took ~130 ms, and the tool call it fell in waited for it: a 200-line get_run_logs took 62 ms at p50 and
+    200 ms at p95 before, 66 and 80 ms after."""
+    gc.collect()  # what starting left as garbage first: frozen, it would never be freed
+    gc.freeze()
 
 
 async def _answer_input_schemas(mcp: FastMCP) -> None:

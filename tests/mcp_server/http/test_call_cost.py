@@ -8,6 +8,7 @@ Through the real MCP server under uvicorn and a real MCP client.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,21 @@ async def test_tool_calls_with_arguments_list_no_tools_and_the_schemas_named_are
     named = mcp._mcp_server.get_tool_input_schema
     assert named is not None
     assert {tool.name: named(tool.name) for tool in listed} == {tool.name: tool.input_schema for tool in listed}
+
+
+async def test_what_the_server_made_as_it_started_is_left_out_of_garbage_collections(
+    home: Path, prefect_api: str
+) -> None:
+    # A full collection walks every tracked object; the app's imports and services are most of them and live as
+    # long as it does. Frozen once started, they no longer stall whichever tool call a collection falls in.
+    home.mkdir()
+    gc.unfreeze()
+    try:
+        with serve_asgi(build_mcp(ArielSettings(home=home), prefect_api, "process").http_app(path="/mcp")) as base:
+            async with Client(f"{base}/mcp") as chat:
+                await chat.list_tools()
+                frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()  # this test process's own objects go back to the collector
+    print(f"frozen at start: {frozen}")
+    assert frozen > 100_000
