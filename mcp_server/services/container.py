@@ -15,6 +15,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.authentication import Authenticator
 from mcp_server.services.journal import RunJournal
 from mcp_server.services.orgs import OrgService
+from mcp_server.services.rate_limits import RateLimit, RateLimits
 from mcp_server.services.runs import RunService
 from mcp_server.services.sealing import Sealer, keyring_from_settings
 from mcp_server.services.secrets import SecretService
@@ -38,6 +39,7 @@ class Services:
     tool_oauth: ToolOAuth  # also the HTTP app's /oauth/callback's
     journal: RunJournal  # the gateway's, for runs' steps
     wakeups: Wakeups  # the gateway's too: it holds workers' polls until a run is made
+    tool_calls: RateLimit | None  # each user's tool calls, counted in the store: one limit across the processes
 
 
 @asynccontextmanager
@@ -82,6 +84,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     tool_oauth=tool_oauth,
                     journal=RunJournal(store, sealer),
                     wakeups=wakeups,
+                    tool_calls=RateLimits.from_settings(settings, store).tool_calls,
                 )
         finally:
             await tool_oauth.aclose()  # pending sign-ins end with the process

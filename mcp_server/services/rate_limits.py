@@ -8,10 +8,12 @@ limit (`mcp_server.tools.middleware.rate_limit`) counts the calls a user makes,
 and the address limit (`mcp_server.http.rate_limit`) only the requests nobody
 proved who sent them.
 
-Counts live in a `Counter`: `MemoryCounter` keeps them in this process (each
-replica limits on its own; a restart forgets them). A shared store for
-several replicas (issue #14) is another `Counter`, for example one over the
-`limits` library's Redis storage, and nothing else changes.
+Counts live in a `Counter`. Tool calls count in the store (`StoreCounter`):
+every app process of an install (`ariel up` replicas, `ariel mcp` beside them)
+counts a user against the same window, so the limit is one limit. Requests
+without valid credentials count in this process (`MemoryCounter`): a write to
+the store for each would hand an unauthenticated flood the database; behind a
+load balancer each replica so allows the limit on its own.
 
 Example:
     >>> import asyncio
@@ -37,6 +39,7 @@ from typing import Protocol
 
 from mcp_server.services.exceptions import RateLimited
 from mcp_server.settings import ArielSettings
+from mcp_server.store import Store
 
 WINDOW_SECONDS = 60.0
 
@@ -85,6 +88,24 @@ class MemoryCounter:
             del self._hits[key]
 
 
+class StoreCounter:
+    """A sliding window per key in the store, shared by every process that opens it (`Store.hit_rate`).
+
+    Keys nobody counts any more are deleted at most once a window, by whichever process counts next.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.clock = store, clock  # epoch time: the processes may be on several machines
+        self._swept = clock()
+
+    async def hit(self, key: str, limit: int, window: float) -> float | None:
+        now = self.clock()
+        if now - self._swept >= window:
+            self._swept = now
+            await self.store.forget_rate_hits(now - window)
+        return await self.store.hit_rate(key, limit, window, now)
+
+
 @dataclass(frozen=True)
 class RateLimit:
     """At most `per_minute` events of one key in any 60 s; `what` names them in the refusal."""
@@ -119,10 +140,12 @@ class RateLimits:
     unauthenticated: RateLimit | None
 
     @classmethod
-    def from_settings(cls, settings: ArielSettings, counter: Counter | None = None) -> RateLimits:
-        counter = counter or MemoryCounter()
+    def from_settings(cls, settings: ArielSettings, store: Store | None = None) -> RateLimits:
+        """Tool calls count in `store` when given (shared by the install's processes), else in this process."""
         calls, anonymous = settings.rate_limit_per_minute, settings.unauthenticated_rate_limit_per_minute
+        shared = StoreCounter(store) if store is not None else MemoryCounter()
         return cls(
-            tool_calls=RateLimit("tool calls", calls, counter) if calls else None,
-            unauthenticated=RateLimit("requests without valid credentials", anonymous, counter) if anonymous else None,
+            tool_calls=RateLimit("tool calls", calls, shared) if calls else None,
+            unauthenticated=(RateLimit("requests without valid credentials", anonymous, MemoryCounter())
+                             if anonymous else None),
         )

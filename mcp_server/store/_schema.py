@@ -11,6 +11,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -247,3 +248,14 @@ run_steps = Table(
                          name="fk_run_steps_data_key", ondelete="CASCADE"),
 )
 Index("ix_run_steps_org_run", run_steps.c.org_id, run_steps.c.run_id)
+
+# Rate-limit hits (migration 0011): one row per counted event, shared by every app process of an install.
+rate_hits = Table(
+    "rate_hits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False),
+    Column("at", Float, nullable=False),  # epoch seconds: the processes counting may be on several machines
+)
+Index("ix_rate_hits_key_at", rate_hits.c.key, rate_hits.c.at)
+Index("ix_rate_hits_at", rate_hits.c.at)

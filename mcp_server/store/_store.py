@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from mcp_server.store._audit import AuditQueries
 from mcp_server.store._identity import IdentityQueries
 from mcp_server.store._ids import new_id, utc_now
+from mcp_server.store._rate_hits import RateHitQueries
 from mcp_server.store._records import AgentRecord, AgentVersion
 from mcp_server.store._run_steps import RunStepQueries
 from mcp_server.store._schema import agent_versions, agents, installation, organizations
@@ -34,7 +35,8 @@ from mcp_server.store.exceptions import Conflict, Unreachable
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries, RunStepQueries):
+class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries, RunStepQueries,
+            RateHitQueries):
     """The control-plane database. Open with `Store.open(url)`; close with `await store.close()`."""
 
     def __init__(self, engine: AsyncEngine) -> None:

@@ -11,7 +11,6 @@ from fastmcp import FastMCP
 
 from deployments.pools.work_pools import PoolType
 from mcp_server.services.container import Services, open_services
-from mcp_server.services.rate_limits import RateLimits
 from mcp_server.settings import ArielSettings
 from mcp_server.tools import agents, orgs, runs, secrets, tool_servers
 from mcp_server.tools.middleware.arguments import RefuseControlCharacters
@@ -51,7 +50,7 @@ def build_mcp(
         # Outermost first: every refusal below reads well and quotes little; each call counts for its caller,
         # whatever it carries; then no control character gets past into services, the store or the audit log.
         middleware=[
-            ReadableErrors(), ResolveCaller(), LimitToolCalls(RateLimits.from_settings(settings).tool_calls),
+            ReadableErrors(), ResolveCaller(), LimitToolCalls(),
             RefuseControlCharacters(),
         ],
         mask_error_details=True,

@@ -112,7 +112,23 @@ def test_an_address_gets_its_requests_without_credentials_a_minute_then_429_with
     assert elsewhere.status_code == 401  # each address has its own count
 
 
-def test_each_app_keeps_its_own_counts(tmp_path: Path, prefect_api: str) -> None:
+async def test_a_users_tool_calls_are_counted_once_across_the_apps_of_one_install(
+    tmp_path: Path, store_url: str, prefect_api: str
+) -> None:
+    # Two apps on one store (replicas behind a load balancer; or `ariel up` and an `ariel mcp` beside it).
+    settings = settings_for(tmp_path / "home", auth_mode="dev", rate_limit_per_minute=4, store_url=store_url)
+    with serve_app(settings, prefect_api) as first, serve_app(settings, prefect_api) as second:
+        async with client(first, "dev:ada:acme:member") as one, client(second, "dev:ada:acme:member") as two:
+            for session in (one, two, one, two):
+                await ask(session, "whoami")
+            with pytest.raises(ToolError, match="^rate limited: more than 4 tool calls in a minute from your user"):
+                await one.call_tool("whoami", {})
+            with pytest.raises(ToolError, match="^rate limited: more than 4 tool calls in a minute from your user"):
+                await two.call_tool("whoami", {})
+
+
+def test_each_app_keeps_its_own_counts_of_requests_without_credentials(tmp_path: Path, prefect_api: str) -> None:
+    # In memory, on purpose: a store write for each such request would hand a flood of them the database.
     def settings(name: str) -> object:
         return settings_for(tmp_path / name, auth_mode="dev", unauthenticated_rate_limit_per_minute=1)
 
