@@ -44,6 +44,7 @@ from mcp_server.http.rate_limit import LimitUnauthenticated
 from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.journal import keep_forgetting
+from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
 from mcp_server.services.rate_limits import RateLimits
 from mcp_server.settings import ArielSettings
 from mcp_server.tools.server import build_mcp
@@ -111,21 +112,26 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # The services first: the auth middleware and the MCP server both use them.
         async with open_services(settings, prefect_api_url, pool_type) as ready:
             opened.append(ready)
-            # One per install: the app that serves the gateway brings back the runs its workers lost.
-            recovering = asyncio.create_task(keep_recovering(
-                ready.agents.prefect_client, install_prefix(ready.agents.install_id), max_retries=settings.run_retries,
-                silence_seconds=settings.run_silence_seconds, start_seconds=settings.run_start_seconds,
-            ))
-            forgetting = asyncio.create_task(keep_forgetting(
-                ready.journal, timedelta(hours=settings.journal_retention_hours)))
+            async def maintain() -> None:
+                # Bring back the runs the install's workers lost; forget journals past their retention.
+                await asyncio.gather(
+                    keep_recovering(
+                        ready.agents.prefect_client, install_prefix(ready.agents.install_id),
+                        max_retries=settings.run_retries, silence_seconds=settings.run_silence_seconds,
+                        start_seconds=settings.run_start_seconds,
+                    ),
+                    keep_forgetting(ready.journal, timedelta(hours=settings.journal_retention_hours)),
+                )
+
+            # One app process of the install at a time: two would retry one crashed run twice.
+            maintaining = asyncio.create_task(while_leading(ready.store, RUN_RECOVERY_LEASE, maintain))
             try:
                 async with mcp_app.lifespan(app):
                     yield
             finally:
-                for task in (recovering, forgetting):
-                    task.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await task
+                maintaining.cancel()
+                with suppress(asyncio.CancelledError):
+                    await maintaining
                 opened.clear()
                 await gateway.aclose()
 

@@ -2,6 +2,7 @@
 sealed secrets (data keys and providers), MCP servers agents use as tools."""
 
 from mcp_server.store._ids import new_id
+from mcp_server.store._leases import Lease
 from mcp_server.store._records import (
     AgentRecord,
     AgentVersion,
@@ -28,6 +29,7 @@ __all__ = [
     "AuditEvent",
     "Conflict",
     "DataKeyRecord",
+    "Lease",
     "Member",
     "Organization",
     "Outcome",
