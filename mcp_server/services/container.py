@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from deployments.agents.signing import Ed25519ConfigSigner
@@ -22,7 +23,7 @@ from mcp_server.services.secrets import SecretService
 from mcp_server.services.tool_oauth import CALLBACK_PATH, ToolOAuth
 from mcp_server.services.tool_servers import SealedTokenVault, ToolServerService
 from mcp_server.services.upgrades import record_upgraded_manifests
-from mcp_server.services.wakeups import Wakeups
+from mcp_server.services.wakeups import Wakeups, keep_hearing
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 
@@ -66,6 +67,8 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                                protected=protected, private_networks=settings.mcp_private_networks)
         await record_upgraded_manifests(store)
         wakeups = Wakeups()
+        # Runs the install's other app processes make wake this one's held polls too (PostgreSQL only).
+        hearing = asyncio.create_task(keep_hearing(store, wakeups)) if store.shares_notifications else None
         try:
             async with agents.connected():
                 yield Services(
@@ -87,6 +90,10 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     tool_calls=RateLimits.from_settings(settings, store).tool_calls,
                 )
         finally:
+            if hearing is not None:
+                hearing.cancel()
+                with suppress(asyncio.CancelledError):
+                    await hearing
             await tool_oauth.aclose()  # pending sign-ins end with the process
     finally:
         await store.close()

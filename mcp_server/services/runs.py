@@ -31,7 +31,7 @@ from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.progress import ProgressReport, RunProgress
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
-from mcp_server.services.wakeups import Wakeups
+from mcp_server.services.wakeups import Wakeups, announce
 from mcp_server.store import AgentRecord
 
 RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cancelled", "crashed", "paused"]
@@ -82,7 +82,7 @@ class RunService:
                     client, UUID(record.deployment_id), input, name=run_name(record), config=config
                 )
                 if started.work_pool_name:
-                    self.wakeups.ring(started.work_pool_name)
+                    await announce(self.agents.store, self.wakeups, started.work_pool_name)
                 return started
 
     async def cancel(self, caller: Caller, ref: str) -> RunView:

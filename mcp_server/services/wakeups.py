@@ -6,8 +6,10 @@ nothing for up to `HOLD_SECONDS`, and asks Prefect again as soon as `ring` says 
 worker, unchanged, learns of a chat's run at once, on Ariel's hosts and on a customer's alike. The hold
 is shorter than Prefect's prefetch (10 s), so runs that fall due on a schedule are still fetched ahead.
 
-One process's: a run made through another app process wakes no one here, and is fetched when the hold
-ends (polling stays the fallback).
+Across the app processes of an install on PostgreSQL, each run made is also announced on the store's
+`WAKEUP_CHANNEL` (`announce`), and every process rings its own `Wakeups` for what it hears
+(`keep_hearing`): a run made through one replica, or an `ariel mcp`, wakes a poll held at another. On
+SQLite each process hears only itself: a run made through another is fetched when the hold ends.
 
 Example:
     >>> wakeups = Wakeups()
@@ -22,8 +24,16 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
+from contextlib import aclosing
+
+from mcp_server.store import Store
+
+log = logging.getLogger("ariel.wakeups")
 
 HOLD_SECONDS = 5.0
+WAKEUP_CHANNEL = "ariel_run_made"
+HEAR_AGAIN_SECONDS = 5.0
 
 
 class Wakeups:
@@ -53,3 +63,27 @@ class Wakeups:
         except TimeoutError:
             return False
         return True
+
+
+async def announce(store: Store, wakeups: Wakeups, pool: str) -> None:
+    """A run was just made in `pool`: ring here, and in the install's other processes."""
+    wakeups.ring(pool)
+    if store.shares_notifications:
+        try:
+            await store.notify(WAKEUP_CHANNEL, pool)
+        except Exception as exc:  # the run is made; the other processes' workers find it when their hold ends
+            log.warning("could not announce a run of %s to the other app processes (%s)", pool, type(exc).__name__)
+
+
+async def keep_hearing(store: Store, wakeups: Wakeups, listening: asyncio.Event | None = None) -> None:
+    """Ring `wakeups` for each run announced on the store, by any process; until cancelled. `listening` is set
+    once the store listens (again, after a dropped connection)."""
+    while True:
+        try:
+            async with aclosing(store.listen(WAKEUP_CHANNEL, listening)) as heard:
+                async for pool in heard:
+                    wakeups.ring(pool)
+        except Exception as exc:  # the database restarted, say: held polls fall back to their hold meanwhile
+            log.info("stopped hearing of runs made by other app processes (%s); again in %.0f s",
+                     type(exc).__name__, HEAR_AGAIN_SECONDS)
+        await asyncio.sleep(HEAR_AGAIN_SECONDS)

@@ -24,6 +24,7 @@ from mcp_server.store._audit import AuditQueries
 from mcp_server.store._identity import IdentityQueries
 from mcp_server.store._ids import new_id, utc_now
 from mcp_server.store._leases import LeaseQueries
+from mcp_server.store._notifications import NotificationQueries
 from mcp_server.store._rate_hits import RateHitQueries
 from mcp_server.store._records import AgentRecord, AgentVersion
 from mcp_server.store._run_steps import RunStepQueries
@@ -37,7 +38,7 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries, RunStepQueries,
-            RateHitQueries, LeaseQueries):
+            RateHitQueries, LeaseQueries, NotificationQueries):
     """The control-plane database. Open with `Store.open(url)`; close with `await store.close()`."""
 
     def __init__(self, engine: AsyncEngine) -> None:

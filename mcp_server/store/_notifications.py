@@ -1,0 +1,49 @@
+"""Notifications between the app processes of an install, through PostgreSQL's LISTEN and NOTIFY.
+
+On SQLite (one machine, desktop) there is no such channel: `notify` does nothing
+and `shares_notifications` says so, and each process hears only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+class _Engine(Protocol):
+    @property
+    def _engine(self) -> AsyncEngine: ...
+
+
+class NotificationQueries:
+    @property
+    def shares_notifications(self: _Engine) -> bool:
+        """Whether other processes on this store hear `notify` (PostgreSQL)."""
+        return self._engine.dialect.name == "postgresql"
+
+    async def notify(self: _Engine, channel: str, payload: str) -> None:
+        """Tell every process listening on `channel` (this one too); nothing on SQLite."""
+        if self._engine.dialect.name != "postgresql":
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
+
+    async def listen(self: _Engine, channel: str, listening: asyncio.Event | None = None) -> AsyncGenerator[str, None]:
+        """The payloads sent on `channel` from now on, until the connection ends (PostgreSQL only); `listening`
+        is set once the database listens for this connection.
+
+        On a connection of its own, outside the pool: a listening connection is never handed to a query.
+        """
+        conninfo = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            if listening is not None:
+                listening.set()
+            async for notice in conn.notifies():
+                yield notice.payload
