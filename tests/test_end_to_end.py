@@ -243,3 +243,21 @@ def test_without_a_docker_engine_ariel_up_says_so_and_uses_a_process_pool(prefec
         printed = up.printed()
     assert "No Docker engine answers, so agents will run as local processes (a process work pool)." in printed
     assert re.search(r"Work pool: ariel-[0-9a-f]{8}-[0-9a-f]{12}-process \(process\)", printed), printed
+
+
+@pytest.mark.slow  # its own `ariel up`
+async def test_a_users_tool_calls_count_once_across_ariel_up_and_an_ariel_mcp_beside_it(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    # Two app processes of one install: the HTTP app of `ariel up`, and `ariel mcp` over stdio, on one store.
+    limit = {"ARIEL_RATE_LIMIT_PER_MINUTE": "4"}
+    with ariel_up(tmp_path / "home", "process", prefect_api, extra_env=limit) as up:
+        env = {**os.environ, **limit, "ARIEL_HOME": str(up.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        async with Client(up.mcp_url) as http, \
+                Client(StdioTransport(sys.executable, ["-m", "mcp_server.cli", "mcp"], env=env)) as stdio:
+            for session in (http, stdio, http, stdio):
+                await session.call_tool("whoami", {})
+            with pytest.raises(ToolError, match="^rate limited: more than 4 tool calls in a minute from your user"):
+                await stdio.call_tool("whoami", {})
+            with pytest.raises(ToolError, match="^rate limited: more than 4 tool calls in a minute from your user"):
+                await http.call_tool("whoami", {})
