@@ -45,7 +45,7 @@ from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
-from mcp_server.services.rate_limits import RateLimits
+from mcp_server.services.rate_limits import unauthenticated_limit
 from mcp_server.settings import ArielSettings
 from mcp_server.tools.server import build_mcp
 
@@ -114,14 +114,14 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
             opened.append(ready)
             async def maintain() -> None:
                 # Bring back the runs the install's workers lost; forget journals past their retention.
-                await asyncio.gather(
-                    keep_recovering(
+                # A task group: one loop failing stops the other too, and the lease is asked for afresh.
+                async with asyncio.TaskGroup() as loops:
+                    loops.create_task(keep_recovering(
                         ready.agents.prefect_client, install_prefix(ready.agents.install_id),
                         max_retries=settings.run_retries, silence_seconds=settings.run_silence_seconds,
                         start_seconds=settings.run_start_seconds,
-                    ),
-                    keep_forgetting(ready.journal, timedelta(hours=settings.journal_retention_hours)),
-                )
+                    ))
+                    loops.create_task(keep_forgetting(ready.journal, timedelta(hours=settings.journal_retention_hours)))
 
             # One app process of the install at a time: two would retry one crashed run twice.
             maintaining = asyncio.create_task(while_leading(ready.store, RUN_RECOVERY_LEASE, maintain))
@@ -159,7 +159,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     app.add_middleware(AuthenticateHTTP, services=services)
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
     # Outside authentication, which decides what it counts: only requests nobody proved who sent.
-    app.add_middleware(LimitUnauthenticated, limit=RateLimits.from_settings(settings).unauthenticated)
+    app.add_middleware(LimitUnauthenticated, limit=unauthenticated_limit(settings))
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -16,7 +16,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.authentication import Authenticator
 from mcp_server.services.journal import RunJournal
 from mcp_server.services.orgs import OrgService
-from mcp_server.services.rate_limits import RateLimit, RateLimits
+from mcp_server.services.rate_limits import RateLimit, tool_call_limit
 from mcp_server.services.runs import RunService
 from mcp_server.services.sealing import Sealer, keyring_from_settings
 from mcp_server.services.secrets import SecretService
@@ -87,7 +87,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     tool_oauth=tool_oauth,
                     journal=RunJournal(store, sealer),
                     wakeups=wakeups,
-                    tool_calls=RateLimits.from_settings(settings, store).tool_calls,
+                    tool_calls=tool_call_limit(settings, store),
                 )
         finally:
             if hearing is not None:

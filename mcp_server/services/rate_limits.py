@@ -89,21 +89,23 @@ class MemoryCounter:
 
 
 class StoreCounter:
-    """A sliding window per key in the store, shared by every process that opens it (`Store.hit_rate`).
+    """A sliding window per key in the store, shared by every process that opens it (`Store.hit_rate`, timed by
+    the database's clock on PostgreSQL).
 
     Keys nobody counts any more are deleted at most once a window, by whichever process counts next.
     """
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
-        self.store, self.clock = store, clock  # epoch time: the processes may be on several machines
+        self.store, self.clock = store, clock
         self._swept = clock()
 
     async def hit(self, key: str, limit: int, window: float) -> float | None:
         now = self.clock()
         if now - self._swept >= window:
             self._swept = now
-            await self.store.forget_rate_hits(now - window)
-        return await self.store.hit_rate(key, limit, window, now)
+            # Two windows back: a replica whose clock runs ahead must not delete hits still in the window.
+            await self.store.forget_rate_hits(now - 2 * window)
+        return await self.store.hit_rate(key, limit, window)
 
 
 @dataclass(frozen=True)
@@ -132,20 +134,13 @@ class RateLimit:
         )
 
 
-@dataclass(frozen=True)
-class RateLimits:
-    """The limits of one server process (one app, or one `ariel mcp`); None where a limit is off."""
+def tool_call_limit(settings: ArielSettings, store: Store) -> RateLimit | None:
+    """Each user's tool calls, counted in the store: one limit across the install's processes. None when off."""
+    calls = settings.rate_limit_per_minute
+    return RateLimit("tool calls", calls, StoreCounter(store)) if calls else None
 
-    tool_calls: RateLimit | None
-    unauthenticated: RateLimit | None
 
-    @classmethod
-    def from_settings(cls, settings: ArielSettings, store: Store | None = None) -> RateLimits:
-        """Tool calls count in `store` when given (shared by the install's processes), else in this process."""
-        calls, anonymous = settings.rate_limit_per_minute, settings.unauthenticated_rate_limit_per_minute
-        shared = StoreCounter(store) if store is not None else MemoryCounter()
-        return cls(
-            tool_calls=RateLimit("tool calls", calls, shared) if calls else None,
-            unauthenticated=(RateLimit("requests without valid credentials", anonymous, MemoryCounter())
-                             if anonymous else None),
-        )
+def unauthenticated_limit(settings: ArielSettings) -> RateLimit | None:
+    """Requests without valid credentials, per address, counted in this process. None when off."""
+    anonymous = settings.unauthenticated_rate_limit_per_minute
+    return RateLimit("requests without valid credentials", anonymous, MemoryCounter()) if anonymous else None

@@ -34,6 +34,7 @@ log = logging.getLogger("ariel.wakeups")
 HOLD_SECONDS = 5.0
 WAKEUP_CHANNEL = "ariel_run_made"
 HEAR_AGAIN_SECONDS = 5.0
+ANNOUNCE_SECONDS = 2.0
 
 
 class Wakeups:
@@ -70,20 +71,27 @@ async def announce(store: Store, wakeups: Wakeups, pool: str) -> None:
     wakeups.ring(pool)
     if store.shares_notifications:
         try:
-            await store.notify(WAKEUP_CHANNEL, pool)
-        except Exception as exc:  # the run is made; the other processes' workers find it when their hold ends
+            # Bounded: the run is made, and its caller waits for this answer; a slow database must not hold it.
+            await asyncio.wait_for(store.notify(WAKEUP_CHANNEL, pool), ANNOUNCE_SECONDS)
+        except Exception as exc:  # the other processes' workers find the run when their hold ends
             log.warning("could not announce a run of %s to the other app processes (%s)", pool, type(exc).__name__)
 
 
 async def keep_hearing(store: Store, wakeups: Wakeups, listening: asyncio.Event | None = None) -> None:
     """Ring `wakeups` for each run announced on the store, by any process; until cancelled. `listening` is set
     once the store listens (again, after a dropped connection)."""
+    failing = False
     while True:
         try:
             async with aclosing(store.listen(WAKEUP_CHANNEL, listening)) as heard:
+                if failing:
+                    log.warning("hearing of runs made by other app processes again")
+                failing = False
                 async for pool in heard:
                     wakeups.ring(pool)
         except Exception as exc:  # the database restarted, say: held polls fall back to their hold meanwhile
-            log.info("stopped hearing of runs made by other app processes (%s); again in %.0f s",
-                     type(exc).__name__, HEAR_AGAIN_SECONDS)
+            if not failing:  # once a streak: said where operators look, not every 5 s
+                log.warning("stopped hearing of runs made by other app processes (%s); trying again every %.0f s",
+                            type(exc).__name__, HEAR_AGAIN_SECONDS)
+            failing = True
         await asyncio.sleep(HEAR_AGAIN_SECONDS)

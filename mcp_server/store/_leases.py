@@ -1,40 +1,47 @@
 """Leases: one process of an install at a time does a job (bringing back lost runs), whichever process that is.
 
-On PostgreSQL a lease is a session-level advisory lock on a connection held for
-it: the database lets go of it when that connection ends, as it does when its
-process dies. On SQLite, whose processes share one machine, it is an exclusive
-`flock` on a file beside the database, which the kernel lets go of the same way.
+On PostgreSQL a lease is a session-level advisory lock on a connection of its
+own (`direct_connection`, outside the pool): the database lets go of it when
+that connection ends, as it does when its process dies, and within about half a
+minute when its machine vanishes (keepalives). On SQLite, whose processes share
+one machine, it is an exclusive `flock` on a file beside the database, which the
+kernel lets go of the same way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import psycopg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended(:name, 0))")
-_UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))")
+from mcp_server.store._direct import direct_connection
+
+_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+ALIVE_SECONDS = 5.0
+"""How long the holder waits for its database to answer `alive()`: past it, the lease is taken for lost."""
+CLOSE_SECONDS = 3.0
 
 
 class Lease:
     """Held until the `lease` block ends; `alive()` says whether it still is (its connection may have dropped)."""
 
-    def __init__(self, conn: AsyncConnection | None = None, file: IO[bytes] | None = None) -> None:
-        self._conn, self._file = conn, file
+    def __init__(self, conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None) -> None:
+        self._conn = conn
 
     async def alive(self) -> bool:
         if self._conn is None:
             return True  # a file lock holds as long as this process and its open file
         try:
-            await self._conn.execute(text("SELECT 1"))
-            await self._conn.commit()
+            # Bounded: cut off from its database, the holder must stop before the server lets another take over.
+            await asyncio.wait_for(self._conn.execute("SELECT 1"), ALIVE_SECONDS)
             return True
-        except Exception:  # the connection, and with it the lock, is gone
+        except Exception:  # the connection, and with it the lock, is gone, or the database does not answer
             return False
 
 
@@ -63,29 +70,19 @@ class LeaseQueries:
                 yield None
                 return
             try:
-                yield Lease(file=file)
+                yield Lease()
             finally:
                 fcntl.flock(file, fcntl.LOCK_UN)
 
 
 @asynccontextmanager
 async def _advisory_lock(engine: AsyncEngine, name: str) -> AsyncIterator[Lease | None]:
-    conn = await engine.connect()
+    conn = await direct_connection(engine)
     try:
-        got = bool((await conn.execute(_LOCK, {"name": name})).scalar_one())
-        await conn.commit()  # the lock is the session's; no transaction stays open while it is held
-        if not got:
-            yield None
-            return
-        try:
-            yield Lease(conn=conn)
-        finally:
-            try:
-                await conn.execute(_UNLOCK, {"name": name})
-                await conn.commit()
-            except Exception:  # the connection is broken: ended for good below, which lets go of the lock too
-                with suppress(Exception):
-                    await conn.invalidate()
+        row = await (await conn.execute(_LOCK, (name,))).fetchone()
+        yield Lease(conn) if row and row[0] else None
     finally:
+        # Closing the session is what lets go of the lock: no unlock to forget, and bounded, for a stop with the
+        # database unreachable.
         with suppress(Exception):
-            await conn.close()
+            await asyncio.wait_for(conn.close(), CLOSE_SECONDS)

@@ -10,10 +10,11 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-import psycopg
 from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mcp_server.store._direct import direct_connection
 
 
 class _Engine(Protocol):
@@ -38,10 +39,10 @@ class NotificationQueries:
         """The payloads sent on `channel` from now on, until the connection ends (PostgreSQL only); `listening`
         is set once the database listens for this connection.
 
-        On a connection of its own, outside the pool: a listening connection is never handed to a query.
+        On a connection of its own, outside the pool: a listening connection is never handed to a query, and its
+        keepalives end it when the database is gone (a half-open connection would hear nothing, and say nothing).
         """
-        conninfo = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        async with await direct_connection(self._engine) as conn:
             await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
             if listening is not None:
                 listening.set()

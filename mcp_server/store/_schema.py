@@ -253,9 +253,8 @@ Index("ix_run_steps_org_run", run_steps.c.org_id, run_steps.c.run_id)
 rate_hits = Table(
     "rate_hits",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
     Column("key", String(200), nullable=False),
-    Column("at", Float, nullable=False),  # epoch seconds: the processes counting may be on several machines
+    Column("at", Float, nullable=False),  # epoch seconds, by the database's clock on PostgreSQL
 )
 Index("ix_rate_hits_key_at", rate_hits.c.key, rate_hits.c.at)
 Index("ix_rate_hits_at", rate_hits.c.at)

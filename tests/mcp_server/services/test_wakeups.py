@@ -60,7 +60,8 @@ async def test_hearing_starts_again_when_its_connection_is_ended(
     listening.clear()
     async with here._engine.connect() as conn:  # the database restarts, say, or an operator ends the session
         ended = (await conn.execute(text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = :listen"
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE query = :listen AND datname = current_database()"
         ), {"listen": f'LISTEN "{WAKEUP_CHANNEL}"'})).scalar_one()
         await conn.commit()
     assert ended == 1

@@ -85,7 +85,9 @@ async def _lose_the_lease(store: Store) -> None:
         assert lease is not None
         async with store._engine.connect() as conn:  # an operator ends the holder's session, say
             await conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid <> pg_backend_pid() "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ))
             await conn.commit()
         assert not await lease.alive()
