@@ -35,6 +35,10 @@ def need(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+NO_PREFECT = "http://127.0.0.1:9/api"
+"""A Prefect API URL for services that never ask Prefect: port 9 (discard), which no server here may use."""
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

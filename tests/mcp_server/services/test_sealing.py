@@ -36,8 +36,7 @@ from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from mcp_server.store._schema import org_data_keys
 from tests.mcp_server.store.test_store import other_org
-
-NO_PREFECT = "http://127.0.0.1:9/api"  # nothing here asks Prefect
+from tests.support import NO_PREFECT
 
 
 def b64(key: bytes) -> str:

@@ -30,8 +30,7 @@ from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import API_KEY, TOKEN, Peer
 from tests.mcp_server.services.test_tool_oauth import protected_mcp
 from tests.mcp_server.store.test_store import other_org
-
-NO_PREFECT = "http://127.0.0.1:9/api"  # nothing here asks Prefect; its port is one no server may use
+from tests.support import NO_PREFECT
 
 
 @pytest.fixture

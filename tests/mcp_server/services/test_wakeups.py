@@ -13,8 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from mcp_server.services import wakeups as wakeups_module
+from mcp_server.services.container import open_services
 from mcp_server.services.wakeups import WAKEUP_CHANNEL, Wakeups, announce, keep_hearing
+from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
+from tests.support import NO_PREFECT
 
 
 @pytest.fixture
@@ -81,3 +84,17 @@ async def test_on_sqlite_a_run_rings_only_this_process(tmp_path: Path) -> None:
         assert await wakeups.wait("pool-a", ticket, timeout=0)
     finally:
         await store.close()
+
+
+async def test_the_app_services_hear_runs_made_by_the_installs_other_processes(tmp_path: Path, postgres_url: str,
+                                                                               elsewhere: Store) -> None:
+    # What `ariel up`'s app opens: on a PostgreSQL store its Wakeups ring for what another process announces.
+    home = tmp_path / "home"
+    home.mkdir()
+    async with open_services(ArielSettings(home=home, store_url=postgres_url), NO_PREFECT, "process") as services:
+        ticket = services.wakeups.ticket("pool-a")
+        for _ in range(300):  # until its listener is up (it starts beside the app): announced again meanwhile
+            await announce(elsewhere, Wakeups(), "pool-a")
+            if await services.wakeups.wait("pool-a", ticket, timeout=0.1):
+                break
+        assert services.wakeups.ticket("pool-a") != ticket
