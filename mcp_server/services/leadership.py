@@ -34,15 +34,19 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 async def while_leading(store: Store, name: str, job: Job, *, retry_seconds: float = LEASE_RETRY_SECONDS,
                         check_seconds: float = LEASE_CHECK_SECONDS) -> None:
     """Run `job` whenever this process holds lease `name`, until cancelled."""
+    failing = False
     while True:
         try:
             async with store.lease(name) as lease:
+                failing = False
                 if lease is not None:
                     log.info("%s: this process does it now", name)
                     if not await _run_while_held(lease, job, check_seconds):
                         log.warning("%s: this process lost its lease and stopped; it asks again", name)
-        except Exception:  # the store unreachable, or the job failed: logged, and asked for again
-            log.exception("%s: stopped; asking for its lease again in %.0f s", name, retry_seconds)
+        except Exception:  # the store unreachable, or the job failed: logged once a streak, and asked for again
+            if not failing:
+                log.exception("%s: stopped; asking for its lease again every %.0f s", name, retry_seconds)
+            failing = True
         await asyncio.sleep(retry_seconds)
 
 
