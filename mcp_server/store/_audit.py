@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mcp_server.store._ids import new_id, utc_now
+from mcp_server.store._mixins import Tenant
 from mcp_server.store._records import AuditEvent, Outcome
 from mcp_server.store._schema import audit_events
 
 
-class _Tenant(Protocol):
-    def tenant(self, org_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
-
-
 class AuditQueries:
     async def record_event(
-        self: _Tenant,
+        self: Tenant,
         org_id: str,
         *,
         actor_id: str,
@@ -41,7 +36,7 @@ class AuditQueries:
         return event
 
     async def audit_events(
-        self: _Tenant,
+        self: Tenant,
         org_id: str,
         *,
         actor: str | None = None,

@@ -15,12 +15,12 @@ import fcntl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Protocol
 
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcp_server.store._direct import direct_connection
+from mcp_server.store._mixins import Engine
 
 _LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
 ALIVE_SECONDS = 5.0
@@ -45,14 +45,10 @@ class Lease:
             return False
 
 
-class _Engine(Protocol):
-    @property
-    def _engine(self) -> AsyncEngine: ...
-
 
 class LeaseQueries:
     @asynccontextmanager
-    async def lease(self: _Engine, name: str) -> AsyncIterator[Lease | None]:
+    async def lease(self: Engine, name: str) -> AsyncIterator[Lease | None]:
         """The lease `name` if no other process holds it (this process then holds it for the block), else None."""
         engine = self._engine
         if engine.dialect.name == "postgresql":

@@ -8,34 +8,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import Protocol
 
 from psycopg import sql
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcp_server.store._direct import direct_connection
-
-
-class _Engine(Protocol):
-    @property
-    def _engine(self) -> AsyncEngine: ...
+from mcp_server.store._mixins import Engine
 
 
 class NotificationQueries:
     @property
-    def shares_notifications(self: _Engine) -> bool:
+    def shares_notifications(self: Engine) -> bool:
         """Whether other processes on this store hear `notify` (PostgreSQL)."""
         return self._engine.dialect.name == "postgresql"
 
-    async def notify(self: _Engine, channel: str, payload: str) -> None:
+    async def notify(self: Engine, channel: str, payload: str) -> None:
         """Tell every process listening on `channel` (this one too); nothing on SQLite."""
         if self._engine.dialect.name != "postgresql":
             return
         async with self._engine.begin() as conn:
             await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
 
-    async def listen(self: _Engine, channel: str, listening: asyncio.Event | None = None) -> AsyncGenerator[str, None]:
+    async def listen(self: Engine, channel: str, listening: asyncio.Event | None = None) -> AsyncGenerator[str, None]:
         """The payloads sent on `channel` from now on, until the connection ends (PostgreSQL only); `listening`
         is set once the database listens for this connection.
 

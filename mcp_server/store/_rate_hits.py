@@ -11,21 +11,15 @@ clock, one for every replica, whatever their own clocks say.
 from __future__ import annotations
 
 import time
-from typing import Protocol
 
 from sqlalchemy import delete, func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mcp_server.store._mixins import Engine
 from mcp_server.store._schema import rate_hits
 
 
-class _Engine(Protocol):
-    @property
-    def _engine(self) -> AsyncEngine: ...
-
-
 class RateHitQueries:
-    async def hit_rate(self: _Engine, key: str, limit: int, window: float, now: float | None = None) -> float | None:
+    async def hit_rate(self: Engine, key: str, limit: int, window: float, now: float | None = None) -> float | None:
         """Count one event of `key` at epoch `now` (default: the database's clock on PostgreSQL, this machine's on
         SQLite): None when it is within `limit` in the `window` seconds up to `now`, else the seconds until one
         would be (and it is not counted)."""
@@ -55,7 +49,7 @@ class RateHitQueries:
                     await transaction.rollback()
                 raise
 
-    async def forget_rate_hits(self: _Engine, before: float) -> int:
+    async def forget_rate_hits(self: Engine, before: float) -> int:
         """Delete every hit older than epoch `before` (keys nobody counts any more); how many went."""
         async with self._engine.begin() as conn:
             return (await conn.execute(delete(rate_hits).where(rate_hits.c.at <= before))).rowcount

@@ -8,15 +8,14 @@ it may be repeated are in clear, for diagnoses.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mcp_server.store._mixins import Tenant
 from mcp_server.store._schema import run_steps
 from mcp_server.store.exceptions import Conflict
 
@@ -40,30 +39,27 @@ class RunStepRecord:
     ended_at: datetime | None
 
 
-class _Tenant(Protocol):
-    def tenant(self, org_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
-
 
 def _record(row: Row[Any]) -> RunStepRecord:
     return RunStepRecord(**row._mapping)
 
 
 class RunStepQueries:
-    async def run_steps(self: _Tenant, org_id: str, run_id: str) -> list[RunStepRecord]:
+    async def run_steps(self: Tenant, org_id: str, run_id: str) -> list[RunStepRecord]:
         """The run's steps in the order it made them; another org's run has none."""
         query = (select(run_steps).where(run_steps.c.org_id == org_id, run_steps.c.run_id == run_id)
                  .order_by(run_steps.c.seq))
         async with self.tenant(org_id) as conn:
             return [_record(row) for row in await conn.execute(query)]
 
-    async def run_steps_bytes(self: _Tenant, org_id: str, run_id: str) -> int:
+    async def run_steps_bytes(self: Tenant, org_id: str, run_id: str) -> int:
         """How many sealed bytes the run's journal holds."""
         query = select(func.coalesce(func.sum(func.length(run_steps.c.sealed)), 0)).where(
             run_steps.c.org_id == org_id, run_steps.c.run_id == run_id)
         async with self.tenant(org_id) as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def start_run_step(self: _Tenant, record: RunStepRecord) -> RunStepRecord:
+    async def start_run_step(self: Tenant, record: RunStepRecord) -> RunStepRecord:
         """Write a step as started, or again as started when it never finished (a retried run makes it again).
 
         Raises `Conflict` when that step is done: a finished step is never written over.
@@ -83,7 +79,7 @@ class RunStepQueries:
                 raise Conflict(f"step {record.seq} of run {record.run_id} was written at the same time") from exc
         return record
 
-    async def finish_run_step(self: _Tenant, org_id: str, run_id: str, seq: int, sealed: bytes, nonce: bytes,
+    async def finish_run_step(self: Tenant, org_id: str, run_id: str, seq: int, sealed: bytes, nonce: bytes,
                               dek_version: int, ended_at: datetime) -> bool:
         """Mark a started step done with its sealed input and output; False when no such step was started."""
         query = (
@@ -95,7 +91,7 @@ class RunStepQueries:
         async with self.tenant(org_id) as conn:
             return bool((await conn.execute(query)).rowcount)
 
-    async def forget_run_steps(self: _Tenant, org_id: str, before: datetime) -> int:
+    async def forget_run_steps(self: Tenant, org_id: str, before: datetime) -> int:
         """Delete the whole journal of each of the org's runs whose last step started before `before`; how many
         steps went. A run still writing keeps all of its steps."""
         stale = (select(run_steps.c.run_id).where(run_steps.c.org_id == org_id).group_by(run_steps.c.run_id)

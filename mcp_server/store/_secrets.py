@@ -10,23 +10,19 @@ PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mcp_server.store._ids import utc_now
+from mcp_server.store._mixins import Tenant
 from mcp_server.store._records import DataKeyRecord, ProviderRecord
 from mcp_server.store._schema import org_data_keys, providers
 
 Rewrap = Callable[[DataKeyRecord], Awaitable[tuple[str, bytes]]]
 """Given a data key as stored, the id of the key-encryption key that wraps it now and the new wrapped key."""
 
-
-class _Tenant(Protocol):
-    def tenant(self, org_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
 
 def _data_key(row: Any) -> DataKeyRecord:
@@ -40,7 +36,7 @@ def _provider(row: Any) -> ProviderRecord:
 class SecretQueries:
     # data keys
 
-    async def data_key(self: _Tenant, org_id: str, version: int | None = None) -> DataKeyRecord | None:
+    async def data_key(self: Tenant, org_id: str, version: int | None = None) -> DataKeyRecord | None:
         """The org's data key of `version`, or its newest; None when it has none."""
         query = select(org_data_keys).where(org_data_keys.c.org_id == org_id)
         if version is not None:
@@ -49,7 +45,7 @@ class SecretQueries:
             row = (await conn.execute(query.order_by(org_data_keys.c.version.desc()).limit(1))).first()
         return _data_key(row) if row else None
 
-    async def add_data_key(self: _Tenant, org_id: str, version: int, kek_id: str, wrapped_key: bytes) -> DataKeyRecord:
+    async def add_data_key(self: Tenant, org_id: str, version: int, kek_id: str, wrapped_key: bytes) -> DataKeyRecord:
         """Store the org's data key `version`; when another process stored that version first, returns theirs."""
         now = utc_now()
         record = DataKeyRecord(org_id=org_id, version=version, kek_id=kek_id, wrapped_key=wrapped_key,
@@ -63,7 +59,7 @@ class SecretQueries:
                 return _data_key((await conn.execute(query)).one())
         return record
 
-    async def data_key_kek_ids(self: _Tenant, org_id: str) -> dict[str, int]:
+    async def data_key_kek_ids(self: Tenant, org_id: str) -> dict[str, int]:
         """How many of the org's data keys each key-encryption key wraps, by its id."""
         query = (
             select(org_data_keys.c.kek_id, func.count())
@@ -73,7 +69,7 @@ class SecretQueries:
         async with self.tenant(org_id) as conn:
             return {kek_id: count for kek_id, count in await conn.execute(query)}
 
-    async def rewrap_data_keys(self: _Tenant, org_id: str, kek_id: str, rewrap: Rewrap) -> int:
+    async def rewrap_data_keys(self: Tenant, org_id: str, kek_id: str, rewrap: Rewrap) -> int:
         """Give every data key of the org not wrapped by `kek_id` what `rewrap` returns; returns how many.
 
         One transaction: either every data key of the org moves, or none does.
@@ -98,7 +94,7 @@ class SecretQueries:
     # providers
 
     async def put_provider(
-        self: _Tenant, org_id: str, name: str, api_base: str | None, key_ciphertext: bytes, key_nonce: bytes,
+        self: Tenant, org_id: str, name: str, api_base: str | None, key_ciphertext: bytes, key_nonce: bytes,
         dek_version: int,
     ) -> bool:
         """Create or replace the org's provider `name`; True when it is new."""
@@ -120,30 +116,30 @@ class SecretQueries:
                     raise
             return False
 
-    async def get_provider(self: _Tenant, org_id: str, name: str) -> ProviderRecord | None:
+    async def get_provider(self: Tenant, org_id: str, name: str) -> ProviderRecord | None:
         query = select(providers).where(providers.c.org_id == org_id, providers.c.name == name)
         async with self.tenant(org_id) as conn:
             row = (await conn.execute(query)).first()
         return _provider(row) if row else None
 
-    async def list_providers(self: _Tenant, org_id: str) -> list[ProviderRecord]:
+    async def list_providers(self: Tenant, org_id: str) -> list[ProviderRecord]:
         """The org's providers, by name."""
         query = select(providers).where(providers.c.org_id == org_id).order_by(providers.c.name)
         async with self.tenant(org_id) as conn:
             return [_provider(row) for row in await conn.execute(query)]
 
-    async def provider_exists(self: _Tenant, org_id: str, name: str) -> bool:
+    async def provider_exists(self: Tenant, org_id: str, name: str) -> bool:
         query = select(providers.c.name).where(providers.c.org_id == org_id, providers.c.name == name)
         async with self.tenant(org_id) as conn:
             return (await conn.execute(query)).first() is not None
 
-    async def delete_provider(self: _Tenant, org_id: str, name: str) -> bool:
+    async def delete_provider(self: Tenant, org_id: str, name: str) -> bool:
         """Delete the org's provider `name`; False when it has none by that name."""
         query = providers.delete().where(providers.c.org_id == org_id, providers.c.name == name)
         async with self.tenant(org_id) as conn:
             return bool((await conn.execute(query)).rowcount)
 
-    async def delete_org_secrets(self: _Tenant, org_id: str) -> int:
+    async def delete_org_secrets(self: Tenant, org_id: str) -> int:
         """Delete every provider of the org and its data keys, in one transaction; returns how many providers."""
         async with self.tenant(org_id) as conn:
             removed = (await conn.execute(providers.delete().where(providers.c.org_id == org_id))).rowcount

@@ -9,16 +9,15 @@ never sees one in clear.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Row, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mcp_server.store._ids import utc_now
+from mcp_server.store._mixins import Tenant
 from mcp_server.store._schema import tool_servers
 from mcp_server.store.exceptions import Conflict
 
@@ -58,16 +57,13 @@ class ToolServerRecord:
     listing: dict[str, Any] | None = None
 
 
-class _Tenant(Protocol):
-    def tenant(self, org_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
-
 
 def _record(row: Row[Any]) -> ToolServerRecord:
     return ToolServerRecord(**row._mapping)
 
 
 class ToolServerQueries:
-    async def add_tool_server(self: _Tenant, record: ToolServerRecord) -> ToolServerRecord:
+    async def add_tool_server(self: Tenant, record: ToolServerRecord) -> ToolServerRecord:
         """Insert `record`. Raises `Conflict` when its owner (or the org) has a server of that name."""
         try:
             async with self.tenant(record.org_id) as conn:
@@ -78,14 +74,14 @@ class ToolServerQueries:
                            "that one first (manage_tools remove)") from exc
         return record
 
-    async def get_tool_server(self: _Tenant, org_id: str, server_id: str) -> ToolServerRecord | None:
+    async def get_tool_server(self: Tenant, org_id: str, server_id: str) -> ToolServerRecord | None:
         query = select(tool_servers).where(tool_servers.c.org_id == org_id, tool_servers.c.id == server_id)
         async with self.tenant(org_id) as conn:
             row = (await conn.execute(query)).first()
         return _record(row) if row else None
 
     async def tool_servers(
-        self: _Tenant, org_id: str, user_id: str | None, everyone: bool = False, name: str | None = None
+        self: Tenant, org_id: str, user_id: str | None, everyone: bool = False, name: str | None = None
     ) -> list[ToolServerRecord]:
         """The org's servers and `user_id`'s own (with `everyone`, every user's too), by name, the org's first.
 
@@ -101,7 +97,7 @@ class ToolServerQueries:
         async with self.tenant(org_id) as conn:
             return [_record(row) for row in await conn.execute(query)]
 
-    async def resolve_tool_server(self: _Tenant, org_id: str, owner_user_id: str | None,
+    async def resolve_tool_server(self: Tenant, org_id: str, owner_user_id: str | None,
                                   name: str) -> ToolServerRecord | None:
         """The server `name` means in an agent of `owner_user_id`: that user's own once approved, else the org's,
         else the user's own not yet approved (which agents cannot use, and are told why); None if none.
@@ -118,13 +114,13 @@ class ToolServerQueries:
         candidates = approved_own or org or own
         return candidates[0] if candidates else None
 
-    async def tool_servers_by_id(self: _Tenant, org_id: str, server_ids: Sequence[str]) -> list[ToolServerRecord]:
+    async def tool_servers_by_id(self: Tenant, org_id: str, server_ids: Sequence[str]) -> list[ToolServerRecord]:
         """The org's servers among `server_ids`; ids of other orgs' servers find nothing."""
         query = select(tool_servers).where(tool_servers.c.org_id == org_id, tool_servers.c.id.in_(list(server_ids)))
         async with self.tenant(org_id) as conn:
             return [_record(row) for row in await conn.execute(query)]
 
-    async def update_tool_server(self: _Tenant, org_id: str, server_id: str, **values: Any) -> ToolServerRecord | None:
+    async def update_tool_server(self: Tenant, org_id: str, server_id: str, **values: Any) -> ToolServerRecord | None:
         """Set `values` on the org's server; the server as it is now, or None when it is gone."""
         query = (
             tool_servers.update()
@@ -139,7 +135,7 @@ class ToolServerQueries:
             )).one()
         return _record(row)
 
-    async def delete_tool_server(self: _Tenant, org_id: str, server_id: str) -> bool:
+    async def delete_tool_server(self: Tenant, org_id: str, server_id: str) -> bool:
         """Delete the org's server; False when it has none of that id."""
         query = tool_servers.delete().where(tool_servers.c.org_id == org_id, tool_servers.c.id == server_id)
         async with self.tenant(org_id) as conn:
