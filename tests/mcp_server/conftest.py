@@ -57,6 +57,15 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     await opened.close()
 
 
+@pytest.fixture
+async def other(store_url: str, store: Store) -> AsyncIterator[Store]:
+    """The same store opened a second time (after `store`, which made the schema): what another app process of
+    the install has (its own engine and connection pool)."""
+    opened = await Store.open(store_url)
+    yield opened
+    await opened.close()
+
+
 @pytest.fixture(scope="session")
 def signing_key() -> SigningKey:
     """The identity provider's signing key (RSA, made here)."""

@@ -8,22 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, Job, while_leading
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests.support import serve_app, wait_until
-
-
-@pytest.fixture
-async def other(store_url: str, store: Store) -> AsyncIterator[Store]:
-    opened = await Store.open(store_url)
-    yield opened
-    await opened.close()
 
 
 async def until(check: Callable[[], bool], seconds: float = 30) -> None:

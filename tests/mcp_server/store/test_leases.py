@@ -11,9 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import text
 
 from mcp_server.store import Store
@@ -31,12 +29,6 @@ async def main() -> None:
 asyncio.run(main())
 """
 
-
-@pytest.fixture
-async def other(store_url: str, store: Store) -> AsyncIterator[Store]:
-    opened = await Store.open(store_url)
-    yield opened
-    await opened.close()
 
 
 async def held_elsewhere(store: Store, name: str) -> bool:

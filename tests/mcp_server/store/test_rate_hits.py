@@ -7,21 +7,11 @@ on both backends (SQLite, and a real PostgreSQL database).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import func, select
 
 from mcp_server.store import Store
 from mcp_server.store._schema import rate_hits
-
-
-@pytest.fixture
-async def other(store_url: str, store: Store) -> AsyncIterator[Store]:
-    """The same store opened a second time (after `store`, which made the schema)."""
-    opened = await Store.open(store_url)
-    yield opened
-    await opened.close()
 
 
 async def test_a_key_gets_its_limit_in_any_window_counted_across_both_openings(store: Store, other: Store) -> None:
