@@ -77,8 +77,15 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
             yield conn
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest migration; never drops data."""
+        """Bring the schema to the newest migration; never drops data.
+
+        Processes that start at once (replicas of the app, `ariel create-key` beside them) take turns: on
+        PostgreSQL the migration's transaction first takes an advisory lock, so a second one waits, then finds
+        the schema current. Without it both would create the same tables: one fails, or they wait on each other.
+        """
         async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('ariel-migrate', 0))"))
             await conn.run_sync(_upgrade)
 
     async def installation_id(self) -> str:

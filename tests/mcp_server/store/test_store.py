@@ -5,6 +5,7 @@ Every test runs on both backends (SQLite and PostgreSQL) through the `store` fix
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -89,6 +90,19 @@ async def test_migrations_are_reapplied_without_losing_data(store_url: str) -> N
     assert [a.slug for a in await second.list_agents(org.id)] == ["kept"]
     assert await second.installation_id() == install
     await second.close()
+
+
+async def test_app_processes_starting_at_once_on_a_new_postgresql_store_all_open_it(postgres_url: str) -> None:
+    # Replicas of the app started together: each applies the migrations; one does, the others wait and find
+    # the schema current (without turns, all create the same tables and all but one fail to start).
+    opened = await asyncio.gather(*(Store.open(postgres_url) for _ in range(4)), return_exceptions=True)
+    try:
+        assert not [store for store in opened if isinstance(store, BaseException)], opened
+        assert len({await store.installation_id() for store in opened if isinstance(store, Store)}) == 1
+    finally:
+        for store in opened:
+            if isinstance(store, Store):
+                await store.close()
 
 
 async def test_each_store_is_its_own_installation(tmp_path: Path) -> None:
