@@ -272,6 +272,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     app.add_route(CALLBACK_PATH, oauth_callback(lambda: services().tool_oauth), methods=["GET"],
                   include_in_schema=False)
 
+    # Called by the server as it begins to stop (serving.py): held worker polls end at once, not cancelled.
+    app.state.release_holds = lambda: opened[0].wakeups.release() if opened else None
+
     # Last: a mount at "/" shadows routes registered after it.
     app.mount("/", mcp_app)
     return app

@@ -43,6 +43,7 @@ class Wakeups:
     def __init__(self) -> None:
         self._rung: dict[str, int] = {}
         self._waiting: dict[str, asyncio.Event] = {}
+        self._released = False
 
     def ticket(self, pool: str) -> int:
         """Take before asking Prefect: `wait` then returns at once for a run made since, even mid-ask."""
@@ -55,15 +56,28 @@ class Wakeups:
             event.set()
 
     async def wait(self, pool: str, ticket: int, timeout: float = HOLD_SECONDS) -> bool:
-        """Whether `pool` got a run since `ticket`, waiting up to `timeout` for one."""
+        """Whether `pool` got a run since `ticket`, waiting up to `timeout` for one (not at all once released)."""
         if self._rung.get(pool, 0) != ticket:
             return True
+        if self._released:
+            return False
         event = self._waiting.setdefault(pool, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             return False
-        return True
+        return self._rung.get(pool, 0) != ticket
+
+    def release(self) -> None:
+        """The app is stopping: end every hold now, and hold nothing from here on.
+
+        A held poll would otherwise outlast the server's bounded shutdown, and be cancelled with a traceback;
+        released, the worker gets its (empty) answer, and asks the next process of the install.
+        """
+        self._released = True
+        for event in self._waiting.values():
+            event.set()
+        self._waiting.clear()
 
 
 async def announce(store: Store, wakeups: Wakeups, pool: str) -> None:

@@ -98,3 +98,16 @@ async def test_the_app_services_hear_runs_made_by_the_installs_other_processes(t
             if await services.wakeups.wait("pool-a", ticket, timeout=0.1):
                 break
         assert services.wakeups.ticket("pool-a") != ticket
+
+
+async def test_released_wakeups_end_every_hold_at_once_and_hold_nothing_after() -> None:
+    wakeups = Wakeups()
+    held = asyncio.create_task(wakeups.wait("pool-a", wakeups.ticket("pool-a"), timeout=30))
+    await asyncio.sleep(0.1)
+    assert not held.done()
+    wakeups.release()
+    assert await asyncio.wait_for(held, 1) is False  # no run came: the poll gets its empty answer now
+    assert await asyncio.wait_for(wakeups.wait("pool-a", wakeups.ticket("pool-a"), timeout=30), 1) is False
+    ticket = wakeups.ticket("pool-b")
+    wakeups.ring("pool-b")
+    assert await wakeups.wait("pool-b", ticket, timeout=30) is True  # a run made still counts
