@@ -26,6 +26,9 @@ Profile = Literal["desktop", "dev", "saas", "hybrid", "onprem"]
 # Profiles where a request may be trusted without a checked credential.
 TRUSTING_PROFILES = ("desktop", "dev")
 # What a browser sends in its Origin header: scheme, host, optional port; nothing else.
+# Where the HTTP app serves the Prefect gateway (its Prefect API is this plus /api). Here, not in the gateway's
+# package: `ariel pool-host` and `ariel worker` name it without importing the control plane.
+GATEWAY_PATH = "/prefect"
 ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
@@ -302,8 +305,19 @@ class ArielSettings(BaseSettings):
     pool_host_key: SecretStr | None = Field(
         default=None,
         description="The key Ariel's pool host (its own workers) presents to the Prefect gateway. `ariel up` makes "
-        "a fresh one each start; set it to run the pool host as a process of its own.",
+        "a fresh one each start unless set; with `ariel serve` set the same one in the app and in `ariel pool-host`.",
     )
+
+    @field_validator("pool_host_key", mode="after")
+    @classmethod
+    def _pool_host_key_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        # It reads every org's runs through the gateway. Stripped: a key read from a file ends in a newline.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        key = value.get_secret_value().strip()
+        if len(key) < 32:
+            raise ValueError("the pool host key is shorter than 32 characters; make one with `openssl rand -hex 32`")
+        return SecretStr(key)
     run_token_key: SecretStr | None = Field(
         default=None,
         description="The key run tokens are signed with; every app process of one install needs the same. "

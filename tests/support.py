@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import psycopg
 import pytest
 from prefect.client.orchestration import PrefectClient
 
@@ -33,6 +35,26 @@ def need(available: bool, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
     pytest.skip(reason)
+
+
+POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_test:ariel_test@127.0.0.1:5432")
+"""A PostgreSQL role that may create databases, not a superuser (superusers bypass row-level security)."""
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A fresh, empty database owned by the test role (psycopg URL), dropped afterwards."""
+    try:
+        admin = psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        need(False, f"no PostgreSQL answers at {POSTGRES_URL} (run tests/setup-postgres.sh)")
+    name = f"ariel_t_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{POSTGRES_URL.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 NO_PREFECT = "http://127.0.0.1:9/api"
@@ -73,15 +95,16 @@ def test_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """A real Prefect server on a free loopback port; yields its API URL."""
+def prefect_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real Prefect server on a free loopback port (its settings in `extra_env`: a database, an auth string);
+    yields its API URL."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "prefect-server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=test_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**test_env(home), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         wait_until(lambda: answers(f"{api_url}/health") or process.poll() is not None, 120, "the Prefect server")
@@ -257,14 +280,23 @@ def started_ariel_up(
     background: bool = False,
 ) -> Iterator[ArielUp]:
     """`ariel up` just started (as a background job, SIGINT ignored, with `background`); stopped afterwards."""
-    port = free_port()
-    env = {**test_env(home), **(extra_env or {})}
-    env.update(ARIEL_HOME=str(home), ARIEL_PORT=str(port), ARIEL_WORKER_TYPE=worker_type)
+    env = {"ARIEL_WORKER_TYPE": worker_type, **(extra_env or {})}
     if prefect_api_url:
         env["ARIEL_PREFECT_API_URL"] = prefect_api_url
     else:
         env["ARIEL_PREFECT_PORT"] = str(free_port())
-    argv = [sys.executable, "-m", "mcp_server.cli", "up"]
+    with started_ariel(home, ["up"], env, background) as up:
+        yield up
+
+
+@contextmanager
+def started_ariel(home: Path, command: list[str], extra_env: dict[str, str] | None = None,
+                  background: bool = False) -> Iterator[ArielUp]:
+    """`ariel COMMAND…` just started with ARIEL_HOME `home` and a free ARIEL_PORT; stopped afterwards."""
+    port = free_port()
+    env = {**test_env(home), **(extra_env or {})}
+    env.update(ARIEL_HOME=str(home), ARIEL_PORT=str(port))
+    argv = [sys.executable, "-m", "mcp_server.cli", *command]
     process = subprocess.Popen(
         as_background_job(argv) if background else argv,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -364,11 +396,13 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
     """
     import uvicorn
 
+    from mcp_server.http.serving import AppServer
+
     port = port or free_port()
     # A bounded shutdown, as `ariel up`'s: a streamable-HTTP connection left open would hold it for ever.
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                             timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
+    server = AppServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -30,6 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start Prefect, a worker and the MCP server; Ctrl-C stops all")
     up.add_argument("--port", type=int, help="port of the HTTP app (MCP at /mcp); default ARIEL_PORT or 8765")
     up.add_argument("--worker-type", choices=["auto", "docker", "process"], help="work pool type; default auto")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP app alone (MCP, the Prefect gateway) on a running Prefect server: for installs whose "
+        "parts run apart; the pool host runs as `ariel pool-host`",
+    )
+    serve.add_argument("--port", type=int, help="port of the HTTP app (MCP at /mcp); default ARIEL_PORT or 8765")
+    pool_host = commands.add_parser(
+        "pool-host",
+        help="run Ariel's workers for every org's pools of an install whose app runs as `ariel serve`, through its "
+        "Prefect gateway (key: ARIEL_POOL_HOST_KEY, the same as the app's)",
+    )
+    pool_host.add_argument("--server", required=True, help="the app's address as this machine reaches it, e.g. "
+                           "http://ariel-app:8765")
     commands.add_parser("mcp", help="serve MCP over stdio, for desktop MCP clients")
     commands.add_parser("migrate", help="apply the store's pending migrations")
     commands.add_parser("build-image", help="build the runtime image if it is missing or older than the code")
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         except WorkerFailed as exc:
             print(f"ariel worker: {exc}", file=sys.stderr)
             return 1
-    if args.command == "up":
+    if args.command in ("up", "serve", "pool-host"):
         # First thing: a SIGINT inherited ignored (a background job, `nohup ariel up &`) must still stop it.
         stop_on_signals()
 
@@ -118,6 +131,19 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
             from mcp_server.cli.stack import up
 
             up(settings)
+        elif command == "serve":
+            from mcp_server.cli.stack import serve
+
+            serve(settings)
+        elif command == "pool-host":
+            from mcp_server.cli.pool_host import run_pool_host
+            from mcp_server.cli.worker import WorkerFailed
+
+            try:
+                run_pool_host(settings, args.server)
+            except WorkerFailed as exc:
+                print(f"ariel pool-host: {exc}", file=sys.stderr)
+                return 1
         elif command == "mcp":
             _serve_stdio(settings)
         elif command == "create-key":

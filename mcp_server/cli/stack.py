@@ -10,26 +10,28 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
 from pydantic import SecretStr
 
-from deployments.exceptions import ImageBuildFailed
-from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder, docker_available
+from deployments.images.runtime_image import docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
-from flows.network.guard import PROTECTED_ENDPOINTS_ENV, control_plane_hosts
+from mcp_server.cli.environments import ensure_runtime_image, is_credential, server_env, worker_env
 from mcp_server.cli.errors import StartupFailed
 from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
 from mcp_server.gateway import GATEWAY_PATH
 from mcp_server.http.app import create_app
+from mcp_server.http.serving import AppServer
 from mcp_server.services.caller import Caller
 from mcp_server.services.container import open_services
 from mcp_server.services.upgrades import seal_provider_blocks
-from mcp_server.settings import ArielSettings
+from mcp_server.settings import TRUSTING_PROFILES, ArielSettings
 from mcp_server.store import Organization
 
 RUNTIME_FILE = "runtime.json"
@@ -57,74 +59,8 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
-    """The environment of the Prefect server and the worker host; a process pool's flow runs inherit it.
-
-    ARIEL_PROTECTED_ENDPOINTS gains the control plane's services (Ariel's HTTP
-    app, the Prefect API), the set a Docker pool's runs get too, which the
-    runtime then refuses; an operator's own entries (say, the store's database)
-    are kept, first. No Prefect or Ariel credential of this shell passes on:
-    each child gets the one it needs, from `server_env` or `worker_env`.
-    """
-    env = {name: value for name, value in os.environ.items() if not _is_credential(name)}
-    env.update(
-        PREFECT_API_URL=api_url,
-        PREFECT_HOME=str(settings.home / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_WORKER_QUERY_SECONDS=str(settings.worker_query_seconds),
-        LITELLM_LOCAL_MODEL_COST_MAP="True",
-        # Prefect's client otherwise sends usage analytics to a third party from every process and run.
-        DO_NOT_TRACK="1",
-    )
-    control_plane = control_plane_hosts(settings.host, settings.port, api_url)
-    env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
-    return env
-
-
-def _is_credential(name: str) -> bool:
-    """Variables that hold a credential of the control plane or of Prefect: never handed to a child as they are."""
-    upper = name.upper()
-    return upper in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING") or (
-        upper.startswith("ARIEL_") and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK"))
-    ) or upper.startswith("ARIEL_KEK")
-
-
-def _server_side(name: str) -> bool:
-    upper = name.upper()
-    if upper.startswith(("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_API_SERVICES_")):
-        return True
-    return upper.startswith("ARIEL_") and upper not in ("ARIEL_HOME", PROTECTED_ENDPOINTS_ENV)
-
-
-def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[str, str]:
-    """The embedded Prefect server's environment: it requires the control plane's auth string on every route."""
-    return {**prefect_env(api_url, settings), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
-
-
-def gateway_url(settings: ArielSettings) -> str:
-    """The Prefect API as workers and runs on this host reach it: through the gateway in Ariel's HTTP app."""
-    return f"{settings.local_url}{GATEWAY_PATH}/api"  # loopback: the pool host runs beside the app
-
-
-def worker_env(api_url: str, settings: ArielSettings, pool_host_key: str) -> dict[str, str]:
-    """The worker host's environment: the gateway's URL and the pool host's key, never the control plane's.
-
-    The key goes both ways Prefect clients send one (bearer, and basic auth, which the event stream uses). The
-    protected endpoints still name the Prefect API at `api_url` itself: a process pool's runs, on this host,
-    must not reach it under any name.
-    """
-    # A stock worker copies every PREFECT_ setting it has into each run, and a process pool's runs inherit the
-    # rest: nothing of the server's (its database URL holds a password) or of Ariel's own configuration (the
-    # store's URL, keys) goes to the worker host; it needs none of it.
-    env = {name: value for name, value in prefect_env(api_url, settings).items() if not _server_side(name)}
-    env.update(PREFECT_API_URL=gateway_url(settings), PREFECT_API_KEY=pool_host_key,
-               PREFECT_API_AUTH_STRING=f"pool-host:{pool_host_key}")
-    # A process worker runs flows on this host: make the runtime importable from any directory.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def wait_healthy(api_url: str, children: Children, timeout: float = 90.0) -> None:
+def wait_healthy(api_url: str, children: Children | None = None, timeout: float = 90.0) -> None:
+    """Wait for the Prefect API to answer its health check: the one `children` started, or an external one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -132,9 +68,12 @@ def wait_healthy(api_url: str, children: Children, timeout: float = 90.0) -> Non
                 return
         except httpx.HTTPError:
             pass
-        if children.exited():
+        if children is not None and children.exited():
             break
         time.sleep(0.3)
+    if children is None:
+        raise StartupFailed(f"the Prefect API at {api_url} (ARIEL_PREFECT_API_URL) did not answer its health check "
+                            f"within {timeout:.0f} s; start it, or correct the URL")
     raise StartupFailed(
         f"the Prefect server did not become healthy at {api_url}; see {children.log_dir}/prefect-server.log"
     )
@@ -165,16 +104,20 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
     return "process"
 
 
-async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, str, int]:
+async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, str | None, int]:
     """Make the local user's pool, and re-deploy every org's agents to a pool of today's type and image.
 
     Returns (the install's pool-name prefix, the local user's pool, agents deployed). Without the re-deploy, a
     change of pool type or image would strand other orgs' agents on pools no
-    worker serves.
+    worker serves. The local user (and so a personal org and its pool) exists only where the profile trusts
+    whoever reaches the machine (desktop, dev): on a shared server every org, and its pool with its first
+    agent, comes from a person with a key.
     """
     async with open_services(settings, api_url, pool_type) as services:
-        local = await services.auth.local_caller("ariel up")
-        name = await services.agents.ensure_pool(local)
+        name = None
+        if settings.profile in TRUSTING_PROFILES:
+            local = await services.auth.local_caller("ariel up")
+            name = await services.agents.ensure_pool(local)
         # Keys of older releases' provider blocks go into the sealed store, and the blocks away.
         if moved := await seal_provider_blocks(services.secrets):
             say(f"Moved {moved} provider key(s) from Prefect blocks into the sealed store")
@@ -190,15 +133,46 @@ def platform_caller(org: Organization) -> Caller:
                   role="owner", source="local", origin="ariel up")
 
 
-def client_config(settings: ArielSettings, runtime: Runtime) -> str:
-    ariel = shutil.which("ariel") or str(Path(sys.executable).parent / "ariel")
-    config = {
-        "mcpServers": {
-            "ariel": {"url": settings.mcp_url},
-            "ariel-stdio": {"command": ariel, "args": ["mcp"], "env": {"ARIEL_HOME": str(settings.home)}},
-        }
-    }
-    return json.dumps(config, indent=2)
+# What an HTTP client sends in each auth mode that checks credentials, as a placeholder a person fills in.
+BEARER_PLACEHOLDERS = {
+    "api_key": "Bearer <an API key: `ariel create-key`, or manage_org create_key>",
+    "oidc": "Bearer <an access token from your identity provider>",
+    "dev": "Bearer <a dev token, see the README's Identity>",
+}
+
+
+def client_config(settings: ArielSettings, environ: Mapping[str, str] | None = None) -> str:
+    """The MCP client configuration (Claude Desktop's `mcpServers`) that reaches this install as it runs.
+
+    Over HTTP: its URL, with the Authorization header every call needs when the auth mode checks credentials.
+    Over stdio (`ariel mcp`, which acts as the local user with the store's own rights): only where the profile
+    trusts the machine's user, and with every ARIEL_ setting this process was given, so that it opens the same
+    store and Prefect; a secret's value is a placeholder, never printed.
+    """
+    environ = os.environ if environ is None else environ
+    http: dict[str, object] = {"url": f"{settings.base_url}/mcp"}
+    if settings.auth_mode in BEARER_PLACEHOLDERS:
+        http["headers"] = {"Authorization": BEARER_PLACEHOLDERS[settings.auth_mode]}
+    servers: dict[str, object] = {"ariel": http}
+    if settings.profile in TRUSTING_PROFILES:
+        env = {"ARIEL_HOME": str(settings.home)}
+        for name, value in sorted(environ.items()):
+            if name.upper().startswith("ARIEL_") and name.upper() not in ("ARIEL_HOME", "ARIEL_PORT", "ARIEL_HOST"):
+                env[name] = (f"<the value of {name} in this environment>" if _holds_secret(name, value) else value)
+        ariel = shutil.which("ariel") or str(Path(sys.executable).parent / "ariel")
+        servers["ariel-stdio"] = {"command": ariel, "args": ["mcp"], "env": env}
+    return json.dumps({"mcpServers": servers}, indent=2)
+
+
+def _holds_secret(name: str, value: str) -> bool:
+    """Whether the variable's value is a credential, or may hold one: the store's URL (a password, in the
+    authority or a query parameter, that a URL parser may not find), any URL with a password."""
+    if is_credential(name) or name.upper() == "ARIEL_STORE_URL":
+        return True
+    try:
+        return urlsplit(value).password is not None
+    except ValueError:  # not a URL that parses: shown only when nothing in it looks like one
+        return "@" in value
 
 
 # A request still being answered (run_agent waits up to 600 s for a run) would otherwise hold the HTTP app's
@@ -242,27 +216,11 @@ def up(settings: ArielSettings) -> None:
                  "--port", str(settings.prefect_port)],
                 server_env(api_url, settings, auth_string),
             )
-        started = time.monotonic()
-        wait_healthy(api_url, children)
-        say(f"Prefect API ready in {time.monotonic() - started:.1f} s")
-        if settings.prefect_api_url is not None and answers_without_credential(api_url):
-            say(f"Warning: the Prefect API at {api_url} answers without a credential: any process that reaches it "
-                "reads every org's runs and can change them. Set PREFECT_SERVER_API_AUTH_STRING on that server and "
-                "the same in ARIEL_PREFECT_AUTH_STRING here.")
-
+        _reach_prefect(settings, api_url, children)
         pool_type = choose_pool_type(settings)
         if pool_type == "docker" and settings.build_image:
-            try:
-                RuntimeImageBuilder(
-                    tag=settings.runtime_image, base_image=settings.runtime_base_image, catalog=settings.stdio_catalog
-                ).ensure(say)
-            except ImageBuildFailed as exc:
-                raise StartupFailed(str(exc)) from exc
-        prefix, org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
-        runtime = Runtime(api_url, pool_type)
-        if redeployed:
-            say(f"Deployed {redeployed} existing agent(s) to work pool {org_pool}")
-        runtime.save(settings.home)
+            ensure_runtime_image(settings, say)
+        prefix, org_pool = _prepare(settings, api_url, pool_type)
 
         # One process runs a stock worker for every pool of this install, including pools made later; it
         # polls through the gateway, which starts answering once the app below serves.
@@ -271,23 +229,10 @@ def up(settings: ArielSettings) -> None:
             [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix],
             worker_env(api_url, settings, pool_host_key),
         )
-        ui_url = api_url.removesuffix("/api")
-        say("")
-        say(f"Ariel is up. Work pool: {org_pool} ({pool_type})")
-        say(f"  MCP (streamable HTTP): {settings.mcp_url}")
-        say(f"  Prefect UI:            {ui_url}" + (f" (password: the line in {settings.prefect_auth_file})"
-                                                   if settings.prefect_api_url is None else ""))
-        say(f"  Prefect gateway:       {settings.base_url}{GATEWAY_PATH}/api (workers and runs; see the README)")
-        say(f"  Logs:                  {children.log_dir}")
-        say("MCP client config (Claude Desktop style; HTTP, or stdio via `ariel mcp`):")
-        say(client_config(settings, runtime))
-        say("Press Ctrl-C to stop.")
+        _say_up(settings, api_url, pool_type, org_pool, children.log_dir)
         # From here, not before: a child that cannot even start should fail `ariel up`, not loop.
         Supervisor(children, report=say).start()
-        app = create_app(settings, api_url, pool_type)
-        # uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
-        uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                      timeout_graceful_shutdown=APP_SHUTDOWN_SECONDS)).run()
+        _serve_app(settings, api_url, pool_type)
     finally:
         ignore_stop_signals()  # also when an error, not a signal, brought us here
         say("Stopping ...")
@@ -295,3 +240,83 @@ def up(settings: ArielSettings) -> None:
         say(f"Stopped (killed {', '.join(killed)}, not stopped {GRACE_SECONDS:.0f} s after SIGTERM)." if killed
             else "Stopped.")
 
+
+def serve(settings: ArielSettings) -> None:
+    """`ariel serve`: the HTTP app alone (MCP, the Prefect gateway), on a Prefect server that runs elsewhere.
+
+    For installs whose parts run apart (SaaS, compose): several of these may serve one store and one Prefect;
+    the pool host runs as `ariel pool-host`, with the same ARIEL_POOL_HOST_KEY. Starts no child; stops as
+    uvicorn does on SIGINT or SIGTERM (expects `stop_on_signals()` in force, as `up`).
+    """
+    api_url = settings.prefect_api_url
+    if not api_url:  # unset, or set empty
+        raise StartupFailed("ariel serve uses a Prefect server that runs already: set ARIEL_PREFECT_API_URL (and "
+                            "ARIEL_PREFECT_AUTH_STRING, its credential); `ariel up` starts one of its own instead")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if not port_free(settings.host, settings.port):
+        raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
+    _reach_prefect(settings, api_url, None)
+    # The pools' type is the install's choice, not this machine's: the Docker engine is the pool host's.
+    pool_type: PoolType = "process" if settings.worker_type == "process" else "docker"
+    _, org_pool = _prepare(settings, api_url, pool_type)
+    _say_up(settings, api_url, pool_type, org_pool, None)
+    kept_in_files = [name for name, unset in (
+        ("ARIEL_RUN_TOKEN_KEY", settings.run_token_key is None),
+        ("ARIEL_CONFIG_SIGNING_KEY", settings.config_signing_key is None),
+        ("ARIEL_KEK", settings.kek is None and settings.kek_file is None and settings.kek_backend == "local"),
+    ) if unset]
+    if kept_in_files:
+        say(f"Note: {', '.join(kept_in_files)} unset, so kept in files of {settings.home}; every app process of "
+            "this install needs the same ones: set them in the environment before starting a second.")
+    if settings.pool_host_key is None:
+        say("Note: ARIEL_POOL_HOST_KEY is unset, so no pool host can serve this install's pools and runs stay "
+            "Scheduled; set one key here and in `ariel pool-host`'s environment (see the README).")
+    try:
+        _serve_app(settings, api_url, pool_type)
+    finally:
+        ignore_stop_signals()
+        say("Stopped.")
+
+
+def _reach_prefect(settings: ArielSettings, api_url: str, children: Children | None) -> None:
+    started = time.monotonic()
+    wait_healthy(api_url, children)
+    say(f"Prefect API ready in {time.monotonic() - started:.1f} s")
+    if settings.prefect_api_url is not None and answers_without_credential(api_url):
+        say(f"Warning: the Prefect API at {api_url} answers without a credential: any process that reaches it "
+            "reads every org's runs and can change them. Set PREFECT_SERVER_API_AUTH_STRING on that server and "
+            "the same in ARIEL_PREFECT_AUTH_STRING here.")
+
+
+def _prepare(settings: ArielSettings, api_url: str, pool_type: PoolType) -> tuple[str, str | None]:
+    """Pools and deployments as this start needs them, recorded for the host commands; (pool prefix, local pool)."""
+    prefix, org_pool, redeployed = asyncio.run(prepare_orgs(settings, api_url, pool_type))
+    if redeployed:
+        say(f"Deployed {redeployed} existing agent(s) to {pool_type} work pools")
+    Runtime(api_url, pool_type).save(settings.home)
+    return prefix, org_pool
+
+
+def _say_up(settings: ArielSettings, api_url: str, pool_type: PoolType, org_pool: str | None,
+            log_dir: Path | None) -> None:
+    ui_url = api_url.removesuffix("/api")
+    say("")
+    say(f"Ariel is up. Work pool: {org_pool} ({pool_type})" if org_pool else
+        f"Ariel is up. Work pools: one per org ({pool_type}), made with its first agent")
+    say(f"  MCP (streamable HTTP): {settings.base_url}/mcp")
+    say(f"  Prefect UI:            {ui_url}" + (f" (password: the line in {settings.prefect_auth_file})"
+                                               if settings.prefect_api_url is None else ""))
+    say(f"  Prefect gateway:       {settings.base_url}{GATEWAY_PATH}/api (workers and runs; see the README)")
+    if log_dir is not None:
+        say(f"  Logs:                  {log_dir}")
+    say("MCP client config (Claude Desktop style" + ("; HTTP, or stdio via `ariel mcp`):"
+                                                     if settings.profile in TRUSTING_PROFILES else "):"))
+    say(client_config(settings))
+    say("Press Ctrl-C to stop.")
+
+
+def _serve_app(settings: ArielSettings, api_url: str, pool_type: PoolType) -> None:
+    app = create_app(settings, api_url, pool_type)
+    # uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
+    AppServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                             timeout_graceful_shutdown=APP_SHUTDOWN_SECONDS)).run()

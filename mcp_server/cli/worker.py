@@ -33,23 +33,32 @@ class WorkerFailed(Exception):
     """`ariel worker` cannot start; the message says why and what to do."""
 
 
-def worker_pool(server: str, key: str) -> str:
-    """The pool `key` serves, as the server's gateway says."""
+def ask_gateway(server: str, key: str, refused: str) -> dict[str, object]:
+    """What the server's gateway says `key` may serve (its WORKER_ROUTE); `refused`: what to say on a 401."""
     url = f"{server.rstrip('/')}/prefect/ariel/v1/worker"
     try:
         answer = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=15)
     except httpx.HTTPError as exc:
         raise WorkerFailed(f"cannot reach Ariel at {server} ({type(exc).__name__}: {exc}); check --server") from None
     if answer.status_code == 401:
-        raise WorkerFailed(f"{server} does not accept this worker key: it was revoked, or mistyped (an admin lists "
-                           "them with manage_org list_worker_keys and makes a new one with create_worker_key)")
+        raise WorkerFailed(f"{server} does not accept this key: {refused}")
     try:
-        pool = answer.json()["work_pool"] if answer.status_code == 200 else None
-    except (ValueError, KeyError, TypeError):
-        pool = None
+        body = answer.json() if answer.status_code == 200 else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise WorkerFailed(f"{server} answered {answer.status_code} to {url}; is it an Ariel server of the same "
+                           "release?")
+    return body
+
+
+def worker_pool(server: str, key: str) -> str:
+    """The pool `key` serves, as the server's gateway says."""
+    pool = ask_gateway(server, key, "it was revoked, or mistyped (an admin lists them with manage_org "
+                       "list_worker_keys and makes a new one with create_worker_key)").get("work_pool")
     if not isinstance(pool, str):
-        raise WorkerFailed(f"{server} answered {answer.status_code} to {url} without a work pool; is it an Ariel "
-                           "server of the same release?")
+        raise WorkerFailed(f"{server} named no work pool for this key; is it a worker key (ariel_wk_...), and the "
+                           "server an Ariel server of the same release?")
     return pool
 
 

@@ -15,6 +15,7 @@ scope, and answers other organizations' objects exactly like missing ones.
 Served under `/prefect` by the HTTP app: `PREFECT_API_URL=http://host:8765/prefect/api`.
 """
 
-from mcp_server.gateway.app import GATEWAY_PATH, Gateway
+from mcp_server.gateway.app import Gateway
+from mcp_server.settings import GATEWAY_PATH
 
 __all__ = ["GATEWAY_PATH", "Gateway"]

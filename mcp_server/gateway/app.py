@@ -38,9 +38,8 @@ from mcp_server.services.wakeups import Wakeups
 
 log = logging.getLogger("ariel.gateway")
 
-GATEWAY_PATH = "/prefect"
 RUN_ROUTE = "/ariel/v1/run"  # a run's checked configuration and the secrets it names
-WORKER_ROUTE = "/ariel/v1/worker"  # which pool a worker key serves
+WORKER_ROUTE = "/ariel/v1/worker"  # which pool a worker key serves; which pools the pool host's key does
 """Where the HTTP app serves the gateway: clients use `PREFECT_API_URL=<Ariel's URL>/prefect/api`."""
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # above Prefect's own log batch limit
@@ -217,6 +216,9 @@ class Gateway:
             return await serve_journal(request, caller, self.ownership, journals)
         if route == ("GET", WORKER_ROUTE) and isinstance(caller, PoolScope) and caller.pool is not None:
             return JSONResponse({"work_pool": caller.pool, "org_id": caller.org_id})
+        if route == ("GET", WORKER_ROUTE) and isinstance(caller, PoolScope) and caller.prefix is not None:
+            return JSONResponse({"pool_prefix": caller.prefix, "pool_type": caller.pool_type,
+                                 "runtime_image": caller.image})
         return JSONResponse({"detail": f"{route[0]} {route[1]} is not open to {caller.label}"}, status_code=403)
 
     async def _run_context(self, caller: RunScope) -> Response:

@@ -28,12 +28,18 @@ class PoolScope:
     pool_pattern: re.Pattern[str]
     org_id: str | None = None
     pool: str | None = None  # the one pool of a worker key
+    prefix: str | None = None  # the pool host's: its install's pool-name prefix
+    pool_type: str | None = None  # the pool host's: the type of the pools it is to serve
+    image: str | None = None  # the pool host's: the runtime image those pools' runs use
 
     @classmethod
-    def pool_host(cls, install_prefix: str) -> PoolScope:
-        """Ariel's pool host: the platform pools (`-docker`, `-process`) of every org of one install."""
+    def pool_host(cls, install_prefix: str, pool_type: str | None = None, image: str | None = None) -> PoolScope:
+        """Ariel's pool host: the platform pools (`-docker`, `-process`) of every org of one install.
+
+        `pool_type`, `image`: what the control plane makes its pools of, which `ariel pool-host` asks for.
+        """
         pattern = re.compile(rf"{re.escape(install_prefix)}[0-9a-f]{{12}}-(docker|process)")
-        return cls(label="pool host", pool_pattern=pattern)
+        return cls(label="pool host", pool_pattern=pattern, prefix=install_prefix, pool_type=pool_type, image=image)
 
     @classmethod
     def own_hardware(cls, pool: str, org_id: str, label: str) -> PoolScope:

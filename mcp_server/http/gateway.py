@@ -36,10 +36,11 @@ class ServeGateway:
 async def gateway_scope(settings: ArielSettings, services: Services, token: str) -> GatewayScope | None:
     """The scope of a worker credential: the pool host's key (this install's platform pools), or an org's worker
     key (that org's own-hardware pool); None for anything else, a revoked key included."""
-    if settings.pool_host_key is not None and hmac.compare_digest(
+    if settings.pool_host_key is not None and hmac.compare_digest(  # both stripped: the settings' validator
         token.encode(), settings.pool_host_key.get_secret_value().encode()
     ):
-        return PoolScope.pool_host(install_prefix(services.agents.install_id))
+        agents = services.agents
+        return PoolScope.pool_host(install_prefix(agents.install_id), agents.pool_type, agents.runtime_image)
     prefix = worker_key_prefix(token)
     if prefix is None:
         return None

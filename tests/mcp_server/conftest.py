@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from mcp_server.settings import ArielSettings
@@ -16,9 +12,7 @@ from mcp_server.store import Store
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.auth.support import JWKSServer, SigningKey, jwks_server
 from tests.mcp_server.mcp_peers import Peer
-from tests.support import need, serve_app
-
-POSTGRES_URL = os.environ.get("ARIEL_TEST_POSTGRES_URL", "postgresql://ariel_test:ariel_test@127.0.0.1:5432")
+from tests.support import fresh_postgres_database, serve_app
 
 
 @pytest.fixture
@@ -26,21 +20,6 @@ def postgres_url() -> Iterator[str]:
     """A fresh, empty database owned by a non-superuser role (so row-level security applies)."""
     with fresh_postgres_database() as url:
         yield url
-
-
-@contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        need(False, f"no PostgreSQL answers at {POSTGRES_URL} (run tests/setup-postgres.sh)")
-    name = f"ariel_t_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"{POSTGRES_URL.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

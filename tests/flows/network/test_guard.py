@@ -28,7 +28,7 @@ from flows.network.guard import (
     reached,
     refuse_protected,
 )
-from mcp_server.cli.stack import prefect_env
+from mcp_server.cli.environments import prefect_env
 from mcp_server.settings import ArielSettings
 from tests.flows.network.support import (
     LOOPBACK_IN_IPV6,

@@ -314,7 +314,7 @@ def store_url_module(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('store') / 'ariel.db'}"
         return
-    from tests.mcp_server.conftest import fresh_postgres_database
+    from tests.support import fresh_postgres_database
 
     with fresh_postgres_database() as url:
         yield url

@@ -1,0 +1,95 @@
+"""`ariel serve` and `ariel pool-host`, the parts of an install that runs apart: what each needs, and says.
+
+The whole of a SaaS install on them runs in tests/test_deployment_models.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from mcp_server.cli.stack import client_config
+from mcp_server.settings import ArielSettings
+from tests.mcp_server.cli.test_cli import ariel, last_line
+from tests.support import NO_PREFECT, serve_app
+
+
+def test_serve_without_a_prefect_server_says_to_name_one(tmp_path: Path) -> None:
+    done = ariel("serve", ARIEL_HOME=str(tmp_path), ARIEL_PREFECT_API_URL="")
+    assert (done.returncode, last_line(done.stderr)) == (1, (
+        "ariel serve: ariel serve uses a Prefect server that runs already: set ARIEL_PREFECT_API_URL (and "
+        "ARIEL_PREFECT_AUTH_STRING, its credential); `ariel up` starts one of its own instead"))
+
+
+def test_pool_host_without_its_key_says_where_the_key_comes_from(tmp_path: Path) -> None:
+    done = ariel("pool-host", "--server", "http://127.0.0.1:9", ARIEL_HOME=str(tmp_path), ARIEL_POOL_HOST_KEY="")
+    assert (done.returncode, last_line(done.stderr)) == (1, (
+        "ariel pool-host: set ARIEL_POOL_HOST_KEY to the key the app (`ariel serve`) was started with; make one "
+        "with `openssl rand -hex 32` and give both the same"))
+
+
+def test_a_pool_host_key_too_short_to_guard_every_orgs_runs_is_refused(tmp_path: Path) -> None:
+    done = ariel("pool-host", "--server", "http://127.0.0.1:9", ARIEL_HOME=str(tmp_path), ARIEL_POOL_HOST_KEY="short")
+    assert (done.returncode, done.stderr.strip()) == (2, (
+        "ariel: ARIEL_POOL_HOST_KEY: the pool host key is shorter than 32 characters; make one with "
+        "`openssl rand -hex 32`"))
+
+
+def test_pool_host_refuses_to_send_its_key_in_clear_to_a_public_address(tmp_path: Path) -> None:
+    # A literal address: nothing is resolved or sent.
+    done = ariel("pool-host", "--server", "http://8.8.8.8", ARIEL_HOME=str(tmp_path), ARIEL_POOL_HOST_KEY="k" * 32)
+    assert (done.returncode, last_line(done.stderr)) == (1, (
+        "ariel pool-host: --server: http://8.8.8.8 is plain http to a public address; use https, or the app's "
+        "address on your own network"))
+
+
+def test_the_gateway_tells_the_pool_host_its_pools_and_pool_host_refuses_a_wrong_key(tmp_path: Path) -> None:
+    key = "pool-host-key-" + "x" * 24
+    settings = ArielSettings(home=tmp_path / "app", pool_host_key=SecretStr(key))
+    with serve_app(settings, NO_PREFECT, "docker") as url:
+        answer = httpx.get(f"{url}/prefect/ariel/v1/worker", headers={"Authorization": f"Bearer {key}"})
+        wrong = ariel("pool-host", "--server", url, ARIEL_HOME=str(tmp_path / "host"),
+                      ARIEL_POOL_HOST_KEY="not-" + key)
+    assert answer.status_code == 200, answer.text
+    told = answer.json()
+    assert (told["pool_type"], told["runtime_image"]) == ("docker", settings.runtime_image)
+    assert told["pool_prefix"].startswith("ariel-") and len(told["pool_prefix"]) == len("ariel-12345678-")
+    assert (wrong.returncode, last_line(wrong.stderr)) == (1, (
+        f"ariel pool-host: {url} does not accept this key: it is not the ARIEL_POOL_HOST_KEY the app was started "
+        "with"))
+
+
+def test_the_printed_http_config_carries_the_bearer_header_where_the_mode_checks_keys(tmp_path: Path) -> None:
+    saas = json.loads(client_config(ArielSettings(home=tmp_path, profile="saas", auth_mode="api_key",
+                                                  public_url="https://ariel.example.com"), {}))
+    assert saas == {"mcpServers": {"ariel": {
+        "url": "https://ariel.example.com/mcp",
+        "headers": {"Authorization": "Bearer <an API key: `ariel create-key`, or manage_org create_key>"},
+    }}}  # and no stdio entry: `ariel mcp` acts with the store's own rights, for a machine's own user only
+
+
+def test_the_printed_stdio_config_opens_the_same_store_and_never_shows_a_secret(tmp_path: Path) -> None:
+    environ = {
+        # A '#' in a password hides it from URL parsers; the store's URL is never shown whatever it holds.
+        "ARIEL_STORE_URL": "postgresql+psycopg://ariel:hun#ter2@db/ariel",
+        "ARIEL_PREFECT_API_URL": "http://127.0.0.1:4200/api",
+        "ARIEL_PREFECT_AUTH_STRING": "operator:hunter3",
+        "ARIEL_KEK": "c2VjcmV0",
+        "ARIEL_PORT": "9000",
+        "PATH": "/usr/bin",
+    }
+    printed = client_config(ArielSettings(home=tmp_path), environ)
+    stdio = json.loads(printed)["mcpServers"]["ariel-stdio"]
+    assert stdio["args"] == ["mcp"]
+    assert stdio["env"] == {
+        "ARIEL_HOME": str(tmp_path),
+        "ARIEL_KEK": "<the value of ARIEL_KEK in this environment>",
+        "ARIEL_PREFECT_API_URL": "http://127.0.0.1:4200/api",
+        "ARIEL_PREFECT_AUTH_STRING": "<the value of ARIEL_PREFECT_AUTH_STRING in this environment>",
+        "ARIEL_STORE_URL": "<the value of ARIEL_STORE_URL in this environment>",
+    }
+    assert "hunter" not in printed and "c2VjcmV0" not in printed
+    assert "headers" not in json.loads(printed)["mcpServers"]["ariel"]  # auth mode none: no key to send
