@@ -41,6 +41,10 @@ DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ariel_test') THEN
     CREATE ROLE ariel_test LOGIN PASSWORD 'ariel_test' CREATEDB NOSUPERUSER NOBYPASSRLS;
   END IF;
+  -- A role that row-level security does not bind: what a SaaS start must refuse as the store's.
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ariel_test_bypass') THEN
+    CREATE ROLE ariel_test_bypass LOGIN PASSWORD 'ariel_test_bypass' NOSUPERUSER BYPASSRLS IN ROLE ariel_test;
+  END IF;
 END $$;
 SQL
 fi

@@ -32,7 +32,7 @@ from mcp_server.services.caller import Caller
 from mcp_server.services.container import open_services
 from mcp_server.services.upgrades import seal_provider_blocks
 from mcp_server.settings import TRUSTING_PROFILES, ArielSettings
-from mcp_server.store import Organization
+from mcp_server.store import Organization, Store
 
 RUNTIME_FILE = "runtime.json"
 
@@ -113,6 +113,13 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
     whoever reaches the machine (desktop, dev): on a shared server every org, and its pool with its first
     agent, comes from a person with a key.
     """
+    if role := await Store.unbound_role(settings.resolved_store_url):
+        unbound = (f"the store's PostgreSQL role {role!r} is a superuser or has BYPASSRLS, which row-level "
+                   "security does not bind: nothing in the database would keep one org's rows from another's query")
+        if settings.profile not in TRUSTING_PROFILES:
+            raise StartupFailed(f"{unbound}. Connect as a role without them; for example, as a superuser, for a "
+                                f"database Ariel has not used yet: {_bound_role_sql(settings)}")
+        say(f"Warning: {unbound}; on a shared server (ARIEL_PROFILE saas, hybrid, onprem) Ariel refuses to start so.")
     async with open_services(settings, api_url, pool_type) as services:
         name = None
         if settings.profile in TRUSTING_PROFILES:
@@ -125,6 +132,17 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
         for org in await services.store.all_orgs():
             deployed += await services.agents.redeploy_all(platform_caller(org))
         return install_prefix(services.agents.install_id), name, deployed
+
+
+def _bound_role_sql(settings: ArielSettings) -> str:
+    """What a database admin runs to give the store a role that row-level security binds."""
+    from sqlalchemy.engine import make_url  # here: `ariel --help` imports this module's callers, not this
+
+    url = make_url(settings.resolved_store_url)
+    database = url.database or "ariel"
+    return (f"CREATE ROLE ariel_store LOGIN PASSWORD '<a new password>' NOSUPERUSER NOBYPASSRLS; "
+            f"ALTER DATABASE \"{database}\" OWNER TO ariel_store; then set ARIEL_STORE_URL to "
+            f"{url.set(username='ariel_store', password='PASSWORD').render_as_string(hide_password=False)}")
 
 
 def platform_caller(org: Organization) -> Caller:

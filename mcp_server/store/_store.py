@@ -88,6 +88,28 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
                 await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('ariel-migrate', 0))"))
             await conn.run_sync(_upgrade)
 
+    @staticmethod
+    async def unbound_role(url: str) -> str | None:
+        """The PostgreSQL role `url` connects as, when row-level security does not bind it (a superuser, or
+        BYPASSRLS): then nothing in the database keeps one org's rows from another's query. None when it binds,
+        or on SQLite (one machine's own store, which has no policies).
+
+        Asked before `open`, which would make the tables, owned by that role.
+        """
+        engine = create_async_engine(url)
+        try:
+            if engine.dialect.name != "postgresql":
+                return None
+            async with engine.connect() as conn:
+                row = (await conn.execute(text(
+                    "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+                ))).one()
+            return str(row[0]) if row[1] else None
+        except (OperationalError, InterfaceError):
+            return None  # unreachable: `open` says so, in its words
+        finally:
+            await engine.dispose()
+
     async def installation_id(self) -> str:
         """This control plane's id (made by migration 0004); its Prefect work pools carry it."""
         async with self._engine.begin() as conn:

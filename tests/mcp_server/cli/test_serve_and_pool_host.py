@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 import httpx
+import psycopg
 from pydantic import SecretStr
 
 from mcp_server.cli.stack import client_config
 from mcp_server.settings import ArielSettings
 from tests.mcp_server.cli.test_cli import ariel, last_line
+from tests.mcp_server.store.test_store import as_bypassing_role
 from tests.support import NO_PREFECT, serve_app
 
 
@@ -93,3 +95,22 @@ def test_the_printed_stdio_config_opens_the_same_store_and_never_shows_a_secret(
     }
     assert "hunter" not in printed and "c2VjcmV0" not in printed
     assert "headers" not in json.loads(printed)["mcpServers"]["ariel"]  # auth mode none: no key to send
+
+
+def test_a_shared_server_refuses_a_store_role_that_row_level_security_does_not_bind(
+    tmp_path: Path, prefect_api: str, postgres_url: str
+) -> None:
+    bypassing = as_bypassing_role(postgres_url)
+    done = ariel("serve", ARIEL_HOME=str(tmp_path), ARIEL_PROFILE="saas", ARIEL_AUTH_MODE="api_key",
+                 ARIEL_STORE_URL=bypassing, ARIEL_PREFECT_API_URL=prefect_api)
+    database = postgres_url.rsplit("/", 1)[1]
+    assert (done.returncode, last_line(done.stderr)) == (1, (
+        "ariel serve: the store's PostgreSQL role 'ariel_test_bypass' is a superuser or has BYPASSRLS, which "
+        "row-level security does not bind: nothing in the database would keep one org's rows from another's query. "
+        "Connect as a role without them; for example, as a superuser, for a database Ariel has not used yet: "
+        "CREATE ROLE ariel_store LOGIN PASSWORD '<a new password>' NOSUPERUSER NOBYPASSRLS; "
+        f'ALTER DATABASE "{database}" OWNER TO ariel_store; then set ARIEL_STORE_URL to '
+        f"postgresql+psycopg://ariel_store:PASSWORD@127.0.0.1:5432/{database}"))
+    assert "ariel_test_bypass@" not in done.stderr  # the URL given is not repeated, password and all
+    with psycopg.connect(postgres_url.replace("+psycopg", "", 1)) as conn:  # refused before anything was made
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)

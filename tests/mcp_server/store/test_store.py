@@ -153,3 +153,14 @@ async def test_outside_a_tenant_transaction_no_tenant_rows_are_visible(postgres_
     async with store._engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM agents"))).scalar_one() == 0
     await store.close()
+
+
+def as_bypassing_role(postgres_url: str) -> str:
+    """The same database, as a role that row-level security does not bind (BYPASSRLS; tests/setup-postgres.sh)."""
+    return postgres_url.replace("//ariel_test:ariel_test@", "//ariel_test_bypass:ariel_test_bypass@", 1)
+
+
+async def test_a_store_role_that_row_level_security_does_not_bind_is_named(postgres_url: str, tmp_path: Path) -> None:
+    assert await Store.unbound_role(postgres_url) is None  # the suite's own role: bound
+    assert await Store.unbound_role(as_bypassing_role(postgres_url)) == "ariel_test_bypass"
+    assert await Store.unbound_role(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}") is None
