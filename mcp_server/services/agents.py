@@ -205,8 +205,7 @@ class AgentService:
 
     async def change(self, caller: Caller, ref: str, changes: dict[str, Any]) -> AgentView:
         """A new version from the current spec with `changes` applied; back to pending_approval if it widens."""
-        async with audited(self.store, caller, "agent.change", ref):
-            record = await self.resolve(caller, ref)
+        async with audited(self.store, caller, "agent.change", ref), self._turn(caller, ref) as record:
             if not changes:
                 raise InvalidRequest("update_agent change needs at least one field to change, e.g. instructions")
             current = await self.spec_of(caller, record)
@@ -245,22 +244,22 @@ class AgentService:
         """Approve the current version's manifest; records who. `version` guards against approving something unread."""
         async with audited(self.store, caller, "agent.approve", ref):
             caller.require("admin", "update_agent approve", "Ask an admin to review and approve the agent")
-            record = await self.resolve(caller, ref)
-            if version is not None and version != record.version:
-                raise Conflict(f"agent {record.slug!r} is at version {record.version}, not {version}; "
-                               "read it again with get_agent and approve what you read")
-            spec = await self.spec_of(caller, record)
-            manifest = await self.manifest(record, spec)
-            approved = await self.store.approve_agent(
-                caller.org_id, record.id, record.version, manifest.model_dump(mode="json"), caller.user_label
-            )
-            await self._deploy(caller, approved, spec)
-            return await self.get(caller, record.id, full=False)
+            async with self._turn(caller, ref) as record:
+                if version is not None and version != record.version:
+                    raise Conflict(f"agent {record.slug!r} is at version {record.version}, not {version}; "
+                                   "read it again with get_agent and approve what you read")
+                spec = await self.spec_of(caller, record)
+                manifest = await self.manifest(record, spec)
+                approved = await self.store.approve_agent(
+                    caller.org_id, record.id, record.version, manifest.model_dump(mode="json"), caller.user_label
+                )
+                await self._deploy(caller, approved, spec)
+                return await self.get(caller, record.id, full=False)
 
     async def set_paused(self, caller: Caller, ref: str, paused: bool) -> AgentView:
         """Pause or resume the agent's schedule; manual runs stay possible."""
-        async with audited(self.store, caller, "agent.pause" if paused else "agent.resume", ref):
-            record = await self.resolve(caller, ref)
+        async with audited(self.store, caller, "agent.pause" if paused else "agent.resume", ref), \
+                self._turn(caller, ref) as record:
             updated = await self.store.set_paused(caller.org_id, record.id, paused)
             await self._deploy(caller, updated, await self.spec_of(caller, updated))
             return await self.get(caller, record.id, full=False)
@@ -281,7 +280,8 @@ class AgentService:
                 f"deleting agent {record.slug!r} removes its deployment and schedule for good (its runs stay "
                 "readable); call delete_agent again with confirm=true to do it"
             )
-        async with audited(self.store, caller, "agent.delete", f"{record.slug} ({record.id})"):
+        async with audited(self.store, caller, "agent.delete", f"{record.slug} ({record.id})"), \
+                self.store.turn(_turn_name(record.id)):
             view = await self.get(caller, record.id, full=False)
             if record.deployment_id:
                 async with self.prefect() as client:
@@ -295,13 +295,30 @@ class AgentService:
         if records:
             await self.ensure_pool(caller)  # once for all of them: the pool's template is the org's, not an agent's
         count = 0
-        for record in records:
-            spec = await self.spec_of(caller, record)
-            deployment_id = await self._deploy(caller, record, spec)
-            if str(deployment_id) != record.deployment_id:
-                await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+        for listed in records:
+            # Read again in its turn: another process may have changed or deleted it since the listing (a rolling
+            # restart of replicas), and deploying the listed version would undo that.
+            async with self.store.turn(_turn_name(listed.id)):
+                record = await self.store.find_agent(caller.org_id, listed.id)
+                if record is None:
+                    continue
+                spec = await self.spec_of(caller, record)
+                deployment_id = await self._deploy(caller, record, spec)
+                if str(deployment_id) != record.deployment_id:
+                    await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
             count += 1
         return count
+
+    @asynccontextmanager
+    async def _turn(self, caller: Caller, ref: str) -> AsyncIterator[AgentRecord]:
+        """The agent `ref`, read again once this process holds its turn (`Store.turn`), held for the block.
+
+        Everything that deploys an agent reads it and deploys it in its turn: of two processes, the one that
+        deploys last deploys what the store holds last, never a version read before the other's change.
+        """
+        record = await self.resolve(caller, ref)
+        async with self.store.turn(_turn_name(record.id)):
+            yield await self.resolve(caller, record.id)
 
     async def list_all(
         self, caller: Caller, status: AgentStatus | None = None, text: str | None = None
@@ -523,3 +540,7 @@ def _health(recent: list[RunView]) -> str:
     completed = sum(run.state == "Completed" for run in finished)
     last = finished[0]
     return f"{completed} of the last {len(finished)} finished runs completed; the newest {last.state.lower()}"
+
+
+def _turn_name(agent_id: str) -> str:
+    return f"agent:{agent_id}"

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import psycopg
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcp_server.store._direct import direct_connection
@@ -46,7 +47,29 @@ class Lease:
 
 
 
+TURN_WAIT = "60s"
+"""The longest a process waits for its turn (`turn`) before the call fails: a holder is one Prefect call long."""
+
+
 class LeaseQueries:
+    @asynccontextmanager
+    async def turn(self: Engine, name: str) -> AsyncIterator[None]:
+        """Wait until no other process of the install holds the turn `name`, and hold it for the block.
+
+        For work that reads the store and then acts on its reading elsewhere (deploying an agent's current
+        version to Prefect), which two processes must not interleave. On PostgreSQL a transaction-scoped
+        advisory lock, let go when the block ends, or its connection does. On SQLite, whose other processes
+        (`ariel mcp` beside `ariel up`) never redeploy, nothing is held.
+        """
+        engine = self._engine
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        async with engine.connect() as conn, conn.begin():
+            await conn.execute(text(f"SET LOCAL lock_timeout = '{TURN_WAIT}'"))
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name})
+            yield
+
     @asynccontextmanager
     async def lease(self: Engine, name: str) -> AsyncIterator[Lease | None]:
         """The lease `name` if no other process holds it (this process then holds it for the block), else None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,33 @@ async def test_a_refused_delete_of_a_missing_agent_is_audited_like_a_refused_cha
     ]
     assert {e.detail for e in events} == {"no agent 'ghost'; list_agents shows the agents you can use, by id and slug"}
     await store.close()
+
+
+async def test_a_redeploy_deploys_the_version_current_when_its_turn_comes_not_the_one_it_listed(
+    postgres_url: str, prefect_api: str
+) -> None:
+    # Replica B restarts (and redeploys every agent) while replica A is changing one: A holds the agent's turn
+    # from reading it to deploying its new version; B's redeploy waits, then deploys what the store holds then.
+    store, replica_a = await Store.open(postgres_url), await Store.open(postgres_url)
+    try:
+        _, org = await store.ensure_local_owner()
+        service = AgentService(store, prefect_api, "process", "ariel-runtime:local", await store.installation_id(),
+                               signer=Ed25519ConfigSigner.generate())
+        spec = {"name": "Turned", "instructions": "First.", "model": "ariel/scripted", "script": [{"reply": "1"}]}
+        agent = await service.create(owner_of(org), spec)
+        async with replica_a.turn(f"agent:{agent.id}"):
+            redeploying = asyncio.create_task(service.redeploy_all(owner_of(org)))
+            await asyncio.sleep(1)
+            assert not redeploying.done(), "the redeploy did not wait for the agent's turn"
+            first = await replica_a.get_version(org.id, agent.id, 1)
+            assert first is not None
+            await replica_a.add_version(org.id, agent.id, 1, "Turned", {**first.spec, "instructions": "Second."},
+                                        "replica A")
+        assert await asyncio.wait_for(redeploying, 60) == 1
+        async with PrefectClient(prefect_api) as prefect:
+            deployment = await prefect.read_deployment_by_name(str(agent.deployment))
+        assert (deployment.parameters["config"]["version"], deployment.parameters["config"]["instructions"]) == (
+            2, "Second.")
+    finally:
+        await store.close()
+        await replica_a.close()
