@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import uvicorn
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from deployments.images.runtime_image import docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
@@ -136,13 +137,13 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
 
 def _bound_role_sql(settings: ArielSettings) -> str:
     """What a database admin runs to give the store a role that row-level security binds."""
-    from sqlalchemy.engine import make_url  # here: `ariel --help` imports this module's callers, not this
-
     url = make_url(settings.resolved_store_url)
     database = url.database or "ariel"
+    # Its query goes too: libpq takes a password there as well, and this is printed.
+    fitting = url.set(username="ariel_store", password="PASSWORD", query={})
     return (f"CREATE ROLE ariel_store LOGIN PASSWORD '<a new password>' NOSUPERUSER NOBYPASSRLS; "
             f"ALTER DATABASE \"{database}\" OWNER TO ariel_store; then set ARIEL_STORE_URL to "
-            f"{url.set(username='ariel_store', password='PASSWORD').render_as_string(hide_password=False)}")
+            f"{fitting.render_as_string(hide_password=False)}")
 
 
 def platform_caller(org: Organization) -> Caller:
@@ -268,8 +269,8 @@ def serve(settings: ArielSettings) -> None:
     """
     api_url = settings.prefect_api_url
     if not api_url:  # unset, or set empty
-        raise StartupFailed("ariel serve uses a Prefect server that runs already: set ARIEL_PREFECT_API_URL (and "
-                            "ARIEL_PREFECT_AUTH_STRING, its credential); `ariel up` starts one of its own instead")
+        raise StartupFailed("no Prefect server given: set ARIEL_PREFECT_API_URL to a running one (and "
+                            "ARIEL_PREFECT_AUTH_STRING to its credential); `ariel up` starts one of its own instead")
     settings.home.mkdir(parents=True, exist_ok=True)
     if not port_free(settings.host, settings.port):
         raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
@@ -277,7 +278,6 @@ def serve(settings: ArielSettings) -> None:
     # The pools' type is the install's choice, not this machine's: the Docker engine is the pool host's.
     pool_type: PoolType = "process" if settings.worker_type == "process" else "docker"
     _, org_pool = _prepare(settings, api_url, pool_type)
-    _say_up(settings, api_url, pool_type, org_pool, None)
     kept_in_files = [name for name, unset in (
         ("ARIEL_RUN_TOKEN_KEY", settings.run_token_key is None),
         ("ARIEL_CONFIG_SIGNING_KEY", settings.config_signing_key is None),
@@ -289,6 +289,7 @@ def serve(settings: ArielSettings) -> None:
     if settings.pool_host_key is None:
         say("Note: ARIEL_POOL_HOST_KEY is unset, so no pool host can serve this install's pools and runs stay "
             "Scheduled; set one key here and in `ariel pool-host`'s environment (see the README).")
+    _say_up(settings, api_url, pool_type, org_pool, None)
     try:
         _serve_app(settings, api_url, pool_type)
     finally:
