@@ -41,7 +41,12 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
                            "with `openssl rand -hex 32` and give both the same")
     key = settings.pool_host_key.get_secret_value()
     server = server.rstrip("/")
-    if not server.startswith(("http://", "https://")):
+    try:
+        address = urlsplit(server)
+        address.port  # noqa: B018 - parsed here, where a bad one gets a message, not later with a traceback
+    except ValueError:
+        address = None
+    if address is None or not server.startswith(("http://", "https://")) or not address.hostname:
         raise WorkerFailed(f"--server: {server!r} is not a URL; give the app's address, e.g. http://ariel-app:8765")
     if server.startswith("http://") and not _private(server):
         # The key, and every run's token and provider key after it, would cross a public network in clear.
@@ -61,7 +66,6 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
                 ensure_runtime_image(settings.model_copy(update={"runtime_image": image}), _say)
             except StartupFailed as exc:
                 raise WorkerFailed(str(exc)) from None
-    address = urlsplit(server)
     # The protected endpoints a process pool's runs get: the app, under its name here and loopback's.
     here = settings.model_copy(update={"host": address.hostname or "127.0.0.1",
                                        "port": address.port or (443 if address.scheme == "https" else 80)})

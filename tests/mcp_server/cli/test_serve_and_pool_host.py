@@ -40,6 +40,13 @@ def test_a_pool_host_key_too_short_to_guard_every_orgs_runs_is_refused(tmp_path:
         "`openssl rand -hex 32`"))
 
 
+def test_pool_host_names_a_server_address_that_is_not_a_url(tmp_path: Path) -> None:
+    for given in ("ariel-app:8765", "http://ariel-app:port"):
+        done = ariel("pool-host", "--server", given, ARIEL_HOME=str(tmp_path), ARIEL_POOL_HOST_KEY="k" * 32)
+        assert (done.returncode, last_line(done.stderr)) == (1, (
+            f"ariel pool-host: --server: {given!r} is not a URL; give the app's address, e.g. http://ariel-app:8765"))
+
+
 def test_pool_host_refuses_to_send_its_key_in_clear_to_a_public_address(tmp_path: Path) -> None:
     # A literal address: nothing is resolved or sent.
     done = ariel("pool-host", "--server", "http://8.8.8.8", ARIEL_HOME=str(tmp_path), ARIEL_POOL_HOST_KEY="k" * 32)
