@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mcp_server.store._direct import direct_connection
@@ -58,17 +57,24 @@ class LeaseQueries:
 
         For work that reads the store and then acts on its reading elsewhere (deploying an agent's current
         version to Prefect), which two processes must not interleave. On PostgreSQL a transaction-scoped
-        advisory lock, let go when the block ends, or its connection does. On SQLite, whose other processes
-        (`ariel mcp` beside `ariel up`) never redeploy, nothing is held.
+        advisory lock, let go when the block ends, or its connection does. The connection is one of its own, not
+        the pool's: the block uses the store too, and turns held on every pooled connection, each waiting for
+        one more, would stall the process. On SQLite, whose other processes (`ariel mcp` beside `ariel up`) never
+        redeploy, nothing is held.
         """
         engine = self._engine
         if engine.dialect.name != "postgresql":
             yield
             return
-        async with engine.connect() as conn, conn.begin():
-            await conn.execute(text(f"SET LOCAL lock_timeout = '{TURN_WAIT}'"))
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"), {"name": name})
-            yield
+        conn = await direct_connection(engine)
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{TURN_WAIT}'")  # a constant of this module
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+                yield
+        finally:
+            with suppress(Exception):
+                await asyncio.wait_for(conn.close(), CLOSE_SECONDS)
 
     @asynccontextmanager
     async def lease(self: Engine, name: str) -> AsyncIterator[Lease | None]:
