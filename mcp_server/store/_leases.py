@@ -66,15 +66,10 @@ class LeaseQueries:
         if engine.dialect.name != "postgresql":
             yield
             return
-        conn = await direct_connection(engine)
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{TURN_WAIT}'")  # a constant of this module
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
-                yield
-        finally:
-            with suppress(Exception):
-                await asyncio.wait_for(conn.close(), CLOSE_SECONDS)
+        async with _session(engine) as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{TURN_WAIT}'")  # a constant of this module
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+            yield
 
     @asynccontextmanager
     async def lease(self: Engine, name: str) -> AsyncIterator[Lease | None]:
@@ -102,12 +97,21 @@ class LeaseQueries:
 
 @asynccontextmanager
 async def _advisory_lock(engine: AsyncEngine, name: str) -> AsyncIterator[Lease | None]:
-    conn = await direct_connection(engine)
-    try:
+    async with _session(engine) as conn:
         row = await (await conn.execute(_LOCK, (name,))).fetchone()
         yield Lease(conn) if row and row[0] else None
+
+
+@asynccontextmanager
+async def _session(engine: AsyncEngine) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+    """A direct connection for the block, closed after it.
+
+    Closing the session is what lets go of its locks: no unlock to forget. Bounded, and quiet, for a stop with
+    the database unreachable.
+    """
+    conn = await direct_connection(engine)
+    try:
+        yield conn
     finally:
-        # Closing the session is what lets go of the lock: no unlock to forget, and bounded, for a stop with the
-        # database unreachable.
         with suppress(Exception):
             await asyncio.wait_for(conn.close(), CLOSE_SECONDS)
