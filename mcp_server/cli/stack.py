@@ -213,8 +213,7 @@ def up(settings: ArielSettings) -> None:
     pool_host_key = (settings.pool_host_key.get_secret_value() if settings.pool_host_key is not None
                      else f"ariel_ph_{secrets.token_urlsafe(32)}")  # a fresh one each start: nothing to leak
     settings = settings.model_copy(update={"pool_host_key": SecretStr(pool_host_key)})
-    if not port_free(settings.host, settings.port):
-        raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
+    _port_must_be_free(settings)
     children = Children(settings.home / "logs")
     try:
         api_url = settings.prefect_api_url
@@ -272,8 +271,7 @@ def serve(settings: ArielSettings) -> None:
         raise StartupFailed("no Prefect server given: set ARIEL_PREFECT_API_URL to a running one (and "
                             "ARIEL_PREFECT_AUTH_STRING to its credential); `ariel up` starts one of its own instead")
     settings.home.mkdir(parents=True, exist_ok=True)
-    if not port_free(settings.host, settings.port):
-        raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
+    _port_must_be_free(settings)
     _reach_prefect(settings, api_url, None)
     # The pools' type is the install's choice, not this machine's: the Docker engine is the pool host's.
     pool_type: PoolType = "process" if settings.worker_type == "process" else "docker"
@@ -295,6 +293,11 @@ def serve(settings: ArielSettings) -> None:
     finally:
         ignore_stop_signals()
         say("Stopped.")
+
+
+def _port_must_be_free(settings: ArielSettings) -> None:
+    if not port_free(settings.host, settings.port):
+        raise StartupFailed(f"port {settings.port} on {settings.host} is in use; set ARIEL_PORT to a free one")
 
 
 def _reach_prefect(settings: ArielSettings, api_url: str, children: Children | None) -> None:
