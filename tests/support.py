@@ -323,12 +323,16 @@ def ariel_up(
 ) -> Iterator[ArielUp]:
     """Run `ariel up` as a user would, until it says it is up; Ctrl-C it afterwards."""
     with started_ariel_up(home, worker_type, prefect_api_url, extra_env, background) as up:
-        wait_until(
-            lambda: "Press Ctrl-C to stop." in up.printed() or up.process.poll() is not None, timeout, "`ariel up`"
-        )
-        assert up.process.poll() is None, f"ariel up exited:\n{up.printed()}"
+        until_printed(up, "Press Ctrl-C to stop.", timeout)
         wait_until(lambda: answers(f"{up.base_url}/health"), 30, "the HTTP app")
         yield up
+
+
+def until_printed(process: ArielUp, says: str, timeout: float = 300) -> ArielUp:
+    """`process` once it has printed `says`; fails with what it printed if it exits first."""
+    wait_until(lambda: says in process.printed() or process.process.poll() is not None, timeout, f"`{says}`")
+    assert process.process.poll() is None, f"{process.process.args!r} exited:\n{process.printed()}"
+    return process
 
 
 def reply_json(handler: BaseHTTPRequestHandler, status: int, payload: Any) -> None:

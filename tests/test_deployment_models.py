@@ -24,11 +24,11 @@ import pytest
 from deployments.pools.standby import POOL_LABEL
 from tests.mcp_server.callers import call, client
 from tests.support import (
-    ArielUp,
     answers,
     fresh_postgres_database,
     prefect_server,
     started_ariel,
+    until_printed,
     wait_until,
 )
 from tests.support import (
@@ -53,12 +53,6 @@ def saas_environment(store_url: str, prefect_api_url: str, prefect_auth: str) ->
     }
 
 
-def until_up(process: ArielUp, says: str) -> ArielUp:
-    wait_until(lambda: says in process.printed() or process.process.poll() is not None, 300, f"`{says}`")
-    assert process.process.poll() is None, process.printed()
-    return process
-
-
 @pytest.fixture
 def prefect_on_postgresql(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A Prefect server whose database is PostgreSQL and which requires an auth string: (API URL, auth string)."""
@@ -79,12 +73,12 @@ async def test_saas_shared_two_app_replicas_and_a_pool_host_run_an_agent_and_sto
         replica_a = running.enter_context(started_ariel(tmp_path / "a", ["serve"], install))
         replica_b = running.enter_context(started_ariel(tmp_path / "b", ["serve"], install))
         for replica in (replica_a, replica_b):
-            until_up(replica, "Press Ctrl-C to stop.")
+            until_printed(replica, "Press Ctrl-C to stop.")
             wait_until(lambda r=replica: answers(f"{r.base_url}/health"), 30, "the HTTP app")  # type: ignore[misc]
         # The pool host is given the app's address and the pool host key, and no other part of the install.
         pool_host = running.enter_context(started_ariel(tmp_path / "c", ["pool-host", "--server", replica_a.base_url],
                                                         {"ARIEL_POOL_HOST_KEY": install["ARIEL_POOL_HOST_KEY"]}))
-        until_up(pool_host, "Serving the docker work pools")
+        until_printed(pool_host, "Serving the docker work pools")
 
         made = subprocess.run([sys.executable, "-m", "mcp_server.cli", "create-key", "acme", "--owner",
                                "ann@example.com"], env={**child_env(tmp_path / "d"), **install,
