@@ -46,7 +46,7 @@ from mcp_server.services.container import Services, open_services
 from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
 from mcp_server.services.rate_limits import unauthenticated_limit
-from mcp_server.settings import ArielSettings
+from mcp_server.settings import TRUSTING_PROFILES, ArielSettings
 from mcp_server.tools.server import build_mcp
 
 log = logging.getLogger("ariel.http")
@@ -227,12 +227,16 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
             return Check(name="worker", ok=False, message=f"could not ask the Prefect API which workers poll this "
                          f"install's work pools ({_reason(exc)}); {WHAT_TO_DO['worker']}")
         if not census.pools:
+            if settings.profile not in TRUSTING_PROFILES:  # a shared server starts with none: no run can wait yet
+                return Check(name="worker", ok=True, message=f"no {pool_type} work pool yet: each organization's "
+                             "first agent makes its own")
             return Check(name="worker", ok=False, message=f"this install has no {pool_type} work pool yet, so no "
                          "worker can poll one; `ariel up` makes the first "
                          "(and each organization's first agent its own)")
         if not census.polling_workers:
             return Check(name="worker", ok=False, message=f"no worker is polling this install's {pool_type} work pools "
-                         f"({len(census.pools)}); is `ariel up` running? It starts the worker host.")
+                         f"({len(census.pools)}); is `ariel up` (or `ariel pool-host`) running? It starts the worker "
+                         "host.")
         return Check(name="worker", ok=True, message=f"{census.polling_workers} worker(s) polling this install's "
                      f"{pool_type} work pools")
 

@@ -303,11 +303,24 @@ def test_ready_waits_for_a_worker_polling_this_installs_pools(home: Path, prefec
     assert checks_of(no_pool)["worker"]["ok"] is False
     assert "this install has no process work pool yet" in checks_of(no_pool)["worker"]["message"]
     assert checks_of(no_worker)["worker"]["message"] == (
-        "no worker is polling this install's process work pools (1); is `ariel up` running? It starts the worker host."
+        "no worker is polling this install's process work pools (1); is `ariel up` (or `ariel pool-host`) running? "
+        "It starts the worker host."
     )
     assert ready.json()["status"] == "ready"
     assert all(check["ok"] for check in ready.json()["checks"])
     assert "polling this install's process work pools" in checks_of(ready)["worker"]["message"]
+
+
+def test_a_shared_server_is_ready_before_its_first_pool(home: Path, prefect_api: str) -> None:
+    # On a shared server each org's first agent makes its pool: a new install has none, and must still take the
+    # traffic that creates them (a load balancer sends none to a replica that is not ready).
+    settings = settings_for(home, profile="saas", auth_mode="api_key")
+    with serve_app(settings, prefect_api) as url:
+        answer = httpx.get(f"{url}/ready", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert checks_of(answer)["worker"] == {"name": "worker", "ok": True,
+                                           "message": "no process work pool yet: each organization's first agent "
+                                           "makes its own"}
 
 
 async def installation_id(settings: ArielSettings) -> str:
