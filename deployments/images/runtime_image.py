@@ -106,6 +106,7 @@ class RuntimeImageBuilder:
             client.close()
 
     def _ensure(self, client: docker.DockerClient, progress: Progress) -> bool:
+        need_source_tree(self.root, self.tag)
         try:
             base_id = client.images.get(self.base_image).id
         except ImageNotFound:
@@ -143,57 +144,8 @@ class RuntimeImageBuilder:
             return folder
         progress("resolving runtime wheels with the base image's Python (a few minutes the first time) ...")
         # The versions the tests passed with, so the image runs what was tested.
-        self._download_wheels(client, base_id, requirements, folder, progress, constraints=constraints)
+        download_wheels(client, base_id, requirements, folder, progress, self.ca_bundle, constraints)
         return folder
-
-    def _download_wheels(
-        self,
-        client: docker.DockerClient,
-        base_id: str,
-        requirements: Path,
-        folder: Path,
-        progress: Progress,
-        constraints: Path | None = None,
-    ) -> None:
-        """`pip download` `requirements` into `folder` with the base image's interpreter (see the module doc)."""
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        volumes = {
-            str(folder): {"bind": "/wheels", "mode": "rw"},
-            str(requirements): {"bind": "/requirements.txt", "mode": "ro"},
-        }
-        script = (
-            "python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --quiet --progress-bar off "
-            "--dest /wheels -r /requirements.txt"
-        )
-        if constraints is not None:
-            volumes[str(constraints)] = {"bind": "/constraints.txt", "mode": "ro"}
-            script += " -c /constraints.txt"
-        ca_bundle = self.ca_bundle or _host_ca_bundle()
-        if ca_bundle is not None:
-            volumes[str(ca_bundle)] = {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"}
-        container = client.containers.run(
-            base_id,
-            ["sh", "-c", script],
-            detach=True,
-            network_mode="host",
-            volumes=volumes,
-            user=f"{os.getuid()}:{os.getgid()}",
-            environment={"HOME": "/tmp", "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"},
-            labels={"ariel.role": "wheel-resolver"},
-        )
-        try:
-            for line in container.logs(stream=True, follow=True):
-                progress("  " + line.decode(errors="replace").rstrip())
-            status = container.wait()
-        finally:
-            container.remove(force=True)
-        if status.get("StatusCode") != 0:
-            raise ImageBuildFailed(
-                f"resolving wheels of {requirements.name} failed (see the pip output above); check that the "
-                "package index is reachable from a container with host networking"
-            )
-        (folder / ".complete").touch()
 
     def _prepare_catalog(self, client: docker.DockerClient, base_id: str, progress: Progress) -> dict[str, Path]:
         """The catalog's parts for the build context, by their folder there: node, npm, wheels/<name>.
@@ -227,7 +179,7 @@ class RuntimeImageBuilder:
                 progress(f"resolving wheels of {entry.pypi} with the base image's Python ...")
                 requirements = self.mcp_cache / f"requirements-{key}.txt"
                 requirements.write_text(entry.pypi + "\n")
-                self._download_wheels(client, base_id, requirements, folder, progress)
+                download_wheels(client, base_id, requirements, folder, progress, self.ca_bundle)
                 shutil.copy2(requirements, folder / "requirements.txt")
             parts[f"wheels/{entry.name}"] = folder
         return parts
@@ -254,28 +206,107 @@ class RuntimeImageBuilder:
                 shutil.copytree(
                     self.root / directory, context / directory, ignore=shutil.ignore_patterns("__pycache__")
                 )
-            progress(f"building {self.tag} ...")
-            recent: list[str] = []
-            try:
-                for chunk in client.api.build(
-                    path=str(context),
-                    tag=self.tag,
-                    buildargs={"BASE_IMAGE": self.base_image},
-                    labels={CODE_HASH_LABEL: code_hash},
-                    rm=True,
-                    forcerm=True,
-                    decode=True,
-                ):
-                    if "error" in chunk:
-                        tail = "\n".join(recent[-20:])
-                        raise ImageBuildFailed(f"building {self.tag} failed: {chunk['error'].strip()}\n{tail}")
-                    text = chunk.get("stream", "").rstrip()
-                    if text.startswith("Step "):
-                        progress("  " + text)
-                    elif text:
-                        recent.append(text)
-            except APIError as exc:
-                raise ImageBuildFailed(f"building {self.tag} failed: {exc.explanation}") from exc
+            build_context(client, context, self.tag, {"BASE_IMAGE": self.base_image}, code_hash, progress)
+
+
+def need_source_tree(root: Path, tag: str) -> None:
+    """Refuse where Ariel is installed from a wheel (as in the app image): images build from a checkout."""
+    if not (root / "docker" / "Dockerfile").is_file():
+        raise ImageBuildFailed(
+            f"{tag} can only be built from a checkout of Ariel's source (no docker/Dockerfile under {root}); build it "
+            "there with `ariel build-image`, or set ARIEL_BUILD_IMAGE=false here to use the image the engine has"
+        )
+
+
+def download_wheels(
+    client: docker.DockerClient,
+    base_id: str,
+    requirements: Path,
+    folder: Path,
+    progress: Progress,
+    ca_bundle: Path | None = None,
+    constraints: Path | None = None,
+) -> None:
+    """`pip download` `requirements` into `folder` with the base image's interpreter (see the module doc).
+
+    `requirements`' folder is mounted beside it, so a line may name a wheel there (`/requirements/x.whl`).
+    """
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    volumes = {
+        str(folder): {"bind": "/wheels", "mode": "rw"},
+        str(requirements.parent): {"bind": "/requirements", "mode": "ro"},
+    }
+    script = (
+        "python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --quiet --progress-bar off "
+        f"--dest /wheels -r /requirements/{requirements.name}"
+    )
+    if constraints is not None:
+        volumes[str(constraints)] = {"bind": "/constraints.txt", "mode": "ro"}
+        script += " -c /constraints.txt"
+    ca_bundle = ca_bundle or _host_ca_bundle()
+    if ca_bundle is not None:
+        volumes[str(ca_bundle)] = {"bind": "/etc/ssl/certs/ca-certificates.crt", "mode": "ro"}
+    container = client.containers.run(
+        base_id,
+        ["sh", "-c", script],
+        detach=True,
+        network_mode="host",
+        volumes=volumes,
+        user=f"{os.getuid()}:{os.getgid()}",
+        environment={"HOME": "/tmp", "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"},
+        labels={"ariel.role": "wheel-resolver"},
+    )
+    try:
+        for line in container.logs(stream=True, follow=True):
+            progress("  " + line.decode(errors="replace").rstrip())
+        status = container.wait()
+    finally:
+        container.remove(force=True)
+    if status.get("StatusCode") != 0:
+        raise ImageBuildFailed(
+            f"resolving wheels of {requirements.name} failed (see the pip output above); check that the "
+            "package index is reachable from a container with host networking"
+        )
+    (folder / ".complete").touch()
+
+
+def build_context(
+    client: docker.DockerClient,
+    context: Path,
+    tag: str,
+    buildargs: dict[str, str],
+    code_hash: str,
+    progress: Progress,
+    dockerfile: str = "Dockerfile",
+    network_mode: str | None = None,
+) -> None:
+    """Build `context` as `tag`, labelled with `code_hash`, saying each step; a failure names its last lines."""
+    progress(f"building {tag} ...")
+    recent: list[str] = []
+    try:
+        for chunk in client.api.build(
+            path=str(context),
+            dockerfile=dockerfile,
+            tag=tag,
+            buildargs=buildargs,
+            labels={CODE_HASH_LABEL: code_hash},
+            network_mode=network_mode,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        ):
+            if "error" in chunk:
+                tail = "\n".join(recent[-20:])
+                raise ImageBuildFailed(f"building {tag} failed: {chunk['error'].strip()}\n{tail}")
+            text = chunk.get("stream", "").rstrip()
+            if text.startswith("Step "):
+                progress("  " + text)
+            elif text:
+                recent.append(text)
+    except APIError as exc:
+        raise ImageBuildFailed(f"building {tag} failed: {exc.explanation}") from exc
+
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -302,6 +333,18 @@ def docker_available() -> bool:
         _docker().close()
     except ImageBuildFailed:
         return False
+    return True
+
+
+def image_present(tag: str) -> bool:
+    """Whether the Docker engine has an image named `tag`."""
+    client = _docker()
+    try:
+        client.images.get(tag)
+    except ImageNotFound:
+        return False
+    finally:
+        client.close()
     return True
 
 

@@ -6,6 +6,7 @@ The whole of a SaaS install on them runs in tests/test_deployment_models.py.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,22 @@ def test_the_gateway_tells_the_pool_host_its_pools_and_pool_host_refuses_a_wrong
     assert (wrong.returncode, last_line(wrong.stderr)) == (1, (
         f"ariel pool-host: {url} does not accept this key: it is not the ARIEL_POOL_HOST_KEY the app was started "
         "with"))
+
+
+def test_a_pool_host_that_may_not_build_refuses_a_runtime_image_the_engine_lacks(
+    tmp_path: Path, docker_engine: None
+) -> None:
+    # As in the app image (ARIEL_BUILD_IMAGE=false): every run would otherwise fail at its container's start.
+    key = "pool-host-key-" + "x" * 24
+    missing = f"ariel-runtime-missing:{uuid.uuid4().hex[:8]}"
+    settings = ArielSettings(home=tmp_path / "app", pool_host_key=SecretStr(key), runtime_image=missing)
+    with serve_app(settings, NO_PREFECT, "docker") as url:
+        refused = ariel("pool-host", "--server", url, ARIEL_HOME=str(tmp_path / "host"), ARIEL_POOL_HOST_KEY=key,
+                        ARIEL_BUILD_IMAGE="false")
+    assert (refused.returncode, last_line(refused.stderr)) == (1, (
+        f"ariel pool-host: the runtime image {missing} is not on this Docker engine, and ARIEL_BUILD_IMAGE is false: "
+        "build it in a checkout of this release with `ariel build-image`, or load it (`docker save` there, "
+        "`docker load` here)"))
 
 
 def test_the_printed_http_config_carries_the_bearer_header_where_the_mode_checks_keys(tmp_path: Path) -> None:
