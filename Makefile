@@ -43,9 +43,10 @@ docker-host:
 postgres:
 	./tests/setup-postgres.sh $(if $(CI),,--optional)
 
-# Built before the tests so its progress shows here, not inside a test's timeout.
+# Built before the tests so their progress shows here, not inside a test's timeout: the runtime image,
+# and the app and PostgreSQL images of docker/compose.yaml.
 image: setup docker-host
-	if docker info >/dev/null 2>&1; then LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/ariel build-image; fi
+	if docker info >/dev/null 2>&1; then LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/ariel build-image compose; fi
 
 bench: setup docker-host image
 	$(BIN)/python bench/run_latency.py --runs 10

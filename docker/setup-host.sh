@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Make this host ready to run agents in Docker: a Docker engine that answers,
-# the offline-built base image of the runtime image, and npm (with Node.js),
+# the offline-built base image of the runtime image, npm (with Node.js),
 # which `ariel build-image` uses to put the stdio MCP servers of the catalog
-# (deployments/images/stdio_catalog.py) into the image's build context.
+# (deployments/images/stdio_catalog.py) into the image's build context, and a
+# compose tool for docker/compose.yaml.
 #
 # On a Debian/Ubuntu host as root with no engine running (a fresh server or
-# CI machine), it installs docker.io, debootstrap and, when npm is missing,
-# Debian's npm, and starts dockerd with no bridge network: flow-run containers
+# CI machine), it installs docker.io, debootstrap and, when missing, Debian's
+# npm and docker-compose, and starts dockerd with no bridge network: flow-run containers
 # use host networking to reach the Prefect API on 127.0.0.1. That dockerd runs
 # in a session of its own and outlives the caller: a Ctrl-C on `make up` stops
 # Ariel, not the engine. Elsewhere it says what to do.
@@ -80,3 +81,15 @@ if ! command -v npm >/dev/null; then
   fi
 fi
 if command -v npm >/dev/null; then echo "setup-host: npm $(npm --version) present"; fi
+
+# docker/compose.yaml's tool: Compose v2 where its plugin is installed, else Debian's docker-compose (1.29,
+# which reads the same file). Only the compose install and its test need it: warn, don't stop.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  if command -v apt-get >/dev/null && is_root; then
+    apt_install docker-compose
+  else
+    echo "setup-host: no compose tool; install Docker Compose to run docker/compose.yaml" >&2
+  fi
+fi
+if docker compose version >/dev/null 2>&1; then echo "setup-host: $(docker compose version) present"
+elif command -v docker-compose >/dev/null; then echo "setup-host: $(docker-compose version --short 2>/dev/null | head -1 | sed 's/^/docker-compose /') present"; fi

@@ -6,14 +6,21 @@ one `ariel pool-host` through replica A's gateway, every process with its own
 ARIEL_HOME and the install's shared keys in its environment. A key made with
 `ariel create-key`; an agent created and run through replica B, its logs read
 through replica A; then everything stopped, and nothing of it left running.
+
+Compose (profile core): the same install as `docker/compose.yaml` runs it, from the images
+`ariel build-image compose` makes offline: PostgreSQL with the roles its init script makes, Prefect's
+server on it, the app and the pool host, each in its container; up, a key, an agent run, down, nothing left.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,11 +28,15 @@ from pathlib import Path
 import docker
 import pytest
 
+from deployments.images.compose_images import ComposeImages
 from deployments.pools.standby import POOL_LABEL
+from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call, client
 from tests.support import (
     answers,
+    free_port,
     fresh_postgres_database,
+    need,
     prefect_server,
     started_ariel,
     until_printed,
@@ -116,4 +127,93 @@ async def test_saas_shared_two_app_replicas_and_a_pool_host_run_an_agent_and_sto
         wait_until(lambda: not engine.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool}"}), 30,
                    "the pool's containers to be gone")
     finally:
+        engine.close()
+
+
+COMPOSE_FILE = Path(__file__).resolve().parents[1] / "docker" / "compose.yaml"
+
+
+def compose_command() -> list[str]:
+    """Compose v2 (`docker compose`) where the plugin is installed, else Debian's docker-compose 1.29."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return ["docker", "compose"]
+    need(shutil.which("docker-compose") is not None, "no compose tool (docker/setup-host.sh installs docker-compose)")
+    return ["docker-compose"]
+
+
+def compose_env(folder: Path) -> Path:
+    """An env file for one compose install, secrets made as the README says, ports free on this host."""
+    values = {
+        "POSTGRES_PASSWORD": secrets.token_hex(16),
+        "ARIEL_STORE_PASSWORD": secrets.token_hex(16),
+        "PREFECT_DB_PASSWORD": secrets.token_hex(16),
+        "ARIEL_PREFECT_AUTH_STRING": f"operator:{secrets.token_hex(16)}",
+        "ARIEL_POOL_HOST_KEY": secrets.token_hex(32),
+        "ARIEL_RUN_TOKEN_KEY": secrets.token_hex(32),
+        "ARIEL_CONFIG_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "ARIEL_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "ARIEL_POSTGRES_PORT": str(free_port()),
+        "ARIEL_PREFECT_PORT": str(free_port()),
+        "ARIEL_PORT": str(free_port()),
+    }
+    path = folder / "ariel.env"
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    return path
+
+
+def env_values(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+async def test_compose_core_profile_runs_an_agent_and_down_leaves_nothing(tmp_path: Path, docker_engine: None) -> None:
+    compose = compose_command()
+    ComposeImages(base_image=ArielSettings().runtime_base_image).ensure_all(progress=lambda _: None)
+    env_file = compose_env(tmp_path)
+    values = env_values(env_file)
+    project = f"ariel-smoke-{uuid.uuid4().hex[:8]}"
+    base = [*compose, "--project-name", project, "--file", str(COMPOSE_FILE), "--env-file", str(env_file)]
+    tool_env = {name: value for name, value in os.environ.items() if not name.startswith(("ARIEL_", "PREFECT_"))}
+
+    def run(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *arguments], capture_output=True, text=True, timeout=timeout, env=tool_env,
+                              check=False)
+
+    engine = docker.from_env()
+    try:
+        up = run("--profile", "core", "up", "--detach")
+        assert up.returncode == 0, up.stdout + up.stderr + run("logs", "--no-color").stdout[-5000:]
+        app = f"http://127.0.0.1:{values['ARIEL_PORT']}"
+        wait_until(lambda: "Serving the docker work pools" in run("logs", "--no-color", "pool-host").stdout, 120,
+                   "the pool host to serve")
+
+        made = run("exec", "-T", "app", "ariel", "create-key", "acme", "--owner", "ann@example.com", timeout=120)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        created = await call(app, key, "create_agent", name="Greeter", instructions="Greet.", model="ariel/scripted",
+                             script=[{"reply": "hello from compose"}])
+        await call(app, key, "update_agent", agent="greeter", action="approve")
+        ran = await call(app, key, "run_agent", agent="greeter", wait_seconds=180)
+        assert (ran["state"], ran["result"]) == ("Completed", "hello from compose"), ran
+        async with client(app, key) as session:
+            logs = (await session.call_tool("get_run_logs", {"run": ran["name"]})).structured_content
+        assert "Reply: hello from compose" in [line["message"] for line in logs["lines"]]
+
+        printed = run("logs", "--no-color").stdout
+        assert '"Authorization": "Bearer <an API key' in printed, printed[-3000:]
+        for name in ("POSTGRES_PASSWORD", "ARIEL_STORE_PASSWORD", "PREFECT_DB_PASSWORD", "ARIEL_POOL_HOST_KEY",
+                     "ARIEL_RUN_TOKEN_KEY", "ARIEL_KEK"):
+            assert values[name] not in printed, f"{name} was printed"
+        assert values["ARIEL_PREFECT_AUTH_STRING"].split(":")[1] not in printed
+        assert key not in printed
+
+        down = run("down", "--volumes", timeout=120)
+        assert down.returncode == 0, down.stderr
+        project_label = f"com.docker.compose.project={project}"
+        assert engine.containers.list(all=True, filters={"label": project_label}) == []
+        assert engine.volumes.list(filters={"label": project_label}) == []
+        # The pool host removed its standby at its stop; the run's own container ended with its run.
+        pool: dict[str, str | list[str] | bool] = {"label": f"{POOL_LABEL}={created['work_pool']}"}
+        wait_until(lambda: not engine.containers.list(all=True, filters=pool), 30, "the pool's containers to be gone")
+    finally:
+        run("down", "--volumes", "--remove-orphans", timeout=120)
         engine.close()

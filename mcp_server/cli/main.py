@@ -45,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
                            "http://ariel-app:8765")
     commands.add_parser("mcp", help="serve MCP over stdio, for desktop MCP clients")
     commands.add_parser("migrate", help="apply the store's pending migrations")
-    commands.add_parser("build-image", help="build the runtime image if it is missing or older than the code")
+    build_image = commands.add_parser(
+        "build-image", help="build the runtime image (or, with `compose`, every image of docker/compose.yaml) if "
+        "missing or older than the code"
+    )
+    build_image.add_argument(
+        "images", nargs="?", choices=["runtime", "compose"], default="runtime",
+        help="runtime: the image flow runs run in (default); compose: that, the app image and PostgreSQL's",
+    )
     key = commands.add_parser(
         "create-key",
         help="issue an API key for an org (made if missing, owned by --owner): how the first admin of a "
@@ -170,6 +177,10 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
             ).ensure()
             if not built:
                 print(f"{settings.runtime_image} is up to date")
+            if args.images == "compose":
+                from deployments.images.compose_images import ComposeImages
+
+                ComposeImages(base_image=settings.runtime_base_image).ensure_all()
     except Exception as exc:
         if not for_people(exc):
             raise
