@@ -26,6 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 
 from deployments.images.compose_images import ComposeImages
@@ -106,6 +107,20 @@ async def test_saas_shared_two_app_replicas_and_a_pool_host_run_an_agent_and_sto
         async with client(replica_a.base_url, key) as session:
             logs = (await session.call_tool("get_run_logs", {"run": run["name"]})).structured_content
         assert "Reply: hello from saas" in [line["message"] for line in logs["lines"]]
+
+        # Behind a load balancer one client's requests reach any replica: a session begun at A goes on at B.
+        # (As a client of the 2025-06-18 revision speaks, which the MCP Inspector and most clients do.)
+        mcp = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-06-18"}
+        began = httpx.post(f"{replica_a.base_url}/mcp", headers=mcp, timeout=30, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "load-balanced", "version": "1"}}})
+        assert began.status_code == 200, began.text
+        session_id = {"Mcp-Session-Id": began.headers["mcp-session-id"]} if "mcp-session-id" in began.headers else {}
+        went_on = httpx.post(f"{replica_b.base_url}/mcp", headers={**mcp, **session_id}, timeout=30, json={
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_agents", "arguments": {}}})
+        assert went_on.status_code == 200 and '\\"slug\\":\\"greeter\\"' in went_on.text, went_on.text
 
         # SaaS: no personal org or pool was made for a local user; the one pool is acme's, made with its agent.
         assert created["work_pool"].endswith("-docker")

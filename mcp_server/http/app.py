@@ -2,8 +2,8 @@
 
 Every request passes, outermost first: security headers, the unhandled-error
 guard, CORS, the per-address limit of requests without valid credentials, the
-body limit, authentication, the binding of MCP sessions to their caller (see
-`mcp_server.http.hardening`, `.rate_limit` and `.sessions`). Tool calls are
+body limit, authentication (see `mcp_server.http.hardening`, `.rate_limit`).
+MCP keeps no session: each request is its own caller's. Tool calls are
 limited per user inside the MCP server (`mcp_server.tools.middleware`).
 """
 
@@ -41,7 +41,6 @@ from mcp_server.http.hardening import (
 )
 from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
 from mcp_server.http.rate_limit import LimitUnauthenticated
-from mcp_server.http.sessions import BindSessionsToCaller
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
@@ -103,8 +102,12 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                       open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids),
                       tool_listings=lambda: services().tool_servers, journals=lambda: services().journal,
                       wakeups=lambda: services().wakeups)
+    # Stateless: no MCP session is kept in a process, so any of several app processes behind a load balancer
+    # answers any request, and a restart loses no client's session. Progress still streams on each call's own
+    # response; Ariel sends nothing unasked on a session's stream (no sampling, elicitation or list_changed) to
+    # lose. One mode for every profile, so every test of the tools runs the mode a shared server runs.
     mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
-        path="/mcp"
+        path="/mcp", stateless_http=True
     )
 
     @asynccontextmanager
@@ -155,7 +158,6 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         },
     )
     # add_middleware wraps: the last added runs first.
-    app.add_middleware(BindSessionsToCaller)  # after authentication: an MCP session is its opener's alone
     app.add_middleware(AuthenticateHTTP, services=services)
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
     # Outside authentication, which decides what it counts: only requests nobody proved who sent.
