@@ -39,6 +39,9 @@ from mcp_server.settings import ArielSettings
 from tests.support import free_port, serve_app
 
 ORG, SERVER = "org-a", "srv-1"
+SHORT_LIFETIME = 5
+"""Seconds an access token lives in the tests of its expiry: within Ariel's refresh margin, so it is refreshed at
+its next use, yet long enough for the sign-in's own check of it on a loaded machine (1 s was not, in CI)."""
 ADA = Caller("user-ada", "ada", ORG, "acme", "Acme", "admin", "dev", "test")  # who starts the sign-ins
 
 
@@ -203,7 +206,7 @@ async def test_a_person_signs_in_through_the_link_and_the_token_calls_a_tool(cap
 
 async def test_an_expired_access_token_is_refreshed_without_a_new_sign_in(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    async with protected_mcp(lifetime=1) as (url, auth), ariel_callback() as (oauth, vault):
+    async with protected_mcp(lifetime=SHORT_LIFETIME) as (url, auth), ariel_callback() as (oauth, vault):
         await signed_in(oauth, url)
         first = auth.issued[0]
         stored = vault.data[ORG, SERVER]
@@ -225,7 +228,7 @@ async def test_an_expired_access_token_is_refreshed_without_a_new_sign_in(caplog
 
 
 async def test_a_refused_refresh_asks_for_a_new_sign_in() -> None:
-    async with protected_mcp(lifetime=1) as (url, auth), ariel_callback() as (oauth, _vault):
+    async with protected_mcp(lifetime=SHORT_LIFETIME) as (url, auth), ariel_callback() as (oauth, _vault):
         await signed_in(oauth, url)
         for token in list(auth.refresh_tokens.values()):
             await auth.revoke_token(token)
