@@ -275,7 +275,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
 
     # Where browsers land after signing in to an OAuth-protected MCP server (manage_tools); public: the one-time
     # state it carries is the credential (see mcp_server.http.authenticate.PUBLIC_PATHS).
-    app.add_route(CALLBACK_PATH, oauth_callback(lambda: services().tool_oauth), methods=["GET"],
+    app.add_route(CALLBACK_PATH, oauth_callback(lambda: services().sign_ins), methods=["GET"],
                   include_in_schema=False)
 
     # Called by the server as it begins to stop (serving.py): held worker polls end at once, not cancelled.

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from mcp_server.services.tool_oauth import CALLBACK_PATH, SignInFailed, ToolOAuth
+from mcp_server.services.tool_oauth import CALLBACK_PATH, SignInFailed
 
 __all__ = ["CALLBACK_PATH", "oauth_callback"]
 
@@ -32,8 +33,15 @@ _PAGE = """<!doctype html>
 """
 
 
-def oauth_callback(oauth: Callable[[], ToolOAuth]) -> Callable[[Request], Awaitable[HTMLResponse]]:
-    """The endpoint of CALLBACK_PATH, handing what arrives to `oauth()` (the running app's `ToolOAuth`)."""
+class CompletesSignIns(Protocol):
+    """`ToolOAuth`, or the app's `SignInRelay`, which finds the process of the install that holds the sign-in."""
+
+    async def complete(self, state: str, code: str | None, *, iss: str | None = None,
+                       error: str | None = None) -> str: ...
+
+
+def oauth_callback(oauth: Callable[[], CompletesSignIns]) -> Callable[[Request], Awaitable[HTMLResponse]]:
+    """The endpoint of CALLBACK_PATH, handing what arrives to `oauth()` (the running app's `SignInRelay`)."""
 
     async def callback(request: Request) -> HTMLResponse:
         query = request.query_params

@@ -20,6 +20,7 @@ from mcp_server.services.rate_limits import RateLimit, tool_call_limit
 from mcp_server.services.runs import RunService
 from mcp_server.services.sealing import Sealer, keyring_from_settings
 from mcp_server.services.secrets import SecretService
+from mcp_server.services.sign_in_relay import SignInRelay
 from mcp_server.services.tool_oauth import CALLBACK_PATH, ToolOAuth
 from mcp_server.services.tool_servers import SealedTokenVault, ToolServerService
 from mcp_server.services.upgrades import record_upgraded_manifests
@@ -37,7 +38,8 @@ class Services:
     orgs: OrgService
     secrets: SecretService
     tool_servers: ToolServerService
-    tool_oauth: ToolOAuth  # also the HTTP app's /oauth/callback's
+    tool_oauth: ToolOAuth
+    sign_ins: SignInRelay  # the HTTP app's /oauth/callback's: completes a sign-in begun in any process
     journal: RunJournal  # the gateway's, for runs' steps
     wakeups: Wakeups  # the gateway's too: it holds workers' polls until a run is made
     tool_calls: RateLimit | None  # each user's tool calls, counted in the store: one limit across the processes
@@ -69,6 +71,9 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         wakeups = Wakeups()
         # Runs the install's other app processes make wake this one's held polls too (PostgreSQL only).
         hearing = asyncio.create_task(keep_hearing(store, wakeups)) if store.shares_notifications else None
+        # Sign-ins begun here, whose callbacks reach another process, are completed here (PostgreSQL only).
+        sign_ins = SignInRelay(store, tool_oauth)
+        answering = asyncio.create_task(sign_ins.keep_answering()) if store.shares_notifications else None
         try:
             async with agents.connected():
                 yield Services(
@@ -85,15 +90,17 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                         private_networks=settings.mcp_private_networks,
                     ),
                     tool_oauth=tool_oauth,
+                    sign_ins=sign_ins,
                     journal=RunJournal(store, sealer),
                     wakeups=wakeups,
                     tool_calls=tool_call_limit(settings, store),
                 )
         finally:
-            if hearing is not None:
-                hearing.cancel()
-                with suppress(asyncio.CancelledError):
-                    await hearing
+            for task in (hearing, answering):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
             await tool_oauth.aclose()  # pending sign-ins end with the process
     finally:
         await store.close()

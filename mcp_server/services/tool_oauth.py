@@ -10,9 +10,9 @@ The flow itself is `mcp.client.auth.OAuthClientProvider` (discovery, dynamic cli
 registration, PKCE, token exchange and refresh): Ariel supplies its storage (one sealed
 record per server, `_Grant`), its redirect handler (which captures the authorization URL
 as the sign-in link) and its callback handler (which waits for the code Ariel's HTTP app
-receives). A pending sign-in lives in the `ToolOAuth` instance that began it, so the
-callback must reach the same process: one app process, or sticky routing of
-/oauth/callback. A sign-in remembers who started it (`starter`): only they are handed
+receives). A pending sign-in lives in the `ToolOAuth` instance that began it; a
+callback that reaches another app process of the install is relayed to it over the
+store (`sign_in_relay`, PostgreSQL). A sign-in remembers who started it (`starter`): only they are handed
 its link again, and `on_signed_in` learns whose sign-in completed.
 
 Every request the flow makes goes through the probe's `GuardedTransport`: each host is
@@ -301,6 +301,10 @@ class ToolOAuth:
         # it ended without one.
         failure = pending.task.exception()
         raise SignInFailed(str(failure) if failure else f"{url} did not ask for a sign-in")
+
+    def holds(self, state: str) -> bool:
+        """Whether the sign-in `state` names began here and awaits its callback (`sign_in_relay`)."""
+        return state in self._by_state
 
     def pending_link(self, org_id: str, server_id: str, starter_id: str) -> str | None:
         """The link of the sign-in `starter_id` began for the server, while nobody has used it yet; else None.

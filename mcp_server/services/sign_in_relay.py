@@ -1,0 +1,176 @@
+"""A sign-in to an MCP server completed by whichever app process the person's browser reaches.
+
+A pending sign-in lives in the `ToolOAuth` of the process that began it (the SDK's flow holds its PKCE
+verifier in memory, waiting for the code). Behind a load balancer the browser's GET /oauth/callback may reach
+another process of the install. On PostgreSQL that process relays it over the store's notifications:
+
+    process B (callback, unknown state) ── CALLBACK_CHANNEL {relay, state, code} ──▶ every process
+    process A (holds the state)         ── ANSWER_CHANNEL {relay, claimed} ──▶ B   (within CLAIM_SECONDS)
+                                        ── completes the sign-in ──▶ ANSWER_CHANNEL {relay, done, message} ──▶ B
+    B answers the browser with A's page.
+
+A state no process claims within CLAIM_SECONDS is answered like any unknown link. On SQLite (one machine)
+nothing is relayed: the process that got the callback answers alone. The code travels in a notification,
+never stored; it is good once, for minutes, and only with the verifier the beginning process keeps.
+
+Example (with a store and a `ToolOAuth`, in the app's lifespan)::
+
+    relay = SignInRelay(store, tool_oauth)
+    keeping = asyncio.create_task(relay.keep_answering())   # claim what other processes receive for us
+    page_text = await relay.complete(state, code, iss=None, error=None)   # the callback route's call
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from contextlib import aclosing, suppress
+
+from pydantic import BaseModel, ValidationError
+
+from mcp_server.services.tool_oauth import (
+    AFTER_SIGN_IN_SECONDS,
+    EXCHANGE_SECONDS,
+    UNKNOWN_LINK,
+    SignInFailed,
+    ToolOAuth,
+)
+from mcp_server.store import Store
+
+log = logging.getLogger("ariel.sign_in_relay")
+
+CALLBACK_CHANNEL = "ariel_oauth_callback"
+ANSWER_CHANNEL = "ariel_oauth_answer"
+CLAIM_SECONDS = 3.0
+"""How long a process that got a callback it does not hold waits for the one that does to say so."""
+LISTEN_AGAIN_SECONDS = 5.0
+
+
+class _Callback(BaseModel):
+    relay: str
+    state: str
+    code: str | None = None
+    iss: str | None = None
+    error: str | None = None
+
+
+class _Answer(BaseModel):
+    relay: str
+    done: bool = False  # False: claimed, the exchange goes on; True: `ok` and `message` say how it ended
+    ok: bool = False
+    message: str = ""
+
+
+class SignInRelay:
+    """`complete` for the callback route, here or in the process that holds the sign-in; `keep_answering` for
+    the other side."""
+
+    def __init__(self, store: Store, oauth: ToolOAuth) -> None:
+        self._store = store
+        self._oauth = oauth
+        self._answering: set[asyncio.Task[None]] = set()
+
+    async def complete(self, state: str, code: str | None, *, iss: str | None = None, error: str | None = None) -> str:
+        """What `ToolOAuth.complete` answers, from whichever process holds the sign-in `state` names.
+
+        Raises:
+            SignInFailed: as `ToolOAuth.complete`; also when no process claims the state, or the one that did
+                does not finish in time.
+        """
+        if not state or self._oauth.holds(state) or not self._store.shares_notifications:
+            return await self._oauth.complete(state, code, iss=iss, error=error)
+        relay = secrets.token_urlsafe(16)
+        answers: asyncio.Queue[_Answer] = asyncio.Queue()
+        listening = asyncio.Event()
+        hearing = asyncio.create_task(self._hear(relay, answers, listening))
+        try:
+            heard_of = asyncio.ensure_future(listening.wait())
+            try:
+                await asyncio.wait({hearing, heard_of}, timeout=CLAIM_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                heard_of.cancel()
+            if not listening.is_set():
+                raise SignInFailed("this app process could not reach the others of the install to find the sign-in; "
+                                   "try the link again in a moment")
+            await self._store.notify(CALLBACK_CHANNEL, _Callback(relay=relay, state=state, code=code, iss=iss,
+                                                                 error=error).model_dump_json())
+            try:
+                async with asyncio.timeout(CLAIM_SECONDS):
+                    answer = await answers.get()
+            except TimeoutError:
+                raise SignInFailed(UNKNOWN_LINK) from None
+            if not answer.done:
+                try:
+                    async with asyncio.timeout(EXCHANGE_SECONDS + AFTER_SIGN_IN_SECONDS + CLAIM_SECONDS):
+                        answer = await answers.get()
+                except TimeoutError:
+                    raise SignInFailed("the app process that began this sign-in did not finish it in time; ask "
+                                       "Ariel for a new link") from None
+        finally:
+            hearing.cancel()
+            with suppress(asyncio.CancelledError):
+                await hearing
+        if not answer.ok:
+            raise SignInFailed(answer.message)
+        return answer.message
+
+    async def _hear(self, relay: str, answers: asyncio.Queue[_Answer], listening: asyncio.Event) -> None:
+        async with aclosing(self._store.listen(ANSWER_CHANNEL, listening)) as heard:
+            async for payload in heard:
+                with suppress(ValidationError):
+                    answer = _Answer.model_validate_json(payload)
+                    if answer.relay == relay:
+                        answers.put_nowait(answer)
+
+    async def keep_answering(self, listening: asyncio.Event | None = None) -> None:
+        """Complete the callbacks other processes relay for sign-ins this one holds; until cancelled.
+        `listening` is set once the store listens (again, after a dropped connection)."""
+        failing = False
+        try:
+            while True:
+                try:
+                    async with aclosing(self._store.listen(CALLBACK_CHANNEL, listening)) as heard:
+                        failing = False
+                        async for payload in heard:
+                            self._claim(payload)
+                except Exception as exc:  # the database restarted, say: callbacks reaching another process fail
+                    if not failing:
+                        log.warning("stopped hearing sign-in callbacks other app processes received (%s); trying "
+                                    "again every %.0f s", type(exc).__name__, LISTEN_AGAIN_SECONDS)
+                    failing = True
+                await asyncio.sleep(LISTEN_AGAIN_SECONDS)
+        finally:
+            for task in list(self._answering):
+                task.cancel()
+
+    def _claim(self, payload: str) -> None:
+        try:
+            callback = _Callback.model_validate_json(payload)
+        except ValidationError:
+            return
+        if not self._oauth.holds(callback.state):
+            return  # another process's, or nobody's: that one claims it, or the sender answers "unknown"
+        task = asyncio.create_task(self._answer(callback), name="relayed sign-in callback")
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, callback: _Callback) -> None:
+        await self._tell(_Answer(relay=callback.relay))
+        try:
+            message = await self._oauth.complete(callback.state, callback.code, iss=callback.iss,
+                                                 error=callback.error)
+            answer = _Answer(relay=callback.relay, done=True, ok=True, message=message)
+        except SignInFailed as exc:
+            answer = _Answer(relay=callback.relay, done=True, message=str(exc))
+        except Exception:
+            log.exception("completing a sign-in another app process received failed")
+            answer = _Answer(relay=callback.relay, done=True,
+                             message="the sign-in failed in the app process that began it; ask Ariel for a new link")
+        await self._tell(answer)
+
+    async def _tell(self, answer: _Answer) -> None:
+        try:
+            await self._store.notify(ANSWER_CHANNEL, answer.model_dump_json())
+        except Exception as exc:  # the sign-in goes on (or ended) either way; only the person's page goes unsaid
+            log.warning("could not tell another app process about a sign-in it relayed (%s)", type(exc).__name__)
