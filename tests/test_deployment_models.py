@@ -214,6 +214,11 @@ async def test_compose_core_profile_runs_an_agent_and_down_leaves_nothing(tmp_pa
         assert "Reply: hello from compose" in [line["message"] for line in logs["lines"]]
 
         printed = run("logs", "--no-color").stdout
+        # What operators read of each run in the pool host's log: no refusal of the run's event subscription
+        # (its suspension observer), and no traceback when the run ends.
+        pool_host_log = run("logs", "--no-color", "pool-host").stdout
+        assert "Reply: hello from compose" in pool_host_log
+        assert "Traceback" not in pool_host_log and "FlowRunSuspendingObserver" not in pool_host_log, pool_host_log
         assert '"Authorization": "Bearer <an API key' in printed, printed[-3000:]
         for name in ("POSTGRES_PASSWORD", "ARIEL_STORE_PASSWORD", "PREFECT_DB_PASSWORD", "ARIEL_POOL_HOST_KEY",
                      "ARIEL_RUN_TOKEN_KEY", "ARIEL_KEK"):

@@ -309,16 +309,26 @@ class Gateway:
     # Websockets -------------------------------------------------------------------------------------------
 
     async def _websocket(self, websocket: WebSocket) -> None:
-        if websocket.url.path != "/api/events/in":
-            await websocket.close(code=1008, reason="only /api/events/in is open at Ariel's Prefect gateway")
+        path = websocket.url.path
+        if path not in ("/api/events/in", "/api/events/out"):
+            await websocket.close(code=1008, reason="only /api/events/in (and /api/events/out, for a run's own "
+                                  "events) are open at Ariel's Prefect gateway")
             return
         await websocket.accept(subprotocol="prefect")
         caller = await self._websocket_caller(websocket)
         if caller is None:
             await websocket.close(code=1008, reason="Invalid token")
             return
+        if path == "/api/events/out" and not isinstance(caller, RunScope):
+            # A worker's subscription would carry every org's events: it polls its runs instead, which the gateway
+            # scopes (Prefect's observers fall back to polling when the stream closes).
+            await websocket.close(code=1008, reason="only a run may subscribe here, to its own events")
+            return
         await websocket.send_json({"type": "auth_success"})
         try:
+            if isinstance(caller, RunScope) and path == "/api/events/out":
+                await self._subscribe(websocket, caller)
+                return
             async with self._upstream_events() as upstream:
                 await self._relay_events(websocket, upstream, caller)
         except (WebSocketException, OSError, TimeoutError) as exc:
@@ -342,8 +352,50 @@ class Gateway:
             return None  # two different credentials: trust neither
         return await self.scope_of(header or from_message)
 
-    def _upstream_events(self) -> Any:
-        url = self.upstream_url.replace("https://", "wss://").replace("http://", "ws://") + "/events/in"
+    async def _subscribe(self, websocket: WebSocket, run: RunScope) -> None:
+        """A run's subscription (Prefect's suspension observer in every flow run): the events of its own flow run
+        and no other, whatever its filter asks. Without it the observer logs a refusal at each run's start and a
+        traceback at its end, and polls instead."""
+        try:
+            message = json.loads(await asyncio.wait_for(websocket.receive_text(), timeout=10))
+        except (TimeoutError, ValueError, WebSocketDisconnect, KeyError):
+            return
+        if not isinstance(message, dict) or message.get("type") != "filter" or not isinstance(
+                message.get("filter"), dict):
+            await websocket.close(code=1008, reason="expected a filter")
+            return
+        own = f"prefect.flow-run.{run.run_id}"
+        asked = message["filter"]
+        # What it asked for (when, which events), narrowed to its own flow run; every other part of the filter
+        # (related or any resource, ids) is dropped rather than trusted.
+        narrowed = {key: asked[key] for key in ("occurred", "event", "order") if key in asked}
+        narrowed["resource"] = {"id": [own]}
+        async with self._upstream_events("/events/out") as upstream:
+            await upstream.send(json.dumps({"type": "filter", "filter": narrowed}))
+            pumping = asyncio.create_task(self._pump_own_events(upstream, websocket, own))
+            leaving = asyncio.create_task(websocket.receive())  # the run ends its subscription by closing
+            try:
+                await asyncio.wait({pumping, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (pumping, leaving):
+                    task.cancel()
+                    with suppress(asyncio.CancelledError, WebSocketDisconnect, WebSocketException, OSError,
+                                  RuntimeError):
+                        await task
+
+    @staticmethod
+    async def _pump_own_events(upstream: ClientConnection, websocket: WebSocket, own: str) -> None:
+        async for text in upstream:
+            try:
+                message = json.loads(text)
+                resource = message["event"]["resource"]["prefect.resource.id"]
+            except (ValueError, TypeError, KeyError):
+                continue
+            if resource == own:  # Prefect filtered already; checked again here, where the tenancy is Ariel's
+                await websocket.send_text(text if isinstance(text, str) else text.decode())
+
+    def _upstream_events(self, path: str = "/events/in") -> Any:
+        url = self.upstream_url.replace("https://", "wss://").replace("http://", "ws://") + path
         headers = {"Authorization": "Basic " + base64.b64encode(self._upstream_auth.encode()).decode()} \
             if self._upstream_auth else {}
         return _AuthenticatedEvents(connect(url, subprotocols=["prefect"], additional_headers=headers,  # type: ignore[list-item]

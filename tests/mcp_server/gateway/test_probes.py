@@ -23,7 +23,9 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -307,18 +309,57 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
     assert not {str(forged), str(smuggled)} & stored()
 
 
-def test_no_other_event_stream_is_open(stack: Stack) -> None:
-    """Subscribers (workers' and runs' cancellation observers) are refused, and then poll their runs, which the
-    gateway scopes: a subscription would carry every org's events."""
-    async def subscribe() -> None:
+def test_a_run_subscribes_to_its_own_events_only_and_a_worker_not_at_all(stack: Stack) -> None:
+    """Every flow run's suspension observer subscribes to /events/out: it gets its own flow run's events whatever
+    its filter asks, never another run's. A worker's subscription (its cancellation observer) would carry every
+    org's events: it is closed before any arrive, and the worker polls its runs, which the gateway scopes."""
+    marker = f"ariel.test.sub-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    # As Prefect's subscriber asks: from a minute ago (Prefect backfills at most its own limit) into the future.
+    occurred = {"since": (now - timedelta(minutes=1)).isoformat(), "until": (now + timedelta(days=1)).isoformat()}
+    control_auth = base64.b64decode(stack.control["Authorization"].removeprefix("Basic ")).decode()
+
+    def event(run: str) -> str:
+        return json.dumps({"id": str(uuid.uuid4()), "event": marker, "occurred": datetime.now(UTC).isoformat(),
+                           "resource": {"prefect.resource.id": f"prefect.flow-run.{run}"}, "related": [],
+                           "payload": {}})
+
+    async def emit(base: str, token: str, text: str) -> None:
+        async with websockets.connect(base.replace("http://", "ws://") + "/events/in",
+                                      subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+            await socket.send(json.dumps({"type": "auth", "token": token}))
+            assert json.loads(await socket.recv())["type"] == "auth_success"
+            await socket.send(text)
+            await asyncio.sleep(0.3)
+
+    async def subscribe(token: str, stop_after: int) -> list[dict[str, Any]]:
         url = stack.gateway.replace("http://", "ws://") + "/events/out"
         async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
-            await socket.send(json.dumps({"type": "auth", "token": f"worker:{stack.worker_key}"}))
-            await socket.recv()
+            await socket.send(json.dumps({"type": "auth", "token": token}))
+            if json.loads(await socket.recv())["type"] != "auth_success":
+                return []
+            # Asks for every run's events, B's by name: it gets its own only.
+            await socket.send(json.dumps({"type": "filter", "filter": {
+                "event": {"prefix": [marker]}, "occurred": occurred,
+                "any_resource": {"id": [f"prefect.flow-run.{stack.b_run}", f"prefect.flow-run.{stack.a_run}"]}}}))
+            received: list[dict[str, Any]] = []
+            # Its own first: once it arrives the subscription is live, and B's (sent by the control plane) would
+            # arrive the same way, were it let through.
+            for emitted, wait in ((emit(stack.gateway, f"run:{stack.run_token}", event(stack.a_run)), 20),
+                                  (emit(stack.prefect, control_auth, event(stack.b_run)), 5)):
+                await emitted
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        while len(received) < stop_after:
+                            received.append(json.loads(await socket.recv())["event"])
+            return received
 
-    # Refused at the handshake (HTTP 403), before anything could flow.
-    with pytest.raises(websockets.exceptions.InvalidStatus):
-        asyncio.run(subscribe())
+    got = asyncio.run(subscribe(f"run:{stack.run_token}", stop_after=2))
+    assert [e["resource"]["prefect.resource.id"] for e in got] == [f"prefect.flow-run.{stack.a_run}"], got
+
+    with pytest.raises(websockets.exceptions.ConnectionClosedError) as closed:
+        asyncio.run(subscribe(f"worker:{stack.worker_key}", stop_after=1))
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
 def test_the_raw_event_stream_refuses_a_client_without_the_control_planes_credential(stack: Stack) -> None:
