@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from contextlib import aclosing, suppress
 
@@ -45,6 +46,13 @@ ANSWER_CHANNEL = "ariel_oauth_answer"
 CLAIM_SECONDS = 3.0
 """How long a process that got a callback it does not hold waits for the one that does to say so."""
 LISTEN_AGAIN_SECONDS = 5.0
+MAX_RELAYS = 8
+"""Callbacks one process relays at once. Each holds a database connection for up to CLAIM_SECONDS, and the
+route is public: without a bound, anyone could use up the database's connections with made-up states."""
+# The MCP SDK makes each sign-in's state with secrets.token_urlsafe(32): 43 characters of that alphabet.
+_STATE = re.compile(r"[A-Za-z0-9_-]{43}")
+MAX_VALUE_CHARS = 2048
+"""A callback's code, iss or error longer than this is not relayed (a notification carries at most 8000 bytes)."""
 
 
 class _Callback(BaseModel):
@@ -70,6 +78,7 @@ class SignInRelay:
         self._store = store
         self._oauth = oauth
         self._answering: set[asyncio.Task[None]] = set()
+        self._relays = asyncio.Semaphore(MAX_RELAYS)
 
     async def complete(self, state: str, code: str | None, *, iss: str | None = None, error: str | None = None) -> str:
         """What `ToolOAuth.complete` answers, from whichever process holds the sign-in `state` names.
@@ -80,6 +89,15 @@ class SignInRelay:
         """
         if not state or self._oauth.holds(state) or not self._store.shares_notifications:
             return await self._oauth.complete(state, code, iss=iss, error=error)
+        too_long = any(value is not None and len(value) > MAX_VALUE_CHARS for value in (code, iss, error))
+        if not _STATE.fullmatch(state) or too_long:
+            raise SignInFailed(UNKNOWN_LINK)  # no sign-in of any process made it
+        if self._relays.locked():
+            raise SignInFailed("this app process is busy finding sign-ins; try the link again in a moment")
+        async with self._relays:
+            return await self._relay(state, code, iss, error)
+
+    async def _relay(self, state: str, code: str | None, iss: str | None, error: str | None) -> str:
         relay = secrets.token_urlsafe(16)
         answers: asyncio.Queue[_Answer] = asyncio.Queue()
         listening = asyncio.Event()
@@ -93,8 +111,14 @@ class SignInRelay:
             if not listening.is_set():
                 raise SignInFailed("this app process could not reach the others of the install to find the sign-in; "
                                    "try the link again in a moment")
-            await self._store.notify(CALLBACK_CHANNEL, _Callback(relay=relay, state=state, code=code, iss=iss,
-                                                                 error=error).model_dump_json())
+            try:
+                await self._store.notify(CALLBACK_CHANNEL, _Callback(relay=relay, state=state, code=code, iss=iss,
+                                                                     error=error).model_dump_json())
+            except Exception as exc:
+                log.warning("could not relay a sign-in callback to the other app processes (%s)",
+                            type(exc).__name__)
+                raise SignInFailed("this app process could not reach the others of the install to find the "
+                                   "sign-in; try the link again in a moment") from None
             try:
                 async with asyncio.timeout(CLAIM_SECONDS):
                     answer = await answers.get()
@@ -109,7 +133,8 @@ class SignInRelay:
                                        "Ariel for a new link") from None
         finally:
             hearing.cancel()
-            with suppress(asyncio.CancelledError):
+            # A listen that failed (the database went away) was said above as "could not reach"; not raised here.
+            with suppress(asyncio.CancelledError, Exception):
                 await hearing
         if not answer.ok:
             raise SignInFailed(answer.message)
@@ -143,6 +168,7 @@ class SignInRelay:
         finally:
             for task in list(self._answering):
                 task.cancel()
+            await asyncio.gather(*self._answering, return_exceptions=True)
 
     def _claim(self, payload: str) -> None:
         try:

@@ -8,6 +8,7 @@ on 127.0.0.1) sends the browser to B's callback route, which relays it over the 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -89,8 +90,10 @@ async def test_a_sign_in_begun_at_one_process_completes_through_anothers_callbac
 async def test_a_state_no_process_holds_is_an_unknown_link_and_a_refusal_is_relayed() -> None:
     async with protected_mcp() as (url, _auth), replicas() as apps, httpx.AsyncClient(trust_env=False,
                                                                                        timeout=30) as browser:
-        made_up = await browser.get(apps.callback_url, params={"state": "guess", "code": "x"})
-        assert made_up.status_code == 400 and "was used already, or has expired" in made_up.text
+        # One shaped like a real state is relayed, and nobody claims it; one that is not is never relayed.
+        for state in (secrets.token_urlsafe(32), "guess"):
+            made_up = await browser.get(apps.callback_url, params={"state": state, "code": "x"})
+            assert made_up.status_code == 400 and "was used already, or has expired" in made_up.text
 
         link = await apps.a.begin(ORG, SERVER, url, starter=ADA)
         state = httpx.URL(link).params["state"]
