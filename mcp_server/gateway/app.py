@@ -92,6 +92,9 @@ def run_environment(token: str) -> dict[str, str]:
     return {"PREFECT_API_KEY": token, "PREFECT_API_AUTH_STRING": f"run:{token}"}
 
 
+MAX_SUBSCRIPTIONS_PER_RUN = 2
+"""A flow run's suspension observer opens one; a reconnect may briefly overlap it."""
+
 class Gateway:
     """One gateway: its own upstream connections and caches (nothing shared between two)."""
 
@@ -116,6 +119,7 @@ class Gateway:
         self._wakeups = wakeups
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
+        self._subscriptions: dict[UUID, int] = {}  # run id → its open /events/out subscriptions
 
     def __repr__(self) -> str:
         return f"Gateway(upstream={self.upstream_url!r})"
@@ -364,11 +368,26 @@ class Gateway:
                 message.get("filter"), dict):
             await websocket.close(code=1008, reason="expected a filter")
             return
+        if isinstance(await self.ownership.live_attempt(run), NotLive):  # as the HTTP routes refuse a stale token
+            await websocket.close(code=1008, reason="this run's attempt is over")
+            return
+        if self._subscriptions.get(run.run_id, 0) >= MAX_SUBSCRIPTIONS_PER_RUN:
+            # Each holds an upstream stream and a backfill query at the shared Prefect server.
+            await websocket.close(code=1008, reason=f"at most {MAX_SUBSCRIPTIONS_PER_RUN} subscriptions per run")
+            return
+        self._subscriptions[run.run_id] = self._subscriptions.get(run.run_id, 0) + 1
+        try:
+            await self._subscribe_own(websocket, run, message["filter"])
+        finally:
+            self._subscriptions[run.run_id] -= 1
+            if not self._subscriptions[run.run_id]:
+                del self._subscriptions[run.run_id]
+
+    async def _subscribe_own(self, websocket: WebSocket, run: RunScope, asked: dict[str, Any]) -> None:
         own = f"prefect.flow-run.{run.run_id}"
-        asked = message["filter"]
         # What it asked for (when, which events), narrowed to its own flow run; every other part of the filter
         # (related or any resource, ids) is dropped rather than trusted.
-        narrowed = {key: asked[key] for key in ("occurred", "event", "order") if key in asked}
+        narrowed: dict[str, Any] = {key: asked[key] for key in ("occurred", "event", "order") if key in asked}
         narrowed["resource"] = {"id": [own]}
         async with self._upstream_events("/events/out") as upstream:
             await upstream.send(json.dumps({"type": "filter", "filter": narrowed}))

@@ -332,7 +332,7 @@ def test_a_run_subscribes_to_its_own_events_only_and_a_worker_not_at_all(stack: 
             await socket.send(text)
             await asyncio.sleep(0.3)
 
-    async def subscribe(token: str, stop_after: int) -> list[dict[str, Any]]:
+    async def subscribe(own: str, token: str, stop_after: int) -> list[dict[str, Any]]:
         url = stack.gateway.replace("http://", "ws://") + "/events/out"
         async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
             await socket.send(json.dumps({"type": "auth", "token": token}))
@@ -341,24 +341,39 @@ def test_a_run_subscribes_to_its_own_events_only_and_a_worker_not_at_all(stack: 
             # Asks for every run's events, B's by name: it gets its own only.
             await socket.send(json.dumps({"type": "filter", "filter": {
                 "event": {"prefix": [marker]}, "occurred": occurred,
-                "any_resource": {"id": [f"prefect.flow-run.{stack.b_run}", f"prefect.flow-run.{stack.a_run}"]}}}))
+                "any_resource": {"id": [f"prefect.flow-run.{stack.b_run}", f"prefect.flow-run.{own}"]}}}))
             received: list[dict[str, Any]] = []
             # Its own first: once it arrives the subscription is live, and B's (sent by the control plane) would
             # arrive the same way, were it let through.
-            for emitted, wait in ((emit(stack.gateway, f"run:{stack.run_token}", event(stack.a_run)), 20),
-                                  (emit(stack.prefect, control_auth, event(stack.b_run)), 5)):
-                await emitted
+            for sender, as_whom, run, wait in ((stack.gateway, token, own, 20),
+                                               (stack.prefect, control_auth, stack.b_run, 5)):
+                await emit(sender, as_whom, event(run))
                 with suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         while len(received) < stop_after:
                             received.append(json.loads(await socket.recv())["event"])
             return received
 
-    got = asyncio.run(subscribe(f"run:{stack.run_token}", stop_after=2))
-    assert [e["resource"]["prefect.resource.id"] for e in got] == [f"prefect.flow-run.{stack.a_run}"], got
+    # A run of A's that a worker has started (Pending: its container is starting), so its attempt is live.
+    live_run = asyncio.run(call(stack.up.base_url, ALICE, "run_agent", agent="alpha"))["id"]
+    live_token = hand_out(stack, live_run)
+    control_plane(stack, "POST", f"/flow_runs/{live_run}/set_state", {"state": {"type": "PENDING"}, "force": True})
+    try:
+        got = asyncio.run(subscribe(live_run, f"run:{live_token}", stop_after=2))
+        # Its attempt over (cancelled), the same token subscribes no more.
+        control_plane(stack, "POST", f"/flow_runs/{live_run}/set_state", {"state": {"type": "CANCELLED"},
+                                                                          "force": True})
+        with pytest.raises(websockets.exceptions.ConnectionClosedError) as over:
+            asyncio.run(subscribe(live_run, f"run:{live_token}", stop_after=1))
+    finally:
+        control_plane(stack, "POST", f"/flow_runs/{live_run}/set_state", {"state": {"type": "CANCELLED"},
+                                                                          "force": True})
+    assert [e["resource"]["prefect.resource.id"] for e in got] == [f"prefect.flow-run.{live_run}"], got
+    assert over.value.rcvd is not None and (over.value.rcvd.code, over.value.rcvd.reason) == (
+        1008, "this run's attempt is over")
 
     with pytest.raises(websockets.exceptions.ConnectionClosedError) as closed:
-        asyncio.run(subscribe(f"worker:{stack.worker_key}", stop_after=1))
+        asyncio.run(subscribe(stack.a_run, f"worker:{stack.worker_key}", stop_after=1))
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
@@ -373,6 +388,25 @@ def test_the_raw_event_stream_refuses_a_client_without_the_control_planes_creden
     for token in (None, f"worker:{stack.worker_key}", f"run:{stack.run_token}"):
         with pytest.raises(websockets.exceptions.ConnectionClosed):
             asyncio.run(subscribe(token))
+
+
+def hand_out(stack: Stack, run_id: str) -> str:
+    """As A's worker: poll A's pool until the gateway hands `run_id` over, minting its token; the token."""
+    for _ in range(30):
+        items = request(stack, stack.worker_key, "POST", f"/work_pools/{stack.a_pool}/get_scheduled_flow_runs",
+                        {}).json()
+        tokens = {item["flow_run"]["id"]: item["flow_run"]["job_variables"]["env"]["PREFECT_API_KEY"]
+                  for item in items}
+        if run_id in tokens:
+            return str(tokens[run_id])
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} was not handed out")
+
+
+def control_plane(stack: Stack, method: str, path: str, body: Any) -> None:
+    """A call straight to Prefect with the control plane's credential (what recovery, or a worker's start, does)."""
+    answer = httpx.request(method, stack.prefect + path, json=body, headers=stack.control, timeout=30)
+    assert answer.status_code < 300, answer.text
 
 
 def test_a_run_that_is_not_running_gets_no_key(stack: Stack) -> None:
@@ -400,20 +434,10 @@ def test_a_retry_outranks_an_earlier_attempt_that_never_ran_though_prefect_count
     run_id = asyncio.run(call(stack.up.base_url, ALICE, "run_agent", agent="alpha"))["id"]
 
     def handed_out() -> str:
-        # As A's worker: the gateway mints the token as it hands the run over.
-        for _ in range(30):
-            items = request(stack, stack.worker_key, "POST",
-                            f"/work_pools/{stack.a_pool}/get_scheduled_flow_runs", {}).json()
-            tokens = {item["flow_run"]["id"]: item["flow_run"]["job_variables"]["env"]["PREFECT_API_KEY"]
-                      for item in items}
-            if run_id in tokens:
-                return str(tokens[run_id])
-            time.sleep(1)
-        raise AssertionError(f"run {run_id} was not handed out")
+        return hand_out(stack, run_id)
 
     def raw(method: str, path: str, body: Any) -> None:
-        answer = httpx.request(method, stack.prefect + path, json=body, headers=stack.control, timeout=30)
-        assert answer.status_code < 300, answer.text
+        control_plane(stack, method, path, body)
 
     def context(token: str) -> httpx.Response:
         return httpx.get(stack.gateway.removesuffix("/api") + "/ariel/v1/run", headers=bearer(token), timeout=30)
