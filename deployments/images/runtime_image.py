@@ -337,15 +337,34 @@ def docker_available() -> bool:
 
 
 def image_present(tag: str) -> bool:
-    """Whether the Docker engine has an image named `tag`."""
+    """Whether the Docker engine has an image named `tag`; when it has not and the name says which registry holds
+    it (`registry.example.com/ariel-runtime:1.2`), pulled from there first. An unqualified name (`ariel-runtime:local`)
+    is never looked for on Docker Hub: a build of Ariel's is not there.
+
+    >>> _names_registry("registry.example.com/ariel-runtime:1.2"), _names_registry("127.0.0.1:5000/ariel:x")
+    (True, True)
+    >>> _names_registry("ariel-runtime:local"), _names_registry("acme/ariel-runtime:1.2")
+    (False, False)
+    """
     client = _docker()
     try:
         client.images.get(tag)
     except ImageNotFound:
-        return False
+        if not _names_registry(tag):
+            return False
+        try:
+            client.images.pull(tag)
+        except DockerException:  # no registry reachable, no such image there, or a local-only name
+            return False
+        return True
     finally:
         client.close()
     return True
+
+
+def _names_registry(reference: str) -> bool:
+    first, slash, _rest = reference.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
 
 
 def _docker() -> docker.DockerClient:

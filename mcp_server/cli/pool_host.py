@@ -67,9 +67,9 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
             except StartupFailed as exc:
                 raise WorkerFailed(str(exc)) from None
         elif not image_present(image):  # else every run would fail at its container's start, one by one
-            raise WorkerFailed(f"the runtime image {image} is not on this Docker engine, and ARIEL_BUILD_IMAGE is "
-                               "false: build it in a checkout of this release with `ariel build-image`, or load it "
-                               "(`docker save` there, `docker load` here)")
+            raise WorkerFailed(f"the runtime image {image} is not on this Docker engine (nor in a registry its name "
+                               "names), and ARIEL_BUILD_IMAGE is false: build it in a checkout of this release with "
+                               "`ariel build-image`, or load it (`docker save` there, `docker load` here)")
     # The protected endpoints a process pool's runs get: the app, under its name here and loopback's.
     here = settings.model_copy(update={"host": address.hostname or "127.0.0.1",
                                        "port": address.port or (443 if address.scheme == "https" else 80)})

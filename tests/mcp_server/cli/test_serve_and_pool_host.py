@@ -83,9 +83,9 @@ def test_a_pool_host_that_may_not_build_refuses_a_runtime_image_the_engine_lacks
         refused = ariel("pool-host", "--server", url, ARIEL_HOME=str(tmp_path / "host"), ARIEL_POOL_HOST_KEY=key,
                         ARIEL_BUILD_IMAGE="false")
     assert (refused.returncode, last_line(refused.stderr)) == (1, (
-        f"ariel pool-host: the runtime image {missing} is not on this Docker engine, and ARIEL_BUILD_IMAGE is false: "
-        "build it in a checkout of this release with `ariel build-image`, or load it (`docker save` there, "
-        "`docker load` here)"))
+        f"ariel pool-host: the runtime image {missing} is not on this Docker engine (nor in a registry its name "
+        "names), and ARIEL_BUILD_IMAGE is false: build it in a checkout of this release with `ariel build-image`, or "
+        "load it (`docker save` there, `docker load` here)"))
 
 
 def test_the_printed_http_config_carries_the_bearer_header_where_the_mode_checks_keys(tmp_path: Path) -> None:
