@@ -221,7 +221,7 @@ async def test_compose_core_profile_runs_an_agent_and_down_leaves_nothing(tmp_pa
         assert "Traceback" not in pool_host_log and "FlowRunSuspendingObserver" not in pool_host_log, pool_host_log
         assert '"Authorization": "Bearer <an API key' in printed, printed[-3000:]
         for name in ("POSTGRES_PASSWORD", "ARIEL_STORE_PASSWORD", "PREFECT_DB_PASSWORD", "ARIEL_POOL_HOST_KEY",
-                     "ARIEL_RUN_TOKEN_KEY", "ARIEL_KEK"):
+                     "ARIEL_RUN_TOKEN_KEY", "ARIEL_KEK", "ARIEL_CONFIG_SIGNING_KEY"):
             assert values[name] not in printed, f"{name} was printed"
         assert values["ARIEL_PREFECT_AUTH_STRING"].split(":")[1] not in printed
         assert key not in printed

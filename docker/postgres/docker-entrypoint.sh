@@ -4,6 +4,14 @@
 # *.sh and *.sql against a server that listens on its socket only, then start PostgreSQL for real.
 set -Eeuo pipefail
 
+# Written once the init scripts have all succeeded: a cluster without it had its first start cut short (a
+# failed script, a kill), and would otherwise come up on every restart without its roles.
+initialized="$PGDATA/.ariel-initialized"
+if [ "${1:-}" = "postgres" ] && [ -s "$PGDATA/PG_VERSION" ] && [ ! -e "$initialized" ]; then
+    echo "$0: $PGDATA holds a cluster whose first start did not finish (an init script failed or was stopped," \
+        "see the lines before this); remove the volume (docker-compose ... down -v) and start again" >&2
+    exit 1
+fi
 if [ "${1:-}" = "postgres" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     : "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD: the password of the superuser of the cluster}"
     export POSTGRES_USER="${POSTGRES_USER:-postgres}" POSTGRES_DB="${POSTGRES_DB:-${POSTGRES_USER:-postgres}}"
@@ -22,6 +30,7 @@ if [ "${1:-}" = "postgres" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
     done
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
     unset PGHOST
+    touch "$initialized"
     echo "$0: PostgreSQL is initialized"
 fi
 exec "$@"
