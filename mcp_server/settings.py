@@ -228,6 +228,33 @@ class ArielSettings(BaseSettings):
         "`home`/keys/config-signing.pem, made (0600, folder 0700) on first use. Runs get only its public key.",
     )
 
+    # NoDecode: a comma-separated list, as the runtime reads the same variable (flows.network.guard).
+    protected_endpoints: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Extra `host:port` entries, comma-separated, that agents may never connect to: refused in their "
+        "allowed_hosts, and handed to every run (a Docker pool's job template, a process pool's worker host).",
+        examples=["127.0.0.1:5432,db.internal:5432"],
+    )
+
+    @field_validator("protected_endpoints", mode="before")
+    @classmethod
+    def _parse_protected_endpoints(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            entries = [part.strip() for part in value.split(",")]
+        elif isinstance(value, (list, tuple)):
+            entries = [str(part).strip() for part in value]
+        else:
+            raise ValueError("ARIEL_PROTECTED_ENDPOINTS: expected host:port entries, comma-separated")
+        for entry in filter(None, entries):
+            address = urlsplit(f"//{entry}")
+            try:
+                port = address.port
+            except ValueError:
+                port = None
+            if not address.hostname or not port:
+                raise ValueError(f"ARIEL_PROTECTED_ENDPOINTS: {entry!r} is not host:port (e.g. 127.0.0.1:5432)")
+        return tuple(filter(None, entries))
+
     @field_validator("config_signing_key")
     @classmethod
     def _readable_signing_key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -226,6 +226,14 @@ async def test_compose_core_profile_runs_an_agent_and_down_leaves_nothing(tmp_pa
         assert values["ARIEL_PREFECT_AUTH_STRING"].split(":")[1] not in printed
         assert key not in printed
 
+        # Runs share the host's network with PostgreSQL: the pool's job template tells them to refuse its port.
+        operator, password = values["ARIEL_PREFECT_AUTH_STRING"].split(":")
+        pool_template = httpx.get(f"http://127.0.0.1:{values['ARIEL_PREFECT_PORT']}/api/work_pools/"
+                                  f"{created['work_pool']}", auth=(operator, password),
+                                  timeout=30).json()["base_job_template"]
+        protected = pool_template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"].split(",")
+        assert f"127.0.0.1:{values['ARIEL_POSTGRES_PORT']}" in protected, protected
+
         down = run("down", "--volumes", timeout=120)
         assert down.returncode == 0, down.stderr
         project_label = f"com.docker.compose.project={project}"

@@ -10,7 +10,8 @@ Example:
     Traceback (most recent call last):
     ...
     mcp_server.services.exceptions.InvalidRequest: the agent was not created: allowed_hosts: '127.0.0.1:4200' \
-is Ariel's own control plane, which agents may not call
+is Ariel's own control plane or a service the operator protects (ARIEL_PROTECTED_ENDPOINTS), which agents may \
+not call
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from urllib.parse import urlsplit
 from deployments.agents.spec import AgentSpec, base_url_problem
 from deployments.exceptions import SpecInvalid
 from mcp_server.services.exceptions import InvalidRequest
+
+PROTECTED = ("Ariel's own control plane or a service the operator protects (ARIEL_PROTECTED_ENDPOINTS), which "
+             "agents may not call")
 
 
 def parse_spec(data: dict[str, Any], not_done: str, protected_hosts: tuple[str, ...]) -> AgentSpec:
@@ -38,7 +42,7 @@ def parse_spec(data: dict[str, Any], not_done: str, protected_hosts: tuple[str, 
         name, _, port = host.partition(":")
         if host in protected_hosts:
             raise InvalidRequest(
-                f"{not_done}: allowed_hosts: {host!r} is Ariel's own control plane, which agents may not call"
+                f"{not_done}: allowed_hosts: {host!r} is {PROTECTED}"
             )
         if not port and (name in ("localhost", "::1") or name.startswith("127.")):
             raise InvalidRequest(
@@ -54,5 +58,5 @@ def _check_api_base(api_base: str, not_done: str, protected_hosts: tuple[str, ..
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if f"{parts.hostname}:{port}" in protected_hosts:
         raise InvalidRequest(
-            f"{not_done}: api_base: {parts.hostname}:{port} is Ariel's own control plane, which agents may not call"
+            f"{not_done}: api_base: {parts.hostname}:{port} is {PROTECTED}"
         )

@@ -49,7 +49,9 @@ class Services:
 async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> AsyncIterator[Services]:
     store = await Store.open(settings.resolved_store_url)
     try:
-        protected_hosts = control_plane_hosts(settings.host, settings.port, prefect_api_url)
+        # The operator's first (the store's database, say), then the control plane's own services.
+        protected_hosts = tuple(dict.fromkeys(
+            [*settings.protected_endpoints, *control_plane_hosts(settings.host, settings.port, prefect_api_url)]))
         agents = AgentService(
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
             protected_hosts=protected_hosts,

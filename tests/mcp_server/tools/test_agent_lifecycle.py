@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,9 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolUpdate
 
 from deployments.runs.cursors import encode_cursor, fingerprint
+from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
+from tests.support import serve_app
 
 OWNER = "dev:olga:lifecycle:owner"
 MEMBER = "dev:mo:lifecycle:member"
@@ -233,3 +236,21 @@ async def test_an_agent_may_not_name_the_control_plane_as_a_host_or_model_base_u
         spec = {k: v for k, v in hello("Snoop", **fields).items() if v is not None}
         assert why in await refused(url, OWNER, "create_agent", **spec)
     assert await call(url, OWNER, "list_agents") == []
+
+
+async def test_a_service_the_operator_protects_is_refused_to_agents_and_handed_to_every_run(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    # As the compose install protects its PostgreSQL: a port on the host's network that runs could otherwise reach.
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = ArielSettings(home=home, auth_mode="dev", protected_endpoints="127.0.0.1:5433")
+    with serve_app(settings, prefect_api, pool_type="docker") as app:
+        why = await refused(app, OWNER, "create_agent", **hello("Snoop", tools=["http_request"],
+                                                                 allowed_hosts=["127.0.0.1:5433"]))
+        agent = await call(app, OWNER, "create_agent", **hello())
+    assert "allowed_hosts: '127.0.0.1:5433' is Ariel's own control plane or a service the operator protects" in why
+    async with PrefectClient(prefect_api) as prefect:
+        pool = await prefect.read_work_pool(agent["work_pool"])
+    protected = pool.base_job_template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"].split(",")
+    assert protected[0] == "127.0.0.1:5433" and f"127.0.0.1:{urlsplit(prefect_api).port}" in protected
