@@ -181,10 +181,16 @@ def _ariel_env_fixed(template: dict[str, Any]) -> dict[str, Any]:
 
 
 async def ensure_pool(
-    client: PrefectClient, name: str, pool_type: PoolType, template: dict[str, Any], org_id: str
+    client: PrefectClient, name: str, pool_type: PoolType, template: dict[str, Any], org_id: str,
+    org_label: str | None = None,
 ) -> WorkPool:
-    """Create the pool, or bring an existing one's template up to date. Idempotent."""
-    description = f"Ariel agents of organization {org_id} ({org_tag(org_id)})"
+    """Create the pool, or bring an existing one's template and description up to date. Idempotent.
+
+    `org_label` (the org's name and slug) heads the description operators read in the Prefect UI, beside the
+    pool's hex name; the org's tag stays the one that counts.
+    """
+    description = (f"Ariel agents of {org_label} ({org_tag(org_id)})" if org_label
+                   else f"Ariel agents of organization {org_id} ({org_tag(org_id)})")
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:

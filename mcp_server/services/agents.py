@@ -136,7 +136,8 @@ class AgentService:
             if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key)
         )
         async with self.prefect() as client:
-            await ensure_pool(client, name, pool_type, template, caller.org_id)
+            await ensure_pool(client, name, pool_type, template, caller.org_id,
+                              org_label=f"{caller.org_name} ({caller.org_slug})")
         return name
 
     async def remove_org(self, caller: Caller) -> None:

@@ -254,3 +254,5 @@ async def test_a_service_the_operator_protects_is_refused_to_agents_and_handed_t
         pool = await prefect.read_work_pool(agent["work_pool"])
     protected = pool.base_job_template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"].split(",")
     assert protected[0] == "127.0.0.1:5433" and f"127.0.0.1:{urlsplit(prefect_api).port}" in protected
+    # What an operator reads beside the pool's hex name in the Prefect UI: whose pool it is.
+    assert pool.description is not None and pool.description.startswith("Ariel agents of lifecycle (lifecycle) (org:")
