@@ -7,6 +7,7 @@ import base64
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
@@ -393,8 +394,10 @@ class Gateway:
             await upstream.send(json.dumps({"type": "filter", "filter": narrowed}))
             pumping = asyncio.create_task(self._pump_own_events(upstream, websocket, own))
             leaving = asyncio.create_task(websocket.receive())  # the run ends its subscription by closing
+            # Not past the token's own end: a subscription is no credential that outlives it.
+            left = None if run.expires_at is None else max(0.0, run.expires_at - time.time())
             try:
-                await asyncio.wait({pumping, leaving}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({pumping, leaving}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in (pumping, leaving):
                     task.cancel()

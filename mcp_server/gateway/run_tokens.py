@@ -68,6 +68,6 @@ class RunTokens:
             attempt = claims.get("att")
             return RunScope(run_id=UUID(str(claims["sub"])), org_id=str(claims["org"]),
                             attempt=int(attempt) if attempt is not None else None,
-                            generation=int(claims.get("gen", FIRST_ATTEMPT)))
+                            generation=int(claims.get("gen", FIRST_ATTEMPT)), expires_at=float(claims["exp"]))
         except (jwt.InvalidTokenError, ValueError, TypeError):
             return None

@@ -69,6 +69,7 @@ class RunScope:
     # A token minted before attempts were numbered counts as the first: recovery numbers the retries it schedules
     # from 2 on, so any label is ahead of such a token, and none is set until a retry is due.
     generation: int = FIRST_ATTEMPT
+    expires_at: float | None = None  # the token's `exp`: what the token opened (an event subscription) ends then
 
     def is_stale(self, state: str | None, run_count: int, generation: int = FIRST_ATTEMPT) -> bool:
         """Whether a later attempt than this token's has begun: numbered, counted already, or set up to start."""
