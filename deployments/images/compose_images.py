@@ -36,6 +36,7 @@ from deployments.images.runtime_image import (
     _docker,
     _link_or_copy,
     _remove_replaced,
+    base_image_id,
     build_context,
     download_wheels,
     need_source_tree,
@@ -85,7 +86,7 @@ class ComposeImages:
         need_source_tree(self.root, self.app_tag)
         client = _docker()
         try:
-            base_id = self._base_id(client)
+            base_id = base_image_id(client, self.base_image)
             built = []
             if self._ensure(client, self.postgres_tag, self._postgres_hash(base_id), self._build_postgres, progress):
                 built.append(self.postgres_tag)
@@ -94,17 +95,6 @@ class ComposeImages:
             return built
         finally:
             client.close()
-
-    def _base_id(self, client: docker.DockerClient) -> str:
-        try:
-            base_id = client.images.get(self.base_image).id
-        except ImageNotFound:
-            raise ImageBuildFailed(
-                f"base image {self.base_image!r} is not present; build it with docker/build-base-image.sh "
-                "or set ARIEL_RUNTIME_BASE_IMAGE to an image you have"
-            ) from None
-        assert base_id is not None  # an image the engine returns always carries its Id
-        return base_id
 
     def _postgres_hash(self, base_id: str) -> str:
         return _hash(base_id, self.root, _files(self.root, ["docker/postgres"]))
@@ -167,7 +157,7 @@ class ComposeImages:
 
     def _dependency_wheels(self, client: docker.DockerClient, ariel: Path, progress: Progress) -> Path:
         """Ariel's dependencies' wheels for the base's Python, cached by what decides them (not by the code)."""
-        base_id = self._base_id(client)
+        base_id = base_image_id(client, self.base_image)
         pyproject, constraints = self.root / "pyproject.toml", self.root / "constraints.txt"
         key = hashlib.sha256(base_id.encode() + pyproject.read_bytes() + constraints.read_bytes()).hexdigest()[:16]
         folder = self.wheel_cache / f"app-{key}"

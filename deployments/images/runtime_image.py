@@ -107,14 +107,7 @@ class RuntimeImageBuilder:
 
     def _ensure(self, client: docker.DockerClient, progress: Progress) -> bool:
         need_source_tree(self.root, self.tag)
-        try:
-            base_id = client.images.get(self.base_image).id
-        except ImageNotFound:
-            raise ImageBuildFailed(
-                f"base image {self.base_image!r} is not present; build it with docker/build-base-image.sh "
-                "or set ARIEL_RUNTIME_BASE_IMAGE to an image you have"
-            ) from None
-        assert base_id is not None  # an image the engine returns always carries its Id
+        base_id = base_image_id(client, self.base_image)
         wanted = self.code_hash(base_id)
         try:
             replaced = client.images.get(self.tag)
@@ -207,6 +200,19 @@ class RuntimeImageBuilder:
                     self.root / directory, context / directory, ignore=shutil.ignore_patterns("__pycache__")
                 )
             build_context(client, context, self.tag, {"BASE_IMAGE": self.base_image}, code_hash, progress)
+
+
+def base_image_id(client: docker.DockerClient, base_image: str) -> str:
+    """The id of the base image every Ariel image builds on; refused, with what to do, when the engine lacks it."""
+    try:
+        base_id = client.images.get(base_image).id
+    except ImageNotFound:
+        raise ImageBuildFailed(
+            f"base image {base_image!r} is not present; build it with docker/build-base-image.sh "
+            "or set ARIEL_RUNTIME_BASE_IMAGE to an image you have"
+        ) from None
+    assert base_id is not None  # an image the engine returns always carries its Id
+    return base_id
 
 
 def need_source_tree(root: Path, tag: str) -> None:
