@@ -131,7 +131,18 @@ def request(stack: Stack, credential: str | None, method: str, path: str, body: 
             raw: bool = False) -> httpx.Response:
     url = (stack.prefect if raw else stack.gateway) + path
     headers = bearer(credential) if credential else {}
-    return httpx.request(method, url, json=body, headers=headers, timeout=30)
+    return send(method, url, body, headers)
+
+
+def send(method: str, url: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+    """One request, sent again while Prefect answers 503: it does so when its SQLite database is busy, and Prefect's
+    own client, which workers and recovery use, retries those answers too."""
+    for _ in range(5):
+        answer = httpx.request(method, url, json=body, headers=headers, timeout=30)
+        if answer.status_code != 503:
+            return answer
+        time.sleep(1)
+    return answer
 
 
 def probes(s: Stack) -> list[tuple[str, str, Any]]:
@@ -405,7 +416,7 @@ def hand_out(stack: Stack, run_id: str) -> str:
 
 def control_plane(stack: Stack, method: str, path: str, body: Any) -> None:
     """A call straight to Prefect with the control plane's credential (what recovery, or a worker's start, does)."""
-    answer = httpx.request(method, stack.prefect + path, json=body, headers=stack.control, timeout=30)
+    answer = send(method, stack.prefect + path, body, stack.control)
     assert answer.status_code < 300, answer.text
 
 
