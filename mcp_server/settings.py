@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -21,6 +21,9 @@ from deployments.images.stdio_catalog import DEFAULT_CATALOG, EVERYTHING_VERSION
 from deployments.pools.limits import DEFAULT_MEMORY_LIMIT
 from mcp_server.keyfiles import secret_file
 
+if TYPE_CHECKING:
+    from blocks.object_store import ObjectStore
+
 AuthMode = Literal["none", "dev", "api_key", "oidc"]
 Profile = Literal["desktop", "dev", "saas", "hybrid", "onprem"]
 # Profiles where a request may be trusted without a checked credential.
@@ -29,6 +32,8 @@ TRUSTING_PROFILES = ("desktop", "dev")
 # Where the HTTP app serves the Prefect gateway (its Prefect API is this plus /api). Here, not in the gateway's
 # package: `ariel pool-host` and `ariel worker` name it without importing the control plane.
 GATEWAY_PATH = "/prefect"
+# S3's rules for a bucket's name, which MinIO keeps too.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
@@ -350,6 +355,53 @@ class ArielSettings(BaseSettings):
         description="The key run tokens are signed with; every app process of one install needs the same. "
         "When unset, the one kept in `home`/keys/run-token-key (made on first use).",
     )
+    object_store_url: str | None = Field(
+        default=None,
+        description="An S3-compatible bucket (MinIO, AWS S3) for run transcripts, as `http(s)://host:port/bucket`; "
+        "every app process of one install needs the same. When unset, the folder `object_store_folder`.",
+        examples=["https://minio.internal:9000/ariel", "http://127.0.0.1:9000/ariel"],
+    )
+    object_store_access_key: str | None = Field(default=None, description="The bucket's access key id.")
+    object_store_secret_key: SecretStr | None = Field(default=None, description="The bucket's secret access key.")
+    object_store_region: str | None = Field(default=None, description="The bucket's region, where the server "
+                                            "asks for one (AWS S3).", examples=["eu-central-1"])
+    object_store_folder: Path | None = Field(
+        default=None, description="Without a bucket: the folder run transcripts are kept in; default `home`/objects.")
+
+    @field_validator("object_store_url", mode="after")
+    @classmethod
+    def _bucket_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        bucket = parts.path.strip("/")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+            raise ValueError(f"the object store URL is http(s)://host[:port]/bucket, with its keys in "
+                             f"ARIEL_OBJECT_STORE_ACCESS_KEY and _SECRET_KEY, not in the URL: {_shown(value)!r}")
+        if not _BUCKET.match(bucket):
+            raise ValueError(f"the object store URL names bucket {bucket!r}: a bucket name is 3 to 63 lower-case "
+                             "letters, digits, dots and hyphens, starting and ending with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket_has_keys(self) -> ArielSettings:
+        if self.object_store_url and not (self.object_store_access_key and self.object_store_secret_key):
+            raise ValueError("ARIEL_OBJECT_STORE_URL needs ARIEL_OBJECT_STORE_ACCESS_KEY and "
+                             "ARIEL_OBJECT_STORE_SECRET_KEY")
+        return self
+
+    def object_store(self) -> ObjectStore:
+        """Where run transcripts are kept: the bucket when one is set, else the folder."""
+        # Here, not above: `ariel --help` imports these settings, and a Block imports much of Prefect.
+        from blocks.object_store import LocalObjectStore, S3ObjectStore
+
+        if not self.object_store_url:
+            return LocalObjectStore(folder=str(self.object_store_folder or self.home / "objects"))
+        parts = urlsplit(self.object_store_url)
+        assert self.object_store_secret_key is not None and self.object_store_access_key is not None  # validated
+        return S3ObjectStore(endpoint=parts.netloc, bucket=parts.path.strip("/"),
+                             access_key=self.object_store_access_key, secret_key=self.object_store_secret_key,
+                             secure=parts.scheme == "https", region=self.object_store_region)
 
     @property
     def stdio_folder(self) -> Path:
@@ -430,6 +482,12 @@ class ArielSettings(BaseSettings):
     @property
     def mcp_url(self) -> str:
         return f"http://{self.host}:{self.port}/mcp"
+
+
+def _shown(url: str) -> str:
+    """`url` without a password it may carry, for an error message."""
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
 
 
 def _new_auth_string() -> bytes:

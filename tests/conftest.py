@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from deployments.images.runtime_image import docker_available
-from tests.support import http_service, need, prefect_server
+from tests.support import S3Server, http_service, need, prefect_server, s3_server
 
 # Suites make hundreds of calls against one app; the rate limits have their own tests (test_rate_limits).
 os.environ.setdefault("ARIEL_RATE_LIMIT_PER_MINUTE", "0")
@@ -110,6 +110,13 @@ def _check_slow_calls_exist() -> None:
         module = sys.modules.get(module_name)
         if module is not None and not hasattr(module, attribute):
             raise pytest.UsageError(f"tests/conftest.py's SLOW_CALLS names {name!r}, which no longer exists")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server on loopback for the whole session; each test takes a bucket of its own."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

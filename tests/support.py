@@ -115,6 +115,39 @@ def prefect_server(home: Path, extra_env: dict[str, str] | None = None) -> Itera
         log.close()
 
 
+@dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server on loopback: where to reach it, and the keys it takes (any, for moto)."""
+
+    endpoint: str  # host:port
+    access_key: str = "ariel-test-access"
+    secret_key: str = "ariel-test-secret-9f8e7d6c"
+
+    def settings(self, bucket: str) -> dict[str, str]:
+        """Ariel's settings (as environment variables) for `bucket` on this server."""
+        return {"ARIEL_OBJECT_STORE_URL": f"http://{self.endpoint}/{bucket}",
+                "ARIEL_OBJECT_STORE_ACCESS_KEY": self.access_key, "ARIEL_OBJECT_STORE_SECRET_KEY": self.secret_key}
+
+
+@contextmanager
+def s3_server(home: Path) -> Iterator[S3Server]:
+    """moto's S3 server (real S3 over HTTP, from PyPI: MinIO's server cannot be installed here) on a free loopback
+    port."""
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "s3-server.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/moto-api/") or process.poll() is not None, 60,
+                   "the S3 server")
+        assert process.poll() is None, (home / "s3-server.log").read_text()[-3000:]
+        yield S3Server(f"127.0.0.1:{port}")
+    finally:
+        stop_process(process)
+        log.close()
+
+
 STOP_SECONDS = 10.0  # the spec: every process Ariel starts stops within 10 s of SIGINT or SIGTERM
 
 

@@ -15,8 +15,9 @@ def for_people(exc: BaseException) -> bool:
 
     Imported here, not at the top: each module is loaded already when its error was raised.
     """
+    from blocks.object_store import ObjectStoreError
     from deployments.exceptions import DeploymentError
     from mcp_server.services.exceptions import ArielError
     from mcp_server.store import StoreError
 
-    return isinstance(exc, StartupFailed | ArielError | DeploymentError | StoreError)
+    return isinstance(exc, StartupFailed | ArielError | DeploymentError | StoreError | ObjectStoreError)
