@@ -49,7 +49,7 @@ from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, prot
 from flows.signing import verify_from_environment
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.registry import ToolContext
-from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor
+from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor, TranscriptKeeper
 
 if TYPE_CHECKING:
     from flows.mcp.client import McpToolbox
@@ -190,7 +190,7 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
             f"version {config.version} of agent {config.name!r} awaits approval of its manifest, so it does not run; "
             "an admin approves it (update_agent action=approve), then run it again"
         )
-    recorder = Recorder(config.model, Redactor(_environment_secrets()))
+    recorder = Recorder(config.model, Redactor(_environment_secrets()), keeper=TranscriptKeeper.for_this_run())
     try:
         # A hard limit: also covers retries and their delays, which Prefect times per attempt.
         async with asyncio.timeout(config.limits.timeout_seconds):

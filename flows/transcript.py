@@ -1,12 +1,19 @@
-"""A run's transcript and usage, recorded as the run executes and published as Prefect artifacts.
+"""A run's transcript and usage, recorded as the run executes: kept by Ariel, summed up in Prefect artifacts.
 
-The transcript is one entry per LLM call and per tool call, in order. After
-each entry the whole transcript so far is published again as a new version of
-the run's `transcript` table artifact, so a run that crashes keeps every step it
-finished, and a step that fails is recorded with its error before the error
-fails the run. The `usage` artifact (tokens, calls, cost, duration) is published
-when the run ends, whether it replied or failed. Readers take the newest
-version of each for the flow run (`deployments.runs.artifacts.read_transcript`, `read_usage`).
+The transcript is one entry per LLM call and per tool call, in order. Each
+entry is sent as soon as the call returns (or fails: then with its error,
+before the error fails the run) to Ariel's gateway, which keeps it whole and
+sealed with the org's data key in the object store
+(`mcp_server.services.transcripts`): a run that crashes keeps every step it
+recorded, and step N costs one entry, not the whole transcript again. When the
+run ends, its `transcript` artifact is a summary (calls, timings, errors, no
+content) with a link to the whole transcript, which only people of the org
+can follow. The `usage` artifact (tokens, calls, cost, duration) is published
+when the run ends too, whether it replied or failed.
+
+A run without Ariel's gateway (no run token, or an older control plane)
+publishes the whole transcript so far as a table artifact after each entry,
+with long texts cut (`deployments.runs.artifacts.read_transcript` reads it).
 
 Secrets never reach either: the run's provider key, keys found in the
 environment and anything shaped like a credential are replaced by `[redacted]`.
@@ -28,9 +35,9 @@ import functools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -43,9 +50,17 @@ RESULT_ARTIFACT_KEY = "agent-result"
 TRANSCRIPT_ARTIFACT_KEY = "transcript"
 USAGE_ARTIFACT_KEY = "usage"
 REDACTED = "[redacted]"
-# A tool may fetch a whole page; the transcript keeps its beginning. Each published
+TRANSCRIPT_ROUTE = "/ariel/v1/transcript"  # the gateway's; mcp_server.gateway.transcript
+# A tool may fetch a whole page; an artifact table keeps its beginning. Each published
 # version holds every entry so far, so unbounded texts would grow it quadratically.
 MAX_TEXT = 10_000
+# Kept by Ariel, one entry at a time: a text this long is kept whole (tool results reach the model cut far shorter).
+MAX_KEPT_TEXT = 200_000
+# One entry as the gateway takes it: room for a few texts of MAX_KEPT_TEXT; a bigger one is cut to MAX_TEXT first.
+MAX_ENTRY_BYTES = 2 * 1024 * 1024
+KEEP_PAUSES = (0.5, 1.0, 2.0)  # a write the gateway did not take is tried again after these
+KEEP_SECONDS = 5.0  # each try; all of them, pauses included, stay under 25 s: a run being stopped waits for them
+SUMMARY_ROWS = 50
 # Long enough not to be a common word or number.
 _MIN_SECRET = 8
 
@@ -279,10 +294,10 @@ class TranscriptEntry(BaseModel):
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Self:
         decoded = dict(row)
-        for field in ("input", "output"):
-            if isinstance(decoded.get(field), str):
+        for name in ("input", "output"):
+            if isinstance(decoded.get(name), str):
                 with suppress(ValueError):  # not JSON: kept as the text it is
-                    decoded[field] = json.loads(decoded[field])
+                    decoded[name] = json.loads(decoded[name])
         return cls.model_validate(decoded)
 
 
@@ -311,12 +326,16 @@ class Outcome:
 
 
 class Recorder:
-    """Records a run's transcript and usage and publishes them as artifacts; one per run."""
+    """Records a run's transcript and usage: entries kept through `keeper`, else published as artifacts; one per run.
 
-    def __init__(self, model: str, redactor: Redactor | None = None) -> None:
+    `keeper`: Ariel's gateway for this run (`TranscriptKeeper.for_this_run()`); None publishes tables as before.
+    """
+
+    def __init__(self, model: str, redactor: Redactor | None = None, keeper: TranscriptKeeper | None = None) -> None:
         self.model = model
         self.redactor = redactor or Redactor()
         self.entries: list[TranscriptEntry] = []
+        self.keeper = keeper
         self._started = time.monotonic()
 
     @asynccontextmanager
@@ -347,8 +366,8 @@ class Recorder:
                     task_run_name=task_run_name,
                     started_at=started_at,
                     duration_ms=round((time.monotonic() - started) * 1000),
-                    input=self._clean(input),
-                    output=self._clean(outcome.output),
+                    input=self._clean(input, self._text_limit),
+                    output=self._clean(outcome.output, self._text_limit),
                     prompt_tokens=outcome.prompt_tokens,
                     completion_tokens=outcome.completion_tokens,
                     error=self.redactor.text(error) if error else None,
@@ -358,11 +377,7 @@ class Recorder:
                     replayed=outcome.replayed,
                 )
             )
-            await self._publish(
-                TRANSCRIPT_ARTIFACT_KEY,
-                [e.to_row() for e in self.entries],
-                f"LLM and tool calls of this run, in order, secrets redacted ({len(self.entries)} so far).",
-            )
+            await self._record(self.entries[-1])
 
     def usage(self) -> Usage:
         llm = [entry for entry in self.entries if entry.kind == "llm"]
@@ -378,25 +393,135 @@ class Recorder:
         )
 
     async def publish_usage(self) -> Usage:
+        """Publish what the run used, and the transcript's summary when Ariel keeps the transcript itself."""
         usage = self.usage()
         await self._publish(
             USAGE_ARTIFACT_KEY, [usage.model_dump(mode="json")], "Tokens, calls, cost and duration of this run."
         )
+        if self.keeper is not None and self.keeper.link is not None:
+            await self._publish_markdown(TRANSCRIPT_ARTIFACT_KEY, summary(self.entries, usage, self.keeper.link),
+                                         "What this run called, in order; Ariel keeps the whole transcript.")
         return usage
 
-    def _clean(self, value: Any) -> Any:
+    @property
+    def _text_limit(self) -> int:
+        return MAX_KEPT_TEXT if self.keeper is not None else MAX_TEXT
+
+    def _clean(self, value: Any, limit: int = MAX_TEXT) -> Any:
         # Through JSON first: what the artifact can hold, whatever objects a provider's message carried.
-        return shorten(self.redactor.redact(json.loads(json.dumps(value, default=str))))
+        return shorten(self.redactor.redact(json.loads(json.dumps(value, default=str))), limit)
+
+    async def _record(self, entry: TranscriptEntry) -> None:
+        if self.keeper is not None:
+            if len(entry.model_dump_json()) > MAX_ENTRY_BYTES:  # a few texts of MAX_KEPT_TEXT: cut them as a table does
+                entry = entry.model_copy(update={"input": shorten(entry.input), "output": shorten(entry.output)})
+            kept = await self.keeper.keep(entry)
+            if kept != "no_route":
+                return
+            # A gateway that keeps no transcripts (an older control plane): tables, as before, from now on.
+            self.keeper = None
+        await self._publish(
+            TRANSCRIPT_ARTIFACT_KEY,
+            [e.model_copy(update={"input": shorten(e.input), "output": shorten(e.output)}).to_row()
+             for e in self.entries],
+            f"LLM and tool calls of this run, in order, secrets redacted ({len(self.entries)} so far).",
+        )
 
     async def _publish(self, key: str, table: list[dict[str, Any]], description: str) -> None:
-        from prefect import get_run_logger
         from prefect.artifacts import acreate_table_artifact
 
-        try:
-            # Bounded: this may run while the run is being stopped, and must not keep it alive.
-            await asyncio.wait_for(acreate_table_artifact(key=key, table=table, description=description), 30)
-        except Exception as exc:  # noqa: BLE001 - a record is worth less than the run it records
-            get_run_logger().warning("Could not publish the %s artifact: %s: %s", key, type(exc).__name__, exc)
+        await _bounded(key, acreate_table_artifact(key=key, table=table, description=description))
+
+    async def _publish_markdown(self, key: str, markdown: str, description: str) -> None:
+        from prefect.artifacts import acreate_markdown_artifact
+
+        await _bounded(key, acreate_markdown_artifact(key=key, markdown=markdown, description=description))
+
+
+async def _bounded(key: str, publishing: Awaitable[Any]) -> None:
+    from prefect import get_run_logger
+
+    try:
+        # Bounded: this may run while the run is being stopped, and must not keep it alive.
+        await asyncio.wait_for(publishing, 30)
+    except Exception as exc:  # noqa: BLE001 - a record is worth less than the run it records
+        get_run_logger().warning("Could not publish the %s artifact: %s: %s", key, type(exc).__name__, exc)
+
+
+@dataclass
+class TranscriptKeeper:
+    """Sends each entry of this run's transcript to Ariel's gateway, which keeps it sealed (one per run)."""
+
+    url: str
+    token: str = field(repr=False)
+    link: str | None = None  # where the whole transcript is read, once the gateway kept an entry
+
+    @classmethod
+    def for_this_run(cls) -> TranscriptKeeper | None:
+        """The keeper of a run that reached Ariel's gateway; None for one without (no run token)."""
+        from flows.credentials import gateway_url, run_token
+
+        url, token = gateway_url(TRANSCRIPT_ROUTE), run_token()
+        return cls(url, token) if url is not None and token is not None else None
+
+    async def keep(self, entry: TranscriptEntry) -> Literal["kept", "no_route", "lost"]:
+        """Send `entry`, trying again a few times; "lost" (and a warning in the run's log) when it was not taken."""
+        import httpx
+        from prefect import get_run_logger
+
+        body = entry.model_dump_json().encode()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        problem = ""
+        for pause in (*KEEP_PAUSES, None):
+            try:
+                async with httpx.AsyncClient(timeout=KEEP_SECONDS, trust_env=False) as client:
+                    answer = await client.post(self.url, content=body, headers=headers)
+                if answer.status_code == 200:
+                    self.link = str(answer.json().get("link") or "") or None
+                    return "kept"
+                if answer.status_code in (403, 404) and self.link is None:
+                    return "no_route"  # a control plane that keeps no transcripts, or predates them
+                problem = _answer_detail(answer)
+                if answer.status_code < 500:
+                    break  # refused: trying again will not change that
+            except (httpx.HTTPError, ValueError) as exc:
+                problem = f"Ariel's gateway did not answer ({type(exc).__name__})"
+            if pause is not None:
+                await asyncio.sleep(pause)
+        get_run_logger().warning("Transcript entry %d (%s, step %d) was not kept: %s", entry.index, entry.name,
+                                 entry.step, problem)
+        return "lost"
+
+
+def _answer_detail(answer: Any) -> str:
+    try:
+        found = answer.json()
+    except ValueError:
+        found = None
+    detail = found.get("detail") if isinstance(found, dict) else None
+    return str(detail or f"status {answer.status_code}")
+
+
+def summary(entries: list[TranscriptEntry], usage: Usage, link: str) -> str:
+    """The transcript's summary artifact: each call's step, name, time and error, no content; and the link."""
+    cost = f" · ${usage.cost_usd:.4f}" if usage.cost_usd is not None else ""
+    lines = [
+        f"**{len(entries)} calls** ({usage.llm_calls} LLM, {usage.tool_calls} tool) · "
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens{cost} · "
+        f"{usage.duration_seconds:.1f} s",
+        "",
+        f"The whole transcript, every message and result with secrets redacted, is kept by Ariel: [read it]({link}) "
+        "with your Ariel key (`Authorization: Bearer …`), or ask in chat: *get_transcript* of this run.",
+        "",
+        "| # | step | call | took | error |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for entry in entries[:SUMMARY_ROWS]:
+        error = (entry.error or "").replace("|", "\\|").replace("\n", " ")[:200]
+        lines.append(f"| {entry.index} | {entry.step} | {entry.task_run_name} | {entry.duration_ms} ms | {error} |")
+    if len(entries) > SUMMARY_ROWS:
+        lines.append(f"| … | | {len(entries) - SUMMARY_ROWS} more calls: read the whole transcript | | |")
+    return "\n".join(lines)
 
 
 def describe(error: BaseException) -> str:

@@ -6,7 +6,14 @@ usage); `diagnosis` explains a failed run; `cursors` binds page cursors to
 their query.
 """
 
-from deployments.runs.artifacts import TranscriptPage, read_result, read_transcript, read_usage
+from deployments.runs.artifacts import (
+    TranscriptPage,
+    read_result,
+    read_transcript,
+    read_usage,
+    transcript_cursor,
+    transcript_offset,
+)
 from deployments.runs.cursors import PAGE_LIMIT
 from deployments.runs.flow_runs import (
     RunSummary,
@@ -23,5 +30,6 @@ from flows.transcript import TranscriptEntry, Usage
 __all__ = [
     "LOG_LEVELS", "PAGE_LIMIT", "LogLine", "LogPage", "RunSummary", "StepNames", "TranscriptEntry", "TranscriptPage",
     "Usage", "failed_task_runs", "find_run", "list_runs", "read_log_page", "read_result",
-    "read_transcript", "read_usage", "start_run", "upcoming_runs", "wait_for_run",
+    "read_transcript", "read_usage", "start_run", "transcript_cursor", "transcript_offset", "upcoming_runs",
+    "wait_for_run",
 ]

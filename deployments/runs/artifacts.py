@@ -46,22 +46,33 @@ async def read_result(client: PrefectClient, run_id: UUID) -> str | None:
 async def read_transcript(
     client: PrefectClient, run_id: UUID, *, cursor: str | None = None, limit: int = 50
 ) -> TranscriptPage:
-    """A page of the run's transcript, from the newest `transcript` artifact it published; empty when none."""
-    if limit < 1:
-        raise QueryInvalid(f"limit must be at least 1, not {limit}")
-    query = fingerprint("transcript", str(run_id))
-    offset = decode_cursor(cursor, query).get("offset") if cursor else 0
-    if not isinstance(offset, int) or offset < 0:
-        raise QueryInvalid(BAD_CURSOR)
+    """A page of the run's transcript, from the newest `transcript` artifact it published; empty when none.
+
+    Runs that reach Ariel's gateway keep theirs whole in the object store instead
+    (`mcp_server.services.transcripts`); their `transcript` artifact is a summary, not a table.
+    """
+    offset = transcript_offset(str(run_id), cursor, limit)
     artifact = await _newest_artifact(client, run_id, TRANSCRIPT_ARTIFACT_KEY)
     rows = _table(artifact)
     entries = [TranscriptEntry.from_row(row) for row in rows[offset : offset + limit]]
-    end = offset + len(entries)
     return TranscriptPage(
-        entries=entries,
-        next_cursor=encode_cursor(query, offset=end) if end < len(rows) else None,
-        total=len(rows),
+        entries=entries, next_cursor=transcript_cursor(str(run_id), offset + len(entries), len(rows)), total=len(rows)
     )
+
+
+def transcript_offset(run_id: str, cursor: str | None, limit: int) -> int:
+    """Where a page of the run's transcript starts; `QueryInvalid` for a bad limit, or a cursor of another query."""
+    if limit < 1:
+        raise QueryInvalid(f"limit must be at least 1, not {limit}")
+    offset = decode_cursor(cursor, fingerprint("transcript", run_id)).get("offset") if cursor else 0
+    if not isinstance(offset, int) or offset < 0:
+        raise QueryInvalid(BAD_CURSOR)
+    return offset
+
+
+def transcript_cursor(run_id: str, end: int, total: int) -> str | None:
+    """The cursor of the page after one that ended at `end`; None at the transcript's end."""
+    return encode_cursor(fingerprint("transcript", run_id), offset=end) if end < total else None
 
 
 async def read_usage(client: PrefectClient, run_id: UUID) -> Usage | None:
@@ -85,5 +96,8 @@ async def _newest_artifact(client: PrefectClient, run_id: UUID, key: str) -> Art
 def _table(artifact: Artifact | None) -> list[dict[str, Any]]:
     if artifact is None or artifact.data is None:
         return []
-    data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    try:
+        data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    except ValueError:  # a markdown summary (a transcript kept in the object store), not a table
+        return []
     return [row for row in data if isinstance(row, dict)] if isinstance(data, list) else []

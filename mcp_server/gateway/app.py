@@ -33,6 +33,7 @@ from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
+from mcp_server.gateway.transcript import TRANSCRIPT_ROUTE, Transcripts, serve_transcript
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
 from mcp_server.services.wakeups import Wakeups
@@ -104,7 +105,8 @@ class Gateway:
                  open_tool_servers: OpenToolServers | None = None,
                  tool_listings: Callable[[], ToolListings] | None = None,
                  journals: Callable[[], Journals] | None = None,
-                 wakeups: Callable[[], Wakeups] | None = None) -> None:
+                 wakeups: Callable[[], Wakeups] | None = None,
+                 transcripts: Callable[[], Transcripts] | None = None) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream_auth = upstream_auth
         headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
@@ -118,6 +120,7 @@ class Gateway:
         self._tool_listings = tool_listings
         self._journals = journals
         self._wakeups = wakeups
+        self._transcripts = transcripts
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
         self._subscriptions: dict[UUID, int] = {}  # run id → its open /events/out subscriptions
@@ -219,6 +222,9 @@ class Gateway:
         if route[0] in ("GET", "POST") and route[1] == JOURNAL_ROUTE and isinstance(caller, RunScope):
             journals = self._journals() if self._journals is not None else None
             return await serve_journal(request, caller, self.ownership, journals)
+        if route == ("POST", TRANSCRIPT_ROUTE) and isinstance(caller, RunScope):
+            transcripts = self._transcripts() if self._transcripts is not None else None
+            return await serve_transcript(request, caller, self.ownership, transcripts)
         if route == ("GET", WORKER_ROUTE) and isinstance(caller, PoolScope) and caller.pool is not None:
             return JSONResponse({"work_pool": caller.pool, "org_id": caller.org_id})
         if route == ("GET", WORKER_ROUTE) and isinstance(caller, PoolScope) and caller.prefix is not None:

@@ -41,6 +41,7 @@ from mcp_server.http.hardening import (
 )
 from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
 from mcp_server.http.rate_limit import LimitUnauthenticated
+from mcp_server.http.transcripts import add_transcript_route
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
@@ -101,7 +102,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                       open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name),
                       open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids),
                       tool_listings=lambda: services().tool_servers, journals=lambda: services().journal,
-                      wakeups=lambda: services().wakeups)
+                      wakeups=lambda: services().wakeups, transcripts=lambda: services().transcripts)
     # Stateless: no MCP session is kept in a process, so any of several app processes behind a load balancer
     # answers any request, and a restart loses no client's session. Progress still streams on each call's own
     # response; Ariel sends nothing unasked on a session's stream (no sampling, elicitation or list_changed) to
@@ -277,6 +278,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     # state it carries is the credential (see mcp_server.http.authenticate.PUBLIC_PATHS).
     app.add_route(CALLBACK_PATH, oauth_callback(lambda: services().sign_ins), methods=["GET"],
                   include_in_schema=False)
+
+    add_transcript_route(app, services)
 
     # Called by the server as it begins to stop (serving.py): held worker polls end at once, not cancelled.
     app.state.release_holds = lambda: opened[0].wakeups.release() if opened else None

@@ -23,6 +23,7 @@ from mcp_server.services.secrets import SecretService
 from mcp_server.services.sign_in_relay import SignInRelay
 from mcp_server.services.tool_oauth import CALLBACK_PATH, ToolOAuth
 from mcp_server.services.tool_servers import SealedTokenVault, ToolServerService
+from mcp_server.services.transcripts import RunTranscripts
 from mcp_server.services.upgrades import record_upgraded_manifests
 from mcp_server.services.wakeups import Wakeups, keep_hearing
 from mcp_server.settings import ArielSettings
@@ -43,6 +44,7 @@ class Services:
     journal: RunJournal  # the gateway's, for runs' steps
     wakeups: Wakeups  # the gateway's too: it holds workers' polls until a run is made
     tool_calls: RateLimit | None  # each user's tool calls, counted in the store: one limit across the processes
+    transcripts: RunTranscripts  # runs' transcripts, sealed in the object store
 
 
 @asynccontextmanager
@@ -65,6 +67,11 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             },
         )
         sealer = Sealer(store, keyring_from_settings(settings))
+        objects = settings.object_store()
+        # At start, not at a run's first step: a bucket that is missing, refused or unreachable is the operator's
+        # to fix, and says so before any run depends on it.
+        await objects.check()
+        transcripts = RunTranscripts(objects, sealer, link_base=settings.base_url)
         # The control plane's own connections to a server (listing its tools, signing in) are guarded as a run's are.
         protected = protected_endpoints(prefect_api_url, ",".join(protected_hosts))
         tool_oauth = ToolOAuth(SealedTokenVault(store, sealer), f"{settings.base_url}{CALLBACK_PATH}",
@@ -82,7 +89,8 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     store=store,
                     auth=Authenticator.from_settings(store, settings),
                     agents=agents,
-                    runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs")), wakeups),
+                    runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs")), wakeups,
+                                    transcripts=transcripts),
                     orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
                     secrets=SecretService(agents, sealer),
                     tool_servers=ToolServerService(
@@ -96,6 +104,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     journal=RunJournal(store, sealer),
                     wakeups=wakeups,
                     tool_calls=tool_call_limit(settings, store),
+                    transcripts=transcripts,
                 )
         finally:
             for task in (hearing, answering):

@@ -30,6 +30,7 @@ from mcp_server.services.audit import audited
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.progress import ProgressReport, RunProgress
+from mcp_server.services.transcripts import RunTranscripts
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
 from mcp_server.services.wakeups import Wakeups, announce
 from mcp_server.store import AgentRecord
@@ -47,6 +48,8 @@ class RunService:
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Task runs' names, which name log lines' steps: asked of Prefect once per task run, not per page read.
     step_names: runs.StepNames = field(default_factory=runs.StepNames)
+    # Where runs keep their transcripts (through the gateway); None: only what runs published as artifacts.
+    transcripts: RunTranscripts | None = None
 
     async def run(
         self, caller: Caller, ref: str, input: str | None, wait_seconds: float, progress: ProgressReport | None = None
@@ -201,14 +204,31 @@ class RunService:
     async def transcript(self, caller: Caller, ref: str, cursor: str | None, limit: int) -> TranscriptView:
         async with self.agents.prefect() as client:
             flow_run = await self._find(client, caller, ref)
-            try:
-                page = await runs.read_transcript(client, flow_run.id, cursor=cursor, limit=limit)
-            except QueryInvalid as exc:
-                raise InvalidRequest(str(exc)) from None
+            page = await self._kept_transcript(caller, str(flow_run.id), cursor, limit)
+            if page is None:  # a run without Ariel's gateway, or recorded before transcripts were kept whole
+                try:
+                    page = await runs.read_transcript(client, flow_run.id, cursor=cursor, limit=limit)
+                except QueryInvalid as exc:
+                    raise InvalidRequest(str(exc)) from None
         return TranscriptView(
             run_id=str(flow_run.id), run_name=flow_run.name, state=_state_name(flow_run),
             entries=page.entries, next_cursor=page.next_cursor, total=page.total,
         )
+
+    async def _kept_transcript(self, caller: Caller, run_id: str, cursor: str | None,
+                               limit: int) -> runs.TranscriptPage | None:
+        """A page of the transcript the run kept in the object store; None when it kept none there."""
+        if self.transcripts is None:
+            return None
+        try:
+            offset = runs.transcript_offset(run_id, cursor, limit)
+        except QueryInvalid as exc:
+            raise InvalidRequest(str(exc)) from None
+        entries, total = await self.transcripts.read(caller.org_id, run_id, offset, limit)
+        if total == 0:
+            return None
+        return runs.TranscriptPage(entries=entries, total=total,
+                                   next_cursor=runs.transcript_cursor(run_id, offset + len(entries), total))
 
     async def diagnose(self, caller: Caller, ref: str) -> Diagnosis:
         try:

@@ -33,6 +33,7 @@ import httpx
 import pytest
 import websockets
 
+from flows.transcript import TRANSCRIPT_ROUTE
 from mcp_server.cli.stack import Runtime
 from tests.mcp_server.callers import call
 from tests.support import ArielUp, ariel_up, wait_until
@@ -425,6 +426,22 @@ def test_a_run_that_is_not_running_gets_no_key(stack: Stack) -> None:
     answer = httpx.get(stack.gateway.removesuffix("/api") + "/ariel/v1/run", headers=bearer(stack.run_token),
                        timeout=30)
     assert (answer.status_code, answer.json()["error"]) == (409, "not_running"), answer.text
+
+
+def test_only_a_running_runs_own_token_keeps_transcript_entries(stack: Stack) -> None:
+    """A worker holds no run's transcript, a token of a run that is not running keeps nothing, nor does no token."""
+    entry = {"index": 1, "step": 1, "kind": "tool", "name": "http_request", "task_run_name": "http_request · step 1",
+             "started_at": "2026-01-01T00:00:00Z", "duration_ms": 1, "input": {}, "output": "forged"}
+    route = stack.gateway.removesuffix("/api") + TRANSCRIPT_ROUTE
+    by_worker = send("POST", route, entry, bearer(stack.worker_key))
+    by_idle_run = send("POST", route, entry, bearer(stack.run_token))
+    by_nobody = send("POST", route, entry, {})
+    kept = asyncio.run(call(stack.up.base_url, ALICE, "get_transcript", run=stack.a_run))
+
+    assert by_worker.status_code == 403, by_worker.text
+    assert (by_idle_run.status_code, by_idle_run.json()["error"]) == (409, "not_running"), by_idle_run.text
+    assert by_nobody.status_code == 401, by_nobody.text
+    assert kept["total"] == 0 and kept["entries"] == []
 
 
 def test_neither_a_worker_nor_a_run_may_renumber_the_runs_attempt(stack: Stack) -> None:

@@ -1,0 +1,137 @@
+"""Run transcripts kept whole in the object store, one sealed object per LLM or tool call.
+
+A run sends each entry as it records it (`flows.transcript.Recorder`), through
+Ariel's gateway with its run token (`mcp_server.gateway.transcript`); nothing
+in the request can name another run or org. Each entry becomes one object:
+
+    orgs/<org id>/runs/<run id>/transcript/<attempt>/<index>     (AES-256-GCM, the org's data key)
+
+so that writing step N costs one entry, not the whole transcript again (a
+Prefect artifact republished at every step grew quadratically, and had to cut
+long texts short), and a run that crashes keeps every step it recorded. The
+seal binds each object to its org, run, attempt and index: an object copied
+to another key, or another org's prefix, does not open. A retried run
+(`deployments.runs.recovery`) records under its own attempt; readers see the
+newest attempt, which replays the earlier one's finished steps.
+
+Example (what the gateway and the tools do)::
+
+    transcripts = RunTranscripts(objects, sealer, link_base="https://ariel.example.com")
+    await transcripts.append(org_id, run_id, attempt=1, entry={"index": 1, "kind": "llm", ...})
+    entries, total = await transcripts.read(org_id, run_id, offset=0, limit=50)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from blocks.object_store import ObjectStore, ObjectStoreError
+from flows.transcript import TranscriptEntry
+from mcp_server.services.exceptions import InvalidRequest, Unavailable
+from mcp_server.services.sealing import Sealed, Sealer
+
+MAX_ENTRIES = 1000  # of one attempt: as many steps as a run's journal holds (`mcp_server.services.journal`)
+LINK_PATH = "/v1/runs/{run_id}/transcript"  # the HTTP app's; what a transcript's summary artifact links to
+_MAGIC = b"ariel-sealed-1\n"  # then the data key's version (4 bytes), the nonce (12) and the ciphertext
+_HEADER = struct.Struct(">I12s")
+_READS_AT_ONCE = 16
+T = TypeVar("T")
+
+log = logging.getLogger("ariel.transcripts")
+
+
+@dataclass(frozen=True)
+class RunTranscripts:
+    objects: ObjectStore
+    sealer: Sealer
+    link_base: str  # the app's public address
+
+    def link(self, run_id: str) -> str:
+        """Where a person signed in to Ariel reads the whole transcript (the Prefect UI's summary links here)."""
+        return self.link_base.rstrip("/") + LINK_PATH.format(run_id=run_id)
+
+    async def append(self, org_id: str, run_id: str, attempt: int, entry: dict[str, Any]) -> None:
+        """Keep one entry of the run's transcript, sealed; the same index again replaces it."""
+        try:
+            checked = TranscriptEntry.model_validate(entry)
+        except ValidationError as exc:
+            raise InvalidRequest(f"a transcript entry is one LLM or tool call as flows.transcript records it: "
+                                 f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+        if not 1 <= checked.index <= MAX_ENTRIES:
+            raise InvalidRequest(f"a transcript holds at most {MAX_ENTRIES} entries, numbered from 1; not "
+                                 f"{checked.index}")
+        key = _key(org_id, run_id, attempt, checked.index)
+        sealed = await self.sealer.seal(org_id, _purpose(key), checked.model_dump_json().encode())
+        await self._objects("keep", self.objects.put(key, _pack(sealed)))
+
+    async def read(self, org_id: str, run_id: str, offset: int, limit: int) -> tuple[list[TranscriptEntry], int]:
+        """Entries `offset` to `offset + limit` of the run's newest attempt, and how many it recorded in all."""
+        keys = await self._objects("list", self.objects.keys(_prefix(org_id, run_id)))
+        newest = max((key.rsplit("/", 2)[-2] for key in keys), default=None)
+        mine = [key for key in keys if key.rsplit("/", 2)[-2] == newest]
+        page = mine[offset : offset + limit]
+        gate = asyncio.Semaphore(_READS_AT_ONCE)
+
+        async def opened(key: str) -> TranscriptEntry | None:
+            async with gate:
+                packed = await self._objects("read", self.objects.get(key))
+            if packed is None:  # deleted between the listing and now
+                return None
+            plain = await self.sealer.open(org_id, _purpose(key), _unpack(packed))
+            return TranscriptEntry.model_validate_json(plain)
+
+        entries = [entry for entry in await asyncio.gather(*(opened(key) for key in page)) if entry is not None]
+        return entries, len(mine)
+
+    async def delete(self, org_id: str, run_id: str) -> int:
+        """Remove the run's transcript, every attempt's; how many entries went."""
+        return await self._objects("delete", self.objects.remove(_prefix(org_id, run_id)))
+
+    @staticmethod
+    async def _objects(doing: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except ObjectStoreError as exc:
+            # The operator's log says which store and why; a person in chat learns what they can do.
+            log.warning("transcripts: could not %s a run's transcript: %s", doing, exc)
+            raise Unavailable(f"could not {doing} the run's transcript: the object store did not answer; try again, "
+                              "and if it goes on, tell the install's operator (the app's log says why)") from None
+
+
+def _prefix(org_id: str, run_id: str) -> str:
+    return f"orgs/{_part(org_id)}/runs/{_part(run_id)}/transcript/"
+
+
+def _key(org_id: str, run_id: str, attempt: int, index: int) -> str:
+    return f"{_prefix(org_id, run_id)}{attempt:04d}/{index:06d}"
+
+
+def _part(value: str) -> str:
+    # Ids are hex and UUIDs; anything else is a bug upstream, not a path to follow.
+    if not value or not all(char.isalnum() or char == "-" for char in value):
+        raise InvalidRequest(f"not an id: {value[:40]!r}")
+    return value
+
+
+def _purpose(key: str) -> str:
+    """What the seal binds an object to: its key, which names its org, run, attempt and index."""
+    return f"object:{key}"
+
+
+def _pack(sealed: Sealed) -> bytes:
+    return _MAGIC + _HEADER.pack(sealed.dek_version, sealed.nonce) + sealed.ciphertext
+
+
+def _unpack(packed: bytes) -> Sealed:
+    if not packed.startswith(_MAGIC) or len(packed) < len(_MAGIC) + _HEADER.size:
+        raise Unavailable("a transcript object is not one Ariel sealed: the object store holds something else "
+                          "at its key")
+    version, nonce = _HEADER.unpack_from(packed, len(_MAGIC))
+    return Sealed(packed[len(_MAGIC) + _HEADER.size :], nonce, version)

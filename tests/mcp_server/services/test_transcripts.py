@@ -1,0 +1,99 @@
+"""Run transcripts as the control plane keeps them: whole, one sealed object per call, keyed and bound to the org."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blocks.object_store import S3ObjectStore
+from mcp_server.services.exceptions import InvalidRequest, SealBroken
+from mcp_server.services.transcripts import MAX_ENTRIES
+from tests.mcp_server.services.test_tool_servers import services
+from tests.mcp_server.store.test_store import other_org
+from tests.support import S3Server
+
+RUN = "3f1c2d9e-0000-4000-8000-000000000002"
+
+
+def entry(index: int, output: Any = "ok", kind: str = "tool") -> dict[str, Any]:
+    return {"index": index, "step": 1, "kind": kind, "name": "http_request", "task_run_name": "http_request · step 1",
+            "started_at": datetime.now(UTC).isoformat(), "duration_ms": 12, "input": {"url": "http://x.example/"},
+            "output": output}
+
+
+def bucket_settings(s3: S3Server) -> dict[str, Any]:
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    return {"object_store_url": f"http://{s3.endpoint}/{bucket}", "object_store_access_key": s3.access_key,
+            "object_store_secret_key": s3.secret_key}
+
+
+async def test_a_long_transcript_is_kept_whole_sealed_at_rest_and_read_back_in_pages(
+    home: Path, store_url: str, s3: S3Server
+) -> None:
+    page_of_a_site = "<p>the fetched page</p>" * 8000  # 184,000 characters: an artifact table cut it at 10,000
+    async with services(home, store_url, **bucket_settings(s3)) as s:
+        org = (await s.store.ensure_personal_org()).id
+        for index in range(1, 6):
+            await s.transcripts.append(org, RUN, 1, entry(index, page_of_a_site if index == 3 else f"result {index}"))
+        first, total = await s.transcripts.read(org, RUN, offset=0, limit=2)
+        rest, _ = await s.transcripts.read(org, RUN, offset=2, limit=10)
+        objects = s.transcripts.objects
+        assert isinstance(objects, S3ObjectStore)  # the bucket the settings name, not the desktop folder
+        raw = [await objects.get(key) for key in await objects.keys(f"orgs/{org}/")]
+
+    assert total == 5 and [e.index for e in first + rest] == [1, 2, 3, 4, 5]
+    assert rest[0].output == page_of_a_site  # whole
+    assert len(raw) == 5 and all(blob is not None and b"fetched page" not in blob and b"x.example" not in blob
+                                 for blob in raw)  # sealed with the org's data key
+
+
+async def test_another_orgs_run_has_no_transcript_and_an_object_moved_under_its_key_does_not_open(
+    home: Path, store_url: str, s3: S3Server
+) -> None:
+    async with services(home, store_url, **bucket_settings(s3)) as s:
+        org = (await s.store.ensure_personal_org()).id
+        elsewhere = await other_org(s.store)
+        await s.transcripts.append(org, RUN, 1, entry(1, "the org's own result"))
+        assert await s.transcripts.read(elsewhere, RUN, offset=0, limit=50) == ([], 0)
+        # Someone with the bucket's keys copies the object under the other org's prefix: it is bound to its key.
+        objects = s.transcripts.objects
+        [key] = await objects.keys(f"orgs/{org}/")
+        blob = await objects.get(key)
+        assert blob is not None
+        await objects.put(key.replace(org, elsewhere), blob)
+        with pytest.raises(SealBroken):
+            await s.transcripts.read(elsewhere, RUN, offset=0, limit=50)
+
+
+async def test_a_retried_runs_transcript_is_its_newest_attempts(home: Path, store_url: str) -> None:
+    async with services(home, store_url) as s:  # the desktop default: a folder in ARIEL_HOME
+        org = (await s.store.ensure_personal_org()).id
+        for index in (1, 2, 3):
+            await s.transcripts.append(org, RUN, 1, entry(index, f"first attempt {index}"))
+        await s.transcripts.append(org, RUN, 2, entry(1, "replayed"))
+        entries, total = await s.transcripts.read(org, RUN, offset=0, limit=50)
+        assert (home / "objects" / "orgs" / org).is_dir()
+        assert await s.transcripts.delete(org, RUN) == 4
+        assert await s.transcripts.read(org, RUN, offset=0, limit=50) == ([], 0)
+
+    assert total == 1 and [e.output for e in entries] == ["replayed"]
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ({"index": 1}, "a transcript entry is one LLM or tool call"),
+    ({**entry(1), "kind": "shell"}, "a transcript entry is one LLM or tool call"),
+    (entry(0), f"at most {MAX_ENTRIES} entries, numbered from 1"),
+    (entry(MAX_ENTRIES + 1), f"at most {MAX_ENTRIES} entries, numbered from 1"),
+])
+async def test_what_is_not_an_entry_is_refused_and_nothing_is_kept(
+    home: Path, store_url: str, bad: dict[str, Any], says: str
+) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        with pytest.raises(InvalidRequest, match=says):
+            await s.transcripts.append(org, RUN, 1, bad)
+        assert await s.transcripts.read(org, RUN, offset=0, limit=50) == ([], 0)
