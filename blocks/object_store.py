@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # Letters, digits and `._=-` in `/`-separated parts: what both kinds hold alike, and nothing a path could escape by.
 _KEY = re.compile(r"^(?:[A-Za-z0-9_=-][A-Za-z0-9._=-]*/)*[A-Za-z0-9_=-][A-Za-z0-9._=-]*$")
 MAX_KEY_CHARS = 512
+_WRITE_CHECK = ".ariel-write-check"  # no key of Ariel's starts with a dot
 T = TypeVar("T")
 
 
@@ -77,14 +78,14 @@ class ObjectStore(Block, ABC):
 
 
 def checked_key(key: str) -> str:
-    if len(key) > MAX_KEY_CHARS or not _KEY.match(key):
+    if len(key) > MAX_KEY_CHARS or not _KEY.fullmatch(key):
         raise ValueError(f"an object key is `/`-separated parts of letters, digits and `._=-`, at most "
                          f"{MAX_KEY_CHARS} characters, none starting with a dot: not {key[:80]!r}")
     return key
 
 
 def _checked_prefix(prefix: str) -> str:
-    if prefix and not _KEY.match(prefix.removesuffix("/")):
+    if prefix and not _KEY.fullmatch(prefix.removesuffix("/")):
         raise ValueError(f"an object key prefix is a key, or a key followed by `/`: not {prefix[:80]!r}")
     return prefix
 
@@ -114,8 +115,12 @@ class LocalObjectStore(ObjectStore):
 
     async def remove(self, prefix: str) -> int:
         found = await self.keys(prefix)
-        for key in found:
-            self._path(key).unlink(missing_ok=True)
+
+        def unlink_found() -> None:
+            for key in found:
+                self._path(key).unlink(missing_ok=True)
+
+        await asyncio.to_thread(unlink_found)
         return len(found)
 
     async def check(self) -> None:
@@ -236,6 +241,9 @@ class S3ObjectStore(ObjectStore):
             client = self._client()
             if not client.bucket_exists(self.bucket):
                 client.make_bucket(self.bucket, location=self.region)
+            # Written and removed, as the folder's check does: a key that may only read fails here, not at a run.
+            client.put_object(self.bucket, _WRITE_CHECK, io.BytesIO(b""), 0)
+            client.remove_object(self.bucket, _WRITE_CHECK)
 
         await self._call("reach", ensure_bucket)
 
@@ -268,6 +276,8 @@ class S3ObjectStore(ObjectStore):
             # S3Error names a code ("AccessDenied", "NoSuchBucket") and a message; never the keys.
             detail = f"{getattr(exc, 'code', '')} {getattr(exc, 'message', '') or ''}".strip() or type(exc).__name__
             raise ObjectStoreError(f"could not {doing} {self.describe()}: {detail}") from None
+        except ValueError as exc:  # the SDK's own checks (a bucket's name): the message names what it refused
+            raise ObjectStoreError(f"could not {doing} {self.describe()}: {exc}") from None
         except HTTPError as exc:
             raise ObjectStoreError(f"could not {doing} {self.describe()}: the server did not answer "
                                    f"({type(exc).__name__}); check ARIEL_OBJECT_STORE_URL and that it is up") from None

@@ -59,7 +59,9 @@ MAX_KEPT_TEXT = 200_000
 # One entry as the gateway takes it: room for a few texts of MAX_KEPT_TEXT; a bigger one is cut to MAX_TEXT first.
 MAX_ENTRY_BYTES = 2 * 1024 * 1024
 KEEP_PAUSES = (0.5, 1.0, 2.0)  # a write the gateway did not take is tried again after these
-KEEP_SECONDS = 5.0  # each try; all of them, pauses included, stay under 25 s: a run being stopped waits for them
+KEEP_SECONDS = 5.0  # each try's connect, write and read
+# All tries of one entry: the time counts against the run's own budget, and a run being stopped waits for it.
+KEEP_BUDGET_SECONDS = 15.0
 SUMMARY_ROWS = 50
 # Long enough not to be a common word or number.
 _MIN_SECRET = 8
@@ -413,7 +415,7 @@ class Recorder:
 
     async def _record(self, entry: TranscriptEntry) -> None:
         if self.keeper is not None:
-            if len(entry.model_dump_json()) > MAX_ENTRY_BYTES:  # a few texts of MAX_KEPT_TEXT: cut them as a table does
+            if len(entry.model_dump_json().encode()) > MAX_ENTRY_BYTES:  # cut its texts as a table does
                 entry = entry.model_copy(update={"input": shorten(entry.input), "output": shorten(entry.output)})
             kept = await self.keeper.keep(entry)
             if kept != "no_route":
@@ -455,6 +457,7 @@ class TranscriptKeeper:
     url: str
     token: str = field(repr=False)
     link: str | None = None  # where the whole transcript is read, once the gateway kept an entry
+    lost: int = 0  # entries not kept: after the first, each entry is tried once, so a bucket down slows no step
 
     @classmethod
     def for_this_run(cls) -> TranscriptKeeper | None:
@@ -465,22 +468,39 @@ class TranscriptKeeper:
         return cls(url, token) if url is not None and token is not None else None
 
     async def keep(self, entry: TranscriptEntry) -> Literal["kept", "no_route", "lost"]:
-        """Send `entry`, trying again a few times; "lost" (and a warning in the run's log) when it was not taken."""
-        import httpx
+        """Send `entry`, trying again a few times (once, after an entry was lost); "lost" (and a warning in the
+        run's log) when it was not taken."""
         from prefect import get_run_logger
 
         body = entry.model_dump_json().encode()
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        problem = "it took longer than the run waits for an entry"
+        try:
+            async with asyncio.timeout(KEEP_BUDGET_SECONDS):
+                kept, problem = await self._send(body, headers)
+        except TimeoutError:
+            kept = None
+        if kept is not None:
+            return kept
+        self.lost += 1
+        get_run_logger().warning("Transcript entry %d (%s, step %d) was not kept: %s", entry.index, entry.name,
+                                 entry.step, problem)
+        return "lost"
+
+    async def _send(self, body: bytes,
+                    headers: dict[str, str]) -> tuple[Literal["kept", "no_route"] | None, str]:
+        import httpx
+
         problem = ""
-        for pause in (*KEEP_PAUSES, None):
+        for pause in (*(KEEP_PAUSES if not self.lost else ()), None):
             try:
                 async with httpx.AsyncClient(timeout=KEEP_SECONDS, trust_env=False) as client:
                     answer = await client.post(self.url, content=body, headers=headers)
                 if answer.status_code == 200:
                     self.link = str(answer.json().get("link") or "") or None
-                    return "kept"
+                    return "kept", ""
                 if answer.status_code in (403, 404) and self.link is None:
-                    return "no_route"  # a control plane that keeps no transcripts, or predates them
+                    return "no_route", ""  # a control plane that keeps no transcripts, or predates them
                 problem = _answer_detail(answer)
                 if answer.status_code < 500:
                     break  # refused: trying again will not change that
@@ -488,9 +508,7 @@ class TranscriptKeeper:
                 problem = f"Ariel's gateway did not answer ({type(exc).__name__})"
             if pause is not None:
                 await asyncio.sleep(pause)
-        get_run_logger().warning("Transcript entry %d (%s, step %d) was not kept: %s", entry.index, entry.name,
-                                 entry.step, problem)
-        return "lost"
+        return None, problem
 
 
 def _answer_detail(answer: Any) -> str:

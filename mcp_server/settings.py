@@ -365,6 +365,43 @@ class ArielSettings(BaseSettings):
     object_store_secret_key: SecretStr | None = Field(default=None, description="The bucket's secret access key.")
     object_store_region: str | None = Field(default=None, description="The bucket's region, where the server "
                                             "asks for one (AWS S3).", examples=["eu-central-1"])
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="An OpenTelemetry collector's OTLP/HTTP address: traces and metrics of the app, and of every run "
+        "(relayed by the gateway), go there. Unset: no telemetry (the desktop default).",
+        examples=["http://127.0.0.1:4318", "https://otel.example.com"],
+    )
+    otlp_headers: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="Headers the collector needs (its credential), as `name=value` pairs, comma-separated.",
+        examples=["Authorization=Bearer abc123"],
+    )
+
+    @field_validator("otlp_endpoint", mode="after")
+    @classmethod
+    def _collector_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query:
+            raise ValueError(f"the OTLP endpoint is http(s)://host[:port][/path], its credential in "
+                             f"ARIEL_OTLP_HEADERS, not in the URL: {_shown(value)!r}")
+        return value.rstrip("/")
+
+    @field_validator("otlp_headers", mode="before")
+    @classmethod
+    def _parse_headers(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        headers: dict[str, str] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            name, equals, text = pair.partition("=")
+            if not equals or not re.fullmatch(r"[A-Za-z0-9-]+", name.strip()):
+                raise ValueError("ARIEL_OTLP_HEADERS is `name=value` pairs, comma-separated, each name letters, "
+                                 f"digits and hyphens; one pair is not: {name.strip()[:40]!r}")
+            headers[name.strip()] = text.strip()
+        return headers
+
     object_store_folder: Path | None = Field(
         default=None, description="Without a bucket: the folder run transcripts are kept in; default `home`/objects.")
 
@@ -375,12 +412,15 @@ class ArielSettings(BaseSettings):
             return None
         parts = urlsplit(value)
         bucket = parts.path.strip("/")
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query \
+                or parts.fragment:
             raise ValueError(f"the object store URL is http(s)://host[:port]/bucket, with its keys in "
                              f"ARIEL_OBJECT_STORE_ACCESS_KEY and _SECRET_KEY, not in the URL: {_shown(value)!r}")
-        if not _BUCKET.match(bucket):
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket or ".-" in bucket or "-." in bucket \
+                or re.fullmatch(r"[0-9.]+", bucket):
             raise ValueError(f"the object store URL names bucket {bucket!r}: a bucket name is 3 to 63 lower-case "
-                             "letters, digits, dots and hyphens, starting and ending with a letter or digit")
+                             "letters, digits, dots and hyphens, starting and ending with a letter or digit, with "
+                             "no two dots or a dot and a hyphen side by side, and not an IP address")
         return value
 
     @model_validator(mode="after")
@@ -485,9 +525,13 @@ class ArielSettings(BaseSettings):
 
 
 def _shown(url: str) -> str:
-    """`url` without a password it may carry, for an error message."""
+    """`url` for an error message: its scheme, host and path; never user info, query or fragment (a key's place).
+
+    >>> _shown("http://id:secret@minio:9000/b?key=k#f")
+    'http://minio:9000/b'
+    """
     parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _new_auth_string() -> bytes:

@@ -33,7 +33,7 @@ class Transcripts(Protocol):
 
     def link(self, run_id: str) -> str: ...
 
-    async def append(self, org_id: str, run_id: str, attempt: int, entry: dict[str, Any]) -> None: ...
+    async def append(self, org_id: str, run_id: str, attempt: tuple[int, int], entry: dict[str, Any]) -> None: ...
 
 
 async def serve_transcript(request: Request, caller: RunScope, ownership: Ownership,
@@ -52,7 +52,7 @@ async def serve_transcript(request: Request, caller: RunScope, ownership: Owners
                              "bytes")
     run_id = str(caller.run_id)
     try:
-        await transcripts.append(caller.org_id, run_id, caller.generation, entry)
+        await transcripts.append(caller.org_id, run_id, (caller.generation, caller.attempt or 0), entry)
     except InvalidRequest as exc:
         return refused_route(400, "bad_entry", str(exc))
     except Unavailable as exc:

@@ -14,21 +14,31 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from mcp_server.services.container import Services
-from mcp_server.services.exceptions import ArielError, Forbidden, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.exceptions import (
+    ArielError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from mcp_server.services.transcripts import LINK_PATH
 from mcp_server.tools.middleware.caller import SCOPE_CALLER
 
 _STATUS: list[tuple[type[ArielError], int]] = [(NotFound, 404), (InvalidRequest, 400), (Forbidden, 403),
-                                               (Unavailable, 503)]
+                                               (Unavailable, 503), (RateLimited, 429)]
 
 
 def add_transcript_route(app: FastAPI, services: Callable[[], Services]) -> None:
     @app.get(LINK_PATH.replace("{run_id}", "{run}"),
              summary="A run's transcript: its LLM and tool calls in order, secrets redacted (as get_transcript).")
     async def transcript(request: Request, run: str, cursor: str | None = None,
-                         limit: int = Query(default=200, ge=1, le=1000)) -> JSONResponse:
+                         limit: int = Query(default=50, ge=1, le=200)) -> JSONResponse:
         caller = request.scope["state"][SCOPE_CALLER]  # AuthenticateHTTP put it there, or refused the request
         try:
+            # Counted as the get_transcript tool is: one limit per user, whichever way the reads come.
+            if (limit_calls := services().tool_calls) is not None:
+                await limit_calls.check(f"user {caller.user_id}", "your user")
             view = await services().runs.transcript(caller, run, cursor, limit)
         except ArielError as exc:
             status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 409)

@@ -7,6 +7,7 @@ tag, so another org's run id or name is answered exactly like one that does not 
 from __future__ import annotations
 
 import secrets
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -204,7 +205,15 @@ class RunService:
     async def transcript(self, caller: Caller, ref: str, cursor: str | None, limit: int) -> TranscriptView:
         async with self.agents.prefect() as client:
             flow_run = await self._find(client, caller, ref)
-            page = await self._kept_transcript(caller, str(flow_run.id), cursor, limit)
+            page = None
+            try:
+                page = await self._kept_transcript(caller, str(flow_run.id), cursor, limit)
+            except Unavailable:
+                # The object store is down: a run recorded as artifacts still reads; any other says so.
+                with suppress(QueryInvalid):
+                    page = await runs.read_transcript(client, flow_run.id, cursor=cursor, limit=limit)
+                if page is None or not page.total:
+                    raise
             if page is None:  # a run without Ariel's gateway, or recorded before transcripts were kept whole
                 try:
                     page = await runs.read_transcript(client, flow_run.id, cursor=cursor, limit=limit)
@@ -220,15 +229,18 @@ class RunService:
         """A page of the transcript the run kept in the object store; None when it kept none there."""
         if self.transcripts is None:
             return None
-        try:
-            offset = runs.transcript_offset(run_id, cursor, limit)
-        except QueryInvalid as exc:
-            raise InvalidRequest(str(exc)) from None
-        entries, total = await self.transcripts.read(caller.org_id, run_id, offset, limit)
-        if total == 0:
+        index = await self.transcripts.index(caller.org_id, run_id)
+        if not index.keys:
             return None
-        return runs.TranscriptPage(entries=entries, total=total,
-                                   next_cursor=runs.transcript_cursor(run_id, offset + len(entries), total))
+        # The cursor names the attempt it paged: a retry that began meanwhile is a new transcript, not page 2.
+        of = f"{run_id}:{index.attempt}"
+        try:
+            offset = runs.transcript_offset(of, cursor, limit)
+        except QueryInvalid as exc:
+            raise InvalidRequest(f"{exc} (or the run was retried since: its transcript is the new attempt's)") from None
+        entries = await self.transcripts.page(caller.org_id, index, offset, limit)
+        return runs.TranscriptPage(entries=entries, total=len(index.keys),
+                                   next_cursor=runs.transcript_cursor(of, offset + len(entries), len(index.keys)))
 
     async def diagnose(self, caller: Caller, ref: str) -> Diagnosis:
         try:

@@ -24,12 +24,13 @@ Example (AES-GCM with associated data, as both layers use it)::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -304,6 +305,10 @@ class Sealer:
     async def open(self, org_id: str, purpose: str, sealed: Sealed) -> bytes:
         """The plaintext of `sealed`; `SealBroken` unless it was sealed for this org and purpose, unaltered."""
         _version, key = await self._data_key(org_id, sealed.dek_version, create=False)
+        return self._decrypt(key, org_id, purpose, sealed)
+
+    @staticmethod
+    def _decrypt(key: bytes, org_id: str, purpose: str, sealed: Sealed) -> bytes:
         try:
             return AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, secret_context(org_id, purpose))
         except InvalidTag:
@@ -311,6 +316,22 @@ class Sealer:
                 f"the sealed secret {purpose} of org {org_id} does not open with the org's data key: it was sealed "
                 "for another org or secret, or altered; set it again"
             ) from None
+
+    def opener(self, org_id: str) -> Callable[[str, Sealed], Awaitable[bytes]]:
+        """`open` for many of the org's secrets at once: each data key version is unwrapped once, not per secret.
+
+        For one read of many sealed objects (a transcript's page); the keys it holds go with it.
+        """
+        keys: dict[int, asyncio.Task[tuple[int, bytes]]] = {}
+
+        async def open_one(purpose: str, sealed: Sealed) -> bytes:
+            if sealed.dek_version not in keys:
+                keys[sealed.dek_version] = asyncio.ensure_future(
+                    self._data_key(org_id, sealed.dek_version, create=False))
+            _version, key = await keys[sealed.dek_version]
+            return self._decrypt(key, org_id, purpose, sealed)
+
+        return open_one
 
     async def rewrap(self, org_id: str) -> int:
         """Re-wrap every data key of the org that another KEK wraps under the current one, in one transaction.

@@ -4,7 +4,7 @@ A run sends each entry as it records it (`flows.transcript.Recorder`), through
 Ariel's gateway with its run token (`mcp_server.gateway.transcript`); nothing
 in the request can name another run or org. Each entry becomes one object:
 
-    orgs/<org id>/runs/<run id>/transcript/<attempt>/<index>     (AES-256-GCM, the org's data key)
+    orgs/<org id>/runs/<run id>/transcript/<generation>-<run count>/<index>     (AES-256-GCM, the org's data key)
 
 so that writing step N costs one entry, not the whole transcript again (a
 Prefect artifact republished at every step grew quadratically, and had to cut
@@ -34,10 +34,11 @@ from pydantic import ValidationError
 
 from blocks.object_store import ObjectStore, ObjectStoreError
 from flows.transcript import TranscriptEntry
-from mcp_server.services.exceptions import InvalidRequest, Unavailable
+from mcp_server.services.exceptions import InvalidRequest, SealingError, Unavailable
 from mcp_server.services.sealing import Sealed, Sealer
 
 MAX_ENTRIES = 1000  # of one attempt: as many steps as a run's journal holds (`mcp_server.services.journal`)
+MAX_PAGE_BYTES = 8 * 1024 * 1024  # of one page read: a reader pages on rather than hold a whole long run at once
 LINK_PATH = "/v1/runs/{run_id}/transcript"  # the HTTP app's; what a transcript's summary artifact links to
 _MAGIC = b"ariel-sealed-1\n"  # then the data key's version (4 bytes), the nonce (12) and the ciphertext
 _HEADER = struct.Struct(">I12s")
@@ -45,6 +46,14 @@ _READS_AT_ONCE = 16
 T = TypeVar("T")
 
 log = logging.getLogger("ariel.transcripts")
+
+
+@dataclass(frozen=True)
+class TranscriptIndex:
+    """The run's newest attempt (`<generation>-<run count>`, "" when none) and its entries' keys, in order."""
+
+    attempt: str
+    keys: list[str]
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,12 @@ class RunTranscripts:
         """Where a person signed in to Ariel reads the whole transcript (the Prefect UI's summary links here)."""
         return self.link_base.rstrip("/") + LINK_PATH.format(run_id=run_id)
 
-    async def append(self, org_id: str, run_id: str, attempt: int, entry: dict[str, Any]) -> None:
-        """Keep one entry of the run's transcript, sealed; the same index again replaces it."""
+    async def append(self, org_id: str, run_id: str, attempt: tuple[int, int], entry: dict[str, Any]) -> None:
+        """Keep one entry of the run's transcript, sealed; the same index again replaces it.
+
+        `attempt`: the run token's generation and Prefect run count, which tell every attempt apart (Ariel's
+        recovery raises the first, a retry by other means the second).
+        """
         try:
             checked = TranscriptEntry.model_validate(entry)
         except ValidationError as exc:
@@ -71,24 +84,46 @@ class RunTranscripts:
         sealed = await self.sealer.seal(org_id, _purpose(key), checked.model_dump_json().encode())
         await self._objects("keep", self.objects.put(key, _pack(sealed)))
 
-    async def read(self, org_id: str, run_id: str, offset: int, limit: int) -> tuple[list[TranscriptEntry], int]:
-        """Entries `offset` to `offset + limit` of the run's newest attempt, and how many it recorded in all."""
+    async def index(self, org_id: str, run_id: str) -> TranscriptIndex:
+        """The keys of the run's newest attempt (a retried run's transcript is its newest attempt's)."""
         keys = await self._objects("list", self.objects.keys(_prefix(org_id, run_id)))
-        newest = max((key.rsplit("/", 2)[-2] for key in keys), default=None)
-        mine = [key for key in keys if key.rsplit("/", 2)[-2] == newest]
-        page = mine[offset : offset + limit]
-        gate = asyncio.Semaphore(_READS_AT_ONCE)
+        newest = max((key.rsplit("/", 2)[-2] for key in keys), default="")
+        return TranscriptIndex(newest, [key for key in keys if key.rsplit("/", 2)[-2] == newest])
 
-        async def opened(key: str) -> TranscriptEntry | None:
+    async def page(self, org_id: str, index: TranscriptIndex, offset: int, limit: int) -> list[TranscriptEntry]:
+        """Entries `offset` to `offset + limit` of `index`, fewer when they pass MAX_PAGE_BYTES (the next page
+        goes on from there). An entry that does not open (altered, or not Ariel's) is left out, and logged."""
+        keys = index.keys[offset : offset + limit]
+        gate = asyncio.Semaphore(_READS_AT_ONCE)
+        opener = self.sealer.opener(org_id)  # the org's data key unwrapped once for the page, not per entry
+
+        async def opened(key: str) -> tuple[int, TranscriptEntry | None]:
             async with gate:
                 packed = await self._objects("read", self.objects.get(key))
-            if packed is None:  # deleted between the listing and now
-                return None
-            plain = await self.sealer.open(org_id, _purpose(key), _unpack(packed))
-            return TranscriptEntry.model_validate_json(plain)
+                if packed is None:  # deleted between the listing and now
+                    return 0, None
+                try:
+                    plain = await opener(_purpose(key), _unpack(packed))
+                    return len(plain), TranscriptEntry.model_validate_json(plain)
+                except (SealingError, ValidationError, ValueError) as exc:
+                    log.warning("transcripts: the object %s does not open as an entry: %s", key, type(exc).__name__)
+                    return 0, None
 
-        entries = [entry for entry in await asyncio.gather(*(opened(key) for key in page)) if entry is not None]
-        return entries, len(mine)
+        found = await asyncio.gather(*(opened(key) for key in keys))
+        entries: list[TranscriptEntry] = []
+        size = 0
+        for length, entry in found:
+            size += length
+            if entries and size > MAX_PAGE_BYTES:
+                break
+            if entry is not None:
+                entries.append(entry)
+        return entries
+
+    async def read(self, org_id: str, run_id: str, offset: int, limit: int) -> tuple[list[TranscriptEntry], int]:
+        """A page of the run's newest attempt, and how many entries it recorded in all."""
+        index = await self.index(org_id, run_id)
+        return await self.page(org_id, index, offset, limit), len(index.keys)
 
     async def delete(self, org_id: str, run_id: str) -> int:
         """Remove the run's transcript, every attempt's; how many entries went."""
@@ -109,13 +144,14 @@ def _prefix(org_id: str, run_id: str) -> str:
     return f"orgs/{_part(org_id)}/runs/{_part(run_id)}/transcript/"
 
 
-def _key(org_id: str, run_id: str, attempt: int, index: int) -> str:
-    return f"{_prefix(org_id, run_id)}{attempt:04d}/{index:06d}"
+def _key(org_id: str, run_id: str, attempt: tuple[int, int], index: int) -> str:
+    generation, run_count = attempt
+    return f"{_prefix(org_id, run_id)}{generation:04d}-{run_count:04d}/{index:06d}"
 
 
 def _part(value: str) -> str:
     # Ids are hex and UUIDs; anything else is a bug upstream, not a path to follow.
-    if not value or not all(char.isalnum() or char == "-" for char in value):
+    if not value or not all(char.isascii() and (char.isalnum() or char == "-") for char in value):
         raise InvalidRequest(f"not an id: {value[:40]!r}")
     return value
 

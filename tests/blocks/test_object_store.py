@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from blocks.object_store import LocalObjectStore, ObjectStore, ObjectStoreError, S3ObjectStore
+from mcp_server.settings import ArielSettings
 from tests.support import S3Server, free_port
 
 
@@ -60,3 +62,32 @@ async def test_a_folder_that_cannot_be_written_says_so_and_what_to_set(tmp_path:
     blocked.write_text("not a folder")
     with pytest.raises(ObjectStoreError, match="cannot be written.*ARIEL_OBJECT_STORE_FOLDER"):
         await LocalObjectStore(folder=str(blocked / "objects")).check()
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("s3://127.0.0.1:9000/ariel", "is http(s)://host[:port]/bucket"),
+    ("http://ariel:very-secret-key-1234@127.0.0.1:9000/ariel", "not in the URL"),
+    ("http://:very-secret-key-1234@127.0.0.1:9000/ariel", "not in the URL"),
+    ("http://127.0.0.1:9000/ariel?secret=very-secret-key-1234", "not in the URL"),
+    ("http://127.0.0.1:9000/Ariel_Bucket", "a bucket name is 3 to 63 lower-case"),
+    ("http://127.0.0.1:9000/192.168.1.1", "not an IP address"),
+    ("http://127.0.0.1:9000/a..b", "no two dots"),
+    ("http://127.0.0.1:9000/", "a bucket name is"),
+])
+def test_a_bucket_url_that_is_wrong_is_refused_at_start_saying_what_is_allowed_and_never_echoing_a_secret(
+    url: str, says: str
+) -> None:
+    with pytest.raises(ValidationError) as raised:
+        ArielSettings(object_store_url=url, object_store_access_key="id", object_store_secret_key="s")
+    said = " ".join(str(error["msg"]) for error in raised.value.errors())  # what `ariel` prints
+    assert says in said and "very-secret-key-1234" not in said
+
+
+def test_the_settings_name_the_folder_by_default_and_the_bucket_with_its_keys(tmp_path: Path) -> None:
+    assert ArielSettings(home=tmp_path).object_store() == LocalObjectStore(folder=str(tmp_path / "objects"))
+    with pytest.raises(ValidationError, match="needs ARIEL_OBJECT_STORE_ACCESS_KEY"):
+        ArielSettings(object_store_url="https://minio.internal:9000/ariel")
+    bucket = ArielSettings(object_store_url="https://minio.internal:9000/ariel", object_store_access_key="id",
+                           object_store_secret_key="s").object_store()
+    assert isinstance(bucket, S3ObjectStore)
+    assert (bucket.endpoint, bucket.bucket, bucket.secure) == ("minio.internal:9000", "ariel", True)

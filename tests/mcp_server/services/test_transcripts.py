@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from blocks.object_store import S3ObjectStore
-from mcp_server.services.exceptions import InvalidRequest, SealBroken
+from mcp_server.services.exceptions import InvalidRequest
 from mcp_server.services.transcripts import MAX_ENTRIES
 from tests.mcp_server.services.test_tool_servers import services
 from tests.mcp_server.store.test_store import other_org
 from tests.support import S3Server
 
 RUN = "3f1c2d9e-0000-4000-8000-000000000002"
+FIRST = (1, 0)  # the first attempt: generation 1, Prefect's run count 0 when its token was handed out
 
 
 def entry(index: int, output: Any = "ok", kind: str = "tool") -> dict[str, Any]:
@@ -38,7 +39,8 @@ async def test_a_long_transcript_is_kept_whole_sealed_at_rest_and_read_back_in_p
     async with services(home, store_url, **bucket_settings(s3)) as s:
         org = (await s.store.ensure_personal_org()).id
         for index in range(1, 6):
-            await s.transcripts.append(org, RUN, 1, entry(index, page_of_a_site if index == 3 else f"result {index}"))
+            output = page_of_a_site if index == 3 else f"result {index}"
+            await s.transcripts.append(org, RUN, FIRST, entry(index, output))
         first, total = await s.transcripts.read(org, RUN, offset=0, limit=2)
         rest, _ = await s.transcripts.read(org, RUN, offset=2, limit=10)
         objects = s.transcripts.objects
@@ -57,7 +59,7 @@ async def test_another_orgs_run_has_no_transcript_and_an_object_moved_under_its_
     async with services(home, store_url, **bucket_settings(s3)) as s:
         org = (await s.store.ensure_personal_org()).id
         elsewhere = await other_org(s.store)
-        await s.transcripts.append(org, RUN, 1, entry(1, "the org's own result"))
+        await s.transcripts.append(org, RUN, FIRST, entry(1, "the org's own result"))
         assert await s.transcripts.read(elsewhere, RUN, offset=0, limit=50) == ([], 0)
         # Someone with the bucket's keys copies the object under the other org's prefix: it is bound to its key.
         objects = s.transcripts.objects
@@ -65,21 +67,25 @@ async def test_another_orgs_run_has_no_transcript_and_an_object_moved_under_its_
         blob = await objects.get(key)
         assert blob is not None
         await objects.put(key.replace(org, elsewhere), blob)
-        with pytest.raises(SealBroken):
-            await s.transcripts.read(elsewhere, RUN, offset=0, limit=50)
+        moved, total = await s.transcripts.read(elsewhere, RUN, offset=0, limit=50)
+        assert (moved, total) == ([], 1)  # listed, but it opens for nobody there: left out
 
 
 async def test_a_retried_runs_transcript_is_its_newest_attempts(home: Path, store_url: str) -> None:
     async with services(home, store_url) as s:  # the desktop default: a folder in ARIEL_HOME
         org = (await s.store.ensure_personal_org()).id
         for index in (1, 2, 3):
-            await s.transcripts.append(org, RUN, 1, entry(index, f"first attempt {index}"))
-        await s.transcripts.append(org, RUN, 2, entry(1, "replayed"))
+            await s.transcripts.append(org, RUN, FIRST, entry(index, f"first attempt {index}"))
+        # Retried by Prefect (its run count went up), then by Ariel's recovery (the generation went up).
+        await s.transcripts.append(org, RUN, (1, 1), entry(1, "retried in Prefect"))
+        by_prefect, total_by_prefect = await s.transcripts.read(org, RUN, offset=0, limit=50)
+        await s.transcripts.append(org, RUN, (2, 0), entry(1, "replayed"))
         entries, total = await s.transcripts.read(org, RUN, offset=0, limit=50)
         assert (home / "objects" / "orgs" / org).is_dir()
-        assert await s.transcripts.delete(org, RUN) == 4
+        assert await s.transcripts.delete(org, RUN) == 5
         assert await s.transcripts.read(org, RUN, offset=0, limit=50) == ([], 0)
 
+    assert total_by_prefect == 1 and [e.output for e in by_prefect] == ["retried in Prefect"]
     assert total == 1 and [e.output for e in entries] == ["replayed"]
 
 
@@ -95,5 +101,5 @@ async def test_what_is_not_an_entry_is_refused_and_nothing_is_kept(
     async with services(home, store_url) as s:
         org = (await s.store.ensure_personal_org()).id
         with pytest.raises(InvalidRequest, match=says):
-            await s.transcripts.append(org, RUN, 1, bad)
+            await s.transcripts.append(org, RUN, FIRST, bad)
         assert await s.transcripts.read(org, RUN, offset=0, limit=50) == ([], 0)
