@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import prefect.runtime.flow_run
+from opentelemetry import trace
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -47,6 +49,7 @@ from flows.models import completion_kwargs, is_transient_llm_error
 from flows.network.egress import agent_egress
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, protected_endpoints, refuse_protected
 from flows.signing import verify_from_environment
+from flows.telemetry import attach_tenant, detach_tenant, record_run, start_run_telemetry
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.registry import ToolContext
 from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor, TranscriptKeeper
@@ -179,6 +182,12 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
     return text, findings
 
 
+# Here, as Prefect's engine imports this flow: before it starts the run's span, which needs the tracer provider.
+# Nothing happens unless the run's pool says the install exports telemetry (a standby sets it up when its run
+# arrives, `flows.standby`).
+start_run_telemetry()
+
+
 @flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
     """Play one agent version until it replies, or its step or time budget runs out."""
@@ -191,6 +200,12 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
             "an admin approves it (update_agent action=approve), then run it again"
         )
     recorder = Recorder(config.model, Redactor(_environment_secrets()), keeper=TranscriptKeeper.for_this_run())
+    # Telemetry (when the pool exports it): this run's span, and every LLM and tool call's, carry these.
+    tenant = {"ariel.org": config.org_id, "ariel.agent": config.agent_id, "ariel.version": config.version,
+              "ariel.run": prefect.runtime.flow_run.id}
+    trace.get_current_span().set_attributes({key: value for key, value in tenant.items() if value is not None})
+    tenant_token = attach_tenant(tenant)
+    outcome = "failed"
     try:
         # A hard limit: also covers retries and their delays, which Prefect times per attempt.
         async with asyncio.timeout(config.limits.timeout_seconds):
@@ -203,14 +218,22 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
                 recorder.redactor.add(provider.api_key.get_secret_value())
             for access in credentials.mcp.values():
                 recorder.redactor.add(*_header_secrets(access))
-            return await _play(config, input, deadline=deadline, recorder=recorder, provider=provider,
-                               mcp=credentials.mcp)
+            reply = await _play(config, input, deadline=deadline, recorder=recorder, provider=provider,
+                                mcp=credentials.mcp)
+            outcome = "completed"
+            return reply
     except TimeoutError as exc:
         # A step ran past what was left of the budget (Prefect's TaskRunTimeoutError).
+        outcome = "timed_out"
         raise RunTimedOut(_TIMED_OUT.format(seconds=config.limits.timeout_seconds)) from exc
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
     finally:
         # Also when the run fails: what a failed run used is worth knowing too.
-        await recorder.publish_usage()
+        usage = await recorder.publish_usage()
+        record_run(outcome, usage.duration_seconds, usage.model_dump())
+        detach_tenant(tenant_token)
         # Prefect ships log lines in batches (every 2 s) and the rest as the process exits, after the final state:
         # a read right after the end (diagnose_run, get_run_logs) must find the run's last lines, its refusals too.
         await _ship_logs()

@@ -185,6 +185,10 @@ def main() -> None:
     if env is None:
         return
     apply(env)
+    # The run's pool may export telemetry: the provider must be set before the engine starts the run's span.
+    from flows.telemetry import start_run_telemetry
+
+    start_run_telemetry()
     if cold:
         import_litellm_beside()
     run_id = UUID(os.environ["PREFECT__FLOW_RUN_ID"])

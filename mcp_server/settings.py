@@ -430,6 +430,35 @@ class ArielSettings(BaseSettings):
                              "ARIEL_OBJECT_STORE_SECRET_KEY")
         return self
 
+    def service_endpoints(self) -> tuple[str, ...]:
+        """`host:port` of the object store and the collector when they sit on the runs' network (plain http, or a
+        loopback or private address): no agent may reach them there. A run sharing that network could list the
+        bucket's keys or speak for another org to a collector that trusts its network. One on the internet over
+        https takes its own credential, and agents may use the same provider (S3) for their own work.
+
+        >>> ArielSettings(otlp_endpoint="http://127.0.0.1:4318").service_endpoints()
+        ('127.0.0.1:4318',)
+        >>> ArielSettings(otlp_endpoint="https://api.honeycomb.io").service_endpoints()
+        ()
+        """
+        import ipaddress
+
+        import httpx
+
+        from flows.network.guard import endpoint, port_of
+
+        def on_runs_network(url: httpx.URL) -> bool:
+            if url.scheme == "http" or url.host == "localhost":
+                return True
+            try:
+                address = ipaddress.ip_address(url.host)
+            except ValueError:
+                return False
+            return address.is_private or address.is_loopback
+
+        urls = [httpx.URL(url) for url in (self.object_store_url, self.otlp_endpoint) if url]
+        return tuple(endpoint(url.host, port_of(url)) for url in urls if on_runs_network(url))
+
     def object_store(self) -> ObjectStore:
         """Where run transcripts are kept: the bucket when one is set, else the folder."""
         # Here, not above: `ariel --help` imports these settings, and a Block imports much of Prefect.

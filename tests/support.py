@@ -148,6 +148,85 @@ def s3_server(home: Path) -> Iterator[S3Server]:
         log.close()
 
 
+@dataclass
+class OtlpReceiver:
+    """What an OTLP/HTTP collector on loopback received, decoded: spans and metric data points as dicts."""
+
+    url: str = ""
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]  # no stubs
+
+    return {item.key: next(iter(MessageToDict(item.value).values()), None) for item in items}
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP receiver on loopback that decodes what it gets (protobuf, as the exporters send it)."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+        ExportMetricsServiceResponse,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    received = OtlpReceiver()
+    lock = threading.Lock()
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                received.headers.append({name.lower(): value for name, value in self.headers.items()})
+                if self.path == "/v1/traces":
+                    self._spans(ExportTraceServiceRequest.FromString(body))
+                    answer = ExportTraceServiceResponse().SerializeToString()
+                elif self.path == "/v1/metrics":
+                    self._points(ExportMetricsServiceRequest.FromString(body))
+                    answer = ExportMetricsServiceResponse().SerializeToString()
+                else:
+                    self.send_error(404)
+                    return
+            _reply(self, 200, "application/x-protobuf", answer)
+
+        @staticmethod
+        def _spans(request: Any) -> None:
+            for resource_spans in request.resource_spans:
+                resource = _attributes(resource_spans.resource.attributes)
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        received.spans.append({
+                            "name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                            "parent_span_id": span.parent_span_id.hex(), "kind": span.kind,
+                            "service": resource.get("service.name"), "resource": resource,
+                            "attributes": _attributes(span.attributes),
+                        })
+
+        @staticmethod
+        def _points(request: Any) -> None:
+            for resource_metrics in request.resource_metrics:
+                resource = _attributes(resource_metrics.resource.attributes)
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        kind = metric.WhichOneof("data")
+                        for point in getattr(metric, kind).data_points if kind else []:
+                            received.points.append({"metric": metric.name, "service": resource.get("service.name"),
+                                                    "attributes": _attributes(point.attributes)})
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    with http_service(Collector) as host:
+        received.url = f"http://{host}"
+        yield received
+
+
 STOP_SECONDS = 10.0  # the spec: every process Ariel starts stops within 10 s of SIGINT or SIGTERM
 
 

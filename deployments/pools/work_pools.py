@@ -32,6 +32,7 @@ from deployments.exceptions import PoolTypeMismatch
 from deployments.pools.limits import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT, DEFAULT_PIDS_LIMIT
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV
 from flows.signing import VERIFY_KEY_ENV
+from flows.telemetry import TELEMETRY_ENV
 
 PoolType = Literal["docker", "process"]
 
@@ -85,6 +86,7 @@ def docker_job_template(
     cpus: float = DEFAULT_CPUS,
     protected_endpoints: Sequence[str] = (),
     verify_key: str | None = None,
+    telemetry: bool = False,
 ) -> dict[str, Any]:
     """The hardened Docker base job template of one organization's pool; limits are the org's plan.
 
@@ -135,6 +137,8 @@ def docker_job_template(
     env = {PROTECTED_ENDPOINTS_ENV: ",".join(protected_endpoints)} if protected_endpoints else {}
     if verify_key:
         env[VERIFY_KEY_ENV] = verify_key
+    if telemetry:  # runs export their spans and metrics through the gateway (flows.telemetry)
+        env[TELEMETRY_ENV] = "on"
     # A literal, not the `env` variable's default: Prefect merges a deployment's `env` over it
     # key by key, so an `env` job variable adds to it instead of replacing it.
     template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **HEARTBEAT_ENV, **env}
@@ -151,7 +155,7 @@ HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
 reach a run. The gateway puts the run's own token over these, in the run's job variables."""
 
 
-def process_job_template(verify_key: str | None = None) -> dict[str, Any]:
+def process_job_template(verify_key: str | None = None, telemetry: bool = False) -> dict[str, Any]:
     """The process pool's template: Prefect's stock one (desktop use, runs on the host).
 
     `verify_key` reaches each run as ARIEL_CONFIG_VERIFY_KEY, a literal as in the Docker pool's: the process
@@ -162,6 +166,8 @@ def process_job_template(verify_key: str | None = None) -> dict[str, Any]:
     """
     template = copy.deepcopy(ProcessWorker.get_default_base_job_template())
     env = {VERIFY_KEY_ENV: verify_key} if verify_key else {}
+    if telemetry:
+        env[TELEMETRY_ENV] = "on"
     template["job_configuration"]["env"] = {**NO_WORKER_CREDENTIAL, **HEARTBEAT_ENV, **env}
     return _ariel_env_fixed(template)
 

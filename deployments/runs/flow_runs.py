@@ -83,7 +83,19 @@ async def start_run(
     parameters: dict[str, Any] = {"input": input} if input is not None else {}
     if config is not None:
         parameters["config"] = config
-    return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, name=name)
+    return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, name=name,
+                                                        labels=trace_labels())
+
+
+def trace_labels() -> dict[str, bool | int | float | str] | None:
+    """The current trace, as the label from which Prefect's engine continues it in the run's container; None
+    without one (telemetry off: nothing records a span)."""
+    from opentelemetry import propagate
+    from prefect.telemetry.run_telemetry import LABELS_TRACEPARENT_KEY, TRACEPARENT_KEY
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {LABELS_TRACEPARENT_KEY: carrier[TRACEPARENT_KEY]} if TRACEPARENT_KEY in carrier else None
 
 
 async def find_run(client: PrefectClient, org_id: str, ref: str) -> FlowRun | None:

@@ -35,7 +35,7 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         # Prefect's client otherwise sends usage analytics to a third party from every process and run.
         DO_NOT_TRACK="1",
     )
-    control_plane = control_plane_hosts(settings.host, settings.port, api_url)
+    control_plane = [*control_plane_hosts(settings.host, settings.port, api_url), *settings.service_endpoints()]
     env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
     return env
 
@@ -44,7 +44,7 @@ def is_credential(name: str) -> bool:
     """Variables that hold a credential of the control plane or of Prefect: never handed to a child as they are."""
     upper = name.upper()
     return upper in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING") or (
-        upper.startswith("ARIEL_") and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK"))
+        upper.startswith("ARIEL_") and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK", "_HEADERS"))
     ) or upper.startswith("ARIEL_KEK")
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Send
@@ -33,6 +35,7 @@ from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
+from mcp_server.gateway.telemetry import OTLP_ROUTE, Collector, serve_otlp
 from mcp_server.gateway.transcript import TRANSCRIPT_ROUTE, Transcripts, serve_transcript
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
@@ -106,7 +109,8 @@ class Gateway:
                  tool_listings: Callable[[], ToolListings] | None = None,
                  journals: Callable[[], Journals] | None = None,
                  wakeups: Callable[[], Wakeups] | None = None,
-                 transcripts: Callable[[], Transcripts] | None = None) -> None:
+                 transcripts: Callable[[], Transcripts] | None = None,
+                 collector: Collector | None = None) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream_auth = upstream_auth
         headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
@@ -121,6 +125,9 @@ class Gateway:
         self._journals = journals
         self._wakeups = wakeups
         self._transcripts = transcripts
+        self._collector = collector
+        # Its own client: the upstream one carries the Prefect credential, which the collector must never get.
+        self._collector_client = httpx.AsyncClient(timeout=10.0) if collector is not None else None
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
         self._subscriptions: dict[UUID, int] = {}  # run id → its open /events/out subscriptions
@@ -130,9 +137,16 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._collector_client is not None:
+            await self._collector_client.aclose()
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Serve one request whose path is relative to the gateway (`/api/…`)."""
+        # Untraced (when telemetry is on): workers poll every second, and a run's own spans come from the run.
+        with suppress_instrumentation():
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             response = await self._http(Request(scope, receive))
             await response(scope, receive, send)
@@ -159,6 +173,7 @@ class Gateway:
         caller = await self.scope_of(presented_token(request.headers.get("authorization")))
         if caller is None:
             return JSONResponse(_UNAUTHENTICATED, status_code=401)
+        _trace_caller(caller)
         if path.startswith("/ariel/"):
             return await self._ariel(request, caller)
         body = await _read_body(request)
@@ -222,6 +237,9 @@ class Gateway:
         if route[0] in ("GET", "POST") and route[1] == JOURNAL_ROUTE and isinstance(caller, RunScope):
             journals = self._journals() if self._journals is not None else None
             return await serve_journal(request, caller, self.ownership, journals)
+        if route[0] == "POST" and route[1].startswith(f"{OTLP_ROUTE}/") and isinstance(caller, RunScope):
+            return await serve_otlp(request, caller, self.ownership, self._collector,
+                                    self._collector_client or self._client)
         if route == ("POST", TRANSCRIPT_ROUTE) and isinstance(caller, RunScope):
             transcripts = self._transcripts() if self._transcripts is not None else None
             return await serve_transcript(request, caller, self.ownership, transcripts)
@@ -478,6 +496,17 @@ class _AuthenticatedEvents:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._connecting.__aexit__(*exc)
+
+
+def _trace_caller(caller: Scope) -> None:
+    """The caller's org (and run) on the request's span, when telemetry is on; nothing else of a credential."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    if isinstance(caller, RunScope):
+        span.set_attributes({"ariel.org": caller.org_id, "ariel.run": str(caller.run_id)})
+    elif caller.org_id is not None:
+        span.set_attribute("ariel.org", caller.org_id)
 
 
 def _mcp_server_ids(config: dict[str, Any]) -> list[str]:

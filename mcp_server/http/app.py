@@ -21,6 +21,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import BaseModel, Field
 from starlette.middleware.cors import CORSMiddleware
 
@@ -29,6 +30,7 @@ from deployments.pools.work_pools import PoolType, install_prefix
 from deployments.runs.recovery import keep_recovering
 from mcp_server.gateway import Gateway
 from mcp_server.gateway.run_tokens import RunTokens
+from mcp_server.gateway.telemetry import Collector
 from mcp_server.http.authenticate import AuthenticateHTTP
 from mcp_server.http.gateway import ServeGateway, gateway_scope
 from mcp_server.http.hardening import (
@@ -46,6 +48,7 @@ from mcp_server.services.container import Services, open_services
 from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
 from mcp_server.services.rate_limits import unauthenticated_limit
+from mcp_server.services.telemetry import start_telemetry
 from mcp_server.settings import TRUSTING_PROFILES, ArielSettings
 from mcp_server.tools.server import build_mcp
 
@@ -96,13 +99,17 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     def services() -> Services:
         return opened[0]
 
+    # Off unless a collector is set; on, this app's requests, outbound calls and queries are traced.
+    telemetry = start_telemetry(settings)
+    collector = Collector(telemetry.endpoint, telemetry.headers) if telemetry is not None else None
     gateway = Gateway(prefect_api_url, settings.prefect_credential(), RunTokens(settings.run_token_secret()),
                       authenticate=lambda token: gateway_scope(settings, services(), token),
                       verify_key=lambda: services().agents.signer.verify_key,
                       open_provider=lambda org_id, name: services().secrets.open_provider(org_id, name),
                       open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids),
                       tool_listings=lambda: services().tool_servers, journals=lambda: services().journal,
-                      wakeups=lambda: services().wakeups, transcripts=lambda: services().transcripts)
+                      wakeups=lambda: services().wakeups, transcripts=lambda: services().transcripts,
+                      collector=collector)
     # Stateless: no MCP session is kept in a process, so any of several app processes behind a load balancer
     # answers any request, and a restart loses no client's session. Progress still streams on each call's own
     # response; Ariel sends nothing unasked on a session's stream (no sampling, elicitation or list_changed) to
@@ -116,9 +123,17 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # The services first: the auth middleware and the MCP server both use them.
         async with open_services(settings, prefect_api_url, pool_type) as ready:
             opened.append(ready)
+            if telemetry is not None:
+                telemetry.instrument_store(ready.store.engine)
+
             async def maintain() -> None:
                 # Bring back the runs the install's workers lost; forget journals past their retention.
                 # A task group: one loop failing stops the other too, and the lease is asked for afresh.
+                # Untraced: polls every few seconds, not a person's request.
+                with suppress_instrumentation():
+                    await maintain_loops()
+
+            async def maintain_loops() -> None:
                 async with asyncio.TaskGroup() as loops:
                     loops.create_task(keep_recovering(
                         ready.agents.prefect_client, install_prefix(ready.agents.install_id),
@@ -138,6 +153,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                     await maintaining
                 opened.clear()
                 await gateway.aclose()
+                if telemetry is not None:
+                    telemetry.shutdown()
 
     app = FastAPI(
         title="Ariel",
@@ -179,6 +196,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     app.add_middleware(ServeGateway, gateway=gateway)
     app.add_middleware(CatchUnhandled)
     app.add_middleware(SecurityHeaders)
+    if telemetry is not None:
+        telemetry.instrument_app(app)  # outermost: the request's span covers all of the above
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flows.telemetry import attach_tenant, detach_tenant
 from mcp_server.auth import AuthError, AuthUnavailable
 from mcp_server.services.container import Services
 from mcp_server.tools.middleware.caller import SCOPE_CALLER
@@ -39,7 +42,9 @@ class AuthenticateHTTP:
         client = scope.get("client")
         origin = f"http {client[0]}" if client else "http"
         try:
-            caller = await self.services().auth.caller_for(Headers(scope=scope).get("authorization"), origin)
+            # Untraced: its queries run before the org is known, and every span of a request carries its org.
+            with suppress_instrumentation():
+                caller = await self.services().auth.caller_for(Headers(scope=scope).get("authorization"), origin)
         except AuthUnavailable as exc:
             await _refuse(503, str(exc), {}, scope, receive, send)
             return
@@ -51,7 +56,14 @@ class AuthenticateHTTP:
             await _refuse(401, str(exc), challenge, scope, receive, send)
             return
         scope.setdefault("state", {})[SCOPE_CALLER] = caller
-        await self.app(scope, receive, send)
+        # Telemetry (when on): the request's span, and every span made while serving it, carry the org and user.
+        tenant = {"ariel.org": caller.org_id, "ariel.user": caller.user_id}
+        trace.get_current_span().set_attributes(tenant)
+        token = attach_tenant(tenant)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            detach_tenant(token)
 
 
 async def _refuse(

@@ -66,6 +66,8 @@ class AgentService:
     signer: ConfigSigner = field(kw_only=True, repr=False)
     # The stdio MCP servers the platform offers (name → command in the runtime image): settings.stdio_catalog.
     stdio_commands: Mapping[str, list[str]] = field(default_factory=dict, kw_only=True)
+    # Whether runs export telemetry (through the gateway): the install has a collector.
+    telemetry: bool = field(default=False, kw_only=True)
 
     # The client every call shares while `connected()` holds it open (the app's whole life, in open_services).
     _shared: PrefectClient | None = field(default=None, init=False, repr=False)
@@ -132,8 +134,10 @@ class AgentService:
         name, pool_type = await self.org_pool(caller.org_id)
         template = (
             docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit,
-                                protected_endpoints=self.protected_hosts, verify_key=self.signer.verify_key)
-            if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key)
+                                protected_endpoints=self.protected_hosts, verify_key=self.signer.verify_key,
+                                telemetry=self.telemetry)
+            if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key,
+                                                               telemetry=self.telemetry)
         )
         async with self.prefect() as client:
             await ensure_pool(client, name, pool_type, template, caller.org_id,

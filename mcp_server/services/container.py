@@ -53,7 +53,8 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
     try:
         # The operator's first (the store's database, say), then the control plane's own services.
         protected_hosts = tuple(dict.fromkeys(
-            [*settings.protected_endpoints, *control_plane_hosts(settings.host, settings.port, prefect_api_url)]))
+            [*settings.protected_endpoints, *control_plane_hosts(settings.host, settings.port, prefect_api_url),
+             *settings.service_endpoints()]))
         agents = AgentService(
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
             protected_hosts=protected_hosts,
@@ -61,6 +62,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
             prefect_auth_string=settings.prefect_credential(),
             signer=Ed25519ConfigSigner.from_text(settings.config_signing_key_text()),
             # A Docker run starts a catalog server inside its container; a process run on this host, as installed.
+            telemetry=settings.otlp_endpoint is not None,
             stdio_commands={
                 entry.name: entry.command if pool_type == "docker" else installed_command(entry, settings.stdio_folder)
                 for entry in settings.stdio_catalog

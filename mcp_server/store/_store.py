@@ -67,6 +67,11 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
     async def close(self) -> None:
         await self._engine.dispose()
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for what observes every query (telemetry's instrumentation); queries go through methods."""
+        return self._engine
+
     @asynccontextmanager
     async def tenant(self, org_id: str) -> AsyncIterator[AsyncConnection]:
         """A transaction scoped to `org_id`: on PostgreSQL, row-level security hides every other org's rows."""

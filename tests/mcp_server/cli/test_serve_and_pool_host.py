@@ -104,6 +104,8 @@ def test_the_printed_stdio_config_opens_the_same_store_and_never_shows_a_secret(
         "ARIEL_PREFECT_API_URL": "http://127.0.0.1:4200/api",
         "ARIEL_PREFECT_AUTH_STRING": "operator:hunter3",
         "ARIEL_KEK": "c2VjcmV0",
+        "ARIEL_OTLP_HEADERS": "Authorization=Bearer hunter4",
+        "ARIEL_OBJECT_STORE_SECRET_KEY": "hunter5",
         "ARIEL_PORT": "9000",
         "PATH": "/usr/bin",
     }
@@ -113,6 +115,8 @@ def test_the_printed_stdio_config_opens_the_same_store_and_never_shows_a_secret(
     assert stdio["env"] == {
         "ARIEL_HOME": str(tmp_path),
         "ARIEL_KEK": "<the value of ARIEL_KEK in this environment>",
+        "ARIEL_OBJECT_STORE_SECRET_KEY": "<the value of ARIEL_OBJECT_STORE_SECRET_KEY in this environment>",
+        "ARIEL_OTLP_HEADERS": "<the value of ARIEL_OTLP_HEADERS in this environment>",
         "ARIEL_PREFECT_API_URL": "http://127.0.0.1:4200/api",
         "ARIEL_PREFECT_AUTH_STRING": "<the value of ARIEL_PREFECT_AUTH_STRING in this environment>",
         "ARIEL_STORE_URL": "<the value of ARIEL_STORE_URL in this environment>",

@@ -7,6 +7,7 @@ test cancel one or diagnose why it does not start.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from prefect.client.schemas.actions import WorkPoolUpdate
 from deployments.runs.cursors import encode_cursor, fingerprint
 from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import call
-from tests.support import serve_app
+from tests.support import S3Server, free_port, serve_app
 
 OWNER = "dev:olga:lifecycle:owner"
 MEMBER = "dev:mo:lifecycle:member"
@@ -256,3 +257,26 @@ async def test_a_service_the_operator_protects_is_refused_to_agents_and_handed_t
     assert protected[0] == "127.0.0.1:5433" and f"127.0.0.1:{urlsplit(prefect_api).port}" in protected
     # What an operator reads beside the pool's hex name in the Prefect UI: whose pool it is.
     assert pool.description is not None and pool.description.startswith("Ariel agents of lifecycle (lifecycle) (org:")
+
+
+async def test_the_bucket_and_the_collector_on_the_runs_network_are_refused_to_agents_and_runs(
+    tmp_path: Path, prefect_api: str, s3: S3Server
+) -> None:
+    """A run shares the host's network (Docker pools): it must not reach the bucket or the collector there."""
+    collector = f"127.0.0.1:{free_port()}"
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = ArielSettings(home=home, auth_mode="dev", otlp_endpoint=f"http://{collector}",
+                             object_store_url=f"http://{s3.endpoint}/t-{uuid.uuid4().hex[:12]}",
+                             object_store_access_key=s3.access_key, object_store_secret_key=s3.secret_key)
+    with serve_app(settings, prefect_api, pool_type="docker") as app:
+        whys = [await refused(app, OWNER, "create_agent", **hello(f"Snoop {n}", tools=["http_request"],
+                                                                   allowed_hosts=[host]))
+                for n, host in enumerate((s3.endpoint, collector))]
+        agent = await call(app, OWNER, "create_agent", **hello())
+    assert all("is Ariel's own control plane or a service the operator protects" in why for why in whys), whys
+    async with PrefectClient(prefect_api) as prefect:
+        pool = await prefect.read_work_pool(agent["work_pool"])
+    env = pool.base_job_template["job_configuration"]["env"]
+    assert {s3.endpoint, collector} <= set(env["ARIEL_PROTECTED_ENDPOINTS"].split(","))
+    assert env["ARIEL_TELEMETRY"] == "on"  # its runs export, through the gateway
