@@ -24,10 +24,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
 import pytest
+import yaml  # type: ignore[import-untyped]  # no stubs installed
 
 from deployments.images.compose_images import ComposeImages
 from deployments.pools.standby import POOL_LABEL
@@ -245,3 +247,36 @@ async def test_compose_core_profile_runs_an_agent_and_down_leaves_nothing(tmp_pa
     finally:
         run("down", "--volumes", "--remove-orphans", timeout=120)
         engine.close()
+
+
+def test_the_compose_full_profile_adds_minio_and_a_collector_that_the_app_is_pointed_at(tmp_path: Path) -> None:
+    """Its registry images cannot be pulled here: what runs is checked up to them (the file as compose reads it);
+    the app's use of a bucket and a collector is tested on loopback (tests/test_transcripts.py, test_telemetry.py)."""
+    compose = compose_command()
+    env_file = compose_env(tmp_path)
+    secret = secrets.token_hex(24)
+    env_file.write_text(env_file.read_text() + "ARIEL_OBJECT_STORE_URL=http://127.0.0.1:9000/ariel-transcripts\n"
+                        "ARIEL_OBJECT_STORE_ACCESS_KEY=ariel\n"
+                        f"ARIEL_OBJECT_STORE_SECRET_KEY={secret}\nARIEL_OTLP_ENDPOINT=http://127.0.0.1:4318\n")
+    tool_env = {name: value for name, value in os.environ.items() if not name.startswith(("ARIEL_", "PREFECT_"))}
+
+    def config(profile: str) -> dict[str, Any]:
+        # Compose v1 lists every service with its profiles; v2 only those the profile starts, with theirs.
+        done = subprocess.run([*compose, "--project-name", "ariel-config", "--file", str(COMPOSE_FILE), "--env-file",
+                               str(env_file), "--profile", profile, "config"], capture_output=True, text=True,
+                              timeout=60, env=tool_env, check=False)
+        assert done.returncode == 0, done.stderr
+        return dict(yaml.safe_load(done.stdout))
+
+    full = config("full")
+    profiles = {name: set(service["profiles"]) for name, service in full["services"].items()}
+    assert profiles == {"postgres": {"core", "full"}, "prefect": {"core", "full"}, "app": {"core", "full"},
+                        "pool-host": {"core", "full"}, "minio": {"full"}, "otel-collector": {"full"}}
+    app = full["services"]["app"]["environment"]
+    assert (app["ARIEL_OBJECT_STORE_URL"], app["ARIEL_OTLP_ENDPOINT"]) == (
+        "http://127.0.0.1:9000/ariel-transcripts", "http://127.0.0.1:4318")
+    minio = full["services"]["minio"]
+    assert (minio["environment"]["MINIO_ROOT_USER"], minio["environment"]["MINIO_ROOT_PASSWORD"]) == ("ariel", secret)
+    assert "127.0.0.1:9000" in minio["command"]  # loopback only, as every service of the file
+    collector = yaml.safe_load((COMPOSE_FILE.parent / "otel-collector.yaml").read_text())
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "127.0.0.1:4318"
