@@ -1,7 +1,7 @@
 """The OpenTelemetry SDK's parts of Ariel's telemetry: the tenant span processor and a run's exporters.
 
-Imported only where telemetry is on (`flows.telemetry.start_run_telemetry`, the control plane's
-`mcp_server.services.telemetry`).
+A run imports it only where telemetry is on (`flows.telemetry.start_run_telemetry`); the control plane's app
+always does (`mcp_server.services.telemetry`, about 45 ms).
 
 Example:
     >>> from opentelemetry.sdk.trace import TracerProvider
@@ -30,7 +30,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from flows.credentials import gateway_url, run_token
 from flows.telemetry import OTLP_ROUTE, current_tenant
 
-EXPORT_SECONDS = 10.0
+# A run's last export happens as its process exits: a collector (or gateway) that does not answer must not keep
+# the container, and its worker's slot, long after the run ended.
+EXPORT_SECONDS = 3.0
 
 
 class TenantAttributes(SpanProcessor):

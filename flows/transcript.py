@@ -524,7 +524,7 @@ def summary(entries: list[TranscriptEntry], usage: Usage, link: str) -> str:
     """The transcript's summary artifact: each call's step, name, time and error, no content; and the link."""
     cost = f" · ${usage.cost_usd:.4f}" if usage.cost_usd is not None else ""
     lines = [
-        f"**{len(entries)} calls** ({usage.llm_calls} LLM, {usage.tool_calls} tool) · "
+        f"**{len(entries)} call{'s' if len(entries) != 1 else ''}** ({usage.llm_calls} LLM, {usage.tool_calls} tool) · "
         f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens{cost} · "
         f"{usage.duration_seconds:.1f} s",
         "",

@@ -431,14 +431,15 @@ class ArielSettings(BaseSettings):
         return self
 
     def service_endpoints(self) -> tuple[str, ...]:
-        """`host:port` of the object store and the collector when they sit on the runs' network (plain http, or a
-        loopback or private address): no agent may reach them there. A run sharing that network could list the
-        bucket's keys or speak for another org to a collector that trusts its network. One on the internet over
-        https takes its own credential, and agents may use the same provider (S3) for their own work.
+        """`host:port` of the collector, and of the object store when it sits on the runs' network (plain http, or
+        a loopback or private address): no agent may reach them. A run sharing that network could list the
+        bucket's keys, or speak for another org to a collector that trusts its network. A bucket on the internet
+        over https takes its own credential, and agents may use the same provider (S3) for their own work.
 
-        >>> ArielSettings(otlp_endpoint="http://127.0.0.1:4318").service_endpoints()
-        ('127.0.0.1:4318',)
-        >>> ArielSettings(otlp_endpoint="https://api.honeycomb.io").service_endpoints()
+        >>> ArielSettings(otlp_endpoint="https://otel.example.com").service_endpoints()
+        ('otel.example.com:443',)
+        >>> ArielSettings(object_store_url="https://s3.eu-central-1.amazonaws.com/acme", object_store_access_key="a",
+        ...               object_store_secret_key="s").service_endpoints()
         ()
         """
         import ipaddress
@@ -456,8 +457,11 @@ class ArielSettings(BaseSettings):
                 return False
             return address.is_private or address.is_loopback
 
-        urls = [httpx.URL(url) for url in (self.object_store_url, self.otlp_endpoint) if url]
-        return tuple(endpoint(url.host, port_of(url)) for url in urls if on_runs_network(url))
+        # The collector always: agents have no use for it, and one may trust whoever reaches it.
+        collector = [httpx.URL(self.otlp_endpoint)] if self.otlp_endpoint else []
+        store = [httpx.URL(self.object_store_url)] if self.object_store_url else []
+        urls = [*collector, *(url for url in store if on_runs_network(url))]
+        return tuple(endpoint(url.host, port_of(url)) for url in urls)
 
     def object_store(self) -> ObjectStore:
         """Where run transcripts are kept: the bucket when one is set, else the folder."""

@@ -75,19 +75,34 @@ async def test_a_runs_spans_form_one_trace_from_the_mcp_call_into_its_container_
 
 def test_the_gateway_stamps_a_runs_own_org_over_whatever_its_telemetry_claims() -> None:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-    forged = [KeyValue(key="ariel.org", value=AnyValue(string_value="another-org")),
-              KeyValue(key="ariel.agent", value=AnyValue(string_value="a1"))]
-    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(scope_spans=[ScopeSpans(spans=[
-        Span(name="llm · step 1", trace_id=b"t" * 16, span_id=b"s" * 8, attributes=forged)])])])
+    def attributes(**values: str) -> list[KeyValue]:
+        return [KeyValue(key=key.replace("_", "."), value=AnyValue(string_value=value))
+                for key, value in values.items()]
+
+    forged = attributes(ariel_org="another-org", ariel_user="someone", ariel_agent="a1")
+    leak = "https://api.example.com/v1?api_key=sk-live-0123456789abcdef"
+    span = Span(name="llm · step 1", trace_id=b"t" * 16, span_id=b"s" * 8, attributes=forged,
+                status=Status(message=f"failed: {leak}"),
+                events=[Span.Event(name="exception", attributes=[
+                    *attributes(exception_message=f"HTTPError: {leak}", exception_stacktrace="Traceback …"),
+                    *forged])])
+    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+        resource=Resource(attributes=[*forged, *attributes(service_name="ariel-app")]),
+        scope_spans=[ScopeSpans(scope=InstrumentationScope(name="x", attributes=forged), spans=[span])])])
     stamped = ExportTraceServiceRequest.FromString(stamp("traces", request.SerializeToString(), "own-org", "run-1"))
-    [span] = stamped.resource_spans[0].scope_spans[0].spans
-    attributes = {item.key: item.value.string_value for item in span.attributes}
-    resource = {item.key: item.value.string_value for item in stamped.resource_spans[0].resource.attributes}
-    assert attributes == {"ariel.agent": "a1", "ariel.org": "own-org", "ariel.run": "run-1"}
-    assert resource == {"ariel.org": "own-org", "ariel.run": "run-1"}
+
+    resource_spans = stamped.resource_spans[0]
+    [sent] = resource_spans.scope_spans[0].spans
+    as_dict = {item.key: item.value.string_value for item in sent.attributes}
+    assert as_dict == {"ariel.agent": "a1", "ariel.org": "own-org", "ariel.run": "run-1"}
+    assert {item.key: item.value.string_value for item in resource_spans.resource.attributes} == {
+        "ariel.agent": "a1", "service.name": "ariel-run", "ariel.org": "own-org", "ariel.run": "run-1"}
+    assert "another-org" not in str(stamped) and "someone" not in str(stamped)  # scope and event lists too
+    assert "sk-live-0123456789abcdef" not in str(stamped) and "Traceback" not in str(stamped)
 
 
 def run_span(collector: OtlpReceiver, run_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -173,7 +172,6 @@ class Gateway:
         caller = await self.scope_of(presented_token(request.headers.get("authorization")))
         if caller is None:
             return JSONResponse(_UNAUTHENTICATED, status_code=401)
-        _trace_caller(caller)
         if path.startswith("/ariel/"):
             return await self._ariel(request, caller)
         body = await _read_body(request)
@@ -238,8 +236,7 @@ class Gateway:
             journals = self._journals() if self._journals is not None else None
             return await serve_journal(request, caller, self.ownership, journals)
         if route[0] == "POST" and route[1].startswith(f"{OTLP_ROUTE}/") and isinstance(caller, RunScope):
-            return await serve_otlp(request, caller, self.ownership, self._collector,
-                                    self._collector_client or self._client)
+            return await serve_otlp(request, caller, self.ownership, self._collector, self._collector_client)
         if route == ("POST", TRANSCRIPT_ROUTE) and isinstance(caller, RunScope):
             transcripts = self._transcripts() if self._transcripts is not None else None
             return await serve_transcript(request, caller, self.ownership, transcripts)
@@ -496,17 +493,6 @@ class _AuthenticatedEvents:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._connecting.__aexit__(*exc)
-
-
-def _trace_caller(caller: Scope) -> None:
-    """The caller's org (and run) on the request's span, when telemetry is on; nothing else of a credential."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    if isinstance(caller, RunScope):
-        span.set_attributes({"ariel.org": caller.org_id, "ariel.run": str(caller.run_id)})
-    elif caller.org_id is not None:
-        span.set_attribute("ariel.org", caller.org_id)
 
 
 def _mcp_server_ids(config: dict[str, Any]) -> list[str]:

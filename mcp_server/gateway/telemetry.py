@@ -2,8 +2,8 @@
 
 A run exports OTLP/HTTP (protobuf) to `…/ariel/v1/otlp/v1/traces` and `/v1/metrics` with its run token
 (`flows.telemetry`). Runs never hold the collector's address or credential, and whatever a run's telemetry
-claims, every resource, span and data point leaves here with `ariel.org` and `ariel.run` of the token: no run
-speaks for another org. Until a later attempt of the run begins (a run's last spans leave after its final
+claims, it leaves here with `ariel.org` of the token on every resource, span and data point (see `stamp`): no
+run speaks for another org. Until a later attempt of the run begins (a run's last spans leave after its final
 state), and at most `MAX_BODY_BYTES` a request. An install without a collector answers 404, and the run's
 exporter gives up quietly.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # protobuf ships no stubs
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flows.telemetry import OTLP_ROUTE
+from flows.transcript import Redactor
 from mcp_server.gateway.listing import refused_route
 from mcp_server.gateway.ownership import SUPERSEDED, Ownership
 from mcp_server.gateway.scopes import RunScope
@@ -32,6 +34,9 @@ __all__ = ["OTLP_ROUTE", "Collector", "serve_otlp"]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 SIGNALS = ("traces", "metrics")
+# What the gateway alone says of a run's telemetry: whose it is. A run's agent and version are its own claims,
+# within its org (its configuration is signed, but a run could say anything here, and would mislead only its org).
+STAMPED = frozenset({"ariel.org", "ariel.run", "ariel.user"})
 
 
 @dataclass(frozen=True)
@@ -46,20 +51,20 @@ class Collector:
 
 
 async def serve_otlp(request: Request, caller: RunScope, ownership: Ownership, collector: Collector | None,
-                     client: httpx.AsyncClient) -> Response:
+                     client: httpx.AsyncClient | None) -> Response:
+    """`client`: the collector's own (never the one that carries the Prefect credential); None without one."""
     signal = request.url.path.removeprefix(f"{OTLP_ROUTE}/v1/")
-    if collector is None:
+    if collector is None or client is None:
         return refused_route(404, "not_found", "this Ariel install exports no telemetry")
     if signal not in SIGNALS or request.headers.get("content-type", "").split(";")[0] != "application/x-protobuf":
         return refused_route(400, "bad_request", "OTLP/HTTP in protobuf, to /v1/traces or /v1/metrics")
     # A run's last spans leave as its process exits, after its final state: its attempt need not be live, only
-    # not superseded (its token, which bounds how long, is checked already).
+    # not superseded (its token, which bounds how long, is checked already). Read at most every few seconds.
     try:
-        now = await ownership.run_now(caller.run_id)
+        if await ownership.superseded(caller):
+            return refused_route(409, SUPERSEDED.error, SUPERSEDED.detail)
     except httpx.HTTPError:
         return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    if now is None or caller.is_stale(now.state, now.run_count, now.generation):
-        return refused_route(409, SUPERSEDED.error, SUPERSEDED.detail)
     body = await _body(request)
     if body is None:
         return refused_route(413, "too_large", f"at most {MAX_BODY_BYTES} bytes a request")
@@ -73,39 +78,84 @@ async def serve_otlp(request: Request, caller: RunScope, ownership: Ownership, c
     except httpx.HTTPError as exc:
         log.warning("gateway: %s: the collector at %s did not answer: %s", caller.label, collector.endpoint,
                     type(exc).__name__)
-        return refused_route(503, "unavailable", "the telemetry collector did not answer")
+        answer = None
+    if answer is None or answer.status_code >= 500:
+        # 500, which an exporter does not retry: a run retrying until its exit timeout would hold its container
+        # (and its worker's slot) that long, for telemetry the collector is not taking anyway.
+        return refused_route(500, "collector_unavailable", "the telemetry collector did not take it")
     return Response(answer.content, status_code=answer.status_code,
                     headers={"content-type": answer.headers.get("content-type", "application/x-protobuf")})
 
 
 def stamp(signal: str, body: bytes, org_id: str, run_id: str) -> bytes:
-    """`body` (an OTLP export request) with the run's org and run on every resource, span and data point."""
-    own = {"ariel.org": org_id, "ariel.run": run_id}
+    """`body` (an OTLP export request) as it may reach the collector: none of the STAMPED attributes of the run's
+    own anywhere (resource, scope, span, event, link, data point, exemplar), then the run's org and run on every
+    resource and span, and its org on every data point (its run on a point would make a series per run); the
+    service is `ariel-run`; span texts (a status or exception message) pass the redactor, and stack traces go."""
     if signal == "traces":
         traces = ExportTraceServiceRequest.FromString(body)
+        _strip(traces)
         for resource_spans in traces.resource_spans:
-            _overwrite(resource_spans.resource.attributes, own)
+            _run_resource(resource_spans.resource.attributes, org_id, run_id)
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    _overwrite(span.attributes, own)
+                    _add(span.attributes, {"ariel.org": org_id, "ariel.run": run_id})
+                    _redact_span(span)
         return bytes(traces.SerializeToString())
     metrics = ExportMetricsServiceRequest.FromString(body)
+    _strip(metrics)
     for resource_metrics in metrics.resource_metrics:
-        _overwrite(resource_metrics.resource.attributes, own)
+        _run_resource(resource_metrics.resource.attributes, org_id, run_id)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
-                for kind in ("sum", "gauge", "histogram", "exponential_histogram", "summary"):
-                    if metric.HasField(kind):
-                        for point in getattr(metric, kind).data_points:
-                            _overwrite(point.attributes, own)
+                kind = metric.WhichOneof("data")
+                for point in getattr(metric, kind).data_points if kind else []:
+                    _add(point.attributes, {"ariel.org": org_id})
     return bytes(metrics.SerializeToString())
 
 
-def _overwrite(attributes: object, own: dict[str, str]) -> None:
-    kept = [item for item in attributes if item.key not in own]  # type: ignore[attr-defined]  # a repeated field
-    del attributes[:]  # type: ignore[attr-defined]
-    attributes.extend(kept)  # type: ignore[attr-defined]
-    attributes.extend(KeyValue(key=key, value=AnyValue(string_value=value)) for key, value in own.items())  # type: ignore[attr-defined]
+def _strip(message: Any) -> None:
+    """Every attribute list under `message` without the keys only the gateway may set (STAMPED)."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.is_repeated:
+            if field.message_type.full_name == KeyValue.DESCRIPTOR.full_name:
+                kept = [item for item in value if item.key not in STAMPED]
+                del value[:]
+                value.extend(kept)
+            else:
+                for item in value:
+                    _strip(item)
+        else:
+            _strip(value)
+
+
+def _run_resource(attributes: Any, org_id: str, run_id: str) -> None:
+    kept = [item for item in attributes if item.key != "service.name"]
+    del attributes[:]
+    attributes.extend(kept)
+    _add(attributes, {"service.name": "ariel-run", "ariel.org": org_id, "ariel.run": run_id})
+
+
+def _add(attributes: Any, own: dict[str, str]) -> None:
+    attributes.extend(KeyValue(key=key, value=AnyValue(string_value=value)) for key, value in own.items())
+
+
+def _redact_span(span: Any) -> None:
+    redactor = Redactor()
+    if span.status.message:
+        span.status.message = redactor.text(span.status.message)
+    for event in span.events:
+        kept = [item for item in event.attributes if item.key != "exception.stacktrace"]
+        del event.attributes[:]
+        event.attributes.extend(kept)
+        for item in event.attributes:
+            if item.value.HasField("string_value"):
+                item.value.string_value = redactor.text(item.value.string_value)
+    for item in span.attributes:
+        if item.value.HasField("string_value") and item.key not in STAMPED:
+            item.value.string_value = redactor.text(item.value.string_value)
 
 
 async def _body(request: Request) -> bytes | None:

@@ -154,7 +154,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                 opened.clear()
                 await gateway.aclose()
                 if telemetry is not None:
-                    telemetry.shutdown()
+                    await asyncio.to_thread(telemetry.shutdown)  # off the loop: it waits for the collector
 
     app = FastAPI(
         title="Ariel",

@@ -12,7 +12,7 @@ and user info, and SQL statements carry placeholders, never values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flows.telemetry_sdk import TenantAttributes
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 # ones people read. A run's own spans come from the run (`flows.telemetry`).
 UNTRACED_PATHS = "/health,/ready,/prefect/"
 _URL_ATTRIBUTES = ("url.full", "http.url")
+FLUSH_MILLIS = 2000
+EXPORT_SECONDS = 3.0
 _TARGET_ATTRIBUTES = ("http.target",)
 
 
@@ -40,9 +42,10 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     endpoint: str
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # the collector's credential
 
     def shutdown(self) -> None:
+        """Flush what is pending (briefly: a collector that does not answer must not hold the app's stop), stop."""
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
@@ -50,8 +53,9 @@ class Telemetry:
         # in the same process instruments afresh.
         HTTPXClientInstrumentor().uninstrument()
         SQLAlchemyInstrumentor().uninstrument()
+        self.tracer_provider.force_flush(timeout_millis=FLUSH_MILLIS)
         self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
+        self.meter_provider.shutdown(timeout_millis=FLUSH_MILLIS)
 
     def instrument_app(self, app: FastAPI) -> None:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -85,9 +89,10 @@ def start_telemetry(settings: ArielSettings, service: str = "ariel-app") -> Tele
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(TenantAttributes())
     tracer_provider.add_span_processor(BatchSpanProcessor(
-        OTLPSpanExporter(endpoint=f"{settings.otlp_endpoint}/v1/traces", headers=headers), schedule_delay_millis=1000))
+        OTLPSpanExporter(endpoint=f"{settings.otlp_endpoint}/v1/traces", headers=headers, timeout=EXPORT_SECONDS),
+        schedule_delay_millis=1000))
     reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(endpoint=f"{settings.otlp_endpoint}/v1/metrics", headers=headers),
+        OTLPMetricExporter(endpoint=f"{settings.otlp_endpoint}/v1/metrics", headers=headers, timeout=EXPORT_SECONDS),
         export_interval_millis=15_000)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
     # Process-wide (httpx has no app of its own): the Prefect client's calls, the gateway's, MCP servers'.
@@ -97,11 +102,16 @@ def start_telemetry(settings: ArielSettings, service: str = "ariel-app") -> Tele
 
 
 def _server_request(span: Span, scope: dict[str, Any]) -> None:
+    """The request's URL on its span without its query: an OAuth callback's carries a code and a state."""
     if span.is_recording():
         path = scope.get("path", "")
         for name in _TARGET_ATTRIBUTES:
             span.set_attribute(name, path)
         span.set_attribute("url.query", "")
+        host, port = scope.get("server") or ("", None)
+        bare = _bare_url((scope.get("scheme", "http"), host, port, path))
+        for name in _URL_ATTRIBUTES:
+            span.set_attribute(name, bare)
 
 
 def _client_request(span: Span, request: Any) -> None:
