@@ -128,3 +128,13 @@ def _age(asked: ListingRequest) -> timedelta:
 def refused_route(status: int, error: str, detail: str) -> JSONResponse:
     """How Ariel's own gateway routes refuse: the reason as `error`, for the run to tell apart, and `detail`."""
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request's body, read no further than `limit` bytes; None when it is longer."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

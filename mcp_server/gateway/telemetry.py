@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from flows.telemetry import OTLP_ROUTE
 from flows.transcript import Redactor
-from mcp_server.gateway.listing import refused_route
+from mcp_server.gateway.listing import bounded_body, refused_route
 from mcp_server.gateway.ownership import SUPERSEDED, Ownership
 from mcp_server.gateway.scopes import RunScope
 
@@ -65,7 +65,7 @@ async def serve_otlp(request: Request, caller: RunScope, ownership: Ownership, c
             return refused_route(409, SUPERSEDED.error, SUPERSEDED.detail)
     except httpx.HTTPError:
         return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    body = await _body(request)
+    body = await bounded_body(request, MAX_BODY_BYTES)
     if body is None:
         return refused_route(413, "too_large", f"at most {MAX_BODY_BYTES} bytes a request")
     try:
@@ -156,12 +156,3 @@ def _redact_span(span: Any) -> None:
     for item in span.attributes:
         if item.value.HasField("string_value") and item.key not in STAMPED:
             item.value.string_value = redactor.text(item.value.string_value)
-
-
-async def _body(request: Request) -> bytes | None:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return None
-    return bytes(body)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows.transcript import MAX_ENTRY_BYTES, TRANSCRIPT_ROUTE
-from mcp_server.gateway.listing import refused_route
+from mcp_server.gateway.listing import bounded_body, refused_route
 from mcp_server.gateway.ownership import NotLive, Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError, InvalidRequest, Unavailable
@@ -65,11 +65,9 @@ async def serve_transcript(request: Request, caller: RunScope, ownership: Owners
 
 
 async def _entry(request: Request) -> dict[str, Any] | None:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_ENTRY_BYTES:
-            return None
+    body = await bounded_body(request, MAX_ENTRY_BYTES)
+    if body is None:
+        return None
     try:
         entry = json.loads(body)
     except ValueError:
