@@ -29,7 +29,13 @@ from flows.exceptions import ConfigTampered
 from flows.signing import verify
 from mcp_server.gateway.events import admits, stamped_heartbeat
 from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
-from mcp_server.gateway.listing import LISTING_ROUTE, ToolListings, refused_route, serve_listing
+from mcp_server.gateway.listing import (
+    LISTING_ROUTE,
+    ToolListings,
+    bounded_body,
+    live_or_refused,
+    serve_listing,
+)
 from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens
@@ -174,7 +180,7 @@ class Gateway:
             return JSONResponse(_UNAUTHENTICATED, status_code=401)
         if path.startswith("/ariel/"):
             return await self._ariel(request, caller)
-        body = await _read_body(request)
+        body = await bounded_body(request, MAX_BODY_BYTES)
         if body is None:
             return JSONResponse({"detail": f"request bodies are limited to {MAX_BODY_BYTES} bytes"}, status_code=413)
         api_path = path.removeprefix("/api")
@@ -253,13 +259,9 @@ class Gateway:
         The configuration is read from Prefect, not taken from the run: a run whose parameters were changed
         outside Ariel gets `tampered` and no secret.
         """
-        try:
-            now = await self.ownership.live_attempt(caller)
-        except httpx.HTTPError:
-            return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-        if isinstance(now, NotLive):
-            # A run that is over (or not yet started) needs no key: its token outlives it by design, its secrets not.
-            return refused_route(409, now.error, now.detail)
+        now = await live_or_refused(self.ownership, caller)  # its token outlives the run, its secrets not
+        if isinstance(now, JSONResponse):
+            return now
         config = now.parameters.get("config")
         try:
             verify(config if isinstance(config, dict) else {}, self._verify_key())
@@ -509,12 +511,3 @@ def _run_seconds(run: dict[str, Any]) -> float:
     seconds = limits.get("timeout_seconds") if isinstance(limits, dict) else None
     return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else DEFAULT_RUN_SECONDS
 
-
-async def _read_body(request: Request) -> bytes | None:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

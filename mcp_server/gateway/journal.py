@@ -13,13 +13,12 @@ import json
 import logging
 from typing import Any, Protocol
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows.journal import JOURNAL_ROUTE
-from mcp_server.gateway.listing import bounded_body, refused_route
-from mcp_server.gateway.ownership import NotLive, Ownership
+from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
+from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 
@@ -46,12 +45,9 @@ async def serve_journal(request: Request, caller: RunScope, ownership: Ownership
                         journals: Journals | None) -> Response:
     if journals is None:
         return refused_route(404, "not_found", "this Ariel install keeps no run journal")
-    try:
-        now = await ownership.live_attempt(caller)
-    except httpx.HTTPError:
-        return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    if isinstance(now, NotLive):
-        return refused_route(409, now.error, now.detail)
+    now = await live_or_refused(ownership, caller)
+    if isinstance(now, JSONResponse):
+        return now
     run_id = str(caller.run_id)
     try:
         if request.method == "GET":

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from flows.exceptions import ConfigTampered
 from flows.mcp.listing import LISTING_ROUTE, ListingRequest, verify_request
-from mcp_server.gateway.ownership import NotLive, Ownership
+from mcp_server.gateway.ownership import NotLive, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 
@@ -53,12 +53,9 @@ async def serve_listing(request: Request, caller: RunScope, ownership: Ownership
                         listings: ToolListings | None) -> Response:
     if listings is None:
         return refused_route(404, "not_found", "this Ariel install lists no MCP servers through workers")
-    try:
-        now = await ownership.live_attempt(caller)
-    except httpx.HTTPError:
-        return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    if isinstance(now, NotLive):
-        return refused_route(409, now.error, now.detail)
+    now = await live_or_refused(ownership, caller)
+    if isinstance(now, JSONResponse):
+        return now
     try:
         asked = verify_request(now.parameters.get("request") or {}, verify_key)
     except ConfigTampered as exc:
@@ -123,6 +120,18 @@ def _age(asked: ListingRequest) -> timedelta:
     if issued.tzinfo is None:
         issued = issued.replace(tzinfo=UTC)
     return datetime.now(UTC) - issued
+
+
+async def live_or_refused(ownership: Ownership, caller: RunScope) -> RunNow | JSONResponse:
+    """The run's live attempt, or how Ariel's routes refuse a token whose attempt is not live: a run that is over
+    (or not yet started) needs nothing from the control plane, its token outlives it by design."""
+    try:
+        now = await ownership.live_attempt(caller)
+    except httpx.HTTPError:
+        return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
+    if isinstance(now, NotLive):
+        return refused_route(409, now.error, now.detail)
+    return now
 
 
 def refused_route(status: int, error: str, detail: str) -> JSONResponse:

@@ -13,13 +13,12 @@ import json
 import logging
 from typing import Any, Protocol
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows.transcript import MAX_ENTRY_BYTES, TRANSCRIPT_ROUTE
-from mcp_server.gateway.listing import bounded_body, refused_route
-from mcp_server.gateway.ownership import NotLive, Ownership
+from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
+from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError, InvalidRequest, Unavailable
 
@@ -40,12 +39,9 @@ async def serve_transcript(request: Request, caller: RunScope, ownership: Owners
                            transcripts: Transcripts | None) -> Response:
     if transcripts is None:
         return refused_route(404, "not_found", "this Ariel install keeps no transcripts")
-    try:
-        now = await ownership.live_attempt(caller)
-    except httpx.HTTPError:
-        return refused_route(503, "unavailable", "the Prefect API did not answer; try again")
-    if isinstance(now, NotLive):
-        return refused_route(409, now.error, now.detail)
+    now = await live_or_refused(ownership, caller)
+    if isinstance(now, JSONResponse):
+        return now
     entry = await _entry(request)
     if entry is None:
         return refused_route(400, "bad_entry", f"a transcript entry is a JSON object of at most {MAX_ENTRY_BYTES} "
