@@ -117,8 +117,18 @@ class LocalObjectStore(ObjectStore):
         found = await self.keys(prefix)
 
         def unlink_found() -> None:
+            root = Path(self.folder)
             for key in found:
-                self._path(key).unlink(missing_ok=True)
+                path = self._path(key)
+                path.unlink(missing_ok=True)
+                # Folders left empty go too: their names (an org's id, a run's) are not to outlive what they held.
+                for folder in path.parents:
+                    if folder == root or root not in folder.parents:
+                        break
+                    try:
+                        folder.rmdir()
+                    except OSError:  # not empty (another object, or a write under way)
+                        break
 
         await asyncio.to_thread(unlink_found)
         return len(found)

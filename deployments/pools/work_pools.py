@@ -188,12 +188,15 @@ def _ariel_env_fixed(template: dict[str, Any]) -> dict[str, Any]:
 
 async def ensure_pool(
     client: PrefectClient, name: str, pool_type: PoolType, template: dict[str, Any], org_id: str,
-    org_label: str | None = None,
+    org_label: str | None = None, concurrency_limit: int | None = None, paused: bool = False,
 ) -> WorkPool:
-    """Create the pool, or bring an existing one's template and description up to date. Idempotent.
+    """Create the pool, or bring an existing one's template, description, concurrency limit and pause up to date.
+    Idempotent.
 
     `org_label` (the org's name and slug) heads the description operators read in the Prefect UI, beside the
-    pool's hex name; the org's tag stays the one that counts.
+    pool's hex name; the org's tag stays the one that counts. `concurrency_limit` (runs at once; None: no limit)
+    and `paused` (a suspended org's) are the operator's (`ariel admin`): Prefect hands a paused pool's runs, and
+    runs past its limit, to no worker.
     """
     description = (f"Ariel agents of {org_label} ({org_tag(org_id)})" if org_label
                    else f"Ariel agents of organization {org_id} ({org_tag(org_id)})")
@@ -202,16 +205,30 @@ async def ensure_pool(
     except ObjectNotFound:
         try:
             return await client.create_work_pool(
-                WorkPoolCreate(name=name, type=pool_type, base_job_template=template, description=description)
+                WorkPoolCreate(name=name, type=pool_type, base_job_template=template, description=description,
+                               concurrency_limit=concurrency_limit, is_paused=paused)
             )
         except ObjectAlreadyExists:  # a concurrent first deploy of the same org made it
             pool = await client.read_work_pool(name)
     if pool.type != pool_type:
         raise PoolTypeMismatch(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}")
-    if pool.base_job_template != template or pool.description != description:
-        await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template, description=description))
+    if (pool.base_job_template != template or pool.description != description
+            or pool.concurrency_limit != concurrency_limit or pool.is_paused != paused):
+        await client.update_work_pool(name, WorkPoolUpdate(
+            base_job_template=template, description=description, concurrency_limit=concurrency_limit,
+            is_paused=paused))
         pool = await client.read_work_pool(name)
     return pool
+
+
+async def hold_pools(client: PrefectClient, install_id: str, org_id: str, paused: bool,
+                     concurrency_limit: int | None) -> None:
+    """Pause (or resume) every pool the org has, and set their concurrency limit: the pools its agents left (for
+    its own hardware, or back) may still hold runs. Missing ones are fine."""
+    for pool in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
+                 own_pool_name(install_id, org_id)):
+        with suppress(ObjectNotFound):
+            await client.update_work_pool(pool, WorkPoolUpdate(is_paused=paused, concurrency_limit=concurrency_limit))
 
 
 async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:

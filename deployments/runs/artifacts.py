@@ -53,7 +53,7 @@ async def read_transcript(
     """
     offset = transcript_offset(str(run_id), cursor, limit)
     artifact = await _newest_artifact(client, run_id, TRANSCRIPT_ARTIFACT_KEY)
-    rows = _table(artifact)
+    rows = table_rows(artifact)
     entries = [TranscriptEntry.from_row(row) for row in rows[offset : offset + limit]]
     return TranscriptPage(
         entries=entries, next_cursor=transcript_cursor(str(run_id), offset + len(entries), len(rows)), total=len(rows)
@@ -77,7 +77,7 @@ def transcript_cursor(run_id: str, end: int, total: int) -> str | None:
 
 async def read_usage(client: PrefectClient, run_id: UUID) -> Usage | None:
     """What the run used, from the newest `usage` artifact; None before the run ended (or when it recorded none)."""
-    rows = _table(await _newest_artifact(client, run_id, USAGE_ARTIFACT_KEY))
+    rows = table_rows(await _newest_artifact(client, run_id, USAGE_ARTIFACT_KEY))
     return Usage.model_validate(rows[0]) if rows else None
 
 
@@ -93,7 +93,8 @@ async def _newest_artifact(client: PrefectClient, run_id: UUID, key: str) -> Art
     return artifacts[0] if artifacts else None
 
 
-def _table(artifact: Artifact | None) -> list[dict[str, Any]]:
+def table_rows(artifact: Artifact | None) -> list[dict[str, Any]]:
+    """The rows of a table artifact; none for a missing or markdown one."""
     if artifact is None or artifact.data is None:
         return []
     try:

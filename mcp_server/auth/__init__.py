@@ -27,6 +27,7 @@ from .exceptions import (
     CredentialsInvalid,
     CredentialsMissing,
     InvalidReason,
+    OrgSuspended,
 )
 from .identity import ROLES, Identity, Role, Source
 from .jwks import JWKSCache
@@ -38,6 +39,7 @@ __all__ = [
     "AuthConfigError",
     "AuthError",
     "AuthModeRefused",
+    "OrgSuspended",
     "AuthUnavailable",
     "CredentialsInvalid",
     "CredentialsMissing",

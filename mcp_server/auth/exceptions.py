@@ -4,6 +4,7 @@
     ├── CredentialsMissing      no credential came with the request
     ├── CredentialsInvalid      a credential came and was refused; `.reason` says why
     ├── AuthModeRefused         that kind of credential is not accepted in this profile
+    ├── OrgSuspended            the credential is good, and its org suspended by the install's operator
     ├── AuthUnavailable         the identity provider (its JWKS URL) did not answer
     └── AuthConfigError         misuse by a developer or operator: bad verifier
                                 arguments, a corrupt stored key hash
@@ -55,6 +56,10 @@ class CredentialsInvalid(AuthError):
 
 class AuthModeRefused(AuthError):
     """The credential's kind (e.g. a dev token) is not accepted in this deployment profile."""
+
+
+class OrgSuspended(AuthError):
+    """The credential is good, but the org it acts in is suspended (`ariel admin suspend`); nothing is deleted."""
 
 
 class AuthUnavailable(AuthError):

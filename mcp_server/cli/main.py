@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--server", required=True, help="Ariel's address, e.g. https://ariel.example.com")
     worker.add_argument("--key", help="the worker key (ariel_wk_...); default ARIEL_WORKER_KEY, which keeps it out "
                         "of `ps` and shell history")
+    _add_admin(commands)
     args = parser.parse_args(argv)
     if args.command == "worker":
         # Needs no settings of a server: it talks to one over HTTP only.
@@ -163,6 +164,10 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
             with slow_step("reaching the store and the Prefect API of the running `ariel up`"):
                 text = asyncio.run(_worker_key(settings, args))
             print(text)
+        elif command == "admin":
+            from mcp_server.cli.admin import run_admin
+
+            return run_admin(settings, args)
         elif command == "secrets":
             asyncio.run(_rotate_secrets(settings, args.keep_key))
         elif command == "migrate":
@@ -187,6 +192,39 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
         print(f"ariel {command}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admin = commands.add_parser(
+        "admin", help="the install's operator: list orgs with their usage, suspend and resume them, set their limits, "
+        "delete them (never through chat; each action is audited)",
+        description="Acts on the store and the Prefect API of this install (those of the running `ariel up`, or "
+        "ARIEL_STORE_URL and ARIEL_PREFECT_API_URL), as its operator; each action is written to the org's audit "
+        "trail under your login.",
+    )
+    actions = admin.add_subparsers(dest="admin_command", required=True)
+    orgs = actions.add_parser("orgs", help="every org (or those named) with its members, agents, and this month's "
+                              "runs, failures, tokens and cost")
+    orgs.add_argument("orgs", nargs="*", metavar="ORG", help="org slugs; default: every org")
+    suspend = actions.add_parser("suspend", help="refuse the org's keys and sign-ins with a message that says so, "
+                                 "and pause its schedules and work pools; nothing is deleted")
+    suspend.add_argument("org", help="the org's slug")
+    suspend.add_argument("--reason", help="one line shown to the org's members with the refusal")
+    resume = actions.add_parser("resume", help="undo a suspension")
+    resume.add_argument("org", help="the org's slug")
+    limits = actions.add_parser("limits", help="show or set the org's limits, which its work pools enforce; "
+                                "'default' restores the install's")
+    limits.add_argument("org", help="the org's slug")
+    limits.add_argument("--concurrent-runs", metavar="N", help="runs at once (more wait in the queue), or 'default' "
+                        "(no limit)")
+    limits.add_argument("--memory", metavar="SIZE", help="each run container's memory, e.g. 512m or 2g, or 'default' "
+                        "(ARIEL_RUN_MEMORY_LIMIT)")
+    limits.add_argument("--cpus", metavar="N", help="each run container's CPUs, e.g. 0.5 or 2, or 'default'")
+    delete = actions.add_parser("delete", help="delete the org with everything it owns (agents, schedules, pools, "
+                                "runs with their logs and artifacts, transcripts, secrets, members, keys); its audit "
+                                "trail stays")
+    delete.add_argument("org", help="the org's slug")
+    delete.add_argument("--yes", action="store_true", help="do not ask to type the slug again (for scripts)")
 
 
 def _serve_stdio(settings: ArielSettings) -> None:
@@ -237,15 +275,9 @@ async def _create_key(settings: ArielSettings, org_slug: str, owner: str, role: 
 
 
 def _running(settings: ArielSettings) -> tuple[str, PoolType]:
-    """The Prefect API and pool type of the running `ariel up`, which host commands act through."""
-    from mcp_server.cli.stack import Runtime
-    from mcp_server.services.exceptions import InvalidRequest
+    from mcp_server.cli.stack import running_stack
 
-    runtime = Runtime.load(settings.home)
-    api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)
-    if api_url is None or runtime is None:
-        raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use)")
-    return api_url, runtime.pool_type
+    return running_stack(settings)
 
 
 async def _host_caller(services: Services, org_slug: str | None, label: str) -> Caller:

@@ -56,6 +56,20 @@ class Runtime:
             return None
 
 
+def running_stack(settings: ArielSettings) -> tuple[str, PoolType]:
+    """The Prefect API and pool type of the running `ariel up`, which host commands act through."""
+    from mcp_server.services.exceptions import InvalidRequest
+
+    runtime = Runtime.load(settings.home)
+    if runtime is None and settings.prefect_api_url is not None:
+        # An install whose app runs as `ariel serve` elsewhere: its settings say what it uses, as `serve` reads them.
+        return settings.prefect_api_url, "process" if settings.worker_type == "process" else "docker"
+    if runtime is None:
+        raise InvalidRequest("start Ariel first with `ariel up` (it records the Prefect API to use), or set "
+                             "ARIEL_PREFECT_API_URL (and ARIEL_STORE_URL) as the install's app has them")
+    return settings.prefect_api_url or runtime.prefect_api_url, runtime.pool_type
+
+
 def say(message: str) -> None:
     print(message, flush=True)
 

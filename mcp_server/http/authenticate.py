@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flows.telemetry import attach_tenant, detach_tenant
-from mcp_server.auth import AuthError, AuthUnavailable
+from mcp_server.auth import AuthError, AuthUnavailable, OrgSuspended
 from mcp_server.services.container import Services
 from mcp_server.tools.middleware.caller import SCOPE_CALLER
 
@@ -48,6 +48,9 @@ class AuthenticateHTTP:
         except AuthUnavailable as exc:
             await _refuse(503, str(exc), {}, scope, receive, send)
             return
+        except OrgSuspended as exc:  # the credential is good: another would not help, so no challenge
+            await _refuse(403, str(exc), {}, scope, receive, send)
+            return
         except AuthError as exc:
             description = str(exc).replace('"', "'")
             challenge = {
@@ -69,5 +72,6 @@ class AuthenticateHTTP:
 async def _refuse(
     status: int, message: str, headers: dict[str, str], scope: Scope, receive: Receive, send: Send
 ) -> None:
-    body: dict[str, Any] = {"error": "unauthorized" if status == 401 else "unavailable", "detail": message}
+    error = {401: "unauthorized", 403: "suspended"}.get(status, "unavailable")
+    body: dict[str, Any] = {"error": error, "detail": message}
     await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)

@@ -24,10 +24,12 @@ from deployments.agents.manifest import Manifest
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import AgentSpec, slugify, spec_changes
 from deployments.pools.work_pools import (
+    DEFAULT_CPUS,
     DEFAULT_MEMORY_LIMIT,
     PoolType,
     docker_job_template,
     ensure_pool,
+    hold_pools,
     own_pool_name,
     pool_name,
     process_job_template,
@@ -132,17 +134,33 @@ class AgentService:
     async def ensure_pool(self, caller: Caller) -> str:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
         name, pool_type = await self.org_pool(caller.org_id)
+        org = await self.store.get_org(caller.org_id)
+        if org is None:
+            raise NotFound(f"the organization {caller.org_slug!r} no longer exists")
         template = (
-            docker_job_template(self.runtime_image, caller.org_id, memory_limit=self.memory_limit,
-                                protected_endpoints=self.protected_hosts, verify_key=self.signer.verify_key,
-                                telemetry=self.telemetry)
+            docker_job_template(self.runtime_image, caller.org_id, memory_limit=org.memory_limit or self.memory_limit,
+                                cpus=org.cpus or DEFAULT_CPUS, protected_endpoints=self.protected_hosts,
+                                verify_key=self.signer.verify_key, telemetry=self.telemetry)
             if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key,
                                                                telemetry=self.telemetry)
         )
         async with self.prefect() as client:
             await ensure_pool(client, name, pool_type, template, caller.org_id,
-                              org_label=f"{caller.org_name} ({caller.org_slug})")
+                              org_label=f"{caller.org_name} ({caller.org_slug})",
+                              concurrency_limit=org.max_concurrent_runs, paused=org.suspended_at is not None)
         return name
+
+    async def hold_org(self, caller: Caller) -> int:
+        """Bring the org's pools and schedules to what the operator set (`ariel admin`): paused while the org is
+        suspended, its limits on every pool. Returns how many agents were deployed again."""
+        org = await self.store.get_org(caller.org_id)
+        if org is None:
+            raise NotFound(f"the organization {caller.org_slug!r} no longer exists")
+        async with self.prefect() as client:
+            await hold_pools(client, self.install_id, caller.org_id, org.suspended_at is not None,
+                             org.max_concurrent_runs)
+        # Its current pool's template too (memory, CPUs), and each deployment's schedule paused or not.
+        return await self.redeploy_all(caller)
 
     async def remove_org(self, caller: Caller) -> None:
         """Delete the org's deployments, schedules and pools from Prefect (its runs stay readable there), and its
@@ -475,8 +493,11 @@ class AgentService:
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = await self.run_config(caller, record, spec)
         status, _ = await self.status(record, spec)
+        org = await self.store.get_org(caller.org_id)
+        # A suspended org's schedules make no runs; resuming it deploys each agent as its own status says.
+        paused = status != "active" or org is None or org.suspended_at is not None
         desired = compiler.compile_agent(
-            config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=status != "active",
+            config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
             signer=self.signer,
         )
         async with self.prefect() as client:

@@ -22,6 +22,7 @@ from mcp_server.auth import (
     CredentialsInvalid,
     Identity,
     OIDCVerifier,
+    OrgSuspended,
     Role,
     bearer_token,
     ensure_dev_allowed,
@@ -96,6 +97,7 @@ class Authenticator:
         if creator is None or org is None:
             # A key acts for its creator; once they leave the org, so does the key.
             raise refused
+        _admitted(org)
         role: Role = key.role if RANK[key.role] <= RANK[creator.role] else creator.role
         return Caller(
             user_id=creator.user.id, user_label=f"API key {key.prefix} ({creator.user.label})",
@@ -115,6 +117,7 @@ class Authenticator:
         if member is None:
             with contextlib.suppress(Conflict):  # a concurrent first request added it
                 await self.store.add_member(org.id, user.id, identity.role)
+        _admitted(org)
         if member is None or member.role != identity.role:
             await self.store.set_role(org.id, user.id, identity.role, keep_an_owner=False)
         return Caller(
@@ -127,14 +130,22 @@ class Authenticator:
         if identity.org_slug is not None:
             for org, role in await self.store.orgs_of(user.id):
                 if org.slug == identity.org_slug:
+                    _admitted(org)
                     return self._caller(user, org, role, "oidc", origin, org_fixed=True)
         return await self._in_current_org(user, "oidc", origin, fallback=None)
 
     async def _in_current_org(
         self, user: User, source: CallerSource, origin: str, fallback: Organization | None
     ) -> Caller:
-        """The user's chosen org, else their first; a user with none gets a personal org of their own."""
-        orgs = await self.store.orgs_of(user.id)
+        """The user's chosen org, else their first; a user with none gets a personal org of their own.
+
+        Suspended orgs are passed over: their members work in their other orgs meanwhile, and one who has no
+        other is refused with why. The local user is never refused: whoever runs `ariel` there holds the store.
+        """
+        everyone = await self.store.orgs_of(user.id)
+        orgs = everyone if source == "local" else [(org, role) for org, role in everyone if org.suspended_at is None]
+        if everyone and not orgs:
+            _admitted(next((org for org, _ in everyone if org.id == user.current_org_id), everyone[0][0]))
         chosen: tuple[Organization, Role] | None = next(
             ((org, role) for org, role in orgs if org.id == user.current_org_id), None
         )
@@ -170,3 +181,11 @@ class Authenticator:
             org = await self.store.find_org(slug)
             assert org is not None
             return org
+
+
+def _admitted(org: Organization) -> None:
+    """Refuse a credential of a suspended org, with what the operator said."""
+    if org.suspended_at is not None:
+        why = f" ({org.suspended_reason})" if org.suspended_reason else ""
+        raise OrgSuspended(f"The organization {org.slug!r} is suspended by this install's operator{why}; nothing "
+                           "of it is deleted. Ask the operator to resume it.")

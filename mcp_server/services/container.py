@@ -93,7 +93,8 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
                     agents=agents,
                     runs=RunService(agents, Hosting(settings.profile, str(settings.home / "logs")), wakeups,
                                     transcripts=transcripts),
-                    orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url),
+                    orgs=OrgService(store, agents, settings.auth_mode, public_url=settings.base_url,
+                                    transcripts=transcripts),
                     secrets=SecretService(agents, sealer),
                     tool_servers=ToolServerService(
                         agents, sealer, protected=protected, stdio_catalog=settings.stdio_catalog,

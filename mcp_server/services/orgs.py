@@ -7,12 +7,14 @@ role it needs) and written to the audit log, refusals included.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from deployments.pools.work_pools import DEFAULT_CPUS
+from deployments.runs.erasure import erase_runs, runs_in_flight
 from deployments.text import quote
 from flows.config import Limits
 from mcp_server.auth import Role, is_api_key
@@ -21,6 +23,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
+from mcp_server.services.transcripts import RunTranscripts
 from mcp_server.services.views import (
     ApiKeyView,
     AuditEventView,
@@ -76,6 +79,7 @@ class OrgService:
     agents: AgentService
     auth_mode: AuthMode
     public_url: str = "http://127.0.0.1:8765"  # where a customer's worker reaches this install
+    transcripts: RunTranscripts | None = None  # its objects go with a deleted org
 
     async def whoami(self, caller: Caller, surface_version: int) -> WhoAmIView:
         """Who `caller` is and where; `surface_version` is the tool surface's, which the tools layer knows."""
@@ -290,12 +294,34 @@ class OrgService:
         if org.personal:
             raise InvalidRequest("your own space cannot be deleted; delete its agents instead")
         if not confirm:
-            raise InvalidRequest(f"deleting {org.name!r} removes its agents, schedules, work pool, members and keys; "
-                                 "call again with confirm=true to do it")
+            raise InvalidRequest(f"deleting {org.name!r} removes its agents, schedules, work pool, runs, "
+                                 "transcripts, members and keys; call again with confirm=true to do it")
+        runs = await self.erase(caller, org)
+        return OrgActionView(action="delete_org", done=f"{org.name!r} is deleted with its {runs} run(s); its audit "
+                             "trail stays in the store for operators")
+
+    async def erase(self, caller: Caller, org: Organization, progress: Callable[[str], None] | None = None) -> int:
+        """Delete the org and everything it owns: agents, schedules, pools, providers, runs (with their logs and
+        artifacts), objects, members and keys; its audit trail stays. Returns how many runs went.
+
+        Refused, with nothing deleted, while any of its runs is in flight: a container would go on working for an
+        org that no longer exists. Its schedules and pools go first, so that no run starts meanwhile.
+        """
+        async with self.agents.prefect() as client:
+            busy = await runs_in_flight(client, org.id)
+        if busy:
+            raise Conflict(f"{org.name!r} has {busy} run(s) in progress, so nothing was deleted; cancel them or let "
+                           "them finish, then delete it")
+        say = progress or (lambda _line: None)
+        say("removing its agents' deployments, schedules and work pools from Prefect")
         await self.agents.remove_org(caller)
+        async with self.agents.prefect() as client:
+            runs = await erase_runs(client, org.id, lambda done: say(f"{done} run(s) deleted from Prefect"))
+        if self.transcripts is not None:
+            say("removing its objects (transcripts) from the object store")
+            await self.transcripts.delete_org(org.id)
         await self.store.delete_org(org.id)
-        return OrgActionView(action="delete_org", done=f"{org.name!r} is deleted; its past runs stay in Prefect, "
-                             "and its audit trail stays in the store for operators")
+        return runs
 
     async def _member(self, caller: Caller, ref: str) -> Member:
         ref = ref.strip()

@@ -129,6 +129,15 @@ class RunTranscripts:
         """Remove the run's transcript, every attempt's; how many entries went."""
         return await self._objects("delete", self.objects.remove(_prefix(org_id, run_id)))
 
+    async def delete_org(self, org_id: str) -> int:
+        """Remove every object of the org (its runs' transcripts, and whatever else is kept under it)."""
+        try:
+            return await self.objects.remove(f"orgs/{_part(org_id)}/")
+        except ObjectStoreError as exc:
+            log.warning("transcripts: could not delete an org's objects: %s", exc)
+            raise Unavailable("could not delete the org's objects: the object store did not answer; nothing else "
+                              "was deleted yet; try again (the app's log says why)") from None
+
     @staticmethod
     async def _objects(doing: str, call: Awaitable[T]) -> T:
         try:

@@ -116,6 +116,20 @@ class IdentityQueries:
         async with self._engine.begin() as conn:
             await conn.execute(update(organizations).where(organizations.c.id == org_id).values(name=name))
 
+    async def set_org_suspended(self, org_id: str, reason: str | None) -> None:
+        """Suspend the org (`reason`: the operator's, shown to its callers), or resume it (None)."""
+        values = {"suspended_at": utc_now(), "suspended_reason": reason} if reason is not None else {
+            "suspended_at": None, "suspended_reason": None}
+        async with self._engine.begin() as conn:
+            await conn.execute(update(organizations).where(organizations.c.id == org_id).values(**values))
+
+    async def set_org_limits(self, org_id: str, max_concurrent_runs: int | None, memory_limit: str | None,
+                             cpus: float | None) -> None:
+        """The org's limits; None: the install's default."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(organizations).where(organizations.c.id == org_id).values(
+                max_concurrent_runs=max_concurrent_runs, memory_limit=memory_limit, cpus=cpus))
+
     async def delete_org(self, org_id: str) -> None:
         """Remove the org with its agents, versions, memberships and keys; its audit trail stays."""
         async with self._engine.begin() as conn:

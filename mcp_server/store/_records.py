@@ -18,6 +18,12 @@ class Organization:
     name: str
     created_at: datetime
     personal: bool = False
+    # The operator's (`ariel admin`): a suspension with its reason, and limits; None where the install's default holds.
+    suspended_at: datetime | None = None
+    suspended_reason: str | None = None
+    max_concurrent_runs: int | None = None
+    memory_limit: str | None = None
+    cpus: float | None = None
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,12 @@ organizations = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     # The invisible org a user gets for themselves; the word "organization" stays hidden while it is theirs alone.
     Column("personal", Boolean, nullable=False, server_default=false()),
+    # Set by the install's operator (`ariel admin`, migration 0012): a suspension, and limits (null: the defaults).
+    Column("suspended_at", UTCDateTime(), nullable=True),
+    Column("suspended_reason", String(300), nullable=True),
+    Column("max_concurrent_runs", Integer, nullable=True),
+    Column("memory_limit", String(16), nullable=True),
+    Column("cpus", Float, nullable=True),
 )
 
 agents = Table(

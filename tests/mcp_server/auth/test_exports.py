@@ -21,6 +21,7 @@ EXPECTED = {
     "JWKSCache",
     "NewApiKey",
     "OIDCVerifier",
+    "OrgSuspended",
     "ParsedApiKey",
     "Role",
     "Source",

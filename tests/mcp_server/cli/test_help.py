@@ -10,7 +10,8 @@ import pytest
 HEAVY = ("prefect", "litellm", "fastmcp", "sqlalchemy", "docker")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["up", "--help"], ["provider", "--help"], ["worker", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["up", "--help"], ["provider", "--help"], ["worker", "--help"],
+                                  ["admin", "limits", "--help"]])
 def test_help_imports_nothing_heavy(args: list[str]) -> None:
     probe = ("import sys\nfrom mcp_server.cli import main\n"
              f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"

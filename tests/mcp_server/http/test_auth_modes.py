@@ -217,6 +217,30 @@ async def test_an_invited_oidc_user_acts_in_the_org_their_token_names(
     assert (me["user"], me["role"], me["workspace"]["slug"]) == ("bob@example.com", "viewer", "acme")
 
 
+async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_or_is_told_why(
+    home: Path, store: Store, provider: JWKSServer, signing_key: SigningKey, prefect_api: str
+) -> None:
+    ada = await store.provision_user("oidc", "sub-ada", "ada@example.com", "Ada")
+    acme = await store.create_org("acme", "Acme", ada.id)
+    other = await store.create_org("other", "Other", ada.id)
+    await store.set_current_org(ada.id, acme.id)
+    await store.set_org_suspended(acme.id, "audit pending")
+    anywhere = signing_key.sign(claims(sub="sub-ada", email="ada@example.com", org=None, role=None))
+    in_acme = signing_key.sign(claims(sub="sub-ada", email="ada@example.com", org="acme", role=None))
+    with serve_app(oidc_settings(home, provider), prefect_api) as url:
+        me = await call(url, anywhere, "whoami")
+        named = post_initialize(url, {"Authorization": f"Bearer {in_acme}"})
+        await store.set_org_suspended(other.id, "")
+        nowhere = post_initialize(url, {"Authorization": f"Bearer {anywhere}"})
+    assert me["workspace"]["slug"] == "other"  # acme is passed over while it is suspended
+    message = "The organization 'acme' is suspended by this install's operator{}; nothing of it is deleted. Ask the " \
+              "operator to resume it."
+    assert (named.status_code, named.json()) == (403, {"error": "suspended",
+                                                       "detail": message.format(" (audit pending)")})
+    assert "WWW-Authenticate" not in named.headers  # the credential is good: another would not help
+    assert (nowhere.status_code, nowhere.json()["detail"]) == (403, message.format(" (audit pending)"))
+
+
 # stdio
 
 
