@@ -116,14 +116,18 @@ class LocalObjectStore(ObjectStore):
     async def remove(self, prefix: str) -> int:
         found = await self.keys(prefix)
 
+        # Folders left empty go too, up to the one the prefix names (`orgs/<id>/`: the org's id is not to outlive
+        # what it held) and never above it, where another writer may be making its own folder.
+        parts = [part for part in prefix.split("/") if part]
+        root = Path(self.folder)
+        top = root.joinpath(*(parts if prefix.endswith("/") else parts[:-1]))
+
         def unlink_found() -> None:
-            root = Path(self.folder)
             for key in found:
                 path = self._path(key)
                 path.unlink(missing_ok=True)
-                # Folders left empty go too: their names (an org's id, a run's) are not to outlive what they held.
                 for folder in path.parents:
-                    if folder == root or root not in folder.parents:
+                    if folder == root or (folder != top and top not in folder.parents):
                         break
                     try:
                         folder.rmdir()

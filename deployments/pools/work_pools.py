@@ -222,13 +222,23 @@ async def ensure_pool(
 
 
 async def hold_pools(client: PrefectClient, install_id: str, org_id: str, paused: bool,
-                     concurrency_limit: int | None) -> None:
-    """Pause (or resume) every pool the org has, and set their concurrency limit: the pools its agents left (for
-    its own hardware, or back) may still hold runs. Missing ones are fine."""
-    for pool in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
+                     concurrency_limit: int | None, memory_limit: str, cpus: float) -> None:
+    """Pause (or resume) every pool the org has, set their concurrency limit, and each Docker pool's resources per
+    run container: the pools its agents left (for its own hardware, or back) may still hold runs. Missing ones are
+    fine. The rest of each template stays as it is (`ariel admin` may not hold the app's settings)."""
+    for name in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
                  own_pool_name(install_id, org_id)):
-        with suppress(ObjectNotFound):
-            await client.update_work_pool(pool, WorkPoolUpdate(is_paused=paused, concurrency_limit=concurrency_limit))
+        try:
+            pool = await client.read_work_pool(name)
+        except ObjectNotFound:
+            continue
+        template = copy.deepcopy(pool.base_job_template)
+        job = template.get("job_configuration", {})
+        if pool.type == "docker" and "mem_limit" in job:
+            job["mem_limit"] = job["memswap_limit"] = memory_limit
+            job.setdefault("container_create_kwargs", {})["nano_cpus"] = int(cpus * 1e9)
+        await client.update_work_pool(name, WorkPoolUpdate(is_paused=paused, concurrency_limit=concurrency_limit,
+                                                           base_job_template=template))
 
 
 async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:

@@ -287,14 +287,15 @@ async def diagnose(
         if pool.is_paused:
             evidence.append(f"work pool {pool_name} is paused")
             return answer("pool_paused", f"the work pool {pool_name} is paused, so no worker takes its runs",
-                          f"resume it: `prefect work-pool resume {pool_name}` or the Prefect UI (Work Pools)")
+                          "if its org is suspended, the install's operator resumes it (`ariel admin resume`); "
+                          f"else resume the pool: `prefect work-pool resume {pool_name}` or the Prefect UI")
         busy = await _active_in_pool(client, pool_name)
         if pool.concurrency_limit is not None and busy >= pool.concurrency_limit:
             evidence.append(f"work pool {pool_name} allows {pool.concurrency_limit} concurrent runs; {busy} are active")
             return answer("concurrency_limit",
                           "the work pool already runs as many runs as it may; this one waits its turn",
                           "wait for the running ones, cancel some with cancel_run, "
-                          "or raise the pool's concurrency limit")
+                          "or ask the install's operator to raise the org's limit (`ariel admin limits`)")
         workers = await client.read_workers_for_work_pool(pool_name)
         alive = [w for w in workers if w.last_heartbeat_time and now - w.last_heartbeat_time < WORKER_SILENT_AFTER]
         evidence.append(f"{len(alive)} worker(s) polling work pool {pool_name}" +

@@ -1,8 +1,9 @@
 """Removing an org's runs from Prefect when the org goes: the runs, their logs and their artifacts.
 
 Prefect deletes a run's logs with it (in the background) but not its artifacts,
-which hold what the run said and did: they go first, so that nothing of a
-deleted org stays readable in the Prefect UI.
+which hold what the run said and did: they go first, so that no run of a
+deleted org stays readable in the Prefect UI (its flows, named after its
+agents, and Prefect's events stay).
 """
 
 from __future__ import annotations

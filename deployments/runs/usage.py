@@ -27,7 +27,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from deployments.pools.work_pools import org_tag
 from deployments.runs.artifacts import table_rows
 from deployments.runs.cursors import PAGE_LIMIT
-from flows.transcript import USAGE_ARTIFACT_KEY
+from flows.transcript import USAGE_ARTIFACT_KEY, is_kind
 
 FAILED = {StateType.FAILED, StateType.CRASHED}
 # Org tags per query: Prefect takes them in the request body; a thousand orgs make a few requests, not a thousand.
@@ -58,8 +58,8 @@ async def usage_since(client: PrefectClient, org_ids: Collection[str], since: da
                                    tags=FlowRunFilterTags(any_=tags[start:start + TAGS_PER_QUERY]))
         offset = 0
         while True:
-            # Oldest first: a run that starts meanwhile comes last, and shifts no page already read.
-            page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.START_TIME_ASC,
+            # By id: an order without ties (start times tie), so that pages neither skip nor repeat a run.
+            page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.ID_DESC,
                                                limit=PAGE_LIMIT, offset=offset)
             for run in page:
                 org_id = next((orgs_by_tag[tag] for tag in run.tags if tag in orgs_by_tag), None)
@@ -87,13 +87,15 @@ async def _newest_usage(client: PrefectClient, run_ids: list[UUID]) -> dict[UUID
     """Each run's newest usage row (a run may publish its usage more than once; the newest holds it all)."""
     newest: dict[UUID, dict[str, Any]] = {}
     for start in range(0, len(run_ids), PAGE_LIMIT):
-        artifact_filter = ArtifactFilter(key=ArtifactFilterKey(any_=[USAGE_ARTIFACT_KEY]),
+        artifact_filter = ArtifactFilter(key=ArtifactFilterKey(like_=USAGE_ARTIFACT_KEY),
                                          flow_run_id=ArtifactFilterFlowRunId(any_=run_ids[start:start + PAGE_LIMIT]))
         offset = 0
         while True:
             page = await client.read_artifacts(artifact_filter=artifact_filter, sort=ArtifactSort.CREATED_DESC,
                                                limit=PAGE_LIMIT, offset=offset)
             for artifact in page:
+                if not is_kind(artifact.key, USAGE_ARTIFACT_KEY):  # Prefect matched a part of the key
+                    continue
                 rows = table_rows(artifact)
                 if artifact.flow_run_id is not None and artifact.flow_run_id not in newest and rows:
                     newest[artifact.flow_run_id] = rows[0]

@@ -26,7 +26,8 @@ from mcp_server.store import Organization
 MAX_CONCURRENT_RUNS = 10_000
 MIN_MEMORY_BYTES = 128 * 2**20  # below it the runtime's interpreter and Prefect do not start
 MAX_MEMORY_BYTES = 256 * 2**30
-MIN_CPUS, MAX_CPUS = 0.1, 256.0
+# Docker refuses a container more CPUs than its host has: the README says so, and the run's failure names it.
+MIN_CPUS, MAX_CPUS = 0.1, 64.0
 MAX_REASON = 300
 _MEMORY = re.compile(r"(\d+)([bkmg])", re.IGNORECASE)
 _UNITS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
@@ -71,30 +72,34 @@ class AdminService:
         return found
 
     async def suspend(self, slug: str, reason: str | None) -> str:
+        """Suspend the org; again on a suspended one, it pauses what a failed attempt may have left running."""
         org = await self._org(slug)
         reason = (reason or "").strip() or None
-        if reason is not None and (len(reason) > MAX_REASON or not reason.isprintable()):
-            raise InvalidRequest(f"--reason: one line of at most {MAX_REASON} characters; it is shown to the org's "
-                                 "members")
         target = f"{org.slug} ({reason})" if reason else org.slug
-        async with audited(self.orgs.store, self._caller(org), "admin.suspend", target[:MAX_REASON]):
-            if org.suspended_at is not None:
-                raise InvalidRequest(f"{org.slug!r} is already suspended (since {_day(org.suspended_at)})")
-            await self.orgs.store.set_org_suspended(org.id, reason or "")
-            deployed = await self.orgs.agents.hold_org(self._caller(org))
+        async with audited(self.orgs.store, self._caller(org), "admin.suspend", _printable(target)[:MAX_REASON]):
+            if reason is not None and (len(reason) > MAX_REASON or not reason.isprintable()):
+                raise InvalidRequest(f"--reason: one line of at most {MAX_REASON} characters; it is shown to the "
+                                     "org's members")
+            already = org.suspended_at
+            if already is None:
+                await self.orgs.store.set_org_suspended(org.id, reason or "")
+            await self.orgs.agents.hold_org(self._caller(org))
+        if already is not None:
+            return (f"{org.slug!r} was already suspended (since {_day(already)}, reason kept); its schedules and work "
+                    "pools are paused")
         return (f"{org.slug!r} is suspended: its keys and sign-ins are refused with a message that says so, its "
-                f"{deployed} agent(s)' schedules and its work pools are paused; nothing is deleted. Runs already "
-                f"in flight finish. `ariel admin resume {org.slug}` undoes it.")
+                f"agents' schedules and its work pools are paused; nothing is deleted. Runs already in flight "
+                f"finish. `ariel admin resume {org.slug}` undoes it.")
 
     async def resume(self, slug: str) -> str:
+        """Resume the org; again on an active one, it resumes what a failed attempt may have left paused."""
         org = await self._org(slug)
         async with audited(self.orgs.store, self._caller(org), "admin.resume", org.slug):
-            if org.suspended_at is None:
-                raise InvalidRequest(f"{org.slug!r} is not suspended")
             await self.orgs.store.set_org_suspended(org.id, None)
-            deployed = await self.orgs.agents.hold_org(self._caller(org))
-        return (f"{org.slug!r} is active again: its keys work, its work pools take runs, and its {deployed} "
-                "agent(s) are scheduled as each one's own status says (paused or awaiting approval stay so)")
+            scheduled = await self.orgs.agents.hold_org(self._caller(org))
+        was = "active again" if org.suspended_at is not None else "not suspended"
+        return (f"{org.slug!r} is {was}: its keys work, its work pools take runs, and {scheduled} agent schedule(s) "
+                "run (an agent a person paused, or one awaiting approval, stays so)")
 
     async def limits_of(self, slug: str) -> str:
         org = await self._org(slug)
@@ -163,6 +168,10 @@ def describe_limits(limits: OrgLimits, memory_default: str) -> str:
 def month_start(now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _printable(text: str) -> str:
+    return "".join(char if char.isprintable() else " " for char in text)
 
 
 def _day(at: datetime) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
@@ -151,16 +151,32 @@ class AgentService:
         return name
 
     async def hold_org(self, caller: Caller) -> int:
-        """Bring the org's pools and schedules to what the operator set (`ariel admin`): paused while the org is
-        suspended, its limits on every pool. Returns how many agents were deployed again."""
+        """Bring the org's pools and schedules to what its operator set (`ariel admin`): paused while the org is
+        suspended, its limits on every pool. Returns how many of its agents' schedules run.
+
+        Nothing is deployed again: `ariel admin` may run with other settings than the app's (its signing key, its
+        runtime image), so it changes only the pools' pause, limit and resources, and each deployment's pause.
+        """
         org = await self.store.get_org(caller.org_id)
         if org is None:
             raise NotFound(f"the organization {caller.org_slug!r} no longer exists")
+        suspended = org.suspended_at is not None
+        active = 0
         async with self.prefect() as client:
-            await hold_pools(client, self.install_id, caller.org_id, org.suspended_at is not None,
-                             org.max_concurrent_runs)
-        # Its current pool's template too (memory, CPUs), and each deployment's schedule paused or not.
-        return await self.redeploy_all(caller)
+            await hold_pools(client, self.install_id, caller.org_id, suspended, org.max_concurrent_runs,
+                             memory_limit=org.memory_limit or self.memory_limit, cpus=org.cpus or DEFAULT_CPUS)
+            for record in await self.store.list_agents(caller.org_id):
+                if record.deployment_id is None:
+                    continue
+                status, _ = await self.status(record, await self.spec_of(caller, record))
+                runs = status == "active" and not suspended
+                with suppress(ObjectNotFound):  # deleted meanwhile; its next deploy makes it again
+                    if runs:
+                        await client.resume_deployment(record.deployment_id)
+                    else:
+                        await client.pause_deployment(record.deployment_id)
+                    active += runs
+        return active
 
     async def remove_org(self, caller: Caller) -> None:
         """Delete the org's deployments, schedules and pools from Prefect (its runs stay readable there), and its
@@ -482,6 +498,7 @@ class AgentService:
         config = spec.to_run_config(record.id, caller.org_id, record.version)
         # `provider` stays the spec's short name: the gateway opens it in the org of the run's token, whatever it says.
         return config.model_copy(update={
+            "org_slug": caller.org_slug,
             "approved": status != "pending_approval",
             "mcp_servers": [ref for ref in servers.values() if isinstance(ref, McpServerRef)],
         })

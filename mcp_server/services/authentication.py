@@ -113,11 +113,11 @@ class Authenticator:
         org = await self.store.find_org(identity.org_slug)
         if org is None:
             org = await self._create_org_quietly(identity.org_slug, user, identity.role)
+        _admitted(org)  # before anything changes: a suspended org gains no member
         member = await self.store.member(org.id, user.id)
         if member is None:
             with contextlib.suppress(Conflict):  # a concurrent first request added it
                 await self.store.add_member(org.id, user.id, identity.role)
-        _admitted(org)
         if member is None or member.role != identity.role:
             await self.store.set_role(org.id, user.id, identity.role, keep_an_owner=False)
         return Caller(

@@ -37,6 +37,8 @@ from mcp_server.settings import AuthMode, is_loopback_url
 from mcp_server.store import ApiKeyRecord, Member, Organization, Store, WorkerKeyRecord
 from mcp_server.store import exceptions as store_errors
 
+DELETING = ("it is being deleted; if that was cut short, the install's operator finishes it with `ariel admin "
+            "delete`")
 INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
 
 OrgAction = Literal[
@@ -63,13 +65,16 @@ ACTION_ROLES: dict[OrgAction, Role] = {
 }
 
 
-def run_limits(memory_limit: str) -> dict[str, Any]:
+def run_limits(memory_limit: str, org: Organization | None = None) -> dict[str, Any]:
+    """What each run may use: the install's bounds, and the org's own limits where its operator set them."""
     schema = Limits.model_json_schema()["properties"]
     return {
         "max_steps_per_run": schema["max_steps"]["maximum"],
         "max_run_seconds": schema["timeout_seconds"]["maximum"],
-        "memory_per_run": memory_limit,
-        "cpus_per_run": DEFAULT_CPUS,
+        "memory_per_run": (org.memory_limit if org else None) or memory_limit,
+        "cpus_per_run": (org.cpus if org else None) or DEFAULT_CPUS,
+        # None: no limit; past it, runs wait in the queue.
+        "concurrent_runs": org.max_concurrent_runs if org else None,
     }
 
 
@@ -94,7 +99,7 @@ class OrgService:
             identified_by=caller.source,
             workspace=current if caller.org_visible else None,
             other_workspaces=others,
-            limits=run_limits(self.agents.memory_limit),
+            limits=run_limits(self.agents.memory_limit, await self.store.get_org(caller.org_id)),
             tool_surface_version=surface_version,
         )
 
@@ -304,22 +309,32 @@ class OrgService:
         """Delete the org and everything it owns: agents, schedules, pools, providers, runs (with their logs and
         artifacts), objects, members and keys; its audit trail stays. Returns how many runs went.
 
-        Refused, with nothing deleted, while any of its runs is in flight: a container would go on working for an
-        org that no longer exists. Its schedules and pools go first, so that no run starts meanwhile.
+        First nothing more starts: the org is suspended (its members refused, its schedules and pools paused), so
+        that no run is handed out and no request makes a pool again meanwhile. Then, while any of its runs is in
+        flight, nothing is deleted and the suspension is undone: a container would go on working for an org that
+        no longer exists. An erasure cut short leaves the org suspended, saying so, for `ariel admin delete` to
+        finish.
         """
+        say = progress or (lambda _line: None)
+        suspended_before = org.suspended_at is not None
+        if not suspended_before:
+            await self.store.set_org_suspended(org.id, DELETING)
+        await self.agents.hold_org(caller)
         async with self.agents.prefect() as client:
             busy = await runs_in_flight(client, org.id)
         if busy:
+            if not suspended_before:
+                await self.store.set_org_suspended(org.id, None)
+                await self.agents.hold_org(caller)
             raise Conflict(f"{org.name!r} has {busy} run(s) in progress, so nothing was deleted; cancel them or let "
                            "them finish, then delete it")
-        say = progress or (lambda _line: None)
+        if self.transcripts is not None:
+            say("removing its objects (transcripts) from the object store")
+            await self.transcripts.delete_org(org.id)
         say("removing its agents' deployments, schedules and work pools from Prefect")
         await self.agents.remove_org(caller)
         async with self.agents.prefect() as client:
             runs = await erase_runs(client, org.id, lambda done: say(f"{done} run(s) deleted from Prefect"))
-        if self.transcripts is not None:
-            say("removing its objects (transcripts) from the object store")
-            await self.transcripts.delete_org(org.id)
         await self.store.delete_org(org.id)
         return runs
 

@@ -135,8 +135,9 @@ class RunTranscripts:
             return await self.objects.remove(f"orgs/{_part(org_id)}/")
         except ObjectStoreError as exc:
             log.warning("transcripts: could not delete an org's objects: %s", exc)
-            raise Unavailable("could not delete the org's objects: the object store did not answer; nothing else "
-                              "was deleted yet; try again (the app's log says why)") from None
+            raise Unavailable("could not delete the org's objects: the object store did not answer, so nothing of "
+                              "the org was deleted (it stays suspended until the deletion is done); try again (the "
+                              "log says why)") from None
 
     @staticmethod
     async def _objects(doing: str, call: Awaitable[T]) -> T:

@@ -84,9 +84,9 @@ async def test_a_suspended_org_is_refused_with_why_and_paused_and_resuming_gives
     async with PrefectClient(prefect_api) as prefect:
         assert (await prefect.read_deployment_by_name(agent["deployment"])).paused
         assert (await prefect.read_work_pool(agent["work_pool"])).is_paused
-    again = admin(home, "suspend", "acme")
-    assert (again.returncode, last_line(again.stderr)) == (1, "ariel admin: 'acme' is already suspended (since "
-                                                           f"{again.stderr.split('since ')[1].split(')')[0]})")
+    # Again: nothing changes but what a failed attempt left (the reason stays the first one).
+    again = admin(home, "suspend", "acme", "--reason", "other")
+    assert again.returncode == 0 and "'acme' was already suspended" in again.stdout, again.stderr
     listed = admin(home, "orgs", "acme")
     assert listed.returncode == 0 and "suspended" in listed.stdout and "invoice 42 unpaid" in listed.stdout
 
@@ -99,7 +99,7 @@ async def test_a_suspended_org_is_refused_with_why_and_paused_and_resuming_gives
         assert not (await prefect.read_work_pool(agent["work_pool"])).is_paused
     assert await audit(home, org_id) == [
         ("admin.resume", OPERATOR, "acme", "ok"),
-        ("admin.suspend", OPERATOR, "acme", "failed"),
+        ("admin.suspend", OPERATOR, "acme (other)", "ok"),
         ("admin.suspend", OPERATOR, "acme (invoice 42 unpaid)", "ok"),
     ]
 
@@ -127,6 +127,8 @@ async def test_limits_reach_the_orgs_pool_and_bad_ones_are_refused_with_what_is_
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("'busy': 2 run(s) at once, 1g of memory and 0.5 CPU(s) per run; its work pools "
                                    "enforce them from the next run on")
+    limits = (await call(url, token, "whoami"))["limits"]  # what the org's members are told
+    assert (limits["concurrent_runs"], limits["memory_per_run"], limits["cpus_per_run"]) == (2, "1g", 0.5)
     # Prefect enforces it: with two of its runs under way, a worker polling the pool is handed none of the third.
     runs = [UUID((await call(url, token, "run_agent", agent="often"))["id"]) for _ in range(3)]
     async with PrefectClient(prefect_api) as prefect:
@@ -150,7 +152,7 @@ async def test_limits_reach_the_orgs_pool_and_bad_ones_are_refused_with_what_is_
                             "'default'"),
         ("--concurrent-runs", "0", "--concurrent-runs: give 1 to 10000, or 'default' for no limit"),
         ("--concurrent-runs", "two", "--concurrent-runs: 'two' is not a whole number, nor 'default'"),
-        ("--cpus", "500", "--cpus: give 0.1 to 256 (e.g. 0.5, 2), or 'default'"),
+        ("--cpus", "500", "--cpus: give 0.1 to 64 (e.g. 0.5, 2), or 'default'"),
     ):
         refused = admin(home, "limits", "busy", option, value)
         assert (refused.returncode, last_line(refused.stderr)) == (1, f"ariel admin: {error}"), refused.stderr
@@ -214,9 +216,11 @@ async def test_deleting_an_org_removes_everything_it_owns_but_never_while_a_run_
     assert (busy.returncode, last_line(busy.stderr)) == (
         1, "ariel admin: 'doomed' has 1 run(s) in progress, so nothing was deleted; cancel them or let them finish, "
            "then delete it")
+    # Refused, it undid the suspension it began with: the org works as before.
     assert (await call(url, token, "get_agent", agent="worker"))["id"] == agent["id"]
-
     async with PrefectClient(prefect_api) as prefect:
+        assert not (await prefect.read_deployment_by_name(agent["deployment"])).paused
+        assert not (await prefect.read_work_pool(agent["work_pool"])).is_paused
         await prefect.set_flow_run_state(run_id, Cancelled(), force=True)
     done = admin(home, "delete", "doomed", "--yes")
     assert done.returncode == 0, done.stderr

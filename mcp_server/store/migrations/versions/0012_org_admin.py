@@ -28,6 +28,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("organizations") as batch:
-        for column in ("cpus", "memory_limit", "max_concurrent_runs", "suspended_reason", "suspended_at"):
-            batch.drop_column(column)
+    # Column by column, not a batch: SQLite would copy the table and drop the old one, which its foreign keys'
+    # ON DELETE CASCADE would take every org's rows with.
+    for column in ("cpus", "memory_limit", "max_concurrent_runs", "suspended_reason", "suspended_at"):
+        op.drop_column("organizations", column)
