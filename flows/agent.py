@@ -52,7 +52,14 @@ from flows.signing import verify_from_environment
 from flows.telemetry import attach_tenant, detach_tenant, record_run, start_run_telemetry
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.registry import ToolContext
-from flows.transcript import RESULT_ARTIFACT_KEY, Recorder, Redactor, TranscriptKeeper
+from flows.transcript import (
+    RESULT_ARTIFACT_KEY,
+    Recorder,
+    Redactor,
+    TranscriptKeeper,
+    artifact_key,
+    artifact_names,
+)
 
 if TYPE_CHECKING:
     from flows.mcp.client import McpToolbox
@@ -199,7 +206,8 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
             f"version {config.version} of agent {config.name!r} awaits approval of its manifest, so it does not run; "
             "an admin approves it (update_agent action=approve), then run it again"
         )
-    recorder = Recorder(config.model, Redactor(_environment_secrets()), keeper=TranscriptKeeper.for_this_run())
+    recorder = Recorder(config.model, Redactor(_environment_secrets()), keeper=TranscriptKeeper.for_this_run(),
+                        names=artifact_names(config.org_slug, config.name))
     # Telemetry (when the pool exports it): this run's span, and every LLM and tool call's, carry these.
     tenant = {"ariel.org": config.org_id, "ariel.agent": config.agent_id, "ariel.version": config.version,
               "ariel.run": prefect.runtime.flow_run.id}
@@ -366,7 +374,8 @@ async def _loop(
             reply = recorder.redactor.text(str(message.get("content") or ""))
             logger.info("Reply: %s", reply)
             logger.info("Usage: %d prompt + %d completion tokens", usage["prompt_tokens"], usage["completion_tokens"])
-            await acreate_markdown_artifact(key=RESULT_ARTIFACT_KEY, markdown=reply, description="The agent's reply")
+            await acreate_markdown_artifact(key=artifact_key(RESULT_ARTIFACT_KEY, recorder.names), markdown=reply,
+                                            description="The agent's reply")
             return reply
         for call in calls:
             name = call["function"]["name"]

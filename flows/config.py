@@ -98,6 +98,9 @@ class RunConfig(BaseModel):
     # None: compiled before this field existed (runs scheduled before an upgrade), which ran approved versions only.
     approved: bool | None = None
     name: str
+    # The org's slug, for names operators read in the Prefect UI (artifact keys); never for tenancy, which is
+    # `org_id`'s. None: compiled before this field existed.
+    org_slug: str | None = None
     instructions: str
     model: str
     api_base: str | None = None

@@ -55,9 +55,11 @@ def canonical(config: BaseModel) -> bytes:
     `config` is a `RunConfig`, or another signed request of the control plane (`flows.mcp.listing`).
     """
     payload = config.model_dump(mode="json", exclude={"signature"})
+    # Added after signing was: versions signed before them (no MCP servers, no org slug) keep their signatures.
     if not payload.get("mcp_servers"):
-        # Added after signing was: versions signed before it (no MCP servers) keep their signatures.
         payload.pop("mcp_servers", None)
+    if payload.get("org_slug") is None:
+        payload.pop("org_slug", None)
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -46,9 +46,11 @@ from pydantic import BaseModel, Field
 if TYPE_CHECKING:
     from detect_secrets.plugins.base import RegexBasedDetector
 
+# The kinds of artifact a run publishes; each key is its kind and its org's and agent's names (`artifact_key`).
 RESULT_ARTIFACT_KEY = "agent-result"
 TRANSCRIPT_ARTIFACT_KEY = "transcript"
 USAGE_ARTIFACT_KEY = "usage"
+MAX_KEY_NAMES = 80
 REDACTED = "[redacted]"
 TRANSCRIPT_ROUTE = "/ariel/v1/transcript"  # the gateway's; mcp_server.gateway.transcript
 # A tool may fetch a whole page; an artifact table keeps its beginning. Each published
@@ -327,14 +329,50 @@ class Outcome:
     replayed: bool | None = None  # taken from the run's journal, not made again (`flows.journal`)
 
 
+def artifact_names(org_slug: str | None, agent_name: str) -> str:
+    """The org's and agent's names as a key may hold them (lowercase letters, digits, dashes).
+
+    >>> artifact_names("acme", "Inventory Walker!")
+    'acme-inventory-walker'
+    """
+    text = "-".join(part for part in (org_slug, agent_name) if part)
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:MAX_KEY_NAMES].strip("-")
+
+
+def artifact_key(kind: str, names: str) -> str:
+    """The key of a `kind` artifact of one org's agent: the Prefect UI's Artifacts page shows a card per key, so each
+    agent of each org gets its own, not one for every run of the install. Tenancy never rests on it: readers find a
+    run's artifacts by the run's id.
+
+    >>> artifact_key(USAGE_ARTIFACT_KEY, "acme-inventory-walker")
+    'usage-acme-inventory-walker'
+    """
+    return f"{kind}-{names}" if names else kind
+
+
+def is_kind(key: str | None, kind: str) -> bool:
+    """Whether an artifact's key is of `kind`: its own (`artifact_key`), or the bare kind runs published before.
+
+    No kind is another's prefix followed by a dash, so the names after it cannot make one kind read as another.
+
+    >>> is_kind("usage-acme-x", USAGE_ARTIFACT_KEY), is_kind("usage", USAGE_ARTIFACT_KEY)
+    (True, True)
+    >>> is_kind("transcript-acme-usage", USAGE_ARTIFACT_KEY)
+    False
+    """
+    return key is not None and (key == kind or key.startswith(f"{kind}-"))
+
+
 class Recorder:
     """Records a run's transcript and usage: entries kept through `keeper`, else published as artifacts; one per run.
 
     `keeper`: Ariel's gateway for this run (`TranscriptKeeper.for_this_run()`); None publishes tables as before.
     """
 
-    def __init__(self, model: str, redactor: Redactor | None = None, keeper: TranscriptKeeper | None = None) -> None:
+    def __init__(self, model: str, redactor: Redactor | None = None, keeper: TranscriptKeeper | None = None,
+                 names: str = "") -> None:
         self.model = model
+        self.names = names  # the org's and agent's, in its artifacts' keys (`artifact_names`)
         self.redactor = redactor or Redactor()
         self.entries: list[TranscriptEntry] = []
         self.keeper = keeper
@@ -432,11 +470,13 @@ class Recorder:
     async def _publish(self, key: str, table: list[dict[str, Any]], description: str) -> None:
         from prefect.artifacts import acreate_table_artifact
 
+        key = artifact_key(key, self.names)
         await _bounded(key, acreate_table_artifact(key=key, table=table, description=description))
 
     async def _publish_markdown(self, key: str, markdown: str, description: str) -> None:
         from prefect.artifacts import acreate_markdown_artifact
 
+        key = artifact_key(key, self.names)
         await _bounded(key, acreate_markdown_artifact(key=key, markdown=markdown, description=description))
 
 

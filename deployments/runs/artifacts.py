@@ -13,13 +13,14 @@ from prefect.client.schemas.sorting import ArtifactSort
 from pydantic import BaseModel, Field
 
 from deployments.exceptions import QueryInvalid
-from deployments.runs.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
+from deployments.runs.cursors import BAD_CURSOR, PAGE_LIMIT, decode_cursor, encode_cursor, fingerprint
 from flows.transcript import (
     RESULT_ARTIFACT_KEY,
     TRANSCRIPT_ARTIFACT_KEY,
     USAGE_ARTIFACT_KEY,
     TranscriptEntry,
     Usage,
+    is_kind,
 )
 
 
@@ -33,14 +34,8 @@ class TranscriptPage(BaseModel):
 
 async def read_result(client: PrefectClient, run_id: UUID) -> str | None:
     """The agent's reply, from the run's result artifact; None before it replied."""
-    artifacts = await client.read_artifacts(
-        artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
-            key=ArtifactFilterKey(any_=[RESULT_ARTIFACT_KEY]),
-        ),
-        limit=1,
-    )
-    return str(artifacts[0].data) if artifacts else None
+    artifact = await _newest_artifact(client, run_id, RESULT_ARTIFACT_KEY)
+    return str(artifact.data) if artifact is not None else None
 
 
 async def read_transcript(
@@ -81,16 +76,17 @@ async def read_usage(client: PrefectClient, run_id: UUID) -> Usage | None:
     return Usage.model_validate(rows[0]) if rows else None
 
 
-async def _newest_artifact(client: PrefectClient, run_id: UUID, key: str) -> Artifact | None:
-    # Each publication is a new version under the same key; the newest holds everything.
+async def _newest_artifact(client: PrefectClient, run_id: UUID, kind: str) -> Artifact | None:
+    """The run's newest artifact of `kind` (each publication is a new version; the newest holds everything)."""
+    # Keys name the run's org and agent after the kind (`flows.transcript.artifact_key`): Prefect matches a part of
+    # the key, and the kind is checked here.
     artifacts = await client.read_artifacts(
-        artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=[key])
-        ),
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]),
+                                       key=ArtifactFilterKey(like_=kind)),
         sort=ArtifactSort.CREATED_DESC,
-        limit=1,
+        limit=PAGE_LIMIT,
     )
-    return artifacts[0] if artifacts else None
+    return next((artifact for artifact in artifacts if is_kind(artifact.key, kind)), None)
 
 
 def table_rows(artifact: Artifact | None) -> list[dict[str, Any]]:

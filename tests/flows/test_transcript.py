@@ -12,7 +12,6 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
     LogFilter,
@@ -22,7 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.runs import TranscriptEntry, Usage, read_transcript, read_usage
 from flows.config import Limits, ScriptStep
-from flows.transcript import REDACTED, RESULT_ARTIFACT_KEY, Redactor, shorten
+from flows.transcript import REDACTED, RESULT_ARTIFACT_KEY, Redactor, is_kind, shorten
 from mcp_server.services.secrets import ProviderSecret
 from tests.flows.support import OpenAICompatible, Outcome, Slow, config, fetcher, http_agent, play, run_gateway
 from tests.support import free_port, http_service
@@ -48,16 +47,13 @@ async def usage_of(prefect_api: str, outcome: Outcome) -> Usage:
     return usage
 
 
-async def artifact_versions(prefect_api: str, outcome: Outcome, key: str) -> list[str]:
-    """The data of every version of the run's artifact `key`, as stored."""
+async def artifact_versions(prefect_api: str, outcome: Outcome, kind: str) -> list[str]:
+    """The data of every version of the run's artifact of `kind` (its key names the org and agent), as stored."""
     async with PrefectClient(prefect_api) as client:
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(outcome.flow_run_id)]),
-                key=ArtifactFilterKey(any_=[key]),
-            )
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])),
         )
-    return [str(artifact.data) for artifact in artifacts]
+    return [str(artifact.data) for artifact in artifacts if is_kind(artifact.key, kind)]
 
 
 async def stored_log_lines(prefect_api: str, outcome: Outcome) -> list[str]:
