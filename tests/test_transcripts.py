@@ -77,7 +77,8 @@ async def test_a_docker_runs_transcript_is_kept_whole_and_sealed_in_the_bucket_a
             unsigned = await http.get(link)
         with pytest.raises(Exception, match="no run"):
             await call(up.base_url, BOB, "get_transcript", run=run["id"])
-        summary = await artifact(up.home, run["id"], "transcript")
+        # Under a key of its own org and agent, not one the Artifacts page shares between every agent of every org.
+        summary = await artifact(up.home, run["id"], "transcript-acme-reader")
         bucket_store = S3ObjectStore(endpoint=s3.endpoint, bucket=bucket, access_key=s3.access_key,
                                      secret_key=s3.secret_key, secure=False)
         keys = await bucket_store.keys("orgs/")
