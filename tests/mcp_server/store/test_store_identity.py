@@ -95,6 +95,25 @@ async def test_an_api_key_is_stored_hashed_and_can_be_revoked(store: Store) -> N
     assert await store.api_keys(other.id) == []
 
 
+async def test_an_orgs_suspension_and_limits_are_kept_and_cleared_for_every_process(store: Store,
+                                                                                     other: Store) -> None:
+    owner = await store.provision_user("oidc", "sub-ops", None, "Ops")
+    org = await store.create_org("held", "Held", owner.id)
+    assert (org.suspended_at, org.max_concurrent_runs, org.memory_limit, org.cpus) == (None, None, None, None)
+    await store.set_org_suspended(org.id, "unpaid")
+    await store.set_org_limits(org.id, 3, "1g", 0.5)
+    seen = await other.get_org(org.id)  # another app process of the install sees it at once
+    assert seen is not None and seen.suspended_at is not None and seen.suspended_reason == "unpaid"
+    assert (seen.max_concurrent_runs, seen.memory_limit, seen.cpus) == (3, "1g", 0.5)
+    [(listed, _role)] = await other.orgs_of(owner.id)
+    assert listed.suspended_reason == "unpaid"
+    await store.set_org_suspended(org.id, None)
+    await store.set_org_limits(org.id, None, None, None)
+    back = await other.find_org("held")
+    assert back is not None
+    assert (back.suspended_at, back.suspended_reason, back.max_concurrent_runs) == (None, None, None)
+
+
 async def test_deleting_an_org_keeps_its_audit_trail(store: Store) -> None:
     ada = await store.provision_user("dev", "ada", None, None)
     org = await store.create_org("acme", "Acme", ada.id)
