@@ -222,23 +222,26 @@ async def ensure_pool(
 
 
 async def hold_pools(client: PrefectClient, install_id: str, org_id: str, paused: bool,
-                     concurrency_limit: int | None, memory_limit: str, cpus: float) -> None:
-    """Pause (or resume) every pool the org has, set their concurrency limit, and each Docker pool's resources per
-    run container: the pools its agents left (for its own hardware, or back) may still hold runs. Missing ones are
-    fine. The rest of each template stays as it is (`ariel admin` may not hold the app's settings)."""
+                     concurrency_limit: int | None, resources: tuple[str, float] | None = None) -> None:
+    """Pause (or resume) every pool the org has and set their concurrency limit, and with `resources` (memory in
+    Docker's notation, CPUs) each Docker pool's per run container: the pools its agents left (for its own hardware,
+    or back) may still hold runs. Missing ones are fine. The rest of each template stays as it is (`ariel admin`
+    may not hold the app's settings)."""
     for name in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
                  own_pool_name(install_id, org_id)):
         try:
             pool = await client.read_work_pool(name)
         except ObjectNotFound:
             continue
-        template = copy.deepcopy(pool.base_job_template)
-        job = template.get("job_configuration", {})
-        if pool.type == "docker" and "mem_limit" in job:
-            job["mem_limit"] = job["memswap_limit"] = memory_limit
-            job.setdefault("container_create_kwargs", {})["nano_cpus"] = int(cpus * 1e9)
-        await client.update_work_pool(name, WorkPoolUpdate(is_paused=paused, concurrency_limit=concurrency_limit,
-                                                           base_job_template=template))
+        changes: dict[str, Any] = {"is_paused": paused, "concurrency_limit": concurrency_limit}
+        job = pool.base_job_template.get("job_configuration", {})
+        if resources is not None and pool.type == "docker" and "mem_limit" in job:
+            template = copy.deepcopy(pool.base_job_template)
+            memory, cpus = resources
+            template["job_configuration"]["mem_limit"] = template["job_configuration"]["memswap_limit"] = memory
+            template["job_configuration"].setdefault("container_create_kwargs", {})["nano_cpus"] = int(cpus * 1e9)
+            changes["base_job_template"] = template
+        await client.update_work_pool(name, WorkPoolUpdate(**changes))
 
 
 async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:

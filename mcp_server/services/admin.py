@@ -83,6 +83,9 @@ class AdminService:
             already = org.suspended_at
             if already is None:
                 await self.orgs.store.set_org_suspended(org.id, reason or "")
+            elif org.being_deleted:
+                raise InvalidRequest(f"{org.slug!r} is being deleted (or its deletion was cut short); `ariel admin "
+                                     f"delete {org.slug}` finishes it")
             await self.orgs.agents.hold_org(self._caller(org))
         if already is not None:
             return (f"{org.slug!r} was already suspended (since {_day(already)}, reason kept); its schedules and work "
@@ -95,6 +98,9 @@ class AdminService:
         """Resume the org; again on an active one, it resumes what a failed attempt may have left paused."""
         org = await self._org(slug)
         async with audited(self.orgs.store, self._caller(org), "admin.resume", org.slug):
+            if org.being_deleted:  # some of what it owned may be gone already
+                raise InvalidRequest(f"{org.slug!r} is being deleted (or its deletion was cut short), so it cannot "
+                                     f"be resumed; `ariel admin delete {org.slug}` finishes it")
             await self.orgs.store.set_org_suspended(org.id, None)
             scheduled = await self.orgs.agents.hold_org(self._caller(org))
         was = "active again" if org.suspended_at is not None else "not suspended"
@@ -118,7 +124,7 @@ class AdminService:
             checked = check_limits(limits)
             await self.orgs.store.set_org_limits(org.id, checked.max_concurrent_runs, checked.memory_limit,
                                                  checked.cpus)
-            await self.orgs.agents.hold_org(self._caller(org))
+            await self.orgs.agents.hold_org(self._caller(org), resources=True)
         return f"{org.slug!r}: {describe_limits(checked, self.memory_default)}; its work pools enforce them from the " \
             "next run on"
 

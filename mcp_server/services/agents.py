@@ -150,12 +150,14 @@ class AgentService:
                               concurrency_limit=org.max_concurrent_runs, paused=org.suspended_at is not None)
         return name
 
-    async def hold_org(self, caller: Caller) -> int:
+    async def hold_org(self, caller: Caller, resources: bool = False) -> int:
         """Bring the org's pools and schedules to what its operator set (`ariel admin`): paused while the org is
-        suspended, its limits on every pool. Returns how many of its agents' schedules run.
+        suspended, its concurrency limit on every pool, and with `resources` its memory and CPUs per run container.
+        Returns how many of its agents' schedules run.
 
         Nothing is deployed again: `ariel admin` may run with other settings than the app's (its signing key, its
-        runtime image), so it changes only the pools' pause, limit and resources, and each deployment's pause.
+        runtime image), so it changes only the pools' pause, limit and resources, and each deployment's pause. A
+        deployment whose configuration was signed unapproved stays paused until the app deploys it again.
         """
         org = await self.store.get_org(caller.org_id)
         if org is None:
@@ -164,18 +166,28 @@ class AgentService:
         active = 0
         async with self.prefect() as client:
             await hold_pools(client, self.install_id, caller.org_id, suspended, org.max_concurrent_runs,
-                             memory_limit=org.memory_limit or self.memory_limit, cpus=org.cpus or DEFAULT_CPUS)
-            for record in await self.store.list_agents(caller.org_id):
-                if record.deployment_id is None:
-                    continue
-                status, _ = await self.status(record, await self.spec_of(caller, record))
-                runs = status == "active" and not suspended
-                with suppress(ObjectNotFound):  # deleted meanwhile; its next deploy makes it again
-                    if runs:
-                        await client.resume_deployment(record.deployment_id)
-                    else:
-                        await client.pause_deployment(record.deployment_id)
-                    active += runs
+                             resources=(org.memory_limit or self.memory_limit, org.cpus or DEFAULT_CPUS)
+                             if resources else None)
+            for listed in await self.store.list_agents(caller.org_id):
+                # In its turn, read again: a person's deploy of the same agent meanwhile is not undone.
+                async with self.store.turn(_turn_name(listed.id)):
+                    record = await self.store.find_agent(caller.org_id, listed.id)
+                    if record is None or record.deployment_id is None:
+                        continue
+                    status, _ = await self.status(record, await self.spec_of(caller, record))
+                    try:
+                        deployment = await client.read_deployment(record.deployment_id)
+                    except ObjectNotFound:
+                        continue  # deleted meanwhile; its next deploy makes it again
+                    config = (deployment.parameters or {}).get("config")
+                    signed_approved = not isinstance(config, dict) or config.get("approved") is not False
+                    runs = status == "active" and signed_approved and not suspended
+                    with suppress(ObjectNotFound):
+                        if runs:
+                            await client.resume_deployment(record.deployment_id)
+                        else:
+                            await client.pause_deployment(record.deployment_id)
+                        active += runs
         return active
 
     async def remove_org(self, caller: Caller) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -34,11 +34,9 @@ from mcp_server.services.views import (
     WorkerKeyView,
 )
 from mcp_server.settings import AuthMode, is_loopback_url
-from mcp_server.store import ApiKeyRecord, Member, Organization, Store, WorkerKeyRecord
+from mcp_server.store import ORG_DELETING, ApiKeyRecord, Member, Organization, Store, WorkerKeyRecord
 from mcp_server.store import exceptions as store_errors
 
-DELETING = ("it is being deleted; if that was cut short, the install's operator finishes it with `ariel admin "
-            "delete`")
 INVITEE = re.compile(r"[A-Za-z0-9._@+-]{1,255}")
 
 OrgAction = Literal[
@@ -316,20 +314,24 @@ class OrgService:
         finish.
         """
         say = progress or (lambda _line: None)
-        suspended_before = org.suspended_at is not None
-        if not suspended_before:
-            await self.store.set_org_suspended(org.id, DELETING)
-        await self.agents.hold_org(caller)
-        async with self.agents.prefect() as client:
-            busy = await runs_in_flight(client, org.id)
-        if busy:
-            if not suspended_before:
-                await self.store.set_org_suspended(org.id, None)
+        before = (org.suspended_reason or "") if org.suspended_at is not None else None
+        await self.store.set_org_suspended(org.id, ORG_DELETING)
+        try:
+            await self.agents.hold_org(caller)
+            async with self.agents.prefect() as client:
+                busy = await runs_in_flight(client, org.id)
+            if busy:
+                raise Conflict(f"{org.name!r} has {busy} run(s) in progress, so nothing was deleted; cancel them or "
+                               "let them finish, then delete it")
+        except Exception:
+            # Nothing is deleted yet: the org goes back to how it was (its pools and schedules too, when Prefect
+            # answers; else as the app deploys them at its next start).
+            await self.store.set_org_suspended(org.id, before)
+            with suppress(Exception):
                 await self.agents.hold_org(caller)
-            raise Conflict(f"{org.name!r} has {busy} run(s) in progress, so nothing was deleted; cancel them or let "
-                           "them finish, then delete it")
+            raise
         if self.transcripts is not None:
-            say("removing its objects (transcripts) from the object store")
+            say(f"removing its objects (transcripts) from {self.transcripts.objects.describe()}")
             await self.transcripts.delete_org(org.id)
         say("removing its agents' deployments, schedules and work pools from Prefect")
         await self.agents.remove_org(caller)

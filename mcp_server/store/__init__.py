@@ -4,6 +4,7 @@ sealed secrets (data keys and providers), MCP servers agents use as tools."""
 from mcp_server.store._ids import new_id
 from mcp_server.store._leases import Lease
 from mcp_server.store._records import (
+    ORG_DELETING,
     AgentRecord,
     AgentVersion,
     ApiKeyRecord,
@@ -23,6 +24,7 @@ from mcp_server.store._worker_keys import WorkerKeyRecord
 from mcp_server.store.exceptions import Conflict, StoreError, Unreachable
 
 __all__ = [
+    "ORG_DELETING",
     "AgentRecord",
     "AgentVersion",
     "ApiKeyRecord",

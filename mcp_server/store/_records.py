@@ -25,6 +25,15 @@ class Organization:
     memory_limit: str | None = None
     cpus: float | None = None
 
+    @property
+    def being_deleted(self) -> bool:
+        """Suspended by a deletion under way, or cut short (`OrgService.erase`)."""
+        return self.suspended_at is not None and self.suspended_reason == ORG_DELETING
+
+
+ORG_DELETING = "being deleted"
+"""The suspension reason of an org whose deletion began: it is refused until the deletion is done."""
+
 
 @dataclass(frozen=True)
 class User:

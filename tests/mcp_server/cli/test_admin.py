@@ -20,7 +20,7 @@ from mcp_server.cli.stack import Runtime
 from mcp_server.services.caller import Caller
 from mcp_server.services.container import open_services
 from mcp_server.settings import ArielSettings
-from mcp_server.store import Store
+from mcp_server.store import ORG_DELETING, Store
 from tests.mcp_server.callers import call
 from tests.mcp_server.cli.test_cli import ariel, last_line
 
@@ -120,6 +120,11 @@ async def test_limits_reach_the_orgs_pool_and_bad_ones_are_refused_with_what_is_
 ) -> None:
     token = "dev:cy:busy:owner"
     agent = await active_agent(url, token, "Often")
+    # The org's Docker pool too (an app on Docker would have made it), with the install's defaults.
+    org_id = (await call(url, token, "whoami"))["workspace"]["id"]
+    async with open_services(ArielSettings(home=home), prefect_api, "docker") as services:
+        docker_pool = await services.agents.ensure_pool(Caller("t", "test", org_id, "busy", "busy", "owner", "local",
+                                                               "test"))
     shown = admin(home, "limits", "busy")
     assert shown.stdout.strip() == ("'busy': no limit on runs at once, 2g (default) of memory and 1 (default) CPU(s) "
                                     "per run"), shown.stderr
@@ -136,14 +141,13 @@ async def test_limits_reach_the_orgs_pool_and_bad_ones_are_refused_with_what_is_
         for run_id in runs[:2]:
             await prefect.set_flow_run_state(run_id, Running(), force=True)
         assert await prefect.get_scheduled_flow_runs_for_work_pool(agent["work_pool"]) == []
-    # Memory and CPUs go into the template of the org's Docker pool, which each run container is made from.
-    org_id = (await call(url, token, "whoami"))["workspace"]["id"]
-    async with open_services(ArielSettings(home=home), prefect_api, "docker") as services:
-        docker_pool = await services.agents.ensure_pool(Caller("t", "test", org_id, "busy", "busy", "owner", "local",
-                                                               "test"))
+    # Memory and CPUs go into the template of the org's Docker pool, which each run container is made from; the
+    # rest of the template stays the app's.
     async with PrefectClient(prefect_api) as prefect:
         job = (await prefect.read_work_pool(docker_pool)).base_job_template["job_configuration"]
-    assert (job["mem_limit"], job["container_create_kwargs"]["nano_cpus"]) == ("1g", 500_000_000)
+    assert (job["mem_limit"], job["memswap_limit"], job["container_create_kwargs"]["nano_cpus"]) == (
+        "1g", "1g", 500_000_000)
+    assert job["container_create_kwargs"]["cap_drop"] == ["ALL"] and job["image"].startswith("ariel-runtime")
 
     for option, value, error in (
         ("--memory", "lots", "--memory: give a size in Docker's notation from 128m to 256g (e.g. 512m, 2g), or "
@@ -222,6 +226,20 @@ async def test_deleting_an_org_removes_everything_it_owns_but_never_while_a_run_
         assert not (await prefect.read_deployment_by_name(agent["deployment"])).paused
         assert not (await prefect.read_work_pool(agent["work_pool"])).is_paused
         await prefect.set_flow_run_state(run_id, Cancelled(), force=True)
+    # A deletion cut short (as if the object store had been down) leaves the org refused, saying why; it cannot be
+    # resumed, only finished.
+    store = await Store.open(f"sqlite+aiosqlite:///{home / 'ariel.db'}")
+    try:
+        await store.set_org_suspended(org_id, ORG_DELETING)
+    finally:
+        await store.close()
+    status, body = mcp_status(url, token)
+    assert (status, body["detail"]) == (403, "The organization 'doomed' is being deleted; if that was cut short, the "
+                                             "install's operator finishes it with `ariel admin delete`.")
+    resumed = admin(home, "resume", "doomed")
+    assert (resumed.returncode, last_line(resumed.stderr)) == (
+        1, "ariel admin: 'doomed' is being deleted (or its deletion was cut short), so it cannot be resumed; `ariel "
+           "admin delete doomed` finishes it")
     done = admin(home, "delete", "doomed", "--yes")
     assert done.returncode == 0, done.stderr
     assert "'doomed' is deleted with everything it owned (1 run(s) among it)" in done.stdout
@@ -241,4 +259,5 @@ async def test_deleting_an_org_removes_everything_it_owns_but_never_while_a_run_
     finally:
         await store.close()
     assert await audit(home, org_id) == [("admin.delete", OPERATOR, "doomed", "ok"),
+                                         ("admin.resume", OPERATOR, "doomed", "failed"),
                                          ("admin.delete", OPERATOR, "doomed", "failed")]
