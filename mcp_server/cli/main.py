@@ -229,7 +229,16 @@ def _add_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _serve_stdio(settings: ArielSettings) -> None:
     from mcp_server.cli.stack import Runtime
+    from mcp_server.services.exceptions import InvalidRequest
+    from mcp_server.settings import TRUSTING_PROFILES
     from mcp_server.tools.server import build_mcp
+
+    if settings.profile not in TRUSTING_PROFILES:
+        # Over stdio the caller is the machine's local user, with the store's own rights: no credential is checked.
+        raise InvalidRequest(
+            f"stdio serves the machine's local user with no credential, which a shared install (profile "
+            f"{settings.profile!r}) does not allow; connect an MCP client to the app's /mcp with an API key instead"
+        )
 
     runtime = Runtime.load(settings.home)
     api_url = settings.prefect_api_url or (runtime.prefect_api_url if runtime else None)

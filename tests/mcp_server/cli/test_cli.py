@@ -188,3 +188,14 @@ def test_worker_key_create_prints_the_key_once_with_its_start_command_and_revoke
     missing = ariel("worker-key", "create", "x", "--org", "nope", **env)
     assert (missing.returncode, last_line(missing.stderr)) == (
         1, "ariel worker-key: no org 'nope' in this installation")
+
+
+def test_stdio_is_refused_on_a_shared_install_before_anything_opens(tmp_path: Path) -> None:
+    """Over stdio the caller is the local user with the store's rights: on a shared server that is anyone with a
+    shell there."""
+    done = ariel("mcp", stdin="", ARIEL_HOME=str(tmp_path), ARIEL_PROFILE="saas", ARIEL_AUTH_MODE="api_key")
+    assert (done.returncode, last_line(done.stderr)) == (
+        1, "ariel mcp: stdio serves the machine's local user with no credential, which a shared install (profile "
+           "'saas') does not allow; connect an MCP client to the app's /mcp with an API key instead")
+    assert not (tmp_path / "ariel.db").exists()  # refused before the store was opened
+
