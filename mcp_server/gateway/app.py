@@ -40,7 +40,7 @@ from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
-from mcp_server.gateway.telemetry import OTLP_ROUTE, Collector, serve_otlp
+from mcp_server.gateway.telemetry import OTLP_ROUTE, Collector, TelemetryBudget, serve_otlp
 from mcp_server.gateway.transcript import TRANSCRIPT_ROUTE, Transcripts, serve_transcript
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
@@ -136,6 +136,7 @@ class Gateway:
         self.ownership = Ownership(self._client)
         self.rules = Rules(self.ownership, self._scheduled_runs)
         self._subscriptions: dict[UUID, int] = {}  # run id → its open /events/out subscriptions
+        self._telemetry_budget = TelemetryBudget()
 
     def __repr__(self) -> str:
         return f"Gateway(upstream={self.upstream_url!r})"
@@ -242,7 +243,8 @@ class Gateway:
             journals = self._journals() if self._journals is not None else None
             return await serve_journal(request, caller, self.ownership, journals)
         if route[0] == "POST" and route[1].startswith(f"{OTLP_ROUTE}/") and isinstance(caller, RunScope):
-            return await serve_otlp(request, caller, self.ownership, self._collector, self._collector_client)
+            return await serve_otlp(request, caller, self.ownership, self._collector, self._collector_client,
+                                    self._telemetry_budget)
         if route == ("POST", TRANSCRIPT_ROUTE) and isinstance(caller, RunScope):
             transcripts = self._transcripts() if self._transcripts is not None else None
             return await serve_transcript(request, caller, self.ownership, transcripts)

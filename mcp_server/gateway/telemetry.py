@@ -4,13 +4,14 @@ A run exports OTLP/HTTP (protobuf) to `…/ariel/v1/otlp/v1/traces` and `/v1/met
 (`flows.telemetry`). Runs never hold the collector's address or credential, and whatever a run's telemetry
 claims, it leaves here with `ariel.org` of the token on every resource, span and data point (see `stamp`): no
 run speaks for another org. Until a later attempt of the run begins (a run's last spans leave after its final
-state), and at most `MAX_BODY_BYTES` a request. An install without a collector answers 404, and the run's
-exporter gives up quietly.
+state), at most `MAX_BODY_BYTES` a request and `RUN_BUDGET_BYTES` a run. An install without a collector
+answers 404, and the run's exporter gives up quietly.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +31,42 @@ from mcp_server.gateway.scopes import RunScope
 
 log = logging.getLogger("ariel.gateway")
 
-__all__ = ["OTLP_ROUTE", "Collector", "serve_otlp"]
+__all__ = ["OTLP_ROUTE", "Collector", "TelemetryBudget", "serve_otlp"]
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+RUN_BUDGET_BYTES = 64 * 1024 * 1024  # a run's telemetry, all its requests: far over what its spans and metrics take
+BUDGETS_KEPT = 10_000  # runs whose spending one gateway process remembers, the least recent forgotten first
 SIGNALS = ("traces", "metrics")
 # What the gateway alone says of a run's telemetry: whose it is. A run's agent and version are its own claims,
 # within its org (its configuration is signed, but a run could say anything here, and would mislead only its org).
 STAMPED = frozenset({"ariel.org", "ariel.run", "ariel.user"})
+
+
+class TelemetryBudget:
+    """What each run has sent, against `RUN_BUDGET_BYTES`: a run's token lasts its time budget, and without this a
+    run could keep the collector busy with 4 MB requests for as long. Kept by each gateway process (an install with
+    several app processes allows a run that much through each), for the `BUDGETS_KEPT` most recent runs.
+
+    >>> budget = TelemetryBudget(limit=10, kept=2)
+    >>> budget.spend("a", 6), budget.spend("a", 6), budget.spend("b", 1), budget.spend("c", 1), budget.spend("a", 6)
+    (True, False, True, True, True)
+    """
+
+    def __init__(self, limit: int = RUN_BUDGET_BYTES, kept: int = BUDGETS_KEPT) -> None:
+        self.limit = limit
+        self.kept = kept
+        self._spent: OrderedDict[str, int] = OrderedDict()
+
+    def spend(self, run_id: str, size: int) -> bool:
+        """Count `size` bytes against the run; False (and nothing counted) when they would take it over."""
+        spent = self._spent.pop(run_id, 0)
+        self._spent[run_id] = spent  # now the most recent
+        if spent + size > self.limit:
+            return False
+        self._spent[run_id] = spent + size
+        while len(self._spent) > self.kept:
+            self._spent.popitem(last=False)
+        return True
 
 
 @dataclass(frozen=True)
@@ -51,7 +81,7 @@ class Collector:
 
 
 async def serve_otlp(request: Request, caller: RunScope, ownership: Ownership, collector: Collector | None,
-                     client: httpx.AsyncClient | None) -> Response:
+                     client: httpx.AsyncClient | None, budget: TelemetryBudget) -> Response:
     """`client`: the collector's own (never the one that carries the Prefect credential); None without one."""
     signal = request.url.path.removeprefix(f"{OTLP_ROUTE}/v1/")
     if collector is None or client is None:
@@ -68,6 +98,9 @@ async def serve_otlp(request: Request, caller: RunScope, ownership: Ownership, c
     body = await bounded_body(request, MAX_BODY_BYTES)
     if body is None:
         return refused_route(413, "too_large", f"at most {MAX_BODY_BYTES} bytes a request")
+    if not budget.spend(str(caller.run_id), len(body)):
+        # 413, which an exporter does not retry, as for a request too large.
+        return refused_route(413, "budget_spent", f"a run sends at most {RUN_BUDGET_BYTES} bytes of telemetry")
     try:
         stamped = stamp(signal, body, caller.org_id, str(caller.run_id))
     except DecodeError:
