@@ -21,7 +21,10 @@ def run_admin(settings: ArielSettings, args: argparse.Namespace) -> int:
     if action == "delete" and not args.yes:
         if not sys.stdin.isatty():
             raise InvalidRequest("delete: give --yes to delete without being asked (no terminal to ask on)")
-        typed = input(f"This deletes {args.org!r} with everything it owns, for good. Type its slug to go on: ")
+        try:
+            typed = input(f"This deletes {args.org!r} with everything it owns, for good. Type its slug to go on: ")
+        except EOFError:  # Ctrl-D: no answer
+            typed = ""
         if typed.strip() != args.org:
             print("ariel admin delete: not the slug; nothing was deleted", file=sys.stderr)
             return 1

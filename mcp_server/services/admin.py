@@ -120,7 +120,8 @@ class AdminService:
             raise InvalidRequest(f"no such limit: {', '.join(sorted(unknown))}")
         limits = replace(OrgLimits(org.max_concurrent_runs, org.memory_limit, org.cpus), **changes)
         said = describe_limits(limits, self.memory_default)
-        async with audited(self.orgs.store, self._caller(org), "admin.limits", f"{org.slug}: {said}"[:MAX_REASON]):
+        async with audited(self.orgs.store, self._caller(org), "admin.limits",
+                           _printable(f"{org.slug}: {said}")[:MAX_REASON]):
             checked = check_limits(limits)
             await self.orgs.store.set_org_limits(org.id, checked.max_concurrent_runs, checked.memory_limit,
                                                  checked.cpus)
