@@ -14,7 +14,8 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from deployments.exceptions import QueryInvalid
 
@@ -43,3 +44,17 @@ def decode_cursor(cursor: str, query: str) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("q") != query:
         raise QueryInvalid(BAD_CURSOR)
     return data
+
+
+T = TypeVar("T")
+
+
+async def every_page(read: Callable[..., Awaitable[list[T]]], **query: Any) -> AsyncIterator[list[T]]:
+    """Each page of `read(**query, limit=PAGE_LIMIT, offset=…)` (a Prefect client's read), until a short one."""
+    offset = 0
+    while True:
+        page = await read(**query, limit=PAGE_LIMIT, offset=offset)
+        yield page
+        offset += len(page)
+        if len(page) < PAGE_LIMIT:
+            return

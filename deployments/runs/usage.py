@@ -26,7 +26,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 
 from deployments.pools.work_pools import org_tag
 from deployments.runs.artifacts import table_rows
-from deployments.runs.cursors import PAGE_LIMIT
+from deployments.runs.cursors import PAGE_LIMIT, every_page
 from flows.transcript import USAGE_ARTIFACT_KEY, is_kind
 
 FAILED = {StateType.FAILED, StateType.CRASHED}
@@ -56,11 +56,8 @@ async def usage_since(client: PrefectClient, org_ids: Collection[str], since: da
         # Started ones only: Prefect compares a run not yet started by when it is due.
         run_filter = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since, is_null_=False),
                                    tags=FlowRunFilterTags(any_=tags[start:start + TAGS_PER_QUERY]))
-        offset = 0
-        while True:
-            # By id: an order without ties (start times tie), so that pages neither skip nor repeat a run.
-            page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.ID_DESC,
-                                               limit=PAGE_LIMIT, offset=offset)
+        # By id: an order without ties (start times tie), so that pages neither skip nor repeat a run.
+        async for page in every_page(client.read_flow_runs, flow_run_filter=run_filter, sort=FlowRunSort.ID_DESC):
             for run in page:
                 org_id = next((orgs_by_tag[tag] for tag in run.tags if tag in orgs_by_tag), None)
                 if org_id is None or run.id in run_orgs:
@@ -68,9 +65,6 @@ async def usage_since(client: PrefectClient, org_ids: Collection[str], since: da
                 run_orgs[run.id] = org_id
                 usage[org_id].runs += 1
                 usage[org_id].failed += run.state_type in FAILED
-            offset += len(page)
-            if len(page) < PAGE_LIMIT:
-                break
     for run_id, row in (await _newest_usage(client, list(run_orgs))).items():
         counted = usage[run_orgs[run_id]]
         counted.prompt_tokens += _int(row.get("prompt_tokens"))
@@ -89,19 +83,14 @@ async def _newest_usage(client: PrefectClient, run_ids: list[UUID]) -> dict[UUID
     for start in range(0, len(run_ids), PAGE_LIMIT):
         artifact_filter = ArtifactFilter(key=ArtifactFilterKey(like_=USAGE_ARTIFACT_KEY),
                                          flow_run_id=ArtifactFilterFlowRunId(any_=run_ids[start:start + PAGE_LIMIT]))
-        offset = 0
-        while True:
-            page = await client.read_artifacts(artifact_filter=artifact_filter, sort=ArtifactSort.CREATED_DESC,
-                                               limit=PAGE_LIMIT, offset=offset)
+        async for page in every_page(client.read_artifacts, artifact_filter=artifact_filter,
+                                     sort=ArtifactSort.CREATED_DESC):
             for artifact in page:
                 if not is_kind(artifact.key, USAGE_ARTIFACT_KEY):  # Prefect matched a part of the key
                     continue
                 rows = table_rows(artifact)
                 if artifact.flow_run_id is not None and artifact.flow_run_id not in newest and rows:
                     newest[artifact.flow_run_id] = rows[0]
-            offset += len(page)
-            if len(page) < PAGE_LIMIT:
-                break
     return newest
 
 
