@@ -44,7 +44,7 @@ from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
-from mcp_server.store import AgentRecord, Store, ToolServerRecord
+from mcp_server.store import AgentRecord, Organization, Store, ToolServerRecord
 
 UpdateAction = Literal["change", "approve", "pause", "resume"]
 
@@ -134,9 +134,7 @@ class AgentService:
     async def ensure_pool(self, caller: Caller) -> str:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
         name, pool_type = await self.org_pool(caller.org_id)
-        org = await self.store.get_org(caller.org_id)
-        if org is None:
-            raise NotFound(f"the organization {caller.org_slug!r} no longer exists")
+        org = await self._org(caller)
         template = (
             docker_job_template(self.runtime_image, caller.org_id, memory_limit=org.memory_limit or self.memory_limit,
                                 cpus=org.cpus or DEFAULT_CPUS, protected_endpoints=self.protected_hosts,
@@ -150,6 +148,13 @@ class AgentService:
                               concurrency_limit=org.max_concurrent_runs, paused=org.suspended_at is not None)
         return name
 
+    async def _org(self, caller: Caller) -> Organization:
+        """The caller's org as the store has it now (its operator's suspension and limits)."""
+        org = await self.store.get_org(caller.org_id)
+        if org is None:
+            raise NotFound(f"the organization {caller.org_slug!r} no longer exists")
+        return org
+
     async def hold_org(self, caller: Caller, resources: bool = False) -> int:
         """Bring the org's pools and schedules to what its operator set (`ariel admin`): paused while the org is
         suspended, its concurrency limit on every pool, and with `resources` its memory and CPUs per run container.
@@ -159,9 +164,7 @@ class AgentService:
         runtime image), so it changes only the pools' pause, limit and resources, and each deployment's pause. A
         deployment whose configuration was signed unapproved stays paused until the app deploys it again.
         """
-        org = await self.store.get_org(caller.org_id)
-        if org is None:
-            raise NotFound(f"the organization {caller.org_slug!r} no longer exists")
+        org = await self._org(caller)
         suspended = org.suspended_at is not None
         active = 0
         async with self.prefect() as client:
