@@ -3,13 +3,16 @@
 Each org has its own pool; a worker process per pool would cost ~150 MB each.
 Instead this process watches Prefect for its install's pools of its type
 (`ariel-<install>-*`; other installs may share the Prefect server) and runs
-one worker object per pool in one event loop (`ProcessWorker`, or for Docker
+stock worker objects in one event loop (`ProcessWorker`, or for Docker
 `standby.StandbyDockerWorker`: the stock `DockerWorker` handing each run to a
-container started and imported before it), starting workers for new pools and stopping those whose pool was
-deleted. The workers never create pools: the control plane does, from the
-hardened template. Beside Docker workers it follows the engine's events and
-writes on each run how its container ended (`container_exits`): the stock
-worker reports an exit code only, which cannot tell out-of-memory from a kill.
+container started and imported before it). A pool has a worker while it has a
+run due or in flight, and the few most recently busy keep theirs; the rest cost
+one shared query a second and a heartbeat now and then (`PoolHost`), so that a
+thousand orgs' pools are served at a bounded request rate. The workers never
+create pools: the control plane does, from the hardened template. Beside Docker
+workers it follows the engine's events and writes on each run how its container
+ended (`container_exits`): the stock worker reports an exit code only, which
+cannot tell out-of-memory from a kill.
 
 Run: `python -m deployments.pools.worker_host --type docker --prefix ariel-9a8b7c6d-` (with PREFECT_API_URL set).
 SIGINT or SIGTERM stops it within `STOP_SECONDS`, whatever it inherited for them (a background job has SIGINT
@@ -21,28 +24,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import os
 import re
 import signal
 import socket
 import threading
-from typing import Literal
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterType
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterNextScheduledStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS
 from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker
 
 from deployments.pools import container_exits
+from deployments.pools.readiness import HEARTBEAT_SECONDS
 from deployments.pools.standby import StandbyDockerWorker, remove_standbys
 from deployments.pools.work_pools import POOL_PREFIX, PoolType
 
-WORKERS: dict[PoolType, type[BaseWorker]] = {  # type: ignore[type-arg]
-    "docker": StandbyDockerWorker, "process": ProcessWorker,
-}
-
-
 PAGE = 200  # the most the Prefect API returns per request
+IDLE_WORKERS = 10
+"""Pools with nothing due that keep a running worker (and its warm standby), the most recently busy first: each
+costs ~0.3 requests a second through the gateway, whose hold answers an idle poll every 5 s."""
+HEARTBEATS_PER_SECOND = 3.0
+"""The most heartbeats a second the host sends for the pools it runs no worker for: 1,000 pools come round
+every ~330 s."""
+LINGER_SECONDS = 10.0
+"""A worker stays this long after it last had a run in hand: what the stock worker does after a run's `run`
+returns (report a crash) is not cut short, and a run right after is served at once."""
+LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
+LIST_SECONDS_MANY = 30.0  # and this often past it: one query per page
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # After a stop signal the workers get this long to let go of their pools; then the process exits regardless
 # (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
@@ -50,70 +74,245 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_SECONDS = 4.0
 
 
-async def ariel_pools(pool_type: PoolType, prefix: str) -> set[str]:
-    """Names of the pools of `pool_type` whose name starts with `prefix`, however many there are."""
-    names: set[str] = set()
+class _CountsRuns:
+    """Whether a worker has a run in hand: one whose last run ended may be let go."""
+
+    runs_in_flight = 0
+
+    @property
+    def busy(self) -> bool:
+        # Between taking a run and its `run` (Pending proposed, the container being made) Prefect's own set has it.
+        return bool(self.runs_in_flight or getattr(self, "_submitting_flow_run_ids", ()))
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs_in_flight += 1
+        try:
+            return await super().run(*args, **kwargs)  # type: ignore[misc]  # the worker class mixed in
+        finally:
+            self.runs_in_flight -= 1
+
+
+class HostedDockerWorker(_CountsRuns, StandbyDockerWorker):
+    @classmethod
+    def __dispatch_key__(cls) -> str:  # one class per key in Prefect's registry: see StandbyDockerWorker's
+        return "ariel-hosted-docker"
+
+
+class HostedProcessWorker(_CountsRuns, ProcessWorker):
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        return "ariel-hosted-process"
+
+
+Hosted = HostedDockerWorker | HostedProcessWorker
+WORKERS: dict[PoolType, type[Hosted]] = {"docker": HostedDockerWorker, "process": HostedProcessWorker}
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    paused: bool
+
+
+async def ariel_pools(client: PrefectClient, pool_type: PoolType, prefix: str) -> dict[str, Pool]:
+    """The pools of `pool_type` whose name starts with `prefix`, however many there are, by name."""
+    pools: dict[str, Pool] = {}
     pool_filter = WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
-    async with get_client() as client:
-        for offset in itertools.count(0, PAGE):
-            page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)
-            names |= {pool.name for pool in page if pool.name.startswith(prefix)}
-            if len(page) < PAGE:
-                return names
+    for offset in itertools.count(0, PAGE):
+        page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)
+        pools |= {pool.name: Pool(pool.name, bool(pool.is_paused)) for pool in page if pool.name.startswith(prefix)}
+        if len(page) < PAGE:
+            return pools
     raise AssertionError("unreachable")
+
+
+async def pools_with_runs_due(client: PrefectClient, pool_type: PoolType, prefix: str, within: float) -> set[str]:
+    """The pools with a run scheduled to start within `within` seconds: one query across every pool.
+
+    Only a hint of which workers to start: each worker then asks for its own pool's runs as Prefect hands them
+    out (pauses, concurrency limits and queue priorities applied).
+    """
+    runs = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                before_=datetime.now(UTC) + timedelta(seconds=within)),
+        ),
+        work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type])),
+        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+        limit=PAGE,
+    )
+    return {run.work_pool_name for run in runs if run.work_pool_name and run.work_pool_name.startswith(prefix)}
 
 
 async def serve_pool(worker: BaseWorker, pool: str) -> None:  # type: ignore[type-arg]
     await worker.start(printer=lambda message: print(f"[{pool}] {message}", flush=True))
 
 
-async def serve(pool_type: PoolType, prefix: str, rescan_seconds: float = 2.0, *, exact: bool = False) -> None:
-    """Serve every pool of the type named `prefix…` until cancelled; new ones are picked up within `rescan_seconds`.
+class PoolHost:
+    """Which pools have a stock worker running now, and the heartbeats of those that do not.
+
+    A stock worker asks Prefect for its pool's runs every second and syncs every 30 s: a worker for each of
+    1,000 orgs' pools would cost ~1,000 requests a second with nothing to do. So a pool has a worker while
+    it has a run due (found by one query across every pool, `pools_with_runs_due`) or in flight, and the
+    `idle_workers` pools most recently busy (or made) keep theirs, warm standby included, for the next run;
+    the host itself sends the other pools' worker heartbeats, spread to at most `HEARTBEATS_PER_SECOND`, so
+    that Prefect's UI and Ariel's diagnosis still see each pool served (not one whose worker died and waits to
+    be started again: that one shows as not polling).
+    """
+
+    def __init__(self, client: PrefectClient, pool_type: PoolType, prefix: str, *, exact: bool,
+                 idle_workers: int, query_seconds: float, prefetch_seconds: float) -> None:
+        self.client, self.pool_type, self.prefix, self.exact = client, pool_type, prefix, exact
+        self.idle_workers, self.query_seconds, self.prefetch_seconds = idle_workers, query_seconds, prefetch_seconds
+        self.worker_name_suffix = f"@{socket.gethostname()}"
+        self.running: dict[str, tuple[asyncio.Task[None], Hosted]] = {}
+        self.retry_at: dict[str, float] = {}  # a worker that died waits before its next start
+        self.pools: dict[str, Pool] = {prefix: Pool(prefix, False)} if exact else {}
+        self.busy_at: dict[str, float] = {}  # when each pool last had work, or was first seen: idle ones' order
+        self.worked_at: dict[str, float] = {}  # when each pool last had work
+        self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
+        self.listed_at = -math.inf
+
+    @property
+    def rescan_seconds(self) -> float:
+        """How often the pools are listed again: new pools' runs are found by `pools_with_runs_due` meanwhile."""
+        return LIST_SECONDS if len(self.pools) < PAGE else LIST_SECONDS_MANY
+
+    async def serve_forever(self) -> None:
+        while True:
+            try:
+                await self.pass_once()
+            except Exception as exc:  # a fault of one pass must not take every pool's workers down with it
+                print(f"a pass over the pools failed ({type(exc).__name__}: {exc}); the next one follows", flush=True)
+            await asyncio.sleep(self.query_seconds)
+
+    async def pass_once(self) -> None:
+        now = time.monotonic()
+        await self._list(now)
+        due = await self._due()
+        for pool in due:
+            self.pools.setdefault(pool, Pool(pool, False))  # made since the last listing
+        for pool in due | {pool for pool, (_, worker) in self.running.items() if worker.busy}:
+            self.busy_at[pool] = self.worked_at[pool] = now
+        wanted = self._wanted(due, now)
+        for pool in sorted(wanted - self.running.keys()):
+            if self.retry_at.get(pool, 0) <= now:
+                self._start(pool)
+        for pool in sorted(self.running.keys() - wanted):
+            gone = pool not in self.pools
+            print(f"work pool {pool} is gone; stopping its worker" if gone else
+                  f"work pool {pool} is idle; its worker stops until it has a run due", flush=True)
+            self.running.pop(pool)[0].cancel()
+            self.beaten_at[pool] = now  # the worker's own heartbeat was recent
+        self._reap(now)
+        for pool, (_, worker) in self.running.items():
+            if isinstance(worker, StandbyDockerWorker):
+                try:
+                    await asyncio.to_thread(worker.retire_idle)
+                except Exception as exc:  # the engine gone, say: the standby is retired on a later pass
+                    print(f"could not retire the idle standby of {pool} ({type(exc).__name__})", flush=True)
+        await self._beat(now)
+
+    async def _list(self, now: float) -> None:
+        if self.exact or now - self.listed_at < self.rescan_seconds:
+            return
+        try:
+            listed = await ariel_pools(self.client, self.pool_type, self.prefix)
+        except Exception as exc:  # the API restarting must not stop the workers already running
+            print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
+            return
+        self.listed_at = now
+        for pool in listed.keys() - self.pools.keys():
+            self.busy_at.setdefault(pool, now)  # a new pool counts as just busy: its first run is warm too
+        for pool in self.pools.keys() - listed.keys():
+            for times in (self.busy_at, self.worked_at, self.beaten_at):
+                times.pop(pool, None)
+        self.pools = listed
+
+    async def _due(self) -> set[str]:
+        if self.exact:
+            return set()
+        try:
+            due = await pools_with_runs_due(self.client, self.pool_type, self.prefix, self.prefetch_seconds)
+        except Exception as exc:  # as above: the workers running go on, and idle pools wait for the next pass
+            print(f"could not look for runs due ({type(exc).__name__}); retrying", flush=True)
+            return set()
+        # A paused pool's runs stay scheduled, and its worker would be handed none of them.
+        return {pool for pool in due if not (pool in self.pools and self.pools[pool].paused)}
+
+    def _wanted(self, due: set[str], now: float) -> set[str]:
+        if self.exact:
+            return {self.prefix}
+        busy = due | {pool for pool in self.running if now - self.worked_at.get(pool, -math.inf) < LINGER_SECONDS}
+        idle = sorted((pool for pool in self.pools if pool not in busy and not self.pools[pool].paused),
+                      key=lambda pool: self.busy_at.get(pool, -math.inf), reverse=True)
+        return (busy & self.pools.keys()) | set(idle[: self.idle_workers])
+
+    def _start(self, pool: str) -> None:
+        print(f"serving work pool {pool}", flush=True)
+        worker = WORKERS[self.pool_type](
+            work_pool_name=pool, name=f"{pool}{self.worker_name_suffix}", create_pool_if_not_found=False)
+        self.running[pool] = (asyncio.create_task(serve_pool(worker, pool), name=pool), worker)
+
+    def _reap(self, now: float) -> None:
+        for pool, (task, _) in list(self.running.items()):
+            if task.done():  # a worker that died is started again on a later pass
+                self.running.pop(pool)
+                error = None if task.cancelled() else task.exception()
+                print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
+                self.retry_at[pool] = now + 30
+
+    async def _beat(self, now: float) -> None:
+        """Heartbeats for the pools without a worker, the stalest first, at most `HEARTBEATS_PER_SECOND`."""
+        unserved = [pool for pool in self.pools if pool not in self.running and self.retry_at.get(pool, 0) <= now]
+        if not unserved:
+            return
+        # Spread so that each comes round at this rate; Prefect counts a worker offline after 3 intervals.
+        interval = max(float(HEARTBEAT_SECONDS), len(unserved) / HEARTBEATS_PER_SECOND)
+        stale = sorted((pool for pool in unserved if now - self.beaten_at.get(pool, -math.inf) >= interval),
+                       key=lambda pool: self.beaten_at.get(pool, -math.inf))
+        batch = stale[: max(1, math.ceil(HEARTBEATS_PER_SECOND * self.query_seconds))]
+        results = await asyncio.gather(*(
+            self.client.send_worker_heartbeat(work_pool_name=pool, worker_name=f"{pool}{self.worker_name_suffix}",
+                                              heartbeat_interval_seconds=math.ceil(2 * interval))
+            for pool in batch), return_exceptions=True)
+        for pool, result in zip(batch, results, strict=True):
+            if not isinstance(result, BaseException):
+                self.beaten_at[pool] = now
+        if any(isinstance(result, BaseException) for result in results):
+            print(f"could not send {sum(isinstance(r, BaseException) for r in results)} heartbeat(s); "
+                  "retrying", flush=True)
+
+    async def stop(self) -> None:
+        tasks = [task for task, _ in self.running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_workers: int = IDLE_WORKERS) -> None:
+    """Serve every pool of the type named `prefix…` until cancelled (see `PoolHost`).
 
     `exact`: serve the pool named `prefix` alone, without listing pools (an org's own hardware, whose worker key
     reads its one pool and no other).
     """
-    host = socket.gethostname()
-    running: dict[str, tuple[asyncio.Task[None], BaseWorker]] = {}  # type: ignore[type-arg]
-    retry_at: dict[str, float] = {}  # a worker that died waits before its next start
-    loop = asyncio.get_running_loop()
     exits = asyncio.create_task(container_exits.watch(prefix)) if pool_type == "docker" else None
     if pool_type == "docker":  # a worker host that was killed left its standbys waiting for a run
         await asyncio.to_thread(_remove_standbys, prefix)
+    host: PoolHost | None = None
     try:
-        while True:
-            try:
-                pools = {prefix} if exact else await ariel_pools(pool_type, prefix)
-            except Exception as exc:  # the API restarting must not stop the workers already running
-                print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
-                pools = set(running)
-            for pool in sorted(pools - running.keys()):
-                if retry_at.get(pool, 0) > loop.time():
-                    continue
-                print(f"serving work pool {pool}", flush=True)
-                worker = WORKERS[pool_type](work_pool_name=pool, name=f"{pool}@{host}", create_pool_if_not_found=False)
-                running[pool] = (asyncio.create_task(serve_pool(worker, pool), name=pool), worker)
-            for pool in sorted(running.keys() - pools):
-                print(f"work pool {pool} is gone; stopping its worker", flush=True)
-                running.pop(pool)[0].cancel()
-            for pool, (task, _) in list(running.items()):
-                if task.done():  # a worker that died is started again on the next pass
-                    running.pop(pool)
-                    error = None if task.cancelled() else task.exception()
-                    print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
-                    retry_at[pool] = loop.time() + 30
-            for pool, (_, worker) in running.items():
-                if isinstance(worker, StandbyDockerWorker):
-                    try:
-                        await asyncio.to_thread(worker.retire_idle)
-                    except Exception as exc:  # the engine gone, say: the standby is retired on a later pass
-                        print(f"could not retire the idle standby of {pool} ({type(exc).__name__})", flush=True)
-            await asyncio.sleep(rescan_seconds)
+        async with get_client() as client:
+            host = PoolHost(client, pool_type, prefix, exact=exact, idle_workers=idle_workers,
+                            query_seconds=PREFECT_WORKER_QUERY_SECONDS.value(),
+                            prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value())
+            await host.serve_forever()
     finally:
-        tasks = [*(task for task, _ in running.values()), *([exits] if exits else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if host is not None:
+            await host.stop()
+        if exits is not None:
+            exits.cancel()
+            await asyncio.gather(exits, return_exceptions=True)
         if pool_type == "docker":  # what a worker's own teardown did not get to
             await asyncio.to_thread(_remove_standbys, prefix)
 
@@ -126,7 +325,8 @@ def _remove_standbys(prefix: str) -> None:
         print(f"could not look for standby containers ({type(exc).__name__})", flush=True)
 
 
-async def serve_until_signalled(pool_type: PoolType, prefix: str, *, exact: bool = False) -> int:
+async def serve_until_signalled(pool_type: PoolType, prefix: str, *, exact: bool = False,
+                                idle_workers: int = IDLE_WORKERS) -> int:
     """`serve` until SIGINT or SIGTERM, whatever this process inherited for them; returns 128 + the signal.
 
     A background job of a non-interactive shell starts with SIGINT ignored, so Python's KeyboardInterrupt
@@ -147,7 +347,7 @@ async def serve_until_signalled(pool_type: PoolType, prefix: str, *, exact: bool
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop, sig)
     try:
-        await serve(pool_type, prefix, exact=exact)
+        await serve(pool_type, prefix, exact=exact, idle_workers=idle_workers)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -167,7 +367,11 @@ def main() -> None:
     served = parser.add_mutually_exclusive_group(required=True)
     served.add_argument("--prefix", help="serve the pools whose name starts with this (an install's)")
     served.add_argument("--pool", help="serve this one pool (an org's own hardware: `ariel worker` passes it)")
+    parser.add_argument("--idle-workers", type=int, default=IDLE_WORKERS, metavar="N",
+                        help=f"pools with nothing due that keep a running worker (default {IDLE_WORKERS})")
     args = parser.parse_args()
+    if args.idle_workers < 0:
+        parser.error(f"--idle-workers must be 0 or more, not {args.idle_workers}")
     if args.prefix is not None and not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-", args.prefix):
         # A shorter prefix would serve other installs' pools too.
         parser.error(f"--prefix must be one install's, like '{POOL_PREFIX}9a8b7c6d-' (`ariel up` passes it)")
@@ -175,7 +379,8 @@ def main() -> None:
         parser.error(f"--pool must be an Ariel pool's name, like '{POOL_PREFIX}9a8b7c6d-1f2e3d4c5b6a-own'")
     pool_type: Literal["docker", "process"] = args.type
     exact = args.pool is not None
-    raise SystemExit(asyncio.run(serve_until_signalled(pool_type, args.pool if exact else args.prefix, exact=exact)))
+    raise SystemExit(asyncio.run(serve_until_signalled(
+        pool_type, args.pool if exact else args.prefix, exact=exact, idle_workers=args.idle_workers)))
 
 
 if __name__ == "__main__":

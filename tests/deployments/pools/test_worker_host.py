@@ -8,14 +8,17 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import Worker
 
+from deployments.pools.readiness import is_polling
 from deployments.pools.work_pools import install_prefix
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
@@ -26,13 +29,13 @@ from tests.support import serve_app, wait_until
 
 @contextmanager
 def started_worker_host(
-    prefect_api: str, prefix: str, folder: Path, background: bool = False
+    prefect_api: str, prefix: str, folder: Path, background: bool = False, options: tuple[str, ...] = ()
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The worker host serving `prefix…` process pools, as `ariel up` starts it (or as a background job would
     be, SIGINT ignored); logging to `folder`/worker-host.log, stopped afterwards whatever happened."""
     env = {**support.test_env(folder), "PREFECT_API_URL": prefect_api, "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PYTHONPATH": os.getcwd()}
-    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", "process", "--prefix", prefix]
+    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", "process", "--prefix", prefix, *options]
     with (folder / "worker-host.log").open("w") as out:
         process = subprocess.Popen(support.as_background_job(argv) if background else argv,
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -73,6 +76,48 @@ async def test_pools_of_new_orgs_are_served_and_deleted_ones_let_go(
     assert [(state, result) for _, state, result in results] == [
         ("Completed", "hi from north"), ("Completed", "hi from south"),
     ]
+
+
+async def test_a_pool_without_a_worker_is_kept_online_and_gets_one_for_each_run_due(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    # With no idle workers kept, as past the first few pools of a large install: what serves each pool between
+    # its runs is the host's one query across pools and its own heartbeats.
+    home = tmp_path / "home"
+    install = await install_id(home)
+    with started_worker_host(prefect_api, install_prefix(install), tmp_path, options=("--idle-workers", "0")), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        owner = "dev:ann:north:owner"
+        agent = await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
+                           script=[{"reply": "hi"}])
+        pool = agent["work_pool"]
+        async with PrefectClient(prefect_api) as prefect:
+            async def online() -> list[Worker]:
+                workers = await prefect.read_workers_for_work_pool(pool)
+                return [worker for worker in workers if is_polling(worker, datetime.now(UTC))]
+
+            beaten = await wait_for(online, 30, "the host's heartbeat for a pool it runs no worker for")
+            assert [worker.heartbeat_interval_seconds for worker in beaten] == [60]  # the host's, not a worker's
+            assert not any(f"serving work pool {pool}" in line for line in _read(tmp_path))
+            await call(url, owner, "update_agent", agent="hi", action="approve")
+            first = await call(url, owner, "run_agent", agent="hi", wait_seconds=180)
+            wait_until(lambda: any(f"work pool {pool} is idle" in line for line in _read(tmp_path)), 30,
+                       "the worker to stop once its run has ended")
+            second = await call(url, owner, "run_agent", agent="hi", wait_seconds=180)
+            still = await online()
+    assert [(first["state"], first["result"]), (second["state"], second["result"])] == [
+        ("Completed", "hi"), ("Completed", "hi")]
+    assert sum(f"serving work pool {pool}" in line for line in _read(tmp_path)) == 2  # one worker per run due
+    assert len(still) == 1, "the pool's worker is one worker in Prefect, whoever sends its heartbeat"
+
+
+async def wait_for(check: Callable[[], Awaitable[list[Worker]]], timeout: float, what: str) -> list[Worker]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if found := await check():
+            return found
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
