@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Any
@@ -149,6 +150,10 @@ an agent at most once a minute, so no seconds field), for example '0 8 * * 1-5' 
     return " ".join(fields)
 
 
+# A pure check of a value, kept for the values it passed: Prefect's model lists every time zone on disk each
+# time it checks one (~6 ms), and every read of a stored spec checks its schedule again; a quarter of the
+# app's CPU while a thousand orgs' agents were made (bench/scale.py). A value it refused raises, and is not kept.
+@functools.lru_cache(maxsize=4096)
 def _prefect_check(*, cron: str, timezone: str | None = None) -> None:
     # Prefect's own schedule model is the authority on what it accepts; its message quotes the whole value.
     try:

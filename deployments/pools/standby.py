@@ -87,11 +87,14 @@ class StandbyDockerWorker(DockerWorker):
         self._replenisher: threading.Thread | None = None  # starting the next standby; one at a time
         self._warmed = False
         self._closed = False
+        # The worker host turns this off for a pool it serves only while a run is due: a standby started then
+        # would cost a container's imports and be removed, unused, when the worker stops after the run.
+        self.keeps_standby = True
 
     async def sync_with_backend(self) -> None:
         """Prefect's sync; the first time, also start the pool's first standby, so its first run is warm too."""
         await super().sync_with_backend()
-        if self._warmed or self._work_pool is None:
+        if self._warmed or self._work_pool is None or not self.keeps_standby:
             return
         self._warmed = True
         try:
@@ -213,16 +216,17 @@ class StandbyDockerWorker(DockerWorker):
                     self._replenisher = None
 
         with self._standby_lock:
-            if self._replenisher is not None or self._closed:
+            if self._replenisher is not None or self._closed or not self.keeps_standby:
                 return
             self._replenisher = threading.Thread(target=start, name="standby", daemon=True)
             self._replenisher.start()
 
     def retire_idle(self, idle_seconds: float = IDLE_SECONDS) -> None:
-        """Remove the standby if it waited longer than `idle_seconds` (called by the worker host's loop)."""
+        """Remove the standby if it waited longer than `idle_seconds`, or is no longer kept (called by the worker
+        host's loop)."""
         with self._standby_lock:
             standby = self._standby
-            if standby is None or time.monotonic() - standby.started < idle_seconds:
+            if standby is None or (self.keeps_standby and time.monotonic() - standby.started < idle_seconds):
                 return
             self._standby = None
         _remove(standby.container)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import itertools
 import math
 import os
@@ -155,7 +156,7 @@ class PoolHost:
     A stock worker asks Prefect for its pool's runs every second and syncs every 30 s: a worker for each of
     1,000 orgs' pools would cost ~1,000 requests a second with nothing to do. So a pool has a worker while
     it has a run due (found by one query across every pool, `pools_with_runs_due`) or in flight, and the
-    `idle_workers` pools most recently busy (or made) keep theirs, warm standby included, for the next run;
+    `idle_workers` pools most recently busy keep theirs, warm standby included, for the next run;
     the host itself sends the other pools' worker heartbeats, spread to at most `HEARTBEATS_PER_SECOND`, so
     that Prefect's UI and Ariel's diagnosis still see each pool served (not one whose worker died and waits to
     be started again: that one shows as not polling).
@@ -169,7 +170,10 @@ class PoolHost:
         self.running: dict[str, tuple[asyncio.Task[None], Hosted]] = {}
         self.retry_at: dict[str, float] = {}  # a worker that died waits before its next start
         self.pools: dict[str, Pool] = {prefix: Pool(prefix, False)} if exact else {}
-        self.busy_at: dict[str, float] = {}  # when each pool last had work, or was first seen: idle ones' order
+        # When each pool last had work: the order idle pools keep workers in. A pool new to the host has none
+        # until its first run: made in bulk (an install's first thousand orgs), each would start a standby only
+        # to lose it to the next. Below `idle_workers` pools every pool keeps its worker regardless.
+        self.busy_at: dict[str, float] = {}
         self.worked_at: dict[str, float] = {}  # when each pool last had work
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
@@ -195,10 +199,14 @@ class PoolHost:
             self.pools.setdefault(pool, Pool(pool, False))  # made since the last listing
         for pool in due | {pool for pool, (_, worker) in self.running.items() if worker.busy}:
             self.busy_at[pool] = self.worked_at[pool] = now
-        wanted = self._wanted(due, now)
+        favoured = self._favoured()
+        wanted = self._wanted(due, favoured, now)
         for pool in sorted(wanted - self.running.keys()):
             if self.retry_at.get(pool, 0) <= now:
                 self._start(pool)
+        for pool, (_, worker) in self.running.items():
+            if isinstance(worker, StandbyDockerWorker):
+                worker.keeps_standby = pool in favoured
         for pool in sorted(self.running.keys() - wanted):
             gone = pool not in self.pools
             print(f"work pool {pool} is gone; stopping its worker" if gone else
@@ -223,8 +231,6 @@ class PoolHost:
             print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
             return
         self.listed_at = now
-        for pool in listed.keys() - self.pools.keys():
-            self.busy_at.setdefault(pool, now)  # a new pool counts as just busy: its first run is warm too
         for pool in self.pools.keys() - listed.keys():
             for times in (self.busy_at, self.worked_at, self.beaten_at):
                 times.pop(pool, None)
@@ -241,13 +247,17 @@ class PoolHost:
         # A paused pool's runs stay scheduled, and its worker would be handed none of them.
         return {pool for pool in due if not (pool in self.pools and self.pools[pool].paused)}
 
-    def _wanted(self, due: set[str], now: float) -> set[str]:
+    def _favoured(self) -> set[str]:
+        """The `idle_workers` pools most recently busy, paused ones aside: their workers stay, and keep
+        a warm standby; every other pool's worker is there for its runs only."""
         if self.exact:
             return {self.prefix}
+        unpaused = (pool for pool, facts in self.pools.items() if not facts.paused)
+        return set(heapq.nlargest(self.idle_workers, unpaused, key=lambda pool: self.busy_at.get(pool, -math.inf)))
+
+    def _wanted(self, due: set[str], favoured: set[str], now: float) -> set[str]:
         busy = due | {pool for pool in self.running if now - self.worked_at.get(pool, -math.inf) < LINGER_SECONDS}
-        idle = sorted((pool for pool in self.pools if pool not in busy and not self.pools[pool].paused),
-                      key=lambda pool: self.busy_at.get(pool, -math.inf), reverse=True)
-        return (busy & self.pools.keys()) | set(idle[: self.idle_workers])
+        return (busy & self.pools.keys()) | favoured
 
     def _start(self, pool: str) -> None:
         print(f"serving work pool {pool}", flush=True)
