@@ -76,6 +76,14 @@ class ArielSettings(BaseSettings):
         le=60,
         description="How often the worker polls for runs; Prefect's default of 10 s is most of a run's latency.",
     )
+    idle_workers: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="How many of the install's pools keep a worker (and a standby container) while nothing is due "
+        "in them, the most recently busy first; every other pool gets one when a run of it falls due. Each costs "
+        "the worker host ~0.3 requests a second to Prefect and, on Docker, ~150 MB for its standby.",
+    )
     runtime_image: str = Field(default="ariel-runtime:local", description="Image flow-run containers run.")
     runtime_base_image: str = Field(
         default="ariel-base:bookworm",

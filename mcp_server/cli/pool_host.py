@@ -75,7 +75,8 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
                                        "port": address.port or (443 if address.scheme == "https" else 80)})
     gateway = f"{server}{GATEWAY_PATH}/api"
     _say(f"Serving the {pool_type} work pools {prefix}* of {server} (Ctrl-C stops the pool host).")
-    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", str(pool_type), "--prefix", prefix]
+    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", str(pool_type), "--prefix", prefix,
+            "--idle-workers", str(settings.idle_workers)]
     children = Children(log_dir=None)  # the worker host's output is this process's: a container's log, a terminal
     try:
         children.start("worker", argv, worker_env(gateway, here, key, gateway=gateway))

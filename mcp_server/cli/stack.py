@@ -258,7 +258,8 @@ def up(settings: ArielSettings) -> None:
         # polls through the gateway, which starts answering once the app below serves.
         children.start(
             "worker",
-            [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix],
+            [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix,
+             "--idle-workers", str(settings.idle_workers)],
             worker_env(api_url, settings, pool_host_key),
         )
         _say_up(settings, api_url, pool_type, org_pool, children.log_dir)
