@@ -48,13 +48,15 @@ postgres:
 image: setup docker-host
 	if docker info >/dev/null 2>&1; then LITELLM_LOCAL_MODEL_COST_MAP=True $(BIN)/ariel build-image compose; fi
 
-bench: setup docker-host image
+bench: setup docker-host postgres image
 	$(BIN)/python bench/run_latency.py --runs 10
 	$(BIN)/python bench/worker_memory.py --pools 5
 	$(BIN)/python bench/gateway_latency.py --calls 200
 	$(BIN)/python bench/mcp_call.py --calls 20 --rounds 3
 	$(BIN)/python bench/read_latency.py --calls 30
 	$(BIN)/python bench/fault_soak.py --minutes 20
+	$(BIN)/python bench/desktop_load.py --agents 20 --minutes 10 --baseline
+	$(BIN)/python bench/scale.py --orgs 1000 --agents 10 --every-minute 20 --minutes 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,9 +96,16 @@ def daily_cron(now: datetime) -> str:
     return f"{now.minute} {(now.hour + 12) % 24} * * *"
 
 
+def dev_token(org: int) -> str | None:
+    return f"dev:owner{org}:org{org:04d}:owner"
+
+
 async def make_agents(url: str, orgs: range, agents: int, schedule: dict[str, Any], prefix: str,
-                      concurrency: int, progress: str) -> tuple[int, int]:
-    """`agents` reply-only agents in each org of `orgs`, approved; (made, failed). Prints progress as it goes."""
+                      concurrency: int, progress: str, token_of: Callable[[int], str | None] = dev_token,
+                      approvals: Samples | None = None) -> tuple[int, int]:
+    """`agents` reply-only agents in each org of `orgs`, approved; (made, failed). Prints progress as it goes.
+
+    `token_of`: each org's caller; `approvals`: gets how long each approval took."""
     made = failed = 0
     started = time.monotonic()
     total = len(orgs) * agents
@@ -108,15 +115,17 @@ async def make_agents(url: str, orgs: range, agents: int, schedule: dict[str, An
     async def one_org(org: int) -> None:
         nonlocal made, failed
         async with gate:
-            token = f"dev:owner{org}:org{org:04d}:owner"
             try:
-                async with client(url, token) as session:
+                async with client(url, token_of(org)) as session:
                     for index in range(agents):
                         name = f"{prefix} {index}"
                         try:
                             agent = await ask(session, "create_agent", name=name, instructions="Say hi.",
                                               model="ariel/scripted", script=[{"reply": "hi"}], schedule=schedule)
+                            began = time.perf_counter()
                             await ask(session, "update_agent", agent=agent["slug"], action="approve")
+                            if approvals is not None:
+                                approvals.seconds.append(time.perf_counter() - began)
                             made += 1
                         except Exception as exc:  # counted, and the rest go on
                             failed += 1

@@ -55,9 +55,19 @@ def _server_side(name: str) -> bool:
     return upper.startswith("ARIEL_") and upper not in ("ARIEL_HOME", PROTECTED_ENDPOINTS_ENV)
 
 
+# Prefect's scheduler makes each deployment's runs up to an hour ahead, and up to 100: 60 runs per per-minute agent,
+# inserted at once into the embedded server's SQLite (and deleted again whenever the agent's schedule changes or
+# it is paused). Ten minutes ahead (and at least 3 runs, Prefect's default) is plenty for a loop that tops them up
+# every minute, and a sixth of the writes. An operator's own values, set in the environment, win.
+SCHEDULER_ENV = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT10M",  # a pydantic timedelta: ISO 8601
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "10",
+}
+
+
 def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[str, str]:
     """The embedded Prefect server's environment: it requires the control plane's auth string on every route."""
-    return {**prefect_env(api_url, settings), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
+    return {**SCHEDULER_ENV, **prefect_env(api_url, settings), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
 
 
 def gateway_url(settings: ArielSettings) -> str:
