@@ -7,7 +7,8 @@ apart), the runs that never ran, how many runs Prefect's scheduler holds ahead p
 Prefect server logged `database is locked`. Beside it, the same with Prefect's own scheduler defaults (`--baseline`, the
 settings Ariel changes for its embedded server put back), when asked for.
 
-Everything it starts is stopped, and `ariel up` removes its containers.
+Everything it starts is stopped, and `ariel up` removes its containers; each side's `ARIEL_HOME` (its logs,
+Prefect's database) is kept in a temporary folder it names, for a look afterwards.
 
 Usage: python bench/desktop_load.py [--agents 20] [--minutes 10] [--baseline]
 """

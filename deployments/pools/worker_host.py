@@ -43,6 +43,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
     WorkPoolFilter,
+    WorkPoolFilterName,
     WorkPoolFilterType,
 )
 from prefect.client.schemas.objects import StateType
@@ -67,7 +68,8 @@ LINGER_SECONDS = 10.0
 """A worker stays this long after it last had a run in hand: what the stock worker does after a run's `run`
 returns (report a crash) is not cut short, and a run right after is served at once."""
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
-LIST_SECONDS_MANY = 30.0  # and this often past it: one query per page
+LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page; a new org's first run waits for it
+MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # After a stop signal the workers get this long to let go of their pools; then the process exits regardless
 # (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
@@ -83,7 +85,10 @@ class _CountsRuns:
     @property
     def busy(self) -> bool:
         # Between taking a run and its `run` (Pending proposed, the container being made) Prefect's own set has it.
-        return bool(self.runs_in_flight or getattr(self, "_submitting_flow_run_ids", ()))
+        # And until its setup is done: cancelled inside it, a worker's teardown never runs (its client, its
+        # standby left behind).
+        return bool(self.runs_in_flight or getattr(self, "_submitting_flow_run_ids", ())
+                    or not getattr(self, "is_setup", False))
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         self.runs_in_flight += 1
@@ -116,34 +121,50 @@ class Pool:
 
 
 async def ariel_pools(client: PrefectClient, pool_type: PoolType, prefix: str) -> dict[str, Pool]:
-    """The pools of `pool_type` whose name starts with `prefix`, however many there are, by name."""
+    """The platform pools of `pool_type` of the install named by `prefix` (not its orgs' own-hardware pools),
+    however many there are, by name.
+
+    Paged until a page comes back empty, not short: through the gateway a page holds only this install's pools,
+    filtered after Prefect paged them, so a short page does not mean the last. (A run of 200 pools of the type
+    that are not the install's platform pools, another install's, would still end the listing early: those
+    pools' runs are found all the same, see `pools_with_runs_due`.)
+    """
     pools: dict[str, Pool] = {}
+    ours = re.compile(rf"{re.escape(prefix)}[0-9a-f]{{12}}-{pool_type}")
     pool_filter = WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
     for offset in itertools.count(0, PAGE):
         page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)
-        pools |= {pool.name: Pool(pool.name, bool(pool.is_paused)) for pool in page if pool.name.startswith(prefix)}
-        if len(page) < PAGE:
+        pools |= {pool.name: Pool(pool.name, bool(pool.is_paused)) for pool in page if ours.fullmatch(pool.name)}
+        if not page:
             return pools
     raise AssertionError("unreachable")
 
 
-async def pools_with_runs_due(client: PrefectClient, pool_type: PoolType, prefix: str, within: float) -> set[str]:
-    """The pools with a run scheduled to start within `within` seconds: one query across every pool.
+async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: float) -> set[str]:
+    """Which of `pools` have a run scheduled to start within `within` seconds: one query across them all.
 
     Only a hint of which workers to start: each worker then asks for its own pool's runs as Prefect hands them
-    out (pauses, concurrency limits and queue priorities applied).
+    out (pauses, concurrency limits and queue priorities applied). Named, not by type: runs that no worker of
+    this host would be handed (another install's, an org's own hardware's while it is offline) must not fill
+    the page; and paged, so that pools stuck behind their concurrency limit cannot either.
     """
-    runs = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                before_=datetime.now(UTC) + timedelta(seconds=within)),
-        ),
-        work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type])),
-        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
-        limit=PAGE,
-    )
-    return {run.work_pool_name for run in runs if run.work_pool_name and run.work_pool_name.startswith(prefix)}
+    due: set[str] = set()
+    for offset in itertools.count(0, PAGE):
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                    before_=datetime.now(UTC) + timedelta(seconds=within)),
+            ),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
+            sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+            limit=PAGE,
+            offset=offset,
+        )
+        due |= {run.work_pool_name for run in runs if run.work_pool_name}
+        if len(runs) < PAGE or offset >= MAX_DUE_PAGES * PAGE:
+            return due
+    raise AssertionError("unreachable")
 
 
 async def serve_pool(worker: BaseWorker, pool: str) -> None:  # type: ignore[type-arg]
@@ -177,6 +198,8 @@ class PoolHost:
         self.worked_at: dict[str, float] = {}  # when each pool last had work
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
+        self.last_due: set[str] = set()
+        self.declared_interval = 0  # the heartbeat interval the host declares: only ever raised (see `_beat`)
 
     @property
     def rescan_seconds(self) -> float:
@@ -195,8 +218,6 @@ class PoolHost:
         now = time.monotonic()
         await self._list(now)
         due = await self._due()
-        for pool in due:
-            self.pools.setdefault(pool, Pool(pool, False))  # made since the last listing
         for pool in due | {pool for pool, (_, worker) in self.running.items() if worker.busy}:
             self.busy_at[pool] = self.worked_at[pool] = now
         favoured = self._favoured()
@@ -212,7 +233,8 @@ class PoolHost:
             print(f"work pool {pool} is gone; stopping its worker" if gone else
                   f"work pool {pool} is idle; its worker stops until it has a run due", flush=True)
             self.running.pop(pool)[0].cancel()
-            self.beaten_at[pool] = now  # the worker's own heartbeat was recent
+            # Beaten first on this pass: the worker declared a 30 s interval, which Prefect would hold it to.
+            self.beaten_at.pop(pool, None)
         self._reap(now)
         for pool, (_, worker) in self.running.items():
             if isinstance(worker, StandbyDockerWorker):
@@ -237,27 +259,33 @@ class PoolHost:
         self.pools = listed
 
     async def _due(self) -> set[str]:
-        if self.exact:
+        # Pools with a worker need no hint; a paused pool's runs stay scheduled, and its worker would be handed none.
+        asked = sorted(pool for pool, facts in self.pools.items() if pool not in self.running and not facts.paused)
+        if self.exact or not asked:
             return set()
         try:
-            due = await pools_with_runs_due(self.client, self.pool_type, self.prefix, self.prefetch_seconds)
-        except Exception as exc:  # as above: the workers running go on, and idle pools wait for the next pass
+            self.last_due = await pools_with_runs_due(self.client, asked, self.prefetch_seconds)
+        except Exception as exc:  # as above: the workers running go on; the pools last seen due keep theirs
             print(f"could not look for runs due ({type(exc).__name__}); retrying", flush=True)
-            return set()
-        # A paused pool's runs stay scheduled, and its worker would be handed none of them.
-        return {pool for pool in due if not (pool in self.pools and self.pools[pool].paused)}
+        return self.last_due & set(asked) | (self.last_due & self.running.keys())
 
     def _favoured(self) -> set[str]:
         """The `idle_workers` pools most recently busy, paused ones aside: their workers stay, and keep
         a warm standby; every other pool's worker is there for its runs only."""
         if self.exact:
             return {self.prefix}
-        unpaused = (pool for pool, facts in self.pools.items() if not facts.paused)
-        return set(heapq.nlargest(self.idle_workers, unpaused, key=lambda pool: self.busy_at.get(pool, -math.inf)))
+        unpaused = [pool for pool, facts in self.pools.items() if not facts.paused]
+        if len(unpaused) <= self.idle_workers:  # a desktop, a small install: every pool keeps its worker
+            return set(unpaused)
+        return set(heapq.nlargest(self.idle_workers, (pool for pool in unpaused if pool in self.busy_at),
+                                  key=self.busy_at.__getitem__))
 
     def _wanted(self, due: set[str], favoured: set[str], now: float) -> set[str]:
-        busy = due | {pool for pool in self.running if now - self.worked_at.get(pool, -math.inf) < LINGER_SECONDS}
-        return (busy & self.pools.keys()) | favoured
+        # A worker with a run in hand is never stopped, whatever the listing says: cut short, its run would stay
+        # Pending, or end unreported. A pool gone from the listing keeps it until the run ends.
+        busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
+        recent = {pool for pool in self.running if now - self.worked_at.get(pool, -math.inf) < LINGER_SECONDS}
+        return busy | ((due | recent) & self.pools.keys()) | favoured
 
     def _start(self, pool: str) -> None:
         print(f"serving work pool {pool}", flush=True)
@@ -283,9 +311,12 @@ class PoolHost:
         stale = sorted((pool for pool in unserved if now - self.beaten_at.get(pool, -math.inf) >= interval),
                        key=lambda pool: self.beaten_at.get(pool, -math.inf))
         batch = stale[: max(1, math.ceil(HEARTBEATS_PER_SECOND * self.query_seconds))]
+        # Declared with room (Prefect counts a worker offline after 3 intervals), and never lowered: a pool beaten
+        # while there were fewer must not go offline when there are more.
+        self.declared_interval = max(self.declared_interval, math.ceil(2 * interval))
         results = await asyncio.gather(*(
             self.client.send_worker_heartbeat(work_pool_name=pool, worker_name=f"{pool}{self.worker_name_suffix}",
-                                              heartbeat_interval_seconds=math.ceil(2 * interval))
+                                              heartbeat_interval_seconds=self.declared_interval)
             for pool in batch), return_exceptions=True)
         for pool, result in zip(batch, results, strict=True):
             if not isinstance(result, BaseException):

@@ -72,8 +72,6 @@ Cause = Literal[
 ]
 
 _ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
-# A worker heartbeats every 30 s by default; three missed beats and it is gone.
-WORKER_SILENT_AFTER = timedelta(seconds=90)
 # How long a run may sit scheduled past its start before its wait needs explaining.
 LATE_AFTER = timedelta(seconds=20)
 # What the Prefect client raises when its API does not answer, as a crashed run's state message quotes it.
@@ -297,7 +295,9 @@ async def diagnose(
                           "wait for the running ones, cancel some with cancel_run, "
                           "or ask the install's operator to raise the org's limit (`ariel admin limits`)")
         workers = await client.read_workers_for_work_pool(pool_name)
-        alive = [w for w in workers if w.last_heartbeat_time and now - w.last_heartbeat_time < WORKER_SILENT_AFTER]
+        # By each worker's own declared interval: the worker host beats a pool it runs no worker for every few
+        # minutes on a large install, and declares so.
+        alive = [w for w in workers if is_polling(w, now)]
         evidence.append(f"{len(alive)} worker(s) polling work pool {pool_name}" +
                         (f" ({len(workers) - len(alive)} silent)" if len(workers) > len(alive) else ""))
         if not alive and pool_name.endswith(OWN_POOL_SUFFIX):
