@@ -27,6 +27,7 @@ import math
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -275,6 +276,10 @@ def seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f} s"
 
 
+def _interrupt(_signal: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--orgs", type=int, default=1000)
@@ -288,6 +293,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="orgs made at once")
     parser.add_argument("--worker-type", choices=["docker", "process"], default="docker")
     args = parser.parse_args()
+    # A `timeout` or a CI job stops it with SIGTERM: stopped like Ctrl-C, it removes what it started and prints
+    # what it measured (a run of this one was killed so, its stack and 140 containers left behind).
+    signal.signal(signal.SIGTERM, _interrupt)
     home = Path(tempfile.mkdtemp(prefix="ariel-bench-scale-"))
     figures: dict[str, Any] = {}
     print(f"scale: {args.orgs} orgs × {args.agents} agents, {args.every_minute} every minute for {args.minutes:g} "
