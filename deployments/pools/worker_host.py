@@ -191,11 +191,11 @@ class PoolHost:
         self.running: dict[str, tuple[asyncio.Task[None], Hosted]] = {}
         self.retry_at: dict[str, float] = {}  # a worker that died waits before its next start
         self.pools: dict[str, Pool] = {prefix: Pool(prefix, False)} if exact else {}
-        # When each pool last had work: the order idle pools keep workers in. A pool new to the host has none
-        # until its first run: made in bulk (an install's first thousand orgs), each would start a standby only
-        # to lose it to the next. Below `idle_workers` pools every pool keeps its worker regardless.
+        # When each pool last had work: the order idle pools keep workers in, and when a worker's linger began.
+        # A pool new to the host has none until its first run: made in bulk (an install's first thousand orgs),
+        # each would start a standby only to lose it to the next. Below `idle_workers` pools every pool keeps its
+        # worker regardless.
         self.busy_at: dict[str, float] = {}
-        self.worked_at: dict[str, float] = {}  # when each pool last had work
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
         self.last_due: set[str] = set()
@@ -218,10 +218,11 @@ class PoolHost:
         now = time.monotonic()
         await self._list(now)
         due = await self._due()
-        for pool in due | {pool for pool, (_, worker) in self.running.items() if worker.busy}:
-            self.busy_at[pool] = self.worked_at[pool] = now
+        busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
+        for pool in due | busy:
+            self.busy_at[pool] = now
         favoured = self._favoured()
-        wanted = self._wanted(due, favoured, now)
+        wanted = self._wanted(due, busy, favoured, now)
         for pool in sorted(wanted - self.running.keys()):
             if self.retry_at.get(pool, 0) <= now:
                 self._start(pool)
@@ -254,7 +255,7 @@ class PoolHost:
             return
         self.listed_at = now
         for pool in self.pools.keys() - listed.keys():
-            for times in (self.busy_at, self.worked_at, self.beaten_at):
+            for times in (self.busy_at, self.beaten_at):
                 times.pop(pool, None)
         self.pools = listed
 
@@ -280,11 +281,10 @@ class PoolHost:
         return set(heapq.nlargest(self.idle_workers, (pool for pool in unpaused if pool in self.busy_at),
                                   key=self.busy_at.__getitem__))
 
-    def _wanted(self, due: set[str], favoured: set[str], now: float) -> set[str]:
+    def _wanted(self, due: set[str], busy: set[str], favoured: set[str], now: float) -> set[str]:
         # A worker with a run in hand is never stopped, whatever the listing says: cut short, its run would stay
         # Pending, or end unreported. A pool gone from the listing keeps it until the run ends.
-        busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
-        recent = {pool for pool in self.running if now - self.worked_at.get(pool, -math.inf) < LINGER_SECONDS}
+        recent = {pool for pool in self.running if now - self.busy_at.get(pool, -math.inf) < LINGER_SECONDS}
         return busy | ((due | recent) & self.pools.keys()) | favoured
 
     def _start(self, pool: str) -> None:
