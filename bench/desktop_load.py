@@ -33,7 +33,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.client.schemas.objects import StateType  # noqa: E402
 
 from bench.samples import Samples  # noqa: E402
-from bench.scale import make_agents, row, run_lateness, seconds  # noqa: E402
+from bench.scale import lateness, make_agents, row, run_lateness, seconds  # noqa: E402
 from mcp_server.cli.environments import SCHEDULER_ENV  # noqa: E402
 from tests.support import ariel_up  # noqa: E402
 
@@ -87,25 +87,19 @@ def report(sides: list[dict[str, Any]], agents: int, minutes: float) -> None:
         samples = side.get(key)
         return seconds(samples.percentile(fraction)) if samples else "—"
 
-    def lateness(side: dict[str, Any], fraction: float, minute: str | None = None) -> str:
+    def late(side: dict[str, Any], fraction: float, minute: str | None = None) -> str:
         runs = side.get("runs") or []
-        if not runs:
-            return "—"
-        first, last = min(due for due, _ in runs), max(due for due, _ in runs)
-        chosen = [late for due, late in runs if late is not None and (
-            minute is None or (minute == "first" and due < first + timedelta(minutes=1)) or
-            (minute == "last" and due >= last))]
-        return seconds(Samples(seconds=chosen).percentile(fraction))
+        return seconds(lateness(runs, minute).percentile(fraction)) if runs else "—"
 
     print(row("approve, p50", *cells(lambda side: pct(side, "approvals", 0.5))))
     print(row("approve, slowest", *cells(lambda side: pct(side, "approvals", 1.0))))
     print(row("runs due", *cells(lambda side: str(len(side.get("runs") or [])))))
-    print(row("runs that never ran", *cells(lambda side: str(sum(late is None for _, late in side.get("runs") or []))
-                                              if "runs" in side else "—")))
+    print(row("runs that never ran", *cells(lambda side: str(lateness(side["runs"]).timeouts) if "runs" in side
+                                              else "—")))
     for fraction in (0.5, 0.95, 0.99):
-        print(row(f"due → Running, p{round(fraction * 100)}", *cells(lambda side, f=fraction: lateness(side, f))))
-    print(row("due → Running p99, first minute", *cells(lambda side: lateness(side, 0.99, "first"))))
-    print(row("due → Running p99, last minute", *cells(lambda side: lateness(side, 0.99, "last"))))
+        print(row(f"due → Running, p{round(fraction * 100)}", *cells(lambda side, f=fraction: late(side, f))))
+    print(row("due → Running p99, first minute", *cells(lambda side: late(side, 0.99, "first"))))
+    print(row("due → Running p99, last minute", *cells(lambda side: late(side, 0.99, "last"))))
     print(row("runs scheduled ahead, per agent", *cells(lambda side: f"{side['ahead']:.0f}" if "ahead" in side
                                                        else "—")))
     print(row("`database is locked` in Prefect's log", *cells(lambda side: str(side.get("locked", "—")))))

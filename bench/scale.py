@@ -183,6 +183,18 @@ async def run_lateness(
     return found
 
 
+def lateness(runs: list[tuple[datetime, float | None]], minute: str | None = None) -> Samples:
+    """Seconds from due to Running of `runs` (of those due in their `first` or `last` minute); the ones that
+    never ran counted as timeouts."""
+    if not runs:
+        return Samples()
+    first, last = min(due for due, _ in runs), max(due for due, _ in runs)
+    chosen = [(due, late) for due, late in runs if minute is None or (
+        minute == "first" and due < first + timedelta(minutes=1)) or (minute == "last" and due >= last)]
+    return Samples(seconds=[late for _, late in chosen if late is not None],
+                   timeouts=sum(late is None for _, late in chosen))
+
+
 async def make_baseline_pools(api_url: str, auth: str, count: int, prefix: str) -> list[str]:
     async with PrefectClient(api_url, auth_string=auth) as prefect:
         names = [f"{prefix}{index}" for index in range(count)]
@@ -356,18 +368,16 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print()
     print("| pool host, idle | Ariel | Prefect default (a worker per pool) | Ariel / default |")
     print("| --- | --- | --- | --- |")
-    rate = figures.get("idle_rate")
-    if rate is not None:
-        default = base_rate * pools if base_rate is not None else None
-        print(row(f"requests a second, {pools} pools", f"{rate:.1f}",
-                  f"{default:.0f} (measured on {args.baseline_pools}, scaled)" if default else "—",
-                  f"{rate / default:.3f}" if default else "—"))
-    memory = figures.get("idle_rss")
-    if memory is not None:
-        default = base_rss * pools if base_rss is not None else None
-        print(row(f"resident memory, {pools} pools", f"{memory:.0f} MiB",
-                  f"{default:.0f} MiB (measured on {args.baseline_pools}, scaled)" if default else "—",
-                  f"{memory / default:.3f}" if default else "—"))
+    for name, ours, per_pool, form, unit in [
+        ("requests a second", figures.get("idle_rate"), base_rate, ".1f", ""),
+        ("resident memory", figures.get("idle_rss"), base_rss, ".0f", " MiB"),
+    ]:
+        if ours is None:
+            continue
+        default = per_pool * pools if per_pool is not None else None
+        print(row(f"{name}, {pools} pools", f"{ours:{form}}{unit}",
+                  f"{default:.0f}{unit} (measured on {args.baseline_pools}, scaled)" if default else "—",
+                  f"{ours / default:.3f}" if default else "—"))
     if "peak_rss" in figures:
         print(row("resident memory under load (peak)", f"{figures['peak_rss']:.0f} MiB", "", ""))
         # The runs' own calls pass the proxy too: they inherit the pool host's Prefect address.
@@ -377,11 +387,7 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         print("\nidle requests by route over the window: " + ", ".join(f"{route} {n}" for route, n in top))
     runs: list[tuple[datetime, float | None]] = figures.get("runs", [])
     if runs:
-        ran = Samples(seconds=[late for _, late in runs if late is not None],
-                      timeouts=sum(late is None for _, late in runs))
-        first, last = min(due for due, _ in runs), max(due for due, _ in runs)
-        early = Samples(seconds=[late for due, late in runs if late is not None and due < first + timedelta(minutes=1)])
-        late_ones = Samples(seconds=[late for due, late in runs if late is not None and due >= last])
+        ran, early, late_ones = lateness(runs), lateness(runs, "first"), lateness(runs, "last")
         expected = min(args.every_minute, args.orgs) * math.ceil(args.minutes)
         print()
         print(f"| {len(runs)} runs due ({expected} expected), every minute | p50 | p95 | p99 | never ran |")
