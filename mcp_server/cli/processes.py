@@ -55,7 +55,7 @@ from types import FrameType
 from typing import NamedTuple
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-GRACE_SECONDS = 5.0  # what a child gets after SIGTERM; with the HTTP app's own shutdown, `ariel up` stays within 10 s
+GRACE_SECONDS = 5.0  # what a child gets after SIGTERM, at least (`ariel up` gives what its 10 s leave, see stack.py)
 KILL_WAIT_SECONDS = 2.0  # a SIGKILLed process exits at once unless stuck in the kernel: do not wait on it for ever
 
 # prctl(2)'s option (linux/prctl.h). Looked up once here: a preexec_fn runs between fork and exec, where it

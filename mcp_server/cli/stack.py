@@ -211,6 +211,10 @@ def _holds_secret(name: str, value: str) -> bool:
 # A request still being answered (run_agent waits up to 600 s for a run) would otherwise hold the HTTP app's
 # shutdown that long; with the children's grace, `ariel up` stops within 10 s of the signal.
 APP_SHUTDOWN_SECONDS = 2
+# From the signal to the children's SIGKILL: the spec's 10 s, less a second for the kill and the reaping. What the
+# app's shutdown leaves of it goes to the children (at least GRACE_SECONDS): a Prefect server writing to its
+# database on a busy disk has been seen to need more than 5 s, and a kill then loses what it was writing.
+STOP_SECONDS = 9.0
 
 
 def up(settings: ArielSettings) -> None:
@@ -229,6 +233,7 @@ def up(settings: ArielSettings) -> None:
     settings = settings.model_copy(update={"pool_host_key": SecretStr(pool_host_key)})
     _port_must_be_free(settings)
     children = Children(settings.home / "logs")
+    app_server: AppServer | None = None
     try:
         api_url = settings.prefect_api_url
         if api_url is None:
@@ -265,13 +270,22 @@ def up(settings: ArielSettings) -> None:
         _say_up(settings, api_url, pool_type, org_pool, children.log_dir)
         # From here, not before: a child that cannot even start should fail `ariel up`, not loop.
         Supervisor(children, report=say).start()
-        _serve_app(settings, api_url, pool_type)
+        app_server = _app_server(settings, api_url, pool_type)
+        app_server.run()
     finally:
         ignore_stop_signals()  # also when an error, not a signal, brought us here
         say("Stopping ...")
-        killed = children.stop_all()
-        say(f"Stopped (killed {', '.join(killed)}, not stopped {GRACE_SECONDS:.0f} s after SIGTERM)." if killed
+        grace = _children_grace(app_server.shutdown_began if app_server is not None else None)
+        killed = children.stop_all(grace)
+        say(f"Stopped (killed {', '.join(killed)}, not stopped {grace:.0f} s after SIGTERM)." if killed
             else "Stopped.")
+
+
+def _children_grace(app_stop_began: float | None) -> float:
+    """What the children get after SIGTERM: what is left of STOP_SECONDS since the app began to stop, if it did."""
+    if app_stop_began is None:  # stopped before the app served, or by an error
+        return GRACE_SECONDS
+    return max(GRACE_SECONDS, STOP_SECONDS - (time.monotonic() - app_stop_began))
 
 
 def serve(settings: ArielSettings) -> None:
@@ -304,7 +318,7 @@ def serve(settings: ArielSettings) -> None:
             "Scheduled; set one key here and in `ariel pool-host`'s environment (see the README).")
     _say_up(settings, api_url, pool_type, org_pool, None)
     try:
-        _serve_app(settings, api_url, pool_type)
+        _app_server(settings, api_url, pool_type).run()
     finally:
         ignore_stop_signals()
         say("Stopped.")
@@ -352,8 +366,11 @@ def _say_up(settings: ArielSettings, api_url: str, pool_type: PoolType, org_pool
     say("Press Ctrl-C to stop.")
 
 
-def _serve_app(settings: ArielSettings, api_url: str, pool_type: PoolType) -> None:
+def _app_server(settings: ArielSettings, api_url: str, pool_type: PoolType) -> AppServer:
+    """The HTTP app's server; its `run()` serves until a signal.
+
+    uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
+    """
     app = create_app(settings, api_url, pool_type)
-    # uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
-    AppServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                             timeout_graceful_shutdown=APP_SHUTDOWN_SECONDS)).run()
+    return AppServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                    timeout_graceful_shutdown=APP_SHUTDOWN_SECONDS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any
 
 import uvicorn
@@ -13,9 +14,15 @@ class AppServer(uvicorn.Server):
 
     uvicorn waits `timeout_graceful_shutdown` for open requests and then cancels them, which logs a traceback
     for each; a worker's poll held at the gateway (up to 5 s) is such a request. Released, it answers at once.
+
+    `shutdown_began` (time.monotonic()) says when the stop began, for what runs after it to know what is left
+    of the time a stop may take.
     """
 
+    shutdown_began: float | None = None
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.shutdown_began = time.monotonic()
         app: Any = self.config.loaded_app if self.config.loaded else self.config.app
         state = getattr(_innermost(app), "state", None)
         if (release := getattr(state, "release_holds", None)) is not None:
