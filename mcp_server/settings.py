@@ -84,6 +84,13 @@ class ArielSettings(BaseSettings):
         "in them, the most recently busy first; every other pool gets one when a run of it falls due. Each costs "
         "the worker host ~0.3 requests a second to Prefect and, on Docker, ~150 MB for its standby.",
     )
+    max_runs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Runs the worker host runs at once across all pools, at most; runs past it wait, Late, for a "
+        "slot. Unset: 8 a CPU core, and no more than 256 MB each fit in half the machine's memory.",
+    )
     runtime_image: str = Field(default="ariel-runtime:local", description="Image flow-run containers run.")
     runtime_base_image: str = Field(
         default="ariel-base:bookworm",

@@ -12,7 +12,9 @@ thousand orgs' pools are served at a bounded request rate. The workers never
 create pools: the control plane does, from the hardened template. Beside Docker
 workers it follows the engine's events and writes on each run how its container
 ended (`container_exits`): the stock worker reports an exit code only, which
-cannot tell out-of-memory from a kill.
+cannot tell out-of-memory from a kill. All its workers together run at most
+`--max-runs` runs at once (`RunSlots`): past that, runs wait in Prefect, Late,
+instead of starting containers the machine cannot hold.
 
 Run: `python -m deployments.pools.worker_host --type docker --prefix ariel-9a8b7c6d-` (with PREFECT_API_URL set).
 SIGINT or SIGTERM stops it within `STOP_SECONDS`, whatever it inherited for them (a background job has SIGINT
@@ -34,8 +36,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import anyio
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -71,16 +74,82 @@ LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page; a new org's first run waits for it
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RUN_MEMORY_BYTES = 256 * 2**20  # what one run holds, with room: a run container measured 115 to 165 MB resident
+RUNS_PER_CORE = 8  # runs mostly wait on a model or a tool; but each starts with seconds of CPU-bound imports
 # After a stop signal the workers get this long to let go of their pools; then the process exits regardless
 # (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
 # `ariel up`'s 5 s grace, so that it ends on its own rather than by SIGKILL.
 STOP_SECONDS = 4.0
 
 
+def default_max_runs() -> int:
+    """Runs at once this machine holds: by its cores, and by half its memory.
+
+    Past it, 20 runs a minute of 4 CPU-s each on 2 cores piled up 140 containers, 23 GB, until the machine ran
+    out of memory and nothing finished; capped, the runs past the cap wait their turn, Late, and each one that
+    starts has the CPU to finish.
+    """
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(2, min(RUNS_PER_CORE * (os.cpu_count() or 1), memory // 2 // RUN_MEMORY_BYTES))
+
+
+class RunSlots:
+    """The runs this host's workers hold at once, one slot each: a Prefect worker's own limiter, but shared.
+
+    Stands in for each worker's `_limiter`, of which Prefect's `BaseWorker` calls these members: it takes a slot
+    before it submits a run, skips the run (left Scheduled, for a later poll) when none is free, and gives the
+    slot back when the run's `run` returns. Each worker has its own view (`for_worker`), which knows its slots:
+    a worker that dies gives back what it held (`release_all`), or the host would lose them for good.
+    """
+
+    def __init__(self, limiter: anyio.CapacityLimiter, held: set[object] | None = None) -> None:
+        self.limiter = limiter
+        self.held: set[object] = set() if held is None else held
+
+    @classmethod
+    def of(cls, total: int) -> RunSlots:
+        return cls(anyio.CapacityLimiter(total))
+
+    def for_worker(self) -> RunSlots:
+        return RunSlots(self.limiter)
+
+    def acquire_on_behalf_of_nowait(self, borrower: object) -> None:
+        self.limiter.acquire_on_behalf_of_nowait(borrower)  # raises anyio.WouldBlock when none is free
+        self.held.add(borrower)
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        self.limiter.release_on_behalf_of(borrower)  # raises RuntimeError if not held: Prefect expects that
+        self.held.discard(borrower)
+
+    def release_all(self) -> None:
+        for borrower in list(self.held):
+            self.release_on_behalf_of(borrower)
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return len(self.held)
+
+    @property
+    def available_tokens(self) -> float:
+        return self.limiter.available_tokens
+
+    @property
+    def total_tokens(self) -> float:
+        return self.limiter.total_tokens
+
+
 class _CountsRuns:
-    """Whether a worker has a run in hand: one whose last run ended may be let go."""
+    """Whether a worker has a run in hand: one whose last run ended may be let go. And the host's run slots."""
 
     runs_in_flight = 0
+    slots: RunSlots | None = None
+    _limiter: anyio.CapacityLimiter | None  # BaseWorker's
+
+    async def setup(self) -> None:
+        await super().setup()  # type: ignore[misc]  # the worker class mixed in
+        if self.slots is not None:
+            # Not a CapacityLimiter, but it has what BaseWorker uses of one.
+            self._limiter = cast(anyio.CapacityLimiter, self.slots)
 
     @property
     def busy(self) -> bool:
@@ -184,8 +253,9 @@ class PoolHost:
     """
 
     def __init__(self, client: PrefectClient, pool_type: PoolType, prefix: str, *, exact: bool,
-                 idle_workers: int, query_seconds: float, prefetch_seconds: float) -> None:
+                 idle_workers: int, max_runs: int, query_seconds: float, prefetch_seconds: float) -> None:
         self.client, self.pool_type, self.prefix, self.exact = client, pool_type, prefix, exact
+        self.slots = RunSlots.of(max_runs)
         self.idle_workers, self.query_seconds, self.prefetch_seconds = idle_workers, query_seconds, prefetch_seconds
         self.worker_name_suffix = f"@{socket.gethostname()}"
         self.running: dict[str, tuple[asyncio.Task[None], Hosted]] = {}
@@ -223,8 +293,11 @@ class PoolHost:
             self.busy_at[pool] = now
         favoured = self._favoured()
         wanted = self._wanted(due, busy, favoured, now)
-        for pool in sorted(wanted - self.running.keys()):
-            if self.retry_at.get(pool, 0) <= now:
+        # A worker started for a run due could take none while every slot is held: it would only poll.
+        free = int(self.slots.available_tokens)
+        for pool in sorted(wanted - self.running.keys(), key=lambda pool: (pool not in favoured, pool)):
+            if self.retry_at.get(pool, 0) <= now and (pool in favoured or free > 0):
+                free -= pool not in favoured
                 self._start(pool)
         for pool, (_, worker) in self.running.items():
             if isinstance(worker, StandbyDockerWorker):
@@ -233,7 +306,10 @@ class PoolHost:
             gone = pool not in self.pools
             print(f"work pool {pool} is gone; stopping its worker" if gone else
                   f"work pool {pool} is idle; its worker stops until it has a run due", flush=True)
-            self.running.pop(pool)[0].cancel()
+            task, worker = self.running.pop(pool)
+            task.cancel()
+            if worker.slots is not None:  # none, idle as it is; but one kept would be the host's for good
+                worker.slots.release_all()
             # Beaten first on this pass: the worker declared a 30 s interval, which Prefect would hold it to.
             self.beaten_at.pop(pool, None)
         self._reap(now)
@@ -291,12 +367,15 @@ class PoolHost:
         print(f"serving work pool {pool}", flush=True)
         worker = WORKERS[self.pool_type](
             work_pool_name=pool, name=f"{pool}{self.worker_name_suffix}", create_pool_if_not_found=False)
+        worker.slots = self.slots.for_worker()
         self.running[pool] = (asyncio.create_task(serve_pool(worker, pool), name=pool), worker)
 
     def _reap(self, now: float) -> None:
-        for pool, (task, _) in list(self.running.items()):
+        for pool, (task, worker) in list(self.running.items()):
             if task.done():  # a worker that died is started again on a later pass
                 self.running.pop(pool)
+                if worker.slots is not None:  # its runs' ends will never be reported to it
+                    worker.slots.release_all()
                 error = None if task.cancelled() else task.exception()
                 print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
                 self.retry_at[pool] = now + 30
@@ -332,7 +411,8 @@ class PoolHost:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_workers: int = IDLE_WORKERS) -> None:
+async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_workers: int = IDLE_WORKERS,
+                max_runs: int | None = None) -> None:
     """Serve every pool of the type named `prefix…` until cancelled (see `PoolHost`).
 
     `exact`: serve the pool named `prefix` alone, without listing pools (an org's own hardware, whose worker key
@@ -345,7 +425,7 @@ async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_w
     try:
         async with get_client() as client:
             host = PoolHost(client, pool_type, prefix, exact=exact, idle_workers=idle_workers,
-                            query_seconds=PREFECT_WORKER_QUERY_SECONDS.value(),
+                            max_runs=max_runs or default_max_runs(), query_seconds=PREFECT_WORKER_QUERY_SECONDS.value(),
                             prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value())
             await host.serve_forever()
     finally:
@@ -367,7 +447,7 @@ def _remove_standbys(prefix: str) -> None:
 
 
 async def serve_until_signalled(pool_type: PoolType, prefix: str, *, exact: bool = False,
-                                idle_workers: int = IDLE_WORKERS) -> int:
+                                idle_workers: int = IDLE_WORKERS, max_runs: int | None = None) -> int:
     """`serve` until SIGINT or SIGTERM, whatever this process inherited for them; returns 128 + the signal.
 
     A background job of a non-interactive shell starts with SIGINT ignored, so Python's KeyboardInterrupt
@@ -388,7 +468,7 @@ async def serve_until_signalled(pool_type: PoolType, prefix: str, *, exact: bool
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop, sig)
     try:
-        await serve(pool_type, prefix, exact=exact, idle_workers=idle_workers)
+        await serve(pool_type, prefix, exact=exact, idle_workers=idle_workers, max_runs=max_runs)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -410,9 +490,14 @@ def main() -> None:
     served.add_argument("--pool", help="serve this one pool (an org's own hardware: `ariel worker` passes it)")
     parser.add_argument("--idle-workers", type=int, default=IDLE_WORKERS, metavar="N",
                         help=f"pools with nothing due that keep a running worker (default {IDLE_WORKERS})")
+    parser.add_argument("--max-runs", type=int, default=None, metavar="N",
+                        help="runs at once across all pools, at most (default: 8 a core, and 256 MB each in half "
+                             f"the memory; {default_max_runs()} here)")
     args = parser.parse_args()
     if args.idle_workers < 0:
         parser.error(f"--idle-workers must be 0 or more, not {args.idle_workers}")
+    if args.max_runs is not None and args.max_runs < 1:
+        parser.error(f"--max-runs must be 1 or more, not {args.max_runs}")
     if args.prefix is not None and not re.fullmatch(rf"{POOL_PREFIX}[0-9a-f]{{8}}-", args.prefix):
         # A shorter prefix would serve other installs' pools too.
         parser.error(f"--prefix must be one install's, like '{POOL_PREFIX}9a8b7c6d-' (`ariel up` passes it)")
@@ -421,7 +506,8 @@ def main() -> None:
     pool_type: Literal["docker", "process"] = args.type
     exact = args.pool is not None
     raise SystemExit(asyncio.run(serve_until_signalled(
-        pool_type, args.pool if exact else args.prefix, exact=exact, idle_workers=args.idle_workers)))
+        pool_type, args.pool if exact else args.prefix, exact=exact, idle_workers=args.idle_workers,
+        max_runs=args.max_runs)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ host without importing the control plane.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 from deployments.exceptions import ImageBuildFailed
@@ -73,6 +74,13 @@ def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[
 def gateway_url(settings: ArielSettings) -> str:
     """The Prefect API as workers and runs on this host reach it: through the gateway in Ariel's HTTP app."""
     return f"{settings.local_url}{GATEWAY_PATH}/api"  # loopback: the pool host runs beside the app
+
+
+def worker_host_argv(settings: ArielSettings, pool_type: str, prefix: str) -> list[str]:
+    """The command of the worker host serving an install's pools, as `ariel up` and `ariel pool-host` start it."""
+    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix,
+            "--idle-workers", str(settings.idle_workers)]
+    return argv if settings.max_runs is None else [*argv, "--max-runs", str(settings.max_runs)]
 
 
 def worker_env(api_url: str, settings: ArielSettings, pool_host_key: str, gateway: str | None = None) -> dict[str, str]:

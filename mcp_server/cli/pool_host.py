@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import sys
 import time
 from urllib.parse import urlsplit
 
 from deployments.images.runtime_image import docker_available, image_present
-from mcp_server.cli.environments import ensure_runtime_image, worker_env
+from mcp_server.cli.environments import ensure_runtime_image, worker_env, worker_host_argv
 from mcp_server.cli.errors import StartupFailed
 from mcp_server.cli.processes import Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
@@ -75,8 +74,7 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
                                        "port": address.port or (443 if address.scheme == "https" else 80)})
     gateway = f"{server}{GATEWAY_PATH}/api"
     _say(f"Serving the {pool_type} work pools {prefix}* of {server} (Ctrl-C stops the pool host).")
-    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", str(pool_type), "--prefix", prefix,
-            "--idle-workers", str(settings.idle_workers)]
+    argv = worker_host_argv(settings, str(pool_type), prefix)
     children = Children(log_dir=None)  # the worker host's output is this process's: a container's log, a terminal
     try:
         children.start("worker", argv, worker_env(gateway, here, key, gateway=gateway))

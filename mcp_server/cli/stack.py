@@ -22,7 +22,13 @@ from sqlalchemy.engine import make_url
 
 from deployments.images.runtime_image import docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
-from mcp_server.cli.environments import ensure_runtime_image, is_credential, server_env, worker_env
+from mcp_server.cli.environments import (
+    ensure_runtime_image,
+    is_credential,
+    server_env,
+    worker_env,
+    worker_host_argv,
+)
 from mcp_server.cli.errors import StartupFailed
 from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
@@ -263,8 +269,7 @@ def up(settings: ArielSettings) -> None:
         # polls through the gateway, which starts answering once the app below serves.
         children.start(
             "worker",
-            [sys.executable, "-m", "deployments.pools.worker_host", "--type", pool_type, "--prefix", prefix,
-             "--idle-workers", str(settings.idle_workers)],
+            worker_host_argv(settings, pool_type, prefix),
             worker_env(api_url, settings, pool_host_key),
         )
         _say_up(settings, api_url, pool_type, org_pool, children.log_dir)

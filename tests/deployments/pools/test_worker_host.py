@@ -7,11 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import PrefectClient
@@ -24,7 +29,7 @@ from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests import support
 from tests.mcp_server.callers import call
-from tests.support import serve_app, wait_until
+from tests.support import http_service, reply_text_to_run, serve_app, wait_until
 
 
 @contextmanager
@@ -109,6 +114,64 @@ async def test_a_pool_without_a_worker_is_kept_online_and_gets_one_for_each_run_
         ("Completed", "hi"), ("Completed", "hi")]
     assert sum(f"serving work pool {pool}" in line for line in _read(tmp_path)) == 2  # one worker per run due
     assert len(still) == 1, "the pool's worker is one worker in Prefect, whoever sends its heartbeat"
+
+
+class Holding(BaseHTTPRequestHandler):
+    """Counts the requests it gets, and answers none until `release` is set."""
+
+    seen: ClassVar[list[str]] = []
+    release: ClassVar[threading.Event] = threading.Event()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).seen.append(self.path)
+        type(self).release.wait(timeout=300)
+        reply_text_to_run(self, b"done")
+
+
+async def test_runs_past_max_runs_wait_late_for_a_slot_and_each_runs_once_one_ends(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    # One slot across the host's pools: two orgs' runs, each held by the service until the test lets them go.
+    home = tmp_path / "home"
+    install = await install_id(home)
+    Holding.seen.clear()
+    Holding.release.clear()
+    with http_service(Holding) as service, \
+            started_worker_host(prefect_api, install_prefix(install), tmp_path, options=("--max-runs", "1")), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        runs = {}
+        for owner in ("dev:ann:north:owner", "dev:sam:south:owner"):
+            await call(url, owner, "create_agent", name="Fetch", instructions="x", model="ariel/scripted",
+                       tools=["http_request"], allowed_hosts=[service],
+                       script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/{owner[4:7]}"}},
+                               {"reply": "{last_tool_result}"}])
+            await call(url, owner, "update_agent", agent="fetch", action="approve")
+            runs[owner] = (await call(url, owner, "run_agent", agent="fetch", wait_seconds=0))["id"]
+            if not Holding.seen:
+                wait_until(lambda: bool(Holding.seen), 120, "the first run to reach the service")
+        async with PrefectClient(prefect_api) as prefect:
+            async def state_of(owner: str) -> str | None:
+                run = await prefect.read_flow_run(UUID(runs[owner]))
+                return run.state.name if run.state else None
+
+            # Prefect marks a run Late 15 s past its time: never, if a worker had taken it.
+            second = await wait_for_state(partial(state_of, "dev:sam:south:owner"), "Late", 120)
+            held = list(Holding.seen)
+            Holding.release.set()
+            results = []
+            for owner, run_id in runs.items():
+                ended = await wait_for_state(partial(state_of, owner), "Completed", 180)
+                results.append((ended, (await call(url, owner, "get_run", run=run_id))["result"]))
+    assert (second, held) == ("Late", ["/ann"])
+    assert Holding.seen == ["/ann", "/sam"]
+    assert results == [("Completed", '{"status": 200, "body": "done"}')] * 2
+
+
+async def wait_for_state(read: Callable[[], Awaitable[str | None]], state: str, timeout: float) -> str | None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (now := await read()) != state and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(1)
+    return now
 
 
 async def wait_for(check: Callable[[], Awaitable[list[Worker]]], timeout: float, what: str) -> list[Worker]:
