@@ -110,6 +110,8 @@ async def make_agents(url: str, orgs: range, agents: int, schedule: dict[str, An
     made = failed = 0
     started = time.monotonic()
     total = len(orgs) * agents
+    if not total:  # `--agents 1`: the per-minute orgs have no daily agent
+        return 0, 0
     gate = asyncio.Semaphore(concurrency)
     shown = [0]
 
@@ -136,7 +138,7 @@ async def make_agents(url: str, orgs: range, agents: int, schedule: dict[str, An
                 failed += agents
                 print(f"  {progress}: org{org:04d} could not connect: {str(exc)[:200]}", flush=True)
         done = made + failed
-        if done >= shown[0] + max(agents, total // 20) or done == total:  # about every 5%
+        if done >= shown[0] + max(agents, total // 20) or done == total > shown[0]:  # about every 5%
             shown[0] = done
             rate = done / (time.monotonic() - started)
             print(f"  {progress}: {done}/{total} agents ({failed} failed), {rate:.1f}/s, "
