@@ -56,7 +56,7 @@ bench: setup docker-host postgres image
 	$(BIN)/python bench/read_latency.py --calls 30
 	$(BIN)/python bench/fault_soak.py --minutes 20
 	$(BIN)/python bench/desktop_load.py --agents 20 --minutes 10 --baseline
-	$(BIN)/python bench/scale.py --orgs 1000 --agents 10 --every-minute 20 --minutes 10
+	$(BIN)/python bench/scale.py --orgs 1000 --agents 10 --every-minute 10 --minutes 10
 
 clean:
 	rm -rf $(VENV) .pytest_cache

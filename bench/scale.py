@@ -298,9 +298,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--orgs", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=10, help="agents per org")
-    # 20, not the 60 a minute of issue #14: a reply-only run costs ~3 CPU-s in its container (imports), and this
-    # 2-core machine executes ~26 a minute at most (README, Performance); past that lateness measures the CPU.
-    parser.add_argument("--every-minute", type=int, default=20, help="orgs with one agent scheduled every minute")
+    # 10, not the 60 a minute of issue #14: a reply-only run costs ~7 CPU-s on this 2-core machine in all (4 in its
+    # container's imports, 1.5 in Prefect's server), which executes ~15 a minute at most (README, Performance);
+    # past that, runs wait for the worker host's slots and lateness measures the backlog.
+    parser.add_argument("--every-minute", type=int, default=10, help="orgs with one agent scheduled every minute")
     parser.add_argument("--minutes", type=float, default=10, help="how long the per-minute schedules are measured")
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--baseline-pools", type=int, default=10)
