@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
+from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient, get_client
@@ -49,7 +50,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
     WorkPoolFilterType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS
 from prefect.workers.base import BaseWorker
@@ -90,21 +91,25 @@ def default_max_runs() -> int:
     starts has the CPU to finish.
     """
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(2, min(RUNS_PER_CORE * (os.cpu_count() or 1), memory // 2 // RUN_MEMORY_BYTES))
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use (a container's --cpuset), not the host's
+    return max(2, min(RUNS_PER_CORE * cores, memory // 2 // RUN_MEMORY_BYTES))
 
 
 class RunSlots:
     """The runs this host's workers hold at once, one slot each: a Prefect worker's own limiter, but shared.
 
     Stands in for each worker's `_limiter`, of which Prefect's `BaseWorker` calls these members: it takes a slot
-    before it submits a run, skips the run (left Scheduled, for a later poll) when none is free, and gives the
-    slot back when the run's `run` returns. Each worker has its own view (`for_worker`), which knows its slots:
-    a worker that dies gives back what it held (`release_all`), or the host would lose them for good.
+    for a run before it submits it, skips the run (left Scheduled, for a later poll) when none is free, and gives
+    the slot back when the run's `run` returns. Each worker has its own view (`for_worker`), which knows its
+    slots: a worker that dies gives back what it held (`release_all`), or the host would lose them for good.
+
+    A slot is a token of its own, not the run's id: a run retried while its first attempt's container is still
+    being watched holds two (anyio refuses one borrower twice, with an error Prefect does not catch).
     """
 
-    def __init__(self, limiter: anyio.CapacityLimiter, held: set[object] | None = None) -> None:
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
         self.limiter = limiter
-        self.held: set[object] = set() if held is None else held
+        self.held: dict[object, list[object]] = {}  # a run's id -> the tokens its attempts hold
 
     @classmethod
     def of(cls, total: int) -> RunSlots:
@@ -114,20 +119,30 @@ class RunSlots:
         return RunSlots(self.limiter)
 
     def acquire_on_behalf_of_nowait(self, borrower: object) -> None:
-        self.limiter.acquire_on_behalf_of_nowait(borrower)  # raises anyio.WouldBlock when none is free
-        self.held.add(borrower)
+        token = object()
+        self.limiter.acquire_on_behalf_of_nowait(token)  # raises anyio.WouldBlock when none is free
+        self.held.setdefault(borrower, []).append(token)
 
     def release_on_behalf_of(self, borrower: object) -> None:
-        self.limiter.release_on_behalf_of(borrower)  # raises RuntimeError if not held: Prefect expects that
-        self.held.discard(borrower)
+        tokens = self.held.get(borrower)
+        if not tokens:
+            raise RuntimeError(f"{borrower} holds no slot")  # what Prefect expects of a second release
+        token = tokens.pop()
+        if not tokens:
+            del self.held[borrower]
+        self.limiter.release_on_behalf_of(token)
+
+    def holds(self, borrower: object) -> int:
+        return len(self.held.get(borrower, ()))
 
     def release_all(self) -> None:
-        for borrower in list(self.held):
-            self.release_on_behalf_of(borrower)
+        for borrower, tokens in list(self.held.items()):
+            for _ in tokens[:]:
+                self.release_on_behalf_of(borrower)
 
     @property
     def borrowed_tokens(self) -> int:
-        return len(self.held)
+        return sum(len(tokens) for tokens in self.held.values())
 
     @property
     def available_tokens(self) -> float:
@@ -144,12 +159,32 @@ class _CountsRuns:
     runs_in_flight = 0
     slots: RunSlots | None = None
     _limiter: anyio.CapacityLimiter | None  # BaseWorker's
+    _handed: set[UUID]  # runs whose attempt reached `_submit_run_and_capture_errors`, which gives its slot back
 
     async def setup(self) -> None:
         await super().setup()  # type: ignore[misc]  # the worker class mixed in
+        self._handed = set()
         if self.slots is not None:
             # Not a CapacityLimiter, but it has what BaseWorker uses of one.
             self._limiter = cast(anyio.CapacityLimiter, self.slots)
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        """Prefect's, with the slot given back on the paths where Prefect's own keeps it: the deployment gone
+        (the run is cancelled), or an error before the run is handed over."""
+        held = self.slots.holds(flow_run.id) if self.slots is not None else 0
+        try:
+            await super()._submit_run(flow_run)  # type: ignore[misc]
+        finally:
+            handed = flow_run.id in self._handed
+            self._handed.discard(flow_run.id)
+            if not handed and self.slots is not None and self.slots.holds(flow_run.id) >= held > 0:
+                self.slots.release_on_behalf_of(flow_run.id)
+            if not handed:  # else Prefect's `busy` set would keep the worker for good
+                getattr(self, "_submitting_flow_run_ids", set()).discard(flow_run.id)
+
+    async def _submit_run_and_capture_errors(self, flow_run: FlowRun, *args: Any, **kwargs: Any) -> Any:
+        self._handed.add(flow_run.id)
+        return await super()._submit_run_and_capture_errors(flow_run, *args, **kwargs)  # type: ignore[misc]
 
     @property
     def busy(self) -> bool:
@@ -209,15 +244,16 @@ async def ariel_pools(client: PrefectClient, pool_type: PoolType, prefix: str) -
     raise AssertionError("unreachable")
 
 
-async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: float) -> set[str]:
-    """Which of `pools` have a run scheduled to start within `within` seconds: one query across them all.
+async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: float) -> list[str]:
+    """Which of `pools` have a run scheduled to start within `within` seconds, the longest due first: one query
+    across them all.
 
     Only a hint of which workers to start: each worker then asks for its own pool's runs as Prefect hands them
     out (pauses, concurrency limits and queue priorities applied). Named, not by type: runs that no worker of
     this host would be handed (another install's, an org's own hardware's while it is offline) must not fill
     the page; and paged, so that pools stuck behind their concurrency limit cannot either.
     """
-    due: set[str] = set()
+    due: dict[str, None] = {}  # in the order of their first run's time
     for offset in itertools.count(0, PAGE):
         runs = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -230,9 +266,9 @@ async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: f
             limit=PAGE,
             offset=offset,
         )
-        due |= {run.work_pool_name for run in runs if run.work_pool_name}
+        due |= dict.fromkeys(run.work_pool_name for run in runs if run.work_pool_name)
         if len(runs) < PAGE or offset >= MAX_DUE_PAGES * PAGE:
-            return due
+            return list(due)
     raise AssertionError("unreachable")
 
 
@@ -268,7 +304,7 @@ class PoolHost:
         self.busy_at: dict[str, float] = {}
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
-        self.last_due: set[str] = set()
+        self.last_due: list[str] = []
         self.declared_interval = 0  # the heartbeat interval the host declares: only ever raised (see `_beat`)
 
     @property
@@ -287,7 +323,8 @@ class PoolHost:
     async def pass_once(self) -> None:
         now = time.monotonic()
         await self._list(now)
-        due = await self._due()
+        due_order = await self._due()
+        due = set(due_order)
         busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
         for pool in due | busy:
             self.busy_at[pool] = now
@@ -295,7 +332,10 @@ class PoolHost:
         wanted = self._wanted(due, busy, favoured, now)
         # A worker started for a run due could take none while every slot is held: it would only poll.
         free = int(self.slots.available_tokens)
-        for pool in sorted(wanted - self.running.keys(), key=lambda pool: (pool not in favoured, pool)):
+        # The longest due first: under a backlog, the slots freed go to the pools that have waited longest.
+        rank = {pool: index for index, pool in enumerate(due_order)}
+        for pool in sorted(wanted - self.running.keys(),
+                           key=lambda pool: (pool not in favoured, rank.get(pool, len(rank)), pool)):
             if self.retry_at.get(pool, 0) <= now and (pool in favoured or free > 0):
                 free -= pool not in favoured
                 self._start(pool)
@@ -335,16 +375,17 @@ class PoolHost:
                 times.pop(pool, None)
         self.pools = listed
 
-    async def _due(self) -> set[str]:
+    async def _due(self) -> list[str]:
         # Pools with a worker need no hint; a paused pool's runs stay scheduled, and its worker would be handed none.
         asked = sorted(pool for pool, facts in self.pools.items() if pool not in self.running and not facts.paused)
         if self.exact or not asked:
-            return set()
+            return []
         try:
             self.last_due = await pools_with_runs_due(self.client, asked, self.prefetch_seconds)
         except Exception as exc:  # as above: the workers running go on; the pools last seen due keep theirs
             print(f"could not look for runs due ({type(exc).__name__}); retrying", flush=True)
-        return self.last_due & set(asked) | (self.last_due & self.running.keys())
+        known = set(asked) | self.running.keys()
+        return [pool for pool in self.last_due if pool in known]
 
     def _favoured(self) -> set[str]:
         """The `idle_workers` pools most recently busy, paused ones aside: their workers stay, and keep

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -21,8 +22,15 @@ class AppServer(uvicorn.Server):
 
     shutdown_began: float | None = None
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # The stop's time counts from the signal: one that comes during startup is acted on after it.
+        if self.shutdown_began is None:
+            self.shutdown_began = time.monotonic()
+        super().handle_exit(sig, frame)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.shutdown_began = time.monotonic()
+        if self.shutdown_began is None:
+            self.shutdown_began = time.monotonic()
         app: Any = self.config.loaded_app if self.config.loaded else self.config.app
         state = getattr(_innermost(app), "state", None)
         if (release := getattr(state, "release_holds", None)) is not None:

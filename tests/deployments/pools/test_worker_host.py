@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
 
+import anyio
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -25,6 +26,7 @@ from prefect.client.schemas.objects import Worker
 
 from deployments.pools.readiness import is_polling
 from deployments.pools.work_pools import install_prefix
+from deployments.pools.worker_host import RunSlots
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests import support
@@ -128,19 +130,21 @@ class Holding(BaseHTTPRequestHandler):
         reply_text_to_run(self, b"done")
 
 
-async def test_runs_past_max_runs_wait_late_for_a_slot_and_each_runs_once_one_ends(
+async def test_a_run_past_max_runs_waits_scheduled_for_a_slot_and_starts_once_one_is_free(
     prefect_api: str, tmp_path: Path
 ) -> None:
-    # One slot across the host's pools: two orgs' runs, each held by the service until the test lets them go.
+    # One slot across the host's pools: ann's run holds it (the service answers it only when the test says), and
+    # sam's, in another org's pool, waits for it.
     home = tmp_path / "home"
     install = await install_id(home)
     Holding.seen.clear()
     Holding.release.clear()
+    sam = "dev:sam:south:owner"
     with http_service(Holding) as service, \
             started_worker_host(prefect_api, install_prefix(install), tmp_path, options=("--max-runs", "1")), \
             serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
         runs = {}
-        for owner in ("dev:ann:north:owner", "dev:sam:south:owner"):
+        for owner in ("dev:ann:north:owner", sam):
             await call(url, owner, "create_agent", name="Fetch", instructions="x", model="ariel/scripted",
                        tools=["http_request"], allowed_hosts=[service],
                        script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/{owner[4:7]}"}},
@@ -154,15 +158,21 @@ async def test_runs_past_max_runs_wait_late_for_a_slot_and_each_runs_once_one_en
                 run = await prefect.read_flow_run(UUID(runs[owner]))
                 return run.state.name if run.state else None
 
-            # Prefect marks a run Late 15 s past its time: never, if a worker had taken it.
-            second = await wait_for_state(partial(state_of, "dev:sam:south:owner"), "Late", 120)
+            # Short of the tool's 30 s timeout, after which ann's request would be made again.
+            while_held = set()
+            for _ in range(8):
+                while_held.add(await state_of(sam))
+                await asyncio.sleep(1)
             held = list(Holding.seen)
+            released_at = datetime.now(UTC)
             Holding.release.set()
             results = []
             for owner, run_id in runs.items():
                 ended = await wait_for_state(partial(state_of, owner), "Completed", 180)
                 results.append((ended, (await call(url, owner, "get_run", run=run_id))["result"]))
-    assert (second, held) == ("Late", ["/ann"])
+            started = (await prefect.read_flow_run(UUID(runs[sam]))).start_time
+    assert (while_held, held) == ({"Scheduled"}, ["/ann"])
+    assert started is not None and started > released_at
     assert Holding.seen == ["/ann", "/sam"]
     assert results == [("Completed", '{"status": 200, "body": "done"}')] * 2
 
@@ -230,3 +240,20 @@ def test_a_worker_host_serves_one_install_or_one_pool_and_says_so_when_asked_oth
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and refusal in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_run_slots_are_shared_by_workers_and_a_retried_run_may_hold_two() -> None:
+    host = RunSlots.of(3)
+    north, south = host.for_worker(), host.for_worker()
+    run = uuid.uuid4()
+    north.acquire_on_behalf_of_nowait(run)
+    north.acquire_on_behalf_of_nowait(run)  # its retry, while the first attempt's container is still watched
+    south.acquire_on_behalf_of_nowait(uuid.uuid4())
+    with pytest.raises(anyio.WouldBlock):  # Prefect's worker leaves the run Scheduled on this
+        south.acquire_on_behalf_of_nowait(uuid.uuid4())
+    assert (north.borrowed_tokens, south.borrowed_tokens, host.available_tokens) == (2, 1, 0)
+    north.release_on_behalf_of(run)
+    north.release_all()  # a worker that died: what it held comes back
+    with pytest.raises(RuntimeError):  # what Prefect's worker expects of a second release, and ignores
+        north.release_on_behalf_of(run)
+    assert (north.borrowed_tokens, host.available_tokens) == (0, 2)
