@@ -346,10 +346,7 @@ class PoolHost:
             gone = pool not in self.pools
             print(f"work pool {pool} is gone; stopping its worker" if gone else
                   f"work pool {pool} is idle; its worker stops until it has a run due", flush=True)
-            task, worker = self.running.pop(pool)
-            task.cancel()
-            if worker.slots is not None:  # none, idle as it is; but one kept would be the host's for good
-                worker.slots.release_all()
+            self._drop(pool).cancel()
             # Beaten first on this pass: the worker declared a 30 s interval, which Prefect would hold it to.
             self.beaten_at.pop(pool, None)
         self._reap(now)
@@ -411,12 +408,18 @@ class PoolHost:
         worker.slots = self.slots.for_worker()
         self.running[pool] = (asyncio.create_task(serve_pool(worker, pool), name=pool), worker)
 
+    def _drop(self, pool: str) -> asyncio.Task[None]:
+        """Let go of the pool's worker, and of the slots it holds: an idle one holds none, but the runs of one
+        that died will never be reported to it, and a slot kept would be the host's for good."""
+        task, worker = self.running.pop(pool)
+        if worker.slots is not None:
+            worker.slots.release_all()
+        return task
+
     def _reap(self, now: float) -> None:
-        for pool, (task, worker) in list(self.running.items()):
+        for pool, (task, _) in list(self.running.items()):
             if task.done():  # a worker that died is started again on a later pass
-                self.running.pop(pool)
-                if worker.slots is not None:  # its runs' ends will never be reported to it
-                    worker.slots.release_all()
+                self._drop(pool)
                 error = None if task.cancelled() else task.exception()
                 print(f"worker of {pool} stopped ({type(error).__name__}: {error}); restarting in 30 s", flush=True)
                 self.retry_at[pool] = now + 30
