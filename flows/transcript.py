@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 RESULT_ARTIFACT_KEY = "agent-result"
 TRANSCRIPT_ARTIFACT_KEY = "transcript"
 USAGE_ARTIFACT_KEY = "usage"
+# Written by the control plane on a run that failed (`deployments.runs.failure_marks`), not by the run.
+FAILURE_ARTIFACT_KEY = "failure"
 MAX_KEY_NAMES = 80
 REDACTED = "[redacted]"
 TRANSCRIPT_ROUTE = "/ariel/v1/transcript"  # the gateway's; mcp_server.gateway.transcript

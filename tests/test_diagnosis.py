@@ -39,7 +39,7 @@ def fetch(host: str) -> dict[str, Any]:
 
 
 async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(
-    stack: ArielUp, service_host: str
+    stack: ArielUp, service_host: str, prefect_api: str
 ) -> None:
     nobody = f"127.0.0.1:{free_port()}"  # a port nothing listens on
     with http_service(Slow) as slow:  # answers after 20 s: past any budget below
@@ -90,6 +90,37 @@ async def test_failed_runs_are_diagnosed_with_their_cause_step_and_next_action(
     assert "ConnectError" in went_on["failed_step"]["error"], went_on
     for diagnosis in found.values():
         assert diagnosis["evidence"][0].startswith("state: ")
+
+    # The Prefect UI shows the same cause beside each failed run's name (a tag) and writes it up as an artifact.
+    async with PrefectClient(prefect_api) as prefect:
+        marked = {name: await _failure_written(prefect, run["id"], expected=name != "tool_failed_but_went_on")
+                  for name, run in zip(agents, runs, strict=True)}
+    for name in ("step_limit", "time_budget", "missing_secret"):
+        tags, artifacts = marked[name]
+        assert f"failed:{found[name]['cause']}" in tags, tags
+        [artifact] = artifacts
+        assert artifact.key == f"failure-personal-{name.replace('_', '-')}" and artifact.type == "markdown"
+        assert found[name]["cause"] in str(artifact.data) and "What to do" in str(artifact.data)
+        assert "sk-doomed-1" not in str(artifact.data)
+    tags, artifacts = marked["tool_failed_but_went_on"]  # completed: nothing to write up
+    assert not [tag for tag in tags if tag.startswith("failed:")] and artifacts == []
+
+
+async def _failure_written(prefect: PrefectClient, run_id: str, expected: bool) -> tuple[list[str], list[Any]]:
+    """The run's tags and `failure` artifacts, once the control plane wrote them (or after 20 s when not expected)."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    for _ in range(120 if expected else 40):
+        run = await prefect.read_flow_run(UUID(run_id))
+        artifacts = await prefect.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), key=ArtifactFilterKey(like_="failure-")))
+        if expected and any(tag.startswith("failed:") for tag in run.tags):
+            return run.tags, artifacts
+        await asyncio.sleep(0.5)
+    assert not expected, f"no failed: tag on {run.name} after 60 s: {run.tags}"
+    return run.tags, artifacts
 
 
 async def test_a_completed_run_whose_tool_call_was_refused_is_diagnosed_tool_refused(

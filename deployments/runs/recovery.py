@@ -49,6 +49,8 @@ from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
 from deployments.runs.attempts import attempt_of, number_attempt
+from deployments.runs.failure_marks import is_install_agent_run, mark_failed_runs
+from deployments.runs.hosting import Hosting
 from deployments.runs.logs import read_log_page
 from deployments.runs.silent_runs import (
     SILENCE_SECONDS,
@@ -140,7 +142,7 @@ async def _crashed(client: PrefectClient, now: datetime) -> list[FlowRun]:
 
 def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
     """Why the run ended that was not its own doing; None for anything not to retry."""
-    if not (run.work_pool_name or "").startswith(pool_prefix) or "config" not in (run.parameters or {}):
+    if not is_install_agent_run(run, pool_prefix):
         return None  # another install's, or not an agent run (a listing run)
     state = run.state
     if state is None:
@@ -156,14 +158,17 @@ def _infrastructure_failure(run: FlowRun, pool_prefix: str) -> str | None:
 async def keep_recovering(
     prefect: Callable[[], AbstractAsyncContextManager[PrefectClient]], pool_prefix: str,
     interval: float = CHECK_SECONDS, max_retries: int = MAX_RETRIES, silence_seconds: int = SILENCE_SECONDS,
-    start_seconds: int = START_SECONDS,
+    start_seconds: int = START_SECONDS, hosting: Hosting | None = None,
 ) -> None:
     """Retry failed infrastructure every `interval` seconds until cancelled; a pass that fails is logged, not fatal.
 
     Each pass first sets Crashed the install's runs that fell silent, and those a worker took and never started
     (`deployments.runs.silent_runs`), once the loop has reached Prefect for a whole silence window: they are retried
-    like any crash.
+    like any crash. Each pass then writes why on each run that ended Failed, or Crashed and not retried
+    (`deployments.runs.failure_marks`), for the Prefect UI; `hosting` says what those write-ups may ask of the reader.
     """
+    hosting = hosting or Hosting()
+    marks_since: datetime | None = None
     silence, start = timedelta(seconds=silence_seconds), timedelta(seconds=start_seconds)
     reachable = Reachability()
     judged: datetime | None = None
@@ -197,9 +202,14 @@ async def keep_recovering(
                         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
                             log.info("run recovery: runs starting could not be listed this pass (%s)",
                                      type(exc).__name__)
-                for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries):
+                for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries, now):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)
+                # After the retries, and only runs they had their chance at: a crash to retry is never marked failed.
+                marked, marks_since = await mark_failed_runs(client, pool_prefix, marks_since or now - LOOK_BACK,
+                                                             now - SETTLE, hosting)
+                for mark in marked:
+                    log.info("run %s: failed (%s); written on it for the Prefect UI", mark.run_id, mark.cause)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Prefect down, a bad answer: the next pass tries again

@@ -139,6 +139,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                         ready.agents.prefect_client, install_prefix(ready.agents.install_id),
                         max_retries=settings.run_retries, silence_seconds=settings.run_silence_seconds,
                         start_seconds=settings.run_start_seconds,
+                        hosting=ready.runs.hosting,
                     ))
                     loops.create_task(keep_forgetting(ready.journal, timedelta(hours=settings.journal_retention_hours)))
 

@@ -1,0 +1,81 @@
+"""Which ended runs get their failure written on them for the Prefect UI, and what: against a real Prefect."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+from prefect import flow
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Completed, Crashed, Failed
+
+from deployments.runs.failure_marks import mark_failed_runs
+from deployments.runs.hosting import Hosting
+
+CONFIG = {"config": {"agent_id": "a" * 32, "org_slug": "acme", "name": "Inventory Walker"}}
+
+
+async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_cause_and_written_up_once(
+    prefect_api: str,
+) -> None:
+    @flow(name="failure-marks-probe")
+    def probe() -> None: ...
+
+    install = f"ariel-{uuid4().hex[:8]}-"  # an install of its own: other tests' failed runs are not this pass's
+    pools = [f"{install}acme-docker", f"ariel-{uuid4().hex[:8]}-other-docker"]
+    async with PrefectClient(prefect_api) as client:
+        for pool in pools:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+
+        async def ended(state: Any, pool: str = pools[0], parameters: dict[str, Any] = CONFIG) -> FlowRun:
+            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"], work_pool_name=pool,
+                work_queue_name="default", parameters=parameters).model_dump(mode="json"))
+            made = FlowRun.model_validate(answer.json())
+            await client.set_flow_run_state(made.id, state, force=True)
+            return made
+
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        step_limit = await ended(Failed(message="Flow run encountered an exception: StepLimitReached: the agent "
+                                        "made 2 LLM calls without a final reply"))
+        exited = await ended(Crashed(message="Flow run infrastructure exited with non-zero status code 3."))
+        completed = await ended(Completed())
+        others = await ended(Failed(message="StepLimitReached: x"), pool=pools[1])
+        listing = await ended(Failed(message="StepLimitReached: x"), parameters={"request": {}})
+        until = datetime.now(UTC) + timedelta(seconds=1)
+        marked, next_since = await mark_failed_runs(client, install, since, until, Hosting("saas"))
+        # Crashed after `until`: recovery may yet retry it, so it waits for a later pass.
+        fresh = await ended(Crashed(message="Flow run infrastructure exited with non-zero status code 137."))
+        again, _ = await mark_failed_runs(client, install, since, until, Hosting("saas"))
+        later, _ = await mark_failed_runs(client, install, since, datetime.now(UTC) + timedelta(seconds=1),
+                                          Hosting("saas"))
+
+        runs = {name: await client.read_flow_run(made.id) for name, made in (
+            ("step_limit", step_limit), ("exited", exited), ("completed", completed), ("others", others),
+            ("listing", listing), ("fresh", fresh))}
+        artifacts = {name: await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) for name, run in runs.items()}
+        for pool in pools:
+            await client.delete_work_pool(pool)
+
+    assert {mark.run_id: mark.cause for mark in marked} == {step_limit.id: "step_limit", exited.id: "container_exit"}
+    assert next_since == until
+    assert again == []  # each run once: its tag says it was written up
+    assert [mark.run_id for mark in later] == [fresh.id]
+
+    assert sorted(runs["step_limit"].tags) == ["ariel", "failed:step_limit", "org:acme"]
+    [written] = artifacts["step_limit"]
+    assert written.key == "failure-acme-inventory-walker" and written.type == "markdown"
+    assert str(written.data).startswith("### Failed: the agent used all its LLM steps without giving a final reply")
+    assert "**What to do:** raise limits.max_steps" in str(written.data)
+    assert "failed:container_exit" in runs["exited"].tags
+    assert "exited with code 3" in str(artifacts["exited"][0].data)
+
+    for name in ("completed", "others", "listing"):
+        assert not [tag for tag in runs[name].tags if tag.startswith("failed:")], name
+        assert artifacts[name] == [], name
