@@ -27,7 +27,7 @@ class Counter:
         for found in _REQUEST_LINE.finditer(chunk):
             self.requests += 1
             line = chunk[found.start():found.end()].strip().split(b" ")
-            route = re.sub(rb"/[0-9a-f-]{36}|/ariel-[0-9a-f]{8}-[0-9a-f]{12}-[a-z]+", b"/{id}", line[1]).decode()
+            route = re.sub(rb"/[0-9a-f-]{36}|/ariel-[0-9a-f]{8}-[a-z0-9-]+", b"/{id}", line[1]).decode()
             key = f"{line[0].decode()} {route}"
             self.by_route[key] = self.by_route.get(key, 0) + 1
 

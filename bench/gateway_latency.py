@@ -68,7 +68,7 @@ def timed(client: httpx.Client, path: str, headers: dict[str, str], samples: Sam
 
 async def make_run(api_url: str) -> tuple[UUID, UUID]:
     async with PrefectClient(api_url) as client:
-        pool = pool_name(INSTALL_ID, ORG_ID, "process")
+        pool = pool_name(INSTALL_ID, "bench", ORG_ID, "process")
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow_from_name(bench_flow.name)
         deployment_id = await client.create_deployment(flow_id=flow_id, name="bench", work_pool_name=pool,

@@ -53,7 +53,8 @@ async def make_pools(api_url: str, count: int, prefix: str) -> list[str]:
     async with PrefectClient(api_url) as client:
         for index in range(count):
             org_id = f"{prefix}{index:04d}".ljust(32, "0")
-            name = pool_name(INSTALL_ID, org_id, "docker") if prefix == "a" else f"bench-{prefix}-{index}"
+            name = (pool_name(INSTALL_ID, f"org-{index:04d}", org_id, "docker") if prefix == "a"
+                    else f"bench-{prefix}-{index}")
             template = docker_job_template("ariel-runtime:local", org_id)
             await client.create_work_pool(WorkPoolCreate(name=name, type="docker", base_job_template=template))
             names.append(name)

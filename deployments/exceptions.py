@@ -4,6 +4,7 @@
     ├── SpecInvalid             the agent spec was refused; `.errors` lists field and reason
     ├── QueryInvalid            a run, log or transcript query was refused (level, limit, task, cursor)
     ├── PoolTypeMismatch        a work pool of that name exists with another type
+    ├── PoolOwnedElsewhere      a work pool of that name exists and belongs to another org
     └── ImageBuildFailed        the runtime image could not be built
 """
 
@@ -32,6 +33,10 @@ class QueryInvalid(DeploymentError):
 
 class PoolTypeMismatch(DeploymentError):
     """A work pool of the name asked for exists with another type."""
+
+
+class PoolOwnedElsewhere(DeploymentError):
+    """A work pool of the name asked for exists, and its description names another org."""
 
 
 class ImageBuildFailed(DeploymentError):

@@ -242,7 +242,7 @@ def test_without_a_docker_engine_ariel_up_says_so_and_uses_a_process_pool(prefec
     with ariel_up(tmp_path / "home", "auto", prefect_api, extra_env={"DOCKER_HOST": "unix:///nonexistent.sock"}) as up:
         printed = up.printed()
     assert "No Docker engine answers, so agents will run as local processes (a process work pool)." in printed
-    assert re.search(r"Work pool: ariel-[0-9a-f]{8}-[0-9a-f]{12}-process \(process\)", printed), printed
+    assert re.search(r"Work pool: ariel-[0-9a-f]{8}-personal-process \(process\)", printed), printed
 
 
 @pytest.mark.slow  # its own `ariel up`

@@ -34,7 +34,7 @@ from prefect.utilities.callables import parameter_schema
 
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import ScheduleSpec
-from deployments.pools.work_pools import org_tag
+from deployments.pools.work_pools import org_name_tag, org_tag
 from flows.agent import agent_run
 from flows.config import RunConfig
 
@@ -104,7 +104,7 @@ def compile_agent(
         name=deployment_name(org_slug, config.agent_id),
         work_pool_name=target.pool_name,
         parameters={"config": signer.sign(config).model_dump(mode="json")},
-        tags=sorted({"ariel", org_tag(target.org_id), f"agent:{config.agent_id}"}),
+        tags=sorted({"ariel", org_tag(target.org_id), org_name_tag(org_slug), f"agent:{config.agent_id}"}),
         description=f"Ariel agent {config.name!r}, version {config.version}",
         schedules=[to_prefect_schedule(schedule)] if schedule else [],
         paused=paused,

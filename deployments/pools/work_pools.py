@@ -17,24 +17,36 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-from prefect.client.schemas.objects import WorkPool
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterEndTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
+from prefect.client.schemas.objects import StateType, WorkPool
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.workers.process import ProcessWorker
 from prefect_docker.worker import DockerWorker
 
-from deployments.exceptions import PoolTypeMismatch
+from deployments.exceptions import PoolOwnedElsewhere, PoolTypeMismatch
 from deployments.pools.limits import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT, DEFAULT_PIDS_LIMIT
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV
 from flows.signing import VERIFY_KEY_ENV
 from flows.telemetry import TELEMETRY_ENV
 
 PoolType = Literal["docker", "process"]
+# How long after a crash run recovery may still retry a run in its pool (`deployments.runs.recovery.LOOK_BACK`).
+RETRY_WINDOW = timedelta(minutes=30)
 
 
 
@@ -50,16 +62,49 @@ def install_prefix(install_id: str) -> str:
     return f"{POOL_PREFIX}{install_id[:8]}-"
 
 
-def pool_name(install_id: str, org_id: str, pool_type: PoolType) -> str:
-    """The name of an organization's pool of one type, made from the install's id and the org's.
+# A slug a pool's name may hold: Prefect's name rules, and never 12 hex digits, the shape of the id part of an older
+# release's pool names (`legacy_pool_name`): an org slugged so would take another org's older pool.
+_NAMEABLE_SLUG = re.compile(r"(?![0-9a-f]{12}$)[a-z0-9][a-z0-9-]{0,62}")
 
-    Not from the org's slug: every desktop install's org is "personal". The
-    install id keeps apart the pools of installs that share one Prefect server.
 
-    >>> pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
+def pool_name(install_id: str, org_slug: str, org_id: str, pool_type: PoolType) -> str:
+    """The name of an organization's platform pool of one type: the install's id, then the org's slug for people
+    reading the Prefect UI.
+
+    Unique without a lookup: slugs are unique within an install and never change. A slug a name cannot hold (an
+    OIDC claim's own spelling, or 12 hex digits) gives the org's id instead, as releases before names did. The
+    install id keeps apart the pools of installs that share one Prefect server (every desktop's org is
+    "personal"). Tenancy never rests on the name: the pool's description carries the org's tag.
+
+    >>> pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "acme", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
+    'ariel-9a8b7c6d-acme-docker'
+    >>> pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "Acme/EU", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
+    'ariel-9a8b7c6d-0f3c9a1b2c3d-docker'
+    """
+    if _NAMEABLE_SLUG.fullmatch(org_slug) is None:
+        return legacy_pool_name(install_id, org_id, pool_type)
+    return f"{install_prefix(install_id)}{org_slug}-{pool_type}"
+
+
+def legacy_pool_name(install_id: str, org_id: str, pool_type: PoolType) -> str:
+    """The platform pool's name in releases before names: the org's id, which `upgrades` moves agents from.
+
+    >>> legacy_pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
     'ariel-9a8b7c6d-0f3c9a1b2c3d-docker'
     """
     return f"{install_prefix(install_id)}{org_id[:12]}-{pool_type}"
+
+
+def platform_pool_pattern(prefix: str, pool_types: Sequence[str] = ("docker", "process")) -> re.Pattern[str]:
+    """What the install's platform pools' names (of `pool_types`) match in full, named by slug or by id, and never
+    an org's own-hardware pool (`-own`).
+
+    >>> pattern = platform_pool_pattern("ariel-9a8b7c6d-")
+    >>> [bool(pattern.fullmatch(name)) for name in ("ariel-9a8b7c6d-acme-docker", "ariel-9a8b7c6d-0f3c9a1b2c3d-process",
+    ...                                             "ariel-9a8b7c6d-0f3c9a1b2c3d-own", "ariel-11112222-acme-docker")]
+    [True, True, False, False]
+    """
+    return re.compile(rf"{re.escape(prefix)}[a-z0-9][a-z0-9-]*-({'|'.join(map(re.escape, pool_types))})")
 
 
 OWN_POOL_SUFFIX = "-own"
@@ -68,15 +113,39 @@ OWN_POOL_SUFFIX = "-own"
 def own_pool_name(install_id: str, org_id: str) -> str:
     """The pool of an org's own hardware: served by the org's workers (worker keys), never by Ariel's pool host.
 
+    Still named by the org's id: a customer's running `ariel worker` learnt the name when it started, and a new
+    one would strand it until someone restarts it.
+
     >>> own_pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "0f3c9a1b2c3d4e5f60718293a4b5c6d7")
     'ariel-9a8b7c6d-0f3c9a1b2c3d-own'
     """
     return f"{install_prefix(install_id)}{org_id[:12]}{OWN_POOL_SUFFIX}"
 
 
+def org_pool_names(install_id: str, org_slug: str, org_id: str) -> list[str]:
+    """Every pool the org may have: each type's, older releases' names too, and its own hardware's."""
+    names = [pool_name(install_id, org_slug, org_id, kind) for kind in ("docker", "process")]
+    names += [legacy_pool_name(install_id, org_id, kind) for kind in ("docker", "process")]
+    return [*dict.fromkeys(names), own_pool_name(install_id, org_id)]
+
+
+_ORG_IN_DESCRIPTION = re.compile(r"\(org:([0-9a-f]+)\)")
+
+
 def org_tag(org_id: str) -> str:
     """The tag every Prefect object of an organization carries."""
     return f"org:{org_id}"
+
+
+def org_name_tag(org_slug: str) -> str:
+    """The tag that names an org's agents and runs in the Prefect UI, beside `org_tag`'s id.
+
+    Only for people to read: tenancy rests on `org_tag` alone, and an org's slug may change.
+
+    >>> org_name_tag("acme")
+    'org-name:acme'
+    """
+    return f"org-name:{org_slug}"
 
 
 def docker_job_template(
@@ -193,8 +262,9 @@ async def ensure_pool(
     """Create the pool, or bring an existing one's template, description, concurrency limit and pause up to date.
     Idempotent.
 
-    `org_label` (the org's name and slug) heads the description operators read in the Prefect UI, beside the
-    pool's hex name; the org's tag stays the one that counts. `concurrency_limit` (runs at once; None: no limit)
+    `org_label` (the org's name and slug) heads the description operators read in the Prefect UI; the org's tag
+    in it is what counts: a pool whose description names another org is refused (`PoolOwnedElsewhere`), whatever
+    its name. `concurrency_limit` (runs at once; None: no limit)
     and `paused` (a suspended org's) are the operator's (`ariel admin`): Prefect hands a paused pool's runs, and
     runs past its limit, to no worker.
     """
@@ -212,6 +282,10 @@ async def ensure_pool(
             pool = await client.read_work_pool(name)
     if pool.type != pool_type:
         raise PoolTypeMismatch(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}")
+    owners = set(_ORG_IN_DESCRIPTION.findall(pool.description or ""))
+    if owners - {org_id}:
+        # Names are for people: an older pool, or another install's, must never take this org's runs.
+        raise PoolOwnedElsewhere(f"work pool {name!r} exists and belongs to another organization")
     if (pool.base_job_template != template or pool.description != description
             or pool.concurrency_limit != concurrency_limit or pool.is_paused != paused):
         await client.update_work_pool(name, WorkPoolUpdate(
@@ -221,14 +295,13 @@ async def ensure_pool(
     return pool
 
 
-async def hold_pools(client: PrefectClient, install_id: str, org_id: str, paused: bool,
+async def hold_pools(client: PrefectClient, install_id: str, org_slug: str, org_id: str, paused: bool,
                      concurrency_limit: int | None, resources: tuple[str, float] | None = None) -> None:
     """Pause (or resume) every pool the org has and set their concurrency limit, and with `resources` (memory in
     Docker's notation, CPUs) each Docker pool's per run container: the pools its agents left (for its own hardware,
     or back) may still hold runs. Missing ones are fine. The rest of each template stays as it is (`ariel admin`
     may not hold the app's settings)."""
-    for name in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
-                 own_pool_name(install_id, org_id)):
+    for name in org_pool_names(install_id, org_slug, org_id):
         try:
             pool = await client.read_work_pool(name)
         except ObjectNotFound:
@@ -244,9 +317,33 @@ async def hold_pools(client: PrefectClient, install_id: str, org_id: str, paused
         await client.update_work_pool(name, WorkPoolUpdate(**changes))
 
 
-async def remove_pools(client: PrefectClient, install_id: str, org_id: str) -> None:
+async def retire_pool(client: PrefectClient, name: str, now: datetime | None = None) -> bool:
+    """Delete the pool once nothing needs it; whether it went (False while something does, or when it is gone).
+
+    Needed while a deployment is in it, a run waits in it or runs from it, or a run of it crashed recently
+    (`deployments.runs.recovery` may yet schedule it again there).
+    """
+    pool_filter = WorkPoolFilter(name=WorkPoolFilterName(any_=[name]))
+    try:
+        await client.read_work_pool(name)
+    except ObjectNotFound:
+        return False
+    if await client.read_deployments(work_pool_filter=pool_filter, limit=1):
+        return False
+    live = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[
+        StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED])))
+    crashed = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED])),
+                            end_time=FlowRunFilterEndTime(after_=(now or datetime.now(UTC)) - RETRY_WINDOW))
+    for runs in (live, crashed):
+        if await client.read_flow_runs(work_pool_filter=pool_filter, flow_run_filter=runs, limit=1):
+            return False
+    with suppress(ObjectNotFound):
+        await client.delete_work_pool(name)
+    return True
+
+
+async def remove_pools(client: PrefectClient, install_id: str, org_slug: str, org_id: str) -> None:
     """Delete the organization's pools of every type; missing ones are fine."""
-    for pool in (*(pool_name(install_id, org_id, kind) for kind in ("docker", "process")),
-                 own_pool_name(install_id, org_id)):
+    for pool in org_pool_names(install_id, org_slug, org_id):
         with suppress(ObjectNotFound):
             await client.delete_work_pool(pool)

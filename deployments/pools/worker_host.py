@@ -59,7 +59,7 @@ from prefect.workers.process import ProcessWorker
 from deployments.pools import container_exits
 from deployments.pools.readiness import HEARTBEAT_SECONDS
 from deployments.pools.standby import StandbyDockerWorker, remove_standbys
-from deployments.pools.work_pools import POOL_PREFIX, PoolType
+from deployments.pools.work_pools import POOL_PREFIX, PoolType, platform_pool_pattern
 
 PAGE = 200  # the most the Prefect API returns per request
 IDLE_WORKERS = 10
@@ -234,7 +234,7 @@ async def ariel_pools(client: PrefectClient, pool_type: PoolType, prefix: str) -
     pools' runs are found all the same, see `pools_with_runs_due`.)
     """
     pools: dict[str, Pool] = {}
-    ours = re.compile(rf"{re.escape(prefix)}[0-9a-f]{{12}}-{pool_type}")
+    ours = platform_pool_pattern(prefix, [pool_type])
     pool_filter = WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type]))
     for offset in itertools.count(0, PAGE):
         page = await client.read_work_pools(limit=PAGE, offset=offset, work_pool_filter=pool_filter)

@@ -152,6 +152,9 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
         deployed = 0
         for org in await services.store.all_orgs():
             deployed += await services.agents.redeploy_all(platform_caller(org))
+            # After the deploy, which moved the org's agents to its named pool: older releases' pools go once empty.
+            for retired in await services.agents.retire_legacy_pools(platform_caller(org)):
+                say(f"Removed work pool {retired}: its org's agents are in {org.slug}'s named pool now")
         return install_prefix(services.agents.install_id), name, deployed
 
 

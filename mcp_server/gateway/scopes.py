@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from uuid import UUID
 
+from deployments.pools.work_pools import platform_pool_pattern
 from deployments.runs.attempts import FIRST_ATTEMPT
 
 
@@ -38,7 +39,7 @@ class PoolScope:
 
         `pool_type`, `image`: what the control plane makes its pools of, which `ariel pool-host` asks for.
         """
-        pattern = re.compile(rf"{re.escape(install_prefix)}[0-9a-f]{{12}}-(docker|process)")
+        pattern = platform_pool_pattern(install_prefix)
         return cls(label="pool host", pool_pattern=pattern, prefix=install_prefix, pool_type=pool_type, image=image)
 
     @classmethod

@@ -30,10 +30,12 @@ from deployments.pools.work_pools import (
     docker_job_template,
     ensure_pool,
     hold_pools,
+    legacy_pool_name,
     own_pool_name,
     pool_name,
     process_job_template,
     remove_pools,
+    retire_pool,
 )
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
@@ -121,19 +123,19 @@ class AgentService:
                 f"the Prefect API refused the request ({exc.response.status_code}); see the Prefect server's log"
             ) from exc
 
-    async def org_pool(self, org_id: str) -> tuple[str, PoolType]:
+    async def org_pool(self, caller: Caller) -> tuple[str, PoolType]:
         """Where the org's agents run: its own hardware's pool while it has a worker key, else the platform's."""
-        if await self.store.worker_keys(org_id, active_only=True):
-            return own_pool_name(self.install_id, org_id), "docker"
-        return pool_name(self.install_id, org_id, self.pool_type), self.pool_type
+        if await self.store.worker_keys(caller.org_id, active_only=True):
+            return own_pool_name(self.install_id, caller.org_id), "docker"
+        return pool_name(self.install_id, caller.org_slug, caller.org_id, self.pool_type), self.pool_type
 
     async def target(self, caller: Caller) -> compiler.DeploymentTarget:
-        name, _ = await self.org_pool(caller.org_id)
+        name, _ = await self.org_pool(caller)
         return compiler.DeploymentTarget(pool_name=name, org_id=caller.org_id)
 
     async def ensure_pool(self, caller: Caller) -> str:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
-        name, pool_type = await self.org_pool(caller.org_id)
+        name, pool_type = await self.org_pool(caller)
         org = await self._org(caller)
         template = (
             docker_job_template(self.runtime_image, caller.org_id, memory_limit=org.memory_limit or self.memory_limit,
@@ -168,7 +170,8 @@ class AgentService:
         suspended = org.suspended_at is not None
         active = 0
         async with self.prefect() as client:
-            await hold_pools(client, self.install_id, caller.org_id, suspended, org.max_concurrent_runs,
+            await hold_pools(client, self.install_id, caller.org_slug, caller.org_id, suspended,
+                             org.max_concurrent_runs,
                              resources=(org.memory_limit or self.memory_limit, org.cpus or DEFAULT_CPUS)
                              if resources else None)
             for listed in await self.store.list_agents(caller.org_id):
@@ -193,12 +196,24 @@ class AgentService:
                         active += runs
         return active
 
+    async def retire_legacy_pools(self, caller: Caller) -> list[str]:
+        """Delete the org's pools named as releases before names named them, once nothing needs them (its agents
+        were deployed to its named pool first: `redeploy_all`); returns the names of those deleted."""
+        current, _ = await self.org_pool(caller)
+        retired = []
+        async with self.prefect() as client:
+            for kind in ("docker", "process"):
+                name = legacy_pool_name(self.install_id, caller.org_id, kind)
+                if name != current and await retire_pool(client, name):
+                    retired.append(name)
+        return retired
+
     async def remove_org(self, caller: Caller) -> None:
         """Delete the org's deployments, schedules and pools from Prefect (its runs stay readable there), and its
         providers and data key from the store."""
         async with self.prefect() as client:
             await compiler.remove_org(client, caller.org_id)
-            await remove_pools(client, self.install_id, caller.org_id)
+            await remove_pools(client, self.install_id, caller.org_slug, caller.org_id)
         await self.store.delete_org_secrets(caller.org_id)
 
     async def create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
@@ -379,7 +394,7 @@ class AgentService:
     ) -> list[AgentView]:
         views = []
         needle = (text or "").strip().lower()
-        pool, _ = await self.org_pool(caller.org_id)
+        pool, _ = await self.org_pool(caller)
         for record in await self.store.list_agents(caller.org_id):
             spec = await self.spec_of(caller, record)
             view = await self._view(caller, record, spec, pool)
@@ -393,7 +408,7 @@ class AgentService:
     async def get(self, caller: Caller, ref: str, full: bool = True) -> AgentView:
         record = await self.resolve(caller, ref)
         spec = await self.spec_of(caller, record)
-        view = await self._view(caller, record, spec, (await self.org_pool(caller.org_id))[0])
+        view = await self._view(caller, record, spec, (await self.org_pool(caller))[0])
         if not full:
             return view
         versions = await self.store.list_versions(caller.org_id, record.id)

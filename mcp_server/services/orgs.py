@@ -252,7 +252,7 @@ class OrgService:
             # Never shown, so never usable: and the agents stay where they were.
             await self.store.revoke_worker_key(caller.org_id, record.id)
             raise
-        pool, _ = await self.agents.org_pool(caller.org_id)
+        pool, _ = await self.agents.org_pool(caller)
         whose = _agents_of(caller)
         done = ("worker key created; it is shown this once, so store it now. Start a worker on your own machine "
                 "with the command in start_worker (the README's 'Run agents on your own hardware' says what to "

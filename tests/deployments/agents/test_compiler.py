@@ -55,6 +55,8 @@ async def test_the_deployment_is_in_the_orgs_pool_with_its_tags_and_frozen_spec(
     assert flow.name == f"pr-digest-{agent_id[:6]}"
     assert deployment.work_pool_name == target.pool_name
     assert f"org:{ORG_ID}" in deployment.tags and f"agent:{agent_id}" in deployment.tags
+    # The org's name too, for people reading the Prefect UI (tenancy rests on the id's tag alone).
+    assert "org-name:personal" in deployment.tags
     assert deployment.parameters["config"]["version"] == 1
     assert deployment.parameters["config"]["instructions"] == "Summarize."
     assert deployment.entrypoint == "flows.agent:agent_run"

@@ -335,7 +335,8 @@ async def an_orgs_pool(prefect_api: str, install: str) -> None:
     """An organization's pool of this install, made as the control plane makes it."""
     org_id = uuid.uuid4().hex
     async with PrefectClient(prefect_api) as prefect:
-        await ensure_pool(prefect, pool_name(install, org_id, "process"), "process", process_job_template(), org_id)
+        name = pool_name(install, f"org-{org_id[:6]}", org_id, "process")
+        await ensure_pool(prefect, name, "process", process_job_template(), org_id)
 
 
 async def someone_elses_polled_pool(prefect_api: str) -> None:

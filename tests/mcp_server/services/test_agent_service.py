@@ -118,3 +118,66 @@ async def test_a_redeploy_deploys_the_version_current_when_its_turn_comes_not_th
     finally:
         await store.close()
         await replica_a.close()
+
+
+async def test_an_orgs_agents_move_from_its_id_named_pool_to_its_named_one_which_goes_once_no_run_needs_it(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """An install of a release before names: its org's pool is `ariel-<install>-<org id>-<type>`."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.states import Cancelled
+
+    from deployments.pools.work_pools import ensure_pool as make_pool
+    from deployments.pools.work_pools import install_prefix, legacy_pool_name, process_job_template
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
+    _, org = await store.ensure_local_owner()
+    install = await store.installation_id()
+    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install,
+                           signer=Ed25519ConfigSigner.generate())
+    owner = owner_of(org)
+    named, _ = await service.org_pool(owner)
+    assert named == f"{install_prefix(install)}personal-process"
+    agent = await service.create(owner, {"name": "Mover", "instructions": "x", "model": "ariel/scripted",
+                                         "script": [{"reply": "moved"}]})
+    legacy = legacy_pool_name(install, org.id, "process")
+    async with PrefectClient(prefect_api) as prefect:
+        # As the older release left it: the deployment, and a run waiting, in the id-named pool.
+        await make_pool(prefect, legacy, "process", process_job_template(), org.id)
+        deployment = await prefect.read_deployment_by_name(str(agent.deployment))
+        await prefect.update_deployment(deployment.id, DeploymentUpdate(work_pool_name=legacy))
+        waiting = await prefect.create_flow_run_from_deployment(deployment.id)
+        assert waiting.work_pool_name == legacy
+
+        assert await service.redeploy_all(owner) == 1
+        assert (await prefect.read_deployment(deployment.id)).work_pool_name == named
+        assert await service.retire_legacy_pools(owner) == []  # a run still waits in it
+        await prefect.read_work_pool(legacy)
+
+        await prefect.set_flow_run_state(waiting.id, Cancelled(), force=True)
+        assert await service.retire_legacy_pools(owner) == [legacy]
+        assert legacy not in [pool.name for pool in await prefect.read_work_pools()]
+        assert await service.retire_legacy_pools(owner) == []  # nothing left to do
+    await store.close()
+
+
+async def test_a_pool_of_the_orgs_name_that_belongs_to_another_org_is_refused_not_taken(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    from deployments.exceptions import PoolOwnedElsewhere
+    from deployments.pools.work_pools import ensure_pool as make_pool
+    from deployments.pools.work_pools import process_job_template
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
+    _, org = await store.ensure_local_owner()
+    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", await store.installation_id(),
+                           signer=Ed25519ConfigSigner.generate())
+    named, _ = await service.org_pool(owner_of(org))
+    async with PrefectClient(prefect_api) as prefect:
+        other = "f" * 32
+        await make_pool(prefect, named, "process", process_job_template(), other, org_label="Other (other)")
+        with pytest.raises(PoolOwnedElsewhere, match="belongs to another organization"):
+            await service.ensure_pool(owner_of(org))
+        assert f"(org:{other})" in str((await prefect.read_work_pool(named)).description)
+        await prefect.delete_work_pool(named)
+    await store.close()
