@@ -5,6 +5,7 @@
     ├── QueryInvalid            a run, log or transcript query was refused (level, limit, task, cursor)
     ├── PoolTypeMismatch        a work pool of that name exists with another type
     ├── PoolOwnedElsewhere      a work pool of that name exists and belongs to another org
+    ├── DeploymentNameTaken     a deployment of that name exists and is another agent's
     └── ImageBuildFailed        the runtime image could not be built
 """
 
@@ -37,6 +38,10 @@ class PoolTypeMismatch(DeploymentError):
 
 class PoolOwnedElsewhere(DeploymentError):
     """A work pool of the name asked for exists, and its description names another org."""
+
+
+class DeploymentNameTaken(DeploymentError):
+    """A deployment of the name asked for exists, and its tags name another agent."""
 
 
 class ImageBuildFailed(DeploymentError):

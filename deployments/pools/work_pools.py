@@ -285,7 +285,8 @@ async def ensure_pool(
     owners = set(_ORG_IN_DESCRIPTION.findall(pool.description or ""))
     if owners - {org_id}:
         # Names are for people: an older pool, or another install's, must never take this org's runs.
-        raise PoolOwnedElsewhere(f"work pool {name!r} exists and belongs to another organization")
+        raise PoolOwnedElsewhere(f"work pool {name!r} exists and belongs to another organization; nothing was "
+                                 "deployed: tell the install's operator")
     if (pool.base_job_template != template or pool.description != description
             or pool.concurrency_limit != concurrency_limit or pool.is_paused != paused):
         await client.update_work_pool(name, WorkPoolUpdate(

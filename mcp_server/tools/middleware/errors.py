@@ -2,8 +2,8 @@
 
 fastmcp's argument-validation errors are made to read like Ariel's own: field,
 then what is allowed. The services' errors need no mapping: `ArielError` is a
-`ToolError`, which fastmcp passes through. The store's errors, written for
-people too, become a `ToolError` here. Anything unexpected is masked by
+`ToolError`, which fastmcp passes through. The store's and the deployment
+layer's errors, written for people too, become a `ToolError` here. Anything unexpected is masked by
 fastmcp (`mask_error_details=True`): the client sees a generic message, the
 server log keeps the traceback.
 
@@ -24,6 +24,7 @@ from fastmcp.exceptions import ValidationError as ArgumentsInvalid
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from pydantic import ValidationError
 
+from deployments.exceptions import DeploymentError
 from deployments.text import QUOTE_LIMIT
 from mcp_server.store import StoreError
 
@@ -52,7 +53,7 @@ def _readable(exc: ToolError | ArgumentsInvalid) -> tuple[str, BaseException | N
         cause = exc.__cause__
         detail = describe_validation(cause) if isinstance(cause, ValidationError) else str(exc)
         return f"invalid arguments: {detail}", exc
-    if isinstance(exc.__cause__, StoreError):
+    if isinstance(exc.__cause__, StoreError | DeploymentError):
         # fastmcp masks what a tool raises into "Error calling tool ..." and keeps it as the cause.
         return str(exc.__cause__), exc.__cause__
     return str(exc), None

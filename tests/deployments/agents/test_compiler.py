@@ -212,3 +212,30 @@ async def test_no_job_variable_may_set_an_ariel_variable_such_as_the_verify_key(
         await client.delete_flow_run(run.id)
     finally:
         await client.delete_work_pool(name)
+
+
+async def test_a_new_agents_deployment_is_named_by_its_org_and_never_takes_another_agents_of_the_same_names(
+    client: PrefectClient, target: DeploymentTarget
+) -> None:
+    """Installs sharing a Prefect server may each have an org `acme` with an agent `pr-digest`."""
+    from dataclasses import replace
+
+    from deployments.agents.compiler import free_deployment_name
+    from deployments.exceptions import DeploymentNameTaken
+
+    ours, theirs = uuid4().hex, uuid4().hex
+    flow_name = f"pr-digest-{ours[:6]}"
+    assert await free_deployment_name(client, flow_name, "acme", ours) == "acme"
+    first = replace(desired(target, ours), flow_name=flow_name, name="acme")
+    made = await apply(client, first)
+    assert (await client.read_deployment_by_name(f"{flow_name}/acme")).id == made
+    assert await free_deployment_name(client, flow_name, "acme", ours) == "acme"  # its own: kept
+    assert await free_deployment_name(client, flow_name, "acme", theirs) == f"acme-{theirs[:8]}"
+
+    # Prefect would update a deployment of that name in place: the other install's agent is refused instead.
+    other = replace(desired(target, theirs), flow_name=flow_name, name="acme")
+    with pytest.raises(DeploymentNameTaken, match="is another agent's"):
+        await apply(client, other)
+    kept = await client.read_deployment(made)
+    assert f"agent:{ours}" in kept.tags and kept.parameters["config"]["agent_id"] == ours
+    await remove(client, made)
