@@ -129,7 +129,8 @@ def org_pool_names(install_id: str, org_slug: str, org_id: str) -> list[str]:
     return [*dict.fromkeys(names), own_pool_name(install_id, org_id)]
 
 
-_ORG_IN_DESCRIPTION = re.compile(r"\(org:([0-9a-f]+)\)")
+# The org's tag `ensure_pool` ends a description with: only there, since the org's name before it is its own.
+_ORG_IN_DESCRIPTION = re.compile(r"\(org:([0-9a-f]{32})\)$")
 
 
 def org_tag(org_id: str) -> str:
@@ -282,8 +283,8 @@ async def ensure_pool(
             pool = await client.read_work_pool(name)
     if pool.type != pool_type:
         raise PoolTypeMismatch(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type!r}")
-    owners = set(_ORG_IN_DESCRIPTION.findall(pool.description or ""))
-    if owners - {org_id}:
+    owner = _ORG_IN_DESCRIPTION.search(pool.description or "")
+    if owner is not None and owner.group(1) != org_id:
         # Names are for people: an older pool, or another install's, must never take this org's runs.
         raise PoolOwnedElsewhere(f"work pool {name!r} exists and belongs to another organization; nothing was "
                                  "deployed: tell the install's operator")
@@ -294,6 +295,22 @@ async def ensure_pool(
             is_paused=paused))
         pool = await client.read_work_pool(name)
     return pool
+
+
+async def refresh_pool(
+    client: PrefectClient, name: str, pool_type: PoolType, template: dict[str, Any], org_id: str, **settings: Any,
+) -> bool:
+    """`ensure_pool` for a pool that exists, and nothing for one that does not: whether it exists.
+
+    For an org's pool of an older release's name while runs still wait in it (`retire_pool`): they start from
+    its template, so a new image or key must reach it too.
+    """
+    try:
+        await client.read_work_pool(name)
+    except ObjectNotFound:
+        return False
+    await ensure_pool(client, name, pool_type, template, org_id, **settings)
+    return True
 
 
 async def hold_pools(client: PrefectClient, install_id: str, org_slug: str, org_id: str, paused: bool,

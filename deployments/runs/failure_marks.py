@@ -15,17 +15,19 @@ the control plane diagnoses it (`deployments.runs.diagnosis`, what
 The tag marks a run as done: each run is diagnosed once, however many passes
 see it. Example (the HTTP app's recovery loop calls it every few seconds)::
 
-    since = await mark_failed_runs(client, "ariel-9a8b7c6d-", since, Hosting("saas"))
+    marker = FailureMarker("ariel-9a8b7c6d-", Hosting("saas"), since=datetime.now(UTC) - timedelta(minutes=30))
+    marked = await marker.mark(client, until=datetime.now(UTC) - timedelta(seconds=3))
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
@@ -37,7 +39,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import PrefectHTTPStatusError
 
 from deployments.runs.diagnosis import Diagnosis, diagnose
 from deployments.runs.hosting import Hosting
@@ -47,6 +48,13 @@ log = logging.getLogger("ariel.recovery")
 
 FAILED_TAG_PREFIX = "failed:"
 PAGE = 200
+# Runs written up in one pass at most (each costs a few Prefect reads): the recovery loop's retries come first.
+PER_PASS = 20
+# How far back each pass looks again: Prefect stamps `end_time` as it takes the state in, which a busy server or
+# another machine's clock puts behind the window already passed. Runs written up are skipped by their tag.
+OVERLAP = timedelta(minutes=5)
+# A run whose write-up keeps failing is given up after this many passes, so it never holds up the rest.
+MAX_TRIES = 3
 # Evidence lines and error logs shown in the artifact: the newest, each cut to a line.
 MAX_LINES = 10
 MAX_LINE = 300
@@ -68,77 +76,102 @@ def failure_tag(run: FlowRun) -> str | None:
     return next((tag for tag in run.tags if tag.startswith(FAILED_TAG_PREFIX)), None)
 
 
-async def mark_failed_runs(
-    client: PrefectClient, pool_prefix: str, since: datetime, until: datetime, hosting: Hosting,
-) -> tuple[list[Marked], datetime]:
-    """Tag and write up each of the install's agent runs that ended Failed or Crashed between `since` and `until`.
+@dataclass
+class FailureMarker:
+    """Writes up the install's failed runs, pass by pass (the recovery loop's): where the last pass got to, and the
+    runs whose write-up failed."""
 
-    `until` leaves out crashes still to be retried (recovery waits for the worker's word on the container first).
-    Returns the runs marked and where the next pass starts: `until`, or the end of the earliest run that could not be
-    marked this time (Prefect refused or did not answer), so that it is tried again.
-    """
-    run_filter = FlowRunFilter(
-        tags=FlowRunFilterTags(all_=["ariel"]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])),
-        end_time=FlowRunFilterEndTime(after_=since, before_=until),
-    )
-    marked: list[Marked] = []
-    again = until
-    offset = 0
-    while True:
-        page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.END_TIME_DESC, limit=PAGE,
-                                           offset=offset)
-        offset += len(page)
-        for run in page:
-            if not is_install_agent_run(run, pool_prefix) or failure_tag(run) is not None:
-                continue
+    pool_prefix: str
+    hosting: Hosting
+    since: datetime
+    tries: dict[UUID, int] = field(default_factory=dict)
+
+    async def mark(self, client: PrefectClient, until: datetime) -> list[Marked]:
+        """Tag and write up each of the install's agent runs that ended Failed or Crashed from `since` (less
+        `OVERLAP`) to `until`, oldest first, at most `PER_PASS`; the next pass goes on from the last one handled.
+
+        `until` leaves out crashes still to be retried (recovery waits for the worker's word on the container).
+        """
+        run_filter = FlowRunFilter(
+            tags=FlowRunFilterTags(all_=["ariel"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])),
+            end_time=FlowRunFilterEndTime(after_=self.since - OVERLAP, before_=until),
+        )
+        waiting: list[FlowRun] = []
+        for offset in itertools.count(0, PAGE):
+            page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.END_TIME_DESC,
+                                               limit=PAGE, offset=offset)
+            waiting += [run for run in page
+                        if is_install_agent_run(run, self.pool_prefix) and failure_tag(run) is None]
+            if len(page) < PAGE:
+                break
+        waiting.sort(key=lambda run: run.end_time or until)
+        marked: list[Marked] = []
+        for run in waiting[:PER_PASS]:
             try:
-                marked.append(await _mark(client, run, hosting))
-            except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-                log.info("run %s: its failure could not be written on it this pass (%s)", run.id, type(exc).__name__)
-                again = min(again, run.end_time or since)
-        if len(page) < PAGE:
-            return marked, again
+                marked.append(await _mark(client, run, self.hosting))
+                self.tries.pop(run.id, None)
+            except Exception as exc:  # Prefect refused, or the run is one the write-up cannot read
+                tries = self.tries[run.id] = self.tries.get(run.id, 0) + 1
+                log.info("run %s: its failure could not be written on it (%s, try %d of %d)", run.id,
+                         type(exc).__name__, tries, MAX_TRIES)
+                if tries >= MAX_TRIES:
+                    await _give_up(client, run)
+                    self.tries.pop(run.id, None)
+        # The rest next pass, from the oldest left.
+        left = waiting[PER_PASS:]
+        self.since = max(self.since, (left[0].end_time or until) if left else until)
+        return marked
+
+
+async def _give_up(client: PrefectClient, run: FlowRun) -> None:
+    """Tag the run as written up, with no cause: it is not looked at again, and `diagnose_run` still answers."""
+    with suppress(Exception):
+        await client.update_flow_run(run.id, tags=[*run.tags, f"{FAILED_TAG_PREFIX}unknown"])
 
 
 async def _mark(client: PrefectClient, run: FlowRun, hosting: Hosting) -> Marked:
     found = await diagnose(client, run, hosting=hosting)
     config = (run.parameters or {}).get("config") or {}
     names = artifact_names(config.get("org_slug"), str(config.get("name") or ""))
+    state = run.state.type.value.title() if run.state else "Failed"
     # The artifact first: a run tagged is never looked at again, so the tag goes on once the write-up is there.
     await client.create_artifact(ArtifactCreate(
-        key=artifact_key(FAILURE_ARTIFACT_KEY, names), type="markdown", data=failure_markdown(found),
-        description=f"Why run {run.name} failed: {found.cause}", flow_run_id=run.id,
+        key=artifact_key(FAILURE_ARTIFACT_KEY, names), type="markdown", data=failure_markdown(found, state),
+        description=f"Why this run failed: {found.cause}", flow_run_id=run.id,
     ))
     await client.update_flow_run(run.id, tags=[*run.tags, f"{FAILED_TAG_PREFIX}{found.cause}"])
     return Marked(run.id, found.cause)
 
 
-def failure_markdown(found: Diagnosis) -> str:
+def failure_markdown(found: Diagnosis, state: str = "Failed") -> str:
     """The write-up of a failed run: what went wrong, what to do, and what it rests on.
+
+    Everything but Ariel's own labels sits in code spans: error messages and logs quote what the run, a model or
+    a server said, and the Prefect UI would otherwise render their links, images and markup.
 
     >>> from deployments.runs.diagnosis import Diagnosis
     >>> print(failure_markdown(Diagnosis(run_id="1", run_name="r", state="Failed", cause="step_limit",
     ...     summary="the agent used all its LLM steps", failed_step=None, evidence=["state: Failed"], error_logs=[],
     ...     next_action="raise limits.max_steps")))
-    ### Failed: the agent used all its LLM steps
+    ### Failed: `step_limit`
     <BLANKLINE>
-    **Cause:** `step_limit`
+    **What went wrong:** `the agent used all its LLM steps`
     <BLANKLINE>
-    **What to do:** raise limits.max_steps
+    **What to do:** `raise limits.max_steps`
     <BLANKLINE>
     **Evidence:**
     <BLANKLINE>
-    - state: Failed
+    - `state: Failed`
     """
-    parts = [f"### {found.state}: {_line(found.summary)}", f"**Cause:** `{found.cause}`",
-             f"**What to do:** {_line(found.next_action)}"]
+    parts = [f"### {state}: {_literal(found.cause)}", f"**What went wrong:** {_literal(found.summary)}",
+             f"**What to do:** {_literal(found.next_action)}"]
     if found.failed_step is not None:
-        parts.append(f"**Failed step:** {_line(found.failed_step.step)}: {_line(found.failed_step.error)}")
-    parts += ["**Evidence:**", "\n".join(f"- {_line(fact)}" for fact in found.evidence[-MAX_LINES:])]
+        parts.append(f"**Failed step:** {_literal(found.failed_step.step + ': ' + found.failed_step.error)}")
+    parts += ["**Evidence:**", "\n".join(f"- {_literal(fact)}" for fact in found.evidence[-MAX_LINES:])]
     if found.error_logs:
         parts += ["**Last warnings and errors:**",
-                  "\n".join(f"- {line.level} {_line(_no_traceback(line.message))}"
+                  "\n".join(f"- {line.level} {_literal(_no_traceback(line.message))}"
                             for line in found.error_logs[-MAX_LINES:])]
     return "\n\n".join(parts)
 
@@ -148,8 +181,7 @@ def _no_traceback(message: str) -> str:
     return message.split("Traceback (most recent call last)", 1)[0].rstrip(" -")
 
 
-def _line(text: str) -> str:
-    """One line of plain text: no line breaks, and no markdown the renderer would act on (links, HTML, code)."""
-    flat = " ".join(text.split())
-    flat = flat[:MAX_LINE] + ("…" if len(flat) > MAX_LINE else "")
-    return flat.replace("\\", "\\\\").replace("<", "&lt;").replace("`", "'").replace("[", "\\[").replace("*", "\\*")
+def _literal(text: str) -> str:
+    """`text` as one line of literal text: a code span, which markdown renders as it is (no links, no markup)."""
+    flat = " ".join(text.split()).replace("`", "'")
+    return f"`{flat[:MAX_LINE] + ('…' if len(flat) > MAX_LINE else '')}`"

@@ -49,7 +49,7 @@ from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
 from deployments.runs.attempts import attempt_of, number_attempt
-from deployments.runs.failure_marks import is_install_agent_run, mark_failed_runs
+from deployments.runs.failure_marks import FailureMarker, is_install_agent_run
 from deployments.runs.hosting import Hosting
 from deployments.runs.logs import read_log_page
 from deployments.runs.silent_runs import (
@@ -167,8 +167,7 @@ async def keep_recovering(
     like any crash. Each pass then writes why on each run that ended Failed, or Crashed and not retried
     (`deployments.runs.failure_marks`), for the Prefect UI; `hosting` says what those write-ups may ask of the reader.
     """
-    hosting = hosting or Hosting()
-    marks_since: datetime | None = None
+    marker = FailureMarker(pool_prefix, hosting or Hosting(), since=datetime.now(UTC) - LOOK_BACK)
     silence, start = timedelta(seconds=silence_seconds), timedelta(seconds=start_seconds)
     reachable = Reachability()
     judged: datetime | None = None
@@ -205,11 +204,13 @@ async def keep_recovering(
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries, now):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)
-                # After the retries, and only runs they had their chance at: a crash to retry is never marked failed.
-                marked, marks_since = await mark_failed_runs(client, pool_prefix, marks_since or now - LOOK_BACK,
-                                                             now - SETTLE, hosting)
-                for mark in marked:
-                    log.info("run %s: failed (%s); written on it for the Prefect UI", mark.run_id, mark.cause)
+                # Only once the retries of this pass are done, and only runs they had their chance at: a crash still
+                # to retry is never marked failed. Its own failures are logged: they must not stop the passes.
+                try:
+                    for mark in await marker.mark(client, until=now - SETTLE):
+                        log.info("run %s: failed (%s); written on it for the Prefect UI", mark.run_id, mark.cause)
+                except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+                    log.info("run recovery: failed runs could not be listed this pass (%s)", type(exc).__name__)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Prefect down, a bad answer: the next pass tries again

@@ -20,6 +20,7 @@ import uvicorn
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from deployments.exceptions import DeploymentError
 from deployments.images.runtime_image import docker_available
 from deployments.pools.work_pools import PoolType, install_prefix
 from mcp_server.cli.environments import (
@@ -151,7 +152,11 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
             say(f"Moved {moved} provider key(s) from Prefect blocks into the sealed store")
         deployed = 0
         for org in await services.store.all_orgs():
-            deployed += await services.agents.redeploy_all(platform_caller(org))
+            try:
+                deployed += await services.agents.redeploy_all(platform_caller(org))
+            except DeploymentError as exc:  # one org's pool or deployment in the way must not keep every org down
+                say(f"Warning: the agents of org {org.slug} were not deployed again: {exc}")
+                continue
             # After the deploy, which moved the org's agents to its named pool: older releases' pools go once empty.
             for retired in await services.agents.retire_legacy_pools(platform_caller(org)):
                 say(f"Removed work pool {retired}: its org's agents are in {org.slug}'s named pool now")

@@ -27,6 +27,7 @@ from deployments.agents.spec import AgentSpec, slugify, spec_changes
 from deployments.pools.work_pools import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_LIMIT,
+    OWN_POOL_SUFFIX,
     PoolType,
     docker_job_template,
     ensure_pool,
@@ -35,6 +36,7 @@ from deployments.pools.work_pools import (
     own_pool_name,
     pool_name,
     process_job_template,
+    refresh_pool,
     remove_pools,
     retire_pool,
 )
@@ -145,10 +147,15 @@ class AgentService:
             if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key,
                                                                telemetry=self.telemetry)
         )
+        settings: dict[str, Any] = {"org_label": f"{caller.org_name} ({caller.org_slug})",
+                                    "concurrency_limit": org.max_concurrent_runs,
+                                    "paused": org.suspended_at is not None}
         async with self.prefect() as client:
-            await ensure_pool(client, name, pool_type, template, caller.org_id,
-                              org_label=f"{caller.org_name} ({caller.org_slug})",
-                              concurrency_limit=org.max_concurrent_runs, paused=org.suspended_at is not None)
+            await ensure_pool(client, name, pool_type, template, caller.org_id, **settings)
+            # Runs made before the upgrade to named pools may still wait in the older one (`retire_legacy_pools`).
+            legacy = legacy_pool_name(self.install_id, caller.org_id, pool_type)
+            if legacy != name and not name.endswith(OWN_POOL_SUFFIX):
+                await refresh_pool(client, legacy, pool_type, template, caller.org_id, **settings)
         return name
 
     async def _org(self, caller: Caller) -> Organization:

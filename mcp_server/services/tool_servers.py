@@ -574,10 +574,12 @@ class ToolServerService:
     async def _admin_now(self, record: ToolServerRecord, user_id: str, run_id: str) -> Caller | None:
         """Who asked for a listing, as a caller, while still an admin of the org: they approve what it lists."""
         member = await self.store.member(record.org_id, user_id)
-        if member is None or RANK[member.role] < RANK["admin"]:
+        org = await self.store.get_org(record.org_id)
+        if member is None or RANK[member.role] < RANK["admin"] or org is None:
             return None
-        return Caller(user_id=user_id, user_label=member.user.label, org_id=record.org_id, org_slug="", org_name="",
-                      role=member.role, source="local", origin=f"listing run {run_id}")
+        # The org's own slug and name: whatever this caller reaches (its pool's name among them) is named by them.
+        return Caller(user_id=user_id, user_label=member.user.label, org_id=record.org_id, org_slug=org.slug,
+                      org_name=org.name, role=member.role, source="local", origin=f"listing run {run_id}")
 
     # helpers
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -13,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Crashed, Failed
 
-from deployments.runs.failure_marks import mark_failed_runs
+from deployments.runs.failure_marks import FailureMarker
 from deployments.runs.hosting import Hosting
 
 CONFIG = {"config": {"agent_id": "a" * 32, "org_slug": "acme", "name": "Inventory Walker"}}
@@ -44,26 +45,31 @@ async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_caus
         step_limit = await ended(Failed(message="Flow run encountered an exception: StepLimitReached: the agent "
                                         "made 2 LLM calls without a final reply"))
         exited = await ended(Crashed(message="Flow run infrastructure exited with non-zero status code 3."))
+        # What a run says is quoted, never rendered: no link or image of its making in the operator's UI.
+        luring = await ended(Failed(message="RuntimeFailure: see [the fix](http://lure.example) ![x](http://x.example)"
+                                            " <img src=x> `code`"))
         completed = await ended(Completed())
         others = await ended(Failed(message="StepLimitReached: x"), pool=pools[1])
         listing = await ended(Failed(message="StepLimitReached: x"), parameters={"request": {}})
         until = datetime.now(UTC) + timedelta(seconds=1)
-        marked, next_since = await mark_failed_runs(client, install, since, until, Hosting("saas"))
+        marker = FailureMarker(install, Hosting("saas"), since=since)
+        marked = await marker.mark(client, until)
+        next_since = marker.since
         # Crashed after `until`: recovery may yet retry it, so it waits for a later pass.
         fresh = await ended(Crashed(message="Flow run infrastructure exited with non-zero status code 137."))
-        again, _ = await mark_failed_runs(client, install, since, until, Hosting("saas"))
-        later, _ = await mark_failed_runs(client, install, since, datetime.now(UTC) + timedelta(seconds=1),
-                                          Hosting("saas"))
+        again = await marker.mark(client, until)
+        later = await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
 
         runs = {name: await client.read_flow_run(made.id) for name, made in (
-            ("step_limit", step_limit), ("exited", exited), ("completed", completed), ("others", others),
-            ("listing", listing), ("fresh", fresh))}
+            ("step_limit", step_limit), ("exited", exited), ("luring", luring), ("completed", completed),
+            ("others", others), ("listing", listing), ("fresh", fresh))}
         artifacts = {name: await client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))) for name, run in runs.items()}
         for pool in pools:
             await client.delete_work_pool(pool)
 
-    assert {mark.run_id: mark.cause for mark in marked} == {step_limit.id: "step_limit", exited.id: "container_exit"}
+    assert {mark.run_id: mark.cause for mark in marked} == {
+        step_limit.id: "step_limit", exited.id: "container_exit", luring.id: "failed"}
     assert next_since == until
     assert again == []  # each run once: its tag says it was written up
     assert [mark.run_id for mark in later] == [fresh.id]
@@ -71,10 +77,15 @@ async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_caus
     assert sorted(runs["step_limit"].tags) == ["ariel", "failed:step_limit", "org:acme"]
     [written] = artifacts["step_limit"]
     assert written.key == "failure-acme-inventory-walker" and written.type == "markdown"
-    assert str(written.data).startswith("### Failed: the agent used all its LLM steps without giving a final reply")
-    assert "**What to do:** raise limits.max_steps" in str(written.data)
+    assert str(written.data).startswith("### Failed: `step_limit`\n\n**What went wrong:** `the agent used all its "
+                                        "LLM steps without giving a final reply`")
+    assert "**What to do:** `raise limits.max_steps" in str(written.data)
     assert "failed:container_exit" in runs["exited"].tags
     assert "exited with code 3" in str(artifacts["exited"][0].data)
+
+    lure = str(artifacts["luring"][0].data)
+    assert re.search(r"- `[^`\n]*\[the fix\]\(http://lure\.example\) !\[x\]\(http://x\.example\) <img src=x> 'code'`",
+                     lure), lure
 
     for name in ("completed", "others", "listing"):
         assert not [tag for tag in runs[name].tags if tag.startswith("failed:")], name

@@ -153,6 +153,9 @@ async def test_an_orgs_agents_move_from_its_id_named_pool_to_its_named_one_which
 
         assert await service.redeploy_all(owner) == 1
         assert (await prefect.read_deployment(deployment.id)).work_pool_name == named
+        # The run left in it starts from its template: kept as the org's is (here: the verify key runs check).
+        assert (await prefect.read_work_pool(legacy)).base_job_template == (
+            await prefect.read_work_pool(named)).base_job_template
         assert await service.retire_legacy_pools(owner) == []  # a run still waits in it
         await prefect.read_work_pool(legacy)
 
