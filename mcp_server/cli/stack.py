@@ -158,8 +158,10 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
                 say(f"Warning: the agents of org {org.slug} were not deployed again: {exc}")
                 continue
             # After the deploy, which moved the org's agents to its named pool: older releases' pools go once empty.
-            for retired in await services.agents.retire_legacy_pools(platform_caller(org)):
-                say(f"Removed work pool {retired}: its org's agents are in {org.slug}'s named pool now")
+            if retired := await services.agents.retire_legacy_pools(platform_caller(org)):
+                named, _ = await services.agents.org_pool(platform_caller(org))
+                say(f"Removed work pool {', '.join(retired)}, named before pools had names: the agents of org "
+                    f"{org.slug} run from {named} now")
         return install_prefix(services.agents.install_id), name, deployed
 
 
