@@ -71,8 +71,9 @@ def pool_name(install_id: str, org_slug: str, org_id: str, pool_type: PoolType) 
     """The name of an organization's platform pool of one type: the install's id, then the org's slug for people
     reading the Prefect UI.
 
-    Unique without a lookup: slugs are unique within an install and never change. A slug a name cannot hold (an
-    OIDC claim's own spelling, or 12 hex digits) gives the org's id instead, as releases before names did. The
+    Unique without a lookup: slugs are unique within an install and never change. A slug a name cannot hold (12
+    hex digits, the shape of an older name; or any other spelling, should one reach the store) gives the org's id
+    instead, as releases before names did. The
     install id keeps apart the pools of installs that share one Prefect server (every desktop's org is
     "personal"). Tenancy never rests on the name: the pool's description carries the org's tag.
 
