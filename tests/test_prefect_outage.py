@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import docker
 import pytest
 from fastmcp import Client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.client.schemas.objects import FlowRun
 
 from deployments.pools.standby import run_containers
@@ -48,9 +48,11 @@ def stack(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 async def runs_of(up: ArielUp, deployment: str) -> list[FlowRun]:
+    """The runs of the deployment `flow/name` (names alone repeat: each agent's deployment is named by its org)."""
     async with up.prefect() as prefect:
+        found = await prefect.read_deployment_by_name(deployment)
         return await prefect.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found.id])),
             flow_run_filter=FlowRunFilter(), limit=200)
 
 
@@ -111,8 +113,8 @@ async def test_runs_due_or_starting_while_prefect_is_stopped_for_30_s_run_once_e
             os.kill(prefect, signal.SIGCONT)
         assert stopped_at < boundary, "the outage began after the boundary it was to hold"
 
-        scheduled = await settled(stack, minutely.split("/")[-1], due_by=boundary)
-        started = await settled(stack, manual.split("/")[-1], due_by=datetime.now(UTC))
+        scheduled = await settled(stack, minutely, due_by=boundary)
+        started = await settled(stack, manual, due_by=datetime.now(UTC))
         completed = [r for r in scheduled + started if r.state_name == "Completed"]
         async with stack.prefect() as client:
             histories = {r.name: [state.name for state in await client.read_flow_run_states(r.id)] for r in completed}

@@ -209,8 +209,8 @@ async def keep_recovering(
                 try:
                     for mark in await marker.mark(client, until=now - SETTLE):
                         log.info("run %s: failed (%s); written on it for the Prefect UI", mark.run_id, mark.cause)
-                except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-                    log.info("run recovery: failed runs could not be listed this pass (%s)", type(exc).__name__)
+                except Exception as exc:  # Prefect, or a run the write-up cannot read: never the loop's concern
+                    log.info("run recovery: failed runs could not be written up this pass (%s)", type(exc).__name__)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Prefect down, a bad answer: the next pass tries again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,11 +52,12 @@ async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_caus
         completed = await ended(Completed())
         others = await ended(Failed(message="StepLimitReached: x"), pool=pools[1])
         listing = await ended(Failed(message="StepLimitReached: x"), parameters={"request": {}})
-        until = datetime.now(UTC) + timedelta(seconds=1)
+        until = datetime.now(UTC)  # after each run above ended: Prefect stamped their end as it took the state in
         marker = FailureMarker(install, Hosting("saas"), since=since)
         marked = await marker.mark(client, until)
         next_since = marker.since
         # Crashed after `until`: recovery may yet retry it, so it waits for a later pass.
+        await asyncio.sleep(0.1)
         fresh = await ended(Crashed(message="Flow run infrastructure exited with non-zero status code 137."))
         again = await marker.mark(client, until)
         later = await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
