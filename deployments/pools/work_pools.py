@@ -73,9 +73,9 @@ def pool_name(install_id: str, org_slug: str, org_id: str, pool_type: PoolType) 
 
     Unique without a lookup: slugs are unique within an install and never change. A slug a name cannot hold (12
     hex digits, the shape of an older name; or any other spelling, should one reach the store) gives the org's id
-    instead, as releases before names did. The
-    install id keeps apart the pools of installs that share one Prefect server (every desktop's org is
-    "personal"). Tenancy never rests on the name: the pool's description carries the org's tag.
+    instead, as releases before names did. The install id keeps apart the pools of installs that share one
+    Prefect server (every desktop's org is "personal"). Tenancy never rests on the name: the pool's description
+    carries the org's tag (`ensure_pool`).
 
     >>> pool_name("9a8b7c6d5e4f30211203f4e5d6c7b8a9", "acme", "0f3c9a1b2c3d4e5f60718293a4b5c6d7", "docker")
     'ariel-9a8b7c6d-acme-docker'
@@ -142,7 +142,7 @@ def org_tag(org_id: str) -> str:
 def org_name_tag(org_slug: str) -> str:
     """The tag that names an org's agents and runs in the Prefect UI, beside `org_tag`'s id.
 
-    Only for people to read: tenancy rests on `org_tag` alone, and an org's slug may change.
+    Only for people to read: tenancy rests on `org_tag` alone.
 
     >>> org_name_tag("acme")
     'org-name:acme'
