@@ -76,29 +76,15 @@ class DesiredDeployment:
     paused: bool = False
 
 
-def legacy_deployment_name(org_slug: str, agent_id: str) -> str:
-    """The deployment name of agents deployed before names were chosen (migration 0013): unique, but hex to read.
+def deployment_name(org_slug: str, agent_id: str) -> str:
+    """Unique by construction: org slugs repeat across installs that share one Prefect server (every desktop's org
+    is `personal`), and Prefect upserts a deployment by its flow and name, so a name two agents could both choose
+    would let one take over the other's. The agent's id keeps it apart; the flow carries the agent's own name.
 
-    >>> legacy_deployment_name("acme", "6a1d8e67fc0140c3ac378ab707941880")
+    >>> deployment_name("acme", "6a1d8e67fc0140c3ac378ab707941880")
     'acme-6a1d8e67fc01'
     """
     return f"{org_slug}-{agent_id[:12]}"
-
-
-async def free_deployment_name(client: PrefectClient, flow_name: str, org_slug: str, agent_id: str) -> str:
-    """The name a new agent's deployment takes: its org's slug, under the flow named by its own slug
-    (`inventory-walker/acme` in the Prefect UI).
-
-    Unique in an install without asking (org slugs, and agent slugs in an org, are unique). Installs sharing a
-    Prefect server may each have an `acme` with an `inventory-walker`: when the name is another agent's already,
-    part of this agent's id follows it. Chosen once and kept (`AgentRecord.deployment_name`): Prefect upserts a
-    deployment by its name, so the name must never be one another agent holds.
-    """
-    try:
-        held = await client.read_deployment_by_name(f"{flow_name}/{org_slug}")
-    except ObjectNotFound:
-        return org_slug
-    return org_slug if f"agent:{agent_id}" in held.tags else f"{org_slug}-{agent_id[:8]}"
 
 
 def to_prefect_schedule(schedule: ScheduleSpec) -> Schedule:
@@ -117,14 +103,12 @@ def compile_agent(
     paused: bool = False,
     *,
     signer: ConfigSigner,
-    name: str | None = None,
 ) -> DesiredDeployment:
-    """The deployment one agent version should have, its configuration signed by `signer`; `name` is the one the
-    agent's deployment has (`free_deployment_name` chose it), else the older kind (`legacy_deployment_name`)."""
+    """The deployment one agent version should have, its configuration signed by `signer`."""
     return DesiredDeployment(
         # Operators find agents in the Prefect UI under their own names.
         flow_name=slug,
-        name=name or legacy_deployment_name(org_slug, config.agent_id),
+        name=deployment_name(org_slug, config.agent_id),
         work_pool_name=target.pool_name,
         parameters={"config": signer.sign(config).model_dump(mode="json")},
         tags=sorted({"ariel", org_tag(target.org_id), org_name_tag(org_slug), f"agent:{config.agent_id}"}),

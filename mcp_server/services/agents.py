@@ -7,7 +7,6 @@ left half-created.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -245,16 +244,13 @@ class AgentService:
         )
         try:
             await self.ensure_pool(caller)
-            async with self.prefect() as client:
-                name = await compiler.free_deployment_name(client, record.slug, caller.org_slug, record.id)
-            record = dataclasses.replace(record, deployment_name=name)
             deployment_id = await self._deploy(caller, record, spec)
         except BaseException:
             # Prefect may have made the deployment even if its answer was lost.
             await self._undeploy_quietly(caller, record)
             await self.store.delete_agent(caller.org_id, record.id)
             raise
-        await self.store.set_deployment(caller.org_id, record.id, str(deployment_id), name)
+        await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
         return await self.get(caller, record.id, full=False)
 
     async def update(
@@ -556,13 +552,13 @@ class AgentService:
         paused = status != "active" or org is None or org.suspended_at is not None
         desired = compiler.compile_agent(
             config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
-            signer=self.signer, name=record.deployment_name,
+            signer=self.signer,
         )
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
 
     async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:
-        name = f"{record.slug}/{_deployment_name(caller, record)}"
+        name = f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
         try:
             async with self.prefect() as client:
                 found = await client.read_deployment_by_name(name)
@@ -593,7 +589,8 @@ class AgentService:
             schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
             tools=spec.tools,
             deployment=(
-                f"{record.slug}/{_deployment_name(caller, record)}" if record.deployment_id else None
+                f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
+                if record.deployment_id else None
             ),
             work_pool=pool if record.deployment_id else None,
             created_at=record.created_at,
@@ -601,11 +598,6 @@ class AgentService:
 
 
 _LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _deployment_name(caller: Caller, record: AgentRecord) -> str:
-    """The name of the agent's deployment: chosen at its first deploy, or the older kind for agents before that."""
-    return record.deployment_name or compiler.legacy_deployment_name(caller.org_slug, record.id)
 
 
 def _server_problem(name: str, found: ToolServerRecord | None, stdio_commands: Mapping[str, list[str]]) -> str | None:

@@ -264,12 +264,12 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
             row = (await conn.execute(select(agents).where(agents.c.org_id == org_id, agents.c.id == agent_id))).one()
         return AgentRecord(**row._mapping)
 
-    async def set_deployment(self, org_id: str, agent_id: str, deployment_id: str, name: str | None = None) -> None:
-        """Record the agent's deployment, and its name when given (its first deploy)."""
-        values: dict[str, Any] = {"deployment_id": deployment_id, "updated_at": utc_now()}
-        if name is not None:
-            values["deployment_name"] = name
-        query = agents.update().where(agents.c.org_id == org_id, agents.c.id == agent_id).values(**values)
+    async def set_deployment(self, org_id: str, agent_id: str, deployment_id: str) -> None:
+        query = (
+            agents.update()
+            .where(agents.c.org_id == org_id, agents.c.id == agent_id)
+            .values(deployment_id=deployment_id, updated_at=utc_now())
+        )
         async with self.tenant(org_id) as conn:
             await conn.execute(query)
 
