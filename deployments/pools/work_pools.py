@@ -45,7 +45,8 @@ from flows.signing import VERIFY_KEY_ENV
 from flows.telemetry import TELEMETRY_ENV
 
 PoolType = Literal["docker", "process"]
-# How long after a crash run recovery may still retry a run in its pool (`deployments.runs.recovery.LOOK_BACK`).
+# How long after a crash run recovery may still retry a run in its pool: its look back
+# (`deployments.runs.recovery.LOOK_BACK` is this), and so how long a pool is kept for a crashed run of it.
 RETRY_WINDOW = timedelta(minutes=30)
 
 

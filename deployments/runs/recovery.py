@@ -48,6 +48,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
+from deployments.pools.work_pools import RETRY_WINDOW
 from deployments.runs.attempts import attempt_of, number_attempt
 from deployments.runs.failure_marks import FailureMarker, is_install_agent_run
 from deployments.runs.hosting import Hosting
@@ -68,7 +69,7 @@ PAGE = 200
 MAX_RETRIES = 2
 FIRST_PAUSE_SECONDS = 5.0
 # Crashes older than this are history, not a run to bring back.
-LOOK_BACK = timedelta(minutes=30)
+LOOK_BACK = RETRY_WINDOW
 # The worker host writes how a container ended just after the run Crashed: wait for it before deciding.
 SETTLE = timedelta(seconds=3)
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.

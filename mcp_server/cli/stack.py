@@ -152,14 +152,15 @@ async def prepare_orgs(settings: ArielSettings, api_url: str, pool_type: PoolTyp
             say(f"Moved {moved} provider key(s) from Prefect blocks into the sealed store")
         deployed = 0
         for org in await services.store.all_orgs():
+            upkeep = platform_caller(org)
             try:
-                deployed += await services.agents.redeploy_all(platform_caller(org))
+                deployed += await services.agents.redeploy_all(upkeep)
             except DeploymentError as exc:  # one org's pool or deployment in the way must not keep every org down
                 say(f"Warning: the agents of org {org.slug} were not deployed again: {exc}")
                 continue
             # After the deploy, which moved the org's agents to its named pool: older releases' pools go once empty.
-            if retired := await services.agents.retire_legacy_pools(platform_caller(org)):
-                named, _ = await services.agents.org_pool(platform_caller(org))
+            if retired := await services.agents.retire_legacy_pools(upkeep):
+                named, _ = await services.agents.org_pool(upkeep)
                 say(f"Removed work pool {', '.join(retired)}, named before pools had names: the agents of org "
                     f"{org.slug} run from {named} now")
         return install_prefix(services.agents.install_id), name, deployed

@@ -16,6 +16,15 @@ from mcp_server.store import Organization, Store
 from tests.support import free_port
 
 
+async def local_install(tmp_path: Path, prefect_api: str) -> tuple[Store, Organization, AgentService]:
+    """A desktop install's store (its local owner's org) and its agent service on process pools."""
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
+    _, org = await store.ensure_local_owner()
+    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", await store.installation_id(),
+                           signer=Ed25519ConfigSigner.generate())
+    return store, org, service
+
+
 def owner_of(org: Organization) -> Caller:
     """The local user, as owner of `org`."""
     return Caller(user_id="local", user_label="local", org_id=org.id, org_slug=org.slug, org_name=org.name,
@@ -130,11 +139,8 @@ async def test_an_orgs_agents_move_from_its_id_named_pool_to_its_named_one_which
     from deployments.pools.work_pools import ensure_pool as make_pool
     from deployments.pools.work_pools import install_prefix, legacy_pool_name, process_job_template
 
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
-    _, org = await store.ensure_local_owner()
-    install = await store.installation_id()
-    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", install,
-                           signer=Ed25519ConfigSigner.generate())
+    store, org, service = await local_install(tmp_path, prefect_api)
+    install = service.install_id
     owner = owner_of(org)
     named, _ = await service.org_pool(owner)
     assert named == f"{install_prefix(install)}personal-process"
@@ -171,10 +177,7 @@ async def test_a_pool_of_the_orgs_name_that_belongs_to_another_org_is_refused_no
     from deployments.pools.work_pools import ensure_pool as make_pool
     from deployments.pools.work_pools import process_job_template
 
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
-    _, org = await store.ensure_local_owner()
-    service = AgentService(store, prefect_api, "process", "ariel-runtime:local", await store.installation_id(),
-                           signer=Ed25519ConfigSigner.generate())
+    store, org, service = await local_install(tmp_path, prefect_api)
     named, _ = await service.org_pool(owner_of(org))
     async with PrefectClient(prefect_api) as prefect:
         other = "f" * 32
