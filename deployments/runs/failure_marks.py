@@ -13,7 +13,10 @@ the control plane diagnoses it (`deployments.runs.diagnosis`, what
   agent of each org with its latest failure.
 
 The tag marks a run as done: each run is diagnosed once, however many passes
-see it. Example (the HTTP app's recovery loop calls it every few seconds)::
+see it. A run started again after it was written up (an operator's Retry in
+the UI) loses its tags, and is written up afresh if it fails again.
+
+Example (the HTTP app's recovery loop calls it every few seconds)::
 
     marker = FailureMarker("ariel-9a8b7c6d-", Hosting("saas"), since=datetime.now(UTC) - timedelta(minutes=30))
     marked = await marker.mark(client, until=datetime.now(UTC) - timedelta(seconds=3))
@@ -31,6 +34,9 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterEndTime,
     FlowRunFilterState,
@@ -47,6 +53,9 @@ from flows.transcript import FAILURE_ARTIFACT_KEY, artifact_key, artifact_names
 log = logging.getLogger("ariel.recovery")
 
 FAILED_TAG_PREFIX = "failed:"
+# Beside `failed:<cause>`, on every run written up: Prefect filters tags by value only, and this finds those that
+# ran again.
+WRITTEN_UP_TAG = "failed"
 PAGE = 200
 # Runs written up in one pass at most (each costs a few Prefect reads): the recovery loop's retries come first.
 PER_PASS = 20
@@ -76,6 +85,14 @@ def failure_tag(run: FlowRun) -> str | None:
     return next((tag for tag in run.tags if tag.startswith(FAILED_TAG_PREFIX)), None)
 
 
+def _without_write_up(tags: list[str]) -> list[str]:
+    return [tag for tag in tags if tag != WRITTEN_UP_TAG and not tag.startswith(FAILED_TAG_PREFIX)]
+
+
+def _written_up(run: FlowRun, cause: str) -> list[str]:
+    return [*_without_write_up(run.tags), WRITTEN_UP_TAG, f"{FAILED_TAG_PREFIX}{cause}"]
+
+
 @dataclass
 class FailureMarker:
     """Writes up the install's failed runs, pass by pass (the recovery loop's): where the last pass got to, and the
@@ -91,7 +108,9 @@ class FailureMarker:
         `OVERLAP`) to `until`, oldest first, at most `PER_PASS`; the next pass goes on from the last one handled.
 
         `until` leaves out crashes still to be retried (recovery waits for the worker's word on the container).
+        First, runs written up that were started again since lose their tags (`rerun`).
         """
+        await self.rerun(client)
         run_filter = FlowRunFilter(
             tags=FlowRunFilterTags(all_=["ariel"]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])),
@@ -124,10 +143,26 @@ class FailureMarker:
         return marked
 
 
+    async def rerun(self, client: PrefectClient) -> list[UUID]:
+        """Drop the write-up tags of the install's runs that carry them but no longer end Failed or Crashed: an
+        operator retried them from the UI. Their header no longer says an old cause, and if they fail again, the
+        next pass writes them up afresh (their artifact of the first failure stays, as history)."""
+        again = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=["ariel", WRITTEN_UP_TAG]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.FAILED, StateType.CRASHED])),
+        ), limit=PER_PASS)
+        cleared = []
+        for run in again:
+            if is_install_agent_run(run, self.pool_prefix):
+                await client.update_flow_run(run.id, tags=_without_write_up(run.tags))
+                cleared.append(run.id)
+        return cleared
+
+
 async def _give_up(client: PrefectClient, run: FlowRun) -> None:
     """Tag the run as written up, with no cause: it is not looked at again, and `diagnose_run` still answers."""
     with suppress(Exception):
-        await client.update_flow_run(run.id, tags=[*run.tags, f"{FAILED_TAG_PREFIX}unknown"])
+        await client.update_flow_run(run.id, tags=_written_up(run, "unknown"))
 
 
 async def _mark(client: PrefectClient, run: FlowRun, hosting: Hosting) -> Marked:
@@ -135,13 +170,24 @@ async def _mark(client: PrefectClient, run: FlowRun, hosting: Hosting) -> Marked
     config = (run.parameters or {}).get("config") or {}
     names = artifact_names(config.get("org_slug"), str(config.get("name") or ""))
     state = run.state.type.value.title() if run.state else "Failed"
+    key = artifact_key(FAILURE_ARTIFACT_KEY, names)
     # The artifact first: a run tagged is never looked at again, so the tag goes on once the write-up is there.
-    await client.create_artifact(ArtifactCreate(
-        key=artifact_key(FAILURE_ARTIFACT_KEY, names), type="markdown", data=failure_markdown(found, state),
-        description=f"Why this run failed: {found.cause}", flow_run_id=run.id,
-    ))
-    await client.update_flow_run(run.id, tags=[*run.tags, f"{FAILED_TAG_PREFIX}{found.cause}"])
+    # Unless an earlier pass wrote it and then failed to tag: one write-up per failure.
+    if not await _written_since(client, run, key):
+        await client.create_artifact(ArtifactCreate(
+            key=key, type="markdown", data=failure_markdown(found, state),
+            description=f"Why this run failed: {found.cause}", flow_run_id=run.id,
+        ))
+    await client.update_flow_run(run.id, tags=_written_up(run, found.cause))
     return Marked(run.id, found.cause)
+
+
+async def _written_since(client: PrefectClient, run: FlowRun, key: str) -> bool:
+    """Whether `run` has a write-up made after it last ended (an earlier failure's, before a retry, does not count)."""
+    written = await client.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), key=ArtifactFilterKey(any_=[key])))
+    return any(run.end_time is None or artifact.created is None or artifact.created >= run.end_time
+               for artifact in written)
 
 
 def failure_markdown(found: Diagnosis, state: str = "Failed") -> str:

@@ -13,7 +13,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
-from prefect.states import Completed, Crashed, Failed
+from prefect.states import AwaitingRetry, Completed, Crashed, Failed, Running
 
 from deployments.runs.failure_marks import FailureMarker
 from deployments.runs.hosting import Hosting
@@ -76,7 +76,7 @@ async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_caus
     assert again == []  # each run once: its tag says it was written up
     assert [mark.run_id for mark in later] == [fresh.id]
 
-    assert sorted(runs["step_limit"].tags) == ["ariel", "failed:step_limit", "org:acme"]
+    assert sorted(runs["step_limit"].tags) == ["ariel", "failed", "failed:step_limit", "org:acme"]
     [written] = artifacts["step_limit"]
     assert written.key == "failure-acme-inventory-walker" and written.type == "markdown"
     assert str(written.data).startswith("### Failed: `step_limit`\n\n**What went wrong:** `the agent used all its "
@@ -92,3 +92,53 @@ async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_caus
     for name in ("completed", "others", "listing"):
         assert not [tag for tag in runs[name].tags if tag.startswith("failed:")], name
         assert artifacts[name] == [], name
+
+
+async def test_a_run_retried_from_the_ui_loses_its_write_up_and_is_written_up_afresh_when_it_fails_again(
+    prefect_api: str,
+) -> None:
+    @flow(name="failure-marks-retried")
+    def probe() -> None: ...
+
+    install = f"ariel-{uuid4().hex[:8]}-"
+    pool = f"{install}acme-docker"
+    async with PrefectClient(prefect_api) as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+        answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+            flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"], work_pool_name=pool,
+            work_queue_name="default", parameters=CONFIG).model_dump(mode="json"))
+        run_id = FlowRun.model_validate(answer.json()).id
+        marker = FailureMarker(install, Hosting("saas"), since=datetime.now(UTC) - timedelta(seconds=5))
+
+        async def state_of_things() -> tuple[list[str], list[str]]:
+            run = await client.read_flow_run(run_id)
+            written = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+            return sorted(run.tags), sorted(str(artifact.data).split("\n")[0] for artifact in written)
+
+        await client.set_flow_run_state(run_id, Failed(message="StepLimitReached: 2 LLM calls"), force=True)
+        await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
+        first = await state_of_things()
+        # The tag write failed after the artifact was written: the next pass tags it, and writes no second artifact.
+        await client.update_flow_run(run_id, tags=["ariel", "org:acme"])
+        await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
+        retagged = await state_of_things()
+
+        # An operator's Retry in the UI.
+        await client.set_flow_run_state(run_id, AwaitingRetry(), force=True)
+        await client.set_flow_run_state(run_id, Running(), force=True)
+        await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
+        running = await state_of_things()
+        await asyncio.sleep(0.1)
+        await client.set_flow_run_state(
+            run_id, Crashed(message="Flow run infrastructure exited with non-zero status code 3."), force=True)
+        await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
+        again = await state_of_things()
+        await client.delete_work_pool(pool)
+
+    assert first == (["ariel", "failed", "failed:step_limit", "org:acme"], ["### Failed: `step_limit`"])
+    assert retagged == first
+    assert running == (["ariel", "org:acme"], ["### Failed: `step_limit`"])
+    assert again == (["ariel", "failed", "failed:container_exit", "org:acme"],
+                     ["### Crashed: `container_exit`", "### Failed: `step_limit`"])
