@@ -57,6 +57,7 @@ from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker
 
 from deployments.pools import container_exits
+from deployments.pools.capacity import default_max_runs, docker_machine, this_machine
 from deployments.pools.readiness import HEARTBEAT_SECONDS
 from deployments.pools.standby import StandbyDockerWorker, remove_standbys
 from deployments.pools.work_pools import POOL_PREFIX, PoolType, platform_pool_pattern
@@ -75,24 +76,10 @@ LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page; a new org's first run waits for it
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-RUN_MEMORY_BYTES = 256 * 2**20  # what one run holds, with room: a run container measured 115 to 165 MB resident
-RUNS_PER_CORE = 8  # runs mostly wait on a model or a tool; but each starts with seconds of CPU-bound imports
 # After a stop signal the workers get this long to let go of their pools; then the process exits regardless
 # (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
 # `ariel up`'s 5 s grace, so that it ends on its own rather than by SIGKILL.
 STOP_SECONDS = 4.0
-
-
-def default_max_runs() -> int:
-    """Runs at once this machine holds: by its cores, and by half its memory.
-
-    Past it, 20 runs a minute of 4 CPU-s each on 2 cores piled up 140 containers, 23 GB, until the machine ran
-    out of memory and nothing finished; capped, the runs past the cap wait their turn, Late, and each one that
-    starts has the CPU to finish.
-    """
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    cores = len(os.sched_getaffinity(0))  # the cores this process may use (a container's --cpuset), not the host's
-    return max(2, min(RUNS_PER_CORE * cores, memory // 2 // RUN_MEMORY_BYTES))
 
 
 class RunSlots:
@@ -465,11 +452,15 @@ async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_w
     exits = asyncio.create_task(container_exits.watch(prefix)) if pool_type == "docker" else None
     if pool_type == "docker":  # a worker host that was killed left its standbys waiting for a run
         await asyncio.to_thread(_remove_standbys, prefix)
+    if max_runs is None:
+        machine = (await asyncio.to_thread(docker_machine) if pool_type == "docker" else None) or this_machine()
+        max_runs = default_max_runs(machine)
+        print(f"at most {max_runs} runs at once, for {machine} (ARIEL_MAX_RUNS sets it)", flush=True)
     host: PoolHost | None = None
     try:
         async with get_client() as client:
             host = PoolHost(client, pool_type, prefix, exact=exact, idle_workers=idle_workers,
-                            max_runs=max_runs or default_max_runs(), query_seconds=PREFECT_WORKER_QUERY_SECONDS.value(),
+                            max_runs=max_runs, query_seconds=PREFECT_WORKER_QUERY_SECONDS.value(),
                             prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value())
             await host.serve_forever()
     finally:
@@ -536,7 +527,8 @@ def main() -> None:
                         help=f"pools with nothing due that keep a running worker (default {IDLE_WORKERS})")
     parser.add_argument("--max-runs", type=int, default=None, metavar="N",
                         help="runs at once across all pools, at most (default: 8 a core, and 256 MB each in half "
-                             f"the memory; {default_max_runs()} here)")
+                             "the memory, of the machine the runs live on: the Docker engine's for Docker pools, "
+                             "this process's cgroup for process pools)")
     args = parser.parse_args()
     if args.idle_workers < 0:
         parser.error(f"--idle-workers must be 0 or more, not {args.idle_workers}")
