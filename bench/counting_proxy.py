@@ -52,18 +52,15 @@ def counting_proxy(upstream_host: str, upstream_port: int) -> Iterator[tuple[int
             with suppress(Exception):
                 writer.close()
 
-    handlers: set[asyncio.Task[None]] = set()
-
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        if (task := asyncio.current_task()) is not None:
-            handlers.add(task)
-            task.add_done_callback(handlers.discard)
-        try:
-            server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
-        except OSError:
-            client_writer.close()
-            return
-        with suppress(asyncio.CancelledError):  # the proxy stopping
+        # Ends normally when the proxy stops it: Python 3.11's streams report a handler that ends cancelled as an
+        # error ("Exception in callback ... CancelledError").
+        with suppress(asyncio.CancelledError):
+            try:
+                server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
+            except OSError:
+                client_writer.close()
+                return
             await asyncio.gather(pipe(client_reader, server_writer, True), pipe(server_reader, client_writer, False))
 
     async def serve() -> None:
@@ -73,9 +70,13 @@ def counting_proxy(upstream_host: str, upstream_port: int) -> Iterator[tuple[int
         ready.set()
         async with server:
             await state["stop"].wait()  # type: ignore[attr-defined]
-            for task in list(handlers):  # connections still open: closed, not left to a dead loop
+            server.close()  # no new connection from here
+            await asyncio.sleep(0)  # one accepted just before starts its handler, which is then cancelled below
+            # Connections still open, and any task of theirs: closed, not left pending to a dead loop.
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
                 task.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
+            await asyncio.gather(*rest, return_exceptions=True)
 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
