@@ -32,6 +32,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
+from deployments.agents.naming import legacy_deployment_name
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import ScheduleSpec
 from deployments.exceptions import DeploymentNameTaken
@@ -76,17 +77,6 @@ class DesiredDeployment:
     paused: bool = False
 
 
-def deployment_name(org_slug: str, agent_id: str) -> str:
-    """Unique by construction: org slugs repeat across installs that share one Prefect server (every desktop's org
-    is `personal`), and Prefect upserts a deployment by its flow and name, so a name two agents could both choose
-    would let one take over the other's. The agent's id keeps it apart; the flow carries the agent's own name.
-
-    >>> deployment_name("acme", "6a1d8e67fc0140c3ac378ab707941880")
-    'acme-6a1d8e67fc01'
-    """
-    return f"{org_slug}-{agent_id[:12]}"
-
-
 def to_prefect_schedule(schedule: ScheduleSpec) -> Schedule:
     if schedule.cron is not None:
         return CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
@@ -103,12 +93,14 @@ def compile_agent(
     paused: bool = False,
     *,
     signer: ConfigSigner,
+    name: str | None = None,
 ) -> DesiredDeployment:
-    """The deployment one agent version should have, its configuration signed by `signer`."""
+    """The deployment one agent version should have, its configuration signed by `signer`; `name` is the one
+    chosen as the agent was created (`naming.free_deployment_name`), else the older kind (`legacy_deployment_name`)."""
     return DesiredDeployment(
         # Operators find agents in the Prefect UI under their own names.
         flow_name=slug,
-        name=deployment_name(org_slug, config.agent_id),
+        name=name or legacy_deployment_name(org_slug, config.agent_id),
         work_pool_name=target.pool_name,
         parameters={"config": signer.sign(config).model_dump(mode="json")},
         tags=sorted({"ariel", org_tag(target.org_id), org_name_tag(org_slug), f"agent:{config.agent_id}"}),

@@ -19,7 +19,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from deployments import runs
-from deployments.agents import compiler
+from deployments.agents import compiler, naming
 from deployments.agents.manifest import Manifest
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import AgentSpec, slugify, spec_changes
@@ -48,7 +48,7 @@ from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
-from mcp_server.store import AgentRecord, Organization, Store, ToolServerRecord
+from mcp_server.store import AgentRecord, Organization, Store, ToolServerRecord, new_id
 
 UpdateAction = Literal["change", "approve", "pause", "resume"]
 
@@ -236,20 +236,25 @@ class AgentService:
             # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
             raise InvalidRequest("the agent was not created: name: a 32-character hex name reads as an agent id; "
                                  "choose a name with words")
-        record = await self.store.create_agent(
-            # The whole spec, defaults included: a later default must not change a stored version.
-            caller.org_id, slugify(spec.name), spec.name, spec.model_dump(mode="json"), created_by=caller.user_label,
-            # Whose agent it is: that person's own MCP servers stand in for the org's of the same name.
-            owner_user_id=caller.user_id,
-        )
-        try:
-            await self.ensure_pool(caller)
-            deployment_id = await self._deploy(caller, record, spec)
-        except BaseException:
-            # Prefect may have made the deployment even if its answer was lost.
-            await self._undeploy_quietly(caller, record)
-            await self.store.delete_agent(caller.org_id, record.id)
-            raise
+        agent_id, slug = new_id(), slugify(spec.name)
+        # Its deployment's name is chosen, kept with it and taken in Prefect under the Prefect server's lock: no
+        # other agent, of this install or another sharing the server, can take it in between (`naming`).
+        async with self.prefect() as client, naming.deployment_names_locked(client):
+            record = await self.store.create_agent(
+                # The whole spec, defaults included: a later default must not change a stored version.
+                caller.org_id, slug, spec.name, spec.model_dump(mode="json"), created_by=caller.user_label,
+                # Whose agent it is: that person's own MCP servers stand in for the org's of the same name.
+                owner_user_id=caller.user_id, agent_id=agent_id,
+                deployment_name=await naming.free_deployment_name(client, slug, caller.org_slug, agent_id),
+            )
+            try:
+                await self.ensure_pool(caller)
+                deployment_id = await self._deploy(caller, record, spec)
+            except BaseException:
+                # Prefect may have made the deployment even if its answer was lost.
+                await self._undeploy_quietly(caller, record)
+                await self.store.delete_agent(caller.org_id, record.id)
+                raise
         await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
         return await self.get(caller, record.id, full=False)
 
@@ -552,13 +557,13 @@ class AgentService:
         paused = status != "active" or org is None or org.suspended_at is not None
         desired = compiler.compile_agent(
             config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
-            signer=self.signer,
+            signer=self.signer, name=record.deployment_name,
         )
         async with self.prefect() as client:
             return await compiler.apply(client, desired)
 
     async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:
-        name = f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
+        name = f"{record.slug}/{_deployment_name(caller, record)}"
         try:
             async with self.prefect() as client:
                 found = await client.read_deployment_by_name(name)
@@ -589,8 +594,7 @@ class AgentService:
             schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
             tools=spec.tools,
             deployment=(
-                f"{record.slug}/{compiler.deployment_name(caller.org_slug, record.id)}"
-                if record.deployment_id else None
+                f"{record.slug}/{_deployment_name(caller, record)}" if record.deployment_id else None
             ),
             work_pool=pool if record.deployment_id else None,
             created_at=record.created_at,
@@ -598,6 +602,11 @@ class AgentService:
 
 
 _LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _deployment_name(caller: Caller, record: AgentRecord) -> str:
+    """The name of the agent's deployment: chosen as it was created, or the older kind for agents before that."""
+    return record.deployment_name or naming.legacy_deployment_name(caller.org_slug, record.id)
 
 
 def _server_problem(name: str, found: ToolServerRecord | None, stdio_commands: Mapping[str, list[str]]) -> str | None:

@@ -106,6 +106,7 @@ class AgentRecord:
     approved_at: datetime | None = None
     paused: bool = False
     owner_user_id: str | None = None  # who created it; None for agents made before migration 0008
+    deployment_name: str | None = None  # None for agents made before migration 0013 (`legacy_deployment_name`)
 
 
 @dataclass(frozen=True)

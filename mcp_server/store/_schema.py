@@ -71,6 +71,8 @@ agents = Table(
     Column("name", String(200), nullable=False),
     Column("version", Integer, nullable=False),
     Column("deployment_id", String(36), nullable=True),
+    # Chosen as it is created (migration 0013); null for agents made before, named the older way.
+    Column("deployment_name", String(200), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     # What a person approved this agent to do; null until then (migration 0005).

@@ -124,16 +124,18 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
 
     async def create_agent(
         self, org_id: str, slug: str, name: str, spec: dict[str, Any], created_by: str | None = None,
-        owner_user_id: str | None = None,
+        owner_user_id: str | None = None, agent_id: str | None = None, deployment_name: str | None = None,
     ) -> AgentRecord:
         """Insert an agent and its version 1. Raises `Conflict` when the slug is taken in the org.
 
         `owner_user_id`: the user who creates it, whose own MCP servers its names resolve to first.
+        `agent_id` (else a new one) and `deployment_name`: chosen before, as its deployment's name is.
         """
         now = utc_now()
         record = AgentRecord(
-            id=new_id(), org_id=org_id, slug=slug, name=name, version=1,
+            id=agent_id or new_id(), org_id=org_id, slug=slug, name=name, version=1,
             deployment_id=None, created_at=now, updated_at=now, owner_user_id=owner_user_id,
+            deployment_name=deployment_name,
         )
         try:
             async with self.tenant(org_id) as conn:

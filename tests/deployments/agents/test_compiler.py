@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -19,22 +18,9 @@ from deployments.agents.signing import Ed25519ConfigSigner
 from deployments.agents.spec import AgentSpec
 from deployments.pools.work_pools import docker_job_template, ensure_pool, process_job_template
 from flows.signing import VERIFY_KEY_ENV, verify
+from tests.deployments.agents.conftest import ORG_ID
 
-ORG_ID = "0123456789abcdef0123456789abcdef"
 SIGNER = Ed25519ConfigSigner.generate()
-
-
-@pytest.fixture
-async def client(prefect_api: str) -> AsyncIterator[PrefectClient]:
-    async with PrefectClient(prefect_api) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def target(client: PrefectClient) -> DeploymentTarget:
-    name = f"test-pool-{uuid4().hex[:8]}"
-    await ensure_pool(client, name, "process", process_job_template(), ORG_ID)
-    return DeploymentTarget(pool_name=name, org_id=ORG_ID)
 
 
 def desired(target: DeploymentTarget, agent_id: str, version: int = 1, **spec: Any):  # type: ignore[no-untyped-def]

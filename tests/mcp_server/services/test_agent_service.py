@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from deployments.agents.signing import Ed25519ConfigSigner
 from mcp_server.services.agents import AgentService
@@ -187,3 +190,32 @@ async def test_a_pool_of_the_orgs_name_that_belongs_to_another_org_is_refused_no
         assert f"(org:{other})" in str((await prefect.read_work_pool(named)).description)
         await prefect.delete_work_pool(named)
     await store.close()
+
+
+async def test_two_installs_on_one_prefect_creating_the_same_agent_at_once_each_get_a_deployment_of_their_own(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    """Each desktop's org is `personal`: two installs sharing a Prefect server may make the same agent at once, and
+    Prefect would update a deployment of the same name in place, one tenant's agent taking over the other's."""
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    installs = [await local_install(tmp_path / side, prefect_api) for side in ("a", "b")]
+    name = f"Racer {uuid.uuid4().hex[:6]}"
+    spec = {"name": name, "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
+    made = await asyncio.gather(*(service.create(owner_of(org), spec) for _, org, service in installs))
+    for _, org, service in installs:  # what `ariel up` does at each start
+        await service.redeploy_all(owner_of(org))
+
+    flow = made[0].slug
+    names = sorted(str(agent.deployment) for agent in made)
+    async with PrefectClient(prefect_api) as prefect:
+        deployments = {agent.id: await prefect.read_deployment_by_name(str(agent.deployment)) for agent in made}
+        under_flow = await prefect.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+    # Named for people: the flow by the agent, its deployment by the org; the second to ask, by part of its id too.
+    assert names[0] == f"{flow}/personal" and re.fullmatch(rf"{flow}/personal-[0-9a-f]{{8}}", names[1]), names
+    for agent in made:
+        assert f"agent:{agent.id}" in deployments[agent.id].tags
+        assert deployments[agent.id].parameters["config"]["agent_id"] == agent.id
+    assert len(under_flow) == 2  # and the redeploys at start made no third
+    for store, _, _ in installs:
+        await store.close()
