@@ -27,7 +27,7 @@ from fastmcp import Client
 from prefect.client.orchestration import PrefectClient
 
 from deployments.pools.standby import run_containers
-from deployments.runs.recovery import RETRY_MARK
+from deployments.runs.recovery import CHECK_SECONDS, RETRY_MARK, SETTLE
 from deployments.runs.silent_runs import SILENT_MARK
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, child_pid, http_service, reply_text_to_run, wait_until
@@ -232,8 +232,9 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
                 if ended.state and ended.state.type.value == "CANCELLED":
                     break
                 await asyncio.sleep(1)
-            # Past what recovery would take to retry a crash (its pass, the settle time, the first pause).
-            await asyncio.sleep(15)
+            # Past what recovery would take to retry it: its pass and the settle time (a retry is written at once,
+            # AwaitingRetry, and its first pause only dates the new start).
+            await asyncio.sleep(CHECK_SECONDS + SETTLE.total_seconds() + 2)
             after = await prefect.read_flow_run(UUID(run_id))
             names = [state.name for state in await prefect.read_flow_run_states(UUID(run_id))]
 

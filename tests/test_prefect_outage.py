@@ -98,7 +98,7 @@ async def test_runs_due_or_starting_while_prefect_is_stopped_for_30_s_run_once_e
         # Start a manual run about 12 s before a minute boundary; stop Prefect as its container starts (or 2 s
         # before the boundary at the latest), so the outage holds the start of one run and the due time of another.
         now = datetime.now(UTC)
-        boundary = now.replace(second=0, microsecond=0) + timedelta(minutes=1 if now.second < 40 else 2)
+        boundary = now.replace(second=0, microsecond=0) + timedelta(minutes=1 if now.second < 46 else 2)
         await asyncio.sleep(max(0.0, (boundary - timedelta(seconds=12) - datetime.now(UTC)).total_seconds()))
         run = await ask(chat, "run_agent", agent="starting-now")
         left = (boundary - timedelta(seconds=2) - datetime.now(UTC)).total_seconds()

@@ -160,7 +160,7 @@ async def test_a_run_past_max_runs_waits_scheduled_for_a_slot_and_starts_once_on
 
             # Short of the tool's 30 s timeout, after which ann's request would be made again.
             while_held = set()
-            for _ in range(8):
+            for _ in range(5):  # five of the worker's 1 s polls
                 while_held.add(await state_of(sam))
                 await asyncio.sleep(1)
             held = list(Holding.seen)

@@ -4,6 +4,7 @@ against a real Prefect server and the store of a running app; every action lands
 from __future__ import annotations
 
 import getpass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -149,7 +150,7 @@ async def test_limits_reach_the_orgs_pool_and_bad_ones_are_refused_with_what_is_
         "1g", "1g", 500_000_000)
     assert job["container_create_kwargs"]["cap_drop"] == ["ALL"] and job["image"].startswith("ariel-runtime")
 
-    for option, value, error in (
+    refusals = (
         ("--memory", "lots", "--memory: give a size in Docker's notation from 128m to 256g (e.g. 512m, 2g), or "
                              "'default'"),
         ("--memory", "64m", "--memory: give a size in Docker's notation from 128m to 256g (e.g. 512m, 2g), or "
@@ -157,8 +158,10 @@ async def test_limits_reach_the_orgs_pool_and_bad_ones_are_refused_with_what_is_
         ("--concurrent-runs", "0", "--concurrent-runs: give 1 to 10000, or 'default' for no limit"),
         ("--concurrent-runs", "two", "--concurrent-runs: 'two' is not a whole number, nor 'default'"),
         ("--cpus", "500", "--cpus: give 0.1 to 64 (e.g. 0.5, 2), or 'default'"),
-    ):
-        refused = admin(home, "limits", "busy", option, value)
+    )
+    with ThreadPoolExecutor(len(refusals)) as pool:  # each a process of its own, seconds of imports each
+        answers = list(pool.map(lambda refusal: admin(home, "limits", "busy", refusal[0], refusal[1]), refusals))
+    for (_, _, error), refused in zip(refusals, answers, strict=True):
         assert (refused.returncode, last_line(refused.stderr)) == (1, f"ariel admin: {error}"), refused.stderr
         assert "Traceback" not in refused.stderr
     # Nothing refused changed anything; one limit set back to the default leaves the others.
