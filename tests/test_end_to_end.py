@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 from prefect.client.orchestration import PrefectClient
 
-from tests.support import ArielUp, ariel_up, wait_until
+from tests.support import ArielUp, ariel_up, fresh_postgres_database, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -236,6 +237,33 @@ def test_ctrl_c_on_ariel_up_with_its_own_prefect_server_leaves_nothing_running(t
     assert stopped.by is signal.SIGINT, up.printed()  # within 10 s of it
     assert stopped.left == frozenset()
     assert "Stopped." in up.printed()
+
+
+async def test_past_the_desktops_sqlite_limit_ariel_ups_own_prefect_server_keeps_its_runs_in_postgresql(
+    tmp_path: Path,
+) -> None:
+    """The README's Desktop section: Prefect's own setting in `ariel up`'s environment moves its server's data."""
+    # A database each: both keep their schema's version in the same table name.
+    with fresh_postgres_database() as database, fresh_postgres_database() as store:
+        prefect_db = database.replace("+psycopg", "+asyncpg", 1)
+        with ariel_up(tmp_path / "home", "process", extra_env={"PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
+                                                                 "ARIEL_STORE_URL": store}) as up:
+            async with Client(up.mcp_url) as client:
+                await client.call_tool("create_agent", {"name": "Greeter", "instructions": "Greet.",
+                                                        "model": "ariel/scripted", "script": [{"reply": "hello"}]})
+                await client.call_tool("update_agent", {"agent": "greeter", "action": "approve"})
+                ran = await client.call_tool("run_agent", {"agent": "greeter", "wait_seconds": 120})
+                run = ran.structured_content
+            stopped = up.stop()
+        with psycopg.connect(database.replace("+psycopg", "", 1)) as conn:
+            kept = conn.execute("SELECT state_type FROM flow_run WHERE id = %s", (run["id"],)).fetchone()
+    assert run["state"] == "Completed" and run["result"] == "hello", run
+    assert kept == ("COMPLETED",)
+    printed = up.printed()
+    assert re.search(r"Starting the Prefect server on port \d+ \(its database: PostgreSQL at 127\.0\.0\.1:5432/"
+                     r"ariel_t_[0-9a-f]{12}\)", printed), printed
+    assert "ariel_test:ariel_test" not in printed  # the URL's password, never printed
+    assert stopped.by is signal.SIGINT and stopped.left == frozenset()
 
 
 def test_without_a_docker_engine_ariel_up_says_so_and_uses_a_process_pool(prefect_api: str, tmp_path: Path) -> None:

@@ -71,6 +71,27 @@ def server_env(api_url: str, settings: ArielSettings, auth_string: str) -> dict[
     return {**SCHEDULER_ENV, **prefect_env(api_url, settings), "PREFECT_SERVER_API_AUTH_STRING": auth_string}
 
 
+def prefect_database(settings: ArielSettings) -> str:
+    """Where the embedded Prefect server keeps its data, for people: Prefect's own setting in `ariel up`'s
+    environment (`PREFECT_API_DATABASE_CONNECTION_URL`, passed to that server alone), else SQLite in ARIEL_HOME.
+
+    >>> import os; from pathlib import Path; from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"PREFECT_API_DATABASE_CONNECTION_URL":
+    ...         "postgresql+asyncpg://prefect:s3cret@db.internal:5432/prefect"}):
+    ...     prefect_database(ArielSettings(home=Path("/h")))
+    'PostgreSQL at db.internal:5432/prefect'
+    >>> prefect_database(ArielSettings(home=Path("/h")))
+    'SQLite at /h/prefect/prefect.db'
+    """
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
+    if not url:
+        return f"SQLite at {settings.home / 'prefect' / 'prefect.db'}"
+    scheme, _, rest = url.partition("://")
+    place = rest.rpartition("@")[2]  # never the user or password before it
+    kind = "PostgreSQL" if scheme.startswith("postgresql") else "SQLite" if scheme.startswith("sqlite") else scheme
+    return f"{kind} at {place.split('?', 1)[0]}"
+
+
 def gateway_url(settings: ArielSettings) -> str:
     """The Prefect API as workers and runs on this host reach it: through the gateway in Ariel's HTTP app."""
     return f"{settings.local_url}{GATEWAY_PATH}/api"  # loopback: the pool host runs beside the app

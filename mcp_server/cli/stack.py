@@ -26,6 +26,7 @@ from deployments.pools.work_pools import PoolType, install_prefix
 from mcp_server.cli.environments import (
     ensure_runtime_image,
     is_credential,
+    prefect_database,
     server_env,
     worker_env,
     worker_host_argv,
@@ -260,7 +261,8 @@ def up(settings: ArielSettings) -> None:
                     "or ARIEL_PREFECT_API_URL to use a running Prefect server"
                 )
             api_url = f"http://127.0.0.1:{settings.prefect_port}/api"
-            say(f"Starting the Prefect server on port {settings.prefect_port} ...")
+            say(f"Starting the Prefect server on port {settings.prefect_port} (its database: "
+                f"{prefect_database(settings)}) ...")
             # Only the control plane holds its credential: workers and runs go through the gateway.
             auth_string = settings.prefect_credential(create=True)
             assert auth_string is not None  # made just now when missing

@@ -21,7 +21,7 @@ from mcp_server.store._run_steps import RunStepRecord
 from mcp_server.store._store import Store
 from mcp_server.store._tool_servers import ToolServerRecord
 from mcp_server.store._worker_keys import WorkerKeyRecord
-from mcp_server.store.exceptions import Conflict, StoreError, Unreachable
+from mcp_server.store.exceptions import Conflict, NotOurs, StoreError, Unreachable
 
 __all__ = [
     "ORG_DELETING",
@@ -41,6 +41,7 @@ __all__ = [
     "StoreError",
     "RunStepRecord",
     "ToolServerRecord",
+    "NotOurs",
     "Unreachable",
     "User",
     "WorkerKeyRecord",

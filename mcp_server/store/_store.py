@@ -16,6 +16,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, select, text, true
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -32,7 +34,7 @@ from mcp_server.store._schema import agent_versions, agents, installation, organ
 from mcp_server.store._secrets import SecretQueries
 from mcp_server.store._tool_servers import ToolServerQueries
 from mcp_server.store._worker_keys import WorkerKeyQueries
-from mcp_server.store.exceptions import Conflict, Unreachable
+from mcp_server.store.exceptions import Conflict, NotOurs, Unreachable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -306,4 +308,14 @@ def _config(connection: Connection) -> Config:
 
 
 def _upgrade(connection: Connection) -> None:
-    command.upgrade(_config(connection), "head")
+    config = _config(connection)
+    # Alembic's version table is one per database: another application's revision there (Prefect's server, pointed
+    # at the same database) would fail the upgrade with a traceback that names neither.
+    current = MigrationContext.configure(connection).get_current_heads()
+    ours = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if foreign := sorted(set(current) - ours):
+        raise NotOurs(
+            f"the store's database at {connection.engine.url.render_as_string(hide_password=True)} holds another "
+            f"application's tables (its migration {foreign[0]!r} is not one of Ariel's; Prefect's server, for one, "
+            "keeps its own): give Ariel a database of its own in ARIEL_STORE_URL")
+    command.upgrade(config, "head")

@@ -3,7 +3,8 @@
     StoreError        base
     ├── Conflict      a write clashes with existing rows (a taken slug, a
     │                 concurrent change, the last owner, an existing member)
-    └── Unreachable   the database does not answer, or refuses the connection
+    ├── Unreachable   the database does not answer, or refuses the connection
+    └── NotOurs       the database holds another application's migrations
 
 The services translate them into their own errors at the edge
 (`mcp_server.services.audit.audited`, the tools' error middleware, the CLI).
@@ -22,3 +23,7 @@ class Conflict(StoreError):
 
 class Unreachable(StoreError):
     """The store's database does not answer or refuses the connection; the message names it without a password."""
+
+
+class NotOurs(StoreError):
+    """The store's database records another application's schema migrations (Prefect's, say): it is not Ariel's."""

@@ -164,3 +164,25 @@ async def test_a_store_role_that_row_level_security_does_not_bind_is_named(postg
     assert await Store.unbound_role(postgres_url) is None  # the suite's own role: bound
     assert await Store.unbound_role(as_bypassing_role(postgres_url)) == "ariel_test_bypass"
     assert await Store.unbound_role(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}") is None
+
+
+async def test_a_database_holding_another_applications_migrations_is_refused_with_what_to_do_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Prefect's server and Ariel's store pointed at one database: each keeps its revision in `alembic_version`."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from mcp_server.store import NotOurs
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        await conn.execute(text("INSERT INTO alembic_version VALUES ('7a73bdeff4b0')"))  # one of Prefect's
+    with pytest.raises(NotOurs, match=r"holds another application's tables \(its migration '7a73bdeff4b0' is not "
+                                      r"one of Ariel's.*give Ariel a database of its own in ARIEL_STORE_URL"):
+        await Store.open(url)
+    async with engine.begin() as conn:
+        tables = (await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))).scalars().all()
+    await engine.dispose()
+    assert tables == ["alembic_version"]  # nothing of Ariel's was made in it
