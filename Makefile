@@ -55,7 +55,7 @@ bench: setup docker-host postgres image
 	$(BIN)/python bench/mcp_call.py --calls 20 --rounds 3
 	$(BIN)/python bench/read_latency.py --calls 30
 	$(BIN)/python bench/fault_soak.py --minutes 20
-	$(BIN)/python bench/desktop_load.py --agents 20 --minutes 10 --baseline
+	$(BIN)/python bench/desktop_load.py --agents 20 --minutes 10 --baseline --postgresql
 	$(BIN)/python bench/scale.py --orgs 1000 --agents 10 --every-minute 10 --minutes 10
 
 clean:

@@ -5,12 +5,13 @@
 `--minutes`. Printed: how long each approval took, due time to Running p50/p95/p99 (the first and last minute
 apart), the runs that never ran, how many runs Prefect's scheduler holds ahead per agent, and how often the
 Prefect server logged `database is locked`. Beside it, the same with Prefect's own scheduler defaults (`--baseline`, the
-settings Ariel changes for its embedded server put back), when asked for.
+settings Ariel changes for its embedded server put back), when asked for; and the same with `ariel up`'s Prefect
+server on PostgreSQL (`--postgresql`: the README's way past SQLite's limit, a fresh database dropped afterwards).
 
 Everything it starts is stopped, and `ariel up` removes its containers; each side's `ARIEL_HOME` (its logs,
 Prefect's database) is kept in a temporary folder it names, for a look afterwards.
 
-Usage: python bench/desktop_load.py [--agents 20] [--minutes 10] [--baseline]
+Usage: python bench/desktop_load.py [--agents 20] [--minutes 10] [--baseline] [--postgresql]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from prefect.client.schemas.objects import StateType  # noqa: E402
 from bench.samples import Samples  # noqa: E402
 from bench.scale import lateness, make_agents, row, run_lateness, seconds  # noqa: E402
 from mcp_server.cli.environments import SCHEDULER_ENV  # noqa: E402
-from tests.support import ariel_up  # noqa: E402
+from tests.support import ariel_up, fresh_postgres_database  # noqa: E402
 
 PREFECT_DEFAULTS = {"PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT1H",
                     "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "100"}
@@ -68,13 +69,14 @@ def one_side(label: str, agents: int, minutes: float, worker_type: str, extra_en
         figures["runs"] = asyncio.run(run_lateness(api_url, auth, since, until))
         log = (home / "logs" / "prefect-server.log").read_text(errors="replace")
         figures["locked"] = len(re.findall(r"database is locked", log))
+        figures["on"] = "PostgreSQL" if "(its database: PostgreSQL" in up.printed() else "SQLite"
         figures["ahead"] = asyncio.run(scheduled_ahead(api_url, auth)) / max(1, made)
     return figures
 
 
 def report(sides: list[dict[str, Any]], agents: int, minutes: float) -> None:
     print()
-    print(f"Desktop (`ariel up`, embedded SQLite Prefect), {agents} agents every minute for {minutes:g} min, "
+    print(f"Desktop (`ariel up` and its own Prefect server), {agents} agents every minute for {minutes:g} min, "
           f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print()
     print("| measure | " + " | ".join(side["label"] for side in sides) + " |")
@@ -91,6 +93,7 @@ def report(sides: list[dict[str, Any]], agents: int, minutes: float) -> None:
         runs = side.get("runs") or []
         return seconds(lateness(runs, minute).percentile(fraction)) if runs else "—"
 
+    print(row("Prefect's database", *cells(lambda side: str(side.get("on", "—")))))
     print(row("approve, p50", *cells(lambda side: pct(side, "approvals", 0.5))))
     print(row("approve, slowest", *cells(lambda side: pct(side, "approvals", 1.0))))
     print(row("runs due", *cells(lambda side: str(len(side.get("runs") or [])))))
@@ -116,16 +119,25 @@ def main() -> None:
     parser.add_argument("--worker-type", choices=["docker", "process"], default="docker")
     parser.add_argument("--baseline", action="store_true",
                         help="also run with Prefect's scheduler defaults (what Ariel changes, put back)")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="also run with `ariel up`'s Prefect server on PostgreSQL (at ARIEL_TEST_POSTGRES_URL)")
     args = parser.parse_args()
     # A `timeout` or a CI job stops it with SIGTERM: stopped like Ctrl-C, it removes what it started and prints
     # what it measured (a run of this one was killed so, its stack and 140 containers left behind).
     signal.signal(signal.SIGTERM, _interrupt)
     sides: list[dict[str, Any]] = []
     try:
-        for label, env in [("Ariel", {}), *([("Prefect's scheduler defaults", PREFECT_DEFAULTS)] if args.baseline
-                                             else [])]:
+        plans = [("Ariel", {}), *([("Prefect's scheduler defaults", PREFECT_DEFAULTS)] if args.baseline else []),
+                 *([("Ariel, Prefect on PostgreSQL", None)] if args.postgresql else [])]
+        for label, env in plans:
             try:
-                sides.append(one_side(label, args.agents, args.minutes, args.worker_type, env))
+                if env is None:
+                    with fresh_postgres_database() as database:
+                        on_postgresql = {"PREFECT_API_DATABASE_CONNECTION_URL": database.replace("+psycopg",
+                                                                                                "+asyncpg", 1)}
+                        sides.append(one_side(label, args.agents, args.minutes, args.worker_type, on_postgresql))
+                else:
+                    sides.append(one_side(label, args.agents, args.minutes, args.worker_type, env))
             except Exception as exc:  # recorded; the other side still runs and the table still prints
                 print(f"{label}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                 sides.append({"label": f"{label} (failed)"})
