@@ -6,7 +6,6 @@
     ├── PoolTypeMismatch        a work pool of that name exists with another type
     ├── PoolOwnedElsewhere      a work pool of that name exists and belongs to another org
     ├── DeploymentNameTaken     a deployment of that name exists and is another agent's
-    ├── DeploymentNamesBusy     the Prefect server's deployment-name lock stayed held past the wait
     └── ImageBuildFailed        the runtime image could not be built
 """
 
@@ -43,10 +42,6 @@ class PoolOwnedElsewhere(DeploymentError):
 
 class DeploymentNameTaken(DeploymentError):
     """A deployment of the name asked for exists, and its tags name another agent."""
-
-
-class DeploymentNamesBusy(DeploymentError):
-    """Another control plane held the deployment-name lock on the Prefect server for longer than a create waits."""
 
 
 class ImageBuildFailed(DeploymentError):

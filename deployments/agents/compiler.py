@@ -160,9 +160,12 @@ async def apply(client: PrefectClient, desired: DesiredDeployment) -> UUID:
     return current.id
 
 
-async def remove(client: PrefectClient, deployment_id: UUID) -> None:
-    """Delete the deployment, its schedules and its scheduled runs; a missing one is fine."""
+async def remove(client: PrefectClient, deployment_id: UUID, agent_id: str | None = None) -> None:
+    """Delete the deployment, its schedules and its scheduled runs; a missing one is fine, and so is one whose tags
+    name another agent than `agent_id` (when given), which is left as it is."""
     with suppress(ObjectNotFound):
+        if agent_id is not None and f"agent:{agent_id}" not in (await client.read_deployment(deployment_id)).tags:
+            return
         await client.delete_deployment(deployment_id)
 
 

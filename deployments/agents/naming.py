@@ -1,44 +1,40 @@
-"""What an agent's deployment is called in the Prefect UI, and the lock that keeps a name to one agent.
+"""What an agent's deployment is called in the Prefect UI, and the reservation that keeps a name to one agent.
 
 A new agent's deployment is named by its org's slug, under the flow named by the agent's own slug:
 `inventory-walker/acme`. Agents deployed before names were chosen keep `<org slug>-<agent id, 12 digits>`
 (`legacy_deployment_name`): Prefect cannot rename a deployment, and a new one would part the agent from its runs.
 
 Prefect upserts a deployment by its flow and name, so a name must never be one that another agent holds: installs
-sharing a Prefect server may each have an org `acme` with an agent `inventory-walker`. The name is chosen and
-the deployment made under one lock on the Prefect server (`deployment_names_locked`, a global concurrency limit
-of one slot with a lease), which every install takes; the name is kept with the agent (the store's
-`deployment_name`), so every later deploy updates that one deployment. Tenancy never rests on it: the agent's
-and org's ids are in the deployment's tags, and `compiler.apply` refuses a deployment that is another agent's.
+sharing a Prefect server may each have an org `acme` with an agent `inventory-walker`. Prefect's variables are
+created once (a second of the same name is refused), so an agent reserves its deployment's name with one
+(`ariel-deployment-name-<digest of flow/name>`, its value naming the deployment, the agent and the org) before
+the deployment is made, and keeps it for its life: a deployment deleted by hand, or lost with Prefect's database,
+leaves no name for another agent to take. Every deploy checks the reservation again (`keep`). Tenancy never rests
+on names: the agent's and org's ids are in the deployment's tags, and `compiler.apply` refuses a deployment that
+is another agent's.
 
 Example::
 
-    async with deployment_names_locked(client):
-        name = await free_deployment_name(client, "inventory-walker", "acme", agent_id)
-        ...  # keep the name with the agent, and make the deployment, before the lock is let go
+    name = await reserve_free_name(client, "inventory-walker", "acme", agent_id, org_id)  # 'acme', or 'acme-6a1d8e67'
+    ...
+    await release(client, "inventory-walker", name, agent_id)  # when the agent is deleted
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from uuid import UUID
+import hashlib
+from contextlib import suppress
+from typing import Any
 
-import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import VariableCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from deployments.exceptions import DeploymentNamesBusy
+from deployments.exceptions import DeploymentNameTaken
+from deployments.pools.work_pools import org_tag
 
-NAMES_LOCK = "ariel-deployment-names"
-# The shortest lease Prefect grants. Naming and making a deployment takes well under it; a control plane that dies
-# holding the lock holds it no longer than this (and Prefect's repossessor's next pass).
-LEASE_SECONDS = 60.0
-# How long a create waits for the lock: past a dead holder's lease, then it says so rather than hang.
-WAIT_SECONDS = 90.0
+RESERVATION_PREFIX = "ariel-deployment-name-"
+TRIES = 3  # a reservation released while it is read: asked again, at most this often
 
 
 def legacy_deployment_name(org_slug: str, agent_id: str) -> str:
@@ -50,64 +46,87 @@ def legacy_deployment_name(org_slug: str, agent_id: str) -> str:
     return f"{org_slug}-{agent_id[:12]}"
 
 
-async def free_deployment_name(client: PrefectClient, flow_name: str, org_slug: str, agent_id: str) -> str:
-    """The name a new agent's deployment takes under the flow `flow_name`: its org's slug, or, when another agent
-    holds that, the slug and part of this agent's id. Call it holding `deployment_names_locked`."""
-    for name in (org_slug, f"{org_slug}-{agent_id[:8]}", legacy_deployment_name(org_slug, agent_id)):
+def reservation_name(flow_name: str, name: str) -> str:
+    """The variable that reserves `flow_name/name`: a digest, since a variable's name is shorter than both may be.
+
+    >>> reservation_name("inventory-walker", "acme")
+    'ariel-deployment-name-cd1165233aeb816e302d87fa7eda3771a2847d4f'
+    """
+    return RESERVATION_PREFIX + hashlib.sha256(f"{flow_name}/{name}".encode()).hexdigest()[:40]
+
+
+async def reserve(client: PrefectClient, flow_name: str, name: str, agent_id: str, org_id: str) -> bool:
+    """Reserve `flow_name/name` for the agent; True when it is the agent's (now, or already), False when another
+    agent's, or when a deployment of that name is another agent's (made before reservations)."""
+    key = reservation_name(flow_name, name)
+    for _ in range(TRIES):
+        held = await client.read_variable_by_name(key)
+        if held is not None:
+            return _holder(held.value) == agent_id and await _no_other_deployment(client, flow_name, name, agent_id)
         try:
-            held = await client.read_deployment_by_name(f"{flow_name}/{name}")
-        except ObjectNotFound:
-            return name
-        if f"agent:{agent_id}" in held.tags:
-            return name
-    # Only the agent's whole id is left: 32 hex digits no other agent has.
-    return f"{org_slug}-{agent_id}"
+            await client.create_variable(VariableCreate(
+                name=key, value={"deployment": f"{flow_name}/{name}", "agent": agent_id, "org": org_id},
+                tags=["ariel", org_tag(org_id), f"agent:{agent_id}"]))
+        except ObjectAlreadyExists:  # another agent reserved it between the read and the create: read it again
+            continue
+        if await _no_other_deployment(client, flow_name, name, agent_id):
+            return True
+        await release(client, flow_name, name, agent_id)  # a deployment made before reservations holds the name
+        return False
+    return False
 
 
-@asynccontextmanager
-async def deployment_names_locked(client: PrefectClient, wait_seconds: float = WAIT_SECONDS) -> AsyncIterator[None]:
-    """Hold the Prefect server's deployment-name lock for the block; raises `DeploymentNamesBusy` after
-    `wait_seconds` without it."""
-    await _ensure_lock(client)
-    deadline = time.monotonic() + wait_seconds
+async def reserve_free_name(client: PrefectClient, flow_name: str, org_slug: str, agent_id: str, org_id: str) -> str:
+    """Reserve and return the name a new agent's deployment takes under `flow_name`: its org's slug, or, when
+    another agent holds that, the slug and part of this agent's id."""
+    for name in (org_slug, f"{org_slug}-{agent_id[:8]}", f"{org_slug}-{agent_id}"):
+        if await reserve(client, flow_name, name, agent_id, org_id):
+            return name
+    raise DeploymentNameTaken(f"no deployment name under {flow_name} is free for this agent, even with its whole id;"
+                              " nothing was created: tell the install's operator")
+
+
+async def keep(client: PrefectClient, flow_name: str, name: str, org_slug: str, agent_id: str, org_id: str) -> str:
+    """The name the agent's deployment goes on with: `name`, its reservation made again if it was lost (Prefect's
+    database reset); or, when another agent took that name meanwhile, a free one, reserved."""
+    if await reserve(client, flow_name, name, agent_id, org_id):
+        return name
+    await release(client, flow_name, name, agent_id)  # its own reservation of a name it cannot use, if any
+    return await reserve_free_name(client, flow_name, org_slug, agent_id, org_id)
+
+
+async def release(client: PrefectClient, flow_name: str, name: str, agent_id: str) -> None:
+    """Give the name back (the agent is deleted, or was never made); never another agent's reservation."""
+    key = reservation_name(flow_name, name)
+    held = await client.read_variable_by_name(key)
+    if held is not None and _holder(held.value) == agent_id:
+        with suppress(ObjectNotFound):
+            await client.delete_variable_by_name(key)
+
+
+async def release_org(client: PrefectClient, org_id: str) -> int:
+    """Give back every name the org's agents reserved (the org is deleted); returns how many."""
+    released = 0
     while True:
-        try:
-            answer = await client.increment_concurrency_slots_with_lease(
-                names=[NAMES_LOCK], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS)
-            break
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code != 423:  # Locked: another holds it
-                raise
-            if time.monotonic() >= deadline:
-                raise DeploymentNamesBusy(
-                    f"another agent's deployment was being named on the Prefect server for over {wait_seconds:.0f} s;"
-                    " nothing was created: try again in a minute") from None
-            await asyncio.sleep(_retry_after(exc.response))
-    lease_id = UUID(answer.json()["lease_id"])
-    try:
-        yield
-    finally:
-        # A release that fails leaves the slot to its lease: the next holder waits at most that long.
-        with suppress(httpx.HTTPError, OSError):
-            await client.release_concurrency_slots_with_lease(lease_id)
+        answer = await client.request("POST", "/variables/filter", json={
+            "variables": {"tags": {"all_": ["ariel", org_tag(org_id)]}, "name": {"like_": RESERVATION_PREFIX}},
+            "limit": 200})
+        found = [variable["name"] for variable in answer.json()]
+        for key in found:
+            with suppress(ObjectNotFound):
+                await client.delete_variable_by_name(key)
+                released += 1
+        if len(found) < 200:
+            return released
 
 
-async def _ensure_lock(client: PrefectClient) -> None:
-    """Make the lock's limit if it is missing, one slot and active: Prefect grants any slot of a limit that does not
-    exist, or is inactive."""
+def _holder(value: Any) -> str | None:
+    return value.get("agent") if isinstance(value, dict) else None
+
+
+async def _no_other_deployment(client: PrefectClient, flow_name: str, name: str, agent_id: str) -> bool:
     try:
-        found = await client.read_global_concurrency_limit_by_name(NAMES_LOCK)
+        found = await client.read_deployment_by_name(f"{flow_name}/{name}")
     except ObjectNotFound:
-        with suppress(ObjectAlreadyExists):  # another control plane made it meanwhile
-            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=NAMES_LOCK, limit=1))
-        return
-    if found.limit != 1 or not found.active:  # changed by hand in the UI: a lock again
-        await client.update_global_concurrency_limit(NAMES_LOCK, GlobalConcurrencyLimitUpdate(limit=1, active=True))
-
-
-def _retry_after(response: httpx.Response) -> float:
-    """The wait Prefect asks for, kept between 0.1 and 1 s: a holder lets go within a second or two."""
-    try:
-        return min(1.0, max(0.1, float(response.headers.get("Retry-After", 0.5))))
-    except ValueError:
-        return 0.5
+        return True
+    return f"agent:{agent_id}" in found.tags

@@ -220,6 +220,7 @@ class AgentService:
         providers and data key from the store."""
         async with self.prefect() as client:
             await compiler.remove_org(client, caller.org_id)
+            await naming.release_org(client, caller.org_id)
             await remove_pools(client, self.install_id, caller.org_slug, caller.org_id)
         await self.store.delete_org_secrets(caller.org_id)
 
@@ -237,25 +238,29 @@ class AgentService:
             raise InvalidRequest("the agent was not created: name: a 32-character hex name reads as an agent id; "
                                  "choose a name with words")
         agent_id, slug = new_id(), slugify(spec.name)
-        # Its deployment's name is chosen, kept with it and taken in Prefect under the Prefect server's lock: no
-        # other agent, of this install or another sharing the server, can take it in between (`naming`).
-        async with self.prefect() as client, naming.deployment_names_locked(client):
+        # Its deployment's name is reserved in Prefect first, for good: no other agent, of this install or another
+        # sharing the server, can take it, and it is kept with the agent from its first row on (`naming`).
+        async with self.prefect() as client:
+            name = await naming.reserve_free_name(client, slug, caller.org_slug, agent_id, caller.org_id)
+        try:
             record = await self.store.create_agent(
                 # The whole spec, defaults included: a later default must not change a stored version.
                 caller.org_id, slug, spec.name, spec.model_dump(mode="json"), created_by=caller.user_label,
                 # Whose agent it is: that person's own MCP servers stand in for the org's of the same name.
-                owner_user_id=caller.user_id, agent_id=agent_id,
-                deployment_name=await naming.free_deployment_name(client, slug, caller.org_slug, agent_id),
+                owner_user_id=caller.user_id, agent_id=agent_id, deployment_name=name,
             )
-            try:
-                await self.ensure_pool(caller)
-                deployment_id = await self._deploy(caller, record, spec)
-            except BaseException:
-                # Prefect may have made the deployment even if its answer was lost.
-                await self._undeploy_quietly(caller, record)
-                await self.store.delete_agent(caller.org_id, record.id)
-                raise
-        await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+        except BaseException:
+            await self._release_quietly(slug, name, agent_id)
+            raise
+        try:
+            await self.ensure_pool(caller)
+            await self._deploy(caller, record, spec)
+        except BaseException:
+            # Prefect may have made the deployment even if its answer was lost.
+            await self._undeploy_quietly(caller, record)
+            await self.store.delete_agent(caller.org_id, record.id)
+            await self._release_quietly(slug, name, agent_id)
+            raise
         return await self.get(caller, record.id, full=False)
 
     async def update(
@@ -364,9 +369,11 @@ class AgentService:
         async with audited(self.store, caller, "agent.delete", f"{record.slug} ({record.id})"), \
                 self.store.turn(_turn_name(record.id)):
             view = await self.get(caller, record.id, full=False)
-            if record.deployment_id:
-                async with self.prefect() as client:
-                    await compiler.remove(client, UUID(record.deployment_id))
+            async with self.prefect() as client:
+                if record.deployment_id:
+                    await compiler.remove(client, UUID(record.deployment_id), agent_id=record.id)
+                if record.deployment_name:
+                    await naming.release(client, record.slug, record.deployment_name, record.id)
             await self.store.delete_agent(caller.org_id, record.id)
             return view
 
@@ -383,10 +390,7 @@ class AgentService:
                 record = await self.store.find_agent(caller.org_id, listed.id)
                 if record is None:
                     continue
-                spec = await self.spec_of(caller, record)
-                deployment_id = await self._deploy(caller, record, spec)
-                if str(deployment_id) != record.deployment_id:
-                    await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+                await self._deploy(caller, record, await self.spec_of(caller, record))
             count += 1
         return count
 
@@ -555,12 +559,21 @@ class AgentService:
         org = await self.store.get_org(caller.org_id)
         # A suspended org's schedules make no runs; resuming it deploys each agent as its own status says.
         paused = status != "active" or org is None or org.suspended_at is not None
-        desired = compiler.compile_agent(
-            config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
-            signer=self.signer, name=record.deployment_name,
-        )
         async with self.prefect() as client:
-            return await compiler.apply(client, desired)
+            name = record.deployment_name
+            if name is not None:
+                # Its reservation may be gone with Prefect's database, and the name taken since by another agent.
+                name = await naming.keep(client, record.slug, name, caller.org_slug, record.id, caller.org_id)
+                if name != record.deployment_name:
+                    await self.store.set_deployment_name(caller.org_id, record.id, name)
+            desired = compiler.compile_agent(
+                config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
+                signer=self.signer, name=name,
+            )
+            deployment_id = await compiler.apply(client, desired)
+        if str(deployment_id) != record.deployment_id:  # its first, or made again (lost with Prefect's database)
+            await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+        return deployment_id
 
     async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:
         name = f"{record.slug}/{_deployment_name(caller, record)}"
@@ -571,6 +584,13 @@ class AgentService:
                     await compiler.remove(client, found.id)
         except (Unavailable, OSError):
             pass  # nothing was made, or Prefect is down and the original error says so
+
+    async def _release_quietly(self, flow_name: str, name: str, agent_id: str) -> None:
+        try:
+            async with self.prefect() as client:
+                await naming.release(client, flow_name, name, agent_id)
+        except (Unavailable, OSError, httpx.HTTPError):
+            pass  # Prefect is down and the original error says so; the name stays reserved to no agent
 
     async def spec_of(self, caller: Caller, record: AgentRecord) -> AgentSpec:
         version = await self.store.get_version(caller.org_id, record.id, record.version)

@@ -268,6 +268,13 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
             row = (await conn.execute(select(agents).where(agents.c.org_id == org_id, agents.c.id == agent_id))).one()
         return AgentRecord(**row._mapping)
 
+    async def set_deployment_name(self, org_id: str, agent_id: str, name: str) -> None:
+        """Record the name the agent's deployment goes on with (its earlier one was taken while unreserved)."""
+        query = agents.update().where(agents.c.org_id == org_id, agents.c.id == agent_id).values(
+            deployment_name=name, updated_at=utc_now())
+        async with self.tenant(org_id) as conn:
+            await conn.execute(query)
+
     async def set_deployment(self, org_id: str, agent_id: str, deployment_id: str) -> None:
         query = (
             agents.update()

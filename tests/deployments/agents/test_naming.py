@@ -1,4 +1,4 @@
-"""Deployment names for people, never another agent's: against a real Prefect server."""
+"""Deployment names for people, never another agent's: reserved in a real Prefect server."""
 
 from __future__ import annotations
 
@@ -6,64 +6,93 @@ import asyncio
 from dataclasses import replace
 from uuid import uuid4
 
-import pytest
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from deployments.agents.compiler import DeploymentTarget, apply, remove
-from deployments.agents.naming import NAMES_LOCK, deployment_names_locked, free_deployment_name
-from deployments.exceptions import DeploymentNamesBusy
+from deployments.agents.naming import keep, release, release_org, reservation_name, reserve, reserve_free_name
+from tests.deployments.agents.conftest import ORG_ID
 from tests.deployments.agents.test_compiler import desired
 
 
-async def test_a_new_agents_deployment_takes_its_orgs_slug_unless_another_agent_holds_it(
-    client: PrefectClient, target: DeploymentTarget
+async def test_a_new_agent_takes_its_orgs_slug_and_the_next_agent_of_the_same_names_a_name_of_its_own(
+    client: PrefectClient,
 ) -> None:
     ours, theirs = uuid4().hex, uuid4().hex
-    flow_name = f"pr-digest-{ours[:6]}"
-    assert await free_deployment_name(client, flow_name, "acme", ours) == "acme"
-    made = await apply(client, replace(desired(target, ours), flow_name=flow_name, name="acme"))
+    flow = f"pr-digest-{ours[:6]}"
 
-    assert await free_deployment_name(client, flow_name, "acme", ours) == "acme"  # its own: kept
-    assert await free_deployment_name(client, flow_name, "acme", theirs) == f"acme-{theirs[:8]}"
-    assert await free_deployment_name(client, f"other-{ours[:6]}", "acme", theirs) == "acme"  # another flow's name
+    assert await reserve_free_name(client, flow, "acme", ours, ORG_ID) == "acme"
+    assert await reserve_free_name(client, flow, "acme", ours, ORG_ID) == "acme"  # its own: kept
+    assert await reserve_free_name(client, flow, "acme", theirs, ORG_ID) == f"acme-{theirs[:8]}"
+    assert await reserve_free_name(client, f"other-{ours[:6]}", "acme", theirs, ORG_ID) == "acme"  # another flow
+
+    held = await client.read_variable_by_name(reservation_name(flow, "acme"))
+    assert held is not None and held.value == {"deployment": f"{flow}/acme", "agent": ours, "org": ORG_ID}
+    assert set(held.tags) == {"ariel", f"org:{ORG_ID}", f"agent:{ours}"}
+
+
+async def test_two_agents_asking_for_one_name_at_once_get_one_each(client: PrefectClient) -> None:
+    agents = [uuid4().hex for _ in range(4)]
+    flow = f"racer-{agents[0][:6]}"
+    names = await asyncio.gather(*(reserve_free_name(client, flow, "acme", agent, ORG_ID) for agent in agents))
+    assert names.count("acme") == 1
+    assert all(name in ("acme", f"acme-{agent[:8]}") for name, agent in zip(names, agents, strict=True)), names
+
+
+async def test_a_name_stays_reserved_when_its_deployment_is_deleted_by_hand_and_is_kept_by_its_agent(
+    client: PrefectClient, target: DeploymentTarget,
+) -> None:
+    ours, theirs = uuid4().hex, uuid4().hex
+    base = desired(target, ours)
+    name = await reserve_free_name(client, base.flow_name, "acme", ours, ORG_ID)
+    made = await apply(client, replace(base, name=name))
+    await remove(client, made)  # an operator deletes it in the UI
+
+    assert await reserve_free_name(client, base.flow_name, "acme", theirs, ORG_ID) == f"acme-{theirs[:8]}"
+    assert await keep(client, base.flow_name, name, "acme", ours, ORG_ID) == name  # its next deploy makes it again
+
+
+async def test_a_name_lost_with_prefects_data_and_taken_meanwhile_is_replaced_by_a_free_one(
+    client: PrefectClient,
+) -> None:
+    ours, theirs = uuid4().hex, uuid4().hex
+    flow = f"pr-digest-{ours[:6]}"
+    assert await reserve_free_name(client, flow, "acme", ours, ORG_ID) == "acme"
+    await client.delete_variable_by_name(reservation_name(flow, "acme"))  # Prefect's database was reset
+    assert await keep(client, flow, "acme", "acme", ours, ORG_ID) == "acme"  # reserved again, nobody took it
+
+    await client.delete_variable_by_name(reservation_name(flow, "acme"))
+    assert await reserve_free_name(client, flow, "acme", theirs, ORG_ID) == "acme"  # another agent, meanwhile
+    assert await keep(client, flow, "acme", "acme", ours, ORG_ID) == f"acme-{ours[:8]}"
+
+
+async def test_a_deployment_made_before_reservations_keeps_its_name_from_any_other_agent(
+    client: PrefectClient, target: DeploymentTarget,
+) -> None:
+    ours, older = uuid4().hex, uuid4().hex
+    base = desired(target, older)
+    made = await apply(client, replace(base, name="acme"))  # as 81520dc made them: no reservation
+    assert not await reserve(client, base.flow_name, "acme", ours, ORG_ID)
+    assert await client.read_variable_by_name(reservation_name(base.flow_name, "acme")) is None  # none left behind
+    assert await reserve_free_name(client, base.flow_name, "acme", ours, ORG_ID) == f"acme-{ours[:8]}"
     await remove(client, made)
 
 
-async def test_the_lock_is_held_by_one_at_a_time_and_a_holder_past_the_wait_is_said_not_waited_on(
+async def test_names_are_given_back_by_their_agent_alone_and_all_of_an_orgs_at_its_deletion(
     client: PrefectClient,
 ) -> None:
-    held, order = asyncio.Event(), []
+    ours, theirs = uuid4().hex, uuid4().hex
+    org = uuid4().hex
+    flow = f"pr-digest-{ours[:6]}"
+    await reserve_free_name(client, flow, "acme", ours, org)
+    await release(client, flow, "acme", theirs)  # not its to give
+    assert await client.read_variable_by_name(reservation_name(flow, "acme")) is not None
+    await release(client, flow, "acme", ours)
+    assert await client.read_variable_by_name(reservation_name(flow, "acme")) is None
 
-    async def first() -> None:
-        async with deployment_names_locked(client):
-            held.set()
-            order.append("first in")
-            await asyncio.sleep(1.5)
-            order.append("first out")
-
-    async def second() -> None:
-        await held.wait()
-        async with deployment_names_locked(client):
-            order.append("second in")
-
-    await asyncio.gather(first(), second())
-    assert order == ["first in", "first out", "second in"]
-
-    async with deployment_names_locked(client):
-        with pytest.raises(DeploymentNamesBusy, match="nothing was created: try again in a minute"):
-            async with deployment_names_locked(client, wait_seconds=1):
-                pass
-    async with deployment_names_locked(client, wait_seconds=5):  # let go, even after a refusal
-        pass
-
-
-async def test_a_lock_changed_by_hand_is_a_lock_again(client: PrefectClient) -> None:
-    async with deployment_names_locked(client):
-        pass
-    await client.update_global_concurrency_limit(NAMES_LOCK, GlobalConcurrencyLimitUpdate(limit=5))
-    async with deployment_names_locked(client):
-        with pytest.raises(DeploymentNamesBusy):
-            async with deployment_names_locked(client, wait_seconds=1):
-                pass
-    assert (await client.read_global_concurrency_limit_by_name(NAMES_LOCK)).limit == 1
+    kept = await reserve_free_name(client, flow, "zeta", theirs, ORG_ID)  # another org's
+    for index in range(3):
+        await reserve_free_name(client, f"{flow}-{index}", "acme", ours, org)
+    assert await release_org(client, org) == 3
+    assert [await client.read_variable_by_name(reservation_name(f"{flow}-{index}", "acme"))
+            for index in range(3)] == [None, None, None]
+    assert await client.read_variable_by_name(reservation_name(flow, kept)) is not None

@@ -11,6 +11,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
+from deployments.agents.naming import reservation_name
 from deployments.agents.signing import Ed25519ConfigSigner
 from mcp_server.services.agents import AgentService
 from mcp_server.services.caller import Caller
@@ -219,3 +220,33 @@ async def test_two_installs_on_one_prefect_creating_the_same_agent_at_once_each_
     assert len(under_flow) == 2  # and the redeploys at start made no third
     for store, _, _ in installs:
         await store.close()
+
+
+async def test_an_agent_whose_name_was_lost_with_prefects_data_and_taken_meanwhile_goes_on_under_a_free_one(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    (store, org, service), (other_store, other_org, other_service) = [
+        await local_install(tmp_path / side, prefect_api) for side in ("a", "b")]
+    spec = {"name": f"Keeper {uuid.uuid4().hex[:6]}", "instructions": "x", "model": "ariel/scripted",
+            "script": [{"reply": "hi"}]}
+    agent = await service.create(owner_of(org), spec)
+    async with PrefectClient(prefect_api) as prefect:  # Prefect's data is lost: the deployment and the reservation
+        await prefect.delete_deployment((await prefect.read_deployment_by_name(str(agent.deployment))).id)
+        await prefect.delete_variable_by_name(reservation_name(agent.slug, "personal"))
+    taker = await other_service.create(owner_of(other_org), spec)  # another install's agent of the same names
+
+    await service.redeploy_all(owner_of(org))  # `ariel up` starting again
+    again = await service.get(owner_of(org), agent.id, full=False)
+    record = await store.find_agent(org.id, agent.id)
+    async with PrefectClient(prefect_api) as prefect:
+        mine = await prefect.read_deployment_by_name(str(again.deployment))
+        theirs = await prefect.read_deployment_by_name(str(taker.deployment))
+    assert taker.deployment == f"{agent.slug}/personal"
+    assert again.deployment == f"{agent.slug}/personal-{agent.id[:8]}"
+    assert record is not None and record.deployment_name == f"personal-{agent.id[:8]}"
+    assert record.deployment_id == str(mine.id) and f"agent:{agent.id}" in mine.tags
+    assert f"agent:{taker.id}" in theirs.tags and f"agent:{agent.id}" not in theirs.tags
+    for opened in (store, other_store):
+        await opened.close()
