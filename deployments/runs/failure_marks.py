@@ -147,15 +147,21 @@ class FailureMarker:
         """Drop the write-up tags of the install's runs that carry them but no longer end Failed or Crashed: an
         operator retried them from the UI. Their header no longer says an old cause, and if they fail again, the
         next pass writes them up afresh (their artifact of the first failure stays, as history)."""
-        again = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        again = FlowRunFilter(
             tags=FlowRunFilterTags(all_=["ariel", WRITTEN_UP_TAG]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.FAILED, StateType.CRASHED])),
-        ), limit=PER_PASS)
-        cleared = []
-        for run in again:
-            if is_install_agent_run(run, self.pool_prefix):
-                await client.update_flow_run(run.id, tags=_without_write_up(run.tags))
-                cleared.append(run.id)
+        )
+        cleared: list[UUID] = []
+        # Every page: other installs' runs (they clear their own) must not crowd this install's out.
+        for offset in itertools.count(0, PAGE):
+            page = await client.read_flow_runs(flow_run_filter=again, sort=FlowRunSort.ID_DESC, limit=PAGE,
+                                               offset=offset)
+            for run in page:
+                if is_install_agent_run(run, self.pool_prefix) and len(cleared) < PER_PASS:
+                    await client.update_flow_run(run.id, tags=_without_write_up(run.tags))
+                    cleared.append(run.id)
+            if len(page) < PAGE or len(cleared) >= PER_PASS:
+                return cleared
         return cleared
 
 
@@ -176,18 +182,22 @@ async def _mark(client: PrefectClient, run: FlowRun, hosting: Hosting) -> Marked
     if not await _written_since(client, run, key):
         await client.create_artifact(ArtifactCreate(
             key=key, type="markdown", data=failure_markdown(found, state),
-            description=f"Why this run failed: {found.cause}", flow_run_id=run.id,
+            description=f"Why this run failed: {found.cause} {_state_mark(run)}", flow_run_id=run.id,
         ))
     await client.update_flow_run(run.id, tags=_written_up(run, found.cause))
     return Marked(run.id, found.cause)
 
 
 async def _written_since(client: PrefectClient, run: FlowRun, key: str) -> bool:
-    """Whether `run` has a write-up made after it last ended (an earlier failure's, before a retry, does not count)."""
+    """Whether `run`'s final state has its write-up already (an earlier failure's, before a retry, does not count).
+    By the state's id: its end time is the clock of the machine that ran it, not the server's."""
     written = await client.read_artifacts(artifact_filter=ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), key=ArtifactFilterKey(any_=[key])))
-    return any(run.end_time is None or artifact.created is None or artifact.created >= run.end_time
-               for artifact in written)
+    return any((artifact.description or "").endswith(_state_mark(run)) for artifact in written)
+
+
+def _state_mark(run: FlowRun) -> str:
+    return f"(state {run.state_id})"
 
 
 def failure_markdown(found: Diagnosis, state: str = "Failed") -> str:
