@@ -96,7 +96,7 @@ def compile_agent(
     name: str | None = None,
 ) -> DesiredDeployment:
     """The deployment one agent version should have, its configuration signed by `signer`; `name` is the one
-    chosen as the agent was created (`naming.free_deployment_name`), else the older kind (`legacy_deployment_name`)."""
+    chosen as the agent was created (`naming.reserve_free_name`), else the older kind (`legacy_deployment_name`)."""
     return DesiredDeployment(
         # Operators find agents in the Prefect UI under their own names.
         flow_name=slug,

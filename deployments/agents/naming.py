@@ -91,6 +91,11 @@ async def keep(client: PrefectClient, flow_name: str, name: str, org_slug: str, 
     database reset); or, when another agent took that name meanwhile, a free one, reserved."""
     if await reserve(client, flow_name, name, agent_id, org_id):
         return name
+    with suppress(ObjectNotFound):
+        if f"agent:{agent_id}" in (await client.read_deployment_by_name(f"{flow_name}/{name}")).tags:
+            # Its deployment still stands under the name (its reservation was deleted by hand, and another agent's
+            # made meanwhile, which that agent gives back as it finds this deployment): a switch would leave two.
+            return name
     await release(client, flow_name, name, agent_id)  # its own reservation of a name it cannot use, if any
     return await reserve_free_name(client, flow_name, org_slug, agent_id, org_id)
 

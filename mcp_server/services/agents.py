@@ -252,15 +252,17 @@ class AgentService:
         except BaseException:
             await self._release_quietly(slug, name, agent_id)
             raise
-        try:
-            await self.ensure_pool(caller)
-            await self._deploy(caller, record, spec)
-        except BaseException:
-            # Prefect may have made the deployment even if its answer was lost.
-            await self._undeploy_quietly(caller, record)
-            await self.store.delete_agent(caller.org_id, record.id)
-            await self._release_quietly(slug, name, agent_id)
-            raise
+        # In its turn: listed from here on, it may be deleted, and a delete waits for its first deploy to end.
+        async with self.store.turn(_turn_name(agent_id)):
+            try:
+                await self.ensure_pool(caller)
+                await self._deploy(caller, record, spec)
+            except BaseException:
+                # Prefect may have made the deployment even if its answer was lost.
+                await self._undeploy_quietly(caller, record)
+                await self.store.delete_agent(caller.org_id, record.id)
+                await self._release_quietly(slug, name, agent_id)
+                raise
         return await self.get(caller, record.id, full=False)
 
     async def update(
@@ -367,7 +369,8 @@ class AgentService:
                 "readable); call delete_agent again with confirm=true to do it"
             )
         async with audited(self.store, caller, "agent.delete", f"{record.slug} ({record.id})"), \
-                self.store.turn(_turn_name(record.id)):
+                self._turn(caller, record.id) as record:
+            # Read again in its turn: a deploy just before may have made its deployment again, or named it anew.
             view = await self.get(caller, record.id, full=False)
             async with self.prefect() as client:
                 if record.deployment_id:
@@ -582,7 +585,7 @@ class AgentService:
                 found = await client.read_deployment_by_name(name)
                 if f"agent:{record.id}" in found.tags:  # never another install's agent of the same names
                     await compiler.remove(client, found.id)
-        except (Unavailable, OSError):
+        except (Unavailable, OSError, httpx.HTTPError):
             pass  # nothing was made, or Prefect is down and the original error says so
 
     async def _release_quietly(self, flow_name: str, name: str, agent_id: str) -> None:

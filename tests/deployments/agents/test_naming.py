@@ -7,6 +7,7 @@ from dataclasses import replace
 from uuid import uuid4
 
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import VariableCreate
 
 from deployments.agents.compiler import DeploymentTarget, apply, remove
 from deployments.agents.naming import keep, release, release_org, reservation_name, reserve, reserve_free_name
@@ -96,3 +97,18 @@ async def test_names_are_given_back_by_their_agent_alone_and_all_of_an_orgs_at_i
     assert [await client.read_variable_by_name(reservation_name(f"{flow}-{index}", "acme"))
             for index in range(3)] == [None, None, None]
     assert await client.read_variable_by_name(reservation_name(flow, kept)) is not None
+
+
+async def test_an_agent_whose_deployment_stands_keeps_its_name_though_its_reservation_was_deleted_and_taken(
+    client: PrefectClient, target: DeploymentTarget,
+) -> None:
+    ours, theirs = uuid4().hex, uuid4().hex
+    base = desired(target, ours)
+    name = await reserve_free_name(client, base.flow_name, "acme", ours, ORG_ID)
+    made = await apply(client, replace(base, name=name))
+    await client.delete_variable_by_name(reservation_name(base.flow_name, name))  # by hand, in the UI
+    # Another agent's reservation, just made, before that agent looked for a deployment of the name.
+    await client.create_variable(VariableCreate(name=reservation_name(base.flow_name, name), value={"agent": theirs}))
+
+    assert await keep(client, base.flow_name, name, "acme", ours, ORG_ID) == name  # not a second deployment
+    await remove(client, made)
