@@ -24,7 +24,6 @@ Example (the HTTP app's recovery loop calls it every few seconds)::
 
 from __future__ import annotations
 
-import itertools
 import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
+from deployments.runs.cursors import every_page
 from deployments.runs.diagnosis import Diagnosis, diagnose
 from deployments.runs.hosting import Hosting
 from flows.transcript import FAILURE_ARTIFACT_KEY, artifact_key, artifact_names
@@ -56,7 +56,6 @@ FAILED_TAG_PREFIX = "failed:"
 # Beside `failed:<cause>`, on every run written up: Prefect filters tags by value only, and this finds those that
 # ran again.
 WRITTEN_UP_TAG = "failed"
-PAGE = 200
 # Runs written up in one pass at most (each costs a few Prefect reads): the recovery loop's retries come first.
 PER_PASS = 20
 # How far back each pass looks again: Prefect stamps `end_time` as it takes the state in, which a busy server or
@@ -117,13 +116,10 @@ class FailureMarker:
             end_time=FlowRunFilterEndTime(after_=self.since - OVERLAP, before_=until),
         )
         waiting: list[FlowRun] = []
-        for offset in itertools.count(0, PAGE):
-            page = await client.read_flow_runs(flow_run_filter=run_filter, sort=FlowRunSort.END_TIME_DESC,
-                                               limit=PAGE, offset=offset)
+        async for page in every_page(client.read_flow_runs, flow_run_filter=run_filter,
+                                     sort=FlowRunSort.END_TIME_DESC):
             waiting += [run for run in page
                         if is_install_agent_run(run, self.pool_prefix) and failure_tag(run) is None]
-            if len(page) < PAGE:
-                break
         waiting.sort(key=lambda run: run.end_time or until)
         marked: list[Marked] = []
         for run in waiting[:PER_PASS]:
@@ -142,7 +138,6 @@ class FailureMarker:
         self.since = max(self.since, (left[0].end_time or until) if left else until)
         return marked
 
-
     async def rerun(self, client: PrefectClient) -> list[UUID]:
         """Drop the write-up tags of the install's runs that carry them but no longer end Failed or Crashed: an
         operator retried them from the UI. Their header no longer says an old cause, and if they fail again, the
@@ -153,15 +148,13 @@ class FailureMarker:
         )
         cleared: list[UUID] = []
         # Every page: other installs' runs (they clear their own) must not crowd this install's out.
-        for offset in itertools.count(0, PAGE):
-            page = await client.read_flow_runs(flow_run_filter=again, sort=FlowRunSort.ID_DESC, limit=PAGE,
-                                               offset=offset)
+        async for page in every_page(client.read_flow_runs, flow_run_filter=again, sort=FlowRunSort.ID_DESC):
             for run in page:
-                if is_install_agent_run(run, self.pool_prefix) and len(cleared) < PER_PASS:
+                if len(cleared) >= PER_PASS:
+                    return cleared
+                if is_install_agent_run(run, self.pool_prefix):
                     await client.update_flow_run(run.id, tags=_without_write_up(run.tags))
                     cleared.append(run.id)
-            if len(page) < PAGE or len(cleared) >= PER_PASS:
-                return cleared
         return cleared
 
 
