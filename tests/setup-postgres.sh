@@ -46,6 +46,9 @@ DO $$ BEGIN
     CREATE ROLE ariel_test_bypass LOGIN PASSWORD 'ariel_test_bypass' NOSUPERUSER BYPASSRLS IN ROLE ariel_test;
   END IF;
 END $$;
+-- DROP DATABASE ... WITH (FORCE) must also end an autovacuum worker in the test's database, which runs as no
+-- role a member could signal: pg_signal_backend lets the test role end it (it still cannot end superusers').
+GRANT pg_signal_backend TO ariel_test;
 SQL
 fi
 echo "setup-postgres: PostgreSQL answers on 127.0.0.1:5432 (role ariel_test)"

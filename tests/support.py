@@ -54,7 +54,19 @@ def fresh_postgres_database() -> Iterator[str]:
         try:
             yield f"{POSTGRES_URL.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
         finally:
+            _drop(admin, name)
+
+
+def _drop(admin: psycopg.Connection[Any], name: str) -> None:
+    # An autovacuum worker in the database can be ended only by a member of pg_signal_backend (granted by
+    # tests/setup-postgres.sh); where the role lacks it, the worker is done within seconds, so try again.
+    for _ in range(40):
+        try:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            time.sleep(0.25)
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 NO_PREFECT = "http://127.0.0.1:9/api"
