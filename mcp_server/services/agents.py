@@ -47,6 +47,7 @@ from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.finishing import finishing
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
 from mcp_server.store import AgentRecord, Organization, Store, ToolServerRecord, new_id
 
@@ -250,7 +251,8 @@ class AgentService:
                 owner_user_id=caller.user_id, agent_id=agent_id, deployment_name=name,
             )
         except BaseException:
-            await self._release_quietly(slug, name, agent_id)
+            with finishing():
+                await self._release_quietly(slug, name, agent_id)
             raise
         # In its turn: listed from here on, it may be deleted, and a delete waits for its first deploy to end.
         async with self.store.turn(_turn_name(agent_id)):
@@ -258,10 +260,11 @@ class AgentService:
                 await self.ensure_pool(caller)
                 await self._deploy(caller, record, spec)
             except BaseException:
-                # Prefect may have made the deployment even if its answer was lost.
-                await self._undeploy_quietly(caller, record)
-                await self.store.delete_agent(caller.org_id, record.id)
-                await self._release_quietly(slug, name, agent_id)
+                with finishing():
+                    # Prefect may have made the deployment even if its answer was lost.
+                    await self._undeploy_quietly(caller, record)
+                    await self.store.delete_agent(caller.org_id, record.id)
+                    await self._release_quietly(slug, name, agent_id)
                 raise
         return await self.get(caller, record.id, full=False)
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import ArielError, Conflict, Forbidden
+from mcp_server.services.finishing import finishing
 from mcp_server.store import Outcome, Store, StoreError
 
 
@@ -40,5 +41,11 @@ async def audited(store: Store, caller: Caller, action: str, target: str) -> Asy
         raise Conflict(str(exc)) from exc
     except Exception:
         await record(store, caller, action, target, "failed", "internal error; see the server log")
+        raise
+    except GeneratorExit:  # closed unfinished, never run on: nothing to wait for here
+        raise
+    except BaseException:  # the caller cancelled the call, or the server is stopping: recorded even so
+        with finishing():
+            await record(store, caller, action, target, "failed", "cancelled before it finished")
         raise
     await record(store, caller, action, target, "ok")

@@ -23,6 +23,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
+from mcp_server.services.finishing import finishing
 from mcp_server.services.transcripts import RunTranscripts
 from mcp_server.services.views import (
     ApiKeyView,
@@ -250,7 +251,8 @@ class OrgService:
             moved = await self._move_agents(caller)
         except BaseException:
             # Never shown, so never usable: and the agents stay where they were.
-            await self.store.revoke_worker_key(caller.org_id, record.id)
+            with finishing():
+                await self.store.revoke_worker_key(caller.org_id, record.id)
             raise
         pool, _ = await self.agents.org_pool(caller)
         whose = _agents_of(caller)

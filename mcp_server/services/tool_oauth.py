@@ -73,6 +73,7 @@ from pydantic import AnyUrl, BaseModel, Field, ValidationError
 from flows.network.guard import ProtectedEndpoint
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import ArielError, Unavailable
+from mcp_server.services.finishing import finishing
 from mcp_server.services.mcp_probe import GuardedTransport
 
 __all__ = ["CALLBACK_PATH", "UNKNOWN_LINK", "SignInFailed", "SignInNeeded", "TokenVault", "ToolOAuth"]
@@ -285,7 +286,8 @@ class ToolOAuth:
         try:
             await asyncio.wait(first, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # the caller gave up (its own deadline): no sign-in goes on without a link given
-            await self._cancel(pending)
+            with finishing():
+                await self._cancel(pending)
             raise
         if pending.link.done():
             log.info("OAuth sign-in started for tool server %s of org %s by %s", server_id, org_id,

@@ -63,6 +63,7 @@ from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as audit_event
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import ArielError, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.finishing import finishing
 from mcp_server.services.mcp_probe import (
     PRIVATE_NETWORKS_SETTING,
     PROBE_SECONDS,
@@ -292,7 +293,8 @@ class ToolServerService:
             )
         except BaseException:
             if link is not None and self.oauth is not None:
-                await self.oauth.cancel(caller.org_id, server_id)  # no link to a server that was not kept
+                with finishing():
+                    await self.oauth.cancel(caller.org_id, server_id)  # no link to a server that was not kept
             raise
         whose = "this organization's" if owner is None else "your own"
         if listing.oauth:
@@ -323,7 +325,8 @@ class ToolServerService:
             listing = await self.listing_runs.start(caller, added)
         except BaseException:
             # Nobody could ever list it: nothing is kept.
-            await self.store.delete_tool_server(caller.org_id, added.id)
+            with finishing():
+                await self.store.delete_tool_server(caller.org_id, added.id)
             raise
         added = await self._update(added, listing=listing)
         whose = "this organization's" if owner is None else "your own"

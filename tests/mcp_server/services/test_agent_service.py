@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from deployments.agents.naming import reservation_name
 from deployments.agents.signing import Ed25519ConfigSigner
@@ -17,7 +25,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import InvalidRequest, NotFound, Unavailable
 from mcp_server.store import Organization, Store
-from tests.support import free_port
+from tests.support import free_port, serve_asgi
 
 
 async def local_install(tmp_path: Path, prefect_api: str) -> tuple[Store, Organization, AgentService]:
@@ -250,3 +258,64 @@ async def test_an_agent_whose_name_was_lost_with_prefects_data_and_taken_meanwhi
     assert f"agent:{taker.id}" in theirs.tags and f"agent:{agent.id}" not in theirs.tags
     for opened in (store, other_store):
         await opened.close()
+
+
+@contextmanager
+def holding_deploys(prefect_api: str) -> Iterator[tuple[str, asyncio.Event, list[asyncio.AbstractEventLoop]]]:
+    """A loopback proxy in front of Prefect that passes every request on, and holds the answer to the first
+    deployment it makes: Prefect has made it, its answer never comes. Yields the proxy's API URL and the event
+    set (on the loop given in the list) once that deployment is made."""
+    made = asyncio.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+    held: list[str] = []
+    over: list[bool] = []
+
+    async def forward(request: Request) -> Response:
+        async with httpx.AsyncClient(base_url=prefect_api.removesuffix("/api"), timeout=30) as client:
+            answer = await client.request(
+                request.method, request.url.path, params=request.query_params, content=await request.body(),
+                headers={k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")})
+        if request.method == "POST" and request.url.path == "/api/deployments/" and not held:
+            held.append(answer.text)
+            loops[0].call_soon_threadsafe(made.set)
+            while not over:  # the answer is lost: the caller gives up first
+                await asyncio.sleep(0.1)
+        return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
+
+    app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PATCH", "PUT", "DELETE"])])
+    with serve_asgi(app) as base:
+        try:
+            yield f"{base}/api", made, loops
+        finally:
+            over.append(True)
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgresql"])
+async def test_a_create_cancelled_while_prefect_deploys_leaves_no_agent_deployment_or_name(
+    tmp_path: Path, prefect_api: str, store_kind: str, request: pytest.FixtureRequest,
+) -> None:
+    """A client that cancels create_agent (`notifications/cancelled`) cancels the anyio scope of the call, which
+    cancels every await in it again: the clean-up runs shielded to its end all the same."""
+    url = (f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}" if store_kind == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    store = await Store.open(url)
+    org = await store.ensure_personal_org()
+    name = f"Quitter {uuid.uuid4().hex[:6]}"
+    spec = {"name": name, "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
+    with holding_deploys(prefect_api) as (proxy, made, loops):
+        loops.append(asyncio.get_running_loop())
+        service = AgentService(store, proxy, "process", "ariel-runtime:local", await store.installation_id(),
+                               signer=Ed25519ConfigSigner.generate())
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(service.create, owner_of(org), spec)
+            await made.wait()
+            calls.cancel_scope.cancel()
+
+    assert await store.list_agents(org.id) == []
+    slug = name.lower().replace(" ", "-")
+    async with PrefectClient(prefect_api) as prefect:
+        assert await prefect.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[slug]))) == []
+        assert await prefect.read_variable_by_name(reservation_name(slug, org.slug)) is None
+    [event] = await store.audit_events(org.id)
+    assert (event.action, event.outcome, event.detail) == ("agent.create", "failed", "cancelled before it finished")
+    await store.close()
