@@ -80,16 +80,31 @@ def prefect_database(settings: ArielSettings) -> str:
     ...         "postgresql+asyncpg://prefect:s3cret@db.internal:5432/prefect"}):
     ...     prefect_database(ArielSettings(home=Path("/h")))
     'PostgreSQL at db.internal:5432/prefect'
+    >>> with mock.patch.dict(os.environ, {"PREFECT_API_DATABASE_CONNECTION_URL":
+    ...         "postgresql+asyncpg://prefect:s3cret@/prefect?host=/var/run/postgresql"}):
+    ...     prefect_database(ArielSettings(home=Path("/h")))
+    'PostgreSQL at /var/run/postgresql/prefect'
     >>> prefect_database(ArielSettings(home=Path("/h")))
     'SQLite at /h/prefect/prefect.db'
     """
     url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
     if not url:
         return f"SQLite at {settings.home / 'prefect' / 'prefect.db'}"
-    scheme, _, rest = url.partition("://")
-    place = rest.rpartition("@")[2]  # never the user or password before it
-    kind = "PostgreSQL" if scheme.startswith("postgresql") else "SQLite" if scheme.startswith("sqlite") else scheme
-    return f"{kind} at {place.split('?', 1)[0]}"
+    # Here, not at the top: `ariel --help` never pays for SQLAlchemy's import.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # Prefect's server says what is wrong with it as it starts; never the text here
+        return "the database PREFECT_API_DATABASE_CONNECTION_URL names"
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return f"SQLite at {parsed.database}"
+    # Never the user or password; a socket directory stands in for a host (`?host=/var/run/postgresql`).
+    host = parsed.host or str(parsed.query.get("host", "localhost"))
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{'PostgreSQL' if backend == 'postgresql' else backend} at {host}{port}/{parsed.database}"
 
 
 def gateway_url(settings: ArielSettings) -> str:

@@ -570,15 +570,16 @@ class AgentService:
             if name is not None:
                 # Its reservation may be gone with Prefect's database, and the name taken since by another agent.
                 name = await naming.keep(client, record.slug, name, caller.org_slug, record.id, caller.org_id)
-                if name != record.deployment_name:
-                    await self.store.set_deployment_name(caller.org_id, record.id, name)
             desired = compiler.compile_agent(
                 config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
                 signer=self.signer, name=name,
             )
             deployment_id = await compiler.apply(client, desired)
-        if str(deployment_id) != record.deployment_id:  # its first, or made again (lost with Prefect's database)
-            await self.store.set_deployment(caller.org_id, record.id, str(deployment_id))
+        await self.store.set_deployment(
+            caller.org_id, record.id,
+            # Its first, or made again (lost with Prefect's database); renamed when another agent took its name.
+            deployment_id=str(deployment_id) if str(deployment_id) != record.deployment_id else None,
+            name=name if name != record.deployment_name else None)
         return deployment_id
 
     async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:

@@ -268,19 +268,18 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
             row = (await conn.execute(select(agents).where(agents.c.org_id == org_id, agents.c.id == agent_id))).one()
         return AgentRecord(**row._mapping)
 
-    async def set_deployment_name(self, org_id: str, agent_id: str, name: str) -> None:
-        """Record the name the agent's deployment goes on with (its earlier one was taken while unreserved)."""
+    async def set_deployment(
+        self, org_id: str, agent_id: str, *, deployment_id: str | None = None, name: str | None = None,
+    ) -> None:
+        """Record where the agent's deployment now stands, whichever changed: its id (its first, or made again
+        after Prefect lost it), its name (the earlier one taken while its reservation was lost)."""
+        changes: dict[str, str] = {"deployment_id": deployment_id} if deployment_id is not None else {}
+        if name is not None:
+            changes["deployment_name"] = name
+        if not changes:
+            return
         query = agents.update().where(agents.c.org_id == org_id, agents.c.id == agent_id).values(
-            deployment_name=name, updated_at=utc_now())
-        async with self.tenant(org_id) as conn:
-            await conn.execute(query)
-
-    async def set_deployment(self, org_id: str, agent_id: str, deployment_id: str) -> None:
-        query = (
-            agents.update()
-            .where(agents.c.org_id == org_id, agents.c.id == agent_id)
-            .values(deployment_id=deployment_id, updated_at=utc_now())
-        )
+            **changes, updated_at=utc_now())
         async with self.tenant(org_id) as conn:
             await conn.execute(query)
 
