@@ -63,6 +63,7 @@ from deployments.runs.hosting import Hosting
 from deployments.runs.logs import LogLine, read_log_page
 from deployments.runs.silent_runs import SILENT_MARK, STUCK_MARK
 from flows.models import SCRIPTED_MODEL
+from flows.transcript import Redactor
 
 Cause = Literal[
     "llm_failed", "tool_failed", "tool_changed", "tool_refused",
@@ -126,10 +127,13 @@ async def diagnose(
     scripted = ((run.parameters or {}).get("config") or {}).get("model") == SCRIPTED_MODEL
 
     def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
-        return Diagnosis(
+        found = Diagnosis(
             run_id=str(run.id), run_name=run.name, state=state.name if state and state.name else "Unknown", cause=cause,
             summary=summary, failed_step=step, evidence=evidence, error_logs=error_logs, next_action=next_action,
         )
+        # Its evidence and summary quote state messages, step errors and log lines, which may hold what a tool was
+        # sent: redacted here, for chat (diagnose_run) and for the Prefect UI (failure_marks' artifacts) alike.
+        return Diagnosis.model_validate(Redactor().redact(found.model_dump(mode="json")))
 
     # Tool failures go back to the model, so a failed step does not always fail the run: the last one is the culprit.
     steps = [_failed_step(t) for t in await failed_task_runs(client, run.id)] if state_type in _ENDED else []

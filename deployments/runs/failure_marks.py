@@ -116,10 +116,13 @@ class FailureMarker:
             end_time=FlowRunFilterEndTime(after_=self.since - OVERLAP, before_=until),
         )
         waiting: list[FlowRun] = []
+        tagged: list[FlowRun] = []
         async for page in every_page(client.read_flow_runs, flow_run_filter=run_filter,
                                      sort=FlowRunSort.END_TIME_DESC):
-            waiting += [run for run in page
-                        if is_install_agent_run(run, self.pool_prefix) and failure_tag(run) is None]
+            for run in page:
+                if is_install_agent_run(run, self.pool_prefix):
+                    (waiting if failure_tag(run) is None else tagged).append(run)
+        waiting += await _failed_again(client, tagged)
         waiting.sort(key=lambda run: run.end_time or until)
         marked: list[Marked] = []
         for run in waiting[:PER_PASS]:
@@ -156,6 +159,22 @@ class FailureMarker:
                     await client.update_flow_run(run.id, tags=_without_write_up(run.tags))
                     cleared.append(run.id)
         return cleared
+
+
+async def _failed_again(client: PrefectClient, tagged: list[FlowRun]) -> list[FlowRun]:
+    """Of runs in the window that carry a write-up, those that failed again since it was written: an operator's
+    Retry that failed before any pass saw it running (`rerun` never cleared its tags). Their tags name the first
+    failure's cause, and the artifact of their final state is missing. One read of artifacts for all of them."""
+    # Given up (`_give_up`): no artifact was ever written for them, and none would be now.
+    candidates = {run.id: run for run in tagged if failure_tag(run) != f"{FAILED_TAG_PREFIX}unknown"}
+    if not candidates:
+        return []
+    marks: set[str] = set()
+    artifacts = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=list(candidates)))
+    async for page in every_page(client.read_artifacts, artifact_filter=artifacts):
+        marks.update(artifact.description or "" for artifact in page)
+    return [run for run in candidates.values()
+            if not any(mark.endswith(_state_mark(run)) for mark in marks)]
 
 
 async def _give_up(client: PrefectClient, run: FlowRun) -> None:

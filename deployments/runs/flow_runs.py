@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from deployments.pools.work_pools import org_tag
 from deployments.runs.cursors import PAGE_LIMIT
+from flows.transcript import Redactor
 
 
 class RunSummary(BaseModel):
@@ -61,7 +62,8 @@ class RunSummary(BaseModel):
             agent_id=config.get("agent_id"),
             version=config.get("version"),
             state=state.name if state and state.name else "Unknown",
-            state_message=state.message if state else None,
+            # Prefect's words for the state quote the exception that ended the run, which may hold a credential.
+            state_message=Redactor().text(state.message) if state and state.message else None,
             created=run.created,
             started=run.start_time,
             ended=run.end_time,

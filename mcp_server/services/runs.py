@@ -253,8 +253,7 @@ class RunService:
             if not isinstance(exc.__cause__, (httpx.ConnectError, httpx.ConnectTimeout)):
                 raise
             return unavailable(ref.strip(), exc.__cause__, self.hosting)
-        # Its evidence quotes state messages and log lines, which may hold what a tool was sent.
-        return Diagnosis.model_validate(Redactor().redact(found.model_dump(mode="json")))
+        return found  # redacted by diagnose: its evidence quotes state messages and log lines
 
     async def _pending_approval(self, caller: Caller, flow_run: FlowRun) -> list[str] | None:
         """How the version this run carries goes beyond the approved manifest; None when it does not."""

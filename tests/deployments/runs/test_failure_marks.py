@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from prefect import flow
+from prefect import State, flow
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -142,3 +142,40 @@ async def test_a_run_retried_from_the_ui_loses_its_write_up_and_is_written_up_af
     assert running == (["ariel", "org:acme"], ["### Failed: `step_limit`"])
     assert again == (["ariel", "failed", "failed:container_exit", "org:acme"],
                      ["### Crashed: `container_exit`", "### Failed: `step_limit`"])
+
+
+async def test_a_run_retried_from_the_ui_that_fails_again_before_a_pass_sees_it_running_is_written_up_afresh(
+    prefect_api: str,
+) -> None:
+    @flow(name="failure-marks-failed-again")
+    def probe() -> None: ...
+
+    install = f"ariel-{uuid4().hex[:8]}-"
+    pool = f"{install}acme-docker"
+    async with PrefectClient(prefect_api) as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+        answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+            flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"], work_pool_name=pool,
+            work_queue_name="default", parameters=CONFIG).model_dump(mode="json"))
+        run_id = FlowRun.model_validate(answer.json()).id
+        marker = FailureMarker(install, Hosting("saas"), since=datetime.now(UTC) - timedelta(seconds=5))
+        await client.set_flow_run_state(run_id, Failed(message="StepLimitReached: 2 LLM calls"), force=True)
+        await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
+
+        # Retried from the UI and crashed again, all between two passes: no pass saw it running.
+        crashed: State[None] = Crashed(message="Flow run infrastructure exited with non-zero status code 3.")
+        for state in (AwaitingRetry(), Running(), crashed):
+            await client.set_flow_run_state(run_id, state, force=True)
+        marked = await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))
+        again = await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))  # and only once
+        run = await client.read_flow_run(run_id)
+        written = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        await client.delete_work_pool(pool)
+
+    assert [(mark.run_id, mark.cause) for mark in marked] == [(run_id, "container_exit")]
+    assert again == []
+    assert sorted(run.tags) == ["ariel", "failed", "failed:container_exit", "org:acme"]
+    assert sorted(str(artifact.data).split("\n")[0] for artifact in written) == [
+        "### Crashed: `container_exit`", "### Failed: `step_limit`"]
