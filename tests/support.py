@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -541,6 +541,34 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         assert not thread.is_alive(), "the HTTP app did not stop within 30 s"
+
+
+Forward = Callable[[], Awaitable[Any]]  # a starlette Response
+
+
+@contextmanager
+def prefect_proxy(prefect_api: str, around: Callable[[Any, Forward], Awaitable[Any]]) -> Iterator[str]:
+    """A loopback proxy in front of the Prefect API at `prefect_api` that hands each request (a starlette Request)
+    to `around` with a `forward()` that passes it on: `around` answers what it likes, a fault of the test's
+    choosing, and forwards the rest. Yields the proxy's API URL."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def handle(request: Request) -> Response:
+        async def forward() -> Response:
+            async with httpx.AsyncClient(base_url=prefect_api.removesuffix("/api"), timeout=60) as client:
+                answer = await client.request(
+                    request.method, request.url.path, params=request.query_params, content=await request.body(),
+                    headers={k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")})
+            return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
+
+        return await around(request, forward)  # type: ignore[no-any-return]  # a starlette Response
+
+    methods = ["GET", "POST", "PATCH", "PUT", "DELETE"]
+    with serve_asgi(Starlette(routes=[Route("/{path:path}", handle, methods=methods)])) as base:
+        yield f"{base}/api"
 
 
 class Effects(BaseHTTPRequestHandler):

@@ -161,6 +161,13 @@ class _CountsRuns:
         held = self.slots.holds(flow_run.id) if self.slots is not None else 0
         try:
             await super()._submit_run(flow_run)  # type: ignore[misc]
+        except Exception as exc:
+            # Prefect's catches only ObjectNotFound around its read of the run's deployment: any other error (a 500,
+            # Prefect unreachable past its client's retries) would end the worker's task group, and with it the
+            # watch on every run the worker has in flight. Before the handover the run is still Scheduled (Pending
+            # was not proposed), so the next poll takes it again.
+            print(f"flow run {flow_run.id} was not submitted ({type(exc).__name__}: {exc}); it is taken again at "
+                  "the next poll", flush=True)
         finally:
             handed = flow_run.id in self._handed
             self._handed.discard(flow_run.id)
@@ -168,6 +175,9 @@ class _CountsRuns:
                 self.slots.release_on_behalf_of(flow_run.id)
             if not handed:  # else Prefect's `busy` set would keep the worker for good
                 getattr(self, "_submitting_flow_run_ids", set()).discard(flow_run.id)
+                observer = getattr(self, "_cancelling_observer", None)
+                if observer is not None:
+                    observer.remove_in_flight_flow_run_id(flow_run.id)
 
     async def _submit_run_and_capture_errors(self, flow_run: FlowRun, *args: Any, **kwargs: Any) -> Any:
         self._handed.add(flow_run.id)

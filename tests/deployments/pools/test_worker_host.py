@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 import anyio
@@ -23,6 +23,8 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import Worker
+from starlette.requests import Request
+from starlette.responses import Response
 
 from deployments.pools.readiness import is_polling
 from deployments.pools.work_pools import install_prefix
@@ -31,7 +33,7 @@ from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests import support
 from tests.mcp_server.callers import call
-from tests.support import http_service, reply_text_to_run, serve_app, wait_until
+from tests.support import Forward, http_service, prefect_proxy, reply_text_to_run, serve_app, wait_until
 
 
 @contextmanager
@@ -175,6 +177,60 @@ async def test_a_run_past_max_runs_waits_scheduled_for_a_slot_and_starts_once_on
     assert started is not None and started > released_at
     assert Holding.seen == ["/ann", "/sam"]
     assert results == [("Completed", '{"status": 200, "body": "done"}')] * 2
+
+
+async def test_a_run_whose_deployment_prefect_fails_to_read_is_taken_again_and_the_runs_in_flight_go_on(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """Prefect's worker lets any error but ObjectNotFound out of its read of a run's deployment, which ended the
+    worker and every run it watched (a process pool's runs are its children). The worker host reaches Prefect
+    through a proxy that answers that read with 500, twice, while another run of the pool is in flight."""
+    home = tmp_path / "home"
+    install = await install_id(home)
+    Holding.seen.clear()
+    Holding.release.clear()
+    faults = [2]
+
+    async def around(request: Request, forward: Forward) -> Response:
+        if request.method == "GET" and request.url.path.startswith("/api/deployments/") and faults[0] > 0:
+            faults[0] -= 1
+            return Response('{"detail": "database is locked"}', 500, media_type="application/json")
+        return await forward()  # type: ignore[no-any-return]  # a starlette Response
+
+    owner = "dev:ann:north:owner"
+    with http_service(Holding) as service, prefect_proxy(prefect_api, around) as proxied, \
+            started_worker_host(proxied, install_prefix(install), tmp_path), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        await call(url, owner, "create_agent", name="Fetch", instructions="x", model="ariel/scripted",
+                   tools=["http_request"], allowed_hosts=[service],
+                   script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/a"}},
+                           {"reply": "{last_tool_result}"}])
+        await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
+                   script=[{"reply": "hi"}])
+        for agent in ("fetch", "hi"):
+            await call(url, owner, "update_agent", agent=agent, action="approve")
+        faults[0] = 0
+        fetching = await call(url, owner, "run_agent", agent="fetch", wait_seconds=0)
+        wait_until(lambda: bool(Holding.seen), 120, "the first run to reach the service")
+        faults[0] = 2
+        hi = await call(url, owner, "run_agent", agent="hi", wait_seconds=0)
+        wait_until(lambda: faults[0] == 0, 60, "the worker to read the second run's deployment twice")
+        Holding.release.set()
+
+        async def final(run_id: str) -> dict[str, Any]:
+            deadline = asyncio.get_running_loop().time() + 180
+            ended = ("Completed", "Failed", "Crashed", "Cancelled")
+            while (got := await call(url, owner, "get_run", run=run_id))["state"] not in ended:
+                assert asyncio.get_running_loop().time() < deadline, f"run {run_id} still {got['state']}"
+                await asyncio.sleep(1)
+            return got  # type: ignore[no-any-return]  # a tool's JSON answer
+
+        ended = [await final(run["id"]) for run in (fetching, hi)]
+    log = _read(tmp_path)
+    assert [(run["state"], run["result"]) for run in ended] == [
+        ("Completed", '{"status": 200, "body": "done"}'), ("Completed", "hi")]
+    assert sum(f"flow run {hi['id']} was not submitted (PrefectHTTPStatusError" in line for line in log) == 2
+    assert not [line for line in log if line.startswith("worker of ")], "the pool's worker never stopped"
 
 
 async def wait_for_state(read: Callable[[], Awaitable[str | None]], state: str, timeout: float) -> str | None:

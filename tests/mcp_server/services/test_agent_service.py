@@ -10,14 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from deployments.agents.naming import reservation_name
 from deployments.agents.signing import Ed25519ConfigSigner
@@ -25,7 +22,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import InvalidRequest, NotFound, Unavailable
 from mcp_server.store import Organization, Store
-from tests.support import free_port, serve_asgi
+from tests.support import Forward, free_port, prefect_proxy
 
 
 async def local_install(tmp_path: Path, prefect_api: str) -> tuple[Store, Organization, AgentService]:
@@ -262,30 +259,24 @@ async def test_an_agent_whose_name_was_lost_with_prefects_data_and_taken_meanwhi
 
 @contextmanager
 def holding_deploys(prefect_api: str) -> Iterator[tuple[str, asyncio.Event, list[asyncio.AbstractEventLoop]]]:
-    """A loopback proxy in front of Prefect that passes every request on, and holds the answer to the first
-    deployment it makes: Prefect has made it, its answer never comes. Yields the proxy's API URL and the event
-    set (on the loop given in the list) once that deployment is made."""
+    """A proxy in front of Prefect that holds the answer to the first deployment it makes: Prefect has made it, its
+    answer never comes. Yields the proxy's API URL and the event set (on the loop given in the list) once that
+    deployment is made."""
     made = asyncio.Event()
     loops: list[asyncio.AbstractEventLoop] = []
-    held: list[str] = []
     over: list[bool] = []
 
-    async def forward(request: Request) -> Response:
-        async with httpx.AsyncClient(base_url=prefect_api.removesuffix("/api"), timeout=30) as client:
-            answer = await client.request(
-                request.method, request.url.path, params=request.query_params, content=await request.body(),
-                headers={k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")})
-        if request.method == "POST" and request.url.path == "/api/deployments/" and not held:
-            held.append(answer.text)
+    async def around(request: Request, forward: Forward) -> Response:
+        answer = await forward()
+        if request.method == "POST" and request.url.path == "/api/deployments/" and not made.is_set():
             loops[0].call_soon_threadsafe(made.set)
             while not over:  # the answer is lost: the caller gives up first
                 await asyncio.sleep(0.1)
-        return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
+        return answer  # type: ignore[no-any-return]  # a starlette Response
 
-    app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST", "PATCH", "PUT", "DELETE"])])
-    with serve_asgi(app) as base:
+    with prefect_proxy(prefect_api, around) as proxy:
         try:
-            yield f"{base}/api", made, loops
+            yield proxy, made, loops
         finally:
             over.append(True)
 
