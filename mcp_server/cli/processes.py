@@ -177,7 +177,9 @@ class Children:
             self._stopping = True
         table = _process_table()
         self._note_lineage(table)
-        groups = [child.process.pid for child in reversed(self.children)]
+        # Only children running: an exited one's pid may be a stranger's by now (what is left of its group is in
+        # the lineage, and a group's id is not given to a new process while a member lives).
+        groups = [child.process.pid for child in reversed(self.children) if child.process.poll() is None]
         groups += sorted({table[pid].group for pid in self._lineage} - set(groups) - {os.getpgrp()})
         for group in groups:
             _signal_group(group, signal.SIGTERM)
@@ -206,7 +208,8 @@ class Children:
         """
         known = {pid: started for pid, started in self._lineage.items()
                  if pid in table and table[pid].started == started}
-        roots = {child.process.pid for child in self.children} | set(known)
+        # An exited child's pid is no root: a new process may have it, and its children are not ours.
+        roots = {child.process.pid for child in self.children if child.process.poll() is None} | set(known)
         self._lineage = known | {pid: table[pid].started for pid in _below(roots, table)}
 
 

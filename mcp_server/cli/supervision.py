@@ -77,20 +77,30 @@ class Supervisor:
             if pending is None:
                 self._exited(child, now)
             elif now >= pending.due:
+                try:
+                    process = self.children.restart(child)
+                except Exception as exc:  # its program is gone, or no process could be made (EAGAIN, ENOMEM)
+                    # Waiting still, the longer the more tries fail: its old process, long ended, is not a new exit.
+                    self._wait(child, now, f"{child.name} could not be started again ({type(exc).__name__}: {exc})")
+                    continue
                 del self._pending[child.name]
-                if (process := self.children.restart(child)) is not None:
+                if process is not None:
                     self._say(child, f"{child.name} started again (pid {process.pid})")
         self.children.note_descendants()
 
     def _exited(self, child: Child, now: float) -> None:
         ran = now - child.since
-        quick = 0 if ran >= self.backoff.stable else self._quick_exits.get(child.name, 0)
+        if ran >= self.backoff.stable:
+            self._quick_exits[child.name] = 0
+        self._wait(child, now, f"{child.name} (pid {child.process.pid}) {child.how_it_ended} after {ran:.0f} s")
+
+    def _wait(self, child: Child, now: float, what: str) -> None:
+        quick = self._quick_exits.get(child.name, 0)
         delay = self.backoff.delay(quick)
         self._quick_exits[child.name] = quick + 1
         self._pending[child.name] = _Pending(due=now + delay)
         where = f"; its log: {self.children.log_dir / f'{child.name}.log'}" if self.children.log_dir else ""
-        self._say(child, f"{child.name} (pid {child.process.pid}) {child.how_it_ended} after {ran:.0f} s; "
-                  f"starting it again in {delay:g} s{where}")
+        self._say(child, f"{what}; starting it again in {delay:g} s{where}")
 
     def _say(self, child: Child, message: str) -> None:
         self.report(message)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 
 from mcp_server.cli.processes import Children
 from mcp_server.cli.supervision import Backoff, Supervisor
-from tests.support import alive, stop_process, wait_until
+from tests.support import alive, need, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 FAST = Backoff(first=0.2, most=0.8, stable=60)
@@ -113,3 +114,50 @@ def test_stop_all_also_stops_a_grandchild_whose_parent_died() -> None:
         assert not alive(grandchild)
     finally:
         stop_process(parent)
+
+
+def test_a_child_whose_program_is_gone_is_tried_again_later_each_time_and_its_old_exit_said_once(
+    children: Children, tmp_path: Path,
+) -> None:
+    program = tmp_path / "child.sh"
+    program.write_text("#!/bin/sh\nexit 3\n")
+    program.chmod(0o755)
+    lines: list[str] = []
+    children.start("gone", [str(program)], dict(os.environ))
+    Supervisor(children, report=lines.append, backoff=Backoff(first=0.1, most=0.4, stable=0.05), every=0.02).start()
+    wait_until(lambda: lines, 10, "its first exit")
+    program.unlink()  # an upgrade removed it, say
+    wait_until(lambda: len([line for line in lines if "could not be started again" in line]) >= 4, 20, "four tries")
+    exits = [line for line in lines if " exited with status 3 " in line]
+    tries = [line for line in lines if "could not be started again (FileNotFoundError" in line]
+    waits = [line.rsplit("starting it again in ", 1)[1].split(" s")[0] for line in tries]
+    assert len(exits) <= 2  # its last exit, said once (and one more, had it run again before the unlink)
+    assert waits[:4] == ["0.2", "0.4", "0.4", "0.4"] or waits[:4] == ["0.4"] * 4, lines
+
+
+def test_stop_all_leaves_alone_a_stranger_that_took_the_pid_of_a_child_that_exited(children: Children) -> None:
+    need(os.geteuid() == 0, "taking a chosen pid (/proc/sys/kernel/ns_last_pid) needs root")
+    lines: list[str] = []
+    exited = children.start("quick", ["sh", "-c", "exit 0"], dict(os.environ))
+    Supervisor(children, report=lines.append, backoff=Backoff(first=600), every=0.02).start()
+    wait_until(lambda: lines, 10, "its exit")
+    stranger = None
+    for _ in range(20):  # another process of the machine may take the pid first: try again
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(exited.pid - 1))
+        # A session and group of its own, of that number, and a child in it: what stop_all once took for ours.
+        candidate = subprocess.Popen(["setsid", "sh", "-c", "sleep 300 & wait"])
+        if candidate.pid == exited.pid:
+            stranger = candidate
+            break
+        stop_process(candidate)
+    assert stranger is not None, "no process could be given the exited child's pid"
+    try:
+        wait_until(lambda: len(Path(f"/proc/{stranger.pid}/task/{stranger.pid}/children").read_text().split()), 10,
+                   "the stranger's child")
+        time.sleep(0.2)  # rounds of the supervisor, which notes the lineage
+        children.stop_all(grace_seconds=1)
+        with pytest.raises(subprocess.TimeoutExpired):  # a signal sent would have ended it by then
+            stranger.wait(timeout=1)
+    finally:
+        os.killpg(stranger.pid, signal.SIGKILL)
+        stranger.wait()
