@@ -40,7 +40,6 @@ from typing import Any
 from uuid import UUID
 
 import docker
-from docker.errors import DockerException
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import LogCreate
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
@@ -184,9 +183,9 @@ async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, sin
                        queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]]) -> int:
     """Read the events stream until it ends; returns the time to reopen it from."""
     try:
-        client = docker.from_env()
-        stream = client.events(since=since, filters=_FILTERS, decode=True)
-    except DockerException as exc:
+        # In a thread: a slow engine must not stall the loop that serves every pool (its polls, its heartbeats).
+        client, stream = await asyncio.to_thread(_open, since)
+    except Exception as exc:  # DockerException, or requests' own errors, which docker-py lets through unwrapped
         print(f"container exits: no Docker engine answers ({type(exc).__name__}); retrying", flush=True)
         return since
     ended: asyncio.Future[int] = loop.create_future()
@@ -210,6 +209,15 @@ async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, sin
     finally:
         stream.close()
         client.close()
+
+
+def _open(since: int) -> tuple[docker.DockerClient, Any]:
+    client = docker.from_env()
+    try:
+        return client, client.events(since=since, filters=_FILTERS, decode=True)
+    except BaseException:
+        client.close()
+        raise
 
 
 def _settle(ended: asyncio.Future[int], last: int) -> None:

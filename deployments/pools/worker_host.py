@@ -53,6 +53,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS
+from prefect.utilities.asyncutils import get_thread_limiter
 from prefect.workers.base import BaseWorker
 from prefect.workers.process import ProcessWorker
 
@@ -452,6 +453,16 @@ class PoolHost:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def thread_limit(max_runs: int) -> int:
+    """Threads the worker host lets Prefect run at once: two a run (its container's watch, and a start or a stop
+    beside it), and room for the host's own calls to Docker.
+
+    >>> thread_limit(8), thread_limit(384)
+    (66, 818)
+    """
+    return 2 * max_runs + 50
+
+
 async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_workers: int = IDLE_WORKERS,
                 max_runs: int | None = None) -> None:
     """Serve every pool of the type named `prefix…` until cancelled (see `PoolHost`).
@@ -466,6 +477,10 @@ async def serve(pool_type: PoolType, prefix: str, *, exact: bool = False, idle_w
         machine = (await asyncio.to_thread(docker_machine) if pool_type == "docker" else None) or this_machine()
         max_runs = default_max_runs(machine)
         print(f"at most {max_runs} runs at once, for {machine} (ARIEL_MAX_RUNS sets it)", flush=True)
+    threads = get_thread_limiter()
+    # Prefect's Docker worker watches each container from a thread of the process's one limiter, 250 by default:
+    # past that many runs at once, the next would wait for a thread, Pending, until Ariel crashed it as stuck.
+    threads.total_tokens = max(threads.total_tokens, thread_limit(max_runs))
     host: PoolHost | None = None
     try:
         async with get_client() as client:

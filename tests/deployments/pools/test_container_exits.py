@@ -7,9 +7,12 @@ labels the Docker worker gives a run's container, and are removed as they exit, 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -18,7 +21,7 @@ from prefect import flow
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.pools.container_exits import ContainerExit, recorded_exits, watch
+from deployments.pools.container_exits import RECONNECT_SECONDS, ContainerExit, recorded_exits, watch
 from deployments.runs.logs import read_log_page
 from tests.deployments.pools.conftest import BASE_IMAGE, TEST_LABEL
 
@@ -110,3 +113,67 @@ async def test_another_installs_containers_and_clean_exits_are_not_written(
     assert ended == ContainerExit(container=ended.container, exit_code=3)
     for run in (theirs, clean):
         assert (await read_log_page(prefect, run.id, min_level="warning")).lines == []
+
+
+@contextmanager
+def engine_that_drops_its_first_events_stream(folder: Path) -> Iterator[str]:
+    """A unix socket relayed to the Docker engine's, which drops the first `/events` request unanswered: what a
+    restart of the engine between the watcher's connect and its stream looks like. Yields a DOCKER_HOST."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(folder / "docker.sock"))
+    listener.listen()
+    dropped: list[bool] = []
+    opened: list[socket.socket] = []  # closed as the test ends, the relays' threads then see an OSError and stop
+
+    def relay(source: socket.socket, target: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        for end in (source, target):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            opened.append(client)
+            first = client.recv(65536)
+            if b"/events" in first.split(b"\r\n", 1)[0] and not dropped:
+                dropped.append(True)
+                client.close()
+                continue
+            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            opened.append(engine)
+            engine.connect("/var/run/docker.sock")
+            engine.sendall(first)
+            for ends in ((client, engine), (engine, client)):
+                threading.Thread(target=relay, args=ends, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"unix://{folder / 'docker.sock'}"
+    finally:
+        for each in (listener, *opened):
+            each.close()
+        assert dropped, "the watcher never asked for the events stream"
+
+
+async def test_the_watcher_goes_on_when_its_events_stream_is_dropped_as_it_opens(
+    engine: docker.DockerClient, prefect: PrefectClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docker-py lets requests' ConnectionError through unwrapped, which once ended the watcher for good: no exit
+    was written again until the worker host restarted."""
+    run = await prefect.create_flow_run(probe)
+    pool = prefix()
+    with engine_that_drops_its_first_events_stream(tmp_path) as docker_host:
+        monkeypatch.setenv("DOCKER_HOST", docker_host)
+        async with watching(pool):
+            await asyncio.sleep(RECONNECT_SECONDS + 1)  # dropped, and opened again
+            container = start(engine, run.id, f"{pool}0f3c-docker", ["sleep", "60"])
+            await asyncio.sleep(1)
+            container.kill()
+            ended = await exit_written(prefect, run.id)
+    assert ended.exit_code == 137 and ended.killed_outside, ended
