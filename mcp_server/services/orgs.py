@@ -17,8 +17,8 @@ from deployments.pools.work_pools import DEFAULT_CPUS
 from deployments.runs.erasure import erase_runs, runs_in_flight
 from deployments.text import quote
 from flows.config import Limits
-from mcp_server.auth import Role, is_api_key
-from mcp_server.auth.worker_keys import worker_key_prefix
+from mcp_server.auth import Role
+from mcp_server.auth.api_keys import API_KEY_PREFIX
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.caller import RANK, Caller
@@ -77,6 +77,25 @@ def run_limits(memory_limit: str, org: Organization | None = None) -> dict[str, 
     }
 
 
+_PASTED_KEY = re.compile(r"ariel_(?:wk_)?(?P<prefix>[0-9a-f]{8})_")
+
+
+def key_reference(given: str) -> str:
+    """What manage_org takes `key` by: its id or prefix as given, or, when the key itself was pasted (alone, in
+    quotes, after `Bearer`, in a line of JSON), its prefix, so that the secret lands in no log, audit entry or
+    message.
+
+    >>> key_reference("ab12cd34"), key_reference('"Bearer ariel_ab12cd34_' + "x" * 43 + '"')
+    ('ab12cd34', 'ab12cd34')
+    >>> key_reference("ariel_wk_ab12cd34_" + "y" * 43), key_reference("see ariel_oops")
+    ('ab12cd34', '(a malformed key)')
+    """
+    if API_KEY_PREFIX not in given:
+        return given.strip()
+    found = _PASTED_KEY.search(given)
+    return found["prefix"] if found else "(a malformed key)"
+
+
 @dataclass
 class OrgService:
     store: Store
@@ -106,11 +125,8 @@ class OrgService:
         self, caller: Caller, action: OrgAction, user: str | None, role: Role | None, name: str | None,
         org: str | None, key: str | None, confirm: bool,
     ) -> OrgActionView:
-        if key is not None and is_api_key(key.strip()):
-            # Someone pasted the key itself: use its prefix, so the secret lands in no log or message.
-            key = worker_key_prefix(key.strip()) or (
-                key.strip().split("_")[1] if key.count("_") >= 2 else "(a malformed key)"
-            )
+        if key is not None:
+            key = key_reference(key)
         target = user or name or org or key or caller.org_slug
         reading = action in ("list_members", "list_keys", "list_worker_keys")
         async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
