@@ -44,7 +44,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
 from deployments.pools.container_exits import recorded_exits
@@ -190,7 +190,8 @@ async def keep_recovering(
                         for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
                             log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
                                         silence)
-                    except (httpx.HTTPError, PrefectHTTPStatusError) as exc:  # the retries below still run
+                    # A run deleted meanwhile (ObjectNotFound) is no outage either: the retries below still run.
+                    except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
                         log.info("run recovery: silent runs could not be listed this pass (%s)", type(exc).__name__)
                     # A run Pending through an outage did not change because nothing could: judged only once
                     # Prefect has answered for a whole start window.
@@ -199,7 +200,7 @@ async def keep_recovering(
                             for run_id in await crash_stuck_starts(client, pool_prefix, start, now):
                                 log.warning("run %s: taken by a worker and not started within %s: set Crashed",
                                             run_id, start)
-                        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+                        except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
                             log.info("run recovery: runs starting could not be listed this pass (%s)",
                                      type(exc).__name__)
                 for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries, now):
@@ -214,6 +215,8 @@ async def keep_recovering(
                     log.info("run recovery: failed runs could not be written up this pass (%s)", type(exc).__name__)
         except asyncio.CancelledError:
             raise
+        except ObjectNotFound:  # a run deleted in the middle of the pass: Prefect answered, the next pass goes on
+            log.info("run recovery: a run went away during this pass")
         except Exception as exc:  # Prefect down, a bad answer: the next pass tries again
             reachable.lost()
             log.info("run recovery: this pass could not read Prefect (%s)", type(exc).__name__)
