@@ -34,6 +34,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
@@ -141,6 +142,22 @@ class RunSlots:
         return self.limiter.total_tokens
 
 
+class _NotesFailedStart:
+    """A submission's task status (anyio's) that also calls `failed` when the submission reports an error as its
+    start. Prefect reads the status's own attributes too (`_future`): they are the wrapped one's."""
+
+    def __init__(self, status: Any, failed: Callable[[], None]) -> None:
+        self._status, self._failed = status, failed
+
+    def started(self, value: Any = None) -> None:
+        if isinstance(value, Exception):
+            self._failed()
+        self._status.started(value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._status, name)
+
+
 class _CountsRuns:
     """Whether a worker has a run in hand: one whose last run ended may be let go. And the host's run slots."""
 
@@ -148,10 +165,12 @@ class _CountsRuns:
     slots: RunSlots | None = None
     _limiter: anyio.CapacityLimiter | None  # BaseWorker's
     _handed: set[UUID]  # runs whose attempt reached `_submit_run_and_capture_errors`, which gives its slot back
+    _gives_back_twice: set[UUID]  # runs whose start failed: Prefect gives their slot back twice, once is kept
 
     async def setup(self) -> None:
         await super().setup()  # type: ignore[misc]  # the worker class mixed in
         self._handed = set()
+        self._gives_back_twice = set()
         if self.slots is not None:
             # Not a CapacityLimiter, but it has what BaseWorker uses of one.
             self._limiter = cast(anyio.CapacityLimiter, self.slots)
@@ -182,7 +201,19 @@ class _CountsRuns:
 
     async def _submit_run_and_capture_errors(self, flow_run: FlowRun, *args: Any, **kwargs: Any) -> Any:
         self._handed.add(flow_run.id)
+        if kwargs.get("task_status") is not None:
+            kwargs["task_status"] = _NotesFailedStart(kwargs["task_status"], lambda: self._gives_back_twice.add(
+                flow_run.id))
         return await super()._submit_run_and_capture_errors(flow_run, *args, **kwargs)  # type: ignore[misc]
+
+    def _release_limit_slot(self, flow_run_id: UUID) -> None:
+        # A start that failed is given back twice by Prefect (the submission's `finally`, and `_submit_run` as it
+        # sees the error): the second would take the slot of the run's earlier attempt, whose container may still
+        # be running (a silent run crashed and retried), and the host would run one more than its cap.
+        if flow_run_id in self._gives_back_twice:
+            self._gives_back_twice.discard(flow_run_id)
+            return
+        super()._release_limit_slot(flow_run_id)  # type: ignore[misc]
 
     @property
     def busy(self) -> bool:

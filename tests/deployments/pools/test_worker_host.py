@@ -23,12 +23,13 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.objects import Worker
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments.pools.readiness import is_polling
 from deployments.pools.work_pools import install_prefix
-from deployments.pools.worker_host import RunSlots
+from deployments.pools.worker_host import HostedProcessWorker, RunSlots
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from tests import support
@@ -313,3 +314,39 @@ async def test_run_slots_are_shared_by_workers_and_a_retried_run_may_hold_two() 
     with pytest.raises(RuntimeError):  # what Prefect's worker expects of a second release, and ignores
         north.release_on_behalf_of(run)
     assert (north.borrowed_tokens, host.available_tokens) == (0, 2)
+
+
+async def test_a_retry_that_fails_to_start_gives_back_its_own_slot_not_its_earlier_attempts(prefect_api: str) -> None:
+    """Prefect gives back the slot of a start that failed twice. A run crashed for silence and retried while its
+    first attempt's container still runs holds two: the second give-back took the first attempt's, and the host
+    ran one more than its cap. A real process worker whose command does not exist fails the start."""
+    pool = f"{install_prefix(uuid.uuid4().hex)}{uuid.uuid4().hex[:12]}-process"
+    async with PrefectClient(prefect_api) as prefect:
+        await prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        deployment = await prefect.create_deployment(
+            flow_id=await prefect.create_flow_from_name("slots-probe"), name="probe", work_pool_name=pool,
+            job_variables={"command": "/nonexistent/ariel-no-such-program"})
+        run = await prefect.create_flow_run_from_deployment(deployment)
+        worker = HostedProcessWorker(work_pool_name=pool, create_pool_if_not_found=False)
+        worker.slots = RunSlots.of(2).for_worker()
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+                async with worker:
+                    await worker.sync_with_backend()
+                    worker.slots.acquire_on_behalf_of_nowait(run.id)  # the first attempt's, its container running
+                    worker.slots.acquire_on_behalf_of_nowait(run.id)  # the retry's, as Prefect takes it
+                    worker._submitting_flow_run_ids.add(run.id)
+                    await worker._submit_run(run)
+                    state = await wait_for_state(
+                        lambda: _state_name(prefect, run.id), "Crashed", 30)  # the start failed, and said so
+                    await asyncio.sleep(0.5)  # the submission's own give-back, after it proposed Crashed
+                    held = worker.slots.holds(run.id)
+        finally:
+            await prefect.delete_work_pool(pool)
+    assert state == "Crashed"
+    assert held == 1, "the first attempt's slot is still held"
+
+
+async def _state_name(prefect: PrefectClient, run_id: UUID) -> str | None:
+    run = await prefect.read_flow_run(run_id)
+    return run.state.name if run.state else None
