@@ -34,9 +34,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import docker
@@ -183,8 +184,7 @@ async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, sin
                        queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]]) -> int:
     """Read the events stream until it ends; returns the time to reopen it from."""
     try:
-        # In a thread: a slow engine must not stall the loop that serves every pool (its polls, its heartbeats).
-        client, stream = await asyncio.to_thread(_open, since)
+        client, stream = await _opened(loop, since)
     except Exception as exc:  # DockerException, or requests' own errors, which docker-py lets through unwrapped
         print(f"container exits: no Docker engine answers ({type(exc).__name__}); retrying", flush=True)
         return since
@@ -208,6 +208,43 @@ async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, sin
         return await ended
     finally:
         stream.close()
+        client.close()
+
+
+async def _opened(loop: asyncio.AbstractEventLoop, since: int) -> tuple[docker.DockerClient, Any]:
+    """The engine's client and its event stream, opened in a daemon thread: a slow engine must not stall the loop
+    that serves every pool (its polls, its heartbeats), nor hold up the interpreter's exit. A pair that opens after
+    the watcher stopped waiting is closed there."""
+    opened: asyncio.Future[tuple[docker.DockerClient, Any]] = loop.create_future()
+
+    def hand_over(pair: tuple[docker.DockerClient, Any] | None, error: BaseException | None) -> None:
+        if opened.done():  # the watcher stopped meanwhile
+            if pair is not None:
+                _close(*pair)
+        elif error is not None:
+            opened.set_exception(error)
+        else:
+            opened.set_result(cast(tuple[docker.DockerClient, Any], pair))
+
+    def open_in_thread() -> None:
+        try:
+            pair, error = _open(since), None
+        except Exception as exc:
+            pair, error = None, exc
+        try:
+            loop.call_soon_threadsafe(hand_over, pair, error)
+        except RuntimeError:  # the loop is closed: nobody will ever read the pair
+            if pair is not None:
+                _close(*pair)
+
+    threading.Thread(target=open_in_thread, name="container-exits-open", daemon=True).start()
+    return await opened
+
+
+def _close(client: docker.DockerClient, stream: Any) -> None:
+    with suppress(Exception):
+        stream.close()
+    with suppress(Exception):
         client.close()
 
 

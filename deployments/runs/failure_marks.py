@@ -101,6 +101,7 @@ class FailureMarker:
     hosting: Hosting
     since: datetime
     tries: dict[UUID, int] = field(default_factory=dict)
+    written: dict[UUID, UUID | None] = field(default_factory=dict)  # run -> its state found written up, in the window
 
     async def mark(self, client: PrefectClient, until: datetime) -> list[Marked]:
         """Tag and write up each of the install's agent runs that ended Failed or Crashed from `since` (less
@@ -122,7 +123,7 @@ class FailureMarker:
             for run in page:
                 if is_install_agent_run(run, self.pool_prefix):
                     (waiting if failure_tag(run) is None else tagged).append(run)
-        waiting += await _failed_again(client, tagged)
+        waiting += await self._failed_again(client, tagged)
         waiting.sort(key=lambda run: run.end_time or until)
         marked: list[Marked] = []
         for run in waiting[:PER_PASS]:
@@ -140,6 +141,30 @@ class FailureMarker:
         left = waiting[PER_PASS:]
         self.since = max(self.since, (left[0].end_time or until) if left else until)
         return marked
+
+    async def _failed_again(self, client: PrefectClient, tagged: list[FlowRun]) -> list[FlowRun]:
+        """Of runs in the window that carry a write-up, those that failed again since it was written: an operator's
+        Retry that failed before any pass saw it running (`rerun` never cleared its tags). Their tags name the
+        first failure's cause, and their final state has no artifact. One read of failure artifacts for the runs
+        not already found written up in their present state by an earlier pass."""
+        # Given up (`_give_up`): no artifact was ever written for them, and none would be now.
+        candidates = {run.id: run for run in tagged
+                      if failure_tag(run) != f"{FAILED_TAG_PREFIX}unknown" and self.written.get(run.id) != run.state_id}
+        self.written = {run.id: self.written[run.id] for run in tagged if run.id in self.written}  # the window's
+        if not candidates:
+            return []
+        marks: set[str] = set()
+        artifacts = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=list(candidates)),
+                                   key=ArtifactFilterKey(like_=f"{FAILURE_ARTIFACT_KEY}-%"))
+        async for page in every_page(client.read_artifacts, artifact_filter=artifacts):
+            marks.update(artifact.description or "" for artifact in page)
+        again = []
+        for run in candidates.values():
+            if any(mark.endswith(_state_mark(run)) for mark in marks):
+                self.written[run.id] = run.state_id
+            else:
+                again.append(run)
+        return again
 
     async def rerun(self, client: PrefectClient) -> list[UUID]:
         """Drop the write-up tags of the install's runs that carry them but no longer end Failed or Crashed: an
@@ -159,22 +184,6 @@ class FailureMarker:
                     await client.update_flow_run(run.id, tags=_without_write_up(run.tags))
                     cleared.append(run.id)
         return cleared
-
-
-async def _failed_again(client: PrefectClient, tagged: list[FlowRun]) -> list[FlowRun]:
-    """Of runs in the window that carry a write-up, those that failed again since it was written: an operator's
-    Retry that failed before any pass saw it running (`rerun` never cleared its tags). Their tags name the first
-    failure's cause, and the artifact of their final state is missing. One read of artifacts for all of them."""
-    # Given up (`_give_up`): no artifact was ever written for them, and none would be now.
-    candidates = {run.id: run for run in tagged if failure_tag(run) != f"{FAILED_TAG_PREFIX}unknown"}
-    if not candidates:
-        return []
-    marks: set[str] = set()
-    artifacts = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=list(candidates)))
-    async for page in every_page(client.read_artifacts, artifact_filter=artifacts):
-        marks.update(artifact.description or "" for artifact in page)
-    return [run for run in candidates.values()
-            if not any(mark.endswith(_state_mark(run)) for mark in marks)]
 
 
 async def _give_up(client: PrefectClient, run: FlowRun) -> None:

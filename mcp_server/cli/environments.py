@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 from deployments.exceptions import ImageBuildFailed
 from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder
@@ -84,27 +85,28 @@ def prefect_database(settings: ArielSettings) -> str:
     ...         "postgresql+asyncpg://prefect:s3cret@/prefect?host=/var/run/postgresql"}):
     ...     prefect_database(ArielSettings(home=Path("/h")))
     'PostgreSQL at /var/run/postgresql/prefect'
+    >>> with mock.patch.dict(os.environ, {"PREFECT_API_DATABASE_CONNECTION_URL":
+    ...         "postgresql+asyncpg://prefect:s3cr@t:pw@db.internal:5432/prefect"}):
+    ...     prefect_database(ArielSettings(home=Path("/h")))
+    'PostgreSQL at db.internal:5432/prefect'
     >>> prefect_database(ArielSettings(home=Path("/h")))
     'SQLite at /h/prefect/prefect.db'
     """
     url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")
     if not url:
         return f"SQLite at {settings.home / 'prefect' / 'prefect.db'}"
-    # Here, not at the top: `ariel --help` never pays for SQLAlchemy's import.
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:  # Prefect's server says what is wrong with it as it starts; never the text here
-        return "the database PREFECT_API_DATABASE_CONNECTION_URL names"
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return f"SQLite at {parsed.database}"
-    # Never the user or password; a socket directory stands in for a host (`?host=/var/run/postgresql`).
-    host = parsed.host or str(parsed.query.get("host", "localhost"))
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{'PostgreSQL' if backend == 'postgresql' else backend} at {host}{port}/{parsed.database}"
+    scheme, _, rest = url.partition("://")
+    if scheme.startswith("sqlite"):  # sqlite:///path: a path, no credentials
+        return f"SQLite at {rest.removeprefix('/') or rest}"
+    # By hand, not SQLAlchemy's make_url: a password may hold '@' unencoded, which make_url takes for the end of
+    # the password (printing the rest) or refuses with a ValueError that quotes it. Never anything before the
+    # last '@'; a socket directory stands in for a host (`?host=/var/run/postgresql`).
+    place, _, query = rest.rpartition("@")[2].partition("?")
+    kind = "PostgreSQL" if scheme.startswith("postgresql") else scheme
+    if place.startswith("/"):
+        host = next((value for name, value in parse_qsl(query) if name == "host"), "localhost")
+        return f"{kind} at {host}{place}"
+    return f"{kind} at {place}"
 
 
 def gateway_url(settings: ArielSettings) -> str:

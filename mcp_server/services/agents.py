@@ -260,10 +260,13 @@ class AgentService:
                 await self.ensure_pool(caller)
                 await self._deploy(caller, record, spec)
             except BaseException:
+                # Each step bounded on its own, the store's first: a Prefect that hangs (its client retries for
+                # a minute and more) must not keep the row of an agent the caller was told was not created.
                 with finishing():
-                    # Prefect may have made the deployment even if its answer was lost.
-                    await self._undeploy_quietly(caller, record)
                     await self.store.delete_agent(caller.org_id, record.id)
+                with finishing():  # Prefect may have made the deployment even if its answer was lost
+                    await self._undeploy_quietly(caller, record)
+                with finishing():
                     await self._release_quietly(slug, name, agent_id)
                 raise
         return await self.get(caller, record.id, full=False)
@@ -570,16 +573,15 @@ class AgentService:
             if name is not None:
                 # Its reservation may be gone with Prefect's database, and the name taken since by another agent.
                 name = await naming.keep(client, record.slug, name, caller.org_slug, record.id, caller.org_id)
+                if name != record.deployment_name:  # recorded at once: a delete then gives back the name it holds
+                    await self.store.set_deployment(caller.org_id, record.id, name=name)
             desired = compiler.compile_agent(
                 config, record.slug, caller.org_slug, spec.schedule, await self.target(caller), paused=paused,
                 signer=self.signer, name=name,
             )
             deployment_id = await compiler.apply(client, desired)
-        await self.store.set_deployment(
-            caller.org_id, record.id,
-            # Its first, or made again (lost with Prefect's database); renamed when another agent took its name.
-            deployment_id=str(deployment_id) if str(deployment_id) != record.deployment_id else None,
-            name=name if name != record.deployment_name else None)
+        if str(deployment_id) != record.deployment_id:  # its first, or made again (lost with Prefect's database)
+            await self.store.set_deployment(caller.org_id, record.id, deployment_id=str(deployment_id))
         return deployment_id
 
     async def _undeploy_quietly(self, caller: Caller, record: AgentRecord) -> None:

@@ -28,24 +28,31 @@ async def audited(store: Store, caller: Caller, action: str, target: str) -> Asy
     their messages, which are written for people and hold no secrets; anything else
     is a bug, recorded without its text.
     """
+    # Each record is written shielded: a cancel that lands as it is written must not lose the entry.
     try:
         yield
     except Forbidden as exc:
-        await record(store, caller, action, target, "denied", str(exc))
+        with finishing():
+            await record(store, caller, action, target, "denied", str(exc))
         raise
     except ArielError as exc:
-        await record(store, caller, action, target, "failed", str(exc))
+        with finishing():
+            await record(store, caller, action, target, "failed", str(exc))
         raise
     except StoreError as exc:  # the store's messages are written for people, like ours
-        await record(store, caller, action, target, "failed", str(exc))
+        with finishing():
+            await record(store, caller, action, target, "failed", str(exc))
         raise Conflict(str(exc)) from exc
     except Exception:
-        await record(store, caller, action, target, "failed", "internal error; see the server log")
+        with finishing():
+            await record(store, caller, action, target, "failed", "internal error; see the server log")
         raise
     except GeneratorExit:  # closed unfinished, never run on: nothing to wait for here
         raise
     except BaseException:  # the caller cancelled the call, or the server is stopping: recorded even so
         with finishing():
-            await record(store, caller, action, target, "failed", "cancelled before it finished")
+            # Not "nothing happened": a create undoes itself, but a change may have been applied before the cancel.
+            await record(store, caller, action, target, "failed", "cancelled before it answered")
         raise
-    await record(store, caller, action, target, "ok")
+    with finishing():
+        await record(store, caller, action, target, "ok")

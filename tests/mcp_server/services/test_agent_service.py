@@ -308,5 +308,5 @@ async def test_a_create_cancelled_while_prefect_deploys_leaves_no_agent_deployme
         assert await prefect.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[slug]))) == []
         assert await prefect.read_variable_by_name(reservation_name(slug, org.slug)) is None
     [event] = await store.audit_events(org.id)
-    assert (event.action, event.outcome, event.detail) == ("agent.create", "failed", "cancelled before it finished")
+    assert (event.action, event.outcome, event.detail) == ("agent.create", "failed", "cancelled before it answered")
     await store.close()
