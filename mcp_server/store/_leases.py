@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+import anyio
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -113,5 +114,7 @@ async def _session(engine: AsyncEngine) -> AsyncIterator[psycopg.AsyncConnection
     try:
         yield conn
     finally:
-        with suppress(Exception):
+        # Shielded: a block cancelled by the caller (an MCP call cancelled in a turn) would otherwise cancel the
+        # close too, and the session, its lock held, would stay open until the connection is collected.
+        with anyio.CancelScope(shield=True), suppress(Exception):
             await asyncio.wait_for(conn.close(), CLOSE_SECONDS)

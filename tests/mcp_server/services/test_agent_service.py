@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -309,4 +310,15 @@ async def test_a_create_cancelled_while_prefect_deploys_leaves_no_agent_deployme
         assert await prefect.read_variable_by_name(reservation_name(slug, org.slug)) is None
     [event] = await store.audit_events(org.id)
     assert (event.action, event.outcome, event.detail) == ("agent.create", "failed", "cancelled before it answered")
+    if store_kind == "postgresql":  # the agent's turn, an advisory lock of a session of its own, was let go
+        assert await advisory_locks(url) == 0
     await store.close()
+
+
+async def advisory_locks(url: str) -> int:
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        row = await (await conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE l.locktype = 'advisory' AND d.datname = current_database()")).fetchone()
+    return int(row[0]) if row else -1
