@@ -28,11 +28,15 @@ from mcp_server.tools.server import build_mcp
 ECHO_LIMIT = 110
 """A refusal quotes at most about 100 characters of anything sent (quotes and an ellipsis aside)."""
 
-HOSTILE = st.sampled_from([
-    "", " ", "\x00", "Ada\x00", "line\nbreak", "tab\there", "\x1b[31mred", "\u202eevil", "* * * * * * *",
-    "* * * * * *", "@reboot", "0 8 * * 1-5", "x" * 5000, "é" * 300, "'\"\\", "../../etc/passwd", "-1", "hello",
-    "ariel/scripted", "http://127.0.0.1:9/", "n" * 100_000,
-])
+HOSTILE = st.one_of(
+    st.sampled_from([
+        "", " ", "\x00", "Ada\x00", "line\nbreak", "tab\there", "\x1b[31mred", "\u202eevil", "* * * * * * *",
+        "* * * * * *", "@reboot", "0 8 * * 1-5", "é" * 300, "'\"\\", "../../etc/passwd", "-1", "hello",
+        "ariel/scripted", "http://127.0.0.1:9/",
+    ]),
+    # Long texts made at draw time: in the strategy itself, they made its repr 100 kB, which Hypothesis warns of.
+    st.sampled_from([("x", 5000), ("n", 100_000)]).map(lambda made: made[0] * made[1]),
+)
 TEXT = st.one_of(HOSTILE, st.text(max_size=40), st.text(st.characters(max_codepoint=0x9f), max_size=20))
 
 SKIPPED_ACTIONS = {
@@ -136,6 +140,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {}
 
 
 @pytest.mark.parametrize("tool", TOOLS)
+# Hypothesis takes any change of the global `random` state during a draw for a strategy that uses it; a thread of
+# a library elsewhere in the process (a client's retry jitter) changes it now and then. These strategies do not.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @settings(max_examples=15, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
