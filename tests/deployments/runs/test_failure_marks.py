@@ -6,9 +6,9 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from prefect import State, flow
+from prefect import Flow, State, flow
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -94,21 +94,28 @@ async def test_failed_and_crashed_runs_of_the_install_are_tagged_with_their_caus
         assert artifacts[name] == [], name
 
 
+async def agent_run_of_a_new_install(
+    client: PrefectClient, probe: Flow[..., None], config: dict[str, Any] = CONFIG,
+) -> tuple[str, str, UUID]:
+    """A new install's pool of org `acme` and one agent run of `probe` in it, made as Ariel's deployments make them
+    (tagged, with its config): the install's pool prefix, the pool, and the run's id."""
+    install = f"ariel-{uuid4().hex[:8]}-"
+    pool = f"{install}acme-docker"
+    await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+        flow_id=await client.create_flow(probe), name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"],
+        work_pool_name=pool, work_queue_name="default", parameters=config).model_dump(mode="json"))
+    return install, pool, FlowRun.model_validate(answer.json()).id
+
+
 async def test_a_run_retried_from_the_ui_loses_its_write_up_and_is_written_up_afresh_when_it_fails_again(
     prefect_api: str,
 ) -> None:
     @flow(name="failure-marks-retried")
     def probe() -> None: ...
 
-    install = f"ariel-{uuid4().hex[:8]}-"
-    pool = f"{install}acme-docker"
     async with PrefectClient(prefect_api) as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        flow_id = await client.create_flow(probe)
-        answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
-            flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"], work_pool_name=pool,
-            work_queue_name="default", parameters=CONFIG).model_dump(mode="json"))
-        run_id = FlowRun.model_validate(answer.json()).id
+        install, pool, run_id = await agent_run_of_a_new_install(client, probe)
         marker = FailureMarker(install, Hosting("saas"), since=datetime.now(UTC) - timedelta(seconds=5))
 
         async def state_of_things() -> tuple[list[str], list[str]]:
@@ -150,15 +157,8 @@ async def test_a_run_retried_from_the_ui_that_fails_again_before_a_pass_sees_it_
     @flow(name="failure-marks-failed-again")
     def probe() -> None: ...
 
-    install = f"ariel-{uuid4().hex[:8]}-"
-    pool = f"{install}acme-docker"
     async with PrefectClient(prefect_api) as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        flow_id = await client.create_flow(probe)
-        answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
-            flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"], work_pool_name=pool,
-            work_queue_name="default", parameters=CONFIG).model_dump(mode="json"))
-        run_id = FlowRun.model_validate(answer.json()).id
+        install, pool, run_id = await agent_run_of_a_new_install(client, probe)
         marker = FailureMarker(install, Hosting("saas"), since=datetime.now(UTC) - timedelta(seconds=5))
         await client.set_flow_run_state(run_id, Failed(message="StepLimitReached: 2 LLM calls"), force=True)
         await marker.mark(client, datetime.now(UTC) + timedelta(seconds=1))

@@ -5,19 +5,17 @@ page. Against a real Prefect server."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
 
 from prefect import flow
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.client.schemas.objects import FlowRun
 from prefect.states import Failed
 
 from deployments.runs.diagnosis import diagnose
 from deployments.runs.failure_marks import FailureMarker
 from deployments.runs.flow_runs import RunSummary
 from deployments.runs.hosting import Hosting
+from tests.deployments.runs.test_failure_marks import agent_run_of_a_new_install
 
 KEY = "sk-proj-" + "Zq7" * 14
 MESSAGE = f"Flow run encountered an exception: HTTPStatusError: 401 for url https://api.example.com/v1?api_key={KEY}"
@@ -27,16 +25,9 @@ async def test_a_state_message_quoting_a_key_is_redacted_in_views_diagnoses_and_
     @flow(name="quoted-credentials")
     def probe() -> None: ...
 
-    install = f"ariel-{uuid4().hex[:8]}-"
-    pool = f"{install}acme-docker"
     async with PrefectClient(prefect_api) as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
-            flow_id=await client.create_flow(probe), name=f"probe-{uuid4().hex[:6]}", tags=["ariel", "org:acme"],
-            work_pool_name=pool, work_queue_name="default",
-            parameters={"config": {"agent_id": "a" * 32, "org_slug": "acme", "name": "Walker"}},
-        ).model_dump(mode="json"))
-        run_id = FlowRun.model_validate(answer.json()).id
+        install, pool, run_id = await agent_run_of_a_new_install(
+            client, probe, {"config": {"agent_id": "a" * 32, "org_slug": "acme", "name": "Walker"}})
         await client.set_flow_run_state(run_id, Failed(message=MESSAGE), force=True)
         run = await client.read_flow_run(run_id)
         summary = RunSummary.of(run)
