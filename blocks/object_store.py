@@ -29,6 +29,8 @@ import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -63,6 +65,10 @@ class ObjectStore(Block, ABC):
     @abstractmethod
     async def keys(self, prefix: str) -> list[str]:
         """Every key that starts with `prefix` (a folder-like prefix ends with `/`), sorted."""
+
+    @abstractmethod
+    async def stamps(self, prefix: str) -> dict[str, datetime]:
+        """Every key that starts with `prefix`, with when its object was last written (UTC)."""
 
     @abstractmethod
     async def remove(self, prefix: str) -> int:
@@ -112,6 +118,16 @@ class LocalObjectStore(ObjectStore):
 
     async def keys(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._keys, _checked_prefix(prefix))
+
+    async def stamps(self, prefix: str) -> dict[str, datetime]:
+        def stamped() -> dict[str, datetime]:
+            found = {}
+            for key in self._keys(_checked_prefix(prefix)):
+                with suppress(FileNotFoundError):  # removed since the listing
+                    found[key] = datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
+            return found
+
+        return await asyncio.to_thread(stamped)
 
     async def remove(self, prefix: str) -> int:
         found = await self.keys(prefix)
@@ -233,6 +249,16 @@ class S3ObjectStore(ObjectStore):
                           self._client().list_objects(self.bucket, prefix=prefix, recursive=True))
 
         return await self._call("list the objects of", listed)
+
+    async def stamps(self, prefix: str) -> dict[str, datetime]:
+        prefix = _checked_prefix(prefix)
+
+        def stamped() -> dict[str, datetime]:
+            # A server that gives no date: taken as written now, so that nothing is removed as old on a guess.
+            return {str(found.object_name): found.last_modified or datetime.now(UTC) for found in
+                    self._client().list_objects(self.bucket, prefix=prefix, recursive=True)}
+
+        return await self._call("list the objects of", stamped)
 
     async def remove(self, prefix: str) -> int:
         from minio.deleteobjects import DeleteObject

@@ -51,7 +51,7 @@ from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, prot
 from flows.signing import verify_from_environment
 from flows.telemetry import attach_tenant, detach_tenant, record_run, start_run_telemetry
 from flows.tools import BUILTIN_TOOLS
-from flows.tools.registry import ToolContext
+from flows.tools.registry import ToolContext, ToolResult
 from flows.transcript import (
     RESULT_ARTIFACT_KEY,
     Recorder,
@@ -128,7 +128,7 @@ async def llm_call(
 
 
 @task(retry_condition_fn=_retry_tool)
-async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
+async def tool_call(name: str, arguments: str, context: ToolContext) -> ToolResult:
     """Run one tool call; a refusal goes back to the model as the result."""
     try:
         if name not in context.granted_tools:
@@ -143,7 +143,7 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
             return await asyncio.to_thread(tool.run, args, context)
     except ToolRefused as refusal:
         get_run_logger().warning("Tool call refused: %s", refusal)
-        return json.dumps({"error": str(refusal)})
+        return ToolResult(json.dumps({"error": str(refusal)}))
 
 
 # No retries: an MCP tool may act on the world (create an issue, send a message), and a call that timed out may
@@ -151,14 +151,16 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> str:
 # to hash.
 @task(cache_policy=NO_CACHE)
 async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: float,
-                   redactor: Redactor) -> tuple[str, list[str]]:
-    """Call one MCP tool; returns what the model gets and what screening found in it.
+                   redactor: Redactor) -> tuple[str, list[str], str | None]:
+    """Call one MCP tool; returns what the model gets, what screening found in it, and the tool's text uncut when
+    the model gets it cut (for the transcript; None otherwise).
 
     A refused or failed call goes back to the model as `{"error": ...}`; a flagged result goes back fenced.
     """
     from flows.mcp.client import McpFailed, McpRefused
 
     logger = get_run_logger()
+    whole: str | None = None
     try:
         try:
             args = json.loads(arguments or "{}")
@@ -177,7 +179,7 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
         logger.warning("MCP tool failed: %s: %s", function, redactor.text(str(failure)))
         text = json.dumps({"error": f"{function} failed: {failure}"}, ensure_ascii=False)
     else:
-        text = outcome.text
+        text, whole = outcome.text, outcome.whole
         if outcome.is_error:
             logger.warning("MCP tool failed: %s: the tool reported an error: %s", function,
                            redactor.text(text[:300]))
@@ -186,7 +188,7 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
     if findings:
         logger.warning("MCP result flagged: %s: %s", function, "; ".join(findings))
         text = fence(text, findings)
-    return text, findings
+    return text, findings, whole
 
 
 # Here, as Prefect's engine imports this flow: before it starts the run's span, which needs the tracer provider.
@@ -412,13 +414,14 @@ async def _loop(
             tool_name = f"{name} · step {step}"
             try:
                 async with recorder.step("tool", name, step, tool_name, _arguments(arguments)) as recorded:
-                    result = await tool_call.with_options(
+                    answered = await tool_call.with_options(
                         task_run_name=tool_name,
                         retries=config.limits.tool_retries,
                         retry_delay_seconds=backoff(config.limits.tool_retries),
                         timeout_seconds=_remaining(deadline),
                     )(name, arguments, context)
-                    recorded.output = result
+                    recorded.output, recorded.whole = answered.text, answered.whole
+                result = answered.text
             except _TRANSIENT_TOOL_ERRORS as exc:
                 # Still failing after its retries: the model hears it and can say so.
                 logger.warning("Tool %s failed after %d retries: %s", name, config.limits.tool_retries, exc)
@@ -439,10 +442,10 @@ async def _mcp_step(toolbox: McpToolbox, call: dict[str, Any], step: int, deadli
     task_run_name = f"{name} · step {step}"
     async with recorder.step("tool", name, step, task_run_name, _arguments(arguments), server=server,
                              tool=tool) as recorded:
-        result, findings = await mcp_call.with_options(
+        result, findings, whole = await mcp_call.with_options(
             task_run_name=task_run_name, timeout_seconds=_remaining(deadline),
         )(name, arguments, toolbox, min(MCP_CALL_SECONDS, _remaining(deadline)), recorder.redactor)
-        recorded.output = result
+        recorded.output, recorded.whole = result, whole
         recorded.flags = findings or None
     return result
 

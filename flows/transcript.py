@@ -260,6 +260,14 @@ class TranscriptEntry(BaseModel):
             "Null when the call failed."
         )
     )
+    whole_output: str | None = Field(
+        default=None,
+        description=(
+            "A tool result the model got cut (past 20,000 characters): the whole of it as the tool answered, up to "
+            f"{MAX_KEPT_TEXT:,} characters, secrets redacted; `output` is what the model got. Null when the model got "
+            "all of it, and in a transcript kept as a Prefect artifact table."
+        ),
+    )
     prompt_tokens: int | None = Field(default=None, description="Prompt tokens of an LLM call; null for tool calls.")
     completion_tokens: int | None = Field(
         default=None, description="Completion tokens of an LLM call; null for tool calls."
@@ -325,6 +333,7 @@ class Outcome:
     """What the code inside `Recorder.step` fills in once the call returned."""
 
     output: Any = None
+    whole: str | None = None  # a tool's result uncut, when `output` is cut for the model
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     flags: list[str] | None = None
@@ -410,6 +419,9 @@ class Recorder:
                     duration_ms=round((time.monotonic() - started) * 1000),
                     input=self._clean(input, self._text_limit),
                     output=self._clean(outcome.output, self._text_limit),
+                    # Only where Ariel keeps entries one by one: a table republished whole at each step cannot.
+                    whole_output=self._clean(outcome.whole, MAX_KEPT_TEXT)
+                    if outcome.whole is not None and self.keeper is not None else None,
                     prompt_tokens=outcome.prompt_tokens,
                     completion_tokens=outcome.completion_tokens,
                     error=self.redactor.text(error) if error else None,
@@ -456,7 +468,8 @@ class Recorder:
     async def _record(self, entry: TranscriptEntry) -> None:
         if self.keeper is not None:
             if len(entry.model_dump_json().encode()) > MAX_ENTRY_BYTES:  # cut its texts as a table does
-                entry = entry.model_copy(update={"input": shorten(entry.input), "output": shorten(entry.output)})
+                entry = entry.model_copy(update={"input": shorten(entry.input), "output": shorten(entry.output),
+                                                 "whole_output": shorten(entry.whole_output)})
             kept = await self.keeper.keep(entry)
             if kept != "no_route":
                 return
@@ -464,8 +477,8 @@ class Recorder:
             self.keeper = None
         await self._publish(
             TRANSCRIPT_ARTIFACT_KEY,
-            [e.model_copy(update={"input": shorten(e.input), "output": shorten(e.output)}).to_row()
-             for e in self.entries],
+            [e.model_copy(update={"input": shorten(e.input), "output": shorten(e.output), "whole_output": None})
+             .to_row() for e in self.entries],
             f"LLM and tool calls of this run, in order, secrets redacted ({len(self.entries)} so far).",
         )
 

@@ -136,6 +136,15 @@ class ArielSettings(BaseSettings):
         "stays in Prefect.",
         examples=[24],
     )
+    transcript_retention_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="How long a run's transcript is kept in the object store after the run's last step; then it is "
+        "deleted (checked hourly), and the run, which stays in Prefect, answers that it has no transcript. 0 keeps "
+        "transcripts as long as the object store does.",
+        examples=[90],
+    )
     run_memory_limit: str = Field(
         default=DEFAULT_MEMORY_LIMIT,
         pattern=r"^[1-9][0-9]*[kmg]$",

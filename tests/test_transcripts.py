@@ -2,14 +2,16 @@
 
 `ariel up` with a bucket on a real S3 server on loopback (moto; the README
 documents MinIO), two orgs signed in with dev tokens, and an agent whose tool
-fetches a page longer than an artifact table would hold. The run sends each
-entry through the gateway with its run token; the Prefect UI shows a summary
-with a link; the link and `get_transcript` answer the run's org only.
+fetches a page longer than an artifact table would hold, and than the model
+gets. The run sends each entry through the gateway with its run token; the
+Prefect UI shows a summary with a link; the link and `get_transcript` answer
+the run's org only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -23,6 +25,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from blocks.object_store import S3ObjectStore
+from flows.tools.http_request import MAX_BODY_CHARS
 from flows.transcript import MAX_TEXT
 from mcp_server.cli.stack import Runtime
 from tests.mcp_server.callers import call
@@ -32,8 +35,8 @@ pytestmark = pytest.mark.slow
 
 ALICE = "dev:alice:acme:owner"
 BOB = "dev:bob:globex:owner"
-# Longer than an artifact table kept (MAX_TEXT), shorter than what http_request hands the model (20,000).
-PAGE = "".join(f"line {n:05d} of the long page\n" for n in range(600)) + "THE-END-OF-THE-PAGE"
+# Longer than an artifact table kept (MAX_TEXT) and than what http_request hands the model (MAX_BODY_CHARS).
+PAGE = "".join(f"line {n:05d} of the long page\n" for n in range(1000)) + "THE-END-OF-THE-PAGE"
 
 
 class LongPage(BaseHTTPRequestHandler):
@@ -53,7 +56,7 @@ def page_host() -> Iterator[str]:
 async def test_a_docker_runs_transcript_is_kept_whole_and_sealed_in_the_bucket_and_read_only_by_its_org(
     docker_engine: None, s3: S3Server, page_host: str, tmp_path: Path
 ) -> None:
-    assert len(PAGE) > MAX_TEXT
+    assert len(PAGE) > MAX_BODY_CHARS > MAX_TEXT
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     env = {"ARIEL_PROFILE": "dev", "ARIEL_AUTH_MODE": "dev", **s3.settings(bucket)}
     with ariel_up(tmp_path / "home", "docker", extra_env=env) as up:
@@ -85,7 +88,9 @@ async def test_a_docker_runs_transcript_is_kept_whole_and_sealed_in_the_bucket_a
         at_rest = [await bucket_store.get(key) for key in keys]
 
     [tool] = [entry for entry in transcript["entries"] if entry["kind"] == "tool"]
-    assert "THE-END-OF-THE-PAGE" in str(tool["output"])  # whole: an artifact table cut it at MAX_TEXT
+    # The model got the page cut; the transcript keeps it whole (an artifact table would cut it at MAX_TEXT).
+    assert "THE-END-OF-THE-PAGE" not in tool["output"] and "more characters cut" in tool["output"]
+    assert tool["whole_output"] is not None and json.loads(tool["whole_output"])["body"] == PAGE
     assert transcript["total"] == 3  # LLM, tool, LLM
     assert followed.status_code == 200 and followed.json()["entries"] == transcript["entries"]
     # Another org's run is answered exactly as a run that does not exist.

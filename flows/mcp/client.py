@@ -20,7 +20,8 @@ Calls go to one place only, whatever a server answers:
   adds its own harmless few: LOGNAME, SHELL, TERM, USER): never a run token,
   a Prefect or Ariel setting, or a key the run's environment holds.
 
-Each call has a timeout, and its text is cut at MAX_RESULT_CHARS. What a
+Each call has a timeout, and its text is cut at MAX_RESULT_CHARS for the model
+(the run's transcript keeps it whole, `McpOutcome.whole`). What a
 refused or failed call says goes back to the model (`McpRefused`, `McpFailed`).
 
 Example (inside a run; tests/flows/mcp run it against real servers)::
@@ -162,10 +163,14 @@ class McpTool:
 
 @dataclass(frozen=True)
 class McpOutcome:
-    """A call's result text, cut; `is_error`: the tool said it failed (the text says why)."""
+    """A call's result text, cut; `is_error`: the tool said it failed (the text says why).
+
+    `whole`: the text uncut when the model gets it cut, for the run's transcript; None when `text` is all of it.
+    """
 
     text: str
     is_error: bool = False
+    whole: str | None = None
 
 
 @dataclass
@@ -251,7 +256,9 @@ class McpToolbox:
             raise McpFailed(f"MCP server {server.ref.name!r} answered with an error: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001 - a lost connection, a malformed answer: the model hears why
             raise McpFailed(f"the call to MCP server {server.ref.name!r} failed: {_reason(exc)}") from None
-        return McpOutcome(text=cut(result_text(result)), is_error=bool(result.is_error))
+        whole = result_text(result)
+        text = cut(whole)
+        return McpOutcome(text=text, is_error=bool(result.is_error), whole=whole if text != whole else None)
 
     def _server_of(self, function: str) -> _Server | None:
         name, separator, _ = function.partition(SEPARATOR)

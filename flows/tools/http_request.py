@@ -13,9 +13,9 @@ that is not allowed comes back to the model as a refusal:
   name, and sends the name as SNI.
 
 Redirects are not followed, and no proxy from the environment is used: a proxy
-would resolve the name itself, past the check. The response body is read only
-as far as the model gets to see it (MAX_BODY_CHARS), so a huge or endless one
-costs no more than that.
+would resolve the name itself, past the check. The model gets the response
+body cut at MAX_BODY_CHARS; the run's transcript keeps up to MAX_KEPT_TEXT of
+it, and no more is read, so a huge or endless body costs no more than that.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import json
 import socket
+from dataclasses import dataclass
 from typing import Literal
 
 import httpx
@@ -30,12 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.exceptions import ToolRefused
 from flows.network.guard import Address, checked_addresses, host_is_allowed, port_of
-from flows.tools.registry import BuiltinTool, ToolContext
+from flows.tools.registry import BuiltinTool, ToolContext, ToolResult
+from flows.transcript import MAX_KEPT_TEXT
 
 MAX_BODY_CHARS = 20_000
 # No character takes more than 4 bytes (UTF-8, UTF-16 and UTF-32 alike): this many bytes always hold
-# MAX_BODY_CHARS characters, and a body that fits is counted exactly.
-_MAX_BODY_BYTES = 4 * MAX_BODY_CHARS
+# MAX_KEPT_TEXT characters, and a body that fits is counted exactly.
+_MAX_BODY_BYTES = 4 * MAX_KEPT_TEXT
 
 
 class HttpRequestArguments(BaseModel):
@@ -51,10 +53,11 @@ class HttpRequestArguments(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
 
 
-def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, ...], timeout: float) -> str:
+def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, ...], timeout: float) -> ToolResult:
     """Send the request to one of `addresses`, as if to the URL's host, without resolving it again.
 
-    Returns the tool's result: the status and the body, cut (see `_read_body`).
+    Returns the tool's result: the status and the body, cut for the model, and kept longer for the transcript
+    (see `_read_body`).
     """
     headers = httpx.Headers(args.headers)
     # Always the URL's own: a model-chosen Host would reach another virtual host behind an allowed address.
@@ -79,7 +82,13 @@ def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, 
                 failure = exc
                 continue
             try:
-                return json.dumps({"status": response.status_code, "body": _read_body(response)})
+                body = _read_body(response)
+                seen = body.cut(MAX_BODY_CHARS)
+                return ToolResult(
+                    text=json.dumps({"status": response.status_code, "body": seen}),
+                    whole=None if seen == body.text else json.dumps(
+                        {"status": response.status_code, "body": body.cut(MAX_KEPT_TEXT)}),
+                )
             finally:
                 # A body left unread closes the connection, which tells the server to stop sending.
                 response.close()
@@ -87,24 +96,43 @@ def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, 
     raise failure
 
 
-def _read_body(response: httpx.Response) -> str:
-    """The body's text up to MAX_BODY_CHARS, and how much was cut; at most _MAX_BODY_BYTES of it are read."""
+@dataclass(frozen=True)
+class _Body:
+    """A response body's text as far as it was read (MAX_KEPT_TEXT at most); `length`: the whole body's, in
+    characters, or None when the rest was never read (it may be endless)."""
+
+    text: str
+    length: int | None
+
+    def cut(self, limit: int) -> str:
+        """The body up to `limit` characters, saying how much was cut.
+
+        >>> _Body("abcdef", 6).cut(4), _Body("abcdef", None).cut(4), _Body("ab", 2).cut(4)
+        ('abcd... [2 more characters cut]', 'abcd... [cut at 4 characters]', 'ab')
+        """
+        if self.length is not None and self.length <= limit:
+            return self.text
+        kept = self.text[:limit]
+        if self.length is None:
+            return kept + f"... [cut at {len(kept):,} characters]"
+        return kept + f"... [{self.length - limit} more characters cut]"
+
+
+def _read_body(response: httpx.Response) -> _Body:
+    """The body's text up to MAX_KEPT_TEXT characters; at most _MAX_BODY_BYTES of it are read."""
     encoding = _text_encoding(response.encoding)
     read = bytearray()
     for chunk in response.iter_bytes():
         read += chunk
         if len(read) > _MAX_BODY_BYTES:
-            # The rest is never read (it may be endless), so how long it is stays unknown.
             decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
-            kept = decoder.decode(bytes(read[:_MAX_BODY_BYTES]))[:MAX_BODY_CHARS]  # not final: drops a split character
-            return kept + f"... [cut at {len(kept):,} characters]"
+            # Not final: drops a split character.
+            return _Body(decoder.decode(bytes(read[:_MAX_BODY_BYTES]))[:MAX_KEPT_TEXT], None)
     body = read.decode(encoding, errors="replace")
-    if len(body) <= MAX_BODY_CHARS:
-        return body
-    return body[:MAX_BODY_CHARS] + f"... [{len(body) - MAX_BODY_CHARS} more characters cut]"
+    return _Body(body[:MAX_KEPT_TEXT], len(body))
 
 
-def _http_request(args: HttpRequestArguments, context: ToolContext) -> str:
+def _http_request(args: HttpRequestArguments, context: ToolContext) -> ToolResult:
     try:
         url = httpx.URL(args.url)
     except (httpx.InvalidURL, ValueError):

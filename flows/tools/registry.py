@@ -26,6 +26,15 @@ class ToolContext:
 
 
 @dataclass(frozen=True)
+class ToolResult:
+    """What a tool answers: `text`, which the model gets, and `whole`, the answer uncut when `text` is cut (the
+    run's transcript keeps it; None when `text` is all of it)."""
+
+    text: str
+    whole: str | None = None
+
+
+@dataclass(frozen=True)
 class BuiltinTool:
     """A tool: its name, description and argument model (shown to the LLM) and its function.
 
@@ -35,7 +44,7 @@ class BuiltinTool:
     name: str
     description: str
     arguments: type[BaseModel]
-    run: Callable[[Any, ToolContext], str]
+    run: Callable[[Any, ToolContext], ToolResult]
     transient: tuple[type[BaseException], ...] = ()
 
     def schema(self) -> dict[str, Any]:

@@ -45,9 +45,9 @@ from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
 from mcp_server.http.rate_limit import LimitUnauthenticated
 from mcp_server.http.transcripts import add_transcript_route
 from mcp_server.services.container import Services, open_services
-from mcp_server.services.journal import keep_forgetting
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
 from mcp_server.services.rate_limits import unauthenticated_limit
+from mcp_server.services.retention import keep_forgetting
 from mcp_server.services.telemetry import start_telemetry
 from mcp_server.settings import TRUSTING_PROFILES, ArielSettings
 from mcp_server.tools.server import build_mcp
@@ -127,7 +127,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                 telemetry.instrument_store(ready.store.engine)
 
             async def maintain() -> None:
-                # Bring back the runs the install's workers lost; forget journals past their retention.
+                # Bring back the runs the install's workers lost; forget journals and transcripts past their retention.
                 # A task group: one loop failing stops the other too, and the lease is asked for afresh.
                 # Untraced: polls every few seconds, not a person's request.
                 with suppress_instrumentation():
@@ -141,7 +141,11 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                         start_seconds=settings.run_start_seconds,
                         hosting=ready.runs.hosting,
                     ))
-                    loops.create_task(keep_forgetting(ready.journal, timedelta(hours=settings.journal_retention_hours)))
+                    loops.create_task(keep_forgetting(ready.journal.forget_older_than, "run journal steps",
+                                                      timedelta(hours=settings.journal_retention_hours)))
+                    if settings.transcript_retention_days:
+                        loops.create_task(keep_forgetting(ready.transcripts.forget_older_than, "transcript entries",
+                                                          timedelta(days=settings.transcript_retention_days)))
 
             # One app process of the install at a time: two would retry one crashed run twice.
             maintaining = asyncio.create_task(while_leading(ready.store, RUN_RECOVERY_LEASE, maintain))

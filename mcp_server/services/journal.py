@@ -20,7 +20,6 @@ Example (what the gateway does for a run)::
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ MAX_STEPS = 1000  # of one run: 100 LLM calls (the most max_steps allows), each 
 # that reaches it stops before its next step (`flows.journal.JournalUnavailable`).
 MAX_RUN_BYTES = 16 * 1024 * 1024
 MAX_NAME_CHARS = 200
-FORGET_EVERY_SECONDS = 3600.0
 
 log = logging.getLogger("ariel.journal")
 
@@ -114,16 +112,3 @@ def _seq(entry: dict[str, Any]) -> int:
 def _purpose(run_id: str, seq: int) -> str:
     """What a step is sealed for, beside its org: a row copied to another run or position does not open."""
     return f"run-step={run_id}:{seq}"
-
-
-async def keep_forgetting(journal: RunJournal, retention: timedelta, interval: float = FORGET_EVERY_SECONDS) -> None:
-    """Forget old journals every `interval` seconds until cancelled; a pass that fails is logged, not fatal."""
-    while True:
-        try:
-            if forgotten := await journal.forget_older_than(retention):
-                log.info("run journal: forgot %d steps of runs idle for %s", forgotten, retention)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the store unavailable for a moment: the next pass tries again
-            log.warning("run journal: old journals could not be forgotten this pass (%s)", type(exc).__name__)
-        await asyncio.sleep(interval)

@@ -28,6 +28,7 @@ import logging
 import struct
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -128,6 +129,25 @@ class RunTranscripts:
     async def delete(self, org_id: str, run_id: str) -> int:
         """Remove the run's transcript, every attempt's; how many entries went."""
         return await self._objects("delete", self.objects.remove(_prefix(org_id, run_id)))
+
+    async def forget_older_than(self, retention: timedelta) -> int:
+        """Delete the transcripts of every org's runs that recorded nothing for `retention`; how many entries went.
+
+        A transcript goes whole (every attempt's), by its newest entry: never a run's first steps while it records
+        its last. The run itself stays in Prefect; `get_transcript` then says it has no transcript.
+        """
+        before = datetime.now(UTC) - retention
+        newest: dict[str, datetime] = {}
+        for key, written in (await self.objects.stamps("orgs/")).items():
+            parts = key.split("/")
+            if len(parts) > 5 and parts[0] == "orgs" and parts[2] == "runs" and parts[4] == "transcript":
+                run = "/".join(parts[:5]) + "/"
+                newest[run] = max(written, newest.get(run, written))
+        forgotten = 0
+        for run, written in newest.items():
+            if written < before:
+                forgotten += await self.objects.remove(run)
+        return forgotten
 
     async def delete_org(self, org_id: str) -> int:
         """Remove every object of the org (its runs' transcripts, and whatever else is kept under it)."""

@@ -61,11 +61,14 @@ async def test_a_call_reuses_the_session_and_answers_the_tools_text(guarded: str
     assert (first.text, second.text, first.is_error) == ("Sunny in Oslo", "Sunny in Lima", False)
 
 
-async def test_a_long_result_is_cut_with_a_note(guarded: str) -> None:
+async def test_a_long_result_is_cut_with_a_note_for_the_model_and_kept_whole_for_the_transcript(guarded: str) -> None:
     pins = await pins_of(guarded, BEARER)
     async with open_toolbox([ref(guarded)], access(pins, BEARER), ()) as toolbox:
         outcome = await toolbox.call("tools__long", {"characters": MAX_RESULT_CHARS + 500}, timeout=10)
+        short = await toolbox.call("tools__long", {"characters": 10}, timeout=10)
     assert outcome.text == "x" * MAX_RESULT_CHARS + "... [500 more characters cut]"
+    assert outcome.whole == "x" * (MAX_RESULT_CHARS + 500)
+    assert (short.text, short.whole) == ("x" * 10, None)
 
 
 async def test_a_server_that_needs_a_token_and_got_none_is_unavailable_saying_so(guarded: str) -> None:

@@ -131,7 +131,7 @@ def guarded(api: Server, *allowed: str, extra: str | None = None) -> ToolContext
 
 
 def call(url: str, tool_context: ToolContext) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(HTTP_REQUEST.run(HttpRequestArguments(url=url), tool_context))
+    result: dict[str, Any] = json.loads(HTTP_REQUEST.run(HttpRequestArguments(url=url), tool_context).text)
     return result
 
 

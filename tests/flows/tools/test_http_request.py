@@ -9,9 +9,9 @@ tests/flows/network/support.py says where each connection went.
 from __future__ import annotations
 
 import datetime
+import json
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from flows.exceptions import ToolRefused
-from flows.tools.http_request import MAX_BODY_CHARS
+from flows.tools.http_request import HTTP_REQUEST, MAX_BODY_CHARS, HttpRequestArguments
+from flows.transcript import MAX_KEPT_TEXT
 from tests.flows.network.support import FakeDNS, Server, answered_by, call, connections, context, guarded, server
 from tests.support import serving
 
@@ -179,21 +180,35 @@ def test_a_body_past_the_limit_is_cut_at_it_and_says_how_much_was_cut() -> None:
     assert result == {"status": 200, "body": "é" * MAX_BODY_CHARS + "... [5000 more characters cut]"}
 
 
+def test_the_transcript_gets_the_whole_of_a_body_the_model_gets_cut() -> None:
+    with body_server("é".encode() * 25_000, 1) as served:
+        answered = HTTP_REQUEST.run(HttpRequestArguments(url=f"http://{served.netloc}/"), context(served.netloc))
+    assert json.loads(answered.text)["body"] == "é" * MAX_BODY_CHARS + "... [5000 more characters cut]"
+    assert answered.whole is not None and json.loads(answered.whole) == {"status": 200, "body": "é" * 25_000}
+
+
 def test_a_body_within_the_limit_comes_back_whole() -> None:
     with body_server("€".encode() * MAX_BODY_CHARS, 1) as served:
-        result = call(f"http://{served.netloc}/", context(served.netloc))
-    assert result == {"status": 200, "body": "€" * MAX_BODY_CHARS}
+        answered = HTTP_REQUEST.run(HttpRequestArguments(url=f"http://{served.netloc}/"), context(served.netloc))
+    assert json.loads(answered.text) == {"status": 200, "body": "€" * MAX_BODY_CHARS}
+    assert answered.whole is None  # nothing more to keep
 
 
 def test_a_huge_body_is_not_read_past_the_limit() -> None:
     chunk, chunks = "€".encode() * 21_845, 800  # 3 bytes a character: 64 KiB a chunk, 50 MB in all
     with body_server(chunk, chunks) as served:
-        started = time.monotonic()
         result = call(f"http://{served.netloc}/", context(served.netloc))
-        took = time.monotonic() - started
         assert served.done.wait(10)
-    # Only the characters the model gets were decoded, and the note does not claim to know how many were left.
+    # Only the characters the transcript keeps were read, and the note does not claim to know how many were left.
     assert result == {"status": 200, "body": "€" * MAX_BODY_CHARS + "... [cut at 20,000 characters]"}
-    assert took < 5
     assert served.disconnected.is_set(), f"the client read the whole body ({served.bytes} bytes)"
     assert served.bytes < len(chunk) * chunks // 4  # what socket buffers took before the close; ~3 MB here
+
+
+def test_the_transcript_keeps_a_huge_body_up_to_its_own_limit() -> None:
+    chunk, chunks = "€".encode() * 21_845, 800
+    with body_server(chunk, chunks) as served:
+        answered = HTTP_REQUEST.run(HttpRequestArguments(url=f"http://{served.netloc}/"), context(served.netloc))
+        assert served.done.wait(10)
+    assert answered.whole is not None
+    assert json.loads(answered.whole)["body"] == "€" * MAX_KEPT_TEXT + f"... [cut at {MAX_KEPT_TEXT:,} characters]"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,48 @@ async def test_a_retried_runs_transcript_is_its_newest_attempts(home: Path, stor
 
     assert total_by_prefect == 1 and [e.output for e in by_prefect] == ["retried in Prefect"]
     assert total == 1 and [e.output for e in entries] == ["replayed"]
+
+
+RUNS = [f"3f1c2d9e-0000-4000-8000-00000000010{n}" for n in range(4)]
+
+
+async def test_transcripts_past_their_retention_go_whole_in_every_org_and_the_rest_stay(
+    home: Path, store_url: str
+) -> None:
+    async with services(home, store_url) as s:  # the folder, whose files' times can be set back
+        org = (await s.store.ensure_personal_org()).id
+        elsewhere = await other_org(s.store)
+        old, recent, long_running, old_elsewhere = RUNS
+        for owner, run in ((org, old), (org, recent), (org, long_running), (elsewhere, old_elsewhere)):
+            for index in (1, 2):
+                await s.transcripts.append(owner, run, FIRST, entry(index))
+        await s.transcripts.append(org, old, (2, 0), entry(1, "a retry, as old"))
+        two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+        for path in (home / "objects").rglob("*"):
+            # Every entry as if written two days ago, but the long-running run's last, written just now.
+            if path.is_file() and not (long_running in path.parts and path.name == "000002"):
+                os.utime(path, (two_days_ago, two_days_ago))
+        forgotten = await s.transcripts.forget_older_than(timedelta(days=1))
+        left = [(await s.transcripts.read(owner, run, offset=0, limit=50))[1] for owner, run in (
+            (org, old), (org, recent), (org, long_running), (elsewhere, old_elsewhere))]
+
+    assert forgotten == 2 + 1 + 2 + 2  # old (both attempts), recent, old_elsewhere
+    assert left == [0, 0, 2, 0]  # the long-running run recorded a step within the day: it keeps all of them
+
+
+async def test_an_s3_buckets_transcripts_are_forgotten_by_when_they_were_written(
+    home: Path, store_url: str, s3: S3Server
+) -> None:
+    async with services(home, store_url, **bucket_settings(s3)) as s:
+        org = (await s.store.ensure_personal_org()).id
+        old, recent = RUNS[:2]
+        await s.transcripts.append(org, old, FIRST, entry(1))
+        await asyncio.sleep(3)  # the bucket dates what it is given itself
+        await s.transcripts.append(org, recent, FIRST, entry(1))
+        assert await s.transcripts.forget_older_than(timedelta(seconds=1.5)) == 1
+        left = [(await s.transcripts.read(org, run, offset=0, limit=50))[1] for run in (old, recent)]
+
+    assert left == [0, 1]
 
 
 @pytest.mark.parametrize(("bad", "says"), [
