@@ -12,8 +12,11 @@ up: setup
 	./docker/setup-host.sh --optional
 	$(BIN)/ariel up
 
+# Two test processes at once, each taking whole modules (a module's `ariel up` stack serves all its tests);
+# then, alone, the tests marked serial, which change what every process of the machine shares.
 test: check docker-host postgres image
-	$(BIN)/pytest --durations=30
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial" --durations=30
+	$(BIN)/pytest -p no:xdist -m serial
 
 # Everything that needs no container or long-running stack: a quick lane while working.
 test-fast: setup postgres

@@ -207,7 +207,8 @@ async def test_a_run_whose_configuration_was_changed_in_prefect_fails_at_once_as
     assert "ConfigTampered: tampered: the run's configuration does not match its signature" in (
         ended.state.message or ""), ended.state.message
     assert Counting.hits == [] and steps == []  # no tool call, no LLM call: refused before either
-    assert ended.start_time and ended.end_time and (ended.end_time - ended.start_time).total_seconds() < 20
+    # Refused at once, not after a retry's delays and a step's timeout (minutes); room left for a loaded machine.
+    assert ended.start_time and ended.end_time and (ended.end_time - ended.start_time).total_seconds() < 60
     assert diagnosis["cause"] == "tampered", diagnosis
     assert "changed outside Ariel" in diagnosis["summary"] and "run_agent" in diagnosis["next_action"]
     assert "operator should check who edited" in diagnosis["next_action"]

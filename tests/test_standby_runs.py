@@ -14,6 +14,7 @@ import io
 import os
 import re
 import signal
+import uuid
 from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
@@ -34,7 +35,8 @@ from tests.support import ArielUp, ariel_up, child_pid, wait_until
 
 pytestmark = pytest.mark.slow
 
-IMAGE = "ariel-runtime:standby-test"
+# Of this test process only: the tests below rebuild and remove it, which must not reach another worker's stack.
+IMAGE = f"ariel-runtime:standby-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="module")

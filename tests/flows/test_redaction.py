@@ -96,4 +96,5 @@ def test_redaction_takes_time_linear_in_the_text() -> None:
     started = time.monotonic()
     for text in ("//" * 50_000, "://a:" * 20_000, "eyJa." * 20_000, "aws key " * 12_500):
         Redactor().text(text)
-    assert time.monotonic() - started < 5, "redacting 100 kB texts should take well under a second each"
+    # Quadratic took minutes; linear takes about a second in all. The bound leaves room for a loaded machine.
+    assert time.monotonic() - started < 30, "redacting 100 kB texts should take well under a second each"

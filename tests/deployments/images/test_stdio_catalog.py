@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import docker
@@ -137,6 +138,9 @@ async def test_server_everything_speaks_mcp_over_stdio_in_the_runtime_image(dock
     builder = RuntimeImageBuilder(tag="ariel-runtime:local", base_image="ariel-base:bookworm")
     builder.ensure(progress=lambda _line: None)  # builds it only if the suite's build (`make image`) is stale
     program, *arguments = probe_command(lookup(DEFAULT_CATALOG, "everything") or DEFAULT_CATALOG[0], builder.tag)
+    # This test's own label beside the probe's: another test's probe (test_mcp_tools) may run meanwhile.
+    mine = f"ariel.test={uuid.uuid4().hex}"
+    arguments[arguments.index(builder.tag):0] = ["--label", mine]
     async with (
         stdio_client(StdioServerParameters(command=program, args=arguments)) as (read, write),
         ClientSession(read, write) as session,
@@ -152,8 +156,8 @@ async def test_server_everything_speaks_mcp_over_stdio_in_the_runtime_image(dock
     client = docker.from_env()
     try:
         deadline = time.monotonic() + 15
-        while client.containers.list(all=True, filters={"label": PROBE_LABEL}) and time.monotonic() < deadline:
+        while client.containers.list(all=True, filters={"label": [PROBE_LABEL, mine]}) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert client.containers.list(all=True, filters={"label": PROBE_LABEL}) == []
+        assert client.containers.list(all=True, filters={"label": [PROBE_LABEL, mine]}) == []
     finally:
         client.close()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import docker
 import pytest
 
 BASE_IMAGE = "ariel-base:bookworm"
-TEST_LABEL = ("ariel.test", "pools")  # on every container these tests start, so that teardown finds them
+# On every container these tests start, so that teardown finds them; of this test process only, so that it never
+# removes the containers of a test running beside it (pytest-xdist's other worker).
+TEST_LABEL = ("ariel.test", f"pools-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

@@ -193,7 +193,7 @@ async def test_an_add_answers_within_its_one_deadline(home: Path, store_url: str
             took = time.monotonic() - started
             assert str(late.value) == ("manage_tools add of 'slow' did not finish within 1 s (the server, or its "
                                        "authorization server, answers too slowly); try again later")
-            assert took < 5
+            assert took < 30  # without the deadline it would wait for the silent server until the test's timeout
             assert (await s.tool_servers.manage(caller(org, "ada", "admin"), "list")).servers == []
 
 
