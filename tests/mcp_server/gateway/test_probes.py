@@ -208,7 +208,7 @@ def test_the_probed_objects_exist_for_the_control_plane(stack: Stack) -> None:
     """The positive control: the refusals above are the gateway's, not missing objects."""
     for path in (f"/flow_runs/{stack.b_run}", f"/deployments/{stack.b_deployment}", f"/flows/{stack.b_flow}",
                  f"/work_pools/{stack.b_pool}", f"/flow_runs/{stack.a_run}"):
-        assert httpx.get(stack.prefect + path, headers=stack.control, timeout=30).status_code == 200, path
+        assert send("GET", stack.prefect + path, None, stack.control).status_code == 200, path
 
 
 def test_another_orgs_object_is_answered_like_one_that_does_not_exist(stack: Stack) -> None:
@@ -289,7 +289,7 @@ def test_a_revoked_worker_key_is_refused(stack: Stack) -> None:
 def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: Stack) -> None:
     own, forged, smuggled = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
-    async def send() -> None:
+    async def send_events() -> None:
         url = stack.gateway.replace("http://", "ws://") + "/events/in"
         async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
             await socket.send(json.dumps({"type": "auth", "token": f"run:{stack.run_token}"}))
@@ -309,12 +309,12 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
             }))
             await asyncio.sleep(0.5)
 
-    asyncio.run(send())
+    asyncio.run(send_events())
 
     def stored() -> set[str]:
-        answer = httpx.post(f"{stack.prefect}/events/filter", headers=stack.control, timeout=30, json={
+        answer = send("POST", f"{stack.prefect}/events/filter", {
             "filter": {"event": {"prefix": ["ariel.test.probe"]}, "occurred": {"since": "2026-12-01T00:00:00Z"}},
-            "limit": 50})
+            "limit": 50}, stack.control)
         return {event["id"] for event in answer.json()["events"]}
 
     wait_until(lambda: str(own) in stored(), 30, "the run's own event in Prefect")
@@ -489,8 +489,7 @@ def test_a_retry_outranks_an_earlier_attempt_that_never_ran_though_prefect_count
                                                    "force": True})
     retry = handed_out()
     raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "PENDING"}, "force": True})
-    assert httpx.get(f"{stack.prefect}/flow_runs/{run_id}", headers=stack.control,
-                     timeout=30).json()["run_count"] == 0
+    assert send("GET", f"{stack.prefect}/flow_runs/{run_id}", None, stack.control).json()["run_count"] == 0
     first_late, retry_starts = context(first), context(retry)
     raw("POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLED"}, "force": True})
 
@@ -524,10 +523,10 @@ def test_a_worker_ask_that_finds_no_run_is_held_and_answered_with_the_run_chat_s
                 return run_id
 
             async def in_prefect() -> str:  # as a schedule makes one: nothing rings the pool
-                deployment = (await http.get(f"{stack.prefect}/deployments/name/{deployment_name}",
-                                             headers=stack.control)).json()
-                made = await http.post(f"{stack.prefect}/deployments/{deployment['id']}/create_flow_run", json={},
-                                       headers=stack.control)
+                deployment = (await asyncio.to_thread(send, "GET", f"{stack.prefect}/deployments/name/"
+                                                      f"{deployment_name}", None, stack.control)).json()
+                made = await asyncio.to_thread(send, "POST", f"{stack.prefect}/deployments/{deployment['id']}/"
+                                               "create_flow_run", {}, stack.control)
                 return str(made.json()["id"])
 
             async def in_chat() -> str:
@@ -535,7 +534,8 @@ def test_a_worker_ask_that_finds_no_run_is_held_and_answered_with_the_run_chat_s
 
             unannounced = await ask_while(in_prefect)
             # Gone again, so that the next ask finds the pool empty as well.
-            assert (await http.delete(f"{stack.prefect}/flow_runs/{unannounced}", headers=stack.control)).is_success
+            assert (await asyncio.to_thread(send, "DELETE", f"{stack.prefect}/flow_runs/{unannounced}", None,
+                                            stack.control)).is_success
             announced = await ask_while(in_chat)
         return held, answered, unannounced, announced
 
