@@ -70,9 +70,14 @@ class ObjectStore(Block, ABC):
     async def stamps(self, prefix: str) -> dict[str, datetime]:
         """Every key that starts with `prefix`, with when its object was last written (UTC)."""
 
-    @abstractmethod
     async def remove(self, prefix: str) -> int:
         """Remove every object whose key starts with `prefix`; how many went."""
+        return await self.remove_keys(await self.keys(prefix), prefix)
+
+    @abstractmethod
+    async def remove_keys(self, keys: list[str], within: str) -> int:
+        """Remove exactly the objects at `keys`, each under the prefix `within` (an object written under it since
+        `keys` were listed stays); how many were asked to go."""
 
     @abstractmethod
     async def check(self) -> None:
@@ -88,6 +93,12 @@ def checked_key(key: str) -> str:
         raise ValueError(f"an object key is `/`-separated parts of letters, digits and `._=-`, at most "
                          f"{MAX_KEY_CHARS} characters, none starting with a dot: not {key[:80]!r}")
     return key
+
+
+def _all_within(keys: list[str], prefix: str) -> None:
+    outside = [key for key in keys if not key.startswith(prefix)]
+    if outside:
+        raise ValueError(f"a key to remove is not under {prefix!r}: {outside[0][:80]!r}")
 
 
 def _checked_prefix(prefix: str) -> str:
@@ -129,8 +140,11 @@ class LocalObjectStore(ObjectStore):
 
         return await asyncio.to_thread(stamped)
 
-    async def remove(self, prefix: str) -> int:
-        found = await self.keys(prefix)
+    async def remove_keys(self, keys: list[str], within: str) -> int:
+        prefix = _checked_prefix(within)
+        _all_within(keys, prefix)
+        # A file put in the folder by other means, under a name no key has, is left: its path is not to be trusted.
+        found = [key for key in keys if _KEY.fullmatch(key)]
 
         # Folders left empty go too, up to the one the prefix names (`orgs/<id>/`: the org's id is not to outlive
         # what it held) and never above it, where another writer may be making its own folder.
@@ -260,10 +274,11 @@ class S3ObjectStore(ObjectStore):
 
         return await self._call("list the objects of", stamped)
 
-    async def remove(self, prefix: str) -> int:
+    async def remove_keys(self, keys: list[str], within: str) -> int:
         from minio.deleteobjects import DeleteObject
 
-        found = await self.keys(prefix)
+        found = list(keys)
+        _all_within(found, _checked_prefix(within))
 
         def remove_found() -> None:
             # The SDK deletes lazily: its answer is an iterator of errors, empty when every object went.

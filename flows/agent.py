@@ -188,6 +188,9 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
     if findings:
         logger.warning("MCP result flagged: %s: %s", function, "; ".join(findings))
         text = fence(text, findings)
+    # The model never reads past its cut, but a person's assistant reading the transcript may: fenced alike.
+    if whole is not None and (found_in_whole := screen(whole)):
+        whole = fence(whole, found_in_whole)
     return text, findings, whole
 
 

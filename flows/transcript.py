@@ -265,7 +265,8 @@ class TranscriptEntry(BaseModel):
         description=(
             "A tool result the model got cut (past 20,000 characters): the whole of it as the tool answered, up to "
             f"{MAX_KEPT_TEXT:,} characters, secrets redacted; `output` is what the model got. Null when the model got "
-            "all of it, and in a transcript kept as a Prefect artifact table."
+            "all of it, unless asked for (get_transcript's `whole`), for a step replayed from the run's journal, and "
+            "in a transcript kept as a Prefect artifact table."
         ),
     )
     prompt_tokens: int | None = Field(default=None, description="Prompt tokens of an LLM call; null for tool calls.")
@@ -300,7 +301,7 @@ class TranscriptEntry(BaseModel):
 
     def to_row(self) -> dict[str, Any]:
         """A row of the artifact table: input and output as JSON text, which the Prefect UI shows as is."""
-        row = self.model_dump(mode="json")
+        row = self.model_dump(mode="json", exclude={"whole_output"})  # a table republished at each step: not that
         row["input"] = json.dumps(self.input, ensure_ascii=False)
         row["output"] = json.dumps(self.output, ensure_ascii=False)
         return row
@@ -420,7 +421,8 @@ class Recorder:
                     input=self._clean(input, self._text_limit),
                     output=self._clean(outcome.output, self._text_limit),
                     # Only where Ariel keeps entries one by one: a table republished whole at each step cannot.
-                    whole_output=self._clean(outcome.whole, MAX_KEPT_TEXT)
+                    # The tool made it as long as the transcript keeps; a cut here would break an answer's JSON.
+                    whole_output=self.redactor.redact(outcome.whole)
                     if outcome.whole is not None and self.keeper is not None else None,
                     prompt_tokens=outcome.prompt_tokens,
                     completion_tokens=outcome.completion_tokens,
@@ -467,9 +469,10 @@ class Recorder:
 
     async def _record(self, entry: TranscriptEntry) -> None:
         if self.keeper is not None:
-            if len(entry.model_dump_json().encode()) > MAX_ENTRY_BYTES:  # cut its texts as a table does
-                entry = entry.model_copy(update={"input": shorten(entry.input), "output": shorten(entry.output),
-                                                 "whole_output": shorten(entry.whole_output)})
+            if len(entry.model_dump_json().encode()) > MAX_ENTRY_BYTES:  # the whole result goes first
+                entry = entry.model_copy(update={"whole_output": None})
+            if len(entry.model_dump_json().encode()) > MAX_ENTRY_BYTES:  # then its texts are cut as a table does
+                entry = entry.model_copy(update={"input": shorten(entry.input), "output": shorten(entry.output)})
             kept = await self.keeper.keep(entry)
             if kept != "no_route":
                 return
@@ -477,8 +480,8 @@ class Recorder:
             self.keeper = None
         await self._publish(
             TRANSCRIPT_ARTIFACT_KEY,
-            [e.model_copy(update={"input": shorten(e.input), "output": shorten(e.output), "whole_output": None})
-             .to_row() for e in self.entries],
+            [e.model_copy(update={"input": shorten(e.input), "output": shorten(e.output)}).to_row()
+             for e in self.entries],
             f"LLM and tool calls of this run, in order, secrets redacted ({len(self.entries)} so far).",
         )
 

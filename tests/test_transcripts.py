@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow
 ALICE = "dev:alice:acme:owner"
 BOB = "dev:bob:globex:owner"
 # Longer than an artifact table kept (MAX_TEXT) and than what http_request hands the model (MAX_BODY_CHARS).
-PAGE = "".join(f"line {n:05d} of the long page\n" for n in range(1000)) + "THE-END-OF-THE-PAGE"
+# Past the model's cut: a credential the transcript must not keep, and accents JSON would escape six characters each.
+LEAKED = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+PAGE = "".join(f"line {n:05d} of the long page, café\n" for n in range(1000)) + f"THE-END-OF-THE-PAGE {LEAKED}"
 
 
 class LongPage(BaseHTTPRequestHandler):
@@ -69,7 +71,8 @@ async def test_a_docker_runs_transcript_is_kept_whole_and_sealed_in_the_bucket_a
         run = await call(up.base_url, ALICE, "run_agent", agent="reader", wait_seconds=180)
         assert run["state"] == "Completed", run
 
-        transcript = await call(up.base_url, ALICE, "get_transcript", run=run["id"])
+        transcript = await call(up.base_url, ALICE, "get_transcript", run=run["id"], whole=True)
+        small = await call(up.base_url, ALICE, "get_transcript", run=run["id"])
         link = f"{up.base_url}/v1/runs/{run['id']}/transcript"
         async with httpx.AsyncClient(timeout=30) as http:
             followed = await http.get(link, headers={"Authorization": f"Bearer {ALICE}"})
@@ -90,7 +93,11 @@ async def test_a_docker_runs_transcript_is_kept_whole_and_sealed_in_the_bucket_a
     [tool] = [entry for entry in transcript["entries"] if entry["kind"] == "tool"]
     # The model got the page cut; the transcript keeps it whole (an artifact table would cut it at MAX_TEXT).
     assert "THE-END-OF-THE-PAGE" not in tool["output"] and "more characters cut" in tool["output"]
-    assert tool["whole_output"] is not None and json.loads(tool["whole_output"])["body"] == PAGE
+    assert tool["whole_output"] is not None and LEAKED not in tool["whole_output"]
+    assert json.loads(tool["whole_output"])["body"] == PAGE.replace(LEAKED, "[redacted]")
+    # Unless asked for, pages leave the whole results out.
+    assert [entry["whole_output"] for entry in small["entries"]] == [None, None, None]
+    assert [entry["output"] for entry in small["entries"]] == [entry["output"] for entry in transcript["entries"]]
     assert transcript["total"] == 3  # LLM, tool, LLM
     assert followed.status_code == 200 and followed.json()["entries"] == transcript["entries"]
     # Another org's run is answered exactly as a run that does not exist.

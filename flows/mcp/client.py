@@ -58,6 +58,7 @@ from flows.exceptions import ToolRefused
 from flows.mcp.pins import SEPARATOR, function_name, tool_digest
 from flows.network.egress import agent_egress
 from flows.network.guard import Address, ProtectedEndpoint, checked_addresses
+from flows.transcript import MAX_KEPT_TEXT
 
 MAX_RESULT_CHARS = 20_000
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -165,7 +166,8 @@ class McpTool:
 class McpOutcome:
     """A call's result text, cut; `is_error`: the tool said it failed (the text says why).
 
-    `whole`: the text uncut when the model gets it cut, for the run's transcript; None when `text` is all of it.
+    `whole`: when the model gets the text cut, the text as the transcript keeps it (up to MAX_KEPT_TEXT characters);
+    None when `text` is all of it.
     """
 
     text: str
@@ -256,9 +258,12 @@ class McpToolbox:
             raise McpFailed(f"MCP server {server.ref.name!r} answered with an error: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001 - a lost connection, a malformed answer: the model hears why
             raise McpFailed(f"the call to MCP server {server.ref.name!r} failed: {_reason(exc)}") from None
-        whole = result_text(result)
-        text = cut(whole)
-        return McpOutcome(text=text, is_error=bool(result.is_error), whole=whole if text != whole else None)
+        full = result_text(result)
+        text = cut(full)
+        # What the transcript keeps, no more: a result may be megabytes (stdio has no bound), and the run redacts
+        # what it keeps.
+        whole = cut(full, MAX_KEPT_TEXT) if text != full else None
+        return McpOutcome(text=text, is_error=bool(result.is_error), whole=whole)
 
     def _server_of(self, function: str) -> _Server | None:
         name, separator, _ = function.partition(SEPARATOR)

@@ -86,8 +86,9 @@ def _send(args: HttpRequestArguments, url: httpx.URL, addresses: tuple[Address, 
                 seen = body.cut(MAX_BODY_CHARS)
                 return ToolResult(
                     text=json.dumps({"status": response.status_code, "body": seen}),
+                    # Unescaped: the transcript keeps characters, and `\uXXXX` would take six of each.
                     whole=None if seen == body.text else json.dumps(
-                        {"status": response.status_code, "body": body.cut(MAX_KEPT_TEXT)}),
+                        {"status": response.status_code, "body": body.cut(MAX_KEPT_TEXT)}, ensure_ascii=False),
                 )
             finally:
                 # A body left unread closes the connection, which tells the server to stop sending.

@@ -144,7 +144,11 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                     loops.create_task(keep_forgetting(ready.journal.forget_older_than, "run journal steps",
                                                       timedelta(hours=settings.journal_retention_hours)))
                     if settings.transcript_retention_days:
-                        loops.create_task(keep_forgetting(ready.transcripts.forget_older_than, "transcript entries",
+                        async def forget_transcripts(retention: timedelta) -> int:
+                            orgs = [org.id for org in await ready.store.all_orgs()]
+                            return await ready.transcripts.forget_older_than(retention, orgs)
+
+                        loops.create_task(keep_forgetting(forget_transcripts, "transcript entries",
                                                           timedelta(days=settings.transcript_retention_days)))
 
             # One app process of the install at a time: two would retry one crashed run twice.

@@ -39,7 +39,7 @@ def add_transcript_route(app: FastAPI, services: Callable[[], Services]) -> None
             # Counted as the get_transcript tool is: one limit per user, whichever way the reads come.
             if (limit_calls := services().tool_calls) is not None:
                 await limit_calls.check(f"user {caller.user_id}", "your user")
-            view = await services().runs.transcript(caller, run, cursor, limit)
+            view = await services().runs.transcript(caller, run, cursor, limit, whole=True)  # a person's read
         except ArielError as exc:
             status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 409)
             return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status)

@@ -202,7 +202,10 @@ class RunService:
             lines=page.lines, next_cursor=page.next_cursor,
         )
 
-    async def transcript(self, caller: Caller, ref: str, cursor: str | None, limit: int) -> TranscriptView:
+    async def transcript(self, caller: Caller, ref: str, cursor: str | None, limit: int,
+                         whole: bool = False) -> TranscriptView:
+        """A page of the run's transcript; `whole`: with tools' whole results where the model got them cut (each
+        up to 200,000 characters), else without them (`output` holds what the model got)."""
         async with self.agents.prefect() as client:
             flow_run = await self._find(client, caller, ref)
             page = None
@@ -219,9 +222,11 @@ class RunService:
                     page = await runs.read_transcript(client, flow_run.id, cursor=cursor, limit=limit)
                 except QueryInvalid as exc:
                     raise InvalidRequest(str(exc)) from None
+        entries = page.entries if whole else [
+            entry.model_copy(update={"whole_output": None}) if entry.whole_output else entry for entry in page.entries]
         return TranscriptView(
             run_id=str(flow_run.id), run_name=flow_run.name, state=_state_name(flow_run),
-            entries=page.entries, next_cursor=page.next_cursor, total=page.total,
+            entries=entries, next_cursor=page.next_cursor, total=page.total,
         )
 
     async def _kept_transcript(self, caller: Caller, run_id: str, cursor: str | None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -95,30 +95,29 @@ class RunTranscripts:
         """Entries `offset` to `offset + limit` of `index`, fewer when they pass MAX_PAGE_BYTES (the next page
         goes on from there). An entry that does not open (altered, or not Ariel's) is left out, and logged."""
         keys = index.keys[offset : offset + limit]
-        gate = asyncio.Semaphore(_READS_AT_ONCE)
         opener = self.sealer.opener(org_id)  # the org's data key unwrapped once for the page, not per entry
 
         async def opened(key: str) -> tuple[int, TranscriptEntry | None]:
-            async with gate:
-                packed = await self._objects("read", self.objects.get(key))
-                if packed is None:  # deleted between the listing and now
-                    return 0, None
-                try:
-                    plain = await opener(_purpose(key), _unpack(packed))
-                    return len(plain), TranscriptEntry.model_validate_json(plain)
-                except (SealingError, ValidationError, ValueError) as exc:
-                    log.warning("transcripts: the object %s does not open as an entry: %s", key, type(exc).__name__)
-                    return 0, None
+            packed = await self._objects("read", self.objects.get(key))
+            if packed is None:  # deleted between the listing and now
+                return 0, None
+            try:
+                plain = await opener(_purpose(key), _unpack(packed))
+                return len(plain), TranscriptEntry.model_validate_json(plain)
+            except (SealingError, ValidationError, ValueError) as exc:
+                log.warning("transcripts: the object %s does not open as an entry: %s", key, type(exc).__name__)
+                return 0, None
 
-        found = await asyncio.gather(*(opened(key) for key in keys))
         entries: list[TranscriptEntry] = []
         size = 0
-        for length, entry in found:
-            size += length
-            if entries and size > MAX_PAGE_BYTES:
-                break
-            if entry is not None:
-                entries.append(entry)
+        # A batch at a time, in order: entries may be a megabyte each, and a page stops at MAX_PAGE_BYTES.
+        for start in range(0, len(keys), _READS_AT_ONCE):
+            for length, entry in await asyncio.gather(*(opened(key) for key in keys[start : start + _READS_AT_ONCE])):
+                size += length
+                if entries and size > MAX_PAGE_BYTES:
+                    return entries
+                if entry is not None:
+                    entries.append(entry)
         return entries
 
     async def read(self, org_id: str, run_id: str, offset: int, limit: int) -> tuple[list[TranscriptEntry], int]:
@@ -130,23 +129,30 @@ class RunTranscripts:
         """Remove the run's transcript, every attempt's; how many entries went."""
         return await self._objects("delete", self.objects.remove(_prefix(org_id, run_id)))
 
-    async def forget_older_than(self, retention: timedelta) -> int:
-        """Delete the transcripts of every org's runs that recorded nothing for `retention`; how many entries went.
+    async def forget_older_than(self, retention: timedelta, org_ids: Iterable[str]) -> int:
+        """Delete the transcripts of the orgs' runs that recorded nothing for `retention`; how many entries went.
 
         A transcript goes whole (every attempt's), by its newest entry: never a run's first steps while it records
-        its last. The run itself stays in Prefect; `get_transcript` then says it has no transcript.
+        its last; and only the entries listed as old (one written since stays). Org by org, under each org's own
+        prefix: another install's objects in a shared bucket are never listed. The run itself stays in Prefect;
+        `get_transcript` then says it has no transcript.
         """
         before = datetime.now(UTC) - retention
-        newest: dict[str, datetime] = {}
-        for key, written in (await self.objects.stamps("orgs/")).items():
-            parts = key.split("/")
-            if len(parts) > 5 and parts[0] == "orgs" and parts[2] == "runs" and parts[4] == "transcript":
-                run = "/".join(parts[:5]) + "/"
-                newest[run] = max(written, newest.get(run, written))
         forgotten = 0
-        for run, written in newest.items():
-            if written < before:
-                forgotten += await self.objects.remove(run)
+        for org_id in org_ids:
+            runs: dict[str, tuple[datetime, list[str]]] = {}
+            for key, written in (await self.objects.stamps(f"orgs/{_part(org_id)}/runs/")).items():
+                parts = key.split("/")
+                if len(parts) > 5 and parts[4] == "transcript":
+                    run = "/".join(parts[:4]) + "/"  # the run's folder, left empty, goes too
+                    newest, keys = runs.get(run, (written, []))
+                    runs[run] = (max(newest, written), [*keys, key])
+            for run, (newest, keys) in runs.items():
+                if newest < before:
+                    try:
+                        forgotten += await self.objects.remove_keys(keys, run)
+                    except ValueError as exc:  # an object put there by other means, under no key of Ariel's
+                        log.warning("transcripts: the old transcript under %s was not deleted: %s", run, exc)
         return forgotten
 
     async def delete_org(self, org_id: str) -> int:

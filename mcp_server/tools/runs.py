@@ -95,10 +95,13 @@ def register(mcp: FastMCP) -> None:
         run: RunRef,
         cursor: Cursor = None,
         limit: Annotated[int, Field(ge=1, le=200, description="Most entries per page.")] = 50,
+        whole: Annotated[bool, Field(description=(
+            "Also return `whole_output`: a tool's whole result (up to 200,000 characters) where the model got it "
+            "cut at 20,000. Off by default: pages stay small."))] = False,
     ) -> TranscriptView:
         """Read what a run said and did: its LLM messages and tool calls in order, with timings and token counts,
         secrets redacted. Recorded step by step, so a crashed run shows everything up to its last step."""
-        return await services_of(ctx).runs.transcript(await caller_of(ctx), run, cursor, limit)
+        return await services_of(ctx).runs.transcript(await caller_of(ctx), run, cursor, limit, whole)
 
     @mcp.tool(annotations={"readOnlyHint": True})
     async def diagnose_run(ctx: Context, run: RunRef) -> Diagnosis:

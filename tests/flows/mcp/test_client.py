@@ -15,6 +15,7 @@ from flows.config import McpServerRef
 from flows.credentials import McpServerAccess
 from flows.mcp.client import MAX_RESULT_CHARS, McpFailed, McpRefused, open_toolbox
 from flows.network.guard import protected_endpoints
+from flows.transcript import MAX_KEPT_TEXT
 from tests.flows.conftest import FakeDNS
 from tests.flows.mcp.servers import LOOKUP_DESCRIPTION, change_lookup, pins_of, serving, tool_server
 from tests.flows.network.support import Server
@@ -66,8 +67,10 @@ async def test_a_long_result_is_cut_with_a_note_for_the_model_and_kept_whole_for
     async with open_toolbox([ref(guarded)], access(pins, BEARER), ()) as toolbox:
         outcome = await toolbox.call("tools__long", {"characters": MAX_RESULT_CHARS + 500}, timeout=10)
         short = await toolbox.call("tools__long", {"characters": 10}, timeout=10)
+        huge = await toolbox.call("tools__long", {"characters": MAX_KEPT_TEXT + 10}, timeout=10)
     assert outcome.text == "x" * MAX_RESULT_CHARS + "... [500 more characters cut]"
     assert outcome.whole == "x" * (MAX_RESULT_CHARS + 500)
+    assert huge.whole == "x" * MAX_KEPT_TEXT + "... [10 more characters cut]"  # what the transcript keeps, no more
     assert (short.text, short.whole) == ("x" * 10, None)
 
 

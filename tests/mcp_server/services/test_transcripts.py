@@ -91,7 +91,7 @@ async def test_a_retried_runs_transcript_is_its_newest_attempts(home: Path, stor
     assert total == 1 and [e.output for e in entries] == ["replayed"]
 
 
-RUNS = [f"3f1c2d9e-0000-4000-8000-00000000010{n}" for n in range(4)]
+RUNS = [f"3f1c2d9e-0000-4000-8000-00000000010{n}" for n in range(5)]
 
 
 async def test_transcripts_past_their_retention_go_whole_in_every_org_and_the_rest_stay(
@@ -100,22 +100,27 @@ async def test_transcripts_past_their_retention_go_whole_in_every_org_and_the_re
     async with services(home, store_url) as s:  # the folder, whose files' times can be set back
         org = (await s.store.ensure_personal_org()).id
         elsewhere = await other_org(s.store)
-        old, recent, long_running, old_elsewhere = RUNS
+        another_install = uuid.uuid4().hex  # an org of another install sharing the store: not this one's to forget
+        old, recent, long_running, old_elsewhere, theirs = RUNS
         for owner, run in ((org, old), (org, recent), (org, long_running), (elsewhere, old_elsewhere)):
             for index in (1, 2):
                 await s.transcripts.append(owner, run, FIRST, entry(index))
+        theirs_prefix = f"orgs/{another_install}/runs/{theirs}/transcript/"
+        await s.transcripts.objects.put(f"{theirs_prefix}0001-0000/000001", b"sealed with their own key")
         await s.transcripts.append(org, old, (2, 0), entry(1, "a retry, as old"))
         two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
         for path in (home / "objects").rglob("*"):
             # Every entry as if written two days ago, but the long-running run's last, written just now.
             if path.is_file() and not (long_running in path.parts and path.name == "000002"):
                 os.utime(path, (two_days_ago, two_days_ago))
-        forgotten = await s.transcripts.forget_older_than(timedelta(days=1))
+        forgotten = await s.transcripts.forget_older_than(timedelta(days=1), [org, elsewhere])
         left = [(await s.transcripts.read(owner, run, offset=0, limit=50))[1] for owner, run in (
             (org, old), (org, recent), (org, long_running), (elsewhere, old_elsewhere))]
+        kept_of_theirs = await s.transcripts.objects.keys(theirs_prefix)
 
     assert forgotten == 2 + 1 + 2 + 2  # old (both attempts), recent, old_elsewhere
     assert left == [0, 0, 2, 0]  # the long-running run recorded a step within the day: it keeps all of them
+    assert len(kept_of_theirs) == 1
 
 
 async def test_an_s3_buckets_transcripts_are_forgotten_by_when_they_were_written(
@@ -125,9 +130,10 @@ async def test_an_s3_buckets_transcripts_are_forgotten_by_when_they_were_written
         org = (await s.store.ensure_personal_org()).id
         old, recent = RUNS[:2]
         await s.transcripts.append(org, old, FIRST, entry(1))
-        await asyncio.sleep(3)  # the bucket dates what it is given itself
+        # The bucket dates what it is given itself, to the second: room for that and a loaded machine.
+        await asyncio.sleep(6)
         await s.transcripts.append(org, recent, FIRST, entry(1))
-        assert await s.transcripts.forget_older_than(timedelta(seconds=1.5)) == 1
+        assert await s.transcripts.forget_older_than(timedelta(seconds=3), [org]) == 1
         left = [(await s.transcripts.read(org, run, offset=0, limit=50))[1] for run in (old, recent)]
 
     assert left == [0, 1]
