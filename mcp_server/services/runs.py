@@ -243,9 +243,10 @@ class RunService:
             offset = runs.transcript_offset(of, cursor, limit)
         except QueryInvalid as exc:
             raise InvalidRequest(f"{exc} (or the run was retried since: its transcript is the new attempt's)") from None
-        entries = await self.transcripts.page(caller.org_id, index, offset, limit)
+        entries, read = await self.transcripts.page(caller.org_id, index, offset, limit)
+        # On from what was read: an entry that did not open is not in `entries`, and must not be read again.
         return runs.TranscriptPage(entries=entries, total=len(index.keys),
-                                   next_cursor=runs.transcript_cursor(of, offset + len(entries), len(index.keys)))
+                                   next_cursor=runs.transcript_cursor(of, offset + read, len(index.keys)))
 
     async def diagnose(self, caller: Caller, ref: str) -> Diagnosis:
         try:

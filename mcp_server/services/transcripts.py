@@ -91,9 +91,11 @@ class RunTranscripts:
         newest = max((key.rsplit("/", 2)[-2] for key in keys), default="")
         return TranscriptIndex(newest, [key for key in keys if key.rsplit("/", 2)[-2] == newest])
 
-    async def page(self, org_id: str, index: TranscriptIndex, offset: int, limit: int) -> list[TranscriptEntry]:
-        """Entries `offset` to `offset + limit` of `index`, fewer when they pass MAX_PAGE_BYTES (the next page
-        goes on from there). An entry that does not open (altered, or not Ariel's) is left out, and logged."""
+    async def page(self, org_id: str, index: TranscriptIndex, offset: int,
+                   limit: int) -> tuple[list[TranscriptEntry], int]:
+        """Entries `offset` to `offset + limit` of `index`, fewer when they pass MAX_PAGE_BYTES, and how many of
+        `index` were read (the next page goes on from `offset` plus that). An entry that does not open (altered, or
+        not Ariel's) is left out, and logged."""
         keys = index.keys[offset : offset + limit]
         opener = self.sealer.opener(org_id)  # the org's data key unwrapped once for the page, not per entry
 
@@ -109,21 +111,22 @@ class RunTranscripts:
                 return 0, None
 
         entries: list[TranscriptEntry] = []
-        size = 0
+        size = read = 0
         # A batch at a time, in order: entries may be a megabyte each, and a page stops at MAX_PAGE_BYTES.
         for start in range(0, len(keys), _READS_AT_ONCE):
             for length, entry in await asyncio.gather(*(opened(key) for key in keys[start : start + _READS_AT_ONCE])):
                 size += length
                 if entries and size > MAX_PAGE_BYTES:
-                    return entries
+                    return entries, read
+                read += 1
                 if entry is not None:
                     entries.append(entry)
-        return entries
+        return entries, read
 
     async def read(self, org_id: str, run_id: str, offset: int, limit: int) -> tuple[list[TranscriptEntry], int]:
         """A page of the run's newest attempt, and how many entries it recorded in all."""
         index = await self.index(org_id, run_id)
-        return await self.page(org_id, index, offset, limit), len(index.keys)
+        return (await self.page(org_id, index, offset, limit))[0], len(index.keys)
 
     async def delete(self, org_id: str, run_id: str) -> int:
         """Remove the run's transcript, every attempt's; how many entries went."""
@@ -203,7 +206,8 @@ def _pack(sealed: Sealed) -> bytes:
 
 def _unpack(packed: bytes) -> Sealed:
     if not packed.startswith(_MAGIC) or len(packed) < len(_MAGIC) + _HEADER.size:
-        raise Unavailable("a transcript object is not one Ariel sealed: the object store holds something else "
-                          "at its key")
+        # A ValueError: the page leaves the entry out and logs it, as one whose seal does not open.
+        raise ValueError("a transcript object is not one Ariel sealed: the object store holds something else at its "
+                         "key")
     version, nonce = _HEADER.unpack_from(packed, len(_MAGIC))
     return Sealed(packed[len(_MAGIC) + _HEADER.size :], nonce, version)

@@ -91,6 +91,23 @@ async def test_a_retried_runs_transcript_is_its_newest_attempts(home: Path, stor
     assert total == 1 and [e.output for e in entries] == ["replayed"]
 
 
+async def test_an_entry_that_does_not_open_is_left_out_and_the_next_page_goes_on_past_it(
+    home: Path, store_url: str
+) -> None:
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        for n in (1, 2, 3, 4):
+            await s.transcripts.append(org, RUN, FIRST, entry(n, f"result {n}"))
+        kept = await s.transcripts.index(org, RUN)
+        await s.transcripts.objects.put(kept.keys[0], b"not sealed by Ariel")  # altered at rest
+        first, read = await s.transcripts.page(org, kept, 0, 2)
+        second, read_after = await s.transcripts.page(org, kept, read, 2)
+
+    assert ([e.output for e in first], read) == (["result 2"], 2)
+    # On from what was read, not from how many came back: entry 2 is not read twice.
+    assert ([e.output for e in second], read_after) == (["result 3", "result 4"], 2)
+
+
 RUNS = [f"3f1c2d9e-0000-4000-8000-00000000010{n}" for n in range(5)]
 
 
