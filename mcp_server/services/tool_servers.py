@@ -58,6 +58,7 @@ from deployments.images.stdio_catalog import (
 )
 from flows.mcp.screening import screen
 from flows.network.guard import ProtectedEndpoint
+from flows.transcript import Redactor
 from mcp_server.auth import Role
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as audit_event
@@ -889,6 +890,10 @@ def _url(url: str | None) -> str:
         raise InvalidRequest("url: leave credentials out of the URL; give them in token (and header_name)")
     if parsed.query or parsed.fragment or "?" in text or "#" in text:
         raise InvalidRequest("url: give the endpoint without '?' or '#'; credentials go in token (and header_name)")
+    if Redactor().text(text) != text:
+        # A URL is shown to every member and goes into runs' parameters; a credential must not. Not quoted back.
+        raise InvalidRequest("url: its path holds what looks like a credential (a token or key); give the endpoint "
+                             "without it, and the credential in token (and header_name)")
     return text
 
 

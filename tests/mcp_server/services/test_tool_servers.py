@@ -269,6 +269,11 @@ async def test_a_server_that_cannot_be_reached_says_what_was_tried_and_protected
             await add(s, ada, "sneaky", f"http://ada:{TOKEN}@127.0.0.1:1/mcp")
         with pytest.raises(InvalidRequest, match="url: at most 2048 characters"):
             await add(s, ada, "long", "http://127.0.0.1:1/" + "a" * 2048)
+        # A key in the path would be shown to every member and put in runs' parameters: refused, not quoted back.
+        path_key = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"
+        with pytest.raises(InvalidRequest, match="url: its path holds what looks like a credential") as in_path:
+            await add(s, ada, "sneaky", f"http://127.0.0.1:1/s/{path_key}/mcp")
+        assert path_key not in str(in_path.value)
         assert (await s.tool_servers.manage(ada, "list")).servers == []
 
 
@@ -356,6 +361,9 @@ async def test_a_stdio_server_of_the_catalog_is_started_and_listed(home: Path, s
     entry = StdioServer(name="local", pypi="fastmcp==4.1.2", command=mcp_peers.stdio_script(tmp_path),
                         description="A fastmcp server on stdio.")
     async with services(home, store_url, stdio_catalog=[entry]) as s:
+        # The first add installs the entry's package into a venv of its own (about 30 s on 2 busy cores); the
+        # add's deadline has its own test (test_mcp_probe).
+        s.tool_servers.action_seconds = 180
         org = (await s.store.ensure_personal_org()).id
         ada = caller(org, "ada", "admin")
         listed = await s.tool_servers.manage(ada, "list")
