@@ -143,15 +143,16 @@ class RunTranscripts:
         before = datetime.now(UTC) - retention
         forgotten = 0
         for org_id in org_ids:
-            runs: dict[str, tuple[datetime, list[str]]] = {}
+            keys_of: dict[str, list[str]] = {}
+            newest: dict[str, datetime] = {}
             for key, written in (await self.objects.stamps(f"orgs/{_part(org_id)}/runs/")).items():
                 parts = key.split("/")
                 if len(parts) > 5 and parts[4] == "transcript":
                     run = "/".join(parts[:4]) + "/"  # the run's folder, left empty, goes too
-                    newest, keys = runs.get(run, (written, []))
-                    runs[run] = (max(newest, written), [*keys, key])
-            for run, (newest, keys) in runs.items():
-                if newest < before:
+                    keys_of.setdefault(run, []).append(key)
+                    newest[run] = max(written, newest.get(run, written))
+            for run, keys in keys_of.items():
+                if newest[run] < before:
                     try:
                         forgotten += await self.objects.remove_keys(keys, run)
                     except ValueError as exc:  # an object put there by other means, under no key of Ariel's
