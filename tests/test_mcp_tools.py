@@ -29,6 +29,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from prefect.client.orchestration import PrefectClient
 
 from tests.flows.mcp.servers import INJECTION, change_lookup, everything_http, serving, tool_server
+from tests.mcp_server.services.test_tool_oauth import go_on
 from tests.support import ArielUp, ariel_up, free_port, serve_asgi
 
 pytestmark = pytest.mark.slow
@@ -273,7 +274,7 @@ async def test_an_oauth_server_is_signed_in_to_in_the_browser_then_used_and_refr
             added = await call(client, "manage_tools", action="add", name="weather-oauth", transport="http", url=url,
                                scope="org")
             link = added["sign_in_link"]
-            assert link and link.startswith(url.removesuffix("/mcp") + "/authorize?"), added
+            assert link and link.startswith(f"{stack.base_url}/oauth/start?state="), added
             assert "sign-in needed" in added["done"] and "open sign_in_link in your browser" in added["done"]
             [server] = added["servers"]
             assert (server["auth"], server["status"], server["sign_in"]) == ("oauth", "pending", "sign-in pending")
@@ -282,8 +283,14 @@ async def test_an_oauth_server_is_signed_in_to_in_the_browser_then_used_and_refr
             assert again["sign_in_link"] == link, again
 
             # The person's browser: the authorization server consents at once and sends it to Ariel's callback.
+            # First Ariel's page of whose sign-in it is, for which org, then on to the authorization server.
             async with httpx.AsyncClient(follow_redirects=True, trust_env=False, timeout=60) as browser:
-                page = await browser.get(link)
+                start = await browser.get(link)
+                assert start.status_code == 200, start.text
+                # The desktop's own space is named for its one user, never as an organization.
+                whose = "It was asked for by <strong>Local user</strong>, for their own agents."
+                assert whose in start.text, start.text
+                page = await browser.get(go_on(start.text))
             assert page.status_code == 200, page.text
             assert str(page.url).startswith(f"{stack.base_url}/oauth/callback?")
             assert "Signed in" in page.text and "lists 1 tool(s) and is approved" in page.text, page.text

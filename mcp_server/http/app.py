@@ -1,4 +1,4 @@
-"""The HTTP app: MCP over streamable HTTP at /mcp, plus /health, /ready, docs at /docs and /oauth/callback.
+"""The HTTP app: MCP over streamable HTTP at /mcp, plus /health, /ready, docs at /docs and the sign-in pages /oauth/*.
 
 Every request passes, outermost first: security headers, the unhandled-error
 guard, CORS, the per-address limit of requests without valid credentials, the
@@ -41,8 +41,8 @@ from mcp_server.http.hardening import (
     SecurityHeaders,
     docs_csp,
 )
-from mcp_server.http.oauth_callback import CALLBACK_PATH, oauth_callback
 from mcp_server.http.rate_limit import LimitUnauthenticated
+from mcp_server.http.sign_in_pages import sign_in_routes
 from mcp_server.http.transcripts import add_transcript_route
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
@@ -302,10 +302,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         answer = await readiness()
         return JSONResponse(answer.model_dump(), status_code=200 if answer.status == "ready" else 503)
 
-    # Where browsers land after signing in to an OAuth-protected MCP server (manage_tools); public: the one-time
-    # state it carries is the credential (see mcp_server.http.authenticate.PUBLIC_PATHS).
-    app.add_route(CALLBACK_PATH, oauth_callback(lambda: services().sign_ins), methods=["GET"],
-                  include_in_schema=False)
+    # A sign-in link's page, and where browsers land after signing in to an OAuth-protected MCP server
+    # (manage_tools); public: the one-time state they carry is the credential (mcp_server.http.authenticate).
+    app.router.routes.extend(sign_in_routes(lambda: services().sign_ins))
 
     add_transcript_route(app, services)
 

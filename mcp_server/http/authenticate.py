@@ -21,11 +21,13 @@ from mcp_server.auth import AuthError, AuthUnavailable, OrgSuspended
 from mcp_server.services.container import Services
 from mcp_server.tools.middleware.caller import SCOPE_CALLER
 
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/oauth/callback"})
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/oauth/start",
+                          "/oauth/callback"})
 """Everything else asks for credentials: MCP is mounted at the root, so an allow-list fails closed.
 
-/oauth/callback is where a browser lands from an MCP server's sign-in: it carries no Ariel credential, and the
-one-time state of the sign-in (256 random bits, `ToolOAuth`) is what it proves."""
+/oauth/start is where a sign-in link to an MCP server leads, /oauth/callback where the browser lands from the
+sign-in: neither carries an Ariel credential, and the one-time state of the sign-in (256 random bits,
+`ToolOAuth`) is what they prove."""
 
 
 class AuthenticateHTTP:

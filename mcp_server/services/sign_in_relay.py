@@ -9,7 +9,9 @@ another process of the install. On PostgreSQL that process relays it over the st
                                         ── completes the sign-in ──▶ ANSWER_CHANNEL {relay, done, message} ──▶ B
     B answers the browser with A's page.
 
-A state no process claims within CLAIM_SECONDS is answered like any unknown link. On SQLite (one machine)
+The page a sign-in link opens first (`describe`: whose sign-in, for which org and server) is found the same
+way, answered at once by the process that holds it. A state no process claims within CLAIM_SECONDS is answered
+like any unknown link. On SQLite (one machine)
 nothing is relayed: the process that got the callback answers alone. The code travels in a notification,
 never stored; it is good once, for minutes, and only with the verifier the beginning process keeps.
 
@@ -17,6 +19,7 @@ Example (with a store and a `ToolOAuth`, in the app's lifespan)::
 
     relay = SignInRelay(store, tool_oauth)
     keeping = asyncio.create_task(relay.keep_answering())   # claim what other processes receive for us
+    page = await relay.describe(state)                                       # the start page's call
     page_text = await relay.complete(state, code, iss=None, error=None)   # the callback route's call
 """
 
@@ -35,6 +38,7 @@ from mcp_server.services.tool_oauth import (
     EXCHANGE_SECONDS,
     UNKNOWN_LINK,
     SignInFailed,
+    SignInPage,
     ToolOAuth,
 )
 from mcp_server.store import Store
@@ -58,6 +62,7 @@ MAX_VALUE_CHARS = 2048
 class _Callback(BaseModel):
     relay: str
     state: str
+    describe: bool = False  # the start page's question, not a callback: answered with `page`
     code: str | None = None
     iss: str | None = None
     error: str | None = None
@@ -68,6 +73,7 @@ class _Answer(BaseModel):
     done: bool = False  # False: claimed, the exchange goes on; True: `ok` and `message` say how it ended
     ok: bool = False
     message: str = ""
+    page: SignInPage | None = None
 
 
 class SignInRelay:
@@ -95,10 +101,30 @@ class SignInRelay:
         if self._relays.locked():
             raise SignInFailed("this app process is busy finding sign-ins; try the link again in a moment")
         async with self._relays:
-            return await self._relay(state, code, iss, error)
+            return (await self._relay(_Callback(relay=secrets.token_urlsafe(16), state=state, code=code, iss=iss,
+                                                error=error))).message
 
-    async def _relay(self, state: str, code: str | None, iss: str | None, error: str | None) -> str:
-        relay = secrets.token_urlsafe(16)
+    async def describe(self, state: str) -> SignInPage:
+        """What `ToolOAuth.describe` answers, from whichever process holds the sign-in `state` names.
+
+        Raises:
+            SignInFailed: as `ToolOAuth.describe`; also when no process claims the state in time.
+        """
+        if not state or self._oauth.holds(state) or not self._store.shares_notifications:
+            return await self._oauth.describe(state)
+        if not _STATE.fullmatch(state):
+            raise SignInFailed(UNKNOWN_LINK)
+        if self._relays.locked():
+            raise SignInFailed("this app process is busy finding sign-ins; try the link again in a moment")
+        async with self._relays:
+            answer = await self._relay(_Callback(relay=secrets.token_urlsafe(16), state=state, describe=True))
+        if answer.page is None:
+            raise SignInFailed(UNKNOWN_LINK)
+        return answer.page
+
+    async def _relay(self, callback: _Callback) -> _Answer:
+        """`callback` to every process; the answer of the one that holds its state (ok, or SignInFailed)."""
+        relay = callback.relay
         answers: asyncio.Queue[_Answer] = asyncio.Queue()
         listening = asyncio.Event()
         hearing = asyncio.create_task(self._hear(relay, answers, listening))
@@ -112,8 +138,7 @@ class SignInRelay:
                 raise SignInFailed("this app process could not reach the others of the install to find the sign-in; "
                                    "try the link again in a moment")
             try:
-                await self._store.notify(CALLBACK_CHANNEL, _Callback(relay=relay, state=state, code=code, iss=iss,
-                                                                     error=error).model_dump_json())
+                await self._store.notify(CALLBACK_CHANNEL, callback.model_dump_json())
             except Exception as exc:
                 log.warning("could not relay a sign-in callback to the other app processes (%s)",
                             type(exc).__name__)
@@ -138,7 +163,7 @@ class SignInRelay:
                 await hearing
         if not answer.ok:
             raise SignInFailed(answer.message)
-        return answer.message
+        return answer
 
     async def _hear(self, relay: str, answers: asyncio.Queue[_Answer], listening: asyncio.Event) -> None:
         async with aclosing(self._store.listen(ANSWER_CHANNEL, listening)) as heard:
@@ -182,6 +207,14 @@ class SignInRelay:
         task.add_done_callback(self._answering.discard)
 
     async def _answer(self, callback: _Callback) -> None:
+        if callback.describe:
+            try:
+                page = await self._oauth.describe(callback.state)
+            except SignInFailed as exc:
+                await self._tell(_Answer(relay=callback.relay, done=True, message=str(exc)))
+            else:
+                await self._tell(_Answer(relay=callback.relay, done=True, ok=True, page=page))
+            return
         await self._tell(_Answer(relay=callback.relay))
         try:
             message = await self._oauth.complete(callback.state, callback.code, iss=callback.iss,

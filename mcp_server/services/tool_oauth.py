@@ -1,7 +1,8 @@
 """OAuth sign-in to the MCP servers agents use as tools, with the MCP SDK's client flow.
 
-    manage_tools add/test ── begin() ──▶ sign-in link (the server's authorization URL, PKCE, state)
-    the person's browser ──▶ authorization server ──▶ GET /oauth/callback?code&state ── complete()
+    manage_tools add/test ── begin() ──▶ sign-in link: Ariel's GET /oauth/start?state (PKCE, state)
+    the person's browser ──▶ /oauth/start: whose sign-in, for which org and server ── describe()
+        ──▶ (they choose to go on) authorization server ──▶ GET /oauth/callback?code&state ── complete()
         ──▶ code exchanged, tokens + client registration sealed through the `TokenVault`
         ──▶ `on_signed_in` (the registry lists the server's tools) ──▶ the page the person reads
     open_for_run ── headers() ──▶ {"Authorization": "Bearer …"}, refreshed when near expiry
@@ -48,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
 from mcp.client.auth import (
@@ -76,12 +77,17 @@ from mcp_server.services.exceptions import ArielError, Unavailable
 from mcp_server.services.finishing import finishing
 from mcp_server.services.mcp_probe import GuardedTransport
 
-__all__ = ["CALLBACK_PATH", "UNKNOWN_LINK", "SignInFailed", "SignInNeeded", "TokenVault", "ToolOAuth"]
+__all__ = ["CALLBACK_PATH", "START_PATH", "UNKNOWN_LINK", "SignInFailed", "SignInNeeded", "SignInPage", "TokenVault",
+           "ToolOAuth"]
 
 log = logging.getLogger("ariel.tool_oauth")
 
 CALLBACK_PATH = "/oauth/callback"
 """Where Ariel's HTTP app receives authorization codes; the redirect URI Ariel registers is the public URL plus this."""
+START_PATH = "/oauth/start"
+"""Where a sign-in link leads: Ariel's page saying whose sign-in it is, for which org and server, before the
+authorization server. Whoever completes a sign-in binds their account, so a person handed someone else's link
+(another org's admin's, say) must see that before they sign in."""
 
 SIGN_IN_SECONDS = 600.0
 """How long a sign-in link stays good: the person has this long to sign in."""
@@ -111,6 +117,19 @@ class SignInNeeded(ArielError):
 
 class SignInFailed(ArielError):
     """A sign-in did not complete (or its link is unknown or used); the message says why, without any token."""
+
+
+class SignInPage(BaseModel):
+    """What the page of a sign-in link tells the person before they go on to the authorization server."""
+
+    server_name: str
+    server_origin: str
+    org_name: str | None  # None: the starter's own invisible org, which nothing should mention
+    starter: str
+    owner_only: bool  # the server is the starter's own, not the org's
+    authorization_url: str
+    authorization_origin: str
+    seconds_left: float
 
 
 class TokenVault(Protocol):
@@ -197,7 +216,10 @@ class _Pending:
     server_id: str
     url: str
     starter: Caller  # who asked for the link: the only one handed it again, and whose sign-in it is
-    link: asyncio.Future[str]
+    server_name: str
+    owner_only: bool
+    expires_at: float  # time.monotonic()
+    link: asyncio.Future[str]  # the authorization URL, once the SDK's flow has made it
     code: asyncio.Future[AuthorizationCodeResult]
     task: asyncio.Task[None] | None = None
     state: str | None = field(default=None, repr=False)
@@ -214,6 +236,7 @@ class ToolOAuth:
             metadata addresses are refused as well).
         private_networks: whether the flow may reach loopback and private networks (ARIEL_MCP_PRIVATE_NETWORKS).
         sign_in_seconds: how long a sign-in link stays good.
+        start_url: where sign-in links lead (Ariel's page of START_PATH); by default the callback's origin's.
     """
 
     def __init__(
@@ -225,9 +248,11 @@ class ToolOAuth:
         private_networks: bool = True,
         sign_in_seconds: float = SIGN_IN_SECONDS,
         client_name: str = "Ariel",
+        start_url: str | None = None,
     ) -> None:
         self._vault = vault
         self.callback_url = callback_url
+        self.start_url = start_url or callback_url.removesuffix(CALLBACK_PATH) + START_PATH
         self._protected = protected
         self._private_networks = private_networks
         self._sign_in_seconds = sign_in_seconds
@@ -243,9 +268,13 @@ class ToolOAuth:
     def __repr__(self) -> str:
         return f"ToolOAuth(callback_url={self.callback_url!r}, pending={len(self._by_server)})"
 
-    async def begin(self, org_id: str, server_id: str, url: str, *, starter: Caller,
-                    timeout: float = DISCOVERY_SECONDS) -> str:
+    async def begin(self, org_id: str, server_id: str, url: str, *, starter: Caller, server_name: str = "",
+                    owner_only: bool = False, timeout: float = DISCOVERY_SECONDS) -> str:
         """Start a sign-in to the MCP server at `url` for `starter`; returns the link they open in their browser.
+
+        The link leads to Ariel's page (`describe`) naming the server (`server_name`), the org and `starter`,
+        and whose agents the account would serve (the starter's alone when `owner_only`), which links on to
+        the authorization server.
 
         Who may sign a server in is the caller's to decide (the registry: an admin for an org's server, its
         owner for a user's). A sign-in already pending for this server is replaced (its link stops working).
@@ -258,13 +287,17 @@ class ToolOAuth:
         """
         await self._cancel(self._by_server.get((org_id, server_id)))
         loop = asyncio.get_running_loop()
-        pending = _Pending(org_id, server_id, url, starter, loop.create_future(), loop.create_future())
+        pending = _Pending(org_id, server_id, url, starter, server_name or _origin(url), owner_only,
+                           time.monotonic() + self._sign_in_seconds, loop.create_future(), loop.create_future())
         grant = _Grant(url=url)  # a fresh registration: a stored one may be for a server that forgot it
 
         async def redirect(authorization_url: str) -> None:
             state = parse_qs(urlsplit(authorization_url).query).get("state", [""])[0]
             if not state:
                 raise SignInFailed("the authorization URL carries no state")
+            # The page links the person on to it: nothing but a web address (the SDK types the endpoint so).
+            if urlsplit(authorization_url).scheme not in ("https", "http"):
+                raise SignInFailed(f"{_origin(url)} published an authorization endpoint that is not a web address")
             pending.state = state
             self._by_state[state] = pending
             if not pending.link.done():
@@ -292,7 +325,7 @@ class ToolOAuth:
         if pending.link.done():
             log.info("OAuth sign-in started for tool server %s of org %s by %s", server_id, org_id,
                      starter.user_id)
-            return pending.link.result()
+            return self._link(pending)
         if not pending.task.done():
             await self._cancel(pending)
             raise SignInFailed(f"{_origin(url)} did not finish OAuth discovery and client registration within "
@@ -319,7 +352,27 @@ class ToolOAuth:
         if (pending is None or pending.starter.user_id != starter_id or pending.state not in self._by_state
                 or not pending.link.done()):
             return None
-        return pending.link.result()
+        return self._link(pending)
+
+    async def describe(self, state: str) -> SignInPage:
+        """What the page of the sign-in link `state` names says, while nobody has used it.
+
+        Raises:
+            SignInFailed: the state is unknown, used or expired (UNKNOWN_LINK).
+        """
+        pending = self._by_state.get(state) if state else None
+        if (pending is None or pending.task is None or pending.task.done() or pending.code.done()
+                or not pending.link.done()):
+            raise SignInFailed(UNKNOWN_LINK)
+        authorization_url = pending.link.result()
+        starter = pending.starter
+        return SignInPage(
+            server_name=pending.server_name, server_origin=_origin(pending.url),
+            org_name=starter.org_name if starter.org_visible else None, starter=starter.user_label,
+            owner_only=pending.owner_only, authorization_url=authorization_url,
+            authorization_origin=_origin(authorization_url),
+            seconds_left=max(0.0, pending.expires_at - time.monotonic()),
+        )
 
     async def complete(self, state: str, code: str | None, *, iss: str | None = None, error: str | None = None) -> str:
         """Hand the authorization server's answer to the sign-in that `state` names; once only.
@@ -420,6 +473,9 @@ class ToolOAuth:
         """Cancel every pending sign-in; their links stop working."""
         for pending in list(self._by_server.values()):
             await self._cancel(pending)
+
+    def _link(self, pending: _Pending) -> str:
+        return f"{self.start_url}?{urlencode({'state': pending.state})}"
 
     async def _sign_in(self, pending: _Pending, provider: _GrantProvider) -> None:
         """The flow of one sign-in, in its own task: a request that the server challenges, which the SDK's

@@ -275,7 +275,7 @@ class ToolServerService:
                         "own-hardware worker lists it")
             raise InvalidRequest(f"MCP server {name!r} was not added: {listing.problem}{hint}")
         # Before the row: a server nobody can sign in to is not kept (it could never list a tool).
-        link, no_link = await self._sign_in_link(caller, listing, server_id, owner, where)
+        link, no_link = await self._sign_in_link(caller, listing, server_id, name, owner, where)
         if listing.oauth and link is None:
             raise InvalidRequest(f"MCP server {name!r} was not added: it asks for an OAuth sign-in, and {no_link}")
         tools = listing.tools or []
@@ -371,7 +371,8 @@ class ToolServerService:
         if listing.tools is None:
             if listing.oauth and record.auth != "oauth":
                 record = await self._update(record, auth="oauth")
-            link, no_link = await self._sign_in_link(caller, listing, record.id, record.owner_user_id, record.url)
+            link, no_link = await self._sign_in_link(caller, listing, record.id, record.name, record.owner_user_id,
+                                                         record.url)
             done = f"MCP server {record.name!r}: {listing.problem}"
             if link:
                 done += "; open sign_in_link in your browser and sign in: Ariel then lists its tools"
@@ -645,7 +646,7 @@ class ToolServerService:
                               f"pinned: {', '.join(tool.name for tool in tools)}")
         return updated, changes, flagged
 
-    async def _sign_in_link(self, caller: Caller, listing: _Listing, server_id: str, owner: str | None,
+    async def _sign_in_link(self, caller: Caller, listing: _Listing, server_id: str, name: str, owner: str | None,
                             url: str | None) -> tuple[str | None, str]:
         """A sign-in link when the server asks for OAuth and `caller` may sign it in, or (None, why there is none).
 
@@ -667,7 +668,8 @@ class ToolServerService:
         if pending is not None:
             return pending, ""
         try:
-            return await self.oauth.begin(caller.org_id, server_id, url, starter=caller), ""
+            return await self.oauth.begin(caller.org_id, server_id, url, starter=caller, server_name=name,
+                                          owner_only=owner is not None), ""
         except ArielError as exc:  # an authorization server that does not answer, or one Ariel may not reach
             return None, f"no sign-in could start: {exc}"
 

@@ -219,8 +219,8 @@ class ToolServersActionView(BaseModel):
     changes: list[str] = Field(default_factory=list, description="test: how its tools differ from what was "
                                "approved; approve: what this approval accepts (new tools, changed ones).")
     sign_in_link: str | None = Field(default=None, description="Sign-in needed: give it to the person to open in "
-                                     "their browser (OAuth); once they have signed in, manage_tools get shows the "
-                                     "server's tools.")
+                                     "their browser (OAuth; Ariel's page says whose sign-in it is, then links on); "
+                                     "once they have signed in, manage_tools get shows the server's tools.")
     stdio_catalog: list[str] | None = Field(default=None, description="list: the stdio servers this platform "
                                             "offers (add them with transport='stdio', catalog=<name>).")
 

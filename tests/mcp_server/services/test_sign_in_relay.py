@@ -16,12 +16,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Route
 
 from mcp_server.http.hardening import SecurityHeaders
-from mcp_server.http.oauth_callback import oauth_callback
+from mcp_server.http.sign_in_pages import sign_in_routes
 from mcp_server.services.sign_in_relay import SignInRelay
-from mcp_server.services.tool_oauth import CALLBACK_PATH, UNKNOWN_LINK, ToolOAuth
+from mcp_server.services.tool_oauth import CALLBACK_PATH, START_PATH, UNKNOWN_LINK, ToolOAuth
 from mcp_server.store import Store
 from tests.mcp_server.services.test_tool_oauth import (
     ADA,
@@ -56,7 +55,7 @@ async def replicas(relay: bool = True) -> AsyncIterator[Replicas]:
         at_b = SignInRelay(store_b, b) if relay else b
         listening = asyncio.Event()
         answering = asyncio.create_task(SignInRelay(store_a, a).keep_answering(listening))
-        app = SecurityHeaders(Starlette(routes=[Route(CALLBACK_PATH, oauth_callback(lambda: at_b), methods=["GET"])]))
+        app = SecurityHeaders(Starlette(routes=sign_in_routes(lambda: at_b)))
         try:
             await asyncio.wait_for(listening.wait(), 10)
             async with serving(app, port):
@@ -74,6 +73,8 @@ async def replicas(relay: bool = True) -> AsyncIterator[Replicas]:
 async def test_a_sign_in_begun_at_one_process_completes_through_anothers_callback() -> None:
     async with protected_mcp() as (url, _auth), replicas() as apps:
         link = await apps.a.begin(ORG, SERVER, url, starter=ADA)
+        # B's page of whose sign-in it is (found at A), then the sign-in, then B's callback.
+        assert link.startswith(apps.callback_url.removesuffix(CALLBACK_PATH) + START_PATH)
         page = await browse(link)
         assert str(page.url).startswith(apps.callback_url)  # the browser landed on B
         assert page.status_code == 200, page.text

@@ -8,8 +8,10 @@ served by uvicorn too; the test plays the person's browser with httpx.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -27,12 +29,11 @@ from fastmcp.server.auth.providers.in_memory import InMemoryOAuthProvider
 from mcp.server.auth.provider import AuthorizationCode, RefreshToken, RegistrationError
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from starlette.applications import Starlette
-from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from flows.network.guard import protected_endpoints
 from mcp_server.http.hardening import SecurityHeaders
-from mcp_server.http.oauth_callback import oauth_callback
+from mcp_server.http.sign_in_pages import sign_in_routes
 from mcp_server.services.caller import Caller
 from mcp_server.services.tool_oauth import CALLBACK_PATH, UNKNOWN_LINK, SignInFailed, SignInNeeded, ToolOAuth
 from mcp_server.settings import ArielSettings
@@ -148,7 +149,7 @@ async def ariel_callback(**options: Any) -> AsyncIterator[tuple[ToolOAuth, DictV
     port = free_port()
     vault = DictVault()
     oauth = ToolOAuth(vault, f"http://127.0.0.1:{port}{CALLBACK_PATH}", **options)
-    app = SecurityHeaders(Starlette(routes=[Route(CALLBACK_PATH, oauth_callback(lambda: oauth), methods=["GET"])]))
+    app = SecurityHeaders(Starlette(routes=sign_in_routes(lambda: oauth)))
     try:
         async with serving(app, port):
             yield oauth, vault
@@ -157,9 +158,25 @@ async def ariel_callback(**options: Any) -> AsyncIterator[tuple[ToolOAuth, DictV
 
 
 async def browse(link: str) -> httpx.Response:
-    """The person's browser: opens the sign-in link, consents (the test AS approves at once), lands on Ariel."""
+    """The person's browser: opens the sign-in link (Ariel's page of whose sign-in it is), goes on, consents (the
+    test AS approves at once), lands on Ariel's callback. A start page that refuses the link is answered."""
     async with httpx.AsyncClient(follow_redirects=True, trust_env=False, timeout=30) as browser:
-        return await browser.get(link)
+        start = await browser.get(link)
+        if start.status_code != 200:
+            return start
+        return await browser.get(go_on(start.text))
+
+
+def go_on(page: str) -> str:
+    """The start page's link on to the authorization server."""
+    found = re.search(r'<a href="([^"]+)">Go on to sign in at ', page)
+    assert found, page
+    return html.unescape(found.group(1))
+
+
+async def authorization_url(oauth: ToolOAuth, link: str) -> str:
+    """Where the start page of `link` would send the person (for tests that serve no pages)."""
+    return (await oauth.describe(httpx.URL(link).params["state"])).authorization_url
 
 
 async def echo_with(url: str, headers: dict[str, str]) -> str:
@@ -187,8 +204,10 @@ async def test_a_person_signs_in_through_the_link_and_the_token_calls_a_tool(cap
     async with protected_mcp() as (url, auth), ariel_callback() as (oauth, _vault):
         assert await refused(url, {})
         link = await oauth.begin(ORG, SERVER, url, starter=ADA)
-        assert link.startswith(url.removesuffix("/mcp") + "/authorize?")
-        assert "code_challenge=" in link and "state=" in link
+        assert link.startswith(oauth.start_url + "?state=")  # Ariel's page first
+        onward = await authorization_url(oauth, link)
+        assert onward.startswith(url.removesuffix("/mcp") + "/authorize?")
+        assert "code_challenge=" in onward and httpx.URL(onward).params["state"] == httpx.URL(link).params["state"]
         assert await oauth.status(ORG, SERVER) == "sign-in pending"
 
         page = await browse(link)
@@ -202,6 +221,54 @@ async def test_a_person_signs_in_through_the_link_and_the_token_calls_a_tool(cap
         tokens = [token for token in auth.issued if token]
         assert tokens and headers == {"Authorization": f"Bearer {tokens[0]}"}
         assert not [token for token in tokens if token in page.text or token in caplog.text]
+
+
+async def test_a_sign_in_link_first_says_whose_sign_in_it_is_and_for_which_org_then_links_on() -> None:
+    # Whoever completes a sign-in binds their account: a member of another org handed this link must see that the
+    # sign-in is Acme's, asked for by ada, before their authorization server is ever reached.
+    async with protected_mcp() as (url, auth), ariel_callback() as (oauth, _vault):
+        link = await oauth.begin(ORG, SERVER, url, starter=ADA, server_name="crm <i>")
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as browser:
+            start = await browser.get(link)
+
+        assert start.status_code == 200, start.text
+        text = start.text
+        assert "<title>Ariel: Sign in to crm &lt;i&gt;</title>" in text
+        server = url.removesuffix("/mcp")
+        assert f"This is a sign-in to the MCP server <strong>crm &lt;i&gt;</strong> ({server})" in text
+        assert "It was asked for by <strong>ada</strong>, for the organization <strong>Acme</strong>." in text
+        assert "connects <em>their own</em> account at" in text
+        assert "to every agent of <strong>Acme</strong> that uses crm &lt;i&gt;: those agents will act as" in text
+        assert "close this tab: nothing happens" in text
+        assert go_on(text) == await authorization_url(oauth, link)
+        assert not auth.auth_codes  # the person has not gone on: the authorization server granted nothing
+        assert start.headers["cache-control"] == "no-store" and start.headers["x-frame-options"] == "DENY"
+
+        page = await browse(link)  # going on signs in, once
+        assert page.status_code == 200 and "Signed in" in page.text
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as browser:
+            used = await browser.get(link)
+            made_up = await browser.get(oauth.start_url, params={"state": "guess"})
+        for answer in (used, made_up):
+            assert answer.status_code == 400 and "Sign-in link not valid" in answer.text
+            assert UNKNOWN_LINK.replace("'", "&#x27;") in answer.text and "<a " not in answer.text
+
+
+async def test_the_start_page_of_a_users_own_server_or_own_space_names_only_their_agents() -> None:
+    own_space = Caller("user-bo", "bo", "org-bo", "bo", "Bo's own", "admin", "dev", "test", org_visible=False)
+    async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
+        mine = await oauth.begin(ORG, SERVER, url, starter=ADA, server_name="notes", owner_only=True)
+        alone = await oauth.begin("org-bo", SERVER, url, starter=own_space, server_name="notes")
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as browser:
+            mine_text, alone_text = (await browser.get(mine)).text, (await browser.get(alone)).text
+
+    assert "asked for by <strong>ada</strong>, for their own agents in the organization <strong>Acme</strong>" in (
+        mine_text)
+    assert "to <strong>ada</strong>'s own agents that use notes: those agents" in mine_text
+    assert "every agent" not in mine_text
+    # An org the user never sees (their own space) is not named.
+    assert "asked for by <strong>bo</strong>, for their own agents." in alone_text
+    assert "Bo&#x27;s own" not in alone_text and "organization" not in alone_text
 
 
 async def test_an_expired_access_token_is_refreshed_without_a_new_sign_in(caplog: pytest.LogCaptureFixture) -> None:
@@ -396,8 +463,9 @@ async def test_each_connection_goes_to_the_address_checked_never_to_a_second_dns
         monkeypatch.setattr(socket, "getaddrinfo", rebinding)
 
         link = await oauth.begin(ORG, SERVER, url, starter=ADA)
+        onward = await authorization_url(oauth, link)
 
-    assert link.startswith(url.removesuffix("/mcp") + "/authorize?")
+    assert onward.startswith(url.removesuffix("/mcp") + "/authorize?")
     assert lookups == ["localhost"]  # checked once, then connected to what was checked
 
 

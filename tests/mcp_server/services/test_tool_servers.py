@@ -28,7 +28,7 @@ from mcp_server.settings import ArielSettings
 from mcp_server.store._schema import tool_servers
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import API_KEY, TOKEN, Peer
-from tests.mcp_server.services.test_tool_oauth import protected_mcp
+from tests.mcp_server.services.test_tool_oauth import authorization_url, protected_mcp
 from tests.mcp_server.store.test_store import other_org
 from tests.support import NO_PREFECT
 
@@ -388,7 +388,8 @@ async def test_after_the_oauth_sign_in_a_members_server_lists_its_tools_and_wait
             "(manage_tools approve), and manage_tools get shows them")
         # The person's browser, up to Ariel's callback, which these services do not serve: its code goes in here.
         async with httpx.AsyncClient(trust_env=False) as browser:
-            landing = httpx.URL((await browser.get(added.sign_in_link)).headers["location"])
+            go_on = await authorization_url(s.tool_oauth, added.sign_in_link)
+            landing = httpx.URL((await browser.get(go_on)).headers["location"])
         page = await s.tool_oauth.complete(landing.params["state"], landing.params["code"])
 
         assert "MCP server 'mine' lists 1 tool(s); it is pending until an admin approves it" in page
