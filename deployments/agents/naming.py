@@ -13,6 +13,11 @@ leaves no name for another agent to take. Every deploy checks the reservation ag
 on names: the agent's and org's ids are in the deployment's tags, and `compiler.apply` refuses a deployment that
 is another agent's.
 
+A reservation can outlive its agent: a create that failed while Prefect was unreachable cannot give its name
+back. The next agent of the same org that asks for the name takes it over once the org's store says no such
+agent exists (`gone`) and the reservation is older than RECLAIM_AFTER, which no create in progress is (its row
+follows its reservation within the same call).
+
 Example::
 
     name = await reserve_free_name(client, "inventory-walker", "acme", agent_id, org_id)  # 'acme', or 'acme-6a1d8e67'
@@ -23,11 +28,14 @@ Example::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate
+from prefect.client.schemas.objects import Variable
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from deployments.exceptions import DeploymentNameTaken
@@ -35,6 +43,11 @@ from deployments.pools.work_pools import org_tag
 
 RESERVATION_PREFIX = "ariel-deployment-name-"
 TRIES = 3  # a reservation released while it is read: asked again, at most this often
+RECLAIM_AFTER = timedelta(minutes=10)
+"""How old a reservation of an agent its org no longer has must be before another agent takes the name over."""
+
+Gone = Callable[[str], Awaitable[bool]]
+"""Whether the org has no agent of this id (any more): the store's answer, which this module does not read."""
 
 
 def legacy_deployment_name(org_slug: str, agent_id: str) -> str:
@@ -55,12 +68,18 @@ def reservation_name(flow_name: str, name: str) -> str:
     return RESERVATION_PREFIX + hashlib.sha256(f"{flow_name}/{name}".encode()).hexdigest()[:40]
 
 
-async def reserve(client: PrefectClient, flow_name: str, name: str, agent_id: str, org_id: str) -> bool:
+async def reserve(client: PrefectClient, flow_name: str, name: str, agent_id: str, org_id: str,
+                  gone: Gone | None = None) -> bool:
     """Reserve `flow_name/name` for the agent; True when it is the agent's (now, or already), False when another
-    agent's, or when a deployment of that name is another agent's (made before reservations)."""
+    agent's, or when a deployment of that name is another agent's (made before reservations). A reservation of
+    an agent of the same org that is `gone` is taken over (see RECLAIM_AFTER)."""
     key = reservation_name(flow_name, name)
     for _ in range(TRIES):
         held = await client.read_variable_by_name(key)
+        if held is not None and gone is not None and await _left_behind(held, agent_id, org_id, gone):
+            with suppress(ObjectNotFound):  # another process may take it over at once: then it is read again
+                await client.delete_variable_by_name(key)
+            continue
         if held is not None:
             return _holder(held.value) == agent_id and await _no_other_deployment(client, flow_name, name, agent_id)
         try:
@@ -76,20 +95,22 @@ async def reserve(client: PrefectClient, flow_name: str, name: str, agent_id: st
     return False
 
 
-async def reserve_free_name(client: PrefectClient, flow_name: str, org_slug: str, agent_id: str, org_id: str) -> str:
+async def reserve_free_name(client: PrefectClient, flow_name: str, org_slug: str, agent_id: str, org_id: str,
+                            gone: Gone | None = None) -> str:
     """Reserve and return the name a new agent's deployment takes under `flow_name`: its org's slug, or, when
     another agent holds that, the slug and part of this agent's id."""
     for name in (org_slug, f"{org_slug}-{agent_id[:8]}", f"{org_slug}-{agent_id}"):
-        if await reserve(client, flow_name, name, agent_id, org_id):
+        if await reserve(client, flow_name, name, agent_id, org_id, gone):
             return name
     raise DeploymentNameTaken(f"no deployment name under {flow_name} is free for this agent, even with its whole id;"
                               " nothing was created: tell the install's operator")
 
 
-async def keep(client: PrefectClient, flow_name: str, name: str, org_slug: str, agent_id: str, org_id: str) -> str:
+async def keep(client: PrefectClient, flow_name: str, name: str, org_slug: str, agent_id: str, org_id: str,
+               gone: Gone | None = None) -> str:
     """The name the agent's deployment goes on with: `name`, its reservation made again if it was lost (Prefect's
     database reset); or, when another agent took that name meanwhile, a free one, reserved."""
-    if await reserve(client, flow_name, name, agent_id, org_id):
+    if await reserve(client, flow_name, name, agent_id, org_id, gone):
         return name
     with suppress(ObjectNotFound):
         if f"agent:{agent_id}" in (await client.read_deployment_by_name(f"{flow_name}/{name}")).tags:
@@ -97,7 +118,7 @@ async def keep(client: PrefectClient, flow_name: str, name: str, org_slug: str, 
             # made meanwhile, which that agent gives back as it finds this deployment): a switch would leave two.
             return name
     await release(client, flow_name, name, agent_id)  # its own reservation of a name it cannot use, if any
-    return await reserve_free_name(client, flow_name, org_slug, agent_id, org_id)
+    return await reserve_free_name(client, flow_name, org_slug, agent_id, org_id, gone)
 
 
 async def release(client: PrefectClient, flow_name: str, name: str, agent_id: str) -> None:
@@ -127,6 +148,19 @@ async def release_org(client: PrefectClient, org_id: str) -> int:
 
 def _holder(value: Any) -> str | None:
     return value.get("agent") if isinstance(value, dict) else None
+
+
+async def _left_behind(held: Variable, agent_id: str, org_id: str, gone: Gone) -> bool:
+    """Whether `held` is a reservation of another agent of `org_id` that the org no longer has, made long enough
+    ago that no create of it is still going on. Another org's reservation is never taken over: its store is not
+    this caller's to ask."""
+    holder = _holder(held.value)
+    if holder is None or holder == agent_id or not isinstance(held.value, dict) or held.value.get("org") != org_id:
+        return False
+    made = held.created
+    if made is None or datetime.now(UTC) - made < RECLAIM_AFTER:
+        return False
+    return await gone(holder)
 
 
 async def _no_other_deployment(client: PrefectClient, flow_name: str, name: str, agent_id: str) -> bool:

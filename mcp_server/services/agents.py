@@ -242,7 +242,8 @@ class AgentService:
         # Its deployment's name is reserved in Prefect first, for good: no other agent, of this install or another
         # sharing the server, can take it, and it is kept with the agent from its first row on (`naming`).
         async with self.prefect() as client:
-            name = await naming.reserve_free_name(client, slug, caller.org_slug, agent_id, caller.org_id)
+            name = await naming.reserve_free_name(client, slug, caller.org_slug, agent_id, caller.org_id,
+                                                  self._gone(caller.org_id))
         try:
             record = await self.store.create_agent(
                 # The whole spec, defaults included: a later default must not change a stored version.
@@ -572,7 +573,8 @@ class AgentService:
             name = record.deployment_name
             if name is not None:
                 # Its reservation may be gone with Prefect's database, and the name taken since by another agent.
-                name = await naming.keep(client, record.slug, name, caller.org_slug, record.id, caller.org_id)
+                name = await naming.keep(client, record.slug, name, caller.org_slug, record.id, caller.org_id,
+                                         self._gone(caller.org_id))
                 if name != record.deployment_name:  # recorded at once: a delete then gives back the name it holds
                     await self.store.set_deployment(caller.org_id, record.id, name=name)
             desired = compiler.compile_agent(
@@ -593,6 +595,14 @@ class AgentService:
                     await compiler.remove(client, found.id)
         except (Unavailable, OSError, httpx.HTTPError):
             pass  # nothing was made, or Prefect is down and the original error says so
+
+    def _gone(self, org_id: str) -> naming.Gone:
+        """Whether the org has no agent of an id: a name reservation of such an agent was left behind."""
+
+        async def gone(agent_id: str) -> bool:
+            return await self.store.find_agent(org_id, agent_id) is None
+
+        return gone
 
     async def _release_quietly(self, flow_name: str, name: str, agent_id: str) -> None:
         try:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import timedelta
 from uuid import uuid4
 
+import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate
 
+from deployments.agents import naming
 from deployments.agents.compiler import DeploymentTarget, apply, remove
 from deployments.agents.naming import keep, release, release_org, reservation_name, reserve, reserve_free_name
 from tests.deployments.agents.conftest import ORG_ID
@@ -112,3 +115,37 @@ async def test_an_agent_whose_deployment_stands_keeps_its_name_though_its_reserv
 
     assert await keep(client, base.flow_name, name, "acme", ours, ORG_ID) == name  # not a second deployment
     await remove(client, made)
+
+
+async def test_a_name_left_behind_by_an_agent_its_org_no_longer_has_is_taken_over_once_old_enough(
+    client: PrefectClient, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A create that failed while Prefect was unreachable could not give its name back.
+    left, ours, other_org = uuid4().hex, uuid4().hex, uuid4().hex
+    flow = f"pr-digest-{ours[:6]}"
+    assert await reserve_free_name(client, flow, "acme", left, ORG_ID) == "acme"
+    asked: list[str] = []
+
+    async def gone(agent_id: str) -> bool:  # the org's store: it has no agent `left`
+        asked.append(agent_id)
+        return agent_id == left
+
+    # Just made, it may be a create still going on (its row follows its reservation): not taken.
+    assert await reserve_free_name(client, flow, "acme", ours, ORG_ID, gone) == f"acme-{ours[:8]}"
+    await release(client, flow, f"acme-{ours[:8]}", ours)
+    assert asked == []
+
+    monkeypatch.setattr(naming, "RECLAIM_AFTER", timedelta(0))  # as if it were ten minutes old
+    assert await reserve_free_name(client, flow, "acme", ours, ORG_ID, gone) == "acme"
+    assert asked == [left]
+    held = await client.read_variable_by_name(reservation_name(flow, "acme"))
+    assert held is not None and held.value == {"deployment": f"{flow}/acme", "agent": ours, "org": ORG_ID}
+
+    # Never one of an agent the org still has, nor another org's (its store is not this org's to ask).
+    theirs = uuid4().hex
+    assert await reserve_free_name(client, flow, "acme", theirs, ORG_ID, gone) == f"acme-{theirs[:8]}"
+    assert await reserve_free_name(client, f"{flow}-b", "acme", left, other_org) == "acme"
+    assert await reserve_free_name(client, f"{flow}-b", "acme", ours, ORG_ID, gone) == f"acme-{ours[:8]}"
+    kept = await client.read_variable_by_name(reservation_name(f"{flow}-b", "acme"))
+    assert kept is not None and kept.value == {"deployment": f"{flow}-b/acme", "agent": left, "org": other_org}
+    assert asked == [left, ours]  # about `ours`, which the org still has; never about another org's agent
