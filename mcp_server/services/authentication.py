@@ -102,7 +102,7 @@ class Authenticator:
         return Caller(
             user_id=creator.user.id, user_label=f"API key {key.prefix} ({creator.user.label})",
             org_id=org.id, org_slug=org.slug, org_name=org.name, role=role, source="api_key",
-            origin=origin, org_fixed=True,
+            origin=origin, org_fixed=True, person=creator.user.label,
         )
 
     async def _by_dev_token(self, identity: Identity, origin: str) -> Caller:

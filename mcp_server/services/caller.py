@@ -33,6 +33,12 @@ class Caller:
     origin: str
     org_fixed: bool = False
     org_visible: bool = True
+    person: str | None = None  # who the person is when `user_label` also names their credential (an API key)
+
+    @property
+    def person_label(self) -> str:
+        """The person alone, for pages that anyone they hand a link to may read: not their key's prefix."""
+        return self.person or self.user_label
 
     @property
     def role_phrase(self) -> str:

@@ -55,6 +55,7 @@ MAX_RELAYS = 8
 route is public: without a bound, anyone could use up the database's connections with made-up states."""
 # The MCP SDK makes each sign-in's state with secrets.token_urlsafe(32): 43 characters of that alphabet.
 _STATE = re.compile(r"[A-Za-z0-9_-]{43}")
+MAX_NOTIFICATION_BYTES = 7900  # PostgreSQL's limit is 8000, with the channel's name
 MAX_VALUE_CHARS = 2048
 """A callback's code, iss or error longer than this is not relayed (a notification carries at most 8000 bytes)."""
 
@@ -85,6 +86,8 @@ class SignInRelay:
         self._oauth = oauth
         self._answering: set[asyncio.Task[None]] = set()
         self._relays = asyncio.Semaphore(MAX_RELAYS)
+        # Apart: made-up states flooding the public start page must not leave a real callback no slot.
+        self._page_relays = asyncio.Semaphore(MAX_RELAYS)
 
     async def complete(self, state: str, code: str | None, *, iss: str | None = None, error: str | None = None) -> str:
         """What `ToolOAuth.complete` answers, from whichever process holds the sign-in `state` names.
@@ -114,9 +117,9 @@ class SignInRelay:
             return await self._oauth.describe(state)
         if not _STATE.fullmatch(state):
             raise SignInFailed(UNKNOWN_LINK)
-        if self._relays.locked():
+        if self._page_relays.locked():
             raise SignInFailed("this app process is busy finding sign-ins; try the link again in a moment")
-        async with self._relays:
+        async with self._page_relays:
             answer = await self._relay(_Callback(relay=secrets.token_urlsafe(16), state=state, describe=True))
         if answer.page is None:
             raise SignInFailed(UNKNOWN_LINK)
@@ -213,7 +216,12 @@ class SignInRelay:
             except SignInFailed as exc:
                 await self._tell(_Answer(relay=callback.relay, done=True, message=str(exc)))
             else:
-                await self._tell(_Answer(relay=callback.relay, done=True, ok=True, page=page))
+                answer = _Answer(relay=callback.relay, done=True, ok=True, page=page)
+                if len(answer.model_dump_json().encode()) > MAX_NOTIFICATION_BYTES:  # long names; the URL is bounded
+                    answer = _Answer(relay=callback.relay, done=True, message=(
+                        "this sign-in's page is too large to pass between Ariel's app processes; open the link "
+                        "again in a moment, or ask Ariel for a new one"))
+                await self._tell(answer)
             return
         await self._tell(_Answer(relay=callback.relay))
         try:

@@ -295,9 +295,10 @@ class ToolOAuth:
             state = parse_qs(urlsplit(authorization_url).query).get("state", [""])[0]
             if not state:
                 raise SignInFailed("the authorization URL carries no state")
-            # The page links the person on to it: nothing but a web address (the SDK types the endpoint so).
-            if urlsplit(authorization_url).scheme not in ("https", "http"):
-                raise SignInFailed(f"{_origin(url)} published an authorization endpoint that is not a web address")
+            refusal = _onward_refusal(authorization_url, self._private_networks)
+            if refusal:
+                raise SignInFailed(f"{_origin(url)} published an authorization endpoint Ariel does not send people "
+                                   f"to: {refusal}")
             pending.state = state
             self._by_state[state] = pending
             if not pending.link.done():
@@ -368,7 +369,7 @@ class ToolOAuth:
         starter = pending.starter
         return SignInPage(
             server_name=pending.server_name, server_origin=_origin(pending.url),
-            org_name=starter.org_name if starter.org_visible else None, starter=starter.user_label,
+            org_name=starter.org_name if starter.org_visible else None, starter=starter.person_label,
             owner_only=pending.owner_only, authorization_url=authorization_url,
             authorization_origin=_origin(authorization_url),
             seconds_left=max(0.0, pending.expires_at - time.monotonic()),
@@ -621,9 +622,48 @@ def _plain(exc: Exception, url: str, guard: GuardedTransport) -> str:
     return "the sign-in failed; see the server log"
 
 
+MAX_ONWARD_CHARS = 6000
+"""The longest authorization URL a sign-in page links on to: the page's facts, URL included, travel between
+app processes in one PostgreSQL notification (at most 8000 bytes)."""
+
+
+def _onward_refusal(authorization_url: str, private_networks: bool) -> str | None:
+    """Why the start page must not send a person to `authorization_url`, or None. The page names where it
+    sends them, so that name must be the place: no user part (`https://bank.example%2F@evil.example/` reads
+    as the bank), a web address only, and https unless private networks are allowed (the desktop's).
+
+    >>> _onward_refusal("https://auth.example.com/authorize?state=s", private_networks=False) is None
+    True
+    >>> _onward_refusal("https://bank.example%2Flogin@evil.example/authorize", private_networks=True)
+    'it has a user part before its host'
+    >>> _onward_refusal("javascript:alert(1)//", private_networks=True)
+    'it is not a web address'
+    >>> _onward_refusal("http://auth.example.com/authorize", private_networks=False)
+    'it is not https'
+    >>> _onward_refusal("https://auth.example.com/?" + "x" * 6000, private_networks=False)
+    'it is longer than 6000 characters'
+    """
+    parts = urlsplit(authorization_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "it is not a web address"
+    if "@" in parts.netloc:
+        return "it has a user part before its host"
+    if parts.scheme != "https" and not private_networks:
+        return "it is not https"
+    if len(authorization_url) > MAX_ONWARD_CHARS:
+        return f"it is longer than {MAX_ONWARD_CHARS} characters"
+    return None
+
+
 def _origin(url: str) -> str:
+    """Scheme, host and port: never a user part, which would make one host read as another.
+
+    >>> _origin("https://bank.example%2F@evil.example:8443/authorize?x=1")
+    'https://evil.example:8443'
+    """
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
 
 
 def _duration(seconds: float) -> str:

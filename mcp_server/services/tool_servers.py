@@ -477,6 +477,8 @@ class ToolServerService:
                                  "tools. Call again with confirm=true to remove it anyway")
         if not await self.store.delete_tool_server(caller.org_id, record.id):
             raise _missing(ref)  # removed meanwhile by someone else
+        if self.oauth is not None:  # its link stops working: its page would describe a server that is gone
+            await self.oauth.cancel(caller.org_id, record.id)
         return ToolServersActionView(action="remove", done=f"MCP server {record.name!r} and its credentials are gone")
 
     # for the platform (no caller)

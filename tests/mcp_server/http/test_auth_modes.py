@@ -18,6 +18,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from pydantic import ValidationError
 
+from mcp_server.services.authentication import Authenticator
 from mcp_server.settings import ArielSettings
 from mcp_server.store import Store
 from mcp_server.tools.server import build_mcp
@@ -134,6 +135,16 @@ async def test_an_api_key_acts_for_its_org_until_it_is_revoked(home: Path, store
     assert dev.status_code == 401 and "accepts an API key" in dev.json()["detail"]
     assert revoked.status_code == 401 and "unknown or revoked" in revoked.json()["detail"]
     assert key not in revoked.text
+
+
+async def test_an_api_key_caller_is_shown_to_others_as_its_person_not_its_key(store: Store) -> None:
+    # What a page anyone may be handed says (an OAuth sign-in's start page): the person, never the key's prefix.
+    owner = await store.provision_user("oidc", "sub-ada", "ada@example.com", "Ada")
+    org = await store.create_org("acme", "Acme", owner.id)
+    record, key = await store.create_api_key(org.id, "ci", "member", owner.id)
+    caller = await Authenticator(store, "api_key", "saas").caller_for(f"Bearer {key}", "test")
+    assert caller.user_label == f"API key {record.prefix} (ada@example.com)"
+    assert caller.person_label == "ada@example.com"
 
 
 async def test_an_api_key_stops_working_when_its_creator_leaves(home: Path, store: Store, prefect_api: str) -> None:

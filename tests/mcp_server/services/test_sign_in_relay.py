@@ -27,6 +27,7 @@ from tests.mcp_server.services.test_tool_oauth import (
     ORG,
     SERVER,
     DictVault,
+    authorization_url,
     browse,
     echo_with,
     protected_mcp,
@@ -91,10 +92,14 @@ async def test_a_sign_in_begun_at_one_process_completes_through_anothers_callbac
 async def test_a_state_no_process_holds_is_an_unknown_link_and_a_refusal_is_relayed() -> None:
     async with protected_mcp() as (url, _auth), replicas() as apps, httpx.AsyncClient(trust_env=False,
                                                                                        timeout=30) as browser:
-        # One shaped like a real state is relayed, and nobody claims it; one that is not is never relayed.
+        # One shaped like a real state is relayed, and nobody claims it; one that is not is never relayed. The
+        # same on the start page.
+        start_url = apps.callback_url.removesuffix(CALLBACK_PATH) + START_PATH
         for state in (secrets.token_urlsafe(32), "guess"):
             made_up = await browser.get(apps.callback_url, params={"state": state, "code": "x"})
             assert made_up.status_code == 400 and "was used already, or has expired" in made_up.text
+            page = await browser.get(start_url, params={"state": state})
+            assert page.status_code == 400 and "was used already, or has expired" in page.text
 
         link = await apps.a.begin(ORG, SERVER, url, starter=ADA)
         state = httpx.URL(link).params["state"]
@@ -102,11 +107,17 @@ async def test_a_state_no_process_holds_is_an_unknown_link_and_a_refusal_is_rela
         assert denied.status_code == 400
         assert "the authorization server did not grant access (access_denied)" in denied.text
         assert await apps.a.status(ORG, SERVER) == "sign-in needed"
+        used = await browser.get(link)  # B's start page, for A's sign-in that has ended
+        assert used.status_code == 400 and "was used already, or has expired" in used.text
 
 
 async def test_without_the_relay_the_other_process_cannot_complete_it() -> None:
-    # The control: what a callback reaching the wrong process got before the relay.
+    # The control: what the pages reaching the wrong process got before the relay.
     async with protected_mcp() as (url, _auth), replicas(relay=False) as apps:
-        page = await browse(await apps.a.begin(ORG, SERVER, url, starter=ADA))
+        link = await apps.a.begin(ORG, SERVER, url, starter=ADA)
+        start = await browse(link)
+        assert str(start.url) == link and start.status_code == 400 and "was used already" in start.text
+        page = await browse(await authorization_url(apps.a, link))  # past the page: the sign-in, then B's callback
+        assert str(page.url).startswith(apps.callback_url)
         assert page.status_code == 400 and "was used already, or has expired" in page.text
         assert await apps.a.status(ORG, SERVER) == "sign-in pending"

@@ -356,7 +356,8 @@ async def test_a_new_sign_in_replaces_a_pending_one_and_close_cancels_it() -> No
     async with protected_mcp() as (url, _auth), ariel_callback() as (oauth, _vault):
         old = await oauth.begin(ORG, SERVER, url, starter=ADA)
         new = await oauth.begin(ORG, SERVER, url, starter=ADA)
-        assert (await browse(old)).status_code == 400
+        replaced = await browse(old)  # its page says so: it links nowhere
+        assert replaced.status_code == 400 and "Sign-in link not valid" in replaced.text
 
         await oauth.aclose()
 

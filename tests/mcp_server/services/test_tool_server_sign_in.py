@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from mcp_server.auth import Role
 from mcp_server.services.caller import Caller
 from mcp_server.services.container import Services
+from mcp_server.services.tool_oauth import SignInFailed
 from mcp_server.services.tool_servers import SealedTokenVault
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import TOKEN
@@ -54,6 +56,9 @@ async def test_only_an_admin_is_handed_the_sign_in_of_an_org_server(home: Path, 
                                     "link): whoever signs in, agents act with their account")
         again = await s.tool_servers.manage(ada, "test", name="signed")
         assert again.sign_in_link == added.sign_in_link  # still the one given, to the admin it was made for
+        page = await s.tool_oauth.describe(httpx.URL(added.sign_in_link).params["state"])
+        assert (page.server_name, page.starter, page.org_name) == ("signed", "ada@acme.test", "Acme")
+        assert not page.owner_only  # the org's server: for every agent of Acme
 
 
 async def test_only_its_owner_signs_in_to_a_users_server(home: Path, store_url: str) -> None:
@@ -67,6 +72,14 @@ async def test_only_its_owner_signs_in_to_a_users_server(home: Path, store_url: 
         assert tested.sign_in_link is None
         assert "; only its owner signs in to it (manage_tools test gives them the link)" in tested.done
         assert (await s.tool_servers.manage(max_, "test", name="mine")).sign_in_link == added.sign_in_link
+        state = httpx.URL(added.sign_in_link or "").params["state"]
+        page = await s.tool_oauth.describe(state)
+        assert (page.server_name, page.starter) == ("mine", "max@acme.test")
+        assert page.owner_only  # for max's own agents only
+
+        await s.tool_servers.manage(max_, "remove", name="mine", confirm=True)
+        with pytest.raises(SignInFailed, match="was used already, or has expired"):  # no page for a server gone
+            await s.tool_oauth.describe(state)
 
 
 async def test_an_admins_sign_in_is_audited_and_approves_the_server_they_added(home: Path, store_url: str) -> None:
