@@ -51,6 +51,9 @@ class RunSummary(BaseModel):
     started: datetime | None = Field(description="When the run started; null before it did.")
     ended: datetime | None = Field(description="When the run ended; null while it runs.")
     duration_seconds: float | None = Field(description="How long it ran, once it ended.")
+    late_seconds: float | None = Field(
+        default=None, description="How long after it was due the run started (while it waits, how long so far); "
+        "null for a run that ended without starting.")
 
     @classmethod
     def of(cls, run: FlowRun) -> Self:
@@ -68,7 +71,26 @@ class RunSummary(BaseModel):
             started=run.start_time,
             ended=run.end_time,
             duration_seconds=run.total_run_time.total_seconds() if run.end_time else None,
+            late_seconds=late_seconds(run),
         )
+
+
+def late_seconds(run: FlowRun, now: datetime | None = None) -> float | None:
+    """Seconds between when `run` was due and when it started or, while it waits, `now`; None for a run that
+    ended without starting. A run not due yet is 0 late: the agent's health reads this to tell a machine or
+    install that runs fewer runs than fall due."""
+    due = run.expected_start_time
+    if due is None:
+        return None
+    state = run.state
+    began: datetime
+    if run.start_time is not None:
+        began = run.start_time
+    elif state is not None and (state.is_scheduled() or state.is_pending()):
+        began = now or datetime.now(UTC)
+    else:
+        return None
+    return round(max(0.0, (began - due).total_seconds()), 1)
 
 
 async def start_run(

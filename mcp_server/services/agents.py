@@ -663,13 +663,59 @@ def _server_problem(name: str, found: ToolServerRecord | None, stdio_commands: M
     return None
 
 
+LATE_SECONDS = 10.0
+"""Runs this much past their time, or more, are late enough for an agent's health to say so."""
+_WAITING_STATES = ("Scheduled", "Late", "Pending", "AwaitingRetry")
+
+
 def _health(recent: list[RunView]) -> str:
+    """How the agent's newest runs went, and whether they start on time: a run that waits past its time, or runs
+    that start late, mean the install runs fewer runs than fall due (or its worker is down), which a person
+    otherwise only sees as lateness they cannot explain.
+
+    >>> from datetime import UTC, datetime
+    >>> def run(state: str, late: float | None, started: bool = True) -> RunView:
+    ...     at = datetime(2026, 12, 5, tzinfo=UTC) if started else None
+    ...     return RunView(id="r", name="r", agent_id="a", version=1, state=state, state_message=None, created=at,
+    ...                    started=at, ended=None, duration_seconds=None, late_seconds=late)
+    >>> _health([run("Completed", 0.4), run("Failed", 0.6)])
+    '1 of the last 2 finished runs completed; the newest completed'
+    >>> _health([run("Completed", 31), run("Completed", 25.2), run("Completed", 2)])
+    '3 of the last 3 finished runs completed; the newest completed; runs start late: 25 s after their time at \
+the median of the last 3 (this install runs fewer runs at once than fall due, or its worker was down)'
+    >>> _health([run("Late", 610, started=False), run("Completed", 1)])
+    '1 of the last 1 finished runs completed; the newest completed; 1 run waits past its time, the oldest by \
+10 min (this install runs fewer runs at once than fall due, or its worker is down)'
+    """
     finished = [run for run in recent if run.state in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut")]
-    if not finished:
-        return "no finished runs yet"
-    completed = sum(run.state == "Completed" for run in finished)
-    last = finished[0]
-    return f"{completed} of the last {len(finished)} finished runs completed; the newest {last.state.lower()}"
+    if finished:
+        completed = sum(run.state == "Completed" for run in finished)
+        newest = finished[0].state.lower()
+        text = f"{completed} of the last {len(finished)} finished runs completed; the newest {newest}"
+    else:
+        text = "no finished runs yet"
+    waiting = [run.late_seconds for run in recent
+               if run.started is None and run.state in _WAITING_STATES and (run.late_seconds or 0) >= LATE_SECONDS]
+    started = sorted(run.late_seconds for run in recent if run.started is not None and run.late_seconds is not None)
+    if waiting:
+        count = f"{len(waiting)} run{' waits' if len(waiting) == 1 else 's wait'}"
+        return (f"{text}; {count} past its time, the oldest by {_wait(max(w or 0 for w in waiting))} (this install "
+                "runs fewer runs at once than fall due, or its worker is down)")
+    if started and started[len(started) // 2] >= LATE_SECONDS:
+        return (f"{text}; runs start late: {started[len(started) // 2]:.0f} s after their time at the median of the "
+                f"last {len(started)} (this install runs fewer runs at once than fall due, or its worker was down)")
+    return text
+
+
+def _wait(seconds: float) -> str:
+    """
+    >>> _wait(42), _wait(610), _wait(7300)
+    ('42 s', '10 min', '2 h 1 min')
+    """
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def _turn_name(agent_id: str) -> str:

@@ -7,16 +7,20 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import psycopg
 import pytest
 from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import VariableCreate
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.states import Completed, Running, Scheduled
 from starlette.requests import Request
 from starlette.responses import Response
 
+from deployments.agents import naming
 from deployments.agents.naming import reservation_name
 from deployments.agents.signing import Ed25519ConfigSigner
 from mcp_server.services.agents import AgentService
@@ -322,3 +326,60 @@ async def advisory_locks(url: str) -> int:
             "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
             "WHERE l.locktype = 'advisory' AND d.datname = current_database()")).fetchone()
     return int(row[0]) if row else -1
+
+
+async def test_an_agents_health_says_when_its_runs_wait_past_their_time_or_start_late(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    # What a person sees of an install that runs fewer runs than fall due, instead of lateness left unexplained.
+    store, org, service = await local_install(tmp_path, prefect_api)
+    spec = {"name": f"Punctual {uuid.uuid4().hex[:6]}", "instructions": "x", "model": "ariel/scripted",
+            "script": [{"reply": "hi"}]}
+    agent = await service.create(owner_of(org), spec)
+    assert (await service.get(owner_of(org), agent.id)).health == "no finished runs yet"
+    async with PrefectClient(prefect_api) as prefect:
+        deployment = await prefect.read_deployment_by_name(str(agent.deployment))
+        due = datetime.now(UTC) - timedelta(minutes=2)  # due two minutes ago; no worker serves this pool
+        run = await prefect.create_flow_run_from_deployment(deployment.id, state=Scheduled(scheduled_time=due))
+
+        waiting = await service.get(owner_of(org), agent.id)
+
+        assert waiting.recent_runs and (waiting.recent_runs[0].late_seconds or 0) >= 120
+        assert waiting.health is not None and waiting.health.startswith(
+            "no finished runs yet; 1 run waits past its time, the oldest by 2 min (this install runs fewer runs "
+            "at once than fall due, or its worker is down)"), waiting.health
+
+        await prefect.set_flow_run_state(run.id, Running(), force=True)  # picked up at last
+        await prefect.set_flow_run_state(run.id, Completed(), force=True)
+        done = await service.get(owner_of(org), agent.id)
+    [view] = done.recent_runs or []
+    assert view.late_seconds is not None and 120 <= view.late_seconds < 300
+    assert done.health is not None and re.fullmatch(
+        r"1 of the last 1 finished runs completed; the newest completed; runs start late: 1\d\d s after their "
+        r"time at the median of the last 1 \(this install runs fewer runs at once than fall due, or its worker "
+        r"was down\)", done.health), done.health
+    await store.close()
+
+
+async def test_a_name_left_reserved_by_a_create_that_failed_goes_to_the_orgs_next_agent_of_that_name(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, org, service = await local_install(tmp_path, prefect_api)
+    tag = uuid.uuid4().hex[:6]
+    spec = {"name": f"Phoenix {tag}", "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}]}
+    slug = f"phoenix-{tag}"
+    # What a create that failed with Prefect unreachable left: its agent's reservation, and no row of its agent.
+    async with PrefectClient(prefect_api) as prefect:
+        await prefect.create_variable(VariableCreate(
+            name=reservation_name(slug, org.slug), value={"deployment": f"{slug}/{org.slug}",
+                                                          "agent": uuid.uuid4().hex, "org": org.id},
+            tags=["ariel", f"org:{org.id}"]))
+    monkeypatch.setattr(naming, "RECLAIM_AFTER", timedelta(0))  # as if it were ten minutes old
+
+    agent = await service.create(owner_of(org), spec)
+
+    assert agent.deployment == f"{slug}/{org.slug}"
+    async with PrefectClient(prefect_api) as prefect:
+        held = await prefect.read_variable_by_name(reservation_name(slug, org.slug))
+    assert held is not None and held.value == {"deployment": f"{slug}/{org.slug}", "agent": agent.id, "org": org.id}
+    await store.close()
