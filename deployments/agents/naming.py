@@ -33,6 +33,7 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import VariableCreate
 from prefect.client.schemas.objects import Variable
@@ -77,8 +78,7 @@ async def reserve(client: PrefectClient, flow_name: str, name: str, agent_id: st
     for _ in range(TRIES):
         held = await client.read_variable_by_name(key)
         if held is not None and gone is not None and await _left_behind(held, agent_id, org_id, gone):
-            with suppress(ObjectNotFound):  # another process may take it over at once: then it is read again
-                await client.delete_variable_by_name(key)
+            await _remove_exactly(client, held)
             continue
         if held is not None:
             return _holder(held.value) == agent_id and await _no_other_deployment(client, flow_name, name, agent_id)
@@ -144,6 +144,16 @@ async def release_org(client: PrefectClient, org_id: str) -> int:
                 released += 1
         if len(found) < 200:
             return released
+
+
+async def _remove_exactly(client: PrefectClient, held: Variable) -> None:
+    """Delete the reservation that was read, by its id: never a newer one of the same name, which another process
+    taking the name over at the same moment may have made meanwhile (that one is then read again)."""
+    try:
+        await client.request("DELETE", "/variables/{id}", path_params={"id": held.id})
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 404:
+            raise
 
 
 def _holder(value: Any) -> str | None:

@@ -75,22 +75,15 @@ class RunSummary(BaseModel):
         )
 
 
-def late_seconds(run: FlowRun, now: datetime | None = None) -> float | None:
-    """Seconds between when `run` was due and when it started or, while it waits, `now`; None for a run that
-    ended without starting. A run not due yet is 0 late: the agent's health reads this to tell a machine or
-    install that runs fewer runs than fall due."""
-    due = run.expected_start_time
-    if due is None:
+def late_seconds(run: FlowRun) -> float | None:
+    """Seconds between when `run` was due and when it started or, while it waits, now; None for a run that
+    ended without starting. Prefect's own figure (`estimated_start_time_delta`, on the server's clock): a run not
+    due yet is 0 late. The agent's health reads it to tell an install that runs fewer runs than fall due."""
+    if run.expected_start_time is None:
         return None
-    state = run.state
-    began: datetime
-    if run.start_time is not None:
-        began = run.start_time
-    elif state is not None and (state.is_scheduled() or state.is_pending()):
-        began = now or datetime.now(UTC)
-    else:
+    if run.start_time is None and run.state is not None and run.state.is_final():
         return None
-    return round(max(0.0, (began - due).total_seconds()), 1)
+    return round(max(0.0, run.estimated_start_time_delta.total_seconds()), 1)
 
 
 async def start_run(

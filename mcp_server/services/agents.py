@@ -683,9 +683,14 @@ def _health(recent: list[RunView]) -> str:
     >>> _health([run("Completed", 31), run("Completed", 25.2), run("Completed", 2)])
     '3 of the last 3 finished runs completed; the newest completed; runs start late: 25 s after their time at \
 the median of the last 3 (this install runs fewer runs at once than fall due, or its worker was down)'
+    >>> _health([run("Completed", 0), run("Completed", 30)])  # one late run of two
+    '2 of the last 2 finished runs completed; the newest completed'
     >>> _health([run("Late", 610, started=False), run("Completed", 1)])
     '1 of the last 1 finished runs completed; the newest completed; 1 run waits past its time, the oldest by \
 10 min (this install runs fewer runs at once than fall due, or its worker is down)'
+    >>> _health([run("Scheduled", 42, started=False), run("Late", 75, started=False)])
+    'no finished runs yet; 2 runs wait past their time, the oldest by 1 min (this install runs fewer runs at \
+once than fall due, or its worker is down)'
     """
     finished = [run for run in recent if run.state in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut")]
     if finished:
@@ -698,12 +703,13 @@ the median of the last 3 (this install runs fewer runs at once than fall due, or
                if run.started is None and run.state in _WAITING_STATES and (run.late_seconds or 0) >= LATE_SECONDS]
     started = sorted(run.late_seconds for run in recent if run.started is not None and run.late_seconds is not None)
     if waiting:
-        count = f"{len(waiting)} run{' waits' if len(waiting) == 1 else 's wait'}"
-        return (f"{text}; {count} past its time, the oldest by {_wait(max(w or 0 for w in waiting))} (this install "
-                "runs fewer runs at once than fall due, or its worker is down)")
-    if started and started[len(started) // 2] >= LATE_SECONDS:
-        return (f"{text}; runs start late: {started[len(started) // 2]:.0f} s after their time at the median of the "
-                f"last {len(started)} (this install runs fewer runs at once than fall due, or its worker was down)")
+        count = "1 run waits past its time" if len(waiting) == 1 else f"{len(waiting)} runs wait past their time"
+        return (f"{text}; {count}, the oldest by {_wait(max(w or 0 for w in waiting))} (this install runs fewer "
+                "runs at once than fall due, or its worker is down)")
+    median = started[(len(started) - 1) // 2] if started else 0.0  # the lower one: one late run of two is not late
+    if median >= LATE_SECONDS:
+        return (f"{text}; runs start late: {median:.0f} s after their time at the median of the last "
+                f"{len(started)} (this install runs fewer runs at once than fall due, or its worker was down)")
     return text
 
 
