@@ -195,19 +195,28 @@ async def wait_for_run(
     timeout: float,
     poll: float = 0.25,
     on_poll: Callable[[FlowRun], Awaitable[None]] | None = None,
+    slowest_poll: float = 1.0,
 ) -> FlowRun:
     """The run once it reaches a final state, or as it is when `timeout` seconds have passed.
 
-    `on_poll` sees the run as each poll finds it before it ends (to tell a waiting client how it stands).
+    Polled every `poll` seconds for its first two seconds (a warm run ends within them, and is seen to at
+    once), then a quarter less often each time, up to every `slowest_poll`: a minute-long run is read ~65
+    times, not 240. `on_poll` sees the run as each poll finds it before it ends (to tell a waiting client how
+    it stands).
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    interval = poll
     while True:
         run = await client.read_flow_run(run_id)
-        if (run.state and run.state.is_final()) or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if (run.state and run.state.is_final()) or now >= deadline:
             return run
         if on_poll is not None:
             await on_poll(run)
-        await asyncio.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        if now - started >= 2.0:
+            interval = min(slowest_poll, interval * 1.25)
+        await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 async def failed_task_runs(client: PrefectClient, run_id: UUID) -> list[TaskRun]:
