@@ -200,7 +200,7 @@ async def wait_for_run(
     """The run once it reaches a final state, or as it is when `timeout` seconds have passed.
 
     Polled every `poll` seconds for its first two seconds (a warm run ends within them, and is seen to at
-    once), then a quarter less often each time, up to every `slowest_poll`: a minute-long run is read ~65
+    once), then a quarter less often each time, up to every `slowest_poll`: a minute-long run is read ~70
     times, not 240. `on_poll` sees the run as each poll finds it before it ends (to tell a waiting client how
     it stands).
     """
