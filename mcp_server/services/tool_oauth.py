@@ -264,6 +264,10 @@ class ToolOAuth:
         # the page the person reads. The registry sets it: a person who signed in should not have to ask for the
         # tools.
         self.on_signed_in: Callable[[str, str, Caller], Awaitable[str | None]] | None = None
+        # Asked once the person has signed in, before the tokens are saved: why this sign-in must not bind now,
+        # or None. The registry sets it: the server may have been removed, or the starter may have left the org
+        # or lost the role, meanwhile and in any app process, and then nothing is kept.
+        self.may_keep: Callable[[str, str, Caller], Awaitable[str | None]] | None = None
 
     def __repr__(self) -> str:
         return f"ToolOAuth(callback_url={self.callback_url!r}, pending={len(self._by_server)})"
@@ -494,6 +498,9 @@ class ToolOAuth:
             if response.status_code in (401, 403):
                 raise SignInFailed(f"the sign-in went through, but {_origin(pending.url)} still refuses the token "
                                    f"(HTTP {response.status_code}); check the account's access to it")
+            refusal = await self.may_keep(pending.org_id, pending.server_id, pending.starter) if self.may_keep else None
+            if refusal:
+                raise SignInFailed(f"{refusal}; nothing was kept")
             await self._vault.save(pending.org_id, pending.server_id, _dump(provider.grant))
             log.info("OAuth sign-in completed for tool server %s of org %s", pending.server_id, pending.org_id)
             pending.outcome = await self._after_sign_in(pending)

@@ -181,6 +181,7 @@ class ToolServerService:
             # A person who signed in in their browser finds the tools listed (and an admin's server approved)
             # when they come back to the chat, without asking for a test first.
             self.oauth.on_signed_in = self._signed_in
+            self.oauth.may_keep = self._may_keep
 
     @property
     def store(self) -> Store:
@@ -589,6 +590,16 @@ class ToolServerService:
                       org_name=org.name, role=member.role, source="local", origin=f"listing run {run_id}")
 
     # helpers
+
+    async def _may_keep(self, org_id: str, server_id: str, starter: Caller) -> str | None:
+        """`ToolOAuth.may_keep`: why a completed sign-in must not bind now, or None. Asked of the store, so a
+        server removed, or a starter who left the org, through any app process, counts. (A starter who is no
+        longer an admin still binds their account; their sign-in then approves nothing: `_signed_in`.)"""
+        if await self.store.get_tool_server(org_id, server_id) is None:
+            return "this MCP server was removed while the sign-in went on"
+        if await self.store.member(org_id, starter.user_id) is None:
+            return "the person who asked for this sign-in is no longer a member of the organization"
+        return None
 
     async def _signed_in(self, org_id: str, server_id: str, starter: Caller) -> str | None:
         """`ToolOAuth.on_signed_in`: list the server's tools with the new sign-in, as test does; says what became

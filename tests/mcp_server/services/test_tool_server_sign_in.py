@@ -16,23 +16,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from mcp_server.auth import Role
-from mcp_server.services.caller import Caller
 from mcp_server.services.container import Services
 from mcp_server.services.tool_oauth import SignInFailed
 from mcp_server.services.tool_servers import SealedTokenVault
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import TOKEN
 from tests.mcp_server.services.test_tool_oauth import authorization_url, protected_mcp
-from tests.mcp_server.services.test_tool_servers import add, services
-
-
-async def member(s: Services, org: str, name: str, role: Role) -> Caller:
-    """A stored user of the org with `role`, as the authenticator would present them."""
-    user = await s.store.provision_user("dev", name, f"{name}@acme.test", name)
-    await s.store.add_member(org, user.id, role)
-    return Caller(user_id=user.id, user_label=user.label, org_id=org, org_slug="acme", org_name="Acme", role=role,
-                  source="dev", origin="test")
+from tests.mcp_server.services.test_tool_servers import add, member, services
 
 
 async def sign_in(s: Services, link: str) -> str:
@@ -118,6 +108,30 @@ async def test_a_sign_in_by_an_admin_demoted_meanwhile_approves_nothing(home: Pa
         assert record is not None and (record.status, record.pins, record.tools[0]["name"]) == ("pending", None, "echo")
         actions = [event.action for event in await s.store.audit_events(org)]
         assert "tool_server.sign_in" in actions and "tool_server.approve" not in actions
+
+
+async def test_a_sign_in_completed_after_its_starter_left_or_its_server_went_keeps_nothing(
+    home: Path, store_url: str
+) -> None:
+    # Whoever completes a sign-in binds their account: not once they are out of the org, nor to a server gone.
+    # Both are asked of the store, as another app process may have made either change.
+    async with protected_mcp() as (url, _auth), services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        ada, bea = await member(s, org, "ada", "admin"), await member(s, org, "bea", "admin")
+        left = await add(s, ada, "left", url, scope="org")
+        gone = await add(s, bea, "gone", url, scope="org")
+        await s.store.remove_member(org, ada.user_id)
+        assert await s.store.delete_tool_server(org, gone.servers[0].id)  # not through this process's registry
+
+        for added, why in ((left, "the person who asked for this sign-in is no longer a member of the organization"),
+                           (gone, "this MCP server was removed while the sign-in went on")):
+            with pytest.raises(SignInFailed, match=f"^{why}; nothing was kept$"):
+                await sign_in(s, added.sign_in_link or "")
+            assert await s.tool_oauth.status(org, added.servers[0].id) == "sign-in needed"
+        record = await s.store.get_tool_server(org, left.servers[0].id)
+        assert record is not None and record.secret_ciphertext is None  # no tokens sealed for it
+        actions = [event.action for event in await s.store.audit_events(org)]
+        assert "tool_server.sign_in" not in actions
 
 
 async def test_a_server_whose_token_cannot_be_refreshed_fails_alone_in_a_runs_context(

@@ -51,6 +51,15 @@ def caller(org_id: str, user: str, role: Role) -> Caller:
                   source="dev", origin="test")
 
 
+async def member(s: Services, org: str, name: str, role: Role) -> Caller:
+    """A stored user of the org with `role`, as the authenticator would present them (a sign-in binds only for
+    a member: `caller` is no one the store knows)."""
+    user = await s.store.provision_user("dev", name, f"{name}@acme.test", name)
+    await s.store.add_member(org, user.id, role)
+    return Caller(user_id=user.id, user_label=user.label, org_id=org, org_slug="acme", org_name="Acme", role=role,
+                  source="dev", origin="test")
+
+
 async def add(s: Services, who: Caller, name: str, url: str, **options: Any) -> Any:
     return await s.tool_servers.manage(who, "add", name=name, transport=options.pop("transport", "http"), url=url,
                                        **options)
@@ -381,7 +390,7 @@ async def test_after_the_oauth_sign_in_a_members_server_lists_its_tools_and_wait
 ) -> None:
     async with protected_mcp() as (url, _auth), services(home, store_url) as s:
         org = (await s.store.ensure_personal_org()).id
-        max_, ada = caller(org, "max", "member"), caller(org, "ada", "admin")
+        max_, ada = await member(s, org, "max", "member"), await member(s, org, "ada", "admin")
         added = await add(s, max_, "mine", url)
         assert added.sign_in_link and added.done.endswith(
             "open sign_in_link in your browser and sign in; Ariel then lists its tools, and an admin approves it "
