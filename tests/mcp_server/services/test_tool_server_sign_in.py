@@ -16,20 +16,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from mcp_server.services.container import Services
 from mcp_server.services.tool_oauth import SignInFailed
 from mcp_server.services.tool_servers import SealedTokenVault
 from tests.mcp_server import mcp_peers
 from tests.mcp_server.mcp_peers import TOKEN
-from tests.mcp_server.services.test_tool_oauth import authorization_url, protected_mcp
-from tests.mcp_server.services.test_tool_servers import add, member, services
-
-
-async def sign_in(s: Services, link: str) -> str:
-    """The person's browser up to Ariel's callback (not served here: its code is handed over directly)."""
-    async with httpx.AsyncClient(trust_env=False) as browser:
-        landing = httpx.URL((await browser.get(await authorization_url(s.tool_oauth, link))).headers["location"])
-    return await s.tool_oauth.complete(landing.params["state"], landing.params["code"])
+from tests.mcp_server.services.test_tool_oauth import protected_mcp
+from tests.mcp_server.services.test_tool_servers import add, member, services, sign_in
 
 
 async def test_only_an_admin_is_handed_the_sign_in_of_an_org_server(home: Path, store_url: str) -> None:

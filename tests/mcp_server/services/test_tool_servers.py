@@ -60,6 +60,14 @@ async def member(s: Services, org: str, name: str, role: Role) -> Caller:
                   source="dev", origin="test")
 
 
+async def sign_in(s: Services, link: str) -> str:
+    """The person's browser up to Ariel's callback (not served by these services: its code is handed over
+    directly); what the callback's page would say."""
+    async with httpx.AsyncClient(trust_env=False) as browser:
+        landing = httpx.URL((await browser.get(await authorization_url(s.tool_oauth, link))).headers["location"])
+    return await s.tool_oauth.complete(landing.params["state"], landing.params["code"])
+
+
 async def add(s: Services, who: Caller, name: str, url: str, **options: Any) -> Any:
     return await s.tool_servers.manage(who, "add", name=name, transport=options.pop("transport", "http"), url=url,
                                        **options)
@@ -395,11 +403,7 @@ async def test_after_the_oauth_sign_in_a_members_server_lists_its_tools_and_wait
         assert added.sign_in_link and added.done.endswith(
             "open sign_in_link in your browser and sign in; Ariel then lists its tools, and an admin approves it "
             "(manage_tools approve), and manage_tools get shows them")
-        # The person's browser, up to Ariel's callback, which these services do not serve: its code goes in here.
-        async with httpx.AsyncClient(trust_env=False) as browser:
-            go_on = await authorization_url(s.tool_oauth, added.sign_in_link)
-            landing = httpx.URL((await browser.get(go_on)).headers["location"])
-        page = await s.tool_oauth.complete(landing.params["state"], landing.params["code"])
+        page = await sign_in(s, added.sign_in_link)
 
         assert "MCP server 'mine' lists 1 tool(s); it is pending until an admin approves it" in page
         [server] = (await s.tool_servers.manage(max_, "get", name="mine")).servers
