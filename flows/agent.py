@@ -1,9 +1,13 @@
-"""The agent runtime flow: a litellm tool-calling loop.
+"""The agent runtime flow: a tool-calling loop over a litellm model.
 
 Each LLM call and each tool call is its own Prefect task, so the Prefect UI
 shows every step with its timing, and a transient failure retries only that
 step, with exponential backoff. Retries happen here only: litellm is called
 with `num_retries=0` so retries do not stack.
+
+On Ariel's own pools the gateway makes the model calls (`flows.models.remote`):
+the run holds no provider key and imports no litellm. On an org's own hardware,
+and for models the gateway does not call, the run calls litellm itself.
 
 The run ends with the model's reply (logged, stored as the `agent-result`
 artifact and returned), or fails when the step limit or the time budget runs out.
@@ -41,11 +45,11 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
-from flows.credentials import McpServerAccess, ProviderCredentials, fetch_credentials
+from flows.credentials import McpServerAccess, ProviderCredentials, RunCredentials, fetch_credentials
 from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
 from flows.journal import Journal
 from flows.mcp.screening import fence, screen
-from flows.models import completion_kwargs, is_transient_llm_error
+from flows.models import complete, is_transient_llm_error
 from flows.network.egress import agent_egress
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, protected_endpoints, refuse_protected
 from flows.signing import verify_from_environment
@@ -97,34 +101,20 @@ def backoff(retries: int) -> list[float]:
 async def llm_call(
     config: RunConfig, messages: list[dict[str, Any]], timeout: float, protected: tuple[ProtectedEndpoint, ...] = (),
     provider: ProviderCredentials | None = None, mcp_tools: list[dict[str, Any]] | None = None,
+    through_gateway: bool = False,
 ) -> dict[str, Any]:
-    """One model turn; returns the assistant message and its token usage.
+    """One model turn; returns the assistant message, its token usage and its price.
 
     `mcp_tools`: the function schemas of the MCP tools the run offers (`McpToolbox.schemas`).
+    `through_gateway`: Ariel's gateway makes the call (runs on Ariel's pools, which hold no provider key).
     """
-    import litellm  # imported here: it costs a second or more, and only runs need it
-
     tools = [BUILTIN_TOOLS[name].schema() for name in config.tools] + (mcp_tools or [])
-    kwargs = completion_kwargs(config, provider)
+    if through_gateway:
+        from flows.models.remote import complete_through_gateway
+
+        return await complete_through_gateway(messages, tools, timeout)
     with agent_egress(protected):
-        # The async path: litellm's sync completion leaves an event loop of its own unclosed.
-        response = await litellm.acompletion(
-            model=config.model,
-            messages=messages,
-            tools=tools or None,
-            timeout=timeout,
-            num_retries=0,
-            **kwargs,
-        )
-    message = response.choices[0].message.model_dump(exclude_none=True)
-    usage = getattr(response, "usage", None)
-    return {
-        "message": message,
-        "usage": {
-            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
-        },
-    }
+        return await complete(config, messages, tools, timeout, provider)
 
 
 @task(retry_condition_fn=_retry_tool)
@@ -229,10 +219,11 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
             # The transcript must never show them.
             if provider is not None:
                 recorder.redactor.add(provider.api_key.get_secret_value())
+            if credentials.provider_fingerprint is not None:
+                recorder.redactor.add_fingerprint(credentials.provider_fingerprint)
             for access in credentials.mcp.values():
                 recorder.redactor.add(*_header_secrets(access))
-            reply = await _play(config, input, deadline=deadline, recorder=recorder, provider=provider,
-                                mcp=credentials.mcp)
+            reply = await _play(config, input, deadline=deadline, recorder=recorder, credentials=credentials)
             outcome = "completed"
             return reply
     except TimeoutError as exc:
@@ -279,8 +270,7 @@ def _arguments(arguments: str) -> Any:
 
 
 async def _play(
-    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, provider: ProviderCredentials | None,
-    mcp: dict[str, McpServerAccess] | None = None,
+    config: RunConfig, input: str | None, deadline: float, recorder: Recorder, credentials: RunCredentials,
 ) -> str:
     logger = get_run_logger()
     messages: list[dict[str, Any]] = [
@@ -297,6 +287,8 @@ async def _play(
     protected = await asyncio.to_thread(
         protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
     )
+    provider = credentials.provider
+    # Through the gateway, the provider's base URL is the gateway's to check: the run does not know it.
     api_base = config.api_base or (provider.api_base if provider is not None else None)
     if api_base:
         # litellm posts to the base URL with the agent's messages and reads the answer back into the run:
@@ -306,14 +298,14 @@ async def _play(
         except ToolRefused as refused:
             raise RuntimeFailure(f"the model's base URL: {refused}; change api_base or the provider's") from None
     if not config.mcp_servers:
-        return await _loop(config, messages, deadline, recorder, provider, protected, None)
+        return await _loop(config, messages, deadline, recorder, credentials, protected, None)
     from flows.mcp.client import CONNECT_SECONDS, open_toolbox  # the MCP SDK: only runs that use it pay
 
     # Open for the whole run: each server's session is reused by every call to it.
     try:
-        async with open_toolbox(config.mcp_servers, mcp or {}, protected, logger=logger,
+        async with open_toolbox(config.mcp_servers, credentials.mcp, protected, logger=logger,
                                 connect_seconds=min(CONNECT_SECONDS, _remaining(deadline))) as toolbox:
-            return await _loop(config, messages, deadline, recorder, provider, protected, toolbox)
+            return await _loop(config, messages, deadline, recorder, credentials, protected, toolbox)
     except BaseExceptionGroup as group:
         # The sessions' task groups wrap what the loop raised (the step's timeout, a step limit): the run's own
         # handling (RunTimedOut, StepLimitReached) must see it as it was raised.
@@ -330,7 +322,7 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 async def _loop(
     config: RunConfig, messages: list[dict[str, Any]], deadline: float, recorder: Recorder,
-    provider: ProviderCredentials | None, protected: tuple[ProtectedEndpoint, ...], toolbox: McpToolbox | None,
+    credentials: RunCredentials, protected: tuple[ProtectedEndpoint, ...], toolbox: McpToolbox | None,
 ) -> str:
     logger = get_run_logger()
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -359,8 +351,8 @@ async def _loop(
                     retries=config.limits.llm_retries,
                     retry_delay_seconds=backoff(config.limits.llm_retries),
                     timeout_seconds=_remaining(deadline),
-                )(config, messages, timeout=_remaining(deadline), protected=protected, provider=provider,
-                  mcp_tools=mcp_tools)
+                )(config, messages, timeout=_remaining(deadline), protected=protected, provider=credentials.provider,
+                  mcp_tools=mcp_tools, through_gateway=credentials.models_through_gateway)
                 await journal.finish(seq, None, turn)
             recorded.output = {
                 "content": turn["message"].get("content"),
@@ -368,6 +360,7 @@ async def _loop(
             }
             recorded.prompt_tokens = turn["usage"]["prompt_tokens"]
             recorded.completion_tokens = turn["usage"]["completion_tokens"]
+        recorder.priced(turn)
         message = turn["message"]
         for key in usage:
             usage[key] += turn["usage"][key]

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from flows.config import RunConfig
 from flows.exceptions import ConfigTampered, RuntimeFailure
+from flows.fingerprints import Fingerprint
 
 RUN_ROUTE = "/ariel/v1/run"  # the gateway's; mcp_server.gateway.app.RUN_ROUTE
 FETCH_SECONDS = 30.0
@@ -59,10 +60,16 @@ class McpServerAccess:
 
 @dataclass(frozen=True)
 class RunCredentials:
-    """Everything secret a run gets from the gateway: its provider's key and its MCP servers' access, by server id."""
+    """Everything secret a run gets from the gateway: its provider's key and its MCP servers' access, by server id.
+
+    `models_through_gateway`: the gateway makes the run's model calls (`flows.models.remote`), so the run got no
+    provider key: runs on Ariel's own pools. Runs on an org's own hardware, or with no gateway, make them here.
+    """
 
     provider: ProviderCredentials | None = None
     mcp: dict[str, McpServerAccess] = field(default_factory=dict)
+    models_through_gateway: bool = False
+    provider_fingerprint: Fingerprint | None = None  # through the gateway: its key's, to redact it (no key)
 
 
 def gateway_url(route: str = RUN_ROUTE) -> str | None:
@@ -81,18 +88,21 @@ def run_token() -> str | None:
 
 
 async def fetch_credentials(config: RunConfig) -> RunCredentials:
-    """The provider's key and the MCP servers' access that `config` names, in one request to the gateway.
+    """The provider's key and the MCP servers' access that `config` names, and where its model calls are made, in
+    one request to the gateway.
 
-    A configuration that names neither needs no request (and no run token).
+    A run with no token (started outside Ariel's workers) asks nothing when its configuration names neither a
+    provider nor MCP servers: it makes its model calls itself.
 
     Raises:
         ConfigTampered: the gateway found the run's configuration changed outside Ariel.
         RuntimeFailure: no token, no gateway, no such provider, or the gateway did not answer.
     """
-    if not config.provider and not config.mcp_servers:
-        return RunCredentials()
-    what = f"provider {config.provider!r}" if config.provider else "the run's MCP servers"
+    what = f"provider {config.provider!r}" if config.provider else (
+        "the run's MCP servers" if config.mcp_servers else "the run's model")
     url, token = gateway_url(), run_token()
+    if (url is None or token is None) and not config.provider and not config.mcp_servers:
+        return RunCredentials()
     if url is None or token is None:
         needs = "the provider's key" if config.provider else "its MCP servers' credentials and approved tools"
         raise RuntimeFailure(
@@ -112,15 +122,19 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
     if answer.status_code == 404 and body.get("error") == "not_found":
         raise ProviderMissing(f"provider {config.provider!r} does not exist in this organization, so the run has no "
                               "key for its model; an admin sets it with manage_secrets set_provider")
-    if answer.status_code != 200 or (config.provider and not isinstance(body.get("provider"), dict)):
+    through_gateway = body.get("models") == "gateway"
+    handed = body.get("provider")
+    if answer.status_code != 200 or (config.provider and not through_gateway and not isinstance(handed, dict)):
         detail = body.get("detail") or f"status {answer.status_code}"
         raise RuntimeFailure(f"{what}: the credentials could not be fetched: {detail}")
     provider = None
-    if config.provider:
-        given = body["provider"]
-        provider = ProviderCredentials(name=str(given["name"]), api_key=SecretStr(str(given["api_key"])),
-                                       api_base=given.get("api_base"))
-    return RunCredentials(provider=provider, mcp=_mcp_access(config, body.get("mcp")))
+    if config.provider and not through_gateway and isinstance(handed, dict):
+        provider = ProviderCredentials(name=str(handed["name"]), api_key=SecretStr(str(handed["api_key"])),
+                                       api_base=handed.get("api_base"))
+    return RunCredentials(provider=provider, mcp=_mcp_access(config, body.get("mcp")),
+                          models_through_gateway=through_gateway,
+                          provider_fingerprint=Fingerprint.from_answer(handed.get("fingerprint"))
+                          if isinstance(handed, dict) else None)
 
 
 def _mcp_access(config: RunConfig, given: Any) -> dict[str, McpServerAccess]:

@@ -4,7 +4,8 @@
     ├── StepLimitReached      the agent used all its LLM steps without a reply
     ├── RunTimedOut           the run's wall-clock budget ran out
     ├── VersionNotApproved    nobody approved the manifest of the version the run carries
-    └── ConfigTampered        the run's configuration is not one the control plane signed
+    ├── ConfigTampered        the run's configuration is not one the control plane signed
+    └── ModelCallFailed       the gateway made the run's model call, and the provider (or the gateway) refused it
     ToolRefused               meant for the model: the tool call was not allowed
                               or malformed; the model sees the message and may
                               try something else
@@ -38,3 +39,25 @@ class ConfigTampered(RuntimeFailure):
 
 class ToolRefused(Exception):
     """A tool call the runtime will not perform; the message goes back to the model."""
+
+
+class ModelCallFailed(RuntimeFailure):
+    """A model call the gateway made for the run failed; `kind` is the provider error's type, as litellm names it.
+
+    `transient`: whether the same call again may succeed (a rate limit, a timeout, a 5xx), as the gateway judged it.
+    A transcript shows it as the error the call met (`AuthenticationError: …`), as if the run had made the call.
+    """
+
+    def __init__(self, kind: str, message: str, *, transient: bool) -> None:
+        super().__init__(f"{kind}: {message}" if message else kind)
+        self.kind = kind
+        self.detail = message
+        self.transient = transient
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Prefect keeps a failed task's exception as its state's data: it must survive a copy.
+        return (_model_call_failed, (self.kind, self.detail, self.transient))
+
+
+def _model_call_failed(kind: str, message: str, transient: bool) -> ModelCallFailed:
+    return ModelCallFailed(kind, message, transient=transient)

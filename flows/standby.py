@@ -45,9 +45,10 @@ def warm(stdin: Any) -> bool:
     """Import what every run imports, so that a run handed over starts with its first line. Returns whether a
     run was already waiting on `stdin` once Prefect was imported.
 
-    With a run waiting (the cold path: the worker started this container for it, or handed this standby a run
-    in its first second), litellm, two thirds of the imports, is left to `import_litellm_beside`, and its first
-    call to the run.
+    litellm only where runs call their model themselves (`MODELS_HERE_ENV`: own hardware); on Ariel's pools the
+    gateway calls it. With a run waiting (the cold path: the worker started this container for it, or handed
+    this standby a run in its first second), litellm, two thirds of those imports, is left to
+    `import_litellm_beside`, and its first call to the run.
     """
     # The imports make over a million objects that live as long as the process: the collector's passes over
     # them meanwhile are a fifth of their CPU. Frozen after, they stay out of every collection the run makes.
@@ -61,9 +62,13 @@ def warm(stdin: Any) -> bool:
 
         if run_waiting(stdin):
             return True
+        import flows.mcp.client  # noqa: F401
+
+        if not models_here():
+            gc.collect()  # what the imports left, before the rest is frozen for good
+            return False
         import litellm
 
-        import flows.mcp.client  # noqa: F401
         from flows.models import SCRIPTED_MODEL
         from flows.models.scripted import register_scripted_provider
 
@@ -73,11 +78,18 @@ def warm(stdin: Any) -> bool:
         register_scripted_provider()
         litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
                            script=[{"reply": "ready"}], num_retries=0)
-        gc.collect()  # what the call left, before the rest is frozen for good
+        gc.collect()
         return False
     finally:
         gc.freeze()
         gc.enable()
+
+
+def models_here() -> bool:
+    """Whether this container's run calls its model itself (own hardware), rather than through the gateway."""
+    from flows.models import MODELS_HERE_ENV
+
+    return os.environ.get(MODELS_HERE_ENV) == "1"
 
 
 def import_litellm_beside() -> threading.Thread:
@@ -189,7 +201,7 @@ def main() -> None:
     from flows.telemetry import start_run_telemetry
 
     start_run_telemetry()
-    if cold:
+    if cold and models_here():
         import_litellm_beside()
     run_id = UUID(os.environ["PREFECT__FLOW_RUN_ID"])
     watch_cancellation(run_id)

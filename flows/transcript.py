@@ -43,6 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, Field
 
+from flows.exceptions import ModelCallFailed
+from flows.fingerprints import Fingerprint
+
 if TYPE_CHECKING:
     from detect_secrets.plugins.base import RegexBasedDetector
 
@@ -102,7 +105,13 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self._fingerprints: list[Fingerprint] = []
         self.add(*secrets)
+
+    def add_fingerprint(self, fingerprint: Fingerprint) -> None:
+        """Also redact the secret of this fingerprint, which the run was not given (`flows.fingerprints`)."""
+        if fingerprint.length >= _MIN_SECRET:
+            self._fingerprints.append(fingerprint)
 
     def add(self, *secrets: str) -> None:
         """Also redact these exact values (too short ones are ignored: they would redact common words)."""
@@ -112,6 +121,8 @@ class Redactor:
     def text(self, value: str) -> str:
         for secret in self._secrets:
             value = value.replace(secret, REDACTED)
+        for fingerprint in self._fingerprints:
+            value = fingerprint.redact(value, REDACTED)
         value = _without_detected(value)
         for pattern, replacement in _CREDENTIALS:
             value = pattern.sub(replacement, value)
@@ -389,6 +400,19 @@ class Recorder:
         self.entries: list[TranscriptEntry] = []
         self.keeper = keeper
         self._started = time.monotonic()
+        # Each model answer's price (None: unpriced), as its call reported it; None once one did not say (a step
+        # replayed from an older run's journal): the run's cost is then priced from its tokens here.
+        self._call_costs: list[float | None] | None = []
+
+    def priced(self, turn: dict[str, Any]) -> None:
+        """Count a model answer's price: `turn` as `flows.models.complete` (or the gateway) gave it."""
+        if self._call_costs is None:
+            return
+        if "cost_usd" not in turn:
+            self._call_costs = None
+            return
+        cost = turn["cost_usd"]
+        self._call_costs.append(float(cost) if isinstance(cost, int | float) else None)
 
     @asynccontextmanager
     async def step(
@@ -444,9 +468,15 @@ class Recorder:
             completion_tokens=completion,
             llm_calls=len(llm),
             tool_calls=len(self.entries) - len(llm),
-            cost_usd=cost_usd(self.model, prompt, completion),
+            cost_usd=self._cost(prompt, completion),
             duration_seconds=round(time.monotonic() - self._started, 3),
         )
+
+    def _cost(self, prompt: int, completion: int) -> float | None:
+        costs = self._call_costs
+        if costs is None:
+            return cost_usd(self.model, prompt, completion)
+        return None if None in costs else round(sum(cost for cost in costs if cost is not None), 8)
 
     async def publish_usage(self) -> Usage:
         """Publish what the run used, and the transcript's summary when Ariel keeps the transcript itself."""
@@ -604,18 +634,14 @@ def describe(error: BaseException) -> str:
     """'ExceptionType: message', as a transcript entry's error."""
     if isinstance(error, asyncio.CancelledError):
         return "CancelledError: the call was stopped before it finished (the run ran out of time or was cancelled)"
+    if isinstance(error, ModelCallFailed):
+        return str(error)  # named for the provider's error, as when the run makes the call itself
     message = str(error).strip()
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     """The price of these tokens on `model` in litellm's price list; None when it has no price for the model."""
-    import litellm
+    from flows.models import price
 
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-        )
-    except Exception:  # noqa: BLE001 - litellm raises plain exceptions for models it has no price for
-        return None
-    return round(float(prompt_cost) + float(completion_cost), 8)
+    return price(model, prompt_tokens, completion_tokens)

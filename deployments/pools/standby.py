@@ -1,7 +1,7 @@
 """A Docker worker that hands each run to a container started before it: one fresh container per run, warm.
 
 The stock `DockerWorker` creates a container when it picks a run up; the container then spends seconds
-importing Prefect and litellm before the run's first line. `StandbyDockerWorker` keeps one container
+importing Prefect (and, on own hardware, litellm) before the run's first line. `StandbyDockerWorker` keeps one container
 per pool already started (`python -m flows.standby`, with the pool's image, limits and labels) and
 imported; a run picked up is written to that container's stdin (its environment, the run token
 included: never in `docker inspect`), and the next standby starts at once. Each container still
@@ -39,6 +39,9 @@ from uuid import UUID
 
 import docker
 from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
+
+from deployments.pools.work_pools import OWN_POOL_SUFFIX
+from flows.models import MODELS_HERE_ENV
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -263,8 +266,10 @@ def _start(client: DockerClient, settings: dict[str, Any], pool: str, name: str 
         **{k: v for k, v in (settings.get("labels") or {}).items() if _KEPT_LABELS.match(k)}, STANDBY_LABEL: "yes"}
     labels[POOL_LABEL] = pool  # what `container_exits` and `remove_standbys` know an install's containers by
     kwargs = {k: v for k, v in settings.items() if k not in _PER_RUN}
+    # Runs on an org's own hardware call their model themselves: their standby imports litellm before the run.
+    environment = {MODELS_HERE_ENV: "1"} if pool.endswith(OWN_POOL_SUFFIX) else {}
     container = client.containers.create(
-        **kwargs, command=STANDBY_COMMAND, environment={}, labels=labels,
+        **kwargs, command=STANDBY_COMMAND, environment=environment, labels=labels,
         name=name or f"ariel-standby-{secrets.token_hex(6)}", stdin_open=True,
     )
     try:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flows.exceptions import ModelCallFailed
+
 if TYPE_CHECKING:
     from flows.config import RunConfig
     from flows.credentials import ProviderCredentials
 
 SCRIPTED_MODEL = "ariel/scripted"
 SCRIPTED_PROVIDER = "ariel"
+MODELS_HERE_ENV = "ARIEL_MODELS_HERE"
+"""Set ("1") in the standby containers of an org's own-hardware pool, whose runs call their model themselves: the
+standby imports litellm before its run. Runs on Ariel's pools have the gateway call it, and import no litellm."""
 
 
 def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -> dict[str, Any]:
@@ -33,10 +38,56 @@ def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -
     return kwargs
 
 
+async def complete(
+    config: RunConfig, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, timeout: float,
+    provider: ProviderCredentials | None,
+) -> dict[str, Any]:
+    """One model turn through litellm: the assistant message, its token usage and its price (None: unpriced).
+
+    Where it runs is the caller's choice: in the run (own hardware) or in Ariel's gateway for the run
+    (`mcp_server.gateway.models`); either wraps it in the egress guard.
+    """
+    import litellm
+
+    # The async path: litellm's sync completion leaves an event loop of its own unclosed.
+    response = await litellm.acompletion(
+        model=config.model,
+        messages=messages,
+        tools=tools or None,
+        timeout=timeout,
+        num_retries=0,  # Prefect's task retries are the only ones: retries must not stack
+        **completion_kwargs(config, provider),
+    )
+    message = response.choices[0].message.model_dump(exclude_none=True)
+    usage = getattr(response, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", 0) or 0
+    completion = getattr(usage, "completion_tokens", 0) or 0
+    return {
+        "message": message,
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion},
+        "cost_usd": price(config.model, prompt, completion),
+    }
+
+
+def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """The price of these tokens on `model` in litellm's price list; None when it has no price for the model."""
+    import litellm
+
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # noqa: BLE001 - litellm raises plain exceptions for models it has no price for
+        return None
+    return round(float(prompt_cost) + float(completion_cost), 8)
+
+
 def is_transient_llm_error(error: BaseException | None) -> bool:
     """Whether retrying the same LLM call may succeed (rate limits, timeouts, 5xx, dropped connections)."""
     if error is None:
         return False
+    if isinstance(error, ModelCallFailed):  # made by the gateway, which judged it: no litellm import here
+        return error.transient
     import litellm
 
     transient = (

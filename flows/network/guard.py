@@ -28,7 +28,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from urllib.parse import urlsplit
 
 import httpx
@@ -46,6 +46,11 @@ The platform sets it where runs start; the runtime protects the Prefect API
 
 # Cloud metadata services outside the link-local ranges: Alibaba Cloud's, and AWS's IPv6 one.
 _METADATA = frozenset({IPv4Address("100.100.100.200"), IPv6Address("fd00:ec2::254")})
+
+# Beside loopback, unspecified and link-local: RFC 1918, CGNAT (RFC 6598), "this network", unique local IPv6.
+_PRIVATE_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"),
+                     IPv4Network("100.64.0.0/10"), IPv4Network("0.0.0.0/8"), IPv6Network("fc00::/7"),
+                     IPv6Network("fec0::/10"))
 
 # A NAT64 gateway connects to the IPv4 address in the last 32 bits: the well-known prefix, and the
 # local-use one (RFC 8215).
@@ -199,6 +204,20 @@ def reached(address: Address) -> Address:
     return address
 
 
+def is_private(address: Address) -> bool:
+    """Whether `address` reaches loopback, a private network (RFC 1918, CGNAT, unique local IPv6), an unspecified
+    or a link-local address: what the control plane's own connections avoid where private networks are off.
+
+    >>> is_private(IPv4Address("10.1.2.3")), is_private(IPv6Address("::ffff:127.0.0.1"))
+    (True, True)
+    >>> is_private(IPv4Address("192.0.2.1"))
+    False
+    """
+    reaches = reached(address)
+    return (reaches.is_loopback or reaches.is_unspecified or reaches.is_link_local
+            or any(reaches in network for network in _PRIVATE_NETWORKS if network.version == reaches.version))
+
+
 def checked_addresses(url: httpx.URL, protected: tuple[ProtectedEndpoint, ...]) -> tuple[Address, ...]:
     """The addresses of the URL's host, to connect to; every one of them allowed.
 
@@ -236,7 +255,7 @@ reaches, checked before it is made
     """
     text = host.decode("ascii", "replace") if isinstance(host, bytes) else host
     try:
-        address = _parse(text)
+        address = parse_address(text)
     except ValueError:
         return (
             f"{endpoint(text, port)} names a host, not an address: a connect made on an agent's behalf must name "
@@ -274,13 +293,13 @@ def _endpoint(label: str, host: str, port: int) -> ProtectedEndpoint:
 
 def _resolve(host: str, port: int) -> tuple[Address, ...]:
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return tuple(dict.fromkeys(_parse(str(info[4][0])) for info in found))
+    return tuple(dict.fromkeys(parse_address(str(info[4][0])) for info in found))
 
 
-def _parse(text: str) -> Address:
+def parse_address(text: str) -> Address:
     """The address a socket connects to for `text`: an IPv4-mapped IPv6 address is its IPv4 one; no scope.
 
-    >>> _parse("::ffff:127.0.0.1"), _parse("fe80::1%eth0")
+    >>> parse_address("::ffff:127.0.0.1"), parse_address("fe80::1%eth0")
     (IPv4Address('127.0.0.1'), IPv6Address('fe80::1'))
     """
     address = ipaddress.ip_address(text)
@@ -330,7 +349,7 @@ def _refusal(host: str, port: int, address: Address, protected: Iterable[Protect
     if what is None:
         return None
     try:
-        literal = reached(_parse(host)) == address
+        literal = reached(parse_address(host)) == address
     except ValueError:  # a name, not an address
         literal = False
     if literal:

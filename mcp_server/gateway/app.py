@@ -25,8 +25,7 @@ from websockets.exceptions import WebSocketException
 
 from deployments.providers import short_name
 from deployments.runs.attempts import attempt_of
-from flows.exceptions import ConfigTampered
-from flows.signing import verify
+from flows.fingerprints import fingerprint
 from mcp_server.gateway.events import admits, stamped_heartbeat
 from mcp_server.gateway.journal import JOURNAL_ROUTE, Journals, serve_journal
 from mcp_server.gateway.listing import (
@@ -36,6 +35,7 @@ from mcp_server.gateway.listing import (
     live_or_refused,
     serve_listing,
 )
+from mcp_server.gateway.models import MODEL_ROUTE, ModelCalls, calls_models_here, checked_config, serve_model
 from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens
@@ -115,7 +115,8 @@ class Gateway:
                  journals: Callable[[], Journals] | None = None,
                  wakeups: Callable[[], Wakeups] | None = None,
                  transcripts: Callable[[], Transcripts] | None = None,
-                 collector: Collector | None = None) -> None:
+                 collector: Collector | None = None,
+                 models: Callable[[], ModelCalls] | None = None) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self._upstream_auth = upstream_auth
         headers = {"Authorization": "Basic " + base64.b64encode(upstream_auth.encode()).decode()} if upstream_auth \
@@ -131,6 +132,9 @@ class Gateway:
         self._wakeups = wakeups
         self._transcripts = transcripts
         self._collector = collector
+        # Without the app's (an embedding, a test): guarded by the Prefect API behind it, private networks allowed.
+        own_models = ModelCalls()
+        self._models = models or (lambda: own_models)
         # Its own client: the upstream one carries the Prefect credential, which the collector must never get.
         self._collector_client = httpx.AsyncClient(timeout=10.0) if collector is not None else None
         self.ownership = Ownership(self._client)
@@ -236,6 +240,9 @@ class Gateway:
         route = (request.method, request.url.path)
         if route == ("GET", RUN_ROUTE) and isinstance(caller, RunScope):
             return await self._run_context(caller)
+        if route == ("POST", MODEL_ROUTE) and isinstance(caller, RunScope):
+            return await serve_model(request, caller, self.ownership, self._verify_key(), self._models(),
+                                     self._open_provider, self.upstream_url)
         if route[0] in ("GET", "POST") and route[1] == LISTING_ROUTE and isinstance(caller, RunScope):
             listings = self._tool_listings() if self._tool_listings is not None else None
             return await serve_listing(request, caller, self.ownership, self._verify_key(), listings)
@@ -256,37 +263,37 @@ class Gateway:
         return JSONResponse({"detail": f"{route[0]} {route[1]} is not open to {caller.label}"}, status_code=403)
 
     async def _run_context(self, caller: RunScope) -> Response:
-        """What a run may have of the control plane: its configuration checked, then the secrets it names.
+        """What a run may have of the control plane: its configuration checked, then the secrets it names, and
+        where its model calls are made.
 
         The configuration is read from Prefect, not taken from the run: a run whose parameters were changed
-        outside Ariel gets `tampered` and no secret.
+        outside Ariel gets `tampered` and no secret. A run on Ariel's pools gets no provider key: the gateway
+        makes its model calls (`mcp_server.gateway.models`); one on its org's own hardware makes them itself.
         """
         now = await live_or_refused(self.ownership, caller)  # its token outlives the run, its secrets not
         if isinstance(now, JSONResponse):
             return now
-        config = now.parameters.get("config")
-        try:
-            verify(config if isinstance(config, dict) else {}, self._verify_key())
-        except ConfigTampered as exc:
-            log.warning("gateway: %s: %s", caller.label, exc)
-            return JSONResponse({"error": "tampered", "detail": str(exc)}, status_code=409)
-        assert isinstance(config, dict)  # verify() accepted it
-        if config.get("org_id") != caller.org_id:
-            return JSONResponse({"error": "tampered", "detail": "tampered: the run's configuration is another "
-                                 "organization's"}, status_code=409)
-        answer: dict[str, Any] = {"provider": None}
-        provider = config.get("provider")
-        if provider:
+        config = checked_config(now, caller, self._verify_key())
+        if isinstance(config, JSONResponse):
+            return config
+        here = calls_models_here(now.pool, config)
+        answer: dict[str, Any] = {"provider": None, "models": "here" if here else "gateway"}
+        if not here:
+            self._models().warm()  # the run's first model call follows: litellm is imported meanwhile
+        if config.provider:
             try:
-                secret = await self._open_provider(caller.org_id, short_name(str(provider)))
+                secret = await self._open_provider(caller.org_id, short_name(config.provider))
             except ArielError as exc:
-                log.warning("gateway: %s: provider %r: %s", caller.label, provider, exc)
+                log.warning("gateway: %s: provider %r: %s", caller.label, config.provider, exc)
                 return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
             if secret is None:
-                return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(str(provider))!r} in "
-                                     "this organization; manage_secrets set_provider makes one"}, status_code=404)
-            answer["provider"] = {"name": secret.name, "api_key": secret.api_key, "api_base": secret.api_base}
-        server_ids = _mcp_server_ids(config)
+                return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(config.provider)!r} "
+                                     "in this organization; manage_secrets set_provider makes one"}, status_code=404)
+            # Through the gateway, the run gets the key's fingerprint alone: enough to redact it should it meet it
+            # (a tool fetched it, a person pasted it), never the key.
+            answer["provider"] = {"name": secret.name, "api_key": secret.api_key, "api_base": secret.api_base} if here \
+                else {"name": secret.name, "fingerprint": fingerprint(secret.api_key)}
+        server_ids = list(dict.fromkeys(ref.server_id for ref in config.mcp_servers))
         if server_ids:
             try:
                 answer["mcp"] = await self._tool_servers(caller.org_id, server_ids)
@@ -497,13 +504,6 @@ class _AuthenticatedEvents:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._connecting.__aexit__(*exc)
-
-
-def _mcp_server_ids(config: dict[str, Any]) -> list[str]:
-    """The registry ids of the MCP servers a verified configuration names, each once, in order."""
-    refs = config.get("mcp_servers")
-    ids = [str(ref["server_id"]) for ref in refs or [] if isinstance(ref, dict) and ref.get("server_id")]
-    return list(dict.fromkeys(ids))
 
 
 def _run_seconds(run: dict[str, Any]) -> float:

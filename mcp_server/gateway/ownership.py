@@ -70,6 +70,7 @@ class RunNow:
     state: str | None
     run_count: int
     generation: int  # Ariel's number of the attempt (`deployments.runs.attempts`)
+    pool: str | None = None  # the work pool it runs in (None: made outside any deployment)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class Ownership:
         return RunNow(parameters=dict(body.get("parameters") or {}),
                       state=state.get("type") if isinstance(state, dict) else None,
                       run_count=run_count if isinstance(run_count, int) else 0,
-                      generation=attempt_of(body.get("labels") if isinstance(body.get("labels"), dict) else None))
+                      generation=attempt_of(body.get("labels") if isinstance(body.get("labels"), dict) else None),
+                      pool=body.get("work_pool_name") if isinstance(body.get("work_pool_name"), str) else None)
 
     async def superseded(self, scope: RunScope, fresh: bool = False) -> bool:
         """Whether a later attempt of the token's run has begun (for a run's writes: read at most every few

@@ -29,6 +29,7 @@ from deployments.pools.readiness import polling_workers
 from deployments.pools.work_pools import PoolType, install_prefix
 from deployments.runs.recovery import keep_recovering
 from mcp_server.gateway import Gateway
+from mcp_server.gateway.models import ModelCalls
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.telemetry import Collector
 from mcp_server.http.authenticate import AuthenticateHTTP
@@ -46,6 +47,7 @@ from mcp_server.http.sign_in_pages import sign_in_routes
 from mcp_server.http.transcripts import add_transcript_route
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
+from mcp_server.services.mcp_probe import private_refusal
 from mcp_server.services.rate_limits import unauthenticated_limit
 from mcp_server.services.retention import keep_forgetting
 from mcp_server.services.telemetry import start_telemetry
@@ -95,6 +97,7 @@ class InternalError(BaseModel):
 def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolType) -> FastAPI:
     """A new app; nothing is shared between two apps made by this factory (limits and caches included)."""
     opened: list[Services] = []  # filled by the lifespan; this app's alone
+    model_calls: list[ModelCalls] = []  # the same
 
     def services() -> Services:
         return opened[0]
@@ -109,7 +112,7 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
                       open_tool_servers=lambda org_id, ids: services().tool_servers.open_for_run(org_id, ids),
                       tool_listings=lambda: services().tool_servers, journals=lambda: services().journal,
                       wakeups=lambda: services().wakeups, transcripts=lambda: services().transcripts,
-                      collector=collector)
+                      collector=collector, models=lambda: model_calls[0])
     # Stateless: no MCP session is kept in a process, so any of several app processes behind a load balancer
     # answers any request, and a restart loses no client's session. Progress still streams on each call's own
     # response; Ariel sends nothing unasked on a session's stream (no sampling, elicitation or list_changed) to
@@ -123,6 +126,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
         # The services first: the auth middleware and the MCP server both use them.
         async with open_services(settings, prefect_api_url, pool_type) as ready:
             opened.append(ready)
+            # Runs' model calls leave from here: guarded as the control plane's other connections to the outside.
+            model_calls.append(ModelCalls(ready.tool_servers.protected,
+                                          None if settings.mcp_private_networks else private_refusal))
             if telemetry is not None:
                 telemetry.instrument_store(ready.store.engine)
 

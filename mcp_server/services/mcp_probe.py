@@ -35,7 +35,6 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network
 from typing import Any, Literal
 
 import anyio
@@ -53,7 +52,7 @@ from deployments.text import control_character, quote
 from flows.exceptions import ToolRefused
 from flows.mcp.client import capped, send_to_addresses
 from flows.mcp.pins import tool_digest
-from flows.network.guard import Address, ProtectedEndpoint, checked_addresses, endpoint, port_of, reached
+from flows.network.guard import Address, ProtectedEndpoint, checked_addresses, endpoint, is_private, port_of, reached
 
 PROBE_SECONDS = 20.0  # a whole connect-and-list, so that a silent server cannot hold a chat turn for long
 DISCOVERY_GET_SECONDS = 5.0  # each look for OAuth metadata after a 401
@@ -66,10 +65,6 @@ MAX_LISTING_BYTES = 2 * 1024 * 1024
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024  # of one HTTP answer, read as it arrives
 PRIVATE_NETWORKS_SETTING = "ARIEL_MCP_PRIVATE_NETWORKS"
 _STDERR_CHARS = 300  # of a stdio server's error output, quoted when it fails
-# Beside loopback, unspecified and link-local: RFC 1918, CGNAT (RFC 6598), "this network", unique local IPv6.
-_PRIVATE_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"),
-                     IPv4Network("100.64.0.0/10"), IPv4Network("0.0.0.0/8"), IPv6Network("fc00::/7"),
-                     IPv6Network("fec0::/10"))
 
 HttpTransport = Literal["http", "sse"]
 
@@ -184,11 +179,9 @@ def private_refusal(host: str, port: int, address: Address) -> str | None:
     >>> private_refusal("mcp.example.com", 443, IPv4Address("192.0.2.1")) is None
     True
     """
-    reaches = reached(address)
-    private = (reaches.is_loopback or reaches.is_unspecified or reaches.is_link_local
-               or any(reaches in network for network in _PRIVATE_NETWORKS if network.version == reaches.version))
-    if not private:
+    if not is_private(address):
         return None
+    reaches = reached(address)
     said = endpoint(host, port)
     where = f"{said} is" if host.strip("[]") == str(reaches) else f"{said} resolves to {reaches},"
     return (f"{where} a loopback or private-network address, which this Ariel's control plane does not connect to "

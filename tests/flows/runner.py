@@ -42,6 +42,8 @@ async def main() -> None:
         "message": state.message,
         "flow_run_id": str(state.state_details.flow_run_id),
         "result": result,
+        # Runs whose model the gateway calls must not pay litellm's import (seconds of CPU a run).
+        "imported_litellm": "litellm" in sys.modules,
     }
     if os.environ.get("ARIEL_TEST_READ_LOGS_AT_END"):
         # Before this interpreter exits, which ships whatever lines Prefect's log worker still holds.

@@ -23,6 +23,7 @@ from flows.config import Limits, RunConfig, ScriptStep
 from flows.signing import VERIFY_KEY_ENV
 from mcp_server.gateway import Gateway
 from mcp_server.gateway.listing import ToolListings
+from mcp_server.gateway.models import ModelCalls
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.services.secrets import ProviderSecret
 from tests.support import reply_json, serve_asgi
@@ -39,6 +40,7 @@ class Outcome:
     result: str | None
     # With ARIEL_TEST_READ_LOGS_AT_END in the run's env: the run's log lines in Prefect as its final state came back.
     logs_at_end: list[str] | None = None
+    imported_litellm: bool | None = None  # whether the run's process imported litellm
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,12 @@ class RunGateway:
 @contextmanager
 def run_gateway(
     prefect_api: str, providers: dict[str, ProviderSecret], tool_servers: dict[str, dict[str, Any]] | None = None,
-    tool_listings: ToolListings | None = None,
+    tool_listings: ToolListings | None = None, models: ModelCalls | None = None,
 ) -> Iterator[RunGateway]:
     """Ariel's gateway served on loopback: runs fetch `providers` (by name, for any org) with their run tokens,
     and each MCP server's entry of `tool_servers` (by server id: `{"headers": ..., "pins": ...}` or
-    `{"error": ...}`, as `ToolServerService.open_for_run` answers); listing runs reach `tool_listings`.
+    `{"error": ...}`, as `ToolServerService.open_for_run` answers); listing runs reach `tool_listings`. Its model
+    calls for runs are guarded by `models` (default: the Prefect API behind it alone, private networks allowed).
 
     No worker credential opens it; `play(..., gateway=...)` makes the run and hands it its token, as the gateway
     does for a worker.
@@ -75,7 +78,8 @@ def run_gateway(
 
     gateway = Gateway(prefect_api, None, tokens, authenticate=nobody, verify_key=lambda: SIGNER.verify_key,
                       open_provider=open_provider, open_tool_servers=open_tool_servers,
-                      tool_listings=(lambda: tool_listings) if tool_listings is not None else None)
+                      tool_listings=(lambda: tool_listings) if tool_listings is not None else None,
+                      models=(lambda: models) if models is not None else None)
     with serve_asgi(gateway) as url:
         yield RunGateway(api_url=f"{url}/api", tokens=tokens)
 

@@ -11,6 +11,7 @@ from typing import IO
 
 import pytest
 
+from flows.models import MODELS_HERE_ENV
 from flows.standby import read_handoff
 
 
@@ -60,16 +61,25 @@ print("cold" if cold else "warm", "litellm imported" if "litellm" in sys.modules
 """
 
 
-@pytest.mark.parametrize(("handed", "expected"), [
-    ('{"env": {}}\n', "cold litellm not imported"),  # the run is already there: it starts without waiting on litellm
-    (None, "warm litellm imported"),  # no run yet: everything is imported, and litellm's first call made
+@pytest.mark.parametrize(("handed", "models_here", "expected"), [
+    # The run is already there: it starts without waiting on litellm.
+    ('{"env": {}}\n', "1", "cold litellm not imported"),
+    # No run yet, on own hardware (runs call their model themselves): litellm imported, its first call made.
+    (None, "1", "warm litellm imported"),
+    # On Ariel's pools the gateway calls the model: litellm, two thirds of a run's imports, is never imported.
+    (None, None, "warm litellm not imported"),
 ])
-def test_a_run_waiting_at_start_is_not_held_up_by_litellm(handed: str | None, expected: str) -> None:
+def test_a_standby_imports_litellm_only_where_its_run_calls_the_model_and_never_holds_a_run_up_for_it(
+    handed: str | None, models_here: str | None, expected: str,
+) -> None:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     read_end, write_end = os.pipe()
     if handed is not None:
         os.write(write_end, handed.encode())
     env = {**os.environ, "PYTHONPATH": root, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env.pop(MODELS_HERE_ENV, None)
+    if models_here is not None:
+        env[MODELS_HERE_ENV] = models_here
     try:
         done = subprocess.run([sys.executable, "-c", WARM], stdin=read_end, env=env, capture_output=True, text=True,
                               timeout=120)

@@ -355,7 +355,8 @@ async def test_usage_is_read_from_its_artifact(client: PrefectClient, runs: dict
     run_id = runs["transcript of 2"]
     usage = await read_usage(client, run_id)
     assert usage is not None
-    assert (usage.llm_calls, usage.tool_calls, usage.prompt_tokens, usage.cost_usd) == (0, 2, 0, None)
+    # No model call was made, so none cost anything: a price known to be nothing, not an unknown one.
+    assert (usage.llm_calls, usage.tool_calls, usage.prompt_tokens, usage.cost_usd) == (0, 2, 0, 0.0)
 
 
 async def test_a_run_without_a_transcript_reads_as_empty(client: PrefectClient, runs: dict[str, UUID]) -> None:

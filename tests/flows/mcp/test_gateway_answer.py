@@ -47,6 +47,7 @@ def test_a_run_gets_the_entries_of_the_servers_its_config_names_and_no_other(pre
         body = run_context(gateway, config(mcp_servers=[ref("srv-a"), ref("srv-b"), ref("srv-gone")]))
     assert body == {
         "provider": None,
+        "models": "gateway",
         "mcp": {
             "srv-a": REGISTRY["srv-a"],
             "srv-b": REGISTRY["srv-b"],
@@ -55,6 +56,6 @@ def test_a_run_gets_the_entries_of_the_servers_its_config_names_and_no_other(pre
     }
 
 
-def test_a_run_with_no_mcp_servers_gets_the_answer_it_always_got(prefect_api: str) -> None:
+def test_a_run_with_no_mcp_servers_gets_no_mcp_entry(prefect_api: str) -> None:
     with run_gateway(prefect_api, {}, REGISTRY) as gateway:
-        assert run_context(gateway, config()) == {"provider": None}
+        assert run_context(gateway, config()) == {"provider": None, "models": "gateway"}

@@ -1,0 +1,229 @@
+"""The gateway's model route: a run on Ariel's own pools asks, the gateway calls the model for it.
+
+Why here and not in the run's container: litellm (with the OpenAI SDK its import pulls in) is two thirds of
+what a run's container would import, ~2 CPU-seconds per run on every run; this process imports it once. And
+the provider's key stays in the control plane: runs on Ariel's pools never get it.
+
+What the run sends is the conversation and the tools' schemas, nothing more. The model, its base URL and
+the provider (whose key and base URL the gateway opens) come from the run's configuration as Prefect holds
+it, checked against the control plane's signature, as for the run's credentials (`RUN_ROUTE`). The
+connection is guarded as the run's own would be (`flows.network.egress`): never to the control plane or a
+metadata address, and, where `ARIEL_MCP_PRIVATE_NETWORKS` is off, never to loopback or a private network,
+since it leaves from the control plane's own network.
+
+Runs on an org's own hardware make their calls themselves (the gateway hands them the key): what they
+touch stays on the org's network, the model's endpoint too.
+
+Answers: 200 `{"message", "usage", "cost_usd"}`; 502 `{"error": "model", "kind", "detail", "transient"}`
+when the provider refused or failed (`kind`: litellm's error type); 403 `refused` for a base URL the guard
+refuses; 409 for a token that may not act now (as every run route answers); 400 for a malformed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import SecretStr, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from deployments.pools.work_pools import OWN_POOL_SUFFIX
+from deployments.providers import short_name
+from flows.config import RunConfig
+from flows.credentials import ProviderCredentials
+from flows.exceptions import ConfigTampered, ToolRefused
+from flows.models import SCRIPTED_MODEL, complete, is_transient_llm_error
+from flows.models.remote import MODEL_ROUTE
+from flows.network.egress import AlsoRefuse, agent_egress
+from flows.network.guard import ProtectedEndpoint, checked_addresses, port_of, protected_endpoints
+from flows.signing import verify
+from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
+from mcp_server.gateway.ownership import Ownership, RunNow
+from mcp_server.gateway.scopes import RunScope
+from mcp_server.services.exceptions import ArielError
+from mcp_server.services.secrets import ProviderSecret
+
+log = logging.getLogger("ariel.gateway")
+
+__all__ = ["MODEL_ROUTE", "ModelCalls", "calls_models_here", "serve_model"]
+
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a long conversation with large tool results, as the gateway takes logs
+MAX_CALL_SECONDS = 900.0  # no run's budget is longer (`flows.config.Limits.timeout_seconds`)
+MAX_DETAIL_CHARS = 2000
+OpenProvider = Callable[[str, str], Awaitable[ProviderSecret | None]]
+"""`(org_id, provider name)` → its key and base URL (`SecretService.open_provider`); ArielError when unreadable."""
+
+
+# litellm providers (a model id's prefix) whose calls authenticate with the api_key given and nothing else. The
+# gateway's process has the control plane's environment: a provider that would find credentials there (Bedrock's
+# and SageMaker's AWS keys, Vertex's Google ones, an OPENAI_API_KEY for a model named with no key) must never get
+# them for a tenant's run. So the gateway calls a model only with a key it passes itself (the agent's provider's,
+# or a placeholder for a keyless self-hosted base URL), and only for these; any other model is called by its run.
+_KEYED_BY_API_KEY = frozenset({
+    "openai", "text-completion-openai", "anthropic", "gemini", "mistral", "groq", "deepseek", "openrouter",
+    "together_ai", "fireworks_ai", "xai", "perplexity", "cohere", "cohere_chat", "cerebras", "deepinfra",
+    "hosted_vllm", "ollama", "ollama_chat", "lm_studio", "nvidia_nim",
+})
+NO_KEY = "ariel-no-key"
+"""Passed as the key for a base URL with no provider: a keyless server ignores it, and litellm, given one, never
+looks for a key in the control plane's environment."""
+
+
+def calls_models_here(pool: str | None, config: RunConfig) -> bool:
+    """Whether a run of `config` in `pool` calls its model itself rather than through the gateway.
+
+    Itself: on an org's own hardware (what it touches stays on the org's network), and for a model the gateway
+    cannot call with a key of its own giving (see `_KEYED_BY_API_KEY`; a run's container has no credentials in
+    its environment to find). Through the gateway: the offline scripted model, and a keyed model that names a
+    provider or a base URL.
+    """
+    if pool is not None and pool.endswith(OWN_POOL_SUFFIX):
+        return True
+    if config.model == SCRIPTED_MODEL:
+        return False
+    prefix, slash, _ = config.model.partition("/")
+    return not (slash and prefix in _KEYED_BY_API_KEY and (config.provider or config.api_base))
+
+
+@dataclass
+class ModelCalls:
+    """The gateway's model calls: how they are guarded, and litellm, imported once per process in a thread.
+
+    `protected`: the control plane's services, never reached (None: the Prefect API behind the gateway alone,
+    worked out at the first call). `also_refuse`: the control plane's rule for private networks, when they are off.
+    """
+
+    protected: tuple[ProtectedEndpoint, ...] | None = None
+    also_refuse: AlsoRefuse | None = None
+    _loading: asyncio.Task[Any] | None = field(default=None, repr=False)
+
+    def warm(self) -> None:
+        """Start importing litellm beside the event loop (seconds of CPU): a run that fetches its credentials will
+        ask for a model call next. At most once; never on the loop, which would stop every request meanwhile."""
+        if self._loading is None:
+            self._loading = asyncio.create_task(asyncio.to_thread(importlib.import_module, "litellm"))
+
+    async def complete(self, upstream: str, config: RunConfig, messages: list[dict[str, Any]],
+                       tools: list[dict[str, Any]] | None, timeout: float,
+                       provider: ProviderCredentials | None) -> dict[str, Any]:
+        """One model turn for a run, guarded. Raises ToolRefused for a base URL the guard refuses."""
+        self.warm()
+        assert self._loading is not None
+        await asyncio.shield(self._loading)
+        if self.protected is None:
+            self.protected = await asyncio.to_thread(protected_endpoints, upstream, None)
+        api_base = config.api_base or (provider.api_base if provider is not None else None)
+        if api_base:
+            # By name first, for a plain refusal; the audit hook below checks each connection that is made.
+            await asyncio.to_thread(self._refuse, api_base)
+        with agent_egress(self.protected, self.also_refuse):
+            return await complete(config, messages, tools, timeout, provider)
+
+    def _refuse(self, url: str) -> None:
+        assert self.protected is not None
+        parsed = httpx.URL(url)
+        try:
+            addresses = checked_addresses(parsed, self.protected)
+        except socket.gaierror:
+            return  # the call itself fails, and says so
+        if self.also_refuse is not None:
+            host = parsed.raw_host.decode("ascii")
+            for address in addresses:
+                reason = self.also_refuse(host, port_of(parsed), address)
+                if reason is not None:
+                    raise ToolRefused(reason)
+
+
+async def serve_model(request: Request, caller: RunScope, ownership: Ownership, verify_key: str, models: ModelCalls,
+                      open_provider: OpenProvider, upstream: str) -> Response:
+    """`POST MODEL_ROUTE` for a run token: one model turn of the run, as its signed configuration says."""
+    body = await bounded_body(request, MAX_REQUEST_BYTES)
+    if body is None:
+        return refused_route(413, "too_large", f"a model call's request is limited to {MAX_REQUEST_BYTES} bytes")
+    asked = _asked(body)
+    if isinstance(asked, JSONResponse):
+        return asked
+    messages, tools, timeout = asked
+    now = await live_or_refused(ownership, caller)
+    if isinstance(now, JSONResponse):
+        return now
+    config = checked_config(now, caller, verify_key)
+    if isinstance(config, JSONResponse):
+        return config
+    if calls_models_here(now.pool, config):
+        return refused_route(409, "here", "this run calls its model itself (on its organization's own hardware, "
+                             "or a model the gateway calls only with a provider); the gateway does not call it")
+    provider: ProviderCredentials | None = None
+    if config.provider:
+        name = short_name(config.provider)
+        try:
+            secret = await open_provider(caller.org_id, name)
+        except ArielError as exc:
+            log.warning("gateway: %s: provider %r: %s", caller.label, name, exc)
+            return refused_route(503, "unavailable", str(exc))
+        if secret is None:
+            return refused_route(404, "not_found", f"no provider {name!r} in this organization; manage_secrets "
+                                 "set_provider makes one")
+        provider = ProviderCredentials(name=secret.name, api_key=SecretStr(secret.api_key), api_base=secret.api_base)
+    elif config.model != SCRIPTED_MODEL:
+        provider = ProviderCredentials(name="", api_key=SecretStr(NO_KEY), api_base=None)
+    try:
+        turn = await models.complete(upstream, config, messages, tools, timeout, provider)
+    except ToolRefused as refused:
+        return refused_route(403, "refused", f"the model's base URL: {refused}; change api_base or the provider's")
+    except Exception as exc:  # noqa: BLE001 - whatever the provider's SDK raised goes back to the run, named
+        kind = type(exc).__name__
+        log.warning("gateway: %s: model call failed: %s", caller.label, kind)
+        detail = _redacted(str(exc), provider)[:MAX_DETAIL_CHARS]
+        return JSONResponse({"error": "model", "kind": kind, "detail": detail,
+                             "transient": is_transient_llm_error(exc)}, status_code=502)
+    return JSONResponse(turn)
+
+
+def checked_config(now: RunNow, caller: RunScope, verify_key: str) -> RunConfig | JSONResponse:
+    """The run's configuration as Prefect holds it, if the control plane signed it for the caller's org; else
+    the `tampered` answer. Never what the run itself sends: that is what a tamperer would change."""
+    config = now.parameters.get("config")
+    try:
+        verify(config if isinstance(config, dict) else {}, verify_key)
+    except ConfigTampered as exc:
+        log.warning("gateway: %s: %s", caller.label, exc)
+        return refused_route(409, "tampered", str(exc))
+    assert isinstance(config, dict)  # verify() accepted it
+    if config.get("org_id") != caller.org_id:
+        return refused_route(409, "tampered", "tampered: the run's configuration is another organization's")
+    try:
+        return RunConfig.model_validate(config)
+    except ValidationError:
+        return refused_route(409, "tampered", "tampered: the run's configuration is not one this Ariel reads")
+
+
+def _asked(body: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, float] | JSONResponse:
+    try:
+        asked = json.loads(body)
+    except ValueError:
+        asked = None
+    messages = asked.get("messages") if isinstance(asked, dict) else None
+    tools = asked.get("tools") if isinstance(asked, dict) else None
+    timeout = asked.get("timeout") if isinstance(asked, dict) else None
+    if (not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages)
+            or not (tools is None or (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)))
+            or not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0):
+        return refused_route(400, "malformed", "a model call takes a JSON object: 'messages' (a list of objects, "
+                             "at least one), 'tools' (a list of objects, or null) and 'timeout' (seconds, above 0)")
+    return messages, tools, min(float(timeout), MAX_CALL_SECONDS)
+
+
+def _redacted(text: str, provider: ProviderCredentials | None) -> str:
+    """A provider's error message without its key (some SDKs quote part of it; none may quote it whole)."""
+    if provider is not None and (key := provider.api_key.get_secret_value()):
+        text = text.replace(key, "***")
+    return text

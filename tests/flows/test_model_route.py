@@ -1,0 +1,148 @@
+"""Runs on Ariel's pools have the gateway call their model: the key stays in the control plane, litellm out of the run.
+
+Each test plays a real run in its own interpreter through a real gateway on loopback, in front of the tests'
+Prefect server, against a loopback OpenAI-compatible model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.config import Limits, RunConfig
+from flows.models.remote import MODEL_ROUTE
+from mcp_server.gateway.models import NO_KEY, ModelCalls, calls_models_here
+from mcp_server.services.mcp_probe import PRIVATE_NETWORKS_SETTING, private_refusal
+from mcp_server.services.secrets import ProviderSecret
+from tests.flows.support import SIGNER, OpenAICompatible, _made_run, config, play, run_gateway
+
+KEY = "sk-held-by-the-gateway-5e2b9c"
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api: str) -> Iterator[None]:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield
+
+
+def keyed_agent(service_host: str, retries: int = 2) -> RunConfig:
+    return config(model="openai/test-model", provider="llm", tools=["http_request"], allowed_hosts=[service_host],
+                  limits=Limits(llm_retries=retries))
+
+
+def test_the_gateway_makes_the_call_with_the_key_and_the_run_imports_no_litellm(
+    openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with run_gateway(prefect_api, {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=openai_server)}) as gateway:
+        outcome = play(keyed_agent(service_host), input=f"http://{service_host}/through-gateway", gateway=gateway)
+    assert outcome.state == "Completed", outcome.message
+    assert (outcome.result or "").startswith("Fetched: ")
+    assert [request["auth"] for request in OpenAICompatible.requests] == [f"Bearer {KEY}"] * 2
+    assert OpenAICompatible.requests[1]["body"]["messages"][-1]["role"] == "tool"  # the run's conversation, whole
+    assert outcome.imported_litellm is False
+
+
+def test_a_run_through_the_gateway_gets_its_keys_fingerprint_never_the_key(prefect_api: str) -> None:
+    with run_gateway(prefect_api, {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=None)}) as gateway:
+        signed = SIGNER.sign(config(model="openai/test-model", provider="llm"))
+        token = gateway.tokens.mint(UUID(_made_run(signed, None)), signed.org_id, attempt=0, ttl_seconds=600)
+        answer = httpx.get(gateway.api_url.removesuffix("/api") + "/ariel/v1/run",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["models"] == "gateway"
+    assert set(body["provider"]) == {"name", "fingerprint"}
+    assert KEY not in answer.text
+
+
+def test_a_transient_provider_error_is_retried_by_the_run_and_not_by_the_gateway(
+    openai_server: str, service_host: str, prefect_api: str,
+) -> None:
+    OpenAICompatible.failures_left = 1
+    with run_gateway(prefect_api, {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=openai_server)}) as gateway:
+        outcome = play(keyed_agent(service_host), input=f"http://{service_host}/retry", gateway=gateway)
+    assert outcome.state == "Completed", outcome.message
+    # One 503, the task's single retry, then the second turn: neither litellm nor the gateway retried on its own.
+    assert len(OpenAICompatible.requests) == 3
+
+
+def test_a_provider_refusal_fails_the_run_naming_the_providers_error_without_the_key(
+    openai_server: str, service_host: str, prefect_api: str,
+) -> None:
+    OpenAICompatible.failures_left = 5
+    with run_gateway(prefect_api, {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=openai_server)}) as gateway:
+        outcome = play(keyed_agent(service_host, retries=0), input=f"http://{service_host}/", gateway=gateway)
+    assert outcome.state == "Failed"
+    assert len(OpenAICompatible.requests) == 1
+    assert outcome.message is not None and "ServiceUnavailableError" in outcome.message, outcome.message
+    assert KEY not in outcome.message
+
+
+def test_a_base_url_on_a_private_network_is_refused_where_the_control_plane_may_not_reach_one(
+    openai_server: str, service_host: str, prefect_api: str,
+) -> None:
+    guarded = ModelCalls(also_refuse=private_refusal)  # as the SaaS models run (ARIEL_MCP_PRIVATE_NETWORKS=false)
+    providers = {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=openai_server)}
+    with run_gateway(prefect_api, providers, models=guarded) as gateway:
+        outcome = play(keyed_agent(service_host), input=f"http://{service_host}/", gateway=gateway)
+    assert outcome.state == "Failed"
+    assert outcome.message is not None and "the model's base URL" in outcome.message, outcome.message
+    assert PRIVATE_NETWORKS_SETTING in outcome.message
+    assert OpenAICompatible.requests == []  # refused before any connection
+
+
+def test_a_base_url_on_the_prefect_api_behind_the_gateway_is_refused(prefect_api: str, service_host: str) -> None:
+    # Through the gateway the run does not know its provider's base URL: the gateway checks it, by its own view.
+    providers = {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=prefect_api)}
+    with run_gateway(prefect_api, providers) as gateway:
+        outcome = play(keyed_agent(service_host), input="hello", gateway=gateway)
+    assert outcome.state == "Failed"
+    assert outcome.message is not None and "Ariel's control plane" in outcome.message, outcome.message
+
+
+def test_the_model_route_answers_a_malformed_request_plainly_and_a_stranger_not_at_all(prefect_api: str) -> None:
+    with run_gateway(prefect_api, {}) as gateway:
+        url = gateway.api_url.removesuffix("/api") + MODEL_ROUTE
+        signed = SIGNER.sign(config())
+        token = gateway.tokens.mint(UUID(_made_run(signed, None)), signed.org_id, attempt=0, ttl_seconds=600)
+        malformed = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, json={"messages": "hi"}, timeout=30)
+        stranger = httpx.post(url, json={"messages": [{"role": "user", "content": "hi"}], "timeout": 5}, timeout=30)
+    assert malformed.status_code == 400
+    assert "'messages' (a list of objects" in malformed.json()["detail"]
+    assert stranger.status_code == 401
+
+
+def test_a_keyless_base_url_never_gets_a_key_from_the_control_planes_environment(
+    openai_server: str, service_host: str, prefect_api: str,
+) -> None:
+    # The gateway runs in this process, whose environment has OPENAI_API_KEY (the openai_server fixture sets it).
+    agent = config(model="openai/test-model", api_base=openai_server, tools=["http_request"],
+                   allowed_hosts=[service_host])
+    with run_gateway(prefect_api, {}) as gateway:
+        outcome = play(agent, input=f"http://{service_host}/keyless", gateway=gateway)
+    assert outcome.state == "Completed", outcome.message
+    assert {request["auth"] for request in OpenAICompatible.requests} == {f"Bearer {NO_KEY}"}
+    assert outcome.imported_litellm is False
+
+
+@pytest.mark.parametrize(("pool", "model", "provider", "api_base", "here"), [
+    ("ariel-1a2b3c4d-acme-docker", "ariel/scripted", None, None, False),
+    ("ariel-1a2b3c4d-acme-docker", "openai/gpt-4o-mini", "main", None, False),
+    ("ariel-1a2b3c4d-acme-process", "openai/local", None, "http://10.0.0.5:8000/v1", False),
+    (None, "anthropic/claude-sonnet-4-5", "main", None, False),
+    # On the org's own hardware: always the run, with its key, on the org's network.
+    ("ariel-1a2b3c4d-0f3c9a1b2c3d-own", "ariel/scripted", None, None, True),
+    ("ariel-1a2b3c4d-0f3c9a1b2c3d-own", "openai/gpt-4o-mini", "main", None, True),
+    # Without a key the gateway gives, litellm would look in the control plane's environment: the run calls it.
+    ("ariel-1a2b3c4d-acme-docker", "openai/gpt-4o-mini", None, None, True),
+    ("ariel-1a2b3c4d-acme-docker", "bedrock/anthropic.claude-3", "main", None, True),
+    ("ariel-1a2b3c4d-acme-docker", "gpt-4o-mini", "main", None, True),
+])
+def test_who_calls_the_model(pool: str | None, model: str, provider: str | None, api_base: str | None,
+                             here: bool) -> None:
+    assert calls_models_here(pool, config(model=model, provider=provider, api_base=api_base)) is here
