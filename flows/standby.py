@@ -62,8 +62,7 @@ def warm(stdin: Any) -> bool:
 
         if run_waiting(stdin):
             return True
-        import flows.mcp.client  # noqa: F401
-
+        # Not the MCP client (~0.3 CPU-s): every run would pay it, and only runs with MCP servers use it.
         if not models_here():
             gc.collect()  # what the imports left, before the rest is frozen for good
             return False

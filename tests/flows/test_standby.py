@@ -57,7 +57,8 @@ WARM = """
 import sys
 from flows.standby import warm
 cold = warm(sys.stdin)
-print("cold" if cold else "warm", "litellm imported" if "litellm" in sys.modules else "litellm not imported")
+print("cold" if cold else "warm", "litellm imported" if "litellm" in sys.modules else "litellm not imported",
+      "+ MCP client" if "flows.mcp.client" in sys.modules else "")
 """
 
 
@@ -67,6 +68,7 @@ print("cold" if cold else "warm", "litellm imported" if "litellm" in sys.modules
     # No run yet, on own hardware (runs call their model themselves): litellm imported, its first call made.
     (None, "1", "warm litellm imported"),
     # On Ariel's pools the gateway calls the model: litellm, two thirds of a run's imports, is never imported.
+    # Nor is the MCP client, which only runs with MCP servers use (they import it as they start).
     (None, None, "warm litellm not imported"),
 ])
 def test_a_standby_imports_litellm_only_where_its_run_calls_the_model_and_never_holds_a_run_up_for_it(
