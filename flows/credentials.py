@@ -133,8 +133,7 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
                                        api_base=handed.get("api_base"))
     return RunCredentials(provider=provider, mcp=_mcp_access(config, body.get("mcp")),
                           models_through_gateway=through_gateway,
-                          provider_fingerprint=Fingerprint.from_answer(handed.get("fingerprint"))
-                          if isinstance(handed, dict) else None)
+                          provider_fingerprint=Fingerprint.from_answer(body.get("provider_fingerprint")))
 
 
 def _mcp_access(config: RunConfig, given: Any) -> dict[str, McpServerAccess]:

@@ -6,16 +6,18 @@ SHA-256 of the key and its length; the transcript's redactor (`flows.transcript.
 of key-like characters of that length and redacts the ones that match. Provider keys are long and random,
 so the digest gives nothing away.
 
-A key is found where it stands apart: between characters that cannot be part of it (a space, a quote, `=`,
-`&`, a line's end). One glued to letters or digits on either side is not.
+A key is looked for in each run of key-like characters (letters, digits, `-_.+/=~`) at most `GLUE` longer
+than the key: standing apart (a space, a quote, `&`, a line's end around it), or glued to a few characters (a
+percent-encoded `=` before it, `%3D`; an escaped newline, `\\n`). Inside a longer run (a base64 blob) it is not
+looked for: hashing every position there would cost more than such a find is worth.
 
 Example:
     >>> given = fingerprint("sk-test-4c1f9a7e2d")
     >>> found = Fingerprint.from_answer(given)
     >>> found is not None and found.redact('{"note": "sk-test-4c1f9a7e2d"}', "[redacted]")
     '{"note": "[redacted]"}'
-    >>> found is not None and found.redact("sk-test-4c1f9a7e2dX", "[redacted]")
-    'sk-test-4c1f9a7e2dX'
+    >>> found is not None and found.redact("?note%3Dsk-test-4c1f9a7e2d&x=1", "[redacted]")
+    '?note%3D[redacted]&x=1'
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Two readings of "key-like": most keys are letters, digits, '-' and '_'; some carry '.', '+', '/', '=' or '~'
-# (base64, a JWT). A key at a sentence's end is found by the first, one with a dot inside by the second.
-_RUNS = (re.compile(r"[A-Za-z0-9_\-]+"), re.compile(r"[A-Za-z0-9_\-.+/=~]+"))
+# Most keys are letters, digits, '-' and '_'; some carry '.', '+', '/', '=' or '~' (base64, a JWT).
+_RUN = re.compile(r"[A-Za-z0-9_\-.+/=~]+")
+GLUE = 16
+"""How many characters a run may have beyond the key's length and still be searched for it."""
 
 
 def fingerprint(secret: str) -> dict[str, Any]:
@@ -61,13 +64,19 @@ class Fingerprint:
         """`text` with each standing-apart occurrence of the secret replaced."""
         if len(text) < self.length:
             return text
-        spans: set[tuple[int, int]] = set()
-        for runs in _RUNS:
-            for run in runs.finditer(text):
-                if run.end() - run.start() == self.length and hmac.compare_digest(
-                        _digest(self.salt, run.group()), self.sha256):
-                    spans.add(run.span())
-        for start, end in sorted(spans, reverse=True):
+        spans: list[tuple[int, int]] = []
+        for run in _RUN.finditer(text):
+            start, end = run.span()
+            if not self.length <= end - start <= self.length + GLUE:
+                continue
+            at = start
+            while at + self.length <= end:
+                if hmac.compare_digest(_digest(self.salt, text[at:at + self.length]), self.sha256):
+                    spans.append((at, at + self.length))
+                    at += self.length
+                else:
+                    at += 1
+        for start, end in reversed(spans):
             text = text[:start] + replacement + text[end:]
         return text
 

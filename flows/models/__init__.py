@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flows.exceptions import ModelCallFailed
+from flows.exceptions import ModelCallFailed, RuntimeFailure
 
 if TYPE_CHECKING:
     from flows.config import RunConfig
@@ -88,6 +88,8 @@ def is_transient_llm_error(error: BaseException | None) -> bool:
         return False
     if isinstance(error, ModelCallFailed):  # made by the gateway, which judged it: no litellm import here
         return error.transient
+    if isinstance(error, RuntimeFailure):  # the run's own refusal (the gateway refused the run): no retry helps
+        return False
     import litellm
 
     transient = (

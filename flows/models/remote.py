@@ -51,7 +51,7 @@ async def complete_through_gateway(
     if answer.status_code == 200 and isinstance(body.get("message"), dict):
         return {"message": body["message"], "usage": _usage(body.get("usage")), "cost_usd": body.get("cost_usd")}
     detail = str(body.get("detail") or f"the gateway answered status {answer.status_code}")
-    if body.get("error") == "model":  # the provider's own answer, relayed
+    if body.get("error") == "model":  # the provider's own answer (or its silence past the deadline), relayed
         raise ModelCallFailed(str(body.get("kind") or "ModelError"), detail, transient=bool(body.get("transient")))
     if answer.status_code in (502, 503, 504):  # the gateway, or the Prefect API behind it, is briefly away
         raise ModelCallFailed("ServiceUnavailableError", detail, transient=True)

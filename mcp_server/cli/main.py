@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before anything imports litellm: it otherwise fetches a price map from the internet.
+    # Before anything imports litellm: it otherwise fetches a price map from the internet, and (in its default DEV
+    # mode) loads a `.env` file found above its own folder into this process, whose gateway calls tenants' models.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
     parser = argparse.ArgumentParser(prog="ariel", description="Workflow orchestration for AI agents, on Prefect 3.")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start Prefect, a worker and the MCP server; Ctrl-C stops all")

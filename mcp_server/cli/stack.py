@@ -390,5 +390,7 @@ def _app_server(settings: ArielSettings, api_url: str, pool_type: PoolType) -> A
     uvicorn handles both signals while it serves, then hands the signal back to stop_on_signals' handler.
     """
     app = create_app(settings, api_url, pool_type)
-    return AppServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+    # The asyncio loop, never uvloop: the egress guard of the gateway's model calls is an audit hook on
+    # socket.connect, which uvloop's connections (made in C) would not pass.
+    return AppServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", loop="asyncio",
                                     timeout_graceful_shutdown=APP_SHUTDOWN_SECONDS))

@@ -289,10 +289,15 @@ class Gateway:
             if secret is None:
                 return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(config.provider)!r} "
                                      "in this organization; manage_secrets set_provider makes one"}, status_code=404)
-            # Through the gateway, the run gets the key's fingerprint alone: enough to redact it should it meet it
-            # (a tool fetched it, a person pasted it), never the key.
-            answer["provider"] = {"name": secret.name, "api_key": secret.api_key, "api_base": secret.api_base} if here \
-                else {"name": secret.name, "fingerprint": fingerprint(secret.api_key)}
+            if here:
+                answer["provider"] = {"name": secret.name, "api_key": secret.api_key, "api_base": secret.api_base}
+            else:
+                # The key's fingerprint alone: enough to redact the key should the run meet it (a tool fetched it, a
+                # person pasted it). Beside `provider`, left null: a runtime older than this gateway, which would
+                # call the model itself, stops with this detail instead of a KeyError.
+                answer["provider_fingerprint"] = fingerprint(secret.api_key)
+                answer["detail"] = ("this Ariel's gateway calls the model for runs on its pools, and the runtime "
+                                    "image is older than its app: build it again (ariel build-image)")
         server_ids = list(dict.fromkeys(ref.server_id for ref in config.mcp_servers))
         if server_ids:
             try:

@@ -14,9 +14,13 @@ since it leaves from the control plane's own network.
 Runs on an org's own hardware make their calls themselves (the gateway hands them the key): what they
 touch stays on the org's network, the model's endpoint too.
 
-Answers: 200 `{"message", "usage", "cost_usd"}`; 502 `{"error": "model", "kind", "detail", "transient"}`
-when the provider refused or failed (`kind`: litellm's error type); 403 `refused` for a base URL the guard
-refuses; 409 for a token that may not act now (as every run route answers); 400 for a malformed request.
+The call lasts no longer than the run asked (`timeout`, at most `MAX_CALL_SECONDS`), and stops when the run
+hangs up (its task timed out, it was cancelled, it died): nothing is billed for an answer nobody will read.
+
+Answers: 200 `{"message", "usage", "cost_usd"}`; 422 `{"error": "model", "kind", "detail", "transient"}`
+when the provider refused or failed (`kind`: litellm's error type; a 4xx, which proxies pass on as it is);
+403 `refused` for a base URL the guard refuses; 409 for a token that may not act now (as every run route
+answers); 400 for a malformed request.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import importlib
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +47,7 @@ from flows.credentials import ProviderCredentials
 from flows.exceptions import ConfigTampered, ToolRefused
 from flows.models import SCRIPTED_MODEL, complete, is_transient_llm_error
 from flows.models.remote import MODEL_ROUTE
-from flows.network.egress import AlsoRefuse, agent_egress
+from flows.network.egress import AlsoRefuse, EgressRefused, agent_egress
 from flows.network.guard import ProtectedEndpoint, checked_addresses, port_of, protected_endpoints
 from flows.signing import verify
 from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
@@ -58,6 +63,15 @@ __all__ = ["MODEL_ROUTE", "ModelCalls", "calls_models_here", "serve_model"]
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a long conversation with large tool results, as the gateway takes logs
 MAX_CALL_SECONDS = 900.0  # no run's budget is longer (`flows.config.Limits.timeout_seconds`)
 MAX_DETAIL_CHARS = 2000
+HANG_UP_POLL_SECONDS = 1.0
+# What litellm would take from the control plane's environment into a tenant's call beside the key: where calls
+# go (a provider with no base URL of its own) and OpenAI's organization and project headers. Ariel warns at start.
+LEAKING_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_ORGANIZATION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
+                    "ANTHROPIC_BASE_URL", "ANTHROPIC_API_BASE", "GEMINI_API_BASE", "MISTRAL_API_BASE", "GROQ_API_BASE",
+                    "DEEPSEEK_API_BASE", "OPENROUTER_API_BASE", "TOGETHER_AI_API_BASE", "FIREWORKS_AI_API_BASE",
+                    "XAI_API_BASE", "PERPLEXITY_API_BASE", "COHERE_API_BASE", "CEREBRAS_API_BASE",
+                    "DEEPINFRA_API_BASE", "HOSTED_VLLM_API_BASE", "OLLAMA_API_BASE", "LM_STUDIO_API_BASE",
+                    "NVIDIA_NIM_API_BASE")
 OpenProvider = Callable[[str, str], Awaitable[ProviderSecret | None]]
 """`(org_id, provider name)` → its key and base URL (`SecretService.open_provider`); ArielError when unreadable."""
 
@@ -109,7 +123,7 @@ class ModelCalls:
         """Start importing litellm beside the event loop (seconds of CPU): a run that fetches its credentials will
         ask for a model call next. At most once; never on the loop, which would stop every request meanwhile."""
         if self._loading is None:
-            self._loading = asyncio.create_task(asyncio.to_thread(importlib.import_module, "litellm"))
+            self._loading = asyncio.create_task(asyncio.to_thread(_import_litellm))
 
     async def complete(self, upstream: str, config: RunConfig, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, timeout: float,
@@ -124,8 +138,11 @@ class ModelCalls:
         if api_base:
             # By name first, for a plain refusal; the audit hook below checks each connection that is made.
             await asyncio.to_thread(self._refuse, api_base)
-        with agent_egress(self.protected, self.also_refuse):
-            return await complete(config, messages, tools, timeout, provider)
+        # The run's deadline bounds the whole call; litellm's own timeout (per connect, per read) is fixed, as it
+        # keys litellm's cache of clients: one client per provider and base URL, its connections reused.
+        async with asyncio.timeout(timeout):
+            with agent_egress(self.protected, self.also_refuse):
+                return await complete(config, messages, tools, MAX_CALL_SECONDS, provider)
 
     def _refuse(self, url: str) -> None:
         assert self.protected is not None
@@ -145,13 +162,7 @@ class ModelCalls:
 async def serve_model(request: Request, caller: RunScope, ownership: Ownership, verify_key: str, models: ModelCalls,
                       open_provider: OpenProvider, upstream: str) -> Response:
     """`POST MODEL_ROUTE` for a run token: one model turn of the run, as its signed configuration says."""
-    body = await bounded_body(request, MAX_REQUEST_BYTES)
-    if body is None:
-        return refused_route(413, "too_large", f"a model call's request is limited to {MAX_REQUEST_BYTES} bytes")
-    asked = _asked(body)
-    if isinstance(asked, JSONResponse):
-        return asked
-    messages, tools, timeout = asked
+    # Who may ask first: the body (up to 16 MiB) is read and parsed only for a run the gateway calls models for.
     now = await live_or_refused(ownership, caller)
     if isinstance(now, JSONResponse):
         return now
@@ -161,6 +172,13 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
     if calls_models_here(now.pool, config):
         return refused_route(409, "here", "this run calls its model itself (on its organization's own hardware, "
                              "or a model the gateway calls only with a provider); the gateway does not call it")
+    body = await bounded_body(request, MAX_REQUEST_BYTES)
+    if body is None:
+        return refused_route(413, "too_large", f"a model call's request is limited to {MAX_REQUEST_BYTES} bytes")
+    asked = await asyncio.to_thread(_asked, body) if len(body) > 64 * 1024 else _asked(body)
+    if isinstance(asked, JSONResponse):
+        return asked
+    messages, tools, timeout = asked
     provider: ProviderCredentials | None = None
     if config.provider:
         name = short_name(config.provider)
@@ -176,16 +194,69 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
     elif config.model != SCRIPTED_MODEL:
         provider = ProviderCredentials(name="", api_key=SecretStr(NO_KEY), api_base=None)
     try:
-        turn = await models.complete(upstream, config, messages, tools, timeout, provider)
+        turn = await _unless_hung_up(request, models.complete(upstream, config, messages, tools, timeout, provider))
+    except _HungUp:
+        log.info("gateway: %s hung up during its model call; the call was stopped", caller.label)
+        return refused_route(499, "hung_up", "the run hung up before its model answered")
     except ToolRefused as refused:
         return refused_route(403, "refused", f"the model's base URL: {refused}; change api_base or the provider's")
+    except TimeoutError:
+        return JSONResponse({"error": "model", "kind": "Timeout", "transient": True,
+                             "detail": f"the model did not answer within {timeout:.0f} s"}, status_code=422)
     except Exception as exc:  # noqa: BLE001 - whatever the provider's SDK raised goes back to the run, named
+        stopped = _egress_refusal(exc)
+        if stopped is not None:  # a connection the guard stopped (a redirect, a changed DNS answer): not transient
+            return refused_route(403, "refused", f"the model's base URL: {stopped}; change api_base or the provider's")
         kind = type(exc).__name__
         log.warning("gateway: %s: model call failed: %s", caller.label, kind)
         detail = _redacted(str(exc), provider)[:MAX_DETAIL_CHARS]
         return JSONResponse({"error": "model", "kind": kind, "detail": detail,
-                             "transient": is_transient_llm_error(exc)}, status_code=502)
+                             "transient": is_transient_llm_error(exc)}, status_code=422)
     return JSONResponse(turn)
+
+
+class _HungUp(Exception):
+    """The run closed its connection before the answer."""
+
+
+async def _unless_hung_up(request: Request, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """`call`'s result; the call cancelled, and _HungUp raised, once the client has closed its connection
+    (uvicorn does not cancel a handler whose client left)."""
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HANG_UP_POLL_SECONDS)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _HungUp
+    finally:
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _egress_refusal(exc: BaseException) -> str | None:
+    """The guard's refusal inside what litellm raised (it wraps a refused connect as a connection error)."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if isinstance(found, EgressRefused):
+            return str(found).removeprefix("Ariel refused the connection: ")
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
+
+
+def leaking_settings(environment: Mapping[str, str]) -> list[str]:
+    """The settings of `environment` that litellm would carry into tenants' calls made by this process."""
+    return [name for name in LEAKING_SETTINGS if environment.get(name)]
+
+
+def _import_litellm() -> None:
+    litellm: Any = importlib.import_module("litellm")
+    litellm.suppress_debug_info = True  # else it prints a "Give Feedback" banner to stdout at each failed call
 
 
 def checked_config(now: RunNow, caller: RunScope, verify_key: str) -> RunConfig | JSONResponse:

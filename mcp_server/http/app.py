@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager, nullcontext, suppress
@@ -29,7 +30,7 @@ from deployments.pools.readiness import polling_workers
 from deployments.pools.work_pools import PoolType, install_prefix
 from deployments.runs.recovery import keep_recovering
 from mcp_server.gateway import Gateway
-from mcp_server.gateway.models import ModelCalls
+from mcp_server.gateway.models import ModelCalls, leaking_settings
 from mcp_server.gateway.run_tokens import RunTokens
 from mcp_server.gateway.telemetry import Collector
 from mcp_server.http.authenticate import AuthenticateHTTP
@@ -129,6 +130,10 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
             # Runs' model calls leave from here: guarded as the control plane's other connections to the outside.
             model_calls.append(ModelCalls(ready.tool_servers.protected,
                                           None if settings.mcp_private_networks else private_refusal))
+            if leaking := leaking_settings(os.environ):
+                log.warning("The gateway makes runs' model calls in this process, and litellm would carry %s from "
+                            "its environment into them (where calls go, OpenAI's organization): unset them here",
+                            ", ".join(leaking))
             if telemetry is not None:
                 telemetry.instrument_store(ready.store.engine)
 

@@ -6,7 +6,12 @@ Prefect server, against a loopback OpenAI-compatible model.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
+from contextlib import suppress
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -19,6 +24,7 @@ from mcp_server.gateway.models import NO_KEY, ModelCalls, calls_models_here
 from mcp_server.services.mcp_probe import PRIVATE_NETWORKS_SETTING, private_refusal
 from mcp_server.services.secrets import ProviderSecret
 from tests.flows.support import SIGNER, OpenAICompatible, _made_run, config, play, run_gateway
+from tests.support import http_service, reply_json
 
 KEY = "sk-held-by-the-gateway-5e2b9c"
 
@@ -56,7 +62,9 @@ def test_a_run_through_the_gateway_gets_its_keys_fingerprint_never_the_key(prefe
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["models"] == "gateway"
-    assert set(body["provider"]) == {"name", "fingerprint"}
+    assert body["provider"] is None  # a runtime older than the gateway stops with body["detail"], not a KeyError
+    assert set(body["provider_fingerprint"]) == {"length", "salt", "sha256"}
+    assert "build it again" in body["detail"]
     assert KEY not in answer.text
 
 
@@ -146,3 +154,44 @@ def test_a_keyless_base_url_never_gets_a_key_from_the_control_planes_environment
 def test_who_calls_the_model(pool: str | None, model: str, provider: str | None, api_base: str | None,
                              here: bool) -> None:
     assert calls_models_here(pool, config(model=model, provider=provider, api_base=api_base)) is here
+
+
+class Silent(BaseHTTPRequestHandler):
+    """A model that takes its time: it answers nothing for SILENT_SECONDS."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        time.sleep(SILENT_SECONDS)
+        with suppress(OSError):  # the gateway hung up meanwhile
+            reply_json(self, 500, {"error": {"message": "too late"}})
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+SILENT_SECONDS = 6.0
+
+
+@pytest.mark.slow(reason="waits out a model that answers nothing for 6 s")
+def test_a_model_call_ends_at_the_runs_deadline_and_when_the_run_hangs_up(
+    prefect_api: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with http_service(Silent) as host, run_gateway(
+            prefect_api, {"llm": ProviderSecret(name="llm", api_key=KEY, api_base=f"http://{host}/v1")}) as gateway:
+        url = gateway.api_url.removesuffix("/api") + MODEL_ROUTE
+        signed = SIGNER.sign(config(model="openai/test-model", provider="llm"))
+        token = gateway.tokens.mint(UUID(_made_run(signed, None)), signed.org_id, attempt=0, ttl_seconds=600)
+        headers = {"Authorization": f"Bearer {token}"}
+        ask = {"messages": [{"role": "user", "content": "hi"}], "tools": None}
+        # The run asked for at most a second: the gateway answers then, as a transient timeout the run may retry.
+        late = httpx.post(url, headers=headers, json={**ask, "timeout": 1}, timeout=30)
+        assert late.status_code == 422, late.text
+        assert (late.json()["kind"], late.json()["transient"]) == ("Timeout", True)
+        # The run gives up first (its task timed out, it was cancelled): the gateway stops the call it was making.
+        with caplog.at_level(logging.INFO, logger="ariel.gateway"):
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url, headers=headers, json={**ask, "timeout": 60}, timeout=0.5)
+            for _ in range(100):
+                if "hung up during its model call" in caplog.text:
+                    break
+                time.sleep(0.1)
+        assert "hung up during its model call; the call was stopped" in caplog.text
