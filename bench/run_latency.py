@@ -15,7 +15,9 @@ the cgroup is gone: in total (imports included), and for a warm run what it
 used after it was handed the run. Then a burst: `--burst` runs asked for at
 once through each path (Ariel's runs through run_agent, the default worker's
 through the Prefect client), timed from the first ask to the last end, printed
-as runs per minute.
+as runs per minute, with the CPU per run spent meanwhile outside the runs'
+containers: by each side's own processes (Ariel's app, which makes the runs'
+model calls, and pool host; the default worker) and by the Prefect server.
 
 Runs alternate between the three, so a busy spell of a shared machine falls on
 all. Times come from the log line's own timestamp and the run's end time, both
@@ -133,12 +135,22 @@ class RunPath:
 
 @dataclass
 class Burst:
-    """`runs` runs asked for at once: how many completed, and the time from the first ask to the last end."""
+    """`runs` runs asked for at once: how many completed, and the time from the first ask to the last end.
+
+    `platform_cpu`: CPU-seconds meanwhile of the side's own processes outside the runs' containers (Ariel: `ariel
+    up`, whose app now makes the runs' model calls, and its pool host; the default: its worker); `prefect_cpu`: the
+    Prefect server's, which both sides share (None where unread).
+    """
 
     runs: int
     completed: int = 0
     failed: int = 0
     seconds: float | None = None
+    platform_cpu: float | None = None
+    prefect_cpu: float | None = None
+
+    def per_run(self, cpu: float | None) -> str:
+        return "—" if cpu is None or not self.completed else f"{cpu / self.completed:.2f} CPU-s"
 
     def __str__(self) -> str:
         took = "—" if self.seconds is None else f"{self.seconds:.1f} s"
@@ -147,6 +159,55 @@ class Burst:
 
     def per_minute(self) -> str:
         return "—" if not self.seconds or not self.completed else f"{self.completed / self.seconds * 60:.1f}"
+
+
+def tree_cpu(pid: int | None) -> float | None:
+    """CPU-seconds used so far by process `pid` and its descendants alive now (user and system, from /proc);
+    None when it is gone or unknown."""
+    if pid is None:
+        return None
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    if pid not in used:
+        return None
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent and child not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(used[member] for member in tree)
+
+
+def server_pid(api_url: str) -> int | None:
+    """The pid of the `prefect server start` serving `api_url` (this benchmark's own, by its port)."""
+    port = api_url.split(":")[-1].split("/")[0]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if b"server" in argv and b"start" in argv and port.encode() in argv:
+            return int(entry)
+    return None
+
+
+def spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def cpu_seconds(container_id: str) -> float | None:
@@ -265,8 +326,10 @@ def ready_standby(pool: str, timeout: float = 90) -> Any | None:
 
 
 async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int, paths: list[RunPath],
-                    pools: list[str], burst: int = 0) -> None:
-    """`runs` rounds of a warm and a cold Ariel run and a default-worker run; `pools` gets Ariel's pool when known."""
+                    pools: list[str], burst: int = 0, pids: tuple[int | None, int | None] = (None, None)) -> None:
+    """`runs` rounds of a warm and a cold Ariel run and a default-worker run; `pools` gets Ariel's pool when known.
+
+    `pids`: `ariel up`'s and the default worker's, whose CPU the burst reads."""
     warm, cold, baseline = paths
     async with Client(mcp_url) as mcp, PrefectClient(api_url) as client:
         await mcp.call_tool("create_agent", AGENT)
@@ -292,10 +355,16 @@ async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int
         if burst:
             print(f"burst: {burst} runs at once, Ariel then the default worker", flush=True)
             await asyncio.to_thread(ready_standby, ariel_pool)
-            warm.burst = await run_burst(client, burst, lambda: ask_run(mcp))
-            print(f"  Ariel: {warm.burst}", flush=True)
-            baseline.burst = await run_burst(client, burst, lambda: make_run(client, deployment_id))
-            print(f"  default: {baseline.burst}", flush=True)
+            prefect = server_pid(api_url)
+            for path, ask, pid in ((warm, lambda: ask_run(mcp), pids[0]),
+                                   (baseline, lambda: make_run(client, deployment_id), pids[1])):
+                platform, server = tree_cpu(pid), tree_cpu(prefect)
+                path.burst = await run_burst(client, burst, ask)
+                path.burst.platform_cpu, path.burst.prefect_cpu = spent(platform, tree_cpu(pid)), spent(
+                    server, tree_cpu(prefect))
+                print(f"  {'Ariel' if path is warm else 'default'}: {path.burst}; per run, outside its container: "
+                      f"{path.burst.per_run(path.burst.platform_cpu)} (own processes), "
+                      f"{path.burst.per_run(path.burst.prefect_cpu)} (Prefect server)", flush=True)
 
 
 async def ask_run(mcp: Client[Any]) -> UUID:
@@ -370,6 +439,10 @@ def table(warm: RunPath, cold: RunPath, baseline: RunPath) -> str:
             per_minute = f"{(ariel.completed / ariel.seconds) / (default.completed / default.seconds):.2f}"
         rows.append(f"| runs per minute, a burst of {ariel.runs} at once | {ariel.per_minute()} | | "
                     f"{default.per_minute()} | {per_minute} (higher is better) | |")
+        rows.append(f"| CPU per run of the burst, its side's processes (Ariel: app and pool host; default: worker) | "
+                    f"{ariel.per_run(ariel.platform_cpu)} | | {default.per_run(default.platform_cpu)} | | |")
+        rows.append(f"| CPU per run of the burst, Prefect's server | {ariel.per_run(ariel.prefect_cpu)} | | "
+                    f"{default.per_run(default.prefect_cpu)} | | |")
     for path in (warm, cold, baseline):
         completed = ", ".join(f"{value:.2f}" for value in path.completed.seconds) or "none"
         rows.append(f"\n{path.name}: completion times (s) {completed}; timed out {path.completed.timeouts}, "
@@ -400,7 +473,7 @@ def main() -> None:
                 print(f"{args.runs} runs each, alternating Ariel warm, Ariel cold and the default Prefect Docker "
                       "worker", flush=True)
                 asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, paths, pools,
-                                      args.burst))
+                                      args.burst, (up.process.pid, worker.pid)))
             except KeyboardInterrupt:
                 print("interrupted: stopping what the benchmark started", flush=True)
             except Exception as exc:  # the table still prints with what was measured
