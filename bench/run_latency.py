@@ -401,6 +401,9 @@ async def run_burst(client: PrefectClient, runs: int, ask: Callable[[], Awaitabl
         await asyncio.sleep(0.5)
     if ends:
         burst.seconds = max(ends) - started
+        # Each run's end, so that one run far behind the others shows as such.
+        print("  ends after the first ask (s): " + ", ".join(f"{end - started:.1f}" for end in sorted(ends)),
+              flush=True)
     if pending:
         print(f"  {len(pending)} of the burst's runs did not end within {timeout:.0f} s", flush=True)
     return burst

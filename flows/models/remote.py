@@ -11,6 +11,7 @@ on the org's network.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from flows.credentials import gateway_url, json_object, run_token, stop_if_super
 from flows.exceptions import ModelCallFailed, RuntimeFailure
 
 MODEL_ROUTE = "/ariel/v1/model"  # the gateway's; mcp_server.gateway.models.MODEL_ROUTE
+RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 ANSWER_SLACK_SECONDS = 15.0
 """Past the call's own timeout, for the gateway to read the run and answer: the gateway times the model call."""
 
@@ -37,8 +39,8 @@ async def complete_through_gateway(
         raise RuntimeFailure("the run's model is called through Ariel's gateway, and this run has no run token")
     try:
         async with httpx.AsyncClient(timeout=timeout + ANSWER_SLACK_SECONDS, trust_env=False) as client:
-            answer = await client.post(url, headers={"Authorization": f"Bearer {token}"},
-                                       json={"messages": messages, "tools": tools or None, "timeout": timeout})
+            answer = await _asked_until_heard(client, url, token, {"messages": messages, "tools": tools or None,
+                                                                   "timeout": timeout})
     except httpx.TimeoutException:
         waited = timeout + ANSWER_SLACK_SECONDS
         raise ModelCallFailed("Timeout", f"Ariel's gateway did not answer within {waited:.0f} s",
@@ -61,3 +63,20 @@ async def complete_through_gateway(
 def _usage(given: Any) -> dict[str, int]:
     usage = given if isinstance(given, dict) else {}
     return {key: int(usage.get(key) or 0) for key in ("prompt_tokens", "completion_tokens")}
+
+
+async def _asked_until_heard(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any]) -> httpx.Response:
+    """The gateway's answer, asked again while it cannot have called the model (a refused connection: an app
+    process restarting; a 503 `unavailable`: the store or Prefect briefly away), for up to about 15 s. Never
+    after a connection broke mid-call: the model may have answered, and a second call would be billed too."""
+    for pause in (*RETRY_PAUSES, None):
+        try:
+            answer = await client.post(url, headers={"Authorization": f"Bearer {token}"}, json=body)
+        except httpx.ConnectError:
+            if pause is None:
+                raise
+        else:
+            if answer.status_code != 503 or pause is None or json_object(answer).get("error") == "model":
+                return answer
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable: the last pass returns or raises")

@@ -279,7 +279,9 @@ class Gateway:
         here = calls_models_here(now.pool, config)
         answer: dict[str, Any] = {"provider": None, "models": "here" if here else "gateway"}
         if not here:
-            self._models().warm()  # the run's first model call follows: litellm is imported meanwhile
+            models = self._models()
+            models.warm()  # the run's first model call follows: litellm is imported meanwhile
+            models.remember(caller, config, now.pool)  # checked now: its calls need not read the run again
         if config.provider:
             try:
                 secret = await self._open_provider(caller.org_id, short_name(config.provider))

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import httpx
 from pydantic import SecretStr, ValidationError
@@ -51,7 +52,7 @@ from flows.network.egress import AlsoRefuse, EgressRefused, agent_egress
 from flows.network.guard import ProtectedEndpoint, checked_addresses, port_of, protected_endpoints
 from flows.signing import verify
 from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
-from mcp_server.gateway.ownership import Ownership, RunNow
+from mcp_server.gateway.ownership import SUPERSEDED, Cache, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
@@ -64,6 +65,7 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a long conversation with large tool resu
 MAX_CALL_SECONDS = 900.0  # no run's budget is longer (`flows.config.Limits.timeout_seconds`)
 MAX_DETAIL_CHARS = 2000
 HANG_UP_POLL_SECONDS = 1.0
+CHECKED_TTL_SECONDS = MAX_CALL_SECONDS + 900  # a run's longest budget, and its token's slack past it
 # What litellm would take from the control plane's environment into a tenant's call beside the key: where calls
 # go (a provider with no base URL of its own) and OpenAI's organization and project headers. Ariel warns at start.
 LEAKING_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_ORGANIZATION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
@@ -118,6 +120,18 @@ class ModelCalls:
     protected: tuple[ProtectedEndpoint, ...] | None = None
     also_refuse: AlsoRefuse | None = None
     _loading: asyncio.Task[Any] | None = field(default=None, repr=False)
+    # Each attempt's configuration once checked against Prefect's copy (at its credentials' fetch, or its first
+    # call): its later calls read Prefect only for whether a retry has begun, and a Prefect slow to answer (a
+    # locked SQLite) does not fail a model call that needs nothing new of it.
+    _checked: Cache[tuple[UUID, int | None, int], tuple[RunConfig, str | None]] = field(
+        default_factory=lambda: Cache(ttl=CHECKED_TTL_SECONDS), repr=False)
+
+    def remember(self, caller: RunScope, config: RunConfig, pool: str | None) -> None:
+        """Keep `caller`'s checked configuration (and pool) for its later model calls."""
+        self._checked.put(_attempt(caller), (config, pool))
+
+    def checked(self, caller: RunScope) -> tuple[RunConfig, str | None] | None:
+        return self._checked.get(_attempt(caller))
 
     def warm(self) -> None:
         """Start importing litellm beside the event loop (seconds of CPU): a run that fetches its credentials will
@@ -163,13 +177,24 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
                       open_provider: OpenProvider, upstream: str) -> Response:
     """`POST MODEL_ROUTE` for a run token: one model turn of the run, as its signed configuration says."""
     # Who may ask first: the body (up to 16 MiB) is read and parsed only for a run the gateway calls models for.
-    now = await live_or_refused(ownership, caller)
-    if isinstance(now, JSONResponse):
-        return now
-    config = checked_config(now, caller, verify_key)
-    if isinstance(config, JSONResponse):
-        return config
-    if calls_models_here(now.pool, config):
+    known = models.checked(caller)
+    if known is None:
+        now = await live_or_refused(ownership, caller)
+        if isinstance(now, JSONResponse):
+            return now
+        config = checked_config(now, caller, verify_key)
+        if isinstance(config, JSONResponse):
+            return config
+        pool = now.pool
+        models.remember(caller, config, pool)
+    else:
+        config, pool = known
+        # Whether a retry has begun since (read at most every few seconds). Unread when Prefect does not answer:
+        # the call needs nothing new of it, and a superseded attempt's writes are refused anyway.
+        with suppress(httpx.HTTPError):
+            if await ownership.superseded(caller):
+                return refused_route(409, SUPERSEDED.error, SUPERSEDED.detail)
+    if calls_models_here(pool, config):
         return refused_route(409, "here", "this run calls its model itself (on its organization's own hardware, "
                              "or a model the gateway calls only with a provider); the gateway does not call it")
     body = await bounded_body(request, MAX_REQUEST_BYTES)
@@ -247,6 +272,10 @@ def _egress_refusal(exc: BaseException) -> str | None:
         seen.add(id(found))
         found = found.__cause__ or found.__context__
     return None
+
+
+def _attempt(caller: RunScope) -> tuple[UUID, int | None, int]:
+    return caller.run_id, caller.attempt, caller.generation
 
 
 def leaking_settings(environment: Mapping[str, str]) -> list[str]:

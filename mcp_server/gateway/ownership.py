@@ -29,7 +29,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _Cache(Generic[K, V]):
+class Cache(Generic[K, V]):
     """A bounded LRU map whose entries may expire."""
 
     def __init__(self, ttl: float | None) -> None:
@@ -103,10 +103,10 @@ class Ownership:
 
     def __init__(self, upstream: httpx.AsyncClient) -> None:
         self._upstream = upstream
-        self._runs: _Cache[UUID, RunFacts] = _Cache(ttl=None)
-        self._deployments: _Cache[UUID, DeploymentFacts] = _Cache(ttl=TTL_SECONDS)
-        self._flow_pools: _Cache[UUID, frozenset[str]] = _Cache(ttl=TTL_SECONDS)
-        self._superseded: _Cache[tuple[UUID, int | None, int], bool] = _Cache(ttl=ATTEMPT_TTL_SECONDS)
+        self._runs: Cache[UUID, RunFacts] = Cache(ttl=None)
+        self._deployments: Cache[UUID, DeploymentFacts] = Cache(ttl=TTL_SECONDS)
+        self._flow_pools: Cache[UUID, frozenset[str]] = Cache(ttl=TTL_SECONDS)
+        self._superseded: Cache[tuple[UUID, int | None, int], bool] = Cache(ttl=ATTEMPT_TTL_SECONDS)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         answer = await self._upstream.get(path)
