@@ -162,8 +162,8 @@ class Burst:
 
 
 def tree_cpu(pid: int | None) -> float | None:
-    """CPU-seconds used so far by process `pid` and its descendants alive now (user and system, from /proc);
-    None when it is gone or unknown."""
+    """CPU-seconds used so far by process `pid` and its descendants alive now, with the children they reaped (user
+    and system, from /proc); None when it is gone or unknown."""
     if pid is None:
         return None
     parents: dict[int, int] = {}
@@ -178,7 +178,8 @@ def tree_cpu(pid: int | None) -> float | None:
         except OSError:  # ended meanwhile
             continue
         parents[int(entry)] = int(fields[1])
-        used[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+        # Its own user and system time, and its children's that it has reaped (processes that ended meanwhile).
+        used[int(entry)] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks
     if pid not in used:
         return None
     tree, frontier = {pid}, [pid]
@@ -300,7 +301,8 @@ async def baseline_deployment(client: PrefectClient, pool: str, image: str) -> U
     # The runtime refuses a configuration it cannot check: sign with a key of this benchmark's own.
     signer = Ed25519ConfigSigner.generate()
     template["variables"]["properties"]["env"]["default"] = {VERIFY_KEY_ENV: signer.verify_key}
-    await client.create_work_pool(WorkPoolCreate(name=pool, type="docker", base_job_template=template))
+    # Overwrite: the stock worker, started just before, may have made the pool already (with the stock image).
+    await client.create_work_pool(WorkPoolCreate(name=pool, type="docker", base_job_template=template), overwrite=True)
     spec = AgentSpec.parse({**AGENT, "name": "Latency probe baseline"})
     config = spec.to_run_config(agent_id="b" * 32, org_id="bench", version=1).model_copy(
         update={"name": "Latency probe", "approved": True}

@@ -6,10 +6,10 @@ SHA-256 of the key and its length; the transcript's redactor (`flows.transcript.
 of key-like characters of that length and redacts the ones that match. Provider keys are long and random,
 so the digest gives nothing away.
 
-A key is looked for in each run of key-like characters (letters, digits, `-_.+/=~`) at most `GLUE` longer
-than the key: standing apart (a space, a quote, `&`, a line's end around it), or glued to a few characters (a
-percent-encoded `=` before it, `%3D`; an escaped newline, `\\n`). Inside a longer run (a base64 blob) it is not
-looked for: hashing every position there would cost more than such a find is worth.
+A key is looked for in each run of key-like characters (letters, digits, `-` and `_`; and again with `.+/=~`
+too) at most `GLUE` longer than the key: standing apart (a space, a quote, `&`, a line's end around it), or
+glued to a few characters (a percent-encoded `=` before it, `%3D`; an escaped newline, `\\n`). Inside a longer
+run (a base64 blob) it is not looked for: hashing every position there would cost more than such a find is worth.
 
 Example:
     >>> given = fingerprint("sk-test-4c1f9a7e2d")
@@ -29,8 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Most keys are letters, digits, '-' and '_'; some carry '.', '+', '/', '=' or '~' (base64, a JWT).
-_RUN = re.compile(r"[A-Za-z0-9_\-.+/=~]+")
+# Most keys are letters, digits, '-' and '_'; some carry '.', '+', '/', '=' or '~' (base64, a JWT). Both readings
+# are searched: in the wide one `NAME=<key>` or a URL's path would count as glue, in the narrow one a key with a dot.
+_RUNS = (re.compile(r"[A-Za-z0-9_\-]+"), re.compile(r"[A-Za-z0-9_\-.+/=~]+"))
 GLUE = 16
 """How many characters a run may have beyond the key's length and still be searched for it."""
 
@@ -64,20 +65,21 @@ class Fingerprint:
         """`text` with each standing-apart occurrence of the secret replaced."""
         if len(text) < self.length:
             return text
-        spans: list[tuple[int, int]] = []
-        for run in _RUN.finditer(text):
-            start, end = run.span()
-            if not self.length <= end - start <= self.length + GLUE:
-                continue
-            at = start
-            while at + self.length <= end:
-                if hmac.compare_digest(_digest(self.salt, text[at:at + self.length]), self.sha256):
-                    spans.append((at, at + self.length))
-                    at += self.length
-                else:
-                    at += 1
-        for start, end in reversed(spans):
-            text = text[:start] + replacement + text[end:]
+        found: set[int] = set()  # where the key starts
+        for runs in _RUNS:
+            for run in runs.finditer(text):
+                start, end = run.span()
+                if not self.length <= end - start <= self.length + GLUE:
+                    continue
+                for at in range(start, end - self.length + 1):
+                    if at not in found and hmac.compare_digest(_digest(self.salt, text[at:at + self.length]),
+                                                               self.sha256):
+                        found.add(at)
+        done = len(text)
+        for at in sorted(found, reverse=True):
+            if at + self.length <= done:  # two finds of one key cannot overlap; kept apart all the same
+                text = text[:at] + replacement + text[at + self.length:]
+                done = at
         return text
 
 

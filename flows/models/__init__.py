@@ -6,6 +6,7 @@ functions that need it, never when the control plane imports this package.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from flows.exceptions import ModelCallFailed, RuntimeFailure
@@ -89,6 +90,8 @@ def is_transient_llm_error(error: BaseException | None) -> bool:
     if isinstance(error, ModelCallFailed):  # made by the gateway, which judged it: no litellm import here
         return error.transient
     if isinstance(error, RuntimeFailure):  # the run's own refusal (the gateway refused the run): no retry helps
+        return False
+    if "litellm" not in sys.modules:  # not litellm's error (a task timeout, say): no import of seconds to say so
         return False
     import litellm
 

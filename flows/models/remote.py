@@ -76,7 +76,8 @@ async def _asked_until_heard(client: httpx.AsyncClient, url: str, token: str, bo
             if pause is None:
                 raise
         else:
-            if answer.status_code != 503 or pause is None or json_object(answer).get("error") == "model":
+            # Only the gateway's own `unavailable`, said before any model call: a proxy's 503 may follow a call made.
+            if answer.status_code != 503 or pause is None or json_object(answer).get("error") != "unavailable":
                 return answer
         await asyncio.sleep(pause)
     raise AssertionError("unreachable: the last pass returns or raises")

@@ -52,7 +52,7 @@ from flows.network.egress import AlsoRefuse, EgressRefused, agent_egress
 from flows.network.guard import ProtectedEndpoint, checked_addresses, port_of, protected_endpoints
 from flows.signing import verify
 from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
-from mcp_server.gateway.ownership import SUPERSEDED, Cache, Ownership, RunNow
+from mcp_server.gateway.ownership import Cache, NotLive, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
@@ -62,10 +62,13 @@ log = logging.getLogger("ariel.gateway")
 __all__ = ["MODEL_ROUTE", "ModelCalls", "calls_models_here", "serve_model"]
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a long conversation with large tool results, as the gateway takes logs
-MAX_CALL_SECONDS = 900.0  # no run's budget is longer (`flows.config.Limits.timeout_seconds`)
+MAX_CALL_SECONDS = 900.0  # one model call at most; a longer one is a hung provider (a run's budget may be longer)
 MAX_DETAIL_CHARS = 2000
 HANG_UP_POLL_SECONDS = 1.0
-CHECKED_TTL_SECONDS = MAX_CALL_SECONDS + 900  # a run's longest budget, and its token's slack past it
+CHECKED_TTL_SECONDS = 1800.0  # past it, an attempt's configuration is read and checked again
+LIVENESS_TTL_SECONDS = 5.0  # as the gateway's other run routes see a retry begin (ownership.ATTEMPT_TTL_SECONDS)
+LIVENESS_READ_SECONDS = 2.0
+_Attempt = tuple[UUID, str, int | None, int]  # a run token's attempt: run, org, Prefect's count, Ariel's number
 # What litellm would take from the control plane's environment into a tenant's call beside the key: where calls
 # go (a provider with no base URL of its own) and OpenAI's organization and project headers. Ariel warns at start.
 LEAKING_SETTINGS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "OPENAI_ORGANIZATION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID",
@@ -123,8 +126,28 @@ class ModelCalls:
     # Each attempt's configuration once checked against Prefect's copy (at its credentials' fetch, or its first
     # call): its later calls read Prefect only for whether a retry has begun, and a Prefect slow to answer (a
     # locked SQLite) does not fail a model call that needs nothing new of it.
-    _checked: Cache[tuple[UUID, int | None, int], tuple[RunConfig, str | None]] = field(
+    _checked: Cache[_Attempt, tuple[RunConfig, str | None]] = field(
         default_factory=lambda: Cache(ttl=CHECKED_TTL_SECONDS), repr=False)
+    # Whether the attempt may still act: read again at most every LIVENESS_TTL_SECONDS; an attempt over, for good.
+    _liveness: Cache[_Attempt, NotLive | str] = field(default_factory=lambda: Cache(ttl=LIVENESS_TTL_SECONDS),
+                                                      repr=False)
+
+    async def refusal(self, ownership: Ownership, caller: RunScope) -> NotLive | None:
+        """Why `caller`'s attempt may not call its model any more (over, superseded, gone); None while it may, and
+        when Prefect does not answer within LIVENESS_READ_SECONDS: the call needs nothing new of Prefect, and an
+        attempt that is over has no container left to ask (its token's life bounds the rest)."""
+        key = _attempt(caller)
+        verdict = self._liveness.get(key)
+        if verdict is None:
+            try:
+                now = await asyncio.wait_for(ownership.live_attempt(caller), LIVENESS_READ_SECONDS)
+            except (httpx.HTTPError, TimeoutError):
+                log.info("gateway: %s: Prefect did not tell in time whether the run is live; its call goes on",
+                         caller.label)
+                return None
+            over = isinstance(now, NotLive)
+            verdict = self._liveness.put(key, now if isinstance(now, NotLive) else "live", keep=over)
+        return verdict if isinstance(verdict, NotLive) else None
 
     def remember(self, caller: RunScope, config: RunConfig, pool: str | None) -> None:
         """Keep `caller`'s checked configuration (and pool) for its later model calls."""
@@ -189,11 +212,9 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
         models.remember(caller, config, pool)
     else:
         config, pool = known
-        # Whether a retry has begun since (read at most every few seconds). Unread when Prefect does not answer:
-        # the call needs nothing new of it, and a superseded attempt's writes are refused anyway.
-        with suppress(httpx.HTTPError):
-            if await ownership.superseded(caller):
-                return refused_route(409, SUPERSEDED.error, SUPERSEDED.detail)
+        over = await models.refusal(ownership, caller)
+        if over is not None:
+            return refused_route(409, over.error, over.detail)
     if calls_models_here(pool, config):
         return refused_route(409, "here", "this run calls its model itself (on its organization's own hardware, "
                              "or a model the gateway calls only with a provider); the gateway does not call it")
@@ -254,6 +275,8 @@ async def _unless_hung_up(request: Request, call: Awaitable[dict[str, Any]]) -> 
             if done:
                 return task.result()
             if await request.is_disconnected():
+                if task.done():  # it ended as the run left: its outcome, retrieved, goes nowhere
+                    return task.result()
                 raise _HungUp
     finally:
         if not task.done():
@@ -274,8 +297,8 @@ def _egress_refusal(exc: BaseException) -> str | None:
     return None
 
 
-def _attempt(caller: RunScope) -> tuple[UUID, int | None, int]:
-    return caller.run_id, caller.attempt, caller.generation
+def _attempt(caller: RunScope) -> _Attempt:
+    return caller.run_id, caller.org_id, caller.attempt, caller.generation
 
 
 def leaking_settings(environment: Mapping[str, str]) -> list[str]:

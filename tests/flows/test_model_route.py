@@ -16,7 +16,9 @@ from uuid import UUID
 
 import httpx
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Completed
 
 from flows.config import Limits, RunConfig
 from flows.models.remote import MODEL_ROUTE
@@ -195,3 +197,20 @@ def test_a_model_call_ends_at_the_runs_deadline_and_when_the_run_hangs_up(
                     break
                 time.sleep(0.1)
         assert "hung up during its model call; the call was stopped" in caplog.text
+
+
+async def test_a_run_that_is_over_gets_no_more_model_calls_though_its_check_was_kept(prefect_api: str) -> None:
+    with run_gateway(prefect_api, {}) as gateway:
+        signed = SIGNER.sign(config())
+        run_id = _made_run(signed, None)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
+        headers = {"Authorization": f"Bearer {token}"}
+        base = gateway.api_url.removesuffix("/api")
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(base + "/ariel/v1/run", headers=headers)).status_code == 200  # checked and kept
+            async with get_client() as prefect:
+                await prefect.set_flow_run_state(UUID(run_id), Completed(), force=True)
+            answer = await http.post(base + MODEL_ROUTE, headers=headers, json={
+                "messages": [{"role": "user", "content": "hi"}], "tools": None, "timeout": 5})
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "not_running"
