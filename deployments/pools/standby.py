@@ -40,7 +40,7 @@ from uuid import UUID
 import docker
 from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
-from deployments.pools.work_pools import OWN_POOL_SUFFIX
+from deployments.pools.work_pools import is_own_pool
 from flows.models import MODELS_HERE_ENV
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ def _start(client: DockerClient, settings: dict[str, Any], pool: str, name: str 
     labels[POOL_LABEL] = pool  # what `container_exits` and `remove_standbys` know an install's containers by
     kwargs = {k: v for k, v in settings.items() if k not in _PER_RUN}
     # Runs on an org's own hardware call their model themselves: their standby imports litellm before the run.
-    environment = {MODELS_HERE_ENV: "1"} if pool.endswith(OWN_POOL_SUFFIX) else {}
+    environment = {MODELS_HERE_ENV: "1"} if is_own_pool(pool) else {}
     container = client.containers.create(
         **kwargs, command=STANDBY_COMMAND, environment=environment, labels=labels,
         name=name or f"ariel-standby-{secrets.token_hex(6)}", stdin_open=True,

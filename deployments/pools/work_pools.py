@@ -112,6 +112,15 @@ def platform_pool_pattern(prefix: str, pool_types: Sequence[str] = ("docker", "p
 OWN_POOL_SUFFIX = "-own"
 
 
+def is_own_pool(name: str | None) -> bool:
+    """Whether `name` is an org's own-hardware pool (`own_pool_name`).
+
+    >>> is_own_pool("ariel-9a8b7c6d-0f3c9a1b2c3d-own"), is_own_pool("ariel-9a8b7c6d-acme-docker"), is_own_pool(None)
+    (True, False, False)
+    """
+    return name is not None and name.endswith(OWN_POOL_SUFFIX)
+
+
 def own_pool_name(install_id: str, org_id: str) -> str:
     """The pool of an org's own hardware: served by the org's workers (worker keys), never by Ariel's pool host.
 

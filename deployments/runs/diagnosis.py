@@ -56,7 +56,7 @@ from pydantic import BaseModel, Field
 
 from deployments.pools.container_exits import ContainerExit, recorded_exits
 from deployments.pools.readiness import is_polling
-from deployments.pools.work_pools import OWN_POOL_SUFFIX
+from deployments.pools.work_pools import is_own_pool
 from deployments.providers import short_name
 from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.hosting import Hosting
@@ -304,7 +304,7 @@ async def diagnose(
         alive = [w for w in workers if is_polling(w, now)]
         evidence.append(f"{len(alive)} worker(s) polling work pool {pool_name}" +
                         (f" ({len(workers) - len(alive)} silent)" if len(workers) > len(alive) else ""))
-        if not alive and pool_name.endswith(OWN_POOL_SUFFIX):
+        if not alive and is_own_pool(pool_name):
             return answer("no_worker", f"no worker is polling the work pool {pool_name}, your own hardware's, so "
                           "nothing starts the run",
                           "start a worker on your machine with your worker key: `ariel worker --server <Ariel's "
@@ -362,7 +362,7 @@ async def _worker_lost(client: PrefectClient, run: FlowRun) -> str | None:
 
 
 def _own_pool(run: FlowRun) -> bool:
-    return bool(run.work_pool_name and run.work_pool_name.endswith(OWN_POOL_SUFFIX))
+    return is_own_pool(run.work_pool_name)
 
 
 def _worker_back(run: FlowRun, hosting: Hosting) -> str:

@@ -41,7 +41,7 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.pools.work_pools import OWN_POOL_SUFFIX
+from deployments.pools.work_pools import is_own_pool
 from deployments.providers import short_name
 from flows.config import RunConfig
 from flows.credentials import ProviderCredentials
@@ -104,7 +104,7 @@ def calls_models_here(pool: str | None, config: RunConfig) -> bool:
     its environment to find). Through the gateway: the offline scripted model, and a keyed model that names a
     provider or a base URL.
     """
-    if pool is not None and pool.endswith(OWN_POOL_SUFFIX):
+    if is_own_pool(pool):
         return True
     if config.model == SCRIPTED_MODEL:
         return False

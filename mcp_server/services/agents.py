@@ -26,11 +26,11 @@ from deployments.agents.spec import AgentSpec, slugify, spec_changes
 from deployments.pools.work_pools import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_LIMIT,
-    OWN_POOL_SUFFIX,
     PoolType,
     docker_job_template,
     ensure_pool,
     hold_pools,
+    is_own_pool,
     legacy_pool_name,
     own_pool_name,
     pool_name,
@@ -154,7 +154,7 @@ class AgentService:
             await ensure_pool(client, name, pool_type, template, caller.org_id, **settings)
             # Runs made before the upgrade to named pools may still wait in the older one (`retire_legacy_pools`).
             legacy = legacy_pool_name(self.install_id, caller.org_id, pool_type)
-            if legacy != name and not name.endswith(OWN_POOL_SUFFIX):
+            if legacy != name and not is_own_pool(name):
                 await refresh_pool(client, legacy, pool_type, template, caller.org_id, **settings)
         return name
 

@@ -21,7 +21,7 @@ from uuid import UUID
 import httpx
 from prefect.exceptions import ObjectNotFound
 
-from deployments.pools.work_pools import OWN_POOL_SUFFIX
+from deployments.pools.work_pools import is_own_pool
 from deployments.runs.tool_listing import start_listing
 from deployments.text import without_control_characters
 from flows.config import McpServerRef
@@ -65,7 +65,7 @@ class ListingRuns:
         """
         await self.require_worker(caller.org_id)
         pool = await self.agents.ensure_pool(caller)
-        if not pool.endswith(OWN_POOL_SUFFIX):
+        if not is_own_pool(pool):
             # The last worker key was revoked meanwhile: never on Ariel's own workers, at a URL the org named.
             raise InvalidRequest(f"network='own': {NO_WORKER}")
         ref = McpServerRef(name=record.name, server_id=record.id, transport=record.transport, url=record.url)
