@@ -63,21 +63,19 @@ def warm(stdin: Any) -> bool:
         if run_waiting(stdin):
             return True
         # Not the MCP client (~0.3 CPU-s): every run would pay it, and only runs with MCP servers use it.
-        if not models_here():
-            gc.collect()  # what the imports left, before the rest is frozen for good
-            return False
-        import litellm
+        if models_here():
+            import litellm
 
-        from flows.models import SCRIPTED_MODEL
-        from flows.models.scripted import register_scripted_provider
+            from flows.models import SCRIPTED_MODEL
+            from flows.models.scripted import register_scripted_provider
 
-        # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted model
-        # (no network, nothing of any run), so that a run's first model step does not pay it. The sync call, so
-        # that no event loop of litellm's outlives it into the run's.
-        register_scripted_provider()
-        litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
-                           script=[{"reply": "ready"}], num_retries=0)
-        gc.collect()
+            # litellm sets itself up on its first call, ~0.6 s: make that call here, to the offline scripted model
+            # (no network, nothing of any run), so that a run's first model step does not pay it. The sync call,
+            # so that no event loop of litellm's outlives it into the run's.
+            register_scripted_provider()
+            litellm.completion(model=SCRIPTED_MODEL, messages=[{"role": "user", "content": "warm up"}],
+                               script=[{"reply": "ready"}], num_retries=0)
+        gc.collect()  # what the imports (and the call) left, before the rest is frozen for good
         return False
     finally:
         gc.freeze()

@@ -475,7 +475,9 @@ class Recorder:
     def _cost(self, prompt: int, completion: int) -> float | None:
         costs = self._call_costs
         if costs is None:
-            return cost_usd(self.model, prompt, completion)
+            from flows.models import price  # litellm's price list: imported only for a run that calls it itself
+
+            return price(self.model, prompt, completion)
         return None if None in costs else round(sum(cost for cost in costs if cost is not None), 8)
 
     async def publish_usage(self) -> Usage:
@@ -639,9 +641,3 @@ def describe(error: BaseException) -> str:
     message = str(error).strip()
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
-
-def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """The price of these tokens on `model` in litellm's price list; None when it has no price for the model."""
-    from flows.models import price
-
-    return price(model, prompt_tokens, completion_tokens)
