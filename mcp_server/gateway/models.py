@@ -66,7 +66,6 @@ MAX_CALL_SECONDS = 900.0  # one model call at most; a longer one is a hung provi
 MAX_DETAIL_CHARS = 2000
 HANG_UP_POLL_SECONDS = 1.0
 CHECKED_TTL_SECONDS = 1800.0  # past it, an attempt's configuration is read and checked again
-LIVENESS_TTL_SECONDS = 5.0  # as the gateway's other run routes see a retry begin (ownership.ATTEMPT_TTL_SECONDS)
 LIVENESS_READ_SECONDS = 2.0
 _Attempt = tuple[UUID, str, int | None, int]  # a run token's attempt: run, org, Prefect's count, Ariel's number
 # What litellm would take from the control plane's environment into a tenant's call beside the key: where calls
@@ -124,30 +123,10 @@ class ModelCalls:
     also_refuse: AlsoRefuse | None = None
     _loading: asyncio.Task[Any] | None = field(default=None, repr=False)
     # Each attempt's configuration once checked against Prefect's copy (at its credentials' fetch, or its first
-    # call): its later calls read Prefect only for whether a retry has begun, and a Prefect slow to answer (a
-    # locked SQLite) does not fail a model call that needs nothing new of it.
+    # call): its later calls read Prefect only for whether the attempt is still live (`_over`), and a Prefect slow
+    # to answer (a locked SQLite) does not fail a model call that needs nothing new of it.
     _checked: Cache[_Attempt, tuple[RunConfig, str | None]] = field(
         default_factory=lambda: Cache(ttl=CHECKED_TTL_SECONDS), repr=False)
-    # Whether the attempt may still act: read again at most every LIVENESS_TTL_SECONDS; an attempt over, for good.
-    _liveness: Cache[_Attempt, NotLive | str] = field(default_factory=lambda: Cache(ttl=LIVENESS_TTL_SECONDS),
-                                                      repr=False)
-
-    async def refusal(self, ownership: Ownership, caller: RunScope) -> NotLive | None:
-        """Why `caller`'s attempt may not call its model any more (over, superseded, gone); None while it may, and
-        when Prefect does not answer within LIVENESS_READ_SECONDS: the call needs nothing new of Prefect, and an
-        attempt that is over has no container left to ask (its token's life bounds the rest)."""
-        key = _attempt(caller)
-        verdict = self._liveness.get(key)
-        if verdict is None:
-            try:
-                now = await asyncio.wait_for(ownership.live_attempt(caller), LIVENESS_READ_SECONDS)
-            except (httpx.HTTPError, TimeoutError):
-                log.info("gateway: %s: Prefect did not tell in time whether the run is live; its call goes on",
-                         caller.label)
-                return None
-            over = isinstance(now, NotLive)
-            verdict = self._liveness.put(key, now if isinstance(now, NotLive) else "live", keep=over)
-        return verdict if isinstance(verdict, NotLive) else None
 
     def remember(self, caller: RunScope, config: RunConfig, pool: str | None) -> None:
         """Keep `caller`'s checked configuration (and pool) for its later model calls."""
@@ -212,7 +191,7 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
         models.remember(caller, config, pool)
     else:
         config, pool = known
-        over = await models.refusal(ownership, caller)
+        over = await _over(ownership, caller)
         if over is not None:
             return refused_route(409, over.error, over.detail)
     if calls_models_here(pool, config):
@@ -259,6 +238,18 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
         return JSONResponse({"error": "model", "kind": kind, "detail": detail,
                              "transient": is_transient_llm_error(exc)}, status_code=422)
     return JSONResponse(turn)
+
+
+async def _over(ownership: Ownership, caller: RunScope) -> NotLive | None:
+    """Why `caller`'s attempt may not call its model any more (over, superseded, gone: `Ownership.over`, read at
+    most every few seconds); None while it may, and when Prefect does not answer within LIVENESS_READ_SECONDS: the
+    call needs nothing new of Prefect, and an attempt that is over has no container left to ask (its token's life
+    bounds the rest)."""
+    try:
+        return await asyncio.wait_for(ownership.over(caller), LIVENESS_READ_SECONDS)
+    except (httpx.HTTPError, TimeoutError):
+        log.info("gateway: %s: Prefect did not tell in time whether the run is live; its call goes on", caller.label)
+        return None
 
 
 class _HungUp(Exception):

@@ -107,6 +107,8 @@ class Ownership:
         self._deployments: Cache[UUID, DeploymentFacts] = Cache(ttl=TTL_SECONDS)
         self._flow_pools: Cache[UUID, frozenset[str]] = Cache(ttl=TTL_SECONDS)
         self._superseded: Cache[tuple[UUID, int | None, int], bool] = Cache(ttl=ATTEMPT_TTL_SECONDS)
+        # A 1-tuple, as the cache answers None for "not known": `(None,)` is "live when last read".
+        self._over: Cache[tuple[UUID, int | None, int], tuple[NotLive | None]] = Cache(ttl=ATTEMPT_TTL_SECONDS)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         answer = await self._upstream.get(path)
@@ -169,6 +171,17 @@ class Ownership:
             return NotLive("not_running", f"the run is {now.state if now is not None and now.state else 'gone'}, "
                            "not running")
         return now
+
+    async def over(self, scope: RunScope) -> NotLive | None:
+        """Why the token's attempt may not act any more (`live_attempt`'s answer), or None while it may: read at
+        most every few seconds per attempt, as `superseded`; once over, always."""
+        key = (scope.run_id, scope.attempt, scope.generation)
+        known = self._over.get(key)
+        if known is not None:
+            return known[0]
+        now = await self.live_attempt(scope)
+        verdict = now if isinstance(now, NotLive) else None
+        return self._over.put(key, (verdict,), keep=verdict is not None)[0]
 
     async def deployment(self, deployment_id: UUID) -> DeploymentFacts | None:
         facts = self._deployments.get(deployment_id)
