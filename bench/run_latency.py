@@ -7,7 +7,10 @@ Measured in one run, on one Prefect server and one runtime image, for:
       the run gets a container started for it (a pool idle for 10 minutes, a
       burst of runs, a rebuilt image);
   (c) a default Prefect Docker worker (stock job template and settings, polling
-      every 10 s), the same flow and parameters, started with the Prefect client.
+      every 10 s), the same flow and parameters, started with the Prefect client,
+      in the image Ariel's runs take (the lean runtime image, when built).
+
+The runtime images' sizes print under the table.
 
 Per run, also the CPU time its container used, from the container's cgroup on
 this machine (cpuacct for cgroup v1, cpu.stat for v2), read every 20 ms until
@@ -64,6 +67,7 @@ from bench.samples import Samples  # noqa: E402
 from deployments.agents.compiler import DeploymentTarget, apply, compile_agent  # noqa: E402
 from deployments.agents.signing import Ed25519ConfigSigner  # noqa: E402
 from deployments.agents.spec import AgentSpec  # noqa: E402
+from deployments.pools.run_images import lean_image_of  # noqa: E402
 from deployments.pools.standby import run_containers, waiting_standbys  # noqa: E402
 from flows.signing import VERIFY_KEY_ENV  # noqa: E402
 from flows.standby import READY_LINE  # noqa: E402
@@ -459,7 +463,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each path (default 5)")
     parser.add_argument("--burst", type=int, default=20, help="runs asked for at once per path (0: none)")
-    parser.add_argument("--image", default="ariel-runtime:local", help="runtime image both paths run")
+    parser.add_argument("--image", default="ariel-runtime:local",
+                        help="Ariel's full runtime image; the default worker runs its lean twin when it is built")
     args = parser.parse_args()
     baseline_pool = f"bench-latency-{uuid.uuid4().hex[:8]}"  # its containers' label is this run's alone
     paths = [RunPath("Ariel warm"), RunPath("Ariel cold"), RunPath("default")]
@@ -477,8 +482,8 @@ def main() -> None:
             try:
                 print(f"{args.runs} runs each, alternating Ariel warm, Ariel cold and the default Prefect Docker "
                       "worker", flush=True)
-                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, paths, pools,
-                                      args.burst, (up.process.pid, worker.pid)))
+                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, run_image(args.image), args.runs, paths,
+                                      pools, args.burst, (up.process.pid, worker.pid)))
             except KeyboardInterrupt:
                 print("interrupted: stopping what the benchmark started", flush=True)
             except Exception as exc:  # the table still prints with what was measured
@@ -489,6 +494,35 @@ def main() -> None:
                     remove_containers(pool)
     print()
     print(table(*paths))
+    print(image_sizes(args.image))
+
+
+def run_image(full: str) -> str:
+    """The image Ariel's reply-only runs take: the lean twin of `full` when the engine has it."""
+    lean = lean_image_of(full)
+    client = docker.from_env()
+    try:
+        client.images.get(lean or full)
+        return lean or full
+    except docker.errors.ImageNotFound:
+        return full
+    finally:
+        client.close()
+
+
+def image_sizes(full: str) -> str:
+    """The runtime images' sizes as the engine reports them (what `docker images` shows)."""
+    client = docker.from_env()
+    try:
+        sizes = []
+        for name in (lean_image_of(full) or full, full):
+            try:
+                sizes.append(f"{name} {int(client.images.get(name).attrs['Size']) / 1e6:.0f} MB")
+            except (docker.errors.ImageNotFound, TypeError):
+                sizes.append(f"{name} missing")
+        return "runtime images: " + ", ".join(sizes) + " (Ariel's pools run the first unless a run needs the second)"
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """A Docker run goes to a container started and imported before it; one that died or is stale is replaced.
 
-A real `ariel up` on Docker, whose pool host keeps one standby container per pool
-(`deployments.pools.standby`). Its runtime image is a tag of this module's own, so
-that a test can rebuild it (a new image id, as after `ariel build-image`) without
-touching the image the other tests run. What the pool host did is read from its
+A real `ariel up` on Docker, whose pool host keeps a standby container per pool and image
+(`deployments.pools.standby`). Its runtime images (the full one and its lean twin) are tags of this module's
+own, so that a test can rebuild one (a new image id, as after `ariel build-image`) without
+touching the images the other tests run. What the pool host did is read from its
 log and from the engine: which container took a run, which it removed.
 """
 
@@ -28,6 +28,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 
+from deployments.pools.run_images import lean_image_of
 from deployments.pools.standby import POOL_LABEL, waiting_standbys
 from deployments.runs import wait_for_run
 from tests.mcp_server.callers import ask
@@ -35,17 +36,20 @@ from tests.support import ArielUp, ariel_up, child_pid, wait_until
 
 pytestmark = pytest.mark.slow
 
-# Of this test process only: the tests below rebuild and remove it, which must not reach another worker's stack.
+# Of this test process only: the tests below rebuild and remove them, which must not reach another worker's stack.
 IMAGE = f"ariel-runtime:standby-test-{uuid.uuid4().hex[:12]}"
+LEAN = lean_image_of(IMAGE) or ""
 
 
 @pytest.fixture(scope="module")
 def image(docker_engine: None) -> Iterator[str]:
     engine = docker.from_env()
     engine.images.get("ariel-runtime:local").tag(IMAGE)
+    engine.images.get("ariel-runtime-lean:local").tag(LEAN)
     yield IMAGE
-    with suppress(ImageNotFound, docker.errors.APIError):  # a container of it still being removed: left dangling
-        engine.images.remove(IMAGE)
+    for name in (IMAGE, LEAN):
+        with suppress(ImageNotFound, docker.errors.APIError):  # a container of it still being removed: left dangling
+            engine.images.remove(name)
     engine.close()
 
 
@@ -74,10 +78,12 @@ def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
     client.close()
 
 
-def waiting_standby(engine: docker.DockerClient, pool: str, other_than: str = "") -> Any:
-    found = wait_until(lambda: [c for c in waiting_standbys(engine, pool) if c.id != other_than], 120,
-                       f"a standby container of {pool}")
-    assert len(found) == 1, [c.name for c in found]  # one per pool, not one per pass
+def waiting_standby(engine: docker.DockerClient, pool: str, other_than: str = "", image: str = LEAN) -> Any:
+    """The pool's standby of `image` (the lean one, which the reply-only runs below take)."""
+    found = wait_until(lambda: [c for c in waiting_standbys(engine, pool)
+                                if c.id != other_than and c.attrs["Config"]["Image"] == image], 120,
+                       f"a standby container of {pool} in {image}")
+    assert len(found) == 1, [c.name for c in found]  # one per pool and image, not one per pass
     return found[0]
 
 
@@ -143,8 +149,8 @@ async def test_a_standby_of_an_older_image_is_removed_unused_and_the_run_takes_t
         agent = await probe(chat, "Rebuilt")
         old = waiting_standby(engine, agent["work_pool"])
         # What `ariel build-image` does after a code change: the same tag names a new image.
-        new, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {image}\nLABEL ariel.test=rebuilt\n".encode()),
-                                     tag=image, rm=True)
+        new, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {LEAN}\nLABEL ariel.test=rebuilt\n".encode()),
+                                     tag=LEAN, rm=True)
         assert new.id != old.image.id
         run = await run_to_the_end(chat, "rebuilt")
     assert run["result"] == "Rebuilt done", run
@@ -192,3 +198,27 @@ def _exists(engine: docker.DockerClient, container_id: str) -> bool:
         return False
     return True
 
+
+async def test_a_reply_only_run_takes_the_lean_image_and_a_run_with_a_stdio_server_the_full_one(
+    stack: ArielUp, engine: docker.DockerClient, image: str
+) -> None:
+    async with Client(stack.mcp_url) as chat:
+        agent = await probe(chat, "Lean")
+        lean_run = await run_to_the_end(chat, "lean")
+        assert lean_run["result"] == "Lean done", lean_run
+        await ask(chat, "manage_tools", action="add", name="everything", transport="stdio", catalog="everything",
+                  scope="org")
+        await ask(chat, "create_agent", name="Full", instructions="Echo.", model="ariel/scripted",
+                  mcp_tools=[{"server": "everything", "tools": ["echo"]}],
+                  script=[{"tool": "everything__echo", "arguments": {"message": "from the full image"}},
+                          {"reply": "Said: {last_tool_result}"}])
+        await ask(chat, "update_agent", agent="full", action="approve")
+        full_run = await run_to_the_end(chat, "full")
+    assert "Echo: from the full image" in full_run["result"], full_run
+    took = {run_id: found for run_id, found in
+            re.findall(r"(?:took the run as|Docker container) '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'.*?\(image (\S+)\)",
+                       pool_host_log(stack))}
+    assert (took[lean_run["id"]], took[full_run["id"]]) == (LEAN, image), took
+    # The pool now keeps a standby of each image, and the next stdio run finds its own waiting.
+    waiting_standby(engine, agent["work_pool"], image=image)
+    waiting_standby(engine, agent["work_pool"], image=LEAN)

@@ -1,4 +1,5 @@
-"""Build the runtime image that flow-run containers run, only when it is missing or stale.
+"""Build the runtime images that flow-run containers run, only when missing or stale: the full one and its lean
+twin (`deployments.pools.run_images`), two targets of one Dockerfile.
 
 The image is labelled with a hash of everything that goes into it (Dockerfile,
 runtime requirements, `flows/`, `blocks/`, the base image id, the stdio
@@ -38,11 +39,12 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from deployments.exceptions import ImageBuildFailed
 from deployments.images.mcp_packages import node_binary, npm_install
 from deployments.images.stdio_catalog import DEFAULT_CATALOG, StdioServer, catalog_digest
+from deployments.pools.run_images import lean_image_of
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CODE_HASH_LABEL = "ariel.code-hash"
 _CONTEXT_DIRS = ("flows", "blocks")
-_DOCKER_FILES = ("Dockerfile", "requirements-runtime.txt")
+_DOCKER_FILES = ("Dockerfile", "requirements-lean.txt", "requirements-runtime.txt")
 
 Progress = Callable[[str], None]
 
@@ -105,32 +107,48 @@ class RuntimeImageBuilder:
         finally:
             client.close()
 
+    @property
+    def tags(self) -> dict[str, str]:
+        """The images this builder makes, by their Dockerfile target: the full image, and its lean twin."""
+        lean = lean_image_of(self.tag)
+        return {"full": self.tag, **({"lean": lean} if lean else {})}
+
     def _ensure(self, client: docker.DockerClient, progress: Progress) -> bool:
         need_source_tree(self.root, self.tag)
         base_id = base_image_id(client, self.base_image)
         wanted = self.code_hash(base_id)
-        try:
-            replaced = client.images.get(self.tag)
-            current = replaced.labels.get(CODE_HASH_LABEL)
-        except ImageNotFound:
-            replaced, current = None, None
-        if current == wanted:
+        stale: dict[str, str | None] = {}  # target → the id of the image its tag names now
+        for target, tag in self.tags.items():
+            try:
+                replaced = client.images.get(tag)
+                if replaced.labels.get(CODE_HASH_LABEL) != wanted:
+                    stale[target] = replaced.id
+                    progress(f"runtime image {tag} is older than the code; building it on {self.base_image} ...")
+            except ImageNotFound:
+                stale[target] = None
+                progress(f"runtime image {tag} is missing; building it on {self.base_image} ...")
+        if not stale:
             return False
-        reason = "missing" if current is None else "older than the code"
-        progress(f"runtime image {self.tag} is {reason}; building it on {self.base_image} ...")
         started = time.monotonic()
         wheels = self._resolve_wheels(client, base_id, progress)
-        mcp = self._prepare_catalog(client, base_id, progress)
-        self._build(client, wheels, mcp, wanted, progress)
-        if replaced is not None and replaced.id != client.images.get(self.tag).id:
-            _remove_replaced(client, str(replaced.id))
-        progress(f"built {self.tag} in {time.monotonic() - started:.0f} s")
+        mcp = self._prepare_catalog(client, base_id, progress) if "full" in stale else {}
+        # The lean target first: the full one's build then finds the stages they share already built.
+        for target in sorted(stale, key=lambda name: name != "lean"):
+            tag = self.tags[target]
+            self._build(client, wheels, mcp, wanted, progress, target, tag)
+            replaced_id = stale[target]
+            if replaced_id is not None and replaced_id != client.images.get(tag).id:
+                _remove_replaced(client, replaced_id)
+            progress(f"built {tag} ({client.images.get(tag).attrs.get('Size', 0) / 1e6:.0f} MB)")
+        progress(f"built in {time.monotonic() - started:.0f} s")
         return True
 
     def _resolve_wheels(self, client: docker.DockerClient, base_id: str, progress: Progress) -> Path:
         requirements = self.root / "docker" / "requirements-runtime.txt"
         constraints = self.root / "constraints.txt"
-        key = hashlib.sha256(base_id.encode() + requirements.read_bytes() + constraints.read_bytes()).hexdigest()[:16]
+        lean = self.root / "docker" / "requirements-lean.txt"
+        key = hashlib.sha256(base_id.encode() + requirements.read_bytes() + lean.read_bytes()
+                             + constraints.read_bytes()).hexdigest()[:16]
         folder = self.wheel_cache / key
         if (folder / ".complete").exists():
             progress(f"using resolved wheels in {folder}")
@@ -178,7 +196,8 @@ class RuntimeImageBuilder:
         return parts
 
     def _build(
-        self, client: docker.DockerClient, wheels: Path, mcp: dict[str, Path], code_hash: str, progress: Progress
+        self, client: docker.DockerClient, wheels: Path, mcp: dict[str, Path], code_hash: str, progress: Progress,
+        target: str, tag: str,
     ) -> None:
         with tempfile.TemporaryDirectory(prefix="ariel-build-") as tmp:
             context = Path(tmp)
@@ -190,8 +209,8 @@ class RuntimeImageBuilder:
             (context / "mcp" / ".catalog.json").write_text(
                 json.dumps([entry.model_dump() for entry in self.catalog], indent=2) + "\n"
             )
-            for target, source in mcp.items():
-                _link_or_copy(source, context / "mcp" / target)
+            for part, source in mcp.items():
+                _link_or_copy(source, context / "mcp" / part)
             for entry in self.catalog:
                 if entry.pypi is not None:  # the one program the Dockerfile links onto PATH
                     (context / "mcp" / "wheels" / entry.name / "program").write_text(entry.command[0])
@@ -199,7 +218,7 @@ class RuntimeImageBuilder:
                 shutil.copytree(
                     self.root / directory, context / directory, ignore=shutil.ignore_patterns("__pycache__")
                 )
-            build_context(client, context, self.tag, {"BASE_IMAGE": self.base_image}, code_hash, progress)
+            build_context(client, context, tag, {"BASE_IMAGE": self.base_image}, code_hash, progress, target=target)
 
 
 def base_image_id(client: docker.DockerClient, base_image: str) -> str:
@@ -286,6 +305,7 @@ def build_context(
     progress: Progress,
     dockerfile: str = "Dockerfile",
     network_mode: str | None = None,
+    target: str | None = None,
 ) -> None:
     """Build `context` as `tag`, labelled with `code_hash`, saying each step; a failure names its last lines."""
     progress(f"building {tag} ...")
@@ -298,6 +318,7 @@ def build_context(
             buildargs=buildargs,
             labels={CODE_HASH_LABEL: code_hash},
             network_mode=network_mode,
+            target=target,
             rm=True,
             forcerm=True,
             decode=True,

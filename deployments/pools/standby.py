@@ -1,11 +1,15 @@
 """A Docker worker that hands each run to a container started before it: one fresh container per run, warm.
 
 The stock `DockerWorker` creates a container when it picks a run up; the container then spends seconds
-importing Prefect (and, on own hardware, litellm) before the run's first line. `StandbyDockerWorker` keeps one container
-per pool already started (`python -m flows.standby`, with the pool's image, limits and labels) and
+importing Prefect (and, on own hardware, litellm) before the run's first line. `StandbyDockerWorker` keeps a container
+per pool and image already started (`python -m flows.standby`, with the pool's limits and labels) and
 imported; a run picked up is written to that container's stdin (its environment, the run token
 included: never in `docker inspect`), and the next standby starts at once. Each container still
 runs exactly one run and is removed when it ends, as before.
+
+Each run gets the runtime image it needs (`run_images.needs_full_image`): on Ariel's own pools most take the
+pool's image's lean twin, when the engine has it; a run that calls its model itself or starts a stdio MCP server
+takes the pool's (full) image. So a pool keeps up to one standby of each.
 
 A standby is used only while it is what a new container would be: same image id (a rebuilt
 `ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
@@ -40,13 +44,16 @@ from uuid import UUID
 import docker
 from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
+from deployments.pools.run_images import lean_image_of, needs_full_image
 from deployments.pools.work_pools import is_own_pool
 from flows.models import MODELS_HERE_ENV
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
+    from prefect.client.schemas.objects import FlowRun
     from prefect.events import Event
+    from prefect_docker.worker import DockerWorkerResult
 
 STANDBY_LABEL = "ariel.standby"
 POOL_LABEL = "io.prefect.work-pool-name"
@@ -54,6 +61,8 @@ RUN_LABEL = "io.prefect.flow-run-id"
 STANDBY_COMMAND = ["python", "-m", "flows.standby"]
 IDLE_SECONDS = 600.0
 """A standby nobody took for this long is removed: ~150 MB each, and a quiet pool needs none."""
+MAX_STANDBYS = 2
+"""Standbys one pool keeps at most: one of the lean image and one of the full."""
 _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
 # Anchored at the end: the run's name before it is the agent's slug, which its author chooses (a UUID, even).
 _RUN_ID = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[0-9a-f]{6}$")
@@ -85,10 +94,11 @@ class StandbyDockerWorker(DockerWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._standby: _Standby | None = None
+        self._standbys: dict[str, _Standby] = {}  # by shape (the image's name is part of it)
         self._standby_lock = threading.Lock()
-        self._replenisher: threading.Thread | None = None  # starting the next standby; one at a time
+        self._replenishers: dict[str, threading.Thread] = {}  # starting the next standby of a shape; one at a time
         self._warmed = False
+        self._no_lean_said = False
         self._closed = False
         # The worker host turns this off for a pool it serves only while a run is due: a standby started then
         # would cost a container's imports and be removed, unused, when the worker stops after the run.
@@ -104,6 +114,8 @@ class StandbyDockerWorker(DockerWorker):
             # From the pool's template alone: what differs per run (env, labels, name) is not part of the shape.
             configuration = await self.job_configuration.from_template_and_values(
                 self._work_pool.base_job_template, {})
+            # The image most runs of the pool take: the lean one on Ariel's own pools.
+            await asyncio.to_thread(self._choose_image, configuration, is_own_pool(self._work_pool_name))
             await asyncio.to_thread(self._warm, configuration)
         except Exception as exc:  # no engine now, say: runs take the cold path, the worker goes on serving
             self._logger.warning(f"Could not start a standby container: {exc}")
@@ -115,6 +127,32 @@ class StandbyDockerWorker(DockerWorker):
         finally:
             docker_client.close()
         self._replenish(settings, shape, image_id)
+
+    async def run(self, flow_run: FlowRun, configuration: DockerWorkerJobConfiguration,
+                  task_status: Any = None) -> DockerWorkerResult:  # Prefect types it two ways
+        """Prefect's run, in the image this run needs: the pool's image's lean twin unless it needs the full one."""
+        full = needs_full_image(self._work_pool_name, dict(flow_run.parameters or {}))
+        await asyncio.to_thread(self._choose_image, configuration, full)
+        return await super().run(flow_run, configuration, task_status)
+
+    def _choose_image(self, configuration: DockerWorkerJobConfiguration, full: bool) -> None:
+        """Point `configuration` at the lean twin of its image when the run does not need the `full` image and the
+        engine has the twin; else it keeps the pool's (full) image."""
+        lean = lean_image_of(configuration.image)
+        if full or lean is None:
+            return
+        docker_client = self._get_client()  # type: ignore[no-untyped-call]
+        try:
+            docker_client.images.get(lean)
+        except docker.errors.ImageNotFound:
+            if not self._no_lean_said:
+                self._no_lean_said = True
+                self._logger.warning(f"This Docker engine has no {lean} (`ariel build-image` builds it): runs take "
+                                     f"{configuration.image}, which is larger and slower to start")
+            return
+        finally:
+            docker_client.close()
+        configuration.image = lean
 
     def _plan(self, docker_client: DockerClient, configuration: DockerWorkerJobConfiguration
               ) -> tuple[dict[str, Any], str, str]:
@@ -139,7 +177,8 @@ class StandbyDockerWorker(DockerWorker):
             if container is not None:
                 standby_name = container.name
                 if _rename(container, name) and _hand(container, configuration.env):
-                    self._logger.info(f"Standby container {standby_name!r} took the run as {name!r}")
+                    self._logger.info(f"Standby container {standby_name!r} took the run as {name!r} "
+                                      f"(image {configuration.image})")
                 else:
                     _remove(container)
                     container = None
@@ -149,7 +188,7 @@ class StandbyDockerWorker(DockerWorker):
                 if not _hand(container, configuration.env):
                     _remove(container)
                     raise RuntimeError(f"container {name} ended before it could be handed its run")
-                self._logger.info(f"Docker container {name!r} started for the run")
+                self._logger.info(f"Docker container {name!r} started for the run (image {configuration.image})")
             created_event = self._emit_container_status_change_event(container, configuration)
         finally:
             docker_client.close()
@@ -179,9 +218,9 @@ class StandbyDockerWorker(DockerWorker):
             docker_client.close()
 
     def _take_standby(self, shape: str, image_id: str) -> Container | None:
-        """The standby, if it is what a container started now would be; a stale one is removed."""
+        """The standby of `shape`, if it is what a container started now would be; a stale one is removed."""
         with self._standby_lock:
-            standby, self._standby = self._standby, None
+            standby = self._standbys.pop(shape, None)
         if standby is None:
             return None
         if standby.shape == shape and standby.image_id == image_id:
@@ -196,7 +235,8 @@ class StandbyDockerWorker(DockerWorker):
         return None
 
     def _replenish(self, settings: dict[str, Any], shape: str, image_id: str) -> None:
-        """Start the pool's next standby in the background; one at a time."""
+        """Start the pool's next standby of `shape` in the background; one at a time for each shape. Past
+        `MAX_STANDBYS`, the one of another shape that waited longest is removed (a pool's template changed)."""
         def start() -> None:
             try:
                 client = docker.from_env()
@@ -204,46 +244,53 @@ class StandbyDockerWorker(DockerWorker):
                     standby = _Standby(_start(client, settings, self._work_pool_name), shape, image_id)
                 finally:
                     client.close()
-                previous: _Standby | None
+                removed: list[_Standby] = []
                 with self._standby_lock:
                     if self._closed:  # the worker stopped while it started
-                        previous = standby
+                        removed.append(standby)
                     else:
-                        previous, self._standby = self._standby, standby
-                if previous is not None:
+                        if shape in self._standbys:
+                            removed.append(self._standbys.pop(shape))
+                        while len(self._standbys) >= MAX_STANDBYS:
+                            oldest = min(self._standbys, key=lambda key: self._standbys[key].started)
+                            removed.append(self._standbys.pop(oldest))
+                        self._standbys[shape] = standby
+                for previous in removed:
                     _remove(previous.container)
             except Exception as exc:  # the next run takes the cold path and tries again
                 self._logger.warning(f"Could not start a standby container: {exc}")
             finally:
                 with self._standby_lock:
-                    self._replenisher = None
+                    self._replenishers.pop(shape, None)
 
         with self._standby_lock:
-            if self._replenisher is not None or self._closed or not self.keeps_standby:
+            if shape in self._replenishers or self._closed or not self.keeps_standby:
                 return
-            self._replenisher = threading.Thread(target=start, name="standby", daemon=True)
-            self._replenisher.start()
+            self._replenishers[shape] = thread = threading.Thread(target=start, name="standby", daemon=True)
+            thread.start()
 
     def retire_idle(self, idle_seconds: float = IDLE_SECONDS) -> None:
-        """Remove the standby if it waited longer than `idle_seconds`, or is no longer kept (called by the worker
-        host's loop)."""
+        """Remove the standbys that waited longer than `idle_seconds`, or all when none is kept any more (called by
+        the worker host's loop)."""
+        now = time.monotonic()
         with self._standby_lock:
-            standby = self._standby
-            if standby is None or (self.keeps_standby and time.monotonic() - standby.started < idle_seconds):
-                return
-            self._standby = None
-        _remove(standby.container)
+            idle = [shape for shape, standby in self._standbys.items()
+                    if not self.keeps_standby or now - standby.started >= idle_seconds]
+            removed = [self._standbys.pop(shape) for shape in idle]
+        for standby in removed:
+            _remove(standby.container)
 
     def retire(self, wait_seconds: float = 3.0) -> None:
-        """Remove the standby now, and the one being started: the worker is stopping."""
+        """Remove the standbys now, and those being started: the worker is stopping."""
         with self._standby_lock:
             self._closed = True
-            standby, self._standby = self._standby, None
-            starting = self._replenisher
-        if standby is not None:
+            removed, self._standbys = list(self._standbys.values()), {}
+            starting = list(self._replenishers.values())
+        for standby in removed:
             _remove(standby.container)
-        if starting is not None:  # it removes what it started once it sees `_closed`
-            starting.join(wait_seconds)
+        deadline = time.monotonic() + wait_seconds
+        for thread in starting:  # each removes what it started once it sees `_closed`
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _shape(settings: dict[str, Any]) -> str:

@@ -48,7 +48,14 @@ async def complete(
     Where it runs is the caller's choice: in the run (own hardware) or in Ariel's gateway for the run
     (`mcp_server.gateway.models`); either wraps it in the egress guard.
     """
-    import litellm
+    try:
+        import litellm
+    except ImportError:  # the lean runtime image: the worker host chose it for a run whose gateway calls the model
+        raise RuntimeFailure(
+            f"this run calls its model {config.model!r} itself, but its container's image has no litellm (the lean "
+            "runtime image); the worker host picks the full image for such runs: rebuild the images with `ariel "
+            "build-image` and restart the worker"
+        ) from None
 
     # The async path: litellm's sync completion leaves an event loop of its own unclosed.
     response = await litellm.acompletion(
@@ -71,8 +78,12 @@ async def complete(
 
 
 def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """The price of these tokens on `model` in litellm's price list; None when it has no price for the model."""
-    import litellm
+    """The price of these tokens on `model` in litellm's price list; None when it has no price for the model, or
+    no litellm is installed (the lean runtime image: the gateway priced each of its calls)."""
+    try:
+        import litellm
+    except ImportError:
+        return None
 
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(

@@ -21,6 +21,7 @@ import time
 from urllib.parse import urlsplit
 
 from deployments.images.runtime_image import docker_available, image_present
+from deployments.pools.run_images import lean_image_of
 from mcp_server.cli.environments import ensure_runtime_image, worker_env, worker_host_argv
 from mcp_server.cli.errors import StartupFailed
 from mcp_server.cli.processes import Children, ignore_stop_signals
@@ -69,6 +70,9 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
             raise WorkerFailed(f"the runtime image {image} is not on this Docker engine (nor in a registry its name "
                                "names), and ARIEL_BUILD_IMAGE is false: build it in a checkout of this release with "
                                "`ariel build-image`, or load it (`docker save` there, `docker load` here)")
+        elif (lean := lean_image_of(image)) and not image_present(lean):  # runs go on, in the larger image
+            _say(f"The lean runtime image {lean} is not on this Docker engine: every run takes {image}, larger and "
+                 "slower to start. `ariel build-image` builds both; or load it as you loaded the full one.")
     # The protected endpoints a process pool's runs get: the app, under its name here and loopback's.
     here = settings.model_copy(update={"host": address.hostname or "127.0.0.1",
                                        "port": address.port or (443 if address.scheme == "https" else 80)})

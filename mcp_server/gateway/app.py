@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from deployments.pools.run_images import calls_models_here
 from deployments.providers import short_name
 from deployments.runs.attempts import attempt_of
 from flows.fingerprints import fingerprint
@@ -35,7 +36,7 @@ from mcp_server.gateway.listing import (
     live_or_refused,
     serve_listing,
 )
-from mcp_server.gateway.models import MODEL_ROUTE, ModelCalls, calls_models_here, checked_config, serve_model
+from mcp_server.gateway.models import MODEL_ROUTE, ModelCalls, checked_config, serve_model
 from mcp_server.gateway.ownership import NotLive, Ownership, org_ids
 from mcp_server.gateway.rules import Rewrite, Rules, Verdict
 from mcp_server.gateway.run_tokens import RunTokens

@@ -41,7 +41,7 @@ from pydantic import SecretStr, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.pools.work_pools import is_own_pool
+from deployments.pools.run_images import calls_models_here
 from deployments.providers import short_name
 from flows.config import RunConfig
 from flows.credentials import ProviderCredentials
@@ -59,7 +59,7 @@ from mcp_server.services.secrets import ProviderSecret
 
 log = logging.getLogger("ariel.gateway")
 
-__all__ = ["MODEL_ROUTE", "ModelCalls", "calls_models_here", "serve_model"]
+__all__ = ["MODEL_ROUTE", "ModelCalls", "serve_model"]
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a long conversation with large tool results, as the gateway takes logs
 MAX_CALL_SECONDS = 900.0  # one model call at most; a longer one is a hung provider (a run's budget may be longer)
@@ -80,35 +80,9 @@ OpenProvider = Callable[[str, str], Awaitable[ProviderSecret | None]]
 """`(org_id, provider name)` → its key and base URL (`SecretService.open_provider`); ArielError when unreadable."""
 
 
-# litellm providers (a model id's prefix) whose calls authenticate with the api_key given and nothing else. The
-# gateway's process has the control plane's environment: a provider that would find credentials there (Bedrock's
-# and SageMaker's AWS keys, Vertex's Google ones, an OPENAI_API_KEY for a model named with no key) must never get
-# them for a tenant's run. So the gateway calls a model only with a key it passes itself (the agent's provider's,
-# or a placeholder for a keyless self-hosted base URL), and only for these; any other model is called by its run.
-_KEYED_BY_API_KEY = frozenset({
-    "openai", "text-completion-openai", "anthropic", "gemini", "mistral", "groq", "deepseek", "openrouter",
-    "together_ai", "fireworks_ai", "xai", "perplexity", "cohere", "cohere_chat", "cerebras", "deepinfra",
-    "hosted_vllm", "ollama", "ollama_chat", "lm_studio", "nvidia_nim",
-})
 NO_KEY = "ariel-no-key"
 """Passed as the key for a base URL with no provider: a keyless server ignores it, and litellm, given one, never
 looks for a key in the control plane's environment."""
-
-
-def calls_models_here(pool: str | None, config: RunConfig) -> bool:
-    """Whether a run of `config` in `pool` calls its model itself rather than through the gateway.
-
-    Itself: on an org's own hardware (what it touches stays on the org's network), and for a model the gateway
-    cannot call with a key of its own giving (see `_KEYED_BY_API_KEY`; a run's container has no credentials in
-    its environment to find). Through the gateway: the offline scripted model, and a keyed model that names a
-    provider or a base URL.
-    """
-    if is_own_pool(pool):
-        return True
-    if config.model == SCRIPTED_MODEL:
-        return False
-    prefix, slash, _ = config.model.partition("/")
-    return not (slash and prefix in _KEYED_BY_API_KEY and (config.provider or config.api_base))
 
 
 @dataclass

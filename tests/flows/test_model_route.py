@@ -20,9 +20,10 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Completed
 
+from deployments.pools.run_images import calls_models_here
 from flows.config import Limits, RunConfig
 from flows.models.remote import MODEL_ROUTE
-from mcp_server.gateway.models import NO_KEY, ModelCalls, calls_models_here
+from mcp_server.gateway.models import NO_KEY, ModelCalls
 from mcp_server.services.mcp_probe import PRIVATE_NETWORKS_SETTING, private_refusal
 from mcp_server.services.secrets import ProviderSecret
 from tests.flows.support import SIGNER, OpenAICompatible, _made_run, config, play, run_gateway

@@ -9,6 +9,7 @@ from pathlib import Path
 import docker
 
 from deployments.images.runtime_image import CODE_HASH_LABEL, SOURCE_ROOT, RuntimeImageBuilder
+from deployments.pools.run_images import lean_image_of
 
 
 def copy_sources(tmp_path: Path) -> Path:
@@ -42,8 +43,24 @@ def test_an_image_built_from_this_code_is_not_built_again(docker_engine: None) -
     client = docker.from_env()
     base_id = client.images.get("ariel-base:bookworm").id
     assert base_id is not None
-    assert client.images.get("ariel-runtime:local").labels[CODE_HASH_LABEL] == builder.code_hash(base_id)
+    for tag in ("ariel-runtime:local", "ariel-runtime-lean:local"):
+        assert client.images.get(tag).labels[CODE_HASH_LABEL] == builder.code_hash(base_id)
     client.close()
+
+
+def test_the_lean_image_holds_the_runtime_and_neither_litellm_nor_node(docker_engine: None) -> None:
+    client = docker.from_env()
+    try:
+        script = ("import importlib.util as u, shutil, flows.agent, flows.standby, flows.mcp.client, "
+                  "flows.telemetry_sdk; print(u.find_spec('litellm'), u.find_spec('sqlalchemy'), "
+                  "shutil.which('node'), shutil.which('pip'))")
+        lean = client.containers.run("ariel-runtime-lean:local", ["python", "-c", script], remove=True)
+        full = client.containers.run("ariel-runtime:local", ["python", "-c", "import litellm, flows.agent"],
+                                     remove=True)
+    finally:
+        client.close()
+    assert lean.decode().split() == ["None"] * 4
+    assert full == b""
 
 
 def test_a_rebuild_removes_the_image_it_replaced_unless_another_name_still_has_it(
@@ -67,7 +84,7 @@ def test_a_rebuild_removes_the_image_it_replaced_unless_another_name_still_has_i
         rebuild("third")
         assert replaced not in image_ids(client), "the replaced image was left behind"
     finally:
-        for name in (tag, other_name):
+        for name in (tag, other_name, lean_image_of(tag) or tag):
             with suppress(docker.errors.ImageNotFound):
                 client.images.remove(name)
         client.close()
