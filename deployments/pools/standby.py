@@ -94,9 +94,9 @@ class StandbyDockerWorker(DockerWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._standbys: dict[str, _Standby] = {}  # by shape (the image's name is part of it)
+        self._standbys: dict[str, _Standby] = {}  # by the name of their image
         self._standby_lock = threading.Lock()
-        self._replenishers: dict[str, threading.Thread] = {}  # starting the next standby of a shape; one at a time
+        self._replenishers: dict[str, threading.Thread] = {}  # starting the next standby of an image; one at a time
         self._warmed = False
         self._no_lean_said = False
         self._closed = False
@@ -173,7 +173,7 @@ class StandbyDockerWorker(DockerWorker):
             # Named for its run before it is handed the run: from then on nothing takes it for a waiting standby,
             # and nothing that can fail is left to do once the run is in it.
             name = run_container_name(configuration.name, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")
-            container = self._take_standby(shape, image_id)
+            container = self._take_standby(configuration.image, shape, image_id)
             if container is not None:
                 standby_name = container.name
                 if _rename(container, name) and _hand(container, configuration.env):
@@ -217,10 +217,10 @@ class StandbyDockerWorker(DockerWorker):
         finally:
             docker_client.close()
 
-    def _take_standby(self, shape: str, image_id: str) -> Container | None:
-        """The standby of `shape`, if it is what a container started now would be; a stale one is removed."""
+    def _take_standby(self, image: str, shape: str, image_id: str) -> Container | None:
+        """The standby of `image`, if it is what a container started now would be; a stale one is removed."""
         with self._standby_lock:
-            standby = self._standbys.pop(shape, None)
+            standby = self._standbys.pop(image, None)
         if standby is None:
             return None
         if standby.shape == shape and standby.image_id == image_id:
@@ -235,8 +235,11 @@ class StandbyDockerWorker(DockerWorker):
         return None
 
     def _replenish(self, settings: dict[str, Any], shape: str, image_id: str) -> None:
-        """Start the pool's next standby of `shape` in the background; one at a time for each shape. Past
-        `MAX_STANDBYS`, the one of another shape that waited longest is removed (a pool's template changed)."""
+        """Start the pool's next standby of `settings`' image in the background, one at a time for each image; it
+        replaces the one of that image (of an older shape). Past `MAX_STANDBYS`, the one of another image that waited
+        longest is removed (the pool's template names another image now)."""
+        image = str(settings.get("image"))
+
         def start() -> None:
             try:
                 client = docker.from_env()
@@ -249,24 +252,24 @@ class StandbyDockerWorker(DockerWorker):
                     if self._closed:  # the worker stopped while it started
                         removed.append(standby)
                     else:
-                        if shape in self._standbys:
-                            removed.append(self._standbys.pop(shape))
+                        if image in self._standbys:
+                            removed.append(self._standbys.pop(image))
                         while len(self._standbys) >= MAX_STANDBYS:
                             oldest = min(self._standbys, key=lambda key: self._standbys[key].started)
                             removed.append(self._standbys.pop(oldest))
-                        self._standbys[shape] = standby
+                        self._standbys[image] = standby
                 for previous in removed:
                     _remove(previous.container)
             except Exception as exc:  # the next run takes the cold path and tries again
                 self._logger.warning(f"Could not start a standby container: {exc}")
             finally:
                 with self._standby_lock:
-                    self._replenishers.pop(shape, None)
+                    self._replenishers.pop(image, None)
 
         with self._standby_lock:
-            if shape in self._replenishers or self._closed or not self.keeps_standby:
+            if image in self._replenishers or self._closed or not self.keeps_standby:
                 return
-            self._replenishers[shape] = thread = threading.Thread(target=start, name="standby", daemon=True)
+            self._replenishers[image] = thread = threading.Thread(target=start, name="standby", daemon=True)
             thread.start()
 
     def retire_idle(self, idle_seconds: float = IDLE_SECONDS) -> None:
@@ -274,9 +277,9 @@ class StandbyDockerWorker(DockerWorker):
         the worker host's loop)."""
         now = time.monotonic()
         with self._standby_lock:
-            idle = [shape for shape, standby in self._standbys.items()
+            idle = [image for image, standby in self._standbys.items()
                     if not self.keeps_standby or now - standby.started >= idle_seconds]
-            removed = [self._standbys.pop(shape) for shape in idle]
+            removed = [self._standbys.pop(image) for image in idle]
         for standby in removed:
             _remove(standby.container)
 

@@ -63,6 +63,17 @@ def test_the_lean_image_holds_the_runtime_and_neither_litellm_nor_node(docker_en
     assert full == b""
 
 
+def test_both_images_start_runs_for_a_stock_prefect_worker_too(docker_engine: None) -> None:
+    client = docker.from_env()
+    try:
+        for image in ("ariel-runtime-lean:local", "ariel-runtime:local"):
+            # The command a stock DockerWorker gives a run's container.
+            helped = client.containers.run(image, ["prefect", "flow-run", "execute", "--help"], remove=True)
+            assert b"flow-run execute" in helped or b"FLOW_RUN_ID" in helped.upper(), (image, helped[:300])
+    finally:
+        client.close()
+
+
 def test_a_rebuild_removes_the_image_it_replaced_unless_another_name_still_has_it(
     docker_engine: None, tmp_path: Path
 ) -> None:
