@@ -1,6 +1,6 @@
 """Latency from `run_agent` to the agent's first log line and to completion.
 
-Measured in one run, on one Prefect server and one runtime image, for:
+Measured in one run, on one Prefect server, for:
   (a) Ariel, warm: `ariel up`'s Docker worker, the run started through MCP
       `run_agent` once the pool's standby container is ready (imported);
   (b) Ariel, cold: the same, with the pool's standby removed just before, so
@@ -8,7 +8,8 @@ Measured in one run, on one Prefect server and one runtime image, for:
       burst of runs, a rebuilt image);
   (c) a default Prefect Docker worker (stock job template and settings, polling
       every 10 s), the same flow and parameters, started with the Prefect client,
-      in the image Ariel's runs take (the lean runtime image, when built).
+      in the full runtime image (its runs reach Prefect directly, not through
+      Ariel's gateway, so they call the model themselves, with litellm).
 
 The runtime images' sizes print under the table.
 
@@ -464,7 +465,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of each path (default 5)")
     parser.add_argument("--burst", type=int, default=20, help="runs asked for at once per path (0: none)")
     parser.add_argument("--image", default="ariel-runtime:local",
-                        help="Ariel's full runtime image; the default worker runs its lean twin when it is built")
+                        help="the full runtime image: the default worker's runs take it; Ariel's take its lean twin")
     args = parser.parse_args()
     baseline_pool = f"bench-latency-{uuid.uuid4().hex[:8]}"  # its containers' label is this run's alone
     paths = [RunPath("Ariel warm"), RunPath("Ariel cold"), RunPath("default")]
@@ -482,7 +483,7 @@ def main() -> None:
             try:
                 print(f"{args.runs} runs each, alternating Ariel warm, Ariel cold and the default Prefect Docker "
                       "worker", flush=True)
-                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, run_image(args.image), args.runs, paths,
+                asyncio.run(alternate(up.mcp_url, api_url, baseline_pool, args.image, args.runs, paths,
                                       pools, args.burst, (up.process.pid, worker.pid)))
             except KeyboardInterrupt:
                 print("interrupted: stopping what the benchmark started", flush=True)
@@ -495,19 +496,6 @@ def main() -> None:
     print()
     print(table(*paths))
     print(image_sizes(args.image))
-
-
-def run_image(full: str) -> str:
-    """The image Ariel's reply-only runs take: the lean twin of `full` when the engine has it."""
-    lean = lean_image_of(full)
-    client = docker.from_env()
-    try:
-        client.images.get(lean or full)
-        return lean or full
-    except docker.errors.ImageNotFound:
-        return full
-    finally:
-        client.close()
 
 
 def image_sizes(full: str) -> str:

@@ -62,7 +62,7 @@ def _source_files(root: Path) -> Iterable[Path]:
 
 def _remove_replaced(client: docker.DockerClient, image_id: str) -> None:
     """Remove the image a build took the tag from, if nothing names it any more: a few MB after a code change,
-    the whole image's ~750 MB after a change of wheels, base or catalog.
+    the whole image's 245 or 611 MB after a change of wheels, base or catalog.
     The engine refuses while a container (a run, a standby) still uses it; it then stays, as any other."""
     with suppress(DockerException):
         replaced = client.images.get(image_id)
@@ -212,7 +212,7 @@ class RuntimeImageBuilder:
             for part, source in mcp.items():
                 _link_or_copy(source, context / "mcp" / part)
             for entry in self.catalog:
-                if entry.pypi is not None:  # the one program the Dockerfile links onto PATH
+                if f"wheels/{entry.name}" in mcp:  # the one program the Dockerfile links onto PATH
                     (context / "mcp" / "wheels" / entry.name / "program").write_text(entry.command[0])
             for directory in _CONTEXT_DIRS:
                 shutil.copytree(
@@ -361,6 +361,25 @@ def docker_available() -> bool:
     except ImageBuildFailed:
         return False
     return True
+
+
+def lean_twin_problem(client: docker.DockerClient, image: str) -> str | None:
+    """Why the engine of `client` cannot run the lean twin of the full runtime image `image` in its place
+    (`deployments.pools.run_images`); None when it can: the twin is there, built from the same code."""
+    lean = lean_image_of(image)
+    if lean is None:
+        return f"{image} is named by its digest, which names no lean twin"
+    try:
+        twin = client.images.get(lean).labels or {}
+    except ImageNotFound:
+        return f"this Docker engine has no {lean} (`ariel build-image` builds it)"
+    try:
+        full = client.images.get(image).labels or {}
+    except ImageNotFound:
+        return f"this Docker engine has no {image} yet"
+    if twin.get(CODE_HASH_LABEL) != full.get(CODE_HASH_LABEL):
+        return f"{lean} was built from other code than {image} (`ariel build-image` builds both)"
+    return None
 
 
 def image_present(tag: str) -> bool:

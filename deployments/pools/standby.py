@@ -44,6 +44,7 @@ from uuid import UUID
 import docker
 from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
+from deployments.images.runtime_image import lean_twin_problem
 from deployments.pools.run_images import lean_image_of, needs_full_image
 from deployments.pools.work_pools import is_own_pool
 from flows.models import MODELS_HERE_ENV
@@ -98,7 +99,7 @@ class StandbyDockerWorker(DockerWorker):
         self._standby_lock = threading.Lock()
         self._replenishers: dict[str, threading.Thread] = {}  # starting the next standby of an image; one at a time
         self._warmed = False
-        self._no_lean_said = False
+        self._no_lean_said = ""  # why runs last took the full image though the lean one would do
         self._closed = False
         # The worker host turns this off for a pool it serves only while a run is due: a standby started then
         # would cost a container's imports and be removed, unused, when the worker stops after the run.
@@ -137,22 +138,26 @@ class StandbyDockerWorker(DockerWorker):
 
     def _choose_image(self, configuration: DockerWorkerJobConfiguration, full: bool) -> None:
         """Point `configuration` at the lean twin of its image when the run does not need the `full` image and the
-        engine has the twin; else it keeps the pool's (full) image."""
+        engine has the twin, built from the same code (one loaded without the other would run older code); else it
+        keeps the pool's (full) image, and the worker says why, once."""
         lean = lean_image_of(configuration.image)
         if full or lean is None:
             return
         docker_client = self._get_client()  # type: ignore[no-untyped-call]
         try:
-            docker_client.images.get(lean)
-        except docker.errors.ImageNotFound:
-            if not self._no_lean_said:
-                self._no_lean_said = True
-                self._logger.warning(f"This Docker engine has no {lean} (`ariel build-image` builds it): runs take "
-                                     f"{configuration.image}, which is larger and slower to start")
-            return
+            problem = lean_twin_problem(docker_client, configuration.image)
         finally:
             docker_client.close()
+        if problem is not None:
+            self._say_no_lean(f"{problem[0].upper()}{problem[1:]}: runs take {configuration.image}, which is larger "
+                              "and slower to start")
+            return
         configuration.image = lean
+
+    def _say_no_lean(self, why: str) -> None:
+        if why != self._no_lean_said:
+            self._no_lean_said = why
+            self._logger.warning(why)
 
     def _plan(self, docker_client: DockerClient, configuration: DockerWorkerJobConfiguration
               ) -> tuple[dict[str, Any], str, str]:

@@ -50,9 +50,16 @@ def is_credential(name: str) -> bool:
     ) or upper.startswith("ARIEL_KEK")
 
 
+def is_prefect_server_setting(name: str) -> bool:
+    """Prefect's settings of its server (database, services). Never a worker's: a Prefect worker copies its settings
+    into every run, whose container would get the server's database address and password, and whose Prefect would
+    then import the database driver the runtime images leave out."""
+    return name.upper().startswith(("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_API_SERVICES_"))
+
+
 def _server_side(name: str) -> bool:
     upper = name.upper()
-    if upper.startswith(("PREFECT_SERVER_", "PREFECT_API_DATABASE_", "PREFECT_API_SERVICES_")):
+    if is_prefect_server_setting(upper):
         return True
     return upper.startswith("ARIEL_") and upper not in ("ARIEL_HOME", PROTECTED_ENDPOINTS_ENV)
 

@@ -179,11 +179,11 @@ def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int
         elif command == "build-image":
             from deployments.images.runtime_image import RuntimeImageBuilder
 
-            built = RuntimeImageBuilder(
+            builder = RuntimeImageBuilder(
                 tag=settings.runtime_image, base_image=settings.runtime_base_image, catalog=settings.stdio_catalog
-            ).ensure()
-            if not built:
-                print(f"{settings.runtime_image} is up to date")
+            )
+            if not builder.ensure():
+                print(f"{' and '.join(builder.tags.values())} are up to date")
             if args.images == "compose":
                 from deployments.images.compose_images import ComposeImages
 

@@ -20,7 +20,9 @@ import socket
 import time
 from urllib.parse import urlsplit
 
-from deployments.images.runtime_image import docker_available, image_present
+import docker
+
+from deployments.images.runtime_image import docker_available, image_present, lean_twin_problem
 from deployments.pools.run_images import lean_image_of
 from mcp_server.cli.environments import ensure_runtime_image, worker_env, worker_host_argv
 from mcp_server.cli.errors import StartupFailed
@@ -70,9 +72,12 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
             raise WorkerFailed(f"the runtime image {image} is not on this Docker engine (nor in a registry its name "
                                "names), and ARIEL_BUILD_IMAGE is false: build it in a checkout of this release with "
                                "`ariel build-image`, or load it (`docker save` there, `docker load` here)")
-        elif (lean := lean_image_of(image)) and not image_present(lean):  # runs go on, in the larger image
-            _say(f"The lean runtime image {lean} is not on this Docker engine: every run takes {image}, larger and "
-                 "slower to start. `ariel build-image` builds both; or load it as you loaded the full one.")
+        else:
+            if (lean := lean_image_of(image)) is not None:
+                image_present(lean)  # pulled, if its name names a registry
+            if problem := _lean_problem(image):  # runs go on, in the larger image
+                _say(f"The lean runtime image will not be used: {problem}. Every run takes {image}, larger and "
+                     "slower to start; load both images of one build as you loaded the full one.")
     # The protected endpoints a process pool's runs get: the app, under its name here and loopback's.
     here = settings.model_copy(update={"host": address.hostname or "127.0.0.1",
                                        "port": address.port or (443 if address.scheme == "https" else 80)})
@@ -88,6 +93,14 @@ def run_pool_host(settings: ArielSettings, server: str) -> None:
     finally:
         ignore_stop_signals()
         children.stop_all()
+
+
+def _lean_problem(image: str) -> str | None:
+    client = docker.from_env()
+    try:
+        return lean_twin_problem(client, image)
+    finally:
+        client.close()
 
 
 def _say(line: str) -> None:

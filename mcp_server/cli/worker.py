@@ -21,6 +21,7 @@ import time
 import httpx
 
 from mcp_server.auth.worker_keys import worker_key_prefix
+from mcp_server.cli.environments import is_prefect_server_setting
 from mcp_server.cli.processes import Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
 from mcp_server.settings import is_loopback_url
@@ -65,7 +66,8 @@ def worker_pool(server: str, key: str) -> str:
 def worker_environment(server: str, key: str) -> dict[str, str]:
     """The worker's environment: Prefect through the gateway, with the worker key both ways clients send one."""
     env = {name: value for name, value in os.environ.items()
-           if name not in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", KEY_ENV)}
+           if name not in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", KEY_ENV)
+           and not is_prefect_server_setting(name)}
     env.update(
         PREFECT_API_URL=f"{server.rstrip('/')}/prefect/api",
         PREFECT_API_KEY=key,

@@ -7,6 +7,7 @@ test from the offline base image.
 
 from __future__ import annotations
 
+import io
 import logging
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import docker
 import pytest
 from prefect_docker.worker import DockerWorkerJobConfiguration
 
+from deployments.images.runtime_image import CODE_HASH_LABEL
 from deployments.pools.run_images import lean_image_of, needs_full_image
 from deployments.pools.standby import StandbyDockerWorker
 from flows.config import McpServerRef
@@ -91,3 +93,18 @@ def test_without_the_lean_twin_every_run_takes_the_full_image_and_the_worker_say
         assert chosen(worker, full, full=False) == full
     said = [record.getMessage() for record in caplog.records if lean in record.getMessage()]
     assert len(said) == 1 and "`ariel build-image`" in said[0], said
+
+
+def test_a_lean_twin_of_another_build_is_not_used(images: tuple[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    # As when only the full image of a new release was loaded (`docker load`), its lean twin left from the last one.
+    full, lean = images
+    client = docker.from_env()
+    try:
+        client.images.build(fileobj=io.BytesIO(f"FROM {BASE_IMAGE}\nLABEL {CODE_HASH_LABEL}=older\n".encode()),
+                            tag=lean, rm=True)
+    finally:
+        client.close()
+    worker = StandbyDockerWorker(work_pool_name=ARIEL_POOL)
+    with caplog.at_level(logging.WARNING):
+        assert chosen(worker, full, full=False) == full
+    assert any("built from other code" in record.getMessage() for record in caplog.records)
