@@ -82,8 +82,8 @@ class ArielSettings(BaseSettings):
         le=1000,
         description="How many of the install's pools keep a worker (and a standby container) while nothing is due "
         "in them, the most recently busy first; every other pool gets one when a run of it falls due. Each costs "
-        "the worker host ~0.3 requests a second to Prefect and, on Docker, ~100 to 150 MB for each standby (one per "
-        "runtime image its runs took).",
+        "the worker host ~0.3 requests a second to Prefect and, on Docker, ~80 MB for each standby (one per runtime "
+        "image its runs took).",
     )
     max_runs: int | None = Field(
         default=None,

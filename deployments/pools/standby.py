@@ -61,7 +61,8 @@ POOL_LABEL = "io.prefect.work-pool-name"
 RUN_LABEL = "io.prefect.flow-run-id"
 STANDBY_COMMAND = ["python", "-m", "flows.standby"]
 IDLE_SECONDS = 600.0
-"""A standby nobody took for this long is removed: ~150 MB each, and a quiet pool needs none."""
+"""A standby nobody took for this long is removed: ~80 MB each (~240 MB with litellm, on own hardware), and a quiet
+pool needs none."""
 MAX_STANDBYS = 2
 """Standbys one pool keeps at most: one of the lean image and one of the full."""
 _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
