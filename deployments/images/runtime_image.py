@@ -44,7 +44,7 @@ from deployments.pools.run_images import lean_image_of
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CODE_HASH_LABEL = "ariel.code-hash"
 _CONTEXT_DIRS = ("flows", "blocks")
-_DOCKER_FILES = ("Dockerfile", "requirements-lean.txt", "requirements-runtime.txt")
+_DOCKER_FILES = ("Dockerfile", "install-venv.sh", "requirements-lean.txt", "requirements-runtime.txt")
 
 Progress = Callable[[str], None]
 

@@ -199,4 +199,3 @@ def test_stdio_is_refused_on_a_shared_install_before_anything_opens(tmp_path: Pa
            "'saas') does not allow; connect an MCP client to the app's /mcp with an API key instead")
     assert not (tmp_path / "ariel.db").exists()  # refused before the store was opened
 
-
