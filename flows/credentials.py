@@ -15,12 +15,15 @@ token) and the fingerprints of its tools as a person approved them
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 from prefect.settings import get_current_settings
 from pydantic import SecretStr
 
@@ -30,6 +33,10 @@ from flows.fingerprints import Fingerprint
 
 RUN_ROUTE = "/ariel/v1/run"  # the gateway's; mcp_server.gateway.app.RUN_ROUTE
 FETCH_SECONDS = 30.0
+# While the gateway cannot answer yet (an app process restarting, the store or the Prefect API behind it briefly
+# away), a run asks again after each pause: 100 s in all, past the 60 s for which the embedded Prefect server's
+# SQLite can hold every write (its busy timeout), so that such a stall delays a run instead of failing it.
+GATEWAY_PAUSES = (0.5, 1.5, 3.0, 5.0, 10.0, 20.0, 20.0, 20.0, 20.0)
 
 
 class ProviderMissing(RuntimeFailure):
@@ -111,7 +118,7 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
         )
     try:
         async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
-            answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            answer = await asked_until_answered(client, url, token, what)
     except httpx.HTTPError as exc:
         raise RuntimeFailure(f"{what}: Ariel's gateway did not answer ({type(exc).__name__}); "
                              "the run can be retried") from None
@@ -134,6 +141,37 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
     return RunCredentials(provider=provider, mcp=_mcp_access(config, body.get("mcp")),
                           models_through_gateway=through_gateway,
                           provider_fingerprint=Fingerprint.from_answer(body.get("provider_fingerprint")))
+
+
+async def asked_until_answered(client: httpx.AsyncClient, url: str, token: str, what: str) -> httpx.Response:
+    """The gateway's answer to the run's GET, asked again while it cannot give one yet (no connection, no answer
+    in time, a 502, 503 or 504) after each of `GATEWAY_PAUSES`; the run's log says so once. Asking again is safe:
+    the request only reads. The last answer, or the last error, once the pauses are spent."""
+    said = False
+    for pause in (*GATEWAY_PAUSES, None):
+        try:
+            answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            if pause is None:
+                raise
+            why = f"Ariel's gateway did not answer ({type(exc).__name__})"
+        else:
+            if answer.status_code not in (502, 503, 504) or pause is None:
+                return answer
+            why = str(json_object(answer).get("detail") or f"the gateway answered {answer.status_code}")
+        if not said:
+            said = True
+            _say(f"{what}: {why}; asking again for up to {sum(GATEWAY_PAUSES):.0f} s")
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable: the last pass returns or raises")
+
+
+def _say(message: str) -> None:
+    """A line on the run's log in Prefect; on stderr outside a run (a test's call, say)."""
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:
+        print(f"Ariel: {message}", file=sys.stderr, flush=True)
 
 
 def _mcp_access(config: RunConfig, given: Any) -> dict[str, McpServerAccess]:

@@ -34,12 +34,20 @@ from typing import Any, Literal
 
 import httpx
 
-from flows.credentials import FETCH_SECONDS, gateway_url, json_object, run_token, stop_if_superseded
+from flows.credentials import (
+    FETCH_SECONDS,
+    GATEWAY_PAUSES,
+    asked_until_answered,
+    gateway_url,
+    json_object,
+    run_token,
+    stop_if_superseded,
+)
 from flows.exceptions import RuntimeFailure
 
 JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
-# A write that fails is tried again after these pauses, then the run stops before the step.
-WRITE_PAUSES = (0.5, 1.0, 2.0, 4.0)
+# A write that fails is tried again after these pauses (the gateway's patience), then the run stops before the step.
+WRITE_PAUSES = GATEWAY_PAUSES
 
 
 class StepUncertain(RuntimeFailure):
@@ -87,7 +95,7 @@ class Journal:
             return cls()
         try:
             async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
-                answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+                answer = await asked_until_answered(client, url, token, "the run's journal")
         except httpx.HTTPError as exc:
             raise JournalUnavailable(f"the run's journal could not be read: Ariel's gateway did not answer "
                                      f"({type(exc).__name__}); run the agent again") from None

@@ -1,0 +1,62 @@
+"""A run fetches its credentials from the gateway once the gateway can answer: a brief outage delays it, no more.
+
+Each test plays a real run in its own interpreter through a real gateway on loopback, in front of the tests'
+Prefect server. What the gateway cannot reach (here the store of provider keys; in production also the Prefect
+API behind it, whose SQLite can hold every write for up to 60 s) it answers with a 503 `unavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.credentials import GATEWAY_PAUSES
+from mcp_server.services.exceptions import Unavailable
+from mcp_server.services.secrets import ProviderSecret
+from tests.flows.support import config, play, run_gateway
+
+pytestmark = pytest.mark.slow(reason="the run waits out the gateway's pauses, a few seconds")
+
+KEY = "sk-held-by-the-store-91c3aa"
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api: str) -> Iterator[None]:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield
+
+
+class AwayAtFirst(dict[str, ProviderSecret]):
+    """Provider keys whose store does not answer the first `away` times it is asked."""
+
+    def __init__(self, away: int, **secrets: ProviderSecret) -> None:
+        super().__init__(secrets)
+        self.away, self.refused = away, 0
+
+    def get(self, name: str, default: ProviderSecret | None = None) -> ProviderSecret | None:  # type: ignore[override]
+        if self.refused < self.away:
+            self.refused += 1
+            raise Unavailable("the store of provider keys did not answer; try again")
+        return super().get(name, default)
+
+
+def test_a_run_whose_gateway_cannot_answer_yet_asks_again_says_so_and_completes(prefect_api: str) -> None:
+    providers = AwayAtFirst(2, llm=ProviderSecret(name="llm", api_key=KEY, api_base=None))
+    with run_gateway(prefect_api, providers) as gateway:
+        agent = config(provider="llm", script=[{"reply": "fetched at the third ask"}])
+        outcome = play(agent, gateway=gateway)
+    assert (outcome.state, outcome.result) == ("Completed", "fetched at the third ask"), outcome.message
+    assert providers.refused == 2  # the run's first two asks; the third got the key's fingerprint
+    # The run's log, as a person reads it in Prefect, says why it waited.
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))]
+    waited = [line for line in logs if "asking again" in line]
+    assert waited == [f"provider 'llm': the store of provider keys did not answer; try again; asking again for up "
+                      f"to {sum(GATEWAY_PAUSES):.0f} s"], logs
+    assert not any(KEY in line for line in logs)
