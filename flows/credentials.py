@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ FETCH_SECONDS = 30.0
 # away), a run asks again after each pause: 100 s in all, past the 60 s for which the embedded Prefect server's
 # SQLite can hold every write (its busy timeout), so that such a stall delays a run instead of failing it.
 GATEWAY_PAUSES = (0.5, 1.5, 3.0, 5.0, 10.0, 20.0, 20.0, 20.0, 20.0)
+GATEWAY_PATIENCE_SECONDS = sum(GATEWAY_PAUSES)
 
 
 class ProviderMissing(RuntimeFailure):
@@ -117,8 +120,9 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
             "pool's worker starts them through Ariel's Prefect gateway"
         )
     try:
-        async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
-            answer = await asked_until_answered(client, url, token, what)
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = await asked_patiently(
+                lambda timeout: client.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout), what)
     except httpx.HTTPError as exc:
         raise RuntimeFailure(f"{what}: Ariel's gateway did not answer ({type(exc).__name__}); "
                              "the run can be retried") from None
@@ -143,25 +147,28 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
                           provider_fingerprint=Fingerprint.from_answer(body.get("provider_fingerprint")))
 
 
-async def asked_until_answered(client: httpx.AsyncClient, url: str, token: str, what: str) -> httpx.Response:
-    """The gateway's answer to the run's GET, asked again while it cannot give one yet (no connection, no answer
-    in time, a 502, 503 or 504) after each of `GATEWAY_PAUSES`; the run's log says so once. Asking again is safe:
-    the request only reads. The last answer, or the last error, once the pauses are spent."""
+async def asked_patiently(ask: Callable[[float], Awaitable[httpx.Response]], what: str) -> httpx.Response:
+    """The gateway's answer to `ask(timeout)`, asked again while it cannot give one yet (no answer, or a 502, 503 or
+    504) after each of `GATEWAY_PAUSES`, all within `GATEWAY_PATIENCE_SECONDS` (each ask waits what is left, at
+    most `FETCH_SECONDS`); the run's log says so once. Only for a request that may be made twice. The last
+    answer, or the last error, once patience runs out."""
+    deadline = time.monotonic() + GATEWAY_PATIENCE_SECONDS
     said = False
     for pause in (*GATEWAY_PAUSES, None):
         try:
-            answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+            answer = await ask(max(1.0, min(FETCH_SECONDS, deadline - time.monotonic())))
         except httpx.HTTPError as exc:
-            if pause is None:
+            if pause is None or time.monotonic() + pause >= deadline:
                 raise
             why = f"Ariel's gateway did not answer ({type(exc).__name__})"
         else:
-            if answer.status_code not in (502, 503, 504) or pause is None:
+            if answer.status_code not in (502, 503, 504) or pause is None or time.monotonic() + pause >= deadline:
                 return answer
-            why = str(json_object(answer).get("detail") or f"the gateway answered {answer.status_code}")
+            # A proxy's error page is not ours to log at length.
+            why = str(json_object(answer).get("detail") or f"the gateway answered {answer.status_code}")[:300]
         if not said:
             said = True
-            _say(f"{what}: {why}; asking again for up to {sum(GATEWAY_PAUSES):.0f} s")
+            _say(f"{what}: {why}; asking again for up to {GATEWAY_PATIENCE_SECONDS:.0f} s")
         await asyncio.sleep(pause)
     raise AssertionError("unreachable: the last pass returns or raises")
 

@@ -28,16 +28,13 @@ Example (inside a run)::
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
 from flows.credentials import (
-    FETCH_SECONDS,
-    GATEWAY_PAUSES,
-    asked_until_answered,
+    asked_patiently,
     gateway_url,
     json_object,
     run_token,
@@ -46,8 +43,6 @@ from flows.credentials import (
 from flows.exceptions import RuntimeFailure
 
 JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
-# A write that fails is tried again after these pauses (the gateway's patience), then the run stops before the step.
-WRITE_PAUSES = GATEWAY_PAUSES
 
 
 class StepUncertain(RuntimeFailure):
@@ -94,8 +89,10 @@ class Journal:
         if url is None or token is None:
             return cls()
         try:
-            async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
-                answer = await asked_until_answered(client, url, token, "the run's journal")
+            async with httpx.AsyncClient(trust_env=False) as client:
+                answer = await asked_patiently(
+                    lambda timeout: client.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout),
+                    "the run's journal")
         except httpx.HTTPError as exc:
             raise JournalUnavailable(f"the run's journal could not be read: Ariel's gateway did not answer "
                                      f"({type(exc).__name__}); run the agent again") from None
@@ -138,21 +135,22 @@ class Journal:
     async def _write(self, entry: dict[str, Any]) -> None:
         if self.url is None:
             return
-        problem = ""
-        for pause in (*WRITE_PAUSES, None):
-            try:
-                async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as client:
-                    answer = await client.post(self.url, json=entry, headers={"Authorization": f"Bearer {self.token}"})
-                if answer.status_code == 200:
-                    return
-                stop_if_superseded(answer)
-                problem = _detail(answer)
-                if answer.status_code < 500:
-                    break  # refused: trying again will not change that
-            except httpx.HTTPError as exc:
-                problem = f"Ariel's gateway did not answer ({type(exc).__name__})"
-            if pause is not None:
-                await asyncio.sleep(pause)
+        url, token = self.url, self.token
+        try:
+            # Asked again, as a read is: a start rewrites a step still started, and a finish sent again after its
+            # answer was lost is taken (`mcp_server.services.journal`).
+            async with httpx.AsyncClient(trust_env=False) as client:
+                answer = await asked_patiently(
+                    lambda timeout: client.post(url, json=entry, headers={"Authorization": f"Bearer {token}"},
+                                                timeout=timeout),
+                    f"step {entry['seq']} of the run's journal")
+        except httpx.HTTPError as exc:
+            problem = f"Ariel's gateway did not answer ({type(exc).__name__})"
+        else:
+            if answer.status_code == 200:
+                return
+            stop_if_superseded(answer)
+            problem = _detail(answer)
         raise JournalUnavailable(f"step {entry['seq']} could not be recorded in the run's journal ({problem}); the run "
                                  "stops before making it: run the agent again")
 

@@ -34,6 +34,7 @@ from mcp_server.gateway.listing import (
     ToolListings,
     bounded_body,
     live_or_refused,
+    refused_for,
     serve_listing,
 )
 from mcp_server.gateway.models import MODEL_ROUTE, ModelCalls, checked_config, serve_model
@@ -288,7 +289,7 @@ class Gateway:
                 secret = await self._open_provider(caller.org_id, short_name(config.provider))
             except ArielError as exc:
                 log.warning("gateway: %s: provider %r: %s", caller.label, config.provider, exc)
-                return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
+                return refused_for(exc, 500)
             if secret is None:
                 return JSONResponse({"error": "not_found", "detail": f"no provider {short_name(config.provider)!r} "
                                      "in this organization; manage_secrets set_provider makes one"}, status_code=404)
@@ -307,7 +308,7 @@ class Gateway:
                 answer["mcp"] = await self._tool_servers(caller.org_id, server_ids)
             except ArielError as exc:
                 log.warning("gateway: %s: MCP servers: %s", caller.label, exc)
-                return JSONResponse({"error": "unavailable", "detail": str(exc)}, status_code=503)
+                return refused_for(exc, 500)
         return JSONResponse(answer)
 
     async def _tool_servers(self, org_id: str, server_ids: list[str]) -> dict[str, dict[str, Any]]:

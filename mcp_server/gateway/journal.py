@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from flows.journal import JOURNAL_ROUTE
-from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
+from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_for, refused_route
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
@@ -63,7 +63,7 @@ async def serve_journal(request: Request, caller: RunScope, ownership: Ownership
         return JSONResponse({"ok": True})
     except ArielError as exc:
         log.warning("gateway: %s: journal: %s", caller.label, exc)
-        return refused_route(409, "refused", str(exc))
+        return refused_for(exc, 409)
 
 
 async def _entry(request: Request) -> dict[str, Any] | None:

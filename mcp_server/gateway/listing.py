@@ -24,7 +24,7 @@ from flows.exceptions import ConfigTampered
 from flows.mcp.listing import LISTING_ROUTE, ListingRequest, verify_request
 from mcp_server.gateway.ownership import NotLive, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
-from mcp_server.services.exceptions import ArielError
+from mcp_server.services.exceptions import ArielError, Unavailable
 
 log = logging.getLogger("ariel.gateway")
 
@@ -137,6 +137,15 @@ async def live_or_refused(ownership: Ownership, caller: RunScope) -> RunNow | JS
 def refused_route(status: int, error: str, detail: str) -> JSONResponse:
     """How Ariel's own gateway routes refuse: the reason as `error`, for the run to tell apart, and `detail`."""
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def refused_for(exc: ArielError, status: int) -> JSONResponse:
+    """A service's error as a route's refusal: 503 `unavailable` when a service did not answer, which the run asks
+    again for (`flows.credentials.GATEWAY_PAUSES`); any other (a sealing fault, a bad entry) `refused` with
+    `status`, which waiting will not mend."""
+    if isinstance(exc, Unavailable):
+        return refused_route(503, "unavailable", str(exc))
+    return refused_route(status, "refused", str(exc))
 
 
 async def bounded_body(request: Request, limit: int) -> bytes | None:

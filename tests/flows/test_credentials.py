@@ -15,8 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.credentials import GATEWAY_PAUSES
-from mcp_server.services.exceptions import Unavailable
+from flows.credentials import GATEWAY_PATIENCE_SECONDS
+from mcp_server.services.exceptions import ArielError, KekUnavailable, Unavailable
 from mcp_server.services.secrets import ProviderSecret
 from tests.flows.support import config, play, run_gateway
 
@@ -32,16 +32,17 @@ def _prefect(prefect_api: str) -> Iterator[None]:
 
 
 class AwayAtFirst(dict[str, ProviderSecret]):
-    """Provider keys whose store does not answer the first `away` times it is asked."""
+    """Provider keys whose store fails with `error` the first `away` times it is asked."""
 
-    def __init__(self, away: int, **secrets: ProviderSecret) -> None:
+    def __init__(self, away: int, error: ArielError | None = None, **secrets: ProviderSecret) -> None:
         super().__init__(secrets)
         self.away, self.refused = away, 0
+        self.error = error or Unavailable("the store of provider keys did not answer; try again")
 
     def get(self, name: str, default: ProviderSecret | None = None) -> ProviderSecret | None:  # type: ignore[override]
         if self.refused < self.away:
             self.refused += 1
-            raise Unavailable("the store of provider keys did not answer; try again")
+            raise self.error
         return super().get(name, default)
 
 
@@ -58,5 +59,16 @@ def test_a_run_whose_gateway_cannot_answer_yet_asks_again_says_so_and_completes(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))]
     waited = [line for line in logs if "asking again" in line]
     assert waited == [f"provider 'llm': the store of provider keys did not answer; try again; asking again for up "
-                      f"to {sum(GATEWAY_PAUSES):.0f} s"], logs
+                      f"to {GATEWAY_PATIENCE_SECONDS:.0f} s"], logs
     assert not any(KEY in line for line in logs)
+
+
+def test_a_key_that_cannot_be_opened_fails_the_run_at_once_saying_why(prefect_api: str) -> None:
+    # Waiting would not mend it: the install's key-encryption key is not the one the key was sealed under.
+    wrong_kek = KekUnavailable("ARIEL_KEK is not the key this org's data key was wrapped by; set the one it was")
+    providers = AwayAtFirst(100, wrong_kek, llm=ProviderSecret(name="llm", api_key=KEY, api_base=None))
+    with run_gateway(prefect_api, providers) as gateway:
+        outcome = play(config(provider="llm", script=[{"reply": "never"}]), gateway=gateway)
+    assert outcome.state == "Failed" and outcome.message is not None
+    assert outcome.message.endswith(f"provider 'llm': the credentials could not be fetched: {wrong_kek}"), outcome
+    assert providers.refused == 1  # asked once: not again for the next 100 s

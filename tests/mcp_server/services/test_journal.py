@@ -36,11 +36,15 @@ async def test_a_step_is_kept_when_it_starts_and_when_it_ends_sealed_and_read_ba
     assert all(b"shop.example" not in sealed for sealed in stored)  # sealed with the org's data key
 
 
-async def test_a_done_step_is_never_written_over_and_another_orgs_run_has_no_steps(home: Path, store_url: str) -> None:
+async def test_a_done_step_is_never_written_over_its_finish_may_come_twice_and_another_orgs_run_has_no_steps(
+    home: Path, store_url: str
+) -> None:
     async with services(home, store_url) as s:
         org = (await s.store.ensure_personal_org()).id
         elsewhere = await other_org(s.store)
         await s.journal.start(org, RUN, {"seq": 1, "kind": "llm", "name": "llm", "step": 1, "repeatable": True})
+        await s.journal.finish(org, RUN, {"seq": 1, "output": "first"})
+        # Sent again by a run that never heard the first answer (the gateway stalled): it landed, so it is taken.
         await s.journal.finish(org, RUN, {"seq": 1, "output": "first"})
         with pytest.raises(InvalidRequest, match="is done already"):
             await s.journal.start(org, RUN, {"seq": 1, "kind": "llm", "name": "llm", "step": 1, "repeatable": True})
