@@ -22,6 +22,7 @@ from deployments.agents.signing import Ed25519ConfigSigner
 from flows.config import Limits, RunConfig, ScriptStep
 from flows.signing import VERIFY_KEY_ENV
 from mcp_server.gateway import Gateway
+from mcp_server.gateway.journal import Journals
 from mcp_server.gateway.listing import ToolListings
 from mcp_server.gateway.models import ModelCalls
 from mcp_server.gateway.run_tokens import RunTokens
@@ -54,12 +55,13 @@ class RunGateway:
 @contextmanager
 def run_gateway(
     prefect_api: str, providers: dict[str, ProviderSecret], tool_servers: dict[str, dict[str, Any]] | None = None,
-    tool_listings: ToolListings | None = None, models: ModelCalls | None = None,
+    tool_listings: ToolListings | None = None, models: ModelCalls | None = None, journals: Journals | None = None,
 ) -> Iterator[RunGateway]:
     """Ariel's gateway served on loopback: runs fetch `providers` (by name, for any org) with their run tokens,
     and each MCP server's entry of `tool_servers` (by server id: `{"headers": ..., "pins": ...}` or
     `{"error": ...}`, as `ToolServerService.open_for_run` answers); listing runs reach `tool_listings`. Its model
-    calls for runs are guarded by `models` (default: the Prefect API behind it alone, private networks allowed).
+    calls for runs are guarded by `models` (default: the Prefect API behind it alone, private networks allowed);
+    runs keep their journal in `journals` (default: none, as the gateway of an install that keeps no journal).
 
     No worker credential opens it; `play(..., gateway=...)` makes the run and hands it its token, as the gateway
     does for a worker.
@@ -79,7 +81,8 @@ def run_gateway(
     gateway = Gateway(prefect_api, None, tokens, authenticate=nobody, verify_key=lambda: SIGNER.verify_key,
                       open_provider=open_provider, open_tool_servers=open_tool_servers,
                       tool_listings=(lambda: tool_listings) if tool_listings is not None else None,
-                      models=(lambda: models) if models is not None else None)
+                      models=(lambda: models) if models is not None else None,
+                      journals=(lambda: journals) if journals is not None else None)
     with serve_asgi(gateway) as url:
         yield RunGateway(api_url=f"{url}/api", tokens=tokens)
 

@@ -1,4 +1,4 @@
-"""A run fetches its credentials from the gateway once the gateway can answer: a brief outage delays it, no more.
+"""A run fetches its credentials and keeps its journal once the gateway can answer: a brief outage delays it, no more.
 
 Each test plays a real run in its own interpreter through a real gateway on loopback, in front of the tests'
 Prefect server. What the gateway cannot reach (here the store of provider keys; in production also the Prefect
@@ -8,6 +8,7 @@ API behind it, whose SQLite can hold every write for up to 60 s) it answers with
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -72,3 +73,43 @@ def test_a_key_that_cannot_be_opened_fails_the_run_at_once_saying_why(prefect_ap
     assert outcome.state == "Failed" and outcome.message is not None
     assert outcome.message.endswith(f"provider 'llm': the credentials could not be fetched: {wrong_kek}"), outcome
     assert providers.refused == 1  # asked once: not again for the next 100 s
+
+
+class JournalAwayAtFirst:
+    """A run journal (`mcp_server.gateway.journal.Journals`) in memory, whose store does not answer each kind of
+    write the first time."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, dict[str, Any]] = {}
+        self.refused: list[str] = []
+
+    async def read(self, org_id: str, run_id: str) -> list[dict[str, Any]]:
+        return [self.steps[seq] for seq in sorted(self.steps)]
+
+    async def start(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
+        self._away_once("start")
+        self.steps[entry["seq"]] = {**entry, "status": "started"}
+
+    async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
+        self._away_once("finish")
+        self.steps[entry["seq"]].update(status="done", output=entry.get("output"))
+
+    def _away_once(self, write: str) -> None:
+        if write not in self.refused:
+            self.refused.append(write)
+            raise Unavailable("the store did not answer; try again")
+
+
+def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_completes(prefect_api: str) -> None:
+    journal = JournalAwayAtFirst()
+    with run_gateway(prefect_api, {}, journals=journal) as gateway:
+        outcome = play(config(script=[{"reply": "journaled"}]), gateway=gateway)
+    assert (outcome.state, outcome.result) == ("Completed", "journaled"), outcome.message
+    assert journal.refused == ["start", "finish"]
+    assert [(seq, step["kind"], step["status"]) for seq, step in journal.steps.items()] == [(1, "llm", "done")]
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))]
+    assert [line for line in logs if "asking again" in line] == [
+        f"step 1 of the run's journal: the store did not answer; try again; asking again for up to "
+        f"{GATEWAY_PATIENCE_SECONDS:.0f} s"] * 2, logs
