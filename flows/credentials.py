@@ -158,18 +158,19 @@ async def asked_patiently(ask: Callable[[float], Awaitable[httpx.Response]], wha
         try:
             answer = await ask(max(1.0, min(FETCH_SECONDS, deadline - time.monotonic())))
         except httpx.HTTPError as exc:
-            if pause is None or time.monotonic() + pause >= deadline:
+            if pause is None or deadline - time.monotonic() < 2.0:
                 raise
             why = f"Ariel's gateway did not answer ({type(exc).__name__})"
         else:
-            if answer.status_code not in (502, 503, 504) or pause is None or time.monotonic() + pause >= deadline:
+            if answer.status_code not in (502, 503, 504) or pause is None or deadline - time.monotonic() < 2.0:
                 return answer
             # A proxy's error page is not ours to log at length.
             why = str(json_object(answer).get("detail") or f"the gateway answered {answer.status_code}")[:300]
         if not said:
             said = True
             _say(f"{what}: {why}; asking again for up to {GATEWAY_PATIENCE_SECONDS:.0f} s")
-        await asyncio.sleep(pause)
+        # The last pause is cut short to leave the last ask a second or more before the deadline.
+        await asyncio.sleep(min(pause, deadline - time.monotonic() - 1.0))
     raise AssertionError("unreachable: the last pass returns or raises")
 
 

@@ -51,7 +51,7 @@ from flows.models.remote import MODEL_ROUTE
 from flows.network.egress import AlsoRefuse, EgressRefused, agent_egress
 from flows.network.guard import ProtectedEndpoint, checked_addresses, port_of, protected_endpoints
 from flows.signing import verify
-from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_route
+from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_for, refused_route
 from mcp_server.gateway.ownership import Cache, NotLive, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
@@ -185,7 +185,7 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
             secret = await open_provider(caller.org_id, name)
         except ArielError as exc:
             log.warning("gateway: %s: provider %r: %s", caller.label, name, exc)
-            return refused_route(503, "unavailable", str(exc))
+            return refused_for(exc, 500)  # asked again by the run only when a service did not answer
         if secret is None:
             return refused_route(404, "not_found", f"no provider {name!r} in this organization; manage_secrets "
                                  "set_provider makes one")

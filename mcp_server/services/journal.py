@@ -80,10 +80,18 @@ class RunJournal:
         sealed = await self._seal(org_id, run_id, seq, {"input": entry.get("input"), "output": entry.get("output")})
         if not await self.store.finish_run_step(org_id, run_id, seq, sealed.ciphertext, sealed.nonce,
                                                 sealed.dek_version, utc_now()):
-            done = [step for step in await self.read(org_id, run_id) if step["seq"] == seq and step["status"] == "done"]
-            if done and (done[0]["input"], done[0]["output"]) == (entry.get("input"), entry.get("output")):
+            if await self._done_as(org_id, run_id, seq, {"input": entry.get("input"), "output": entry.get("output")}):
                 return  # the same finish again, from a run that never heard the answer to the first: it landed
             raise InvalidRequest(f"step {seq} of this run was not started, or is done already")
+
+    async def _done_as(self, org_id: str, run_id: str, seq: int, written: dict[str, Any]) -> bool:
+        """Whether step `seq` is done with `written` as its input and output; only that step is opened."""
+        for record in await self.store.run_steps(org_id, run_id):
+            if record.seq == seq and record.status == "done":
+                opened = json.loads(await self.sealer.open(org_id, _purpose(run_id, seq),
+                                                           Sealed(record.sealed, record.nonce, record.dek_version)))
+                return bool(opened == written)
+        return False
 
     async def forget_older_than(self, retention: timedelta) -> int:
         """Delete the journals of every org's runs that wrote no step for `retention`; how many steps went.

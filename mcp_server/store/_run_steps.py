@@ -66,17 +66,23 @@ class RunStepQueries:
         """
         key = (run_steps.c.org_id == record.org_id, run_steps.c.run_id == record.run_id,
                run_steps.c.seq == record.seq)
-        async with self.tenant(record.org_id) as conn:
-            found = (await conn.execute(select(run_steps.c.status).where(*key))).first()
-            if found is not None and found.status == "done":
-                raise Conflict(f"step {record.seq} of run {record.run_id} is done already")
-            try:
+        try:
+            async with self.tenant(record.org_id) as conn:
+                found = (await conn.execute(select(run_steps.c.status).where(*key))).first()
+                if found is not None and found.status == "done":
+                    raise Conflict(f"step {record.seq} of run {record.run_id} is done already")
                 if found is None:
                     await conn.execute(run_steps.insert().values(**record.__dict__))
                 else:
                     await conn.execute(run_steps.update().where(*key).values(**record.__dict__))
-            except IntegrityError as exc:  # the same step started twice at once: one of them wins
-                raise Conflict(f"step {record.seq} of run {record.run_id} was written at the same time") from exc
+        except IntegrityError as exc:
+            # The same step started twice at once (a run that asked again while its first ask was still being
+            # written): one stands, and a start written again would only rewrite it.
+            async with self.tenant(record.org_id) as conn:
+                found = (await conn.execute(select(run_steps.c.status).where(*key))).first()
+            if found is None or found.status != "started":
+                state = "is done already" if found is not None else "was written at the same time"
+                raise Conflict(f"step {record.seq} of run {record.run_id} {state}") from exc
         return record
 
     async def finish_run_step(self: Tenant, org_id: str, run_id: str, seq: int, sealed: bytes, nonce: bytes,

@@ -50,6 +50,8 @@ async def test_a_done_step_is_never_written_over_its_finish_may_come_twice_and_a
             await s.journal.start(org, RUN, {"seq": 1, "kind": "llm", "name": "llm", "step": 1, "repeatable": True})
         with pytest.raises(InvalidRequest, match="was not started, or is done already"):
             await s.journal.finish(org, RUN, {"seq": 1, "output": "second"})
+        with pytest.raises(InvalidRequest, match="was not started, or is done already"):
+            await s.journal.finish(org, RUN, {"seq": 1, "input": "other", "output": "first"})
         with pytest.raises(InvalidRequest, match="seq: the step's position"):
             await s.journal.start(org, RUN, {"seq": 0, "kind": "llm", "name": "llm", "step": 1})
         assert await s.journal.read(elsewhere, RUN) == []
