@@ -50,8 +50,7 @@ class RunJournal:
         """The run's steps in order: seq, kind, name, step, status, repeatable, and input and output opened."""
         steps = []
         for record in await self.store.run_steps(org_id, run_id):
-            opened = json.loads(await self.sealer.open(org_id, _purpose(run_id, record.seq),
-                                                       Sealed(record.sealed, record.nonce, record.dek_version)))
+            opened = await self._opened(org_id, record)
             steps.append({"seq": record.seq, "kind": record.kind, "name": record.name, "step": record.step,
                           "status": record.status, "repeatable": record.repeatable,
                           "input": opened.get("input"), "output": opened.get("output")})
@@ -77,10 +76,11 @@ class RunJournal:
     async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
         """Record a started step as done, with its input and output."""
         seq = _seq(entry)
-        sealed = await self._seal(org_id, run_id, seq, {"input": entry.get("input"), "output": entry.get("output")})
+        written = {"input": entry.get("input"), "output": entry.get("output")}
+        sealed = await self._seal(org_id, run_id, seq, written)
         if not await self.store.finish_run_step(org_id, run_id, seq, sealed.ciphertext, sealed.nonce,
                                                 sealed.dek_version, utc_now()):
-            if await self._done_as(org_id, run_id, seq, {"input": entry.get("input"), "output": entry.get("output")}):
+            if await self._done_as(org_id, run_id, seq, written):
                 return  # the same finish again, from a run that never heard the answer to the first: it landed
             raise InvalidRequest(f"step {seq} of this run was not started, or is done already")
 
@@ -88,10 +88,14 @@ class RunJournal:
         """Whether step `seq` is done with `written` as its input and output; only that step is opened."""
         for record in await self.store.run_steps(org_id, run_id):
             if record.seq == seq and record.status == "done":
-                opened = json.loads(await self.sealer.open(org_id, _purpose(run_id, seq),
-                                                           Sealed(record.sealed, record.nonce, record.dek_version)))
-                return bool(opened == written)
+                return bool(await self._opened(org_id, record) == written)
         return False
+
+    async def _opened(self, org_id: str, record: RunStepRecord) -> dict[str, Any]:
+        """A step's sealed input and output, opened."""
+        opened: dict[str, Any] = json.loads(await self.sealer.open(
+            org_id, _purpose(record.run_id, record.seq), Sealed(record.sealed, record.nonce, record.dek_version)))
+        return opened
 
     async def forget_older_than(self, retention: timedelta) -> int:
         """Delete the journals of every org's runs that wrote no step for `retention`; how many steps went.
