@@ -47,6 +47,7 @@ from mcp_server.gateway.transcript import TRANSCRIPT_ROUTE, Transcripts, serve_t
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
 from mcp_server.services.wakeups import Wakeups
+from mcp_server.store import StoreError
 
 log = logging.getLogger("ariel.gateway")
 
@@ -287,7 +288,7 @@ class Gateway:
         if config.provider:
             try:
                 secret = await self._open_provider(caller.org_id, short_name(config.provider))
-            except ArielError as exc:
+            except (ArielError, StoreError) as exc:
                 log.warning("gateway: %s: provider %r: %s", caller.label, config.provider, exc)
                 return refused_for(exc, 500)
             if secret is None:
@@ -306,7 +307,7 @@ class Gateway:
         if server_ids:
             try:
                 answer["mcp"] = await self._tool_servers(caller.org_id, server_ids)
-            except ArielError as exc:
+            except (ArielError, StoreError) as exc:
                 log.warning("gateway: %s: MCP servers: %s", caller.label, exc)
                 return refused_for(exc, 500)
         return JSONResponse(answer)

@@ -19,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, select, text, true
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -64,6 +65,9 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
         except BaseException:
             await engine.dispose()
             raise
+        # From here (the migration's failure is named above, in its own words) a database that cannot serve a
+        # query is `Unreachable`: the gateway answers a run 503 for it, and the run asks again.
+        event.listen(engine.sync_engine, "handle_error", _unreachable_when_away)
         return store
 
     async def close(self) -> None:
@@ -296,6 +300,15 @@ def _version(row: Any) -> AgentVersion:
     return AgentVersion(
         agent_id=row.agent_id, version=row.version, spec=row.spec, created_at=row.created_at, created_by=row.created_by
     )
+
+
+def _unreachable_when_away(context: ExceptionContext) -> None:
+    """A database gone, restarting, or (SQLite) locked past its wait, as `Unreachable`, named by the driver's
+    first line: never the statement or its parameters, which hold tenant data."""
+    if isinstance(context.sqlalchemy_exception, OperationalError | InterfaceError):
+        said = str(context.original_exception).strip().splitlines()
+        raise Unreachable(f"Ariel's store could not serve the request now "
+                          f"({said[0][:200] if said else type(context.original_exception).__name__}); try again")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

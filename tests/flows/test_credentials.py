@@ -20,6 +20,7 @@ from flows.config import Limits
 from flows.credentials import GATEWAY_PATIENCE_SECONDS
 from mcp_server.services.exceptions import ArielError, KekUnavailable, Unavailable
 from mcp_server.services.secrets import ProviderSecret
+from mcp_server.store import Unreachable
 from tests.flows.support import config, play, run_gateway
 
 pytestmark = pytest.mark.slow(reason="the run waits out the gateway's pauses, a few seconds")
@@ -96,7 +97,8 @@ def test_a_key_that_cannot_be_opened_fails_the_run_at_once_saying_why(prefect_ap
 
 class JournalAwayAtFirst:
     """A run journal (`mcp_server.gateway.journal.Journals`) in memory, whose store does not answer each kind of
-    write the first time."""
+    write the first time: a service that did not answer (`Unavailable`) for the start, and the database itself
+    for the finish (the store's `Unreachable`, as a lost connection or a lock held past its wait raises)."""
 
     def __init__(self) -> None:
         self.steps: dict[int, dict[str, Any]] = {}
@@ -106,17 +108,18 @@ class JournalAwayAtFirst:
         return [self.steps[seq] for seq in sorted(self.steps)]
 
     async def start(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
-        self._away_once("start")
+        self._away_once("start", Unavailable("the store did not answer; try again"))
         self.steps[entry["seq"]] = {**entry, "status": "started"}
 
     async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
-        self._away_once("finish")
+        self._away_once("finish", Unreachable("Ariel's store could not serve the request now (database is "
+                                              "locked); try again"))
         self.steps[entry["seq"]].update(status="done", output=entry.get("output"))
 
-    def _away_once(self, write: str) -> None:
+    def _away_once(self, write: str, error: Exception) -> None:
         if write not in self.refused:
             self.refused.append(write)
-            raise Unavailable("the store did not answer; try again")
+            raise error
 
 
 def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_completes(prefect_api: str) -> None:
@@ -130,5 +133,6 @@ def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_comp
         logs = [log.message for log in client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))]
     assert [line for line in logs if "asking again" in line] == [
-        f"step 1 of the run's journal: the store did not answer; try again; asking again for up to "
-        f"{GATEWAY_PATIENCE_SECONDS:.0f} s"] * 2, logs
+        f"step 1 of the run's journal: {said}; asking again for up to {GATEWAY_PATIENCE_SECONDS:.0f} s" for said in (
+            "the store did not answer; try again",
+            "Ariel's store could not serve the request now (database is locked); try again")], logs
