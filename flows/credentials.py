@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from flows.config import RunConfig
 from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.fingerprints import Fingerprint
+from flows.tls import tls_for
 
 RUN_ROUTE = "/ariel/v1/run"  # the gateway's; mcp_server.gateway.app.RUN_ROUTE
 FETCH_SECONDS = 30.0
@@ -120,7 +121,7 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
             "pool's worker starts them through Ariel's Prefect gateway"
         )
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(trust_env=False, verify=tls_for(url)) as client:
             answer = await asked_patiently(
                 lambda timeout: client.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout), what)
     except httpx.HTTPError as exc:

@@ -17,6 +17,7 @@ import httpx
 
 from flows.credentials import asked_patiently, gateway_url, json_object, run_token, stop_if_superseded
 from flows.exceptions import ModelCallFailed, RuntimeFailure
+from flows.tls import tls_for
 
 MODEL_ROUTE = "/ariel/v1/model"  # the gateway's; mcp_server.gateway.models.MODEL_ROUTE
 ANSWER_SLACK_SECONDS = 15.0
@@ -36,7 +37,8 @@ async def complete_through_gateway(
     if url is None or token is None:
         raise RuntimeFailure("the run's model is called through Ariel's gateway, and this run has no run token")
     try:
-        async with httpx.AsyncClient(timeout=timeout + ANSWER_SLACK_SECONDS, trust_env=False) as client:
+        async with httpx.AsyncClient(timeout=timeout + ANSWER_SLACK_SECONDS, trust_env=False,
+                                     verify=tls_for(url)) as client:
             asked = {"messages": messages, "tools": tools or None, "timeout": timeout}
             # The client's own timeout bounds each ask: the gateway times the model call, the run waits it out.
             answer = await asked_patiently(
