@@ -28,6 +28,11 @@ def tls_for(url: str) -> ssl.SSLContext:
     plain HTTP (never used: a refused certificate, should a redirect ever lead to TLS)."""
     if url.lower().startswith("https:"):
         return _verified()
+    return _trusting_nothing()
+
+
+@cache
+def _trusting_nothing() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(NO_TLS_CA))
 
 

@@ -69,10 +69,10 @@ def _usage(given: Any) -> dict[str, int]:
 
 
 def _model_not_called(outcome: httpx.Response | httpx.HTTPError) -> bool:
-    """Whether the gateway cannot have called the model, so that asking again bills nothing twice: a refused
-    connection (an app process restarting), or its own 503 `unavailable`, said before any call (the store or
-    Prefect briefly away). Never after a connection broke mid-call, nor for a proxy's 503: the model may have
+    """Whether the gateway cannot have called the model, so that asking again bills nothing twice: a connection
+    refused or never made (an app process restarting), or its own 503 `unavailable`, said before any call (the
+    store or Prefect briefly away). Never after a connection broke mid-call, nor for a proxy's 503: the model may have
     answered."""
     if isinstance(outcome, httpx.HTTPError):
-        return isinstance(outcome, httpx.ConnectError)
+        return isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout)
     return outcome.status_code == 503 and json_object(outcome).get("error") == "unavailable"

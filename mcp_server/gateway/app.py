@@ -106,8 +106,8 @@ def run_environment(token: str) -> dict[str, str]:
 
 
 MAX_SUBSCRIPTIONS_PER_RUN = 2
-SUSPENDED_EVENT = "prefect.flow-run.Suspended"  # what Prefect's suspension observer subscribes to, alone
 """A flow run's suspension observer opens one; a reconnect may briefly overlap it."""
+SUSPENDED_EVENT = "prefect.flow-run.Suspended"  # what Prefect's suspension observer subscribes to, alone
 
 class Gateway:
     """One gateway: its own upstream connections and caches (nothing shared between two)."""

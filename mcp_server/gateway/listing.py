@@ -141,9 +141,10 @@ def refused_route(status: int, error: str, detail: str) -> JSONResponse:
 
 
 def refused_for(exc: ArielError | StoreError, status: int) -> JSONResponse:
-    """A service's (or the store's) error as a route's refusal: 503 `unavailable` when a service or the store did
-    not answer, which the run asks again for (`flows.credentials.GATEWAY_PAUSES`); any other (a sealing fault, a
-    bad entry) `refused` with `status`, which waiting will not mend."""
+    """A service's (or the store's) error as a route's refusal: 503 `unavailable` when a service or the store could
+    not serve now, which a run's credentials, journal and model calls ask again for
+    (`flows.credentials.GATEWAY_PAUSES`); any other (a sealing fault, a bad entry) `refused` with `status`, which
+    waiting will not mend."""
     if isinstance(exc, Unavailable | Unreachable):
         return refused_route(503, "unavailable", str(exc))
     return refused_route(status, "refused", str(exc))

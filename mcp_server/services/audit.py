@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import ArielError, Conflict, Forbidden, Unavailable
@@ -40,7 +40,8 @@ async def audited(store: Store, caller: Caller, action: str, target: str) -> Asy
             await record(store, caller, action, target, "failed", str(exc))
         raise
     except StoreError as exc:  # the store's messages are written for people, like ours
-        with finishing():
+        # A store that could not serve the action cannot take its record either: the caller hears why it failed.
+        with finishing(), suppress(Unreachable):
             await record(store, caller, action, target, "failed", str(exc))
         raise (Unavailable if isinstance(exc, Unreachable) else Conflict)(str(exc)) from exc
     except Exception:
