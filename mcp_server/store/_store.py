@@ -307,7 +307,9 @@ def _version(row: Any) -> AgentVersion:
 def _unreachable_when_away(context: ExceptionContext) -> Unreachable | None:
     """A database that cannot serve now, as `Unreachable`: gone or restarting, out of connections, or busy with
     other writes past its wait (SQLite locked, a PostgreSQL deadlock or serialization failure). Any other error
-    (a bad statement, a value too large, a wrong password) stays as it is: waiting would not mend it.
+    (a bad statement, a value too large, a statement past its timeout) stays as it is: waiting would not mend it.
+    A new connection that fails counts as an outage whatever the reason: the driver tells a refused password
+    from a refused port only in its words (which the log keeps), and the store opened with the same ones.
 
     Returned, not raised, so that the listeners after this one (telemetry's, which ends the query's span) still
     run. The message names the kind of outage only: the driver's own line (hosts, ports, roles) goes to the
