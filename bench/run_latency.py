@@ -47,6 +47,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -324,8 +325,11 @@ def ready_standby(pool: str, timeout: float = 90) -> Any | None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for container in waiting_standbys(engine, pool):
-                if READY_LINE.encode() in container.logs():
-                    return container
+                try:
+                    if READY_LINE.encode() in container.logs():
+                        return container
+                except docker.errors.NotFound:  # handed a run or retired since the listing
+                    continue
             time.sleep(0.2)
         return None
     finally:
@@ -351,7 +355,8 @@ async def alternate(mcp_url: str, api_url: str, pool: str, image: str, runs: int
                 if standby is None:
                     print(f"  {path.name}: no standby became ready within 90 s", flush=True)
                 elif path is cold:
-                    standby.remove(force=True)
+                    with suppress(docker.errors.NotFound):  # gone already: the run finds no standby either way
+                        standby.remove(force=True)
                 before = cpu_seconds(str(standby.id)) if standby is not None and path is warm else None
                 started = datetime.now(UTC)
                 run = (await mcp.call_tool("run_agent", {"agent": "latency-probe"})).structured_content

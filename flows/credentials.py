@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from flows.config import RunConfig
 from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.fingerprints import Fingerprint
+from flows.tls import tls_for
 
 RUN_ROUTE = "/ariel/v1/run"  # the gateway's; mcp_server.gateway.app.RUN_ROUTE
 FETCH_SECONDS = 30.0
@@ -120,7 +121,7 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
             "pool's worker starts them through Ariel's Prefect gateway"
         )
     try:
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx.AsyncClient(trust_env=False, verify=tls_for(url)) as client:
             answer = await asked_patiently(
                 lambda timeout: client.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout), what)
     except httpx.HTTPError as exc:
@@ -147,22 +148,30 @@ async def fetch_credentials(config: RunConfig) -> RunCredentials:
                           provider_fingerprint=Fingerprint.from_answer(body.get("provider_fingerprint")))
 
 
-async def asked_patiently(ask: Callable[[float], Awaitable[httpx.Response]], what: str) -> httpx.Response:
-    """The gateway's answer to `ask(timeout)`, asked again while it cannot give one yet (no answer, or a 502, 503 or
-    504) after each of `GATEWAY_PAUSES`, all within `GATEWAY_PATIENCE_SECONDS` (each ask waits what is left, at
-    most `FETCH_SECONDS`); the run's log says so once. Only for a request that may be made twice. The last
-    answer, or the last error, once patience runs out."""
+def not_answered_yet(outcome: httpx.Response | httpx.HTTPError) -> bool:
+    """Whether the gateway could not answer yet: no answer at all, or a 502, 503 or 504 (it, a proxy before it or
+    a service behind it briefly away)."""
+    return isinstance(outcome, httpx.HTTPError) or outcome.status_code in (502, 503, 504)
+
+
+async def asked_patiently(ask: Callable[[float], Awaitable[httpx.Response]], what: str,
+                          again: Callable[[httpx.Response | httpx.HTTPError], bool] = not_answered_yet,
+                          ) -> httpx.Response:
+    """The gateway's answer to `ask(timeout)`, asked again while `again` says it could not give one yet, after
+    each of `GATEWAY_PAUSES`, all within `GATEWAY_PATIENCE_SECONDS` (each ask may wait what is left, at most
+    `FETCH_SECONDS`); the run's log says so once. Only for a request that may be made twice. The last answer, or
+    the last error, once patience runs out."""
     deadline = time.monotonic() + GATEWAY_PATIENCE_SECONDS
     said = False
     for pause in (*GATEWAY_PAUSES, None):
         try:
             answer = await ask(max(1.0, min(FETCH_SECONDS, deadline - time.monotonic())))
         except httpx.HTTPError as exc:
-            if pause is None or deadline - time.monotonic() < 2.0:
+            if not again(exc) or pause is None or deadline - time.monotonic() < 2.0:
                 raise
             why = f"Ariel's gateway did not answer ({type(exc).__name__})"
         else:
-            if answer.status_code not in (502, 503, 504) or pause is None or deadline - time.monotonic() < 2.0:
+            if not again(answer) or pause is None or deadline - time.monotonic() < 2.0:
                 return answer
             # A proxy's error page is not ours to log at length.
             why = str(json_object(answer).get("detail") or f"the gateway answered {answer.status_code}")[:300]

@@ -41,6 +41,7 @@ from flows.credentials import (
     stop_if_superseded,
 )
 from flows.exceptions import RuntimeFailure
+from flows.tls import tls_for
 
 JOURNAL_ROUTE = "/ariel/v1/journal"  # the gateway's; mcp_server.gateway.journal
 
@@ -89,7 +90,7 @@ class Journal:
         if url is None or token is None:
             return cls()
         try:
-            async with httpx.AsyncClient(trust_env=False) as client:
+            async with httpx.AsyncClient(trust_env=False, verify=tls_for(url)) as client:
                 answer = await asked_patiently(
                     lambda timeout: client.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout),
                     "the run's journal")
@@ -139,7 +140,7 @@ class Journal:
         try:
             # Asked again, as a read is: a start rewrites a step still started, and a finish sent again after its
             # answer was lost is taken (`mcp_server.services.journal`).
-            async with httpx.AsyncClient(trust_env=False) as client:
+            async with httpx.AsyncClient(trust_env=False, verify=tls_for(url)) as client:
                 answer = await asked_patiently(
                     lambda timeout: client.post(url, json=entry, headers={"Authorization": f"Bearer {token}"},
                                                 timeout=timeout),

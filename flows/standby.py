@@ -131,6 +131,10 @@ def apply(env: dict[str, str]) -> None:
     os.environ.update(env)
     from prefect.context import refresh_global_settings_context
 
+    from flows.tls import spare_prefect_the_ca_bundle
+
+    spare_prefect_the_ca_bundle()
+
     refresh_global_settings_context()
 
 

@@ -581,10 +581,13 @@ class TranscriptKeeper:
                     headers: dict[str, str]) -> tuple[Literal["kept", "no_route"] | None, str]:
         import httpx
 
+        from flows.tls import tls_for
+
         problem = ""
         for pause in (*(KEEP_PAUSES if not self.lost else ()), None):
             try:
-                async with httpx.AsyncClient(timeout=KEEP_SECONDS, trust_env=False) as client:
+                async with httpx.AsyncClient(timeout=KEEP_SECONDS, trust_env=False,
+                                             verify=tls_for(self.url)) as client:
                     answer = await client.post(self.url, content=body, headers=headers)
                 if answer.status_code == 200:
                     self.link = str(answer.json().get("link") or "") or None

@@ -388,8 +388,8 @@ def _remove(container: Container) -> None:
 
 def waiting_standbys(client: DockerClient, pool_prefix: str, running_only: bool = True) -> list[Container]:
     """The standby containers of the pools named `pool_prefix…` (one pool's name, or an install's prefix) that no
-    run was handed yet."""
-    return [container for container in client.containers.list(all=not running_only,
+    run was handed yet. One removed meanwhile (its run ended, its pool host retired it) is not among them."""
+    return [container for container in client.containers.list(all=not running_only, ignore_removed=True,
                                                                filters={"label": f"{STANDBY_LABEL}=yes"})
             if container.labels.get(POOL_LABEL, "").startswith(pool_prefix) and container_run(container) is None]
 
@@ -411,7 +411,8 @@ def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool 
     found = {}
     by: list[dict[str, str | list[str] | bool]] = [{"label": f"{RUN_LABEL}={run_id}"}, {"name": str(run_id)}]
     for filters in by:
-        for container in client.containers.list(all=not running_only, filters=filters):
+        # A container removed between the listing and its reading (its run just ended) is not among them.
+        for container in client.containers.list(all=not running_only, filters=filters, ignore_removed=True):
             found[container.id] = container
     return list(found.values())
 

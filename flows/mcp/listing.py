@@ -38,6 +38,7 @@ from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.mcp.client import McpRefused, list_server_tools
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, protected_endpoints
 from flows.signing import VERIFY_KEY_ENV, canonical, decode_public_key
+from flows.tls import tls_for
 
 LISTING_ROUTE = "/ariel/v1/listing"  # the gateway's; mcp_server.gateway.app.LISTING_ROUTE
 FLOW_NAME = "ariel-mcp-listing"
@@ -95,7 +96,7 @@ async def list_tools_run(request: ListingRequest) -> str:
         raise RuntimeFailure("this listing run has no run token: listing runs get one when an Ariel work pool's "
                              "worker starts them through Ariel's Prefect gateway")
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False) as gateway:
+    async with httpx.AsyncClient(timeout=FETCH_SECONDS, trust_env=False, verify=tls_for(url)) as gateway:
         answer = await gateway.get(url, headers=headers)
         body = json_object(answer)
         if answer.status_code != 200:

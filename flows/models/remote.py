@@ -11,16 +11,15 @@ on the org's network.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 
-from flows.credentials import gateway_url, json_object, run_token, stop_if_superseded
+from flows.credentials import asked_patiently, gateway_url, json_object, run_token, stop_if_superseded
 from flows.exceptions import ModelCallFailed, RuntimeFailure
+from flows.tls import tls_for
 
 MODEL_ROUTE = "/ariel/v1/model"  # the gateway's; mcp_server.gateway.models.MODEL_ROUTE
-RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0)
 ANSWER_SLACK_SECONDS = 15.0
 """Past the call's own timeout, for the gateway to read the run and answer: the gateway times the model call."""
 
@@ -38,9 +37,13 @@ async def complete_through_gateway(
     if url is None or token is None:
         raise RuntimeFailure("the run's model is called through Ariel's gateway, and this run has no run token")
     try:
-        async with httpx.AsyncClient(timeout=timeout + ANSWER_SLACK_SECONDS, trust_env=False) as client:
-            answer = await _asked_until_heard(client, url, token, {"messages": messages, "tools": tools or None,
-                                                                   "timeout": timeout})
+        async with httpx.AsyncClient(timeout=timeout + ANSWER_SLACK_SECONDS, trust_env=False,
+                                     verify=tls_for(url)) as client:
+            asked = {"messages": messages, "tools": tools or None, "timeout": timeout}
+            # The client's own timeout bounds each ask: the gateway times the model call, the run waits it out.
+            answer = await asked_patiently(
+                lambda _timeout: client.post(url, headers={"Authorization": f"Bearer {token}"}, json=asked),
+                "the run's model call", again=_model_not_called)
     except httpx.TimeoutException:
         waited = timeout + ANSWER_SLACK_SECONDS
         raise ModelCallFailed("Timeout", f"Ariel's gateway did not answer within {waited:.0f} s",
@@ -65,19 +68,11 @@ def _usage(given: Any) -> dict[str, int]:
     return {key: int(usage.get(key) or 0) for key in ("prompt_tokens", "completion_tokens")}
 
 
-async def _asked_until_heard(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any]) -> httpx.Response:
-    """The gateway's answer, asked again while it cannot have called the model (a refused connection: an app
-    process restarting; a 503 `unavailable`: the store or Prefect briefly away), for up to about 15 s. Never
-    after a connection broke mid-call: the model may have answered, and a second call would be billed too."""
-    for pause in (*RETRY_PAUSES, None):
-        try:
-            answer = await client.post(url, headers={"Authorization": f"Bearer {token}"}, json=body)
-        except httpx.ConnectError:
-            if pause is None:
-                raise
-        else:
-            # Only the gateway's own `unavailable`, said before any model call: a proxy's 503 may follow a call made.
-            if answer.status_code != 503 or pause is None or json_object(answer).get("error") != "unavailable":
-                return answer
-        await asyncio.sleep(pause)
-    raise AssertionError("unreachable: the last pass returns or raises")
+def _model_not_called(outcome: httpx.Response | httpx.HTTPError) -> bool:
+    """Whether the gateway cannot have called the model, so that asking again bills nothing twice: a connection
+    refused or never made (an app process restarting), or its own 503 `unavailable`, said before any call (the
+    store or Prefect briefly away). Never after a connection broke mid-call, nor for a proxy's 503: the model may have
+    answered."""
+    if isinstance(outcome, httpx.HTTPError):
+        return isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout)
+    return outcome.status_code == 503 and json_object(outcome).get("error") == "unavailable"

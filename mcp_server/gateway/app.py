@@ -47,6 +47,7 @@ from mcp_server.gateway.transcript import TRANSCRIPT_ROUTE, Transcripts, serve_t
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
 from mcp_server.services.wakeups import Wakeups
+from mcp_server.store import StoreError
 
 log = logging.getLogger("ariel.gateway")
 
@@ -106,6 +107,7 @@ def run_environment(token: str) -> dict[str, str]:
 
 MAX_SUBSCRIPTIONS_PER_RUN = 2
 """A flow run's suspension observer opens one; a reconnect may briefly overlap it."""
+SUSPENDED_EVENT = "prefect.flow-run.Suspended"  # what Prefect's suspension observer subscribes to, alone
 
 class Gateway:
     """One gateway: its own upstream connections and caches (nothing shared between two)."""
@@ -287,7 +289,7 @@ class Gateway:
         if config.provider:
             try:
                 secret = await self._open_provider(caller.org_id, short_name(config.provider))
-            except ArielError as exc:
+            except (ArielError, StoreError) as exc:
                 log.warning("gateway: %s: provider %r: %s", caller.label, config.provider, exc)
                 return refused_for(exc, 500)
             if secret is None:
@@ -306,7 +308,7 @@ class Gateway:
         if server_ids:
             try:
                 answer["mcp"] = await self._tool_servers(caller.org_id, server_ids)
-            except ArielError as exc:
+            except (ArielError, StoreError) as exc:
                 log.warning("gateway: %s: MCP servers: %s", caller.label, exc)
                 return refused_for(exc, 500)
         return JSONResponse(answer)
@@ -426,6 +428,16 @@ class Gateway:
                 del self._subscriptions[run.run_id]
 
     async def _subscribe_own(self, websocket: WebSocket, run: RunScope, asked: dict[str, Any]) -> None:
+        # Not past the token's own end: a subscription is no credential that outlives it.
+        left = None if run.expires_at is None else max(0.0, run.expires_at - time.time())
+        event = asked.get("event")
+        if isinstance(event, dict) and event.get("name") == [SUSPENDED_EVENT]:
+            # Prefect's suspension observer, in every run: an Ariel run never pauses (its own PAUSED is refused),
+            # so no such event can come. Held here, open and silent, it costs Prefect's server no stream and no
+            # backfill query of its events per run.
+            with suppress(TimeoutError, WebSocketDisconnect, WebSocketException, OSError, RuntimeError):
+                await asyncio.wait_for(websocket.receive(), timeout=left)
+            return
         own = f"prefect.flow-run.{run.run_id}"
         # What it asked for (when, which events), narrowed to its own flow run; every other part of the filter
         # (related or any resource, ids) is dropped rather than trusted.
@@ -435,8 +447,6 @@ class Gateway:
             await upstream.send(json.dumps({"type": "filter", "filter": narrowed}))
             pumping = asyncio.create_task(self._pump_own_events(upstream, websocket, own))
             leaving = asyncio.create_task(websocket.receive())  # the run ends its subscription by closing
-            # Not past the token's own end: a subscription is no credential that outlives it.
-            left = None if run.expires_at is None else max(0.0, run.expires_at - time.time())
             try:
                 await asyncio.wait({pumping, leaving}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:

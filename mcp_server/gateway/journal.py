@@ -21,6 +21,7 @@ from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_fo
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
+from mcp_server.store import StoreError
 
 log = logging.getLogger("ariel.gateway")
 
@@ -61,7 +62,7 @@ async def serve_journal(request: Request, caller: RunScope, ownership: Ownership
         else:
             await journals.finish(caller.org_id, run_id, entry)
         return JSONResponse({"ok": True})
-    except ArielError as exc:
+    except (ArielError, StoreError) as exc:
         log.warning("gateway: %s: journal: %s", caller.label, exc)
         return refused_for(exc, 409)
 

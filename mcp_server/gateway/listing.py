@@ -25,6 +25,7 @@ from flows.mcp.listing import LISTING_ROUTE, ListingRequest, verify_request
 from mcp_server.gateway.ownership import NotLive, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError, Unavailable
+from mcp_server.store import StoreError, Unreachable
 
 log = logging.getLogger("ariel.gateway")
 
@@ -81,9 +82,9 @@ async def serve_listing(request: Request, caller: RunScope, ownership: Ownership
         done = await listings.record_worker_listing(caller.org_id, server.server_id, str(caller.run_id), tools,
                                                     problem)
         return JSONResponse({"done": done})
-    except ArielError as exc:
+    except (ArielError, StoreError) as exc:
         log.warning("gateway: %s: listing of MCP server %s: %s", caller.label, server.server_id, exc)
-        return refused_route(409, "refused", str(exc))
+        return refused_for(exc, 409)
 
 
 async def _report(request: Request) -> tuple[list[dict[str, Any]] | None, str | None] | None:
@@ -139,11 +140,12 @@ def refused_route(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
-def refused_for(exc: ArielError, status: int) -> JSONResponse:
-    """A service's error as a route's refusal: 503 `unavailable` when a service did not answer, which the run asks
-    again for (`flows.credentials.GATEWAY_PAUSES`); any other (a sealing fault, a bad entry) `refused` with
-    `status`, which waiting will not mend."""
-    if isinstance(exc, Unavailable):
+def refused_for(exc: ArielError | StoreError, status: int) -> JSONResponse:
+    """A service's (or the store's) error as a route's refusal: 503 `unavailable` when a service or the store could
+    not serve now, which a run's credentials, journal and model calls ask again for
+    (`flows.credentials.GATEWAY_PAUSES`); any other (a sealing fault, a bad entry) `refused` with `status`, which
+    waiting will not mend."""
+    if isinstance(exc, Unavailable | Unreachable):
         return refused_route(503, "unavailable", str(exc))
     return refused_route(status, "refused", str(exc))
 

@@ -56,6 +56,7 @@ from mcp_server.gateway.ownership import Cache, NotLive, Ownership, RunNow
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError
 from mcp_server.services.secrets import ProviderSecret
+from mcp_server.store import StoreError
 
 log = logging.getLogger("ariel.gateway")
 
@@ -183,7 +184,7 @@ async def serve_model(request: Request, caller: RunScope, ownership: Ownership, 
         name = short_name(config.provider)
         try:
             secret = await open_provider(caller.org_id, name)
-        except ArielError as exc:
+        except (ArielError, StoreError) as exc:
             log.warning("gateway: %s: provider %r: %s", caller.label, name, exc)
             return refused_for(exc, 500)  # asked again by the run only when a service did not answer
         if secret is None:

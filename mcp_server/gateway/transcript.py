@@ -21,6 +21,7 @@ from mcp_server.gateway.listing import bounded_body, live_or_refused, refused_ro
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import RunScope
 from mcp_server.services.exceptions import ArielError, InvalidRequest, Unavailable
+from mcp_server.store import Unreachable
 
 log = logging.getLogger("ariel.gateway")
 
@@ -51,7 +52,7 @@ async def serve_transcript(request: Request, caller: RunScope, ownership: Owners
         await transcripts.append(caller.org_id, run_id, (caller.generation, caller.attempt or 0), entry)
     except InvalidRequest as exc:
         return refused_route(400, "bad_entry", str(exc))
-    except Unavailable as exc:
+    except (Unavailable, Unreachable) as exc:
         log.warning("gateway: %s: transcript: %s", caller.label, exc)
         return refused_route(503, "unavailable", "the object store did not take the entry; try again")
     except ArielError as exc:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import ArielError, Conflict, Forbidden
+from mcp_server.services.exceptions import ArielError, Conflict, Forbidden, Unavailable
 from mcp_server.services.finishing import finishing
-from mcp_server.store import Outcome, Store, StoreError
+from mcp_server.store import Outcome, Store, StoreError, Unreachable
 
 
 async def record(
@@ -24,9 +24,9 @@ async def record(
 async def audited(store: Store, caller: Caller, action: str, target: str) -> AsyncIterator[None]:
     """Record the action's outcome: ok, denied (a role check) or failed (with the message the caller saw).
 
-    Only Ariel's own errors (the store's too, turned into `Conflict`) are recorded with
-    their messages, which are written for people and hold no secrets; anything else
-    is a bug, recorded without its text.
+    Only Ariel's own errors (the store's too, turned into `Conflict`, or `Unavailable` when it could not serve)
+    are recorded with their messages, which are written for people and hold no secrets; anything else is a bug,
+    recorded without its text.
     """
     # Each record is written shielded: a cancel that lands as it is written must not lose the entry.
     try:
@@ -40,9 +40,10 @@ async def audited(store: Store, caller: Caller, action: str, target: str) -> Asy
             await record(store, caller, action, target, "failed", str(exc))
         raise
     except StoreError as exc:  # the store's messages are written for people, like ours
-        with finishing():
+        # A store that could not serve the action cannot take its record either: the caller hears why it failed.
+        with finishing(), suppress(Unreachable):
             await record(store, caller, action, target, "failed", str(exc))
-        raise Conflict(str(exc)) from exc
+        raise (Unavailable if isinstance(exc, Unreachable) else Conflict)(str(exc)) from exc
     except Exception:
         with finishing():
             await record(store, caller, action, target, "failed", "internal error; see the server log")

@@ -9,6 +9,7 @@ Example (doctest has no top-level await, and it would write ariel.db here, so th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, select, text, true
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -37,6 +39,7 @@ from mcp_server.store._worker_keys import WorkerKeyQueries
 from mcp_server.store.exceptions import Conflict, NotOurs, Unreachable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("ariel.store")
 
 
 class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, ToolServerQueries, RunStepQueries,
@@ -64,6 +67,9 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
         except BaseException:
             await engine.dispose()
             raise
+        # From here (the migration's failure is named above, in its own words) a database that cannot serve a
+        # query now is `Unreachable`: the gateway answers a run 503 for it, and the run asks again.
+        event.listen(engine.sync_engine, "handle_error", _unreachable_when_away)
         return store
 
     async def close(self) -> None:
@@ -296,6 +302,42 @@ def _version(row: Any) -> AgentVersion:
     return AgentVersion(
         agent_id=row.agent_id, version=row.version, spec=row.spec, created_at=row.created_at, created_by=row.created_by
     )
+
+
+def _unreachable_when_away(context: ExceptionContext) -> Unreachable | None:
+    """A database that cannot serve now, as `Unreachable`: gone or restarting, out of connections, or busy with
+    other writes past its wait (SQLite locked, a PostgreSQL deadlock or serialization failure). Any other error
+    (a bad statement, a value too large, a statement past its timeout) stays as it is: waiting would not mend it.
+    A new connection that fails counts as an outage whatever the reason: the driver tells a refused password
+    from a refused port only in its words (which the log keeps), and the store opened with the same ones.
+
+    Returned, not raised, so that the listeners after this one (telemetry's, which ends the query's span) still
+    run. The message names the kind of outage only: the driver's own line (hosts, ports, roles) goes to the
+    server's log, never to a tenant."""
+    if context.is_pre_ping or not isinstance(context.sqlalchemy_exception, OperationalError | InterfaceError):
+        return None
+    error = context.original_exception
+    kind = _outage(error, context.is_disconnect or context.connection is None)
+    if kind is None:
+        return None
+    said = str(error).strip().splitlines()
+    log.warning("store: %s (%s)", kind, said[0][:300] if said else type(error).__name__)
+    return Unreachable(f"Ariel's store could not serve the request now ({kind}); try again")
+
+
+def _outage(error: BaseException, disconnected: bool) -> str | None:
+    """What kind of outage `error` is, in a few words; None when it is none (a fault that waiting would not mend)."""
+    name = getattr(error, "sqlite_errorname", None)
+    if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return "the database is busy with other writes"
+    state = getattr(error, "sqlstate", None)
+    if disconnected or (isinstance(state, str) and (state.startswith("08") or state in ("57P01", "57P02", "57P03"))):
+        return "the database could not be reached, or is restarting"
+    if state == "53300":
+        return "the database has no connection to spare"
+    if state in ("40001", "40P01", "55P03"):
+        return "the database is busy with other writes"
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -3,7 +3,9 @@
     StoreError        base
     ├── Conflict      a write clashes with existing rows (a taken slug, a
     │                 concurrent change, the last owner, an existing member)
-    ├── Unreachable   the database does not answer, or refuses the connection
+    ├── Unreachable   the database does not answer, refuses the connection, has
+    │                 none to spare, or stays busy with other writes past its
+    │                 wait: try again
     └── NotOurs       the database holds another application's migrations
 
 The services translate them into their own errors at the edge

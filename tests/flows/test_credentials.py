@@ -16,9 +16,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.config import Limits
 from flows.credentials import GATEWAY_PATIENCE_SECONDS
 from mcp_server.services.exceptions import ArielError, KekUnavailable, Unavailable
 from mcp_server.services.secrets import ProviderSecret
+from mcp_server.store import Unreachable
 from tests.flows.support import config, play, run_gateway
 
 pytestmark = pytest.mark.slow(reason="the run waits out the gateway's pauses, a few seconds")
@@ -33,15 +35,16 @@ def _prefect(prefect_api: str) -> Iterator[None]:
 
 
 class AwayAtFirst(dict[str, ProviderSecret]):
-    """Provider keys whose store fails with `error` the first `away` times it is asked."""
+    """Provider keys whose store fails with `error` the first `away` times it is asked after the first `after`."""
 
-    def __init__(self, away: int, error: ArielError | None = None, **secrets: ProviderSecret) -> None:
+    def __init__(self, away: int, error: ArielError | None = None, after: int = 0, **secrets: ProviderSecret) -> None:
         super().__init__(secrets)
-        self.away, self.refused = away, 0
+        self.away, self.after, self.asked, self.refused = away, after, 0, 0
         self.error = error or Unavailable("the store of provider keys did not answer; try again")
 
     def get(self, name: str, default: ProviderSecret | None = None) -> ProviderSecret | None:  # type: ignore[override]
-        if self.refused < self.away:
+        self.asked += 1
+        if self.asked > self.after and self.refused < self.away:
             self.refused += 1
             raise self.error
         return super().get(name, default)
@@ -64,6 +67,23 @@ def test_a_run_whose_gateway_cannot_answer_yet_asks_again_says_so_and_completes(
     assert not any(KEY in line for line in logs)
 
 
+def test_a_model_call_the_gateway_cannot_make_yet_is_asked_again_past_a_long_outage(prefect_api: str) -> None:
+    # The first ask is the run's credentials; the model call's first six asks find the store away, which spans
+    # 20 s of pauses: longer than a brief restart, and with no retry of the step to fall back on.
+    providers = AwayAtFirst(6, after=1, llm=ProviderSecret(name="llm", api_key=KEY, api_base=None))
+    with run_gateway(prefect_api, providers) as gateway:
+        agent = config(provider="llm", script=[{"reply": "answered at the seventh ask"}], limits=Limits(llm_retries=0))
+        outcome = play(agent, gateway=gateway)
+    assert (outcome.state, outcome.result) == ("Completed", "answered at the seventh ask"), outcome.message
+    assert (providers.asked, providers.refused) == (8, 6)
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))]
+    assert [line for line in logs if "asking again" in line] == [
+        f"the run's model call: the store of provider keys did not answer; try again; asking again for up to "
+        f"{GATEWAY_PATIENCE_SECONDS:.0f} s"], logs
+
+
 def test_a_key_that_cannot_be_opened_fails_the_run_at_once_saying_why(prefect_api: str) -> None:
     # Waiting would not mend it: the install's key-encryption key is not the one the key was sealed under.
     wrong_kek = KekUnavailable("ARIEL_KEK is not the key this org's data key was wrapped by; set the one it was")
@@ -77,7 +97,8 @@ def test_a_key_that_cannot_be_opened_fails_the_run_at_once_saying_why(prefect_ap
 
 class JournalAwayAtFirst:
     """A run journal (`mcp_server.gateway.journal.Journals`) in memory, whose store does not answer each kind of
-    write the first time."""
+    write the first time: a service that did not answer (`Unavailable`) for the start, and the database itself
+    for the finish (the store's `Unreachable`, as a lost connection or a lock held past its wait raises)."""
 
     def __init__(self) -> None:
         self.steps: dict[int, dict[str, Any]] = {}
@@ -87,17 +108,18 @@ class JournalAwayAtFirst:
         return [self.steps[seq] for seq in sorted(self.steps)]
 
     async def start(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
-        self._away_once("start")
+        self._away_once("start", Unavailable("the store did not answer; try again"))
         self.steps[entry["seq"]] = {**entry, "status": "started"}
 
     async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
-        self._away_once("finish")
+        self._away_once("finish", Unreachable("Ariel's store could not serve the request now (database is "
+                                              "locked); try again"))
         self.steps[entry["seq"]].update(status="done", output=entry.get("output"))
 
-    def _away_once(self, write: str) -> None:
+    def _away_once(self, write: str, error: Exception) -> None:
         if write not in self.refused:
             self.refused.append(write)
-            raise Unavailable("the store did not answer; try again")
+            raise error
 
 
 def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_completes(prefect_api: str) -> None:
@@ -111,5 +133,6 @@ def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_comp
         logs = [log.message for log in client.read_logs(
             LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(outcome.flow_run_id)])))]
     assert [line for line in logs if "asking again" in line] == [
-        f"step 1 of the run's journal: the store did not answer; try again; asking again for up to "
-        f"{GATEWAY_PATIENCE_SECONDS:.0f} s"] * 2, logs
+        f"step 1 of the run's journal: {said}; asking again for up to {GATEWAY_PATIENCE_SECONDS:.0f} s" for said in (
+            "the store did not answer; try again",
+            "Ariel's store could not serve the request now (database is locked); try again")], logs

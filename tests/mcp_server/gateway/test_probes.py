@@ -398,6 +398,49 @@ def test_a_run_subscribes_to_its_own_events_only_and_a_worker_not_at_all(stack: 
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 
+def test_a_runs_suspension_observer_is_held_by_the_gateway_and_costs_prefect_no_stream(stack: Stack) -> None:
+    """Every flow run's suspension observer subscribes to the Suspended events of its run. An Ariel run never
+    pauses (the gateway refuses its PAUSED), so the gateway holds that subscription itself, open and silent, and
+    Prefect's server keeps no stream and makes no backfill query for it: even a Suspended event the control plane
+    wrote for the run does not reach it."""
+    control_auth = base64.b64decode(stack.control["Authorization"].removeprefix("Basic ")).decode()
+    now = datetime.now(UTC)
+    occurred = {"since": (now - timedelta(minutes=1)).isoformat(), "until": (now + timedelta(days=1)).isoformat()}
+
+    async def observe(run: str, token: str) -> tuple[list[Any], bool]:
+        url = stack.gateway.replace("http://", "ws://") + "/events/out"
+        async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+            await socket.send(json.dumps({"type": "auth", "token": token}))
+            assert json.loads(await socket.recv())["type"] == "auth_success"
+            # As Prefect's FlowRunSuspendingObserver asks.
+            await socket.send(json.dumps({"type": "filter", "filter": {
+                "event": {"name": ["prefect.flow-run.Suspended"]}, "occurred": occurred}}))
+            received: list[Any] = []
+            async with websockets.connect(stack.prefect.replace("http://", "ws://") + "/events/in",
+                                          subprotocols=["prefect"]) as events:  # type: ignore[list-item]
+                await events.send(json.dumps({"type": "auth", "token": control_auth}))
+                assert json.loads(await events.recv())["type"] == "auth_success"
+                for _ in range(5):  # again: a stream that Prefect registers late would still get a later one
+                    await events.send(json.dumps({
+                        "id": str(uuid.uuid4()), "event": "prefect.flow-run.Suspended",
+                        "occurred": datetime.now(UTC).isoformat(),
+                        "resource": {"prefect.resource.id": f"prefect.flow-run.{run}"}, "related": [], "payload": {}}))
+                    with suppress(TimeoutError):
+                        received.append(await asyncio.wait_for(socket.recv(), timeout=1.5))
+            await socket.ping()
+            return received, socket.close_code is None
+
+    live_run = asyncio.run(call(stack.up.base_url, ALICE, "run_agent", agent="alpha"))["id"]
+    live_token = hand_out(stack, live_run)
+    control_plane(stack, "POST", f"/flow_runs/{live_run}/set_state", {"state": {"type": "PENDING"}, "force": True})
+    try:
+        received, still_open = asyncio.run(observe(live_run, f"run:{live_token}"))
+    finally:
+        control_plane(stack, "POST", f"/flow_runs/{live_run}/set_state", {"state": {"type": "CANCELLED"},
+                                                                          "force": True})
+    assert received == [] and still_open
+
+
 def test_the_raw_event_stream_refuses_a_client_without_the_control_planes_credential(stack: Stack) -> None:
     """Prefect once left its websockets open when HTTP needed the auth string (PrefectHQ/prefect#17687)."""
     async def subscribe(token: str | None) -> Any:

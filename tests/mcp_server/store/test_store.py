@@ -6,14 +6,15 @@ Every test runs on both backends (SQLite and PostgreSQL) through the `store` fix
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import insert, make_url, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from mcp_server.store import Conflict, Store, new_id
+from mcp_server.store import Conflict, Store, Unreachable, new_id
 from mcp_server.store._schema import organizations
 
 
@@ -186,3 +187,53 @@ async def test_a_database_holding_another_applications_migrations_is_refused_wit
         tables = (await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))).scalars().all()
     await engine.dispose()
     assert tables == ["alembic_version"]  # nothing of Ariel's was made in it
+
+
+@pytest.mark.slow(reason="SQLite's writer waits 5 s for the lock before it gives up")
+async def test_a_database_that_cannot_serve_a_write_is_named_unreachable_and_serves_again_once_it_can(
+    store: Store, store_url: str,
+) -> None:
+    org = (await store.ensure_personal_org()).id
+    if store.engine.dialect.name == "sqlite":
+        # Another process holds SQLite's write lock past the store's wait, as a long write of its own would.
+        holder = sqlite3.connect(make_url(store_url).database or "", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        kind = "the database is busy with other writes"
+    else:
+        # The database restarted under the store: every connection in its pool is gone.
+        await asyncio.to_thread(_ended_every_other_session, store_url)
+        kind = "the database could not be reached, or is restarting"
+    with pytest.raises(Unreachable) as refused:
+        await store.create_agent(org, "kept", "Kept", {"name": "Kept"})
+    # The kind of outage only: neither the statement, nor its values, nor the driver's own words.
+    assert str(refused.value) == f"Ariel's store could not serve the request now ({kind}); try again"
+    if store.engine.dialect.name == "sqlite":
+        holder.execute("ROLLBACK")
+        holder.close()
+    # Nothing was half-written, and the next write goes through.
+    assert await store.list_agents(org) == []
+    agent = await store.create_agent(org, "kept", "Kept", {"name": "Kept"})
+    assert await store.find_agent(org, "kept") == agent
+
+
+async def test_a_fault_that_waiting_would_not_mend_is_not_taken_for_an_outage(store: Store) -> None:
+    org = (await store.ensure_personal_org()).id
+    if store.engine.dialect.name == "sqlite":
+        statements = ["SELECT * FROM no_such_table"]
+    else:  # a statement past its time: no outage either
+        statements = ["SET LOCAL statement_timeout = 1", "SELECT pg_sleep(0.2)"]
+    with pytest.raises(OperationalError) as failed:
+        async with store.tenant(org) as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    assert not isinstance(failed.value, Unreachable)
+
+
+def _ended_every_other_session(url: str) -> None:
+    import psycopg
+
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as admin:
+        ended = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+    assert ended is not None and ended[0] >= 1
