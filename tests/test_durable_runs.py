@@ -83,17 +83,36 @@ def stack(docker_engine: None, prefect_api: str, tmp_path_factory: pytest.TempPa
         yield up
 
 
-async def start_to_hold(chat: Client[Any], slug: str) -> str:
+async def start_to_hold(chat: Client[Any], slug: str, stack: ArielUp, prefect_api: str) -> str:
     """Run the agent until its request to /held is open; the run's id."""
     Counting.reset()
     run = await ask(chat, "run_agent", agent=slug)
-    assert await asyncio.to_thread(Counting.held.wait, 300), "the run never reached its held request"
+    if not await asyncio.to_thread(Counting.held.wait, 300):
+        became = await what_became_of(chat, str(run["id"]), stack, prefect_api)
+        raise AssertionError(f"the run never reached its held request\n{became}")
     return str(run["id"])
 
 
-async def start_and_kill_mid_hold(chat: Client[Any], slug: str) -> str:
+async def what_became_of(chat: Client[Any], run_id: str, stack: ArielUp, prefect_api: str) -> str:
+    """Where a run that never reached its request stands, for the failure's message: its states, its logs, its
+    containers and what `ariel up` printed last."""
+    async with PrefectClient(prefect_api) as prefect:
+        states = [f"{state.name}: {(state.message or '')[:200]}"
+                  for state in await prefect.read_flow_run_states(UUID(run_id))]
+    logs = await ask(chat, "get_run_logs", run=run_id)
+    engine = docker.from_env()
+    try:
+        containers = [f"{container.name} {container.status}: {container.logs(tail=30).decode(errors='replace')}"
+                      for container in run_containers(engine, run_id)]
+    finally:
+        engine.close()
+    return "\n".join(["states:", *states, "logs:", *[str(line) for line in logs.get("lines", [])][-40:],
+                      "containers:", *containers, "ariel up printed last:", *stack.printed().splitlines()[-80:]])
+
+
+async def start_and_kill_mid_hold(chat: Client[Any], slug: str, stack: ArielUp, prefect_api: str) -> str:
     """Run the agent, and `docker kill` its container while its request to /held is open; the run's id."""
-    run_id = await start_to_hold(chat, slug)
+    run_id = await start_to_hold(chat, slug, stack, prefect_api)
     engine = docker.from_env()
     try:
         [container] = run_containers(engine, run_id)
@@ -133,7 +152,7 @@ async def test_a_run_killed_mid_get_is_retried_and_resumes_without_posting_again
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
             {"reply": "Checked: {last_tool_result}"},
         ])
-        run_id = await start_and_kill_mid_hold(chat, slug)
+        run_id = await start_and_kill_mid_hold(chat, slug, stack, prefect_api)
         run, states = await settled(prefect_api, run_id)
         transcript = await ask(chat, "get_transcript", run=run_id, limit=50)
         logs = await ask(chat, "get_run_logs", run=run_id, contains="resumed")
@@ -157,7 +176,7 @@ async def test_a_run_killed_mid_post_stops_and_says_the_post_may_or_may_not_have
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held", "method": "POST", "body": "pay"}},
             {"reply": "Paid: {last_tool_result}"},
         ])
-        run_id = await start_and_kill_mid_hold(chat, slug)
+        run_id = await start_and_kill_mid_hold(chat, slug, stack, prefect_api)
         run, _states = await settled(prefect_api, run_id)
         diagnosis = await ask(chat, "diagnose_run", run=run_id)
 
@@ -179,7 +198,7 @@ async def test_a_run_whose_machine_vanishes_is_retried_and_its_old_attempt_when_
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
             {"reply": "Checked: {last_tool_result}"},
         ])
-        run_id = await start_to_hold(chat, slug)
+        run_id = await start_to_hold(chat, slug, stack, prefect_api)
         worker = child_pid(stack, "worker")
         assert worker is not None, "no worker host under ariel up"
         os.kill(worker, signal.SIGKILL)
@@ -217,7 +236,7 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
             {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
             {"reply": "Checked: {last_tool_result}"},
         ])
-        run_id = await start_to_hold(chat, slug)
+        run_id = await start_to_hold(chat, slug, stack, prefect_api)
         await ask(chat, "cancel_run", run=run_id)
         engine = docker.from_env()
         try:
