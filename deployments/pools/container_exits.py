@@ -35,7 +35,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -56,6 +56,9 @@ _FILTERS = {"type": "container", "label": ["ariel.role=flow-run"], "event": ["oo
 REPLAY_SECONDS = 300
 RECONNECT_SECONDS = 5.0
 _REMEMBERED = 2000  # containers whose exit was handled, so that a replay does not write it twice
+LATE_OOM_SECONDS = 3.0
+"""How long an exit 137 with neither an `oom` nor a `kill` event before it waits for a late `oom`: the engine's
+OOM notice and the container's exit reach it by two paths, and under load the `die` can come first (seen in CI)."""
 
 _OOM = "OOM-killed at its memory limit (Docker: State.OOMKilled)"
 _KILLED_BY_API = "killed from outside: signal {signal} sent through the Docker API (docker kill or docker stop)"
@@ -117,15 +120,28 @@ class _Seen:
     kill_signal: str | None = None
 
 
-class _Follower:
-    """Folds the engine's oom, kill and die events of one install's run containers into `ContainerExit`s."""
+Found = tuple[UUID, ContainerExit, datetime]
+"""An exit to write: on which run, what, and when the container died."""
 
-    def __init__(self, pool_prefix: str) -> None:
+
+class _Follower:
+    """Folds the engine's oom, kill and die events of one install's run containers into `ContainerExit`s.
+
+    An exit 137 with no `oom` or `kill` event before it is held (`on_hold(container_id)`) until an `oom` comes
+    late or `overdue` gives it up as killed from outside."""
+
+    def __init__(self, pool_prefix: str, on_hold: Callable[[str], Any] = lambda _container_id: None) -> None:
         self.pool_prefix = pool_prefix
+        self.on_hold = on_hold
         self.seen: dict[str, _Seen] = {}
         self.handled: OrderedDict[str, None] = OrderedDict()
+        self.held: dict[str, Found] = {}
 
-    def fold(self, event: dict[str, Any]) -> tuple[UUID, ContainerExit, datetime] | None:
+    def overdue(self, container_id: str) -> Found | None:
+        """The held exit of `container_id`, given up waiting for its OOM notice; None when one came meanwhile."""
+        return self.held.pop(container_id, None)
+
+    def fold(self, event: dict[str, Any]) -> Found | None:
         """Take one event; on a non-zero `die` of one of our runs' containers, what to write on which run."""
         actor = event.get("Actor") or {}
         container_id: str = actor.get("ID") or event.get("id") or ""
@@ -135,6 +151,9 @@ class _Follower:
         seen = self.seen.setdefault(container_id, _Seen())
         action = event.get("Action") or event.get("status")
         if action == "oom":
+            if (held := self.held.pop(container_id, None)) is not None:  # the notice came after the exit
+                self.seen.pop(container_id, None)
+                return held[0], replace(held[1], oom_killed=True), held[2]
             seen.oom_killed = True
         elif action == "kill":
             seen.kill_signal = labels.get("signal") or seen.kill_signal
@@ -157,6 +176,10 @@ class _Follower:
             ended = ContainerExit(container=labels.get("name", container_id[:12]), exit_code=code,
                                   oom_killed=seen.oom_killed, kill_signal=seen.kill_signal)
             at = datetime.fromtimestamp(event.get("timeNano", time.time_ns()) / 1e9, UTC)
+            if code == 137 and not seen.oom_killed and seen.kill_signal is None:
+                self.held[container_id] = (run_id, ended, at)
+                self.on_hold(container_id)
+                return None
             return run_id, ended, at
         return None
 
@@ -168,8 +191,14 @@ async def watch(pool_prefix: str, write: Callable[[UUID, ContainerExit, datetime
     A lost engine connection is reopened from the last event seen; a failed write is retried until it lands.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]] = asyncio.Queue()
-    follower = _Follower(pool_prefix)
+    queue: asyncio.Queue[Found] = asyncio.Queue()
+
+    def give_up_waiting(container_id: str) -> None:
+        if (found := follower.overdue(container_id)) is not None:
+            queue.put_nowait(found)
+
+    follower = _Follower(pool_prefix, lambda container_id: loop.call_later(LATE_OOM_SECONDS, give_up_waiting,
+                                                                           container_id))
     since = int(time.time()) - REPLAY_SECONDS
     writer = asyncio.create_task(_write_all(queue, write or write_exit))
     try:
@@ -181,7 +210,7 @@ async def watch(pool_prefix: str, write: Callable[[UUID, ContainerExit, datetime
 
 
 async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, since: int,
-                       queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]]) -> int:
+                       queue: asyncio.Queue[Found]) -> int:
     """Read the events stream until it ends; returns the time to reopen it from."""
     try:
         client, stream = await _opened(loop, since)
@@ -190,13 +219,16 @@ async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, sin
         return since
     ended: asyncio.Future[int] = loop.create_future()
 
+    def take(event: dict[str, Any]) -> None:  # on the loop, as the follower's timers are
+        if (found := follower.fold(event)) is not None:
+            queue.put_nowait(found)
+
     def follow() -> None:
         last = since
         try:
             for event in _events(stream):
                 last = max(last, int(event.get("time", last)))
-                if (found := follower.fold(event)) is not None:
-                    loop.call_soon_threadsafe(queue.put_nowait, found)
+                loop.call_soon_threadsafe(take, event)
         except Exception as exc:  # the engine went away or the stream was closed: reopen from `last`
             print(f"container exits: the Docker events stream ended ({type(exc).__name__})", flush=True)
         finally:
@@ -266,7 +298,7 @@ def _events(stream: Any) -> Iterator[dict[str, Any]]:
     yield from stream
 
 
-async def _write_all(queue: asyncio.Queue[tuple[UUID, ContainerExit, datetime]],
+async def _write_all(queue: asyncio.Queue[Found],
                      write: Callable[[UUID, ContainerExit, datetime], Any]) -> None:
     while True:
         run_id, ended, at = await queue.get()

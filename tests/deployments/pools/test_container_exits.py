@@ -21,7 +21,7 @@ from prefect import flow
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.pools.container_exits import RECONNECT_SECONDS, ContainerExit, recorded_exits, watch
+from deployments.pools.container_exits import RECONNECT_SECONDS, ContainerExit, _Follower, recorded_exits, watch
 from deployments.runs.logs import read_log_page
 from tests.deployments.pools.conftest import BASE_IMAGE, TEST_LABEL
 
@@ -82,6 +82,46 @@ async def test_a_container_killed_at_its_memory_limit_is_written_as_oom_killed(
               memswap_limit="32m")
         ended = await exit_written(prefect, run.id)
     assert ended.exit_code == 137 and ended.oom_killed and not ended.killed_outside, ended
+
+
+def engine_event(action: str, run_id: uuid.UUID, container: str = "c" * 64, **attributes: str) -> dict[str, Any]:
+    """One event of the engine's stream, as docker-py decodes it, for a run container of pool `p-docker`."""
+    labels = {"io.prefect.flow-run-id": str(run_id), "io.prefect.work-pool-name": "p-docker", "name": "run-c"}
+    return {"Action": action, "Actor": {"ID": container, "Attributes": {**labels, **attributes}},
+            "time": 1, "timeNano": 10**9}
+
+
+def test_an_oom_notice_that_comes_after_the_exit_still_names_the_memory_limit() -> None:
+    """The engine's OOM notice and the container's exit reach it by two paths: under load `die` can come first."""
+    run_id, held = uuid.uuid4(), list[str]()
+    follower = _Follower("p", held.append)
+    assert follower.fold(engine_event("die", run_id, exitCode="137")) is None
+    assert held == ["c" * 64]
+    found = follower.fold(engine_event("oom", run_id))
+    assert found is not None and found[0] == run_id and found[1].oom_killed and not found[1].killed_outside
+    assert follower.overdue("c" * 64) is None  # written once
+
+
+def test_an_exit_137_with_no_oom_notice_is_given_up_as_killed_from_outside() -> None:
+    run_id, held = uuid.uuid4(), list[str]()
+    follower = _Follower("p", held.append)
+    assert follower.fold(engine_event("die", run_id, exitCode="137")) is None
+    found = follower.overdue(held[0])
+    assert found is not None and found[1].killed_outside and not found[1].oom_killed, found
+    assert follower.fold(engine_event("oom", run_id)) is None  # too late: the exit is written already
+
+
+def test_an_exit_137_after_its_oom_or_kill_event_is_written_at_once() -> None:
+    held: list[str] = []
+    follower = _Follower("p", held.append)
+    oomed, killed = uuid.uuid4(), uuid.uuid4()
+    assert follower.fold(engine_event("oom", oomed, container="a")) is None
+    by_oom = follower.fold(engine_event("die", oomed, container="a", exitCode="137"))
+    assert follower.fold(engine_event("kill", killed, container="b", signal="9")) is None
+    by_kill = follower.fold(engine_event("die", killed, container="b", exitCode="137"))
+    assert held == []
+    assert by_oom is not None and by_oom[1].oom_killed, by_oom
+    assert by_kill is not None and by_kill[1].kill_signal == "9" and not by_kill[1].oom_killed, by_kill
 
 
 async def test_a_docker_killed_container_is_written_as_killed_from_outside_not_oom(
