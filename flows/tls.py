@@ -44,6 +44,18 @@ def _verified() -> ssl.SSLContext:
 
 def spare_prefect_the_ca_bundle() -> None:
     """Have each Prefect client of this process load `NO_TLS_CA` rather than certifi's bundle, when the run's
-    Prefect API is plain HTTP and no CA file was set for it. Before Prefect's settings are read again."""
-    if os.environ.get("PREFECT_API_URL", "").lower().startswith("http:") and not os.environ.get(PREFECT_CA_ENV):
+    Prefect API is plain HTTP and no CA file that exists here was set for it. Before Prefect's settings are read
+    again.
+
+    Prefect's worker hands every Prefect setting it has to its runs, its own `PREFECT_API_SSL_CERT_FILE` among
+    them: a path on the worker's machine, which names nothing in the run's container. Over plain HTTP no
+    certificate is checked, so it is replaced; over HTTPS the run stops here, naming the file it lacks (Prefect's
+    own error would say only "No such file or directory")."""
+    given = os.environ.get(PREFECT_CA_ENV)
+    if given and Path(given).is_file():
+        return
+    if os.environ.get("PREFECT_API_URL", "").lower().startswith("http:"):
         os.environ[PREFECT_CA_ENV] = str(NO_TLS_CA)
+    elif given:
+        raise SystemExit(f"{PREFECT_CA_ENV} names {given}, which is not a file in this run's container: "
+                         f"set it to a CA file the container has, or leave it unset for certifi's bundle")

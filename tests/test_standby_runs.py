@@ -20,6 +20,7 @@ from contextlib import suppress
 from typing import Any
 from uuid import UUID
 
+import certifi
 import docker
 import pytest
 from docker.errors import ImageNotFound, NotFound
@@ -55,8 +56,10 @@ def image(docker_engine: None) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def stack(image: str, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
+    # A CA file for the pool host's own Prefect client, as an operator may set: Prefect's worker hands its runs every
+    # setting it has, this path among them, which names nothing in a run's container.
     with ariel_up(tmp_path_factory.mktemp("home-standby"), "docker", prefect_api,
-                  extra_env={"ARIEL_RUNTIME_IMAGE": image}) as up:
+                  extra_env={"ARIEL_RUNTIME_IMAGE": image, "PREFECT_API_SSL_CERT_FILE": certifi.where()}) as up:
         pool = re.search(r"Work pool: (\S+)", up.printed())
         assert pool is not None, up.printed()
         yield up

@@ -78,15 +78,27 @@ def test_https_is_verified_against_the_ca_bundle_loaded_once(tls_server: tuple[S
 @pytest.mark.parametrize(("api_url", "given", "expected"), [
     ("http://172.17.0.1:8799/prefect/api", None, str(NO_TLS_CA)),
     ("https://ariel.example.com/prefect/api", None, None),  # Prefect verifies it with certifi's bundle
-    ("http://172.17.0.1:8799/prefect/api", "/etc/company-ca.pem", "/etc/company-ca.pem"),  # what was set stands
+    ("http://172.17.0.1:8799/prefect/api", __file__, __file__),  # a CA file that is there stands
+    # A worker's own CA file, handed on with its settings, names nothing in the container: no TLS is done anyway.
+    ("http://172.17.0.1:8799/prefect/api", "/on/the/workers/machine/ca.pem", str(NO_TLS_CA)),
 ])
 def test_prefect_clients_load_no_bundle_only_for_a_plain_http_api(
     api_url: str, given: str | None, expected: str | None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PREFECT_API_URL", api_url)
+    # Set before anything else, so that monkeypatch puts back what was there whatever the function writes: once
+    # left set, it reached the `ariel up` of every later test in this process, and through it their runs.
+    monkeypatch.setenv(PREFECT_CA_ENV, given or "")
     if given is None:
-        monkeypatch.delenv(PREFECT_CA_ENV, raising=False)
-    else:
-        monkeypatch.setenv(PREFECT_CA_ENV, given)
+        monkeypatch.delenv(PREFECT_CA_ENV)
     spare_prefect_the_ca_bundle()
     assert os.environ.get(PREFECT_CA_ENV) == expected
+
+
+def test_a_run_over_https_whose_ca_file_is_not_in_its_container_stops_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "https://ariel.example.com/prefect/api")
+    monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
+    with pytest.raises(SystemExit, match="names /on/the/workers/machine/ca.pem, which is not a file"):
+        spare_prefect_the_ca_bundle()
