@@ -54,6 +54,8 @@ def spare_prefect_the_ca_bundle() -> None:
     given = os.environ.get(PREFECT_CA_ENV)
     if given and Path(given).is_file():
         return
+    if os.environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "").strip().lower() in ("1", "true", "yes", "on"):
+        return  # Prefect then reads no CA file at all
     if os.environ.get("PREFECT_API_URL", "").lower().startswith("http:"):
         os.environ[PREFECT_CA_ENV] = str(NO_TLS_CA)
     elif given:

@@ -94,20 +94,31 @@ async def start_to_hold(chat: Client[Any], slug: str, stack: ArielUp, prefect_ap
 
 
 async def what_became_of(chat: Client[Any], run_id: str, stack: ArielUp, prefect_api: str) -> str:
-    """Where a run that never reached its request stands, for the failure's message: its states, its logs, its
-    containers and what `ariel up` printed last."""
-    async with PrefectClient(prefect_api) as prefect:
-        states = [f"{state.name}: {(state.message or '')[:200]}"
-                  for state in await prefect.read_flow_run_states(UUID(run_id))]
-    logs = await ask(chat, "get_run_logs", run=run_id)
-    engine = docker.from_env()
-    try:
-        containers = [f"{container.name} {container.status}: {container.logs(tail=30).decode(errors='replace')}"
-                      for container in run_containers(engine, run_id)]
-    finally:
-        engine.close()
-    return "\n".join(["states:", *states, "logs:", *[str(line) for line in logs.get("lines", [])][-40:],
-                      "containers:", *containers, "ariel up printed last:", *stack.printed().splitlines()[-80:]])
+    """Where a run that never reached its request stands, for the failure's message: its states, its last log
+    lines, its containers and what `ariel up` printed last. A part that cannot be read says why in its place."""
+    async def states() -> list[str]:
+        async with PrefectClient(prefect_api) as prefect:
+            return [f"{state.name}: {(state.message or '')[:200]}"
+                    for state in await prefect.read_flow_run_states(UUID(run_id))]
+
+    async def logs() -> list[str]:
+        return [str(line) for line in (await ask(chat, "get_run_logs", run=run_id, limit=40, tail=True))["lines"]]
+
+    async def containers() -> list[str]:
+        engine = docker.from_env()
+        try:
+            return [f"{container.name} {container.status}: {container.logs(tail=30).decode(errors='replace')}"
+                    for container in run_containers(engine, run_id)]
+        finally:
+            engine.close()
+
+    parts = ["ariel up printed last:", *stack.printed().splitlines()[-80:]]
+    for name, read in (("states", states), ("logs", logs), ("containers", containers)):
+        try:
+            parts += [f"{name}:", *await read()]
+        except Exception as exc:  # the report must not hide the failure it reports
+            parts.append(f"{name}: could not be read ({type(exc).__name__}: {exc})")
+    return "\n".join(parts)
 
 
 async def start_and_kill_mid_hold(chat: Client[Any], slug: str, stack: ArielUp, prefect_api: str) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import io
 import os
 import re
+import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -58,8 +59,10 @@ def image(docker_engine: None) -> Iterator[str]:
 def stack(image: str, prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArielUp]:
     # A CA file for the pool host's own Prefect client, as an operator may set: Prefect's worker hands its runs every
     # setting it has, this path among them, which names nothing in a run's container.
+    ca_file = tmp_path_factory.mktemp("pool-host-ca") / "company-ca.pem"
+    shutil.copy(certifi.where(), ca_file)
     with ariel_up(tmp_path_factory.mktemp("home-standby"), "docker", prefect_api,
-                  extra_env={"ARIEL_RUNTIME_IMAGE": image, "PREFECT_API_SSL_CERT_FILE": certifi.where()}) as up:
+                  extra_env={"ARIEL_RUNTIME_IMAGE": image, "PREFECT_API_SSL_CERT_FILE": str(ca_file)}) as up:
         pool = re.search(r"Work pool: (\S+)", up.printed())
         assert pool is not None, up.printed()
         yield up

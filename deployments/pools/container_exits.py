@@ -56,9 +56,10 @@ _FILTERS = {"type": "container", "label": ["ariel.role=flow-run"], "event": ["oo
 REPLAY_SECONDS = 300
 RECONNECT_SECONDS = 5.0
 _REMEMBERED = 2000  # containers whose exit was handled, so that a replay does not write it twice
-LATE_OOM_SECONDS = 3.0
+LATE_OOM_SECONDS = 1.5
 """How long an exit 137 with neither an `oom` nor a `kill` event before it waits for a late `oom`: the engine's
-OOM notice and the container's exit reach it by two paths, and under load the `die` can come first (seen in CI)."""
+OOM notice and the container's exit reach it by two paths, and under load the `die` can come first (seen in CI;
+~25 ms apart here when idle). Recovery's `SETTLE` waits this out before it reads the exit."""
 
 _OOM = "OOM-killed at its memory limit (Docker: State.OOMKilled)"
 _KILLED_BY_API = "killed from outside: signal {signal} sent through the Docker API (docker kill or docker stop)"
@@ -148,12 +149,13 @@ class _Follower:
         labels: dict[str, str] = actor.get("Attributes") or {}
         if not container_id or not labels.get(POOL_LABEL, "").startswith(self.pool_prefix):
             return None
-        seen = self.seen.setdefault(container_id, _Seen())
         action = event.get("Action") or event.get("status")
+        if action == "oom" and (held := self.held.pop(container_id, None)) is not None:  # after the exit
+            return held[0], replace(held[1], oom_killed=True), held[2]
+        if action != "die" and container_id in self.handled:  # too late, or replayed after a reconnect
+            return None
+        seen = self.seen.setdefault(container_id, _Seen())
         if action == "oom":
-            if (held := self.held.pop(container_id, None)) is not None:  # the notice came after the exit
-                self.seen.pop(container_id, None)
-                return held[0], replace(held[1], oom_killed=True), held[2]
             seen.oom_killed = True
         elif action == "kill":
             seen.kill_signal = labels.get("signal") or seen.kill_signal
@@ -232,7 +234,8 @@ async def _follow_once(loop: asyncio.AbstractEventLoop, follower: _Follower, sin
         except Exception as exc:  # the engine went away or the stream was closed: reopen from `last`
             print(f"container exits: the Docker events stream ended ({type(exc).__name__})", flush=True)
         finally:
-            loop.call_soon_threadsafe(_settle, ended, last)
+            with suppress(RuntimeError):  # the loop is closed: nobody waits for this stream any more
+                loop.call_soon_threadsafe(_settle, ended, last)
 
     # A daemon thread, not asyncio.to_thread: the stream blocks in a read, and interpreter exit must not wait for it.
     threading.Thread(target=follow, name="container-exits", daemon=True).start()

@@ -19,7 +19,7 @@ the UI) loses its tags, and is written up afresh if it fails again.
 Example (the HTTP app's recovery loop calls it every few seconds)::
 
     marker = FailureMarker("ariel-9a8b7c6d-", Hosting("saas"), since=datetime.now(UTC) - timedelta(minutes=30))
-    marked = await marker.mark(client, until=datetime.now(UTC) - timedelta(seconds=3))
+    marked = await marker.mark(client, until=datetime.now(UTC) - timedelta(seconds=5))
 """
 
 from __future__ import annotations

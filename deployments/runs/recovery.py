@@ -47,7 +47,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
-from deployments.pools.container_exits import recorded_exits
+from deployments.pools.container_exits import LATE_OOM_SECONDS, recorded_exits
 from deployments.pools.work_pools import RETRY_WINDOW
 from deployments.runs.attempts import attempt_of, number_attempt
 from deployments.runs.failure_marks import FailureMarker, is_install_agent_run
@@ -70,8 +70,9 @@ MAX_RETRIES = 2
 FIRST_PAUSE_SECONDS = 5.0
 # Crashes older than this are history, not a run to bring back.
 LOOK_BACK = RETRY_WINDOW
-# The worker host writes how a container ended just after the run Crashed: wait for it before deciding.
-SETTLE = timedelta(seconds=3)
+# The worker host writes how a container ended just after the run Crashed (an exit 137 once it has waited for a
+# late OOM notice): wait for it before deciding.
+SETTLE = timedelta(seconds=3 + LATE_OOM_SECONDS)
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
                         r"unable to start container process|executable file not found")

@@ -102,3 +102,12 @@ def test_a_run_over_https_whose_ca_file_is_not_in_its_container_stops_naming_it(
     monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
     with pytest.raises(SystemExit, match="names /on/the/workers/machine/ca.pem, which is not a file"):
         spare_prefect_the_ca_bundle()
+
+
+def test_a_run_that_skips_verification_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect reads no CA file when told to skip verification: a path its container lacks then stops nothing."""
+    monkeypatch.setenv("PREFECT_API_URL", "https://ariel.example.com/prefect/api")
+    monkeypatch.setenv("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "true")
+    monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
+    spare_prefect_the_ca_bundle()
+    assert os.environ[PREFECT_CA_ENV] == "/on/the/workers/machine/ca.pem"

@@ -109,6 +109,7 @@ def test_an_exit_137_with_no_oom_notice_is_given_up_as_killed_from_outside() -> 
     found = follower.overdue(held[0])
     assert found is not None and found[1].killed_outside and not found[1].oom_killed, found
     assert follower.fold(engine_event("oom", run_id)) is None  # too late: the exit is written already
+    assert follower.seen == {} and follower.held == {}  # nothing kept of a container that is gone
 
 
 def test_an_exit_137_after_its_oom_or_kill_event_is_written_at_once() -> None:
@@ -137,6 +138,20 @@ async def test_a_docker_killed_container_is_written_as_killed_from_outside_not_o
     assert ended.exit_code == 137 and not ended.oom_killed and ended.kill_signal == "9", ended
     assert ended.killed_outside
     assert "signal 9 sent through the Docker API" in ended.line()
+
+
+async def test_an_exit_137_with_no_oom_or_kill_event_is_written_as_killed_outside_once_no_notice_comes(
+    engine: docker.DockerClient, prefect: PrefectClient
+) -> None:
+    """What a SIGKILL from outside the engine looks like to it: the watcher waits a moment for a late OOM notice,
+    then writes it."""
+    run = await prefect.create_flow_run(probe)
+    pool = prefix()
+    async with watching(pool):
+        start(engine, run.id, f"{pool}0f3c-docker", ["sh", "-c", "exit 137"])
+        ended = await exit_written(prefect, run.id)
+    assert ended.exit_code == 137 and not ended.oom_killed and ended.kill_signal is None, ended
+    assert ended.killed_outside and "killed from outside the Docker engine" in ended.line()
 
 
 async def test_another_installs_containers_and_clean_exits_are_not_written(
