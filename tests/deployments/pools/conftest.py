@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 
 import docker
 import pytest
@@ -18,6 +19,8 @@ TEST_LABEL = ("ariel.test", f"pools-{uuid.uuid4().hex[:12]}")
 def engine(docker_engine: None) -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     yield client
-    for container in client.containers.list(all=True, filters={"label": "=".join(TEST_LABEL)}):
-        container.remove(force=True)
+    # A test's auto-removed container may go between the listing and its removal: gone is what is wanted.
+    for container in client.containers.list(all=True, filters={"label": "=".join(TEST_LABEL)}, ignore_removed=True):
+        with suppress(docker.errors.NotFound):
+            container.remove(force=True)
     client.close()
