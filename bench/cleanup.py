@@ -16,7 +16,8 @@ def remove_containers(pool: str) -> None:
         return
     engine = docker.from_env()
     try:
-        for container in engine.containers.list(all=True, filters={"label": f"io.prefect.work-pool-name={pool}"}):
+        for container in engine.containers.list(all=True, filters={"label": f"io.prefect.work-pool-name={pool}"},
+                                                ignore_removed=True):
             # Run containers may remove themselves when they end: one may be on its way out already.
             with suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)

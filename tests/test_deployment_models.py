@@ -141,7 +141,8 @@ async def test_saas_shared_two_app_replicas_and_a_pool_host_run_an_agent_and_sto
             assert "Traceback" not in replica.printed(), replica.printed()
     engine = docker.from_env()
     try:  # the pool host removed its standby; the run's own container ended with its run
-        wait_until(lambda: not engine.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool}"}), 30,
+        wait_until(lambda: not engine.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool}"},
+                                                      ignore_removed=True), 30,
                    "the pool's containers to be gone")
     finally:
         engine.close()
@@ -243,7 +244,8 @@ async def test_compose_core_profile_runs_an_agent_and_down_leaves_nothing(tmp_pa
         assert engine.volumes.list(filters={"label": project_label}) == []
         # The pool host removed its standby at its stop; the run's own container ended with its run.
         pool: dict[str, str | list[str] | bool] = {"label": f"{POOL_LABEL}={created['work_pool']}"}
-        wait_until(lambda: not engine.containers.list(all=True, filters=pool), 30, "the pool's containers to be gone")
+        wait_until(lambda: not engine.containers.list(all=True, filters=pool, ignore_removed=True), 30,
+                   "the pool's containers to be gone")
     finally:
         run("down", "--volumes", "--remove-orphans", timeout=120)
         engine.close()

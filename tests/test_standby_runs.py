@@ -71,7 +71,8 @@ def stack(image: str, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
     engine = docker.from_env()
     try:
         assert not waiting_standbys(engine, pool.group(1), running_only=False)
-        wait_until(lambda: not engine.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool.group(1)}"}),
+        wait_until(lambda: not engine.containers.list(all=True, filters={"label": f"{POOL_LABEL}={pool.group(1)}"},
+                                                            ignore_removed=True),
                    30, "the last run's container to end and be removed")
     finally:
         engine.close()

@@ -156,8 +156,10 @@ async def test_server_everything_speaks_mcp_over_stdio_in_the_runtime_image(dock
     client = docker.from_env()
     try:
         deadline = time.monotonic() + 15
-        while client.containers.list(all=True, filters={"label": [PROBE_LABEL, mine]}) and time.monotonic() < deadline:
+        while (client.containers.list(all=True, filters={"label": [PROBE_LABEL, mine]}, ignore_removed=True)
+               and time.monotonic() < deadline):
             time.sleep(0.2)
-        assert client.containers.list(all=True, filters={"label": [PROBE_LABEL, mine]}) == []
+        assert client.containers.list(all=True, filters={"label": [PROBE_LABEL, mine]},
+                                      ignore_removed=True) == []
     finally:
         client.close()

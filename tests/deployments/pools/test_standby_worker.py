@@ -25,7 +25,7 @@ def start(engine: docker.DockerClient, command: str) -> Any:
 
 def gone(engine: docker.DockerClient, container_id: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while engine.containers.list(all=True, filters={"id": container_id}):
+    while engine.containers.list(all=True, filters={"id": container_id}, ignore_removed=True):
         assert time.monotonic() < deadline, "the container was not removed"
         time.sleep(0.1)
 
