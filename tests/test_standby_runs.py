@@ -18,6 +18,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,7 @@ from fastmcp import Client
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
+from prefect.states import Scheduled
 
 from deployments.pools.run_images import lean_image_of
 from deployments.pools.standby import POOL_LABEL, waiting_standbys
@@ -41,6 +43,8 @@ pytestmark = pytest.mark.slow
 # Of this test process only: the tests below rebuild and remove them, which must not reach another worker's stack.
 IMAGE = f"ariel-runtime:standby-test-{uuid.uuid4().hex[:12]}"
 LEAN = lean_image_of(IMAGE) or ""
+BURST = 3
+BURST_LEAD_SECONDS = 50  # time enough to start standbys on a loaded CI machine, before the worker takes the runs
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +187,35 @@ async def test_a_run_no_chat_announced_is_fetched_by_the_workers_polling(
         seen = await ask(chat, "get_run", run=str(made.id))
     assert seen["state"] == "Completed" and seen["result"] == "Polled done", seen
     assert UUID(seen["id"]) == made.id
+
+
+async def test_runs_scheduled_together_each_find_a_standby_started_for_them_and_the_surplus_goes_after(
+    stack: ArielUp, engine: docker.DockerClient, prefect_api: str
+) -> None:
+    # What a schedule does to a desktop with several per-minute agents: runs fall due in the same second.
+    async with Client(stack.mcp_url) as chat:
+        agent = await probe(chat, "Burst")
+        first = waiting_standby(engine, agent["work_pool"])
+        async with PrefectClient(prefect_api) as prefect:
+            deployment = await prefect.read_deployment_by_name(agent["deployment"])
+            due = datetime.now(UTC) + timedelta(seconds=BURST_LEAD_SECONDS)
+            made = [await prefect.create_flow_run_from_deployment(deployment.id, state=Scheduled(scheduled_time=due))
+                    for _ in range(BURST)]
+            # Before they are due, the pool keeps a standby for each: the one it had and two more.
+            ready = wait_until(lambda: (found := lean_standbys(engine, agent["work_pool"]))[BURST - 1:] and found,
+                               BURST_LEAD_SECONDS - 15, f"{BURST} standbys before the runs are due")
+            assert first.id in {standby.id for standby in ready}
+            ended = [await wait_for_run(prefect, run.id, timeout=180) for run in made]
+    assert [run.state.type.value if run.state else None for run in ended] == ["COMPLETED"] * BURST
+    log = pool_host_log(stack)
+    for standby in ready:
+        assert f"Standby container {standby.name!r} took the run" in log, standby.name
+    # Past what runs coming need, the pool is back to one standby, once the surplus has waited its time.
+    wait_until(lambda: len(lean_standbys(engine, agent["work_pool"])) == 1, 150, "the surplus standbys to go")
+
+
+def lean_standbys(engine: docker.DockerClient, pool: str) -> list[Any]:
+    return [c for c in waiting_standbys(engine, pool) if c.attrs["Config"]["Image"] == LEAN]
 
 
 async def test_a_pool_host_killed_has_the_standbys_it_left_removed_when_it_is_started_again(

@@ -9,13 +9,20 @@ runs exactly one run and is removed when it ends, as before.
 
 Each run gets the runtime image it needs (`run_images.needs_full_image`): on Ariel's own pools most take the
 pool's image's lean twin, when the engine has it; a run that calls its model itself or starts a stdio MCP server
-takes the pool's (full) image. So a pool keeps up to one standby of each.
+takes the pool's (full) image. So a pool keeps standbys of up to two images.
+
+How many: one of each image its runs took, and as many as it has runs coming soon that take that image
+(`want_standbys`, which the worker host calls with what one query across its pools found scheduled). A burst
+(twenty per-minute agents fall due in the same second) is so handed to containers that imported before it,
+~0.3 CPU-s each after the handoff, not ~1.3 at once each. The first standby of an image starts as soon as the
+last one is taken; the others once no run was handed for `QUIET_SECONDS`, so that their imports do not compete
+with the burst they are for the next one of.
 
 A standby is used only while it is what a new container would be: same image id (a rebuilt
 `ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
-still running. Otherwise, and when two runs come at once, the run gets a container started for
-it (the cold path), which runs the same way. A standby idle past `IDLE_SECONDS` is removed, so
-quiet pools hold no memory.
+still running. Otherwise, and when more runs come at once than standbys wait, the run gets a container
+started for it (the cold path), which runs the same way. A standby idle past `IDLE_SECONDS` is removed, so
+quiet pools hold no memory, and one past what the pool's coming runs need after `SURPLUS_SECONDS`.
 
 A handed container is renamed `<run name>-<run id>-<hex>`; `run_of` reads the run back from that
 name (Docker labels cannot change after creation), for `container_exits` and for operators' `docker ps
@@ -32,12 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 import threading
 import time
 from collections.abc import Mapping
 from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -63,8 +72,16 @@ STANDBY_COMMAND = ["python", "-m", "flows.standby"]
 IDLE_SECONDS = 600.0
 """A standby nobody took for this long is removed: ~80 MB each (~240 MB with litellm, on own hardware), and a quiet
 pool needs none."""
-MAX_STANDBYS = 2
-"""Standbys one pool keeps at most: one of the lean image and one of the full."""
+SURPLUS_SECONDS = 60.0
+"""A standby past what the pool's coming runs need (they were cancelled, their agent paused) waits this long before
+it is removed: the forecast is a few seconds old, and a run just taken leaves the count before its standby."""
+QUIET_SECONDS = 2.0
+"""A pool's standbys after the first of an image start once no run was handed to one for this long."""
+RECIPE_SECONDS = 30.0
+"""How long the container settings read from the pool's template serve the standbys started for coming runs
+(Prefect's worker reads the pool again every 30 s); a run's own settings replace them at once."""
+MAX_IMAGES = 2
+"""Images one pool keeps standbys of at most: the lean image and the full."""
 _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
 # Anchored at the end: the run's name before it is the agent's slug, which its author chooses (a UUID, even).
 _RUN_ID = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[0-9a-f]{6}$")
@@ -84,6 +101,23 @@ class _Standby:
         self.container, self.shape, self.image_id = container, shape, image_id
         self.started = time.monotonic()
 
+    def fits(self, recipe: _Recipe) -> bool:
+        return self.shape == recipe.shape and self.image_id == recipe.image_id
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What a standby of one image is started from: the container settings, their shape and the image's id."""
+
+    settings: dict[str, Any]
+    shape: str
+    image_id: str
+    made: float = field(default_factory=time.monotonic)
+
+    @property
+    def image(self) -> str:
+        return str(self.settings.get("image"))
+
 
 class StandbyDockerWorker(DockerWorker):
     """`DockerWorker`, but each run goes to a standby container when one fits."""
@@ -96,9 +130,13 @@ class StandbyDockerWorker(DockerWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._standbys: dict[str, _Standby] = {}  # by the name of their image
+        self._standbys: dict[str, list[_Standby]] = {}  # by the name of their image, the longest waiting first
+        self._recipes: dict[str, _Recipe] = {}  # by image: what its next standby is started from
+        self._images: dict[bool, str] = {}  # the image a run takes, by whether it needs the full one (`_recipe`)
+        self._coming: dict[str, int] = {}  # by image: runs coming soon that take it (`want_standbys`)
+        self._handed_at = -math.inf
         self._standby_lock = threading.Lock()
-        self._replenishers: dict[str, threading.Thread] = {}  # starting the next standby of an image; one at a time
+        self._replenishers: dict[str, threading.Thread] = {}  # starting the standbys of an image; one at a time
         self._warmed = False
         self._no_lean_said = ""  # why runs last took the full image though the lean one would do
         self._closed = False
@@ -113,22 +151,51 @@ class StandbyDockerWorker(DockerWorker):
             return
         self._warmed = True
         try:
-            # From the pool's template alone: what differs per run (env, labels, name) is not part of the shape.
-            configuration = await self.job_configuration.from_template_and_values(
-                self._work_pool.base_job_template, {})
             # The image most runs of the pool take: the lean one on Ariel's own pools.
-            await asyncio.to_thread(self._choose_image, configuration, is_own_pool(self._work_pool_name))
-            await asyncio.to_thread(self._warm, configuration)
+            self._replenish(await self._recipe(full=is_own_pool(self._work_pool_name)))
         except Exception as exc:  # no engine now, say: runs take the cold path, the worker goes on serving
             self._logger.warning(f"Could not start a standby container: {exc}")
 
-    def _warm(self, configuration: DockerWorkerJobConfiguration) -> None:
+    async def want_standbys(self, coming: Mapping[bool, int]) -> None:
+        """Keep a standby for each run coming soon: `coming` counts them by whether they need the full image.
+        Each image a run took keeps one regardless, while the pool keeps standbys at all."""
+        if self._work_pool is None:  # not synced yet: the template is not known
+            return
+        wanted: dict[str, int] = {}
+        for full, count in coming.items():
+            if count > 0:
+                recipe = await self._recipe(full)
+                wanted[recipe.image] = wanted.get(recipe.image, 0) + count
+        with self._standby_lock:
+            self._coming = wanted
+            recipes = [self._recipes[image] for image in wanted if image in self._recipes]
+        for recipe in recipes:
+            self._replenish(recipe)
+
+    async def _recipe(self, full: bool) -> _Recipe:
+        """What a standby for a run that needs the `full` image or not is started from: from the pool's template,
+        read again after `RECIPE_SECONDS` (a run's own settings replace it sooner)."""
+        with self._standby_lock:
+            image = self._images.get(full)
+            known = self._recipes.get(image) if image is not None else None
+        if known is not None and time.monotonic() - known.made < RECIPE_SECONDS:
+            return known
+        assert self._work_pool is not None  # synced: the callers check
+        # From the pool's template alone: what differs per run (env, labels, name) is not part of the shape.
+        configuration = await self.job_configuration.from_template_and_values(self._work_pool.base_job_template, {})
+        await asyncio.to_thread(self._choose_image, configuration, full)
+        recipe = await asyncio.to_thread(self._plan_with_new_client, configuration)
+        with self._standby_lock:
+            self._images[full] = recipe.image
+            self._recipes[recipe.image] = recipe
+        return recipe
+
+    def _plan_with_new_client(self, configuration: DockerWorkerJobConfiguration) -> _Recipe:
         docker_client = self._get_client()  # type: ignore[no-untyped-call]
         try:
-            settings, shape, image_id = self._plan(docker_client, configuration)
+            return self._plan(docker_client, configuration)
         finally:
             docker_client.close()
-        self._replenish(settings, shape, image_id)
 
     async def run(self, flow_run: FlowRun, configuration: DockerWorkerJobConfiguration,
                   task_status: Any = None) -> DockerWorkerResult:  # Prefect types it two ways
@@ -160,13 +227,12 @@ class StandbyDockerWorker(DockerWorker):
             self._no_lean_said = why
             self._logger.warning(why)
 
-    def _plan(self, docker_client: DockerClient, configuration: DockerWorkerJobConfiguration
-              ) -> tuple[dict[str, Any], str, str]:
+    def _plan(self, docker_client: DockerClient, configuration: DockerWorkerJobConfiguration) -> _Recipe:
         """The container settings of `configuration`, their shape, and the id of its image (pulled if need be)."""
         settings = self._build_container_settings(docker_client, configuration)
         if self._should_pull_image(docker_client, configuration=configuration):
             self._pull_image(docker_client, configuration)
-        return settings, _shape(settings), str(docker_client.images.get(configuration.image).id)
+        return _Recipe(settings, _shape(settings), str(docker_client.images.get(configuration.image).id))
 
     async def teardown(self, *exc_info: Any) -> None:
         await asyncio.to_thread(self.retire)
@@ -175,11 +241,11 @@ class StandbyDockerWorker(DockerWorker):
     def _create_and_start_container(self, configuration: DockerWorkerJobConfiguration) -> tuple[Container, Event]:
         docker_client = self._get_client()  # type: ignore[no-untyped-call]
         try:
-            settings, shape, image_id = self._plan(docker_client, configuration)
+            recipe = self._plan(docker_client, configuration)
             # Named for its run before it is handed the run: from then on nothing takes it for a waiting standby,
             # and nothing that can fail is left to do once the run is in it.
             name = run_container_name(configuration.name, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")
-            container = self._take_standby(configuration.image, shape, image_id)
+            container = self._take_standby(recipe)
             if container is not None:
                 standby_name = container.name
                 if _rename(container, name) and _hand(container, configuration.env):
@@ -190,7 +256,7 @@ class StandbyDockerWorker(DockerWorker):
                     container = None
             if container is None:
                 self._logger.info("No standby container fits; starting one for this run")
-                container = _start(docker_client, settings, self._work_pool_name, name=name)
+                container = _start(docker_client, recipe.settings, self._work_pool_name, name=name)
                 if not _hand(container, configuration.env):
                     _remove(container)
                     raise RuntimeError(f"container {name} ended before it could be handed its run")
@@ -198,7 +264,7 @@ class StandbyDockerWorker(DockerWorker):
             created_event = self._emit_container_status_change_event(container, configuration)
         finally:
             docker_client.close()
-        self._replenish(settings, shape, image_id)
+        self._replenish(recipe)
         return container, created_event
 
     def _watch_container_safe(self, container: Container, configuration: DockerWorkerJobConfiguration,
@@ -223,49 +289,53 @@ class StandbyDockerWorker(DockerWorker):
         finally:
             docker_client.close()
 
-    def _take_standby(self, image: str, shape: str, image_id: str) -> Container | None:
-        """The standby of `image`, if it is what a container started now would be; a stale one is removed."""
+    def _take_standby(self, recipe: _Recipe) -> Container | None:
+        """The standby of `recipe`'s image that waited longest, if it is what a container started now would be;
+        stale ones (an older image, another shape, stopped) are removed on the way."""
         with self._standby_lock:
-            standby = self._standbys.pop(image, None)
-        if standby is None:
-            return None
-        if standby.shape == shape and standby.image_id == image_id:
-            try:
-                standby.container.reload()
-                if standby.container.status == "running":
-                    return standby.container
-            except Exception:  # gone, or the engine did not answer: either way not one to hand a run to
-                pass
-        self._logger.info(f"Standby container {standby.container.name!r} is stale; removing it")
-        _remove(standby.container)
-        return None
-
-    def _replenish(self, settings: dict[str, Any], shape: str, image_id: str) -> None:
-        """Start the pool's next standby of `settings`' image in the background, one at a time for each image; it
-        replaces the one of that image (of an older shape). Past `MAX_STANDBYS`, the one of another image that waited
-        longest is removed (the pool's template names another image now)."""
-        image = str(settings.get("image"))
-
-        def start() -> None:
-            try:
-                client = docker.from_env()
+            self._handed_at = time.monotonic()
+            if self._coming.get(recipe.image):  # this run was one of them: no standby is to start for it again
+                self._coming[recipe.image] -= 1
+        while True:
+            with self._standby_lock:
+                waiting = self._standbys.get(recipe.image)
+                standby = waiting.pop(0) if waiting else None
+            if standby is None:
+                return None
+            if standby.fits(recipe):
                 try:
-                    standby = _Standby(_start(client, settings, self._work_pool_name), shape, image_id)
-                finally:
-                    client.close()
-                removed: list[_Standby] = []
-                with self._standby_lock:
-                    if self._closed:  # the worker stopped while it started
-                        removed.append(standby)
-                    else:
-                        if image in self._standbys:
-                            removed.append(self._standbys.pop(image))
-                        while len(self._standbys) >= MAX_STANDBYS:
-                            oldest = min(self._standbys, key=lambda key: self._standbys[key].started)
-                            removed.append(self._standbys.pop(oldest))
-                        self._standbys[image] = standby
-                for previous in removed:
-                    _remove(previous.container)
+                    standby.container.reload()
+                    if standby.container.status == "running":
+                        return standby.container
+                except Exception:  # gone, or the engine did not answer: either way not one to hand a run to
+                    pass
+            self._logger.info(f"Standby container {standby.container.name!r} is stale; removing it")
+            _remove(standby.container)
+
+    def _target(self, image: str) -> int:
+        """Standbys of `image` to keep (under the lock): one, or one for each run coming that takes it."""
+        return max(1, self._coming.get(image, 0)) if self.keeps_standby and not self._closed else 0
+
+    def _replenish(self, recipe: _Recipe) -> None:
+        """Start standbys of `recipe`'s image in the background until the pool has as many as it wants
+        (`_target`), one at a time for each image; they replace those of that image of an older shape. Past
+        `MAX_IMAGES`, the standbys of the image that waited longest are removed (the pool's template names another
+        image now)."""
+        image = recipe.image
+
+        def fill() -> None:
+            try:
+                while True:
+                    with self._standby_lock:
+                        current = self._recipes.get(image, recipe)
+                        have = sum(standby.fits(current) for standby in self._standbys.get(image, []))
+                        if have >= self._target(image):
+                            return
+                        hold = have > 0 and time.monotonic() - self._handed_at < QUIET_SECONDS
+                    if hold:  # a burst being handed out: its runs have the CPU first
+                        time.sleep(QUIET_SECONDS / 4)
+                        continue
+                    self._start_standby(current)
             except Exception as exc:  # the next run takes the cold path and tries again
                 self._logger.warning(f"Could not start a standby container: {exc}")
             finally:
@@ -273,19 +343,51 @@ class StandbyDockerWorker(DockerWorker):
                     self._replenishers.pop(image, None)
 
         with self._standby_lock:
-            if image in self._replenishers or self._closed or not self.keeps_standby:
+            known = self._recipes.get(image)
+            if known is None or known.made <= recipe.made:
+                self._recipes[image] = recipe
+            if image in self._replenishers or self._target(image) == 0:
                 return
-            self._replenishers[image] = thread = threading.Thread(target=start, name="standby", daemon=True)
+            self._replenishers[image] = thread = threading.Thread(target=fill, name="standby", daemon=True)
             thread.start()
 
-    def retire_idle(self, idle_seconds: float = IDLE_SECONDS) -> None:
-        """Remove the standbys that waited longer than `idle_seconds`, or all when none is kept any more (called by
-        the worker host's loop)."""
-        now = time.monotonic()
+    def _start_standby(self, recipe: _Recipe) -> None:
+        client = docker.from_env()
+        try:
+            standby = _Standby(_start(client, recipe.settings, self._work_pool_name), recipe.shape, recipe.image_id)
+        finally:
+            client.close()
+        removed: list[_Standby] = []
         with self._standby_lock:
-            idle = [image for image, standby in self._standbys.items()
-                    if not self.keeps_standby or now - standby.started >= idle_seconds]
-            removed = [self._standbys.pop(image) for image in idle]
+            if self._closed:  # the worker stopped while it started
+                removed.append(standby)
+            else:
+                waiting = self._standbys.setdefault(recipe.image, [])
+                removed += [old for old in waiting if not old.fits(recipe)]
+                waiting[:] = [old for old in waiting if old.fits(recipe)] + [standby]
+                while len(self._standbys) > MAX_IMAGES:
+                    oldest = min((image for image in self._standbys if image != recipe.image),
+                                 key=lambda image: min((s.started for s in self._standbys[image]), default=0.0))
+                    removed += self._standbys.pop(oldest)
+        for previous in removed:
+            _remove(previous.container)
+
+    def retire_idle(self, idle_seconds: float = IDLE_SECONDS, surplus_seconds: float = SURPLUS_SECONDS) -> None:
+        """Remove the standbys that waited longer than `idle_seconds`, those past what the pool wants that waited
+        longer than `surplus_seconds`, or all when none is kept any more (called by the worker host's loop)."""
+        now = time.monotonic()
+        removed: list[_Standby] = []
+        with self._standby_lock:
+            for image, waiting in list(self._standbys.items()):
+                kept = [standby for standby in waiting if self.keeps_standby and now - standby.started < idle_seconds]
+                # The surplus goes newest first: the oldest are the likeliest to have finished importing.
+                while len(kept) > self._target(image) and now - kept[-1].started >= surplus_seconds:
+                    kept.pop()
+                removed += [standby for standby in waiting if standby not in kept]
+                if kept:
+                    self._standbys[image] = kept
+                else:
+                    del self._standbys[image]
         for standby in removed:
             _remove(standby.container)
 
@@ -293,13 +395,19 @@ class StandbyDockerWorker(DockerWorker):
         """Remove the standbys now, and those being started: the worker is stopping."""
         with self._standby_lock:
             self._closed = True
-            removed, self._standbys = list(self._standbys.values()), {}
+            removed = [standby for waiting in self._standbys.values() for standby in waiting]
+            self._standbys = {}
             starting = list(self._replenishers.values())
         for standby in removed:
             _remove(standby.container)
         deadline = time.monotonic() + wait_seconds
         for thread in starting:  # each removes what it started once it sees `_closed`
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def standbys_waiting(self) -> int:
+        with self._standby_lock:
+            return sum(len(waiting) for waiting in self._standbys.values())
 
 
 def _shape(settings: dict[str, Any]) -> str:

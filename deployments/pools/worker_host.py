@@ -34,6 +34,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,7 @@ from prefect.workers.process import ProcessWorker
 from deployments.pools import container_exits
 from deployments.pools.capacity import default_max_runs, docker_machine, this_machine
 from deployments.pools.readiness import HEARTBEAT_SECONDS
+from deployments.pools.run_images import needs_full_image
 from deployments.pools.standby import StandbyDockerWorker, remove_standbys
 from deployments.pools.work_pools import POOL_PREFIX, PoolType, platform_pool_pattern
 
@@ -77,6 +79,10 @@ returns (report a crash) is not cut short, and a run right after is served at on
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page; a new org's first run waits for it
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
+COMING_SECONDS = 60.0
+"""Runs scheduled this soon get a standby container each, started after the burst before them: a per-minute agent's
+next run is in the window as soon as its last has started."""
+FORECAST_SECONDS = 5.0  # how often the runs coming are counted (one query of at most `--max-runs` runs)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # After a stop signal the workers get this long to let go of their pools; then the process exits regardless
 # (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
@@ -284,21 +290,39 @@ async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: f
     """
     due: dict[str, None] = {}  # in the order of their first run's time
     for offset in itertools.count(0, PAGE):
-        runs = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                    before_=datetime.now(UTC) + timedelta(seconds=within)),
-            ),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
-            sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
-            limit=PAGE,
-            offset=offset,
-        )
+        runs = await _scheduled(client, pools, within, limit=PAGE, offset=offset)
         due |= dict.fromkeys(run.work_pool_name for run in runs if run.work_pool_name)
         if len(runs) < PAGE or offset >= MAX_DUE_PAGES * PAGE:
             return list(due)
     raise AssertionError("unreachable")
+
+
+async def runs_coming(client: PrefectClient, pools: list[str], within: float, limit: int) -> dict[str, Counter[bool]]:
+    """The first `limit` runs of `pools` scheduled to start within `within` seconds (the longest due first), counted
+    by pool and by whether each needs the full image: the standbys each pool keeps for them (one query across
+    them all; `limit` is what the host could run at once, so that a backlog cannot fill the machine with
+    standbys)."""
+    coming: dict[str, Counter[bool]] = {}
+    for run in await _scheduled(client, pools, within, limit=min(limit, PAGE), offset=0):
+        if run.work_pool_name:
+            full = needs_full_image(run.work_pool_name, dict(run.parameters or {}))
+            coming.setdefault(run.work_pool_name, Counter())[full] += 1
+    return coming
+
+
+async def _scheduled(client: PrefectClient, pools: list[str], within: float, *, limit: int,
+                     offset: int) -> list[FlowRun]:
+    return await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                before_=datetime.now(UTC) + timedelta(seconds=within)),
+        ),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
+        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+        limit=limit,
+        offset=offset,
+    )
 
 
 async def serve_pool(worker: BaseWorker, pool: str) -> None:  # type: ignore[type-arg]
@@ -315,6 +339,10 @@ class PoolHost:
     the host itself sends the other pools' worker heartbeats, spread to at most `HEARTBEATS_PER_SECOND`, so
     that Prefect's UI and Ariel's diagnosis still see each pool served (not one whose worker died and waits to
     be started again: that one shows as not polling).
+
+    Runs scheduled within `COMING_SECONDS` (`runs_coming`, at most as many as the host runs at once) each get a
+    standby container in their pool ahead of time, and their pools a worker: twenty per-minute agents falling due
+    in the same second are handed to containers already imported, not started cold at once.
     """
 
     def __init__(self, client: PrefectClient, pool_type: PoolType, prefix: str, *, exact: bool,
@@ -334,6 +362,9 @@ class PoolHost:
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
         self.last_due: list[str] = []
+        self.max_runs = max_runs
+        self.coming: dict[str, Counter[bool]] = {}  # runs coming soon by pool, by whether they need the full image
+        self.forecast_at = -math.inf
         self.declared_interval = 0  # the heartbeat interval the host declares: only ever raised (see `_beat`)
 
     @property
@@ -353,11 +384,12 @@ class PoolHost:
         now = time.monotonic()
         await self._list(now)
         due_order = await self._due()
+        counted = await self._forecast(now)
         due = set(due_order)
         busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
         for pool in due | busy:
             self.busy_at[pool] = now
-        favoured = self._favoured()
+        favoured = self._favoured() | (self.coming.keys() & self.pools.keys())
         wanted = self._wanted(due, busy, favoured, now)
         # A worker started for a run due could take none while every slot is held: it would only poll.
         free = int(self.slots.available_tokens)
@@ -371,6 +403,12 @@ class PoolHost:
         for pool, (_, worker) in self.running.items():
             if isinstance(worker, StandbyDockerWorker):
                 worker.keeps_standby = pool in favoured
+                if not counted:  # between counts the worker's own tally goes down as it takes runs
+                    continue
+                try:
+                    await worker.want_standbys(self.coming.get(pool, Counter()))
+                except Exception as exc:  # the engine gone, say: the pool's runs take the cold path meanwhile
+                    print(f"could not start the standbys of {pool} ({type(exc).__name__}: {exc})", flush=True)
         for pool in sorted(self.running.keys() - wanted):
             gone = pool not in self.pools
             print(f"work pool {pool} is gone; stopping its worker" if gone else
@@ -412,6 +450,20 @@ class PoolHost:
             print(f"could not look for runs due ({type(exc).__name__}); retrying", flush=True)
         known = set(asked) | self.running.keys()
         return [pool for pool in self.last_due if pool in known]
+
+    async def _forecast(self, now: float) -> bool:
+        """Count the runs coming soon (`runs_coming`), every `FORECAST_SECONDS`; whether it did. Docker pools only
+        (standbys are Docker's), and not for an org's own hardware (`exact`), whose worker keeps one standby."""
+        if self.exact or self.pool_type != "docker" or now - self.forecast_at < FORECAST_SECONDS:
+            return False
+        asked = sorted(pool for pool, facts in self.pools.items() if not facts.paused)
+        try:
+            self.coming = await runs_coming(self.client, asked, COMING_SECONDS, self.max_runs) if asked else {}
+        except Exception as exc:  # as `_due`: the standbys kept go on serving; the next pass asks again
+            print(f"could not count the runs coming ({type(exc).__name__}); retrying", flush=True)
+            return False
+        self.forecast_at = now
+        return True
 
     def _favoured(self) -> set[str]:
         """The `idle_workers` pools most recently busy, paused ones aside: their workers stay, and keep
