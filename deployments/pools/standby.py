@@ -15,8 +15,8 @@ How many: one of each image its runs took, and as many as it has runs coming soo
 (`want_standbys`, which the worker host calls with what one query across its pools found scheduled). A burst
 (twenty per-minute agents fall due in the same second) is so handed to containers that imported before it,
 ~0.3 CPU-s each after the handoff, not ~1.3 at once each. The first standby of an image starts as soon as the
-last one is taken; the others once no run was handed for `QUIET_SECONDS`, so that their imports do not compete
-with the burst they are for the next one of.
+last one is taken; the others once no run was handed on the worker host for `QUIET_SECONDS`, so that their
+imports follow the burst before them rather than compete with it.
 
 A standby is used only while it is what a new container would be: same image id (a rebuilt
 `ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
@@ -44,7 +44,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,10 +73,11 @@ IDLE_SECONDS = 600.0
 """A standby nobody took for this long is removed: ~80 MB each (~240 MB with litellm, on own hardware), and a quiet
 pool needs none."""
 SURPLUS_SECONDS = 60.0
-"""A standby past what the pool's coming runs need (they were cancelled, their agent paused) waits this long before
-it is removed: the forecast is a few seconds old, and a run just taken leaves the count before its standby."""
+"""A standby past what the pool's coming runs need (they were deleted, their agent paused) is removed once it is
+this old: one started for the next minute's run is taken before."""
 QUIET_SECONDS = 2.0
-"""A pool's standbys after the first of an image start once no run was handed to one for this long."""
+"""The standbys of an image after its first start once no run was handed on this worker host for this long."""
+TAKEN_SECONDS = 60.0  # a run handed out is left out of counts for this long: a count can be older than the handoff
 RECIPE_SECONDS = 30.0
 """How long the container settings read from the pool's template serve the standbys started for coming runs
 (Prefect's worker reads the pool again every 30 s); a run's own settings replace them at once."""
@@ -96,9 +97,18 @@ def run_of(container_name: str) -> UUID | None:
     return UUID(found.group(1)) if found else None
 
 
+class Handed:
+    """When a run was last handed to a container on this worker host: its workers share one, so that no pool's
+    standbys start their imports in the middle of another pool's burst."""
+
+    def __init__(self) -> None:
+        self.at = -math.inf
+
+
 class _Standby:
-    def __init__(self, container: Container, shape: str, image_id: str) -> None:
-        self.container, self.shape, self.image_id = container, shape, image_id
+    def __init__(self, container: Container, shape: str) -> None:
+        # The image it runs, not the one its recipe read: a tag rebuilt meanwhile names another.
+        self.container, self.shape, self.image_id = container, shape, str(container.attrs.get("Image", ""))
         self.started = time.monotonic()
 
     def fits(self, recipe: _Recipe) -> bool:
@@ -133,8 +143,9 @@ class StandbyDockerWorker(DockerWorker):
         self._standbys: dict[str, list[_Standby]] = {}  # by the name of their image, the longest waiting first
         self._recipes: dict[str, _Recipe] = {}  # by image: what its next standby is started from
         self._images: dict[bool, str] = {}  # the image a run takes, by whether it needs the full one (`_recipe`)
-        self._coming: dict[str, int] = {}  # by image: runs coming soon that take it (`want_standbys`)
-        self._handed_at = -math.inf
+        self._coming: dict[str, set[UUID]] = {}  # by image: runs coming soon that take it (`want_standbys`)
+        self._taken: dict[UUID, float] = {}  # runs handed out lately, and when
+        self.handed = Handed()  # the worker host gives its workers one to share
         self._standby_lock = threading.Lock()
         self._replenishers: dict[str, threading.Thread] = {}  # starting the standbys of an image; one at a time
         self._warmed = False
@@ -156,18 +167,26 @@ class StandbyDockerWorker(DockerWorker):
         except Exception as exc:  # no engine now, say: runs take the cold path, the worker goes on serving
             self._logger.warning(f"Could not start a standby container: {exc}")
 
-    async def want_standbys(self, coming: Mapping[bool, int]) -> None:
-        """Keep a standby for each run coming soon: `coming` counts them by whether they need the full image.
-        Each image a run took keeps one regardless, while the pool keeps standbys at all."""
+    async def want_standbys(self, coming: Mapping[bool, Collection[UUID]]) -> None:
+        """Keep a standby for each run coming soon: `coming` holds their ids by whether they need the full image
+        (those already handed out are left out). Each image a run took keeps one regardless, while the pool keeps
+        standbys at all."""
         if self._work_pool is None:  # not synced yet: the template is not known
             return
-        wanted: dict[str, int] = {}
-        for full, count in coming.items():
-            if count > 0:
+        wanted: dict[str, set[UUID]] = {}
+        for full, runs in coming.items():
+            if not runs:
+                continue
+            try:
                 recipe = await self._recipe(full)
-                wanted[recipe.image] = wanted.get(recipe.image, 0) + count
+            except Exception as exc:  # the image missing and its pull failing, say: those runs start cold
+                self._logger.warning(f"Could not prepare standby containers: {exc}")
+                continue
+            wanted.setdefault(recipe.image, set()).update(runs)
         with self._standby_lock:
-            self._coming = wanted
+            now = time.monotonic()
+            self._taken = {run: at for run, at in self._taken.items() if now - at < TAKEN_SECONDS}
+            self._coming = {image: runs - self._taken.keys() for image, runs in wanted.items()}
             recipes = [self._recipes[image] for image in wanted if image in self._recipes]
         for recipe in recipes:
             self._replenish(recipe)
@@ -187,7 +206,9 @@ class StandbyDockerWorker(DockerWorker):
         recipe = await asyncio.to_thread(self._plan_with_new_client, configuration)
         with self._standby_lock:
             self._images[full] = recipe.image
-            self._recipes[recipe.image] = recipe
+            known = self._recipes.get(recipe.image)
+            if known is None or known.made <= recipe.made:  # a run's own, read meanwhile, is newer
+                self._recipes[recipe.image] = recipe
         return recipe
 
     def _plan_with_new_client(self, configuration: DockerWorkerJobConfiguration) -> _Recipe:
@@ -245,7 +266,7 @@ class StandbyDockerWorker(DockerWorker):
             # Named for its run before it is handed the run: from then on nothing takes it for a waiting standby,
             # and nothing that can fail is left to do once the run is in it.
             name = run_container_name(configuration.name, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")
-            container = self._take_standby(recipe)
+            container = self._take_standby(recipe, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")
             if container is not None:
                 standby_name = container.name
                 if _rename(container, name) and _hand(container, configuration.env):
@@ -264,7 +285,10 @@ class StandbyDockerWorker(DockerWorker):
             created_event = self._emit_container_status_change_event(container, configuration)
         finally:
             docker_client.close()
-        self._replenish(recipe)
+        try:
+            self._replenish(recipe)
+        except Exception as exc:  # no thread to be had, say: the run is in its container, and goes on
+            self._logger.warning(f"Could not start a standby container: {exc}")
         return container, created_event
 
     def _watch_container_safe(self, container: Container, configuration: DockerWorkerJobConfiguration,
@@ -289,13 +313,16 @@ class StandbyDockerWorker(DockerWorker):
         finally:
             docker_client.close()
 
-    def _take_standby(self, recipe: _Recipe) -> Container | None:
-        """The standby of `recipe`'s image that waited longest, if it is what a container started now would be;
-        stale ones (an older image, another shape, stopped) are removed on the way."""
+    def _take_standby(self, recipe: _Recipe, run_id: str) -> Container | None:
+        """The standby of `recipe`'s image that waited longest for run `run_id`, if it is what a container started
+        now would be; stale ones (an older image, another shape, stopped) are removed on the way."""
         with self._standby_lock:
-            self._handed_at = time.monotonic()
-            if self._coming.get(recipe.image):  # this run was one of them: no standby is to start for it again
-                self._coming[recipe.image] -= 1
+            self.handed.at = time.monotonic()
+            with suppress(ValueError):  # no standby is to start for this run again, whatever a count says
+                taken = UUID(run_id)
+                self._taken[taken] = self.handed.at
+                for runs in self._coming.values():
+                    runs.discard(taken)
         while True:
             with self._standby_lock:
                 waiting = self._standbys.get(recipe.image)
@@ -314,7 +341,7 @@ class StandbyDockerWorker(DockerWorker):
 
     def _target(self, image: str) -> int:
         """Standbys of `image` to keep (under the lock): one, or one for each run coming that takes it."""
-        return max(1, self._coming.get(image, 0)) if self.keeps_standby and not self._closed else 0
+        return max(1, len(self._coming.get(image, ()))) if self.keeps_standby and not self._closed else 0
 
     def _replenish(self, recipe: _Recipe) -> None:
         """Start standbys of `recipe`'s image in the background until the pool has as many as it wants
@@ -330,15 +357,16 @@ class StandbyDockerWorker(DockerWorker):
                         current = self._recipes.get(image, recipe)
                         have = sum(standby.fits(current) for standby in self._standbys.get(image, []))
                         if have >= self._target(image):
+                            # Let go under the lock that decided it: a `_replenish` after this starts a new one.
+                            self._replenishers.pop(image, None)
                             return
-                        hold = have > 0 and time.monotonic() - self._handed_at < QUIET_SECONDS
+                        hold = have > 0 and time.monotonic() - self.handed.at < QUIET_SECONDS
                     if hold:  # a burst being handed out: its runs have the CPU first
                         time.sleep(QUIET_SECONDS / 4)
                         continue
                     self._start_standby(current)
             except Exception as exc:  # the next run takes the cold path and tries again
                 self._logger.warning(f"Could not start a standby container: {exc}")
-            finally:
                 with self._standby_lock:
                     self._replenishers.pop(image, None)
 
@@ -354,7 +382,7 @@ class StandbyDockerWorker(DockerWorker):
     def _start_standby(self, recipe: _Recipe) -> None:
         client = docker.from_env()
         try:
-            standby = _Standby(_start(client, recipe.settings, self._work_pool_name), recipe.shape, recipe.image_id)
+            standby = _Standby(_start(client, recipe.settings, self._work_pool_name), recipe.shape)
         finally:
             client.close()
         removed: list[_Standby] = []
@@ -403,11 +431,6 @@ class StandbyDockerWorker(DockerWorker):
         deadline = time.monotonic() + wait_seconds
         for thread in starting:  # each removes what it started once it sees `_closed`
             thread.join(max(0.0, deadline - time.monotonic()))
-
-    @property
-    def standbys_waiting(self) -> int:
-        with self._standby_lock:
-            return sum(len(waiting) for waiting in self._standbys.values())
 
 
 def _shape(settings: dict[str, Any]) -> str:

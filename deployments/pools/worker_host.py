@@ -6,7 +6,8 @@ Instead this process watches Prefect for its install's pools of its type
 stock worker objects in one event loop (`ProcessWorker`, or for Docker
 `standby.StandbyDockerWorker`: the stock `DockerWorker` handing each run to a
 container started and imported before it). A pool has a worker while it has a
-run due or in flight, and the few most recently busy keep theirs; the rest cost
+run due or in flight, or (Docker) runs coming within a minute, for which it keeps a standby each; the few
+most recently busy keep theirs too; the rest cost
 one shared query a second and a heartbeat now and then (`PoolHost`), so that a
 thousand orgs' pools are served at a bounded request rate. The workers never
 create pools: the control plane does, from the hardened template. Beside Docker
@@ -34,7 +35,6 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,6 +47,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterNextScheduledStartTime,
     FlowRunFilterState,
+    FlowRunFilterStateName,
     FlowRunFilterStateType,
     WorkPoolFilter,
     WorkPoolFilterName,
@@ -63,13 +64,14 @@ from deployments.pools import container_exits
 from deployments.pools.capacity import default_max_runs, docker_machine, this_machine
 from deployments.pools.readiness import HEARTBEAT_SECONDS
 from deployments.pools.run_images import needs_full_image
-from deployments.pools.standby import StandbyDockerWorker, remove_standbys
+from deployments.pools.standby import Handed, StandbyDockerWorker, remove_standbys
 from deployments.pools.work_pools import POOL_PREFIX, PoolType, platform_pool_pattern
 
 PAGE = 200  # the most the Prefect API returns per request
 IDLE_WORKERS = 10
-"""Pools with nothing due that keep a running worker (and its warm standby), the most recently busy first: each
-costs ~0.3 requests a second through the gateway, whose hold answers an idle poll every 5 s."""
+"""Pools with nothing due or coming that keep a running worker (and its warm standby), the most recently busy first:
+each costs ~0.3 requests a second through the gateway, whose hold answers an idle poll every 5 s. Pools with runs
+coming (`runs_coming`, at most `--max-runs` runs in all) keep theirs beside these."""
 HEARTBEATS_PER_SECOND = 3.0
 """The most heartbeats a second the host sends for the pools it runs no worker for: 1,000 pools come round
 every ~330 s."""
@@ -79,10 +81,14 @@ returns (report a crash) is not cut short, and a run right after is served at on
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page; a new org's first run waits for it
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
-COMING_SECONDS = 60.0
-"""Runs scheduled this soon get a standby container each, started after the burst before them: a per-minute agent's
-next run is in the window as soon as its last has started."""
-FORECAST_SECONDS = 5.0  # how often the runs coming are counted (one query of at most `--max-runs` runs)
+COMING_SECONDS = 90.0
+"""Runs scheduled this soon get a standby container each, started after the burst before them. Past a minute: a
+per-minute agent's next run is in the window before its last is taken, so its pool never drops out of it (and
+its standby with it) between the two."""
+FORECAST_SECONDS = 5.0  # how often the runs coming are counted (one query, one page)
+FRESH_SECONDS = 15.0  # a run this far past its time still counts as coming: Prefect marks it Late after 15 s
+Coming = dict[str, dict[bool, set[UUID]]]
+"""Runs coming soon: their ids by pool, then by whether they need the full image."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # After a stop signal the workers get this long to let go of their pools; then the process exits regardless
 # (a worker's last API calls retry for longer than that when the Prefect server is stopping too). Under
@@ -297,26 +303,38 @@ async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: f
     raise AssertionError("unreachable")
 
 
-async def runs_coming(client: PrefectClient, pools: list[str], within: float, limit: int) -> dict[str, Counter[bool]]:
-    """The first `limit` runs of `pools` scheduled to start within `within` seconds (the longest due first), counted
-    by pool and by whether each needs the full image: the standbys each pool keeps for them (one query across
-    them all; `limit` is what the host could run at once, so that a backlog cannot fill the machine with
-    standbys)."""
-    coming: dict[str, Counter[bool]] = {}
-    for run in await _scheduled(client, pools, within, limit=min(limit, PAGE), offset=0):
+async def runs_coming(client: PrefectClient, pools: list[str], within: float, limit: int) -> Coming:
+    """The first `limit` runs of `pools` scheduled to start within `within` seconds (the soonest first), by pool
+    and by whether each needs the full image: each gets a standby in its pool (one query across them all).
+
+    `limit` is what the host runs at once: a standby beyond it would wait for a slot. Only runs in Prefect's
+    `Scheduled` state, due now or later: a Late run, or one that waits for its org's or agent's concurrency limit
+    (`AwaitingConcurrencySlot`), may wait for long, and runs that will be handed now must not lose their place
+    to it.
+    """
+    coming: Coming = {}
+    runs = await _scheduled(client, pools, within, limit=PAGE, offset=0, names=["Scheduled"], after=-FRESH_SECONDS)
+    # The same runs each count, whatever order Prefect gives runs of the same second in: a pool counted one time
+    # and not the next would have its standby removed and started again.
+    runs.sort(key=lambda run: (run.next_scheduled_start_time or datetime.max.replace(tzinfo=UTC),
+                               run.work_pool_name or "", str(run.id)))
+    for run in runs[:limit]:
         if run.work_pool_name:
             full = needs_full_image(run.work_pool_name, dict(run.parameters or {}))
-            coming.setdefault(run.work_pool_name, Counter())[full] += 1
+            coming.setdefault(run.work_pool_name, {}).setdefault(full, set()).add(run.id)
     return coming
 
 
-async def _scheduled(client: PrefectClient, pools: list[str], within: float, *, limit: int,
-                     offset: int) -> list[FlowRun]:
+async def _scheduled(client: PrefectClient, pools: list[str], within: float, *, limit: int, offset: int,
+                     names: list[str] | None = None, after: float | None = None) -> list[FlowRun]:
+    now = datetime.now(UTC)
     return await client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]),
+                                     name=FlowRunFilterStateName(any_=names) if names else None),
             next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
-                before_=datetime.now(UTC) + timedelta(seconds=within)),
+                before_=now + timedelta(seconds=within),
+                after_=now + timedelta(seconds=after) if after is not None else None),
         ),
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)),
         sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
@@ -363,8 +381,9 @@ class PoolHost:
         self.listed_at = -math.inf
         self.last_due: list[str] = []
         self.max_runs = max_runs
-        self.coming: dict[str, Counter[bool]] = {}  # runs coming soon by pool, by whether they need the full image
+        self.coming: Coming = {}
         self.forecast_at = -math.inf
+        self.handed = Handed()  # shared by its Docker workers
         self.declared_interval = 0  # the heartbeat interval the host declares: only ever raised (see `_beat`)
 
     @property
@@ -400,15 +419,12 @@ class PoolHost:
             if self.retry_at.get(pool, 0) <= now and (pool in favoured or free > 0):
                 free -= pool not in favoured
                 self._start(pool)
-        for pool, (_, worker) in self.running.items():
-            if isinstance(worker, StandbyDockerWorker):
-                worker.keeps_standby = pool in favoured
-                if not counted:  # between counts the worker's own tally goes down as it takes runs
-                    continue
-                try:
-                    await worker.want_standbys(self.coming.get(pool, Counter()))
-                except Exception as exc:  # the engine gone, say: the pool's runs take the cold path meanwhile
-                    print(f"could not start the standbys of {pool} ({type(exc).__name__}: {exc})", flush=True)
+        standing = {pool: worker for pool, (_, worker) in self.running.items()
+                    if isinstance(worker, StandbyDockerWorker)}
+        for pool, docker_worker in standing.items():
+            docker_worker.keeps_standby = pool in favoured
+        if counted:  # between counts each worker leaves out the runs it hands out
+            await asyncio.gather(*(self._want_standbys(pool, w) for pool, w in standing.items()))
         for pool in sorted(self.running.keys() - wanted):
             gone = pool not in self.pools
             print(f"work pool {pool} is gone; stopping its worker" if gone else
@@ -451,6 +467,12 @@ class PoolHost:
         known = set(asked) | self.running.keys()
         return [pool for pool in self.last_due if pool in known]
 
+    async def _want_standbys(self, pool: str, worker: StandbyDockerWorker) -> None:
+        try:
+            await worker.want_standbys(self.coming.get(pool, {}))
+        except Exception as exc:  # the engine gone, say: the pool's runs take the cold path meanwhile
+            print(f"could not start the standbys of {pool} ({type(exc).__name__}: {exc})", flush=True)
+
     async def _forecast(self, now: float) -> bool:
         """Count the runs coming soon (`runs_coming`), every `FORECAST_SECONDS`; whether it did. Docker pools only
         (standbys are Docker's), and not for an org's own hardware (`exact`), whose worker keeps one standby."""
@@ -461,7 +483,9 @@ class PoolHost:
             self.coming = await runs_coming(self.client, asked, COMING_SECONDS, self.max_runs) if asked else {}
         except Exception as exc:  # as `_due`: the standbys kept go on serving; the next pass asks again
             print(f"could not count the runs coming ({type(exc).__name__}); retrying", flush=True)
-            return False
+            if now - self.forecast_at < COMING_SECONDS:
+                return False
+            self.coming = {}  # a count this old says nothing of now: the pools go back to one standby each
         self.forecast_at = now
         return True
 
@@ -487,6 +511,8 @@ class PoolHost:
         worker = WORKERS[self.pool_type](
             work_pool_name=pool, name=f"{pool}{self.worker_name_suffix}", create_pool_if_not_found=False)
         worker.slots = self.slots.for_worker()
+        if isinstance(worker, StandbyDockerWorker):
+            worker.handed = self.handed
         self.running[pool] = (asyncio.create_task(serve_pool(worker, pool), name=pool), worker)
 
     def _drop(self, pool: str) -> asyncio.Task[None]:
