@@ -364,7 +364,12 @@ class StandbyDockerWorker(DockerWorker):
                     if hold:  # a burst being handed out: its runs have the CPU first
                         time.sleep(QUIET_SECONDS / 4)
                         continue
-                    self._start_standby(current)
+                    if not self._start_standby(current):
+                        # Its tag names another image than the recipe read (rebuilt just now): another would be
+                        # the same; the next run's own settings, or the next count, bring the new image's.
+                        with self._standby_lock:
+                            self._replenishers.pop(image, None)
+                        return
             except Exception as exc:  # the next run takes the cold path and tries again
                 self._logger.warning(f"Could not start a standby container: {exc}")
                 with self._standby_lock:
@@ -379,7 +384,8 @@ class StandbyDockerWorker(DockerWorker):
             self._replenishers[image] = thread = threading.Thread(target=fill, name="standby", daemon=True)
             thread.start()
 
-    def _start_standby(self, recipe: _Recipe) -> None:
+    def _start_standby(self, recipe: _Recipe) -> bool:
+        """Start a standby of `recipe` and keep it; whether it fits `recipe` (else it is removed)."""
         client = docker.from_env()
         try:
             standby = _Standby(_start(client, recipe.settings, self._work_pool_name), recipe.shape)
@@ -387,7 +393,7 @@ class StandbyDockerWorker(DockerWorker):
             client.close()
         removed: list[_Standby] = []
         with self._standby_lock:
-            if self._closed:  # the worker stopped while it started
+            if self._closed or not standby.fits(recipe):  # the worker stopped while it started; or see above
                 removed.append(standby)
             else:
                 waiting = self._standbys.setdefault(recipe.image, [])
@@ -399,6 +405,7 @@ class StandbyDockerWorker(DockerWorker):
                     removed += self._standbys.pop(oldest)
         for previous in removed:
             _remove(previous.container)
+        return standby not in removed
 
     def retire_idle(self, idle_seconds: float = IDLE_SECONDS, surplus_seconds: float = SURPLUS_SECONDS) -> None:
         """Remove the standbys that waited longer than `idle_seconds`, those past what the pool wants that waited

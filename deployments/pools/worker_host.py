@@ -6,7 +6,7 @@ Instead this process watches Prefect for its install's pools of its type
 stock worker objects in one event loop (`ProcessWorker`, or for Docker
 `standby.StandbyDockerWorker`: the stock `DockerWorker` handing each run to a
 container started and imported before it). A pool has a worker while it has a
-run due or in flight, or (Docker) runs coming within a minute, for which it keeps a standby each; the few
+run due or in flight, or (Docker) runs coming within `COMING_SECONDS`, for which it keeps a standby each; the few
 most recently busy keep theirs too; the rest cost
 one shared query a second and a heartbeat now and then (`PoolHost`), so that a
 thousand orgs' pools are served at a bounded request rate. The workers never
