@@ -1,8 +1,8 @@
 """A Docker run goes to a container started and imported before it; one that died or is stale is replaced.
 
-A real `ariel up` on Docker, whose pool host keeps a standby container per pool and image
-(`deployments.pools.standby`). Its runtime images (the full one and its lean twin) are tags of this module's
-own, so that a test can rebuild one (a new image id, as after `ariel build-image`) without
+A real `ariel up` on Docker, whose pool host keeps a standby container per pool and image, and one for each
+run scheduled soon (`deployments.pools.standby`). Its runtime images (the full one and its lean twin) are tags
+of this module's own, so that a test can rebuild one (a new image id, as after `ariel build-image`) without
 touching the images the other tests run. What the pool host did is read from its
 log and from the engine: which container took a run, which it removed.
 """
@@ -213,7 +213,7 @@ async def test_runs_scheduled_together_each_find_a_standby_started_for_them_and_
     handed = dict(re.findall(r"Standby container '(\S+)' took the run as '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'",
                              pool_host_log(stack)))
     assert {handed.get(standby.name) for standby in ready} >= {str(run.id) for run in made[:2]}, handed
-    # Two standbys are left for one run coming (none): the surplus goes once it has waited its time.
+    # Two standbys are left and no run is coming: the surplus one goes once it has waited its time.
     wait_until(lambda: len(lean_standbys(engine, agent["work_pool"])) == 1, 150, "the surplus standby to go")
 
 
