@@ -209,7 +209,8 @@ async def test_runs_scheduled_together_each_find_a_standby_started_for_them_and_
             for run in made[2:]:
                 await prefect.delete_flow_run(run.id)
             ended = [await wait_for_run(prefect, run.id, timeout=180) for run in made[:2]]
-    assert [run.state.type.value if run.state else None for run in ended] == ["COMPLETED"] * 2
+    assert [run.state.type.value if run.state else None for run in ended] == ["COMPLETED"] * 2, [
+        (run.state.name, run.state.message) if run.state else None for run in ended]
     handed = dict(re.findall(r"Standby container '(\S+)' took the run as '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'",
                              pool_host_log(stack)))
     assert {handed.get(standby.name) for standby in ready} >= {str(run.id) for run in made[:2]}, handed
