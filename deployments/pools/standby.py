@@ -14,11 +14,9 @@ takes the pool's (full) image. So a pool keeps standbys of up to two images.
 How many: one of each image its runs took, and as many as it has runs coming soon that take that image
 (`want_standbys`, which the worker host calls with what one query across its pools found scheduled). A burst
 (twenty per-minute agents fall due in the same second) is so handed to containers that imported before it,
-~0.3 CPU-s each after the handoff, not ~1.3 at once each. The standbys that replace them start once no run was
-handed on the worker host for `QUIET_SECONDS`, so that their imports follow the burst before them rather than
-compete with it. The first standby of an image waits for that too only in a burst (two runs handed within
-`QUIET_SECONDS` on the host), and at most `FIRST_HOLD_SECONDS`: a lone run's pool gets its next one at once, and
-a steady stream of runs still finds one waiting.
+~0.3 CPU-s each after the handoff, not ~1.3 at once each. The first standby of an image starts as soon as the
+last one is taken; the others once no run was handed on the worker host for `QUIET_SECONDS`, so that their
+imports follow the burst before them rather than compete with it.
 
 A standby is used only while it is what a new container would be: same image id (a rebuilt
 `ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
@@ -79,9 +77,6 @@ SURPLUS_SECONDS = 60.0
 this old: one started for the next minute's run is taken before."""
 QUIET_SECONDS = 2.0
 """The standbys of an image after its first start once no run was handed on this worker host for this long."""
-FIRST_HOLD_SECONDS = 10.0
-"""The longest the first standby of an image waits for a burst on the worker host to end before it starts: across
-twenty pools, twenty first standbys' imports are ~26 CPU-s, which would otherwise land in the burst's seconds."""
 TAKEN_SECONDS = 60.0  # a run handed out is left out of counts for this long: a count can be older than the handoff
 RECIPE_SECONDS = 30.0
 """How long the container settings read from the pool's template serve the standbys started for coming runs
@@ -103,44 +98,11 @@ def run_of(container_name: str) -> UUID | None:
 
 
 class Handed:
-    """When runs were last handed to containers on this worker host: its workers share one, so that no pool's
-    standbys start their imports in the middle of another pool's burst.
-
-    >>> handed = Handed()
-    >>> handed.note(100.0)  # a lone run: its pool's first standby starts now, the next after the quiet
-    >>> handed.holds(waiting=0, now=100.5, began=100.0), handed.holds(waiting=1, now=100.5, began=100.0)
-    (False, True)
-    >>> handed.note(101.5)  # another within the quiet: a burst, so the first waits for it to end too
-    >>> handed.holds(waiting=0, now=102.0, began=100.0), handed.holds(waiting=0, now=103.5, began=100.0)
-    (True, False)
-    >>> handed.note(110.5); handed.note(111.0)  # the burst goes on, but the first has waited long enough
-    >>> handed.holds(waiting=0, now=111.0, began=100.0), handed.holds(waiting=1, now=111.0, began=100.0)
-    (False, True)
-    """
+    """When a run was last handed to a container on this worker host: its workers share one, so that no pool's
+    standbys start their imports in the middle of another pool's burst."""
 
     def __init__(self) -> None:
-        self.at = -math.inf  # the last handoff
-        self.before = -math.inf  # the one before it
-
-    def note(self, now: float) -> None:
-        self.before, self.at = self.at, now
-
-    def quiet(self, now: float) -> bool:
-        """Whether no run was handed for `QUIET_SECONDS`."""
-        return now - self.at >= QUIET_SECONDS
-
-    def burst(self, now: float) -> bool:
-        """Whether runs are being handed in a burst: the last two within `QUIET_SECONDS` of each other, and not
-        quiet since."""
-        return not self.quiet(now) and self.at - self.before < QUIET_SECONDS
-
-    def holds(self, waiting: int, now: float, began: float) -> bool:
-        """Whether a standby that would join `waiting` others of its image waits before it starts (its
-        replenisher began at `began`): past the first, until the host is quiet; the first, during a burst only
-        and for at most `FIRST_HOLD_SECONDS`."""
-        if waiting > 0:
-            return not self.quiet(now)
-        return self.burst(now) and now - began < FIRST_HOLD_SECONDS
+        self.at = -math.inf
 
 
 class _Standby:
@@ -355,7 +317,7 @@ class StandbyDockerWorker(DockerWorker):
         """The standby of `recipe`'s image that waited longest for run `run_id`, if it is what a container started
         now would be; stale ones (an older image, another shape, stopped) are removed on the way."""
         with self._standby_lock:
-            self.handed.note(time.monotonic())
+            self.handed.at = time.monotonic()
             with suppress(ValueError):  # no standby is to start for this run again, whatever a count says
                 taken = UUID(run_id)
                 self._taken[taken] = self.handed.at
@@ -389,7 +351,6 @@ class StandbyDockerWorker(DockerWorker):
         image = recipe.image
 
         def fill() -> None:
-            began = time.monotonic()
             try:
                 while True:
                     with self._standby_lock:
@@ -399,10 +360,8 @@ class StandbyDockerWorker(DockerWorker):
                             # Let go under the lock that decided it: a `_replenish` after this starts a new one.
                             self._replenishers.pop(image, None)
                             return
-                        now = time.monotonic()
-                        began = now if have else began  # the first's wait is counted from when none was left
-                        hold = self.handed.holds(have, now, began)
-                    if hold:  # runs being handed out: they have the CPU first
+                        hold = have > 0 and time.monotonic() - self.handed.at < QUIET_SECONDS
+                    if hold:  # a burst being handed out: its runs have the CPU first
                         time.sleep(QUIET_SECONDS / 4)
                         continue
                     if not self._start_standby(current):
