@@ -16,6 +16,7 @@ from mcp_server.tools import agents, orgs, runs, secrets, tool_servers
 from mcp_server.tools.middleware.arguments import RefuseControlCharacters
 from mcp_server.tools.middleware.caller import ResolveCaller
 from mcp_server.tools.middleware.errors import ReadableErrors
+from mcp_server.tools.middleware.json_text import DecodeJsonText
 from mcp_server.tools.middleware.rate_limit import LimitToolCalls
 
 INSTRUCTIONS = """\
@@ -48,10 +49,11 @@ def build_mcp(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         # Outermost first: every refusal below reads well and quotes little; each call counts for its caller,
-        # whatever it carries; then no control character gets past into services, the store or the audit log.
+        # whatever it carries; an object sent as JSON text is decoded; then no control character gets past into
+        # services, the store or the audit log.
         middleware=[
             ReadableErrors(), ResolveCaller(), LimitToolCalls(),
-            RefuseControlCharacters(),
+            DecodeJsonText(), RefuseControlCharacters(),
         ],
         mask_error_details=True,
     )

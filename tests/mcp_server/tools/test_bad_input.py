@@ -89,3 +89,22 @@ async def test_a_reference_of_any_size_is_quoted_in_at_most_about_100_characters
     kind = "agent" if field == "agent" else "run"
     assert message.startswith(f"no {kind} '{'r' * 97}…' (900000 characters); "), message[:300]
     assert len(message) < 200
+
+
+async def test_a_schedule_sent_as_json_text_is_taken_for_the_object_it_encodes(session: Client[Any]) -> None:
+    # As the MCP Inspector's CLI sends an argument whose schema is "an object, or null".
+    sent = {**HELLO, "schedule": '{"cron": "0 8 * * 1-5"}'}
+    made = (await session.call_tool("create_agent", sent)).structured_content
+    assert made is not None and made["manifest"]["schedule"]["cron"] == "0 8 * * 1-5", made
+
+
+async def test_text_stays_text_where_a_parameter_takes_text_and_json_that_is_no_object_is_refused(
+    session: Client[Any]
+) -> None:
+    made = (await session.call_tool("create_agent", {**HELLO, "instructions": '{"say": "hello"}'})).structured_content
+    assert made is not None and made["slug"] == "hello"
+    got = (await session.call_tool("get_agent", {"agent": "hello"})).structured_content
+    assert got is not None and got["spec"]["instructions"] == '{"say": "hello"}', got
+    message = await refusal(session, "create_agent", **{**HELLO, "name": "Other"}, schedule='"0 8 * * 1-5"')
+    assert message.startswith("invalid arguments: schedule:"), message
+    assert [agent["slug"] for agent in await agents(session)] == ["hello"]
