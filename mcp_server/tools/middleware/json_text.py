@@ -32,7 +32,7 @@ class DecodeJsonText(Middleware):
                     continue
                 try:
                     decoded = json.loads(arguments[name])
-                except ValueError:  # not JSON: the schema's own refusal says what is allowed
+                except (ValueError, RecursionError):  # not JSON, or nested past reason: the schema's refusal stands
                     continue
                 if ("object" if isinstance(decoded, dict) else "array" if isinstance(decoded, list) else "") in kinds:
                     arguments[name] = decoded
@@ -40,16 +40,21 @@ class DecodeJsonText(Middleware):
 
 
 def schema_types(schema: dict[str, Any], definitions: dict[str, Any], depth: int = 0) -> set[str]:
-    """The JSON types a parameter's schema takes, through `anyOf`, `oneOf` and local `$ref`s.
+    """The JSON types a parameter's schema takes, through `anyOf`, `oneOf` and local `$ref`s; "string" among them
+    for a schema (or an option) that takes anything, text included.
 
     >>> sorted(schema_types({"anyOf": [{"$ref": "#/$defs/Schedule"}, {"type": "null"}]},
     ...                     {"Schedule": {"type": "object"}}))
     ['null', 'object']
     >>> sorted(schema_types({"type": ["string", "null"]}, {}))
     ['null', 'string']
+    >>> sorted(schema_types({"anyOf": [{"type": "object"}, {}]}, {}))  # `dict | Any`: text may be meant
+    ['object', 'string']
     """
     if depth > 8:  # a reference that leads back to itself
         return set()
+    if not schema.keys() & {"type", "$ref", "anyOf", "oneOf", "allOf", "enum", "const"}:
+        return {"string"}  # no constraint on its type
     found: set[str] = set()
     kind = schema.get("type")
     found.update([kind] if isinstance(kind, str) else kind if isinstance(kind, list) else [])

@@ -105,6 +105,19 @@ async def test_text_stays_text_where_a_parameter_takes_text_and_json_that_is_no_
     assert made is not None and made["slug"] == "hello"
     got = (await session.call_tool("get_agent", {"agent": "hello"})).structured_content
     assert got is not None and got["spec"]["instructions"] == '{"say": "hello"}', got
-    message = await refusal(session, "create_agent", **{**HELLO, "name": "Other"}, schedule='"0 8 * * 1-5"')
+    # A list where an object is wanted stays text, and is refused as such: nothing is created.
+    message = await refusal(session, "create_agent", **{**HELLO, "name": "Other"}, schedule='[{"cron": "0 8 * * *"}]')
     assert message.startswith("invalid arguments: schedule:"), message
+    assert [agent["slug"] for agent in await agents(session)] == ["hello"]
+
+
+async def test_a_list_sent_as_json_text_is_taken_and_what_it_holds_is_checked_like_any_other(
+    session: Client[Any]
+) -> None:
+    made = (await session.call_tool("create_agent", {**HELLO, "tools": '["http_request"]'})).structured_content
+    assert made is not None and made["manifest"]["tools"] == ["http_request"], made
+    # Decoded before the control-character check: an escape in the text is refused once it is a character.
+    message = await refusal(session, "create_agent", **{**HELLO, "name": "Other",
+                                                         "script": '[{"tool": "x", "arguments": {"k\\u0000": "v"}}]'})
+    assert "control characters" in message and "U+0000" in message, message
     assert [agent["slug"] for agent in await agents(session)] == ["hello"]
