@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, Response
 
 from deployments.pools.run_images import calls_models_here
 from deployments.providers import short_name
-from flows.config import RunConfig
+from flows.config import RunConfig, ScriptStep
 from flows.credentials import ProviderCredentials
 from flows.exceptions import ConfigTampered, ToolRefused
 from flows.models import SCRIPTED_MODEL, complete, is_transient_llm_error
@@ -110,11 +110,16 @@ class ModelCalls:
     def checked(self, caller: RunScope) -> tuple[RunConfig, str | None] | None:
         return self._checked.get(_attempt(caller))
 
+    @property
+    def warming(self) -> bool:
+        """Whether litellm's import was started in this process (done or not)."""
+        return self._loading is not None
+
     def warm(self) -> None:
         """Start importing litellm beside the event loop (seconds of CPU): a run that fetches its credentials will
         ask for a model call next. At most once; never on the loop, which would stop every request meanwhile."""
         if self._loading is None:
-            self._loading = asyncio.create_task(asyncio.to_thread(_import_litellm))
+            self._loading = asyncio.create_task(_warm_up())
 
     async def complete(self, upstream: str, config: RunConfig, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, timeout: float,
@@ -275,6 +280,22 @@ def leaking_settings(environment: Mapping[str, str]) -> list[str]:
 def _import_litellm() -> None:
     litellm: Any = importlib.import_module("litellm")
     litellm.suppress_debug_info = True  # else it prints a "Give Feedback" banner to stdout at each failed call
+
+
+# litellm imports more of itself at its first call (~0.4 CPU-s: its providers' modules, in an executor thread).
+# One call of the offline scripted model, which reaches nothing, makes that happen before a run's first call.
+WARM_UP_CONFIG = RunConfig(agent_id="warm-up", org_id="warm-up", version=1, name="warm-up", instructions="",
+                           model=SCRIPTED_MODEL, script=[ScriptStep(reply="ready")])
+
+
+async def _warm_up() -> None:
+    await asyncio.to_thread(_import_litellm)
+    try:
+        async with asyncio.timeout(30):
+            await complete(WARM_UP_CONFIG, [{"role": "user", "content": "warm up"}], None, 30, None)
+    except Exception as exc:  # only the first real call is slower for it, and it reports its own failure
+        log.info("gateway: litellm's warm-up call failed (%s); the first model call completes its setup instead",
+                 type(exc).__name__)
 
 
 def checked_config(now: RunNow, caller: RunScope, verify_key: str) -> RunConfig | JSONResponse:

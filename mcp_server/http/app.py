@@ -46,6 +46,7 @@ from mcp_server.http.hardening import (
 from mcp_server.http.rate_limit import LimitUnauthenticated
 from mcp_server.http.sign_in_pages import sign_in_routes
 from mcp_server.http.transcripts import add_transcript_route
+from mcp_server.http.warm_models import WarmModelCalls
 from mcp_server.services.container import Services, open_services
 from mcp_server.services.leadership import RUN_RECOVERY_LEASE, while_leading
 from mcp_server.services.mcp_probe import private_refusal
@@ -103,6 +104,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     def services() -> Services:
         return opened[0]
 
+    def current_model_calls() -> ModelCalls | None:
+        return model_calls[0] if model_calls else None
+
     # Off unless a collector is set; on, this app's requests, outbound calls and queries are traced.
     telemetry = start_telemetry(settings)
     collector = Collector(telemetry.endpoint, telemetry.headers) if telemetry is not None else None
@@ -118,9 +122,9 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
     # answers any request, and a restart loses no client's session. Progress still streams on each call's own
     # response; Ariel sends nothing unasked on a session's stream (no sampling, elicitation or list_changed) to
     # lose. One mode for every profile, so every test of the tools runs the mode a shared server runs.
-    mcp_app = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services())).http_app(
-        path="/mcp", stateless_http=True
-    )
+    mcp = build_mcp(settings, prefect_api_url, pool_type, services=lambda: nullcontext(services()))
+    mcp.add_middleware(WarmModelCalls(current_model_calls))
+    mcp_app = mcp.http_app(path="/mcp", stateless_http=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -319,6 +323,8 @@ def create_app(settings: ArielSettings, prefect_api_url: str, pool_type: PoolTyp
 
     add_transcript_route(app, services)
 
+    # The gateway's model calls (None until the app has started), for whoever embeds the app.
+    app.state.model_calls = current_model_calls
     # Called by the server as it begins to stop (serving.py): held worker polls end at once, not cancelled.
     app.state.release_holds = lambda: opened[0].wakeups.release() if opened else None
 
