@@ -6,6 +6,8 @@
     ├── VersionNotApproved    nobody approved the manifest of the version the run carries
     ├── ConfigTampered        the run's configuration is not one the control plane signed
     └── ModelCallFailed       the gateway made the run's model call, and the provider (or the gateway) refused it
+    UnfitContainer            the run's container lacks what its settings name: it exits with
+                              UNFIT_EXIT_CODE before the run begins, and no attempt is retried
     ToolRefused               meant for the model: the tool call was not allowed
                               or malformed; the model sees the message and may
                               try something else
@@ -35,6 +37,15 @@ class ConfigTampered(RuntimeFailure):
 
     The message starts with "tampered: " and says which check failed.
     """
+
+
+UNFIT_EXIT_CODE = 78
+"""How a run's container exits on `UnfitContainer` (sysexits.h's EX_CONFIG): recovery does not retry that exit,
+since every attempt in the same container image with the same settings stops the same way."""
+
+
+class UnfitContainer(Exception):
+    """The run's settings name what its container does not have (a CA file on the worker's machine)."""
 
 
 class ToolRefused(Exception):

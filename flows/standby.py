@@ -33,6 +33,8 @@ import traceback
 from typing import Any
 from uuid import UUID
 
+from flows.exceptions import UNFIT_EXIT_CODE, UnfitContainer
+
 # How often the run reads its own state to learn that it was cancelled: one small GET through the gateway.
 CANCEL_POLL_SECONDS = 1.0
 ORPHAN_SECONDS = 3600.0
@@ -197,7 +199,13 @@ def main() -> None:
     env = read_handoff(sys.stdin)
     if env is None:
         return
-    apply(env)
+    try:
+        apply(env)
+    except UnfitContainer as exc:
+        # Before the engine: the run is still Pending, and its worker records the exit. This code, not 1, so that
+        # recovery does not retry it: another attempt in this image with these settings stops the same way.
+        print(f"standby: the run cannot start in this container: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(UNFIT_EXIT_CODE) from None
     # The run's pool may export telemetry: the provider must be set before the engine starts the run's span.
     from flows.telemetry import start_run_telemetry
 

@@ -18,9 +18,14 @@ from functools import cache
 from pathlib import Path
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from flows.exceptions import UnfitContainer
 
 NO_TLS_CA = Path(__file__).with_name("no_tls_ca.pem")
 PREFECT_CA_ENV = "PREFECT_API_SSL_CERT_FILE"
+SKIP_VERIFY_ENV = "PREFECT_API_TLS_INSECURE_SKIP_VERIFY"
+_BOOL = TypeAdapter(bool)
 
 
 def tls_for(url: str) -> ssl.SSLContext:
@@ -49,15 +54,27 @@ def spare_prefect_the_ca_bundle() -> None:
 
     Prefect's worker hands every Prefect setting it has to its runs, its own `PREFECT_API_SSL_CERT_FILE` among
     them: a path on the worker's machine, which names nothing in the run's container. Over plain HTTP no
-    certificate is checked, so it is replaced; over HTTPS the run stops here, naming the file it lacks (Prefect's
-    own error would say only "No such file or directory")."""
+    certificate is checked, so it is replaced; over HTTPS it raises `UnfitContainer`, naming the file the
+    container lacks (Prefect's own error would say only "No such file or directory")."""
     given = os.environ.get(PREFECT_CA_ENV)
     if given and Path(given).is_file():
         return
-    if os.environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "").strip().lower() in ("1", "true", "yes", "on"):
+    if skips_verification(os.environ.get(SKIP_VERIFY_ENV)):
         return  # Prefect then reads no CA file at all
     if os.environ.get("PREFECT_API_URL", "").lower().startswith("http:"):
         os.environ[PREFECT_CA_ENV] = str(NO_TLS_CA)
     elif given:
-        raise SystemExit(f"{PREFECT_CA_ENV} names {given}, which is not a file in this run's container: "
-                         f"set it to a CA file the container has, or leave it unset for certifi's bundle")
+        raise UnfitContainer(f"{PREFECT_CA_ENV} names {given}, which is not a file in this run's container: "
+                             f"set it to a CA file the container has, or leave it unset for certifi's bundle")
+
+
+def skips_verification(value: str | None) -> bool:
+    """Whether Prefect reads `value` of `SKIP_VERIFY_ENV` as true: its setting is a pydantic bool, so pydantic's
+    reading of it ("1", "true", "on", "yes", "y", "t", any case); unset, empty or unreadable is false, as Prefect
+    would refuse to start on the latter."""
+    if not value:
+        return False
+    try:
+        return _BOOL.validate_python(value.strip())
+    except ValidationError:
+        return False

@@ -62,6 +62,7 @@ from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.hosting import Hosting
 from deployments.runs.logs import LogLine, read_log_page
 from deployments.runs.silent_runs import SILENT_MARK, STUCK_MARK
+from flows.exceptions import UNFIT_EXIT_CODE
 from flows.models import SCRIPTED_MODEL
 from flows.transcript import Redactor
 
@@ -200,6 +201,8 @@ async def diagnose(
                               "SIGKILL); nothing recorded whether by its memory limit or from outside",
                               "look again in a few seconds (the worker writes how a Docker run's container ended "
                               "just after it ends); otherwise read the worker's log, and run the agent again")
+            if code == UNFIT_EXIT_CODE:
+                return _unfit(answer, hosting)
             return answer("container_exit", f"the run's container or process exited with code {code}",
                           "read the error logs below and the worker's log; run it again once fixed")
         if started := re.search(r"unable to start container process: (.*?)(?:: unknown|$)", message):
@@ -340,6 +343,18 @@ def _killed(answer: Callable[[Cause, str, str], Diagnosis], ended: ContainerExit
                       "containers on the worker's host (a cleanup job, a restart of the Docker engine)")
     return answer("container_exit", f"the run's container exited with code {ended.exit_code}{stale}",
                   f"{again}read the error logs below and the worker's log; run it again once fixed")
+
+
+def _unfit(answer: Callable[[Cause, str, str], Diagnosis], hosting: Hosting) -> Diagnosis:
+    """A container that stopped before its run began, on a setting naming what it lacks (`UnfitContainer`)."""
+    where = f"the worker's log ({hosting.log_dir}/worker.log)" if hosting.on_this_machine else \
+        "the log of the worker that took it (on an org's own hardware, that machine's)"
+    return answer("container_exit", f"the run's container stopped before the run began (exit code "
+                  f"{UNFIT_EXIT_CODE}): a setting the worker hands its runs names something the container does not "
+                  "have, such as a CA file (PREFECT_API_SSL_CERT_FILE) on the worker's own machine; Ariel does not "
+                  "retry it, as every attempt would stop the same way",
+                  f"{where} says which setting (\"the run cannot start in this container\"); fix it where the worker "
+                  "runs, then run the agent again with run_agent")
 
 
 async def _worker_lost(client: PrefectClient, run: FlowRun) -> str | None:

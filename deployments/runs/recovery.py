@@ -60,6 +60,7 @@ from deployments.runs.silent_runs import (
     crash_silent_runs,
     crash_stuck_starts,
 )
+from flows.exceptions import UNFIT_EXIT_CODE
 
 log = logging.getLogger("ariel.recovery")
 
@@ -74,8 +75,10 @@ LOOK_BACK = RETRY_WINDOW
 # late OOM notice): wait for it before deciding.
 SETTLE = timedelta(seconds=3 + LATE_OOM_SECONDS)
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
+# And a run's container that stopped because its settings name what it lacks (`flows.exceptions.UnfitContainer`).
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
-                        r"unable to start container process|executable file not found")
+                        r"unable to start container process|executable file not found|"
+                        rf"non-zero status code {UNFIT_EXIT_CODE}\b")
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
 
 import pytest
 
+from flows.exceptions import UNFIT_EXIT_CODE
 from flows.models import MODELS_HERE_ENV
 from flows.standby import read_handoff
+from flows.tls import PREFECT_CA_ENV
 
 
 @contextmanager
@@ -90,3 +94,18 @@ def test_a_standby_imports_litellm_only_where_its_run_calls_the_model_and_never_
         os.close(write_end)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == expected
+
+
+def test_a_run_whose_settings_name_a_ca_file_its_container_lacks_exits_78_naming_it_before_it_begins() -> None:
+    """Exit 78 (`UNFIT_EXIT_CODE`), not 1: recovery does not retry it, as every attempt would stop the same way."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    handed = json.dumps({"env": {"PREFECT__FLOW_RUN_ID": str(uuid.uuid4()),
+                                 "PREFECT_API_URL": "https://ariel.example.com/prefect/api",
+                                 PREFECT_CA_ENV: "/on/the/workers/machine/ca.pem"}})
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    done = subprocess.run([sys.executable, "-m", "flows.standby"], input=handed + "\n", capture_output=True,
+                          text=True, timeout=120, env={**env, "PYTHONPATH": root}, cwd=root)
+    assert done.returncode == UNFIT_EXIT_CODE == 78, done.stderr[-2000:]
+    assert ("standby: the run cannot start in this container: PREFECT_API_SSL_CERT_FILE names "
+            "/on/the/workers/machine/ca.pem, which is not a file in this run's container") in done.stderr
+    assert "Traceback" not in done.stderr

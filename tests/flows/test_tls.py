@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.tls import NO_TLS_CA, PREFECT_CA_ENV, spare_prefect_the_ca_bundle, tls_for
+from flows.exceptions import UnfitContainer
+from flows.tls import NO_TLS_CA, PREFECT_CA_ENV, skips_verification, spare_prefect_the_ca_bundle, tls_for
 from tests.flows.network.support import Server, server
 
 
@@ -100,14 +101,21 @@ def test_a_run_over_https_whose_ca_file_is_not_in_its_container_stops_naming_it(
 ) -> None:
     monkeypatch.setenv("PREFECT_API_URL", "https://ariel.example.com/prefect/api")
     monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
-    with pytest.raises(SystemExit, match="names /on/the/workers/machine/ca.pem, which is not a file"):
+    with pytest.raises(UnfitContainer, match="names /on/the/workers/machine/ca.pem, which is not a file"):
         spare_prefect_the_ca_bundle()
 
 
-def test_a_run_that_skips_verification_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prefect reads no CA file when told to skip verification: a path its container lacks then stops nothing."""
+@pytest.mark.parametrize("skip", ["true", "1", "on", "Yes", "T", " y "])
+def test_a_run_that_skips_verification_is_left_as_it_is(skip: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect reads no CA file when told to skip verification (in any spelling its setting reads as true): a path
+    its container lacks then stops nothing."""
     monkeypatch.setenv("PREFECT_API_URL", "https://ariel.example.com/prefect/api")
-    monkeypatch.setenv("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "true")
+    monkeypatch.setenv("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", skip)
     monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
     spare_prefect_the_ca_bundle()
     assert os.environ[PREFECT_CA_ENV] == "/on/the/workers/machine/ca.pem"
+
+
+@pytest.mark.parametrize("value", [None, "", "false", "0", "off", "maybe"])
+def test_verification_is_skipped_only_for_a_value_prefect_reads_as_true(value: str | None) -> None:
+    assert not skips_verification(value)

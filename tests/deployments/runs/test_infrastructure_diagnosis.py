@@ -74,6 +74,17 @@ async def test_exit_137_from_a_docker_kill_is_killed_from_outside(client: Prefec
     assert "signal 9 sent through the Docker API" in found["summary"] and "memory" not in found["next_action"]
 
 
+async def test_a_container_that_stopped_on_a_setting_it_lacks_says_so_and_that_it_was_not_retried(
+    client: PrefectClient,
+) -> None:
+    found = await crashed(client, "Flow run infrastructure exited with non-zero status code 78.",
+                          ContainerExit("digest-run", 78))
+    assert found["cause"] == "container_exit", found
+    assert "stopped before the run began (exit code 78)" in found["summary"]
+    assert "PREFECT_API_SSL_CERT_FILE" in found["summary"] and "does not retry it" in found["summary"]
+    assert "the run cannot start in this container" in found["next_action"]
+
+
 async def test_a_run_that_could_not_reach_prefect_is_diagnosed_prefect_unavailable(client: PrefectClient) -> None:
     found = await crashed(client, "Execution was interrupted by an unexpected exception: ConnectError: All "
                           "connection attempts failed")

@@ -22,6 +22,7 @@ def run(state: Any, pool: str = f"{PREFIX}0f3c-docker", parameters: dict[str, An
 
 @pytest.mark.parametrize("state", [
     Crashed(message="Flow run infrastructure exited with non-zero status code 137."),
+    Crashed(message="Flow run infrastructure exited with non-zero status code 787."),  # not 78
     Crashed(message="Flow run could not be submitted to infrastructure: ConnectError"),
 ])
 def test_a_run_whose_infrastructure_failed_is_retried(state: Any) -> None:
@@ -36,6 +37,8 @@ def test_a_run_whose_infrastructure_failed_is_retried(state: Any) -> None:
     Failed(message="Flow run encountered an exception: ConfigTampered: tampered"),
     Crashed(message="Flow run could not be submitted to infrastructure: ImageNotFound: 404 Client Error"),
     Crashed(message="unable to start container process: exec: \"prefect\": executable file not found in $PATH"),
+    # The container stopped before its run, on a setting naming what it lacks (`UnfitContainer`, code 78).
+    Crashed(message="Flow run infrastructure exited with non-zero status code 78."),
     Completed(),
 ])
 def test_a_run_that_failed_on_its_own_or_would_fail_again_is_not(state: Any) -> None:
