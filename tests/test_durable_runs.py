@@ -248,6 +248,13 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
             {"reply": "Checked: {last_tool_result}"},
         ])
         run_id = await start_to_hold(chat, slug, stack, prefect_api)
+        engine = docker.from_env()
+        try:
+            # A running run has a run's CPU weight, whether a standby took it or a container was started for it
+            # (0: Docker's default, 1024), never a waiting standby's.
+            assert [c.attrs["HostConfig"]["CpuShares"] for c in run_containers(engine, run_id)] in ([0], [1024])
+        finally:
+            engine.close()
         await ask(chat, "cancel_run", run=run_id)
         engine = docker.from_env()
         try:

@@ -33,7 +33,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Scheduled
 
 from deployments.pools.run_images import lean_image_of
-from deployments.pools.standby import POOL_LABEL, waiting_standbys
+from deployments.pools.standby import POOL_LABEL, STANDBY_CPU_SHARES, waiting_standbys
 from deployments.runs import wait_for_run
 from tests.mcp_server.callers import ask
 from tests.support import ArielUp, ariel_up, child_pid, wait_until
@@ -122,9 +122,17 @@ async def test_a_run_goes_to_the_standby_that_waited_for_it_and_the_next_standby
     async with Client(stack.mcp_url) as chat:
         agent = await probe(chat, "Warm")
         waited = waiting_standby(engine, agent["work_pool"])
+        # Waiting, it has the least CPU weight: on a busy machine, runs under way go before its imports.
+        assert waited.attrs["HostConfig"]["CpuShares"] == STANDBY_CPU_SHARES
+        since = datetime.now(UTC) - timedelta(seconds=1)
         run = await run_to_the_end(chat, "warm")
         assert run["result"] == "Warm done", run
     assert f"Standby container {waited.name!r} took the run" in pool_host_log(stack)
+    # Handed its run, it was given a run's weight (the engine's `update` of it: the container is gone by now).
+    updates = list(engine.events(since=since, until=datetime.now(UTC) + timedelta(seconds=1), decode=True,
+                                 filters={"container": waited.id, "event": "update"}))
+    assert len(updates) == 1, updates
+    assert "could not be given a run's CPU weight" not in pool_host_log(stack)
     waiting_standby(engine, agent["work_pool"], other_than=waited.id)
     wait_until(lambda: not _exists(engine, waited.id), 30, "the run's container to go")  # used once
     # Task runs' states reach Prefect as events, sent as the container exits: none may be lost on the way out.

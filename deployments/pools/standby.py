@@ -16,7 +16,9 @@ How many: one of each image its runs took, and as many as it has runs coming soo
 (twenty per-minute agents fall due in the same second) is so handed to containers that imported before it,
 ~0.3 CPU-s each after the handoff, not ~1.3 at once each. The first standby of an image starts as soon as the
 last one is taken; the others once no run was handed on the worker host for `QUIET_SECONDS`, so that their
-imports follow the burst before them rather than compete with it.
+imports follow the burst before them rather than compete with it. And a waiting standby has the least CPU
+weight Docker gives (`STANDBY_CPU_SHARES`) until it is handed its run: on a busy machine the runs under way, the
+worker host, Prefect and the app go first, and the imports take what they leave.
 
 A standby is used only while it is what a new container would be: same image id (a rebuilt
 `ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
@@ -83,6 +85,11 @@ RECIPE_SECONDS = 30.0
 (Prefect's worker reads the pool again every 30 s); a run's own settings replace them at once."""
 MAX_IMAGES = 2
 """Images one pool keeps standbys of at most: the lean image and the full."""
+STANDBY_CPU_SHARES = 2
+"""A waiting standby's CPU weight (Docker's `--cpu-shares`, the least it takes; a run's container has 1024): its
+imports, for a run that is not there yet, get the CPU that runs under way leave idle. Raised as it is handed its
+run. Never a limit: on an idle machine it imports as fast as at 1024."""
+DEFAULT_CPU_SHARES = 1024  # Docker's, what a container created without `cpu_shares` has
 _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
 # Anchored at the end: the run's name before it is the agent's slug, which its author chooses (a UUID, even).
 _RUN_ID = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-[0-9a-f]{6}$")
@@ -272,6 +279,9 @@ class StandbyDockerWorker(DockerWorker):
                 if _rename(container, name) and _hand(container, configuration.env):
                     self._logger.info(f"Standby container {standby_name!r} took the run as {name!r} "
                                       f"(image {configuration.image})")
+                    if not _run_weight(container, recipe.settings):
+                        self._logger.warning(f"Container {name!r} could not be given a run's CPU weight; its run "
+                                             "goes on at a standby's")
                 else:
                     _remove(container)
                     container = None
@@ -460,6 +470,8 @@ def _start(client: DockerClient, settings: dict[str, Any], pool: str, name: str 
         **{k: v for k, v in (settings.get("labels") or {}).items() if _KEPT_LABELS.match(k)}, STANDBY_LABEL: "yes"}
     labels[POOL_LABEL] = pool  # what `container_exits` and `remove_standbys` know an install's containers by
     kwargs = {k: v for k, v in settings.items() if k not in _PER_RUN}
+    if not name:
+        kwargs["cpu_shares"] = STANDBY_CPU_SHARES  # until it is handed a run (`_run_weight`)
     # Runs on an org's own hardware call their model themselves: their standby imports litellm before the run.
     environment = {MODELS_HERE_ENV: "1"} if is_own_pool(pool) else {}
     container = client.containers.create(
@@ -486,6 +498,15 @@ def _hand(container: Container, env: Mapping[str, str | None]) -> bool:
             sock.close()
         return True
     except Exception:  # docker-py lets the connection's own errors through unwrapped
+        return False
+
+
+def _run_weight(container: Container, settings: Mapping[str, Any]) -> bool:
+    """Give a handed standby the CPU weight of a container started for its run; False when the engine refused."""
+    try:
+        container.update(cpu_shares=settings.get("cpu_shares") or DEFAULT_CPU_SHARES)
+        return True
+    except Exception:  # the container ended meanwhile, or the engine did not answer: its run goes on either way
         return False
 
 
