@@ -70,11 +70,11 @@ def spare_prefect_the_ca_bundle() -> None:
 
 def skips_verification(value: str | None) -> bool:
     """Whether Prefect reads `value` of `SKIP_VERIFY_ENV` as true: its setting is a pydantic bool, so pydantic's
-    reading of it ("1", "true", "on", "yes", "y", "t", any case); unset, empty or unreadable is false, as Prefect
-    would refuse to start on the latter."""
+    reading of it ("1", "true", "on", "yes", "y", "t", any case, no spaces around); unset, empty or unreadable is
+    false (Prefect refuses to start on the latter)."""
     if not value:
         return False
     try:
-        return _BOOL.validate_python(value.strip())
+        return _BOOL.validate_python(value)
     except ValidationError:
         return False

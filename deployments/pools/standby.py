@@ -17,8 +17,9 @@ How many: one of each image its runs took, and as many as it has runs coming soo
 ~0.3 CPU-s each after the handoff, not ~1.3 at once each. The first standby of an image starts as soon as the
 last one is taken; the others once no run was handed on the worker host for `QUIET_SECONDS`, so that their
 imports follow the burst before them rather than compete with it. And a waiting standby has the least CPU
-weight Docker gives (`STANDBY_CPU_SHARES`) until it is handed its run: on a busy machine the runs under way, the
-worker host, Prefect and the app go first, and the imports take what they leave.
+weight Docker gives (`STANDBY_CPU_SHARES`) until it is handed its run: on a busy machine the runs' containers
+go first, and the imports take what they leave. (Weights count among the engine's containers: the worker host,
+Prefect and the app, outside them, are weighed against all the containers together.)
 
 A standby is used only while it is what a new container would be: same image id (a rebuilt
 `ariel-runtime:local` retires it), same limits and options (a changed pool template retires it),
@@ -86,9 +87,9 @@ RECIPE_SECONDS = 30.0
 MAX_IMAGES = 2
 """Images one pool keeps standbys of at most: the lean image and the full."""
 STANDBY_CPU_SHARES = 2
-"""A waiting standby's CPU weight (Docker's `--cpu-shares`, the least it takes; a run's container has 1024): its
-imports, for a run that is not there yet, get the CPU that runs under way leave idle. Raised as it is handed its
-run. Never a limit: on an idle machine it imports as fast as at 1024."""
+"""A waiting standby's CPU weight (Docker's `--cpu-shares`, the least it takes; a run's container has 1024): among
+the engine's containers, its imports, for a run that is not there yet, get the CPU that runs under way leave idle.
+Raised before it is handed its run. A weight, never a limit: on an idle machine it imports as fast as at 1024."""
 DEFAULT_CPU_SHARES = 1024  # Docker's, what a container created without `cpu_shares` has
 _KEPT_LABELS = re.compile(r"^(ariel\.|io\.prefect\.version$)")
 # Anchored at the end: the run's name before it is the agent's slug, which its author chooses (a UUID, even).
@@ -276,12 +277,11 @@ class StandbyDockerWorker(DockerWorker):
             container = self._take_standby(recipe, configuration.env.get("PREFECT__FLOW_RUN_ID") or "")
             if container is not None:
                 standby_name = container.name
-                if _rename(container, name) and _hand(container, configuration.env):
+                # The run's weight before the run: from its first moment it is a run under way.
+                if _rename(container, name) and _run_weight(container, recipe.settings) and _hand(
+                        container, configuration.env):
                     self._logger.info(f"Standby container {standby_name!r} took the run as {name!r} "
                                       f"(image {configuration.image})")
-                    if not _run_weight(container, recipe.settings):
-                        self._logger.warning(f"Container {name!r} could not be given a run's CPU weight; its run "
-                                             "goes on at a standby's")
                 else:
                     _remove(container)
                     container = None
@@ -502,11 +502,12 @@ def _hand(container: Container, env: Mapping[str, str | None]) -> bool:
 
 
 def _run_weight(container: Container, settings: Mapping[str, Any]) -> bool:
-    """Give a handed standby the CPU weight of a container started for its run; False when the engine refused."""
+    """Give a standby about to be handed its run the CPU weight of a container started for it; False when the
+    engine refused (the caller removes it, and the run takes the cold path)."""
     try:
         container.update(cpu_shares=settings.get("cpu_shares") or DEFAULT_CPU_SHARES)
         return True
-    except Exception:  # the container ended meanwhile, or the engine did not answer: its run goes on either way
+    except Exception:  # the container ended meanwhile, or the engine did not answer
         return False
 
 

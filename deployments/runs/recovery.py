@@ -78,7 +78,7 @@ SETTLE = timedelta(seconds=3 + LATE_OOM_SECONDS)
 # And a run's container that stopped because its settings name what it lacks (`flows.exceptions.UnfitContainer`).
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
                         r"unable to start container process|executable file not found|"
-                        rf"non-zero status code {UNFIT_EXIT_CODE}\b")
+                        rf"^Flow run infrastructure exited with non-zero status code {UNFIT_EXIT_CODE}\b")
 
 
 @dataclass(frozen=True)

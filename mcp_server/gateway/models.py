@@ -110,6 +110,10 @@ class ModelCalls:
     def checked(self, caller: RunScope) -> tuple[RunConfig, str | None] | None:
         return self._checked.get(_attempt(caller))
 
+    _warming_up: asyncio.Task[None] | None = field(default=None, repr=False)
+    warmed_up: bool | None = None
+    """Whether litellm's first call, made offline once it is imported, went through (None: not made yet)."""
+
     @property
     def warming(self) -> bool:
         """Whether litellm's import was started in this process (done or not)."""
@@ -117,9 +121,16 @@ class ModelCalls:
 
     def warm(self) -> None:
         """Start importing litellm beside the event loop (seconds of CPU): a run that fetches its credentials will
-        ask for a model call next. At most once; never on the loop, which would stop every request meanwhile."""
+        ask for a model call next. At most once; never on the loop, which would stop every request meanwhile.
+        Then one offline call: model calls wait for the import only, not for it."""
         if self._loading is None:
-            self._loading = asyncio.create_task(_warm_up())
+            self._loading = asyncio.create_task(asyncio.to_thread(_import_litellm))
+            self._warming_up = asyncio.create_task(self._first_call(self._loading))
+
+    async def _first_call(self, loading: asyncio.Task[Any]) -> None:
+        with suppress(Exception):  # the import's own failure is the model calls' to report
+            await loading
+        self.warmed_up = await _warm_up()
 
     async def complete(self, upstream: str, config: RunConfig, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None, timeout: float,
@@ -288,14 +299,16 @@ WARM_UP_CONFIG = RunConfig(agent_id="warm-up", org_id="warm-up", version=1, name
                            model=SCRIPTED_MODEL, script=[ScriptStep(reply="ready")])
 
 
-async def _warm_up() -> None:
-    await asyncio.to_thread(_import_litellm)
+async def _warm_up() -> bool:
+    """One call of the offline scripted model (litellm imported); whether it went through."""
     try:
         async with asyncio.timeout(30):
             await complete(WARM_UP_CONFIG, [{"role": "user", "content": "warm up"}], None, 30, None)
+        return True
     except Exception as exc:  # only the first real call is slower for it, and it reports its own failure
         log.info("gateway: litellm's warm-up call failed (%s); the first model call completes its setup instead",
                  type(exc).__name__)
+        return False
 
 
 def checked_config(now: RunNow, caller: RunScope, verify_key: str) -> RunConfig | JSONResponse:

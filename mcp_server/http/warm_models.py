@@ -4,8 +4,9 @@ The gateway makes runs' model calls and imports litellm for them once per proces
 `ModelCalls.warm`). Left to the run's credentials fetch, the first run an app process serves waited for that
 import: 4 s to completion instead of 1 s, the first run a newcomer ever makes. Approving an agent or running one
 comes a conversation turn or more before its run's first model call, so starting the import then hides it. Not at
-the app's start: a process that never serves a run (a test's, an operator's `ariel serve` behind a balancer that
-sends it no run) would pay those seconds for nothing.
+the app's start: a process nobody asks to approve or run an agent (a test's, an operator's `ariel serve` behind a
+balancer that sends it no such call) would pay those seconds for nothing. (A run on an org's own hardware calls its
+model itself; the process still imports litellm for it, once: what the call says is not worth a read of the agent.)
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ def run(state: Any, pool: str = f"{PREFIX}0f3c-docker", parameters: dict[str, An
 @pytest.mark.parametrize("state", [
     Crashed(message="Flow run infrastructure exited with non-zero status code 137."),
     Crashed(message="Flow run infrastructure exited with non-zero status code 787."),  # not 78
+    # An engine crash that quotes a tool's words is not the container's exit.
+    Crashed(message="Flow run encountered an exception: RuntimeError: git: non-zero status code 78"),
     Crashed(message="Flow run could not be submitted to infrastructure: ConnectError"),
 ])
 def test_a_run_whose_infrastructure_failed_is_retried(state: Any) -> None:

@@ -13,7 +13,7 @@ from mcp_server.gateway.models import ModelCalls
 from mcp_server.http.app import create_app
 from mcp_server.settings import ArielSettings
 from tests.mcp_server.callers import ask, client
-from tests.support import serve_asgi
+from tests.support import serve_asgi, wait_until
 
 OWNER = "dev:wanda:warming:owner"
 HELLO = {"name": "Hello", "instructions": "Say hello.", "model": "ariel/scripted", "script": [{"reply": "hello"}]}
@@ -38,6 +38,9 @@ async def test_approving_an_agent_starts_the_import_and_creating_or_reading_one_
             assert not model_calls(app).warming
             await ask(chat, "update_agent", agent=made["slug"], action="approve")
             assert model_calls(app).warming
+            # Imported, and its first call (offline, the scripted model) made: a run's first call finds both done.
+            wait_until(lambda: model_calls(app).warmed_up is not None, 120, "litellm's warm-up call")
+            assert model_calls(app).warmed_up is True
 
 
 async def test_running_an_agent_starts_the_import_in_an_app_that_has_not_yet(home: Path, prefect_api: str) -> None:
