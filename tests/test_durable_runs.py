@@ -18,6 +18,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -278,3 +279,32 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
     assert after.state is not None and after.state.type.value == "CANCELLED", names
     assert "AwaitingRetry" not in names and "Crashed" not in names, names
     assert Counting.seen["GET /held"] == 1, Counting.seen
+
+
+async def test_stopping_ariel_up_mid_run_removes_the_runs_container_and_the_next_start_resumes_the_run(
+    docker_engine: None, service: str, prefect_api: str, tmp_path: Path
+) -> None:
+    """Ctrl-C stops the gateway the run reports to: its container would only retry it until it gave up. It goes
+    with the rest, and the run is not lost: the next `ariel up` judges it silent and retries it from its journal."""
+    env = {"ARIEL_RUN_SILENCE_SECONDS": str(SILENCE_SECONDS)}
+    with ariel_up(tmp_path / "home", "docker", prefect_api, extra_env=env) as first:
+        async with Client(first.mcp_url) as chat:
+            slug = await agent(chat, "Check across a restart", service, [
+                {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
+                {"reply": "Checked: {last_tool_result}"},
+            ])
+            run_id = await start_to_hold(chat, slug, first, prefect_api)
+    stopped = first.printed()
+    engine = docker.from_env()
+    try:
+        assert not run_containers(engine, run_id, running_only=False), "the run's container outlived `ariel up`"
+    finally:
+        engine.close()
+    assert "Stopped 1 run in flight; the next `ariel up` retries it" in stopped, stopped
+    Counting.release.set()  # the retry's GET is answered at once
+    with ariel_up(tmp_path / "home", "docker", prefect_api, extra_env=env):
+        run, states = await settled(prefect_api, run_id, timeout=SILENCE_SECONDS * 4 + 120)
+    names = [state.name for state in states]
+    assert run.state is not None and run.state.type.value == "COMPLETED", names
+    assert "AwaitingRetry" in names, names
+    assert Counting.seen["GET /held"] == 2, Counting.seen  # the GET in flight, made again: it changes nothing

@@ -566,6 +566,28 @@ def remove_standbys(pool_prefix: str) -> int:
     return len(left)
 
 
+def remove_install_containers(pool_prefix: str) -> tuple[int, int]:
+    """Remove every container of an install's pools, runs in flight included, all at once; (runs, standbys).
+
+    For `ariel up` stopping: the gateway and the Prefect server its runs report to stop with it, so a run left
+    running would only retry them until it gave up. Its run stays Running (or Pending) in Prefect, and the next
+    start's recovery sets it Crashed once its silence is judged and retries it."""
+    client = docker.from_env()
+    try:
+        found = [container for container in client.containers.list(all=True, ignore_removed=True,
+                                                                    filters={"label": POOL_LABEL})
+                 if container.labels.get(POOL_LABEL, "").startswith(pool_prefix)]
+        threads = [threading.Thread(target=_remove, args=(container,), daemon=True) for container in found]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        client.close()
+    runs = sum(1 for container in found if container_run(container) is not None)
+    return runs, len(found) - runs
+
+
 def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool = True) -> list[Container]:
     """The containers of run `run_id`: started for it (Prefect's label) or a standby handed it (its name)."""
     found = {}

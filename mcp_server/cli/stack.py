@@ -9,6 +9,7 @@ import secrets
 import shutil
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from deployments.exceptions import DeploymentError
 from deployments.images.runtime_image import docker_available
+from deployments.pools.standby import remove_install_containers
 from deployments.pools.work_pools import PoolType, install_prefix
 from mcp_server.cli.environments import (
     ensure_runtime_image,
@@ -32,7 +34,7 @@ from mcp_server.cli.environments import (
     worker_host_argv,
 )
 from mcp_server.cli.errors import StartupFailed
-from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
+from mcp_server.cli.processes import GRACE_SECONDS, KILL_WAIT_SECONDS, Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
 from mcp_server.gateway import GATEWAY_PATH
 from mcp_server.http.app import create_app
@@ -235,6 +237,24 @@ APP_SHUTDOWN_SECONDS = 2
 STOP_SECONDS = 9.0
 
 
+def _removing_containers(prefix: str) -> threading.Thread:
+    """Remove the install's run and standby containers in a thread (started): runs in flight cannot go on without
+    the gateway and Prefect, which stop with `ariel up`; the next start retries them."""
+    def remove() -> None:
+        try:
+            runs, _standbys = remove_install_containers(prefix)
+        except Exception as exc:  # no engine now: nothing of ours runs in it either
+            say(f"  Could not look for run containers ({type(exc).__name__}).")
+            return
+        if runs:
+            say(f"  Stopped {runs} run{'s' if runs != 1 else ''} in flight; the next `ariel up` retries "
+                f"{'them' if runs != 1 else 'it'} within a few minutes of its start.")
+
+    thread = threading.Thread(target=remove, name="remove-containers", daemon=True)
+    thread.start()
+    return thread
+
+
 def up(settings: ArielSettings) -> None:
     """Start everything, serve until SIGINT (Ctrl-C) or SIGTERM, then stop every child process.
 
@@ -252,6 +272,7 @@ def up(settings: ArielSettings) -> None:
     _port_must_be_free(settings)
     children = Children(settings.home / "logs")
     app_server: AppServer | None = None
+    docker_prefix: str | None = None  # the install's Docker pools, once known: their containers go when it stops
     try:
         api_url = settings.prefect_api_url
         if api_url is None:
@@ -277,6 +298,7 @@ def up(settings: ArielSettings) -> None:
         if pool_type == "docker" and settings.build_image:
             ensure_runtime_image(settings, say)
         prefix, org_pool = _prepare(settings, api_url, pool_type)
+        docker_prefix = prefix if pool_type == "docker" else None
 
         # One process runs a stock worker for every pool of this install, including pools made later; it
         # polls through the gateway, which starts answering once the app below serves.
@@ -294,7 +316,11 @@ def up(settings: ArielSettings) -> None:
         ignore_stop_signals()  # also when an error, not a signal, brought us here
         say("Stopping ...")
         grace = _children_grace(app_server.shutdown_began if app_server is not None else None)
+        # Beside the children's stop, not after it: the whole stop stays within STOP_SECONDS.
+        removing = _removing_containers(docker_prefix) if docker_prefix is not None else None
         killed = children.stop_all(grace)
+        if removing is not None:
+            removing.join(KILL_WAIT_SECONDS)
         say(f"Stopped (killed {', '.join(killed)}, not stopped {grace:.0f} s after SIGTERM)." if killed
             else "Stopped.")
 
