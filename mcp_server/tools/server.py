@@ -17,6 +17,7 @@ from mcp_server.tools.middleware.arguments import RefuseControlCharacters
 from mcp_server.tools.middleware.caller import ResolveCaller
 from mcp_server.tools.middleware.errors import ReadableErrors
 from mcp_server.tools.middleware.json_text import DecodeJsonText
+from mcp_server.tools.middleware.keep_alive import KeepAlive
 from mcp_server.tools.middleware.rate_limit import LimitToolCalls
 
 INSTRUCTIONS = """\
@@ -48,11 +49,11 @@ def build_mcp(
         "Ariel",
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        # Outermost first: every refusal below reads well and quotes little; each call counts for its caller,
-        # whatever it carries; an object sent as JSON text is decoded; then no control character gets past into
-        # services, the store or the audit log.
+        # Outermost first: every refusal below reads well and quotes little; a slow call tells its client it is
+        # at work; each call counts for its caller, whatever it carries; an object sent as JSON text is decoded;
+        # then no control character gets past into services, the store or the audit log.
         middleware=[
-            ReadableErrors(), ResolveCaller(), LimitToolCalls(),
+            ReadableErrors(), KeepAlive(), ResolveCaller(), LimitToolCalls(),
             DecodeJsonText(), RefuseControlCharacters(),
         ],
         mask_error_details=True,

@@ -22,7 +22,7 @@ from deployments.pools.work_pools import install_prefix
 from mcp_server.settings import ArielSettings
 from tests.deployments.pools.test_worker_host import install_id, started_worker_host
 from tests.mcp_server.callers import ask, client
-from tests.support import http_service, reply_json, serve_app
+from tests.support import http_service, prefect_proxy, reply_json, serve_app
 
 CLIENT_TIMEOUT = 10.0
 """The client's request timeout here; standard clients use 60 s. Progress comes at least every 5 s."""
@@ -108,3 +108,32 @@ async def test_a_client_that_does_not_reset_gives_up_at_its_timeout_and_the_run_
     assert [run["state"] for run in runs] in (["Running"], ["Pending"], ["Scheduled"]), runs
     events = await ask_once(url, "get_audit_log", action="agent.run")
     assert [event["outcome"] for event in events] == ["ok"], events
+
+
+async def test_any_tool_held_up_by_prefect_tells_a_resetting_client_it_is_at_work_and_answers(
+    prefect_api: str, tmp_path: Path,
+) -> None:
+    """An approve while Prefect answers slowly (its SQLite database locked, say): the client hears every few
+    seconds that the call is at work, waits past its timeout, and gets the approval, not an error."""
+    armed = asyncio.Event()
+
+    async def slow_deploys(request: Any, forward: Any) -> Any:
+        if armed.is_set() and request.method in ("POST", "PATCH") and "/deployments" in request.url.path:
+            await asyncio.sleep(SLOW_SECONDS)
+        return await forward()
+
+    home = tmp_path / "home"
+    with prefect_proxy(prefect_api, slow_deploys) as slow_prefect, \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), slow_prefect) as url:
+        await ask_once(url, "create_agent", name="Held", instructions="Reply.", model="ariel/scripted",
+                       script=[{"reply": "done"}])
+        armed.set()
+        started = time.monotonic()
+        async with client(url, OWNER) as session:
+            agent, progress = await call_resetting_on_progress(session, "update_agent", CLIENT_TIMEOUT,
+                                                               agent="held", action="approve")
+        waited = time.monotonic() - started
+    assert waited > SLOW_SECONDS > 2 * CLIENT_TIMEOUT
+    assert agent["status"] == "active", agent
+    assert len(progress) >= waited // CLIENT_TIMEOUT
+    assert all(message.startswith("update_agent is still at work (") for message in progress), progress
