@@ -300,7 +300,8 @@ async def test_stopping_ariel_up_mid_run_removes_the_runs_container_and_the_next
         assert not run_containers(engine, run_id, running_only=False), "the run's container outlived `ariel up`"
     finally:
         engine.close()
-    assert "Stopped 1 run in flight; the next `ariel up` retries it" in stopped, stopped
+    assert "Stopped 1 run in flight; the next `ariel up` retries it as after a crash" in stopped, stopped
+    assert stopped.index("Stopped 1 run in flight") < stopped.rindex("Stopped."), stopped
     Counting.release.set()  # the retry's GET is answered at once
     with ariel_up(tmp_path / "home", "docker", prefect_api, extra_env=env):
         run, states = await settled(prefect_api, run_id, timeout=SILENCE_SECONDS * 4 + 120)

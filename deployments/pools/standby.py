@@ -567,25 +567,42 @@ def remove_standbys(pool_prefix: str) -> int:
 
 
 def remove_install_containers(pool_prefix: str) -> tuple[int, int]:
-    """Remove every container of an install's pools, runs in flight included, all at once; (runs, standbys).
+    """Remove every container of an install's Ariel-hosted pools, runs in flight included, all at once; how many
+    runs (distinct run ids) and standbys were removed.
 
     For `ariel up` stopping: the gateway and the Prefect server its runs report to stop with it, so a run left
     running would only retry them until it gave up. Its run stays Running (or Pending) in Prefect, and the next
-    start's recovery sets it Crashed once its silence is judged and retries it."""
+    start's recovery sets it Crashed once its silence is judged and retries it. Containers of an org's own-hardware
+    pool on the same engine are that org's `ariel worker`'s, not `ariel up`'s: they stay."""
     client = docker.from_env()
     try:
-        found = [container for container in client.containers.list(all=True, ignore_removed=True,
-                                                                    filters={"label": POOL_LABEL})
-                 if container.labels.get(POOL_LABEL, "").startswith(pool_prefix)]
-        threads = [threading.Thread(target=_remove, args=(container,), daemon=True) for container in found]
+        # Sparse: one listing call, not an inspection of each container (the engine may hold many, and be busy).
+        found = []
+        for container in client.containers.list(all=True, sparse=True, filters={"label": POOL_LABEL}):
+            labels = container.attrs.get("Labels") or {}
+            pool = labels.get(POOL_LABEL, "")
+            if pool.startswith(pool_prefix) and not is_own_pool(pool):
+                name = ((container.attrs.get("Names") or [""])[0] or "").lstrip("/")
+                found.append((container, labelled_run(name, labels)))
+        removed: dict[str, bool] = {}
+
+        def remove(container: Container) -> None:
+            try:
+                container.remove(force=True)
+                removed[str(container.id)] = True
+            except Exception:  # gone already (its run ended, its pool host removed it), or no engine
+                removed[str(container.id)] = False
+
+        threads = [threading.Thread(target=remove, args=(container,), daemon=True) for container, _run in found]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(30)
     finally:
         client.close()
-    runs = sum(1 for container in found if container_run(container) is not None)
-    return runs, len(found) - runs
+    runs = {run for container, run in found if run is not None and removed.get(str(container.id))}
+    standbys = sum(1 for container, run in found if run is None and removed.get(str(container.id)))
+    return len(runs), standbys
 
 
 def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool = True) -> list[Container]:

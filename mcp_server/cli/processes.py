@@ -20,7 +20,8 @@ orderly shutdown"), to every child's process group and to the groups of
 their descendants at once (a process worker's flow runs have sessions of
 their own), then SIGKILL to the groups still there after the grace period.
 No wait is unbounded. Containers of a Docker pool's runs are the Docker
-engine's, not ours: they run on.
+engine's, not a child's: `ariel up` removes its install's beside `stop_all`
+(stack.py), since they cannot go on without the gateway and Prefect.
 
 When `ariel up` itself dies without that `finally` (SIGKILL, the OOM killer),
 the kernel kills its children: each starts with a parent-death signal

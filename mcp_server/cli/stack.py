@@ -34,7 +34,7 @@ from mcp_server.cli.environments import (
     worker_host_argv,
 )
 from mcp_server.cli.errors import StartupFailed
-from mcp_server.cli.processes import GRACE_SECONDS, KILL_WAIT_SECONDS, Children, ignore_stop_signals
+from mcp_server.cli.processes import GRACE_SECONDS, Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
 from mcp_server.gateway import GATEWAY_PATH
 from mcp_server.http.app import create_app
@@ -237,22 +237,34 @@ APP_SHUTDOWN_SECONDS = 2
 STOP_SECONDS = 9.0
 
 
-def _removing_containers(prefix: str) -> threading.Thread:
-    """Remove the install's run and standby containers in a thread (started): runs in flight cannot go on without
-    the gateway and Prefect, which stop with `ariel up`; the next start retries them."""
-    def remove() -> None:
-        try:
-            runs, _standbys = remove_install_containers(prefix)
-        except Exception as exc:  # no engine now: nothing of ours runs in it either
-            say(f"  Could not look for run containers ({type(exc).__name__}).")
-            return
-        if runs:
-            say(f"  Stopped {runs} run{'s' if runs != 1 else ''} in flight; the next `ariel up` retries "
-                f"{'them' if runs != 1 else 'it'} within a few minutes of its start.")
+class _RemovingContainers(threading.Thread):
+    """Removes the install's run and standby containers (started at once): runs in flight cannot go on without the
+    gateway and Prefect, which stop with `ariel up`; the next start retries them. `runs`: how many were removed
+    (None until it is done)."""
 
-    thread = threading.Thread(target=remove, name="remove-containers", daemon=True)
-    thread.start()
-    return thread
+    def __init__(self, prefix: str) -> None:
+        super().__init__(name="remove-containers", daemon=True)
+        self.prefix = prefix
+        self.runs: int | None = None
+        self.failed: str | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.runs, _standbys = remove_install_containers(self.prefix)
+        except Exception as exc:  # no engine now: nothing of ours runs in it either
+            self.failed = type(exc).__name__
+
+    def report(self) -> None:
+        """Say what it did, from the thread that prints everything else (never after "Stopped.")."""
+        if self.failed is not None:
+            say(f"  Could not look for run containers ({self.failed}).")
+        elif self.runs is None:
+            say("  Run containers are still being removed; `docker ps` shows what is left.")
+        elif self.runs:
+            plural = self.runs != 1
+            say(f"  Stopped {self.runs} run{'s' if plural else ''} in flight; the next `ariel up` retries "
+                f"{'them' if plural else 'it'} as after a crash (each such stop uses one of a run's retries).")
 
 
 def up(settings: ArielSettings) -> None:
@@ -316,11 +328,13 @@ def up(settings: ArielSettings) -> None:
         ignore_stop_signals()  # also when an error, not a signal, brought us here
         say("Stopping ...")
         grace = _children_grace(app_server.shutdown_began if app_server is not None else None)
-        # Beside the children's stop, not after it: the whole stop stays within STOP_SECONDS.
-        removing = _removing_containers(docker_prefix) if docker_prefix is not None else None
+        # Beside the children's stop and within its grace, not after it: the whole stop stays within STOP_SECONDS.
+        until = time.monotonic() + grace
+        removing = _RemovingContainers(docker_prefix) if docker_prefix is not None else None
         killed = children.stop_all(grace)
         if removing is not None:
-            removing.join(KILL_WAIT_SECONDS)
+            removing.join(max(0.0, until - time.monotonic()))
+            removing.report()
         say(f"Stopped (killed {', '.join(killed)}, not stopped {grace:.0f} s after SIGTERM)." if killed
             else "Stopped.")
 

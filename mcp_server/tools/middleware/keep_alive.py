@@ -51,3 +51,4 @@ class KeepAlive(Middleware):
             return await call_next(context)
         finally:
             telling.cancel()
+            await asyncio.gather(telling, return_exceptions=True)
