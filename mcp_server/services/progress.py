@@ -23,9 +23,11 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -38,6 +40,43 @@ ProgressReport = Callable[[float, float | None, str | None], Awaitable[None]]
 
 PROGRESS_EVERY_SECONDS: Final = 5.0
 """Well under the shortest request timeout clients use (10 s); each notification is one small event."""
+
+
+@dataclass
+class CallProgress:
+    """One tool call's progress notifications, whichever part of it sends them (`KeepAlive` while the call is at
+    work, `RunProgress` as a run is waited on): a `ProgressReport` whose progress is the seconds since the call
+    began, whatever it is given, so that it only grows, as the protocol asks, and two senders never go back."""
+
+    report: ProgressReport
+    started: float = field(default_factory=time.monotonic)
+    _last: float = 0.0
+    _sent_at: float | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def elapsed(self) -> float:
+        """Seconds since the call began."""
+        return time.monotonic() - self.started
+
+    def quiet_for(self) -> float:
+        """Seconds since the last notification (since the call began, before the first)."""
+        return time.monotonic() - (self._sent_at if self._sent_at is not None else self.started)
+
+    async def __call__(self, _progress: float, total: float | None, message: str | None) -> None:
+        async with self._lock:  # sent in the order their progress was taken
+            now = time.monotonic()
+            progress = max(round(now - self.started, 3), round(self._last + 0.001, 3))
+            await self.report(progress, total, message)
+            self._last, self._sent_at = progress, now
+
+
+CALL_PROGRESS: ContextVar[CallProgress | None] = ContextVar("ariel_call_progress", default=None)
+"""The tool call's `CallProgress`, set by `KeepAlive` for the call."""
+
+
+def call_progress(fallback: ProgressReport) -> ProgressReport:
+    """How this tool call sends progress: its `CallProgress`, or `fallback` outside one."""
+    return CALL_PROGRESS.get() or fallback
 
 
 @dataclass

@@ -9,6 +9,7 @@ from fastmcp import Context, FastMCP
 from pydantic import Field
 
 from deployments.runs.diagnosis import Diagnosis
+from mcp_server.services.progress import call_progress
 from mcp_server.services.runs import LogLevel, RunState
 from mcp_server.services.views import RunDetailView, RunListView, RunLogsView, RunView, TranscriptView
 from mcp_server.tools.middleware.caller import caller_of, services_of
@@ -34,7 +35,8 @@ def register(mcp: FastMCP) -> None:
     ) -> RunView:
         """Run an approved agent now. With wait_seconds, returns its reply when it finishes in time, else its state."""
         # Progress while it waits keeps clients that reset their request timeout on progress waiting.
-        return await services_of(ctx).runs.run(await caller_of(ctx), agent, input, wait_seconds, ctx.report_progress)
+        return await services_of(ctx).runs.run(await caller_of(ctx), agent, input, wait_seconds,
+                                               call_progress(ctx.report_progress))
 
     @mcp.tool(annotations={"destructiveHint": True})
     async def cancel_run(ctx: Context, run: RunRef) -> RunView:

@@ -4,51 +4,54 @@ MCP clients give up on a request after a timeout (60 s in the standard ones) unl
 reset it on progress (the TypeScript SDK's `resetTimeoutOnProgress`, the MCP Inspector) then wait for the answer.
 Most calls answer in well under a second, but one waits on Prefect: an approve while Prefect's embedded SQLite
 database is locked took 133 s on the desktop under load (README, Desktop). A client that gave up then saw an error
-for a call that went on to succeed. A notification every `PROGRESS_EVERY_SECONDS` past the first says it is still
-at work; a client that asked for no progress (no progress token) is sent nothing.
+for a call that went on to succeed. Whenever `PROGRESS_EVERY_SECONDS` pass without a notification, one says the
+call is still at work; a client that asked for no progress (no progress token) is sent nothing.
 
-`run_agent` reports its own progress (the run's state as it waits), and progress must only grow: it is left alone.
+`run_agent` also reports the run's state as it waits on it: both go through the call's `CallProgress`, whose
+progress only grows, and this one stays quiet while the other speaks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, Final
+from typing import Any
 
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 
-from mcp_server.services.progress import PROGRESS_EVERY_SECONDS
-
-REPORTS_ITS_OWN: Final = frozenset({"run_agent"})
+from mcp_server.services.progress import CALL_PROGRESS, PROGRESS_EVERY_SECONDS, CallProgress
 
 
 class KeepAlive(Middleware):
-    """Progress every `every` seconds while a tool call is at work, from the first `every` on."""
+    """Progress whenever `every` seconds pass without any while a tool call is at work."""
 
     def __init__(self, every: float = PROGRESS_EVERY_SECONDS) -> None:
         self.every = every
 
     async def on_call_tool(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         ctx = context.fastmcp_context
-        tool = context.message.name
-        if ctx is None or tool in REPORTS_ITS_OWN:
+        if ctx is None:
             return await call_next(context)
-        started = time.monotonic()
+        tool = context.message.name
+        progress = CallProgress(ctx.report_progress)
 
         async def tell() -> None:
             while True:
-                await asyncio.sleep(self.every)
-                waited = time.monotonic() - started
+                await asyncio.sleep(max(0.1, self.every - progress.quiet_for()))
+                if progress.quiet_for() < self.every:
+                    continue  # the call itself spoke meanwhile
+                waited = progress.elapsed()
                 try:
-                    await ctx.report_progress(waited, None, f"{tool} is still at work ({waited:.0f} s)")
+                    await progress(waited, None, f"{tool} is still at work ({waited:.0f} s)")
                 except Exception:  # the client went away: the call goes on, its answer reaches nobody
                     return
 
         # The call stays in this task (its context, its cancellation); only the notifications go beside it.
         telling = asyncio.create_task(tell())
+        token = CALL_PROGRESS.set(progress)
         try:
             return await call_next(context)
         finally:
+            CALL_PROGRESS.reset(token)
             telling.cancel()
             await asyncio.gather(telling, return_exceptions=True)
+

@@ -55,13 +55,17 @@ async def call_resetting_on_progress(
     """Call `tool` as clients that reset their request timeout on progress do (the TypeScript SDK's
     `resetTimeoutOnProgress`): give up after `timeout` seconds without a word from the server."""
     messages: list[str] = []
+    values: list[float] = []
     with anyio.fail_after(timeout) as deadline:
 
-        async def on_progress(_progress: float, _total: float | None, message: str | None) -> None:
+        async def on_progress(progress: float, _total: float | None, message: str | None) -> None:
             deadline.deadline = anyio.current_time() + timeout
             messages.append(message or "")
+            values.append(progress)
 
         result = await session.call_tool(tool, arguments, progress_handler=on_progress)
+    # The protocol asks that progress only grow, whichever part of the call reports it.
+    assert values == sorted(set(values)), list(zip(values, messages, strict=True))
     return result.structured_content, messages
 
 
@@ -137,3 +141,27 @@ async def test_any_tool_held_up_by_prefect_tells_a_resetting_client_it_is_at_wor
     assert agent["status"] == "active", agent
     assert len(progress) >= waited // CLIENT_TIMEOUT
     assert all(message.startswith("update_agent is still at work (") for message in progress), progress
+
+
+async def test_run_agent_held_up_by_prefect_before_its_run_exists_tells_the_client_it_is_at_work(
+    prefect_api: str, tmp_path: Path,
+) -> None:
+    """Before there is a run to report on (Prefect slow to make it), run_agent says it is at work, as any call."""
+    armed = asyncio.Event()
+
+    async def slow_runs(request: Any, forward: Any) -> Any:
+        if armed.is_set() and request.method == "POST" and request.url.path.endswith("/create_flow_run"):
+            await asyncio.sleep(SLOW_SECONDS)
+        return await forward()
+
+    with prefect_proxy(prefect_api, slow_runs) as slow_prefect, \
+            serve_app(ArielSettings(home=tmp_path / "home", auth_mode="dev"), slow_prefect) as url:
+        await ask_once(url, "create_agent", name="Held", instructions="Reply.", model="ariel/scripted",
+                       script=[{"reply": "done"}])
+        await ask_once(url, "update_agent", agent="held", action="approve")
+        armed.set()
+        async with client(url, OWNER) as session:
+            run, progress = await call_resetting_on_progress(session, "run_agent", CLIENT_TIMEOUT, agent="held")
+    assert run["state"] == "Scheduled", run  # no worker here: it waits
+    assert len(progress) >= SLOW_SECONDS // CLIENT_TIMEOUT
+    assert all(message.startswith("run_agent is still at work (") for message in progress), progress
