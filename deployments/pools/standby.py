@@ -583,7 +583,11 @@ def remove_install_containers(pool_prefix: str) -> tuple[int, int]:
             pool = labels.get(POOL_LABEL, "")
             if pool.startswith(pool_prefix) and not is_own_pool(pool):
                 name = ((container.attrs.get("Names") or [""])[0] or "").lstrip("/")
-                found.append((container, labelled_run(name, labels)))
+                try:
+                    run = labelled_run(name, labels)
+                except ValueError:  # a run label that is no run id: removed all the same, counted as no run
+                    run = None
+                found.append((container, run))
         removed: dict[str, bool] = {}
 
         def remove(container: Container) -> None:

@@ -4,9 +4,11 @@ MCP clients give up on a request after a timeout (60 s in the standard ones)
 unless progress arrives; those that reset their timeout on progress (the
 TypeScript SDK's `resetTimeoutOnProgress`, the MCP Inspector) then wait as
 long as `run_agent`'s `wait_seconds` says. A notification goes out when the
-run's state changes and at least every `every` seconds in between; its
-`progress` is the seconds waited so far (always increasing, as the protocol
-asks) out of `wait_seconds`.
+run's state changes and at least every `every` seconds in between; it gives
+the seconds waited so far out of `wait_seconds`. Inside a tool call both go
+through the call's `CallProgress`, which counts from the call's start instead
+(the time the run took to be made, included in both), so that what every
+sender of the call reports only grows, as the protocol asks.
 
 Example:
     >>> import asyncio, uuid
@@ -52,6 +54,7 @@ class CallProgress:
     started: float = field(default_factory=time.monotonic)
     _last: float = 0.0
     _sent_at: float | None = None
+    _total: float | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def elapsed(self) -> float:
@@ -62,11 +65,15 @@ class CallProgress:
         """Seconds since the last notification (since the call began, before the first)."""
         return time.monotonic() - (self._sent_at if self._sent_at is not None else self.started)
 
-    async def __call__(self, _progress: float, total: float | None, message: str | None) -> None:
+    async def __call__(self, given: float, total: float | None, message: str | None) -> None:
         async with self._lock:  # sent in the order their progress was taken
             now = time.monotonic()
             progress = max(round(now - self.started, 3), round(self._last + 0.001, 3))
-            await self.report(progress, total, message)
+            # A total is moved as far as the progress was (the sender counts from later), and kept for senders
+            # that give none: a client's bar neither passes its end nor flips between known and unknown.
+            if total is not None:
+                self._total = round(total + progress - given, 3)
+            await self.report(progress, self._total, message)
             self._last, self._sent_at = progress, now
 
 
