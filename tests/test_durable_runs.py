@@ -154,6 +154,14 @@ async def agent(chat: Client[Any], name: str, service: str, script: list[dict[st
     return slug
 
 
+async def held_agent(chat: Client[Any], name: str, service: str) -> str:
+    """An approved agent that GETs /held (answered once `Counting.release` is set), then replies with it."""
+    return await agent(chat, name, service, [
+        {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
+        {"reply": "Checked: {last_tool_result}"},
+    ])
+
+
 async def test_a_run_killed_mid_get_is_retried_and_resumes_without_posting_again(
     stack: ArielUp, service: str, prefect_api: str
 ) -> None:
@@ -206,10 +214,7 @@ async def test_a_run_whose_machine_vanishes_is_retried_and_its_old_attempt_when_
     the run's end, so it falls silent; it is set Crashed, retried and completed. When the old container comes back,
     its attempt is over: it stops with status 0, writes nothing, and the run stays completed."""
     async with Client(stack.mcp_url) as chat:
-        slug = await agent(chat, "Check alone", service, [
-            {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
-            {"reply": "Checked: {last_tool_result}"},
-        ])
+        slug = await held_agent(chat, "Check alone", service)
         run_id = await start_to_hold(chat, slug, stack, prefect_api)
         worker = child_pid(stack, "worker")
         assert worker is not None, "no worker host under ariel up"
@@ -244,21 +249,14 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
     recovery to retry. (Prefect's `flow-run execute` supervisor in the container watches for the cancel: a run
     command without it, tried for issue #13, kept running until its next step was refused.)"""
     async with Client(stack.mcp_url) as chat:
-        slug = await agent(chat, "Check until cancelled", service, [
-            {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
-            {"reply": "Checked: {last_tool_result}"},
-        ])
+        slug = await held_agent(chat, "Check until cancelled", service)
         run_id = await start_to_hold(chat, slug, stack, prefect_api)
         engine = docker.from_env()
         try:
             # A running run has a run's CPU weight, whether a standby took it or a container was started for it
             # (0: Docker's default, 1024), never a waiting standby's.
             assert [c.attrs["HostConfig"]["CpuShares"] for c in run_containers(engine, run_id)] in ([0], [1024])
-        finally:
-            engine.close()
-        await ask(chat, "cancel_run", run=run_id)
-        engine = docker.from_env()
-        try:
+            await ask(chat, "cancel_run", run=run_id)
             wait_until(lambda: not run_containers(engine, run_id),
                        120, "the cancelled run's container to go")
         finally:
@@ -289,10 +287,7 @@ async def test_stopping_ariel_up_mid_run_removes_the_runs_container_and_the_next
     env = {"ARIEL_RUN_SILENCE_SECONDS": str(SILENCE_SECONDS)}
     with ariel_up(tmp_path / "home", "docker", prefect_api, extra_env=env) as first:
         async with Client(first.mcp_url) as chat:
-            slug = await agent(chat, "Check across a restart", service, [
-                {"tool": "http_request", "arguments": {"url": f"http://{service}/held"}},
-                {"reply": "Checked: {last_tool_result}"},
-            ])
+            slug = await held_agent(chat, "Check across a restart", service)
             run_id = await start_to_hold(chat, slug, first, prefect_api)
     stopped = first.printed()
     engine = docker.from_env()
