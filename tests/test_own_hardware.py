@@ -29,6 +29,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +38,7 @@ import docker
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from prefect.states import Scheduled
 
 from deployments.pools.standby import POOL_LABEL, run_containers, waiting_standbys
 from tests.flows.mcp.servers import serving, tool_server
@@ -48,6 +50,8 @@ ADMIN = "dev:carol:initech:owner"
 MEMBER = "dev:dave:initech:member"
 INTRANET_TOKEN = "tok-intranet-5c1e9a7d03b2"
 SECTION = "## Run agents on your own hardware"
+SCHEDULED = 3
+SCHEDULED_LEAD_SECONDS = 50  # time enough to start standbys on a loaded CI machine, before the worker takes the runs
 
 
 def readme_commands() -> tuple[list[str], str]:
@@ -267,3 +271,45 @@ async def _intranet_tools_in(admin: Client[Any], member: Client[Any], url: str) 
     # Nothing secret anywhere a person reads.
     seen = [added, got, finished, await tools(action="list"), await ask(admin, "list_runs", limit=50)]
     assert INTRANET_TOKEN not in json.dumps(seen)
+
+
+def test_runs_scheduled_together_on_the_customers_worker_each_find_a_standby_started_for_them(
+    stack: ArielUp, customer: Customer
+) -> None:
+    """Per-minute agents on the customer's hardware fall due in the same second: its worker keeps a standby for each
+    run scheduled soon, as Ariel's pool host does, asking through the gateway, rather than one for them all."""
+    asyncio.run(_scheduled_together(stack, customer))
+
+
+async def _scheduled_together(stack: ArielUp, customer: Customer) -> None:
+    await call(stack.base_url, ADMIN, "create_agent", name="Tick", instructions="Reply.", model="ariel/scripted",
+               script=[{"reply": "tick done"}])
+    await call(stack.base_url, ADMIN, "update_agent", agent="tick", action="approve")
+    agent = await call(stack.base_url, ADMIN, "get_agent", agent="tick")
+    pool = agent["work_pool"]
+    assert pool.endswith("-own"), agent
+    engine = docker.from_env()
+    try:
+        async with stack.prefect() as prefect:
+            deployment = await prefect.read_deployment_by_name(agent["deployment"])
+            due = datetime.now(UTC) + timedelta(seconds=SCHEDULED_LEAD_SECONDS)
+            made = [await prefect.create_flow_run_from_deployment(deployment.id, state=Scheduled(scheduled_time=due))
+                    for _ in range(SCHEDULED)]
+            # Before they are due, the worker keeps a standby for each.
+            ready = wait_until(lambda: (found := waiting_standbys(engine, pool))[SCHEDULED - 1:] and found,
+                               SCHEDULED_LEAD_SECONDS - 15, f"{SCHEDULED} standbys before the runs are due")
+            ended = []
+            for run in made:
+                for _ in range(180):
+                    read = await prefect.read_flow_run(run.id)
+                    if read.state and read.state.is_final():
+                        break
+                    await asyncio.sleep(1)
+                ended.append(read)
+    finally:
+        engine.close()
+    assert [run.state.type.value if run.state else None for run in ended] == ["COMPLETED"] * SCHEDULED, [
+        (run.state.name, run.state.message) if run.state else None for run in ended]
+    handed = dict(re.findall(r"Standby container '(\S+)' took the run as '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'",
+                             customer.log.read_text()))
+    assert {handed.get(standby.name) for standby in ready} >= {str(run.id) for run in made}, handed

@@ -475,8 +475,9 @@ class PoolHost:
 
     async def _forecast(self, now: float) -> bool:
         """Count the runs coming soon (`runs_coming`), every `FORECAST_SECONDS`; whether it did. Docker pools only
-        (standbys are Docker's), and not for an org's own hardware (`exact`), whose worker keeps one standby."""
-        if self.exact or self.pool_type != "docker" or now - self.forecast_at < FORECAST_SECONDS:
+        (standbys are Docker's). On an org's own hardware (`exact`) the query goes through the gateway, which keeps
+        it to the worker key's pool."""
+        if self.pool_type != "docker" or now - self.forecast_at < FORECAST_SECONDS:
             return False
         asked = sorted(pool for pool, facts in self.pools.items() if not facts.paused)
         try:
