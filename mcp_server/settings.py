@@ -37,6 +37,15 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ORIGIN = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
+MaxRuns = Annotated[int | None, Field(
+    ge=1,
+    le=10_000,
+    description="Runs the worker host runs at once across all pools, at most; runs past it wait, Late, for a "
+    "slot. Unset: 8 a CPU core, and no more than 256 MB each fit in half the machine's memory.",
+)]
+"""ARIEL_MAX_RUNS, as Ariel's worker host (`ariel up`, `ariel pool-host`) and an own-hardware worker read it."""
+
+
 class ArielSettings(BaseSettings):
     """Settings of one Ariel installation."""
 
@@ -85,13 +94,7 @@ class ArielSettings(BaseSettings):
         "the worker host ~0.3 requests a second to Prefect and, on Docker, ~80 MB for each standby (one per runtime "
         "image its runs took).",
     )
-    max_runs: int | None = Field(
-        default=None,
-        ge=1,
-        le=10_000,
-        description="Runs the worker host runs at once across all pools, at most; runs past it wait, Late, for a "
-        "slot. Unset: 8 a CPU core, and no more than 256 MB each fit in half the machine's memory.",
-    )
+    max_runs: MaxRuns = None
     runtime_image: str = Field(default="ariel-runtime:local", description="Image flow-run containers run.")
     runtime_base_image: str = Field(
         default="ariel-base:bookworm",

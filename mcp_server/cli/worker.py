@@ -19,12 +19,14 @@ import sys
 import time
 
 import httpx
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_server.auth.worker_keys import worker_key_prefix
 from mcp_server.cli.environments import is_prefect_server_setting
 from mcp_server.cli.processes import Children, ignore_stop_signals
 from mcp_server.cli.supervision import Supervisor
-from mcp_server.settings import is_loopback_url
+from mcp_server.settings import MaxRuns, is_loopback_url
 
 KEY_ENV = "ARIEL_WORKER_KEY"
 POLL_SECONDS = "2"  # Prefect's default of 10 s would be most of a run's start-up time
@@ -32,6 +34,26 @@ POLL_SECONDS = "2"  # Prefect's default of 10 s would be most of a run's start-u
 
 class WorkerFailed(Exception):
     """`ariel worker` cannot start; the message says why and what to do."""
+
+
+class WorkerSettings(BaseSettings):
+    """The settings an own-hardware worker reads: the machine has none of the install's others."""
+
+    model_config = SettingsConfigDict(env_prefix="ARIEL_", extra="ignore")
+
+    max_runs: MaxRuns = None
+
+
+def worker_host_command(pool: str) -> list[str]:
+    """The worker host serving `pool` alone, with the machine's ARIEL_MAX_RUNS if it sets one (it also bounds the
+    standby containers kept for the runs coming)."""
+    try:
+        max_runs = WorkerSettings().max_runs
+    except ValidationError:
+        raise WorkerFailed(f"ARIEL_MAX_RUNS={os.environ.get('ARIEL_MAX_RUNS', '')!r}: give a whole number from 1 to "
+                           "10000 (runs this machine runs at once), or leave it unset for its default") from None
+    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", "docker", "--pool", pool]
+    return argv if max_runs is None else [*argv, "--max-runs", str(max_runs)]
 
 
 def ask_gateway(server: str, key: str, refused: str) -> dict[str, object]:
@@ -102,8 +124,8 @@ def run_worker(server: str, key: str | None) -> None:
         raise WorkerFailed("no Docker engine answers here; agents run in containers: start Docker, then run this "
                            "again (see the README: Run agents on your own hardware)")
     pool = worker_pool(server, key)
+    argv = worker_host_command(pool)
     print(f"Serving work pool {pool} of {server} (Ctrl-C stops the worker).", flush=True)
-    argv = [sys.executable, "-m", "deployments.pools.worker_host", "--type", "docker", "--pool", pool]
     children = Children(log_dir=None)  # the worker's output is this terminal's
     try:
         children.start("worker", argv, worker_environment(server, key))
