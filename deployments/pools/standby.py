@@ -541,9 +541,14 @@ def exit_code_from_events(client: DockerClient, container_id: str, lookback_seco
     return -1
 
 
-def _remove(container: Container) -> None:
-    with suppress(Exception):  # already gone, or no engine: `remove_standbys` and the standby's own limit remain
+def _remove(container: Container) -> bool:
+    """Remove `container`; whether it was removed here. Already gone, or no engine: `remove_standbys` and the
+    standby's own limit remain."""
+    try:
         container.remove(force=True)
+    except Exception:
+        return False
+    return True
 
 
 def waiting_standbys(client: DockerClient, pool_prefix: str, running_only: bool = True) -> list[Container]:
@@ -566,9 +571,9 @@ def remove_standbys(pool_prefix: str) -> int:
     return len(left)
 
 
-def remove_install_containers(pool_prefix: str) -> tuple[int, int]:
+def remove_install_containers(pool_prefix: str) -> int:
     """Remove every container of an install's Ariel-hosted pools, runs in flight included, all at once; how many
-    runs (distinct run ids) and standbys were removed.
+    runs (distinct run ids) were removed.
 
     For `ariel up` stopping: the gateway and the Prefect server its runs report to stop with it, so a run left
     running would only retry them until it gave up. Its run stays Running (or Pending) in Prefect, and the next
@@ -591,11 +596,8 @@ def remove_install_containers(pool_prefix: str) -> tuple[int, int]:
         removed: dict[str, bool] = {}
 
         def remove(container: Container) -> None:
-            try:
-                container.remove(force=True)
-                removed[str(container.id)] = True
-            except Exception:  # gone already (its run ended, its pool host removed it), or no engine
-                removed[str(container.id)] = False
+            # Gone already (its run ended, its pool host removed it), or no engine: not counted.
+            removed[str(container.id)] = _remove(container)
 
         threads = [threading.Thread(target=remove, args=(container,), daemon=True) for container, _run in found]
         for thread in threads:
@@ -604,9 +606,7 @@ def remove_install_containers(pool_prefix: str) -> tuple[int, int]:
             thread.join(30)
     finally:
         client.close()
-    runs = {run for container, run in found if run is not None and removed.get(str(container.id))}
-    standbys = sum(1 for container, run in found if run is None and removed.get(str(container.id)))
-    return len(runs), standbys
+    return len({run for container, run in found if run is not None and removed.get(str(container.id))})
 
 
 def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool = True) -> list[Container]:

@@ -251,7 +251,7 @@ class _RemovingContainers(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.runs, _standbys = remove_install_containers(self.prefix)
+            self.runs = remove_install_containers(self.prefix)
         except Exception as exc:  # no engine now: nothing of ours runs in it either
             self.failed = type(exc).__name__
 
