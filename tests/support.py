@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -71,6 +72,11 @@ def _drop(admin: psycopg.Connection[Any], name: str) -> None:
 
 NO_PREFECT = "http://127.0.0.1:9/api"
 """A Prefect API URL for services that never ask Prefect: port 9 (discard), which no server here may use."""
+
+
+def standby_handoffs(worker_log: str) -> dict[str, str]:
+    """Run ids by the standby container each was handed to, as a worker host's log says."""
+    return dict(re.findall(r"Standby container '(\S+)' took the run as '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'", worker_log))
 
 
 def free_port() -> int:

@@ -41,9 +41,10 @@ from fastmcp.exceptions import ToolError
 from prefect.states import Scheduled
 
 from deployments.pools.standby import POOL_LABEL, run_containers, waiting_standbys
+from deployments.runs import wait_for_run
 from tests.flows.mcp.servers import serving, tool_server
 from tests.mcp_server.callers import ask, call, client
-from tests.support import ArielUp, ariel_up, http_service, stop_process, wait_until
+from tests.support import ArielUp, ariel_up, http_service, standby_handoffs, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "dev:carol:initech:owner"
@@ -298,18 +299,10 @@ async def _scheduled_together(stack: ArielUp, customer: Customer) -> None:
             # Before they are due, the worker keeps a standby for each.
             ready = wait_until(lambda: (found := waiting_standbys(engine, pool))[SCHEDULED - 1:] and found,
                                SCHEDULED_LEAD_SECONDS - 15, f"{SCHEDULED} standbys before the runs are due")
-            ended = []
-            for run in made:
-                for _ in range(180):
-                    read = await prefect.read_flow_run(run.id)
-                    if read.state and read.state.is_final():
-                        break
-                    await asyncio.sleep(1)
-                ended.append(read)
+            ended = [await wait_for_run(prefect, run.id, timeout=180) for run in made]
     finally:
         engine.close()
     assert [run.state.type.value if run.state else None for run in ended] == ["COMPLETED"] * SCHEDULED, [
         (run.state.name, run.state.message) if run.state else None for run in ended]
-    handed = dict(re.findall(r"Standby container '(\S+)' took the run as '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'",
-                             customer.log.read_text()))
+    handed = standby_handoffs(customer.log.read_text())
     assert {handed.get(standby.name) for standby in ready} >= {str(run.id) for run in made}, handed

@@ -36,7 +36,7 @@ from deployments.pools.run_images import lean_image_of
 from deployments.pools.standby import POOL_LABEL, STANDBY_CPU_SHARES, waiting_standbys
 from deployments.runs import wait_for_run
 from tests.mcp_server.callers import ask
-from tests.support import ArielUp, ariel_up, child_pid, wait_until
+from tests.support import ArielUp, ariel_up, child_pid, standby_handoffs, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -218,8 +218,7 @@ async def test_runs_scheduled_together_each_find_a_standby_started_for_them_and_
             ended = [await wait_for_run(prefect, run.id, timeout=180) for run in made[:2]]
     assert [run.state.type.value if run.state else None for run in ended] == ["COMPLETED"] * 2, [
         (run.state.name, run.state.message) if run.state else None for run in ended]
-    handed = dict(re.findall(r"Standby container '(\S+)' took the run as '\S+-([0-9a-f-]{36})-[0-9a-f]{6}'",
-                             pool_host_log(stack)))
+    handed = standby_handoffs(pool_host_log(stack))
     assert {handed.get(standby.name) for standby in ready} >= {str(run.id) for run in made[:2]}, handed
     # Two standbys are left and no run is coming: the surplus one goes once it has waited its time.
     wait_until(lambda: len(lean_standbys(engine, agent["work_pool"])) == 1, 150, "the surplus standby to go")
