@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from prefect.client.orchestration import PrefectClient
 
+from deployments.prefect_server import server_argv
 from mcp_server.cli import processes
 
 
@@ -121,7 +122,7 @@ def prefect_server(home: Path, extra_env: dict[str, str] | None = None) -> Itera
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "prefect-server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        server_argv(port),
         env={**test_env(home), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -343,7 +344,7 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-CHILDREN = {"prefect-server": "prefect server start", "worker": "deployments.pools.worker_host"}
+CHILDREN = {"prefect-server": "deployments.prefect_server", "worker": "deployments.pools.worker_host"}
 
 
 def child_pid(up: ArielUp, name: str) -> int | None:

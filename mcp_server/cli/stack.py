@@ -25,6 +25,7 @@ from deployments.exceptions import DeploymentError
 from deployments.images.runtime_image import docker_available
 from deployments.pools.standby import remove_install_containers
 from deployments.pools.work_pools import PoolType, install_prefix
+from deployments.prefect_server import server_argv
 from mcp_server.cli.environments import (
     ensure_runtime_image,
     is_credential,
@@ -301,8 +302,7 @@ def up(settings: ArielSettings) -> None:
             assert auth_string is not None  # made just now when missing
             children.start(
                 "prefect-server",
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                 "--port", str(settings.prefect_port)],
+                server_argv(settings.prefect_port),
                 server_env(api_url, settings, auth_string),
             )
         _reach_prefect(settings, api_url, children)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from fastmcp import Client
 
+from deployments.prefect_server import server_argv
 from tests import support
 from tests.support import (
     ArielUp,
@@ -54,7 +54,7 @@ def assert_stopped_cleanly(stopped: Stopped, sig: signal.Signals, up: ArielUp) -
 @SIGNALS
 def test_the_prefect_server_started_with_sigint_ignored_stops_within_10_s(sig: signal.Signals, tmp_path: Path) -> None:
     port = free_port()
-    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    argv = server_argv(port)  # as `ariel up` starts it
     with (tmp_path / "prefect-server.log").open("wb") as log:
         process = subprocess.Popen(as_background_job(argv), env=support.test_env(tmp_path), stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,0 +1,71 @@
+"""Prefect's server as `ariel up` runs it: `prefect server start`, its garbage collector off the event loop.
+
+`python -m deployments.prefect_server server start …` takes the arguments of `prefect server start` and
+serves exactly as it does, with one change: Python's cyclic garbage collector runs in a thread of its
+own instead of in whichever thread happens to allocate, which is mostly the event loop's.
+
+Why: on SQLite, each of the server's database connections (aiosqlite) has a thread that holds that
+connection's SQLite mutex for as long as it waits for the write lock, up to the busy timeout Prefect
+fixes at 60 s. When the collector finds a cursor of such a connection in a reference cycle (tracebacks of
+`database is locked` make plenty), freeing it resets its statement, which needs that mutex. Done on the
+event loop's thread, that froze the whole server, including the request holding the write lock, so the
+wait could only end by timing out: 60-s stalls, the queued writes failing with `database is locked`, and
+per-minute runs started minutes late on the desktop (`bench/desktop_load.py`). Seen with py-spy: the
+loop's thread in `gc_collect_main` → `cursor_dealloc` → `sqlite3_reset` → `pthread_mutex_lock` for the
+whole stall. In a thread of its own, the same free waits alone and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import time
+
+# How often the collector thread looks at the allocation counts; a generation is collected when its count
+# passes its threshold (`gc.get_threshold()`), as the automatic collector does.
+CHECK_SECONDS = 0.05
+# CPython's automatic collector also defers a full collection until the objects waiting for one are a
+# quarter of the long-lived ones, a count Python cannot read; a floor between full collections stands in
+# for it, so a large heap is not scanned several times a second.
+FULL_COLLECTION_SECONDS = 10.0
+
+
+def collect_in_own_thread() -> threading.Thread:
+    """Turn off the automatic collector and collect from a daemon thread instead; returns that thread."""
+    gc.disable()
+    collector = threading.Thread(target=_collect_forever, name="ariel-gc", daemon=True)
+    collector.start()
+    return collector
+
+
+def _collect_forever() -> None:
+    young_threshold, middle_threshold, old_threshold = gc.get_threshold()
+    last_full = time.monotonic()
+    while True:
+        time.sleep(CHECK_SECONDS)
+        young, middle, old = gc.get_count()
+        if young < young_threshold:
+            continue
+        if old >= old_threshold and time.monotonic() - last_full >= FULL_COLLECTION_SECONDS:
+            gc.collect(2)
+            last_full = time.monotonic()
+        else:
+            gc.collect(1 if middle >= middle_threshold else 0)
+
+
+def server_argv(port: int) -> list[str]:
+    """The command that serves Prefect's API this way on 127.0.0.1:`port`, in this interpreter."""
+    return [sys.executable, "-m", "deployments.prefect_server", "server", "start", "--host", "127.0.0.1",
+            "--port", str(port)]
+
+
+def main() -> None:
+    collect_in_own_thread()
+    from prefect.cli import app  # Prefect's own `prefect` command, given this module's arguments
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Prefect's server as `ariel up` runs it: garbage is collected off the event loop's thread.
+
+Each case runs in a Python process of its own, since it turns the automatic collector off.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+# A writer holds SQLite's write lock in the main thread (the event loop's, in the server); a second
+# connection waits for the lock in a thread of its own, as aiosqlite does, holding its SQLite mutex. A cursor
+# of that second connection is garbage in a reference cycle. The main thread then allocates, which is when
+# the automatic collector would run, and commits, which is what the waiter needs.
+WAITER_AND_GARBAGE = """
+import sqlite3, sys, threading
+from deployments.prefect_server import collect_in_own_thread
+
+collect_in_own_thread()
+path = sys.argv[1]
+holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+holder.execute("PRAGMA journal_mode = WAL")
+holder.execute("CREATE TABLE t (x)")
+waiter = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+cursor = waiter.execute("SELECT 1 UNION ALL SELECT 2")  # left mid-way: freeing it resets its statement
+cycle = [cursor]
+cycle.append(cycle)
+del cursor, cycle
+
+holder.execute("BEGIN IMMEDIATE")
+began = threading.Event()
+waiter.set_trace_callback(lambda statement: began.set())
+outcome = []
+
+def wait_for_the_lock():
+    try:
+        waiter.execute("BEGIN IMMEDIATE")
+        outcome.append("got the lock")
+    except sqlite3.OperationalError as error:
+        outcome.append(str(error))
+
+thread = threading.Thread(target=wait_for_the_lock)
+thread.start()
+began.wait()
+thread.join(0.3)  # into SQLite's busy wait
+garbage = [[] for _ in range(20_000)]
+holder.execute("INSERT INTO t VALUES (1)")
+holder.execute("COMMIT")
+thread.join()
+print(outcome[0])
+"""
+
+CYCLES_FREED = """
+import gc, sys, threading, weakref
+from deployments.prefect_server import collect_in_own_thread
+
+collect_in_own_thread()
+assert not gc.isenabled()
+
+class Node:
+    pass
+
+freed = threading.Event()
+node = Node()
+node.self = node
+watch = weakref.ref(node, lambda _: freed.set())
+del node
+garbage = [[] for _ in range(20_000)]
+print("freed" if freed.wait(60) else "still alive")
+"""
+
+
+def run_child(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_a_writer_on_the_loop_thread_commits_while_a_cursor_of_a_connection_waiting_for_its_lock_is_freed(
+    tmp_path: Path,
+) -> None:
+    # With the collector on the main thread, freeing that cursor waits for the waiter's mutex, the waiter
+    # waits for the commit that the main thread never reaches: "database is locked" after the busy timeout.
+    assert run_child(WAITER_AND_GARBAGE, str(tmp_path / "prefect.db")) == "got the lock"
+
+
+def test_garbage_in_reference_cycles_is_still_collected() -> None:
+    assert run_child(CYCLES_FREED) == "freed"
+
