@@ -234,6 +234,50 @@ async def test_a_run_whose_deployment_prefect_fails_to_read_is_taken_again_and_t
     assert not [line for line in log if line.startswith("worker of ")], "the pool's worker never stopped"
 
 
+async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(prefect_api: str, tmp_path: Path) -> None:
+    """Prefect's worker labels each run with its name before starting it; on SQLite that write is answered 503 at
+    once whenever another write lands in between, and Prefect's client asks again after 2, 4, 8 s. The worker host
+    reaches Prefect through a proxy that holds every such write until the run has completed."""
+    home = tmp_path / "home"
+    install = await install_id(home)
+    release = threading.Event()
+    held: list[str] = []
+
+    async def around(request: Request, forward: Forward) -> Response:
+        if request.method == "PATCH" and request.url.path.endswith("/labels"):
+            held.append(request.url.path)
+            while not release.is_set():
+                await asyncio.sleep(0.2)
+        return await forward()  # type: ignore[no-any-return]  # a starlette Response
+
+    owner = "dev:ann:north:owner"
+    with prefect_proxy(prefect_api, around) as proxied, \
+            started_worker_host(proxied, install_prefix(install), tmp_path), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
+                   script=[{"reply": "hi"}])
+        await call(url, owner, "update_agent", agent="hi", action="approve")
+        run = await call(url, owner, "run_agent", agent="hi", wait_seconds=0)
+        async with PrefectClient(prefect_api) as prefect:
+            async def state() -> str | None:
+                return await _state_name(prefect, UUID(run["id"]))
+
+            ended = await wait_for_state(state, "Completed", 120)
+            labels_held = list(held)
+            release.set()
+
+            async def worker_named() -> str | None:
+                named = (await prefect.read_flow_run(UUID(run["id"]))).labels.get("prefect.worker.name")
+                return None if named is None else str(named)
+
+            deadline = asyncio.get_running_loop().time() + 60
+            while (worker := await worker_named()) is None and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.5)
+    assert ended == "Completed"
+    assert labels_held == [f"/api/flow_runs/{run['id']}/labels"]  # asked for, and not answered yet
+    assert worker is not None and worker.startswith(install_prefix(install))  # the labels still land
+
+
 async def wait_for_state(read: Callable[[], Awaitable[str | None]], state: str, timeout: float) -> str | None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (now := await read()) != state and asyncio.get_running_loop().time() < deadline:
