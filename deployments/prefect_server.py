@@ -13,6 +13,9 @@ wait could only end by timing out: 60-s stalls, the queued writes failing with `
 per-minute runs started minutes late on the desktop (`bench/desktop_load.py`). Seen with py-spy: the
 loop's thread in `gc_collect_main` → `cursor_dealloc` → `sqlite3_reset` → `pthread_mutex_lock` for the
 whole stall. In a thread of its own, the same free waits alone and the loop goes on.
+
+So finalizers (`__del__`, weakref callbacks, the `finally` of an abandoned coroutine) run in that thread,
+beside the loop; before, they ran in whichever thread allocated, the loop's or a connection's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ CHECK_SECONDS = 0.05
 # quarter of the long-lived ones, a count Python cannot read; a floor between full collections stands in
 # for it. A full one holds the interpreter ~150 ms on Prefect's server (~280,000 objects once started).
 FULL_COLLECTION_SECONDS = 60.0
+SLOW_COLLECTION_SECONDS = 5.0  # a collection this long waited for something: said in the server's log
 
 
 def collect_in_own_thread() -> threading.Thread:
@@ -42,16 +46,24 @@ def collect_in_own_thread() -> threading.Thread:
 def _collect_forever() -> None:
     young_threshold, middle_threshold, old_threshold = gc.get_threshold()
     last_full = time.monotonic()
-    while True:
-        time.sleep(CHECK_SECONDS)
-        young, middle, old = gc.get_count()
-        if young < young_threshold:
-            continue
-        if old >= old_threshold and time.monotonic() - last_full >= FULL_COLLECTION_SECONDS:
-            gc.collect(2)
-            last_full = time.monotonic()
-        else:
-            gc.collect(1 if middle >= middle_threshold else 0)
+    try:
+        while True:
+            time.sleep(CHECK_SECONDS)
+            young, middle, old = gc.get_count()
+            if young < young_threshold:
+                continue
+            began = time.monotonic()
+            if old >= old_threshold and began - last_full >= FULL_COLLECTION_SECONDS:
+                gc.collect(2)
+                last_full = time.monotonic()
+            else:
+                gc.collect(1 if middle >= middle_threshold else 0)
+            if (took := time.monotonic() - began) > SLOW_COLLECTION_SECONDS:
+                # What would have been a stall of the whole server: on record in its log.
+                print(f"ariel: a garbage collection waited {took:.1f} s (freeing a database cursor whose "
+                      "connection waited for SQLite's write lock); requests went on meanwhile", flush=True)
+    finally:  # should this thread ever end, the automatic collector takes over again
+        gc.enable()
 
 
 def server_argv(port: int) -> list[str]:
@@ -62,6 +74,8 @@ def server_argv(port: int) -> list[str]:
 
 def main() -> None:
     collect_in_own_thread()
+    # Imported here, not above: with the collector already off for Prefect's own imports, and `server_argv`
+    # importable (by `ariel up`, the tests) without loading Prefect's CLI.
     from prefect.cli import app  # Prefect's own `prefect` command, given this module's arguments
 
     app()

@@ -247,33 +247,52 @@ class _LabelsAside:
     """Prefect's worker names itself in each run's labels before it starts the run; this one does it beside the
     start. Prefect's server merges labels in a transaction that reads before it writes: on SQLite, a write that
     another request commits in between fails it at once (`database is locked`, a 503), and the client asks again
-    after 2, 4, then 8 s. A burst's runs waited up to 14 s that way with a standby ready for each, for labels that
-    only name the worker in Prefect's UI."""
+    after 2, 4, 8 s and more. A burst's runs waited up to 14 s that way with a standby ready for each, for labels
+    that name the worker in Prefect's UI and tell `diagnose_run` which worker to look for."""
 
+    LABEL_ATTEMPTS = 3  # each with Prefect's client's own retries, ~1 min: what lets `diagnose_run` see a lost worker
     _runs_task_group: anyio.abc.TaskGroup | None  # BaseWorker's, there from setup on
+    _labelling: set[UUID]
+
+    async def setup(self) -> None:
+        await super().setup()  # type: ignore[misc]  # the worker class mixed in
+        self._labelling = set()
+
+    @property
+    def busy(self) -> bool:
+        # A worker let go cancels its task group: a run's labels still to write keep it.
+        return bool(getattr(self, "_labelling", ())) or super().busy  # type: ignore[misc]  # _CountsRuns's
 
     async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
-        group = getattr(self, "_runs_task_group", None)
-        if group is None:
+        if self._runs_task_group is None:
             await self._label(flow_run_id)
-        else:
-            group.start_soon(self._label, flow_run_id)
+            return
+        self._labelling.add(flow_run_id)
+        self._runs_task_group.start_soon(self._label_aside, flow_run_id)
+
+    async def _label_aside(self, flow_run_id: UUID) -> None:
+        try:
+            await self._label(flow_run_id)
+        finally:
+            self._labelling.discard(flow_run_id)
 
     async def _label(self, flow_run_id: UUID) -> None:
-        try:
-            await super()._give_worker_labels_to_flow_run(flow_run_id)  # type: ignore[misc]  # the worker class
-        except Exception as exc:  # the run is under way: it goes on unlabelled rather than end the task group
-            print(f"flow run {flow_run_id}: could not label it with its worker ({type(exc).__name__}: {exc})",
-                  flush=True)
+        for attempt in range(1, self.LABEL_ATTEMPTS + 1):
+            try:
+                await super()._give_worker_labels_to_flow_run(flow_run_id)  # type: ignore[misc]  # the worker's
+                return
+            except Exception as exc:  # the run is under way: it goes on, whatever happens to its labels
+                print(f"flow run {flow_run_id}: could not label it with its worker ({type(exc).__name__}: "
+                      f"{exc}){'; trying again' if attempt < self.LABEL_ATTEMPTS else ''}", flush=True)
 
 
-class HostedDockerWorker(_CountsRuns, _LabelsAside, StandbyDockerWorker):
+class HostedDockerWorker(_LabelsAside, _CountsRuns, StandbyDockerWorker):
     @classmethod
     def __dispatch_key__(cls) -> str:  # one class per key in Prefect's registry: see StandbyDockerWorker's
         return "ariel-hosted-docker"
 
 
-class HostedProcessWorker(_CountsRuns, _LabelsAside, ProcessWorker):
+class HostedProcessWorker(_LabelsAside, _CountsRuns, ProcessWorker):
     @classmethod
     def __dispatch_key__(cls) -> str:
         return "ariel-hosted-process"

@@ -71,6 +71,16 @@ print("freed" if freed.wait(60) else "still alive")
 """
 
 
+PREFECT_SERVER_ENTRY = """
+import gc, threading
+import prefect.cli
+from deployments import prefect_server
+
+prefect.cli.app = lambda: print(gc.isenabled(), [t.name for t in threading.enumerate() if t.name == "ariel-gc"])
+prefect_server.main()
+"""
+
+
 def run_child(script: str, *args: str) -> str:
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parents[2])
@@ -89,3 +99,6 @@ def test_a_writer_on_the_loop_thread_commits_while_a_cursor_of_a_connection_wait
 def test_garbage_in_reference_cycles_is_still_collected() -> None:
     assert run_child(CYCLES_FREED) == "freed"
 
+
+def test_the_prefect_server_command_turns_the_automatic_collector_off_before_prefect_runs() -> None:
+    assert run_child(PREFECT_SERVER_ENTRY) == "False ['ariel-gc']"

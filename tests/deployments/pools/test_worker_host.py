@@ -278,6 +278,29 @@ async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(pre
     assert worker is not None and worker.startswith(install_prefix(install))  # the labels still land
 
 
+async def test_a_run_whose_worker_labels_prefect_refuses_runs_all_the_same(prefect_api: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    install = await install_id(home)
+
+    async def around(request: Request, forward: Forward) -> Response:
+        if request.method == "PATCH" and request.url.path.endswith("/labels"):
+            return Response('{"detail": "Internal Server Error"}', 500, media_type="application/json")
+        return await forward()  # type: ignore[no-any-return]  # a starlette Response
+
+    owner = "dev:ann:north:owner"
+    with prefect_proxy(prefect_api, around) as proxied, \
+            started_worker_host(proxied, install_prefix(install), tmp_path), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
+                   script=[{"reply": "hi"}])
+        await call(url, owner, "update_agent", agent="hi", action="approve")
+        run = await call(url, owner, "run_agent", agent="hi", wait_seconds=120)
+        said = f"flow run {run['id']}: could not label it with its worker (PrefectHTTPStatusError"
+        wait_until(lambda: sum(said in line for line in _read(tmp_path)) == 3, 60, "three attempts at the labels")
+    assert (run["state"], run["result"]) == ("Completed", "hi")
+    assert [line.endswith("; trying again") for line in _read(tmp_path) if said in line] == [True, True, False]
+
+
 async def wait_for_state(read: Callable[[], Awaitable[str | None]], state: str, timeout: float) -> str | None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (now := await read()) != state and asyncio.get_running_loop().time() < deadline:
