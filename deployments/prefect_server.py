@@ -60,8 +60,9 @@ def _collect_forever() -> None:
                 gc.collect(1 if middle >= middle_threshold else 0)
             if (took := time.monotonic() - began) > SLOW_COLLECTION_SECONDS:
                 # What would have been a stall of the whole server: on record in its log.
-                print(f"ariel: a garbage collection waited {took:.1f} s (freeing a database cursor whose "
-                      "connection waited for SQLite's write lock); requests went on meanwhile", flush=True)
+                print(f"ariel: a garbage collection took {took:.1f} s (a finalizer waited, such as a database "
+                      "cursor's for its connection, itself waiting for SQLite's write lock); requests went on "
+                      "meanwhile", flush=True)
     finally:  # should this thread ever end, the automatic collector takes over again
         gc.enable()
 

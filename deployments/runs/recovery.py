@@ -116,8 +116,8 @@ async def retry_failed_infrastructure(
         await client.set_flow_run_state(run.id, AwaitingRetry(scheduled_time=now + timedelta(seconds=pause),
                                                               message=message), force=True)
         # Prefect merges labels by reading and writing them whole: a worker's own label write that overlapped ours
-        # can put the old number back (Ariel's worker host writes it beside the run's start, asking again for up
-        # to about a minute while Prefect answers 503). Checked once it is scheduled.
+        # can put the old number back (Ariel's worker host writes it beside the run's start, asking again for a
+        # few minutes at most while Prefect answers 503). Checked once it is scheduled.
         await number_attempt(client, run.id, attempt)
         retried.append(Retried(run.id, done + 2, reason))
     return retried
