@@ -9,8 +9,8 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler
@@ -238,8 +238,6 @@ async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(pre
     """Prefect's worker labels each run with its name before starting it; on SQLite that write is answered 503 at
     once whenever another write lands in between, and Prefect's client asks again after 2, 4, 8 s. The worker host
     reaches Prefect through a proxy that holds every such write until the run has completed."""
-    home = tmp_path / "home"
-    install = await install_id(home)
     release = threading.Event()
     held: list[str] = []
 
@@ -250,13 +248,7 @@ async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(pre
                 await asyncio.sleep(0.2)
         return await forward()  # type: ignore[no-any-return]  # a starlette Response
 
-    owner = "dev:ann:north:owner"
-    with prefect_proxy(prefect_api, around) as proxied, \
-            started_worker_host(proxied, install_prefix(install), tmp_path), \
-            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
-        await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
-                   script=[{"reply": "hi"}])
-        await call(url, owner, "update_agent", agent="hi", action="approve")
+    async with _hi_agent(prefect_api, tmp_path, around) as (url, owner, prefix):
         run = await call(url, owner, "run_agent", agent="hi", wait_seconds=0)
         async with PrefectClient(prefect_api) as prefect:
             async def state() -> str | None:
@@ -275,30 +267,37 @@ async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(pre
                 await asyncio.sleep(0.5)
     assert ended == "Completed"
     assert labels_held == [f"/api/flow_runs/{run['id']}/labels"]  # asked for, and not answered yet
-    assert worker is not None and worker.startswith(install_prefix(install))  # the labels still land
+    assert worker is not None and worker.startswith(prefix)  # the labels still land
 
 
 async def test_a_run_whose_worker_labels_prefect_refuses_runs_all_the_same(prefect_api: str, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    install = await install_id(home)
-
     async def around(request: Request, forward: Forward) -> Response:
         if request.method == "PATCH" and request.url.path.endswith("/labels"):
             return Response('{"detail": "Internal Server Error"}', 500, media_type="application/json")
         return await forward()  # type: ignore[no-any-return]  # a starlette Response
 
-    owner = "dev:ann:north:owner"
-    with prefect_proxy(prefect_api, around) as proxied, \
-            started_worker_host(proxied, install_prefix(install), tmp_path), \
-            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
-        await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
-                   script=[{"reply": "hi"}])
-        await call(url, owner, "update_agent", agent="hi", action="approve")
+    async with _hi_agent(prefect_api, tmp_path, around) as (url, owner, _prefix):
         run = await call(url, owner, "run_agent", agent="hi", wait_seconds=120)
         said = f"flow run {run['id']}: could not label it with its worker (PrefectHTTPStatusError"
         wait_until(lambda: sum(said in line for line in _read(tmp_path)) == 3, 60, "three attempts at the labels")
     assert (run["state"], run["result"]) == ("Completed", "hi")
     assert [line.endswith("; trying again") for line in _read(tmp_path) if said in line] == [True, True, False]
+
+
+@asynccontextmanager
+async def _hi_agent(prefect_api: str, tmp_path: Path, around: Callable[[Request, Forward], Awaitable[Response]]
+                    ) -> AsyncIterator[tuple[str, str, str]]:
+    """A reply-only agent `hi`, approved, whose org's worker host reaches Prefect through a proxy that hands each
+    request to `around`; yields the app's URL, the agent's owner and the install's pool prefix."""
+    home = tmp_path / "home"
+    prefix = install_prefix(await install_id(home))
+    owner = "dev:ann:north:owner"
+    with prefect_proxy(prefect_api, around) as proxied, started_worker_host(proxied, prefix, tmp_path), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
+                   script=[{"reply": "hi"}])
+        await call(url, owner, "update_agent", agent="hi", action="approve")
+        yield url, owner, prefix
 
 
 async def wait_for_state(read: Callable[[], Awaitable[str | None]], state: str, timeout: float) -> str | None:
