@@ -46,7 +46,14 @@ from pydantic import ValidationError
 
 from flows.config import RunConfig
 from flows.credentials import McpServerAccess, ProviderCredentials, RunCredentials, fetch_credentials
-from flows.exceptions import RunTimedOut, RuntimeFailure, StepLimitReached, ToolRefused, VersionNotApproved
+from flows.exceptions import (
+    RunTimedOut,
+    RuntimeFailure,
+    StepLimitReached,
+    ToolMayHaveActed,
+    ToolRefused,
+    VersionNotApproved,
+)
 from flows.journal import Journal
 from flows.mcp.screening import fence, screen
 from flows.models import complete, is_transient_llm_error
@@ -55,6 +62,7 @@ from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, prot
 from flows.signing import verify_from_environment
 from flows.telemetry import attach_tenant, detach_tenant, record_run, start_run_telemetry
 from flows.tools import BUILTIN_TOOLS
+from flows.tools.http_request import SAFE_METHODS
 from flows.tools.registry import ToolContext, ToolResult
 from flows.transcript import (
     RESULT_ARTIFACT_KEY,
@@ -422,6 +430,9 @@ async def _loop(
                 # Still failing after its retries: the model hears it and can say so.
                 logger.warning("Tool %s failed after %d retries: %s", name, config.limits.tool_retries, exc)
                 result = json.dumps({"error": f"{name} failed: {type(exc).__name__}: {exc}"})
+            except ToolMayHaveActed as exc:
+                logger.warning("Tool %s failed, and may have acted: %s", name, exc)
+                result = json.dumps({"error": f"{name} failed: {exc}"})
             await journal.finish(seq, asked, result)
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
     raise StepLimitReached(
@@ -455,7 +466,7 @@ def _repeatable(name: str, arguments: str) -> bool:
         method = json.loads(arguments or "{}").get("method", "GET")
     except (ValueError, AttributeError):
         return False
-    return isinstance(method, str) and method.upper() in ("GET", "HEAD")
+    return isinstance(method, str) and method.upper() in SAFE_METHODS
 
 
 _TIMED_OUT = (

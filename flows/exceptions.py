@@ -52,6 +52,11 @@ class ToolRefused(Exception):
     """A tool call the runtime will not perform; the message goes back to the model."""
 
 
+class ToolMayHaveActed(Exception):
+    """A tool call that failed after it may have acted (a POST whose answer never came): not made again, whatever the
+    agent's `tool_retries`; the message goes back to the model."""
+
+
 class ModelCallFailed(RuntimeFailure):
     """A model call the gateway made for the run failed; `kind` is the provider error's type, as litellm names it.
 

@@ -29,12 +29,17 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.exceptions import ToolRefused
+from flows.exceptions import ToolMayHaveActed, ToolRefused
 from flows.network.guard import Address, checked_addresses, host_is_allowed, port_of
 from flows.tools.registry import BuiltinTool, ToolContext, ToolResult
 from flows.transcript import MAX_KEPT_TEXT
 
 MAX_BODY_CHARS = 20_000
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+"""Methods that change nothing, by HTTP's own rules: a call with one may be made twice (asked again after a broken
+answer, or made again after a crash, see `flows.agent`). Any other may act on the world, and is made once."""
+# Failures that come before a single byte of the request left: a call failing so is safe to make again.
+_NOTHING_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # No character takes more than 4 bytes (UTF-8, UTF-16 and UTF-32 alike): this many bytes always hold
 # MAX_KEPT_TEXT characters, and a body that fits is counted exactly.
 _MAX_BODY_BYTES = 4 * MAX_KEPT_TEXT
@@ -155,6 +160,13 @@ def _http_request(args: HttpRequestArguments, context: ToolContext) -> ToolResul
     except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
         # The model's request is malformed: retrying it would not help.
         raise ToolRefused(f"request to {args.url!r} is malformed: {exc}") from None
+    except httpx.TransportError as exc:
+        if args.method in SAFE_METHODS or isinstance(exc, _NOTHING_SENT):
+            raise  # the tool's transient error: made again, as the agent's `tool_retries` allow
+        # The server may have acted on it before the answer was lost (a timeout, a connection cut mid-answer).
+        raise ToolMayHaveActed(
+            f"{type(exc).__name__}: {exc or 'no answer'}; the {args.method} may have reached {url.host} before "
+            f"its answer was lost, so it was not sent again") from None
 
 
 HTTP_REQUEST = BuiltinTool(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any, ClassVar
 from uuid import UUID
 
 import pytest
@@ -12,7 +14,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.config import Limits, ScriptStep
+from flows.config import Limits, RunConfig, ScriptStep
 from mcp_server.services.secrets import ProviderSecret
 from tests.flows.support import (
     SIGNER,
@@ -112,6 +114,48 @@ def test_a_host_that_does_not_answer_is_reported_to_the_model_not_fatal() -> Non
     dead = f"127.0.0.1:{free_port()}"
     reply = reply_of(fetcher(dead, f"http://{dead}/", "Result: {last_tool_result}", limits=Limits(tool_retries=1)))
     assert reply.startswith('Result: {"error": "http_request failed: ConnectError')
+
+
+class CutsOff(BaseHTTPRequestHandler):
+    """Reads each request whole, then closes the connection without an answer: whatever it asked may have been
+    done, and the caller cannot know."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _cut(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append(self.command)
+        self.close_connection = True
+
+    do_GET = do_POST = _cut  # noqa: N815 - http.server's naming
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+def _call_once(host: str, method: str, retries: int) -> RunConfig:
+    call = ScriptStep(tool="http_request", arguments={"url": f"http://{host}/hook", "method": method, "body": "{}"})
+    return config(tools=["http_request"], allowed_hosts=[host], limits=Limits(tool_retries=retries),
+                  script=[call, ScriptStep(reply="Result: {last_tool_result}")])
+
+
+def test_a_post_whose_answer_was_lost_is_not_sent_again_and_the_model_hears_why() -> None:
+    # The server got the POST: a webhook may have fired. Sent again, it would fire twice, retries or not.
+    CutsOff.seen.clear()
+    with http_service(CutsOff) as host:
+        reply = reply_of(_call_once(host, "POST", retries=2))
+    assert CutsOff.seen == ["POST"]
+    error = json.loads(reply.removeprefix("Result: "))["error"]
+    assert error.startswith("http_request failed: RemoteProtocolError: "), error
+    assert error.endswith("the POST may have reached 127.0.0.1 before its answer was lost, so it was not sent again")
+
+
+def test_a_get_whose_answer_was_lost_is_asked_again_as_its_retries_allow() -> None:
+    CutsOff.seen.clear()
+    with http_service(CutsOff) as host:
+        reply = reply_of(_call_once(host, "GET", retries=1))
+    assert CutsOff.seen == ["GET", "GET"]
+    assert reply.startswith('Result: {"error": "http_request failed: RemoteProtocolError: '), reply
 
 
 def test_a_malformed_url_is_refused_to_the_model() -> None:
