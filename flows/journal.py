@@ -152,8 +152,13 @@ class Journal:
                 return
             stop_if_superseded(answer)
             problem = _detail(answer)
-        raise JournalUnavailable(f"step {entry['seq']} could not be recorded in the run's journal ({problem}); the run "
-                                 "stops before making it: run the agent again")
+        if entry["event"] == "start":
+            raise JournalUnavailable(f"step {entry['seq']} could not be recorded in the run's journal ({problem}); "
+                                     "the run stops before making it: run the agent again")
+        # Made, and only its record lost: a new run would make it again, which a call that acts must not be blindly.
+        raise JournalUnavailable(f"step {entry['seq']} was made, but its result could not be recorded in the run's "
+                                 f"journal ({problem}); the run stops here. Check what that step did before running "
+                                 "the agent again: a new run starts from the beginning and makes it again")
 
 
 def _detail(answer: httpx.Response) -> str:

@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.config import Limits
 from flows.credentials import GATEWAY_PATIENCE_SECONDS
-from mcp_server.services.exceptions import ArielError, KekUnavailable, Unavailable
+from mcp_server.services.exceptions import ArielError, Conflict, KekUnavailable, Unavailable
 from mcp_server.services.secrets import ProviderSecret
 from mcp_server.store import Unreachable
 from tests.flows.support import config, play, run_gateway
@@ -136,3 +136,19 @@ def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_comp
         f"step 1 of the run's journal: {said}; asking again for up to {GATEWAY_PATIENCE_SECONDS:.0f} s" for said in (
             "the store did not answer; try again",
             "Ariel's store could not serve the request now (database is locked); try again")], logs
+
+
+class JournalFullAtFinish(JournalAwayAtFirst):
+    """Takes each start, and refuses each finish for good (as a journal past its size is refused)."""
+
+    async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
+        raise Conflict("the run's journal is full")
+
+
+def test_a_step_made_whose_result_the_journal_refused_stops_the_run_saying_it_was_made(prefect_api: str) -> None:
+    # Told "run the agent again" as for a step never made, a person would make a POST twice.
+    with run_gateway(prefect_api, {}, journals=JournalFullAtFinish()) as gateway:
+        outcome = play(config(script=[{"reply": "made"}]), gateway=gateway)
+    assert outcome.state == "Failed" and outcome.message is not None
+    assert ("step 1 was made, but its result could not be recorded in the run's journal (the run's journal is full); "
+            "the run stops here. Check what that step did before running the agent again") in outcome.message, outcome
