@@ -57,6 +57,7 @@ from deployments.runs.silent_runs import (
     SILENCE_SECONDS,
     START_SECONDS,
     Reachability,
+    cancel_silent_cancellings,
     crash_silent_runs,
     crash_stuck_starts,
 )
@@ -170,8 +171,9 @@ async def keep_recovering(
 
     Each pass first sets Crashed the install's runs that fell silent, and those a worker took and never started
     (`deployments.runs.silent_runs`), once the loop has reached Prefect for a whole silence window: they are retried
-    like any crash. Each pass then writes why on each run that ended Failed, or Crashed and not retried
-    (`deployments.runs.failure_marks`), for the Prefect UI; `hosting` says what those write-ups may ask of the reader.
+    like any crash. Silent runs asked to cancel are set Cancelled instead. Each pass then writes why on each run that
+    ended Failed, or Crashed and not retried (`deployments.runs.failure_marks`), for the Prefect UI; `hosting` says
+    what those write-ups may ask of the reader.
     """
     marker = FailureMarker(pool_prefix, hosting or Hosting(), since=datetime.now(UTC) - LOOK_BACK)
     silence, start = timedelta(seconds=silence_seconds), timedelta(seconds=start_seconds)
@@ -195,6 +197,8 @@ async def keep_recovering(
                         for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
                             log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
                                         silence)
+                        for run_id in await cancel_silent_cancellings(client, pool_prefix, silence, now):
+                            log.warning("run %s: asked to cancel, and silent for %s: set Cancelled", run_id, silence)
                     # A run deleted meanwhile (ObjectNotFound) is no outage either: the retries below still run.
                     except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
                         log.info("run recovery: silent runs could not be listed this pass (%s)", type(exc).__name__)

@@ -25,6 +25,13 @@ Pending run that Prefect has not seen change for `start_timeout` (Prefect's
 own `updated` time, not the worker's clock), under the same reachability
 rule. If its container does start after all, its run token is already stale
 (`deployments.runs.attempts`): it stops quietly and leaves the run to the retry.
+
+And a run asked to cancel is stopped by its own container, which watches for
+`Cancelling` (`flows.standby`), or by its worker while it starts it. When
+neither is there any more, nothing would end it: `cancel_silent_cancellings`
+sets Cancelled (not Crashed: the person asked for it to stop, and it is not
+retried) a Cancelling run of the install that Prefect has received no
+heartbeat from for `silence`, under the same reachability rule.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import PrefectHTTPStatusError
-from prefect.states import Crashed
+from prefect.states import Cancelled, Crashed, State
 
 from deployments.pools.work_pools import HEARTBEAT_SECONDS
 from deployments.runs.attempts import attempt_of, number_attempt
@@ -55,6 +62,7 @@ from deployments.runs.attempts import attempt_of, number_attempt
 # Four intervals: a loaded host delays a heartbeat by seconds, not by minutes.
 SILENCE_SECONDS = 4 * HEARTBEAT_SECONDS
 SILENT_MARK = "Ariel heard no heartbeat from the run"
+CANCELLED_SILENT_MARK = "Ariel heard nothing from the run after it was asked to cancel"
 STUCK_MARK = "Ariel saw the run not start"
 # Longer than a cold container start on a loaded host (tens of seconds) or a first image pull on a slow link.
 START_SECONDS = 300
@@ -161,14 +169,44 @@ async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_time
     return crashed
 
 
+async def cancel_silent_cancellings(client: PrefectClient, pool_prefix: str, silence: timedelta,
+                                    now: datetime) -> list[UUID]:
+    """Set Cancelled each Cancelling run of the install (`pool_prefix`) that has been so for `silence` with no
+    heartbeat received for as long: the container that would stop it is gone (or never started). Read again just
+    before, as `crash_silent_runs` does."""
+    cancelled = []
+    for run in await _in_state(client, StateType.CANCELLING):
+        if not (run.work_pool_name or "").startswith(pool_prefix) or run.state is None \
+                or now - run.state.timestamp < silence:
+            continue
+        try:
+            last = await _last_heartbeat(client, run, now)
+            if last is not None and now - last < silence:
+                continue  # its container still runs: its own watch stops it
+            waited = int((now - run.state.timestamp).total_seconds())
+            accepted = await _set_if_unchanged(client, run, Cancelled(message=(
+                f"{CANCELLED_SILENT_MARK} for {waited} s: the machine or container that would have stopped it is "
+                "gone; set Cancelled, not retried")))
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
+            continue
+        if accepted:  # a container that turns up after all finds its run over, and the gateway refuses it
+            cancelled.append(run.id)
+    return cancelled
+
+
 async def _crash_if_unchanged(client: PrefectClient, run: FlowRun, message: str, updated_too: bool = False) -> bool:
     """Set the run Crashed with `message` unless it moved on since it was listed (read again just before; not
     forced, so one that ended or was cancelled meanwhile keeps that state). Whether Prefect took the change."""
+    return await _set_if_unchanged(client, run, Crashed(message=message), updated_too)
+
+
+async def _set_if_unchanged(client: PrefectClient, run: FlowRun, state: State[Any], updated_too: bool = False) -> bool:
     again = await client.read_flow_run(run.id)
     if again.state is None or run.state is None or again.state.id != run.state.id \
             or (updated_too and again.updated != run.updated):
         return False
-    result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, Crashed(message=message))
+    result: OrchestrationResult[Any] = await client.set_flow_run_state(run.id, state)
     return result.status == SetStateStatus.ACCEPT
 
 

@@ -120,6 +120,80 @@ async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_tha
     assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]
 
 
+async def test_a_run_asked_to_cancel_whose_container_is_gone_is_set_cancelled_and_one_still_beating_is_not(
+    prefect_api: str,
+) -> None:
+    """Against a real Prefect server: a Cancelling run is stopped by its own container; with none left, nothing
+    else would ever end it (and an org with such a run could not be deleted)."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import flow
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.states import Cancelling, Running
+
+    from deployments.runs.silent_runs import (
+        CANCELLED_SILENT_MARK,
+        HEARTBEAT_EVENT,
+        _last_heartbeat,
+        cancel_silent_cancellings,
+    )
+
+    @flow(name="cancel-probe")
+    def probe() -> None: ...
+
+    silence = timedelta(seconds=3)
+    pool = f"ariel-{uuid4().hex[:8]}-cancel"  # an install of its own: other tests' runs are not this pass's
+    async with PrefectClient(prefect_api) as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+
+        async def made_in_pool() -> FlowRun:
+            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
+                work_queue_name="default").model_dump(mode="json"))
+            return FlowRun.model_validate(answer.json())
+
+        async def beat(made: FlowRun) -> datetime:
+            after = datetime.now(UTC) - timedelta(seconds=1)
+            async with PrefectEventsClient(prefect_api) as events:
+                await events.emit(Event(event=HEARTBEAT_EVENT,
+                                        resource={"prefect.resource.id": f"prefect.flow-run.{made.id}"}))
+            for _ in range(60):  # the server stores events in batches
+                last = await _last_heartbeat(client, await client.read_flow_run(made.id), datetime.now(UTC))
+                if last is not None and last >= after:
+                    return last
+                await asyncio.sleep(0.5)
+            raise AssertionError(f"no heartbeat of {made.id} stored")
+
+        # gone: beat, then its container vanished; beating: its container still runs (its watch stops it);
+        # never: cancelled before any container began; fresh: asked to cancel a moment ago.
+        gone, beating, never, fresh = [await made_in_pool() for _ in range(4)]
+        for made in (gone, beating):
+            await client.set_flow_run_state(made.id, Running(), force=True)
+        await beat(gone)
+        for made in (gone, beating, never):
+            await client.set_flow_run_state(made.id, Cancelling(), force=True)
+        await asyncio.sleep(silence.total_seconds() + 1)
+        beat_at = await beat(beating)
+        await client.set_flow_run_state(fresh.id, Cancelling(), force=True)
+        cancelled = await cancel_silent_cancellings(client, pool.removesuffix("cancel"), silence,
+                                                    beat_at + timedelta(seconds=1))
+        states = {name: (await client.read_flow_run(made.id)).state
+                  for name, made in (("gone", gone), ("beating", beating), ("never", never), ("fresh", fresh))}
+        await client.delete_work_pool(pool)
+
+    assert sorted(cancelled) == sorted([gone.id, never.id])
+    for name in ("gone", "never"):
+        state = states[name]
+        assert state is not None and state.name == "Cancelled", (name, state)
+        assert (state.message or "").startswith(CANCELLED_SILENT_MARK), state.message
+    assert [getattr(states[name], "name", None) for name in ("beating", "fresh")] == ["Cancelling", "Cancelling"]
+
+
 async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_under_a_new_attempt_number(
     prefect_api: str,
 ) -> None:
