@@ -185,10 +185,15 @@ class Authenticator:
 
 def _admitted(org: Organization) -> None:
     """Refuse a credential of a suspended org, with what the operator said."""
-    if org.being_deleted:
-        raise OrgSuspended(f"The organization {org.slug!r} is being deleted; if that was cut short, the install's "
-                           "operator finishes it with `ariel admin delete`.")
     if org.suspended_at is not None:
-        why = f" ({org.suspended_reason})" if org.suspended_reason else ""
-        raise OrgSuspended(f"The organization {org.slug!r} is suspended by this install's operator{why}; nothing "
-                           "of it is deleted. Ask the operator to resume it.")
+        raise OrgSuspended(suspended_reason(org))
+
+
+def suspended_reason(org: Organization) -> str:
+    """Why a suspended (or half-deleted) org takes no calls, with what the operator said, for its members."""
+    if org.being_deleted:
+        return (f"The organization {org.slug!r} is being deleted; if that was cut short, the install's operator "
+                "finishes it with `ariel admin delete`.")
+    why = f" ({org.suspended_reason})" if org.suspended_reason else ""
+    return (f"The organization {org.slug!r} is suspended by this install's operator{why}; nothing of it is "
+            "deleted. Ask the operator to resume it.")

@@ -21,6 +21,7 @@ from mcp_server.auth import Role
 from mcp_server.auth.api_keys import API_KEY_PREFIX
 from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
+from mcp_server.services.authentication import suspended_reason
 from mcp_server.services.caller import RANK, Caller
 from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
 from mcp_server.services.finishing import finishing
@@ -96,6 +97,15 @@ def key_reference(given: str) -> str:
     return found["prefix"] if found else "(a malformed key)"
 
 
+def _unpasted(given: str | None) -> str | None:
+    """`given`, or the prefix of the Ariel key pasted into it: a secret is neither audited nor quoted back.
+
+    >>> _unpasted("bob"), _unpasted("ariel_team"), _unpasted("ariel_ab12cd34_" + "x" * 43)
+    ('bob', 'ariel_team', 'ab12cd34')
+    """
+    return key_reference(given) if given is not None and _PASTED_KEY.search(given) else given
+
+
 @dataclass
 class OrgService:
     store: Store
@@ -127,6 +137,8 @@ class OrgService:
     ) -> OrgActionView:
         if key is not None:
             key = key_reference(key)
+        # A key pasted into another field is taken by its prefix too: the target lands in the audit log.
+        user, name, org = (_unpasted(value) for value in (user, name, org))
         target = user or name or org or key or caller.org_slug
         reading = action in ("list_members", "list_keys", "list_worker_keys")
         async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
@@ -227,6 +239,9 @@ class OrgService:
                                  "use a credential for the other one")
         for org, role in await self.store.orgs_of(caller.user_id):
             if ref.strip() in (org.id, org.slug):
+                if org.suspended_at is not None:
+                    # Chosen, it would be passed over at every call: they would act in another org, told otherwise.
+                    raise InvalidRequest(f"{suspended_reason(org)} Your calls go on acting in {caller.org_name!r}.")
                 await self.store.set_current_org(caller.user_id, org.id)
                 view = OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True)
                 return OrgActionView(action="switch", done=f"your calls now act in {org.name!r}", organization=view)
@@ -380,7 +395,8 @@ class OrgService:
 
     @staticmethod
     def _org_view(org: Organization, role: Role, caller: Caller) -> OrgView:
-        return OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=org.id == caller.org_id)
+        return OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=org.id == caller.org_id,
+                       suspended=org.suspended_at is not None)
 
 
 def _required(value: Any, field: str, action: str) -> Any:

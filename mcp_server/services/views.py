@@ -100,6 +100,8 @@ class OrgView(BaseModel):
     name: str
     role: str = Field(description="Your role there: owner, admin, member or viewer.")
     current: bool = Field(description="Whether your calls act in this one now.")
+    suspended: bool = Field(default=False, description="Whether the install's operator suspended it: until it is "
+                            "resumed, you cannot switch to it.")
 
 
 class WhoAmIView(BaseModel):

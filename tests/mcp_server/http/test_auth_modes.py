@@ -238,14 +238,21 @@ async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_or_is_to
     await store.set_org_suspended(acme.id, "audit pending")
     anywhere = signing_key.sign(claims(sub="sub-ada", email="ada@example.com", org=None, role=None))
     in_acme = signing_key.sign(claims(sub="sub-ada", email="ada@example.com", org="acme", role=None))
+    message = "The organization 'acme' is suspended by this install's operator{}; nothing of it is deleted. Ask the " \
+              "operator to resume it."
     with serve_app(oidc_settings(home, provider), prefect_api) as url:
         me = await call(url, anywhere, "whoami")
+        # Chosen, acme would be passed over again at every call, which would act in 'other' after "now in acme".
+        with pytest.raises(ToolError) as refused:
+            await call(url, anywhere, "manage_org", action="switch", org="acme")
+        after = await call(url, anywhere, "whoami")
         named = post_initialize(url, {"Authorization": f"Bearer {in_acme}"})
         await store.set_org_suspended(other.id, "")
         nowhere = post_initialize(url, {"Authorization": f"Bearer {anywhere}"})
     assert me["workspace"]["slug"] == "other"  # acme is passed over while it is suspended
-    message = "The organization 'acme' is suspended by this install's operator{}; nothing of it is deleted. Ask the " \
-              "operator to resume it."
+    assert [(o["slug"], o["suspended"]) for o in me["other_workspaces"]] == [("acme", True)]
+    assert str(refused.value) == message.format(" (audit pending)") + " Your calls go on acting in 'Other'."
+    assert after["workspace"]["slug"] == "other"
     assert (named.status_code, named.json()) == (403, {"error": "suspended",
                                                        "detail": message.format(" (audit pending)")})
     assert "WWW-Authenticate" not in named.headers  # the credential is good: another would not help

@@ -106,3 +106,10 @@ async def test_worker_keys_move_the_orgs_agents_to_its_own_hardware_and_back(url
     assert [e["action"] for e in trail][:2] == ["org.revoke_worker_key", "org.create_worker_key"]
     with pytest.raises(ToolError, match="no worker key 'nope'"):
         await call(url, owner, "manage_org", action="revoke_worker_key", key="nope")
+    # Pasted into the wrong field, a key is refused by its prefix too: neither quoted back nor audited.
+    with pytest.raises(ToolError) as misplaced:
+        await call(url, owner, "manage_org", action="remove", user=key["key"])
+    assert str(misplaced.value) == f"no member '{key['prefix']}'; manage_org list_members shows them"
+    trail = await call(url, owner, "get_audit_log")
+    assert (trail[0]["action"], trail[0]["target"]) == ("org.remove", key["prefix"])
+    assert key["key"].split("_")[-1][:20] not in str(trail)
