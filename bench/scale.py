@@ -186,13 +186,17 @@ async def run_lateness(
 
 
 def lateness(runs: list[tuple[datetime, float | None]], minute: str | None = None) -> Samples:
-    """Seconds from due to Running of `runs` (of those due in their `first` or `last` minute); the ones that
-    never ran counted as timeouts."""
+    """Seconds from due to Running of `runs` (of those due in their `first` or `last` minute, or `later` than the
+    first); the ones that never ran counted as timeouts.
+
+    The first minute's runs are each new agent's first: made seconds before it falls due, with its pool's standby
+    still importing. `later` is the schedule's drift once the install has seen its agents."""
     if not runs:
         return Samples()
     first, last = min(due for due, _ in runs), max(due for due, _ in runs)
     chosen = [(due, late) for due, late in runs if minute is None or (
-        minute == "first" and due < first + timedelta(minutes=1)) or (minute == "last" and due >= last)]
+        minute == "first" and due < first + timedelta(minutes=1)) or (minute == "last" and due >= last) or (
+        minute == "later" and due >= first + timedelta(minutes=1))]
     return Samples(seconds=[late for _, late in chosen if late is not None],
                    timeouts=sum(late is None for _, late in chosen))
 
@@ -280,6 +284,9 @@ def install(home: Path, worker_type: str) -> Iterator[dict[str, Any]]:
         finally:
             pool_host.stop()
             remove_containers(prefix.group(1) if prefix else "")
+            # What "logs in HOME" promises: what the pool host and the app printed, read after the run.
+            (home / "pool-host.log").write_text(pool_host.printed())
+            (home / "app.log").write_text(app.printed())
 
 
 def row(name: str, *cells: object) -> str:
@@ -401,6 +408,9 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                   seconds(early.percentile(0.99)), ""))
         print(row("  in the last minute", seconds(late_ones.percentile(0.5)), seconds(late_ones.percentile(0.95)),
                   seconds(late_ones.percentile(0.99)), ""))
+        later = lateness(runs, "later")
+        print(row("  after the first minute", seconds(later.percentile(0.5)), seconds(later.percentile(0.95)),
+                  seconds(later.percentile(0.99)), later.timeouts))
     reads: dict[str, Samples] = figures.get("reads", {})
     if reads:
         print()
