@@ -31,7 +31,10 @@ And a run asked to cancel is stopped by its own container, which watches for
 neither is there any more, nothing would end it: `cancel_silent_cancellings`
 sets Cancelled (not Crashed: the person asked for it to stop, and it is not
 retried) a Cancelling run of the install that Prefect has received no
-heartbeat from for `silence`, under the same reachability rule.
+heartbeat from for `silence` (`start_timeout` for one that never sent any: its
+container may still be starting), under the same reachability rules. Its
+attempt is numbered past at once: Prefect would let a container that turns up
+late take a Cancelled run to Running, and the gateway now answers it `superseded`.
 """
 
 from __future__ import annotations
@@ -170,10 +173,11 @@ async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_time
 
 
 async def cancel_silent_cancellings(client: PrefectClient, pool_prefix: str, silence: timedelta,
-                                    now: datetime) -> list[UUID]:
+                                    start_timeout: timedelta | None, now: datetime) -> list[UUID]:
     """Set Cancelled each Cancelling run of the install (`pool_prefix`) that has been so for `silence` with no
-    heartbeat received for as long: the container that would stop it is gone (or never started). Read again just
-    before, as `crash_silent_runs` does."""
+    heartbeat received for as long: the container that would stop it is gone. One that never sent a heartbeat (it
+    was cancelled before it ran) waits `start_timeout`, not judged at all while that is None (Prefect not reached
+    for so long). Read again just before, as `crash_silent_runs` does."""
     cancelled = []
     for run in await _in_state(client, StateType.CANCELLING):
         if not (run.work_pool_name or "").startswith(pool_prefix) or run.state is None \
@@ -183,6 +187,8 @@ async def cancel_silent_cancellings(client: PrefectClient, pool_prefix: str, sil
             last = await _last_heartbeat(client, run, now)
             if last is not None and now - last < silence:
                 continue  # its container still runs: its own watch stops it
+            if last is None and (start_timeout is None or now - run.state.timestamp < start_timeout):
+                continue  # its container may still be starting: the worker stops it when it does
             waited = int((now - run.state.timestamp).total_seconds())
             accepted = await _set_if_unchanged(client, run, Cancelled(message=(
                 f"{CANCELLED_SILENT_MARK} for {waited} s: the machine or container that would have stopped it is "
@@ -190,7 +196,8 @@ async def cancel_silent_cancellings(client: PrefectClient, pool_prefix: str, sil
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
             log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
             continue
-        if accepted:  # a container that turns up after all finds its run over, and the gateway refuses it
+        if accepted:
+            await _supersede(client, run)
             cancelled.append(run.id)
     return cancelled
 
