@@ -73,6 +73,8 @@ class Journal:
     url: str | None = None
     token: str | None = field(default=None, repr=False)
     steps: dict[int, JournalStep] = field(default_factory=dict)
+    # What each step this attempt started is (its start entry), to name it to a person should its finish be lost.
+    started: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -127,8 +129,10 @@ class Journal:
 
     async def start(self, seq: int, kind: Literal["llm", "tool"], name: str, step: int, input: Any,
                     repeatable: bool) -> None:
-        await self._write({"event": "start", "seq": seq, "kind": kind, "name": name, "step": step,
-                           "input": input, "repeatable": repeatable})
+        entry = {"event": "start", "seq": seq, "kind": kind, "name": name, "step": step, "input": input,
+                 "repeatable": repeatable}
+        self.started[seq] = entry
+        await self._write(entry)
 
     async def finish(self, seq: int, input: Any, output: Any) -> None:
         await self._write({"event": "finish", "seq": seq, "input": input, "output": output})
@@ -152,13 +156,21 @@ class Journal:
                 return
             stop_if_superseded(answer)
             problem = _detail(answer)
+        started = self.started.get(entry["seq"], entry)
+        # As the run's log and transcript name it (`http_request · step 2`), not by its number in the journal.
+        called = "the model call" if started.get("kind") == "llm" else started.get("name")
+        what = f"{called} of step {started.get('step')}"
         if entry["event"] == "start":
-            raise JournalUnavailable(f"step {entry['seq']} could not be recorded in the run's journal ({problem}); "
-                                     "the run stops before making it: run the agent again")
-        # Made, and only its record lost: a new run would make it again, which a call that acts must not be blindly.
-        raise JournalUnavailable(f"step {entry['seq']} was made, but its result could not be recorded in the run's "
-                                 f"journal ({problem}); the run stops here. Check what that step did before running "
-                                 "the agent again: a new run starts from the beginning and makes it again")
+            raise JournalUnavailable(f"{what} could not be recorded in the run's journal ({problem}); the run stops "
+                                     "before making it: run the agent again")
+        if started.get("repeatable"):  # a model call, a GET: safe to make again
+            raise JournalUnavailable(f"{what} was made, but its result could not be recorded in the run's journal "
+                                     f"({problem}); the run stops here: run the agent again (that call is safe to "
+                                     "make again)")
+        # Made, and only its record lost: a new run would make it again, which a call that may act must not be blindly.
+        raise JournalUnavailable(f"{what} was made, but its result could not be recorded in the run's journal "
+                                 f"({problem}); the run stops here. Check what that call did before running the agent "
+                                 "again: a new run starts from the beginning and makes it again")
 
 
 def _detail(answer: httpx.Response) -> str:

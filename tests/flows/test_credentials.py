@@ -139,16 +139,36 @@ def test_a_journal_write_the_store_could_not_take_is_made_again_and_the_run_comp
 
 
 class JournalFullAtFinish(JournalAwayAtFirst):
-    """Takes each start, and refuses each finish for good (as a journal past its size is refused)."""
+    """Takes each start, and refuses for good the finish of each step of `kind` (as a journal past its size is)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def start(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
+        self.steps[entry["seq"]] = {**entry, "status": "started"}
 
     async def finish(self, org_id: str, run_id: str, entry: dict[str, Any]) -> None:
-        raise Conflict("the run's journal is full")
+        if self.steps[entry["seq"]]["kind"] == self.kind:
+            raise Conflict("the run's journal is full")
+        self.steps[entry["seq"]].update(status="done", output=entry.get("output"))
 
 
-def test_a_step_made_whose_result_the_journal_refused_stops_the_run_saying_it_was_made(prefect_api: str) -> None:
-    # Told "run the agent again" as for a step never made, a person would make a POST twice.
-    with run_gateway(prefect_api, {}, journals=JournalFullAtFinish()) as gateway:
-        outcome = play(config(script=[{"reply": "made"}]), gateway=gateway)
-    assert outcome.state == "Failed" and outcome.message is not None
-    assert ("step 1 was made, but its result could not be recorded in the run's journal (the run's journal is full); "
-            "the run stops here. Check what that step did before running the agent again") in outcome.message, outcome
+def test_a_call_made_whose_result_the_journal_refused_stops_the_run_saying_it_was_made(
+    prefect_api: str, service_host: str,
+) -> None:
+    # Told "run the agent again" as for a call never made, a person would make a POST twice; a model call, which
+    # is safe to make again, needs no check. Each named as the run's log names it.
+    post = {"tool": "http_request", "arguments": {"url": f"http://{service_host}/", "method": "POST", "body": "{}"}}
+    outcomes = {}
+    for name, kind, script in (("model", "llm", [{"reply": "made"}]), ("post", "tool", [post, {"reply": "posted"}])):
+        with run_gateway(prefect_api, {}, journals=JournalFullAtFinish(kind)) as gateway:
+            outcomes[name] = play(config(script=script, tools=["http_request"], allowed_hosts=[service_host]),
+                                  gateway=gateway)
+    assert [(o.state, o.message is not None) for o in outcomes.values()] == [("Failed", True), ("Failed", True)]
+    assert ("the model call of step 1 was made, but its result could not be recorded in the run's journal (the "
+            "run's journal is full); the run stops here: run the agent again (that call is safe to make again)"
+            ) in str(outcomes["model"].message), outcomes["model"]
+    assert ("http_request of step 1 was made, but its result could not be recorded in the run's journal (the run's "
+            "journal is full); the run stops here. Check what that call did before running the agent again"
+            ) in str(outcomes["post"].message), outcomes["post"]
