@@ -165,7 +165,7 @@ def _http_request(args: HttpRequestArguments, context: ToolContext) -> ToolResul
             raise  # the tool's transient error: made again, as the agent's `tool_retries` allow
         # The server may have acted on it before the answer was lost (a timeout, a connection cut mid-answer).
         raise ToolMayHaveActed(
-            f"{type(exc).__name__}: {exc or 'no answer'}; the {args.method} may have reached {url.host} before "
+            f"{type(exc).__name__}: {str(exc) or 'no answer'}; the {args.method} may have reached {url.host} before "
             f"its answer was lost, so it was not sent again") from None
 
 

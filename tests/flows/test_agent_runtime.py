@@ -158,6 +158,15 @@ def test_a_get_whose_answer_was_lost_is_asked_again_as_its_retries_allow() -> No
     assert reply.startswith('Result: {"error": "http_request failed: RemoteProtocolError: '), reply
 
 
+def test_a_post_that_never_reached_its_server_is_made_again_as_its_retries_allow() -> None:
+    from tests.support import free_port
+
+    dead = f"127.0.0.1:{free_port()}"  # refused: not a byte of the POST left
+    reply = reply_of(_call_once(dead, "POST", retries=1))
+    assert reply.startswith('Result: {"error": "http_request failed: ConnectError'), reply
+    assert "not sent again" not in reply
+
+
 def test_a_malformed_url_is_refused_to_the_model() -> None:
     reply = reply_of(fetcher("127.0.0.1:8080", "http://127.0.0.1:99999/", "Result: {last_tool_result}"))
     assert reply == "Result: {\"error\": \"url 'http://127.0.0.1:99999/' is not a valid URL\"}"
