@@ -7,6 +7,7 @@ left half-created.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -46,12 +47,14 @@ from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
-from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
+from mcp_server.services.exceptions import ArielError, Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.finishing import finishing
 from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
 from mcp_server.store import AgentRecord, Organization, Store, ToolServerRecord, new_id
 
 UpdateAction = Literal["change", "approve", "pause", "resume"]
+
+log = logging.getLogger("ariel.agents")
 
 
 @dataclass
@@ -325,14 +328,7 @@ class AgentService:
             updated = await self.store.add_version(
                 caller.org_id, record.id, record.version, spec.name, spec.model_dump(mode="json"), caller.user_label
             )
-            try:
-                await self._deploy(caller, updated, spec)
-            except Exception:
-                # The store is ahead of Prefect now: say so, and how to catch Prefect up.
-                raise Unavailable(
-                    f"version {updated.version} was saved but could not be deployed; "
-                    "run `ariel up` again (it re-deploys every agent) or retry the change"
-                ) from None
+            await self._deploy_saved(caller, updated, spec, f"version {updated.version}", "retry the change")
             return await self.get(caller, record.id, full=False)
 
     async def approve(self, caller: Caller, ref: str, version: int | None) -> AgentView:
@@ -348,7 +344,8 @@ class AgentService:
                 approved = await self.store.approve_agent(
                     caller.org_id, record.id, record.version, manifest.model_dump(mode="json"), caller.user_label
                 )
-                await self._deploy(caller, approved, spec)
+                await self._deploy_saved(caller, approved, spec, f"the approval of version {record.version}",
+                                         "approve again")
                 return await self.get(caller, record.id, full=False)
 
     async def set_paused(self, caller: Caller, ref: str, paused: bool) -> AgentView:
@@ -356,7 +353,9 @@ class AgentService:
         async with audited(self.store, caller, "agent.pause" if paused else "agent.resume", ref), \
                 self._turn(caller, ref) as record:
             updated = await self.store.set_paused(caller.org_id, record.id, paused)
-            await self._deploy(caller, updated, await self.spec_of(caller, updated))
+            action = "pause" if paused else "resume"
+            await self._deploy_saved(caller, updated, await self.spec_of(caller, updated), f"the {action}",
+                                     f"{action} again")
             return await self.get(caller, record.id, full=False)
 
     async def delete(self, caller: Caller, ref: str, confirm: bool) -> AgentView:
@@ -562,6 +561,23 @@ class AgentService:
     async def signed_run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
         """`run_config` signed: what a run started with its own configuration (run_agent) carries."""
         return self.signer.sign(await self.run_config(caller, record, spec))
+
+    async def _deploy_saved(self, caller: Caller, record: AgentRecord, spec: AgentSpec, saved: str,
+                            again: str) -> None:
+        """Deploy what the store now holds. When Prefect cannot take it, the store is ahead of Prefect (the agent
+        shows the change, its schedule does not): the error says so, and how to catch Prefect up."""
+        try:
+            await self._deploy(caller, record, spec)
+        except Exception as exc:
+            known = isinstance(exc, ArielError)
+            log.warning("agent %s: %s saved, not deployed (%s)", record.slug, saved, type(exc).__name__,
+                        exc_info=not known)  # an error no message names: its traceback, for the operator
+            if known and not isinstance(exc, Unavailable):  # asking again would not mend it: its own words say what
+                exc.args = (f"{saved} was saved but could not be deployed: {exc}", *exc.args[1:])
+                raise
+            why = f" ({exc})" if known else ""
+            raise Unavailable(f"{saved} was saved but could not be deployed{why}; {again}, or run `ariel up` again "
+                              "(it re-deploys every agent)") from None
 
     async def _deploy(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> UUID:
         config = await self.run_config(caller, record, spec)

@@ -239,8 +239,9 @@ class OrgService:
                                  "use a credential for the other one")
         for org, role in await self.store.orgs_of(caller.user_id):
             if ref.strip() in (org.id, org.slug):
-                if org.suspended_at is not None:
+                if org.suspended_at is not None and caller.source != "local":
                     # Chosen, it would be passed over at every call: they would act in another org, told otherwise.
+                    # (Not the local user's: whoever runs `ariel` there holds the store, and acts in any org.)
                     raise InvalidRequest(f"{suspended_reason(org)} Your calls go on acting in {caller.org_name!r}.")
                 await self.store.set_current_org(caller.user_id, org.id)
                 view = OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True)
@@ -281,9 +282,13 @@ class OrgService:
             # Every time, not only for the first key: a move an earlier call could not finish is finished now.
             moved = await self._move_agents(caller)
         except BaseException:
-            # Never shown, so never usable: and the agents stay where they were.
+            # Never shown, so never usable: revoked, and agents the failed move took to the own pool go back (with
+            # Prefect still away, the next create or revoke, or `ariel up`, finishes it).
             with finishing():
                 await self.store.revoke_worker_key(caller.org_id, record.id)
+                if first:
+                    with suppress(Exception):
+                        await self._move_agents(caller)
             raise
         pool, _ = await self.agents.org_pool(caller)
         whose = _agents_of(caller)

@@ -101,7 +101,7 @@ class OrgView(BaseModel):
     role: str = Field(description="Your role there: owner, admin, member or viewer.")
     current: bool = Field(description="Whether your calls act in this one now.")
     suspended: bool = Field(default=False, description="Whether the install's operator suspended it: until it is "
-                            "resumed, you cannot switch to it.")
+                            "resumed, your calls cannot act in it (the local user's aside).")
 
 
 class WhoAmIView(BaseModel):

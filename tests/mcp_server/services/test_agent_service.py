@@ -383,3 +383,74 @@ async def test_a_name_left_reserved_by_a_create_that_failed_goes_to_the_orgs_nex
         held = await prefect.read_variable_by_name(reservation_name(slug, org.slug))
     assert held is not None and held.value == {"deployment": f"{slug}/{org.slug}", "agent": agent.id, "org": org.id}
     await store.close()
+
+
+async def test_an_approval_or_pause_prefect_did_not_take_says_it_was_saved_and_approving_again_deploys_it(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    # The store takes the approval (or pause) before Prefect does: with Prefect away the agent reads approved
+    # while its schedule stays paused, and the person must hear that, not a bare failure.
+    store, org, service = await local_install(tmp_path, prefect_api)
+    caller = owner_of(org)
+    spec = {"name": "Held", "instructions": "x", "model": "ariel/scripted", "script": [{"reply": "hi"}],
+            "schedule": {"interval_seconds": 3600}}
+    agent = await service.create(caller, spec)
+    dead_api = f"http://127.0.0.1:{free_port()}/api"
+    cut_off = AgentService(store, dead_api, "process", "ariel-runtime:local", service.install_id,
+                           signer=Ed25519ConfigSigner.generate())
+    away = f"(the Prefect API at {dead_api} did not answer; is `ariel up` running"
+    with pytest.raises(Unavailable) as approval:
+        await cut_off.update(caller, "held", "approve", {})
+    assert str(approval.value).startswith(f"the approval of version 1 was saved but could not be deployed {away}")
+    assert str(approval.value).endswith("; approve again, or run `ariel up` again (it re-deploys every agent)")
+    async with PrefectClient(prefect_api) as prefect:
+        assert (await prefect.read_deployment_by_name(str(agent.deployment))).paused  # still as it was
+
+    await service.update(caller, "held", "approve", {})
+    async with PrefectClient(prefect_api) as prefect:
+        assert not (await prefect.read_deployment_by_name(str(agent.deployment))).paused
+    with pytest.raises(Unavailable, match=re.escape(f"the pause was saved but could not be deployed {away}")):
+        await cut_off.update(caller, "held", "pause", {})
+    await service.update(caller, "held", "pause", {})
+    async with PrefectClient(prefect_api) as prefect:
+        assert (await prefect.read_deployment_by_name(str(agent.deployment))).paused
+    await store.close()
+
+
+async def test_a_worker_key_whose_move_prefect_cut_short_is_revoked_and_the_agents_it_moved_go_back(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    # Two agents move to the org's own pool one by one; Prefect refuses the second. The key was never shown: it is
+    # revoked, and the first agent must not stay in a pool that no key serves, its runs waiting for ever.
+    import json
+
+    from mcp_server.services.orgs import OrgService
+
+    refusing: dict[str, int | bool] = {"on": False, "moves": 0}
+
+    async def around(request: Request, forward: Forward) -> Response:
+        moving = refusing["on"] and request.method == "PATCH" and "/deployments/" in request.url.path and str(
+            json.loads(await request.body()).get("work_pool_name", "")).endswith("-own")
+        if moving:
+            refusing["moves"] = int(refusing["moves"]) + 1
+            if refusing["moves"] == 2:
+                return Response("refused by the test", 500)
+        return await forward()  # type: ignore[no-any-return]  # a starlette Response
+
+    store, org, _ = await local_install(tmp_path, prefect_api)
+    with prefect_proxy(prefect_api, around) as proxy:
+        service = AgentService(store, proxy, "process", "ariel-runtime:local", await store.installation_id(),
+                               signer=Ed25519ConfigSigner.generate())
+        caller = owner_of(org)
+        made = [await service.create(caller, {"name": name, "instructions": "x", "model": "ariel/scripted",
+                                              "script": [{"reply": "hi"}]}) for name in ("First", "Second")]
+        refusing["on"] = True
+        with pytest.raises(Exception):  # noqa: B017 - which error Prefect's refusal becomes is not the point here
+            await OrgService(store, service, "none").manage(caller, "create_worker_key", None, None, "box", None,
+                                                            None, False)
+    assert refusing["moves"] == 2
+    assert await store.worker_keys(org.id, active_only=True) == []
+    async with PrefectClient(prefect_api) as prefect:
+        pools = [(await prefect.read_deployment_by_name(str(agent.deployment))).work_pool_name for agent in made]
+    assert all(pool is not None and pool.endswith("-process") for pool in pools), pools
+    await store.close()
