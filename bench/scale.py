@@ -270,12 +270,15 @@ def install(home: Path, worker_type: str) -> Iterator[dict[str, Any]]:
             "ARIEL_CONFIG_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
         }
         app = stack.enter_context(started_ariel(home / "app", ["serve"], environment))
+        # What "logs in HOME" promises, however the run ends: what each process printed.
+        stack.callback(lambda: (home / "app.log").write_text(app.printed()))
         until_printed(app, "Press Ctrl-C to stop.", 600)
         wait_until(lambda: answers(f"{app.base_url}/health"), 60, "the HTTP app")
         proxy_port, counter = stack.enter_context(counting_proxy("127.0.0.1", app.port))
         pool_host = stack.enter_context(started_ariel(
             home / "pool-host", ["pool-host", "--server", f"http://127.0.0.1:{proxy_port}"],
             {"ARIEL_POOL_HOST_KEY": environment["ARIEL_POOL_HOST_KEY"], "ARIEL_WORKER_TYPE": worker_type}))
+        stack.callback(lambda: (home / "pool-host.log").write_text(pool_host.printed()))
         until_printed(pool_host, "Serving the", 900)
         prefix = re.search(r"work pools (\S+)\*", pool_host.printed())
         try:
@@ -284,9 +287,6 @@ def install(home: Path, worker_type: str) -> Iterator[dict[str, Any]]:
         finally:
             pool_host.stop()
             remove_containers(prefix.group(1) if prefix else "")
-            # What "logs in HOME" promises: what the pool host and the app printed, read after the run.
-            (home / "pool-host.log").write_text(pool_host.printed())
-            (home / "app.log").write_text(app.printed())
 
 
 def row(name: str, *cells: object) -> str:
@@ -305,9 +305,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--orgs", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=10, help="agents per org")
-    # 10, not the 60 a minute of issue #14: a reply-only run costs ~7 CPU-s on this 2-core machine in all (4 in its
-    # container's imports, 1.5 in Prefect's server), which executes ~15 a minute at most (README, Performance);
-    # past that, runs wait for the worker host's slots and lateness measures the backlog.
+    # 10, not the 60 a minute of issue #14: a reply-only run costs ~2.4 CPU-s in all (README, Performance), so
+    # 2 cores execute 35 to 50 a minute at most, less what Prefect's server needs for 1,000 pools; past what the
+    # machine executes, runs wait for the worker host's slots and lateness measures the backlog.
     parser.add_argument("--every-minute", type=int, default=10, help="orgs with one agent scheduled every minute")
     parser.add_argument("--minutes", type=float, default=10, help="how long the per-minute schedules are measured")
     parser.add_argument("--idle-seconds", type=float, default=60)

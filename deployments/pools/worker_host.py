@@ -469,6 +469,8 @@ class PoolHost:
         if counted:  # between counts each worker leaves out the runs it hands out
             await asyncio.gather(*(self._want_standbys(pool, w) for pool, w in standing.items()))
         for pool in sorted(self.running.keys() - wanted):
+            if self.running[pool][1].busy:  # it took a run while the standbys were counted: kept, as `_wanted` keeps
+                continue
             gone = pool not in self.pools
             print(f"work pool {pool} is gone; stopping its worker" if gone else
                   f"work pool {pool} is idle; its worker stops until it has a run due", flush=True)
