@@ -40,6 +40,7 @@ late take a Cancelled run to Running, and the gateway now answers it `superseded
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -126,50 +127,35 @@ async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: ti
     One run that cannot be judged (a slow read) is skipped this pass, not the others. The change is not forced, and
     the run is read again just before it: one that ended or was cancelled meanwhile keeps that state.
     """
-    crashed = []
-    for run in await _running_since(client, now - silence):
-        if not (run.work_pool_name or "").startswith(pool_prefix):
-            continue  # another install's: its own loop judges it
-        try:
-            last = await _last_heartbeat(client, run, now)
-            if last is None or now - last < silence:
-                continue
-            quiet = int((now - last).total_seconds())
-            accepted = await _crash_if_unchanged(client, run, (
-                f"{SILENT_MARK} for {quiet} s (its last at {last:%H:%M:%S} UTC): the machine or container running it "
-                "is gone, and no worker saw it end"))
-        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-            log.info("run %s: its heartbeats could not be read this pass (%s)", run.id, type(exc).__name__)
-            continue
-        if accepted:
-            await _supersede(client, run)
-            crashed.append(run.id)
-    return crashed
+    async def verdict(run: FlowRun) -> State[Any] | None:
+        last = await _last_heartbeat(client, run, now)
+        if last is None or now - last < silence:
+            return None
+        quiet = int((now - last).total_seconds())
+        return Crashed(message=(
+            f"{SILENT_MARK} for {quiet} s (its last at {last:%H:%M:%S} UTC): the machine or container running it "
+            "is gone, and no worker saw it end"))
+
+    return await _settle_each(client, await _running_since(client, now - silence), pool_prefix, verdict,
+                              "its heartbeats could not be read this pass")
 
 
 async def crash_stuck_starts(client: PrefectClient, pool_prefix: str, start_timeout: timedelta,
                              now: datetime) -> list[UUID]:
     """Set Crashed each Pending run of the install (`pool_prefix`) that Prefect has not seen change for
     `start_timeout`: its worker took it and never started it, or could not say so. Read again just before."""
-    crashed = []
-    for run in await _in_state(client, StateType.PENDING):
-        if not (run.work_pool_name or "").startswith(pool_prefix) or run.updated is None \
-                or now - run.updated < start_timeout:
-            continue
+    async def verdict(run: FlowRun) -> State[Any] | None:
+        if run.updated is None or now - run.updated < start_timeout:
+            return None
         waited = int((now - run.updated).total_seconds())
         state_name = run.state.name if run.state else "Pending"
-        try:
-            # Its worker recording the container it started moves `updated` without a new state: that is progress.
-            accepted = await _crash_if_unchanged(client, run, (
-                f"{STUCK_MARK}: it was {state_name} for {waited} s with no container reporting in: its worker "
-                "took it and then failed, or lost Prefect, before it could start it or say so"), updated_too=True)
-        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-            log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
-            continue
-        if accepted:
-            await _supersede(client, run)
-            crashed.append(run.id)
-    return crashed
+        return Crashed(message=(
+            f"{STUCK_MARK}: it was {state_name} for {waited} s with no container reporting in: its worker "
+            "took it and then failed, or lost Prefect, before it could start it or say so"))
+
+    # Its worker recording the container it started moves `updated` without a new state: that is progress.
+    return await _settle_each(client, await _in_state(client, StateType.PENDING), pool_prefix, verdict,
+                              "could not be judged this pass", updated_too=True)
 
 
 async def cancel_silent_cancellings(client: PrefectClient, pool_prefix: str, silence: timedelta,
@@ -178,37 +164,50 @@ async def cancel_silent_cancellings(client: PrefectClient, pool_prefix: str, sil
     heartbeat received for as long: the container that would stop it is gone. One that never sent a heartbeat (it
     was cancelled before it ran) waits `start_timeout`, not judged at all while that is None (Prefect not reached
     for so long). Read again just before, as `crash_silent_runs` does."""
-    cancelled = []
-    for run in await _in_state(client, StateType.CANCELLING):
-        if not (run.work_pool_name or "").startswith(pool_prefix) or run.state is None \
-                or now - run.state.timestamp < silence:
-            continue
+    async def verdict(run: FlowRun) -> State[Any] | None:
+        if run.state is None or now - run.state.timestamp < silence:
+            return None
+        last = await _last_heartbeat(client, run, now)
+        if last is not None and now - last < silence:
+            return None  # its container still runs: its own watch stops it
+        if last is None and (start_timeout is None or now - run.state.timestamp < start_timeout):
+            return None  # its container may still be starting: the worker stops it when it does
+        waited = int((now - run.state.timestamp).total_seconds())
+        return Cancelled(message=(
+            f"{CANCELLED_SILENT_MARK} for {waited} s: the machine or container that would have stopped it is "
+            "gone; set Cancelled, not retried"))
+
+    return await _settle_each(client, await _in_state(client, StateType.CANCELLING), pool_prefix, verdict,
+                              "could not be judged this pass")
+
+
+async def _settle_each(client: PrefectClient, runs: list[FlowRun], pool_prefix: str,
+                       verdict: Callable[[FlowRun], Awaitable[State[Any] | None]], unread: str,
+                       updated_too: bool = False) -> list[UUID]:
+    """Set on each run of the install (`pool_prefix`) among `runs` the state `verdict` gives it (None: none), unless
+    it moved on since it was listed (read again just before; not forced, so one that ended or was cancelled meanwhile
+    keeps that state; with `updated_too`, one Prefect saw change at all). Each run set has its attempt numbered past.
+    A run that cannot be judged (a slow read) is skipped this pass, with `unread` in the log, not the others."""
+    settled = []
+    for run in runs:
+        if not (run.work_pool_name or "").startswith(pool_prefix):
+            continue  # another install's: its own loop judges it
         try:
-            last = await _last_heartbeat(client, run, now)
-            if last is not None and now - last < silence:
-                continue  # its container still runs: its own watch stops it
-            if last is None and (start_timeout is None or now - run.state.timestamp < start_timeout):
-                continue  # its container may still be starting: the worker stops it when it does
-            waited = int((now - run.state.timestamp).total_seconds())
-            accepted = await _set_if_unchanged(client, run, Cancelled(message=(
-                f"{CANCELLED_SILENT_MARK} for {waited} s: the machine or container that would have stopped it is "
-                "gone; set Cancelled, not retried")))
+            state = await verdict(run)
+            if state is None:
+                continue
+            accepted = await _set_if_unchanged(client, run, state, updated_too)
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
-            log.info("run %s: could not be judged this pass (%s)", run.id, type(exc).__name__)
+            log.info("run %s: %s (%s)", run.id, unread, type(exc).__name__)
             continue
         if accepted:
             await _supersede(client, run)
-            cancelled.append(run.id)
-    return cancelled
+            settled.append(run.id)
+    return settled
 
 
-async def _crash_if_unchanged(client: PrefectClient, run: FlowRun, message: str, updated_too: bool = False) -> bool:
-    """Set the run Crashed with `message` unless it moved on since it was listed (read again just before; not
-    forced, so one that ended or was cancelled meanwhile keeps that state). Whether Prefect took the change."""
-    return await _set_if_unchanged(client, run, Crashed(message=message), updated_too)
-
-
-async def _set_if_unchanged(client: PrefectClient, run: FlowRun, state: State[Any], updated_too: bool = False) -> bool:
+async def _set_if_unchanged(client: PrefectClient, run: FlowRun, state: State[Any], updated_too: bool) -> bool:
+    """Whether Prefect took `state` for `run`, set only if the run is still as it was listed."""
     again = await client.read_flow_run(run.id)
     if again.state is None or run.state is None or again.state.id != run.state.id \
             or (updated_too and again.updated != run.updated):
