@@ -15,6 +15,37 @@ PREFIX = "ariel-9a8b7c6d-"
 AGENT = {"config": {"agent_id": "a" * 32}}
 
 
+async def made_in_pool(client: Any, flow_id: Any, pool: str, **fields: Any) -> FlowRun:
+    """A flow run of the `ariel` tag in `pool`, made as a deployment's would be (scheduled, no worker yet)."""
+    from prefect.client.schemas.actions import FlowRunCreate
+
+    answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
+        flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
+        work_queue_name="default", **fields).model_dump(mode="json"))
+    return FlowRun.model_validate(answer.json())
+
+
+async def beat(prefect_api: str, client: Any, run: FlowRun) -> Any:
+    """Send `run`'s heartbeat, as its engine does, and wait until Prefect has stored it; when Prefect received it."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    from deployments.runs.silent_runs import HEARTBEAT_EVENT, _last_heartbeat
+
+    after = datetime.now(UTC) - timedelta(seconds=1)
+    async with PrefectEventsClient(prefect_api) as events:
+        await events.emit(Event(event=HEARTBEAT_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"}))
+    for _ in range(60):  # the server stores events in batches
+        last = await _last_heartbeat(client, await client.read_flow_run(run.id), datetime.now(UTC))
+        if last is not None and last >= after:
+            return last
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no heartbeat of {run.id} stored")
+
+
 def run(state: Any, pool: str = f"{PREFIX}0f3c-docker", parameters: dict[str, Any] | None = None) -> FlowRun:
     return FlowRun(id=uuid4(), flow_id=uuid4(), name="r", state=state, work_pool_name=pool,
                    parameters=AGENT if parameters is None else parameters)
@@ -58,16 +89,14 @@ async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_tha
 ) -> None:
     """Against a real Prefect server: silence is judged on when Prefect received the last heartbeat."""
     import asyncio
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from prefect import flow
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
-    from prefect.events import Event
-    from prefect.events.clients import PrefectEventsClient
+    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.states import Running
 
-    from deployments.runs.silent_runs import HEARTBEAT_EVENT, SILENT_MARK, _last_heartbeat, crash_silent_runs
+    from deployments.runs.silent_runs import SILENT_MARK, crash_silent_runs
 
     @flow(name="silence-probe")
     def probe() -> None: ...
@@ -77,37 +106,13 @@ async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_tha
     async with PrefectClient(prefect_api) as client:
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow(probe)
-
-        async def made_in_pool() -> FlowRun:
-            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
-                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
-                work_queue_name="default").model_dump(mode="json"))
-            return FlowRun.model_validate(answer.json())
-
-        silent, beating, never = [await made_in_pool() for _ in range(3)]
+        silent, beating, never = [await made_in_pool(client, flow_id, pool) for _ in range(3)]
         for made in (silent, beating, never):
             await client.set_flow_run_state(made.id, Running(), force=True)
 
-        async def beat(run_id: Any) -> None:
-            async with PrefectEventsClient(prefect_api) as events:
-                await events.emit(Event(event=HEARTBEAT_EVENT,
-                                        resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"}))
-
-        async def received(made: Any, after: datetime) -> datetime:
-            for _ in range(60):  # the server stores events in batches
-                last = await _last_heartbeat(client, await client.read_flow_run(made.id), datetime.now(UTC))
-                if last is not None and last >= after:
-                    return last
-                await asyncio.sleep(0.5)
-            raise AssertionError(f"no heartbeat of {made.id} stored")
-
-        start = datetime.now(UTC) - timedelta(seconds=1)
-        await beat(silent.id)
-        await received(silent, start)
+        await beat(prefect_api, client, silent)
         await asyncio.sleep(silence.total_seconds() + 1)
-        again = datetime.now(UTC) - timedelta(seconds=1)
-        await beat(beating.id)
-        beat_at = await received(beating, again)
+        beat_at = await beat(prefect_api, client, beating)
         # Judged 1 s after the second run's beat, however long the server took to store it (a loaded machine).
         crashed = await crash_silent_runs(client, pool.removesuffix("silence"), silence, beat_at + timedelta(seconds=1))
         states = {name: (await client.read_flow_run(made.id)).state
@@ -126,22 +131,15 @@ async def test_a_run_asked_to_cancel_whose_container_is_gone_is_set_cancelled_an
     """Against a real Prefect server: a Cancelling run is stopped by its own container; with none left, nothing
     else would ever end it (and an org with such a run could not be deleted)."""
     import asyncio
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from prefect import flow
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
-    from prefect.events import Event
-    from prefect.events.clients import PrefectEventsClient
+    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.states import Cancelling, Running
 
     from deployments.runs.attempts import attempt_of
-    from deployments.runs.silent_runs import (
-        CANCELLED_SILENT_MARK,
-        HEARTBEAT_EVENT,
-        _last_heartbeat,
-        cancel_silent_cancellings,
-    )
+    from deployments.runs.silent_runs import CANCELLED_SILENT_MARK, cancel_silent_cancellings
 
     @flow(name="cancel-probe")
     def probe() -> None: ...
@@ -151,35 +149,16 @@ async def test_a_run_asked_to_cancel_whose_container_is_gone_is_set_cancelled_an
     async with PrefectClient(prefect_api) as client:
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow(probe)
-
-        async def made_in_pool() -> FlowRun:
-            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
-                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
-                work_queue_name="default").model_dump(mode="json"))
-            return FlowRun.model_validate(answer.json())
-
-        async def beat(made: FlowRun) -> datetime:
-            after = datetime.now(UTC) - timedelta(seconds=1)
-            async with PrefectEventsClient(prefect_api) as events:
-                await events.emit(Event(event=HEARTBEAT_EVENT,
-                                        resource={"prefect.resource.id": f"prefect.flow-run.{made.id}"}))
-            for _ in range(60):  # the server stores events in batches
-                last = await _last_heartbeat(client, await client.read_flow_run(made.id), datetime.now(UTC))
-                if last is not None and last >= after:
-                    return last
-                await asyncio.sleep(0.5)
-            raise AssertionError(f"no heartbeat of {made.id} stored")
-
         # gone: beat, then its container vanished; beating: its container still runs (its watch stops it);
         # never: cancelled before any container began; fresh: asked to cancel a moment ago.
-        gone, beating, never, fresh = [await made_in_pool() for _ in range(4)]
+        gone, beating, never, fresh = [await made_in_pool(client, flow_id, pool) for _ in range(4)]
         for made in (gone, beating):
             await client.set_flow_run_state(made.id, Running(), force=True)
-        await beat(gone)
+        await beat(prefect_api, client, gone)
         for made in (gone, beating, never):
             await client.set_flow_run_state(made.id, Cancelling(), force=True)
         await asyncio.sleep(silence.total_seconds() + 1)
-        beat_at = await beat(beating)
+        beat_at = await beat(prefect_api, client, beating)
         await client.set_flow_run_state(fresh.id, Cancelling(), force=True)
         prefix, judged_at = pool.removesuffix("cancel"), beat_at + timedelta(seconds=1)
         # Prefect not reached for a whole start window yet: a run that never ran may still be starting.
@@ -210,7 +189,7 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
 
     from prefect import flow
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.actions import FlowRunCreate, WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.states import Pending
 
     from deployments.runs.attempts import ATTEMPT_LABEL, attempt_of
@@ -229,10 +208,7 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
         flow_id = await client.create_flow(probe)
 
         async def pending_in(pool: str) -> FlowRun:
-            answer = await client._client.post("/flow_runs/", json=FlowRunCreate(
-                flow_id=flow_id, name=f"probe-{uuid4().hex[:6]}", tags=["ariel"], work_pool_name=pool,
-                work_queue_name="default", parameters={"config": {}}).model_dump(mode="json"))
-            made = FlowRun.model_validate(answer.json())
+            made = await made_in_pool(client, flow_id, pool, parameters={"config": {}})
             await client.set_flow_run_state(made.id, Pending(), force=True)
             return made
 
