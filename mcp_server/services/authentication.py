@@ -15,6 +15,7 @@ Which credentials each auth mode accepts:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 from mcp_server.auth import (
@@ -140,7 +141,9 @@ class Authenticator:
         """The user's chosen org, else their first; a user with none gets a personal org of their own.
 
         Suspended orgs are passed over: their members work in their other orgs meanwhile, and one who has no
-        other is refused with why. The local user is never refused: whoever runs `ariel` there holds the store.
+        other is refused with why. When the org passed over is the one they chose (or their first), the caller
+        says so (`passed_over`) and their tools refuse until they switch. The local user is never refused:
+        whoever runs `ariel` there holds the store.
         """
         everyone = await self.store.orgs_of(user.id)
         orgs = everyone if source == "local" else [(org, role) for org, role in everyone if org.suspended_at is None]
@@ -162,7 +165,11 @@ class Authenticator:
             chosen = (org, owner)
         org, role = chosen
         visible = not org.personal or len(await self.store.members(org.id)) > 1
-        return self._caller(user, org, role, source, origin, org_visible=visible)
+        caller = self._caller(user, org, role, source, origin, org_visible=visible)
+        wanted = next((o for o, _ in everyone if o.id == user.current_org_id), everyone[0][0] if everyone else None)
+        if source != "local" and wanted is not None and wanted.id != org.id and wanted.suspended_at is not None:
+            return dataclasses.replace(caller, passed_over=suspended_reason(wanted))
+        return caller
 
     @staticmethod
     def _caller(

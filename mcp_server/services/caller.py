@@ -34,6 +34,9 @@ class Caller:
     org_fixed: bool = False
     org_visible: bool = True
     person: str | None = None  # who the person is when `user_label` also names their credential (an API key)
+    # Why the org the user chose was passed over (the operator suspended it): until they switch, every tool but
+    # whoami and manage_org switch refuses, rather than act in this other org while they think it is that one.
+    passed_over: str | None = None
 
     @property
     def person_label(self) -> str:

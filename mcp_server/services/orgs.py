@@ -242,7 +242,10 @@ class OrgService:
                 if org.suspended_at is not None and caller.source != "local":
                     # Chosen, it would be passed over at every call: they would act in another org, told otherwise.
                     # (Not the local user's: whoever runs `ariel` there holds the store, and acts in any org.)
-                    raise InvalidRequest(f"{suspended_reason(org)} Your calls go on acting in {caller.org_name!r}.")
+                    then = (f"To work meanwhile, switch to another of your organizations: manage_org switch "
+                            f"{caller.org_slug}." if caller.passed_over else
+                            f"Your calls go on acting in {caller.org_name!r}.")
+                    raise InvalidRequest(f"{suspended_reason(org)} {then}")
                 await self.store.set_current_org(caller.user_id, org.id)
                 view = OrgView(id=org.id, slug=org.slug, name=org.name, role=role, current=True)
                 return OrgActionView(action="switch", done=f"your calls now act in {org.name!r}", organization=view)

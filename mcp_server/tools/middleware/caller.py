@@ -77,8 +77,19 @@ class ResolveCaller(Middleware):
                     "change", "approve", "pause", "resume") else AUDITED_ACTIONS[tool]
                 await record(services.store, caller, action, target, "denied", str(error))
             raise
+        if caller.passed_over is not None and not _finds_the_way_out(tool, context.message.arguments or {}):
+            raise Forbidden(
+                f"{caller.passed_over} Your calls would act in {caller.org_name!r} ({caller.org_slug}) instead, so "
+                f"this one was not made. To work there meanwhile, switch: manage_org switch {caller.org_slug} "
+                "(whoami lists your organizations)."
+            )
         await ctx.set_state(CALLER_STATE, caller, serializable=False)
         return await call_next(context)
+
+
+def _finds_the_way_out(tool: str, arguments: dict[str, Any]) -> bool:
+    """The calls a user whose chosen org is suspended may still make: learn where they are, and switch."""
+    return tool == "whoami" or (tool == "manage_org" and arguments.get("action") == "switch")
 
 
 def _http_caller() -> Caller | None:

@@ -228,7 +228,7 @@ async def test_an_invited_oidc_user_acts_in_the_org_their_token_names(
     assert (me["user"], me["role"], me["workspace"]["slug"]) == ("bob@example.com", "viewer", "acme")
 
 
-async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_or_is_told_why(
+async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_once_they_switch_or_is_told_why(
     home: Path, store: Store, provider: JWKSServer, signing_key: SigningKey, prefect_api: str
 ) -> None:
     ada = await store.provision_user("oidc", "sub-ada", "ada@example.com", "Ada")
@@ -242,21 +242,37 @@ async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_or_is_to
               "operator to resume it."
     with serve_app(oidc_settings(home, provider), prefect_api) as url:
         me = await call(url, anywhere, "whoami")
-        # Chosen, acme would be passed over again at every call, which would act in 'other' after "now in acme".
+        # Her chat still means acme: an agent made now would land in 'other' while she believes it is acme's.
+        with pytest.raises(ToolError) as held:
+            await call(url, anywhere, "create_agent", name="digest", description="d", instructions="Say hi.")
+        with pytest.raises(ToolError) as held_read:
+            await call(url, anywhere, "list_agents")
+        # Chosen, acme would be passed over again at every call.
         with pytest.raises(ToolError) as refused:
             await call(url, anywhere, "manage_org", action="switch", org="acme")
+        switched = await call(url, anywhere, "manage_org", action="switch", org="other")
+        listed = await call(url, anywhere, "list_agents")
         after = await call(url, anywhere, "whoami")
         named = post_initialize(url, {"Authorization": f"Bearer {in_acme}"})
         await store.set_org_suspended(other.id, "")
         nowhere = post_initialize(url, {"Authorization": f"Bearer {anywhere}"})
     assert me["workspace"]["slug"] == "other"  # acme is passed over while it is suspended
     assert [(o["slug"], o["suspended"]) for o in me["other_workspaces"]] == [("acme", True)]
-    assert str(refused.value) == message.format(" (audit pending)") + " Your calls go on acting in 'Other'."
+    switch_hint = " manage_org switch other"
+    assert str(held.value) == message.format(" (audit pending)") + (
+        " Your calls would act in 'Other' (other) instead, so this one was not made. To work there meanwhile, "
+        f"switch:{switch_hint} (whoami lists your organizations).")
+    assert str(held_read.value) == str(held.value)
+    assert await store.list_agents(other.id) == [] and await store.list_agents(acme.id) == []
+    assert str(refused.value) == message.format(" (audit pending)") + (
+        f" To work meanwhile, switch to another of your organizations:{switch_hint}.")
+    assert (switched["done"], listed) == ("your calls now act in 'Other'", [])
     assert after["workspace"]["slug"] == "other"
     assert (named.status_code, named.json()) == (403, {"error": "suspended",
                                                        "detail": message.format(" (audit pending)")})
     assert "WWW-Authenticate" not in named.headers  # the credential is good: another would not help
-    assert (nowhere.status_code, nowhere.json()["detail"]) == (403, message.format(" (audit pending)"))
+    # With both suspended she is refused with the one she chose last.
+    assert (nowhere.status_code, nowhere.json()["detail"]) == (403, message.replace("acme", "other").format(""))
 
 
 # stdio
