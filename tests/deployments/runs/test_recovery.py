@@ -250,3 +250,56 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
     assert [getattr(after[name].state, "name", None) for name in ("elsewhere", "starting")] == ["Pending", "Pending"]
     assert attempt_of(after["starting"].labels) == 1
 
+
+
+async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefect_api: str) -> None:
+    """Against a real Prefect server, the loop the app runs (not its parts one by one): a Running run that fell
+    silent and a Pending one never started are Crashed and retried; a Cancelling one nobody will stop is Cancelled."""
+    import asyncio
+    import contextlib
+
+    from prefect import flow
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.states import Cancelling, Pending, Running
+
+    from deployments.runs.recovery import keep_recovering
+    from deployments.runs.silent_runs import CANCELLED_SILENT_MARK, SILENT_MARK, STUCK_MARK
+
+    @flow(name="loop-probe")
+    def probe() -> None: ...
+
+    install = f"ariel-{uuid4().hex[:8]}-"  # an install of its own: other tests' runs are not this loop's
+    pool = f"{install}loop"
+    async with PrefectClient(prefect_api) as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+        silent, stuck, cancelling = [await made_in_pool(client, flow_id, pool, parameters={"config": {}})
+                                     for _ in range(3)]
+        await client.set_flow_run_state(silent.id, Running(), force=True)
+        await beat(prefect_api, client, silent)
+        await client.set_flow_run_state(stuck.id, Pending(), force=True)
+        await client.set_flow_run_state(cancelling.id, Cancelling(), force=True)  # before any container began
+
+        loop = asyncio.create_task(keep_recovering(
+            lambda: PrefectClient(prefect_api), install, interval=0.5, silence_seconds=2, start_seconds=3))
+        marks: dict[str, list[str]] = {}
+        try:
+            for _ in range(120):  # bounded: each kind is settled a few passes after its window
+                for name, made in (("silent", silent), ("stuck", stuck), ("cancelling", cancelling)):
+                    marks[name] = [f"{state.name}: {state.message}" for state in await client.read_flow_run_states(
+                        made.id)]
+                if [history[-1].split(":")[0] for history in marks.values()] == [
+                        "AwaitingRetry", "AwaitingRetry", "Cancelled"]:
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+            await client.delete_work_pool(pool)
+
+    assert any(mark.startswith(f"Crashed: {SILENT_MARK}") for mark in marks["silent"]), marks["silent"]
+    assert any(mark.startswith(f"Crashed: {STUCK_MARK}") for mark in marks["stuck"]), marks["stuck"]
+    assert marks["silent"][-1].startswith("AwaitingRetry") and marks["stuck"][-1].startswith("AwaitingRetry"), marks
+    assert marks["cancelling"][-1].startswith(f"Cancelled: {CANCELLED_SILENT_MARK}"), marks["cancelling"]
