@@ -33,6 +33,9 @@ Causes, most specific first:
     crashed / failed           the run ended badly for a reason not recognised above
     in_progress / waiting      nothing wrong yet
     completed                  nothing went wrong
+
+Whatever the cause, a step whose answer was lost after it may have acted (a POST cut off mid-answer, which the
+runtime does not send again) puts a check that it took effect before the next action: a new run would make it again.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from deployments.runs.flow_runs import failed_task_runs
 from deployments.runs.hosting import Hosting
 from deployments.runs.logs import LogLine, read_log_page
 from deployments.runs.silent_runs import SILENT_MARK, STUCK_MARK
-from flows.exceptions import UNFIT_EXIT_CODE
+from flows.exceptions import UNFIT_EXIT_CODE, ToolMayHaveActed
 from flows.models import SCRIPTED_MODEL
 from flows.transcript import Redactor
 
@@ -74,6 +77,8 @@ Cause = Literal[
 ]
 
 _ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED)
+# How a step's failure reads when the call may have acted before its answer was lost (`flows.tools.http_request`).
+MAY_HAVE_ACTED = ToolMayHaveActed.__name__
 # How long a run may sit scheduled past its start before its wait needs explaining.
 LATE_AFTER = timedelta(seconds=20)
 # What the Prefect client raises when its API does not answer, as a crashed run's state message quotes it.
@@ -126,8 +131,14 @@ async def diagnose(
     ended = exits[-1] if exits else None  # the last attempt's container, when the run was retried
     evidence += [f"Docker: {each.line()}" for each in exits]
     scripted = ((run.parameters or {}).get("config") or {}).get("model") == SCRIPTED_MODEL
+    acted: list[str] = []  # steps whose answer was lost after they may have acted (filled below)
 
     def answer(cause: Cause, summary: str, next_action: str, step: FailedStep | None = None) -> Diagnosis:
+        if acted:
+            # Whatever else went wrong, the next run would make those calls again: a POST twice, say.
+            next_action = (f"check whether {_listed(acted)} took effect (the service called shows it): "
+                           f"{'its' if len(acted) == 1 else 'their'} answer was lost, and a new run makes "
+                           f"{'it' if len(acted) == 1 else 'them'} again; then {next_action}")
         found = Diagnosis(
             run_id=str(run.id), run_name=run.name, state=state.name if state and state.name else "Unknown", cause=cause,
             summary=summary, failed_step=step, evidence=evidence, error_logs=error_logs, next_action=next_action,
@@ -140,6 +151,7 @@ async def diagnose(
     steps = [_failed_step(t) for t in await failed_task_runs(client, run.id)] if state_type in _ENDED else []
     evidence += [f"step {step.step} failed: {step.error}" for step in steps]
     last = steps[-1] if steps else None
+    acted += [step.step for step in steps if MAY_HAVE_ACTED in step.error]
 
     evidence += [refusal.evidence for refusal in refusals]
     if state_type == StateType.COMPLETED:
@@ -465,6 +477,15 @@ def _tampered(answer: Callable[[Cause, str, str], Diagnosis], message: str) -> D
                   "run the agent through Ariel with run_agent, which starts it with its approved configuration; an "
                   "operator should check who edited the deployment's or the run's parameters in Prefect (the Prefect "
                   "UI, or whoever holds Prefect API access)")
+
+
+def _listed(names: list[str]) -> str:
+    """Names joined as a sentence says them.
+
+    >>> _listed(["a"]), _listed(["a", "b"]), _listed(["a", "b", "c"])
+    ('a', 'a and b', 'a, b and c')
+    """
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _failed_step(task_run: TaskRun) -> FailedStep:

@@ -150,6 +150,23 @@ def test_a_post_whose_answer_was_lost_is_not_sent_again_and_the_model_hears_why(
     assert error.endswith("the POST may have reached 127.0.0.1 before its answer was lost, so it was not sent again")
 
 
+async def test_diagnosis_of_a_run_whose_post_may_have_acted_asks_for_a_check_before_running_it_again(
+    prefect_api: str,
+) -> None:
+    from deployments.runs.diagnosis import diagnose
+
+    CutsOff.seen.clear()
+    with http_service(CutsOff) as host:
+        outcome = play(_call_once(host, "POST", retries=2))
+    async with PrefectClient(prefect_api) as client:
+        found = await diagnose(client, await client.read_flow_run(UUID(outcome.flow_run_id)))
+    assert (outcome.state, found.cause) == ("Completed", "completed")
+    assert found.next_action == (
+        "check whether http_request · step 1 took effect (the service called shows it): its answer was lost, and a "
+        "new run makes it again; then read get_transcript to see how the agent handled it")
+    assert any("may have reached 127.0.0.1" in line for line in found.evidence), found.evidence
+
+
 def test_a_get_whose_answer_was_lost_is_asked_again_as_its_retries_allow() -> None:
     CutsOff.seen.clear()
     with http_service(CutsOff) as host:
