@@ -47,7 +47,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
-from deployments.pools.container_exits import LATE_OOM_SECONDS, recorded_exits
+from deployments.pools.container_exits import LATE_OOM_SECONDS, ContainerExit, recorded_exits
 from deployments.pools.work_pools import RETRY_WINDOW
 from deployments.runs.attempts import attempt_of, number_attempt
 from deployments.runs.failure_marks import FailureMarker, is_install_agent_run
@@ -75,6 +75,9 @@ LOOK_BACK = RETRY_WINDOW
 # The worker host writes how a container ended just after the run Crashed (an exit 137 once it has waited for a
 # late OOM notice): wait for it before deciding.
 SETTLE = timedelta(seconds=3 + LATE_OOM_SECONDS)
+# A run killed with 137 whose worker host is alive (it reported the exit code) also writes whether that was an OOM;
+# on a loaded host the line can land well after SETTLE. Past this, the run is retried without it.
+EXIT_PATIENCE = timedelta(seconds=60)
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
 # And a run's container that stopped because its settings name what it lacks (`flows.exceptions.UnfitContainer`).
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
@@ -99,11 +102,16 @@ async def retry_failed_infrastructure(
         reason = _infrastructure_failure(run, pool_prefix)
         if reason is None or (run.end_time and run.end_time > now - SETTLE):
             continue
-        if "137" in reason and await _oom_killed(client, run.id):
-            continue  # at its memory limit it would be killed again: diagnose_run says so, a person decides
         states = await client.read_flow_run_states(run.id)
-        done = sum(1 for state in states if state.name == "AwaitingRetry" and (state.message or "").startswith(
-            RETRY_MARK))
+        retries = [state for state in states
+                   if state.name == "AwaitingRetry" and (state.message or "").startswith(RETRY_MARK)]
+        done = len(retries)
+        if "137" in reason:
+            ended = await _last_exit(client, run.id, since=retries[-1].timestamp if retries else None)
+            if ended is None and run.end_time and run.end_time > now - EXIT_PATIENCE:
+                continue  # killed, and its worker host's word on how is still to come: an OOM is not retried
+            if ended is not None and ended.oom_killed:
+                continue  # at its memory limit it would be killed again: diagnose_run says so, a person decides
         if done >= max_retries:
             continue
         pause = FIRST_PAUSE_SECONDS * 2**done
@@ -124,11 +132,13 @@ async def retry_failed_infrastructure(
     return retried
 
 
-async def _oom_killed(client: PrefectClient, run_id: UUID) -> bool:
-    """Whether the engine OOM-killed the run's last container, as the worker host wrote it on the run."""
+async def _last_exit(client: PrefectClient, run_id: UUID, since: datetime | None) -> ContainerExit | None:
+    """How the run's container of this attempt ended, as its worker host wrote it on the run (a line dated when the
+    container died); None while it has not. `since`: when this attempt was scheduled (None for the first): lines
+    before it are an earlier attempt's."""
     page = await read_log_page(client, run_id, limit=50, min_level="warning", tail=True)
-    exits = recorded_exits(page.lines)
-    return bool(exits) and exits[-1].oom_killed
+    exits = recorded_exits(line for line in page.lines if since is None or line.timestamp >= since)
+    return exits[-1] if exits else None
 
 
 async def _crashed(client: PrefectClient, now: datetime) -> list[FlowRun]:

@@ -303,3 +303,63 @@ async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefe
     assert any(mark.startswith(f"Crashed: {STUCK_MARK}") for mark in marks["stuck"]), marks["stuck"]
     assert marks["silent"][-1].startswith("AwaitingRetry") and marks["stuck"][-1].startswith("AwaitingRetry"), marks
     assert marks["cancelling"][-1].startswith(f"Cancelled: {CANCELLED_SILENT_MARK}"), marks["cancelling"]
+
+
+async def test_a_killed_run_waits_for_its_worker_hosts_word_on_how_and_is_not_retried_if_it_was_out_of_memory(
+    prefect_api: str,
+) -> None:
+    """Against a real Prefect server. Exit 137 is an OOM or a kill; the worker host writes which on the run, and on a
+    loaded host that line may land long after the crash. Retried before it, an OOM would be killed again."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect import flow
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.actions import LogCreate, WorkPoolCreate
+    from prefect.states import Running
+
+    from deployments.pools.container_exits import LOGGER_NAME, ContainerExit
+    from deployments.runs.recovery import EXIT_PATIENCE, retry_failed_infrastructure
+
+    @flow(name="oom-probe")
+    def probe() -> None: ...
+
+    killed = "Flow run infrastructure exited with non-zero status code 137."
+    install = f"ariel-{uuid4().hex[:8]}-"  # an install of its own: other tests' runs are not this pass's
+    pool = f"{install}oom"
+    async with PrefectClient(prefect_api) as client:
+        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = await client.create_flow(probe)
+
+        async def crash(made: FlowRun) -> None:
+            await client.set_flow_run_state(made.id, Running(), force=True)
+            await client.set_flow_run_state(made.id, Crashed(message=killed), force=True)
+
+        async def write_exit(made: FlowRun, **how: Any) -> None:
+            line = ContainerExit(container=f"c-{made.id.hex[:6]}", exit_code=137, **how).line()
+            await client.create_logs([LogCreate(name=LOGGER_NAME, level=30, message=line, flow_run_id=made.id,
+                                                timestamp=datetime.now(UTC) - timedelta(seconds=1))])
+
+        def retried_now(after: timedelta) -> Any:
+            return retry_failed_infrastructure(client, install, now=datetime.now(UTC) + after)
+
+        unheard, oom, outside, again = [await made_in_pool(client, flow_id, pool, parameters=AGENT)
+                                        for _ in range(4)]
+        for made in (unheard, oom, outside, again):
+            await crash(made)
+        for made in (outside, again):
+            await write_exit(made, kill_signal="9")
+        # 10 s on: past the settle time, yet unheard's and oom's lines have not come.
+        first = {r.run_id for r in await retried_now(timedelta(seconds=10))}
+        await write_exit(oom, oom_killed=True)
+        second = {r.run_id for r in await retried_now(timedelta(seconds=10))}
+        # Killed again in its second attempt: the first attempt's line says nothing of this one.
+        await crash(again)
+        third = {r.run_id for r in await retried_now(timedelta(seconds=10))}
+        past = {r.run_id for r in await retried_now(EXIT_PATIENCE + timedelta(seconds=10))}
+        await client.delete_work_pool(pool)
+
+    assert first == {outside.id, again.id}
+    assert second == set()  # oom is not retried once its line says OOM; outside and again were retried already
+    assert third == set()
+    # Past the patience nothing more will come: retried as any kill (an OOM line would have been read by then).
+    assert past == {unheard.id, again.id}
