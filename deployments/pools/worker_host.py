@@ -35,7 +35,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
@@ -79,7 +79,7 @@ LINGER_SECONDS = 10.0
 """A worker stays this long after it last had a run in hand: what the stock worker does after a run's `run`
 returns (report a crash) is not cut short, and a run right after is served at once."""
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
-LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page; a new org's first run waits for it
+LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page (a new org's run due is found sooner: `discover`)
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
 COMING_SECONDS = 90.0
 """Runs scheduled this soon get a standby container each, started after the burst before them. Past a minute: a
@@ -346,6 +346,31 @@ async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: f
     raise AssertionError("unreachable")
 
 
+async def new_pools_with_runs_due(client: PrefectClient, pool_type: PoolType, prefix: str, known: Collection[str],
+                                  within: float) -> list[str]:
+    """The install's platform pools (`prefix`, `pool_type`) not among `known` that have a run due within `within`
+    seconds (at most `FRESH_SECONDS` late), the longest due first: one query by the pools' type, not their names.
+
+    An install too large to list every few seconds lists its pools every `LIST_SECONDS_MANY`; a new org's first run
+    is found this way meanwhile. Bounded in time on both sides, so that a backlog of Late runs (an org's own
+    machine offline) cannot fill the page; a page full of known pools' runs leaves a new one to the next listing.
+    """
+    now = datetime.now(UTC)
+    runs = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+            next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(
+                before_=now + timedelta(seconds=within), after_=now - timedelta(seconds=FRESH_SECONDS)),
+        ),
+        work_pool_filter=WorkPoolFilter(type=WorkPoolFilterType(any_=[pool_type])),
+        sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+        limit=PAGE,
+    )
+    ours = platform_pool_pattern(prefix, [pool_type])
+    return list(dict.fromkeys(run.work_pool_name for run in runs if run.work_pool_name
+                              and run.work_pool_name not in known and ours.fullmatch(run.work_pool_name)))
+
+
 async def runs_coming(client: PrefectClient, pools: list[str], within: float, limit: int) -> Coming:
     """The first `limit` runs of `pools` scheduled to start within `within` seconds (the soonest first), by pool
     and by whether each needs the full image: each gets a standby in its pool (one query across them all).
@@ -422,6 +447,7 @@ class PoolHost:
         self.busy_at: dict[str, float] = {}
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
+        self.discovered_at = -math.inf
         self.last_due: list[str] = []
         self.max_runs = max_runs
         self.coming: Coming = {}
@@ -431,7 +457,8 @@ class PoolHost:
 
     @property
     def rescan_seconds(self) -> float:
-        """How often the pools are listed again: new pools' runs are found by `pools_with_runs_due` meanwhile."""
+        """How often the pools are listed again: on a large install, new pools with a run due are found by
+        `discover` meanwhile."""
         return LIST_SECONDS if len(self.pools) < PAGE else LIST_SECONDS_MANY
 
     async def serve_forever(self) -> None:
@@ -445,6 +472,7 @@ class PoolHost:
     async def pass_once(self) -> None:
         now = time.monotonic()
         await self._list(now)
+        await self.discover(now)
         due_order = await self._due()
         counted = await self._forecast(now)
         due = set(due_order)
@@ -499,6 +527,22 @@ class PoolHost:
             for times in (self.busy_at, self.beaten_at):
                 times.pop(pool, None)
         self.pools = listed
+
+    async def discover(self, now: float) -> None:
+        """Between the listings of an install too large to list often, add the pools made since that already have a
+        run due (`new_pools_with_runs_due`), every `LIST_SECONDS`: a new org's first run would otherwise wait up to
+        `LIST_SECONDS_MANY` for its pool to be listed."""
+        if self.exact or self.rescan_seconds == LIST_SECONDS or now - self.discovered_at < LIST_SECONDS:
+            return
+        self.discovered_at = now
+        try:
+            for name in await new_pools_with_runs_due(self.client, self.pool_type, self.prefix, self.pools.keys(),
+                                                      self.prefetch_seconds):
+                pool = await self.client.read_work_pool(name)
+                self.pools[name] = Pool(name, bool(pool.is_paused))
+                print(f"work pool {name} is new and has a run due: served before the next listing", flush=True)
+        except Exception as exc:  # as `_list`: the next listing finds it all the same
+            print(f"could not look for new pools with runs due ({type(exc).__name__}); retrying", flush=True)
 
     async def _due(self) -> list[str]:
         # Pools with a worker need no hint; a paused pool's runs stay scheduled, and its worker would be handed none.

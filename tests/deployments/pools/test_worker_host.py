@@ -121,6 +121,47 @@ async def test_a_pool_without_a_worker_is_kept_online_and_gets_one_for_each_run_
     assert len(still) == 1, "the pool's worker is one worker in Prefect, whoever sends its heartbeat"
 
 
+async def test_on_an_install_too_large_to_list_often_a_new_orgs_first_run_is_found_before_the_next_listing(
+    prefect_api: str,
+) -> None:
+    """Past a page of pools the host lists them every 10 s; a pool made meanwhile with a run due is added at once."""
+    from datetime import timedelta
+
+    from prefect import flow
+    from prefect.client.schemas.actions import FlowRunCreate
+    from prefect.states import Scheduled, to_state_create
+
+    from deployments.pools.worker_host import LIST_SECONDS, LIST_SECONDS_MANY, PAGE, Pool, PoolHost
+
+    @flow(name="discovery-probe")
+    def probe() -> None: ...
+
+    prefix = install_prefix(uuid.uuid4().hex)
+    new, later, foreign = f"{prefix}neworg-process", f"{prefix}laterorg-process", \
+        f"{install_prefix(uuid.uuid4().hex)}neworg-process"
+    async with PrefectClient(prefect_api) as prefect:
+        flow_id = await prefect.create_flow(probe)
+        for pool, start_in in ((new, 0), (later, 3600), (foreign, 0)):
+            await prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            when = datetime.now(UTC) + timedelta(seconds=start_in)
+            await prefect._client.post("/flow_runs/", json=FlowRunCreate(
+                flow_id=flow_id, name=f"probe-{pool[-20:]}", work_pool_name=pool, work_queue_name="default",
+                state=to_state_create(Scheduled(scheduled_time=when))).model_dump(mode="json"))
+        host = PoolHost(prefect, "process", prefix, exact=False, idle_workers=0, max_runs=2, query_seconds=1,
+                        prefetch_seconds=10)
+        host.pools = {f"{prefix}org{n}-process": Pool(f"{prefix}org{n}-process", False) for n in range(PAGE)}
+        assert host.rescan_seconds == LIST_SECONDS_MANY
+        now = asyncio.get_running_loop().time()
+        await host.discover(now)
+        found = set(host.pools) - {f"{prefix}org{n}-process" for n in range(PAGE)}
+        await host.discover(now + LIST_SECONDS / 2)  # asked again only every LIST_SECONDS: no query, nothing new
+        for pool in (new, later, foreign):
+            await prefect.delete_work_pool(pool)
+    # Not the one whose run is an hour away (the next listing brings it), nor another install's.
+    assert found == {new}
+    assert host.pools[new] == Pool(new, False)
+
+
 class Holding(BaseHTTPRequestHandler):
     """Counts the requests it gets, and answers none until `release` is set."""
 
