@@ -37,8 +37,10 @@ from flows.exceptions import UNFIT_EXIT_CODE, UnfitContainer
 
 # How often the run reads its own state to learn that it was cancelled: one small GET through the gateway.
 CANCEL_POLL_SECONDS = 1.0
-ORPHAN_SECONDS = 3600.0
-"""Past this, a standby with no run exits: its worker host retires standbys after 10 idle minutes itself."""
+ORPHAN_SECONDS = 900.0
+"""Past this, a standby with no run exits: its worker host retires standbys after 10 idle minutes itself, so one
+still waiting was left by a worker host that was killed, perhaps after naming it for a run it never handed over
+(a restarted worker host removes only the standbys not named for a run)."""
 READY_LINE = "ariel standby: imported, waiting for a run"
 """Printed once the imports are done: `docker logs` shows whether a standby is ready (benchmarks wait for it)."""
 
