@@ -522,7 +522,7 @@ class PoolHost:
         except Exception as exc:  # the API restarting must not stop the workers already running
             print(f"could not list work pools ({type(exc).__name__}); retrying", flush=True)
             return
-        self.listed_at = now
+        self.listed_at = self.discovered_at = now  # the listing found every new pool: no query for them this pass
         for pool in self.pools.keys() - listed.keys():
             for times in (self.busy_at, self.beaten_at):
                 times.pop(pool, None)

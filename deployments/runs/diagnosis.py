@@ -148,10 +148,12 @@ async def diagnose(
         return Diagnosis.model_validate(Redactor().redact(found.model_dump(mode="json")))
 
     # Tool failures go back to the model, so a failed step does not always fail the run: the last one is the culprit.
-    steps = [_failed_step(t) for t in await failed_task_runs(client, run.id)] if state_type in _ENDED else []
+    # A cancelled run's too: a step that may have acted before it was cancelled still needs its check.
+    steps = [_failed_step(t) for t in await failed_task_runs(client, run.id)] \
+        if state_type in (*_ENDED, StateType.CANCELLED) else []
     evidence += [f"step {step.step} failed: {step.error}" for step in steps]
     last = steps[-1] if steps else None
-    acted += [step.step for step in steps if MAY_HAVE_ACTED in step.error]
+    acted += [step.step for step in steps if step.error.startswith(f"{MAY_HAVE_ACTED}:")]
 
     evidence += [refusal.evidence for refusal in refusals]
     if state_type == StateType.COMPLETED:

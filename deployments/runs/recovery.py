@@ -41,18 +41,21 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.client.schemas.sorting import FlowRunSort
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import AwaitingRetry
 
-from deployments.pools.container_exits import LATE_OOM_SECONDS, ContainerExit, recorded_exits
+from deployments.pools.container_exits import LATE_OOM_SECONDS, ContainerExit
+from deployments.pools.container_exits import LOGGER_NAME as EXITS_LOGGER
 from deployments.pools.work_pools import RETRY_WINDOW
 from deployments.runs.attempts import attempt_of, number_attempt
 from deployments.runs.failure_marks import FailureMarker, is_install_agent_run
 from deployments.runs.hosting import Hosting
-from deployments.runs.logs import read_log_page
 from deployments.runs.silent_runs import (
     SILENCE_SECONDS,
     START_SECONDS,
@@ -75,9 +78,12 @@ LOOK_BACK = RETRY_WINDOW
 # The worker host writes how a container ended just after the run Crashed (an exit 137 once it has waited for a
 # late OOM notice): wait for it before deciding.
 SETTLE = timedelta(seconds=3 + LATE_OOM_SECONDS)
-# A run killed with 137 whose worker host is alive (it reported the exit code) also writes whether that was an OOM;
-# on a loaded host the line can land well after SETTLE. Past this, the run is retried without it.
+# A run of a Docker pool killed with 137, whose worker host is alive (it reported the exit code), also gets from it
+# whether that was an OOM; on a loaded host the line can land well after SETTLE. Past this, retried without it.
 EXIT_PATIENCE = timedelta(seconds=60)
+# A container killed with SIGKILL: by its memory limit or from outside, which its worker host then writes.
+_KILLED = re.compile(r"status code 137\b")
+_WARNING = 30
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
 # And a run's container that stopped because its settings name what it lacks (`flows.exceptions.UnfitContainer`).
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
@@ -106,10 +112,12 @@ async def retry_failed_infrastructure(
         retries = [state for state in states
                    if state.name == "AwaitingRetry" and (state.message or "").startswith(RETRY_MARK)]
         done = len(retries)
-        if "137" in reason:
+        if _KILLED.search(reason):
             ended = await _last_exit(client, run.id, since=retries[-1].timestamp if retries else None)
-            if ended is None and run.end_time and run.end_time > now - EXIT_PATIENCE:
-                continue  # killed, and its worker host's word on how is still to come: an OOM is not retried
+            # Killed, and its worker host's word on how is still to come (Docker pools' hosts write it): an OOM
+            # is not retried.
+            if ended is None and _exits_written(run) and run.end_time and run.end_time > now - EXIT_PATIENCE:
+                continue
             if ended is not None and ended.oom_killed:
                 continue  # at its memory limit it would be killed again: diagnose_run says so, a person decides
         if done >= max_retries:
@@ -133,12 +141,27 @@ async def retry_failed_infrastructure(
 
 
 async def _last_exit(client: PrefectClient, run_id: UUID, since: datetime | None) -> ContainerExit | None:
-    """How the run's container of this attempt ended, as its worker host wrote it on the run (a line dated when the
-    container died); None while it has not. `since`: when this attempt was scheduled (None for the first): lines
-    before it are an earlier attempt's."""
-    page = await read_log_page(client, run_id, limit=50, min_level="warning", tail=True)
-    exits = recorded_exits(line for line in page.lines if since is None or line.timestamp >= since)
-    return exits[-1] if exits else None
+    """How the run's container of this attempt ended, as its worker host wrote it on the run; None while it has not.
+
+    `since`: when this attempt was scheduled (None for the first). A line Prefect stored before it is an earlier
+    attempt's. Judged by when Prefect stored the line, not by the time it carries: that is the worker's machine's
+    clock, which on an org's own hardware may be minutes off the control plane's.
+    """
+    logs = await client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=_WARNING)),
+        limit=50, sort=LogSort.TIMESTAMP_DESC)
+    for line in logs:
+        # Only the worker host's own logger: a run may log any text under any other name, an imitation included.
+        if line.name != EXITS_LOGGER or (since is not None and (line.created is None or line.created < since)):
+            continue
+        if ended := ContainerExit.parse(line.message):
+            return ended
+    return None
+
+
+def _exits_written(run: FlowRun) -> bool:
+    """Whether the run's worker host writes how its containers end: Docker pools' do (`container_exits`)."""
+    return not (run.work_pool_name or "").endswith("-process")
 
 
 async def _crashed(client: PrefectClient, now: datetime) -> list[FlowRun]:

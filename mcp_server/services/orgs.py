@@ -127,6 +127,8 @@ class OrgService:
             identified_by=caller.source,
             workspace=current if caller.org_visible else None,
             other_workspaces=others,
+            held=f"{caller.passed_over} Every tool but whoami and manage_org switch refuses until you switch to "
+                 f"another of your organizations ({caller.org_slug} is one)." if caller.passed_over else None,
             limits=run_limits(self.agents.memory_limit, await self.store.get_org(caller.org_id)),
             tool_surface_version=surface_version,
         )
@@ -140,8 +142,10 @@ class OrgService:
         # A key pasted into another field is taken by its prefix too: the target lands in the audit log.
         user, name, org = (_unpasted(value) for value in (user, name, org))
         target = user or name or org or key or caller.org_slug
-        reading = action in ("list_members", "list_keys", "list_worker_keys")
-        async with nullcontext() if reading else audited(self.store, caller, f"org.{action}", target):
+        # Not audited: reads, and a switch, which is the user's own choice and names another org (its slug, its
+        # operator's reason for a suspension) that this org's audit trail must not learn of.
+        unaudited = action in ("list_members", "list_keys", "list_worker_keys", "switch")
+        async with nullcontext() if unaudited else audited(self.store, caller, f"org.{action}", target):
             caller.require(ACTION_ROLES[action], f"manage_org {action}", "Ask an admin to change your role.")
             match action:
                 case "list_members":

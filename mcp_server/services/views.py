@@ -116,6 +116,9 @@ class WhoAmIView(BaseModel):
     other_workspaces: list[OrgView] = Field(
         default_factory=list, description="Other organizations you belong to; manage_org switch moves to one."
     )
+    held: str | None = Field(default=None, description=(
+        "Set while the organization you chose is suspended by the install's operator: why, and that your other "
+        "tools refuse until you switch (they would act in `workspace`, not the org you chose)."))
     limits: dict[str, Any] = Field(description="What each run of your agents may use at most.")
     tool_surface_version: int = Field(description="Version of this server's tool set; it changes whenever a tool does.")
 

@@ -62,6 +62,13 @@ class ResolveCaller(Middleware):
         if caller is None:  # stdio: whoever can start `ariel mcp` is the local user
             caller = await services.auth.local_caller("stdio")
         tool = context.message.name
+        # Before the role check: that role is the user's in the org they did not choose, and a refusal of it would
+        # be written to that org's audit trail.
+        if caller.passed_over is not None and not _finds_the_way_out(tool, context.message.arguments or {}):
+            raise Forbidden(
+                f"{caller.passed_over} Your calls would act in {caller.org_name!r} ({caller.org_slug}) instead, so "
+                f"this one was not made. To work there meanwhile, switch: manage_org switch {caller.org_slug}."
+            )
         needed = TOOL_ROLES.get(tool, "owner")
         try:
             caller.require(needed, tool, "Ask an admin to change your role.")
@@ -77,12 +84,6 @@ class ResolveCaller(Middleware):
                     "change", "approve", "pause", "resume") else AUDITED_ACTIONS[tool]
                 await record(services.store, caller, action, target, "denied", str(error))
             raise
-        if caller.passed_over is not None and not _finds_the_way_out(tool, context.message.arguments or {}):
-            raise Forbidden(
-                f"{caller.passed_over} Your calls would act in {caller.org_name!r} ({caller.org_slug}) instead, so "
-                f"this one was not made. To work there meanwhile, switch: manage_org switch {caller.org_slug} "
-                "(whoami lists your organizations)."
-            )
         await ctx.set_state(CALLER_STATE, caller, serializable=False)
         return await call_next(context)
 

@@ -137,29 +137,43 @@ async def test_on_an_install_too_large_to_list_often_a_new_orgs_first_run_is_fou
     def probe() -> None: ...
 
     prefix = install_prefix(uuid.uuid4().hex)
-    new, later, foreign = f"{prefix}neworg-process", f"{prefix}laterorg-process", \
-        f"{install_prefix(uuid.uuid4().hex)}neworg-process"
+    new, later, foreign, docker, newer = (
+        f"{prefix}neworg-process", f"{prefix}laterorg-process", f"{install_prefix(uuid.uuid4().hex)}neworg-process",
+        f"{prefix}neworg-docker", f"{prefix}newerorg-process")
+    known = {f"{prefix}org{n}-process" for n in range(PAGE)}
     async with PrefectClient(prefect_api) as prefect:
         flow_id = await prefect.create_flow(probe)
-        for pool, start_in in ((new, 0), (later, 3600), (foreign, 0)):
-            await prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+
+        async def pool_with_a_run(pool: str, pool_type: str = "process", start_in: float = 0) -> None:
+            await prefect.create_work_pool(WorkPoolCreate(name=pool, type=pool_type))
             when = datetime.now(UTC) + timedelta(seconds=start_in)
             await prefect._client.post("/flow_runs/", json=FlowRunCreate(
                 flow_id=flow_id, name=f"probe-{pool[-20:]}", work_pool_name=pool, work_queue_name="default",
                 state=to_state_create(Scheduled(scheduled_time=when))).model_dump(mode="json"))
+
+        await pool_with_a_run(new)
+        await pool_with_a_run(later, start_in=3600)
+        await pool_with_a_run(foreign)
+        await pool_with_a_run(docker, "docker")
         host = PoolHost(prefect, "process", prefix, exact=False, idle_workers=0, max_runs=2, query_seconds=1,
                         prefetch_seconds=10)
-        host.pools = {f"{prefix}org{n}-process": Pool(f"{prefix}org{n}-process", False) for n in range(PAGE)}
+        host.pools = {pool: Pool(pool, False) for pool in known}
         assert host.rescan_seconds == LIST_SECONDS_MANY
         now = asyncio.get_running_loop().time()
         await host.discover(now)
-        found = set(host.pools) - {f"{prefix}org{n}-process" for n in range(PAGE)}
-        await host.discover(now + LIST_SECONDS / 2)  # asked again only every LIST_SECONDS: no query, nothing new
-        for pool in (new, later, foreign):
+        found = set(host.pools) - known
+        await pool_with_a_run(newer)
+        await host.discover(now + LIST_SECONDS / 2)  # asked only every LIST_SECONDS: no query meanwhile
+        found_meanwhile = set(host.pools) - known - found
+        await host.discover(now + LIST_SECONDS)
+        found_next = set(host.pools) - known - found
+        for pool in (new, later, foreign, docker, newer):
             await prefect.delete_work_pool(pool)
-    # Not the one whose run is an hour away (the next listing brings it), nor another install's.
+    # Not the one whose run is an hour away (the next listing brings it), nor another install's, nor one of the type
+    # another worker host serves.
     assert found == {new}
     assert host.pools[new] == Pool(new, False)
+    assert (found_meanwhile, found_next) == (set(), {newer})
 
 
 class Holding(BaseHTTPRequestHandler):

@@ -325,26 +325,30 @@ async def test_a_killed_run_waits_for_its_worker_hosts_word_on_how_and_is_not_re
 
     killed = "Flow run infrastructure exited with non-zero status code 137."
     install = f"ariel-{uuid4().hex[:8]}-"  # an install of its own: other tests' runs are not this pass's
-    pool = f"{install}oom"
+    # A Docker pool's worker host writes how its containers end; a process pool's has nothing to write.
+    pool, process_pool = f"{install}oom-docker", f"{install}oom-process"
     async with PrefectClient(prefect_api) as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        for name in (pool, process_pool):
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
         flow_id = await client.create_flow(probe)
 
         async def crash(made: FlowRun) -> None:
             await client.set_flow_run_state(made.id, Running(), force=True)
             await client.set_flow_run_state(made.id, Crashed(message=killed), force=True)
 
-        async def write_exit(made: FlowRun, **how: Any) -> None:
+        async def write_exit(made: FlowRun, clock_off: timedelta = timedelta(0), **how: Any) -> None:
+            """As the worker host writes it, dated by its machine's clock (`clock_off` from the control plane's)."""
             line = ContainerExit(container=f"c-{made.id.hex[:6]}", exit_code=137, **how).line()
             await client.create_logs([LogCreate(name=LOGGER_NAME, level=30, message=line, flow_run_id=made.id,
-                                                timestamp=datetime.now(UTC) - timedelta(seconds=1))])
+                                                timestamp=datetime.now(UTC) - timedelta(seconds=1) + clock_off)])
 
         def retried_now(after: timedelta) -> Any:
             return retry_failed_infrastructure(client, install, now=datetime.now(UTC) + after)
 
         unheard, oom, outside, again = [await made_in_pool(client, flow_id, pool, parameters=AGENT)
                                         for _ in range(4)]
-        for made in (unheard, oom, outside, again):
+        in_process = await made_in_pool(client, flow_id, process_pool, parameters=AGENT)
+        for made in (unheard, oom, outside, again, in_process):
             await crash(made)
         for made in (outside, again):
             await write_exit(made, kill_signal="9")
@@ -355,11 +359,14 @@ async def test_a_killed_run_waits_for_its_worker_hosts_word_on_how_and_is_not_re
         # Killed again in its second attempt: the first attempt's line says nothing of this one.
         await crash(again)
         third = {r.run_id for r in await retried_now(timedelta(seconds=10))}
+        # Its OOM line then comes from a machine whose clock is ten minutes behind: still this attempt's.
+        await write_exit(again, clock_off=-timedelta(minutes=10), oom_killed=True)
         past = {r.run_id for r in await retried_now(EXIT_PATIENCE + timedelta(seconds=10))}
-        await client.delete_work_pool(pool)
+        for name in (pool, process_pool):
+            await client.delete_work_pool(name)
 
-    assert first == {outside.id, again.id}
+    assert first == {outside.id, again.id, in_process.id}
     assert second == set()  # oom is not retried once its line says OOM; outside and again were retried already
     assert third == set()
     # Past the patience nothing more will come: retried as any kill (an OOM line would have been read by then).
-    assert past == {unheard.id, again.id}
+    assert past == {unheard.id}

@@ -253,21 +253,27 @@ async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_once_the
         switched = await call(url, anywhere, "manage_org", action="switch", org="other")
         listed = await call(url, anywhere, "list_agents")
         after = await call(url, anywhere, "whoami")
+        # Other's trail learns nothing of acme: not her switches, not acme's operator's reason.
+        trail = await call(url, anywhere, "get_audit_log")
         named = post_initialize(url, {"Authorization": f"Bearer {in_acme}"})
         await store.set_org_suspended(other.id, "")
         nowhere = post_initialize(url, {"Authorization": f"Bearer {anywhere}"})
     assert me["workspace"]["slug"] == "other"  # acme is passed over while it is suspended
     assert [(o["slug"], o["suspended"]) for o in me["other_workspaces"]] == [("acme", True)]
+    assert me["held"] == message.format(" (audit pending)") + (
+        " Every tool but whoami and manage_org switch refuses until you switch to another of your organizations "
+        "(other is one).")
     switch_hint = " manage_org switch other"
     assert str(held.value) == message.format(" (audit pending)") + (
-        " Your calls would act in 'Other' (other) instead, so this one was not made. To work there meanwhile, "
-        f"switch:{switch_hint} (whoami lists your organizations).")
+        f" Your calls would act in 'Other' (other) instead, so this one was not made. To work there meanwhile, "
+        f"switch:{switch_hint}.")
     assert str(held_read.value) == str(held.value)
     assert await store.list_agents(other.id) == [] and await store.list_agents(acme.id) == []
     assert str(refused.value) == message.format(" (audit pending)") + (
         f" To work meanwhile, switch to another of your organizations:{switch_hint}.")
     assert (switched["done"], listed) == ("your calls now act in 'Other'", [])
-    assert after["workspace"]["slug"] == "other"
+    assert after["workspace"]["slug"] == "other" and after["held"] is None
+    assert "acme" not in json.dumps(trail) and "audit pending" not in json.dumps(trail), trail
     assert (named.status_code, named.json()) == (403, {"error": "suspended",
                                                        "detail": message.format(" (audit pending)")})
     assert "WWW-Authenticate" not in named.headers  # the credential is good: another would not help
