@@ -153,6 +153,8 @@ def test_a_post_whose_answer_was_lost_is_not_sent_again_and_the_model_hears_why(
 async def test_diagnosis_of_a_run_whose_post_may_have_acted_asks_for_a_check_before_running_it_again(
     prefect_api: str,
 ) -> None:
+    from prefect.states import Cancelled
+
     from deployments.runs.diagnosis import diagnose
 
     CutsOff.seen.clear()
@@ -160,11 +162,15 @@ async def test_diagnosis_of_a_run_whose_post_may_have_acted_asks_for_a_check_bef
         outcome = play(_call_once(host, "POST", retries=2))
     async with PrefectClient(prefect_api) as client:
         found = await diagnose(client, await client.read_flow_run(UUID(outcome.flow_run_id)))
+        # The same run, as if a person had cancelled it after that step: the check still comes first.
+        await client.set_flow_run_state(UUID(outcome.flow_run_id), Cancelled(), force=True)
+        cancelled = await diagnose(client, await client.read_flow_run(UUID(outcome.flow_run_id)))
+    check = ("check whether http_request · step 1 took effect (the service called shows it): its answer was lost, "
+             "and a new run makes it again; then ")
     assert (outcome.state, found.cause) == ("Completed", "completed")
-    assert found.next_action == (
-        "check whether http_request · step 1 took effect (the service called shows it): its answer was lost, and a "
-        "new run makes it again; then read get_transcript to see how the agent handled it")
+    assert found.next_action == check + "read get_transcript to see how the agent handled it"
     assert any("may have reached 127.0.0.1" in line for line in found.evidence), found.evidence
+    assert (cancelled.cause, cancelled.next_action) == ("cancelled", check + "run the agent again with run_agent")
 
 
 def test_a_get_whose_answer_was_lost_is_asked_again_as_its_retries_allow() -> None:
