@@ -251,7 +251,6 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
     assert attempt_of(after["starting"].labels) == 1
 
 
-
 async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefect_api: str) -> None:
     """Against a real Prefect server, the loop the app runs (not its parts one by one): a Running run that fell
     silent and a Pending one never started are Crashed and retried; a Cancelling one nobody will stop is Cancelled."""
