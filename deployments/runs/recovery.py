@@ -83,7 +83,6 @@ SETTLE = timedelta(seconds=3 + LATE_OOM_SECONDS)
 EXIT_PATIENCE = timedelta(seconds=60)
 # A container killed with SIGKILL: by its memory limit or from outside, which its worker host then writes.
 _KILLED = re.compile(r"status code 137\b")
-_WARNING = 30
 # Crashes that another attempt would meet again (diagnose_run says what to fix): the image, not the run.
 # And a run's container that stopped because its settings name what it lacks (`flows.exceptions.UnfitContainer`).
 _PERMANENT = re.compile(r"(?i)image.*(not found|no such image|pull access denied)|ImageNotFound|"
@@ -148,7 +147,7 @@ async def _last_exit(client: PrefectClient, run_id: UUID, since: datetime | None
     clock, which on an org's own hardware may be minutes off the control plane's.
     """
     logs = await client.read_logs(
-        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=_WARNING)),
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]), level=LogFilterLevel(ge_=logging.WARNING)),
         limit=50, sort=LogSort.TIMESTAMP_DESC)
     for line in logs:
         # Only the worker host's own logger: a run may log any text under any other name, an imitation included.
