@@ -197,8 +197,8 @@ async def diagnose(
                           + "; then run the agent again with run_agent")
         if state_type == StateType.CRASHED and message.startswith(SILENT_MARK):
             evidence.append(message)
-            return answer("worker_lost", "the run stopped sending its heartbeat and no worker saw it end: the "
-                          "machine or the worker and container running it went away at once",
+            return answer("worker_lost", "the run's heartbeat stopped, or never came, and no worker saw it end: "
+                          "the machine or the worker and container running it went away at once",
                           _worker_back(run, hosting) + "; Ariel retries such runs (ARIEL_RUN_RETRIES), so this one "
                           "had used its retries: run the agent again with run_agent", last)
         if state_type == StateType.CRASHED and message.startswith(STUCK_MARK):

@@ -226,10 +226,10 @@ async def keep_recovering(
                 if reachable.long_enough(now, silence) and (judged is None or now - judged >= silence / 4):
                     judged = now
                     try:
-                        for run_id in await crash_silent_runs(client, pool_prefix, silence, now):
+                        unstarted = start if reachable.long_enough(now, start) else None
+                        for run_id in await crash_silent_runs(client, pool_prefix, silence, unstarted, now):
                             log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
                                         silence)
-                        unstarted = start if reachable.long_enough(now, start) else None
                         for run_id in await cancel_silent_cancellings(client, pool_prefix, silence, unstarted, now):
                             log.warning("run %s: asked to cancel, and silent for %s: set Cancelled", run_id, silence)
                     # A run deleted meanwhile (ObjectNotFound) is no outage either: the retries below still run.

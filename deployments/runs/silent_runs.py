@@ -15,8 +15,12 @@ Prefect itself was down it fires at once for every run whose heartbeats fell
 in the outage, crashing healthy runs. Here the time is Prefect's own, and a
 run is judged only once the loop has reached Prefect for a whole `silence`
 without a failure (`Reachability`): an outage of Prefect or of the app is
-never taken for a silent run. A run that never sent a heartbeat (a pool from
-before heartbeats, a worker that drops the setting) is never reaped.
+never taken for a silent run. A run that never sent a heartbeat (its
+container died in the first second of its run, with its worker host) is set
+Crashed alike once it has been Running for `start_timeout` with none received,
+judged only once Prefect has answered for that long: a cold start on a loaded
+host is tens of seconds, not minutes, and Prefect's engine sends its first
+heartbeat as the run begins.
 
 A run can also be lost before it runs: a worker that dies, or loses Prefect,
 in the second it starts a run leaves it Pending (`Submitting`) with no
@@ -121,15 +125,27 @@ class Reachability:
         return self.since is not None and now - self.since >= silence
 
 
-async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: timedelta, now: datetime) -> list[UUID]:
-    """Set Crashed each Running run of the install (`pool_prefix`) that sent heartbeats and then none for `silence`.
+async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: timedelta,
+                            start_timeout: timedelta | None, now: datetime) -> list[UUID]:
+    """Set Crashed each Running run of the install (`pool_prefix`) that sent heartbeats and then none for `silence`,
+    and each that has sent none in the `start_timeout` since it began Running (not judged while that is None:
+    Prefect not reached for so long).
 
     One run that cannot be judged (a slow read) is skipped this pass, not the others. The change is not forced, and
     the run is read again just before it: one that ended or was cancelled meanwhile keeps that state.
     """
     async def verdict(run: FlowRun) -> State[Any] | None:
         last = await _last_heartbeat(client, run, now)
-        if last is None or now - last < silence:
+        if last is None:
+            assert run.state is not None  # a Running run
+            began = run.state.timestamp
+            if start_timeout is None or now - began < start_timeout:
+                return None  # its first heartbeat may still be on its way
+            return Crashed(message=(
+                f"{SILENT_MARK} in the {int((now - began).total_seconds())} s since it began running (it began at "
+                f"{began:%H:%M:%S} UTC): the machine or container running it went away before its first one, and no "
+                "worker saw it end"))
+        if now - last < silence:
             return None
         quiet = int((now - last).total_seconds())
         return Crashed(message=(

@@ -84,10 +84,12 @@ def test_another_installs_runs_and_listing_runs_are_left_alone() -> None:
     assert _infrastructure_failure(run(crashed, parameters={"request": {}}), PREFIX) is None
 
 
-async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_that_beats_or_never_beat_is_not(
+async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crashed_and_one_that_beats_is_not(
     prefect_api: str,
 ) -> None:
-    """Against a real Prefect server: silence is judged on when Prefect received the last heartbeat."""
+    """Against a real Prefect server: silence is judged on when Prefect received the last heartbeat; a run that sent
+    none (its container died as it began) only once it has been Running for the start timeout, which is judged only
+    once Prefect has answered for that long."""
     import asyncio
     from datetime import timedelta
 
@@ -114,15 +116,21 @@ async def test_a_running_run_whose_heartbeats_stopped_is_set_crashed_and_one_tha
         await asyncio.sleep(silence.total_seconds() + 1)
         beat_at = await beat(prefect_api, client, beating)
         # Judged 1 s after the second run's beat, however long the server took to store it (a loaded machine).
-        crashed = await crash_silent_runs(client, pool.removesuffix("silence"), silence, beat_at + timedelta(seconds=1))
+        prefix, judged_at = pool.removesuffix("silence"), beat_at + timedelta(seconds=1)
+        crashed = await crash_silent_runs(client, prefix, silence, None, judged_at)
         states = {name: (await client.read_flow_run(made.id)).state
                   for name, made in (("silent", silent), ("beating", beating), ("never", never))}
+        # Running for longer than a start may take, with no heartbeat ever received.
+        then = await crash_silent_runs(client, prefix, silence, silence, judged_at)
+        never_after = (await client.read_flow_run(never.id)).state
         await client.delete_work_pool(pool)
 
-    assert crashed == [silent.id]
+    assert (crashed, then) == ([silent.id], [never.id])
     assert states["silent"] is not None and states["silent"].name == "Crashed"
     assert (states["silent"].message or "").startswith(SILENT_MARK)
     assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]
+    assert never_after is not None and never_after.name == "Crashed"
+    assert (never_after.message or "").startswith(f"{SILENT_MARK} in the "), never_after.message
 
 
 async def test_a_run_asked_to_cancel_whose_container_is_gone_is_set_cancelled_and_one_still_beating_is_not(
@@ -253,7 +261,8 @@ async def test_a_run_a_worker_took_and_never_started_is_crashed_then_retried_und
 
 async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefect_api: str) -> None:
     """Against a real Prefect server, the loop the app runs (not its parts one by one): a Running run that fell
-    silent and a Pending one never started are Crashed and retried; a Cancelling one nobody will stop is Cancelled."""
+    silent, one that never sent a heartbeat and a Pending one never started are Crashed and retried; a Cancelling
+    one nobody will stop is Cancelled."""
     import asyncio
     import contextlib
 
@@ -273,9 +282,10 @@ async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefe
     async with PrefectClient(prefect_api) as client:
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow(probe)
-        silent, stuck, cancelling = [await made_in_pool(client, flow_id, pool, parameters={"config": {}})
-                                     for _ in range(3)]
-        await client.set_flow_run_state(silent.id, Running(), force=True)
+        silent, never, stuck, cancelling = [await made_in_pool(client, flow_id, pool, parameters={"config": {}})
+                                            for _ in range(4)]
+        for running in (silent, never):
+            await client.set_flow_run_state(running.id, Running(), force=True)
         await beat(prefect_api, client, silent)
         await client.set_flow_run_state(stuck.id, Pending(), force=True)
         await client.set_flow_run_state(cancelling.id, Cancelling(), force=True)  # before any container began
@@ -285,11 +295,12 @@ async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefe
         marks: dict[str, list[str]] = {}
         try:
             for _ in range(120):  # bounded: each kind is settled a few passes after its window
-                for name, made in (("silent", silent), ("stuck", stuck), ("cancelling", cancelling)):
+                for name, made in (("silent", silent), ("never", never), ("stuck", stuck),
+                                   ("cancelling", cancelling)):
                     marks[name] = [f"{state.name}: {state.message}" for state in await client.read_flow_run_states(
                         made.id)]
                 if [history[-1].split(":")[0] for history in marks.values()] == [
-                        "AwaitingRetry", "AwaitingRetry", "Cancelled"]:
+                        "AwaitingRetry", "AwaitingRetry", "AwaitingRetry", "Cancelled"]:
                     break
                 await asyncio.sleep(0.5)
         finally:
@@ -299,8 +310,9 @@ async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefe
             await client.delete_work_pool(pool)
 
     assert any(mark.startswith(f"Crashed: {SILENT_MARK}") for mark in marks["silent"]), marks["silent"]
+    assert any(mark.startswith(f"Crashed: {SILENT_MARK} in the ") for mark in marks["never"]), marks["never"]
     assert any(mark.startswith(f"Crashed: {STUCK_MARK}") for mark in marks["stuck"]), marks["stuck"]
-    assert marks["silent"][-1].startswith("AwaitingRetry") and marks["stuck"][-1].startswith("AwaitingRetry"), marks
+    assert all(marks[name][-1].startswith("AwaitingRetry") for name in ("silent", "never", "stuck")), marks
     assert marks["cancelling"][-1].startswith(f"Cancelled: {CANCELLED_SILENT_MARK}"), marks["cancelling"]
 
 
