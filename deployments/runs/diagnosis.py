@@ -111,6 +111,25 @@ class Diagnosis(BaseModel):
     next_action: str = Field(description="What to do about it.")
 
 
+_TRACEBACK = "\nTraceback (most recent call last):"
+
+
+def _without_traceback(line: LogLine) -> LogLine:
+    r"""The line with the Python traceback Prefect's engine logs under an exception cut off: the diagnosis is read in a
+    chat, and the exception itself stays (its whole line is in get_run_logs and the Prefect UI).
+
+    Example:
+        >>> from datetime import UTC, datetime
+        >>> line = LogLine(timestamp=datetime(2026, 12, 7, tzinfo=UTC), level="error", task_run_id=None,
+        ...                message="Encountered exception during execution: KeyError('x')\nTraceback (most recent "
+        ...                        "call last):\n  File \"/opt/ariel/app/flows/agent.py\", line 234\nKeyError: 'x'")
+        >>> _without_traceback(line).message
+        "Encountered exception during execution: KeyError('x') (its traceback: get_run_logs)"
+    """
+    head, cut, _ = line.message.partition(_TRACEBACK)
+    return line.model_copy(update={"message": f"{head} (its traceback: get_run_logs)"}) if cut else line
+
+
 async def diagnose(
     client: PrefectClient, run: FlowRun, agent_pending: list[str] | None = None, hosting: Hosting | None = None
 ) -> Diagnosis:
@@ -125,7 +144,7 @@ async def diagnose(
     message = (state.message if state else None) or ""
     evidence = [f"state: {state.name if state else 'unknown'}" + (f" — {message}" if message else "")]
     warnings = (await read_log_page(client, run.id, limit=200, min_level="warning", tail=True)).lines
-    error_logs = warnings[-10:]
+    error_logs = [_without_traceback(line) for line in warnings[-10:]]
     refusals = _tool_refusals(warnings)
     exits = recorded_exits(warnings)
     ended = exits[-1] if exits else None  # the last attempt's container, when the run was retried

@@ -22,6 +22,26 @@ MODELS_HERE_ENV = "ARIEL_MODELS_HERE"
 standby imports litellm before its run. Runs on Ariel's pools have the gateway call it, and import no litellm."""
 
 
+def knows_provider(model: str) -> bool:
+    """Whether litellm can tell which provider serves `model`, as a run's call will ask it (`ariel/scripted`
+    included); a model it cannot fails every run the same way. Imports litellm: seconds, the first time.
+
+    Example:
+        >>> knows_provider("openai/gpt-4o-mini"), knows_provider(SCRIPTED_MODEL), knows_provider("scripted/reply")
+        (True, True, False)
+    """
+    if model == SCRIPTED_MODEL:
+        return True
+    import litellm
+
+    litellm.suppress_debug_info = True  # else a failed lookup prints litellm's provider banner to stdout
+    try:
+        litellm.get_llm_provider(model=model)
+    except litellm.BadRequestError:
+        return False
+    return True
+
+
 def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -> dict[str, Any]:
     """Provider-specific arguments of `litellm.completion` for this agent."""
     kwargs: dict[str, Any] = {}

@@ -71,7 +71,12 @@ def test_every_line_a_run_logs_is_in_prefect_when_its_final_state_is(service_hos
     assert any(line.startswith("Reply: Result: ") for line in outcome.logs_at_end), outcome.logs_at_end
 
 
-def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> None:
+async def test_a_run_that_never_replies_stops_at_its_step_limit_and_its_diagnosis_quotes_no_traceback(
+    service_host: str, prefect_api: str,
+) -> None:
+    from deployments.runs.diagnosis import diagnose
+    from deployments.runs.logs import read_log_page
+
     call = ScriptStep(tool="http_request", arguments={"url": f"http://{service_host}/"})
     outcome = play(
         config(
@@ -83,6 +88,14 @@ def test_a_run_that_never_replies_stops_at_its_step_limit(service_host: str) -> 
     )
     assert outcome.state == "Failed"
     assert outcome.message is not None and "StepLimitReached: the agent made 2 LLM calls" in outcome.message
+    async with PrefectClient(prefect_api) as client:
+        found = await diagnose(client, await client.read_flow_run(UUID(outcome.flow_run_id)))
+        logged = (await read_log_page(client, UUID(outcome.flow_run_id), limit=200, min_level="error")).lines
+    # Prefect's engine logs the exception with its traceback: the run's log keeps it, the chat's diagnosis does not.
+    assert any("Traceback (most recent call last)" in line.message for line in logged), logged
+    quoted = [line.message for line in found.error_logs if "StepLimitReached" in line.message]
+    assert quoted and all("Traceback" not in line.message and ".py" not in line.message for line in found.error_logs)
+    assert any(message.endswith("(its traceback: get_run_logs)") for message in quoted), quoted
 
 
 class Slower(Slow):

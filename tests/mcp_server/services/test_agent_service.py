@@ -89,6 +89,25 @@ async def test_an_agent_names_its_own_orgs_provider_only(tmp_path: Path, prefect
     await store.close()
 
 
+async def test_a_model_whose_provider_litellm_cannot_tell_is_refused_before_anything_is_made(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    """Every run of it would fail at its first step ("LLM Provider NOT provided"): said at create and change."""
+    store, org, service = await local_install(tmp_path, prefect_api)
+    caller = owner_of(org)
+    with pytest.raises(InvalidRequest, match=r"^the agent was not created: model: litellm cannot tell which provider "
+                       r"serves 'scripted/reply'; a model id starts with its provider.*'ariel/scripted'"):
+        await service.create(caller, {"name": "Typo", "instructions": "x", "model": "scripted/reply"})
+    assert await store.list_agents(org.id) == []
+    agent = await service.create(caller, {"name": "Typo", "instructions": "x", "model": "ariel/scripted",
+                                          "script": [{"reply": "hi"}]})
+    with pytest.raises(InvalidRequest, match="^the agent was not changed: model: litellm cannot tell"):
+        await service.update(caller, agent.id, "change", {"model": "gpt4o"})
+    changed = await service.update(caller, agent.id, "change", {"model": "openai/gpt-4o-mini"})
+    assert (changed.version, changed.model) == (2, "openai/gpt-4o-mini")
+    await store.close()
+
+
 async def test_a_refused_delete_of_a_missing_agent_is_audited_like_a_refused_change(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
     org = await store.ensure_personal_org()
