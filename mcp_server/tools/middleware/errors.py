@@ -60,12 +60,35 @@ def _readable(exc: ToolError | ArgumentsInvalid) -> tuple[str, BaseException | N
 
 
 def describe_validation(error: ValidationError) -> str:
-    """One line per bad field: where it is and what is allowed, without pydantic's URLs."""
+    """One line per bad field: where it is and what is allowed, without pydantic's URLs or Ariel's class names.
+
+    >>> from pydantic import BaseModel
+    >>> class ScheduleSpec(BaseModel):
+    ...     cron: str
+    >>> class Arguments(BaseModel):
+    ...     schedule: ScheduleSpec
+    >>> try:
+    ...     Arguments.model_validate({"schedule": "every weekday at 8"})
+    ... except ValidationError as exc:
+    ...     describe_validation(exc)
+    "schedule: must be a JSON object of the fields the tool's schema lists for it, not a string"
+    """
     parts = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "arguments"
-        parts.append(f"{field}: {str(item['msg']).removeprefix('Value error, ')}")
+        if item["type"] == "model_type":  # pydantic names the model class, which says nothing to the caller
+            message = (f"must be a JSON object of the fields the tool's schema lists for it, not "
+                       f"{_json_kind(item.get('input'))}")
+        else:
+            message = str(item["msg"]).removeprefix("Value error, ")
+        parts.append(f"{field}: {message}")
     return "; ".join(parts)
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in words: 'a string', 'a list', ..."""
+    kinds = ((bool, "true or false"), (str, "a string"), (int | float, "a number"), (list, "a list"))
+    return "null" if value is None else next((kind for type_, kind in kinds if isinstance(value, type_)), "that")
 
 
 def bounded(message: str, arguments: dict[str, Any]) -> str:

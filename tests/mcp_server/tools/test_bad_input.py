@@ -46,6 +46,15 @@ async def test_a_cron_line_of_seven_fields_is_refused_and_nothing_is_created(ses
     assert await agents(session) == []
 
 
+async def test_a_schedule_written_in_words_is_refused_with_what_a_schedule_is_not_a_class_name(
+    session: Client[Any],
+) -> None:
+    message = await refusal(session, "create_agent", **HELLO, schedule="every weekday at 8")
+    assert message == ("invalid arguments: schedule: must be a JSON object of the fields the tool's schema lists for "
+                       "it, not a string")
+    assert await agents(session) == []
+
+
 async def test_a_nul_byte_in_a_name_is_refused_and_nothing_is_created(session: Client[Any]) -> None:
     message = await refusal(session, "create_agent", **{**HELLO, "name": "Hel\x00lo"})
     assert message == "name: control characters are not allowed (found U+0000); send printable text"
@@ -107,7 +116,8 @@ async def test_text_stays_text_where_a_parameter_takes_text_and_json_that_is_no_
     assert got is not None and got["spec"]["instructions"] == '{"say": "hello"}', got
     # A list where an object is wanted stays text, and is refused as such: nothing is created.
     message = await refusal(session, "create_agent", **{**HELLO, "name": "Other"}, schedule='[{"cron": "0 8 * * *"}]')
-    assert message.startswith("invalid arguments: schedule:"), message
+    assert message == ("invalid arguments: schedule: must be a JSON object of the fields the tool's schema lists for "
+                       "it, not a string"), message
     assert [agent["slug"] for agent in await agents(session)] == ["hello"]
 
 
