@@ -42,6 +42,24 @@ def knows_provider(model: str) -> bool:
     return True
 
 
+def needs_a_key(model: str) -> bool:
+    """Whether `model`'s provider authenticates by an API key alone (OpenAI, Anthropic, ...) and this process's
+    environment holds none for it. Not for providers that take other credentials (Bedrock, Vertex: a machine's own
+    role may serve) or only a base URL (Ollama). Imports litellm: seconds, the first time.
+
+    Example:
+        >>> import os
+        >>> "OPENAI_API_KEY" in os.environ or needs_a_key("openai/gpt-4o-mini"), needs_a_key("ollama/llama3")
+        (True, False)
+    """
+    if model == SCRIPTED_MODEL:
+        return False
+    import litellm
+
+    missing = litellm.validate_environment(model=model).get("missing_keys") or []
+    return bool(missing) and all(name.endswith("_API_KEY") for name in missing)
+
+
 def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -> dict[str, Any]:
     """Provider-specific arguments of `litellm.completion` for this agent."""
     kwargs: dict[str, Any] = {}

@@ -43,7 +43,7 @@ from deployments.pools.work_pools import (
 )
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
-from flows.models import SCRIPTED_MODEL, knows_provider
+from flows.models import SCRIPTED_MODEL, knows_provider, needs_a_key
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
@@ -236,7 +236,7 @@ class AgentService:
 
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         spec = parse_spec(data, "the agent was not created", self.protected_hosts)
-        await _check_model(spec.model, "the agent was not created")
+        await _check_model(spec, "the agent was not created")
         await self._check_provider(caller, spec, "the agent was not created")
         await self.mcp_servers(caller.org_id, caller.user_id, spec, not_done="the agent was not created")
         if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
@@ -318,8 +318,8 @@ class AgentService:
             if merged.get("model") != SCRIPTED_MODEL and "script" not in changes:
                 merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
             spec = parse_spec(merged, "the agent was not changed", self.protected_hosts)
-            if spec.model != current.model:
-                await _check_model(spec.model, "the agent was not changed")
+            if (spec.model, spec.provider, spec.api_base) != (current.model, current.provider, current.api_base):
+                await _check_model(spec, "the agent was not changed")
             if spec.provider != current.provider:
                 await self._check_provider(caller, spec, "the agent was not changed")
             if spec.mcp_tools != current.mcp_tools:
@@ -748,12 +748,20 @@ def _turn_name(agent_id: str) -> str:
     return f"agent:{agent_id}"
 
 
-async def _check_model(model: str, not_done: str) -> None:
-    """Refuse a model id whose provider litellm cannot tell: every run of it would fail at its first step."""
+async def _check_model(spec: AgentSpec, not_done: str) -> None:
+    """Refuse a model id whose provider litellm cannot tell, and a model that takes an API key when the agent gives
+    it none: every run of either would fail at its first step."""
     # In a thread: litellm's first import is seconds of CPU, which must not stop the app's other requests.
-    if not await asyncio.to_thread(knows_provider, model):
+    if not await asyncio.to_thread(knows_provider, spec.model):
         raise InvalidRequest(
-            f"{not_done}: model: litellm cannot tell which provider serves {quote(model)}; a model id starts with "
-            f"its provider, as 'openai/gpt-4o-mini' or 'anthropic/claude-sonnet-4-5' (providers: "
+            f"{not_done}: model: litellm cannot tell which provider serves {quote(spec.model)}; a model id starts "
+            f"with its provider, as 'openai/gpt-4o-mini' or 'anthropic/claude-sonnet-4-5' (providers: "
             f"https://docs.litellm.ai/docs/providers), or is {SCRIPTED_MODEL!r}, the offline model"
+        )
+    # A key in the app's environment reaches a process pool's runs (README, Who calls the model).
+    if spec.provider is None and spec.api_base is None and await asyncio.to_thread(needs_a_key, spec.model):
+        raise InvalidRequest(
+            f"{not_done}: model: {quote(spec.model)} takes an API key, and the agent names no provider to hold it: "
+            "give provider, one of your providers (manage_secrets list shows them; an admin adds one with "
+            "manage_secrets set_provider), or api_base, for a server that needs no key"
         )

@@ -92,7 +92,8 @@ async def test_an_agent_names_its_own_orgs_provider_only(tmp_path: Path, prefect
 async def test_a_model_whose_provider_litellm_cannot_tell_is_refused_before_anything_is_made(
     tmp_path: Path, prefect_api: str,
 ) -> None:
-    """Every run of it would fail at its first step ("LLM Provider NOT provided"): said at create and change."""
+    """Every run of it would fail at its first step ("LLM Provider NOT provided", "Missing credentials"): said at
+    create and change."""
     store, org, service = await local_install(tmp_path, prefect_api)
     caller = owner_of(org)
     with pytest.raises(InvalidRequest, match=r"^the agent was not created: model: litellm cannot tell which provider "
@@ -103,8 +104,16 @@ async def test_a_model_whose_provider_litellm_cannot_tell_is_refused_before_anyt
                                           "script": [{"reply": "hi"}]})
     with pytest.raises(InvalidRequest, match="^the agent was not changed: model: litellm cannot tell"):
         await service.update(caller, agent.id, "change", {"model": "gpt4o"})
-    changed = await service.update(caller, agent.id, "change", {"model": "openai/gpt-4o-mini"})
+    # Its provider takes a key, and the agent would have none ("Missing credentials" at every run's first step).
+    with pytest.raises(InvalidRequest, match=r"^the agent was not changed: model: 'openai/gpt-4o-mini' takes an API "
+                       r"key, and the agent names no provider to hold it: give provider.*or api_base"):
+        await service.update(caller, agent.id, "change", {"model": "openai/gpt-4o-mini"})
+    changed = await service.update(caller, agent.id, "change", {"model": "openai/gpt-4o-mini",
+                                                                "api_base": "http://127.0.0.1:9/v1"})
     assert (changed.version, changed.model) == (2, "openai/gpt-4o-mini")
+    # A model served by base URL alone, or by a machine's own credentials, is the machine's to have.
+    for model in ("ollama/llama3", "bedrock/anthropic.claude-3"):
+        assert (await service.update(caller, agent.id, "change", {"model": model, "api_base": ""})).model == model
     await store.close()
 
 

@@ -109,7 +109,8 @@ async def test_a_change_keeps_what_it_does_not_name(url: str) -> None:
     changed = await call(url, OWNER, "update_agent", agent="hello", action="change", limits={"max_steps": 3})
     assert changed["manifest"]["timeout_seconds"] == 60 and changed["manifest"]["max_steps"] == 3
     # Leaving the offline model leaves its script behind.
-    real = await call(url, OWNER, "update_agent", agent="hello", action="change", model="openai/gpt-4o-mini")
+    real = await call(url, OWNER, "update_agent", agent="hello", action="change", model="openai/gpt-4o-mini",
+                      api_base="https://llm.example.test/v1")
     assert "script" not in (await call(url, OWNER, "get_agent", agent="hello"))["spec"] and real["version"] == 3
 
 
