@@ -13,6 +13,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from deployments import runs
 from deployments.agents import compiler, naming
+from deployments.agents.forecast import next_times
 from deployments.agents.manifest import Manifest
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import AgentSpec, slugify, spec_changes
@@ -456,6 +458,9 @@ class AgentService:
                 upcoming = await runs.upcoming_runs(client, caller.org_id, UUID(record.deployment_id), limit=3)
             view.recent_runs = [RunView.of(run) for run in recent]
             view.next_runs = [run.expected_start_time for run in upcoming if run.expected_start_time]
+        if not view.next_runs and view.status == "active" and spec.schedule is not None:
+            # Approved or rescheduled in the last minute: Prefect's scheduler has not made its runs yet.
+            view.next_runs = await next_times(spec.schedule, datetime.now(UTC))
         view.health = _health(view.recent_runs)
         return view
 

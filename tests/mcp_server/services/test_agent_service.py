@@ -117,6 +117,26 @@ async def test_a_model_whose_provider_litellm_cannot_tell_is_refused_before_anyt
     await store.close()
 
 
+async def test_an_agent_just_approved_says_when_its_schedule_runs_it_before_prefect_has_made_those_runs(
+    tmp_path: Path, prefect_api: str,
+) -> None:
+    """Prefect's scheduler makes a deployment's runs once a minute: until then get_agent reads them from the
+    schedule, not as 'never'. Paused, it runs at no time."""
+    store, org, service = await local_install(tmp_path, prefect_api)
+    caller = owner_of(org)
+    agent = await service.create(caller, {"name": "Daily", "instructions": "x", "model": "ariel/scripted",
+                                          "script": [{"reply": "hi"}], "schedule": {"cron": "0 8 * * *"}})
+    await service.update(caller, agent.id, "approve", {})
+    before = datetime.now(UTC)
+    seen = (await service.get(caller, agent.id)).next_runs
+    assert seen is not None and len(seen) == 3, seen
+    assert all(time > before and (time.hour, time.minute) == (8, 0) for time in seen), seen
+    assert [later - earlier for earlier, later in zip(seen, seen[1:], strict=False)] == [timedelta(days=1)] * 2
+    await service.update(caller, agent.id, "pause", {})
+    assert (await service.get(caller, agent.id)).next_runs == []
+    await store.close()
+
+
 async def test_a_refused_delete_of_a_missing_agent_is_audited_like_a_refused_change(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
     org = await store.ensure_personal_org()
