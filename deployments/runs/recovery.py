@@ -228,8 +228,8 @@ async def keep_recovering(
                     try:
                         unstarted = start if reachable.long_enough(now, start) else None
                         for run_id in await crash_silent_runs(client, pool_prefix, silence, unstarted, now):
-                            log.warning("run %s: no heartbeat for %s and no end reported: set Crashed", run_id,
-                                        silence)
+                            log.warning("run %s: its heartbeats stopped, or never came, and no end was reported: "
+                                        "set Crashed", run_id)
                         for run_id in await cancel_silent_cancellings(client, pool_prefix, silence, unstarted, now):
                             log.warning("run %s: asked to cancel, and silent for %s: set Cancelled", run_id, silence)
                     # A run deleted meanwhile (ObjectNotFound) is no outage either: the retries below still run.

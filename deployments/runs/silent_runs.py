@@ -17,10 +17,13 @@ run is judged only once the loop has reached Prefect for a whole `silence`
 without a failure (`Reachability`): an outage of Prefect or of the app is
 never taken for a silent run. A run that never sent a heartbeat (its
 container died in the first second of its run, with its worker host) is set
-Crashed alike once it has been Running for `start_timeout` with none received,
-judged only once Prefect has answered for that long: a cold start on a loaded
-host is tens of seconds, not minutes, and Prefect's engine sends its first
-heartbeat as the run begins.
+Crashed alike once it has been Running for `start_timeout`, by its own state's
+time and by Prefect's last write to it, with none received, judged only once
+Prefect has answered for that long: Prefect's engine sends its first heartbeat
+as the run begins. Only when Prefect has stored a heartbeat of another run of
+the same agent in the last `HEARTBEAT_EVIDENCE`: where heartbeats do not reach
+Prefect at all (its event persister off, a proxy that drops the websocket they
+travel on), no run sends one, and silence says nothing.
 
 A run can also be lost before it runs: a worker that dies, or loses Prefect,
 in the second it starts a run leaves it Pending (`Submitting`) with no
@@ -60,7 +63,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventRelatedFilter,
+    EventResourceFilter,
+)
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Cancelled, Crashed, State
 
@@ -78,6 +87,8 @@ HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 PAGE = 200
 # Heartbeats stamped around the moment the attempt started, or a clock's step beyond now, still count.
 EVENT_MARGIN = timedelta(minutes=2)
+# A run that never sent a heartbeat is judged silent only if another of its agent's did within this.
+HEARTBEAT_EVIDENCE = timedelta(days=7)
 
 log = logging.getLogger("ariel.recovery")
 
@@ -138,9 +149,12 @@ async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: ti
         last = await _last_heartbeat(client, run, now)
         if last is None:
             assert run.state is not None  # a Running run
-            began = run.state.timestamp
-            if start_timeout is None or now - began < start_timeout:
+            began = run.state.timestamp  # the run's machine's clock: Prefect's own `updated` must agree
+            if start_timeout is None or now - began < start_timeout or run.updated is None \
+                    or now - run.updated < start_timeout:
                 return None  # its first heartbeat may still be on its way
+            if not await _heartbeats_arrive(client, run, now):
+                return None
             return Crashed(message=(
                 f"{SILENT_MARK} in the {int((now - began).total_seconds())} s since it began running (it began at "
                 f"{began:%H:%M:%S} UTC): the machine or container running it went away before its first one, and no "
@@ -254,6 +268,19 @@ async def _in_state(client: PrefectClient, state: StateType) -> list[FlowRun]:
         found += page
         if len(page) < PAGE:
             return found
+
+
+async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime) -> bool:
+    """Whether Prefect stored a heartbeat of a run of `run`'s agent (its deployment) in the last
+    `HEARTBEAT_EVIDENCE`: the way they take from its pool to Prefect works."""
+    if run.deployment_id is None:
+        return False
+    page = await client.read_events(EventFilter(
+        occurred=EventOccurredFilter(since=now - HEARTBEAT_EVIDENCE, until=now + EVENT_MARGIN),
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        related=EventRelatedFilter(id=[f"prefect.deployment.{run.deployment_id}"]),
+    ), limit=1)
+    return bool(page.events)
 
 
 async def _last_heartbeat(client: PrefectClient, run: FlowRun, now: datetime) -> datetime | None:

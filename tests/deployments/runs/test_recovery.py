@@ -36,8 +36,12 @@ async def beat(prefect_api: str, client: Any, run: FlowRun) -> Any:
     from deployments.runs.silent_runs import HEARTBEAT_EVENT, _last_heartbeat
 
     after = datetime.now(UTC) - timedelta(seconds=1)
+    # Related to the run's deployment, as Prefect's engine sends it.
+    related = [{"prefect.resource.id": f"prefect.deployment.{run.deployment_id}", "prefect.resource.role": "deployment"}
+               ] if run.deployment_id else []
     async with PrefectEventsClient(prefect_api) as events:
-        await events.emit(Event(event=HEARTBEAT_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"}))
+        await events.emit(Event(event=HEARTBEAT_EVENT, resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                                related=related))
     for _ in range(60):  # the server stores events in batches
         last = await _last_heartbeat(client, await client.read_flow_run(run.id), datetime.now(UTC))
         if last is not None and last >= after:
@@ -108,8 +112,12 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
     async with PrefectClient(prefect_api) as client:
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow(probe)
-        silent, beating, never = [await made_in_pool(client, flow_id, pool) for _ in range(3)]
-        for made in (silent, beating, never):
+        # The agent whose runs beat, and one of which no run ever did (heartbeats may not reach Prefect from it).
+        agent, unheard = [await client.create_deployment(flow_id, name, work_pool_name=pool)
+                          for name in ("beats", "unheard")]
+        silent, beating, never = [await made_in_pool(client, flow_id, pool, deployment_id=agent) for _ in range(3)]
+        never_heard = await made_in_pool(client, flow_id, pool, deployment_id=unheard)
+        for made in (silent, beating, never, never_heard):
             await client.set_flow_run_state(made.id, Running(), force=True)
 
         await beat(prefect_api, client, silent)
@@ -123,6 +131,7 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
         # Running for longer than a start may take, with no heartbeat ever received.
         then = await crash_silent_runs(client, prefix, silence, silence, judged_at)
         never_after = (await client.read_flow_run(never.id)).state
+        unheard_after = (await client.read_flow_run(never_heard.id)).state
         await client.delete_work_pool(pool)
 
     assert (crashed, then) == ([silent.id], [never.id])
@@ -131,6 +140,8 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
     assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]
     assert never_after is not None and never_after.name == "Crashed"
     assert (never_after.message or "").startswith(f"{SILENT_MARK} in the "), never_after.message
+    # No run of its agent was ever heard: nothing says its heartbeats would have reached Prefect.
+    assert unheard_after is not None and unheard_after.name == "Running"
 
 
 async def test_a_run_asked_to_cancel_whose_container_is_gone_is_set_cancelled_and_one_still_beating_is_not(
@@ -282,8 +293,9 @@ async def test_the_recovery_loop_settles_every_kind_of_lost_run_on_its_own(prefe
     async with PrefectClient(prefect_api) as client:
         await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow(probe)
-        silent, never, stuck, cancelling = [await made_in_pool(client, flow_id, pool, parameters={"config": {}})
-                                            for _ in range(4)]
+        agent = await client.create_deployment(flow_id, "loop-probe", work_pool_name=pool)
+        silent, never, stuck, cancelling = [await made_in_pool(client, flow_id, pool, parameters={"config": {}},
+                                                               deployment_id=agent) for _ in range(4)]
         for running in (silent, never):
             await client.set_flow_run_state(running.id, Running(), force=True)
         await beat(prefect_api, client, silent)
