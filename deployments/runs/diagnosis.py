@@ -111,23 +111,26 @@ class Diagnosis(BaseModel):
     next_action: str = Field(description="What to do about it.")
 
 
-_TRACEBACK = "\nTraceback (most recent call last):"
+# Where Prefect's engine appends a traceback to a log line: a plain one, or an exception group's ("  + Exception
+# Group Traceback ...").
+_TRACEBACK = re.compile(r"\s*(?:\+ )?(?:Exception Group )?Traceback \(most recent call last\):.*", re.DOTALL)
 
 
-def _without_traceback(line: LogLine) -> LogLine:
-    r"""The line with the Python traceback Prefect's engine logs under an exception cut off: the diagnosis is read in a
-    chat, and the exception itself stays (its whole line is in get_run_logs and the Prefect UI).
+def without_traceback(message: str) -> str:
+    r"""`message` without the Python traceback Prefect's engine logs under an exception: a diagnosis is read in a
+    chat and in the Prefect UI's write-up, and the exception itself says what went wrong (the whole line stays in
+    the run's log).
 
     Example:
-        >>> from datetime import UTC, datetime
-        >>> line = LogLine(timestamp=datetime(2026, 12, 7, tzinfo=UTC), level="error", task_run_id=None,
-        ...                message="Encountered exception during execution: KeyError('x')\nTraceback (most recent "
-        ...                        "call last):\n  File \"/opt/ariel/app/flows/agent.py\", line 234\nKeyError: 'x'")
-        >>> _without_traceback(line).message
-        "Encountered exception during execution: KeyError('x') (its traceback: get_run_logs)"
+        >>> without_traceback("Encountered exception during execution: KeyError('x')\nTraceback (most recent call "
+        ...                   "last):\n  File \"/opt/ariel/app/flows/agent.py\", line 234\nKeyError: 'x'")
+        "Encountered exception during execution: KeyError('x')"
+        >>> without_traceback("Task run failed: boom - Retries are exhausted\n  + Exception Group Traceback (most "
+        ...                   "recent call last):\n  |   File \"x.py\"")
+        'Task run failed: boom - Retries are exhausted'
     """
-    head, cut, _ = line.message.partition(_TRACEBACK)
-    return line.model_copy(update={"message": f"{head} (its traceback: get_run_logs)"}) if cut else line
+    cut = _TRACEBACK.sub("", message, count=1).rstrip(" -")
+    return cut or message.partition("\n")[0]
 
 
 async def diagnose(
@@ -144,7 +147,7 @@ async def diagnose(
     message = (state.message if state else None) or ""
     evidence = [f"state: {state.name if state else 'unknown'}" + (f" — {message}" if message else "")]
     warnings = (await read_log_page(client, run.id, limit=200, min_level="warning", tail=True)).lines
-    error_logs = [_without_traceback(line) for line in warnings[-10:]]
+    error_logs = [line.model_copy(update={"message": without_traceback(line.message)}) for line in warnings[-10:]]
     refusals = _tool_refusals(warnings)
     exits = recorded_exits(warnings)
     ended = exits[-1] if exits else None  # the last attempt's container, when the run was retried

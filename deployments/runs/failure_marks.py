@@ -248,14 +248,9 @@ def failure_markdown(found: Diagnosis, state: str = "Failed") -> str:
     parts += ["**Evidence:**", "\n".join(f"- {_literal(fact)}" for fact in found.evidence[-MAX_LINES:])]
     if found.error_logs:
         parts += ["**Last warnings and errors:**",
-                  "\n".join(f"- {line.level} {_literal(_no_traceback(line.message))}"
+                  "\n".join(f"- {line.level} {_literal(line.message)}"  # `diagnose` cut their tracebacks
                             for line in found.error_logs[-MAX_LINES:])]
     return "\n\n".join(parts)
-
-
-def _no_traceback(message: str) -> str:
-    """A log line without the traceback Prefect appends: the exception above it says what went wrong."""
-    return message.split("Traceback (most recent call last)", 1)[0].rstrip(" -")
 
 
 def _literal(text: str) -> str:

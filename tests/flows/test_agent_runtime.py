@@ -95,7 +95,8 @@ async def test_a_run_that_never_replies_stops_at_its_step_limit_and_its_diagnosi
     assert any("Traceback (most recent call last)" in line.message for line in logged), logged
     quoted = [line.message for line in found.error_logs if "StepLimitReached" in line.message]
     assert quoted and all("Traceback" not in line.message and ".py" not in line.message for line in found.error_logs)
-    assert any(message.endswith("(its traceback: get_run_logs)") for message in quoted), quoted
+    assert any(message.startswith("Encountered exception during execution: StepLimitReached(")
+               and message.endswith("make the instructions say when to stop')") for message in quoted), quoted
 
 
 class Slower(Slow):
