@@ -38,6 +38,8 @@ KEYED_BY_API_KEY = frozenset({
     "together_ai", "fireworks_ai", "xai", "perplexity", "cohere", "cohere_chat", "cerebras", "deepinfra",
     "hosted_vllm", "ollama", "ollama_chat", "lm_studio", "nvidia_nim",
 })
+KEYED_CLOUD = KEYED_BY_API_KEY - {"hosted_vllm", "ollama", "ollama_chat", "lm_studio"}
+"""Of those, the hosted services, which answer nothing without a key; the others are servers one runs oneself."""
 
 
 def lean_image_of(image: str) -> str | None:

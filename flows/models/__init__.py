@@ -22,42 +22,26 @@ MODELS_HERE_ENV = "ARIEL_MODELS_HERE"
 standby imports litellm before its run. Runs on Ariel's pools have the gateway call it, and import no litellm."""
 
 
-def knows_provider(model: str) -> bool:
-    """Whether litellm can tell which provider serves `model`, as a run's call will ask it (`ariel/scripted`
-    included); a model it cannot fails every run the same way. Imports litellm: seconds, the first time.
+def provider_of(model: str, api_base: str | None = None) -> str | None:
+    """The litellm provider that serves `model` (at `api_base`: litellm knows some providers by their URL), as a
+    run's call will ask it; None when litellm cannot tell, and every run would fail the same way. Imports litellm:
+    seconds, the first time.
 
     Example:
-        >>> knows_provider("openai/gpt-4o-mini"), knows_provider(SCRIPTED_MODEL), knows_provider("scripted/reply")
-        (True, True, False)
+        >>> provider_of("gpt-4o-mini"), provider_of(SCRIPTED_MODEL), provider_of("scripted/reply")
+        ('openai', 'ariel', None)
+        >>> provider_of("llama-3.1-8b-instant", "https://api.groq.com/openai/v1")
+        'groq'
     """
     if model == SCRIPTED_MODEL:
-        return True
+        return SCRIPTED_PROVIDER
     import litellm
 
     litellm.suppress_debug_info = True  # else a failed lookup prints litellm's provider banner to stdout
     try:
-        litellm.get_llm_provider(model=model)
+        return str(litellm.get_llm_provider(model=model, api_base=api_base)[1])
     except litellm.BadRequestError:
-        return False
-    return True
-
-
-def needs_a_key(model: str) -> bool:
-    """Whether `model`'s provider authenticates by an API key alone (OpenAI, Anthropic, ...) and this process's
-    environment holds none for it. Not for providers that take other credentials (Bedrock, Vertex: a machine's own
-    role may serve) or only a base URL (Ollama). Imports litellm: seconds, the first time.
-
-    Example:
-        >>> import os
-        >>> "OPENAI_API_KEY" in os.environ or needs_a_key("openai/gpt-4o-mini"), needs_a_key("ollama/llama3")
-        (True, False)
-    """
-    if model == SCRIPTED_MODEL:
-        return False
-    import litellm
-
-    missing = litellm.validate_environment(model=model).get("missing_keys") or []
-    return bool(missing) and all(name.endswith("_API_KEY") for name in missing)
+        return None
 
 
 def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -> dict[str, Any]:

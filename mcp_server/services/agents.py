@@ -27,6 +27,7 @@ from deployments.agents.forecast import next_times
 from deployments.agents.manifest import Manifest
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import AgentSpec, slugify, spec_changes
+from deployments.pools.run_images import KEYED_CLOUD
 from deployments.pools.work_pools import (
     DEFAULT_CPUS,
     DEFAULT_MEMORY_LIMIT,
@@ -45,7 +46,7 @@ from deployments.pools.work_pools import (
 )
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
-from flows.models import SCRIPTED_MODEL, knows_provider, needs_a_key
+from flows.models import SCRIPTED_MODEL, provider_of
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
@@ -238,8 +239,8 @@ class AgentService:
 
     async def _create(self, caller: Caller, data: dict[str, Any]) -> AgentView:
         spec = parse_spec(data, "the agent was not created", self.protected_hosts)
-        await _check_model(spec, "the agent was not created")
         await self._check_provider(caller, spec, "the agent was not created")
+        await self._check_model(caller, spec, "the agent was not created")
         await self.mcp_servers(caller.org_id, caller.user_id, spec, not_done="the agent was not created")
         if _LOOKS_LIKE_ID.fullmatch(slugify(spec.name)):
             # Tools take an id or a slug: a slug that reads as an id could stand in for another agent.
@@ -320,10 +321,10 @@ class AgentService:
             if merged.get("model") != SCRIPTED_MODEL and "script" not in changes:
                 merged.pop("script", None)  # a script is only the offline model's; leaving it goes with it
             spec = parse_spec(merged, "the agent was not changed", self.protected_hosts)
-            if (spec.model, spec.provider, spec.api_base) != (current.model, current.provider, current.api_base):
-                await _check_model(spec, "the agent was not changed")
             if spec.provider != current.provider:
                 await self._check_provider(caller, spec, "the agent was not changed")
+            if (spec.model, spec.provider, spec.api_base) != (current.model, current.provider, current.api_base):
+                await self._check_model(caller, spec, "the agent was not changed")
             if spec.mcp_tools != current.mcp_tools:
                 await self.mcp_servers(caller.org_id, record.owner_user_id, spec, not_done="the agent was not changed")
                 await self.guard_personal_servers(caller, record, spec, "update_agent change")
@@ -458,7 +459,7 @@ class AgentService:
                 upcoming = await runs.upcoming_runs(client, caller.org_id, UUID(record.deployment_id), limit=3)
             view.recent_runs = [RunView.of(run) for run in recent]
             view.next_runs = [run.expected_start_time for run in upcoming if run.expected_start_time]
-        if not view.next_runs and view.status == "active" and spec.schedule is not None:
+        if not view.next_runs and view.status == "active" and spec.schedule is not None and record.deployment_id:
             # Approved or rescheduled in the last minute: Prefect's scheduler has not made its runs yet.
             view.next_runs = await next_times(spec.schedule, datetime.now(UTC))
         view.health = _health(view.recent_runs)
@@ -550,6 +551,29 @@ class AgentService:
             f"{not_done}: provider: there is no provider {quote(spec.provider)} here; manage_secrets list shows the "
             f"providers you can name, and an admin adds one with manage_secrets set_provider"
         )
+
+    async def _check_model(self, caller: Caller, spec: AgentSpec, not_done: str) -> None:
+        """Refuse a model id whose provider litellm cannot tell, and a model that takes an API key when the agent
+        gives it none: every run of either would fail at its first step."""
+        provider = await self.store.get_provider(caller.org_id, spec.provider) if spec.provider else None
+        api_base = spec.api_base or (provider.api_base if provider is not None else None)
+        # In a thread: litellm's first import is seconds of CPU, which must not stop the app's other requests.
+        served_by = await asyncio.to_thread(provider_of, spec.model, api_base)
+        if served_by is None:
+            raise InvalidRequest(
+                f"{not_done}: model: litellm cannot tell which provider serves {quote(spec.model)}; a model id starts "
+                f"with its provider, as 'openai/gpt-4o-mini' or 'anthropic/claude-sonnet-4-5' (providers: "
+                f"https://docs.litellm.ai/docs/providers), or is {SCRIPTED_MODEL!r}, the offline model"
+            )
+        # On a process pool a key in the app's environment reaches the runs (README, Who calls the model), under
+        # names litellm's own check does not all know: judged there by the run itself.
+        if spec.provider is None and api_base is None and served_by in KEYED_CLOUD \
+                and (await self.org_pool(caller))[1] != "process":
+            raise InvalidRequest(
+                f"{not_done}: model: {quote(spec.model)} takes an API key, and the agent names no provider to hold "
+                "it: give provider, one of your providers (manage_secrets list shows them; an admin adds one with "
+                "manage_secrets set_provider), or api_base, for a server that needs no key"
+            )
 
     async def run_config(self, caller: Caller, record: AgentRecord, spec: AgentSpec) -> RunConfig:
         """What runs of the agent's current version receive, unsigned (the compiler signs; `signed_run_config`).
@@ -751,22 +775,3 @@ def _wait(seconds: float) -> str:
 
 def _turn_name(agent_id: str) -> str:
     return f"agent:{agent_id}"
-
-
-async def _check_model(spec: AgentSpec, not_done: str) -> None:
-    """Refuse a model id whose provider litellm cannot tell, and a model that takes an API key when the agent gives
-    it none: every run of either would fail at its first step."""
-    # In a thread: litellm's first import is seconds of CPU, which must not stop the app's other requests.
-    if not await asyncio.to_thread(knows_provider, spec.model):
-        raise InvalidRequest(
-            f"{not_done}: model: litellm cannot tell which provider serves {quote(spec.model)}; a model id starts "
-            f"with its provider, as 'openai/gpt-4o-mini' or 'anthropic/claude-sonnet-4-5' (providers: "
-            f"https://docs.litellm.ai/docs/providers), or is {SCRIPTED_MODEL!r}, the offline model"
-        )
-    # A key in the app's environment reaches a process pool's runs (README, Who calls the model).
-    if spec.provider is None and spec.api_base is None and await asyncio.to_thread(needs_a_key, spec.model):
-        raise InvalidRequest(
-            f"{not_done}: model: {quote(spec.model)} takes an API key, and the agent names no provider to hold it: "
-            "give provider, one of your providers (manage_secrets list shows them; an admin adds one with "
-            "manage_secrets set_provider), or api_base, for a server that needs no key"
-        )

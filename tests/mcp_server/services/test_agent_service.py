@@ -92,8 +92,7 @@ async def test_an_agent_names_its_own_orgs_provider_only(tmp_path: Path, prefect
 async def test_a_model_whose_provider_litellm_cannot_tell_is_refused_before_anything_is_made(
     tmp_path: Path, prefect_api: str,
 ) -> None:
-    """Every run of it would fail at its first step ("LLM Provider NOT provided", "Missing credentials"): said at
-    create and change."""
+    """Every run of it would fail at its first step ("LLM Provider NOT provided"): said at create and change."""
     store, org, service = await local_install(tmp_path, prefect_api)
     caller = owner_of(org)
     with pytest.raises(InvalidRequest, match=r"^the agent was not created: model: litellm cannot tell which provider "
@@ -104,16 +103,40 @@ async def test_a_model_whose_provider_litellm_cannot_tell_is_refused_before_anyt
                                           "script": [{"reply": "hi"}]})
     with pytest.raises(InvalidRequest, match="^the agent was not changed: model: litellm cannot tell"):
         await service.update(caller, agent.id, "change", {"model": "gpt4o"})
-    # Its provider takes a key, and the agent would have none ("Missing credentials" at every run's first step).
-    with pytest.raises(InvalidRequest, match=r"^the agent was not changed: model: 'openai/gpt-4o-mini' takes an API "
+    # litellm knows some providers by their base URL, the agent's or its provider's: as a run's call will.
+    groq = {"model": "llama-3.1-8b-instant", "api_base": "https://api.groq.com/openai/v1"}
+    assert (await service.update(caller, agent.id, "change", groq)).model == groq["model"]
+    await store.add_data_key(org.id, 1, "kek", b"wrapped")  # sealing itself is tested in test_sealing
+    await store.put_provider(org.id, "groq-main", "https://api.groq.com/openai/v1", b"sealed", b"nonce", 1)
+    keyed = {"model": "llama-3.1-8b-instant", "api_base": "", "provider": "groq-main"}
+    assert (await service.update(caller, agent.id, "change", keyed)).model == groq["model"]
+    await store.close()
+
+
+async def test_a_model_that_takes_an_api_key_is_refused_when_the_agent_gives_it_none(
+    tmp_path: Path, prefect_api: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a Docker pool nothing else would give its runs one ("Missing credentials" at every first step); on a process
+    pool a key in the app's environment reaches them."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'ariel.db'}")
+    _, org = await store.ensure_local_owner()
+    caller = owner_of(org)
+    docker, process = [AgentService(store, prefect_api, kind, "ariel-runtime:local", await store.installation_id(),
+                                    signer=Ed25519ConfigSigner.generate()) for kind in ("docker", "process")]
+    with pytest.raises(InvalidRequest, match=r"^the agent was not created: model: 'openai/gpt-4o-mini' takes an API "
                        r"key, and the agent names no provider to hold it: give provider.*or api_base"):
-        await service.update(caller, agent.id, "change", {"model": "openai/gpt-4o-mini"})
-    changed = await service.update(caller, agent.id, "change", {"model": "openai/gpt-4o-mini",
-                                                                "api_base": "http://127.0.0.1:9/v1"})
-    assert (changed.version, changed.model) == (2, "openai/gpt-4o-mini")
-    # A model served by base URL alone, or by a machine's own credentials, is the machine's to have.
+        await docker.create(caller, {"name": "Paid", "instructions": "x", "model": "openai/gpt-4o-mini"})
+    assert await store.list_agents(org.id) == []
+    agent = await docker.create(caller, {"name": "Paid", "instructions": "x", "model": "openai/gpt-4o-mini",
+                                         "api_base": "https://llm.example.test/v1"})
+    with pytest.raises(InvalidRequest, match="^the agent was not changed: model: 'openai/gpt-4o-mini' takes an API"):
+        await docker.update(caller, agent.id, "change", {"api_base": ""})
+    # A model served by a base URL of one's own, or by a machine's own credentials, is the machine's to have.
     for model in ("ollama/llama3", "bedrock/anthropic.claude-3"):
-        assert (await service.update(caller, agent.id, "change", {"model": model, "api_base": ""})).model == model
+        assert (await docker.update(caller, agent.id, "change", {"model": model, "api_base": ""})).model == model
+    assert (await process.create(caller, {"name": "Local", "instructions": "x", "model": "gpt-4o-mini"})).model \
+        == "gpt-4o-mini"
     await store.close()
 
 
