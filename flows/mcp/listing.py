@@ -43,7 +43,7 @@ from flows.tls import tls_for
 LISTING_ROUTE = "/ariel/v1/listing"  # the gateway's; mcp_server.gateway.app.LISTING_ROUTE
 FLOW_NAME = "ariel-mcp-listing"
 # Module form, like the agent's: it resolves on a process worker and in the runtime image alike.
-ENTRYPOINT = "flows.mcp.listing:list_tools_run"
+ENTRYPOINT = "flows.mcp.listing.list_tools_run"  # dotted: see deployments.agents.compiler
 LISTING_CONNECT_SECONDS = 30.0
 
 

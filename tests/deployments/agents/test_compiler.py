@@ -45,7 +45,7 @@ async def test_the_deployment_is_in_the_orgs_pool_with_its_tags_and_frozen_spec(
     assert "org-name:personal" in deployment.tags
     assert deployment.parameters["config"]["version"] == 1
     assert deployment.parameters["config"]["instructions"] == "Summarize."
-    assert deployment.entrypoint == "flows.agent:agent_run"
+    assert deployment.entrypoint == "flows.agent.agent_run"
     # Signed over exactly what Prefect holds: the runtime checks it with the key its pool gives it.
     verify(deployment.parameters["config"], SIGNER.verify_key)
 
