@@ -111,9 +111,7 @@ class Diagnosis(BaseModel):
     next_action: str = Field(description="What to do about it.")
 
 
-# Where Prefect's engine appends a traceback to a log line: a plain one, or an exception group's ("  + Exception
-# Group Traceback ...").
-_TRACEBACK = re.compile(r"\s*(?:\+ )?(?:Exception Group )?Traceback \(most recent call last\):.*", re.DOTALL)
+_TRACEBACK = "Traceback (most recent call last):"
 
 
 def without_traceback(message: str) -> str:
@@ -128,9 +126,16 @@ def without_traceback(message: str) -> str:
         >>> without_traceback("Task run failed: boom - Retries are exhausted\n  + Exception Group Traceback (most "
         ...                   "recent call last):\n  |   File \"x.py\"")
         'Task run failed: boom - Retries are exhausted'
+        >>> without_traceback("Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'x'")
+        "KeyError: 'x'"
     """
-    cut = _TRACEBACK.sub("", message, count=1).rstrip(" -")
-    return cut or message.partition("\n")[0]
+    # String methods, not a regular expression: a log line may hold any run of spaces, and is read in the loop.
+    at = message.find(_TRACEBACK)
+    if at < 0:
+        return message
+    head = message[:max(message.rfind("\n", 0, at), 0)].rstrip().rstrip(" -")
+    # Only a traceback: its last line is the exception.
+    return head or next((line.strip() for line in reversed(message.splitlines()) if line.strip()), message)
 
 
 async def diagnose(
