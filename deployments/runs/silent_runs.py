@@ -21,7 +21,7 @@ Crashed alike once it has been Running for `start_timeout`, by its own state's
 time and by Prefect's last write to it, with none received, judged only once
 Prefect has answered for that long: Prefect's engine sends its first heartbeat
 as the run begins. Only when Prefect has stored a heartbeat of another run of
-the same agent in the last `HEARTBEAT_EVIDENCE`: where heartbeats do not reach
+the same pool in the last `HEARTBEAT_EVIDENCE`: where heartbeats do not reach
 Prefect at all (its event persister off, a proxy that drops the websocket they
 travel on), no run sends one, and silence says nothing.
 
@@ -57,17 +57,20 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
+    WorkPoolFilter,
+    WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import OrchestrationResult, SetStateStatus
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
     EventOccurredFilter,
-    EventRelatedFilter,
     EventResourceFilter,
 )
 from prefect.exceptions import PrefectHTTPStatusError
@@ -87,8 +90,10 @@ HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 PAGE = 200
 # Heartbeats stamped around the moment the attempt started, or a clock's step beyond now, still count.
 EVENT_MARGIN = timedelta(minutes=2)
-# A run that never sent a heartbeat is judged silent only if another of its agent's did within this.
+# A run that never sent a heartbeat is judged silent only if another run of its pool did within this: among the
+# pool's latest EVIDENCE_RUNS.
 HEARTBEAT_EVIDENCE = timedelta(days=7)
+EVIDENCE_RUNS = 50
 
 log = logging.getLogger("ariel.recovery")
 
@@ -271,14 +276,27 @@ async def _in_state(client: PrefectClient, state: StateType) -> list[FlowRun]:
 
 
 async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime) -> bool:
-    """Whether Prefect stored a heartbeat of a run of `run`'s agent (its deployment) in the last
-    `HEARTBEAT_EVIDENCE`: the way they take from its pool to Prefect works."""
-    if run.deployment_id is None:
+    """Whether Prefect stored, in the last `HEARTBEAT_EVIDENCE`, a heartbeat of another recent run of `run`'s pool:
+    the way they take from that pool to Prefect works.
+
+    By the runs' own ids, the heartbeat's main resource, which the gateway checks against the sender's token (a
+    related resource it does not: a run could name any deployment there); by pool, not agent, so that an agent's
+    first run counts on its pool's others, and an agent moved to another pool does not on its old one's.
+    """
+    if not run.work_pool_name:
+        return False
+    others = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
+            after_=now - HEARTBEAT_EVIDENCE)),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[run.work_pool_name])),
+        sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=EVIDENCE_RUNS)
+    ids = [f"prefect.flow-run.{other.id}" for other in others if other.id != run.id]
+    if not ids:
         return False
     page = await client.read_events(EventFilter(
         occurred=EventOccurredFilter(since=now - HEARTBEAT_EVIDENCE, until=now + EVENT_MARGIN),
         event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-        related=EventRelatedFilter(id=[f"prefect.deployment.{run.deployment_id}"]),
+        resource=EventResourceFilter(id=ids),
     ), limit=1)
     return bool(page.events)
 

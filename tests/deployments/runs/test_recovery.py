@@ -110,13 +110,17 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
     silence = timedelta(seconds=3)
     pool = f"ariel-{uuid4().hex[:8]}-silence"  # an install of its own: other tests' runs are not this pass's
     async with PrefectClient(prefect_api) as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        # A pool whose runs beat, and one from which no run's heartbeat ever reached Prefect (a proxy that drops
+        # the websocket they travel on, say): there silence says nothing.
+        quiet = pool.replace("silence", "quiet")
+        for name in (pool, quiet):
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
         flow_id = await client.create_flow(probe)
-        # The agent whose runs beat, and one of which no run ever did (heartbeats may not reach Prefect from it).
-        agent, unheard = [await client.create_deployment(flow_id, name, work_pool_name=pool)
-                          for name in ("beats", "unheard")]
-        silent, beating, never = [await made_in_pool(client, flow_id, pool, deployment_id=agent) for _ in range(3)]
-        never_heard = await made_in_pool(client, flow_id, pool, deployment_id=unheard)
+        agent, unheard = [await client.create_deployment(flow_id, name, work_pool_name=name) for name in (pool, quiet)]
+        silent, beating = [await made_in_pool(client, flow_id, pool, deployment_id=agent) for _ in range(2)]
+        # Of another agent of the pool that beats: its pool's heartbeats are what says its silence is one.
+        never = await made_in_pool(client, flow_id, pool)
+        never_heard = await made_in_pool(client, flow_id, quiet, deployment_id=unheard)
         for made in (silent, beating, never, never_heard):
             await client.set_flow_run_state(made.id, Running(), force=True)
 
@@ -132,7 +136,8 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
         then = await crash_silent_runs(client, prefix, silence, silence, judged_at)
         never_after = (await client.read_flow_run(never.id)).state
         unheard_after = (await client.read_flow_run(never_heard.id)).state
-        await client.delete_work_pool(pool)
+        for name in (pool, quiet):
+            await client.delete_work_pool(name)
 
     assert (crashed, then) == ([silent.id], [never.id])
     assert states["silent"] is not None and states["silent"].name == "Crashed"
@@ -140,7 +145,7 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
     assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]
     assert never_after is not None and never_after.name == "Crashed"
     assert (never_after.message or "").startswith(f"{SILENT_MARK} in the "), never_after.message
-    # No run of its agent was ever heard: nothing says its heartbeats would have reached Prefect.
+    # No run of its pool was ever heard: nothing says its heartbeats would have reached Prefect.
     assert unheard_after is not None and unheard_after.name == "Running"
 
 
