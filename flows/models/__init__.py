@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from flows.exceptions import ModelCallFailed, RuntimeFailure
 
@@ -42,6 +43,21 @@ def provider_of(model: str, api_base: str | None = None) -> str | None:
         return str(litellm.get_llm_provider(model=model, api_base=api_base)[1])
     except litellm.BadRequestError:
         return None
+
+
+def hosted_endpoint(api_base: str) -> bool:
+    """Whether `api_base` is the address of a hosted service litellm knows (Groq's, DeepSeek's, ...), which answers
+    nothing without a key, rather than a server of one's own. Imports litellm.
+
+    Example:
+        >>> hosted_endpoint("https://api.groq.com/openai/v1"), hosted_endpoint("http://10.0.0.5:8000/v1")
+        (True, False)
+    """
+    import litellm
+
+    hosts = {urlsplit(known if "://" in known else f"https://{known}").hostname
+             for known in litellm.openai_compatible_endpoints}
+    return urlsplit(api_base).hostname in hosts
 
 
 def completion_kwargs(config: RunConfig, provider: ProviderCredentials | None) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from deployments.pools.work_pools import (
 )
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
-from flows.models import SCRIPTED_MODEL, provider_of
+from flows.models import SCRIPTED_MODEL, hosted_endpoint, provider_of
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
@@ -566,8 +566,10 @@ class AgentService:
                 f"https://docs.litellm.ai/docs/providers), or is {SCRIPTED_MODEL!r}, the offline model"
             )
         # On a process pool a key in the app's environment reaches the runs (README, Who calls the model), under
-        # names litellm's own check does not all know: judged there by the run itself.
-        if spec.provider is None and api_base is None and served_by in KEYED_CLOUD \
+        # names litellm's own check does not all know: judged there by the run itself. A base URL is a keyless
+        # server of one's own, unless it is a hosted service's.
+        if spec.provider is None and served_by in KEYED_CLOUD \
+                and (api_base is None or await asyncio.to_thread(hosted_endpoint, api_base)) \
                 and (await self.org_pool(caller))[1] != "process":
             raise InvalidRequest(
                 f"{not_done}: model: {quote(spec.model)} takes an API key, and the agent names no provider to hold "

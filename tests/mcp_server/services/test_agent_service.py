@@ -132,6 +132,10 @@ async def test_a_model_that_takes_an_api_key_is_refused_when_the_agent_gives_it_
                                          "api_base": "https://llm.example.test/v1"})
     with pytest.raises(InvalidRequest, match="^the agent was not changed: model: 'openai/gpt-4o-mini' takes an API"):
         await docker.update(caller, agent.id, "change", {"api_base": ""})
+    # A hosted service's address is no keyless server of one's own.
+    with pytest.raises(InvalidRequest, match="^the agent was not changed: model: 'llama-3.1-8b-instant' takes an API"):
+        await docker.update(caller, agent.id, "change", {"model": "llama-3.1-8b-instant",
+                                                         "api_base": "https://api.groq.com/openai/v1"})
     # A model served by a base URL of one's own, or by a machine's own credentials, is the machine's to have.
     for model in ("ollama/llama3", "bedrock/anthropic.claude-3"):
         assert (await docker.update(caller, agent.id, "change", {"model": model, "api_base": ""})).model == model
