@@ -42,9 +42,10 @@ from flows.config import RunConfig
 
 # Module form, so the same entrypoint resolves on a process worker (installed
 # package) and in the runtime image (PYTHONPATH=/opt/ariel/app). Dotted, not
-# `module:function`: Prefect then imports it as is, rather than first "downloading
-# flow code from storage at None" (its log line at the top of every run), copying
-# the working directory onto itself and putting "." on the run's import path.
+# `module:function`: in a run's container Prefect then imports it as is, rather
+# than first "downloading flow code from storage at None" (its log line at the top
+# of every run), copying the working directory onto itself and putting "." on the
+# run's import path. (A process worker copies a workspace either way.)
 ENTRYPOINT = "flows.agent.agent_run"
 
 Schedule = CronSchedule | IntervalSchedule
