@@ -285,9 +285,11 @@ async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime)
     """
     if not run.work_pool_name:
         return False
+    # Due by now: a pool's future runs (Prefect schedules up to 100 a deployment ahead) never beat, and would fill
+    # the page.
     others = await client.read_flow_runs(
         flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
-            after_=now - HEARTBEAT_EVIDENCE)),
+            after_=now - HEARTBEAT_EVIDENCE, before_=now)),
         work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[run.work_pool_name])),
         sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=EVIDENCE_RUNS)
     ids = [f"prefect.flow-run.{other.id}" for other in others if other.id != run.id]

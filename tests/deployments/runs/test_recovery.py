@@ -95,14 +95,14 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
     none (its container died as it began) only once it has been Running for the start timeout, which is judged only
     once Prefect has answered for that long."""
     import asyncio
-    from datetime import timedelta
+    from datetime import UTC, datetime, timedelta
 
     from prefect import flow
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.states import Running
+    from prefect.states import Running, Scheduled
 
-    from deployments.runs.silent_runs import SILENT_MARK, crash_silent_runs
+    from deployments.runs.silent_runs import EVIDENCE_RUNS, SILENT_MARK, crash_silent_runs
 
     @flow(name="silence-probe")
     def probe() -> None: ...
@@ -123,6 +123,11 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
         never_heard = await made_in_pool(client, flow_id, quiet, deployment_id=unheard)
         for made in (silent, beating, never, never_heard):
             await client.set_flow_run_state(made.id, Running(), force=True)
+        # Its runs of tomorrow, made ahead as Prefect's scheduler makes them: they never beat, and must not hide the
+        # pool's runs that did.
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        for _ in range(EVIDENCE_RUNS + 5):
+            await client.create_flow_run_from_deployment(agent, state=Scheduled(scheduled_time=tomorrow))
 
         await beat(prefect_api, client, silent)
         await asyncio.sleep(silence.total_seconds() + 1)
