@@ -73,6 +73,7 @@ from prefect.events.filters import (
     EventOccurredFilter,
     EventResourceFilter,
 )
+from prefect.events.schemas.events import ReceivedEvent
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Cancelled, Crashed, State
 
@@ -295,12 +296,7 @@ async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime)
     ids = [f"prefect.flow-run.{other.id}" for other in others if other.id != run.id]
     if not ids:
         return False
-    page = await client.read_events(EventFilter(
-        occurred=EventOccurredFilter(since=now - HEARTBEAT_EVIDENCE, until=now + EVENT_MARGIN),
-        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-        resource=EventResourceFilter(id=ids),
-    ), limit=1)
-    return bool(page.events)
+    return bool(await _heartbeats(client, ids, since=now - HEARTBEAT_EVIDENCE, now=now, limit=1))
 
 
 async def _last_heartbeat(client: PrefectClient, run: FlowRun, now: datetime) -> datetime | None:
@@ -310,9 +306,17 @@ async def _last_heartbeat(client: PrefectClient, run: FlowRun, now: datetime) ->
     window is read on one clock; only this attempt's heartbeats are read, which bounds the query to its duration.
     """
     assert run.state is not None  # a Running run
+    found = await _heartbeats(client, [f"prefect.flow-run.{run.id}"], since=run.state.timestamp - EVENT_MARGIN,
+                              now=now, limit=5)
+    return max((event.received for event in found), default=None)
+
+
+async def _heartbeats(client: PrefectClient, resource_ids: list[str], since: datetime, now: datetime,
+                      limit: int) -> list[ReceivedEvent]:
+    """Heartbeats Prefect stored of the flow runs `resource_ids` (`prefect.flow-run.<id>`) since `since`."""
     page = await client.read_events(EventFilter(
-        occurred=EventOccurredFilter(since=run.state.timestamp - EVENT_MARGIN, until=now + EVENT_MARGIN),
+        occurred=EventOccurredFilter(since=since, until=now + EVENT_MARGIN),
         event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-        resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
-    ), limit=5)
-    return max((event.received for event in page.events), default=None)
+        resource=EventResourceFilter(id=resource_ids),
+    ), limit=limit)
+    return page.events
