@@ -21,9 +21,11 @@ Crashed alike once it has been Running for `start_timeout`, by its own state's
 time and by Prefect's last write to it, with none received, judged only once
 Prefect has answered for that long: Prefect's engine sends its first heartbeat
 as the run begins. Only when Prefect has stored a heartbeat of another run of
-the same pool in the last `HEARTBEAT_EVIDENCE`: where heartbeats do not reach
-Prefect at all (its event persister off, a proxy that drops the websocket they
-travel on), no run sends one, and silence says nothing.
+the same pool in the last `HEARTBEAT_EVIDENCE` (for a pool of Ariel's own pool
+host that has none yet, its first runs, of another of its pools of that type):
+where heartbeats do not reach Prefect at all (its event persister off, a proxy
+that drops the websocket they travel on), no run sends one, and silence says
+nothing.
 
 A run can also be lost before it runs: a worker that dies, or loses Prefect,
 in the second it starts a run leaves it Pending (`Submitting`) with no
@@ -77,7 +79,7 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Cancelled, Crashed, State
 
-from deployments.pools.work_pools import HEARTBEAT_SECONDS
+from deployments.pools.work_pools import HEARTBEAT_SECONDS, platform_pool_pattern
 from deployments.runs.attempts import attempt_of, number_attempt
 
 # Four intervals: a loaded host delays a heartbeat by seconds, not by minutes.
@@ -159,7 +161,7 @@ async def crash_silent_runs(client: PrefectClient, pool_prefix: str, silence: ti
             if start_timeout is None or now - began < start_timeout or run.updated is None \
                     or now - run.updated < start_timeout:
                 return None  # its first heartbeat may still be on its way
-            if not await _heartbeats_arrive(client, run, now):
+            if not await _heartbeats_arrive(client, run, now, pool_prefix):
                 return None
             return Crashed(message=(
                 f"{SILENT_MARK} in the {int((now - began).total_seconds())} s since it began running (it began at "
@@ -276,9 +278,11 @@ async def _in_state(client: PrefectClient, state: StateType) -> list[FlowRun]:
             return found
 
 
-async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime) -> bool:
+async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime, pool_prefix: str) -> bool:
     """Whether Prefect stored, in the last `HEARTBEAT_EVIDENCE`, a heartbeat of another recent run of `run`'s pool:
-    the way they take from that pool to Prefect works.
+    the way they take from that pool to Prefect works. For a pool of Ariel's own pool host with none (its first
+    runs), of another of the install's pools of its type: its runs take the same way, through the same host and
+    gateway. Never for an org's own hardware, whose machines may sit behind a proxy of their own.
 
     By the runs' own ids, the heartbeat's main resource, which the gateway checks against the sender's token (a
     related resource it does not: a run could name any deployment there); by pool, not agent, so that an agent's
@@ -286,14 +290,29 @@ async def _heartbeats_arrive(client: PrefectClient, run: FlowRun, now: datetime)
     """
     if not run.work_pool_name:
         return False
+    if await _heard_among(client, run, now, WorkPoolFilter(name=WorkPoolFilterName(any_=[run.work_pool_name])),
+                          lambda pool: True):
+        return True
+    kind = run.work_pool_name.rpartition("-")[2]
+    hosted = platform_pool_pattern(pool_prefix, [kind])
+    if kind not in ("docker", "process") or not hosted.fullmatch(run.work_pool_name):
+        return False
+    return await _heard_among(client, run, now, None, lambda pool: bool(hosted.fullmatch(pool)))
+
+
+async def _heard_among(client: PrefectClient, run: FlowRun, now: datetime, pools: WorkPoolFilter | None,
+                       keep: Callable[[str], bool]) -> bool:
+    """Whether a heartbeat of one of the latest `EVIDENCE_RUNS` Ariel runs already due (of `pools`, those whose pool
+    `keep` keeps), other than `run`, reached Prefect in the last `HEARTBEAT_EVIDENCE`."""
     # Due by now: a pool's future runs (Prefect schedules up to 100 a deployment ahead) never beat, and would fill
     # the page.
     others = await client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
-            after_=now - HEARTBEAT_EVIDENCE, before_=now)),
-        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[run.work_pool_name])),
-        sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=EVIDENCE_RUNS)
-    ids = [f"prefect.flow-run.{other.id}" for other in others if other.id != run.id]
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["ariel"]),
+                                      expected_start_time=FlowRunFilterExpectedStartTime(
+                                          after_=now - HEARTBEAT_EVIDENCE, before_=now)),
+        work_pool_filter=pools, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=EVIDENCE_RUNS)
+    ids = [f"prefect.flow-run.{other.id}" for other in others
+           if other.id != run.id and keep(other.work_pool_name or "")]
     if not ids:
         return False
     return bool(await _heartbeats(client, ids, since=now - HEARTBEAT_EVIDENCE, now=now, limit=1))

@@ -108,12 +108,16 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
     def probe() -> None: ...
 
     silence = timedelta(seconds=3)
-    pool = f"ariel-{uuid4().hex[:8]}-silence"  # an install of its own: other tests' runs are not this pass's
+    prefix = f"ariel-{uuid4().hex[:8]}-"  # an install of its own: other tests' runs are not this pass's
+    pool = f"{prefix}acme-docker"
     async with PrefectClient(prefect_api) as client:
-        # A pool whose runs beat, and one from which no run's heartbeat ever reached Prefect (a proxy that drops
-        # the websocket they travel on, say): there silence says nothing.
-        quiet = pool.replace("silence", "quiet")
-        for name in (pool, quiet):
+        # A pool whose runs beat, and an org's own hardware from which no run's heartbeat ever reached Prefect (a
+        # proxy of its own that drops the websocket they travel on, say): there silence says nothing.
+        quiet = f"{prefix}0f3c9a1b2c3d-own"
+        # Two pools of Ariel's pool host with no run heard yet, the org's first: one of the type of the pool that
+        # beats (its runs take the same way to Prefect, so its silence is one), one of another type.
+        newcomer, other_kind = f"{prefix}newco-docker", f"{prefix}newco-process"
+        for name in (pool, quiet, newcomer, other_kind):
             await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
         flow_id = await client.create_flow(probe)
         agent, unheard = [await client.create_deployment(flow_id, name, work_pool_name=name) for name in (pool, quiet)]
@@ -121,7 +125,8 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
         # Of another agent of the pool that beats: its pool's heartbeats are what says its silence is one.
         never = await made_in_pool(client, flow_id, pool)
         never_heard = await made_in_pool(client, flow_id, quiet, deployment_id=unheard)
-        for made in (silent, beating, never, never_heard):
+        first, first_of_kind = [await made_in_pool(client, flow_id, name) for name in (newcomer, other_kind)]
+        for made in (silent, beating, never, never_heard, first, first_of_kind):
             await client.set_flow_run_state(made.id, Running(), force=True)
         # Its runs of tomorrow, made ahead as Prefect's scheduler makes them: they never beat, and must not hide the
         # pool's runs that did.
@@ -133,25 +138,28 @@ async def test_a_running_run_whose_heartbeats_stopped_or_never_came_is_set_crash
         await asyncio.sleep(silence.total_seconds() + 1)
         beat_at = await beat(prefect_api, client, beating)
         # Judged 1 s after the second run's beat, however long the server took to store it (a loaded machine).
-        prefix, judged_at = pool.removesuffix("silence"), beat_at + timedelta(seconds=1)
+        judged_at = beat_at + timedelta(seconds=1)
         crashed = await crash_silent_runs(client, prefix, silence, None, judged_at)
         states = {name: (await client.read_flow_run(made.id)).state
                   for name, made in (("silent", silent), ("beating", beating), ("never", never))}
         # Running for longer than a start may take, with no heartbeat ever received.
         then = await crash_silent_runs(client, prefix, silence, silence, judged_at)
-        never_after = (await client.read_flow_run(never.id)).state
-        unheard_after = (await client.read_flow_run(never_heard.id)).state
-        for name in (pool, quiet):
+        after = {name: (await client.read_flow_run(made.id)).state for name, made in (
+            ("never", never), ("never_heard", never_heard), ("first", first), ("first_of_kind", first_of_kind))}
+        for name in (pool, quiet, newcomer, other_kind):
             await client.delete_work_pool(name)
 
-    assert (crashed, then) == ([silent.id], [never.id])
+    assert (crashed, sorted(then)) == ([silent.id], sorted([never.id, first.id]))
     assert states["silent"] is not None and states["silent"].name == "Crashed"
     assert (states["silent"].message or "").startswith(SILENT_MARK)
     assert [getattr(states[name], "name", None) for name in ("beating", "never")] == ["Running", "Running"]
-    assert never_after is not None and never_after.name == "Crashed"
-    assert (never_after.message or "").startswith(f"{SILENT_MARK} in the "), never_after.message
-    # No run of its pool was ever heard: nothing says its heartbeats would have reached Prefect.
-    assert unheard_after is not None and unheard_after.name == "Running"
+    for name in ("never", "first"):
+        state = after[name]
+        assert state is not None and state.name == "Crashed", (name, state)
+        assert (state.message or "").startswith(f"{SILENT_MARK} in the "), state.message
+    # No run of its pool, nor of its kind of Ariel's pools, was ever heard: nothing says its heartbeats would have
+    # reached Prefect.
+    assert [getattr(after[name], "name", None) for name in ("never_heard", "first_of_kind")] == ["Running", "Running"]
 
 
 async def test_a_run_asked_to_cancel_whose_container_is_gone_is_set_cancelled_and_one_still_beating_is_not(
