@@ -70,7 +70,8 @@ _OPEN = {("GET", "/admin/version"), ("GET", "/admin/storage"), ("GET", "/health"
 _ID = r"(?P<id>[^/]+)"
 _POOL = r"(?P<pool>[^/]+)"
 
-# What each PATCH may change: a worker records the container it started; a run its name, version, retry policy.
+# What each PATCH may change: a worker records the container it started; a run its version, and its policy as
+# Prefect's engine echoes it (`_own_run_update`: none of its own).
 _WORKER_RUN_FIELDS = frozenset({"infrastructure_pid"})
 # Not `name`: runs are found by name in chat, and a run must not take another's.
 _RUN_FIELDS = frozenset({"flow_version", "empirical_policy", "infrastructure_pid"})
@@ -260,10 +261,14 @@ class Rules:
         if _uuid(id) != scope.run_id:
             return NOT_FOUND
         policy = update.get("empirical_policy") if isinstance(update := _json(body), dict) else None
-        if isinstance(policy, dict) and (policy.get("resuming") or policy.get("pause_keys")):
-            # A run marked resuming enters Running uncounted (Prefect's IncrementFlowRunCount): its retry's attempt
-            # would not count, and an earlier attempt's token would pass for the retry's. Ariel runs never pause.
-            return refused("marking its run as resuming from a pause", scope)
+        if policy is not None and (not isinstance(policy, dict) or any(policy.values())):
+            # Prefect's engine echoes the flow's policy: no retries, no delay, not resuming (Ariel's flows declare
+            # none). Retries of its own would have Prefect reschedule a run that fails (its RetryFailedFlows), and
+            # the gateway hand each attempt a fresh token: a run rerunning itself on a schedule of its own, past
+            # Ariel's retry limit, its approval and its agent's pause. A run marked resuming enters Running
+            # uncounted (Prefect's IncrementFlowRunCount): its retry's attempt would not count, and an earlier
+            # attempt's token would pass for the retry's. Ariel runs never pause.
+            return refused("giving its run retries or a retry delay, or marking it paused or resuming", scope)
         return _fields_within(body, _RUN_FIELDS, scope)
 
     async def _own_pool(self, scope: RunScope, _body: bytes, pool: str) -> Verdict:

@@ -112,24 +112,44 @@ def test_a_token_of_an_earlier_attempt_gets_nothing_once_a_retry_has_begun(prefe
     assert retry_ends_it.status_code in (200, 201), retry_ends_it.text
 
 
-def test_a_run_may_not_pause_or_mark_itself_resuming_which_would_keep_its_retry_from_being_counted(
-    prefect_api: str,
-) -> None:
+def test_a_run_may_not_give_itself_retries_pause_or_mark_itself_resuming(prefect_api: str) -> None:
+    """Retries of its own would have Prefect schedule a run that fails again, each attempt with a fresh token: a run
+    rerunning itself past Ariel's retry limit, its approval and its agent's pause. Resuming would keep its retry's
+    attempt from being counted. The policy as Prefect's engine echoes it passes."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import FlowRunPolicy
+
     with run_gateway(prefect_api, {}) as gateway:
         signed = SIGNER.sign(config())
         run_id = _made_run(signed, None)
         token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
+        headers = {"Authorization": f"Bearer {token}"}
 
-        def patch(policy: dict[str, object]) -> httpx.Response:
+        def patch(policy: object) -> httpx.Response:
             return httpx.patch(f"{gateway.api_url}/flow_runs/{run_id}", json={"empirical_policy": policy},
-                               headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                               headers=headers, timeout=30)
 
-        resuming = patch({"retries": 0, "retry_delay": 0, "resuming": True})
-        as_the_engine_sends_it = patch({"retries": 0, "retry_delay": 0, "resuming": False, "pause_keys": []})
+        refused = {name: patch(policy) for name, policy in {
+            "resuming": {"retries": 0, "retry_delay": 0, "resuming": True},
+            "retries": {"retries": 1000000, "retry_delay": 3600},
+            "max_retries": {"max_retries": 5},  # Prefect's older spelling, which it copies into `retries`
+            "retry_delay": {"retry_delay_seconds": 60.0},
+            "not an object": "retries",
+        }.items()}
+        as_the_engine_sends_it = patch(FlowRunPolicy(retries=0, retry_delay=0).model_dump(mode="json"))
         paused = httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state",
-                            json={"state": {"type": "PAUSED", "name": "Paused"}},
-                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                            json={"state": {"type": "PAUSED", "name": "Paused"}}, headers=headers, timeout=30)
+        httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state", json={"state": {"type": "RUNNING"}},
+                   headers=headers, timeout=30)
+        failed = httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state", json={"state": {"type": "FAILED"}},
+                            headers=headers, timeout=30)
+        with get_client(sync_client=True) as prefect:
+            ended = prefect.read_flow_run(UUID(run_id))
 
-    assert resuming.status_code == 403 and "resuming" in resuming.text, resuming.text
+    for name, answer in refused.items():
+        assert answer.status_code == 403 and "retries or a retry delay" in answer.text, (name, answer.text)
     assert paused.status_code == 403 and "PAUSED" in paused.text, paused.text
     assert as_the_engine_sends_it.status_code == 204, as_the_engine_sends_it.text
+    # Failed stays failed: Prefect holds no retries of the run's own to schedule it again.
+    assert failed.status_code in (200, 201) and failed.json()["status"] == "ACCEPT", failed.text
+    assert ended.state is not None and ended.state.type.value == "FAILED", ended.state
