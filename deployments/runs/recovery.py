@@ -104,39 +104,53 @@ async def retry_failed_infrastructure(
     now = now or datetime.now(UTC)
     retried = []
     for run in await _crashed(client, now):
-        reason = _infrastructure_failure(run, pool_prefix)
-        if reason is None or (run.end_time and run.end_time > now - SETTLE):
+        # One run Prefect will not answer for (a 503 on its label write, deleted meanwhile) is tried again next pass;
+        # it must not keep the others from their retries, nor stop the pass taken for an outage.
+        try:
+            again = await _retry(client, run, pool_prefix, max_retries, now)
+        except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
+            log.info("run %s: could not be retried this pass (%s)", run.id, type(exc).__name__)
             continue
-        states = await client.read_flow_run_states(run.id)
-        retries = [state for state in states
-                   if state.name == "AwaitingRetry" and (state.message or "").startswith(RETRY_MARK)]
-        done = len(retries)
-        if _KILLED.search(reason):
-            ended = await _last_exit(client, run.id, since=retries[-1].timestamp if retries else None)
-            # Killed, and its worker host's word on how is still to come (Docker pools' hosts write it): an OOM
-            # is not retried.
-            if ended is None and _exits_written(run) and run.end_time and run.end_time > now - EXIT_PATIENCE:
-                continue
-            if ended is not None and ended.oom_killed:
-                continue  # at its memory limit it would be killed again: diagnose_run says so, a person decides
-        if done >= max_retries:
-            continue
-        pause = FIRST_PAUSE_SECONDS * 2**done
-        # A silent or stuck run was numbered past already when it was set Crashed (`deployments.runs.silent_runs`).
-        attempt = max(done + 2, attempt_of(run.labels))
-        message = (f"{RETRY_MARK} after its infrastructure failed ({reason[:300]}): attempt {done + 2} of "
-                   f"{max_retries + 1}; it resumes from its journal, and makes no completed step again")
-        # Numbered before it is scheduled: the token a worker gets for it then names this attempt, and every token of
-        # an earlier one (whose container may yet start, or come back) is stale from this moment.
-        await number_attempt(client, run.id, attempt)
-        await client.set_flow_run_state(run.id, AwaitingRetry(scheduled_time=now + timedelta(seconds=pause),
-                                                              message=message), force=True)
-        # Prefect merges labels by reading and writing them whole: a worker's own label write that overlapped ours
-        # can put the old number back (Ariel's worker host writes it beside the run's start, asking again for a
-        # few minutes at most while Prefect answers 503). Checked once it is scheduled.
-        await number_attempt(client, run.id, attempt)
-        retried.append(Retried(run.id, done + 2, reason))
+        if again is not None:
+            retried.append(again)
     return retried
+
+
+async def _retry(client: PrefectClient, run: FlowRun, pool_prefix: str, max_retries: int,
+                 now: datetime) -> Retried | None:
+    """Schedule `run` again if its infrastructure failed and it has retries left; None if not (yet)."""
+    reason = _infrastructure_failure(run, pool_prefix)
+    if reason is None or (run.end_time and run.end_time > now - SETTLE):
+        return None
+    states = await client.read_flow_run_states(run.id)
+    retries = [state for state in states
+               if state.name == "AwaitingRetry" and (state.message or "").startswith(RETRY_MARK)]
+    done = len(retries)
+    if _KILLED.search(reason):
+        ended = await _last_exit(client, run.id, since=retries[-1].timestamp if retries else None)
+        # Killed, and its worker host's word on how is still to come (Docker pools' hosts write it): an OOM
+        # is not retried.
+        if ended is None and _exits_written(run) and run.end_time and run.end_time > now - EXIT_PATIENCE:
+            return None
+        if ended is not None and ended.oom_killed:
+            return None  # at its memory limit it would be killed again: diagnose_run says so, a person decides
+    if done >= max_retries:
+        return None
+    pause = FIRST_PAUSE_SECONDS * 2**done
+    # A silent or stuck run was numbered past already when it was set Crashed (`deployments.runs.silent_runs`).
+    attempt = max(done + 2, attempt_of(run.labels))
+    message = (f"{RETRY_MARK} after its infrastructure failed ({reason[:300]}): attempt {done + 2} of "
+               f"{max_retries + 1}; it resumes from its journal, and makes no completed step again")
+    # Numbered before it is scheduled: the token a worker gets for it then names this attempt, and every token of
+    # an earlier one (whose container may yet start, or come back) is stale from this moment.
+    await number_attempt(client, run.id, attempt)
+    await client.set_flow_run_state(run.id, AwaitingRetry(scheduled_time=now + timedelta(seconds=pause),
+                                                          message=message), force=True)
+    # Prefect merges labels by reading and writing them whole: a worker's own label write that overlapped ours
+    # can put the old number back (Ariel's worker host writes it beside the run's start, asking again for a
+    # few minutes at most while Prefect answers 503). Checked once it is scheduled.
+    await number_attempt(client, run.id, attempt)
+    return Retried(run.id, done + 2, reason)
 
 
 async def _last_exit(client: PrefectClient, run_id: UUID, since: datetime | None) -> ContainerExit | None:
@@ -211,9 +225,13 @@ async def keep_recovering(
     silence, start = timedelta(seconds=silence_seconds), timedelta(seconds=start_seconds)
     reachable = Reachability()
     judged: datetime | None = None
+    asleep_since: datetime | None = None
     while True:
         try:
             async with prefect() as client:
+                if asleep_since is not None and reachable.overslept(datetime.now(UTC), asleep_since, interval):
+                    log.info("run recovery: this loop stood still for %.0f s (the machine slept?); silence is judged "
+                             "afresh", (datetime.now(UTC) - asleep_since).total_seconds())
                 began = time.monotonic()
                 # Prefect's readiness check reaches its database (its health check does not): a locked or
                 # exhausted database hangs here as it hangs the writes of the runs' heartbeats.
@@ -262,4 +280,5 @@ async def keep_recovering(
         except Exception as exc:  # Prefect down, a bad answer: the next pass tries again
             reachable.lost()
             log.info("run recovery: this pass could not read Prefect (%s)", type(exc).__name__)
+        asleep_since = datetime.now(UTC)
         await asyncio.sleep(interval)

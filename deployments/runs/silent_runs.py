@@ -140,6 +140,23 @@ class Reachability:
     def lost(self) -> None:
         self.since = None
 
+    def overslept(self, now: datetime, asleep_since: datetime, interval: float) -> bool:
+        """Whether the loop's sleep of `interval` seconds, begun at `asleep_since`, ended far later than asked: the
+        machine was suspended, or the loop's process stood still. Its runs' heartbeats stood still as long (they
+        slept too, or could not be received), so silence is judged afresh, as after an outage.
+
+        >>> from datetime import UTC, datetime, timedelta
+        >>> at, reach = datetime(2026, 12, 2, tzinfo=UTC), Reachability(since=datetime(2026, 12, 1, tzinfo=UTC))
+        >>> reach.overslept(at + timedelta(seconds=6), at, interval=5.0), reach.since is None
+        (False, False)
+        >>> reach.overslept(at + timedelta(hours=1), at, interval=5.0), reach.since is None  # the laptop slept
+        (True, True)
+        """
+        if (now - asleep_since).total_seconds() <= interval + HUNG_SECONDS:
+            return False
+        self.lost()
+        return True
+
     def long_enough(self, now: datetime, silence: timedelta) -> bool:
         return self.since is not None and now - self.since >= silence
 
@@ -238,9 +255,14 @@ async def _settle_each(client: PrefectClient, runs: list[FlowRun], pool_prefix: 
         except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
             log.info("run %s: %s (%s)", run.id, unread, type(exc).__name__)
             continue
-        if accepted:
+        if not accepted:
+            continue
+        settled.append(run.id)
+        try:
             await _supersede(client, run)
-            settled.append(run.id)
+        except (httpx.HTTPError, PrefectHTTPStatusError) as exc:
+            # The gateway already treats a Crashed run's tokens as stale; recovery numbers the retry again anyway.
+            log.info("run %s: its attempt could not be numbered past this pass (%s)", run.id, type(exc).__name__)
     return settled
 
 

@@ -73,8 +73,14 @@ class RunScope:
     expires_at: float | None = None  # the token's `exp`: what the token opened (an event subscription) ends then
 
     def is_stale(self, state: str | None, run_count: int, generation: int = FIRST_ATTEMPT) -> bool:
-        """Whether a later attempt than this token's has begun: numbered, counted already, or set up to start."""
+        """Whether a later attempt than this token's has begun (numbered, counted already, or set up to start), or this
+        one was taken for crashed, which recovery retries."""
         if generation > self.generation:
+            return True
+        if state == "CRASHED":
+            # Taken for gone (its container's end, or its silence): the control plane retries it. A container of it
+            # still alive in the moment before recovery numbers the retry must stop quietly, not end the run Failed
+            # (Prefect takes Crashed to Failed), which would never be retried.
             return True
         if self.attempt is None:
             return False

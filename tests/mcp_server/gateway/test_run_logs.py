@@ -112,6 +112,36 @@ def test_a_token_of_an_earlier_attempt_gets_nothing_once_a_retry_has_begun(prefe
     assert retry_ends_it.status_code in (200, 201), retry_ends_it.text
 
 
+def test_a_container_still_alive_when_its_run_was_taken_for_crashed_is_told_to_stop_not_to_end_the_run(
+    prefect_api: str,
+) -> None:
+    """Recovery sets a silent run Crashed, then numbers its retry; a container of it that was only slow must not end
+    it Failed in between (Prefect takes Crashed to Failed, and a Failed run is never retried): it is told a retry
+    takes over, and stops quietly."""
+    from prefect import get_client
+    from prefect.states import Pending, Running
+
+    from flows.credentials import RUN_ROUTE
+
+    with run_gateway(prefect_api, {}) as gateway, get_client(sync_client=True) as prefect:
+        signed = SIGNER.sign(config())
+        run_id = _made_run(signed, None)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
+        headers = {"Authorization": f"Bearer {token}"}
+        prefect.set_flow_run_state(UUID(run_id), Pending(), force=True)
+        prefect.set_flow_run_state(UUID(run_id), Running(), force=True)
+        prefect.set_flow_run_state(UUID(run_id), Crashed(message="Ariel heard no heartbeat from the run"))
+        context = httpx.get(gateway.api_url.removesuffix("/api") + RUN_ROUTE, headers=headers, timeout=30)
+        ends_it = httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state",
+                             json={"state": {"type": "FAILED", "name": "Failed"}}, headers=headers, timeout=30)
+        after = prefect.read_flow_run(UUID(run_id)).state
+
+    assert context.status_code == 409 and context.json()["error"] == "superseded", context.text
+    # Prefect's own abort: the engine exits 0, so its worker reports no crash either.
+    assert ends_it.status_code == 201 and ends_it.json()["status"] == "ABORT", ends_it.text
+    assert after is not None and after.type.value == "CRASHED", after
+
+
 def test_a_run_may_not_give_itself_retries_pause_or_mark_itself_resuming(prefect_api: str) -> None:
     """Retries of its own would have Prefect schedule a run that fails again, each attempt with a fresh token: a run
     rerunning itself past Ariel's retry limit, its approval and its agent's pause. Resuming would keep its retry's
