@@ -6,6 +6,7 @@ An explicit argument (a CLI flag) wins; these are the fallback.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -459,16 +460,20 @@ class ArielSettings(BaseSettings):
         return self
 
     def service_endpoints(self) -> tuple[str, ...]:
-        """`host:port` of the collector, and of the object store when it sits on the runs' network (plain http, or
-        a loopback or private address): no agent may reach them. A run sharing that network could list the
-        bucket's keys, or speak for another org to a collector that trusts its network. A bucket on the internet
-        over https takes its own credential, and agents may use the same provider (S3) for their own work.
+        """`host:port` of the collector, of the databases (the store's, and the embedded Prefect server's when
+        `PREFECT_API_DATABASE_CONNECTION_URL` names one), and of the object store when it sits on the runs' network
+        (plain http, or a loopback or private address): no agent may reach them. A run sharing that network could
+        list the bucket's keys, try a database's passwords, or speak for another org to a collector that trusts its
+        network. A bucket on the internet over https takes its own credential, and agents may use the same provider
+        (S3) for their own work.
 
         >>> ArielSettings(otlp_endpoint="https://otel.example.com").service_endpoints()
         ('otel.example.com:443',)
         >>> ArielSettings(object_store_url="https://s3.eu-central-1.amazonaws.com/acme", object_store_access_key="a",
         ...               object_store_secret_key="s").service_endpoints()
         ()
+        >>> ArielSettings(store_url="postgresql+psycopg://ariel:p@ss@db.internal/ariel").service_endpoints()
+        ('db.internal:5432',)
         """
         import ipaddress
 
@@ -489,7 +494,9 @@ class ArielSettings(BaseSettings):
         collector = [httpx.URL(self.otlp_endpoint)] if self.otlp_endpoint else []
         store = [httpx.URL(self.object_store_url)] if self.object_store_url else []
         urls = [*collector, *(url for url in store if on_runs_network(url))]
-        return tuple(endpoint(url.host, port_of(url)) for url in urls)
+        databases = [self.resolved_store_url, os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")]
+        return tuple(dict.fromkeys([*(endpoint(url.host, port_of(url)) for url in urls),
+                                    *filter(None, map(database_endpoint, databases))]))
 
     def object_store(self) -> ObjectStore:
         """Where run transcripts are kept: the bucket when one is set, else the folder."""
@@ -583,6 +590,27 @@ class ArielSettings(BaseSettings):
     @property
     def mcp_url(self) -> str:
         return f"http://{self.host}:{self.port}/mcp"
+
+
+def database_endpoint(url: str) -> str | None:
+    """`host:port` of a database URL's server; None for SQLite, a socket, or no URL. By hand, not SQLAlchemy's
+    make_url: a password may hold '@' unencoded.
+
+    >>> database_endpoint("postgresql+asyncpg://u:s3cr@t@db.internal:6432/prefect?ssl=require")
+    'db.internal:6432'
+    >>> database_endpoint("postgresql://u@[::1]/x"), database_endpoint("sqlite+aiosqlite:///h/ariel.db")
+    ('[::1]:5432', None)
+    >>> database_endpoint("postgresql://u:p@/ariel?host=/var/run/postgresql"), database_endpoint("")
+    (None, None)
+    """
+    scheme, _, rest = url.partition("://")
+    if not scheme.startswith(("postgresql", "mysql")):
+        return None
+    place = rest.rpartition("@")[2].partition("/")[0].partition("?")[0]
+    host, _, port = place.rpartition(":") if not place.endswith("]") else (place, "", "")
+    if not host or not port.isdigit():
+        host, port = place, "5432" if scheme.startswith("postgresql") else "3306"
+    return f"{host}:{port}" if host else None
 
 
 def _shown(url: str) -> str:

@@ -113,6 +113,12 @@ async def capped(response: httpx2.Response, limit: int, request: httpx2.Request,
     if length.isdigit() and int(length) > limit:
         await response.aclose()
         raise _too_large(message, request, exceeded)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Asked for none (`send_to_addresses`): what it inflates to is not bounded by the bytes counted here.
+        await response.aclose()
+        raise _too_large(f"{request.url.host} sent a compressed answer ({encoding[:40]}) though Ariel asked for an "
+                         "uncompressed one, whose size it can bound; it was not read", request, exceeded)
     assert isinstance(response.stream, httpx2.AsyncByteStream)  # what an async transport answers with
     response.stream = _CappedStream(response.stream, limit, message, request, exceeded)
     return response
@@ -480,6 +486,9 @@ async def send_to_addresses(inner: httpx2.AsyncBaseTransport, request: httpx2.Re
     url = request.url
     if url.scheme == "https":
         request.extensions = {**request.extensions, "sni_hostname": url.raw_host.decode("ascii")}
+    # Uncompressed only: `capped` counts the bytes that arrive, and httpx2 would inflate a compressed answer after
+    # it, a thousandfold for a gzip of zeros.
+    request.headers["Accept-Encoding"] = "identity"
     failure: httpx2.ConnectError | None = None
     for address in addresses:
         request.url = url.copy_with(host=str(address))

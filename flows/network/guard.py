@@ -44,8 +44,10 @@ The platform sets it where runs start; the runtime protects the Prefect API
 (PREFECT_API_URL) without it.
 """
 
-# Cloud metadata services outside the link-local ranges: Alibaba Cloud's, and AWS's IPv6 one.
-_METADATA = frozenset({IPv4Address("100.100.100.200"), IPv6Address("fd00:ec2::254")})
+# Cloud metadata services outside the link-local ranges: Alibaba Cloud's, Azure's WireServer, and AWS's IPv6 ones
+# (instance metadata, and EKS Pod Identity's credentials).
+_METADATA = frozenset({IPv4Address("100.100.100.200"), IPv4Address("168.63.129.16"), IPv6Address("fd00:ec2::254"),
+                       IPv6Address("fd00:ec2::23")})
 
 # Beside loopback, unspecified and link-local: RFC 1918, CGNAT (RFC 6598), "this network", unique local IPv6.
 _PRIVATE_NETWORKS = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"),

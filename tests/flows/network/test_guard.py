@@ -143,6 +143,10 @@ def test_a_protected_endpoint_that_did_not_resolve_closes_its_port_only(service:
         ("[fe80::a9fe:a9fe]", f"is {METADATA_REFUSED}"),
         ("100.100.100.200", "is a cloud metadata service's address, where the machine's credentials are handed out, "
                             "which agents may not call"),
+        ("168.63.129.16", "is a cloud metadata service's address, where the machine's credentials are handed out, "
+                          "which agents may not call"),
+        ("[fd00:ec2::23]", "is a cloud metadata service's address, where the machine's credentials are handed out, "
+                           "which agents may not call"),
     ],
 )
 def test_cloud_metadata_is_refused_always_and_without_a_connection(host: str, why: str, dns: FakeDNS) -> None:

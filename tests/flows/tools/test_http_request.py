@@ -129,6 +129,7 @@ class Sent:
     bytes: int = 0
     disconnected: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    accepted: list[str] = field(default_factory=list)  # each request's Accept-Encoding
 
     @property
     def netloc(self) -> str:
@@ -136,17 +137,20 @@ class Sent:
 
 
 @contextmanager
-def body_server(chunk: bytes, chunks: int, charset: str = "utf-8") -> Iterator[Sent]:
+def body_server(chunk: bytes, chunks: int, charset: str = "utf-8", compressed: str | None = None) -> Iterator[Sent]:
     """A loopback server answering each GET with `chunk` `chunks` times, as text in `charset`, as fast as the client
-    reads."""
+    reads; said to be `compressed` so (Content-Encoding) whatever the request asked for."""
     record = Sent()
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # a client that neither reads nor closes does not hold the thread for ever
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            record.accepted.append(self.headers.get("Accept-Encoding", ""))
             self.send_response(200)
             self.send_header("Content-Type", f"text/plain; charset={charset}")
+            if compressed:
+                self.send_header("Content-Encoding", compressed)
             self.send_header("Content-Length", str(len(chunk) * chunks))
             self.end_headers()
             try:
@@ -212,3 +216,15 @@ def test_the_transcript_keeps_a_huge_body_up_to_its_own_limit() -> None:
         assert served.done.wait(10)
     assert answered.whole is not None
     assert json.loads(answered.whole)["body"] == "€" * MAX_KEPT_TEXT + f"... [cut at {MAX_KEPT_TEXT:,} characters]"
+
+
+def test_a_compressed_body_is_asked_not_to_be_and_not_inflated_when_it_is_all_the_same() -> None:
+    """The body's bytes are counted as they arrive: 20 kB of gzip inflate to 20 MB within one read."""
+    import gzip
+
+    bomb = gzip.compress(b"0" * (20 * 1024 * 1024), compresslevel=9)
+    with body_server(bomb, 1, compressed="gzip") as served:
+        result = call(f"http://{served.netloc}/", context(served.netloc))
+    assert served.accepted == ["identity"]
+    assert result == {"status": 200, "body": "[the server sent its body compressed (gzip) though asked for it "
+                                             "uncompressed; it was not read]"}

@@ -24,7 +24,7 @@ from fastmcp import FastMCP
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from flows.mcp.client import PinnedTransport, ResponseTooLarge
@@ -112,6 +112,34 @@ async def test_a_run_reads_at_most_8_mb_of_an_answer() -> None:
         async with httpx2.AsyncClient(transport=transport, trust_env=False) as client:
             with pytest.raises(ResponseTooLarge, match="sent an answer larger than 8 MB"):
                 await client.post(f"{base}/mcp")
+
+
+def _gzip_bomb(asked: list[str]) -> Starlette:
+    """Answers gzip whatever the request asked for: 40 kB that inflate to 40 MB of JSON-looking bytes."""
+    import gzip
+
+    bomb = gzip.compress(b"[" + b"0," * (20 * 1024 * 1024) + b"0]", compresslevel=9)
+
+    async def compressed(request: Request) -> Response:
+        asked.append(request.headers.get("accept-encoding", ""))
+        return Response(bomb, media_type="application/json", headers={"Content-Encoding": "gzip"})
+
+    return Starlette(routes=[Route("/mcp", compressed, methods=["GET", "POST"])])
+
+
+async def test_a_compressed_answer_is_refused_before_it_is_inflated_by_the_control_plane_and_by_a_run() -> None:
+    """The caps count the bytes that arrive: 40 kB of gzip would inflate to 40 MB past them. Ariel asks for an
+    uncompressed answer, and a server that compresses all the same is not read."""
+    asked: list[str] = []
+    with serve_asgi(_gzip_bomb(asked)) as base:
+        with pytest.raises(TooLarge) as refused:
+            await listed(f"{base}/mcp")
+        transport = PinnedTransport(httpx2.URL(base), [IPv4Address("127.0.0.1")])
+        async with httpx2.AsyncClient(transport=transport, trust_env=False) as client:
+            with pytest.raises(ResponseTooLarge, match=r"sent a compressed answer \(gzip\) though Ariel asked"):
+                await client.post(f"{base}/mcp")
+    assert "sent a compressed answer (gzip)" in str(refused.value), refused.value
+    assert asked and set(asked) == {"identity"}, asked
 
 
 async def test_what_a_server_answered_is_never_quoted_back() -> None:
