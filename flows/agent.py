@@ -45,7 +45,7 @@ from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
-from flows.credentials import McpServerAccess, ProviderCredentials, RunCredentials, fetch_credentials
+from flows.credentials import ProviderCredentials, RunCredentials, fetch_credentials
 from flows.exceptions import (
     RunTimedOut,
     RuntimeFailure,
@@ -230,7 +230,7 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
             if credentials.provider_fingerprint is not None:
                 recorder.redactor.add_fingerprint(credentials.provider_fingerprint)
             for access in credentials.mcp.values():
-                recorder.redactor.add(*_header_secrets(access))
+                recorder.redactor.add(*access.secrets())
             reply = await _play(config, input, deadline=deadline, recorder=recorder, credentials=credentials)
             outcome = "completed"
             return reply
@@ -261,12 +261,6 @@ def _environment_secrets() -> list[str]:
     """Values of this process's key-like variables (OPENAI_API_KEY, ...), which a transcript must never show."""
     suffixes = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_AUTH_STRING")
     return [value for name, value in os.environ.items() if name.upper().endswith(suffixes)]
-
-
-def _header_secrets(access: McpServerAccess) -> list[str]:
-    """An MCP server's header values, and the credential inside `<scheme> <credential>` ones (a bearer token)."""
-    values = [value.get_secret_value() for value in access.headers.values()]
-    return values + [value.partition(" ")[2] for value in values if " " in value]
 
 
 def _arguments(arguments: str) -> Any:
@@ -312,7 +306,8 @@ async def _play(
     # Open for the whole run: each server's session is reused by every call to it.
     try:
         async with open_toolbox(config.mcp_servers, credentials.mcp, protected, logger=logger,
-                                connect_seconds=min(CONNECT_SECONDS, _remaining(deadline))) as toolbox:
+                                connect_seconds=min(CONNECT_SECONDS, _remaining(deadline)),
+                                redact=recorder.redactor.text) as toolbox:
             return await _loop(config, messages, deadline, recorder, credentials, protected, toolbox)
     except BaseExceptionGroup as group:
         # The sessions' task groups wrap what the loop raised (the step's timeout, a step limit): the run's own

@@ -68,6 +68,16 @@ class McpServerAccess:
     pins: dict[str, str] = field(default_factory=dict)
     error: str | None = None
 
+    def secrets(self) -> list[str]:
+        """Its header values, and the credential inside `<scheme> <credential>` ones (a bearer token): what a log
+        or transcript must never show, should the server echo them.
+
+        >>> McpServerAccess(headers={"Authorization": SecretStr("Bearer t0k3n")}).secrets()
+        ['Bearer t0k3n', 't0k3n']
+        """
+        values = [value.get_secret_value() for value in self.headers.values()]
+        return values + [value.partition(" ")[2] for value in values if " " in value]
+
 
 @dataclass(frozen=True)
 class RunCredentials:

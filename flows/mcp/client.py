@@ -61,6 +61,8 @@ from flows.network.guard import Address, ProtectedEndpoint, checked_addresses
 from flows.transcript import MAX_KEPT_TEXT
 
 MAX_RESULT_CHARS = 20_000
+# Of an error a server wrote (its JSON-RPC message, a failure's text): enough to say why, never megabytes of it.
+MAX_SERVER_WORDS = 2_000
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """The most of one HTTP answer a run reads from an MCP server (a legacy SSE stream is one answer for the session):
 a server cannot make the run hold a huge body in memory; the result text is cut far below this anyway."""
@@ -261,7 +263,8 @@ class McpToolbox:
             if server.http is not None and server.http.refused_with is not None:
                 raise McpFailed(f"MCP server {server.ref.name!r} {_needs_authentication(server.http.refused_with)}") \
                     from None
-            raise McpFailed(f"MCP server {server.ref.name!r} answered with an error: {exc.message}") from None
+            raise McpFailed(f"MCP server {server.ref.name!r} answered with an error: "
+                            f"{cut(exc.message, MAX_SERVER_WORDS)}") from None
         except Exception as exc:  # noqa: BLE001 - a lost connection, a malformed answer: the model hears why
             raise McpFailed(f"the call to MCP server {server.ref.name!r} failed: {_reason(exc)}") from None
         full = result_text(result)
@@ -323,11 +326,13 @@ class McpToolbox:
 async def open_toolbox(
     refs: Sequence[McpServerRef], access: Mapping[str, McpServerAccess], protected: tuple[ProtectedEndpoint, ...],
     *, connect_seconds: float = CONNECT_SECONDS, logger: _Logger | None = None,
+    redact: Callable[[str], str] = str,
 ) -> AsyncIterator[McpToolbox]:
     """The run's MCP servers, each opened and its tools listed; closed when the block ends.
 
     A server that cannot be opened is unavailable: its tools are not offered, and a call to one is refused
-    with the reason. Never raises for a server's sake.
+    with the reason. Never raises for a server's sake. `redact` cleans what a server said before it is logged:
+    it may echo the credential it was sent.
     """
     log: _Logger = logger or logging.getLogger("ariel.flows.mcp")
     servers = [_Server(ref=ref) for ref in refs]
@@ -341,7 +346,7 @@ async def open_toolbox(
                 server.pins = dict(given.pins)
                 server.unavailable = await _open(stack, toolbox, server, given, protected, connect_seconds)
             if server.unavailable is not None:
-                log.warning("MCP server unavailable: %s: %s", server.ref.name, server.unavailable)
+                log.warning("MCP server unavailable: %s: %s", server.ref.name, redact(server.unavailable))
             else:
                 log.info("MCP server %s: %d of its %d tools offered", server.ref.name, len(server.offered),
                          len(server.listed))
@@ -562,5 +567,5 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, httpx2.HTTPStatusError):
         status = exc.response.status_code
         return _needs_authentication(status) if status in (401, 403) else f"HTTP {status}"
-    message = str(exc).strip()
+    message = cut(str(exc).strip(), MAX_SERVER_WORDS)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -39,6 +39,7 @@ from flows.mcp.client import McpRefused, list_server_tools
 from flows.network.guard import PROTECTED_ENDPOINTS_ENV, protected_endpoints
 from flows.signing import VERIFY_KEY_ENV, canonical, decode_public_key
 from flows.tls import tls_for
+from flows.transcript import Redactor
 
 LISTING_ROUTE = "/ariel/v1/listing"  # the gateway's; mcp_server.gateway.app.LISTING_ROUTE
 FLOW_NAME = "ariel-mcp-listing"
@@ -118,7 +119,9 @@ async def list_tools_run(request: ListingRequest) -> str:
                         ", ".join(tool.name for tool in tools)[:500])
         except McpRefused as exc:
             report = {"problem": str(exc)}
-            logger.warning("MCP server %s could not be listed from this worker: %s", ref.name, exc)
+            # Redacted: a server may echo the credential it was sent.
+            logger.warning("MCP server %s could not be listed from this worker: %s", ref.name,
+                           Redactor(access.secrets()).text(str(exc)))
         posted = await gateway.post(url, headers=headers, json=report)
         done = json_object(posted)
         if posted.status_code != 200:

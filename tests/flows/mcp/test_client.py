@@ -210,3 +210,33 @@ async def test_a_call_with_no_answer_in_time_fails_saying_so(guarded: str) -> No
         # The session is still good for the next call.
         assert (await toolbox.call("tools__lookup", {"city": "Oslo"}, timeout=10)).text == "Sunny in Oslo"
 
+
+
+async def test_what_a_failing_server_says_is_logged_cut_and_without_the_credential_it_echoes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server may echo the headers it was sent, and at any length: the run's log shows neither."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from flows.transcript import Redactor
+    from tests.support import serve_asgi
+
+    async def echoing(request: Request) -> JSONResponse:
+        asked = await request.json()
+        told = f"bad request from {request.headers.get('authorization')} " + "x" * 100_000
+        return JSONResponse({"jsonrpc": "2.0", "id": asked.get("id"), "error": {"code": -32600, "message": told}})
+
+    given = access({}, BEARER)
+    with serve_asgi(Starlette(routes=[Route("/mcp", echoing, methods=["POST"])])) as base, \
+            caplog.at_level(logging.WARNING, logger="ariel.flows.mcp"):
+        async with open_toolbox([ref(f"{base}/mcp")], given, (),
+                                redact=Redactor(given["id-tools"].secrets()).text) as toolbox:
+            with pytest.raises(McpRefused) as refused:
+                await toolbox.call("tools__lookup", {}, timeout=10)
+    logged = [message for message in caplog.messages if message.startswith("MCP server unavailable: tools:")]
+    assert logged and "bad request from" in logged[0], caplog.messages
+    assert TOKEN not in logged[0] and len(logged[0]) < 3_000, logged[0][:300]
+    assert len(str(refused.value)) < 3_000 and "more characters cut" in str(refused.value)
