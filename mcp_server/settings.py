@@ -182,8 +182,8 @@ class ArielSettings(BaseSettings):
         description="Whether the control plane may connect to MCP servers (and their OAuth endpoints) on loopback, "
         "private networks (RFC 1918, fc00::/7, 100.64.0.0/10), unspecified or link-local addresses when it lists "
         "their tools or signs in. Default: true in the desktop and dev profiles, false in the others, where a "
-        "member's `manage_tools add` must not reach the platform's internal network. Runs are guarded where they "
-        "execute, by their own rules.",
+        "member's `manage_tools add` must not reach the platform's internal network. False, the runs of Ariel's own "
+        "pools refuse those addresses too (an org's own hardware's do not).",
         examples=[False],
     )
     auth_mode: AuthMode = Field(
@@ -458,6 +458,18 @@ class ArielSettings(BaseSettings):
             raise ValueError("ARIEL_OBJECT_STORE_URL needs ARIEL_OBJECT_STORE_ACCESS_KEY and "
                              "ARIEL_OBJECT_STORE_SECRET_KEY")
         return self
+
+    def private_networks_entry(self) -> tuple[str, ...]:
+        """What ARIEL_PROTECTED_ENDPOINTS gains for the runs of Ariel's own pools: where the control plane keeps off
+        loopback and private networks (`mcp_private_networks` false, the SaaS models), its pools' runs, on the pool
+        host's network, do too.
+
+        >>> ArielSettings().private_networks_entry(), ArielSettings(mcp_private_networks=False).private_networks_entry()
+        ((), ('private-networks',))
+        """
+        from flows.network.guard import PRIVATE_NETWORKS
+
+        return () if self.mcp_private_networks else (PRIVATE_NETWORKS,)
 
     def service_endpoints(self) -> tuple[str, ...]:
         """`host:port` of the collector, of the databases (the store's, and the embedded Prefect server's when

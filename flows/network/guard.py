@@ -38,10 +38,18 @@ from flows.exceptions import RuntimeFailure, ToolRefused
 Address = IPv4Address | IPv6Address
 
 PROTECTED_ENDPOINTS_ENV = "ARIEL_PROTECTED_ENDPOINTS"
-"""Comma-separated `host:port` of control-plane services besides the Prefect API.
+"""Comma-separated `host:port` of control-plane services besides the Prefect API, and `PRIVATE_NETWORKS`.
 
 The platform sets it where runs start; the runtime protects the Prefect API
 (PREFECT_API_URL) without it.
+"""
+
+PRIVATE_NETWORKS = "private-networks"
+"""An entry of ARIEL_PROTECTED_ENDPOINTS: every loopback, private-network or unspecified address is refused too.
+
+The SaaS models put it in the templates of Ariel's own pools (ARIEL_MCP_PRIVATE_NETWORKS false): their runs share
+the pool host's network, and an org's approval must not open the platform's internal one to its agents. Never in an
+org's own hardware's pool, whose network is the org's.
 """
 
 # Cloud metadata services outside the link-local ranges: Alibaba Cloud's, Azure's WireServer, and AWS's IPv6 ones
@@ -76,6 +84,7 @@ class ProtectedEndpoint:
     port: int
     addresses: tuple[Address, ...]
     host_wide: bool
+    private_networks: bool = False  # `PRIVATE_NETWORKS`: not one service, every private address on any port
 
 
 def endpoint(host: str, port: int) -> str:
@@ -117,12 +126,17 @@ def protected_endpoints(prefect_api_url: str | None, extra: str | None) -> tuple
     ('the Prefect API', 4200, ['127.0.0.1'], True)
     >>> [app.label for app in protected_endpoints(None, "127.0.0.1:8765")]
     ['the service at 127.0.0.1:8765']
+    >>> [entry.private_networks for entry in protected_endpoints(None, "private-networks")]
+    [True]
     """
     endpoints: list[ProtectedEndpoint] = []
     if prefect_api_url:
         api = httpx.URL(prefect_api_url)
         endpoints.append(_endpoint("the Prefect API", api.raw_host.decode("ascii"), port_of(api)))
     for entry in filter(None, (part.strip() for part in (extra or "").split(","))):
+        if entry == PRIVATE_NETWORKS:
+            endpoints.append(ProtectedEndpoint("private networks", "", 0, (), False, private_networks=True))
+            continue
         parts = urlsplit(f"//{entry}")
         try:
             port = parts.port
@@ -338,6 +352,12 @@ def _refusal(host: str, port: int, address: Address, protected: Iterable[Protect
         what = "a cloud metadata service's address, where the machine's credentials are handed out"
     else:
         for service in protected:
+            if service.private_networks:
+                if is_private(address):
+                    return (f"{where} {'is' if _is_literal(host, address) else f'resolves to {address},'} on "
+                            "loopback or a private network, which agents on this install's own pools may not call; "
+                            "an org's own hardware (`ariel worker`) runs agents that reach its network")
+                continue
             if port != service.port:
                 continue
             if not service.addresses:
@@ -350,10 +370,14 @@ def _refusal(host: str, port: int, address: Address, protected: Iterable[Protect
                 break
     if what is None:
         return None
-    try:
-        literal = reached(parse_address(host)) == address
-    except ValueError:  # a name, not an address
-        literal = False
-    if literal:
+    if _is_literal(host, address):
         return f"{where} is {what}, which agents may not call"
     return f"{where} resolves to {address}, {what}, which agents may not call"
+
+
+def _is_literal(host: str, address: Address) -> bool:
+    """Whether `host` is written as the address it reaches, not a name resolving to it."""
+    try:
+        return reached(parse_address(host)) == address
+    except ValueError:  # a name, not an address
+        return False

@@ -37,7 +37,8 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         # Prefect's client otherwise sends usage analytics to a third party from every process and run.
         DO_NOT_TRACK="1",
     )
-    control_plane = [*control_plane_hosts(settings.host, settings.port, api_url), *settings.service_endpoints()]
+    control_plane = [*control_plane_hosts(settings.host, settings.port, api_url), *settings.service_endpoints(),
+                     *settings.private_networks_entry()]
     env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
     return env
 

@@ -44,7 +44,7 @@ def parse_spec(data: dict[str, Any], not_done: str, protected_hosts: tuple[str, 
             raise InvalidRequest(
                 f"{not_done}: allowed_hosts: {host!r} is {PROTECTED}"
             )
-        if not port and (name in ("localhost", "::1") or name.startswith("127.")):
+        if not port and _this_machine(name):
             raise InvalidRequest(
                 f"{not_done}: allowed_hosts: {host!r} would allow every local port; name the port, e.g. '{name}:8080'"
             )
@@ -60,3 +60,24 @@ def _check_api_base(api_base: str, not_done: str, protected_hosts: tuple[str, ..
         raise InvalidRequest(
             f"{not_done}: api_base: {parts.hostname}:{port} is {PROTECTED}"
         )
+
+
+def _this_machine(name: str) -> bool:
+    """Whether a host name of allowed_hosts reaches this machine itself, however the address is written (the C
+    library reads `2130706433` and `0x7f.1` as 127.0.0.1, and `0` as 0.0.0.0).
+
+    >>> [_this_machine(name) for name in ("localhost", "127.1.2.3", "2130706433", "0x7f.1", "0", "::1", "[::1]")]
+    [True, True, True, True, True, True, True]
+    >>> _this_machine("api.example.com"), _this_machine("10.0.0.5")
+    (False, False)
+    """
+    import ipaddress
+    import socket
+
+    if name in ("localhost", "::1", "[::1]") or name.startswith("127."):
+        return True
+    try:
+        address = ipaddress.IPv4Address(socket.inet_aton(name))
+    except (OSError, ValueError):
+        return False
+    return address.is_loopback or address.is_unspecified

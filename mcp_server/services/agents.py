@@ -47,6 +47,7 @@ from deployments.pools.work_pools import (
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
 from flows.models import SCRIPTED_MODEL, hosted_endpoint, provider_of
+from flows.network.guard import PRIVATE_NETWORKS
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
@@ -147,9 +148,12 @@ class AgentService:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
         name, pool_type = await self.org_pool(caller)
         org = await self._org(caller)
+        # An org's own hardware runs on the org's network, which its agents are there to reach.
+        protected = tuple(host for host in self.protected_hosts if host != PRIVATE_NETWORKS) if is_own_pool(name) \
+            else self.protected_hosts
         template = (
             docker_job_template(self.runtime_image, caller.org_id, memory_limit=org.memory_limit or self.memory_limit,
-                                cpus=org.cpus or DEFAULT_CPUS, protected_endpoints=self.protected_hosts,
+                                cpus=org.cpus or DEFAULT_CPUS, protected_endpoints=protected,
                                 verify_key=self.signer.verify_key, telemetry=self.telemetry)
             if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key,
                                                                telemetry=self.telemetry)

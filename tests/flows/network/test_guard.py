@@ -131,6 +131,34 @@ def test_a_protected_endpoint_that_did_not_resolve_closes_its_port_only(service:
     assert call(f"http://{service.netloc}/", tool_context)["status"] == 200
 
 
+# --- the platform's private networks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("host", "says"), [
+    ("127.0.0.1:{port}", "127.0.0.1:{port} is"),
+    ("2130706433:{port}", "2130706433:{port} resolves to 127.0.0.1,"),  # loopback, written as one number
+    ("intranet.example.test:{port}", "intranet.example.test:{port} resolves to 127.0.0.1,"),
+    ("10.1.2.3:{port}", "10.1.2.3:{port} is"),
+    ("[fd12::1]:{port}", "[fd12::1]:{port} is"),
+])
+def test_where_private_networks_are_protected_an_allowed_private_address_is_refused_on_every_port(
+    host: str, says: str, service: Server, stand_in_api: Server, dns: FakeDNS,
+) -> None:
+    """The SaaS models' own pools: an org's approval must not open the pool host's network to its agents."""
+    dns.answers["intranet.example.test"] = [["127.0.0.1"]]
+    target = host.format(port=service.port)
+    tool_context = guarded(stand_in_api, target, extra="private-networks")
+    with connections() as connects, pytest.raises(ToolRefused) as refused:
+        call(f"http://{target}/status", tool_context)
+    assert str(refused.value) == (
+        f"{says.format(port=service.port)} on loopback or a private network, which agents on this install's own "
+        "pools may not call; an org's own hardware (`ariel worker`) runs agents that reach its network")
+    assert connects == [] and service.hits == []
+    # Without the entry (desktop, an org's own hardware), the same call is the agent's to make.
+    if target.startswith("127.0.0.1"):
+        assert call(f"http://{target}/status", guarded(stand_in_api, target))["status"] == 200
+
+
 # --- cloud metadata ---------------------------------------------------------------------------------
 
 

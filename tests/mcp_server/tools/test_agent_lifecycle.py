@@ -261,6 +261,27 @@ async def test_a_service_the_operator_protects_is_refused_to_agents_and_handed_t
     assert pool.description is not None and pool.description.startswith("Ariel agents of lifecycle (lifecycle) (org:")
 
 
+async def test_where_the_control_plane_keeps_off_private_networks_its_pools_runs_do_too_but_not_an_orgs_own(
+    tmp_path: Path, prefect_api: str
+) -> None:
+    """The SaaS models (ARIEL_MCP_PRIVATE_NETWORKS false): runs on Ariel's pool host share its network, so its pools
+    refuse every private address (`flows.network.guard.PRIVATE_NETWORKS`); an org's own hardware is on the org's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    settings = ArielSettings(home=home, auth_mode="dev", mcp_private_networks=False)
+    with serve_app(settings, prefect_api, pool_type="docker") as app:
+        agent = await call(app, OWNER, "create_agent", **hello())
+        await call(app, OWNER, "manage_org", action="create_worker_key", name="rack")
+        own = await call(app, OWNER, "create_agent", **hello("On the rack"))
+    async with PrefectClient(prefect_api) as prefect:
+        platform, rack = [await prefect.read_work_pool(made["work_pool"]) for made in (agent, own)]
+    assert rack.name.endswith("-own") and not platform.name.endswith("-own")
+    entries = [pool.base_job_template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"].split(",")
+               for pool in (platform, rack)]
+    assert "private-networks" in entries[0], entries[0]
+    assert "private-networks" not in entries[1] and f"127.0.0.1:{urlsplit(prefect_api).port}" in entries[1]
+
+
 async def test_the_bucket_and_the_collector_on_the_runs_network_are_refused_to_agents_and_runs(
     tmp_path: Path, prefect_api: str, s3: S3Server
 ) -> None:
