@@ -46,6 +46,7 @@ from prefect.client.schemas.actions import LogCreate
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from deployments.pools.standby import POOL_LABEL, labelled_run
+from deployments.pools.work_pools import served_by
 
 LOGGER_NAME = "ariel.container_exits"
 _WARNING = 30
@@ -147,7 +148,7 @@ class _Follower:
         actor = event.get("Actor") or {}
         container_id: str = actor.get("ID") or event.get("id") or ""
         labels: dict[str, str] = actor.get("Attributes") or {}
-        if not container_id or not labels.get(POOL_LABEL, "").startswith(self.pool_prefix):
+        if not container_id or not served_by(labels.get(POOL_LABEL, ""), self.pool_prefix):
             return None
         action = event.get("Action") or event.get("status")
         if action == "oom" and (held := self.held.pop(container_id, None)) is not None:  # after the exit

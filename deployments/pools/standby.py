@@ -58,7 +58,7 @@ from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
 from deployments.images.runtime_image import lean_twin_problem
 from deployments.pools.run_images import lean_image_of, needs_full_image
-from deployments.pools.work_pools import is_own_pool
+from deployments.pools.work_pools import is_own_pool, served_by
 from flows.models import MODELS_HERE_ENV
 
 if TYPE_CHECKING:
@@ -495,7 +495,9 @@ def _hand(container: Container, env: Mapping[str, str | None]) -> bool:
             raw: Any = getattr(sock, "_sock", sock)  # docker-py hands back a SocketIO over the real socket
             raw.sendall(line.encode())
         finally:
-            sock.close()
+            # Sent is handed: a failed close must not have the caller start another container for the same run.
+            with suppress(Exception):
+                sock.close()
         return True
     except Exception:  # docker-py lets the connection's own errors through unwrapped
         return False
@@ -552,11 +554,12 @@ def _remove(container: Container) -> bool:
 
 
 def waiting_standbys(client: DockerClient, pool_prefix: str, running_only: bool = True) -> list[Container]:
-    """The standby containers of the pools named `pool_prefix…` (one pool's name, or an install's prefix) that no
-    run was handed yet. One removed meanwhile (its run ended, its pool host retired it) is not among them."""
+    """The standby containers of the pools named `pool_prefix…` (one pool's name, or an install's prefix: not its
+    orgs' own hardware's, `served_by`) that no run was handed yet. One removed meanwhile (its run ended, its pool host
+    retired it) is not among them."""
     return [container for container in client.containers.list(all=not running_only, ignore_removed=True,
                                                                filters={"label": f"{STANDBY_LABEL}=yes"})
-            if container.labels.get(POOL_LABEL, "").startswith(pool_prefix) and container_run(container) is None]
+            if served_by(container.labels.get(POOL_LABEL, ""), pool_prefix) and container_run(container) is None]
 
 
 def remove_standbys(pool_prefix: str) -> int:

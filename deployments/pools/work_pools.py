@@ -121,6 +121,18 @@ def is_own_pool(name: str | None) -> bool:
     return name is not None and name.endswith(OWN_POOL_SUFFIX)
 
 
+def served_by(pool: str, prefix: str) -> bool:
+    """Whether a container of `pool` is the business of a worker host serving `prefix`: an install's prefix (Ariel's
+    own pool host: never an org's own hardware's pools, whose worker may share the Docker engine), or one pool's
+    whole name (an org's own worker).
+
+    >>> install, own = "ariel-9a8b7c6d-", "ariel-9a8b7c6d-0f3c9a1b2c3d-own"
+    >>> served_by("ariel-9a8b7c6d-acme-docker", install), served_by(own, install), served_by(own, own)
+    (True, False, True)
+    """
+    return pool == prefix or (pool.startswith(prefix) and not is_own_pool(pool))
+
+
 def own_pool_name(install_id: str, org_id: str) -> str:
     """The pool of an org's own hardware: served by the org's workers (worker keys), never by Ariel's pool host.
 

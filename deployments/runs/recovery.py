@@ -99,8 +99,10 @@ class Retried:
 
 async def retry_failed_infrastructure(
     client: PrefectClient, pool_prefix: str, max_retries: int = MAX_RETRIES, now: datetime | None = None,
+    waiting: list[FlowRun] | None = None,
 ) -> list[Retried]:
-    """Schedule again each recent agent run of the install (`pool_prefix`) whose infrastructure failed."""
+    """Schedule again each recent agent run of the install (`pool_prefix`) whose infrastructure failed. `waiting`
+    gets the killed runs whose worker host's word on how is still to come: a later pass decides them."""
     now = now or datetime.now(UTC)
     retried = []
     for run in await _crashed(client, now):
@@ -111,14 +113,39 @@ async def retry_failed_infrastructure(
         except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
             log.info("run %s: could not be retried this pass (%s)", run.id, type(exc).__name__)
             continue
-        if again is not None:
+        if isinstance(again, Retried):
             retried.append(again)
+        elif again is _WAITING and waiting is not None:
+            waiting.append(run)
     return retried
 
 
+def marking_until(now: datetime, waiting: list[FlowRun]) -> datetime:
+    """Up to when a pass writes up failed runs: the settle time before `now`, and short of the first run still
+    waiting for its worker host's word, which may yet be retried (a later pass goes on from there).
+
+    >>> from uuid import uuid4
+    >>> now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    >>> marking_until(now, []) == now - SETTLE
+    True
+    >>> killed = FlowRun(id=uuid4(), flow_id=uuid4(), name="r", end_time=now - timedelta(seconds=30))
+    >>> marking_until(now, [killed]) < killed.end_time
+    True
+    """
+    return min([now - SETTLE, *(run.end_time - timedelta(microseconds=1) for run in waiting if run.end_time)])
+
+
+class _Waiting:
+    """`_retry`'s answer for a run it cannot decide yet."""
+
+
+_WAITING = _Waiting()
+
+
 async def _retry(client: PrefectClient, run: FlowRun, pool_prefix: str, max_retries: int,
-                 now: datetime) -> Retried | None:
-    """Schedule `run` again if its infrastructure failed and it has retries left; None if not (yet)."""
+                 now: datetime) -> Retried | _Waiting | None:
+    """Schedule `run` again if its infrastructure failed and it has retries left; None if not, `_WAITING` if that is
+    not known yet."""
     reason = _infrastructure_failure(run, pool_prefix)
     if reason is None or (run.end_time and run.end_time > now - SETTLE):
         return None
@@ -131,7 +158,7 @@ async def _retry(client: PrefectClient, run: FlowRun, pool_prefix: str, max_retr
         # Killed, and its worker host's word on how is still to come (Docker pools' hosts write it): an OOM
         # is not retried.
         if ended is None and _exits_written(run) and run.end_time and run.end_time > now - EXIT_PATIENCE:
-            return None
+            return _WAITING
         if ended is not None and ended.oom_killed:
             return None  # at its memory limit it would be killed again: diagnose_run says so, a person decides
     if done >= max_retries:
@@ -263,13 +290,16 @@ async def keep_recovering(
                         except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
                             log.info("run recovery: runs starting could not be listed this pass (%s)",
                                      type(exc).__name__)
-                for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries, now):
+                waiting: list[FlowRun] = []
+                for retried in await retry_failed_infrastructure(client, pool_prefix, max_retries, now, waiting):
                     log.warning("run %s: its infrastructure failed (%s); retried as attempt %d",
                                 retried.run_id, retried.reason[:200], retried.attempt)
                 # Only once the retries of this pass are done, and only runs they had their chance at: a crash still
                 # to retry is never marked failed. Its own failures are logged: they must not stop the passes.
                 try:
-                    for mark in await marker.mark(client, until=now - SETTLE):
+                    # Written up to the first run still undecided, not past it: it may yet be retried, and a later
+                    # pass goes on from there.
+                    for mark in await marker.mark(client, until=marking_until(now, waiting)):
                         log.info("run %s: failed (%s); written on it for the Prefect UI", mark.run_id, mark.cause)
                 except Exception as exc:  # Prefect, or a run the write-up cannot read: never the loop's concern
                     log.info("run recovery: failed runs could not be written up this pass (%s)", type(exc).__name__)
