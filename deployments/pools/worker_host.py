@@ -216,7 +216,13 @@ class _CountsRuns:
         if kwargs.get("task_status") is not None:
             kwargs["task_status"] = _NotesFailedStart(kwargs["task_status"], lambda: self._gives_back_twice.add(
                 flow_run.id))
-        return await super()._submit_run_and_capture_errors(flow_run, *args, **kwargs)  # type: ignore[misc]
+        # Counted until Prefect has reported how the container ended (its Crashed, after `run` returns, with its
+        # client's retries against a slow Prefect): a worker stopped for idleness in between loses the exit code.
+        self.runs_in_flight += 1
+        try:
+            return await super()._submit_run_and_capture_errors(flow_run, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self.runs_in_flight -= 1
 
     def _release_limit_slot(self, flow_run_id: UUID) -> None:
         # A start that failed is given back twice by Prefect (the submission's `finally`, and `_submit_run` as it
@@ -235,12 +241,6 @@ class _CountsRuns:
         return bool(self.runs_in_flight or getattr(self, "_submitting_flow_run_ids", ())
                     or not getattr(self, "is_setup", False))
 
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
-        self.runs_in_flight += 1
-        try:
-            return await super().run(*args, **kwargs)  # type: ignore[misc]  # the worker class mixed in
-        finally:
-            self.runs_in_flight -= 1
 
 
 class _LabelsAside:
