@@ -41,6 +41,7 @@ _TASK_RUN = "prefect.task-run."
 class Mentions:
     flow_runs: set[UUID] = field(default_factory=set)
     work_pools: set[str] = field(default_factory=set)  # by name
+    pool_ids: set[tuple[str, str]] = field(default_factory=set)  # (name, the id its resource id names)
     malformed: bool = False
 
 
@@ -71,6 +72,7 @@ def mentions(event: Any) -> Mentions:
                 found.malformed = True
             else:
                 found.work_pools.add(name)
+                found.pool_ids.add((name, resource_id.removeprefix(_WORK_POOL)))
     return found
 
 
@@ -111,6 +113,10 @@ async def admits(rules: Rules, scope: Scope, event: Any) -> bool:
     named.flow_runs |= in_payload
     if named.malformed or not (named.flow_runs or named.work_pools):
         return False
+    # Scope is judged by a pool's name; Prefect files the event under the id: both must be the same pool's.
+    for name, pool_id in named.pool_ids:
+        if await rules.ownership.pool_id(name) != pool_id:
+            return False
     if isinstance(scope, RunScope):
         if named.flow_runs != {scope.run_id}:
             return False

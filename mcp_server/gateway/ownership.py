@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 from uuid import UUID
 
 import httpx
@@ -106,6 +107,7 @@ class Ownership:
         self._runs: Cache[UUID, RunFacts] = Cache(ttl=None)
         self._deployments: Cache[UUID, DeploymentFacts] = Cache(ttl=TTL_SECONDS)
         self._flow_pools: Cache[UUID, frozenset[str]] = Cache(ttl=TTL_SECONDS)
+        self._pool_ids: Cache[str, str] = Cache(ttl=TTL_SECONDS)
         self._superseded: Cache[tuple[UUID, int | None, int], bool] = Cache(ttl=ATTEMPT_TTL_SECONDS)
         # A 1-tuple, as the cache answers None for "not known": `(None,)` is "live when last read".
         self._over: Cache[tuple[UUID, int | None, int], tuple[NotLive | None]] = Cache(ttl=ATTEMPT_TTL_SECONDS)
@@ -193,6 +195,18 @@ class Ownership:
         return self._deployments.put(deployment_id, DeploymentFacts(
             work_pool_name=body.get("work_pool_name"), flow_id=UUID(body["flow_id"]), org_ids=org_ids(body.get("tags")),
         ))
+
+    async def pool_id(self, name: str) -> str | None:
+        """The id of the work pool named `name`; None if there is none."""
+        known = self._pool_ids.get(name)
+        if known is not None:
+            return known
+        if "/" in name or name in (".", ".."):
+            return None
+        body = await self._read(f"/work_pools/{quote(name, safe='')}")
+        if body is None or not isinstance(body.get("id"), str):
+            return None
+        return self._pool_ids.put(name, body["id"])
 
     async def flow_pools(self, flow_id: UUID) -> frozenset[str]:
         """The pools of the deployments of a flow (the worker reading a flow needs one of them in scope)."""

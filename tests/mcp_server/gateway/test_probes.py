@@ -287,7 +287,8 @@ def test_a_revoked_worker_key_is_refused(stack: Stack) -> None:
 
 
 def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: Stack) -> None:
-    own, forged, smuggled = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    own, forged, smuggled, misfiled, last = (uuid.uuid4() for _ in range(5))
+    b_pool_id = send("GET", f"{stack.prefect}/work_pools/{stack.b_pool}", None, stack.control).json()["id"]
 
     async def send_events() -> None:
         url = stack.gateway.replace("http://", "ws://") + "/events/in"
@@ -299,6 +300,13 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
                     "id": str(event_id), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
                     "resource": {"prefect.resource.id": f"prefect.flow-run.{run}"}, "related": [], "payload": {},
                 }))
+            # Its own run's event, filed under B's pool by id while named as its own pool.
+            await socket.send(json.dumps({
+                "id": str(misfiled), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
+                "resource": {"prefect.resource.id": f"prefect.flow-run.{stack.a_run}"},
+                "related": [{"prefect.resource.id": f"prefect.work-pool.{b_pool_id}", "prefect.resource.name":
+                             stack.a_pool, "prefect.resource.role": "work-pool"}], "payload": {},
+            }))
             # A task run of its own run, as its resources say, whose payload would file it under B's run.
             await socket.send(json.dumps({
                 "id": str(smuggled), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
@@ -306,6 +314,11 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
                 "related": [{"prefect.resource.id": f"prefect.flow-run.{stack.a_run}",
                              "prefect.resource.role": "flow-run"}],
                 "payload": {"task_run": {"flow_run_id": stack.b_run, "name": "forged"}},
+            }))
+            # Last, its own again: once Prefect has stored it, it has taken in (or never got) all the others.
+            await socket.send(json.dumps({
+                "id": str(last), "event": "ariel.test.probe", "occurred": "2026-12-02T00:00:00Z",
+                "resource": {"prefect.resource.id": f"prefect.flow-run.{stack.a_run}"}, "related": [], "payload": {},
             }))
             await asyncio.sleep(0.5)
 
@@ -317,8 +330,8 @@ def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: St
             "limit": 50}, stack.control)
         return {event["id"] for event in answer.json()["events"]}
 
-    wait_until(lambda: str(own) in stored(), 30, "the run's own event in Prefect")
-    assert not {str(forged), str(smuggled)} & stored()
+    wait_until(lambda: {str(own), str(last)} <= stored(), 30, "the run's own events in Prefect")
+    assert not {str(forged), str(smuggled), str(misfiled)} & stored()
 
 
 def test_a_run_subscribes_to_its_own_events_only_and_a_worker_not_at_all(stack: Stack) -> None:
