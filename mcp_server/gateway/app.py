@@ -476,9 +476,16 @@ class Gateway:
 
     async def _relay_events(self, websocket: WebSocket, upstream: ClientConnection, caller: Scope) -> None:
         dropped = 0
+        # Not past a run token's own end, as a subscription (`_subscribe_own`): an open socket is no credential
+        # that outlives it.
+        ends = caller.expires_at if isinstance(caller, RunScope) else None
         while True:
             try:
-                text = await websocket.receive_text()
+                left = None if ends is None else max(0.0, ends - time.time())
+                text = await asyncio.wait_for(websocket.receive_text(), timeout=left)
+            except TimeoutError:
+                log.info("gateway: the event stream of %s closed: its run token expired", caller.label)
+                return
             except (WebSocketDisconnect, KeyError):
                 return
             try:

@@ -183,3 +183,34 @@ def test_a_run_may_not_give_itself_retries_pause_or_mark_itself_resuming(prefect
     # Failed stays failed: Prefect holds no retries of the run's own to schedule it again.
     assert failed.status_code in (200, 201) and failed.json()["status"] == "ACCEPT", failed.text
     assert ended.state is not None and ended.state.type.value == "FAILED", ended.state
+
+
+def test_a_run_tokens_event_stream_closes_when_the_token_expires(prefect_api: str) -> None:
+    """An open socket is no credential that outlives its token: events sent past its end go nowhere."""
+    import asyncio
+    import json as json_module
+
+    import websockets
+
+    with run_gateway(prefect_api, {}) as gateway:
+        signed = SIGNER.sign(config())
+        run_id = _made_run(signed, None)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=2)
+
+        async def send_late() -> str:
+            url = gateway.api_url.replace("http://", "ws://") + "/events/in"
+            async with websockets.connect(url, subprotocols=["prefect"]) as socket:  # type: ignore[list-item]
+                await socket.send(json_module.dumps({"type": "auth", "token": f"run:{token}"}))
+                assert json_module.loads(await socket.recv())["type"] == "auth_success"
+                await asyncio.sleep(4)
+                try:
+                    await socket.send(json_module.dumps({"event": "ariel.test.late", "resource": {
+                        "prefect.resource.id": f"prefect.flow-run.{run_id}"}}))
+                    await asyncio.wait_for(socket.recv(), timeout=5)
+                except websockets.ConnectionClosed:
+                    return "closed"
+                except TimeoutError:
+                    return "open"
+                return "answered"
+
+        assert asyncio.run(send_late()) == "closed"
