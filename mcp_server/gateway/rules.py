@@ -20,6 +20,13 @@ from uuid import UUID, uuid4
 
 from deployments.pools.container_exits import LOGGER_NAME as CONTAINER_EXITS_LOGGER
 from deployments.runs.attempts import LABEL_PREFIX
+from flows.transcript import (
+    RESULT_ARTIFACT_KEY,
+    TRANSCRIPT_ARTIFACT_KEY,
+    USAGE_ARTIFACT_KEY,
+    artifact_key,
+    artifact_names,
+)
 from mcp_server.gateway.ownership import Ownership
 from mcp_server.gateway.scopes import PoolScope, RunScope, Scope
 
@@ -82,6 +89,10 @@ _RUN_FIELDS = frozenset({"flow_version", "empirical_policy", "infrastructure_pid
 # PAUSED (and its Suspended): Ariel runs never pause, and a paused run that resumes enters Running uncounted, which
 # would keep its retry's attempt from being told from this one.
 _NOT_FOR_A_RUN = frozenset({"SCHEDULED", "PENDING", "CRASHED", "PAUSED"})
+
+
+# The artifacts a run publishes (`flows.transcript`, `flows.agent`); a failure's write-up is the control plane's.
+RUN_ARTIFACT_KINDS = (RESULT_ARTIFACT_KEY, TRANSCRIPT_ARTIFACT_KEY, USAGE_ARTIFACT_KEY)
 
 
 def _uuid(text: str) -> UUID | None:
@@ -320,6 +331,16 @@ class Rules:
         artifact = _json(body)
         if not isinstance(artifact, dict) or artifact.get("flow_run_id") != str(scope.run_id):
             return NOT_FOUND
+        key = artifact.get("key")
+        if key is not None:
+            # Keys are global in Prefect, and the UI's Artifacts page shows the latest of each as its card: a run
+            # may publish under its own org's and agent's names only, never on another org's agent's card.
+            now = await self.ownership.run_now(scope.run_id)
+            config = now.parameters.get("config") if now is not None else None
+            names = artifact_names(config.get("org_slug"), str(config.get("name") or "")) \
+                if isinstance(config, dict) else ""
+            if key not in {name for kind in RUN_ARTIFACT_KINDS for name in (kind, artifact_key(kind, names))}:
+                return refused(f"the artifact key {str(key)[:80]!r}, not one of its own agent's", scope)
         return THROUGH
 
 

@@ -214,3 +214,29 @@ def test_a_run_tokens_event_stream_closes_when_the_token_expires(prefect_api: st
                 return "answered"
 
         assert asyncio.run(send_late()) == "closed"
+
+
+def test_a_run_publishes_artifacts_under_its_own_agents_keys_only(prefect_api: str) -> None:
+    """Artifact keys are global in Prefect, and its Artifacts page shows the latest of each key as a card: another
+    org's agent's card must not be a run's to write on."""
+    from flows.transcript import USAGE_ARTIFACT_KEY, artifact_key, artifact_names
+
+    with run_gateway(prefect_api, {}) as gateway:
+        signed = SIGNER.sign(config(org_slug="acme", name="Inventory walker"))
+        run_id = _made_run(signed, None)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
+
+        def publish(key: str | None) -> httpx.Response:
+            return httpx.post(f"{gateway.api_url}/artifacts/", json={
+                "flow_run_id": run_id, "key": key, "type": "markdown", "data": "hello"},
+                headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+        own = publish(artifact_key(USAGE_ARTIFACT_KEY, artifact_names("acme", "Inventory walker")))
+        unkeyed = publish(None)
+        anothers = publish(artifact_key(USAGE_ARTIFACT_KEY, artifact_names("globex", "Payroll")))
+        made_up = publish("release-notes")
+
+    assert own.status_code == 201 and own.json()["key"] == "usage-acme-inventory-walker", own.text
+    assert unkeyed.status_code == 201, unkeyed.text
+    for refused in (anothers, made_up):
+        assert refused.status_code == 403 and "not one of its own agent's" in refused.text, refused.text
