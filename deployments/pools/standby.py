@@ -623,6 +623,22 @@ def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool 
     return list(found.values())
 
 
+def running_runs(pool_prefix: str) -> set[UUID]:
+    """The runs of the containers running now in the pools `pool_prefix` serves (`served_by`), standbys waiting for
+    one aside."""
+    client = docker.from_env()
+    try:
+        runs = set()
+        for container in client.containers.list(filters={"label": "ariel.role=flow-run"}, ignore_removed=True):
+            if served_by(container.labels.get(POOL_LABEL, ""), pool_prefix):
+                with suppress(ValueError):  # a label that is no run id: not one of ours
+                    if (run := container_run(container)) is not None:
+                        runs.add(run)
+        return runs
+    finally:
+        client.close()
+
+
 def container_run(container: Container) -> UUID | None:
     """The run `container` executes; None for a standby still waiting for one."""
     return labelled_run(container.name or "", container.labels)

@@ -64,7 +64,7 @@ from deployments.pools import container_exits
 from deployments.pools.capacity import default_max_runs, docker_machine, this_machine
 from deployments.pools.readiness import HEARTBEAT_SECONDS
 from deployments.pools.run_images import needs_full_image
-from deployments.pools.standby import Handed, StandbyDockerWorker, remove_standbys
+from deployments.pools.standby import Handed, StandbyDockerWorker, remove_standbys, running_runs
 from deployments.pools.work_pools import POOL_PREFIX, PoolType, platform_pool_pattern
 
 PAGE = 200  # the most the Prefect API returns per request
@@ -76,6 +76,9 @@ HEARTBEATS_PER_SECOND = 3.0
 """The most heartbeats a second the host sends for the pools it runs no worker for: 1,000 pools come round
 every ~330 s."""
 LINGER_SECONDS = 10.0
+# How often a Docker host counts the run containers none of its workers watches (left by a worker, or a host, that
+# died while they ran): each holds a slot until it ends, or the machine would run past its cap.
+ORPHAN_SECONDS = 10.0
 """A worker stays this long after it last had a run in hand: what the stock worker does after a run's `run`
 returns (report a crash) is not cut short, and a run right after is served at once."""
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
@@ -435,6 +438,10 @@ class PoolHost:
                  idle_workers: int, max_runs: int, query_seconds: float, prefetch_seconds: float) -> None:
         self.client, self.pool_type, self.prefix, self.exact = client, pool_type, prefix, exact
         self.slots = RunSlots.of(max_runs)
+        # Slots held for runs whose containers run with no worker of this host watching them (`hold_for_orphans`).
+        self.orphans = self.slots.for_worker()
+        self.orphans_at = -math.inf
+        self.unwatched: set[UUID] = set()  # seen unwatched at the last count: held if still so at the next
         self.idle_workers, self.query_seconds, self.prefetch_seconds = idle_workers, query_seconds, prefetch_seconds
         self.worker_name_suffix = f"@{socket.gethostname()}"
         self.running: dict[str, tuple[asyncio.Task[None], Hosted]] = {}
@@ -506,6 +513,7 @@ class PoolHost:
             # Beaten first on this pass: the worker declared a 30 s interval, which Prefect would hold it to.
             self.beaten_at.pop(pool, None)
         self._reap(now)
+        await self.hold_for_orphans(now)
         for pool, (_, worker) in self.running.items():
             if isinstance(worker, StandbyDockerWorker):
                 try:
@@ -612,6 +620,34 @@ class PoolHost:
         if worker.slots is not None:
             worker.slots.release_all()
         return task
+
+    async def hold_for_orphans(self, now: float) -> None:
+        """Hold a slot for each run container of the host's pools that none of its workers watches: left running
+        by a worker that died, or by the host before a restart. Its slot was given back with its worker, and the
+        machine would otherwise take up to `max_runs` more runs beside it. Held from the second count that finds
+        it (a container whose run just ended is gone by then), given back once it has ended."""
+        if self.pool_type != "docker" or now - self.orphans_at < ORPHAN_SECONDS:
+            return
+        self.orphans_at = now
+        try:
+            running = await asyncio.to_thread(running_runs, self.prefix)
+        except Exception as exc:  # no engine now: the next count tries again
+            print(f"could not count the run containers ({type(exc).__name__})", flush=True)
+            return
+        watched = {run for _, worker in self.running.values()
+                   for run in getattr(getattr(worker, "slots", None), "held", {})}
+        unwatched, self.unwatched = self.unwatched, running - watched
+        for run in list(self.orphans.held):
+            if run not in self.unwatched:
+                while self.orphans.holds(run):
+                    self.orphans.release_on_behalf_of(run)
+        for run in sorted(self.unwatched & unwatched - self.orphans.held.keys()):
+            try:
+                self.orphans.acquire_on_behalf_of_nowait(run)
+            except anyio.WouldBlock:
+                break  # every slot held already: no run starts until these end anyway
+            print(f"a container of run {run} runs with no worker of this host watching it; it holds a slot until "
+                  "it ends", flush=True)
 
     def _reap(self, now: float) -> None:
         for pool, (task, _) in list(self.running.items()):
