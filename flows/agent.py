@@ -58,7 +58,7 @@ from flows.journal import Journal
 from flows.mcp.screening import fence, screen
 from flows.models import complete, is_transient_llm_error
 from flows.network.egress import agent_egress
-from flows.network.guard import PROTECTED_ENDPOINTS_ENV, ProtectedEndpoint, protected_endpoints, refuse_protected
+from flows.network.guard import ProtectedEndpoint, protected_in_environment, refuse_protected
 from flows.signing import verify_from_environment
 from flows.telemetry import attach_tenant, detach_tenant, record_run, start_run_telemetry
 from flows.tools import BUILTIN_TOOLS
@@ -286,9 +286,7 @@ async def _play(
     # Where the code came from tells a runtime-image run from a host process.
     logger.info("Runtime: Python %s, code at %s", platform.python_version(), Path(__file__).parent)
     # Once a run, not per call: the control plane does not move. In a thread: a DNS lookup blocks.
-    protected = await asyncio.to_thread(
-        protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
-    )
+    protected = await asyncio.to_thread(protected_in_environment, get_current_settings().api.url)
     provider = credentials.provider
     # Through the gateway, the provider's base URL is the gateway's to check: the run does not know it.
     api_base = config.api_base or (provider.api_base if provider is not None else None)

@@ -508,7 +508,7 @@ class ArielSettings(BaseSettings):
         urls = [*collector, *(url for url in store if on_runs_network(url))]
         databases = [self.resolved_store_url, os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL", "")]
         return tuple(dict.fromkeys([*(endpoint(url.host, port_of(url)) for url in urls),
-                                    *filter(None, map(database_endpoint, databases))]))
+                                    *(place for url in databases for place in database_endpoints(url))]))
 
     def object_store(self) -> ObjectStore:
         """Where run transcripts are kept: the bucket when one is set, else the folder."""
@@ -604,25 +604,40 @@ class ArielSettings(BaseSettings):
         return f"http://{self.host}:{self.port}/mcp"
 
 
-def database_endpoint(url: str) -> str | None:
-    """`host:port` of a database URL's server; None for SQLite, a socket, or no URL. By hand, not SQLAlchemy's
+def database_endpoints(url: str) -> list[str]:
+    """`host:port` of a database URL's servers; none for SQLite, a socket, or no URL. By hand, not SQLAlchemy's
     make_url: a password may hold '@' unencoded.
 
-    >>> database_endpoint("postgresql+asyncpg://u:s3cr@t@db.internal:6432/prefect?ssl=require")
-    'db.internal:6432'
-    >>> database_endpoint("postgresql://u@[::1]/x"), database_endpoint("sqlite+aiosqlite:///h/ariel.db")
-    ('[::1]:5432', None)
-    >>> database_endpoint("postgresql://u:p@/ariel?host=/var/run/postgresql"), database_endpoint("")
-    (None, None)
+    >>> database_endpoints("postgresql+asyncpg://u:s3cr@t@db.internal:6432/prefect?application_name=a@b")
+    ['db.internal:6432']
+    >>> database_endpoints("postgresql://u@[::1]/x"), database_endpoints("sqlite+aiosqlite:///h/ariel.db")
+    (['[::1]:5432'], [])
+    >>> database_endpoints("postgresql://u:p@/ariel?host=/var/run/postgresql"), database_endpoints("")
+    ([], [])
+    >>> database_endpoints("postgresql://u:p@/ariel?host=db.internal&port=5433")
+    ['db.internal:5433']
+    >>> database_endpoints("postgresql://u:p@h1:5432,h2:5433/ariel")
+    ['h1:5432', 'h2:5433']
     """
+    from urllib.parse import parse_qsl
+
     scheme, _, rest = url.partition("://")
     if not scheme.startswith(("postgresql", "mysql")):
-        return None
-    place = rest.rpartition("@")[2].partition("/")[0].partition("?")[0]
-    host, _, port = place.rpartition(":") if not place.endswith("]") else (place, "", "")
-    if not host or not port.isdigit():
-        host, port = place, "5432" if scheme.startswith("postgresql") else "3306"
-    return f"{host}:{port}" if host else None
+        return []
+    default = "5432" if scheme.startswith("postgresql") else "3306"
+    before_query, _, query = rest.partition("?")
+    hosts = before_query.rpartition("@")[2].partition("/")[0]
+    if not hosts:  # libpq's `?host=…&port=…` form; a host starting with '/' is a socket's directory
+        asked = dict(parse_qsl(query))
+        hosts = "" if asked.get("host", "").startswith("/") else \
+            f"{asked.get('host', '')}:{asked.get('port', default)}" if asked.get("host") else ""
+    found = []
+    for place in filter(None, hosts.split(",")):
+        host, _, port = place.rpartition(":") if not place.endswith("]") else (place, "", "")
+        if not host or not port.isdigit():
+            host, port = place, default
+        found.append(f"{host}:{port}")
+    return found
 
 
 def _shown(url: str) -> str:

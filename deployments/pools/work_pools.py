@@ -40,7 +40,7 @@ from prefect_docker.worker import DockerWorker
 
 from deployments.exceptions import PoolOwnedElsewhere, PoolTypeMismatch
 from deployments.pools.limits import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT, DEFAULT_PIDS_LIMIT
-from flows.network.guard import PROTECTED_ENDPOINTS_ENV
+from flows.network.guard import run_environment
 from flows.signing import VERIFY_KEY_ENV
 from flows.telemetry import TELEMETRY_ENV
 
@@ -227,7 +227,7 @@ def docker_job_template(
     properties["auto_remove"]["default"] = True
     # The worker passes its own PREFECT_HOME on, which is not writable in the container.
     properties["env"]["default"] = {"PREFECT_HOME": "/home/ariel/.prefect"}
-    env = {PROTECTED_ENDPOINTS_ENV: ",".join(protected_endpoints)} if protected_endpoints else {}
+    env = run_environment(protected_endpoints)
     if verify_key:
         env[VERIFY_KEY_ENV] = verify_key
     if telemetry:  # runs export their spans and metrics through the gateway (flows.telemetry)

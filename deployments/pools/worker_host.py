@@ -76,11 +76,11 @@ HEARTBEATS_PER_SECOND = 3.0
 """The most heartbeats a second the host sends for the pools it runs no worker for: 1,000 pools come round
 every ~330 s."""
 LINGER_SECONDS = 10.0
+"""A worker stays this long after it last had a run in hand: what the stock worker does after a run's `run`
+returns (report a crash) is not cut short, and a run right after is served at once."""
 # How often a Docker host counts the run containers none of its workers watches (left by a worker, or a host, that
 # died while they ran): each holds a slot until it ends, or the machine would run past its cap.
 ORPHAN_SECONDS = 10.0
-"""A worker stays this long after it last had a run in hand: what the stock worker does after a run's `run`
-returns (report a crash) is not cut short, and a run right after is served at once."""
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page (a new org's run due is found sooner: `discover`)
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass

@@ -112,6 +112,10 @@ async def retry_failed_infrastructure(
             again = await _retry(client, run, pool_prefix, max_retries, now)
         except (httpx.HTTPError, PrefectHTTPStatusError, ObjectNotFound) as exc:
             log.info("run %s: could not be retried this pass (%s)", run.id, type(exc).__name__)
+            # Undecided, not failed: its write-up waits for the next pass's retry, for as long as a killed run
+            # waits for its worker host's word, no longer (one Prefect keeps refusing must not stall them all).
+            if waiting is not None and run.end_time and run.end_time > now - EXIT_PATIENCE:
+                waiting.append(run)
             continue
         if isinstance(again, Retried):
             retried.append(again)

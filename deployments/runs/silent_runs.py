@@ -97,6 +97,8 @@ EVENT_MARGIN = timedelta(minutes=2)
 # pool's latest EVIDENCE_RUNS.
 HEARTBEAT_EVIDENCE = timedelta(days=7)
 EVIDENCE_RUNS = 50
+RAN = [StateType.RUNNING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED,
+       StateType.CANCELLING]
 
 log = logging.getLogger("ariel.recovery")
 
@@ -331,7 +333,9 @@ async def _heard_among(client: PrefectClient, run: FlowRun, now: datetime, pools
     others = await client.read_flow_runs(
         flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["ariel"]),
                                       expected_start_time=FlowRunFilterExpectedStartTime(
-                                          after_=now - HEARTBEAT_EVIDENCE, before_=now)),
+                                          after_=now - HEARTBEAT_EVIDENCE, before_=now),
+                                      # Runs that ran: late ones of a pool whose worker is away never beat.
+                                      state=FlowRunFilterState(type=FlowRunFilterStateType(any_=RAN))),
         work_pool_filter=pools, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=EVIDENCE_RUNS)
     ids = [f"prefect.flow-run.{other.id}" for other in others
            if other.id != run.id and keep(other.work_pool_name or "")]

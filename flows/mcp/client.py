@@ -116,7 +116,8 @@ async def capped(response: httpx2.Response, limit: int, request: httpx2.Request,
         await response.aclose()
         raise _too_large(message, request, exceeded)
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
+    empty = length == "0" or response.status_code in (202, 204, 304)  # nothing to inflate (a proxy's label)
+    if encoding not in ("", "identity") and not empty:
         # Asked for none (`send_to_addresses`): what it inflates to is not bounded by the bytes counted here.
         await response.aclose()
         raise _too_large(f"{request.url.host} sent a compressed answer ({encoding[:40]}) though Ariel asked for an "
@@ -362,13 +363,17 @@ async def list_server_tools(
     How the org's own-hardware worker lists a server only its network reaches (`flows.mcp.listing`).
 
     Raises:
-        McpRefused: the server could not be listed; the message says why (as a run would hear it).
+        McpRefused: the server could not be listed; the message says why (as a run would hear it), without the
+            credential it was sent, should the server have echoed it.
     """
+    from flows.transcript import Redactor
+
+    redact = Redactor(access.secrets()).text
     async with open_toolbox([ref], {ref.server_id: access}, protected, connect_seconds=connect_seconds,
-                            logger=logger) as toolbox:
+                            logger=logger, redact=redact) as toolbox:
         server = toolbox._servers[ref.name]
         if server.unavailable is not None:
-            raise McpRefused(server.unavailable)
+            raise McpRefused(redact(server.unavailable))
         return list(server.catalog)
 
 

@@ -36,10 +36,9 @@ from flows.config import McpServerRef
 from flows.credentials import FETCH_SECONDS, McpServerAccess, gateway_url, json_object, run_token
 from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.mcp.client import McpRefused, list_server_tools
-from flows.network.guard import PROTECTED_ENDPOINTS_ENV, protected_endpoints
+from flows.network.guard import protected_in_environment
 from flows.signing import VERIFY_KEY_ENV, canonical, decode_public_key
 from flows.tls import tls_for
-from flows.transcript import Redactor
 
 LISTING_ROUTE = "/ariel/v1/listing"  # the gateway's; mcp_server.gateway.app.LISTING_ROUTE
 FLOW_NAME = "ariel-mcp-listing"
@@ -106,9 +105,7 @@ async def list_tools_run(request: ListingRequest) -> str:
         given = body.get("headers")
         given = given if isinstance(given, dict) else {}
         access = McpServerAccess(headers={str(k): SecretStr(str(v)) for k, v in given.items()})
-        protected = await asyncio.to_thread(
-            protected_endpoints, get_current_settings().api.url, os.environ.get(PROTECTED_ENDPOINTS_ENV)
-        )
+        protected = await asyncio.to_thread(protected_in_environment, get_current_settings().api.url)
         report: dict[str, Any]
         try:
             tools = await list_server_tools(ref, access, protected, connect_seconds=LISTING_CONNECT_SECONDS,
@@ -117,11 +114,9 @@ async def list_tools_run(request: ListingRequest) -> str:
                                  "input_schema": dict(tool.input_schema or {})} for tool in tools]}
             logger.info("MCP server %s lists %d tool(s): %s", ref.name, len(tools),
                         ", ".join(tool.name for tool in tools)[:500])
-        except McpRefused as exc:
+        except McpRefused as exc:  # redacted already (`list_server_tools`): a server may echo its credential
             report = {"problem": str(exc)}
-            # Redacted: a server may echo the credential it was sent.
-            logger.warning("MCP server %s could not be listed from this worker: %s", ref.name,
-                           Redactor(access.secrets()).text(str(exc)))
+            logger.warning("MCP server %s could not be listed from this worker: %s", ref.name, exc)
         posted = await gateway.post(url, headers=headers, json=report)
         done = json_object(posted)
         if posted.status_code != 200:

@@ -25,8 +25,9 @@ hands runs in ARIEL_PROTECTED_ENDPOINTS (`control_plane_hosts`).
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from urllib.parse import urlsplit
@@ -45,12 +46,42 @@ The platform sets it where runs start; the runtime protects the Prefect API
 """
 
 PRIVATE_NETWORKS = "private-networks"
-"""An entry of ARIEL_PROTECTED_ENDPOINTS: every loopback, private-network or unspecified address is refused too.
+"""Where the control plane lists what runs may not reach, beside `host:port` entries: every loopback,
+private-network or unspecified address, and every address of the machine itself, is refused too.
 
-The SaaS models put it in the templates of Ariel's own pools (ARIEL_MCP_PRIVATE_NETWORKS false): their runs share
-the pool host's network, and an org's approval must not open the platform's internal one to its agents. Never in an
-org's own hardware's pool, whose network is the org's.
+The SaaS models give it to the runs of Ariel's own pools (ARIEL_MCP_PRIVATE_NETWORKS false) as
+`PRIVATE_NETWORKS_ENV`: they share the pool host's network, and an org's approval must not open the platform's
+internal one to its agents. Never to an org's own hardware's pool, whose network is the org's.
 """
+
+PRIVATE_NETWORKS_ENV = "ARIEL_PRIVATE_NETWORKS"
+"""`refused` in a run's environment: `PRIVATE_NETWORKS` applies. A variable of its own, not an entry of
+ARIEL_PROTECTED_ENDPOINTS, so that a runtime image older than the control plane ignores it rather than fail every
+run on an entry it cannot read."""
+
+
+def protected_in_environment(prefect_api_url: str | None) -> tuple[ProtectedEndpoint, ...]:
+    """What a run may not reach, as the platform set it in the run's environment (`protected_endpoints`)."""
+    extra = os.environ.get(PROTECTED_ENDPOINTS_ENV) or ""
+    if os.environ.get(PRIVATE_NETWORKS_ENV) == "refused":
+        extra = f"{extra},{PRIVATE_NETWORKS}"
+    return protected_endpoints(prefect_api_url, extra)
+
+
+def run_environment(protected: Sequence[str]) -> dict[str, str]:
+    """The variables that give a run `protected` (`host:port` entries, and `PRIVATE_NETWORKS`).
+
+    >>> run_environment(["127.0.0.1:8765", "private-networks"])
+    {'ARIEL_PROTECTED_ENDPOINTS': '127.0.0.1:8765', 'ARIEL_PRIVATE_NETWORKS': 'refused'}
+    >>> run_environment([])
+    {}
+    """
+    env = {}
+    if endpoints := [entry for entry in protected if entry != PRIVATE_NETWORKS]:
+        env[PROTECTED_ENDPOINTS_ENV] = ",".join(endpoints)
+    if PRIVATE_NETWORKS in protected:
+        env[PRIVATE_NETWORKS_ENV] = "refused"
+    return env
 
 # Cloud metadata services outside the link-local ranges: Alibaba Cloud's, Azure's WireServer, and AWS's IPv6 ones
 # (instance metadata, and EKS Pod Identity's credentials).
@@ -353,7 +384,7 @@ def _refusal(host: str, port: int, address: Address, protected: Iterable[Protect
     else:
         for service in protected:
             if service.private_networks:
-                if is_private(address):
+                if is_private(address) or _on_this_machine(address):
                     return (f"{where} {'is' if _is_literal(host, address) else f'resolves to {address},'} on "
                             "loopback or a private network, which agents on this install's own pools may not call; "
                             "an org's own hardware (`ariel worker`) runs agents that reach its network")

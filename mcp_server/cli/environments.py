@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from deployments.exceptions import ImageBuildFailed
 from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder
-from flows.network.guard import PROTECTED_ENDPOINTS_ENV, control_plane_hosts
+from flows.network.guard import PRIVATE_NETWORKS_ENV, PROTECTED_ENDPOINTS_ENV, control_plane_hosts, run_environment
 from mcp_server.cli.errors import StartupFailed
 from mcp_server.settings import GATEWAY_PATH, ArielSettings
 
@@ -37,9 +37,10 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         # Prefect's client otherwise sends usage analytics to a third party from every process and run.
         DO_NOT_TRACK="1",
     )
-    control_plane = [*control_plane_hosts(settings.host, settings.port, api_url), *settings.service_endpoints(),
-                     *settings.private_networks_entry()]
+    control_plane = [*control_plane_hosts(settings.host, settings.port, api_url), *settings.service_endpoints()]
     env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
+    env.pop(PRIVATE_NETWORKS_ENV, None)  # the install's setting, not this shell's
+    env.update(run_environment(settings.private_networks_entry()))
     return env
 
 
@@ -62,7 +63,7 @@ def _server_side(name: str) -> bool:
     upper = name.upper()
     if is_prefect_server_setting(upper):
         return True
-    return upper.startswith("ARIEL_") and upper not in ("ARIEL_HOME", PROTECTED_ENDPOINTS_ENV)
+    return upper.startswith("ARIEL_") and upper not in ("ARIEL_HOME", PROTECTED_ENDPOINTS_ENV, PRIVATE_NETWORKS_ENV)
 
 
 # Prefect's scheduler makes each deployment's runs up to an hour ahead, and up to 100: 60 runs per per-minute agent,

@@ -41,7 +41,8 @@ _TASK_RUN = "prefect.task-run."
 class Mentions:
     flow_runs: set[UUID] = field(default_factory=set)
     work_pools: set[str] = field(default_factory=set)  # by name
-    pool_ids: set[tuple[str, str]] = field(default_factory=set)  # (name, the id its resource id names)
+    # (name, the id its resource id names)
+    pool_ids: set[tuple[str, str]] = field(default_factory=set, repr=False)
     malformed: bool = False
 
 

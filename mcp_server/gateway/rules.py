@@ -272,7 +272,10 @@ class Rules:
         if _uuid(id) != scope.run_id:
             return NOT_FOUND
         policy = update.get("empirical_policy") if isinstance(update := _json(body), dict) else None
-        if policy is not None and (not isinstance(policy, dict) or any(policy.values())):
+        # `retry_type` aside: Prefect writes "reschedule" itself on a run retried from its UI, and the engine
+        # echoes it back.
+        if policy is not None and (not isinstance(policy, dict) or any(
+                value for name, value in policy.items() if name != "retry_type")):
             # Prefect's engine echoes the flow's policy: no retries, no delay, not resuming (Ariel's flows declare
             # none). Retries of its own would have Prefect reschedule a run that fails (its RetryFailedFlows), and
             # the gateway hand each attempt a fresh token: a run rerunning itself on a schedule of its own, past

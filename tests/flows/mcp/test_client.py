@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from flows.config import McpServerRef
 from flows.credentials import McpServerAccess
-from flows.mcp.client import MAX_RESULT_CHARS, McpFailed, McpRefused, open_toolbox
+from flows.mcp.client import MAX_RESULT_CHARS, McpFailed, McpRefused, list_server_tools, open_toolbox
 from flows.network.guard import protected_endpoints
 from flows.transcript import MAX_KEPT_TEXT
 from tests.flows.conftest import FakeDNS
@@ -236,6 +236,10 @@ async def test_what_a_failing_server_says_is_logged_cut_and_without_the_credenti
                                 redact=Redactor(given["id-tools"].secrets()).text) as toolbox:
             with pytest.raises(McpRefused) as refused:
                 await toolbox.call("tools__lookup", {}, timeout=10)
+        # An own-hardware worker's listing reports the problem to chat, where every member of the org reads it.
+        with pytest.raises(McpRefused) as unlisted:
+            await list_server_tools(ref(f"{base}/mcp"), given["id-tools"], ())
+    assert "bad request from" in str(unlisted.value) and TOKEN not in str(unlisted.value)
     logged = [message for message in caplog.messages if message.startswith("MCP server unavailable: tools:")]
     assert logged and "bad request from" in logged[0], caplog.messages
     assert TOKEN not in logged[0] and len(logged[0]) < 3_000, logged[0][:300]

@@ -159,6 +159,18 @@ def test_where_private_networks_are_protected_an_allowed_private_address_is_refu
         assert call(f"http://{target}/status", guarded(stand_in_api, target))["status"] == 200
 
 
+def test_a_run_reads_the_private_networks_rule_from_its_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable of its own: a runtime older than the control plane ignores it, rather than fail on it."""
+    from flows.network.guard import PRIVATE_NETWORKS_ENV, protected_in_environment
+
+    monkeypatch.setenv(PROTECTED_ENDPOINTS_ENV, "127.0.0.1:5432")
+    monkeypatch.setenv(PRIVATE_NETWORKS_ENV, "refused")
+    assert [(entry.port, entry.private_networks) for entry in protected_in_environment(None)] == [
+        (5432, False), (0, True)]
+    monkeypatch.delenv(PRIVATE_NETWORKS_ENV)
+    assert [entry.private_networks for entry in protected_in_environment(None)] == [False]
+
+
 # --- cloud metadata ---------------------------------------------------------------------------------
 
 

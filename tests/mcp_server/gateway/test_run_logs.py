@@ -166,7 +166,9 @@ def test_a_run_may_not_give_itself_retries_pause_or_mark_itself_resuming(prefect
             "retry_delay": {"retry_delay_seconds": 60.0},
             "not an object": "retries",
         }.items()}
-        as_the_engine_sends_it = patch(FlowRunPolicy(retries=0, retry_delay=0).model_dump(mode="json"))
+        # Of a run an operator retried from Prefect's UI: Prefect marked it "reschedule", and the engine echoes that.
+        as_the_engine_sends_it = patch(FlowRunPolicy(retries=0, retry_delay=0, retry_type="reschedule").model_dump(
+            mode="json"))
         paused = httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state",
                             json={"state": {"type": "PAUSED", "name": "Paused"}}, headers=headers, timeout=30)
         httpx.post(f"{gateway.api_url}/flow_runs/{run_id}/set_state", json={"state": {"type": "RUNNING"}},

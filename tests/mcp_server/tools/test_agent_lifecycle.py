@@ -276,10 +276,12 @@ async def test_where_the_control_plane_keeps_off_private_networks_its_pools_runs
     async with PrefectClient(prefect_api) as prefect:
         platform, rack = [await prefect.read_work_pool(made["work_pool"]) for made in (agent, own)]
     assert rack.name.endswith("-own") and not platform.name.endswith("-own")
-    entries = [pool.base_job_template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"].split(",")
-               for pool in (platform, rack)]
-    assert "private-networks" in entries[0], entries[0]
-    assert "private-networks" not in entries[1] and f"127.0.0.1:{urlsplit(prefect_api).port}" in entries[1]
+    envs = [pool.base_job_template["job_configuration"]["env"] for pool in (platform, rack)]
+    assert envs[0]["ARIEL_PRIVATE_NETWORKS"] == "refused", envs[0]
+    assert "ARIEL_PRIVATE_NETWORKS" not in envs[1], envs[1]
+    # Both keep the control plane's own services.
+    for env in envs:
+        assert f"127.0.0.1:{urlsplit(prefect_api).port}" in env["ARIEL_PROTECTED_ENDPOINTS"].split(","), env
 
 
 async def test_the_bucket_and_the_collector_on_the_runs_network_are_refused_to_agents_and_runs(
