@@ -33,7 +33,8 @@ setup: $(STAMP)
 # constraints.txt pins every transitive version the tests passed with: warnings
 # are errors in the tests, so a new release of anything must not slip in unseen.
 $(STAMP): pyproject.toml constraints.txt
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	# A venv made where Python lacks ensurepip (Debian without python3-venv) has no pip: made again, whole.
+	test -x $(BIN)/pip || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@

@@ -69,6 +69,32 @@ class ArielSettings(BaseSettings):
         examples=["http://127.0.0.1:4200/api"],
     )
     prefect_port: int = Field(default=4200, ge=1, le=65535, description="Port of the embedded Prefect server.")
+
+    @field_validator("prefect_api_url", mode="before")
+    @classmethod
+    def _prefect_api_url(cls, value: object) -> object:
+        """Empty is unset (the embedded server); else http(s)://host[:port]/path with no credential in it, which
+        `ariel up` would print with the URL: the credential goes in ARIEL_PREFECT_AUTH_STRING.
+
+        >>> ArielSettings(prefect_api_url="").prefect_api_url is None
+        True
+        >>> ArielSettings(prefect_api_url="http://127.0.0.1:4200/api/").prefect_api_url
+        'http://127.0.0.1:4200/api'
+        """
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or not port_ok \
+                or parts.query or parts.fragment:
+            raise ValueError(f"the Prefect API URL is http(s)://host[:port]/api, its credential in "
+                             f"ARIEL_PREFECT_AUTH_STRING, not in the URL: {_shown(value.strip())!r}")
+        return value.strip().rstrip("/")
     prefect_auth_string: SecretStr | None = Field(
         default=None,
         description="`user:password` the Prefect server requires (its PREFECT_SERVER_API_AUTH_STRING); only the "
@@ -423,11 +449,12 @@ class ArielSettings(BaseSettings):
         if not isinstance(value, str):
             return value
         headers: dict[str, str] = {}
-        for pair in filter(None, (part.strip() for part in value.split(","))):
+        for number, pair in enumerate(filter(None, (part.strip() for part in value.split(","))), start=1):
             name, equals, text = pair.partition("=")
             if not equals or not re.fullmatch(r"[A-Za-z0-9-]+", name.strip()):
+                # Never quoted: a pair written `Authorization: Bearer …` is all credential.
                 raise ValueError("ARIEL_OTLP_HEADERS is `name=value` pairs, comma-separated, each name letters, "
-                                 f"digits and hyphens; one pair is not: {name.strip()[:40]!r}")
+                                 f"digits and hyphens (`Authorization=Bearer …`); pair {number} is not")
             headers[name.strip()] = text.strip()
         return headers
 
@@ -659,6 +686,15 @@ def is_loopback_url(url: str) -> bool:
 
     >>> is_loopback_url("http://127.0.0.1:8765"), is_loopback_url("https://ariel.example.com")
     (True, False)
+    >>> is_loopback_url("http://127.evil.example:8765"), is_loopback_url("http://[::1]:8765")  # a name, not 127/8
+    (False, True)
     """
+    import ipaddress
+
     host = (urlsplit(url).hostname or "").lower()
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: whatever it resolves to, another machine's DNS may answer otherwise
+        return False

@@ -17,7 +17,8 @@ def for_people(exc: BaseException) -> bool:
     """
     from blocks.object_store import ObjectStoreError
     from deployments.exceptions import DeploymentError
+    from mcp_server.keyfiles import KeyFileError
     from mcp_server.services.exceptions import ArielError
     from mcp_server.store import StoreError
 
-    return isinstance(exc, StartupFailed | ArielError | DeploymentError | StoreError | ObjectStoreError)
+    return isinstance(exc, StartupFailed | ArielError | DeploymentError | StoreError | ObjectStoreError | KeyFileError)

@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(command: str, settings: ArielSettings, args: argparse.Namespace) -> int:
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, no permission, a read-only disk
+        print(f"ariel {command}: ARIEL_HOME ({settings.home}) cannot be used as Ariel's folder: "
+              f"{exc.strerror or type(exc).__name__}; set ARIEL_HOME to a folder you may write", file=sys.stderr)
+        return 1
+    try:
         if command == "up":
             from mcp_server.cli.stack import up
 

@@ -113,7 +113,7 @@ def run_worker(server: str, key: str | None) -> None:
                            "manage_org create_worker_key, or `ariel worker-key create`)")
     if worker_key_prefix(key) is None:
         raise WorkerFailed("that is not a worker key; worker keys look like ariel_wk_<8 hex digits>_<secret>")
-    if not server.startswith(("http://", "https://")):
+    if not server.startswith(("http://", "https://")) or not _parses(server):
         raise WorkerFailed(f"--server: {server!r} is not a URL; give Ariel's address, e.g. https://ariel.example.com")
     if server.startswith("http://") and not is_loopback_url(server):
         # The key, and every run's token and provider key after it, would cross the network in clear.
@@ -135,3 +135,15 @@ def run_worker(server: str, key: str | None) -> None:
     finally:
         ignore_stop_signals()
         children.stop_all()
+
+
+def _parses(url: str) -> bool:
+    """Whether `url` is one httpx can send to (a port that is a number, a host).
+
+    >>> _parses("https://ariel.example.com"), _parses("https://host:80a"), _parses("https://")
+    (True, False, False)
+    """
+    try:
+        return bool(httpx.URL(url).host)
+    except (httpx.InvalidURL, ValueError):
+        return False

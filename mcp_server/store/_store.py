@@ -36,7 +36,7 @@ from mcp_server.store._schema import agent_versions, agents, installation, organ
 from mcp_server.store._secrets import SecretQueries
 from mcp_server.store._tool_servers import ToolServerQueries
 from mcp_server.store._worker_keys import WorkerKeyQueries
-from mcp_server.store.exceptions import Conflict, NotOurs, Unreachable
+from mcp_server.store.exceptions import BadUrl, Conflict, NotOurs, Unreachable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("ariel.store")
@@ -52,13 +52,14 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect to `url` and apply pending migrations."""
-        engine = create_async_engine(url)
+        engine = _engine(url)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
         try:
             await store.migrate()
-        except (OperationalError, InterfaceError) as exc:
+        # OSError: a driver that lets a refused connection through unwrapped (asyncpg).
+        except (OperationalError, InterfaceError, OSError) as exc:
             await engine.dispose()
             said = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             raise Unreachable(f"the store at {engine.url.render_as_string(hide_password=True)} cannot be reached: "
@@ -109,7 +110,7 @@ class Store(IdentityQueries, AuditQueries, SecretQueries, WorkerKeyQueries, Tool
 
         Asked before `open`, which would make the tables, owned by that role.
         """
-        engine = create_async_engine(url)
+        engine = _engine(url)
         try:
             if engine.dialect.name != "postgresql":
                 return None
@@ -367,3 +368,26 @@ def _upgrade(connection: Connection) -> None:
             f"application's tables (its migration {foreign[0]!r} is not one of Ariel's; Prefect's server, for one, "
             "keeps its own): give Ariel a database of its own in ARIEL_STORE_URL")
     command.upgrade(config, "head")
+
+
+def _engine(url: str) -> AsyncEngine:
+    """The engine of `url`; `BadUrl` when it is malformed or its driver is none Ariel ships.
+
+    >>> _engine("sqlite:///x.db")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mcp_server.store.exceptions.BadUrl: ARIEL_STORE_URL (a 'sqlite' URL) cannot be opened: its driver is not an ...
+    """
+    from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
+
+    scheme = url.partition("://")[0][:40] if "://" in url else None
+    allowed = "use sqlite+aiosqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB"
+    named = f"a {scheme!r} URL" if scheme else "not a URL"
+    try:
+        return create_async_engine(url)
+    # NoSuchModuleError: a dialect or driver unknown here; InvalidRequestError: a driver that is not async.
+    except (NoSuchModuleError, InvalidRequestError, ImportError):
+        raise BadUrl(f"ARIEL_STORE_URL ({named}) cannot be opened: its driver is not an async one Ariel ships; "
+                     f"{allowed}") from None
+    except (ArgumentError, ValueError):  # unparsable, or a port that is no number: the message would quote it
+        raise BadUrl(f"ARIEL_STORE_URL ({named}) is malformed; {allowed}") from None

@@ -6,7 +6,8 @@
     ├── Unreachable   the database does not answer, refuses the connection, has
     │                 none to spare, or stays busy with other writes past its
     │                 wait: try again
-    └── NotOurs       the database holds another application's migrations
+    ├── NotOurs       the database holds another application's migrations
+    └── BadUrl        the store's URL names no database Ariel can open
 
 The services translate them into their own errors at the edge
 (`mcp_server.services.audit.audited`, the tools' error middleware, the CLI).
@@ -25,6 +26,11 @@ class Conflict(StoreError):
 
 class Unreachable(StoreError):
     """The store's database does not answer or refuses the connection; the message names it without a password."""
+
+
+class BadUrl(StoreError):
+    """ARIEL_STORE_URL is malformed or names a driver Ariel does not ship; the message names no part of it but its
+    scheme, and says what is allowed."""
 
 
 class NotOurs(StoreError):

@@ -42,6 +42,28 @@ def test_a_trusting_auth_mode_outside_desktop_is_refused_before_anything_starts(
     )
 
 
+def test_a_credential_written_wrong_in_a_setting_is_never_printed(tmp_path: Path) -> None:
+    otlp = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_OTLP_HEADERS="Authorization: Bearer hunter5")
+    prefect = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_PREFECT_API_URL="http://ariel:hunter6@127.0.0.1:9/api")
+    assert otlp.returncode == prefect.returncode == 2
+    assert otlp.stderr.strip().endswith("pair 1 is not") and "hunter5" not in otlp.stderr + otlp.stdout
+    assert "ARIEL_PREFECT_AUTH_STRING" in prefect.stderr and "hunter6" not in prefect.stderr + prefect.stdout
+
+
+def test_a_store_url_ariel_cannot_open_or_a_home_it_cannot_use_is_named_not_traced(tmp_path: Path) -> None:
+    sync_driver = ariel("migrate", ARIEL_HOME=str(tmp_path), ARIEL_STORE_URL="postgresql://ariel:hunter7@db/ariel")
+    bad_port = ariel("migrate", ARIEL_HOME=str(tmp_path), ARIEL_STORE_URL="postgresql+psycopg://a:hunter7@db:x/ariel")
+    (tmp_path / "a-file").write_text("")
+    home_is_a_file = ariel("migrate", ARIEL_HOME=str(tmp_path / "a-file"))
+    for done in (sync_driver, bad_port, home_is_a_file):
+        assert done.returncode == 1 and "Traceback" not in done.stderr and "hunter7" not in done.stderr, done.stderr
+    assert last_line(sync_driver.stderr) == (
+        "ariel migrate: ARIEL_STORE_URL (a 'postgresql' URL) cannot be opened: its driver is not an async one Ariel "
+        "ships; use sqlite+aiosqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+    assert "ARIEL_STORE_URL (a 'postgresql+psycopg' URL) is malformed" in bad_port.stderr
+    assert "ARIEL_HOME" in home_is_a_file.stderr and "a folder you may write" in home_is_a_file.stderr
+
+
 async def test_create_key_bootstraps_an_org_and_prints_a_working_key_once(tmp_path: Path) -> None:
     from mcp_server.auth import parse_api_key, verify_api_key
     from mcp_server.store import Store
