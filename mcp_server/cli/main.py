@@ -301,7 +301,7 @@ async def _host_caller(services: Services, org_slug: str | None, label: str) -> 
 
     Whoever can run it holds the store itself.
     """
-    from mcp_server.services.caller import Caller
+    from mcp_server.services.caller import HOST_USER, Caller
     from mcp_server.services.exceptions import NotFound
 
     if org_slug:
@@ -312,7 +312,7 @@ async def _host_caller(services: Services, org_slug: str | None, label: str) -> 
         local = await services.auth.local_caller("cli")
         org = await services.store.get_org(local.org_id)
         assert org is not None  # the local user's current org exists: local_caller just resolved it
-    return Caller(user_id="ariel", user_label=label, org_id=org.id, org_slug=org.slug, org_name=org.name,
+    return Caller(user_id=HOST_USER, user_label=label, org_id=org.id, org_slug=org.slug, org_name=org.name,
                   role="owner", source="local", origin="cli")
 
 

@@ -11,7 +11,9 @@ from mcp_server.auth.worker_keys import verify_worker_key, worker_key_prefix
 from mcp_server.gateway import GATEWAY_PATH, Gateway
 from mcp_server.gateway.scopes import PoolScope
 from mcp_server.gateway.scopes import Scope as GatewayScope
+from mcp_server.services.caller import HOST_USER, RANK
 from mcp_server.services.container import Services
+from mcp_server.services.orgs import ACTION_ROLES
 from mcp_server.settings import ArielSettings
 
 
@@ -47,5 +49,11 @@ async def gateway_scope(settings: ArielSettings, services: Services, token: str)
     record = await services.store.worker_key_by_prefix(prefix)
     if record is None or record.revoked_at is not None or not verify_worker_key(token, record.key_hash):
         return None
+    if record.created_by != HOST_USER:
+        # A key acts for the admin who made it, as an API key does: once they leave the org or are no longer an
+        # admin, it no longer serves the org's pool (and with it, its runs' tokens and provider keys).
+        creator = await services.store.member(record.org_id, record.created_by)
+        if creator is None or RANK[creator.role] < RANK[ACTION_ROLES["create_worker_key"]]:
+            return None
     return PoolScope.own_hardware(own_pool_name(services.agents.install_id, record.org_id), record.org_id,
                                   label=f"worker key {record.prefix} of org {record.org_id}")

@@ -11,6 +11,9 @@ from mcp_server.services.exceptions import Forbidden
 CallerSource = Literal["local", "dev", "api_key", "oidc"]
 
 RANK: dict[Role, int] = {"viewer": 0, "member": 1, "admin": 2, "owner": 3}
+HOST_USER = "ariel"
+"""Who a command on Ariel's host (`ariel worker-key`, `ariel provider`) acts as: its operator, who holds the store
+itself, and is no member of any org."""
 """Each role may do everything the roles below it may."""
 
 

@@ -281,6 +281,9 @@ class OrgService:
         )
 
     async def _create_worker_key(self, caller: Caller, name: str) -> OrgActionView:
+        if caller.source == "api_key":
+            # It would outlive the API key's revocation, and receive every run's token and provider key.
+            raise Forbidden("an API key cannot create worker keys; a person must, with manage_org create_worker_key")
         if not 1 <= len(name.strip()) <= 200:
             raise InvalidRequest("name: give the worker key a name of 1 to 200 characters, e.g. 'office-server'")
         first = not await self.store.worker_keys(caller.org_id, active_only=True)

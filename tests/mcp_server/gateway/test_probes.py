@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from fastmcp.exceptions import ToolError
 
 from flows.transcript import TRANSCRIPT_ROUTE
 from mcp_server.cli.stack import Runtime
@@ -284,6 +285,35 @@ def test_a_revoked_worker_key_is_refused(stack: Stack) -> None:
     asyncio.run(call(stack.up.base_url, ALICE, "manage_org", action="revoke_worker_key",
                      key=made["worker_keys"][0]["prefix"]))
     assert request(stack, spare, "GET", f"/work_pools/{stack.a_pool}").status_code == 401
+
+
+def test_a_worker_key_acts_for_the_admin_who_made_it_and_an_api_key_makes_none(stack: Stack) -> None:
+    """Whoever holds a worker key gets every run's token and provider key: it serves only while the admin who made
+    it is one (as an API key acts for its maker), and an API key, which may be revoked unseen, makes none."""
+    dave = "dev:dave:acme:admin"
+
+    async def made_by_dave() -> tuple[str, str]:
+        made = await call(stack.up.base_url, dave, "manage_org", action="create_worker_key", name="dave's rack")
+        email = next(member["user"] for member in (await call(stack.up.base_url, ALICE, "manage_org",
+                                                                action="list_members"))["members"]
+                     if "dave" in member["user"])
+        return made["worker_keys"][0]["key"], email
+
+    daves, email = asyncio.run(made_by_dave())
+    served_while_admin = request(stack, daves, "GET", f"/work_pools/{stack.a_pool}").status_code
+    asyncio.run(call(stack.up.base_url, ALICE, "manage_org", action="change_role", user=email, role="member"))
+    after_demotion = request(stack, daves, "GET", f"/work_pools/{stack.a_pool}").status_code
+
+    async def by_api_key() -> str:
+        made = await call(stack.up.base_url, ALICE, "manage_org", action="create_key", name="ci", role="admin")
+        api_key = made["keys"][0]["key"]
+        with pytest.raises(ToolError) as refused:
+            await call(stack.up.base_url, api_key, "manage_org", action="create_worker_key", name="sneaky")
+        return str(refused.value)
+
+    refusal = asyncio.run(by_api_key())
+    assert (served_while_admin, after_demotion) == (200, 401)
+    assert "an API key cannot create worker keys" in refusal, refusal
 
 
 def test_events_about_another_orgs_run_are_dropped_and_own_ones_arrive(stack: Stack) -> None:
