@@ -363,6 +363,9 @@ class AgentService:
         """Pause or resume the agent's schedule; manual runs stay possible."""
         async with audited(self.store, caller, "agent.pause" if paused else "agent.resume", ref), \
                 self._turn(caller, ref) as record:
+            if not paused:  # its schedule runs it again, with its owner's own MCP servers' credentials
+                await self.guard_personal_servers(caller, record, await self.spec_of(caller, record),
+                                                  "update_agent resume")
             updated = await self.store.set_paused(caller.org_id, record.id, paused)
             action = "pause" if paused else "resume"
             await self._deploy_saved(caller, updated, await self.spec_of(caller, updated), f"the {action}",

@@ -23,7 +23,7 @@ from mcp_server.services.agents import AgentService
 from mcp_server.services.audit import audited
 from mcp_server.services.authentication import suspended_reason
 from mcp_server.services.caller import RANK, Caller
-from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound
+from mcp_server.services.exceptions import Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.finishing import finishing
 from mcp_server.services.transcripts import RunTranscripts
 from mcp_server.services.views import (
@@ -321,7 +321,13 @@ class OrgService:
         if revoked is None:
             raise NotFound(f"no worker key {quote(ref)}; manage_org list_worker_keys shows ids and prefixes")
         active = await self.store.worker_keys(caller.org_id, active_only=True)
-        moved = await self._move_agents(caller) if not active else 0
+        try:
+            moved = await self._move_agents(caller) if not active else 0
+        except Unavailable as exc:
+            # Revoked all the same: saying the call failed would have the admin believe the key still works.
+            raise Unavailable(f"worker key {revoked.prefix} is revoked and no longer works, but the org's agents "
+                              f"could not be moved back to Ariel's workers yet ({exc}); they move when the control "
+                              "plane next starts (`ariel up`)") from None
         done = f"worker key {revoked.prefix} no longer works"
         if not active:
             done += f"; with no worker key left, {_agents_of(caller)} run on Ariel's workers again ({moved} moved back)"

@@ -52,6 +52,9 @@ async def test_another_member_may_not_drive_an_agent_that_uses_its_owners_own_se
             await s.agents.guard_personal_servers(yan, agent, spec("mine"), "run_agent")
         for allowed in (max_, ada):
             await s.agents.guard_personal_servers(allowed, agent, spec("mine"), "run_agent")
+        # Nor resume its schedule, which runs it with the owner's credentials as surely as run_agent does.
+        with pytest.raises(Forbidden, match="update_agent resume: agent 'digest' uses 'mine'"):
+            await s.agents.set_paused(yan, "digest", paused=False)
 
 
 async def test_a_members_pending_server_does_not_shadow_the_orgs_and_its_approval_needs_the_agent_approved_again(
