@@ -330,7 +330,11 @@ class AgentService:
             if (spec.model, spec.provider, spec.api_base) != (current.model, current.provider, current.api_base):
                 await self._check_model(caller, spec, "the agent was not changed")
             if spec.mcp_tools != current.mcp_tools:
-                await self.mcp_servers(caller.org_id, record.owner_user_id, spec, not_done="the agent was not changed")
+                # Another member (not an admin) sees the org's servers only: the owner's own, or the state of one
+                # (pending, rejected), answered like a name that is not there.
+                drives = caller.can("admin") or caller.user_id == record.owner_user_id
+                await self.mcp_servers(caller.org_id, record.owner_user_id if drives else None, spec,
+                                       not_done="the agent was not changed")
                 await self.guard_personal_servers(caller, record, spec, "update_agent change")
             if spec == current:
                 # Also how a version whose deploy failed gets deployed: `apply` writes only what Prefect lacks.

@@ -112,3 +112,25 @@ async def test_without_docker_a_stdio_server_is_installed_on_first_use_where_run
         command = s.agents.stdio_commands["everything"]
         assert command[0] == str(home / "mcp" / "npm" / "node_modules" / ".bin" / "mcp-server-everything")
         assert Path(command[0]).exists()
+
+
+async def test_another_member_learns_nothing_of_the_owners_own_servers_by_changing_the_agent(
+    home: Path, store_url: str, open_peer: Peer, other_peer: Peer
+) -> None:
+    """A member's own server, pending or not, is theirs: another member changing their agent hears of it exactly
+    what they hear of a name that is not there."""
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        max_, yan, ada = caller(org, "max", "member"), caller(org, "yan", "member"), caller(org, "ada", "admin")
+        await add(s, ada, "docs", open_peer.url, scope="org")
+        await add(s, max_, "drafts", other_peer.url)  # max's own, pending an admin's approval
+        await agent_of(s, org, "max", "docs")
+
+        async def refusal(server: str) -> str:
+            changes = {"mcp_tools": [{"server": server, "tools": ["echo"]}],
+                       "script": [{"tool": f"{server}__echo", "arguments": {"message": "hi"}}, {"reply": "ok"}]}
+            with pytest.raises(InvalidRequest) as refused:
+                await s.agents.change(yan, "digest", changes)
+            return str(refused.value).replace(server, "NAME")
+
+        assert await refusal("drafts") == await refusal("nothing-here")
