@@ -233,9 +233,12 @@ class OrgService:
         member = await self._member(caller, ref)
         self._may_change(caller, member)
         await self.store.remove_member(caller.org_id, member.user.id)
-        return OrgActionView(
-            action="remove", done=f"{member.user.label} no longer belongs here; their API keys stop working"
-        )
+        # Their own MCP servers carry their credentials (their token, their account): the org must not go on
+        # acting as them. Agents that named one hear it is gone, or name the org's server of that name again.
+        servers = await self.store.delete_own_tool_servers(caller.org_id, member.user.id)
+        removed = f", and their {servers} own MCP server(s) are removed" if servers else ""
+        return OrgActionView(action="remove", done=f"{member.user.label} no longer belongs here; their API keys and "
+                                                   f"worker keys stop working{removed}")
 
     async def _switch(self, caller: Caller, ref: str) -> OrgActionView:
         if caller.org_fixed:

@@ -135,6 +135,12 @@ class ToolServerQueries:
             )).one()
         return _record(row)
 
+    async def delete_own_tool_servers(self: Tenant, org_id: str, user_id: str) -> int:
+        """Delete every own server of `user_id` in the org (they left it); how many."""
+        query = tool_servers.delete().where(tool_servers.c.org_id == org_id, tool_servers.c.owner_user_id == user_id)
+        async with self.tenant(org_id) as conn:
+            return int((await conn.execute(query)).rowcount or 0)
+
     async def delete_tool_server(self: Tenant, org_id: str, server_id: str) -> bool:
         """Delete the org's server; False when it has none of that id."""
         query = tool_servers.delete().where(tool_servers.c.org_id == org_id, tool_servers.c.id == server_id)

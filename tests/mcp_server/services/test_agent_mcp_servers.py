@@ -134,3 +134,22 @@ async def test_another_member_learns_nothing_of_the_owners_own_servers_by_changi
             return str(refused.value).replace(server, "NAME")
 
         assert await refusal("drafts") == await refusal("nothing-here")
+
+
+async def test_a_member_who_leaves_takes_their_own_servers_and_credentials_with_them(
+    home: Path, store_url: str, open_peer: Peer
+) -> None:
+    """Their own server carries their credentials: the org must not go on acting as them once they are gone."""
+    from tests.mcp_server.services.test_tool_servers import member
+
+    async with services(home, store_url) as s:
+        org = (await s.store.ensure_personal_org()).id
+        ada = await member(s, org, "ada", "owner")
+        max_ = await member(s, org, "max", "member")
+        await add(s, max_, "mine", open_peer.url)
+        await approve(s, ada, "mine")
+        assert await s.store.resolve_tool_server(org, max_.user_id, "mine") is not None
+        removed = await s.orgs.manage(ada, "remove", user="max@acme.test", role=None, name=None, org=None, key=None,
+                                      confirm=False)
+        assert await s.store.resolve_tool_server(org, max_.user_id, "mine") is None
+    assert removed.done.endswith("their 1 own MCP server(s) are removed"), removed.done
