@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import secrets
@@ -114,8 +115,25 @@ def answers_without_credential(api_url: str) -> bool:
 
 
 def port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((host, port)) != 0
+    """Whether a server may listen on `host`:`port` now (as uvicorn binds: an address reused from TIME_WAIT is free).
+
+    Raises StartupFailed when `host` is no address this machine may listen on (IPv6 ones included).
+    """
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise StartupFailed(f"ARIEL_HOST {host!r} does not resolve to an address of this machine; set it to one "
+                            "(127.0.0.1 for this machine alone, 0.0.0.0 or :: for every interface)") from None
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise StartupFailed(f"cannot listen on {host} port {port} ({exc.strerror or exc}); set ARIEL_HOST to an "
+                                "address of this machine") from None
+    return True
 
 
 def choose_pool_type(settings: ArielSettings) -> PoolType:

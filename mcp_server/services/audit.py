@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -9,6 +10,8 @@ from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import ArielError, Conflict, Forbidden, Unavailable
 from mcp_server.services.finishing import finishing
 from mcp_server.store import Outcome, Store, StoreError, Unreachable
+
+log = logging.getLogger("ariel.audit")
 
 
 async def record(
@@ -56,4 +59,10 @@ async def audited(store: Store, caller: Caller, action: str, target: str) -> Asy
             await record(store, caller, action, target, "failed", "cancelled before it answered")
         raise
     with finishing():
-        await record(store, caller, action, target, "ok")
+        try:
+            await record(store, caller, action, target, "ok")
+        except StoreError as exc:
+            # Done all the same: answering a failure would hide what was done (an agent deployed, a key made and
+            # never shown). The store's trouble is the operator's, in the server log.
+            log.error("audit: %s on %s by %s succeeded, but its record could not be written (%s)", action, target,
+                      caller.user_label, exc)

@@ -64,6 +64,12 @@ def test_a_store_url_ariel_cannot_open_or_a_home_it_cannot_use_is_named_not_trac
     assert "ARIEL_HOME" in home_is_a_file.stderr and "a folder you may write" in home_is_a_file.stderr
 
 
+def test_a_listen_address_that_is_not_this_machines_is_named_not_traced(tmp_path: Path) -> None:
+    done = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_HOST="no-such-host.invalid")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "ARIEL_HOST 'no-such-host.invalid' does not resolve to an address of this machine" in done.stderr
+
+
 async def test_create_key_bootstraps_an_org_and_prints_a_working_key_once(tmp_path: Path) -> None:
     from mcp_server.auth import parse_api_key, verify_api_key
     from mcp_server.store import Store
