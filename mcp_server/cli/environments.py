@@ -48,7 +48,8 @@ def is_credential(name: str) -> bool:
     """Variables that hold a credential of the control plane or of Prefect: never handed to a child as they are."""
     upper = name.upper()
     return upper in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING") or (
-        upper.startswith("ARIEL_") and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK", "_HEADERS"))
+        upper.startswith("ARIEL_")
+        and upper.endswith(("_KEY", "_AUTH_STRING", "_SECRET", "_KEK", "_HEADERS", "_PASSWORD"))
     ) or upper.startswith("ARIEL_KEK")
 
 

@@ -301,6 +301,7 @@ def up(settings: ArielSettings) -> None:
                      else f"ariel_ph_{secrets.token_urlsafe(32)}")  # a fresh one each start: nothing to leak
     settings = settings.model_copy(update={"pool_host_key": SecretStr(pool_host_key)})
     _port_must_be_free(settings)
+    _keys_must_be_readable(settings)
     children = Children(settings.home / "logs")
     app_server: AppServer | None = None
     docker_prefix: str | None = None  # the install's Docker pools, once known: their containers go when it stops
@@ -377,6 +378,7 @@ def serve(settings: ArielSettings) -> None:
                             "ARIEL_PREFECT_AUTH_STRING to its credential); `ariel up` starts one of its own instead")
     settings.home.mkdir(parents=True, exist_ok=True)
     _port_must_be_free(settings)
+    _keys_must_be_readable(settings)
     _reach_prefect(settings, api_url, None)
     # The pools' type is the install's choice, not this machine's: the Docker engine is the pool host's.
     pool_type: PoolType = "process" if settings.worker_type == "process" else "docker"
@@ -398,6 +400,19 @@ def serve(settings: ArielSettings) -> None:
     finally:
         ignore_stop_signals()
         say("Stopped.")
+
+
+def _keys_must_be_readable(settings: ArielSettings) -> None:
+    """The local key-encryption keys, read as the process starts, not at its first seal (a provider set, a run's
+    journal): a malformed ARIEL_KEK would have Ariel say it is up, then fail every secret. KekUnavailable names the
+    setting, never the key."""
+    if settings.kek_backend != "local":
+        return  # a KMS answers when asked: its first use says what is wrong with it
+    from mcp_server.services.sealing import LocalKeyring, keyring_from_settings
+
+    keyring = keyring_from_settings(settings)
+    if isinstance(keyring, LocalKeyring):
+        keyring.known()  # the current key (made on first use when it is the default file) and every older one
 
 
 def _port_must_be_free(settings: ArielSettings) -> None:

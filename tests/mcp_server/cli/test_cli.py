@@ -64,6 +64,14 @@ def test_a_store_url_ariel_cannot_open_or_a_home_it_cannot_use_is_named_not_trac
     assert "ARIEL_HOME" in home_is_a_file.stderr and "a folder you may write" in home_is_a_file.stderr
 
 
+def test_a_malformed_key_encryption_key_stops_ariel_up_before_it_says_it_is_up(tmp_path: Path) -> None:
+    """Not at the first secret it seals (a provider, a run's journal), after "Ariel is up"."""
+    done = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_KEK="00" * 32, ARIEL_PORT="9")  # hex, not base64
+    assert done.returncode == 1 and "Ariel is up" not in done.stdout and "00" * 32 not in done.stderr
+    assert last_line(done.stderr) == (
+        "ariel up: ARIEL_KEK is not base64 of a 32-byte key; make one with `openssl rand -base64 32`")
+
+
 def test_a_listen_address_that_is_not_this_machines_is_named_not_traced(tmp_path: Path) -> None:
     done = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_HOST="no-such-host.invalid")
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
