@@ -88,7 +88,8 @@ def say(message: str) -> None:
 
 def wait_healthy(api_url: str, children: Children | None = None, timeout: float = 90.0) -> None:
     """Wait for the Prefect API to answer its health check: the one `children` started, or an external one."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline, next_word = started + timeout, started + 5.0
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{api_url}/health", timeout=1.0).status_code == 200:
@@ -97,6 +98,10 @@ def wait_healthy(api_url: str, children: Children | None = None, timeout: float 
             pass
         if children is not None and children.exited():
             break
+        if time.monotonic() >= next_word:  # a long wait says it is one, and how long it may last
+            next_word += 15.0
+            say(f"waiting for the Prefect API at {api_url} to answer ({time.monotonic() - started:.0f} s of at most "
+                f"{timeout:.0f} s)")
         time.sleep(0.3)
     if children is None:
         raise StartupFailed(f"the Prefect API at {api_url} (ARIEL_PREFECT_API_URL) did not answer its health check "
