@@ -27,7 +27,8 @@ dockerd_log="${ARIEL_DOCKERD_LOG:-/var/log/ariel-dockerd.log}"
 give_up() {
   echo "setup-host: $1" >&2
   if $optional; then
-    echo "setup-host: continuing without Docker; agents will run as local processes." >&2
+    # ariel up then runs agents as local processes (a process work pool), and says so.
+    echo "setup-host: continuing without Docker's runs; agents will run as local processes." >&2
     exit 0
   fi
   exit 1
@@ -65,8 +66,9 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
   if [ "$base_image" != "ariel-base:bookworm" ]; then
     give_up "base image $base_image is not present; pull or load it (docker pull $base_image)"
   fi
+  is_root || give_up "building the base image $base_image needs root (sudo $0)"
   command -v debootstrap >/dev/null || apt_install debootstrap
-  "$here/build-base-image.sh" "$base_image"
+  "$here/build-base-image.sh" "$base_image" || give_up "the base image $base_image could not be built (see above)"
 fi
 echo "setup-host: base image $base_image present"
 

@@ -363,6 +363,21 @@ def docker_available() -> bool:
     return True
 
 
+def has_image(tag: str) -> bool:
+    """Whether the Docker engine that answers holds `tag`."""
+    try:
+        client = _docker()
+    except ImageBuildFailed:
+        return False
+    try:
+        client.images.get(tag)
+    except docker.errors.DockerException:
+        return False
+    finally:
+        client.close()
+    return True
+
+
 def lean_twin_problem(client: docker.DockerClient, image: str) -> str | None:
     """Why the engine of `client` cannot run the lean twin of the full runtime image `image` in its place
     (`deployments.pools.run_images`); None when it can: the twin is there, built from the same code."""

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from deployments.exceptions import DeploymentError
-from deployments.images.runtime_image import docker_available
+from deployments.images.runtime_image import docker_available, has_image
 from deployments.pools.standby import remove_install_containers
 from deployments.pools.work_pools import PoolType, install_prefix
 from deployments.prefect_server import server_argv
@@ -145,6 +145,12 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
     if settings.worker_type == "process":
         return "process"
     if docker_available():
+        if settings.worker_type == "auto" and not has_image(settings.runtime_base_image):
+            # Every runtime image builds on it, offline: without it no run could start in a container.
+            say(f"Docker answers, but its base image {settings.runtime_base_image!r} is not there, so agents will "
+                "run as local processes (a process work pool).")
+            say("  To run them in containers, build it (sudo ./docker/setup-host.sh) and run `ariel up` again.")
+            return "process"
         return "docker"
     if settings.worker_type == "docker":
         raise StartupFailed("ARIEL_WORKER_TYPE=docker but no Docker engine answers; start dockerd, or unset it")

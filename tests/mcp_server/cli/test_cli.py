@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def ariel(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -235,3 +237,17 @@ def test_stdio_is_refused_on_a_shared_install_before_anything_opens(tmp_path: Pa
            "'saas') does not allow; connect an MCP client to the app's /mcp with an API key instead")
     assert not (tmp_path / "ariel.db").exists()  # refused before the store was opened
 
+
+
+def test_with_docker_but_no_base_image_ariel_up_runs_agents_as_processes_and_says_so(
+    tmp_path: Path, docker_engine: None, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`make up` as a user without root: setup-host could not build the base image, and Docker answers all the same."""
+    from mcp_server.cli.stack import choose_pool_type
+    from mcp_server.settings import ArielSettings
+
+    absent = ArielSettings(home=tmp_path, runtime_base_image="ariel-base:absent-for-this-test")
+    assert choose_pool_type(absent) == "process"
+    assert "its base image 'ariel-base:absent-for-this-test' is not there" in capsys.readouterr().out
+    asked = absent.model_copy(update={"worker_type": "docker"})  # asked for by name: its image build says why
+    assert choose_pool_type(asked) == "docker"
