@@ -645,6 +645,8 @@ def database_endpoints(url: str) -> list[str]:
     ['db.internal:5433']
     >>> database_endpoints("postgresql://u:p@h1:5432,h2:5433/ariel")
     ['h1:5432', 'h2:5433']
+    >>> database_endpoints("postgresql+psycopg://ariel:pa?ss@db/ariel")
+    ['db:5432']
     """
     from urllib.parse import parse_qsl
 
@@ -652,8 +654,11 @@ def database_endpoints(url: str) -> list[str]:
     if not scheme.startswith(("postgresql", "mysql")):
         return []
     default = "5432" if scheme.startswith("postgresql") else "3306"
-    before_query, _, query = rest.partition("?")
-    hosts = before_query.rpartition("@")[2].partition("/")[0]
+    # The credentials end at the last '@' before the path (a password may hold '@' or '?' unencoded); the query
+    # (after the path) may hold '@' too.
+    netloc = rest.partition("/")[0] if "/" in rest else rest.partition("?")[0]
+    hosts = netloc.rpartition("@")[2].partition("?")[0]
+    query = rest.partition("/")[2].partition("?")[2] if "/" in rest else rest.partition("?")[2]
     if not hosts:  # libpq's `?host=…&port=…` form; a host starting with '/' is a socket's directory
         asked = dict(parse_qsl(query))
         hosts = "" if asked.get("host", "").startswith("/") else \

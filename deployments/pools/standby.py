@@ -47,6 +47,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Collection, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -623,17 +624,17 @@ def run_containers(client: DockerClient, run_id: UUID | str, running_only: bool 
     return list(found.values())
 
 
-def running_runs(pool_prefix: str) -> set[UUID]:
-    """The runs of the containers running now in the pools `pool_prefix` serves (`served_by`), standbys waiting for
-    one aside."""
+def running_runs(pool_prefix: str) -> Counter[UUID]:
+    """How many containers run now for each run in the pools `pool_prefix` serves (`served_by`): two for a run
+    whose retry started while its first attempt's container still ran. Standbys waiting for a run aside."""
     client = docker.from_env()
     try:
-        runs = set()
+        runs: Counter[UUID] = Counter()
         for container in client.containers.list(filters={"label": "ariel.role=flow-run"}, ignore_removed=True):
             if served_by(container.labels.get(POOL_LABEL, ""), pool_prefix):
                 with suppress(ValueError):  # a label that is no run id: not one of ours
                     if (run := container_run(container)) is not None:
-                        runs.add(run)
+                        runs[run] += 1
         return runs
     finally:
         client.close()

@@ -35,6 +35,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -441,7 +442,7 @@ class PoolHost:
         # Slots held for runs whose containers run with no worker of this host watching them (`hold_for_orphans`).
         self.orphans = self.slots.for_worker()
         self.orphans_at = -math.inf
-        self.unwatched: set[UUID] = set()  # seen unwatched at the last count: held if still so at the next
+        self.unwatched: Counter[UUID] = Counter()  # containers seen unwatched at the last count, by run
         self.idle_workers, self.query_seconds, self.prefetch_seconds = idle_workers, query_seconds, prefetch_seconds
         self.worker_name_suffix = f"@{socket.gethostname()}"
         self.running: dict[str, tuple[asyncio.Task[None], Hosted]] = {}
@@ -634,20 +635,24 @@ class PoolHost:
         except Exception as exc:  # no engine now: the next count tries again
             print(f"could not count the run containers ({type(exc).__name__})", flush=True)
             return
-        watched = {run for _, worker in self.running.values()
-                   for run in getattr(getattr(worker, "slots", None), "held", {})}
-        unwatched, self.unwatched = self.unwatched, running - watched
-        for run in list(self.orphans.held):
-            if run not in self.unwatched:
-                while self.orphans.holds(run):
-                    self.orphans.release_on_behalf_of(run)
-        for run in sorted(self.unwatched & unwatched - self.orphans.held.keys()):
-            try:
-                self.orphans.acquire_on_behalf_of_nowait(run)
-            except anyio.WouldBlock:
-                break  # every slot held already: no run starts until these end anyway
-            print(f"a container of run {run} runs with no worker of this host watching it; it holds a slot until "
-                  "it ends", flush=True)
+        # Containers, not runs: a retry watched here says nothing of its first attempt's container, still running.
+        watched: Counter[UUID] = Counter()
+        for _, worker in self.running.values():
+            for run, tokens in getattr(getattr(worker, "slots", None), "held", {}).items():
+                watched[run] += len(tokens)
+        seen, self.unwatched = self.unwatched, running - watched
+        wanted = seen & self.unwatched  # unwatched at two counts in a row: a run that just ended is gone by then
+        for held in list(self.orphans.held):
+            while self.orphans.holds(held) > wanted[cast(UUID, held)]:
+                self.orphans.release_on_behalf_of(held)
+        for run in sorted(wanted):
+            while self.orphans.holds(run) < wanted[run]:
+                try:
+                    self.orphans.acquire_on_behalf_of_nowait(run)
+                except anyio.WouldBlock:
+                    return  # every slot held already: no run starts until these end anyway
+                print(f"a container of run {run} runs with no worker of this host watching it; it holds a slot "
+                      "until it ends", flush=True)
 
     def _reap(self, now: float) -> None:
         for pool, (task, _) in list(self.running.items()):

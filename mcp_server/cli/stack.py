@@ -125,19 +125,24 @@ def port_free(host: str, port: int) -> bool:
     Raises StartupFailed when `host` is no address this machine may listen on (IPv6 ones included).
     """
     try:
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise StartupFailed(f"ARIEL_HOST {host!r} does not resolve to an address of this machine; set it to one "
                             "(127.0.0.1 for this machine alone, 0.0.0.0 or :: for every interface)") from None
-    with socket.socket(family, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return False
-            raise StartupFailed(f"cannot listen on {host} port {port} ({exc.strerror or exc}); set ARIEL_HOST to an "
-                                "address of this machine") from None
+    # Every address the name gives (localhost: ::1 and 127.0.0.1), as the server binds each of them.
+    for family, kind, _, _, address in dict.fromkeys((info[0], info[1], 0, "", info[4]) for info in found):
+        with socket.socket(family, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+                if exc.errno == errno.EACCES:
+                    raise StartupFailed(f"port {port} needs privileges this user lacks; set ARIEL_PORT to one above "
+                                        "1023") from None
+                raise StartupFailed(f"cannot listen on {host} port {port} ({exc.strerror or exc}); set ARIEL_HOST "
+                                    "to an address of this machine") from None
     return True
 
 
@@ -145,8 +150,9 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
     if settings.worker_type == "process":
         return "process"
     if docker_available():
-        if settings.worker_type == "auto" and not has_image(settings.runtime_base_image):
-            # Every runtime image builds on it, offline: without it no run could start in a container.
+        if settings.worker_type == "auto" and not has_image(settings.runtime_base_image) \
+                and not has_image(settings.runtime_image):
+            # Every runtime image builds on it, offline: without either no run could start in a container.
             say(f"Docker answers, but its base image {settings.runtime_base_image!r} is not there, so agents will "
                 "run as local processes (a process work pool).")
             say("  To run them in containers, build it (sudo ./docker/setup-host.sh) and run `ariel up` again.")

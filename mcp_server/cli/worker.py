@@ -77,8 +77,9 @@ def ask_gateway(server: str, key: str, refused: str) -> dict[str, object]:
 
 def worker_pool(server: str, key: str) -> str:
     """The pool `key` serves, as the server's gateway says."""
-    pool = ask_gateway(server, key, "it was revoked, or mistyped (an admin lists them with manage_org "
-                       "list_worker_keys and makes a new one with create_worker_key)").get("work_pool")
+    pool = ask_gateway(server, key, "it was revoked or mistyped, or the admin who made it left the org or is no "
+                       "longer an admin (an admin lists keys with manage_org list_worker_keys and makes a new one "
+                       "with create_worker_key)").get("work_pool")
     if not isinstance(pool, str):
         raise WorkerFailed(f"{server} named no work pool for this key; is it a worker key (ariel_wk_...), and the "
                            "server an Ariel server of the same release?")

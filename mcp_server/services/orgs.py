@@ -232,10 +232,11 @@ class OrgService:
     async def _remove(self, caller: Caller, ref: str) -> OrgActionView:
         member = await self._member(caller, ref)
         self._may_change(caller, member)
-        await self.store.remove_member(caller.org_id, member.user.id)
         # Their own MCP servers carry their credentials (their token, their account): the org must not go on
         # acting as them. Agents that named one hear it is gone, or name the org's server of that name again.
+        # Before the membership: a removal that fails between the two can be asked again.
         servers = await self.store.delete_own_tool_servers(caller.org_id, member.user.id)
+        await self.store.remove_member(caller.org_id, member.user.id)
         removed = f", and their {servers} own MCP server(s) are removed" if servers else ""
         return OrgActionView(action="remove", done=f"{member.user.label} no longer belongs here; their API keys and "
                                                    f"worker keys stop working{removed}")

@@ -68,7 +68,9 @@ def test_a_store_url_ariel_cannot_open_or_a_home_it_cannot_use_is_named_not_trac
 
 def test_a_malformed_key_encryption_key_stops_ariel_up_before_it_says_it_is_up(tmp_path: Path) -> None:
     """Not at the first secret it seals (a provider, a run's journal), after "Ariel is up"."""
-    done = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_KEK="00" * 32, ARIEL_PORT="9")  # hex, not base64
+    from tests.support import free_port
+
+    done = ariel("up", ARIEL_HOME=str(tmp_path), ARIEL_KEK="00" * 32, ARIEL_PORT=str(free_port()))  # hex, not base64
     assert done.returncode == 1 and "Ariel is up" not in done.stdout and "00" * 32 not in done.stderr
     assert last_line(done.stderr) == (
         "ariel up: ARIEL_KEK is not base64 of a 32-byte key; make one with `openssl rand -base64 32`")
@@ -246,8 +248,12 @@ def test_with_docker_but_no_base_image_ariel_up_runs_agents_as_processes_and_say
     from mcp_server.cli.stack import choose_pool_type
     from mcp_server.settings import ArielSettings
 
-    absent = ArielSettings(home=tmp_path, runtime_base_image="ariel-base:absent-for-this-test")
+    absent = ArielSettings(home=tmp_path, runtime_base_image="ariel-base:absent-for-this-test",
+                           runtime_image="ariel-runtime:absent-for-this-test")
     assert choose_pool_type(absent) == "process"
     assert "its base image 'ariel-base:absent-for-this-test' is not there" in capsys.readouterr().out
     asked = absent.model_copy(update={"worker_type": "docker"})  # asked for by name: its image build says why
     assert choose_pool_type(asked) == "docker"
+    # Runtime images loaded from elsewhere (docker load) need no base image: runs stay in containers.
+    loaded = absent.model_copy(update={"runtime_image": ArielSettings(home=tmp_path).runtime_image})
+    assert choose_pool_type(loaded) == "docker"
