@@ -363,21 +363,6 @@ def docker_available() -> bool:
     return True
 
 
-def has_image(tag: str) -> bool:
-    """Whether the Docker engine that answers holds `tag`."""
-    try:
-        client = _docker()
-    except ImageBuildFailed:
-        return False
-    try:
-        client.images.get(tag)
-    except docker.errors.DockerException:
-        return False
-    finally:
-        client.close()
-    return True
-
-
 def lean_twin_problem(client: docker.DockerClient, image: str) -> str | None:
     """Why the engine of `client` cannot run the lean twin of the full runtime image `image` in its place
     (`deployments.pools.run_images`); None when it can: the twin is there, built from the same code."""
@@ -397,10 +382,10 @@ def lean_twin_problem(client: docker.DockerClient, image: str) -> str | None:
     return None
 
 
-def image_present(tag: str) -> bool:
+def image_present(tag: str, pull: bool = True) -> bool:
     """Whether the Docker engine has an image named `tag`; when it has not and the name says which registry holds
-    it (`registry.example.com/ariel-runtime:1.2`), pulled from there first. An unqualified name (`ariel-runtime:local`)
-    is never looked for on Docker Hub: a build of Ariel's is not there.
+    it (`registry.example.com/ariel-runtime:1.2`), pulled from there first, unless not `pull`. An unqualified name
+    (`ariel-runtime:local`) is never looked for on Docker Hub: a build of Ariel's is not there.
 
     >>> _names_registry("registry.example.com/ariel-runtime:1.2"), _names_registry("127.0.0.1:5000/ariel:x")
     (True, True)
@@ -411,7 +396,7 @@ def image_present(tag: str) -> bool:
     try:
         client.images.get(tag)
     except ImageNotFound:
-        if not _names_registry(tag):
+        if not pull or not _names_registry(tag):
             return False
         try:
             client.images.pull(tag)

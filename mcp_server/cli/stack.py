@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from deployments.exceptions import DeploymentError
-from deployments.images.runtime_image import docker_available, has_image
+from deployments.images.runtime_image import docker_available, image_present
 from deployments.pools.standby import remove_install_containers
 from deployments.pools.work_pools import PoolType, install_prefix
 from deployments.prefect_server import server_argv
@@ -150,8 +150,8 @@ def choose_pool_type(settings: ArielSettings) -> PoolType:
     if settings.worker_type == "process":
         return "process"
     if docker_available():
-        if settings.worker_type == "auto" and not has_image(settings.runtime_base_image) \
-                and not has_image(settings.runtime_image):
+        if settings.worker_type == "auto" and not image_present(settings.runtime_base_image, pull=False) \
+                and not image_present(settings.runtime_image, pull=False):
             # Every runtime image builds on it, offline: without either no run could start in a container.
             say(f"Docker answers, but its base image {settings.runtime_base_image!r} is not there, so agents will "
                 "run as local processes (a process work pool).")
