@@ -590,7 +590,7 @@ def remove_install_containers(pool_prefix: str) -> int:
         for container in client.containers.list(all=True, sparse=True, filters={"label": POOL_LABEL}):
             labels = container.attrs.get("Labels") or {}
             pool = labels.get(POOL_LABEL, "")
-            if pool.startswith(pool_prefix) and not is_own_pool(pool):
+            if served_by(pool, pool_prefix):
                 name = ((container.attrs.get("Names") or [""])[0] or "").lstrip("/")
                 try:
                     run = labelled_run(name, labels)
