@@ -486,18 +486,6 @@ class ArielSettings(BaseSettings):
                              "ARIEL_OBJECT_STORE_SECRET_KEY")
         return self
 
-    def private_networks_entry(self) -> tuple[str, ...]:
-        """What ARIEL_PROTECTED_ENDPOINTS gains for the runs of Ariel's own pools: where the control plane keeps off
-        loopback and private networks (`mcp_private_networks` false, the SaaS models), its pools' runs, on the pool
-        host's network, do too.
-
-        >>> ArielSettings().private_networks_entry(), ArielSettings(mcp_private_networks=False).private_networks_entry()
-        ((), ('private-networks',))
-        """
-        from flows.network.guard import PRIVATE_NETWORKS
-
-        return () if self.mcp_private_networks else (PRIVATE_NETWORKS,)
-
     def service_endpoints(self) -> tuple[str, ...]:
         """`host:port` of the collector, of the databases (the store's, and the embedded Prefect server's when
         `PREFECT_API_DATABASE_CONNECTION_URL` names one), and of the object store when it sits on the runs' network

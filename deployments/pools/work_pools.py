@@ -40,7 +40,7 @@ from prefect_docker.worker import DockerWorker
 
 from deployments.exceptions import PoolOwnedElsewhere, PoolTypeMismatch
 from deployments.pools.limits import DEFAULT_CPUS, DEFAULT_MEMORY_LIMIT, DEFAULT_PIDS_LIMIT
-from flows.network.guard import run_environment
+from flows.network.guard import egress_environment
 from flows.signing import VERIFY_KEY_ENV
 from flows.telemetry import TELEMETRY_ENV
 
@@ -180,14 +180,16 @@ def docker_job_template(
     protected_endpoints: Sequence[str] = (),
     verify_key: str | None = None,
     telemetry: bool = False,
+    refuse_private_networks: bool = False,
 ) -> dict[str, Any]:
     """The hardened Docker base job template of one organization's pool; limits are the org's plan.
 
     `protected_endpoints` (`host:port`, Ariel's HTTP app for one) reach each
     run as ARIEL_PROTECTED_ENDPOINTS: the runtime's `http_request` refuses them,
-    as it refuses the Prefect API. `verify_key` (the control plane's public key)
-    reaches each run as ARIEL_CONFIG_VERIFY_KEY: the runtime refuses a
-    configuration it did not sign.
+    as it refuses the Prefect API; with `refuse_private_networks`, every
+    private address too (`flows.network.guard.PRIVATE_NETWORKS_ENV`).
+    `verify_key` (the control plane's public key) reaches each run as
+    ARIEL_CONFIG_VERIFY_KEY: the runtime refuses a configuration it did not sign.
 
     >>> template = docker_job_template("ariel-runtime:local", "0f3c", protected_endpoints=["127.0.0.1:8765"])
     >>> template["job_configuration"]["env"]["ARIEL_PROTECTED_ENDPOINTS"]
@@ -227,7 +229,7 @@ def docker_job_template(
     properties["auto_remove"]["default"] = True
     # The worker passes its own PREFECT_HOME on, which is not writable in the container.
     properties["env"]["default"] = {"PREFECT_HOME": "/home/ariel/.prefect"}
-    env = run_environment(protected_endpoints)
+    env = egress_environment(protected_endpoints, refuse_private_networks)
     if verify_key:
         env[VERIFY_KEY_ENV] = verify_key
     if telemetry:  # runs export their spans and metrics through the gateway (flows.telemetry)

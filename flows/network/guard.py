@@ -39,25 +39,22 @@ from flows.exceptions import RuntimeFailure, ToolRefused
 Address = IPv4Address | IPv6Address
 
 PROTECTED_ENDPOINTS_ENV = "ARIEL_PROTECTED_ENDPOINTS"
-"""Comma-separated `host:port` of control-plane services besides the Prefect API, and `PRIVATE_NETWORKS`.
+"""Comma-separated `host:port` of control-plane services besides the Prefect API.
 
 The platform sets it where runs start; the runtime protects the Prefect API
 (PREFECT_API_URL) without it.
 """
 
 PRIVATE_NETWORKS = "private-networks"
-"""Where the control plane lists what runs may not reach, beside `host:port` entries: every loopback,
-private-network or unspecified address, and every address of the machine itself, is refused too.
-
-The SaaS models give it to the runs of Ariel's own pools (ARIEL_MCP_PRIVATE_NETWORKS false) as
-`PRIVATE_NETWORKS_ENV`: they share the pool host's network, and an org's approval must not open the platform's
-internal one to its agents. Never to an org's own hardware's pool, whose network is the org's.
-"""
+"""An entry of `protected_endpoints`' list beside `host:port` ones: every loopback, private-network or unspecified
+address, and every address of the machine itself, is refused too."""
 
 PRIVATE_NETWORKS_ENV = "ARIEL_PRIVATE_NETWORKS"
-"""`refused` in a run's environment: `PRIVATE_NETWORKS` applies. A variable of its own, not an entry of
-ARIEL_PROTECTED_ENDPOINTS, so that a runtime image older than the control plane ignores it rather than fail every
-run on an entry it cannot read."""
+"""`refused` in a run's environment: `PRIVATE_NETWORKS` applies. The SaaS models set it for the runs of Ariel's own
+pools (ARIEL_MCP_PRIVATE_NETWORKS false): they share the pool host's network, and an org's approval must not open
+the platform's internal one to its agents. Never for an org's own hardware's pool, whose network is the org's. A
+variable of its own, not an entry of ARIEL_PROTECTED_ENDPOINTS, so that a runtime image older than the control plane
+ignores it rather than fail every run on an entry it cannot read."""
 
 
 def protected_in_environment(prefect_api_url: str | None) -> tuple[ProtectedEndpoint, ...]:
@@ -68,18 +65,17 @@ def protected_in_environment(prefect_api_url: str | None) -> tuple[ProtectedEndp
     return protected_endpoints(prefect_api_url, extra)
 
 
-def run_environment(protected: Sequence[str]) -> dict[str, str]:
-    """The variables that give a run `protected` (`host:port` entries, and `PRIVATE_NETWORKS`).
+def egress_environment(protected: Sequence[str], refuse_private_networks: bool) -> dict[str, str]:
+    """The variables that give a run what it may not reach: `protected` (`host:port` entries), and with
+    `refuse_private_networks` every private address (`PRIVATE_NETWORKS_ENV`); `protected_in_environment` reads them.
 
-    >>> run_environment(["127.0.0.1:8765", "private-networks"])
+    >>> egress_environment(["127.0.0.1:8765"], refuse_private_networks=True)
     {'ARIEL_PROTECTED_ENDPOINTS': '127.0.0.1:8765', 'ARIEL_PRIVATE_NETWORKS': 'refused'}
-    >>> run_environment([])
+    >>> egress_environment([], refuse_private_networks=False)
     {}
     """
-    env = {}
-    if endpoints := [entry for entry in protected if entry != PRIVATE_NETWORKS]:
-        env[PROTECTED_ENDPOINTS_ENV] = ",".join(endpoints)
-    if PRIVATE_NETWORKS in protected:
+    env = {PROTECTED_ENDPOINTS_ENV: ",".join(protected)} if protected else {}
+    if refuse_private_networks:
         env[PRIVATE_NETWORKS_ENV] = "refused"
     return env
 

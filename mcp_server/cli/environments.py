@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 from deployments.exceptions import ImageBuildFailed
 from deployments.images.runtime_image import SOURCE_ROOT, RuntimeImageBuilder
-from flows.network.guard import PRIVATE_NETWORKS_ENV, PROTECTED_ENDPOINTS_ENV, control_plane_hosts, run_environment
+from flows.network.guard import PRIVATE_NETWORKS_ENV, PROTECTED_ENDPOINTS_ENV, control_plane_hosts, egress_environment
 from mcp_server.cli.errors import StartupFailed
 from mcp_server.settings import GATEWAY_PATH, ArielSettings
 
@@ -38,9 +38,9 @@ def prefect_env(api_url: str, settings: ArielSettings) -> dict[str, str]:
         DO_NOT_TRACK="1",
     )
     control_plane = [*control_plane_hosts(settings.host, settings.port, api_url), *settings.service_endpoints()]
-    env[PROTECTED_ENDPOINTS_ENV] = ",".join(filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV), *control_plane]))
     env.pop(PRIVATE_NETWORKS_ENV, None)  # the install's setting, not this shell's
-    env.update(run_environment(settings.private_networks_entry()))
+    env.update(egress_environment([*filter(None, [os.environ.get(PROTECTED_ENDPOINTS_ENV)]), *control_plane],
+                                  refuse_private_networks=not settings.mcp_private_networks))
     return env
 
 

@@ -47,7 +47,6 @@ from deployments.pools.work_pools import (
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
 from flows.models import SCRIPTED_MODEL, hosted_endpoint, provider_of
-from flows.network.guard import PRIVATE_NETWORKS
 from mcp_server.services.agent_specs import parse_spec
 from mcp_server.services.audit import audited
 from mcp_server.services.audit import record as record_event
@@ -75,6 +74,9 @@ class AgentService:
     # host:port of Ariel's own services, which no agent may call (the runtime
     # shares the host's network, and the Prefect API holds every org's data).
     protected_hosts: tuple[str, ...] = ()
+    # Where the control plane keeps off loopback and private networks (the SaaS models), the runs of its own pools,
+    # on the pool host's network, do too (`flows.network.guard.PRIVATE_NETWORKS_ENV`).
+    refuse_private_networks: bool = False
     # The control plane's credential for the Prefect API, which no tenant holds (None: a server without one).
     prefect_auth_string: str | None = field(default=None, repr=False)
     # Signs every run configuration it deploys or starts a run with; runs check it with its public key.
@@ -148,12 +150,11 @@ class AgentService:
         """Create the org's work pool, or bring its hardened template up to date; returns its name."""
         name, pool_type = await self.org_pool(caller)
         org = await self._org(caller)
-        # An org's own hardware runs on the org's network, which its agents are there to reach.
-        protected = tuple(host for host in self.protected_hosts if host != PRIVATE_NETWORKS) if is_own_pool(name) \
-            else self.protected_hosts
         template = (
             docker_job_template(self.runtime_image, caller.org_id, memory_limit=org.memory_limit or self.memory_limit,
-                                cpus=org.cpus or DEFAULT_CPUS, protected_endpoints=protected,
+                                cpus=org.cpus or DEFAULT_CPUS, protected_endpoints=self.protected_hosts,
+                                # An org's own hardware runs on the org's network, which its agents are there to reach.
+                                refuse_private_networks=self.refuse_private_networks and not is_own_pool(name),
                                 verify_key=self.signer.verify_key, telemetry=self.telemetry)
             if pool_type == "docker" else process_job_template(verify_key=self.signer.verify_key,
                                                                telemetry=self.telemetry)

@@ -54,10 +54,11 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         # The operator's first (the store's database, say), then the control plane's own services.
         protected_hosts = tuple(dict.fromkeys(
             [*settings.protected_endpoints, *control_plane_hosts(settings.host, settings.port, prefect_api_url),
-             *settings.service_endpoints(), *settings.private_networks_entry()]))
+             *settings.service_endpoints()]))
         agents = AgentService(
             store, prefect_api_url, pool_type, settings.runtime_image, await store.installation_id(),
             protected_hosts=protected_hosts,
+            refuse_private_networks=not settings.mcp_private_networks,
             memory_limit=settings.run_memory_limit,
             prefect_auth_string=settings.prefect_credential(),
             signer=Ed25519ConfigSigner.from_text(settings.config_signing_key_text()),
@@ -76,8 +77,7 @@ async def open_services(settings: ArielSettings, prefect_api_url: str, pool_type
         transcripts = RunTranscripts(objects, sealer, link_base=settings.base_url)
         # The control plane's own connections to a server (listing its tools, signing in) are guarded as a run's are;
         # private networks by their own rule (`private_networks`), whose refusal says how an org reaches its own.
-        protected = protected_endpoints(prefect_api_url, ",".join(
-            host for host in protected_hosts if host not in settings.private_networks_entry()))
+        protected = protected_endpoints(prefect_api_url, ",".join(protected_hosts))
         tool_oauth = ToolOAuth(SealedTokenVault(store, sealer), f"{settings.base_url}{CALLBACK_PATH}",
                                protected=protected, private_networks=settings.mcp_private_networks)
         await record_upgraded_manifests(store)
