@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -90,8 +90,7 @@ class ArielSettings(BaseSettings):
             port_ok = parts.port is None or parts.port > 0
         except ValueError:
             port_ok = False
-        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or not port_ok \
-                or parts.query or parts.fragment:
+        if not _plain_http(parts) or not port_ok or parts.fragment:
             raise ValueError(f"the Prefect API URL is http(s)://host[:port]/api, its credential in "
                              f"ARIEL_PREFECT_AUTH_STRING, not in the URL: {_shown(value.strip())!r}")
         return value.strip().rstrip("/")
@@ -438,7 +437,7 @@ class ArielSettings(BaseSettings):
         if not value:
             return None
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query:
+        if not _plain_http(parts):
             raise ValueError(f"the OTLP endpoint is http(s)://host[:port][/path], its credential in "
                              f"ARIEL_OTLP_HEADERS, not in the URL: {_shown(value)!r}")
         return value.rstrip("/")
@@ -468,8 +467,7 @@ class ArielSettings(BaseSettings):
             return None
         parts = urlsplit(value)
         bucket = parts.path.strip("/")
-        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or parts.query \
-                or parts.fragment:
+        if not _plain_http(parts) or parts.fragment:
             raise ValueError(f"the object store URL is http(s)://host[:port]/bucket, with its keys in "
                              f"ARIEL_OBJECT_STORE_ACCESS_KEY and _SECRET_KEY, not in the URL: {_shown(value)!r}")
         if not _BUCKET.fullmatch(bucket) or ".." in bucket or ".-" in bucket or "-." in bucket \
@@ -658,6 +656,17 @@ def database_endpoints(url: str) -> list[str]:
             host, port = place, default
         found.append(f"{host}:{port}")
     return found
+
+
+def _plain_http(parts: SplitResult) -> bool:
+    """Whether a service's URL is http(s) to a host, with no credential in it (the settings of its own hold that)
+    and no query.
+
+    >>> _plain_http(urlsplit("https://otel.example.com:4318/v1")), _plain_http(urlsplit("http://u:p@h/api"))
+    (True, False)
+    """
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc \
+        and not parts.query
 
 
 def _shown(url: str) -> str:
