@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flows.engine.api import ApiSettings
 from flows.exceptions import UnfitContainer
-from flows.tls import NO_TLS_CA, PREFECT_CA_ENV, skips_verification, spare_prefect_the_ca_bundle, tls_for
+from flows.tls import PREFECT_CA_ENV, SKIP_VERIFY_ENV, skips_verification, tls_for
 from tests.flows.network.support import Server, server
 
 
@@ -76,44 +76,45 @@ def test_https_is_verified_against_the_ca_bundle_loaded_once(tls_server: tuple[S
         client.get(f"https://{serving.netloc}/")  # a self-signed certificate is no public root's
 
 
-@pytest.mark.parametrize(("api_url", "given", "expected"), [
-    ("http://172.17.0.1:8799/prefect/api", None, str(NO_TLS_CA)),
-    ("https://ariel.example.com/prefect/api", None, None),  # Prefect verifies it with certifi's bundle
-    ("http://172.17.0.1:8799/prefect/api", __file__, __file__),  # a CA file that is there stands
-    # A worker's own CA file, handed on with its settings, names nothing in the container: no TLS is done anyway.
-    ("http://172.17.0.1:8799/prefect/api", "/on/the/workers/machine/ca.pem", str(NO_TLS_CA)),
+def test_a_runs_prefect_api_over_https_is_verified_with_the_ca_file_its_settings_name(
+    tls_server: tuple[Server, Path],
+) -> None:
+    serving, cert_file = tls_server
+    url = f"https://{serving.netloc}/api"
+    named = ApiSettings.from_environment({"PREFECT_API_URL": url, PREFECT_CA_ENV: str(cert_file)})
+    with httpx.Client(verify=named.verify, trust_env=False) as client:
+        assert client.get(url).status_code == 200
+    unnamed = ApiSettings.from_environment({"PREFECT_API_URL": url})
+    assert unnamed.verify is tls_for(url)  # the public roots, which a self-signed certificate is none of
+    with httpx.Client(verify=unnamed.verify, trust_env=False) as client, \
+            pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+        client.get(url)
+
+
+def test_a_worker_machines_ca_file_is_no_matter_for_a_run_over_plain_http() -> None:
+    """Prefect's worker hands its own settings to its runs, a CA file on its machine among them: over plain HTTP no
+    certificate is checked, so a path the container lacks stops nothing."""
+    settings = ApiSettings.from_environment({"PREFECT_API_URL": "http://172.17.0.1:8799/prefect/api",
+                                             PREFECT_CA_ENV: "/on/the/workers/machine/ca.pem"})
+    assert settings.verify is tls_for("http://172.17.0.1:8799/prefect/api")
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    ("/on/the/workers/machine/ca.pem", "which is not a file"),
+    (__file__, "which is not a CA file"),
 ])
-def test_prefect_clients_load_no_bundle_only_for_a_plain_http_api(
-    api_url: str, given: str | None, expected: str | None, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", api_url)
-    # Set before anything else, so that monkeypatch puts back what was there whatever the function writes: once
-    # left set, it reached the `ariel up` of every later test in this process, and through it their runs.
-    monkeypatch.setenv(PREFECT_CA_ENV, given or "")
-    if given is None:
-        monkeypatch.delenv(PREFECT_CA_ENV)
-    spare_prefect_the_ca_bundle()
-    assert os.environ.get(PREFECT_CA_ENV) == expected
-
-
-def test_a_run_over_https_whose_ca_file_is_not_in_its_container_stops_naming_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", "https://ariel.example.com/prefect/api")
-    monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
-    with pytest.raises(UnfitContainer, match="names /on/the/workers/machine/ca.pem, which is not a file"):
-        spare_prefect_the_ca_bundle()
+def test_a_run_over_https_whose_ca_file_is_not_in_its_container_stops_naming_it(given: str, named: str) -> None:
+    with pytest.raises(UnfitContainer, match=f"names {given}, {named} in this run's container"):
+        ApiSettings.from_environment({"PREFECT_API_URL": "https://ariel.example.com/prefect/api",
+                                      PREFECT_CA_ENV: given})
 
 
 @pytest.mark.parametrize("skip", ["true", "1", "on", "Yes", "T", "y"])
-def test_a_run_that_skips_verification_is_left_as_it_is(skip: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prefect reads no CA file when told to skip verification (in any spelling its setting reads as true): a path
-    its container lacks then stops nothing."""
-    monkeypatch.setenv("PREFECT_API_URL", "https://ariel.example.com/prefect/api")
-    monkeypatch.setenv("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", skip)
-    monkeypatch.setenv(PREFECT_CA_ENV, "/on/the/workers/machine/ca.pem")
-    spare_prefect_the_ca_bundle()
-    assert os.environ[PREFECT_CA_ENV] == "/on/the/workers/machine/ca.pem"
+def test_a_run_that_skips_verification_reads_no_ca_file(skip: str) -> None:
+    """As Prefect, in any spelling its setting reads as true: a path its container lacks then stops nothing."""
+    settings = ApiSettings.from_environment({"PREFECT_API_URL": "https://ariel.example.com/prefect/api",
+                                             SKIP_VERIFY_ENV: skip, PREFECT_CA_ENV: "/on/the/workers/machine/ca.pem"})
+    assert settings.verify is False
 
 
 @pytest.mark.parametrize("value", [None, "", "false", "0", "off", "maybe", " y "])  # the last: Prefect refuses it

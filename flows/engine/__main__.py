@@ -1,0 +1,3 @@
+from flows.engine.lifecycle import main
+
+main()

@@ -1,0 +1,95 @@
+"""The run this process executes, as the code of the run sees it: its id, its API, its event stream, its tracer."""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.engine.api import ApiSettings, RunApi
+from flows.engine.events import EventStream
+from flows.exceptions import UnfitContainer
+
+_CURRENT_RUN: ContextVar[RunContext | None] = ContextVar("ariel_run", default=None)
+
+
+class NoRun(RuntimeError):
+    """Asked for the current run outside one."""
+
+
+@dataclass
+class RunContext:
+    api: RunApi
+    events: EventStream | None
+    run: dict[str, Any]
+    tracer: Any = None  # an OpenTelemetry tracer when the run's pool exports telemetry
+    _dynamic_keys: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.api.run_id)
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt of the flow run this is (Prefect counts them as it enters Running)."""
+        return int(self.run.get("run_count") or 1)
+
+    def next_dynamic_key(self, task_key: str) -> str:
+        """A key unique to each task run of the run, and per attempt, so that a retried run's steps stand beside
+        its earlier attempts' in the Prefect UI rather than over them."""
+        self._dynamic_keys[task_key] += 1
+        return f"{self.attempt}-{self._dynamic_keys[task_key]}"
+
+    def related(self) -> list[dict[str, str]]:
+        """What a step's events are related to: the run, as the one whose task runs they record."""
+        found = [{"prefect.resource.id": f"prefect.flow-run.{self.run_id}", "prefect.resource.role": "flow-run",
+                  "prefect.resource.name": str(self.run.get("name") or "")}]
+        if self.run.get("flow_id"):
+            found.append({"prefect.resource.id": f"prefect.flow.{self.run['flow_id']}",
+                          "prefect.resource.role": "flow"})
+        if self.run.get("deployment_id"):
+            found.append({"prefect.resource.id": f"prefect.deployment.{self.run['deployment_id']}",
+                          "prefect.resource.role": "deployment"})
+        return found
+
+    def emit(self, sent: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.emit(sent)
+
+
+def current_run() -> RunContext:
+    found = _CURRENT_RUN.get()
+    if found is None:
+        raise NoRun("not inside a run")
+    return found
+
+
+def current_run_or_none() -> RunContext | None:
+    return _CURRENT_RUN.get()
+
+
+def entering(context: RunContext) -> object:
+    return _CURRENT_RUN.set(context)
+
+
+def leaving(token: object) -> None:
+    _CURRENT_RUN.reset(token)  # type: ignore[arg-type]  # the Token entering returned
+
+
+def api_settings() -> ApiSettings | None:
+    """The Prefect API of the current run; outside a run, the one this process's environment names (None when
+    it names none)."""
+    found = _CURRENT_RUN.get()
+    if found is not None:
+        return found.api.settings
+    try:
+        return ApiSettings.from_environment()
+    except UnfitContainer:
+        return None
+
+
+def api_url() -> str | None:
+    """The URL of the current run's Prefect API (see `api_settings`)."""
+    settings = api_settings()
+    return settings.url if settings is not None else None
