@@ -1,8 +1,8 @@
 """The agent runtime flow: a tool-calling loop over a litellm model.
 
-Each LLM call and each tool call is its own Prefect task, so the Prefect UI
-shows every step with its timing, and a transient failure retries only that
-step, with exponential backoff. Retries happen here only: litellm is called
+Each LLM call and each tool call is its own Prefect task run (`flows.engine.steps`),
+so the Prefect UI shows every step with its timing, and a transient failure
+retries only that step, with exponential backoff. Retries happen here only: litellm is called
 with `num_retries=0` so retries do not stack.
 
 On Ariel's own pools the gateway makes the model calls (`flows.models.remote`):
@@ -24,7 +24,6 @@ approval: …`, `MCP result flagged: …`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -32,20 +31,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import prefect.runtime.flow_run
 from opentelemetry import trace
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import acreate_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.logging.handlers import APILogHandler
-from prefect.settings import get_current_settings
-from prefect.states import State
-from prefect.tasks import Task
 from pydantic import ValidationError
 
 from flows.config import RunConfig
 from flows.credentials import ProviderCredentials, RunCredentials, fetch_credentials
+from flows.engine.context import api_url, current_run_or_none
+from flows.engine.logs import run_logger
+from flows.engine.steps import step as task_run
 from flows.exceptions import (
     RunTimedOut,
     RuntimeFailure,
@@ -60,7 +53,7 @@ from flows.models import complete, is_transient_llm_error
 from flows.network.egress import agent_egress
 from flows.network.guard import ProtectedEndpoint, protected_in_environment, refuse_protected
 from flows.signing import verify_from_environment
-from flows.telemetry import attach_tenant, detach_tenant, record_run, start_run_telemetry
+from flows.telemetry import attach_tenant, detach_tenant, record_run
 from flows.tools import BUILTIN_TOOLS
 from flows.tools.http_request import SAFE_METHODS
 from flows.tools.registry import ToolContext, ToolResult
@@ -71,6 +64,7 @@ from flows.transcript import (
     TranscriptKeeper,
     artifact_key,
     artifact_names,
+    publish_artifact,
 )
 
 if TYPE_CHECKING:
@@ -80,21 +74,11 @@ DEFAULT_INPUT = "Run your instructions now."
 MCP_CALL_SECONDS = 60.0
 
 
-def _failed_with(state: State) -> BaseException | None:
-    # The task engine hands retry conditions Failed(data=<the exception>).
-    return state.data if isinstance(state.data, BaseException) else None
-
-
-def _retry_llm(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
-    return is_transient_llm_error(_failed_with(state))
-
-
 _TRANSIENT_TOOL_ERRORS = tuple({error for tool in BUILTIN_TOOLS.values() for error in tool.transient})
-_LOG_SHIPPING_SECONDS = 5.0
 
 
-def _retry_tool(_task: Task[..., Any], _run: TaskRun, state: State) -> bool:
-    return isinstance(_failed_with(state), _TRANSIENT_TOOL_ERRORS)
+def _retry_tool(error: BaseException) -> bool:
+    return isinstance(error, _TRANSIENT_TOOL_ERRORS)
 
 
 def backoff(retries: int) -> list[float]:
@@ -105,7 +89,6 @@ def backoff(retries: int) -> list[float]:
     return [float(min(60, 2**attempt)) for attempt in range(retries)]
 
 
-@task(retry_condition_fn=_retry_llm)
 async def llm_call(
     config: RunConfig, messages: list[dict[str, Any]], timeout: float, protected: tuple[ProtectedEndpoint, ...] = (),
     provider: ProviderCredentials | None = None, mcp_tools: list[dict[str, Any]] | None = None,
@@ -125,7 +108,6 @@ async def llm_call(
         return await complete(config, messages, tools, timeout, provider)
 
 
-@task(retry_condition_fn=_retry_tool)
 async def tool_call(name: str, arguments: str, context: ToolContext) -> ToolResult:
     """Run one tool call; a refusal goes back to the model as the result."""
     try:
@@ -140,14 +122,12 @@ async def tool_call(name: str, arguments: str, context: ToolContext) -> ToolResu
         with agent_egress(context.protected):  # to_thread carries the guard into the thread
             return await asyncio.to_thread(tool.run, args, context)
     except ToolRefused as refusal:
-        get_run_logger().warning("Tool call refused: %s", refusal)
+        run_logger().warning("Tool call refused: %s", refusal)
         return ToolResult(json.dumps({"error": str(refusal)}))
 
 
 # No retries: an MCP tool may act on the world (create an issue, send a message), and a call that timed out may
-# have done so; the model hears what happened and decides. NO_CACHE: the toolbox holds live sessions, no input
-# to hash.
-@task(cache_policy=NO_CACHE)
+# have done so; the model hears what happened and decides.
 async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: float,
                    redactor: Redactor) -> tuple[str, list[str], str | None]:
     """Call one MCP tool; returns what the model gets, what screening found in it, and the tool's text uncut when
@@ -157,7 +137,7 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
     """
     from flows.mcp.client import McpFailed, McpRefused
 
-    logger = get_run_logger()
+    logger = run_logger()
     whole: str | None = None
     try:
         try:
@@ -192,15 +172,9 @@ async def mcp_call(function: str, arguments: str, toolbox: McpToolbox, timeout: 
     return text, findings, whole
 
 
-# Here, as Prefect's engine imports this flow: before it starts the run's span, which needs the tracer provider.
-# Nothing happens unless the run's pool says the install exports telemetry (a standby sets it up when its run
-# arrives, `flows.standby`).
-start_run_telemetry()
-
-
-@flow(name="ariel-agent", persist_result=False, validate_parameters=True)
 async def agent_run(config: RunConfig, input: str | None = None) -> str:
-    """Play one agent version until it replies, or its step or time budget runs out."""
+    """Play one agent version until it replies, or its step or time budget runs out: what each agent's flow runs,
+    executed by `flows.engine`."""
     # First: a configuration the control plane did not sign (parameters edited in Prefect) must not run at all.
     verify_from_environment(config)
     if config.approved is False:
@@ -212,8 +186,10 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
     recorder = Recorder(config.model, Redactor(_environment_secrets()), keeper=TranscriptKeeper.for_this_run(),
                         names=artifact_names(config.org_slug, config.name))
     # Telemetry (when the pool exports it): this run's span, and every LLM and tool call's, carry these.
-    tenant = {"ariel.org": config.org_id, "ariel.agent": config.agent_id, "ariel.version": config.version,
-              "ariel.run": prefect.runtime.flow_run.id}
+    run = current_run_or_none()
+    tenant: dict[str, str | int | None] = {
+        "ariel.org": config.org_id, "ariel.agent": config.agent_id, "ariel.version": config.version,
+        "ariel.run": run.run_id if run is not None else None}
     trace.get_current_span().set_attributes({key: value for key, value in tenant.items() if value is not None})
     tenant_token = attach_tenant(tenant)
     outcome = "failed"
@@ -246,15 +222,6 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
         usage = await recorder.publish_usage()
         record_run(outcome, usage.duration_seconds, usage.model_dump())
         detach_tenant(tenant_token)
-        # Prefect ships log lines in batches (every 2 s) and the rest as the process exits, after the final state:
-        # a read right after the end (diagnose_run, get_run_logs) must find the run's last lines, its refusals too.
-        await _ship_logs()
-
-
-async def _ship_logs() -> None:
-    # Bounded: a Prefect that does not take them must not hold the run's end; they ship at exit then.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(APILogHandler.aflush(), timeout=_LOG_SHIPPING_SECONDS)
 
 
 def _environment_secrets() -> list[str]:
@@ -274,7 +241,7 @@ def _arguments(arguments: str) -> Any:
 async def _play(
     config: RunConfig, input: str | None, deadline: float, recorder: Recorder, credentials: RunCredentials,
 ) -> str:
-    logger = get_run_logger()
+    logger = run_logger()
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": config.instructions},
         {"role": "user", "content": input or DEFAULT_INPUT},
@@ -286,7 +253,7 @@ async def _play(
     # Where the code came from tells a runtime-image run from a host process.
     logger.info("Runtime: Python %s, code at %s", platform.python_version(), Path(__file__).parent)
     # Once a run, not per call: the control plane does not move. In a thread: a DNS lookup blocks.
-    protected = await asyncio.to_thread(protected_in_environment, get_current_settings().api.url)
+    protected = await asyncio.to_thread(protected_in_environment, api_url())
     provider = credentials.provider
     # Through the gateway, the provider's base URL is the gateway's to check: the run does not know it.
     api_base = config.api_base or (provider.api_base if provider is not None else None)
@@ -325,7 +292,7 @@ async def _loop(
     config: RunConfig, messages: list[dict[str, Any]], deadline: float, recorder: Recorder,
     credentials: RunCredentials, protected: tuple[ProtectedEndpoint, ...], toolbox: McpToolbox | None,
 ) -> str:
-    logger = get_run_logger()
+    logger = run_logger()
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     mcp_tools = toolbox.schemas() if toolbox is not None else []
     seen = 0  # messages the model got in an earlier call: the transcript shows each message once
@@ -346,14 +313,17 @@ async def _loop(
             else:
                 # An LLM call changes nothing in the world: one interrupted is simply made again.
                 await journal.start(seq, "llm", "llm", step, None, repeatable=True)
-                turn = await llm_call.with_options(
-                    name="llm_call",
-                    task_run_name=llm_name,
+                turn = await task_run(
+                    llm_name,
+                    lambda: llm_call(config, messages, timeout=_remaining(deadline), protected=protected,
+                                     provider=credentials.provider, mcp_tools=mcp_tools,
+                                     through_gateway=credentials.models_through_gateway),
+                    task_key="llm_call",
                     retries=config.limits.llm_retries,
-                    retry_delay_seconds=backoff(config.limits.llm_retries),
-                    timeout_seconds=_remaining(deadline),
-                )(config, messages, timeout=_remaining(deadline), protected=protected, provider=credentials.provider,
-                  mcp_tools=mcp_tools, through_gateway=credentials.models_through_gateway)
+                    delays=backoff(config.limits.llm_retries),
+                    retry_if=is_transient_llm_error,
+                    timeout=_remaining(deadline),
+                )
                 await journal.finish(seq, None, turn)
             recorded.output = {
                 "content": turn["message"].get("content"),
@@ -373,8 +343,8 @@ async def _loop(
             reply = recorder.redactor.text(str(message.get("content") or ""))
             logger.info("Reply: %s", reply)
             logger.info("Usage: %d prompt + %d completion tokens", usage["prompt_tokens"], usage["completion_tokens"])
-            await acreate_markdown_artifact(key=artifact_key(RESULT_ARTIFACT_KEY, recorder.names), markdown=reply,
-                                            description="The agent's reply")
+            await publish_artifact(artifact_key(RESULT_ARTIFACT_KEY, recorder.names), "markdown", reply,
+                                   "The agent's reply")
             return reply
         for call in calls:
             name = call["function"]["name"]
@@ -411,12 +381,15 @@ async def _loop(
             tool_name = f"{name} · step {step}"
             try:
                 async with recorder.step("tool", name, step, tool_name, _arguments(arguments)) as recorded:
-                    answered = await tool_call.with_options(
-                        task_run_name=tool_name,
+                    answered = await task_run(
+                        tool_name,
+                        lambda: tool_call(name, arguments, context),  # noqa: B023 - awaited in this pass
+                        task_key="tool_call",
                         retries=config.limits.tool_retries,
-                        retry_delay_seconds=backoff(config.limits.tool_retries),
-                        timeout_seconds=_remaining(deadline),
-                    )(name, arguments, context)
+                        delays=backoff(config.limits.tool_retries),
+                        retry_if=_retry_tool,
+                        timeout=_remaining(deadline),
+                    )
                     recorded.output, recorded.whole = answered.text, answered.whole
                 result = answered.text
             except _TRANSIENT_TOOL_ERRORS as exc:
@@ -442,9 +415,13 @@ async def _mcp_step(toolbox: McpToolbox, call: dict[str, Any], step: int, deadli
     task_run_name = f"{name} · step {step}"
     async with recorder.step("tool", name, step, task_run_name, _arguments(arguments), server=server,
                              tool=tool) as recorded:
-        result, findings, whole = await mcp_call.with_options(
-            task_run_name=task_run_name, timeout_seconds=_remaining(deadline),
-        )(name, arguments, toolbox, min(MCP_CALL_SECONDS, _remaining(deadline)), recorder.redactor)
+        result, findings, whole = await task_run(
+            task_run_name,
+            lambda: mcp_call(name, arguments, toolbox, min(MCP_CALL_SECONDS, _remaining(deadline)),
+                             recorder.redactor),
+            task_key="mcp_call",
+            timeout=_remaining(deadline),
+        )
         recorded.output, recorded.whole = result, whole
         recorded.flags = findings or None
     return result

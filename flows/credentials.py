@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from prefect import get_run_logger
-from prefect.exceptions import MissingContextError
-from prefect.settings import get_current_settings
 from pydantic import SecretStr
 
 from flows.config import RunConfig
+from flows.engine.context import api_settings, current_run_or_none
+from flows.engine.logs import run_logger
 from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.fingerprints import Fingerprint
 from flows.tls import tls_for
@@ -95,17 +94,14 @@ class RunCredentials:
 
 def gateway_url(route: str = RUN_ROUTE) -> str | None:
     """One of Ariel's routes for this run: the Prefect API URL the run was given is the gateway's `…/prefect/api`."""
-    api_url = get_current_settings().api.url
+    settings = api_settings()
+    api_url = settings.url if settings is not None else None
     return f"{api_url.rstrip('/').removesuffix('/api')}{route}" if api_url else None
 
 
 def run_token() -> str | None:
-    settings = get_current_settings().api
-    if settings.key is not None and settings.key.get_secret_value():
-        return settings.key.get_secret_value()
-    if settings.auth_string is not None:
-        return settings.auth_string.get_secret_value().partition(":")[2] or None
-    return None
+    settings = api_settings()
+    return settings.token if settings is not None else None
 
 
 async def fetch_credentials(config: RunConfig) -> RunCredentials:
@@ -195,9 +191,9 @@ async def asked_patiently(ask: Callable[[float], Awaitable[httpx.Response]], wha
 
 def _say(message: str) -> None:
     """A line on the run's log in Prefect; on stderr outside a run (a test's call, say)."""
-    try:
-        get_run_logger().warning(message)
-    except MissingContextError:
+    if current_run_or_none() is not None:
+        run_logger().warning(message)
+    else:
         print(f"Ariel: {message}", file=sys.stderr, flush=True)
 
 

@@ -1,11 +1,12 @@
 """OpenTelemetry of a run: its spans and metrics, sent through Ariel's gateway, which stamps its org on them.
 
-Prefect traces a flow run and each of its task runs (`prefect.telemetry.run_telemetry`): the flow run's span
-continues the trace its `__OTEL_TRACEPARENT` label names, which Ariel's control plane sets when a person starts
+Ariel's run engine traces a flow run and each of its task runs (`flows.engine`), with the span names and
+`prefect.run.*` attributes of Prefect's own run telemetry: the flow run's span continues the trace its
+`__OTEL_TRACEPARENT` label names, which Ariel's control plane sets when a person starts
 the run from chat, so that the MCP call, the control plane's work, the Prefect API calls and the run in its
 container form one trace. Each LLM call and tool call is a task run, so each has its span.
 
-All Prefect needs is a tracer provider set before the run starts; `start_run_telemetry` sets one when the run's
+All the engine needs is a tracer provider set before the run starts; `start_run_telemetry` sets one when the run's
 work pool says the install exports telemetry (`ARIEL_TELEMETRY=on` in its job template). A run never reaches the
 collector: it exports over OTLP/HTTP to the gateway (`…/ariel/v1/otlp/v1/traces` and `/metrics`) with its run
 token, and the gateway overwrites `ariel.org` and `ariel.run` on everything before it forwards it, so that no run
@@ -52,7 +53,7 @@ def current_tenant(parent: Context | None = None) -> dict[str, str | int]:
 def start_run_telemetry() -> bool:
     """Set the process's tracer and meter providers, exporting through the gateway, when the run's pool says so.
 
-    Called before Prefect's engine starts the run (its span needs the provider). In a standby container the
+    Called before the engine starts the run (its span needs the provider). In a standby container the
     run's gateway and token arrive later, in its environment: the exporters read them when they first export.
     """
     if os.environ.get(TELEMETRY_ENV) != "on":

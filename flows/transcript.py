@@ -35,7 +35,7 @@ import functools
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -518,26 +518,26 @@ class Recorder:
         )
 
     async def _publish(self, key: str, table: list[dict[str, Any]], description: str) -> None:
-        from prefect.artifacts import acreate_table_artifact
-
-        key = artifact_key(key, self.names)
-        await _bounded(key, acreate_table_artifact(key=key, table=table, description=description))
+        await publish_artifact(artifact_key(key, self.names), "table", table, description)
 
     async def _publish_markdown(self, key: str, markdown: str, description: str) -> None:
-        from prefect.artifacts import acreate_markdown_artifact
-
-        key = artifact_key(key, self.names)
-        await _bounded(key, acreate_markdown_artifact(key=key, markdown=markdown, description=description))
+        await publish_artifact(artifact_key(key, self.names), "markdown", markdown, description)
 
 
-async def _bounded(key: str, publishing: Awaitable[Any]) -> None:
-    from prefect import get_run_logger
+async def publish_artifact(key: str, kind: Literal["markdown", "table"], data: Any, description: str) -> None:
+    """Create the run's artifact `key` in Prefect (nothing outside a run); a warning in the run's log when Prefect
+    did not take it: a record is worth less than the run it records."""
+    from flows.engine.context import current_run_or_none
+    from flows.engine.logs import run_logger
 
+    run = current_run_or_none()
+    if run is None:
+        return
     try:
         # Bounded: this may run while the run is being stopped, and must not keep it alive.
-        await asyncio.wait_for(publishing, 30)
-    except Exception as exc:  # noqa: BLE001 - a record is worth less than the run it records
-        get_run_logger().warning("Could not publish the %s artifact: %s: %s", key, type(exc).__name__, exc)
+        await asyncio.wait_for(run.api.create_artifact(key, kind, data, description), 30)
+    except Exception as exc:  # noqa: BLE001 - see above
+        run_logger().warning("Could not publish the %s artifact: %s: %s", key, type(exc).__name__, exc)
 
 
 @dataclass
@@ -560,7 +560,7 @@ class TranscriptKeeper:
     async def keep(self, entry: TranscriptEntry) -> Literal["kept", "no_route", "lost"]:
         """Send `entry`, trying again a few times (once, after an entry was lost); "lost" (and a warning in the
         run's log) when it was not taken."""
-        from prefect import get_run_logger
+        from flows.engine.logs import run_logger
 
         body = entry.model_dump_json().encode()
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
@@ -573,7 +573,7 @@ class TranscriptKeeper:
         if kept is not None:
             return kept
         self.lost += 1
-        get_run_logger().warning("Transcript entry %d (%s, step %d) was not kept: %s", entry.index, entry.name,
+        run_logger().warning("Transcript entry %d (%s, step %d) was not kept: %s", entry.index, entry.name,
                                  entry.step, problem)
         return "lost"
 

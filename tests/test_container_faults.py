@@ -33,8 +33,9 @@ async def make_agent(chat: Client[Any], name: str, **fields: Any) -> str:
 async def test_a_run_container_killed_at_its_memory_limit_is_diagnosed_out_of_memory(
     docker_engine: None, prefect_api: str, tmp_path: Path
 ) -> None:
-    # 48 MB: the runtime's interpreter allocates past it while it imports Prefect, and the kernel kills it.
-    with ariel_up(tmp_path, "docker", prefect_api, extra_env={"ARIEL_RUN_MEMORY_LIMIT": "48m"}) as up:
+    # 20 MB: the runtime's interpreter allocates past it while it imports the run's code (~44 MB at its peak in
+    # the lean image), and the kernel kills it.
+    with ariel_up(tmp_path, "docker", prefect_api, extra_env={"ARIEL_RUN_MEMORY_LIMIT": "20m"}) as up:
         async with Client(up.mcp_url) as chat:
             slug = await make_agent(chat, "Hungry", script=[{"reply": "never reached"}])
             run = await ask(chat, "run_agent", agent=slug, wait_seconds=240)

@@ -246,8 +246,9 @@ async def test_a_running_run_cancelled_in_chat_ends_cancelled_is_not_retried_and
     stack: ArielUp, service: str, prefect_api: str
 ) -> None:
     """Cancelling stops the run mid-step and its container goes: that is the person's decision, not a crash for
-    recovery to retry. (Prefect's `flow-run execute` supervisor in the container watches for the cancel: a run
-    command without it, tried for issue #13, kept running until its next step was refused.)"""
+    recovery to retry. (Ariel's engine in the container watches its run's state for the cancel, as Prefect's
+    `flow-run execute` supervisor does: a run command without such a watch kept running until its next step was
+    refused.)"""
     async with Client(stack.mcp_url) as chat:
         slug = await held_agent(chat, "Check until cancelled", service)
         run_id = await start_to_hold(chat, slug, stack, prefect_api)

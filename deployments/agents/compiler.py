@@ -50,7 +50,7 @@ ENTRYPOINT = "flows.agent.agent_run"
 
 Schedule = CronSchedule | IntervalSchedule
 # What runs of an agent accept; Prefect enforces it on every run.
-PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(agent_run.fn).model_dump_for_openapi()
+PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(agent_run).model_dump_for_openapi()
 # Prefect anchors an interval at "now" by default, which would make every
 # compile differ; a fixed anchor also lands hourly runs on the hour.
 INTERVAL_ANCHOR = datetime(2020, 1, 1, tzinfo=UTC)

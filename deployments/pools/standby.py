@@ -1,11 +1,11 @@
 """A Docker worker that hands each run to a container started before it: one fresh container per run, warm.
 
-The stock `DockerWorker` creates a container when it picks a run up; the container then spends seconds
-importing Prefect (and, on own hardware, litellm) before the run's first line. `StandbyDockerWorker` keeps a container
-per pool and image already started (`python -m flows.standby`, with the pool's limits and labels) and
-imported; a run picked up is written to that container's stdin (its environment, the run token
-included: never in `docker inspect`), and the next standby starts at once. Each container still
-runs exactly one run and is removed when it ends, as before.
+The stock `DockerWorker` creates a container when it picks a run up; the container then spends its first second
+or more importing the run's code (and, on own hardware, litellm) before the run's first line.
+`StandbyDockerWorker` keeps a container per pool and image already started (`python -m flows.standby`, with the
+pool's limits and labels) and imported; a run picked up is written to that container's stdin (its environment,
+the run token included: never in `docker inspect`), and the next standby starts at once. Each container still runs
+exactly one run and is removed when it ends, as before.
 
 Each run gets the runtime image it needs (`run_images.needs_full_image`): on Ariel's own pools most take the
 pool's image's lean twin, when the engine has it; a run that calls its model itself or starts a stdio MCP server

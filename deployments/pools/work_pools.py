@@ -217,6 +217,8 @@ def docker_job_template(
             "pids_limit": DEFAULT_PIDS_LIMIT,
         },
         "labels": {"ariel.org": org_id, "ariel.role": "flow-run"},
+        # Ariel's engine (`flows.engine`), not Prefect's `flow-run execute`: the run imports no Prefect.
+        "command": RUN_COMMAND,
     }
     properties = template["variables"]["properties"]
     for key, value in fixed.items():
@@ -240,8 +242,12 @@ def docker_job_template(
     return _ariel_env_fixed(template)
 
 
+RUN_COMMAND = "python -m flows.engine"
+"""What a run's container (or process) executes: Ariel's engine (`flows.engine`), which imports no Prefect."""
+
+
 NO_WORKER_CREDENTIAL = {"PREFECT_API_KEY": "", "PREFECT_API_AUTH_STRING": ""}
-# Prefect's engine sends none more often than every 30 s (its `MINIMUM_HEARTBEAT_INTERVAL`).
+# Prefect's own engine sends none more often than every 30 s (its `MINIMUM_HEARTBEAT_INTERVAL`); Ariel's keeps to that.
 HEARTBEAT_SECONDS = 30
 HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
 """Every run sends Prefect a heartbeat: a run that falls silent has lost its machine or container
@@ -260,6 +266,9 @@ def process_job_template(verify_key: str | None = None, telemetry: bool = False)
     'Zm9v'
     """
     template = copy.deepcopy(ProcessWorker.get_default_base_job_template())
+    # Fixed, as the Docker pool's; Ariel's process worker runs it in its own interpreter (`worker_host`).
+    template["variables"]["properties"].pop("command", None)
+    template["job_configuration"]["command"] = RUN_COMMAND
     env = {VERIFY_KEY_ENV: verify_key} if verify_key else {}
     if telemetry:
         env[TELEMETRY_ENV] = "on"

@@ -33,16 +33,19 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, cast
 from uuid import UUID
 
 import anyio
+import anyio.abc
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -56,17 +59,22 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._hook_runner import HookRunner
+from prefect.runner._process_manager import ProcessHandle
+from prefect.runner._starter_engine import EngineCommandStarter
 from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, PREFECT_WORKER_QUERY_SECONDS
 from prefect.utilities.asyncutils import get_thread_limiter
+from prefect.utilities.processutils import command_to_string, get_sys_executable
 from prefect.workers.base import BaseWorker
-from prefect.workers.process import ProcessWorker
+from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from deployments.pools import container_exits
 from deployments.pools.capacity import default_max_runs, docker_machine, this_machine
 from deployments.pools.readiness import HEARTBEAT_SECONDS
 from deployments.pools.run_images import needs_full_image
 from deployments.pools.standby import Handed, StandbyDockerWorker, remove_standbys, running_runs
-from deployments.pools.work_pools import POOL_PREFIX, PoolType, platform_pool_pattern
+from deployments.pools.work_pools import POOL_PREFIX, RUN_COMMAND, PoolType, platform_pool_pattern
 
 PAGE = 200  # the most the Prefect API returns per request
 IDLE_WORKERS = 10
@@ -296,7 +304,66 @@ class HostedDockerWorker(_LabelsAside, _CountsRuns, StandbyDockerWorker):
         return "ariel-hosted-docker"
 
 
+class _EngineInThisInterpreter(ProcessJobConfiguration):
+    """A process pool's run command (`python -m flows.engine`, fixed by its template) in the worker's own
+    interpreter: the one Ariel is installed in, whichever `python` the PATH of its process would find first."""
+
+    def prepare_for_flow_run(self, *args: Any, **kwargs: Any) -> None:
+        super().prepare_for_flow_run(*args, **kwargs)
+        if self.command == RUN_COMMAND:
+            self.command = command_to_string([get_sys_executable(), "-m", "flows.engine"])
+
+
+class _NoHooks(HookRunner):
+    """Ariel's run functions have no Prefect hooks: nothing is loaded when a run crashes or is cancelled (Prefect's
+    would import the deployment's entrypoint as a Prefect flow, which it is not, and log a warning)."""
+
+    def __init__(self) -> None:
+        super().__init__(resolve_flow=self._none)
+
+    @staticmethod
+    async def _none(flow_run: FlowRun) -> Any:
+        raise LookupError(f"flow run {flow_run.id}: Ariel's runs have no flow hooks")
+
+    async def run_cancellation_hooks(self, flow_run: FlowRun, state: Any) -> None:
+        return None
+
+    async def run_crashed_hooks(self, flow_run: FlowRun, state: Any) -> None:
+        return None
+
+
 class HostedProcessWorker(_LabelsAside, _CountsRuns, ProcessWorker):
+    job_configuration = _EngineInThisInterpreter
+
+    async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
+                  task_status: anyio.abc.TaskStatus[int] | None = None) -> ProcessWorkerResult:
+        """Prefect's process worker's `run` for a run command it was given (3.8.8, pinned), with the job's
+        environment over the worker's own settings: the stock one puts the worker's settings, its credential among
+        them, over the job's, where Ariel's gateway put the run's own token."""
+        task_status = task_status or anyio.TASK_STATUS_IGNORED
+        execution: FlowRunExecutionResult | None = None
+        with tempfile.TemporaryDirectory(suffix="ariel") as working_dir:
+            async with FlowRunExecutorContext() as ctx:
+                starter = EngineCommandStarter(
+                    command=configuration.command, cwd=Path(working_dir).resolve(), env=configuration.env,
+                    stream_output=configuration.stream_output, control_channel=ctx.control_channel,
+                    env_overrides_settings=True)
+                executor = ctx.create_executor(flow_run, starter, propose_submitting=False, hook_runner=_NoHooks())
+
+                async def execute(*, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+                                  ) -> None:
+                    nonlocal execution
+                    execution = await executor.submit(task_status=task_status)
+
+                async with anyio.create_task_group() as task_group:
+                    handle = await task_group.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("Flow run process has no PID")
+                    task_status.started(handle.pid)
+        if execution is None or execution.status_code is None:
+            raise RuntimeError("Failed to start flow run process.")
+        return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
+
     @classmethod
     def __dispatch_key__(cls) -> str:
         return "ariel-hosted-process"

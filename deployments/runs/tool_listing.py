@@ -25,7 +25,7 @@ from flows.mcp.listing import ENTRYPOINT, FLOW_NAME, list_tools_run
 
 LISTING_TAG = "ariel:listing"
 # What listing runs accept; Prefect enforces it on every run.
-PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(list_tools_run.fn).model_dump_for_openapi()
+PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(list_tools_run).model_dump_for_openapi()
 
 
 async def start_listing(client: PrefectClient, pool_name: str, org_id: str, server_name: str,

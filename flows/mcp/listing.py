@@ -28,12 +28,12 @@ from typing import Any, Literal
 
 import httpx
 from cryptography.exceptions import InvalidSignature
-from prefect import flow, get_run_logger
-from prefect.settings import get_current_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from flows.config import McpServerRef
 from flows.credentials import FETCH_SECONDS, McpServerAccess, gateway_url, json_object, run_token
+from flows.engine.context import api_url
+from flows.engine.logs import run_logger
 from flows.exceptions import ConfigTampered, RuntimeFailure
 from flows.mcp.client import McpRefused, list_server_tools
 from flows.network.guard import protected_in_environment
@@ -84,10 +84,10 @@ def verify_request(request: ListingRequest | dict[str, Any], public_key: str | N
     return request
 
 
-@flow(name=FLOW_NAME, persist_result=False, validate_parameters=True)
 async def list_tools_run(request: ListingRequest) -> str:
-    """List one MCP server's tools from this worker's network and report them to Ariel."""
-    logger = get_run_logger()
+    """List one MCP server's tools from this worker's network and report them to Ariel (the run function of the
+    `FLOW_NAME` flow, executed by `flows.engine`)."""
+    logger = run_logger()
     verify_request(request, os.environ.get(VERIFY_KEY_ENV))
     ref = request.server
     url = gateway_url(LISTING_ROUTE)
@@ -105,7 +105,7 @@ async def list_tools_run(request: ListingRequest) -> str:
         given = body.get("headers")
         given = given if isinstance(given, dict) else {}
         access = McpServerAccess(headers={str(k): SecretStr(str(v)) for k, v in given.items()})
-        protected = await asyncio.to_thread(protected_in_environment, get_current_settings().api.url)
+        protected = await asyncio.to_thread(protected_in_environment, api_url())
         report: dict[str, Any]
         try:
             tools = await list_server_tools(ref, access, protected, connect_seconds=LISTING_CONNECT_SECONDS,

@@ -1,7 +1,9 @@
-"""Run one agent flow in this process and print its outcome as JSON: how a worker runs it.
+"""Run one agent flow in this process and print its outcome as JSON: how a worker's container runs it.
 
-The tests start this in a subprocess, as both worker types do, so each run has
-its own interpreter and event loop. Input on stdin: {"config": {...}, "input": str|null}.
+The tests start this in a subprocess, as both worker types do, so each run has its own interpreter and event
+loop. Input on stdin: {"config": {...}, "input": str|null}. The run is the one ARIEL_TEST_FLOW_RUN_ID names (made
+beforehand, with its token), or one made here in Prefect as a worker would find it (Pending); Ariel's engine
+(`flows.engine`) takes it to its end.
 """
 
 from __future__ import annotations
@@ -13,46 +15,62 @@ import sys
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-from prefect.flow_engine import run_flow_async
-from prefect.states import State
-
 from flows.agent import agent_run
-from flows.config import RunConfig
+from flows.engine.lifecycle import execute
 
 
 async def main() -> None:
     request = json.load(sys.stdin)
-    config = RunConfig.model_validate(request["config"])
-    run_id = os.environ.get("ARIEL_TEST_FLOW_RUN_ID")
-    if run_id:
-        # A run made beforehand, which has its token: the engine takes it up, as a worker's run does.
-        async with get_client() as client:
-            flow_run = await client.read_flow_run(UUID(run_id))
-        ran = await run_flow_async(agent_run, flow_run=flow_run,
-                                   parameters={"config": config, "input": request.get("input")}, return_type="state")
-    else:
-        ran = await agent_run(config, request.get("input"), return_state=True)
-    assert isinstance(ran, State)
-    state: State[Any] = ran
-    result = await state.aresult(raise_on_failure=False) if state.is_completed() else None
+    parameters = {"config": request["config"], "input": request.get("input")}
+    run_id = os.environ.get("ARIEL_TEST_FLOW_RUN_ID") or await made_here(parameters)
+    os.environ["PREFECT__FLOW_RUN_ID"] = run_id
+    ended = await execute(agent_run, run_id=UUID(run_id), parameters=parameters)
     outcome: dict[str, Any] = {
-        "state": state.name,
-        "message": state.message,
-        "flow_run_id": str(state.state_details.flow_run_id),
-        "result": result,
-        # Runs whose model the gateway calls must not pay litellm's import (seconds of CPU a run).
+        "state": ended.state_name,
+        "message": ended.message,
+        "flow_run_id": run_id,
+        "result": ended.result,
+        # Runs whose model the gateway calls must not pay litellm's import (seconds of CPU a run), and no run
+        # pays Prefect's.
         "imported_litellm": "litellm" in sys.modules,
+        "imported_prefect": "prefect" in sys.modules,  # read before the test's own reads below import it
     }
     if os.environ.get("ARIEL_TEST_READ_LOGS_AT_END"):
-        # Before this interpreter exits, which ships whatever lines Prefect's log worker still holds.
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
         async with get_client() as client:
-            run_id_filter = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            logs = await client.read_logs(LogFilter(flow_run_id=run_id_filter))
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
         outcome["logs_at_end"] = [log.message for log in logs]
     print(json.dumps(outcome))
 
 
+async def made_here(parameters: dict[str, Any]) -> str:
+    """A run of the agent flow made in Prefect with `parameters`, Pending as a worker leaves it; its id."""
+    import subprocess
+
+    # In a child process: this one must show what the run itself imports.
+    made = subprocess.run([sys.executable, "-c", MAKE_RUN], input=json.dumps(parameters), capture_output=True,
+                          text=True, check=True, timeout=120)
+    return made.stdout.strip().splitlines()[-1]
+
+
+MAKE_RUN = """
+import json, sys
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.states import Pending
+from flows.agent import agent_run
+with get_client(sync_client=True) as client:
+    run = client.create_flow_run(flow(name="ariel-agent")(agent_run), parameters=json.load(sys.stdin),
+                                 state=Pending())
+print(run.id)
+"""
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    # As the engine's own exit (`run_and_exit`): a step's thread a cancel stopped must not hold the process.
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    sys.stdout.flush()
+    os._exit(0)

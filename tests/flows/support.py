@@ -42,6 +42,7 @@ class Outcome:
     # With ARIEL_TEST_READ_LOGS_AT_END in the run's env: the run's log lines in Prefect as its final state came back.
     logs_at_end: list[str] | None = None
     imported_litellm: bool | None = None  # whether the run's process imported litellm
+    imported_prefect: bool | None = None  # and Prefect
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,16 @@ def run_gateway(
 
 def _made_run(config: RunConfig, input: str | None) -> str:
     """A flow run of the agent flow made in Prefect with these parameters, as a deployment's run is; its id."""
+    from prefect import flow
+    from prefect.states import Pending
+
     from flows.agent import agent_run
 
-    # The sync client: the tests that play are coroutines themselves, with a loop running.
+    # The sync client: the tests that play are coroutines themselves, with a loop running. Pending, as a worker
+    # leaves the run it starts.
     with get_client(sync_client=True) as client:
-        run = client.create_flow_run(agent_run, parameters={"config": config.model_dump(mode="json"), "input": input})
+        run = client.create_flow_run(flow(name="ariel-agent")(agent_run), state=Pending(),
+                                     parameters={"config": config.model_dump(mode="json"), "input": input})
     return str(run.id)
 
 
@@ -128,6 +134,23 @@ def play(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return Outcome(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def start(config: RunConfig, input: str | None = None, env: dict[str, str] | None = None,
+          ) -> tuple[subprocess.Popen[str], str]:
+    """A run made in Prefect (Pending) and started in its own process, as `play` runs one, but left running: the
+    process (stdout: the outcome, as `play` reads it) and the run's id."""
+    config = SIGNER.sign(config)
+    run_id = _made_run(config, input)
+    run_env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), VERIFY_KEY_ENV: SIGNER.verify_key,
+               "ARIEL_TEST_FLOW_RUN_ID": run_id, **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "tests.flows.runner"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env)
+    assert process.stdin is not None
+    process.stdin.write(json.dumps({"config": config.model_dump(mode="json"), "input": input}))
+    process.stdin.close()
+    process.stdin = None  # given and closed: `communicate` reads the outcome without touching it
+    return process, run_id
 
 
 def reply_of(config: RunConfig, input: str | None = None) -> str:

@@ -91,7 +91,8 @@ async def test_a_run_that_never_replies_stops_at_its_step_limit_and_its_diagnosi
     async with PrefectClient(prefect_api) as client:
         found = await diagnose(client, await client.read_flow_run(UUID(outcome.flow_run_id)))
         logged = (await read_log_page(client, UUID(outcome.flow_run_id), limit=200, min_level="error")).lines
-    # Prefect's engine logs the exception with its traceback: the run's log keeps it, the chat's diagnosis does not.
+    # The engine logs the exception with its traceback, as Prefect's does: the run's log keeps it, the chat's
+    # diagnosis does not.
     assert any("Traceback (most recent call last)" in line.message for line in logged), logged
     quoted = [line.message for line in found.error_logs if "StepLimitReached" in line.message]
     assert quoted and all("Traceback" not in line.message and ".py" not in line.message for line in found.error_logs)

@@ -43,7 +43,7 @@ def keyed_agent(service_host: str, retries: int = 2) -> RunConfig:
                   limits=Limits(llm_retries=retries))
 
 
-def test_the_gateway_makes_the_call_with_the_key_and_the_run_imports_no_litellm(
+def test_the_gateway_makes_the_call_with_the_key_and_the_run_imports_neither_litellm_nor_prefect(
     openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
@@ -54,6 +54,7 @@ def test_the_gateway_makes_the_call_with_the_key_and_the_run_imports_no_litellm(
     assert [request["auth"] for request in OpenAICompatible.requests] == [f"Bearer {KEY}"] * 2
     assert OpenAICompatible.requests[1]["body"]["messages"][-1]["role"] == "tool"  # the run's conversation, whole
     assert outcome.imported_litellm is False
+    assert outcome.imported_prefect is False  # Ariel's engine speaks Prefect's API itself (`flows.engine`)
 
 
 def test_a_run_through_the_gateway_gets_its_keys_fingerprint_never_the_key(prefect_api: str) -> None:

@@ -90,8 +90,8 @@ async def failing_steps() -> None:
             await breaks.with_options(task_run_name=name)(name)
 
 
-@flow(name="records-a-transcript", persist_result=False)
 async def recorded(calls: int) -> None:
+    """Run by Ariel's engine, as the agent runtime is: its artifacts are the engine's (`flows.engine`)."""
     recorder = Recorder("ariel/scripted", Redactor(["provider-secret-1"]))
     for step in range(1, calls + 1):
         arguments = {"n": step, "key": "provider-secret-1"}
@@ -121,14 +121,34 @@ async def _play(plan: dict[str, tuple[str, list[Any]]]) -> dict[str, str]:
     # Called with return_state=True, each flow gives its final state.
     by_name: dict[str, Callable[..., Awaitable[State[None]]]] = {
         "many_lines": many_lines, "same_line": same_line, "steps": steps,
-        "failing_steps": failing_steps, "recorded": recorded, "leaky": leaky,
+        "failing_steps": failing_steps, "leaky": leaky,
     }
     ids = {}
     for label, (name, arguments) in plan.items():
+        if name == "recorded":
+            ids[label] = await _by_ariels_engine(recorded, {"calls": arguments[0]})
+            continue
         state = await by_name[name](*arguments, return_state=True)
         ids[label] = str(state.state_details.flow_run_id)
     await APILogWorker.drain_all(timeout=120, at_exit=False)  # type: ignore[misc]  # an awaitable in async code
     return ids
+
+
+async def _by_ariels_engine(function: Callable[..., Awaitable[Any]], parameters: dict[str, Any]) -> str:
+    """A run of `function` made in Prefect and taken to its end by Ariel's engine; its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import Pending
+
+    from flows.engine.api import ApiSettings
+    from flows.engine.lifecycle import execute
+
+    async with get_client() as prefect:
+        made = await prefect.create_flow_run(flow(name="records-a-transcript")(function), parameters=parameters,
+                                             state=Pending())
+    ended = await execute(function, settings=ApiSettings(url=str(PREFECT_API_URL.value())), run_id=made.id)
+    assert ended.state_name == "Completed", ended
+    return str(made.id)
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,13 @@ from uuid import UUID
 
 import httpx
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import Running
+from prefect.states import Pending, Running
 
 from flows.config import McpServerRef
-from flows.mcp.listing import LISTING_ROUTE, ListingRequest, list_tools_run
+from flows.mcp.listing import FLOW_NAME, LISTING_ROUTE, ListingRequest, list_tools_run
 from flows.signing import VERIFY_KEY_ENV
 from tests.flows.mcp.servers import serving, tool_server
 from tests.flows.support import SIGNER, RunGateway, _made_run, config, run_gateway
@@ -67,7 +68,8 @@ def request(url: str, org_id: str = ORG, issued: datetime | None = None) -> List
 
 def made(asked: ListingRequest) -> str:
     with get_client(sync_client=True) as client:
-        return str(client.create_flow_run(list_tools_run, parameters={"request": asked.model_dump(mode="json")}).id)
+        return str(client.create_flow_run(flow(name=FLOW_NAME)(list_tools_run), state=Pending(),
+                                          parameters={"request": asked.model_dump(mode="json")}).id)
 
 
 def played(gateway: RunGateway, run_id: str, org_id: str = ORG) -> dict[str, Any]:
