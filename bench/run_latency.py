@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import docker  # noqa: E402 - after the path and environment are set
 from fastmcp import Client  # noqa: E402
 from prefect.client.orchestration import PrefectClient  # noqa: E402
-from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
+from prefect.client.schemas.actions import DeploymentUpdate, WorkPoolCreate  # noqa: E402
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId  # noqa: E402
 from prefect_docker.worker import DockerWorker  # noqa: E402
 
@@ -300,13 +300,22 @@ async def measure(client: PrefectClient, run_id: UUID, started: datetime,
     raise TimeoutError(f"run {run_id} did not finish in {timeout} s")
 
 
+BENCH_DIR = Path(__file__).resolve().parent
+BENCH_MOUNT = "/opt/ariel/bench"
+BASELINE_ENTRYPOINT = "prefect_agent.agent_on_prefect"  # bench/prefect_agent.py, in the container's path
+
+
 async def baseline_deployment(client: PrefectClient, pool: str, image: str) -> UUID:
-    """The same agent on a pool of the stock Docker worker: its default template, only the image changed."""
+    """The same agent on a pool of the stock Docker worker: its default template, only the image changed, under
+    Prefect's engine (`prefect flow-run execute`, the stock command) with each step a Prefect task
+    (`bench/prefect_agent.py`, mounted into the container)."""
     template = copy.deepcopy(DockerWorker.get_default_base_job_template())
     template["variables"]["properties"]["image"]["default"] = image
+    template["variables"]["properties"]["volumes"]["default"] = [f"{BENCH_DIR}:{BENCH_MOUNT}:ro"]
     # The runtime refuses a configuration it cannot check: sign with a key of this benchmark's own.
     signer = Ed25519ConfigSigner.generate()
-    template["variables"]["properties"]["env"]["default"] = {VERIFY_KEY_ENV: signer.verify_key}
+    template["variables"]["properties"]["env"]["default"] = {VERIFY_KEY_ENV: signer.verify_key,
+                                                            "PYTHONPATH": f"/opt/ariel/app:{BENCH_MOUNT}"}
     # Overwrite: the stock worker, started just before, may have made the pool already (with the stock image).
     await client.create_work_pool(WorkPoolCreate(name=pool, type="docker", base_job_template=template), overwrite=True)
     spec = AgentSpec.parse({**AGENT, "name": "Latency probe baseline"})
@@ -315,7 +324,9 @@ async def baseline_deployment(client: PrefectClient, pool: str, image: str) -> U
     )
     desired = compile_agent(config, "latency-probe-baseline", "bench", None,
                             DeploymentTarget(pool_name=pool, org_id="bench"), signer=signer)
-    return await apply(client, desired)
+    deployment_id = await apply(client, desired)
+    await client.update_deployment(deployment_id, DeploymentUpdate(entrypoint=BASELINE_ENTRYPOINT))
+    return deployment_id
 
 
 def ready_standby(pool: str, timeout: float = 90) -> Any | None:
