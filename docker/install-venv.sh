@@ -7,8 +7,9 @@
 # its database drivers and ORM (sqlalchemy, alembic, asyncpg, aiosqlite), its background task queue (pydocket
 # and its redis), notifications (apprise), its UI's static files; and litellm's proxy admin UI (static pages for
 # the litellm proxy server, which a run never starts; `import litellm` does not read them), in the full image.
-# Prefect's CLI stays: a stock Prefect worker starts runs with `prefect flow-run execute`. graphviz and dateparser
-# stay: Prefect imports them lazily, on a task call and a deprecation. tests/test_standby_runs.py and the other
+# Prefect stays, though Ariel's runs never import it (they run `python -m flows.engine`): a stock Prefect worker
+# given another template starts runs with `prefect flow-run execute`, as the benchmarks' baseline does. graphviz
+# and dateparser stay: Prefect imports them lazily, on a task call and a deprecation. tests/test_standby_runs.py and the other
 # Docker tests run agents end to end in both images.
 set -eu
 python3 -m venv /opt/ariel/venv

@@ -105,7 +105,7 @@ async def start_run(
 
 
 def trace_labels() -> dict[str, bool | int | float | str] | None:
-    """The current trace, as the label from which Prefect's engine continues it in the run's container; None
+    """The current trace, as the label from which Ariel's run engine continues it in the run's container; None
     without one (telemetry off: nothing records a span)."""
     from opentelemetry import propagate
     from prefect.telemetry.run_telemetry import LABELS_TRACEPARENT_KEY, TRACEPARENT_KEY

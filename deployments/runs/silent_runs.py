@@ -36,7 +36,7 @@ rule. If its container does start after all, its run token is already stale
 (`deployments.runs.attempts`): it stops quietly and leaves the run to the retry.
 
 And a run asked to cancel is stopped by its own container, which watches for
-`Cancelling` (`flows.standby`), or by its worker while it starts it. When
+`Cancelling` (`flows.engine`), or by its worker while it starts it. When
 neither is there any more, nothing would end it: `cancel_silent_cancellings`
 sets Cancelled (not Crashed: the person asked for it to stop, and it is not
 retried) a Cancelling run of the install that Prefect has received no

@@ -39,6 +39,15 @@ Decision = Literal["ACCEPT", "REJECT", "ABORT", "WAIT"]
 class ApiUnreachable(Exception):
     """Prefect's API (or Ariel's gateway before it) did not answer, or refused a call the run must make."""
 
+    def __init__(self, problem: str, status: int | None = None) -> None:
+        super().__init__(problem)
+        self.status = status  # the refusal's HTTP status; None when no (readable) answer came
+
+    @property
+    def passing(self) -> bool:
+        """Whether asking again later may work: no answer, or an API busy or restarting."""
+        return self.status is None or self.status in _AGAIN or self.status >= 500
+
 
 @dataclass(frozen=True)
 class ApiSettings:
@@ -140,21 +149,25 @@ class RunApi:
     async def call(self, method: str, path: str, body: Any = None, patient: bool = True) -> Any:
         """`method path` with `body` as JSON; its JSON answer (None when empty). Asked again on a busy or
         restarting API when `patient`; `ApiUnreachable` when no answer came, or a refusal."""
-        problem = ""
+        problem, status = "", None
         for pause in (*(_PAUSES if patient else ()), None):
             try:
                 answer = await self._client.request(method, path, json=body)
             except httpx.HTTPError as exc:
-                problem = f"no answer from {self.settings.url} ({type(exc).__name__})"
+                problem, status = f"no answer from {self.settings.url} ({type(exc).__name__})", None
             else:
                 if answer.status_code < 400:
-                    return answer.json() if answer.content else None
-                problem = f"{method} {path}: {answer.status_code} {_detail(answer)}"
-                if answer.status_code not in _AGAIN:
-                    break
+                    try:
+                        return answer.json() if answer.content else None
+                    except ValueError:  # a proxy's page, say: no answer Prefect gave
+                        problem, status = f"{method} {path}: an answer that is not JSON", None
+                else:
+                    problem, status = f"{method} {path}: {answer.status_code} {_detail(answer)}", answer.status_code
+                    if answer.status_code not in _AGAIN:
+                        break
             if pause is not None:
                 await asyncio.sleep(pause)
-        raise ApiUnreachable(problem)
+        raise ApiUnreachable(problem, status)
 
     async def read_run(self) -> dict[str, Any]:
         found = await self.call("GET", f"flow_runs/{self.run_id}")

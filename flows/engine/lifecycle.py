@@ -18,6 +18,7 @@ import inspect
 import os
 import signal
 import sys
+import time
 import traceback
 import typing
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,8 @@ TERMINATED_MESSAGE = "Execution was aborted by a termination signal."
 CANCELLED: dict[str, Any] = {"type": "CANCELLED", "name": "Cancelled", "message": CANCELLED_MESSAGE}
 WAIT_LIMIT = 30.0
 SHIP_BEFORE_END_SECONDS = 10.0
+FINAL_STATE_PATIENCE_SECONDS = 120.0
+TERMINATED_READ_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,19 @@ class Outcome:
     state_name: str | None
     message: str | None = None
     result: Any = None
+    recorded: bool = True  # False: Prefect never took the run's end, which its worker must then report
 
     @property
     def exit_code(self) -> int:
-        """1 for a run that failed or crashed, as `python -m prefect.engine` exits; 0 for any other end.
+        """1 for a run that failed or crashed, as `python -m prefect.engine` exits, or whose end Prefect never took
+        (its worker then reports the container's exit as the run's crash); 0 for any other end.
 
         >>> Outcome("FAILED", "Failed").exit_code, Outcome("CANCELLED", "Cancelled").exit_code
         (1, 0)
+        >>> Outcome("COMPLETED", "Completed", recorded=False).exit_code
+        1
         """
-        return 1 if self.state_type in ("FAILED", "CRASHED") else 0
+        return 1 if self.state_type in ("FAILED", "CRASHED") or not self.recorded else 0
 
 
 class _Stopped(Exception):
@@ -199,16 +206,23 @@ async def _stopped(api: RunApi, shipper: RunLogShipper, why: str) -> Outcome:
     """The end of a run stopped from outside: Cancelled when it was cancelled (its own watch saw it, or the SIGTERM
     came from a worker carrying out the cancel), else Crashed, for Ariel's recovery to run it again."""
     logger = run_logger()
-    if why == "terminated":
-        with contextlib.suppress(Exception):
-            if await api.state_type() in ("CANCELLING", "CANCELLED"):
-                why = "cancelled"
     if why == "cancelled":
         logger.info(CANCELLED_MESSAGE)
         return await _finish(api, shipper, CANCELLED, force=True)
+    # Terminated: Docker kills the container 10 s after its SIGTERM, so the state goes first, and briefly.
+    with contextlib.suppress(Exception):
+        if await asyncio.wait_for(api.state_type(), TERMINATED_READ_SECONDS) in ("CANCELLING", "CANCELLED"):
+            logger.info(CANCELLED_MESSAGE)  # the SIGTERM of a worker carrying out the cancel
+            ended = await _end(api, CANCELLED, force=True, patience=TERMINATED_READ_SECONDS)
+            await shipper.ship_within(TERMINATED_READ_SECONDS)
+            return ended
     logger.error("Crash detected! %s", TERMINATED_MESSAGE)
-    return await _finish(api, shipper, {"type": "CRASHED", "name": "Crashed", "message": TERMINATED_MESSAGE},
-                         force=True)
+    # Through Ariel's gateway a run may not say Crashed itself (refused at once): its worker records it from the
+    # container's exit. Straight to Prefect (no gateway) it is recorded here.
+    ended = await _end(api, {"type": "CRASHED", "name": "Crashed", "message": TERMINATED_MESSAGE}, force=True,
+                       patience=TERMINATED_READ_SECONDS)
+    await shipper.ship_within(TERMINATED_READ_SECONDS)
+    return ended
 
 
 async def _call(function: RunFunction, parameters: dict[str, Any]) -> Any:
@@ -266,14 +280,22 @@ async def _finish(api: RunApi, shipper: RunLogShipper, state: dict[str, Any], re
     return await _end(api, state, result, force)
 
 
-async def _end(api: RunApi, state: dict[str, Any], result: Any = None, force: bool = False) -> Outcome:
-    try:
-        answer = await api.propose(state, force=force)
-    except ApiUnreachable as exc:
-        # The run's end is not recorded: its worker (or Ariel's recovery) finds the container ended and says how.
-        # (Ariel's gateway refuses Crashed from a run: its worker records that, from the container's exit.)
-        print(f"ariel run: its final state ({state['name']}) was not recorded: {exc}", file=sys.stderr, flush=True)
-        return Outcome(state["type"], state["name"], str(exc))
+async def _end(api: RunApi, state: dict[str, Any], result: Any = None, force: bool = False,
+               patience: float = FINAL_STATE_PATIENCE_SECONDS) -> Outcome:
+    """Propose the run's final `state`, asking again for up to `patience` seconds while Prefect (or the gateway)
+    does not answer: an `ariel up` restarting must not leave a run that ended Running for recovery to run again."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            answer = await api.propose(state, force=force)
+            break
+        except ApiUnreachable as exc:
+            if not exc.passing or time.monotonic() >= deadline:
+                # Not recorded: the container exits 1, and its worker (or Ariel's recovery) reports how it ended.
+                print(f"ariel run: its final state ({state['name']}) was not recorded: {exc}", file=sys.stderr,
+                      flush=True)
+                return Outcome(state["type"], state["name"], str(exc), recorded=False)
+            await asyncio.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
     if answer.status == "ABORT":
         # A retry of the run has begun: this attempt leaves the run to it, and exits 0 so that no worker reports
         # its container's end as the run's crash.
@@ -295,6 +317,12 @@ async def _end(api: RunApi, state: dict[str, Any], result: Any = None, force: bo
 async def _watch_cancel(api: RunApi, body: asyncio.Future[Any], why: list[str], stop: asyncio.Event) -> None:
     while not stop.is_set():
         await asyncio.sleep(CANCEL_POLL_SECONDS)
+        if why:
+            # Told to stop (a cancel, a SIGTERM): told again until it does, since code under way may catch one
+            # cancellation (asyncio's wait_for can) and go on.
+            if not body.done():
+                body.cancel()
+            continue
         try:
             state_type = await api.state_type()
         except Exception:  # noqa: BLE001 - an API blip, or an answer that was no run: the next poll asks again
@@ -302,7 +330,6 @@ async def _watch_cancel(api: RunApi, body: asyncio.Future[Any], why: list[str], 
         if state_type in ("CANCELLING", "CANCELLED") and not body.done():
             why.append("cancelled")
             body.cancel()
-            return
 
 
 async def _heartbeats(context: RunContext, stop: asyncio.Event) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -18,9 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from flows.engine.api import ApiUnreachable, RunApi
+from flows.engine.api import RunApi
 
-SHIP_SECONDS = 2.0  # Prefect's own APILogHandler sends every 2 s
+SHIP_SECONDS = 2.0  # Prefect's own APILogHandler sends every 2 s (its PREFECT_LOGGING_TO_API_BATCH_INTERVAL)
+INTERVAL_ENV = "PREFECT_LOGGING_TO_API_BATCH_INTERVAL"
 BATCH_BYTES = 4_000_000  # Prefect's own handler's batch size (PREFECT_LOGGING_TO_API_BATCH_SIZE)
 MAX_MESSAGE = 1_000_000  # Prefect's own cut of one line (PREFECT_LOGGING_TO_API_MAX_LOG_SIZE)
 # Ariel's own names, beside Prefect's `prefect.flow_runs` and `prefect.task_runs`: a process that has Prefect's
@@ -60,8 +62,12 @@ class RunLogShipper(logging.Handler):
         self._task = asyncio.create_task(self._ship_every(), name="logs")
 
     async def _ship_every(self) -> None:
+        try:
+            every = float(os.environ.get(INTERVAL_ENV) or SHIP_SECONDS)
+        except ValueError:
+            every = SHIP_SECONDS
         while True:
-            await asyncio.sleep(SHIP_SECONDS)
+            await asyncio.sleep(max(every, 0.1))
             await self.ship()
 
     async def ship(self) -> None:
@@ -74,7 +80,7 @@ class RunLogShipper(logging.Handler):
             for index, batch in enumerate(batches):
                 try:
                     await self.api.create_logs(batch)
-                except ApiUnreachable as exc:
+                except Exception as exc:  # noqa: BLE001 - refused, or no answer: the run goes on without them
                     self.lost += len(batch)
                     print(f"ariel run: {len(batch)} log line(s) not sent to Prefect: {exc}", file=sys.stderr,
                           flush=True)

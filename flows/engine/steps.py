@@ -66,7 +66,11 @@ async def step(name: str, call: Callable[[], Awaitable[T]], *, task_key: str, re
                                    failure_message("Task", exc), attempt + 1, retries,
                                    f"{delay:.0f} second(s) from now" if delay else "immediately")
                 attempt += 1
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except BaseException:  # cancelled, or the run's time ran out, before the retry
+                    task.report("CRASHED", "Crashed", "Execution was interrupted before its retry")
+                    raise
                 continue
             except BaseException as exc:  # cancelled: the run is being stopped
                 task.report("CRASHED", "Crashed", f"Execution was interrupted: {type(exc).__name__}")

@@ -24,6 +24,9 @@ async def main() -> None:
     parameters = {"config": request["config"], "input": request.get("input")}
     run_id = os.environ.get("ARIEL_TEST_FLOW_RUN_ID") or await made_here(parameters)
     os.environ["PREFECT__FLOW_RUN_ID"] = run_id
+    at_end: asyncio.Task[list[str]] | None = None
+    if os.environ.get("ARIEL_TEST_READ_LOGS_AT_END"):
+        at_end = asyncio.create_task(logs_when_final(run_id))
     ended = await execute(agent_run, run_id=UUID(run_id), parameters=parameters)
     outcome: dict[str, Any] = {
         "state": ended.state_name,
@@ -35,14 +38,27 @@ async def main() -> None:
         "imported_litellm": "litellm" in sys.modules,
         "imported_prefect": "prefect" in sys.modules,  # read before the test's own reads below import it
     }
-    if os.environ.get("ARIEL_TEST_READ_LOGS_AT_END"):
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-        async with get_client() as client:
-            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
-        outcome["logs_at_end"] = [log.message for log in logs]
+    if at_end is not None:
+        outcome["logs_at_end"] = await at_end
     print(json.dumps(outcome))
+
+
+async def logs_when_final(run_id: str) -> list[str]:
+    """The run's log lines in Prefect as they are the moment its state is final, while its engine still runs
+    (whatever it sends after its final state is not in them)."""
+    import httpx
+
+    api = os.environ["PREFECT_API_URL"].rstrip("/")
+    headers = {"Authorization": f"Bearer {os.environ['PREFECT_API_KEY']}"} if os.environ.get("PREFECT_API_KEY") else {}
+    async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+        while True:
+            run = (await client.get(f"{api}/flow_runs/{run_id}")).json()
+            if (run.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
+                break
+            await asyncio.sleep(0.02)
+        logs = await client.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                             "limit": 200})
+        return [line["message"] for line in logs.json()]
 
 
 async def made_here(parameters: dict[str, Any]) -> str:

@@ -7,7 +7,10 @@ states, its steps as task runs, its heartbeats, its log. Nothing of Prefect is i
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -201,6 +204,32 @@ async def test_a_state_change_whose_answer_was_lost_is_made_once(
     async with PrefectClient(prefect_api) as client:
         run = await client.read_flow_run(made.id)
     assert (run.state_name, run.run_count) == ("Completed", 1)
+
+
+@pytest.mark.parametrize(("entrypoint", "ended", "code"), [
+    ("flows.agent.agent_run", "COMPLETED", 0),
+    ("os.system", "FAILED", 1),  # not Ariel's: nothing of it is imported
+])
+async def test_a_run_executes_what_its_deployment_names_and_its_process_exits_by_how_it_ended(
+    prefect_api: str, entrypoint: str, ended: str, code: int,
+) -> None:
+    """`python -m flows.engine`, as a run's container starts it: the run and its deployment read from Prefect."""
+    agent = SIGNER.sign(config(script=[ScriptStep(reply="Done.")]))
+    async with PrefectClient(prefect_api) as client:
+        flow_id = await client.create_flow_from_name("engine-entry")
+        deployment_id = await client.create_deployment(flow_id=flow_id, name=f"entry-{code}", entrypoint=entrypoint)
+        made = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"config": agent.model_dump(mode="json")}, state=Pending())
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")},
+           "PREFECT_API_URL": prefect_api, "PREFECT__FLOW_RUN_ID": str(made.id), VERIFY_KEY_ENV: SIGNER.verify_key}
+    done = subprocess.run([sys.executable, "-m", "flows.engine"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == code, done.stderr[-2000:]
+    async with PrefectClient(prefect_api) as client:
+        run = await client.read_flow_run(made.id)
+    assert run.state is not None and run.state.type.value == ended, run.state
+    if code:
+        assert "names entrypoint 'os.system', which is not one of Ariel's" in (run.state.message or "")
 
 
 async def test_a_run_sends_heartbeats_while_it_runs(prefect_api: str, slow_host: str) -> None:
