@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-from flows.engine.context import current_run_or_none
+from flows.engine.context import RunContext, current_run_or_none
 from flows.engine.events import event, now
 from flows.engine.logs import CURRENT_TASK_RUN, run_logger
 
@@ -54,16 +54,17 @@ async def step(name: str, call: Callable[[], Awaitable[T]], *, task_key: str, re
                 with task.span():
                     result = await _attempt(call, timeout)
             except Exception as exc:
+                message = failure_message("Task", exc)
                 retrying = attempt < retries and (retry_if is None or retry_if(exc))
                 if not retrying:
                     failed = "TimedOut" if isinstance(exc, TimeoutError) else "Failed"
-                    task.report("FAILED", failed, failure_message("Task", exc))
-                    run_logger().error("Finished in state %s(%r)", failed, failure_message("Task", exc))
+                    task.report("FAILED", failed, message)
+                    run_logger().error("Finished in state %s(%r)", failed, message)
                     raise
                 delay = float(delays[min(attempt, len(delays) - 1)]) if delays else 0.0
-                task.report("SCHEDULED", "AwaitingRetry", failure_message("Task", exc), delay=delay)
+                task.report("SCHEDULED", "AwaitingRetry", message, delay=delay)
                 run_logger().error("Task run failed with exception: %s - Retry %d/%d will start %s",
-                                   failure_message("Task", exc), attempt + 1, retries,
+                                   message, attempt + 1, retries,
                                    f"{delay:.0f} second(s) from now" if delay else "immediately")
                 attempt += 1
                 try:
@@ -91,7 +92,7 @@ async def _attempt(call: Callable[[], Awaitable[T]], timeout: float | None) -> T
 
 
 class _TaskRun:
-    def __init__(self, run: Any, id: UUID, name: str, task_key: str, dynamic_key: str,  # noqa: A002
+    def __init__(self, run: RunContext, id: UUID, name: str, task_key: str, dynamic_key: str,  # noqa: A002
                  retries: int, delays: list[float]) -> None:
         self.run, self.id, self.name, self.task_key, self.dynamic_key = run, id, name, task_key, dynamic_key
         self.retries, self.delays = retries, delays

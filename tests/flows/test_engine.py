@@ -6,15 +6,14 @@ states, its steps as task runs, its heartbeats, its log. Nothing of Prefect is i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from uuid import UUID
 
@@ -32,8 +31,8 @@ from flows.config import Limits, ScriptStep
 from flows.engine.api import ApiSettings
 from flows.engine.lifecycle import CANCELLED_MESSAGE, TERMINATED_MESSAGE, execute, resolve
 from flows.signing import VERIFY_KEY_ENV
-from tests.flows.support import SIGNER, Outcome, config, fetcher, play, start
-from tests.support import serve_asgi, wait_until
+from tests.flows.support import SIGNER, Outcome, Slow, config, fetcher, play, start
+from tests.support import http_service, serve_asgi, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -42,28 +41,11 @@ def _prefect(prefect_api: str) -> Iterator[None]:
         yield
 
 
-class Slow(BaseHTTPRequestHandler):
-    """Answers after a minute: a step still under way when the run is stopped."""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        time.sleep(60)
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *_args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def slow_host() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A service that answers after 20 s: a step still under way when the run is stopped."""
+    with http_service(Slow) as host:
+        yield host
 
 
 async def task_runs(prefect_api: str, run_id: str) -> list[TaskRun]:
@@ -263,10 +245,4 @@ async def wait_for(read: Any, done: Any, seconds: float = 60) -> Any:
         if done(found):
             return found
         assert time.monotonic() < deadline, f"not done within {seconds} s: {found}"
-        await _pause()
-
-
-async def _pause() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
