@@ -260,7 +260,8 @@ class _LabelsAside:
     start. Prefect's server merges labels in a transaction that reads before it writes: on SQLite, a write that
     another request commits in between fails it at once (`database is locked`, a 503), and the client asks again
     after 2, 4, 8 s and more. A burst's runs waited up to 14 s that way with a standby ready for each, for labels
-    that name the worker in Prefect's UI and tell `diagnose_run` which worker to look for."""
+    that name the worker in Prefect's UI and tell `diagnose_run` which worker to look for. (The server `ariel up`
+    runs begins its transactions immediate, see `deployments.prefect_server`; a worker may be served by another.)"""
 
     LABEL_ATTEMPTS = 3  # each with Prefect's client's own retries, ~1 min: what lets `diagnose_run` see a lost worker
     _runs_task_group: anyio.abc.TaskGroup | None  # BaseWorker's, there from setup on

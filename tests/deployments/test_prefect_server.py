@@ -1,4 +1,5 @@
-"""Prefect's server as `ariel up` runs it: garbage is collected off the event loop's thread.
+"""Prefect's server as `ariel up` runs it: garbage is collected off the event loop's thread, and on SQLite a
+transaction that read before another request's write still writes.
 
 Each case runs in a Python process of its own, since it turns the automatic collector off.
 """
@@ -71,12 +72,51 @@ print("freed" if freed.wait(60) else "still alive")
 """
 
 
+# A transaction of Prefect's server (its own configuration, its own engine) reads; another request's connection
+# then writes; then the transaction writes. The other connection waits half a second at most.
+READ_THEN_WRITE = '''
+import asyncio, sqlite3, sys
+import sqlalchemy as sa
+from prefect.server.database.configurations import AioSqliteConfiguration
+from deployments.prefect_server import write_transactions_lock_first
+
+path, mode = sys.argv[1], sys.argv[2]
+setup = sqlite3.connect(path, isolation_level=None)
+setup.execute("PRAGMA journal_mode = WAL")
+setup.execute("CREATE TABLE runs (x)")
+setup.close()
+if mode == "as ariel runs it":
+    write_transactions_lock_first()
+
+
+async def main() -> None:
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{path}")
+    session = await config.session(await config.engine())
+    other = sqlite3.connect(path, timeout=0.5, isolation_level=None)  # another request's connection
+    async with session, config.begin_transaction(session):
+        await session.execute(sa.text("SELECT count(*) FROM runs"))  # a transaction reads first
+        try:
+            other.execute("INSERT INTO runs VALUES (1)")
+            print("the other wrote", end="; ")
+        except sqlite3.OperationalError as error:
+            print(f"the other waited ({error})", end="; ")
+        try:
+            await session.execute(sa.text("INSERT INTO runs VALUES (2)"))
+            print("this one wrote")
+        except sa.exc.OperationalError as error:
+            print(f"this one was refused ({error.orig})")
+
+asyncio.run(main())
+'''
+
 PREFECT_SERVER_ENTRY = """
 import gc, threading
 import prefect.cli
 from deployments import prefect_server
+from prefect.server.database.configurations import AioSqliteConfiguration
 
-prefect.cli.app = lambda: print(gc.isenabled(), [t.name for t in threading.enumerate() if t.name == "ariel-gc"])
+prefect.cli.app = lambda: print(gc.isenabled(), [t.name for t in threading.enumerate() if t.name == "ariel-gc"],
+                                AioSqliteConfiguration.begin_transaction.__name__)
 prefect_server.main()
 """
 
@@ -101,4 +141,19 @@ def test_garbage_in_reference_cycles_is_still_collected() -> None:
 
 
 def test_the_prefect_server_command_turns_the_automatic_collector_off_before_prefect_runs() -> None:
-    assert run_child(PREFECT_SERVER_ENTRY) == "False ['ariel-gc']"
+    assert run_child(PREFECT_SERVER_ENTRY) == "False ['ariel-gc'] immediate"
+
+
+def test_a_transaction_that_read_before_another_requests_write_still_writes(tmp_path: Path) -> None:
+    # Begun immediate, it holds the write lock from its start: the other request waits for it (Prefect's busy
+    # timeout is 60 s; here half a second), and its snapshot never goes stale.
+    assert run_child(READ_THEN_WRITE, str(tmp_path / "prefect.db"), "as ariel runs it") == (
+        "the other waited (database is locked); this one wrote")
+
+
+def test_prefects_own_deferred_transaction_is_refused_at_once_after_another_requests_write(tmp_path: Path) -> None:
+    # Why Ariel's server begins them immediate: SQLite cannot wait for a lock on a stale snapshot, whatever the busy
+    # timeout, so Prefect answers 503 and its client asks again after 2, 4, 8, 16 s. Should Prefect change this,
+    # this case says so.
+    assert run_child(READ_THEN_WRITE, str(tmp_path / "prefect.db"), "stock") == (
+        "the other wrote; this one was refused (database is locked)")
