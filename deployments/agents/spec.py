@@ -35,6 +35,13 @@ from flows.models import SCRIPTED_MODEL
 from flows.tools import BUILTIN_TOOLS
 
 _SLUG_JUNK = re.compile(r"[^a-z0-9]+")
+# Bounds on what one version may hold: each goes into every run's Prefect parameters and the manifest a person
+# approves, so neither may grow without end. A stored version is read by the rules it was stored under.
+MODEL_MAX = 200
+API_BASE_MAX = 2000
+ALLOWED_HOSTS_MAX = 100
+SCRIPT_STEPS_MAX = 200
+SCRIPT_STEP_MAX = 100_000  # characters of one step as JSON: a reply, or a tool call's arguments
 _HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 SLUG_MAX = 48
@@ -219,10 +226,12 @@ class AgentSpec(BaseModel):
     description: str = Field(default="", max_length=2000)
     instructions: str = Field(min_length=1, max_length=50_000, description="The system prompt.")
     model: str = Field(
-        description="A litellm model id, or 'ariel/scripted' for the offline scripted model.",
+        description=f"A litellm model id, or 'ariel/scripted' for the offline scripted model (at most {MODEL_MAX} "
+        "characters).",
         examples=["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "ariel/scripted"],
     )
-    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible or self-hosted provider.")
+    api_base: str | None = Field(default=None, description="Base URL of an OpenAI-compatible or self-hosted provider "
+                                 f"(at most {API_BASE_MAX} characters).")
     provider: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9-]*$",
@@ -234,7 +243,8 @@ class AgentSpec(BaseModel):
     schedule: ScheduleSpec | None = None
     tools: list[str] = Field(default_factory=list, description="Built-in tools the agent may call.")
     allowed_hosts: list[str] = Field(
-        default_factory=list, description="Hosts `http_request` may call: 'host' or 'host:port'."
+        default_factory=list, description=f"Hosts `http_request` may call: 'host' or 'host:port' (at most "
+        f"{ALLOWED_HOSTS_MAX})."
     )
     mcp_tools: list[McpToolsGrant] = Field(
         default_factory=list,
@@ -243,7 +253,8 @@ class AgentSpec(BaseModel):
         examples=[[{"server": "everything", "tools": ["echo", "add"]}]],
     )
     limits: Limits = Field(default_factory=Limits)
-    script: list[ScriptStep] | None = Field(default=None, description="The turns 'ariel/scripted' plays, in order.")
+    script: list[ScriptStep] | None = Field(default=None, description="The turns 'ariel/scripted' plays, in order "
+                                            f"(at most {SCRIPT_STEPS_MAX}).")
 
     @field_validator("name", "instructions")
     @classmethod
@@ -267,6 +278,14 @@ class AgentSpec(BaseModel):
             raise ValueError(f"{quote(value)} is not a litellm model id (for example 'openai/gpt-4o-mini')")
         return value
 
+    @field_validator("model", "api_base")
+    @classmethod
+    def _not_too_long(cls, value: str | None, info: ValidationInfo) -> str | None:
+        most = MODEL_MAX if info.field_name == "model" else API_BASE_MAX
+        if value is not None and len(value) > most and not _stored(info):
+            raise ValueError(f"at most {most} characters, not {len(value)}")
+        return value
+
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, value: list[str]) -> list[str]:
@@ -277,7 +296,9 @@ class AgentSpec(BaseModel):
 
     @field_validator("allowed_hosts")
     @classmethod
-    def _hosts(cls, value: list[str]) -> list[str]:
+    def _hosts(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if len(value) > ALLOWED_HOSTS_MAX and not _stored(info):
+            raise ValueError(f"at most {ALLOWED_HOSTS_MAX} hosts, not {len(value)}")
         hosts = [host.strip().lower() for host in value]
         for host in hosts:
             if not _HOST.match(host):
@@ -286,7 +307,13 @@ class AgentSpec(BaseModel):
 
     @field_validator("script")
     @classmethod
-    def _no_prefect_directives(cls, value: list[ScriptStep] | None) -> list[ScriptStep] | None:
+    def _no_prefect_directives(cls, value: list[ScriptStep] | None, info: ValidationInfo) -> list[ScriptStep] | None:
+        if value is not None and not _stored(info):
+            if len(value) > SCRIPT_STEPS_MAX:
+                raise ValueError(f"at most {SCRIPT_STEPS_MAX} steps, not {len(value)}")
+            for number, step in enumerate(value, 1):
+                if (size := len(step.model_dump_json(exclude_defaults=True))) > SCRIPT_STEP_MAX:
+                    raise ValueError(f"step {number} is {size} characters as JSON; at most {SCRIPT_STEP_MAX}")
         # Prefect hydrates deployment parameters: a dict with a "__prefect..." key
         # would be replaced server-side (e.g. by a Prefect Variable's value).
         for step in value or []:

@@ -20,6 +20,8 @@ RunRef = Annotated[
         description="The run's id or name (from list_runs or run_agent).", examples=["pr-digest-20261122-080000-3fa9"]
     ),
 ]
+RUN_INPUT_MAX = 100_000
+"""Characters of a run's message: it goes into the run's Prefect parameters and its first LLM call."""
 Cursor = Annotated[str | None, Field(description="The next_cursor of the previous page; omit for the first page.")]
 
 
@@ -28,7 +30,10 @@ def register(mcp: FastMCP) -> None:
     async def run_agent(
         ctx: Context,
         agent: Annotated[str, Field(description="The agent's hex id or slug.", examples=["pr-digest"])],
-        input: Annotated[str | None, Field(description="Optional message for this run.")] = None,
+        input: Annotated[str | None, Field(
+            max_length=RUN_INPUT_MAX,
+            description=f"Optional message for this run (at most {RUN_INPUT_MAX:,} characters).",
+        )] = None,
         wait_seconds: Annotated[
             float, Field(ge=0, le=600, description="Wait up to this long for the result; 0 returns at once.")
         ] = 0,

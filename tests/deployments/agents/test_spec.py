@@ -184,6 +184,20 @@ def test_a_model_id_with_spaces_is_refused() -> None:
     assert refusal(spec(model="gpt 4")).startswith("model: 'gpt 4' is not a litellm model id")
 
 
+def test_a_version_holds_bounded_hosts_model_base_url_and_script() -> None:
+    assert refusal(spec(tools=["http_request"], allowed_hosts=[f"h{n}.example" for n in range(101)])) == (
+        "allowed_hosts: at most 100 hosts, not 101")
+    assert refusal(spec(model="a/" + "b" * 199)) == "model: at most 200 characters, not 201"
+    assert refusal(spec(api_base="https://llm.example/" + "v" * 2000)) == "api_base: at most 2000 characters, not 2020"
+    scripted = spec(model="ariel/scripted")
+    assert refusal({**scripted, "script": [{"reply": "hi"}] * 201}) == "script: at most 200 steps, not 201"
+    assert refusal({**scripted, "script": [{"reply": "x" * 100_000}]}) == (
+        "script: step 1 is 100012 characters as JSON; at most 100000")
+    # Up to the bounds, accepted; a version stored before them still loads.
+    AgentSpec.parse({**scripted, "script": [{"reply": "hi"}] * 200})
+    assert len(AgentSpec.stored({**scripted, "script": [{"reply": "hi"}] * 300}).script or []) == 300
+
+
 def test_limits_out_of_range_are_refused() -> None:
     assert refusal(spec(limits={"max_steps": 0})) == "limits.max_steps: Input should be greater than or equal to 1"
 

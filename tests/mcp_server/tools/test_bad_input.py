@@ -131,3 +131,21 @@ async def test_a_list_sent_as_json_text_is_taken_and_what_it_holds_is_checked_li
                                                          "script": '[{"tool": "x", "arguments": {"k\\u0000": "v"}}]'})
     assert "control characters" in message and "U+0000" in message, message
     assert [agent["slug"] for agent in await agents(session)] == ["hello"]
+
+
+async def test_what_one_agent_version_and_one_run_may_hold_is_bounded_and_nothing_is_created(
+    session: Client[Any],
+) -> None:
+    # Each goes into every run's Prefect parameters and the manifest an admin approves.
+    hosts = [f"h{index}.example" for index in range(101)]
+    assert await refusal(session, "create_agent", **{**HELLO, "tools": ["http_request"], "allowed_hosts": hosts}) == (
+        "the agent was not created: allowed_hosts: at most 100 hosts, not 101")
+    assert await refusal(session, "create_agent", **{**HELLO, "script": [{"reply": "hi"}] * 201}) == (
+        "the agent was not created: script: at most 200 steps, not 201")
+    assert await refusal(session, "create_agent", **{**HELLO, "model": "openai/" + "g" * 300}) == (
+        "the agent was not created: model: at most 200 characters, not 307")
+    assert await agents(session) == []
+    await session.call_tool("create_agent", HELLO)
+    await session.call_tool("update_agent", {"agent": "hello", "action": "approve"})
+    message = await refusal(session, "run_agent", agent="hello", input="x" * 100_001)
+    assert message.startswith("invalid arguments: input: String should have at most 100000 characters"), message
