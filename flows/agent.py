@@ -187,6 +187,8 @@ async def agent_run(config: RunConfig, input: str | None = None) -> str:
                         names=artifact_names(config.org_slug, config.name))
     # Telemetry (when the pool exports it): this run's span, and every LLM and tool call's, carry these.
     run = current_run_or_none()
+    if run is not None:  # the engine's state messages and log lines too: a failure's words may quote a key
+        run.redact = recorder.redactor.text
     tenant: dict[str, str | int | None] = {
         "ariel.org": config.org_id, "ariel.agent": config.agent_id, "ariel.version": config.version,
         "ariel.run": run.run_id if run is not None else None}

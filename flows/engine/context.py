@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,10 @@ class RunContext:
     events: EventStream | None
     run: dict[str, Any]
     tracer: Any = None  # an OpenTelemetry tracer when the run's pool exports telemetry
+    # What the run's code knows to be secret, taken out of every text the engine sends: state messages and log
+    # lines, which quote exceptions, which may quote a provider's refusal, which may quote the key it was sent.
+    # The run's code sets it once it knows its secrets (`flows.agent` sets its transcript's redactor).
+    redact: Callable[[str], str] = field(default=lambda text: text)
     _dynamic_keys: Counter[str] = field(default_factory=Counter)
 
     @property

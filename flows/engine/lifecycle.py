@@ -161,6 +161,7 @@ async def _take(api: RunApi, events: EventStream, shipper: RunLogShipper, functi
         return Outcome(None, None, reason)
     run = {**run, **{"run_count": int(run.get("run_count") or 0) + 1}}
     context = RunContext(api=api, events=events, run=run, tracer=_tracer())
+    shipper.redact = lambda text: context.redact(text)  # whatever the run's code sets it to, once it does
     token = entering(context)
     stop = asyncio.Event()
     why: list[str] = []
@@ -183,7 +184,7 @@ async def _take(api: RunApi, events: EventStream, shipper: RunLogShipper, functi
                 return await _stopped(api, shipper, why[0])
             if isinstance(exc, asyncio.CancelledError):
                 raise  # this coroutine itself was cancelled: not the run's end to decide
-            message = failure_message("Flow", exc)
+            message = context.redact(failure_message("Flow", exc))
             # As Prefect's engine: the traceback is the run log's (an operator's), never the state message's.
             logger.error("Encountered exception during execution: %r", exc, exc_info=exc)
             logger.error("Finished in state Failed(%r)", message)

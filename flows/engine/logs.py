@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -45,12 +45,18 @@ class RunLogShipper(logging.Handler):
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.lost = 0
+        # The run's secrets out of each line, traceback included (`RunContext.redact`, from the run's start on).
+        self.redact: Callable[[str], str] = lambda text: text
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             message = self.format(record)
         except Exception:  # noqa: BLE001 - a line that cannot be formatted must not stop the run
             message = str(record.msg)
+        try:
+            message = self.redact(message)
+        except Exception:  # noqa: BLE001 - as above; and a line that could not be redacted is not sent
+            message = f"(a line of {record.name} that could not be redacted was left out)"
         task_run = getattr(record, "task_run_id", None)
         line = {"name": record.name, "level": record.levelno, "message": message[:MAX_MESSAGE],
                 "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),

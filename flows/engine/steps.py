@@ -54,7 +54,7 @@ async def step(name: str, call: Callable[[], Awaitable[T]], *, task_key: str, re
                 with task.span():
                     result = await _attempt(call, timeout)
             except Exception as exc:
-                message = failure_message("Task", exc)
+                message = run.redact(failure_message("Task", exc))
                 retrying = attempt < retries and (retry_if is None or retry_if(exc))
                 if not retrying:
                     failed = "TimedOut" if isinstance(exc, TimeoutError) else "Failed"

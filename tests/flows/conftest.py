@@ -17,6 +17,7 @@ from tests.support import http_service
 def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     OpenAICompatible.requests = []
     OpenAICompatible.failures_left = 0
+    OpenAICompatible.refuses_key = False
     monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback-test")
     with http_service(OpenAICompatible) as host:
         yield f"http://{host}/v1"

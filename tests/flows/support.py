@@ -183,6 +183,7 @@ class OpenAICompatible(BaseHTTPRequestHandler):
 
     requests: ClassVar[list[dict[str, Any]]] = []
     failures_left: ClassVar[int] = 0
+    refuses_key: ClassVar[bool] = False  # answer 401 quoting the key it was sent, as some providers do
     lock: ClassVar[threading.Lock] = threading.Lock()
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -192,6 +193,11 @@ class OpenAICompatible(BaseHTTPRequestHandler):
             if type(self).failures_left > 0:
                 type(self).failures_left -= 1
                 reply_json(self, 503, {"error": {"message": "overloaded", "type": "server_error"}})
+                return
+            if type(self).refuses_key:
+                key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                reply_json(self, 401, {"error": {"message": f"Incorrect API key provided: {key}.",
+                                                 "type": "invalid_request_error", "code": "invalid_api_key"}})
                 return
         tool_results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
         message: dict[str, Any]

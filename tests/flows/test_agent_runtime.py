@@ -271,6 +271,53 @@ async def test_the_provider_key_comes_from_the_gateway_and_never_reaches_paramet
     assert not [log.message for log in logs if "sk-from-the-gateway" in log.message]
 
 
+async def test_a_provider_that_quotes_the_key_in_its_refusal_leaves_it_in_no_state_message_or_log(
+    openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step fails with the provider's words, which quote the key: the step's and the run's state messages
+    (what the Prefect UI shows on top of a run's page) and the run's log say it with the key redacted."""
+    monkeypatch.delenv("OPENAI_API_KEY")
+    OpenAICompatible.refuses_key = True
+    key = "sk-quoted-by-the-provider-5d1e"
+    providers = {"loopback-llm": ProviderSecret(name="loopback-llm", api_key=key, api_base=openai_server)}
+    with run_gateway(prefect_api, providers) as gateway:
+        outcome = play(config(model="openai/test-model", provider="loopback-llm"), gateway=gateway)
+    assert outcome.state == "Failed", outcome.message
+    async with PrefectClient(prefect_api) as client:
+        flow_run = await client.read_flow_run(UUID(outcome.flow_run_id))
+        steps = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    assert OpenAICompatible.requests[0]["auth"] == f"Bearer {key}"
+    said = [flow_run.state.message if flow_run.state else None]
+    said += [step.state.message if step.state else None for step in steps] + [log.message for log in logs]
+    assert "Incorrect API key provided" in str(flow_run.state.message if flow_run.state else ""), said
+    assert [text for text in said if text and "Incorrect API key" in text]
+    assert not [text for text in said if text and key in text], said
+
+
+async def test_a_key_the_run_calls_its_provider_with_is_redacted_from_the_refusal_it_fails_with(
+    openai_server: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the run calls the provider itself (its key in its environment), the provider's refusal quoting the key
+    reaches the step's and the run's state messages and the log's traceback only with the key redacted."""
+    key = "sk-direct-quoted-by-the-provider-77aa"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    OpenAICompatible.refuses_key = True
+    outcome = play(config(model="openai/test-model", api_base=openai_server))
+    assert outcome.state == "Failed", outcome.message
+    async with PrefectClient(prefect_api) as client:
+        flow_run = await client.read_flow_run(UUID(outcome.flow_run_id))
+        steps = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    assert OpenAICompatible.requests[0]["auth"] == f"Bearer {key}"
+    said = [flow_run.state.message if flow_run.state else None]
+    said += [step.state.message if step.state else None for step in steps] + [log.message for log in logs]
+    assert "Incorrect API key provided: [redacted]" in str(said[0]), said[0]
+    assert [text for text in said[1:] if text and "Incorrect API key provided: [redacted]" in text]
+    assert [log.message for log in logs if "Traceback" in log.message]
+    assert not [text for text in said if text and key in text], said
+
+
 def test_a_run_without_a_run_token_gets_no_provider_key(openai_server: str, service_host: str) -> None:
     outcome = play(config(model="openai/test-model", provider="loopback-llm"))
     assert outcome.state == "Failed"
