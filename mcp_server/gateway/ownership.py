@@ -88,6 +88,11 @@ SUPERSEDED = NotLive("superseded", "this run token is for an earlier attempt of 
 
 
 @dataclass(frozen=True)
+class TaskRunFacts:
+    flow_run_id: UUID | None  # None: a task run of no flow run
+
+
+@dataclass(frozen=True)
 class DeploymentFacts:
     work_pool_name: str | None
     flow_id: UUID
@@ -106,6 +111,7 @@ class Ownership:
         self._upstream = upstream
         self._runs: Cache[UUID, RunFacts] = Cache(ttl=None)
         self._deployments: Cache[UUID, DeploymentFacts] = Cache(ttl=TTL_SECONDS)
+        self._task_runs: Cache[UUID, TaskRunFacts] = Cache(ttl=None)  # a task run never moves to another run
         self._flow_pools: Cache[UUID, frozenset[str]] = Cache(ttl=TTL_SECONDS)
         self._pool_ids: Cache[str, str] = Cache(ttl=TTL_SECONDS)
         self._superseded: Cache[tuple[UUID, int | None, int], bool] = Cache(ttl=ATTEMPT_TTL_SECONDS)
@@ -184,6 +190,18 @@ class Ownership:
         now = await self.live_attempt(scope)
         verdict = now if isinstance(now, NotLive) else None
         return self._over.put(key, (verdict,), keep=verdict is not None)[0]
+
+    async def task_run(self, task_run_id: UUID) -> TaskRunFacts | None:
+        """Which flow run the task run is of; None while Prefect has no such task run (a run's own is recorded from
+        its events, which may come after its first log lines)."""
+        facts = self._task_runs.get(task_run_id)
+        if facts is not None:
+            return facts
+        body = await self._read(f"/task_runs/{task_run_id}")
+        if body is None:
+            return None
+        flow_run_id = body.get("flow_run_id")
+        return self._task_runs.put(task_run_id, TaskRunFacts(UUID(flow_run_id) if flow_run_id else None))
 
     async def deployment(self, deployment_id: UUID) -> DeploymentFacts | None:
         facts = self._deployments.get(deployment_id)

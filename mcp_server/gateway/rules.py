@@ -256,7 +256,22 @@ class Rules:
         for run_id in {str(log.get("flow_run_id")) for log in logs if isinstance(log, dict)}:
             if not await self.in_pool_scope(scope, _uuid(run_id)):
                 return NOT_FOUND
-        return THROUGH
+        return THROUGH if await self._task_runs_of(logs, lambda run: self.in_pool_scope(scope, run)) else NOT_FOUND
+
+    async def _task_runs_of(self, items: list[Any], owned: Callable[[UUID], Awaitable[bool]]) -> bool:
+        """Whether every task run that logs or an artifact name (`task_run_id`) is of a flow run `owned` allows: the
+        Prefect UI shows a task run's logs and artifacts on its page, another org's among them. One Prefect has not
+        recorded yet passes: a run's own steps are recorded from its events, which may come after their first lines,
+        and an id no run has is nobody's page."""
+        named = {item.get("task_run_id") for item in items if isinstance(item, dict)} - {None}
+        for task_run_id in named:
+            task_run = _uuid(str(task_run_id))
+            if task_run is None:
+                return False
+            facts = await self.ownership.task_run(task_run)
+            if facts is not None and (facts.flow_run_id is None or not await owned(facts.flow_run_id)):
+                return False
+        return True
 
     # Run tokens -------------------------------------------------------------------------------------------
 
@@ -328,11 +343,19 @@ class Rules:
             # What the worker host writes of how a container ended is evidence diagnose_run trusts: a run may
             # not write it about itself (and pass a kill off as out-of-memory, or the reverse).
             return Verdict(403, f"logs named {CONTAINER_EXITS_LOGGER} are the worker host's")
-        return THROUGH
+        return THROUGH if await self._task_runs_of(logs, self._is_own(scope)) else NOT_FOUND
+
+    @staticmethod
+    def _is_own(scope: RunScope) -> Callable[[UUID], Awaitable[bool]]:
+        async def own(run_id: UUID) -> bool:
+            return run_id == scope.run_id
+        return own
 
     async def _own_artifact(self, scope: RunScope, body: bytes) -> Verdict:
         artifact = _json(body)
         if not isinstance(artifact, dict) or artifact.get("flow_run_id") != str(scope.run_id):
+            return NOT_FOUND
+        if not await self._task_runs_of([artifact], self._is_own(scope)):
             return NOT_FOUND
         key = artifact.get("key")
         if key is not None:

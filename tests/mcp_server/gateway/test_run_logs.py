@@ -242,3 +242,42 @@ def test_a_run_publishes_artifacts_under_its_own_agents_keys_only(prefect_api: s
     assert unkeyed.status_code == 201, unkeyed.text
     for refused in (anothers, made_up):
         assert refused.status_code == 403 and "not one of its own agent's" in refused.text, refused.text
+
+
+def test_a_run_writes_logs_and_artifacts_on_its_own_steps_only_never_on_another_runs(prefect_api: str) -> None:
+    """Prefect's UI shows a task run's logs and artifacts on its page: a run naming another org's step there would
+    write on that org's page. Its own steps, and a step Prefect has not recorded yet (its events may come after its
+    first lines), pass."""
+    from uuid import uuid4
+
+    def step_of(run_id: str, name: str) -> str:
+        made = httpx.post(f"{prefect_api}/task_runs/", json={
+            "flow_run_id": run_id, "task_key": "tool_call", "dynamic_key": name, "name": name}, timeout=30)
+        assert made.status_code in (200, 201), made.text
+        return str(made.json()["id"])
+
+    with run_gateway(prefect_api, {}) as gateway:
+        anothers_run = _made_run(SIGNER.sign(config(org_id="b" * 32)), None)
+        signed = SIGNER.sign(config())
+        run_id = _made_run(signed, None)
+        token = gateway.tokens.mint(UUID(run_id), signed.org_id, attempt=0, ttl_seconds=600)
+        headers = {"Authorization": f"Bearer {token}"}
+        own_step, anothers_step = step_of(run_id, "http_request · step 1"), step_of(anothers_run, "payroll · step 1")
+
+        def write(task_run_id: str) -> httpx.Response:
+            log = {"name": "ariel.run.step", "level": 20, "message": "hello", "flow_run_id": run_id,
+                   "task_run_id": task_run_id, "timestamp": datetime.now(UTC).isoformat()}
+            return httpx.post(f"{gateway.api_url}/logs/", json=[log], headers=headers, timeout=30)
+
+        def publish(task_run_id: str) -> httpx.Response:
+            return httpx.post(f"{gateway.api_url}/artifacts/", json={
+                "flow_run_id": run_id, "task_run_id": task_run_id, "type": "markdown", "data": "hello"},
+                headers=headers, timeout=30)
+
+        on_own, not_yet_recorded, on_anothers = write(own_step), write(str(uuid4())), write(anothers_step)
+        published_own, published_on_anothers = publish(own_step), publish(anothers_step)
+
+    for allowed in (on_own, not_yet_recorded, published_own):
+        assert allowed.status_code == 201, allowed.text
+    for refused in (on_anothers, published_on_anothers):
+        assert refused.status_code == 403 and "outside the scope" in refused.text, refused.text
