@@ -143,7 +143,7 @@ async def test_agents_are_listed_and_read_by_id_or_slug(stack: ArielUp, service_
                 },
             )
         ).structured_content
-        listed = (await client.call_tool("list_agents", {})).structured_content["result"]
+        listed = (await client.call_tool("list_agents", {})).structured_content["agents"]
         assert "morning-digest" in [agent["slug"] for agent in listed]
         by_slug = (await client.call_tool("get_agent", {"agent": "morning-digest"})).structured_content
         by_id = (await client.call_tool("get_agent", {"agent": created["id"]})).structured_content
@@ -155,7 +155,7 @@ async def test_agents_are_listed_and_read_by_id_or_slug(stack: ArielUp, service_
 
 async def test_bad_input_names_the_field_and_creates_nothing(stack: ArielUp, service_host: str) -> None:
     async with Client(stack.mcp_url) as client:
-        before = (await client.call_tool("list_agents", {})).structured_content["result"]
+        before = (await client.call_tool("list_agents", {})).structured_content["agents"]
         with pytest.raises(ToolError) as bad_cron:
             await client.call_tool(
                 "create_agent", {**checker(service_host, "Bad cron"), "schedule": {"cron": "99 * * * *"}}
@@ -164,7 +164,7 @@ async def test_bad_input_names_the_field_and_creates_nothing(stack: ArielUp, ser
             await client.call_tool("create_agent", {**checker(service_host, "Bad tool"), "tools": ["shell"]})
         with pytest.raises(ToolError) as empty_name:
             await client.call_tool("create_agent", {**checker(service_host, ""), "name": ""})
-        after = (await client.call_tool("list_agents", {})).structured_content["result"]
+        after = (await client.call_tool("list_agents", {})).structured_content["agents"]
     assert str(bad_cron.value).startswith("invalid arguments: schedule.cron: '99 * * * *' is not a cron line Prefect "
                                           "accepts; for example '0 8 * * 1-5'")
     assert "unknown tool 'shell'; available tools: http_request" in str(bad_tool.value)
@@ -195,7 +195,7 @@ async def test_the_stdio_transport_serves_the_same_agents_as_http(stack: ArielUp
         await http.call_tool("update_agent", {"agent": "seen-over-stdio", "action": "approve"})
     env = {**os.environ, "ARIEL_HOME": str(stack.home), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     async with Client(StdioTransport(sys.executable, ["-m", "mcp_server.cli", "mcp"], env=env)) as stdio:
-        listed = (await stdio.call_tool("list_agents", {})).structured_content["result"]
+        listed = (await stdio.call_tool("list_agents", {})).structured_content["agents"]
         run = (await stdio.call_tool("run_agent", {"agent": "seen-over-stdio", "wait_seconds": 180})).structured_content
     assert "seen-over-stdio" in [agent["slug"] for agent in listed]
     assert run["state"] == "Completed"

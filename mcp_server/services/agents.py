@@ -27,6 +27,7 @@ from deployments.agents.forecast import next_times
 from deployments.agents.manifest import Manifest
 from deployments.agents.signing import ConfigSigner
 from deployments.agents.spec import AgentSpec, slugify, spec_changes
+from deployments.exceptions import QueryInvalid
 from deployments.pools.run_images import KEYED_CLOUD
 from deployments.pools.work_pools import (
     DEFAULT_CPUS,
@@ -44,6 +45,7 @@ from deployments.pools.work_pools import (
     remove_pools,
     retire_pool,
 )
+from deployments.runs.cursors import BAD_CURSOR, decode_cursor, encode_cursor, fingerprint
 from deployments.text import quote
 from flows.config import McpServerRef, RunConfig
 from flows.models import SCRIPTED_MODEL, hosted_endpoint, provider_of
@@ -53,12 +55,14 @@ from mcp_server.services.audit import record as record_event
 from mcp_server.services.caller import Caller
 from mcp_server.services.exceptions import ArielError, Conflict, Forbidden, InvalidRequest, NotFound, Unavailable
 from mcp_server.services.finishing import finishing
-from mcp_server.services.views import AgentStatus, AgentView, RunView, VersionView
+from mcp_server.services.views import AgentListView, AgentStatus, AgentView, RunView, VersionView
 from mcp_server.store import AgentRecord, Organization, Store, ToolServerRecord, new_id
 
 UpdateAction = Literal["change", "approve", "pause", "resume"]
 
 log = logging.getLogger("ariel.agents")
+
+LIST_LIMIT = 50  # agents per page of list_agents unless asked otherwise
 
 
 @dataclass
@@ -434,20 +438,36 @@ class AgentService:
             yield await self.resolve(caller, record.id)
 
     async def list_all(
-        self, caller: Caller, status: AgentStatus | None = None, text: str | None = None
-    ) -> list[AgentView]:
-        views = []
+        self, caller: Caller, status: AgentStatus | None = None, text: str | None = None, cursor: str | None = None,
+        limit: int = LIST_LIMIT,
+    ) -> AgentListView:
+        """The caller's agents, oldest first, `limit` at a time; the cursor holds the last one shown (its creation
+        time and id), so an agent made or deleted between pages shifts none of the next."""
         needle = (text or "").strip().lower()
+        query = fingerprint("agents", status, needle, str(limit))
+        after: tuple[str, str] | None = None
+        if cursor:
+            try:
+                position = decode_cursor(cursor, query)
+                after = (str(position["t"]), str(position["id"]))
+            except (QueryInvalid, KeyError, TypeError):
+                raise InvalidRequest(f"list_agents: {BAD_CURSOR}") from None
         pool, _ = await self.org_pool(caller)
-        for record in await self.store.list_agents(caller.org_id):
+        views: list[AgentView] = []
+        last: tuple[str, str] | None = None
+        records = sorted(await self.store.list_agents(caller.org_id), key=_listed_at)
+        for record in records if after is None else (record for record in records if _listed_at(record) > after):
             spec = await self.spec_of(caller, record)
+            if needle and not any(needle in field.lower() for field in (record.slug, spec.name, spec.description)):
+                continue
             view = await self._view(caller, record, spec, pool)
             if status and view.status != status:
                 continue
-            if needle and not any(needle in field.lower() for field in (record.slug, spec.name, spec.description)):
-                continue
+            if len(views) == limit and last is not None:  # one more matches: there is a next page
+                return AgentListView(agents=views, next_cursor=encode_cursor(query, t=last[0], id=last[1]))
             views.append(view)
-        return views
+            last = _listed_at(record)
+        return AgentListView(agents=views, next_cursor=None)
 
     async def get(self, caller: Caller, ref: str, full: bool = True) -> AgentView:
         record = await self.resolve(caller, ref)
@@ -704,6 +724,11 @@ class AgentService:
 
 
 _LOOKS_LIKE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _listed_at(record: AgentRecord) -> tuple[str, str]:
+    """Where an agent stands in list_agents: by when it was made, then by id (two made in the same instant)."""
+    return record.created_at.isoformat(), record.id
 
 
 def _deployment_name(caller: Caller, record: AgentRecord) -> str:

@@ -58,6 +58,13 @@ class RunView(RunSummary):
     result: str | None = Field(default=None, description="The agent's reply, once it completed.")
 
 
+class AgentListView(BaseModel):
+    agents: list[AgentView] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (with the same filters) for the next agents; null at the end."
+    )
+
+
 class RunListView(BaseModel):
     runs: list[RunView] = Field(description="Newest first.")
     next_cursor: str | None = Field(

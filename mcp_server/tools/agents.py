@@ -9,8 +9,8 @@ from pydantic import Field
 
 from deployments.agents.spec import McpToolsGrant, ScheduleSpec
 from flows.config import Limits, ScriptStep
-from mcp_server.services.agents import UpdateAction
-from mcp_server.services.views import AgentStatus, AgentView
+from mcp_server.services.agents import LIST_LIMIT, UpdateAction
+from mcp_server.services.views import AgentListView, AgentStatus, AgentView
 from mcp_server.tools.middleware.caller import caller_of, services_of
 
 AgentRef = Annotated[str, Field(description="The agent's hex id or slug.", examples=["pr-digest"])]
@@ -160,9 +160,14 @@ def register(mcp: FastMCP) -> None:
         text: Annotated[
             str | None, Field(description="Only agents whose slug, name or description contains this.")
         ] = None,
-    ) -> list[AgentView]:
-        """List your agents with id, slug, status, version, model, schedule and tools."""
-        return await services_of(ctx).agents.list_all(await caller_of(ctx), status, text)
+        cursor: Annotated[
+            str | None, Field(description="The next_cursor of the previous page; omit for the first page.")
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=200, description="Most agents per page.")] = LIST_LIMIT,
+    ) -> AgentListView:
+        """List your agents, oldest first, with id, slug, status, version, model, schedule and tools; page with
+        next_cursor."""
+        return await services_of(ctx).agents.list_all(await caller_of(ctx), status, text, cursor, limit)
 
     @mcp.tool(annotations={"readOnlyHint": True})
     async def get_agent(ctx: Context, agent: AgentRef) -> AgentView:

@@ -251,7 +251,7 @@ async def test_an_oidc_user_of_a_suspended_org_works_in_their_other_org_once_the
         with pytest.raises(ToolError) as refused:
             await call(url, anywhere, "manage_org", action="switch", org="acme")
         switched = await call(url, anywhere, "manage_org", action="switch", org="other")
-        listed = await call(url, anywhere, "list_agents")
+        listed = (await call(url, anywhere, "list_agents"))["agents"]
         after = await call(url, anywhere, "whoami")
         # Other's trail learns nothing of acme: not her switches, not acme's operator's reason.
         trail = await call(url, anywhere, "get_audit_log")

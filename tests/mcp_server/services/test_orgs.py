@@ -72,7 +72,7 @@ async def test_deleting_an_org_removes_its_pool_deployments_schedules_and_provid
     finally:
         await store.close()
     # The same token names the org again, so it is a new, empty one.
-    assert await call(url, owner, "list_agents") == []
+    assert (await call(url, owner, "list_agents"))["agents"] == []
 
 
 async def test_worker_keys_move_the_orgs_agents_to_its_own_hardware_and_back(url: str, prefect_api: str) -> None:

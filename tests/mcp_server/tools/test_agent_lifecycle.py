@@ -144,16 +144,39 @@ async def test_deleting_needs_confirm_and_keeps_ended_runs_readable(url: str, pr
     await call(url, OWNER, "cancel_run", run=run["id"])
 
     assert "confirm=true" in await refused(url, OWNER, "delete_agent", agent="hello")
-    assert [a["slug"] for a in await call(url, OWNER, "list_agents")] == ["hello"]
+    assert [a["slug"] for a in (await call(url, OWNER, "list_agents"))["agents"]] == ["hello"]
 
     gone = await call(url, OWNER, "delete_agent", agent=agent["id"], confirm=True)
     assert gone["slug"] == "hello"
-    assert await call(url, OWNER, "list_agents") == []
+    assert (await call(url, OWNER, "list_agents"))["agents"] == []
     async with PrefectClient(prefect_api) as prefect:
         with pytest.raises(ObjectNotFound):
             await prefect.read_deployment_by_name(agent["deployment"])
     assert (await call(url, OWNER, "get_run", run=run["name"]))["id"] == run["id"]
     assert [e["action"] for e in await call(url, OWNER, "get_audit_log")][0] == "agent.delete"
+
+
+async def test_agents_are_listed_oldest_first_in_pages_that_an_agent_made_or_deleted_meanwhile_does_not_shift(
+    url: str,
+) -> None:
+    for name in ("Alpha", "Bravo", "Charlie", "Delta", "Echo"):
+        await call(url, OWNER, "create_agent", **hello(name, description="report" if name != "Delta" else ""))
+    first = await call(url, OWNER, "list_agents", limit=2)
+    assert [a["slug"] for a in first["agents"]] == ["alpha", "bravo"] and first["next_cursor"]
+    await call(url, OWNER, "delete_agent", agent="alpha", confirm=True)  # before the cursor: nothing shifts
+    await call(url, OWNER, "create_agent", **hello("Foxtrot"))
+    second = await call(url, OWNER, "list_agents", limit=2, cursor=first["next_cursor"])
+    assert [a["slug"] for a in second["agents"]] == ["charlie", "delta"]
+    third = await call(url, OWNER, "list_agents", limit=2, cursor=second["next_cursor"])
+    assert ([a["slug"] for a in third["agents"]], third["next_cursor"]) == (["echo", "foxtrot"], None)
+
+    # Filters page the agents they keep; a cursor belongs to its own filters.
+    reports = await call(url, OWNER, "list_agents", text="report", limit=2)
+    assert [a["slug"] for a in reports["agents"]] == ["bravo", "charlie"]
+    rest = await call(url, OWNER, "list_agents", text="report", limit=2, cursor=reports["next_cursor"])
+    assert ([a["slug"] for a in rest["agents"]], rest["next_cursor"]) == (["echo"], None)
+    assert "another query" in await refused(url, OWNER, "list_agents", limit=2, cursor=reports["next_cursor"])
+    assert "another query" in await refused(url, OWNER, "list_agents", cursor="not-a-cursor")
 
 
 async def test_runs_are_listed_newest_first_in_pages_and_time_windows(url: str) -> None:
@@ -238,7 +261,7 @@ async def test_an_agent_may_not_name_the_control_plane_as_a_host_or_model_base_u
     for fields, why in cases:
         spec = {k: v for k, v in hello("Snoop", **fields).items() if v is not None}
         assert why in await refused(url, OWNER, "create_agent", **spec)
-    assert await call(url, OWNER, "list_agents") == []
+    assert (await call(url, OWNER, "list_agents"))["agents"] == []
 
 
 async def test_a_service_the_operator_protects_is_refused_to_agents_and_handed_to_every_run(

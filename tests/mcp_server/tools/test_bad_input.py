@@ -33,7 +33,7 @@ async def refusal(session: Client[Any], tool: str, **arguments: Any) -> str:
 
 
 async def agents(session: Client[Any]) -> list[Any]:
-    return (await session.call_tool("list_agents", {})).structured_content["result"]  # type: ignore[index,no-any-return]
+    return (await session.call_tool("list_agents", {})).structured_content["agents"]  # type: ignore[index,no-any-return]
 
 
 async def test_a_cron_line_of_seven_fields_is_refused_and_nothing_is_created(session: Client[Any]) -> None:

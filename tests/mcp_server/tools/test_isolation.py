@@ -255,11 +255,11 @@ async def test_a_listing_shows_nothing_of_b(world: Isolated, listing: Listing) -
 
 
 async def test_a_lists_only_its_own_agent(world: Isolated) -> None:
-    assert [a["slug"] for a in await call(world.url, ALICE, "list_agents")] == ["mine"]
+    assert [a["slug"] for a in (await call(world.url, ALICE, "list_agents"))["agents"]] == ["mine"]
 
 
 async def test_searching_for_bs_agent_by_its_name_finds_nothing(world: Isolated) -> None:
-    assert await call(world.url, ALICE, "list_agents", text="secret") == []
+    assert (await call(world.url, ALICE, "list_agents", text="secret"))["agents"] == []
 
 
 async def test_as_audit_log_holds_only_what_as_members_did(world: Isolated) -> None:

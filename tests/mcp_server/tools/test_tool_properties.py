@@ -186,7 +186,7 @@ SPEC = st.fixed_dictionaries(
 
 async def _agents_and_deployments(session: Client[Any], prefect_api: str) -> tuple[list[tuple[str, int]], int]:
     """The agents (slug, version) and how many deployments their org's work pool holds."""
-    agents = (await session.call_tool("list_agents", {})).structured_content["result"]  # type: ignore[index]
+    agents = (await session.call_tool("list_agents", {})).structured_content["agents"]  # type: ignore[index]
     pool = next(agent["work_pool"] for agent in agents if agent["slug"] == "hello")
     async with PrefectClient(prefect_api) as prefect:
         deployments = await prefect.read_deployments(
