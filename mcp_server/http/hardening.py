@@ -14,6 +14,7 @@ import re
 from typing import Any, Final
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,6 +95,11 @@ class CatchUnhandled:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            # The caller went away mid-request (a run's container stopped while it sent its transcript): nobody
+            # is left to answer, and nothing went wrong here.
+            log.info("%s %s: the client disconnected before its request was read", scope.get("method"),
+                     scope.get("path"))
         except Exception:
             if started:
                 raise  # too late for another answer; the server closes the connection and logs it

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -25,6 +26,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import WorkPoolCreate
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from deployments.pools.work_pools import ensure_pool, install_prefix, pool_name, process_job_template
 from mcp_server.http.app import create_app
@@ -235,6 +237,29 @@ def test_an_unexpected_error_answers_500_without_a_traceback_and_is_logged(
     [logged] = [r for r in caplog.records if r.name == "ariel.http" and r.exc_info]
     assert "GET /broken" in logged.getMessage()
     assert logged.exc_info is not None and "the secret detail" in str(logged.exc_info[1])
+
+
+def test_a_caller_that_goes_away_mid_request_is_no_error_in_the_log(
+    home: Path, prefect_api: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run's container stopped while it sent its transcript: nobody is left to answer, and nothing went wrong."""
+    app = create_app(settings_for(home, auth_mode="dev"), prefect_api, "process")
+
+    async def reads_its_body(request: Request) -> dict[str, int]:
+        return {"read": len(await request.body())}
+
+    app.add_api_route("/reads", reads_its_body, methods=["POST"])
+    app.router.routes.insert(0, app.router.routes.pop())  # ahead of the MCP mount at "/"
+    with caplog.at_level(logging.INFO, logger="ariel.http"), serve_asgi(app) as url:
+        where = urlsplit(url)
+        with socket.create_connection((where.hostname, where.port), timeout=10) as half_sent:
+            half_sent.sendall(f"POST /reads HTTP/1.1\r\nHost: {where.netloc}\r\n".encode()
+                              + b"Authorization: Bearer dev:ada:acme:owner\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 100000\r\n\r\n{\"entry\": ")
+        wait_until(lambda: any("disconnected" in r.getMessage() for r in caplog.records), 30, "the disconnect")
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ariel.http"]
+    assert (logging.INFO, "POST /reads: the client disconnected before its request was read") in said, said
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said
 
 
 # /ready
