@@ -106,7 +106,9 @@ def run_environment(token: str) -> dict[str, str]:
 
 
 MAX_SUBSCRIPTIONS_PER_RUN = 2
-"""A flow run's suspension observer opens one; a reconnect may briefly overlap it."""
+"""Prefect's engine opens one per flow run (its suspension observer); a reconnect may briefly overlap it. Ariel's own
+engine (`flows.engine`) opens none: these serve runs of runtime images made before it, which a customer's worker
+may still run."""
 SUSPENDED_EVENT = "prefect.flow-run.Suspended"  # what Prefect's suspension observer subscribes to, alone
 
 class Gateway:
@@ -401,9 +403,9 @@ class Gateway:
         return await self.scope_of(header or from_message)
 
     async def _subscribe(self, websocket: WebSocket, run: RunScope) -> None:
-        """A run's subscription (Prefect's suspension observer in every flow run): the events of its own flow run
-        and no other, whatever its filter asks. Without it the observer logs a refusal at each run's start and a
-        traceback at its end, and polls instead."""
+        """A run's subscription (Prefect's suspension observer, in every flow run Prefect's engine executes: runtime
+        images made before Ariel's engine): the events of its own flow run and no other, whatever its filter asks.
+        Without it the observer logs a refusal at each run's start and a traceback at its end, and polls instead."""
         try:
             message = json.loads(await asyncio.wait_for(websocket.receive_text(), timeout=10))
         except (TimeoutError, ValueError, WebSocketDisconnect, KeyError):
