@@ -7,10 +7,11 @@
 # its database drivers and ORM (sqlalchemy, alembic, asyncpg, aiosqlite), its background task queue (pydocket
 # and its redis), notifications (apprise), its UI's static files; and litellm's proxy admin UI (static pages for
 # the litellm proxy server, which a run never starts; `import litellm` does not read them), in the full image.
-# Prefect stays, though Ariel's runs never import it (they run `python -m flows.engine`): a stock Prefect worker
-# given another template starts runs with `prefect flow-run execute`, as the benchmarks' baseline does. graphviz
-# and dateparser stay: Prefect imports them lazily, on a task call and a deprecation. tests/test_standby_runs.py and the other
-# Docker tests run agents end to end in both images.
+# Prefect is in the full image only (requirements-runtime.txt), though Ariel's runs never import it: a stock
+# Prefect worker given another template starts runs with `prefect flow-run execute`, as the benchmarks' baseline
+# does. graphviz and dateparser stay there: Prefect imports them lazily, on a task call and a deprecation. The
+# lean image has none of Prefect, so the names below are absent from it (pip skips them).
+# tests/test_standby_runs.py and the other Docker tests run agents end to end in both images.
 set -eu
 python3 -m venv /opt/ariel/venv
 /opt/ariel/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels -r "$1"
