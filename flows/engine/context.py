@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,30 @@ class RunContext:
     def attempt(self) -> int:
         """Which attempt of the flow run this is (Prefect counts them as it enters Running)."""
         return int(self.run.get("run_count") or 1)
+
+    def safe_redact(self, text: str) -> str:
+        """`redact`, or a fixed line when redaction itself fails: the run still reports how it ended."""
+        try:
+            return self.redact(text)
+        except Exception:  # noqa: BLE001 - whatever the redactor's fault, the text must not go out as it is
+            return "(a message that could not be redacted was left out)"
+
+    def span(self, name: str, attributes: dict[str, str], parent: Any = None) -> AbstractContextManager[Any]:
+        """A span of this run (none without a tracer) whose error is recorded redacted, as its state message is:
+        OpenTelemetry's own recording would send the exception's words, a key a provider quoted among them."""
+        return nullcontext() if self.tracer is None else self._span(name, attributes, parent)
+
+    @contextmanager
+    def _span(self, name: str, attributes: dict[str, str], parent: Any) -> Iterator[Any]:
+        from opentelemetry.trace import Status, StatusCode
+
+        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes, record_exception=False,
+                                               set_status_on_exception=False) as span:
+            try:
+                yield span
+            except Exception as exc:
+                span.set_status(Status(StatusCode.ERROR, self.safe_redact(f"{type(exc).__name__}: {exc}")))
+                raise
 
     def next_dynamic_key(self, task_key: str) -> str:
         """A key unique to each task run of the run, and per attempt, so that a retried run's steps stand beside

@@ -161,7 +161,7 @@ async def _take(api: RunApi, events: EventStream, shipper: RunLogShipper, functi
         return Outcome(None, None, reason)
     run = {**run, **{"run_count": int(run.get("run_count") or 0) + 1}}
     context = RunContext(api=api, events=events, run=run, tracer=_tracer())
-    shipper.redact = lambda text: context.redact(text)  # whatever the run's code sets it to, once it does
+    shipper.redact = context.safe_redact  # reads `context.redact` at each line: whatever the run's code sets
     token = entering(context)
     stop = asyncio.Event()
     why: list[str] = []
@@ -184,7 +184,7 @@ async def _take(api: RunApi, events: EventStream, shipper: RunLogShipper, functi
                 return await _stopped(api, shipper, why[0])
             if isinstance(exc, asyncio.CancelledError):
                 raise  # this coroutine itself was cancelled: not the run's end to decide
-            message = context.redact(failure_message("Flow", exc))
+            message = context.safe_redact(failure_message("Flow", exc))
             # As Prefect's engine: the traceback is the run log's (an operator's), never the state message's.
             logger.error("Encountered exception during execution: %r", exc, exc_info=exc)
             logger.error("Finished in state Failed(%r)", message)
@@ -243,9 +243,8 @@ async def _traced(context: RunContext, function: RunFunction, parameters: dict[s
     parent = labels.get(TRACEPARENT_LABEL) if isinstance(labels, dict) else None
     carried = TraceContextTextMapPropagator().extract({"traceparent": parent}) if isinstance(parent, str) else None
     name = str(context.run.get("name") or "flow run")
-    with context.tracer.start_as_current_span(name, context=carried, attributes={
-            "prefect.run.type": "flow", "prefect.run.id": context.run_id, "prefect.run.name": name,
-            "prefect.deployment.id": str(context.run.get("deployment_id") or "")}):
+    with context.span(name, {"prefect.run.type": "flow", "prefect.run.id": context.run_id, "prefect.run.name": name,
+                             "prefect.deployment.id": str(context.run.get("deployment_id") or "")}, parent=carried):
         return await _call(function, parameters)
 
 

@@ -45,7 +45,8 @@ class RunLogShipper(logging.Handler):
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.lost = 0
-        # The run's secrets out of each line, traceback included (`RunContext.redact`, from the run's start on).
+        # The run's secrets out of each line, traceback included (`RunContext.safe_redact`, from the run's start
+        # on), here and on stderr (`attach`).
         self.redact: Callable[[str], str] = lambda text: text
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -53,10 +54,7 @@ class RunLogShipper(logging.Handler):
             message = self.format(record)
         except Exception:  # noqa: BLE001 - a line that cannot be formatted must not stop the run
             message = str(record.msg)
-        try:
-            message = self.redact(message)
-        except Exception:  # noqa: BLE001 - as above; and a line that could not be redacted is not sent
-            message = f"(a line of {record.name} that could not be redacted was left out)"
+        message = self.redact(message)
         task_run = getattr(record, "task_run_id", None)
         line = {"name": record.name, "level": record.levelno, "message": message[:MAX_MESSAGE],
                 "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -142,11 +140,22 @@ def run_logger() -> logging.LoggerAdapter:  # type: ignore[type-arg]
     return _RunAdapter(logging.getLogger(name), {"task_run_id": task_run})
 
 
+class _Redacting(logging.Formatter):
+    """A formatter whose lines pass the shipper's redaction, as the lines it ships do."""
+
+    def __init__(self, shipper: RunLogShipper, fmt: str, datefmt: str) -> None:
+        super().__init__(fmt, datefmt)
+        self.shipper = shipper
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.shipper.redact(super().format(record))
+
+
 def attach(shipper: RunLogShipper) -> list[logging.Handler]:
     """Send both run loggers' lines through `shipper` and to stderr; the handlers to `detach`."""
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
-                                           "%H:%M:%S"))
+    console = logging.StreamHandler(sys.stderr)  # the container's log (`docker logs`, a process pool's worker log)
+    console.setFormatter(_Redacting(shipper, "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s",
+                                    "%H:%M:%S"))
     handlers: list[logging.Handler] = [shipper, console]
     for name in (FLOW_LOGGER, TASK_LOGGER):
         logger = logging.getLogger(name)

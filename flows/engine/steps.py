@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -54,7 +54,7 @@ async def step(name: str, call: Callable[[], Awaitable[T]], *, task_key: str, re
                 with task.span():
                     result = await _attempt(call, timeout)
             except Exception as exc:
-                message = run.redact(failure_message("Task", exc))
+                message = run.safe_redact(failure_message("Task", exc))
                 retrying = attempt < retries and (retry_if is None or retry_if(exc))
                 if not retrying:
                     failed = "TimedOut" if isinstance(exc, TimeoutError) else "Failed"
@@ -145,13 +145,8 @@ class _TaskRun:
         self.run.emit(sent)
 
     def span(self) -> AbstractContextManager[Any]:
-        tracer = self.run.tracer
-        if tracer is None:
-            return nullcontext()
-        span: AbstractContextManager[Any] = tracer.start_as_current_span(self.name, attributes={
-            "prefect.run.type": "task", "prefect.run.id": str(self.id), "prefect.run.name": self.name,
-            "prefect.task.key": self.task_key})
-        return span
+        return self.run.span(self.name, {"prefect.run.type": "task", "prefect.run.id": str(self.id),
+                                         "prefect.run.name": self.name, "prefect.task.key": self.task_key})
 
 
 def _later(at: datetime, seconds: float) -> str:

@@ -43,6 +43,7 @@ class Outcome:
     logs_at_end: list[str] | None = None
     imported_litellm: bool | None = None  # whether the run's process imported litellm
     imported_prefect: bool | None = None  # and Prefect
+    stderr: str = ""  # what the run's process wrote there (`play`): its container's log, on a Docker pool
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def play(
         capture_output=True, text=True, timeout=300, env=run_env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return Outcome(**json.loads(done.stdout.strip().splitlines()[-1]))
+    return Outcome(**json.loads(done.stdout.strip().splitlines()[-1]), stderr=done.stderr)
 
 
 def start(config: RunConfig, input: str | None = None, env: dict[str, str] | None = None,

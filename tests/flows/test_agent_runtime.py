@@ -299,7 +299,7 @@ async def test_a_key_the_run_calls_its_provider_with_is_redacted_from_the_refusa
     openai_server: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the run calls the provider itself (its key in its environment), the provider's refusal quoting the key
-    reaches the step's and the run's state messages and the log's traceback only with the key redacted."""
+    reaches the step's and the run's state messages, the log's traceback and stderr only with the key redacted."""
     key = "sk-direct-quoted-by-the-provider-77aa"
     monkeypatch.setenv("OPENAI_API_KEY", key)
     OpenAICompatible.refuses_key = True
@@ -316,6 +316,8 @@ async def test_a_key_the_run_calls_its_provider_with_is_redacted_from_the_refusa
     assert [text for text in said[1:] if text and "Incorrect API key provided: [redacted]" in text]
     assert [log.message for log in logs if "Traceback" in log.message]
     assert not [text for text in said if text and key in text], said
+    # The same lines on stderr: a container's log (`docker logs`), a process pool's worker log.
+    assert "Incorrect API key provided: [redacted]" in outcome.stderr and key not in outcome.stderr
 
 
 def test_a_run_without_a_run_token_gets_no_provider_key(openai_server: str, service_host: str) -> None:
