@@ -263,8 +263,10 @@ class Rules:
         Prefect UI shows a task run's logs and artifacts on its page, another org's among them. One Prefect has not
         recorded yet passes: a run's own steps are recorded from its events, which may come after their first lines,
         and an id no run has is nobody's page."""
-        named = {item.get("task_run_id") for item in items if isinstance(item, dict)} - {None}
-        for task_run_id in named:
+        named = [item.get("task_run_id") for item in items if isinstance(item, dict)]
+        if any(not isinstance(task_run_id, str | None) for task_run_id in named):
+            return False
+        for task_run_id in set(named) - {None}:
             task_run = _uuid(str(task_run_id))
             if task_run is None:
                 return False

@@ -275,9 +275,13 @@ def test_a_run_writes_logs_and_artifacts_on_its_own_steps_only_never_on_another_
                 headers=headers, timeout=30)
 
         on_own, not_yet_recorded, on_anothers = write(own_step), write(str(uuid4())), write(anothers_step)
+        not_an_id = httpx.post(f"{gateway.api_url}/logs/", json=[{
+            "name": "ariel.run.step", "level": 20, "message": "hello", "flow_run_id": run_id,
+            "task_run_id": {"id": anothers_step}, "timestamp": datetime.now(UTC).isoformat()}], headers=headers,
+            timeout=30)
         published_own, published_on_anothers = publish(own_step), publish(anothers_step)
 
     for allowed in (on_own, not_yet_recorded, published_own):
         assert allowed.status_code == 201, allowed.text
-    for refused in (on_anothers, published_on_anothers):
+    for refused in (on_anothers, published_on_anothers, not_an_id):
         assert refused.status_code == 403 and "outside the scope" in refused.text, refused.text
