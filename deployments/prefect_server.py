@@ -85,7 +85,10 @@ def write_transactions_lock_first() -> None:
     once on the desktop made their runs over 60 s, three of them after 28 to 59 s of such waits (`bench/
     run_latency.py`'s burst), 166 refusals in all. Begun immediate, a transaction waits for the lock at its start
     (Prefect's busy timeout) and its snapshot is never stale: the same burst was made within ~2 s, with no
-    refusal. PostgreSQL's configuration is untouched. Prefect 3.8.8's `AioSqliteConfiguration` (pinned)."""
+    refusal. The price: a transaction that only reads (a worker's poll, `get_scheduled_flow_runs`) now waits for a
+    write in progress instead of reading beside it under WAL; on SQLite writes come one at a time anyway, and none
+    holds the lock for long. PostgreSQL's configuration is untouched. Prefect 3.8.8's `AioSqliteConfiguration`
+    (pinned)."""
     from prefect.server.database.configurations import AioSqliteConfiguration
 
     deferred_or_immediate = AioSqliteConfiguration.begin_transaction

@@ -1,8 +1,8 @@
 """Which runtime image a run needs: the lean one where it can, the full one where it must.
 
 Two images are built from `docker/Dockerfile`: the full runtime image (`ARIEL_RUNTIME_IMAGE`, litellm, Node.js
-and the stdio catalog's servers) and its lean twin (the same name with `-lean`: Prefect and the runtime only,
-about a third of its size). A run needs the full image when it calls its model itself (`calls_models_here`) or
+and the stdio catalog's servers) and its lean twin (the same name with `-lean`: the runtime alone, no Prefect,
+under a third of its size). A run needs the full image when it calls its model itself (`calls_models_here`) or
 starts a stdio MCP server; every other run of Ariel's own pools takes the lean one. The worker host chooses
 per run, from the run's configuration (`deployments.pools.standby`), so deployments, ad hoc runs and retries
 all agree, and a worker host whose engine lacks the lean image runs everything in the full one.
