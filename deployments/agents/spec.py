@@ -42,6 +42,8 @@ API_BASE_MAX = 2000
 ALLOWED_HOSTS_MAX = 100
 SCRIPT_STEPS_MAX = 200
 SCRIPT_STEP_MAX = 100_000  # characters of one step as JSON: a reply, or a tool call's arguments
+SCRIPT_MAX = 1_000_000  # characters of the whole script as JSON (stdio has no request body limit)
+GRANT_TOOLS_MAX = 200  # tools named in one `mcp_tools` grant
 _HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 SLUG_MAX = 48
@@ -200,11 +202,14 @@ class McpToolsGrant(BaseModel):
 
     @field_validator("tools")
     @classmethod
-    def _tool_names(cls, value: list[str] | None) -> list[str] | None:
+    def _tool_names(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if value is None:
             return None
         if not value:
             raise ValueError("name at least one tool, or leave 'tools' out for all of the server's tools")
+        if len(value) > GRANT_TOOLS_MAX and not _stored(info):
+            raise ValueError(f"at most {GRANT_TOOLS_MAX} tools, not {len(value)}; leave 'tools' out for all of the "
+                             "server's tools")
         for tool in value:
             if not tool.strip() or len(tool) > 128 or not tool.isprintable():
                 raise ValueError(f"{quote(tool, 60)} is not a tool name (printable, at most 128 characters)")
@@ -311,9 +316,13 @@ class AgentSpec(BaseModel):
         if value is not None and not _stored(info):
             if len(value) > SCRIPT_STEPS_MAX:
                 raise ValueError(f"at most {SCRIPT_STEPS_MAX} steps, not {len(value)}")
+            total = 0
             for number, step in enumerate(value, 1):
                 if (size := len(step.model_dump_json(exclude_defaults=True))) > SCRIPT_STEP_MAX:
                     raise ValueError(f"step {number} is {size} characters as JSON; at most {SCRIPT_STEP_MAX}")
+                total += size
+            if total > SCRIPT_MAX:
+                raise ValueError(f"the script is {total} characters as JSON; at most {SCRIPT_MAX} in all")
         # Prefect hydrates deployment parameters: a dict with a "__prefect..." key
         # would be replaced server-side (e.g. by a Prefect Variable's value).
         for step in value or []:

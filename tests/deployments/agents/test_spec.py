@@ -193,9 +193,16 @@ def test_a_version_holds_bounded_hosts_model_base_url_and_script() -> None:
     assert refusal({**scripted, "script": [{"reply": "hi"}] * 201}) == "script: at most 200 steps, not 201"
     assert refusal({**scripted, "script": [{"reply": "x" * 100_000}]}) == (
         "script: step 1 is 100012 characters as JSON; at most 100000")
+    assert refusal({**scripted, "script": [{"reply": "x" * 99_000}] * 11}) == (
+        "script: the script is 1089132 characters as JSON; at most 1000000 in all")
+    tools = [f"tool_{n}" for n in range(201)]
+    assert refusal(spec(mcp_tools=[{"server": "everything", "tools": tools}])) == (
+        "mcp_tools.0.tools: at most 200 tools, not 201; leave 'tools' out for all of the server's tools")
     # Up to the bounds, accepted; a version stored before them still loads.
     AgentSpec.parse({**scripted, "script": [{"reply": "hi"}] * 200})
     assert len(AgentSpec.stored({**scripted, "script": [{"reply": "hi"}] * 300}).script or []) == 300
+    grant = AgentSpec.stored(spec(mcp_tools=[{"server": "everything", "tools": tools}])).mcp_tools[0]
+    assert len(grant.tools or []) == 201
 
 
 def test_limits_out_of_range_are_refused() -> None:

@@ -233,6 +233,27 @@ def test_each_credential_reaches_its_own(stack: Stack) -> None:
     assert request(stack, stack.run_token, "GET", f"/flows/{stack.a_flow}").status_code == 200
 
 
+def test_a_worker_key_writes_logs_on_its_own_runs_steps_and_never_on_another_orgs(stack: Stack) -> None:
+    """The Prefect UI shows a task run's logs on its page: a worker naming B's step would write on B's page."""
+    from datetime import UTC, datetime
+
+    b_steps = send("POST", f"{stack.prefect}/task_runs/filter", {"flow_runs": {"id": {"any_": [stack.b_run]}}},
+                   stack.control).json()
+    assert b_steps, "B's completed run has its steps"
+    a_step = send("POST", f"{stack.prefect}/task_runs/", {"flow_run_id": stack.a_run, "task_key": "llm_call",
+                                                         "dynamic_key": "probe", "name": "llm · step 1"},
+                  stack.control).json()["id"]
+
+    def write(task_run_id: str) -> httpx.Response:
+        return request(stack, stack.worker_key, "POST", "/logs/", [{
+            "name": "prefect.workers", "level": 20, "message": "hello", "flow_run_id": stack.a_run,
+            "task_run_id": task_run_id, "timestamp": datetime.now(UTC).isoformat()}])
+
+    on_own, on_bs = write(a_step), write(b_steps[0]["id"])
+    assert on_own.status_code == 201, on_own.text
+    assert on_bs.status_code == 403 and "outside the scope" in on_bs.text, on_bs.text
+
+
 def test_a_run_token_reaches_no_other_run_of_its_own_org(stack: Stack) -> None:
     tries: list[tuple[str, str, Any]] = [("GET", f"/flow_runs/{stack.a_other_run}", None),
                                     ("POST", f"/flow_runs/{stack.a_other_run}/set_state",
