@@ -271,6 +271,16 @@ async def test_the_provider_key_comes_from_the_gateway_and_never_reaches_paramet
     assert not [log.message for log in logs if "sk-from-the-gateway" in log.message]
 
 
+async def what_prefect_shows(prefect_api: str, run_id: str) -> tuple[list[str], list[str]]:
+    """What the Prefect UI shows of a run: its state message, then its steps'; and its log lines."""
+    async with PrefectClient(prefect_api) as client:
+        flow_run = await client.read_flow_run(UUID(run_id))
+        steps = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    states = [flow_run.state, *(step.state for step in steps)]
+    return [(state.message if state else None) or "" for state in states], [log.message for log in logs]
+
+
 async def test_a_provider_that_quotes_the_key_in_its_refusal_leaves_it_in_no_state_message_or_log(
     openai_server: str, service_host: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,16 +293,12 @@ async def test_a_provider_that_quotes_the_key_in_its_refusal_leaves_it_in_no_sta
     with run_gateway(prefect_api, providers) as gateway:
         outcome = play(config(model="openai/test-model", provider="loopback-llm"), gateway=gateway)
     assert outcome.state == "Failed", outcome.message
-    async with PrefectClient(prefect_api) as client:
-        flow_run = await client.read_flow_run(UUID(outcome.flow_run_id))
-        steps = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    states, logs = await what_prefect_shows(prefect_api, outcome.flow_run_id)
+    said = states + logs
     assert OpenAICompatible.requests[0]["auth"] == f"Bearer {key}"
-    said = [flow_run.state.message if flow_run.state else None]
-    said += [step.state.message if step.state else None for step in steps] + [log.message for log in logs]
-    assert "Incorrect API key provided" in str(flow_run.state.message if flow_run.state else ""), said
-    assert [text for text in said if text and "Incorrect API key" in text]
-    assert not [text for text in said if text and key in text], said
+    assert "Incorrect API key provided" in said[0], said
+    assert [text for text in said if "Incorrect API key" in text]
+    assert not [text for text in said if key in text], said
 
 
 async def test_a_key_the_run_calls_its_provider_with_is_redacted_from_the_refusal_it_fails_with(
@@ -305,17 +311,13 @@ async def test_a_key_the_run_calls_its_provider_with_is_redacted_from_the_refusa
     OpenAICompatible.refuses_key = True
     outcome = play(config(model="openai/test-model", api_base=openai_server))
     assert outcome.state == "Failed", outcome.message
-    async with PrefectClient(prefect_api) as client:
-        flow_run = await client.read_flow_run(UUID(outcome.flow_run_id))
-        steps = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    states, logs = await what_prefect_shows(prefect_api, outcome.flow_run_id)
+    said = states + logs
     assert OpenAICompatible.requests[0]["auth"] == f"Bearer {key}"
-    said = [flow_run.state.message if flow_run.state else None]
-    said += [step.state.message if step.state else None for step in steps] + [log.message for log in logs]
-    assert "Incorrect API key provided: [redacted]" in str(said[0]), said[0]
-    assert [text for text in said[1:] if text and "Incorrect API key provided: [redacted]" in text]
-    assert [log.message for log in logs if "Traceback" in log.message]
-    assert not [text for text in said if text and key in text], said
+    assert "Incorrect API key provided: [redacted]" in said[0], said[0]
+    assert [text for text in said[1:] if "Incorrect API key provided: [redacted]" in text]
+    assert [line for line in logs if "Traceback" in line]
+    assert not [text for text in said if key in text], said
     # The same lines on stderr: a container's log (`docker logs`), a process pool's worker log.
     assert "Incorrect API key provided: [redacted]" in outcome.stderr and key not in outcome.stderr
 
