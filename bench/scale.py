@@ -351,10 +351,14 @@ def main() -> None:
             print(f"  measuring runs due {since:%H:%M} to {until:%H:%M} UTC", flush=True)
             peak = figures["idle_rss"] or 0.0
             load_began, load_count = time.monotonic(), stack["counter"].requests
+            load_routes = dict(stack["counter"].by_route)
             while datetime.now(UTC) < until + timedelta(seconds=60):  # and a minute for the last ones to start
                 peak = max(peak, rss_mib(worker_host_pid(stack["pool_host"])) or 0.0)
                 time.sleep(5)
             figures["load_rate"] = (stack["counter"].requests - load_count) / (time.monotonic() - load_began)
+            figures["load_routes"] = {route: count - load_routes.get(route, 0)
+                                      for route, count in stack["counter"].by_route.items()
+                                      if count > load_routes.get(route, 0)}
             figures["peak_rss"] = peak
             figures["runs"] = asyncio.run(run_lateness(stack["api_url"], stack["auth"], since, until))
             figures["reads"] = asyncio.run(read_latencies(stack["url"], 0))
@@ -395,6 +399,9 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     if figures.get("idle_routes"):
         top = sorted(figures["idle_routes"].items(), key=lambda item: -item[1])[:6]
         print("\nidle requests by route over the window: " + ", ".join(f"{route} {n}" for route, n in top))
+    if figures.get("load_routes"):
+        top = sorted(figures["load_routes"].items(), key=lambda item: -item[1])[:10]
+        print("\nrequests by route under load: " + ", ".join(f"{route} {n}" for route, n in top))
     runs: list[tuple[datetime, float | None]] = figures.get("runs", [])
     if runs:
         ran, early, late_ones = lateness(runs), lateness(runs, "first"), lateness(runs, "last")
