@@ -7,9 +7,10 @@ stock worker objects in one event loop (`ProcessWorker`, or for Docker
 `standby.StandbyDockerWorker`: the stock `DockerWorker` handing each run to a
 container started and imported before it). A pool has a worker while it has a
 run due or in flight, or (Docker) runs coming within `COMING_SECONDS`, for which it keeps a standby each; the few
-most recently busy keep theirs too; the rest cost
-one shared query a second and a heartbeat now and then (`PoolHost`), so that a
-thousand orgs' pools are served at a bounded request rate. The workers never
+most recently busy keep theirs too; the rest cost one shared query a second and a heartbeat now and then
+(`PoolHost`). Only those few warm workers poll Prefect on their own; the others ask for their pool's runs when
+that shared query finds one due (`_PolledByHost`), so that a thousand orgs' pools are served at a bounded request
+rate. The workers never
 create pools: the control plane does, from the hardened template. Beside Docker
 workers it follows the engine's events and writes on each run how its container
 ended (`container_exits`): the stock worker reports an exit code only, which
@@ -93,6 +94,7 @@ ORPHAN_SECONDS = 10.0
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page (a new org's run due is found sooner: `discover`)
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
+REWAKE_SECONDS = 5.0  # a pool Prefect handed nothing at its last poll, its runs due all the same, waits this long
 COMING_SECONDS = 90.0
 """Runs scheduled this soon get a standby container each, started after the burst before them. Past a minute: a
 per-minute agent's next run is in the window before its last is taken, so its pool never drops out of it (and
@@ -299,7 +301,58 @@ class _LabelsAside:
                       f"{exc}){'; trying again' if attempt < self.LABEL_ATTEMPTS else ''}", flush=True)
 
 
-class HostedDockerWorker(_LabelsAside, _CountsRuns, StandbyDockerWorker):
+class _PolledByHost:
+    """A worker that asks Prefect for its pool's runs when its host says the pool has one due, not every second.
+
+    A stock worker asks every `PREFECT_WORKER_QUERY_SECONDS`, run or no run, and each ask is one of the heaviest
+    requests Prefect's server answers (it also marks the pool's queues polled). With a worker for every pool with
+    runs coming, at 60 runs a minute across orgs those asks were most of the server's work (`bench/scale.py`). The
+    host asks once across all its pools (`pools_with_runs_due`) and wakes the workers of those with a run due
+    (`wake`); the worker then asks Prefect as the stock one does, so that Prefect still hands out its pool's runs
+    (pauses, concurrency limits and queue priorities applied).
+
+    `host_polls` off, the stock polling: an org's own hardware (one pool, no host query), and the pools the host
+    keeps warm, whose empty polls the gateway holds until a run made in chat wakes them (no second of host pass in
+    between)."""
+
+    host_polls = False
+    WAIT_SECONDS = 30.0  # how long one turn of the stock poll loop waits for a wake: any longer changes nothing
+    _wakes: asyncio.Event | None = None
+    answered_empty_at: float | None = None  # when Prefect last handed this worker nothing (`time.monotonic`)
+
+    def wake(self) -> None:
+        """Have the worker ask Prefect for its pool's runs now (at once if it waits for a wake; else after its
+        poll under way, or its setup)."""
+        self._wake_event().set()
+
+    def _wake_event(self) -> asyncio.Event:
+        if self._wakes is None:
+            self._wakes = asyncio.Event()
+        return self._wakes
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        wakes = self._wake_event()
+        if self.host_polls:
+            with anyio.move_on_after(self.WAIT_SECONDS):
+                await wakes.wait()
+            if not wakes.is_set():  # the loop turns, and the worker waits again (or polls, if no longer host-polled)
+                return []
+        wakes.clear()
+        return cast(list[FlowRun], await super().get_and_submit_flow_runs())  # type: ignore[misc]  # the worker's
+
+    def in_hand(self) -> set[UUID]:
+        """The runs this worker has taken and not yet let go of (Prefect's, and the host's slots)."""
+        slots = cast(RunSlots | None, getattr(self, "slots", None))
+        held = cast(Collection[UUID], slots.held if slots is not None else ())
+        return set(getattr(self, "_submitting_flow_run_ids", ())) | set(held)
+
+    async def _get_scheduled_flow_runs(self) -> list[Any]:
+        runs = await super()._get_scheduled_flow_runs()  # type: ignore[misc]
+        self.answered_empty_at = None if runs else time.monotonic()
+        return cast(list[Any], runs)
+
+
+class HostedDockerWorker(_PolledByHost, _LabelsAside, _CountsRuns, StandbyDockerWorker):
     @classmethod
     def __dispatch_key__(cls) -> str:  # one class per key in Prefect's registry: see StandbyDockerWorker's
         return "ariel-hosted-docker"
@@ -333,7 +386,7 @@ class _NoHooks(HookRunner):
         return None
 
 
-class HostedProcessWorker(_LabelsAside, _CountsRuns, ProcessWorker):
+class HostedProcessWorker(_PolledByHost, _LabelsAside, _CountsRuns, ProcessWorker):
     job_configuration = _EngineInThisInterpreter
 
     async def run(self, flow_run: FlowRun, configuration: ProcessJobConfiguration,
@@ -400,21 +453,23 @@ async def ariel_pools(client: PrefectClient, pool_type: PoolType, prefix: str) -
     raise AssertionError("unreachable")
 
 
-async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: float) -> list[str]:
-    """Which of `pools` have a run scheduled to start within `within` seconds, the longest due first: one query
-    across them all.
+async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: float) -> dict[str, set[UUID]]:
+    """Which of `pools` have a run scheduled to start within `within` seconds, with those runs' ids, the pool whose
+    first run is the longest due first: one query across them all.
 
-    Only a hint of which workers to start: each worker then asks for its own pool's runs as Prefect hands them
+    Only a hint of which workers to wake: each worker then asks for its own pool's runs as Prefect hands them
     out (pauses, concurrency limits and queue priorities applied). Named, not by type: runs that no worker of
     this host would be handed (another install's, an org's own hardware's while it is offline) must not fill
     the page; and paged, so that pools stuck behind their concurrency limit cannot either.
     """
-    due: dict[str, None] = {}  # in the order of their first run's time
+    due: dict[str, set[UUID]] = {}  # in the order of their first run's time
     for offset in itertools.count(0, PAGE):
         runs = await _scheduled(client, pools, within, limit=PAGE, offset=offset)
-        due |= dict.fromkeys(run.work_pool_name for run in runs if run.work_pool_name)
+        for run in runs:
+            if run.work_pool_name:
+                due.setdefault(run.work_pool_name, set()).add(run.id)
         if len(runs) < PAGE or offset >= MAX_DUE_PAGES * PAGE:
-            return list(due)
+            return due
     raise AssertionError("unreachable")
 
 
@@ -493,7 +548,10 @@ class PoolHost:
     A stock worker asks Prefect for its pool's runs every second and syncs every 30 s: a worker for each of
     1,000 orgs' pools would cost ~1,000 requests a second with nothing to do. So a pool has a worker while
     it has a run due (found by one query across every pool, `pools_with_runs_due`) or in flight, and the
-    `idle_workers` pools most recently busy keep theirs, warm standby included, for the next run;
+    `idle_workers` pools most recently busy keep theirs, warm standby included, for the next run. Those warm
+    workers poll on their own (a run made in chat is handed to them at once, see the gateway's hold); every other
+    worker asks Prefect only when that one query finds a run due in its pool, and only while the host has a slot
+    free for it (`_wake_due`);
     the host itself sends the other pools' worker heartbeats, spread to at most `HEARTBEATS_PER_SECOND`, so
     that Prefect's UI and Ariel's diagnosis still see each pool served (not one whose worker died and waits to
     be started again: that one shows as not polling).
@@ -524,7 +582,8 @@ class PoolHost:
         self.beaten_at: dict[str, float] = {}  # the last heartbeat of a pool without a worker
         self.listed_at = -math.inf
         self.discovered_at = -math.inf
-        self.last_due: list[str] = []
+        self.last_due: dict[str, set[UUID]] = {}
+        self.woken_for: dict[str, set[UUID]] = {}  # the runs due in each pool when its worker was last woken
         self.max_runs = max_runs
         self.coming: Coming = {}
         self.forecast_at = -math.inf
@@ -549,23 +608,25 @@ class PoolHost:
         now = time.monotonic()
         await self._list(now)
         await self.discover(now)
-        due_order = await self._due()
+        due_runs = await self._due()
         counted = await self._forecast(now)
-        due = set(due_order)
+        due = set(due_runs)
         busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
         for pool in due | busy:
             self.busy_at[pool] = now
-        favoured = self._favoured() | (self.coming.keys() & self.pools.keys())
+        warm = self._favoured()
+        favoured = warm | (self.coming.keys() & self.pools.keys())
         wanted = self._wanted(due, busy, favoured, now)
         # A worker started for a run due could take none while every slot is held: it would only poll.
         free = int(self.slots.available_tokens)
         # The longest due first: under a backlog, the slots freed go to the pools that have waited longest.
-        rank = {pool: index for index, pool in enumerate(due_order)}
+        rank = {pool: index for index, pool in enumerate(due_runs)}
         for pool in sorted(wanted - self.running.keys(),
                            key=lambda pool: (pool not in favoured, rank.get(pool, len(rank)), pool)):
             if self.retry_at.get(pool, 0) <= now and (pool in favoured or free > 0):
                 free -= pool not in favoured
                 self._start(pool)
+        self._wake_due(due_runs, warm, now)
         standing = {pool: worker for pool, (_, worker) in self.running.items()
                     if isinstance(worker, StandbyDockerWorker)}
         for pool, docker_worker in standing.items():
@@ -601,8 +662,8 @@ class PoolHost:
             return
         self.listed_at = self.discovered_at = now  # the listing found every new pool: no query for them this pass
         for pool in self.pools.keys() - listed.keys():
-            for times in (self.busy_at, self.beaten_at):
-                times.pop(pool, None)
+            for facts in (self.busy_at, self.beaten_at, self.woken_for):
+                facts.pop(pool, None)
         self.pools = listed
 
     async def discover(self, now: float) -> None:
@@ -621,17 +682,50 @@ class PoolHost:
         except Exception as exc:  # as `_list`: the next listing finds it all the same
             print(f"could not look for new pools with runs due ({type(exc).__name__}); retrying", flush=True)
 
-    async def _due(self) -> list[str]:
-        # Pools with a worker need no hint; a paused pool's runs stay scheduled, and its worker would be handed none.
-        asked = sorted(pool for pool, facts in self.pools.items() if pool not in self.running and not facts.paused)
+    async def _due(self) -> dict[str, set[UUID]]:
+        """The runs due within the prefetch window, by pool, the longest due first (`pools_with_runs_due`): every
+        unpaused pool's, served or not (a paused pool's runs stay scheduled, and its worker would be handed none)."""
+        asked = sorted(pool for pool, facts in self.pools.items() if not facts.paused)
         if self.exact or not asked:
-            return []
+            return {}
         try:
             self.last_due = await pools_with_runs_due(self.client, asked, self.prefetch_seconds)
         except Exception as exc:  # as above: the workers running go on; the pools last seen due keep theirs
             print(f"could not look for runs due ({type(exc).__name__}); retrying", flush=True)
         known = set(asked) | self.running.keys()
-        return [pool for pool in self.last_due if pool in known]
+        return {pool: runs for pool, runs in self.last_due.items() if pool in known}
+
+    def _wake_due(self, due: dict[str, set[UUID]], warm: set[str], now: float) -> None:
+        """Which workers ask Prefect for their pool's runs, and wake those of the pools with runs due.
+
+        The `warm` pools' workers poll on their own (`_PolledByHost`); the others are woken, the pool longest due
+        first, while the host has slots free for their runs: a backlog's runs wait in Prefect, and each slot that
+        frees goes to the pool that has waited longest, one poll for it. A pool whose last poll Prefect answered
+        with nothing (its concurrency limit reached, say) is woken again only after `REWAKE_SECONDS`, or for a run
+        not due at its last wake.
+        """
+        for pool, (_, worker) in self.running.items():
+            host_polls = not self.exact and pool not in warm
+            if worker.host_polls and not host_polls:
+                worker.wake()  # it waited for the host: it polls on its own from now
+            worker.host_polls = host_polls
+        free = int(self.slots.available_tokens)
+        for pool, runs in due.items():
+            if free <= 0:
+                return
+            entry = self.running.get(pool)
+            if entry is None or not entry[1].host_polls:
+                continue
+            worker = entry[1]
+            # Runs it has taken already may still show as scheduled: Pending is proposed as the run is submitted.
+            waiting = runs - worker.in_hand()
+            empty_at = worker.answered_empty_at
+            if not waiting or (empty_at is not None and now - empty_at < REWAKE_SECONDS
+                               and waiting <= self.woken_for.get(pool, set())):
+                continue
+            worker.wake()
+            self.woken_for[pool] = waiting
+            free -= len(waiting)
 
     async def _want_standbys(self, pool: str, worker: StandbyDockerWorker) -> None:
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,7 +23,7 @@ from uuid import UUID
 import anyio
 import pytest
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.objects import Worker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from starlette.requests import Request
@@ -289,6 +291,85 @@ async def test_a_run_whose_deployment_prefect_fails_to_read_is_taken_again_and_t
     assert not [line for line in log if line.startswith("worker of ")], "the pool's worker never stopped"
 
 
+def _polls_of(polls: list[tuple[float, str]], prefix: str, since: float, until: float = math.inf) -> int:
+    return sum(since <= at < until and prefix in path for at, path in polls)
+
+
+async def test_past_the_warm_pools_a_worker_asks_for_its_pools_runs_only_when_the_host_finds_one_due(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """A stock worker asks Prefect for its pool's runs every second, run or no run. Past the pools the host keeps
+    warm (none here), a pool's worker asks only when the host's one query across pools finds a run due in it:
+    while it lingers after a run, it asks nothing, and a run made then is still taken."""
+    polls: list[tuple[float, str]] = []
+
+    async def around(request: Request, forward: Forward) -> Response:
+        if request.url.path.endswith("/get_scheduled_flow_runs"):
+            polls.append((time.monotonic(), request.url.path))
+        return await forward()  # type: ignore[no-any-return]  # a starlette Response
+
+    async with _hi_agent(prefect_api, tmp_path, around, options=("--idle-workers", "0")) as (url, owner, prefix):
+        first = await call(url, owner, "run_agent", agent="hi", wait_seconds=120)
+        quiet_from = time.monotonic()
+        await asyncio.sleep(6)  # within the worker's linger (10 s) after its run
+        quiet_until = time.monotonic()
+        lingering = not any(f"work pool {prefix}" in line and "is idle" in line for line in _read(tmp_path))
+        second = await call(url, owner, "run_agent", agent="hi", wait_seconds=120)
+    assert [(first["state"], first["result"]), (second["state"], second["result"])] == [("Completed", "hi")] * 2
+    assert lingering, "the worker stopped before the quiet window ended: nothing was measured"
+    assert _polls_of(polls, prefix, quiet_from, quiet_until) == 0
+    assert _polls_of(polls, prefix, 0) <= 4  # about one for each run due (a stock worker: one a second)
+
+
+async def test_a_pool_whose_concurrency_limit_holds_its_run_back_is_asked_again_only_every_few_seconds(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """A run due that Prefect does not hand out (the pool's concurrency limit reached) keeps showing in the host's
+    query: its pool's worker asks again at most every `REWAKE_SECONDS`, not every second, and the run starts once
+    the limit lets it."""
+    from deployments.pools.worker_host import REWAKE_SECONDS
+
+    home = tmp_path / "home"
+    prefix = install_prefix(await install_id(home))
+    owner = "dev:ann:north:owner"
+    polls: list[tuple[float, str]] = []
+    Holding.seen.clear()
+    Holding.release.clear()
+
+    async def around(request: Request, forward: Forward) -> Response:
+        if request.url.path.endswith("/get_scheduled_flow_runs"):
+            polls.append((time.monotonic(), request.url.path))
+        return await forward()  # type: ignore[no-any-return]  # a starlette Response
+
+    with http_service(Holding) as service, prefect_proxy(prefect_api, around) as proxied, \
+            started_worker_host(proxied, prefix, tmp_path, options=("--idle-workers", "0")), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        agent = await call(url, owner, "create_agent", name="Fetch", instructions="x", model="ariel/scripted",
+                           tools=["http_request"], allowed_hosts=[service],
+                           script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/a"}},
+                                   {"reply": "{last_tool_result}"}])
+        await call(url, owner, "update_agent", agent="fetch", action="approve")
+        async with PrefectClient(prefect_api) as prefect:
+            await prefect.update_work_pool(agent["work_pool"], WorkPoolUpdate(concurrency_limit=1))
+            holding = await call(url, owner, "run_agent", agent="fetch", wait_seconds=0)
+            wait_until(lambda: bool(Holding.seen), 120, "the first run to reach the service")
+            waiting = await call(url, owner, "run_agent", agent="fetch", wait_seconds=0)
+            window_from = time.monotonic()
+            await asyncio.sleep(3 * REWAKE_SECONDS)
+            window_until = time.monotonic()
+            held_back = await _state_name(prefect, UUID(waiting["id"]))
+            released_at = datetime.now(UTC)
+            Holding.release.set()
+            ended = [await wait_for_state(partial(_state_name, prefect, UUID(run["id"])), "Completed", 120)
+                     for run in (holding, waiting)]
+            started = (await prefect.read_flow_run(UUID(waiting["id"]))).start_time
+    assert held_back in ("Scheduled", "Late")
+    assert ended == ["Completed", "Completed"]
+    assert started is not None and started > released_at
+    # A stock worker: ~15 asks in the window. Woken for the new run, then again every REWAKE_SECONDS at most.
+    assert _polls_of(polls, prefix, window_from, window_until) <= 5
+
+
 async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(prefect_api: str, tmp_path: Path) -> None:
     """Prefect's worker labels each run with its name before starting it; on SQLite that write is answered 503 at
     once whenever another write lands in between, and Prefect's client asks again after 2, 4, 8 s. The worker host
@@ -340,14 +421,16 @@ async def test_a_run_whose_worker_labels_prefect_refuses_runs_all_the_same(prefe
 
 
 @asynccontextmanager
-async def _hi_agent(prefect_api: str, tmp_path: Path, around: Callable[[Request, Forward], Awaitable[Response]]
-                    ) -> AsyncIterator[tuple[str, str, str]]:
-    """A reply-only agent `hi`, approved, whose org's worker host reaches Prefect through a proxy that hands each
-    request to `around`; yields the app's URL, the agent's owner and the install's pool prefix."""
+async def _hi_agent(prefect_api: str, tmp_path: Path, around: Callable[[Request, Forward], Awaitable[Response]],
+                    options: tuple[str, ...] = ()) -> AsyncIterator[tuple[str, str, str]]:
+    """A reply-only agent `hi`, approved, whose org's worker host (started with `options`) reaches Prefect through a
+    proxy that hands each request to `around`; yields the app's URL, the agent's owner and the install's pool
+    prefix."""
     home = tmp_path / "home"
     prefix = install_prefix(await install_id(home))
     owner = "dev:ann:north:owner"
-    with prefect_proxy(prefect_api, around) as proxied, started_worker_host(proxied, prefix, tmp_path), \
+    with prefect_proxy(prefect_api, around) as proxied, \
+            started_worker_host(proxied, prefix, tmp_path, options=options), \
             serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
         await call(url, owner, "create_agent", name="Hi", instructions="x", model="ariel/scripted",
                    script=[{"reply": "hi"}])
