@@ -117,6 +117,9 @@ class Ownership:
         self._superseded: Cache[tuple[UUID, int | None, int], bool] = Cache(ttl=ATTEMPT_TTL_SECONDS)
         # A 1-tuple, as the cache answers None for "not known": `(None,)` is "live when last read".
         self._over: Cache[tuple[UUID, int | None, int], tuple[NotLive | None]] = Cache(ttl=ATTEMPT_TTL_SECONDS)
+        # A run's configuration as last read, for the checks that need only its names (an artifact's key): a run
+        # publishes three to five artifacts in its first seconds, one Prefect read for them all.
+        self._configs: Cache[UUID, tuple[dict[str, Any] | None]] = Cache(ttl=ATTEMPT_TTL_SECONDS)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         answer = await self._upstream.get(path)
@@ -154,6 +157,15 @@ class Ownership:
                       run_count=run_count if isinstance(run_count, int) else 0,
                       generation=attempt_of(body.get("labels") if isinstance(body.get("labels"), dict) else None),
                       pool=body.get("work_pool_name") if isinstance(body.get("work_pool_name"), str) else None)
+
+    async def config(self, run_id: UUID) -> dict[str, Any] | None:
+        """The run's `config` parameter, read at most every `ATTEMPT_TTL_SECONDS` (None: no run, or no config)."""
+        known = self._configs.get(run_id)
+        if known is not None:
+            return known[0]
+        now = await self.run_now(run_id)
+        config = now.parameters.get("config") if now is not None else None
+        return self._configs.put(run_id, (config if isinstance(config, dict) else None,))[0]
 
     async def superseded(self, scope: RunScope, fresh: bool = False) -> bool:
         """Whether a later attempt of the token's run has begun (for a run's writes: read at most every few

@@ -363,10 +363,8 @@ class Rules:
         if key is not None:
             # Keys are global in Prefect, and the UI's Artifacts page shows the latest of each as its card: a run
             # may publish under its own org's and agent's names only, never on another org's agent's card.
-            now = await self.ownership.run_now(scope.run_id)
-            config = now.parameters.get("config") if now is not None else None
-            names = artifact_names(config.get("org_slug"), str(config.get("name") or "")) \
-                if isinstance(config, dict) else ""
+            config = await self.ownership.config(scope.run_id)
+            names = artifact_names(config.get("org_slug"), str(config.get("name") or "")) if config is not None else ""
             if key not in {name for kind in RUN_ARTIFACT_KINDS for name in (kind, artifact_key(kind, names))}:
                 return refused(f"the artifact key {str(key)[:80]!r}, not one of its own agent's", scope)
         return THROUGH
