@@ -313,12 +313,15 @@ class _PolledByHost:
 
     `host_polls` off, the stock polling: an org's own hardware (one pool, no host query), and the pools the host
     keeps warm, whose empty polls the gateway holds until a run made in chat wakes them (no second of host pass in
-    between)."""
+    between). The gateway holds any worker's empty poll so, a woken one's too: the host wakes no worker whose poll
+    is under way."""
 
     host_polls = False
     WAIT_SECONDS = 30.0  # how long one turn of the stock poll loop waits for a wake: any longer changes nothing
     _wakes: asyncio.Event | None = None
     answered_empty_at: float | None = None  # when Prefect last handed this worker nothing (`time.monotonic`)
+    # A poll under way: through the gateway, one that finds nothing is held up to 5 s (for a run made in chat).
+    polling = False
 
     def wake(self) -> None:
         """Have the worker ask Prefect for its pool's runs now (at once if it waits for a wake; else after its
@@ -337,17 +340,22 @@ class _PolledByHost:
                 await wakes.wait()
             if not wakes.is_set():  # the loop turns, and the worker waits again (or polls, if no longer host-polled)
                 return []
-        wakes.clear()
+        if getattr(self, "_has_successfully_synced", False):  # else Prefect's returns at once, asking nothing:
+            wakes.clear()  # the wake stands for the loop's next turn
         return cast(list[FlowRun], await super().get_and_submit_flow_runs())  # type: ignore[misc]  # the worker's
 
     def in_hand(self) -> set[UUID]:
-        """The runs this worker has taken and not yet let go of (Prefect's, and the host's slots)."""
-        slots = cast(RunSlots | None, getattr(self, "slots", None))
-        held = cast(Collection[UUID], slots.held if slots is not None else ())
-        return set(getattr(self, "_submitting_flow_run_ids", ())) | set(held)
+        """The runs this worker has taken and is still handing over: Scheduled in Prefect until their Pending is
+        recorded. (Not the runs its slots hold: a run crashed and retried is Scheduled again while its first
+        attempt's container still holds a slot, and the retry must be taken.)"""
+        return set(getattr(self, "_submitting_flow_run_ids", ()))
 
     async def _get_scheduled_flow_runs(self) -> list[Any]:
-        runs = await super()._get_scheduled_flow_runs()  # type: ignore[misc]
+        self.polling = True
+        try:
+            runs = await super()._get_scheduled_flow_runs()  # type: ignore[misc]
+        finally:
+            self.polling = False
         self.answered_empty_at = None if runs else time.monotonic()
         return cast(list[Any], runs)
 
@@ -612,7 +620,9 @@ class PoolHost:
         counted = await self._forecast(now)
         due = set(due_runs)
         busy = {pool for pool, (_, worker) in self.running.items() if worker.busy}
-        for pool in due | busy:
+        # Not a pool whose worker has yet to take its run due: held back by its concurrency limit, it would keep a
+        # warm place (and poll on its own) on the strength of a run it cannot take.
+        for pool in (due - self.running.keys()) | busy:
             self.busy_at[pool] = now
         warm = self._favoured()
         favoured = warm | (self.coming.keys() & self.pools.keys())
@@ -702,7 +712,8 @@ class PoolHost:
         first, while the host has slots free for their runs: a backlog's runs wait in Prefect, and each slot that
         frees goes to the pool that has waited longest, one poll for it. A pool whose last poll Prefect answered
         with nothing (its concurrency limit reached, say) is woken again only after `REWAKE_SECONDS`, or for a run
-        not due at its last wake.
+        not due at its last wake. Past the runs one pass reads (`MAX_DUE_PAGES`), a backlog may hide a served pool's
+        run: every host-polled worker is then woken too, at the same pace.
         """
         for pool, (_, worker) in self.running.items():
             host_polls = not self.exact and pool not in warm
@@ -710,7 +721,9 @@ class PoolHost:
                 worker.wake()  # it waited for the host: it polls on its own from now
             worker.host_polls = host_polls
         free = int(self.slots.available_tokens)
-        for pool, runs in due.items():
+        read_all = sum(len(runs) for runs in due.values()) < (MAX_DUE_PAGES + 1) * PAGE
+        hidden = {} if read_all else {pool: set[UUID]() for pool in self.running.keys() - due.keys()}
+        for pool, runs in (due | hidden).items():
             if free <= 0:
                 return
             entry = self.running.get(pool)
@@ -720,12 +733,13 @@ class PoolHost:
             # Runs it has taken already may still show as scheduled: Pending is proposed as the run is submitted.
             waiting = runs - worker.in_hand()
             empty_at = worker.answered_empty_at
-            if not waiting or (empty_at is not None and now - empty_at < REWAKE_SECONDS
-                               and waiting <= self.woken_for.get(pool, set())):
+            if (not waiting and pool not in hidden) or worker.polling or (
+                    empty_at is not None and now - empty_at < REWAKE_SECONDS
+                    and waiting <= self.woken_for.get(pool, set())):
                 continue
             worker.wake()
             self.woken_for[pool] = waiting
-            free -= len(waiting)
+            free -= max(1, len(waiting))
 
     async def _want_standbys(self, pool: str, worker: StandbyDockerWorker) -> None:
         try:

@@ -159,12 +159,17 @@ class Ownership:
                       pool=body.get("work_pool_name") if isinstance(body.get("work_pool_name"), str) else None)
 
     async def config(self, run_id: UUID) -> dict[str, Any] | None:
-        """The run's `config` parameter, read at most every `ATTEMPT_TTL_SECONDS` (None: no run, or no config)."""
+        """The run's `config` parameter, read at most every `ATTEMPT_TTL_SECONDS` (None: no run, or no config).
+
+        Cached, unlike `run_now`'s parameters, for checks that need only the names in it: the gateway lets no run or
+        worker change a run's parameters, so a copy a few seconds old names the same agent."""
         known = self._configs.get(run_id)
         if known is not None:
             return known[0]
         now = await self.run_now(run_id)
-        config = now.parameters.get("config") if now is not None else None
+        if now is None:  # not cached: a run Prefect has not answered for is asked again
+            return None
+        config = now.parameters.get("config")
         return self._configs.put(run_id, (config if isinstance(config, dict) else None,))[0]
 
     async def superseded(self, scope: RunScope, fresh: bool = False) -> bool:
