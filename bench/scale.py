@@ -88,8 +88,13 @@ def worker_host_pid(pool_host: ArielUp) -> int | None:
 def request_rate(counter: Counter, seconds: float) -> tuple[float, dict[str, int]]:
     before, routes = counter.requests, dict(counter.by_route)
     time.sleep(seconds)
+    return (counter.requests - before) / seconds, routes_since(counter, routes)
+
+
+def routes_since(counter: Counter, routes: dict[str, int]) -> dict[str, int]:
+    """The requests by route since the counter held `routes` (a copy of its `by_route`), the routes asked since."""
     delta = {route: count - routes.get(route, 0) for route, count in counter.by_route.items()}
-    return (counter.requests - before) / seconds, {route: n for route, n in delta.items() if n}
+    return {route: n for route, n in delta.items() if n}
 
 
 def daily_cron(now: datetime) -> str:
@@ -356,9 +361,7 @@ def main() -> None:
                 peak = max(peak, rss_mib(worker_host_pid(stack["pool_host"])) or 0.0)
                 time.sleep(5)
             figures["load_rate"] = (stack["counter"].requests - load_count) / (time.monotonic() - load_began)
-            figures["load_routes"] = {route: count - load_routes.get(route, 0)
-                                      for route, count in stack["counter"].by_route.items()
-                                      if count > load_routes.get(route, 0)}
+            figures["load_routes"] = routes_since(stack["counter"], load_routes)
             figures["peak_rss"] = peak
             figures["runs"] = asyncio.run(run_lateness(stack["api_url"], stack["auth"], since, until))
             figures["reads"] = asyncio.run(read_latencies(stack["url"], 0))
@@ -396,12 +399,11 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         print(row("resident memory under load (peak)", f"{figures['peak_rss']:.0f} MiB", "", ""))
         # The runs' own calls pass the proxy too: they inherit the pool host's Prefect address.
         print(row("requests a second under load, its runs' included", f"{figures['load_rate']:.1f}", "", ""))
-    if figures.get("idle_routes"):
-        top = sorted(figures["idle_routes"].items(), key=lambda item: -item[1])[:6]
-        print("\nidle requests by route over the window: " + ", ".join(f"{route} {n}" for route, n in top))
-    if figures.get("load_routes"):
-        top = sorted(figures["load_routes"].items(), key=lambda item: -item[1])[:10]
-        print("\nrequests by route under load: " + ", ".join(f"{route} {n}" for route, n in top))
+    for key, shown, title in (("idle_routes", 6, "idle requests by route over the window"),
+                              ("load_routes", 10, "requests by route under load")):
+        if figures.get(key):
+            top = sorted(figures[key].items(), key=lambda item: -item[1])[:shown]
+            print(f"\n{title}: " + ", ".join(f"{route} {n}" for route, n in top))
     runs: list[tuple[datetime, float | None]] = figures.get("runs", [])
     if runs:
         ran, early, late_ones = lateness(runs), lateness(runs, "first"), lateness(runs, "last")

@@ -94,6 +94,7 @@ ORPHAN_SECONDS = 10.0
 LIST_SECONDS = 2.0  # pools listed again this often while they fit in one page (a desktop, a small install)
 LIST_SECONDS_MANY = 10.0  # and this often past it: one query per page (a new org's run due is found sooner: `discover`)
 MAX_DUE_PAGES = 5  # a backlog of more due runs than this many pages waits for the next pass
+MAX_DUE_RUNS = (MAX_DUE_PAGES + 1) * PAGE  # so the most runs one pass reads (its first page, and that many more)
 REWAKE_SECONDS = 5.0  # a pool Prefect handed nothing at its last poll, its runs due all the same, waits this long
 COMING_SECONDS = 90.0
 """Runs scheduled this soon get a standby container each, started after the burst before them. Past a minute: a
@@ -476,7 +477,7 @@ async def pools_with_runs_due(client: PrefectClient, pools: list[str], within: f
         for run in runs:
             if run.work_pool_name:
                 due.setdefault(run.work_pool_name, set()).add(run.id)
-        if len(runs) < PAGE or offset >= MAX_DUE_PAGES * PAGE:
+        if len(runs) < PAGE or offset + PAGE >= MAX_DUE_RUNS:
             return due
     raise AssertionError("unreachable")
 
@@ -712,7 +713,7 @@ class PoolHost:
         first, while the host has slots free for their runs: a backlog's runs wait in Prefect, and each slot that
         frees goes to the pool that has waited longest, one poll for it. A pool whose last poll Prefect answered
         with nothing (its concurrency limit reached, say) is woken again only after `REWAKE_SECONDS`, or for a run
-        not due at its last wake. Past the runs one pass reads (`MAX_DUE_PAGES`), a backlog may hide a served pool's
+        not due at its last wake. Past the runs one pass reads (`MAX_DUE_RUNS`), a backlog may hide a served pool's
         run: every host-polled worker is then woken too, at the same pace.
         """
         for pool, (_, worker) in self.running.items():
@@ -721,7 +722,7 @@ class PoolHost:
                 worker.wake()  # it waited for the host: it polls on its own from now
             worker.host_polls = host_polls
         free = int(self.slots.available_tokens)
-        read_all = sum(len(runs) for runs in due.values()) < (MAX_DUE_PAGES + 1) * PAGE
+        read_all = sum(len(runs) for runs in due.values()) < MAX_DUE_RUNS
         hidden = {} if read_all else {pool: set[UUID]() for pool in self.running.keys() - due.keys()}
         for pool, runs in (due | hidden).items():
             if free <= 0:
