@@ -4,7 +4,8 @@ What runs, all on this machine: Prefect's server on PostgreSQL, the app (`ariel 
 PostgreSQL, and one `ariel pool-host` reaching the app's gateway through a counting proxy. `--orgs` orgs get
 `--agents` reply-only agents each, made and approved through MCP; all are scheduled daily at an hour that does
 not come during the benchmark, except one agent in each of the first `--every-minute` orgs, made after the idle
-measurement and scheduled every minute. Printed:
+measurement and scheduled every minute (`--minutely interval`, the default: `interval_seconds: 60`, which Ariel
+spreads over the minute by agent; `--minutely cron`: `* * * * *`, all due in the minute's first second). Printed:
 - the pool host's idle request rate (requests a second it sends, through the proxy) and its resident memory;
 - beside it the baseline: Prefect's default, a `prefect worker start` per pool, measured on `--baseline-pools`
   pools through the same kind of proxy and scaled to `--orgs` pools;
@@ -16,6 +17,7 @@ Every process, container and database it starts is stopped or removed at the end
 (the install's pools carry a prefix of their own: a fresh store's installation id).
 
 Usage: python bench/scale.py [--orgs 1000] [--agents 10] [--every-minute 20] [--minutes 10] [--worker-type docker]
+                             [--minutely interval|cron]
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ from tests.support import (  # noqa: E402
     wait_until,
 )
 
+# Per-minute schedules: an interval, which Ariel starts at each agent's own second (`compiler.interval_phase`), or
+# a cron line, which falls due for every agent in the same second: a burst of `--every-minute` runs.
+MINUTELY: dict[str, dict[str, Any]] = {"interval": {"interval_seconds": 60}, "cron": {"cron": "* * * * *"}}
 IDLE_SETTLE_SECONDS = 60  # the pool host started, every pool listed and heartbeaten once at the most
 READ_CALLS = 30
 
@@ -319,6 +324,8 @@ def main() -> None:
     parser.add_argument("--baseline-pools", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4, help="orgs made at once")
     parser.add_argument("--worker-type", choices=["docker", "process"], default="docker")
+    parser.add_argument("--minutely", choices=sorted(MINUTELY), default="interval",
+                        help="how the per-minute agents are scheduled: spread over the minute, or all at its start")
     args = parser.parse_args()
     # A `timeout` or a CI job stops it with SIGTERM: stopped like Ctrl-C, it removes what it started and prints
     # what it measured (a run of this one was killed so, its stack and 140 containers left behind).
@@ -347,7 +354,7 @@ def main() -> None:
             print(f"  idle: {figures['idle_rate']:.1f} requests/s, {figures['idle_rss'] or 0:.0f} MiB", flush=True)
 
             minutely, minutely_failed = asyncio.run(make_agents(
-                stack["url"], minutely_orgs, 1, {"cron": "* * * * *"}, "minutely", args.concurrency,
+                stack["url"], minutely_orgs, 1, MINUTELY[args.minutely], "minutely", args.concurrency,
                 "per-minute agents"))
             figures["minutely"] = (minutely, minutely_failed)
             now = datetime.now(UTC)
@@ -409,7 +416,8 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         ran, early, late_ones = lateness(runs), lateness(runs, "first"), lateness(runs, "last")
         expected = min(args.every_minute, args.orgs) * math.ceil(args.minutes)
         print()
-        print(f"| {len(runs)} runs due ({expected} expected), every minute | p50 | p95 | p99 | never ran |")
+        print(f"| {len(runs)} runs due ({expected} expected), every minute ({args.minutely}) | p50 | p95 | p99 "
+              "| never ran |")
         print("| --- | --- | --- | --- | --- |")
         print(row("due time to Running", seconds(ran.percentile(0.5)), seconds(ran.percentile(0.95)),
                   seconds(ran.percentile(0.99)), ran.timeouts))

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,8 +53,12 @@ Schedule = CronSchedule | IntervalSchedule
 # What runs of an agent accept; Prefect enforces it on every run.
 PARAMETER_SCHEMA: dict[str, Any] = parameter_schema(agent_run).model_dump_for_openapi()
 # Prefect anchors an interval at "now" by default, which would make every
-# compile differ; a fixed anchor also lands hourly runs on the hour.
+# compile differ; a fixed anchor also lands hourly runs in the hour's first minute.
 INTERVAL_ANCHOR = datetime(2020, 1, 1, tzinfo=UTC)
+# Each agent's interval starts this many seconds at most after the anchor, fixed by its id (as Jenkins's `H`):
+# agents on the same interval then fall due spread over a minute rather than in one second, which on a small
+# machine is the difference between starting each at once and starting the last of a burst a minute late.
+INTERVAL_SPREAD_SECONDS = 60
 # Slugged schedules can later be patched in place (pause/resume) by slug.
 SCHEDULE_SLUG = "agent"
 
@@ -81,11 +86,25 @@ class DesiredDeployment:
     paused: bool = False
 
 
-def to_prefect_schedule(schedule: ScheduleSpec) -> Schedule:
+def to_prefect_schedule(schedule: ScheduleSpec, agent_id: str) -> Schedule:
+    """A cron line falls due exactly when it says; an interval at its agent's own second (`interval_phase`)."""
     if schedule.cron is not None:
         return CronSchedule(cron=schedule.cron, timezone=schedule.timezone)
     assert schedule.interval_seconds is not None  # ScheduleSpec guarantees one kind
-    return IntervalSchedule(interval=timedelta(seconds=schedule.interval_seconds), anchor_date=INTERVAL_ANCHOR)
+    phase = interval_phase(agent_id, schedule.interval_seconds)
+    return IntervalSchedule(interval=timedelta(seconds=schedule.interval_seconds),
+                            anchor_date=INTERVAL_ANCHOR + timedelta(seconds=phase))
+
+
+def interval_phase(agent_id: str, interval_seconds: int) -> int:
+    """Seconds after `INTERVAL_ANCHOR` at which the agent's interval starts: the same for every version of the agent
+    (a redeploy moves nothing), below `INTERVAL_SPREAD_SECONDS` and below the interval.
+
+    >>> interval_phase("a" * 32, 3600) == interval_phase("a" * 32, 3600) < INTERVAL_SPREAD_SECONDS
+    True
+    """
+    digest = hashlib.sha256(agent_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % min(interval_seconds, INTERVAL_SPREAD_SECONDS)
 
 
 def compile_agent(
@@ -109,7 +128,7 @@ def compile_agent(
         parameters={"config": signer.sign(config).model_dump(mode="json")},
         tags=sorted({"ariel", org_tag(target.org_id), org_name_tag(org_slug), f"agent:{config.agent_id}"}),
         description=f"Ariel agent {config.name!r}, version {config.version}",
-        schedules=[to_prefect_schedule(schedule)] if schedule else [],
+        schedules=[to_prefect_schedule(schedule, config.agent_id)] if schedule else [],
         paused=paused,
     )
 

@@ -493,7 +493,7 @@ class AgentService:
             view.next_runs = [run.expected_start_time for run in upcoming if run.expected_start_time]
         if not view.next_runs and view.status == "active" and spec.schedule is not None and record.deployment_id:
             # Approved or rescheduled in the last minute: Prefect's scheduler has not made its runs yet.
-            view.next_runs = await next_times(spec.schedule, datetime.now(UTC))
+            view.next_runs = await next_times(spec.schedule, record.id, datetime.now(UTC))
         view.health = _health(view.recent_runs)
         return view
 

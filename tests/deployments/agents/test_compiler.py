@@ -13,9 +13,18 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Scheduled
 
-from deployments.agents.compiler import DeploymentTarget, apply, compile_agent, remove
+from deployments.agents.compiler import (
+    INTERVAL_ANCHOR,
+    INTERVAL_SPREAD_SECONDS,
+    DeploymentTarget,
+    apply,
+    compile_agent,
+    interval_phase,
+    remove,
+)
+from deployments.agents.forecast import next_times
 from deployments.agents.signing import Ed25519ConfigSigner
-from deployments.agents.spec import AgentSpec
+from deployments.agents.spec import AgentSpec, ScheduleSpec
 from deployments.pools.work_pools import docker_job_template, ensure_pool, process_job_template
 from flows.signing import VERIFY_KEY_ENV, verify
 from tests.deployments.agents.conftest import ORG_ID
@@ -125,6 +134,27 @@ async def test_an_interval_schedule_keeps_its_period(client: PrefectClient, targ
     assert schedule.schedule.interval.total_seconds() == 900
 
 
+async def test_agents_on_the_same_interval_fall_due_at_seconds_of_their_own(
+    client: PrefectClient, target: DeploymentTarget
+) -> None:
+    """Sixty agents every minute are sixty runs spread over the minute, not one burst in its first second; an
+    hourly agent still runs in the hour's first minute, and a new version of an agent keeps its second."""
+    seconds = []
+    for number in range(6):
+        agent_id = str(number) * 32
+        deployment_id = await apply(client, desired(target, agent_id, schedule={"interval_seconds": 60}))
+        [schedule] = await client.read_deployment_schedules(deployment_id)
+        assert isinstance(schedule.schedule, IntervalSchedule)
+        offset = schedule.schedule.anchor_date.timestamp() - INTERVAL_ANCHOR.timestamp()
+        assert offset == interval_phase(agent_id, 60) and 0 <= offset < INTERVAL_SPREAD_SECONDS
+        seconds.append(offset)
+        await apply(client, desired(target, agent_id, version=2, schedule={"interval_seconds": 3600}))
+        [hourly] = await client.read_deployment_schedules(deployment_id)
+        assert isinstance(hourly.schedule, IntervalSchedule)
+        assert hourly.schedule.anchor_date == schedule.schedule.anchor_date
+    assert len(set(seconds)) > 1, seconds
+
+
 async def test_the_docker_pool_fixes_what_a_deployment_must_not_override(client: PrefectClient) -> None:
     name = f"test-docker-{uuid4().hex[:8]}"
     template = docker_job_template(image="ariel-runtime:local", org_id=ORG_ID)
@@ -146,7 +176,8 @@ async def test_prefects_scheduler_creates_runs_for_a_scheduled_agent(
     # Fails with SQLAlchemy 2.1, whose bulk-DML change breaks Prefect 3.8.8's scheduler.
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    deployment_id = await apply(client, desired(target, uuid4().hex, schedule={"interval_seconds": 3600}))
+    agent_id = uuid4().hex
+    deployment_id = await apply(client, desired(target, agent_id, schedule={"interval_seconds": 3600}))
     deadline = asyncio.get_running_loop().time() + 60
     runs: list[Any] = []
     while not runs and asyncio.get_running_loop().time() < deadline:
@@ -155,6 +186,11 @@ async def test_prefects_scheduler_creates_runs_for_a_scheduled_agent(
         await asyncio.sleep(1)
     assert runs, "Prefect's scheduler made no scheduled runs within 60 s"
     assert all(run.state and run.state.is_scheduled() for run in runs)
+    # get_agent's forecast, for the minute before Prefect has made runs, names the times Prefect then makes.
+    first = min(run.expected_start_time for run in runs if run.expected_start_time)
+    assert first is not None
+    hourly = ScheduleSpec(interval_seconds=3600)
+    assert await next_times(hourly, agent_id, first - timedelta(seconds=1), 1) == [first]
     await remove(client, deployment_id)
 
 
