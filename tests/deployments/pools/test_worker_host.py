@@ -370,6 +370,49 @@ async def test_a_pool_whose_concurrency_limit_holds_its_run_back_is_asked_again_
     assert _polls_of(polls, prefix, window_from, window_until) <= 5
 
 
+async def test_a_retry_due_while_its_first_attempt_still_runs_is_taken_by_the_worker_the_host_wakes(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """A run retried while its first attempt still runs (set Crashed for its silence, its process outliving it) is
+    Scheduled again while that attempt holds a slot of the host: the host's query finds the retry due, and wakes
+    the pool's worker for it, which takes it beside the first attempt."""
+    from prefect.states import AwaitingRetry
+
+    from deployments.runs.attempts import number_attempt
+
+    home = tmp_path / "home"
+    prefix = install_prefix(await install_id(home))
+    owner = "dev:ann:north:owner"
+    Holding.seen.clear()
+    Holding.release.clear()
+    with http_service(Holding) as service, \
+            started_worker_host(prefect_api, prefix, tmp_path, options=("--idle-workers", "0")), \
+            serve_app(ArielSettings(home=home, auth_mode="dev"), prefect_api) as url:
+        await call(url, owner, "create_agent", name="Fetch", instructions="x", model="ariel/scripted",
+                   tools=["http_request"], allowed_hosts=[service],
+                   script=[{"tool": "http_request", "arguments": {"url": f"http://{service}/a"}},
+                           {"reply": "{last_tool_result}"}])
+        await call(url, owner, "update_agent", agent="fetch", action="approve")
+        run = await call(url, owner, "run_agent", agent="fetch", wait_seconds=0)
+        run_id = UUID(run["id"])
+        wait_until(lambda: bool(Holding.seen), 120, "the first attempt to reach the service")
+        async with PrefectClient(prefect_api) as prefect:
+            # As recovery retries a run: numbered first, then scheduled again, due now.
+            await number_attempt(prefect, run_id, 2)
+            await prefect.set_flow_run_state(run_id, AwaitingRetry(scheduled_time=datetime.now(UTC)), force=True)
+            submitted = f"submitting flow run '{run_id}'"
+            wait_until(lambda: sum(submitted in line for line in _read(tmp_path)) == 2, 120,
+                       "the host's worker to take the retry")
+            log = _read(tmp_path)
+            Holding.release.set()
+            ended = await wait_for_state(partial(_state_name, prefect, run_id), "Completed", 120)
+        result = (await call(url, owner, "get_run", run=run["id"]))["result"]
+    # Taken while the first attempt still ran: it had not ended (its call still waited on the service).
+    assert not [line for line in log if "ariel.run - Finished in state" in line], log
+    # The retry resumes from its journal: the GET its first attempt began is made again (a GET is repeatable).
+    assert (ended, result) == ("Completed", '{"status": 200, "body": "done"}')
+
+
 async def test_a_run_starts_while_prefect_is_still_to_take_its_worker_labels(prefect_api: str, tmp_path: Path) -> None:
     """Prefect's worker labels each run with its name before starting it; on SQLite that write is answered 503 at
     once whenever another write lands in between, and Prefect's client asks again after 2, 4, 8 s. The worker host
