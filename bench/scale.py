@@ -203,7 +203,9 @@ def lateness(runs: list[tuple[datetime, float | None]], minute: str | None = Non
     still importing. `later` is the schedule's drift once the install has seen its agents."""
     if not runs:
         return Samples()
-    first, last = min(due for due, _ in runs), max(due for due, _ in runs)
+    # By the clock's minutes: spread over the minute (`--minutely interval`), a minute's runs fall due at many seconds.
+    dues = [due for due, _ in runs]
+    first, last = (moment.replace(second=0, microsecond=0) for moment in (min(dues), max(dues)))
     chosen = [(due, late) for due, late in runs if minute is None or (
         minute == "first" and due < first + timedelta(minutes=1)) or (minute == "last" and due >= last) or (
         minute == "later" and due >= first + timedelta(minutes=1))]
