@@ -410,7 +410,7 @@ async def test_a_retry_due_while_its_first_attempt_still_runs_is_taken_by_the_wo
         result = (await call(url, owner, "get_run", run=run["id"]))["result"]
     # Taken while the first attempt still ran: it had not ended (its call still waited on the service).
     assert not [line for line in log if "ariel.run - Finished in state" in line], log
-    # The retry resumes from its journal: the GET its first attempt began is made again (a GET is repeatable).
+    # And the run ends with the call's answer, the first attempt's container or not.
     assert (ended, result) == ("Completed", '{"status": 200, "body": "done"}')
 
 
